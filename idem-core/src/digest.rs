@@ -1,0 +1,164 @@
+//! Fingerprints of requests and the keys records are stored under, both SHA-256.
+//!
+//! Every field is length-prefixed, so that no two different field lists hash the same bytes
+//! (`("ab", "c")` and `("a", "bc")` differ).
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::key::IdempotencyKey;
+use crate::scope::ScopeValue;
+
+fn field(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+fn hex(bytes: &[u8; 32], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+
+/// What identifies a request's content: method, concrete path, query and body.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of one request. The body is hashed where it lies, not copied.
+    pub fn new(method: &str, path: &str, query: &str, body: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"idem/fingerprint/v1");
+        for part in [method.as_bytes(), path.as_bytes(), query.as_bytes(), body] {
+            field(&mut hasher, part);
+        }
+        Self(hasher.finalize().into())
+    }
+
+    /// A fingerprint from its bytes, as a store reads it back.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The digest.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Fingerprint(")?;
+        hex(&self.0, f)?;
+        f.write_str(")")
+    }
+}
+
+/// The key a record is stored under: a hash of scope, optional endpoint and key, so that
+/// neither raw keys nor credentials ever reach a store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    /// The store key of `key` in `scope`; `endpoint` is given when keys are per endpoint.
+    pub fn new(scope: &ScopeValue<'_>, endpoint: Option<&str>, key: &IdempotencyKey) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"idem/store-key/v1");
+        field(&mut hasher, scope.kind.as_bytes());
+        field(&mut hasher, &scope.value);
+        match endpoint {
+            Some(endpoint) => {
+                hasher.update([1]);
+                field(&mut hasher, endpoint.as_bytes());
+            }
+            None => hasher.update([0]),
+        }
+        field(&mut hasher, key.as_str().as_bytes());
+        Self(hasher.finalize().into())
+    }
+
+    /// A store key from its bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The digest.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreKey(")?;
+        hex(&self.0, f)?;
+        f.write_str(")")
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> IdempotencyKey {
+        IdempotencyKey::parse(k.as_bytes(), 255).unwrap()
+    }
+
+    #[test]
+    fn fingerprint_fields_cannot_run_into_each_other() {
+        assert_ne!(
+            Fingerprint::new("POST", "/ab", "", b"c"),
+            Fingerprint::new("POST", "/a", "", b"bc")
+        );
+        assert_ne!(
+            Fingerprint::new("POST", "/a", "x=1", b""),
+            Fingerprint::new("POST", "/a", "", b"x=1")
+        );
+        assert_eq!(
+            Fingerprint::new("POST", "/a", "", b"{}"),
+            Fingerprint::new("POST", "/a", "", b"{}")
+        );
+        assert_ne!(
+            Fingerprint::new("POST", "/a", "", b"{}"),
+            Fingerprint::new("PUT", "/a", "", b"{}")
+        );
+    }
+
+    #[test]
+    fn store_keys_separate_scopes_and_endpoints() {
+        let tenant_a = ScopeValue::new("authorization", &b"Bearer a"[..]);
+        let tenant_b = ScopeValue::new("authorization", &b"Bearer b"[..]);
+        let k = key("k1");
+        assert_ne!(
+            StoreKey::new(&tenant_a, None, &k),
+            StoreKey::new(&tenant_b, None, &k)
+        );
+        assert_ne!(
+            StoreKey::new(&tenant_a, None, &k),
+            StoreKey::new(&tenant_a, Some("POST /v1/calls"), &k)
+        );
+        assert_ne!(
+            StoreKey::new(&tenant_a, Some("POST /a"), &k),
+            StoreKey::new(&tenant_a, Some("POST /b"), &k)
+        );
+        let header = ScopeValue::new("x-api-key", &b"Bearer a"[..]);
+        assert_ne!(
+            StoreKey::new(&tenant_a, None, &k),
+            StoreKey::new(&header, None, &k)
+        );
+    }
+
+    #[test]
+    fn store_key_does_not_contain_the_raw_key_or_credential() {
+        let scope = ScopeValue::new("authorization", &b"Bearer sk_live_secret"[..]);
+        let sk = StoreKey::new(&scope, None, &key("order-42"));
+        let text = sk.to_string();
+        assert_eq!(text.len(), 64);
+        assert!(!text.contains("secret") && !text.contains("order"));
+    }
+}

@@ -1,0 +1,657 @@
+//! The state machine of one keyed request: claim, run, record or release, replay.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{select, Either};
+
+use crate::clock::{Clock, SystemClock};
+use crate::digest::{Fingerprint, StoreKey};
+use crate::error::IdempotencyError;
+use crate::policy::{OnInFlight, OnMismatch, OnStoreError, Policy};
+use crate::record::{Completed, InFlight, Record, Token};
+use crate::store::{Claim, Store, StoreError};
+
+/// How often a waiting request looks at the record it waits for.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// Runs the protocol against a store. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What to do with a keyed request.
+#[derive(Debug)]
+#[must_use]
+pub enum Begin {
+    /// The key is claimed: run the handler, then [`Lease::finish`].
+    Execute(Lease),
+    /// Answer with the recorded response.
+    Replay(Arc<Completed>),
+    /// The store failed and the endpoint fails open: run the handler unprotected.
+    Unprotected(StoreError),
+}
+
+/// A response to record, as the handler produced it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers worth replaying (the caller leaves out hop-by-hop and per-request ones).
+    pub headers: Vec<(String, Bytes)>,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+/// What became of a finished operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response is recorded and will be replayed.
+    Recorded(Arc<Completed>),
+    /// The response is not cacheable; the key is free again.
+    Released,
+    /// The lease lapsed and another request claimed the key; nothing was written.
+    Lost,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine on `store` with the system clock.
+    pub fn new(store: impl Store) -> Self {
+        Self {
+            store: Arc::new(store),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// An engine on a shared store.
+    pub fn from_arc(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same engine with another clock (for tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Claims `key` for a request with `fingerprint`, or says why not: one store round trip
+    /// unless the endpoint waits for a running request.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::InFlight`], [`IdempotencyError::Mismatch`], or
+    /// [`IdempotencyError::StoreUnavailable`] when the store fails and the endpoint fails closed.
+    pub async fn begin(
+        &self,
+        policy: &Policy,
+        key: StoreKey,
+        fingerprint: Fingerprint,
+    ) -> Result<Begin, IdempotencyError> {
+        let deadline = match policy.on_in_flight {
+            OnInFlight::Wait(bound) => Some(tokio::time::Instant::now() + bound),
+            OnInFlight::Conflict => None,
+        };
+        loop {
+            let now = self.clock.now();
+            let claim = InFlight {
+                fingerprint,
+                lease_until: now.add(policy.lease),
+                token: Token::random(),
+            };
+            let existing = match self.store.claim(&key, claim, now).await {
+                Ok(Claim::Claimed) => {
+                    return Ok(Begin::Execute(Lease {
+                        engine: self.clone(),
+                        policy: *policy,
+                        key,
+                        token: claim.token,
+                        fingerprint,
+                        done: false,
+                    }))
+                }
+                Ok(Claim::Existing(record)) => record,
+                Err(e) => return self.store_failed(policy, e),
+            };
+            let Some(deadline) = deadline else {
+                return judge(policy, fingerprint, existing);
+            };
+            // Wait for the running request; claim again if it is released.
+            let mut record = Some(existing);
+            while let Some(Record::InFlight(running)) = &record {
+                if running.fingerprint != fingerprint && policy.on_mismatch != OnMismatch::Replay {
+                    return Err(mismatch(policy));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(IdempotencyError::InFlight);
+                }
+                tokio::time::sleep(WAIT_POLL).await;
+                record = match self.store.get(&key, self.clock.now()).await {
+                    Ok(record) => record,
+                    Err(e) => return self.store_failed(policy, e),
+                };
+            }
+            if let Some(completed) = record {
+                return judge(policy, fingerprint, completed);
+            }
+        }
+    }
+
+    fn store_failed(&self, policy: &Policy, error: StoreError) -> Result<Begin, IdempotencyError> {
+        match policy.on_store_error {
+            OnStoreError::FailOpen => Ok(Begin::Unprotected(error)),
+            OnStoreError::FailClosed => Err(IdempotencyError::StoreUnavailable(error)),
+        }
+    }
+}
+
+fn mismatch(policy: &Policy) -> IdempotencyError {
+    let status = match policy.on_mismatch {
+        OnMismatch::Unprocessable => 422,
+        _ => 409,
+    };
+    IdempotencyError::Mismatch { status }
+}
+
+/// The answer to a live record found at claim time.
+fn judge(
+    policy: &Policy,
+    fingerprint: Fingerprint,
+    record: Record,
+) -> Result<Begin, IdempotencyError> {
+    let same = record.fingerprint() == fingerprint;
+    match record {
+        Record::Completed(c) if same || policy.on_mismatch == OnMismatch::Replay => {
+            Ok(Begin::Replay(c))
+        }
+        Record::InFlight(_) if same || policy.on_mismatch == OnMismatch::Replay => {
+            Err(IdempotencyError::InFlight)
+        }
+        _ => Err(mismatch(policy)),
+    }
+}
+
+/// A held claim. Finish it with [`Lease::finish`]; dropped unfinished (a cancelled or
+/// panicking handler), it releases the key in the background so a retry runs again.
+#[must_use = "a lease is released when dropped; finish it with the handler's response"]
+pub struct Lease {
+    engine: Engine,
+    policy: Policy,
+    key: StoreKey,
+    token: Token,
+    fingerprint: Fingerprint,
+    done: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// The fencing token of this claim.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// The store key claimed.
+    pub fn key(&self) -> StoreKey {
+        self.key
+    }
+
+    /// How often a running handler renews the lease: a third of its length.
+    pub fn renew_every(&self) -> Duration {
+        (self.policy.lease / 3).max(Duration::from_millis(10))
+    }
+
+    /// Extends the lease by its full length from now. `false` when the claim was lost.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn renew(&self) -> Result<bool, StoreError> {
+        let now = self.engine.clock.now();
+        self.engine
+            .store
+            .extend(&self.key, self.token, now.add(self.policy.lease), now)
+            .await
+    }
+
+    /// Drives `operation` to completion, renewing the lease while it runs.
+    pub async fn run<F: Future>(&self, operation: F) -> F::Output {
+        let mut operation = pin!(operation);
+        loop {
+            let tick = pin!(tokio::time::sleep(self.renew_every()));
+            match select(operation.as_mut(), tick).await {
+                Either::Left((output, _)) => return output,
+                Either::Right(((), _)) => match self.renew().await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        key = %self.key,
+                        "idempotency lease lost while the handler runs; its response will not be recorded"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(key = %self.key, %error, "idempotency lease renewal failed")
+                    }
+                },
+            }
+        }
+    }
+
+    /// Records `response` if the endpoint caches its status, else releases the key.
+    ///
+    /// # Errors
+    /// The store's error; the claim then lapses with its lease.
+    pub async fn finish(mut self, response: Response) -> Result<Outcome, StoreError> {
+        self.done = true;
+        if !self.policy.cache.caches(response.status) {
+            return Ok(
+                match self.engine.store.release(&self.key, self.token).await? {
+                    true => Outcome::Released,
+                    false => Outcome::Lost,
+                },
+            );
+        }
+        let now = self.engine.clock.now();
+        let record = Arc::new(Completed {
+            fingerprint: self.fingerprint,
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+            completed_at: now,
+            expires_at: now.add(self.policy.ttl),
+        });
+        let written = self
+            .engine
+            .store
+            .complete(&self.key, self.token, Arc::clone(&record), now)
+            .await?;
+        Ok(if written {
+            Outcome::Recorded(record)
+        } else {
+            Outcome::Lost
+        })
+    }
+
+    /// Releases the key without recording anything, so that a retry runs again.
+    ///
+    /// # Errors
+    /// The store's error; the claim then lapses with its lease.
+    pub async fn release(mut self) -> Result<bool, StoreError> {
+        self.done = true;
+        self.engine.store.release(&self.key, self.token).await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let store = Arc::clone(&self.engine.store);
+        let (key, token) = (self.key, self.token);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(error) = store.release(&key, token).await {
+                        tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%key, "idempotency claim abandoned outside a runtime; it lapses with its lease")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, Timestamp};
+    use crate::store::{MokaStore, StoreFuture};
+    use crate::CachePolicy;
+
+    const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+    fn setup() -> (Engine, ManualClock) {
+        let clock = ManualClock::new(START);
+        (
+            Engine::new(MokaStore::new()).with_clock(clock.clone()),
+            clock,
+        )
+    }
+
+    fn key(n: u8) -> StoreKey {
+        StoreKey::from_bytes([n; 32])
+    }
+
+    fn fp(body: &str) -> Fingerprint {
+        Fingerprint::new("POST", "/v1/calls", "", body.as_bytes())
+    }
+
+    fn response(status: u16, body: &'static str) -> Response {
+        Response {
+            status,
+            headers: vec![("location".into(), Bytes::from_static(b"/v1/calls/1"))],
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    async fn execute(engine: &Engine, policy: &Policy, k: StoreKey, f: Fingerprint) -> Lease {
+        match engine.begin(policy, k, f).await {
+            Ok(Begin::Execute(lease)) => lease,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    async fn replay(
+        engine: &Engine,
+        policy: &Policy,
+        k: StoreKey,
+        f: Fingerprint,
+    ) -> Arc<Completed> {
+        match engine.begin(policy, k, f).await {
+            Ok(Begin::Replay(c)) => c,
+            other => panic!("expected a replay, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn first_request_runs_and_retries_replay_it() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let outcome = lease.finish(response(201, "call_1")).await.unwrap();
+        let Outcome::Recorded(recorded) = outcome else {
+            panic!("201 is recorded")
+        };
+        let replayed = replay(&engine, &policy, key(1), fp("a")).await;
+        assert_eq!(replayed, recorded);
+        assert_eq!(replayed.status, 201);
+        assert_eq!(&replayed.body[..], b"call_1");
+        assert_eq!(replayed.headers[0].0, "location");
+    }
+
+    #[tokio::test]
+    async fn a_running_request_conflicts() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT;
+        let _lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
+        assert!(matches!(err, IdempotencyError::InFlight), "{err:?}");
+        assert_eq!(err.status(), 409);
+        assert!(err.retry_after().is_some());
+        // A different request while the first runs is a mismatch, not a wait.
+        let err = engine.begin(&policy, key(1), fp("b")).await.unwrap_err();
+        assert!(matches!(err, IdempotencyError::Mismatch { status: 409 }));
+    }
+
+    #[tokio::test]
+    async fn mismatch_answers_as_the_policy_says() {
+        let (engine, _) = setup();
+        let lease = execute(&engine, &Policy::DEFAULT, key(1), fp("a")).await;
+        lease.finish(response(201, "first")).await.unwrap();
+
+        let err = engine
+            .begin(&Policy::DEFAULT, key(1), fp("b"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdempotencyError::Mismatch { status: 409 }));
+
+        let ietf = Policy::DEFAULT.on_mismatch(OnMismatch::Unprocessable);
+        let err = engine.begin(&ietf, key(1), fp("b")).await.unwrap_err();
+        assert_eq!(err.status(), 422);
+
+        let replay_anyway = Policy::DEFAULT.on_mismatch(OnMismatch::Replay);
+        let first = replay(&engine, &replay_anyway, key(1), fp("b")).await;
+        assert_eq!(&first.body[..], b"first");
+    }
+
+    #[tokio::test]
+    async fn uncacheable_responses_release_the_key() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        assert_eq!(
+            lease.finish(response(503, "down")).await.unwrap(),
+            Outcome::Released
+        );
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        assert!(matches!(
+            lease.finish(response(201, "ok")).await.unwrap(),
+            Outcome::Recorded(_)
+        ));
+
+        let success_only = Policy::DEFAULT.cache(CachePolicy::Success);
+        let lease = execute(&engine, &success_only, key(2), fp("a")).await;
+        assert_eq!(
+            lease.finish(response(400, "bad")).await.unwrap(),
+            Outcome::Released
+        );
+        let lease = execute(&engine, &Policy::DEFAULT, key(3), fp("a")).await;
+        assert!(matches!(
+            lease.finish(response(400, "bad")).await.unwrap(),
+            Outcome::Recorded(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn completed_records_expire_after_their_ttl_from_completion() {
+        let (engine, clock) = setup();
+        let policy = Policy::DEFAULT.ttl(Duration::from_secs(3600));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        clock.advance(Duration::from_secs(30));
+        lease.finish(response(201, "one")).await.unwrap();
+        clock.advance(Duration::from_secs(3599));
+        replay(&engine, &policy, key(1), fp("a")).await;
+        clock.advance(Duration::from_secs(1));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        lease.finish(response(201, "two")).await.unwrap();
+        assert_eq!(
+            &replay(&engine, &policy, key(1), fp("a")).await.body[..],
+            b"two"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_holder_cannot_overwrite_or_release_a_newer_claim() {
+        let (engine, clock) = setup();
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(10));
+        let stale = execute(&engine, &policy, key(1), fp("a")).await;
+        clock.advance(Duration::from_secs(10));
+        // The lease lapsed: a retry claims the key again with a new token.
+        let fresh = execute(&engine, &policy, key(1), fp("a")).await;
+        assert_ne!(stale.token(), fresh.token());
+        assert!(!stale.renew().await.unwrap());
+        assert_eq!(
+            stale.finish(response(201, "stale")).await.unwrap(),
+            Outcome::Lost
+        );
+        let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
+        assert!(
+            matches!(err, IdempotencyError::InFlight),
+            "fresh claim kept"
+        );
+
+        let stale = execute(&engine, &policy, key(2), fp("a")).await;
+        clock.advance(Duration::from_secs(11));
+        let fresh2 = execute(&engine, &policy, key(2), fp("a")).await;
+        assert!(!stale.release().await.unwrap());
+        assert!(matches!(
+            fresh2.finish(response(201, "fresh")).await.unwrap(),
+            Outcome::Recorded(_)
+        ));
+        assert!(matches!(
+            fresh.finish(response(201, "fresh")).await.unwrap(),
+            Outcome::Recorded(_)
+        ));
+        assert_eq!(
+            &replay(&engine, &policy, key(2), fp("a")).await.body[..],
+            b"fresh"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_handler_keeps_its_lease() {
+        let (engine, clock) = setup();
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let (engine2, clock2) = (engine.clone(), clock.clone());
+        let body = lease
+            .run(async move {
+                // Two full leases pass while the handler runs.
+                for _ in 0..12 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    clock2.advance(Duration::from_secs(5));
+                }
+                engine2.begin(&policy, key(1), fp("a")).await
+            })
+            .await;
+        assert!(
+            matches!(body, Err(IdempotencyError::InFlight)),
+            "the claim must still hold: {body:?}"
+        );
+        assert!(matches!(
+            lease.finish(response(201, "done")).await.unwrap(),
+            Outcome::Recorded(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_lease_releases_the_key() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT;
+        drop(execute(&engine, &policy, key(1), fp("a")).await);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            if let Ok(Begin::Execute(lease)) = engine.begin(&policy, key(1), fp("a")).await {
+                drop(lease);
+                return;
+            }
+        }
+        panic!("the abandoned claim was not released");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_replay_the_first_response() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT.on_in_flight(OnInFlight::Wait(Duration::from_secs(5)));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let waiter = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.begin(&policy, key(1), fp("a")).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lease.finish(response(201, "first")).await.unwrap();
+        match waiter.await.unwrap() {
+            Ok(Begin::Replay(c)) => assert_eq!(&c.body[..], b"first"),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+
+        // Past the bound, the waiter gives up with 409.
+        let _running = execute(&engine, &policy, key(2), fp("a")).await;
+        let started = tokio::time::Instant::now();
+        let err = engine.begin(&policy, key(2), fp("a")).await.unwrap_err();
+        assert!(matches!(err, IdempotencyError::InFlight));
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_claims_a_released_key() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT.on_in_flight(OnInFlight::Wait(Duration::from_secs(5)));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let waiter = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.begin(&policy, key(1), fp("a")).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            lease.finish(response(500, "boom")).await.unwrap(),
+            Outcome::Released
+        );
+        assert!(matches!(waiter.await.unwrap(), Ok(Begin::Execute(_))));
+    }
+
+    struct DownStore;
+
+    impl Store for DownStore {
+        fn claim<'a>(
+            &'a self,
+            _: &'a StoreKey,
+            _: InFlight,
+            _: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            Box::pin(async { Err(StoreError::Timeout) })
+        }
+        fn get<'a>(&'a self, _: &'a StoreKey, _: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            Box::pin(async { Err(StoreError::Timeout) })
+        }
+        fn extend<'a>(
+            &'a self,
+            _: &'a StoreKey,
+            _: Token,
+            _: Timestamp,
+            _: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            Box::pin(async { Err(StoreError::Timeout) })
+        }
+        fn complete<'a>(
+            &'a self,
+            _: &'a StoreKey,
+            _: Token,
+            _: Arc<Completed>,
+            _: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            Box::pin(async { Err(StoreError::Timeout) })
+        }
+        fn release<'a>(&'a self, _: &'a StoreKey, _: Token) -> StoreFuture<'a, bool> {
+            Box::pin(async { Err(StoreError::Timeout) })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_fails_closed_unless_told_otherwise() {
+        let engine = Engine::new(DownStore);
+        let err = engine
+            .begin(&Policy::DEFAULT, key(1), fp("a"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status(), err.code()),
+            (503, "idempotency_store_unavailable")
+        );
+        let open = Policy::DEFAULT.on_store_error(OnStoreError::FailOpen);
+        assert!(matches!(
+            engine.begin(&open, key(1), fp("a")).await,
+            Ok(Begin::Unprotected(StoreError::Timeout))
+        ));
+    }
+}

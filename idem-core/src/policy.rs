@@ -1,0 +1,199 @@
+//! What an endpoint promises: everything `#[idempotent(...)]` can say.
+//!
+//! A [`Policy`] is `Copy` and can be built in a `const`, so the attribute turns its arguments
+//! into a static value checked at compile time.
+
+use std::time::Duration;
+
+use crate::key::DEFAULT_KEY_MAX_LEN;
+use crate::scope::Scope;
+
+/// What to answer when a key comes back with a different request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnMismatch {
+    /// 409 `idempotency_conflict` (the default, as Stripe does).
+    Conflict,
+    /// 422 `idempotency_conflict` (the IETF draft).
+    Unprocessable,
+    /// Replay the first response and ignore the new request.
+    Replay,
+}
+
+/// What to answer while the first request with a key is still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnInFlight {
+    /// 409 `idempotency_conflict` with `Retry-After` (the default).
+    Conflict,
+    /// Wait up to this long for the first to finish and replay its response; 409 after that.
+    Wait(Duration),
+}
+
+/// Which responses are recorded and replayed. Others release the key so a retry runs again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CachePolicy {
+    /// Every status but 5xx (the default).
+    Non5xx,
+    /// 2xx only.
+    Success,
+}
+
+impl CachePolicy {
+    /// Whether a response with `status` is recorded.
+    pub const fn caches(self, status: u16) -> bool {
+        match self {
+            CachePolicy::Non5xx => status < 500,
+            CachePolicy::Success => status >= 200 && status < 300,
+        }
+    }
+}
+
+/// What to do when the store cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// 503 `idempotency_store_unavailable` with `Retry-After`; the handler does not run
+    /// (the default).
+    FailClosed,
+    /// Run the handler without protection and log the store error.
+    FailOpen,
+}
+
+/// The body shape of the errors the layer returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorFormat {
+    /// `{"error":{"code":"...","message":"..."},"request_id":"..."}`.
+    Envelope,
+    /// The same envelope naming the code `type`: `{"error":{"type":"...","message":"..."}}`.
+    EnvelopeType,
+    /// RFC 9457 `application/problem+json`.
+    Problem,
+}
+
+/// An endpoint's idempotency settings. [`Policy::DEFAULT`] is the behaviour of
+/// `#[idempotent]` with no arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// How long a completed response is replayed, from completion.
+    pub ttl: Duration,
+    /// Whose key it is.
+    pub scope: Scope,
+    /// The request header carrying the key.
+    pub header: &'static str,
+    /// The longest key accepted, in bytes after unquoting.
+    pub key_max_len: usize,
+    /// Whether a request without a key is refused with 400 `idempotency_key_missing`.
+    pub required: bool,
+    /// The answer to a key reused with a different request.
+    pub on_mismatch: OnMismatch,
+    /// The answer while the first request is running.
+    pub on_in_flight: OnInFlight,
+    /// Which responses are recorded.
+    pub cache: CachePolicy,
+    /// Whether keys are per endpoint (method and route) rather than per scope.
+    pub per_endpoint: bool,
+    /// How long a claim holds without being extended; a running handler extends it.
+    pub lease: Duration,
+    /// The answer when the store is unreachable.
+    pub on_store_error: OnStoreError,
+    /// The largest request body accepted with a key, in bytes.
+    pub max_body: usize,
+    /// The error body shape for this endpoint; `None` uses the application's renderer.
+    pub error_format: Option<ErrorFormat>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {$(
+        $(#[$doc])*
+        #[must_use]
+        pub const fn $name(mut self, $name: $ty) -> Self {
+            self.$name = $name;
+            self
+        }
+    )*};
+}
+
+impl Policy {
+    /// 24 h TTL, scope per API key, `Idempotency-Key` of up to 255 bytes, optional, 409 on
+    /// mismatch and while in flight, every status but 5xx recorded, 60 s lease, fail closed,
+    /// bodies up to 2 MiB.
+    pub const DEFAULT: Policy = Policy {
+        ttl: Duration::from_secs(24 * 60 * 60),
+        scope: Scope::ApiKey,
+        header: "Idempotency-Key",
+        key_max_len: DEFAULT_KEY_MAX_LEN,
+        required: false,
+        on_mismatch: OnMismatch::Conflict,
+        on_in_flight: OnInFlight::Conflict,
+        cache: CachePolicy::Non5xx,
+        per_endpoint: false,
+        lease: Duration::from_secs(60),
+        on_store_error: OnStoreError::FailClosed,
+        max_body: 2 * 1024 * 1024,
+        error_format: None,
+    };
+
+    setters! {
+        /// Sets [`Policy::ttl`].
+        ttl: Duration,
+        /// Sets [`Policy::scope`].
+        scope: Scope,
+        /// Sets [`Policy::header`].
+        header: &'static str,
+        /// Sets [`Policy::key_max_len`].
+        key_max_len: usize,
+        /// Sets [`Policy::required`].
+        required: bool,
+        /// Sets [`Policy::on_mismatch`].
+        on_mismatch: OnMismatch,
+        /// Sets [`Policy::on_in_flight`].
+        on_in_flight: OnInFlight,
+        /// Sets [`Policy::cache`].
+        cache: CachePolicy,
+        /// Sets [`Policy::per_endpoint`].
+        per_endpoint: bool,
+        /// Sets [`Policy::lease`].
+        lease: Duration,
+        /// Sets [`Policy::on_store_error`].
+        on_store_error: OnStoreError,
+        /// Sets [`Policy::max_body`].
+        max_body: usize,
+        /// Sets [`Policy::error_format`].
+        error_format: Option<ErrorFormat>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_policies_split_statuses() {
+        assert!(CachePolicy::Non5xx.caches(201) && CachePolicy::Non5xx.caches(409));
+        assert!(!CachePolicy::Non5xx.caches(500) && !CachePolicy::Non5xx.caches(503));
+        assert!(CachePolicy::Success.caches(200) && CachePolicy::Success.caches(299));
+        assert!(!CachePolicy::Success.caches(400) && !CachePolicy::Success.caches(302));
+    }
+
+    #[test]
+    fn policies_build_in_const_context() {
+        const P: Policy = Policy::DEFAULT
+            .ttl(Duration::from_secs(60))
+            .header("X-Idempotency-Key")
+            .required(true);
+        assert_eq!(P.ttl, Duration::from_secs(60));
+        assert_eq!(P.header, "X-Idempotency-Key");
+        assert!(P.required);
+        assert_eq!(P.scope, Scope::ApiKey);
+    }
+}

@@ -1,0 +1,125 @@
+//! Where records live. A [`Store`] is small enough for any backend with an atomic
+//! compare-and-set: each operation is one round trip.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::clock::Timestamp;
+use crate::digest::StoreKey;
+use crate::record::{Completed, InFlight, Record, Token};
+
+mod moka;
+
+pub use self::moka::{MokaStore, MokaStoreBuilder};
+
+/// The future a store operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The answer to a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free or its record had lapsed: the caller now holds it.
+    Claimed,
+    /// A live record exists; nothing was written.
+    Existing(Record),
+}
+
+/// A backend for records.
+///
+/// Times are passed in by the engine, so that every backend judges leases and expiry by the
+/// same clock. For `claim` and `get`, a record whose [`Record::lapses_at`] is not after `now`
+/// counts as absent. `extend`, `complete` and `release` are fenced by the token alone: a
+/// claim whose lease lapsed but which nobody displaced may still finish, since its operation
+/// ran. A backend drops records itself some time after they lapse, never keeping them forever.
+pub trait Store: Send + Sync + 'static {
+    /// Atomically writes `claim` unless a live record exists; returns that record if it does.
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim>;
+
+    /// Reads the live record of `key`, if any.
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>>;
+
+    /// Moves the lease of the claim holding `token` to `lease_until`. `false` when `token` no
+    /// longer holds the key.
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Replaces the claim holding `token` by `record`, kept until `record.expires_at`.
+    /// `false`, and nothing written, when `token` no longer holds the key.
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Arc<Completed>,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Deletes the claim holding `token`, so that a retry runs the operation again. `false`
+    /// when `token` no longer holds the key.
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool>;
+}
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        (**self).claim(key, claim, now)
+    }
+
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        (**self).get(key, now)
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        (**self).extend(key, token, lease_until, now)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Arc<Completed>,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        (**self).complete(key, token, record, now)
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        (**self).release(key, token)
+    }
+}
+
+/// Why a store operation failed. The engine answers 503 `idempotency_store_unavailable`
+/// (fail closed) or runs unprotected (fail open).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend cannot be reached or refused the command.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend did not answer in time.
+    #[error("store timed out")]
+    Timeout,
+    /// A stored record could not be read.
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
+}

@@ -1,0 +1,261 @@
+//! The embedded store: one `moka::future::Cache`, per-entry expiry, bounded in bytes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use moka::Expiry;
+
+use super::{Claim, Store, StoreFuture};
+use crate::clock::Timestamp;
+use crate::digest::StoreKey;
+use crate::record::{Completed, InFlight, Record, Token};
+
+/// What a record costs beyond its response bytes, for the capacity bound: the key, the
+/// record, moka's entry and its bookkeeping.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// How long a lapsed claim is kept after its lease ends, so that a slow holder that nobody
+/// displaced can still record its response. Claims treat it as absent all the same.
+const LAPSED_CLAIM_GRACE: Duration = Duration::from_secs(60);
+
+/// The default capacity: 256 MiB of records.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+#[derive(Clone)]
+struct Entry {
+    record: Record,
+    /// How long the cache keeps the entry from its last write: until the record lapses.
+    keep_for: Duration,
+}
+
+impl Entry {
+    fn new(record: Record, now: Timestamp) -> Self {
+        let mut keep_for = record.lapses_at().since(now);
+        if let Record::InFlight(_) = record {
+            keep_for += LAPSED_CLAIM_GRACE;
+        }
+        Self { record, keep_for }
+    }
+
+    fn weight(&self) -> u32 {
+        let response = match &self.record {
+            Record::InFlight(_) => 0,
+            Record::Completed(c) => c.response_size() + c.headers.len() * 48,
+        };
+        u32::try_from(ENTRY_OVERHEAD + response).unwrap_or(u32::MAX)
+    }
+}
+
+struct LapseExpiry;
+
+impl Expiry<StoreKey, Entry> for LapseExpiry {
+    fn expire_after_create(&self, _: &StoreKey, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &StoreKey,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.keep_for)
+    }
+}
+
+/// The embedded, per-process store.
+///
+/// Holds at most [`MokaStoreBuilder::max_bytes`] of records (least recently used go first)
+/// and drops each record when it lapses. It is per process: several server processes behind
+/// a load balancer need a shared store, or a duplicate can run once per process.
+///
+/// Clones share the same records.
+#[derive(Clone)]
+pub struct MokaStore {
+    cache: Cache<StoreKey, Entry>,
+}
+
+impl MokaStore {
+    /// A store with the default capacity.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder to set the capacity.
+    pub fn builder() -> MokaStoreBuilder {
+        MokaStoreBuilder {
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+
+    /// The number of records held, counting ones not yet evicted. For tests and metrics.
+    pub async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
+    /// The weighted size of the records held, in bytes. For tests and metrics.
+    pub async fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.weighted_size()
+    }
+
+    /// Applies `decide` to the record of `key` atomically: no other operation on the key runs
+    /// between the read and the write. With `live_at`, a record lapsed by then is passed as
+    /// absent.
+    async fn compute<T: Send>(
+        &self,
+        key: &StoreKey,
+        live_at: Option<Timestamp>,
+        decide: impl FnOnce(Option<Record>) -> (Op<Entry>, T) + Send,
+    ) -> T {
+        let mut result = None;
+        self.cache
+            .entry(*key)
+            .and_compute_with(|current| {
+                let record = current
+                    .map(|e| e.into_value().record)
+                    .filter(|r| live_at.map_or(true, |now| r.is_live(now)));
+                let (op, answer) = decide(record);
+                result = Some(answer);
+                std::future::ready(op)
+            })
+            .await;
+        // and_compute_with always calls the closure exactly once.
+        result.expect("and_compute_with runs its closure")
+    }
+}
+
+impl Default for MokaStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MokaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MokaStore")
+            .field("entries", &self.cache.entry_count())
+            .field("weighted_size", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+/// Builds a [`MokaStore`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct MokaStoreBuilder {
+    max_bytes: u64,
+}
+
+impl MokaStoreBuilder {
+    /// The most bytes of records to hold (response bytes plus a fixed overhead per record).
+    /// Default 256 MiB.
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MokaStore {
+        let cache = Cache::builder()
+            .max_capacity(self.max_bytes)
+            .weigher(|_: &StoreKey, e: &Entry| e.weight())
+            .expire_after(LapseExpiry)
+            .build();
+        MokaStore { cache }
+    }
+}
+
+fn holds(record: &Option<Record>, token: Token) -> bool {
+    matches!(record, Some(Record::InFlight(f)) if f.token == token)
+}
+
+impl Store for MokaStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            Ok(self
+                .compute(key, Some(now), |live| match live {
+                    Some(record) => (Op::Nop, Claim::Existing(record)),
+                    None => (
+                        Op::Put(Entry::new(Record::InFlight(claim), now)),
+                        Claim::Claimed,
+                    ),
+                })
+                .await)
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(async move {
+            Ok(self
+                .cache
+                .get(key)
+                .await
+                .map(|e| e.record)
+                .filter(|r| r.is_live(now)))
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            Ok(self
+                .compute(key, None, |record| match record {
+                    Some(Record::InFlight(mut f)) if f.token == token => {
+                        f.lease_until = lease_until;
+                        (Op::Put(Entry::new(Record::InFlight(f), now)), true)
+                    }
+                    _ => (Op::Nop, false),
+                })
+                .await)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Arc<Completed>,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            Ok(self
+                .compute(key, None, |current| {
+                    if holds(&current, token) {
+                        (Op::Put(Entry::new(Record::Completed(record), now)), true)
+                    } else {
+                        (Op::Nop, false)
+                    }
+                })
+                .await)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            Ok(self
+                .compute(key, None, |record| {
+                    if holds(&record, token) {
+                        (Op::Remove, true)
+                    } else {
+                        (Op::Nop, false)
+                    }
+                })
+                .await)
+        })
+    }
+}
