@@ -1,0 +1,94 @@
+//! Per-application settings: the store, the clock and the error renderer.
+
+use std::sync::{Arc, OnceLock};
+
+use actix_web::{web, HttpRequest};
+use idem_core::clock::Clock;
+use idem_core::{Engine, MokaStore, Store};
+
+use crate::render::{ErrorRenderer, JsonEnvelope};
+
+/// The store and error rendering of an application, registered with `App::app_data`.
+///
+/// Without one, every `#[idempotent]` handler of the process shares an embedded
+/// [`MokaStore`] with default capacity.
+///
+/// Build it once, outside the `HttpServer::new` closure, and clone it into each worker's app:
+/// the closure runs once per worker, and a store built inside it would give each worker its
+/// own records, so a duplicate could run once per worker.
+///
+/// ```no_run
+/// use actix_web::{App, HttpServer};
+/// use idem_actix::{IdempotencyConfig, MokaStore};
+///
+/// # async fn serve() -> std::io::Result<()> {
+/// let idem = IdempotencyConfig::new(MokaStore::builder().max_bytes(64 << 20).build());
+/// HttpServer::new(move || App::new().app_data(idem.clone()))
+///     .bind(("127.0.0.1", 8080))?
+///     .run()
+///     .await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyConfig {
+    engine: Engine,
+    renderer: Arc<dyn ErrorRenderer>,
+}
+
+impl IdempotencyConfig {
+    /// Settings with `store`, the system clock and the default JSON error envelope.
+    pub fn new(store: impl Store) -> Self {
+        Self::from_shared(Arc::new(store))
+    }
+
+    /// Settings with a store shared with other code (for example, to inspect it in tests).
+    pub fn from_shared(store: Arc<dyn Store>) -> Self {
+        Self {
+            engine: Engine::from_arc(store),
+            renderer: Arc::new(JsonEnvelope::CODE),
+        }
+    }
+
+    /// Uses `clock` for leases and expiry (for tests that move time by hand).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.engine = self.engine.with_clock(clock);
+        self
+    }
+
+    /// Renders the layer's errors with `renderer`, for endpoints that do not name an
+    /// `errors` format themselves.
+    #[must_use]
+    pub fn error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
+        self.renderer = Arc::new(renderer);
+        self
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn renderer(&self) -> &dyn ErrorRenderer {
+        &*self.renderer
+    }
+
+    /// The settings of the app serving `req`, or the process-wide default.
+    pub(crate) fn of(req: &HttpRequest) -> &IdempotencyConfig {
+        req.app_data::<IdempotencyConfig>()
+            .or_else(|| {
+                req.app_data::<web::Data<IdempotencyConfig>>()
+                    .map(|data| data.get_ref())
+            })
+            .unwrap_or_else(|| {
+                static DEFAULT: OnceLock<IdempotencyConfig> = OnceLock::new();
+                DEFAULT.get_or_init(|| IdempotencyConfig::new(MokaStore::new()))
+            })
+    }
+}
+
+impl std::fmt::Debug for IdempotencyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyConfig").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,84 @@
+//! The validated key, for handlers that want it.
+
+use std::future::{ready, Ready};
+use std::ops::Deref;
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+
+/// The request's validated idempotency key, as an extractor.
+///
+/// Available in `#[idempotent]` handlers on requests that carry a key; take
+/// `Option<IdempotencyKey>` where the key is optional.
+///
+/// ```
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::{idempotent, IdempotencyKey};
+///
+/// #[post("/v1/charges")]
+/// #[idempotent(required)]
+/// async fn charge(key: IdempotencyKey) -> HttpResponse {
+///     // Pass the key on to a downstream API that deduplicates too.
+///     HttpResponse::Created().body(format!("charged once for {}", key.as_str()))
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(pub(crate) idem_core::IdempotencyKey);
+
+impl IdempotencyKey {
+    /// The key, unquoted.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl Deref for IdempotencyKey {
+    type Target = idem_core::IdempotencyKey;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The request has no idempotency key (or the handler is not `#[idempotent]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoIdempotencyKey;
+
+impl std::fmt::Display for NoIdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>")
+    }
+}
+
+impl ResponseError for NoIdempotencyKey {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::BAD_REQUEST
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::BadRequest().json(serde_json::json!({
+            "error": {"code": idem_core::codes::KEY_MISSING, "message": self.to_string()}
+        }))
+    }
+}
+
+impl FromRequest for IdempotencyKey {
+    type Error = NoIdempotencyKey;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<IdempotencyKey>()
+                .cloned()
+                .ok_or(NoIdempotencyKey),
+        )
+    }
+}

@@ -1,0 +1,105 @@
+//! How the layer's own errors look on the wire.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use idem_core::{ErrorFormat, IdempotencyError};
+use serde_json::json;
+
+/// Turns an error of the idempotency layer into a response.
+///
+/// The layer sets the status, `Retry-After` and `X-Request-ID` afterwards, so a renderer only
+/// chooses the body and its content type.
+pub trait ErrorRenderer: Send + Sync + 'static {
+    /// The response for `error` on the request `request_id`.
+    fn render(&self, error: &IdempotencyError, request_id: &str) -> HttpResponse;
+}
+
+impl<F> ErrorRenderer for F
+where
+    F: Fn(&IdempotencyError, &str) -> HttpResponse + Send + Sync + 'static,
+{
+    fn render(&self, error: &IdempotencyError, request_id: &str) -> HttpResponse {
+        self(error, request_id)
+    }
+}
+
+/// `{"error":{"code":"idempotency_conflict","message":"..."},"request_id":"..."}`, the
+/// default, with `Content-Type: application/json`. [`JsonEnvelope::TYPE`] names the code
+/// field `type` instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonEnvelope {
+    field: &'static str,
+}
+
+impl JsonEnvelope {
+    /// The code under `error.code`.
+    pub const CODE: JsonEnvelope = JsonEnvelope { field: "code" };
+    /// The code under `error.type`.
+    pub const TYPE: JsonEnvelope = JsonEnvelope { field: "type" };
+}
+
+impl ErrorRenderer for JsonEnvelope {
+    fn render(&self, error: &IdempotencyError, request_id: &str) -> HttpResponse {
+        let mut inner = serde_json::Map::with_capacity(2);
+        inner.insert(self.field.into(), error.code().into());
+        inner.insert("message".into(), error.to_string().into());
+        HttpResponse::build(status_of(error))
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .body(json!({ "error": inner, "request_id": request_id }).to_string())
+    }
+}
+
+/// RFC 9457 `application/problem+json`, with the stable code and the request id as
+/// extension members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProblemJson;
+
+impl ErrorRenderer for ProblemJson {
+    fn render(&self, error: &IdempotencyError, request_id: &str) -> HttpResponse {
+        let status = status_of(error);
+        let body = json!({
+            "type": format!("urn:idem:error:{}", error.code()),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": error.to_string(),
+            "code": error.code(),
+            "request_id": request_id,
+        });
+        HttpResponse::build(status)
+            .insert_header((header::CONTENT_TYPE, "application/problem+json"))
+            .body(body.to_string())
+    }
+}
+
+fn status_of(error: &IdempotencyError) -> StatusCode {
+    StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The response for `error`: rendered by the endpoint's format when it names one, else by
+/// `fallback`; then status, `Retry-After` and `X-Request-ID` set.
+pub(crate) fn error_response(
+    error: &IdempotencyError,
+    request_id: &str,
+    format: Option<ErrorFormat>,
+    fallback: &dyn ErrorRenderer,
+) -> HttpResponse {
+    let mut res = match format {
+        Some(ErrorFormat::EnvelopeType) => JsonEnvelope::TYPE.render(error, request_id),
+        Some(ErrorFormat::Problem) => ProblemJson.render(error, request_id),
+        Some(_) => JsonEnvelope::CODE.render(error, request_id),
+        None => fallback.render(error, request_id),
+    };
+    *res.status_mut() = status_of(error);
+    let headers = res.headers_mut();
+    if let Some(after) = error.retry_after() {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(after.as_secs().max(1)),
+        );
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(crate::REQUEST_ID.clone(), id);
+    }
+    res
+}
