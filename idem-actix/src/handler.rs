@@ -67,19 +67,8 @@ fn replayable(name: &HeaderName) -> bool {
     )
 }
 
-/// The request id: a valid incoming `X-Request-ID`, else a fresh one.
 fn request_id(req: &HttpRequest) -> String {
-    let valid = |v: &&HeaderValue| {
-        let b = v.as_bytes();
-        (1..=128).contains(&b.len())
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
-    };
-    match req.headers().get(&crate::REQUEST_ID).filter(valid) {
-        // Checked above: ASCII only.
-        Some(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        None => format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0),
-    }
+    crate::RequestId::of(req).as_str().to_owned()
 }
 
 fn reject(

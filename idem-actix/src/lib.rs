@@ -77,6 +77,7 @@ mod config;
 mod extract;
 mod handler;
 mod render;
+mod request_id;
 
 pub use idem_core::{
     clock, codes, IdempotencyError, KeyError, MokaStore, Policy, Scope, Store, StoreError,
@@ -86,6 +87,7 @@ pub use idem_macros::idempotent;
 pub use crate::config::IdempotencyConfig;
 pub use crate::extract::{IdempotencyKey, NoIdempotencyKey};
 pub use crate::render::{ErrorRenderer, JsonEnvelope, ProblemJson};
+pub use crate::request_id::RequestId;
 
 /// `Idempotent-Replayed`, set to `true` on replayed responses.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");

@@ -1,1 +1,111 @@
-fn main() {}
+//! The `calls-api` example server.
+//!
+//! ```text
+//! calls-api [--addr 127.0.0.1:8080] [--workers N] [--redis-url redis://127.0.0.1:6379]
+//! ```
+//! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
+//! `IDEM_REDIS_URL`. Flags win.
+
+use std::process::ExitCode;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use idem_actix::{IdempotencyConfig, MokaStore};
+use idem_examples::calls_api::{configure, require_bearer, CallsState};
+
+const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N] [--redis-url URL]
+
+  --addr       address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
+  --workers    actix worker threads (env IDEM_WORKERS; default: one per core)
+  --redis-url  use a Redis store shared by several processes (env IDEM_REDIS_URL);
+               without it, the embedded store of this process";
+
+struct Options {
+    addr: String,
+    workers: Option<usize>,
+    redis_url: Option<String>,
+}
+
+fn options() -> Result<Options, String> {
+    let mut addr = std::env::var("IDEM_ADDR").ok();
+    let mut workers = std::env::var("IDEM_WORKERS").ok();
+    let mut redis_url = std::env::var("IDEM_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (arg.clone(), None),
+        };
+        let slot = match flag.as_str() {
+            "--addr" => &mut addr,
+            "--workers" => &mut workers,
+            "--redis-url" => &mut redis_url,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        };
+        let value = inline.or_else(|| args.next());
+        *slot = Some(value.ok_or_else(|| format!("`{flag}` needs a value"))?);
+    }
+    let workers = match workers {
+        None => None,
+        Some(w) => match w.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(format!(
+                    "--workers takes a positive whole number, not `{w}`"
+                ))
+            }
+        },
+    };
+    Ok(Options {
+        addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+        workers,
+        redis_url,
+    })
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("calls-api: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if options.redis_url.is_some() {
+        eprintln!("calls-api: --redis-url: this build has no Redis store yet; run without it to use the embedded store");
+        return ExitCode::from(2);
+    }
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let state = web::Data::new(CallsState::default());
+    let addr = options.addr.clone();
+    let result = actix_web::rt::System::new().block_on(async move {
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(require_bearer))
+                .app_data(idem.clone())
+                .configure(configure(state.clone()))
+        });
+        if let Some(workers) = options.workers {
+            server = server.workers(workers);
+        }
+        let server = server.bind(&options.addr)?;
+        eprintln!(
+            "calls-api listening on http://{} (store: embedded moka)",
+            options.addr
+        );
+        server.run().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("calls-api: {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
