@@ -1,1 +1,300 @@
+//! Helpers for the workspace's behaviour tests: a raw HTTP/1.1 client over loopback that can
+//! also break a connection mid-request, and a real actix server on a free port.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use idem_actix::clock::{ManualClock, Timestamp};
+use idem_actix::{IdempotencyConfig, MokaStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A request to send over a raw connection.
+#[derive(Clone, Debug, Default)]
+pub struct RawRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// A request with any method.
+    pub fn new(method: &str, path: &str) -> Self {
+        Self {
+            method: method.into(),
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A `POST` to `path`.
+    pub fn post(path: &str) -> Self {
+        Self::new("POST", path)
+    }
+
+    /// A `GET` of `path`.
+    pub fn get(path: &str) -> Self {
+        Self::new("GET", path)
+    }
+
+    /// Sets a raw body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets a JSON body.
+    pub fn json(mut self, body: &serde_json::Value) -> Self {
+        self.body = body.to_string().into_bytes();
+        self.header("Content-Type", "application/json")
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n",
+            self.method, self.path
+        );
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    /// Sends the request and reads the whole response.
+    pub async fn send(&self, addr: SocketAddr) -> RawResponse {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to test server");
+        stream
+            .write_all(&self.to_bytes())
+            .await
+            .expect("write request");
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf))
+            .await
+            .expect("response within 30s")
+            .expect("read response");
+        RawResponse::parse(&buf)
+    }
+
+    /// Sends the request, then resets the connection (RST, not a graceful close) once
+    /// `wait_for` says the handler started: the client goes away mid-request.
+    pub async fn send_and_reset(&self, addr: SocketAddr, wait_for: impl Fn() -> bool) {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to test server");
+        let mut stream = stream;
+        stream
+            .write_all(&self.to_bytes())
+            .await
+            .expect("write request");
+        eventually(wait_for).await;
+        stream.set_zero_linger().expect("set zero linger");
+        drop(stream);
+    }
+}
+
+/// A parsed response.
+#[derive(Clone, Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers by lowercase name; repeated headers keep every value.
+    pub headers: HashMap<String, Vec<String>>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn parse(buf: &[u8]) -> Self {
+        let split = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete response head");
+        let head = std::str::from_utf8(&buf[..split]).expect("ASCII head");
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':') {
+                headers
+                    .entry(name.trim().to_ascii_lowercase())
+                    .or_default()
+                    .push(value.trim().to_owned());
+            }
+        }
+        Self {
+            status,
+            headers,
+            body: buf[split + 4..].to_vec(),
+        }
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    /// Whether this is a replay.
+    pub fn replayed(&self) -> bool {
+        self.header("idempotent-replayed") == Some("true")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// A server running on its own thread and actix system.
+pub struct TestServer {
+    /// Its address on loopback.
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts an app configured by `configure` on a free loopback port with `workers` workers.
+    pub fn start<F>(workers: usize, configure: F) -> Self
+    where
+        F: Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+    {
+        let factory = move || actix_web::App::new().configure(configure.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = actix_web::HttpServer::new(factory)
+                    .workers(workers)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .bind(("127.0.0.1", 0))
+                    .expect("bind loopback");
+                let addr = server.addrs()[0];
+                let server = server.run();
+                tx.send((addr, server.handle())).expect("report address");
+                server.await.expect("server runs");
+            });
+        });
+        let (addr, handle) = rx.recv().expect("server started");
+        Self {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        let stop = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(handle.stop(false));
+        });
+        let _ = stop.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Waits (up to 10 s) until `condition` holds.
+pub async fn eventually(condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Asserts that `res` is an error of the layer with `status` and `code` in the default
+/// envelope, whose `request_id` is the response's `X-Request-ID`.
+pub fn assert_error(res: &RawResponse, status: u16, code: &str) {
+    assert_eq!(res.status, status, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let body = res.json();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    let id = res.header("x-request-id").expect("X-Request-ID");
+    assert_eq!(body["request_id"], id);
+}
+
+/// A shared counter, for counting handler executions across workers.
+#[derive(Clone, Debug, Default)]
+pub struct Counter(Arc<AtomicUsize>);
+
+impl Counter {
+    /// Adds one; returns the new count.
+    pub fn bump(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The count.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A one-worker server whose idempotency layer runs on a [`ManualClock`] and whose handlers
+/// count their runs through `web::Data<Counter>`.
+pub struct Served {
+    /// The server.
+    pub server: TestServer,
+    /// The layer's clock.
+    pub clock: ManualClock,
+    /// How often handlers ran.
+    pub runs: Counter,
+}
+
+/// Serves the services `register` adds, with a fresh embedded store.
+pub fn serve<F>(register: F) -> Served
+where
+    F: Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+{
+    let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+    let runs = Counter::default();
+    let idem = IdempotencyConfig::new(MokaStore::new()).clock(clock.clone());
+    let data = actix_web::web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).app_data(data.clone());
+        register(cfg);
+    });
+    Served {
+        server,
+        clock,
+        runs,
+    }
+}
+
+impl Served {
+    /// Sends `request` to the server.
+    pub async fn send(&self, request: &RawRequest) -> RawResponse {
+        request.send(self.server.addr).await
+    }
+}

@@ -1,0 +1,112 @@
+//! Seed 003 (EnableX): keys scoped to the APP ID of Basic authentication, 24 hours; a retry
+//! with the same key returns the cached response, and a different body is ignored: the first
+//! response comes back and nothing runs again.
+//!
+//! `#[idempotent(scope = "basic_auth_user", mismatch = "replay")]`
+
+use std::time::Duration;
+
+use actix_web::{post, web, HttpResponse};
+use idem_actix::idempotent;
+use idem_tests::{assert_error, serve, Counter, RawRequest, Served};
+use serde_json::json;
+
+#[post("/voice/v1/call")]
+#[idempotent(scope = "basic_auth_user", mismatch = "replay")]
+async fn voice_call(runs: web::Data<Counter>, body: web::Json<serde_json::Value>) -> HttpResponse {
+    let n = runs.bump();
+    HttpResponse::Ok().json(json!({ "result": 0, "voice_id": format!("v{n}"), "to": body["to"] }))
+}
+
+fn app() -> Served {
+    serve(|cfg| {
+        cfg.service(voice_call);
+    })
+}
+
+/// `Authorization: Basic base64(app_id:app_key)`.
+fn call(basic: &str, key: &str, to: &str) -> RawRequest {
+    RawRequest::post("/voice/v1/call")
+        .header("Authorization", &format!("Basic {basic}"))
+        .header("Idempotency-Key", key)
+        .json(&json!({ "name": "Support Call", "from": "+6512345678", "to": [to] }))
+}
+
+/// base64("app_1:key_1"), base64("app_1:key_2"), base64("app_2:key_1").
+const APP1_KEY1: &str = "YXBwXzE6a2V5XzE=";
+const APP1_KEY2: &str = "YXBwXzE6a2V5XzI=";
+const APP2_KEY1: &str = "YXBwXzI6a2V5XzE=";
+
+#[actix_web::test]
+async fn a_retry_returns_the_cached_response_without_re_executing() {
+    let s = app();
+    let key = "550e8400-e29b-41d4-a716-446655440000";
+    let first = s.send(&call(APP1_KEY1, key, "+919876543210")).await;
+    let retry = s.send(&call(APP1_KEY1, key, "+919876543210")).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body, "byte-for-byte identical");
+    assert_eq!(s.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn a_different_body_gets_the_first_response_and_is_never_run() {
+    let s = app();
+    let first = s.send(&call(APP1_KEY1, "abc-123", "+15550000001")).await;
+    let reused = s.send(&call(APP1_KEY1, "abc-123", "+15550000002")).await;
+    assert_eq!(reused.status, 200);
+    assert!(reused.replayed());
+    assert_eq!(
+        reused.json()["to"][0],
+        "+15550000001",
+        "number B is never dialled"
+    );
+    assert_eq!(reused.body, first.body);
+    assert_eq!(s.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn keys_are_scoped_to_the_app_id_not_the_app_key() {
+    let s = app();
+    s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
+    assert!(s
+        .send(&call(APP1_KEY2, "k", "+15550000001"))
+        .await
+        .replayed());
+    let other_app = s.send(&call(APP2_KEY1, "k", "+15550000001")).await;
+    assert!(!other_app.replayed(), "two APP IDs never conflict");
+    assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn a_key_expires_after_24_hours() {
+    let s = app();
+    s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
+    s.clock.advance(Duration::from_secs(24 * 3600));
+    assert!(!s
+        .send(&call(APP1_KEY1, "k", "+15550000001"))
+        .await
+        .replayed());
+    assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn without_basic_credentials_the_scope_is_missing() {
+    let s = app();
+    let bearer = RawRequest::post("/voice/v1/call")
+        .header("Authorization", "Bearer token")
+        .header("Idempotency-Key", "k")
+        .json(&json!({}));
+    assert_error(&s.send(&bearer).await, 400, "idempotency_scope_missing");
+    assert_eq!(s.runs.get(), 0);
+}
+
+#[actix_web::test]
+async fn requests_without_a_key_execute_independently() {
+    let s = app();
+    let plain = RawRequest::post("/voice/v1/call")
+        .header("Authorization", &format!("Basic {APP1_KEY1}"))
+        .json(&json!({}));
+    s.send(&plain).await;
+    s.send(&plain).await;
+    assert_eq!(s.runs.get(), 2);
+}

@@ -1,0 +1,184 @@
+//! Seed 004 (Salesly): keys scoped to the `x-api-key`, matched on method and path; reusing a
+//! key with another endpoint or method is 422 with `error.type = "idempotency_conflict"`;
+//! replays carry `Idempotent-Replayed: true`; only 2xx responses are cached, for 24 hours.
+//!
+//! `#[idempotent(scope = "header:x-api-key", mismatch = "unprocessable", errors = "type", cache = "2xx")]`
+
+use std::time::Duration;
+
+use actix_web::{post, put, web, HttpResponse};
+use idem_actix::idempotent;
+use idem_tests::{serve, Counter, RawRequest, RawResponse, Served};
+use serde_json::json;
+
+#[post("/api/v1/developers/contacts")]
+#[idempotent(
+    scope = "header:x-api-key",
+    mismatch = "unprocessable",
+    errors = "type",
+    cache = "2xx"
+)]
+async fn create_contact(
+    runs: web::Data<Counter>,
+    body: web::Json<serde_json::Value>,
+) -> HttpResponse {
+    let n = runs.bump();
+    if body.get("name").is_none() {
+        return HttpResponse::BadRequest().json(json!({"error": {"type": "validation_error"}}));
+    }
+    HttpResponse::Created().json(json!({ "id": n, "name": body["name"] }))
+}
+
+#[put("/api/v1/developers/contacts")]
+#[idempotent(
+    scope = "header:x-api-key",
+    mismatch = "unprocessable",
+    errors = "type",
+    cache = "2xx"
+)]
+async fn upsert_contact(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "id": runs.bump() }))
+}
+
+#[post("/api/v1/developers/companies")]
+#[idempotent(
+    scope = "header:x-api-key",
+    mismatch = "unprocessable",
+    errors = "type",
+    cache = "2xx"
+)]
+async fn create_company(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().json(json!({ "id": runs.bump() }))
+}
+
+fn app() -> Served {
+    serve(|cfg| {
+        cfg.service(create_contact)
+            .service(upsert_contact)
+            .service(create_company);
+    })
+}
+
+fn req(method: &str, path: &str, api_key: &str, key: &str, body: serde_json::Value) -> RawRequest {
+    RawRequest::new(method, &format!("/api/v1/developers/{path}"))
+        .header("x-api-key", api_key)
+        .header("Idempotency-Key", key)
+        .json(&body)
+}
+
+fn contact(key: &str) -> RawRequest {
+    req(
+        "POST",
+        "contacts",
+        "YOUR_API_KEY",
+        key,
+        json!({"name": "ACME Corp", "type": "client"}),
+    )
+}
+
+fn assert_type_conflict(res: &RawResponse) {
+    assert_eq!(res.status, 422, "{}", String::from_utf8_lossy(&res.body));
+    let body = res.json();
+    assert_eq!(body["error"]["type"], "idempotency_conflict", "{body}");
+    assert!(body["error"].get("code").is_none());
+    assert!(body["error"]["message"].is_string());
+}
+
+#[actix_web::test]
+async fn replays_are_identical_and_marked() {
+    let s = app();
+    let first = s
+        .send(&contact("550e8400-e29b-41d4-a716-446655440000"))
+        .await;
+    let retry = s
+        .send(&contact("550e8400-e29b-41d4-a716-446655440000"))
+        .await;
+    assert_eq!((first.status, retry.status), (201, 201));
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body, first.body);
+    assert_eq!(s.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn reuse_with_another_endpoint_or_method_is_422_with_a_type_field() {
+    let s = app();
+    s.send(&contact("k")).await;
+    let company = req(
+        "POST",
+        "companies",
+        "YOUR_API_KEY",
+        "k",
+        json!({"name": "ACME Corp", "type": "client"}),
+    );
+    assert_type_conflict(&s.send(&company).await);
+    let put = req(
+        "PUT",
+        "contacts",
+        "YOUR_API_KEY",
+        "k",
+        json!({"name": "ACME Corp", "type": "client"}),
+    );
+    assert_type_conflict(&s.send(&put).await);
+    assert_eq!(s.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn keys_are_scoped_to_the_api_key() {
+    let s = app();
+    s.send(&contact("k")).await;
+    let other = req(
+        "POST",
+        "contacts",
+        "OTHER_ACCOUNT",
+        "k",
+        json!({"name": "ACME Corp", "type": "client"}),
+    );
+    let res = s.send(&other).await;
+    assert_eq!(res.status, 201);
+    assert!(!res.replayed());
+    assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn failed_requests_are_not_cached() {
+    let s = app();
+    let bad = req(
+        "POST",
+        "contacts",
+        "YOUR_API_KEY",
+        "k",
+        json!({"type": "client"}),
+    );
+    assert_eq!(s.send(&bad).await.status, 400);
+    assert_eq!(s.send(&bad).await.status, 400);
+    assert_eq!(s.runs.get(), 2, "a 400 is not stored");
+    // The key is still free for the corrected request.
+    let ok = req(
+        "POST",
+        "contacts",
+        "YOUR_API_KEY",
+        "k",
+        json!({"name": "x"}),
+    );
+    assert!(!s.send(&ok).await.replayed());
+}
+
+#[actix_web::test]
+async fn keys_expire_after_24_hours() {
+    let s = app();
+    s.send(&contact("k")).await;
+    s.clock.advance(Duration::from_secs(24 * 3600));
+    assert!(!s.send(&contact("k")).await.replayed());
+}
+
+#[actix_web::test]
+async fn the_api_key_header_is_required_for_keyed_requests() {
+    let s = app();
+    let anonymous = RawRequest::post("/api/v1/developers/contacts")
+        .header("Authorization", "Bearer not-the-api-key")
+        .header("Idempotency-Key", "k")
+        .json(&json!({"name": "x"}));
+    let res = s.send(&anonymous).await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.json()["error"]["type"], "idempotency_scope_missing");
+}
