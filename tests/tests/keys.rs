@@ -1,0 +1,121 @@
+//! Every malformed key gets 400 `idempotency_key_invalid` with a message naming the rule it
+//! breaks, and the handler does not run.
+
+use actix_web::{post, web, HttpResponse};
+use idem_actix::idempotent;
+use idem_tests::{assert_error, serve, Counter, RawRequest, Served};
+
+#[post("/optional")]
+#[idempotent]
+async fn optional(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+#[post("/required")]
+#[idempotent(required)]
+async fn required(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+fn app() -> Served {
+    serve(|cfg| {
+        cfg.service(optional).service(required);
+    })
+}
+
+fn keyed(value: &str) -> RawRequest {
+    RawRequest::post("/optional")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", value)
+}
+
+#[actix_web::test]
+async fn every_malformed_key_class_is_refused_with_the_rule_it_breaks() {
+    let s = app();
+    let long = "k".repeat(256);
+    let long_quoted = format!("\"{long}\"");
+    let cases: &[(&str, &RawRequest, &str)] = &[
+        ("empty", &keyed(""), "empty"),
+        ("empty quoted", &keyed("\"\""), "empty"),
+        (
+            "too long",
+            &keyed(&long),
+            "most this endpoint accepts is 255",
+        ),
+        ("too long once unquoted", &keyed(&long_quoted), "255"),
+        ("space", &keyed("a b"), "not visible ASCII"),
+        ("tab", &keyed("a\tb"), "not visible ASCII"),
+        ("non-ASCII", &keyed("clé-1"), "not visible ASCII"),
+        ("space in quotes", &keyed("\"a b\""), "not visible ASCII"),
+        ("unterminated quote", &keyed("\"abc"), "no closing quote"),
+        ("bad escape", &keyed("\"a\\nb\""), "invalid escape"),
+        (
+            "parameters",
+            &keyed("\"abc\";p=1"),
+            "after the closing quote",
+        ),
+        (
+            "two header lines",
+            &keyed("a").header("Idempotency-Key", "b"),
+            "more than once",
+        ),
+    ];
+    for (class, request, rule) in cases {
+        let res = s.send(request).await;
+        assert_error(&res, 400, "idempotency_key_invalid");
+        let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("Idempotency-Key"), "{class}: {message}");
+        assert!(message.contains(rule), "{class}: {message}");
+    }
+    assert_eq!(s.runs.get(), 0, "no malformed key reaches the handler");
+}
+
+#[actix_web::test]
+async fn bare_and_quoted_forms_are_the_same_key() {
+    let s = app();
+    let bare = s.send(&keyed("4c7f0a78-0a61-42b4")).await;
+    let quoted = s.send(&keyed("\"4c7f0a78-0a61-42b4\"")).await;
+    assert_eq!(bare.status, 201);
+    assert!(quoted.replayed());
+    assert_eq!(quoted.body, bare.body);
+    // Surrounding whitespace is not part of the value.
+    assert!(s.send(&keyed("  4c7f0a78-0a61-42b4 ")).await.replayed());
+}
+
+#[actix_web::test]
+async fn a_required_key_that_is_missing_is_a_400() {
+    let s = app();
+    let res = s
+        .send(&RawRequest::post("/required").header("Authorization", "Bearer t"))
+        .await;
+    assert_error(&res, 400, "idempotency_key_missing");
+    assert!(res.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
+    assert_eq!(s.runs.get(), 0);
+}
+
+#[actix_web::test]
+async fn a_key_without_credentials_to_scope_it_is_a_400() {
+    let s = app();
+    let res = s
+        .send(&RawRequest::post("/optional").header("Idempotency-Key", "k"))
+        .await;
+    assert_error(&res, 400, "idempotency_scope_missing");
+    assert_eq!(s.runs.get(), 0, "never falls back to a shared scope");
+}
+
+#[actix_web::test]
+async fn a_valid_incoming_request_id_is_echoed_and_an_unsafe_one_replaced() {
+    let s = app();
+    let res = s
+        .send(&keyed("").header("X-Request-ID", "req-abc_123"))
+        .await;
+    assert_eq!(res.header("x-request-id"), Some("req-abc_123"));
+    assert_eq!(res.json()["request_id"], "req-abc_123");
+    let res = s.send(&keyed("").header("X-Request-ID", "<script>")).await;
+    let id = res.header("x-request-id").unwrap();
+    assert_ne!(id, "<script>");
+    assert_eq!(id.len(), 16);
+}
