@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::middleware::Next;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{get, post, web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use idem_actix::{idempotent, RequestId};
 use serde::{Deserialize, Serialize};
@@ -327,11 +327,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Every route but `/healthz` needs a bearer token: 401 before anything else runs.
-pub async fn require_bearer(
+async fn require_bearer(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if req.path() != "/healthz" && bearer(req.request()).is_none() {
+    if bearer(req.request()).is_none() {
         let error = unauthorized(RequestId::of(req.request()));
         return Ok(req
             .into_response(error.error_response())
@@ -355,16 +355,20 @@ fn json_config() -> web::JsonConfig {
     })
 }
 
-/// Registers the API's routes; wrap the app in [`require_bearer`] as well.
-pub fn configure(state: web::Data<CallsState>) -> impl FnOnce(&mut web::ServiceConfig) {
+/// Registers the API: `/healthz`, and every other path behind the bearer token check.
+pub fn configure(state: web::Data<CallsState>) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg| {
-        cfg.app_data(state)
+        cfg.app_data(state.clone())
             .app_data(json_config())
             .service(healthz)
-            .service(create_call)
-            .service(list_calls)
-            .service(create_message)
-            .service(list_messages);
+            .service(
+                web::scope("")
+                    .wrap(from_fn(require_bearer))
+                    .service(create_call)
+                    .service(list_calls)
+                    .service(create_message)
+                    .service(list_messages),
+            );
     }
 }
 

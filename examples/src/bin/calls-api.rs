@@ -8,10 +8,9 @@
 
 use std::process::ExitCode;
 
-use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore};
-use idem_examples::calls_api::{configure, require_bearer, CallsState};
+use idem_examples::calls_api::{configure, CallsState};
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N] [--redis-url URL]
 
@@ -82,15 +81,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let idem = IdempotencyConfig::new(MokaStore::new());
-    let state = web::Data::new(CallsState::default());
+    let routes = configure(web::Data::new(CallsState::default()));
     let addr = options.addr.clone();
     let result = actix_web::rt::System::new().block_on(async move {
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(require_bearer))
-                .app_data(idem.clone())
-                .configure(configure(state.clone()))
-        });
+        let mut server =
+            HttpServer::new(move || App::new().app_data(idem.clone()).configure(routes.clone()));
         if let Some(workers) = options.workers {
             server = server.workers(workers);
         }

@@ -1,0 +1,6 @@
+use idem_macros::idempotent;
+
+#[idempotent(lease = "")]
+async fn handler() {}
+
+fn main() {}

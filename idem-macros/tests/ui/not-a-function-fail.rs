@@ -1,0 +1,6 @@
+use idem_macros::idempotent;
+
+#[idempotent]
+struct Handler;
+
+fn main() {}

@@ -1,0 +1,6 @@
+use idem_macros::idempotent;
+
+#[idempotent(scope = "tenant")]
+async fn handler() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use idem_macros::idempotent;
+
+#[idempotent(ttl = "0s")]
+async fn handler() {}
+
+fn main() {}

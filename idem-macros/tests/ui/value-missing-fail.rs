@@ -1,0 +1,6 @@
+use idem_macros::idempotent;
+
+#[idempotent(mismatch)]
+async fn handler() {}
+
+fn main() {}

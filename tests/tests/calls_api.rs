@@ -1,0 +1,205 @@
+//! The `calls-api` example's fixed contract (SPEC.md, "The example server").
+
+use actix_web::web;
+use idem_examples::calls_api::{configure, CallsState};
+use idem_tests::{assert_error, RawRequest, RawResponse, TestServer};
+use serde_json::json;
+
+struct Api {
+    server: TestServer,
+    state: web::Data<CallsState>,
+}
+
+/// The example's app on a free port, as `calls-api` builds it (embedded store, two workers).
+fn start() -> Api {
+    let state = web::Data::new(CallsState::default());
+    let idem = idem_actix::IdempotencyConfig::new(idem_actix::MokaStore::new());
+    let routes = configure(state.clone());
+    let server = TestServer::start(2, move |cfg| {
+        cfg.app_data(idem.clone());
+        routes(cfg);
+    });
+    Api { server, state }
+}
+
+impl Api {
+    async fn send(&self, request: RawRequest) -> RawResponse {
+        request.send(self.server.addr).await
+    }
+}
+
+fn create(tenant: &str, key: Option<&str>, body: serde_json::Value) -> RawRequest {
+    let request = RawRequest::post("/v1/calls")
+        .header("Authorization", &format!("Bearer {tenant}"))
+        .json(&body);
+    match key {
+        Some(key) => request.header("Idempotency-Key", key),
+        None => request,
+    }
+}
+
+fn new_call(phone: &str) -> serde_json::Value {
+    json!({ "agent_id": "agent_demo0001", "phone_number": phone })
+}
+
+#[actix_web::test]
+async fn health_needs_no_token_and_everything_else_does() {
+    let api = start();
+    assert_eq!(api.send(RawRequest::get("/healthz")).await.status, 200);
+    for request in [
+        RawRequest::get("/v1/calls"),
+        RawRequest::post("/v1/calls")
+            .header("Idempotency-Key", "k")
+            .json(&new_call("+15555550123")),
+        RawRequest::get("/v1/messages"),
+        RawRequest::post("/v1/messages").header("Authorization", "Basic abc"),
+    ] {
+        let res = api.send(request).await;
+        assert_eq!(res.status, 401);
+        assert_eq!(res.json()["error"]["code"], "unauthorized");
+    }
+    assert_eq!(api.state.call_count(), 0);
+}
+
+#[actix_web::test]
+async fn creating_a_call_answers_201_with_location_and_the_call() {
+    let api = start();
+    let res = api
+        .send(create("t1", Some("k1"), new_call("+15555550123")))
+        .await;
+    assert_eq!(res.status, 201);
+    let data = &res.json()["data"];
+    let id = data["id"].as_str().unwrap();
+    assert!(id.starts_with("call_") && id.len() > 5);
+    assert_eq!(
+        res.header("location"),
+        Some(format!("/v1/calls/{id}").as_str())
+    );
+    assert_eq!(data["agent_id"], "agent_demo0001");
+    assert_eq!(data["phone_number"], "+15555550123");
+    assert_eq!(data["status"], "queued");
+
+    let retry = api
+        .send(create("t1", Some("k1"), new_call("+15555550123")))
+        .await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, res.body);
+    assert_eq!(api.state.call_count(), 1);
+
+    let conflict = api
+        .send(create("t1", Some("k1"), new_call("+15555550199")))
+        .await;
+    assert_error(&conflict, 409, "idempotency_conflict");
+}
+
+#[actix_web::test]
+async fn phone_numbers_must_be_e164() {
+    let api = start();
+    for phone in [
+        "5555550123",
+        "+1234567",
+        "+1234567890123456",
+        "+1555abc0123",
+    ] {
+        let res = api.send(create("t1", None, new_call(phone))).await;
+        assert_eq!(res.status, 400, "{phone}");
+        assert_eq!(res.json()["error"]["code"], "invalid_phone_number");
+        assert_eq!(
+            res.json()["request_id"],
+            res.header("x-request-id").unwrap()
+        );
+    }
+    assert_eq!(api.state.call_count(), 0);
+}
+
+#[actix_web::test]
+async fn listing_shows_this_tenants_calls_oldest_first() {
+    let api = start();
+    let a1 = api
+        .send(create("alice", None, new_call("+15555550001")))
+        .await
+        .json();
+    api.send(create("bob", None, new_call("+15555550002")))
+        .await;
+    let a2 = api
+        .send(create("alice", Some("k"), new_call("+15555550003")))
+        .await
+        .json();
+    let list = api
+        .send(RawRequest::get("/v1/calls").header("Authorization", "Bearer alice"))
+        .await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["data"], json!([a1["data"], a2["data"]]));
+}
+
+#[actix_web::test]
+async fn a_simulated_carrier_failure_creates_nothing_and_releases_the_key() {
+    let api = start();
+    let failing =
+        create("t1", Some("k"), new_call("+15555550123")).header("X-Simulate-Status", "503");
+    let res = api.send(failing).await;
+    assert_eq!(res.status, 503);
+    assert_eq!(api.state.call_count(), 0);
+    let retry = api
+        .send(create("t1", Some("k"), new_call("+15555550123")))
+        .await;
+    assert_eq!(retry.status, 201);
+    assert!(!retry.replayed());
+    assert_eq!(api.state.call_count(), 1);
+
+    let not_5xx = create("t1", None, new_call("+15555550123")).header("X-Simulate-Status", "404");
+    assert_eq!(api.send(not_5xx).await.status, 400);
+}
+
+#[actix_web::test]
+async fn a_slow_call_is_in_flight_for_its_duplicates() {
+    let api = start();
+    let slow = || {
+        create("t1", Some("slow"), new_call("+15555550123")).header("X-Simulate-Delay-Ms", "500")
+    };
+    let (a, b) = futures_util::join!(api.send(slow()), api.send(slow()));
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409]);
+    let conflict = if a.status == 409 { &a } else { &b };
+    assert_error(conflict, 409, "idempotency_conflict");
+    assert!(conflict.header("retry-after").is_some());
+    assert_eq!(api.state.call_count(), 1);
+}
+
+#[actix_web::test]
+async fn messages_use_x_idempotency_key_2xx_only_and_422_on_mismatch() {
+    let api = start();
+    let message = |key: &str, text: &str| {
+        RawRequest::post("/v1/messages")
+            .header("Authorization", "Bearer t1")
+            .header("X-Idempotency-Key", key)
+            .json(&json!({ "to": "+15555550123", "text": text }))
+    };
+    let first = api.send(message("m1", "hi")).await;
+    assert_eq!(first.status, 201);
+    assert!(first.json()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("msg_"));
+    assert!(api.send(message("m1", "hi")).await.replayed());
+    assert_error(
+        &api.send(message("m1", "bye")).await,
+        422,
+        "idempotency_conflict",
+    );
+
+    // A 4xx is not stored under the 2xx-only rule: the fixed request runs.
+    let bad = RawRequest::post("/v1/messages")
+        .header("Authorization", "Bearer t1")
+        .header("X-Idempotency-Key", "m2")
+        .json(&json!({ "to": "+15555550123" }));
+    assert_eq!(api.send(bad).await.status, 400);
+    assert_eq!(api.send(message("m2", "fixed")).await.status, 201);
+    assert_eq!(api.state.message_count(), 2);
+
+    let list = api
+        .send(RawRequest::get("/v1/messages").header("Authorization", "Bearer t1"))
+        .await;
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 2);
+}
