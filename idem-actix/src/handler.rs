@@ -77,7 +77,7 @@ fn reject(
     request_id: &str,
     error: IdempotencyError,
 ) -> HttpResponse {
-    tracing::debug!(request_id, code = error.code(), %error, "idempotency: rejected");
+    tracing::debug!(outcome = "rejected", request_id, code = error.code(), %error);
     let config = IdempotencyConfig::of(req);
     error_response(
         &error,
@@ -208,7 +208,11 @@ where
             return with_request_id(res.unwrap_or_else(|_| panicked()), &request_id);
         }
         Err(error) => {
-            tracing::debug!(outcome = "conflict", code = error.code(), %error);
+            let outcome = match error {
+                IdempotencyError::StoreUnavailable(_) => "store_unavailable",
+                _ => "conflict",
+            };
+            tracing::debug!(outcome, code = error.code(), %error);
             return error_response(&error, &request_id, policy.error_format, config.renderer());
         }
     };

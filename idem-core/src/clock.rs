@@ -23,7 +23,7 @@ impl Timestamp {
     }
 
     /// This time plus `duration`, saturating at the far future.
-    pub fn add(self, duration: Duration) -> Self {
+    pub fn saturating_add(self, duration: Duration) -> Self {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         Self(self.0.saturating_add(millis))
     }
@@ -99,7 +99,10 @@ mod tests {
     #[test]
     fn timestamps_saturate_instead_of_overflowing() {
         let late = Timestamp::from_millis(u64::MAX - 1);
-        assert_eq!(late.add(Duration::from_secs(10)).as_millis(), u64::MAX);
+        assert_eq!(
+            late.saturating_add(Duration::from_secs(10)).as_millis(),
+            u64::MAX
+        );
         assert_eq!(Timestamp::from_millis(5).since(late), Duration::ZERO);
     }
 

@@ -11,7 +11,7 @@ use futures_util::future::{select, Either};
 use crate::clock::{Clock, SystemClock};
 use crate::digest::{Fingerprint, StoreKey};
 use crate::error::IdempotencyError;
-use crate::policy::{OnInFlight, OnMismatch, OnStoreError, Policy};
+use crate::policy::{CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy};
 use crate::record::{Completed, InFlight, Record, Token};
 use crate::store::{Claim, Store, StoreError};
 
@@ -119,14 +119,16 @@ impl Engine {
             let now = self.clock.now();
             let claim = InFlight {
                 fingerprint,
-                lease_until: now.add(policy.lease),
+                lease_until: now.saturating_add(policy.lease),
                 token: Token::random(),
             };
             let existing = match self.store.claim(&key, claim, now).await {
                 Ok(Claim::Claimed) => {
                     return Ok(Begin::Execute(Lease {
                         engine: self.clone(),
-                        policy: *policy,
+                        lease: policy.lease,
+                        ttl: policy.ttl,
+                        cache: policy.cache,
                         key,
                         token: claim.token,
                         fingerprint,
@@ -199,7 +201,9 @@ fn judge(
 #[must_use = "a lease is released when dropped; finish it with the handler's response"]
 pub struct Lease {
     engine: Engine,
-    policy: Policy,
+    lease: Duration,
+    ttl: Duration,
+    cache: CachePolicy,
     key: StoreKey,
     token: Token,
     fingerprint: Fingerprint,
@@ -228,7 +232,7 @@ impl Lease {
 
     /// How often a running handler renews the lease: a third of its length.
     pub fn renew_every(&self) -> Duration {
-        (self.policy.lease / 3).max(Duration::from_millis(10))
+        (self.lease / 3).max(Duration::from_millis(10))
     }
 
     /// Extends the lease by its full length from now. `false` when the claim was lost.
@@ -239,7 +243,7 @@ impl Lease {
         let now = self.engine.clock.now();
         self.engine
             .store
-            .extend(&self.key, self.token, now.add(self.policy.lease), now)
+            .extend(&self.key, self.token, now.saturating_add(self.lease), now)
             .await
     }
 
@@ -270,7 +274,7 @@ impl Lease {
     /// The store's error; the claim then lapses with its lease.
     pub async fn finish(mut self, response: Response) -> Result<Outcome, StoreError> {
         self.done = true;
-        if !self.policy.cache.caches(response.status) {
+        if !self.cache.caches(response.status) {
             return Ok(
                 match self.engine.store.release(&self.key, self.token).await? {
                     true => Outcome::Released,
@@ -285,7 +289,7 @@ impl Lease {
             headers: response.headers,
             body: response.body,
             completed_at: now,
-            expires_at: now.add(self.policy.ttl),
+            expires_at: now.saturating_add(self.ttl),
         });
         let written = self
             .engine
@@ -336,7 +340,6 @@ mod tests {
     use super::*;
     use crate::clock::{ManualClock, Timestamp};
     use crate::store::{MokaStore, StoreFuture};
-    use crate::CachePolicy;
 
     const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 

@@ -193,7 +193,7 @@ mod tests {
             .required(true);
         assert_eq!(P.ttl, Duration::from_secs(60));
         assert_eq!(P.header, "X-Idempotency-Key");
-        assert!(P.required);
+        const { assert!(P.required) };
         assert_eq!(P.scope, Scope::ApiKey);
     }
 }

@@ -127,10 +127,10 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                             Some(h) if is_header_name(h) => {
                                 out(quote!(scope(__idem_p::Scope::Header(#h))))
                             }
-                            Some(_) => errors.push(&s, format!(
+                            Some(_) => errors.push(s, format!(
                                 "`{v}` does not name a valid header; write \"header:<Name>\", such as \"header:X-Tenant-Id\""
                             )),
-                            None => errors.push(&s, format!(
+                            None => errors.push(s, format!(
                                 "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"global\" or \"header:<Name>\""
                             )),
                         },
@@ -143,7 +143,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                     if is_header_name(&h) {
                         out(quote!(header(#h)));
                     } else {
-                        errors.push(&s, format!(
+                        errors.push(s, format!(
                             "\"{h}\" is not a valid header name; use letters, digits and `-`, such as \"X-Idempotency-Key\""
                         ));
                     }
@@ -179,7 +179,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                         "conflict" => out(quote!(on_mismatch(__idem_p::OnMismatch::Conflict))),
                         "unprocessable" => out(quote!(on_mismatch(__idem_p::OnMismatch::Unprocessable))),
                         "replay" => out(quote!(on_mismatch(__idem_p::OnMismatch::Replay))),
-                        v => errors.push(&s, format!(
+                        v => errors.push(s, format!(
                             "unknown mismatch answer \"{v}\"; expected \"conflict\" (409), \"unprocessable\" (422) or \"replay\""
                         )),
                     }
@@ -190,7 +190,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                     match s.value().as_str() {
                         "conflict" => out(quote!(on_in_flight(__idem_p::OnInFlight::Conflict))),
                         "wait" => in_flight_wait = Some(name.clone()),
-                        v => errors.push(&s, format!(
+                        v => errors.push(s, format!(
                             "unknown in-flight answer \"{v}\"; expected \"conflict\" (409) or \"wait\" (with an optional wait_timeout)"
                         )),
                     }
@@ -201,7 +201,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                     match s.value().as_str() {
                         "non_5xx" => out(quote!(cache(__idem_p::CachePolicy::Non5xx))),
                         "2xx" => out(quote!(cache(__idem_p::CachePolicy::Success))),
-                        v => errors.push(&s, format!(
+                        v => errors.push(s, format!(
                             "unknown cache rule \"{v}\"; expected \"non_5xx\" (every status but 5xx) or \"2xx\""
                         )),
                     }
@@ -214,7 +214,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                         "type" => Some(quote!(EnvelopeType)),
                         "problem" => Some(quote!(Problem)),
                         v => {
-                            errors.push(&s, format!(
+                            errors.push(s, format!(
                                 "unknown error format \"{v}\"; expected \"envelope\", \"type\" or \"problem\""
                             ));
                             None
@@ -231,7 +231,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                 if let Some(s) = string(&name, value.as_ref(), "\"idem_actix\"", &mut errors) {
                     match s.parse::<syn::Path>() {
                         Ok(path) => args.krate = Some(path),
-                        Err(_) => errors.push(&s, format!(
+                        Err(_) => errors.push(s, format!(
                             "\"{}\" is not a path; name the crate as you depend on it, such as \"idem\"",
                             s.value()
                         )),

@@ -1,0 +1,193 @@
+//! What a request costs the store, and what it leaves in traces.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use idem_actix::clock::Timestamp;
+use idem_actix::{idempotent, IdempotencyConfig, MokaStore, Store};
+use idem_core::store::{Claim, StoreFuture};
+use idem_core::{Completed, InFlight, Record, StoreKey, Token};
+use idem_tests::{Counter, RawRequest, TestServer};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record as SpanRecord};
+use tracing::{Event, Metadata, Subscriber};
+
+/// Counts calls per store operation on top of the embedded store.
+#[derive(Clone, Default)]
+struct Counting {
+    inner: MokaStore,
+    calls: Arc<Mutex<HashMap<&'static str, usize>>>,
+}
+
+impl Counting {
+    fn count(&self, operation: &'static str) {
+        *self.calls.lock().unwrap().entry(operation).or_default() += 1;
+    }
+
+    fn take(&self) -> HashMap<&'static str, usize> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+impl Store for Counting {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        self.count("claim");
+        self.inner.claim(key, claim, now)
+    }
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        self.count("get");
+        self.inner.get(key, now)
+    }
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        self.count("extend");
+        self.inner.extend(key, token, until, now)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Arc<Completed>,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        self.count("complete");
+        self.inner.complete(key, token, record, now)
+    }
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        self.count("release");
+        self.inner.release(key, token)
+    }
+}
+
+#[post("/op")]
+#[idempotent]
+async fn op(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
+    runs.bump();
+    if req.headers().contains_key("x-fail") {
+        return HttpResponse::InternalServerError().finish();
+    }
+    HttpResponse::Created().body("done")
+}
+
+/// Records span fields and event outcomes from every thread.
+#[derive(Clone, Default)]
+struct Traces {
+    spans: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    outcomes: Arc<Mutex<Vec<String>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+struct Fields(HashMap<String, String>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl Subscriber for Traces {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut fields = Fields(HashMap::new());
+        span.record(&mut fields);
+        self.spans.lock().unwrap().push(fields.0);
+        Id::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+    fn record(&self, _: &Id, _: &SpanRecord<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields(HashMap::new());
+        event.record(&mut fields);
+        if let Some(outcome) = fields.0.remove("outcome") {
+            self.outcomes.lock().unwrap().push(outcome);
+        }
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+#[actix_web::test]
+async fn each_request_costs_the_fewest_store_calls_and_is_traced() {
+    let traces = Traces::default();
+    tracing::subscriber::set_global_default(traces.clone()).expect("first subscriber");
+
+    let store = Counting::default();
+    let runs = Counter::default();
+    let (idem, data) = (
+        IdempotencyConfig::new(store.clone()),
+        web::Data::new(runs.clone()),
+    );
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(data.clone())
+            .service(op);
+    });
+    let keyed = |key: &str| {
+        RawRequest::post("/op")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", key)
+            .header("X-Request-ID", &format!("rid-{key}"))
+    };
+
+    // Without a key: no store access at all.
+    RawRequest::post("/op").send(server.addr).await;
+    assert!(store.take().is_empty());
+
+    // Executed: one claim and one completion.
+    let first = keyed("trace-1").send(server.addr).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(store.take(), HashMap::from([("claim", 1), ("complete", 1)]));
+
+    // Replayed: one read (the claim that finds the record).
+    assert!(keyed("trace-1").send(server.addr).await.replayed());
+    assert_eq!(store.take(), HashMap::from([("claim", 1)]));
+
+    // A 5xx: one claim and one release.
+    keyed("trace-2")
+        .header("X-Fail", "1")
+        .send(server.addr)
+        .await;
+    assert_eq!(store.take(), HashMap::from([("claim", 1), ("release", 1)]));
+
+    // A conflict: one claim.
+    RawRequest::post("/op?other")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "trace-1")
+        .send(server.addr)
+        .await;
+    assert_eq!(store.take(), HashMap::from([("claim", 1)]));
+    assert_eq!(runs.get(), 3);
+
+    let outcomes = traces.outcomes.lock().unwrap().clone();
+    for expected in ["executed", "replayed", "released", "conflict"] {
+        assert!(
+            outcomes.iter().any(|o| o == expected),
+            "{expected} not in {outcomes:?}"
+        );
+    }
+    let spans = traces.spans.lock().unwrap().clone();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.get("key").map(String::as_str) == Some("trace-1")
+                && s.get("request_id").map(String::as_str) == Some("rid-trace-1")),
+        "no span with the key and request id: {spans:?}"
+    );
+}
