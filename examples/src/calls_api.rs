@@ -25,8 +25,8 @@ pub const MAX_SIMULATED_DELAY_MS: u64 = 30_000;
 /// The API's data: calls and messages per tenant, oldest first.
 #[derive(Default)]
 pub struct CallsState {
-    calls: Mutex<HashMap<String, Vec<Call>>>,
-    messages: Mutex<HashMap<String, Vec<Message>>>,
+    calls: PerTenant<Call>,
+    messages: PerTenant<Message>,
 }
 
 impl CallsState {
@@ -48,7 +48,7 @@ impl CallsState {
 }
 
 /// A call as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Call {
     id: String,
     agent_id: String,
@@ -57,7 +57,7 @@ pub struct Call {
 }
 
 /// A message as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Message {
     id: String,
     to: String,
@@ -257,22 +257,12 @@ async fn create_call(
         status: "queued",
     };
     let location = format!("/v1/calls/{}", call.id);
-    lock(&state.calls)
-        .entry(tenant.0)
-        .or_default()
-        .push(call.clone());
-    Ok(HttpResponse::Created()
-        .insert_header(("Location", location))
-        .json(json!({ "data": call })))
+    Ok(created(&state.calls, tenant, location, call))
 }
 
 #[get("/v1/calls")]
 async fn list_calls(state: web::Data<CallsState>, tenant: Tenant) -> HttpResponse {
-    let calls = lock(&state.calls)
-        .get(&tenant.0)
-        .cloned()
-        .unwrap_or_default();
-    HttpResponse::Ok().json(json!({ "data": calls }))
+    listed(&state.calls, &tenant)
 }
 
 #[post("/v1/messages")]
@@ -296,22 +286,35 @@ async fn create_message(
         status: "queued",
     };
     let location = format!("/v1/messages/{}", message.id);
-    lock(&state.messages)
-        .entry(tenant.0)
-        .or_default()
-        .push(message.clone());
-    Ok(HttpResponse::Created()
-        .insert_header(("Location", location))
-        .json(json!({ "data": message })))
+    Ok(created(&state.messages, tenant, location, message))
 }
 
 #[get("/v1/messages")]
 async fn list_messages(state: web::Data<CallsState>, tenant: Tenant) -> HttpResponse {
-    let messages = lock(&state.messages)
-        .get(&tenant.0)
-        .cloned()
-        .unwrap_or_default();
-    HttpResponse::Ok().json(json!({ "data": messages }))
+    listed(&state.messages, &tenant)
+}
+
+type PerTenant<T> = Mutex<HashMap<String, Vec<T>>>;
+
+/// Keeps `item` in the tenant's list and answers 201 with it and its `Location`.
+fn created<T: Serialize>(
+    list: &PerTenant<T>,
+    tenant: Tenant,
+    location: String,
+    item: T,
+) -> HttpResponse {
+    let response = HttpResponse::Created()
+        .insert_header(("Location", location))
+        .json(json!({ "data": &item }));
+    lock(list).entry(tenant.0).or_default().push(item);
+    response
+}
+
+/// The tenant's list, oldest first.
+fn listed<T: Serialize>(list: &PerTenant<T>, tenant: &Tenant) -> HttpResponse {
+    let list = lock(list);
+    let items: &[T] = list.get(&tenant.0).map_or(&[], Vec::as_slice);
+    HttpResponse::Ok().json(json!({ "data": items }))
 }
 
 #[get("/healthz")]

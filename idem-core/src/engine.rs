@@ -339,7 +339,8 @@ impl Drop for Lease {
 mod tests {
     use super::*;
     use crate::clock::{ManualClock, Timestamp};
-    use crate::store::{MokaStore, StoreFuture};
+    use crate::store::MokaStore;
+    use crate::testing::UnavailableStore;
 
     const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 
@@ -603,46 +604,9 @@ mod tests {
         assert!(matches!(waiter.await.unwrap(), Ok(Begin::Execute(_))));
     }
 
-    struct DownStore;
-
-    impl Store for DownStore {
-        fn claim<'a>(
-            &'a self,
-            _: &'a StoreKey,
-            _: InFlight,
-            _: Timestamp,
-        ) -> StoreFuture<'a, Claim> {
-            Box::pin(async { Err(StoreError::Timeout) })
-        }
-        fn get<'a>(&'a self, _: &'a StoreKey, _: Timestamp) -> StoreFuture<'a, Option<Record>> {
-            Box::pin(async { Err(StoreError::Timeout) })
-        }
-        fn extend<'a>(
-            &'a self,
-            _: &'a StoreKey,
-            _: Token,
-            _: Timestamp,
-            _: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            Box::pin(async { Err(StoreError::Timeout) })
-        }
-        fn complete<'a>(
-            &'a self,
-            _: &'a StoreKey,
-            _: Token,
-            _: Arc<Completed>,
-            _: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            Box::pin(async { Err(StoreError::Timeout) })
-        }
-        fn release<'a>(&'a self, _: &'a StoreKey, _: Token) -> StoreFuture<'a, bool> {
-            Box::pin(async { Err(StoreError::Timeout) })
-        }
-    }
-
     #[tokio::test]
     async fn an_unreachable_store_fails_closed_unless_told_otherwise() {
-        let engine = Engine::new(DownStore);
+        let engine = Engine::new(UnavailableStore);
         let err = engine
             .begin(&Policy::DEFAULT, key(1), fp("a"))
             .await

@@ -45,6 +45,7 @@ mod policy;
 mod record;
 mod scope;
 pub mod store;
+pub mod testing;
 
 pub use crate::digest::{Fingerprint, StoreKey};
 pub use crate::engine::{Begin, Engine, Lease, Outcome, Response};

@@ -174,57 +174,60 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                 }
             }
             "mismatch" => {
-                if let Some(s) = string(&name, value.as_ref(), "\"conflict\"", &mut errors) {
-                    match s.value().as_str() {
-                        "conflict" => out(quote!(on_mismatch(__idem_p::OnMismatch::Conflict))),
-                        "unprocessable" => out(quote!(on_mismatch(__idem_p::OnMismatch::Unprocessable))),
-                        "replay" => out(quote!(on_mismatch(__idem_p::OnMismatch::Replay))),
-                        v => errors.push(s, format!(
-                            "unknown mismatch answer \"{v}\"; expected \"conflict\" (409), \"unprocessable\" (422) or \"replay\""
-                        )),
-                    }
+                let options = [
+                    ("conflict", "409", quote!(Conflict)),
+                    ("unprocessable", "422", quote!(Unprocessable)),
+                    ("replay", "the first response", quote!(Replay)),
+                ];
+                if let Some(v) = choice(
+                    &name,
+                    value.as_ref(),
+                    "mismatch answer",
+                    &options,
+                    &mut errors,
+                ) {
+                    out(quote!(on_mismatch(__idem_p::OnMismatch::#v)));
                 }
             }
             "in_flight" => {
-                if let Some(s) = string(&name, value.as_ref(), "\"conflict\"", &mut errors) {
-                    match s.value().as_str() {
-                        "conflict" => out(quote!(on_in_flight(__idem_p::OnInFlight::Conflict))),
-                        "wait" => in_flight_wait = Some(name.clone()),
-                        v => errors.push(s, format!(
-                            "unknown in-flight answer \"{v}\"; expected \"conflict\" (409) or \"wait\" (with an optional wait_timeout)"
-                        )),
-                    }
+                let options = [
+                    ("conflict", "409", Some(quote!(Conflict))),
+                    ("wait", "then replay; see wait_timeout", None),
+                ];
+                match choice(
+                    &name,
+                    value.as_ref(),
+                    "in-flight answer",
+                    &options,
+                    &mut errors,
+                ) {
+                    Some(Some(v)) => out(quote!(on_in_flight(__idem_p::OnInFlight::#v))),
+                    Some(None) => in_flight_wait = Some(name.clone()),
+                    None => {}
                 }
             }
             "cache" => {
-                if let Some(s) = string(&name, value.as_ref(), "\"non_5xx\"", &mut errors) {
-                    match s.value().as_str() {
-                        "non_5xx" => out(quote!(cache(__idem_p::CachePolicy::Non5xx))),
-                        "2xx" => out(quote!(cache(__idem_p::CachePolicy::Success))),
-                        v => errors.push(s, format!(
-                            "unknown cache rule \"{v}\"; expected \"non_5xx\" (every status but 5xx) or \"2xx\""
-                        )),
-                    }
+                let options = [
+                    ("non_5xx", "every status but 5xx", quote!(Non5xx)),
+                    ("2xx", "2xx only", quote!(Success)),
+                ];
+                if let Some(v) = choice(&name, value.as_ref(), "cache rule", &options, &mut errors)
+                {
+                    out(quote!(cache(__idem_p::CachePolicy::#v)));
                 }
             }
             "errors" => {
-                if let Some(s) = string(&name, value.as_ref(), "\"envelope\"", &mut errors) {
-                    let format = match s.value().as_str() {
-                        "envelope" => Some(quote!(Envelope)),
-                        "type" => Some(quote!(EnvelopeType)),
-                        "problem" => Some(quote!(Problem)),
-                        v => {
-                            errors.push(s, format!(
-                                "unknown error format \"{v}\"; expected \"envelope\", \"type\" or \"problem\""
-                            ));
-                            None
-                        }
-                    };
-                    if let Some(f) = format {
-                        out(
-                            quote!(error_format(::core::option::Option::Some(__idem_p::ErrorFormat::#f))),
-                        );
-                    }
+                let options = [
+                    ("envelope", "error.code", quote!(Envelope)),
+                    ("type", "error.type", quote!(EnvelopeType)),
+                    ("problem", "RFC 9457", quote!(Problem)),
+                ];
+                if let Some(v) =
+                    choice(&name, value.as_ref(), "error format", &options, &mut errors)
+                {
+                    out(
+                        quote!(error_format(::core::option::Option::Some(__idem_p::ErrorFormat::#v))),
+                    );
                 }
             }
             "crate" => {
@@ -295,6 +298,35 @@ fn string<'a>(
             None
         }
     }
+}
+
+/// One of `options` (value, what it means, what it stands for), by its string.
+fn choice<T: Clone>(
+    name: &Ident,
+    value: Option<&Lit>,
+    what: &str,
+    options: &[(&str, &str, T)],
+    errors: &mut Errors,
+) -> Option<T> {
+    let example = format!("\"{}\"", options[0].0);
+    let s = string(name, value, &example, errors)?;
+    let v = s.value();
+    if let Some((_, _, tokens)) = options.iter().find(|(option, _, _)| *option == v) {
+        return Some(tokens.clone());
+    }
+    let listed: Vec<String> = options
+        .iter()
+        .map(|(option, meaning, _)| format!("\"{option}\" ({meaning})"))
+        .collect();
+    let (last, rest) = listed.split_last().expect("options are not empty");
+    errors.push(
+        s,
+        format!(
+            "unknown {what} \"{v}\"; expected {} or {last}",
+            rest.join(", ")
+        ),
+    );
+    None
 }
 
 fn duration(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Duration> {

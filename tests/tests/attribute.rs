@@ -2,7 +2,6 @@
 //! and the layer's answers when handlers fail or the store is down.
 
 use std::future::{ready, Ready};
-use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{
@@ -10,10 +9,8 @@ use actix_web::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use idem_actix::clock::Timestamp;
-use idem_actix::{idempotent, IdempotencyConfig, IdempotencyKey, ProblemJson, Store, StoreError};
-use idem_core::store::{Claim, StoreFuture};
-use idem_core::{Completed, InFlight, Record, StoreKey, Token};
+use idem_actix::{idempotent, IdempotencyConfig, IdempotencyKey, ProblemJson};
+use idem_core::testing::UnavailableStore;
 use idem_tests::{assert_error, serve, Counter, RawRequest, RawResponse, Served, TestServer};
 use serde::Deserialize;
 use serde_json::json;
@@ -377,39 +374,6 @@ async fn fail_open(runs: web::Data<Counter>) -> HttpResponse {
     HttpResponse::Created().body(format!("run {}", runs.bump()))
 }
 
-/// A store whose backend is down.
-struct Down;
-
-impl Store for Down {
-    fn claim<'a>(&'a self, _: &'a StoreKey, _: InFlight, _: Timestamp) -> StoreFuture<'a, Claim> {
-        Box::pin(async { Err(StoreError::Timeout) })
-    }
-    fn get<'a>(&'a self, _: &'a StoreKey, _: Timestamp) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(async { Err(StoreError::Timeout) })
-    }
-    fn extend<'a>(
-        &'a self,
-        _: &'a StoreKey,
-        _: Token,
-        _: Timestamp,
-        _: Timestamp,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(async { Err(StoreError::Timeout) })
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a StoreKey,
-        _: Token,
-        _: Arc<Completed>,
-        _: Timestamp,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(async { Err(StoreError::Timeout) })
-    }
-    fn release<'a>(&'a self, _: &'a StoreKey, _: Token) -> StoreFuture<'a, bool> {
-        Box::pin(async { Err(StoreError::Timeout) })
-    }
-}
-
 fn down_app(config: IdempotencyConfig) -> (TestServer, Counter) {
     let runs = Counter::default();
     let data = web::Data::new(runs.clone());
@@ -424,7 +388,7 @@ fn down_app(config: IdempotencyConfig) -> (TestServer, Counter) {
 
 #[actix_web::test]
 async fn an_unreachable_store_fails_closed_with_503() {
-    let (server, runs) = down_app(IdempotencyConfig::new(Down));
+    let (server, runs) = down_app(IdempotencyConfig::new(UnavailableStore));
     let res = keyed("POST", "/default-format", "k")
         .send(server.addr)
         .await;
@@ -438,7 +402,7 @@ async fn an_unreachable_store_fails_closed_with_503() {
 
 #[actix_web::test]
 async fn fail_open_runs_the_handler_unprotected() {
-    let (server, runs) = down_app(IdempotencyConfig::new(Down));
+    let (server, runs) = down_app(IdempotencyConfig::new(UnavailableStore));
     let res = keyed("POST", "/fail-open", "k").send(server.addr).await;
     assert_eq!(res.status, 201);
     assert_eq!(runs.get(), 1);
@@ -446,7 +410,8 @@ async fn fail_open_runs_the_handler_unprotected() {
 
 #[actix_web::test]
 async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
-    let (server, _) = down_app(IdempotencyConfig::new(Down).error_renderer(ProblemJson));
+    let (server, _) =
+        down_app(IdempotencyConfig::new(UnavailableStore).error_renderer(ProblemJson));
     let res = keyed("POST", "/default-format", "k")
         .send(server.addr)
         .await;
@@ -454,7 +419,7 @@ async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
     assert_eq!(res.header("content-type"), Some("application/problem+json"));
     assert_eq!(res.json()["code"], "idempotency_store_unavailable");
 
-    let custom = IdempotencyConfig::new(Down).error_renderer(
+    let custom = IdempotencyConfig::new(UnavailableStore).error_renderer(
         |e: &idem_actix::IdempotencyError, id: &str| {
             HttpResponse::Ok().body(format!("{}|{id}", e.code()))
         },

@@ -5,71 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
-use idem_actix::clock::Timestamp;
-use idem_actix::{idempotent, IdempotencyConfig, MokaStore, Store};
-use idem_core::store::{Claim, StoreFuture};
-use idem_core::{Completed, InFlight, Record, StoreKey, Token};
+use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
+use idem_core::testing::CountingStore;
 use idem_tests::{Counter, RawRequest, TestServer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Metadata, Subscriber};
-
-/// Counts calls per store operation on top of the embedded store.
-#[derive(Clone, Default)]
-struct Counting {
-    inner: MokaStore,
-    calls: Arc<Mutex<HashMap<&'static str, usize>>>,
-}
-
-impl Counting {
-    fn count(&self, operation: &'static str) {
-        *self.calls.lock().unwrap().entry(operation).or_default() += 1;
-    }
-
-    fn take(&self) -> HashMap<&'static str, usize> {
-        std::mem::take(&mut *self.calls.lock().unwrap())
-    }
-}
-
-impl Store for Counting {
-    fn claim<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        claim: InFlight,
-        now: Timestamp,
-    ) -> StoreFuture<'a, Claim> {
-        self.count("claim");
-        self.inner.claim(key, claim, now)
-    }
-    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-        self.count("get");
-        self.inner.get(key, now)
-    }
-    fn extend<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: Token,
-        until: Timestamp,
-        now: Timestamp,
-    ) -> StoreFuture<'a, bool> {
-        self.count("extend");
-        self.inner.extend(key, token, until, now)
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: Token,
-        record: Arc<Completed>,
-        now: Timestamp,
-    ) -> StoreFuture<'a, bool> {
-        self.count("complete");
-        self.inner.complete(key, token, record, now)
-    }
-    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-        self.count("release");
-        self.inner.release(key, token)
-    }
-}
 
 #[post("/op")]
 #[idempotent]
@@ -128,7 +69,7 @@ async fn each_request_costs_the_fewest_store_calls_and_is_traced() {
     let traces = Traces::default();
     tracing::subscriber::set_global_default(traces.clone()).expect("first subscriber");
 
-    let store = Counting::default();
+    let store = CountingStore::new(MokaStore::new());
     let runs = Counter::default();
     let (idem, data) = (
         IdempotencyConfig::new(store.clone()),
