@@ -79,6 +79,8 @@ mod handler;
 mod render;
 mod request_id;
 
+#[cfg(feature = "redis")]
+pub use idem_core::store::{RedisStore, RedisStoreBuilder};
 pub use idem_core::{
     clock, codes, IdempotencyError, KeyError, MokaStore, Policy, Scope, Store, StoreError,
 };

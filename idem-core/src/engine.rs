@@ -163,9 +163,10 @@ impl Engine {
     }
 
     fn store_failed(&self, policy: &Policy, error: StoreError) -> Result<Begin, IdempotencyError> {
-        match policy.on_store_error {
-            OnStoreError::FailOpen => Ok(Begin::Unprotected(error)),
-            OnStoreError::FailClosed => Err(IdempotencyError::StoreUnavailable(error)),
+        if policy.on_store_error == OnStoreError::FailOpen || self.store.fails_open() {
+            Ok(Begin::Unprotected(error))
+        } else {
+            Err(IdempotencyError::StoreUnavailable(error))
         }
     }
 }

@@ -123,3 +123,286 @@ impl<S: Store> Store for CountingStore<S> {
         self.count("release").release(key, token)
     }
 }
+
+/// The behaviour every [`Store`] must have, as one suite: run [`conformance`] against a new
+/// backend to check it by the same tests as the built-in ones.
+///
+/// It uses explicit times around the system clock's now, so a backend must judge lapse by the
+/// `now` it is given. It writes keys derived from `seed`; use a fresh seed (or a fresh store)
+/// per run.
+///
+/// # Panics
+/// On the first behaviour the store gets wrong, naming it.
+pub async fn conformance<S: Store>(store: &S, seed: u8) {
+    let t0 = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let suite = Suite { store, seed, t0 };
+    suite.claim_is_exclusive().await;
+    suite.completion_is_replayed().await;
+    suite.completion_is_fenced().await;
+    suite.release_frees_the_key().await;
+    suite.lapsed_leases_can_be_taken_over().await;
+    suite.a_lapsed_holder_nobody_displaced_can_finish().await;
+    suite.extension_keeps_the_claim().await;
+    suite.completed_records_expire().await;
+    suite.keys_are_independent().await;
+}
+
+struct Suite<'a, S> {
+    store: &'a S,
+    seed: u8,
+    t0: Timestamp,
+}
+
+mod suite {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::digest::Fingerprint;
+
+    pub(super) const LEASE: Duration = Duration::from_secs(10);
+    pub(super) const TTL: Duration = Duration::from_secs(100);
+
+    impl<S: Store> Suite<'_, S> {
+        fn key(&self, n: u8) -> StoreKey {
+            let mut bytes = [self.seed; 32];
+            bytes[0] = n;
+            StoreKey::from_bytes(bytes)
+        }
+
+        fn at(&self, secs: u64) -> Timestamp {
+            self.t0.saturating_add(Duration::from_secs(secs))
+        }
+
+        fn in_flight(&self, at: u64) -> InFlight {
+            InFlight {
+                fingerprint: Fingerprint::new("POST", "/conformance", "", b"body"),
+                lease_until: self.at(at).saturating_add(LEASE),
+                token: Token::random(),
+            }
+        }
+
+        fn completed(&self, at: u64, body: &'static str) -> Arc<Completed> {
+            Arc::new(Completed {
+                fingerprint: Fingerprint::new("POST", "/conformance", "", b"body"),
+                status: 201,
+                headers: vec![
+                    ("location".into(), Bytes::from_static(b"/x/1")),
+                    ("set-cookie".into(), Bytes::from_static(b"a=1")),
+                    ("set-cookie".into(), Bytes::from_static(b"b=2")),
+                ],
+                body: Bytes::from_static(body.as_bytes()),
+                completed_at: self.at(at),
+                expires_at: self.at(at).saturating_add(TTL),
+            })
+        }
+
+        async fn claim(&self, n: u8, claim: InFlight, at: u64) -> Claim {
+            self.store
+                .claim(&self.key(n), claim, self.at(at))
+                .await
+                .expect("claim")
+        }
+
+        async fn claimed(&self, n: u8, at: u64) -> InFlight {
+            let claim = self.in_flight(at);
+            assert_eq!(
+                self.claim(n, claim, at).await,
+                Claim::Claimed,
+                "a free key is claimed"
+            );
+            claim
+        }
+
+        async fn complete(&self, n: u8, token: Token, record: Arc<Completed>, at: u64) -> bool {
+            self.store
+                .complete(&self.key(n), token, record, self.at(at))
+                .await
+                .expect("complete")
+        }
+
+        pub(super) async fn claim_is_exclusive(&self) {
+            let first = self.claimed(1, 0).await;
+            let second = self.in_flight(1);
+            assert_eq!(
+                self.claim(1, second, 1).await,
+                Claim::Existing(Record::InFlight(first)),
+                "a second claim sees the first"
+            );
+        }
+
+        pub(super) async fn completion_is_replayed(&self) {
+            let claim = self.claimed(2, 0).await;
+            let record = self.completed(1, "first");
+            assert!(
+                self.complete(2, claim.token, record.clone(), 1).await,
+                "the holder completes"
+            );
+            let expected = Record::Completed(record);
+            assert_eq!(
+                self.store.get(&self.key(2), self.at(2)).await.expect("get"),
+                Some(expected.clone()),
+                "get reads the completed record as written"
+            );
+            assert_eq!(
+                self.claim(2, self.in_flight(2), 2).await,
+                Claim::Existing(expected),
+                "a claim on a completed key returns the record"
+            );
+        }
+
+        pub(super) async fn completion_is_fenced(&self) {
+            let claim = self.claimed(3, 0).await;
+            assert!(
+                !self
+                    .complete(3, Token::random(), self.completed(1, "intruder"), 1)
+                    .await,
+                "another token cannot complete"
+            );
+            assert!(
+                !self
+                    .store
+                    .release(&self.key(3), Token::random())
+                    .await
+                    .expect("release"),
+                "another token cannot release"
+            );
+            assert_eq!(
+                self.store.get(&self.key(3), self.at(1)).await.expect("get"),
+                Some(Record::InFlight(claim))
+            );
+            assert!(
+                self.complete(3, claim.token, self.completed(1, "ok"), 1)
+                    .await
+            );
+            assert!(
+                !self
+                    .complete(3, claim.token, self.completed(2, "again"), 2)
+                    .await,
+                "a completed record is final"
+            );
+            assert!(!self
+                .store
+                .release(&self.key(3), claim.token)
+                .await
+                .expect("release"));
+        }
+
+        pub(super) async fn release_frees_the_key(&self) {
+            let claim = self.claimed(4, 0).await;
+            assert!(self
+                .store
+                .release(&self.key(4), claim.token)
+                .await
+                .expect("release"));
+            assert_eq!(
+                self.store.get(&self.key(4), self.at(1)).await.expect("get"),
+                None
+            );
+            self.claimed(4, 1).await;
+        }
+
+        pub(super) async fn lapsed_leases_can_be_taken_over(&self) {
+            let stale = self.claimed(5, 0).await;
+            let lapse = LEASE.as_secs();
+            let fresh = self.claimed(5, lapse).await;
+            assert!(
+                !self
+                    .store
+                    .extend(
+                        &self.key(5),
+                        stale.token,
+                        self.at(lapse + 20),
+                        self.at(lapse)
+                    )
+                    .await
+                    .expect("extend"),
+                "a displaced holder cannot extend"
+            );
+            assert!(
+                !self
+                    .complete(5, stale.token, self.completed(lapse, "stale"), lapse)
+                    .await,
+                "a displaced holder cannot complete"
+            );
+            assert!(!self
+                .store
+                .release(&self.key(5), stale.token)
+                .await
+                .expect("release"));
+            assert_eq!(
+                self.store
+                    .get(&self.key(5), self.at(lapse))
+                    .await
+                    .expect("get"),
+                Some(Record::InFlight(fresh)),
+                "the new claim stands"
+            );
+        }
+
+        pub(super) async fn a_lapsed_holder_nobody_displaced_can_finish(&self) {
+            let claim = self.claimed(6, 0).await;
+            let late = LEASE.as_secs() + 5;
+            assert_eq!(
+                self.store
+                    .get(&self.key(6), self.at(late))
+                    .await
+                    .expect("get"),
+                None
+            );
+            assert!(
+                self.complete(6, claim.token, self.completed(late, "late"), late)
+                    .await,
+                "the operation ran, so its response is recorded"
+            );
+        }
+
+        pub(super) async fn extension_keeps_the_claim(&self) {
+            let claim = self.claimed(7, 0).await;
+            assert!(self
+                .store
+                .extend(&self.key(7), claim.token, self.at(30), self.at(5))
+                .await
+                .expect("extend"));
+            let extended = InFlight {
+                lease_until: self.at(30),
+                ..claim
+            };
+            assert_eq!(
+                self.claim(7, self.in_flight(20), 20).await,
+                Claim::Existing(Record::InFlight(extended)),
+                "the extended claim holds past its first lease"
+            );
+            assert_eq!(self.claim(7, self.in_flight(30), 30).await, Claim::Claimed);
+        }
+
+        pub(super) async fn completed_records_expire(&self) {
+            let claim = self.claimed(8, 0).await;
+            assert!(
+                self.complete(8, claim.token, self.completed(0, "ttl"), 0)
+                    .await
+            );
+            let ttl = TTL.as_secs();
+            assert!(self
+                .store
+                .get(&self.key(8), self.at(ttl - 1))
+                .await
+                .expect("get")
+                .is_some());
+            assert_eq!(
+                self.store
+                    .get(&self.key(8), self.at(ttl))
+                    .await
+                    .expect("get"),
+                None
+            );
+            self.claimed(8, ttl).await;
+        }
+
+        pub(super) async fn keys_are_independent(&self) {
+            self.claimed(9, 0).await;
+            self.claimed(10, 0).await;
+        }
+    }
+}

@@ -298,3 +298,109 @@ impl Served {
         request.send(self.server.addr).await
     }
 }
+
+/// A Redis for tests: our own `redis-server` on a free loopback port, or the one named by
+/// `IDEM_TEST_REDIS_URL`.
+pub struct TestRedis {
+    url: String,
+    port: Option<u16>,
+    child: Option<std::process::Child>,
+}
+
+impl TestRedis {
+    /// Starts one, or `None` (the test should skip) when there is no `redis-server` and no
+    /// `IDEM_TEST_REDIS_URL`. With `IDEM_REQUIRE_REDIS=1`, a missing Redis panics instead.
+    pub fn start() -> Option<Self> {
+        if let Ok(url) = std::env::var("IDEM_TEST_REDIS_URL") {
+            if !url.is_empty() {
+                return Some(Self {
+                    url,
+                    port: None,
+                    child: None,
+                });
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Self {
+            url: format!("redis://127.0.0.1:{port}/"),
+            port: Some(port),
+            child: None,
+        };
+        match redis.spawn() {
+            Ok(()) => Some(redis),
+            Err(e) if std::env::var("IDEM_REQUIRE_REDIS").as_deref() == Ok("1") => {
+                panic!("IDEM_REQUIRE_REDIS=1 but redis-server could not start: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: no Redis for this test ({e}); install redis-server or set IDEM_TEST_REDIS_URL");
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.ok_or("an external Redis cannot be started")?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.connection().is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("redis-server did not answer within 10s".into())
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this test started the server (and so can stop and restart it).
+    pub fn owned(&self) -> bool {
+        self.port.is_some()
+    }
+
+    /// A plain connection, for looking at what the store wrote.
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        redis::cmd("PING").query::<String>(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// Runs one command.
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        cmd.query(&mut self.connection().expect("connect to test Redis"))
+            .expect("Redis command")
+    }
+
+    /// Stops the server (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn().expect("restart redis-server");
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -9,15 +9,16 @@
 use std::process::ExitCode;
 
 use actix_web::{web, App, HttpServer};
-use idem_actix::{IdempotencyConfig, MokaStore};
+use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
 use idem_examples::calls_api::{configure, CallsState};
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N] [--redis-url URL]
 
   --addr       address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
   --workers    actix worker threads (env IDEM_WORKERS; default: one per core)
-  --redis-url  use a Redis store shared by several processes (env IDEM_REDIS_URL);
-               without it, the embedded store of this process";
+  --redis-url  use the Redis store at this URL, shared by several processes, such
+               as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it, the
+               embedded store of this process";
 
 struct Options {
     addr: String,
@@ -76,22 +77,34 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if options.redis_url.is_some() {
-        eprintln!("calls-api: --redis-url: this build has no Redis store yet; run without it to use the embedded store");
-        return ExitCode::from(2);
-    }
-    let idem = IdempotencyConfig::new(MokaStore::new());
     let routes = configure(web::Data::new(CallsState::default()));
-    let addr = options.addr.clone();
     let result = actix_web::rt::System::new().block_on(async move {
+        // The Redis connection is driven by this (the main) runtime, shared by all workers.
+        let (idem, store) = match &options.redis_url {
+            Some(url) => match RedisStore::new(url.as_str()) {
+                Ok(store) => (IdempotencyConfig::new(store), format!("redis at {url}")),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("--redis-url: {e}"),
+                    ))
+                }
+            },
+            None => (
+                IdempotencyConfig::new(MokaStore::new()),
+                "embedded moka".to_owned(),
+            ),
+        };
         let mut server =
             HttpServer::new(move || App::new().app_data(idem.clone()).configure(routes.clone()));
         if let Some(workers) = options.workers {
             server = server.workers(workers);
         }
-        let server = server.bind(&options.addr)?;
+        let server = server.bind(&options.addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", options.addr))
+        })?;
         eprintln!(
-            "calls-api listening on http://{} (store: embedded moka)",
+            "calls-api listening on http://{} (store: {store})",
             options.addr
         );
         server.run().await
@@ -99,7 +112,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("calls-api: {addr}: {e}");
+            eprintln!("calls-api: {e}");
             ExitCode::FAILURE
         }
     }

@@ -9,9 +9,14 @@ use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Token};
 
+pub mod codec;
 mod moka;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use self::moka::{MokaStore, MokaStoreBuilder};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 
 /// The future a store operation returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -67,6 +72,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the claim holding `token`, so that a retry runs the operation again. `false`
     /// when `token` no longer holds the key.
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool>;
+
+    /// Whether requests run unprotected when this store fails, whatever their endpoint says.
+    /// `false` (fail closed) unless the store was configured otherwise.
+    fn fails_open(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -106,6 +117,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
         (**self).release(key, token)
     }
+
+    fn fails_open(&self) -> bool {
+        (**self).fails_open()
+    }
 }
 
 /// Why a store operation failed. The engine answers 503 `idempotency_store_unavailable`
@@ -120,6 +135,14 @@ pub enum StoreError {
     #[error("store timed out")]
     Timeout,
     /// A stored record could not be read.
-    #[error("stored record is unreadable: {0}")]
+    #[error("{0}")]
     Corrupt(String),
+    /// A record is larger than the store accepts.
+    #[error("record of {size} bytes is larger than the store's limit of {max} bytes")]
+    TooLarge {
+        /// The record's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }

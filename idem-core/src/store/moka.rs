@@ -118,7 +118,7 @@ impl MokaStore {
             .and_compute_with(|current| {
                 let record = current
                     .map(|e| e.into_value().record)
-                    .filter(|r| live_at.map_or(true, |now| r.is_live(now)));
+                    .filter(|r| live_at.is_none_or(|now| r.is_live(now)));
                 let (op, answer) = decide(record);
                 result = Some(answer);
                 std::future::ready(op)
@@ -257,5 +257,13 @@ impl Store for MokaStore {
                 })
                 .await)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn moka_store_conforms() {
+        crate::testing::conformance(&super::MokaStore::new(), 1).await;
     }
 }

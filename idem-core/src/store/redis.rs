@@ -1,0 +1,305 @@
+//! The Redis store: one key per record, shared by every server process that points at it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::codec::{self, token_hex};
+use super::{Claim, Store, StoreError, StoreFuture};
+use crate::clock::Timestamp;
+use crate::digest::StoreKey;
+use crate::record::{Completed, InFlight, Record, Token};
+
+/// How long a lapsed claim is kept after its lease ends, so that a slow holder that nobody
+/// displaced can still record its response (claims treat it as absent all the same).
+const LAPSED_CLAIM_GRACE: Duration = Duration::from_secs(60);
+
+/// Claims a free or lapsed key, or returns the live record: one round trip.
+/// KEYS[1] the record; ARGV: now (ms), the claim, its PX.
+const CLAIM: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local lapses_at = tonumber(string.match(current, '^%d+:%a:(%d+):'))
+  if lapses_at == nil or lapses_at > tonumber(ARGV[1]) then
+    return current
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return false
+";
+
+/// Acts on a claim only if `token` still holds it: one round trip.
+/// KEYS[1] the record; ARGV: token, op (`extend`, `complete`, `release`), the new lease end
+/// (extend) or record (complete), PX.
+const FENCED: &str = r"
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return 0
+end
+local version, kind, lapses_at, token = string.match(current, '^(%d+):(%a):(%d+):(%x+):')
+if kind ~= 'F' or token ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == 'release' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[2] == 'complete' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  local header = version .. ':F:' .. lapses_at .. ':' .. token .. ':'
+  local rest = string.sub(current, #header + 1)
+  redis.call('SET', KEYS[1], version .. ':F:' .. ARGV[3] .. ':' .. token .. ':' .. rest, 'PX', ARGV[4])
+end
+return 1
+";
+
+/// A store on Redis (or Valkey), for several server processes behind a load balancer.
+///
+/// Each record is one Redis key, `<prefix><hex of the store key>`, so it works on Redis
+/// Cluster. Every operation is one round trip: claim, extend, complete and release are Lua
+/// scripts that check lapse and the fencing token on the server; records expire in Redis
+/// itself (the TTL for completed records, the lease for running ones). The connection is
+/// multiplexed and reconnects by itself; each command has a timeout, past which the request
+/// answers 503 `idempotency_store_unavailable` (or runs unprotected, with
+/// [`RedisStoreBuilder::fail_open`]).
+///
+/// Clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+    max_record_bytes: usize,
+    fail_open: bool,
+    claim: Arc<Script>,
+    fenced: Arc<Script>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("fail_open", &self.fail_open)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    max_record_bytes: usize,
+    fail_open: bool,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://host:port/db`) with default settings.
+    ///
+    /// # Errors
+    /// As [`RedisStoreBuilder::build`].
+    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for a store on the Redis at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "idem:".into(),
+            timeout: Duration::from_millis(500),
+            max_record_bytes: 8 * 1024 * 1024,
+            fail_open: false,
+        }
+    }
+
+    /// The Redis key of a record.
+    pub fn redis_key(&self, key: &StoreKey) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn run<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::Unavailable(Box::new(e))),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    fn encode(&self, record: &Record, token: Token) -> Result<Vec<u8>, StoreError> {
+        let bytes = codec::encode(record, token)?;
+        if bytes.len() > self.max_record_bytes {
+            return Err(StoreError::TooLarge {
+                size: bytes.len(),
+                max: self.max_record_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn fenced(
+        &self,
+        key: &StoreKey,
+        token: Token,
+        op: &str,
+        value: &[u8],
+        keep_for: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.fenced.key(self.redis_key(key));
+        call.arg(token_hex(token))
+            .arg(op)
+            .arg(value)
+            .arg(px(keep_for));
+        let held: i64 = self.run(call.invoke_async(&mut conn)).await?;
+        Ok(held == 1)
+    }
+}
+
+/// A PX argument: at least 1 ms.
+fn px(keep_for: Duration) -> u64 {
+    u64::try_from(keep_for.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key this store writes. Default `idem:`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one command may take before the store counts as unavailable. Default 500 ms.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The largest record stored, in bytes (the response plus about 150 bytes). Default 8 MiB.
+    pub fn max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
+    /// Runs requests unprotected when Redis fails, instead of answering 503. Default off.
+    pub fn fail_open(mut self, fail_open: bool) -> Self {
+        self.fail_open = fail_open;
+        self
+    }
+
+    /// The store. It connects on first use, so it can be built while Redis is down; it
+    /// reconnects by itself when Redis comes back.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] for a URL that is not a Redis URL, or when called outside a
+    /// Tokio runtime (the connection's driver runs on the runtime that builds the store).
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::Unavailable(
+                "build the Redis store inside a Tokio runtime (for example in actix's main)".into(),
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(RedisStore {
+            conn,
+            prefix: self.prefix.into(),
+            timeout: self.timeout,
+            max_record_bytes: self.max_record_bytes,
+            fail_open: self.fail_open,
+            claim: Arc::new(Script::new(CLAIM)),
+            fenced: Arc::new(Script::new(FENCED)),
+        })
+    }
+}
+
+impl Store for RedisStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            let value = self.encode(&Record::InFlight(claim), claim.token)?;
+            let keep_for = claim.lease_until.since(now) + LAPSED_CLAIM_GRACE;
+            let mut conn = self.conn.clone();
+            let mut call = self.claim.key(self.redis_key(key));
+            call.arg(now.as_millis()).arg(value).arg(px(keep_for));
+            let existing: Option<Vec<u8>> = self.run(call.invoke_async(&mut conn)).await?;
+            match existing {
+                None => Ok(Claim::Claimed),
+                Some(bytes) => Ok(Claim::Existing(codec::decode(&bytes)?)),
+            }
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("GET").arg(self.redis_key(key)).to_owned();
+            let bytes: Option<Vec<u8>> = self.run(cmd.query_async(&mut conn)).await?;
+            match bytes {
+                None => Ok(None),
+                Some(bytes) => Ok(Some(codec::decode(&bytes)?).filter(|r| r.is_live(now))),
+            }
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let keep_for = lease_until.since(now) + LAPSED_CLAIM_GRACE;
+            let until = lease_until.as_millis().to_string();
+            self.fenced(key, token, "extend", until.as_bytes(), keep_for)
+                .await
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Arc<Completed>,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let keep_for = record.expires_at.since(now);
+            let value = self.encode(&Record::Completed(record), token)?;
+            self.fenced(key, token, "complete", &value, keep_for).await
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.fenced(key, token, "release", b"", Duration::from_millis(1))
+                .await
+        })
+    }
+
+    fn fails_open(&self) -> bool {
+        self.fail_open
+    }
+}

@@ -1,0 +1,353 @@
+//! The Redis store against a real `redis-server`: the shared conformance suite, expiry in
+//! Redis itself, one round trip per operation, several app instances sharing one Redis, and
+//! outages. Each test skips when no Redis can be had, unless `IDEM_REQUIRE_REDIS=1`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{post, web, HttpResponse};
+use futures_util::future::join_all;
+use idem_actix::clock::{ManualClock, Timestamp};
+use idem_actix::{idempotent, IdempotencyConfig, RedisStore};
+use idem_core::{Begin, Engine, Fingerprint, Outcome, Policy, Response, StoreKey};
+use idem_tests::{assert_error, eventually, Counter, RawRequest, TestRedis, TestServer};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+#[derive(Clone)]
+struct Probe {
+    runs: Counter,
+    gate: Arc<Semaphore>,
+}
+
+impl Probe {
+    fn open() -> Self {
+        Self {
+            runs: Counter::default(),
+            gate: Arc::new(Semaphore::new(10_000)),
+        }
+    }
+
+    fn closed() -> Self {
+        Self {
+            runs: Counter::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+#[post("/v1/calls")]
+#[idempotent]
+async fn create_call(probe: web::Data<Probe>) -> HttpResponse {
+    let n = probe.runs.bump();
+    let _permit = probe.gate.acquire().await.expect("gate");
+    HttpResponse::Created().json(json!({ "call": n }))
+}
+
+/// An app instance with its own `RedisStore` (as a separate process would have).
+fn instance(redis: &TestRedis, probe: &Probe, store: fn(&str) -> RedisStore) -> TestServer {
+    let url = redis.url().to_owned();
+    let data = web::Data::new(probe.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The store is built on the server's runtime, which drives its connection.
+    let server = TestServer::start(1, move |cfg| {
+        let idem = IdempotencyConfig::new(store(&url));
+        let _ = tx.send(());
+        cfg.app_data(idem)
+            .app_data(data.clone())
+            .service(create_call);
+    });
+    rx.recv().expect("store built");
+    server
+}
+
+fn default_store(url: &str) -> RedisStore {
+    RedisStore::new(url).expect("valid Redis URL")
+}
+
+fn call(key: &str) -> RawRequest {
+    RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+}
+
+#[actix_web::test]
+async fn redis_store_conforms() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&store, 7).await;
+}
+
+#[actix_web::test]
+async fn records_expire_in_redis_itself_one_key_each_under_the_prefix() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("expiry:")
+        .build()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let policy = Policy::DEFAULT
+        .lease(Duration::from_secs(30))
+        .ttl(Duration::from_secs(3600));
+    let key = StoreKey::from_bytes([3; 32]);
+    let redis_key = store.redis_key(&key);
+    assert!(redis_key.starts_with("expiry:"));
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+        panic!("claimed")
+    };
+    let pttl: i64 = redis.query(redis::cmd("PTTL").arg(&redis_key));
+    // The lease, plus the grace that lets a lapsed but undisplaced holder still finish.
+    assert!((85_000..=90_000).contains(&pttl), "in-flight PTTL {pttl}");
+
+    let outcome = lease
+        .finish(Response {
+            status: 201,
+            body: "ok".into(),
+            ..Response::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Recorded(_)));
+    let pttl: i64 = redis.query(redis::cmd("PTTL").arg(&redis_key));
+    assert!(
+        (3_595_000..=3_600_000).contains(&pttl),
+        "completed PTTL {pttl}"
+    );
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("expiry:*"));
+    assert_eq!(keys, vec![redis_key]);
+}
+
+/// Calls per command since the last reset, less the test's own INFO, CONFIG and handshakes.
+fn command_calls(redis: &TestRedis) -> HashMap<String, u64> {
+    let info: String = redis.query(redis::cmd("INFO").arg("commandstats"));
+    let calls = info
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            (!(matches!(name, "info" | "ping" | "hello") || name.contains('|')))
+                .then(|| (name.to_owned(), calls))
+        })
+        .collect();
+    redis.query::<()>(redis::cmd("CONFIG").arg("RESETSTAT"));
+    calls
+}
+
+#[actix_web::test]
+async fn an_execution_is_two_commands_and_a_replay_one() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let probe = Probe::open();
+    let server = instance(&redis, &probe, default_store);
+    // Warm up: the scripts are loaded on first use.
+    call("warm").send(server.addr).await;
+    call("warm").send(server.addr).await;
+    command_calls(&redis);
+
+    // commandstats also counts the commands the scripts run inside Redis; the client's round
+    // trips are the EVALSHA calls: claim and complete, then a claim that finds the record.
+    let counts = |pairs: &[(&str, u64)]| {
+        pairs
+            .iter()
+            .map(|(name, n)| (name.to_string(), *n))
+            .collect::<HashMap<_, _>>()
+    };
+    assert_eq!(call("k1").send(server.addr).await.status, 201);
+    assert_eq!(
+        command_calls(&redis),
+        counts(&[("evalsha", 2), ("get", 2), ("set", 2)])
+    );
+    assert!(call("k1").send(server.addr).await.replayed());
+    assert_eq!(command_calls(&redis), counts(&[("evalsha", 1), ("get", 1)]));
+    RawRequest::post("/v1/calls").send(server.addr).await;
+    assert!(command_calls(&redis).is_empty(), "no key, no command");
+}
+
+#[actix_web::test]
+async fn two_instances_sharing_redis_run_a_hundred_duplicates_once() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let probe = Probe::closed();
+    let a = instance(&redis, &probe, default_store);
+    let b = instance(&redis, &probe, default_store);
+
+    let first = {
+        let addr = a.addr;
+        actix_web::rt::spawn(async move { call("shared-1").send(addr).await })
+    };
+    eventually(|| probe.runs.get() == 1).await;
+    let addrs = [a.addr, b.addr];
+    let shared = call("shared-1");
+    let during = join_all((0..99).map(|i| shared.send(addrs[i % 2]))).await;
+    assert!(
+        during.iter().all(|r| r.status == 409),
+        "{:?}",
+        during.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    probe.gate.add_permits(10_000);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201);
+    for addr in addrs {
+        let retry = call("shared-1").send(addr).await;
+        assert!(retry.replayed());
+        assert_eq!(retry.body, first.body);
+    }
+
+    // And all at once, spread over both.
+    let burst = call("shared-2");
+    let all = join_all((0..100).map(|i| burst.send(addrs[i % 2]))).await;
+    assert!(all.iter().all(|r| r.status == 201 || r.status == 409));
+    assert_eq!(
+        all.iter()
+            .filter(|r| r.status == 201 && !r.replayed())
+            .count(),
+        1
+    );
+    assert_eq!(
+        probe.runs.get(),
+        2,
+        "each key ran once across both instances"
+    );
+}
+
+#[actix_web::test]
+async fn an_outage_fails_closed_and_the_app_recovers_without_a_restart() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    if !redis.owned() {
+        eprintln!("skipped: cannot stop an external Redis");
+        return;
+    }
+    let probe = Probe::open();
+    let server = instance(&redis, &probe, default_store);
+    assert_eq!(call("before").send(server.addr).await.status, 201);
+
+    redis.stop();
+    for key in ["during-1", "during-2", "before"] {
+        let res = call(key).send(server.addr).await;
+        assert_error(&res, 503, "idempotency_store_unavailable");
+        assert_eq!(res.header("retry-after"), Some("1"));
+    }
+    assert_eq!(probe.runs.get(), 1, "no handler ran without a claim");
+
+    redis.restart();
+    let mut recovered = None;
+    for _ in 0..200 {
+        let res = call("after").send(server.addr).await;
+        if res.status != 503 {
+            recovered = Some(res);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = recovered.expect("requests succeed again once Redis is back");
+    assert_eq!(recovered.status, 201);
+    assert!(call("after").send(server.addr).await.replayed());
+    assert_eq!(probe.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn fail_open_is_a_store_option() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    if !redis.owned() {
+        return;
+    }
+    let probe = Probe::open();
+    let server = instance(&redis, &probe, |url| {
+        RedisStore::builder(url).fail_open(true).build().unwrap()
+    });
+    redis.stop();
+    let res = call("k").send(server.addr).await;
+    assert_eq!(res.status, 201, "runs unprotected");
+    assert_eq!(probe.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn a_holder_that_outlives_its_lease_cannot_clobber_the_new_claim() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let clock = ManualClock::new(Timestamp::from_millis(1_900_000_000_000));
+    let store = RedisStore::builder(redis.url())
+        .prefix("fence:")
+        .build()
+        .unwrap();
+    let engine = Engine::new(store).with_clock(clock.clone());
+    let policy = Policy::DEFAULT.lease(Duration::from_secs(10));
+    let (key, fp) = (
+        StoreKey::from_bytes([9; 32]),
+        Fingerprint::new("POST", "/x", "", b""),
+    );
+    let Ok(Begin::Execute(stale)) = engine.begin(&policy, key, fp).await else {
+        panic!()
+    };
+    clock.advance(Duration::from_secs(11));
+    let Ok(Begin::Execute(fresh)) = engine.begin(&policy, key, fp).await else {
+        panic!("a lapsed lease is taken over")
+    };
+    let late = Response {
+        status: 201,
+        body: "stale".into(),
+        ..Response::default()
+    };
+    assert_eq!(stale.finish(late).await.unwrap(), Outcome::Lost);
+    let done = Response {
+        status: 201,
+        body: "fresh".into(),
+        ..Response::default()
+    };
+    assert!(matches!(
+        fresh.finish(done).await.unwrap(),
+        Outcome::Recorded(_)
+    ));
+    let Ok(Begin::Replay(record)) = engine.begin(&policy, key, fp).await else {
+        panic!()
+    };
+    assert_eq!(&record.body[..], b"fresh");
+}
+
+#[actix_web::test]
+async fn records_hold_no_raw_key_or_credential() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let probe = Probe::open();
+    let server = instance(&redis, &probe, |url| {
+        RedisStore::builder(url).prefix("secrets:").build().unwrap()
+    });
+    RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer sk_live_SECRET")
+        .header("Idempotency-Key", "order-RAWKEY")
+        .send(server.addr)
+        .await;
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("secrets:*"));
+    assert_eq!(keys.len(), 1);
+    let value: Vec<u8> = redis.query(redis::cmd("GET").arg(&keys[0]));
+    let text = String::from_utf8_lossy(&value);
+    for secret in ["SECRET", "RAWKEY", "Bearer"] {
+        assert!(
+            !keys[0].contains(secret) && !text.contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
