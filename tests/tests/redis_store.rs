@@ -351,3 +351,33 @@ async fn records_hold_no_raw_key_or_credential() {
         );
     }
 }
+
+#[actix_web::test]
+async fn records_over_the_size_bound_are_refused() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("bounded:")
+        .max_record_bytes(1024)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let (key, fp) = (
+        StoreKey::from_bytes([5; 32]),
+        Fingerprint::new("POST", "/x", "", b""),
+    );
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!()
+    };
+    let big = Response {
+        status: 201,
+        body: vec![b'x'; 2048].into(),
+        ..Response::default()
+    };
+    let err = lease.finish(big).await.unwrap_err();
+    assert!(
+        matches!(err, idem_actix::StoreError::TooLarge { max: 1024, .. }),
+        "{err}"
+    );
+}

@@ -18,6 +18,10 @@ pub use self::moka::{MokaStore, MokaStoreBuilder};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 
+/// How long a store keeps a claim after its lease ends. Claims treat it as absent all the
+/// same; the grace only lets a slow holder that nobody displaced still record its response.
+pub const LAPSED_CLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The future a store operation returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

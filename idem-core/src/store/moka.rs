@@ -7,7 +7,7 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
 
-use super::{Claim, Store, StoreFuture};
+use super::{Claim, Store, StoreFuture, LAPSED_CLAIM_GRACE};
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Token};
@@ -15,10 +15,6 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// What a record costs beyond its response bytes, for the capacity bound: the key, the
 /// record, moka's entry and its bookkeeping.
 const ENTRY_OVERHEAD: usize = 256;
-
-/// How long a lapsed claim is kept after its lease ends, so that a slow holder that nobody
-/// displaced can still record its response. Claims treat it as absent all the same.
-const LAPSED_CLAIM_GRACE: Duration = Duration::from_secs(60);
 
 /// The default capacity: 256 MiB of records.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;

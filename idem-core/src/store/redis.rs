@@ -7,14 +7,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::codec::{self, token_hex};
-use super::{Claim, Store, StoreError, StoreFuture};
+use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Token};
-
-/// How long a lapsed claim is kept after its lease ends, so that a slow holder that nobody
-/// displaced can still record its response (claims treat it as absent all the same).
-const LAPSED_CLAIM_GRACE: Duration = Duration::from_secs(60);
 
 /// Claims a free or lapsed key, or returns the live record: one round trip.
 /// KEYS[1] the record; ARGV: now (ms), the claim, its PX.
