@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use idem_core::{
     Begin, Completed, Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Outcome, Policy,
-    Response, StoreKey,
+    Response, ScopeError, ScopeValue, StoreKey,
 };
 use tracing::Instrument as _;
 
@@ -87,10 +87,35 @@ fn reject(
     )
 }
 
+/// A function that finds the scope of a request: the tenant (or other owner) of its key, or
+/// `None` when the request has none (the answer is then 400 `idempotency_scope_missing`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used as a scope function",
+    label = "a scope function is `fn(&HttpRequest) -> Option<String>`",
+    note = "return the owner of the request's keys (such as its tenant), or None when the request has none"
+)]
+pub trait ScopeFn {
+    /// The scope of `req`.
+    fn scope(&self, req: &HttpRequest) -> Option<String>;
+}
+
+impl<F: Fn(&HttpRequest) -> Option<String>> ScopeFn for F {
+    fn scope(&self, req: &HttpRequest) -> Option<String> {
+        self(req)
+    }
+}
+
+/// Calls a scope function; the attribute checks its signature through this.
+pub fn scope<F: ScopeFn>(f: F, req: &HttpRequest) -> Option<String> {
+    f.scope(req)
+}
+
 /// Runs `handler` under `endpoint`'s policy. `handler` extracts the original handler's
-/// arguments from the request and payload it is given, calls it and responds.
+/// arguments from the request and payload it is given, calls it and responds. With
+/// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
 pub async fn run<H, Fut>(
     endpoint: &'static Endpoint,
+    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
     req: HttpRequest,
     payload: web::Payload,
     handler: H,
@@ -127,10 +152,19 @@ where
         }
     };
     let headers = req.headers();
-    let scope = match policy
-        .scope
-        .resolve(|name| headers.get(name).map(HeaderValue::as_bytes))
-    {
+    let scope = match scope_fn {
+        Some(find) => find(&req)
+            .map(|scope| ScopeValue::new("custom", scope.into_bytes()))
+            .ok_or_else(|| {
+                ScopeError::Custom(
+                    "this endpoint's scope function found none for this request; send the credentials it reads".into(),
+                )
+            }),
+        None => policy
+            .scope
+            .resolve(|name| headers.get(name).map(HeaderValue::as_bytes)),
+    };
+    let scope = match scope {
         Ok(scope) => scope,
         Err(e) => return reject(&req, endpoint, &request_id, e.into()),
     };
@@ -319,13 +353,6 @@ fn replay(record: &Completed, request_id: &str) -> HttpResponse {
 }
 
 /// Lets the attribute's generated code respond with whatever the original handler returned.
-pub fn respond<R, E>(req: &HttpRequest, result: Result<R, E>) -> HttpResponse
-where
-    R: actix_web::Responder,
-    E: Into<actix_web::Error>,
-{
-    match result {
-        Ok(value) => value.respond_to(req).map_into_boxed_body(),
-        Err(error) => HttpResponse::from_error(error),
-    }
+pub fn respond<R: actix_web::Responder>(req: &HttpRequest, value: R) -> HttpResponse {
+    value.respond_to(req).map_into_boxed_body()
 }

@@ -88,6 +88,7 @@ pub use idem_macros::idempotent;
 
 pub use crate::config::IdempotencyConfig;
 pub use crate::extract::{IdempotencyKey, NoIdempotencyKey};
+pub use crate::handler::ScopeFn;
 pub use crate::render::{ErrorRenderer, JsonEnvelope, ProblemJson};
 pub use crate::request_id::RequestId;
 
@@ -99,7 +100,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Support for the code `#[idempotent]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{respond, run, Endpoint};
+    pub use crate::handler::{respond, run, scope, Endpoint};
     pub use actix_web::dev::Payload as RawPayload;
     pub use actix_web::web::Payload;
     pub use actix_web::{FromRequest, HttpRequest, HttpResponse};

@@ -17,27 +17,29 @@ const ALLOWED: &str = "ttl, scope, header, key_max_len, required, mismatch, in_f
 /// The longest `key_max_len` accepted: keys are header values, and servers cap header sizes.
 const KEY_MAX_LEN_LIMIT: u64 = 8192;
 
-/// One `name` or `name = value`.
+/// One `name`, `name = "literal"` or `name = path`.
 struct RawArg {
     name: Ident,
     value: Option<Lit>,
+    path: Option<syn::Path>,
 }
 
 impl Parse for RawArg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let name = Ident::parse_any(input)?;
-        let value = if input.peek(Token![=]) {
+        let (mut value, mut path) = (None, None);
+        if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
             let lookahead = input.lookahead1();
             if lookahead.peek(Lit) {
-                Some(input.parse()?)
+                value = Some(input.parse()?);
+            } else if lookahead.peek(Ident::peek_any) || lookahead.peek(Token![::]) {
+                path = Some(input.parse()?);
             } else {
                 return Err(lookahead.error());
             }
-        } else {
-            None
-        };
-        Ok(Self { name, value })
+        }
+        Ok(Self { name, value, path })
     }
 }
 
@@ -53,6 +55,8 @@ impl Parse for RawArgs {
 #[derive(Default)]
 pub struct Args {
     pub krate: Option<syn::Path>,
+    /// `scope = some::function`: the request's scope comes from a user function.
+    pub scope_fn: Option<syn::Path>,
     setters: Vec<TokenStream>,
 }
 
@@ -95,13 +99,31 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
     let mut in_flight_wait: Option<Ident> = None;
     let mut wait_timeout: Option<(Ident, Duration)> = None;
 
-    for RawArg { name, value } in raw.0 {
+    for RawArg { name, value, path } in raw.0 {
         let key = name.to_string();
         if seen.contains(&name) {
             errors.push(&name, format!("`{key}` is given twice; keep one"));
             continue;
         }
         seen.push(name.clone());
+        if let Some(path) = path {
+            if key == "scope" {
+                args.scope_fn = Some(path);
+            } else if ALLOWED.split(", ").any(|a| a == key) {
+                errors.push(
+                    &path,
+                    format!(
+                    "`{key}` takes a literal value, not a path; only `scope` also takes a function"
+                ),
+                );
+            } else {
+                errors.push(
+                    &name,
+                    format!("unknown argument `{key}`; allowed: {ALLOWED}"),
+                );
+            }
+            continue;
+        }
         let mut out = |setter: TokenStream| args.setters.push(setter);
         match key.as_str() {
             "ttl" | "lease" => {
@@ -131,7 +153,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                                 "`{v}` does not name a valid header; write \"header:<Name>\", such as \"header:X-Tenant-Id\""
                             )),
                             None => errors.push(s, format!(
-                                "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"global\" or \"header:<Name>\""
+                                "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"global\", \"header:<Name>\", or a function `fn(&HttpRequest) -> Option<String>` named without quotes"
                             )),
                         },
                     }

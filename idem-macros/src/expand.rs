@@ -1,10 +1,13 @@
-//! Code generation: the original handler nested in a generated one, and a single call into
-//! `idem_actix::__private::run`.
+//! Code generation: the original handler's body runs inside a generated handler, after a
+//! single call into `idem_actix::__private::run`.
+//!
+//! The body stays in the generated function's own scope (as an `async` block), so `Self`,
+//! generic parameters and `impl Trait` return types mean what they meant.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, ItemFn, ReturnType};
+use syn::{FnArg, ItemFn, ReturnType};
 
 use crate::attr::Args;
 
@@ -31,11 +34,15 @@ pub fn check(item: &ItemFn) -> Result<(), syn::Error> {
             "#[idempotent] handlers cannot take `self`; write an associated function and register it with `web::resource(..).route(..)`",
         ));
     }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        push(syn::Error::new_spanned(
-            &sig.generics,
-            "#[idempotent] does not support generic handlers; register a concrete function",
-        ));
+    for arg in &sig.inputs {
+        if let FnArg::Typed(pat) = arg {
+            if contains_impl(pat.ty.to_token_stream()) {
+                push(syn::Error::new_spanned(
+                    &pat.ty,
+                    "#[idempotent] handlers name their extractor types; `impl Trait` arguments are not supported",
+                ));
+            }
+        }
     }
     if sig.inputs.len() > MAX_EXTRACTORS {
         push(syn::Error::new_spanned(
@@ -49,10 +56,12 @@ pub fn check(item: &ItemFn) -> Result<(), syn::Error> {
     }
 }
 
-fn is_lint(attr: &Attribute) -> bool {
-    ["allow", "expect", "warn", "deny", "forbid"]
-        .iter()
-        .any(|lint| attr.path().is_ident(lint))
+fn contains_impl(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        TokenTree::Ident(ident) => ident == "impl",
+        TokenTree::Group(group) => contains_impl(group.stream()),
+        _ => false,
+    })
 }
 
 /// The generated handler.
@@ -69,57 +78,88 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ..
     } = item;
     let ident = &sig.ident;
-    let lint_attrs: Vec<&Attribute> = attrs.iter().filter(|a| is_lint(a)).collect();
+    let (_, _, where_clause) = sig.generics.split_for_impl();
+    let generics = &sig.generics;
 
-    let arg_types: Vec<&syn::Type> = sig
+    let (patterns, types): (Vec<_>, Vec<_>) = sig
         .inputs
         .iter()
         .filter_map(|arg| match arg {
-            FnArg::Typed(pat) => Some(&*pat.ty),
+            FnArg::Typed(pat) => Some((&*pat.pat, &*pat.ty)),
             FnArg::Receiver(_) => None,
         })
-        .collect();
-    let arg_names: Vec<_> = (0..arg_types.len())
+        .unzip();
+    let names: Vec<_> = (0..types.len())
         .map(|i| format_ident!("__idem_arg{}", i))
         .collect();
-    let output_span = match &sig.output {
+    // A named return type guides inference of `?` in the body. An `impl Trait` type cannot be
+    // named in a `let`, so the value is checked against its bounds as the signature did.
+    let (output, check_output) = match &sig.output {
+        ReturnType::Type(_, ty) if !contains_impl(ty.to_token_stream()) => {
+            (quote!(: #ty), quote!())
+        }
+        ReturnType::Type(_, ty) => (
+            quote!(),
+            quote_spanned! {ty.span()=>
+                #[allow(unused_parens)]
+                fn __idem_output(_: &(#ty)) {}
+                __idem_output(&__idem_out);
+            },
+        ),
+        ReturnType::Default => (quote!(: ()), quote!()),
+    };
+    let respond_span = match &sig.output {
         ReturnType::Type(_, ty) => ty.span(),
-        ReturnType::Default => sig.ident.span(),
+        ReturnType::Default => ident.span(),
+    };
+    let respond = quote_spanned! {respond_span=>
+        __idem_p::respond(&__idem_req, __idem_out)
+    };
+    let scope_fn = match &args.scope_fn {
+        Some(path) => {
+            let call = quote_spanned! {path.span()=> __idem_p::scope(#path, __idem_scope_req) };
+            quote! {
+                ::core::option::Option::Some(|__idem_scope_req: &__idem_p::HttpRequest| #call)
+            }
+        }
+        None => quote!(::core::option::Option::None),
     };
     let policy = args.policy();
-    let call = quote_spanned! {output_span=>
-        __idem_p::respond(&__idem_req, match __idem_args {
-            ::core::result::Result::Ok((#(#arg_names,)*)) => {
-                ::core::result::Result::Ok(#ident(#(#arg_names),*).await)
-            }
-            ::core::result::Result::Err(__idem_err) => ::core::result::Result::Err(__idem_err),
-        })
-    };
 
     quote! {
         #(#attrs)*
-        #vis async fn #ident(
+        #vis async fn #ident #generics (
             __idem_req: #krate::__private::HttpRequest,
             __idem_payload: #krate::__private::Payload,
-        ) -> #krate::__private::HttpResponse {
+        ) -> #krate::__private::HttpResponse #where_clause {
             use #krate::__private as __idem_p;
-
-            #(#lint_attrs)*
-            #sig #block
 
             static __IDEM_ENDPOINT: __idem_p::Endpoint = __idem_p::Endpoint::new(#policy);
 
             __idem_p::run(
                 &__IDEM_ENDPOINT,
+                #scope_fn,
                 __idem_req,
                 __idem_payload,
-                |__idem_req: __idem_p::HttpRequest, mut __idem_payload: __idem_p::RawPayload| async move {
-                    let __idem_args = <(#(#arg_types,)*) as __idem_p::FromRequest>::from_request(
+                move |__idem_req: __idem_p::HttpRequest, mut __idem_payload: __idem_p::RawPayload| async move {
+                    let (#(#names,)*) = match <(#(#types,)*) as __idem_p::FromRequest>::from_request(
                         &__idem_req,
                         &mut __idem_payload,
                     )
+                    .await
+                    {
+                        ::core::result::Result::Ok(__idem_args) => __idem_args,
+                        ::core::result::Result::Err(__idem_err) => {
+                            return __idem_p::HttpResponse::from_error(__idem_err);
+                        }
+                    };
+                    let __idem_out #output = async move {
+                        #(let #patterns: #types = #names;)*
+                        #block
+                    }
                     .await;
-                    #call
+                    #check_output
+                    #respond
                 },
             )
             .await
