@@ -82,7 +82,7 @@ mod request_id;
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
 pub use idem_core::{
-    clock, codes, IdempotencyError, KeyError, MokaStore, Policy, Scope, Store, StoreError,
+    clock, codes, testing, IdempotencyError, KeyError, MokaStore, Policy, Scope, Store, StoreError,
 };
 pub use idem_macros::idempotent;
 

@@ -9,10 +9,22 @@ mod expand;
 /// Makes an actix-web handler idempotent: a request retried with the same `Idempotency-Key`
 /// runs the handler once, and every retry gets the first response.
 ///
-/// ```text
+/// ```
+/// # extern crate idem as idem_actix;
+/// use actix_web::{post, web, HttpResponse, Responder};
+/// use idem_actix::idempotent;
+///
+/// #[derive(serde::Deserialize)]
+/// struct NewCall {
+///     phone_number: String,
+/// }
+///
 /// #[post("/v1/calls")]
 /// #[idempotent(ttl = "24h", scope = "api_key")]
-/// async fn create_call(body: web::Json<NewCall>) -> impl Responder { ... }
+/// async fn create_call(body: web::Json<NewCall>) -> impl Responder {
+///     HttpResponse::Created().body(format!("calling {}", body.phone_number))
+/// }
+/// # let _ = actix_web::App::new().service(create_call);
 /// ```
 ///
 /// The attribute goes above or below a route attribute (`#[post]`, `#[route]`), or on a plain
@@ -20,26 +32,584 @@ mod expand;
 /// (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included.
 ///
 /// # Arguments
-/// Every argument is optional; with none, the defaults below apply. A bad value is a compile
-/// error on that value, naming the accepted forms.
+/// Every argument is optional; with none, the defaults of each section below apply. A bad value
+/// is a compile error on that value, naming the accepted forms; an unknown or repeated argument
+/// is one too.
 ///
 /// | argument | values | default |
 /// |---|---|---|
-/// | `ttl` | a duration: `"30s"`, `"15m"`, `"24h"`, `"7d"` | `"24h"` |
-/// | `scope` | `"api_key"` (`Authorization`, else `X-API-Key`), `"basic_auth_user"`, `"global"`, `"header:<Name>"` | `"api_key"` |
-/// | `header` | a header name | `"Idempotency-Key"` |
-/// | `key_max_len` | 1 to 8192 | `255` |
-/// | `required` | flag: a request without a key gets 400 `idempotency_key_missing` | off |
-/// | `mismatch` | `"conflict"` (409), `"unprocessable"` (422), `"replay"` (the first response) | `"conflict"` |
-/// | `in_flight` | `"conflict"` (409 with `Retry-After`), `"wait"` (then replay) | `"conflict"` |
-/// | `wait_timeout` | a duration; only with `in_flight = "wait"` | `"10s"` |
-/// | `cache` | `"non_5xx"`, `"2xx"`: which responses are recorded; others release the key | `"non_5xx"` |
-/// | `per_endpoint` | flag: keys are per method and route, not only per scope | off |
-/// | `lease` | a duration: how long a claim holds unless the running handler renews it | `"60s"` |
-/// | `fail_open` | flag: run unprotected when the store is down, instead of 503 | off |
-/// | `errors` | `"envelope"` (`error.code`), `"type"` (`error.type`), `"problem"` (RFC 9457) | the app's renderer |
-/// | `max_body` | bytes of request body buffered for the fingerprint; more gets 413 | `2097152` |
-/// | `crate` | the path of `idem_actix` when renamed in `Cargo.toml` | `"idem_actix"` |
+/// | [`ttl`](#ttl) | a duration: `"30s"`, `"15m"`, `"24h"`, `"7d"` | `"24h"` |
+/// | [`scope`](#scope) | `"api_key"`, `"basic_auth_user"`, `"global"`, `"header:<Name>"`, or a function | `"api_key"` |
+/// | [`header`](#header) | a header name | `"Idempotency-Key"` |
+/// | [`key_max_len`](#key_max_len) | 1 to 8192 | `255` |
+/// | [`required`](#required) | flag | off |
+/// | [`mismatch`](#mismatch) | `"conflict"`, `"unprocessable"`, `"replay"` | `"conflict"` |
+/// | [`in_flight`](#in_flight) | `"conflict"`, `"wait"` | `"conflict"` |
+/// | [`wait_timeout`](#wait_timeout) | a duration, with `in_flight = "wait"` | `"10s"` |
+/// | [`cache`](#cache) | `"non_5xx"`, `"2xx"` | `"non_5xx"` |
+/// | [`per_endpoint`](#per_endpoint) | flag | off |
+/// | [`lease`](#lease) | a duration | `"60s"` |
+/// | [`fail_open`](#fail_open) | flag | off |
+/// | [`errors`](#errors) | `"envelope"`, `"type"`, `"problem"` | the app's renderer |
+/// | [`max_body`](#max_body) | bytes | `2097152` |
+/// | [`crate`](#crate) | a path | `"idem_actix"` |
+///
+/// Arguments that make no sense together are refused: `wait_timeout` without
+/// `in_flight = "wait"` (there is nothing to wait for).
+///
+/// ## `ttl`
+///
+/// How long a completed response is replayed, counted from completion: a duration such as
+/// `"30s"`, `"15m"`, `"24h"` or `"7d"` (at least 1 ms, at most 10 years). Default `"24h"`. After it,
+/// the key is new again.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(ttl = "15m")]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().body("call_1")
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// assert_eq!(send(&app, req("k").uri("/v1/calls")).await, (201, false, "call_1".into()));
+/// assert_eq!(send(&app, req("k").uri("/v1/calls")).await, (201, true, "call_1".into()));
+/// # });
+/// ```
+///
+/// ## `scope`
+///
+/// Whose key it is; keys of different scopes never meet. `"api_key"` (the default): the whole
+/// `Authorization` header value, else `X-API-Key`. `"basic_auth_user"`: the user name of HTTP Basic
+/// authentication. `"header:<Name>"`: the value of that header. `"global"`: one scope for all
+/// clients. Or, without quotes, a function `fn(&HttpRequest) -> Option<String>` (checked at compile
+/// time), for example the tenant an authentication middleware put in the request's extensions. A
+/// request without its scope gets 400 `idempotency_scope_missing`; there is no fallback.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpRequest, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// fn tenant(req: &HttpRequest) -> Option<String> {
+///     Some(req.headers().get("x-tenant")?.to_str().ok()?.to_owned())
+/// }
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(scope = tenant)]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// let call = |tenant| req("k").uri("/v1/calls").insert_header(("X-Tenant", tenant));
+/// assert_eq!(send(&app, call("acme")).await.1, false);
+/// assert_eq!(send(&app, call("globex")).await.1, false, "another tenant, another key");
+/// assert_eq!(send(&app, call("acme")).await.1, true);
+/// let anonymous = TestRequest::post().uri("/v1/calls").insert_header(("Idempotency-Key", "k"));
+/// assert_eq!(send(&app, anonymous).await.0, 400);
+/// # });
+/// ```
+///
+/// ## `header`
+///
+/// The request header that carries the key. Default `"Idempotency-Key"`.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(header = "X-Idempotency-Key")]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// let call = || TestRequest::post().uri("/v1/calls")
+///     .insert_header(("Authorization", "Bearer t"))
+///     .insert_header(("X-Idempotency-Key", "k"));
+/// assert_eq!(send(&app, call()).await.1, false);
+/// assert_eq!(send(&app, call()).await.1, true);
+/// # });
+/// ```
+///
+/// ## `key_max_len`
+///
+/// The longest key accepted, in bytes once unquoted, from 1 to 8192. Default `255`. A longer
+/// key gets 400 `idempotency_key_invalid`.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/emails")]
+/// #[idempotent(key_max_len = 256)]
+/// async fn send_email() -> HttpResponse {
+///     HttpResponse::Ok().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(send_email)).await;
+/// assert_eq!(send(&app, req(&"k".repeat(256)).uri("/emails")).await.0, 200);
+/// let (status, _, body) = send(&app, req(&"k".repeat(257)).uri("/emails")).await;
+/// assert_eq!(status, 400);
+/// assert!(body.contains("idempotency_key_invalid"));
+/// # });
+/// ```
+///
+/// ## `required`
+///
+/// A flag (`required` or `required = true`): a request without a key gets 400
+/// `idempotency_key_missing` instead of running unprotected.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/charges")]
+/// #[idempotent(required)]
+/// async fn charge() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(charge)).await;
+/// let no_key = TestRequest::post().uri("/v1/charges").insert_header(("Authorization", "Bearer t"));
+/// let (status, _, body) = send(&app, no_key).await;
+/// assert_eq!(status, 400);
+/// assert!(body.contains("idempotency_key_missing"));
+/// # });
+/// ```
+///
+/// ## `mismatch`
+///
+/// The answer when a key comes back with a different request (method, path, query or body):
+/// `"conflict"` (409 `idempotency_conflict`, the default), `"unprocessable"` (422, as the IETF draft
+/// says) or `"replay"` (the first response, ignoring the new request).
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(mismatch = "unprocessable")]
+/// async fn create_call(body: String) -> HttpResponse {
+///     HttpResponse::Created().body(body)
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to A")).await.0, 201);
+/// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to B")).await.0, 422);
+/// # });
+/// ```
+///
+/// ## `in_flight`
+///
+/// The answer while the first request with the key is still running: `"conflict"` (409
+/// `idempotency_conflict` with `Retry-After`, the default) or `"wait"`: wait for the first to finish
+/// (up to `wait_timeout`) and replay its response, or 409 after that.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(in_flight = "wait")]
+/// async fn create_call() -> HttpResponse {
+///     actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+///     HttpResponse::Created().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// let (a, b) = futures_util::join!(
+///     send(&app, req("k").uri("/v1/calls")),
+///     send(&app, req("k").uri("/v1/calls")),
+/// );
+/// assert_eq!((a.0, b.0), (201, 201));
+/// assert!(a.1 != b.1, "one ran, the other waited and replayed it");
+/// # });
+/// ```
+///
+/// ## `wait_timeout`
+///
+/// How long a request waits for the running one under `in_flight = "wait"`: a duration.
+/// Default `"10s"`. Only with `in_flight = "wait"`; alone it is a compile error.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(in_flight = "wait", wait_timeout = "30s")]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// assert_eq!(send(&app, req("k").uri("/v1/calls")).await.0, 201);
+/// # });
+/// ```
+///
+/// ## `cache`
+///
+/// Which responses are recorded and replayed: `"non_5xx"` (every status but 5xx, the default)
+/// or `"2xx"`. Any other response releases the key, so a retry runs the operation again.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/contacts")]
+/// #[idempotent(cache = "2xx")]
+/// async fn create_contact(body: String) -> HttpResponse {
+///     if body.is_empty() {
+///         return HttpResponse::BadRequest().body("name is required");
+///     }
+///     HttpResponse::Created().body(body)
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_contact)).await;
+/// assert_eq!(send(&app, req("k").uri("/contacts")).await.0, 400);
+/// // The 400 was not recorded: the corrected request runs.
+/// assert_eq!(send(&app, req("k").uri("/contacts").set_payload("ACME")).await, (201, false, "ACME".into()));
+/// # });
+/// ```
+///
+/// ## `per_endpoint`
+///
+/// A flag: keys are per method and route as well as per scope, so the same key on two
+/// endpoints is two operations. Off by default, where reusing a key on another endpoint is a
+/// mismatch.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/agents")]
+/// #[idempotent(per_endpoint)]
+/// async fn create_agent() -> HttpResponse {
+///     HttpResponse::Created().body("agent")
+/// }
+///
+/// #[post("/calls")]
+/// #[idempotent(per_endpoint)]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().body("call")
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_agent).service(create_call)).await;
+/// assert_eq!(send(&app, req("k").uri("/agents")).await, (201, false, "agent".into()));
+/// assert_eq!(send(&app, req("k").uri("/calls")).await, (201, false, "call".into()));
+/// # });
+/// ```
+///
+/// ## `lease`
+///
+/// How long a claim holds without renewal: a duration, default `"60s"`. A running handler
+/// renews its lease every third of it, so long handlers keep their claim; a claim whose holder
+/// crashed lapses after it, and a retry then runs again.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/exports")]
+/// #[idempotent(lease = "5m")]
+/// async fn export() -> HttpResponse {
+///     HttpResponse::Accepted().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(export)).await;
+/// assert_eq!(send(&app, req("k").uri("/v1/exports")).await.0, 202);
+/// # });
+/// ```
+///
+/// ## `fail_open`
+///
+/// A flag: when the store cannot be reached, run the handler unprotected instead of answering
+/// 503 `idempotency_store_unavailable` (the default, which runs nothing). A store can also be
+/// configured to fail open for every endpoint.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::{idempotent, IdempotencyConfig};
+///
+/// #[post("/v1/telemetry")]
+/// #[idempotent(fail_open)]
+/// async fn record() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// let down = IdempotencyConfig::new(idem_actix::testing::UnavailableStore);
+/// # let app = test::init_service(App::new().app_data(down).service(record)).await;
+/// assert_eq!(send(&app, req("k").uri("/v1/telemetry")).await.0, 201);
+/// # });
+/// ```
+///
+/// ## `errors`
+///
+/// The body of the layer's own errors on this endpoint: `"envelope"`
+/// (`{"error":{"code":..,"message":..},"request_id":..}`), `"type"` (the same, with the code under
+/// `error.type`) or `"problem"` (RFC 9457 `application/problem+json`). Without it, the renderer
+/// registered with `IdempotencyConfig::error_renderer`, else `"envelope"`.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/contacts")]
+/// #[idempotent(errors = "type", mismatch = "unprocessable")]
+/// async fn create_contact(body: String) -> HttpResponse {
+///     HttpResponse::Created().body(body)
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_contact)).await;
+/// send(&app, req("k").uri("/contacts").set_payload("a")).await;
+/// let (status, _, body) = send(&app, req("k").uri("/contacts").set_payload("b")).await;
+/// assert_eq!(status, 422);
+/// assert!(body.contains(r#""type":"idempotency_conflict""#));
+/// # });
+/// ```
+///
+/// ## `max_body`
+///
+/// The largest body of a request with a key, in bytes: the layer reads it to fingerprint the
+/// request, and answers 413 `idempotency_body_too_large` past it, before claiming anything.
+/// Default `2097152` (2 MiB).
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/notes")]
+/// #[idempotent(max_body = 1024)]
+/// async fn create_note(body: String) -> HttpResponse {
+///     HttpResponse::Created().body(body)
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_note)).await;
+/// assert_eq!(send(&app, req("k").uri("/v1/notes").set_payload(vec![b'x'; 1025])).await.0, 413);
+/// # });
+/// ```
+///
+/// ## `crate`
+///
+/// The path of `idem_actix`, for a crate that depends on it under another name
+/// (`idem = { package = "idem-actix", .. }` in `Cargo.toml`). Default `"idem_actix"`.
+///
+/// ```
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
+/// #     let res = test::call_service(app, r.to_request()).await;
+/// #     let replayed = res.headers().contains_key("idempotent-replayed");
+/// #     let status = res.status().as_u16();
+/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+/// #     (status, replayed, body)
+/// # }
+/// // This crate depends on idem-actix as `idem`.
+/// use actix_web::{post, HttpResponse};
+///
+/// #[post("/v1/calls")]
+/// #[idem::idempotent(crate = "idem")]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// assert_eq!(send(&app, req("k").uri("/v1/calls")).await.0, 201);
+/// # });
+/// ```
+///
+/// # Debugging the expansion
+/// Set `IDEM_MACROS_DEBUG=1` (or a comma-separated list of handler names) while building to
+/// print what the attribute generates to standard error; pipe it through `rustfmt` to read it. Cargo does not rebuild for an environment change alone: touch
+/// the file, or `cargo clean -p <your crate>`, first.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let item2: proc_macro2::TokenStream = item.into();
@@ -58,7 +628,14 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let parsed = attr::parse(args.into());
     let checked = expand::check(&func);
     match (parsed, checked) {
-        (Ok(args), Ok(())) => expand::expand(&args, func).into(),
+        (Ok(args), Ok(())) => {
+            let name = func.sig.ident.to_string();
+            let expanded = expand::expand(&args, func);
+            if wants_debug(std::env::var("IDEM_MACROS_DEBUG").ok().as_deref(), &name) {
+                eprintln!("#[idempotent] on `{name}` expands to:\n{expanded}\n");
+            }
+            expanded.into()
+        }
         (parsed, checked) => {
             // Emit the handler untouched beside the errors, so nothing else fails to resolve.
             let mut errors = None::<syn::Error>;
@@ -72,5 +649,30 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             out.extend(quote::quote!(#func));
             out.into()
         }
+    }
+}
+
+/// Whether `IDEM_MACROS_DEBUG` (`setting`) asks to print the expansion of handler `name`:
+/// `1`, `true` or `all` for every handler, else a comma-separated list of handler names.
+fn wants_debug(setting: Option<&str>, name: &str) -> bool {
+    match setting.map(str::trim) {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true" | "all") => true,
+        Some(names) => names.split(',').any(|n| n.trim() == name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_debug;
+
+    #[test]
+    fn debug_output_is_opt_in_per_handler_or_for_all() {
+        assert!(!wants_debug(None, "create_call"));
+        assert!(!wants_debug(Some("0"), "create_call"));
+        assert!(wants_debug(Some("1"), "create_call"));
+        assert!(wants_debug(Some("all"), "create_call"));
+        assert!(wants_debug(Some("list_calls, create_call"), "create_call"));
+        assert!(!wants_debug(Some("create_message"), "create_call"));
     }
 }
