@@ -2,10 +2,13 @@
 
 use std::sync::{Arc, OnceLock};
 
+use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest};
 use idem_core::clock::Clock;
-use idem_core::{Engine, MokaStore, Store};
+use idem_core::{Engine, MokaStore, Policy, Store};
 
+use crate::handler::parse_header;
+use crate::metrics::Metered;
 use crate::render::{ErrorRenderer, JsonEnvelope};
 
 /// The store and error rendering of an application, registered with `App::app_data`.
@@ -33,6 +36,8 @@ use crate::render::{ErrorRenderer, JsonEnvelope};
 pub struct IdempotencyConfig {
     engine: Engine,
     renderer: Arc<dyn ErrorRenderer>,
+    defaults: Policy,
+    header: HeaderName,
 }
 
 impl IdempotencyConfig {
@@ -42,11 +47,46 @@ impl IdempotencyConfig {
     }
 
     /// Settings with a store shared with other code (for example, to inspect it in tests).
+    ///
+    /// Every store operation is timed and its errors counted through the `metrics` facade.
     pub fn from_shared(store: Arc<dyn Store>) -> Self {
         Self {
-            engine: Engine::from_arc(store),
+            engine: Engine::new(Metered(store)),
             renderer: Arc::new(JsonEnvelope::CODE),
+            defaults: Policy::DEFAULT,
+            header: parse_header(Policy::DEFAULT.header),
         }
+    }
+
+    /// The application's defaults for every endpoint: each `#[idempotent(...)]` argument (or
+    /// [`Idempotency`](crate::Idempotency) setting) overrides its own field, and the rest come
+    /// from here. Without this, [`Policy::DEFAULT`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idem_actix::{IdempotencyConfig, MokaStore, Policy};
+    ///
+    /// let idem = IdempotencyConfig::new(MokaStore::new()).defaults(
+    ///     Policy::DEFAULT
+    ///         .ttl(Duration::from_secs(3600))
+    ///         .header("X-Idempotency-Key"),
+    /// );
+    /// assert_eq!(idem.policy().ttl, Duration::from_secs(3600));
+    /// ```
+    #[must_use]
+    pub fn defaults(mut self, policy: Policy) -> Self {
+        self.header = parse_header(policy.header);
+        self.defaults = policy;
+        self
+    }
+
+    /// The application's defaults.
+    pub fn policy(&self) -> &Policy {
+        &self.defaults
+    }
+
+    pub(crate) fn header(&self) -> &HeaderName {
+        &self.header
     }
 
     /// Uses `clock` for leases and expiry (for tests that move time by hand).

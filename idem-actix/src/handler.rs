@@ -1,91 +1,67 @@
-//! One request through an `#[idempotent]` handler.
+//! One request through the idempotency layer, shared by the attribute and the middleware:
+//! [`admit`] decides what a request needs, [`detach`] claims its key and runs it.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
-use actix_web::body::{self, BoxBody};
+use actix_web::body::{self, BodyStream, BoxBody};
+use actix_web::dev::{self, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{dev, web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use idem_core::{
-    Begin, Completed, Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Outcome, Policy,
-    Response, ScopeError, ScopeValue, StoreKey,
+    Begin, Completed, Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Outcome, Overrides,
+    Policy, Response, ScopeError, ScopeValue, StoreKey,
 };
 use tracing::Instrument as _;
 
 use crate::config::IdempotencyConfig;
+use crate::metrics;
 use crate::render::error_response;
 
-/// A handler's policy and its parsed header name, built in a `static` by the attribute.
+/// One endpoint's (or one middleware's) overrides of the application's policy, and its parsed
+/// header name, built in a `static` by the attribute.
 #[derive(Debug)]
 pub struct Endpoint {
-    policy: Policy,
+    overrides: Overrides,
     header: OnceLock<HeaderName>,
 }
 
 impl Endpoint {
-    /// An endpoint with `policy`.
-    pub const fn new(policy: Policy) -> Self {
+    /// An endpoint with `overrides` on top of the application's policy.
+    pub const fn new(overrides: Overrides) -> Self {
         Self {
-            policy,
+            overrides,
             header: OnceLock::new(),
         }
     }
 
-    /// The endpoint's policy.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The endpoint's overrides.
+    pub fn overrides(&self) -> &Overrides {
+        &self.overrides
     }
 
-    fn header(&self) -> &HeaderName {
-        self.header.get_or_init(|| {
-            // The attribute checks the name at compile time; a hand-built policy may not.
-            HeaderName::from_bytes(self.policy.header.as_bytes())
-                .unwrap_or(HeaderName::from_static("idempotency-key"))
-        })
+    /// The key's header: the endpoint's own, else the application's.
+    fn header<'a>(&'a self, config: &'a IdempotencyConfig) -> &'a HeaderName {
+        match self.overrides.header {
+            Some(name) => self.header.get_or_init(|| parse_header(name)),
+            None => config.header(),
+        }
     }
 }
 
-/// Headers that describe one transfer or one request, never replayed.
-fn replayable(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "date"
-            | "content-length"
-            | "x-request-id"
-            | "idempotent-replayed"
-    )
+/// A header name from a policy; the attribute checks names at compile time, a hand-built
+/// policy may not have.
+pub(crate) fn parse_header(name: &str) -> HeaderName {
+    HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("idempotency-key"))
 }
 
-fn request_id(req: &HttpRequest) -> String {
-    crate::RequestId::of(req).as_str().to_owned()
-}
-
-fn reject(
-    req: &HttpRequest,
-    endpoint: &Endpoint,
-    request_id: &str,
-    error: IdempotencyError,
-) -> HttpResponse {
-    tracing::debug!(outcome = "rejected", request_id, code = error.code(), %error);
-    let config = IdempotencyConfig::of(req);
-    error_response(
-        &error,
-        request_id,
-        endpoint.policy.error_format,
-        config.renderer(),
-    )
-}
+/// Marks a request whose key an outer layer has claimed, so an inner one steps aside.
+#[derive(Clone, Copy)]
+struct Claimed;
 
 /// A function that finds the scope of a request: the tenant (or other owner) of its key, or
 /// `None` when the request has none (the answer is then 400 `idempotency_scope_missing`).
@@ -110,31 +86,93 @@ pub fn scope<F: ScopeFn>(f: F, req: &HttpRequest) -> Option<String> {
     f.scope(req)
 }
 
-/// Runs `handler` under `endpoint`'s policy. `handler` extracts the original handler's
-/// arguments from the request and payload it is given, calls it and responds. With
-/// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
-pub async fn run<H, Fut>(
-    endpoint: &'static Endpoint,
+/// What the layer makes of a request.
+pub(crate) enum Admission {
+    /// No key (or an outer layer has it): run the handler as if there were no layer.
+    Pass(HttpRequest, dev::Payload),
+    /// The layer answers itself; the handler does not run.
+    Answer(HttpRequest, HttpResponse),
+    /// A keyed request, ready to claim.
+    Keyed(Keyed),
+}
+
+/// A keyed request: everything [`detach`] needs.
+pub(crate) struct Keyed {
+    config: IdempotencyConfig,
+    policy: Policy,
+    store_key: StoreKey,
+    fingerprint: Fingerprint,
+    request_id: String,
+    req: HttpRequest,
+    body: Bytes,
+    span: tracing::Span,
+}
+
+/// A response, with its request when it still exists (a handler that panicked, or a service
+/// that failed, took it down). Middleware needs the request to build its `ServiceResponse`,
+/// and must not hold a clone meanwhile: actix's router needs the request unshared.
+pub struct Reply {
+    pub(crate) req: Option<HttpRequest>,
+    pub(crate) res: HttpResponse,
+}
+
+impl Reply {
+    pub(crate) fn new(req: HttpRequest, res: HttpResponse) -> Self {
+        Self {
+            req: Some(req),
+            res,
+        }
+    }
+
+    pub(crate) fn orphan(res: HttpResponse) -> Self {
+        Self { req: None, res }
+    }
+
+    pub(crate) fn from_service(res: ServiceResponse) -> Self {
+        let (req, res) = res.into_parts();
+        Self::new(req, res)
+    }
+}
+
+fn request_id(req: &HttpRequest) -> String {
+    crate::RequestId::of(req).as_str().to_owned()
+}
+
+fn reject(
+    req: HttpRequest,
+    policy: &Policy,
+    config: &IdempotencyConfig,
+    request_id: &str,
+    error: IdempotencyError,
+) -> Admission {
+    tracing::debug!(outcome = "rejected", request_id, code = error.code(), %error);
+    metrics::rejected(error.code());
+    let res = error_response(&error, request_id, policy.error_format, config.renderer());
+    Admission::Answer(req, res)
+}
+
+/// Validates the key and scope, reads the body and fingerprints the request.
+pub(crate) async fn admit(
+    endpoint: &Endpoint,
     scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
     req: HttpRequest,
-    payload: web::Payload,
-    handler: H,
-) -> HttpResponse
-where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
-    Fut: Future<Output = HttpResponse> + 'static,
-{
-    let policy = &endpoint.policy;
-    let mut values = req.headers().get_all(endpoint.header());
+    payload: dev::Payload,
+) -> Admission {
+    if req.extensions().contains::<Claimed>() {
+        return Admission::Pass(req, payload);
+    }
+    let config = IdempotencyConfig::of(&req).clone();
+    let policy = endpoint.overrides.apply_to(*config.policy());
+    let mut values = req.headers().get_all(endpoint.header(&config));
     let Some(raw) = values.next() else {
         if policy.required {
             let error = IdempotencyError::KeyMissing {
                 header: policy.header,
             };
-            return reject(&req, endpoint, &request_id(&req), error);
+            let id = request_id(&req);
+            return reject(req, &policy, &config, &id, error);
         }
-        // No key: the handler runs as if it were not annotated.
-        return handler(req, payload.into_inner()).await;
+        return Admission::Pass(req, payload);
     };
     let parsed = match values.next() {
         Some(_) => Err(KeyError::Multiple),
@@ -148,7 +186,7 @@ where
                 header: policy.header,
                 reason,
             };
-            return reject(&req, endpoint, &request_id, error);
+            return reject(req, &policy, &config, &request_id, error);
         }
     };
     let headers = req.headers();
@@ -164,82 +202,119 @@ where
             .scope
             .resolve(|name| headers.get(name).map(HeaderValue::as_bytes)),
     };
-    let scope = match scope {
-        Ok(scope) => scope,
-        Err(e) => return reject(&req, endpoint, &request_id, e.into()),
+    let store_key = match scope {
+        Ok(scope) => {
+            let route = policy.per_endpoint.then(|| {
+                let pattern = req.match_pattern();
+                format!(
+                    "{} {}",
+                    req.method(),
+                    pattern.as_deref().unwrap_or(req.path())
+                )
+            });
+            StoreKey::new(&scope, route.as_deref(), &key)
+        }
+        Err(e) => return reject(req, &policy, &config, &request_id, e.into()),
     };
-    let route = policy.per_endpoint.then(|| {
-        let pattern = req.match_pattern();
-        format!(
-            "{} {}",
-            req.method(),
-            pattern.as_deref().unwrap_or(req.path())
-        )
-    });
-    let store_key = StoreKey::new(&scope, route.as_deref(), &key);
-    drop(scope);
 
-    let body = match payload.to_bytes_limited(policy.max_body).await {
+    let body = match body::to_bytes_limited(BodyStream::new(payload), policy.max_body).await {
         Ok(Ok(body)) => body,
-        Ok(Err(e)) => return with_request_id(HttpResponse::from_error(e), &request_id),
+        Ok(Err(e)) => {
+            let res = with_request_id(HttpResponse::from_error(e), &request_id);
+            return Admission::Answer(req, res);
+        }
         Err(_) => {
             let error = IdempotencyError::BodyTooLarge {
                 limit: policy.max_body,
             };
-            return reject(&req, endpoint, &request_id, error);
+            return reject(req, &policy, &config, &request_id, error);
         }
     };
     let fingerprint =
         Fingerprint::new(req.method().as_str(), req.path(), req.query_string(), &body);
     let span = tracing::debug_span!("idempotency", key = %key, request_id = %request_id);
     req.extensions_mut().insert(crate::IdempotencyKey(key));
-
-    // From the claim on, the work runs detached from the connection: a client that goes away
-    // cancels nothing, so the operation finishes, is recorded, and the retry gets the replay.
-    let config = IdempotencyConfig::of(&req).clone();
-    let task = execute(
+    Admission::Keyed(Keyed {
         config,
-        *policy,
+        policy,
         store_key,
         fingerprint,
-        request_id.clone(),
+        request_id,
         req,
         body,
-        handler,
-    );
-    match actix_web::rt::spawn(task.instrument(span)).await {
-        Ok(res) => res,
-        Err(_) => with_request_id(HttpResponse::InternalServerError().finish(), &request_id),
+        span,
+    })
+}
+
+/// Claims the key and runs `handler` detached from the connection: a client that goes away
+/// cancels nothing, so the operation finishes, is recorded, and the retry gets the replay.
+pub(crate) async fn detach<H, Fut>(keyed: Keyed, handler: H) -> Reply
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
+{
+    let request_id = keyed.request_id.clone();
+    let span = keyed.span.clone();
+    match actix_web::rt::spawn(execute(keyed, handler).instrument(span)).await {
+        Ok(reply) => reply,
+        Err(_) => Reply::orphan(with_request_id(panicked(), &request_id)),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn execute<H, Fut>(
-    config: IdempotencyConfig,
-    policy: Policy,
-    store_key: StoreKey,
-    fingerprint: Fingerprint,
-    request_id: String,
+/// Runs `handler` under the attribute's `endpoint`. `handler` extracts the original handler's
+/// arguments from the request and payload it is given, calls it and responds. With
+/// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
+pub async fn run<H, Fut>(
+    endpoint: &Endpoint,
+    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
     req: HttpRequest,
-    body: Bytes,
+    payload: web::Payload,
     handler: H,
 ) -> HttpResponse
 where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
-    Fut: Future<Output = HttpResponse>,
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
 {
+    match admit(endpoint, scope_fn, req, payload.into_inner()).await {
+        Admission::Pass(req, payload) => handler(req, payload).await.res,
+        Admission::Answer(_, res) => res,
+        Admission::Keyed(keyed) => detach(keyed, handler).await.res,
+    }
+}
+
+async fn execute<H, Fut>(keyed: Keyed, handler: H) -> Reply
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    let Keyed {
+        config,
+        policy,
+        store_key,
+        fingerprint,
+        request_id,
+        req,
+        body,
+        span: _,
+    } = keyed;
     let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
         Ok(Begin::Execute(lease)) => lease,
         Ok(Begin::Replay(record)) => {
             tracing::debug!(outcome = "replayed", status = record.status);
-            return replay(&record, &request_id);
+            metrics::outcome("replayed");
+            return Reply::new(req, replay(&record, &request_id));
         }
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
-            let res = AssertUnwindSafe(handler(req, body.into()))
+            metrics::outcome("unprotected");
+            let ran = AssertUnwindSafe(handler(req, body.into()))
                 .catch_unwind()
                 .await;
-            return with_request_id(res.unwrap_or_else(|_| panicked()), &request_id);
+            let Reply { req, res } = ran.unwrap_or_else(|_| Reply::orphan(panicked()));
+            return Reply {
+                req,
+                res: with_request_id(res, &request_id),
+            };
         }
         Err(error) => {
             let outcome = match error {
@@ -247,22 +322,26 @@ where
                 _ => "conflict",
             };
             tracing::debug!(outcome, code = error.code(), %error);
-            return error_response(&error, &request_id, policy.error_format, config.renderer());
+            metrics::refused(&error);
+            let res = error_response(&error, &request_id, policy.error_format, config.renderer());
+            return Reply::new(req, res);
         }
     };
 
+    req.extensions_mut().insert(Claimed);
     let ran = lease
         .run(AssertUnwindSafe(handler(req, body.into())).catch_unwind())
         .await;
-    let res = match ran {
-        Ok(res) => res,
+    let Reply { req, res } = match ran {
+        Ok(reply) => reply,
         Err(_) => {
             tracing::error!(
                 outcome = "released",
                 "idempotent handler panicked; key released"
             );
+            metrics::outcome("released");
             release(lease).await;
-            return with_request_id(panicked(), &request_id);
+            return Reply::orphan(with_request_id(panicked(), &request_id));
         }
     };
     let (head, res_body) = res.into_parts();
@@ -270,8 +349,12 @@ where
         Ok(bytes) => bytes,
         Err(_) => {
             tracing::error!(outcome = "released", "response body failed; key released");
+            metrics::outcome("released");
             release(lease).await;
-            return with_request_id(panicked(), &request_id);
+            return Reply {
+                req,
+                res: with_request_id(panicked(), &request_id),
+            };
         }
     };
     let status = head.status().as_u16();
@@ -280,22 +363,27 @@ where
         headers: stored_headers(head.headers()),
         body: bytes.clone(),
     };
-    match lease.finish(response).await {
-        Ok(Outcome::Recorded(_)) => tracing::debug!(outcome = "executed", status),
-        Ok(Outcome::Released) => tracing::debug!(outcome = "released", status),
-        Ok(Outcome::Lost) => tracing::warn!(
-            outcome = "lost",
-            status,
-            "idempotency claim was lost before completion; response not recorded"
-        ),
-        Err(error) => tracing::error!(
-            outcome = "unrecorded",
-            status,
-            %error,
-            "recording the response failed; the claim lapses with its lease"
-        ),
+    let outcome = match lease.finish(response).await {
+        Ok(Outcome::Recorded(_)) => "executed",
+        Ok(Outcome::Released) => "released",
+        Ok(Outcome::Lost) => {
+            tracing::warn!(
+                status,
+                "idempotency claim was lost before completion; response not recorded"
+            );
+            "lost"
+        }
+        Err(error) => {
+            tracing::error!(status, %error, "recording the response failed; the claim lapses with its lease");
+            "unrecorded"
+        }
+    };
+    tracing::debug!(outcome, status);
+    metrics::outcome(outcome);
+    Reply {
+        req,
+        res: with_request_id(head.set_body(BoxBody::new(bytes)), &request_id),
     }
-    with_request_id(head.set_body(BoxBody::new(bytes)), &request_id)
 }
 
 async fn release(lease: idem_core::Lease) {
@@ -306,6 +394,24 @@ async fn release(lease: idem_core::Lease) {
 
 fn panicked() -> HttpResponse {
     HttpResponse::InternalServerError().finish()
+}
+
+/// Headers that describe one transfer or one request, never replayed.
+fn replayable(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "date"
+            | "content-length"
+            | "x-request-id"
+            | "idempotent-replayed"
+    )
 }
 
 fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
@@ -353,6 +459,12 @@ fn replay(record: &Completed, request_id: &str) -> HttpResponse {
 }
 
 /// Lets the attribute's generated code respond with whatever the original handler returned.
-pub fn respond<R: actix_web::Responder>(req: &HttpRequest, value: R) -> HttpResponse {
-    value.respond_to(req).map_into_boxed_body()
+pub fn respond<R: actix_web::Responder>(req: HttpRequest, value: R) -> Reply {
+    let res = value.respond_to(&req).map_into_boxed_body();
+    Reply::new(req, res)
+}
+
+/// Lets the attribute's generated code answer an extractor's error.
+pub fn fail(req: HttpRequest, error: impl Into<actix_web::Error>) -> Reply {
+    Reply::new(req, HttpResponse::from_error(error))
 }

@@ -76,19 +76,23 @@ use actix_web::http::header::HeaderName;
 mod config;
 mod extract;
 mod handler;
+mod metrics;
+mod middleware;
 mod render;
 mod request_id;
 
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
 pub use idem_core::{
-    clock, codes, testing, IdempotencyError, KeyError, MokaStore, Policy, Scope, Store, StoreError,
+    clock, codes, testing, CachePolicy, ErrorFormat, IdempotencyError, KeyError, MokaStore,
+    OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, Scope, Store, StoreError,
 };
 pub use idem_macros::idempotent;
 
 pub use crate::config::IdempotencyConfig;
 pub use crate::extract::{IdempotencyKey, NoIdempotencyKey};
 pub use crate::handler::ScopeFn;
+pub use crate::middleware::{Idempotency, IdempotencyService};
 pub use crate::render::{ErrorRenderer, JsonEnvelope, ProblemJson};
 pub use crate::request_id::RequestId;
 
@@ -100,12 +104,12 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Support for the code `#[idempotent]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{respond, run, scope, Endpoint};
+    pub use crate::handler::{fail, respond, run, scope, Endpoint, Reply};
     pub use actix_web::dev::Payload as RawPayload;
     pub use actix_web::web::Payload;
     pub use actix_web::{FromRequest, HttpRequest, HttpResponse};
     pub use core::time::Duration;
     pub use idem_core::{
-        CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Policy, Scope,
+        CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Scope,
     };
 }

@@ -51,7 +51,9 @@ pub use crate::digest::{Fingerprint, StoreKey};
 pub use crate::engine::{Begin, Engine, Lease, Outcome, Response};
 pub use crate::error::{codes, IdempotencyError, RETRY_AFTER};
 pub use crate::key::{IdempotencyKey, KeyError, DEFAULT_KEY_MAX_LEN};
-pub use crate::policy::{CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Policy};
+pub use crate::policy::{
+    CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
+};
 pub use crate::record::{Completed, InFlight, Record, Token};
 pub use crate::scope::{Scope, ScopeError, ScopeValue};
 pub use crate::store::{Claim, MokaStore, Store, StoreError};

@@ -173,6 +173,88 @@ impl Policy {
     }
 }
 
+/// Settings one endpoint (or one middleware) overrides on top of the application's
+/// [`Policy`]; the rest come from it. Built in a `const` by `#[idempotent(...)]`.
+///
+/// Precedence: the endpoint's overrides, then the application's defaults
+/// (`IdempotencyConfig::defaults` in `idem-actix`), then [`Policy::DEFAULT`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Overrides {
+    /// Overrides [`Policy::ttl`].
+    pub ttl: Option<Duration>,
+    /// Overrides [`Policy::scope`].
+    pub scope: Option<Scope>,
+    /// Overrides [`Policy::header`].
+    pub header: Option<&'static str>,
+    /// Overrides [`Policy::key_max_len`].
+    pub key_max_len: Option<usize>,
+    /// Overrides [`Policy::required`].
+    pub required: Option<bool>,
+    /// Overrides [`Policy::on_mismatch`].
+    pub on_mismatch: Option<OnMismatch>,
+    /// Overrides [`Policy::on_in_flight`].
+    pub on_in_flight: Option<OnInFlight>,
+    /// Overrides [`Policy::cache`].
+    pub cache: Option<CachePolicy>,
+    /// Overrides [`Policy::per_endpoint`].
+    pub per_endpoint: Option<bool>,
+    /// Overrides [`Policy::lease`].
+    pub lease: Option<Duration>,
+    /// Overrides [`Policy::on_store_error`].
+    pub on_store_error: Option<OnStoreError>,
+    /// Overrides [`Policy::max_body`].
+    pub max_body: Option<usize>,
+    /// Overrides [`Policy::error_format`].
+    pub error_format: Option<ErrorFormat>,
+}
+
+macro_rules! overrides {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        impl Overrides {
+            /// Nothing overridden.
+            pub const NONE: Overrides = Overrides { $($name: None),* };
+
+            $(
+                #[doc = concat!("Overrides [`Policy::", stringify!($name), "`].")]
+                #[must_use]
+                pub const fn $name(mut self, $name: $ty) -> Self {
+                    self.$name = Some($name);
+                    self
+                }
+            )*
+
+            /// `base` with these overrides applied.
+            pub fn apply_to(&self, mut base: Policy) -> Policy {
+                $(
+                    if let Some(value) = self.$name {
+                        base.$name = overrides!(@wrap $name value);
+                    }
+                )*
+                base
+            }
+        }
+    };
+    (@wrap error_format $value:ident) => { Some($value) };
+    (@wrap $name:ident $value:ident) => { $value };
+}
+
+overrides! {
+    ttl: Duration,
+    scope: Scope,
+    header: &'static str,
+    key_max_len: usize,
+    required: bool,
+    on_mismatch: OnMismatch,
+    on_in_flight: OnInFlight,
+    cache: CachePolicy,
+    per_endpoint: bool,
+    lease: Duration,
+    on_store_error: OnStoreError,
+    max_body: usize,
+    error_format: ErrorFormat,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +265,22 @@ mod tests {
         assert!(!CachePolicy::Non5xx.caches(500) && !CachePolicy::Non5xx.caches(503));
         assert!(CachePolicy::Success.caches(200) && CachePolicy::Success.caches(299));
         assert!(!CachePolicy::Success.caches(400) && !CachePolicy::Success.caches(302));
+    }
+
+    #[test]
+    fn overrides_win_over_the_base_and_leave_the_rest() {
+        const APP: Policy = Policy::DEFAULT
+            .ttl(Duration::from_secs(3600))
+            .header("X-Idempotency-Key");
+        const ENDPOINT: Overrides = Overrides::NONE
+            .ttl(Duration::from_secs(60))
+            .error_format(ErrorFormat::Problem);
+        let merged = ENDPOINT.apply_to(APP);
+        assert_eq!(merged.ttl, Duration::from_secs(60));
+        assert_eq!(merged.header, "X-Idempotency-Key");
+        assert_eq!(merged.error_format, Some(ErrorFormat::Problem));
+        assert_eq!(merged.lease, Policy::DEFAULT.lease);
+        assert_eq!(Overrides::NONE.apply_to(APP), APP);
     }
 
     #[test]

@@ -61,11 +61,12 @@ pub struct Args {
 }
 
 impl Args {
-    /// The policy expression. It names the support module `__idem_p`, which the expansion
-    /// brings into scope, since `crate = "..."` may come after the other arguments.
-    pub fn policy(&self) -> TokenStream {
+    /// The endpoint's overrides of the application's policy, as a const expression. It names
+    /// the support module `__idem_p`, which the expansion brings into scope, since
+    /// `crate = "..."` may come after the other arguments.
+    pub fn overrides(&self) -> TokenStream {
         let setters = &self.setters;
-        quote!(__idem_p::Policy::DEFAULT #(.#setters)*)
+        quote!(__idem_p::Overrides::NONE #(.#setters)*)
     }
 }
 
@@ -247,9 +248,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                 if let Some(v) =
                     choice(&name, value.as_ref(), "error format", &options, &mut errors)
                 {
-                    out(
-                        quote!(error_format(::core::option::Option::Some(__idem_p::ErrorFormat::#v))),
-                    );
+                    out(quote!(error_format(__idem_p::ErrorFormat::#v)));
                 }
             }
             "crate" => {

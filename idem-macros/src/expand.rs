@@ -113,7 +113,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ReturnType::Default => ident.span(),
     };
     let respond = quote_spanned! {respond_span=>
-        __idem_p::respond(&__idem_req, __idem_out)
+        __idem_p::respond(__idem_req, __idem_out)
     };
     let scope_fn = match &args.scope_fn {
         Some(path) => {
@@ -124,7 +124,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
-    let policy = args.policy();
+    let overrides = args.overrides();
 
     quote! {
         #(#attrs)*
@@ -134,7 +134,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ) -> #krate::__private::HttpResponse #where_clause {
             use #krate::__private as __idem_p;
 
-            static __IDEM_ENDPOINT: __idem_p::Endpoint = __idem_p::Endpoint::new(#policy);
+            static __IDEM_ENDPOINT: __idem_p::Endpoint = __idem_p::Endpoint::new(#overrides);
 
             __idem_p::run(
                 &__IDEM_ENDPOINT,
@@ -150,7 +150,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                     {
                         ::core::result::Result::Ok(__idem_args) => __idem_args,
                         ::core::result::Result::Err(__idem_err) => {
-                            return __idem_p::HttpResponse::from_error(__idem_err);
+                            return __idem_p::fail(__idem_req, __idem_err);
                         }
                     };
                     let __idem_out #output = async move {

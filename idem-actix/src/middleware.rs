@@ -1,0 +1,183 @@
+//! The middleware form: idempotency for every handler of an app or a scope.
+
+use std::future::{ready, Ready};
+use std::rc::Rc;
+
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::error::InternalError;
+use actix_web::http::Method;
+use actix_web::{Error, HttpResponse};
+use futures_util::future::LocalBoxFuture;
+use idem_core::Overrides;
+
+use crate::handler::{admit, detach, Admission, Endpoint, Reply};
+
+/// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
+/// `#[idempotent]`.
+///
+/// It applies to `POST`, `PATCH`, `PUT` and `DELETE` by default; a key on any other method
+/// (`GET`, `HEAD`, `OPTIONS`) is ignored. Settings come from the app's
+/// [`IdempotencyConfig`](crate::IdempotencyConfig) (or the built-in defaults), and
+/// [`Idempotency::policy`] overrides them for what this middleware wraps. A handler that is
+/// also `#[idempotent]` is not claimed twice: the middleware, being outside, handles the key
+/// and the attribute steps aside.
+///
+/// ```
+/// use std::time::Duration;
+/// use actix_web::{test, web, App, HttpResponse};
+/// use idem_actix::Idempotency;
+///
+/// # actix_web::rt::System::new().block_on(async {
+/// let app = test::init_service(
+///     App::new().service(
+///         web::scope("/v1")
+///             .wrap(Idempotency::new().policy(|p| p.ttl(Duration::from_secs(3600))))
+///             .route("/calls", web::post().to(|| async { HttpResponse::Created().finish() })),
+///     ),
+/// )
+/// .await;
+/// let call = || {
+///     test::TestRequest::post()
+///         .uri("/v1/calls")
+///         .insert_header(("Authorization", "Bearer t"))
+///         .insert_header(("Idempotency-Key", "k"))
+///         .to_request()
+/// };
+/// assert!(test::call_service(&app, call()).await.headers().get("idempotent-replayed").is_none());
+/// assert!(test::call_service(&app, call()).await.headers().get("idempotent-replayed").is_some());
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Idempotency {
+    inner: Rc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoint: Endpoint,
+    methods: Vec<Method>,
+}
+
+impl Idempotency {
+    /// The middleware for `POST`, `PATCH`, `PUT` and `DELETE`, with the app's settings.
+    pub fn new() -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                endpoint: Endpoint::new(Overrides::NONE),
+                methods: vec![Method::POST, Method::PATCH, Method::PUT, Method::DELETE],
+            }),
+        }
+    }
+
+    /// The methods whose keys are honoured; keys on other methods are ignored.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let inner = Inner {
+            endpoint: Endpoint::new(*self.inner.endpoint.overrides()),
+            methods: methods.into_iter().collect(),
+        };
+        Self {
+            inner: Rc::new(inner),
+        }
+    }
+
+    /// Overrides the app's settings for what this middleware wraps, as
+    /// `#[idempotent(...)]` arguments do for one handler.
+    pub fn policy(self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
+        let inner = Inner {
+            endpoint: Endpoint::new(configure(*self.inner.endpoint.overrides())),
+            methods: self.inner.methods.clone(),
+        };
+        Self {
+            inner: Rc::new(inner),
+        }
+    }
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Idempotency
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
+    type Error = Error;
+    type Transform = IdempotencyService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(IdempotencyService {
+            service: Rc::new(service),
+            inner: Rc::clone(&self.inner),
+        }))
+    }
+}
+
+/// The service [`Idempotency`] wraps around the inner one.
+pub struct IdempotencyService<S> {
+    service: Rc<S>,
+    inner: Rc<Inner>,
+}
+
+impl<S, B> Service<ServiceRequest> for IdempotencyService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        if !self.inner.methods.contains(req.method()) {
+            return Box::pin(async move {
+                service
+                    .call(req)
+                    .await
+                    .map(ServiceResponse::map_into_left_body)
+            });
+        }
+        let inner = Rc::clone(&self.inner);
+        Box::pin(async move {
+            let (req, payload) = req.into_parts();
+            match admit(&inner.endpoint, None, req, payload).await {
+                Admission::Pass(req, payload) => service
+                    .call(ServiceRequest::from_parts(req, payload))
+                    .await
+                    .map(ServiceResponse::map_into_left_body),
+                Admission::Answer(req, res) => {
+                    Ok(ServiceResponse::new(req, res).map_into_right_body())
+                }
+                Admission::Keyed(keyed) => {
+                    let reply = detach(keyed, move |req, payload| async move {
+                        let req = ServiceRequest::from_parts(req, payload);
+                        match service.call(req).await {
+                            Ok(res) => Reply::from_service(res.map_into_boxed_body()),
+                            Err(error) => Reply::orphan(HttpResponse::from_error(error)),
+                        }
+                    })
+                    .await;
+                    match reply.req {
+                        Some(req) => Ok(ServiceResponse::new(req, reply.res).map_into_right_body()),
+                        // The request went down with the service; the response still goes out.
+                        None => Err(InternalError::from_response(
+                            "idempotent request failed",
+                            reply.res,
+                        )
+                        .into()),
+                    }
+                }
+            }
+        })
+    }
+}
