@@ -93,7 +93,7 @@ pub(crate) enum Admission {
     /// The layer answers itself; the handler does not run.
     Answer(HttpRequest, HttpResponse),
     /// A keyed request, ready to claim.
-    Keyed(Keyed),
+    Keyed(Box<Keyed>),
 }
 
 /// A keyed request: everything [`detach`] needs.
@@ -234,7 +234,7 @@ pub(crate) async fn admit(
         Fingerprint::new(req.method().as_str(), req.path(), req.query_string(), &body);
     let span = tracing::debug_span!("idempotency", key = %key, request_id = %request_id);
     req.extensions_mut().insert(crate::IdempotencyKey(key));
-    Admission::Keyed(Keyed {
+    Admission::Keyed(Box::new(Keyed {
         config,
         policy,
         store_key,
@@ -243,12 +243,12 @@ pub(crate) async fn admit(
         req,
         body,
         span,
-    })
+    }))
 }
 
 /// Claims the key and runs `handler` detached from the connection: a client that goes away
 /// cancels nothing, so the operation finishes, is recorded, and the retry gets the replay.
-pub(crate) async fn detach<H, Fut>(keyed: Keyed, handler: H) -> Reply
+pub(crate) async fn detach<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
@@ -282,7 +282,7 @@ where
     }
 }
 
-async fn execute<H, Fut>(keyed: Keyed, handler: H) -> Reply
+async fn execute<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
@@ -296,7 +296,7 @@ where
         req,
         body,
         span: _,
-    } = keyed;
+    } = *keyed;
     let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
         Ok(Begin::Execute(lease)) => lease,
         Ok(Begin::Replay(record)) => {
