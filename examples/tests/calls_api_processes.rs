@@ -102,3 +102,22 @@ fn bad_flags_are_refused_with_usage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_in_prometheus_text() {
+    let api = CallsApi::start(None).await;
+    api.create("m-1").await;
+    api.create("m-1").await;
+    let res = RawRequest::get("/metrics").send(api.addr).await;
+    assert_eq!(res.status, 200, "no token needed");
+    let text = String::from_utf8_lossy(&res.body);
+    assert!(
+        text.contains(r#"idem_requests_total{outcome="executed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"idem_requests_total{outcome="replayed"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("idem_store_duration_seconds"), "{text}");
+}

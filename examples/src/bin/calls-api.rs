@@ -8,9 +8,12 @@
 
 use std::process::ExitCode;
 
-use actix_web::{web, App, HttpServer};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
 use idem_examples::calls_api::{configure, CallsState};
+use metrics_exporter_prometheus::PrometheusBuilder;
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N] [--redis-url URL]
 
@@ -78,7 +81,22 @@ fn main() -> ExitCode {
         }
     };
     let routes = configure(web::Data::new(CallsState::default()));
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("calls-api: metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = actix_web::rt::System::new().block_on(async move {
+        // Histograms are kept in windows that need trimming now and then.
+        let upkeep = metrics.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
         // The Redis connection is driven by this (the main) runtime, shared by all workers.
         let (idem, store) = match &options.redis_url {
             Some(url) => match RedisStore::new(url.as_str()) {
@@ -95,8 +113,24 @@ fn main() -> ExitCode {
                 "embedded moka".to_owned(),
             ),
         };
-        let mut server =
-            HttpServer::new(move || App::new().app_data(idem.clone()).configure(routes.clone()));
+        let mut server = HttpServer::new(move || {
+            let metrics = metrics.clone();
+            App::new()
+                .app_data(idem.clone())
+                // Before the API's routes, which need a bearer token: scrapers send none.
+                .route(
+                    "/metrics",
+                    web::get().to(move || {
+                        let text = metrics.render();
+                        async move {
+                            HttpResponse::Ok()
+                                .content_type("text/plain; version=0.0.4")
+                                .body(text)
+                        }
+                    }),
+                )
+                .configure(routes.clone())
+        });
         if let Some(workers) = options.workers {
             server = server.workers(workers);
         }

@@ -1,0 +1,296 @@
+//! The attribute and the middleware are one implementation: the same behaviour suite runs
+//! against both, and together on one route they claim a key once. App-wide defaults and their
+//! overrides follow the documented precedence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use idem_actix::clock::{ManualClock, Timestamp};
+use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy};
+use idem_tests::{assert_error, eventually, Counter, RawRequest, RawResponse, TestServer};
+use tokio::sync::Semaphore;
+
+#[derive(Clone)]
+struct Probe {
+    runs: Counter,
+    gate: Arc<Semaphore>,
+}
+
+/// The handler's behaviour, chosen by headers (which are not part of the fingerprint).
+async fn work(probe: &Probe, req: &HttpRequest, body: &str) -> HttpResponse {
+    let n = probe.runs.bump();
+    let has = |name| req.headers().contains_key(name);
+    if has("x-block") {
+        let _permit = probe.gate.acquire().await.unwrap();
+    }
+    if has("x-panic") {
+        panic!("handler bug");
+    }
+    if has("x-fail") {
+        return HttpResponse::ServiceUnavailable().body("carrier down");
+    }
+    HttpResponse::Created()
+        .insert_header(("X-Custom", "kept"))
+        .body(format!("run {n}: {body}"))
+}
+
+#[idempotent]
+async fn annotated(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
+    work(&probe, &req, &body).await
+}
+
+async fn plain(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
+    work(&probe, &req, &body).await
+}
+
+struct App {
+    server: TestServer,
+    probe: Probe,
+    clock: ManualClock,
+}
+
+fn app(
+    register: impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    defaults: Policy,
+) -> App {
+    let probe = Probe {
+        runs: Counter::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+    let idem = IdempotencyConfig::new(MokaStore::new())
+        .clock(clock.clone())
+        .defaults(defaults);
+    let data = web::Data::new(probe.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).app_data(data.clone());
+        register(cfg);
+    });
+    App {
+        server,
+        probe,
+        clock,
+    }
+}
+
+fn attribute_form() -> App {
+    app(
+        |cfg| {
+            cfg.route("/v1/calls", web::post().to(annotated));
+        },
+        Policy::DEFAULT,
+    )
+}
+
+fn middleware_form() -> App {
+    app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .route("/calls", web::post().to(plain)),
+            );
+        },
+        Policy::DEFAULT,
+    )
+}
+
+fn call(key: &str, body: &str) -> RawRequest {
+    RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", key)
+        .body(body)
+}
+
+impl App {
+    async fn send(&self, request: RawRequest) -> RawResponse {
+        request.send(self.server.addr).await
+    }
+}
+
+/// What both forms must do.
+async fn behaviour_suite(a: App) {
+    // Executed once, then replayed with its headers.
+    let first = a.send(call("k1", "a")).await;
+    assert_eq!(first.status, 201);
+    assert!(!first.replayed());
+    let retry = a.send(call("k1", "a")).await;
+    assert!(retry.replayed());
+    assert_eq!(
+        (retry.body.clone(), retry.header("x-custom")),
+        (first.body.clone(), Some("kept"))
+    );
+
+    // A different request with the same key.
+    assert_error(&a.send(call("k1", "b")).await, 409, "idempotency_conflict");
+
+    // In flight.
+    let running = {
+        let (request, addr) = (call("k2", "a").header("X-Block", "1"), a.server.addr);
+        actix_web::rt::spawn(async move { request.send(addr).await })
+    };
+    eventually(|| a.probe.runs.get() == 2).await;
+    let during = a.send(call("k2", "a")).await;
+    assert_error(&during, 409, "idempotency_conflict");
+    assert_eq!(during.header("retry-after"), Some("1"));
+    a.probe.gate.add_permits(100);
+    assert_eq!(running.await.unwrap().status, 201);
+
+    // A 5xx and a panic release the key.
+    assert_eq!(
+        a.send(call("k3", "a").header("X-Fail", "1")).await.status,
+        503
+    );
+    assert_eq!(
+        a.send(call("k3", "a").header("X-Panic", "1")).await.status,
+        500
+    );
+    let fixed = a.send(call("k3", "a")).await;
+    assert_eq!(fixed.status, 201);
+    assert!(!fixed.replayed());
+
+    // Bad keys and missing scopes are refused before anything runs.
+    let runs = a.probe.runs.get();
+    assert_error(
+        &a.send(call("a b", "a")).await,
+        400,
+        "idempotency_key_invalid",
+    );
+    let anonymous = RawRequest::post("/v1/calls").header("Idempotency-Key", "k4");
+    assert_error(&a.send(anonymous).await, 400, "idempotency_scope_missing");
+    assert_eq!(a.probe.runs.get(), runs);
+
+    // No key: runs every time.
+    let plain = || RawRequest::post("/v1/calls").body("x");
+    assert!(!a.send(plain()).await.replayed());
+    assert!(!a.send(plain()).await.replayed());
+    assert_eq!(a.probe.runs.get(), runs + 2);
+
+    // The TTL is the app's default, 24 hours.
+    a.clock.advance(Duration::from_secs(24 * 3600));
+    assert!(!a.send(call("k1", "a")).await.replayed());
+}
+
+#[actix_web::test]
+async fn the_attribute_form_passes_the_behaviour_suite() {
+    behaviour_suite(attribute_form()).await;
+}
+
+#[actix_web::test]
+async fn the_middleware_form_passes_the_behaviour_suite() {
+    behaviour_suite(middleware_form()).await;
+}
+
+#[actix_web::test]
+async fn attribute_and_middleware_on_one_route_claim_once() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .route("/calls", web::post().to(annotated)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let first = a.send(call("k", "a")).await;
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let retry = a.send(call("k", "a")).await;
+    assert_eq!(retry.status, 201);
+    assert!(retry.replayed());
+    assert_eq!(a.probe.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn the_middleware_ignores_keys_on_reading_methods_and_honours_its_methods() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .route("/calls", web::get().to(plain))
+                    .route("/calls", web::post().to(plain)),
+            )
+            .service(
+                web::scope("/v2")
+                    .wrap(Idempotency::new().methods([Method::PUT]))
+                    .route("/calls", web::route().to(plain)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let get = || RawRequest::get("/v1/calls").header("Idempotency-Key", "k");
+    assert!(!a.send(get()).await.replayed());
+    assert!(!a.send(get()).await.replayed());
+    let v2 = |method| {
+        RawRequest::new(method, "/v2/calls")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "k")
+    };
+    assert!(!a.send(v2("POST")).await.replayed());
+    assert!(
+        !a.send(v2("POST")).await.replayed(),
+        "POST is not among this middleware's methods"
+    );
+    assert!(!a.send(v2("PUT")).await.replayed());
+    assert!(a.send(v2("PUT")).await.replayed());
+    assert_eq!(a.probe.runs.get(), 5);
+}
+
+#[idempotent(ttl = "24h")]
+async fn long_lived(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
+    work(&probe, &req, &body).await
+}
+
+#[actix_web::test]
+async fn endpoint_settings_override_app_defaults_which_override_built_in_ones() {
+    let defaults = Policy::DEFAULT
+        .header("X-Idempotency-Key")
+        .ttl(Duration::from_secs(3600));
+    let a = app(
+        |cfg| {
+            cfg.route("/short", web::post().to(annotated))
+                .route("/long", web::post().to(long_lived))
+                .service(
+                    web::scope("/strict")
+                        .wrap(Idempotency::new().policy(|p| p.required(true)))
+                        .route("", web::post().to(plain)),
+                );
+        },
+        defaults,
+    );
+    let keyed = |path: &str| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer t")
+            .header("X-Idempotency-Key", path)
+    };
+    // The app's header applies everywhere; the built-in one no longer does.
+    assert_eq!(a.send(keyed("/short")).await.status, 201);
+    assert_eq!(a.send(keyed("/long")).await.status, 201);
+    assert!(a.send(keyed("/short")).await.replayed());
+    let builtin = RawRequest::post("/short")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "/short");
+    assert!(!a.send(builtin).await.replayed());
+
+    // The app's TTL (1 h) applies where the endpoint says nothing; the endpoint's (24 h) wins.
+    a.clock.advance(Duration::from_secs(2 * 3600));
+    assert!(!a.send(keyed("/short")).await.replayed());
+    assert!(a.send(keyed("/long")).await.replayed());
+
+    // The middleware's own override: a key is required there.
+    let no_key = RawRequest::post("/strict").header("Authorization", "Bearer t");
+    let res = a.send(no_key).await;
+    assert_error(&res, 400, "idempotency_key_missing");
+    assert!(res.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("X-Idempotency-Key"));
+}

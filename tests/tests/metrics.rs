@@ -1,0 +1,150 @@
+//! The layer's metrics, through the `metrics` facade, as an application's recorder sees them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use idem_actix::testing::UnavailableStore;
+use idem_actix::{idempotent, IdempotencyConfig};
+use idem_tests::{serve, Counter, RawRequest, TestServer};
+use metrics::{
+    Counter as MCounter, CounterFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+
+/// Keeps every counter's total and every histogram's sample count, by name and labels.
+#[derive(Clone, Default)]
+struct Captured {
+    counters: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+    samples: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+}
+
+fn name(key: &Key) -> String {
+    let labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+struct Cell(Arc<AtomicU64>);
+
+impl CounterFn for Cell {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::SeqCst);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::SeqCst);
+    }
+}
+
+impl HistogramFn for Cell {
+    fn record(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Recorder for Captured {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> MCounter {
+        let cell = self
+            .counters
+            .lock()
+            .unwrap()
+            .entry(name(key))
+            .or_default()
+            .clone();
+        MCounter::from_arc(Arc::new(Cell(cell)))
+    }
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let cell = self
+            .samples
+            .lock()
+            .unwrap()
+            .entry(name(key))
+            .or_default()
+            .clone();
+        Histogram::from_arc(Arc::new(Cell(cell)))
+    }
+}
+
+impl Captured {
+    fn count(&self, name: &str) -> u64 {
+        self.counters
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+    fn samples(&self, name: &str) -> u64 {
+        self.samples
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+}
+
+#[post("/op")]
+#[idempotent]
+async fn op(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
+    runs.bump();
+    if req.headers().contains_key("x-fail") {
+        return HttpResponse::BadGateway().finish();
+    }
+    HttpResponse::Created().finish()
+}
+
+#[actix_web::test]
+async fn outcomes_conflicts_rejections_and_store_calls_are_counted() {
+    let captured = Captured::default();
+    metrics::set_global_recorder(captured.clone()).expect("first recorder");
+    let s = serve(|cfg| {
+        cfg.service(op);
+    });
+    let keyed = |key: &str| {
+        RawRequest::post("/op")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", key)
+    };
+    s.send(&keyed("a")).await;
+    s.send(&keyed("a")).await;
+    s.send(&keyed("a").body("other")).await;
+    s.send(&keyed("b").header("X-Fail", "1")).await;
+    s.send(&keyed("bad key")).await;
+
+    assert_eq!(captured.count("idem_requests_total{outcome=executed}"), 1);
+    assert_eq!(captured.count("idem_requests_total{outcome=replayed}"), 1);
+    assert_eq!(captured.count("idem_requests_total{outcome=released}"), 1);
+    assert_eq!(captured.count("idem_conflicts_total{kind=mismatch}"), 1);
+    assert_eq!(
+        captured.count("idem_rejections_total{code=idempotency_key_invalid}"),
+        1
+    );
+    assert_eq!(captured.samples("idem_store_duration_seconds{op=claim}"), 4);
+    assert_eq!(
+        captured.samples("idem_store_duration_seconds{op=complete}"),
+        1
+    );
+    assert_eq!(
+        captured.samples("idem_store_duration_seconds{op=release}"),
+        1
+    );
+
+    // Store errors, from a store that is down.
+    let idem = IdempotencyConfig::new(UnavailableStore);
+    let runs = web::Data::new(Counter::default());
+    let down = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(runs.clone())
+            .service(op);
+    });
+    keyed("c").send(down.addr).await;
+    assert_eq!(captured.count("idem_store_errors_total{op=claim}"), 1);
+}
