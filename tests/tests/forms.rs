@@ -168,6 +168,31 @@ async fn behaviour_suite(a: App) {
     assert!(!a.send(plain()).await.replayed());
     assert_eq!(a.probe.runs.get(), runs + 2);
 
+    // A client that resets its connection mid-handler cancels nothing.
+    a.probe
+        .gate
+        .forget_permits(a.probe.gate.available_permits());
+    let runs = a.probe.runs.get();
+    let probe = a.probe.clone();
+    call("k5", "a")
+        .header("X-Block", "1")
+        .send_and_reset(a.server.addr, move || probe.runs.get() == runs + 1)
+        .await;
+    a.probe.gate.add_permits(100);
+    let mut retry = a.send(call("k5", "a")).await;
+    for _ in 0..100 {
+        if retry.status != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        retry = a.send(call("k5", "a")).await;
+    }
+    assert!(
+        retry.replayed(),
+        "the disconnected request still ran to completion"
+    );
+    assert_eq!(a.probe.runs.get(), runs + 1);
+
     // The TTL is the app's default, 24 hours.
     a.clock.advance(Duration::from_secs(24 * 3600));
     assert!(!a.send(call("k1", "a")).await.replayed());
