@@ -300,6 +300,17 @@ where
     let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
         Ok(Begin::Execute(lease)) => lease,
         Ok(Begin::Replay(record)) => {
+            if let Some(size) = record.body_omitted {
+                let error = IdempotencyError::ResponseTooLarge {
+                    status: record.status,
+                    size,
+                };
+                tracing::debug!(outcome = "conflict", code = error.code(), %error);
+                metrics::refused(&error);
+                let res =
+                    error_response(&error, &request_id, policy.error_format, config.renderer());
+                return Reply::new(req, res);
+            }
             tracing::debug!(outcome = "replayed", status = record.status);
             metrics::outcome("replayed");
             return Reply::new(req, replay(&record, &request_id));

@@ -68,6 +68,7 @@
 //! | 400 | `idempotency_scope_missing` | no credentials or scope header to scope the key by |
 //! | 409 / 422 | `idempotency_conflict` | the key is in use by a running request, or by a different request |
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` |
+//! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`; it will not run again |
 //! | 503 | `idempotency_store_unavailable` | the store cannot be reached (fail closed) |
 #![warn(missing_docs)]
 

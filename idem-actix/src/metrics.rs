@@ -4,7 +4,7 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | `idem_requests_total` | counter | `outcome`: `executed`, `replayed`, `released`, `lost`, `unrecorded`, `unprotected` |
-//! | `idem_conflicts_total` | counter | `kind`: `in_flight`, `mismatch` |
+//! | `idem_conflicts_total` | counter | `kind`: `in_flight`, `mismatch`, `response_too_large` |
 //! | `idem_rejections_total` | counter | `code`: the error code (invalid or missing keys and scopes, bodies too large) |
 //! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release` |
 //! | `idem_store_duration_seconds` | histogram | `op` |
@@ -34,6 +34,9 @@ pub(crate) fn refused(error: &IdempotencyError) {
         }
         IdempotencyError::Mismatch { .. } => {
             metrics::counter!("idem_conflicts_total", "kind" => "mismatch").increment(1);
+        }
+        IdempotencyError::ResponseTooLarge { .. } => {
+            metrics::counter!("idem_conflicts_total", "kind" => "response_too_large").increment(1);
         }
         // Store errors are counted by the store wrapper.
         _ => {}

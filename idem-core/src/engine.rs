@@ -48,6 +48,18 @@ pub struct Response {
     pub body: Bytes,
 }
 
+impl Response {
+    /// Bytes of response data (body, header names and values).
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// What became of a finished operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -129,6 +141,7 @@ impl Engine {
                         lease: policy.lease,
                         ttl: policy.ttl,
                         cache: policy.cache,
+                        max_response: policy.max_response,
                         key,
                         token: claim.token,
                         fingerprint,
@@ -205,6 +218,7 @@ pub struct Lease {
     lease: Duration,
     ttl: Duration,
     cache: CachePolicy,
+    max_response: usize,
     key: StoreKey,
     token: Token,
     fingerprint: Fingerprint,
@@ -269,7 +283,9 @@ impl Lease {
         }
     }
 
-    /// Records `response` if the endpoint caches its status, else releases the key.
+    /// Records `response` if the endpoint caches its status, else releases the key. A response
+    /// larger than the endpoint's `max_response` is recorded without its headers and body, so
+    /// that retries learn it completed and never run it again.
     ///
     /// # Errors
     /// The store's error; the claim then lapses with its lease.
@@ -284,11 +300,18 @@ impl Lease {
             );
         }
         let now = self.engine.clock.now();
+        let size = response.size();
+        let (headers, body, body_omitted) = if size > self.max_response {
+            (Vec::new(), Bytes::new(), Some(size as u64))
+        } else {
+            (response.headers, response.body, None)
+        };
         let record = Arc::new(Completed {
             fingerprint: self.fingerprint,
             status: response.status,
-            headers: response.headers,
-            body: response.body,
+            headers,
+            body,
+            body_omitted,
             completed_at: now,
             expires_at: now.saturating_add(self.ttl),
         });
@@ -402,6 +425,23 @@ mod tests {
         assert_eq!(replayed.status, 201);
         assert_eq!(&replayed.body[..], b"call_1");
         assert_eq!(replayed.headers[0].0, "location");
+    }
+
+    #[tokio::test]
+    async fn a_response_too_large_to_keep_is_recorded_as_completed_without_its_body() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT.max_response(16);
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let big = Response {
+            status: 201,
+            headers: vec![("location".into(), Bytes::from_static(b"/x"))],
+            body: Bytes::from(vec![b'x'; 100]),
+        };
+        lease.finish(big).await.unwrap();
+        let record = replay(&engine, &policy, key(1), fp("a")).await;
+        assert_eq!(record.status, 201);
+        assert_eq!(record.body_omitted, Some(100 + 8 + 2));
+        assert!(record.body.is_empty() && record.headers.is_empty());
     }
 
     #[tokio::test]

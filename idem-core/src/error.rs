@@ -20,6 +20,8 @@ pub mod codes {
     pub const STORE_UNAVAILABLE: &str = "idempotency_store_unavailable";
     /// 413: the body of a request with a key is larger than the endpoint accepts.
     pub const BODY_TOO_LARGE: &str = "idempotency_body_too_large";
+    /// 409: the operation completed, but its response was too large to keep for replay.
+    pub const RESPONSE_TOO_LARGE: &str = "idempotency_response_too_large";
 }
 
 /// How long a client is told to wait before retrying a 409 in-flight or a 503.
@@ -58,6 +60,15 @@ pub enum IdempotencyError {
     /// The store cannot be reached.
     #[error("the idempotency store is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
+    /// The operation completed, but its response was too large to keep, so it cannot be
+    /// replayed; it does not run again either.
+    #[error("the request with this idempotency key completed with status {status}, but its response of {size} bytes was larger than this endpoint keeps, so it cannot be replayed; it will not run again, so look its result up instead of retrying")]
+    ResponseTooLarge {
+        /// The first response's status.
+        status: u16,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The request body is larger than the endpoint buffers for fingerprinting.
     #[error("the request body is larger than {limit} bytes, the most this endpoint accepts")]
     BodyTooLarge {
@@ -76,6 +87,7 @@ impl IdempotencyError {
             Self::InFlight | Self::Mismatch { .. } => codes::CONFLICT,
             Self::StoreUnavailable(_) => codes::STORE_UNAVAILABLE,
             Self::BodyTooLarge { .. } => codes::BODY_TOO_LARGE,
+            Self::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE,
         }
     }
 
@@ -83,7 +95,7 @@ impl IdempotencyError {
     pub fn status(&self) -> u16 {
         match self {
             Self::KeyMissing { .. } | Self::KeyInvalid { .. } | Self::ScopeMissing(_) => 400,
-            Self::InFlight => 409,
+            Self::InFlight | Self::ResponseTooLarge { .. } => 409,
             Self::Mismatch { status } => *status,
             Self::StoreUnavailable(_) => 503,
             Self::BodyTooLarge { .. } => 413,
@@ -141,6 +153,14 @@ mod tests {
                 IdempotencyError::BodyTooLarge { limit: 10 },
                 413,
                 "idempotency_body_too_large",
+            ),
+            (
+                IdempotencyError::ResponseTooLarge {
+                    status: 201,
+                    size: 10,
+                },
+                409,
+                "idempotency_response_too_large",
             ),
         ];
         for (err, status, code) in cases {

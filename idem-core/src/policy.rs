@@ -102,6 +102,10 @@ pub struct Policy {
     pub on_store_error: OnStoreError,
     /// The largest request body accepted with a key, in bytes.
     pub max_body: usize,
+    /// The largest response kept for replay, in bytes (body, header names and values). A
+    /// larger one is still sent, and recorded as completed without its body: retries get 409
+    /// `idempotency_response_too_large` and never run the operation again.
+    pub max_response: usize,
     /// The error body shape for this endpoint; `None` uses the application's renderer.
     pub error_format: Option<ErrorFormat>,
 }
@@ -126,7 +130,7 @@ macro_rules! setters {
 impl Policy {
     /// 24 h TTL, scope per API key, `Idempotency-Key` of up to 255 bytes, optional, 409 on
     /// mismatch and while in flight, every status but 5xx recorded, 60 s lease, fail closed,
-    /// bodies up to 2 MiB.
+    /// request bodies up to 2 MiB, responses kept up to 1 MiB.
     pub const DEFAULT: Policy = Policy {
         ttl: Duration::from_secs(24 * 60 * 60),
         scope: Scope::ApiKey,
@@ -140,6 +144,7 @@ impl Policy {
         lease: Duration::from_secs(60),
         on_store_error: OnStoreError::FailClosed,
         max_body: 2 * 1024 * 1024,
+        max_response: 1024 * 1024,
         error_format: None,
     };
 
@@ -168,6 +173,8 @@ impl Policy {
         on_store_error: OnStoreError,
         /// Sets [`Policy::max_body`].
         max_body: usize,
+        /// Sets [`Policy::max_response`].
+        max_response: usize,
         /// Sets [`Policy::error_format`].
         error_format: Option<ErrorFormat>,
     }
@@ -205,6 +212,8 @@ pub struct Overrides {
     pub on_store_error: Option<OnStoreError>,
     /// Overrides [`Policy::max_body`].
     pub max_body: Option<usize>,
+    /// Overrides [`Policy::max_response`].
+    pub max_response: Option<usize>,
     /// Overrides [`Policy::error_format`].
     pub error_format: Option<ErrorFormat>,
 }
@@ -252,6 +261,7 @@ overrides! {
     lease: Duration,
     on_store_error: OnStoreError,
     max_body: usize,
+    max_response: usize,
     error_format: ErrorFormat,
 }
 

@@ -51,6 +51,9 @@ pub struct Completed {
     pub headers: Vec<(String, Bytes)>,
     /// The response body bytes.
     pub body: Bytes,
+    /// The body's length when it was larger than the endpoint keeps: then only the status is
+    /// kept (no headers, no body), and retries are told the response cannot be replayed.
+    pub body_omitted: Option<u64>,
     /// When the operation completed.
     pub completed_at: Timestamp,
     /// When the record lapses.

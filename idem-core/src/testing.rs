@@ -193,6 +193,7 @@ mod suite {
                     ("set-cookie".into(), Bytes::from_static(b"b=2")),
                 ],
                 body: Bytes::from_static(body.as_bytes()),
+                body_omitted: None,
                 completed_at: self.at(at),
                 expires_at: self.at(at).saturating_add(TTL),
             })

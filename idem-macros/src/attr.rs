@@ -12,7 +12,7 @@ use syn::{Ident, Lit, LitStr, Token};
 
 /// The arguments, by name, with what each accepts.
 const ALLOWED: &str = "ttl, scope, header, key_max_len, required, mismatch, in_flight, \
-                       wait_timeout, cache, per_endpoint, lease, fail_open, errors, max_body, crate";
+                       wait_timeout, cache, per_endpoint, lease, fail_open, errors, max_body, max_response, crate";
 
 /// The longest `key_max_len` accepted: keys are header values, and servers cap header sizes.
 const KEY_MAX_LEN_LIMIT: u64 = 8192;
@@ -172,7 +172,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                     }
                 }
             }
-            "key_max_len" | "max_body" => {
+            "key_max_len" | "max_body" | "max_response" => {
                 let (min, max) = match key.as_str() {
                     "key_max_len" => (1, KEY_MAX_LEN_LIMIT),
                     _ => (1, u64::from(u32::MAX)),

@@ -52,6 +52,7 @@ mod expand;
 /// | [`fail_open`](#fail_open) | flag | off |
 /// | [`errors`](#errors) | `"envelope"`, `"type"`, `"problem"` | the app's renderer |
 /// | [`max_body`](#max_body) | bytes | `2097152` |
+/// | [`max_response`](#max_response) | bytes | `1048576` |
 /// | [`crate`](#crate) | a path | `"idem_actix"` |
 ///
 /// Arguments that make no sense together are refused: `wait_timeout` without
@@ -571,6 +572,37 @@ mod expand;
 /// # actix_web::rt::System::new().block_on(async {
 /// # let app = test::init_service(App::new().service(create_note)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/notes").set_payload(vec![b'x'; 1025])).await.0, 413);
+/// # });
+/// ```
+///
+/// ## `max_response`
+///
+/// The largest response kept for replay, in bytes (body, header names and values). Default
+/// `1048576` (1 MiB). A larger response is still sent to the first client in full, and the key
+/// is recorded as completed without it: retries get 409 `idempotency_response_too_large` and the
+/// operation never runs again.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # use actix_web::{test, App};
+/// # use actix_web::test::TestRequest;
+/// # fn req(key: &str) -> TestRequest {
+/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
+/// # }
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/exports")]
+/// #[idempotent(max_response = 1024)]
+/// async fn export() -> HttpResponse {
+///     HttpResponse::Created().body(vec![b'x'; 4096])
+/// }
+/// # actix_web::rt::System::new().block_on(async {
+/// # let app = test::init_service(App::new().service(export)).await;
+/// let first = test::call_service(&app, req("k").uri("/v1/exports").to_request()).await;
+/// assert_eq!(test::read_body(first).await.len(), 4096);
+/// let retry = test::call_service(&app, req("k").uri("/v1/exports").to_request()).await;
+/// assert_eq!(retry.status(), 409);
 /// # });
 /// ```
 ///

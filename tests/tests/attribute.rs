@@ -432,3 +432,37 @@ async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
     assert_eq!(res.status, 503, "the layer keeps the status");
     assert_eq!(text(&res), "idempotency_store_unavailable|r1");
 }
+
+#[post("/huge")]
+#[idempotent(max_response = 1024)]
+async fn huge_response(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created()
+        .insert_header(("X-Custom", "kept"))
+        .body(vec![b'x'; 4096])
+}
+
+#[actix_web::test]
+async fn a_response_too_large_to_keep_is_sent_once_and_never_rerun() {
+    let s = serve(|cfg| {
+        cfg.service(huge_response);
+    });
+    let first = s.send(&keyed("POST", "/huge", "k")).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(
+        first.body.len(),
+        4096,
+        "the first client gets the whole response"
+    );
+    let retry = s.send(&keyed("POST", "/huge", "k")).await;
+    assert_error(&retry, 409, "idempotency_response_too_large");
+    let message = retry.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("201") && message.contains("will not run again"),
+        "{message}"
+    );
+    assert_eq!(s.runs.get(), 1, "never silently re-executed");
+}

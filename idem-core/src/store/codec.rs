@@ -7,7 +7,8 @@
 //! token holds it) without decoding the rest. `kind` is `F` (in flight) or `C` (completed).
 //! The binary part is the 32-byte fingerprint, then for a completed record: status (u16),
 //! completed_at (u64), header count (u16), each header as name length (u16), name, value
-//! length (u32), value, and last the body length (u32) and body. Integers are big-endian.
+//! length (u32), value, and last either `0`, the body length (u32) and body, or `1` and the
+//! length (u64) of a body too large to keep. Integers are big-endian.
 
 use std::sync::Arc;
 
@@ -53,8 +54,17 @@ pub fn encode(record: &Record, token: Token) -> Result<Vec<u8>, StoreError> {
             out.extend_from_slice(&len::<u32>(value.len())?.to_be_bytes());
             out.extend_from_slice(value);
         }
-        out.extend_from_slice(&len::<u32>(c.body.len())?.to_be_bytes());
-        out.extend_from_slice(&c.body);
+        match c.body_omitted {
+            None => {
+                out.push(0);
+                out.extend_from_slice(&len::<u32>(c.body.len())?.to_be_bytes());
+                out.extend_from_slice(&c.body);
+            }
+            Some(size) => {
+                out.push(1);
+                out.extend_from_slice(&size.to_be_bytes());
+            }
+        }
     }
     Ok(out)
 }
@@ -109,13 +119,23 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
                 let value = Bytes::copy_from_slice(reader.take(value_len as usize)?);
                 headers.push((name, value));
             }
-            let body_len = u32::from_be_bytes(reader.array()?);
-            let body = Bytes::copy_from_slice(reader.take(body_len as usize)?);
+            let (body, body_omitted) = match reader.array::<1>()? {
+                [0] => {
+                    let body_len = u32::from_be_bytes(reader.array()?);
+                    (
+                        Bytes::copy_from_slice(reader.take(body_len as usize)?),
+                        None,
+                    )
+                }
+                [1] => (Bytes::new(), Some(u64::from_be_bytes(reader.array()?))),
+                _ => return Err(corrupt("unknown body tag")),
+            };
             Record::Completed(Arc::new(Completed {
                 fingerprint,
                 status,
                 headers,
                 body,
+                body_omitted,
                 completed_at,
                 expires_at: lapses_at,
             }))
@@ -172,6 +192,7 @@ mod tests {
                 ("set-cookie".into(), Bytes::from_static(b"b=\xff:2")),
             ],
             body: Bytes::from_static(b"binary:\x00\x01 body"),
+            body_omitted: None,
             completed_at: Timestamp::from_millis(1_700_000_000_000),
             expires_at: Timestamp::from_millis(1_700_086_400_000),
         }))
@@ -191,6 +212,21 @@ mod tests {
             let bytes = encode(&record, token).unwrap();
             assert_eq!(decode(&bytes).unwrap(), record);
         }
+    }
+
+    #[test]
+    fn an_omitted_body_round_trips() {
+        let Record::Completed(c) = completed() else {
+            unreachable!()
+        };
+        let omitted = Record::Completed(Arc::new(Completed {
+            headers: Vec::new(),
+            body: Bytes::new(),
+            body_omitted: Some(5 << 20),
+            ..(*c).clone()
+        }));
+        let token = Token::random();
+        assert_eq!(decode(&encode(&omitted, token).unwrap()).unwrap(), omitted);
     }
 
     #[test]
