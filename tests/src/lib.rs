@@ -1,6 +1,8 @@
 //! Helpers for the workspace's behaviour tests: a raw HTTP/1.1 client over loopback that can
 //! also break a connection mid-request, and a real actix server on a free port.
 
+pub mod fuzz;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,230 @@
+//! The checks behind the fuzz targets in `fuzz/`, also run on a deterministic random corpus by
+//! `tests/tests/fuzz_smoke.rs`. Each takes arbitrary bytes and panics only on a broken promise.
+
+use std::rc::Rc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
+use actix_web::{test, web, App, HttpResponse};
+use futures_util::future::LocalBoxFuture;
+use idem_actix::{codes, idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore};
+
+/// Key parsing: never panics, and a key it accepts keeps every rule.
+pub fn key(data: &[u8]) {
+    let (max, raw) = match data.split_first() {
+        Some((&first, rest)) => (usize::from(first) + 1, rest),
+        None => (255, data),
+    };
+    match idem_core::IdempotencyKey::parse(raw, max) {
+        Ok(key) => {
+            let k = key.as_str();
+            assert!(
+                !k.is_empty() && k.len() <= max,
+                "accepted {k:?} with max {max}"
+            );
+            assert!(
+                k.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+                "accepted {k:?}"
+            );
+            if raw.first() != Some(&b'"') {
+                assert_eq!(k.as_bytes(), raw, "a bare key is taken as sent");
+            }
+        }
+        Err(error) => assert!(!error.to_string().is_empty()),
+    }
+}
+
+#[idempotent]
+async fn plain(body: web::Bytes, key: Option<IdempotencyKey>) -> HttpResponse {
+    HttpResponse::Created().body(format!("{} {}", body.len(), key.is_some()))
+}
+
+#[idempotent(
+    required,
+    scope = "header:X-Tenant",
+    mismatch = "unprocessable",
+    errors = "problem",
+    max_body = 64,
+    max_response = 8
+)]
+async fn strict(body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok().body(body)
+}
+
+#[idempotent(
+    scope = "basic_auth_user",
+    mismatch = "replay",
+    cache = "2xx",
+    per_endpoint
+)]
+async fn json(body: web::Json<serde_json::Value>) -> HttpResponse {
+    HttpResponse::Created().json(body.into_inner())
+}
+
+async fn wrapped(body: String) -> HttpResponse {
+    HttpResponse::Accepted().body(body)
+}
+
+type Call = Rc<dyn Fn(actix_http::Request) -> LocalBoxFuture<'static, (u16, Vec<u8>)>>;
+
+struct Harness {
+    runtime: actix_web::rt::Runtime,
+    call: Call,
+}
+
+fn harness() -> Harness {
+    let runtime = actix_web::rt::Runtime::new().expect("runtime");
+    let app = runtime.block_on(test::init_service(
+        App::new()
+            .app_data(IdempotencyConfig::new(
+                MokaStore::builder().max_bytes(4 << 20).build(),
+            ))
+            .route("/plain", web::route().to(plain))
+            .route("/strict", web::route().to(strict))
+            .route("/json/{id}", web::route().to(json))
+            .service(
+                web::scope("/mw")
+                    .wrap(Idempotency::new())
+                    .default_service(web::to(wrapped)),
+            ),
+    ));
+    let app = Rc::new(app);
+    let call: Call = Rc::new(move |req| {
+        let app = Rc::clone(&app);
+        Box::pin(async move {
+            let res: ServiceResponse<_> = app.call(req).await.expect("the app answers");
+            let status = res.status().as_u16();
+            let body = res.into_body().try_into_bytes().map(|b| b.to_vec());
+            (status, body.unwrap_or_default())
+        })
+    });
+    Harness { runtime, call }
+}
+
+thread_local! {
+    // Leaked: dropping it at thread exit would reach actix's thread locals, gone by then.
+    static HARNESS: &'static Harness = Box::leak(Box::new(harness()));
+}
+
+/// The request path: arbitrary method, route, headers and body through the attribute and the
+/// middleware. Never a panic or a 500; every error of the layer carries a stable code.
+pub fn request(data: &[u8]) {
+    let mut parts = data.split(|&b| b == 0xff);
+    let selector = parts.next().unwrap_or_default();
+    let pick = |i: usize| selector.get(i).copied().unwrap_or(0);
+    let method = [
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::GET,
+    ][usize::from(pick(0)) % 5]
+        .clone();
+    let path = ["/plain", "/strict", "/json/1", "/json/2", "/mw/x"][usize::from(pick(1)) % 5];
+    let mut headers = Vec::new();
+    for name in [
+        "idempotency-key",
+        "authorization",
+        "x-tenant",
+        "x-request-id",
+        "content-type",
+    ] {
+        let Some(value) = parts.next() else { break };
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.push((HeaderName::from_static(name), value));
+        }
+    }
+    let body = parts.next().unwrap_or_default().to_vec();
+    let make = move || {
+        let mut builder = test::TestRequest::default()
+            .method(method.clone())
+            .uri(path);
+        for header in &headers {
+            builder = builder.append_header(header.clone());
+        }
+        builder.set_payload(body.clone()).to_request()
+    };
+    HARNESS.with(|harness| {
+        let call = Rc::clone(&harness.call);
+        harness.runtime.block_on(async move {
+            // Twice: the second may be a replay, a conflict or a rerun.
+            for _ in 0..2 {
+                let (status, body) = call(make()).await;
+                check(status, &body);
+            }
+        });
+    });
+}
+
+const CODES: [&str; 7] = [
+    codes::KEY_MISSING,
+    codes::KEY_INVALID,
+    codes::SCOPE_MISSING,
+    codes::CONFLICT,
+    codes::STORE_UNAVAILABLE,
+    codes::BODY_TOO_LARGE,
+    codes::RESPONSE_TOO_LARGE,
+];
+
+fn check(status: u16, body: &[u8]) {
+    assert_ne!(status, 500, "a 500: {}", String::from_utf8_lossy(body));
+    assert!(status < 500, "unexpected {status}");
+    let text = String::from_utf8_lossy(body);
+    if let Some(code) = layer_code(body) {
+        assert!(
+            CODES.contains(&code.as_str()),
+            "unknown code {code} in {text}"
+        );
+    } else {
+        // Anything else that is refused is actix's own answer (404, 405, a bad JSON body).
+        assert!(
+            status < 400 || matches!(status, 400 | 404 | 405 | 415),
+            "{status} without a stable code: {text}"
+        );
+    }
+}
+
+fn layer_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = value
+        .pointer("/error/code")
+        .or_else(|| value.get("code"))?
+        .as_str()?;
+    code.starts_with("idempotency_").then(|| code.to_owned())
+}
+
+/// A cheap deterministic generator for corpus-free smoke runs.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Up to `max` random bytes, biased towards the bytes that matter to the parsers.
+    pub fn bytes(&mut self, max: usize) -> Vec<u8> {
+        const INTERESTING: &[u8] = b"\"\\ \t;=,:-_./{}[]0aZ~\x7f\x80\xff\x00";
+        let len = (self.next() as usize) % (max + 1);
+        (0..len)
+            .map(|_| {
+                let r = self.next();
+                if r % 3 == 0 {
+                    INTERESTING[(r >> 8) as usize % INTERESTING.len()]
+                } else {
+                    (r >> 16) as u8
+                }
+            })
+            .collect()
+    }
+}
