@@ -205,7 +205,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -215,10 +215,10 @@ impl Rng {
     /// Up to `max` random bytes, biased towards the bytes that matter to the parsers.
     pub fn bytes(&mut self, max: usize) -> Vec<u8> {
         const INTERESTING: &[u8] = b"\"\\ \t;=,:-_./{}[]0aZ~\x7f\x80\xff\x00";
-        let len = (self.next() as usize) % (max + 1);
+        let len = (self.next_u64() as usize) % (max + 1);
         (0..len)
             .map(|_| {
-                let r = self.next();
+                let r = self.next_u64();
                 if r % 3 == 0 {
                     INTERESTING[(r >> 8) as usize % INTERESTING.len()]
                 } else {
