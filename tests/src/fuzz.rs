@@ -219,7 +219,7 @@ impl Rng {
         (0..len)
             .map(|_| {
                 let r = self.next_u64();
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     INTERESTING[(r >> 8) as usize % INTERESTING.len()]
                 } else {
                     (r >> 16) as u8

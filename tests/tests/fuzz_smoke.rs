@@ -44,7 +44,7 @@ fn the_request_path_never_fails_without_a_stable_code() {
             // Small alphabets make repeated keys, so replays and conflicts happen too.
             let part = rng.bytes(12);
             input.extend(part.iter().map(|b| {
-                if rng.next_u64() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     b'a' + b % 4
                 } else {
                     *b
