@@ -132,3 +132,50 @@ async fn each_request_costs_the_fewest_store_calls_and_is_traced() {
         "no span with the key and request id: {spans:?}"
     );
 }
+
+#[post("/echo-auth")]
+#[idempotent]
+async fn echo(body: String) -> HttpResponse {
+    HttpResponse::Created().body(format!("stored: {}", body.len()))
+}
+
+#[actix_web::test]
+async fn stored_records_hold_no_raw_key_credential_or_request_header() {
+    let store = MokaStore::new();
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).service(echo);
+    });
+    for (auth, key) in [
+        ("Bearer sk_live_SECRET1", "order-RAWKEY1"),
+        ("Basic c2VjcmV0OlNFQ1JFVDI=", "RAWKEY2"),
+    ] {
+        let res = RawRequest::post("/echo-auth")
+            .header("Authorization", auth)
+            .header("Idempotency-Key", key)
+            .header("Cookie", "session=SECRET3")
+            .body("payload")
+            .send(server.addr)
+            .await;
+        assert_eq!(res.status, 201);
+    }
+    let records = store.snapshot();
+    assert_eq!(records.len(), 2);
+    for (key, record) in records {
+        let bytes = idem_core::store::codec::encode(&record, idem_core::Token::random()).unwrap();
+        let text = format!("{key} {}", String::from_utf8_lossy(&bytes));
+        for secret in [
+            "SECRET",
+            "RAWKEY",
+            "Bearer",
+            "Basic",
+            "authorization",
+            "cookie",
+        ] {
+            assert!(
+                !text.to_lowercase().contains(&secret.to_lowercase()),
+                "{secret} in {text}"
+            );
+        }
+    }
+}

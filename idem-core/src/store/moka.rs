@@ -99,6 +99,14 @@ impl MokaStore {
         self.cache.weighted_size()
     }
 
+    /// Every record held, for tests and diagnostics (a full scan).
+    pub fn snapshot(&self) -> Vec<(StoreKey, Record)> {
+        self.cache
+            .iter()
+            .map(|(key, entry)| (*key, entry.record))
+            .collect()
+    }
+
     /// Applies `decide` to the record of `key` atomically: no other operation on the key runs
     /// between the read and the write. With `live_at`, a record lapsed by then is passed as
     /// absent.
@@ -258,8 +266,49 @@ impl Store for MokaStore {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::digest::Fingerprint;
+    use crate::engine::{Begin, Engine, Response};
+    use crate::policy::Policy;
+
     #[tokio::test]
     async fn moka_store_conforms() {
-        crate::testing::conformance(&super::MokaStore::new(), 1).await;
+        crate::testing::conformance(&MokaStore::new(), 1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_a_million_keys_stays_within_capacity() {
+        const MAX_BYTES: u64 = 8 << 20;
+        let store = MokaStore::builder().max_bytes(MAX_BYTES).build();
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
+        let body = bytes::Bytes::from(vec![b'x'; 200]);
+        for i in 0u32..1_000_000 {
+            let mut key = [0; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            let Ok(Begin::Execute(lease)) =
+                engine.begin(&policy, StoreKey::from_bytes(key), fp).await
+            else {
+                panic!("a new key is claimed");
+            };
+            let response = Response {
+                status: 201,
+                body: body.clone(),
+                ..Response::default()
+            };
+            lease.finish(response).await.unwrap();
+        }
+        let (bytes, entries) = (store.weighted_size().await, store.entry_count().await);
+        assert!(
+            bytes <= MAX_BYTES,
+            "{bytes} bytes held over a {MAX_BYTES} bound"
+        );
+        // Each record weighs its overhead plus 200 bytes of body.
+        assert!(entries <= MAX_BYTES / 456 + 1, "{entries} records held");
+        assert!(
+            entries > 1000,
+            "the store still holds recent records: {entries}"
+        );
     }
 }
