@@ -1,60 +1,11 @@
 //! The `calls-api` binary as users run it: flags, and several processes sharing a Redis.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::CallsApi;
 use idem_tests::{RawRequest, TestRedis};
-use serde_json::json;
-
-/// A running `calls-api` process, stopped on drop.
-struct CallsApi {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl CallsApi {
-    async fn start(redis_url: Option<&str>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_calls-api"));
-        command
-            .args(["--addr", &addr.to_string(), "--workers", "1"])
-            .env_remove("IDEM_REDIS_URL")
-            .stderr(Stdio::null());
-        if let Some(url) = redis_url {
-            command.args(["--redis-url", url]);
-        }
-        let child = command.spawn().expect("start calls-api");
-        let api = Self { child, addr };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return api;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("calls-api did not listen on {addr}");
-    }
-
-    async fn create(&self, key: &str) -> idem_tests::RawResponse {
-        RawRequest::post("/v1/calls")
-            .header("Authorization", "Bearer tenant-1")
-            .header("Idempotency-Key", key)
-            .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }))
-            .send(self.addr)
-            .await
-    }
-}
-
-impl Drop for CallsApi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn processes_sharing_redis_run_each_key_once() {

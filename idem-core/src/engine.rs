@@ -445,6 +445,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn clock_skew_smaller_than_the_lease_is_harmless() {
+        // Two processes share one store; the second's clock runs 20 s ahead.
+        let store: Arc<dyn Store> = Arc::new(MokaStore::new());
+        let behind = ManualClock::new(START);
+        let ahead = ManualClock::new(START.saturating_add(Duration::from_secs(20)));
+        let a = Engine::from_arc(Arc::clone(&store)).with_clock(behind.clone());
+        let b = Engine::from_arc(store).with_clock(ahead.clone());
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(60));
+        let lease = execute(&a, &policy, key(1), fp("a")).await;
+        let err = b.begin(&policy, key(1), fp("a")).await.unwrap_err();
+        assert!(
+            matches!(err, IdempotencyError::InFlight),
+            "a live claim is not taken over"
+        );
+        lease.finish(response(201, "once")).await.unwrap();
+        assert_eq!(
+            &replay(&b, &policy, key(1), fp("a")).await.body[..],
+            b"once"
+        );
+
+        // Past the lease, the skewed process sees it lapse 20 s early: the documented limit.
+        let _stale = execute(&a, &policy, key(2), fp("a")).await;
+        ahead.advance(Duration::from_secs(40));
+        assert!(matches!(
+            b.begin(&policy, key(2), fp("a")).await,
+            Ok(Begin::Execute(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn a_running_request_conflicts() {
         let (engine, _) = setup();
         let policy = Policy::DEFAULT;

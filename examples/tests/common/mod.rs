@@ -1,0 +1,61 @@
+//! A `calls-api` process for tests, on a free loopback port.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use idem_tests::{RawRequest, RawResponse};
+use serde_json::json;
+
+/// A running `calls-api` process, stopped on drop.
+pub struct CallsApi {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl CallsApi {
+    /// Starts one, on the embedded store or the Redis at `redis_url`.
+    pub async fn start(redis_url: Option<&str>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_calls-api"));
+        command
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .env_remove("IDEM_REDIS_URL")
+            .stderr(Stdio::null());
+        if let Some(url) = redis_url {
+            command.args(["--redis-url", url]);
+        }
+        let child = command.spawn().expect("start calls-api");
+        let api = Self { child, addr };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return api;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("calls-api did not listen on {addr}");
+    }
+
+    /// Creates a call with `key`.
+    #[allow(dead_code)]
+    pub async fn create(&self, key: &str) -> RawResponse {
+        RawRequest::post("/v1/calls")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", key)
+            .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }))
+            .send(self.addr)
+            .await
+    }
+}
+
+impl Drop for CallsApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
