@@ -152,8 +152,10 @@ async fn sustained_mixed_traffic_runs_every_key_at_most_once() {
         c.await.expect("a client's expectations held");
     }
 
+    let mut ledger = std::mem::take(&mut *ledger.lock().unwrap());
+
     // Settle the abandoned keys: each either ran (and replays) or never started (and runs now).
-    let abandoned = std::mem::take(&mut ledger.lock().unwrap().abandoned);
+    let abandoned = std::mem::take(&mut ledger.abandoned);
     for (tenant, key) in &abandoned {
         let mut res = create(*tenant, key, PHONE).send(api.addr).await;
         for _ in 0..100 {
@@ -172,7 +174,6 @@ async fn sustained_mixed_traffic_runs_every_key_at_most_once() {
     }
 
     // Audit: every key created at most one call (exactly one for the completed ones)...
-    let ledger = ledger.lock().unwrap();
     for (tenant, name) in TENANTS.iter().enumerate() {
         let list = RawRequest::get("/v1/calls")
             .header("Authorization", &format!("Bearer {name}"))
