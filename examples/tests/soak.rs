@@ -36,7 +36,8 @@ fn create(tenant: usize, key: &str, phone: &str) -> RawRequest {
 
 const PHONE: &str = "+15555550123";
 
-async fn client(api: Arc<CallsApi>, ledger: Arc<Mutex<Ledger>>, id: usize, until: Instant) {
+async fn client(apis: Arc<Vec<CallsApi>>, ledger: Arc<Mutex<Ledger>>, id: usize, until: Instant) {
+    let api = &apis[id % apis.len()];
     let mut rng = Rng::new(0xc0ffee + id as u64);
     let tenant = id % TENANTS.len();
     let mut mine: Vec<String> = Vec::new();
@@ -138,15 +139,33 @@ async fn client(api: Arc<CallsApi>, ledger: Arc<Mutex<Ledger>>, id: usize, until
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_mixed_traffic_runs_every_key_at_most_once() {
+    soak(vec![CallsApi::start(None).await]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sharing_redis_run_every_key_at_most_once() {
+    let Some(redis) = idem_tests::TestRedis::start() else {
+        return;
+    };
+    let apis = vec![
+        CallsApi::start(Some(redis.url())).await,
+        CallsApi::start(Some(redis.url())).await,
+    ];
+    soak(apis).await;
+}
+
+/// Runs the clients against `apis` (spread over them), then audits.
+async fn soak(apis: Vec<CallsApi>) {
     let secs = std::env::var("IDEM_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let api = Arc::new(CallsApi::start(None).await);
+    let apis = Arc::new(apis);
+    let api = &apis[0];
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(secs);
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| tokio::spawn(client(Arc::clone(&api), Arc::clone(&ledger), id, until)))
+        .map(|id| tokio::spawn(client(Arc::clone(&apis), Arc::clone(&ledger), id, until)))
         .collect();
     for c in clients {
         c.await.expect("a client's expectations held");
@@ -169,18 +188,21 @@ async fn sustained_mixed_traffic_runs_every_key_at_most_once() {
         ledger.completed.insert((*tenant, key.clone()), res.body);
     }
 
-    // Audit: every key created at most one call (exactly one for the completed ones)...
+    // Audit: every key created at most one call across the processes (exactly one for the
+    // completed ones)...
     for (tenant, name) in TENANTS.iter().enumerate() {
-        let list = RawRequest::get("/v1/calls")
-            .header("Authorization", &format!("Bearer {name}"))
-            .send(api.addr)
-            .await
-            .json();
         let mut per_key: HashMap<String, usize> = HashMap::new();
-        for call in list["data"].as_array().unwrap() {
-            *per_key
-                .entry(call["agent_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
+        for process in apis.iter() {
+            let list = RawRequest::get("/v1/calls")
+                .header("Authorization", &format!("Bearer {name}"))
+                .send(process.addr)
+                .await
+                .json();
+            for call in list["data"].as_array().unwrap() {
+                *per_key
+                    .entry(call["agent_id"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
         }
         for (key, count) in &per_key {
             assert_eq!(*count, 1, "key {key} of {name} ran {count} times");
@@ -202,7 +224,8 @@ async fn sustained_mixed_traffic_runs_every_key_at_most_once() {
         assert_eq!(&res.body, first, "{key} replays identically");
     }
     eprintln!(
-        "soak: {} requests over {secs} s, {} keys completed, {} abandoned mid-request",
+        "soak: {} processes, {} requests over {secs} s, {} keys completed, {} abandoned mid-request",
+        apis.len(),
         ledger.requests,
         ledger.completed.len(),
         abandoned.len()
