@@ -1,4 +1,6 @@
 //! Example servers for idem. `calls-api` is a small outbound-calling API whose create
-//! endpoints are idempotent; its routes are built here so that tests serve the same app.
+//! endpoints are idempotent; `bench-server` serves the handlers the benchmarks measure. Their
+//! routes are built here so that tests and benchmarks serve the same app.
 
+pub mod bench;
 pub mod calls_api;

@@ -151,6 +151,17 @@ fn reject(
     Admission::Answer(req, res)
 }
 
+/// Whether a request goes straight to the handler, with no store work at all: it has no key,
+/// and the endpoint does not require one. The cheap test every request takes first.
+pub(crate) fn bypasses(endpoint: &Endpoint, req: &HttpRequest) -> bool {
+    let config = IdempotencyConfig::of(req);
+    let required = endpoint
+        .overrides
+        .required
+        .unwrap_or(config.policy().required);
+    !required && !req.headers().contains_key(endpoint.header(config))
+}
+
 /// Validates the key and scope, reads the body and fingerprints the request.
 pub(crate) async fn admit(
     endpoint: &Endpoint,
@@ -275,11 +286,19 @@ where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
 {
-    match admit(endpoint, scope_fn, req, payload.into_inner()).await {
-        Admission::Pass(req, payload) => handler(req, payload).await.res,
-        Admission::Answer(_, res) => res,
-        Admission::Keyed(keyed) => detach(keyed, handler).await.res,
+    let payload = payload.into_inner();
+    if bypasses(endpoint, &req) {
+        return handler(req, payload).await.res;
     }
+    // Boxed, so that requests without a key do not carry the keyed path's state.
+    Box::pin(async move {
+        match admit(endpoint, scope_fn, req, payload).await {
+            Admission::Pass(req, payload) => handler(req, payload).await.res,
+            Admission::Answer(_, res) => res,
+            Admission::Keyed(keyed) => detach(keyed, handler).await.res,
+        }
+    })
+    .await
 }
 
 async fn execute<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply

@@ -11,7 +11,7 @@ use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use idem_core::Overrides;
 
-use crate::handler::{admit, detach, Admission, Endpoint, Reply};
+use crate::handler::{admit, bypasses, detach, Admission, Endpoint, Reply};
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
 /// `#[idempotent]`.
@@ -139,7 +139,9 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
-        if !self.inner.methods.contains(req.method()) {
+        if !self.inner.methods.contains(req.method())
+            || bypasses(&self.inner.endpoint, req.request())
+        {
             return Box::pin(async move {
                 service
                     .call(req)

@@ -23,10 +23,8 @@ impl RequestId {
         if let Some(id) = req.extensions().get::<RequestId>() {
             return id.clone();
         }
-        let id = RequestId(
-            incoming(req)
-                .unwrap_or_else(|| format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0)),
-        );
+        let id =
+            RequestId(incoming(req).unwrap_or_else(|| format!("{:016x}", idem_core::random_u64())));
         req.extensions_mut().insert(id.clone());
         id
     }

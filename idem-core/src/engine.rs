@@ -444,6 +444,19 @@ mod tests {
         assert!(record.body.is_empty() && record.headers.is_empty());
     }
 
+    #[test]
+    fn tokens_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        assert!((0..100_000).all(|_| seen.insert(Token::random())));
+        let other_thread =
+            std::thread::spawn(|| (0..1000).map(|_| Token::random()).collect::<Vec<_>>());
+        assert!(other_thread
+            .join()
+            .unwrap()
+            .iter()
+            .all(|t| !seen.contains(t)));
+    }
+
     #[tokio::test]
     async fn clock_skew_smaller_than_the_lease_is_harmless() {
         // Two processes share one store; the second's clock runs 20 s ahead.

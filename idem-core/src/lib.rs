@@ -54,6 +54,6 @@ pub use crate::key::{IdempotencyKey, KeyError, DEFAULT_KEY_MAX_LEN};
 pub use crate::policy::{
     CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
 };
-pub use crate::record::{Completed, InFlight, Record, Token};
+pub use crate::record::{random_u64, Completed, InFlight, Record, Token};
 pub use crate::scope::{Scope, ScopeError, ScopeValue};
 pub use crate::store::{Claim, MokaStore, Store, StoreError};

@@ -7,15 +7,33 @@ use bytes::Bytes;
 use crate::clock::Timestamp;
 use crate::digest::Fingerprint;
 
+/// Fast random numbers for tokens and request ids, where uniqueness matters and secrecy does
+/// not: a SplitMix64 stream per thread, seeded once from the operating system. A stream never
+/// repeats a value within 2^64 draws, and streams start at random points.
+pub fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
 /// A fencing token: proof of one claim. Completion, release and lease extension name the
 /// token they hold, so that a holder whose lease expired cannot touch a newer claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Token(u128);
 
 impl Token {
-    /// A fresh random token.
+    /// A fresh token: unique, not secret (see [`random_u64`]).
     pub fn random() -> Self {
-        Self(uuid::Uuid::new_v4().as_u128())
+        Self((u128::from(random_u64()) << 64) | u128::from(random_u64()))
     }
 
     /// A token from its value, as a store reads it back.

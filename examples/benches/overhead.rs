@@ -1,0 +1,136 @@
+//! In-process cost of the idempotency layer, against the bare handler in the same run:
+//! no key, a new key every request, and a replay, on the embedded store and on Redis (when a
+//! `redis-server` can be started). Requests are built before timing.
+//!
+//! `cargo bench -p idem-examples --bench overhead`; the added time per request is printed and
+//! written to `target/bench/inprocess.md`.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::{test, App};
+use criterion::{criterion_group, Criterion};
+use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
+use idem_examples::bench::configure;
+use idem_tests::TestRedis;
+
+const BODY: &str = r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
+
+fn request(path: &str, key: Option<&str>) -> actix_http::Request {
+    let mut req = test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/json"))
+        .set_payload(BODY);
+    if let Some(key) = key {
+        req = req.insert_header(("idempotency-key", key));
+    }
+    req.to_request()
+}
+
+thread_local! {
+    static NEXT_KEY: Cell<u64> = const { Cell::new(0) };
+}
+
+fn fresh_key() -> String {
+    NEXT_KEY.with(|n| {
+        n.set(n.get() + 1);
+        format!("bench-{}", n.get())
+    })
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = actix_web::rt::System::new();
+    let redis = TestRedis::start();
+    let app = rt.block_on(async {
+        let redis_config = redis
+            .as_ref()
+            .map(|r| IdempotencyConfig::new(RedisStore::new(r.url()).expect("Redis URL")));
+        let moka = IdempotencyConfig::new(MokaStore::new());
+        test::init_service(App::new().app_data(moka).configure(configure(redis_config))).await
+    });
+    // Replays need a completed key.
+    for path in ["/idem/echo", "/idem-redis/echo"] {
+        rt.block_on(app.call(request(path, Some("replayed")))).ok();
+    }
+
+    let mut cases: Vec<(&str, &str, fn() -> Option<String>)> = vec![
+        ("bare", "/bare/echo", || None),
+        ("moka/no key", "/idem/echo", || None),
+        ("moka/new key", "/idem/echo", || Some(fresh_key())),
+        ("moka/replay", "/idem/echo", || Some("replayed".into())),
+    ];
+    if redis.is_some() {
+        cases.push(("redis/new key", "/idem-redis/echo", || Some(fresh_key())));
+        cases.push(("redis/replay", "/idem-redis/echo", || {
+            Some("replayed".into())
+        }));
+    }
+    let mut group = c.benchmark_group("request");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for (name, path, key) in cases {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let requests: Vec<_> = (0..iters)
+                    .map(|_| request(path, key().as_deref()))
+                    .collect();
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for req in requests {
+                        let res: ServiceResponse = app.call(req).await.expect("answer");
+                        assert!(res.status().is_success(), "{name}: {}", res.status());
+                        drop(res);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The added time per request, from criterion's estimates of this run.
+fn summary() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let estimate = |name: &str| -> Option<f64> {
+        let path = dir
+            .join("criterion/request")
+            .join(name.replace('/', "_"))
+            .join("new/estimates.json");
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        json["median"]["point_estimate"].as_f64()
+    };
+    let Some(bare) = estimate("bare") else { return };
+    let mut table =
+        String::from("| case | median per request | added vs bare | target |\n|---|---|---|---|\n");
+    table += &format!("| bare handler | {:.2} us | | |\n", bare / 1000.0);
+    for (name, target) in [
+        ("moka/no key", "<= 0.1 us"),
+        ("moka/replay", "<= 1 us"),
+        ("moka/new key", "<= 1.5 us"),
+        ("redis/replay", ""),
+        ("redis/new key", ""),
+    ] {
+        if let Some(t) = estimate(name) {
+            table += &format!(
+                "| {name} | {:.2} us | {:+.2} us | {target} |\n",
+                t / 1000.0,
+                (t - bare) / 1000.0
+            );
+        }
+    }
+    println!("\n{table}");
+    let out = dir.join("bench");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("inprocess.md"), table);
+}
+
+criterion_group!(benches, overhead);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}

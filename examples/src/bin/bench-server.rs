@@ -1,0 +1,60 @@
+//! The benchmark server: a trivial JSON handler, bare and idempotent, over loopback.
+//!
+//! ```text
+//! bench-server [--addr 127.0.0.1:8090] [--workers 1] [--redis-url redis://127.0.0.1:6379]
+//! ```
+//! `POST /bare/echo` and `POST /idem/echo` (`#[idempotent(scope = "global")]`, embedded
+//! store); `POST /idem-redis/echo` with `--redis-url`. `scripts/bench-http` drives it.
+
+use std::process::ExitCode;
+
+use actix_web::{App, HttpServer};
+use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
+
+fn main() -> ExitCode {
+    let mut addr = "127.0.0.1:8090".to_owned();
+    let mut workers = 1;
+    let mut redis_url = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next();
+        match (flag.as_str(), value) {
+            ("--addr", Some(v)) => addr = v,
+            ("--workers", Some(v)) if v.parse::<usize>().is_ok_and(|n| n > 0) => {
+                workers = v.parse().unwrap_or(1)
+            }
+            ("--redis-url", Some(v)) => redis_url = Some(v),
+            _ => {
+                eprintln!("usage: bench-server [--addr HOST:PORT] [--workers N] [--redis-url URL]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let result = actix_web::rt::System::new().block_on(async move {
+        let redis = match redis_url.as_deref().map(RedisStore::new) {
+            Some(Ok(store)) => Some(IdempotencyConfig::new(store)),
+            Some(Err(e)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    e.to_string(),
+                ))
+            }
+            None => None,
+        };
+        let moka = IdempotencyConfig::new(MokaStore::new());
+        let routes = idem_examples::bench::configure(redis);
+        let server =
+            HttpServer::new(move || App::new().app_data(moka.clone()).configure(routes.clone()))
+                .workers(workers)
+                .bind(&addr)?;
+        eprintln!("bench-server listening on http://{addr} ({workers} worker(s))");
+        server.run().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
