@@ -39,6 +39,9 @@ fn fresh_key() -> String {
     })
 }
 
+/// A benchmark: its name, its path, and the key of each request.
+type Case = (&'static str, &'static str, fn() -> Option<String>);
+
 fn overhead(c: &mut Criterion) {
     let rt = actix_web::rt::System::new();
     let redis = TestRedis::start();
@@ -54,7 +57,7 @@ fn overhead(c: &mut Criterion) {
         rt.block_on(app.call(request(path, Some("replayed")))).ok();
     }
 
-    let mut cases: Vec<(&str, &str, fn() -> Option<String>)> = vec![
+    let mut cases: Vec<Case> = vec![
         ("bare", "/bare/echo", || None),
         ("moka/no key", "/idem/echo", || None),
         ("moka/new key", "/idem/echo", || Some(fresh_key())),

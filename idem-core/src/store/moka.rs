@@ -186,6 +186,12 @@ impl Store for MokaStore {
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
+            // A live record answers without the per-key lock: replays and conflicts are reads.
+            if let Some(entry) = self.cache.get(key).await {
+                if entry.record.is_live(now) {
+                    return Ok(Claim::Existing(entry.record));
+                }
+            }
             Ok(self
                 .compute(key, Some(now), |live| match live {
                     Some(record) => (Op::Nop, Claim::Existing(record)),
