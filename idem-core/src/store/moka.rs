@@ -1,10 +1,14 @@
-//! The embedded store: one `moka::future::Cache`, per-entry expiry, bounded in bytes.
+//! The embedded store: one `moka` cache, per-entry expiry, bounded in bytes.
+//!
+//! Operations on one key are made atomic by striped locks (the store key is a SHA-256, so its
+//! first byte spreads keys evenly): each operation is a read and at most one write under its
+//! stripe, with no lock held across an `await`. Reads of live records take no lock.
 
-use std::sync::Arc;
+use std::future::ready;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
-use moka::ops::compute::Op;
+use moka::sync::Cache;
 use moka::Expiry;
 
 use super::{Claim, Store, StoreFuture, LAPSED_CLAIM_GRACE};
@@ -72,6 +76,14 @@ impl Expiry<StoreKey, Entry> for LapseExpiry {
 #[derive(Clone)]
 pub struct MokaStore {
     cache: Cache<StoreKey, Entry>,
+    stripes: Arc<[Mutex<()>; 256]>,
+}
+
+/// What one write under a key's lock does.
+enum Op {
+    Put(Entry),
+    Remove,
+    Nop,
 }
 
 impl MokaStore {
@@ -89,13 +101,13 @@ impl MokaStore {
 
     /// The number of records held, counting ones not yet evicted. For tests and metrics.
     pub async fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 
     /// The weighted size of the records held, in bytes. For tests and metrics.
     pub async fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
         self.cache.weighted_size()
     }
 
@@ -110,26 +122,26 @@ impl MokaStore {
     /// Applies `decide` to the record of `key` atomically: no other operation on the key runs
     /// between the read and the write. With `live_at`, a record lapsed by then is passed as
     /// absent.
-    async fn compute<T: Send>(
+    fn compute<T>(
         &self,
         key: &StoreKey,
         live_at: Option<Timestamp>,
-        decide: impl FnOnce(Option<Record>) -> (Op<Entry>, T) + Send,
+        decide: impl FnOnce(Option<Record>) -> (Op, T),
     ) -> T {
-        let mut result = None;
-        self.cache
-            .entry(*key)
-            .and_compute_with(|current| {
-                let record = current
-                    .map(|e| e.into_value().record)
-                    .filter(|r| live_at.is_none_or(|now| r.is_live(now)));
-                let (op, answer) = decide(record);
-                result = Some(answer);
-                std::future::ready(op)
-            })
-            .await;
-        // and_compute_with always calls the closure exactly once.
-        result.expect("and_compute_with runs its closure")
+        let stripe = &self.stripes[usize::from(key.as_bytes()[0])];
+        let _guard = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+        let record = self
+            .cache
+            .get(key)
+            .map(|e| e.record)
+            .filter(|r| live_at.is_none_or(|now| r.is_live(now)));
+        let (op, answer) = decide(record);
+        match op {
+            Op::Put(entry) => self.cache.insert(*key, entry),
+            Op::Remove => self.cache.invalidate(key),
+            Op::Nop => {}
+        }
+        answer
     }
 }
 
@@ -170,7 +182,10 @@ impl MokaStoreBuilder {
             .weigher(|_: &StoreKey, e: &Entry| e.weight())
             .expire_after(LapseExpiry)
             .build();
-        MokaStore { cache }
+        MokaStore {
+            cache,
+            stripes: Arc::new(std::array::from_fn(|_| Mutex::new(()))),
+        }
     }
 }
 
@@ -185,34 +200,29 @@ impl Store for MokaStore {
         claim: InFlight,
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
-        Box::pin(async move {
-            // A live record answers without the per-key lock: replays and conflicts are reads.
-            if let Some(entry) = self.cache.get(key).await {
-                if entry.record.is_live(now) {
-                    return Ok(Claim::Existing(entry.record));
-                }
+        // A live record answers without the key's lock: replays and conflicts are reads.
+        if let Some(entry) = self.cache.get(key) {
+            if entry.record.is_live(now) {
+                return Box::pin(ready(Ok(Claim::Existing(entry.record))));
             }
-            Ok(self
-                .compute(key, Some(now), |live| match live {
-                    Some(record) => (Op::Nop, Claim::Existing(record)),
-                    None => (
-                        Op::Put(Entry::new(Record::InFlight(claim), now)),
-                        Claim::Claimed,
-                    ),
-                })
-                .await)
-        })
+        }
+        let answer = self.compute(key, Some(now), |live| match live {
+            Some(record) => (Op::Nop, Claim::Existing(record)),
+            None => (
+                Op::Put(Entry::new(Record::InFlight(claim), now)),
+                Claim::Claimed,
+            ),
+        });
+        Box::pin(ready(Ok(answer)))
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(async move {
-            Ok(self
-                .cache
-                .get(key)
-                .await
-                .map(|e| e.record)
-                .filter(|r| r.is_live(now)))
-        })
+        let record = self
+            .cache
+            .get(key)
+            .map(|e| e.record)
+            .filter(|r| r.is_live(now));
+        Box::pin(ready(Ok(record)))
     }
 
     fn extend<'a>(
@@ -222,17 +232,14 @@ impl Store for MokaStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            Ok(self
-                .compute(key, None, |record| match record {
-                    Some(Record::InFlight(mut f)) if f.token == token => {
-                        f.lease_until = lease_until;
-                        (Op::Put(Entry::new(Record::InFlight(f), now)), true)
-                    }
-                    _ => (Op::Nop, false),
-                })
-                .await)
-        })
+        let held = self.compute(key, None, |record| match record {
+            Some(Record::InFlight(mut f)) if f.token == token => {
+                f.lease_until = lease_until;
+                (Op::Put(Entry::new(Record::InFlight(f), now)), true)
+            }
+            _ => (Op::Nop, false),
+        });
+        Box::pin(ready(Ok(held)))
     }
 
     fn complete<'a>(
@@ -242,31 +249,25 @@ impl Store for MokaStore {
         record: Arc<Completed>,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            Ok(self
-                .compute(key, None, |current| {
-                    if holds(&current, token) {
-                        (Op::Put(Entry::new(Record::Completed(record), now)), true)
-                    } else {
-                        (Op::Nop, false)
-                    }
-                })
-                .await)
-        })
+        let held = self.compute(key, None, |current| {
+            if holds(&current, token) {
+                (Op::Put(Entry::new(Record::Completed(record), now)), true)
+            } else {
+                (Op::Nop, false)
+            }
+        });
+        Box::pin(ready(Ok(held)))
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            Ok(self
-                .compute(key, None, |record| {
-                    if holds(&record, token) {
-                        (Op::Remove, true)
-                    } else {
-                        (Op::Nop, false)
-                    }
-                })
-                .await)
-        })
+        let held = self.compute(key, None, |record| {
+            if holds(&record, token) {
+                (Op::Remove, true)
+            } else {
+                (Op::Nop, false)
+            }
+        });
+        Box::pin(ready(Ok(held)))
     }
 }
 
