@@ -8,7 +8,7 @@ use idem_core::clock::Clock;
 use idem_core::{Engine, MokaStore, Policy, Store};
 
 use crate::handler::parse_header;
-use crate::metrics::Metered;
+use crate::metrics::StoreMetrics;
 use crate::render::{ErrorRenderer, JsonEnvelope};
 
 /// The store and error rendering of an application, registered with `App::app_data`.
@@ -51,7 +51,7 @@ impl IdempotencyConfig {
     /// Every store operation is timed and its errors counted through the `metrics` facade.
     pub fn from_shared(store: Arc<dyn Store>) -> Self {
         Self {
-            engine: Engine::new(Metered(store)),
+            engine: Engine::from_arc(store).with_observer(StoreMetrics),
             renderer: Arc::new(JsonEnvelope::CODE),
             defaults: Policy::DEFAULT,
             header: parse_header(Policy::DEFAULT.header),

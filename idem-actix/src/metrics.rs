@@ -9,12 +9,9 @@
 //! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release` |
 //! | `idem_store_duration_seconds` | histogram | `op` |
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use idem_core::clock::Timestamp;
-use idem_core::store::{Claim, StoreFuture};
-use idem_core::{Completed, IdempotencyError, InFlight, Record, Store, StoreKey, Token};
+use idem_core::{IdempotencyError, StoreObserver};
 
 /// Counts a keyed request's outcome.
 pub(crate) fn outcome(outcome: &'static str) {
@@ -43,61 +40,15 @@ pub(crate) fn refused(error: &IdempotencyError) {
     }
 }
 
-/// Times every operation of a store and counts its errors.
-pub(crate) struct Metered(pub(crate) Arc<dyn Store>);
+/// Times every store operation and counts its errors.
+pub(crate) struct StoreMetrics;
 
-fn timed<'a, T: Send + 'a>(op: &'static str, call: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
-    Box::pin(async move {
-        let start = Instant::now();
-        let result = call.await;
+impl StoreObserver for StoreMetrics {
+    fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool) {
         metrics::histogram!("idem_store_duration_seconds", "op" => op)
-            .record(start.elapsed().as_secs_f64());
-        if result.is_err() {
+            .record(elapsed.as_secs_f64());
+        if failed {
             metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
         }
-        result
-    })
-}
-
-impl Store for Metered {
-    fn claim<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        claim: InFlight,
-        now: Timestamp,
-    ) -> StoreFuture<'a, Claim> {
-        timed("claim", self.0.claim(key, claim, now))
-    }
-
-    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-        timed("get", self.0.get(key, now))
-    }
-
-    fn extend<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: Token,
-        lease_until: Timestamp,
-        now: Timestamp,
-    ) -> StoreFuture<'a, bool> {
-        timed("extend", self.0.extend(key, token, lease_until, now))
-    }
-
-    fn complete<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: Token,
-        record: Arc<Completed>,
-        now: Timestamp,
-    ) -> StoreFuture<'a, bool> {
-        timed("complete", self.0.complete(key, token, record, now))
-    }
-
-    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-        timed("release", self.0.release(key, token))
-    }
-
-    fn fails_open(&self) -> bool {
-        self.0.fails_open()
     }
 }

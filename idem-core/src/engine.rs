@@ -23,6 +23,14 @@ const WAIT_POLL: Duration = Duration::from_millis(20);
 pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn StoreObserver>>,
+}
+
+/// Told of every store operation the engine makes: for metrics, without wrapping the store.
+pub trait StoreObserver: Send + Sync + 'static {
+    /// Operation `op` (`claim`, `get`, `extend`, `complete`, `release`) took `elapsed`, and
+    /// failed when `failed`.
+    fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool);
 }
 
 /// What to do with a keyed request.
@@ -80,10 +88,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine on `store` with the system clock.
     pub fn new(store: impl Store) -> Self {
-        Self {
-            store: Arc::new(store),
-            clock: Arc::new(SystemClock),
-        }
+        Self::from_arc(Arc::new(store))
     }
 
     /// An engine on a shared store.
@@ -91,7 +96,30 @@ impl Engine {
         Self {
             store,
             clock: Arc::new(SystemClock),
+            observer: None,
         }
+    }
+
+    /// The same engine, telling `observer` of every store operation.
+    #[must_use]
+    pub fn with_observer(mut self, observer: impl StoreObserver) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Awaits the store operation `call`, telling the observer how it went.
+    async fn observed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(observer) = &self.observer else {
+            return call.await;
+        };
+        let start = std::time::Instant::now();
+        let result = call.await;
+        observer.store_op(op, start.elapsed(), result.is_err());
+        result
     }
 
     /// The same engine with another clock (for tests).
@@ -134,7 +162,10 @@ impl Engine {
                 lease_until: now.saturating_add(policy.lease),
                 token: Token::random(),
             };
-            let existing = match self.store.claim(&key, claim, now).await {
+            let existing = match self
+                .observed("claim", self.store.claim(&key, claim, now))
+                .await
+            {
                 Ok(Claim::Claimed) => {
                     return Ok(Begin::Execute(Lease {
                         engine: self.clone(),
@@ -164,7 +195,10 @@ impl Engine {
                     return Err(IdempotencyError::InFlight);
                 }
                 tokio::time::sleep(WAIT_POLL).await;
-                record = match self.store.get(&key, self.clock.now()).await {
+                record = match self
+                    .observed("get", self.store.get(&key, self.clock.now()))
+                    .await
+                {
                     Ok(record) => record,
                     Err(e) => return self.store_failed(policy, e),
                 };
@@ -256,10 +290,9 @@ impl Lease {
     /// The store's error.
     pub async fn renew(&self) -> Result<bool, StoreError> {
         let now = self.engine.clock.now();
-        self.engine
-            .store
-            .extend(&self.key, self.token, now.saturating_add(self.lease), now)
-            .await
+        let (engine, lease_until) = (&self.engine, now.saturating_add(self.lease));
+        let extend = engine.store.extend(&self.key, self.token, lease_until, now);
+        engine.observed("extend", extend).await
     }
 
     /// Drives `operation` to completion, renewing the lease while it runs.
@@ -292,12 +325,11 @@ impl Lease {
     pub async fn finish(mut self, response: Response) -> Result<Outcome, StoreError> {
         self.done = true;
         if !self.cache.caches(response.status) {
-            return Ok(
-                match self.engine.store.release(&self.key, self.token).await? {
-                    true => Outcome::Released,
-                    false => Outcome::Lost,
-                },
-            );
+            let release = self.engine.store.release(&self.key, self.token);
+            return Ok(match self.engine.observed("release", release).await? {
+                true => Outcome::Released,
+                false => Outcome::Lost,
+            });
         }
         let now = self.engine.clock.now();
         let size = response.size();
@@ -315,11 +347,9 @@ impl Lease {
             completed_at: now,
             expires_at: now.saturating_add(self.ttl),
         });
-        let written = self
-            .engine
-            .store
-            .complete(&self.key, self.token, Arc::clone(&record), now)
-            .await?;
+        let complete =
+            (self.engine.store).complete(&self.key, self.token, Arc::clone(&record), now);
+        let written = self.engine.observed("complete", complete).await?;
         Ok(if written {
             Outcome::Recorded(record)
         } else {
@@ -333,7 +363,8 @@ impl Lease {
     /// The store's error; the claim then lapses with its lease.
     pub async fn release(mut self) -> Result<bool, StoreError> {
         self.done = true;
-        self.engine.store.release(&self.key, self.token).await
+        let release = self.engine.store.release(&self.key, self.token);
+        self.engine.observed("release", release).await
     }
 }
 

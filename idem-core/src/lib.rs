@@ -48,7 +48,7 @@ pub mod store;
 pub mod testing;
 
 pub use crate::digest::{Fingerprint, StoreKey};
-pub use crate::engine::{Begin, Engine, Lease, Outcome, Response};
+pub use crate::engine::{Begin, Engine, Lease, Outcome, Response, StoreObserver};
 pub use crate::error::{codes, IdempotencyError, RETRY_AFTER};
 pub use crate::key::{IdempotencyKey, KeyError, DEFAULT_KEY_MAX_LEN};
 pub use crate::policy::{
