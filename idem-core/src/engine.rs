@@ -59,12 +59,7 @@ pub struct Response {
 impl Response {
     /// Bytes of response data (body, header names and values).
     pub fn size(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
+        crate::record::response_size(&self.headers, &self.body)
     }
 }
 

@@ -116,17 +116,6 @@ impl Default for Policy {
     }
 }
 
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {$(
-        $(#[$doc])*
-        #[must_use]
-        pub const fn $name(mut self, $name: $ty) -> Self {
-            self.$name = $name;
-            self
-        }
-    )*};
-}
-
 impl Policy {
     /// 24 h TTL, scope per API key, `Idempotency-Key` of up to 255 bytes, optional, 409 on
     /// mismatch and while in flight, every status but 5xx recorded, 60 s lease, fail closed,
@@ -147,37 +136,6 @@ impl Policy {
         max_response: 1024 * 1024,
         error_format: None,
     };
-
-    setters! {
-        /// Sets [`Policy::ttl`].
-        ttl: Duration,
-        /// Sets [`Policy::scope`].
-        scope: Scope,
-        /// Sets [`Policy::header`].
-        header: &'static str,
-        /// Sets [`Policy::key_max_len`].
-        key_max_len: usize,
-        /// Sets [`Policy::required`].
-        required: bool,
-        /// Sets [`Policy::on_mismatch`].
-        on_mismatch: OnMismatch,
-        /// Sets [`Policy::on_in_flight`].
-        on_in_flight: OnInFlight,
-        /// Sets [`Policy::cache`].
-        cache: CachePolicy,
-        /// Sets [`Policy::per_endpoint`].
-        per_endpoint: bool,
-        /// Sets [`Policy::lease`].
-        lease: Duration,
-        /// Sets [`Policy::on_store_error`].
-        on_store_error: OnStoreError,
-        /// Sets [`Policy::max_body`].
-        max_body: usize,
-        /// Sets [`Policy::max_response`].
-        max_response: usize,
-        /// Sets [`Policy::error_format`].
-        error_format: Option<ErrorFormat>,
-    }
 }
 
 /// Settings one endpoint (or one middleware) overrides on top of the application's
@@ -218,8 +176,21 @@ pub struct Overrides {
     pub error_format: Option<ErrorFormat>,
 }
 
-macro_rules! overrides {
+/// One list of the policy's fields makes both `Policy`'s setters and `Overrides`, so that the
+/// two cannot drift apart.
+macro_rules! policy_fields {
     ($($name:ident: $ty:ty),* $(,)?) => {
+        impl Policy {
+            $(
+                #[doc = concat!("Sets [`Policy::", stringify!($name), "`].")]
+                #[must_use]
+                pub const fn $name(mut self, $name: $ty) -> Self {
+                    self.$name = policy_fields!(@wrap $name $name);
+                    self
+                }
+            )*
+        }
+
         impl Overrides {
             /// Nothing overridden.
             pub const NONE: Overrides = Overrides { $($name: None),* };
@@ -237,18 +208,19 @@ macro_rules! overrides {
             pub fn apply_to(&self, mut base: Policy) -> Policy {
                 $(
                     if let Some(value) = self.$name {
-                        base.$name = overrides!(@wrap $name value);
+                        base.$name = policy_fields!(@wrap $name value);
                     }
                 )*
                 base
             }
         }
     };
+    // The error format is optional in a policy: unset, the application's renderer applies.
     (@wrap error_format $value:ident) => { Some($value) };
     (@wrap $name:ident $value:ident) => { $value };
 }
 
-overrides! {
+policy_fields! {
     ttl: Duration,
     scope: Scope,
     header: &'static str,

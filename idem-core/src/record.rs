@@ -81,13 +81,17 @@ pub struct Completed {
 impl Completed {
     /// Bytes of response data the record holds (body, header names and values).
     pub fn response_size(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
+        response_size(&self.headers, &self.body)
     }
+}
+
+/// Bytes of response data: body, header names and values.
+pub(crate) fn response_size(headers: &[(String, Bytes)], body: &[u8]) -> usize {
+    body.len()
+        + headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
 }
 
 /// A store's record for a key.
