@@ -26,6 +26,23 @@ async fn processes_sharing_redis_run_each_key_once() {
 }
 
 #[tokio::test]
+async fn the_environment_configures_what_the_flags_do() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let by_flags = CallsApi::start_with(Some(redis.url()), false).await;
+    let by_env = CallsApi::start_with(Some(redis.url()), true).await;
+    let first = by_flags.create("env-1").await;
+    assert_eq!(first.status, 201);
+    let retry = by_env.create("env-1").await;
+    assert!(
+        retry.replayed(),
+        "IDEM_REDIS_URL points the second process at the same Redis"
+    );
+    assert_eq!(retry.body, first.body);
+}
+
+#[tokio::test]
 async fn the_embedded_store_is_per_process() {
     // The stated limit: without a shared store, each process runs a duplicate once.
     let a = CallsApi::start(None).await;

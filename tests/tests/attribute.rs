@@ -466,3 +466,20 @@ async fn a_response_too_large_to_keep_is_sent_once_and_never_rerun() {
     );
     assert_eq!(s.runs.get(), 1, "never silently re-executed");
 }
+
+#[actix_web::test]
+async fn settings_registered_as_web_data_are_found_too() {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = web::Data::new(IdempotencyConfig::new(UnavailableStore));
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(data.clone())
+            .service(default_format);
+    });
+    let res = keyed("POST", "/default-format", "k")
+        .send(server.addr)
+        .await;
+    assert_error(&res, 503, "idempotency_store_unavailable");
+    assert_eq!(runs.get(), 0);
+}

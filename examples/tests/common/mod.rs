@@ -15,8 +15,14 @@ pub struct CallsApi {
 }
 
 impl CallsApi {
-    /// Starts one, on the embedded store or the Redis at `redis_url`.
+    /// Starts one, on the embedded store or the Redis at `redis_url`, configured by flags.
     pub async fn start(redis_url: Option<&str>) -> Self {
+        Self::start_with(redis_url, false).await
+    }
+
+    /// Starts one configured by flags, or with `by_env` by `IDEM_ADDR`, `IDEM_WORKERS` and
+    /// `IDEM_REDIS_URL`.
+    pub async fn start_with(redis_url: Option<&str>, by_env: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -24,11 +30,22 @@ impl CallsApi {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_calls-api"));
         command
-            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .env_remove("IDEM_ADDR")
+            .env_remove("IDEM_WORKERS")
             .env_remove("IDEM_REDIS_URL")
             .stderr(Stdio::null());
-        if let Some(url) = redis_url {
-            command.args(["--redis-url", url]);
+        if by_env {
+            command
+                .env("IDEM_ADDR", addr.to_string())
+                .env("IDEM_WORKERS", "2");
+            if let Some(url) = redis_url {
+                command.env("IDEM_REDIS_URL", url);
+            }
+        } else {
+            command.args(["--addr", &addr.to_string(), "--workers", "2"]);
+            if let Some(url) = redis_url {
+                command.args(["--redis-url", url]);
+            }
         }
         let child = command.spawn().expect("start calls-api");
         let api = Self { child, addr };
