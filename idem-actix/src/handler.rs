@@ -39,11 +39,6 @@ impl Endpoint {
         }
     }
 
-    /// The endpoint's overrides.
-    pub fn overrides(&self) -> &Overrides {
-        &self.overrides
-    }
-
     /// The key's header: the endpoint's own, else the application's.
     fn header<'a>(&'a self, config: &'a IdempotencyConfig) -> &'a HeaderName {
         match self.overrides.header {
@@ -319,17 +314,6 @@ where
     let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
         Ok(Begin::Execute(lease)) => lease,
         Ok(Begin::Replay(record)) => {
-            if let Some(size) = record.body_omitted {
-                let error = IdempotencyError::ResponseTooLarge {
-                    status: record.status,
-                    size,
-                };
-                tracing::debug!(outcome = "conflict", code = error.code(), %error);
-                metrics::refused(&error);
-                let res =
-                    error_response(&error, &request_id, policy.error_format, config.renderer());
-                return Reply::new(req, res);
-            }
             tracing::debug!(outcome = "replayed", status = record.status);
             metrics::outcome("replayed");
             return Reply::new(req, replay(&record, &request_id));
@@ -482,10 +466,8 @@ fn replay(record: &Completed, request_id: &str) -> HttpResponse {
         crate::IDEMPOTENT_REPLAYED.clone(),
         HeaderValue::from_static("true"),
     );
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert(crate::REQUEST_ID.clone(), value);
-    }
-    res
+    // Stored headers never hold an `X-Request-ID`: the replay carries this request's.
+    with_request_id(res, request_id)
 }
 
 /// Lets the attribute's generated code respond with whatever the original handler returned.

@@ -51,47 +51,37 @@ use crate::handler::{admit, bypasses, detach, Admission, Endpoint, Reply};
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct Idempotency {
-    inner: Rc<Inner>,
+    overrides: Overrides,
+    methods: Rc<[Method]>,
 }
 
+/// What each worker's service shares.
 #[derive(Debug)]
 struct Inner {
     endpoint: Endpoint,
-    methods: Vec<Method>,
+    methods: Rc<[Method]>,
 }
 
 impl Idempotency {
     /// The middleware for `POST`, `PATCH`, `PUT` and `DELETE`, with the app's settings.
     pub fn new() -> Self {
         Self {
-            inner: Rc::new(Inner {
-                endpoint: Endpoint::new(Overrides::NONE),
-                methods: vec![Method::POST, Method::PATCH, Method::PUT, Method::DELETE],
-            }),
+            overrides: Overrides::NONE,
+            methods: Rc::new([Method::POST, Method::PATCH, Method::PUT, Method::DELETE]),
         }
     }
 
     /// The methods whose keys are honoured; keys on other methods are ignored.
-    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
-        let inner = Inner {
-            endpoint: Endpoint::new(*self.inner.endpoint.overrides()),
-            methods: methods.into_iter().collect(),
-        };
-        Self {
-            inner: Rc::new(inner),
-        }
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
     }
 
     /// Overrides the app's settings for what this middleware wraps, as
     /// `#[idempotent(...)]` arguments do for one handler.
-    pub fn policy(self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
-        let inner = Inner {
-            endpoint: Endpoint::new(configure(*self.inner.endpoint.overrides())),
-            methods: self.inner.methods.clone(),
-        };
-        Self {
-            inner: Rc::new(inner),
-        }
+    pub fn policy(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
+        self.overrides = configure(self.overrides);
+        self
     }
 }
 
@@ -115,7 +105,10 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(IdempotencyService {
             service: Rc::new(service),
-            inner: Rc::clone(&self.inner),
+            inner: Rc::new(Inner {
+                endpoint: Endpoint::new(self.overrides),
+                methods: Rc::clone(&self.methods),
+            }),
         }))
     }
 }

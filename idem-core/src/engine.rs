@@ -182,9 +182,11 @@ impl Engine {
             };
             // Wait for the running request; claim again if it is released.
             let mut record = Some(existing);
-            while let Some(Record::InFlight(running)) = &record {
-                if running.fingerprint != fingerprint && policy.on_mismatch != OnMismatch::Replay {
-                    return Err(mismatch(policy));
+            while let Some(Record::InFlight(running)) = record {
+                if let Err(e @ IdempotencyError::Mismatch { .. }) =
+                    judge(policy, fingerprint, Record::InFlight(running))
+                {
+                    return Err(e);
                 }
                 if tokio::time::Instant::now() >= deadline {
                     return Err(IdempotencyError::InFlight);
@@ -230,7 +232,14 @@ fn judge(
     let same = record.fingerprint() == fingerprint;
     match record {
         Record::Completed(c) if same || policy.on_mismatch == OnMismatch::Replay => {
-            Ok(Begin::Replay(c))
+            match c.body_omitted {
+                // Completed, but its response was too large to keep: it cannot be replayed.
+                Some(size) => Err(IdempotencyError::ResponseTooLarge {
+                    status: c.status,
+                    size,
+                }),
+                None => Ok(Begin::Replay(c)),
+            }
         }
         Record::InFlight(_) if same || policy.on_mismatch == OnMismatch::Replay => {
             Err(IdempotencyError::InFlight)
@@ -464,10 +473,22 @@ mod tests {
             body: Bytes::from(vec![b'x'; 100]),
         };
         lease.finish(big).await.unwrap();
-        let record = replay(&engine, &policy, key(1), fp("a")).await;
+        let Ok(Some(Record::Completed(record))) = engine.store().get(&key(1), START).await else {
+            panic!("the key is recorded as completed");
+        };
         assert_eq!(record.status, 201);
         assert_eq!(record.body_omitted, Some(100 + 8 + 2));
         assert!(record.body.is_empty() && record.headers.is_empty());
+        // Retries learn it completed, and it never runs again.
+        let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
+        assert!(matches!(
+            err,
+            IdempotencyError::ResponseTooLarge {
+                status: 201,
+                size: 110
+            }
+        ));
+        assert_eq!(err.code(), "idempotency_response_too_large");
     }
 
     #[test]
