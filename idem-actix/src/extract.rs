@@ -7,6 +7,8 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
+use crate::handler::Admitted;
+
 /// The request's validated idempotency key, as an extractor.
 ///
 /// Available in `#[idempotent]` handlers on requests that carry a key; take
@@ -76,8 +78,8 @@ impl FromRequest for IdempotencyKey {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(
             req.extensions()
-                .get::<IdempotencyKey>()
-                .cloned()
+                .get::<Admitted>()
+                .map(|admitted| admitted.key.clone())
                 .ok_or(NoIdempotencyKey),
         )
     }

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
+use std::task::Poll;
 
 use actix_web::body::{self, BodyStream, BoxBody};
 use actix_web::dev::{self, ServiceResponse};
@@ -21,6 +22,7 @@ use tracing::Instrument as _;
 use crate::config::IdempotencyConfig;
 use crate::metrics;
 use crate::render::error_response;
+use crate::request_id::RequestId;
 
 /// One endpoint's (or one middleware's) overrides of the application's policy, and its parsed
 /// header name, built in a `static` by the attribute.
@@ -54,9 +56,13 @@ pub(crate) fn parse_header(name: &str) -> HeaderName {
     HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("idempotency-key"))
 }
 
-/// Marks a request whose key an outer layer has claimed, so an inner one steps aside.
-#[derive(Clone, Copy)]
-struct Claimed;
+/// What the layer hands the handler of a keyed request it runs: the request's id and key
+/// (for the [`RequestId`] and [`IdempotencyKey`](crate::IdempotencyKey) extractors). It also
+/// marks the request as taken in charge, so that an inner layer steps aside.
+pub(crate) struct Admitted {
+    pub(crate) request_id: RequestId,
+    pub(crate) key: crate::IdempotencyKey,
+}
 
 /// A function that finds the scope of a request: the tenant (or other owner) of its key, or
 /// `None` when the request has none (the answer is then 400 `idempotency_scope_missing`).
@@ -97,7 +103,8 @@ pub(crate) struct Keyed {
     policy: Policy,
     store_key: StoreKey,
     fingerprint: Fingerprint,
-    request_id: String,
+    key: IdempotencyKey,
+    request_id: RequestId,
     req: HttpRequest,
     body: Bytes,
     span: tracing::Span,
@@ -129,18 +136,14 @@ impl Reply {
     }
 }
 
-fn request_id(req: &HttpRequest) -> String {
-    crate::RequestId::of(req).as_str().to_owned()
-}
-
 fn reject(
     req: HttpRequest,
     policy: &Policy,
     config: &IdempotencyConfig,
-    request_id: &str,
+    request_id: &RequestId,
     error: IdempotencyError,
 ) -> Admission {
-    tracing::debug!(outcome = "rejected", request_id, code = error.code(), %error);
+    tracing::debug!(outcome = "rejected", %request_id, code = error.code(), %error);
     metrics::rejected(error.code());
     let res = error_response(&error, request_id, policy.error_format, config.renderer());
     Admission::Answer(req, res)
@@ -164,7 +167,7 @@ pub(crate) async fn admit(
     req: HttpRequest,
     payload: dev::Payload,
 ) -> Admission {
-    if req.extensions().contains::<Claimed>() {
+    if req.extensions().contains::<Admitted>() {
         return Admission::Pass(req, payload);
     }
     let config = IdempotencyConfig::of(&req).clone();
@@ -175,7 +178,7 @@ pub(crate) async fn admit(
             let error = IdempotencyError::KeyMissing {
                 header: policy.header,
             };
-            let id = request_id(&req);
+            let id = RequestId::of(&req);
             return reject(req, &policy, &config, &id, error);
         }
         return Admission::Pass(req, payload);
@@ -184,7 +187,9 @@ pub(crate) async fn admit(
         Some(_) => Err(KeyError::Multiple),
         None => IdempotencyKey::parse(raw.as_bytes(), policy.key_max_len),
     };
-    let request_id = request_id(&req);
+    // Kept with the request only if the handler runs: a replay or a refusal needs it just
+    // for its own response.
+    let request_id = RequestId::peek(&req);
     let key = match parsed {
         Ok(key) => key,
         Err(reason) => {
@@ -239,12 +244,12 @@ pub(crate) async fn admit(
     let fingerprint =
         Fingerprint::new(req.method().as_str(), req.path(), req.query_string(), &body);
     let span = tracing::debug_span!("idempotency", key = %key, request_id = %request_id);
-    req.extensions_mut().insert(crate::IdempotencyKey(key));
     Admission::Keyed(Box::new(Keyed {
         config,
         policy,
         store_key,
         fingerprint,
+        key,
         request_id,
         req,
         body,
@@ -254,16 +259,26 @@ pub(crate) async fn admit(
 
 /// Claims the key and runs `handler` detached from the connection: a client that goes away
 /// cancels nothing, so the operation finishes, is recorded, and the retry gets the replay.
+///
+/// The work runs here until it first has to wait (a store round trip, a handler that awaits
+/// I/O), and from then on as a task of its own that the connection cannot cancel. A replay,
+/// or a quick handler on the embedded store, never waits, and so costs no task.
 pub(crate) async fn detach<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
 {
-    let request_id = keyed.request_id.clone();
     let span = keyed.span.clone();
-    match actix_web::rt::spawn(execute(keyed, handler).instrument(span)).await {
+    let mut work = Box::pin(execute(keyed, handler).instrument(span));
+    // Nothing awaits between this poll and the spawn, so the work cannot be cancelled between.
+    if let Poll::Ready(reply) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+    {
+        return reply;
+    }
+    match actix_web::rt::spawn(work).await {
         Ok(reply) => reply,
-        Err(_) => Reply::orphan(with_request_id(panicked(), &request_id)),
+        // `execute` catches the handler's panics; only a bug of this crate lands here.
+        Err(_) => Reply::orphan(panicked()),
     }
 }
 
@@ -285,15 +300,11 @@ where
     if bypasses(endpoint, &req) {
         return handler(req, payload).await.res;
     }
-    // Boxed, so that requests without a key do not carry the keyed path's state.
-    Box::pin(async move {
-        match admit(endpoint, scope_fn, req, payload).await {
-            Admission::Pass(req, payload) => handler(req, payload).await.res,
-            Admission::Answer(_, res) => res,
-            Admission::Keyed(keyed) => detach(keyed, handler).await.res,
-        }
-    })
-    .await
+    match admit(endpoint, scope_fn, req, payload).await {
+        Admission::Pass(req, payload) => handler(req, payload).await.res,
+        Admission::Answer(_, res) => res,
+        Admission::Keyed(keyed) => detach(keyed, handler).await.res,
+    }
 }
 
 async fn execute<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply
@@ -306,11 +317,17 @@ where
         policy,
         store_key,
         fingerprint,
+        key,
         request_id,
         req,
         body,
         span: _,
     } = *keyed;
+    // For the handler, when it runs.
+    let admitted = Admitted {
+        request_id: request_id.clone(),
+        key: crate::IdempotencyKey(key),
+    };
     let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
         Ok(Begin::Execute(lease)) => lease,
         Ok(Begin::Replay(record)) => {
@@ -321,6 +338,7 @@ where
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
             metrics::outcome("unprotected");
+            req.extensions_mut().insert(admitted);
             let ran = AssertUnwindSafe(handler(req, body.into()))
                 .catch_unwind()
                 .await;
@@ -342,7 +360,7 @@ where
         }
     };
 
-    req.extensions_mut().insert(Claimed);
+    req.extensions_mut().insert(admitted);
     let ran = lease
         .run(AssertUnwindSafe(handler(req, body.into())).catch_unwind())
         .await;
@@ -441,16 +459,15 @@ fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
         .collect()
 }
 
-fn with_request_id(mut res: HttpResponse, request_id: &str) -> HttpResponse {
+fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
     if !res.headers().contains_key(&crate::REQUEST_ID) {
-        if let Ok(value) = HeaderValue::from_str(request_id) {
-            res.headers_mut().insert(crate::REQUEST_ID.clone(), value);
-        }
+        res.headers_mut()
+            .insert(crate::REQUEST_ID.clone(), request_id.header_value().clone());
     }
     res
 }
 
-fn replay(record: &Completed, request_id: &str) -> HttpResponse {
+fn replay(record: &Completed, request_id: &RequestId) -> HttpResponse {
     let status = StatusCode::from_u16(record.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut res = HttpResponse::with_body(status, BoxBody::new(record.body.clone()));
     let headers = res.headers_mut();

@@ -13,14 +13,52 @@ use std::time::Duration;
 
 use idem_core::{IdempotencyError, StoreObserver};
 
+/// A metric with one label, whose usual values are listed: the `metrics` macros keep the key
+/// of a literal label in a `static`, where a variable one costs an allocation per use. A value
+/// not listed still counts, at that cost.
+macro_rules! labelled {
+    ($kind:ident, $name:literal, $label:literal, $value:expr, [$($known:literal),* $(,)?]) => {
+        match $value {
+            $($known => metrics::$kind!($name, $label => $known),)*
+            other => metrics::$kind!($name, $label => other),
+        }
+    };
+}
+
 /// Counts a keyed request's outcome.
 pub(crate) fn outcome(outcome: &'static str) {
-    metrics::counter!("idem_requests_total", "outcome" => outcome).increment(1);
+    labelled!(
+        counter,
+        "idem_requests_total",
+        "outcome",
+        outcome,
+        [
+            "executed",
+            "replayed",
+            "released",
+            "lost",
+            "unrecorded",
+            "unprotected",
+        ]
+    )
+    .increment(1);
 }
 
 /// Counts a request refused before any claim.
 pub(crate) fn rejected(code: &'static str) {
-    metrics::counter!("idem_rejections_total", "code" => code).increment(1);
+    labelled!(
+        counter,
+        "idem_rejections_total",
+        "code",
+        code,
+        [
+            "idempotency_key_missing",
+            "idempotency_key_invalid",
+            "idempotency_scope_missing",
+            "idempotency_body_too_large",
+        ]
+    )
+    .increment(1);
 }
 
 /// Counts an answer of the engine that is not an execution or a replay.
@@ -45,8 +83,14 @@ pub(crate) struct StoreMetrics;
 
 impl StoreObserver for StoreMetrics {
     fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool) {
-        metrics::histogram!("idem_store_duration_seconds", "op" => op)
-            .record(elapsed.as_secs_f64());
+        labelled!(
+            histogram,
+            "idem_store_duration_seconds",
+            "op",
+            op,
+            ["claim", "get", "extend", "complete", "release",]
+        )
+        .record(elapsed.as_secs_f64());
         if failed {
             metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
         }

@@ -6,6 +6,8 @@ use actix_web::HttpResponse;
 use idem_core::{ErrorFormat, IdempotencyError};
 use serde_json::json;
 
+use crate::RequestId;
+
 /// Turns an error of the idempotency layer into a response.
 ///
 /// The layer sets the status, `Retry-After` and `X-Request-ID` afterwards, so a renderer only
@@ -80,15 +82,16 @@ fn status_of(error: &IdempotencyError) -> StatusCode {
 /// `fallback`; then status, `Retry-After` and `X-Request-ID` set.
 pub(crate) fn error_response(
     error: &IdempotencyError,
-    request_id: &str,
+    request_id: &RequestId,
     format: Option<ErrorFormat>,
     fallback: &dyn ErrorRenderer,
 ) -> HttpResponse {
+    let id = request_id.as_str();
     let mut res = match format {
-        Some(ErrorFormat::EnvelopeType) => JsonEnvelope::TYPE.render(error, request_id),
-        Some(ErrorFormat::Problem) => ProblemJson.render(error, request_id),
-        Some(_) => JsonEnvelope::CODE.render(error, request_id),
-        None => fallback.render(error, request_id),
+        Some(ErrorFormat::EnvelopeType) => JsonEnvelope::TYPE.render(error, id),
+        Some(ErrorFormat::Problem) => ProblemJson.render(error, id),
+        Some(_) => JsonEnvelope::CODE.render(error, id),
+        None => fallback.render(error, id),
     };
     *res.status_mut() = status_of(error);
     let headers = res.headers_mut();
@@ -98,8 +101,6 @@ pub(crate) fn error_response(
             HeaderValue::from(after.as_secs().max(1)),
         );
     }
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(crate::REQUEST_ID.clone(), id);
-    }
+    headers.insert(crate::REQUEST_ID.clone(), request_id.header_value().clone());
     res
 }

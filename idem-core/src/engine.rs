@@ -1,8 +1,9 @@
 //! The state machine of one keyed request: claim, run, record or release, replay.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -302,6 +303,10 @@ impl Lease {
     /// Drives `operation` to completion, renewing the lease while it runs.
     pub async fn run<F: Future>(&self, operation: F) -> F::Output {
         let mut operation = pin!(operation);
+        // An operation that finishes at once needs no timer.
+        if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
+            return output;
+        }
         loop {
             let tick = pin!(tokio::time::sleep(self.renew_every()));
             match select(operation.as_mut(), tick).await {
