@@ -32,7 +32,7 @@ fn main() {
     let engine = Engine::new(store.clone());
     let policy = Policy::DEFAULT;
     let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
-    let body = bytes::Bytes::from(vec![b'x'; RESPONSE]);
+    let body = [b'x'; RESPONSE];
     let before = resident_bytes();
     rt.block_on(async {
         for i in 0..RECORDS {
@@ -43,12 +43,7 @@ fn main() {
             else {
                 panic!("new key");
             };
-            // Each record holds its own copy, as a real response would.
-            let response = Response {
-                status: 201,
-                headers: vec![("content-type".into(), "application/json".into())],
-                body: bytes::Bytes::copy_from_slice(&body),
-            };
+            let response = Response::new(201, [("content-type", &b"application/json"[..])], &body);
             lease.finish(response).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,7 +8,7 @@ use std::task::Poll;
 
 use actix_web::body::{self, BodyStream, BoxBody};
 use actix_web::dev::{self, ServiceResponse};
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -331,7 +331,7 @@ where
     let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
         Ok(Begin::Execute(lease)) => lease,
         Ok(Begin::Replay(record)) => {
-            tracing::debug!(outcome = "replayed", status = record.status);
+            tracing::debug!(outcome = "replayed", status = record.response.status());
             metrics::outcome("replayed");
             return Reply::new(req, replay(&record, &request_id));
         }
@@ -390,13 +390,15 @@ where
         }
     };
     let status = head.status().as_u16();
-    let response = Response {
-        status,
-        headers: stored_headers(head.headers()),
-        body: bytes.clone(),
-    };
+    let stored_headers: Vec<_> = head
+        .headers()
+        .iter()
+        .filter(|(name, _)| replayable(name))
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    let response = Response::new(status, stored_headers, &bytes);
     let outcome = match lease.finish(response).await {
-        Ok(Outcome::Recorded(_)) => "executed",
+        Ok(Outcome::Recorded) => "executed",
         Ok(Outcome::Released) => "released",
         Ok(Outcome::Lost) => {
             tracing::warn!(
@@ -446,19 +448,6 @@ fn replayable(name: &HeaderName) -> bool {
     )
 }
 
-fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
-    headers
-        .iter()
-        .filter(|(name, _)| replayable(name))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
-        .collect()
-}
-
 fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
     if !res.headers().contains_key(&crate::REQUEST_ID) {
         res.headers_mut()
@@ -468,13 +457,15 @@ fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpRespons
 }
 
 fn replay(record: &Completed, request_id: &RequestId) -> HttpResponse {
-    let status = StatusCode::from_u16(record.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut res = HttpResponse::with_body(status, BoxBody::new(record.body.clone()));
+    let recorded = &record.response;
+    let status =
+        StatusCode::from_u16(recorded.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut res = HttpResponse::with_body(status, BoxBody::new(recorded.body()));
     let headers = res.headers_mut();
-    for (name, value) in &record.headers {
+    for (name, value) in recorded.shared_headers() {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(value.clone()),
+            HeaderValue::from_maybe_shared(value),
         ) {
             headers.append(name, value);
         }

@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(n, 10);
         assert_eq!(b[9], 0x01);
         // Around the one-byte boundary, a shorter body moved into the query differs.
-        let long = vec![b'a'; 200];
+        let long = [b'a'; 200];
         assert_ne!(
             Fingerprint::new(
                 "POST",

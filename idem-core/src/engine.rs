@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::{select, Either};
 
 use crate::clock::{Clock, SystemClock};
 use crate::digest::{Fingerprint, StoreKey};
 use crate::error::IdempotencyError;
 use crate::policy::{CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy};
-use crate::record::{Completed, InFlight, Record, Token};
+use crate::record::{Completed, InFlight, Record, Response, Token};
 use crate::store::{Claim, Store, StoreError};
 
 /// How often a waiting request looks at the record it waits for.
@@ -41,34 +40,16 @@ pub enum Begin {
     /// The key is claimed: run the handler, then [`Lease::finish`].
     Execute(Lease),
     /// Answer with the recorded response.
-    Replay(Arc<Completed>),
+    Replay(Completed),
     /// The store failed and the endpoint fails open: run the handler unprotected.
     Unprotected(StoreError),
-}
-
-/// A response to record, as the handler produced it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// Headers worth replaying (the caller leaves out hop-by-hop and per-request ones).
-    pub headers: Vec<(String, Bytes)>,
-    /// Body bytes.
-    pub body: Bytes,
-}
-
-impl Response {
-    /// Bytes of response data (body, header names and values).
-    pub fn size(&self) -> usize {
-        crate::record::response_size(&self.headers, &self.body)
-    }
 }
 
 /// What became of a finished operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The response is recorded and will be replayed.
-    Recorded(Arc<Completed>),
+    Recorded,
     /// The response is not cacheable; the key is free again.
     Released,
     /// The lease lapsed and another request claimed the key; nothing was written.
@@ -233,10 +214,10 @@ fn judge(
     let same = record.fingerprint() == fingerprint;
     match record {
         Record::Completed(c) if same || policy.on_mismatch == OnMismatch::Replay => {
-            match c.body_omitted {
+            match c.response.body_omitted() {
                 // Completed, but its response was too large to keep: it cannot be replayed.
                 Some(size) => Err(IdempotencyError::ResponseTooLarge {
-                    status: c.status,
+                    status: c.response.status(),
                     size,
                 }),
                 None => Ok(Begin::Replay(c)),
@@ -333,7 +314,7 @@ impl Lease {
     /// The store's error; the claim then lapses with its lease.
     pub async fn finish(mut self, response: Response) -> Result<Outcome, StoreError> {
         self.done = true;
-        if !self.cache.caches(response.status) {
+        if !self.cache.caches(response.status()) {
             let release = self.engine.store.release(&self.key, self.token);
             return Ok(match self.engine.observed("release", release).await? {
                 true => Outcome::Released,
@@ -342,25 +323,21 @@ impl Lease {
         }
         let now = self.engine.clock.now();
         let size = response.size();
-        let (headers, body, body_omitted) = if size > self.max_response {
-            (Vec::new(), Bytes::new(), Some(size as u64))
+        let response = if size > self.max_response {
+            Response::omitted(response.status(), size as u64)
         } else {
-            (response.headers, response.body, None)
+            response
         };
-        let record = Arc::new(Completed {
+        let record = Completed {
             fingerprint: self.fingerprint,
-            status: response.status,
-            headers,
-            body,
-            body_omitted,
+            response,
             completed_at: now,
             expires_at: now.saturating_add(self.ttl),
-        });
-        let complete =
-            (self.engine.store).complete(&self.key, self.token, Arc::clone(&record), now);
+        };
+        let complete = (self.engine.store).complete(&self.key, self.token, record, now);
         let written = self.engine.observed("complete", complete).await?;
         Ok(if written {
-            Outcome::Recorded(record)
+            Outcome::Recorded
         } else {
             Outcome::Lost
         })
@@ -425,11 +402,7 @@ mod tests {
     }
 
     fn response(status: u16, body: &'static str) -> Response {
-        Response {
-            status,
-            headers: vec![("location".into(), Bytes::from_static(b"/v1/calls/1"))],
-            body: Bytes::from_static(body.as_bytes()),
-        }
+        Response::new(status, [("location", &b"/v1/calls/1"[..])], body.as_bytes())
     }
 
     async fn execute(engine: &Engine, policy: &Policy, k: StoreKey, f: Fingerprint) -> Lease {
@@ -439,12 +412,7 @@ mod tests {
         }
     }
 
-    async fn replay(
-        engine: &Engine,
-        policy: &Policy,
-        k: StoreKey,
-        f: Fingerprint,
-    ) -> Arc<Completed> {
+    async fn replay(engine: &Engine, policy: &Policy, k: StoreKey, f: Fingerprint) -> Completed {
         match engine.begin(policy, k, f).await {
             Ok(Begin::Replay(c)) => c,
             other => panic!("expected a replay, got {other:?}"),
@@ -457,14 +425,14 @@ mod tests {
         let policy = Policy::DEFAULT;
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
         let outcome = lease.finish(response(201, "call_1")).await.unwrap();
-        let Outcome::Recorded(recorded) = outcome else {
-            panic!("201 is recorded")
-        };
+        assert_eq!(outcome, Outcome::Recorded, "201 is recorded");
         let replayed = replay(&engine, &policy, key(1), fp("a")).await;
-        assert_eq!(replayed, recorded);
-        assert_eq!(replayed.status, 201);
-        assert_eq!(&replayed.body[..], b"call_1");
-        assert_eq!(replayed.headers[0].0, "location");
+        assert_eq!(replayed.response, response(201, "call_1"));
+        assert_eq!(replayed.fingerprint, fp("a"));
+        assert_eq!(replayed.expires_at, START.saturating_add(policy.ttl));
+        let headers: Vec<_> = replayed.response.headers().collect();
+        assert_eq!(headers, [("location", &b"/v1/calls/1"[..])]);
+        assert_eq!(&replayed.response.body()[..], b"call_1");
     }
 
     #[tokio::test]
@@ -472,18 +440,15 @@ mod tests {
         let (engine, _) = setup();
         let policy = Policy::DEFAULT.max_response(16);
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
-        let big = Response {
-            status: 201,
-            headers: vec![("location".into(), Bytes::from_static(b"/x"))],
-            body: Bytes::from(vec![b'x'; 100]),
-        };
+        let big = Response::new(201, [("location", &b"/x"[..])], &[b'x'; 100]);
         lease.finish(big).await.unwrap();
         let Ok(Some(Record::Completed(record))) = engine.store().get(&key(1), START).await else {
             panic!("the key is recorded as completed");
         };
-        assert_eq!(record.status, 201);
-        assert_eq!(record.body_omitted, Some(100 + 8 + 2));
-        assert!(record.body.is_empty() && record.headers.is_empty());
+        assert_eq!(record.response.status(), 201);
+        assert_eq!(record.response.body_omitted(), Some(100 + 8 + 2));
+        assert!(record.response.body().is_empty());
+        assert_eq!(record.response.headers().count(), 0);
         // Retries learn it completed, and it never runs again.
         let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
         assert!(matches!(
@@ -526,7 +491,7 @@ mod tests {
         );
         lease.finish(response(201, "once")).await.unwrap();
         assert_eq!(
-            &replay(&b, &policy, key(1), fp("a")).await.body[..],
+            &replay(&b, &policy, key(1), fp("a")).await.response.body()[..],
             b"once"
         );
 
@@ -571,7 +536,7 @@ mod tests {
 
         let replay_anyway = Policy::DEFAULT.on_mismatch(OnMismatch::Replay);
         let first = replay(&engine, &replay_anyway, key(1), fp("b")).await;
-        assert_eq!(&first.body[..], b"first");
+        assert_eq!(&first.response.body()[..], b"first");
     }
 
     #[tokio::test]
@@ -586,7 +551,7 @@ mod tests {
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
         assert!(matches!(
             lease.finish(response(201, "ok")).await.unwrap(),
-            Outcome::Recorded(_)
+            Outcome::Recorded
         ));
 
         let success_only = Policy::DEFAULT.cache(CachePolicy::Success);
@@ -598,7 +563,7 @@ mod tests {
         let lease = execute(&engine, &Policy::DEFAULT, key(3), fp("a")).await;
         assert!(matches!(
             lease.finish(response(400, "bad")).await.unwrap(),
-            Outcome::Recorded(_)
+            Outcome::Recorded
         ));
     }
 
@@ -615,7 +580,10 @@ mod tests {
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
         lease.finish(response(201, "two")).await.unwrap();
         assert_eq!(
-            &replay(&engine, &policy, key(1), fp("a")).await.body[..],
+            &replay(&engine, &policy, key(1), fp("a"))
+                .await
+                .response
+                .body()[..],
             b"two"
         );
     }
@@ -646,14 +614,17 @@ mod tests {
         assert!(!stale.release().await.unwrap());
         assert!(matches!(
             fresh2.finish(response(201, "fresh")).await.unwrap(),
-            Outcome::Recorded(_)
+            Outcome::Recorded
         ));
         assert!(matches!(
             fresh.finish(response(201, "fresh")).await.unwrap(),
-            Outcome::Recorded(_)
+            Outcome::Recorded
         ));
         assert_eq!(
-            &replay(&engine, &policy, key(2), fp("a")).await.body[..],
+            &replay(&engine, &policy, key(2), fp("a"))
+                .await
+                .response
+                .body()[..],
             b"fresh"
         );
     }
@@ -680,7 +651,7 @@ mod tests {
         );
         assert!(matches!(
             lease.finish(response(201, "done")).await.unwrap(),
-            Outcome::Recorded(_)
+            Outcome::Recorded
         ));
     }
 
@@ -711,7 +682,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         lease.finish(response(201, "first")).await.unwrap();
         match waiter.await.unwrap() {
-            Ok(Begin::Replay(c)) => assert_eq!(&c.body[..], b"first"),
+            Ok(Begin::Replay(c)) => assert_eq!(&c.response.body()[..], b"first"),
             other => panic!("expected a replay, got {other:?}"),
         }
 

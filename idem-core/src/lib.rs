@@ -24,14 +24,14 @@
 //! let Ok(Begin::Execute(lease)) = engine.begin(&policy, store_key, fingerprint).await else {
 //!     panic!("a new key is claimed");
 //! };
-//! let response = Response { status: 201, body: "call_1".into(), ..Response::default() };
+//! let response = Response::new(201, [("location", &b"/v1/calls/call_1"[..])], b"call_1");
 //! lease.finish(response).await.unwrap();
 //!
 //! // A retry gets the first answer.
 //! let Ok(Begin::Replay(first)) = engine.begin(&policy, store_key, fingerprint).await else {
 //!     panic!("a completed key is replayed");
 //! };
-//! assert_eq!((first.status, &first.body[..]), (201, &b"call_1"[..]));
+//! assert_eq!((first.response.status(), &first.response.body()[..]), (201, &b"call_1"[..]));
 //! # });
 //! ```
 #![warn(missing_docs)]
@@ -48,12 +48,12 @@ pub mod store;
 pub mod testing;
 
 pub use crate::digest::{Fingerprint, StoreKey};
-pub use crate::engine::{Begin, Engine, Lease, Outcome, Response, StoreObserver};
+pub use crate::engine::{Begin, Engine, Lease, Outcome, StoreObserver};
 pub use crate::error::{codes, IdempotencyError, RETRY_AFTER};
 pub use crate::key::{IdempotencyKey, KeyError, DEFAULT_KEY_MAX_LEN};
 pub use crate::policy::{
     CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
 };
-pub use crate::record::{random_u64, Completed, InFlight, Record, Token};
+pub use crate::record::{random_u64, Completed, Headers, InFlight, Record, Response, Token};
 pub use crate::scope::{Scope, ScopeError, ScopeValue};
 pub use crate::store::{Claim, MokaStore, Store, StoreError};

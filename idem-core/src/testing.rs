@@ -40,7 +40,7 @@ impl Store for UnavailableStore {
         &'a self,
         _: &'a StoreKey,
         _: Token,
-        _: Arc<Completed>,
+        _: Completed,
         _: Timestamp,
     ) -> StoreFuture<'a, bool> {
         timeout()
@@ -113,7 +113,7 @@ impl<S: Store> Store for CountingStore<S> {
         &'a self,
         key: &'a StoreKey,
         token: Token,
-        record: Arc<Completed>,
+        record: Completed,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
         self.count("complete").complete(key, token, record, now)
@@ -156,7 +156,7 @@ struct Suite<'a, S> {
 mod suite {
     use std::time::Duration;
 
-    use bytes::Bytes;
+    use crate::record::Response;
 
     use super::*;
     use crate::digest::Fingerprint;
@@ -183,20 +183,21 @@ mod suite {
             }
         }
 
-        fn completed(&self, at: u64, body: &'static str) -> Arc<Completed> {
-            Arc::new(Completed {
+        fn completed(&self, at: u64, body: &'static str) -> Completed {
+            Completed {
                 fingerprint: Fingerprint::new("POST", "/conformance", "", b"body"),
-                status: 201,
-                headers: vec![
-                    ("location".into(), Bytes::from_static(b"/x/1")),
-                    ("set-cookie".into(), Bytes::from_static(b"a=1")),
-                    ("set-cookie".into(), Bytes::from_static(b"b=2")),
-                ],
-                body: Bytes::from_static(body.as_bytes()),
-                body_omitted: None,
+                response: Response::new(
+                    201,
+                    [
+                        ("location", &b"/x/1"[..]),
+                        ("set-cookie", b"a=1"),
+                        ("set-cookie", b"b=2"),
+                    ],
+                    body.as_bytes(),
+                ),
                 completed_at: self.at(at),
                 expires_at: self.at(at).saturating_add(TTL),
-            })
+            }
         }
 
         async fn claim(&self, n: u8, claim: InFlight, at: u64) -> Claim {
@@ -216,7 +217,7 @@ mod suite {
             claim
         }
 
-        async fn complete(&self, n: u8, token: Token, record: Arc<Completed>, at: u64) -> bool {
+        async fn complete(&self, n: u8, token: Token, record: Completed, at: u64) -> bool {
             self.store
                 .complete(&self.key(n), token, record, self.at(at))
                 .await

@@ -146,7 +146,7 @@ async fn check(ops: Vec<Op>) {
                             fingerprint(body),
                             "step {step}: replayed another request's response"
                         );
-                        Expect::Replay(record.body.clone())
+                        Expect::Replay(record.response.body())
                     }
                     Ok(Begin::Unprotected(e)) => panic!("step {step}: store failed: {e}"),
                     Err(IdempotencyError::InFlight) => Expect::InFlight,
@@ -167,11 +167,7 @@ async fn check(ops: Vec<Op>) {
                     matches!(model.get(&k), Some(State::Held { holder: id, .. }) if *id == holder);
                 let response = Bytes::from(format!("{holder}:{status}"));
                 let outcome = lease
-                    .finish(Response {
-                        status,
-                        body: response.clone(),
-                        ..Response::default()
-                    })
+                    .finish(Response::new(status, [], &response))
                     .await
                     .unwrap();
                 let expect = if !holds {
@@ -194,7 +190,7 @@ async fn check(ops: Vec<Op>) {
                     "released"
                 };
                 let got = match outcome {
-                    Outcome::Recorded(_) => "recorded",
+                    Outcome::Recorded => "recorded",
                     Outcome::Released => "released",
                     Outcome::Lost => "lost",
                 };

@@ -109,15 +109,8 @@ async fn records_expire_in_redis_itself_one_key_each_under_the_prefix() {
     // The lease, plus the grace that lets a lapsed but undisplaced holder still finish.
     assert!((85_000..=90_000).contains(&pttl), "in-flight PTTL {pttl}");
 
-    let outcome = lease
-        .finish(Response {
-            status: 201,
-            body: "ok".into(),
-            ..Response::default()
-        })
-        .await
-        .unwrap();
-    assert!(matches!(outcome, Outcome::Recorded(_)));
+    let outcome = lease.finish(Response::new(201, [], b"ok")).await.unwrap();
+    assert!(matches!(outcome, Outcome::Recorded));
     let pttl: i64 = redis.query(redis::cmd("PTTL").arg(&redis_key));
     assert!(
         (3_595_000..=3_600_000).contains(&pttl),
@@ -305,25 +298,17 @@ async fn a_holder_that_outlives_its_lease_cannot_clobber_the_new_claim() {
     let Ok(Begin::Execute(fresh)) = engine.begin(&policy, key, fp).await else {
         panic!("a lapsed lease is taken over")
     };
-    let late = Response {
-        status: 201,
-        body: "stale".into(),
-        ..Response::default()
-    };
+    let late = Response::new(201, [], b"stale");
     assert_eq!(stale.finish(late).await.unwrap(), Outcome::Lost);
-    let done = Response {
-        status: 201,
-        body: "fresh".into(),
-        ..Response::default()
-    };
+    let done = Response::new(201, [], b"fresh");
     assert!(matches!(
         fresh.finish(done).await.unwrap(),
-        Outcome::Recorded(_)
+        Outcome::Recorded
     ));
     let Ok(Begin::Replay(record)) = engine.begin(&policy, key, fp).await else {
         panic!()
     };
-    assert_eq!(&record.body[..], b"fresh");
+    assert_eq!(&record.response.body()[..], b"fresh");
 }
 
 #[actix_web::test]
@@ -370,11 +355,7 @@ async fn records_over_the_size_bound_are_refused() {
     let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
         panic!()
     };
-    let big = Response {
-        status: 201,
-        body: vec![b'x'; 2048].into(),
-        ..Response::default()
-    };
+    let big = Response::new(201, [], &vec![b'x'; 2048]);
     let err = lease.finish(big).await.unwrap_err();
     assert!(
         matches!(err, idem_actix::StoreError::TooLarge { max: 1024, .. }),

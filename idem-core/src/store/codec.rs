@@ -10,14 +10,10 @@
 //! length (u32), value, and last either `0`, the body length (u32) and body, or `1` and the
 //! length (u64) of a body too large to keep. Integers are big-endian.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-
 use super::StoreError;
 use crate::clock::Timestamp;
 use crate::digest::Fingerprint;
-use crate::record::{Completed, InFlight, Record, Token};
+use crate::record::{Completed, InFlight, Record, Response, Token};
 
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
@@ -44,21 +40,19 @@ pub fn encode(record: &Record, token: Token) -> Result<Vec<u8>, StoreError> {
     .into_bytes();
     out.extend_from_slice(record.fingerprint().as_bytes());
     if let Record::Completed(c) = record {
-        out.reserve(16 + c.response_size() + 6 * c.headers.len());
-        out.extend_from_slice(&c.status.to_be_bytes());
+        let response = &c.response;
+        // The header section is already in this format: count, then lengths and bytes.
+        let headers = response.header_section();
+        let body = response.body();
+        out.reserve(16 + headers.len() + body.len());
+        out.extend_from_slice(&response.status().to_be_bytes());
         out.extend_from_slice(&c.completed_at.as_millis().to_be_bytes());
-        out.extend_from_slice(&len::<u16>(c.headers.len())?.to_be_bytes());
-        for (name, value) in &c.headers {
-            out.extend_from_slice(&len::<u16>(name.len())?.to_be_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&len::<u32>(value.len())?.to_be_bytes());
-            out.extend_from_slice(value);
-        }
-        match c.body_omitted {
+        out.extend_from_slice(headers);
+        match response.body_omitted() {
             None => {
                 out.push(0);
-                out.extend_from_slice(&len::<u32>(c.body.len())?.to_be_bytes());
-                out.extend_from_slice(&c.body);
+                out.extend_from_slice(&len::<u32>(body.len())?.to_be_bytes());
+                out.extend_from_slice(&body);
             }
             Some(size) => {
                 out.push(1);
@@ -108,37 +102,30 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
         b"C" => {
             let status = u16::from_be_bytes(reader.array()?);
             let completed_at = Timestamp::from_millis(u64::from_be_bytes(reader.array()?));
+            let start = reader.0;
             let count = u16::from_be_bytes(reader.array()?);
-            let mut headers = Vec::with_capacity(usize::from(count));
             for _ in 0..count {
                 let name_len = u16::from_be_bytes(reader.array()?);
-                let name = std::str::from_utf8(reader.take(usize::from(name_len))?)
-                    .map_err(|_| corrupt("header name is not UTF-8"))?
-                    .to_owned();
+                reader.take(usize::from(name_len))?;
                 let value_len = u32::from_be_bytes(reader.array()?);
-                let value = Bytes::copy_from_slice(reader.take(value_len as usize)?);
-                headers.push((name, value));
+                reader.take(value_len as usize)?;
             }
-            let (body, body_omitted) = match reader.array::<1>()? {
+            let headers = &start[..start.len() - reader.0.len()];
+            let response = match reader.array::<1>()? {
                 [0] => {
                     let body_len = u32::from_be_bytes(reader.array()?);
-                    (
-                        Bytes::copy_from_slice(reader.take(body_len as usize)?),
-                        None,
-                    )
+                    let body = reader.take(body_len as usize)?;
+                    Response::from_parts(status, headers, body).map_err(|what| corrupt(&what))?
                 }
-                [1] => (Bytes::new(), Some(u64::from_be_bytes(reader.array()?))),
+                [1] => Response::omitted(status, u64::from_be_bytes(reader.array()?)),
                 _ => return Err(corrupt("unknown body tag")),
             };
-            Record::Completed(Arc::new(Completed {
+            Record::Completed(Completed {
                 fingerprint,
-                status,
-                headers,
-                body,
-                body_omitted,
+                response,
                 completed_at,
                 expires_at: lapses_at,
-            }))
+            })
         }
         _ => return Err(corrupt("unknown record kind")),
     };
@@ -183,19 +170,20 @@ mod tests {
     use super::*;
 
     fn completed() -> Record {
-        Record::Completed(Arc::new(Completed {
+        Record::Completed(Completed {
             fingerprint: Fingerprint::new("POST", "/a", "q=1", b"{}"),
-            status: 201,
-            headers: vec![
-                ("location".into(), Bytes::from_static(b"/a/1")),
-                ("set-cookie".into(), Bytes::from_static(b"a=1")),
-                ("set-cookie".into(), Bytes::from_static(b"b=\xff:2")),
-            ],
-            body: Bytes::from_static(b"binary:\x00\x01 body"),
-            body_omitted: None,
+            response: Response::new(
+                201,
+                [
+                    ("location", &b"/a/1"[..]),
+                    ("set-cookie", b"a=1"),
+                    ("set-cookie", b"b=\xff:2"),
+                ],
+                b"binary:\x00\x01 body",
+            ),
             completed_at: Timestamp::from_millis(1_700_000_000_000),
             expires_at: Timestamp::from_millis(1_700_086_400_000),
-        }))
+        })
     }
 
     #[test]
@@ -219,12 +207,10 @@ mod tests {
         let Record::Completed(c) = completed() else {
             unreachable!()
         };
-        let omitted = Record::Completed(Arc::new(Completed {
-            headers: Vec::new(),
-            body: Bytes::new(),
-            body_omitted: Some(5 << 20),
-            ..(*c).clone()
-        }));
+        let omitted = Record::Completed(Completed {
+            response: Response::omitted(201, 5 << 20),
+            ..c
+        });
         let token = Token::random();
         assert_eq!(decode(&encode(&omitted, token).unwrap()).unwrap(), omitted);
     }
@@ -244,7 +230,7 @@ mod tests {
             unreachable!()
         };
         // Header (~55 bytes) + fingerprint + fixed fields, beyond the response itself.
-        assert!(bytes.len() - c.response_size() < 140, "{}", bytes.len());
+        assert!(bytes.len() - c.response.size() < 140, "{}", bytes.len());
     }
 
     #[test]

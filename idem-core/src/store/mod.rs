@@ -69,7 +69,7 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         key: &'a StoreKey,
         token: Token,
-        record: Arc<Completed>,
+        record: Completed,
         now: Timestamp,
     ) -> StoreFuture<'a, bool>;
 
@@ -112,7 +112,7 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         &'a self,
         key: &'a StoreKey,
         token: Token,
-        record: Arc<Completed>,
+        record: Completed,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
         (**self).complete(key, token, record, now)

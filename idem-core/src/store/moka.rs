@@ -1,11 +1,19 @@
-//! The embedded store: one `moka` cache, per-entry expiry, bounded in bytes.
+//! The embedded store: completed records in one `moka` cache (per-entry expiry, bounded in
+//! bytes), and claims of running requests in small maps beside it.
 //!
-//! Operations on one key are made atomic by striped locks (the store key is a SHA-256, so its
-//! first byte spreads keys evenly): each operation is a read and at most one write under its
-//! stripe, with no lock held across an `await`. Reads of live records take no lock.
+//! A claim lives only as long as its request runs, so claims are kept out of the cache: a new
+//! key costs one cache write (its completion), not two, and the cache holds nothing but
+//! records worth keeping. Operations on one key are made atomic by striped locks (the store
+//! key is a SHA-256, so its first byte spreads keys evenly), each held for a map lookup and at
+//! most one write, never across an `await`. A replay reads the cache without any lock.
+//!
+//! Records are held under the first 128 bits of their store key: as unlikely to collide as a
+//! random UUID, 16 bytes less per record, and a second preimage of SHA-256 truncated to 128
+//! bits is still out of reach.
 
+use std::collections::HashMap;
 use std::future::ready;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
@@ -16,74 +24,71 @@ use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Token};
 
-/// What a record costs beyond its response bytes, for the capacity bound: the key, the
-/// record, moka's entry and its bookkeeping.
-const ENTRY_OVERHEAD: usize = 256;
+/// What a completed record costs beyond its response bytes, for the capacity bound: the key,
+/// the record, and moka's entry and bookkeeping (measured by the `memory` benchmark).
+pub const RECORD_OVERHEAD: usize = 480;
 
 /// The default capacity: 256 MiB of records.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-#[derive(Clone)]
-struct Entry {
-    record: Record,
-    /// How long the cache keeps the entry from its last write: until the record lapses.
-    keep_for: Duration,
-}
+/// Claims per stripe beyond which lapsed ones (whose holder vanished without releasing them)
+/// are swept out when a new claim is written.
+const SWEEP_ABOVE: usize = 64;
 
-impl Entry {
-    fn new(record: Record, now: Timestamp) -> Self {
-        let mut keep_for = record.lapses_at().since(now);
-        if let Record::InFlight(_) = record {
-            keep_for += LAPSED_CLAIM_GRACE;
-        }
-        Self { record, keep_for }
-    }
-
-    fn weight(&self) -> u32 {
-        let response = match &self.record {
-            Record::InFlight(_) => 0,
-            Record::Completed(c) => c.response_size() + c.headers.len() * 48,
-        };
-        u32::try_from(ENTRY_OVERHEAD + response).unwrap_or(u32::MAX)
-    }
+fn weight(record: &Completed) -> u32 {
+    u32::try_from(RECORD_OVERHEAD + record.response.held_bytes()).unwrap_or(u32::MAX)
 }
 
 struct LapseExpiry;
 
-impl Expiry<StoreKey, Entry> for LapseExpiry {
-    fn expire_after_create(&self, _: &StoreKey, entry: &Entry, _: Instant) -> Option<Duration> {
-        Some(entry.keep_for)
+impl LapseExpiry {
+    /// How long the cache keeps a record from its write: its time to live.
+    fn keep_for(record: &Completed) -> Option<Duration> {
+        Some(record.expires_at.since(record.completed_at))
+    }
+}
+
+impl Expiry<Slot, Completed> for LapseExpiry {
+    fn expire_after_create(&self, _: &Slot, record: &Completed, _: Instant) -> Option<Duration> {
+        Self::keep_for(record)
     }
 
     fn expire_after_update(
         &self,
-        _: &StoreKey,
-        entry: &Entry,
+        _: &Slot,
+        record: &Completed,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.keep_for)
+        Self::keep_for(record)
     }
+}
+
+/// The claims whose store keys share a first byte.
+type Stripe = Mutex<HashMap<StoreKey, InFlight>>;
+
+/// Where the cache holds a store key's record: its first 128 bits.
+type Slot = u128;
+
+fn slot(key: &StoreKey) -> Slot {
+    let mut first = [0; 16];
+    first.copy_from_slice(&key.as_bytes()[..16]);
+    u128::from_be_bytes(first)
 }
 
 /// The embedded, per-process store.
 ///
-/// Holds at most [`MokaStoreBuilder::max_bytes`] of records (least recently used go first)
-/// and drops each record when it lapses. It is per process: several server processes behind
-/// a load balancer need a shared store, or a duplicate can run once per process.
+/// Holds at most [`MokaStoreBuilder::max_bytes`] of completed records (least recently used go
+/// first) and drops each when it lapses. Claims of running requests are held beside them,
+/// one per request in flight, and do not count toward the bound. It is per process: several
+/// server processes behind a load balancer need a shared store, or a duplicate can run once
+/// per process.
 ///
 /// Clones share the same records.
 #[derive(Clone)]
 pub struct MokaStore {
-    cache: Cache<StoreKey, Entry>,
-    stripes: Arc<[Mutex<()>; 256]>,
-}
-
-/// What one write under a key's lock does.
-enum Op {
-    Put(Entry),
-    Remove,
-    Nop,
+    completed: Cache<Slot, Completed>,
+    claims: Arc<[Stripe; 256]>,
 }
 
 impl MokaStore {
@@ -99,50 +104,51 @@ impl MokaStore {
         }
     }
 
-    /// The number of records held, counting ones not yet evicted. For tests and metrics.
+    /// The number of records held, claims included, counting records not yet evicted. For
+    /// tests and metrics.
     pub async fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.completed.run_pending_tasks();
+        let claims: usize = self.claims.iter().map(|s| lock(s).len()).sum();
+        self.completed.entry_count() + claims as u64
     }
 
-    /// The weighted size of the records held, in bytes. For tests and metrics.
+    /// The weighted size of the completed records held, in bytes. For tests and metrics.
     pub async fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
+        self.completed.run_pending_tasks();
+        self.completed.weighted_size()
     }
 
-    /// Every record held, for tests and diagnostics (a full scan).
+    /// Every record held, for tests and diagnostics (a full scan): the claims, then the
+    /// completed records (the cache keeps only the first 16 bytes of their store keys; the
+    /// rest is zero here).
     pub fn snapshot(&self) -> Vec<(StoreKey, Record)> {
-        self.cache
-            .iter()
-            .map(|(key, entry)| (*key, entry.record))
-            .collect()
+        let mut records = Vec::new();
+        for stripe in self.claims.iter() {
+            let claims = lock(stripe);
+            records.extend(claims.iter().map(|(key, c)| (*key, Record::InFlight(*c))));
+        }
+        records.extend(self.completed.iter().map(|(slot, record)| {
+            let mut key = [0; 32];
+            key[..16].copy_from_slice(&slot.to_be_bytes());
+            (StoreKey::from_bytes(key), Record::Completed(record))
+        }));
+        records
     }
 
-    /// Applies `decide` to the record of `key` atomically: no other operation on the key runs
-    /// between the read and the write. With `live_at`, a record lapsed by then is passed as
-    /// absent.
-    fn compute<T>(
-        &self,
-        key: &StoreKey,
-        live_at: Option<Timestamp>,
-        decide: impl FnOnce(Option<Record>) -> (Op, T),
-    ) -> T {
-        let stripe = &self.stripes[usize::from(key.as_bytes()[0])];
-        let _guard = stripe.lock().unwrap_or_else(PoisonError::into_inner);
-        let record = self
-            .cache
-            .get(key)
-            .map(|e| e.record)
-            .filter(|r| live_at.is_none_or(|now| r.is_live(now)));
-        let (op, answer) = decide(record);
-        match op {
-            Op::Put(entry) => self.cache.insert(*key, entry),
-            Op::Remove => self.cache.invalidate(key),
-            Op::Nop => {}
-        }
-        answer
+    fn stripe(&self, key: &StoreKey) -> MutexGuard<'_, HashMap<StoreKey, InFlight>> {
+        lock(&self.claims[usize::from(key.as_bytes()[0])])
     }
+
+    fn live_completed(&self, key: &StoreKey, now: Timestamp) -> Option<Completed> {
+        self.completed
+            .get(&slot(key))
+            .filter(|c| c.expires_at > now)
+    }
+}
+
+fn lock(stripe: &Stripe) -> MutexGuard<'_, HashMap<StoreKey, InFlight>> {
+    // A panic cannot leave a map half-written: each operation is one insert or remove.
+    stripe.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Default for MokaStore {
@@ -154,9 +160,9 @@ impl Default for MokaStore {
 impl std::fmt::Debug for MokaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MokaStore")
-            .field("entries", &self.cache.entry_count())
-            .field("weighted_size", &self.cache.weighted_size())
-            .finish()
+            .field("completed", &self.completed.entry_count())
+            .field("weighted_size", &self.completed.weighted_size())
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,8 +174,8 @@ pub struct MokaStoreBuilder {
 }
 
 impl MokaStoreBuilder {
-    /// The most bytes of records to hold (response bytes plus a fixed overhead per record).
-    /// Default 256 MiB.
+    /// The most bytes of completed records to hold: response bytes plus
+    /// [`RECORD_OVERHEAD`] per record. Default 256 MiB.
     pub fn max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
@@ -177,20 +183,16 @@ impl MokaStoreBuilder {
 
     /// The store.
     pub fn build(self) -> MokaStore {
-        let cache = Cache::builder()
+        let completed = Cache::builder()
             .max_capacity(self.max_bytes)
-            .weigher(|_: &StoreKey, e: &Entry| e.weight())
+            .weigher(|_: &Slot, record: &Completed| weight(record))
             .expire_after(LapseExpiry)
             .build();
         MokaStore {
-            cache,
-            stripes: Arc::new(std::array::from_fn(|_| Mutex::new(()))),
+            completed,
+            claims: Arc::new(std::array::from_fn(|_| Mutex::default())),
         }
     }
-}
-
-fn holds(record: &Option<Record>, token: Token) -> bool {
-    matches!(record, Some(Record::InFlight(f)) if f.token == token)
 }
 
 impl Store for MokaStore {
@@ -200,28 +202,33 @@ impl Store for MokaStore {
         claim: InFlight,
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
-        // A live record answers without the key's lock: replays and conflicts are reads.
-        if let Some(entry) = self.cache.get(key) {
-            if entry.record.is_live(now) {
-                return Box::pin(ready(Ok(Claim::Existing(entry.record))));
-            }
+        // A completed record answers without the key's lock: replays and mismatches are reads.
+        if let Some(record) = self.live_completed(key, now) {
+            return Box::pin(ready(Ok(Claim::Existing(Record::Completed(record)))));
         }
-        let answer = self.compute(key, Some(now), |live| match live {
-            Some(record) => (Op::Nop, Claim::Existing(record)),
-            None => (
-                Op::Put(Entry::new(Record::InFlight(claim), now)),
-                Claim::Claimed,
-            ),
-        });
-        Box::pin(ready(Ok(answer)))
+        let mut claims = self.stripe(key);
+        if let Some(running) = claims.get(key).filter(|c| c.lease_until > now) {
+            return Box::pin(ready(Ok(Claim::Existing(Record::InFlight(*running)))));
+        }
+        // Completed since the read above, by the holder this lock waited for?
+        if let Some(record) = self.live_completed(key, now) {
+            return Box::pin(ready(Ok(Claim::Existing(Record::Completed(record)))));
+        }
+        if claims.len() >= SWEEP_ABOVE {
+            claims.retain(|_, c| c.lease_until.saturating_add(LAPSED_CLAIM_GRACE) > now);
+        }
+        // A lapsed claim, if any, is displaced: its holder can no longer finish.
+        claims.insert(*key, claim);
+        Box::pin(ready(Ok(Claim::Claimed)))
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-        let record = self
-            .cache
-            .get(key)
-            .map(|e| e.record)
-            .filter(|r| r.is_live(now));
+        // Under the lock, so that a completion (claim out, record in) is seen whole.
+        let claims = self.stripe(key);
+        let record = match claims.get(key).filter(|c| c.lease_until > now) {
+            Some(running) => Some(Record::InFlight(*running)),
+            None => self.live_completed(key, now).map(Record::Completed),
+        };
         Box::pin(ready(Ok(record)))
     }
 
@@ -230,15 +237,16 @@ impl Store for MokaStore {
         key: &'a StoreKey,
         token: Token,
         lease_until: Timestamp,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        let held = self.compute(key, None, |record| match record {
-            Some(Record::InFlight(mut f)) if f.token == token => {
-                f.lease_until = lease_until;
-                (Op::Put(Entry::new(Record::InFlight(f), now)), true)
+        let mut claims = self.stripe(key);
+        let held = match claims.get_mut(key).filter(|c| c.token == token) {
+            Some(claim) => {
+                claim.lease_until = lease_until;
+                true
             }
-            _ => (Op::Nop, false),
-        });
+            None => false,
+        };
         Box::pin(ready(Ok(held)))
     }
 
@@ -246,27 +254,25 @@ impl Store for MokaStore {
         &'a self,
         key: &'a StoreKey,
         token: Token,
-        record: Arc<Completed>,
-        now: Timestamp,
+        record: Completed,
+        _now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        let held = self.compute(key, None, |current| {
-            if holds(&current, token) {
-                (Op::Put(Entry::new(Record::Completed(record), now)), true)
-            } else {
-                (Op::Nop, false)
-            }
-        });
+        let mut claims = self.stripe(key);
+        let held = claims.get(key).is_some_and(|c| c.token == token);
+        if held {
+            // Record first, then drop the claim, both under the lock: no reader sees neither.
+            self.completed.insert(slot(key), record);
+            claims.remove(key);
+        }
         Box::pin(ready(Ok(held)))
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-        let held = self.compute(key, None, |record| {
-            if holds(&record, token) {
-                (Op::Remove, true)
-            } else {
-                (Op::Nop, false)
-            }
-        });
+        let mut claims = self.stripe(key);
+        let held = claims.get(key).is_some_and(|c| c.token == token);
+        if held {
+            claims.remove(key);
+        }
         Box::pin(ready(Ok(held)))
     }
 }
@@ -275,12 +281,44 @@ impl Store for MokaStore {
 mod tests {
     use super::*;
     use crate::digest::Fingerprint;
-    use crate::engine::{Begin, Engine, Response};
+    use crate::engine::{Begin, Engine};
     use crate::policy::Policy;
+    use crate::record::Response;
 
     #[tokio::test]
     async fn moka_store_conforms() {
         crate::testing::conformance(&MokaStore::new(), 1).await;
+    }
+
+    #[tokio::test]
+    async fn claims_abandoned_past_the_grace_are_swept_and_others_kept() {
+        let store = MokaStore::new();
+        let t0 = Timestamp::from_millis(1_000_000);
+        let lease = Duration::from_secs(10);
+        let claim_at = |n: u8, at: Timestamp| {
+            let mut key = [7; 32]; // one stripe: the first byte picks it
+            key[1] = n;
+            let claim = InFlight {
+                fingerprint: Fingerprint::new("POST", "/", "", b""),
+                lease_until: at.saturating_add(lease),
+                token: Token::random(),
+            };
+            (StoreKey::from_bytes(key), claim)
+        };
+        for n in 0..100 {
+            let (key, claim) = claim_at(n, t0);
+            assert_eq!(store.claim(&key, claim, t0).await.unwrap(), Claim::Claimed);
+        }
+        // Lapsed, but within the grace: a late holder may still finish, so nothing goes.
+        let within = t0.saturating_add(lease + LAPSED_CLAIM_GRACE / 2);
+        let (key, claim) = claim_at(200, within);
+        store.claim(&key, claim, within).await.unwrap();
+        assert_eq!(store.entry_count().await, 101);
+        // Past the grace, the abandoned claims are swept when the stripe is next written.
+        let past = t0.saturating_add(lease + LAPSED_CLAIM_GRACE + Duration::from_secs(1));
+        let (key, claim) = claim_at(201, past);
+        store.claim(&key, claim, past).await.unwrap();
+        assert_eq!(store.entry_count().await, 2, "the two recent claims stay");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +328,7 @@ mod tests {
         let engine = Engine::new(store.clone());
         let policy = Policy::DEFAULT;
         let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
-        let body = bytes::Bytes::from(vec![b'x'; 200]);
+        let body = [b'x'; 200];
         for i in 0u32..1_000_000 {
             let mut key = [0; 32];
             key[..4].copy_from_slice(&i.to_be_bytes());
@@ -299,20 +337,16 @@ mod tests {
             else {
                 panic!("a new key is claimed");
             };
-            let response = Response {
-                status: 201,
-                body: body.clone(),
-                ..Response::default()
-            };
-            lease.finish(response).await.unwrap();
+            lease.finish(Response::new(201, [], &body)).await.unwrap();
         }
         let (bytes, entries) = (store.weighted_size().await, store.entry_count().await);
         assert!(
             bytes <= MAX_BYTES,
             "{bytes} bytes held over a {MAX_BYTES} bound"
         );
-        // Each record weighs its overhead plus 200 bytes of body.
-        assert!(entries <= MAX_BYTES / 456 + 1, "{entries} records held");
+        // Each record weighs its overhead plus 200 bytes of body (and 2 of header count).
+        let weight = (RECORD_OVERHEAD + 202) as u64;
+        assert!(entries <= MAX_BYTES / weight + 1, "{entries} records held");
         assert!(
             entries > 1000,
             "the store still holds recent records: {entries}"

@@ -278,7 +278,7 @@ impl Store for RedisStore {
         &'a self,
         key: &'a StoreKey,
         token: Token,
-        record: Arc<Completed>,
+        record: Completed,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
