@@ -300,11 +300,15 @@ where
     if bypasses(endpoint, &req) {
         return handler(req, payload).await.res;
     }
-    match admit(endpoint, scope_fn, req, payload).await {
-        Admission::Pass(req, payload) => handler(req, payload).await.res,
-        Admission::Answer(_, res) => res,
-        Admission::Keyed(keyed) => detach(keyed, handler).await.res,
-    }
+    // Boxed, so that requests without a key do not carry the keyed path's state.
+    Box::pin(async move {
+        match admit(endpoint, scope_fn, req, payload).await {
+            Admission::Pass(req, payload) => handler(req, payload).await.res,
+            Admission::Answer(_, res) => res,
+            Admission::Keyed(keyed) => detach(keyed, handler).await.res,
+        }
+    })
+    .await
 }
 
 async fn execute<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply

@@ -5,7 +5,7 @@
 //! key costs one cache write (its completion), not two, and the cache holds nothing but
 //! records worth keeping. Operations on one key are made atomic by striped locks (the store
 //! key is a SHA-256, so its first byte spreads keys evenly), each held for a map lookup and at
-//! most one write, never across an `await`. A replay reads the cache without any lock.
+//! most one write, never across an `await`.
 //!
 //! Records are held under the first 128 bits of their store key: as unlikely to collide as a
 //! random UUID, 16 bytes less per record, and a second preimage of SHA-256 truncated to 128
@@ -202,15 +202,12 @@ impl Store for MokaStore {
         claim: InFlight,
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
-        // A completed record answers without the key's lock: replays and mismatches are reads.
-        if let Some(record) = self.live_completed(key, now) {
-            return Box::pin(ready(Ok(Claim::Existing(Record::Completed(record)))));
-        }
+        // Under the lock, a completion (record in, then claim out) is seen whole, so one read
+        // of each map decides.
         let mut claims = self.stripe(key);
         if let Some(running) = claims.get(key).filter(|c| c.lease_until > now) {
             return Box::pin(ready(Ok(Claim::Existing(Record::InFlight(*running)))));
         }
-        // Completed since the read above, by the holder this lock waited for?
         if let Some(record) = self.live_completed(key, now) {
             return Box::pin(ready(Ok(Claim::Existing(Record::Completed(record)))));
         }
