@@ -63,6 +63,9 @@ fn overhead(c: &mut Criterion) {
         ("moka/new key", "/idem/echo", || Some(fresh_key())),
         ("moka/replay", "/idem/echo", || Some("replayed".into())),
     ];
+    // The bare handler again, last of the embedded-store cases: how far the machine's speed
+    // drifted while the cases ran one after another.
+    cases.push(("bare again", "/bare/echo", || None));
     if redis.is_some() {
         cases.push(("redis/new key", "/idem-redis/echo", || Some(fresh_key())));
         cases.push(("redis/replay", "/idem-redis/echo", || {
@@ -118,6 +121,13 @@ fn summary() {
     let mut table =
         String::from("| case | median per request | added vs bare | target |\n|---|---|---|---|\n");
     table += &format!("| bare handler | {:.2} us | | |\n", bare / 1000.0);
+    if let Some(again) = estimate("bare again") {
+        table += &format!(
+            "| bare handler, measured again after the moka cases (drift) | {:.2} us | {:+.2} us | |\n",
+            again / 1000.0,
+            (again - bare) / 1000.0
+        );
+    }
     for (name, target) in [
         ("moka/no key", "<= 0.1 us"),
         ("moka/replay", "<= 1 us"),

@@ -174,8 +174,8 @@ pub struct MokaStoreBuilder {
 }
 
 impl MokaStoreBuilder {
-    /// The most bytes of completed records to hold: response bytes plus
-    /// [`RECORD_OVERHEAD`] per record. Default 256 MiB.
+    /// The most bytes of completed records to hold: response bytes plus a fixed overhead of
+    /// 480 bytes per record (what each costs the cache beyond its response). Default 256 MiB.
     pub fn max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
