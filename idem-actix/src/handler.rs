@@ -327,10 +327,12 @@ where
         body,
         span: _,
     } = *keyed;
-    // For the handler, when it runs.
-    let admitted = Admitted {
-        request_id: request_id.clone(),
-        key: crate::IdempotencyKey(key),
+    // Hands the request's id and key to the handler, only when it runs.
+    let admit = |req: &HttpRequest| {
+        req.extensions_mut().insert(Admitted {
+            request_id: request_id.clone(),
+            key: crate::IdempotencyKey(key),
+        })
     };
     let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
         Ok(Begin::Execute(lease)) => lease,
@@ -342,7 +344,7 @@ where
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
             metrics::outcome("unprotected");
-            req.extensions_mut().insert(admitted);
+            admit(&req);
             let ran = AssertUnwindSafe(handler(req, body.into()))
                 .catch_unwind()
                 .await;
@@ -364,7 +366,7 @@ where
         }
     };
 
-    req.extensions_mut().insert(admitted);
+    admit(&req);
     let ran = lease
         .run(AssertUnwindSafe(handler(req, body.into())).catch_unwind())
         .await;

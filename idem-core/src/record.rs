@@ -230,7 +230,7 @@ impl std::fmt::Debug for Response {
 }
 
 /// Where the headers of a packed section end, checking every length and name on the way.
-fn headers_end(data: &[u8]) -> Result<usize, String> {
+pub(crate) fn headers_end(data: &[u8]) -> Result<usize, String> {
     let count = data
         .get(..2)
         .ok_or("truncated header count")?

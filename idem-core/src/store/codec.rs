@@ -13,7 +13,7 @@
 use super::StoreError;
 use crate::clock::Timestamp;
 use crate::digest::Fingerprint;
-use crate::record::{Completed, InFlight, Record, Response, Token};
+use crate::record::{headers_end, Completed, InFlight, Record, Response, Token};
 
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
@@ -102,15 +102,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
         b"C" => {
             let status = u16::from_be_bytes(reader.array()?);
             let completed_at = Timestamp::from_millis(u64::from_be_bytes(reader.array()?));
-            let start = reader.0;
-            let count = u16::from_be_bytes(reader.array()?);
-            for _ in 0..count {
-                let name_len = u16::from_be_bytes(reader.array()?);
-                reader.take(usize::from(name_len))?;
-                let value_len = u32::from_be_bytes(reader.array()?);
-                reader.take(value_len as usize)?;
-            }
-            let headers = &start[..start.len() - reader.0.len()];
+            // The header section is in the record's own packed form; it ends where it says.
+            let section = headers_end(reader.0).map_err(|what| corrupt(&what))?;
+            let headers = reader.take(section)?;
             let response = match reader.array::<1>()? {
                 [0] => {
                     let body_len = u32::from_be_bytes(reader.array()?);
