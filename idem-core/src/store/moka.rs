@@ -16,6 +16,7 @@ use std::future::ready;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
 
@@ -184,6 +185,10 @@ impl MokaStoreBuilder {
     /// The store.
     pub fn build(self) -> MokaStore {
         let completed = Cache::builder()
+            // Plain LRU: every record completed is admitted and the least recently used go
+            // first. moka's default (TinyLFU) may refuse a new record when the cache is full,
+            // and the retry of the newest operation would then run it again.
+            .eviction_policy(EvictionPolicy::lru())
             .max_capacity(self.max_bytes)
             .weigher(|_: &Slot, record: &Completed| weight(record))
             .expire_after(LapseExpiry)
@@ -316,6 +321,36 @@ mod tests {
         let (key, claim) = claim_at(201, past);
         store.claim(&key, claim, past).await.unwrap();
         assert_eq!(store.entry_count().await, 2, "the two recent claims stay");
+    }
+
+    #[tokio::test]
+    async fn a_record_completed_into_a_full_store_is_kept() {
+        // Room for about 40 records: a store that is full when a key completes must still
+        // replay it, or the retry of the newest operation would run it again.
+        let store = MokaStore::builder()
+            .max_bytes(40 * (RECORD_OVERHEAD as u64 + 64))
+            .build();
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
+        for i in 0u32..2_000 {
+            let mut key = [0; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            let key = StoreKey::from_bytes(key);
+            let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+                panic!("key {i} is new");
+            };
+            lease
+                .finish(Response::new(201, [], &[b'x'; 62]))
+                .await
+                .unwrap();
+            store.completed.run_pending_tasks();
+            let replay = engine.begin(&policy, key, fp).await;
+            assert!(
+                matches!(replay, Ok(Begin::Replay(_))),
+                "key {i}, just completed, is not replayed"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
