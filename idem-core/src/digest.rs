@@ -74,8 +74,18 @@ impl fmt::Debug for Fingerprint {
 
 /// The key a record is stored under: a hash of scope, optional endpoint and key, so that
 /// neither raw keys nor credentials ever reach a store.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct StoreKey([u8; 32]);
+
+impl std::hash::Hash for StoreKey {
+    /// Hashes the first 128 bits: the key is a digest already, and a hasher that reads one
+    /// `u128` can spread it with a single multiply.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0; 16];
+        first.copy_from_slice(&self.0[..16]);
+        state.write_u128(u128::from_be_bytes(first));
+    }
+}
 
 impl StoreKey {
     /// The store key of `key` in `scope`; `endpoint` is given when keys are per endpoint.

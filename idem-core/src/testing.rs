@@ -14,7 +14,7 @@ use crate::store::{Claim, Store, StoreError, StoreFuture};
 pub struct UnavailableStore;
 
 fn timeout<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
-    Box::pin(async { Err(StoreError::Timeout) })
+    StoreFuture::new(async { Err(StoreError::Timeout) })
 }
 
 impl Store for UnavailableStore {

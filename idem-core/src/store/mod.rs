@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
@@ -22,8 +23,59 @@ pub use self::redis::{RedisStore, RedisStoreBuilder};
 /// same; the grace only lets a slow holder that nobody displaced still record its response.
 pub const LAPSED_CLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The future a store operation returns.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+/// The future a store operation returns: an answer known at once ([`StoreFuture::ready`],
+/// for stores in memory, which then cost no allocation), or work still to do
+/// ([`StoreFuture::new`], such as a network round trip).
+#[must_use = "a store operation does nothing until awaited"]
+pub struct StoreFuture<'a, T>(Op<'a, T>);
+
+type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+enum Op<'a, T> {
+    Ready(Option<Result<T, StoreError>>),
+    Pending(Pending<'a, T>),
+}
+
+impl<'a, T> StoreFuture<'a, T> {
+    /// An operation that is already done.
+    pub fn ready(result: Result<T, StoreError>) -> Self {
+        Self(Op::Ready(Some(result)))
+    }
+
+    /// An operation still to run: `future` is boxed.
+    pub fn new(future: impl Future<Output = Result<T, StoreError>> + Send + 'a) -> Self {
+        Self(Op::Pending(Box::pin(future)))
+    }
+}
+
+// Nothing in it is pinned in place: the pending future is boxed.
+impl<T> Unpin for StoreFuture<'_, T> {}
+
+impl<T> Future for StoreFuture<'_, T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Op::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("a store future polled after it finished"),
+            ),
+            Op::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for StoreFuture<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0 {
+            Op::Ready(Some(_)) => "ready",
+            Op::Ready(None) => "done",
+            Op::Pending(_) => "pending",
+        };
+        f.debug_tuple("StoreFuture").field(&state).finish()
+    }
+}
 
 /// The answer to a claim.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 //! bits is still out of reach.
 
 use std::collections::HashMap;
-use std::future::ready;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -65,8 +65,11 @@ impl Expiry<Slot, Completed> for LapseExpiry {
     }
 }
 
+/// Claims of running requests, by store key.
+type Claims = HashMap<StoreKey, InFlight, SlotHashing>;
+
 /// The claims whose store keys share a first byte.
-type Stripe = Mutex<HashMap<StoreKey, InFlight>>;
+type Stripe = Mutex<Claims>;
 
 /// Where the cache holds a store key's record: its first 128 bits.
 type Slot = u128;
@@ -75,6 +78,70 @@ fn slot(key: &StoreKey) -> Slot {
     let mut first = [0; 16];
     first.copy_from_slice(&key.as_bytes()[..16]);
     u128::from_be_bytes(first)
+}
+
+/// Hashes slots (and store keys, which hash as their slot) for the store's maps.
+///
+/// Slots are digests already, so one multiply of their two halves spreads them, where the
+/// default SipHash would cost a dozen rounds per lookup. The halves are mixed with a random
+/// seed of the store's own: a client can grind keys until their slots share bits, but not
+/// aim them at one bucket of a table whose seed it never sees.
+#[derive(Clone, Copy)]
+struct SlotHashing {
+    seed: [u64; 2],
+}
+
+impl SlotHashing {
+    fn random() -> Self {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        Self { seed: [a, b] }
+    }
+}
+
+impl BuildHasher for SlotHashing {
+    type Hasher = SlotHasher;
+
+    fn build_hasher(&self) -> SlotHasher {
+        SlotHasher {
+            seed: self.seed,
+            state: 0,
+        }
+    }
+}
+
+struct SlotHasher {
+    seed: [u64; 2],
+    state: u64,
+}
+
+/// The high and low halves of the full product, folded.
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+impl Hasher for SlotHasher {
+    fn write_u128(&mut self, n: u128) {
+        let (high, low) = ((n >> 64) as u64, n as u64);
+        self.state = folded_multiply(low ^ self.seed[0] ^ self.state, high ^ self.seed[1]);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.write_u128(u128::from(n));
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not taken by slots or store keys; any other input still hashes whole.
+        for chunk in bytes.chunks(16) {
+            let mut word = [0; 16];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u128(u128::from_le_bytes(word));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
 }
 
 /// The embedded, per-process store.
@@ -88,7 +155,7 @@ fn slot(key: &StoreKey) -> Slot {
 /// Clones share the same records.
 #[derive(Clone)]
 pub struct MokaStore {
-    completed: Cache<Slot, Completed>,
+    completed: Cache<Slot, Completed, SlotHashing>,
     claims: Arc<[Stripe; 256]>,
 }
 
@@ -136,7 +203,7 @@ impl MokaStore {
         records
     }
 
-    fn stripe(&self, key: &StoreKey) -> MutexGuard<'_, HashMap<StoreKey, InFlight>> {
+    fn stripe(&self, key: &StoreKey) -> MutexGuard<'_, Claims> {
         lock(&self.claims[usize::from(key.as_bytes()[0])])
     }
 
@@ -147,7 +214,7 @@ impl MokaStore {
     }
 }
 
-fn lock(stripe: &Stripe) -> MutexGuard<'_, HashMap<StoreKey, InFlight>> {
+fn lock(stripe: &Stripe) -> MutexGuard<'_, Claims> {
     // A panic cannot leave a map half-written: each operation is one insert or remove.
     stripe.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -184,6 +251,7 @@ impl MokaStoreBuilder {
 
     /// The store.
     pub fn build(self) -> MokaStore {
+        let hashing = SlotHashing::random();
         let completed = Cache::builder()
             // Plain LRU: every record completed is admitted and the least recently used go
             // first. moka's default (TinyLFU) may refuse a new record when the cache is full,
@@ -192,10 +260,12 @@ impl MokaStoreBuilder {
             .max_capacity(self.max_bytes)
             .weigher(|_: &Slot, record: &Completed| weight(record))
             .expire_after(LapseExpiry)
-            .build();
+            .build_with_hasher(hashing);
         MokaStore {
             completed,
-            claims: Arc::new(std::array::from_fn(|_| Mutex::default())),
+            claims: Arc::new(std::array::from_fn(|_| {
+                Mutex::new(HashMap::with_hasher(hashing))
+            })),
         }
     }
 }
@@ -211,17 +281,17 @@ impl Store for MokaStore {
         // of each map decides.
         let mut claims = self.stripe(key);
         if let Some(running) = claims.get(key).filter(|c| c.lease_until > now) {
-            return Box::pin(ready(Ok(Claim::Existing(Record::InFlight(*running)))));
+            return StoreFuture::ready(Ok(Claim::Existing(Record::InFlight(*running))));
         }
         if let Some(record) = self.live_completed(key, now) {
-            return Box::pin(ready(Ok(Claim::Existing(Record::Completed(record)))));
+            return StoreFuture::ready(Ok(Claim::Existing(Record::Completed(record))));
         }
         if claims.len() >= SWEEP_ABOVE {
             claims.retain(|_, c| c.lease_until.saturating_add(LAPSED_CLAIM_GRACE) > now);
         }
         // A lapsed claim, if any, is displaced: its holder can no longer finish.
         claims.insert(*key, claim);
-        Box::pin(ready(Ok(Claim::Claimed)))
+        StoreFuture::ready(Ok(Claim::Claimed))
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
@@ -231,7 +301,7 @@ impl Store for MokaStore {
             Some(running) => Some(Record::InFlight(*running)),
             None => self.live_completed(key, now).map(Record::Completed),
         };
-        Box::pin(ready(Ok(record)))
+        StoreFuture::ready(Ok(record))
     }
 
     fn extend<'a>(
@@ -249,7 +319,7 @@ impl Store for MokaStore {
             }
             None => false,
         };
-        Box::pin(ready(Ok(held)))
+        StoreFuture::ready(Ok(held))
     }
 
     fn complete<'a>(
@@ -266,7 +336,7 @@ impl Store for MokaStore {
             self.completed.insert(slot(key), record);
             claims.remove(key);
         }
-        Box::pin(ready(Ok(held)))
+        StoreFuture::ready(Ok(held))
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
@@ -275,7 +345,7 @@ impl Store for MokaStore {
         if held {
             claims.remove(key);
         }
-        Box::pin(ready(Ok(held)))
+        StoreFuture::ready(Ok(held))
     }
 }
 

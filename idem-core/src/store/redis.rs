@@ -235,7 +235,7 @@ impl Store for RedisStore {
         claim: InFlight,
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
-        Box::pin(async move {
+        StoreFuture::new(async move {
             let value = self.encode(&Record::InFlight(claim), claim.token)?;
             let keep_for = px(claim.lease_until.since(now) + LAPSED_CLAIM_GRACE);
             let redis_key = self.redis_key(key);
@@ -270,7 +270,7 @@ impl Store for RedisStore {
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(async move {
+        StoreFuture::new(async move {
             let mut conn = self.conn.clone();
             let cmd = redis::cmd("GET").arg(self.redis_key(key)).to_owned();
             let bytes: Option<Vec<u8>> = self.run(cmd.query_async(&mut conn)).await?;
@@ -288,7 +288,7 @@ impl Store for RedisStore {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
+        StoreFuture::new(async move {
             let keep_for = lease_until.since(now) + LAPSED_CLAIM_GRACE;
             let until = lease_until.as_millis().to_string();
             self.fenced(key, token, "extend", until.as_bytes(), keep_for)
@@ -303,7 +303,7 @@ impl Store for RedisStore {
         record: Completed,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
+        StoreFuture::new(async move {
             let keep_for = record.expires_at.since(now);
             let value = self.encode(&Record::Completed(record), token)?;
             self.fenced(key, token, "complete", &value, keep_for).await
@@ -311,7 +311,7 @@ impl Store for RedisStore {
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
+        StoreFuture::new(async move {
             self.fenced(key, token, "release", b"", Duration::from_millis(1))
                 .await
         })
