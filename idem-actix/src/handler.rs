@@ -6,13 +6,15 @@ use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 use std::task::Poll;
 
-use actix_web::body::{self, BodyStream, BoxBody};
+use actix_web::body::{self, BoxBody, MessageBody as _};
 use actix_web::dev::{self, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::header;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use bytes::Bytes;
-use futures_util::FutureExt as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{
     Begin, Completed, Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Outcome, Overrides,
     Policy, Response, ScopeError, ScopeValue, StoreKey,
@@ -228,7 +230,7 @@ pub(crate) async fn admit(
         Err(e) => return reject(req, &policy, &config, &request_id, e.into()),
     };
 
-    let body = match body::to_bytes_limited(BodyStream::new(payload), policy.max_body).await {
+    let body = match read_body(&req, payload, policy.max_body).await {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => {
             let res = with_request_id(HttpResponse::from_error(e), &request_id);
@@ -255,6 +257,52 @@ pub(crate) async fn admit(
         body,
         span,
     }))
+}
+
+/// The body was longer than the policy's `max_body`.
+pub(crate) struct BodyTooLarge;
+
+/// Reads the whole body, up to `limit` bytes. A body that arrives in one chunk (most do) is
+/// kept as it came, without a copy; a longer one is gathered in a buffer sized by its
+/// `Content-Length`.
+pub(crate) async fn read_body(
+    req: &HttpRequest,
+    mut payload: dev::Payload,
+    limit: usize,
+) -> Result<Result<Bytes, PayloadError>, BodyTooLarge> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(BodyTooLarge);
+    }
+    let first = match payload.next().await {
+        None => return Ok(Ok(Bytes::new())),
+        Some(Err(e)) => return Ok(Err(e)),
+        Some(Ok(chunk)) if chunk.len() > limit => return Err(BodyTooLarge),
+        Some(Ok(chunk)) => chunk,
+    };
+    let second = match payload.next().await {
+        None => return Ok(Ok(first)),
+        Some(Err(e)) => return Ok(Err(e)),
+        Some(Ok(chunk)) => chunk,
+    };
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).max(first.len() + second.len()));
+    let mut next = Some(Ok(second));
+    body.extend_from_slice(&first);
+    while let Some(chunk) = next {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return Ok(Err(e)),
+        };
+        if body.len() + chunk.len() > limit {
+            return Err(BodyTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+        next = payload.next().await;
+    }
+    Ok(Ok(body.freeze()))
 }
 
 /// Claims the key and runs `handler` detached from the connection: a client that goes away
@@ -383,7 +431,12 @@ where
         }
     };
     let (head, res_body) = res.into_parts();
-    let bytes = match body::to_bytes(res_body).await {
+    // A body that is bytes already (most are) is taken as it is, without a copy.
+    let collected = match res_body.try_into_bytes() {
+        Ok(bytes) => Ok(bytes),
+        Err(res_body) => body::to_bytes(res_body).await,
+    };
+    let bytes = match collected {
         Ok(bytes) => bytes,
         Err(_) => {
             tracing::error!(outcome = "released", "response body failed; key released");
@@ -396,13 +449,7 @@ where
         }
     };
     let status = head.status().as_u16();
-    let stored_headers: Vec<_> = head
-        .headers()
-        .iter()
-        .filter(|(name, _)| replayable(name))
-        .map(|(name, value)| (name.as_str(), value.as_bytes()))
-        .collect();
-    let response = Response::new(status, stored_headers, &bytes);
+    let response = Response::new(status, Replayable(head.headers()), &bytes);
     let outcome = match lease.finish(response).await {
         Ok(Outcome::Recorded) => "executed",
         Ok(Outcome::Released) => "released",
@@ -434,6 +481,27 @@ async fn release(lease: idem_core::Lease) {
 
 fn panicked() -> HttpResponse {
     HttpResponse::InternalServerError().finish()
+}
+
+/// The headers of a response that its replays repeat.
+#[derive(Clone, Copy)]
+struct Replayable<'a>(&'a header::HeaderMap);
+
+type Header<'a> = (&'a HeaderName, &'a HeaderValue);
+
+impl<'a> IntoIterator for Replayable<'a> {
+    type Item = (&'a str, &'a [u8]);
+    type IntoIter = std::iter::Map<
+        std::iter::Filter<header::map::Iter<'a>, fn(&Header<'a>) -> bool>,
+        fn(Header<'a>) -> Self::Item,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0
+            .iter()
+            .filter((|(name, _)| replayable(name)) as fn(&Header<'a>) -> bool)
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    }
 }
 
 /// Headers that describe one transfer or one request, never replayed.

@@ -80,19 +80,20 @@ impl Response {
     /// over 4 GiB, which no HTTP server sends.
     pub fn new<'a, I>(status: u16, headers: I, body: &[u8]) -> Self
     where
-        I: IntoIterator<Item = (&'a str, &'a [u8])>,
-        I::IntoIter: Clone,
+        I: IntoIterator<Item = (&'a str, &'a [u8])> + Clone,
     {
-        let kept = headers
-            .into_iter()
-            .filter(|(name, value)| {
-                name.len() <= usize::from(u16::MAX) && u32::try_from(value.len()).is_ok()
-            })
-            .take(usize::from(u16::MAX));
+        let kept = |headers: I| {
+            headers
+                .into_iter()
+                .filter(|(name, value)| {
+                    name.len() <= usize::from(u16::MAX) && u32::try_from(value.len()).is_ok()
+                })
+                .take(usize::from(u16::MAX))
+        };
         // Sized exactly, so that the buffer costs no more than its contents and `Bytes` owns
-        // it without another allocation.
-        let section = 2 + kept
-            .clone()
+        // it without another allocation. The headers are read twice: pass something cheap
+        // to clone (an array, a reference's iterator), not a `Vec`.
+        let section = 2 + kept(headers.clone())
             .map(|(n, v)| 6 + n.len() + v.len())
             .sum::<usize>();
         let mut data = Vec::with_capacity(PREFIX + section + body.len());
@@ -101,7 +102,7 @@ impl Response {
         data.extend_from_slice(&body_at.to_be_bytes());
         data.extend_from_slice(&[0, 0]);
         let mut count: u16 = 0;
-        for (name, value) in kept {
+        for (name, value) in kept(headers) {
             count += 1;
             data.extend_from_slice(&(name.len() as u16).to_be_bytes());
             data.extend_from_slice(name.as_bytes());

@@ -22,6 +22,7 @@ pub struct RawRequest {
     path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    chunk: Option<usize>,
 }
 
 impl RawRequest {
@@ -50,6 +51,13 @@ impl RawRequest {
         self
     }
 
+    /// Sends the body with `Transfer-Encoding: chunked`, in chunks of `size` bytes, with no
+    /// `Content-Length`.
+    pub fn chunked(mut self, size: usize) -> Self {
+        self.chunk = Some(size.max(1));
+        self
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -70,9 +78,20 @@ impl RawRequest {
         for (name, value) in &self.headers {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
-        out.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
+        let Some(size) = self.chunk else {
+            out.push_str(&format!("Content-Length: {}\r\n\r\n", self.body.len()));
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(&self.body);
+            return bytes;
+        };
+        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
         let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
+        for chunk in self.body.chunks(size) {
+            bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            bytes.extend_from_slice(chunk);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
         bytes
     }
 

@@ -344,6 +344,39 @@ async fn errors_render_as_problem_json_when_the_endpoint_says_so() {
 }
 
 #[actix_web::test]
+async fn chunked_bodies_are_read_whole_and_held_to_the_limit() {
+    let s = app();
+    // No Content-Length: the limit is enforced while the chunks arrive.
+    let over = keyed("POST", "/small", "chunks")
+        .body(vec![b'x'; 17])
+        .chunked(4);
+    assert_error(&s.send(&over).await, 413, "idempotency_body_too_large");
+    let fits = keyed("POST", "/small", "chunks")
+        .body(vec![b'x'; 16])
+        .chunked(4);
+    let (first, retry) = twice(&s, &fits).await;
+    assert_eq!(
+        text(&first),
+        "run 1 16",
+        "the refused request claimed nothing"
+    );
+    assert!(retry.replayed());
+
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let long = keyed("POST", "/stream", "long")
+        .body(big.clone())
+        .chunked(1000);
+    let (first, retry) = twice(&s, &long).await;
+    assert_eq!(text(&first), "2 100000 bytes");
+    assert!(retry.replayed());
+    // The fingerprint covers every chunk: the same key with one byte changed is a conflict.
+    let mut changed = big;
+    changed[99_999] ^= 1;
+    let other = keyed("POST", "/stream", "long").body(changed).chunked(1000);
+    assert_error(&s.send(&other).await, 409, "idempotency_conflict");
+}
+
+#[actix_web::test]
 async fn bodies_over_the_limit_get_413_before_any_claim() {
     let s = app();
     let res = s
