@@ -90,13 +90,17 @@ pub fn scope<F: ScopeFn>(f: F, req: &HttpRequest) -> Option<String> {
 }
 
 /// What the layer makes of a request.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives in the one boxed future of a keyed request; boxing the keyed variant would cost a second allocation"
+)]
 pub(crate) enum Admission {
     /// No key (or an outer layer has it): run the handler as if there were no layer.
     Pass(HttpRequest, dev::Payload),
     /// The layer answers itself; the handler does not run.
     Answer(HttpRequest, HttpResponse),
     /// A keyed request, ready to claim.
-    Keyed(Box<Keyed>),
+    Keyed(Keyed),
 }
 
 /// A keyed request: everything [`detach`] needs.
@@ -162,6 +166,12 @@ pub(crate) fn bypasses(endpoint: &Endpoint, req: &HttpRequest) -> bool {
     !required && !req.headers().contains_key(endpoint.header(config))
 }
 
+/// Whether an outer layer (the middleware around an attributed handler) has the request in
+/// charge already: this one then steps aside.
+pub(crate) fn taken(req: &HttpRequest) -> bool {
+    req.extensions().contains::<Admitted>()
+}
+
 /// Validates the key and scope, reads the body and fingerprints the request.
 pub(crate) async fn admit(
     endpoint: &Endpoint,
@@ -169,9 +179,6 @@ pub(crate) async fn admit(
     req: HttpRequest,
     payload: dev::Payload,
 ) -> Admission {
-    if req.extensions().contains::<Admitted>() {
-        return Admission::Pass(req, payload);
-    }
     let config = IdempotencyConfig::of(&req).clone();
     let policy = endpoint.overrides.apply_to(*config.policy());
     let mut values = req.headers().get_all(endpoint.header(&config));
@@ -246,7 +253,7 @@ pub(crate) async fn admit(
     let fingerprint =
         Fingerprint::new(req.method().as_str(), req.path(), req.query_string(), &body);
     let span = tracing::debug_span!("idempotency", key = %key, request_id = %request_id);
-    Admission::Keyed(Box::new(Keyed {
+    Admission::Keyed(Keyed {
         config,
         policy,
         store_key,
@@ -256,7 +263,7 @@ pub(crate) async fn admit(
         req,
         body,
         span,
-    }))
+    })
 }
 
 /// The body was longer than the policy's `max_body`.
@@ -305,28 +312,54 @@ pub(crate) async fn read_body(
     Ok(Ok(body.freeze()))
 }
 
-/// Claims the key and runs `handler` detached from the connection: a client that goes away
-/// cancels nothing, so the operation finishes, is recorded, and the retry gets the replay.
+/// Runs `work` detached from the connection: a client that goes away cancels nothing, so an
+/// operation that started finishes, is recorded, and the retry gets the replay.
 ///
-/// The work runs here until it first has to wait (a store round trip, a handler that awaits
-/// I/O), and from then on as a task of its own that the connection cannot cancel. A replay,
-/// or a quick handler on the embedded store, never waits, and so costs no task.
-pub(crate) async fn detach<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply
-where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
-    Fut: Future<Output = Reply> + 'static,
-{
-    let span = keyed.span.clone();
-    let mut work = Box::pin(execute(keyed, handler).instrument(span));
-    // Nothing awaits between this poll and the spawn, so the work cannot be cancelled between.
-    if let Poll::Ready(reply) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
-    {
-        return reply;
+/// The work runs here until it first has to wait (a body still arriving, a store round trip,
+/// a handler that awaits I/O), and from then on as a task of its own that the connection
+/// cannot cancel. A replay, or a quick handler on the embedded store, never waits, and so
+/// costs no task.
+///
+/// `work` is boxed at once, so that the caller's own future holds only a pointer to it.
+pub(crate) fn detached(
+    work: impl Future<Output = Reply> + 'static,
+) -> impl Future<Output = Reply> + 'static {
+    let mut work = Box::pin(work);
+    async move {
+        // Nothing awaits between this poll and the spawn, so the work cannot be cancelled
+        // between.
+        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if let Poll::Ready(reply) = first {
+            return reply;
+        }
+        match actix_web::rt::spawn(work).await {
+            Ok(reply) => reply,
+            // `execute` catches the handler's panics; only a bug of this crate lands here.
+            Err(_) => Reply::orphan(panicked()),
+        }
     }
-    match actix_web::rt::spawn(work).await {
-        Ok(reply) => reply,
-        // `execute` catches the handler's panics; only a bug of this crate lands here.
-        Err(_) => Reply::orphan(panicked()),
+}
+
+/// A request with a key (or an endpoint that requires one): admits it, then claims the key
+/// and runs `handler`, or answers without it. Meant to run [`detached`].
+pub(crate) async fn keyed<H, Fut>(
+    endpoint: &Endpoint,
+    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    req: HttpRequest,
+    payload: dev::Payload,
+    handler: H,
+) -> Reply
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    match admit(endpoint, scope_fn, req, payload).await {
+        Admission::Pass(req, payload) => handler(req, payload).await,
+        Admission::Answer(req, res) => Reply::new(req, res),
+        Admission::Keyed(keyed) => {
+            let span = keyed.span.clone();
+            execute(keyed, handler).instrument(span).await
+        }
     }
 }
 
@@ -334,7 +367,7 @@ where
 /// arguments from the request and payload it is given, calls it and responds. With
 /// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
 pub async fn run<H, Fut>(
-    endpoint: &Endpoint,
+    endpoint: &'static Endpoint,
     scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
     req: HttpRequest,
     payload: web::Payload,
@@ -345,21 +378,16 @@ where
     Fut: Future<Output = Reply> + 'static,
 {
     let payload = payload.into_inner();
-    if bypasses(endpoint, &req) {
+    if bypasses(endpoint, &req) || taken(&req) {
         return handler(req, payload).await.res;
     }
-    // Boxed, so that requests without a key do not carry the keyed path's state.
-    Box::pin(async move {
-        match admit(endpoint, scope_fn, req, payload).await {
-            Admission::Pass(req, payload) => handler(req, payload).await.res,
-            Admission::Answer(_, res) => res,
-            Admission::Keyed(keyed) => detach(keyed, handler).await.res,
-        }
-    })
-    .await
+    // Boxed (by `detached`), so that requests without a key do not carry this state.
+    detached(keyed(endpoint, scope_fn, req, payload, handler))
+        .await
+        .res
 }
 
-async fn execute<H, Fut>(keyed: Box<Keyed>, handler: H) -> Reply
+async fn execute<H, Fut>(keyed: Keyed, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
@@ -374,7 +402,7 @@ where
         req,
         body,
         span: _,
-    } = *keyed;
+    } = keyed;
     // Hands the request's id and key to the handler, only when it runs.
     let admit = |req: &HttpRequest| {
         req.extensions_mut().insert(Admitted {

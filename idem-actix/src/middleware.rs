@@ -11,7 +11,7 @@ use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use idem_core::Overrides;
 
-use crate::handler::{admit, bypasses, detach, Admission, Endpoint, Reply};
+use crate::handler::{bypasses, detached, keyed, taken, Endpoint, Reply};
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
 /// `#[idempotent]`.
@@ -134,6 +134,7 @@ where
         let service = Rc::clone(&self.service);
         if !self.inner.methods.contains(req.method())
             || bypasses(&self.inner.endpoint, req.request())
+            || taken(req.request())
         {
             return Box::pin(async move {
                 service
@@ -145,32 +146,22 @@ where
         let inner = Rc::clone(&self.inner);
         Box::pin(async move {
             let (req, payload) = req.into_parts();
-            match admit(&inner.endpoint, None, req, payload).await {
-                Admission::Pass(req, payload) => service
-                    .call(ServiceRequest::from_parts(req, payload))
-                    .await
-                    .map(ServiceResponse::map_into_left_body),
-                Admission::Answer(req, res) => {
-                    Ok(ServiceResponse::new(req, res).map_into_right_body())
-                }
-                Admission::Keyed(keyed) => {
-                    let reply = detach(keyed, move |req, payload| async move {
-                        let req = ServiceRequest::from_parts(req, payload);
-                        match service.call(req).await {
-                            Ok(res) => Reply::from_service(res.map_into_boxed_body()),
-                            Err(error) => Reply::orphan(HttpResponse::from_error(error)),
-                        }
-                    })
-                    .await;
-                    match reply.req {
-                        Some(req) => Ok(ServiceResponse::new(req, reply.res).map_into_right_body()),
-                        // The request went down with the service; the response still goes out.
-                        None => Err(InternalError::from_response(
-                            "idempotent request failed",
-                            reply.res,
-                        )
-                        .into()),
+            let work = async move {
+                let handler = move |req, payload| async move {
+                    let req = ServiceRequest::from_parts(req, payload);
+                    match service.call(req).await {
+                        Ok(res) => Reply::from_service(res.map_into_boxed_body()),
+                        Err(error) => Reply::orphan(HttpResponse::from_error(error)),
                     }
+                };
+                keyed(&inner.endpoint, None, req, payload, handler).await
+            };
+            let reply = detached(work).await;
+            match reply.req {
+                Some(req) => Ok(ServiceResponse::new(req, reply.res).map_into_right_body()),
+                // The request went down with the service; the response still goes out.
+                None => {
+                    Err(InternalError::from_response("idempotent request failed", reply.res).into())
                 }
             }
         })
