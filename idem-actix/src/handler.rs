@@ -421,7 +421,7 @@ where
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
             metrics::outcome("unprotected");
             admit(&req);
-            let ran = AssertUnwindSafe(handler(req, body.into()))
+            let ran = AssertUnwindSafe(handler(req, rebuilt(body)))
                 .catch_unwind()
                 .await;
             let Reply { req, res } = ran.unwrap_or_else(|_| Reply::orphan(panicked()));
@@ -444,7 +444,7 @@ where
 
     admit(&req);
     let ran = lease
-        .run(AssertUnwindSafe(handler(req, body.into())).catch_unwind())
+        .run(AssertUnwindSafe(handler(req, rebuilt(body))).catch_unwind())
         .await;
     let Reply { req, res } = match ran {
         Ok(reply) => reply,
@@ -498,6 +498,18 @@ where
     Reply {
         req,
         res: with_request_id(head.set_body(BoxBody::new(bytes)), &request_id),
+    }
+}
+
+/// The payload the handler's extractors read: the body read before, in one chunk.
+fn rebuilt(body: Bytes) -> dev::Payload {
+    if body.is_empty() {
+        return dev::Payload::None;
+    }
+    // One small box, where `Payload::from(Bytes)` builds an h1 channel (two allocations).
+    let chunk = futures_util::stream::once(std::future::ready(Ok(body)));
+    dev::Payload::Stream {
+        payload: Box::pin(chunk),
     }
 }
 

@@ -61,8 +61,10 @@ fn fresh() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = idem_core::random_u64();
     let digits: [u8; 16] = std::array::from_fn(|i| HEX[((n >> (60 - 4 * i)) & 0xf) as usize]);
-    // Hex digits are always a valid value; the fallback is never taken.
-    HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("0"))
+    // One allocation that clones share (a `Vec`-backed value would allocate again on its
+    // first clone). Hex digits are always a valid value; the fallback is never taken.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
+        .unwrap_or(HeaderValue::from_static("0"))
 }
 
 impl std::fmt::Display for RequestId {
