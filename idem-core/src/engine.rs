@@ -84,17 +84,22 @@ impl Engine {
         self
     }
 
-    /// Awaits the store operation `call`, telling the observer how it went.
-    async fn observed<T>(
+    /// Makes the store operation `call` and awaits it, telling the observer how it went. The
+    /// time runs from the call, not the first poll: an in-memory store does its work in the
+    /// call and answers a future that is ready.
+    async fn observed<T, F>(
         &self,
         op: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+        call: impl FnOnce() -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
         let Some(observer) = &self.observer else {
-            return call.await;
+            return call().await;
         };
         let start = std::time::Instant::now();
-        let result = call.await;
+        let result = call().await;
         observer.store_op(op, start.elapsed(), result.is_err());
         result
     }
@@ -140,7 +145,7 @@ impl Engine {
                 token: Token::random(),
             };
             let existing = match self
-                .observed("claim", self.store.claim(&key, claim, now))
+                .observed("claim", || self.store.claim(&key, claim, now))
                 .await
             {
                 Ok(Claim::Claimed) => {
@@ -175,7 +180,7 @@ impl Engine {
                 }
                 tokio::time::sleep(WAIT_POLL).await;
                 record = match self
-                    .observed("get", self.store.get(&key, self.clock.now()))
+                    .observed("get", || self.store.get(&key, self.clock.now()))
                     .await
                 {
                     Ok(record) => record,
@@ -277,7 +282,7 @@ impl Lease {
     pub async fn renew(&self) -> Result<bool, StoreError> {
         let now = self.engine.clock.now();
         let (engine, lease_until) = (&self.engine, now.saturating_add(self.lease));
-        let extend = engine.store.extend(&self.key, self.token, lease_until, now);
+        let extend = || engine.store.extend(&self.key, self.token, lease_until, now);
         engine.observed("extend", extend).await
     }
 
@@ -315,7 +320,7 @@ impl Lease {
     pub async fn finish(mut self, response: Response) -> Result<Outcome, StoreError> {
         self.done = true;
         if !self.cache.caches(response.status()) {
-            let release = self.engine.store.release(&self.key, self.token);
+            let release = || self.engine.store.release(&self.key, self.token);
             return Ok(match self.engine.observed("release", release).await? {
                 true => Outcome::Released,
                 false => Outcome::Lost,
@@ -334,7 +339,7 @@ impl Lease {
             completed_at: now,
             expires_at: now.saturating_add(self.ttl),
         };
-        let complete = (self.engine.store).complete(&self.key, self.token, record, now);
+        let complete = || (self.engine.store).complete(&self.key, self.token, record, now);
         let written = self.engine.observed("complete", complete).await?;
         Ok(if written {
             Outcome::Recorded
@@ -349,7 +354,7 @@ impl Lease {
     /// The store's error; the claim then lapses with its lease.
     pub async fn release(mut self) -> Result<bool, StoreError> {
         self.done = true;
-        let release = self.engine.store.release(&self.key, self.token);
+        let release = || self.engine.store.release(&self.key, self.token);
         self.engine.observed("release", release).await
     }
 }
@@ -380,7 +385,7 @@ impl Drop for Lease {
 mod tests {
     use super::*;
     use crate::clock::{ManualClock, Timestamp};
-    use crate::store::MokaStore;
+    use crate::store::{MokaStore, StoreFuture};
     use crate::testing::UnavailableStore;
 
     const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
@@ -727,5 +732,80 @@ mod tests {
             engine.begin(&open, key(1), fp("a")).await,
             Ok(Begin::Unprotected(StoreError::Timeout))
         ));
+    }
+
+    /// A store that does its work in the call, as an in-memory one does, and slowly.
+    struct SlowInCall(MokaStore);
+
+    impl SlowInCall {
+        fn work(&self) -> &MokaStore {
+            std::thread::sleep(Duration::from_millis(20));
+            &self.0
+        }
+    }
+
+    impl Store for SlowInCall {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            self.work().claim(key, claim, now)
+        }
+
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            self.work().get(key, now)
+        }
+
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            lease_until: Timestamp,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.work().extend(key, token, lease_until, now)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.work().complete(key, token, record, now)
+        }
+
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            self.work().release(key, token)
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Timings(Arc<std::sync::Mutex<Vec<(&'static str, Duration)>>>);
+
+    impl StoreObserver for Timings {
+        fn store_op(&self, op: &'static str, elapsed: Duration, _: bool) {
+            self.0.lock().unwrap().push((op, elapsed));
+        }
+    }
+
+    #[tokio::test]
+    async fn store_timings_include_work_done_in_the_call() {
+        let timings = Timings::default();
+        let engine = Engine::new(SlowInCall(MokaStore::new())).with_observer(timings.clone());
+        let lease = execute(&engine, &Policy::DEFAULT, key(1), fp("a")).await;
+        lease.finish(response(201, "call_1")).await.unwrap();
+        let seen = timings.0.lock().unwrap().clone();
+        let ops: Vec<_> = seen.iter().map(|(op, _)| *op).collect();
+        assert_eq!(ops, ["claim", "complete"]);
+        for (op, elapsed) in seen {
+            assert!(
+                elapsed >= Duration::from_millis(20),
+                "{op} timed at {elapsed:?}"
+            );
+        }
     }
 }
