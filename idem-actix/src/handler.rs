@@ -315,10 +315,9 @@ pub(crate) async fn read_body(
 /// Runs `work` detached from the connection: a client that goes away cancels nothing, so an
 /// operation that started finishes, is recorded, and the retry gets the replay.
 ///
-/// The work runs here until it first has to wait (a body still arriving, a store round trip,
-/// a handler that awaits I/O), and from then on as a task of its own that the connection
-/// cannot cancel. A replay, or a quick handler on the embedded store, never waits, and so
-/// costs no task.
+/// The work runs here until it first has to wait (a store round trip, a handler that awaits
+/// I/O), and from then on as a task of its own that the connection cannot cancel. A replay,
+/// or a quick handler on the embedded store, never waits, and so costs no task.
 ///
 /// `work` is boxed at once, so that the caller's own future holds only a pointer to it.
 pub(crate) fn detached(
@@ -341,7 +340,11 @@ pub(crate) fn detached(
 }
 
 /// A request with a key (or an endpoint that requires one): admits it, then claims the key
-/// and runs `handler`, or answers without it. Meant to run [`detached`].
+/// and runs `handler` [`detached`], or answers without it.
+///
+/// The admission (checks, reading the body) stays with the connection: a client that goes
+/// away before its body has arrived leaves nothing behind, and a body still arriving costs no
+/// task. Only the claim and what follows are detached.
 pub(crate) async fn keyed<H, Fut>(
     endpoint: &Endpoint,
     scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
@@ -350,15 +353,15 @@ pub(crate) async fn keyed<H, Fut>(
     handler: H,
 ) -> Reply
 where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
-    Fut: Future<Output = Reply>,
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
 {
     match admit(endpoint, scope_fn, req, payload).await {
         Admission::Pass(req, payload) => handler(req, payload).await,
         Admission::Answer(req, res) => Reply::new(req, res),
         Admission::Keyed(keyed) => {
             let span = keyed.span.clone();
-            execute(keyed, handler).instrument(span).await
+            detached(execute(keyed, handler).instrument(span)).await
         }
     }
 }
@@ -381,8 +384,8 @@ where
     if bypasses(endpoint, &req) || taken(&req) {
         return handler(req, payload).await.res;
     }
-    // Boxed (by `detached`), so that requests without a key do not carry this state.
-    detached(keyed(endpoint, scope_fn, req, payload, handler))
+    // Boxed, so that requests without a key do not carry the keyed path's state.
+    Box::pin(keyed(endpoint, scope_fn, req, payload, handler))
         .await
         .res
 }

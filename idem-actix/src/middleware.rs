@@ -11,7 +11,7 @@ use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use idem_core::Overrides;
 
-use crate::handler::{bypasses, detached, keyed, taken, Endpoint, Reply};
+use crate::handler::{bypasses, keyed, taken, Endpoint, Reply};
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
 /// `#[idempotent]`.
@@ -146,17 +146,14 @@ where
         let inner = Rc::clone(&self.inner);
         Box::pin(async move {
             let (req, payload) = req.into_parts();
-            let work = async move {
-                let handler = move |req, payload| async move {
-                    let req = ServiceRequest::from_parts(req, payload);
-                    match service.call(req).await {
-                        Ok(res) => Reply::from_service(res.map_into_boxed_body()),
-                        Err(error) => Reply::orphan(HttpResponse::from_error(error)),
-                    }
-                };
-                keyed(&inner.endpoint, None, req, payload, handler).await
+            let handler = move |req, payload| async move {
+                let req = ServiceRequest::from_parts(req, payload);
+                match service.call(req).await {
+                    Ok(res) => Reply::from_service(res.map_into_boxed_body()),
+                    Err(error) => Reply::orphan(HttpResponse::from_error(error)),
+                }
             };
-            let reply = detached(work).await;
+            let reply = keyed(&inner.endpoint, None, req, payload, handler).await;
             match reply.req {
                 Some(req) => Ok(ServiceResponse::new(req, reply.res).map_into_right_body()),
                 // The request went down with the service; the response still goes out.
