@@ -109,18 +109,23 @@ fn overhead(c: &mut Criterion) {
 }
 
 thread_local! {
-    static ADDED: std::cell::RefCell<Vec<(&'static str, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ADDED: std::cell::RefCell<Vec<(&'static str, [f64; 3])>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rounds of [`paired`], and requests per case in each round.
 const ROUNDS: usize = 40;
 const BATCH: usize = 2_000;
 
-/// The added time per request of each case, in nanoseconds: every round times one batch of
-/// each case in turn, and a case's added time is the median, over rounds, of its time minus
-/// the bare handler's in the same round. This machine's speed drifts over a run by more than
-/// the differences measured; cases timed one after another would compare different speeds.
-fn paired<S>(rt: &actix_web::rt::SystemRunner, app: &S, cases: &[Case]) -> Vec<(&'static str, f64)>
+/// The added time per request of each case, in nanoseconds (first quartile, median, third
+/// quartile): every round times one batch of each case in turn, and a case's added time is
+/// taken, over rounds, from its time minus the bare handler's in the same round. This
+/// machine's speed drifts over a run by more than the differences measured; cases timed one
+/// after another would compare different speeds.
+fn paired<S>(
+    rt: &actix_web::rt::SystemRunner,
+    app: &S,
+    cases: &[Case],
+) -> Vec<(&'static str, [f64; 3])>
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
@@ -153,7 +158,8 @@ where
         .skip(1)
         .map(|((name, _, _), mut diffs)| {
             diffs.sort_by(f64::total_cmp);
-            (*name, diffs[diffs.len() / 2])
+            let at = |q: usize| diffs[(diffs.len() - 1) * q / 4];
+            (*name, [at(1), at(2), at(3)])
         })
         .collect()
 }
@@ -183,19 +189,20 @@ fn summary() {
     ] {
         if let Some(t) = estimate(name) {
             // Paired rounds where there are some; otherwise criterion's medians.
-            let plus = added
-                .iter()
-                .find(|(case, _)| *case == name)
-                .map_or(t - bare, |(_, ns)| *ns);
-            table += &format!(
-                "| {name} | {:.2} us | {:+.2} us | {target} |\n",
-                t / 1000.0,
-                plus / 1000.0
-            );
+            let plus = match added.iter().find(|(case, _)| *case == name) {
+                Some((_, [q1, median, q3])) => format!(
+                    "{:+.2} us ({:+.2} to {:+.2})",
+                    median / 1000.0,
+                    q1 / 1000.0,
+                    q3 / 1000.0
+                ),
+                None => format!("{:+.2} us", (t - bare) / 1000.0),
+            };
+            table += &format!("| {name} | {:.2} us | {plus} | {target} |\n", t / 1000.0);
         }
     }
     table += &format!(
-        "\nAdded time of the moka cases: median over {ROUNDS} rounds of {BATCH} requests per case, each round timing every case in turn, of the case's time minus the bare handler's in the same round. Other columns: criterion's medians, cases timed one after another.\n"
+        "\nAdded time of the moka cases: median (and quartiles) over {ROUNDS} rounds of {BATCH} requests per case, each round timing every case in turn, of the case's time minus the bare handler's in the same round. Other columns: criterion's medians, cases timed one after another.\n"
     );
     println!("\n{table}");
     let out = dir.join("bench");
