@@ -32,8 +32,14 @@ use crate::render::{ErrorRenderer, JsonEnvelope};
 ///     .await
 /// # }
 /// ```
+///
+/// Clones share one set of settings: a clone is a reference count, which every keyed request
+/// takes once.
 #[derive(Clone)]
-pub struct IdempotencyConfig {
+pub struct IdempotencyConfig(Arc<Settings>);
+
+#[derive(Clone)]
+struct Settings {
     engine: Engine,
     renderer: Arc<dyn ErrorRenderer>,
     defaults: Policy,
@@ -50,12 +56,12 @@ impl IdempotencyConfig {
     ///
     /// Every store operation is timed and its errors counted through the `metrics` facade.
     pub fn from_shared(store: Arc<dyn Store>) -> Self {
-        Self {
+        Self(Arc::new(Settings {
             engine: Engine::from_arc(store).with_observer(StoreMetrics),
             renderer: Arc::new(JsonEnvelope::CODE),
             defaults: Policy::DEFAULT,
             header: parse_header(Policy::DEFAULT.header),
-        }
+        }))
     }
 
     /// The application's defaults for every endpoint: each `#[idempotent(...)]` argument (or
@@ -75,24 +81,26 @@ impl IdempotencyConfig {
     /// ```
     #[must_use]
     pub fn defaults(mut self, policy: Policy) -> Self {
-        self.header = parse_header(policy.header);
-        self.defaults = policy;
+        let settings = self.settings();
+        settings.header = parse_header(policy.header);
+        settings.defaults = policy;
         self
     }
 
     /// The application's defaults.
     pub fn policy(&self) -> &Policy {
-        &self.defaults
+        &self.0.defaults
     }
 
     pub(crate) fn header(&self) -> &HeaderName {
-        &self.header
+        &self.0.header
     }
 
     /// Uses `clock` for leases and expiry (for tests that move time by hand).
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.engine = self.engine.with_clock(clock);
+        let settings = self.settings();
+        settings.engine = settings.engine.clone().with_clock(clock);
         self
     }
 
@@ -100,17 +108,23 @@ impl IdempotencyConfig {
     /// `errors` format themselves.
     #[must_use]
     pub fn error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
-        self.renderer = Arc::new(renderer);
+        self.settings().renderer = Arc::new(renderer);
         self
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.0.engine
     }
 
     pub(crate) fn renderer(&self) -> &dyn ErrorRenderer {
-        &*self.renderer
+        &*self.0.renderer
+    }
+
+    /// The settings to change, copied first if a clone shares them (changing one clone's
+    /// settings never changes another's).
+    fn settings(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.0)
     }
 
     /// The settings of the app serving `req`, or the process-wide default.
@@ -130,5 +144,28 @@ impl IdempotencyConfig {
 impl std::fmt::Debug for IdempotencyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotencyConfig").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_clone_changed_leaves_the_original_as_it_was() {
+        let base = IdempotencyConfig::new(MokaStore::new());
+        let hourly = base.clone().defaults(
+            Policy::DEFAULT
+                .ttl(Duration::from_secs(3600))
+                .header("X-Key"),
+        );
+        assert_eq!(hourly.policy().ttl, Duration::from_secs(3600));
+        assert_eq!(hourly.header(), "x-key");
+        assert_eq!(base.policy().ttl, Policy::DEFAULT.ttl);
+        assert_eq!(base.header(), "idempotency-key");
+        // The store stays shared: both clones see the same records.
+        assert!(Arc::ptr_eq(base.engine().store(), hourly.engine().store()));
     }
 }

@@ -18,9 +18,14 @@ use crate::store::{Claim, Store, StoreError};
 /// How often a waiting request looks at the record it waits for.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
-/// Runs the protocol against a store. Cheap to clone.
+/// Runs the protocol against a store. Cheap to clone: clones share one set of parts.
 #[derive(Clone)]
 pub struct Engine {
+    parts: Arc<Parts>,
+}
+
+#[derive(Clone)]
+struct Parts {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn StoreObserver>>,
@@ -71,16 +76,18 @@ impl Engine {
     /// An engine on a shared store.
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
         Self {
-            store,
-            clock: Arc::new(SystemClock),
-            observer: None,
+            parts: Arc::new(Parts {
+                store,
+                clock: Arc::new(SystemClock),
+                observer: None,
+            }),
         }
     }
 
     /// The same engine, telling `observer` of every store operation.
     #[must_use]
     pub fn with_observer(mut self, observer: impl StoreObserver) -> Self {
-        self.observer = Some(Arc::new(observer));
+        Arc::make_mut(&mut self.parts).observer = Some(Arc::new(observer));
         self
     }
 
@@ -95,7 +102,7 @@ impl Engine {
     where
         F: Future<Output = Result<T, StoreError>>,
     {
-        let Some(observer) = &self.observer else {
+        let Some(observer) = &self.parts.observer else {
             return call().await;
         };
         let start = std::time::Instant::now();
@@ -107,18 +114,18 @@ impl Engine {
     /// The same engine with another clock (for tests).
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        Arc::make_mut(&mut self.parts).clock = Arc::new(clock);
         self
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.parts.store
     }
 
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+        &self.parts.clock
     }
 
     /// Claims `key` for a request with `fingerprint`, or says why not: one store round trip
@@ -138,14 +145,14 @@ impl Engine {
             OnInFlight::Conflict => None,
         };
         loop {
-            let now = self.clock.now();
+            let now = self.parts.clock.now();
             let claim = InFlight {
                 fingerprint,
                 lease_until: now.saturating_add(policy.lease),
                 token: Token::random(),
             };
             let existing = match self
-                .observed("claim", || self.store.claim(&key, claim, now))
+                .observed("claim", || self.parts.store.claim(&key, claim, now))
                 .await
             {
                 Ok(Claim::Claimed) => {
@@ -180,7 +187,7 @@ impl Engine {
                 }
                 tokio::time::sleep(WAIT_POLL).await;
                 record = match self
-                    .observed("get", || self.store.get(&key, self.clock.now()))
+                    .observed("get", || self.parts.store.get(&key, self.parts.clock.now()))
                     .await
                 {
                     Ok(record) => record,
@@ -194,7 +201,7 @@ impl Engine {
     }
 
     fn store_failed(&self, policy: &Policy, error: StoreError) -> Result<Begin, IdempotencyError> {
-        if policy.on_store_error == OnStoreError::FailOpen || self.store.fails_open() {
+        if policy.on_store_error == OnStoreError::FailOpen || self.parts.store.fails_open() {
             Ok(Begin::Unprotected(error))
         } else {
             Err(IdempotencyError::StoreUnavailable(error))
@@ -280,9 +287,14 @@ impl Lease {
     /// # Errors
     /// The store's error.
     pub async fn renew(&self) -> Result<bool, StoreError> {
-        let now = self.engine.clock.now();
+        let now = self.engine.parts.clock.now();
         let (engine, lease_until) = (&self.engine, now.saturating_add(self.lease));
-        let extend = || engine.store.extend(&self.key, self.token, lease_until, now);
+        let extend = || {
+            engine
+                .parts
+                .store
+                .extend(&self.key, self.token, lease_until, now)
+        };
         engine.observed("extend", extend).await
     }
 
@@ -320,13 +332,13 @@ impl Lease {
     pub async fn finish(mut self, response: Response) -> Result<Outcome, StoreError> {
         self.done = true;
         if !self.cache.caches(response.status()) {
-            let release = || self.engine.store.release(&self.key, self.token);
+            let release = || self.engine.parts.store.release(&self.key, self.token);
             return Ok(match self.engine.observed("release", release).await? {
                 true => Outcome::Released,
                 false => Outcome::Lost,
             });
         }
-        let now = self.engine.clock.now();
+        let now = self.engine.parts.clock.now();
         let size = response.size();
         let response = if size > self.max_response {
             Response::omitted(response.status(), size as u64)
@@ -339,7 +351,7 @@ impl Lease {
             completed_at: now,
             expires_at: now.saturating_add(self.ttl),
         };
-        let complete = || (self.engine.store).complete(&self.key, self.token, record, now);
+        let complete = || (self.engine.parts.store).complete(&self.key, self.token, record, now);
         let written = self.engine.observed("complete", complete).await?;
         Ok(if written {
             Outcome::Recorded
@@ -354,7 +366,7 @@ impl Lease {
     /// The store's error; the claim then lapses with its lease.
     pub async fn release(mut self) -> Result<bool, StoreError> {
         self.done = true;
-        let release = || self.engine.store.release(&self.key, self.token);
+        let release = || self.engine.parts.store.release(&self.key, self.token);
         self.engine.observed("release", release).await
     }
 }
@@ -364,7 +376,7 @@ impl Drop for Lease {
         if self.done {
             return;
         }
-        let store = Arc::clone(&self.engine.store);
+        let store = Arc::clone(&self.engine.parts.store);
         let (key, token) = (self.key, self.token);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
