@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Service, ServiceResponse};
+use actix_web::rt::SystemRunner;
 use actix_web::{test, App};
 use criterion::{criterion_group, Criterion};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
@@ -86,30 +87,27 @@ fn overhead(c: &mut Criterion) {
     group
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    for (name, path, key) in cases {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let requests: Vec<_> = (0..iters)
-                    .map(|_| request(path, key().as_deref()))
-                    .collect();
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for req in requests {
-                        let res: ServiceResponse = app.call(req).await.expect("answer");
-                        assert!(res.status().is_success(), "{name}: {}", res.status());
-                        drop(res);
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+    for case in &cases {
+        group.bench_function(case.0, |b| b.iter_custom(|n| timed(&rt, &app, case, n)));
     }
     group.finish();
-    ADDED.with(|a| *a.borrow_mut() = added);
+    summary(&added);
 }
 
-thread_local! {
-    static ADDED: std::cell::RefCell<Vec<(&'static str, [f64; 3])>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The time `n` requests of `case` take, built before timing.
+fn timed<S>(rt: &SystemRunner, app: &S, (name, path, key): &Case, n: u64) -> Duration
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let requests: Vec<_> = (0..n).map(|_| request(path, key().as_deref())).collect();
+    rt.block_on(async {
+        let start = Instant::now();
+        for req in requests {
+            let res = app.call(req).await.expect("answer");
+            assert!(res.status().is_success(), "{name}: {}", res.status());
+        }
+        start.elapsed()
+    })
 }
 
 /// Rounds of [`paired`], and requests per case in each round.
@@ -121,32 +119,15 @@ const BATCH: usize = 2_000;
 /// taken, over rounds, from its time minus the bare handler's in the same round. This
 /// machine's speed drifts over a run by more than the differences measured; cases timed one
 /// after another would compare different speeds.
-fn paired<S>(
-    rt: &actix_web::rt::SystemRunner,
-    app: &S,
-    cases: &[Case],
-) -> Vec<(&'static str, [f64; 3])>
+fn paired<S>(rt: &SystemRunner, app: &S, cases: &[Case]) -> Vec<(&'static str, [f64; 3])>
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
-    let time = |path: &str, key: fn() -> Option<String>| {
-        let requests: Vec<_> = (0..BATCH)
-            .map(|_| request(path, key().as_deref()))
-            .collect();
-        rt.block_on(async {
-            let start = Instant::now();
-            for req in requests {
-                let res = app.call(req).await.expect("answer");
-                assert!(res.status().is_success());
-            }
-            start.elapsed().as_nanos() as f64 / BATCH as f64
-        })
-    };
     let mut samples = vec![Vec::with_capacity(ROUNDS); cases.len()];
     for _ in 0..ROUNDS {
         let times: Vec<f64> = cases
             .iter()
-            .map(|(_, path, key)| time(path, *key))
+            .map(|case| timed(rt, app, case, BATCH as u64).as_nanos() as f64 / BATCH as f64)
             .collect();
         for (i, t) in times.iter().enumerate() {
             samples[i].push(t - times[0]);
@@ -164,8 +145,8 @@ where
         .collect()
 }
 
-/// The added time per request, from criterion's estimates of this run.
-fn summary() {
+/// The table of this run: criterion's estimates, and the `added` times of [`paired`].
+fn summary(added: &[(&'static str, [f64; 3])]) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
     let estimate = |name: &str| -> Option<f64> {
         let path = dir
@@ -176,7 +157,6 @@ fn summary() {
         json["median"]["point_estimate"].as_f64()
     };
     let Some(bare) = estimate("bare") else { return };
-    let added = ADDED.with(|a| a.borrow().clone());
     let mut table =
         String::from("| case | median per request | added vs bare | target |\n|---|---|---|---|\n");
     table += &format!("| bare handler | {:.2} us | | |\n", bare / 1000.0);
@@ -215,5 +195,4 @@ criterion_group!(benches, overhead);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    summary();
 }
