@@ -397,8 +397,8 @@ impl Drop for Lease {
 mod tests {
     use super::*;
     use crate::clock::{ManualClock, Timestamp};
-    use crate::store::{MokaStore, StoreFuture};
-    use crate::testing::UnavailableStore;
+    use crate::store::MokaStore;
+    use crate::testing::{CountingStore, UnavailableStore};
 
     const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 
@@ -746,55 +746,6 @@ mod tests {
         ));
     }
 
-    /// A store that does its work in the call, as an in-memory one does, and slowly.
-    struct SlowInCall(MokaStore);
-
-    impl SlowInCall {
-        fn work(&self) -> &MokaStore {
-            std::thread::sleep(Duration::from_millis(20));
-            &self.0
-        }
-    }
-
-    impl Store for SlowInCall {
-        fn claim<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            claim: InFlight,
-            now: Timestamp,
-        ) -> StoreFuture<'a, Claim> {
-            self.work().claim(key, claim, now)
-        }
-
-        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-            self.work().get(key, now)
-        }
-
-        fn extend<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            lease_until: Timestamp,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.work().extend(key, token, lease_until, now)
-        }
-
-        fn complete<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            record: Completed,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.work().complete(key, token, record, now)
-        }
-
-        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-            self.work().release(key, token)
-        }
-    }
-
     #[derive(Clone, Default)]
     struct Timings(Arc<std::sync::Mutex<Vec<(&'static str, Duration)>>>);
 
@@ -807,7 +758,8 @@ mod tests {
     #[tokio::test]
     async fn store_timings_include_work_done_in_the_call() {
         let timings = Timings::default();
-        let engine = Engine::new(SlowInCall(MokaStore::new())).with_observer(timings.clone());
+        let slow = CountingStore::new(MokaStore::new()).slowed(Duration::from_millis(20));
+        let engine = Engine::new(slow).with_observer(timings.clone());
         let lease = execute(&engine, &Policy::DEFAULT, key(1), fp("a")).await;
         lease.finish(response(201, "call_1")).await.unwrap();
         let seen = timings.0.lock().unwrap().clone();

@@ -1,8 +1,10 @@
-//! Stores for tests: one whose backend is always down, and a wrapper that counts operations.
-//! They let an application's own tests check its fail-closed answers and its store traffic.
+//! Stores for tests: one whose backend is always down, and a wrapper that counts operations
+//! (and can slow them). They let an application's own tests check its fail-closed answers and
+//! its store traffic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
@@ -57,6 +59,7 @@ impl Store for UnavailableStore {
 pub struct CountingStore<S> {
     inner: S,
     calls: Arc<Mutex<HashMap<&'static str, usize>>>,
+    delay: Duration,
 }
 
 impl<S> CountingStore<S> {
@@ -65,7 +68,16 @@ impl<S> CountingStore<S> {
         Self {
             inner,
             calls: Arc::default(),
+            delay: Duration::ZERO,
         }
+    }
+
+    /// Makes every call block for `delay` before it reaches `inner`: slow work done in the call
+    /// itself, as an in-memory store does its work, for tests of what is timed.
+    #[must_use]
+    pub fn slowed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     /// The counts since the last call, resetting them.
@@ -81,6 +93,9 @@ impl<S> CountingStore<S> {
 
     fn count(&self, operation: &'static str) -> &S {
         *self.lock().entry(operation).or_default() += 1;
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
         &self.inner
     }
 }
