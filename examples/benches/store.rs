@@ -52,12 +52,6 @@ fn per_record(
     start.elapsed().as_nanos() as f64 / records.len() as f64
 }
 
-fn slot(key: &StoreKey) -> u128 {
-    let mut first = [0; 16];
-    first.copy_from_slice(&key.as_bytes()[..16]);
-    u128::from_be_bytes(first)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -102,13 +96,13 @@ fn main() {
             .build();
         samples[1].push(per_record(&records, |records| {
             for (key, _, record) in records {
-                cache.insert(slot(key), record.clone());
+                cache.insert(key.first_128(), record.clone());
             }
         }));
         let mut map = HashMap::new();
         samples[2].push(per_record(&records, |records| {
             for (key, _, record) in records {
-                map.insert(slot(key), record.clone());
+                map.insert(key.first_128(), record.clone());
             }
         }));
     }

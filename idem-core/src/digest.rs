@@ -78,12 +78,10 @@ impl fmt::Debug for Fingerprint {
 pub struct StoreKey([u8; 32]);
 
 impl std::hash::Hash for StoreKey {
-    /// Hashes the first 128 bits: the key is a digest already, and a hasher that reads one
-    /// `u128` can spread it with a single multiply.
+    /// Hashes the [`first 128 bits`](StoreKey::first_128): the key is a digest already, and a
+    /// hasher that reads one `u128` can spread it with a single multiply.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut first = [0; 16];
-        first.copy_from_slice(&self.0[..16]);
-        state.write_u128(u128::from_be_bytes(first));
+        state.write_u128(self.first_128());
     }
 }
 
@@ -113,6 +111,14 @@ impl StoreKey {
     /// The digest.
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// The digest's first 128 bits (big-endian): as unlikely to collide as a random UUID, and
+    /// what the embedded store holds a record under.
+    pub fn first_128(&self) -> u128 {
+        let mut first = [0; 16];
+        first.copy_from_slice(&self.0[..16]);
+        u128::from_be_bytes(first)
     }
 }
 

@@ -71,14 +71,8 @@ type Claims = HashMap<StoreKey, InFlight, SlotHashing>;
 /// The claims whose store keys share a first byte.
 type Stripe = Mutex<Claims>;
 
-/// Where the cache holds a store key's record: its first 128 bits.
+/// Where the cache holds a store key's record: its [`StoreKey::first_128`].
 type Slot = u128;
-
-fn slot(key: &StoreKey) -> Slot {
-    let mut first = [0; 16];
-    first.copy_from_slice(&key.as_bytes()[..16]);
-    u128::from_be_bytes(first)
-}
 
 /// Hashes slots (and store keys, which hash as their slot) for the store's maps.
 ///
@@ -209,7 +203,7 @@ impl MokaStore {
 
     fn live_completed(&self, key: &StoreKey, now: Timestamp) -> Option<Completed> {
         self.completed
-            .get(&slot(key))
+            .get(&key.first_128())
             .filter(|c| c.expires_at > now)
     }
 }
@@ -333,7 +327,7 @@ impl Store for MokaStore {
         let held = claims.get(key).is_some_and(|c| c.token == token);
         if held {
             // Record first, then drop the claim, both under the lock: no reader sees neither.
-            self.completed.insert(slot(key), record);
+            self.completed.insert(key.first_128(), record);
             claims.remove(key);
         }
         StoreFuture::ready(Ok(held))
