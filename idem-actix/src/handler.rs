@@ -1,5 +1,5 @@
 //! One request through the idempotency layer, shared by the attribute and the middleware:
-//! [`admit`] decides what a request needs, [`detach`] claims its key and runs it.
+//! [`admit`] decides what a request needs, [`keyed`] claims its key and runs it [`detached`].
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -95,7 +95,7 @@ pub fn scope<F: ScopeFn>(f: F, req: &HttpRequest) -> Option<String> {
     reason = "lives in the one boxed future of a keyed request; boxing the keyed variant would cost a second allocation"
 )]
 pub(crate) enum Admission {
-    /// No key (or an outer layer has it): run the handler as if there were no layer.
+    /// No key, and none required: run the handler as if there were no layer.
     Pass(HttpRequest, dev::Payload),
     /// The layer answers itself; the handler does not run.
     Answer(HttpRequest, HttpResponse),
@@ -103,7 +103,7 @@ pub(crate) enum Admission {
     Keyed(Keyed),
 }
 
-/// A keyed request: everything [`detach`] needs.
+/// A keyed request: everything [`execute`] needs.
 pub(crate) struct Keyed {
     config: IdempotencyConfig,
     policy: Policy,
@@ -238,12 +238,12 @@ pub(crate) async fn admit(
     };
 
     let body = match read_body(&req, payload, policy.max_body).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(e)) => {
+        Ok(body) => body,
+        Err(BodyError::Payload(e)) => {
             let res = with_request_id(HttpResponse::from_error(e), &request_id);
             return Admission::Answer(req, res);
         }
-        Err(_) => {
+        Err(BodyError::TooLarge) => {
             let error = IdempotencyError::BodyTooLarge {
                 limit: policy.max_body,
             };
@@ -266,50 +266,56 @@ pub(crate) async fn admit(
     })
 }
 
-/// The body was longer than the policy's `max_body`.
-pub(crate) struct BodyTooLarge;
+/// Why a keyed request's body could not be read.
+enum BodyError {
+    /// It is longer than the policy's `max_body`.
+    TooLarge,
+    /// The payload failed (a malformed chunk, a client gone).
+    Payload(PayloadError),
+}
+
+impl From<PayloadError> for BodyError {
+    fn from(error: PayloadError) -> Self {
+        Self::Payload(error)
+    }
+}
 
 /// Reads the whole body, up to `limit` bytes. A body that arrives in one chunk (most do) is
 /// kept as it came, without a copy; a longer one is gathered in a buffer sized by its
 /// `Content-Length`.
-pub(crate) async fn read_body(
+async fn read_body(
     req: &HttpRequest,
     mut payload: dev::Payload,
     limit: usize,
-) -> Result<Result<Bytes, PayloadError>, BodyTooLarge> {
+) -> Result<Bytes, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(BodyTooLarge);
+        return Err(BodyError::TooLarge);
     }
-    let first = match payload.next().await {
-        None => return Ok(Ok(Bytes::new())),
-        Some(Err(e)) => return Ok(Err(e)),
-        Some(Ok(chunk)) if chunk.len() > limit => return Err(BodyTooLarge),
-        Some(Ok(chunk)) => chunk,
+    let Some(first) = payload.next().await.transpose()? else {
+        return Ok(Bytes::new());
     };
-    let second = match payload.next().await {
-        None => return Ok(Ok(first)),
-        Some(Err(e)) => return Ok(Err(e)),
-        Some(Ok(chunk)) => chunk,
+    if first.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    let Some(mut chunk) = payload.next().await.transpose()? else {
+        return Ok(first);
     };
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).max(first.len() + second.len()));
-    let mut next = Some(Ok(second));
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).max(first.len() + chunk.len()));
     body.extend_from_slice(&first);
-    while let Some(chunk) = next {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => return Ok(Err(e)),
-        };
+    loop {
         if body.len() + chunk.len() > limit {
-            return Err(BodyTooLarge);
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
-        next = payload.next().await;
+        match payload.next().await.transpose()? {
+            Some(next) => chunk = next,
+            None => return Ok(body.freeze()),
+        }
     }
-    Ok(Ok(body.freeze()))
 }
 
 /// Runs `work` detached from the connection: a client that goes away cancels nothing, so an
@@ -370,7 +376,7 @@ where
 /// arguments from the request and payload it is given, calls it and responds. With
 /// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
 pub async fn run<H, Fut>(
-    endpoint: &'static Endpoint,
+    endpoint: &Endpoint,
     scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
     req: HttpRequest,
     payload: web::Payload,
