@@ -597,8 +597,10 @@ fn replay(record: &Completed, request_id: &RequestId) -> HttpResponse {
         crate::IDEMPOTENT_REPLAYED.clone(),
         HeaderValue::from_static("true"),
     );
-    // Stored headers never hold an `X-Request-ID`: the replay carries this request's.
-    with_request_id(res, request_id)
+    // Stored headers never hold an `X-Request-ID` (see `replayable`): the replay carries this
+    // request's.
+    headers.insert(crate::REQUEST_ID.clone(), request_id.header_value().clone());
+    res
 }
 
 /// Lets the attribute's generated code respond with whatever the original handler returned.
