@@ -1,6 +1,7 @@
 //! In-process cost of the idempotency layer, against the bare handler in the same run:
 //! no key, a new key every request, and a replay, on the embedded store and on Redis (when a
-//! `redis-server` can be started). Requests are built before timing.
+//! `redis-server` can be started). Requests are built before timing. Each route is served by
+//! an app of its own, so that every case's route is matched first, as the bare handler's is.
 //!
 //! `cargo bench -p idem-examples --bench overhead`; the added time per request is printed and
 //! written to `target/bench/inprocess.md`. The added time of the embedded-store cases comes
@@ -11,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::rt::SystemRunner;
+use actix_web::web::ServiceConfig;
 use actix_web::{test, App};
 use criterion::{criterion_group, Criterion};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
-use idem_examples::bench::configure;
+use idem_examples::bench::{bare_route, idem_route, redis_route};
 use idem_tests::TestRedis;
 
 const BODY: &str = r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
@@ -41,33 +43,58 @@ fn fresh_key() -> String {
     })
 }
 
-/// A benchmark: its name, its path, and the key of each request.
-type Case = (&'static str, &'static str, fn() -> Option<String>);
+/// A benchmark: its name, its app (an index into the apps), its path, and the key of each
+/// request.
+type Case = (&'static str, usize, &'static str, fn() -> Option<String>);
+
+/// The apps' indices: the bare handler, the embedded store, Redis.
+const BARE: usize = 0;
+const MOKA: usize = 1;
+const REDIS: usize = 2;
+
+/// An app serving only the routes `routes` registers, on the embedded store by default.
+async fn app(
+    moka: IdempotencyConfig,
+    routes: &dyn Fn(&mut ServiceConfig),
+) -> impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error> {
+    test::init_service(App::new().app_data(moka).configure(|cfg| routes(cfg))).await
+}
 
 fn overhead(c: &mut Criterion) {
     let rt = actix_web::rt::System::new();
     let redis = TestRedis::start();
-    let app = rt.block_on(async {
-        let redis_config = redis
-            .as_ref()
-            .map(|r| IdempotencyConfig::new(RedisStore::new(r.url()).expect("Redis URL")));
+    let apps = rt.block_on(async {
         let moka = IdempotencyConfig::new(MokaStore::new());
-        test::init_service(App::new().app_data(moka).configure(configure(redis_config))).await
+        let mut apps = vec![
+            app(moka.clone(), &bare_route).await,
+            app(moka.clone(), &idem_route).await,
+        ];
+        if let Some(redis) = &redis {
+            let config = IdempotencyConfig::new(RedisStore::new(redis.url()).expect("Redis URL"));
+            apps.push(app(moka, &move |cfg| redis_route(cfg, config.clone())).await);
+        }
+        apps
     });
     // Replays need a completed key.
-    for path in ["/idem/echo", "/idem-redis/echo"] {
-        rt.block_on(app.call(request(path, Some("replayed")))).ok();
+    for (app, path) in [(MOKA, "/idem/echo"), (REDIS, "/idem-redis/echo")] {
+        if let Some(app) = apps.get(app) {
+            rt.block_on(app.call(request(path, Some("replayed")))).ok();
+        }
     }
 
     let mut cases: Vec<Case> = vec![
-        ("bare", "/bare/echo", || None),
-        ("moka/no key", "/idem/echo", || None),
-        ("moka/new key", "/idem/echo", || Some(fresh_key())),
-        ("moka/replay", "/idem/echo", || Some("replayed".into())),
+        ("bare", BARE, "/bare/echo", || None),
+        ("moka/no key", MOKA, "/idem/echo", || None),
+        ("moka/new key", MOKA, "/idem/echo", || Some(fresh_key())),
+        ("moka/replay", MOKA, "/idem/echo", || {
+            Some("replayed".into())
+        }),
     ];
     if redis.is_some() {
-        cases.push(("redis/new key", "/idem-redis/echo", || Some(fresh_key())));
-        cases.push(("redis/replay", "/idem-redis/echo", || {
+        cases.push(("redis/new key", REDIS, "/idem-redis/echo", || {
+            Some(fresh_key())
+        }));
+        cases.push(("redis/replay", REDIS, "/idem-redis/echo", || {
             Some("replayed".into())
         }));
     }
@@ -75,30 +102,31 @@ fn overhead(c: &mut Criterion) {
     // paying for cold caches and a growing allocator.
     rt.block_on(async {
         for _ in 0..20_000 {
-            for (_, path, key) in &cases {
-                app.call(request(path, key().as_deref())).await.ok();
+            for &(_, app, path, key) in &cases {
+                apps[app].call(request(path, key().as_deref())).await.ok();
             }
         }
     });
     // Added time, from interleaved rounds of the embedded-store cases (Redis's round trips
     // dwarf any drift).
-    let added = paired(&rt, &app, &cases[..4]);
+    let added = paired(&rt, &apps, &cases[..4]);
     let mut group = c.benchmark_group("request");
     group
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
     for case in &cases {
-        group.bench_function(case.0, |b| b.iter_custom(|n| timed(&rt, &app, case, n)));
+        group.bench_function(case.0, |b| b.iter_custom(|n| timed(&rt, &apps, case, n)));
     }
     group.finish();
     summary(&added);
 }
 
 /// The time `n` requests of `case` take, built before timing.
-fn timed<S>(rt: &SystemRunner, app: &S, (name, path, key): &Case, n: u64) -> Duration
+fn timed<S>(rt: &SystemRunner, apps: &[S], &(name, app, path, key): &Case, n: u64) -> Duration
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
+    let app = &apps[app];
     let requests: Vec<_> = (0..n).map(|_| request(path, key().as_deref())).collect();
     rt.block_on(async {
         let start = Instant::now();
@@ -119,7 +147,7 @@ const BATCH: usize = 2_000;
 /// taken, over rounds, from its time minus the bare handler's in the same round. This
 /// machine's speed drifts over a run by more than the differences measured; cases timed one
 /// after another would compare different speeds.
-fn paired<S>(rt: &SystemRunner, app: &S, cases: &[Case]) -> Vec<(&'static str, [f64; 3])>
+fn paired<S>(rt: &SystemRunner, apps: &[S], cases: &[Case]) -> Vec<(&'static str, [f64; 3])>
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
@@ -127,7 +155,7 @@ where
     for _ in 0..ROUNDS {
         let times: Vec<f64> = cases
             .iter()
-            .map(|case| timed(rt, app, case, BATCH as u64).as_nanos() as f64 / BATCH as f64)
+            .map(|case| timed(rt, apps, case, BATCH as u64).as_nanos() as f64 / BATCH as f64)
             .collect();
         for (i, t) in times.iter().enumerate() {
             samples[i].push(t - times[0]);
@@ -137,10 +165,10 @@ where
         .iter()
         .zip(samples)
         .skip(1)
-        .map(|((name, _, _), mut diffs)| {
+        .map(|(&(name, ..), mut diffs)| {
             diffs.sort_by(f64::total_cmp);
             let at = |q: usize| diffs[(diffs.len() - 1) * q / 4];
-            (*name, [at(1), at(2), at(3)])
+            (name, [at(1), at(2), at(3)])
         })
         .collect()
 }

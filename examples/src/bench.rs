@@ -30,18 +30,38 @@ pub async fn idem(body: web::Json<Echo>) -> HttpResponse {
 
 /// Registers `POST /bare/echo` and `POST /idem/echo`, and `POST /idem-redis/echo` when
 /// `redis` is given: the same handler on a Redis store.
+///
+/// actix matches routes in the order they were registered, so `/idem/echo` pays one failed
+/// path match more than `/bare/echo` (and `/idem-redis/echo` two): a bias against the layer,
+/// small beside the harness's noise over loopback. The in-process bench serves each route from
+/// an app of its own instead.
 pub fn configure(
     redis: Option<idem_actix::IdempotencyConfig>,
 ) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg| {
-        cfg.route("/bare/echo", web::post().to(bare))
-            .route("/idem/echo", web::post().to(idem));
+        bare_route(cfg);
+        idem_route(cfg);
         if let Some(redis) = &redis {
-            cfg.service(
-                web::scope("/idem-redis")
-                    .app_data(redis.clone())
-                    .route("/echo", web::post().to(idem)),
-            );
+            redis_route(cfg, redis.clone());
         }
     }
+}
+
+/// `POST /bare/echo`: the handler without the layer.
+pub fn bare_route(cfg: &mut web::ServiceConfig) {
+    cfg.route("/bare/echo", web::post().to(bare));
+}
+
+/// `POST /idem/echo`: the handler under the layer, on the app's store.
+pub fn idem_route(cfg: &mut web::ServiceConfig) {
+    cfg.route("/idem/echo", web::post().to(idem));
+}
+
+/// `POST /idem-redis/echo`: the handler under the layer, on `redis`.
+pub fn redis_route(cfg: &mut web::ServiceConfig, redis: idem_actix::IdempotencyConfig) {
+    cfg.service(
+        web::scope("/idem-redis")
+            .app_data(redis)
+            .route("/echo", web::post().to(idem)),
+    );
 }
