@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use idem_core::clock::Timestamp;
-use idem_core::store::Claim;
+use idem_core::store::{Claim, RECORD_OVERHEAD};
 use idem_core::{Completed, Fingerprint, InFlight, MokaStore, Response, Store, StoreKey, Token};
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
@@ -91,7 +91,7 @@ fn main() {
         let cache: Cache<u128, Completed> = Cache::builder()
             .eviction_policy(EvictionPolicy::lru())
             .max_capacity(256 << 20)
-            .weigher(|_, r: &Completed| 480 + r.response.held_bytes() as u32)
+            .weigher(|_, r: &Completed| (RECORD_OVERHEAD + r.response.held_bytes()) as u32)
             .expire_after(DayExpiry)
             .build();
         samples[1].push(per_record(&records, |records| {

@@ -15,7 +15,7 @@ mod moka;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use self::moka::{MokaStore, MokaStoreBuilder};
+pub use self::moka::{MokaStore, MokaStoreBuilder, RECORD_OVERHEAD};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 

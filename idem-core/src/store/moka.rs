@@ -237,7 +237,8 @@ pub struct MokaStoreBuilder {
 
 impl MokaStoreBuilder {
     /// The most bytes of completed records to hold: response bytes plus a fixed overhead of
-    /// 480 bytes per record (what each costs the cache beyond its response). Default 256 MiB.
+    /// [`RECORD_OVERHEAD`] (480 bytes) per record, what each costs the cache beyond its
+    /// response. Default 256 MiB.
     pub fn max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
@@ -440,8 +441,8 @@ mod tests {
             bytes <= MAX_BYTES,
             "{bytes} bytes held over a {MAX_BYTES} bound"
         );
-        // Each record weighs its overhead plus 200 bytes of body (and 2 of header count).
-        let weight = (RECORD_OVERHEAD + 202) as u64;
+        // Each record weighs its overhead plus what it holds of the response.
+        let weight = (RECORD_OVERHEAD + Response::new(201, [], &body).held_bytes()) as u64;
         assert!(entries <= MAX_BYTES / weight + 1, "{entries} records held");
         assert!(
             entries > 1000,
