@@ -205,7 +205,11 @@ impl Response {
     pub fn size(&self) -> usize {
         match self.body_at() {
             OMITTED => 0,
-            _ => self.data.len() - PREFIX - 2 - 6 * self.headers().count(),
+            _ => {
+                // The header count is stored at the start of the section; no need to walk it.
+                let count = u16::from_be_bytes([self.data[PREFIX], self.data[PREFIX + 1]]);
+                self.data.len() - PREFIX - 2 - 6 * usize::from(count)
+            }
         }
     }
 
