@@ -1,7 +1,8 @@
 //! One request through the idempotency layer, shared by the attribute and the middleware:
 //! [`admit`] decides what a request needs, [`keyed`] claims its key and runs it [`detached`].
 
-use std::future::Future;
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 use std::task::Poll;
@@ -12,7 +13,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{
@@ -372,21 +373,42 @@ where
     }
 }
 
+/// The generated handler's one argument: the request and its payload, untouched, for
+/// [`run`] to hand on to the original handler's extractors.
+///
+/// One extractor whose future is ready, where `(HttpRequest, web::Payload)` would cost actix
+/// a tuple of two extractions on every request, keyed or not.
+pub struct Raw {
+    req: HttpRequest,
+    payload: dev::Payload,
+}
+
+impl FromRequest for Raw {
+    type Error = Infallible;
+    type Future = Ready<Result<Self, Infallible>>;
+
+    #[inline]
+    fn from_request(req: &HttpRequest, payload: &mut dev::Payload) -> Self::Future {
+        ready(Ok(Raw {
+            req: req.clone(),
+            payload: payload.take(),
+        }))
+    }
+}
+
 /// Runs `handler` under the attribute's `endpoint`. `handler` extracts the original handler's
 /// arguments from the request and payload it is given, calls it and responds. With
 /// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
 pub async fn run<H, Fut>(
     endpoint: &Endpoint,
     scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
-    req: HttpRequest,
-    payload: web::Payload,
+    Raw { req, payload }: Raw,
     handler: H,
 ) -> HttpResponse
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
 {
-    let payload = payload.into_inner();
     if bypasses(endpoint, &req) || taken(&req) {
         return handler(req, payload).await.res;
     }

@@ -105,9 +105,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Support for the code `#[idempotent]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{fail, respond, run, scope, Endpoint, Reply};
+    pub use crate::handler::{fail, respond, run, scope, Endpoint, Raw, Reply};
     pub use actix_web::dev::Payload as RawPayload;
-    pub use actix_web::web::Payload;
     pub use actix_web::{FromRequest, HttpRequest, HttpResponse};
     pub use core::time::Duration;
     pub use idem_core::{

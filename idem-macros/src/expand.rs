@@ -129,8 +129,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     quote! {
         #(#attrs)*
         #vis async fn #ident #generics (
-            __idem_req: #krate::__private::HttpRequest,
-            __idem_payload: #krate::__private::Payload,
+            __idem_raw: #krate::__private::Raw,
         ) -> #krate::__private::HttpResponse #where_clause {
             use #krate::__private as __idem_p;
 
@@ -139,8 +138,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
             __idem_p::run(
                 &__IDEM_ENDPOINT,
                 #scope_fn,
-                __idem_req,
-                __idem_payload,
+                __idem_raw,
                 move |__idem_req: __idem_p::HttpRequest, mut __idem_payload: __idem_p::RawPayload| async move {
                     let (#(#names,)*) = match <(#(#types,)*) as __idem_p::FromRequest>::from_request(
                         &__idem_req,
