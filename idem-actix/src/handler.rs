@@ -607,6 +607,8 @@ fn replay(record: &Completed, request_id: &RequestId) -> HttpResponse {
         StatusCode::from_u16(recorded.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut res = HttpResponse::with_body(status, BoxBody::new(recorded.body()));
     let headers = res.headers_mut();
+    // Sized once for the stored headers and the two added below, rather than grown twice.
+    headers.reserve(recorded.header_count() + 2);
     for (name, value) in recorded.shared_headers() {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),

@@ -160,6 +160,17 @@ impl Response {
         u32::from_be_bytes([self.data[2], self.data[3], self.data[4], self.data[5]])
     }
 
+    /// How many headers [`headers`](Self::headers) yields (read from the record, not counted).
+    pub fn header_count(&self) -> usize {
+        match self.body_at() {
+            OMITTED => 0,
+            _ => usize::from(u16::from_be_bytes([
+                self.data[PREFIX],
+                self.data[PREFIX + 1],
+            ])),
+        }
+    }
+
     /// The headers, in order: name and value.
     pub fn headers(&self) -> Headers<'_> {
         Headers {
@@ -205,11 +216,7 @@ impl Response {
     pub fn size(&self) -> usize {
         match self.body_at() {
             OMITTED => 0,
-            _ => {
-                // The header count is stored at the start of the section; no need to walk it.
-                let count = u16::from_be_bytes([self.data[PREFIX], self.data[PREFIX + 1]]);
-                self.data.len() - PREFIX - 2 - 6 * usize::from(count)
-            }
+            _ => self.data.len() - PREFIX - 2 - 6 * self.header_count(),
         }
     }
 
@@ -360,6 +367,7 @@ mod tests {
                 ("set-cookie", b""),
             ]
         );
+        assert_eq!(r.header_count(), headers.len());
         let shared: Vec<_> = r.shared_headers().map(|(n, v)| (n, v.to_vec())).collect();
         assert_eq!(shared[0], ("location", b"/v1/calls/1".to_vec()));
         assert_eq!(&r.body()[..], b"{\"id\":1}");
@@ -385,6 +393,7 @@ mod tests {
         assert_eq!(r.status(), 201);
         assert_eq!(r.body_omitted(), Some(5 << 20));
         assert_eq!((r.headers().count(), r.body().len(), r.size()), (0, 0, 0));
+        assert_eq!(r.header_count(), 0);
         assert_eq!(r.header_section(), [0, 0]);
     }
 
