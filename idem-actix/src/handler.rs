@@ -368,7 +368,13 @@ where
         Admission::Answer(req, res) => Reply::new(req, res),
         Admission::Keyed(keyed) => {
             let span = keyed.span.clone();
-            detached(execute(keyed, handler).instrument(span)).await
+            let work = execute(keyed, handler);
+            // A span that no subscriber wants costs an enter and an exit on every poll.
+            if span.is_disabled() {
+                detached(work).await
+            } else {
+                detached(work.instrument(span)).await
+            }
         }
     }
 }
@@ -418,6 +424,10 @@ where
         .res
 }
 
+/// Claims the key, then answers with the replay, the refusal, or what `handler` answers.
+///
+/// The handler's run is a future of its own, boxed only when the handler runs: a replay does
+/// not build (nor move about) the handler's future, often the largest part of the state.
 async fn execute<H, Fut>(keyed: Keyed, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
@@ -434,32 +444,24 @@ where
         body,
         span: _,
     } = keyed;
-    // Hands the request's id and key to the handler, only when it runs.
-    let admit = |req: &HttpRequest| {
-        req.extensions_mut().insert(Admitted {
-            request_id: request_id.clone(),
-            key: crate::IdempotencyKey(key),
-        })
+    let begun = config.engine().begin(&policy, store_key, fingerprint).await;
+    let run = Run {
+        key,
+        request_id,
+        req,
+        body,
     };
-    let lease = match config.engine().begin(&policy, store_key, fingerprint).await {
-        Ok(Begin::Execute(lease)) => lease,
+    match begun {
+        Ok(Begin::Execute(lease)) => Box::pin(run_claimed(lease, run, handler)).await,
         Ok(Begin::Replay(record)) => {
             tracing::debug!(outcome = "replayed", status = record.response.status());
             metrics::outcome("replayed");
-            return Reply::new(req, replay(&record, &request_id));
+            Reply::new(run.req, replay(&record, &run.request_id))
         }
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
             metrics::outcome("unprotected");
-            admit(&req);
-            let ran = AssertUnwindSafe(handler(req, rebuilt(body)))
-                .catch_unwind()
-                .await;
-            let Reply { req, res } = ran.unwrap_or_else(|_| Reply::orphan(panicked()));
-            return Reply {
-                req,
-                res: with_request_id(res, &request_id),
-            };
+            Box::pin(run_unprotected(run, handler)).await
         }
         Err(error) => {
             let outcome = match error {
@@ -468,15 +470,73 @@ where
             };
             tracing::debug!(outcome, code = error.code(), %error);
             metrics::refused(&error);
-            let res = error_response(&error, &request_id, policy.error_format, config.renderer());
-            return Reply::new(req, res);
+            let res = error_response(
+                &error,
+                &run.request_id,
+                policy.error_format,
+                config.renderer(),
+            );
+            Reply::new(run.req, res)
         }
-    };
+    }
+}
 
-    admit(&req);
-    let ran = lease
-        .run(AssertUnwindSafe(handler(req, rebuilt(body))).catch_unwind())
-        .await;
+/// What the handler of a keyed request needs, once its key is claimed.
+struct Run {
+    key: IdempotencyKey,
+    request_id: RequestId,
+    req: HttpRequest,
+    body: Bytes,
+}
+
+impl Run {
+    /// Hands the request's id and key to the handler, and calls it: its reply, or `Err` if it
+    /// panicked.
+    fn call<H, Fut>(
+        self,
+        handler: H,
+    ) -> (RequestId, impl Future<Output = std::thread::Result<Reply>>)
+    where
+        H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+        Fut: Future<Output = Reply>,
+    {
+        let Run {
+            key,
+            request_id,
+            req,
+            body,
+        } = self;
+        req.extensions_mut().insert(Admitted {
+            request_id: request_id.clone(),
+            key: crate::IdempotencyKey(key),
+        });
+        let ran = AssertUnwindSafe(handler(req, rebuilt(body))).catch_unwind();
+        (request_id, ran)
+    }
+}
+
+/// Runs the handler without a claim: the store failed and the policy fails open.
+async fn run_unprotected<H, Fut>(run: Run, handler: H) -> Reply
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    let (request_id, ran) = run.call(handler);
+    let Reply { req, res } = ran.await.unwrap_or_else(|_| Reply::orphan(panicked()));
+    Reply {
+        req,
+        res: with_request_id(res, &request_id),
+    }
+}
+
+/// Runs the handler under its claim, and records its response (or releases the claim).
+async fn run_claimed<H, Fut>(lease: idem_core::Lease, run: Run, handler: H) -> Reply
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    let (request_id, ran) = run.call(handler);
+    let ran = lease.run(ran).await;
     let Reply { req, res } = match ran {
         Ok(reply) => reply,
         Err(_) => {
