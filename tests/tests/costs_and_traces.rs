@@ -1,7 +1,6 @@
 //! What a request costs the store, and what it leaves in traces.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
@@ -16,18 +15,27 @@ use tracing::{Event, Metadata, Subscriber};
 #[idempotent]
 async fn op(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
     runs.bump();
+    tracing::info!(handler = "op");
     if req.headers().contains_key("x-fail") {
         return HttpResponse::InternalServerError().finish();
     }
     HttpResponse::Created().body("done")
 }
 
-/// Records span fields and event outcomes from every thread.
+/// Records span fields and event outcomes from every thread, and the key of the span the
+/// handler's own events happen in.
 #[derive(Clone, Default)]
 struct Traces {
+    /// Span `n`'s fields are at index `n - 1`.
     spans: Arc<Mutex<Vec<HashMap<String, String>>>>,
     outcomes: Arc<Mutex<Vec<String>>>,
-    next_id: Arc<AtomicU64>,
+    /// For each event of the handler, the `key` field of the span it happened in, if any.
+    handler_keys: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+thread_local! {
+    /// The spans entered on this thread, innermost last.
+    static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Fields(HashMap<String, String>);
@@ -48,8 +56,9 @@ impl Subscriber for Traces {
     fn new_span(&self, span: &Attributes<'_>) -> Id {
         let mut fields = Fields(HashMap::new());
         span.record(&mut fields);
-        self.spans.lock().unwrap().push(fields.0);
-        Id::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+        let mut spans = self.spans.lock().unwrap();
+        spans.push(fields.0);
+        Id::from_u64(spans.len() as u64)
     }
     fn record(&self, _: &Id, _: &SpanRecord<'_>) {}
     fn record_follows_from(&self, _: &Id, _: &Id) {}
@@ -59,9 +68,27 @@ impl Subscriber for Traces {
         if let Some(outcome) = fields.0.remove("outcome") {
             self.outcomes.lock().unwrap().push(outcome);
         }
+        if fields.0.contains_key("handler") {
+            let current = ENTERED.with(|entered| entered.borrow().last().copied());
+            let key = current.and_then(|id| {
+                self.spans.lock().unwrap()[id as usize - 1]
+                    .get("key")
+                    .cloned()
+            });
+            self.handler_keys.lock().unwrap().push(key);
+        }
     }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
+    fn enter(&self, id: &Id) {
+        ENTERED.with(|entered| entered.borrow_mut().push(id.into_u64()));
+    }
+    fn exit(&self, id: &Id) {
+        ENTERED.with(|entered| {
+            let mut entered = entered.borrow_mut();
+            if let Some(at) = entered.iter().rposition(|&e| e == id.into_u64()) {
+                entered.remove(at);
+            }
+        });
+    }
 }
 
 #[actix_web::test]
@@ -130,6 +157,13 @@ async fn each_request_costs_the_fewest_store_calls_and_is_traced() {
             .any(|s| s.get("key").map(String::as_str) == Some("trace-1")
                 && s.get("request_id").map(String::as_str) == Some("rid-trace-1")),
         "no span with the key and request id: {spans:?}"
+    );
+    // The handler's own events happen inside the span of the request's key (and outside any
+    // such span when there is no key).
+    let handler_keys = traces.handler_keys.lock().unwrap().clone();
+    assert_eq!(
+        handler_keys,
+        [None, Some("trace-1".to_owned()), Some("trace-2".to_owned())]
     );
 }
 
