@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::Poll;
 
@@ -110,11 +111,8 @@ pub(crate) struct Keyed {
     policy: Policy,
     store_key: StoreKey,
     fingerprint: Fingerprint,
-    key: IdempotencyKey,
-    request_id: RequestId,
-    req: HttpRequest,
-    body: Bytes,
     span: tracing::Span,
+    run: Run,
 }
 
 /// A response, with its request when it still exists (a handler that panicked, or a service
@@ -259,11 +257,13 @@ pub(crate) async fn admit(
         policy,
         store_key,
         fingerprint,
-        key,
-        request_id,
-        req,
-        body,
         span,
+        run: Run {
+            key,
+            request_id,
+            req,
+            body,
+        },
     })
 }
 
@@ -326,23 +326,18 @@ async fn read_body(
 /// I/O), and from then on as a task of its own that the connection cannot cancel. A replay,
 /// or a quick handler on the embedded store, never waits, and so costs no task.
 ///
-/// `work` is boxed at once, so that the caller's own future holds only a pointer to it.
-pub(crate) fn detached(
-    work: impl Future<Output = Reply> + 'static,
-) -> impl Future<Output = Reply> + 'static {
-    let mut work = Box::pin(work);
-    async move {
-        // Nothing awaits between this poll and the spawn, so the work cannot be cancelled
-        // between.
-        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-        if let Poll::Ready(reply) = first {
-            return reply;
-        }
-        match actix_web::rt::spawn(work).await {
-            Ok(reply) => reply,
-            // `execute` catches the handler's panics; only a bug of this crate lands here.
-            Err(_) => Reply::orphan(panicked()),
-        }
+/// `work` comes boxed, so that the caller's own future holds only a pointer to it.
+pub(crate) async fn detached(mut work: Pin<Box<dyn Future<Output = Reply>>>) -> Reply {
+    // Nothing awaits between this poll and the spawn, so the work cannot be cancelled
+    // between.
+    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    if let Poll::Ready(reply) = first {
+        return reply;
+    }
+    match actix_web::rt::spawn(work).await {
+        Ok(reply) => reply,
+        // `execute` catches the handler's panics; only a bug of this crate lands here.
+        Err(_) => Reply::orphan(panicked()),
     }
 }
 
@@ -364,17 +359,27 @@ where
     Fut: Future<Output = Reply> + 'static,
 {
     match admit(endpoint, scope_fn, req, payload).await {
-        Admission::Pass(req, payload) => handler(req, payload).await,
+        Admission::Pass(req, payload) => {
+            // Boxed: `run` sends requests without a key straight to the handler, so this is
+            // rare, and the handler's future would otherwise swell this one's.
+            let ran = Box::pin(handler(req, payload));
+            ran.await
+        }
         Admission::Answer(req, res) => Reply::new(req, res),
         Admission::Keyed(keyed) => {
-            let span = keyed.span.clone();
-            let work = execute(keyed, handler);
-            // A span that no subscriber wants costs an enter and an exit on every poll.
-            if span.is_disabled() {
-                detached(work).await
-            } else {
-                detached(work.instrument(span)).await
-            }
+            // Futures are built in `let` statements of their own throughout: a temporary in
+            // an awaited expression keeps its room in the caller's future across the await.
+            let work: Pin<Box<dyn Future<Output = Reply>>> = {
+                let span = keyed.span.clone();
+                let work = execute(keyed, handler);
+                // A span that no subscriber wants costs an enter and an exit on every poll.
+                if span.is_disabled() {
+                    Box::pin(work)
+                } else {
+                    Box::pin(work.instrument(span))
+                }
+            };
+            detached(work).await
         }
     }
 }
@@ -419,9 +424,8 @@ where
         return handler(req, payload).await.res;
     }
     // Boxed, so that requests without a key do not carry the keyed path's state.
-    Box::pin(keyed(endpoint, scope_fn, req, payload, handler))
-        .await
-        .res
+    let keyed = Box::pin(keyed(endpoint, scope_fn, req, payload, handler));
+    keyed.await.res
 }
 
 /// Claims the key, then answers with the replay, the refusal, or what `handler` answers.
@@ -433,26 +437,21 @@ where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
 {
+    // Fields are used where they lie, not unpacked into locals: an `async fn` keeps its
+    // arguments in its future, and locals unpacked from them would take room of their own.
+    let begun = keyed
+        .config
+        .engine()
+        .begin(&keyed.policy, keyed.store_key, keyed.fingerprint)
+        .await;
     let Keyed {
         config,
         policy,
-        store_key,
-        fingerprint,
-        key,
-        request_id,
-        req,
-        body,
-        span: _,
+        run,
+        ..
     } = keyed;
-    let begun = config.engine().begin(&policy, store_key, fingerprint).await;
-    let run = Run {
-        key,
-        request_id,
-        req,
-        body,
-    };
     match begun {
-        Ok(Begin::Execute(lease)) => Box::pin(run_claimed(lease, run, handler)).await,
+        Ok(Begin::Execute(lease)) => run_claimed(lease, run, handler).await,
         Ok(Begin::Replay(record)) => {
             tracing::debug!(outcome = "replayed", status = record.response.status());
             metrics::outcome("replayed");
@@ -461,7 +460,7 @@ where
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
             metrics::outcome("unprotected");
-            Box::pin(run_unprotected(run, handler)).await
+            run_unprotected(run, handler).await
         }
         Err(error) => {
             let outcome = match error {
@@ -516,7 +515,18 @@ impl Run {
 }
 
 /// Runs the handler without a claim: the store failed and the policy fails open.
-async fn run_unprotected<H, Fut>(run: Run, handler: H) -> Reply
+///
+/// Boxed (here, so that the caller's future never holds the unboxed one, even for a moment:
+/// it would keep room for it), like [`run_claimed`].
+fn run_unprotected<H, Fut>(run: Run, handler: H) -> Pin<Box<impl Future<Output = Reply>>>
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    Box::pin(unprotected(run, handler))
+}
+
+async fn unprotected<H, Fut>(run: Run, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
@@ -530,7 +540,22 @@ where
 }
 
 /// Runs the handler under its claim, and records its response (or releases the claim).
-async fn run_claimed<H, Fut>(lease: idem_core::Lease, run: Run, handler: H) -> Reply
+///
+/// Boxed: the handler's future is often the largest part of a keyed request's state, and a
+/// replay or a refusal need not carry it.
+fn run_claimed<H, Fut>(
+    lease: idem_core::Lease,
+    run: Run,
+    handler: H,
+) -> Pin<Box<impl Future<Output = Reply>>>
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    Box::pin(claimed(lease, run, handler))
+}
+
+async fn claimed<H, Fut>(lease: idem_core::Lease, run: Run, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
