@@ -358,29 +358,36 @@ where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
 {
-    match admit(endpoint, scope_fn, req, payload).await {
-        Admission::Pass(req, payload) => {
+    // Futures are built in `let` statements of their own throughout: a value bound in an
+    // awaited expression, or in a `match` arm, keeps its room in this future across the await.
+    let (work, detach): (Pin<Box<dyn Future<Output = Reply>>>, bool) =
+        match admit(endpoint, scope_fn, req, payload).await {
             // Boxed: `run` sends requests without a key straight to the handler, so this is
-            // rare, and the handler's future would otherwise swell this one's.
-            let ran = Box::pin(handler(req, payload));
-            ran.await
-        }
-        Admission::Answer(req, res) => Reply::new(req, res),
-        Admission::Keyed(keyed) => {
-            // Futures are built in `let` statements of their own throughout: a temporary in
-            // an awaited expression keeps its room in the caller's future across the await.
-            let work: Pin<Box<dyn Future<Output = Reply>>> = {
-                let span = keyed.span.clone();
-                let work = execute(keyed, handler);
-                // A span that no subscriber wants costs an enter and an exit on every poll.
-                if span.is_disabled() {
-                    Box::pin(work)
-                } else {
-                    Box::pin(work.instrument(span))
-                }
-            };
-            detached(work).await
-        }
+            // rare, and the handler's future would otherwise swell this one.
+            Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
+            Admission::Answer(req, res) => return Reply::new(req, res),
+            Admission::Keyed(keyed) => (claim_and_run(keyed, handler), true),
+        };
+    if detach {
+        detached(work).await
+    } else {
+        work.await
+    }
+}
+
+/// The claim and what follows, boxed, in the request's span when a subscriber wants it (a
+/// span no subscriber wants would still cost an enter and an exit on every poll).
+fn claim_and_run<H, Fut>(keyed: Keyed, handler: H) -> Pin<Box<dyn Future<Output = Reply>>>
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
+{
+    let span = keyed.span.clone();
+    let work = execute(keyed, handler);
+    if span.is_disabled() {
+        Box::pin(work)
+    } else {
+        Box::pin(work.instrument(span))
     }
 }
 
@@ -432,51 +439,56 @@ where
 ///
 /// The handler's run is a future of its own, boxed only when the handler runs: a replay does
 /// not build (nor move about) the handler's future, often the largest part of the state.
-async fn execute<H, Fut>(keyed: Keyed, handler: H) -> Reply
+///
+/// An `async` block rather than an `async fn`, whose future would hold its argument twice (as
+/// passed, and moved into the body). Fields are used where they lie, and the handler's run is
+/// built in a `let` of its own: locals unpacked from them, or bound in a `match` arm, would
+/// take room of their own across the await.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold its argument twice"
+)]
+fn execute<H, Fut>(keyed: Keyed, handler: H) -> impl Future<Output = Reply>
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
 {
-    // Fields are used where they lie, not unpacked into locals: an `async fn` keeps its
-    // arguments in its future, and locals unpacked from them would take room of their own.
-    let begun = keyed
-        .config
-        .engine()
-        .begin(&keyed.policy, keyed.store_key, keyed.fingerprint)
-        .await;
-    let Keyed {
-        config,
-        policy,
-        run,
-        ..
-    } = keyed;
-    match begun {
-        Ok(Begin::Execute(lease)) => run_claimed(lease, run, handler).await,
-        Ok(Begin::Replay(record)) => {
-            tracing::debug!(outcome = "replayed", status = record.response.status());
-            metrics::outcome("replayed");
-            Reply::new(run.req, replay(&record, &run.request_id))
-        }
-        Ok(Begin::Unprotected(error)) => {
-            tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
-            metrics::outcome("unprotected");
-            run_unprotected(run, handler).await
-        }
-        Err(error) => {
-            let outcome = match error {
-                IdempotencyError::StoreUnavailable(_) => "store_unavailable",
-                _ => "conflict",
-            };
-            tracing::debug!(outcome, code = error.code(), %error);
-            metrics::refused(&error);
-            let res = error_response(
-                &error,
-                &run.request_id,
-                policy.error_format,
-                config.renderer(),
-            );
-            Reply::new(run.req, res)
-        }
+    async move {
+        let begun = keyed
+            .config
+            .engine()
+            .begin(&keyed.policy, keyed.store_key, keyed.fingerprint)
+            .await;
+        let ran: Pin<Box<dyn Future<Output = Reply> + '_>> = match begun {
+            Ok(Begin::Execute(lease)) => run_claimed(lease, keyed.run, handler),
+            Ok(Begin::Replay(record)) => {
+                tracing::debug!(outcome = "replayed", status = record.response.status());
+                metrics::outcome("replayed");
+                let run = keyed.run;
+                return Reply::new(run.req, replay(&record, &run.request_id));
+            }
+            Ok(Begin::Unprotected(error)) => {
+                tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
+                metrics::outcome("unprotected");
+                run_unprotected(keyed.run, handler)
+            }
+            Err(error) => {
+                let outcome = match error {
+                    IdempotencyError::StoreUnavailable(_) => "store_unavailable",
+                    _ => "conflict",
+                };
+                tracing::debug!(outcome, code = error.code(), %error);
+                metrics::refused(&error);
+                let res = error_response(
+                    &error,
+                    &keyed.run.request_id,
+                    keyed.policy.error_format,
+                    keyed.config.renderer(),
+                );
+                return Reply::new(keyed.run.req, res);
+            }
+        };
+        ran.await
     }
 }
 

@@ -1,7 +1,7 @@
 //! The state machine of one keyed request: claim, run, record or release, replay.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -305,6 +305,14 @@ impl Lease {
         if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
             return output;
         }
+        // Boxed: the timer and the renewal would otherwise take room in every run's future,
+        // where an operation that waits (for I/O, most often) can afford an allocation.
+        let renewing = Box::pin(self.renewing(operation));
+        renewing.await
+    }
+
+    /// Drives `operation`, which has started, to completion, renewing the lease meanwhile.
+    async fn renewing<F: Future>(&self, mut operation: Pin<&mut F>) -> F::Output {
         loop {
             let tick = pin!(tokio::time::sleep(self.renew_every()));
             match select(operation.as_mut(), tick).await {
