@@ -346,7 +346,9 @@ pub(crate) async fn detached(mut work: Pin<Box<dyn Future<Output = Reply>>>) -> 
 ///
 /// The admission (checks, reading the body) stays with the connection: a client that goes
 /// away before its body has arrived leaves nothing behind, and a body still arriving costs no
-/// task. Only the claim and what follows are detached.
+/// task. Only the claim and what follows are detached: the claim and the handler's run when
+/// the store must be waited for, the handler's run alone when the store answers the claim in
+/// the call (the embedded one does: nothing can cancel a claim that never waits).
 pub(crate) async fn keyed<H, Fut>(
     endpoint: &Endpoint,
     scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
@@ -366,7 +368,26 @@ where
             // rare, and the handler's future would otherwise swell this one.
             Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
             Admission::Answer(req, res) => return Reply::new(req, res),
-            Admission::Keyed(keyed) => (claim_and_run(keyed, handler), true),
+            Admission::Keyed(keyed) => {
+                let engine = keyed.config.engine();
+                match engine.begin_now(&keyed.policy, keyed.store_key, keyed.fingerprint) {
+                    // The store answered in the call: a replay or a refusal is answered here,
+                    // and only the handler's run is left to detach.
+                    Some(begun) => {
+                        let span = keyed.span.clone();
+                        let settled = {
+                            let _entered = (!span.is_disabled()).then(|| span.enter());
+                            settle(keyed, begun, handler)
+                        };
+                        match settled {
+                            Settled::Answer(reply) => return reply,
+                            Settled::Run(ran) if span.is_disabled() => (ran, true),
+                            Settled::Run(ran) => (Box::pin(ran.instrument(span)) as _, true),
+                        }
+                    }
+                    None => (claim_and_run(keyed, handler), true),
+                }
+            }
         };
     if detach {
         detached(work).await
@@ -437,21 +458,17 @@ where
 
 /// Claims the key, then answers with the replay, the refusal, or what `handler` answers.
 ///
-/// The handler's run is a future of its own, boxed only when the handler runs: a replay does
-/// not build (nor move about) the handler's future, often the largest part of the state.
-///
 /// An `async` block rather than an `async fn`, whose future would hold its argument twice (as
-/// passed, and moved into the body). Fields are used where they lie, and the handler's run is
-/// built in a `let` of its own: locals unpacked from them, or bound in a `match` arm, would
-/// take room of their own across the await.
+/// passed, and moved into the body); the handler's run is built in a `let` of its own, as a
+/// value bound in a `match` arm would keep its room in this future across the await.
 #[allow(
     clippy::manual_async_fn,
     reason = "an `async fn` would hold its argument twice"
 )]
 fn execute<H, Fut>(keyed: Keyed, handler: H) -> impl Future<Output = Reply>
 where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
-    Fut: Future<Output = Reply>,
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
 {
     async move {
         let begun = keyed
@@ -459,36 +476,59 @@ where
             .engine()
             .begin(&keyed.policy, keyed.store_key, keyed.fingerprint)
             .await;
-        let ran: Pin<Box<dyn Future<Output = Reply> + '_>> = match begun {
-            Ok(Begin::Execute(lease)) => run_claimed(lease, keyed.run, handler),
-            Ok(Begin::Replay(record)) => {
-                tracing::debug!(outcome = "replayed", status = record.response.status());
-                metrics::outcome("replayed");
-                let run = keyed.run;
-                return Reply::new(run.req, replay(&record, &run.request_id));
-            }
-            Ok(Begin::Unprotected(error)) => {
-                tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
-                metrics::outcome("unprotected");
-                run_unprotected(keyed.run, handler)
-            }
-            Err(error) => {
-                let outcome = match error {
-                    IdempotencyError::StoreUnavailable(_) => "store_unavailable",
-                    _ => "conflict",
-                };
-                tracing::debug!(outcome, code = error.code(), %error);
-                metrics::refused(&error);
-                let res = error_response(
-                    &error,
-                    &keyed.run.request_id,
-                    keyed.policy.error_format,
-                    keyed.config.renderer(),
-                );
-                return Reply::new(keyed.run.req, res);
-            }
+        let ran = match settle(keyed, begun, handler) {
+            Settled::Answer(reply) => return reply,
+            Settled::Run(ran) => ran,
         };
         ran.await
+    }
+}
+
+/// What a keyed request comes to once its claim is decided.
+enum Settled {
+    /// The answer, without the handler: a replay or a refusal.
+    Answer(Reply),
+    /// The handler's run, under the claim (or unprotected, when the store failed open).
+    ///
+    /// A future of its own, boxed only when the handler runs: a replay does not build (nor
+    /// move about) the handler's future, often the largest part of a request's state.
+    Run(Pin<Box<dyn Future<Output = Reply>>>),
+}
+
+/// Answers the replay or the refusal `begun` calls for, or says to run the handler.
+fn settle<H, Fut>(keyed: Keyed, begun: Result<Begin, IdempotencyError>, handler: H) -> Settled
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
+{
+    match begun {
+        Ok(Begin::Execute(lease)) => Settled::Run(run_claimed(lease, keyed.run, handler)),
+        Ok(Begin::Replay(record)) => {
+            tracing::debug!(outcome = "replayed", status = record.response.status());
+            metrics::outcome("replayed");
+            let run = keyed.run;
+            Settled::Answer(Reply::new(run.req, replay(&record, &run.request_id)))
+        }
+        Ok(Begin::Unprotected(error)) => {
+            tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
+            metrics::outcome("unprotected");
+            Settled::Run(run_unprotected(keyed.run, handler))
+        }
+        Err(error) => {
+            let outcome = match error {
+                IdempotencyError::StoreUnavailable(_) => "store_unavailable",
+                _ => "conflict",
+            };
+            tracing::debug!(outcome, code = error.code(), %error);
+            metrics::refused(&error);
+            let res = error_response(
+                &error,
+                &keyed.run.request_id,
+                keyed.policy.error_format,
+                keyed.config.renderer(),
+            );
+            Settled::Answer(Reply::new(keyed.run.req, res))
+        }
     }
 }
 

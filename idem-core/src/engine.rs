@@ -155,19 +155,7 @@ impl Engine {
                 .observed("claim", || self.parts.store.claim(&key, claim, now))
                 .await
             {
-                Ok(Claim::Claimed) => {
-                    return Ok(Begin::Execute(Lease {
-                        engine: self.clone(),
-                        lease: policy.lease,
-                        ttl: policy.ttl,
-                        cache: policy.cache,
-                        max_response: policy.max_response,
-                        key,
-                        token: claim.token,
-                        fingerprint,
-                        done: false,
-                    }))
-                }
+                Ok(Claim::Claimed) => return Ok(self.claimed(policy, key, claim)),
                 Ok(Claim::Existing(record)) => record,
                 Err(e) => return self.store_failed(policy, e),
             };
@@ -198,6 +186,56 @@ impl Engine {
                 return judge(policy, fingerprint, completed);
             }
         }
+    }
+
+    /// [`begin`](Self::begin), answered in the call when the store answers claims in the call
+    /// (see [`Store::claim_now`]) and the endpoint does not wait for running requests: no
+    /// future, so nothing for a caller to box or to run as a task. `None` otherwise: nothing
+    /// was written, and the caller calls `begin`.
+    pub fn begin_now(
+        &self,
+        policy: &Policy,
+        key: StoreKey,
+        fingerprint: Fingerprint,
+    ) -> Option<Result<Begin, IdempotencyError>> {
+        if let OnInFlight::Wait(_) = policy.on_in_flight {
+            return None;
+        }
+        let now = self.parts.clock.now();
+        let claim = InFlight {
+            fingerprint,
+            lease_until: now.saturating_add(policy.lease),
+            token: Token::random(),
+        };
+        let start = self
+            .parts
+            .observer
+            .as_ref()
+            .map(|_| std::time::Instant::now());
+        let result = self.parts.store.claim_now(&key, claim, now)?;
+        if let (Some(observer), Some(start)) = (&self.parts.observer, start) {
+            observer.store_op("claim", start.elapsed(), result.is_err());
+        }
+        Some(match result {
+            Ok(Claim::Claimed) => Ok(self.claimed(policy, key, claim)),
+            Ok(Claim::Existing(record)) => judge(policy, fingerprint, record),
+            Err(e) => self.store_failed(policy, e),
+        })
+    }
+
+    /// The lease of a claim just written.
+    fn claimed(&self, policy: &Policy, key: StoreKey, claim: InFlight) -> Begin {
+        Begin::Execute(Lease {
+            engine: self.clone(),
+            lease: policy.lease,
+            ttl: policy.ttl,
+            cache: policy.cache,
+            max_response: policy.max_response,
+            key,
+            token: claim.token,
+            fingerprint: claim.fingerprint,
+            done: false,
+        })
     }
 
     fn store_failed(&self, policy: &Policy, error: StoreError) -> Result<Begin, IdempotencyError> {
@@ -407,6 +445,7 @@ mod tests {
     use crate::clock::{ManualClock, Timestamp};
     use crate::store::MokaStore;
     use crate::testing::{CountingStore, UnavailableStore};
+    use std::collections::HashMap;
 
     const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 
@@ -458,6 +497,57 @@ mod tests {
         let headers: Vec<_> = replayed.response.headers().collect();
         assert_eq!(headers, [("location", &b"/v1/calls/1"[..])]);
         assert_eq!(&replayed.response.body()[..], b"call_1");
+    }
+
+    #[tokio::test]
+    async fn begin_now_answers_as_begin_does_on_a_store_that_claims_in_the_call() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT;
+        let Some(Ok(Begin::Execute(lease))) = engine.begin_now(&policy, key(1), fp("a")) else {
+            panic!("the first request claims the key");
+        };
+        assert!(
+            matches!(
+                engine.begin_now(&policy, key(1), fp("a")),
+                Some(Err(IdempotencyError::InFlight))
+            ),
+            "a duplicate of a running request conflicts"
+        );
+        lease.finish(response(201, "call_1")).await.unwrap();
+        let Some(Ok(Begin::Replay(replayed))) = engine.begin_now(&policy, key(1), fp("a")) else {
+            panic!("a retry replays");
+        };
+        assert_eq!(replayed.response, response(201, "call_1"));
+        assert!(matches!(
+            engine.begin_now(&policy, key(1), fp("b")),
+            Some(Err(IdempotencyError::Mismatch { status: 409 }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn begin_now_declines_without_writing_where_begin_must_wait() {
+        // A store that answers only through futures.
+        let engine = Engine::new(CountingStore::new(UnavailableStore));
+        assert!(engine
+            .begin_now(&Policy::DEFAULT, key(1), fp("a"))
+            .is_none());
+
+        // An endpoint that waits for running requests.
+        let store = CountingStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let waits = Policy::DEFAULT.on_in_flight(OnInFlight::Wait(Duration::from_secs(1)));
+        assert!(engine.begin_now(&waits, key(1), fp("a")).is_none());
+        assert!(store.take().is_empty(), "nothing was asked of the store");
+        assert!(matches!(
+            engine.begin(&waits, key(1), fp("a")).await,
+            Ok(Begin::Execute(_))
+        ));
+
+        // Answered in the call, and counted as the one claim it is.
+        assert!(engine
+            .begin_now(&Policy::DEFAULT, key(2), fp("a"))
+            .is_some());
+        assert_eq!(store.take(), HashMap::from([("claim", 2)]));
     }
 
     #[tokio::test]

@@ -110,6 +110,18 @@ impl<S: Store> Store for CountingStore<S> {
         self.count("claim").claim(key, claim, now)
     }
 
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> Option<Result<Claim, StoreError>> {
+        // Counted only when answered: otherwise the caller's `claim` is the store call.
+        let answer = self.inner.claim_now(key, claim, now)?;
+        self.count("claim");
+        Some(answer)
+    }
+
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
         self.count("get").get(key, now)
     }

@@ -102,6 +102,20 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreFuture<'a, Claim>;
 
+    /// [`claim`](Self::claim), answered in the call by a store that needs no I/O for it (the
+    /// embedded one), which spares the caller the future and the task that might run it.
+    /// `None`, the default, when the store cannot: nothing is written then, and the caller
+    /// calls `claim`.
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> Option<Result<Claim, StoreError>> {
+        let _ = (key, claim, now);
+        None
+    }
+
     /// Reads the live record of `key`, if any.
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>>;
 
@@ -144,6 +158,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
         (**self).claim(key, claim, now)
+    }
+
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> Option<Result<Claim, StoreError>> {
+        (**self).claim_now(key, claim, now)
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {

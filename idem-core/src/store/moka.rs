@@ -20,7 +20,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::{Claim, Store, StoreFuture, LAPSED_CLAIM_GRACE};
+use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Token};
@@ -197,6 +197,24 @@ impl MokaStore {
         records
     }
 
+    fn claim_in_memory(&self, key: &StoreKey, claim: InFlight, now: Timestamp) -> Claim {
+        // Under the lock, a completion (record in, then claim out) is seen whole, so one read
+        // of each map decides.
+        let mut claims = self.stripe(key);
+        if let Some(running) = claims.get(key).filter(|c| c.lease_until > now) {
+            return Claim::Existing(Record::InFlight(*running));
+        }
+        if let Some(record) = self.live_completed(key, now) {
+            return Claim::Existing(Record::Completed(record));
+        }
+        if claims.len() >= SWEEP_ABOVE {
+            claims.retain(|_, c| c.lease_until.saturating_add(LAPSED_CLAIM_GRACE) > now);
+        }
+        // A lapsed claim, if any, is displaced: its holder can no longer finish.
+        claims.insert(*key, claim);
+        Claim::Claimed
+    }
+
     fn stripe(&self, key: &StoreKey) -> MutexGuard<'_, Claims> {
         lock(&self.claims[usize::from(key.as_bytes()[0])])
     }
@@ -272,21 +290,16 @@ impl Store for MokaStore {
         claim: InFlight,
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
-        // Under the lock, a completion (record in, then claim out) is seen whole, so one read
-        // of each map decides.
-        let mut claims = self.stripe(key);
-        if let Some(running) = claims.get(key).filter(|c| c.lease_until > now) {
-            return StoreFuture::ready(Ok(Claim::Existing(Record::InFlight(*running))));
-        }
-        if let Some(record) = self.live_completed(key, now) {
-            return StoreFuture::ready(Ok(Claim::Existing(Record::Completed(record))));
-        }
-        if claims.len() >= SWEEP_ABOVE {
-            claims.retain(|_, c| c.lease_until.saturating_add(LAPSED_CLAIM_GRACE) > now);
-        }
-        // A lapsed claim, if any, is displaced: its holder can no longer finish.
-        claims.insert(*key, claim);
-        StoreFuture::ready(Ok(Claim::Claimed))
+        StoreFuture::ready(Ok(self.claim_in_memory(key, claim, now)))
+    }
+
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> Option<Result<Claim, StoreError>> {
+        Some(Ok(self.claim_in_memory(key, claim, now)))
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
