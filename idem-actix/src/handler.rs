@@ -607,65 +607,72 @@ where
     Box::pin(claimed(lease, run, handler))
 }
 
-async fn claimed<H, Fut>(lease: idem_core::Lease, run: Run, handler: H) -> Reply
+/// An `async` block rather than an `async fn`, whose future would hold its arguments twice.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold its arguments twice"
+)]
+fn claimed<H, Fut>(lease: idem_core::Lease, run: Run, handler: H) -> impl Future<Output = Reply>
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
 {
-    let (request_id, ran) = run.call(handler);
-    let ran = lease.run(ran).await;
-    let Reply { req, res } = match ran {
-        Ok(reply) => reply,
-        Err(_) => {
-            tracing::error!(
-                outcome = "released",
-                "idempotent handler panicked; key released"
-            );
-            metrics::outcome("released");
-            release(lease).await;
-            return Reply::orphan(with_request_id(panicked(), &request_id));
+    async move {
+        let (request_id, ran) = run.call(handler);
+        let ran = lease.run(ran).await;
+        let Reply { req, res } = match ran {
+            Ok(reply) => reply,
+            Err(_) => {
+                tracing::error!(
+                    outcome = "released",
+                    "idempotent handler panicked; key released"
+                );
+                metrics::outcome("released");
+                release(lease).await;
+                return Reply::orphan(with_request_id(panicked(), &request_id));
+            }
+        };
+        let (head, res_body) = res.into_parts();
+        // A body that is bytes already (most are) is taken as it is, without a copy.
+        let collected = match res_body.try_into_bytes() {
+            Ok(bytes) => Ok(bytes),
+            Err(res_body) => body::to_bytes(res_body).await,
+        };
+        let bytes = match collected {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                tracing::error!(outcome = "released", "response body failed; key released");
+                metrics::outcome("released");
+                release(lease).await;
+                return Reply {
+                    req,
+                    res: with_request_id(panicked(), &request_id),
+                };
+            }
+        };
+        let status = head.status().as_u16();
+        let response = Response::new(status, Replayable(head.headers()), &bytes);
+        let outcome = match lease.finish(response).await {
+            Ok(Outcome::Recorded) => "executed",
+            Ok(Outcome::Released) => "released",
+            Ok(Outcome::Lost) => {
+                tracing::warn!(
+                    status,
+                    "idempotency claim was lost before completion; response not recorded"
+                );
+                "lost"
+            }
+            Err(error) => {
+                tracing::error!(status, %error, "recording the response failed; the claim lapses with its lease");
+                "unrecorded"
+            }
+        };
+        tracing::debug!(outcome, status);
+        metrics::outcome(outcome);
+        Reply {
+            req,
+            res: with_request_id(head.set_body(BoxBody::new(bytes)), &request_id),
         }
-    };
-    let (head, res_body) = res.into_parts();
-    // A body that is bytes already (most are) is taken as it is, without a copy.
-    let collected = match res_body.try_into_bytes() {
-        Ok(bytes) => Ok(bytes),
-        Err(res_body) => body::to_bytes(res_body).await,
-    };
-    let bytes = match collected {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            tracing::error!(outcome = "released", "response body failed; key released");
-            metrics::outcome("released");
-            release(lease).await;
-            return Reply {
-                req,
-                res: with_request_id(panicked(), &request_id),
-            };
-        }
-    };
-    let status = head.status().as_u16();
-    let response = Response::new(status, Replayable(head.headers()), &bytes);
-    let outcome = match lease.finish(response).await {
-        Ok(Outcome::Recorded) => "executed",
-        Ok(Outcome::Released) => "released",
-        Ok(Outcome::Lost) => {
-            tracing::warn!(
-                status,
-                "idempotency claim was lost before completion; response not recorded"
-            );
-            "lost"
-        }
-        Err(error) => {
-            tracing::error!(status, %error, "recording the response failed; the claim lapses with its lease");
-            "unrecorded"
-        }
-    };
-    tracing::debug!(outcome, status);
-    metrics::outcome(outcome);
-    Reply {
-        req,
-        res: with_request_id(head.set_body(BoxBody::new(bytes)), &request_id),
     }
 }
 

@@ -94,21 +94,31 @@ impl Engine {
     /// Makes the store operation `call` and awaits it, telling the observer how it went. The
     /// time runs from the call, not the first poll: an in-memory store does its work in the
     /// call and answers a future that is ready.
-    async fn observed<T, F>(
-        &self,
+    ///
+    /// An `async` block rather than an `async fn`, whose future would hold `call` (and what it
+    /// captures, a whole record for a completion) twice.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would hold its arguments twice"
+    )]
+    fn observed<'a, T, F, C>(
+        &'a self,
         op: &'static str,
-        call: impl FnOnce() -> F,
-    ) -> Result<T, StoreError>
+        call: C,
+    ) -> impl Future<Output = Result<T, StoreError>> + 'a
     where
-        F: Future<Output = Result<T, StoreError>>,
+        C: FnOnce() -> F + 'a,
+        F: Future<Output = Result<T, StoreError>> + 'a,
     {
-        let Some(observer) = &self.parts.observer else {
-            return call().await;
-        };
-        let start = std::time::Instant::now();
-        let result = call().await;
-        observer.store_op(op, start.elapsed(), result.is_err());
-        result
+        async move {
+            let Some(observer) = &self.parts.observer else {
+                return call().await;
+            };
+            let start = std::time::Instant::now();
+            let result = call().await;
+            observer.store_op(op, start.elapsed(), result.is_err());
+            result
+        }
     }
 
     /// The same engine with another clock (for tests).
@@ -375,35 +385,45 @@ impl Lease {
     ///
     /// # Errors
     /// The store's error; the claim then lapses with its lease.
-    pub async fn finish(mut self, response: Response) -> Result<Outcome, StoreError> {
-        self.done = true;
-        if !self.cache.caches(response.status()) {
-            let release = || self.engine.parts.store.release(&self.key, self.token);
-            return Ok(match self.engine.observed("release", release).await? {
-                true => Outcome::Released,
-                false => Outcome::Lost,
-            });
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would hold the lease twice in its future"
+    )]
+    pub fn finish(
+        mut self,
+        response: Response,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> {
+        async move {
+            self.done = true;
+            if !self.cache.caches(response.status()) {
+                let release = || self.engine.parts.store.release(&self.key, self.token);
+                return Ok(match self.engine.observed("release", release).await? {
+                    true => Outcome::Released,
+                    false => Outcome::Lost,
+                });
+            }
+            let now = self.engine.parts.clock.now();
+            let size = response.size();
+            let response = if size > self.max_response {
+                Response::omitted(response.status(), size as u64)
+            } else {
+                response
+            };
+            let record = Completed {
+                fingerprint: self.fingerprint,
+                response,
+                completed_at: now,
+                expires_at: now.saturating_add(self.ttl),
+            };
+            let complete =
+                || (self.engine.parts.store).complete(&self.key, self.token, record, now);
+            let written = self.engine.observed("complete", complete).await?;
+            Ok(if written {
+                Outcome::Recorded
+            } else {
+                Outcome::Lost
+            })
         }
-        let now = self.engine.parts.clock.now();
-        let size = response.size();
-        let response = if size > self.max_response {
-            Response::omitted(response.status(), size as u64)
-        } else {
-            response
-        };
-        let record = Completed {
-            fingerprint: self.fingerprint,
-            response,
-            completed_at: now,
-            expires_at: now.saturating_add(self.ttl),
-        };
-        let complete = || (self.engine.parts.store).complete(&self.key, self.token, record, now);
-        let written = self.engine.observed("complete", complete).await?;
-        Ok(if written {
-            Outcome::Recorded
-        } else {
-            Outcome::Lost
-        })
     }
 
     /// Releases the key without recording anything, so that a retry runs again.
