@@ -28,21 +28,51 @@ pub async fn idem(body: web::Json<Echo>) -> HttpResponse {
     bare(body).await
 }
 
-/// Registers `POST /bare/echo` and `POST /idem/echo`, and `POST /idem-redis/echo` when
-/// `redis` is given: the same handler on a Redis store.
+/// The routes a bench server can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /bare/echo`: the handler without the layer.
+    Bare,
+    /// `POST /idem/echo`: the handler under the layer, on the app's (embedded) store.
+    Idem,
+    /// `POST /idem-redis/echo`: the handler under the layer, on a Redis store.
+    IdemRedis,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "bare" => Ok(Route::Bare),
+            "idem" => Ok(Route::Idem),
+            "idem-redis" => Ok(Route::IdemRedis),
+            other => Err(format!(
+                "unknown route `{other}`: expected bare, idem or idem-redis"
+            )),
+        }
+    }
+}
+
+/// Registers `routes` in their order; `Route::IdemRedis` only when `redis` is given.
 ///
-/// actix matches routes in the order they were registered, so `/idem/echo` pays one failed
-/// path match more than `/bare/echo` (and `/idem-redis/echo` two): a bias against the layer,
-/// small beside the harness's noise over loopback. The in-process bench serves each route from
-/// an app of its own instead.
+/// actix matches routes in the order they were registered, so each route pays a failed path
+/// match for every route before it: `scripts/bench-http` runs the bare handler and the
+/// idempotent ones in two servers, so that each measured route is the first of its app (but
+/// `/idem-redis/echo`, which comes after `/idem/echo`). The in-process bench serves each route
+/// from an app of its own.
 pub fn configure(
+    routes: Vec<Route>,
     redis: Option<idem_actix::IdempotencyConfig>,
 ) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg| {
-        bare_route(cfg);
-        idem_route(cfg);
-        if let Some(redis) = &redis {
-            redis_route(cfg, redis.clone());
+        for route in &routes {
+            match (route, &redis) {
+                (Route::Bare, _) => bare_route(cfg),
+                (Route::Idem, _) => idem_route(cfg),
+                (Route::IdemRedis, Some(redis)) => redis_route(cfg, redis.clone()),
+                (Route::IdemRedis, None) => {}
+            }
         }
     }
 }

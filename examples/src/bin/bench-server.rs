@@ -2,19 +2,26 @@
 //!
 //! ```text
 //! bench-server [--addr 127.0.0.1:8090] [--workers 1] [--redis-url redis://127.0.0.1:6379]
+//!              [--routes bare,idem,idem-redis]
 //! ```
 //! `POST /bare/echo` and `POST /idem/echo` (`#[idempotent(scope = "global")]`, embedded
-//! store); `POST /idem-redis/echo` with `--redis-url`. `scripts/bench-http` drives it.
+//! store); `POST /idem-redis/echo` with `--redis-url`. `--routes` serves only the routes
+//! listed, in that order (actix tries routes in order, so a route listed later pays a failed
+//! match per route before it). `scripts/bench-http` drives it.
 
 use std::process::ExitCode;
 
 use actix_web::{App, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
+use idem_examples::bench::Route;
+
+const USAGE: &str = "usage: bench-server [--addr HOST:PORT] [--workers N] [--redis-url URL] [--routes bare,idem,idem-redis]";
 
 fn main() -> ExitCode {
     let mut addr = "127.0.0.1:8090".to_owned();
     let mut workers = 1;
     let mut redis_url = None;
+    let mut routes = vec![Route::Bare, Route::Idem, Route::IdemRedis];
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next();
@@ -24,8 +31,15 @@ fn main() -> ExitCode {
                 workers = v.parse().unwrap_or(1)
             }
             ("--redis-url", Some(v)) => redis_url = Some(v),
+            ("--routes", Some(v)) => match v.split(',').map(str::parse).collect() {
+                Ok(list) => routes = list,
+                Err(e) => {
+                    eprintln!("bench-server: {e}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             _ => {
-                eprintln!("usage: bench-server [--addr HOST:PORT] [--workers N] [--redis-url URL]");
+                eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         }
@@ -42,7 +56,7 @@ fn main() -> ExitCode {
             None => None,
         };
         let moka = IdempotencyConfig::new(MokaStore::new());
-        let routes = idem_examples::bench::configure(redis);
+        let routes = idem_examples::bench::configure(routes, redis);
         let server =
             HttpServer::new(move || App::new().app_data(moka.clone()).configure(routes.clone()))
                 .workers(workers)
