@@ -368,26 +368,10 @@ where
             // rare, and the handler's future would otherwise swell this one.
             Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
             Admission::Answer(req, res) => return Reply::new(req, res),
-            Admission::Keyed(keyed) => {
-                let engine = keyed.config.engine();
-                match engine.begin_now(&keyed.policy, keyed.store_key, keyed.fingerprint) {
-                    // The store answered in the call: a replay or a refusal is answered here,
-                    // and only the handler's run is left to detach.
-                    Some(begun) => {
-                        let span = keyed.span.clone();
-                        let settled = {
-                            let _entered = (!span.is_disabled()).then(|| span.enter());
-                            settle(keyed, begun, handler)
-                        };
-                        match settled {
-                            Settled::Answer(reply) => return reply,
-                            Settled::Run(ran) if span.is_disabled() => (ran, true),
-                            Settled::Run(ran) => (Box::pin(ran.instrument(span)) as _, true),
-                        }
-                    }
-                    None => (claim_and_run(keyed, handler), true),
-                }
-            }
+            Admission::Keyed(keyed) => match claim(keyed, handler) {
+                Settled::Answer(reply) => return reply,
+                Settled::Run(work) => (work, true),
+            },
         };
     if detach {
         detached(work).await
@@ -396,8 +380,33 @@ where
     }
 }
 
-/// The claim and what follows, boxed, in the request's span when a subscriber wants it (a
-/// span no subscriber wants would still cost an enter and an exit on every poll).
+/// Claims the key in place when the store answers in the call (the embedded one does): the
+/// answer, if the handler does not run, else the handler's run, left to detach. On a store
+/// that must be waited for, the claim is left to detach with the run.
+///
+/// Work left is in the request's span when a subscriber wants it (a span no subscriber wants
+/// would still cost an enter and an exit on every poll).
+fn claim<H, Fut>(keyed: Keyed, handler: H) -> Settled
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
+{
+    let engine = keyed.config.engine();
+    let Some(begun) = engine.begin_now(&keyed.policy, keyed.store_key, keyed.fingerprint) else {
+        return Settled::Run(claim_and_run(keyed, handler));
+    };
+    let span = keyed.span.clone();
+    let settled = {
+        let _entered = (!span.is_disabled()).then(|| span.enter());
+        settle(keyed, begun, handler)
+    };
+    match settled {
+        Settled::Run(ran) if !span.is_disabled() => Settled::Run(Box::pin(ran.instrument(span))),
+        settled => settled,
+    }
+}
+
+/// The claim and what follows, boxed, in the request's span when a subscriber wants it.
 fn claim_and_run<H, Fut>(keyed: Keyed, handler: H) -> Pin<Box<dyn Future<Output = Reply>>>
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
@@ -488,7 +497,9 @@ where
 enum Settled {
     /// The answer, without the handler: a replay or a refusal.
     Answer(Reply),
-    /// The handler's run, under the claim (or unprotected, when the store failed open).
+    /// Work left to run: the handler's run under the claim (or unprotected, when the store
+    /// failed open), or, from [`claim`], the claim on a store that must be waited for and what
+    /// follows.
     ///
     /// A future of its own, boxed only when the handler runs: a replay does not build (nor
     /// move about) the handler's future, often the largest part of a request's state.
