@@ -105,7 +105,7 @@ pub(crate) enum Admission {
     Keyed(Keyed),
 }
 
-/// A keyed request: everything [`execute`] needs.
+/// A keyed request: everything its claim ([`claim`], or [`execute`]) and its run need.
 pub(crate) struct Keyed {
     config: IdempotencyConfig,
     policy: Policy,
@@ -336,7 +336,7 @@ pub(crate) async fn detached(mut work: Pin<Box<dyn Future<Output = Reply>>>) -> 
     }
     match actix_web::rt::spawn(work).await {
         Ok(reply) => reply,
-        // `execute` catches the handler's panics; only a bug of this crate lands here.
+        // The handler's panics are caught where it runs; only a bug of this crate lands here.
         Err(_) => Reply::orphan(panicked()),
     }
 }
