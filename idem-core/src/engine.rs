@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::{select, Either};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::digest::{Fingerprint, StoreKey};
 use crate::error::IdempotencyError;
 use crate::policy::{CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy};
@@ -111,14 +111,42 @@ impl Engine {
         F: Future<Output = Result<T, StoreError>> + 'a,
     {
         async move {
-            let Some(observer) = &self.parts.observer else {
-                return call().await;
-            };
-            let start = std::time::Instant::now();
+            let started = self.op_started();
             let result = call().await;
-            observer.store_op(op, start.elapsed(), result.is_err());
+            self.op_done(op, started, &result);
             result
         }
+    }
+
+    /// When a store operation starts, if an observer wants its time.
+    fn op_started(&self) -> Option<std::time::Instant> {
+        self.parts
+            .observer
+            .as_ref()
+            .map(|_| std::time::Instant::now())
+    }
+
+    /// Tells the observer, if any, how the store operation `op` started at `started` went.
+    fn op_done<T>(
+        &self,
+        op: &'static str,
+        started: Option<std::time::Instant>,
+        result: &Result<T, StoreError>,
+    ) {
+        if let (Some(observer), Some(started)) = (&self.parts.observer, started) {
+            observer.store_op(op, started.elapsed(), result.is_err());
+        }
+    }
+
+    /// The time now, and the claim a request with `fingerprint` writes under `policy`.
+    fn new_claim(&self, policy: &Policy, fingerprint: Fingerprint) -> (Timestamp, InFlight) {
+        let now = self.parts.clock.now();
+        let claim = InFlight {
+            fingerprint,
+            lease_until: now.saturating_add(policy.lease),
+            token: Token::random(),
+        };
+        (now, claim)
     }
 
     /// The same engine with another clock (for tests).
@@ -155,12 +183,7 @@ impl Engine {
             OnInFlight::Conflict => None,
         };
         loop {
-            let now = self.parts.clock.now();
-            let claim = InFlight {
-                fingerprint,
-                lease_until: now.saturating_add(policy.lease),
-                token: Token::random(),
-            };
+            let (now, claim) = self.new_claim(policy, fingerprint);
             let existing = match self
                 .observed("claim", || self.parts.store.claim(&key, claim, now))
                 .await
@@ -211,21 +234,10 @@ impl Engine {
         if let OnInFlight::Wait(_) = policy.on_in_flight {
             return None;
         }
-        let now = self.parts.clock.now();
-        let claim = InFlight {
-            fingerprint,
-            lease_until: now.saturating_add(policy.lease),
-            token: Token::random(),
-        };
-        let start = self
-            .parts
-            .observer
-            .as_ref()
-            .map(|_| std::time::Instant::now());
+        let (now, claim) = self.new_claim(policy, fingerprint);
+        let started = self.op_started();
         let result = self.parts.store.claim_now(&key, claim, now)?;
-        if let (Some(observer), Some(start)) = (&self.parts.observer, start) {
-            observer.store_op("claim", start.elapsed(), result.is_err());
-        }
+        self.op_done("claim", started, &result);
         Some(match result {
             Ok(Claim::Claimed) => Ok(self.claimed(policy, key, claim)),
             Ok(Claim::Existing(record)) => judge(policy, fingerprint, record),
@@ -396,8 +408,7 @@ impl Lease {
         async move {
             self.done = true;
             if !self.cache.caches(response.status()) {
-                let release = || self.engine.parts.store.release(&self.key, self.token);
-                return Ok(match self.engine.observed("release", release).await? {
+                return Ok(match self.released().await? {
                     true => Outcome::Released,
                     false => Outcome::Lost,
                 });
@@ -432,8 +443,13 @@ impl Lease {
     /// The store's error; the claim then lapses with its lease.
     pub async fn release(mut self) -> Result<bool, StoreError> {
         self.done = true;
+        self.released().await
+    }
+
+    /// The store's release of this claim, observed.
+    fn released(&self) -> impl Future<Output = Result<bool, StoreError>> + '_ {
         let release = || self.engine.parts.store.release(&self.key, self.token);
-        self.engine.observed("release", release).await
+        self.engine.observed("release", release)
     }
 }
 
