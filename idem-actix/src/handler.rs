@@ -105,6 +105,10 @@ pub(crate) enum Admission {
     Keyed(Keyed),
 }
 
+/// Work of a keyed request left to run, boxed: the caller's future holds only a pointer to it,
+/// and it can move to a task of its own (see [`detached`]).
+type Work = Pin<Box<dyn Future<Output = Reply>>>;
+
 /// A keyed request: everything its claim ([`claim`], or [`execute`]) and its run need.
 pub(crate) struct Keyed {
     config: IdempotencyConfig,
@@ -327,7 +331,7 @@ async fn read_body(
 /// or a quick handler on the embedded store, never waits, and so costs no task.
 ///
 /// `work` comes boxed, so that the caller's own future holds only a pointer to it.
-pub(crate) async fn detached(mut work: Pin<Box<dyn Future<Output = Reply>>>) -> Reply {
+pub(crate) async fn detached(mut work: Work) -> Reply {
     // Nothing awaits between this poll and the spawn, so the work cannot be cancelled
     // between.
     let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
@@ -362,17 +366,16 @@ where
 {
     // Futures are built in `let` statements of their own throughout: a value bound in an
     // awaited expression, or in a `match` arm, keeps its room in this future across the await.
-    let (work, detach): (Pin<Box<dyn Future<Output = Reply>>>, bool) =
-        match admit(endpoint, scope_fn, req, payload).await {
-            // Boxed: `run` sends requests without a key straight to the handler, so this is
-            // rare, and the handler's future would otherwise swell this one.
-            Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
-            Admission::Answer(req, res) => return Reply::new(req, res),
-            Admission::Keyed(keyed) => match claim(keyed, handler) {
-                Settled::Answer(reply) => return reply,
-                Settled::Run(work) => (work, true),
-            },
-        };
+    let (work, detach): (Work, bool) = match admit(endpoint, scope_fn, req, payload).await {
+        // Boxed: `run` sends requests without a key straight to the handler, so this is
+        // rare, and the handler's future would otherwise swell this one.
+        Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
+        Admission::Answer(req, res) => return Reply::new(req, res),
+        Admission::Keyed(keyed) => match claim(keyed, handler) {
+            Settled::Answer(reply) => return reply,
+            Settled::Run(work) => (work, true),
+        },
+    };
     if detach {
         detached(work).await
     } else {
@@ -383,39 +386,31 @@ where
 /// Claims the key in place when the store answers in the call (the embedded one does): the
 /// answer, if the handler does not run, else the handler's run, left to detach. On a store
 /// that must be waited for, the claim is left to detach with the run.
-///
-/// Work left is in the request's span when a subscriber wants it (a span no subscriber wants
-/// would still cost an enter and an exit on every poll).
 fn claim<H, Fut>(keyed: Keyed, handler: H) -> Settled
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
 {
+    let span = keyed.span.clone();
     let engine = keyed.config.engine();
     let Some(begun) = engine.begin_now(&keyed.policy, keyed.store_key, keyed.fingerprint) else {
-        return Settled::Run(claim_and_run(keyed, handler));
+        return Settled::Run(in_span(Box::pin(execute(keyed, handler)), span));
     };
-    let span = keyed.span.clone();
     let settled = {
         let _entered = (!span.is_disabled()).then(|| span.enter());
         settle(keyed, begun, handler)
     };
     match settled {
-        Settled::Run(ran) if !span.is_disabled() => Settled::Run(Box::pin(ran.instrument(span))),
-        settled => settled,
+        Settled::Run(work) => Settled::Run(in_span(work, span)),
+        answer => answer,
     }
 }
 
-/// The claim and what follows, boxed, in the request's span when a subscriber wants it.
-fn claim_and_run<H, Fut>(keyed: Keyed, handler: H) -> Pin<Box<dyn Future<Output = Reply>>>
-where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
-    Fut: Future<Output = Reply> + 'static,
-{
-    let span = keyed.span.clone();
-    let work = execute(keyed, handler);
+/// `work` in the request's span when a subscriber wants it: a span no subscriber wants would
+/// still cost an enter and an exit on every poll.
+fn in_span(work: Work, span: tracing::Span) -> Work {
     if span.is_disabled() {
-        Box::pin(work)
+        work
     } else {
         Box::pin(work.instrument(span))
     }
@@ -503,7 +498,7 @@ enum Settled {
     ///
     /// A future of its own, boxed only when the handler runs: a replay does not build (nor
     /// move about) the handler's future, often the largest part of a request's state.
-    Run(Pin<Box<dyn Future<Output = Reply>>>),
+    Run(Work),
 }
 
 /// Answers the replay or the refusal `begun` calls for, or says to run the handler.
@@ -513,7 +508,7 @@ where
     Fut: Future<Output = Reply> + 'static,
 {
     match begun {
-        Ok(Begin::Execute(lease)) => Settled::Run(run_claimed(lease, keyed.run, handler)),
+        Ok(Begin::Execute(lease)) => Settled::Run(Box::pin(claimed(lease, keyed.run, handler))),
         Ok(Begin::Replay(record)) => {
             tracing::debug!(outcome = "replayed", status = record.response.status());
             metrics::outcome("replayed");
@@ -523,7 +518,7 @@ where
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
             metrics::outcome("unprotected");
-            Settled::Run(run_unprotected(keyed.run, handler))
+            Settled::Run(Box::pin(unprotected(keyed.run, handler)))
         }
         Err(error) => {
             let outcome = match error {
@@ -578,17 +573,6 @@ impl Run {
 }
 
 /// Runs the handler without a claim: the store failed and the policy fails open.
-///
-/// Boxed (here, so that the caller's future never holds the unboxed one, even for a moment:
-/// it would keep room for it), like [`run_claimed`].
-fn run_unprotected<H, Fut>(run: Run, handler: H) -> Pin<Box<impl Future<Output = Reply>>>
-where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
-    Fut: Future<Output = Reply>,
-{
-    Box::pin(unprotected(run, handler))
-}
-
 async fn unprotected<H, Fut>(run: Run, handler: H) -> Reply
 where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
@@ -604,20 +588,6 @@ where
 
 /// Runs the handler under its claim, and records its response (or releases the claim).
 ///
-/// Boxed: the handler's future is often the largest part of a keyed request's state, and a
-/// replay or a refusal need not carry it.
-fn run_claimed<H, Fut>(
-    lease: idem_core::Lease,
-    run: Run,
-    handler: H,
-) -> Pin<Box<impl Future<Output = Reply>>>
-where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
-    Fut: Future<Output = Reply>,
-{
-    Box::pin(claimed(lease, run, handler))
-}
-
 /// An `async` block rather than an `async fn`, whose future would hold its arguments twice.
 #[allow(
     clippy::manual_async_fn,
