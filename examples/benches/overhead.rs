@@ -1,6 +1,7 @@
 //! In-process cost of the idempotency layer, against the bare handler in the same run:
 //! no key, a new key every request, and a replay, on the embedded store and on Redis (when a
-//! `redis-server` can be started). Requests are built before timing. Each route is served by
+//! `redis-server` can be started); and, for reference, the embedded store's own work for a
+//! new key with nothing of the layer's (`idem_examples::bench::store_alone`). Requests are built before timing. Each route is served by
 //! an app of its own, so that every case's route is matched first, as the bare handler's is.
 //!
 //! `cargo bench -p idem-examples --bench overhead`; the added time per request is printed and
@@ -16,7 +17,7 @@ use actix_web::web::ServiceConfig;
 use actix_web::{test, App};
 use criterion::{criterion_group, Criterion};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
-use idem_examples::bench::{bare_route, idem_route, redis_route};
+use idem_examples::bench::{bare_route, idem_route, redis_route, store_alone_route};
 use idem_tests::TestRedis;
 
 const BODY: &str = r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
@@ -47,10 +48,11 @@ fn fresh_key() -> String {
 /// request.
 type Case = (&'static str, usize, &'static str, fn() -> Option<String>);
 
-/// The apps' indices: the bare handler, the embedded store, Redis.
+/// The apps' indices: the bare handler, the embedded store, the store-alone reference, Redis.
 const BARE: usize = 0;
 const MOKA: usize = 1;
-const REDIS: usize = 2;
+const ALONE: usize = 2;
+const REDIS: usize = 3;
 
 /// An app serving only the routes `routes` registers, on the embedded store by default.
 async fn app(
@@ -68,6 +70,7 @@ fn overhead(c: &mut Criterion) {
         let mut apps = vec![
             app(moka.clone(), &bare_route).await,
             app(moka.clone(), &idem_route).await,
+            app(moka.clone(), &store_alone_route).await,
         ];
         if let Some(redis) = &redis {
             let config = IdempotencyConfig::new(RedisStore::new(redis.url()).expect("Redis URL"));
@@ -89,6 +92,12 @@ fn overhead(c: &mut Criterion) {
         ("moka/replay", MOKA, "/idem/echo", || {
             Some("replayed".into())
         }),
+        (
+            "moka store alone/new key",
+            ALONE,
+            "/store-alone/echo",
+            || Some(fresh_key()),
+        ),
     ];
     if redis.is_some() {
         cases.push(("redis/new key", REDIS, "/idem-redis/echo", || {
@@ -109,7 +118,7 @@ fn overhead(c: &mut Criterion) {
     });
     // Added time, from interleaved rounds of the embedded-store cases (Redis's round trips
     // dwarf any drift).
-    let added = paired(&rt, &apps, &cases[..4]);
+    let added = paired(&rt, &apps, &cases[..5]);
     let mut group = c.benchmark_group("request");
     group
         .measurement_time(Duration::from_secs(3))
@@ -192,6 +201,7 @@ fn summary(added: &[(&'static str, [f64; 3])]) {
         ("moka/no key", "<= 0.1 us"),
         ("moka/replay", "<= 1 us"),
         ("moka/new key", "<= 1.5 us"),
+        ("moka store alone/new key", ""),
         ("redis/replay", ""),
         ("redis/new key", ""),
     ] {

@@ -1,8 +1,14 @@
 //! The handlers `bench-server` and the in-process benchmarks measure: one trivial JSON
-//! handler, bare and under `#[idempotent(scope = "global")]`.
+//! handler, bare and under `#[idempotent(scope = "global")]`, and a reference for what the
+//! embedded store alone costs a new key ([`store_alone`]).
 
-use actix_web::{web, HttpResponse};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
+use idem_core::clock::Timestamp;
+use idem_core::{Completed, Fingerprint, InFlight, MokaStore, Response, Store, StoreKey, Token};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -28,6 +34,70 @@ pub async fn idem(body: web::Json<Echo>) -> HttpResponse {
     bare(body).await
 }
 
+/// The bare handler, then what the embedded store itself does for a new key: a claim of the
+/// request's `Idempotency-Key` and the completion of a record of the response's size, on a
+/// [`MokaStore`] of its own. Nothing of the layer's own work (key syntax, scope, digests,
+/// body handling, the lease, the response's packing and headers, clock reads, metrics), so
+/// that the layer's new key can be compared with what no layer on this store can avoid.
+///
+/// A reference, not a store to use: the key is spread by a cheap hash instead of SHA-256, and
+/// every request completes the same prepared record.
+pub async fn store_alone(req: HttpRequest, body: web::Json<Echo>) -> HttpResponse {
+    let res = bare(body).await;
+    if let Some(key) = req.headers().get("idempotency-key") {
+        let (store, record) = alone();
+        let key = spread(key.as_bytes());
+        let claim = InFlight {
+            fingerprint: record.fingerprint,
+            lease_until: ALONE_NOW.saturating_add(Duration::from_secs(60)),
+            token: Token::from_u128(1),
+        };
+        if let Some(Ok(idem_core::Claim::Claimed)) = store.claim_now(&key, claim, ALONE_NOW) {
+            let completed = store.complete(&key, claim.token, record.clone(), ALONE_NOW);
+            let _ = completed.await;
+        }
+    }
+    res
+}
+
+/// The time [`store_alone`] claims and completes at: a fixed one, as it reads no clock.
+const ALONE_NOW: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+/// The store of [`store_alone`], and the record it completes every key with: the size of the
+/// echo's response.
+fn alone() -> &'static (MokaStore, Completed) {
+    static ALONE: OnceLock<(MokaStore, Completed)> = OnceLock::new();
+    ALONE.get_or_init(|| {
+        let body = br#"{"agent_id":"agent_1","id":"call_1","phone_number":"+15555550123"}"#;
+        let response = Response::new(201, [("content-type", &b"application/json"[..])], body);
+        let record = Completed {
+            fingerprint: Fingerprint::new("POST", "/store-alone/echo", "", b""),
+            response,
+            completed_at: ALONE_NOW,
+            expires_at: ALONE_NOW.saturating_add(Duration::from_secs(86_400)),
+        };
+        (MokaStore::new(), record)
+    })
+}
+
+/// A store key spread from `key` by FNV-1a and splitmix64's finalizer: cheap, where the
+/// layer's is a SHA-256, and mixed enough that the first byte (the store's stripe) varies.
+fn spread(key: &[u8]) -> StoreKey {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut bytes = [0; 32];
+    bytes[..8].copy_from_slice(&mix(h).to_be_bytes());
+    bytes[8..16].copy_from_slice(&mix(h ^ 0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    StoreKey::from_bytes(bytes)
+}
+
 /// The routes a bench server can serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -37,6 +107,9 @@ pub enum Route {
     Idem,
     /// `POST /idem-redis/echo`: the handler under the layer, on a Redis store.
     IdemRedis,
+    /// `POST /store-alone/echo`: the bare handler and the embedded store's own work for a
+    /// new key ([`store_alone`]).
+    StoreAlone,
 }
 
 impl std::str::FromStr for Route {
@@ -47,8 +120,9 @@ impl std::str::FromStr for Route {
             "bare" => Ok(Route::Bare),
             "idem" => Ok(Route::Idem),
             "idem-redis" => Ok(Route::IdemRedis),
+            "store-alone" => Ok(Route::StoreAlone),
             other => Err(format!(
-                "unknown route `{other}`: expected bare, idem or idem-redis"
+                "unknown route `{other}`: expected bare, idem, idem-redis or store-alone"
             )),
         }
     }
@@ -72,6 +146,7 @@ pub fn configure(
                 (Route::Idem, _) => idem_route(cfg),
                 (Route::IdemRedis, Some(redis)) => redis_route(cfg, redis.clone()),
                 (Route::IdemRedis, None) => {}
+                (Route::StoreAlone, _) => store_alone_route(cfg),
             }
         }
     }
@@ -80,6 +155,11 @@ pub fn configure(
 /// `POST /bare/echo`: the handler without the layer.
 pub fn bare_route(cfg: &mut web::ServiceConfig) {
     cfg.route("/bare/echo", web::post().to(bare));
+}
+
+/// `POST /store-alone/echo`: the bare handler and the embedded store's own work for a new key.
+pub fn store_alone_route(cfg: &mut web::ServiceConfig) {
+    cfg.route("/store-alone/echo", web::post().to(store_alone));
 }
 
 /// `POST /idem/echo`: the handler under the layer, on the app's store.
@@ -94,4 +174,47 @@ pub fn redis_route(cfg: &mut web::ServiceConfig, redis: idem_actix::IdempotencyC
             .app_data(redis)
             .route("/echo", web::post().to(idem)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{test, App};
+
+    use super::*;
+
+    fn echo(key: Option<&str>) -> actix_http::Request {
+        let mut req = test::TestRequest::post()
+            .uri("/store-alone/echo")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#);
+        if let Some(key) = key {
+            req = req.insert_header(("idempotency-key", key));
+        }
+        req.to_request()
+    }
+
+    #[actix_web::test]
+    async fn the_store_alone_reference_does_the_store_work_of_a_new_key() {
+        let app = test::init_service(App::new().configure(store_alone_route)).await;
+        let (store, record) = alone();
+        // Without a key it is the bare handler, and writes nothing.
+        let res = test::call_service(&app, echo(None)).await;
+        assert_eq!(res.status(), 201);
+        let key = "store-alone-test-key";
+        let slot = spread(key.as_bytes());
+        assert_eq!(store.get(&slot, ALONE_NOW).await.unwrap(), None);
+        // With one, the key is claimed and completed with the prepared record, as the
+        // embedded store records a new key; the answer is the bare handler's.
+        let res = test::call_service(&app, echo(Some(key))).await;
+        assert_eq!(res.status(), 201);
+        assert_eq!(
+            store.get(&slot, ALONE_NOW).await.unwrap(),
+            Some(idem_core::Record::Completed(record.clone()))
+        );
+        // Other keys land in other slots, spread over the store's stripes.
+        let firsts: std::collections::HashSet<u8> = (0..64)
+            .map(|i| spread(format!("k-{i}").as_bytes()).as_bytes()[0])
+            .collect();
+        assert!(firsts.len() > 32, "{} stripes of 64 keys", firsts.len());
+    }
 }

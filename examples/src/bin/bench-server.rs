@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! bench-server [--addr 127.0.0.1:8090] [--workers 1] [--redis-url redis://127.0.0.1:6379]
-//!              [--routes bare,idem,idem-redis]
+//!              [--routes bare,idem,idem-redis,store-alone]
 //! ```
 //! `POST /bare/echo` and `POST /idem/echo` (`#[idempotent(scope = "global")]`, embedded
-//! store); `POST /idem-redis/echo` with `--redis-url`. `--routes` serves only the routes
-//! listed, in that order (actix tries routes in order, so a route listed later pays a failed
-//! match per route before it). `scripts/bench-http` drives it.
+//! store); `POST /idem-redis/echo` with `--redis-url`; `POST /store-alone/echo` (the bare
+//! handler plus the embedded store's own work for a new key) when listed. `--routes` serves
+//! only the routes listed, in that order (actix tries routes in order, so a route listed
+//! later pays a failed match per route before it). `scripts/bench-http` drives it.
 
 use std::process::ExitCode;
 
@@ -15,7 +16,7 @@ use actix_web::{App, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
 use idem_examples::bench::Route;
 
-const USAGE: &str = "usage: bench-server [--addr HOST:PORT] [--workers N] [--redis-url URL] [--routes bare,idem,idem-redis]";
+const USAGE: &str = "usage: bench-server [--addr HOST:PORT] [--workers N] [--redis-url URL] [--routes bare,idem,idem-redis,store-alone]";
 
 fn main() -> ExitCode {
     let mut addr = "127.0.0.1:8090".to_owned();
