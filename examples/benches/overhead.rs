@@ -1,8 +1,9 @@
 //! In-process cost of the idempotency layer, against the bare handler in the same run:
 //! no key, a new key every request, and a replay, on the embedded store and on Redis (when a
 //! `redis-server` can be started); and, for reference, the embedded store's own work for a
-//! new key with nothing of the layer's (`idem_examples::bench::store_alone`). Requests are built before timing. Each route is served by
-//! an app of its own, so that every case's route is matched first, as the bare handler's is.
+//! new key with nothing of the layer's (`idem_examples::bench::store_alone`). Requests are
+//! built before timing. Each route is served by an app of its own, so that every case's route
+//! is matched first, as the bare handler's is.
 //!
 //! `cargo bench -p idem-examples --bench overhead`; the added time per request is printed and
 //! written to `target/bench/inprocess.md`. The added time of the embedded-store cases comes

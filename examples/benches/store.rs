@@ -2,7 +2,7 @@
 //! completion through [`MokaStore`], against one insert into a bare moka cache built the same
 //! way (LRU, weighed, per-entry expiry), into the plainest moka cache (no bound, no expiry: what
 //! no configuration of moka can go below), and into a `HashMap` for scale. Each round fills
-//! fresh structures with the same 100,000 prepared records, the three in turn; the median of
+//! fresh structures with the same 100,000 prepared records, the four in turn; the median of
 //! the rounds is printed.
 //!
 //! `cargo bench -p idem-examples --bench store`

@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
 use idem_core::clock::Timestamp;
@@ -44,7 +45,9 @@ pub async fn idem(body: web::Json<Echo>) -> HttpResponse {
 /// every request completes the same prepared record.
 pub async fn store_alone(req: HttpRequest, body: web::Json<Echo>) -> HttpResponse {
     let res = bare(body).await;
-    if let Some(key) = req.headers().get("idempotency-key") {
+    // A parsed name, as the layer's: a `&str` would be parsed, and copied, on every request.
+    const KEY: HeaderName = HeaderName::from_static("idempotency-key");
+    if let Some(key) = req.headers().get(&KEY) {
         let (store, record) = alone();
         let key = spread(key.as_bytes());
         let claim = InFlight {
@@ -197,12 +200,16 @@ mod tests {
     async fn the_store_alone_reference_does_the_store_work_of_a_new_key() {
         let app = test::init_service(App::new().configure(store_alone_route)).await;
         let (store, record) = alone();
-        // Without a key it is the bare handler, and writes nothing.
+        // Without a key it is the bare handler.
         let res = test::call_service(&app, echo(None)).await;
         assert_eq!(res.status(), 201);
         let key = "store-alone-test-key";
         let slot = spread(key.as_bytes());
-        assert_eq!(store.get(&slot, ALONE_NOW).await.unwrap(), None);
+        assert_eq!(
+            store.get(&slot, ALONE_NOW).await.unwrap(),
+            None,
+            "not written yet"
+        );
         // With one, the key is claimed and completed with the prepared record, as the
         // embedded store records a new key; the answer is the bare handler's.
         let res = test::call_service(&app, echo(Some(key))).await;
