@@ -7,9 +7,14 @@ use actix_web::{web, HttpRequest};
 use idem_core::clock::Clock;
 use idem_core::{Engine, MokaStore, Policy, Store};
 
-use crate::handler::parse_header;
 use crate::metrics::StoreMetrics;
 use crate::render::{ErrorRenderer, JsonEnvelope};
+
+/// A header name from a policy; the attribute checks names at compile time, a hand-built
+/// policy may not have.
+pub(crate) fn parse_header(name: &str) -> HeaderName {
+    HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("idempotency-key"))
+}
 
 /// The store and error rendering of an application, registered with `App::app_data`.
 ///

@@ -7,7 +7,15 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use crate::handler::Admitted;
+use crate::request_id::RequestId;
+
+/// What the layer hands the handler of a keyed request it runs: the request's id and key
+/// (for the [`RequestId`] and [`IdempotencyKey`](IdempotencyKey) extractors). It also
+/// marks the request as taken in charge, so that an inner layer steps aside.
+pub(crate) struct Admitted {
+    pub(crate) request_id: RequestId,
+    pub(crate) key: IdempotencyKey,
+}
 
 /// The request's validated idempotency key, as an extractor.
 ///

@@ -6,7 +6,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header::HeaderValue;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 
-use crate::handler::Admitted;
+use crate::extract::Admitted;
 
 /// The id of this request: a valid incoming `X-Request-ID` (1 to 128 of `A-Z a-z 0-9 - _ . : / + =`),
 /// else a fresh 16-hex-digit id. The idempotency layer answers with it in `X-Request-ID` and

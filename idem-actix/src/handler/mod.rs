@@ -1,0 +1,162 @@
+//! One request through the idempotency layer, shared by the attribute and the middleware.
+//!
+//! Each step has a file: [`admit`] decides what a request needs (key, scope, body,
+//! fingerprint); [`claim`] claims its key and settles on a replay, a refusal or a run;
+//! [`detach`] keeps a run going when its client goes away; [`record`] runs the handler under
+//! its claim and records the response; [`replay`] answers from a record. This file holds what
+//! the attribute's generated code calls.
+
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::sync::OnceLock;
+
+use actix_web::dev::{self, ServiceResponse};
+use actix_web::http::header::HeaderName;
+use actix_web::{FromRequest, HttpRequest, HttpResponse};
+use idem_core::Overrides;
+
+use crate::config::{parse_header, IdempotencyConfig};
+
+mod admit;
+mod claim;
+mod detach;
+mod record;
+mod replay;
+
+pub(crate) use self::admit::{bypasses, taken};
+pub(crate) use self::claim::keyed;
+
+/// One endpoint's (or one middleware's) overrides of the application's policy, and its parsed
+/// header name, built in a `static` by the attribute.
+#[derive(Debug)]
+pub struct Endpoint {
+    overrides: Overrides,
+    header: OnceLock<HeaderName>,
+}
+
+impl Endpoint {
+    /// An endpoint with `overrides` on top of the application's policy.
+    pub const fn new(overrides: Overrides) -> Self {
+        Self {
+            overrides,
+            header: OnceLock::new(),
+        }
+    }
+
+    /// The key's header: the endpoint's own, else the application's.
+    fn header<'a>(&'a self, config: &'a IdempotencyConfig) -> &'a HeaderName {
+        match self.overrides.header {
+            Some(name) => self.header.get_or_init(|| parse_header(name)),
+            None => config.header(),
+        }
+    }
+}
+
+/// A function that finds the scope of a request: the tenant (or other owner) of its key, or
+/// `None` when the request has none (the answer is then 400 `idempotency_scope_missing`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used as a scope function",
+    label = "a scope function is `fn(&HttpRequest) -> Option<String>`",
+    note = "return the owner of the request's keys (such as its tenant), or None when the request has none"
+)]
+pub trait ScopeFn {
+    /// The scope of `req`.
+    fn scope(&self, req: &HttpRequest) -> Option<String>;
+}
+
+impl<F: Fn(&HttpRequest) -> Option<String>> ScopeFn for F {
+    fn scope(&self, req: &HttpRequest) -> Option<String> {
+        self(req)
+    }
+}
+
+/// Calls a scope function; the attribute checks its signature through this.
+pub fn scope<F: ScopeFn>(f: F, req: &HttpRequest) -> Option<String> {
+    f.scope(req)
+}
+
+/// Work of a keyed request left to run, boxed: the caller's future holds only a pointer to it,
+/// and it can move to a task of its own (see [`detached`]).
+type Work = Pin<Box<dyn Future<Output = Reply>>>;
+
+/// A response, with its request when it still exists (a handler that panicked, or a service
+/// that failed, took it down). Middleware needs the request to build its `ServiceResponse`,
+/// and must not hold a clone meanwhile: actix's router needs the request unshared.
+pub struct Reply {
+    pub(crate) req: Option<HttpRequest>,
+    pub(crate) res: HttpResponse,
+}
+
+impl Reply {
+    pub(crate) fn new(req: HttpRequest, res: HttpResponse) -> Self {
+        Self {
+            req: Some(req),
+            res,
+        }
+    }
+
+    pub(crate) fn orphan(res: HttpResponse) -> Self {
+        Self { req: None, res }
+    }
+
+    pub(crate) fn from_service(res: ServiceResponse) -> Self {
+        let (req, res) = res.into_parts();
+        Self::new(req, res)
+    }
+}
+
+/// The generated handler's one argument: the request and its payload, untouched, for
+/// [`run`] to hand on to the original handler's extractors.
+///
+/// One extractor whose future is ready, where `(HttpRequest, web::Payload)` would cost actix
+/// a tuple of two extractions on every request, keyed or not.
+pub struct Raw {
+    req: HttpRequest,
+    payload: dev::Payload,
+}
+
+impl FromRequest for Raw {
+    type Error = Infallible;
+    type Future = Ready<Result<Self, Infallible>>;
+
+    #[inline]
+    fn from_request(req: &HttpRequest, payload: &mut dev::Payload) -> Self::Future {
+        ready(Ok(Raw {
+            req: req.clone(),
+            payload: payload.take(),
+        }))
+    }
+}
+
+/// Runs `handler` under the attribute's `endpoint`. `handler` extracts the original handler's
+/// arguments from the request and payload it is given, calls it and responds. With
+/// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
+pub async fn run<H, Fut>(
+    endpoint: &Endpoint,
+    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    Raw { req, payload }: Raw,
+    handler: H,
+) -> HttpResponse
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
+{
+    if bypasses(endpoint, &req) || taken(&req) {
+        return handler(req, payload).await.res;
+    }
+    // Boxed, so that requests without a key do not carry the keyed path's state.
+    let keyed = Box::pin(keyed(endpoint, scope_fn, req, payload, handler));
+    keyed.await.res
+}
+
+/// Lets the attribute's generated code respond with whatever the original handler returned.
+pub fn respond<R: actix_web::Responder>(req: HttpRequest, value: R) -> Reply {
+    let res = value.respond_to(&req).map_into_boxed_body();
+    Reply::new(req, res)
+}
+
+/// Lets the attribute's generated code answer an extractor's error.
+pub fn fail(req: HttpRequest, error: impl Into<actix_web::Error>) -> Reply {
+    Reply::new(req, HttpResponse::from_error(error))
+}
