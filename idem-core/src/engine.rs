@@ -29,6 +29,51 @@ struct Parts {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn StoreObserver>>,
+    /// Releases of claims whose leases were dropped unfinished, still under way.
+    releasing: Arc<Releasing>,
+}
+
+/// A count of work under way, and a wake-up for whoever waits for none.
+#[derive(Debug, Default)]
+struct Releasing {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+struct ReleasingGuard(Arc<Releasing>);
+
+impl Drop for ReleasingGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Releasing {
+    /// Counts one more under way, until the guard is dropped (done, or dropped with its
+    /// runtime).
+    fn start(self: &Arc<Self>) -> ReleasingGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ReleasingGuard(Arc::clone(self))
+    }
+
+    async fn none(&self) {
+        loop {
+            let mut idle = std::pin::pin!(self.idle.notified());
+            // Registered before the count is read, so a release finishing in between wakes it.
+            idle.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
 }
 
 /// Told of every store operation the engine makes: for metrics, without wrapping the store.
@@ -80,6 +125,7 @@ impl Engine {
                 store,
                 clock: Arc::new(SystemClock),
                 observer: None,
+                releasing: Arc::default(),
             }),
         }
     }
@@ -154,6 +200,13 @@ impl Engine {
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         Arc::make_mut(&mut self.parts).clock = Arc::new(clock);
         self
+    }
+
+    /// Waits until the claims of leases dropped unfinished (a cancelled or panicking
+    /// operation) have been released in the store, or have failed to be. For a graceful
+    /// shutdown: the releases run as tasks, which a runtime that stops would drop.
+    pub async fn abandoned_released(&self) {
+        self.parts.releasing.none().await;
     }
 
     /// The store.
@@ -302,6 +355,38 @@ fn judge(
     }
 }
 
+/// The pauses between attempts at a completion: doubling from 20 ms up to 1 s, for as long
+/// as `budget` lasts from the first failure.
+struct Backoff {
+    next: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(20);
+    const MOST: Duration = Duration::from_secs(1);
+
+    fn new(budget: Duration) -> Self {
+        Self {
+            next: Self::FIRST,
+            deadline: tokio::time::Instant::now() + budget,
+        }
+    }
+
+    /// The pause before the next attempt, or `None` once the budget is spent.
+    fn next(&mut self) -> Option<Duration> {
+        let left = self
+            .deadline
+            .checked_duration_since(tokio::time::Instant::now())?;
+        if left.is_zero() {
+            return None;
+        }
+        let pause = self.next.min(left);
+        self.next = (self.next * 2).min(Self::MOST);
+        Some(pause)
+    }
+}
+
 /// A held claim. Finish it with [`Lease::finish`]; dropped unfinished (a cancelled or
 /// panicking handler), it releases the key in the background so a retry runs again.
 #[must_use = "a lease is released when dropped; finish it with the handler's response"]
@@ -392,11 +477,17 @@ impl Lease {
     }
 
     /// Records `response` if the endpoint caches its status, else releases the key. A response
-    /// larger than the endpoint's `max_response` is recorded without its headers and body, so
-    /// that retries learn it completed and never run it again.
+    /// larger than the endpoint's `max_response`, or than the store keeps, is recorded without
+    /// its headers and body, so that retries learn it completed and never run it again.
+    ///
+    /// The operation ran, so a completion the store fails to take is not given up at once: it
+    /// is retried with backoff for up to one lease, and the claim is renewed meanwhile, so
+    /// that a retry of the request gets 409 (or 503), never a second run, while the store can
+    /// still be told.
     ///
     /// # Errors
-    /// The store's error; the claim then lapses with its lease.
+    /// The store's last error, once retrying for a lease has not recorded the response; the
+    /// claim then lapses with its lease.
     #[allow(
         clippy::manual_async_fn,
         reason = "an `async fn` would hold the lease twice in its future"
@@ -420,20 +511,43 @@ impl Lease {
             } else {
                 response
             };
-            let record = Completed {
+            let mut record = Completed {
                 fingerprint: self.fingerprint,
                 response,
                 completed_at: now,
                 expires_at: now.saturating_add(self.ttl),
             };
-            let complete =
-                || (self.engine.parts.store).complete(&self.key, self.token, record, now);
-            let written = self.engine.observed("complete", complete).await?;
-            Ok(if written {
-                Outcome::Recorded
-            } else {
-                Outcome::Lost
-            })
+            // Made at the first failure only: the common path reads no clock for it.
+            let mut retry: Option<Backoff> = None;
+            loop {
+                let attempt = record.clone();
+                let now = self.engine.parts.clock.now();
+                let complete =
+                    || (self.engine.parts.store).complete(&self.key, self.token, attempt, now);
+                let error = match self.engine.observed("complete", complete).await {
+                    Ok(true) => return Ok(Outcome::Recorded),
+                    Ok(false) => return Ok(Outcome::Lost),
+                    Err(error) => error,
+                };
+                if let StoreError::TooLarge { .. } = error {
+                    if record.response.body_omitted().is_none() {
+                        let status = record.response.status();
+                        record.response = Response::omitted(status, size as u64);
+                        continue;
+                    }
+                }
+                let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
+                let Some(pause) = backoff.next() else {
+                    return Err(error);
+                };
+                tracing::warn!(key = %self.key, %error, "recording the response failed; retrying while the claim is kept");
+                tokio::time::sleep(pause).await;
+                // Keep the claim while the store can still be told; an error here is the
+                // store's failure again, and the next attempt retries both.
+                if let Ok(false) = self.renew().await {
+                    return Ok(Outcome::Lost);
+                }
+            }
         }
     }
 
@@ -462,10 +576,12 @@ impl Drop for Lease {
         let (key, token) = (self.key, self.token);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                let releasing = self.engine.parts.releasing.start();
                 runtime.spawn(async move {
                     if let Err(error) = store.release(&key, token).await {
                         tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
                     }
+                    drop(releasing);
                 });
             }
             Err(_) => {
@@ -480,7 +596,7 @@ mod tests {
     use super::*;
     use crate::clock::{ManualClock, Timestamp};
     use crate::store::MokaStore;
-    use crate::testing::{CountingStore, UnavailableStore};
+    use crate::testing::{CountingStore, Fault, FaultyStore, UnavailableStore};
     use std::collections::HashMap;
 
     const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
@@ -610,6 +726,90 @@ mod tests {
             }
         ));
         assert_eq!(err.code(), "idempotency_response_too_large");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_the_store_failed_is_retried_and_the_operation_never_runs_again() {
+        let clock = ManualClock::new(START);
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(clock.clone());
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        // The first two attempts fail as a dropped connection would.
+        store.fail("complete", 2, Fault::Unavailable);
+        assert_eq!(
+            lease.finish(response(201, "once")).await.unwrap(),
+            Outcome::Recorded
+        );
+        assert_eq!(store.calls("complete"), 3);
+        // Long after the lease would have lapsed, the retry still replays.
+        clock.advance(policy.lease * 3);
+        assert_eq!(
+            &replay(&engine, &policy, key(1), fp("a"))
+                .await
+                .response
+                .body()[..],
+            b"once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_being_retried_keeps_its_claim_so_a_duplicate_never_runs() {
+        let clock = ManualClock::new(START);
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(clock.clone());
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.fail("complete", usize::MAX, Fault::Timeout);
+        let finishing = tokio::spawn(lease.finish(response(201, "once")));
+        // Twice the lease passes on the clock while the store refuses the record.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            clock.advance(Duration::from_secs(10));
+            let duplicate = engine.begin(&policy, key(1), fp("a")).await;
+            assert!(
+                matches!(duplicate, Err(IdempotencyError::InFlight)),
+                "a duplicate must not run while the completion is retried: {duplicate:?}"
+            );
+        }
+        store.heal();
+        assert_eq!(finishing.await.unwrap().unwrap(), Outcome::Recorded);
+        replay(&engine, &policy, key(1), fp("a")).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_the_store_keeps_refusing_gives_up_after_one_lease() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.fail("complete", usize::MAX, Fault::Unavailable);
+        let started = tokio::time::Instant::now();
+        let error = lease.finish(response(201, "once")).await.unwrap_err();
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited < Duration::from_secs(35),
+            "retried for {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_the_store_refuses_as_too_large_is_kept_without_its_body() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.fail("complete", 1, Fault::TooLarge(64));
+        assert_eq!(
+            lease.finish(response(201, "a large body")).await.unwrap(),
+            Outcome::Recorded
+        );
+        let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
+        assert!(
+            matches!(err, IdempotencyError::ResponseTooLarge { status: 201, .. }),
+            "the retry learns the operation completed, and it does not run again: {err:?}"
+        );
     }
 
     #[test]

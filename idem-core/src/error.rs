@@ -22,6 +22,8 @@ pub mod codes {
     pub const BODY_TOO_LARGE: &str = "idempotency_body_too_large";
     /// 409: the operation completed, but its response was too large to keep for replay.
     pub const RESPONSE_TOO_LARGE: &str = "idempotency_response_too_large";
+    /// 503: this server runs as much work for clients that went away as it allows; nothing ran.
+    pub const OVERLOADED: &str = "idempotency_overloaded";
 }
 
 /// How long a client is told to wait before retrying a 409 in-flight or a 503.
@@ -69,6 +71,10 @@ pub enum IdempotencyError {
         /// Its size in bytes.
         size: u64,
     },
+    /// The server already runs as many operations whose clients went away as it allows, so it
+    /// takes no new one for now.
+    #[error("the server is finishing too many operations whose clients went away; retry later")]
+    Overloaded,
     /// The request body is larger than the endpoint buffers for fingerprinting.
     #[error("the request body is larger than {limit} bytes, the most this endpoint accepts")]
     BodyTooLarge {
@@ -88,6 +94,7 @@ impl IdempotencyError {
             Self::StoreUnavailable(_) => codes::STORE_UNAVAILABLE,
             Self::BodyTooLarge { .. } => codes::BODY_TOO_LARGE,
             Self::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE,
+            Self::Overloaded => codes::OVERLOADED,
         }
     }
 
@@ -97,7 +104,7 @@ impl IdempotencyError {
             Self::KeyMissing { .. } | Self::KeyInvalid { .. } | Self::ScopeMissing(_) => 400,
             Self::InFlight | Self::ResponseTooLarge { .. } => 409,
             Self::Mismatch { status } => *status,
-            Self::StoreUnavailable(_) => 503,
+            Self::StoreUnavailable(_) | Self::Overloaded => 503,
             Self::BodyTooLarge { .. } => 413,
         }
     }
@@ -105,7 +112,7 @@ impl IdempotencyError {
     /// The `Retry-After` to send, where retrying later can succeed.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::InFlight | Self::StoreUnavailable(_) => Some(RETRY_AFTER),
+            Self::InFlight | Self::StoreUnavailable(_) | Self::Overloaded => Some(RETRY_AFTER),
             _ => None,
         }
     }
@@ -162,6 +169,7 @@ mod tests {
                 409,
                 "idempotency_response_too_large",
             ),
+            (IdempotencyError::Overloaded, 503, "idempotency_overloaded"),
         ];
         for (err, status, code) in cases {
             assert_eq!((err.status(), err.code()), (status, code), "{err}");
@@ -174,6 +182,7 @@ mod tests {
         assert!(IdempotencyError::StoreUnavailable(StoreError::Timeout)
             .retry_after()
             .is_some());
+        assert!(IdempotencyError::Overloaded.retry_after().is_some());
         assert!(IdempotencyError::Mismatch { status: 409 }
             .retry_after()
             .is_none());

@@ -52,7 +52,7 @@ pub use crate::engine::{Begin, Engine, Lease, Outcome, StoreObserver};
 pub use crate::error::{codes, IdempotencyError, RETRY_AFTER};
 pub use crate::key::{IdempotencyKey, KeyError, DEFAULT_KEY_MAX_LEN};
 pub use crate::policy::{
-    CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
+    CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, PolicyError,
 };
 pub use crate::record::{random_u64, Completed, Headers, InFlight, Record, Response, Token};
 pub use crate::scope::{Scope, ScopeError, ScopeValue};

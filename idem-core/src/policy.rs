@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::key::DEFAULT_KEY_MAX_LEN;
 use crate::scope::Scope;
+use crate::store::Store;
 
 /// What to answer when a key comes back with a different request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +109,10 @@ pub struct Policy {
     pub max_response: usize,
     /// The error body shape for this endpoint; `None` uses the application's renderer.
     pub error_format: Option<ErrorFormat>,
+    /// Whether `Set-Cookie` headers are recorded and replayed. Off by default: a replay goes to
+    /// whoever holds the key, and a cookie (a session, a CSRF token) is meant for the client
+    /// the first response went to.
+    pub replay_set_cookie: bool,
 }
 
 impl Default for Policy {
@@ -119,7 +124,7 @@ impl Default for Policy {
 impl Policy {
     /// 24 h TTL, scope per API key, `Idempotency-Key` of up to 255 bytes, optional, 409 on
     /// mismatch and while in flight, every status but 5xx recorded, 60 s lease, fail closed,
-    /// request bodies up to 2 MiB, responses kept up to 1 MiB.
+    /// request bodies up to 2 MiB, responses kept up to 1 MiB, `Set-Cookie` not kept.
     pub const DEFAULT: Policy = Policy {
         ttl: Duration::from_secs(24 * 60 * 60),
         scope: Scope::ApiKey,
@@ -135,7 +140,58 @@ impl Policy {
         max_body: 2 * 1024 * 1024,
         max_response: 1024 * 1024,
         error_format: None,
+        replay_set_cookie: false,
     };
+}
+
+impl Policy {
+    /// Checks that this policy asks nothing of `store` that it cannot do.
+    ///
+    /// # Errors
+    /// [`PolicyError::InvalidHeader`] when the key's header is not a valid header name, and
+    /// [`PolicyError::ResponseLargerThanStore`] when responses of up to `max_response` bytes
+    /// are to be kept but the store refuses records that large: they would be kept without
+    /// their bodies, so that retries get 409 `idempotency_response_too_large` instead of a
+    /// replay.
+    pub fn check(&self, store: &dyn Store) -> Result<(), PolicyError> {
+        if !is_token(self.header) {
+            return Err(PolicyError::InvalidHeader(self.header));
+        }
+        match store.max_record_bytes() {
+            Some(store_max) if self.max_response > store_max => {
+                Err(PolicyError::ResponseLargerThanStore {
+                    max_response: self.max_response,
+                    store_max,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether `name` is an HTTP header name (an RFC 9110 token).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Settings that contradict each other, refused when an application is configured.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The key's header is not a valid header name.
+    #[error("\"{0}\" is not a valid header name; use letters, digits and `-`, such as \"X-Idempotency-Key\"")]
+    InvalidHeader(&'static str),
+    /// Responses are kept up to a size the store does not take.
+    #[error("max_response is {max_response} bytes, but the store keeps records of at most {store_max} bytes; lower max_response or raise the store's limit")]
+    ResponseLargerThanStore {
+        /// The policy's `max_response`.
+        max_response: usize,
+        /// The store's [`Store::max_record_bytes`].
+        store_max: usize,
+    },
 }
 
 /// Settings one endpoint (or one middleware) overrides on top of the application's
@@ -174,6 +230,8 @@ pub struct Overrides {
     pub max_response: Option<usize>,
     /// Overrides [`Policy::error_format`].
     pub error_format: Option<ErrorFormat>,
+    /// Overrides [`Policy::replay_set_cookie`].
+    pub replay_set_cookie: Option<bool>,
 }
 
 /// One list of the policy's fields makes both `Policy`'s setters and `Overrides`, so that the
@@ -235,6 +293,7 @@ policy_fields! {
     max_body: usize,
     max_response: usize,
     error_format: ErrorFormat,
+    replay_set_cookie: bool,
 }
 
 #[cfg(test)]
@@ -263,6 +322,31 @@ mod tests {
         assert_eq!(merged.error_format, Some(ErrorFormat::Problem));
         assert_eq!(merged.lease, Policy::DEFAULT.lease);
         assert_eq!(Overrides::NONE.apply_to(APP), APP);
+    }
+
+    #[test]
+    fn a_response_limit_the_store_cannot_hold_is_refused() {
+        let store = crate::MokaStore::builder().max_bytes(64 * 1024).build();
+        let err = Policy::DEFAULT.check(&store).unwrap_err();
+        assert!(matches!(
+            err,
+            PolicyError::ResponseLargerThanStore {
+                max_response: 1_048_576,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("lower max_response"));
+        assert_eq!(
+            Policy::DEFAULT.max_response(16 * 1024).check(&store),
+            Ok(())
+        );
+        assert_eq!(Policy::DEFAULT.check(&crate::MokaStore::new()), Ok(()));
+        assert_eq!(
+            Policy::DEFAULT
+                .header("Idempotency Key")
+                .check(&crate::MokaStore::new()),
+            Err(PolicyError::InvalidHeader("Idempotency Key"))
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Stores for tests: one whose backend is always down, and a wrapper that counts operations
-//! (and can slow them). They let an application's own tests check its fail-closed answers and
-//! its store traffic.
+//! Stores for tests: one whose backend is always down, a wrapper that counts operations (and
+//! can slow them), and a wrapper that fails the operations a test chooses. They let an
+//! application's own tests check its fail-closed answers, its store traffic, and what happens
+//! when a store fails in the middle of an operation.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -148,6 +149,165 @@ impl<S: Store> Store for CountingStore<S> {
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
         self.count("release").release(key, token)
+    }
+    fn fails_open(&self) -> bool {
+        self.inner.fails_open()
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        self.inner.max_record_bytes()
+    }
+}
+
+/// Which error a [`FaultyStore`] answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// [`StoreError::Unavailable`]: a dropped connection, a refused command.
+    Unavailable,
+    /// [`StoreError::Timeout`].
+    Timeout,
+    /// [`StoreError::TooLarge`] with this limit, as a store answers a record over its limit.
+    TooLarge(usize),
+}
+
+impl Fault {
+    fn error(self) -> StoreError {
+        match self {
+            Fault::Unavailable => StoreError::Unavailable("injected store failure".into()),
+            Fault::Timeout => StoreError::Timeout,
+            Fault::TooLarge(max) => StoreError::TooLarge { size: max + 1, max },
+        }
+    }
+}
+
+/// Wraps a store and fails the operations a test chooses, before they reach it (nothing is
+/// written by a failed operation). Operations are named as in [`CountingStore`]. Clones share
+/// the plan and the counts.
+///
+/// ```
+/// use idem_core::testing::{Fault, FaultyStore};
+/// use idem_core::MokaStore;
+///
+/// let store = FaultyStore::new(MokaStore::new());
+/// // The next two completions fail as a dropped connection would; later ones reach the store.
+/// store.fail("complete", 2, Fault::Unavailable);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct FaultyStore<S> {
+    inner: S,
+    plan: Arc<Mutex<Plan>>,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    /// Per operation: how many more calls fail (`usize::MAX`: all), and how.
+    faults: HashMap<&'static str, (usize, Fault)>,
+    /// Per operation: calls made, failed or not.
+    calls: HashMap<&'static str, usize>,
+}
+
+impl<S> FaultyStore<S> {
+    /// `inner`, with no faults planned.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            plan: Arc::default(),
+        }
+    }
+
+    /// Makes the next `times` calls of `operation` fail with `fault` (`usize::MAX`: every call
+    /// until [`heal`](Self::heal)).
+    pub fn fail(&self, operation: &'static str, times: usize, fault: Fault) {
+        self.lock().faults.insert(operation, (times, fault));
+    }
+
+    /// Cancels every planned fault.
+    pub fn heal(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// The calls of `operation` made so far, failed or not.
+    pub fn calls(&self, operation: &'static str) -> usize {
+        self.lock().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a call of `operation`, and the error it fails with if one is planned.
+    fn fault(&self, operation: &'static str) -> Option<StoreError> {
+        let mut plan = self.lock();
+        *plan.calls.entry(operation).or_default() += 1;
+        let (left, fault) = plan.faults.get_mut(operation)?;
+        if *left == 0 {
+            return None;
+        }
+        if *left != usize::MAX {
+            *left -= 1;
+        }
+        Some(fault.error())
+    }
+
+    fn call<'a, T: Send + 'a>(
+        &'a self,
+        operation: &'static str,
+        call: impl FnOnce(&'a S) -> StoreFuture<'a, T>,
+    ) -> StoreFuture<'a, T> {
+        match self.fault(operation) {
+            Some(error) => StoreFuture::ready(Err(error)),
+            None => call(&self.inner),
+        }
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        self.call("claim", |s| s.claim(key, claim, now))
+    }
+
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        self.call("get", |s| s.get(key, now))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        self.call("extend", |s| s.extend(key, token, lease_until, now))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Completed,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        self.call("complete", |s| s.complete(key, token, record, now))
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        self.call("release", |s| s.release(key, token))
+    }
+
+    fn fails_open(&self) -> bool {
+        self.inner.fails_open()
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        self.inner.max_record_bytes()
     }
 }
 

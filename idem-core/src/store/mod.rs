@@ -148,6 +148,13 @@ pub trait Store: Send + Sync + 'static {
     fn fails_open(&self) -> bool {
         false
     }
+
+    /// The largest record this store keeps, in bytes as it counts them, if it has a limit. A
+    /// completion over it fails with [`StoreError::TooLarge`], and the engine then records the
+    /// operation without its response, so that it is still never run again.
+    fn max_record_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -199,6 +206,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn fails_open(&self) -> bool {
         (**self).fails_open()
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        (**self).max_record_bytes()
     }
 }
 

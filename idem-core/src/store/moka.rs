@@ -151,6 +151,7 @@ impl Hasher for SlotHasher {
 pub struct MokaStore {
     completed: Cache<Slot, Completed, SlotHashing>,
     claims: Arc<[Stripe; 256]>,
+    max_bytes: u64,
 }
 
 impl MokaStore {
@@ -279,6 +280,7 @@ impl MokaStoreBuilder {
             claims: Arc::new(std::array::from_fn(|_| {
                 Mutex::new(HashMap::with_hasher(hashing))
             })),
+            max_bytes: self.max_bytes,
         }
     }
 }
@@ -337,6 +339,14 @@ impl Store for MokaStore {
         record: Completed,
         _now: Timestamp,
     ) -> StoreFuture<'a, bool> {
+        // The cache would drop at once a record heavier than its whole capacity.
+        let weight = weight(&record);
+        if u64::from(weight) > self.max_bytes {
+            return StoreFuture::ready(Err(StoreError::TooLarge {
+                size: weight as usize,
+                max: self.max_record_bytes().unwrap_or(0),
+            }));
+        }
         let mut claims = self.stripe(key);
         let held = claims.get(key).is_some_and(|c| c.token == token);
         if held {
@@ -345,6 +355,11 @@ impl Store for MokaStore {
             claims.remove(key);
         }
         StoreFuture::ready(Ok(held))
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        let max = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        Some(max.saturating_sub(RECORD_OVERHEAD))
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
@@ -429,6 +444,34 @@ mod tests {
                 "key {i}, just completed, is not replayed"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_record_heavier_than_the_whole_store_is_kept_without_its_body() {
+        // moka would drop an entry heavier than its capacity at once, and the retry would run
+        // the operation again.
+        let store = MokaStore::builder().max_bytes(4096).build();
+        assert_eq!(store.max_record_bytes(), Some(4096 - RECORD_OVERHEAD));
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let fp = Fingerprint::new("POST", "/v1/reports", "", b"{}");
+        let key = StoreKey::from_bytes([3; 32]);
+        let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+            panic!("a new key is claimed");
+        };
+        lease
+            .finish(Response::new(201, [], &[b'x'; 8192]))
+            .await
+            .unwrap();
+        store.completed.run_pending_tasks();
+        let retry = engine.begin(&policy, key, fp).await;
+        assert!(
+            matches!(
+                retry,
+                Err(crate::IdempotencyError::ResponseTooLarge { status: 201, .. })
+            ),
+            "the retry must learn that the operation completed: {retry:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,4 +320,8 @@ impl Store for RedisStore {
     fn fails_open(&self) -> bool {
         self.fail_open
     }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        Some(self.max_record_bytes)
+    }
 }
