@@ -119,17 +119,22 @@ async fn client(apis: Arc<Vec<CallsApi>>, ledger: Arc<Mutex<Ledger>>, id: usize,
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     create(tenant, &key, PHONE).send(api.addr).await
                 });
-                expect_first(&first);
+                // Usually the slow one is first; on a loaded machine the second can overtake it.
+                let (ran, other) = match first.status == 409 || first.replayed() {
+                    true => (second, first),
+                    false => (first, second),
+                };
+                expect_first(&ran);
                 assert!(
-                    second.status == 409 || second.replayed(),
+                    other.status == 409 || (other.replayed() && other.body == ran.body),
                     "{}",
-                    second.status
+                    other.status
                 );
                 ledger
                     .lock()
                     .unwrap()
                     .completed
-                    .insert((tenant, key.clone()), first.body);
+                    .insert((tenant, key.clone()), ran.body);
                 mine.push(key);
             }
         }

@@ -1,12 +1,14 @@
 //! Per-application settings: the store, the clock and the error renderer.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest};
 use idem_core::clock::Clock;
-use idem_core::{Engine, MokaStore, Policy, Store};
+use idem_core::{Engine, MokaStore, Policy, PolicyError, Store};
 
+use crate::handler::TASKS;
 use crate::metrics::StoreMetrics;
 use crate::render::{ErrorRenderer, JsonEnvelope};
 
@@ -49,7 +51,14 @@ struct Settings {
     renderer: Arc<dyn ErrorRenderer>,
     defaults: Policy,
     header: HeaderName,
+    max_detached: usize,
 }
+
+/// How long a drain that cancelled operations waits for their claims to be released.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// The default bound on runs a worker finishes for clients that went away.
+const DEFAULT_MAX_DETACHED: usize = 1024;
 
 impl IdempotencyConfig {
     /// Settings with `store`, the system clock and the default JSON error envelope.
@@ -66,6 +75,7 @@ impl IdempotencyConfig {
             renderer: Arc::new(JsonEnvelope::CODE),
             defaults: Policy::DEFAULT,
             header: parse_header(Policy::DEFAULT.header),
+            max_detached: DEFAULT_MAX_DETACHED,
         }))
     }
 
@@ -81,15 +91,22 @@ impl IdempotencyConfig {
     ///     Policy::DEFAULT
     ///         .ttl(Duration::from_secs(3600))
     ///         .header("X-Idempotency-Key"),
-    /// );
+    /// )?;
     /// assert_eq!(idem.policy().ttl, Duration::from_secs(3600));
+    /// # Ok::<(), idem_actix::PolicyError>(())
     /// ```
-    #[must_use]
-    pub fn defaults(mut self, policy: Policy) -> Self {
+    ///
+    /// # Errors
+    /// [`PolicyError`] for settings the store contradicts (a `max_response` larger than the
+    /// records it keeps) or a header name that is not one. An endpoint's own overrides are
+    /// checked the same way on its first keyed request, and a contradiction is logged; the
+    /// layer never loses a record to one (see [`Policy::check`]).
+    pub fn defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
+        policy.check(&**self.engine().store())?;
         let settings = self.settings();
         settings.header = parse_header(policy.header);
         settings.defaults = policy;
-        self
+        Ok(self)
     }
 
     /// The application's defaults.
@@ -99,6 +116,74 @@ impl IdempotencyConfig {
 
     pub(crate) fn header(&self) -> &HeaderName {
         &self.0.header
+    }
+
+    /// The most operations each worker keeps running for clients that went away (they
+    /// finish and are recorded, so that the retry gets the replay). Past it, a keyed request
+    /// gets 503 `idempotency_overloaded` with `Retry-After`, and nothing runs: a client that
+    /// resets every request cannot make a server pile up work nobody waits for. Default 1024.
+    #[must_use]
+    pub fn max_detached(mut self, per_worker: usize) -> Self {
+        self.settings().max_detached = per_worker;
+        self
+    }
+
+    /// Lets the operations that run on for clients that went away finish, for a graceful
+    /// shutdown, and waits at most `timeout` for them (with the other keyed runs of this
+    /// process, whatever their application, still in progress). What has not finished by then
+    /// is cancelled and its key released, so that a retry runs it again rather than finding it
+    /// in flight until its lease lapses. Resolves to the number of operations cancelled (0
+    /// when all finished).
+    ///
+    /// actix-web's graceful shutdown waits for open connections, not for work whose client
+    /// went away, and each worker's runtime stops (dropping such work) as soon as its
+    /// connections are done. So drain while the workers still run: stop accepting
+    /// (`ServerHandle::pause`), drain, then stop the server. Its own signal handling does not
+    /// know to do this: disable it and listen for the signal yourself.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use actix_web::{App, HttpServer};
+    /// use idem_actix::{IdempotencyConfig, MokaStore};
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let idem = IdempotencyConfig::new(MokaStore::new());
+    /// let app_idem = idem.clone();
+    /// let server = HttpServer::new(move || App::new().app_data(app_idem.clone()))
+    ///     .disable_signals()
+    ///     .bind(("127.0.0.1", 8080))?
+    ///     .run();
+    /// let handle = server.handle();
+    /// actix_web::rt::spawn(async move {
+    ///     # let sigterm = std::future::pending::<()>();
+    ///     sigterm.await; // for example with tokio::signal::unix
+    ///     handle.pause().await;
+    ///     idem.drain(Duration::from_secs(25)).await;
+    ///     handle.stop(true).await;
+    /// });
+    /// server.await
+    /// # }
+    /// ```
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        if tokio::time::timeout(timeout, TASKS.idle()).await.is_ok() {
+            return 0;
+        }
+        let cancelled = TASKS.cancel();
+        // Each cancelled run drops on its worker and releases its claim through the store:
+        // wait for those releases (the runtimes that run them stop when the server does).
+        let released = async {
+            TASKS.idle().await;
+            self.engine().abandoned_released().await;
+        };
+        if tokio::time::timeout(RELEASE_GRACE, released).await.is_err() {
+            tracing::warn!("some idempotency claims were not released at shutdown; they lapse with their leases");
+        }
+        cancelled
+    }
+
+    /// The bound set by [`max_detached`](Self::max_detached).
+    pub(crate) fn detached_limit(&self) -> usize {
+        self.0.max_detached
     }
 
     /// Uses `clock` for leases and expiry (for tests that move time by hand).
@@ -161,16 +246,33 @@ mod tests {
     #[test]
     fn a_clone_changed_leaves_the_original_as_it_was() {
         let base = IdempotencyConfig::new(MokaStore::new());
-        let hourly = base.clone().defaults(
-            Policy::DEFAULT
-                .ttl(Duration::from_secs(3600))
-                .header("X-Key"),
-        );
+        let hourly = base
+            .clone()
+            .defaults(
+                Policy::DEFAULT
+                    .ttl(Duration::from_secs(3600))
+                    .header("X-Key"),
+            )
+            .unwrap();
         assert_eq!(hourly.policy().ttl, Duration::from_secs(3600));
         assert_eq!(hourly.header(), "x-key");
         assert_eq!(base.policy().ttl, Policy::DEFAULT.ttl);
         assert_eq!(base.header(), "idempotency-key");
         // The store stays shared: both clones see the same records.
         assert!(Arc::ptr_eq(base.engine().store(), hourly.engine().store()));
+    }
+
+    #[test]
+    fn defaults_the_store_contradicts_are_refused() {
+        let small = IdempotencyConfig::new(MokaStore::builder().max_bytes(64 * 1024).build());
+        let err = small.clone().defaults(Policy::DEFAULT).unwrap_err();
+        assert!(matches!(err, PolicyError::ResponseLargerThanStore { .. }));
+        assert!(small
+            .defaults(Policy::DEFAULT.max_response(32 * 1024))
+            .is_ok());
+        let err = IdempotencyConfig::new(MokaStore::new())
+            .defaults(Policy::DEFAULT.header("no spaces"))
+            .unwrap_err();
+        assert_eq!(err, PolicyError::InvalidHeader("no spaces"));
     }
 }

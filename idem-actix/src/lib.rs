@@ -86,7 +86,7 @@ mod request_id;
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
 pub use idem_core::{
     clock, codes, testing, CachePolicy, ErrorFormat, IdempotencyError, KeyError, MokaStore,
-    OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, Scope, Store, StoreError,
+    OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, PolicyError, Scope, Store, StoreError,
 };
 pub use idem_macros::idempotent;
 

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `idem_requests_total` | counter | `outcome`: `executed`, `replayed`, `released`, `lost`, `unrecorded`, `unprotected` |
 //! | `idem_conflicts_total` | counter | `kind`: `in_flight`, `mismatch`, `response_too_large` |
-//! | `idem_rejections_total` | counter | `code`: the error code (invalid or missing keys and scopes, bodies too large) |
+//! | `idem_rejections_total` | counter | `code`: the error code (invalid or missing keys and scopes, bodies too large, `idempotency_overloaded`) |
 //! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release` |
 //! | `idem_store_duration_seconds` | histogram | `op` |
 
@@ -56,6 +56,7 @@ pub(crate) fn rejected(code: &'static str) {
             "idempotency_key_invalid",
             "idempotency_scope_missing",
             "idempotency_body_too_large",
+            "idempotency_overloaded",
         ]
     )
     .increment(1);

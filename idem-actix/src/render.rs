@@ -102,5 +102,8 @@ pub(crate) fn error_response(
         );
     }
     headers.insert(crate::REQUEST_ID.clone(), request_id.header_value().clone());
+    // An answer about this moment (in flight, store down) or this request: no cache may keep
+    // it for another.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }

@@ -62,7 +62,8 @@ fn app(
     let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
     let idem = IdempotencyConfig::new(MokaStore::new())
         .clock(clock.clone())
-        .defaults(defaults);
+        .defaults(defaults)
+        .expect("the defaults fit the store");
     let data = web::Data::new(probe.clone());
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(idem.clone()).app_data(data.clone());

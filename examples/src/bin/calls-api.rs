@@ -5,6 +5,9 @@
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
 //! `IDEM_REDIS_URL`. Flags win.
+//!
+//! On SIGTERM (or Ctrl-C) it stops accepting, lets calls in progress finish and record their
+//! responses (up to 20 s, even those whose clients went away), then stops.
 
 use std::process::ExitCode;
 
@@ -72,6 +75,35 @@ fn options() -> Result<Options, String> {
     })
 }
 
+/// How long a graceful stop waits for calls whose clients went away.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// How long it then waits for open connections.
+const CONNECTIONS_GRACE: Duration = Duration::from_secs(10);
+
+/// The first of SIGTERM and SIGINT (Ctrl-C), named.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
 fn main() -> ExitCode {
     let options = match options() {
         Ok(o) => o,
@@ -113,10 +145,11 @@ fn main() -> ExitCode {
                 "embedded moka".to_owned(),
             ),
         };
+        let app_idem = idem.clone();
         let mut server = HttpServer::new(move || {
             let metrics = metrics.clone();
             App::new()
-                .app_data(idem.clone())
+                .app_data(app_idem.clone())
                 // Before the API's routes, which need a bearer token: scrapers send none.
                 .route(
                     "/metrics",
@@ -141,7 +174,26 @@ fn main() -> ExitCode {
             "calls-api listening on http://{} (store: {store})",
             options.addr
         );
-        server.run().await
+        // actix's own signal handling would stop each worker's runtime as soon as its
+        // connections are done, dropping calls whose clients went away: stop by hand.
+        let server = server
+            .disable_signals()
+            .shutdown_timeout(CONNECTIONS_GRACE.as_secs())
+            .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            let signal = stop_signal().await;
+            eprintln!("calls-api: {signal}; finishing calls in progress");
+            handle.pause().await;
+            let cancelled = idem.drain(DRAIN).await;
+            if cancelled > 0 {
+                eprintln!(
+                    "calls-api: {cancelled} calls did not finish in time; their keys were released"
+                );
+            }
+            handle.stop(true).await;
+        });
+        server.await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

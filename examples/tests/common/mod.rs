@@ -70,6 +70,26 @@ impl CallsApi {
     }
 }
 
+impl CallsApi {
+    /// Sends SIGTERM, as a process manager stopping it does, and waits up to 30 s for the
+    /// process to exit: whether it exited cleanly.
+    #[allow(dead_code)]
+    pub async fn terminate(&mut self) -> bool {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM delivered");
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().expect("poll calls-api") {
+                return status.success();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("calls-api did not exit within 30 s of SIGTERM");
+    }
+}
+
 impl Drop for CallsApi {
     fn drop(&mut self) {
         let _ = self.child.kill();

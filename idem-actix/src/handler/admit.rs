@@ -93,6 +93,7 @@ pub(crate) async fn admit(
 ) -> Admission {
     let config = IdempotencyConfig::of(&req).clone();
     let policy = endpoint.overrides.apply_to(*config.policy());
+    endpoint.check(&policy, &config);
     let mut values = req.headers().get_all(endpoint.header(&config));
     let Some(raw) = values.next() else {
         if policy.required {

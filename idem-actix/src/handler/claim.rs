@@ -9,8 +9,8 @@ use idem_core::{Begin, IdempotencyError};
 use tracing::Instrument as _;
 
 use super::admit::{admit, Admission, Keyed};
-use super::detach::detached;
-use super::record::{claimed, unprotected};
+use super::detach::{detached, orphans};
+use super::record::{claimed, unprotected, Keep};
 use super::replay::replay;
 use super::{Endpoint, Reply, Work};
 use crate::metrics;
@@ -42,6 +42,11 @@ where
         // rare, and the handler's future would otherwise swell this one.
         Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
         Admission::Answer(req, res) => return Reply::new(req, res),
+        // Past the bound of runs this worker finishes for clients that went away, nothing
+        // new is claimed: a client that resets every request cannot pile them up.
+        Admission::Keyed(keyed) if orphans() >= keyed.config.detached_limit() => {
+            return overloaded(keyed)
+        }
         Admission::Keyed(keyed) => match claim(keyed, handler) {
             Settled::Answer(reply) => return reply,
             Settled::Run(work) => (work, true),
@@ -52,6 +57,25 @@ where
     } else {
         work.await
     }
+}
+
+/// The answer to a keyed request that comes while this worker is finishing as many runs for
+/// clients that went away as it allows: 503 `idempotency_overloaded`, nothing claimed or run.
+fn overloaded(keyed: Keyed) -> Reply {
+    let error = IdempotencyError::Overloaded;
+    tracing::warn!(
+        outcome = "overloaded",
+        limit = keyed.config.detached_limit(),
+        "too many idempotent operations run on for clients that went away; refusing new keys"
+    );
+    metrics::rejected(error.code());
+    let res = error_response(
+        &error,
+        &keyed.run.request_id,
+        keyed.policy.error_format,
+        keyed.config.renderer(),
+    );
+    Reply::new(keyed.run.req, res)
 }
 
 /// Claims the key in place when the store answers in the call (the embedded one does): the
@@ -135,12 +159,18 @@ where
     Fut: Future<Output = Reply> + 'static,
 {
     match begun {
-        Ok(Begin::Execute(lease)) => Settled::Run(Box::pin(claimed(lease, keyed.run, handler))),
+        Ok(Begin::Execute(lease)) => {
+            let keep = Keep::of(&keyed.policy);
+            Settled::Run(Box::pin(claimed(lease, keyed.run, keep, handler)))
+        }
         Ok(Begin::Replay(record)) => {
             tracing::debug!(outcome = "replayed", status = record.response.status());
             metrics::outcome("replayed");
             let run = keyed.run;
-            Settled::Answer(Reply::new(run.req, replay(&record, &run.request_id)))
+            Settled::Answer(Reply::new(
+                run.req,
+                replay(&record, &run.request_id, keyed.policy.replay_set_cookie),
+            ))
         }
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");

@@ -9,12 +9,13 @@
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use actix_web::dev::{self, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
-use idem_core::Overrides;
+use idem_core::{Overrides, Policy};
 
 use crate::config::{parse_header, IdempotencyConfig};
 
@@ -26,6 +27,7 @@ mod replay;
 
 pub(crate) use self::admit::{bypasses, taken};
 pub(crate) use self::claim::keyed;
+pub(crate) use self::detach::TASKS;
 
 /// One endpoint's (or one middleware's) overrides of the application's policy, and its parsed
 /// header name, built in a `static` by the attribute.
@@ -33,6 +35,8 @@ pub(crate) use self::claim::keyed;
 pub struct Endpoint {
     overrides: Overrides,
     header: OnceLock<HeaderName>,
+    /// Whether its policy was checked against the store, on its first keyed request.
+    checked: AtomicBool,
 }
 
 impl Endpoint {
@@ -41,6 +45,20 @@ impl Endpoint {
         Self {
             overrides,
             header: OnceLock::new(),
+            checked: AtomicBool::new(false),
+        }
+    }
+
+    /// Logs, once, settings of this endpoint that the store contradicts. The application's
+    /// defaults were refused at start-up already (`IdempotencyConfig::defaults`); an
+    /// endpoint's overrides can only be seen with a request.
+    fn check(&self, policy: &Policy, config: &IdempotencyConfig) {
+        if self.checked.load(Ordering::Relaxed) {
+            return;
+        }
+        self.checked.store(true, Ordering::Relaxed);
+        if let Err(error) = policy.check(&**config.engine().store()) {
+            tracing::error!(%error, "an idempotent endpoint's settings contradict the store");
         }
     }
 

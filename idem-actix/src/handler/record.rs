@@ -1,16 +1,18 @@
 //! The handler's run under its claim, and the record of its response.
 
-use std::future::Future;
+use std::error::Error as StdError;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 
-use actix_web::body::{self, BoxBody, MessageBody as _};
+use actix_web::body::{BodySize, BodyStream, BoxBody, MessageBody as _};
 use actix_web::dev;
 use actix_web::http::header;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
-use bytes::Bytes;
-use futures_util::FutureExt as _;
-use idem_core::{Outcome, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt as _, StreamExt as _};
+use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
 use super::replay::with_request_id;
@@ -59,7 +61,30 @@ where
     }
 }
 
+/// What the recording of a response needs of the endpoint's policy.
+#[derive(Clone, Copy)]
+pub(super) struct Keep {
+    /// The largest body collected for the record ([`Policy::max_response`]).
+    pub(super) max_response: usize,
+    /// Whether `Set-Cookie` is recorded ([`Policy::replay_set_cookie`]).
+    pub(super) set_cookie: bool,
+}
+
+impl Keep {
+    pub(super) fn of(policy: &Policy) -> Self {
+        Self {
+            max_response: policy.max_response,
+            set_cookie: policy.replay_set_cookie,
+        }
+    }
+}
+
 /// Runs the handler under its claim, and records its response (or releases the claim).
+///
+/// The response's body is collected under the lease too: a streamed body is part of the
+/// operation, so the claim is renewed until it has been read, and a duplicate meanwhile gets
+/// 409. Collection stops at `max_response`: a longer body is sent on as it comes, and
+/// recorded without its body (retries get 409 `idempotency_response_too_large`).
 ///
 /// An `async` block rather than an `async fn`, whose future would hold its arguments twice.
 #[allow(
@@ -69,6 +94,7 @@ where
 pub(super) fn claimed<H, Fut>(
     lease: idem_core::Lease,
     run: Run,
+    keep: Keep,
     handler: H,
 ) -> impl Future<Output = Reply>
 where
@@ -77,9 +103,19 @@ where
 {
     async move {
         let (request_id, ran) = run.call(handler);
-        let ran = lease.run(ran).await;
-        let Reply { req, res } = match ran {
-            Ok(reply) => reply,
+        let ran = lease
+            .run(async move {
+                let Reply { req, res } = ran.await?;
+                let (head, body) = res.into_parts();
+                Ok::<_, Box<dyn std::any::Any + Send>>((
+                    req,
+                    head,
+                    collect(body, keep.max_response).await,
+                ))
+            })
+            .await;
+        let (req, head, collected) = match ran {
+            Ok(ran) => ran,
             Err(_) => {
                 tracing::error!(
                     outcome = "released",
@@ -90,14 +126,16 @@ where
                 return Reply::orphan(with_request_id(panicked(), &request_id));
             }
         };
-        let (head, res_body) = res.into_parts();
-        // A body that is bytes already (most are) is taken as it is, without a copy.
-        let collected = match res_body.try_into_bytes() {
-            Ok(bytes) => Ok(bytes),
-            Err(res_body) => body::to_bytes(res_body).await,
+        let status = head.status().as_u16();
+        let headers = Replayable {
+            headers: head.headers(),
+            set_cookie: keep.set_cookie,
         };
-        let bytes = match collected {
-            Ok(bytes) => bytes,
+        let (response, body) = match collected {
+            Ok(Collected::Whole(bytes)) => {
+                (Response::new(status, headers, &bytes), BoxBody::new(bytes))
+            }
+            Ok(Collected::Overflow { body, size }) => (Response::omitted(status, size), body),
             Err(_) => {
                 tracing::error!(outcome = "released", "response body failed; key released");
                 metrics::outcome("released");
@@ -108,8 +146,6 @@ where
                 };
             }
         };
-        let status = head.status().as_u16();
-        let response = Response::new(status, Replayable(head.headers()), &bytes);
         let outcome = match lease.finish(response).await {
             Ok(Outcome::Recorded) => "executed",
             Ok(Outcome::Released) => "released",
@@ -121,7 +157,7 @@ where
                 "lost"
             }
             Err(error) => {
-                tracing::error!(status, %error, "recording the response failed; the claim lapses with its lease");
+                tracing::error!(status, %error, "recording the response failed while retried for a lease; the claim lapses with its lease");
                 "unrecorded"
             }
         };
@@ -129,9 +165,54 @@ where
         metrics::outcome(outcome);
         Reply {
             req,
-            res: with_request_id(head.set_body(BoxBody::new(bytes)), &request_id),
+            res: with_request_id(head.set_body(body), &request_id),
         }
     }
+}
+
+/// A response body, as far as the record needs it.
+enum Collected {
+    /// The whole body, no longer than the limit.
+    Whole(Bytes),
+    /// A body longer than the limit: what was read and the rest, to send on as they come, and
+    /// its size (as declared, or as far as it was read).
+    Overflow { body: BoxBody, size: u64 },
+}
+
+/// Reads `body` whole, up to `limit` bytes. A body that is bytes already (most are) is taken
+/// as it is, without a copy; one that declares a size over the limit is not read at all.
+async fn collect(body: BoxBody, limit: usize) -> Result<Collected, Box<dyn StdError>> {
+    let mut body = match body.try_into_bytes() {
+        Ok(bytes) if bytes.len() <= limit => return Ok(Collected::Whole(bytes)),
+        Ok(bytes) => {
+            let size = bytes.len() as u64;
+            return Ok(Collected::Overflow {
+                body: BoxBody::new(bytes),
+                size,
+            });
+        }
+        Err(body) => body,
+    };
+    if let BodySize::Sized(size) = body.size() {
+        if size > limit as u64 {
+            return Ok(Collected::Overflow { body, size });
+        }
+    }
+    let mut read = BytesMut::new();
+    while let Some(chunk) = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
+        let chunk = chunk?;
+        if read.len() + chunk.len() > limit {
+            let size = (read.len() + chunk.len()) as u64;
+            let head = futures_util::stream::iter([Ok(read.freeze()), Ok(chunk)]);
+            let rest = futures_util::stream::poll_fn(move |cx| Pin::new(&mut body).poll_next(cx));
+            return Ok(Collected::Overflow {
+                body: BoxBody::new(BodyStream::new(head.chain(rest))),
+                size,
+            });
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(Collected::Whole(read.freeze()))
 }
 
 /// The payload the handler's extractors read: the body read before, in one chunk.
@@ -156,9 +237,14 @@ pub(super) fn panicked() -> HttpResponse {
     HttpResponse::InternalServerError().finish()
 }
 
-/// The headers of a response that its replays repeat.
+/// The headers of a response that its replays repeat: all but those of one transfer or one
+/// request, and `Set-Cookie` only when the endpoint allows it. Copied, since a header map's
+/// iterator cannot be cloned and [`Response::new`] reads the headers twice.
 #[derive(Clone, Copy)]
-struct Replayable<'a>(&'a header::HeaderMap);
+struct Replayable<'a> {
+    headers: &'a header::HeaderMap,
+    set_cookie: bool,
+}
 
 type Header<'a> = (&'a HeaderName, &'a HeaderValue);
 
@@ -170,9 +256,13 @@ impl<'a> IntoIterator for Replayable<'a> {
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0
+        let keep: fn(&Header<'a>) -> bool = match self.set_cookie {
+            true => |(name, _)| replayable(name),
+            false => |(name, _)| replayable(name) && *name != header::SET_COOKIE,
+        };
+        self.headers
             .iter()
-            .filter((|(name, _)| replayable(name)) as fn(&Header<'a>) -> bool)
+            .filter(keep)
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
     }
 }

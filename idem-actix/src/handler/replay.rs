@@ -16,7 +16,9 @@ pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> 
     res
 }
 
-pub(super) fn replay(record: &Completed, request_id: &RequestId) -> HttpResponse {
+/// The recorded response, with `Idempotent-Replayed: true` and this request's id. A recorded
+/// `Set-Cookie` (kept while the endpoint allowed it) is repeated only while it still does.
+pub(super) fn replay(record: &Completed, request_id: &RequestId, set_cookie: bool) -> HttpResponse {
     let recorded = &record.response;
     let status =
         StatusCode::from_u16(recorded.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -25,6 +27,9 @@ pub(super) fn replay(record: &Completed, request_id: &RequestId) -> HttpResponse
     // Sized once for the stored headers and the two added below, rather than grown twice.
     headers.reserve(recorded.header_count() + 2);
     for (name, value) in recorded.shared_headers() {
+        if !set_cookie && name.eq_ignore_ascii_case("set-cookie") {
+            continue;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_maybe_shared(value),

@@ -1,0 +1,204 @@
+//! Runs whose clients went away: bounded per worker, finished at a graceful shutdown, and
+//! released when they cannot finish in time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
+use idem_tests::{assert_error, eventually, Counter, RawRequest};
+use tokio::sync::Semaphore;
+
+#[derive(Clone)]
+struct Probe {
+    runs: Counter,
+    gate: Arc<Semaphore>,
+}
+
+/// Waits for the gate when asked to (`X-Wait: gate`), or sleeps `X-Wait` milliseconds.
+#[idempotent]
+async fn slow(probe: web::Data<Probe>, req: HttpRequest) -> HttpResponse {
+    let n = probe.runs.bump();
+    match req.headers().get("x-wait").and_then(|v| v.to_str().ok()) {
+        Some("gate") => probe.gate.acquire().await.unwrap().forget(),
+        Some(ms) => tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await,
+        None => {}
+    }
+    HttpResponse::Created().body(format!("call_{n}"))
+}
+
+fn call(key: &str, wait: &str) -> RawRequest {
+    RawRequest::post("/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+        .header("X-Wait", wait)
+}
+
+/// A one-worker server on its own thread.
+struct Server {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start(idem: IdempotencyConfig, probe: Probe) -> Server {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let data = web::Data::new(probe);
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(idem.clone())
+                    .app_data(data.clone())
+                    .route("/calls", web::post().to(slow))
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(5)
+            .bind(("127.0.0.1", 0))
+            .expect("bind loopback");
+            let addr = server.addrs()[0];
+            let server = server.run();
+            tx.send((addr, server.handle())).expect("report address");
+            server.await.expect("server runs");
+        });
+    });
+    let (addr, handle) = rx.recv().expect("server started");
+    Server {
+        addr,
+        handle,
+        thread,
+    }
+}
+
+impl Server {
+    /// Shuts the server down gracefully, as an application's signal handler does: it stops
+    /// accepting, drains the layer (when told to), then stops the workers.
+    async fn shut_down(self, idem: &IdempotencyConfig, drain: Option<Duration>) -> Option<usize> {
+        self.handle.pause().await;
+        let cancelled = match drain {
+            Some(timeout) => Some(idem.drain(timeout).await),
+            None => None,
+        };
+        self.handle.stop(true).await;
+        tokio::task::spawn_blocking(move || self.thread.join().expect("server thread ends"))
+            .await
+            .unwrap();
+        cancelled
+    }
+}
+
+/// The drain is the process's: these tests take turns.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn probe() -> Probe {
+    Probe {
+        runs: Counter::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    }
+}
+
+#[actix_web::test]
+async fn past_its_bound_of_runs_for_clients_gone_a_worker_refuses_new_keys_and_runs_nothing() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new()).max_detached(2);
+    let server = start(idem.clone(), probe.clone());
+    for n in 1..=2 {
+        call(&format!("gone-{n}"), "gate")
+            .send_and_reset(server.addr, || probe.runs.get() == n)
+            .await;
+    }
+    // The two runs go on without their clients; the next key is refused, and not run.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = call("new", "0").send(server.addr).await;
+    assert_error(&refused, 503, "idempotency_overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
+    assert_eq!(probe.runs.get(), 2);
+    // A request without a key is not the layer's to refuse.
+    let unkeyed = RawRequest::post("/calls").send(server.addr).await;
+    assert_eq!(unkeyed.status, 201);
+    // Once they finish, keys are taken again, and the orphaned runs were recorded.
+    probe.gate.add_permits(2);
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 3).await;
+    let mut accepted = None;
+    for _ in 0..200 {
+        let res = call("new", "0").send(server.addr).await;
+        if res.status != 503 {
+            accepted = Some(res);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(accepted.expect("keys are taken again").status, 201);
+    let replay = call("gone-1", "gate").send(server.addr).await;
+    assert!(replay.replayed(), "{replay:?}");
+    server.shut_down(&idem, None).await;
+}
+
+#[actix_web::test]
+async fn a_graceful_shutdown_that_drains_lets_a_run_whose_client_went_away_finish_and_record() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = start(idem.clone(), probe.clone());
+    call("shutdown-1", "400")
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    // Shut down while the run goes on without its client.
+    let drained = server.shut_down(&idem, Some(Duration::from_secs(5))).await;
+    assert_eq!(drained, Some(0), "nothing was cancelled");
+    // A new server on the same store replays it: the run finished and was recorded.
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("shutdown-1", "400").send(next.addr).await;
+    assert!(retry.replayed(), "{retry:?}");
+    assert_eq!(retry.body, b"call_1");
+    assert_eq!(probe.runs.get(), 1);
+    next.shut_down(&idem, None).await;
+}
+
+#[actix_web::test]
+async fn a_shutdown_that_does_not_drain_loses_the_record_of_a_run_whose_client_went_away() {
+    // The limit the drain closes: actix stops the runtime of work whose client went away.
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = start(idem.clone(), probe.clone());
+    call("undrained", "400")
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    server.shut_down(&idem, None).await;
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("undrained", "0").send(next.addr).await;
+    assert!(
+        !retry.replayed(),
+        "without a drain, the half-done run is not recorded: {retry:?}"
+    );
+    next.shut_down(&idem, None).await;
+}
+
+#[actix_web::test]
+async fn a_run_that_cannot_finish_within_the_drain_is_cancelled_and_its_key_released() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = start(idem.clone(), probe.clone());
+    call("stuck", "gate")
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "one run was cancelled");
+    // Its key is free at once, not in flight until the lease lapses.
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("stuck", "0").send(next.addr).await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(!retry.replayed());
+    assert_eq!(probe.runs.get(), 2);
+    next.shut_down(&idem, None).await;
+}

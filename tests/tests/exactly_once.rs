@@ -1,0 +1,316 @@
+//! The promise under faults: a keyed operation runs once, and nobody but its caller gets its
+//! answer, when the store fails while a response is recorded, when a response is too large to
+//! keep, when its body streams, and when it carries a cookie.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::stream;
+use idem_actix::clock::{ManualClock, Timestamp};
+use idem_actix::testing::{Fault, FaultyStore};
+use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy};
+use idem_tests::{assert_error, eventually, Counter, RawRequest, TestServer};
+use tokio::sync::Semaphore;
+
+fn call(path: &str, key: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+        .body("{}")
+}
+
+/// The body of a response sent with `Transfer-Encoding: chunked`, unframed.
+fn unchunked(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16)
+            .expect("hex chunk size");
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+#[idempotent]
+async fn with_cookie(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created()
+        .insert_header(("Set-Cookie", "session=first-caller; HttpOnly"))
+        .insert_header(("Location", "/v1/sessions/1"))
+        .body("created")
+}
+
+async fn plain_with_cookie(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created()
+        .insert_header(("Set-Cookie", "session=first-caller; HttpOnly"))
+        .body("created")
+}
+
+fn cookie_server() -> (TestServer, Counter) {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .app_data(idem.clone())
+            .route("/v1/sessions", web::post().to(with_cookie))
+            .service(
+                web::scope("/v1/allowed")
+                    .wrap(Idempotency::new().policy(|p| p.replay_set_cookie(true)))
+                    .route("", web::post().to(plain_with_cookie)),
+            );
+    });
+    (server, runs)
+}
+
+#[actix_web::test]
+async fn set_cookie_is_neither_stored_nor_replayed_by_default() {
+    let (server, runs) = cookie_server();
+    let first = call("/v1/sessions", "cookie-1").send(server.addr).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(
+        first.header("set-cookie"),
+        Some("session=first-caller; HttpOnly"),
+        "the first caller gets its own cookie"
+    );
+    let replay = call("/v1/sessions", "cookie-1").send(server.addr).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.header("location"), Some("/v1/sessions/1"));
+    assert_eq!(
+        replay.header("set-cookie"),
+        None,
+        "whoever holds the key must not get the first caller's cookie"
+    );
+    assert_eq!(runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn set_cookie_is_replayed_where_the_endpoint_allows_it() {
+    let (server, runs) = cookie_server();
+    call("/v1/allowed", "cookie-2").send(server.addr).await;
+    let replay = call("/v1/allowed", "cookie-2").send(server.addr).await;
+    assert!(replay.replayed());
+    assert_eq!(
+        replay.header("set-cookie"),
+        Some("session=first-caller; HttpOnly")
+    );
+    assert_eq!(runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn the_layers_own_errors_tell_caches_not_to_store_them() {
+    let (server, _) = cookie_server();
+    let invalid = RawRequest::post("/v1/sessions")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", "")
+        .send(server.addr)
+        .await;
+    assert_error(&invalid, 400, "idempotency_key_invalid");
+    assert_eq!(invalid.header("cache-control"), Some("no-store"));
+    call("/v1/sessions", "k").send(server.addr).await;
+    let mismatch = call("/v1/sessions", "k")
+        .body("{\"other\":1}")
+        .send(server.addr)
+        .await;
+    assert_error(&mismatch, 409, "idempotency_conflict");
+    assert_eq!(mismatch.header("cache-control"), Some("no-store"));
+}
+
+#[idempotent]
+async fn create(runs: web::Data<Counter>) -> HttpResponse {
+    let n = runs.bump();
+    HttpResponse::Created().body(format!("call_{n}"))
+}
+
+async fn plain_create(runs: web::Data<Counter>) -> HttpResponse {
+    let n = runs.bump();
+    HttpResponse::Created().body(format!("call_{n}"))
+}
+
+struct Faulty {
+    server: TestServer,
+    store: FaultyStore<MokaStore>,
+    clock: ManualClock,
+    runs: Counter,
+}
+
+fn faulty_server() -> Faulty {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let store = FaultyStore::new(MokaStore::new());
+    let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+    let idem = IdempotencyConfig::new(store.clone()).clock(clock.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .app_data(idem.clone())
+            .route("/attribute", web::post().to(create))
+            .service(
+                web::scope("/middleware")
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(plain_create)),
+            );
+    });
+    Faulty {
+        server,
+        store,
+        clock,
+        runs,
+    }
+}
+
+#[actix_web::test]
+async fn a_completion_the_store_failed_is_retried_so_the_operation_never_runs_twice() {
+    let f = faulty_server();
+    for (n, path) in ["/attribute", "/middleware"].into_iter().enumerate() {
+        let key = format!("completion-{n}");
+        // The store drops the first two attempts to record the response.
+        f.store.fail("complete", 2, Fault::Unavailable);
+        let first = call(path, &key).send(f.server.addr).await;
+        assert_eq!(first.status, 201, "{path}: the caller gets its answer");
+        // Long past the lease, a retry still gets the first answer.
+        f.clock.advance(Duration::from_secs(600));
+        let retry = call(path, &key).send(f.server.addr).await;
+        assert!(retry.replayed(), "{path}: {retry:?}");
+        assert_eq!(retry.body, first.body, "{path}");
+        assert_eq!(f.runs.get(), n + 1, "{path}: the operation ran once");
+    }
+}
+
+#[actix_web::test]
+async fn a_record_the_store_refuses_as_too_large_is_kept_and_the_retry_is_told_so() {
+    let f = faulty_server();
+    f.store.fail("complete", 1, Fault::TooLarge(16));
+    let first = call("/attribute", "too-large").send(f.server.addr).await;
+    assert_eq!(first.status, 201);
+    f.clock.advance(Duration::from_secs(600));
+    let retry = call("/attribute", "too-large").send(f.server.addr).await;
+    assert_error(&retry, 409, "idempotency_response_too_large");
+    assert_eq!(f.runs.get(), 1, "the operation did not run again");
+}
+
+#[derive(Clone)]
+struct Stream {
+    runs: Counter,
+    gate: Arc<Semaphore>,
+}
+
+/// Streams `X-Pieces` chunks of `X-Chunk` bytes (1 KiB by default), the second after the
+/// gate opens.
+#[idempotent(max_response = 1536, lease = "300ms")]
+async fn streamed(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
+    probe.runs.bump();
+    let number = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    };
+    let (pieces, chunk) = (
+        number("x-pieces").unwrap_or(1),
+        number("x-chunk").unwrap_or(1024),
+    );
+    let gate = Arc::clone(&probe.gate);
+    let body = stream::unfold(0, move |i| {
+        let gate = Arc::clone(&gate);
+        async move {
+            if i == pieces {
+                return None;
+            }
+            if i == 1 {
+                gate.acquire().await.unwrap().forget();
+            }
+            Some((
+                Ok::<_, actix_web::Error>(Bytes::from(vec![b'a' + i as u8; chunk])),
+                i + 1,
+            ))
+        }
+    });
+    HttpResponse::Ok().streaming(body)
+}
+
+fn stream_server() -> (TestServer, Stream) {
+    let probe = Stream {
+        runs: Counter::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let data = web::Data::new(probe.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/stream", web::post().to(streamed));
+    });
+    (server, probe)
+}
+
+#[actix_web::test]
+async fn a_duplicate_while_the_body_streams_conflicts_instead_of_running() {
+    let (server, probe) = stream_server();
+    let addr = server.addr;
+    let request = || {
+        call("/stream", "streamed-dup")
+            .header("X-Pieces", "2")
+            .header("X-Chunk", "512")
+    };
+    let first = tokio::spawn(async move { request().send(addr).await });
+    eventually(|| probe.runs.get() == 1).await;
+    // The body is still streaming, three leases of 300 ms later.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let duplicate = request().send(addr).await;
+    assert_error(&duplicate, 409, "idempotency_conflict");
+    probe.gate.add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(probe.runs.get(), 1, "the duplicate did not run");
+    let retry = request().send(addr).await;
+    assert!(retry.replayed());
+    // Collected whole, the body went out with its length, and replays byte for byte.
+    assert_eq!(first.body.len(), 1024);
+    assert_eq!(retry.body, first.body, "the streamed body replays");
+}
+
+#[actix_web::test]
+async fn a_stream_longer_than_max_response_is_sent_whole_and_recorded_without_its_body() {
+    let (server, probe) = stream_server();
+    let addr = server.addr;
+    let first = tokio::spawn(async move {
+        call("/stream", "long")
+            .header("X-Pieces", "3")
+            .send(addr)
+            .await
+    });
+    eventually(|| probe.runs.get() == 1).await;
+    // The stream waits after its first KiB; the record is written as soon as the body
+    // passes the bound, not when it ends: nothing is buffered past the bound.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    probe.gate.add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200);
+    let body = unchunked(&first.body);
+    assert_eq!(body.len(), 3 * 1024, "the client gets the whole stream");
+    assert_eq!(&body[2048..2050], b"cc");
+    let retry = call("/stream", "long")
+        .header("X-Pieces", "3")
+        .send(addr)
+        .await;
+    assert_error(&retry, 409, "idempotency_response_too_large");
+    assert_eq!(probe.runs.get(), 1);
+}
+
+#[test]
+fn defaults_that_contradict_the_store_are_refused_when_the_app_is_configured() {
+    let store = MokaStore::builder().max_bytes(64 * 1024).build();
+    let refused = IdempotencyConfig::new(store).defaults(Policy::DEFAULT);
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("lower max_response"));
+}
