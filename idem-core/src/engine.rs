@@ -457,21 +457,44 @@ impl Lease {
     }
 
     /// Drives `operation`, which has started, to completion, renewing the lease meanwhile.
+    ///
+    /// The renewal runs on the operation's own thread: an operation that blocks it (blocking
+    /// I/O, long computation outside `spawn_blocking`) stalls its renewals, and one blocked
+    /// for longer than the lease lets another process take the key over. A renewal that comes
+    /// a whole period late is warned about, naming the limit.
     async fn renewing<F: Future>(&self, mut operation: Pin<&mut F>) -> F::Output {
+        let every = self.renew_every();
         loop {
-            let tick = pin!(tokio::time::sleep(self.renew_every()));
-            match select(operation.as_mut(), tick).await {
+            let tick = tokio::time::sleep(every);
+            let due = tick.deadline();
+            match select(operation.as_mut(), pin!(tick)).await {
                 Either::Left((output, _)) => return output,
-                Either::Right(((), _)) => match self.renew().await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(
-                        key = %self.key,
-                        "idempotency lease lost while the handler runs; its response will not be recorded"
-                    ),
-                    Err(error) => {
-                        tracing::warn!(key = %self.key, %error, "idempotency lease renewal failed")
+                Either::Right(((), _)) => {
+                    let late = tokio::time::Instant::now().saturating_duration_since(due);
+                    if late >= every {
+                        tracing::warn!(
+                            key = %self.key,
+                            late_ms = late.as_millis() as u64,
+                            lease_ms = self.lease.as_millis() as u64,
+                            "idempotency lease renewal came late: the handler blocks its thread; blocked longer than the lease, its key can be taken over and the operation run again (move blocking work to web::block or spawn_blocking)"
+                        );
                     }
-                },
+                    self.renewed().await;
+                }
+            }
+        }
+    }
+
+    /// Renews the lease once, as [`renewing`](Self::renewing) does, warning when it fails.
+    async fn renewed(&self) {
+        match self.renew().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                key = %self.key,
+                "idempotency lease lost while the handler runs; its response will not be recorded"
+            ),
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "idempotency lease renewal failed")
             }
         }
     }
@@ -810,6 +833,82 @@ mod tests {
             matches!(err, IdempotencyError::ResponseTooLarge { status: 201, .. }),
             "the retry learns the operation completed, and it does not run again: {err:?}"
         );
+    }
+
+    /// Collects the messages of warnings, for the thread it is the default on.
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+            *meta.level() <= tracing::Level::WARN
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            struct Message<'a>(&'a mut String);
+            impl tracing::field::Visit for Message<'_> {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        *self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut message = String::new();
+            event.record(&mut Message(&mut message));
+            self.0.lock().unwrap().push(message);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_renewal_a_blocked_thread_delays_is_warned_about() {
+        let warnings = Warnings::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(warnings.clone(), || {
+            runtime.block_on(async {
+                let (engine, _) = setup();
+                let policy = Policy::DEFAULT.lease(Duration::from_millis(300));
+                let lease = execute(&engine, &policy, key(1), fp("a")).await;
+                lease
+                    .run(async {
+                        tokio::task::yield_now().await;
+                        // Blocks the thread for more than a renewal period (100 ms).
+                        std::thread::sleep(Duration::from_millis(250));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    })
+                    .await;
+                lease.finish(response(201, "done")).await.unwrap();
+            });
+        });
+        let seen = warnings.0.lock().unwrap();
+        assert!(
+            seen.iter().any(|m| m.contains("renewal came late")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_on_time_are_not_warned_about() {
+        let warnings = Warnings::default();
+        let _default = tracing::subscriber::set_default(warnings.clone());
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(3));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        lease.run(tokio::time::sleep(Duration::from_secs(10))).await;
+        lease.finish(response(201, "done")).await.unwrap();
+        assert!(warnings.0.lock().unwrap().is_empty());
     }
 
     #[test]
