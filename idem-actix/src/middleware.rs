@@ -2,10 +2,12 @@
 
 use std::future::{ready, Ready};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::error::InternalError;
+use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::Method;
 use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
@@ -113,6 +115,27 @@ where
     }
 }
 
+/// Warns, once, that a response this middleware records was encoded for its request by a
+/// layer inside it (actix's `Compress`, wrapped before `Idempotency`): replays then go only to
+/// requests that accept the same coding, others get 409.
+fn warn_if_negotiated(headers: &HeaderMap) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|coding| coding != "identity");
+    let negotiated = || {
+        headers.get_all(header::VARY).any(|vary| {
+            vary.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+        })
+    };
+    if encoded && negotiated() && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "Idempotency records a response compressed inside it: replays go only to requests that accept its encoding; register Compress after Idempotency (`.wrap(Idempotency::new()).wrap(Compress::default())`) so that it compresses replays too"
+        );
+    }
+}
+
 /// The service [`Idempotency`] wraps around the inner one.
 pub struct IdempotencyService<S> {
     service: Rc<S>,
@@ -149,7 +172,10 @@ where
             let handler = move |req, payload| async move {
                 let req = ServiceRequest::from_parts(req, payload);
                 match service.call(req).await {
-                    Ok(res) => Reply::from_service(res.map_into_boxed_body()),
+                    Ok(res) => {
+                        warn_if_negotiated(res.headers());
+                        Reply::from_service(res.map_into_boxed_body())
+                    }
                     Err(error) => Reply::orphan(HttpResponse::from_error(error)),
                 }
             };

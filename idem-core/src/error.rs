@@ -71,6 +71,13 @@ pub enum IdempotencyError {
         /// Its size in bytes.
         size: u64,
     },
+    /// The first response was sent in a content coding (such as gzip) that this request does
+    /// not accept, so it cannot be replayed to it.
+    #[error("the request with this idempotency key was answered with Content-Encoding {coding}, which this request does not accept; retry with the Accept-Encoding of the first request")]
+    EncodingNotAccepted {
+        /// The first response's content coding.
+        coding: String,
+    },
     /// The server already runs as many operations whose clients went away as it allows, so it
     /// takes no new one for now.
     #[error("the server is finishing too many operations whose clients went away; retry later")]
@@ -90,7 +97,9 @@ impl IdempotencyError {
             Self::KeyMissing { .. } => codes::KEY_MISSING,
             Self::KeyInvalid { .. } => codes::KEY_INVALID,
             Self::ScopeMissing(_) => codes::SCOPE_MISSING,
-            Self::InFlight | Self::Mismatch { .. } => codes::CONFLICT,
+            Self::InFlight | Self::Mismatch { .. } | Self::EncodingNotAccepted { .. } => {
+                codes::CONFLICT
+            }
             Self::StoreUnavailable(_) => codes::STORE_UNAVAILABLE,
             Self::BodyTooLarge { .. } => codes::BODY_TOO_LARGE,
             Self::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE,
@@ -102,7 +111,9 @@ impl IdempotencyError {
     pub fn status(&self) -> u16 {
         match self {
             Self::KeyMissing { .. } | Self::KeyInvalid { .. } | Self::ScopeMissing(_) => 400,
-            Self::InFlight | Self::ResponseTooLarge { .. } => 409,
+            Self::InFlight | Self::ResponseTooLarge { .. } | Self::EncodingNotAccepted { .. } => {
+                409
+            }
             Self::Mismatch { status } => *status,
             Self::StoreUnavailable(_) | Self::Overloaded => 503,
             Self::BodyTooLarge { .. } => 413,
@@ -170,6 +181,13 @@ mod tests {
                 "idempotency_response_too_large",
             ),
             (IdempotencyError::Overloaded, 503, "idempotency_overloaded"),
+            (
+                IdempotencyError::EncodingNotAccepted {
+                    coding: "gzip".into(),
+                },
+                409,
+                "idempotency_conflict",
+            ),
         ];
         for (err, status, code) in cases {
             assert_eq!((err.status(), err.code()), (status, code), "{err}");

@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 use super::admit::{admit, Admission, Keyed};
 use super::detach::{detached, orphans};
 use super::record::{claimed, unprotected, Keep};
-use super::replay::replay;
+use super::replay::{replay, unaccepted_encoding};
 use super::{Endpoint, Reply, Work};
 use crate::metrics;
 use crate::render::error_response;
@@ -163,34 +163,41 @@ where
             let keep = Keep::of(&keyed.policy);
             Settled::Run(Box::pin(claimed(lease, keyed.run, keep, handler)))
         }
-        Ok(Begin::Replay(record)) => {
-            tracing::debug!(outcome = "replayed", status = record.response.status());
-            metrics::outcome("replayed");
-            let run = keyed.run;
-            Settled::Answer(Reply::new(
-                run.req,
-                replay(&record, &run.request_id, keyed.policy.replay_set_cookie),
-            ))
-        }
+        Ok(Begin::Replay(record)) => match unaccepted_encoding(&record, &keyed.run.req) {
+            // Recorded in a coding negotiated for the first request (see `Compress`).
+            Some(coding) => refuse(keyed, IdempotencyError::EncodingNotAccepted { coding }),
+            None => {
+                tracing::debug!(outcome = "replayed", status = record.response.status());
+                metrics::outcome("replayed");
+                let run = keyed.run;
+                Settled::Answer(Reply::new(
+                    run.req,
+                    replay(&record, &run.request_id, keyed.policy.replay_set_cookie),
+                ))
+            }
+        },
         Ok(Begin::Unprotected(error)) => {
             tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
             metrics::outcome("unprotected");
             Settled::Run(Box::pin(unprotected(keyed.run, handler)))
         }
-        Err(error) => {
-            let outcome = match error {
-                IdempotencyError::StoreUnavailable(_) => "store_unavailable",
-                _ => "conflict",
-            };
-            tracing::debug!(outcome, code = error.code(), %error);
-            metrics::refused(&error);
-            let res = error_response(
-                &error,
-                &keyed.run.request_id,
-                keyed.policy.error_format,
-                keyed.config.renderer(),
-            );
-            Settled::Answer(Reply::new(keyed.run.req, res))
-        }
+        Err(error) => refuse(keyed, error),
     }
+}
+
+/// The layer's refusal of a keyed request, counted and logged.
+fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
+    let outcome = match error {
+        IdempotencyError::StoreUnavailable(_) => "store_unavailable",
+        _ => "conflict",
+    };
+    tracing::debug!(outcome, code = error.code(), %error);
+    metrics::refused(&error);
+    let res = error_response(
+        &error,
+        &keyed.run.request_id,
+        keyed.policy.error_format,
+        keyed.config.renderer(),
+    );
+    Settled::Answer(Reply::new(keyed.run.req, res))
 }

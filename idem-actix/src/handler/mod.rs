@@ -37,6 +37,8 @@ pub struct Endpoint {
     header: OnceLock<HeaderName>,
     /// Whether its policy was checked against the store, on its first keyed request.
     checked: AtomicBool,
+    /// Whether it was warned that an outer middleware's settings replace its own.
+    overruled: AtomicBool,
 }
 
 impl Endpoint {
@@ -46,6 +48,19 @@ impl Endpoint {
             overrides,
             header: OnceLock::new(),
             checked: AtomicBool::new(false),
+            overruled: AtomicBool::new(false),
+        }
+    }
+
+    /// Warns, once, that an `Idempotency` middleware around this attributed handler claims its
+    /// keys with the middleware's settings, so that the attribute's own arguments do not
+    /// apply. The key is still claimed once; only whose settings is in question.
+    fn outer_layer_applies(&self, has_scope_fn: bool) {
+        let declares = self.overrides != Overrides::NONE || has_scope_fn;
+        if declares && !self.overruled.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "an Idempotency middleware wraps an #[idempotent] handler: the middleware's settings apply and the attribute's arguments are ignored; remove one of the two, or give the middleware the same settings"
+            );
         }
     }
 
@@ -160,7 +175,12 @@ where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
 {
-    if bypasses(endpoint, &req) || taken(&req) {
+    if bypasses(endpoint, &req) {
+        return handler(req, payload).await.res;
+    }
+    if taken(&req) {
+        // An `Idempotency` middleware around this handler has its key in charge already.
+        endpoint.outer_layer_applies(scope_fn.is_some());
         return handler(req, payload).await.res;
     }
     // Boxed, so that requests without a key do not carry the keyed path's state.

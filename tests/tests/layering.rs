@@ -1,0 +1,177 @@
+//! The layer beside others: an `Idempotency` middleware around an `#[idempotent]` handler, and
+//! around or inside actix's `Compress`.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use actix_web::middleware::Compress;
+use actix_web::{web, HttpResponse};
+use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore};
+use idem_tests::{assert_error, Counter, RawRequest, TestServer};
+
+/// Warnings logged by any thread of this test binary.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl Warnings {
+    fn installed() -> &'static Warnings {
+        static WARNINGS: OnceLock<Warnings> = OnceLock::new();
+        WARNINGS.get_or_init(|| {
+            let warnings = Warnings::default();
+            tracing::subscriber::set_global_default(warnings.clone()).expect("first subscriber");
+            warnings
+        })
+    }
+
+    fn containing(&self, text: &str) -> usize {
+        let seen = self.0.lock().unwrap();
+        seen.iter().filter(|m| m.contains(text)).count()
+    }
+}
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message<'a>(&'a mut String);
+        impl tracing::field::Visit for Message<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    *self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = String::new();
+        event.record(&mut Message(&mut message));
+        self.0.lock().unwrap().push(message);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn call(path: &str, key: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+}
+
+#[idempotent(ttl = "1h", mismatch = "unprocessable")]
+async fn declared(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("declared")
+}
+
+#[actix_web::test]
+async fn a_middleware_around_an_attributed_handler_is_warned_about_once_and_claims_once() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone()).app_data(idem.clone()).service(
+            web::scope("/wrapped")
+                .wrap(Idempotency::new())
+                .route("", web::post().to(declared)),
+        );
+    });
+    let text = "the attribute's arguments are ignored";
+    call("/wrapped", "one").send(server.addr).await;
+    call("/wrapped", "two").send(server.addr).await;
+    assert!(call("/wrapped", "one").send(server.addr).await.replayed());
+    assert_eq!(runs.get(), 2, "each key ran once");
+    assert_eq!(warnings.containing(text), 1, "warned once, not per request");
+}
+
+async fn text(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created()
+        .content_type("text/plain")
+        .body("a body long enough to be worth compressing ".repeat(20))
+}
+
+fn compress_server(idempotency_outside: bool) -> (TestServer, Counter) {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone()).app_data(idem.clone());
+        // The last `wrap` is the outermost.
+        if idempotency_outside {
+            cfg.service(
+                web::scope("/texts")
+                    .wrap(Compress::default())
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(text)),
+            );
+        } else {
+            cfg.service(
+                web::scope("/texts")
+                    .wrap(Idempotency::new())
+                    .wrap(Compress::default())
+                    .route("", web::post().to(text)),
+            );
+        }
+    });
+    (server, runs)
+}
+
+#[actix_web::test]
+async fn inside_compress_the_middleware_records_plain_bodies_and_every_client_gets_its_coding() {
+    let (server, runs) = compress_server(false);
+    let first = call("/texts", "plain")
+        .header("Accept-Encoding", "gzip")
+        .send(server.addr)
+        .await;
+    assert_eq!(first.header("content-encoding"), Some("gzip"));
+    let retry = call("/texts", "plain").send(server.addr).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.header("content-encoding"), None);
+    assert!(retry.body.starts_with(b"a body long enough"));
+    let zipped = call("/texts", "plain")
+        .header("Accept-Encoding", "gzip")
+        .send(server.addr)
+        .await;
+    assert!(zipped.replayed());
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn outside_compress_a_replay_never_sends_a_coding_the_client_did_not_accept() {
+    let warnings = Warnings::installed();
+    let (server, runs) = compress_server(true);
+    let first = call("/texts", "zipped")
+        .header("Accept-Encoding", "gzip")
+        .send(server.addr)
+        .await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        warnings.containing("register Compress after Idempotency"),
+        1
+    );
+    // A client that accepts no coding cannot decode the recorded gzip: 409, not gzip bytes.
+    let plain = call("/texts", "zipped").send(server.addr).await;
+    assert_error(&plain, 409, "idempotency_conflict");
+    assert!(
+        plain.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Encoding gzip"),
+        "{}",
+        plain.json()
+    );
+    // The same client as the first gets its replay.
+    let retry = call("/texts", "zipped")
+        .header("Accept-Encoding", "gzip, br")
+        .send(server.addr)
+        .await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(runs.get(), 1, "the operation ran once");
+}
