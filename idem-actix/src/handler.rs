@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{
     Begin, Completed, Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Outcome, Overrides,
-    Policy, Response, ScopeError, ScopeValue, StoreKey,
+    Policy, Response, StoreKey,
 };
 use tracing::Instrument as _;
 
@@ -27,6 +27,7 @@ use crate::config::IdempotencyConfig;
 use crate::metrics;
 use crate::render::error_response;
 use crate::request_id::RequestId;
+use crate::scope::ScopeFunction;
 
 /// One endpoint's (or one middleware's) overrides of the application's policy, and its parsed
 /// header name, built in a `static` by the attribute.
@@ -178,7 +179,7 @@ pub(crate) fn taken(req: &HttpRequest) -> bool {
 /// Validates the key and scope, reads the body and fingerprints the request.
 pub(crate) async fn admit(
     endpoint: &Endpoint,
-    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    scope_fn: Option<ScopeFunction>,
     req: HttpRequest,
     payload: dev::Payload,
 ) -> Admission {
@@ -212,19 +213,7 @@ pub(crate) async fn admit(
             return reject(req, &policy, &config, &request_id, error);
         }
     };
-    let headers = req.headers();
-    let scope = match scope_fn {
-        Some(find) => find(&req)
-            .map(|scope| ScopeValue::new("custom", scope.into_bytes()))
-            .ok_or_else(|| {
-                ScopeError::Custom(
-                    "this endpoint's scope function found none for this request; send the credentials it reads".into(),
-                )
-            }),
-        None => policy
-            .scope
-            .resolve(|name| headers.get(name).map(HeaderValue::as_bytes)),
-    };
+    let scope = crate::scope::resolve(&req, policy.scope, scope_fn);
     let store_key = match scope {
         Ok(scope) => {
             let route = policy.per_endpoint.then(|| {
@@ -355,7 +344,7 @@ pub(crate) async fn detached(mut work: Work) -> Reply {
 /// the call (the embedded one does: nothing can cancel a claim that never waits).
 pub(crate) async fn keyed<H, Fut>(
     endpoint: &Endpoint,
-    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    scope_fn: Option<ScopeFunction>,
     req: HttpRequest,
     payload: dev::Payload,
     handler: H,
@@ -444,7 +433,7 @@ impl FromRequest for Raw {
 /// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
 pub async fn run<H, Fut>(
     endpoint: &Endpoint,
-    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    scope_fn: Option<ScopeFunction>,
     Raw { req, payload }: Raw,
     handler: H,
 ) -> HttpResponse
