@@ -112,7 +112,9 @@ impl ScopeFunction {
 
 impl fmt::Debug for ScopeFunction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ScopeFunction").field(&self.identity).finish()
+        f.debug_tuple("ScopeFunction")
+            .field(&self.identity)
+            .finish()
     }
 }
 
@@ -145,7 +147,10 @@ pub(crate) fn resolve(
     let extensions = req.extensions();
     let principal = extensions.get::<Principal>().map(|p| p.id().as_bytes());
     scope
-        .resolve_with_principal(|name| headers.get(name).map(HeaderValue::as_bytes), principal)
+        .resolve_with_principal(
+            |name| headers.get(name).map(HeaderValue::as_bytes),
+            principal,
+        )
         .map(ScopeValue::into_owned)
 }
 
@@ -203,7 +208,11 @@ mod tests {
         let by_tenant = resolve(&req, Scope::ApiKey, Some(function(&tenant, tenant))).unwrap();
         let by_org = resolve(&req, Scope::ApiKey, Some(function(&org, org))).unwrap();
         assert_eq!(by_tenant.value.as_ref(), b"acme");
-        assert!(by_tenant.source.as_deref().unwrap().ends_with("tests::tenant"));
+        assert!(by_tenant
+            .source
+            .as_deref()
+            .unwrap()
+            .ends_with("tests::tenant"));
         assert_ne!(store_key(&by_tenant), store_key(&by_org));
         let pointer: fn(&HttpRequest) -> Option<String> = |_| Some("acme".to_owned());
         let other = resolve(&req, Scope::ApiKey, Some(function(&pointer, pointer))).unwrap();

@@ -270,7 +270,10 @@ mod tests {
     #[test]
     fn basic_auth_scope_keeps_no_raw_password() {
         // "app_1:hunter2:with:colons": the password runs to the end, colons and all.
-        let auth = [("Authorization", "Basic YXBwXzE6aHVudGVyMjp3aXRoOmNvbG9ucw==")];
+        let auth = [(
+            "Authorization",
+            "Basic YXBwXzE6aHVudGVyMjp3aXRoOmNvbG9ucw==",
+        )];
         let s = Scope::BasicAuthUser.resolve(headers(&auth)).unwrap();
         assert_eq!(&s.value[..32], &Sha256::digest(b"hunter2:with:colons")[..]);
         assert!(!s.value.windows(7).any(|w| w == b"hunter2"));
@@ -349,7 +352,10 @@ mod tests {
         );
         let message = ScopeError::NoPrincipal.to_string();
         assert!(message.contains("authentication middleware"), "{message}");
-        assert!(message.contains("before the idempotency layer"), "{message}");
+        assert!(
+            message.contains("before the idempotency layer"),
+            "{message}"
+        );
     }
 
     #[test]

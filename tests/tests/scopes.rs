@@ -1,10 +1,16 @@
 //! No built-in scope lets a caller without the credential reach another caller's record: Basic
 //! auth is scoped by the user and a digest of the password, a header scope by the header's name
-//! as well as its value, and a scope function by its identity as well as what it returns.
+//! as well as its value, and a scope function by its identity as well as what it returns. The
+//! principal scope is the caller an authentication middleware verified.
 
-use actix_web::{post, web, HttpRequest, HttpResponse};
-use idem_actix::idempotent;
-use idem_tests::{serve, Counter, RawRequest};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{error, post, web, HttpMessage as _, HttpRequest, HttpResponse};
+use actix_web_httpauth::extractors::bearer::BearerAuth;
+use actix_web_httpauth::middleware::HttpAuthentication;
+use idem_actix::{idempotent, Idempotency, Principal, Scope};
+use idem_tests::{assert_error, serve, Counter, RawRequest};
 use serde_json::json;
 
 /// base64("app_1:key_1"), base64("app_1:WRONG"), base64("app_1:key_2").
@@ -119,7 +125,9 @@ async fn header_scopes_of_different_names_never_share_keys() {
         .await;
     assert_eq!(tenant.body, b"tenant's answer");
     // The same value in another header is another scope: nothing of the tenant's comes back.
-    let user = s.send(&keyed("/by-user", "k").header("X-User", "acme")).await;
+    let user = s
+        .send(&keyed("/by-user", "k").header("X-User", "acme"))
+        .await;
     assert!(!user.replayed(), "X-User: acme got X-Tenant: acme's record");
     assert_eq!(user.body, b"user's answer");
     assert_eq!(s.runs.get(), 2);
@@ -192,8 +200,13 @@ async fn scope_functions_of_different_identity_never_share_keys() {
         .send(&keyed("/fn-tenant", "k").header("X-Tenant", "acme"))
         .await;
     assert_eq!(tenant.body, b"tenant's answer");
-    let user = s.send(&keyed("/fn-user", "k").header("X-User", "acme")).await;
-    assert!(!user.replayed(), "user() = acme got tenant() = acme's record");
+    let user = s
+        .send(&keyed("/fn-user", "k").header("X-User", "acme"))
+        .await;
+    assert!(
+        !user.replayed(),
+        "user() = acme got tenant() = acme's record"
+    );
     assert_eq!(user.body, b"user's answer");
     let org = s.send(&keyed("/fn-org", "k").header("X-Org", "acme")).await;
     assert!(
@@ -217,4 +230,153 @@ async fn one_scope_function_is_one_scope_however_its_path_is_written() {
     assert!(same.replayed(), "`tenant` and `self::tenant` are one scope");
     assert_eq!(same.body, b"tenant's answer");
     assert_eq!(s.runs.get(), 1);
+}
+
+/// The users behind the bearer tokens: Ada has two (a rotated one, another device).
+fn user_of(token: &str) -> Option<&'static str> {
+    match token {
+        "ada-laptop" | "ada-phone" => Some("user:ada"),
+        "bob" => Some("user:bob"),
+        _ => None,
+    }
+}
+
+/// An authentication middleware written with `from_fn`: it verifies the bearer token and
+/// hands the user over as the principal.
+async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(user) = token.and_then(user_of) else {
+        return Err(error::ErrorUnauthorized("sign in"));
+    };
+    req.extensions_mut().insert(Principal::new(user));
+    next.call(req).await
+}
+
+/// The same check as an actix-web-httpauth validator.
+async fn validate(
+    req: ServiceRequest,
+    credentials: BearerAuth,
+) -> Result<ServiceRequest, (actix_web::Error, ServiceRequest)> {
+    match user_of(credentials.token()) {
+        Some(user) => {
+            req.extensions_mut().insert(Principal::new(user));
+            Ok(req)
+        }
+        None => Err((error::ErrorUnauthorized("sign in"), req)),
+    }
+}
+
+#[post("/calls")]
+#[idempotent(scope = "principal")]
+async fn principal_call(runs: web::Data<Counter>) -> HttpResponse {
+    let n = runs.bump();
+    HttpResponse::Created().body(format!("call_{n}"))
+}
+
+/// A plain handler, for the middleware form.
+async fn plain_call(runs: web::Data<Counter>) -> HttpResponse {
+    let n = runs.bump();
+    HttpResponse::Created().body(format!("call_{n}"))
+}
+
+fn as_user(path: &str, token: &str, key: &str) -> RawRequest {
+    keyed(path, key).header("Authorization", &format!("Bearer {token}"))
+}
+
+/// What the principal scope does, whichever middleware verified the caller: one scope per
+/// user whatever its token, another user's key is its own, and an unverified caller reaches
+/// nothing.
+async fn principal_suite(s: &idem_tests::Served, path: &str) {
+    let first = s.send(&as_user(path, "ada-laptop", "k")).await;
+    assert_eq!(first.status, 201);
+    let other_token = s.send(&as_user(path, "ada-phone", "k")).await;
+    assert!(
+        other_token.replayed(),
+        "one user, one scope, whatever its token"
+    );
+    assert_eq!(other_token.body, first.body);
+    let bob = s.send(&as_user(path, "bob", "k")).await;
+    assert_eq!(bob.status, 201);
+    assert!(!bob.replayed(), "another user's key is its own");
+    let forged = s.send(&as_user(path, "forged", "k")).await;
+    assert_eq!(forged.status, 401);
+    assert!(!forged.replayed());
+    assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn the_principal_scope_is_the_caller_a_from_fn_middleware_verified() {
+    let s = serve(|cfg| {
+        cfg.service(
+            web::scope("/v1")
+                .wrap(from_fn(authenticate))
+                .service(principal_call),
+        );
+    });
+    principal_suite(&s, "/v1/calls").await;
+}
+
+#[actix_web::test]
+async fn the_principal_scope_is_the_caller_an_httpauth_validator_verified() {
+    let s = serve(|cfg| {
+        cfg.service(
+            web::scope("/v1")
+                .wrap(HttpAuthentication::bearer(validate))
+                .service(principal_call),
+        );
+    });
+    principal_suite(&s, "/v1/calls").await;
+}
+
+#[actix_web::test]
+async fn without_an_authentication_middleware_the_principal_scope_is_missing() {
+    let s = serve(|cfg| {
+        cfg.service(web::scope("/v1").service(principal_call));
+    });
+    let res = s.send(&as_user("/v1/calls", "ada-laptop", "k")).await;
+    assert_error(&res, 400, "idempotency_scope_missing");
+    let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("an authentication middleware must")
+            && message.contains("before the idempotency layer runs"),
+        "{message}"
+    );
+    assert_eq!(s.runs.get(), 0, "never a shared scope");
+}
+
+#[actix_web::test]
+async fn the_middleware_form_reads_the_principal_of_an_authentication_middleware_around_it() {
+    // actix runs the middleware registered last first: authentication, then idempotency.
+    let s = serve(|cfg| {
+        cfg.service(
+            web::scope("/v1")
+                .wrap(Idempotency::new().policy(|p| p.scope(Scope::Principal)))
+                .wrap(from_fn(authenticate))
+                .route("/calls", web::post().to(plain_call)),
+        );
+    });
+    principal_suite(&s, "/v1/calls").await;
+}
+
+#[actix_web::test]
+async fn the_middleware_form_inside_out_refuses_instead_of_sharing_a_scope() {
+    // Idempotency registered last runs first, before any principal exists.
+    let s = serve(|cfg| {
+        cfg.service(
+            web::scope("/v1")
+                .wrap(from_fn(authenticate))
+                .wrap(Idempotency::new().policy(|p| p.scope(Scope::Principal)))
+                .route("/calls", web::post().to(plain_call)),
+        );
+    });
+    let res = s.send(&as_user("/v1/calls", "ada-laptop", "k")).await;
+    assert_error(&res, 400, "idempotency_scope_missing");
+    assert_eq!(s.runs.get(), 0);
 }
