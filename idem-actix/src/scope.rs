@@ -88,9 +88,13 @@ impl From<&str> for Principal {
     }
 }
 
-/// The scope function of `#[idempotent(scope = function)]`, with its identity (its type name,
-/// which names the function by its full path): two functions that return the same value are
-/// two scopes, and one function is one scope however its path is written.
+/// The scope function of `#[idempotent(scope = function)]`, with its identity: two functions
+/// that return the same value are two scopes.
+///
+/// The identity of a function item is its type name, its full path: one function is one scope
+/// however its path is written. A function pointer (a `static` or `const` of type
+/// `fn(&HttpRequest) -> Option<String>`) has the type name of every other such pointer, so its
+/// identity is the path written in the attribute, qualified by the module it is written in.
 #[doc(hidden)]
 #[derive(Clone, Copy)]
 pub struct ScopeFunction {
@@ -99,14 +103,23 @@ pub struct ScopeFunction {
 }
 
 impl ScopeFunction {
-    /// The scope function `function`, called through `find` (the attribute passes a closure
-    /// that calls it, and checks its signature there).
-    pub fn new<F>(function: &F, find: fn(&HttpRequest) -> Option<String>) -> Self {
+    /// The scope function `function`, written as `written` (the module and the path written),
+    /// called through `find` (the attribute passes a closure that calls it, and checks its
+    /// signature there).
+    pub fn new<F>(
+        function: &F,
+        written: &'static str,
+        find: fn(&HttpRequest) -> Option<String>,
+    ) -> Self {
         let _ = function;
-        Self {
-            identity: std::any::type_name::<F>(),
-            find,
-        }
+        // Every function item has a type of its own, and a zero-sized one; a function
+        // pointer's type is shared, and has a size.
+        let identity = if std::mem::size_of::<F>() == 0 {
+            std::any::type_name::<F>()
+        } else {
+            written
+        };
+        Self { identity, find }
     }
 }
 
@@ -169,8 +182,18 @@ mod tests {
         Some(req.headers().get("x-org")?.to_str().ok()?.to_owned())
     }
 
-    fn function<F>(f: &F, find: fn(&HttpRequest) -> Option<String>) -> ScopeFunction {
-        ScopeFunction::new(f, find)
+    type Find = fn(&HttpRequest) -> Option<String>;
+
+    fn function<F>(f: &F, find: Find) -> ScopeFunction {
+        ScopeFunction::new(f, "app::written", find)
+    }
+
+    fn other_pointer() -> ScopeValue<'static> {
+        let req = TestRequest::post().to_http_request();
+        let pointer: Find = |_| Some("acme".to_owned());
+        resolve(&req, Scope::ApiKey, Some(function(&pointer, pointer)))
+            .unwrap()
+            .into_owned()
     }
 
     fn store_key(scope: &ScopeValue<'_>) -> StoreKey {
@@ -214,9 +237,27 @@ mod tests {
             .unwrap()
             .ends_with("tests::tenant"));
         assert_ne!(store_key(&by_tenant), store_key(&by_org));
-        let pointer: fn(&HttpRequest) -> Option<String> = |_| Some("acme".to_owned());
-        let other = resolve(&req, Scope::ApiKey, Some(function(&pointer, pointer))).unwrap();
-        assert_ne!(store_key(&by_tenant), store_key(&other));
+        // Written with another path, one function item is the same scope.
+        let again = ScopeFunction::new(&tenant, "elsewhere::tenant", tenant);
+        assert_eq!(
+            resolve(&req, Scope::ApiKey, Some(again)),
+            Ok(by_tenant.clone())
+        );
+        // Function pointers share a type: the written path tells them apart.
+        let (a, b): (Find, Find) = (tenant, org);
+        let by_a = resolve(
+            &req,
+            Scope::ApiKey,
+            Some(ScopeFunction::new(&a, "app::A", a)),
+        );
+        let by_b = resolve(
+            &req,
+            Scope::ApiKey,
+            Some(ScopeFunction::new(&b, "app::B", b)),
+        );
+        assert_eq!(by_a.as_ref().unwrap().source.as_deref(), Some("app::A"));
+        assert_ne!(store_key(&by_a.unwrap()), store_key(&by_b.unwrap()));
+        assert_ne!(store_key(&by_tenant), store_key(&other_pointer()));
         let none = TestRequest::post().to_http_request();
         assert!(matches!(
             resolve(&none, Scope::ApiKey, Some(function(&tenant, tenant))),

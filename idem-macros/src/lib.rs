@@ -122,8 +122,9 @@ mod expand;
 /// already verified and put in the request's extensions, or a whole credential; never a claim
 /// the handler would check later (a user id header, the subject of a token whose signature is
 /// not yet verified). Its identity is part of the scope: two functions returning the same
-/// string are two scopes, and one function is one scope however its path is written; moving or
-/// renaming it starts new scopes.
+/// string are two scopes, and one function is one scope however its path is written (a
+/// function pointer, such as a `static` of type `fn(&HttpRequest) -> Option<String>`, is
+/// known by the path written instead); moving or renaming it starts new scopes.
 ///
 /// [`Principal`]: ../idem_actix/struct.Principal.html
 /// [`Idempotency`]: ../idem_actix/struct.Idempotency.html

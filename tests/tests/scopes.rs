@@ -232,6 +232,40 @@ async fn one_scope_function_is_one_scope_however_its_path_is_written() {
     assert_eq!(s.runs.get(), 1);
 }
 
+/// Scope functions held in statics of one function-pointer type: their type names are equal,
+/// so the written path is what tells them apart.
+static TENANT_POINTER: fn(&HttpRequest) -> Option<String> = tenant;
+static USER_POINTER: fn(&HttpRequest) -> Option<String> = user;
+
+#[post("/pointer-tenant")]
+#[idempotent(scope = TENANT_POINTER, mismatch = "replay")]
+async fn pointer_tenant(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("tenant's answer")
+}
+
+#[post("/pointer-user")]
+#[idempotent(scope = USER_POINTER, mismatch = "replay")]
+async fn pointer_user(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("user's answer")
+}
+
+#[actix_web::test]
+async fn scope_functions_behind_function_pointers_never_share_keys() {
+    let s = serve(|cfg| {
+        cfg.service(pointer_tenant).service(pointer_user);
+    });
+    s.send(&keyed("/pointer-tenant", "k").header("X-Tenant", "acme"))
+        .await;
+    let user = s
+        .send(&keyed("/pointer-user", "k").header("X-User", "acme"))
+        .await;
+    assert!(!user.replayed(), "USER_POINTER got TENANT_POINTER's record");
+    assert_eq!(user.body, b"user's answer");
+    assert_eq!(s.runs.get(), 2);
+}
+
 /// The users behind the bearer tokens: Ada has two (a rotated one, another device).
 fn user_of(token: &str) -> Option<&'static str> {
     match token {
