@@ -81,6 +81,7 @@ mod metrics;
 mod middleware;
 mod render;
 mod request_id;
+mod scope;
 
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
@@ -96,6 +97,7 @@ pub use crate::handler::ScopeFn;
 pub use crate::middleware::{Idempotency, IdempotencyService};
 pub use crate::render::{ErrorRenderer, JsonEnvelope, ProblemJson};
 pub use crate::request_id::RequestId;
+pub use crate::scope::Principal;
 
 /// `Idempotent-Replayed`, set to `true` on replayed responses.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -106,6 +108,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::{fail, respond, run, scope, Endpoint, Raw, Reply};
+    pub use crate::scope::ScopeFunction;
     pub use actix_web::dev::Payload as RawPayload;
     pub use actix_web::{FromRequest, HttpRequest, HttpResponse};
     pub use core::time::Duration;

@@ -74,6 +74,10 @@ impl fmt::Debug for Fingerprint {
 
 /// The key a record is stored under: a hash of scope, optional endpoint and key, so that
 /// neither raw keys nor credentials ever reach a store.
+///
+/// The scope is hashed as its kind, its source when its kind has one (a header's name, a scope
+/// function's identity), and its value. Scopes with one source hash as they always have, so
+/// records written by an earlier release under them are still found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct StoreKey([u8; 32]);
 
@@ -91,6 +95,11 @@ impl StoreKey {
         let mut hasher = Sha256::new();
         hasher.update(b"idem:K2");
         field(&mut hasher, scope.kind.as_bytes());
+        // Whether a source follows is fixed by the kind, so no marker is needed to tell
+        // (kind, source, value) from (kind, value).
+        if let Some(source) = &scope.source {
+            field(&mut hasher, source.as_bytes());
+        }
         field(&mut hasher, &scope.value);
         match endpoint {
             Some(endpoint) => {
@@ -216,6 +225,68 @@ mod tests {
             StoreKey::new(&tenant_a, None, &k),
             StoreKey::new(&header, None, &k)
         );
+    }
+
+    #[test]
+    fn the_source_of_a_scope_is_part_of_its_store_key() {
+        let k = key("k1");
+        let tenant = ScopeValue::with_source("named_header", "x-tenant", &b"acme"[..]);
+        let user = ScopeValue::with_source("named_header", "x-user", &b"acme"[..]);
+        assert_ne!(
+            StoreKey::new(&tenant, None, &k),
+            StoreKey::new(&user, None, &k)
+        );
+        let f = ScopeValue::of_function("app::tenant", &b"acme"[..]);
+        let g = ScopeValue::of_function("app::user", &b"acme"[..]);
+        assert_ne!(StoreKey::new(&f, None, &k), StoreKey::new(&g, None, &k));
+        // Source and value are length-prefixed apart: moving bytes from one to the other is
+        // another scope.
+        let split_a = ScopeValue::with_source("named_header", "x-ab", &b"c"[..]);
+        let split_b = ScopeValue::with_source("named_header", "x-a", &b"bc"[..]);
+        assert_ne!(
+            StoreKey::new(&split_a, None, &k),
+            StoreKey::new(&split_b, None, &k)
+        );
+        // A source cannot pose as a value of a one-source kind, nor as another kind.
+        let as_value = ScopeValue::new("named_header", &b"\x08x-tenant\x04acme"[..]);
+        assert_ne!(
+            StoreKey::new(&tenant, None, &k),
+            StoreKey::new(&as_value, None, &k)
+        );
+    }
+
+    /// Records written before the sources of scopes were hashed stay reachable under the
+    /// scopes that have none: the expected digests are SHA-256 over the layout written out by
+    /// hand (`idem:K2`, then each field as a one-byte length and its bytes, the endpoint
+    /// behind a 0 or 1 marker).
+    #[test]
+    fn store_keys_of_one_source_scopes_are_unchanged() {
+        let k = key("k1");
+        let cases = [
+            (
+                StoreKey::new(
+                    &ScopeValue::new("authorization", &b"Bearer a"[..]),
+                    None,
+                    &k,
+                ),
+                "4ce7db943a028b394b14d5098b83a468235045563522c0b72c5591f7eac0b5d3",
+            ),
+            (
+                StoreKey::new(
+                    &ScopeValue::new("x-api-key", &b"key_1"[..]),
+                    Some("POST /v1/calls"),
+                    &k,
+                ),
+                "943ee5b0136d55205fd3a6696f9931b9f617eb98dc7d19baf2aad7069d2e5369",
+            ),
+            (
+                StoreKey::new(&ScopeValue::new("global", &b""[..]), None, &k),
+                "92256a3fbfc6966226bb1519ffb186566c9fb057f7d72b71e2dd91062f884fdd",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.to_string(), want);
+        }
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                         "api_key" => out(quote!(scope(__idem_p::Scope::ApiKey))),
                         "global" => out(quote!(scope(__idem_p::Scope::Global))),
                         "basic_auth_user" => out(quote!(scope(__idem_p::Scope::BasicAuthUser))),
+                        "principal" => out(quote!(scope(__idem_p::Scope::Principal))),
                         _ => match v.strip_prefix("header:") {
                             Some(h) if is_header_name(h) => {
                                 out(quote!(scope(__idem_p::Scope::Header(#h))))
@@ -154,7 +155,7 @@ pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
                                 "`{v}` does not name a valid header; write \"header:<Name>\", such as \"header:X-Tenant-Id\""
                             )),
                             None => errors.push(s, format!(
-                                "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"global\", \"header:<Name>\", or a function `fn(&HttpRequest) -> Option<String>` named without quotes"
+                                "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"principal\", \"global\", \"header:<Name>\", or a function `fn(&HttpRequest) -> Option<String>` named without quotes"
                             )),
                         },
                     }

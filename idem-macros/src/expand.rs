@@ -115,11 +115,21 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let respond = quote_spanned! {respond_span=>
         __idem_p::respond(__idem_req, __idem_out)
     };
+    // The function's type names it, so that two functions never share a scope (or, for a
+    // function pointer, whose type is shared, the path as written). The type is read from a
+    // reference, which asks nothing of the function, so that its signature is checked (and
+    // reported) once, where it is called.
     let scope_fn = match &args.scope_fn {
         Some(path) => {
             let call = quote_spanned! {path.span()=> __idem_p::scope(#path, __idem_scope_req) };
+            let identity = quote_spanned! {path.span()=> &#path };
+            let written = path.to_token_stream().to_string();
             quote! {
-                ::core::option::Option::Some(|__idem_scope_req: &__idem_p::HttpRequest| #call)
+                ::core::option::Option::Some(__idem_p::ScopeFunction::new(
+                    #identity,
+                    ::core::concat!(::core::module_path!(), "::", #written),
+                    |__idem_scope_req: &__idem_p::HttpRequest| #call,
+                ))
             }
         }
         None => quote!(::core::option::Option::None),

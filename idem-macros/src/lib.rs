@@ -39,7 +39,7 @@ mod expand;
 /// | argument | values | default |
 /// |---|---|---|
 /// | [`ttl`](#ttl) | a duration: `"30s"`, `"15m"`, `"24h"`, `"7d"` | `"24h"` |
-/// | [`scope`](#scope) | `"api_key"`, `"basic_auth_user"`, `"global"`, `"header:<Name>"`, or a function | `"api_key"` |
+/// | [`scope`](#scope) | `"api_key"`, `"basic_auth_user"`, `"principal"`, `"global"`, `"header:<Name>"`, or a function | `"api_key"` |
 /// | [`header`](#header) | a header name | `"Idempotency-Key"` |
 /// | [`key_max_len`](#key_max_len) | 1 to 8192 | `255` |
 /// | [`required`](#required) | flag | off |
@@ -95,20 +95,44 @@ mod expand;
 ///
 /// ## `scope`
 ///
-/// Whose key it is; keys of different scopes never meet. `"api_key"` (the default): the whole
-/// `Authorization` header value, else `X-API-Key`. `"basic_auth_user"`: the user name of HTTP Basic
-/// authentication. `"header:<Name>"`: the value of that header. `"global"`: one scope for all
-/// clients. Or, without quotes, a function `fn(&HttpRequest) -> Option<String>` (checked at compile
-/// time), for example the tenant an authentication middleware put in the request's extensions. A
-/// request without its scope gets 400 `idempotency_scope_missing`; there is no fallback.
+/// Whose key it is; keys of different scopes never meet, and a replay goes only to a request of
+/// the same scope. Default `"api_key"`.
+///
+/// | value | the scope is | who reaches a record |
+/// |---|---|---|
+/// | `"api_key"` | the whole `Authorization` header value, else `X-API-Key` | the holder of that credential |
+/// | `"basic_auth_user"` | the HTTP Basic user name and a SHA-256 digest of its password | the holder of that user *and* password; a rotated password starts a new scope |
+/// | `"principal"` | the [`Principal`] an authentication middleware inserted in the request's extensions | the caller that middleware verified, whatever its credential |
+/// | `"header:<Name>"` | that header's name and value | anyone who can send that value: use it only behind a proxy that sets the header |
+/// | `"global"` | one scope for all clients | everyone |
+/// | a function | its identity (its full path) and the `String` it returns | whoever makes it return that string |
+///
+/// A request without its scope gets 400 `idempotency_scope_missing`; there is no fallback.
+///
+/// A scope is only as strong as what it hashes. The layer finds the scope, and answers a
+/// replay, *before* the handler's extractors run, so a check the handler makes (a password, a
+/// token's signature) has not happened yet: a scope must be something a caller cannot present
+/// without holding it, or something verified before the layer runs. `"principal"` is the one
+/// to use with an authentication middleware: it reads what the middleware verified, and
+/// refuses the request when nothing was (with the [`Idempotency`] middleware, the
+/// authentication middleware must wrap it: register it with `wrap` after `Idempotency`).
+///
+/// A function goes without quotes: `fn(&HttpRequest) -> Option<String>`, checked at compile
+/// time. It runs at the same point, so it must read only what an authentication middleware
+/// already verified and put in the request's extensions, or a whole credential; never a claim
+/// the handler would check later (a user id header, the subject of a token whose signature is
+/// not yet verified). Its identity is part of the scope: two functions returning the same
+/// string are two scopes, and one function is one scope however its path is written (a
+/// function pointer, such as a `static` of type `fn(&HttpRequest) -> Option<String>`, is
+/// known by the path written instead); moving or renaming it starts new scopes.
+///
+/// [`Principal`]: ../idem_actix/struct.Principal.html
+/// [`Idempotency`]: ../idem_actix/struct.Idempotency.html
 ///
 /// ```
 /// # extern crate idem as idem_actix;
 /// # use actix_web::{test, App};
 /// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
 /// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
 /// #     let res = test::call_service(app, r.to_request()).await;
 /// #     let replayed = res.headers().contains_key("idempotent-replayed");
@@ -116,11 +140,33 @@ mod expand;
 /// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
 /// #     (status, replayed, body)
 /// # }
-/// use actix_web::{post, HttpRequest, HttpResponse};
+/// use actix_web::body::MessageBody;
+/// use actix_web::dev::{ServiceRequest, ServiceResponse};
+/// use actix_web::middleware::{from_fn, Next};
+/// use actix_web::{post, HttpMessage, HttpRequest, HttpResponse};
 /// use idem_actix::idempotent;
 ///
+/// /// The tenant whose token the authentication middleware verified.
+/// #[derive(Clone)]
+/// struct Tenant(String);
+///
+/// async fn authenticate(
+///     req: ServiceRequest,
+///     next: Next<impl MessageBody>,
+/// ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+///     let tenant = match req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+///         Some("Bearer token-of-acme") => Some("acme"),
+///         Some("Bearer token-of-globex") => Some("globex"),
+///         _ => None, // goes on unauthenticated, with no tenant
+///     };
+///     if let Some(tenant) = tenant {
+///         req.extensions_mut().insert(Tenant(tenant.to_owned()));
+///     }
+///     next.call(req).await
+/// }
+///
 /// fn tenant(req: &HttpRequest) -> Option<String> {
-///     Some(req.headers().get("x-tenant")?.to_str().ok()?.to_owned())
+///     req.extensions().get::<Tenant>().map(|t| t.0.clone())
 /// }
 ///
 /// #[post("/v1/calls")]
@@ -129,13 +175,17 @@ mod expand;
 ///     HttpResponse::Created().finish()
 /// }
 /// # actix_web::rt::System::new().block_on(async {
-/// # let app = test::init_service(App::new().service(create_call)).await;
-/// let call = |tenant| req("k").uri("/v1/calls").insert_header(("X-Tenant", tenant));
-/// assert_eq!(send(&app, call("acme")).await.1, false);
-/// assert_eq!(send(&app, call("globex")).await.1, false, "another tenant, another key");
-/// assert_eq!(send(&app, call("acme")).await.1, true);
-/// let anonymous = TestRequest::post().uri("/v1/calls").insert_header(("Idempotency-Key", "k"));
-/// assert_eq!(send(&app, anonymous).await.0, 400);
+/// # let app = test::init_service(App::new().wrap(from_fn(authenticate)).service(create_call)).await;
+/// let call = |token: &str| {
+///     TestRequest::post()
+///         .uri("/v1/calls")
+///         .insert_header(("Authorization", format!("Bearer {token}")))
+///         .insert_header(("Idempotency-Key", "k"))
+/// };
+/// assert_eq!(send(&app, call("token-of-acme")).await.1, false);
+/// assert_eq!(send(&app, call("token-of-globex")).await.1, false, "another tenant, another key");
+/// assert_eq!(send(&app, call("token-of-acme")).await.1, true);
+/// assert_eq!(send(&app, call("forged")).await.0, 400, "unverified: no scope, no replay");
 /// # });
 /// ```
 ///

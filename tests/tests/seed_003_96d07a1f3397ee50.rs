@@ -1,6 +1,8 @@
 //! Seed 003 (EnableX): keys scoped to the APP ID of Basic authentication, 24 hours; a retry
 //! with the same key returns the cached response, and a different body is ignored: the first
-//! response comes back and nothing runs again.
+//! response comes back and nothing runs again. The scope holds a digest of the APP KEY as
+//! well, so that nobody without it reaches an app's records (the layer answers before the
+//! handler checks the APP KEY).
 //!
 //! `#[idempotent(scope = "basic_auth_user", mismatch = "replay")]`
 
@@ -65,15 +67,25 @@ async fn a_different_body_gets_the_first_response_and_is_never_run() {
 }
 
 #[actix_web::test]
-async fn keys_are_scoped_to_the_app_id_not_the_app_key() {
+async fn keys_are_scoped_to_the_app_id_and_never_shared_by_two_apps() {
     let s = app();
-    s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
-    assert!(s
-        .send(&call(APP1_KEY2, "k", "+15550000001"))
-        .await
-        .replayed());
+    let first = s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
+    let retry = s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
     let other_app = s.send(&call(APP2_KEY1, "k", "+15550000001")).await;
     assert!(!other_app.replayed(), "two APP IDs never conflict");
+    assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn another_app_key_of_the_same_app_id_never_reaches_its_records() {
+    let s = app();
+    s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
+    // A wrong APP KEY, or a rotated one, is a scope of its own: it cannot fetch the app's
+    // response, and a rotated key starts afresh.
+    let other_key = s.send(&call(APP1_KEY2, "k", "+15550000001")).await;
+    assert!(!other_key.replayed());
     assert_eq!(s.runs.get(), 2);
 }
 

@@ -5,14 +5,10 @@
 use actix_web::dev;
 use actix_web::error::PayloadError;
 use actix_web::http::header;
-use actix_web::http::header::HeaderValue;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use idem_core::{
-    Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Policy, ScopeError, ScopeValue,
-    StoreKey,
-};
+use idem_core::{Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Policy, StoreKey};
 
 use super::replay::with_request_id;
 use super::Endpoint;
@@ -21,6 +17,7 @@ use crate::extract::Admitted;
 use crate::metrics;
 use crate::render::error_response;
 use crate::request_id::RequestId;
+use crate::scope::ScopeFunction;
 
 /// What the layer makes of a request.
 #[allow(
@@ -87,7 +84,7 @@ pub(crate) fn taken(req: &HttpRequest) -> bool {
 /// Validates the key and scope, reads the body and fingerprints the request.
 pub(crate) async fn admit(
     endpoint: &Endpoint,
-    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    scope_fn: Option<ScopeFunction>,
     req: HttpRequest,
     payload: dev::Payload,
 ) -> Admission {
@@ -122,19 +119,7 @@ pub(crate) async fn admit(
             return reject(req, &policy, &config, &request_id, error);
         }
     };
-    let headers = req.headers();
-    let scope = match scope_fn {
-        Some(find) => find(&req)
-            .map(|scope| ScopeValue::new("custom", scope.into_bytes()))
-            .ok_or_else(|| {
-                ScopeError::Custom(
-                    "this endpoint's scope function found none for this request; send the credentials it reads".into(),
-                )
-            }),
-        None => policy
-            .scope
-            .resolve(|name| headers.get(name).map(HeaderValue::as_bytes)),
-    };
+    let scope = crate::scope::resolve(&req, policy.scope, scope_fn);
     let store_key = match scope {
         Ok(scope) => {
             let route = policy.per_endpoint.then(|| {

@@ -15,6 +15,7 @@ use super::replay::{replay, unaccepted_encoding};
 use super::{Endpoint, Reply, Work};
 use crate::metrics;
 use crate::render::error_response;
+use crate::scope::ScopeFunction;
 
 /// A request with a key (or an endpoint that requires one): admits it, then claims the key
 /// and runs `handler` [`detached`], or answers without it.
@@ -26,7 +27,7 @@ use crate::render::error_response;
 /// the call (the embedded one does: nothing can cancel a claim that never waits).
 pub(crate) async fn keyed<H, Fut>(
     endpoint: &Endpoint,
-    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    scope_fn: Option<ScopeFunction>,
     req: HttpRequest,
     payload: dev::Payload,
     handler: H,

@@ -18,6 +18,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use idem_core::{Overrides, Policy};
 
 use crate::config::{parse_header, IdempotencyConfig};
+use crate::scope::ScopeFunction;
 
 mod admit;
 mod claim;
@@ -167,7 +168,7 @@ impl FromRequest for Raw {
 /// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
 pub async fn run<H, Fut>(
     endpoint: &Endpoint,
-    scope_fn: Option<fn(&HttpRequest) -> Option<String>>,
+    scope_fn: Option<ScopeFunction>,
     Raw { req, payload }: Raw,
     handler: H,
 ) -> HttpResponse
