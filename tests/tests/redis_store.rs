@@ -10,7 +10,9 @@ use actix_web::{post, web, HttpResponse};
 use futures_util::future::join_all;
 use idem_actix::clock::{ManualClock, Timestamp};
 use idem_actix::{idempotent, IdempotencyConfig, RedisStore};
-use idem_core::{Begin, Engine, Fingerprint, Outcome, Policy, Response, StoreKey};
+use idem_core::{
+    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, StoreKey,
+};
 use idem_tests::{assert_error, eventually, Counter, RawRequest, TestRedis, TestServer};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -339,7 +341,7 @@ async fn records_hold_no_raw_key_or_credential() {
 }
 
 #[actix_web::test]
-async fn records_over_the_size_bound_are_refused() {
+async fn records_over_the_size_bound_are_kept_without_their_body_and_never_run_again() {
     let Some(redis) = TestRedis::start() else {
         return;
     };
@@ -357,9 +359,16 @@ async fn records_over_the_size_bound_are_refused() {
         panic!()
     };
     let big = Response::new(201, [], &vec![b'x'; 2048]);
-    let err = lease.finish(big).await.unwrap_err();
+    assert_eq!(lease.finish(big).await.unwrap(), Outcome::Recorded);
+    let retry = engine.begin(&Policy::DEFAULT, key, fp).await;
     assert!(
-        matches!(err, idem_actix::StoreError::TooLarge { max: 1024, .. }),
-        "{err}"
+        matches!(
+            retry,
+            Err(IdempotencyError::ResponseTooLarge {
+                status: 201,
+                size: 2048..
+            })
+        ),
+        "the retry learns it completed: {retry:?}"
     );
 }
