@@ -320,6 +320,20 @@ impl Served {
     }
 }
 
+/// Whether a missing Redis must fail the test instead of skipping it (`IDEM_REQUIRE_REDIS=1`).
+pub fn redis_required() -> bool {
+    std::env::var("IDEM_REQUIRE_REDIS").as_deref() == Ok("1")
+}
+
+/// Skips a test that cannot have the Redis it needs: says why on stderr, or panics when
+/// [`redis_required`], so that CI never counts a skipped test as passed.
+pub fn skip_without_redis(why: &str) {
+    if redis_required() {
+        panic!("IDEM_REQUIRE_REDIS=1 but {why}");
+    }
+    eprintln!("skipped: {why}; install redis-server (or set IDEM_TEST_REDIS_URL)");
+}
+
 /// A Redis for tests: our own `redis-server` on a free loopback port, or the one named by
 /// `IDEM_TEST_REDIS_URL`.
 pub struct TestRedis {
@@ -341,6 +355,13 @@ impl TestRedis {
                 });
             }
         }
+        Self::start_owned()
+    }
+
+    /// Starts our own `redis-server` even when `IDEM_TEST_REDIS_URL` names one, for tests that
+    /// stop and restart it; `None` (the test should skip) when there is no `redis-server`,
+    /// and a panic instead with `IDEM_REQUIRE_REDIS=1`.
+    pub fn start_owned() -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -352,11 +373,8 @@ impl TestRedis {
         };
         match redis.spawn() {
             Ok(()) => Some(redis),
-            Err(e) if std::env::var("IDEM_REQUIRE_REDIS").as_deref() == Ok("1") => {
-                panic!("IDEM_REQUIRE_REDIS=1 but redis-server could not start: {e}")
-            }
             Err(e) => {
-                eprintln!("skipped: no Redis for this test ({e}); install redis-server or set IDEM_TEST_REDIS_URL");
+                skip_without_redis(&format!("redis-server could not start ({e})"));
                 None
             }
         }
@@ -386,17 +404,9 @@ impl TestRedis {
         &self.url
     }
 
-    /// Whether this test started the server (and so can stop and restart it).
-    pub fn owned(&self) -> bool {
-        self.port.is_some()
-    }
-
     /// A plain connection, for looking at what the store wrote.
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url.as_str())?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        redis::cmd("PING").query::<String>(&mut conn)?;
-        Ok(conn)
+        node_connection(&self.url)
     }
 
     /// Runs one command.
@@ -406,7 +416,11 @@ impl TestRedis {
     }
 
     /// Stops the server (an outage).
+    ///
+    /// # Panics
+    /// On a Redis this test did not start ([`TestRedis::start_owned`] starts one).
     pub fn stop(&mut self) {
+        assert!(self.port.is_some(), "an external Redis cannot be stopped");
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -422,6 +436,17 @@ impl TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// A plain connection to one server, checked with a `PING`.
+fn node_connection(url: &str) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+    redis::cmd("PING").query::<String>(&mut conn)?;
+    Ok(conn)
 }
