@@ -175,6 +175,38 @@ async fn an_execution_is_two_commands_and_a_replay_one() {
 }
 
 #[actix_web::test]
+async fn a_server_without_the_scripts_gets_them_on_the_key_s_own_connection() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let probe = Probe::open();
+    let server = instance(&redis, &probe, default_store);
+    call("warm").send(server.addr).await;
+    // A restarted server, or a master new to a cluster, has no scripts.
+    redis.query::<()>(redis::cmd("SCRIPT").arg("FLUSH"));
+    command_calls(&redis);
+
+    assert_eq!(call("k1").send(server.addr).await.status, 201);
+    let info: String = redis.query(redis::cmd("INFO").arg("commandstats"));
+    assert!(
+        !info.contains("cmdstat_script|load"),
+        "no SCRIPT LOAD, which a cluster sends to every master: {info}"
+    );
+    let calls = command_calls(&redis);
+    assert_eq!(calls.get("eval"), Some(&1), "{calls:?}");
+    assert!(call("k1").send(server.addr).await.replayed());
+
+    // Loaded by that EVAL: the next completion runs by hash alone.
+    assert_eq!(call("k2").send(server.addr).await.status, 201);
+    let calls = command_calls(&redis);
+    assert_eq!(
+        (calls.get("evalsha"), calls.get("eval")),
+        (Some(&1), None),
+        "{calls:?}"
+    );
+}
+
+#[actix_web::test]
 async fn two_instances_sharing_redis_run_a_hundred_duplicates_once() {
     let Some(redis) = TestRedis::start() else {
         return;
