@@ -1,10 +1,11 @@
 //! The `calls-api` example server.
 //!
 //! ```text
-//! calls-api [--addr 127.0.0.1:8080] [--workers N] [--redis-url redis://127.0.0.1:6379]
+//! calls-api [--addr 127.0.0.1:8080] [--workers N]
+//!           [--redis-url redis://127.0.0.1:6379 | --redis-cluster URL[,URL...]]
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
-//! `IDEM_REDIS_URL`. Flags win.
+//! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`. Flags win.
 
 use std::process::ExitCode;
 
@@ -15,24 +16,37 @@ use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
 use idem_examples::calls_api::{configure, CallsState};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N] [--redis-url URL]
+const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
+                 [--redis-url URL | --redis-cluster URL[,URL...]]
 
-  --addr       address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
-  --workers    actix worker threads (env IDEM_WORKERS; default: one per core)
-  --redis-url  use the Redis store at this URL, shared by several processes, such
-               as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it, the
-               embedded store of this process";
+  --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
+  --workers        actix worker threads (env IDEM_WORKERS; default: one per core)
+  --redis-url      use the Redis store at this URL, shared by several processes, such
+                   as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it or
+                   --redis-cluster, the embedded store of this process
+  --redis-cluster  use the Redis store on the Redis Cluster reached through these
+                   nodes, comma-separated; one live node is enough to find the others
+                   (env IDEM_REDIS_CLUSTER)";
 
 struct Options {
     addr: String,
     workers: Option<usize>,
-    redis_url: Option<String>,
+    redis: Option<Redis>,
+}
+
+/// Where the Redis store is.
+enum Redis {
+    Server(String),
+    Cluster(Vec<String>),
 }
 
 fn options() -> Result<Options, String> {
     let mut addr = std::env::var("IDEM_ADDR").ok();
     let mut workers = std::env::var("IDEM_WORKERS").ok();
     let mut redis_url = std::env::var("IDEM_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let mut redis_cluster = std::env::var("IDEM_REDIS_CLUSTER")
         .ok()
         .filter(|u| !u.is_empty());
     let mut args = std::env::args().skip(1);
@@ -45,6 +59,7 @@ fn options() -> Result<Options, String> {
             "--addr" => &mut addr,
             "--workers" => &mut workers,
             "--redis-url" => &mut redis_url,
+            "--redis-cluster" => &mut redis_cluster,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -65,10 +80,26 @@ fn options() -> Result<Options, String> {
             }
         },
     };
+    let redis = match (redis_url, redis_cluster) {
+        (Some(_), Some(_)) => {
+            return Err("give --redis-url or --redis-cluster, not both".to_owned())
+        }
+        (Some(url), None) => Some(Redis::Server(url)),
+        (None, Some(urls)) => {
+            let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
+            if urls.iter().any(String::is_empty) {
+                return Err(
+                    "--redis-cluster takes node URLs separated by commas, none empty".to_owned(),
+                );
+            }
+            Some(Redis::Cluster(urls))
+        }
+        (None, None) => None,
+    };
     Ok(Options {
         addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
         workers,
-        redis_url,
+        redis,
     })
 }
 
@@ -98,16 +129,27 @@ fn main() -> ExitCode {
             }
         });
         // The Redis connection is driven by this (the main) runtime, shared by all workers.
-        let (idem, store) = match &options.redis_url {
-            Some(url) => match RedisStore::new(url.as_str()) {
-                Ok(store) => (IdempotencyConfig::new(store), format!("redis at {url}")),
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("--redis-url: {e}"),
-                    ))
-                }
-            },
+        let redis = match &options.redis {
+            Some(Redis::Server(url)) => Some((
+                RedisStore::new(url.as_str()),
+                "--redis-url",
+                format!("redis at {url}"),
+            )),
+            Some(Redis::Cluster(urls)) => Some((
+                RedisStore::cluster(urls).build(),
+                "--redis-cluster",
+                format!("redis cluster at {}", urls.join(",")),
+            )),
+            None => None,
+        };
+        let (idem, store) = match redis {
+            Some((Ok(store), _, name)) => (IdempotencyConfig::new(store), name),
+            Some((Err(e), flag, _)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{flag}: {e}"),
+                ))
+            }
             None => (
                 IdempotencyConfig::new(MokaStore::new()),
                 "embedded moka".to_owned(),
