@@ -11,7 +11,8 @@ use actix_web::{post, web, HttpResponse};
 use futures_util::future::join_all;
 use idem_actix::clock::{ManualClock, Timestamp};
 use idem_actix::{idempotent, IdempotencyConfig, RedisStore};
-use idem_core::{Begin, Engine, Fingerprint, Outcome, Policy, Response, StoreKey};
+use idem_core::store::ReplayCache;
+use idem_core::{Begin, Engine, Fingerprint, Outcome, Policy, Response, Store, StoreKey};
 use idem_tests::{assert_error, eventually, Counter, RawRequest, TestRedis, TestServer};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -47,7 +48,7 @@ async fn create_call(probe: web::Data<Probe>) -> HttpResponse {
 }
 
 /// An app instance with its own `RedisStore` (as a separate process would have).
-fn instance(redis: &TestRedis, probe: &Probe, store: fn(&str) -> RedisStore) -> TestServer {
+fn instance<S: Store>(redis: &TestRedis, probe: &Probe, store: fn(&str) -> S) -> TestServer {
     let url = redis.url().to_owned();
     let data = web::Data::new(probe.clone());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -83,6 +84,18 @@ async fn redis_store_conforms() {
         .build()
         .unwrap();
     idem_core::testing::conformance(&store, 7).await;
+}
+
+#[actix_web::test]
+async fn redis_store_behind_a_replay_cache_conforms() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("cached-conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&ReplayCache::new(store, 1 << 20), 8).await;
 }
 
 #[actix_web::test]
@@ -204,6 +217,41 @@ async fn a_server_without_the_scripts_gets_them_on_the_key_s_own_connection() {
         (Some(&1), None),
         "{calls:?}"
     );
+}
+
+#[actix_web::test]
+async fn behind_a_replay_cache_a_replay_is_no_command_and_other_instances_still_see_the_key() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let probe = Probe::open();
+    let cached = |url: &str| ReplayCache::new(RedisStore::new(url).unwrap(), 1 << 20);
+    let a = instance(&redis, &probe, cached);
+    let b = instance(&redis, &probe, cached);
+    call("warm").send(a.addr).await;
+    command_calls(&redis);
+
+    let first = call("k1").send(a.addr).await;
+    assert_eq!(first.status, 201);
+    command_calls(&redis);
+    for _ in 0..3 {
+        let replay = call("k1").send(a.addr).await;
+        assert!(replay.replayed());
+        assert_eq!(replay.body, first.body);
+    }
+    assert!(
+        command_calls(&redis).is_empty(),
+        "the instance that recorded it replays from its cache"
+    );
+    // Another instance asks Redis once, then keeps its own copy.
+    for _ in 0..3 {
+        assert_eq!(call("k1").send(b.addr).await.body, first.body);
+    }
+    assert_eq!(
+        command_calls(&redis),
+        HashMap::from([("set".to_owned(), 1)])
+    );
+    assert_eq!(probe.runs.get(), 2, "warm and k1, once each");
 }
 
 #[actix_web::test]
