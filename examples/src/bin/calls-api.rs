@@ -3,9 +3,10 @@
 //! ```text
 //! calls-api [--addr 127.0.0.1:8080] [--workers N]
 //!           [--redis-url redis://127.0.0.1:6379 | --redis-cluster URL[,URL...]]
+//!           [--replay-cache-bytes N]
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
-//! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`. Flags win.
+//! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`, `IDEM_REPLAY_CACHE_BYTES`. Flags win.
 
 use std::process::ExitCode;
 
@@ -13,11 +14,13 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
+use idem_core::store::ReplayCache;
 use idem_examples::calls_api::{configure, CallsState};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                  [--redis-url URL | --redis-cluster URL[,URL...]]
+                 [--replay-cache-bytes N]
 
   --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
   --workers        actix worker threads (env IDEM_WORKERS; default: one per core)
@@ -26,12 +29,17 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                    --redis-cluster, the embedded store of this process
   --redis-cluster  use the Redis store on the Redis Cluster reached through these
                    nodes, comma-separated; one live node is enough to find the others
-                   (env IDEM_REDIS_CLUSTER)";
+                   (env IDEM_REDIS_CLUSTER)
+  --replay-cache-bytes
+                   with a Redis store, keep up to N bytes of completed records in this
+                   process, so that replays need no round trip to Redis; 0 turns it off
+                   (env IDEM_REPLAY_CACHE_BYTES; default 16777216, 16 MiB)";
 
 struct Options {
     addr: String,
     workers: Option<usize>,
     redis: Option<Redis>,
+    replay_cache_bytes: u64,
 }
 
 /// Where the Redis store is.
@@ -49,6 +57,9 @@ fn options() -> Result<Options, String> {
     let mut redis_cluster = std::env::var("IDEM_REDIS_CLUSTER")
         .ok()
         .filter(|u| !u.is_empty());
+    let mut replay_cache_bytes = std::env::var("IDEM_REPLAY_CACHE_BYTES")
+        .ok()
+        .filter(|n| !n.is_empty());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -60,6 +71,7 @@ fn options() -> Result<Options, String> {
             "--workers" => &mut workers,
             "--redis-url" => &mut redis_url,
             "--redis-cluster" => &mut redis_cluster,
+            "--replay-cache-bytes" => &mut replay_cache_bytes,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -96,10 +108,47 @@ fn options() -> Result<Options, String> {
         }
         (None, None) => None,
     };
+    let replay_cache_bytes = match replay_cache_bytes {
+        None => ReplayCache::<RedisStore>::DEFAULT_MAX_BYTES,
+        Some(n) => n.parse::<u64>().map_err(|_| {
+            format!(
+                "--replay-cache-bytes takes a whole number of bytes (0 turns it off), not `{n}`"
+            )
+        })?,
+    };
     Ok(Options {
         addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
         workers,
         redis,
+        replay_cache_bytes,
+    })
+}
+
+/// The idempotency settings and the store's name for the log: the Redis store (behind the
+/// replay cache unless it is off), or the embedded one.
+fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String> {
+    let (store, name) = match &options.redis {
+        None => {
+            let config = IdempotencyConfig::new(MokaStore::new());
+            return Ok((config, "embedded moka".to_owned()));
+        }
+        Some(Redis::Server(url)) => (
+            RedisStore::new(url.as_str()).map_err(|e| format!("--redis-url: {e}"))?,
+            format!("redis at {url}"),
+        ),
+        Some(Redis::Cluster(urls)) => (
+            RedisStore::cluster(urls)
+                .build()
+                .map_err(|e| format!("--redis-cluster: {e}"))?,
+            format!("redis cluster at {}", urls.join(",")),
+        ),
+    };
+    Ok(match options.replay_cache_bytes {
+        0 => (IdempotencyConfig::new(store), name),
+        bytes => (
+            IdempotencyConfig::new(ReplayCache::new(store, bytes)),
+            format!("{name}, replays cached in up to {bytes} bytes"),
+        ),
     })
 }
 
@@ -129,32 +178,8 @@ fn main() -> ExitCode {
             }
         });
         // The Redis connection is driven by this (the main) runtime, shared by all workers.
-        let redis = match &options.redis {
-            Some(Redis::Server(url)) => Some((
-                RedisStore::new(url.as_str()),
-                "--redis-url",
-                format!("redis at {url}"),
-            )),
-            Some(Redis::Cluster(urls)) => Some((
-                RedisStore::cluster(urls).build(),
-                "--redis-cluster",
-                format!("redis cluster at {}", urls.join(",")),
-            )),
-            None => None,
-        };
-        let (idem, store) = match redis {
-            Some((Ok(store), _, name)) => (IdempotencyConfig::new(store), name),
-            Some((Err(e), flag, _)) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{flag}: {e}"),
-                ))
-            }
-            None => (
-                IdempotencyConfig::new(MokaStore::new()),
-                "embedded moka".to_owned(),
-            ),
-        };
+        let (idem, store) = idempotency(&options)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let mut server = HttpServer::new(move || {
             let metrics = metrics.clone();
             App::new()

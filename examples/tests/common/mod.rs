@@ -45,14 +45,26 @@ impl CallsApi {
     /// `by_env` by `IDEM_REDIS_CLUSTER`.
     #[allow(dead_code)]
     pub async fn start_on_cluster(urls: &[String], by_env: bool) -> Self {
+        let urls = urls.join(",");
+        if !by_env {
+            return Self::start_args(&["--redis-cluster", &urls]).await;
+        }
         let addr = free_addr();
         let mut command = command();
-        command.args(["--addr", &addr.to_string(), "--workers", "2"]);
-        if by_env {
-            command.env("IDEM_REDIS_CLUSTER", urls.join(","));
-        } else {
-            command.args(["--redis-cluster", &urls.join(",")]);
-        }
+        command
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .env("IDEM_REDIS_CLUSTER", urls);
+        Self::launch(command, addr).await
+    }
+
+    /// Starts one with `args` after its address and `--workers 2`.
+    #[allow(dead_code)]
+    pub async fn start_args(args: &[&str]) -> Self {
+        let addr = free_addr();
+        let mut command = command();
+        command
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .args(args);
         Self::launch(command, addr).await
     }
 
