@@ -183,7 +183,7 @@ impl RedisStore {
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), idem_core::store::StoreError> {
-    /// use idem_core::RedisStore;
+    /// use idem_core::store::RedisStore;
     ///
     /// let store = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
     ///     .prefix("payments:")

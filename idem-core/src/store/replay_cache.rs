@@ -20,8 +20,7 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// A store in front of which the completed records it returns or records are kept in the
 /// process, so that a replay is answered without a round trip to it.
 ///
-/// Wrap a remote store ([`RedisStore`](crate::store::RedisStore) on one server or a cluster)
-/// in it. Every record that `claim` or `get` returns as completed, and every record that
+/// Wrap a remote store in it (`RedisStore`, on one server or a cluster). Every record that `claim` or `get` returns as completed, and every record that
 /// `complete` writes, is kept until the record's own expiry (judged on each read by the
 /// engine's clock, as the stores judge it) or until the least recently used go first to stay
 /// within `max_bytes`. Anything else (a new key, a running request, a key whose copy was
@@ -31,12 +30,13 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// run again) is still replayed by the processes that kept a copy, until it expires or is
 /// dropped to make room.
 ///
-/// ```no_run
-/// # async fn example() -> Result<(), idem_core::store::StoreError> {
-/// use idem_core::store::{RedisStore, ReplayCache};
+/// ```
+/// use idem_core::store::{ReplayCache, Store};
 ///
-/// let store = ReplayCache::new(RedisStore::new("redis://127.0.0.1:6379")?, 16 << 20);
-/// # Ok(()) }
+/// /// Replays from up to 16 MiB of records kept in this process.
+/// fn with_replays_in_process<S: Store>(remote: S) -> ReplayCache<S> {
+///     ReplayCache::new(remote, 16 << 20)
+/// }
 /// ```
 ///
 /// Clones share the kept records.
