@@ -361,3 +361,21 @@ async fn a_master_down_fails_its_own_keys_the_others_keep_working_and_all_recove
     }
     assert_eq!(probe.runs.get(), runs + refused.len());
 }
+
+#[actix_web::test]
+async fn a_cluster_named_by_no_node_or_a_bad_url_is_refused_when_built() {
+    let none = RedisStore::cluster(Vec::<String>::new())
+        .build()
+        .unwrap_err();
+    assert!(
+        none.to_string().contains("name at least one node"),
+        "{none}"
+    );
+    let bad = RedisStore::cluster(["redis://127.0.0.1:1", "http://example"])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(bad, idem_actix::StoreError::Unavailable(_)),
+        "{bad}"
+    );
+}
