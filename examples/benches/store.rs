@@ -5,6 +5,10 @@
 //! fresh structures with the same 100,000 prepared records, the four in turn; the median of
 //! the rounds is printed.
 //!
+//! Then, when a `redis-server` can be started (or `IDEM_TEST_REDIS_URL` names one), a
+//! criterion group: the replay of a completed record by [`RedisStore`] alone (one round
+//! trip), and through a [`ReplayCache`] in front of it (none).
+//!
 //! `cargo bench -p idem-examples --bench store`
 
 use std::collections::HashMap;
@@ -12,9 +16,14 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use criterion::Criterion;
+use idem_actix::RedisStore;
 use idem_core::clock::Timestamp;
-use idem_core::store::{Claim, RECORD_OVERHEAD};
-use idem_core::{Completed, Fingerprint, InFlight, MokaStore, Response, Store, StoreKey, Token};
+use idem_core::store::{Claim, ReplayCache, RECORD_OVERHEAD};
+use idem_core::{
+    Completed, Fingerprint, InFlight, MokaStore, Record, Response, Store, StoreKey, Token,
+};
+use idem_tests::TestRedis;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
@@ -126,4 +135,69 @@ fn main() {
         times.sort_by(f64::total_cmp);
         println!("| {name} | {:.0} ns |", times[times.len() / 2]);
     }
+    redis_replays(&response, fingerprint);
+}
+
+/// Replays of one completed record on Redis, with and without the replay cache.
+fn redis_replays(response: &Response, fingerprint: Fingerprint) {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // The store's connection is driven by the runtime it is built in.
+    let _entered = runtime.enter();
+    let redis_store = RedisStore::builder(redis.url())
+        .prefix("bench-replay:")
+        .build()
+        .expect("a Redis URL");
+    let cached = ReplayCache::new(
+        redis_store.clone(),
+        ReplayCache::<RedisStore>::DEFAULT_MAX_BYTES,
+    );
+    let now = Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64,
+    );
+    let key = StoreKey::from_bytes([7; 32]);
+    let claim = InFlight {
+        fingerprint,
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        token: Token::random(),
+    };
+    let record = Completed {
+        fingerprint,
+        response: response.clone(),
+        completed_at: now,
+        expires_at: now.saturating_add(DAY),
+    };
+    runtime.block_on(async {
+        // Through the cache, so that both Redis and the cache hold the record.
+        let claimed = cached.claim(&key, claim, now).await.expect("Redis answers");
+        assert_eq!(claimed, Claim::Claimed, "a fresh Redis");
+        assert!(cached
+            .complete(&key, claim.token, record.clone(), now)
+            .await
+            .unwrap());
+    });
+    // Both answer the replay.
+    let replayed = Claim::Existing(Record::Completed(record));
+    for store in [&redis_store as &dyn Store, &cached] {
+        let answer = runtime.block_on(store.claim(&key, claim, now));
+        assert_eq!(answer.unwrap(), replayed);
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    let mut group = criterion.benchmark_group("replay of a completed record");
+    group.bench_function("RedisStore claim", |b| {
+        b.iter(|| std::hint::black_box(runtime.block_on(redis_store.claim(&key, claim, now))));
+    });
+    group.bench_function("ReplayCache over RedisStore claim", |b| {
+        b.iter(|| std::hint::black_box(runtime.block_on(cached.claim(&key, claim, now))));
+    });
+    group.finish();
+    criterion.final_summary();
 }

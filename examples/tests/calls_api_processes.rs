@@ -43,6 +43,50 @@ async fn the_environment_configures_what_the_flags_do() {
 }
 
 #[tokio::test]
+async fn a_process_replays_what_it_cached_without_redis_unless_the_cache_is_off() {
+    // A Redis of our own even when IDEM_TEST_REDIS_URL names one: this test stops it.
+    let Some(mut redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let cached = CallsApi::start(Some(redis.url())).await;
+    let uncached =
+        CallsApi::start_args(&["--redis-url", redis.url(), "--replay-cache-bytes", "0"]).await;
+    let first = cached.create("cached-1").await;
+    assert_eq!(first.status, 201);
+    assert!(uncached.create("cached-1").await.replayed());
+
+    redis.stop();
+    let replay = cached.create("cached-1").await;
+    assert!(
+        replay.replayed(),
+        "a replay needs no Redis: {}",
+        replay.status
+    );
+    assert_eq!(replay.body, first.body);
+    assert_eq!(uncached.create("cached-1").await.status, 503);
+    assert_eq!(
+        cached.create("cached-2").await.status,
+        503,
+        "a new key still needs Redis"
+    );
+}
+
+#[test]
+fn the_replay_cache_size_is_a_whole_number_of_bytes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_calls-api"))
+        .env_remove("IDEM_REPLAY_CACHE_BYTES")
+        .args(["--replay-cache-bytes", "16MiB"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--replay-cache-bytes takes a whole number of bytes"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn the_embedded_store_is_per_process() {
     // The stated limit: without a shared store, each process runs a duplicate once.
     let a = CallsApi::start(None).await;

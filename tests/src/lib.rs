@@ -320,6 +320,47 @@ impl Served {
     }
 }
 
+/// Whether a missing Redis must fail the test instead of skipping it (`IDEM_REQUIRE_REDIS=1`).
+pub fn redis_required() -> bool {
+    std::env::var("IDEM_REQUIRE_REDIS").as_deref() == Ok("1")
+}
+
+/// Skips a test that cannot have the Redis it needs: says why on stderr, or panics when
+/// [`redis_required`], so that CI never counts a skipped test as passed.
+pub fn skip_without_redis(why: &str) {
+    if redis_required() {
+        panic!("IDEM_REQUIRE_REDIS=1 but {why}");
+    }
+    eprintln!("skipped: {why}; install redis-server (or set IDEM_TEST_REDIS_URL)");
+}
+
+/// A free port on loopback whose neighbour `offset` above is free too (a cluster node's bus
+/// port is its port plus 10000), at most `max`. The listeners are held until all are picked,
+/// so the ports differ.
+fn free_ports(count: usize, offset: u16, max: u16) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..1000 {
+        if ports.len() == count {
+            break;
+        }
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let port = listener.local_addr().expect("a bound address").port();
+        if port > max {
+            continue;
+        }
+        let Ok(neighbour) = std::net::TcpListener::bind(("127.0.0.1", port + offset)) else {
+            continue;
+        };
+        held.push((listener, neighbour));
+        ports.push(port);
+    }
+    assert_eq!(ports.len(), count, "free loopback ports");
+    ports
+}
+
 /// A Redis for tests: our own `redis-server` on a free loopback port, or the one named by
 /// `IDEM_TEST_REDIS_URL`.
 pub struct TestRedis {
@@ -341,6 +382,13 @@ impl TestRedis {
                 });
             }
         }
+        Self::start_owned()
+    }
+
+    /// Starts our own `redis-server` even when `IDEM_TEST_REDIS_URL` names one, for tests that
+    /// stop and restart it; `None` (the test should skip) when there is no `redis-server`,
+    /// and a panic instead with `IDEM_REQUIRE_REDIS=1`.
+    pub fn start_owned() -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -352,11 +400,8 @@ impl TestRedis {
         };
         match redis.spawn() {
             Ok(()) => Some(redis),
-            Err(e) if std::env::var("IDEM_REQUIRE_REDIS").as_deref() == Ok("1") => {
-                panic!("IDEM_REQUIRE_REDIS=1 but redis-server could not start: {e}")
-            }
             Err(e) => {
-                eprintln!("skipped: no Redis for this test ({e}); install redis-server or set IDEM_TEST_REDIS_URL");
+                skip_without_redis(&format!("redis-server could not start ({e})"));
                 None
             }
         }
@@ -386,17 +431,9 @@ impl TestRedis {
         &self.url
     }
 
-    /// Whether this test started the server (and so can stop and restart it).
-    pub fn owned(&self) -> bool {
-        self.port.is_some()
-    }
-
     /// A plain connection, for looking at what the store wrote.
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url.as_str())?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        redis::cmd("PING").query::<String>(&mut conn)?;
-        Ok(conn)
+        node_connection(&self.url)
     }
 
     /// Runs one command.
@@ -406,7 +443,11 @@ impl TestRedis {
     }
 
     /// Stops the server (an outage).
+    ///
+    /// # Panics
+    /// On a Redis this test did not start ([`TestRedis::start_owned`] starts one).
     pub fn stop(&mut self) {
+        assert!(self.port.is_some(), "an external Redis cannot be stopped");
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -422,6 +463,231 @@ impl TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain connection to one server, checked with a `PING`.
+fn node_connection(url: &str) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+    redis::cmd("PING").query::<String>(&mut conn)?;
+    Ok(conn)
+}
+
+/// A Redis Cluster for tests: three masters (no replicas) of our own on free loopback ports,
+/// each writing its data to a temporary directory with every write synced, so that a master
+/// killed and restarted ([`stop`](Self::stop), [`restart`](Self::restart)) comes back with
+/// its records and its slots. A master that is down takes only its own slots with it
+/// (`cluster-require-full-coverage no`).
+pub struct TestRedisCluster {
+    dir: std::path::PathBuf,
+    ports: Vec<u16>,
+    children: Vec<Option<std::process::Child>>,
+}
+
+impl TestRedisCluster {
+    /// How many masters it has.
+    pub const MASTERS: usize = 3;
+
+    /// Starts one, or `None` (the test should skip) when `redis-server` and `redis-cli` cannot
+    /// make one. With `IDEM_REQUIRE_REDIS=1`, that panics instead.
+    pub fn start() -> Option<Self> {
+        match Self::create() {
+            Ok(cluster) => Some(cluster),
+            Err(e) => {
+                skip_without_redis(&format!("no Redis Cluster could be made ({e})"));
+                None
+            }
+        }
+    }
+
+    fn create() -> Result<Self, String> {
+        // A node's cluster bus listens on its port plus 10000.
+        let ports = free_ports(Self::MASTERS, 10_000, 55_535);
+        let dir = std::env::temp_dir().join(format!(
+            "idem-redis-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        let mut cluster = Self {
+            dir,
+            ports,
+            children: (0..Self::MASTERS).map(|_| None).collect(),
+        };
+        for node in 0..Self::MASTERS {
+            let dir = cluster.node_dir(node);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            cluster.spawn(node)?;
+        }
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        cluster.wait_until_ok()?;
+        Ok(cluster)
+    }
+
+    fn node_dir(&self, node: usize) -> std::path::PathBuf {
+        self.dir.join(self.ports[node].to_string())
+    }
+
+    fn spawn(&mut self, node: usize) -> Result<(), String> {
+        let port = self.ports[node].to_string();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--daemonize", "no"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--cluster-require-full-coverage", "no"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.node_dir(node))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        self.children[node] = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if node_connection(&self.url(node)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "redis-server on port {port} did not answer within 10s"
+        ))
+    }
+
+    /// Waits until every running master sees the cluster whole: state ok and no master
+    /// flagged as failing.
+    fn wait_until_ok(&self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            let healthy = (0..Self::MASTERS).all(|node| {
+                let Ok(mut conn) = node_connection(&self.url(node)) else {
+                    last = format!("node {node} does not answer");
+                    return false;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                last = format!("node {node}: {info}\n{nodes}");
+                info.contains("cluster_state:ok")
+                    && nodes.lines().count() == Self::MASTERS
+                    && !nodes.contains("fail")
+            });
+            if healthy {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("the cluster did not become ok within 30s: {last}"))
+    }
+
+    /// The URL of master `node`.
+    pub fn url(&self, node: usize) -> String {
+        format!("redis://127.0.0.1:{}/", self.ports[node])
+    }
+
+    /// The URLs of every master.
+    pub fn urls(&self) -> Vec<String> {
+        (0..Self::MASTERS).map(|node| self.url(node)).collect()
+    }
+
+    /// Runs one command on master `node`.
+    pub fn query<T: redis::FromRedisValue>(&self, node: usize, cmd: &mut redis::Cmd) -> T {
+        let mut conn = node_connection(&self.url(node)).expect("connect to a cluster node");
+        cmd.query(&mut conn).expect("Redis command")
+    }
+
+    /// Whether master `node` runs (it is not [stopped](Self::stop)).
+    pub fn running(&self, node: usize) -> bool {
+        self.children[node].is_some()
+    }
+
+    /// The keys master `node` holds that match `pattern`.
+    pub fn keys(&self, node: usize, pattern: &str) -> Vec<String> {
+        self.query(node, redis::cmd("KEYS").arg(pattern))
+    }
+
+    /// The master that serves `key`, by its hash slot.
+    pub fn node_of(&self, key: &str) -> usize {
+        let live = (0..Self::MASTERS)
+            .find(|&node| self.running(node))
+            .expect("a running master");
+        let slot: i64 = self.query(live, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key));
+        // Each range: its first and last slot, then its master as [ip, port, id, ...].
+        let ranges: Vec<Vec<redis::Value>> = self.query(live, redis::cmd("CLUSTER").arg("SLOTS"));
+        let port = ranges
+            .into_iter()
+            .find_map(|range| {
+                let mut range = range.into_iter();
+                let first: i64 = redis::from_redis_value(range.next()?).ok()?;
+                let last: i64 = redis::from_redis_value(range.next()?).ok()?;
+                let master: Vec<redis::Value> = redis::from_redis_value(range.next()?).ok()?;
+                let port: i64 = redis::from_redis_value(master.into_iter().nth(1)?).ok()?;
+                (first..=last).contains(&slot).then_some(port)
+            })
+            .expect("every slot is served");
+        self.ports
+            .iter()
+            .position(|p| i64::from(*p) == port)
+            .expect("a master of this cluster")
+    }
+
+    /// Kills master `node` (a crash: no shutdown, so nothing but the synced writes is kept).
+    pub fn stop(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts master `node` again on its port, from its `nodes.conf` and its data; once every
+    /// master runs again, waits until each sees the cluster whole.
+    ///
+    /// # Panics
+    /// When it does not answer within 10 s, or the cluster does not heal within 30 s.
+    pub fn restart(&mut self, node: usize) {
+        self.stop(node);
+        self.spawn(node).expect("restart a cluster node");
+        if (0..Self::MASTERS).all(|node| self.running(node)) {
+            self.wait_until_ok().expect("the cluster heals");
+        }
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        for node in 0..Self::MASTERS {
+            self.stop(node);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

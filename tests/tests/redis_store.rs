@@ -1,6 +1,7 @@
 //! The Redis store against a real `redis-server`: the shared conformance suite, expiry in
 //! Redis itself, one round trip per operation, several app instances sharing one Redis, and
-//! outages. Each test skips when no Redis can be had, unless `IDEM_REQUIRE_REDIS=1`.
+//! outages. Each test skips when no Redis can be had, unless `IDEM_REQUIRE_REDIS=1`; the
+//! outage tests always stop a `redis-server` of their own, whatever `IDEM_TEST_REDIS_URL` says.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use actix_web::{post, web, HttpResponse};
 use futures_util::future::join_all;
 use idem_actix::clock::{ManualClock, Timestamp};
 use idem_actix::{idempotent, IdempotencyConfig, RedisStore};
+use idem_core::store::ReplayCache;
 use idem_core::{
-    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, StoreKey,
+    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, Store, StoreKey,
 };
 use idem_tests::{assert_error, eventually, Counter, RawRequest, TestRedis, TestServer};
 use serde_json::json;
@@ -48,7 +50,7 @@ async fn create_call(probe: web::Data<Probe>) -> HttpResponse {
 }
 
 /// An app instance with its own `RedisStore` (as a separate process would have).
-fn instance(redis: &TestRedis, probe: &Probe, store: fn(&str) -> RedisStore) -> TestServer {
+fn instance<S: Store>(redis: &TestRedis, probe: &Probe, store: fn(&str) -> S) -> TestServer {
     let url = redis.url().to_owned();
     let data = web::Data::new(probe.clone());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -84,6 +86,18 @@ async fn redis_store_conforms() {
         .build()
         .unwrap();
     idem_core::testing::conformance(&store, 7).await;
+}
+
+#[actix_web::test]
+async fn redis_store_behind_a_replay_cache_conforms() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("cached-conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&ReplayCache::new(store, 1 << 20), 8).await;
 }
 
 #[actix_web::test]
@@ -176,6 +190,73 @@ async fn an_execution_is_two_commands_and_a_replay_one() {
 }
 
 #[actix_web::test]
+async fn a_server_without_the_scripts_gets_them_on_the_key_s_own_connection() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let probe = Probe::open();
+    let server = instance(&redis, &probe, default_store);
+    call("warm").send(server.addr).await;
+    // A restarted server, or a master new to a cluster, has no scripts.
+    redis.query::<()>(redis::cmd("SCRIPT").arg("FLUSH"));
+    command_calls(&redis);
+
+    assert_eq!(call("k1").send(server.addr).await.status, 201);
+    let info: String = redis.query(redis::cmd("INFO").arg("commandstats"));
+    assert!(
+        !info.contains("cmdstat_script|load"),
+        "no SCRIPT LOAD, which a cluster sends to every master: {info}"
+    );
+    let calls = command_calls(&redis);
+    assert_eq!(calls.get("eval"), Some(&1), "{calls:?}");
+    assert!(call("k1").send(server.addr).await.replayed());
+
+    // Loaded by that EVAL: the next completion runs by hash alone.
+    assert_eq!(call("k2").send(server.addr).await.status, 201);
+    let calls = command_calls(&redis);
+    assert_eq!(
+        (calls.get("evalsha"), calls.get("eval")),
+        (Some(&1), None),
+        "{calls:?}"
+    );
+}
+
+#[actix_web::test]
+async fn behind_a_replay_cache_a_replay_is_no_command_and_other_instances_still_see_the_key() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let probe = Probe::open();
+    let cached = |url: &str| ReplayCache::new(RedisStore::new(url).unwrap(), 1 << 20);
+    let a = instance(&redis, &probe, cached);
+    let b = instance(&redis, &probe, cached);
+    call("warm").send(a.addr).await;
+    command_calls(&redis);
+
+    let first = call("k1").send(a.addr).await;
+    assert_eq!(first.status, 201);
+    command_calls(&redis);
+    for _ in 0..3 {
+        let replay = call("k1").send(a.addr).await;
+        assert!(replay.replayed());
+        assert_eq!(replay.body, first.body);
+    }
+    assert!(
+        command_calls(&redis).is_empty(),
+        "the instance that recorded it replays from its cache"
+    );
+    // Another instance asks Redis once, then keeps its own copy.
+    for _ in 0..3 {
+        assert_eq!(call("k1").send(b.addr).await.body, first.body);
+    }
+    assert_eq!(
+        command_calls(&redis),
+        HashMap::from([("set".to_owned(), 1)])
+    );
+    assert_eq!(probe.runs.get(), 2, "warm and k1, once each");
+}
+
+#[actix_web::test]
 async fn two_instances_sharing_redis_run_a_hundred_duplicates_once() {
     let Some(redis) = TestRedis::start() else {
         return;
@@ -225,13 +306,10 @@ async fn two_instances_sharing_redis_run_a_hundred_duplicates_once() {
 
 #[actix_web::test]
 async fn an_outage_fails_closed_and_the_app_recovers_without_a_restart() {
-    let Some(mut redis) = TestRedis::start() else {
+    // A Redis of our own even when IDEM_TEST_REDIS_URL names one: this test stops it.
+    let Some(mut redis) = TestRedis::start_owned() else {
         return;
     };
-    if !redis.owned() {
-        eprintln!("skipped: cannot stop an external Redis");
-        return;
-    }
     let probe = Probe::open();
     let server = instance(&redis, &probe, default_store);
     assert_eq!(call("before").send(server.addr).await.status, 201);
@@ -262,12 +340,9 @@ async fn an_outage_fails_closed_and_the_app_recovers_without_a_restart() {
 
 #[actix_web::test]
 async fn fail_open_is_a_store_option() {
-    let Some(mut redis) = TestRedis::start() else {
+    let Some(mut redis) = TestRedis::start_owned() else {
         return;
     };
-    if !redis.owned() {
-        return;
-    }
     let probe = Probe::open();
     let server = instance(&redis, &probe, |url| {
         RedisStore::builder(url).fail_open(true).build().unwrap()

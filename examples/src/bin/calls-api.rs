@@ -1,10 +1,12 @@
 //! The `calls-api` example server.
 //!
 //! ```text
-//! calls-api [--addr 127.0.0.1:8080] [--workers N] [--redis-url redis://127.0.0.1:6379]
+//! calls-api [--addr 127.0.0.1:8080] [--workers N]
+//!           [--redis-url redis://127.0.0.1:6379 | --redis-cluster URL[,URL...]]
+//!           [--replay-cache-bytes N]
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
-//! `IDEM_REDIS_URL`. Flags win.
+//! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`, `IDEM_REPLAY_CACHE_BYTES`. Flags win.
 //!
 //! On SIGTERM (or Ctrl-C) it stops accepting, lets calls in progress finish and record their
 //! responses (up to 20 s, even those whose clients went away), then stops.
@@ -15,21 +17,38 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
+use idem_core::store::ReplayCache;
 use idem_examples::calls_api::{configure, CallsState};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N] [--redis-url URL]
+const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
+                 [--redis-url URL | --redis-cluster URL[,URL...]]
+                 [--replay-cache-bytes N]
 
-  --addr       address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
-  --workers    actix worker threads (env IDEM_WORKERS; default: one per core)
-  --redis-url  use the Redis store at this URL, shared by several processes, such
-               as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it, the
-               embedded store of this process";
+  --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
+  --workers        actix worker threads (env IDEM_WORKERS; default: one per core)
+  --redis-url      use the Redis store at this URL, shared by several processes, such
+                   as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it or
+                   --redis-cluster, the embedded store of this process
+  --redis-cluster  use the Redis store on the Redis Cluster reached through these
+                   nodes, comma-separated; one live node is enough to find the others
+                   (env IDEM_REDIS_CLUSTER)
+  --replay-cache-bytes
+                   with a Redis store, keep up to N bytes of completed records in this
+                   process, so that replays need no round trip to Redis; 0 turns it off
+                   (env IDEM_REPLAY_CACHE_BYTES; default 16777216, 16 MiB)";
 
 struct Options {
     addr: String,
     workers: Option<usize>,
-    redis_url: Option<String>,
+    redis: Option<Redis>,
+    replay_cache_bytes: u64,
+}
+
+/// Where the Redis store is.
+enum Redis {
+    Server(String),
+    Cluster(Vec<String>),
 }
 
 fn options() -> Result<Options, String> {
@@ -38,6 +57,12 @@ fn options() -> Result<Options, String> {
     let mut redis_url = std::env::var("IDEM_REDIS_URL")
         .ok()
         .filter(|u| !u.is_empty());
+    let mut redis_cluster = std::env::var("IDEM_REDIS_CLUSTER")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let mut replay_cache_bytes = std::env::var("IDEM_REPLAY_CACHE_BYTES")
+        .ok()
+        .filter(|n| !n.is_empty());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -48,6 +73,8 @@ fn options() -> Result<Options, String> {
             "--addr" => &mut addr,
             "--workers" => &mut workers,
             "--redis-url" => &mut redis_url,
+            "--redis-cluster" => &mut redis_cluster,
+            "--replay-cache-bytes" => &mut replay_cache_bytes,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -68,10 +95,63 @@ fn options() -> Result<Options, String> {
             }
         },
     };
+    let redis = match (redis_url, redis_cluster) {
+        (Some(_), Some(_)) => {
+            return Err("give --redis-url or --redis-cluster, not both".to_owned())
+        }
+        (Some(url), None) => Some(Redis::Server(url)),
+        (None, Some(urls)) => {
+            let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
+            if urls.iter().any(String::is_empty) {
+                return Err(
+                    "--redis-cluster takes node URLs separated by commas, none empty".to_owned(),
+                );
+            }
+            Some(Redis::Cluster(urls))
+        }
+        (None, None) => None,
+    };
+    let replay_cache_bytes = match replay_cache_bytes {
+        None => ReplayCache::<RedisStore>::DEFAULT_MAX_BYTES,
+        Some(n) => n.parse::<u64>().map_err(|_| {
+            format!(
+                "--replay-cache-bytes takes a whole number of bytes (0 turns it off), not `{n}`"
+            )
+        })?,
+    };
     Ok(Options {
         addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
         workers,
-        redis_url,
+        redis,
+        replay_cache_bytes,
+    })
+}
+
+/// The idempotency settings and the store's name for the log: the Redis store (behind the
+/// replay cache unless it is off), or the embedded one.
+fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String> {
+    let (store, name) = match &options.redis {
+        None => {
+            let config = IdempotencyConfig::new(MokaStore::new());
+            return Ok((config, "embedded moka".to_owned()));
+        }
+        Some(Redis::Server(url)) => (
+            RedisStore::new(url.as_str()).map_err(|e| format!("--redis-url: {e}"))?,
+            format!("redis at {url}"),
+        ),
+        Some(Redis::Cluster(urls)) => (
+            RedisStore::cluster(urls)
+                .build()
+                .map_err(|e| format!("--redis-cluster: {e}"))?,
+            format!("redis cluster at {}", urls.join(",")),
+        ),
+    };
+    Ok(match options.replay_cache_bytes {
+        0 => (IdempotencyConfig::new(store), name),
+        bytes => (
+            IdempotencyConfig::new(ReplayCache::new(store, bytes)),
+            format!("{name}, replays cached in up to {bytes} bytes"),
+        ),
     })
 }
 
@@ -130,21 +210,8 @@ fn main() -> ExitCode {
             }
         });
         // The Redis connection is driven by this (the main) runtime, shared by all workers.
-        let (idem, store) = match &options.redis_url {
-            Some(url) => match RedisStore::new(url.as_str()) {
-                Ok(store) => (IdempotencyConfig::new(store), format!("redis at {url}")),
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("--redis-url: {e}"),
-                    ))
-                }
-            },
-            None => (
-                IdempotencyConfig::new(MokaStore::new()),
-                "embedded moka".to_owned(),
-            ),
-        };
+        let (idem, store) = idempotency(&options)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let app_idem = idem.clone();
         let mut server = HttpServer::new(move || {
             let metrics = metrics.clone();

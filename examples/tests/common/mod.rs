@@ -23,17 +23,8 @@ impl CallsApi {
     /// Starts one configured by flags, or with `by_env` by `IDEM_ADDR`, `IDEM_WORKERS` and
     /// `IDEM_REDIS_URL`.
     pub async fn start_with(redis_url: Option<&str>, by_env: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_calls-api"));
-        command
-            .env_remove("IDEM_ADDR")
-            .env_remove("IDEM_WORKERS")
-            .env_remove("IDEM_REDIS_URL")
-            .stderr(Stdio::null());
+        let addr = free_addr();
+        let mut command = command();
         if by_env {
             command
                 .env("IDEM_ADDR", addr.to_string())
@@ -47,6 +38,38 @@ impl CallsApi {
                 command.args(["--redis-url", url]);
             }
         }
+        Self::launch(command, addr).await
+    }
+
+    /// Starts one on the Redis Cluster reached through `urls`, configured by flags, or with
+    /// `by_env` by `IDEM_REDIS_CLUSTER`.
+    #[allow(dead_code)]
+    pub async fn start_on_cluster(urls: &[String], by_env: bool) -> Self {
+        let urls = urls.join(",");
+        if !by_env {
+            return Self::start_args(&["--redis-cluster", &urls]).await;
+        }
+        let addr = free_addr();
+        let mut command = command();
+        command
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .env("IDEM_REDIS_CLUSTER", urls);
+        Self::launch(command, addr).await
+    }
+
+    /// Starts one with `args` after its address and `--workers 2`.
+    #[allow(dead_code)]
+    pub async fn start_args(args: &[&str]) -> Self {
+        let addr = free_addr();
+        let mut command = command();
+        command
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .args(args);
+        Self::launch(command, addr).await
+    }
+
+    /// Runs `command` and waits until it listens on `addr`.
+    async fn launch(mut command: Command, addr: SocketAddr) -> Self {
         let child = command.spawn().expect("start calls-api");
         let api = Self { child, addr };
         for _ in 0..200 {
@@ -88,6 +111,29 @@ impl CallsApi {
         }
         panic!("calls-api did not exit within 30 s of SIGTERM");
     }
+}
+
+/// A free address on loopback.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+}
+
+/// The `calls-api` binary, with none of its settings from this environment.
+fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_calls-api"));
+    for name in [
+        "IDEM_ADDR",
+        "IDEM_WORKERS",
+        "IDEM_REDIS_URL",
+        "IDEM_REDIS_CLUSTER",
+        "IDEM_REPLAY_CACHE_BYTES",
+    ] {
+        command.env_remove(name);
+    }
+    command.stderr(Stdio::null());
+    command
 }
 
 impl Drop for CallsApi {

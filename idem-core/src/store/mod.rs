@@ -14,10 +14,12 @@ pub mod codec;
 mod moka;
 #[cfg(feature = "redis")]
 mod redis;
+mod replay_cache;
 
 pub use self::moka::{MokaStore, MokaStoreBuilder, RECORD_OVERHEAD};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::replay_cache::ReplayCache;
 
 /// How long a store keeps a claim after its lease ends. Claims treat it as absent all the
 /// same; the grace only lets a slow holder that nobody displaced still record its response.

@@ -1,10 +1,13 @@
-//! The Redis store: one key per record, shared by every server process that points at it.
+//! The Redis store: one key per record, shared by every server process that points at it,
+//! on one Redis server or on a Redis Cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
 
 use super::codec::{self, token_hex};
 use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
@@ -51,27 +54,84 @@ end
 return 1
 ";
 
-/// A store on Redis (or Valkey), for several server processes behind a load balancer.
+/// A store on Redis (or Valkey), for several server processes behind a load balancer: one
+/// server ([`RedisStore::new`], [`RedisStore::builder`]) or a Redis Cluster
+/// ([`RedisStore::cluster`]).
 ///
-/// Each record is one Redis key, `<prefix><hex of the store key>`, so it works on Redis
-/// Cluster. Every operation is one round trip: a claim is one `SET NX PX GET` (Redis 7.0 or
-/// later), extend, complete and release are Lua scripts that check lapse and the fencing token
-/// on the server (as is the takeover of a lapsed claim); records expire in Redis
-/// itself (the TTL for completed records, the lease for running ones). The connection is
-/// multiplexed and reconnects by itself; each command has a timeout, past which the request
-/// answers 503 `idempotency_store_unavailable` (or runs unprotected, with
-/// [`RedisStoreBuilder::fail_open`]).
+/// Each record is one Redis key, `<prefix><hex of the store key>`, and every command and
+/// script touches that key alone, so on a cluster each operation runs on the master that
+/// holds the key's slot. Every operation is one round trip: a claim is one `SET NX PX GET`
+/// (Redis 7.0 or later); extend, complete and release are Lua scripts that act only while the
+/// record is still the claim of the caller's fencing token (they check its kind and token on
+/// the server). Only the takeover of a lapsed claim that Redis still keeps costs a second
+/// round trip, a script that checks the lapse on the server. Records
+/// expire in Redis itself (the TTL for completed records, the lease plus a grace for running
+/// ones). The connection is multiplexed and reconnects by itself; each command has a timeout,
+/// past which the request answers 503 `idempotency_store_unavailable` (or runs unprotected,
+/// with [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down makes only its
+/// own keys answer 503.
 ///
 /// Clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Connection,
     prefix: Arc<str>,
     timeout: Duration,
     max_record_bytes: usize,
     fail_open: bool,
     claim: Arc<Script>,
     fenced: Arc<Script>,
+}
+
+/// A Lua script, run by its hash and sent whole only to a server that does not have it yet.
+struct Script {
+    body: &'static str,
+    hash: String,
+}
+
+impl Script {
+    fn new(body: &'static str) -> Self {
+        Self {
+            body,
+            hash: redis::Script::new(body).get_hash().to_owned(),
+        }
+    }
+}
+
+/// The connection: to one server, or to the masters of a cluster, each command routed to the
+/// master of its key.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -81,15 +141,23 @@ impl std::fmt::Debug for RedisStore {
             .field("timeout", &self.timeout)
             .field("max_record_bytes", &self.max_record_bytes)
             .field("fail_open", &self.fail_open)
+            .field("cluster", &matches!(self.conn, Connection::Cluster(_)))
             .finish_non_exhaustive()
     }
+}
+
+/// Where a [`RedisStoreBuilder`] connects.
+#[derive(Clone, Debug)]
+enum Target {
+    Single(String),
+    Cluster(Vec<String>),
 }
 
 /// Builds a [`RedisStore`].
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct RedisStoreBuilder {
-    url: String,
+    target: Target,
     prefix: String,
     timeout: Duration,
     max_record_bytes: usize,
@@ -107,13 +175,27 @@ impl RedisStore {
 
     /// A builder for a store on the Redis at `url`.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
-        RedisStoreBuilder {
-            url: url.into(),
-            prefix: "idem:".into(),
-            timeout: Duration::from_millis(500),
-            max_record_bytes: 8 * 1024 * 1024,
-            fail_open: false,
-        }
+        RedisStoreBuilder::new(Target::Single(url.into()))
+    }
+
+    /// A builder for a store on a Redis Cluster, reached first through the nodes at `urls`
+    /// (`redis://host:port`; one live node is enough, the others are learned from it).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), idem_core::store::StoreError> {
+    /// use idem_core::store::RedisStore;
+    ///
+    /// let store = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .prefix("payments:")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster<I>(urls: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        RedisStoreBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
     }
 
     /// The Redis key of a record.
@@ -127,7 +209,7 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable(Box::new(e))),
+            Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(StoreError::Timeout),
         }
     }
@@ -151,15 +233,45 @@ impl RedisStore {
         value: &[u8],
         keep_for: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut call = self.fenced.key(self.redis_key(key));
-        call.arg(token_hex(token))
-            .arg(op)
-            .arg(value)
-            .arg(px(keep_for));
-        let held: i64 = self.run(call.invoke_async(&mut conn)).await?;
+        let token = token_hex(token);
+        let px = px(keep_for).to_string();
+        let args: [&[u8]; 4] = [token.as_bytes(), op.as_bytes(), value, px.as_bytes()];
+        let held: i64 = self
+            .run(self.eval(&self.fenced, &self.redis_key(key), &args))
+            .await?;
         Ok(held == 1)
     }
+
+    /// Runs `script` on `key` by its hash, and sends it whole only when the server answers
+    /// that it does not have it (a server restarted, or a master new to the cluster): that
+    /// loads it on the one server that holds the key, where `SCRIPT LOAD` would go to every
+    /// master and fail while any one is down.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&[u8]],
+    ) -> redis::RedisResult<T> {
+        let call = |command: &str, script: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(script).arg(1).arg(key);
+            for arg in args {
+                cmd.arg(*arg);
+            }
+            cmd
+        };
+        let mut conn = self.conn.clone();
+        match call("EVALSHA", &script.hash).query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                call("EVAL", script.body).query_async(&mut conn).await
+            }
+            result => result,
+        }
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
 }
 
 /// A PX argument: at least 1 ms.
@@ -170,6 +282,16 @@ fn px(keep_for: Duration) -> u64 {
 }
 
 impl RedisStoreBuilder {
+    fn new(target: Target) -> Self {
+        Self {
+            target,
+            prefix: "idem:".into(),
+            timeout: Duration::from_millis(500),
+            max_record_bytes: 8 * 1024 * 1024,
+            fail_open: false,
+        }
+    }
+
     /// The prefix of every key this store writes. Default `idem:`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -195,10 +317,12 @@ impl RedisStoreBuilder {
     }
 
     /// The store. It connects on first use, so it can be built while Redis is down; it
-    /// reconnects by itself when Redis comes back.
+    /// reconnects by itself when Redis comes back (on a cluster: to each master, and it
+    /// follows the slots when they move).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] for a URL that is not a Redis URL, or when called outside a
+    /// [`StoreError::Unavailable`] for a URL that is not a Redis URL, a cluster named by no
+    /// URL or by nodes that disagree (password, TLS, database), or when called outside a
     /// Tokio runtime (the connection's driver runs on the runtime that builds the store).
     pub fn build(self) -> Result<RedisStore, StoreError> {
         if tokio::runtime::Handle::try_current().is_err() {
@@ -206,16 +330,41 @@ impl RedisStoreBuilder {
                 "build the Redis store inside a Tokio runtime (for example in actix's main)".into(),
             ));
         }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let conn = match &self.target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(20))
+                    .set_max_delay(Duration::from_millis(500));
+                let conn =
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+                Connection::Single(conn)
+            }
+            Target::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(StoreError::Unavailable(
+                        "name at least one node of the Redis Cluster".into(),
+                    ));
+                }
+                // Few quick retries: a command that cannot reach its master within the timeout
+                // answers 503 anyway, and retries queued past it only delay the recovery.
+                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                    .connection_timeout(self.timeout)
+                    .response_timeout(self.timeout)
+                    .retries(2)
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+                    .build()
+                    .map_err(unavailable)?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout);
+                Connection::Cluster(client.get_pending_async_connection_with_config(config))
+            }
+        };
         Ok(RedisStore {
             conn,
             prefix: self.prefix.into(),
@@ -259,9 +408,10 @@ impl Store for RedisStore {
             }
             // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
             // another request did first.
-            let mut call = self.claim.key(redis_key);
-            call.arg(now.as_millis()).arg(value).arg(keep_for);
-            let existing: Option<Vec<u8>> = self.run(call.invoke_async(&mut conn)).await?;
+            let (now, keep_for) = (now.as_millis().to_string(), keep_for.to_string());
+            let args: [&[u8]; 3] = [now.as_bytes(), &value, keep_for.as_bytes()];
+            let existing: Option<Vec<u8>> =
+                self.run(self.eval(&self.claim, &redis_key, &args)).await?;
             match existing {
                 None => Ok(Claim::Claimed),
                 Some(bytes) => Ok(Claim::Existing(codec::decode(&bytes)?)),

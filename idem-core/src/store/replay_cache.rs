@@ -1,0 +1,521 @@
+//! Replays without a round trip: completed records kept in the process, in front of a store
+//! that is a network away.
+//!
+//! A completed record never changes before it expires: completion is final, and a claim
+//! cannot displace a record until it lapses. So a copy of it answers a replay as well as the
+//! store would, until its expiry. Claims are never kept: they change (extended, completed,
+//! released, taken over) and only the store can say who holds a key.
+
+use std::time::{Duration, Instant};
+
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use moka::Expiry;
+
+use super::{Claim, Store, StoreError, StoreFuture, RECORD_OVERHEAD};
+use crate::clock::Timestamp;
+use crate::digest::StoreKey;
+use crate::record::{Completed, InFlight, Record, Token};
+
+/// A store in front of which the completed records it returns or records are kept in the
+/// process, so that a replay is answered without a round trip to it.
+///
+/// Wrap a remote store in it (`RedisStore`, on one server or a cluster). Every record that `claim` or `get` returns as completed, and every record that
+/// `complete` writes, is kept until the record's own expiry (judged on each read by the
+/// engine's clock, as the stores judge it) or until the least recently used go first to stay
+/// within `max_bytes`. Anything else (a new key, a running request, a key whose copy was
+/// dropped) goes to the store, so a key still runs once across every process that shares it.
+///
+/// The one difference a user can see: a record deleted from the store by hand (to let a key
+/// run again) is still replayed by the processes that kept a copy, until it expires or is
+/// dropped to make room.
+///
+/// ```
+/// use idem_core::store::{ReplayCache, Store};
+///
+/// /// Replays from up to 16 MiB of records kept in this process.
+/// fn with_replays_in_process<S: Store>(remote: S) -> ReplayCache<S> {
+///     ReplayCache::new(remote, 16 << 20)
+/// }
+/// ```
+///
+/// Clones share the kept records.
+#[derive(Clone)]
+pub struct ReplayCache<S> {
+    inner: S,
+    /// `None` when turned off (`max_bytes` 0): every operation goes to `inner`.
+    kept: Option<Cache<StoreKey, Kept>>,
+}
+
+/// A completed record and how long to keep it from its insertion: until its expiry.
+#[derive(Clone)]
+struct Kept {
+    record: Completed,
+    keep_for: Duration,
+}
+
+struct UntilExpiry;
+
+impl Expiry<StoreKey, Kept> for UntilExpiry {
+    fn expire_after_create(&self, _: &StoreKey, kept: &Kept, _: Instant) -> Option<Duration> {
+        Some(kept.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &StoreKey,
+        kept: &Kept,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(kept.keep_for)
+    }
+}
+
+impl<S: Store> ReplayCache<S> {
+    /// A modest default for `max_bytes`: 16 MiB, some thirty thousand replays of 100-byte
+    /// responses.
+    pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+    /// Keeps at most `max_bytes` of completed records in front of `inner`: response bytes
+    /// plus [`RECORD_OVERHEAD`] per record. `0` turns the cache off.
+    pub fn new(inner: S, max_bytes: u64) -> Self {
+        let kept = (max_bytes > 0).then(|| {
+            Cache::builder()
+                .eviction_policy(EvictionPolicy::lru())
+                .max_capacity(max_bytes)
+                .weigher(|_: &StoreKey, kept: &Kept| weight(&kept.record))
+                .expire_after(UntilExpiry)
+                .build()
+        });
+        Self { inner, kept }
+    }
+
+    /// The store behind the cache.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The live copy of `key`'s completed record, if one is kept.
+    fn kept(&self, key: &StoreKey, now: Timestamp) -> Option<Completed> {
+        let kept = self.kept.as_ref()?.get(key)?;
+        (kept.record.expires_at > now).then_some(kept.record)
+    }
+
+    /// Keeps `record` if it is completed and live.
+    fn keep(&self, key: &StoreKey, record: &Completed, now: Timestamp) {
+        if let Some(kept) = &self.kept {
+            if record.expires_at > now {
+                let keep_for = record.expires_at.since(now);
+                kept.insert(
+                    *key,
+                    Kept {
+                        record: record.clone(),
+                        keep_for,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Keeps the record of an answer that holds a completed one.
+    fn learn(&self, key: &StoreKey, answer: &Result<Claim, StoreError>, now: Timestamp) {
+        if let Ok(Claim::Existing(Record::Completed(record))) = answer {
+            self.keep(key, record, now);
+        }
+    }
+}
+
+fn weight(record: &Completed) -> u32 {
+    u32::try_from(RECORD_OVERHEAD + record.response.held_bytes()).unwrap_or(u32::MAX)
+}
+
+impl<S> std::fmt::Debug for ReplayCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("on", &self.kept.is_some())
+            .field("kept", &self.kept.as_ref().map(Cache::entry_count))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Store for ReplayCache<S> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        if self.kept.is_none() {
+            return self.inner.claim(key, claim, now);
+        }
+        if let Some(record) = self.kept(key, now) {
+            return StoreFuture::ready(Ok(Claim::Existing(Record::Completed(record))));
+        }
+        let asked = self.inner.claim(key, claim, now);
+        StoreFuture::new(async move {
+            let answer = asked.await;
+            self.learn(key, &answer, now);
+            answer
+        })
+    }
+
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> Option<Result<Claim, StoreError>> {
+        // A kept record needs no I/O, so it is answered here, sparing the caller a future.
+        if let Some(record) = self.kept(key, now) {
+            return Some(Ok(Claim::Existing(Record::Completed(record))));
+        }
+        let answer = self.inner.claim_now(key, claim, now)?;
+        self.learn(key, &answer, now);
+        Some(answer)
+    }
+
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        if self.kept.is_none() {
+            return self.inner.get(key, now);
+        }
+        if let Some(record) = self.kept(key, now) {
+            return StoreFuture::ready(Ok(Some(Record::Completed(record))));
+        }
+        let asked = self.inner.get(key, now);
+        StoreFuture::new(async move {
+            let answer = asked.await;
+            if let Ok(Some(Record::Completed(record))) = &answer {
+                self.keep(key, record, now);
+            }
+            answer
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.extend(key, token, lease_until, now)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Completed,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        if self.kept.is_none() {
+            return self.inner.complete(key, token, record, now);
+        }
+        let written = self.inner.complete(key, token, record.clone(), now);
+        StoreFuture::new(async move {
+            let answer = written.await;
+            // Only what the store took: a holder fenced out recorded nothing.
+            if let Ok(true) = answer {
+                self.keep(key, &record, now);
+            }
+            answer
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        self.inner.release(key, token)
+    }
+
+    fn fails_open(&self) -> bool {
+        self.inner.fails_open()
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        self.inner.max_record_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::digest::Fingerprint;
+    use crate::record::Response;
+    use crate::store::MokaStore;
+    use crate::testing::CountingStore;
+
+    /// The embedded store as a remote one looks to the cache: nothing answered in the call.
+    #[derive(Clone, Default)]
+    struct Remote(MokaStore);
+
+    impl Store for Remote {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            self.0.claim(key, claim, now)
+        }
+
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            self.0.get(key, now)
+        }
+
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            lease_until: Timestamp,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.0.extend(key, token, lease_until, now)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.0.complete(key, token, record, now)
+        }
+
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            self.0.release(key, token)
+        }
+    }
+
+    const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+    const TTL: Duration = Duration::from_secs(100);
+
+    fn at(secs: u64) -> Timestamp {
+        T0.saturating_add(Duration::from_secs(secs))
+    }
+
+    fn key(n: u8) -> StoreKey {
+        StoreKey::from_bytes([n; 32])
+    }
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint::new("POST", "/x", "", b"")
+    }
+
+    fn claim(secs: u64) -> InFlight {
+        InFlight {
+            fingerprint: fingerprint(),
+            lease_until: at(secs + 10),
+            token: Token::random(),
+        }
+    }
+
+    fn completed(secs: u64, body: &[u8]) -> Completed {
+        Completed {
+            fingerprint: fingerprint(),
+            response: Response::new(201, [], body),
+            completed_at: at(secs),
+            expires_at: at(secs).saturating_add(TTL),
+        }
+    }
+
+    type Counted = ReplayCache<CountingStore<Remote>>;
+
+    fn counted(max_bytes: u64) -> Counted {
+        ReplayCache::new(CountingStore::new(Remote::default()), max_bytes)
+    }
+
+    /// Claims and completes `key` through `store`; returns the record.
+    async fn record(store: &Counted, n: u8, secs: u64) -> Completed {
+        let held = claim(secs);
+        assert_eq!(
+            store.claim(&key(n), held, at(secs)).await.unwrap(),
+            Claim::Claimed
+        );
+        let record = completed(secs, b"done");
+        assert!(store
+            .complete(&key(n), held.token, record.clone(), at(secs))
+            .await
+            .unwrap());
+        record
+    }
+
+    fn replay(record: &Completed) -> Claim {
+        Claim::Existing(Record::Completed(record.clone()))
+    }
+
+    #[tokio::test]
+    async fn the_replay_cache_conforms() {
+        crate::testing::conformance(&ReplayCache::new(Remote::default(), 1 << 20), 1).await;
+        crate::testing::conformance(&ReplayCache::new(MokaStore::new(), 1 << 20), 2).await;
+        crate::testing::conformance(&ReplayCache::new(Remote::default(), 0), 3).await;
+    }
+
+    #[tokio::test]
+    async fn what_complete_wrote_is_replayed_without_the_store() {
+        let store = counted(1 << 20);
+        let record = record(&store, 1, 0).await;
+        store.inner().take();
+
+        assert_eq!(
+            store.claim(&key(1), claim(1), at(1)).await.unwrap(),
+            replay(&record)
+        );
+        assert_eq!(
+            store.claim_now(&key(1), claim(1), at(1)).unwrap().unwrap(),
+            replay(&record),
+            "answered in the call"
+        );
+        assert_eq!(
+            store.get(&key(1), at(1)).await.unwrap(),
+            Some(Record::Completed(record))
+        );
+        assert!(store.inner().take().is_empty(), "no store operation");
+    }
+
+    #[tokio::test]
+    async fn a_record_another_process_completed_is_asked_for_once() {
+        let store = counted(1 << 20);
+        // Completed behind the cache's back, as by another process sharing the store.
+        let held = claim(0);
+        let remote = store.inner();
+        assert_eq!(
+            remote.claim(&key(1), held, at(0)).await.unwrap(),
+            Claim::Claimed
+        );
+        let record = completed(0, b"elsewhere");
+        assert!(remote
+            .complete(&key(1), held.token, record.clone(), at(0))
+            .await
+            .unwrap());
+        remote.take();
+
+        assert_eq!(
+            store.claim(&key(1), claim(1), at(1)).await.unwrap(),
+            replay(&record)
+        );
+        assert_eq!(
+            store.claim(&key(1), claim(2), at(2)).await.unwrap(),
+            replay(&record)
+        );
+        assert_eq!(store.inner().take().get("claim"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_running_request_is_always_asked_of_the_store() {
+        let store = counted(1 << 20);
+        let first = claim(0);
+        assert_eq!(
+            store.claim(&key(1), first, at(0)).await.unwrap(),
+            Claim::Claimed
+        );
+        for secs in 1..4 {
+            assert_eq!(
+                store.claim(&key(1), claim(secs), at(secs)).await.unwrap(),
+                Claim::Existing(Record::InFlight(first))
+            );
+        }
+        assert_eq!(store.inner().take().get("claim"), Some(&4));
+        // Released, the key is free again: nothing kept answers for it.
+        assert!(store.release(&key(1), first.token).await.unwrap());
+        assert_eq!(
+            store.claim(&key(1), claim(5), at(5)).await.unwrap(),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fenced_out_completion_is_not_kept() {
+        let store = counted(1 << 20);
+        let held = claim(0);
+        assert_eq!(
+            store.claim(&key(1), held, at(0)).await.unwrap(),
+            Claim::Claimed
+        );
+        let intruder = completed(0, b"intruder");
+        assert!(!store
+            .complete(&key(1), Token::random(), intruder, at(0))
+            .await
+            .unwrap());
+        assert_eq!(
+            store.claim(&key(1), claim(1), at(1)).await.unwrap(),
+            Claim::Existing(Record::InFlight(held))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_record_never_outlives_its_expiry() {
+        let store = counted(1 << 20);
+        let record = record(&store, 1, 0).await;
+        store.inner().take();
+        let last = TTL.as_secs() - 1;
+        assert_eq!(
+            store.claim(&key(1), claim(last), at(last)).await.unwrap(),
+            replay(&record)
+        );
+        assert!(store.inner().take().is_empty());
+
+        let expiry = TTL.as_secs();
+        assert_eq!(store.get(&key(1), at(expiry)).await.unwrap(), None);
+        assert_eq!(
+            store
+                .claim(&key(1), claim(expiry), at(expiry))
+                .await
+                .unwrap(),
+            Claim::Claimed,
+            "the store decides once the record lapsed"
+        );
+        assert_eq!(store.inner().take().get("claim"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_in_bytes() {
+        let body = vec![b'x'; 1000];
+        let weight = (RECORD_OVERHEAD + Response::new(201, [], &body).held_bytes()) as u64;
+        let store = counted(10 * weight);
+        for n in 0..100 {
+            let held = claim(0);
+            store.claim(&key(n), held, at(0)).await.unwrap();
+            let record = completed(0, &body);
+            assert!(store
+                .complete(&key(n), held.token, record, at(0))
+                .await
+                .unwrap());
+        }
+        let kept = store.kept.as_ref().unwrap();
+        kept.run_pending_tasks();
+        assert!(
+            kept.weighted_size() <= 10 * weight,
+            "{}",
+            kept.weighted_size()
+        );
+        assert!(kept.entry_count() > 0);
+        // What was dropped is asked of the store, which still has it.
+        store.inner().take();
+        let Claim::Existing(Record::Completed(first)) =
+            store.claim(&key(0), claim(1), at(1)).await.unwrap()
+        else {
+            panic!("the store keeps what the cache dropped")
+        };
+        assert_eq!(first.response.body(), &body[..]);
+        assert_eq!(store.inner().take().get("claim"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_cache_of_zero_bytes_is_off() {
+        let store = counted(0);
+        let record = record(&store, 1, 0).await;
+        store.inner().take();
+        assert_eq!(
+            store.claim(&key(1), claim(1), at(1)).await.unwrap(),
+            replay(&record)
+        );
+        assert_eq!(
+            store.claim(&key(1), claim(2), at(2)).await.unwrap(),
+            replay(&record)
+        );
+        assert_eq!(store.inner().take().get("claim"), Some(&2));
+    }
+}

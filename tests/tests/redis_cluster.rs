@@ -1,0 +1,381 @@
+//! The Redis store on a real Redis Cluster of three masters that the tests start themselves:
+//! the shared conformance suite, one key per record on the master of its slot, several app
+//! instances sharing the cluster, and a master that goes down and comes back. Each test skips
+//! when no cluster can be made, unless `IDEM_REQUIRE_REDIS=1`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{post, web, HttpResponse};
+use futures_util::future::join_all;
+use idem_actix::{idempotent, IdempotencyConfig, RedisStore};
+use idem_core::{Begin, Engine, Fingerprint, Outcome, Policy, Response, StoreKey};
+use idem_tests::{
+    assert_error, eventually, Counter, RawRequest, RawResponse, TestRedisCluster, TestServer,
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+#[derive(Clone)]
+struct Probe {
+    runs: Counter,
+    gate: Arc<Semaphore>,
+}
+
+impl Probe {
+    fn open() -> Self {
+        Self {
+            runs: Counter::default(),
+            gate: Arc::new(Semaphore::new(10_000)),
+        }
+    }
+
+    fn closed() -> Self {
+        Self {
+            runs: Counter::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+#[post("/v1/calls")]
+#[idempotent]
+async fn create_call(probe: web::Data<Probe>) -> HttpResponse {
+    let n = probe.runs.bump();
+    let _permit = probe.gate.acquire().await.expect("gate");
+    HttpResponse::Created().json(json!({ "call": n }))
+}
+
+/// The command timeout of the app instances: a master that is down answers 503 after it.
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// An app instance with its own cluster connection (as a separate process would have).
+fn instance(cluster: &TestRedisCluster, probe: &Probe) -> TestServer {
+    let urls = cluster.urls();
+    let data = web::Data::new(probe.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The store is built on the server's runtime, which drives its connection.
+    let server = TestServer::start(1, move |cfg| {
+        let store = RedisStore::cluster(urls.clone())
+            .command_timeout(TIMEOUT)
+            .build()
+            .expect("valid cluster URLs");
+        let _ = tx.send(());
+        cfg.app_data(IdempotencyConfig::new(store))
+            .app_data(data.clone())
+            .service(create_call);
+    });
+    rx.recv().expect("store built");
+    server
+}
+
+fn call(key: &str) -> RawRequest {
+    RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+}
+
+/// Every record key of the store, by the master that holds it (of those running).
+fn records(cluster: &TestRedisCluster) -> HashMap<String, usize> {
+    (0..TestRedisCluster::MASTERS)
+        .filter(|&node| cluster.running(node))
+        .flat_map(|node| {
+            cluster
+                .keys(node, "idem:*")
+                .into_iter()
+                .map(move |key| (key, node))
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn redis_store_on_a_cluster_conforms() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&store, 7).await;
+    let holders = (0..TestRedisCluster::MASTERS)
+        .filter(|&node| !cluster.keys(node, "conformance:*").is_empty())
+        .count();
+    assert_eq!(
+        holders,
+        TestRedisCluster::MASTERS,
+        "the suite's keys spread over every master"
+    );
+}
+
+#[actix_web::test]
+async fn one_url_is_enough_to_find_every_master() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster([cluster.url(1)])
+        .prefix("one-url:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&store, 8).await;
+}
+
+#[actix_web::test]
+async fn a_store_built_while_the_cluster_is_down_connects_once_it_is_up() {
+    let Some(mut cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    for node in 0..TestRedisCluster::MASTERS {
+        cluster.stop(node);
+    }
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("late:")
+        .command_timeout(TIMEOUT)
+        .build()
+        .expect("built without a connection");
+    let engine = Engine::new(store.clone());
+    let (key, fp) = (
+        StoreKey::from_bytes([1; 32]),
+        Fingerprint::new("POST", "/x", "", b""),
+    );
+    let down = engine.begin(&Policy::DEFAULT, key, fp).await;
+    assert!(
+        matches!(down, Err(idem_core::IdempotencyError::StoreUnavailable(_))),
+        "{down:?}"
+    );
+
+    for node in 0..TestRedisCluster::MASTERS {
+        cluster.restart(node);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lease = loop {
+        match engine.begin(&Policy::DEFAULT, key, fp).await {
+            Ok(Begin::Execute(lease)) => break lease,
+            other => assert!(Instant::now() < deadline, "still {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let done = lease.finish(Response::new(201, [], b"ok")).await.unwrap();
+    assert!(matches!(done, Outcome::Recorded));
+}
+
+#[actix_web::test]
+async fn each_record_is_one_key_on_the_master_of_its_slot() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("slots:")
+        .build()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let policy = Policy::DEFAULT.ttl(Duration::from_secs(3600));
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let mut masters = HashSet::new();
+    for n in 0..12 {
+        let key = StoreKey::from_bytes([n; 32]);
+        let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+            panic!("claimed")
+        };
+        let done = lease.finish(Response::new(201, [], b"ok")).await.unwrap();
+        assert!(matches!(done, Outcome::Recorded));
+        let redis_key = store.redis_key(&key);
+        let master = cluster.node_of(&redis_key);
+        assert_eq!(
+            cluster.keys(master, &redis_key),
+            vec![redis_key.clone()],
+            "the record is on the master of its slot"
+        );
+        let pttl: i64 = cluster.query(master, redis::cmd("PTTL").arg(&redis_key));
+        assert!((3_590_000..=3_600_000).contains(&pttl), "PTTL {pttl}");
+        masters.insert(master);
+    }
+    let total: usize = (0..TestRedisCluster::MASTERS)
+        .map(|node| cluster.keys(node, "slots:*").len())
+        .sum();
+    assert_eq!(total, 12, "one key per record");
+    assert_eq!(masters.len(), TestRedisCluster::MASTERS);
+}
+
+#[actix_web::test]
+async fn two_instances_sharing_a_cluster_run_a_hundred_duplicates_once() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let probe = Probe::closed();
+    let a = instance(&cluster, &probe);
+    let b = instance(&cluster, &probe);
+
+    let first = {
+        let addr = a.addr;
+        actix_web::rt::spawn(async move { call("shared-1").send(addr).await })
+    };
+    eventually(|| probe.runs.get() == 1).await;
+    let addrs = [a.addr, b.addr];
+    let shared = call("shared-1");
+    let during = join_all((0..99).map(|i| shared.send(addrs[i % 2]))).await;
+    assert!(
+        during.iter().all(|r| r.status == 409),
+        "{:?}",
+        during.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    probe.gate.add_permits(10_000);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201);
+    for addr in addrs {
+        let retry = call("shared-1").send(addr).await;
+        assert!(retry.replayed());
+        assert_eq!(retry.body, first.body);
+    }
+
+    // Many keys at once, each sent twice to each instance: every key runs once.
+    let keys: Vec<String> = (0..30).map(|n| format!("burst-{n}")).collect();
+    let all = join_all(
+        keys.iter()
+            .flat_map(|key| (0..4).map(move |i| (key, addrs[i % 2])))
+            .map(|(key, addr)| async move { call(key).send(addr).await }),
+    )
+    .await;
+    assert!(all.iter().all(|r| r.status == 201 || r.status == 409));
+    assert_eq!(
+        all.iter()
+            .filter(|r| r.status == 201 && !r.replayed())
+            .count(),
+        30
+    );
+    assert_eq!(
+        probe.runs.get(),
+        31,
+        "each key ran once across both instances"
+    );
+    let masters: HashSet<usize> = records(&cluster).into_values().collect();
+    assert_eq!(masters.len(), TestRedisCluster::MASTERS);
+}
+
+/// Sends `request` until it answers something other than 503, for at most `within`.
+async fn until_not_503(
+    addr: std::net::SocketAddr,
+    request: &RawRequest,
+    within: Duration,
+) -> RawResponse {
+    let deadline = Instant::now() + within;
+    loop {
+        let res = request.send(addr).await;
+        if res.status != 503 || Instant::now() >= deadline {
+            return res;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_master_down_fails_its_own_keys_the_others_keep_working_and_all_recover() {
+    let Some(mut cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let probe = Probe::open();
+    let server = instance(&cluster, &probe);
+
+    // Thirty records, each found on its master by the key it added.
+    let mut before = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for n in 0..30 {
+        let key = format!("before-{n}");
+        let res = call(&key).send(server.addr).await;
+        assert_eq!(res.status, 201);
+        let now = records(&cluster);
+        let added: Vec<_> = now.iter().filter(|(k, _)| !seen.contains(*k)).collect();
+        assert_eq!(added.len(), 1, "one key per record");
+        before.insert(key, (*added[0].1, res.body));
+        seen = now.into_keys().collect();
+    }
+    let victim = before["before-0"].0;
+    let on_victim = before.values().filter(|(node, _)| *node == victim).count();
+    assert!(on_victim > 0 && on_victim < before.len());
+
+    cluster.stop(victim);
+    for (key, (node, body)) in &before {
+        let started = Instant::now();
+        let res = call(key).send(server.addr).await;
+        if *node == victim {
+            assert_error(&res, 503, "idempotency_store_unavailable");
+            assert_eq!(res.header("retry-after"), Some("1"));
+        } else {
+            assert!(res.replayed(), "{key} on a live master: {}", res.status);
+            assert_eq!(&res.body, body);
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "a live master answers without waiting on the one that is down ({:?})",
+                started.elapsed()
+            );
+        }
+    }
+    assert_eq!(
+        probe.runs.get(),
+        30,
+        "nothing ran again, nothing ran unclaimed"
+    );
+
+    // New keys: those of the live masters run, those of the victim answer 503 and run nothing.
+    let mut refused = Vec::new();
+    for n in 0..30 {
+        let key = format!("during-{n}");
+        let res = call(&key).send(server.addr).await;
+        match res.status {
+            201 => assert!(!res.replayed()),
+            _ => {
+                assert_error(&res, 503, "idempotency_store_unavailable");
+                refused.push(key);
+            }
+        }
+    }
+    assert!(!refused.is_empty() && refused.len() < 30, "{refused:?}");
+    assert_eq!(probe.runs.get(), 30 + 30 - refused.len());
+    assert!(
+        records(&cluster).values().all(|node| *node != victim),
+        "the live masters hold what was written meanwhile"
+    );
+
+    // Back on the same port with its nodes.conf and its data: its records replay again.
+    cluster.restart(victim);
+    let (probe_key, _) = before
+        .iter()
+        .find(|(_, (node, _))| *node == victim)
+        .expect("a key on the victim");
+    let back = until_not_503(server.addr, &call(probe_key), Duration::from_secs(15)).await;
+    assert!(
+        back.replayed(),
+        "recovered without restarting the app: {}",
+        back.status
+    );
+    for (key, (_, body)) in &before {
+        let res = call(key).send(server.addr).await;
+        assert!(res.replayed(), "{key}: {}", res.status);
+        assert_eq!(&res.body, body);
+    }
+    let runs = probe.runs.get();
+    for key in &refused {
+        let res = call(key).send(server.addr).await;
+        assert_eq!((res.status, res.replayed()), (201, false), "{key}");
+    }
+    assert_eq!(probe.runs.get(), runs + refused.len());
+}
+
+#[actix_web::test]
+async fn a_cluster_named_by_no_node_or_a_bad_url_is_refused_when_built() {
+    let none = RedisStore::cluster(Vec::<String>::new())
+        .build()
+        .unwrap_err();
+    assert!(
+        none.to_string().contains("name at least one node"),
+        "{none}"
+    );
+    let bad = RedisStore::cluster(["redis://127.0.0.1:1", "http://example"])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(bad, idem_actix::StoreError::Unavailable(_)),
+        "{bad}"
+    );
+}
