@@ -1,9 +1,10 @@
 //! What a new key costs the embedded store, and how much of that is moka's own: a claim and a
 //! completion through [`MokaStore`], against one insert into a bare moka cache built the same
 //! way (LRU, weighed, per-entry expiry), into the plainest moka cache (no bound, no expiry: what
-//! no configuration of moka can go below), and into a `HashMap` for scale. Each round fills
-//! fresh structures with the same 100,000 prepared records, the four in turn; the median of
-//! the rounds is printed.
+//! no configuration of moka can go below), and into a `HashMap` for scale; and a claim and a
+//! completion through a [`MokaStore`] already full, where every record written evicts another.
+//! Each round fills fresh structures with the same 100,000 prepared records, the five in turn;
+//! the median of the rounds is printed.
 //!
 //! `cargo bench -p idem-examples --bench store`
 
@@ -22,6 +23,8 @@ const NOW: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 const DAY: Duration = Duration::from_secs(86_400);
 const RECORDS: usize = 100_000;
 const ROUNDS: usize = 7;
+/// The records the full store has room for: a tenth of those written into it.
+const FULL_ROOM: usize = RECORDS / 10;
 
 /// Awaits a store future that is ready at once, as the embedded store's are.
 fn now<T>(future: impl Future<Output = T>) -> T {
@@ -53,6 +56,15 @@ fn per_record(
     start.elapsed().as_nanos() as f64 / records.len() as f64
 }
 
+/// Claims and completes each of `records` in `store`.
+fn write(store: &MokaStore, records: &[(StoreKey, InFlight, Completed)]) {
+    for (key, claim, record) in records {
+        let claimed = now(store.claim(key, *claim, NOW)).unwrap();
+        assert_eq!(claimed, Claim::Claimed);
+        assert!(now(store.complete(key, claim.token, record.clone(), NOW)).unwrap());
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -60,35 +72,30 @@ fn main() {
     let body = br#"{"id":"call_1","agent_id":"agent_1","phone_number":"+15555550123"}"#;
     let response = Response::new(201, [("content-type", &b"application/json"[..])], body);
     let fingerprint = Fingerprint::new("POST", "/idem/echo", "", b"{}");
-    let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
-        let records: Vec<_> = (0..RECORDS)
-            .map(|i| {
-                let mut key = [0; 32];
-                let n = (round * RECORDS + i) as u64;
-                key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
-                let claim = InFlight {
-                    fingerprint,
-                    lease_until: NOW.saturating_add(Duration::from_secs(30)),
-                    token: Token::random(),
-                };
-                let record = Completed {
-                    fingerprint,
-                    response: response.clone(),
-                    completed_at: NOW,
-                    expires_at: NOW.saturating_add(DAY),
-                };
-                (StoreKey::from_bytes(key), claim, record)
-            })
-            .collect();
+        let prepare = |i: usize, filler: bool| {
+            let mut key = [0; 32];
+            let n = (round * RECORDS + i) as u64;
+            key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+            key[8] = u8::from(filler);
+            let claim = InFlight {
+                fingerprint,
+                lease_until: NOW.saturating_add(Duration::from_secs(30)),
+                token: Token::random(),
+            };
+            let record = Completed {
+                fingerprint,
+                response: response.clone(),
+                completed_at: NOW,
+                expires_at: NOW.saturating_add(DAY),
+            };
+            (StoreKey::from_bytes(key), claim, record)
+        };
+        let records: Vec<_> = (0..RECORDS).map(|i| prepare(i, false)).collect();
+        let fillers: Vec<_> = (0..FULL_ROOM).map(|i| prepare(i, true)).collect();
         let store = MokaStore::new();
-        samples[0].push(per_record(&records, |records| {
-            for (key, claim, record) in records {
-                let claimed = now(store.claim(key, *claim, NOW)).unwrap();
-                assert_eq!(claimed, Claim::Claimed);
-                assert!(now(store.complete(key, claim.token, record.clone(), NOW)).unwrap());
-            }
-        }));
+        samples[0].push(per_record(&records, |records| write(&store, records)));
         let cache: Cache<u128, Completed> = Cache::builder()
             .eviction_policy(EvictionPolicy::lru())
             .max_capacity(256 << 20)
@@ -112,13 +119,21 @@ fn main() {
                 map.insert(key.first_128(), record.clone());
             }
         }));
+        let weight = RECORD_OVERHEAD + response.held_bytes();
+        let full = MokaStore::builder()
+            .max_bytes((FULL_ROOM * weight) as u64)
+            .build();
+        write(&full, &fillers);
+        assert!(now(full.weighted_size()) >= ((FULL_ROOM - 1) * weight) as u64);
+        samples[4].push(per_record(&records, |records| write(&full, records)));
     }
-    println!("| {RECORDS} new keys into an empty structure | per record (median of {ROUNDS} rounds) |\n|---|---|");
+    println!("| {RECORDS} new keys into an empty structure (the last: a full one) | per record (median of {ROUNDS} rounds) |\n|---|---|");
     for (name, mut times) in [
         "MokaStore claim + complete",
         "moka insert alone",
         "moka insert, no bound and no expiry",
         "HashMap insert",
+        "MokaStore claim + complete, into a full store",
     ]
     .into_iter()
     .zip(samples)
