@@ -156,6 +156,13 @@ impl Engine {
         self
     }
 
+    /// The same engine, reading wall time from `wall` where [`Engine::new`] reads the
+    /// system clock.
+    #[must_use]
+    pub fn with_wall_clock(self, wall: impl Clock) -> Self {
+        self.with_clock(wall)
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.parts.store

@@ -360,8 +360,10 @@ impl Store for MokaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::digest::Fingerprint;
-    use crate::engine::{Begin, Engine};
+    use crate::engine::{Begin, Engine, Outcome};
+    use crate::error::IdempotencyError;
     use crate::policy::Policy;
     use crate::record::Response;
 
@@ -428,6 +430,99 @@ mod tests {
                 matches!(replay, Ok(Begin::Replay(_))),
                 "key {i}, just completed, is not replayed"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_of_the_wall_clock_neither_lapses_a_running_claim_nor_ends_a_record_early() {
+        let wall = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+        let engine = Engine::new(MokaStore::new()).with_wall_clock(wall.clone());
+        let policy = Policy::DEFAULT;
+        let (key, fp) = (
+            StoreKey::from_bytes([3; 32]),
+            Fingerprint::new("POST", "/", "", b""),
+        );
+        let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+            panic!("a new key is claimed");
+        };
+        // The wall clock steps past the lease (NTP, an operator, a VM resumed).
+        wall.advance(policy.lease + Duration::from_secs(3600));
+        assert!(
+            matches!(
+                engine.begin(&policy, key, fp).await,
+                Err(IdempotencyError::InFlight)
+            ),
+            "a duplicate of the running request conflicts instead of running again"
+        );
+        let outcome = lease.finish(Response::new(201, [], b"x")).await.unwrap();
+        assert_eq!(outcome, Outcome::Recorded);
+        // And past the record's time to live.
+        wall.advance(policy.ttl + Duration::from_secs(3600));
+        assert!(
+            matches!(engine.begin(&policy, key, fp).await, Ok(Begin::Replay(_))),
+            "the record is replayed for its whole time to live"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shared_store_follows_the_wall_clock_so_a_step_past_the_lease_lapses_a_claim() {
+        // The limit: processes sharing a store agree on times through the wall clock alone.
+        let wall = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+        let engine = Engine::new(Shared(MokaStore::new())).with_wall_clock(wall.clone());
+        let policy = Policy::DEFAULT;
+        let (key, fp) = (
+            StoreKey::from_bytes([4; 32]),
+            Fingerprint::new("POST", "/", "", b""),
+        );
+        let Ok(Begin::Execute(_running)) = engine.begin(&policy, key, fp).await else {
+            panic!("a new key is claimed");
+        };
+        wall.advance(policy.lease + Duration::from_secs(1));
+        assert!(
+            matches!(engine.begin(&policy, key, fp).await, Ok(Begin::Execute(_))),
+            "past the lease by the wall clock, the claim has lapsed"
+        );
+    }
+
+    /// The embedded store, as a store shared by several processes would be seen.
+    struct Shared(MokaStore);
+
+    impl Store for Shared {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            self.0.claim(key, claim, now)
+        }
+
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            self.0.get(key, now)
+        }
+
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            lease_until: Timestamp,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.0.extend(key, token, lease_until, now)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.0.complete(key, token, record, now)
+        }
+
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            self.0.release(key, token)
         }
     }
 
