@@ -47,7 +47,8 @@ struct Settings {
 }
 
 impl IdempotencyConfig {
-    /// Settings with `store`, the system clock and the default JSON error envelope.
+    /// Settings with `store`, the system clock as [`Engine::new`] reads it, and the default
+    /// JSON error envelope.
     pub fn new(store: impl Store) -> Self {
         Self::from_shared(Arc::new(store))
     }

@@ -148,6 +148,15 @@ pub trait Store: Send + Sync + 'static {
     fn fails_open(&self) -> bool {
         false
     }
+
+    /// Whether this store's records live in this process only, so that no other process
+    /// reads the times written in them. The engine then judges leases and expiry by a
+    /// [`MonotonicClock`](crate::clock::MonotonicClock), which a step of the wall clock does
+    /// not move. `false`, the default, for a store that processes share: the engine reads the
+    /// wall clock, the time they all understand.
+    fn in_process(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -199,6 +208,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn fails_open(&self) -> bool {
         (**self).fails_open()
+    }
+
+    fn in_process(&self) -> bool {
+        (**self).in_process()
     }
 }
 

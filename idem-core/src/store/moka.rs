@@ -355,6 +355,10 @@ impl Store for MokaStore {
         }
         StoreFuture::ready(Ok(held))
     }
+
+    fn in_process(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
