@@ -157,6 +157,14 @@ pub trait Store: Send + Sync + 'static {
     fn in_process(&self) -> bool {
         false
     }
+
+    /// The records this store evicted to make room before their time to live (their keys'
+    /// retries would run again), since the last call: each eviction is answered by one call
+    /// only, so that callers can add the answers into one count. The metrics of `idem-actix`
+    /// do. 0, the default, for a store that does not evict live records or cannot tell.
+    fn take_evictions(&self) -> u64 {
+        0
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -212,6 +220,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn in_process(&self) -> bool {
         (**self).in_process()
+    }
+
+    fn take_evictions(&self) -> u64 {
+        (**self).take_evictions()
     }
 }
 
