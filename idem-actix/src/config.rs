@@ -55,10 +55,11 @@ impl IdempotencyConfig {
 
     /// Settings with a store shared with other code (for example, to inspect it in tests).
     ///
-    /// Every store operation is timed and its errors counted through the `metrics` facade.
+    /// Every store operation is timed and its errors counted through the `metrics` facade, and
+    /// so are the records the store evicts before their time to live.
     pub fn from_shared(store: Arc<dyn Store>) -> Self {
         Self(Arc::new(Settings {
-            engine: Engine::from_arc(store).with_observer(StoreMetrics),
+            engine: Engine::from_arc(Arc::clone(&store)).with_observer(StoreMetrics::new(store)),
             renderer: Arc::new(JsonEnvelope::CODE),
             defaults: Policy::DEFAULT,
             header: parse_header(Policy::DEFAULT.header),
