@@ -54,8 +54,8 @@ const EVICTIONS_BETWEEN_LOOKS: u64 = 64;
 /// A write that finds the store full counts as one record evicted: the cache then evicts the
 /// least recently used records until the new one fits, about one for one. The cache's own
 /// eviction listener would count exactly, but moka then locks every key it writes, which
-/// made a write half as slow again (the `store` bench); the fullness of the cache is one
-/// atomic load.
+/// made an insert into a full cache half as slow again or more (the `store` bench); the
+/// fullness of the cache is one atomic load.
 #[derive(Debug)]
 struct Evictions {
     /// Writes that found the store full.
@@ -112,7 +112,8 @@ impl Evictions {
     }
 
     /// The evictions to warn of, counted up to `count`, when a warning is due at `at` from
-    /// `since`; `None` when the last warning is too recent or another write took this one.
+    /// `since`; `None` when the last warning is too recent, nothing was evicted since, or
+    /// another write took this one.
     fn warning_due(&self, count: u64, at: Duration) -> Option<u64> {
         let at = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
         let quiet_until = self.quiet_until.load(Relaxed);
