@@ -1,9 +1,12 @@
 //! What a new key costs the embedded store, and how much of that is moka's own: a claim and a
 //! completion through [`MokaStore`], against one insert into a bare moka cache built the same
 //! way (LRU, weighed, per-entry expiry), into the plainest moka cache (no bound, no expiry: what
-//! no configuration of moka can go below), and into a `HashMap` for scale. Each round fills
-//! fresh structures with the same 100,000 prepared records, the four in turn; the median of
-//! the rounds is printed.
+//! no configuration of moka can go below), and into a `HashMap` for scale. Then the same into
+//! structures already full, where every record written evicts another: a claim and a
+//! completion through [`MokaStore`], and an insert into the bare moka cache without and with an
+//! eviction listener (which counts evictions exactly, but makes moka lock each key it writes:
+//! the store counts them otherwise). Each round fills fresh structures with the same 100,000
+//! prepared records, the seven in turn; the median of the rounds is printed.
 //!
 //! Then, when a `redis-server` can be started (or `IDEM_TEST_REDIS_URL` names one), a
 //! criterion group: the replay of a completed record by [`RedisStore`] alone (one round
@@ -13,6 +16,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -31,6 +36,8 @@ const NOW: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 const DAY: Duration = Duration::from_secs(86_400);
 const RECORDS: usize = 100_000;
 const ROUNDS: usize = 7;
+/// The records the full store has room for: a tenth of those written into it.
+const FULL_ROOM: usize = RECORDS / 10;
 
 /// Awaits a store future that is ready at once, as the embedded store's are.
 fn now<T>(future: impl Future<Output = T>) -> T {
@@ -52,6 +59,31 @@ impl moka::Expiry<u128, Completed> for DayExpiry {
     }
 }
 
+/// A bare moka cache built as the store's is, holding `max_bytes`, counting its evictions
+/// through a listener when given a counter.
+fn bare(max_bytes: u64, evictions: Option<Arc<AtomicU64>>) -> Cache<u128, Completed> {
+    let builder = Cache::builder()
+        .eviction_policy(EvictionPolicy::lru())
+        .max_capacity(max_bytes)
+        .weigher(|_, r: &Completed| (RECORD_OVERHEAD + r.response.held_bytes()) as u32)
+        .expire_after(DayExpiry);
+    match evictions {
+        Some(count) => builder
+            .eviction_listener(move |_, _, _| {
+                count.fetch_add(1, Ordering::Relaxed);
+            })
+            .build(),
+        None => builder.build(),
+    }
+}
+
+/// Inserts each of `records` into `cache`.
+fn insert(cache: &Cache<u128, Completed>, records: &[(StoreKey, InFlight, Completed)]) {
+    for (key, _, record) in records {
+        cache.insert(key.first_128(), record.clone());
+    }
+}
+
 /// Nanoseconds per record of `fill` over `records`.
 fn per_record(
     records: &[(StoreKey, InFlight, Completed)],
@@ -62,6 +94,15 @@ fn per_record(
     start.elapsed().as_nanos() as f64 / records.len() as f64
 }
 
+/// Claims and completes each of `records` in `store`.
+fn write(store: &MokaStore, records: &[(StoreKey, InFlight, Completed)]) {
+    for (key, claim, record) in records {
+        let claimed = now(store.claim(key, *claim, NOW)).unwrap();
+        assert_eq!(claimed, Claim::Claimed);
+        assert!(now(store.complete(key, claim.token, record.clone(), NOW)).unwrap());
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -69,46 +110,32 @@ fn main() {
     let body = br#"{"id":"call_1","agent_id":"agent_1","phone_number":"+15555550123"}"#;
     let response = Response::new(201, [("content-type", &b"application/json"[..])], body);
     let fingerprint = Fingerprint::new("POST", "/idem/echo", "", b"{}");
-    let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut samples: [Vec<f64>; 7] = Default::default();
     for round in 0..ROUNDS {
-        let records: Vec<_> = (0..RECORDS)
-            .map(|i| {
-                let mut key = [0; 32];
-                let n = (round * RECORDS + i) as u64;
-                key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
-                let claim = InFlight {
-                    fingerprint,
-                    lease_until: NOW.saturating_add(Duration::from_secs(30)),
-                    token: Token::random(),
-                };
-                let record = Completed {
-                    fingerprint,
-                    response: response.clone(),
-                    completed_at: NOW,
-                    expires_at: NOW.saturating_add(DAY),
-                };
-                (StoreKey::from_bytes(key), claim, record)
-            })
-            .collect();
+        let prepare = |i: usize, filler: bool| {
+            let mut key = [0; 32];
+            let n = (round * RECORDS + i) as u64;
+            key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+            key[8] = u8::from(filler);
+            let claim = InFlight {
+                fingerprint,
+                lease_until: NOW.saturating_add(Duration::from_secs(30)),
+                token: Token::random(),
+            };
+            let record = Completed {
+                fingerprint,
+                response: response.clone(),
+                completed_at: NOW,
+                expires_at: NOW.saturating_add(DAY),
+            };
+            (StoreKey::from_bytes(key), claim, record)
+        };
+        let records: Vec<_> = (0..RECORDS).map(|i| prepare(i, false)).collect();
+        let fillers: Vec<_> = (0..FULL_ROOM).map(|i| prepare(i, true)).collect();
         let store = MokaStore::new();
-        samples[0].push(per_record(&records, |records| {
-            for (key, claim, record) in records {
-                let claimed = now(store.claim(key, *claim, NOW)).unwrap();
-                assert_eq!(claimed, Claim::Claimed);
-                assert!(now(store.complete(key, claim.token, record.clone(), NOW)).unwrap());
-            }
-        }));
-        let cache: Cache<u128, Completed> = Cache::builder()
-            .eviction_policy(EvictionPolicy::lru())
-            .max_capacity(256 << 20)
-            .weigher(|_, r: &Completed| (RECORD_OVERHEAD + r.response.held_bytes()) as u32)
-            .expire_after(DayExpiry)
-            .build();
-        samples[1].push(per_record(&records, |records| {
-            for (key, _, record) in records {
-                cache.insert(key.first_128(), record.clone());
-            }
-        }));
+        samples[0].push(per_record(&records, |records| write(&store, records)));
+        let cache = bare(256 << 20, None);
+        samples[1].push(per_record(&records, |records| insert(&cache, records)));
         let plain: Cache<u128, Completed> = Cache::builder().build();
         samples[2].push(per_record(&records, |records| {
             for (key, _, record) in records {
@@ -121,13 +148,30 @@ fn main() {
                 map.insert(key.first_128(), record.clone());
             }
         }));
+        let weight = RECORD_OVERHEAD + response.held_bytes();
+        let room = (FULL_ROOM * weight) as u64;
+        let full = MokaStore::builder().max_bytes(room).build();
+        write(&full, &fillers);
+        assert!(now(full.weighted_size()) >= room - weight as u64);
+        samples[4].push(per_record(&records, |records| write(&full, records)));
+        let full = bare(room, None);
+        insert(&full, &fillers);
+        samples[5].push(per_record(&records, |records| insert(&full, records)));
+        let evictions = Arc::new(AtomicU64::new(0));
+        let full = bare(room, Some(Arc::clone(&evictions)));
+        insert(&full, &fillers);
+        samples[6].push(per_record(&records, |records| insert(&full, records)));
+        assert!(evictions.load(Ordering::Relaxed) > 0, "the listener counts");
     }
-    println!("| {RECORDS} new keys into an empty structure | per record (median of {ROUNDS} rounds) |\n|---|---|");
+    println!("| {RECORDS} new keys into an empty structure, unless said | per record (median of {ROUNDS} rounds) |\n|---|---|");
     for (name, mut times) in [
         "MokaStore claim + complete",
         "moka insert alone",
         "moka insert, no bound and no expiry",
         "HashMap insert",
+        "MokaStore claim + complete, into a full store",
+        "moka insert alone, into a full cache",
+        "moka insert into a full cache, with an eviction listener",
     ]
     .into_iter()
     .zip(samples)

@@ -61,17 +61,19 @@ const RELEASE_GRACE: Duration = Duration::from_secs(2);
 const DEFAULT_MAX_DETACHED: usize = 1024;
 
 impl IdempotencyConfig {
-    /// Settings with `store`, the system clock and the default JSON error envelope.
+    /// Settings with `store`, the system clock as [`Engine::new`] reads it, and the default
+    /// JSON error envelope.
     pub fn new(store: impl Store) -> Self {
         Self::from_shared(Arc::new(store))
     }
 
     /// Settings with a store shared with other code (for example, to inspect it in tests).
     ///
-    /// Every store operation is timed and its errors counted through the `metrics` facade.
+    /// Every store operation is timed and its errors counted through the `metrics` facade, and
+    /// so are the records the store evicts before their time to live.
     pub fn from_shared(store: Arc<dyn Store>) -> Self {
         Self(Arc::new(Settings {
-            engine: Engine::from_arc(store).with_observer(StoreMetrics),
+            engine: Engine::from_arc(Arc::clone(&store)).with_observer(StoreMetrics::new(store)),
             renderer: Arc::new(JsonEnvelope::CODE),
             defaults: Policy::DEFAULT,
             header: parse_header(Policy::DEFAULT.header),

@@ -8,10 +8,16 @@
 //! | `idem_rejections_total` | counter | `code`: the error code (invalid or missing keys and scopes, bodies too large, `idempotency_overloaded`) |
 //! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release` |
 //! | `idem_store_duration_seconds` | histogram | `op` |
+//! | `idem_store_evictions_total` | counter | none: records the store evicted to make room before their time to live |
+//!
+//! A rising `idem_store_evictions_total` means the store is too small for its traffic: a retry
+//! of an evicted key runs its operation again. The embedded store counts them; size it as
+//! [`MokaStoreBuilder::max_bytes`](idem_core::store::MokaStoreBuilder::max_bytes) says.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::{IdempotencyError, StoreObserver};
+use idem_core::{IdempotencyError, Store, StoreObserver};
 
 /// A metric with one label, whose usual values are listed: the `metrics` macros keep the key
 /// of a literal label in a `static`, where a variable one costs an allocation per use. A value
@@ -74,13 +80,22 @@ pub(crate) fn refused(error: &IdempotencyError) {
         IdempotencyError::ResponseTooLarge { .. } => {
             metrics::counter!("idem_conflicts_total", "kind" => "response_too_large").increment(1);
         }
-        // Store errors are counted by the store wrapper.
+        // Store errors are counted by `StoreMetrics`, with the operation that failed.
         _ => {}
     }
 }
 
-/// Times every store operation and counts its errors.
-pub(crate) struct StoreMetrics;
+/// Times every store operation, counts its errors, and counts the records the store evicted.
+pub(crate) struct StoreMetrics {
+    store: Arc<dyn Store>,
+}
+
+impl StoreMetrics {
+    /// The metrics of `store`'s operations.
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+}
 
 impl StoreObserver for StoreMetrics {
     fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool) {
@@ -94,6 +109,11 @@ impl StoreObserver for StoreMetrics {
         .record(elapsed.as_secs_f64());
         if failed {
             metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
+        }
+        // After every operation, whichever a store counts evictions in; none costs one load.
+        let evicted = self.store.take_evictions();
+        if evicted > 0 {
+            metrics::counter!("idem_store_evictions_total").increment(evicted);
         }
     }
 }

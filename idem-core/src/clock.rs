@@ -1,11 +1,14 @@
-//! Wall-clock time as the engine sees it.
+//! Time as the engine sees it.
 //!
 //! Records carry absolute times (lease ends, expiry) so that several server processes sharing
-//! one store agree on them. The clock is injectable so that tests can move time by hand.
+//! one store agree on them: for a shared store the engine reads the wall clock. A store in this
+//! process only has nobody to agree with, and there the engine reads a [`MonotonicClock`],
+//! which a step of the wall clock does not move. The clock is injectable so that tests can
+//! move time by hand.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +53,61 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         Timestamp(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Wall-clock time read once, then moved on by the monotonic clock.
+///
+/// Its times start as the wall clock's and keep its pace (both are slewed alike by time
+/// synchronisation), but a step of the wall clock (set by an operator or by NTP at boot, a VM
+/// resumed) does not move them: a running claim does not lapse, nor a record end, because the
+/// wall clock jumped. This is the clock the engine reads for a store in this process only
+/// (see [`Store::in_process`](crate::Store::in_process)). A store shared by several processes
+/// needs the wall clock instead: each process anchors its own monotonic clock, and only wall
+/// time is common to them.
+///
+/// ```
+/// use idem_core::clock::{Clock, ManualClock, MonotonicClock, Timestamp};
+/// use std::time::Duration;
+///
+/// let wall = ManualClock::new(Timestamp::from_millis(1_000_000));
+/// let clock = MonotonicClock::anchored(&wall);
+/// wall.advance(Duration::from_secs(3600));
+/// assert!(clock.now() < Timestamp::from_millis(1_000_000 + 3_600_000));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct MonotonicClock {
+    anchor: Timestamp,
+    started: Instant,
+}
+
+impl MonotonicClock {
+    /// The process's clock, anchored on the system clock when it is first asked for: every
+    /// engine of the process then agrees on times, even one built after a step of the wall
+    /// clock.
+    pub fn new() -> Self {
+        static PROCESS: OnceLock<MonotonicClock> = OnceLock::new();
+        *PROCESS.get_or_init(|| Self::anchored(&SystemClock))
+    }
+
+    /// A clock anchored on `wall`'s time now (for tests that step a fake wall clock).
+    pub fn anchored(wall: &(impl Clock + ?Sized)) -> Self {
+        Self {
+            anchor: wall.now(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Timestamp {
+        self.anchor.saturating_add(self.started.elapsed())
     }
 }
 
@@ -104,6 +162,32 @@ mod tests {
             u64::MAX
         );
         assert_eq!(Timestamp::from_millis(5).since(late), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_monotonic_clock_keeps_time_from_its_anchor_but_not_the_wall_clocks_steps() {
+        let start = Timestamp::from_millis(1_700_000_000_000);
+        let wall = ManualClock::new(start);
+        let clock = MonotonicClock::anchored(&wall);
+        wall.advance(Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_millis(20));
+        let now = clock.now();
+        assert!(
+            now >= start.saturating_add(Duration::from_millis(20)),
+            "{now:?}"
+        );
+        assert!(
+            now < start.saturating_add(Duration::from_secs(60)),
+            "{now:?}"
+        );
+    }
+
+    #[test]
+    fn the_process_monotonic_clock_is_one_and_near_the_wall_clock() {
+        let (a, b) = (MonotonicClock::new(), MonotonicClock::new());
+        assert_eq!(a.anchor, b.anchor, "every engine of the process agrees");
+        let drift = SystemClock.now().as_millis().abs_diff(a.now().as_millis());
+        assert!(drift < 1_000, "{drift} ms from the wall clock");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::{select, Either};
 
-use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::clock::{Clock, MonotonicClock, SystemClock, Timestamp};
 use crate::digest::{Fingerprint, StoreKey};
 use crate::error::IdempotencyError;
 use crate::policy::{CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy};
@@ -113,17 +113,24 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine on `store` with the system clock.
+    /// An engine on `store`, reading the system clock: as it is for a store that processes
+    /// share, through a [`MonotonicClock`] for a store in this process only
+    /// ([`Store::in_process`]).
     pub fn new(store: impl Store) -> Self {
         Self::from_arc(Arc::new(store))
     }
 
     /// An engine on a shared store.
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
+        let clock: Arc<dyn Clock> = if store.in_process() {
+            Arc::new(MonotonicClock::new())
+        } else {
+            Arc::new(SystemClock)
+        };
         Self {
             parts: Arc::new(Parts {
                 store,
-                clock: Arc::new(SystemClock),
+                clock,
                 observer: None,
                 releasing: Arc::default(),
             }),
@@ -195,7 +202,8 @@ impl Engine {
         (now, claim)
     }
 
-    /// The same engine with another clock (for tests).
+    /// The same engine with another clock, read as it is whatever the store (for tests that
+    /// move time by hand).
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         Arc::make_mut(&mut self.parts).clock = Arc::new(clock);
@@ -207,6 +215,18 @@ impl Engine {
     /// shutdown: the releases run as tasks, which a runtime that stops would drop.
     pub async fn abandoned_released(&self) {
         self.parts.releasing.none().await;
+    }
+
+    /// The same engine, reading wall time from `wall` where [`Engine::new`] reads the
+    /// system clock: as it is for a store that processes share, once and then moved on by
+    /// monotonic time for a store in this process only.
+    #[must_use]
+    pub fn with_wall_clock(self, wall: impl Clock) -> Self {
+        if self.parts.store.in_process() {
+            self.with_clock(MonotonicClock::anchored(&wall))
+        } else {
+            self.with_clock(wall)
+        }
     }
 
     /// The store.

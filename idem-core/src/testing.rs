@@ -157,6 +157,14 @@ impl<S: Store> Store for CountingStore<S> {
     fn max_record_bytes(&self) -> Option<usize> {
         self.inner.max_record_bytes()
     }
+
+    fn in_process(&self) -> bool {
+        self.inner.in_process()
+    }
+
+    fn take_evictions(&self) -> u64 {
+        self.inner.take_evictions()
+    }
 }
 
 /// Which error a [`FaultyStore`] answers with.
@@ -308,6 +316,14 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn max_record_bytes(&self) -> Option<usize> {
         self.inner.max_record_bytes()
+    }
+
+    fn in_process(&self) -> bool {
+        self.inner.in_process()
+    }
+
+    fn take_evictions(&self) -> u64 {
+        self.inner.take_evictions()
     }
 }
 

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::testing::UnavailableStore;
-use idem_actix::{idempotent, IdempotencyConfig};
+use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
+use idem_core::store::RECORD_OVERHEAD;
 use idem_tests::{serve, Counter, RawRequest, TestServer};
 use metrics::{
     Counter as MCounter, CounterFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -75,6 +76,13 @@ impl Recorder for Captured {
 }
 
 impl Captured {
+    /// Forgets every count: the `metrics` macros register a metric again on each use, so the
+    /// next one starts from zero.
+    fn reset(&self) {
+        self.counters.lock().unwrap().clear();
+        self.samples.lock().unwrap().clear();
+    }
+
     fn count(&self, name: &str) -> u64 {
         self.counters
             .lock()
@@ -91,6 +99,27 @@ impl Captured {
     }
 }
 
+/// The process's recorder, from zero, for one test at a time: a process has one recorder, and
+/// the tests here count the same metrics.
+async fn counting() -> (tokio::sync::MutexGuard<'static, ()>, &'static Captured) {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    static RECORDER: OnceLock<Captured> = OnceLock::new();
+    let serial = SERIAL.lock().await;
+    let captured = RECORDER.get_or_init(|| {
+        let captured = Captured::default();
+        metrics::set_global_recorder(captured.clone()).expect("the only recorder");
+        captured
+    });
+    captured.reset();
+    (serial, captured)
+}
+
+fn keyed(key: &str) -> RawRequest {
+    RawRequest::post("/op")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", key)
+}
+
 #[post("/op")]
 #[idempotent]
 async fn op(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
@@ -103,16 +132,10 @@ async fn op(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
 
 #[actix_web::test]
 async fn outcomes_conflicts_rejections_and_store_calls_are_counted() {
-    let captured = Captured::default();
-    metrics::set_global_recorder(captured.clone()).expect("first recorder");
+    let (_serial, captured) = counting().await;
     let s = serve(|cfg| {
         cfg.service(op);
     });
-    let keyed = |key: &str| {
-        RawRequest::post("/op")
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", key)
-    };
     s.send(&keyed("a")).await;
     s.send(&keyed("a")).await;
     s.send(&keyed("a").body("other")).await;
@@ -136,6 +159,11 @@ async fn outcomes_conflicts_rejections_and_store_calls_are_counted() {
         captured.samples("idem_store_duration_seconds{op=release}"),
         1
     );
+    assert_eq!(
+        captured.count("idem_store_evictions_total{}"),
+        0,
+        "a store with room evicts nothing"
+    );
 
     // Store errors, from a store that is down.
     let idem = IdempotencyConfig::new(UnavailableStore);
@@ -147,4 +175,27 @@ async fn outcomes_conflicts_rejections_and_store_calls_are_counted() {
     });
     keyed("c").send(down.addr).await;
     assert_eq!(captured.count("idem_store_errors_total{op=claim}"), 1);
+}
+
+#[actix_web::test]
+async fn records_evicted_from_a_store_too_small_are_counted() {
+    let (_serial, captured) = counting().await;
+    // Room for five of the handler's records.
+    let store = MokaStore::builder()
+        .max_bytes(5 * (RECORD_OVERHEAD as u64 + 64))
+        .build();
+    let idem = IdempotencyConfig::new(store.clone());
+    let runs = web::Data::new(Counter::default());
+    let small = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(runs.clone())
+            .service(op);
+    });
+    for i in 0..200 {
+        let res = keyed(&format!("key-{i}")).send(small.addr).await;
+        assert_eq!(res.status, 201);
+    }
+    let evicted = store.evicted();
+    assert!(evicted > 100, "{evicted} of 195 evictions counted");
+    assert_eq!(captured.count("idem_store_evictions_total{}"), evicted);
 }

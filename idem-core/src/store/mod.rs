@@ -157,6 +157,23 @@ pub trait Store: Send + Sync + 'static {
     fn max_record_bytes(&self) -> Option<usize> {
         None
     }
+
+    /// Whether this store's records live in this process only, so that no other process
+    /// reads the times written in them. The engine then judges leases and expiry by a
+    /// [`MonotonicClock`](crate::clock::MonotonicClock), which a step of the wall clock does
+    /// not move. `false`, the default, for a store that processes share: the engine reads the
+    /// wall clock, the time they all understand.
+    fn in_process(&self) -> bool {
+        false
+    }
+
+    /// The records this store evicted to make room before their time to live (their keys'
+    /// retries would run again), since the last call: each eviction is answered by one call
+    /// only, so that callers can add the answers into one count. The metrics of `idem-actix`
+    /// do. 0, the default, for a store that does not evict live records or cannot tell.
+    fn take_evictions(&self) -> u64 {
+        0
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -212,6 +229,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn max_record_bytes(&self) -> Option<usize> {
         (**self).max_record_bytes()
+    }
+
+    fn in_process(&self) -> bool {
+        (**self).in_process()
+    }
+
+    fn take_evictions(&self) -> u64 {
+        (**self).take_evictions()
     }
 }
 

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,97 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// Claims per stripe beyond which lapsed ones (whose holder vanished without releasing them)
 /// are swept out when a new claim is written.
 const SWEEP_ABOVE: usize = 64;
+
+/// After a warning that records are being evicted, how long before the next one.
+const EVICTION_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Evictions between two looks at the time for a due warning: a full store evicts on every
+/// write, and reading the clock on each would cost the write path more than the warning is
+/// worth. A warning comes at most this many evictions late.
+const EVICTIONS_BETWEEN_LOOKS: u64 = 64;
+
+/// Records evicted to make room before their time to live, and the warnings of them.
+///
+/// An evicted record shortens the promise silently: a retry of its key runs the operation
+/// again. So they are counted, reported to metrics through [`Store::take_evictions`], and
+/// warned of when they start, then at most once every [`EVICTION_WARNING_EVERY`].
+///
+/// A write that finds the store full counts as one record evicted: the cache then evicts the
+/// least recently used records until the new one fits, about one for one. The cache's own
+/// eviction listener would count exactly, but moka then locks every key it writes, which
+/// made an insert into a full cache half as slow again or more (the `store` bench); the
+/// fullness of the cache is one atomic load.
+#[derive(Debug)]
+struct Evictions {
+    /// Writes that found the store full.
+    count: AtomicU64,
+    /// The count that [`Store::take_evictions`] has answered up to.
+    taken: AtomicU64,
+    /// The count at which a write next looks whether a warning is due.
+    next_look: AtomicU64,
+    /// The count at the last warning.
+    warned: AtomicU64,
+    /// Milliseconds from `since` before which no new warning is given.
+    quiet_until: AtomicU64,
+    since: Instant,
+    max_bytes: u64,
+}
+
+impl Evictions {
+    fn new(max_bytes: u64) -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            next_look: AtomicU64::new(1),
+            warned: AtomicU64::new(0),
+            quiet_until: AtomicU64::new(0),
+            since: Instant::now(),
+            max_bytes,
+        }
+    }
+
+    /// Counts a write of `weight` bytes into a cache holding `held` bytes (as its
+    /// housekeeping last left it), and warns if a warning is due.
+    fn write(&self, held: u64, weight: u32) {
+        if held.saturating_add(u64::from(weight)) <= self.max_bytes {
+            return;
+        }
+        let count = self.count.fetch_add(1, Relaxed) + 1;
+        if count >= self.next_look.load(Relaxed) {
+            self.look(count);
+        }
+    }
+
+    #[cold]
+    fn look(&self, count: u64) {
+        self.next_look
+            .fetch_max(count + EVICTIONS_BETWEEN_LOOKS, Relaxed);
+        if let Some(evicted) = self.warning_due(count, self.since.elapsed()) {
+            tracing::warn!(
+                evicted,
+                total = count,
+                max_bytes = self.max_bytes,
+                "the embedded idempotency store is full and evicts records before their time to live, so their retries would run again; raise MokaStoreBuilder::max_bytes to about writes per second x TTL in seconds x ({RECORD_OVERHEAD} + response bytes)"
+            );
+        }
+    }
+
+    /// The evictions to warn of, counted up to `count`, when a warning is due at `at` from
+    /// `since`; `None` when the last warning is too recent, nothing was evicted since, or
+    /// another write took this one.
+    fn warning_due(&self, count: u64, at: Duration) -> Option<u64> {
+        let at = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+        let quiet_until = self.quiet_until.load(Relaxed);
+        if at < quiet_until || count <= self.warned.load(Relaxed) {
+            return None;
+        }
+        let next = at.saturating_add(EVICTION_WARNING_EVERY.as_millis() as u64);
+        self.quiet_until
+            .compare_exchange(quiet_until, next, Relaxed, Relaxed)
+            .ok()?;
+        Some(count.saturating_sub(self.warned.fetch_max(count, Relaxed))).filter(|n| *n > 0)
+    }
+}
 
 fn weight(record: &Completed) -> u32 {
     u32::try_from(RECORD_OVERHEAD + record.response.held_bytes()).unwrap_or(u32::MAX)
@@ -152,6 +244,7 @@ pub struct MokaStore {
     completed: Cache<Slot, Completed, SlotHashing>,
     claims: Arc<[Stripe; 256]>,
     max_bytes: u64,
+    evictions: Arc<Evictions>,
 }
 
 impl MokaStore {
@@ -179,6 +272,20 @@ impl MokaStore {
     pub async fn weighted_size(&self) -> u64 {
         self.completed.run_pending_tasks();
         self.completed.weighted_size()
+    }
+
+    /// The records evicted so far to make room before their time to live: each is a key
+    /// whose retry would run its operation again. Records that lapse are not counted.
+    ///
+    /// Counted as the writes that found the store full, each of which evicts about one
+    /// record, the least recently used. Fullness is the cache's size as its housekeeping
+    /// (every 64 writes or so) last left it: the writes that fill a store go uncounted until
+    /// its housekeeping sees it full, and records that lapsed make room only once it has
+    /// removed them.
+    ///
+    /// `idem-actix` exports the same count as `idem_store_evictions_total`.
+    pub fn evicted(&self) -> u64 {
+        self.evictions.count.load(Relaxed)
     }
 
     /// Every record held, for tests and diagnostics (a full scan): the claims, then the
@@ -258,6 +365,20 @@ impl MokaStoreBuilder {
     /// The most bytes of completed records to hold: response bytes plus a fixed overhead of
     /// [`RECORD_OVERHEAD`] (480 bytes) per record, what each costs the cache beyond its
     /// response. Default 256 MiB.
+    ///
+    /// Size it for the records one time to live brings in:
+    ///
+    /// > bytes ≈ writes per second × TTL in seconds × (`RECORD_OVERHEAD` + average response
+    /// > bytes)
+    ///
+    /// where a write is a keyed request that ran and was recorded (replays write nothing), and
+    /// a response's bytes are its body and recorded headers. For example, 20 writes per second
+    /// of 1 KiB responses kept 24 h need 20 × 86,400 × (480 + 1,024) ≈ 2.6 GB; the default
+    /// 256 MiB keeps a day of about 2 such writes per second. A store too small evicts the
+    /// least recently used records before their time to live, and a retry of an evicted key
+    /// runs its operation again: evictions are counted ([`MokaStore::evicted`], the metric
+    /// `idem_store_evictions_total` in `idem-actix`) and warned of in the log when they start,
+    /// then at most once a minute.
     pub fn max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
@@ -281,6 +402,7 @@ impl MokaStoreBuilder {
                 Mutex::new(HashMap::with_hasher(hashing))
             })),
             max_bytes: self.max_bytes,
+            evictions: Arc::new(Evictions::new(self.max_bytes)),
         }
     }
 }
@@ -350,9 +472,12 @@ impl Store for MokaStore {
         let mut claims = self.stripe(key);
         let held = claims.get(key).is_some_and(|c| c.token == token);
         if held {
+            let filled = self.completed.weighted_size();
             // Record first, then drop the claim, both under the lock: no reader sees neither.
             self.completed.insert(key.first_128(), record);
             claims.remove(key);
+            drop(claims);
+            self.evictions.write(filled, weight);
         }
         StoreFuture::ready(Ok(held))
     }
@@ -370,15 +495,31 @@ impl Store for MokaStore {
         }
         StoreFuture::ready(Ok(held))
     }
+
+    fn in_process(&self) -> bool {
+        true
+    }
+
+    fn take_evictions(&self) -> u64 {
+        let count = self.evictions.count.load(Relaxed);
+        // A load first: the common answer, none, writes nothing another thread must see.
+        if count == self.evictions.taken.load(Relaxed) {
+            return 0;
+        }
+        count.saturating_sub(self.evictions.taken.fetch_max(count, Relaxed))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::digest::Fingerprint;
-    use crate::engine::{Begin, Engine};
+    use crate::engine::{Begin, Engine, Outcome};
+    use crate::error::IdempotencyError;
     use crate::policy::Policy;
     use crate::record::Response;
+    use futures_util::FutureExt;
 
     #[tokio::test]
     async fn moka_store_conforms() {
@@ -471,6 +612,218 @@ mod tests {
                 Err(crate::IdempotencyError::ResponseTooLarge { status: 201, .. })
             ),
             "the retry must learn that the operation completed: {retry:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_step_of_the_wall_clock_neither_lapses_a_running_claim_nor_ends_a_record_early() {
+        let wall = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+        let engine = Engine::new(MokaStore::new()).with_wall_clock(wall.clone());
+        let policy = Policy::DEFAULT;
+        let (key, fp) = (
+            StoreKey::from_bytes([3; 32]),
+            Fingerprint::new("POST", "/", "", b""),
+        );
+        let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+            panic!("a new key is claimed");
+        };
+        // The wall clock steps past the lease (NTP, an operator, a VM resumed).
+        wall.advance(policy.lease + Duration::from_secs(3600));
+        assert!(
+            matches!(
+                engine.begin(&policy, key, fp).await,
+                Err(IdempotencyError::InFlight)
+            ),
+            "a duplicate of the running request conflicts instead of running again"
+        );
+        let outcome = lease.finish(Response::new(201, [], b"x")).await.unwrap();
+        assert_eq!(outcome, Outcome::Recorded);
+        // And past the record's time to live.
+        wall.advance(policy.ttl + Duration::from_secs(3600));
+        assert!(
+            matches!(engine.begin(&policy, key, fp).await, Ok(Begin::Replay(_))),
+            "the record is replayed for its whole time to live"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shared_store_follows_the_wall_clock_so_a_step_past_the_lease_lapses_a_claim() {
+        // The limit: processes sharing a store agree on times through the wall clock alone.
+        let wall = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
+        let engine = Engine::new(Shared(MokaStore::new())).with_wall_clock(wall.clone());
+        let policy = Policy::DEFAULT;
+        let (key, fp) = (
+            StoreKey::from_bytes([4; 32]),
+            Fingerprint::new("POST", "/", "", b""),
+        );
+        let Ok(Begin::Execute(_running)) = engine.begin(&policy, key, fp).await else {
+            panic!("a new key is claimed");
+        };
+        wall.advance(policy.lease + Duration::from_secs(1));
+        assert!(
+            matches!(engine.begin(&policy, key, fp).await, Ok(Begin::Execute(_))),
+            "past the lease by the wall clock, the claim has lapsed"
+        );
+    }
+
+    /// The embedded store, as a store shared by several processes would be seen.
+    struct Shared(MokaStore);
+
+    impl Store for Shared {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            self.0.claim(key, claim, now)
+        }
+
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            self.0.get(key, now)
+        }
+
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            lease_until: Timestamp,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.0.extend(key, token, lease_until, now)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.0.complete(key, token, record, now)
+        }
+
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            self.0.release(key, token)
+        }
+    }
+
+    /// Claims and completes `n` new keys, from `first`, each kept for `ttl`.
+    fn write(store: &MokaStore, first: u32, n: u32, ttl: Duration) {
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        for i in first..first + n {
+            let mut key = [0; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            let key = StoreKey::from_bytes(key);
+            let fingerprint = Fingerprint::new("POST", "/", "", b"");
+            let claim = InFlight {
+                fingerprint,
+                lease_until: now.saturating_add(Duration::from_secs(60)),
+                token: Token::random(),
+            };
+            let record = Completed {
+                fingerprint,
+                response: Response::new(201, [], &[b'x'; 64]),
+                completed_at: now,
+                expires_at: now.saturating_add(ttl),
+            };
+            let claimed = store.claim(&key, claim, now).now_or_never();
+            assert_eq!(claimed.unwrap().unwrap(), Claim::Claimed);
+            let completed = store
+                .complete(&key, claim.token, record, now)
+                .now_or_never();
+            assert!(completed.unwrap().unwrap(), "key {i} is recorded");
+        }
+    }
+
+    /// A store with room for about `records` of those [`write`] writes.
+    fn room_for(records: u64) -> MokaStore {
+        let weight = RECORD_OVERHEAD + Response::new(201, [], &[b'x'; 64]).held_bytes();
+        MokaStore::builder()
+            .max_bytes(records * weight as u64)
+            .build()
+    }
+
+    #[tokio::test]
+    async fn records_evicted_to_make_room_are_counted_and_taken_once() {
+        let store = room_for(40);
+        write(&store, 0, 40, Duration::from_secs(86_400));
+        assert_eq!(store.entry_count().await, 40);
+        assert_eq!(store.evicted(), 0, "a store just full has evicted nothing");
+        write(&store, 40, 200, Duration::from_secs(86_400));
+        let held = store.entry_count().await;
+        assert!((39..=40).contains(&held), "{held} records held");
+        assert_eq!(
+            store.evicted(),
+            200,
+            "each write into the full store evicts one"
+        );
+        assert_eq!(store.take_evictions(), 200);
+        assert_eq!(store.take_evictions(), 0, "each eviction is taken once");
+        write(&store, 240, 10, Duration::from_secs(86_400));
+        assert_eq!(store.take_evictions(), 10, "then only the new ones");
+    }
+
+    #[tokio::test]
+    async fn evictions_of_a_store_filling_up_are_counted_once_its_housekeeping_sees_it_full() {
+        // The writes that fill it past its room before its housekeeping runs go uncounted.
+        let store = room_for(40);
+        write(&store, 0, 240, Duration::from_secs(86_400));
+        let evicted = 240 - store.entry_count().await;
+        assert!(
+            (evicted - 64..=evicted).contains(&store.evicted()),
+            "{} counted of {evicted} evicted",
+            store.evicted()
+        );
+    }
+
+    #[tokio::test]
+    async fn records_that_lapse_are_not_counted_as_evicted() {
+        // Full of records that lapse; then as many again, in the room they left.
+        let store = room_for(50);
+        write(&store, 0, 50, Duration::from_millis(1));
+        assert_eq!(store.entry_count().await, 50, "all are held at first");
+        // The cache's own clock, which cannot be faked from here, ends them, and its timer
+        // wheel removes them at its next tick (about a second).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.entry_count().await > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(store.entry_count().await, 0, "all have lapsed");
+        write(&store, 50, 50, Duration::from_secs(86_400));
+        assert_eq!(store.entry_count().await, 50);
+        assert_eq!(store.evicted(), 0);
+        assert_eq!(store.take_evictions(), 0);
+    }
+
+    #[test]
+    fn evictions_are_warned_of_when_they_start_then_at_most_once_a_minute() {
+        let evictions = Evictions::new(1 << 20);
+        let secs = Duration::from_secs;
+        assert_eq!(
+            evictions.warning_due(5, secs(0)),
+            Some(5),
+            "the first, at once"
+        );
+        assert_eq!(
+            evictions.warning_due(90, secs(30)),
+            None,
+            "not within the minute"
+        );
+        assert_eq!(
+            evictions.warning_due(100, secs(61)),
+            Some(95),
+            "then those since"
+        );
+        assert_eq!(
+            evictions.warning_due(100, secs(200)),
+            None,
+            "none new, no warning"
+        );
+        assert_eq!(
+            evictions.warning_due(101, secs(201)),
+            Some(1),
+            "a new one, at once"
         );
     }
 

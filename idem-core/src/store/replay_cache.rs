@@ -234,6 +234,14 @@ impl<S: Store> Store for ReplayCache<S> {
     fn max_record_bytes(&self) -> Option<usize> {
         self.inner.max_record_bytes()
     }
+
+    fn in_process(&self) -> bool {
+        self.inner.in_process()
+    }
+
+    fn take_evictions(&self) -> u64 {
+        self.inner.take_evictions()
+    }
 }
 
 #[cfg(test)]
