@@ -82,6 +82,10 @@ mod middleware;
 mod render;
 mod request_id;
 
+#[cfg(feature = "postgres")]
+pub use idem_core::store::{
+    ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionalClaim,
+};
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
 pub use idem_core::{
