@@ -216,8 +216,12 @@ async fn a_replay_is_one_statement_that_writes_nothing() {
         .complete(&key(1), claim.token, record.clone(), t)
         .await
         .unwrap());
-    // xmin names the transaction that wrote the row's current version.
-    let sql = format!("SELECT xmin::text FROM {} WHERE key = $1", store.table());
+    // xmin names the transaction that wrote the row's current version, xmax the last one
+    // that locked it: a replay that locked the row would make its commit wait for the disk.
+    let sql = format!(
+        "SELECT xmin::text || ' ' || xmax::text FROM {} WHERE key = $1",
+        store.table()
+    );
     let version = || {
         sqlx::query_scalar::<_, String>(&sql)
             .bind(*key(1).as_bytes())
@@ -230,7 +234,11 @@ async fn a_replay_is_one_statement_that_writes_nothing() {
             Claim::Existing(Record::Completed(record.clone()))
         );
     }
-    assert_eq!(version().await.unwrap(), before, "a replay wrote the row");
+    assert_eq!(
+        version().await.unwrap(),
+        before,
+        "a replay wrote or locked the row"
+    );
 }
 
 #[actix_web::test]
@@ -599,6 +607,52 @@ async fn lapsed_rows_are_purged_in_bounded_batches() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[actix_web::test]
+async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("slow"))
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let db = inspect(&pg).await;
+    // Another session holds the table, so that the store's statements wait on it.
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        store.table()
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let err = store
+        .claim(&key(1), in_flight(now()), now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Timeout), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Through the engine, that is the layer's 503.
+    let err = Engine::new(store.clone())
+        .begin(&Policy::DEFAULT, key(2), fingerprint())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (503, "idempotency_store_unavailable")
+    );
+
+    blocker.rollback().await.unwrap();
+    let t = now();
+    assert_eq!(
+        store.claim(&key(3), in_flight(t), t).await.unwrap(),
+        Claim::Claimed
+    );
 }
 
 #[derive(Clone)]

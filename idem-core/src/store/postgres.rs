@@ -71,9 +71,13 @@ impl Statements {
             schema: schema!().replace(DEFAULT_TABLE, table),
             // $1 key, $2 token, $3 fingerprint, $4 lease end, $5 purge at, $6 now.
             claim: format!(
-                "WITH claimed AS (
+                "WITH seen AS (
+                    SELECT {COLUMNS} FROM {table} WHERE key = $1
+                ),
+                claimed AS (
                     INSERT INTO {table} AS r (key, kind, token, fingerprint, lapses_at, purge_at)
-                    VALUES ($1, 'F', $2, $3, $4, $5)
+                    SELECT $1, 'F', $2, $3, $4, $5
+                    WHERE NOT EXISTS (SELECT 1 FROM seen WHERE lapses_at > $6)
                     ON CONFLICT (key) DO UPDATE SET
                         kind = 'F', token = excluded.token, fingerprint = excluded.fingerprint,
                         lapses_at = excluded.lapses_at, purge_at = excluded.purge_at,
@@ -82,9 +86,9 @@ impl Statements {
                     WHERE r.lapses_at <= $6
                     RETURNING 1
                 )
-                SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, {COLUMNS}
+                SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, seen.*
                 FROM (VALUES (1)) AS one (x)
-                LEFT JOIN {table} ON key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
+                LEFT JOIN seen ON NOT EXISTS (SELECT 1 FROM claimed)"
             ),
             // $1 key, $2 now.
             get: format!("SELECT {COLUMNS} FROM {table} WHERE key = $1 AND lapses_at > $2"),
@@ -143,11 +147,12 @@ impl Statements {
 ///
 /// Each [`Store`] operation is one statement on a pooled connection, one round trip once the
 /// connection has prepared it:
-/// - claim: `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <the row has lapsed>` in a
-///   common table expression, which claims a free key, takes over a lapsed one, or leaves a
-///   live record alone, and a `SELECT` of the live record in the same statement. A replay
-///   writes nothing. The one exception: a claim racing another claim of the same key, where
-///   the other's row was committed after this statement began, cannot see that row (the
+/// - claim: a `SELECT` of the key's row and, only when that finds no live record, an
+///   `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <the row has lapsed>`, which claims a
+///   free key or takes over a lapsed one in the same statement. A replay or a duplicate
+///   reads only: it neither writes nor locks the row, so its commit does not wait for the
+///   disk. The one exception to one round trip: a claim racing another claim of the same
+///   key, whose row was committed after this statement began, cannot see that row (the
 ///   statement reads the snapshot it started with), so it runs again, and then sees it;
 /// - get: a `SELECT` of the row if it has not lapsed;
 /// - extend, complete, release: an `UPDATE` or `DELETE` of the row only while it is a claim
