@@ -12,6 +12,14 @@
 //! criterion group: the replay of a completed record by [`RedisStore`] alone (one round
 //! trip), and through a [`ReplayCache`] in front of it (none).
 //!
+//! Then, with criterion, a new key (claim and completion) and a replay (a claim that finds
+//! the completed record) through each store: the embedded one, Redis (a `redis-server` the
+//! bench starts, or `IDEM_TEST_REDIS_URL`), and Postgres at `IDEM_TEST_DATABASE_URL` (skipped
+//! with a message without it: a server started here would run without `fsync`, which is not
+//! what a durable store costs). A new key is two round trips to Redis or Postgres, a replay
+//! one. The Postgres rows live a minute, in the table `idem_bench`, and the store purges them
+//! later by itself.
+//!
 //! `cargo bench -p idem-examples --bench store`
 
 use std::collections::HashMap;
@@ -22,9 +30,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use idem_actix::RedisStore;
-use idem_core::clock::Timestamp;
-use idem_core::store::{Claim, ReplayCache, RECORD_OVERHEAD};
+use idem_core::clock::{Clock, SystemClock, Timestamp};
+use idem_core::store::{Claim, PostgresStore, RedisStore, ReplayCache, RECORD_OVERHEAD};
 use idem_core::{
     Completed, Fingerprint, InFlight, MokaStore, Record, Response, Store, StoreKey, Token,
 };
@@ -180,6 +187,112 @@ fn main() {
         println!("| {name} | {:.0} ns |", times[times.len() / 2]);
     }
     redis_replays(&response, fingerprint);
+    let mut criterion = Criterion::default().configure_from_args();
+    through_each_store(&mut criterion);
+    criterion.final_summary();
+}
+
+/// A fresh store key: a counter spread over the key's first bytes, and a random tail, so that
+/// runs against a server that keeps its rows do not meet each other's keys.
+fn fresh_key() -> StoreKey {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut key = [0; 32];
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    key[8..24].copy_from_slice(&Token::random().as_u128().to_be_bytes());
+    StoreKey::from_bytes(key)
+}
+
+/// A claim as the engine writes it, at `now`.
+fn bench_claim(now: Timestamp) -> InFlight {
+    InFlight {
+        fingerprint: Fingerprint::new("POST", "/idem/echo", "", b"{}"),
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        token: Token::random(),
+    }
+}
+
+/// A new key: a claim and a completion of a fresh key, at the engine's clock. Returns the key.
+async fn new_key(store: &dyn Store, ttl: Duration) -> StoreKey {
+    let now = SystemClock.now();
+    let claim = bench_claim(now);
+    let key = fresh_key();
+    assert_eq!(store.claim(&key, claim, now).await.unwrap(), Claim::Claimed);
+    let body = br#"{"id":"call_1","agent_id":"agent_1","phone_number":"+15555550123"}"#;
+    let record = Completed {
+        fingerprint: claim.fingerprint,
+        response: Response::new(201, [("content-type", &b"application/json"[..])], body),
+        completed_at: now,
+        expires_at: now.saturating_add(ttl),
+    };
+    assert!(store
+        .complete(&key, claim.token, record, now)
+        .await
+        .unwrap());
+    key
+}
+
+/// New keys and replays through the embedded store, Redis and Postgres, where they can be had.
+fn through_each_store(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let _entered = rt.enter();
+    let redis = TestRedis::start();
+    let mut stores: Vec<(&str, Box<dyn Store>, Duration)> =
+        vec![("moka", Box::new(MokaStore::new()), DAY)];
+    if let Some(redis) = &redis {
+        let store = RedisStore::builder(redis.url())
+            .prefix("idem-bench:")
+            .build()
+            .expect("Redis URL");
+        stores.push(("redis", Box::new(store), Duration::from_secs(60)));
+    }
+    match std::env::var("IDEM_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let store = PostgresStore::builder(url)
+                .table("idem_bench")
+                .build()
+                .expect("a Postgres URL");
+            rt.block_on(store.migrate()).expect("create the bench table");
+            stores.push(("postgres", Box::new(store), Duration::from_secs(60)));
+        }
+        _ => eprintln!(
+            "postgres skipped: set IDEM_TEST_DATABASE_URL=postgres://user@127.0.0.1:5432/db to bench the Postgres store"
+        ),
+    }
+    let mut group = c.benchmark_group("store");
+    for (name, store, ttl) in &stores {
+        let store = &**store;
+        group.bench_function(format!("{name}/new key"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        new_key(store, *ttl).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        let key = rt.block_on(new_key(store, *ttl));
+        group.bench_function(format!("{name}/replay"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let now = SystemClock.now();
+                        let found = store.claim(&key, bench_claim(now), now).await.unwrap();
+                        assert!(matches!(found, Claim::Existing(Record::Completed(_))));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
 }
 
 /// Replays of one completed record on Redis, with and without the replay cache.

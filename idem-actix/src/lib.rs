@@ -83,6 +83,10 @@ mod render;
 mod request_id;
 mod scope;
 
+#[cfg(feature = "postgres")]
+pub use idem_core::store::{
+    ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionalClaim,
+};
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
 pub use idem_core::{

@@ -691,3 +691,207 @@ impl Drop for TestRedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A PostgreSQL for tests: our own server (`initdb` and `pg_ctl` of Debian's `postgresql`, as
+/// the `postgres` user when the tests run as root, since Postgres refuses root) in a temporary
+/// directory on a free loopback port, or the one named by `IDEM_TEST_DATABASE_URL`.
+pub struct TestPostgres {
+    url: String,
+    server: Option<PgServer>,
+}
+
+/// A server this test started: its binaries, directory and port.
+struct PgServer {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    as_postgres_user: bool,
+    running: bool,
+}
+
+impl TestPostgres {
+    /// Starts one, or `None` (the test should skip) when there is no PostgreSQL to start and
+    /// no `IDEM_TEST_DATABASE_URL`. With `IDEM_REQUIRE_POSTGRES=1`, a missing PostgreSQL
+    /// panics instead.
+    pub fn start() -> Option<Self> {
+        if let Ok(url) = std::env::var("IDEM_TEST_DATABASE_URL") {
+            if !url.is_empty() {
+                return Some(Self { url, server: None });
+            }
+        }
+        match PgServer::init() {
+            Ok(server) => Some(Self {
+                url: format!(
+                    "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+                    server.port
+                ),
+                server: Some(server),
+            }),
+            Err(e) if std::env::var("IDEM_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("IDEM_REQUIRE_POSTGRES=1 but PostgreSQL could not start: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: no PostgreSQL for this test ({e}); install postgresql or set IDEM_TEST_DATABASE_URL");
+                None
+            }
+        }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this test started the server (and so can stop and restart it).
+    pub fn owned(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// A table name no other test run uses, for a server the tests may share.
+    pub fn table(&self, name: &str) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        format!(
+            "{name}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Stops the server at once, as a crash would (an outage); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(server) = &mut self.server {
+            server.stop();
+        }
+    }
+
+    /// Starts it again on the same port, with the data it had.
+    pub fn restart(&mut self) {
+        let server = self
+            .server
+            .as_mut()
+            .expect("an external server cannot be restarted");
+        server.stop();
+        server.start().expect("restart PostgreSQL");
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        if let Some(server) = &mut self.server {
+            server.stop();
+            let _ = std::fs::remove_dir_all(&server.dir);
+        }
+    }
+}
+
+impl PgServer {
+    /// The newest `initdb` and `pg_ctl` installed (Debian keeps them off the PATH).
+    fn bin() -> Result<std::path::PathBuf, String> {
+        let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|e| format!("/usr/lib/postgresql: {e}"))?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let version = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("initdb").exists().then_some((version, bin))
+            })
+            .collect();
+        versions.sort();
+        versions
+            .pop()
+            .map(|(_, bin)| bin)
+            .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".into())
+    }
+
+    fn init() -> Result<Self, String> {
+        let bin = Self::bin()?;
+        let as_postgres_user = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|out| out.stdout.starts_with(b"0\n"))
+            .unwrap_or(false);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("a free port: {e}"))?
+            .port();
+        let dir = std::env::temp_dir().join(format!("idem-pg-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut server = Self {
+            bin,
+            dir,
+            port,
+            as_postgres_user,
+            running: false,
+        };
+        if as_postgres_user {
+            server.run("chown", |cmd| {
+                cmd.arg("postgres:").arg(&server.dir);
+            })?;
+        }
+        let data = server.dir.join("data");
+        server.run(server.bin.join("initdb"), |cmd| {
+            cmd.arg("-D")
+                .arg(&data)
+                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
+                .args(["--locale=C", "--no-sync"]);
+        })?;
+        server.start()?;
+        Ok(server)
+    }
+
+    /// Runs `program` (through `runuser -u postgres` when we are root) and waits for it.
+    fn run(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl FnOnce(&mut std::process::Command),
+    ) -> Result<(), String> {
+        let program = program.as_ref();
+        let mut cmd = if self.as_postgres_user && program != "chown" {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(program);
+            cmd
+        } else {
+            std::process::Command::new(program)
+        };
+        args(&mut cmd);
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", program.to_string_lossy()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed: {}{}",
+                program.to_string_lossy(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let (data, log) = (self.dir.join("data"), self.dir.join("log"));
+        self.run(self.bin.join("pg_ctl"), |cmd| {
+            cmd.arg("-D").arg(&data).arg("-l").arg(&log);
+            cmd.args(["-w", "-t", "30", "-o", &options, "start"]);
+        })?;
+        self.running = true;
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if std::mem::take(&mut self.running) {
+            let data = self.dir.join("data");
+            let _ = self.run(self.bin.join("pg_ctl"), |cmd| {
+                cmd.arg("-D").arg(&data);
+                cmd.args(["-m", "immediate", "-w", "stop"]);
+            });
+        }
+    }
+}

@@ -12,11 +12,17 @@ use crate::record::{Completed, InFlight, Record, Token};
 
 pub mod codec;
 mod moka;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod replay_cache;
 
 pub use self::moka::{MokaStore, MokaStoreBuilder, RECORD_OVERHEAD};
+#[cfg(feature = "postgres")]
+pub use self::postgres::{
+    ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionalClaim,
+};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::replay_cache::ReplayCache;

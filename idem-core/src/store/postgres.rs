@@ -1,0 +1,1123 @@
+//! The Postgres store: durable records, and records that commit in the same transaction as
+//! the operation's own writes. Its design and guarantees are in [`PostgresStore`]'s docs.
+
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Postgres, Row};
+
+use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
+use crate::clock::Timestamp;
+use crate::digest::{Fingerprint, StoreKey};
+use crate::record::{Completed, InFlight, Record, Response, Token};
+
+/// The table's SQL, for the default table name: shown in [`PostgresStore`]'s docs and run by
+/// [`PostgresStore::migrate`], so the two cannot differ.
+macro_rules! schema {
+    () => {
+        "CREATE TABLE IF NOT EXISTS idem_records (
+    key          bytea   PRIMARY KEY,  -- the store key: SHA-256 of scope, route and key
+    kind         text    NOT NULL CHECK (kind IN ('F', 'C')),  -- F in flight, C completed
+    token        bytea   NOT NULL,     -- fencing token of the claim that wrote the row
+    fingerprint  bytea   NOT NULL,     -- SHA-256 of the request
+    lapses_at    bigint  NOT NULL,     -- ms since the Unix epoch: end of lease (F), expiry (C)
+    purge_at     bigint  NOT NULL,     -- when the row may be deleted
+    status       integer,              -- completed: the response's status
+    completed_at bigint,               -- completed: when, in ms since the Unix epoch
+    headers      bytea,                -- completed: the headers, packed
+    body         bytea,                -- completed: the body; NULL when too large to keep
+    omitted_size bigint                -- completed, too large to keep: the response's size
+);
+CREATE INDEX IF NOT EXISTS idem_records_purge_at ON idem_records (purge_at);"
+    };
+}
+
+/// The table name in [`schema!`], replaced by the configured one.
+const DEFAULT_TABLE: &str = "idem_records";
+
+/// How many times a claim runs again when it raced a claim it could not see (see
+/// [`PostgresStore`]'s docs). Each run needs yet another concurrent change of the same key to fail.
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// The most batches one automatic purge deletes before it waits for its next turn.
+const PURGE_BATCHES_PER_RUN: usize = 64;
+
+/// The columns a record is read from, in this order.
+const COLUMNS: &str =
+    "kind, token, fingerprint, lapses_at, status, completed_at, headers, body, omitted_size";
+
+/// The statements of one table, written once when the store is built: sqlx prepares each
+/// once per connection, keyed by its text.
+#[derive(Debug)]
+struct Statements {
+    table: String,
+    schema: String,
+    claim: String,
+    get: String,
+    extend: String,
+    complete: String,
+    release: String,
+    purge: String,
+}
+
+impl Statements {
+    fn new(table: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            schema: schema!().replace(DEFAULT_TABLE, table),
+            // $1 key, $2 token, $3 fingerprint, $4 lease end, $5 purge at, $6 now.
+            claim: format!(
+                "WITH seen AS (
+                    SELECT {COLUMNS} FROM {table} WHERE key = $1
+                ),
+                claimed AS (
+                    INSERT INTO {table} AS r (key, kind, token, fingerprint, lapses_at, purge_at)
+                    SELECT $1, 'F', $2, $3, $4, $5
+                    WHERE NOT EXISTS (SELECT 1 FROM seen WHERE lapses_at > $6)
+                    ON CONFLICT (key) DO UPDATE SET
+                        kind = 'F', token = excluded.token, fingerprint = excluded.fingerprint,
+                        lapses_at = excluded.lapses_at, purge_at = excluded.purge_at,
+                        status = NULL, completed_at = NULL, headers = NULL, body = NULL,
+                        omitted_size = NULL
+                    WHERE r.lapses_at <= $6
+                    RETURNING 1
+                )
+                SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, seen.*
+                FROM (VALUES (1)) AS one (x)
+                LEFT JOIN seen ON NOT EXISTS (SELECT 1 FROM claimed)"
+            ),
+            // $1 key, $2 now.
+            get: format!("SELECT {COLUMNS} FROM {table} WHERE key = $1 AND lapses_at > $2"),
+            // $1 key, $2 token, $3 lease end, $4 purge at.
+            extend: format!(
+                "UPDATE {table} SET lapses_at = $3, purge_at = $4
+                 WHERE key = $1 AND token = $2 AND kind = 'F'"
+            ),
+            // $1 key, $2 token, $3 fingerprint, $4 expiry, $5 status, $6 completed at,
+            // $7 headers, $8 body, $9 omitted size.
+            complete: format!(
+                "UPDATE {table} SET kind = 'C', fingerprint = $3, lapses_at = $4, purge_at = $4,
+                     status = $5, completed_at = $6, headers = $7, body = $8, omitted_size = $9
+                 WHERE key = $1 AND token = $2 AND kind = 'F'"
+            ),
+            // $1 key, $2 token.
+            release: format!("DELETE FROM {table} WHERE key = $1 AND token = $2 AND kind = 'F'"),
+            // $1 now, $2 batch size.
+            purge: format!(
+                "DELETE FROM {table} WHERE purge_at <= $1 AND key IN (
+                     SELECT key FROM {table} WHERE purge_at <= $1
+                     ORDER BY purge_at LIMIT $2 FOR UPDATE SKIP LOCKED
+                 )"
+            ),
+        }
+    }
+}
+
+/// A store on PostgreSQL: durable records, shared by every server process that points at
+/// the same table, and completions that commit with the operation's own writes (see
+/// [`PostgresStore::transaction`] and the [store's docs](PostgresStore)).
+///
+/// Each statement has a timeout, past which the request answers 503
+/// `idempotency_store_unavailable` (or runs unprotected, with
+/// [`PostgresStoreBuilder::fail_open`]); so does a connection that cannot be had.
+///
+/// Clones share the pool.
+///
+/// # The table
+///
+/// One row per record, under the store key. [`PostgresStore::migrate`] creates the table (and
+/// its index) if it is missing; this is its SQL for the default name, `idem_records` (another
+/// name replaces `idem_records` throughout):
+///
+/// ```sql
+#[doc = schema!()]
+/// ```
+///
+/// Times are milliseconds since the Unix epoch, as the engine's clock gives them, so that the
+/// rows judge leases by the same clock as the engine does (and as several processes sharing
+/// the table do). A lapsed claim is kept for [`LAPSED_CLAIM_GRACE`] beyond its lease, so that a
+/// slow holder nobody displaced can still record its response; every read treats it as
+/// absent all the same.
+///
+/// # One statement per operation
+///
+/// Each [`Store`] operation is one statement on a pooled connection, one round trip once the
+/// connection has prepared it:
+/// - claim: a `SELECT` of the key's row and, only when that finds no live record, an
+///   `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <the row has lapsed>`, which claims a
+///   free key or takes over a lapsed one in the same statement. A replay or a duplicate
+///   reads only: it neither writes nor locks the row, so its commit does not wait for the
+///   disk. The one exception to one round trip: a claim racing another claim of the same
+///   key, whose row was committed after this statement began, cannot see that row (the
+///   statement reads the snapshot it started with), so it runs again, and then sees it;
+/// - get: a `SELECT` of the row if it has not lapsed;
+/// - extend, complete, release: an `UPDATE` or `DELETE` of the row only while it is a claim
+///   held by the caller's token.
+///
+/// The pool does not test a connection before handing it out, which would cost a round trip
+/// per operation; sqlx tests it when it comes back instead, off the request's path, and closes
+/// it if it broke, so the pool recovers by itself when Postgres comes back.
+///
+/// # Purging
+///
+/// Lapsed rows are dead to every read at once and deleted later, in batches of at most
+/// [`PostgresStoreBuilder::purge_batch`] rows per statement (each its own short transaction,
+/// skipping rows that another statement holds). The store purges by itself: at most once per
+/// [`PostgresStoreBuilder::purge_interval`], a claim starts a background purge judged by that
+/// claim's `now`, so that the purge follows the same clock as the records. Turn it off with
+/// `purge_interval(None)` and call [`PostgresStore::purge_expired`] from a job of your own
+/// instead.
+///
+/// # Transactions: the record commits with the operation's writes
+///
+/// A cache-backed record can never close the window between an operation's side effect and
+/// its record: a process that dies in between lets the retry run again. Here the operation's
+/// own writes and its completed record go into one Postgres transaction, so that both commit
+/// or neither does:
+///
+/// 1. The claim is written and committed first, by its own statement ([`Store::claim`], or
+///    [`PostgresStore::claim_transaction`]). Every other request sees it at once: a duplicate
+///    gets its in-flight answer (409, or waits) without waiting on any lock.
+/// 2. [`PostgresStore::transaction`] opens a transaction (`BEGIN`) on a connection of its
+///    own, for the claim's key and fencing token. The caller does its writes in it through
+///    the [`ClaimTransaction`], which dereferences to a [`PgConnection`]. The transaction
+///    does not touch the record's row meanwhile, so it holds no lock a duplicate, the
+///    lease's renewals ([`Store::extend`]) or a purge could wait on.
+/// 3. [`ClaimTransaction::commit`] turns the claim into the completed record, by an `UPDATE`
+///    fenced by the token, as the transaction's last statement, and commits. If the token no
+///    longer holds the key (the lease lapsed and another request took it over), it rolls
+///    back instead: this run leaves nothing, and the request holding the key now runs it.
+///    The `UPDATE` locks the row until the commit, so a takeover cannot slip in between; a
+///    duplicate that arrives in that moment waits for the commit only, and then finds the
+///    record.
+/// 4. [`ClaimTransaction::rollback`] (for a response that is not recorded: a 5xx, an error,
+///    a panic), dropping the [`ClaimTransaction`], or a commit that fails, rolls back and
+///    releases the claim, so that a retry runs the operation again at once. A process
+///    killed mid-run leaves nothing either: Postgres aborts the transaction of a connection
+///    that closed, and the claim, no longer renewed, lapses with its lease; the retry after
+///    it runs once.
+///
+/// Guarantees: the operation's writes are committed exactly when its completed record is; a
+/// committed run held the key's claim when it committed, so no two runs of one key both
+/// commit while its record lives. A commit whose answer was lost (the connection broke
+/// during `COMMIT`) may have committed or not, but never one half: a retry then finds the
+/// record, or the claim until it is released or lapses.
+///
+/// Limits: a run holds one pooled connection for its whole length, besides the store's own
+/// statements (claims, renewals, completions), so size the pool above the number of
+/// operations that run at once. Do not touch the record table from the transaction, and do
+/// not end the transaction yourself (`COMMIT`, `ROLLBACK`): [`ClaimTransaction::commit`]
+/// does. A statement of yours that fails aborts the transaction, as Postgres does; the commit
+/// then fails, rolls back and releases the claim. The transaction runs at the database's
+/// default isolation level; set another with `SET TRANSACTION ISOLATION LEVEL` as its first
+/// statement.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    sql: Arc<Statements>,
+    timeout: Duration,
+    max_record_bytes: usize,
+    fail_open: bool,
+    purge: Option<Arc<Purge>>,
+}
+
+/// The automatic purge's schedule.
+#[derive(Debug)]
+struct Purge {
+    every: Duration,
+    batch: i64,
+    next: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("table", &self.sql.table)
+            .field("timeout", &self.timeout)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("fail_open", &self.fail_open)
+            .field("purge", &self.purge)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a store's connections come from.
+#[derive(Clone, Debug)]
+enum Source {
+    Url(String),
+    Pool(PgPool),
+}
+
+/// Builds a [`PostgresStore`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct PostgresStoreBuilder {
+    source: Source,
+    table: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_connections: u32,
+    max_record_bytes: usize,
+    fail_open: bool,
+    purge_interval: Option<Duration>,
+    purge_batch: u32,
+}
+
+/// The answer to [`PostgresStore::claim_transaction`].
+#[derive(Debug)]
+pub enum TransactionalClaim {
+    /// The key was free or its record had lapsed: the claim is committed, and this is its
+    /// transaction.
+    Claimed(ClaimTransaction),
+    /// A live record exists; nothing was written.
+    Existing(Record),
+}
+
+impl PostgresStore {
+    /// A store on the Postgres at `url` (`postgres://user:password@host:port/database`) with
+    /// default settings.
+    ///
+    /// # Errors
+    /// As [`PostgresStoreBuilder::build`].
+    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for a store on the Postgres at `url`.
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Source::Url(url.into()))
+    }
+
+    /// A builder for a store on connections of `pool`, such as the pool the application
+    /// writes its own tables with. The pool's own settings stand: the builder's
+    /// [`max_connections`](PostgresStoreBuilder::max_connections) and
+    /// [`connect_timeout`](PostgresStoreBuilder::connect_timeout) are not used. A pool that
+    /// tests each connection before handing it out costs a round trip per operation.
+    pub fn with_pool(pool: PgPool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Source::Pool(pool))
+    }
+
+    /// The pool the store's statements and transactions run on.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The name of the table the records are in.
+    pub fn table(&self) -> &str {
+        &self.sql.table
+    }
+
+    /// Creates the table and its index if they do not exist (the SQL is in the
+    /// [store's docs](PostgresStore)). Safe to run at every start and from several processes at
+    /// once.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when Postgres cannot be reached or refuses (the user may
+    /// not create tables, for one: then run the SQL as a user who may).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}",
+            self.sql.table, self.sql.schema
+        );
+        let mut conn = self.acquire().await?;
+        self.timed(sqlx::raw_sql(&sql).execute(&mut *conn)).await?;
+        Ok(())
+    }
+
+    /// Deletes the rows that lapsed by `now` (claims after their grace), in batches of at
+    /// most [`PostgresStoreBuilder::purge_batch`] rows, each its own statement, until a batch
+    /// finds fewer; returns how many it deleted. The store runs this by itself (see
+    /// [`PostgresStoreBuilder::purge_interval`]); call it yourself when that is turned off.
+    ///
+    /// # Errors
+    /// The store's error; the rows deleted before it stay deleted.
+    pub async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.purge_batches(now, self.purge_batch(), usize::MAX)
+            .await
+    }
+
+    fn purge_batch(&self) -> i64 {
+        self.purge.as_ref().map_or(1000, |p| p.batch)
+    }
+
+    async fn purge_batches(
+        &self,
+        now: Timestamp,
+        batch: i64,
+        max_batches: usize,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for _ in 0..max_batches {
+            let mut conn = self.acquire().await?;
+            let query = sqlx::query(&self.sql.purge).bind(millis(now)).bind(batch);
+            let done = self.timed(query.execute(&mut *conn)).await?.rows_affected();
+            deleted += done;
+            if done < u64::try_from(batch).unwrap_or(u64::MAX) {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Starts a background purge judged by `now`, if one is due.
+    fn purge_if_due(&self, now: Timestamp) {
+        let Some(purge) = &self.purge else {
+            return;
+        };
+        let started = Instant::now();
+        {
+            let mut next = purge.next.lock().unwrap_or_else(|e| e.into_inner());
+            if next.is_some_and(|next| started < next) {
+                return;
+            }
+            *next = Some(started + purge.every);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, batch) = (self.clone(), purge.batch);
+        runtime.spawn(async move {
+            match store
+                .purge_batches(now, batch, PURGE_BATCHES_PER_RUN)
+                .await
+            {
+                Ok(deleted) => {
+                    tracing::debug!(deleted, table = %store.sql.table, "purged lapsed idempotency records")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, table = %store.sql.table, "purging lapsed idempotency records failed; the next claim after the purge interval tries again")
+                }
+            }
+        });
+    }
+
+    /// Opens a transaction for the claim that `token` holds on `key`: the caller does its
+    /// own writes in it, then [`ClaimTransaction::commit`]s them together with the completed
+    /// record (see [`PostgresStore`]). One round trip (`BEGIN`) on a connection the
+    /// transaction holds until it ends. It does not check the claim: the commit does.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when no connection can be had, [`StoreError::Timeout`]
+    /// when `BEGIN` is not answered in time. The claim is left as it was.
+    pub async fn transaction(
+        &self,
+        key: StoreKey,
+        token: Token,
+    ) -> Result<ClaimTransaction, StoreError> {
+        // The pool's own wait for a connection ends first, as unavailable; past it, the
+        // `BEGIN` timed out.
+        let limit = self.pool.options().get_acquire_timeout() + self.timeout;
+        let tx = match tokio::time::timeout(limit, self.pool.begin()).await {
+            Ok(begun) => begun.map_err(|e| self.error(e))?,
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        Ok(ClaimTransaction {
+            tx: Some(tx),
+            store: self.clone(),
+            key,
+            token,
+        })
+    }
+
+    /// Claims `key` as [`Store::claim`] does (the claim is committed at once, so that
+    /// duplicates see it), and opens its [`transaction`](Self::transaction).
+    ///
+    /// # Errors
+    /// The store's error. If the claim was written but its transaction could not be opened,
+    /// the claim is released first.
+    pub async fn claim_transaction(
+        &self,
+        key: StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> Result<TransactionalClaim, StoreError> {
+        match self.claim(&key, claim, now).await? {
+            Claim::Existing(record) => Ok(TransactionalClaim::Existing(record)),
+            Claim::Claimed => match self.transaction(key, claim.token).await {
+                Ok(tx) => Ok(TransactionalClaim::Claimed(tx)),
+                Err(error) => {
+                    let _ = self.release(&key, claim.token).await;
+                    Err(error)
+                }
+            },
+        }
+    }
+
+    /// A connection from the pool, or why none can be had.
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.pool.acquire().await.map_err(|e| self.error(e))
+    }
+
+    /// Runs one statement under the command timeout.
+    async fn timed<T>(
+        &self,
+        statement: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, statement).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    fn error(&self, error: sqlx::Error) -> StoreError {
+        let table = &self.sql.table;
+        match &error {
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // undefined_table
+                Some("42P01") => StoreError::Unavailable(
+                    format!(
+                        "the table {table} does not exist; create it with PostgresStore::migrate() \
+                         or the SQL in the store's docs ({error})"
+                    )
+                    .into(),
+                ),
+                // undefined_column, datatype_mismatch
+                Some("42703" | "42804") => StoreError::Unavailable(
+                    format!(
+                        "the table {table} is not the one this idem writes; drop it or choose \
+                         another table name, then migrate ({error})"
+                    )
+                    .into(),
+                ),
+                _ => StoreError::Unavailable(Box::new(error)),
+            },
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::ColumnIndexOutOfBounds { .. } => {
+                StoreError::Corrupt(format!("unreadable record in {table}: {error}"))
+            }
+            _ => StoreError::Unavailable(Box::new(error)),
+        }
+    }
+
+    fn check_size(&self, record: &Completed) -> Result<(), StoreError> {
+        let size = record.response.held_bytes();
+        if size > self.max_record_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                max: self.max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The fenced completion of `key`'s claim by `token`, on `conn`.
+    async fn complete_on(
+        &self,
+        conn: &mut PgConnection,
+        key: &StoreKey,
+        token: Token,
+        record: &Completed,
+    ) -> Result<bool, StoreError> {
+        let response = &record.response;
+        let omitted = response.body_omitted();
+        let body = response.body();
+        let query = sqlx::query(&self.sql.complete)
+            .bind(*key.as_bytes())
+            .bind(token.as_u128().to_be_bytes())
+            .bind(*record.fingerprint.as_bytes())
+            .bind(millis(record.expires_at))
+            .bind(i32::from(response.status()))
+            .bind(millis(record.completed_at))
+            .bind(response.header_section())
+            .bind(omitted.is_none().then_some(&body[..]))
+            .bind(omitted.map(|size| i64::try_from(size).unwrap_or(i64::MAX)));
+        let done = self.timed(query.execute(conn)).await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A time as the table holds it.
+fn millis(at: Timestamp) -> i64 {
+    i64::try_from(at.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A column of bytes, borrowed from `row`.
+fn bytes<'r>(row: &'r PgRow, column: &str) -> Result<&'r [u8], sqlx::Error> {
+    row.try_get(column)
+}
+
+/// The record in `row` (the [`COLUMNS`]).
+fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
+    let timestamp = |column: &str| -> Result<Timestamp, sqlx::Error> {
+        let millis: i64 = row.try_get(column)?;
+        u64::try_from(millis)
+            .map(Timestamp::from_millis)
+            .map_err(|e| sqlx::Error::Decode(e.into()))
+    };
+    let token = <[u8; 16]>::try_from(bytes(row, "token")?)
+        .map(|b| Token::from_u128(u128::from_be_bytes(b)))
+        .map_err(|_| sqlx::Error::Decode("a token is 16 bytes".into()))?;
+    let fingerprint = <[u8; 32]>::try_from(bytes(row, "fingerprint")?)
+        .map(Fingerprint::from_bytes)
+        .map_err(|_| sqlx::Error::Decode("a fingerprint is 32 bytes".into()))?;
+    let lapses_at = timestamp("lapses_at")?;
+    let kind: &str = row.try_get("kind")?;
+    match kind {
+        "F" => Ok(Record::InFlight(InFlight {
+            fingerprint,
+            lease_until: lapses_at,
+            token,
+        })),
+        "C" => {
+            let status: i32 = row.try_get("status")?;
+            let status = u16::try_from(status)
+                .map_err(|_| sqlx::Error::Decode(format!("bad status {status}").into()))?;
+            let response = match row.try_get::<Option<i64>, _>("omitted_size")? {
+                Some(size) => Response::omitted(status, u64::try_from(size).unwrap_or(0)),
+                None => {
+                    let headers = bytes(row, "headers")?;
+                    let body = bytes(row, "body")?;
+                    Response::from_parts(status, headers, body)
+                        .map_err(|what| sqlx::Error::Decode(what.into()))?
+                }
+            };
+            Ok(Record::Completed(Completed {
+                fingerprint,
+                response,
+                completed_at: timestamp("completed_at")?,
+                expires_at: lapses_at,
+            }))
+        }
+        other => Err(sqlx::Error::Decode(
+            format!("unknown record kind {other:?}").into(),
+        )),
+    }
+}
+
+impl PostgresStoreBuilder {
+    fn new(source: Source) -> Self {
+        Self {
+            source,
+            table: DEFAULT_TABLE.into(),
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            max_connections: 16,
+            max_record_bytes: 8 * 1024 * 1024,
+            fail_open: false,
+            purge_interval: Some(Duration::from_secs(60)),
+            purge_batch: 1000,
+        }
+    }
+
+    /// The table the records are in: lowercase ASCII letters, digits and `_`, starting with
+    /// a letter or `_`, at most 54 characters (its index adds `_purge_at`). Default
+    /// `idem_records`. To put it in another schema, set the connection's `search_path`.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long one statement may take before the store counts as unavailable. Default 1 s
+    /// (a statement that writes waits for its commit to reach the disk).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a connection from the pool, including connecting one, before the
+    /// store counts as unavailable. Default 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The most connections the store opens. Default 16. Each running
+    /// [`ClaimTransaction`] holds one.
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// The largest response kept, in bytes (headers and body, with their framing). Default
+    /// 8 MiB.
+    pub fn max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
+    /// Runs requests unprotected when Postgres fails, instead of answering 503. Default off.
+    pub fn fail_open(mut self, fail_open: bool) -> Self {
+        self.fail_open = fail_open;
+        self
+    }
+
+    /// How often the store deletes lapsed rows by itself, or `None` to leave that to
+    /// [`PostgresStore::purge_expired`]. Default every 60 s.
+    pub fn purge_interval(mut self, every: Option<Duration>) -> Self {
+        self.purge_interval = every;
+        self
+    }
+
+    /// The most rows one purge statement deletes. Default 1000.
+    pub fn purge_batch(mut self, rows: u32) -> Self {
+        self.purge_batch = rows;
+        self
+    }
+
+    /// The store. It connects on first use, so it can be built while Postgres is down; it
+    /// reconnects by itself when Postgres comes back. Create its table with
+    /// [`PostgresStore::migrate`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] for a URL that is not a Postgres URL, a table name that
+    /// is not a plain identifier, a pool of no connections or a purge batch of no rows, or
+    /// when called outside a Tokio runtime (the pool's upkeep runs on the runtime that builds
+    /// the store).
+    pub fn build(self) -> Result<PostgresStore, StoreError> {
+        let invalid = |reason: String| Err(StoreError::Unavailable(reason.into()));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return invalid(
+                "build the Postgres store inside a Tokio runtime (for example in actix's main)"
+                    .into(),
+            );
+        }
+        if !valid_table(&self.table) {
+            return invalid(format!(
+                "the table name {:?} is not allowed; use lowercase ASCII letters, digits and _, \
+                 starting with a letter or _, at most 54 characters",
+                self.table
+            ));
+        }
+        if self.purge_batch == 0 {
+            return invalid("the purge batch must be at least one row".into());
+        }
+        let pool = match self.source {
+            Source::Pool(pool) => pool,
+            Source::Url(url) => {
+                if self.max_connections == 0 {
+                    return invalid("the store needs at least one connection".into());
+                }
+                let invalid_url = |reason: &dyn std::fmt::Display| {
+                    StoreError::Unavailable(
+                        format!(
+                            "invalid Postgres URL ({reason}); write it as \
+                             postgres://user:password@host:port/database"
+                        )
+                        .into(),
+                    )
+                };
+                // sqlx reads any scheme as Postgres's; another one is a mistake.
+                if !["postgres://", "postgresql://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                {
+                    return Err(invalid_url(&"it does not start with postgres://"));
+                }
+                let options = PgConnectOptions::from_str(&url).map_err(|e| invalid_url(&e))?;
+                PgPoolOptions::new()
+                    .max_connections(self.max_connections)
+                    .acquire_timeout(self.connect_timeout)
+                    // One round trip per operation: a broken connection is found when it
+                    // comes back to the pool, not by a test before each use.
+                    .test_before_acquire(false)
+                    .connect_lazy_with(options.application_name("idem"))
+            }
+        };
+        Ok(PostgresStore {
+            pool,
+            sql: Arc::new(Statements::new(&self.table)),
+            timeout: self.timeout,
+            max_record_bytes: self.max_record_bytes,
+            fail_open: self.fail_open,
+            purge: self.purge_interval.map(|every| {
+                Arc::new(Purge {
+                    every,
+                    batch: i64::from(self.purge_batch),
+                    next: Mutex::new(None),
+                })
+            }),
+        })
+    }
+}
+
+/// Whether `table` is an identifier that needs no quoting and leaves room for its index's
+/// name within Postgres's 63 bytes.
+fn valid_table(table: &str) -> bool {
+    let mut chars = table.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && table.len() <= 54
+}
+
+impl Store for PostgresStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        StoreFuture::new(async move {
+            let purge_at = claim.lease_until.saturating_add(LAPSED_CLAIM_GRACE);
+            let mut conn = self.acquire().await?;
+            for _ in 0..CLAIM_ATTEMPTS {
+                let query = sqlx::query(&self.sql.claim)
+                    .bind(*key.as_bytes())
+                    .bind(claim.token.as_u128().to_be_bytes())
+                    .bind(*claim.fingerprint.as_bytes())
+                    .bind(millis(claim.lease_until))
+                    .bind(millis(purge_at))
+                    .bind(millis(now));
+                let row = self.timed(query.fetch_one(&mut *conn)).await?;
+                let claimed: bool = row.try_get("claimed").map_err(|e| self.error(e))?;
+                if claimed {
+                    drop(conn);
+                    self.purge_if_due(now);
+                    return Ok(Claim::Claimed);
+                }
+                // Not claimed, so a live record stood in the way; the row this statement saw
+                // is it, unless that record was committed after the statement began.
+                let seen: Option<String> = row.try_get("kind").map_err(|e| self.error(e))?;
+                if seen.is_some() {
+                    let existing = record(&row).map_err(|e| self.error(e))?;
+                    if existing.is_live(now) {
+                        return Ok(Claim::Existing(existing));
+                    }
+                }
+            }
+            Err(StoreError::Unavailable(
+                "the key's record changed under every claim attempt; retry later".into(),
+            ))
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        StoreFuture::new(async move {
+            let mut conn = self.acquire().await?;
+            let query = sqlx::query(&self.sql.get)
+                .bind(*key.as_bytes())
+                .bind(millis(now));
+            match self.timed(query.fetch_optional(&mut *conn)).await? {
+                None => Ok(None),
+                Some(row) => record(&row).map(Some).map_err(|e| self.error(e)),
+            }
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        _now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::new(async move {
+            let mut conn = self.acquire().await?;
+            let query = sqlx::query(&self.sql.extend)
+                .bind(*key.as_bytes())
+                .bind(token.as_u128().to_be_bytes())
+                .bind(millis(lease_until))
+                .bind(millis(lease_until.saturating_add(LAPSED_CLAIM_GRACE)));
+            let done = self.timed(query.execute(&mut *conn)).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Completed,
+        _now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::new(async move {
+            self.check_size(&record)?;
+            let mut conn = self.acquire().await?;
+            self.complete_on(&mut conn, key, token, &record).await
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        StoreFuture::new(async move {
+            let mut conn = self.acquire().await?;
+            let query = sqlx::query(&self.sql.release)
+                .bind(*key.as_bytes())
+                .bind(token.as_u128().to_be_bytes());
+            let done = self.timed(query.execute(&mut *conn)).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn fails_open(&self) -> bool {
+        self.fail_open
+    }
+}
+
+/// An open transaction for a claim: do the operation's writes in it (it dereferences to a
+/// [`PgConnection`]), then [`commit`](Self::commit) them with the completed record, or
+/// [`rollback`](Self::rollback). Dropped unfinished (a cancelled or panicking operation), it
+/// rolls back and releases the claim in the background. See the [store's docs](PostgresStore).
+///
+/// ```no_run
+/// # async fn run(store: idem_core::store::PostgresStore, key: idem_core::StoreKey,
+/// #     claim: idem_core::InFlight, record: idem_core::Completed) -> Result<(), idem_core::StoreError> {
+/// use idem_core::store::TransactionalClaim;
+///
+/// let now = record.completed_at;
+/// if let TransactionalClaim::Claimed(mut tx) = store.claim_transaction(key, claim, now).await? {
+///     sqlx::query("INSERT INTO calls (id) VALUES ('call_1')")
+///         .execute(&mut *tx)
+///         .await
+///         .map_err(|e| idem_core::StoreError::Unavailable(Box::new(e)))?;
+///     // The call and its record commit together, or neither does.
+///     let recorded = tx.commit(record).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[must_use = "a claim transaction rolls back when dropped; commit it with the completed record"]
+pub struct ClaimTransaction {
+    tx: Option<sqlx::Transaction<'static, Postgres>>,
+    store: PostgresStore,
+    key: StoreKey,
+    token: Token,
+}
+
+impl std::fmt::Debug for ClaimTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimTransaction")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClaimTransaction {
+    /// The store key claimed.
+    pub fn key(&self) -> StoreKey {
+        self.key
+    }
+
+    /// The fencing token of the claim.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// The open transaction's connection: the operation's writes go here.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+
+    /// Writes `record` in place of the claim, if the claim's token still holds the key, as
+    /// the transaction's last statement, and commits: the operation's writes and the record
+    /// are both there, or neither.
+    ///
+    /// `Ok(true)`: committed. `Ok(false)`: another request holds the key now (this claim's
+    /// lease lapsed and it was taken over); everything was rolled back, and that request
+    /// runs the operation. A record whose response is larger than
+    /// [`PostgresStoreBuilder::max_record_bytes`] is committed without its headers and body,
+    /// since the operation's writes commit with it: retries learn that it completed, and it
+    /// never runs again.
+    ///
+    /// # Errors
+    /// The store's error. Everything was then rolled back and the claim released (when the
+    /// store could still be told), so that a retry runs the operation again; except that a
+    /// `COMMIT` whose answer was lost may have committed, the writes and the record
+    /// together, and a retry then finds the record.
+    pub async fn commit(mut self, mut record: Completed) -> Result<bool, StoreError> {
+        if self.store.check_size(&record).is_err() {
+            let size = record.response.size() as u64;
+            record.response = Response::omitted(record.response.status(), size);
+        }
+        let Some(mut tx) = self.tx.take() else {
+            return Ok(false);
+        };
+        let store = self.store.clone();
+        match store
+            .complete_on(&mut tx, &self.key, self.token, &record)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = store.timed(tx.rollback()).await;
+                return Ok(false);
+            }
+            Err(error) => {
+                // The claim is released, or lapses with its lease if that fails too.
+                let _ = self.rolled_back(tx).await;
+                return Err(error);
+            }
+        }
+        match store.timed(tx.commit()).await {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                // The row lock taken by the completion makes this wait for the outcome of a
+                // commit still under way; a committed record is no claim, and stays.
+                let _ = store.release(&self.key, self.token).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Rolls the transaction back and releases the claim, so that a retry runs the
+    /// operation again: for a response that is not recorded (a 5xx, an error). `Ok(true)`
+    /// when the claim was released, `Ok(false)` when this token no longer held the key.
+    ///
+    /// # Errors
+    /// The store's error when the release failed; the claim then lapses with its lease. The
+    /// transaction is rolled back all the same.
+    pub async fn rollback(mut self) -> Result<bool, StoreError> {
+        match self.tx.take() {
+            Some(tx) => self.rolled_back(tx).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn rolled_back(
+        &self,
+        tx: sqlx::Transaction<'static, Postgres>,
+    ) -> Result<bool, StoreError> {
+        // A rollback that fails leaves a broken connection, which sqlx closes; Postgres then
+        // aborts the transaction itself.
+        let _ = self.store.timed(tx.rollback()).await;
+        self.store.release(&self.key, self.token).await
+    }
+}
+
+impl Deref for ClaimTransaction {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.tx
+            .as_ref()
+            .expect("a claim transaction is open until commit or rollback consumes it")
+    }
+}
+
+impl DerefMut for ClaimTransaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.tx
+            .as_mut()
+            .expect("a claim transaction is open until commit or rollback consumes it")
+    }
+}
+
+impl Drop for ClaimTransaction {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let (store, key, token) = (self.store.clone(), self.key, self.token);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = store.timed(tx.rollback()).await;
+                    if let Err(error) = store.release(&key, token).await {
+                        tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
+                    }
+                });
+            }
+            // sqlx rolls the dropped transaction back when its connection is next used.
+            Err(_) => {
+                tracing::warn!(%key, "idempotency claim transaction abandoned outside a runtime; its claim lapses with its lease")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers_with_room_for_the_index() {
+        for ok in ["idem_records", "_t", "t2", &"a".repeat(54)] {
+            assert!(valid_table(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Idem",
+            "2t",
+            "idem-records",
+            "app.idem",
+            "t; DROP TABLE x",
+            "\"t\"",
+            &"a".repeat(55),
+        ] {
+            assert!(!valid_table(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_schema_in_the_docs_is_the_one_migrate_runs_for_any_table_name() {
+        let default = Statements::new(DEFAULT_TABLE);
+        assert_eq!(default.schema, schema!());
+        let other = Statements::new("app_keys");
+        assert!(!other.schema.contains(DEFAULT_TABLE));
+        assert!(other
+            .schema
+            .contains("CREATE TABLE IF NOT EXISTS app_keys ("));
+        assert!(other
+            .schema
+            .contains("CREATE INDEX IF NOT EXISTS app_keys_purge_at ON app_keys (purge_at)"));
+        for statement in [
+            &other.claim,
+            &other.get,
+            &other.extend,
+            &other.complete,
+            &other.release,
+            &other.purge,
+        ] {
+            assert!(statement.contains("app_keys"), "{statement}");
+            assert!(!statement.contains(DEFAULT_TABLE), "{statement}");
+        }
+    }
+
+    #[test]
+    fn every_column_read_is_a_column_of_the_table() {
+        for column in COLUMNS.split(", ") {
+            assert!(
+                schema!().contains(&format!("\n    {column} ")),
+                "{column} is not in the schema"
+            );
+        }
+    }
+
+    #[test]
+    fn times_beyond_the_column_saturate() {
+        assert_eq!(millis(Timestamp::from_millis(42)), 42);
+        assert_eq!(millis(Timestamp::from_millis(u64::MAX)), i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn bad_settings_are_refused_with_the_rule() {
+        let err = |builder: PostgresStoreBuilder| builder.build().unwrap_err().to_string();
+        let url = "postgres://idem@127.0.0.1:1/idem";
+        assert!(err(PostgresStore::builder(url).table("Bad-Name")).contains("lowercase ASCII"));
+        assert!(err(PostgresStore::builder("redis://127.0.0.1/")).contains("invalid Postgres URL"));
+        assert!(err(PostgresStore::builder(url).max_connections(0)).contains("at least one"));
+        assert!(err(PostgresStore::builder(url).purge_batch(0)).contains("at least one row"));
+        assert!(PostgresStore::new(url).is_ok(), "built without connecting");
+    }
+
+    #[test]
+    fn building_outside_a_runtime_says_where_to_build() {
+        let err = PostgresStore::new("postgres://idem@127.0.0.1:1/idem").unwrap_err();
+        assert!(err.to_string().contains("inside a Tokio runtime"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_postgres_that_cannot_be_reached_is_unavailable_not_a_hang() {
+        // Port 1 on loopback: nothing listens there, so connecting is refused.
+        let store = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .connect_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let err = store
+            .get(&StoreKey::from_bytes([1; 32]), Timestamp::from_millis(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,735 @@
+//! The Postgres store against a real PostgreSQL: the shared conformance suite, one winner among
+//! concurrent claims, replays that write nothing, transactions whose writes commit with their
+//! record (or neither does), outages and recovery, and the purge of lapsed rows. Each test
+//! skips when no PostgreSQL can be had, unless `IDEM_REQUIRE_POSTGRES=1`.
+
+use std::time::{Duration, Instant};
+
+use actix_web::{post, web, HttpResponse};
+use futures_util::future::join_all;
+use idem_actix::clock::{Clock, SystemClock, Timestamp};
+use idem_actix::{idempotent, IdempotencyConfig, PostgresStore, TransactionalClaim};
+use idem_core::store::{Claim, Store};
+use idem_core::{
+    Begin, Completed, Engine, Fingerprint, IdempotencyError, InFlight, Policy, Record, Response,
+    StoreError, StoreKey, Token,
+};
+use idem_tests::{assert_error, Counter, RawRequest, TestPostgres, TestServer};
+use sqlx::PgPool;
+
+const LEASE: Duration = Duration::from_secs(10);
+const TTL: Duration = Duration::from_secs(3600);
+
+/// A store on its own table, created.
+async fn store(pg: &TestPostgres, name: &str) -> PostgresStore {
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table(name))
+        .build()
+        .expect("valid settings");
+    store.migrate().await.expect("create the table");
+    store
+}
+
+/// Another store on the same table, as another server process would have.
+fn sibling(pg: &TestPostgres, of: &PostgresStore) -> PostgresStore {
+    PostgresStore::builder(pg.url())
+        .table(of.table())
+        .build()
+        .expect("valid settings")
+}
+
+/// A plain pool for what the tests write and look at themselves.
+async fn inspect(pg: &TestPostgres) -> PgPool {
+    PgPool::connect(pg.url())
+        .await
+        .expect("connect to test Postgres")
+}
+
+fn now() -> Timestamp {
+    SystemClock.now()
+}
+
+fn fingerprint() -> Fingerprint {
+    Fingerprint::new("POST", "/v1/calls", "", br#"{"to":"+15555550123"}"#)
+}
+
+fn key(n: u8) -> StoreKey {
+    StoreKey::from_bytes([n; 32])
+}
+
+fn in_flight(at: Timestamp) -> InFlight {
+    InFlight {
+        fingerprint: fingerprint(),
+        lease_until: at.saturating_add(LEASE),
+        token: Token::random(),
+    }
+}
+
+fn completed(at: Timestamp, body: &str) -> Completed {
+    Completed {
+        fingerprint: fingerprint(),
+        response: Response::new(201, [("location", &b"/v1/calls/1"[..])], body.as_bytes()),
+        completed_at: at,
+        expires_at: at.saturating_add(TTL),
+    }
+}
+
+/// A table for the operation's own writes, as an application has.
+async fn calls_table(db: &PgPool, name: &str) -> String {
+    let table = format!("{name}_calls");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (id text PRIMARY KEY, tenant text NOT NULL)"
+    ))
+    .execute(db)
+    .await
+    .expect("create the calls table");
+    table
+}
+
+async fn calls(db: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(db)
+        .await
+        .expect("count calls")
+}
+
+async fn rows(db: &PgPool, store: &PostgresStore) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {}", store.table()))
+        .fetch_one(db)
+        .await
+        .expect("count records")
+}
+
+async fn insert_call(tx: &mut idem_actix::ClaimTransaction, table: &str, id: &str) {
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, tenant) VALUES ($1, 't1')"
+    ))
+    .bind(id)
+    .execute(tx.connection())
+    .await
+    .expect("the operation's write");
+}
+
+async fn claimed(
+    store: &PostgresStore,
+    k: StoreKey,
+    at: Timestamp,
+) -> idem_actix::ClaimTransaction {
+    match store.claim_transaction(k, in_flight(at), at).await {
+        Ok(TransactionalClaim::Claimed(tx)) => tx,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn postgres_store_conforms() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "conformance").await;
+    idem_core::testing::conformance(&store, 7).await;
+}
+
+#[actix_web::test]
+async fn a_missing_table_is_unavailable_and_says_to_migrate() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("never_migrated"))
+        .build()
+        .unwrap();
+    let err = store
+        .claim(&key(1), in_flight(now()), now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("migrate()"), "{err}");
+    store.migrate().await.unwrap();
+    store.migrate().await.expect("migrating again is harmless");
+    assert_eq!(
+        store.claim(&key(1), in_flight(now()), now()).await.unwrap(),
+        Claim::Claimed
+    );
+}
+
+#[actix_web::test]
+async fn sixty_four_concurrent_claims_of_one_key_have_one_winner() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let first = store(&pg, "race").await;
+    // Four processes' stores, sixteen claims each, all at once.
+    let stores: Vec<_> = (0..4).map(|_| sibling(&pg, &first)).collect();
+    for round in 0..5u8 {
+        let t = now();
+        // A free key, then (round 4) a key whose claim has lapsed.
+        let k = key(100 + round.min(3));
+        let at = if round == 4 {
+            t.saturating_add(LEASE * 2)
+        } else {
+            t
+        };
+        let claims: Vec<_> = (0..64).map(|_| in_flight(at)).collect();
+        let answers = join_all(
+            claims
+                .iter()
+                .enumerate()
+                .map(|(i, c)| stores[i % 4].claim(&k, *c, at)),
+        )
+        .await;
+        let winners: Vec<_> = answers
+            .iter()
+            .zip(&claims)
+            .filter(|(a, _)| matches!(a, Ok(Claim::Claimed)))
+            .map(|(_, c)| *c)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {answers:?}");
+        for answer in answers {
+            match answer.expect("every claim is answered") {
+                Claim::Claimed => {}
+                Claim::Existing(record) => assert_eq!(
+                    record,
+                    Record::InFlight(winners[0]),
+                    "round {round}: the losers see the winner's claim"
+                ),
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_replay_is_one_statement_that_writes_nothing() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "replay").await;
+    let db = inspect(&pg).await;
+    let t = now();
+    let claim = in_flight(t);
+    assert_eq!(
+        store.claim(&key(1), claim, t).await.unwrap(),
+        Claim::Claimed
+    );
+    let record = completed(t, "first");
+    assert!(store
+        .complete(&key(1), claim.token, record.clone(), t)
+        .await
+        .unwrap());
+    // xmin names the transaction that wrote the row's current version, xmax the last one
+    // that locked it: a replay that locked the row would make its commit wait for the disk.
+    let sql = format!(
+        "SELECT xmin::text || ' ' || xmax::text FROM {} WHERE key = $1",
+        store.table()
+    );
+    let version = || {
+        sqlx::query_scalar::<_, String>(&sql)
+            .bind(*key(1).as_bytes())
+            .fetch_one(&db)
+    };
+    let before = version().await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            store.claim(&key(1), in_flight(t), t).await.unwrap(),
+            Claim::Existing(Record::Completed(record.clone()))
+        );
+    }
+    assert_eq!(
+        version().await.unwrap(),
+        before,
+        "a replay wrote or locked the row"
+    );
+}
+
+#[actix_web::test]
+async fn a_committed_transaction_keeps_both_the_write_and_the_record() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "commit").await;
+    let db = inspect(&pg).await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut tx = claimed(&store, key(1), t).await;
+    insert_call(&mut tx, &table, "call_1").await;
+    assert_eq!(
+        calls(&db, &table).await,
+        0,
+        "nothing is seen before the commit"
+    );
+    assert!(tx.commit(completed(t, "call_1")).await.unwrap());
+
+    assert_eq!(calls(&db, &table).await, 1);
+    let expected = Record::Completed(completed(t, "call_1"));
+    assert_eq!(store.get(&key(1), t).await.unwrap(), Some(expected.clone()));
+    // A retry, through another process's store, replays.
+    let other = sibling(&pg, &store);
+    match other
+        .claim_transaction(key(1), in_flight(t), t)
+        .await
+        .unwrap()
+    {
+        TransactionalClaim::Existing(record) => assert_eq!(record, expected),
+        TransactionalClaim::Claimed(_) => panic!("a completed key was claimed again"),
+    }
+}
+
+#[actix_web::test]
+async fn a_response_too_large_to_keep_commits_without_its_body() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("too_large"))
+        .max_record_bytes(1024)
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let t = now();
+    // Through the store alone, the record is refused, as by every store.
+    let claim = in_flight(t);
+    store.claim(&key(1), claim, t).await.unwrap();
+    let mut big = completed(t, "x");
+    big.response = Response::new(201, [], &[b'x'; 2048]);
+    let err = store
+        .complete(&key(1), claim.token, big.clone(), t)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooLarge { max: 1024, .. }),
+        "{err}"
+    );
+    // In a transaction, the operation's writes commit, so the record is kept without its
+    // body: retries learn it completed and never run it again.
+    let tx = claimed(&store, key(2), t).await;
+    assert!(tx.commit(big).await.unwrap());
+    let Some(Record::Completed(kept)) = store.get(&key(2), t).await.unwrap() else {
+        panic!("the record is kept");
+    };
+    assert_eq!(kept.response.status(), 201);
+    assert_eq!(kept.response.body_omitted(), Some(2048));
+    let engine = Engine::new(store.clone());
+    let err = engine
+        .begin(&Policy::DEFAULT, key(2), fingerprint())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "idempotency_response_too_large");
+}
+
+#[actix_web::test]
+async fn a_rolled_back_or_dropped_transaction_keeps_neither_and_the_retry_claims() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "rollback").await;
+    let db = inspect(&pg).await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+
+    let mut tx = claimed(&store, key(1), t).await;
+    insert_call(&mut tx, &table, "call_1").await;
+    assert!(tx.rollback().await.unwrap(), "the claim is released");
+    assert_eq!(calls(&db, &table).await, 0);
+    assert_eq!(store.get(&key(1), t).await.unwrap(), None);
+    let tx = claimed(&store, key(1), t).await;
+    drop(tx.rollback().await);
+
+    // Dropped mid-run (a cancelled or panicking operation): rolled back and released in the
+    // background.
+    let mut tx = claimed(&store, key(2), t).await;
+    insert_call(&mut tx, &table, "call_2").await;
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut retry = loop {
+        match store
+            .claim_transaction(key(2), in_flight(t), t)
+            .await
+            .unwrap()
+        {
+            TransactionalClaim::Claimed(tx) => break tx,
+            TransactionalClaim::Existing(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the dropped claim was not released"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(calls(&db, &table).await, 0);
+    // The retry runs once, and its write is the only one.
+    insert_call(&mut retry, &table, "call_2").await;
+    assert!(retry.commit(completed(t, "call_2")).await.unwrap());
+    assert_eq!(calls(&db, &table).await, 1);
+}
+
+#[actix_web::test]
+async fn a_failed_write_fails_the_commit_and_leaves_nothing_behind() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "failed").await;
+    let db = inspect(&pg).await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut tx = claimed(&store, key(1), t).await;
+    insert_call(&mut tx, &table, "call_1").await;
+    // The same id again: Postgres aborts the transaction.
+    let dup = sqlx::query(&format!(
+        "INSERT INTO {table} (id, tenant) VALUES ('call_1', 't1')"
+    ))
+    .execute(tx.connection())
+    .await;
+    assert!(dup.is_err());
+    let err = tx.commit(completed(t, "call_1")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert_eq!(calls(&db, &table).await, 0);
+    assert_eq!(store.get(&key(1), t).await.unwrap(), None, "claim released");
+    let retry = claimed(&store, key(1), t).await;
+    assert!(retry.rollback().await.unwrap());
+}
+
+#[actix_web::test]
+async fn a_duplicate_during_the_transaction_gets_in_flight_at_once() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "duplicate").await;
+    let db = inspect(&pg).await;
+    let table = calls_table(&db, store.table()).await;
+    // Generous timeouts: a duplicate blocked on a lock would show as a slow answer, not as
+    // a timeout.
+    let other = PostgresStore::builder(pg.url())
+        .table(store.table())
+        .command_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let t = now();
+    let claim = in_flight(t);
+    let mut tx = match store.claim_transaction(key(1), claim, t).await.unwrap() {
+        TransactionalClaim::Claimed(tx) => tx,
+        TransactionalClaim::Existing(r) => panic!("{r:?}"),
+    };
+    insert_call(&mut tx, &table, "call_1").await;
+
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = other.claim(&key(1), in_flight(t), t).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the duplicate waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(answer, Claim::Existing(Record::InFlight(claim)));
+    }
+    // Through the engine, that is the layer's 409.
+    let err = Engine::new(other.clone())
+        .begin(&Policy::DEFAULT, key(1), fingerprint())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdempotencyError::InFlight), "{err:?}");
+    // The lease's renewals are not held up either.
+    let started = Instant::now();
+    let renewed = t.saturating_add(LEASE * 2);
+    assert!(other
+        .extend(&key(1), claim.token, renewed, t)
+        .await
+        .unwrap());
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    assert!(tx.commit(completed(t, "call_1")).await.unwrap());
+    assert!(matches!(
+        other.claim(&key(1), in_flight(t), t).await.unwrap(),
+        Claim::Existing(Record::Completed(_))
+    ));
+}
+
+#[actix_web::test]
+async fn a_commit_after_a_takeover_is_rolled_back_and_the_new_holder_runs() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "takeover").await;
+    let db = inspect(&pg).await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut stale = claimed(&store, key(1), t).await;
+    insert_call(&mut stale, &table, "call_stale").await;
+    // The stale holder's lease lapsed without renewal, and a retry took the key over.
+    let later = t.saturating_add(LEASE + Duration::from_secs(1));
+    let mut fresh = claimed(&store, key(1), later).await;
+    assert!(!stale.commit(completed(later, "stale")).await.unwrap());
+    assert_eq!(calls(&db, &table).await, 0, "the stale run left nothing");
+    assert!(matches!(
+        store.get(&key(1), later).await.unwrap(),
+        Some(Record::InFlight(f)) if f.token == fresh.token()
+    ));
+    insert_call(&mut fresh, &table, "call_fresh").await;
+    assert!(fresh.commit(completed(later, "fresh")).await.unwrap());
+    assert_eq!(calls(&db, &table).await, 1);
+}
+
+#[actix_web::test]
+async fn a_run_whose_connection_dies_leaves_nothing_and_the_key_is_taken_over_after_its_lease() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "killed").await;
+    let db = inspect(&pg).await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut tx = claimed(&store, key(1), t).await;
+    insert_call(&mut tx, &table, "call_1").await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(tx.connection())
+        .await
+        .unwrap();
+    // The process is gone: nothing rolls back or releases on its side, and Postgres sees
+    // its connection end.
+    std::mem::forget(tx);
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(ended);
+    assert_eq!(
+        calls(&db, &table).await,
+        0,
+        "Postgres aborted the transaction"
+    );
+    assert!(
+        matches!(
+            store.claim(&key(1), in_flight(t), t).await.unwrap(),
+            Claim::Existing(Record::InFlight(_))
+        ),
+        "the claim holds until its lease lapses"
+    );
+    let later = t.saturating_add(LEASE);
+    let mut retry = claimed(&store, key(1), later).await;
+    insert_call(&mut retry, &table, "call_1").await;
+    assert!(retry.commit(completed(later, "call_1")).await.unwrap());
+    assert_eq!(calls(&db, &table).await, 1, "the retry ran once");
+}
+
+#[actix_web::test]
+async fn the_engine_s_lease_and_a_transaction_record_the_operation_together() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "engine").await;
+    let db = inspect(&pg).await;
+    let table = calls_table(&db, store.table()).await;
+    let engine = Engine::new(store.clone());
+    let policy = Policy::DEFAULT.ttl(TTL);
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, key(1), fingerprint()).await else {
+        panic!("a new key is claimed");
+    };
+    let mut tx = store.transaction(lease.key(), lease.token()).await.unwrap();
+    insert_call(&mut tx, &table, "call_1").await;
+    let at = engine.clock().now();
+    assert!(tx.commit(completed(at, "call_1")).await.unwrap());
+    // The lease, dropped after the commit, finds no claim to release.
+    drop(lease);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let Ok(Begin::Replay(first)) = engine.begin(&policy, key(1), fingerprint()).await else {
+        panic!("the committed record is replayed");
+    };
+    assert_eq!(&first.response.body()[..], b"call_1");
+    assert_eq!(calls(&db, &table).await, 1);
+}
+
+#[actix_web::test]
+async fn lapsed_rows_are_purged_in_bounded_batches() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("purge"))
+        .purge_interval(None)
+        .purge_batch(10)
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let db = inspect(&pg).await;
+    let t = now();
+    // 25 records that expire at t + TTL, 5 claims whose lease ends at t + LEASE, 5 records
+    // that live on.
+    for n in 0..25 {
+        let claim = in_flight(t);
+        store.claim(&key(n), claim, t).await.unwrap();
+        assert!(store
+            .complete(&key(n), claim.token, completed(t, "old"), t)
+            .await
+            .unwrap());
+    }
+    for n in 25..30 {
+        store.claim(&key(n), in_flight(t), t).await.unwrap();
+    }
+    let far = t.saturating_add(TTL * 10);
+    for n in 30..35 {
+        let claim = in_flight(far);
+        store.claim(&key(n), claim, far).await.unwrap();
+        assert!(store
+            .complete(&key(n), claim.token, completed(far, "new"), far)
+            .await
+            .unwrap());
+    }
+    assert_eq!(rows(&db, &store).await, 35);
+
+    // Lapsed claims stay through their grace, so that a slow holder can still finish.
+    let lapsed = t.saturating_add(LEASE);
+    assert_eq!(store.purge_expired(lapsed).await.unwrap(), 0);
+    assert_eq!(
+        store.get(&key(25), lapsed).await.unwrap(),
+        None,
+        "lapsed is absent"
+    );
+    let after_ttl = t.saturating_add(TTL);
+    assert_eq!(store.purge_expired(after_ttl).await.unwrap(), 30);
+    assert_eq!(rows(&db, &store).await, 5);
+    assert!(store.get(&key(30), after_ttl).await.unwrap().is_some());
+
+    // On its own: a claim starts a purge judged by its time.
+    let auto = PostgresStore::builder(pg.url())
+        .table(store.table())
+        .purge_interval(Some(Duration::from_millis(1)))
+        .purge_batch(2)
+        .build()
+        .unwrap();
+    let end = far.saturating_add(TTL);
+    auto.claim(&key(200), in_flight(end), end).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows(&db, &store).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the store did not purge by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("slow"))
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let db = inspect(&pg).await;
+    // Another session holds the table, so that the store's statements wait on it.
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        store.table()
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let err = store
+        .claim(&key(1), in_flight(now()), now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Timeout), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Through the engine, that is the layer's 503.
+    let err = Engine::new(store.clone())
+        .begin(&Policy::DEFAULT, key(2), fingerprint())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (503, "idempotency_store_unavailable")
+    );
+
+    blocker.rollback().await.unwrap();
+    let t = now();
+    assert_eq!(
+        store.claim(&key(3), in_flight(t), t).await.unwrap(),
+        Claim::Claimed
+    );
+}
+
+#[derive(Clone)]
+struct Runs(Counter);
+
+#[post("/v1/calls")]
+#[idempotent]
+async fn create_call(runs: web::Data<Runs>) -> HttpResponse {
+    let n = runs.0.bump();
+    HttpResponse::Created().body(format!("call_{n}"))
+}
+
+fn call(key: &str) -> RawRequest {
+    RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+}
+
+#[actix_web::test]
+async fn an_outage_fails_closed_and_the_store_recovers_without_being_rebuilt() {
+    let Some(mut pg) = TestPostgres::start() else {
+        return;
+    };
+    if !pg.owned() {
+        eprintln!("skipped: cannot stop an external PostgreSQL");
+        return;
+    }
+    let table = store(&pg, "outage").await.table().to_owned();
+    let (url, runs) = (pg.url().to_owned(), Runs(Counter::default()));
+    let data = web::Data::new(runs.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = TestServer::start(1, move |cfg| {
+        let store = PostgresStore::builder(url.as_str())
+            .table(table.as_str())
+            .connect_timeout(Duration::from_millis(300))
+            .command_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let _ = tx.send(store.clone());
+        cfg.app_data(IdempotencyConfig::new(store))
+            .app_data(data.clone())
+            .service(create_call);
+    });
+    let store = rx.recv().expect("store built");
+    let before = call("before").send(server.addr).await;
+    assert_eq!(before.status, 201);
+
+    pg.stop();
+    for key in ["during-1", "during-2", "before"] {
+        let res = call(key).send(server.addr).await;
+        assert_error(&res, 503, "idempotency_store_unavailable");
+    }
+    let err = store.get(&key(1), now()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(_) | StoreError::Timeout),
+        "{err:?}"
+    );
+    assert_eq!(runs.0.get(), 1, "no handler ran without a claim");
+
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recovered = loop {
+        let res = call("after").send(server.addr).await;
+        if res.status != 503 {
+            break res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still 503 after Postgres came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(recovered.status, 201);
+    assert!(call("after").send(server.addr).await.replayed());
+    // Durable: the record written before the outage is still replayed.
+    let replay = call("before").send(server.addr).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, before.body);
+    assert_eq!(runs.0.get(), 2);
+}
