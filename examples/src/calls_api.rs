@@ -257,6 +257,9 @@ async fn create_call(
         status: "queued",
     };
     let location = format!("/v1/calls/{}", call.id);
+    // One line per call placed: the side effect a retry must not repeat, for operators (and
+    // the soak test's audit) to count.
+    println!("placed {} for agent {}", call.id, call.agent_id);
     Ok(created(&state.calls, tenant, location, call))
 }
 

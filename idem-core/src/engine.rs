@@ -15,6 +15,9 @@ use crate::policy::{CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy};
 use crate::record::{Completed, InFlight, Record, Response, Token};
 use crate::store::{Claim, Store, StoreError};
 
+/// How long a release of a claim whose write failed waits before it looks again.
+const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
+
 /// How often a waiting request looks at the record it waits for.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
@@ -263,7 +266,13 @@ impl Engine {
             {
                 Ok(Claim::Claimed) => return Ok(self.claimed(policy, key, claim)),
                 Ok(Claim::Existing(record)) => record,
-                Err(e) => return self.store_failed(policy, e),
+                Err(e) => {
+                    // The claim may have been written all the same (a command that timed
+                    // out, then ran): nobody would hold it, and retries would get 409 until
+                    // its lease lapsed. Its token releases it, if it is there.
+                    self.release_unconfirmed(key, claim.token, policy.lease);
+                    return self.store_failed(policy, e);
+                }
             };
             let Some(deadline) = deadline else {
                 return judge(policy, fingerprint, existing);
@@ -316,6 +325,53 @@ impl Engine {
             Ok(Claim::Existing(record)) => judge(policy, fingerprint, record),
             Err(e) => self.store_failed(policy, e),
         })
+    }
+
+    /// Releases, in a task of its own, a claim that may or may not have been written: its
+    /// write failed, yet may still land, later than commands sent after it (a command that
+    /// timed out on one connection and ran when the store came back, after a release sent on
+    /// another). So the release is repeated until it finds the claim, or until the store has
+    /// answered twice, a second apart, that it is not there; for at most `lease`, after which
+    /// the claim lapses anyway.
+    fn release_unconfirmed(&self, key: StoreKey, token: Token, lease: Duration) {
+        let store = Arc::clone(&self.parts.store);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let releasing = self.parts.releasing.start();
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + lease;
+            let mut absent = 0;
+            while absent < 2 && tokio::time::Instant::now() < deadline {
+                match store.release(&key, token).await {
+                    Ok(true) => break,
+                    Ok(false) => absent += 1,
+                    Err(_) => {}
+                }
+                tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
+            }
+            drop(releasing);
+        });
+    }
+
+    /// Releases the claim `token` holds on `key`, in a task of its own (counted for
+    /// [`abandoned_released`](Self::abandoned_released)): for claims nobody will finish.
+    fn release_in_background(&self, key: StoreKey, token: Token) {
+        let store = Arc::clone(&self.parts.store);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let releasing = self.parts.releasing.start();
+                runtime.spawn(async move {
+                    if let Err(error) = store.release(&key, token).await {
+                        tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
+                    }
+                    drop(releasing);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%key, "idempotency claim abandoned outside a runtime; it lapses with its lease")
+            }
+        }
     }
 
     /// The lease of a claim just written.
@@ -597,39 +653,38 @@ impl Lease {
     /// Releases the key without recording anything, so that a retry runs again.
     ///
     /// # Errors
-    /// The store's error; the claim then lapses with its lease.
+    /// The store's last error, once retrying for a lease has not released the key; the claim
+    /// then lapses with its lease.
     pub async fn release(mut self) -> Result<bool, StoreError> {
         self.done = true;
         self.released().await
     }
 
-    /// The store's release of this claim, observed.
-    fn released(&self) -> impl Future<Output = Result<bool, StoreError>> + '_ {
-        let release = || self.engine.parts.store.release(&self.key, self.token);
-        self.engine.observed("release", release)
+    /// The store's release of this claim, observed. A release the store fails is retried
+    /// with backoff for up to one lease, as a completion is: until the store is told, retries
+    /// of the request get 409 instead of running it again.
+    async fn released(&self) -> Result<bool, StoreError> {
+        let mut retry: Option<Backoff> = None;
+        loop {
+            let release = || self.engine.parts.store.release(&self.key, self.token);
+            let error = match self.engine.observed("release", release).await {
+                Ok(held) => return Ok(held),
+                Err(error) => error,
+            };
+            let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
+            let Some(pause) = backoff.next() else {
+                return Err(error);
+            };
+            tracing::warn!(key = %self.key, %error, "releasing the idempotency claim failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let store = Arc::clone(&self.engine.parts.store);
-        let (key, token) = (self.key, self.token);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let releasing = self.engine.parts.releasing.start();
-                runtime.spawn(async move {
-                    if let Err(error) = store.release(&key, token).await {
-                        tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
-                    }
-                    drop(releasing);
-                });
-            }
-            Err(_) => {
-                tracing::warn!(%key, "idempotency claim abandoned outside a runtime; it lapses with its lease")
-            }
+        if !self.done {
+            self.engine.release_in_background(self.key, self.token);
         }
     }
 }
@@ -834,6 +889,114 @@ mod tests {
         assert!(
             waited >= Duration::from_secs(30) && waited < Duration::from_secs(35),
             "retried for {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_whose_answer_was_lost_does_not_hold_the_key_for_a_lease() {
+        // The store timed out, but wrote the claim: nobody holds it, and retries would get 409
+        // until its lease lapsed.
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        store.fail("claim", 1, Fault::Lost);
+        let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
+        assert!(matches!(err, IdempotencyError::StoreUnavailable(_)));
+        engine.abandoned_released().await;
+        let retry = engine.begin(&policy, key(1), fp("a")).await;
+        assert!(
+            matches!(retry, Ok(Begin::Execute(_))),
+            "the retry runs at once: {retry:?}"
+        );
+    }
+
+    /// A store whose claims fail at once and are written 100 ms later, after commands sent
+    /// since: a claim that timed out on a connection and ran when the store came back.
+    struct LateClaims(Arc<MokaStore>);
+
+    impl Store for LateClaims {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> crate::store::StoreFuture<'a, Claim> {
+            let (store, key) = (Arc::clone(&self.0), *key);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = store.claim(&key, claim, now).await;
+            });
+            crate::store::StoreFuture::ready(Err(StoreError::Timeout))
+        }
+        fn get<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            now: Timestamp,
+        ) -> crate::store::StoreFuture<'a, Option<Record>> {
+            self.0.get(key, now)
+        }
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            lease_until: Timestamp,
+            now: Timestamp,
+        ) -> crate::store::StoreFuture<'a, bool> {
+            self.0.extend(key, token, lease_until, now)
+        }
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> crate::store::StoreFuture<'a, bool> {
+            self.0.complete(key, token, record, now)
+        }
+        fn release<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+        ) -> crate::store::StoreFuture<'a, bool> {
+            self.0.release(key, token)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_that_lands_after_its_release_is_released_again() {
+        let moka = Arc::new(MokaStore::new());
+        let engine = Engine::new(LateClaims(Arc::clone(&moka)));
+        let policy = Policy::DEFAULT;
+        let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
+        assert!(matches!(err, IdempotencyError::StoreUnavailable(_)));
+        engine.abandoned_released().await;
+        let retry = Engine::new(Arc::clone(&moka))
+            .begin(&policy, key(1), fp("a"))
+            .await;
+        assert!(
+            matches!(retry, Ok(Begin::Execute(_))),
+            "the late claim was released too: {retry:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_the_store_failed_is_retried_so_the_retry_need_not_wait_a_lease() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.fail("release", 2, Fault::Unavailable);
+        assert_eq!(
+            lease.finish(response(503, "carrier down")).await.unwrap(),
+            Outcome::Released
+        );
+        assert_eq!(store.calls("release"), 3);
+        assert!(
+            matches!(
+                engine.begin(&policy, key(1), fp("a")).await,
+                Ok(Begin::Execute(_))
+            ),
+            "the retry runs the operation again at once"
         );
     }
 

@@ -177,6 +177,9 @@ pub enum Fault {
     Timeout,
     /// [`StoreError::TooLarge`] with this limit, as a store answers a record over its limit.
     TooLarge(usize),
+    /// The operation reaches the store and is done there, but its answer is lost:
+    /// [`StoreError::Timeout`], as a command that timed out and ran all the same.
+    Lost,
 }
 
 impl Fault {
@@ -185,12 +188,13 @@ impl Fault {
             Fault::Unavailable => StoreError::Unavailable("injected store failure".into()),
             Fault::Timeout => StoreError::Timeout,
             Fault::TooLarge(max) => StoreError::TooLarge { size: max + 1, max },
+            Fault::Lost => StoreError::Timeout,
         }
     }
 }
 
-/// Wraps a store and fails the operations a test chooses, before they reach it (nothing is
-/// written by a failed operation). Operations are named as in [`CountingStore`]. Clones share
+/// Wraps a store and fails the operations a test chooses: before they reach it (nothing is
+/// written by a failed operation), or, with [`Fault::Lost`], after. Operations are named as in [`CountingStore`]. Clones share
 /// the plan and the counts.
 ///
 /// ```
@@ -246,8 +250,8 @@ impl<S> FaultyStore<S> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts a call of `operation`, and the error it fails with if one is planned.
-    fn fault(&self, operation: &'static str) -> Option<StoreError> {
+    /// Counts a call of `operation`, and the fault planned for it, if any.
+    fn fault(&self, operation: &'static str) -> Option<Fault> {
         let mut plan = self.lock();
         *plan.calls.entry(operation).or_default() += 1;
         let (left, fault) = plan.faults.get_mut(operation)?;
@@ -257,7 +261,7 @@ impl<S> FaultyStore<S> {
         if *left != usize::MAX {
             *left -= 1;
         }
-        Some(fault.error())
+        Some(*fault)
     }
 
     fn call<'a, T: Send + 'a>(
@@ -266,7 +270,14 @@ impl<S> FaultyStore<S> {
         call: impl FnOnce(&'a S) -> StoreFuture<'a, T>,
     ) -> StoreFuture<'a, T> {
         match self.fault(operation) {
-            Some(error) => StoreFuture::ready(Err(error)),
+            Some(Fault::Lost) => {
+                let done = call(&self.inner);
+                StoreFuture::new(async move {
+                    let _ = done.await;
+                    Err(Fault::Lost.error())
+                })
+            }
+            Some(fault) => StoreFuture::ready(Err(fault.error())),
             None => call(&self.inner),
         }
     }

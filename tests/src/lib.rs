@@ -97,35 +97,52 @@ impl RawRequest {
 
     /// Sends the request and reads the whole response.
     pub async fn send(&self, addr: SocketAddr) -> RawResponse {
-        let mut stream = TcpStream::connect(addr)
+        self.try_send(addr)
             .await
-            .expect("connect to test server");
-        stream
-            .write_all(&self.to_bytes())
-            .await
-            .expect("write request");
+            .expect("an answer from the test server")
+    }
+
+    /// Sends the request and reads the whole response, or says why there is none (the
+    /// server refused or reset the connection, or took more than 30 s): for tests where a
+    /// server may go away, whose clients cannot tell whether their request ran.
+    pub async fn try_send(&self, addr: SocketAddr) -> std::io::Result<RawResponse> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(&self.to_bytes()).await?;
         let mut buf = Vec::new();
         tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf))
             .await
-            .expect("response within 30s")
-            .expect("read response");
-        RawResponse::parse(&buf)
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 30 s")
+            })??;
+        if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the connection closed before a whole response head",
+            ));
+        }
+        Ok(RawResponse::parse(&buf))
     }
 
     /// Sends the request, then resets the connection (RST, not a graceful close) once
     /// `wait_for` says the handler started: the client goes away mid-request.
     pub async fn send_and_reset(&self, addr: SocketAddr, wait_for: impl Fn() -> bool) {
-        let stream = TcpStream::connect(addr)
+        self.try_send_and_reset(addr, wait_for)
             .await
             .expect("connect to test server");
-        let mut stream = stream;
-        stream
-            .write_all(&self.to_bytes())
-            .await
-            .expect("write request");
+    }
+
+    /// [`send_and_reset`](Self::send_and_reset), or why the request could not be sent.
+    pub async fn try_send_and_reset(
+        &self,
+        addr: SocketAddr,
+        wait_for: impl Fn() -> bool,
+    ) -> std::io::Result<()> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(&self.to_bytes()).await?;
         eventually(wait_for).await;
-        stream.set_zero_linger().expect("set zero linger");
+        stream.set_zero_linger()?;
         drop(stream);
+        Ok(())
     }
 }
 
@@ -440,6 +457,15 @@ impl TestRedis {
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
         cmd.query(&mut self.connection().expect("connect to test Redis"))
             .expect("Redis command")
+    }
+
+    /// Makes the server refuse every write for `outage` (an out-of-memory refusal, answered at
+    /// once; reads are still served), then take them again: a store that fails what it is
+    /// asked, claims and completions alike, for a while. Blocks for `outage`.
+    pub fn refuse_writes(&self, outage: Duration) {
+        self.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1));
+        std::thread::sleep(outage);
+        self.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0));
     }
 
     /// Stops the server (an outage).

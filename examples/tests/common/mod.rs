@@ -1,7 +1,9 @@
 //! A `calls-api` process for tests, on a free loopback port.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idem_tests::{RawRequest, RawResponse};
@@ -16,12 +18,14 @@ pub struct CallsApi {
 
 impl CallsApi {
     /// Starts one, on the embedded store or the Redis at `redis_url`, configured by flags.
+    #[allow(dead_code)]
     pub async fn start(redis_url: Option<&str>) -> Self {
         Self::start_with(redis_url, false).await
     }
 
     /// Starts one configured by flags, or with `by_env` by `IDEM_ADDR`, `IDEM_WORKERS` and
     /// `IDEM_REDIS_URL`.
+    #[allow(dead_code)]
     pub async fn start_with(redis_url: Option<&str>, by_env: bool) -> Self {
         let addr = free_addr();
         let mut command = command();
@@ -68,9 +72,34 @@ impl CallsApi {
         Self::launch(command, addr).await
     }
 
+    /// Starts one listening on `addr` with `args` after its address and `--workers 2`, each
+    /// line it prints (one per call it places) appended to `log`.
+    #[allow(dead_code)]
+    pub async fn start_logged(addr: SocketAddr, args: &[&str], log: &Log) -> Self {
+        let mut command = command();
+        command
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .args(args)
+            .stdout(Stdio::piped());
+        let mut child = command.spawn().expect("start calls-api");
+        let stdout = child.stdout.take().expect("piped standard output");
+        let log = Arc::clone(log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        Self::listening(child, addr).await
+    }
+
     /// Runs `command` and waits until it listens on `addr`.
     async fn launch(mut command: Command, addr: SocketAddr) -> Self {
         let child = command.spawn().expect("start calls-api");
+        Self::listening(child, addr).await
+    }
+
+    /// `child`, once it listens on `addr`.
+    async fn listening(child: Child, addr: SocketAddr) -> Self {
         let api = Self { child, addr };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -113,8 +142,12 @@ impl CallsApi {
     }
 }
 
+/// What a process printed, line by line, shared with the thread that reads it.
+#[allow(dead_code)]
+pub type Log = Arc<Mutex<Vec<String>>>;
+
 /// A free address on loopback.
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
@@ -132,7 +165,7 @@ fn command() -> Command {
     ] {
         command.env_remove(name);
     }
-    command.stderr(Stdio::null());
+    command.stdout(Stdio::null()).stderr(Stdio::null());
     command
 }
 
