@@ -236,6 +236,14 @@ mod tests {
         assert_eq!(client.policy.max_attempts, 5);
     }
 
+    #[cfg(feature = "rustls")]
+    #[test]
+    fn with_rustls_the_client_builds_on_ring_and_reaches_https() {
+        let client = Client::builder().build().unwrap();
+        assert!(client.tls);
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+
     #[test]
     fn each_bad_setting_is_refused_by_name() {
         let cases: [(ClientBuilder, &str); 6] = [

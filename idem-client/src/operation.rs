@@ -260,3 +260,62 @@ fn transport(error: reqwest::Error) -> Verdict<Response> {
         retry_after: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::builder().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_mistake_in_building_is_reported_by_send_and_nothing_is_sent() {
+        let client = client();
+        let cases = [
+            (client.post("not a url"), "invalid URL"),
+            (
+                client.post("http://127.0.0.1:9/").idempotency_key("a key"),
+                "invalid idempotency key",
+            ),
+            (
+                client.post("http://127.0.0.1:9/").header("bad name", "v"),
+                "invalid header name",
+            ),
+            (
+                client
+                    .post("http://127.0.0.1:9/")
+                    .header("X-Note", "line\nbreak"),
+                "invalid value for header X-Note",
+            ),
+        ];
+        for (operation, expected) in cases {
+            let err = operation.send().await.unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+            assert!(err.key().is_none(), "nothing was sent: {err}");
+        }
+    }
+
+    #[cfg(not(feature = "rustls"))]
+    #[tokio::test]
+    async fn https_without_tls_is_refused_before_sending() {
+        let err = client()
+            .post("https://127.0.0.1:9/v1/calls")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("rustls feature"), "{err}");
+    }
+
+    #[test]
+    fn the_key_header_given_as_a_header_is_the_operations_key() {
+        let client = client();
+        let operation = client
+            .post("http://127.0.0.1:9/")
+            .header("idempotency-key", "call-0001");
+        assert_eq!(operation.key(), "call-0001");
+        assert!(operation.headers.is_empty());
+        let fresh = client.post("http://127.0.0.1:9/");
+        assert_ne!(fresh.key(), client.post("http://127.0.0.1:9/").key());
+    }
+}
