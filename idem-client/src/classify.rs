@@ -1,0 +1,199 @@
+//! What an answer means for the operation: done, worth another attempt, or refused.
+//!
+//! The idempotency layer's own answers are told apart by their stable codes (`error.code`,
+//! `error.type`, or `code` in problem JSON) and by `Retry-After`: a 409
+//! `idempotency_conflict` with `Retry-After` is a key still in flight, and the same without
+//! it is a key used with another request.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use crate::backoff::parse_retry_after;
+
+/// The code of a 409 or 422 about a key in flight or used with another request.
+const CONFLICT: &str = "idempotency_conflict";
+/// The prefix of every code the idempotency layer answers with itself.
+const LAYER_PREFIX: &str = "idempotency_";
+
+/// What an answer means.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// The server's answer to the operation: hand it to the caller.
+    Answer,
+    /// Worth another attempt, after `Retry-After` if the server sent one.
+    Retry {
+        code: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// The key was used with a different request.
+    Mismatch { message: Option<String> },
+    /// The idempotency layer refused the request with a 4xx of its own.
+    Refused {
+        code: String,
+        message: Option<String>,
+    },
+}
+
+/// Classifies an answer, reading `Retry-After` against `now`.
+pub(crate) fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Class {
+    if status.is_success() || status.is_informational() || status.is_redirection() {
+        return Class::Answer;
+    }
+    let (code, message) = error_code(body);
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now));
+    let is_conflict = code.as_deref() == Some(CONFLICT);
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => Class::Retry { code, retry_after },
+        // In flight: the layer's 409 with Retry-After. A 409 with Retry-After whose body the
+        // client cannot read (a custom error renderer) is taken as in flight too; one with
+        // another code is the application's and is handed back.
+        StatusCode::CONFLICT if retry_after.is_some() && (is_conflict || code.is_none()) => {
+            Class::Retry { code, retry_after }
+        }
+        StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY if is_conflict => {
+            Class::Mismatch { message }
+        }
+        _ if status.is_client_error() => match code {
+            Some(code) if code.starts_with(LAYER_PREFIX) => Class::Refused { code, message },
+            _ => Class::Answer,
+        },
+        _ => Class::Answer,
+    }
+}
+
+/// The stable code and message of an error body, in any of the layer's formats: the
+/// envelope `{"error":{"code"|"type":..,"message":..}}` or RFC 9457 problem JSON
+/// `{"code":..,"detail":..}`.
+fn error_code(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (None, None);
+    };
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    match value.get("error") {
+        Some(error) => (
+            text(error.get("code").or_else(|| error.get("type"))),
+            text(error.get("message")),
+        ),
+        None => (text(value.get("code")), text(value.get("detail"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    fn headers(retry_after: Option<&'static str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn envelope(code: &str) -> Vec<u8> {
+        format!(r#"{{"error":{{"code":"{code}","message":"m"}},"request_id":"r"}}"#).into_bytes()
+    }
+
+    fn of(status: u16, retry_after: Option<&'static str>, body: &[u8]) -> Class {
+        classify(
+            StatusCode::from_u16(status).unwrap(),
+            &headers(retry_after),
+            body,
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn success_and_the_applications_own_errors_are_answers() {
+        assert_eq!(of(201, None, b"{}"), Class::Answer);
+        assert_eq!(
+            of(400, None, &envelope("invalid_phone_number")),
+            Class::Answer
+        );
+        assert_eq!(of(404, None, b"not found"), Class::Answer);
+        assert_eq!(
+            of(500, None, &envelope("carrier_unavailable")),
+            Class::Answer
+        );
+        assert_eq!(of(409, None, &envelope("already_exists")), Class::Answer);
+        assert_eq!(
+            of(409, Some("1"), &envelope("already_exists")),
+            Class::Answer
+        );
+        assert_eq!(of(429, Some("1"), b""), Class::Answer);
+    }
+
+    #[test]
+    fn in_flight_and_unavailable_are_retried_after_their_retry_after() {
+        let in_flight = of(409, Some("1"), &envelope(CONFLICT));
+        assert_eq!(
+            in_flight,
+            Class::Retry {
+                code: Some(CONFLICT.into()),
+                retry_after: Some(Duration::from_secs(1)),
+            }
+        );
+        assert!(matches!(of(409, Some("2"), b"<html>"), Class::Retry { .. }));
+        assert_eq!(
+            of(503, None, &envelope("carrier_unavailable")),
+            Class::Retry {
+                code: Some("carrier_unavailable".into()),
+                retry_after: None,
+            }
+        );
+        assert!(matches!(
+            of(503, Some("1"), &envelope("idempotency_store_unavailable")),
+            Class::Retry {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_conflict_without_retry_after_is_a_mismatch_in_every_format() {
+        let mismatch = Class::Mismatch {
+            message: Some("m".into()),
+        };
+        assert_eq!(of(409, None, &envelope(CONFLICT)), mismatch);
+        assert_eq!(of(422, None, &envelope(CONFLICT)), mismatch);
+        let typed = br#"{"error":{"type":"idempotency_conflict","message":"m"}}"#;
+        assert_eq!(of(422, None, typed), mismatch);
+        let problem = br#"{"type":"urn:idem:error:idempotency_conflict","title":"Conflict","status":409,"detail":"m","code":"idempotency_conflict"}"#;
+        assert_eq!(of(409, None, problem), mismatch);
+        // A 422 of the application's own is its answer.
+        assert_eq!(of(422, None, &envelope("invalid_body")), Class::Answer);
+    }
+
+    #[test]
+    fn the_layers_other_refusals_are_not_retried() {
+        for (status, code) in [
+            (400, "idempotency_key_invalid"),
+            (400, "idempotency_key_missing"),
+            (400, "idempotency_scope_missing"),
+            (413, "idempotency_body_too_large"),
+            (409, "idempotency_response_too_large"),
+        ] {
+            assert_eq!(
+                of(status, None, &envelope(code)),
+                Class::Refused {
+                    code: code.into(),
+                    message: Some("m".into()),
+                },
+                "{status} {code}"
+            );
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! What can go wrong in building a client and in sending an operation.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+/// Why [`ClientBuilder::build`](crate::ClientBuilder::build) refused its settings.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The key header's name is not a valid HTTP header name.
+    #[error("invalid key header name {name:?}: use a header name such as Idempotency-Key")]
+    KeyHeader {
+        /// The name given.
+        name: String,
+    },
+    /// `max_attempts` was zero.
+    #[error("max_attempts must be at least 1 (1 sends each operation once, without retries)")]
+    NoAttempts,
+    /// The first backoff is longer than the longest.
+    #[error("initial_backoff ({initial:?}) exceeds max_backoff ({max:?}): lower the first or raise the second")]
+    Backoff {
+        /// The first backoff.
+        initial: Duration,
+        /// The cap.
+        max: Duration,
+    },
+    /// A duration that must be above zero was zero.
+    #[error("{setting} must be longer than zero")]
+    ZeroDuration {
+        /// The setting's name.
+        setting: &'static str,
+    },
+    /// reqwest could not build its client.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+/// Why an operation did not get an answer it can use.
+///
+/// An answer of the server's own (a 2xx, or a 4xx of the application such as a validation
+/// error) is not an error: it is a [`Response`](crate::Response). These are the cases where
+/// the request was malformed before sending, the idempotency layer refused the key, or the
+/// retries ran out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The idempotency key given is not a valid key.
+    #[error("invalid idempotency key: {reason}; use visible ASCII characters, such as a UUID")]
+    InvalidKey {
+        /// The rule broken.
+        reason: &'static str,
+    },
+    /// The request could not be built (its URL, a header, or its JSON body).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The key was already used with a different request (409 or 422
+    /// `idempotency_conflict` without `Retry-After`). Retrying cannot help: a new operation
+    /// needs a new key, and a retry of the old one needs its exact request.
+    #[error("idempotency key {key} was already used with a different request ({status}): send a new operation with a new key, or the retry with its first request's method, URL and body")]
+    Mismatch {
+        /// The key.
+        key: String,
+        /// 409 or 422, as the endpoint answers.
+        status: StatusCode,
+        /// The server's message, when its body had one.
+        message: Option<String>,
+    },
+    /// The idempotency layer refused the request with one of its own 4xx codes (such as
+    /// `idempotency_key_invalid` or `idempotency_response_too_large`); retrying the same
+    /// request gets the same answer.
+    #[error("the server refused idempotency key {key} with {status} {code}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Refused {
+        /// The key.
+        key: String,
+        /// The status.
+        status: StatusCode,
+        /// The stable code, such as `idempotency_key_invalid`.
+        code: String,
+        /// The server's message, when its body had one.
+        message: Option<String>,
+    },
+    /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
+    /// 503, 409 while in flight). The operation may have run once, and never more: send it
+    /// again later with the same key to learn its outcome.
+    #[error("gave up after {attempts} attempts in {} ms, the last {last}: send the operation again later with the same idempotency key ({key}) to get its outcome", .elapsed.as_millis())]
+    GaveUp {
+        /// The key, to send the operation again with.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time since the first attempt started.
+        elapsed: Duration,
+        /// How the last attempt failed.
+        last: Failure,
+    },
+    /// The request failed in a way no retry mends (such as a URL reqwest cannot send to).
+    #[error("cannot send the request: {0}")]
+    Transport(#[source] reqwest::Error),
+    /// The response body is not the JSON asked for.
+    #[error("the response body is not the JSON expected: {0}")]
+    Decode(#[source] serde_json::Error),
+}
+
+impl Error {
+    /// The idempotency key the operation was sent with, where it was sent: keep it to send
+    /// the same operation again.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Mismatch { key, .. } | Self::Refused { key, .. } | Self::GaveUp { key, .. } => {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How an attempt that may be retried failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The server answered with a status worth retrying (503, or 409 while in flight).
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// The stable code of its body, when it had one.
+        code: Option<String>,
+    },
+    /// The connection failed, was reset, or the attempt timed out.
+    Transport(reqwest::Error),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status { status, code } => {
+                write!(f, "answered {status}")?;
+                match code {
+                    Some(code) => write!(f, " ({code})"),
+                    None => Ok(()),
+                }
+            }
+            Self::Transport(error) if error.is_timeout() => {
+                f.write_str("timed out before the answer came")
+            }
+            Self::Transport(error) => {
+                write!(f, "failed: {error}")?;
+                let mut source = std::error::Error::source(error);
+                while let Some(cause) = source {
+                    write!(f, ": {cause}")?;
+                    source = cause.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}

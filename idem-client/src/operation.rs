@@ -1,0 +1,321 @@
+//! One logical operation: a request, its key, and its attempts.
+
+use std::fmt::Display;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, Url};
+use serde::Serialize;
+
+use crate::classify::{classify, Class};
+use crate::retry::{self, Verdict};
+use crate::{key, Client, Error, Failure, Response};
+
+/// One logical operation, such as "create this call": built like a request, sent with
+/// [`send`](Self::send), and attempted as often as the client's settings allow, always with
+/// the same key and the same bytes.
+///
+/// Its key is made when the operation is made (see [`key`](Self::key)); give one with
+/// [`idempotency_key`](Self::idempotency_key) to resume an operation sent before, such as one
+/// whose retries ran out.
+#[derive(Debug)]
+#[must_use = "an operation does nothing until it is sent"]
+pub struct Operation<'c> {
+    client: &'c Client,
+    method: Method,
+    url: Option<Url>,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+    key: String,
+    /// The first mistake made while building, reported by `send`.
+    error: Option<Error>,
+}
+
+impl<'c> Operation<'c> {
+    pub(crate) fn new(client: &'c Client, method: Method, url: &str) -> Self {
+        let mut operation = Self {
+            client,
+            method,
+            url: None,
+            headers: HeaderMap::new(),
+            body: None,
+            key: key::generate(),
+            error: None,
+        };
+        match Url::parse(url) {
+            Ok(url) => operation.url = Some(url),
+            Err(e) => operation.fail(Error::InvalidRequest(format!(
+                "invalid URL {url:?}: {e}; give an absolute URL such as http://127.0.0.1:8080/v1/calls"
+            ))),
+        }
+        operation
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.error.get_or_insert(error);
+    }
+
+    /// The key this operation is sent with.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Sends the operation under `key` instead of a new one: to send again an operation
+    /// whose outcome is unknown (after [`Error::GaveUp`]), with the same request.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        match key::check(&key) {
+            Ok(()) => self.key = key,
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// Adds a header. The key header given here is taken as
+    /// [`idempotency_key`](Self::idempotency_key).
+    pub fn header(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            self.fail(Error::InvalidRequest(format!(
+                "invalid header name {name:?}: use letters, digits and '-'"
+            )));
+            return self;
+        };
+        if header == self.client.key_header {
+            return self.idempotency_key(value);
+        }
+        match HeaderValue::from_str(value) {
+            Ok(value) => {
+                self.headers.append(header, value);
+            }
+            Err(_) => self.fail(Error::InvalidRequest(format!(
+                "invalid value for header {name}: use visible ASCII, spaces and tabs"
+            ))),
+        }
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>`.
+    pub fn bearer_auth(mut self, token: impl Display) -> Self {
+        match HeaderValue::try_from(format!("Bearer {token}")) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                self.headers.insert(AUTHORIZATION, value);
+            }
+            Err(_) => self.fail(Error::InvalidRequest(
+                "invalid bearer token: use visible ASCII".into(),
+            )),
+        }
+        self
+    }
+
+    /// The body, sent as these bytes on every attempt.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// `value` as a JSON body, with `Content-Type: application/json` unless one was set.
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => {
+                self.headers
+                    .entry(CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static("application/json"));
+                self.body = Some(body.into());
+            }
+            Err(e) => self.fail(Error::InvalidRequest(format!(
+                "cannot serialize the JSON body: {e}"
+            ))),
+        }
+        self
+    }
+
+    /// Sends the operation, retrying with the same key and bytes what a retry can mend:
+    /// connection errors and resets, timeouts, 503, and 409 while the key is in flight,
+    /// waiting a capped exponential backoff with jitter, and at least the server's
+    /// `Retry-After`.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidKey`], [`Error::InvalidRequest`]: the operation was built wrong;
+    ///   nothing was sent.
+    /// - [`Error::Mismatch`]: the key was used with a different request; not retried.
+    /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
+    ///   own; not retried.
+    /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once,
+    ///   and sending it again with [`Error::key`] tells its outcome.
+    /// - [`Error::Transport`]: reqwest cannot send this request at all.
+    ///
+    /// Any other answer, the application's 4xx and 5xx among them, is a [`Response`].
+    pub async fn send(self) -> Result<Response, Error> {
+        let url = match (self.error, self.url) {
+            (Some(error), _) => return Err(error),
+            (None, Some(url)) => url,
+            // An operation without a URL carries the error saying why.
+            (None, None) => return Err(Error::InvalidRequest("the operation has no URL".into())),
+        };
+        if url.scheme() == "https" && !self.client.tls {
+            return Err(Error::InvalidRequest(
+                "https URLs need TLS: enable idem-client's rustls feature, or give \
+                 ClientBuilder::http_client a reqwest client with TLS"
+                    .into(),
+            ));
+        }
+        let mut headers = self.headers;
+        let key_value = HeaderValue::from_str(&self.key).map_err(|_| Error::InvalidKey {
+            reason: "it is not a valid header value",
+        })?;
+        headers.insert(self.client.key_header.clone(), key_value);
+        let attempt = Attempt {
+            client: self.client,
+            method: &self.method,
+            url: &url,
+            headers: &headers,
+            body: self.body.as_ref(),
+            key: &self.key,
+        };
+        let mut rng = fastrand::Rng::new();
+        retry::run(
+            &self.client.policy,
+            &self.key,
+            &mut rng,
+            |number, timeout| attempt.run(number, timeout),
+        )
+        .await
+    }
+}
+
+/// What every attempt of an operation sends.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    client: &'a Client,
+    method: &'a Method,
+    url: &'a Url,
+    headers: &'a HeaderMap,
+    body: Option<&'a Bytes>,
+    key: &'a str,
+}
+
+impl Attempt<'_> {
+    /// Attempt number `number`, abandoned after `timeout`.
+    async fn run(self, number: u32, timeout: Duration) -> Verdict<Response> {
+        let mut request = self
+            .client
+            .http
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone())
+            .timeout(timeout);
+        if let Some(body) = self.body {
+            request = request.body(body.clone());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return transport(e),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        // The answer is read within the attempt: a connection that breaks mid-body is retried
+        // like one that broke before the status line.
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => return transport(e),
+        };
+        let key = self.key.to_owned();
+        match classify(status, &headers, &body, SystemTime::now()) {
+            Class::Answer => Verdict::Done(Response {
+                status,
+                headers,
+                body,
+                key,
+                attempts: number,
+            }),
+            Class::Retry { code, retry_after } => Verdict::Retry {
+                failure: Failure::Status { status, code },
+                retry_after,
+            },
+            Class::Mismatch { message } => Verdict::Stop(Error::Mismatch {
+                key,
+                status,
+                message,
+            }),
+            Class::Refused { code, message } => Verdict::Stop(Error::Refused {
+                key,
+                status,
+                code,
+                message,
+            }),
+        }
+    }
+}
+
+/// A request that failed without an answer: retried, unless reqwest refused it before
+/// sending (a URL it cannot send to) or a redirect went wrong, which no retry mends.
+fn transport(error: reqwest::Error) -> Verdict<Response> {
+    if error.is_builder() || error.is_redirect() {
+        return Verdict::Stop(Error::Transport(error));
+    }
+    Verdict::Retry {
+        failure: Failure::Transport(error),
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::builder().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_mistake_in_building_is_reported_by_send_and_nothing_is_sent() {
+        let client = client();
+        let cases = [
+            (client.post("not a url"), "invalid URL"),
+            (
+                client.post("http://127.0.0.1:9/").idempotency_key("a key"),
+                "invalid idempotency key",
+            ),
+            (
+                client.post("http://127.0.0.1:9/").header("bad name", "v"),
+                "invalid header name",
+            ),
+            (
+                client
+                    .post("http://127.0.0.1:9/")
+                    .header("X-Note", "line\nbreak"),
+                "invalid value for header X-Note",
+            ),
+        ];
+        for (operation, expected) in cases {
+            let err = operation.send().await.unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+            assert!(err.key().is_none(), "nothing was sent: {err}");
+        }
+    }
+
+    #[cfg(not(feature = "rustls"))]
+    #[tokio::test]
+    async fn https_without_tls_is_refused_before_sending() {
+        let err = client()
+            .post("https://127.0.0.1:9/v1/calls")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("rustls feature"), "{err}");
+    }
+
+    #[test]
+    fn the_key_header_given_as_a_header_is_the_operations_key() {
+        let client = client();
+        let operation = client
+            .post("http://127.0.0.1:9/")
+            .header("idempotency-key", "call-0001");
+        assert_eq!(operation.key(), "call-0001");
+        assert!(operation.headers.is_empty());
+        let fresh = client.post("http://127.0.0.1:9/");
+        assert_ne!(fresh.key(), client.post("http://127.0.0.1:9/").key());
+    }
+}

@@ -1,0 +1,257 @@
+//! The attempts of one operation: when to try again, and when to stop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::{Error, Failure};
+
+/// The limits on one operation's attempts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetryPolicy {
+    /// Attempts in all, the first included; at least 1.
+    pub(crate) max_attempts: u32,
+    /// From the first attempt's start: no attempt runs, and no wait lasts, past it.
+    pub(crate) max_elapsed: Duration,
+    /// The longest an attempt may take (connecting, sending, the whole answer).
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) backoff: Backoff,
+}
+
+/// What one attempt came to.
+pub(crate) enum Verdict<T> {
+    /// An answer to hand back.
+    Done(T),
+    /// A failure a later attempt can mend, with the server's `Retry-After` if it sent one.
+    Retry {
+        failure: Failure,
+        retry_after: Option<Duration>,
+    },
+    /// A failure no retry mends.
+    Stop(Error),
+}
+
+/// Runs `attempt` (given its number, from 1, and the time it may take) until it is done,
+/// stops, or the policy's attempts or time run out. The waits between attempts use tokio's
+/// clock, so that tests can run them on paused time.
+pub(crate) async fn run<T, F, Fut>(
+    policy: &RetryPolicy,
+    key: &str,
+    rng: &mut fastrand::Rng,
+    mut attempt: F,
+) -> Result<T, Error>
+where
+    F: FnMut(u32, Duration) -> Fut,
+    Fut: Future<Output = Verdict<T>>,
+{
+    let start = Instant::now();
+    let deadline = start + policy.max_elapsed;
+    let mut number = 1;
+    loop {
+        let timeout = policy
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let (failure, retry_after) = match attempt(number, timeout).await {
+            Verdict::Done(answer) => return Ok(answer),
+            Verdict::Stop(error) => return Err(error),
+            Verdict::Retry {
+                failure,
+                retry_after,
+            } => (failure, retry_after),
+        };
+        let give_up = |failure| Error::GaveUp {
+            key: key.to_owned(),
+            attempts: number,
+            elapsed: start.elapsed(),
+            last: failure,
+        };
+        if number >= policy.max_attempts {
+            return Err(give_up(failure));
+        }
+        let wait = policy.backoff.delay(number, retry_after, rng.f64());
+        // Waiting past the deadline would leave no time for the attempt it waits for.
+        if Instant::now() + wait >= deadline {
+            return Err(give_up(failure));
+        }
+        tokio::time::sleep(wait).await;
+        number += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use reqwest::StatusCode;
+
+    use super::*;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 5,
+        max_elapsed: Duration::from_secs(60),
+        attempt_timeout: Duration::from_secs(10),
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        },
+    };
+
+    fn unavailable(retry_after: Option<Duration>) -> Verdict<&'static str> {
+        Verdict::Retry {
+            failure: Failure::Status {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: None,
+            },
+            retry_after,
+        }
+    }
+
+    /// Plays `verdicts` in order, noting when (since the start) each attempt began and the
+    /// timeout it was given.
+    struct Script {
+        verdicts: Mutex<VecDeque<Verdict<&'static str>>>,
+        seen: Mutex<Vec<(u32, Duration, Duration)>>,
+        start: Instant,
+    }
+
+    impl Script {
+        fn new(verdicts: impl IntoIterator<Item = Verdict<&'static str>>) -> Self {
+            Self {
+                verdicts: Mutex::new(verdicts.into_iter().collect()),
+                seen: Mutex::new(Vec::new()),
+                start: Instant::now(),
+            }
+        }
+
+        async fn run(&self, policy: &RetryPolicy) -> Result<&'static str, Error> {
+            let mut rng = fastrand::Rng::with_seed(1);
+            run(policy, "key-1", &mut rng, |number, timeout| {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .push((number, self.start.elapsed(), timeout));
+                let verdict = self.verdicts.lock().unwrap().pop_front();
+                async move { verdict.unwrap_or_else(|| unavailable(None)) }
+            })
+            .await
+        }
+
+        fn seen(&self) -> Vec<(u32, Duration, Duration)> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_a_jittered_exponential_backoff() {
+        let script = Script::new([unavailable(None), unavailable(None), Verdict::Done("ok")]);
+        assert_eq!(script.run(&POLICY).await.unwrap(), "ok");
+        let seen = script.seen();
+        assert_eq!(seen.len(), 3);
+        let first_wait = seen[1].1 - seen[0].1;
+        let second_wait = seen[2].1 - seen[1].1;
+        assert!(
+            (Duration::from_millis(50)..Duration::from_millis(100)).contains(&first_wait),
+            "{first_wait:?}"
+        );
+        assert!(
+            (Duration::from_millis(100)..Duration::from_millis(200)).contains(&second_wait),
+            "{second_wait:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_at_least_the_servers_retry_after() {
+        let script = Script::new([
+            unavailable(Some(Duration::from_secs(3))),
+            Verdict::Done("ok"),
+        ]);
+        assert_eq!(script.run(&POLICY).await.unwrap(), "ok");
+        let wait = script.seen()[1].1;
+        assert!(
+            (Duration::from_secs(3)..Duration::from_millis(3050)).contains(&wait),
+            "{wait:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_stop_at_max_attempts_with_the_last_failure() {
+        let script = Script::new([]);
+        let err = script.run(&POLICY).await.unwrap_err();
+        assert_eq!(script.seen().len(), 5);
+        match err {
+            Error::GaveUp {
+                attempts,
+                key,
+                last: Failure::Status { status, .. },
+                ..
+            } => {
+                assert_eq!(attempts, 5);
+                assert_eq!(key, "key-1");
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_beyond_the_time_limit_ends_at_once() {
+        let policy = RetryPolicy {
+            max_elapsed: Duration::from_secs(2),
+            ..POLICY
+        };
+        let script = Script::new([unavailable(Some(Duration::from_secs(5)))]);
+        let start = Instant::now();
+        let err = script.run(&policy).await.unwrap_err();
+        assert!(matches!(err, Error::GaveUp { attempts: 1, .. }), "{err}");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "no wait that cannot pay off"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_time_limit_bounds_attempts_and_the_last_attempts_timeout() {
+        let policy = RetryPolicy {
+            max_attempts: 1000,
+            max_elapsed: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(4),
+            ..POLICY
+        };
+        let script = Script::new(
+            std::iter::repeat_with(|| unavailable(Some(Duration::from_secs(3)))).take(10),
+        );
+        let start = Instant::now();
+        let err = script.run(&policy).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let seen = script.seen();
+        // Attempts near 0 s, 3 s, 6 s and 9 s; then the next wait would pass 10 s.
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(matches!(err, Error::GaveUp { attempts: 4, .. }), "{err}");
+        // The first attempts get the whole timeout, the last only what is left.
+        assert_eq!(seen[0].2, Duration::from_secs(4));
+        assert!(seen[3].2 < Duration::from_secs(1) + Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_is_not_retried() {
+        let script = Script::new([Verdict::Stop(Error::InvalidRequest("bad".into()))]);
+        let err = script.run(&POLICY).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+        assert_eq!(script.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_attempt_allowed_means_no_retry() {
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            ..POLICY
+        };
+        let script = Script::new([]);
+        let err = script.run(&policy).await.unwrap_err();
+        assert!(matches!(err, Error::GaveUp { attempts: 1, .. }), "{err}");
+    }
+}
