@@ -14,6 +14,9 @@
 //! - the policy in words, the retention (TTL) among them, at the end of the operation's
 //!   description, and as an `x-idempotency` object for tools.
 //!
+//! The document is utoipa 6's: depend on `utoipa = "6"` to build it (with its derive macros
+//! or its builders) and to name [`HttpMethod`](utoipa::openapi::path::HttpMethod).
+//!
 //! # Where the settings come from
 //! `#[idempotent(...)]` compiles its arguments into the handler, where no document generator
 //! reads them, so a contract states them again, one line per operation, with the setters the
@@ -68,6 +71,7 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
+use actix_web::http::header::HeaderName;
 use idem_core::{
     codes, CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, Scope,
 };
@@ -245,7 +249,7 @@ impl Contract {
                 Settings::Overrides(overrides) => overrides.apply_to(self.defaults),
                 Settings::Policy(policy) => policy,
             };
-            if !is_token(policy.header) {
+            if HeaderName::from_bytes(policy.header.as_bytes()).is_err() {
                 return Err(ContractError::InvalidHeader(policy.header));
             }
             let format = policy.error_format.unwrap_or(self.errors);
@@ -369,11 +373,16 @@ fn targets(doc: &OpenApi, target: &Target) -> Result<Vec<(&'static str, String)>
                 if !path.starts_with(prefix.as_str()) {
                     continue;
                 }
-                let mut item = item.clone();
                 for method in &MIDDLEWARE_METHODS {
-                    let name = method_name(method);
-                    if slot(&mut item, name).is_some_and(|op| op.is_some()) {
-                        found.push((name, path.clone()));
+                    let described = match method {
+                        HttpMethod::Post => item.post.is_some(),
+                        HttpMethod::Put => item.put.is_some(),
+                        HttpMethod::Patch => item.patch.is_some(),
+                        HttpMethod::Delete => item.delete.is_some(),
+                        _ => false,
+                    };
+                    if described {
+                        found.push((method_name(method), path.clone()));
                     }
                 }
             }
@@ -385,14 +394,6 @@ fn targets(doc: &OpenApi, target: &Target) -> Result<Vec<(&'static str, String)>
             Ok(found)
         }
     }
-}
-
-/// Whether `name` is an HTTP header name (an RFC 9110 token).
-fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Writes `policy` into `operation`.
@@ -580,7 +581,7 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
     }
     conflict.push((
         codes::RESPONSE_TOO_LARGE,
-        "the operation ran, but its response was too large to keep; it will not run again",
+        "the operation ran once, but its response was too large to keep; it will not run again",
     ));
     let mut responses = vec![
         LayerResponse {
@@ -637,7 +638,9 @@ fn add_layer_response(
     format: ErrorFormat,
     components: &Components,
 ) {
-    let mut description = String::from("From the idempotency layer (nothing ran, unless said):");
+    let mut description = String::from(
+        "Answered by the idempotency layer (the operation did not run, except where said):",
+    );
     for (code, when) in &layer.codes {
         let _ = write!(description, " `{code}`: {when};");
     }
@@ -668,10 +671,11 @@ fn add_layer_response(
                 .insert(status, RefOr::T(response.build()));
         }
         Some(response) => {
-            response.description = if response.description.trim().is_empty() {
-                description
-            } else {
-                format!("{} {description}", response.description.trim_end())
+            let own = response.description.trim_end();
+            response.description = match own.chars().last() {
+                None => description,
+                Some('.' | '!' | '?') => format!("{own} {description}"),
+                Some(_) => format!("{own}. {description}"),
             };
             match response.content.get_mut(media) {
                 None => {
@@ -1088,7 +1092,7 @@ mod tests {
         let doc = applied(Contract::new().operation(HttpMethod::Post, "/v1/calls", |p| p));
         let bad = &doc["paths"]["/v1/calls"]["post"]["responses"]["400"];
         let description = bad["description"].as_str().unwrap();
-        assert!(description.starts_with("The call is not valid From the idempotency layer"));
+        assert!(description.starts_with("The call is not valid. Answered by the idempotency layer"));
         assert!(description.contains(codes::KEY_INVALID));
         assert_eq!(
             bad["content"]["application/json"]["schema"]["anyOf"],
