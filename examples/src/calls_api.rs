@@ -1,5 +1,5 @@
-//! `calls-api`: an in-memory outbound-calling API. Every request but `GET /healthz` needs
-//! `Authorization: Bearer <token>`; the token is the tenant.
+//! `calls-api`: an in-memory outbound-calling API. Every request but `GET /healthz` and
+//! `GET /openapi.json` needs `Authorization: Bearer <token>`; the token is the tenant.
 //!
 //! Demo knobs of the fake carrier are headers, so that they are not part of the fingerprint:
 //! `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most 30000), and
@@ -18,6 +18,9 @@ use actix_web::{get, post, web, FromRequest, HttpRequest, HttpResponse, Response
 use idem_actix::{idempotent, RequestId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+pub mod cors;
+pub mod openapi;
 
 /// The longest simulated delay.
 pub const MAX_SIMULATED_DELAY_MS: u64 = 30_000;
@@ -361,12 +364,14 @@ fn json_config() -> web::JsonConfig {
     })
 }
 
-/// Registers the API: `/healthz`, and every other path behind the bearer token check.
+/// Registers the API: `/healthz`, `/openapi.json`, and every other path behind the bearer
+/// token check.
 pub fn configure(state: web::Data<CallsState>) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg| {
         cfg.app_data(state.clone())
             .app_data(json_config())
             .service(healthz)
+            .service(openapi::openapi_json)
             .service(
                 web::scope("")
                     .wrap(from_fn(require_bearer))

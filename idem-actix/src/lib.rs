@@ -60,6 +60,12 @@
 //! errors render. The embedded store is per process: several server processes need a shared
 //! store.
 //!
+//! # OpenAPI and CORS
+//! With the feature `utoipa`, [`openapi::Contract`] writes what each idempotent operation
+//! promises (its key header, replays, the layer's errors and the retention) into a utoipa
+//! OpenAPI document. With the feature `cors`, [`cors::IdempotencyCors`] lets browsers on other
+//! origins send keys and read `Idempotent-Replayed`.
+//!
 //! # Error codes
 //! | status | code | when |
 //! |---|---|---|
@@ -75,10 +81,14 @@
 use actix_web::http::header::HeaderName;
 
 mod config;
+#[cfg(feature = "cors")]
+pub mod cors;
 mod extract;
 mod handler;
 mod metrics;
 mod middleware;
+#[cfg(feature = "utoipa")]
+pub mod openapi;
 mod render;
 mod request_id;
 mod scope;

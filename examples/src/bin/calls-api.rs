@@ -3,10 +3,11 @@
 //! ```text
 //! calls-api [--addr 127.0.0.1:8080] [--workers N]
 //!           [--redis-url redis://127.0.0.1:6379 | --redis-cluster URL[,URL...]]
-//!           [--replay-cache-bytes N]
+//!           [--replay-cache-bytes N] [--cors-origin ORIGIN]...
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
-//! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`, `IDEM_REPLAY_CACHE_BYTES`. Flags win.
+//! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`, `IDEM_REPLAY_CACHE_BYTES`, `IDEM_CORS_ORIGINS`
+//! (comma-separated). Flags win.
 //!
 //! On SIGTERM (or Ctrl-C) it stops accepting, lets calls in progress finish and record their
 //! responses (up to 20 s, even those whose clients went away), then stops.
@@ -15,15 +16,16 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
+use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
 use idem_core::store::ReplayCache;
-use idem_examples::calls_api::{configure, CallsState};
+use idem_examples::calls_api::{configure, cors, CallsState};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                  [--redis-url URL | --redis-cluster URL[,URL...]]
-                 [--replay-cache-bytes N]
+                 [--replay-cache-bytes N] [--cors-origin ORIGIN]...
 
   --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
   --workers        actix worker threads (env IDEM_WORKERS; default: one per core)
@@ -36,13 +38,18 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
   --replay-cache-bytes
                    with a Redis store, keep up to N bytes of completed records in this
                    process, so that replays need no round trip to Redis; 0 turns it off
-                   (env IDEM_REPLAY_CACHE_BYTES; default 16777216, 16 MiB)";
+                   (env IDEM_REPLAY_CACHE_BYTES; default 16777216, 16 MiB)
+  --cors-origin    let browser pages of this origin (scheme://host[:port], or * for
+                   any) call the API: send the key headers, read Idempotent-Replayed,
+                   Retry-After and X-Request-ID; repeatable (env IDEM_CORS_ORIGINS,
+                   comma-separated; default: no CORS)";
 
 struct Options {
     addr: String,
     workers: Option<usize>,
     redis: Option<Redis>,
     replay_cache_bytes: u64,
+    cors_origins: Vec<String>,
 }
 
 /// Where the Redis store is.
@@ -63,12 +70,19 @@ fn options() -> Result<Options, String> {
     let mut replay_cache_bytes = std::env::var("IDEM_REPLAY_CACHE_BYTES")
         .ok()
         .filter(|n| !n.is_empty());
+    let mut cors_origins: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
             None => (arg.clone(), None),
         };
+        if flag == "--cors-origin" {
+            let value = inline.or_else(|| args.next());
+            let value = value.ok_or_else(|| format!("`{flag}` needs a value"))?;
+            cors_origins.push(cors::origin(&value).map_err(|e| format!("--cors-origin: {e}"))?);
+            continue;
+        }
         let slot = match flag.as_str() {
             "--addr" => &mut addr,
             "--workers" => &mut workers,
@@ -119,11 +133,20 @@ fn options() -> Result<Options, String> {
             )
         })?,
     };
+    if cors_origins.is_empty() {
+        if let Ok(list) = std::env::var("IDEM_CORS_ORIGINS") {
+            for value in list.split(',').filter(|v| !v.trim().is_empty()) {
+                cors_origins
+                    .push(cors::origin(value).map_err(|e| format!("IDEM_CORS_ORIGINS: {e}"))?);
+            }
+        }
+    }
     Ok(Options {
         addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
         workers,
         redis,
         replay_cache_bytes,
+        cors_origins,
     })
 }
 
@@ -213,6 +236,7 @@ fn main() -> ExitCode {
         let (idem, store) = idempotency(&options)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let app_idem = idem.clone();
+        let cors_origins = options.cors_origins.clone();
         let mut server = HttpServer::new(move || {
             let metrics = metrics.clone();
             App::new()
@@ -230,6 +254,12 @@ fn main() -> ExitCode {
                     }),
                 )
                 .configure(routes.clone())
+                // The last `wrap`, so the outermost: it answers preflights, which carry no
+                // token, before anything asks for one.
+                .wrap(Condition::new(
+                    !cors_origins.is_empty(),
+                    cors::cors(&cors_origins),
+                ))
         });
         if let Some(workers) = options.workers {
             server = server.workers(workers);

@@ -1,0 +1,249 @@
+//! `GET /openapi.json`: the API's OpenAPI document, with what each idempotent operation
+//! promises written in by [`idem_actix::openapi::Contract`].
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::{get, HttpResponse};
+use idem_actix::openapi::Contract;
+use idem_actix::{CachePolicy, OnMismatch, Scope};
+use serde_json::json;
+use utoipa::openapi::path::HttpMethod;
+use utoipa::openapi::OpenApi;
+
+/// The idempotent operations, with the settings their `#[idempotent(...)]` arguments give
+/// them (the tests send the documented keys and check the documented answers, so the two
+/// cannot drift apart unnoticed).
+fn contract() -> Contract {
+    Contract::new()
+        .operation(HttpMethod::Post, "/v1/calls", |p| {
+            p.ttl(Duration::from_secs(24 * 60 * 60))
+                .scope(Scope::ApiKey)
+        })
+        .operation(HttpMethod::Post, "/v1/messages", |p| {
+            p.header("X-Idempotency-Key")
+                .cache(CachePolicy::Success)
+                .on_mismatch(OnMismatch::Unprocessable)
+        })
+}
+
+/// The document: the routes as the API serves them, then the idempotency contract.
+///
+/// # Errors
+/// A message saying what in the document or the contract is wrong.
+pub fn document() -> Result<OpenApi, String> {
+    let mut doc: OpenApi =
+        serde_json::from_value(routes()).map_err(|e| format!("the routes' document: {e}"))?;
+    contract().apply(&mut doc).map_err(|e| e.to_string())?;
+    Ok(doc)
+}
+
+/// Serves [`document`], built once. No token needed.
+#[get("/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    static DOCUMENT: OnceLock<Result<String, String>> = OnceLock::new();
+    let built = DOCUMENT.get_or_init(|| {
+        document().and_then(|doc| serde_json::to_string(&doc).map_err(|e| e.to_string()))
+    });
+    match built {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(text.clone()),
+        Err(reason) => HttpResponse::InternalServerError().json(json!({
+            "error": {"code": "openapi_unavailable", "message": reason},
+        })),
+    }
+}
+
+/// The demo knobs, said in words: as parameters, a schema-driven client would send them.
+const SIMULATION: &str = "Demo knobs of the fake carrier (headers, so that they are not part \
+    of the fingerprint): `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most \
+    30000); `X-Simulate-Status: 5xx` makes it fail with that status and create nothing.";
+
+/// Every route, as the handlers answer.
+fn routes() -> serde_json::Value {
+    let error = json!({"$ref": "#/components/schemas/ApiError"});
+    let unauthorized = json!({
+        "description": "No bearer token: `unauthorized`.",
+        "content": {"application/json": {"schema": error}},
+    });
+    let bad_request = |codes: &str| {
+        json!({
+            "description": format!("The request is not valid: {codes}."),
+            "content": {"application/json": {"schema": error}},
+        })
+    };
+    let created = |schema: &str, what: &str| {
+        json!({
+            "description": format!("The {what} was created."),
+            "headers": {"Location": {
+                "description": format!("Where the {what} is."),
+                "schema": {"type": "string"},
+            }},
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"$ref": format!("#/components/schemas/{schema}")}},
+            }}},
+        })
+    };
+    let listed = |schema: &str, what: &str| {
+        json!({
+            "description": format!("This tenant's {what}, oldest first."),
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {
+                    "type": "array",
+                    "items": {"$ref": format!("#/components/schemas/{schema}")},
+                }},
+            }}},
+        })
+    };
+    let bearer = json!([{"bearer": []}]);
+    let string = json!({"type": "string"});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "calls-api",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "An in-memory outbound-calling API whose create operations are \
+                idempotent. Every `/v1` request needs `Authorization: Bearer <token>`; the \
+                token is the tenant.",
+        },
+        "paths": {
+            "/v1/calls": {
+                "post": {
+                    "operationId": "createCall",
+                    "summary": "Place a call",
+                    "description": SIMULATION,
+                    "security": bearer,
+                    "requestBody": {
+                        "required": true,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewCall"}}},
+                    },
+                    "responses": {
+                        "201": created("Call", "call"),
+                        "400": bad_request("`invalid_json`, `invalid_phone_number` or `invalid_simulation`"),
+                        "401": unauthorized,
+                    },
+                },
+                "get": {
+                    "operationId": "listCalls",
+                    "summary": "List calls",
+                    "security": bearer,
+                    "responses": {"200": listed("Call", "calls"), "401": unauthorized},
+                },
+            },
+            "/v1/messages": {
+                "post": {
+                    "operationId": "createMessage",
+                    "summary": "Send a message",
+                    "description": SIMULATION,
+                    "security": bearer,
+                    "requestBody": {
+                        "required": true,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewMessage"}}},
+                    },
+                    "responses": {
+                        "201": created("Message", "message"),
+                        "400": bad_request("`invalid_json` or `invalid_simulation`"),
+                        "401": unauthorized,
+                    },
+                },
+                "get": {
+                    "operationId": "listMessages",
+                    "summary": "List messages",
+                    "security": bearer,
+                    "responses": {"200": listed("Message", "messages"), "401": unauthorized},
+                },
+            },
+            "/healthz": {"get": {
+                "operationId": "health",
+                "summary": "Liveness",
+                "responses": {"200": {
+                    "description": "The server is up.",
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                    }}},
+                }},
+            }},
+            "/metrics": {"get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "responses": {"200": {
+                    "description": "The metrics, in Prometheus' text format.",
+                    "content": {"text/plain": {"schema": string}},
+                }},
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {
+                    "description": "The OpenAPI document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Any token: the token is the tenant.",
+            }},
+            "schemas": {
+                "ApiError": {
+                    "type": "object",
+                    "required": ["error", "request_id"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": string, "message": string},
+                        },
+                        "request_id": string,
+                    },
+                },
+                "NewCall": {
+                    "type": "object",
+                    "required": ["agent_id", "phone_number"],
+                    "properties": {
+                        "agent_id": string,
+                        "phone_number": {
+                            "type": "string",
+                            "pattern": "^\\+[0-9]{8,15}$",
+                            "description": "E.164: `+` and 8 to 15 digits; anything else gets 400 `invalid_phone_number`.",
+                        },
+                    },
+                },
+                "Call": {
+                    "type": "object",
+                    "required": ["id", "agent_id", "phone_number", "status"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^call_"},
+                        "agent_id": string,
+                        "phone_number": string,
+                        "status": {"type": "string", "enum": ["queued"]},
+                    },
+                },
+                "NewMessage": {
+                    "type": "object",
+                    "required": ["to", "text"],
+                    "properties": {"to": string, "text": string},
+                },
+                "Message": {
+                    "type": "object",
+                    "required": ["id", "to", "text", "status"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^msg_"},
+                        "to": string,
+                        "text": string,
+                        "status": {"type": "string", "enum": ["queued"]},
+                    },
+                },
+            },
+        },
+    })
+}
