@@ -589,3 +589,21 @@ impl tracing::Subscriber for Logged {
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+#[test]
+fn the_readme_shows_the_transactional_example_that_compiles() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // Built with idem-actix's examples, so that the README's copy cannot rot.
+    let example =
+        std::fs::read_to_string(root.join("idem-actix/examples/transactional.rs")).unwrap();
+    let code: String = example
+        .lines()
+        .filter(|line| !line.starts_with("//!"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(
+        readme.contains(&format!("```rust\n{code}```")),
+        "README.md's transactional handler differs from idem-actix/examples/transactional.rs"
+    );
+}
