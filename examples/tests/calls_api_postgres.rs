@@ -126,7 +126,7 @@ async fn sixty_four_duplicates_across_two_processes_on_one_database_create_one_r
         assert_eq!(retry.body, executed[0].body);
         assert_eq!(
             listed(api).await,
-            [id.clone()],
+            std::slice::from_ref(&id),
             "both processes read the row"
         );
     }

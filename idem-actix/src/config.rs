@@ -52,7 +52,7 @@ struct Settings {
     defaults: Policy,
     header: HeaderName,
     max_detached: usize,
-    /// The store that lends handlers their [`Transaction`](crate::Transaction).
+    /// The store that lends handlers their `Transaction`.
     #[cfg(feature = "postgres")]
     transactions: Option<idem_core::store::PostgresStore>,
 }
@@ -67,9 +67,8 @@ impl IdempotencyConfig {
     /// Settings with `store`, the system clock as [`Engine::new`] reads it, and the default
     /// JSON error envelope.
     ///
-    /// On a `PostgresStore` (feature `postgres`), handlers can also take the
-    /// [`Transaction`](crate::Transaction) in which their key's record is written, and write
-    /// their side effects in it.
+    /// On a `PostgresStore` (feature `postgres`), handlers can also take the `Transaction`
+    /// in which their key's record is written, and write their side effects in it.
     pub fn new(store: impl Store) -> Self {
         #[cfg(feature = "postgres")]
         let transactions = (&store as &dyn std::any::Any)
@@ -85,8 +84,8 @@ impl IdempotencyConfig {
     }
 
     /// Settings with a store shared with other code (for example, to inspect it in tests).
-    /// A store passed this way lends handlers no [`Transaction`](crate::Transaction), even a
-    /// Postgres one: its type is no longer known; give it to [`new`](Self::new).
+    /// A store passed this way lends handlers no `Transaction`, even a Postgres one: its type
+    /// is no longer known; give it to [`new`](Self::new).
     ///
     /// Every store operation is timed and its errors counted through the `metrics` facade, and
     /// so are the records the store evicts before their time to live.

@@ -16,12 +16,14 @@ pub struct CallsApi {
 
 impl CallsApi {
     /// Starts one, on the embedded store or the Redis at `redis_url`, configured by flags.
+    #[allow(dead_code)]
     pub async fn start(redis_url: Option<&str>) -> Self {
         Self::start_with(redis_url, false).await
     }
 
     /// Starts one configured by flags, or with `by_env` by `IDEM_ADDR`, `IDEM_WORKERS` and
     /// `IDEM_REDIS_URL`.
+    #[allow(dead_code)]
     pub async fn start_with(redis_url: Option<&str>, by_env: bool) -> Self {
         let addr = free_addr();
         let mut command = command();

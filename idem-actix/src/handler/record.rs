@@ -94,7 +94,7 @@ impl Keep {
 )]
 ///
 /// With an `offer` (a store that lends transactions), a handler that takes its
-/// [`Transaction`](crate::Transaction) has its writes committed with the record, or rolled
+/// `Transaction` has its writes committed with the record, or rolled
 /// back with the release.
 pub(super) fn claimed<H, Fut>(
     lease: idem_core::Lease,
