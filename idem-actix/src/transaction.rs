@@ -246,7 +246,6 @@ mod enabled {
     }
 
     /// A run's transaction, lent to its handler.
-    #[derive(Clone)]
     pub(crate) struct Loan(Rc<Lent>);
 
     struct Lent {
@@ -289,8 +288,13 @@ mod enabled {
                     ));
                 }
             }
-            match self.store.transaction(self.key, self.token).await {
+            // Dropped before it opens (another extractor of the handler failed first), the
+            // extraction leaves the loan untaken, as if it never began.
+            let opening = Opening(&self);
+            let opened = self.store.transaction(self.key, self.token).await;
+            match opened {
                 Ok(tx) => {
+                    std::mem::forget(opening);
                     if let State::Closed = self.state.replace(State::Lent) {
                         // The run ended while the transaction opened: it rolls back on drop.
                         self.state.set(State::Closed);
@@ -306,11 +310,8 @@ mod enabled {
                     })
                 }
                 Err(error) => {
-                    if let State::Opening = self.state.take() {
-                        self.state.set(State::Idle);
-                    } else {
-                        self.state.set(State::Closed);
-                    }
+                    // Idle again, for another try; a closed loan stays closed.
+                    drop(opening);
                     tracing::warn!(%error, "opening the idempotency transaction failed");
                     let error = IdempotencyError::StoreUnavailable(error);
                     let res = self.error(&error, &request_id);
@@ -333,6 +334,19 @@ mod enabled {
 
         fn error(&self, error: &IdempotencyError, request_id: &RequestId) -> HttpResponse {
             error_response(error, request_id, self.format, self.config.renderer())
+        }
+    }
+
+    /// Resets a loan whose transaction did not open: it failed, or its extraction was dropped.
+    struct Opening<'a>(&'a Lent);
+
+    impl Drop for Opening<'_> {
+        fn drop(&mut self) {
+            // Taking leaves it idle; any other state stands.
+            match self.0.state.take() {
+                State::Opening => {}
+                other => self.0.state.set(other),
+            }
         }
     }
 
