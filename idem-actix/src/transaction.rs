@@ -26,7 +26,7 @@ mod enabled {
     use actix_web::error::InternalError;
     use actix_web::http::header;
     use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
-    use idem_core::store::{ClaimTransaction, PostgresStore};
+    use idem_core::store::ClaimTransaction;
     use idem_core::{ErrorFormat, IdempotencyError, Lease, Outcome, Policy, Response, StoreError};
     use serde_json::json;
     use sqlx::PgConnection;
@@ -46,7 +46,7 @@ mod enabled {
     ///
     /// Take it as an extractor in an `#[idempotent]` handler, or in a handler under the
     /// [`Idempotency`](crate::Idempotency) middleware, on an app whose
-    /// [`IdempotencyConfig`] was built on a [`PostgresStore`]. It dereferences to the open
+    /// [`IdempotencyConfig`] was built on a [`PostgresStore`](crate::PostgresStore). It dereferences to the open
     /// transaction's [`PgConnection`]: run your statements on `&mut *tx`.
     ///
     /// ```no_run
@@ -98,7 +98,7 @@ mod enabled {
     /// - 503 `idempotency_store_unavailable` with `Retry-After` when the transaction cannot be
     ///   opened, or the store failed and the endpoint runs unprotected (`fail_open`);
     /// - 500 `idempotency_transaction_unavailable`, logged with the reason, when the app's
-    ///   store is not a [`PostgresStore`] given to [`IdempotencyConfig::new`], when the
+    ///   store is not a [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`], when the
     ///   handler is under no idempotency layer, or when it takes two transactions.
     pub struct Transaction {
         tx: Option<ClaimTransaction>,
@@ -227,13 +227,7 @@ mod enabled {
 
         /// Lends `lease`'s transaction to the handler of `req`, for the extractor to open.
         pub(crate) fn lend(self, req: &HttpRequest, lease: &Lease) -> Loan {
-            let store = self
-                .config
-                .transactions()
-                .expect("an offer is made only on a Postgres store")
-                .clone();
             let lent = Rc::new(Lent {
-                store,
                 key: lease.key(),
                 token: lease.token(),
                 config: self.config,
@@ -249,7 +243,6 @@ mod enabled {
     pub(crate) struct Loan(Rc<Lent>);
 
     struct Lent {
-        store: PostgresStore,
         key: idem_core::StoreKey,
         token: idem_core::Token,
         config: IdempotencyConfig,
@@ -291,7 +284,13 @@ mod enabled {
             // Dropped before it opens (another extractor of the handler failed first), the
             // extraction leaves the loan untaken, as if it never began.
             let opening = Opening(&self);
-            let opened = self.store.transaction(self.key, self.token).await;
+            let Some(store) = self.config.transactions() else {
+                return Err(unavailable(
+                    &request_id,
+                    "the app's store lends no transactions",
+                ));
+            };
+            let opened = store.transaction(self.key, self.token).await;
             match opened {
                 Ok(tx) => {
                     std::mem::forget(opening);
