@@ -130,6 +130,57 @@ async fn sixty_four_duplicates_across_two_processes_on_one_database_create_one_r
             "both processes read the row"
         );
     }
+
+    // Messages are rows too, under their own header and settings.
+    let message = || {
+        RawRequest::post("/v1/messages")
+            .header("Authorization", "Bearer tenant-1")
+            .header("X-Idempotency-Key", "message-1")
+            .json(&json!({ "to": "+15555550123", "text": "hello" }))
+    };
+    let sent = message().send(apis[0].addr).await;
+    assert_eq!(sent.status, 201);
+    assert!(message().send(apis[1].addr).await.replayed());
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(messages, 1);
+    let listing = RawRequest::get("/v1/messages")
+        .header("Authorization", "Bearer tenant-1")
+        .send(apis[1].addr)
+        .await;
+    assert_eq!(listing.json()["data"][0], sent.json()["data"]);
+}
+
+#[test]
+fn a_database_is_one_store_and_must_be_reachable_at_start_up() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_calls-api"))
+            .env_remove("IDEM_DATABASE_URL")
+            .env_remove("IDEM_REDIS_URL")
+            .env_remove("IDEM_REDIS_CLUSTER")
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run calls-api")
+    };
+    let both = run(&[
+        "--database-url",
+        "postgres://idem@127.0.0.1:1/calls",
+        "--redis-url",
+        "redis://127.0.0.1:1/",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("not both"));
+    // Nothing listens on port 1: the tables cannot be created, and it says so.
+    let unreachable = run(&["--database-url", "postgres://idem:secret@127.0.0.1:1/calls"]);
+    assert!(!unreachable.status.success());
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("cannot create the idempotency table"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
