@@ -181,6 +181,10 @@ fn a_database_is_one_store_and_must_be_reachable_at_start_up() {
         stderr.contains("cannot create the idempotency table"),
         "{stderr}"
     );
+    assert!(
+        !stderr.contains("secret"),
+        "the password stays out of the log"
+    );
 }
 
 #[tokio::test]
