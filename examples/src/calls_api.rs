@@ -4,9 +4,14 @@
 //! Demo knobs of the fake carrier are headers, so that they are not part of the fingerprint:
 //! `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most 30000), and
 //! `X-Simulate-Status: 5xx` makes it fail with that status and create nothing.
+//!
+//! Calls and messages are kept in memory, or, on a database ([`CallsState::on_database`]), as
+//! rows of Postgres written in the transaction that records the request's idempotency key: a
+//! call is there exactly when the answer that created it is recorded.
 
 use std::collections::HashMap;
-use std::future::{ready, Ready};
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,9 +20,11 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{get, post, web, FromRequest, HttpRequest, HttpResponse, ResponseError};
-use idem_actix::{idempotent, RequestId};
+use idem_actix::{idempotent, IdempotencyKey, RequestId, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 
 pub mod cors;
 pub mod openapi;
@@ -25,14 +32,59 @@ pub mod openapi;
 /// The longest simulated delay.
 pub const MAX_SIMULATED_DELAY_MS: u64 = 30_000;
 
-/// The API's data: calls and messages per tenant, oldest first.
+/// The API's data: calls and messages per tenant, oldest first, in memory (the default) or
+/// in Postgres.
 #[derive(Default)]
 pub struct CallsState {
     calls: PerTenant<Call>,
     messages: PerTenant<Message>,
+    database: Option<PgPool>,
 }
 
+/// The tables of calls and messages on a database, created at start-up.
+const TABLES: &str = "SELECT pg_advisory_xact_lock(hashtext('calls-api tables'));
+CREATE TABLE IF NOT EXISTS calls (
+    seq          bigserial PRIMARY KEY,
+    id           text NOT NULL UNIQUE,
+    tenant       text NOT NULL,
+    agent_id     text NOT NULL,
+    phone_number text NOT NULL,
+    status       text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_tenant ON calls (tenant, seq);
+CREATE TABLE IF NOT EXISTS messages (
+    seq          bigserial PRIMARY KEY,
+    id           text NOT NULL UNIQUE,
+    tenant       text NOT NULL,
+    recipient    text NOT NULL,
+    text         text NOT NULL,
+    status       text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_tenant ON messages (tenant, seq);";
+
 impl CallsState {
+    /// Calls and messages as rows of Postgres, on `pool` (the idempotency store's, so that
+    /// their writes and the store's records share one database). Create the tables with
+    /// [`create_tables`](Self::create_tables).
+    pub fn on_database(pool: PgPool) -> Self {
+        Self {
+            database: Some(pool),
+            ..Self::default()
+        }
+    }
+
+    /// Creates the tables of calls and messages if they do not exist; nothing to do in
+    /// memory. Safe to run from several processes at once.
+    ///
+    /// # Errors
+    /// Postgres's, when it cannot be reached or refuses.
+    pub async fn create_tables(&self) -> Result<(), sqlx::Error> {
+        if let Some(pool) = &self.database {
+            sqlx::raw_sql(TABLES).execute(pool).await?;
+        }
+        Ok(())
+    }
+
     /// How many calls were created, over all tenants.
     pub fn call_count(&self) -> usize {
         self.calls
@@ -56,7 +108,7 @@ pub struct Call {
     id: String,
     agent_id: String,
     phone_number: String,
-    status: &'static str,
+    status: String,
 }
 
 /// A message as the API shows it.
@@ -65,7 +117,7 @@ pub struct Message {
     id: String,
     to: String,
     text: String,
-    status: &'static str,
+    status: String,
 }
 
 /// The body of `POST /v1/calls`.
@@ -89,6 +141,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     request_id: RequestId,
+    /// Seconds for `Retry-After`, where retrying later can succeed.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -103,6 +157,7 @@ impl ApiError {
             code,
             message: message.into(),
             request_id,
+            retry_after: None,
         }
     }
 }
@@ -119,8 +174,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .insert_header((idem_actix::REQUEST_ID, self.request_id.as_str()))
+        let mut res = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
+        }
+        res.insert_header((idem_actix::REQUEST_ID, self.request_id.as_str()))
             .json(json!({
                 "error": {"code": self.code, "message": self.message},
                 "request_id": self.request_id.as_str(),
@@ -235,7 +293,7 @@ fn unique_id(prefix: &str) -> String {
 #[post("/v1/calls")]
 #[idempotent(ttl = "24h", scope = "api_key")]
 async fn create_call(
-    state: web::Data<CallsState>,
+    ledger: Ledger,
     tenant: Tenant,
     simulate: Simulate,
     body: web::Json<NewCall>,
@@ -252,23 +310,29 @@ async fn create_call(
             simulate.request_id,
         ));
     }
-    simulate.carrier().await?;
     let call = Call {
         id: unique_id("call"),
         agent_id,
         phone_number,
-        status: "queued",
+        status: "queued".into(),
     };
     let location = format!("/v1/calls/{}", call.id);
+    let response = created(location, &call);
+    let placed = format!("placed {} for agent {}", call.id, call.agent_id);
+    ledger.keep(tenant, call, simulate.carrier()).await?;
     // One line per call placed: the side effect a retry must not repeat, for operators (and
     // the soak test's audit) to count.
-    println!("placed {} for agent {}", call.id, call.agent_id);
-    Ok(created(&state.calls, tenant, location, call))
+    println!("{placed}");
+    Ok(response)
 }
 
 #[get("/v1/calls")]
-async fn list_calls(state: web::Data<CallsState>, tenant: Tenant) -> HttpResponse {
-    listed(&state.calls, &tenant)
+async fn list_calls(
+    state: web::Data<CallsState>,
+    tenant: Tenant,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    listed::<Call>(&state, &tenant, request_id).await
 }
 
 #[post("/v1/messages")]
@@ -278,49 +342,218 @@ async fn list_calls(state: web::Data<CallsState>, tenant: Tenant) -> HttpRespons
     mismatch = "unprocessable"
 )]
 async fn create_message(
-    state: web::Data<CallsState>,
+    ledger: Ledger,
     tenant: Tenant,
     simulate: Simulate,
     body: web::Json<NewMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let NewMessage { to, text } = body.into_inner();
-    simulate.carrier().await?;
     let message = Message {
         id: unique_id("msg"),
         to,
         text,
-        status: "queued",
+        status: "queued".into(),
     };
     let location = format!("/v1/messages/{}", message.id);
-    Ok(created(&state.messages, tenant, location, message))
+    let response = created(location, &message);
+    ledger.keep(tenant, message, simulate.carrier()).await?;
+    Ok(response)
 }
 
 #[get("/v1/messages")]
-async fn list_messages(state: web::Data<CallsState>, tenant: Tenant) -> HttpResponse {
-    listed(&state.messages, &tenant)
+async fn list_messages(
+    state: web::Data<CallsState>,
+    tenant: Tenant,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    listed::<Message>(&state, &tenant, request_id).await
 }
 
 type PerTenant<T> = Mutex<HashMap<String, Vec<T>>>;
 
-/// Keeps `item` in the tenant's list and answers 201 with it and its `Location`.
-fn created<T: Serialize>(
-    list: &PerTenant<T>,
-    tenant: Tenant,
-    location: String,
-    item: T,
-) -> HttpResponse {
-    let response = HttpResponse::Created()
+/// 201 with `item` and its `Location`.
+fn created<T: Serialize>(location: String, item: &T) -> HttpResponse {
+    HttpResponse::Created()
         .insert_header(("Location", location))
-        .json(json!({ "data": &item }));
-    lock(list).entry(tenant.0).or_default().push(item);
-    response
+        .json(json!({ "data": item }))
 }
 
 /// The tenant's list, oldest first.
-fn listed<T: Serialize>(list: &PerTenant<T>, tenant: &Tenant) -> HttpResponse {
-    let list = lock(list);
-    let items: &[T] = list.get(&tenant.0).map_or(&[], Vec::as_slice);
-    HttpResponse::Ok().json(json!({ "data": items }))
+async fn listed<T: Item>(
+    state: &CallsState,
+    tenant: &Tenant,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let Some(pool) = &state.database else {
+        let list = lock(T::list(state));
+        let items: &[T] = list.get(&tenant.0).map_or(&[], Vec::as_slice);
+        return Ok(HttpResponse::Ok().json(json!({ "data": items })));
+    };
+    let items = sqlx::query(T::SELECT)
+        .bind(&tenant.0)
+        .try_map(|row: PgRow| T::from_row(&row))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| database_unavailable(e, request_id))?;
+    Ok(HttpResponse::Ok().json(json!({ "data": items })))
+}
+
+/// What the API creates: kept in a list in memory, or as a row of its table.
+trait Item: Serialize + Sized + Send + Unpin + 'static {
+    /// Its row for a tenant: `$1` the tenant, then [`bind`](Self::bind)'s values.
+    const INSERT: &'static str;
+    /// A tenant's rows (`$1`), oldest first.
+    const SELECT: &'static str;
+    fn list(state: &CallsState) -> &PerTenant<Self>;
+    fn bind(self, query: Insert) -> Insert;
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error>;
+}
+
+type Insert = sqlx::query::Query<'static, Postgres, PgArguments>;
+
+impl Item for Call {
+    const INSERT: &'static str = "INSERT INTO calls (tenant, id, agent_id, phone_number, status) VALUES ($1, $2, $3, $4, $5)";
+    const SELECT: &'static str =
+        "SELECT id, agent_id, phone_number, status FROM calls WHERE tenant = $1 ORDER BY seq";
+
+    fn list(state: &CallsState) -> &PerTenant<Self> {
+        &state.calls
+    }
+
+    fn bind(self, query: Insert) -> Insert {
+        query
+            .bind(self.id)
+            .bind(self.agent_id)
+            .bind(self.phone_number)
+            .bind(self.status)
+    }
+
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            agent_id: row.try_get("agent_id")?,
+            phone_number: row.try_get("phone_number")?,
+            status: row.try_get("status")?,
+        })
+    }
+}
+
+impl Item for Message {
+    const INSERT: &'static str =
+        "INSERT INTO messages (tenant, id, recipient, text, status) VALUES ($1, $2, $3, $4, $5)";
+    const SELECT: &'static str =
+        "SELECT id, recipient, text, status FROM messages WHERE tenant = $1 ORDER BY seq";
+
+    fn list(state: &CallsState) -> &PerTenant<Self> {
+        &state.messages
+    }
+
+    fn bind(self, query: Insert) -> Insert {
+        query
+            .bind(self.id)
+            .bind(self.to)
+            .bind(self.text)
+            .bind(self.status)
+    }
+
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            to: row.try_get("recipient")?,
+            text: row.try_get("text")?,
+            status: row.try_get("status")?,
+        })
+    }
+}
+
+/// Where a create handler keeps what it creates, as an extractor.
+pub enum Ledger {
+    /// In this process's memory.
+    Memory(web::Data<CallsState>),
+    /// In Postgres, in the transaction that records the request's idempotency key.
+    Keyed(Transaction, RequestId),
+    /// In Postgres, in a transaction of its own: the request has no key.
+    Unkeyed(PgPool, RequestId),
+}
+
+impl FromRequest for Ledger {
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let Some(state) = req.app_data::<web::Data<CallsState>>().cloned() else {
+            return Box::pin(ready(Err(actix_web::error::ErrorInternalServerError(
+                "register CallsState with the app",
+            ))));
+        };
+        let request_id = RequestId::of(req);
+        let Some(pool) = state.database.clone() else {
+            return Box::pin(ready(Ok(Ledger::Memory(state))));
+        };
+        let keyed = IdempotencyKey::extract(req).into_inner().is_ok();
+        if !keyed {
+            return Box::pin(ready(Ok(Ledger::Unkeyed(pool, request_id))));
+        }
+        let tx = Transaction::from_request(req, payload);
+        Box::pin(async move { Ok(Ledger::Keyed(tx.await?, request_id)) })
+    }
+}
+
+impl Ledger {
+    /// Keeps `item` for `tenant` if `carrier` succeeds. In Postgres, its row is written
+    /// first and commits only if the carrier succeeds (the idempotency layer commits it with
+    /// the key's record); in memory, it is kept once the carrier has answered.
+    async fn keep<T: Item>(
+        self,
+        tenant: Tenant,
+        item: T,
+        carrier: impl Future<Output = Result<(), ApiError>>,
+    ) -> Result<(), ApiError> {
+        let (pool, request_id) = match self {
+            Ledger::Memory(state) => {
+                carrier.await?;
+                lock(T::list(&state))
+                    .entry(tenant.0)
+                    .or_default()
+                    .push(item);
+                return Ok(());
+            }
+            Ledger::Keyed(mut tx, request_id) => {
+                insert(tenant, item, &mut tx)
+                    .await
+                    .map_err(|e| database_unavailable(e, request_id))?;
+                return carrier.await;
+            }
+            Ledger::Unkeyed(pool, request_id) => (pool, request_id),
+        };
+        let failed = |e| database_unavailable(e, request_id.clone());
+        let mut tx = pool.begin().await.map_err(failed)?;
+        insert(tenant, item, &mut tx).await.map_err(failed)?;
+        carrier.await?;
+        tx.commit().await.map_err(failed)
+    }
+}
+
+/// Writes `item`'s row for `tenant` on `conn`.
+async fn insert<T: Item>(
+    tenant: Tenant,
+    item: T,
+    conn: &mut PgConnection,
+) -> Result<(), sqlx::Error> {
+    let query = item.bind(sqlx::query(T::INSERT).bind(tenant.0));
+    query.execute(conn).await.map(drop)
+}
+
+/// 503 `database_unavailable`, with `Retry-After`: Postgres failed, and nothing was kept.
+fn database_unavailable(error: sqlx::Error, request_id: RequestId) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        format!("the database is unavailable ({error}); nothing was created, retry later"),
+        request_id,
+    );
+    error.retry_after = Some(1);
+    error
 }
 
 #[get("/healthz")]

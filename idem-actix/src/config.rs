@@ -52,6 +52,9 @@ struct Settings {
     defaults: Policy,
     header: HeaderName,
     max_detached: usize,
+    /// The store that lends handlers their `Transaction`.
+    #[cfg(feature = "postgres")]
+    transactions: Option<idem_core::store::PostgresStore>,
 }
 
 /// How long a drain that cancelled operations waits for their claims to be released.
@@ -63,11 +66,26 @@ const DEFAULT_MAX_DETACHED: usize = 1024;
 impl IdempotencyConfig {
     /// Settings with `store`, the system clock as [`Engine::new`] reads it, and the default
     /// JSON error envelope.
+    ///
+    /// On a `PostgresStore` (feature `postgres`), handlers can also take the `Transaction`
+    /// in which their key's record is written, and write their side effects in it.
     pub fn new(store: impl Store) -> Self {
-        Self::from_shared(Arc::new(store))
+        #[cfg(feature = "postgres")]
+        let transactions = (&store as &dyn std::any::Any)
+            .downcast_ref::<idem_core::store::PostgresStore>()
+            .cloned();
+        #[allow(unused_mut, reason = "changed with the postgres feature only")]
+        let mut config = Self::from_shared(Arc::new(store));
+        #[cfg(feature = "postgres")]
+        if transactions.is_some() {
+            config.settings().transactions = transactions;
+        }
+        config
     }
 
     /// Settings with a store shared with other code (for example, to inspect it in tests).
+    /// A store passed this way lends handlers no `Transaction`, even a Postgres one: its type
+    /// is no longer known; give it to [`new`](Self::new).
     ///
     /// Every store operation is timed and its errors counted through the `metrics` facade, and
     /// so are the records the store evicts before their time to live.
@@ -78,6 +96,8 @@ impl IdempotencyConfig {
             defaults: Policy::DEFAULT,
             header: parse_header(Policy::DEFAULT.header),
             max_detached: DEFAULT_MAX_DETACHED,
+            #[cfg(feature = "postgres")]
+            transactions: None,
         }))
     }
 
@@ -211,6 +231,12 @@ impl IdempotencyConfig {
 
     pub(crate) fn renderer(&self) -> &dyn ErrorRenderer {
         &*self.0.renderer
+    }
+
+    /// The store that lends handlers their transactions, if it can.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn transactions(&self) -> Option<&idem_core::store::PostgresStore> {
+        self.0.transactions.as_ref()
     }
 
     /// The settings to change, copied first if a clone shares them (changing one clone's

@@ -75,7 +75,8 @@
 //! | 409 / 422 | `idempotency_conflict` | the key is in use by a running request, or by a different request |
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` |
 //! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`; it will not run again |
-//! | 503 | `idempotency_store_unavailable` | the store cannot be reached (fail closed) |
+//! | 503 | `idempotency_store_unavailable` | the store cannot be reached (fail closed), or the commit of a `Transaction` failed |
+//! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend (the log says why) |
 #![warn(missing_docs)]
 
 use actix_web::http::header::HeaderName;
@@ -92,6 +93,7 @@ pub mod openapi;
 mod render;
 mod request_id;
 mod scope;
+mod transaction;
 
 #[cfg(feature = "postgres")]
 pub use idem_core::store::{
@@ -112,6 +114,8 @@ pub use crate::middleware::{Idempotency, IdempotencyService};
 pub use crate::render::{ErrorRenderer, JsonEnvelope, ProblemJson};
 pub use crate::request_id::RequestId;
 pub use crate::scope::Principal;
+#[cfg(feature = "postgres")]
+pub use crate::transaction::Transaction;
 
 /// `Idempotent-Replayed`, set to `true` on replayed responses.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");

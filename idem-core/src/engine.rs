@@ -597,24 +597,12 @@ impl Lease {
     ) -> impl Future<Output = Result<Outcome, StoreError>> {
         async move {
             self.done = true;
-            if !self.cache.caches(response.status()) {
+            let size = response.size();
+            let Some(mut record) = self.completion(response) else {
                 return Ok(match self.released().await? {
                     true => Outcome::Released,
                     false => Outcome::Lost,
                 });
-            }
-            let now = self.engine.parts.clock.now();
-            let size = response.size();
-            let response = if size > self.max_response {
-                Response::omitted(response.status(), size as u64)
-            } else {
-                response
-            };
-            let mut record = Completed {
-                fingerprint: self.fingerprint,
-                response,
-                completed_at: now,
-                expires_at: now.saturating_add(self.ttl),
             };
             // Made at the first failure only: the common path reads no clock for it.
             let mut retry: Option<Backoff> = None;
@@ -648,6 +636,80 @@ impl Lease {
                 }
             }
         }
+    }
+
+    /// The record that completes this claim with `response`, as [`finish`](Self::finish)
+    /// writes it: `None` when the endpoint does not cache its status.
+    fn completion(&self, response: Response) -> Option<Completed> {
+        if !self.cache.caches(response.status()) {
+            return None;
+        }
+        let now = self.engine.parts.clock.now();
+        let size = response.size();
+        let response = if size > self.max_response {
+            Response::omitted(response.status(), size as u64)
+        } else {
+            response
+        };
+        Some(Completed {
+            fingerprint: self.fingerprint,
+            response,
+            completed_at: now,
+            expires_at: now.saturating_add(self.ttl),
+        })
+    }
+
+    /// Finishes the claim through `settle`, which writes the record or releases the claim
+    /// itself: for a completion that must commit together with other writes, such as those
+    /// of a transaction of the Postgres store.
+    ///
+    /// `settle` is given the record [`finish`](Self::finish) would write, or `None` when the
+    /// endpoint does not cache the response's status and the claim is to be released. It
+    /// writes or releases fenced by this lease's [`token`](Self::token), and answers as
+    /// [`Store::complete`] or [`Store::release`] do: `Ok(true)` when done, `Ok(false)` when
+    /// the token no longer holds the key. The lease leaves the claim to it: it no longer
+    /// releases the key when dropped, so a committed transaction costs no stray release.
+    ///
+    /// Unlike [`finish`](Self::finish), a failure is not retried: the writes that were to
+    /// commit with the record are gone with it, so recording the response alone would
+    /// record what did not happen. `settle` releases the claim when it fails, if it can.
+    ///
+    /// # Errors
+    /// `settle`'s error.
+    pub async fn finish_with<F, Fut>(
+        mut self,
+        response: Response,
+        settle: F,
+    ) -> Result<Outcome, StoreError>
+    where
+        F: FnOnce(Option<Completed>) -> Fut,
+        Fut: Future<Output = Result<bool, StoreError>>,
+    {
+        self.done = true;
+        let record = self.completion(response);
+        let (op, done) = match record {
+            Some(_) => ("complete", Outcome::Recorded),
+            None => ("release", Outcome::Released),
+        };
+        match self.engine.observed(op, || settle(record)).await? {
+            true => Ok(done),
+            false => Ok(Outcome::Lost),
+        }
+    }
+
+    /// Releases the claim through `release`, which releases it itself (fenced by this
+    /// lease's [`token`](Self::token)) after undoing what was to commit with the record,
+    /// such as by rolling a transaction back: for an operation that failed. Answers as
+    /// [`Store::release`] does; the lease no longer releases the key when dropped.
+    ///
+    /// # Errors
+    /// `release`'s error; the claim then lapses with its lease.
+    pub async fn release_with(
+        mut self,
+        release: impl Future<Output = Result<bool, StoreError>>,
+    ) -> Result<bool, StoreError> {
+        self.done = true;
+        self.engine.observed("release", || release).await
     }
 
     /// Releases the key without recording anything, so that a retry runs again.
@@ -1360,6 +1422,83 @@ mod tests {
             engine.begin(&open, key(1), fp("a")).await,
             Ok(Begin::Unprotected(StoreError::Timeout))
         ));
+    }
+
+    #[tokio::test]
+    async fn finishing_with_a_settlement_hands_it_the_record_and_leaves_it_the_claim() {
+        let (engine, clock) = setup();
+        let policy = Policy::DEFAULT.ttl(Duration::from_secs(60));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let (store, token) = (Arc::clone(engine.store()), lease.token());
+        let outcome = lease
+            .finish_with(response(201, "call_1"), |record| async move {
+                let record = record.expect("a 201 is recorded");
+                assert_eq!(record.expires_at, START.saturating_add(policy.ttl));
+                store.complete(&key(1), token, record, clock.now()).await
+            })
+            .await;
+        assert_eq!(outcome.unwrap(), Outcome::Recorded);
+        let replayed = replay(&engine, &policy, key(1), fp("a")).await;
+        assert_eq!(&replayed.response.body()[..], b"call_1");
+
+        // Not cached: no record, and the lease does not release the key behind the
+        // settlement's back, on finishing or on drop.
+        let lease = execute(&engine, &policy, key(2), fp("a")).await;
+        let outcome = lease
+            .finish_with(response(503, "down"), |record| {
+                assert!(record.is_none());
+                std::future::ready(Ok(true))
+            })
+            .await;
+        assert_eq!(outcome.unwrap(), Outcome::Released);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let err = engine.begin(&policy, key(2), fp("a")).await.unwrap_err();
+        assert!(matches!(err, IdempotencyError::InFlight), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_settlement_that_fails_is_not_retried_and_a_lost_token_is_lost() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let attempts = std::cell::Cell::new(0);
+        let outcome = lease
+            .finish_with(response(201, "x"), |_| {
+                attempts.set(attempts.get() + 1);
+                std::future::ready(Err(StoreError::Timeout))
+            })
+            .await;
+        assert!(matches!(outcome, Err(StoreError::Timeout)));
+        assert_eq!(attempts.get(), 1);
+
+        let lease = execute(&engine, &policy, key(2), fp("a")).await;
+        let outcome = lease
+            .finish_with(response(201, "x"), |_| std::future::ready(Ok(false)))
+            .await;
+        assert_eq!(outcome.unwrap(), Outcome::Lost);
+    }
+
+    #[tokio::test]
+    async fn releasing_with_a_rollback_leaves_the_release_to_it() {
+        let timings = Timings::default();
+        let engine = Engine::new(MokaStore::new()).with_observer(timings.clone());
+        let lease = execute(&engine, &Policy::DEFAULT, key(1), fp("a")).await;
+        let (store, token) = (Arc::clone(engine.store()), lease.token());
+        let released = lease
+            .release_with(async move { store.release(&key(1), token).await })
+            .await;
+        assert!(released.unwrap());
+        engine.abandoned_released().await;
+        let ops: Vec<_> = timings
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(op, _)| *op)
+            .collect();
+        assert_eq!(ops, ["claim", "release"], "one release, observed");
     }
 
     #[derive(Clone, Default)]

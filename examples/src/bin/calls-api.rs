@@ -4,10 +4,15 @@
 //! calls-api [--addr 127.0.0.1:8080] [--workers N]
 //!           [--redis-url redis://127.0.0.1:6379 | --redis-cluster URL[,URL...]]
 //!           [--replay-cache-bytes N] [--cors-origin ORIGIN]...
+//!           [--database-url postgres://user@127.0.0.1:5432/calls]
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
 //! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`, `IDEM_REPLAY_CACHE_BYTES`, `IDEM_CORS_ORIGINS`
-//! (comma-separated). Flags win.
+//! (comma-separated), `IDEM_DATABASE_URL`. Flags win.
+//!
+//! With a database, calls and messages are rows of Postgres, written in the transaction that
+//! records their idempotency key, and the idempotency store is Postgres too; the tables are
+//! created at start-up.
 //!
 //! On SIGTERM (or Ctrl-C) it stops accepting, lets calls in progress finish and record their
 //! responses (up to 20 s, even those whose clients went away), then stops.
@@ -18,14 +23,14 @@ use std::time::Duration;
 
 use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
+use idem_actix::{IdempotencyConfig, MokaStore, PostgresStore, RedisStore};
 use idem_core::store::ReplayCache;
 use idem_examples::calls_api::{configure, cors, CallsState};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                  [--redis-url URL | --redis-cluster URL[,URL...]]
-                 [--replay-cache-bytes N] [--cors-origin ORIGIN]...
+                 [--replay-cache-bytes N] [--cors-origin ORIGIN]... [--database-url URL]
 
   --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
   --workers        actix worker threads (env IDEM_WORKERS; default: one per core)
@@ -42,7 +47,12 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
   --cors-origin    let browser pages of this origin (scheme://host[:port], or * for
                    any) call the API: send the key headers, read Idempotent-Replayed,
                    Retry-After and X-Request-ID; repeatable (env IDEM_CORS_ORIGINS,
-                   comma-separated; default: no CORS)";
+                   comma-separated; default: no CORS)
+  --database-url   keep calls and messages in the Postgres at this URL, such as
+                   postgres://user:password@127.0.0.1:5432/calls, each written in the
+                   transaction that records its idempotency key, and use Postgres as
+                   the idempotency store; creates the tables it needs
+                   (env IDEM_DATABASE_URL)";
 
 struct Options {
     addr: String,
@@ -50,6 +60,7 @@ struct Options {
     redis: Option<Redis>,
     replay_cache_bytes: u64,
     cors_origins: Vec<String>,
+    database_url: Option<String>,
 }
 
 /// Where the Redis store is.
@@ -71,6 +82,9 @@ fn options() -> Result<Options, String> {
         .ok()
         .filter(|n| !n.is_empty());
     let mut cors_origins: Vec<String> = Vec::new();
+    let mut database_url = std::env::var("IDEM_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -89,6 +103,7 @@ fn options() -> Result<Options, String> {
             "--redis-url" => &mut redis_url,
             "--redis-cluster" => &mut redis_cluster,
             "--replay-cache-bytes" => &mut replay_cache_bytes,
+            "--database-url" => &mut database_url,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -125,6 +140,9 @@ fn options() -> Result<Options, String> {
         }
         (None, None) => None,
     };
+    if redis.is_some() && database_url.is_some() {
+        return Err("give one store: a Redis or a database, not both".to_owned());
+    }
     let replay_cache_bytes = match replay_cache_bytes {
         None => ReplayCache::<RedisStore>::DEFAULT_MAX_BYTES,
         Some(n) => n.parse::<u64>().map_err(|_| {
@@ -147,6 +165,7 @@ fn options() -> Result<Options, String> {
         redis,
         replay_cache_bytes,
         cors_origins,
+        database_url,
     })
 }
 
@@ -176,6 +195,31 @@ fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String>
             format!("{name}, replays cached in up to {bytes} bytes"),
         ),
     })
+}
+
+/// The idempotency settings, the API's data and the store's name for the log, on the
+/// Postgres at `url`: its record table and the API's tables are created if missing.
+async fn on_database(url: &str) -> Result<(IdempotencyConfig, CallsState, String), String> {
+    let store = PostgresStore::new(url).map_err(|e| format!("--database-url: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("--database-url: cannot create the idempotency table: {e}"))?;
+    let state = CallsState::on_database(store.pool().clone());
+    state
+        .create_tables()
+        .await
+        .map_err(|e| format!("--database-url: cannot create the tables: {e}"))?;
+    // The password, if any, stays out of the log.
+    let shown = match url.split_once('@') {
+        Some((_, host)) => format!("postgres://…@{host}"),
+        None => url.to_owned(),
+    };
+    Ok((
+        IdempotencyConfig::new(store),
+        state,
+        format!("postgres at {shown}"),
+    ))
 }
 
 /// How long a graceful stop waits for calls whose clients went away.
@@ -215,7 +259,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let routes = configure(web::Data::new(CallsState::default()));
     let metrics = match PrometheusBuilder::new().install_recorder() {
         Ok(handle) => handle,
         Err(e) => {
@@ -232,9 +275,17 @@ fn main() -> ExitCode {
                 upkeep.run_upkeep();
             }
         });
-        // The Redis connection is driven by this (the main) runtime, shared by all workers.
-        let (idem, store) = idempotency(&options)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // The Redis connection and the Postgres pool are driven by this (the main) runtime,
+        // shared by all workers.
+        let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let (idem, state, store) = match &options.database_url {
+            Some(url) => on_database(url).await.map_err(invalid)?,
+            None => {
+                let (idem, store) = idempotency(&options).map_err(invalid)?;
+                (idem, CallsState::default(), store)
+            }
+        };
+        let routes = configure(web::Data::new(state));
         let app_idem = idem.clone();
         let cors_origins = options.cors_origins.clone();
         let mut server = HttpServer::new(move || {

@@ -61,6 +61,21 @@ impl CallsApi {
         Self::launch(command, addr).await
     }
 
+    /// Starts one on the Postgres at `url`, configured by `--database-url`, or with `by_env`
+    /// by `IDEM_DATABASE_URL`.
+    #[allow(dead_code)]
+    pub async fn start_on_database(url: &str, by_env: bool) -> Self {
+        if !by_env {
+            return Self::start_args(&["--database-url", url]).await;
+        }
+        let addr = free_addr();
+        let mut command = command();
+        command
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .env("IDEM_DATABASE_URL", url);
+        Self::launch(command, addr).await
+    }
+
     /// Starts one with `args` after its address and `--workers 2`.
     #[allow(dead_code)]
     pub async fn start_args(args: &[&str]) -> Self {
@@ -123,6 +138,14 @@ impl CallsApi {
 }
 
 impl CallsApi {
+    /// Kills the process with SIGKILL, as a crash or an OOM kill would: nothing of it runs
+    /// on, nothing is finished or released.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL calls-api");
+        self.child.wait().expect("reap calls-api");
+    }
+
     /// Sends SIGTERM, as a process manager stopping it does, and waits up to 30 s for the
     /// process to exit: whether it exited cleanly.
     #[allow(dead_code)]
@@ -162,6 +185,7 @@ fn command() -> Command {
         "IDEM_REDIS_URL",
         "IDEM_REDIS_CLUSTER",
         "IDEM_REPLAY_CACHE_BYTES",
+        "IDEM_DATABASE_URL",
     ] {
         command.env_remove(name);
     }

@@ -16,6 +16,7 @@ use super::{Endpoint, Reply, Work};
 use crate::metrics;
 use crate::render::error_response;
 use crate::scope::ScopeFunction;
+use crate::transaction::Offer;
 
 /// A request with a key (or an endpoint that requires one): admits it, then claims the key
 /// and runs `handler` [`detached`], or answers without it.
@@ -162,7 +163,8 @@ where
     match begun {
         Ok(Begin::Execute(lease)) => {
             let keep = Keep::of(&keyed.policy);
-            Settled::Run(Box::pin(claimed(lease, keyed.run, keep, handler)))
+            let offer = Offer::of(keyed.config, &keyed.policy);
+            Settled::Run(Box::pin(claimed(lease, keyed.run, keep, offer, handler)))
         }
         Ok(Begin::Replay(record)) => match unaccepted_encoding(&record, &keyed.run.req) {
             // Recorded in a coding negotiated for the first request (see `Compress`).

@@ -20,6 +20,7 @@ use super::Reply;
 use crate::extract::Admitted;
 use crate::metrics;
 use crate::request_id::RequestId;
+use crate::transaction::{Loan, Offer};
 
 impl Run {
     /// Hands the request's id and key to the handler, and calls it: its reply, or `Err` if it
@@ -91,10 +92,15 @@ impl Keep {
     clippy::manual_async_fn,
     reason = "an `async fn` would hold its arguments twice"
 )]
+///
+/// With an `offer` (a store that lends transactions), a handler that takes its
+/// `Transaction` has its writes committed with the record, or rolled
+/// back with the release.
 pub(super) fn claimed<H, Fut>(
     lease: idem_core::Lease,
     run: Run,
     keep: Keep,
+    offer: Option<Offer>,
     handler: H,
 ) -> impl Future<Output = Reply>
 where
@@ -102,6 +108,7 @@ where
     Fut: Future<Output = Reply>,
 {
     async move {
+        let loan = offer.map(|offer| offer.lend(&run.req, &lease));
         let (request_id, ran) = run.call(handler);
         let ran = lease
             .run(async move {
@@ -122,7 +129,7 @@ where
                     "idempotent handler panicked; key released"
                 );
                 metrics::outcome("released");
-                release(lease).await;
+                release(lease, loan).await;
                 return Reply::orphan(with_request_id(panicked(), &request_id));
             }
         };
@@ -139,33 +146,43 @@ where
             Err(_) => {
                 tracing::error!(outcome = "released", "response body failed; key released");
                 metrics::outcome("released");
-                release(lease).await;
+                release(lease, loan).await;
                 return Reply {
                     req,
                     res: with_request_id(panicked(), &request_id),
                 };
             }
         };
-        let outcome = match lease.finish(response).await {
-            Ok(Outcome::Recorded) => "executed",
-            Ok(Outcome::Released) => "released",
-            Ok(Outcome::Lost) => {
-                tracing::warn!(
-                    status,
-                    "idempotency claim was lost before completion; response not recorded"
-                );
-                "lost"
-            }
-            Err(error) => {
-                tracing::error!(status, %error, "recording the response failed while retried for a lease; the claim lapses with its lease");
-                "unrecorded"
-            }
+        let res = head.set_body(body);
+        let (outcome, res) = match loan.and_then(Loan::close) {
+            Some(taken) => taken.finish(lease, response, res, &request_id).await,
+            None => (recorded(lease, response).await, res),
         };
         tracing::debug!(outcome, status);
         metrics::outcome(outcome);
         Reply {
             req,
-            res: with_request_id(head.set_body(body), &request_id),
+            res: with_request_id(res, &request_id),
+        }
+    }
+}
+
+/// Records `response` (or releases the claim): the outcome, for the log and the metrics.
+async fn recorded(lease: idem_core::Lease, response: Response) -> &'static str {
+    let status = response.status();
+    match lease.finish(response).await {
+        Ok(Outcome::Recorded) => "executed",
+        Ok(Outcome::Released) => "released",
+        Ok(Outcome::Lost) => {
+            tracing::warn!(
+                status,
+                "idempotency claim was lost before completion; response not recorded"
+            );
+            "lost"
+        }
+        Err(error) => {
+            tracing::error!(status, %error, "recording the response failed while retried for a lease; the claim lapses with its lease");
+            "unrecorded"
         }
     }
 }
@@ -227,7 +244,11 @@ pub(super) fn rebuilt(body: Bytes) -> dev::Payload {
     }
 }
 
-async fn release(lease: idem_core::Lease) {
+/// Releases the claim of a handler that failed, after rolling back the transaction it took.
+async fn release(lease: idem_core::Lease, loan: Option<Loan>) {
+    if let Some(taken) = loan.and_then(Loan::close) {
+        return taken.abandon(lease).await;
+    }
     if let Err(error) = lease.release().await {
         tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
     }

@@ -201,6 +201,10 @@ impl Statements {
 ///    that closed, and the claim, no longer renewed, lapses with its lease; the retry after
 ///    it runs once.
 ///
+/// In an actix-web handler, take `idem_actix::Transaction`: the layer claims the key, opens the
+/// transaction when the handler asks for it, and commits or rolls it back with the handler's
+/// answer.
+///
 /// Guarantees: the operation's writes are committed exactly when its completed record is; a
 /// committed run held the key's claim when it committed, so no two runs of one key both
 /// commit while its record lives. A commit whose answer was lost (the connection broke

@@ -1,0 +1,322 @@
+//! `calls-api --database-url`: calls are rows of Postgres written in the transaction that
+//! records their key. Duplicates across processes create one row, a process killed mid-call
+//! leaves nothing and its retry creates exactly one, and an outage of Postgres answers 503
+//! until it returns, without restarting the server. Each test skips when no PostgreSQL can
+//! be had, unless `IDEM_REQUIRE_POSTGRES=1`.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::CallsApi;
+use futures_util::future::join_all;
+use idem_tests::{assert_error, RawRequest, RawResponse, TestPostgres};
+use serde_json::json;
+use sqlx::PgPool;
+
+/// A database of its own on `pg`, so that tests sharing a server do not share tables: its URL
+/// and a pool on it.
+async fn fresh_database(pg: &TestPostgres, name: &str) -> (String, PgPool) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let database = format!(
+        "{name}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = PgPool::connect(pg.url())
+        .await
+        .expect("connect to Postgres");
+    sqlx::raw_sql(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await
+        .expect("create a database");
+    admin.close().await;
+    // postgres://user@host:port/<database>?options
+    let url = pg.url();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let options = path.split_once('?').map_or("", |(_, o)| o);
+    let url = match options {
+        "" => format!("{scheme}://{authority}/{database}"),
+        options => format!("{scheme}://{authority}/{database}?{options}"),
+    };
+    let pool = PgPool::connect(&url)
+        .await
+        .expect("connect to the new database");
+    (url, pool)
+}
+
+fn create(key: &str) -> RawRequest {
+    RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+        .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }))
+}
+
+async fn list(api: &CallsApi) -> RawResponse {
+    RawRequest::get("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .send(api.addr)
+        .await
+}
+
+/// The ids of the tenant's calls, as `GET /v1/calls` reads them from Postgres.
+async fn listed(api: &CallsApi) -> Vec<String> {
+    let res = list(api).await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    res.json()["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|call| call["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+async fn rows(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM calls")
+        .fetch_one(db)
+        .await
+        .expect("count calls")
+}
+
+fn id_of(res: &RawResponse) -> String {
+    res.json()["data"]["id"]
+        .as_str()
+        .expect("a call")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sixty_four_duplicates_across_two_processes_on_one_database_create_one_row() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, db) = fresh_database(&pg, "duplicates").await;
+    let apis = Arc::new([
+        CallsApi::start_on_database(&url, false).await,
+        CallsApi::start_on_database(&url, true).await,
+    ]);
+    // Slow enough that the duplicates come while the first runs.
+    let request = create("sixty-four").header("X-Simulate-Delay-Ms", "300");
+    let answers = join_all((0..64).map(|i| {
+        let (apis, request) = (Arc::clone(&apis), request.clone());
+        tokio::spawn(async move { request.send(apis[i % 2].addr).await })
+    }))
+    .await;
+    let answers: Vec<RawResponse> = answers.into_iter().map(Result::unwrap).collect();
+    let executed: Vec<_> = answers
+        .iter()
+        .filter(|a| a.status == 201 && !a.replayed())
+        .collect();
+    assert_eq!(executed.len(), 1, "one request created the call");
+    for answer in &answers {
+        match answer.status {
+            201 => assert_eq!(answer.body, executed[0].body),
+            409 => assert_eq!(answer.header("retry-after"), Some("1")),
+            other => panic!("{other}: {}", String::from_utf8_lossy(&answer.body)),
+        }
+    }
+    assert_eq!(rows(&db).await, 1, "one row");
+    let id = id_of(executed[0]);
+    for api in apis.iter() {
+        let retry = create("sixty-four").send(api.addr).await;
+        assert!(retry.replayed());
+        assert_eq!(retry.body, executed[0].body);
+        assert_eq!(
+            listed(api).await,
+            std::slice::from_ref(&id),
+            "both processes read the row"
+        );
+    }
+
+    // Messages are rows too, under their own header and settings.
+    let message = || {
+        RawRequest::post("/v1/messages")
+            .header("Authorization", "Bearer tenant-1")
+            .header("X-Idempotency-Key", "message-1")
+            .json(&json!({ "to": "+15555550123", "text": "hello" }))
+    };
+    let sent = message().send(apis[0].addr).await;
+    assert_eq!(sent.status, 201);
+    assert!(message().send(apis[1].addr).await.replayed());
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(messages, 1);
+    let listing = RawRequest::get("/v1/messages")
+        .header("Authorization", "Bearer tenant-1")
+        .send(apis[1].addr)
+        .await;
+    assert_eq!(listing.json()["data"][0], sent.json()["data"]);
+}
+
+#[test]
+fn a_database_is_one_store_and_must_be_reachable_at_start_up() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_calls-api"))
+            .env_remove("IDEM_DATABASE_URL")
+            .env_remove("IDEM_REDIS_URL")
+            .env_remove("IDEM_REDIS_CLUSTER")
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run calls-api")
+    };
+    let both = run(&[
+        "--database-url",
+        "postgres://idem@127.0.0.1:1/calls",
+        "--redis-url",
+        "redis://127.0.0.1:1/",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("not both"));
+    // Nothing listens on port 1: the tables cannot be created, and it says so.
+    let unreachable = run(&["--database-url", "postgres://idem:secret@127.0.0.1:1/calls"]);
+    assert!(!unreachable.status.success());
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("cannot create the idempotency table"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("secret"),
+        "the password stays out of the log"
+    );
+}
+
+#[tokio::test]
+async fn a_process_killed_mid_call_leaves_nothing_and_the_retry_creates_exactly_one_call() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, db) = fresh_database(&pg, "killed").await;
+    let mut api = CallsApi::start_on_database(&url, false).await;
+    let slow = create("killed").header("X-Simulate-Delay-Ms", "10000");
+    let addr = api.addr;
+    let running = tokio::spawn(async move {
+        // The connection dies with the process; no answer is expected.
+        let _ = tokio::time::timeout(Duration::from_secs(30), slow.send(addr)).await;
+    });
+    // The call's row is written, uncommitted, and its transaction waits for the carrier.
+    let writing = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE state = 'idle in transaction' AND query LIKE 'INSERT INTO calls%'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(writing)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        != 1
+    {
+        assert!(Instant::now() < deadline, "the call's write did not happen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    api.kill();
+    drop(running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(writing)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Postgres kept the dead transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rows(&db).await,
+        0,
+        "Postgres aborted the dead process's write"
+    );
+
+    let api = CallsApi::start_on_database(&url, false).await;
+    // The key's claim holds until its lease lapses: the retry is told to come back.
+    let early = create("killed").send(api.addr).await;
+    assert_error(&early, 409, "idempotency_conflict");
+    assert_eq!(early.header("retry-after"), Some("1"));
+    assert_eq!(rows(&db).await, 0);
+    // The lease's 60 s pass: no one renews a dead process's claim.
+    sqlx::raw_sql(
+        "UPDATE idem_records SET lapses_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1 \
+         WHERE kind = 'F'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    let retry = create("killed").send(api.addr).await;
+    assert_eq!(
+        retry.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&retry.body)
+    );
+    assert!(!retry.replayed(), "the retry runs the call");
+    let again = create("killed").send(api.addr).await;
+    assert!(again.replayed());
+    assert_eq!(again.body, retry.body);
+    assert_eq!(rows(&db).await, 1, "exactly one call");
+    assert_eq!(listed(&api).await, [id_of(&retry)]);
+}
+
+#[tokio::test]
+async fn postgres_restarted_mid_run_answers_503_then_recovers_without_restarting_the_server() {
+    let Some(mut pg) = TestPostgres::start() else {
+        return;
+    };
+    if !pg.owned() {
+        eprintln!("skipped: cannot restart an external PostgreSQL");
+        return;
+    }
+    let (url, db) = fresh_database(&pg, "outage").await;
+    db.close().await;
+    let api = CallsApi::start_on_database(&url, false).await;
+    let before = create("before").send(api.addr).await;
+    assert_eq!(before.status, 201);
+
+    pg.stop();
+    let during = create("during").send(api.addr).await;
+    assert_error(&during, 503, "idempotency_store_unavailable");
+    assert_eq!(during.header("retry-after"), Some("1"));
+    let listing = list(&api).await;
+    assert_eq!(listing.status, 503);
+    assert_eq!(listing.json()["error"]["code"], "database_unavailable");
+    assert_eq!(listing.header("retry-after"), Some("1"));
+
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let res = create("during").send(api.addr).await;
+        if res.status != 503 {
+            break res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still 503 after Postgres came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        after.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&after.body)
+    );
+    assert!(
+        !after.replayed(),
+        "the call refused during the outage runs now"
+    );
+    let replay = create("before").send(api.addr).await;
+    assert!(
+        replay.replayed(),
+        "the record from before the outage is durable"
+    );
+    assert_eq!(replay.body, before.body);
+    assert_eq!(listed(&api).await, [id_of(&before), id_of(&after)]);
+}

@@ -1,0 +1,518 @@
+//! The handler's share of its key's Postgres transaction: the [`Transaction`] extractor, lent
+//! by the layer for the handler's run, and the commit of the record with the handler's writes.
+//!
+//! The layer lends a keyed run a [`Loan`]; the extractor opens the claim's transaction on it
+//! when the handler asks, and the [`Transaction`] comes back to the loan when the handler
+//! drops it. After the run, the layer [closes](Loan::close) the loan: a transaction that came
+//! back is committed with the record (or rolled back), and nothing else changes for a handler
+//! that took none.
+
+#[cfg(not(feature = "postgres"))]
+pub(crate) use self::disabled::{Loan, Offer};
+#[cfg(feature = "postgres")]
+pub use self::enabled::Transaction;
+#[cfg(feature = "postgres")]
+pub(crate) use self::enabled::{Loan, Offer};
+
+#[cfg(feature = "postgres")]
+mod enabled {
+    use std::cell::Cell;
+    use std::future::{ready, Future};
+    use std::ops::{Deref, DerefMut};
+    use std::pin::Pin;
+    use std::rc::Rc;
+
+    use actix_web::dev::Payload;
+    use actix_web::error::InternalError;
+    use actix_web::http::header;
+    use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
+    use idem_core::store::ClaimTransaction;
+    use idem_core::{ErrorFormat, IdempotencyError, Lease, Outcome, Policy, Response, StoreError};
+    use serde_json::json;
+    use sqlx::PgConnection;
+
+    use crate::config::IdempotencyConfig;
+    use crate::render::error_response;
+    use crate::request_id::RequestId;
+
+    /// The code of the 500 a [`Transaction`] answers when the layer cannot lend one.
+    const UNAVAILABLE: &str = "idempotency_transaction_unavailable";
+
+    /// Postgres's `in_failed_sql_transaction`: a statement of the transaction failed before.
+    const IN_FAILED_TRANSACTION: &str = "25P02";
+
+    /// The transaction in which this request's idempotency record will be written: do the
+    /// operation's writes in it, and they commit together with the record, or not at all.
+    ///
+    /// Take it as an extractor in an `#[idempotent]` handler, or in a handler under the
+    /// [`Idempotency`](crate::Idempotency) middleware, on an app whose
+    /// [`IdempotencyConfig`] was built on a [`PostgresStore`](crate::PostgresStore). It dereferences to the open
+    /// transaction's [`PgConnection`]: run your statements on `&mut *tx`.
+    ///
+    /// ```no_run
+    /// use actix_web::{post, HttpResponse};
+    /// use idem_actix::{idempotent, Transaction};
+    ///
+    /// #[post("/v1/charges")]
+    /// #[idempotent(required)]
+    /// async fn charge(mut tx: Transaction) -> Result<HttpResponse, actix_web::Error> {
+    ///     sqlx::query("INSERT INTO charges (amount) VALUES (100)")
+    ///         .execute(&mut *tx)
+    ///         .await
+    ///         .map_err(actix_web::error::ErrorServiceUnavailable)?;
+    ///     // The charge and the record of this answer commit together.
+    ///     Ok(HttpResponse::Created().finish())
+    /// }
+    /// ```
+    ///
+    /// What becomes of the writes:
+    /// - The handler answers a response the endpoint records (every status but 5xx, or 2xx
+    ///   only under `cache = "2xx"`): the layer writes the record in this transaction, last,
+    ///   and commits. Retries replay the answer; the writes are there.
+    /// - It answers one the endpoint does not record (a 5xx, an error), or panics: the
+    ///   transaction is rolled back and the key released, so a retry runs again. A process
+    ///   that dies meanwhile leaves nothing either: Postgres aborts the transaction of a
+    ///   connection that closed.
+    /// - The commit fails: nothing is written, the key is released, and the client gets 503
+    ///   `idempotency_store_unavailable` with `Retry-After` instead of the handler's answer.
+    ///   If the key's lease lapsed and another request holds it now, nothing is written
+    ///   either, and the client gets 409 `idempotency_conflict`: that request runs it.
+    /// - A statement of the handler failed (which aborts a Postgres transaction) and the
+    ///   handler answered an error status anyway: nothing is written, and its answer goes out
+    ///   unrecorded. If it answered a success regardless, the client gets a 500 instead, and
+    ///   the log says why: nothing it claimed to do was written.
+    ///
+    /// A duplicate that comes while the handler runs gets 409 with `Retry-After` at once (or
+    /// waits, under `in_flight = "wait"`): the claim is committed before the handler runs, and
+    /// the transaction holds no lock on it.
+    ///
+    /// The transaction is opened when the handler takes it (one `BEGIN`, on a connection of
+    /// the store's pool that it holds until the commit); handlers that do not take one cost
+    /// nothing more. Keep it within the handler: do not send it to another task, and do not
+    /// end it yourself (`COMMIT`, `ROLLBACK`).
+    ///
+    /// # Errors
+    /// The extractor answers, without running the handler:
+    /// - 400 `idempotency_key_missing` when the request has no key, so there is no record to
+    ///   commit with: make the endpoint `required`;
+    /// - 503 `idempotency_store_unavailable` with `Retry-After` when the transaction cannot be
+    ///   opened, or the store failed and the endpoint runs unprotected (`fail_open`);
+    /// - 500 `idempotency_transaction_unavailable`, logged with the reason, when the app's
+    ///   store is not a [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`], when the
+    ///   handler is under no idempotency layer, or when it takes two transactions.
+    pub struct Transaction {
+        tx: Option<ClaimTransaction>,
+        loan: Rc<Lent>,
+    }
+
+    impl std::fmt::Debug for Transaction {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Transaction")
+                .field("key", &self.loan.key)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl Transaction {
+        /// The open transaction's connection: the operation's writes go here.
+        pub fn connection(&mut self) -> &mut PgConnection {
+            self
+        }
+    }
+
+    impl Deref for Transaction {
+        type Target = PgConnection;
+
+        fn deref(&self) -> &PgConnection {
+            self.tx
+                .as_ref()
+                .expect("a transaction is held until it is dropped")
+        }
+    }
+
+    impl DerefMut for Transaction {
+        fn deref_mut(&mut self) -> &mut PgConnection {
+            self.tx
+                .as_mut()
+                .expect("a transaction is held until it is dropped")
+        }
+    }
+
+    impl Drop for Transaction {
+        fn drop(&mut self) {
+            if let Some(tx) = self.tx.take() {
+                self.loan.give_back(tx);
+            }
+        }
+    }
+
+    impl FromRequest for Transaction {
+        type Error = actix_web::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+        fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+            let loan = req
+                .extensions()
+                .get::<Loan>()
+                .map(|loan| Rc::clone(&loan.0));
+            match loan {
+                Some(loan) => Box::pin(loan.open(RequestId::of(req))),
+                None => Box::pin(ready(Err(unlent(req)))),
+            }
+        }
+    }
+
+    /// The extractor's answer on a request the layer lent no transaction.
+    fn unlent(req: &HttpRequest) -> actix_web::Error {
+        let config = IdempotencyConfig::of(req);
+        let request_id = RequestId::of(req);
+        let layered = crate::handler::taken(req);
+        let rendered = |error: IdempotencyError| {
+            let res = error_response(&error, &request_id, None, config.renderer());
+            InternalError::from_response(error, res).into()
+        };
+        if layered && config.transactions().is_some() {
+            tracing::warn!("the idempotency store failed and the endpoint fails open: no transaction to lend its handler");
+            let error = StoreError::Unavailable(
+                "no claim, so no transaction, while the store fails".into(),
+            );
+            return rendered(IdempotencyError::StoreUnavailable(error));
+        }
+        if layered {
+            return unavailable(
+                &request_id,
+                "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore)",
+            );
+        }
+        if !req.headers().contains_key(config.header()) {
+            let header = config.policy().header;
+            return rendered(IdempotencyError::KeyMissing { header });
+        }
+        unavailable(
+            &request_id,
+            "a handler takes a Transaction but is under no idempotency layer: annotate it with #[idempotent] or wrap it in Idempotency",
+        )
+    }
+
+    /// The 500 of a Transaction the layer cannot lend, with `why` in the log.
+    fn unavailable(request_id: &RequestId, why: &'static str) -> actix_web::Error {
+        tracing::error!(%request_id, "{why}");
+        let message = "this endpoint cannot open its transaction; the server's log says why";
+        let res = HttpResponse::InternalServerError()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((crate::REQUEST_ID, request_id.as_str()))
+            .json(json!({
+                "error": {"code": UNAVAILABLE, "message": message},
+                "request_id": request_id.as_str(),
+            }));
+        InternalError::from_response(why, res).into()
+    }
+
+    /// What a keyed run needs to lend its handler a transaction: the app's settings, whose
+    /// store is Postgres, and how the endpoint renders the layer's errors.
+    pub(crate) struct Offer {
+        config: IdempotencyConfig,
+        format: Option<ErrorFormat>,
+    }
+
+    impl Offer {
+        /// The offer of an app whose store can lend transactions.
+        pub(crate) fn of(config: IdempotencyConfig, policy: &Policy) -> Option<Self> {
+            config.transactions()?;
+            Some(Self {
+                config,
+                format: policy.error_format,
+            })
+        }
+
+        /// Lends `lease`'s transaction to the handler of `req`, for the extractor to open.
+        pub(crate) fn lend(self, req: &HttpRequest, lease: &Lease) -> Loan {
+            let lent = Rc::new(Lent {
+                key: lease.key(),
+                token: lease.token(),
+                config: self.config,
+                format: self.format,
+                state: Cell::new(State::Idle),
+            });
+            req.extensions_mut().insert(Loan(Rc::clone(&lent)));
+            Loan(lent)
+        }
+    }
+
+    /// A run's transaction, lent to its handler.
+    pub(crate) struct Loan(Rc<Lent>);
+
+    struct Lent {
+        key: idem_core::StoreKey,
+        token: idem_core::Token,
+        config: IdempotencyConfig,
+        format: Option<ErrorFormat>,
+        state: Cell<State>,
+    }
+
+    #[derive(Default)]
+    enum State {
+        /// Not taken (yet).
+        #[default]
+        Idle,
+        /// The extractor is opening it.
+        Opening,
+        /// The handler holds it.
+        Lent,
+        /// The handler dropped it.
+        Back(ClaimTransaction),
+        /// The run is over: a transaction that comes back now is rolled back.
+        Closed,
+    }
+
+    impl Lent {
+        /// Opens the transaction for the extractor.
+        async fn open(
+            self: Rc<Self>,
+            request_id: RequestId,
+        ) -> Result<Transaction, actix_web::Error> {
+            match self.state.replace(State::Opening) {
+                State::Idle => {}
+                other => {
+                    self.state.set(other);
+                    return Err(unavailable(
+                        &request_id,
+                        "a handler takes two Transactions; one request has one transaction: take it once",
+                    ));
+                }
+            }
+            // Dropped before it opens (another extractor of the handler failed first), the
+            // extraction leaves the loan untaken, as if it never began.
+            let opening = Opening(&self);
+            let Some(store) = self.config.transactions() else {
+                return Err(unavailable(
+                    &request_id,
+                    "the app's store lends no transactions",
+                ));
+            };
+            let opened = store.transaction(self.key, self.token).await;
+            match opened {
+                Ok(tx) => {
+                    std::mem::forget(opening);
+                    if let State::Closed = self.state.replace(State::Lent) {
+                        // The run ended while the transaction opened: it rolls back on drop.
+                        self.state.set(State::Closed);
+                        drop(tx);
+                        return Err(unavailable(
+                            &request_id,
+                            "the run ended before its transaction opened",
+                        ));
+                    }
+                    Ok(Transaction {
+                        tx: Some(tx),
+                        loan: self,
+                    })
+                }
+                Err(error) => {
+                    // Idle again, for another try; a closed loan stays closed.
+                    drop(opening);
+                    tracing::warn!(%error, "opening the idempotency transaction failed");
+                    let error = IdempotencyError::StoreUnavailable(error);
+                    let res = self.error(&error, &request_id);
+                    Err(InternalError::from_response(error, res).into())
+                }
+            }
+        }
+
+        /// Takes back the transaction the handler dropped; after the run, rolls it back.
+        fn give_back(&self, tx: ClaimTransaction) {
+            match self.state.take() {
+                State::Lent => self.state.set(State::Back(tx)),
+                // Its own drop rolls it back and releases the claim.
+                other => {
+                    self.state.set(other);
+                    drop(tx);
+                }
+            }
+        }
+
+        fn error(&self, error: &IdempotencyError, request_id: &RequestId) -> HttpResponse {
+            error_response(error, request_id, self.format, self.config.renderer())
+        }
+    }
+
+    /// Resets a loan whose transaction did not open: it failed, or its extraction was dropped.
+    struct Opening<'a>(&'a Lent);
+
+    impl Drop for Opening<'_> {
+        fn drop(&mut self) {
+            // Taking leaves it idle; any other state stands.
+            match self.0.state.take() {
+                State::Opening => {}
+                other => self.0.state.set(other),
+            }
+        }
+    }
+
+    impl Loan {
+        /// Ends the loan after the handler's run: what the handler took, if anything.
+        pub(crate) fn close(self) -> Option<Taken> {
+            match self.0.state.replace(State::Closed) {
+                State::Idle => None,
+                State::Back(tx) => Some(Taken::Back(tx, self)),
+                State::Opening | State::Lent | State::Closed => Some(Taken::Kept),
+            }
+        }
+    }
+
+    /// What a handler did with the transaction it took.
+    pub(crate) enum Taken {
+        /// It dropped it when it was done: commit or roll back.
+        Back(ClaimTransaction, Loan),
+        /// It still holds it somewhere (another task): nothing can be committed.
+        Kept,
+    }
+
+    impl Taken {
+        /// Commits the handler's writes with the record of `response` (or rolls them back,
+        /// for a response the endpoint does not record): the outcome, and the answer to send,
+        /// `res` unless nothing was committed of what it says.
+        pub(crate) async fn finish(
+            self,
+            lease: Lease,
+            response: Response,
+            res: HttpResponse,
+            request_id: &RequestId,
+        ) -> (&'static str, HttpResponse) {
+            let (tx, loan) = match self {
+                Taken::Back(tx, loan) => (tx, loan),
+                Taken::Kept => {
+                    release(lease).await;
+                    return ("released", kept(request_id));
+                }
+            };
+            let status = response.status();
+            let committing = Cell::new(false);
+            let settled = lease
+                .finish_with(response, |record| {
+                    committing.set(record.is_some());
+                    async move {
+                        match record {
+                            Some(record) => tx.commit(record).await,
+                            None => tx.rollback().await,
+                        }
+                    }
+                })
+                .await;
+            match settled {
+                Ok(Outcome::Recorded) => ("executed", res),
+                Ok(Outcome::Released) => ("released", res),
+                Ok(Outcome::Lost) if committing.get() => {
+                    tracing::warn!(status, "idempotency claim was lost before the commit; the handler's writes were rolled back, and the request that holds the key runs it");
+                    (
+                        "lost",
+                        loan.0.error(&IdempotencyError::InFlight, request_id),
+                    )
+                }
+                Ok(Outcome::Lost) => ("lost", res),
+                Err(error) if committing.get() && aborted(&error) => {
+                    if status < 400 {
+                        tracing::error!(status, %error, "the handler answered a success, but a statement of its transaction failed, so nothing was committed; answering 500 instead");
+                        return ("released", HttpResponse::InternalServerError().finish());
+                    }
+                    tracing::debug!(status, "a statement of the handler's transaction failed: nothing committed, its error answered unrecorded");
+                    ("released", res)
+                }
+                Err(error) if committing.get() => {
+                    tracing::error!(status, %error, "committing the handler's writes with their idempotency record failed; nothing was written");
+                    let error = IdempotencyError::StoreUnavailable(error);
+                    ("unrecorded", loan.0.error(&error, request_id))
+                }
+                Err(error) => {
+                    tracing::error!(status, %error, "rolling back the handler's transaction or releasing its claim failed; the claim lapses with its lease");
+                    ("unrecorded", res)
+                }
+            }
+        }
+
+        /// Rolls back the writes of a handler that failed (a panic, a body that broke), and
+        /// releases the key.
+        pub(crate) async fn abandon(self, lease: Lease) {
+            let Taken::Back(tx, _) = self else {
+                return release(lease).await;
+            };
+            if let Err(error) = lease.release_with(tx.rollback()).await {
+                tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
+            }
+        }
+    }
+
+    async fn release(lease: Lease) {
+        if let Err(error) = lease.release().await {
+            tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
+        }
+    }
+
+    /// The answer when the handler kept its transaction beyond its run.
+    fn kept(request_id: &RequestId) -> HttpResponse {
+        let why = "a handler kept its Transaction beyond its run (sent it to another task?), so its writes cannot be committed with the record; they roll back when it is dropped, and the key was released";
+        unavailable(request_id, why).error_response()
+    }
+
+    /// Whether `error` is a failed statement of the handler's: Postgres refuses every
+    /// statement of a transaction after one failed.
+    fn aborted(error: &StoreError) -> bool {
+        let StoreError::Unavailable(source) = error else {
+            return false;
+        };
+        source
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == IN_FAILED_TRANSACTION)
+    }
+}
+
+/// Stand-ins without the `postgres` feature: no store lends a transaction, and none of these
+/// can be made.
+#[cfg(not(feature = "postgres"))]
+mod disabled {
+    use actix_web::{HttpRequest, HttpResponse};
+    use idem_core::{Lease, Policy, Response};
+
+    use crate::config::IdempotencyConfig;
+    use crate::request_id::RequestId;
+
+    pub(crate) enum Offer {}
+
+    impl Offer {
+        pub(crate) fn of(_: IdempotencyConfig, _: &Policy) -> Option<Self> {
+            None
+        }
+
+        pub(crate) fn lend(self, _: &HttpRequest, _: &Lease) -> Loan {
+            match self {}
+        }
+    }
+
+    pub(crate) enum Loan {}
+
+    impl Loan {
+        pub(crate) fn close(self) -> Option<Taken> {
+            match self {}
+        }
+    }
+
+    pub(crate) enum Taken {}
+
+    impl Taken {
+        pub(crate) async fn finish(
+            self,
+            _: Lease,
+            _: Response,
+            _: HttpResponse,
+            _: &RequestId,
+        ) -> (&'static str, HttpResponse) {
+            match self {}
+        }
+
+        pub(crate) async fn abandon(self, _: Lease) {
+            match self {}
+        }
+    }
+}

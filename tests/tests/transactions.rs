@@ -1,0 +1,637 @@
+//! Handlers that write in their key's Postgres transaction (`idem_actix::Transaction`), in both
+//! forms: the write and its record commit together or not at all, whatever the handler
+//! answers, however the commit goes. The Postgres tests skip when no PostgreSQL can be had,
+//! unless `IDEM_REQUIRE_POSTGRES=1`; the refusals on other stores need none.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::error::{ErrorInternalServerError, ErrorServiceUnavailable};
+use actix_web::{web, HttpRequest, HttpResponse};
+use idem_actix::{
+    idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, Transaction,
+};
+use idem_tests::{assert_error, RawRequest, RawResponse, TestPostgres, TestServer};
+use sqlx::PgPool;
+
+/// What the handlers need: where they write, and where they tell the test their connection.
+#[derive(Clone)]
+struct Calls {
+    table: String,
+    pids: Arc<Mutex<Vec<i32>>>,
+}
+
+/// Inserts a call in `tx`, then does what `X-Then` says: `fail` (500), `error` (an error of
+/// status 503), `panic`, `bad-request` (400), `insert-twice` (the same id again, which fails,
+/// then 409) or `insert-twice-ok` (the same, then 201 regardless), `pid` (report the
+/// transaction's backend, then sleep 1 s), `keep` (send the transaction to another task),
+/// `sleep:N` (sleep N ms); else 201 with the call's id.
+async fn operate(
+    mut tx: Transaction,
+    calls: &Calls,
+    req: &HttpRequest,
+) -> Result<HttpResponse, actix_web::Error> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let then = req
+        .headers()
+        .get("x-then")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let id = format!("call_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let insert = format!("INSERT INTO {} (id) VALUES ($1)", calls.table);
+    sqlx::query(&insert)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ErrorInternalServerError)?;
+    match then.as_str() {
+        "fail" => return Ok(HttpResponse::InternalServerError().body("failed after writing")),
+        "error" => return Err(ErrorServiceUnavailable("the carrier is down")),
+        "panic" => panic!("the handler panicked after writing"),
+        "bad-request" => return Ok(HttpResponse::BadRequest().body(id)),
+        "insert-twice" | "insert-twice-ok" => {
+            let again = sqlx::query(&insert).bind(&id).execute(&mut *tx).await;
+            assert!(again.is_err(), "the same id twice violates the key");
+            if then == "insert-twice" {
+                return Ok(HttpResponse::Conflict().body("that call exists"));
+            }
+        }
+        "pid" => {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(tx.connection())
+                .await
+                .map_err(ErrorInternalServerError)?;
+            calls.pids.lock().unwrap().push(pid);
+            actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+        }
+        "keep" => {
+            actix_web::rt::spawn(async move {
+                let _kept = tx;
+                actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+            });
+        }
+        other => {
+            if let Some(ms) = other.strip_prefix("sleep:") {
+                let ms = ms.parse().expect("sleep:<ms>");
+                actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+    Ok(HttpResponse::Created().body(id))
+}
+
+#[idempotent]
+async fn attributed(
+    tx: Transaction,
+    calls: web::Data<Calls>,
+    req: HttpRequest,
+) -> Result<HttpResponse, actix_web::Error> {
+    operate(tx, &calls, &req).await
+}
+
+#[idempotent(in_flight = "wait")]
+async fn waiting(
+    tx: Transaction,
+    calls: web::Data<Calls>,
+    req: HttpRequest,
+) -> Result<HttpResponse, actix_web::Error> {
+    operate(tx, &calls, &req).await
+}
+
+#[idempotent(cache = "2xx")]
+async fn success_only(
+    tx: Transaction,
+    calls: web::Data<Calls>,
+    req: HttpRequest,
+) -> Result<HttpResponse, actix_web::Error> {
+    operate(tx, &calls, &req).await
+}
+
+/// The same, for the middleware.
+async fn plain(
+    tx: Transaction,
+    calls: web::Data<Calls>,
+    req: HttpRequest,
+) -> Result<HttpResponse, actix_web::Error> {
+    operate(tx, &calls, &req).await
+}
+
+#[idempotent]
+async fn two_transactions(_a: Transaction, _b: Transaction) -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+#[idempotent]
+async fn with_json(tx: Transaction, body: web::Json<serde_json::Value>) -> HttpResponse {
+    drop(tx);
+    HttpResponse::Created().json(body.into_inner())
+}
+
+/// The attribute's path and the middleware's: every behaviour holds in both forms.
+const FORMS: [&str; 2] = ["/calls", "/wrapped/calls"];
+
+/// An app on a PostgreSQL of its own: the server, and what the test looks at.
+struct Fixture {
+    _pg: TestPostgres,
+    server: TestServer,
+    db: PgPool,
+    calls: Calls,
+    records: String,
+}
+
+impl Fixture {
+    async fn start(name: &str) -> Option<Self> {
+        let pg = TestPostgres::start()?;
+        let store = PostgresStore::builder(pg.url())
+            .table(pg.table(name))
+            .build()
+            .expect("valid settings");
+        store.migrate().await.expect("create the record table");
+        let db = PgPool::connect(pg.url()).await.expect("connect");
+        let calls = Calls {
+            table: format!("{}_calls", store.table()),
+            pids: Arc::default(),
+        };
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE {} (id text PRIMARY KEY)",
+            calls.table
+        ))
+        .execute(&db)
+        .await
+        .expect("create the calls table");
+        let (url, records) = (pg.url().to_owned(), store.table().to_owned());
+        let data = web::Data::new(calls.clone());
+        let table = records.clone();
+        let server = TestServer::start(1, move |cfg| {
+            // Built on the server's runtime, which drives its connections.
+            let store = PostgresStore::builder(url.as_str())
+                .table(table.as_str())
+                .build()
+                .expect("valid settings");
+            cfg.app_data(IdempotencyConfig::new(store))
+                .app_data(data.clone())
+                .route("/calls", web::post().to(attributed))
+                .route("/waiting/calls", web::post().to(waiting))
+                .route("/success-only/calls", web::post().to(success_only))
+                .route("/two", web::post().to(two_transactions))
+                .route("/json", web::post().to(with_json))
+                .service(
+                    web::scope("/wrapped")
+                        .wrap(Idempotency::new())
+                        .route("/calls", web::post().to(plain)),
+                );
+        });
+        Some(Self {
+            _pg: pg,
+            server,
+            db,
+            calls,
+            records,
+        })
+    }
+
+    async fn send(&self, request: RawRequest) -> RawResponse {
+        request.send(self.server.addr).await
+    }
+
+    /// The calls written and committed.
+    async fn written(&self) -> i64 {
+        self.count(&self.calls.table, "true").await
+    }
+
+    /// The records: completed, and claims.
+    async fn records(&self) -> (i64, i64) {
+        (
+            self.count(&self.records, "kind = 'C'").await,
+            self.count(&self.records, "kind = 'F'").await,
+        )
+    }
+
+    async fn count(&self, table: &str, filter: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE {filter}"))
+            .fetch_one(&self.db)
+            .await
+            .expect("count rows")
+    }
+
+    /// Waits until a claim is written: the first request runs.
+    async fn claimed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.records().await.1 == 0 {
+            assert!(Instant::now() < deadline, "no claim was written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn call(path: &str, key: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+}
+
+#[actix_web::test]
+async fn a_handler_s_write_commits_with_its_record_and_retries_replay_it() {
+    let Some(app) = Fixture::start("commit").await else {
+        return;
+    };
+    for (n, path) in FORMS.into_iter().enumerate() {
+        let key = format!("commit-{n}");
+        let first = app.send(call(path, &key)).await;
+        assert_eq!(first.status, 201, "{path}");
+        assert!(!first.replayed());
+        assert_eq!(
+            app.written().await,
+            n as i64 + 1,
+            "{path}: the write committed"
+        );
+        assert_eq!(
+            app.records().await,
+            (n as i64 + 1, 0),
+            "{path}: with its record"
+        );
+        let retry = app.send(call(path, &key)).await;
+        assert!(retry.replayed(), "{path}");
+        assert_eq!(retry.body, first.body);
+        assert_eq!(
+            app.written().await,
+            n as i64 + 1,
+            "{path}: the retry wrote nothing"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_5xx_an_error_or_a_panic_rolls_the_write_back_and_the_retry_runs() {
+    let Some(app) = Fixture::start("rollback").await else {
+        return;
+    };
+    let mut written = 0;
+    for path in FORMS {
+        for (then, status) in [("fail", 500), ("error", 503), ("panic", 500)] {
+            let key = format!("{path}-{then}");
+            let failed = app.send(call(path, &key).header("X-Then", then)).await;
+            assert_eq!(failed.status, status, "{path} {then}");
+            assert_eq!(app.written().await, written, "{path} {then}: rolled back");
+            assert_eq!(
+                app.records().await,
+                (written, 0),
+                "{path} {then}: key released"
+            );
+            let retry = app.send(call(path, &key)).await;
+            assert_eq!(retry.status, 201, "{path} {then}: the retry runs");
+            assert!(!retry.replayed());
+            written += 1;
+            assert_eq!(app.written().await, written);
+        }
+    }
+}
+
+#[actix_web::test]
+async fn what_the_endpoint_does_not_record_it_does_not_write() {
+    let Some(app) = Fixture::start("statuses").await else {
+        return;
+    };
+    // A 400 is recorded by default: the write commits with it, and retries replay it.
+    let first = app
+        .send(call("/calls", "four-hundred").header("X-Then", "bad-request"))
+        .await;
+    assert_eq!(first.status, 400);
+    assert_eq!(app.written().await, 1);
+    let retry = app.send(call("/calls", "four-hundred")).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    // Under `cache = "2xx"` it is not: nothing commits, and the retry runs.
+    let path = "/success-only/calls";
+    let refused = app
+        .send(call(path, "four-hundred-again").header("X-Then", "bad-request"))
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(app.written().await, 1, "the 400's write rolled back");
+    assert_eq!(app.records().await, (1, 0), "and its key released");
+    let retry = app.send(call(path, "four-hundred-again")).await;
+    assert_eq!(retry.status, 201);
+    assert_eq!(app.written().await, 2);
+}
+
+#[actix_web::test]
+async fn a_duplicate_while_the_handler_runs_gets_409_at_once_or_waits_for_the_replay() {
+    let Some(app) = Fixture::start("duplicate").await else {
+        return;
+    };
+    let app = Arc::new(app);
+    for path in FORMS {
+        let key = format!("{path}-slow");
+        let first = {
+            let (app, request) = (
+                Arc::clone(&app),
+                call(path, &key).header("X-Then", "sleep:1500"),
+            );
+            actix_web::rt::spawn(async move { app.send(request).await })
+        };
+        app.claimed().await;
+        let started = Instant::now();
+        let duplicate = app.send(call(path, &key)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path}: the duplicate waited {:?}",
+            started.elapsed()
+        );
+        assert_error(&duplicate, 409, "idempotency_conflict");
+        assert_eq!(duplicate.header("retry-after"), Some("1"));
+        assert_eq!(app.written().await, 0, "{path}: nothing committed yet");
+        let first = first.await.unwrap();
+        assert_eq!(first.status, 201);
+        assert_eq!(app.written().await, 1);
+        sqlx::raw_sql(&format!("DELETE FROM {}", app.calls.table))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+
+    let path = "/waiting/calls";
+    let first = {
+        let (app, request) = (
+            Arc::clone(&app),
+            call(path, "wait").header("X-Then", "sleep:500"),
+        );
+        actix_web::rt::spawn(async move { app.send(request).await })
+    };
+    app.claimed().await;
+    let waited = app.send(call(path, "wait")).await;
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201);
+    assert!(
+        waited.replayed(),
+        "the waiting duplicate replays: {}",
+        waited.status
+    );
+    assert_eq!(waited.body, first.body);
+    assert_eq!(app.written().await, 1);
+}
+
+#[actix_web::test]
+async fn a_failed_commit_answers_503_and_leaves_nothing_behind() {
+    let Some(app) = Fixture::start("broken").await else {
+        return;
+    };
+    for (n, path) in FORMS.into_iter().enumerate() {
+        let key = format!("{path}-broken");
+        let request = call(path, &key).header("X-Then", "pid");
+        let running = {
+            let addr = app.server.addr;
+            actix_web::rt::spawn(async move { request.send(addr).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            if let Some(pid) = app.calls.pids.lock().unwrap().get(n).copied() {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the handler did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // The transaction's connection breaks while the handler runs.
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        assert!(ended);
+        let failed = running.await.unwrap();
+        assert_error(&failed, 503, "idempotency_store_unavailable");
+        assert_eq!(failed.header("retry-after"), Some("1"));
+        assert_eq!(app.written().await, n as i64, "{path}: nothing was written");
+        assert_eq!(
+            app.records().await,
+            (n as i64, 0),
+            "{path}: the key was released"
+        );
+        let retry = app.send(call(path, &key)).await;
+        assert_eq!(retry.status, 201, "{path}: the retry runs");
+        assert_eq!(app.written().await, n as i64 + 1);
+    }
+}
+
+#[actix_web::test]
+async fn a_claim_taken_over_before_the_commit_writes_nothing_and_answers_409() {
+    let Some(app) = Fixture::start("takeover").await else {
+        return;
+    };
+    let app = Arc::new(app);
+    let running = {
+        let (app, request) = (
+            Arc::clone(&app),
+            call("/calls", "taken").header("X-Then", "sleep:800"),
+        );
+        actix_web::rt::spawn(async move { app.send(request).await })
+    };
+    app.claimed().await;
+    // Another holder's claim, as after the lease lapsed and a retry took the key over.
+    sqlx::query(&format!(
+        "UPDATE {} SET token = $1 WHERE kind = 'F'",
+        app.records
+    ))
+    .bind([7u8; 16])
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let answer = running.await.unwrap();
+    assert_error(&answer, 409, "idempotency_conflict");
+    assert_eq!(app.written().await, 0, "the displaced run wrote nothing");
+    assert_eq!(app.records().await, (0, 1), "the new holder's claim stands");
+}
+
+#[actix_web::test]
+async fn a_failed_statement_rolls_back_and_only_an_error_answer_goes_out() {
+    let Some(app) = Fixture::start("aborted").await else {
+        return;
+    };
+    for (done, path) in FORMS.into_iter().enumerate() {
+        let done = done as i64;
+        // The handler answers its statement's failure with an error: it goes out as it is,
+        // unrecorded, and nothing was written.
+        let key = format!("{path}-exists");
+        let answer = app
+            .send(call(path, &key).header("X-Then", "insert-twice"))
+            .await;
+        assert_eq!(answer.status, 409, "{path}");
+        assert_eq!(answer.body, b"that call exists");
+        assert_eq!(
+            app.records().await,
+            (done, 0),
+            "{path}: released, not recorded"
+        );
+        // It answers a success regardless: the client must not believe it.
+        let key = format!("{path}-ignored");
+        let answer = app
+            .send(call(path, &key).header("X-Then", "insert-twice-ok"))
+            .await;
+        assert_eq!(answer.status, 500, "{path}");
+        assert_eq!(app.records().await, (done, 0), "{path}: released");
+        assert_eq!(app.written().await, 0, "{path}");
+        let retry = app.send(call(path, &key)).await;
+        assert_eq!(retry.status, 201, "{path}: the retry runs");
+        sqlx::raw_sql(&format!("DELETE FROM {}", app.calls.table))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+}
+
+#[actix_web::test]
+async fn a_transaction_kept_beyond_the_run_or_taken_twice_is_a_500_that_writes_nothing() {
+    let Some(app) = Fixture::start("misused").await else {
+        return;
+    };
+    let logged = Logged::installed();
+    let kept = app
+        .send(call("/calls", "kept").header("X-Then", "keep"))
+        .await;
+    assert_eq!(kept.status, 500);
+    assert_eq!(
+        kept.json()["error"]["code"],
+        "idempotency_transaction_unavailable"
+    );
+    assert!(logged.containing("kept its Transaction beyond its run") >= 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.written().await, 0, "the kept transaction rolled back");
+    assert_eq!(app.records().await, (0, 0));
+
+    let twice = app.send(call("/two", "twice")).await;
+    assert_eq!(twice.status, 500);
+    assert!(logged.containing("takes two Transactions") >= 1);
+    assert_eq!(app.records().await, (0, 0), "released");
+}
+
+async fn untransacted(runs: web::Data<AtomicUsize>, _tx: Transaction) -> HttpResponse {
+    runs.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Created().finish()
+}
+
+#[idempotent]
+async fn on_embedded(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpResponse {
+    untransacted(runs, tx).await
+}
+
+#[actix_web::test]
+async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler_does_not_run() {
+    let logged = Logged::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
+            .app_data(data.clone())
+            .route("/embedded", web::post().to(on_embedded))
+            .route("/bare", web::post().to(untransacted));
+    });
+    // On a store that cannot lend one: a 500, and the log says what to do.
+    let res = call("/embedded", "k1").send(server.addr).await;
+    assert_eq!(res.status, 500);
+    assert_eq!(
+        res.json()["error"]["code"],
+        "idempotency_transaction_unavailable"
+    );
+    assert_eq!(
+        res.json()["request_id"],
+        res.header("x-request-id").unwrap()
+    );
+    assert!(logged.containing("IdempotencyConfig::new(PostgresStore)") >= 1);
+    // Under no idempotency layer: the same.
+    let res = call("/bare", "k2").send(server.addr).await;
+    assert_eq!(res.status, 500);
+    assert!(logged.containing("under no idempotency layer") >= 1);
+    // Without a key there is no record to commit with: the client is told to send one.
+    let res = RawRequest::post("/embedded")
+        .header("Authorization", "Bearer tenant-1")
+        .send(server.addr)
+        .await;
+    assert_error(&res, 400, "idempotency_key_missing");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
+}
+
+/// Errors and warnings logged by any thread of this test binary.
+#[derive(Clone, Default)]
+struct Logged(Arc<Mutex<Vec<String>>>);
+
+impl Logged {
+    fn installed() -> &'static Logged {
+        static LOGGED: OnceLock<Logged> = OnceLock::new();
+        LOGGED.get_or_init(|| {
+            let logged = Logged::default();
+            tracing::subscriber::set_global_default(logged.clone()).expect("first subscriber");
+            logged
+        })
+    }
+
+    fn containing(&self, text: &str) -> usize {
+        let seen = self.0.lock().unwrap();
+        seen.iter().filter(|m| m.contains(text)).count()
+    }
+}
+
+impl tracing::Subscriber for Logged {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message<'a>(&'a mut String);
+        impl tracing::field::Visit for Message<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    *self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = String::new();
+        event.record(&mut Message(&mut message));
+        self.0.lock().unwrap().push(message);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn the_readme_shows_the_transactional_example_that_compiles() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // Built with idem-actix's examples, so that the README's copy cannot rot.
+    let example =
+        std::fs::read_to_string(root.join("idem-actix/examples/transactional.rs")).unwrap();
+    let code: String = example
+        .lines()
+        .filter(|line| !line.starts_with("//!"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(
+        readme.contains(&format!("```rust\n{code}```")),
+        "README.md's transactional handler differs from idem-actix/examples/transactional.rs"
+    );
+}
+
+#[actix_web::test]
+async fn another_extractor_that_fails_while_the_transaction_opens_is_answered_as_it_is() {
+    let Some(app) = Fixture::start("extractors").await else {
+        return;
+    };
+    // The body is refused while the transaction is still being opened: the handler never
+    // runs, and the body's 400 is the answer (recorded, as a 400 is).
+    let refused = app.send(call("/json", "bad-json").body("{not json")).await;
+    assert_eq!(
+        refused.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(app.records().await, (1, 0));
+    let ok = app
+        .send(call("/json", "good-json").json(&serde_json::json!({"a": 1})))
+        .await;
+    assert_eq!(ok.status, 201);
+}
