@@ -76,6 +76,7 @@
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` |
 //! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`; it will not run again |
 //! | 503 | `idempotency_store_unavailable` | the store cannot be reached (fail closed), or the commit of a `Transaction` failed |
+//! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::max_detached`]); nothing ran |
 //! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend (the log says why) |
 #![warn(missing_docs)]
 

@@ -15,7 +15,7 @@
 //!   description, and as an `x-idempotency` object for tools.
 //!
 //! The document is utoipa 6's: depend on `utoipa = "6"` to build it (with its derive macros
-//! or its builders) and to name [`HttpMethod`](utoipa::openapi::path::HttpMethod).
+//! or its builders) and to name [`HttpMethod`].
 //!
 //! # Where the settings come from
 //! `#[idempotent(...)]` compiles its arguments into the handler, where no document generator
