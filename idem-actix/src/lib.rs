@@ -78,6 +78,7 @@
 //! | 503 | `idempotency_store_unavailable` | the store cannot be reached (fail closed), or the commit of a `Transaction` failed |
 //! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::max_detached`]); nothing ran |
 //! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend (the log says why) |
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use actix_web::http::header::HeaderName;

@@ -127,6 +127,7 @@
 //! # Features
 //! - `rustls`: `https://` URLs, through rustls on ring. Without it the client reaches only
 //!   `http://` URLs (or whatever the client given to [`ClientBuilder::http_client`] can).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod backoff;

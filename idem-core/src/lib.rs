@@ -34,6 +34,7 @@
 //! assert_eq!((first.response.status(), &first.response.body()[..]), (201, &b"call_1"[..]));
 //! # });
 //! ```
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod clock;

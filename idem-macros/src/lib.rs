@@ -1,6 +1,7 @@
 //! The `#[idempotent]` attribute for actix-web handlers. Use it through `idem-actix`, which
 //! re-exports it as `idem_actix::idempotent` and holds the runtime it calls.
 
+#![forbid(unsafe_code)]
 use proc_macro::TokenStream;
 
 mod attr;

@@ -1,6 +1,7 @@
 //! Helpers for the workspace's behaviour tests: a raw HTTP/1.1 client over loopback that can
 //! also break a connection mid-request, and a real actix server on a free port.
 
+#![forbid(unsafe_code)]
 pub mod fuzz;
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 //! Where records live. A [`Store`] is small enough for any backend with an atomic
-//! compare-and-set: each operation is one round trip.
+//! compare-and-set: each operation is one round trip in the common case (a claim that finds a
+//! lapsed claim to displace, or that races another claim on Postgres, takes a second).
 
 use std::future::Future;
 use std::pin::Pin;
