@@ -1,10 +1,19 @@
 //! The `#[idempotent]` attribute for actix-web handlers. Use it through `idem-actix`, which
 //! re-exports it as `idem_actix::idempotent` and holds the runtime it calls.
+//!
+//! The arguments' names have one table (`names`); `attr` reads the arguments into a typed
+//! model (`ast`), `valid` checks them together and the handler they go on, and `expand`
+//! generates the code. Every mistake is collected on the way and reported at once.
 
 use proc_macro::TokenStream;
 
+#[macro_use]
+mod names;
+mod ast;
 mod attr;
+mod errors;
 mod expand;
+mod valid;
 
 /// Makes an actix-web handler idempotent: a request retried with the same `Idempotency-Key`
 /// runs the handler once, and every retry gets the first response.
@@ -36,24 +45,7 @@ mod expand;
 /// is a compile error on that value, naming the accepted forms; an unknown or repeated argument
 /// is one too.
 ///
-/// | argument | values | default |
-/// |---|---|---|
-/// | [`ttl`](#ttl) | a duration: `"30s"`, `"15m"`, `"24h"`, `"7d"` | `"24h"` |
-/// | [`scope`](#scope) | `"api_key"`, `"basic_auth_user"`, `"principal"`, `"global"`, `"header:<Name>"`, or a function | `"api_key"` |
-/// | [`header`](#header) | a header name | `"Idempotency-Key"` |
-/// | [`key_max_len`](#key_max_len) | 1 to 8192 | `255` |
-/// | [`required`](#required) | flag | off |
-/// | [`mismatch`](#mismatch) | `"conflict"`, `"unprocessable"`, `"replay"` | `"conflict"` |
-/// | [`in_flight`](#in_flight) | `"conflict"`, `"wait"` | `"conflict"` |
-/// | [`wait_timeout`](#wait_timeout) | a duration, with `in_flight = "wait"` | `"10s"` |
-/// | [`cache`](#cache) | `"non_5xx"`, `"2xx"` | `"non_5xx"` |
-/// | [`per_endpoint`](#per_endpoint) | flag | off |
-/// | [`lease`](#lease) | a duration | `"60s"` |
-/// | [`fail_open`](#fail_open) | flag | off |
-/// | [`errors`](#errors) | `"envelope"`, `"type"`, `"problem"` | the app's renderer |
-/// | [`max_body`](#max_body) | bytes | `2097152` |
-/// | [`max_response`](#max_response) | bytes | `1048576` |
-/// | [`crate`](#crate) | a path | `"idem_actix"` |
+#[doc = argument_table!()]
 ///
 /// Arguments that make no sense together are refused: `wait_timeout` without
 /// `in_flight = "wait"` (there is nothing to wait for).
@@ -66,18 +58,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -86,11 +67,11 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().body("call_1")
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await, (201, false, "call_1".into()));
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await, (201, true, "call_1".into()));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `scope`
@@ -131,15 +112,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::body::MessageBody;
 /// use actix_web::dev::{ServiceRequest, ServiceResponse};
 /// use actix_web::middleware::{from_fn, Next};
@@ -174,7 +147,7 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().wrap(from_fn(authenticate)).service(create_call)).await;
 /// let call = |token: &str| {
 ///     TestRequest::post()
@@ -186,7 +159,7 @@ mod expand;
 /// assert_eq!(send(&app, call("token-of-globex")).await.1, false, "another tenant, another key");
 /// assert_eq!(send(&app, call("token-of-acme")).await.1, true);
 /// assert_eq!(send(&app, call("forged")).await.0, 400, "unverified: no scope, no replay");
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `header`
@@ -195,18 +168,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -215,14 +177,14 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// let call = || TestRequest::post().uri("/v1/calls")
 ///     .insert_header(("Authorization", "Bearer t"))
 ///     .insert_header(("X-Idempotency-Key", "k"));
 /// assert_eq!(send(&app, call()).await.1, false);
 /// assert_eq!(send(&app, call()).await.1, true);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `key_max_len`
@@ -232,18 +194,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -252,13 +203,13 @@ mod expand;
 /// async fn send_email() -> HttpResponse {
 ///     HttpResponse::Ok().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(send_email)).await;
 /// assert_eq!(send(&app, req(&"k".repeat(256)).uri("/emails")).await.0, 200);
 /// let (status, _, body) = send(&app, req(&"k".repeat(257)).uri("/emails")).await;
 /// assert_eq!(status, 400);
 /// assert!(body.contains("idempotency_key_invalid"));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `required`
@@ -268,18 +219,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -288,13 +228,13 @@ mod expand;
 /// async fn charge() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(charge)).await;
 /// let no_key = TestRequest::post().uri("/v1/charges").insert_header(("Authorization", "Bearer t"));
 /// let (status, _, body) = send(&app, no_key).await;
 /// assert_eq!(status, 400);
 /// assert!(body.contains("idempotency_key_missing"));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `mismatch`
@@ -305,18 +245,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -325,11 +254,11 @@ mod expand;
 /// async fn create_call(body: String) -> HttpResponse {
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to A")).await.0, 201);
 /// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to B")).await.0, 422);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `in_flight`
@@ -340,18 +269,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -361,7 +279,7 @@ mod expand;
 ///     actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// let (a, b) = futures_util::join!(
 ///     send(&app, req("k").uri("/v1/calls")),
@@ -369,7 +287,7 @@ mod expand;
 /// );
 /// assert_eq!((a.0, b.0), (201, 201));
 /// assert!(a.1 != b.1, "one ran, the other waited and replayed it");
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `wait_timeout`
@@ -379,18 +297,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -399,10 +306,10 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await.0, 201);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `cache`
@@ -412,18 +319,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -435,12 +331,12 @@ mod expand;
 ///     }
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_contact)).await;
 /// assert_eq!(send(&app, req("k").uri("/contacts")).await.0, 400);
 /// // The 400 was not recorded: the corrected request runs.
 /// assert_eq!(send(&app, req("k").uri("/contacts").set_payload("ACME")).await, (201, false, "ACME".into()));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `per_endpoint`
@@ -451,18 +347,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -477,11 +362,11 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().body("call")
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_agent).service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/agents")).await, (201, false, "agent".into()));
 /// assert_eq!(send(&app, req("k").uri("/calls")).await, (201, false, "call".into()));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `lease`
@@ -492,18 +377,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -512,10 +386,10 @@ mod expand;
 /// async fn export() -> HttpResponse {
 ///     HttpResponse::Accepted().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(export)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/exports")).await.0, 202);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `fail_open`
@@ -526,18 +400,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::{idempotent, IdempotencyConfig};
 ///
@@ -546,11 +409,11 @@ mod expand;
 /// async fn record() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// let down = IdempotencyConfig::new(idem_actix::testing::UnavailableStore);
 /// # let app = test::init_service(App::new().app_data(down).service(record)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/telemetry")).await.0, 201);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `errors`
@@ -562,18 +425,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -582,13 +434,13 @@ mod expand;
 /// async fn create_contact(body: String) -> HttpResponse {
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_contact)).await;
 /// send(&app, req("k").uri("/contacts").set_payload("a")).await;
 /// let (status, _, body) = send(&app, req("k").uri("/contacts").set_payload("b")).await;
 /// assert_eq!(status, 422);
 /// assert!(body.contains(r#""type":"idempotency_conflict""#));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `max_body`
@@ -599,18 +451,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -619,10 +460,10 @@ mod expand;
 /// async fn create_note(body: String) -> HttpResponse {
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_note)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/notes").set_payload(vec![b'x'; 1025])).await.0, 413);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `max_response`
@@ -634,11 +475,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -647,13 +484,13 @@ mod expand;
 /// async fn export() -> HttpResponse {
 ///     HttpResponse::Created().body(vec![b'x'; 4096])
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(export)).await;
 /// let first = test::call_service(&app, req("k").uri("/v1/exports").to_request()).await;
 /// assert_eq!(test::read_body(first).await.len(), 4096);
 /// let retry = test::call_service(&app, req("k").uri("/v1/exports").to_request()).await;
 /// assert_eq!(retry.status(), 409);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `crate`
@@ -662,18 +499,7 @@ mod expand;
 /// (`idem = { package = "idem-actix", .. }` in `Cargo.toml`). Default `"idem_actix"`.
 ///
 /// ```
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// // This crate depends on idem-actix as `idem`.
 /// use actix_web::{post, HttpResponse};
 ///
@@ -682,10 +508,10 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await.0, 201);
-/// # });
+/// # }) }
 /// ```
 ///
 /// # Debugging the expansion
@@ -707,10 +533,15 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             return out.into();
         }
     };
-    let parsed = attr::parse(args.into());
-    let checked = expand::check(&func);
-    match (parsed, checked) {
-        (Ok(args), Ok(())) => {
+    let mut errors = errors::Errors::default();
+    let parsed = attr::parse(args.into(), &mut errors);
+    match &parsed {
+        Ok(args) => valid::args(args, &mut errors),
+        Err(syntax) => errors.add(syntax.clone()),
+    }
+    valid::handler(&func, &mut errors);
+    match errors.finish(()).and(parsed) {
+        Ok(args) => {
             let name = func.sig.ident.to_string();
             let expanded = expand::expand(&args, func);
             if wants_debug(std::env::var("IDEM_MACROS_DEBUG").ok().as_deref(), &name) {
@@ -718,16 +549,9 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             }
             expanded.into()
         }
-        (parsed, checked) => {
+        Err(errors) => {
             // Emit the handler untouched beside the errors, so nothing else fails to resolve.
-            let mut errors = None::<syn::Error>;
-            for e in [parsed.err(), checked.err()].into_iter().flatten() {
-                match &mut errors {
-                    Some(all) => all.combine(e),
-                    None => errors = Some(e),
-                }
-            }
-            let mut out = errors.map(|e| e.to_compile_error()).unwrap_or_default();
+            let mut out = errors.to_compile_error();
             out.extend(quote::quote!(#func));
             out.into()
         }
