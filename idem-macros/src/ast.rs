@@ -39,6 +39,7 @@ pub(crate) struct Args {
     pub errors: Option<Spanned<ErrorFormat>>,
     pub max_body: Option<Spanned<usize>>,
     pub max_response: Option<Spanned<usize>>,
+    pub replay_set_cookie: Option<Spanned<bool>>,
     pub krate: Option<Spanned<syn::Path>>,
 }
 

@@ -131,6 +131,7 @@ fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, erro
         Name::Required => put(&mut args.required, name, flag(name, value, errors)),
         Name::PerEndpoint => put(&mut args.per_endpoint, name, flag(name, value, errors)),
         Name::FailOpen => put(&mut args.fail_open, name, flag(name, value, errors)),
+        Name::ReplaySetCookie => put(&mut args.replay_set_cookie, name, flag(name, value, errors)),
         Name::Mismatch => put(&mut args.mismatch, name, choice(name, value, errors)),
         Name::InFlight => put(&mut args.in_flight, name, choice(name, value, errors)),
         Name::Cache => put(&mut args.cache, name, choice(name, value, errors)),

@@ -60,6 +60,7 @@ fn overrides(args: &Args) -> TokenStream {
     for (name, arg) in [
         ("required", &args.required),
         ("per_endpoint", &args.per_endpoint),
+        ("replay_set_cookie", &args.replay_set_cookie),
     ] {
         if let Some(arg) = arg {
             let b = arg.value;

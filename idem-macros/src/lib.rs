@@ -493,6 +493,33 @@ mod valid;
 /// # }) }
 /// ```
 ///
+/// ## `replay_set_cookie`
+///
+/// A flag: `Set-Cookie` headers are recorded and replayed with the rest of the response. Off by
+/// default, where a response's cookies go to the first caller only: a replay goes to whoever
+/// holds the key, and a cookie (a session, a CSRF token) is meant for the client the first
+/// response went to. Turn it on for an endpoint whose cookie is part of the operation's
+/// result, and whose keys only its own client can know.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/carts")]
+/// #[idempotent(replay_set_cookie)]
+/// async fn create_cart() -> HttpResponse {
+///     HttpResponse::Created().insert_header(("Set-Cookie", "cart=c_1")).finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_cart)).await;
+/// test::call_service(&app, req("k").uri("/v1/carts").to_request()).await;
+/// let retry = test::call_service(&app, req("k").uri("/v1/carts").to_request()).await;
+/// assert_eq!(retry.headers().get("set-cookie").unwrap(), "cart=c_1");
+/// # }) }
+/// ```
+///
 /// ## `crate`
 ///
 /// The path of `idem_actix`, for a crate that depends on it under another name

@@ -76,6 +76,8 @@ arguments! {
         "bytes" "`2097152`";
     MaxResponse "max_response" literal
         "bytes" "`1048576`";
+    ReplaySetCookie "replay_set_cookie" literal
+        "flag" "off";
     Crate "crate" literal
         "a path" r#"`"idem_actix"`"#;
 }
