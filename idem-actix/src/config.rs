@@ -4,10 +4,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
-use actix_web::{web, HttpRequest};
+use actix_web::{web, HttpRequest, HttpResponse};
 use idem_core::clock::Clock;
 use idem_core::{Engine, MokaStore, Policy, PolicyError, Store};
 
+use crate::functions::ReplayFunction;
 use crate::handler::TASKS;
 use crate::metrics::StoreMetrics;
 use crate::render::{ErrorRenderer, JsonEnvelope};
@@ -52,6 +53,7 @@ struct Settings {
     defaults: Policy,
     header: HeaderName,
     max_detached: usize,
+    on_replay: Option<ReplayFunction>,
 }
 
 /// How long a drain that cancelled operations waits for their claims to be released.
@@ -78,6 +80,7 @@ impl IdempotencyConfig {
             defaults: Policy::DEFAULT,
             header: parse_header(Policy::DEFAULT.header),
             max_detached: DEFAULT_MAX_DETACHED,
+            on_replay: None,
         }))
     }
 
@@ -181,6 +184,32 @@ impl IdempotencyConfig {
             tracing::warn!("some idempotency claims were not released at shutdown; they lapse with their leases");
         }
         cancelled
+    }
+
+    /// Calls `hook` on every replay of every endpoint that has no hook of its own, with the
+    /// request and the replayed response: to log or count replays, or to add a header to
+    /// them.
+    ///
+    /// ```
+    /// use actix_web::{HttpRequest, HttpResponse};
+    /// use idem_actix::{IdempotencyConfig, MokaStore};
+    ///
+    /// fn count(_: &HttpRequest, _: &mut HttpResponse) {
+    ///     metrics::counter!("api_replays_total").increment(1);
+    /// }
+    ///
+    /// let idem = IdempotencyConfig::new(MokaStore::new()).on_replay(count);
+    /// # let _ = idem;
+    /// ```
+    #[must_use]
+    pub fn on_replay(mut self, hook: fn(&HttpRequest, &mut HttpResponse)) -> Self {
+        self.settings().on_replay = Some(hook);
+        self
+    }
+
+    /// The application's replay hook.
+    pub(crate) fn replay_hook(&self) -> Option<ReplayFunction> {
+        self.0.on_replay
     }
 
     /// The bound set by [`max_detached`](Self::max_detached).

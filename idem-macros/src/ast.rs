@@ -40,6 +40,13 @@ pub(crate) struct Args {
     pub max_body: Option<Spanned<usize>>,
     pub max_response: Option<Spanned<usize>>,
     pub replay_set_cookie: Option<Spanned<bool>>,
+    pub fingerprint: Option<Spanned<Fingerprint>>,
+    pub fingerprint_ignore: Option<Spanned<Vec<String>>>,
+    pub fingerprint_headers: Option<Spanned<Vec<String>>>,
+    pub replay_headers: Option<Spanned<Vec<String>>>,
+    pub replay_drop_headers: Option<Spanned<Vec<String>>>,
+    pub on_replay: Option<Spanned<syn::Path>>,
+    pub key: Option<Spanned<Key>>,
     pub krate: Option<Spanned<syn::Path>>,
 }
 
@@ -55,10 +62,46 @@ pub(crate) enum Scope {
     Function(syn::Path),
 }
 
+/// How a body is compared.
+pub(crate) enum Fingerprint {
+    Form(BodyForm),
+    /// A function, named by its path.
+    Function(syn::Path),
+}
+
+/// A canonical form of bodies: `fingerprint = "json"`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyForm {
+    Bytes,
+    Json,
+    Form,
+}
+
+impl Choice for BodyForm {
+    const WHAT: &'static str = "fingerprint form";
+    const OR: Option<&'static str> =
+        Some("a function `fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>` named without quotes");
+    const OPTIONS: &'static [(&'static str, &'static str, Self)] = &[
+        ("bytes", "byte for byte", Self::Bytes),
+        ("json", "as parsed JSON", Self::Json),
+        ("form", "as form pairs in any order", Self::Form),
+    ];
+}
+
+/// Where the key is, when not in a header.
+pub(crate) enum Key {
+    /// `"json:<pointer>"`: the member the pointer names in the JSON body.
+    Json(String),
+    /// A function, named by its path.
+    Function(syn::Path),
+}
+
 /// An argument whose value is one of a few strings, each standing for a variant.
 pub(crate) trait Choice: Copy + 'static {
     /// What the value is, in the message that refuses an unknown one.
     const WHAT: &'static str;
+    /// What else the argument takes, last in that message.
+    const OR: Option<&'static str> = None;
     /// Each value: as written, what it means, and what it stands for. The first is the
     /// example in messages.
     const OPTIONS: &'static [(&'static str, &'static str, Self)];

@@ -4,20 +4,22 @@
 
 use std::time::Duration;
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Ident, Lit, LitStr, Token};
 
-use crate::ast::{Args, Choice, Scope, Spanned};
+use crate::ast::{Args, Choice, Fingerprint, Key, Scope, Spanned};
 use crate::errors::Errors;
 use crate::names::Name;
 
 /// The longest `key_max_len` accepted: keys are header values, and servers cap header sizes.
 const KEY_MAX_LEN_LIMIT: u64 = 8192;
 
-/// One argument as written: `name`, `name = "literal"` or `name = path`.
+/// One argument as written: `name`, `name = "literal"`, `name = ["literal", ...]` or
+/// `name = path`.
 struct RawArg {
     name: Ident,
     value: Option<Value>,
@@ -26,6 +28,7 @@ struct RawArg {
 /// What follows an argument's `=`.
 enum Value {
     Lit(Lit),
+    List(Span, Vec<Lit>),
     Path(syn::Path),
 }
 
@@ -38,6 +41,14 @@ impl Parse for RawArg {
             let lookahead = input.lookahead1();
             if lookahead.peek(Lit) {
                 value = Some(Value::Lit(input.parse()?));
+            } else if lookahead.peek(syn::token::Bracket) {
+                let items;
+                let bracket = syn::bracketed!(items in input);
+                let items = Punctuated::<Lit, Token![,]>::parse_terminated(&items)?;
+                value = Some(Value::List(
+                    bracket.span.join(),
+                    items.into_iter().collect(),
+                ));
             } else if lookahead.peek(Ident::peek_any) || lookahead.peek(Token![::]) {
                 value = Some(Value::Path(input.parse()?));
             } else {
@@ -77,6 +88,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Result<Args, sy
         };
         match value {
             Some(Value::Path(path)) => function(known, name, path, &mut args, errors),
+            Some(Value::List(span, items)) => list(known, &name, span, &items, &mut args, errors),
             Some(Value::Lit(lit)) => literal(known, &name, Some(&lit), &mut args, errors),
             None => literal(known, &name, None, &mut args, errors),
         }
@@ -88,6 +100,9 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Result<Args, sy
 fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: &mut Errors) {
     match known {
         Name::Scope => set(&mut args.scope, name, Scope::Function(path)),
+        Name::Fingerprint => set(&mut args.fingerprint, name, Fingerprint::Function(path)),
+        Name::Key => set(&mut args.key, name, Key::Function(path)),
+        Name::OnReplay => set(&mut args.on_replay, name, path),
         _ => {
             let functions = Name::taking_functions();
             let verb = if functions.contains(" and ") {
@@ -137,7 +152,154 @@ fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, erro
         Name::Cache => put(&mut args.cache, name, choice(name, value, errors)),
         Name::Errors => put(&mut args.errors, name, choice(name, value, errors)),
         Name::Crate => put(&mut args.krate, name, krate(name, value, errors)),
+        Name::Fingerprint => put(
+            &mut args.fingerprint,
+            name,
+            choice(name, value, errors).map(Fingerprint::Form),
+        ),
+        Name::Key => put(&mut args.key, name, key(name, value, errors)),
+        Name::OnReplay => errors.push(
+            value.map_or_else(|| name.to_token_stream(), ToTokens::to_token_stream),
+            format!("`{name}` takes a function `fn(&HttpRequest, &mut HttpResponse)`, named without quotes, such as `{name} = count_replay`"),
+        ),
+        Name::FingerprintIgnore
+        | Name::FingerprintHeaders
+        | Name::ReplayHeaders
+        | Name::ReplayDropHeaders => {
+            let example = list_example(known);
+            match value {
+                Some(other) => errors.push(
+                    other,
+                    format!("`{name}` takes a list, such as `{name} = {example}`"),
+                ),
+                None => errors.push(
+                    name,
+                    format!("`{name}` needs a list, such as `{name} = {example}`"),
+                ),
+            }
+        }
     }
+}
+
+/// An example of a list argument's value.
+fn list_example(known: Name) -> &'static str {
+    match known {
+        Name::FingerprintIgnore => r#"["/client_sent_at"]"#,
+        Name::FingerprintHeaders => r#"["Content-Type"]"#,
+        _ => r#"["Location"]"#,
+    }
+}
+
+/// Reads an argument given a list, `[...]`.
+fn list(
+    known: Name,
+    name: &Ident,
+    span: Span,
+    items: &[Lit],
+    args: &mut Args,
+    errors: &mut Errors,
+) {
+    let slot = match known {
+        Name::FingerprintIgnore => &mut args.fingerprint_ignore,
+        Name::FingerprintHeaders => &mut args.fingerprint_headers,
+        Name::ReplayHeaders => &mut args.replay_headers,
+        Name::ReplayDropHeaders => &mut args.replay_drop_headers,
+        _ => {
+            errors.push_at(span, format!("`{name}` takes one value, not a list"));
+            return;
+        }
+    };
+    let example = list_example(known);
+    let mut values: Vec<String> = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let Lit::Str(s) = item else {
+            errors.push(
+                item,
+                format!("`{name}` lists strings, such as `{name} = {example}`"),
+            );
+            ok = false;
+            continue;
+        };
+        let value = s.value();
+        let problem = match known {
+            Name::FingerprintIgnore => pointer_problem(&value),
+            _ if !is_header_name(&value) => Some(format!(
+                "\"{value}\" is not a valid header name; use letters, digits and `-`, such as \"X-Trace-Id\""
+            )),
+            Name::ReplayHeaders | Name::ReplayDropHeaders
+                if value.eq_ignore_ascii_case("set-cookie") =>
+            {
+                Some("`Set-Cookie` is replayed only with `replay_set_cookie`, which decides it alone; remove it from the list".to_owned())
+            }
+            _ => None,
+        };
+        let repeated = || {
+            values.iter().any(|v| match known {
+                Name::FingerprintIgnore => *v == value,
+                _ => v.eq_ignore_ascii_case(&value),
+            })
+        };
+        match problem {
+            Some(problem) => {
+                errors.push(s, problem);
+                ok = false;
+            }
+            None if repeated() => {
+                errors.push(s, format!("\"{value}\" is listed twice; keep one"));
+                ok = false;
+            }
+            None => values.push(value),
+        }
+    }
+    if ok {
+        *slot = Some(Spanned {
+            name: name.clone(),
+            value: values,
+        });
+    }
+}
+
+/// What is wrong with `pointer` as a JSON Pointer (RFC 6901), if anything.
+fn pointer_problem(pointer: &str) -> Option<String> {
+    if pointer.is_empty() {
+        return Some(
+            "the empty pointer names the whole body; point at a member, such as \"/client_sent_at\""
+                .to_owned(),
+        );
+    }
+    if !pointer.starts_with('/') {
+        return Some(format!(
+            "\"{pointer}\" is not a JSON Pointer: it starts with `/`, such as \"/{pointer}\""
+        ));
+    }
+    let bytes = pointer.as_bytes();
+    let bad = bytes
+        .iter()
+        .enumerate()
+        .find(|&(i, &b)| b == b'~' && !matches!(bytes.get(i + 1), Some(b'0' | b'1')));
+    bad.map(|(i, _)| {
+        format!(
+            "\"{pointer}\" is not a JSON Pointer: `~` at byte {i} must be `~0` (for `~`) or `~1` (for `/`)"
+        )
+    })
+}
+
+/// `"json:<pointer>"`.
+fn key(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Key> {
+    let s = string(name, value, "\"json:/event_id\"", errors)?;
+    let v = s.value();
+    let Some(pointer) = v.strip_prefix("json:") else {
+        errors.push(s, format!(
+            "unknown key source \"{v}\"; expected \"json:<pointer>\", such as \"json:/event_id\", or a function `fn(&HttpRequest, &[u8]) -> Option<String>` named without quotes"
+        ));
+        return None;
+    };
+    if let Some(problem) = pointer_problem(pointer) {
+        errors.push(s, problem);
+        return None;
+    }
+    Some(Key::Json(pointer.to_owned()))
 }
 
 fn set<T>(slot: &mut Option<Spanned<T>>, name: Ident, value: T) {
@@ -187,14 +349,16 @@ fn choice<T: Choice>(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> 
         .iter()
         .map(|(option, meaning, _)| format!("\"{option}\" ({meaning})"))
         .collect();
-    let (last, rest) = listed.split_last().expect("options are not empty");
+    let expected = match T::OR {
+        Some(or) => format!("{}, or {or}", listed.join(", ")),
+        None => {
+            let (last, rest) = listed.split_last().expect("options are not empty");
+            format!("{} or {last}", rest.join(", "))
+        }
+    };
     errors.push(
         s,
-        format!(
-            "unknown {} \"{v}\"; expected {} or {last}",
-            T::WHAT,
-            rest.join(", ")
-        ),
+        format!("unknown {} \"{v}\"; expected {expected}", T::WHAT),
     );
     None
 }

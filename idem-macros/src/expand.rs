@@ -11,7 +11,9 @@ use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::{FnArg, Ident, ItemFn, ReturnType};
 
-use crate::ast::{Args, Cache, ErrorFormat, InFlight, Mismatch, Scope, Spanned};
+use crate::ast::{
+    Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
+};
 use crate::valid::contains_impl;
 
 /// How long `in_flight = "wait"` waits without a `wait_timeout`.
@@ -123,6 +125,63 @@ fn overrides(args: &Args) -> TokenStream {
             quote!(__idem_p::ErrorFormat::#v),
         );
     }
+    if let Some(Spanned {
+        name,
+        value: Fingerprint::Form(form),
+    }) = &args.fingerprint
+    {
+        let v = match form {
+            BodyForm::Bytes => quote!(Bytes),
+            BodyForm::Json => quote!(Json),
+            BodyForm::Form => quote!(Form),
+        };
+        set("fingerprint", name.span(), quote!(__idem_p::BodyForm::#v));
+    }
+    // Members the application's defaults leave out of JSON bodies mean nothing to an
+    // endpoint that reads its bodies otherwise.
+    let json = matches!(
+        args.fingerprint,
+        Some(Spanned {
+            value: Fingerprint::Form(BodyForm::Json),
+            ..
+        })
+    );
+    if let (Some(fingerprint), None, false) = (&args.fingerprint, &args.fingerprint_ignore, json) {
+        set("fingerprint_ignore", fingerprint.span(), quote!(&[]));
+    }
+    for (name, arg) in [
+        ("fingerprint_ignore", &args.fingerprint_ignore),
+        ("fingerprint_headers", &args.fingerprint_headers),
+    ] {
+        if let Some(arg) = arg {
+            let items = &arg.value;
+            set(name, arg.span(), quote!(&[#(#items),*]));
+        }
+    }
+    for (variant, arg) in [
+        (quote!(Only), &args.replay_headers),
+        (quote!(Except), &args.replay_drop_headers),
+    ] {
+        if let Some(arg) = arg {
+            let items = &arg.value;
+            set(
+                "replay_headers",
+                arg.span(),
+                quote!(__idem_p::ReplayHeaders::#variant(&[#(#items),*])),
+            );
+        }
+    }
+    if let Some(Spanned {
+        name,
+        value: Key::Json(pointer),
+    }) = &args.key
+    {
+        set(
+            "key_source",
+            name.span(),
+            quote!(__idem_p::KeySource::Json(#pointer)),
+        );
+    }
     quote!(__idem_p::Overrides::NONE #(.#setters)*)
 }
 
@@ -132,30 +191,66 @@ fn duration(d: Duration) -> TokenStream {
     quote!(__idem_p::Duration::from_millis(#ms))
 }
 
-/// The scope function handed to the run, if the scope is one.
-///
-/// The function's type names it, so that two functions never share a scope (or, for a
-/// function pointer, whose type is shared, the path as written). The type is read from a
-/// reference, which asks nothing of the function, so that its signature is checked (and
-/// reported) once, where it is called.
-fn scope_function(args: &Args) -> TokenStream {
-    let Some(Spanned {
+/// The endpoint's functions, handed to the run: built in the handler's body rather than in
+/// its `static`, so that they can name `Self` and the handler's generic parameters. Each is
+/// called through a function of the support module whose bound checks its signature, on the
+/// path as written, so that a mistake is reported there, once.
+fn functions(args: &Args) -> TokenStream {
+    let mut setters: Vec<TokenStream> = Vec::new();
+    if let Some(Spanned {
         value: Scope::Function(path),
         ..
     }) = &args.scope
-    else {
-        return quote!(::core::option::Option::None);
-    };
-    let call = quote_spanned! {path.span()=> __idem_p::scope(#path, __idem_scope_req) };
-    let identity = quote_spanned! {path.span()=> &#path };
-    let written = path.to_token_stream().to_string();
-    quote! {
-        ::core::option::Option::Some(__idem_p::ScopeFunction::new(
-            #identity,
-            ::core::concat!(::core::module_path!(), "::", #written),
-            |__idem_scope_req: &__idem_p::HttpRequest| #call,
-        ))
+    {
+        // The function's type names it, so that two functions never share a scope (or, for
+        // a function pointer, whose type is shared, the path as written). The type is read
+        // from a reference, which asks nothing of the function.
+        let call = quote_spanned! {path.span()=> __idem_p::scope(#path, __idem_scope_req) };
+        let identity = quote_spanned! {path.span()=> &#path };
+        let written = path.to_token_stream().to_string();
+        setters.push(quote! {
+            scope(__idem_p::ScopeFunction::new(
+                #identity,
+                ::core::concat!(::core::module_path!(), "::", #written),
+                |__idem_scope_req: &__idem_p::HttpRequest| #call,
+            ))
+        });
     }
+    if let Some(Spanned {
+        value: Fingerprint::Function(path),
+        ..
+    }) = &args.fingerprint
+    {
+        let call = quote_spanned! {path.span()=>
+            __idem_p::fingerprint(#path, __idem_fn_req, __idem_fn_body)
+        };
+        setters.push(quote! {
+            fingerprint(|__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_body: &[u8]| #call)
+        });
+    }
+    if let Some(Spanned {
+        value: Key::Function(path),
+        ..
+    }) = &args.key
+    {
+        let call = quote_spanned! {path.span()=>
+            __idem_p::key(#path, __idem_fn_req, __idem_fn_body)
+        };
+        setters.push(quote! {
+            key(|__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_body: &[u8]| #call)
+        });
+    }
+    if let Some(Spanned { value: path, .. }) = &args.on_replay {
+        let call = quote_spanned! {path.span()=>
+            __idem_p::on_replay(#path, __idem_fn_req, __idem_fn_res)
+        };
+        setters.push(quote! {
+            on_replay(
+                |__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_res: &mut __idem_p::HttpResponse| #call
+            )
+        });
+    }
+    quote!(__idem_p::Functions::NONE #(.#setters)*)
 }
 
 /// The generated handler.
@@ -209,7 +304,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let respond = quote_spanned! {respond_span=>
         __idem_p::respond(__idem_req, __idem_out)
     };
-    let scope_fn = scope_function(args);
+    let functions = functions(args);
     let overrides = overrides(args);
 
     quote! {
@@ -223,7 +318,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
 
             __idem_p::run(
                 &__IDEM_ENDPOINT,
-                #scope_fn,
+                #functions,
                 __idem_raw,
                 move |__idem_req: __idem_p::HttpRequest, mut __idem_payload: __idem_p::RawPayload| async move {
                     let (#(#names,)*) = match <(#(#types,)*) as __idem_p::FromRequest>::from_request(

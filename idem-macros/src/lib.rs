@@ -48,7 +48,17 @@ mod valid;
 #[doc = argument_table!()]
 ///
 /// Arguments that make no sense together are refused: `wait_timeout` without
-/// `in_flight = "wait"` (there is nothing to wait for).
+/// `in_flight = "wait"` (there is nothing to wait for); `fingerprint_ignore` without
+/// `fingerprint = "json"`; `replay_headers` with `replay_drop_headers`; `key` with `header`;
+/// `key = "json:..."` with `fingerprint = "form"`.
+///
+/// Every argument but `key = my_fn`, `fingerprint = my_fn` and `on_replay` has a field of
+/// [`Policy`] of the same meaning, which the [`Idempotency`] middleware takes in its
+/// `.policy(..)` and an application in `IdempotencyConfig::defaults`; the functions have
+/// methods of their own there.
+///
+/// [`Policy`]: ../idem_actix/struct.Policy.html
+/// [`Idempotency`]: ../idem_actix/struct.Idempotency.html
 ///
 /// ## `ttl`
 ///
@@ -108,7 +118,6 @@ mod valid;
 /// known by the path written instead); moving or renaming it starts new scopes.
 ///
 /// [`Principal`]: ../idem_actix/struct.Principal.html
-/// [`Idempotency`]: ../idem_actix/struct.Idempotency.html
 ///
 /// ```
 /// # extern crate idem as idem_actix;
@@ -187,6 +196,44 @@ mod valid;
 /// # }) }
 /// ```
 ///
+/// ## `key`
+///
+/// Where the key is, for APIs and webhooks that carry it in the body rather than in a header
+/// of its own: `"json:<pointer>"` reads the string (or number) a JSON Pointer (RFC 6901)
+/// names in the JSON body, such as `"json:/event_id"`; a function
+/// `fn(&HttpRequest, &[u8]) -> Option<String>`, named without quotes and checked at compile
+/// time, finds it in the request and its body. The key rules hold as for a header (1 to
+/// `key_max_len` bytes of visible ASCII, else 400 `idempotency_key_invalid`, naming where the
+/// key was read), and so does the scope. A request without a key runs as if the endpoint were
+/// not idempotent, unless `required` (400 `idempotency_key_missing`); an `Idempotency-Key`
+/// header is not read. Every request's body is read (up to `max_body`) to look for the key; a
+/// body that is not JSON gets 400 `idempotency_body_invalid` under `"json:..."`. Default: the
+/// `header`.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/webhooks/payments")]
+/// #[idempotent(key = "json:/event/id", fingerprint = "json")]
+/// async fn payment_event() -> HttpResponse {
+///     HttpResponse::Ok().body("handled")
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(payment_event)).await;
+/// let delivery = |body: &'static str| {
+///     TestRequest::post().uri("/webhooks/payments")
+///         .insert_header(("Authorization", "Bearer t"))
+///         .set_payload(body)
+/// };
+/// let event = r#"{"event":{"id":"evt_1","type":"paid"}}"#;
+/// assert_eq!(send(&app, delivery(event)).await.1, false);
+/// assert_eq!(send(&app, delivery(event)).await.1, true, "delivered twice, handled once");
+/// # }) }
+/// ```
+///
 /// ## `key_max_len`
 ///
 /// The longest key accepted, in bytes once unquoted, from 1 to 8192. Default `255`. A longer
@@ -258,6 +305,131 @@ mod valid;
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to A")).await.0, 201);
 /// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to B")).await.0, 422);
+/// # }) }
+/// ```
+///
+/// ## `fingerprint`
+///
+/// How a request's body is compared with the first request of its key (its method and path
+/// always count, and its query):
+///
+/// | value | bodies are the same when | query parameters |
+/// |---|---|---|
+/// | `"bytes"` (default) | byte for byte | as sent |
+/// | `"json"` | as parsed JSON: members in any order, any whitespace, strings unescaped, numbers by exact value (`1`, `1.0` and `1e0` are one number) | in any order |
+/// | `"form"` | as `application/x-www-form-urlencoded` pairs in any order of their names (values of one name keep their order), decoded | in any order |
+/// | a function | what the function `fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>` (named without quotes, checked at compile time) makes of them is equal | in any order |
+///
+/// A body that cannot be read in its endpoint's form (JSON that does not parse, or a body
+/// the function returns `None` for) gets 400 `idempotency_body_invalid`, naming where it
+/// breaks; nothing is claimed, so the corrected request runs with the same key. An empty body
+/// is no document, not an error. In JSON, members of one name keep their order, and
+/// nesting past 128 levels is refused.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, web, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(fingerprint = "json")]
+/// async fn create_call(body: web::Json<serde_json::Value>) -> HttpResponse {
+///     HttpResponse::Created().json(body.into_inner())
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// let call = |body: &'static str| req("k").uri("/v1/calls")
+///     .insert_header(("Content-Type", "application/json"))
+///     .set_payload(body);
+/// assert_eq!(send(&app, call(r#"{"to":"+15555550123","agent":"a1"}"#)).await.0, 201);
+/// // The same call, serialised again in another order: a replay.
+/// assert_eq!(send(&app, call(r#"{ "agent": "a1", "to": "+15555550123" }"#)).await.1, true);
+/// // Another call with the same key: a conflict.
+/// assert_eq!(send(&app, call(r#"{"agent":"a1","to":"+15555550199"}"#)).await.0, 409);
+/// // Not JSON: refused before anything is claimed.
+/// assert_eq!(send(&app, call("to=+15555550123")).await.0, 400);
+/// # }) }
+/// ```
+///
+/// A function compares bodies only the application can read:
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpRequest, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// /// The lines of an order, in any order.
+/// fn order_lines(_: &HttpRequest, body: &[u8]) -> Option<Vec<u8>> {
+///     let mut lines: Vec<&str> = std::str::from_utf8(body).ok()?.lines().collect();
+///     lines.sort_unstable();
+///     Some(lines.join("\n").into_bytes())
+/// }
+///
+/// #[post("/v1/orders")]
+/// #[idempotent(fingerprint = order_lines)]
+/// async fn create_order() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_order)).await;
+/// send(&app, req("k").uri("/v1/orders").set_payload("2 pears\n1 apple")).await;
+/// let retry = send(&app, req("k").uri("/v1/orders").set_payload("1 apple\n2 pears")).await;
+/// assert_eq!(retry.1, true);
+/// # }) }
+/// ```
+///
+/// ## `fingerprint_ignore`
+///
+/// Members of a JSON body that do not count, as JSON Pointers (RFC 6901, checked at compile
+/// time): a client's timestamp or trace id that changes on every retry. With
+/// `fingerprint = "json"` only. A pointer names object members and array elements
+/// (`"/items/0/sent_at"`); `~1` stands for `/` and `~0` for `~` in a name. What it names is
+/// left out wherever it is, present or not.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/messages")]
+/// #[idempotent(fingerprint = "json", fingerprint_ignore = ["/client_sent_at", "/meta/trace_id"])]
+/// async fn create_message() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_message)).await;
+/// let message = |body: &'static str| req("k").uri("/v1/messages").set_payload(body);
+/// send(&app, message(r#"{"text":"hi","client_sent_at":"10:00:00"}"#)).await;
+/// let retry = send(&app, message(r#"{"text":"hi","client_sent_at":"10:00:07"}"#)).await;
+/// assert_eq!(retry.1, true);
+/// # }) }
+/// ```
+///
+/// ## `fingerprint_headers`
+///
+/// Request headers that are part of the request, by name: a retry must send them with the
+/// same values (each value compared as sent; a header sent several times, all its values in
+/// their order). None by default.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/transfers")]
+/// #[idempotent(fingerprint_headers = ["X-Account"])]
+/// async fn transfer() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(transfer)).await;
+/// let from = |account: &str| req("k").uri("/v1/transfers").insert_header(("X-Account", account));
+/// send(&app, from("acct_1")).await;
+/// assert_eq!(send(&app, from("acct_2")).await.0, 409);
 /// # }) }
 /// ```
 ///
@@ -517,6 +689,98 @@ mod valid;
 /// test::call_service(&app, req("k").uri("/v1/carts").to_request()).await;
 /// let retry = test::call_service(&app, req("k").uri("/v1/carts").to_request()).await;
 /// assert_eq!(retry.headers().get("set-cookie").unwrap(), "cart=c_1");
+/// # }) }
+/// ```
+///
+/// ## `replay_headers`
+///
+/// The recorded headers a replay repeats, by name in any case: only these. Headers of one
+/// transfer or one request (`Date`, `Content-Length`, `X-Request-ID`, ...) are never
+/// replayed, and `Set-Cookie` only with `replay_set_cookie`, whatever the list; name every
+/// header the replay needs, `Content-Type` included. Default: every recorded header.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(replay_headers = ["Location", "Content-Type"])]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created()
+///         .insert_header(("Location", "/v1/calls/1"))
+///         .insert_header(("Server-Timing", "db;dur=53"))
+///         .finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// let retry = test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// assert_eq!(retry.headers().get("location").unwrap(), "/v1/calls/1");
+/// assert!(retry.headers().get("server-timing").is_none());
+/// # }) }
+/// ```
+///
+/// ## `replay_drop_headers`
+///
+/// Recorded headers a replay leaves out, by name in any case, on top of those never
+/// replayed: a trace id or a timing of the first response. Not with `replay_headers`. None by
+/// default.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(replay_drop_headers = ["Server-Timing"])]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created()
+///         .insert_header(("Location", "/v1/calls/1"))
+///         .insert_header(("Server-Timing", "db;dur=53"))
+///         .finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// let retry = test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// assert_eq!(retry.headers().get("location").unwrap(), "/v1/calls/1");
+/// assert!(retry.headers().get("server-timing").is_none());
+/// # }) }
+/// ```
+///
+/// ## `on_replay`
+///
+/// A function called on every replay, with the request and the replayed response, which it
+/// may change: to log or count replays, or add a header to them. A function
+/// `fn(&HttpRequest, &mut HttpResponse)`, named without quotes and checked at compile time.
+/// It replaces the application's hook (`IdempotencyConfig::on_replay`) on this endpoint.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use actix_web::{post, HttpRequest, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// static REPLAYS: AtomicUsize = AtomicUsize::new(0);
+///
+/// fn count(_: &HttpRequest, _: &mut HttpResponse) {
+///     REPLAYS.fetch_add(1, Ordering::Relaxed);
+/// }
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(on_replay = count)]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// send(&app, req("k").uri("/v1/calls")).await;
+/// send(&app, req("k").uri("/v1/calls")).await;
+/// assert_eq!(REPLAYS.load(Ordering::Relaxed), 1);
 /// # }) }
 /// ```
 ///

@@ -52,12 +52,20 @@ arguments! {
         r#"`"api_key"`"#;
     Header "header" literal
         "a header name" r#"`"Idempotency-Key"`"#;
+    Key "key" function
+        r#"`"json:<pointer>"`, or a function"# "the `header`";
     KeyMaxLen "key_max_len" literal
         "1 to 8192" "`255`";
     Required "required" literal
         "flag" "off";
     Mismatch "mismatch" literal
         r#"`"conflict"`, `"unprocessable"`, `"replay"`"# r#"`"conflict"`"#;
+    Fingerprint "fingerprint" function
+        r#"`"bytes"`, `"json"`, `"form"`, or a function"# r#"`"bytes"`"#;
+    FingerprintIgnore "fingerprint_ignore" literal
+        r#"JSON Pointers, with `fingerprint = "json"`"# "none";
+    FingerprintHeaders "fingerprint_headers" literal
+        "header names" "none";
     InFlight "in_flight" literal
         r#"`"conflict"`, `"wait"`"# r#"`"conflict"`"#;
     WaitTimeout "wait_timeout" literal
@@ -78,6 +86,12 @@ arguments! {
         "bytes" "`1048576`";
     ReplaySetCookie "replay_set_cookie" literal
         "flag" "off";
+    ReplayHeaders "replay_headers" literal
+        "header names" "every recorded header";
+    ReplayDropHeaders "replay_drop_headers" literal
+        "header names" "none";
+    OnReplay "on_replay" function
+        "a function" "the app's hook, if any";
     Crate "crate" literal
         "a path" r#"`"idem_actix"`"#;
 }
