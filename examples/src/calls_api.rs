@@ -230,7 +230,7 @@ fn unique_id(prefix: &str) -> String {
 }
 
 #[post("/v1/calls")]
-#[idempotent(ttl = "24h", scope = "api_key")]
+#[idempotent(ttl = "24h", scope = "api_key", fingerprint = "json")]
 async fn create_call(
     state: web::Data<CallsState>,
     tenant: Tenant,
