@@ -69,10 +69,19 @@ fn reject(
     request_id: &RequestId,
     error: IdempotencyError,
 ) -> Admission {
+    Admission::Answer(req, refusal(policy, config, request_id, error))
+}
+
+/// The layer's answer to a request it refuses, counted and logged.
+fn refusal(
+    policy: &Policy,
+    config: &IdempotencyConfig,
+    request_id: &RequestId,
+    error: IdempotencyError,
+) -> HttpResponse {
     tracing::debug!(outcome = "rejected", %request_id, code = error.code(), %error);
     metrics::rejected(error.code());
-    let res = error_response(&error, request_id, policy.error_format, config.renderer());
-    Admission::Answer(req, res)
+    error_response(&error, request_id, policy.error_format, config.renderer())
 }
 
 /// Whether a request goes straight to the handler, with no store work at all: it has no key
@@ -94,6 +103,10 @@ pub(crate) fn taken(req: &HttpRequest) -> bool {
 }
 
 /// Validates the key and scope, reads the body and fingerprints the request.
+///
+/// A key from a header is checked, and its scope found, before the body is read, so that a
+/// bad key costs no read; a key from the body is looked for once the body is in. Either way
+/// the body is read at one await point, so that this future holds one set of locals.
 pub(crate) async fn admit(
     endpoint: &Endpoint,
     functions: Functions,
@@ -108,49 +121,39 @@ pub(crate) async fn admit(
         (None, KeySource::Json(pointer)) => Some(KeyOrigin::Json(pointer)),
         (None, _) => None,
     };
-    let Some(origin) = origin else {
-        return admit_header_key(endpoint, functions, config, policy, req, payload).await;
-    };
-    let request_id = RequestId::peek(&req);
-    let body = match read(&req, payload, &policy, &config, &request_id).await {
-        Ok(body) => body,
-        Err(res) => return Admission::Answer(req, res),
-    };
-    // Parsed once, for the key and the fingerprint both. A body a key function reads is
-    // parsed (if its fingerprint needs it) only once it has a key: without one, the request
-    // goes to the handler as it is.
-    let json = match origin {
-        KeyOrigin::Json(_) => match JsonBody::parse(&body) {
-            Ok(json) => Some(json),
-            Err(e) => return reject(req, &policy, &config, &request_id, e.into()),
+    let (request_id, from_header) = match origin {
+        Some(_) => (RequestId::peek(&req), None),
+        None => match header_key(endpoint, &functions, &config, &policy, &req) {
+            Ok((key, store_key, request_id)) => (request_id, Some((key, store_key))),
+            Err(None) => return Admission::Pass(req, payload),
+            Err(Some(res)) => return Admission::Answer(req, res),
         },
-        _ => None,
     };
-    let found = match (origin, &json) {
-        (KeyOrigin::Json(pointer), Some(json)) => json
-            .text_at(pointer)
-            .map(|text| text.map(Cow::into_owned))
-            .map_err(|found| KeyError::NotText { found }),
-        _ => Ok(functions.key.and_then(|f| f(&req, &body))),
-    };
-    let key = match found.map(|text| text.map(|text| body_key(&text, policy.key_max_len))) {
-        Ok(Some(Ok(key))) => key,
-        Ok(None) if !policy.required => {
-            drop(json);
-            return Admission::Pass(req, rebuilt(body));
+    let body = match read_body(&req, payload, policy.max_body).await {
+        Ok(body) => body,
+        Err(ReadError::Payload(e)) => {
+            let res = with_request_id(HttpResponse::from_error(e), &request_id);
+            return Admission::Answer(req, res);
         }
-        Ok(None) => {
-            let error = IdempotencyError::BodyKeyMissing { origin };
-            return reject(req, &policy, &config, &request_id, error);
-        }
-        Ok(Some(Err(reason))) | Err(reason) => {
-            let error = IdempotencyError::BodyKeyInvalid { origin, reason };
+        Err(ReadError::TooLarge) => {
+            let error = IdempotencyError::BodyTooLarge {
+                limit: policy.max_body,
+            };
             return reject(req, &policy, &config, &request_id, error);
         }
     };
-    let store_key = match store_key(&req, &policy, &functions, &key) {
-        Ok(store_key) => store_key,
-        Err(e) => return reject(req, &policy, &config, &request_id, e),
+    let (key, store_key, json) = match (from_header, origin) {
+        (Some((key, store_key)), _) => (key, store_key, None),
+        (None, Some(origin)) => match body_key(origin, &functions, &policy, &req, &body) {
+            Ok((key, json)) => match store_key(&req, &policy, &functions, &key) {
+                Ok(store_key) => (key, store_key, json),
+                Err(e) => return reject(req, &policy, &config, &request_id, e),
+            },
+            Err(None) => return Admission::Pass(req, rebuilt(body)),
+            Err(Some(e)) => return reject(req, &policy, &config, &request_id, e),
+        },
+        // A request whose key is not in the body has it from its header.
+        (None, None) => return Admission::Pass(req, rebuilt(body)),
     };
     let fingerprint = fingerprint(&req, &body, json.as_ref(), &policy, functions.fingerprint);
     drop(json);
@@ -171,26 +174,29 @@ pub(crate) async fn admit(
     )
 }
 
-/// Admits a request whose key is in a header: the key and scope are checked before the body
-/// is read.
-async fn admit_header_key(
+/// The key of a request whose key is in a header, its store key and the request's id; or
+/// `Err(None)` when it has none and needs none (it goes to the handler), or the refusal.
+#[allow(
+    clippy::result_large_err,
+    reason = "returned once per request, straight into the admission, which holds the response anyway"
+)]
+fn header_key(
     endpoint: &Endpoint,
-    functions: Functions,
-    config: IdempotencyConfig,
-    policy: Policy,
-    req: HttpRequest,
-    payload: dev::Payload,
-) -> Admission {
-    let mut values = req.headers().get_all(endpoint.header(&config));
+    functions: &Functions,
+    config: &IdempotencyConfig,
+    policy: &Policy,
+    req: &HttpRequest,
+) -> Result<(IdempotencyKey, StoreKey, RequestId), Option<HttpResponse>> {
+    let mut values = req.headers().get_all(endpoint.header(config));
     let Some(raw) = values.next() else {
         if policy.required {
             let error = IdempotencyError::KeyMissing {
                 header: policy.header,
             };
-            let id = RequestId::of(&req);
-            return reject(req, &policy, &config, &id, error);
+            let id = RequestId::of(req);
+            return Err(Some(refusal(policy, config, &id, error)));
         }
-        return Admission::Pass(req, payload);
+        return Err(None);
     };
     let parsed = match values.next() {
         Some(_) => Err(KeyError::Multiple),
@@ -198,7 +204,7 @@ async fn admit_header_key(
     };
     // Kept with the request only if the handler runs: a replay or a refusal needs it just
     // for its own response.
-    let request_id = RequestId::peek(&req);
+    let request_id = RequestId::peek(req);
     let key = match parsed {
         Ok(key) => key,
         Err(reason) => {
@@ -206,32 +212,49 @@ async fn admit_header_key(
                 header: policy.header,
                 reason,
             };
-            return reject(req, &policy, &config, &request_id, error);
+            return Err(Some(refusal(policy, config, &request_id, error)));
         }
     };
-    let store_key = match store_key(&req, &policy, &functions, &key) {
-        Ok(store_key) => store_key,
-        Err(e) => return reject(req, &policy, &config, &request_id, e),
+    match store_key(req, policy, functions, &key) {
+        Ok(store_key) => Ok((key, store_key, request_id)),
+        Err(e) => Err(Some(refusal(policy, config, &request_id, e))),
+    }
+}
+
+/// The key a request's body holds (at the endpoint's JSON Pointer, or as its key function
+/// finds it), with the body parsed as JSON when the key was read from it; or `Err(None)`
+/// when there is none and none is required (the request goes to the handler as it is), or
+/// the refusal.
+fn body_key<'b>(
+    origin: KeyOrigin,
+    functions: &Functions,
+    policy: &Policy,
+    req: &HttpRequest,
+    body: &'b Bytes,
+) -> Result<(IdempotencyKey, Option<JsonBody<'b>>), Option<IdempotencyError>> {
+    // A body a key function reads is parsed (if its fingerprint needs it) only once it has a
+    // key: without one, the request goes to the handler as it is.
+    let (found, json) = match origin {
+        KeyOrigin::Json(pointer) => {
+            let json = JsonBody::parse(body).map_err(|e| Some(e.into()))?;
+            let found = json
+                .text_at(pointer)
+                .map(|text| text.map(Cow::into_owned))
+                .map_err(|found| KeyError::NotText { found });
+            (found, Some(json))
+        }
+        _ => (Ok(functions.key.and_then(|f| f(req, body))), None),
     };
-    let body = match read(&req, payload, &policy, &config, &request_id).await {
-        Ok(body) => body,
-        Err(res) => return Admission::Answer(req, res),
-    };
-    let fingerprint = match fingerprint(&req, &body, None, &policy, functions.fingerprint) {
-        Ok(fingerprint) => fingerprint,
-        Err(e) => return reject(req, &policy, &config, &request_id, e.into()),
-    };
-    keyed(
-        config,
-        policy,
-        functions,
-        store_key,
-        fingerprint,
-        key,
-        request_id,
-        req,
-        body,
-    )
+    let invalid = |reason| Some(IdempotencyError::BodyKeyInvalid { origin, reason });
+    match found {
+        Ok(Some(text)) => match key_of_text(&text, policy.key_max_len) {
+            Ok(key) => Ok((key, json)),
+            Err(reason) => Err(invalid(reason)),
+        },
+        Ok(None) if policy.required => Err(Some(IdempotencyError::BodyKeyMissing { origin })),
+        Ok(None) => Err(None),
+        Err(reason) => Err(invalid(reason)),
+    }
 }
 
 /// A keyed request, ready to claim.
@@ -290,7 +313,7 @@ fn store_key(
 /// A key read from a request's body, under the key rules. It is taken as it is: a key that
 /// starts with a quote is quoted first, so that a body's key is never unquoted as a
 /// header's is.
-fn body_key(text: &str, max_len: usize) -> Result<IdempotencyKey, KeyError> {
+fn key_of_text(text: &str, max_len: usize) -> Result<IdempotencyKey, KeyError> {
     if !text.starts_with('"') {
         return IdempotencyKey::parse(text.as_bytes(), max_len);
     }
@@ -342,33 +365,6 @@ fn fingerprint(
         (None, _) => Body::Bytes(body),
     };
     Ok(Fingerprint::canonical(method, path, query, body, headers))
-}
-
-/// Reads the body, up to the policy's `max_body`; or the answer when it cannot be.
-async fn read(
-    req: &HttpRequest,
-    payload: dev::Payload,
-    policy: &Policy,
-    config: &IdempotencyConfig,
-    request_id: &RequestId,
-) -> Result<Bytes, HttpResponse> {
-    match read_body(req, payload, policy.max_body).await {
-        Ok(body) => Ok(body),
-        Err(ReadError::Payload(e)) => Err(with_request_id(HttpResponse::from_error(e), request_id)),
-        Err(ReadError::TooLarge) => {
-            let error = IdempotencyError::BodyTooLarge {
-                limit: policy.max_body,
-            };
-            tracing::debug!(outcome = "rejected", %request_id, code = error.code(), %error);
-            metrics::rejected(error.code());
-            Err(error_response(
-                &error,
-                request_id,
-                policy.error_format,
-                config.renderer(),
-            ))
-        }
-    }
 }
 
 /// Why a keyed request's body could not be read.
