@@ -290,3 +290,40 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn a_damaged_document_is_read_or_refused_never_a_panic(
+        value in json(),
+        seed in any::<u64>(),
+        damage in prop::collection::vec((any::<Index>(), any::<u8>(), 0..3_u8), 1..4),
+        pointer in "(/[a-z0-9~/]{0,3}){0,3}",
+    ) {
+        let mut body = written(&value, seed).into_bytes();
+        for (at, byte, how) in damage {
+            let i = if body.is_empty() { 0 } else { at.index(body.len()) };
+            match how {
+                0 if !body.is_empty() => body[i] = byte,
+                1 => body.insert(i, byte),
+                _ if !body.is_empty() => {
+                    body.remove(i);
+                }
+                _ => body.push(byte),
+            }
+        }
+        match JsonBody::parse(&body) {
+            Ok(json) => {
+                let _ = json.text_at(&pointer);
+                let _ = Fingerprint::canonical(
+                    "POST",
+                    "/",
+                    "",
+                    Body::Json { body: &json, ignore: &[pointer.as_str()] },
+                    [("x", [&b"1"[..]])],
+                );
+            }
+            Err(idem_core::BodyError::NotJson { offset, .. }) => prop_assert!(offset <= body.len()),
+            Err(other) => prop_assert!(false, "{other}"),
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! The one table of the attribute's arguments. Each row is a name, whether it also takes a
+//! The one table of the attribute's arguments. Each row is a name, whether it takes a
 //! function (written as a path), and the row of the documentation's table: what it accepts
 //! and its default. The parser, its messages and the documentation all read this table, so
 //! that an argument cannot be accepted without being documented, or the other way round.
@@ -22,7 +22,8 @@ macro_rules! arguments {
                 }
             }
 
-            /// Whether it takes a function, named by its path, as well as literals.
+            /// Whether it takes a function, named by its path (`on_replay` takes nothing
+            /// else; the others take literals too).
             pub(crate) const fn takes_function(self) -> bool {
                 match self {
                     $(Name::$variant => arguments!(@takes $takes),)*
