@@ -291,7 +291,7 @@ fn unique_id(prefix: &str) -> String {
 }
 
 #[post("/v1/calls")]
-#[idempotent(ttl = "24h", scope = "api_key")]
+#[idempotent(ttl = "24h", scope = "api_key", fingerprint = "json")]
 async fn create_call(
     ledger: Ledger,
     tenant: Tenant,

@@ -4,10 +4,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
-use actix_web::{web, HttpRequest};
+use actix_web::{web, HttpRequest, HttpResponse};
 use idem_core::clock::Clock;
 use idem_core::{Engine, MokaStore, Policy, PolicyError, Store};
 
+use crate::functions::ReplayFunction;
 use crate::handler::TASKS;
 use crate::metrics::StoreMetrics;
 use crate::render::{ErrorRenderer, JsonEnvelope};
@@ -55,6 +56,7 @@ struct Settings {
     /// The store that lends handlers their `Transaction`.
     #[cfg(feature = "postgres")]
     transactions: Option<idem_core::store::PostgresStore>,
+    on_replay: Option<ReplayFunction>,
 }
 
 /// How long a drain that cancelled operations waits for their claims to be released.
@@ -98,6 +100,7 @@ impl IdempotencyConfig {
             max_detached: DEFAULT_MAX_DETACHED,
             #[cfg(feature = "postgres")]
             transactions: None,
+            on_replay: None,
         }))
     }
 
@@ -201,6 +204,32 @@ impl IdempotencyConfig {
             tracing::warn!("some idempotency claims were not released at shutdown; they lapse with their leases");
         }
         cancelled
+    }
+
+    /// Calls `hook` on every replay of every endpoint that has no hook of its own, with the
+    /// request and the replayed response: to log or count replays, or to add a header to
+    /// them.
+    ///
+    /// ```
+    /// use actix_web::{HttpRequest, HttpResponse};
+    /// use idem_actix::{IdempotencyConfig, MokaStore};
+    ///
+    /// fn count(_: &HttpRequest, _: &mut HttpResponse) {
+    ///     metrics::counter!("api_replays_total").increment(1);
+    /// }
+    ///
+    /// let idem = IdempotencyConfig::new(MokaStore::new()).on_replay(count);
+    /// # let _ = idem;
+    /// ```
+    #[must_use]
+    pub fn on_replay(mut self, hook: fn(&HttpRequest, &mut HttpResponse)) -> Self {
+        self.settings().on_replay = Some(hook);
+        self
+    }
+
+    /// The application's replay hook.
+    pub(crate) fn replay_hook(&self) -> Option<ReplayFunction> {
+        self.0.on_replay
     }
 
     /// The bound set by [`max_detached`](Self::max_detached).

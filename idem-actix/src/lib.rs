@@ -72,6 +72,7 @@
 //! | 400 | `idempotency_key_missing` | the endpoint is `required` and no key was sent |
 //! | 400 | `idempotency_key_invalid` | the key breaks the header's syntax (the message says which rule) |
 //! | 400 | `idempotency_scope_missing` | no credentials or scope header to scope the key by |
+//! | 400 | `idempotency_body_invalid` | the body cannot be read in the form its endpoint compares bodies in (`fingerprint = "json"` and a body that is not JSON), or searched for its key |
 //! | 409 / 422 | `idempotency_conflict` | the key is in use by a running request, or by a different request |
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` |
 //! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`; it will not run again |
@@ -87,6 +88,7 @@ mod config;
 #[cfg(feature = "cors")]
 pub mod cors;
 mod extract;
+mod functions;
 mod handler;
 mod metrics;
 mod middleware;
@@ -104,13 +106,15 @@ pub use idem_core::store::{
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
 pub use idem_core::{
-    clock, codes, testing, CachePolicy, ErrorFormat, IdempotencyError, KeyError, MokaStore,
-    OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, PolicyError, Scope, Store, StoreError,
+    clock, codes, testing, BodyError, BodyForm, CachePolicy, ErrorFormat, IdempotencyError,
+    KeyError, KeyOrigin, KeySource, MokaStore, OnInFlight, OnMismatch, OnStoreError, Overrides,
+    Policy, PolicyError, ReplayHeaders, Scope, Store, StoreError,
 };
 pub use idem_macros::idempotent;
 
 pub use crate::config::IdempotencyConfig;
 pub use crate::extract::{IdempotencyKey, NoIdempotencyKey};
+pub use crate::functions::{FingerprintFn, KeyFn, ReplayHook};
 pub use crate::handler::ScopeFn;
 pub use crate::middleware::{Idempotency, IdempotencyService};
 pub use crate::render::{ErrorRenderer, JsonEnvelope, ProblemJson};
@@ -127,12 +131,14 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Support for the code `#[idempotent]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::functions::{fingerprint, key, on_replay, Functions};
     pub use crate::handler::{fail, respond, run, scope, Endpoint, Raw, Reply};
     pub use crate::scope::ScopeFunction;
     pub use actix_web::dev::Payload as RawPayload;
     pub use actix_web::{FromRequest, HttpRequest, HttpResponse};
     pub use core::time::Duration;
     pub use idem_core::{
-        CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Scope,
+        BodyForm, CachePolicy, ErrorFormat, KeySource, OnInFlight, OnMismatch, OnStoreError,
+        Overrides, ReplayHeaders, Scope,
     };
 }

@@ -9,10 +9,12 @@ use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Tr
 use actix_web::error::InternalError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::Method;
+use actix_web::HttpRequest;
 use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use idem_core::Overrides;
 
+use crate::functions::Functions;
 use crate::handler::{bypasses, keyed, taken, Endpoint, Reply};
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
@@ -54,6 +56,7 @@ use crate::handler::{bypasses, keyed, taken, Endpoint, Reply};
 #[must_use]
 pub struct Idempotency {
     overrides: Overrides,
+    functions: Functions,
     methods: Rc<[Method]>,
 }
 
@@ -61,6 +64,7 @@ pub struct Idempotency {
 #[derive(Debug)]
 struct Inner {
     endpoint: Endpoint,
+    functions: Functions,
     methods: Rc<[Method]>,
 }
 
@@ -69,6 +73,7 @@ impl Idempotency {
     pub fn new() -> Self {
         Self {
             overrides: Overrides::NONE,
+            functions: Functions::NONE,
             methods: Rc::new([Method::POST, Method::PATCH, Method::PUT, Method::DELETE]),
         }
     }
@@ -83,6 +88,28 @@ impl Idempotency {
     /// `#[idempotent(...)]` arguments do for one handler.
     pub fn policy(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
         self.overrides = configure(self.overrides);
+        self
+    }
+
+    /// Compares bodies by what `f` makes of them, for bodies only the application can read
+    /// (see [`FingerprintFn`](crate::FingerprintFn)), as `#[idempotent(fingerprint = f)]`
+    /// does.
+    pub fn fingerprint_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>) -> Self {
+        self.functions.fingerprint = Some(f);
+        self
+    }
+
+    /// Reads each request's key with `f` instead of from a header (see
+    /// [`KeyFn`](crate::KeyFn)), as `#[idempotent(key = f)]` does.
+    pub fn key_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<String>) -> Self {
+        self.functions.key = Some(f);
+        self
+    }
+
+    /// Calls `hook` on every replay, instead of the application's hook (see
+    /// [`ReplayHook`](crate::ReplayHook)), as `#[idempotent(on_replay = hook)]` does.
+    pub fn on_replay(mut self, hook: fn(&HttpRequest, &mut HttpResponse)) -> Self {
+        self.functions.on_replay = Some(hook);
         self
     }
 }
@@ -109,6 +136,7 @@ where
             service: Rc::new(service),
             inner: Rc::new(Inner {
                 endpoint: Endpoint::new(self.overrides),
+                functions: self.functions,
                 methods: Rc::clone(&self.methods),
             }),
         }))
@@ -156,7 +184,7 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
         if !self.inner.methods.contains(req.method())
-            || bypasses(&self.inner.endpoint, req.request())
+            || bypasses(&self.inner.endpoint, &self.inner.functions, req.request())
             || taken(req.request())
         {
             return Box::pin(async move {
@@ -179,7 +207,7 @@ where
                     Err(error) => Reply::orphan(HttpResponse::from_error(error)),
                 }
             };
-            let reply = keyed(&inner.endpoint, None, req, payload, handler).await;
+            let reply = keyed(&inner.endpoint, inner.functions, req, payload, handler).await;
             match reply.req {
                 Some(req) => Ok(ServiceResponse::new(req, reply.res).map_into_right_body()),
                 // The request went down with the service; the response still goes out.

@@ -558,6 +558,12 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
         bad_request.push((codes::KEY_MISSING, "no key was sent"));
     }
     bad_request.push((codes::KEY_INVALID, "the key breaks the header's rules"));
+    if policy.fingerprint != idem_core::BodyForm::Bytes {
+        bad_request.push((
+            codes::BODY_INVALID,
+            "the body does not parse in the form the endpoint compares it in",
+        ));
+    }
     if !matches!(policy.scope, Scope::Global) {
         bad_request.push((
             codes::SCOPE_MISSING,

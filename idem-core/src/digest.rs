@@ -9,13 +9,39 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::canonical::{json, pointer, Body};
 use crate::key::IdempotencyKey;
 use crate::scope::ScopeValue;
 
-fn field(hasher: &mut Sha256, bytes: &[u8]) {
-    let (prefix, len) = varint(bytes.len() as u64);
-    hasher.update(&prefix[..len]);
-    hasher.update(bytes);
+/// Where a digest's input is written: the hasher itself, or a buffer hashed at once (many
+/// small writes, as a canonical form makes, cost a hasher far more than one long one).
+pub(crate) trait Sink {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Writes `bytes` behind their length.
+pub(crate) fn field(out: &mut impl Sink, bytes: &[u8]) {
+    varint_update(out, bytes.len() as u64);
+    out.put(bytes);
+}
+
+/// Writes `n` as a varint.
+pub(crate) fn varint_update(out: &mut impl Sink, n: u64) {
+    let (bytes, len) = varint(n);
+    out.put(&bytes[..len]);
 }
 
 /// `n` as an LEB128 varint: the bytes, and how many of them are used.
@@ -51,6 +77,103 @@ impl Fingerprint {
             field(&mut hasher, part);
         }
         Self(hasher.finalize().into())
+    }
+
+    /// The fingerprint of a request whose body is read in a canonical form, or whose
+    /// headers count: in every form but [`Body::Bytes`], query parameters compare in any
+    /// order of their names; `headers` are the (name, values) of the headers that count, in
+    /// the endpoint's order, each name's values in the request's order.
+    ///
+    /// A body of bytes with no headers fingerprints as [`Fingerprint::new`] does, so that
+    /// naming the default form changes nothing. Other fingerprints are tagged with their
+    /// form, so no two forms ever give one fingerprint.
+    ///
+    /// ```
+    /// use idem_core::{Body, Fingerprint, JsonBody};
+    ///
+    /// let fingerprint = |body: &[u8], query: &str| {
+    ///     let json = JsonBody::parse(body).unwrap();
+    ///     let body = Body::Json { body: &json, ignore: &["/sent_at"] };
+    ///     Fingerprint::canonical("POST", "/v1/calls", query, body, [("content-type", [&b"application/json"[..]])])
+    /// };
+    /// assert_eq!(
+    ///     fingerprint(br#"{"to":"+15555550123","sent_at":1}"#, "a=1&b=2"),
+    ///     fingerprint(br#"{ "sent_at": 2, "to": "+15555550123" }"#, "b=2&a=1"),
+    /// );
+    /// ```
+    pub fn canonical<'h, H, V>(
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Body<'_>,
+        headers: H,
+    ) -> Self
+    where
+        H: IntoIterator<Item = (&'h str, V)>,
+        V: IntoIterator<Item = &'h [u8]>,
+    {
+        let mut headers = headers.into_iter().peekable();
+        if let (Body::Bytes(bytes), None) = (body, headers.peek()) {
+            return Self::new(method, path, query, bytes);
+        }
+        // The canonical stream is gathered, then hashed at once.
+        let mut out = Vec::with_capacity(
+            match body {
+                Body::Bytes(bytes) | Body::Form(bytes) | Body::Custom(bytes) => bytes.len(),
+                Body::Json { .. } => 1024,
+            } + query.len()
+                + 64,
+        );
+        out.put(b"idem:F3");
+        out.put(match body {
+            Body::Bytes(_) => b"b",
+            Body::Json { .. } => b"j",
+            Body::Form(_) => b"f",
+            Body::Custom(_) => b"c",
+        });
+        field(&mut out, method.as_bytes());
+        field(&mut out, path.as_bytes());
+        match body {
+            Body::Bytes(bytes) => {
+                field(&mut out, query.as_bytes());
+                field(&mut out, bytes);
+            }
+            Body::Json { body, ignore } => {
+                crate::canonical::hash_pairs(&mut out, query.as_bytes());
+                let pointers: Vec<Vec<pointer::Token<'_>>> = ignore
+                    .iter()
+                    .filter_map(|p| pointer::parse(p).ok())
+                    .collect();
+                let steps: Vec<&[pointer::Token<'_>]> =
+                    pointers.iter().map(Vec::as_slice).collect();
+                match body.value() {
+                    Some(value) => json::hash(&mut out, value, &steps),
+                    // No document: a tag no value starts with.
+                    None => out.put(b"e"),
+                }
+            }
+            Body::Form(bytes) => {
+                crate::canonical::hash_pairs(&mut out, query.as_bytes());
+                crate::canonical::hash_pairs(&mut out, bytes);
+            }
+            Body::Custom(bytes) => {
+                crate::canonical::hash_pairs(&mut out, query.as_bytes());
+                field(&mut out, bytes);
+            }
+        }
+        // After the body, a count of headers, then each name (lowercase, as header names
+        // are case-insensitive) and its values, each behind a 1, the list closed by a 0.
+        let headers: Vec<(&str, V)> = headers.collect();
+        varint_update(&mut out, headers.len() as u64);
+        for (name, values) in headers {
+            field(&mut out, name.to_ascii_lowercase().as_bytes());
+            for value in values {
+                out.put(&[1]);
+                field(&mut out, value);
+            }
+            out.put(&[0]);
+        }
+        Self(Sha256::digest(&out).into())
     }
 
     /// A fingerprint from its bytes, as a store reads it back.
@@ -148,6 +271,7 @@ impl fmt::Display for StoreKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::JsonBody;
 
     fn key(k: &str) -> IdempotencyKey {
         IdempotencyKey::parse(k.as_bytes(), 255).unwrap()
@@ -170,6 +294,107 @@ mod tests {
         assert_ne!(
             Fingerprint::new("POST", "/a", "", b"{}"),
             Fingerprint::new("PUT", "/a", "", b"{}")
+        );
+    }
+
+    type NoHeaders = [(&'static str, [&'static [u8]; 0]); 0];
+
+    fn canonical(query: &str, body: Body<'_>) -> Fingerprint {
+        Fingerprint::canonical("POST", "/a", query, body, NoHeaders::default())
+    }
+
+    #[test]
+    fn the_bytes_form_without_headers_is_the_plain_fingerprint() {
+        assert_eq!(
+            canonical("b=2&a=1", Body::Bytes(b"{}")),
+            Fingerprint::new("POST", "/a", "b=2&a=1", b"{}")
+        );
+        assert_ne!(
+            canonical("b=2&a=1", Body::Bytes(b"{}")),
+            canonical("a=1&b=2", Body::Bytes(b"{}")),
+            "bytes keep the query as sent"
+        );
+    }
+
+    #[test]
+    fn canonical_forms_read_the_query_in_any_order() {
+        let json = JsonBody::parse(b"{}").unwrap();
+        let as_json = |query| {
+            canonical(
+                query,
+                Body::Json {
+                    body: &json,
+                    ignore: &[],
+                },
+            )
+        };
+        assert_eq!(as_json("b=2&a=1"), as_json("a=1&b=2"));
+        assert_ne!(as_json("a=1"), as_json("a=2"));
+        assert_eq!(
+            canonical("x=1&y", Body::Form(b"b=2&a=1")),
+            canonical("y=&x=%31", Body::Form(b"a=1&b=2"))
+        );
+        assert_eq!(
+            canonical("b&a", Body::Custom(b"c")),
+            canonical("a&b", Body::Custom(b"c"))
+        );
+    }
+
+    #[test]
+    fn no_two_forms_share_a_fingerprint() {
+        let json = JsonBody::parse(b"{}").unwrap();
+        let prints = [
+            canonical("", Body::Bytes(b"{}")),
+            canonical(
+                "",
+                Body::Json {
+                    body: &json,
+                    ignore: &[],
+                },
+            ),
+            canonical("", Body::Form(b"{}")),
+            canonical("", Body::Custom(b"{}")),
+            Fingerprint::canonical("POST", "/a", "", Body::Bytes(b"{}"), [("x", [])]),
+        ];
+        for (i, a) in prints.iter().enumerate() {
+            for b in &prints[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn headers_count_by_name_in_any_case_and_by_every_value() {
+        let with = |headers: &[(&'static str, &[&'static [u8]])]| {
+            Fingerprint::canonical(
+                "POST",
+                "/a",
+                "",
+                Body::Bytes(b"{}"),
+                headers.iter().map(|(n, v)| (*n, v.iter().copied())),
+            )
+        };
+        let json: &[&[u8]] = &[b"application/json"];
+        assert_eq!(
+            with(&[("Content-Type", json)]),
+            with(&[("content-type", json)])
+        );
+        assert_ne!(
+            with(&[("content-type", json)]),
+            with(&[("content-type", &[b"text/plain"])])
+        );
+        assert_ne!(
+            with(&[("x-a", &[])]),
+            with(&[("x-a", &[b""])]),
+            "absent is not empty"
+        );
+        assert_ne!(
+            with(&[("x-a", &[b"1", b"2"])]),
+            with(&[("x-a", &[b"2", b"1"])])
+        );
+        assert_ne!(
+            with(&[("x-a", &[b"1"]), ("x-b", &[])]),
+            with(&[("x-a", &[]), ("x-b", &[b"1"])])
         );
     }
 

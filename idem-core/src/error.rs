@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::canonical::BodyError;
 use crate::key::KeyError;
 use crate::scope::ScopeError;
 use crate::store::StoreError;
@@ -18,6 +19,9 @@ pub mod codes {
     pub const CONFLICT: &str = "idempotency_conflict";
     /// 503: the store cannot be reached; nothing ran.
     pub const STORE_UNAVAILABLE: &str = "idempotency_store_unavailable";
+    /// 400: the body of a request with a key cannot be read in the form its endpoint
+    /// compares bodies in (JSON, for example), or its key read from it.
+    pub const BODY_INVALID: &str = "idempotency_body_invalid";
     /// 413: the body of a request with a key is larger than the endpoint accepts.
     pub const BODY_TOO_LARGE: &str = "idempotency_body_too_large";
     /// 409: the operation completed, but its response was too large to keep for replay.
@@ -28,6 +32,25 @@ pub mod codes {
 
 /// How long a client is told to wait before retrying a 409 in-flight or a 503.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Where an endpoint that does not read its key from a header reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyOrigin {
+    /// The member a JSON Pointer names in the JSON body.
+    Json(&'static str),
+    /// The endpoint's key function.
+    Function,
+}
+
+impl std::fmt::Display for KeyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyOrigin::Json(pointer) => write!(f, "at {pointer} in the JSON body"),
+            KeyOrigin::Function => f.write_str("from this endpoint's key function"),
+        }
+    }
+}
 
 /// A request the idempotency layer answers itself, without running the handler.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +70,24 @@ pub enum IdempotencyError {
         /// The rule broken.
         reason: KeyError,
     },
+    /// The endpoint reads its key from the request (not a header), requires one, and found
+    /// none.
+    #[error("this endpoint requires an idempotency key {origin}; send one, unique per operation")]
+    BodyKeyMissing {
+        /// Where the key is read from.
+        origin: KeyOrigin,
+    },
+    /// The key the endpoint read from the request is malformed.
+    #[error("invalid idempotency key {origin}: {reason}")]
+    BodyKeyInvalid {
+        /// Where the key is read from.
+        origin: KeyOrigin,
+        /// The rule broken.
+        reason: KeyError,
+    },
+    /// The body cannot be read in the form the endpoint reads it in.
+    #[error(transparent)]
+    BodyInvalid(#[from] BodyError),
     /// The scope of the key cannot be determined.
     #[error("cannot tell whose key this is: {0}")]
     ScopeMissing(#[from] ScopeError),
@@ -94,8 +135,9 @@ impl IdempotencyError {
     /// The stable code (see [`codes`]).
     pub fn code(&self) -> &'static str {
         match self {
-            Self::KeyMissing { .. } => codes::KEY_MISSING,
-            Self::KeyInvalid { .. } => codes::KEY_INVALID,
+            Self::KeyMissing { .. } | Self::BodyKeyMissing { .. } => codes::KEY_MISSING,
+            Self::KeyInvalid { .. } | Self::BodyKeyInvalid { .. } => codes::KEY_INVALID,
+            Self::BodyInvalid(_) => codes::BODY_INVALID,
             Self::ScopeMissing(_) => codes::SCOPE_MISSING,
             Self::InFlight | Self::Mismatch { .. } | Self::EncodingNotAccepted { .. } => {
                 codes::CONFLICT
@@ -110,7 +152,12 @@ impl IdempotencyError {
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Self::KeyMissing { .. } | Self::KeyInvalid { .. } | Self::ScopeMissing(_) => 400,
+            Self::KeyMissing { .. }
+            | Self::KeyInvalid { .. }
+            | Self::BodyKeyMissing { .. }
+            | Self::BodyKeyInvalid { .. }
+            | Self::BodyInvalid(_)
+            | Self::ScopeMissing(_) => 400,
             Self::InFlight | Self::ResponseTooLarge { .. } | Self::EncodingNotAccepted { .. } => {
                 409
             }
@@ -182,6 +229,30 @@ mod tests {
             ),
             (IdempotencyError::Overloaded, 503, "idempotency_overloaded"),
             (
+                BodyError::NotJson {
+                    offset: 0,
+                    reason: "expected a value",
+                }
+                .into(),
+                400,
+                "idempotency_body_invalid",
+            ),
+            (
+                IdempotencyError::BodyKeyMissing {
+                    origin: KeyOrigin::Json("/event_id"),
+                },
+                400,
+                "idempotency_key_missing",
+            ),
+            (
+                IdempotencyError::BodyKeyInvalid {
+                    origin: KeyOrigin::Function,
+                    reason: KeyError::Empty,
+                },
+                400,
+                "idempotency_key_invalid",
+            ),
+            (
                 IdempotencyError::EncodingNotAccepted {
                     coding: "gzip".into(),
                 },
@@ -192,6 +263,24 @@ mod tests {
         for (err, status, code) in cases {
             assert_eq!((err.status(), err.code()), (status, code), "{err}");
         }
+    }
+
+    #[test]
+    fn keys_read_from_the_body_say_where() {
+        let missing = IdempotencyError::BodyKeyMissing {
+            origin: KeyOrigin::Json("/event_id"),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "this endpoint requires an idempotency key at /event_id in the JSON body; send one, unique per operation"
+        );
+        let invalid = IdempotencyError::BodyKeyInvalid {
+            origin: KeyOrigin::Function,
+            reason: KeyError::Empty,
+        };
+        assert!(invalid
+            .to_string()
+            .starts_with("invalid idempotency key from this endpoint's key function: "));
     }
 
     #[test]

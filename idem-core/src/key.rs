@@ -140,6 +140,12 @@ pub enum KeyError {
         /// Position of the backslash.
         index: usize,
     },
+    /// A key read from a JSON body is not a string or a number.
+    #[error("the key is {found}; send a string")]
+    NotText {
+        /// What is there instead: "an object", "an array" or "a boolean".
+        found: &'static str,
+    },
     /// Something after the closing quote, such as structured-field parameters.
     #[error("unexpected characters after the closing quote at position {index}; send the quoted key alone")]
     TrailingCharacters {

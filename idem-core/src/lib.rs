@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod canonical;
 pub mod clock;
 mod digest;
 mod engine;
@@ -48,12 +49,14 @@ mod scope;
 pub mod store;
 pub mod testing;
 
+pub use crate::canonical::{check_pointer, Body, BodyError, BodyForm, JsonBody, PointerError};
 pub use crate::digest::{Fingerprint, StoreKey};
 pub use crate::engine::{Begin, Engine, Lease, Outcome, StoreObserver};
-pub use crate::error::{codes, IdempotencyError, RETRY_AFTER};
+pub use crate::error::{codes, IdempotencyError, KeyOrigin, RETRY_AFTER};
 pub use crate::key::{IdempotencyKey, KeyError, DEFAULT_KEY_MAX_LEN};
 pub use crate::policy::{
-    CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, PolicyError,
+    CachePolicy, ErrorFormat, KeySource, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
+    PolicyError, ReplayHeaders,
 };
 pub use crate::record::{random_u64, Completed, Headers, InFlight, Record, Response, Token};
 pub use crate::scope::{Scope, ScopeError, ScopeValue};

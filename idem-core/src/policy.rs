@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::canonical::{check_pointer, BodyForm, PointerError};
 use crate::key::DEFAULT_KEY_MAX_LEN;
 use crate::scope::Scope;
 use crate::store::Store;
@@ -74,6 +75,55 @@ pub enum ErrorFormat {
     Problem,
 }
 
+/// Where a request's key is read from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// The request header [`Policy::header`] names (the default).
+    #[default]
+    Header,
+    /// The string (or number) a JSON Pointer (RFC 6901) names in the JSON body, for APIs and
+    /// webhooks that carry their key there: `KeySource::Json("/event_id")`. Every request's
+    /// body is then read (up to [`Policy::max_body`]) to find its key; a body that is not
+    /// JSON gets 400 `idempotency_body_invalid`.
+    Json(&'static str),
+}
+
+/// Which of a recorded response's headers its replays repeat, on top of those never
+/// replayed (those of one transfer or one request, such as `Date`, `Content-Length` or
+/// `X-Request-ID`; and `Set-Cookie`, which [`Policy::replay_set_cookie`] alone decides).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayHeaders {
+    /// Every recorded header (the default).
+    #[default]
+    All,
+    /// Only these, by name in any case: name every header the replay needs,
+    /// `Content-Type` included.
+    Only(&'static [&'static str]),
+    /// Every recorded header but these, by name in any case.
+    Except(&'static [&'static str]),
+}
+
+impl ReplayHeaders {
+    /// Whether a recorded header called `name` is replayed.
+    pub fn replays(&self, name: &str) -> bool {
+        match self {
+            ReplayHeaders::All => true,
+            ReplayHeaders::Only(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+            ReplayHeaders::Except(names) => !names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    /// The names listed.
+    fn names(&self) -> &'static [&'static str] {
+        match self {
+            ReplayHeaders::All => &[],
+            ReplayHeaders::Only(names) | ReplayHeaders::Except(names) => names,
+        }
+    }
+}
+
 /// An endpoint's idempotency settings. [`Policy::DEFAULT`] is the behaviour of
 /// `#[idempotent]` with no arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +163,18 @@ pub struct Policy {
     /// whoever holds the key, and a cookie (a session, a CSRF token) is meant for the client
     /// the first response went to.
     pub replay_set_cookie: bool,
+    /// How a request's body (and query) is compared with the first request of its key.
+    pub fingerprint: BodyForm,
+    /// JSON Pointers (RFC 6901) to members left out of the fingerprint, such as a client's
+    /// timestamp; with [`BodyForm::Json`] only.
+    pub fingerprint_ignore: &'static [&'static str],
+    /// Request headers that are part of the fingerprint, by name: a retry must send them
+    /// with the same values.
+    pub fingerprint_headers: &'static [&'static str],
+    /// Which recorded headers a replay repeats.
+    pub replay_headers: ReplayHeaders,
+    /// Where the key is read from.
+    pub key_source: KeySource,
 }
 
 impl Default for Policy {
@@ -124,7 +186,9 @@ impl Default for Policy {
 impl Policy {
     /// 24 h TTL, scope per API key, `Idempotency-Key` of up to 255 bytes, optional, 409 on
     /// mismatch and while in flight, every status but 5xx recorded, 60 s lease, fail closed,
-    /// request bodies up to 2 MiB, responses kept up to 1 MiB, `Set-Cookie` not kept.
+    /// request bodies up to 2 MiB, responses kept up to 1 MiB, `Set-Cookie` not kept, bodies
+    /// compared byte for byte and no header in the fingerprint, every other recorded header
+    /// replayed, the key from its header.
     pub const DEFAULT: Policy = Policy {
         ttl: Duration::from_secs(24 * 60 * 60),
         scope: Scope::ApiKey,
@@ -141,22 +205,32 @@ impl Policy {
         max_response: 1024 * 1024,
         error_format: None,
         replay_set_cookie: false,
+        fingerprint: BodyForm::Bytes,
+        fingerprint_ignore: &[],
+        fingerprint_headers: &[],
+        replay_headers: ReplayHeaders::All,
+        key_source: KeySource::Header,
     };
 }
 
 impl Policy {
-    /// Checks that this policy asks nothing of `store` that it cannot do.
+    /// Checks that this policy's settings agree with each other, and ask nothing of `store`
+    /// that it cannot do.
     ///
     /// # Errors
-    /// [`PolicyError::InvalidHeader`] when the key's header is not a valid header name, and
+    /// [`PolicyError::InvalidHeader`] when the key's header, or a header listed in
+    /// `fingerprint_headers` or `replay_headers`, is not a valid header name;
+    /// [`PolicyError::SetCookieListed`] when `replay_headers` lists `Set-Cookie`;
+    /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
+    /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
+    /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
+    /// key is read from a JSON body the endpoint reads as a form; and
     /// [`PolicyError::ResponseLargerThanStore`] when responses of up to `max_response` bytes
     /// are to be kept but the store refuses records that large: they would be kept without
     /// their bodies, so that retries get 409 `idempotency_response_too_large` instead of a
     /// replay.
     pub fn check(&self, store: &dyn Store) -> Result<(), PolicyError> {
-        if !is_token(self.header) {
-            return Err(PolicyError::InvalidHeader(self.header));
-        }
+        self.check_settings()?;
         match store.max_record_bytes() {
             Some(store_max) if self.max_response > store_max => {
                 Err(PolicyError::ResponseLargerThanStore {
@@ -166,6 +240,43 @@ impl Policy {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl Policy {
+    /// The checks of [`Policy::check`] that need no store.
+    fn check_settings(&self) -> Result<(), PolicyError> {
+        let headers = [self.header].into_iter();
+        let listed = self
+            .fingerprint_headers
+            .iter()
+            .chain(self.replay_headers.names());
+        if let Some(bad) = headers.chain(listed.copied()).find(|h| !is_token(h)) {
+            return Err(PolicyError::InvalidHeader(bad));
+        }
+        if self
+            .replay_headers
+            .names()
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("set-cookie"))
+        {
+            return Err(PolicyError::SetCookieListed);
+        }
+        let key = match self.key_source {
+            KeySource::Json(pointer) => Some(pointer),
+            KeySource::Header => None,
+        };
+        for &pointer in self.fingerprint_ignore.iter().chain(&key) {
+            check_pointer(pointer)
+                .map_err(|reason| PolicyError::InvalidPointer { pointer, reason })?;
+        }
+        if !self.fingerprint_ignore.is_empty() && self.fingerprint != BodyForm::Json {
+            return Err(PolicyError::IgnoreWithoutJson);
+        }
+        if key.is_some() && self.fingerprint == BodyForm::Form {
+            return Err(PolicyError::JsonKeyInForm);
+        }
+        Ok(())
     }
 }
 
@@ -184,6 +295,23 @@ pub enum PolicyError {
     /// The key's header is not a valid header name.
     #[error("\"{0}\" is not a valid header name; use letters, digits and `-`, such as \"X-Idempotency-Key\"")]
     InvalidHeader(&'static str),
+    /// `replay_headers` lists `Set-Cookie`, which `replay_set_cookie` alone governs.
+    #[error("replay_headers lists Set-Cookie, which is replayed only with replay_set_cookie; remove it from the list")]
+    SetCookieListed,
+    /// A JSON Pointer is not one.
+    #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
+    InvalidPointer {
+        /// The pointer.
+        pointer: &'static str,
+        /// The rule it breaks.
+        reason: PointerError,
+    },
+    /// Members of a body are ignored, but the body is not compared as JSON.
+    #[error("fingerprint_ignore leaves members of a JSON body out, but bodies are not compared as JSON; set the fingerprint to BodyForm::Json, or ignore nothing")]
+    IgnoreWithoutJson,
+    /// The key is read from a JSON body, but bodies are read as forms.
+    #[error("the key is read from a JSON body, but the fingerprint reads bodies as forms; read bodies as JSON, or take the key from a header")]
+    JsonKeyInForm,
     /// Responses are kept up to a size the store does not take.
     #[error("max_response is {max_response} bytes, but the store keeps records of at most {store_max} bytes; lower max_response or raise the store's limit")]
     ResponseLargerThanStore {
@@ -232,6 +360,16 @@ pub struct Overrides {
     pub error_format: Option<ErrorFormat>,
     /// Overrides [`Policy::replay_set_cookie`].
     pub replay_set_cookie: Option<bool>,
+    /// Overrides [`Policy::fingerprint`].
+    pub fingerprint: Option<BodyForm>,
+    /// Overrides [`Policy::fingerprint_ignore`].
+    pub fingerprint_ignore: Option<&'static [&'static str]>,
+    /// Overrides [`Policy::fingerprint_headers`].
+    pub fingerprint_headers: Option<&'static [&'static str]>,
+    /// Overrides [`Policy::replay_headers`].
+    pub replay_headers: Option<ReplayHeaders>,
+    /// Overrides [`Policy::key_source`].
+    pub key_source: Option<KeySource>,
 }
 
 /// One list of the policy's fields makes both `Policy`'s setters and `Overrides`, so that the
@@ -294,6 +432,11 @@ policy_fields! {
     max_response: usize,
     error_format: ErrorFormat,
     replay_set_cookie: bool,
+    fingerprint: BodyForm,
+    fingerprint_ignore: &'static [&'static str],
+    fingerprint_headers: &'static [&'static str],
+    replay_headers: ReplayHeaders,
+    key_source: KeySource,
 }
 
 #[cfg(test)]
@@ -347,6 +490,71 @@ mod tests {
                 .check(&crate::MokaStore::new()),
             Err(PolicyError::InvalidHeader("Idempotency Key"))
         );
+    }
+
+    #[test]
+    fn settings_that_contradict_each_other_are_refused() {
+        let store = crate::MokaStore::new();
+        let check = |p: Policy| p.check(&store);
+        assert_eq!(
+            check(Policy::DEFAULT.fingerprint_headers(&["Content-Type", "X Bad"])),
+            Err(PolicyError::InvalidHeader("X Bad"))
+        );
+        assert_eq!(
+            check(Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["Set-Cookie"]))),
+            Err(PolicyError::SetCookieListed)
+        );
+        assert_eq!(
+            check(
+                Policy::DEFAULT
+                    .fingerprint(BodyForm::Json)
+                    .fingerprint_ignore(&["/ok", "bad"])
+            ),
+            Err(PolicyError::InvalidPointer {
+                pointer: "bad",
+                reason: PointerError::NoLeadingSlash
+            })
+        );
+        assert_eq!(
+            check(Policy::DEFAULT.fingerprint_ignore(&["/sent_at"])),
+            Err(PolicyError::IgnoreWithoutJson)
+        );
+        assert_eq!(
+            check(Policy::DEFAULT.key_source(KeySource::Json("event_id"))),
+            Err(PolicyError::InvalidPointer {
+                pointer: "event_id",
+                reason: PointerError::NoLeadingSlash
+            })
+        );
+        assert_eq!(
+            check(
+                Policy::DEFAULT
+                    .key_source(KeySource::Json("/event_id"))
+                    .fingerprint(BodyForm::Form)
+            ),
+            Err(PolicyError::JsonKeyInForm)
+        );
+        assert_eq!(
+            check(
+                Policy::DEFAULT
+                    .fingerprint(BodyForm::Json)
+                    .fingerprint_ignore(&["/sent_at"])
+                    .fingerprint_headers(&["Content-Type"])
+                    .replay_headers(ReplayHeaders::Only(&["Location"]))
+                    .key_source(KeySource::Json("/event_id"))
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn replay_header_lists_name_headers_in_any_case() {
+        assert!(ReplayHeaders::All.replays("x-anything"));
+        let only = ReplayHeaders::Only(&["Location", "Content-Type"]);
+        assert!(only.replays("location") && only.replays("content-type"));
+        assert!(!only.replays("x-trace-id"));
+        let except = ReplayHeaders::Except(&["X-Trace-Id"]);
+        assert!(!except.replays("x-trace-id") && except.replays("location"));
     }
 
     #[test]

@@ -1,45 +1,61 @@
-//! Parsing and validating the attribute's arguments. Every mistake is collected, so the user
-//! sees all of them at once, each spanned on the offending token.
+//! Reading the attribute's arguments into the typed model ([`crate::ast::Args`]). Each value
+//! is checked as it is read (a duration parses, a header name is a token); a mistake is
+//! reported on its token and reading goes on, so that the user sees every mistake at once.
 
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, ToTokens};
+use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Ident, Lit, LitStr, Token};
 
-/// The arguments, by name, with what each accepts.
-const ALLOWED: &str = "ttl, scope, header, key_max_len, required, mismatch, in_flight, \
-                       wait_timeout, cache, per_endpoint, lease, fail_open, errors, max_body, max_response, crate";
+use crate::ast::{Args, Choice, Fingerprint, Key, Scope, Spanned};
+use crate::errors::Errors;
+use crate::names::Name;
 
 /// The longest `key_max_len` accepted: keys are header values, and servers cap header sizes.
 const KEY_MAX_LEN_LIMIT: u64 = 8192;
 
-/// One `name`, `name = "literal"` or `name = path`.
+/// One argument as written: `name`, `name = "literal"`, `name = ["literal", ...]` or
+/// `name = path`.
 struct RawArg {
     name: Ident,
-    value: Option<Lit>,
-    path: Option<syn::Path>,
+    value: Option<Value>,
+}
+
+/// What follows an argument's `=`.
+enum Value {
+    Lit(Lit),
+    List(Span, Vec<Lit>),
+    Path(syn::Path),
 }
 
 impl Parse for RawArg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let name = Ident::parse_any(input)?;
-        let (mut value, mut path) = (None, None);
+        let mut value = None;
         if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
             let lookahead = input.lookahead1();
             if lookahead.peek(Lit) {
-                value = Some(input.parse()?);
+                value = Some(Value::Lit(input.parse()?));
+            } else if lookahead.peek(syn::token::Bracket) {
+                let items;
+                let bracket = syn::bracketed!(items in input);
+                let items = Punctuated::<Lit, Token![,]>::parse_terminated(&items)?;
+                value = Some(Value::List(
+                    bracket.span.join(),
+                    items.into_iter().collect(),
+                ));
             } else if lookahead.peek(Ident::peek_any) || lookahead.peek(Token![::]) {
-                path = Some(input.parse()?);
+                value = Some(Value::Path(input.parse()?));
             } else {
                 return Err(lookahead.error());
             }
         }
-        Ok(Self { name, value, path })
+        Ok(Self { name, value })
     }
 }
 
@@ -51,250 +67,249 @@ impl Parse for RawArgs {
     }
 }
 
-/// The validated arguments: each set one becomes a const `Policy` setter call.
-#[derive(Default)]
-pub struct Args {
-    pub krate: Option<syn::Path>,
-    /// `scope = some::function`: the request's scope comes from a user function.
-    pub scope_fn: Option<syn::Path>,
-    setters: Vec<TokenStream>,
-}
-
-impl Args {
-    /// The endpoint's overrides of the application's policy, as a const expression. It names
-    /// the support module `__idem_p`, which the expansion brings into scope, since
-    /// `crate = "..."` may come after the other arguments.
-    pub fn overrides(&self) -> TokenStream {
-        let setters = &self.setters;
-        quote!(__idem_p::Overrides::NONE #(.#setters)*)
-    }
-}
-
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, span: impl ToTokens, message: impl std::fmt::Display) {
-        let error = syn::Error::new_spanned(span, message);
-        match &mut self.0 {
-            Some(all) => all.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-
-    fn push_at(&mut self, span: Span, message: impl std::fmt::Display) {
-        let error = syn::Error::new(span, message);
-        match &mut self.0 {
-            Some(all) => all.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-}
-
-/// Parses and validates `tokens`.
-pub fn parse(tokens: TokenStream) -> Result<Args, syn::Error> {
+/// Reads `tokens` into the model, adding what is wrong to `errors`. A malformed argument
+/// list (not `name = value, ...`) is the one error that stops reading.
+pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Result<Args, syn::Error> {
     let raw: RawArgs = syn::parse2(tokens)?;
-    let mut errors = Errors::default();
-    let mut seen: Vec<Ident> = Vec::new();
     let mut args = Args::default();
-    let mut in_flight_wait: Option<Ident> = None;
-    let mut wait_timeout: Option<(Ident, Duration)> = None;
-
-    for RawArg { name, value, path } in raw.0 {
-        let key = name.to_string();
+    let mut seen: Vec<Ident> = Vec::new();
+    for RawArg { name, value } in raw.0 {
         if seen.contains(&name) {
-            errors.push(&name, format!("`{key}` is given twice; keep one"));
+            errors.push(&name, format!("`{name}` is given twice; keep one"));
             continue;
         }
         seen.push(name.clone());
-        if let Some(path) = path {
-            if key == "scope" {
-                args.scope_fn = Some(path);
-            } else if ALLOWED.split(", ").any(|a| a == key) {
-                errors.push(
-                    &path,
-                    format!(
-                    "`{key}` takes a literal value, not a path; only `scope` also takes a function"
-                ),
-                );
-            } else {
-                errors.push(
-                    &name,
-                    format!("unknown argument `{key}`; allowed: {ALLOWED}"),
-                );
-            }
-            continue;
-        }
-        let mut out = |setter: TokenStream| args.setters.push(setter);
-        match key.as_str() {
-            "ttl" | "lease" => {
-                if let Some(d) = duration(&name, value.as_ref(), &mut errors) {
-                    let ms = millis(d);
-                    let setter = Ident::new(&key, name.span());
-                    out(quote!(#setter(__idem_p::Duration::from_millis(#ms))));
-                }
-            }
-            "wait_timeout" => {
-                if let Some(d) = duration(&name, value.as_ref(), &mut errors) {
-                    wait_timeout = Some((name.clone(), d));
-                }
-            }
-            "scope" => {
-                if let Some(s) = string(&name, value.as_ref(), "\"api_key\"", &mut errors) {
-                    let v = s.value();
-                    match v.as_str() {
-                        "api_key" => out(quote!(scope(__idem_p::Scope::ApiKey))),
-                        "global" => out(quote!(scope(__idem_p::Scope::Global))),
-                        "basic_auth_user" => out(quote!(scope(__idem_p::Scope::BasicAuthUser))),
-                        "principal" => out(quote!(scope(__idem_p::Scope::Principal))),
-                        _ => match v.strip_prefix("header:") {
-                            Some(h) if is_header_name(h) => {
-                                out(quote!(scope(__idem_p::Scope::Header(#h))))
-                            }
-                            Some(_) => errors.push(s, format!(
-                                "`{v}` does not name a valid header; write \"header:<Name>\", such as \"header:X-Tenant-Id\""
-                            )),
-                            None => errors.push(s, format!(
-                                "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"principal\", \"global\", \"header:<Name>\", or a function `fn(&HttpRequest) -> Option<String>` named without quotes"
-                            )),
-                        },
-                    }
-                }
-            }
-            "header" => {
-                if let Some(s) = string(&name, value.as_ref(), "\"Idempotency-Key\"", &mut errors) {
-                    let h = s.value();
-                    if is_header_name(&h) {
-                        out(quote!(header(#h)));
-                    } else {
-                        errors.push(s, format!(
-                            "\"{h}\" is not a valid header name; use letters, digits and `-`, such as \"X-Idempotency-Key\""
-                        ));
-                    }
-                }
-            }
-            "key_max_len" | "max_body" | "max_response" => {
-                let (min, max) = match key.as_str() {
-                    "key_max_len" => (1, KEY_MAX_LEN_LIMIT),
-                    _ => (1, u64::from(u32::MAX)),
-                };
-                if let Some(n) = integer(&name, value.as_ref(), min, max, &mut errors) {
-                    let n = n as usize;
-                    let setter = Ident::new(&key, name.span());
-                    out(quote!(#setter(#n)));
-                }
-            }
-            "required" | "per_endpoint" => {
-                if let Some(b) = flag(&name, value.as_ref(), &mut errors) {
-                    let setter = Ident::new(&key, name.span());
-                    out(quote!(#setter(#b)));
-                }
-            }
-            "fail_open" => {
-                if let Some(b) = flag(&name, value.as_ref(), &mut errors) {
-                    if b {
-                        out(quote!(on_store_error(__idem_p::OnStoreError::FailOpen)));
-                    }
-                }
-            }
-            "mismatch" => {
-                let options = [
-                    ("conflict", "409", quote!(Conflict)),
-                    ("unprocessable", "422", quote!(Unprocessable)),
-                    ("replay", "the first response", quote!(Replay)),
-                ];
-                if let Some(v) = choice(
-                    &name,
-                    value.as_ref(),
-                    "mismatch answer",
-                    &options,
-                    &mut errors,
-                ) {
-                    out(quote!(on_mismatch(__idem_p::OnMismatch::#v)));
-                }
-            }
-            "in_flight" => {
-                let options = [
-                    ("conflict", "409", Some(quote!(Conflict))),
-                    ("wait", "then replay; see wait_timeout", None),
-                ];
-                match choice(
-                    &name,
-                    value.as_ref(),
-                    "in-flight answer",
-                    &options,
-                    &mut errors,
-                ) {
-                    Some(Some(v)) => out(quote!(on_in_flight(__idem_p::OnInFlight::#v))),
-                    Some(None) => in_flight_wait = Some(name.clone()),
-                    None => {}
-                }
-            }
-            "cache" => {
-                let options = [
-                    ("non_5xx", "every status but 5xx", quote!(Non5xx)),
-                    ("2xx", "2xx only", quote!(Success)),
-                ];
-                if let Some(v) = choice(&name, value.as_ref(), "cache rule", &options, &mut errors)
-                {
-                    out(quote!(cache(__idem_p::CachePolicy::#v)));
-                }
-            }
-            "errors" => {
-                let options = [
-                    ("envelope", "error.code", quote!(Envelope)),
-                    ("type", "error.type", quote!(EnvelopeType)),
-                    ("problem", "RFC 9457", quote!(Problem)),
-                ];
-                if let Some(v) =
-                    choice(&name, value.as_ref(), "error format", &options, &mut errors)
-                {
-                    out(quote!(error_format(__idem_p::ErrorFormat::#v)));
-                }
-            }
-            "crate" => {
-                if let Some(s) = string(&name, value.as_ref(), "\"idem_actix\"", &mut errors) {
-                    match s.parse::<syn::Path>() {
-                        Ok(path) => args.krate = Some(path),
-                        Err(_) => errors.push(s, format!(
-                            "\"{}\" is not a path; name the crate as you depend on it, such as \"idem\"",
-                            s.value()
-                        )),
-                    }
-                }
-            }
-            _ => errors.push(
+        let Some(known) = Name::of(&name.to_string()) else {
+            errors.push(
                 &name,
-                format!("unknown argument `{key}`; allowed: {ALLOWED}"),
-            ),
+                format!("unknown argument `{name}`; allowed: {}", Name::allowed()),
+            );
+            continue;
+        };
+        match value {
+            Some(Value::Path(path)) => function(known, name, path, &mut args, errors),
+            Some(Value::List(span, items)) => list(known, &name, span, &items, &mut args, errors),
+            Some(Value::Lit(lit)) => literal(known, &name, Some(&lit), &mut args, errors),
+            None => literal(known, &name, None, &mut args, errors),
         }
     }
+    Ok(args)
+}
 
-    match (&in_flight_wait, &wait_timeout) {
-        (Some(_), Some((_, bound))) => {
-            let ms = millis(*bound);
-            args.setters.push(quote!(on_in_flight(__idem_p::OnInFlight::Wait(
-                __idem_p::Duration::from_millis(#ms)
-            ))));
+/// Reads an argument given a function, named by its path.
+fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: &mut Errors) {
+    match known {
+        Name::Scope => set(&mut args.scope, name, Scope::Function(path)),
+        Name::Fingerprint => set(&mut args.fingerprint, name, Fingerprint::Function(path)),
+        Name::Key => set(&mut args.key, name, Key::Function(path)),
+        Name::OnReplay => set(&mut args.on_replay, name, path),
+        _ => {
+            let functions = Name::taking_functions();
+            let verb = if functions.contains(" and ") {
+                "take"
+            } else {
+                "takes"
+            };
+            errors.push(
+                &path,
+                format!(
+                    "`{name}` takes a literal value, not a path; only {functions} also {verb} a function"
+                ),
+            );
         }
-        (Some(_), None) => args.setters.push(quote!(on_in_flight(__idem_p::OnInFlight::Wait(
-            __idem_p::Duration::from_secs(10)
-        )))),
-        (None, Some((name, _))) => errors.push(
-            name,
-            "`wait_timeout` only applies with `in_flight = \"wait\"`; add it, or remove `wait_timeout`",
-        ),
-        (None, None) => {}
-    }
-
-    match errors.0 {
-        Some(e) => Err(e),
-        None => Ok(args),
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// Reads an argument given a literal, or nothing (a flag).
+fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, errors: &mut Errors) {
+    match known {
+        Name::Ttl => put(&mut args.ttl, name, duration(name, value, errors)),
+        Name::Lease => put(&mut args.lease, name, duration(name, value, errors)),
+        Name::WaitTimeout => put(&mut args.wait_timeout, name, duration(name, value, errors)),
+        Name::Scope => put(&mut args.scope, name, scope(name, value, errors)),
+        Name::Header => put(&mut args.header, name, header(name, value, errors)),
+        Name::KeyMaxLen => put(
+            &mut args.key_max_len,
+            name,
+            integer(name, value, 1, KEY_MAX_LEN_LIMIT, errors),
+        ),
+        Name::MaxBody => put(
+            &mut args.max_body,
+            name,
+            integer(name, value, 1, u64::from(u32::MAX), errors),
+        ),
+        Name::MaxResponse => put(
+            &mut args.max_response,
+            name,
+            integer(name, value, 1, u64::from(u32::MAX), errors),
+        ),
+        Name::Required => put(&mut args.required, name, flag(name, value, errors)),
+        Name::PerEndpoint => put(&mut args.per_endpoint, name, flag(name, value, errors)),
+        Name::FailOpen => put(&mut args.fail_open, name, flag(name, value, errors)),
+        Name::ReplaySetCookie => put(&mut args.replay_set_cookie, name, flag(name, value, errors)),
+        Name::Mismatch => put(&mut args.mismatch, name, choice(name, value, errors)),
+        Name::InFlight => put(&mut args.in_flight, name, choice(name, value, errors)),
+        Name::Cache => put(&mut args.cache, name, choice(name, value, errors)),
+        Name::Errors => put(&mut args.errors, name, choice(name, value, errors)),
+        Name::Crate => put(&mut args.krate, name, krate(name, value, errors)),
+        Name::Fingerprint => put(
+            &mut args.fingerprint,
+            name,
+            choice(name, value, errors).map(Fingerprint::Form),
+        ),
+        Name::Key => put(&mut args.key, name, key(name, value, errors)),
+        Name::OnReplay => errors.push(
+            value.map_or_else(|| name.to_token_stream(), ToTokens::to_token_stream),
+            format!("`{name}` takes a function `fn(&HttpRequest, &mut HttpResponse)`, named without quotes, such as `{name} = count_replay`"),
+        ),
+        Name::FingerprintIgnore
+        | Name::FingerprintHeaders
+        | Name::ReplayHeaders
+        | Name::ReplayDropHeaders => {
+            let example = list_example(known);
+            match value {
+                Some(other) => errors.push(
+                    other,
+                    format!("`{name}` takes a list, such as `{name} = {example}`"),
+                ),
+                None => errors.push(
+                    name,
+                    format!("`{name}` needs a list, such as `{name} = {example}`"),
+                ),
+            }
+        }
+    }
+}
+
+/// An example of a list argument's value.
+fn list_example(known: Name) -> &'static str {
+    match known {
+        Name::FingerprintIgnore => r#"["/client_sent_at"]"#,
+        Name::FingerprintHeaders => r#"["Content-Type"]"#,
+        _ => r#"["Location"]"#,
+    }
+}
+
+/// Reads an argument given a list, `[...]`.
+fn list(
+    known: Name,
+    name: &Ident,
+    span: Span,
+    items: &[Lit],
+    args: &mut Args,
+    errors: &mut Errors,
+) {
+    let slot = match known {
+        Name::FingerprintIgnore => &mut args.fingerprint_ignore,
+        Name::FingerprintHeaders => &mut args.fingerprint_headers,
+        Name::ReplayHeaders => &mut args.replay_headers,
+        Name::ReplayDropHeaders => &mut args.replay_drop_headers,
+        _ => {
+            errors.push_at(span, format!("`{name}` takes one value, not a list"));
+            return;
+        }
+    };
+    let example = list_example(known);
+    let mut values: Vec<String> = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let Lit::Str(s) = item else {
+            errors.push(
+                item,
+                format!("`{name}` lists strings, such as `{name} = {example}`"),
+            );
+            ok = false;
+            continue;
+        };
+        let value = s.value();
+        let problem = match known {
+            Name::FingerprintIgnore => pointer_problem(&value),
+            _ if !is_header_name(&value) => Some(format!(
+                "\"{value}\" is not a valid header name; use letters, digits and `-`, such as \"X-Trace-Id\""
+            )),
+            Name::ReplayHeaders | Name::ReplayDropHeaders
+                if value.eq_ignore_ascii_case("set-cookie") =>
+            {
+                Some("`Set-Cookie` is replayed only with `replay_set_cookie`, which decides it alone; remove it from the list".to_owned())
+            }
+            _ => None,
+        };
+        let repeated = || {
+            values.iter().any(|v| match known {
+                Name::FingerprintIgnore => *v == value,
+                _ => v.eq_ignore_ascii_case(&value),
+            })
+        };
+        match problem {
+            Some(problem) => {
+                errors.push(s, problem);
+                ok = false;
+            }
+            None if repeated() => {
+                errors.push(s, format!("\"{value}\" is listed twice; keep one"));
+                ok = false;
+            }
+            None => values.push(value),
+        }
+    }
+    if ok {
+        *slot = Some(Spanned {
+            name: name.clone(),
+            value: values,
+        });
+    }
+}
+
+/// What is wrong with `pointer` as a JSON Pointer (RFC 6901), if anything.
+fn pointer_problem(pointer: &str) -> Option<String> {
+    if pointer.is_empty() {
+        return Some(
+            "the empty pointer names the whole body; point at a member, such as \"/client_sent_at\""
+                .to_owned(),
+        );
+    }
+    if !pointer.starts_with('/') {
+        return Some(format!(
+            "\"{pointer}\" is not a JSON Pointer: it starts with `/`, such as \"/{pointer}\""
+        ));
+    }
+    let bytes = pointer.as_bytes();
+    let bad = bytes
+        .iter()
+        .enumerate()
+        .find(|&(i, &b)| b == b'~' && !matches!(bytes.get(i + 1), Some(b'0' | b'1')));
+    bad.map(|(i, _)| {
+        format!(
+            "\"{pointer}\" is not a JSON Pointer: `~` at byte {i} must be `~0` (for `~`) or `~1` (for `/`)"
+        )
+    })
+}
+
+/// `"json:<pointer>"`.
+fn key(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Key> {
+    let s = string(name, value, "\"json:/event_id\"", errors)?;
+    let v = s.value();
+    let Some(pointer) = v.strip_prefix("json:") else {
+        errors.push(s, format!(
+            "unknown key source \"{v}\"; expected \"json:<pointer>\", such as \"json:/event_id\", or a function `fn(&HttpRequest, &[u8]) -> Option<String>` named without quotes"
+        ));
+        return None;
+    };
+    if let Some(problem) = pointer_problem(pointer) {
+        errors.push(s, problem);
+        return None;
+    }
+    Some(Key::Json(pointer.to_owned()))
+}
+
+fn set<T>(slot: &mut Option<Spanned<T>>, name: Ident, value: T) {
+    *slot = Some(Spanned { name, value });
+}
+
+fn put<T>(slot: &mut Option<Spanned<T>>, name: &Ident, value: Option<T>) {
+    if let Some(value) = value {
+        set(slot, name.clone(), value);
+    }
 }
 
 fn string<'a>(
@@ -322,33 +337,88 @@ fn string<'a>(
     }
 }
 
-/// One of `options` (value, what it means, what it stands for), by its string.
-fn choice<T: Clone>(
-    name: &Ident,
-    value: Option<&Lit>,
-    what: &str,
-    options: &[(&str, &str, T)],
-    errors: &mut Errors,
-) -> Option<T> {
-    let example = format!("\"{}\"", options[0].0);
+/// One of `T`'s values, by its string.
+fn choice<T: Choice>(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<T> {
+    let example = format!("\"{}\"", T::OPTIONS[0].0);
     let s = string(name, value, &example, errors)?;
     let v = s.value();
-    if let Some((_, _, tokens)) = options.iter().find(|(option, _, _)| *option == v) {
-        return Some(tokens.clone());
+    if let Some(&(_, _, chosen)) = T::OPTIONS.iter().find(|(option, _, _)| *option == v) {
+        return Some(chosen);
     }
-    let listed: Vec<String> = options
+    let listed: Vec<String> = T::OPTIONS
         .iter()
         .map(|(option, meaning, _)| format!("\"{option}\" ({meaning})"))
         .collect();
-    let (last, rest) = listed.split_last().expect("options are not empty");
+    let expected = match T::OR {
+        Some(or) => format!("{}, or {or}", listed.join(", ")),
+        None => {
+            let (last, rest) = listed.split_last().expect("options are not empty");
+            format!("{} or {last}", rest.join(", "))
+        }
+    };
+    errors.push(
+        s,
+        format!("unknown {} \"{v}\"; expected {expected}", T::WHAT),
+    );
+    None
+}
+
+fn scope(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Scope> {
+    let s = string(name, value, "\"api_key\"", errors)?;
+    let v = s.value();
+    match v.as_str() {
+        "api_key" => Some(Scope::ApiKey),
+        "global" => Some(Scope::Global),
+        "basic_auth_user" => Some(Scope::BasicAuthUser),
+        "principal" => Some(Scope::Principal),
+        _ => match v.strip_prefix("header:") {
+            Some(h) if is_header_name(h) => Some(Scope::Header(h.to_owned())),
+            Some(_) => {
+                errors.push(s, format!(
+                    "`{v}` does not name a valid header; write \"header:<Name>\", such as \"header:X-Tenant-Id\""
+                ));
+                None
+            }
+            None => {
+                errors.push(s, format!(
+                    "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"principal\", \"global\", \"header:<Name>\", or a function `fn(&HttpRequest) -> Option<String>` named without quotes"
+                ));
+                None
+            }
+        },
+    }
+}
+
+fn header(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<String> {
+    let s = string(name, value, "\"Idempotency-Key\"", errors)?;
+    let h = s.value();
+    if is_header_name(&h) {
+        return Some(h);
+    }
     errors.push(
         s,
         format!(
-            "unknown {what} \"{v}\"; expected {} or {last}",
-            rest.join(", ")
+            "\"{h}\" is not a valid header name; use letters, digits and `-`, such as \"X-Idempotency-Key\""
         ),
     );
     None
+}
+
+fn krate(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<syn::Path> {
+    let s = string(name, value, "\"idem_actix\"", errors)?;
+    match s.parse::<syn::Path>() {
+        Ok(path) => Some(path),
+        Err(_) => {
+            errors.push(
+                s,
+                format!(
+                    "\"{}\" is not a path; name the crate as you depend on it, such as \"idem\"",
+                    s.value()
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn duration(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Duration> {
@@ -380,10 +450,11 @@ fn integer(
     min: u64,
     max: u64,
     errors: &mut Errors,
-) -> Option<u64> {
+) -> Option<usize> {
     match value {
         Some(Lit::Int(i)) => match i.base10_parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(n),
+            // At most `u32::MAX`, so it fits a `usize` on every target actix runs on.
+            Ok(n) if (min..=max).contains(&n) => usize::try_from(n).ok(),
             _ => {
                 errors.push(
                     i,
@@ -429,4 +500,19 @@ fn is_header_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arguments_that_take_a_function_are_those_of_the_table() {
+        for &name in Name::ALL {
+            let tokens: TokenStream = format!("{name} = some::function").parse().unwrap();
+            let mut errors = Errors::default();
+            parse(tokens, &mut errors).unwrap();
+            assert_eq!(errors.finish(()).is_ok(), name.takes_function(), "{name}");
+        }
+    }
 }

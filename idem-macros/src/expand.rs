@@ -4,70 +4,259 @@
 //! The body stays in the generated function's own scope (as an `async` block), so `Self`,
 //! generic parameters and `impl Trait` return types mean what they meant.
 
-use proc_macro2::{TokenStream, TokenTree};
+use std::time::Duration;
+
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
-use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, ReturnType};
+use syn::spanned::Spanned as _;
+use syn::{FnArg, Ident, ItemFn, ReturnType};
 
-use crate::attr::Args;
+use crate::ast::{
+    Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
+};
+use crate::valid::contains_impl;
 
-/// The most arguments a handler can take: actix extracts tuples of up to 16.
-const MAX_EXTRACTORS: usize = 16;
+/// How long `in_flight = "wait"` waits without a `wait_timeout`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
-/// Checks that `item` is a handler the attribute can wrap.
-pub fn check(item: &ItemFn) -> Result<(), syn::Error> {
-    let sig = &item.sig;
-    let mut errors: Option<syn::Error> = None;
-    let mut push = |e: syn::Error| match &mut errors {
-        Some(all) => all.combine(e),
-        None => errors = Some(e),
+/// The endpoint's overrides of the application's policy, as a const expression: one setter
+/// call per argument given. It names the support module `__idem_p`, which the expansion
+/// brings into scope.
+fn overrides(args: &Args) -> TokenStream {
+    let mut setters: Vec<TokenStream> = Vec::new();
+    let mut set = |name: &str, span: Span, value: TokenStream| {
+        let setter = Ident::new(name, span);
+        setters.push(quote!(#setter(#value)));
     };
-    if sig.asyncness.is_none() {
-        push(syn::Error::new_spanned(
-            sig.fn_token,
-            "#[idempotent] handlers must be `async fn`, as actix-web handlers are",
-        ));
+    if let Some(ttl) = &args.ttl {
+        set("ttl", ttl.span(), duration(ttl.value));
     }
-    if let Some(receiver) = sig.receiver() {
-        push(syn::Error::new_spanned(
-            receiver,
-            "#[idempotent] handlers cannot take `self`; write an associated function and register it with `web::resource(..).route(..)`",
-        ));
-    }
-    for arg in &sig.inputs {
-        if let FnArg::Typed(pat) = arg {
-            if contains_impl(pat.ty.to_token_stream()) {
-                push(syn::Error::new_spanned(
-                    &pat.ty,
-                    "#[idempotent] handlers name their extractor types; `impl Trait` arguments are not supported",
-                ));
-            }
+    if let Some(scope) = &args.scope {
+        let value = match &scope.value {
+            Scope::ApiKey => Some(quote!(__idem_p::Scope::ApiKey)),
+            Scope::Global => Some(quote!(__idem_p::Scope::Global)),
+            Scope::BasicAuthUser => Some(quote!(__idem_p::Scope::BasicAuthUser)),
+            Scope::Principal => Some(quote!(__idem_p::Scope::Principal)),
+            Scope::Header(h) => Some(quote!(__idem_p::Scope::Header(#h))),
+            // A function is handed to the run itself (see `scope_function`).
+            Scope::Function(_) => None,
+        };
+        if let Some(value) = value {
+            set("scope", scope.span(), value);
         }
     }
-    if sig.inputs.len() > MAX_EXTRACTORS {
-        push(syn::Error::new_spanned(
-            &sig.inputs,
-            format!("actix-web handlers take at most {MAX_EXTRACTORS} extractors; group some in a tuple or a custom extractor"),
-        ));
+    if let Some(header) = &args.header {
+        let h = &header.value;
+        set("header", header.span(), quote!(#h));
     }
-    match errors {
-        Some(e) => Err(e),
-        None => Ok(()),
+    for (name, arg) in [
+        ("key_max_len", &args.key_max_len),
+        ("max_body", &args.max_body),
+        ("max_response", &args.max_response),
+    ] {
+        if let Some(arg) = arg {
+            let n = arg.value;
+            set(name, arg.span(), quote!(#n));
+        }
     }
+    for (name, arg) in [
+        ("required", &args.required),
+        ("per_endpoint", &args.per_endpoint),
+        ("replay_set_cookie", &args.replay_set_cookie),
+    ] {
+        if let Some(arg) = arg {
+            let b = arg.value;
+            set(name, arg.span(), quote!(#b));
+        }
+    }
+    if let Some(mismatch) = &args.mismatch {
+        let v = match mismatch.value {
+            Mismatch::Conflict => quote!(Conflict),
+            Mismatch::Unprocessable => quote!(Unprocessable),
+            Mismatch::Replay => quote!(Replay),
+        };
+        set(
+            "on_mismatch",
+            mismatch.span(),
+            quote!(__idem_p::OnMismatch::#v),
+        );
+    }
+    if let Some(in_flight) = &args.in_flight {
+        let v = match in_flight.value {
+            InFlight::Conflict => quote!(Conflict),
+            InFlight::Wait => {
+                let bound = args.wait_timeout.as_ref().map_or(DEFAULT_WAIT, |t| t.value);
+                let bound = duration(bound);
+                quote!(Wait(#bound))
+            }
+        };
+        set(
+            "on_in_flight",
+            in_flight.span(),
+            quote!(__idem_p::OnInFlight::#v),
+        );
+    }
+    if let Some(cache) = &args.cache {
+        let v = match cache.value {
+            Cache::Non5xx => quote!(Non5xx),
+            Cache::Success => quote!(Success),
+        };
+        set("cache", cache.span(), quote!(__idem_p::CachePolicy::#v));
+    }
+    if let Some(lease) = &args.lease {
+        set("lease", lease.span(), duration(lease.value));
+    }
+    if let Some(Spanned { name, value: true }) = &args.fail_open {
+        set(
+            "on_store_error",
+            name.span(),
+            quote!(__idem_p::OnStoreError::FailOpen),
+        );
+    }
+    if let Some(errors) = &args.errors {
+        let v = match errors.value {
+            ErrorFormat::Envelope => quote!(Envelope),
+            ErrorFormat::Type => quote!(EnvelopeType),
+            ErrorFormat::Problem => quote!(Problem),
+        };
+        set(
+            "error_format",
+            errors.span(),
+            quote!(__idem_p::ErrorFormat::#v),
+        );
+    }
+    if let Some(Spanned {
+        name,
+        value: Fingerprint::Form(form),
+    }) = &args.fingerprint
+    {
+        let v = match form {
+            BodyForm::Bytes => quote!(Bytes),
+            BodyForm::Json => quote!(Json),
+            BodyForm::Form => quote!(Form),
+        };
+        set("fingerprint", name.span(), quote!(__idem_p::BodyForm::#v));
+    }
+    // Members the application's defaults leave out of JSON bodies mean nothing to an
+    // endpoint that reads its bodies otherwise.
+    let json = matches!(
+        args.fingerprint,
+        Some(Spanned {
+            value: Fingerprint::Form(BodyForm::Json),
+            ..
+        })
+    );
+    if let (Some(fingerprint), None, false) = (&args.fingerprint, &args.fingerprint_ignore, json) {
+        set("fingerprint_ignore", fingerprint.span(), quote!(&[]));
+    }
+    for (name, arg) in [
+        ("fingerprint_ignore", &args.fingerprint_ignore),
+        ("fingerprint_headers", &args.fingerprint_headers),
+    ] {
+        if let Some(arg) = arg {
+            let items = &arg.value;
+            set(name, arg.span(), quote!(&[#(#items),*]));
+        }
+    }
+    for (variant, arg) in [
+        (quote!(Only), &args.replay_headers),
+        (quote!(Except), &args.replay_drop_headers),
+    ] {
+        if let Some(arg) = arg {
+            let items = &arg.value;
+            set(
+                "replay_headers",
+                arg.span(),
+                quote!(__idem_p::ReplayHeaders::#variant(&[#(#items),*])),
+            );
+        }
+    }
+    if let Some(Spanned {
+        name,
+        value: Key::Json(pointer),
+    }) = &args.key
+    {
+        set(
+            "key_source",
+            name.span(),
+            quote!(__idem_p::KeySource::Json(#pointer)),
+        );
+    }
+    quote!(__idem_p::Overrides::NONE #(.#setters)*)
 }
 
-fn contains_impl(tokens: TokenStream) -> bool {
-    tokens.into_iter().any(|tt| match tt {
-        TokenTree::Ident(ident) => ident == "impl",
-        TokenTree::Group(group) => contains_impl(group.stream()),
-        _ => false,
-    })
+/// `d` as a const expression, to the millisecond.
+fn duration(d: Duration) -> TokenStream {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    quote!(__idem_p::Duration::from_millis(#ms))
+}
+
+/// The endpoint's functions, handed to the run: built in the handler's body rather than in
+/// its `static`, so that they can name `Self` and the handler's generic parameters. Each is
+/// called through a function of the support module whose bound checks its signature, on the
+/// path as written, so that a mistake is reported there, once.
+fn functions(args: &Args) -> TokenStream {
+    let mut setters: Vec<TokenStream> = Vec::new();
+    if let Some(Spanned {
+        value: Scope::Function(path),
+        ..
+    }) = &args.scope
+    {
+        // The function's type names it, so that two functions never share a scope (or, for
+        // a function pointer, whose type is shared, the path as written). The type is read
+        // from a reference, which asks nothing of the function.
+        let call = quote_spanned! {path.span()=> __idem_p::scope(#path, __idem_scope_req) };
+        let identity = quote_spanned! {path.span()=> &#path };
+        let written = path.to_token_stream().to_string();
+        setters.push(quote! {
+            scope(__idem_p::ScopeFunction::new(
+                #identity,
+                ::core::concat!(::core::module_path!(), "::", #written),
+                |__idem_scope_req: &__idem_p::HttpRequest| #call,
+            ))
+        });
+    }
+    if let Some(Spanned {
+        value: Fingerprint::Function(path),
+        ..
+    }) = &args.fingerprint
+    {
+        let call = quote_spanned! {path.span()=>
+            __idem_p::fingerprint(#path, __idem_fn_req, __idem_fn_body)
+        };
+        setters.push(quote! {
+            fingerprint(|__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_body: &[u8]| #call)
+        });
+    }
+    if let Some(Spanned {
+        value: Key::Function(path),
+        ..
+    }) = &args.key
+    {
+        let call = quote_spanned! {path.span()=>
+            __idem_p::key(#path, __idem_fn_req, __idem_fn_body)
+        };
+        setters.push(quote! {
+            key(|__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_body: &[u8]| #call)
+        });
+    }
+    if let Some(Spanned { value: path, .. }) = &args.on_replay {
+        let call = quote_spanned! {path.span()=>
+            __idem_p::on_replay(#path, __idem_fn_req, __idem_fn_res)
+        };
+        setters.push(quote! {
+            on_replay(
+                |__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_res: &mut __idem_p::HttpResponse| #call
+            )
+        });
+    }
+    quote!(__idem_p::Functions::NONE #(.#setters)*)
 }
 
 /// The generated handler.
-pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
+pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let krate = match &args.krate {
-        Some(path) => path.to_token_stream(),
+        Some(path) => path.value.to_token_stream(),
         None => quote!(::idem_actix),
     };
     let ItemFn {
@@ -115,26 +304,8 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let respond = quote_spanned! {respond_span=>
         __idem_p::respond(__idem_req, __idem_out)
     };
-    // The function's type names it, so that two functions never share a scope (or, for a
-    // function pointer, whose type is shared, the path as written). The type is read from a
-    // reference, which asks nothing of the function, so that its signature is checked (and
-    // reported) once, where it is called.
-    let scope_fn = match &args.scope_fn {
-        Some(path) => {
-            let call = quote_spanned! {path.span()=> __idem_p::scope(#path, __idem_scope_req) };
-            let identity = quote_spanned! {path.span()=> &#path };
-            let written = path.to_token_stream().to_string();
-            quote! {
-                ::core::option::Option::Some(__idem_p::ScopeFunction::new(
-                    #identity,
-                    ::core::concat!(::core::module_path!(), "::", #written),
-                    |__idem_scope_req: &__idem_p::HttpRequest| #call,
-                ))
-            }
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let overrides = args.overrides();
+    let functions = functions(args);
+    let overrides = overrides(args);
 
     quote! {
         #(#attrs)*
@@ -147,7 +318,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
 
             __idem_p::run(
                 &__IDEM_ENDPOINT,
-                #scope_fn,
+                #functions,
                 __idem_raw,
                 move |__idem_req: __idem_p::HttpRequest, mut __idem_payload: __idem_p::RawPayload| async move {
                     let (#(#names,)*) = match <(#(#types,)*) as __idem_p::FromRequest>::from_request(

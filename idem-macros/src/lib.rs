@@ -1,11 +1,20 @@
 //! The `#[idempotent]` attribute for actix-web handlers. Use it through `idem-actix`, which
 //! re-exports it as `idem_actix::idempotent` and holds the runtime it calls.
+//!
+//! The arguments' names have one table (`names`); `attr` reads the arguments into a typed
+//! model (`ast`), `valid` checks them together and the handler they go on, and `expand`
+//! generates the code. Every mistake is collected on the way and reported at once.
 
 #![forbid(unsafe_code)]
 use proc_macro::TokenStream;
 
+#[macro_use]
+mod names;
+mod ast;
 mod attr;
+mod errors;
 mod expand;
+mod valid;
 
 /// Makes an actix-web handler idempotent: a request retried with the same `Idempotency-Key`
 /// runs the handler once, and every retry gets the first response.
@@ -37,27 +46,20 @@ mod expand;
 /// is a compile error on that value, naming the accepted forms; an unknown or repeated argument
 /// is one too.
 ///
-/// | argument | values | default |
-/// |---|---|---|
-/// | [`ttl`](#ttl) | a duration: `"30s"`, `"15m"`, `"24h"`, `"7d"` | `"24h"` |
-/// | [`scope`](#scope) | `"api_key"`, `"basic_auth_user"`, `"principal"`, `"global"`, `"header:<Name>"`, or a function | `"api_key"` |
-/// | [`header`](#header) | a header name | `"Idempotency-Key"` |
-/// | [`key_max_len`](#key_max_len) | 1 to 8192 | `255` |
-/// | [`required`](#required) | flag | off |
-/// | [`mismatch`](#mismatch) | `"conflict"`, `"unprocessable"`, `"replay"` | `"conflict"` |
-/// | [`in_flight`](#in_flight) | `"conflict"`, `"wait"` | `"conflict"` |
-/// | [`wait_timeout`](#wait_timeout) | a duration, with `in_flight = "wait"` | `"10s"` |
-/// | [`cache`](#cache) | `"non_5xx"`, `"2xx"` | `"non_5xx"` |
-/// | [`per_endpoint`](#per_endpoint) | flag | off |
-/// | [`lease`](#lease) | a duration | `"60s"` |
-/// | [`fail_open`](#fail_open) | flag | off |
-/// | [`errors`](#errors) | `"envelope"`, `"type"`, `"problem"` | the app's renderer |
-/// | [`max_body`](#max_body) | bytes | `2097152` |
-/// | [`max_response`](#max_response) | bytes | `1048576` |
-/// | [`crate`](#crate) | a path | `"idem_actix"` |
+#[doc = argument_table!()]
 ///
 /// Arguments that make no sense together are refused: `wait_timeout` without
-/// `in_flight = "wait"` (there is nothing to wait for).
+/// `in_flight = "wait"` (there is nothing to wait for); `fingerprint_ignore` without
+/// `fingerprint = "json"`; `replay_headers` with `replay_drop_headers`; `key` with `header`;
+/// `key = "json:..."` with `fingerprint = "form"`.
+///
+/// Every argument but `key = my_fn`, `fingerprint = my_fn` and `on_replay` has a field of
+/// [`Policy`] of the same meaning, which the [`Idempotency`] middleware takes in its
+/// `.policy(..)` and an application in `IdempotencyConfig::defaults`; the functions have
+/// methods of their own there.
+///
+/// [`Policy`]: ../idem_actix/struct.Policy.html
+/// [`Idempotency`]: ../idem_actix/struct.Idempotency.html
 ///
 /// ## `ttl`
 ///
@@ -67,18 +69,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -87,11 +78,11 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().body("call_1")
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await, (201, false, "call_1".into()));
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await, (201, true, "call_1".into()));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `scope`
@@ -128,19 +119,10 @@ mod expand;
 /// known by the path written instead); moving or renaming it starts new scopes.
 ///
 /// [`Principal`]: ../idem_actix/struct.Principal.html
-/// [`Idempotency`]: ../idem_actix/struct.Idempotency.html
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::body::MessageBody;
 /// use actix_web::dev::{ServiceRequest, ServiceResponse};
 /// use actix_web::middleware::{from_fn, Next};
@@ -175,7 +157,7 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().wrap(from_fn(authenticate)).service(create_call)).await;
 /// let call = |token: &str| {
 ///     TestRequest::post()
@@ -187,7 +169,7 @@ mod expand;
 /// assert_eq!(send(&app, call("token-of-globex")).await.1, false, "another tenant, another key");
 /// assert_eq!(send(&app, call("token-of-acme")).await.1, true);
 /// assert_eq!(send(&app, call("forged")).await.0, 400, "unverified: no scope, no replay");
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `header`
@@ -196,18 +178,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -216,14 +187,52 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// let call = || TestRequest::post().uri("/v1/calls")
 ///     .insert_header(("Authorization", "Bearer t"))
 ///     .insert_header(("X-Idempotency-Key", "k"));
 /// assert_eq!(send(&app, call()).await.1, false);
 /// assert_eq!(send(&app, call()).await.1, true);
-/// # });
+/// # }) }
+/// ```
+///
+/// ## `key`
+///
+/// Where the key is, for APIs and webhooks that carry it in the body rather than in a header
+/// of its own: `"json:<pointer>"` reads the string (or number) a JSON Pointer (RFC 6901)
+/// names in the JSON body, such as `"json:/event_id"`; a function
+/// `fn(&HttpRequest, &[u8]) -> Option<String>`, named without quotes and checked at compile
+/// time, finds it in the request and its body. The key rules hold as for a header (1 to
+/// `key_max_len` bytes of visible ASCII, else 400 `idempotency_key_invalid`, naming where the
+/// key was read), and so does the scope. A request without a key runs as if the endpoint were
+/// not idempotent, unless `required` (400 `idempotency_key_missing`); an `Idempotency-Key`
+/// header is not read. Every request's body is read (up to `max_body`) to look for the key; a
+/// body that is not JSON gets 400 `idempotency_body_invalid` under `"json:..."`. Default: the
+/// `header`.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/webhooks/payments")]
+/// #[idempotent(key = "json:/event/id", fingerprint = "json")]
+/// async fn payment_event() -> HttpResponse {
+///     HttpResponse::Ok().body("handled")
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(payment_event)).await;
+/// let delivery = |body: &'static str| {
+///     TestRequest::post().uri("/webhooks/payments")
+///         .insert_header(("Authorization", "Bearer t"))
+///         .set_payload(body)
+/// };
+/// let event = r#"{"event":{"id":"evt_1","type":"paid"}}"#;
+/// assert_eq!(send(&app, delivery(event)).await.1, false);
+/// assert_eq!(send(&app, delivery(event)).await.1, true, "delivered twice, handled once");
+/// # }) }
 /// ```
 ///
 /// ## `key_max_len`
@@ -233,18 +242,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -253,13 +251,13 @@ mod expand;
 /// async fn send_email() -> HttpResponse {
 ///     HttpResponse::Ok().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(send_email)).await;
 /// assert_eq!(send(&app, req(&"k".repeat(256)).uri("/emails")).await.0, 200);
 /// let (status, _, body) = send(&app, req(&"k".repeat(257)).uri("/emails")).await;
 /// assert_eq!(status, 400);
 /// assert!(body.contains("idempotency_key_invalid"));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `required`
@@ -269,18 +267,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -289,13 +276,13 @@ mod expand;
 /// async fn charge() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(charge)).await;
 /// let no_key = TestRequest::post().uri("/v1/charges").insert_header(("Authorization", "Bearer t"));
 /// let (status, _, body) = send(&app, no_key).await;
 /// assert_eq!(status, 400);
 /// assert!(body.contains("idempotency_key_missing"));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `mismatch`
@@ -306,18 +293,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -326,11 +302,136 @@ mod expand;
 /// async fn create_call(body: String) -> HttpResponse {
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to A")).await.0, 201);
 /// assert_eq!(send(&app, req("k").uri("/v1/calls").set_payload("to B")).await.0, 422);
-/// # });
+/// # }) }
+/// ```
+///
+/// ## `fingerprint`
+///
+/// How a request's body is compared with the first request of its key (its method and path
+/// always count, and its query):
+///
+/// | value | bodies are the same when | query parameters |
+/// |---|---|---|
+/// | `"bytes"` (default) | byte for byte | as sent |
+/// | `"json"` | as parsed JSON: members in any order, any whitespace, strings unescaped, numbers by exact value (`1`, `1.0` and `1e0` are one number) | in any order |
+/// | `"form"` | as `application/x-www-form-urlencoded` pairs in any order of their names (values of one name keep their order), decoded | in any order |
+/// | a function | what the function `fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>` (named without quotes, checked at compile time) makes of them is equal | in any order |
+///
+/// A body that cannot be read in its endpoint's form (JSON that does not parse, or a body
+/// the function returns `None` for) gets 400 `idempotency_body_invalid`, naming where it
+/// breaks; nothing is claimed, so the corrected request runs with the same key. An empty body
+/// is no document, not an error. In JSON, members of one name keep their order, and
+/// nesting past 128 levels is refused.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, web, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(fingerprint = "json")]
+/// async fn create_call(body: web::Json<serde_json::Value>) -> HttpResponse {
+///     HttpResponse::Created().json(body.into_inner())
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// let call = |body: &'static str| req("k").uri("/v1/calls")
+///     .insert_header(("Content-Type", "application/json"))
+///     .set_payload(body);
+/// assert_eq!(send(&app, call(r#"{"to":"+15555550123","agent":"a1"}"#)).await.0, 201);
+/// // The same call, serialised again in another order: a replay.
+/// assert_eq!(send(&app, call(r#"{ "agent": "a1", "to": "+15555550123" }"#)).await.1, true);
+/// // Another call with the same key: a conflict.
+/// assert_eq!(send(&app, call(r#"{"agent":"a1","to":"+15555550199"}"#)).await.0, 409);
+/// // Not JSON: refused before anything is claimed.
+/// assert_eq!(send(&app, call("to=+15555550123")).await.0, 400);
+/// # }) }
+/// ```
+///
+/// A function compares bodies only the application can read:
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpRequest, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// /// The lines of an order, in any order.
+/// fn order_lines(_: &HttpRequest, body: &[u8]) -> Option<Vec<u8>> {
+///     let mut lines: Vec<&str> = std::str::from_utf8(body).ok()?.lines().collect();
+///     lines.sort_unstable();
+///     Some(lines.join("\n").into_bytes())
+/// }
+///
+/// #[post("/v1/orders")]
+/// #[idempotent(fingerprint = order_lines)]
+/// async fn create_order() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_order)).await;
+/// send(&app, req("k").uri("/v1/orders").set_payload("2 pears\n1 apple")).await;
+/// let retry = send(&app, req("k").uri("/v1/orders").set_payload("1 apple\n2 pears")).await;
+/// assert_eq!(retry.1, true);
+/// # }) }
+/// ```
+///
+/// ## `fingerprint_ignore`
+///
+/// Members of a JSON body that do not count, as JSON Pointers (RFC 6901, checked at compile
+/// time): a client's timestamp or trace id that changes on every retry. With
+/// `fingerprint = "json"` only. A pointer names object members and array elements
+/// (`"/items/0/sent_at"`); `~1` stands for `/` and `~0` for `~` in a name. What it names is
+/// left out wherever it is, present or not.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/messages")]
+/// #[idempotent(fingerprint = "json", fingerprint_ignore = ["/client_sent_at", "/meta/trace_id"])]
+/// async fn create_message() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_message)).await;
+/// let message = |body: &'static str| req("k").uri("/v1/messages").set_payload(body);
+/// send(&app, message(r#"{"text":"hi","client_sent_at":"10:00:00"}"#)).await;
+/// let retry = send(&app, message(r#"{"text":"hi","client_sent_at":"10:00:07"}"#)).await;
+/// assert_eq!(retry.1, true);
+/// # }) }
+/// ```
+///
+/// ## `fingerprint_headers`
+///
+/// Request headers that are part of the request, by name: a retry must send them with the
+/// same values (each value compared as sent; a header sent several times, all its values in
+/// their order). None by default.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/transfers")]
+/// #[idempotent(fingerprint_headers = ["X-Account"])]
+/// async fn transfer() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(transfer)).await;
+/// let from = |account: &str| req("k").uri("/v1/transfers").insert_header(("X-Account", account));
+/// send(&app, from("acct_1")).await;
+/// assert_eq!(send(&app, from("acct_2")).await.0, 409);
+/// # }) }
 /// ```
 ///
 /// ## `in_flight`
@@ -341,18 +442,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -362,7 +452,7 @@ mod expand;
 ///     actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// let (a, b) = futures_util::join!(
 ///     send(&app, req("k").uri("/v1/calls")),
@@ -370,7 +460,7 @@ mod expand;
 /// );
 /// assert_eq!((a.0, b.0), (201, 201));
 /// assert!(a.1 != b.1, "one ran, the other waited and replayed it");
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `wait_timeout`
@@ -380,18 +470,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -400,10 +479,10 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await.0, 201);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `cache`
@@ -413,18 +492,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -436,12 +504,12 @@ mod expand;
 ///     }
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_contact)).await;
 /// assert_eq!(send(&app, req("k").uri("/contacts")).await.0, 400);
 /// // The 400 was not recorded: the corrected request runs.
 /// assert_eq!(send(&app, req("k").uri("/contacts").set_payload("ACME")).await, (201, false, "ACME".into()));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `per_endpoint`
@@ -452,18 +520,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -478,11 +535,11 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().body("call")
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_agent).service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/agents")).await, (201, false, "agent".into()));
 /// assert_eq!(send(&app, req("k").uri("/calls")).await, (201, false, "call".into()));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `lease`
@@ -493,18 +550,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -513,10 +559,10 @@ mod expand;
 /// async fn export() -> HttpResponse {
 ///     HttpResponse::Accepted().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(export)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/exports")).await.0, 202);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `fail_open`
@@ -527,18 +573,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::{idempotent, IdempotencyConfig};
 ///
@@ -547,11 +582,11 @@ mod expand;
 /// async fn record() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// let down = IdempotencyConfig::new(idem_actix::testing::UnavailableStore);
 /// # let app = test::init_service(App::new().app_data(down).service(record)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/telemetry")).await.0, 201);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `errors`
@@ -563,18 +598,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -583,13 +607,13 @@ mod expand;
 /// async fn create_contact(body: String) -> HttpResponse {
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_contact)).await;
 /// send(&app, req("k").uri("/contacts").set_payload("a")).await;
 /// let (status, _, body) = send(&app, req("k").uri("/contacts").set_payload("b")).await;
 /// assert_eq!(status, 422);
 /// assert!(body.contains(r#""type":"idempotency_conflict""#));
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `max_body`
@@ -600,18 +624,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -620,10 +633,10 @@ mod expand;
 /// async fn create_note(body: String) -> HttpResponse {
 ///     HttpResponse::Created().body(body)
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_note)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/notes").set_payload(vec![b'x'; 1025])).await.0, 413);
-/// # });
+/// # }) }
 /// ```
 ///
 /// ## `max_response`
@@ -635,11 +648,7 @@ mod expand;
 ///
 /// ```
 /// # extern crate idem as idem_actix;
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// use actix_web::{post, HttpResponse};
 /// use idem_actix::idempotent;
 ///
@@ -648,13 +657,132 @@ mod expand;
 /// async fn export() -> HttpResponse {
 ///     HttpResponse::Created().body(vec![b'x'; 4096])
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(export)).await;
 /// let first = test::call_service(&app, req("k").uri("/v1/exports").to_request()).await;
 /// assert_eq!(test::read_body(first).await.len(), 4096);
 /// let retry = test::call_service(&app, req("k").uri("/v1/exports").to_request()).await;
 /// assert_eq!(retry.status(), 409);
-/// # });
+/// # }) }
+/// ```
+///
+/// ## `replay_set_cookie`
+///
+/// A flag: `Set-Cookie` headers are recorded and replayed with the rest of the response. Off by
+/// default, where a response's cookies go to the first caller only: a replay goes to whoever
+/// holds the key, and a cookie (a session, a CSRF token) is meant for the client the first
+/// response went to. Turn it on for an endpoint whose cookie is part of the operation's
+/// result, and whose keys only its own client can know.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/carts")]
+/// #[idempotent(replay_set_cookie)]
+/// async fn create_cart() -> HttpResponse {
+///     HttpResponse::Created().insert_header(("Set-Cookie", "cart=c_1")).finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_cart)).await;
+/// test::call_service(&app, req("k").uri("/v1/carts").to_request()).await;
+/// let retry = test::call_service(&app, req("k").uri("/v1/carts").to_request()).await;
+/// assert_eq!(retry.headers().get("set-cookie").unwrap(), "cart=c_1");
+/// # }) }
+/// ```
+///
+/// ## `replay_headers`
+///
+/// The recorded headers a replay repeats, by name in any case: only these. Headers of one
+/// transfer or one request (`Date`, `Content-Length`, `X-Request-ID`, ...) are never
+/// replayed, and `Set-Cookie` only with `replay_set_cookie`, whatever the list; name every
+/// header the replay needs, `Content-Type` included. Default: every recorded header.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(replay_headers = ["Location", "Content-Type"])]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created()
+///         .insert_header(("Location", "/v1/calls/1"))
+///         .insert_header(("Server-Timing", "db;dur=53"))
+///         .finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// let retry = test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// assert_eq!(retry.headers().get("location").unwrap(), "/v1/calls/1");
+/// assert!(retry.headers().get("server-timing").is_none());
+/// # }) }
+/// ```
+///
+/// ## `replay_drop_headers`
+///
+/// Recorded headers a replay leaves out, by name in any case, on top of those never
+/// replayed: a trace id or a timing of the first response. Not with `replay_headers`. None by
+/// default.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{post, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(replay_drop_headers = ["Server-Timing"])]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created()
+///         .insert_header(("Location", "/v1/calls/1"))
+///         .insert_header(("Server-Timing", "db;dur=53"))
+///         .finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// let retry = test::call_service(&app, req("k").uri("/v1/calls").to_request()).await;
+/// assert_eq!(retry.headers().get("location").unwrap(), "/v1/calls/1");
+/// assert!(retry.headers().get("server-timing").is_none());
+/// # }) }
+/// ```
+///
+/// ## `on_replay`
+///
+/// A function called on every replay, with the request and the replayed response, which it
+/// may change: to log or count replays, or add a header to them. A function
+/// `fn(&HttpRequest, &mut HttpResponse)`, named without quotes and checked at compile time.
+/// It replaces the application's hook (`IdempotencyConfig::on_replay`) on this endpoint.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use actix_web::{post, HttpRequest, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// static REPLAYS: AtomicUsize = AtomicUsize::new(0);
+///
+/// fn count(_: &HttpRequest, _: &mut HttpResponse) {
+///     REPLAYS.fetch_add(1, Ordering::Relaxed);
+/// }
+///
+/// #[post("/v1/calls")]
+/// #[idempotent(on_replay = count)]
+/// async fn create_call() -> HttpResponse {
+///     HttpResponse::Created().finish()
+/// }
+/// # fn main() { block_on(async {
+/// # let app = test::init_service(App::new().service(create_call)).await;
+/// send(&app, req("k").uri("/v1/calls")).await;
+/// send(&app, req("k").uri("/v1/calls")).await;
+/// assert_eq!(REPLAYS.load(Ordering::Relaxed), 1);
+/// # }) }
 /// ```
 ///
 /// ## `crate`
@@ -663,18 +791,7 @@ mod expand;
 /// (`idem = { package = "idem-actix", .. }` in `Cargo.toml`). Default `"idem_actix"`.
 ///
 /// ```
-/// # use actix_web::{test, App};
-/// # use actix_web::test::TestRequest;
-/// # fn req(key: &str) -> TestRequest {
-/// #     TestRequest::post().insert_header(("Authorization", "Bearer t")).insert_header(("Idempotency-Key", key))
-/// # }
-/// # async fn send(app: &impl actix_web::dev::Service<actix_http::Request, Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error>, r: TestRequest) -> (u16, bool, String) {
-/// #     let res = test::call_service(app, r.to_request()).await;
-/// #     let replayed = res.headers().contains_key("idempotent-replayed");
-/// #     let status = res.status().as_u16();
-/// #     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-/// #     (status, replayed, body)
-/// # }
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
 /// // This crate depends on idem-actix as `idem`.
 /// use actix_web::{post, HttpResponse};
 ///
@@ -683,10 +800,10 @@ mod expand;
 /// async fn create_call() -> HttpResponse {
 ///     HttpResponse::Created().finish()
 /// }
-/// # actix_web::rt::System::new().block_on(async {
+/// # fn main() { block_on(async {
 /// # let app = test::init_service(App::new().service(create_call)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/calls")).await.0, 201);
-/// # });
+/// # }) }
 /// ```
 ///
 /// # Debugging the expansion
@@ -708,10 +825,15 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             return out.into();
         }
     };
-    let parsed = attr::parse(args.into());
-    let checked = expand::check(&func);
-    match (parsed, checked) {
-        (Ok(args), Ok(())) => {
+    let mut errors = errors::Errors::default();
+    let parsed = attr::parse(args.into(), &mut errors);
+    match &parsed {
+        Ok(args) => valid::args(args, &mut errors),
+        Err(syntax) => errors.add(syntax.clone()),
+    }
+    valid::handler(&func, &mut errors);
+    match errors.finish(()).and(parsed) {
+        Ok(args) => {
             let name = func.sig.ident.to_string();
             let expanded = expand::expand(&args, func);
             if wants_debug(std::env::var("IDEM_MACROS_DEBUG").ok().as_deref(), &name) {
@@ -719,16 +841,9 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             }
             expanded.into()
         }
-        (parsed, checked) => {
+        Err(errors) => {
             // Emit the handler untouched beside the errors, so nothing else fails to resolve.
-            let mut errors = None::<syn::Error>;
-            for e in [parsed.err(), checked.err()].into_iter().flatten() {
-                match &mut errors {
-                    Some(all) => all.combine(e),
-                    None => errors = Some(e),
-                }
-            }
-            let mut out = errors.map(|e| e.to_compile_error()).unwrap_or_default();
+            let mut out = errors.to_compile_error();
             out.extend(quote::quote!(#func));
             out.into()
         }

@@ -19,6 +19,7 @@ fn contract() -> Contract {
         .operation(HttpMethod::Post, "/v1/calls", |p| {
             p.ttl(Duration::from_secs(24 * 60 * 60))
                 .scope(Scope::ApiKey)
+                .fingerprint(idem_actix::BodyForm::Json)
         })
         .operation(HttpMethod::Post, "/v1/messages", |p| {
             p.header("X-Idempotency-Key")

@@ -1,6 +1,11 @@
 //! Admission: what a request needs before its key can be claimed. The key and scope are
 //! checked, the body read (bounded) and the request fingerprinted; a request without a key
 //! goes straight to the handler.
+//!
+//! A key from a header is checked before the body is read, so that a bad key costs no read;
+//! a key from the body (a JSON member, or a key function) is looked for once the body is in.
+
+use std::borrow::Cow;
 
 use actix_web::dev;
 use actix_web::error::PayloadError;
@@ -8,16 +13,20 @@ use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use idem_core::{Fingerprint, IdempotencyError, IdempotencyKey, KeyError, Policy, StoreKey};
+use idem_core::{
+    Body, BodyError, BodyForm, Fingerprint, IdempotencyError, IdempotencyKey, JsonBody, KeyError,
+    KeyOrigin, KeySource, Policy, StoreKey,
+};
 
+use super::record::rebuilt;
 use super::replay::with_request_id;
 use super::Endpoint;
 use crate::config::IdempotencyConfig;
 use crate::extract::Admitted;
+use crate::functions::{FingerprintFunction, Functions, ReplayFunction};
 use crate::metrics;
 use crate::render::error_response;
 use crate::request_id::RequestId;
-use crate::scope::ScopeFunction;
 
 /// What the layer makes of a request.
 #[allow(
@@ -39,6 +48,8 @@ pub(crate) struct Keyed {
     pub(super) policy: Policy,
     pub(super) store_key: StoreKey,
     pub(super) fingerprint: Fingerprint,
+    /// Called on a replay: the endpoint's hook, else the application's.
+    pub(super) on_replay: Option<ReplayFunction>,
     pub(super) span: tracing::Span,
     pub(super) run: Run,
 }
@@ -58,21 +69,31 @@ fn reject(
     request_id: &RequestId,
     error: IdempotencyError,
 ) -> Admission {
-    tracing::debug!(outcome = "rejected", %request_id, code = error.code(), %error);
-    metrics::rejected(error.code());
-    let res = error_response(&error, request_id, policy.error_format, config.renderer());
-    Admission::Answer(req, res)
+    Admission::Answer(req, refusal(policy, config, request_id, error))
 }
 
-/// Whether a request goes straight to the handler, with no store work at all: it has no key,
-/// and the endpoint does not require one. The cheap test every request takes first.
-pub(crate) fn bypasses(endpoint: &Endpoint, req: &HttpRequest) -> bool {
+/// The layer's answer to a request it refuses, counted and logged.
+fn refusal(
+    policy: &Policy,
+    config: &IdempotencyConfig,
+    request_id: &RequestId,
+    error: IdempotencyError,
+) -> HttpResponse {
+    tracing::debug!(outcome = "rejected", %request_id, code = error.code(), %error);
+    metrics::rejected(error.code());
+    error_response(&error, request_id, policy.error_format, config.renderer())
+}
+
+/// Whether a request goes straight to the handler, with no store work at all: it has no key
+/// header, the endpoint does not read its key elsewhere, and does not require one. The cheap
+/// test every request takes first.
+pub(crate) fn bypasses(endpoint: &Endpoint, functions: &Functions, req: &HttpRequest) -> bool {
     let config = IdempotencyConfig::of(req);
-    let required = endpoint
-        .overrides
-        .required
-        .unwrap_or(config.policy().required);
-    !required && !req.headers().contains_key(endpoint.header(config))
+    let defaults = config.policy();
+    let required = endpoint.overrides.required.unwrap_or(defaults.required);
+    let from_header = functions.key.is_none()
+        && endpoint.overrides.key_source.unwrap_or(defaults.key_source) == KeySource::Header;
+    !required && from_header && !req.headers().contains_key(endpoint.header(config))
 }
 
 /// Whether an outer layer (the middleware around an attributed handler) has the request in
@@ -82,25 +103,100 @@ pub(crate) fn taken(req: &HttpRequest) -> bool {
 }
 
 /// Validates the key and scope, reads the body and fingerprints the request.
+///
+/// A key from a header is checked, and its scope found, before the body is read, so that a
+/// bad key costs no read; a key from the body is looked for once the body is in. Either way
+/// the body is read at one await point, so that this future holds one set of locals.
 pub(crate) async fn admit(
     endpoint: &Endpoint,
-    scope_fn: Option<ScopeFunction>,
+    functions: Functions,
     req: HttpRequest,
     payload: dev::Payload,
 ) -> Admission {
     let config = IdempotencyConfig::of(&req).clone();
     let policy = endpoint.overrides.apply_to(*config.policy());
     endpoint.check(&policy, &config);
-    let mut values = req.headers().get_all(endpoint.header(&config));
+    let origin = match (functions.key, policy.key_source) {
+        (Some(_), _) => Some(KeyOrigin::Function),
+        (None, KeySource::Json(pointer)) => Some(KeyOrigin::Json(pointer)),
+        (None, _) => None,
+    };
+    let (request_id, from_header) = match origin {
+        Some(_) => (RequestId::peek(&req), None),
+        None => match header_key(endpoint, &functions, &config, &policy, &req) {
+            Ok((key, store_key, request_id)) => (request_id, Some((key, store_key))),
+            Err(None) => return Admission::Pass(req, payload),
+            Err(Some(res)) => return Admission::Answer(req, res),
+        },
+    };
+    let body = match read_body(&req, payload, policy.max_body).await {
+        Ok(body) => body,
+        Err(ReadError::Payload(e)) => {
+            let res = with_request_id(HttpResponse::from_error(e), &request_id);
+            return Admission::Answer(req, res);
+        }
+        Err(ReadError::TooLarge) => {
+            let error = IdempotencyError::BodyTooLarge {
+                limit: policy.max_body,
+            };
+            return reject(req, &policy, &config, &request_id, error);
+        }
+    };
+    let (key, store_key, json) = match (from_header, origin) {
+        (Some((key, store_key)), _) => (key, store_key, None),
+        (None, Some(origin)) => match body_key(origin, &functions, &policy, &req, &body) {
+            Ok((key, json)) => match store_key(&req, &policy, &functions, &key) {
+                Ok(store_key) => (key, store_key, json),
+                Err(e) => return reject(req, &policy, &config, &request_id, e),
+            },
+            Err(None) => return Admission::Pass(req, rebuilt(body)),
+            Err(Some(e)) => return reject(req, &policy, &config, &request_id, e),
+        },
+        // A request whose key is not in the body has it from its header.
+        (None, None) => return Admission::Pass(req, rebuilt(body)),
+    };
+    let fingerprint = fingerprint(&req, &body, json.as_ref(), &policy, functions.fingerprint);
+    drop(json);
+    let fingerprint = match fingerprint {
+        Ok(fingerprint) => fingerprint,
+        Err(e) => return reject(req, &policy, &config, &request_id, e.into()),
+    };
+    keyed(
+        config,
+        policy,
+        functions,
+        store_key,
+        fingerprint,
+        key,
+        request_id,
+        req,
+        body,
+    )
+}
+
+/// The key of a request whose key is in a header, its store key and the request's id; or
+/// `Err(None)` when it has none and needs none (it goes to the handler), or the refusal.
+#[allow(
+    clippy::result_large_err,
+    reason = "returned once per request, straight into the admission, which holds the response anyway"
+)]
+fn header_key(
+    endpoint: &Endpoint,
+    functions: &Functions,
+    config: &IdempotencyConfig,
+    policy: &Policy,
+    req: &HttpRequest,
+) -> Result<(IdempotencyKey, StoreKey, RequestId), Option<HttpResponse>> {
+    let mut values = req.headers().get_all(endpoint.header(config));
     let Some(raw) = values.next() else {
         if policy.required {
             let error = IdempotencyError::KeyMissing {
                 header: policy.header,
             };
-            let id = RequestId::of(&req);
-            return reject(req, &policy, &config, &id, error);
+            let id = RequestId::of(req);
+            return Err(Some(refusal(policy, config, &id, error)));
         }
-        return Admission::Pass(req, payload);
+        return Err(None);
     };
     let parsed = match values.next() {
         Some(_) => Err(KeyError::Multiple),
@@ -108,7 +204,7 @@ pub(crate) async fn admit(
     };
     // Kept with the request only if the handler runs: a replay or a refusal needs it just
     // for its own response.
-    let request_id = RequestId::peek(&req);
+    let request_id = RequestId::peek(req);
     let key = match parsed {
         Ok(key) => key,
         Err(reason) => {
@@ -116,46 +212,75 @@ pub(crate) async fn admit(
                 header: policy.header,
                 reason,
             };
-            return reject(req, &policy, &config, &request_id, error);
+            return Err(Some(refusal(policy, config, &request_id, error)));
         }
     };
-    let scope = crate::scope::resolve(&req, policy.scope, scope_fn);
-    let store_key = match scope {
-        Ok(scope) => {
-            let route = policy.per_endpoint.then(|| {
-                let pattern = req.match_pattern();
-                format!(
-                    "{} {}",
-                    req.method(),
-                    pattern.as_deref().unwrap_or(req.path())
-                )
-            });
-            StoreKey::new(&scope, route.as_deref(), &key)
-        }
-        Err(e) => return reject(req, &policy, &config, &request_id, e.into()),
-    };
+    match store_key(req, policy, functions, &key) {
+        Ok(store_key) => Ok((key, store_key, request_id)),
+        Err(e) => Err(Some(refusal(policy, config, &request_id, e))),
+    }
+}
 
-    let body = match read_body(&req, payload, policy.max_body).await {
-        Ok(body) => body,
-        Err(BodyError::Payload(e)) => {
-            let res = with_request_id(HttpResponse::from_error(e), &request_id);
-            return Admission::Answer(req, res);
+/// The key a request's body holds (at the endpoint's JSON Pointer, or as its key function
+/// finds it), with the body parsed as JSON when the key was read from it; or `Err(None)`
+/// when there is none and none is required (the request goes to the handler as it is), or
+/// the refusal.
+fn body_key<'b>(
+    origin: KeyOrigin,
+    functions: &Functions,
+    policy: &Policy,
+    req: &HttpRequest,
+    body: &'b Bytes,
+) -> Result<(IdempotencyKey, Option<JsonBody<'b>>), Option<IdempotencyError>> {
+    // A body a key function reads is parsed (if its fingerprint needs it) only once it has a
+    // key: without one, the request goes to the handler as it is.
+    let (found, json) = match origin {
+        KeyOrigin::Json(pointer) => {
+            let json = JsonBody::parse(body).map_err(|e| Some(e.into()))?;
+            let found = json
+                .text_at(pointer)
+                .map(|text| text.map(Cow::into_owned))
+                .map_err(|found| KeyError::NotText { found });
+            (found, Some(json))
         }
-        Err(BodyError::TooLarge) => {
-            let error = IdempotencyError::BodyTooLarge {
-                limit: policy.max_body,
-            };
-            return reject(req, &policy, &config, &request_id, error);
-        }
+        _ => (Ok(functions.key.and_then(|f| f(req, body))), None),
     };
-    let fingerprint =
-        Fingerprint::new(req.method().as_str(), req.path(), req.query_string(), &body);
+    let invalid = |reason| Some(IdempotencyError::BodyKeyInvalid { origin, reason });
+    match found {
+        Ok(Some(text)) => match key_of_text(&text, policy.key_max_len) {
+            Ok(key) => Ok((key, json)),
+            Err(reason) => Err(invalid(reason)),
+        },
+        Ok(None) if policy.required => Err(Some(IdempotencyError::BodyKeyMissing { origin })),
+        Ok(None) => Err(None),
+        Err(reason) => Err(invalid(reason)),
+    }
+}
+
+/// A keyed request, ready to claim.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of `Keyed`, gathered by the two admissions"
+)]
+fn keyed(
+    config: IdempotencyConfig,
+    policy: Policy,
+    functions: Functions,
+    store_key: StoreKey,
+    fingerprint: Fingerprint,
+    key: IdempotencyKey,
+    request_id: RequestId,
+    req: HttpRequest,
+    body: Bytes,
+) -> Admission {
     let span = tracing::debug_span!("idempotency", key = %key, request_id = %request_id);
+    let on_replay = functions.on_replay.or(config.replay_hook());
     Admission::Keyed(Keyed {
         config,
         policy,
         store_key,
         fingerprint,
+        on_replay,
         span,
         run: Run {
             key,
@@ -166,15 +291,91 @@ pub(crate) async fn admit(
     })
 }
 
+/// The store key of `key`, in the request's scope.
+fn store_key(
+    req: &HttpRequest,
+    policy: &Policy,
+    functions: &Functions,
+    key: &IdempotencyKey,
+) -> Result<StoreKey, IdempotencyError> {
+    let scope = crate::scope::resolve(req, policy.scope, functions.scope)?;
+    let route = policy.per_endpoint.then(|| {
+        let pattern = req.match_pattern();
+        format!(
+            "{} {}",
+            req.method(),
+            pattern.as_deref().unwrap_or(req.path())
+        )
+    });
+    Ok(StoreKey::new(&scope, route.as_deref(), key))
+}
+
+/// A key read from a request's body, under the key rules. It is taken as it is: a key that
+/// starts with a quote is quoted first, so that a body's key is never unquoted as a
+/// header's is.
+fn key_of_text(text: &str, max_len: usize) -> Result<IdempotencyKey, KeyError> {
+    if !text.starts_with('"') {
+        return IdempotencyKey::parse(text.as_bytes(), max_len);
+    }
+    let quoted = format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
+    IdempotencyKey::parse(quoted.as_bytes(), max_len)
+}
+
+/// The fingerprint of `req`, whose body is `body` (parsed already as `json` when the key
+/// was read from it). The default (bytes, no header, no function) is the plain fingerprint.
+fn fingerprint(
+    req: &HttpRequest,
+    body: &Bytes,
+    json: Option<&JsonBody<'_>>,
+    policy: &Policy,
+    function: Option<FingerprintFunction>,
+) -> Result<Fingerprint, BodyError> {
+    let (method, path, query) = (req.method().as_str(), req.path(), req.query_string());
+    if function.is_none()
+        && policy.fingerprint == BodyForm::Bytes
+        && policy.fingerprint_headers.is_empty()
+    {
+        return Ok(Fingerprint::new(method, path, query, body));
+    }
+    let headers = policy
+        .fingerprint_headers
+        .iter()
+        .map(|&name| (name, req.headers().get_all(name).map(|v| v.as_bytes())));
+    let custom;
+    let parsed;
+    let body = match (function, policy.fingerprint) {
+        (Some(f), _) => {
+            custom = f(req, body).ok_or(BodyError::Unreadable)?;
+            Body::Custom(&custom)
+        }
+        (None, BodyForm::Json) => {
+            let json = match json {
+                Some(json) => json,
+                None => {
+                    parsed = JsonBody::parse(body)?;
+                    &parsed
+                }
+            };
+            Body::Json {
+                body: json,
+                ignore: policy.fingerprint_ignore,
+            }
+        }
+        (None, BodyForm::Form) => Body::Form(body),
+        (None, _) => Body::Bytes(body),
+    };
+    Ok(Fingerprint::canonical(method, path, query, body, headers))
+}
+
 /// Why a keyed request's body could not be read.
-enum BodyError {
+enum ReadError {
     /// It is longer than the policy's `max_body`.
     TooLarge,
     /// The payload failed (a malformed chunk, a client gone).
     Payload(PayloadError),
 }
 
-impl From<PayloadError> for BodyError {
+impl From<PayloadError> for ReadError {
     fn from(error: PayloadError) -> Self {
         Self::Payload(error)
     }
@@ -187,19 +388,19 @@ async fn read_body(
     req: &HttpRequest,
     mut payload: dev::Payload,
     limit: usize,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, ReadError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(BodyError::TooLarge);
+        return Err(ReadError::TooLarge);
     }
     let Some(first) = payload.next().await.transpose()? else {
         return Ok(Bytes::new());
     };
     if first.len() > limit {
-        return Err(BodyError::TooLarge);
+        return Err(ReadError::TooLarge);
     }
     let Some(mut chunk) = payload.next().await.transpose()? else {
         return Ok(first);
@@ -208,7 +409,7 @@ async fn read_body(
     body.extend_from_slice(&first);
     loop {
         if body.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge);
+            return Err(ReadError::TooLarge);
         }
         body.extend_from_slice(&chunk);
         match payload.next().await.transpose()? {

@@ -13,9 +13,9 @@ use super::detach::{detached, orphans};
 use super::record::{claimed, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding};
 use super::{Endpoint, Reply, Work};
+use crate::functions::Functions;
 use crate::metrics;
 use crate::render::error_response;
-use crate::scope::ScopeFunction;
 use crate::transaction::Offer;
 
 /// A request with a key (or an endpoint that requires one): admits it, then claims the key
@@ -28,7 +28,7 @@ use crate::transaction::Offer;
 /// the call (the embedded one does: nothing can cancel a claim that never waits).
 pub(crate) async fn keyed<H, Fut>(
     endpoint: &Endpoint,
-    scope_fn: Option<ScopeFunction>,
+    functions: Functions,
     req: HttpRequest,
     payload: dev::Payload,
     handler: H,
@@ -39,7 +39,7 @@ where
 {
     // Futures are built in `let` statements of their own throughout: a value bound in an
     // awaited expression, or in a `match` arm, keeps its room in this future across the await.
-    let (work, detach): (Work, bool) = match admit(endpoint, scope_fn, req, payload).await {
+    let (work, detach): (Work, bool) = match admit(endpoint, functions, req, payload).await {
         // Boxed: `run` sends requests without a key straight to the handler, so this is
         // rare, and the handler's future would otherwise swell this one.
         Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
@@ -172,11 +172,8 @@ where
             None => {
                 tracing::debug!(outcome = "replayed", status = record.response.status());
                 metrics::outcome("replayed");
-                let run = keyed.run;
-                Settled::Answer(Reply::new(
-                    run.req,
-                    replay(&record, &run.request_id, keyed.policy.replay_set_cookie),
-                ))
+                let res = replay(&record, &keyed);
+                Settled::Answer(Reply::new(keyed.run.req, res))
             }
         },
         Ok(Begin::Unprotected(error)) => {

@@ -18,7 +18,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use idem_core::{Overrides, Policy};
 
 use crate::config::{parse_header, IdempotencyConfig};
-use crate::scope::ScopeFunction;
+use crate::functions::Functions;
 
 mod admit;
 mod claim;
@@ -56,8 +56,8 @@ impl Endpoint {
     /// Warns, once, that an `Idempotency` middleware around this attributed handler claims its
     /// keys with the middleware's settings, so that the attribute's own arguments do not
     /// apply. The key is still claimed once; only whose settings is in question.
-    fn outer_layer_applies(&self, has_scope_fn: bool) {
-        let declares = self.overrides != Overrides::NONE || has_scope_fn;
+    fn outer_layer_applies(&self, has_functions: bool) {
+        let declares = self.overrides != Overrides::NONE || has_functions;
         if declares && !self.overruled.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "an Idempotency middleware wraps an #[idempotent] handler: the middleware's settings apply and the attribute's arguments are ignored; remove one of the two, or give the middleware the same settings"
@@ -164,11 +164,12 @@ impl FromRequest for Raw {
 }
 
 /// Runs `handler` under the attribute's `endpoint`. `handler` extracts the original handler's
-/// arguments from the request and payload it is given, calls it and responds. With
-/// `scope_fn`, the key's scope is what that function finds, instead of the policy's scope.
+/// arguments from the request and payload it is given, calls it and responds. `functions`
+/// are the endpoint's own: with a scope function, the key's scope is what it finds, instead
+/// of the policy's scope; and so on.
 pub async fn run<H, Fut>(
     endpoint: &Endpoint,
-    scope_fn: Option<ScopeFunction>,
+    functions: Functions,
     Raw { req, payload }: Raw,
     handler: H,
 ) -> HttpResponse
@@ -176,16 +177,16 @@ where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = Reply> + 'static,
 {
-    if bypasses(endpoint, &req) {
+    if bypasses(endpoint, &functions, &req) {
         return handler(req, payload).await.res;
     }
     if taken(&req) {
         // An `Idempotency` middleware around this handler has its key in charge already.
-        endpoint.outer_layer_applies(scope_fn.is_some());
+        endpoint.outer_layer_applies(functions.any());
         return handler(req, payload).await.res;
     }
     // Boxed, so that requests without a key do not carry the keyed path's state.
-    let keyed = Box::pin(keyed(endpoint, scope_fn, req, payload, handler));
+    let keyed = Box::pin(keyed(endpoint, functions, req, payload, handler));
     keyed.await.res
 }
 

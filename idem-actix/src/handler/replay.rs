@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use idem_core::Completed;
 
+use super::admit::Keyed;
 use crate::request_id::RequestId;
 
 pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
@@ -16,9 +17,12 @@ pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> 
     res
 }
 
-/// The recorded response, with `Idempotent-Replayed: true` and this request's id. A recorded
-/// `Set-Cookie` (kept while the endpoint allowed it) is repeated only while it still does.
-pub(super) fn replay(record: &Completed, request_id: &RequestId, set_cookie: bool) -> HttpResponse {
+/// The recorded response for `keyed`, with `Idempotent-Replayed: true` and this request's
+/// id, less the headers the endpoint keeps out of replays; then the replay hook, if any, has
+/// its say. A recorded `Set-Cookie` (kept while the endpoint allowed it) is repeated only
+/// while it still does.
+pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
+    let (policy, request_id) = (&keyed.policy, &keyed.run.request_id);
     let recorded = &record.response;
     let status =
         StatusCode::from_u16(recorded.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -27,7 +31,12 @@ pub(super) fn replay(record: &Completed, request_id: &RequestId, set_cookie: boo
     // Sized once for the stored headers and the two added below, rather than grown twice.
     headers.reserve(recorded.header_count() + 2);
     for (name, value) in recorded.shared_headers() {
-        if !set_cookie && name.eq_ignore_ascii_case("set-cookie") {
+        let kept = if name.eq_ignore_ascii_case("set-cookie") {
+            policy.replay_set_cookie
+        } else {
+            policy.replay_headers.replays(name)
+        };
+        if !kept {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
@@ -44,6 +53,9 @@ pub(super) fn replay(record: &Completed, request_id: &RequestId, set_cookie: boo
     // Stored headers never hold an `X-Request-ID` (see `replayable`): the replay carries this
     // request's.
     headers.insert(crate::REQUEST_ID.clone(), request_id.header_value().clone());
+    if let Some(hook) = keyed.on_replay {
+        hook(&keyed.run.req, &mut res);
+    }
     res
 }
 

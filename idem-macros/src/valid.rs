@@ -1,0 +1,121 @@
+//! Rules that no single argument breaks alone: arguments that make no sense together, and a
+//! handler the attribute cannot wrap.
+
+use proc_macro2::{TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::{FnArg, ItemFn};
+
+use crate::ast::{Args, BodyForm, Fingerprint, InFlight, Key, Spanned};
+use crate::errors::Errors;
+
+/// The most arguments a handler can take: actix extracts tuples of up to 16.
+const MAX_EXTRACTORS: usize = 16;
+
+/// Checks the arguments together.
+pub(crate) fn args(args: &Args, errors: &mut Errors) {
+    let waits = args
+        .in_flight
+        .as_ref()
+        .is_some_and(|a| a.value == InFlight::Wait);
+    if let (Some(timeout), false) = (&args.wait_timeout, waits) {
+        errors.push(
+            &timeout.name,
+            "`wait_timeout` only applies with `in_flight = \"wait\"`; add it, or remove `wait_timeout`",
+        );
+    }
+    if let Some(ignore) = &args.fingerprint_ignore {
+        let reads = match args.fingerprint.as_ref().map(|f| &f.value) {
+            Some(Fingerprint::Form(BodyForm::Json)) => None,
+            Some(Fingerprint::Form(BodyForm::Bytes)) => {
+                Some("`fingerprint = \"bytes\"` compares bodies byte for byte")
+            }
+            Some(Fingerprint::Form(BodyForm::Form)) => {
+                Some("`fingerprint = \"form\"` reads bodies as forms")
+            }
+            Some(Fingerprint::Function(_)) => {
+                Some("a fingerprint function reads bodies its own way")
+            }
+            None => Some("bodies are compared byte for byte by default"),
+        };
+        if let Some(reads) = reads {
+            errors.push(
+                &ignore.name,
+                format!("`fingerprint_ignore` leaves members of a JSON body out, but {reads}; add `fingerprint = \"json\"`, or remove `fingerprint_ignore`"),
+            );
+        }
+    }
+    if let (Some(_), Some(drop)) = (&args.replay_headers, &args.replay_drop_headers) {
+        errors.push(
+            &drop.name,
+            "give `replay_headers` (the headers a replay keeps) or `replay_drop_headers` (the headers it drops), not both",
+        );
+    }
+    if let (Some(key), Some(header)) = (&args.key, &args.header) {
+        let what = match key.value {
+            Key::Json(_) => "from the JSON body",
+            Key::Function(_) => "with a function",
+        };
+        errors.push(
+            &header.name,
+            format!("`header` names the key's header, but `key` reads the key {what}; keep one"),
+        );
+    }
+    if let (
+        Some(Spanned {
+            name,
+            value: Key::Json(_),
+        }),
+        Some(Spanned {
+            value: Fingerprint::Form(BodyForm::Form),
+            ..
+        }),
+    ) = (&args.key, &args.fingerprint)
+    {
+        errors.push(
+            name,
+            "`key = \"json:...\"` reads a JSON body, but `fingerprint = \"form\"` says bodies are forms; read the key with a function, or compare bodies as JSON",
+        );
+    }
+}
+
+/// Checks that `item` is a handler the attribute can wrap.
+pub(crate) fn handler(item: &ItemFn, errors: &mut Errors) {
+    let sig = &item.sig;
+    if sig.asyncness.is_none() {
+        errors.push(
+            sig.fn_token,
+            "#[idempotent] handlers must be `async fn`, as actix-web handlers are",
+        );
+    }
+    if let Some(receiver) = sig.receiver() {
+        errors.push(
+            receiver,
+            "#[idempotent] handlers cannot take `self`; write an associated function and register it with `web::resource(..).route(..)`",
+        );
+    }
+    for arg in &sig.inputs {
+        if let FnArg::Typed(pat) = arg {
+            if contains_impl(pat.ty.to_token_stream()) {
+                errors.push(
+                    &pat.ty,
+                    "#[idempotent] handlers name their extractor types; `impl Trait` arguments are not supported",
+                );
+            }
+        }
+    }
+    if sig.inputs.len() > MAX_EXTRACTORS {
+        errors.push(
+            &sig.inputs,
+            format!("actix-web handlers take at most {MAX_EXTRACTORS} extractors; group some in a tuple or a custom extractor"),
+        );
+    }
+}
+
+/// Whether `tokens` hold an `impl Trait` type, which cannot be named in generated code.
+pub(crate) fn contains_impl(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        TokenTree::Ident(ident) => ident == "impl",
+        TokenTree::Group(group) => contains_impl(group.stream()),
+        _ => false,
+    })
+}

@@ -1,0 +1,9 @@
+use idem_macros::idempotent;
+
+#[idempotent(fingerprint_headers = ["Content Type", "X-Tenant", "x-tenant"])]
+async fn fingerprinted() {}
+
+#[idempotent(replay_drop_headers = ["Set-Cookie", "X:Trace"])]
+async fn replayed() {}
+
+fn main() {}

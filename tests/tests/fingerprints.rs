@@ -1,0 +1,396 @@
+//! What makes a retry the same request: bodies compared as JSON or as forms (any member or
+//! pair order, any whitespace), query parameters in any order, members left out, headers
+//! taken in, and an application's own fingerprint function; in both forms, and as the
+//! application's defaults. A body that cannot be read in its endpoint's form gets 400
+//! `idempotency_body_invalid` and claims nothing.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use idem_actix::{idempotent, BodyForm, Idempotency, IdempotencyConfig, MokaStore, Policy};
+use idem_actix::{PolicyError, ReplayHeaders};
+use idem_tests::{assert_error, serve, Counter, RawRequest, Served, TestServer};
+
+fn call(path: &str, key: &str, body: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .body(body)
+}
+
+async fn created(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+#[idempotent(fingerprint = "json")]
+async fn as_json(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+#[idempotent(fingerprint = "json", fingerprint_ignore = ["/sent_at", "/meta/trace_id"])]
+async fn ignoring(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+#[idempotent(fingerprint = "form")]
+async fn as_form(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+#[idempotent(fingerprint_headers = ["Content-Type", "X-Account"])]
+async fn with_headers(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+#[idempotent]
+async fn as_bytes(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+/// What a line-based body means: its lines, in any order; nothing for a body that is not
+/// text.
+fn lines(_: &HttpRequest, body: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    Some(lines.join("\n").into_bytes())
+}
+
+#[idempotent(fingerprint = lines)]
+async fn by_function(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+fn attributed() -> Served {
+    serve(|cfg| {
+        cfg.route("/json", web::post().to(as_json))
+            .route("/ignoring", web::post().to(ignoring))
+            .route("/form", web::post().to(as_form))
+            .route("/headers", web::post().to(with_headers))
+            .route("/bytes", web::post().to(as_bytes))
+            .route("/lines", web::post().to(by_function));
+    })
+}
+
+fn middleware() -> Served {
+    serve(|cfg| {
+        cfg.service(
+            web::scope("/json")
+                .wrap(Idempotency::new().policy(|p| p.fingerprint(BodyForm::Json)))
+                .route("", web::post().to(created)),
+        )
+        .service(
+            web::scope("/ignoring")
+                .wrap(Idempotency::new().policy(|p| {
+                    p.fingerprint(BodyForm::Json)
+                        .fingerprint_ignore(&["/sent_at", "/meta/trace_id"])
+                }))
+                .route("", web::post().to(created)),
+        )
+        .service(
+            web::scope("/form")
+                .wrap(Idempotency::new().policy(|p| p.fingerprint(BodyForm::Form)))
+                .route("", web::post().to(created)),
+        )
+        .service(
+            web::scope("/headers")
+                .wrap(
+                    Idempotency::new()
+                        .policy(|p| p.fingerprint_headers(&["Content-Type", "X-Account"])),
+                )
+                .route("", web::post().to(created)),
+        )
+        .service(
+            web::scope("/bytes")
+                .wrap(Idempotency::new())
+                .route("", web::post().to(created)),
+        )
+        .service(
+            web::scope("/lines")
+                .wrap(Idempotency::new().fingerprint_fn(lines))
+                .route("", web::post().to(created)),
+        );
+    })
+}
+
+/// Sends `first`, then `retry` with the same key: whether the retry replayed the first
+/// response (else the status it got), and how often the handler ran.
+async fn retried(
+    served: &Served,
+    first: RawRequest,
+    retry: RawRequest,
+) -> (Result<(), u16>, usize) {
+    let before = served.runs.get();
+    let a = served.send(&first).await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let b = served.send(&retry).await;
+    let outcome = match b.replayed() {
+        true => {
+            assert_eq!(a.body, b.body);
+            Ok(())
+        }
+        false => Err(b.status),
+    };
+    (outcome, served.runs.get() - before)
+}
+
+async fn json_bodies_compare_as_parsed(served: Served) {
+    let first = call(
+        "/json?a=1&b=2",
+        "j1",
+        r#"{"agent_id":"a1","phone_number":"+15555550123"}"#,
+    );
+    let reordered = call(
+        "/json?b=2&a=1",
+        "j1",
+        "{\n  \"phone_number\" : \"+15555550123\",\n  \"agent_id\": \"a\\u0031\"\n}",
+    );
+    assert_eq!(retried(&served, first, reordered).await, (Ok(()), 1));
+    let first = call(
+        "/json",
+        "j2",
+        r#"{"agent_id":"a1","phone_number":"+15555550123"}"#,
+    );
+    let other = call(
+        "/json",
+        "j2",
+        r#"{"phone_number":"+15555550199","agent_id":"a1"}"#,
+    );
+    assert_eq!(retried(&served, first, other).await, (Err(409), 1));
+    let first = call("/json?a=1", "j3", "{}");
+    let other_query = call("/json?a=2", "j3", "{}");
+    assert_eq!(retried(&served, first, other_query).await, (Err(409), 1));
+}
+
+#[actix_web::test]
+async fn json_bodies_compare_as_parsed_with_the_attribute() {
+    json_bodies_compare_as_parsed(attributed()).await;
+}
+
+#[actix_web::test]
+async fn json_bodies_compare_as_parsed_with_the_middleware() {
+    json_bodies_compare_as_parsed(middleware()).await;
+}
+
+async fn a_body_that_is_not_json_is_refused_and_claims_nothing(served: Served) {
+    let broken = served
+        .send(&call("/json", "nj", r#"{"agent_id": "a1",}"#))
+        .await;
+    assert_error(&broken, 400, "idempotency_body_invalid");
+    let message = broken.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("not JSON") && message.contains("at byte 18"),
+        "{message}"
+    );
+    assert_eq!(served.runs.get(), 0, "the handler did not run");
+    // Nothing was claimed: the corrected request with the same key runs.
+    let fixed = served
+        .send(&call("/json", "nj", r#"{"agent_id":"a1"}"#))
+        .await;
+    assert_eq!((fixed.status, fixed.replayed()), (201, false));
+    // No body at all is no document, not an error.
+    let empty = served.send(&call("/json", "empty", "")).await;
+    assert_eq!((empty.status, empty.replayed()), (201, false));
+    let again = served.send(&call("/json", "empty", "")).await;
+    assert!(again.replayed());
+}
+
+#[actix_web::test]
+async fn a_body_that_is_not_json_is_refused_with_the_attribute() {
+    a_body_that_is_not_json_is_refused_and_claims_nothing(attributed()).await;
+}
+
+#[actix_web::test]
+async fn a_body_that_is_not_json_is_refused_with_the_middleware() {
+    a_body_that_is_not_json_is_refused_and_claims_nothing(middleware()).await;
+}
+
+async fn ignored_members_do_not_count(served: Served) {
+    let first = call(
+        "/ignoring",
+        "i1",
+        r#"{"to":"+15555550123","sent_at":"10:00:00","meta":{"trace_id":"t1","v":1}}"#,
+    );
+    let later = call(
+        "/ignoring",
+        "i1",
+        r#"{"meta":{"v":1,"trace_id":"t2"},"to":"+15555550123","sent_at":"10:00:05"}"#,
+    );
+    assert_eq!(retried(&served, first, later).await, (Ok(()), 1));
+    let first = call("/ignoring", "i2", r#"{"to":"+15555550123","meta":{"v":1}}"#);
+    let other = call("/ignoring", "i2", r#"{"to":"+15555550123","meta":{"v":2}}"#);
+    assert_eq!(retried(&served, first, other).await, (Err(409), 1));
+}
+
+#[actix_web::test]
+async fn ignored_members_do_not_count_with_the_attribute() {
+    ignored_members_do_not_count(attributed()).await;
+}
+
+#[actix_web::test]
+async fn ignored_members_do_not_count_with_the_middleware() {
+    ignored_members_do_not_count(middleware()).await;
+}
+
+async fn form_pairs_compare_in_any_order(served: Served) {
+    let form = |key: &str, body: &str| {
+        call("/form", key, body).header("Content-Type", "application/x-www-form-urlencoded")
+    };
+    let first = form("f1", "to=%2B15555550123&text=hello+there");
+    let reordered = form("f1", "text=hello%20there&to=%2B15555550123");
+    assert_eq!(retried(&served, first, reordered).await, (Ok(()), 1));
+    let first = form("f2", "to=1&text=a");
+    let other = form("f2", "to=1&text=b");
+    assert_eq!(retried(&served, first, other).await, (Err(409), 1));
+}
+
+#[actix_web::test]
+async fn form_pairs_compare_in_any_order_with_the_attribute() {
+    form_pairs_compare_in_any_order(attributed()).await;
+}
+
+#[actix_web::test]
+async fn form_pairs_compare_in_any_order_with_the_middleware() {
+    form_pairs_compare_in_any_order(middleware()).await;
+}
+
+async fn listed_headers_are_part_of_the_request(served: Served) {
+    let first = call("/headers", "h1", "{}").header("X-Account", "acct_1");
+    let same = call("/headers", "h1", "{}").header("x-account", "acct_1");
+    assert_eq!(retried(&served, first, same).await, (Ok(()), 1));
+    let first = call("/headers", "h2", "{}").header("X-Account", "acct_1");
+    let other = call("/headers", "h2", "{}").header("X-Account", "acct_2");
+    assert_eq!(retried(&served, first, other).await, (Err(409), 1));
+    let first = call("/headers", "h3", "{}").header("X-Account", "acct_1");
+    let without = call("/headers", "h3", "{}");
+    assert_eq!(retried(&served, first, without).await, (Err(409), 1));
+}
+
+#[actix_web::test]
+async fn listed_headers_are_part_of_the_request_with_the_attribute() {
+    listed_headers_are_part_of_the_request(attributed()).await;
+}
+
+#[actix_web::test]
+async fn listed_headers_are_part_of_the_request_with_the_middleware() {
+    listed_headers_are_part_of_the_request(middleware()).await;
+}
+
+async fn bytes_stay_the_default(served: Served) {
+    let first = call("/bytes?a=1&b=2", "b1", r#"{"a":1,"b":2}"#);
+    let reordered = call("/bytes?a=1&b=2", "b1", r#"{"b":2,"a":1}"#);
+    assert_eq!(retried(&served, first, reordered).await, (Err(409), 1));
+    let first = call("/bytes?a=1&b=2", "b2", "{}");
+    let query = call("/bytes?b=2&a=1", "b2", "{}");
+    assert_eq!(retried(&served, first, query).await, (Err(409), 1));
+}
+
+#[actix_web::test]
+async fn bytes_stay_the_default_with_the_attribute() {
+    bytes_stay_the_default(attributed()).await;
+}
+
+#[actix_web::test]
+async fn bytes_stay_the_default_with_the_middleware() {
+    bytes_stay_the_default(middleware()).await;
+}
+
+async fn a_fingerprint_function_decides_what_is_the_same(served: Served) {
+    let first = call("/lines", "l1", "apples\npears");
+    let reordered = call("/lines", "l1", "pears\napples");
+    assert_eq!(retried(&served, first, reordered).await, (Ok(()), 1));
+    let first = call("/lines", "l2", "apples");
+    let other = call("/lines", "l2", "plums");
+    assert_eq!(retried(&served, first, other).await, (Err(409), 1));
+    let before = served.runs.get();
+    let unreadable = served
+        .send(&call("/lines", "l3", "").body(vec![0xff, 0xfe]))
+        .await;
+    assert_error(&unreadable, 400, "idempotency_body_invalid");
+    assert_eq!(served.runs.get(), before);
+}
+
+#[actix_web::test]
+async fn a_fingerprint_function_decides_what_is_the_same_with_the_attribute() {
+    a_fingerprint_function_decides_what_is_the_same(attributed()).await;
+}
+
+#[actix_web::test]
+async fn a_fingerprint_function_decides_what_is_the_same_with_the_middleware() {
+    a_fingerprint_function_decides_what_is_the_same(middleware()).await;
+}
+
+#[idempotent]
+async fn plain(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+#[idempotent(fingerprint = "bytes")]
+async fn insists_on_bytes(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+#[actix_web::test]
+async fn the_applications_defaults_set_the_fingerprint_and_endpoints_override_them() {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new())
+        .defaults(
+            Policy::DEFAULT
+                .fingerprint(BodyForm::Json)
+                .fingerprint_ignore(&["/sent_at"]),
+        )
+        .unwrap();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(data.clone())
+            .route("/plain", web::post().to(plain))
+            .route("/bytes", web::post().to(insists_on_bytes));
+    });
+    let first = call("/plain", "d1", r#"{"a":1,"sent_at":1}"#)
+        .send(server.addr)
+        .await;
+    assert_eq!(first.status, 201);
+    let retry = call("/plain", "d1", r#"{"sent_at":2, "a":1}"#)
+        .send(server.addr)
+        .await;
+    assert!(
+        retry.replayed(),
+        "the application compares JSON, less /sent_at"
+    );
+    // An endpoint that says `bytes` compares bytes, and leaves nothing out.
+    call("/bytes", "d2", r#"{"a":1}"#).send(server.addr).await;
+    let retry = call("/bytes", "d2", r#"{ "a":1}"#).send(server.addr).await;
+    assert_eq!(retry.status, 409);
+    assert_eq!(runs.get(), 2);
+}
+
+#[test]
+fn contradicting_defaults_are_refused_at_start_up() {
+    let config = || IdempotencyConfig::new(MokaStore::new());
+    assert!(matches!(
+        config().defaults(Policy::DEFAULT.fingerprint_ignore(&["/sent_at"])),
+        Err(PolicyError::IgnoreWithoutJson)
+    ));
+    assert!(matches!(
+        config().defaults(
+            Policy::DEFAULT
+                .fingerprint(BodyForm::Json)
+                .fingerprint_ignore(&["sent_at"])
+        ),
+        Err(PolicyError::InvalidPointer {
+            pointer: "sent_at",
+            ..
+        })
+    ));
+    assert!(matches!(
+        config().defaults(Policy::DEFAULT.fingerprint_headers(&["Content Type"])),
+        Err(PolicyError::InvalidHeader("Content Type"))
+    ));
+    assert!(matches!(
+        config().defaults(Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Set-Cookie"]))),
+        Err(PolicyError::SetCookieListed)
+    ));
+}
