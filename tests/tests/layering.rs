@@ -1,58 +1,10 @@
 //! The layer beside others: an `Idempotency` middleware around an `#[idempotent]` handler, and
 //! around or inside actix's `Compress`.
 
-use std::sync::{Arc, Mutex, OnceLock};
-
 use actix_web::middleware::Compress;
 use actix_web::{web, HttpResponse};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore};
-use idem_tests::{assert_error, Counter, RawRequest, TestServer};
-
-/// Warnings logged by any thread of this test binary.
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-impl Warnings {
-    fn installed() -> &'static Warnings {
-        static WARNINGS: OnceLock<Warnings> = OnceLock::new();
-        WARNINGS.get_or_init(|| {
-            let warnings = Warnings::default();
-            tracing::subscriber::set_global_default(warnings.clone()).expect("first subscriber");
-            warnings
-        })
-    }
-
-    fn containing(&self, text: &str) -> usize {
-        let seen = self.0.lock().unwrap();
-        seen.iter().filter(|m| m.contains(text)).count()
-    }
-}
-
-impl tracing::Subscriber for Warnings {
-    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        *meta.level() <= tracing::Level::WARN
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message<'a>(&'a mut String);
-        impl tracing::field::Visit for Message<'_> {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    *self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = String::new();
-        event.record(&mut Message(&mut message));
-        self.0.lock().unwrap().push(message);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
+use idem_tests::{assert_error, Counter, RawRequest, TestServer, Warnings};
 
 fn call(path: &str, key: &str) -> RawRequest {
     RawRequest::post(path)

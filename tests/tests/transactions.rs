@@ -4,7 +4,7 @@
 //! unless `IDEM_REQUIRE_POSTGRES=1`; the refusals on other stores need none.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::error::{ErrorInternalServerError, ErrorServiceUnavailable};
@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{
     idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, Transaction,
 };
-use idem_tests::{assert_error, RawRequest, RawResponse, TestPostgres, TestServer};
+use idem_tests::{assert_error, RawRequest, RawResponse, TestPostgres, TestServer, Warnings};
 use sqlx::PgPool;
 
 /// What the handlers need: where they write, and where they tell the test their connection.
@@ -485,7 +485,7 @@ async fn a_transaction_kept_beyond_the_run_or_taken_twice_is_a_500_that_writes_n
     let Some(app) = Fixture::start("misused").await else {
         return;
     };
-    let logged = Logged::installed();
+    let logged = Warnings::installed();
     let kept = app
         .send(call("/calls", "kept").header("X-Then", "keep"))
         .await;
@@ -517,7 +517,7 @@ async fn on_embedded(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpRespo
 
 #[actix_web::test]
 async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler_does_not_run() {
-    let logged = Logged::installed();
+    let logged = Warnings::installed();
     let runs = web::Data::new(AtomicUsize::new(0));
     let data = runs.clone();
     let server = TestServer::start(1, move |cfg| {
@@ -549,52 +549,6 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
         .await;
     assert_error(&res, 400, "idempotency_key_missing");
     assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
-}
-
-/// Errors and warnings logged by any thread of this test binary.
-#[derive(Clone, Default)]
-struct Logged(Arc<Mutex<Vec<String>>>);
-
-impl Logged {
-    fn installed() -> &'static Logged {
-        static LOGGED: OnceLock<Logged> = OnceLock::new();
-        LOGGED.get_or_init(|| {
-            let logged = Logged::default();
-            tracing::subscriber::set_global_default(logged.clone()).expect("first subscriber");
-            logged
-        })
-    }
-
-    fn containing(&self, text: &str) -> usize {
-        let seen = self.0.lock().unwrap();
-        seen.iter().filter(|m| m.contains(text)).count()
-    }
-}
-
-impl tracing::Subscriber for Logged {
-    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        *meta.level() <= tracing::Level::WARN
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message<'a>(&'a mut String);
-        impl tracing::field::Visit for Message<'_> {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    *self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = String::new();
-        event.record(&mut Message(&mut message));
-        self.0.lock().unwrap().push(message);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[test]
