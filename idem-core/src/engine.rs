@@ -342,11 +342,15 @@ impl Engine {
         runtime.spawn(async move {
             let deadline = tokio::time::Instant::now() + lease;
             let mut absent = 0;
-            while absent < 2 && tokio::time::Instant::now() < deadline {
+            loop {
                 match store.release(&key, token).await {
                     Ok(true) => break,
                     Ok(false) => absent += 1,
                     Err(_) => {}
+                }
+                // Done once the store has twice said it is not there: no pause after that.
+                if absent == 2 || tokio::time::Instant::now() >= deadline {
+                    break;
                 }
                 tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
             }
