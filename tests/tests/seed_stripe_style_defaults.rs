@@ -1,4 +1,6 @@
-//! Seed 000 (Speechify): `Idempotency-Key` up to 255 characters, 24 h replay per API key, 409
+//! Seed document: `seeds/000_46d09d6a0533d492.txt` (Speechify).
+//!
+//! `Idempotency-Key` up to 255 characters, 24 h replay per API key, 409
 //! `idempotency_conflict` on a different body and while running, server errors release the
 //! claim, `Idempotent-Replayed: true`. All of it is `#[idempotent]` with no arguments.
 

@@ -1,4 +1,6 @@
-//! Seed 001 (Truedy): `X-Idempotency-Key`, keys per API key and per endpoint, a duplicate with
+//! Seed document: `seeds/001_2e9b4167026b322e.txt` (Truedy).
+//!
+//! `X-Idempotency-Key`, keys per API key and per endpoint, a duplicate with
 //! the same endpoint and body gets the stored 201, short-lived records, only created
 //! responses stored.
 //!

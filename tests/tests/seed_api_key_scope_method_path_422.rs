@@ -1,4 +1,6 @@
-//! Seed 004 (Salesly): keys scoped to the `x-api-key`, matched on method and path; reusing a
+//! Seed document: `seeds/004_668b971d0812a05f.txt` (Salesly).
+//!
+//! Keys scoped to the `x-api-key`, matched on method and path; reusing a
 //! key with another endpoint or method is 422 with `error.type = "idempotency_conflict"`;
 //! replays carry `Idempotent-Replayed: true`; only 2xx responses are cached, for 24 hours.
 //!
@@ -166,9 +168,14 @@ async fn failed_requests_are_not_cached() {
 #[actix_web::test]
 async fn keys_expire_after_24_hours() {
     let s = app();
-    s.send(&contact("k")).await;
-    s.clock.advance(Duration::from_secs(24 * 3600));
+    let first = s.send(&contact("k")).await;
+    s.clock.advance(Duration::from_secs(24 * 3600 - 1));
+    let before = s.send(&contact("k")).await;
+    assert!(before.replayed(), "the record is there until the 24 hours are over");
+    assert_eq!(before.body, first.body);
+    s.clock.advance(Duration::from_secs(1));
     assert!(!s.send(&contact("k")).await.replayed());
+    assert_eq!(s.runs.get(), 2);
 }
 
 #[actix_web::test]

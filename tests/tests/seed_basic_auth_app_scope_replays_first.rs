@@ -1,4 +1,6 @@
-//! Seed 003 (EnableX): keys scoped to the APP ID of Basic authentication, 24 hours; a retry
+//! Seed document: `seeds/003_96d07a1f3397ee50.txt` (EnableX).
+//!
+//! Keys scoped to the APP ID of Basic authentication, 24 hours; a retry
 //! with the same key returns the cached response, and a different body is ignored: the first
 //! response comes back and nothing runs again. The scope holds a digest of the APP KEY as
 //! well, so that nobody without it reaches an app's records (the layer answers before the
@@ -93,7 +95,14 @@ async fn another_app_key_of_the_same_app_id_never_reaches_its_records() {
 async fn a_key_expires_after_24_hours() {
     let s = app();
     s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
-    s.clock.advance(Duration::from_secs(24 * 3600));
+    s.clock.advance(Duration::from_secs(24 * 3600 - 1));
+    assert!(
+        s.send(&call(APP1_KEY1, "k", "+15550000001"))
+            .await
+            .replayed(),
+        "still there within 24 hours"
+    );
+    s.clock.advance(Duration::from_secs(1));
     assert!(!s
         .send(&call(APP1_KEY1, "k", "+15550000001"))
         .await
