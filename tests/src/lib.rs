@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 pub mod fuzz;
+pub mod shared_store;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -4,48 +4,15 @@
 //! when no cluster can be made, unless `IDEM_REQUIRE_REDIS=1`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{post, web, HttpResponse};
 use futures_util::future::join_all;
-use idem_actix::{idempotent, IdempotencyConfig, RedisStore};
+use idem_actix::RedisStore;
 use idem_core::{Begin, Engine, Fingerprint, Outcome, Policy, Response, StoreKey};
-use idem_tests::{
-    assert_error, eventually, Counter, RawRequest, RawResponse, TestRedisCluster, TestServer,
+use idem_tests::shared_store::{
+    self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
-use serde_json::json;
-use tokio::sync::Semaphore;
-
-#[derive(Clone)]
-struct Probe {
-    runs: Counter,
-    gate: Arc<Semaphore>,
-}
-
-impl Probe {
-    fn open() -> Self {
-        Self {
-            runs: Counter::default(),
-            gate: Arc::new(Semaphore::new(10_000)),
-        }
-    }
-
-    fn closed() -> Self {
-        Self {
-            runs: Counter::default(),
-            gate: Arc::new(Semaphore::new(0)),
-        }
-    }
-}
-
-#[post("/v1/calls")]
-#[idempotent]
-async fn create_call(probe: web::Data<Probe>) -> HttpResponse {
-    let n = probe.runs.bump();
-    let _permit = probe.gate.acquire().await.expect("gate");
-    HttpResponse::Created().json(json!({ "call": n }))
-}
+use idem_tests::{assert_error, TestRedisCluster, TestServer};
 
 /// The command timeout of the app instances: a master that is down answers 503 after it.
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -53,27 +20,12 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 /// An app instance with its own cluster connection (as a separate process would have).
 fn instance(cluster: &TestRedisCluster, probe: &Probe) -> TestServer {
     let urls = cluster.urls();
-    let data = web::Data::new(probe.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    // The store is built on the server's runtime, which drives its connection.
-    let server = TestServer::start(1, move |cfg| {
-        let store = RedisStore::cluster(urls.clone())
+    shared_store::instance(probe, move || {
+        RedisStore::cluster(urls.clone())
             .command_timeout(TIMEOUT)
             .build()
-            .expect("valid cluster URLs");
-        let _ = tx.send(());
-        cfg.app_data(IdempotencyConfig::new(store))
-            .app_data(data.clone())
-            .service(create_call);
-    });
-    rx.recv().expect("store built");
-    server
-}
-
-fn call(key: &str) -> RawRequest {
-    RawRequest::post("/v1/calls")
-        .header("Authorization", "Bearer tenant-1")
-        .header("Idempotency-Key", key)
+            .expect("valid cluster URLs")
+    })
 }
 
 /// Every record key of the store, by the master that holds it (of those running).
@@ -207,27 +159,8 @@ async fn two_instances_sharing_a_cluster_run_a_hundred_duplicates_once() {
     let a = instance(&cluster, &probe);
     let b = instance(&cluster, &probe);
 
-    let first = {
-        let addr = a.addr;
-        actix_web::rt::spawn(async move { call("shared-1").send(addr).await })
-    };
-    eventually(|| probe.runs.get() == 1).await;
     let addrs = [a.addr, b.addr];
-    let shared = call("shared-1");
-    let during = join_all((0..99).map(|i| shared.send(addrs[i % 2]))).await;
-    assert!(
-        during.iter().all(|r| r.status == 409),
-        "{:?}",
-        during.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
-    probe.gate.add_permits(10_000);
-    let first = first.await.unwrap();
-    assert_eq!(first.status, 201);
-    for addr in addrs {
-        let retry = call("shared-1").send(addr).await;
-        assert!(retry.replayed());
-        assert_eq!(retry.body, first.body);
-    }
+    duplicates_while_in_flight_get_409_then_replay(&probe, addrs).await;
 
     // Many keys at once, each sent twice to each instance: every key runs once.
     let keys: Vec<String> = (0..30).map(|n| format!("burst-{n}")).collect();
@@ -251,22 +184,6 @@ async fn two_instances_sharing_a_cluster_run_a_hundred_duplicates_once() {
     );
     let masters: HashSet<usize> = records(&cluster).into_values().collect();
     assert_eq!(masters.len(), TestRedisCluster::MASTERS);
-}
-
-/// Sends `request` until it answers something other than 503, for at most `within`.
-async fn until_not_503(
-    addr: std::net::SocketAddr,
-    request: &RawRequest,
-    within: Duration,
-) -> RawResponse {
-    let deadline = Instant::now() + within;
-    loop {
-        let res = request.send(addr).await;
-        if res.status != 503 || Instant::now() >= deadline {
-            return res;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[actix_web::test]

@@ -4,76 +4,28 @@
 //! outage tests always stop a `redis-server` of their own, whatever `IDEM_TEST_REDIS_URL` says.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{post, web, HttpResponse};
 use futures_util::future::join_all;
 use idem_actix::clock::{ManualClock, Timestamp};
-use idem_actix::{idempotent, IdempotencyConfig, RedisStore};
+use idem_actix::RedisStore;
 use idem_core::store::ReplayCache;
 use idem_core::{
     Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, Store, StoreKey,
 };
-use idem_tests::{assert_error, eventually, Counter, RawRequest, TestRedis, TestServer};
-use serde_json::json;
-use tokio::sync::Semaphore;
+use idem_tests::shared_store::{
+    self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
+};
+use idem_tests::{assert_error, RawRequest, TestRedis, TestServer};
 
-#[derive(Clone)]
-struct Probe {
-    runs: Counter,
-    gate: Arc<Semaphore>,
-}
-
-impl Probe {
-    fn open() -> Self {
-        Self {
-            runs: Counter::default(),
-            gate: Arc::new(Semaphore::new(10_000)),
-        }
-    }
-
-    fn closed() -> Self {
-        Self {
-            runs: Counter::default(),
-            gate: Arc::new(Semaphore::new(0)),
-        }
-    }
-}
-
-#[post("/v1/calls")]
-#[idempotent]
-async fn create_call(probe: web::Data<Probe>) -> HttpResponse {
-    let n = probe.runs.bump();
-    let _permit = probe.gate.acquire().await.expect("gate");
-    HttpResponse::Created().json(json!({ "call": n }))
-}
-
-/// An app instance with its own `RedisStore` (as a separate process would have).
+/// An app instance with its own `RedisStore`, built by `store` from the URL of `redis`.
 fn instance<S: Store>(redis: &TestRedis, probe: &Probe, store: fn(&str) -> S) -> TestServer {
     let url = redis.url().to_owned();
-    let data = web::Data::new(probe.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    // The store is built on the server's runtime, which drives its connection.
-    let server = TestServer::start(1, move |cfg| {
-        let idem = IdempotencyConfig::new(store(&url));
-        let _ = tx.send(());
-        cfg.app_data(idem)
-            .app_data(data.clone())
-            .service(create_call);
-    });
-    rx.recv().expect("store built");
-    server
+    shared_store::instance(probe, move || store(&url))
 }
 
 fn default_store(url: &str) -> RedisStore {
     RedisStore::new(url).expect("valid Redis URL")
-}
-
-fn call(key: &str) -> RawRequest {
-    RawRequest::post("/v1/calls")
-        .header("Authorization", "Bearer tenant-1")
-        .header("Idempotency-Key", key)
 }
 
 #[actix_web::test]
@@ -265,27 +217,8 @@ async fn two_instances_sharing_redis_run_a_hundred_duplicates_once() {
     let a = instance(&redis, &probe, default_store);
     let b = instance(&redis, &probe, default_store);
 
-    let first = {
-        let addr = a.addr;
-        actix_web::rt::spawn(async move { call("shared-1").send(addr).await })
-    };
-    eventually(|| probe.runs.get() == 1).await;
     let addrs = [a.addr, b.addr];
-    let shared = call("shared-1");
-    let during = join_all((0..99).map(|i| shared.send(addrs[i % 2]))).await;
-    assert!(
-        during.iter().all(|r| r.status == 409),
-        "{:?}",
-        during.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
-    probe.gate.add_permits(10_000);
-    let first = first.await.unwrap();
-    assert_eq!(first.status, 201);
-    for addr in addrs {
-        let retry = call("shared-1").send(addr).await;
-        assert!(retry.replayed());
-        assert_eq!(retry.body, first.body);
-    }
+    duplicates_while_in_flight_get_409_then_replay(&probe, addrs).await;
 
     // And all at once, spread over both.
     let burst = call("shared-2");
@@ -323,16 +256,7 @@ async fn an_outage_fails_closed_and_the_app_recovers_without_a_restart() {
     assert_eq!(probe.runs.get(), 1, "no handler ran without a claim");
 
     redis.restart();
-    let mut recovered = None;
-    for _ in 0..200 {
-        let res = call("after").send(server.addr).await;
-        if res.status != 503 {
-            recovered = Some(res);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let recovered = recovered.expect("requests succeed again once Redis is back");
+    let recovered = until_not_503(server.addr, &call("after"), Duration::from_secs(10)).await;
     assert_eq!(recovered.status, 201);
     assert!(call("after").send(server.addr).await.replayed());
     assert_eq!(probe.runs.get(), 2);
