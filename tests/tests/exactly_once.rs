@@ -11,7 +11,7 @@ use futures_util::stream;
 use idem_actix::clock::{ManualClock, Timestamp};
 use idem_actix::testing::{Fault, FaultyStore};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy};
-use idem_tests::{assert_error, eventually, Counter, RawRequest, TestServer};
+use idem_tests::{assert_error, eventually, serve, Counter, RawRequest, TestServer};
 use tokio::sync::Semaphore;
 
 fn call(path: &str, key: &str) -> RawRequest {
@@ -197,6 +197,39 @@ async fn a_record_the_store_refuses_as_too_large_is_kept_and_the_retry_is_told_s
     let retry = call("/attribute", "too-large").send(f.server.addr).await;
     assert_error(&retry, 409, "idempotency_response_too_large");
     assert_eq!(f.runs.get(), 1, "the operation did not run again");
+}
+
+#[idempotent(max_response = 1024)]
+async fn huge_response(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created()
+        .insert_header(("X-Custom", "kept"))
+        .body(vec![b'x'; 4096])
+}
+
+#[actix_web::test]
+async fn a_response_too_large_to_keep_is_sent_once_and_never_rerun() {
+    let s = serve(|cfg| {
+        cfg.route("/huge", web::post().to(huge_response));
+    });
+    let first = s.send(&call("/huge", "k")).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(
+        first.body.len(),
+        4096,
+        "the first client gets the whole response"
+    );
+    let retry = s.send(&call("/huge", "k")).await;
+    assert_error(&retry, 409, "idempotency_response_too_large");
+    let message = retry.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("201") && message.contains("will not run again"),
+        "{message}"
+    );
+    assert_eq!(s.runs.get(), 1, "never silently re-executed");
 }
 
 #[derive(Clone)]

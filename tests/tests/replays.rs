@@ -238,3 +238,35 @@ async fn the_application_sets_the_replays_of_every_endpoint_that_says_nothing() 
     assert_eq!(replay.header("location"), Some("/v1/calls/1"));
     assert_eq!(replay.header("x-app-hook"), Some("1"));
 }
+
+async fn with_headers(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header(("X-Custom", "kept"))
+        .append_header(("Link", "</a>; rel=a"))
+        .append_header(("Link", "</b>; rel=b"))
+        .insert_header(("X-Request-ID", "from-the-handler"))
+        .body(format!("run {}", runs.bump()))
+}
+
+#[idempotent]
+async fn attributed_with_headers(runs: web::Data<Counter>) -> HttpResponse {
+    with_headers(runs).await
+}
+
+#[actix_web::test]
+async fn replays_carry_the_stored_headers_and_this_requests_id() {
+    let s = serve(|cfg| {
+        cfg.route("/headers", web::post().to(attributed_with_headers));
+    });
+    let request = call("/headers", "h");
+    let first = s.send(&request).await;
+    assert_eq!(first.header("x-request-id"), Some("from-the-handler"));
+    let retry = s
+        .send(&request.clone().header("X-Request-ID", "retry-7"))
+        .await;
+    assert!(retry.replayed());
+    assert_eq!(retry.header("x-custom"), Some("kept"));
+    assert_eq!(retry.headers["link"], vec!["</a>; rel=a", "</b>; rel=b"]);
+    assert_eq!(retry.header("x-request-id"), Some("retry-7"));
+    assert!(first.header("idempotent-replayed").is_none());
+}

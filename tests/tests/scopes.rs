@@ -148,6 +148,52 @@ async fn a_header_scope_is_the_same_whatever_the_case_of_its_name() {
     assert_eq!(s.runs.get(), 1);
 }
 
+/// The tenant, as an auth middleware would leave it: here from a header, through extensions.
+#[derive(Clone)]
+struct Claims {
+    tenant: String,
+}
+
+fn claims_tenant(req: &HttpRequest) -> Option<String> {
+    if let Some(tenant) = req.headers().get("x-tenant").and_then(|v| v.to_str().ok()) {
+        req.extensions_mut().insert(Claims {
+            tenant: tenant.to_owned(),
+        });
+    }
+    req.extensions().get::<Claims>().map(|c| c.tenant.clone())
+}
+
+#[post("/scoped")]
+#[idempotent(scope = claims_tenant)]
+async fn scoped(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+#[actix_web::test]
+async fn a_custom_scope_function_decides_whose_key_it_is() {
+    let s = serve(|cfg| {
+        cfg.service(scoped);
+    });
+    // No Authorization at all: the scope function is the only source of scope.
+    let a1 = s
+        .send(&keyed("/scoped", "k").header("X-Tenant", "acme"))
+        .await;
+    let a2 = s
+        .send(&keyed("/scoped", "k").header("X-Tenant", "acme"))
+        .await;
+    let b = s
+        .send(&keyed("/scoped", "k").header("X-Tenant", "globex"))
+        .await;
+    assert_eq!(a1.status, 201);
+    assert!(a2.replayed());
+    assert!(!b.replayed(), "another tenant's key never meets this one");
+    let none = s
+        .send(&keyed("/scoped", "k").header("Authorization", "Bearer t"))
+        .await;
+    assert_error(&none, 400, "idempotency_scope_missing");
+    assert_eq!(s.runs.get(), 2);
+}
+
 fn tenant(req: &HttpRequest) -> Option<String> {
     Some(req.headers().get("x-tenant")?.to_str().ok()?.to_owned())
 }

@@ -1,0 +1,134 @@
+//! Request bodies under `#[idempotent]`: read whole whether chunked or sized, held to
+//! `max_body` (413 before any claim), fingerprinted to the last byte, and rebuilt for the
+//! handler's own body extractors (form, string, stream).
+
+use actix_web::{post, web, HttpResponse};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use idem_actix::{idempotent, IdempotencyKey};
+use idem_tests::{assert_error, serve, Counter, RawRequest, RawResponse, Served};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Signup {
+    email: String,
+}
+
+#[post("/form")]
+#[idempotent]
+async fn form(runs: web::Data<Counter>, form: web::Form<Signup>) -> HttpResponse {
+    HttpResponse::Created().body(format!("{} {}", runs.bump(), form.email))
+}
+
+#[post("/string")]
+#[idempotent]
+async fn string_body(
+    runs: web::Data<Counter>,
+    body: String,
+    key: Option<IdempotencyKey>,
+) -> HttpResponse {
+    let key = key.map(|k| k.as_str().to_owned()).unwrap_or_default();
+    HttpResponse::Created().body(format!("{} {body} key={key}", runs.bump()))
+}
+
+#[post("/stream")]
+#[idempotent]
+async fn streamed(runs: web::Data<Counter>, mut payload: web::Payload) -> HttpResponse {
+    let mut len = 0;
+    while let Some(chunk) = payload.next().await {
+        len += chunk.map(|c| c.len()).unwrap_or(0);
+    }
+    HttpResponse::Created().body(format!("{} {len} bytes", runs.bump()))
+}
+
+#[post("/small")]
+#[idempotent(max_body = 16)]
+async fn small(runs: web::Data<Counter>, body: Bytes) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {} {}", runs.bump(), body.len()))
+}
+
+fn app() -> Served {
+    serve(|cfg| {
+        cfg.service(form)
+            .service(string_body)
+            .service(streamed)
+            .service(small);
+    })
+}
+
+fn keyed(path: &str, key: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", key)
+}
+
+async fn twice(s: &Served, request: &RawRequest) -> (RawResponse, RawResponse) {
+    let first = s.send(request).await;
+    let second = s.send(request).await;
+    (first, second)
+}
+
+fn text(res: &RawResponse) -> String {
+    String::from_utf8_lossy(&res.body).into_owned()
+}
+
+#[actix_web::test]
+async fn form_string_and_streaming_bodies_are_rebuilt_for_the_handler() {
+    let s = app();
+    let form_req = keyed("/form", "f")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("email=a%40example.com");
+    let (first, retry) = twice(&s, &form_req).await;
+    assert_eq!(text(&first), "1 a@example.com");
+    assert!(retry.replayed());
+
+    let (first, _) = twice(&s, &keyed("/string", "s").body("hello")).await;
+    assert_eq!(text(&first), "2 hello key=s");
+    let unkeyed = RawRequest::post("/string").body("plain");
+    assert_eq!(text(&s.send(&unkeyed).await), "3 plain key=");
+
+    let big = vec![b'x'; 100_000];
+    let (first, retry) = twice(&s, &keyed("/stream", "p").body(big)).await;
+    assert_eq!(text(&first), "4 100000 bytes");
+    assert!(retry.replayed());
+}
+
+#[actix_web::test]
+async fn chunked_bodies_are_read_whole_and_held_to_the_limit() {
+    let s = app();
+    // No Content-Length: the limit is enforced while the chunks arrive.
+    let over = keyed("/small", "chunks").body(vec![b'x'; 17]).chunked(4);
+    assert_error(&s.send(&over).await, 413, "idempotency_body_too_large");
+    let fits = keyed("/small", "chunks").body(vec![b'x'; 16]).chunked(4);
+    let (first, retry) = twice(&s, &fits).await;
+    assert_eq!(
+        text(&first),
+        "run 1 16",
+        "the refused request claimed nothing"
+    );
+    assert!(retry.replayed());
+
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let long = keyed("/stream", "long").body(big.clone()).chunked(1000);
+    let (first, retry) = twice(&s, &long).await;
+    assert_eq!(text(&first), "2 100000 bytes");
+    assert!(retry.replayed());
+    // The fingerprint covers every chunk: the same key with one byte changed is a conflict.
+    let mut changed = big;
+    changed[99_999] ^= 1;
+    let other = keyed("/stream", "long").body(changed).chunked(1000);
+    assert_error(&s.send(&other).await, 409, "idempotency_conflict");
+}
+
+#[actix_web::test]
+async fn bodies_over_the_limit_get_413_before_any_claim() {
+    let s = app();
+    let res = s.send(&keyed("/small", "big").body(vec![b'x'; 17])).await;
+    assert_error(&res, 413, "idempotency_body_too_large");
+    let fits = s.send(&keyed("/small", "big").body(vec![b'x'; 16])).await;
+    assert_eq!(
+        text(&fits),
+        "run 1 16",
+        "the refused request claimed nothing"
+    );
+}

@@ -1,0 +1,107 @@
+//! The layer's own answers: in the default envelope, as `problem+json` where the endpoint says
+//! so, or through the application's renderer where the endpoint names none; and, when the
+//! store cannot be reached, 503 before anything runs, or the handler unprotected where the
+//! endpoint fails open.
+
+use actix_web::{post, web, HttpResponse};
+use idem_actix::{idempotent, IdempotencyConfig, ProblemJson};
+use idem_core::testing::UnavailableStore;
+use idem_tests::{assert_error, serve, Counter, RawRequest, TestServer};
+
+#[post("/problem")]
+#[idempotent(errors = "problem")]
+async fn problem(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+#[post("/default-format")]
+#[idempotent]
+async fn default_format(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+#[post("/fail-open")]
+#[idempotent(fail_open)]
+async fn fail_open(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+fn keyed(path: &str, key: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", key)
+}
+
+fn down_app(config: IdempotencyConfig) -> (TestServer, Counter) {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(config.clone())
+            .app_data(data.clone())
+            .service(default_format)
+            .service(fail_open);
+    });
+    (server, runs)
+}
+
+#[actix_web::test]
+async fn errors_render_as_problem_json_when_the_endpoint_says_so() {
+    let s = serve(|cfg| {
+        cfg.service(problem);
+    });
+    s.send(&keyed("/problem", "k").body("a")).await;
+    let res = s.send(&keyed("/problem", "k").body("b")).await;
+    assert_eq!(res.status, 409);
+    assert_eq!(res.header("content-type"), Some("application/problem+json"));
+    let body = res.json();
+    assert_eq!(body["status"], 409);
+    assert_eq!(body["code"], "idempotency_conflict");
+    assert_eq!(body["type"], "urn:idem:error:idempotency_conflict");
+    assert_eq!(body["request_id"], res.header("x-request-id").unwrap());
+}
+
+#[actix_web::test]
+async fn an_unreachable_store_fails_closed_with_503() {
+    let (server, runs) = down_app(IdempotencyConfig::new(UnavailableStore));
+    let res = keyed("/default-format", "k").send(server.addr).await;
+    assert_error(&res, 503, "idempotency_store_unavailable");
+    assert_eq!(res.header("retry-after"), Some("1"));
+    assert_eq!(runs.get(), 0, "no handler runs without a claim");
+    // Requests without a key never touch the store.
+    let plain = RawRequest::post("/default-format").send(server.addr).await;
+    assert_eq!(plain.status, 201);
+}
+
+#[actix_web::test]
+async fn fail_open_runs_the_handler_unprotected() {
+    let (server, runs) = down_app(IdempotencyConfig::new(UnavailableStore));
+    let res = keyed("/fail-open", "k").send(server.addr).await;
+    assert_eq!(res.status, 201);
+    assert_eq!(runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
+    let (server, _) =
+        down_app(IdempotencyConfig::new(UnavailableStore).error_renderer(ProblemJson));
+    let res = keyed("/default-format", "k").send(server.addr).await;
+    assert_eq!(res.status, 503);
+    assert_eq!(res.header("content-type"), Some("application/problem+json"));
+    assert_eq!(res.json()["code"], "idempotency_store_unavailable");
+
+    let custom = IdempotencyConfig::new(UnavailableStore).error_renderer(
+        |e: &idem_actix::IdempotencyError, id: &str| {
+            HttpResponse::Ok().body(format!("{}|{id}", e.code()))
+        },
+    );
+    let (server, _) = down_app(custom);
+    let res = keyed("/default-format", "k")
+        .header("X-Request-ID", "r1")
+        .send(server.addr)
+        .await;
+    assert_eq!(res.status, 503, "the layer keeps the status");
+    assert_eq!(
+        String::from_utf8_lossy(&res.body),
+        "idempotency_store_unavailable|r1"
+    );
+}
