@@ -270,3 +270,50 @@ pub enum StoreError {
         max: usize,
     },
 }
+
+/// The embedded store as the engine and a cache in front of it see a store that processes
+/// share: the five operations forwarded, and the defaults for the rest (nothing answered in
+/// the call, leases and expiry judged by the wall clock, no evictions reported).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct SharedMoka(pub(crate) MokaStore);
+
+#[cfg(test)]
+impl Store for SharedMoka {
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        self.0.claim(key, claim, now)
+    }
+
+    fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+        self.0.get(key, now)
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        self.0.extend(key, token, lease_until, now)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: Token,
+        record: Completed,
+        now: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        self.0.complete(key, token, record, now)
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+        self.0.release(key, token)
+    }
+}

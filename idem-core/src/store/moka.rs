@@ -519,6 +519,7 @@ mod tests {
     use crate::error::IdempotencyError;
     use crate::policy::Policy;
     use crate::record::Response;
+    use crate::store::SharedMoka;
     use futures_util::FutureExt;
 
     #[tokio::test]
@@ -650,7 +651,7 @@ mod tests {
     async fn a_shared_store_follows_the_wall_clock_so_a_step_past_the_lease_lapses_a_claim() {
         // The limit: processes sharing a store agree on times through the wall clock alone.
         let wall = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
-        let engine = Engine::new(Shared(MokaStore::new())).with_wall_clock(wall.clone());
+        let engine = Engine::new(SharedMoka(MokaStore::new())).with_wall_clock(wall.clone());
         let policy = Policy::DEFAULT;
         let (key, fp) = (
             StoreKey::from_bytes([4; 32]),
@@ -664,48 +665,6 @@ mod tests {
             matches!(engine.begin(&policy, key, fp).await, Ok(Begin::Execute(_))),
             "past the lease by the wall clock, the claim has lapsed"
         );
-    }
-
-    /// The embedded store, as a store shared by several processes would be seen.
-    struct Shared(MokaStore);
-
-    impl Store for Shared {
-        fn claim<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            claim: InFlight,
-            now: Timestamp,
-        ) -> StoreFuture<'a, Claim> {
-            self.0.claim(key, claim, now)
-        }
-
-        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-            self.0.get(key, now)
-        }
-
-        fn extend<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            lease_until: Timestamp,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.0.extend(key, token, lease_until, now)
-        }
-
-        fn complete<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            record: Completed,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.0.complete(key, token, record, now)
-        }
-
-        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-            self.0.release(key, token)
-        }
     }
 
     /// Claims and completes `n` new keys, from `first`, each kept for `ttl`.

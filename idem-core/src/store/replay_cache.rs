@@ -252,50 +252,8 @@ mod tests {
     use crate::digest::Fingerprint;
     use crate::record::Response;
     use crate::store::MokaStore;
+    use crate::store::SharedMoka;
     use crate::testing::CountingStore;
-
-    /// The embedded store as a remote one looks to the cache: nothing answered in the call.
-    #[derive(Clone, Default)]
-    struct Remote(MokaStore);
-
-    impl Store for Remote {
-        fn claim<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            claim: InFlight,
-            now: Timestamp,
-        ) -> StoreFuture<'a, Claim> {
-            self.0.claim(key, claim, now)
-        }
-
-        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-            self.0.get(key, now)
-        }
-
-        fn extend<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            lease_until: Timestamp,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.0.extend(key, token, lease_until, now)
-        }
-
-        fn complete<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            record: Completed,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.0.complete(key, token, record, now)
-        }
-
-        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-            self.0.release(key, token)
-        }
-    }
 
     const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
     const TTL: Duration = Duration::from_secs(100);
@@ -329,10 +287,10 @@ mod tests {
         }
     }
 
-    type Counted = ReplayCache<CountingStore<Remote>>;
+    type Counted = ReplayCache<CountingStore<SharedMoka>>;
 
     fn counted(max_bytes: u64) -> Counted {
-        ReplayCache::new(CountingStore::new(Remote::default()), max_bytes)
+        ReplayCache::new(CountingStore::new(SharedMoka::default()), max_bytes)
     }
 
     /// Claims and completes `key` through `store`; returns the record.
@@ -356,9 +314,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_replay_cache_conforms() {
-        crate::testing::conformance(&ReplayCache::new(Remote::default(), 1 << 20), 1).await;
+        crate::testing::conformance(&ReplayCache::new(SharedMoka::default(), 1 << 20), 1).await;
         crate::testing::conformance(&ReplayCache::new(MokaStore::new(), 1 << 20), 2).await;
-        crate::testing::conformance(&ReplayCache::new(Remote::default(), 0), 3).await;
+        crate::testing::conformance(&ReplayCache::new(SharedMoka::default(), 0), 3).await;
     }
 
     #[tokio::test]
