@@ -92,3 +92,50 @@ impl FromRequest for IdempotencyKey {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody as _;
+    use actix_web::test::TestRequest;
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    fn extracted(req: &HttpRequest) -> Result<IdempotencyKey, NoIdempotencyKey> {
+        IdempotencyKey::from_request(req, &mut Payload::None)
+            .now_or_never()
+            .expect("ready at once")
+    }
+
+    #[test]
+    fn the_key_is_there_for_a_request_the_layer_admitted() {
+        let req = TestRequest::post().to_http_request();
+        let key = idem_core::IdempotencyKey::parse(b"\"order-1\"", 255).unwrap();
+        let request_id = RequestId::peek(&req);
+        req.extensions_mut().insert(Admitted {
+            request_id,
+            key: IdempotencyKey(key),
+        });
+        assert_eq!(extracted(&req).unwrap().as_str(), "order-1");
+    }
+
+    #[test]
+    fn without_one_the_handler_gets_a_400_that_says_what_to_do() {
+        let req = TestRequest::post()
+            .insert_header(("Idempotency-Key", "sent-but-not-admitted"))
+            .to_http_request();
+        let missing = extracted(&req).unwrap_err();
+        assert_eq!(missing.status_code(), StatusCode::BAD_REQUEST);
+        let body = missing
+            .error_response()
+            .into_body()
+            .try_into_bytes()
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], idem_core::codes::KEY_MISSING);
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Option<IdempotencyKey>"));
+    }
+}

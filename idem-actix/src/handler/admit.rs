@@ -418,3 +418,117 @@ async fn read_body(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    /// A payload of `items`, as they arrive.
+    fn stream(items: Vec<Result<Bytes, PayloadError>>) -> dev::Payload {
+        dev::Payload::Stream {
+            payload: Box::pin(futures_util::stream::iter(items)),
+        }
+    }
+
+    /// A payload that arrives in `chunks`.
+    fn chunked(chunks: &[&'static [u8]]) -> dev::Payload {
+        stream(chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect())
+    }
+
+    /// A payload that fails the test if it is read at all.
+    fn unread() -> dev::Payload {
+        dev::Payload::Stream {
+            payload: Box::pin(futures_util::stream::poll_fn(|_| {
+                panic!("the body was read")
+            })),
+        }
+    }
+
+    fn request(content_length: Option<usize>) -> HttpRequest {
+        let mut req = TestRequest::post();
+        if let Some(length) = content_length {
+            req = req.insert_header((header::CONTENT_LENGTH, length.to_string()));
+        }
+        req.to_http_request()
+    }
+
+    fn read(
+        content_length: Option<usize>,
+        payload: dev::Payload,
+        limit: usize,
+    ) -> Result<Bytes, ReadError> {
+        read_body(&request(content_length), payload, limit)
+            .now_or_never()
+            .expect("a payload that is ready")
+    }
+
+    #[test]
+    fn a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_too_large() {
+        let body = read(Some(10), chunked(&[b"0123456789"]), 10);
+        assert_eq!(&body.ok().unwrap()[..], b"0123456789");
+        let over = read(None, chunked(&[b"0123456789"]), 9);
+        assert!(matches!(over, Err(ReadError::TooLarge)));
+    }
+
+    #[test]
+    fn a_body_in_one_chunk_is_kept_without_a_copy() {
+        let chunk = Bytes::from_static(b"{\"to\":\"+15550000001\"}");
+        let body = read(Some(chunk.len()), stream(vec![Ok(chunk.clone())]), 1024);
+        let body = body.ok().unwrap();
+        assert_eq!(body.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_before_any_read() {
+        assert!(matches!(
+            read(Some(11), unread(), 10),
+            Err(ReadError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn a_chunked_body_is_gathered_whole_up_to_exactly_the_limit() {
+        // No Content-Length, as with `Transfer-Encoding: chunked`.
+        let body = read(None, chunked(&[b"abc", b"def", b"ghij"]), 10);
+        assert_eq!(&body.ok().unwrap()[..], b"abcdefghij");
+        let over = read(None, chunked(&[b"abc", b"def", b"ghij", b"k"]), 10);
+        assert!(matches!(over, Err(ReadError::TooLarge)));
+    }
+
+    #[test]
+    fn a_body_longer_than_its_declared_length_is_still_held_to_the_limit() {
+        let lying = read(Some(3), chunked(&[b"abc", b"def", b"ghij"]), 8);
+        assert!(matches!(lying, Err(ReadError::TooLarge)));
+        let short = read(Some(100), chunked(&[b"abc", b"def"]), 100);
+        assert_eq!(&short.ok().unwrap()[..], b"abcdef", "a short declared body");
+    }
+
+    #[test]
+    fn an_empty_body_is_empty_and_a_failing_one_an_error() {
+        assert!(read(None, dev::Payload::None, 10).ok().unwrap().is_empty());
+        assert!(read(Some(0), chunked(&[]), 0).ok().unwrap().is_empty());
+        let failing = stream(vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err(PayloadError::Incomplete(None)),
+        ]);
+        assert!(matches!(
+            read(None, failing, 10),
+            Err(ReadError::Payload(PayloadError::Incomplete(None)))
+        ));
+    }
+
+    #[test]
+    fn a_key_from_a_body_is_taken_as_it_is_never_unquoted() {
+        assert_eq!(key_of_text("order-1", 255).unwrap().as_str(), "order-1");
+        let quoted = key_of_text("\"order-1\"", 255).unwrap();
+        assert_eq!(quoted.as_str(), "\"order-1\"");
+        assert_ne!(
+            quoted,
+            key_of_text("order-1", 255).unwrap(),
+            "a header's quoted and bare forms are one key; a body's are two"
+        );
+    }
+}

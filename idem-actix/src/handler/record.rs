@@ -305,3 +305,205 @@ fn replayable(name: &HeaderName) -> bool {
             | "idempotent-replayed"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::HeaderMap;
+    use actix_web::web::Bytes;
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers
+    }
+
+    fn recorded(headers: &HeaderMap, set_cookie: bool) -> Vec<(String, String)> {
+        Replayable {
+            headers,
+            set_cookie,
+        }
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), String::from_utf8_lossy(value).into_owned()))
+        .collect()
+    }
+
+    /// A streamed body of `chunks`, of no declared size.
+    fn streamed(chunks: &[&'static [u8]]) -> BoxBody {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        BoxBody::new(BodyStream::new(futures_util::stream::iter(chunks)))
+    }
+
+    /// Everything a body yields, read to its end.
+    fn drained(body: BoxBody) -> Vec<u8> {
+        actix_web::body::to_bytes(body)
+            .now_or_never()
+            .expect("a ready body")
+            .expect("a readable body")
+            .to_vec()
+    }
+
+    #[test]
+    fn headers_of_one_transfer_or_one_request_are_not_recorded() {
+        let headers = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("trailer", "expires"),
+            ("upgrade", "h2c"),
+            ("date", "Tue, 01 Dec 2026 00:00:00 GMT"),
+            ("content-length", "2"),
+            ("x-request-id", "first"),
+            ("idempotent-replayed", "true"),
+            ("content-type", "application/json"),
+            ("location", "/v1/calls/1"),
+        ]);
+        let mut kept = recorded(&headers, false);
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("location".to_owned(), "/v1/calls/1".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn set_cookie_is_recorded_only_where_the_endpoint_replays_it() {
+        let headers = map(&[
+            ("set-cookie", "session=a"),
+            ("set-cookie", "csrf=b"),
+            ("x-custom", "kept"),
+        ]);
+        assert_eq!(
+            recorded(&headers, false),
+            [("x-custom".to_owned(), "kept".to_owned())]
+        );
+        let mut with_cookies = recorded(&headers, true);
+        with_cookies.sort();
+        assert_eq!(
+            with_cookies,
+            [
+                ("set-cookie".to_owned(), "csrf=b".to_owned()),
+                ("set-cookie".to_owned(), "session=a".to_owned()),
+                ("x-custom".to_owned(), "kept".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_value_of_a_repeated_header_is_recorded_in_order() {
+        let headers = map(&[("link", "</a>; rel=a"), ("link", "</b>; rel=b")]);
+        let response = Response::new(
+            201,
+            Replayable {
+                headers: &headers,
+                set_cookie: false,
+            },
+            b"",
+        );
+        let links: Vec<_> = response.headers().map(|(_, v)| v.to_vec()).collect();
+        assert_eq!(links, [b"</a>; rel=a".to_vec(), b"</b>; rel=b".to_vec()]);
+    }
+
+    #[test]
+    fn a_body_of_bytes_is_kept_as_it_is_up_to_exactly_the_limit() {
+        let bytes = Bytes::from_static(b"0123456789");
+        let at = bytes.as_ptr();
+        let Ok(Collected::Whole(whole)) = collect(BoxBody::new(bytes), 10).now_or_never().unwrap()
+        else {
+            panic!("a body of exactly the limit is whole");
+        };
+        assert_eq!(whole.as_ptr(), at, "not copied");
+
+        let over = collect(BoxBody::new(Bytes::from_static(b"0123456789")), 9)
+            .now_or_never()
+            .unwrap();
+        let Ok(Collected::Overflow { body, size }) = over else {
+            panic!("one byte over the limit overflows");
+        };
+        assert_eq!(size, 10);
+        assert_eq!(drained(body), b"0123456789", "and is sent whole");
+    }
+
+    #[test]
+    fn a_streamed_body_is_gathered_whole_up_to_exactly_the_limit() {
+        let body = streamed(&[b"abc", b"def", b"ghij"]);
+        let Ok(Collected::Whole(whole)) = collect(body, 10).now_or_never().unwrap() else {
+            panic!("ten streamed bytes fit a limit of ten");
+        };
+        assert_eq!(&whole[..], b"abcdefghij");
+        let Ok(Collected::Whole(empty)) = collect(streamed(&[]), 0).now_or_never().unwrap() else {
+            panic!("an empty stream is an empty body");
+        };
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_streamed_body_over_the_limit_is_sent_on_with_nothing_lost() {
+        let body = streamed(&[b"abc", b"def", b"ghij", b"klm"]);
+        let Ok(Collected::Overflow { body, size }) = collect(body, 5).now_or_never().unwrap()
+        else {
+            panic!("thirteen bytes overflow a limit of five");
+        };
+        assert_eq!(size, 6, "as far as it was read");
+        assert_eq!(drained(body), b"abcdefghijklm");
+    }
+
+    #[test]
+    fn a_body_that_declares_a_size_over_the_limit_is_not_read() {
+        struct Declared;
+        impl actix_web::body::MessageBody for Declared {
+            type Error = std::io::Error;
+            fn size(&self) -> BodySize {
+                BodySize::Sized(1 << 20)
+            }
+            fn poll_next(
+                self: Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+                panic!("a body over the limit by its declared size is not read")
+            }
+        }
+        let Ok(Collected::Overflow { size, .. }) = collect(BoxBody::new(Declared), 1024)
+            .now_or_never()
+            .unwrap()
+        else {
+            panic!("overflows by its declared size");
+        };
+        assert_eq!(size, 1 << 20);
+    }
+
+    #[test]
+    fn a_failing_body_is_an_error() {
+        let failing: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err(std::io::Error::other("upstream gone")),
+        ];
+        let body = BoxBody::new(BodyStream::new(futures_util::stream::iter(failing)));
+        assert!(collect(body, 1024).now_or_never().unwrap().is_err());
+    }
+
+    #[test]
+    fn the_handler_reads_the_body_it_was_sent_in_one_chunk() {
+        assert!(matches!(rebuilt(Bytes::new()), dev::Payload::None));
+        let body = Bytes::from_static(b"{\"to\":\"+15550000001\"}");
+        let dev::Payload::Stream { mut payload } = rebuilt(body.clone()) else {
+            panic!("a body is a stream of one chunk");
+        };
+        let chunk = payload.next().now_or_never().unwrap().unwrap().unwrap();
+        assert_eq!(chunk.as_ptr(), body.as_ptr(), "not copied");
+        assert!(payload.next().now_or_never().unwrap().is_none());
+    }
+}

@@ -103,7 +103,142 @@ fn accepts(accept_encoding: Option<&HeaderValue>, coding: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use actix_web::test::TestRequest;
+    use idem_core::{Fingerprint, MokaStore, Policy, ReplayHeaders, Response, StoreKey};
+
+    use super::super::admit::Run;
     use super::*;
+    use crate::config::IdempotencyConfig;
+    use crate::functions::ReplayFunction;
+
+    fn completed(response: Response) -> Completed {
+        Completed {
+            fingerprint: Fingerprint::new("POST", "/", "", b""),
+            response,
+            completed_at: idem_core::clock::Timestamp::from_millis(0),
+            expires_at: idem_core::clock::Timestamp::from_millis(1),
+        }
+    }
+
+    /// A retry, with `X-Request-ID: retry-7`, under `policy`.
+    fn retry(policy: Policy, on_replay: Option<ReplayFunction>) -> Keyed {
+        let req = TestRequest::post()
+            .insert_header(("X-Request-ID", "retry-7"))
+            .to_http_request();
+        let key = idem_core::IdempotencyKey::parse(b"k", 255).unwrap();
+        Keyed {
+            config: IdempotencyConfig::new(MokaStore::new()),
+            policy,
+            store_key: StoreKey::from_bytes([1; 32]),
+            fingerprint: Fingerprint::new("POST", "/", "", b""),
+            on_replay,
+            span: tracing::Span::none(),
+            run: Run {
+                key,
+                request_id: RequestId::peek(&req),
+                req,
+                body: bytes::Bytes::new(),
+            },
+        }
+    }
+
+    fn values(res: &HttpResponse, name: &str) -> Vec<String> {
+        res.headers()
+            .get_all(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn record() -> Completed {
+        completed(Response::new(
+            201,
+            [
+                ("content-type", b"application/json".as_slice()),
+                ("location", b"/v1/calls/1"),
+                ("link", b"</a>; rel=a"),
+                ("link", b"</b>; rel=b"),
+                ("set-cookie", b"session=first-caller"),
+                ("x-trace-id", b"trace-of-the-first"),
+            ],
+            b"{\"id\":1}",
+        ))
+    }
+
+    #[test]
+    fn a_replay_is_the_record_marked_as_a_replay_with_this_requests_id() {
+        let res = replay(&record(), &retry(Policy::DEFAULT, None));
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(values(&res, "idempotent-replayed"), ["true"]);
+        assert_eq!(values(&res, "x-request-id"), ["retry-7"]);
+        assert_eq!(values(&res, "content-type"), ["application/json"]);
+        assert_eq!(values(&res, "location"), ["/v1/calls/1"]);
+        assert_eq!(values(&res, "link"), ["</a>; rel=a", "</b>; rel=b"]);
+        assert_eq!(values(&res, "x-trace-id"), ["trace-of-the-first"]);
+        // The server writes this transfer's own `Date` and `Content-Length`.
+        assert!(values(&res, "date").is_empty());
+        assert!(values(&res, "content-length").is_empty());
+        let body = actix_web::body::to_bytes(res.into_body());
+        let body = futures_util::FutureExt::now_or_never(body)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body[..], b"{\"id\":1}");
+    }
+
+    #[test]
+    fn a_recorded_set_cookie_is_replayed_only_while_the_endpoint_allows_it() {
+        let res = replay(&record(), &retry(Policy::DEFAULT, None));
+        assert!(values(&res, "set-cookie").is_empty());
+        let allowed = Policy::DEFAULT.replay_set_cookie(true);
+        let res = replay(&record(), &retry(allowed, None));
+        assert_eq!(values(&res, "set-cookie"), ["session=first-caller"]);
+        // Set-Cookie is the cookie setting's alone: a header list does not bring it back.
+        let listed = Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Set-Cookie"]));
+        let res = replay(&record(), &retry(listed, None));
+        assert!(values(&res, "set-cookie").is_empty());
+    }
+
+    #[test]
+    fn header_lists_choose_what_a_replay_repeats_but_never_its_marks() {
+        let only = Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Location"]));
+        let res = replay(&record(), &retry(only, None));
+        let mut names: Vec<_> = res.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["idempotent-replayed", "location", "x-request-id"]);
+
+        let except = Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["X-Trace-Id", "link"]));
+        let res = replay(&record(), &retry(except, None));
+        assert!(values(&res, "x-trace-id").is_empty() && values(&res, "link").is_empty());
+        assert_eq!(values(&res, "location"), ["/v1/calls/1"]);
+    }
+
+    #[test]
+    fn the_replay_hook_sees_the_replay_last() {
+        fn hook(req: &HttpRequest, res: &mut HttpResponse) {
+            let id = res.headers().get("x-request-id").cloned().unwrap();
+            assert_eq!(req.headers().get("x-request-id"), Some(&id));
+            res.headers_mut()
+                .insert(HeaderName::from_static("x-replayed-for"), id);
+        }
+        let res = replay(&record(), &retry(Policy::DEFAULT, Some(hook)));
+        assert_eq!(values(&res, "x-replayed-for"), ["retry-7"]);
+    }
+
+    #[test]
+    fn a_handlers_own_request_id_is_kept_and_one_is_added_where_it_set_none() {
+        let req = TestRequest::post()
+            .insert_header(("X-Request-ID", "incoming"))
+            .to_http_request();
+        let id = RequestId::peek(&req);
+        let own = HttpResponse::Created()
+            .insert_header(("X-Request-ID", "from-the-handler"))
+            .finish();
+        assert_eq!(
+            values(&with_request_id(own, &id), "x-request-id"),
+            ["from-the-handler"]
+        );
+        let none = with_request_id(HttpResponse::Created().finish(), &id);
+        assert_eq!(values(&none, "x-request-id"), ["incoming"]);
+    }
 
     fn accepts_str(value: &str, coding: &str) -> bool {
         accepts(Some(&HeaderValue::from_str(value).unwrap()), coding)
