@@ -113,7 +113,11 @@ pub async fn duplicates_while_in_flight_get_409_then_replay(
 
 /// Sends `request` until it answers something other than 503, for at most `within`: for a
 /// store that comes back after an outage.
-pub async fn until_not_503(addr: SocketAddr, request: &RawRequest, within: Duration) -> RawResponse {
+pub async fn until_not_503(
+    addr: SocketAddr,
+    request: &RawRequest,
+    within: Duration,
+) -> RawResponse {
     let deadline = Instant::now() + within;
     loop {
         let res = request.send(addr).await;

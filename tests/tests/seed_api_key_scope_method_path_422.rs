@@ -171,7 +171,10 @@ async fn keys_expire_after_24_hours() {
     let first = s.send(&contact("k")).await;
     s.clock.advance(Duration::from_secs(24 * 3600 - 1));
     let before = s.send(&contact("k")).await;
-    assert!(before.replayed(), "the record is there until the 24 hours are over");
+    assert!(
+        before.replayed(),
+        "the record is there until the 24 hours are over"
+    );
     assert_eq!(before.body, first.body);
     s.clock.advance(Duration::from_secs(1));
     assert!(!s.send(&contact("k")).await.replayed());

@@ -49,7 +49,10 @@ async fn after_24_hours_the_key_is_a_new_operation() {
     let s = app();
     s.send(&email("k")).await;
     s.clock.advance(Duration::from_secs(24 * 3600 - 1));
-    assert!(s.send(&email("k")).await.replayed(), "still there within 24 hours");
+    assert!(
+        s.send(&email("k")).await.replayed(),
+        "still there within 24 hours"
+    );
     s.clock.advance(Duration::from_secs(1));
     let later = s.send(&email("k")).await;
     assert!(!later.replayed());
