@@ -67,18 +67,44 @@
 //! origins send keys and read `Idempotent-Replayed`.
 //!
 //! # Error codes
-//! | status | code | when |
+//! The layer's own answers carry a stable code, in the configured format: by default
+//! `{"error":{"code":"...","message":"..."},"request_id":"..."}` with
+//! `Content-Type: application/json` ([`JsonEnvelope`]; `errors = "type"` names the field
+//! `type`), or RFC 9457 `application/problem+json` ([`ProblemJson`], `errors = "problem"`), or
+//! what [`IdempotencyConfig::error_renderer`] makes of them. They all carry `X-Request-ID`
+//! (equal to `request_id`) and `Cache-Control: no-store`.
+//!
+//! | status | code | when | `Retry-After` |
+//! |---|---|---|---|
+//! | 400 | `idempotency_key_missing` | the endpoint is `required`, or reads its key from the body or a key function and found none, or the handler takes a `Transaction`, and the request has no key | |
+//! | 400 | `idempotency_key_invalid` | the key breaks the key syntax: one header line, a token or a quoted string, 1 to `key_max_len` visible ASCII bytes (the message says which rule) | |
+//! | 400 | `idempotency_scope_missing` | nothing to scope the key by: no credentials, no scope header, no [`Principal`], or a scope function that found none | |
+//! | 400 | `idempotency_body_invalid` | the body cannot be read in the form its endpoint compares bodies in (`fingerprint = "json"` and a body that is not JSON), or searched for its key | |
+//! | 409 | `idempotency_conflict` | the first request with this key is still running (unless `in_flight = "wait"`) | 1 s |
+//! | 409, or 422 | `idempotency_conflict` | the key was used with a different request; 422 with `mismatch = "unprocessable"` | |
+//! | 409 | `idempotency_conflict` | the recorded response is in a content coding (gzip, ...) that this request does not accept | |
+//! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`, so it cannot be replayed; it will not run again | |
+//! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` | |
+//! | 503 | `idempotency_store_unavailable` | the store cannot be reached (unless `fail_open`), or a `Transaction` could not be opened or committed | 1 s |
+//! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::max_detached`]) | 1 s |
+//! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend: its store is not a `PostgresStore`, the handler is under no idempotency layer, or it takes two (the log says which) | |
+//!
+//! # Metrics
+//! The layer records through the [`metrics`](https://docs.rs/metrics) facade and exports
+//! nothing itself: install any recorder (for example `metrics-exporter-prometheus`).
+//!
+//! | name | kind | labels |
 //! |---|---|---|
-//! | 400 | `idempotency_key_missing` | the endpoint is `required` and no key was sent |
-//! | 400 | `idempotency_key_invalid` | the key breaks the header's syntax (the message says which rule) |
-//! | 400 | `idempotency_scope_missing` | no credentials or scope header to scope the key by |
-//! | 400 | `idempotency_body_invalid` | the body cannot be read in the form its endpoint compares bodies in (`fingerprint = "json"` and a body that is not JSON), or searched for its key |
-//! | 409 / 422 | `idempotency_conflict` | the key is in use by a running request, or by a different request |
-//! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` |
-//! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`; it will not run again |
-//! | 503 | `idempotency_store_unavailable` | the store cannot be reached (fail closed), or the commit of a `Transaction` failed |
-//! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::max_detached`]); nothing ran |
-//! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend (the log says why) |
+//! | `idem_requests_total` | counter | `outcome`: `executed` (ran and recorded), `replayed`, `released` (a 5xx, a response `cache` does not keep, a panic or a failed body: the key is free again), `lost` (the claim lapsed and another took the key, so the response was not recorded), `unrecorded` (recording failed for a whole lease), `unprotected` (ran without a claim, under `fail_open`) |
+//! | `idem_conflicts_total` | counter | `kind`: `in_flight`, `mismatch`, `response_too_large` |
+//! | `idem_rejections_total` | counter | `code`: the error code of a request refused before any claim (a missing or invalid key, a missing scope, a body invalid or too large, `idempotency_overloaded`) |
+//! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release` |
+//! | `idem_store_duration_seconds` | histogram | `op`, as above |
+//! | `idem_store_evictions_total` | counter | none: records the store evicted to make room before their time to live |
+//!
+//! A rising `idem_store_evictions_total` means the store is too small for its traffic: a retry
+//! of an evicted key runs its operation again. The embedded store counts them; size it as
+//! [`MokaStoreBuilder::max_bytes`](idem_core::store::MokaStoreBuilder::max_bytes) says.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

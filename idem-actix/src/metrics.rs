@@ -1,18 +1,5 @@
-//! Metrics through the `metrics` facade: nothing is exported unless the application installs a
-//! recorder (for example `metrics-exporter-prometheus`).
-//!
-//! | name | kind | labels |
-//! |---|---|---|
-//! | `idem_requests_total` | counter | `outcome`: `executed`, `replayed`, `released`, `lost`, `unrecorded`, `unprotected` |
-//! | `idem_conflicts_total` | counter | `kind`: `in_flight`, `mismatch`, `response_too_large` |
-//! | `idem_rejections_total` | counter | `code`: the error code (invalid or missing keys and scopes, bodies too large, `idempotency_overloaded`) |
-//! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release` |
-//! | `idem_store_duration_seconds` | histogram | `op` |
-//! | `idem_store_evictions_total` | counter | none: records the store evicted to make room before their time to live |
-//!
-//! A rising `idem_store_evictions_total` means the store is too small for its traffic: a retry
-//! of an evicted key runs its operation again. The embedded store counts them; size it as
-//! [`MokaStoreBuilder::max_bytes`](idem_core::store::MokaStoreBuilder::max_bytes) says.
+//! Metrics through the `metrics` facade. The names, kinds and labels users see are listed once,
+//! in the crate docs (`# Metrics`); a change here changes that table too.
 
 use std::sync::Arc;
 use std::time::Duration;
