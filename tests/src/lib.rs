@@ -3,6 +3,9 @@
 
 #![forbid(unsafe_code)]
 pub mod fuzz;
+pub mod round_trips;
+
+pub use round_trips::{RoundTrips, Turn};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
