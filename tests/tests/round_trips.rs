@@ -204,7 +204,9 @@ async fn postgres_transactional_new_key_adds_begin_and_commit_to_the_handler_s_s
             .insert_header(("Authorization", "Bearer tenant-1"))
             .to_request()
     };
-    // Warm both connections: each prepares the statements it runs.
+    // Warm both connections. Which connection a statement lands on is the pool's choice, so
+    // a connection may still prepare a statement below, once: that turn (Parse, Describe,
+    // Sync) is setup, and left out of the count.
     for n in 0..4 {
         let res = test::call_service(&app, call(&format!("warm-{n}"))).await;
         let status = res.status();
@@ -216,9 +218,10 @@ async fn postgres_transactional_new_key_adds_begin_and_commit_to_the_handler_s_s
         assert_eq!(res.status(), 201);
     })
     .await;
+    let prepared = new.iter().filter(|t| messages(t) == "PDS").count();
     let statements: Vec<_> = new
         .iter()
-        .filter(|t| !is_release_test(t))
+        .filter(|t| !is_release_test(t) && messages(t) != "PDS")
         .map(|turn| match messages(turn).as_str() {
             // A simple query: its text.
             "Q" => String::from_utf8_lossy(&turn.sent[5..turn.sent.len() - 1]).into_owned(),
@@ -233,14 +236,14 @@ async fn postgres_transactional_new_key_adds_begin_and_commit_to_the_handler_s_s
         "all turns: {new:?}"
     );
     assert_eq!(
-        new.len() - statements.len(),
+        new.len() - statements.len() - prepared,
         2,
         "the claim's connection and the transaction's are tested as they come back to the \
          pool: {new:?}"
     );
     eprintln!(
         "postgres round trips of a transactional new key: {} statements (one the \
-         handler's), {} with the pool's release tests",
+         handler's), {} with the pool's release tests and {prepared} statements prepared",
         statements.len(),
         new.len()
     );
