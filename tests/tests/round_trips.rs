@@ -10,7 +10,6 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{post, test, App, HttpResponse};
