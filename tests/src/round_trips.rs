@@ -140,7 +140,9 @@ impl RoundTrips {
         self.seen.lock().unwrap().turns.len()
     }
 
-    /// Forgets the turns seen so far: a turn under way when this is called is not counted.
+    /// Forgets the turns seen so far. Call it while the wire is quiet (after
+    /// [`settle`](Self::settle)): the answer to a turn under way is not counted, and what its
+    /// client still sends before that answer counts as a turn of its own.
     pub fn reset(&self) {
         let mut seen = self.seen.lock().unwrap();
         seen.turns.clear();
