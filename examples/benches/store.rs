@@ -17,7 +17,9 @@
 //! bench starts, or `IDEM_TEST_REDIS_URL`), and Postgres at `IDEM_TEST_DATABASE_URL` (skipped
 //! with a message without it: a server started here would run without `fsync`, which is not
 //! what a durable store costs). A new key is two round trips to Redis or Postgres, a replay
-//! one. The Postgres rows live a minute, in the table `idem_bench`, and the store purges them
+//! one, as the workspace's `round_trips` tests count them on the wire; with Postgres, sqlx
+//! also tests each connection as it comes back to the pool (one more round trip per
+//! operation, after it answered). The Postgres rows live a minute, in the table `idem_bench`, and the store purges them
 //! later by itself.
 //!
 //! `cargo bench -p idem-examples --bench store`

@@ -134,6 +134,44 @@ impl IdempotencyConfig {
         Ok(self)
     }
 
+    /// These settings, checked to lend handlers their `Transaction` (feature `postgres`): for
+    /// an application whose handlers take one, to fail at start-up rather than at the first
+    /// request of such a handler.
+    ///
+    /// Neither the compiler nor actix-web can match a handler that takes a `Transaction` with
+    /// the store of the app that serves it: actix-web looks an app's data up per request, and
+    /// registers a route (`#[post]`, `Resource::to`) without running anything of the
+    /// handler's before its first request. So the app that has such handlers says so, here;
+    /// a handler that takes one on an app that did not check still gets its 500
+    /// `idempotency_transaction_unavailable`, with the reason in the log.
+    ///
+    /// ```no_run
+    /// use actix_web::{App, HttpServer};
+    /// use idem_actix::{IdempotencyConfig, PostgresStore};
+    ///
+    /// # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PostgresStore::new("postgres://app@127.0.0.1:5432/app")?;
+    /// store.migrate().await?;
+    /// let idem = IdempotencyConfig::new(store).require_transactions()?;
+    /// HttpServer::new(move || App::new().app_data(idem.clone()))
+    ///     .bind(("127.0.0.1", 8080))?
+    ///     .run()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PolicyError::NoTransactions`] when the store is not a `PostgresStore` given to
+    /// [`new`](Self::new) (a store given to [`from_shared`](Self::from_shared), or wrapped in
+    /// another store, lends none).
+    #[cfg(feature = "postgres")]
+    pub fn require_transactions(self) -> Result<Self, PolicyError> {
+        match self.transactions() {
+            Some(_) => Ok(self),
+            None => Err(PolicyError::NoTransactions),
+        }
+    }
+
     /// The application's defaults.
     pub fn policy(&self) -> &Policy {
         &self.0.defaults
@@ -272,6 +310,13 @@ impl IdempotencyConfig {
     /// settings never changes another's).
     fn settings(&mut self) -> &mut Settings {
         Arc::make_mut(&mut self.0)
+    }
+
+    /// Whether the app serving `req` registered settings of its own.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn registered(req: &HttpRequest) -> bool {
+        req.app_data::<IdempotencyConfig>().is_some()
+            || req.app_data::<web::Data<IdempotencyConfig>>().is_some()
     }
 
     /// The settings of the app serving `req`, or the process-wide default.

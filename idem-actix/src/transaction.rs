@@ -36,7 +36,7 @@ mod enabled {
     use crate::request_id::RequestId;
 
     /// The code of the 500 a [`Transaction`] answers when the layer cannot lend one.
-    const UNAVAILABLE: &str = "idempotency_transaction_unavailable";
+    const UNAVAILABLE: &str = idem_core::codes::TRANSACTION_UNAVAILABLE;
 
     /// Postgres's `in_failed_sql_transaction`: a statement of the transaction failed before.
     const IN_FAILED_TRANSACTION: &str = "25P02";
@@ -91,15 +91,41 @@ mod enabled {
     /// nothing more. Keep it within the handler: do not send it to another task, and do not
     /// end it yourself (`COMMIT`, `ROLLBACK`).
     ///
+    /// # On an app whose store lends none
+    /// Only a [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`]
+    /// lends transactions. No compile error can say that an app's store lends none (actix-web
+    /// looks an app's data up per request, and an extractor of the app's own may take a
+    /// `Transaction` only on some requests), and actix-web registers a route without running
+    /// anything of its handler's before its first request, so no start-up check can find the
+    /// handlers that take one either. An app whose handlers take one checks its settings
+    /// where it builds them, with [`IdempotencyConfig::require_transactions`], which fails
+    /// start-up with [`PolicyError::NoTransactions`](crate::PolicyError::NoTransactions):
+    ///
+    /// ```no_run
+    /// # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    /// use idem_actix::{IdempotencyConfig, PostgresStore};
+    ///
+    /// let store = PostgresStore::new("postgres://app@127.0.0.1:5432/app")?;
+    /// let idem = IdempotencyConfig::new(store).require_transactions()?;
+    /// # let _ = idem; Ok(()) }
+    /// ```
+    ///
+    /// A handler that takes one where none can be lent still does not run: it answers 500
+    /// `idempotency_transaction_unavailable`, and the log says why.
+    ///
     /// # Errors
     /// The extractor answers, without running the handler:
     /// - 400 `idempotency_key_missing` when the request has no key, so there is no record to
     ///   commit with: make the endpoint `required`;
     /// - 503 `idempotency_store_unavailable` with `Retry-After` when the transaction cannot be
     ///   opened, or the store failed and the endpoint runs unprotected (`fail_open`);
-    /// - 500 `idempotency_transaction_unavailable`, logged with the reason, when the app's
-    ///   store is not a [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`], when the
-    ///   handler is under no idempotency layer, or when it takes two transactions.
+    /// - 500 `idempotency_transaction_unavailable`
+    ///   ([`codes::TRANSACTION_UNAVAILABLE`](crate::codes::TRANSACTION_UNAVAILABLE)), with
+    ///   `Cache-Control: no-store`, logged with the reason, when the app's store is not a
+    ///   [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`] (or the
+    ///   app registered no [`IdempotencyConfig`]), when the handler is under no idempotency
+    ///   layer, when it takes two transactions, or (after its run) when it kept its
+    ///   transaction beyond its run: nothing is then committed, and the key is released.
     pub struct Transaction {
         tx: Option<ClaimTransaction>,
         loan: Rc<Lent>,
@@ -178,10 +204,16 @@ mod enabled {
             );
             return rendered(IdempotencyError::StoreUnavailable(error));
         }
+        if layered && !IdempotencyConfig::registered(req) {
+            return unavailable(
+                &request_id,
+                "a handler takes a Transaction, but its app registered no IdempotencyConfig, so the embedded store serves it: register IdempotencyConfig::new(PostgresStore) with App::app_data",
+            );
+        }
         if layered {
             return unavailable(
                 &request_id,
-                "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore)",
+                "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore), and check it at start-up with require_transactions",
             );
         }
         if !req.headers().contains_key(config.header()) {

@@ -28,6 +28,10 @@ pub mod codes {
     pub const RESPONSE_TOO_LARGE: &str = "idempotency_response_too_large";
     /// 503: this server runs as much work for clients that went away as it allows; nothing ran.
     pub const OVERLOADED: &str = "idempotency_overloaded";
+    /// 500: a handler takes an `idem_actix::Transaction` that the app cannot lend (its store
+    /// is not a Postgres store, the handler is under no idempotency layer, or it takes two);
+    /// the server's log says which. Nothing ran.
+    pub const TRANSACTION_UNAVAILABLE: &str = "idempotency_transaction_unavailable";
 }
 
 /// How long a client is told to wait before retrying a 409 in-flight or a 503.

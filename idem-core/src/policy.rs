@@ -320,6 +320,10 @@ pub enum PolicyError {
         /// The store's [`Store::max_record_bytes`].
         store_max: usize,
     },
+    /// The application's handlers take a transaction (`idem_actix::Transaction`), but its
+    /// store lends none.
+    #[error("the app's handlers take a Transaction, but its idempotency store lends none; build the IdempotencyConfig with IdempotencyConfig::new on a PostgresStore (a store given to from_shared, or wrapped in another store, lends none)")]
+    NoTransactions,
 }
 
 /// Settings one endpoint (or one middleware) overrides on top of the application's

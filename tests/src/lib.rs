@@ -3,7 +3,10 @@
 
 #![forbid(unsafe_code)]
 pub mod fuzz;
+pub mod round_trips;
 pub mod shared_store;
+
+pub use round_trips::{RoundTrips, Turn};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

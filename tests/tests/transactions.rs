@@ -551,6 +551,47 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
     assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
 }
 
+#[actix_web::test]
+async fn an_app_without_settings_of_its_own_is_told_to_register_them() {
+    let logged = Warnings::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/embedded", web::post().to(on_embedded));
+    });
+    let res = call("/embedded", "k1").send(server.addr).await;
+    assert_error(&res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    assert!(logged.containing("registered no IdempotencyConfig") >= 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler did not run");
+}
+
+#[actix_web::test]
+async fn settings_that_lend_no_transaction_fail_the_start_up_check_with_what_to_do() {
+    use idem_actix::{PolicyError, Store};
+
+    // Building a store does not connect; nothing here needs a server.
+    let url = "postgres://app@127.0.0.1:1/app";
+    let postgres = || PostgresStore::new(url).expect("valid settings");
+    assert!(IdempotencyConfig::new(postgres())
+        .require_transactions()
+        .is_ok());
+
+    let embedded = IdempotencyConfig::new(MokaStore::new()).require_transactions();
+    let shared: Arc<dyn Store> = Arc::new(postgres());
+    let shared = IdempotencyConfig::from_shared(shared).require_transactions();
+    for refused in [embedded, shared] {
+        let err = refused.expect_err("a store that lends no transaction is refused");
+        assert_eq!(err, PolicyError::NoTransactions);
+        let message = err.to_string();
+        assert!(
+            message.contains("IdempotencyConfig::new on a PostgresStore"),
+            "{message}"
+        );
+    }
+}
+
 #[test]
 fn the_readme_shows_the_transactional_example_that_compiles() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -215,11 +215,12 @@ async fn on_database(url: &str) -> Result<(IdempotencyConfig, CallsState, String
         Some((_, host)) => format!("postgres://…@{host}"),
         None => url.to_owned(),
     };
-    Ok((
-        IdempotencyConfig::new(store),
-        state,
-        format!("postgres at {shown}"),
-    ))
+    // The create handlers write in their key's transaction: a store that cannot lend one
+    // stops the start-up here rather than failing their requests.
+    let idem = IdempotencyConfig::new(store)
+        .require_transactions()
+        .map_err(|e| format!("--database-url: {e}"))?;
+    Ok((idem, state, format!("postgres at {shown}")))
 }
 
 /// How long a graceful stop waits for calls whose clients went away.

@@ -162,6 +162,14 @@ impl Statements {
 /// per operation; sqlx tests it when it comes back instead, off the request's path, and closes
 /// it if it broke, so the pool recovers by itself when Postgres comes back.
 ///
+/// Counted on the wire (the workspace's `round_trips` tests): a new key is two round trips
+/// (the claim and the completion) and a replay one. Each operation's connection then costs
+/// one more as it comes back to the pool (sqlx's test, a bare `Sync`), which a request waits
+/// for only when no other connection of the pool is idle. A statement's first use on a
+/// connection costs one more again (sqlx prepares it), once per connection. A transactional
+/// run adds `BEGIN` and `COMMIT` to these: four round trips of the store's, besides the
+/// handler's own statements.
+///
 /// # Purging
 ///
 /// Lapsed rows are dead to every read at once and deleted later, in batches of at most

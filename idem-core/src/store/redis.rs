@@ -64,7 +64,9 @@ return 1
 /// (Redis 7.0 or later); extend, complete and release are Lua scripts that act only while the
 /// record is still the claim of the caller's fencing token (they check its kind and token on
 /// the server). Only the takeover of a lapsed claim that Redis still keeps costs a second
-/// round trip, a script that checks the lapse on the server. Records
+/// round trip, a script that checks the lapse on the server. Counted on the wire (the
+/// workspace's `round_trips` tests, one server): a new key is two round trips, a replay one.
+/// Records
 /// expire in Redis itself (the TTL for completed records, the lease plus a grace for running
 /// ones). The connection is multiplexed and reconnects by itself; each command has a timeout,
 /// past which the request answers 503 `idempotency_store_unavailable` (or runs unprotected,
