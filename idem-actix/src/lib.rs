@@ -77,7 +77,7 @@
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` |
 //! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`; it will not run again |
 //! | 503 | `idempotency_store_unavailable` | the store cannot be reached (fail closed), or the commit of a `Transaction` failed |
-//! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::max_detached`]); nothing ran |
+//! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::with_max_detached`]); nothing ran |
 //! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend (the log says why) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -99,16 +99,19 @@ mod request_id;
 mod scope;
 mod transaction;
 
+pub use idem_core::store;
 #[cfg(feature = "postgres")]
 pub use idem_core::store::{
     ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionalClaim,
 };
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "testing")]
+pub use idem_core::testing;
 pub use idem_core::{
-    clock, codes, testing, BodyError, BodyForm, CachePolicy, ErrorFormat, IdempotencyError,
-    KeyError, KeyOrigin, KeySource, MokaStore, OnInFlight, OnMismatch, OnStoreError, Overrides,
-    Policy, PolicyError, ReplayHeaders, Scope, Store, StoreError,
+    clock, codes, BodyError, BodyForm, CachePolicy, ErrorFormat, IdempotencyError, KeyError,
+    KeyOrigin, KeySource, MokaStore, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
+    PolicyError, ReplayHeaders, Scope, Store, StoreError,
 };
 pub use idem_macros::idempotent;
 

@@ -15,8 +15,9 @@ use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Token};
 
-/// Claims a lapsed key, or returns the live record: one round trip. A free key is claimed by
-/// the plain `SET NX GET` before it, which costs Redis less than a script.
+/// Claims a lapsed key, or returns the live record: the second round trip of a claim that
+/// found a record. A free key is claimed by the plain `SET NX GET` before it, which costs
+/// Redis less than a script.
 /// KEYS[1] the record; ARGV: now (ms), the claim, its PX.
 const CLAIM: &str = r"
 local current = redis.call('GET', KEYS[1])
@@ -60,11 +61,11 @@ return 1
 ///
 /// Each record is one Redis key, `<prefix><hex of the store key>`, and every command and
 /// script touches that key alone, so on a cluster each operation runs on the master that
-/// holds the key's slot. Every operation is one round trip: a claim is one `SET NX PX GET`
-/// (Redis 7.0 or later); extend, complete and release are Lua scripts that act only while the
-/// record is still the claim of the caller's fencing token (they check its kind and token on
-/// the server). Only the takeover of a lapsed claim that Redis still keeps costs a second
-/// round trip, a script that checks the lapse on the server. Records
+/// holds the key's slot. Each operation is one round trip, but one: a claim is one
+/// `SET NX PX GET` (Redis 7.0 or later); extend, complete and release are Lua scripts that act
+/// only while the record is still the claim of the caller's fencing token (they check its kind
+/// and token on the server). The takeover of a lapsed claim that Redis still keeps costs a
+/// second round trip, a script that checks the lapse on the server. Records
 /// expire in Redis itself (the TTL for completed records, the lease plus a grace for running
 /// ones). The connection is multiplexed and reconnects by itself; each command has a timeout,
 /// past which the request answers 503 `idempotency_store_unavailable` (or runs unprotected,
@@ -199,7 +200,7 @@ impl RedisStore {
     }
 
     /// The Redis key of a record.
-    pub fn redis_key(&self, key: &StoreKey) -> String {
+    fn redis_key(&self, key: &StoreKey) -> String {
         format!("{}{key}", self.prefix)
     }
 
