@@ -5,6 +5,9 @@
 //! [`detach`] keeps a run going when its client goes away; [`record`] runs the handler under
 //! its claim and records the response; [`replay`] answers from a record. This file holds what
 //! the attribute's generated code calls.
+//!
+//! A test in [`claim`] holds the sizes of the futures a keyed request builds; why some of
+//! them are `async` blocks is said once, under "Future sizes" in `idem_core`'s engine.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
