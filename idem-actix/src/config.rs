@@ -43,7 +43,8 @@ pub(crate) fn parse_header(name: &'static str) -> Result<HeaderName, PolicyError
 /// ```
 ///
 /// Clones share one set of settings: a clone is a reference count, which every keyed request
-/// takes once.
+/// takes once. Each `with_*` method returns the settings with one of them changed;
+/// [`defaults`](Self::defaults) and [`engine`](Self::engine) read them.
 #[derive(Clone)]
 pub struct IdempotencyConfig(Arc<Settings>);
 

@@ -58,7 +58,8 @@
 //! Without configuration, all handlers of a process share an embedded [`MokaStore`]. Register
 //! an [`IdempotencyConfig`] with `App::app_data` to choose the store, its capacity, or how
 //! errors render. The embedded store is per process: several server processes need a shared
-//! store.
+//! store. A new backend implements [`store::Store`]: the [`store`] module holds everything
+//! that takes.
 //!
 //! # OpenAPI and CORS
 //! With the feature `utoipa`, [`openapi::Contract`] writes what each idempotent operation
