@@ -5,6 +5,7 @@
 //!
 //! `cargo bench -p idem-examples --bench fingerprint`; the cost per KiB of each form is
 //! printed and written to `target/bench/fingerprint.md`.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -3,6 +3,7 @@
 //!
 //! `cargo bench -p idem-examples --bench memory`; the result is printed and written to
 //! `target/bench/memory.md`.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@
 //! `cargo bench -p idem-examples --bench overhead`; the added time per request is printed and
 //! written to `target/bench/inprocess.md`. The added time of the embedded-store cases comes
 //! from interleaved rounds (see [`paired`]), since this kind of machine drifts over a run.
+#![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

@@ -23,6 +23,7 @@
 //! later by itself.
 //!
 //! `cargo bench -p idem-examples --bench store`
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -13,10 +13,11 @@ use crate::handler::TASKS;
 use crate::metrics::StoreMetrics;
 use crate::render::{ErrorRenderer, JsonEnvelope};
 
-/// A header name from a policy; the attribute checks names at compile time, a hand-built
-/// policy may not have.
-pub(crate) fn parse_header(name: &str) -> HeaderName {
-    HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("idempotency-key"))
+/// The key's header name from a policy. The attribute checks names at compile time; one set
+/// at run time (application defaults, the middleware's overrides) is refused when it is not a
+/// header name, never replaced by another.
+pub(crate) fn parse_header(name: &'static str) -> Result<HeaderName, PolicyError> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| PolicyError::InvalidHeader(name))
 }
 
 /// The store and error rendering of an application, registered with `App::app_data`.
@@ -42,7 +43,8 @@ pub(crate) fn parse_header(name: &str) -> HeaderName {
 /// ```
 ///
 /// Clones share one set of settings: a clone is a reference count, which every keyed request
-/// takes once.
+/// takes once. Each `with_*` method returns the settings with one of them changed;
+/// [`defaults`](Self::defaults) and [`engine`](Self::engine) read them.
 #[derive(Clone)]
 pub struct IdempotencyConfig(Arc<Settings>);
 
@@ -96,7 +98,7 @@ impl IdempotencyConfig {
             engine: Engine::from_arc(Arc::clone(&store)).with_observer(StoreMetrics::new(store)),
             renderer: Arc::new(JsonEnvelope::CODE),
             defaults: Policy::DEFAULT,
-            header: parse_header(Policy::DEFAULT.header),
+            header: HeaderName::from_static("idempotency-key"),
             max_detached: DEFAULT_MAX_DETACHED,
             #[cfg(feature = "postgres")]
             transactions: None,
@@ -112,12 +114,12 @@ impl IdempotencyConfig {
     /// use std::time::Duration;
     /// use idem_actix::{IdempotencyConfig, MokaStore, Policy};
     ///
-    /// let idem = IdempotencyConfig::new(MokaStore::new()).defaults(
+    /// let idem = IdempotencyConfig::new(MokaStore::new()).with_defaults(
     ///     Policy::DEFAULT
     ///         .ttl(Duration::from_secs(3600))
     ///         .header("X-Idempotency-Key"),
     /// )?;
-    /// assert_eq!(idem.policy().ttl, Duration::from_secs(3600));
+    /// assert_eq!(idem.defaults().ttl, Duration::from_secs(3600));
     /// # Ok::<(), idem_actix::PolicyError>(())
     /// ```
     ///
@@ -126,10 +128,11 @@ impl IdempotencyConfig {
     /// records it keeps) or a header name that is not one. An endpoint's own overrides are
     /// checked the same way on its first keyed request, and a contradiction is logged; the
     /// layer never loses a record to one (see [`Policy::check`]).
-    pub fn defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
+    pub fn with_defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
         policy.check(&**self.engine().store())?;
+        let header = parse_header(policy.header)?;
         let settings = self.settings();
-        settings.header = parse_header(policy.header);
+        settings.header = header;
         settings.defaults = policy;
         Ok(self)
     }
@@ -172,8 +175,8 @@ impl IdempotencyConfig {
         }
     }
 
-    /// The application's defaults.
-    pub fn policy(&self) -> &Policy {
+    /// The application's defaults, as [`with_defaults`](Self::with_defaults) set them.
+    pub fn defaults(&self) -> &Policy {
         &self.0.defaults
     }
 
@@ -186,7 +189,7 @@ impl IdempotencyConfig {
     /// gets 503 `idempotency_overloaded` with `Retry-After`, and nothing runs: a client that
     /// resets every request cannot make a server pile up work nobody waits for. Default 1024.
     #[must_use]
-    pub fn max_detached(mut self, per_worker: usize) -> Self {
+    pub fn with_max_detached(mut self, per_worker: usize) -> Self {
         self.settings().max_detached = per_worker;
         self
     }
@@ -270,14 +273,14 @@ impl IdempotencyConfig {
         self.0.on_replay
     }
 
-    /// The bound set by [`max_detached`](Self::max_detached).
+    /// The bound set by [`max_detached`](Self::with_max_detached).
     pub(crate) fn detached_limit(&self) -> usize {
         self.0.max_detached
     }
 
     /// Uses `clock` for leases and expiry (for tests that move time by hand).
     #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
         let settings = self.settings();
         settings.engine = settings.engine.clone().with_clock(clock);
         self
@@ -286,7 +289,7 @@ impl IdempotencyConfig {
     /// Renders the layer's errors with `renderer`, for endpoints that do not name an
     /// `errors` format themselves.
     #[must_use]
-    pub fn error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
+    pub fn with_error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
         self.settings().renderer = Arc::new(renderer);
         self
     }
@@ -350,15 +353,15 @@ mod tests {
         let base = IdempotencyConfig::new(MokaStore::new());
         let hourly = base
             .clone()
-            .defaults(
+            .with_defaults(
                 Policy::DEFAULT
                     .ttl(Duration::from_secs(3600))
                     .header("X-Key"),
             )
             .unwrap();
-        assert_eq!(hourly.policy().ttl, Duration::from_secs(3600));
+        assert_eq!(hourly.defaults().ttl, Duration::from_secs(3600));
         assert_eq!(hourly.header(), "x-key");
-        assert_eq!(base.policy().ttl, Policy::DEFAULT.ttl);
+        assert_eq!(base.defaults().ttl, Policy::DEFAULT.ttl);
         assert_eq!(base.header(), "idempotency-key");
         // The store stays shared: both clones see the same records.
         assert!(Arc::ptr_eq(base.engine().store(), hourly.engine().store()));
@@ -367,13 +370,13 @@ mod tests {
     #[test]
     fn defaults_the_store_contradicts_are_refused() {
         let small = IdempotencyConfig::new(MokaStore::builder().max_bytes(64 * 1024).build());
-        let err = small.clone().defaults(Policy::DEFAULT).unwrap_err();
+        let err = small.clone().with_defaults(Policy::DEFAULT).unwrap_err();
         assert!(matches!(err, PolicyError::ResponseLargerThanStore { .. }));
         assert!(small
-            .defaults(Policy::DEFAULT.max_response(32 * 1024))
+            .with_defaults(Policy::DEFAULT.max_response(32 * 1024))
             .is_ok());
         let err = IdempotencyConfig::new(MokaStore::new())
-            .defaults(Policy::DEFAULT.header("no spaces"))
+            .with_defaults(Policy::DEFAULT.header("no spaces"))
             .unwrap_err();
         assert_eq!(err, PolicyError::InvalidHeader("no spaces"));
     }

@@ -7,6 +7,10 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
+use idem_core::IdempotencyError;
+
+use crate::config::IdempotencyConfig;
+use crate::render::error_response;
 use crate::request_id::RequestId;
 
 /// What the layer hands the handler of a keyed request it runs: the request's id and key
@@ -34,7 +38,7 @@ pub(crate) struct Admitted {
 /// }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(pub(crate) idem_core::IdempotencyKey);
+pub struct IdempotencyKey(pub(crate) idem_core::ClientKey);
 
 impl IdempotencyKey {
     /// The key, unquoted.
@@ -44,7 +48,7 @@ impl IdempotencyKey {
 }
 
 impl Deref for IdempotencyKey {
-    type Target = idem_core::IdempotencyKey;
+    type Target = idem_core::ClientKey;
 
     fn deref(&self) -> &Self::Target {
         &self.0
@@ -58,8 +62,23 @@ impl std::fmt::Display for IdempotencyKey {
 }
 
 /// The request has no idempotency key (or the handler is not `#[idempotent]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NoIdempotencyKey;
+///
+/// It answers 400 `idempotency_key_missing`, rendered as the application renders the layer's
+/// errors ([`IdempotencyConfig::with_error_renderer`](crate::IdempotencyConfig::with_error_renderer)),
+/// with the request's `X-Request-ID`.
+#[derive(Clone)]
+pub struct NoIdempotencyKey {
+    config: IdempotencyConfig,
+    request_id: RequestId,
+}
+
+impl std::fmt::Debug for NoIdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoIdempotencyKey")
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
 
 impl std::fmt::Display for NoIdempotencyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,9 +92,10 @@ impl ResponseError for NoIdempotencyKey {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::BadRequest().json(serde_json::json!({
-            "error": {"code": idem_core::codes::KEY_MISSING, "message": self.to_string()}
-        }))
+        let error = IdempotencyError::KeyMissing {
+            header: self.config.defaults().header,
+        };
+        error_response(&error, &self.request_id, None, self.config.renderer())
     }
 }
 
@@ -84,12 +104,14 @@ impl FromRequest for IdempotencyKey {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            req.extensions()
-                .get::<Admitted>()
-                .map(|admitted| admitted.key.clone())
-                .ok_or(NoIdempotencyKey),
-        )
+        let key = req
+            .extensions()
+            .get::<Admitted>()
+            .map(|admitted| admitted.key.clone());
+        ready(key.ok_or_else(|| NoIdempotencyKey {
+            config: IdempotencyConfig::of(req).clone(),
+            request_id: RequestId::of(req),
+        }))
     }
 }
 
@@ -97,9 +119,60 @@ impl FromRequest for IdempotencyKey {
 mod tests {
     use actix_web::body::MessageBody as _;
     use actix_web::test::TestRequest;
+    use actix_web::{web, App, HttpResponse};
     use futures_util::FutureExt as _;
+    use serde_json::Value;
 
     use super::*;
+    use crate::{IdempotencyConfig, MokaStore, ProblemJson};
+
+    async fn echo(key: IdempotencyKey) -> HttpResponse {
+        HttpResponse::Ok().body(key.to_string())
+    }
+
+    /// The answer to a request without a key, to a handler that takes one, under `config`.
+    async fn missing_key(config: IdempotencyConfig) -> (u16, String, String, Value) {
+        let app = actix_web::test::init_service(
+            App::new()
+                .app_data(config)
+                .route("/echo", web::post().to(echo)),
+        )
+        .await;
+        let res =
+            actix_web::test::call_service(&app, TestRequest::post().uri("/echo").to_request())
+                .await;
+        let header = |name: &str| {
+            let value = res.headers().get(name).map(|v| v.to_str().unwrap());
+            value.unwrap_or_default().to_owned()
+        };
+        let (content_type, request_id) = (header("content-type"), header("x-request-id"));
+        let status = res.status().as_u16();
+        let body = serde_json::from_slice(&actix_web::test::read_body(res).await).unwrap();
+        (status, content_type, request_id, body)
+    }
+
+    #[actix_web::test]
+    async fn a_missing_key_renders_as_the_default_json_envelope() {
+        let (status, content_type, request_id, body) =
+            missing_key(IdempotencyConfig::new(MokaStore::new())).await;
+        assert_eq!((status, content_type.as_str()), (400, "application/json"));
+        assert_eq!(body["error"]["code"], "idempotency_key_missing");
+        assert_eq!(body["request_id"], request_id.as_str());
+        assert!(!request_id.is_empty());
+    }
+
+    #[actix_web::test]
+    async fn a_missing_key_renders_through_the_configured_renderer() {
+        let config = IdempotencyConfig::new(MokaStore::new()).with_error_renderer(ProblemJson);
+        let (status, content_type, request_id, body) = missing_key(config).await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (400, "application/problem+json")
+        );
+        assert_eq!(body["type"], "urn:idem:error:idempotency_key_missing");
+        assert_eq!(body["status"], 400);
+        assert_eq!(body["request_id"], request_id.as_str());
+    }
 
     fn extracted(req: &HttpRequest) -> Result<IdempotencyKey, NoIdempotencyKey> {
         IdempotencyKey::from_request(req, &mut Payload::None)
@@ -110,7 +183,7 @@ mod tests {
     #[test]
     fn the_key_is_there_for_a_request_the_layer_admitted() {
         let req = TestRequest::post().to_http_request();
-        let key = idem_core::IdempotencyKey::parse(b"\"order-1\"", 255).unwrap();
+        let key = idem_core::ClientKey::parse(b"\"order-1\"", 255).unwrap();
         let request_id = RequestId::peek(&req);
         req.extensions_mut().insert(Admitted {
             request_id,

@@ -12,7 +12,7 @@ use crate::scope::ScopeFunction;
 /// or `None` when it cannot read it (the answer is then 400 `idempotency_body_invalid`).
 ///
 /// `#[idempotent(fingerprint = my_fn)]` checks the signature at compile time; the
-/// middleware takes one with [`Idempotency::fingerprint_fn`](crate::Idempotency::fingerprint_fn).
+/// middleware takes one with [`Idempotency::with_fingerprint_fn`](crate::Idempotency::with_fingerprint_fn).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a fingerprint function",
     label = "a fingerprint function is `fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>`",
@@ -34,7 +34,7 @@ impl<F: Fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>> FingerprintFn for F {
 /// follows the key rules (1 to `key_max_len` bytes of visible ASCII), and its 400s.
 ///
 /// `#[idempotent(key = my_fn)]` checks the signature at compile time; the middleware takes
-/// one with [`Idempotency::key_fn`](crate::Idempotency::key_fn).
+/// one with [`Idempotency::with_key_fn`](crate::Idempotency::with_key_fn).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a key function",
     label = "a key function is `fn(&HttpRequest, &[u8]) -> Option<String>`",

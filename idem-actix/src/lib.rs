@@ -58,7 +58,8 @@
 //! Without configuration, all handlers of a process share an embedded [`MokaStore`]. Register
 //! an [`IdempotencyConfig`] with `App::app_data` to choose the store, its capacity, or how
 //! errors render. The embedded store is per process: several server processes need a shared
-//! store.
+//! store. A new backend implements [`store::Store`]: the [`store`] module holds everything
+//! that takes.
 //!
 //! # OpenAPI and CORS
 //! With the feature `utoipa`, [`openapi::Contract`] writes what each idempotent operation
@@ -71,7 +72,7 @@
 //! `{"error":{"code":"...","message":"..."},"request_id":"..."}` with
 //! `Content-Type: application/json` ([`JsonEnvelope`]; `errors = "type"` names the field
 //! `type`), or RFC 9457 `application/problem+json` ([`ProblemJson`], `errors = "problem"`), or
-//! what [`IdempotencyConfig::error_renderer`] makes of them. They all carry `X-Request-ID`
+//! what [`IdempotencyConfig::with_error_renderer`] makes of them. They all carry `X-Request-ID`
 //! (equal to `request_id`) and `Cache-Control: no-store`.
 //!
 //! | status | code | when | `Retry-After` |
@@ -86,7 +87,7 @@
 //! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`, so it cannot be replayed; it will not run again | |
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` | |
 //! | 503 | `idempotency_store_unavailable` | the store cannot be reached (unless `fail_open`), or a `Transaction` could not be opened or committed | 1 s |
-//! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::max_detached`]) | 1 s |
+//! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::with_max_detached`]) | 1 s |
 //! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend: its store is not a `PostgresStore`, the handler is under no idempotency layer, or it takes two (the log says which) | |
 //!
 //! # Metrics
@@ -125,16 +126,19 @@ mod request_id;
 mod scope;
 mod transaction;
 
+pub use idem_core::store;
 #[cfg(feature = "postgres")]
 pub use idem_core::store::{
     ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionalClaim,
 };
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "testing")]
+pub use idem_core::testing;
 pub use idem_core::{
-    clock, codes, testing, BodyError, BodyForm, CachePolicy, ErrorFormat, IdempotencyError,
-    KeyError, KeyOrigin, KeySource, MokaStore, OnInFlight, OnMismatch, OnStoreError, Overrides,
-    Policy, PolicyError, ReplayHeaders, Scope, Store, StoreError,
+    clock, codes, BodyError, BodyForm, CachePolicy, ErrorFormat, IdempotencyError, KeyError,
+    KeyOrigin, KeySource, MokaStore, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
+    PolicyError, ReplayHeaders, Scope, Store, StoreError,
 };
 pub use idem_macros::idempotent;
 

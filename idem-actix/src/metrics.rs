@@ -72,7 +72,8 @@ pub(crate) fn refused(error: &IdempotencyError) {
     }
 }
 
-/// Times every store operation, counts its errors, and counts the records the store evicted.
+/// The engine's observer of store operations (it wraps no store): times each one, counts its
+/// errors, and counts the records the store evicted.
 pub(crate) struct StoreMetrics {
     store: Arc<dyn Store>,
 }

@@ -23,7 +23,7 @@ use crate::handler::{bypasses, keyed, taken, Endpoint, Reply};
 /// It applies to `POST`, `PATCH`, `PUT` and `DELETE` by default; a key on any other method
 /// (`GET`, `HEAD`, `OPTIONS`) is ignored. Settings come from the app's
 /// [`IdempotencyConfig`](crate::IdempotencyConfig) (or the built-in defaults), and
-/// [`Idempotency::policy`] overrides them for what this middleware wraps. A handler that is
+/// [`Idempotency::with_overrides`] overrides them for what this middleware wraps. A handler that is
 /// also `#[idempotent]` is not claimed twice: the middleware, being outside, handles the key
 /// and the attribute steps aside.
 ///
@@ -36,7 +36,7 @@ use crate::handler::{bypasses, keyed, taken, Endpoint, Reply};
 /// let app = test::init_service(
 ///     App::new().service(
 ///         web::scope("/v1")
-///             .wrap(Idempotency::new().policy(|p| p.ttl(Duration::from_secs(3600))))
+///             .wrap(Idempotency::new().with_overrides(|p| p.ttl(Duration::from_secs(3600))))
 ///             .route("/calls", web::post().to(|| async { HttpResponse::Created().finish() })),
 ///     ),
 /// )
@@ -79,14 +79,14 @@ impl Idempotency {
     }
 
     /// The methods whose keys are honoured; keys on other methods are ignored.
-    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+    pub fn with_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
         self
     }
 
     /// Overrides the app's settings for what this middleware wraps, as
     /// `#[idempotent(...)]` arguments do for one handler.
-    pub fn policy(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
+    pub fn with_overrides(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
         self.overrides = configure(self.overrides);
         self
     }
@@ -94,14 +94,14 @@ impl Idempotency {
     /// Compares bodies by what `f` makes of them, for bodies only the application can read
     /// (see [`FingerprintFn`](crate::FingerprintFn)), as `#[idempotent(fingerprint = f)]`
     /// does.
-    pub fn fingerprint_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>) -> Self {
+    pub fn with_fingerprint_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>) -> Self {
         self.functions.fingerprint = Some(f);
         self
     }
 
     /// Reads each request's key with `f` instead of from a header (see
     /// [`KeyFn`](crate::KeyFn)), as `#[idempotent(key = f)]` does.
-    pub fn key_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<String>) -> Self {
+    pub fn with_key_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<String>) -> Self {
         self.functions.key = Some(f);
         self
     }
@@ -131,11 +131,21 @@ where
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
+    /// Refuses to start (as actix-cors does with a bad setting) when the overrides name a key
+    /// header that is not a header name: the app fails to build, instead of reading keys from
+    /// another header than the one configured.
     fn new_transform(&self, service: S) -> Self::Future {
+        let endpoint = match Endpoint::parsed(self.overrides) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::error!(%error, "the Idempotency middleware cannot start");
+                return ready(Err(()));
+            }
+        };
         ready(Ok(IdempotencyService {
             service: Rc::new(service),
             inner: Rc::new(Inner {
-                endpoint: Endpoint::new(self.overrides),
+                endpoint,
                 functions: self.functions,
                 methods: Rc::clone(&self.methods),
             }),
@@ -216,5 +226,25 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::dev::fn_service;
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_key_header_that_is_not_a_header_name_stops_the_app_from_starting() {
+        let starts = |header: &'static str| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            let idempotency = Idempotency::new().with_overrides(|o| o.header(header));
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        assert!(starts("X-Key").await);
+        assert!(!starts("X Key").await);
     }
 }

@@ -27,8 +27,8 @@
 //! operations it wraps, with the same closure the middleware's `policy` takes; a complete
 //! [`Policy`] can be given with [`Contract::operation_policy`].
 //!
-//! Settings an operation does not override come from [`Contract::defaults`]: give it the
-//! application's ([`IdempotencyConfig::policy`](crate::IdempotencyConfig::policy)), as
+//! Settings an operation does not override come from [`Contract::with_defaults`]: give it the
+//! application's ([`IdempotencyConfig::defaults`](crate::IdempotencyConfig::defaults)), as
 //! [`Contract::from_config`] does.
 //!
 //! ```
@@ -154,25 +154,25 @@ impl Contract {
         }
     }
 
-    /// A contract on the application's defaults ([`IdempotencyConfig::defaults`]). Its error
+    /// A contract on the application's defaults ([`IdempotencyConfig::with_defaults`]). Its error
     /// renderer cannot be read back: if it is not the default envelope, say which format it
-    /// renders with [`errors`](Self::errors).
+    /// renders with [`with_errors`](Self::with_errors).
     pub fn from_config(config: &IdempotencyConfig) -> Self {
-        Self::new().defaults(*config.policy())
+        Self::new().with_defaults(*config.defaults())
     }
 
     /// The settings every operation starts from; each declaration overrides its own.
-    pub fn defaults(mut self, policy: Policy) -> Self {
+    pub fn with_defaults(mut self, policy: Policy) -> Self {
         self.defaults = policy;
         self
     }
 
     /// The format the application renders the layer's errors in, for operations whose
-    /// policy names none (the format of `IdempotencyConfig::error_renderer`): the default
+    /// policy names none (the format of `IdempotencyConfig::with_error_renderer`): the default
     /// envelope ([`ErrorFormat::Envelope`], also for `JsonEnvelope::CODE`), the envelope with
     /// `type` ([`ErrorFormat::EnvelopeType`], `JsonEnvelope::TYPE`), or problem JSON
     /// ([`ErrorFormat::Problem`], `ProblemJson`).
-    pub fn errors(mut self, format: ErrorFormat) -> Self {
+    pub fn with_errors(mut self, format: ErrorFormat) -> Self {
         self.errors = format;
         self
     }
@@ -977,7 +977,7 @@ fn extension(policy: &Policy) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use actix_web::body::MessageBody;
-    use idem_core::{IdempotencyError, IdempotencyKey};
+    use idem_core::{ClientKey, IdempotencyError};
     use proptest::prelude::*;
     use serde_json::Value;
     use utoipa::openapi::path::OperationBuilder;
@@ -1160,7 +1160,7 @@ mod tests {
     fn errors_are_documented_in_the_configured_format() {
         let doc = applied(
             Contract::new()
-                .errors(ErrorFormat::Problem)
+                .with_errors(ErrorFormat::Problem)
                 .operation(HttpMethod::Post, "/v1/calls", |p| p)
                 .operation(HttpMethod::Put, "/v1/calls/{id}", |p| {
                     p.error_format(ErrorFormat::EnvelopeType)
@@ -1385,7 +1385,7 @@ mod tests {
     #[test]
     fn the_contract_starts_from_the_applications_defaults() {
         let config = IdempotencyConfig::new(crate::MokaStore::new())
-            .defaults(
+            .with_defaults(
                 Policy::DEFAULT
                     .header("X-Key")
                     .ttl(Duration::from_secs(3600)),
@@ -1419,7 +1419,7 @@ mod tests {
         fn the_key_pattern_accepts_what_the_key_parser_accepts(raw in key_bytes()) {
             let pattern = regex::Regex::new(KEY_PATTERN).unwrap();
             let matched = std::str::from_utf8(&raw).is_ok_and(|s| pattern.is_match(s));
-            let parsed = IdempotencyKey::parse(&raw, 255).is_ok();
+            let parsed = ClientKey::parse(&raw, 255).is_ok();
             prop_assert_eq!(matched, parsed, "{:?}", String::from_utf8_lossy(&raw));
         }
     }

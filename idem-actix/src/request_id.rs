@@ -59,7 +59,8 @@ fn incoming(req: &HttpRequest) -> Option<HeaderValue> {
 /// A fresh id: 16 lowercase hex digits.
 fn fresh() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = idem_core::random_u64();
+    // The low half of a token: unique, not secret, and no second generator to seed.
+    let n = idem_core::Token::random().as_u128() as u64;
     let digits: [u8; 16] = std::array::from_fn(|i| HEX[((n >> (60 - 4 * i)) & 0xf) as usize]);
     // One allocation that clones share (a `Vec`-backed value would allocate again on its
     // first clone). Hex digits are always a valid value; the fallback is never taken.

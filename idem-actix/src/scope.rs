@@ -170,7 +170,7 @@ pub(crate) fn resolve(
 #[cfg(test)]
 mod tests {
     use actix_web::test::TestRequest;
-    use idem_core::{IdempotencyKey, StoreKey};
+    use idem_core::{ClientKey, StoreKey};
 
     use super::*;
 
@@ -197,7 +197,7 @@ mod tests {
     }
 
     fn store_key(scope: &ScopeValue<'_>) -> StoreKey {
-        StoreKey::new(scope, None, &IdempotencyKey::parse(b"k", 255).unwrap())
+        StoreKey::new(scope, None, &ClientKey::parse(b"k", 255).unwrap())
     }
 
     #[test]

@@ -217,7 +217,7 @@ mod enabled {
             );
         }
         if !req.headers().contains_key(config.header()) {
-            let header = config.policy().header;
+            let header = config.defaults().header;
             return rendered(IdempotencyError::KeyMissing { header });
         }
         unavailable(

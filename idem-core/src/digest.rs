@@ -10,7 +10,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::canonical::{json, pointer, Body};
-use crate::key::IdempotencyKey;
+use crate::key::ClientKey;
 use crate::scope::ScopeValue;
 
 /// Where a digest's input is written: the hasher itself, or a buffer hashed at once (many
@@ -214,7 +214,7 @@ impl std::hash::Hash for StoreKey {
 
 impl StoreKey {
     /// The store key of `key` in `scope`; `endpoint` is given when keys are per endpoint.
-    pub fn new(scope: &ScopeValue<'_>, endpoint: Option<&str>, key: &IdempotencyKey) -> Self {
+    pub fn new(scope: &ScopeValue<'_>, endpoint: Option<&str>, key: &ClientKey) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(b"idem:K2");
         field(&mut hasher, scope.kind.as_bytes());
@@ -273,8 +273,8 @@ mod tests {
     use super::*;
     use crate::canonical::JsonBody;
 
-    fn key(k: &str) -> IdempotencyKey {
-        IdempotencyKey::parse(k.as_bytes(), 255).unwrap()
+    fn key(k: &str) -> ClientKey {
+        ClientKey::parse(k.as_bytes(), 255).unwrap()
     }
 
     #[test]

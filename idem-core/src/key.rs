@@ -9,22 +9,23 @@ use std::fmt;
 /// The default longest key, in bytes (Stripe's limit, and the IETF draft's examples fit).
 pub const DEFAULT_KEY_MAX_LEN: usize = 255;
 
-/// A validated idempotency key, as the client meant it (quotes and escapes removed).
+/// A validated idempotency key, as the client meant it (quotes and escapes removed). Handlers
+/// take it through the `idem_actix::IdempotencyKey` extractor.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(Box<str>);
+pub struct ClientKey(Box<str>);
 
-impl IdempotencyKey {
+impl ClientKey {
     /// Parses one header value.
     ///
     /// # Errors
     /// A [`KeyError`] naming the rule the value breaks.
     ///
     /// ```
-    /// use idem_core::{IdempotencyKey, KeyError};
+    /// use idem_core::{ClientKey, KeyError};
     ///
-    /// let key = IdempotencyKey::parse(br#""order-42""#, 255).unwrap();
+    /// let key = ClientKey::parse(br#""order-42""#, 255).unwrap();
     /// assert_eq!(key.as_str(), "order-42");
-    /// assert_eq!(IdempotencyKey::parse(b"", 255), Err(KeyError::Empty));
+    /// assert_eq!(ClientKey::parse(b"", 255), Err(KeyError::Empty));
     /// ```
     pub fn parse(raw: &[u8], max_len: usize) -> Result<Self, KeyError> {
         let key = match raw.first() {
@@ -53,13 +54,13 @@ impl IdempotencyKey {
     }
 }
 
-impl fmt::Debug for IdempotencyKey {
+impl fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("IdempotencyKey").field(&self.0).finish()
+        f.debug_tuple("ClientKey").field(&self.0).finish()
     }
 }
 
-impl fmt::Display for IdempotencyKey {
+impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -159,7 +160,7 @@ mod tests {
     use super::*;
 
     fn parse(raw: &[u8]) -> Result<String, KeyError> {
-        IdempotencyKey::parse(raw, DEFAULT_KEY_MAX_LEN).map(|k| k.as_str().to_owned())
+        ClientKey::parse(raw, DEFAULT_KEY_MAX_LEN).map(|k| k.as_str().to_owned())
     }
 
     #[test]
@@ -185,7 +186,7 @@ mod tests {
             Err(KeyError::TooLong { len: 256, max: 255 })
         );
         assert_eq!(
-            IdempotencyKey::parse(b"abcd", 3),
+            ClientKey::parse(b"abcd", 3),
             Err(KeyError::TooLong { len: 4, max: 3 })
         );
     }

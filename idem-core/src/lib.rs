@@ -3,17 +3,17 @@
 //!
 //! A client that timed out does not know whether its request ran; it retries with the same
 //! `Idempotency-Key`, and the server must run the operation once and give every retry the
-//! first answer. This crate holds the rules: key syntax ([`IdempotencyKey`]), whose key it is
+//! first answer. This crate holds the rules: key syntax ([`ClientKey`]), whose key it is
 //! ([`Scope`]), what identifies a request ([`Fingerprint`]), the [`Store`] of records and the
 //! [`Engine`] that claims, records, releases and replays.
 //!
 //! ```
-//! use idem_core::{Begin, Engine, Fingerprint, IdempotencyKey, MokaStore, Policy, Response, Scope, StoreKey};
+//! use idem_core::{Begin, Engine, Fingerprint, ClientKey, MokaStore, Policy, Response, Scope, StoreKey};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! let engine = Engine::new(MokaStore::new());
 //! let policy = Policy::DEFAULT;
-//! let key = IdempotencyKey::parse(b"order-42", policy.key_max_len).unwrap();
+//! let key = ClientKey::parse(b"order-42", policy.key_max_len).unwrap();
 //! let scope = Scope::ApiKey
 //!     .resolve(|name| (name == "authorization").then_some(&b"Bearer t1"[..]))
 //!     .unwrap();
@@ -47,17 +47,18 @@ mod policy;
 mod record;
 mod scope;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use crate::canonical::{check_pointer, Body, BodyError, BodyForm, JsonBody, PointerError};
 pub use crate::digest::{Fingerprint, StoreKey};
 pub use crate::engine::{Begin, Engine, Lease, Outcome, StoreObserver};
 pub use crate::error::{codes, IdempotencyError, KeyOrigin, RETRY_AFTER};
-pub use crate::key::{IdempotencyKey, KeyError, DEFAULT_KEY_MAX_LEN};
+pub use crate::key::{ClientKey, KeyError, DEFAULT_KEY_MAX_LEN};
 pub use crate::policy::{
     CachePolicy, ErrorFormat, KeySource, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy,
     PolicyError, ReplayHeaders,
 };
-pub use crate::record::{random_u64, Completed, Headers, InFlight, Record, Response, Token};
+pub use crate::record::{Completed, Headers, InFlight, Record, Response, Token};
 pub use crate::scope::{Scope, ScopeError, ScopeValue};
 pub use crate::store::{Claim, MokaStore, Store, StoreError};

@@ -330,7 +330,7 @@ pub enum PolicyError {
 /// [`Policy`]; the rest come from it. Built in a `const` by `#[idempotent(...)]`.
 ///
 /// Precedence: the endpoint's overrides, then the application's defaults
-/// (`IdempotencyConfig::defaults` in `idem-actix`), then [`Policy::DEFAULT`].
+/// (`IdempotencyConfig::with_defaults` in `idem-actix`), then [`Policy::DEFAULT`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Overrides {

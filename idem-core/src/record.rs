@@ -8,7 +8,7 @@ use crate::digest::Fingerprint;
 /// Fast random numbers for tokens and request ids, where uniqueness matters and secrecy does
 /// not: a SplitMix64 stream per thread, seeded once from the operating system. A stream never
 /// repeats a value within 2^64 draws, and streams start at random points.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
@@ -29,7 +29,8 @@ pub fn random_u64() -> u64 {
 pub struct Token(u128);
 
 impl Token {
-    /// A fresh token: unique, not secret (see [`random_u64`]).
+    /// A fresh token: unique, not secret (two draws of a SplitMix64 stream per thread,
+    /// seeded once from the operating system).
     pub fn random() -> Self {
         Self((u128::from(random_u64()) << 64) | u128::from(random_u64()))
     }

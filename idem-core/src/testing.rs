@@ -1,7 +1,8 @@
-//! Stores for tests: one whose backend is always down, a wrapper that counts operations (and
-//! can slow them), and a wrapper that fails the operations a test chooses. They let an
-//! application's own tests check its fail-closed answers, its store traffic, and what happens
-//! when a store fails in the middle of an operation.
+//! Stores for tests (feature `testing`): one whose backend is always down, a wrapper that
+//! counts operations (and can slow them), and a wrapper that fails the operations a test
+//! chooses. They let an application's own tests check its fail-closed answers, its store
+//! traffic, and what happens when a store fails in the middle of an operation. A new
+//! [`Store`] checks itself with [`conformance`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -336,6 +337,22 @@ impl<S: Store> Store for FaultyStore<S> {
     fn take_evictions(&self) -> u64 {
         self.inner.take_evictions()
     }
+}
+
+/// Every record `store` holds, with its store key (a full scan): the claims, then the
+/// completed records. The embedded store keeps only the first 16 bytes of a completed
+/// record's store key; the rest is zero here.
+pub fn records(store: &crate::MokaStore) -> Vec<(StoreKey, Record)> {
+    store.snapshot()
+}
+
+/// The bytes a store outside the process (Redis) writes for `record`, held by `token`: what
+/// a test reads to check what a record reveals.
+///
+/// # Errors
+/// [`StoreError::TooLarge`] when a header or the body does not fit the format's length fields.
+pub fn encoded(record: &Record, token: Token) -> Result<Vec<u8>, StoreError> {
+    crate::store::codec::encode(record, token)
 }
 
 /// The behaviour every [`Store`] must have, as one suite: run [`conformance`] against a new

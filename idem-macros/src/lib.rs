@@ -55,7 +55,7 @@ mod valid;
 ///
 /// Every argument but `key = my_fn`, `fingerprint = my_fn` and `on_replay` has a field of
 /// [`Policy`] of the same meaning, which the [`Idempotency`] middleware takes in its
-/// `.policy(..)` and an application in `IdempotencyConfig::defaults`; the functions have
+/// `.with_overrides(..)` and an application in `IdempotencyConfig::with_defaults`; the functions have
 /// methods of their own there.
 ///
 /// [`Policy`]: ../idem_actix/struct.Policy.html
@@ -594,7 +594,7 @@ mod valid;
 /// The body of the layer's own errors on this endpoint: `"envelope"`
 /// (`{"error":{"code":..,"message":..},"request_id":..}`), `"type"` (the same, with the code under
 /// `error.type`) or `"problem"` (RFC 9457 `application/problem+json`). Without it, the renderer
-/// registered with `IdempotencyConfig::error_renderer`, else `"envelope"`.
+/// registered with `IdempotencyConfig::with_error_renderer`, else `"envelope"`.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

@@ -17,7 +17,7 @@ pub fn key(data: &[u8]) {
         Some((&first, rest)) => (usize::from(first) + 1, rest),
         None => (255, data),
     };
-    match idem_core::IdempotencyKey::parse(raw, max) {
+    match idem_core::ClientKey::parse(raw, max) {
         Ok(key) => {
             let k = key.as_str();
             assert!(

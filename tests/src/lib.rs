@@ -322,7 +322,7 @@ where
 {
     let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
     let runs = Counter::default();
-    let idem = IdempotencyConfig::new(MokaStore::new()).clock(clock.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_clock(clock.clone());
     let data = actix_web::web::Data::new(runs.clone());
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(idem.clone()).app_data(data.clone());

@@ -74,7 +74,7 @@ fn middleware() -> Served {
     serve(|cfg| {
         cfg.service(
             web::scope("/webhook")
-                .wrap(Idempotency::new().policy(|p| {
+                .wrap(Idempotency::new().with_overrides(|p| {
                     p.key_source(KeySource::Json("/event/id"))
                         .fingerprint(idem_actix::BodyForm::Json)
                         .key_max_len(16)
@@ -84,22 +84,23 @@ fn middleware() -> Served {
         .service(
             web::scope("/strict")
                 .wrap(
-                    Idempotency::new()
-                        .policy(|p| p.key_source(KeySource::Json("/event/id")).required(true)),
+                    Idempotency::new().with_overrides(|p| {
+                        p.key_source(KeySource::Json("/event/id")).required(true)
+                    }),
                 )
                 .route("", web::post().to(received)),
         )
         .service(
             web::scope("/delivery")
-                .wrap(Idempotency::new().key_fn(delivery))
+                .wrap(Idempotency::new().with_key_fn(delivery))
                 .route("", web::post().to(received)),
         )
         .service(
             web::scope("/delivery-json")
                 .wrap(
                     Idempotency::new()
-                        .key_fn(delivery)
-                        .policy(|p| p.fingerprint(idem_actix::BodyForm::Json)),
+                        .with_key_fn(delivery)
+                        .with_overrides(|p| p.fingerprint(idem_actix::BodyForm::Json)),
                 )
                 .route("", web::post().to(received)),
         );
@@ -304,7 +305,7 @@ async fn the_application_can_read_every_key_from_the_body() {
     let runs = Counter::default();
     let data = web::Data::new(runs.clone());
     let idem = IdempotencyConfig::new(MokaStore::new())
-        .defaults(Policy::DEFAULT.key_source(KeySource::Json("/request_id")))
+        .with_defaults(Policy::DEFAULT.key_source(KeySource::Json("/request_id")))
         .unwrap();
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(idem.clone())

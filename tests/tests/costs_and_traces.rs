@@ -193,10 +193,10 @@ async fn stored_records_hold_no_raw_key_credential_or_request_header() {
             .await;
         assert_eq!(res.status, 201);
     }
-    let records = store.snapshot();
+    let records = idem_core::testing::records(&store);
     assert_eq!(records.len(), 2);
     for (key, record) in records {
-        let bytes = idem_core::store::codec::encode(&record, idem_core::Token::random()).unwrap();
+        let bytes = idem_core::testing::encoded(&record, idem_core::Token::random()).unwrap();
         let text = format!("{key} {}", String::from_utf8_lossy(&bytes));
         for secret in [
             "SECRET",

@@ -104,7 +104,7 @@ fn probe() -> Probe {
 async fn past_its_bound_of_runs_for_clients_gone_a_worker_refuses_new_keys_and_runs_nothing() {
     let _turn = TURN.lock().await;
     let probe = probe();
-    let idem = IdempotencyConfig::new(MokaStore::new()).max_detached(2);
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(2);
     let server = start(idem.clone(), probe.clone());
     for n in 1..=2 {
         call(&format!("gone-{n}"), "gate")

@@ -83,13 +83,13 @@ async fn fail_open_runs_the_handler_unprotected() {
 #[actix_web::test]
 async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
     let (server, _) =
-        down_app(IdempotencyConfig::new(UnavailableStore).error_renderer(ProblemJson));
+        down_app(IdempotencyConfig::new(UnavailableStore).with_error_renderer(ProblemJson));
     let res = keyed("/default-format", "k").send(server.addr).await;
     assert_eq!(res.status, 503);
     assert_eq!(res.header("content-type"), Some("application/problem+json"));
     assert_eq!(res.json()["code"], "idempotency_store_unavailable");
 
-    let custom = IdempotencyConfig::new(UnavailableStore).error_renderer(
+    let custom = IdempotencyConfig::new(UnavailableStore).with_error_renderer(
         |e: &idem_actix::IdempotencyError, id: &str| {
             HttpResponse::Ok().body(format!("{}|{id}", e.code()))
         },

@@ -67,7 +67,7 @@ fn cookie_server() -> (TestServer, Counter) {
             .route("/v1/sessions", web::post().to(with_cookie))
             .service(
                 web::scope("/v1/allowed")
-                    .wrap(Idempotency::new().policy(|p| p.replay_set_cookie(true)))
+                    .wrap(Idempotency::new().with_overrides(|p| p.replay_set_cookie(true)))
                     .route("", web::post().to(plain_with_cookie)),
             );
     });
@@ -150,7 +150,7 @@ fn faulty_server() -> Faulty {
     let data = web::Data::new(runs.clone());
     let store = FaultyStore::new(MokaStore::new());
     let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
-    let idem = IdempotencyConfig::new(store.clone()).clock(clock.clone());
+    let idem = IdempotencyConfig::new(store.clone()).with_clock(clock.clone());
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(data.clone())
             .app_data(idem.clone())
@@ -341,7 +341,7 @@ async fn a_stream_longer_than_max_response_is_sent_whole_and_recorded_without_it
 #[test]
 fn defaults_that_contradict_the_store_are_refused_when_the_app_is_configured() {
     let store = MokaStore::builder().max_bytes(64 * 1024).build();
-    let refused = IdempotencyConfig::new(store).defaults(Policy::DEFAULT);
+    let refused = IdempotencyConfig::new(store).with_defaults(Policy::DEFAULT);
     assert!(refused
         .unwrap_err()
         .to_string()

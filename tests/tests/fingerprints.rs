@@ -75,12 +75,12 @@ fn middleware() -> Served {
     serve(|cfg| {
         cfg.service(
             web::scope("/json")
-                .wrap(Idempotency::new().policy(|p| p.fingerprint(BodyForm::Json)))
+                .wrap(Idempotency::new().with_overrides(|p| p.fingerprint(BodyForm::Json)))
                 .route("", web::post().to(created)),
         )
         .service(
             web::scope("/ignoring")
-                .wrap(Idempotency::new().policy(|p| {
+                .wrap(Idempotency::new().with_overrides(|p| {
                     p.fingerprint(BodyForm::Json)
                         .fingerprint_ignore(&["/sent_at", "/meta/trace_id"])
                 }))
@@ -88,14 +88,14 @@ fn middleware() -> Served {
         )
         .service(
             web::scope("/form")
-                .wrap(Idempotency::new().policy(|p| p.fingerprint(BodyForm::Form)))
+                .wrap(Idempotency::new().with_overrides(|p| p.fingerprint(BodyForm::Form)))
                 .route("", web::post().to(created)),
         )
         .service(
             web::scope("/headers")
                 .wrap(
                     Idempotency::new()
-                        .policy(|p| p.fingerprint_headers(&["Content-Type", "X-Account"])),
+                        .with_overrides(|p| p.fingerprint_headers(&["Content-Type", "X-Account"])),
                 )
                 .route("", web::post().to(created)),
         )
@@ -106,7 +106,7 @@ fn middleware() -> Served {
         )
         .service(
             web::scope("/lines")
-                .wrap(Idempotency::new().fingerprint_fn(lines))
+                .wrap(Idempotency::new().with_fingerprint_fn(lines))
                 .route("", web::post().to(created)),
         );
     })
@@ -337,7 +337,7 @@ async fn the_applications_defaults_set_the_fingerprint_and_endpoints_override_th
     let runs = Counter::default();
     let data = web::Data::new(runs.clone());
     let idem = IdempotencyConfig::new(MokaStore::new())
-        .defaults(
+        .with_defaults(
             Policy::DEFAULT
                 .fingerprint(BodyForm::Json)
                 .fingerprint_ignore(&["/sent_at"]),
@@ -371,11 +371,11 @@ async fn the_applications_defaults_set_the_fingerprint_and_endpoints_override_th
 fn contradicting_defaults_are_refused_at_start_up() {
     let config = || IdempotencyConfig::new(MokaStore::new());
     assert!(matches!(
-        config().defaults(Policy::DEFAULT.fingerprint_ignore(&["/sent_at"])),
+        config().with_defaults(Policy::DEFAULT.fingerprint_ignore(&["/sent_at"])),
         Err(PolicyError::IgnoreWithoutJson)
     ));
     assert!(matches!(
-        config().defaults(
+        config().with_defaults(
             Policy::DEFAULT
                 .fingerprint(BodyForm::Json)
                 .fingerprint_ignore(&["sent_at"])
@@ -386,11 +386,12 @@ fn contradicting_defaults_are_refused_at_start_up() {
         })
     ));
     assert!(matches!(
-        config().defaults(Policy::DEFAULT.fingerprint_headers(&["Content Type"])),
+        config().with_defaults(Policy::DEFAULT.fingerprint_headers(&["Content Type"])),
         Err(PolicyError::InvalidHeader("Content Type"))
     ));
     assert!(matches!(
-        config().defaults(Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Set-Cookie"]))),
+        config()
+            .with_defaults(Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Set-Cookie"]))),
         Err(PolicyError::SetCookieListed)
     ));
 }

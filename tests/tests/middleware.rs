@@ -62,8 +62,8 @@ fn app(
     };
     let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
     let idem = IdempotencyConfig::new(MokaStore::new())
-        .clock(clock.clone())
-        .defaults(defaults)
+        .with_clock(clock.clone())
+        .with_defaults(defaults)
         .expect("the defaults fit the store");
     let data = web::Data::new(probe.clone());
     let server = TestServer::start(1, move |cfg| {
@@ -221,7 +221,7 @@ async fn the_middleware_ignores_keys_on_reading_methods_and_honours_its_methods(
             )
             .service(
                 web::scope("/v2")
-                    .wrap(Idempotency::new().methods([Method::PUT]))
+                    .wrap(Idempotency::new().with_methods([Method::PUT]))
                     .route("/calls", web::route().to(plain)),
             );
         },
@@ -261,7 +261,7 @@ async fn endpoint_settings_override_app_defaults_which_override_built_in_ones() 
                 .route("/long", web::post().to(long_lived))
                 .service(
                     web::scope("/strict")
-                        .wrap(Idempotency::new().policy(|p| p.required(true)))
+                        .wrap(Idempotency::new().with_overrides(|p| p.required(true)))
                         .route("", web::post().to(plain)),
                 );
         },

@@ -132,7 +132,8 @@ async fn each_record_is_one_key_on_the_master_of_its_slot() {
         };
         let done = lease.finish(Response::new(201, [], b"ok")).await.unwrap();
         assert!(matches!(done, Outcome::Recorded));
-        let redis_key = store.redis_key(&key);
+        // `<prefix><hex of the store key>`, as the store documents its keys.
+        let redis_key = format!("slots:{key}");
         let master = cluster.node_of(&redis_key);
         assert_eq!(
             cluster.keys(master, &redis_key),

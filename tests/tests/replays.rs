@@ -110,16 +110,18 @@ fn middleware() -> Served {
     serve(move |cfg| {
         cfg.service(wrapped(
             "/only",
-            Idempotency::new()
-                .policy(|p| p.replay_headers(ReplayHeaders::Only(&["Location", "content-type"]))),
+            Idempotency::new().with_overrides(|p| {
+                p.replay_headers(ReplayHeaders::Only(&["Location", "content-type"]))
+            }),
         ))
         .service(wrapped(
             "/except",
-            Idempotency::new().policy(|p| p.replay_headers(ReplayHeaders::Except(&["x-trace-id"]))),
+            Idempotency::new()
+                .with_overrides(|p| p.replay_headers(ReplayHeaders::Except(&["x-trace-id"]))),
         ))
         .service(wrapped(
             "/cookie",
-            Idempotency::new().policy(|p| {
+            Idempotency::new().with_overrides(|p| {
                 p.replay_headers(ReplayHeaders::Only(&["Location"]))
                     .replay_set_cookie(true)
             }),
@@ -206,7 +208,7 @@ async fn the_application_sets_the_replays_of_every_endpoint_that_says_nothing() 
     let data = web::Data::new(runs.clone());
     let idem = IdempotencyConfig::new(MokaStore::new())
         .on_replay(app_mark)
-        .defaults(Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["X-Trace-Id"])))
+        .with_defaults(Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["X-Trace-Id"])))
         .unwrap();
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(idem.clone())

@@ -437,7 +437,7 @@ async fn the_middleware_form_reads_the_principal_of_an_authentication_middleware
     let s = serve(|cfg| {
         cfg.service(
             web::scope("/v1")
-                .wrap(Idempotency::new().policy(|p| p.scope(Scope::Principal)))
+                .wrap(Idempotency::new().with_overrides(|p| p.scope(Scope::Principal)))
                 .wrap(from_fn(authenticate))
                 .route("/calls", web::post().to(plain_call)),
         );
@@ -452,7 +452,7 @@ async fn the_middleware_form_inside_out_refuses_instead_of_sharing_a_scope() {
         cfg.service(
             web::scope("/v1")
                 .wrap(from_fn(authenticate))
-                .wrap(Idempotency::new().policy(|p| p.scope(Scope::Principal)))
+                .wrap(Idempotency::new().with_overrides(|p| p.scope(Scope::Principal)))
                 .route("/calls", web::post().to(plain_call)),
         );
     });

@@ -49,7 +49,7 @@ fn setup() -> Setup {
         gate: Arc::new(Semaphore::new(0)),
     };
     let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
-    let idem = IdempotencyConfig::new(MokaStore::new()).clock(clock.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_clock(clock.clone());
     let data = web::Data::new(probe.clone());
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(idem.clone())

@@ -9,6 +9,7 @@
 //! handler plus the embedded store's own work for a new key) when listed. `--routes` serves
 //! only the routes listed, in that order (actix tries routes in order, so a route listed
 //! later pays a failed match per route before it). `scripts/bench-http` drives it.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -16,6 +16,7 @@
 //!
 //! On SIGTERM (or Ctrl-C) it stops accepting, lets calls in progress finish and record their
 //! responses (up to 20 s, even those whose clients went away), then stops.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -14,7 +14,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use idem_core::{
-    Body, BodyError, BodyForm, Fingerprint, IdempotencyError, IdempotencyKey, JsonBody, KeyError,
+    Body, BodyError, BodyForm, ClientKey, Fingerprint, IdempotencyError, JsonBody, KeyError,
     KeyOrigin, KeySource, Policy, StoreKey,
 };
 
@@ -56,7 +56,7 @@ pub(crate) struct Keyed {
 
 /// What the handler of a keyed request needs, once its key is claimed.
 pub(super) struct Run {
-    pub(super) key: IdempotencyKey,
+    pub(super) key: ClientKey,
     pub(super) request_id: RequestId,
     pub(super) req: HttpRequest,
     pub(super) body: Bytes,
@@ -89,11 +89,13 @@ fn refusal(
 /// test every request takes first.
 pub(crate) fn bypasses(endpoint: &Endpoint, functions: &Functions, req: &HttpRequest) -> bool {
     let config = IdempotencyConfig::of(req);
-    let defaults = config.policy();
+    let defaults = config.defaults();
     let required = endpoint.overrides.required.unwrap_or(defaults.required);
     let from_header = functions.key.is_none()
         && endpoint.overrides.key_source.unwrap_or(defaults.key_source) == KeySource::Header;
-    !required && from_header && !req.headers().contains_key(endpoint.header(config))
+    // An endpoint whose header is not a header name is not bypassed: its admission logs why.
+    let absent = |name| !req.headers().contains_key(name);
+    !required && from_header && endpoint.header(config).is_some_and(absent)
 }
 
 /// Whether an outer layer (the middleware around an attributed handler) has the request in
@@ -114,7 +116,7 @@ pub(crate) async fn admit(
     payload: dev::Payload,
 ) -> Admission {
     let config = IdempotencyConfig::of(&req).clone();
-    let policy = endpoint.overrides.apply_to(*config.policy());
+    let policy = endpoint.overrides.apply_to(*config.defaults());
     endpoint.check(&policy, &config);
     let origin = match (functions.key, policy.key_source) {
         (Some(_), _) => Some(KeyOrigin::Function),
@@ -186,8 +188,14 @@ fn header_key(
     config: &IdempotencyConfig,
     policy: &Policy,
     req: &HttpRequest,
-) -> Result<(IdempotencyKey, StoreKey, RequestId), Option<HttpResponse>> {
-    let mut values = req.headers().get_all(endpoint.header(config));
+) -> Result<(ClientKey, StoreKey, RequestId), Option<HttpResponse>> {
+    // No key is read through a header that is not a header name (`Endpoint::check` has
+    // logged the error): the request is answered as one without a key.
+    let mut values = endpoint
+        .header(config)
+        .map(|name| req.headers().get_all(name))
+        .into_iter()
+        .flatten();
     let Some(raw) = values.next() else {
         if policy.required {
             let error = IdempotencyError::KeyMissing {
@@ -200,7 +208,7 @@ fn header_key(
     };
     let parsed = match values.next() {
         Some(_) => Err(KeyError::Multiple),
-        None => IdempotencyKey::parse(raw.as_bytes(), policy.key_max_len),
+        None => ClientKey::parse(raw.as_bytes(), policy.key_max_len),
     };
     // Kept with the request only if the handler runs: a replay or a refusal needs it just
     // for its own response.
@@ -231,7 +239,7 @@ fn body_key<'b>(
     policy: &Policy,
     req: &HttpRequest,
     body: &'b Bytes,
-) -> Result<(IdempotencyKey, Option<JsonBody<'b>>), Option<IdempotencyError>> {
+) -> Result<(ClientKey, Option<JsonBody<'b>>), Option<IdempotencyError>> {
     // A body a key function reads is parsed (if its fingerprint needs it) only once it has a
     // key: without one, the request goes to the handler as it is.
     let (found, json) = match origin {
@@ -268,7 +276,7 @@ fn keyed(
     functions: Functions,
     store_key: StoreKey,
     fingerprint: Fingerprint,
-    key: IdempotencyKey,
+    key: ClientKey,
     request_id: RequestId,
     req: HttpRequest,
     body: Bytes,
@@ -296,7 +304,7 @@ fn store_key(
     req: &HttpRequest,
     policy: &Policy,
     functions: &Functions,
-    key: &IdempotencyKey,
+    key: &ClientKey,
 ) -> Result<StoreKey, IdempotencyError> {
     let scope = crate::scope::resolve(req, policy.scope, functions.scope)?;
     let route = policy.per_endpoint.then(|| {
@@ -313,12 +321,12 @@ fn store_key(
 /// A key read from a request's body, under the key rules. It is taken as it is: a key that
 /// starts with a quote is quoted first, so that a body's key is never unquoted as a
 /// header's is.
-fn key_of_text(text: &str, max_len: usize) -> Result<IdempotencyKey, KeyError> {
+fn key_of_text(text: &str, max_len: usize) -> Result<ClientKey, KeyError> {
     if !text.starts_with('"') {
-        return IdempotencyKey::parse(text.as_bytes(), max_len);
+        return ClientKey::parse(text.as_bytes(), max_len);
     }
     let quoted = format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
-    IdempotencyKey::parse(quoted.as_bytes(), max_len)
+    ClientKey::parse(quoted.as_bytes(), max_len)
 }
 
 /// The fingerprint of `req`, whose body is `body` (parsed already as `json` when the key

@@ -5,6 +5,9 @@
 //! [`detach`] keeps a run going when its client goes away; [`record`] runs the handler under
 //! its claim and records the response; [`replay`] answers from a record. This file holds what
 //! the attribute's generated code calls.
+//!
+//! A test in [`claim`] holds the sizes of the futures a keyed request builds; why some of
+//! them are `async` blocks is said once, under "Future sizes" in `idem_core`'s engine.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -15,7 +18,7 @@ use std::sync::OnceLock;
 use actix_web::dev::{self, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
-use idem_core::{Overrides, Policy};
+use idem_core::{Overrides, Policy, PolicyError};
 
 use crate::config::{parse_header, IdempotencyConfig};
 use crate::functions::Functions;
@@ -35,7 +38,9 @@ pub(crate) use self::detach::TASKS;
 #[derive(Debug)]
 pub struct Endpoint {
     overrides: Overrides,
-    header: OnceLock<HeaderName>,
+    /// The endpoint's own key header, parsed on first use; `None` when it is not a header
+    /// name (the attribute refuses such names at compile time, the middleware at start-up).
+    header: OnceLock<Option<HeaderName>>,
     /// Whether its policy was checked against the store, on its first keyed request.
     checked: AtomicBool,
     /// Whether it was warned that an outer middleware's settings replace its own.
@@ -53,6 +58,18 @@ impl Endpoint {
         }
     }
 
+    /// An endpoint with `overrides`, its key header parsed now: for overrides set at run time.
+    ///
+    /// # Errors
+    /// [`PolicyError::InvalidHeader`] when the overrides name a header that is not one.
+    pub(crate) fn parsed(overrides: Overrides) -> Result<Self, PolicyError> {
+        let endpoint = Self::new(overrides);
+        if let Some(name) = overrides.header {
+            let _ = endpoint.header.set(Some(parse_header(name)?));
+        }
+        Ok(endpoint)
+    }
+
     /// Warns, once, that an `Idempotency` middleware around this attributed handler claims its
     /// keys with the middleware's settings, so that the attribute's own arguments do not
     /// apply. The key is still claimed once; only whose settings is in question.
@@ -66,7 +83,7 @@ impl Endpoint {
     }
 
     /// Logs, once, settings of this endpoint that the store contradicts. The application's
-    /// defaults were refused at start-up already (`IdempotencyConfig::defaults`); an
+    /// defaults were refused at start-up already (`IdempotencyConfig::with_defaults`); an
     /// endpoint's overrides can only be seen with a request.
     fn check(&self, policy: &Policy, config: &IdempotencyConfig) {
         if self.checked.load(Ordering::Relaxed) {
@@ -78,11 +95,13 @@ impl Endpoint {
         }
     }
 
-    /// The key's header: the endpoint's own, else the application's.
-    fn header<'a>(&'a self, config: &'a IdempotencyConfig) -> &'a HeaderName {
+    /// The key's header: the endpoint's own, else the application's. `None` when the
+    /// endpoint's own is not a header name: its keys cannot be read, and [`check`](Self::check)
+    /// logs why.
+    fn header<'a>(&'a self, config: &'a IdempotencyConfig) -> Option<&'a HeaderName> {
         match self.overrides.header {
-            Some(name) => self.header.get_or_init(|| parse_header(name)),
-            None => config.header(),
+            Some(name) => self.header.get_or_init(|| parse_header(name).ok()).as_ref(),
+            None => Some(config.header()),
         }
     }
 }

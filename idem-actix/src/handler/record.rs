@@ -87,15 +87,15 @@ impl Keep {
 /// 409. Collection stops at `max_response`: a longer body is sent on as it comes, and
 /// recorded without its body (retries get 409 `idempotency_response_too_large`).
 ///
-/// An `async` block rather than an `async fn`, whose future would hold its arguments twice.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an `async fn` would hold its arguments twice"
-)]
-///
 /// With an `offer` (a store that lends transactions), a handler that takes its
 /// `Transaction` has its writes committed with the record, or rolled
 /// back with the release.
+///
+/// An `async` block, for a smaller future (see "Future sizes" in `idem_core`'s engine).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "smaller future, see idem_core's engine"
+)]
 pub(super) fn claimed<H, Fut>(
     lease: idem_core::Lease,
     run: Run,

@@ -125,7 +125,7 @@ mod tests {
         let req = TestRequest::post()
             .insert_header(("X-Request-ID", "retry-7"))
             .to_http_request();
-        let key = idem_core::IdempotencyKey::parse(b"k", 255).unwrap();
+        let key = idem_core::ClientKey::parse(b"k", 255).unwrap();
         Keyed {
             config: IdempotencyConfig::new(MokaStore::new()),
             policy,

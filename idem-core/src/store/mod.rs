@@ -1,17 +1,30 @@
-//! Where records live. A [`Store`] is small enough for any backend with an atomic
-//! compare-and-set: each operation is one round trip in the common case (a claim that finds a
-//! lapsed claim to displace, or that races another claim on Postgres, takes a second).
+//! Where records live, and everything a new backend needs: implement [`Store`] (its
+//! operations return a [`StoreFuture`]; a claim answers a [`Claim`]) over records keyed by
+//! [`StoreKey`]: a [`Record`] is an [`InFlight`] claim or a [`Completed`] response, fenced by
+//! a [`Token`] and judged by [`Timestamp`]s the engine passes in. Check a backend with
+//! `idem_core::testing::conformance` (feature `testing`). `idem-actix` re-exports this module
+//! as `idem_actix::store`.
+//!
+//! The operations are small enough for any backend with an atomic compare-and-set. The
+//! common case of each is one round trip; a claim that displaces a lapsed claim the backend
+//! still keeps takes two (Redis checks the lapse in a second script), as does a claim that
+//! races another on Postgres.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::clock::Timestamp;
-use crate::digest::StoreKey;
-use crate::record::{Completed, InFlight, Record, Token};
+pub use crate::clock::Timestamp;
+pub use crate::digest::{Fingerprint, StoreKey};
+pub use crate::record::{Completed, Headers, InFlight, Record, Response, Token};
 
-pub mod codec;
+#[cfg(any(feature = "redis", feature = "testing", test))]
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "without Redis, only tests encode records")
+)]
+pub(crate) mod codec;
 mod moka;
 #[cfg(feature = "postgres")]
 mod postgres;

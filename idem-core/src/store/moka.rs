@@ -288,10 +288,10 @@ impl MokaStore {
         self.evictions.count.load(Relaxed)
     }
 
-    /// Every record held, for tests and diagnostics (a full scan): the claims, then the
-    /// completed records (the cache keeps only the first 16 bytes of their store keys; the
-    /// rest is zero here).
-    pub fn snapshot(&self) -> Vec<(StoreKey, Record)> {
+    /// Every record held (a full scan): the claims, then the completed records (the cache
+    /// keeps only the first 16 bytes of their store keys; the rest is zero here).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn snapshot(&self) -> Vec<(StoreKey, Record)> {
         let mut records = Vec::new();
         for stripe in self.claims.iter() {
             let claims = lock(stripe);

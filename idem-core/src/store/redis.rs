@@ -15,8 +15,9 @@ use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Token};
 
-/// Claims a lapsed key, or returns the live record: one round trip. A free key is claimed by
-/// the plain `SET NX GET` before it, which costs Redis less than a script.
+/// Claims a lapsed key, or returns the live record: the second round trip of a claim that
+/// found a record. A free key is claimed by the plain `SET NX GET` before it, which costs
+/// Redis less than a script.
 /// KEYS[1] the record; ARGV: now (ms), the claim, its PX.
 const CLAIM: &str = r"
 local current = redis.call('GET', KEYS[1])
@@ -201,7 +202,7 @@ impl RedisStore {
     }
 
     /// The Redis key of a record.
-    pub fn redis_key(&self, key: &StoreKey) -> String {
+    fn redis_key(&self, key: &StoreKey) -> String {
         format!("{}{key}", self.prefix)
     }
 
