@@ -206,9 +206,12 @@ mod tests {
             .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"]["code"], idem_core::codes::KEY_MISSING);
+        // The client is told which header to send; the hint for the handler's author
+        // (`Option<IdempotencyKey>`) is the error's Display, for the log.
         assert!(body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("Option<IdempotencyKey>"));
+            .contains("Idempotency-Key"));
+        assert!(missing.to_string().contains("Option<IdempotencyKey>"));
     }
 }
