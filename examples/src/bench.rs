@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use actix_web::body::MessageBody as _;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
@@ -36,51 +37,94 @@ pub async fn idem(body: web::Json<Echo>) -> HttpResponse {
 }
 
 /// The bare handler, then what the embedded store itself does for a new key: a claim of the
-/// request's `Idempotency-Key` and the completion of a record of the response's size, on a
-/// [`MokaStore`] of its own. Nothing of the layer's own work (key syntax, scope, digests,
-/// body handling, the lease, the response's packing and headers, clock reads, metrics), so
-/// that the layer's new key can be compared with what no layer on this store can avoid.
+/// request's `Idempotency-Key` and the completion of a record of this request's response,
+/// built from it as the layer builds one (status, headers and body copied into a record), on
+/// the store [`set_store_alone`] gave (a [`MokaStore`] of its own by default). Nothing of the
+/// layer's own work (key syntax, scope, digests, reading the request body, the lease, clock
+/// reads, metrics, the replay headers), so that the layer's new key can be compared with what
+/// no layer on this store can avoid.
 ///
-/// A reference, not a store to use: the key is spread by a cheap hash instead of SHA-256, and
-/// every request completes the same prepared record.
+/// A reference, not a store to use: the key is spread by a cheap hash instead of SHA-256.
 pub async fn store_alone(req: HttpRequest, body: web::Json<Echo>) -> HttpResponse {
     let res = bare(body).await;
     // A parsed name, as the layer's: a `&str` would be parsed, and copied, on every request.
     const KEY: HeaderName = HeaderName::from_static("idempotency-key");
-    if let Some(key) = req.headers().get(&KEY) {
-        let (store, record) = alone();
-        let key = spread(key.as_bytes());
-        let claim = InFlight {
-            fingerprint: record.fingerprint,
-            lease_until: ALONE_NOW.saturating_add(Duration::from_secs(60)),
-            token: Token::from_u128(1),
+    let Some(key) = req.headers().get(&KEY) else {
+        return res;
+    };
+    let store = alone();
+    let key = spread(key.as_bytes());
+    let claim = InFlight {
+        fingerprint: ALONE_FINGERPRINT,
+        lease_until: ALONE_NOW.saturating_add(Duration::from_secs(60)),
+        token: Token::from_u128(1),
+    };
+    if let Some(Ok(idem_core::Claim::Claimed)) = store.claim_now(&key, claim, ALONE_NOW) {
+        let (head, body) = res.into_parts();
+        let body = body
+            .try_into_bytes()
+            .unwrap_or_else(|_| unreachable!("the echo's body is whole"));
+        let headers: Vec<_> = (head.headers().iter())
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        let record = Completed {
+            fingerprint: claim.fingerprint,
+            response: Response::new(head.status().as_u16(), headers, &body),
+            completed_at: ALONE_NOW,
+            expires_at: ALONE_NOW.saturating_add(Duration::from_secs(86_400)),
         };
-        if let Some(Ok(idem_core::Claim::Claimed)) = store.claim_now(&key, claim, ALONE_NOW) {
-            let completed = store.complete(&key, claim.token, record.clone(), ALONE_NOW);
-            let _ = completed.await;
-        }
+        let _ = store.complete(&key, claim.token, record, ALONE_NOW).await;
+        return head.set_body(actix_web::body::BoxBody::new(body));
     }
     res
 }
 
 /// The time [`store_alone`] claims and completes at: a fixed one, as it reads no clock.
 const ALONE_NOW: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+const ALONE_FINGERPRINT: Fingerprint = Fingerprint::from_bytes([7; 32]);
 
-/// The store of [`store_alone`], and the record it completes every key with: the size of the
-/// echo's response.
-fn alone() -> &'static (MokaStore, Completed) {
-    static ALONE: OnceLock<(MokaStore, Completed)> = OnceLock::new();
-    ALONE.get_or_init(|| {
-        let body = br#"{"agent_id":"agent_1","id":"call_1","phone_number":"+15555550123"}"#;
-        let response = Response::new(201, [("content-type", &b"application/json"[..])], body);
-        let record = Completed {
-            fingerprint: Fingerprint::new("POST", "/store-alone/echo", "", b""),
-            response,
-            completed_at: ALONE_NOW,
-            expires_at: ALONE_NOW.saturating_add(Duration::from_secs(86_400)),
+static ALONE: OnceLock<MokaStore> = OnceLock::new();
+
+/// The store of [`store_alone`]: the one [`set_store_alone`] gave, else a [`MokaStore`] of
+/// the default capacity.
+fn alone() -> &'static MokaStore {
+    ALONE.get_or_init(MokaStore::new)
+}
+
+/// Gives [`store_alone`] its store (for example one of the same capacity as the layer's, and
+/// as full). Only the first call counts; `false` when the store was already set.
+pub fn set_store_alone(store: MokaStore) -> bool {
+    ALONE.set(store).is_ok()
+}
+
+/// Writes `records` completed records of the echo's size into `store` under random keys, as
+/// many new keys would: a store given more than it has room for starts full, and every new key
+/// then evicts a record, as in a busy server's steady state.
+pub async fn prefill(store: &MokaStore, records: usize) {
+    let body = br#"{"agent_id":"agent_1","id":"call_1","phone_number":"+15555550123"}"#;
+    let now = idem_core::clock::Clock::now(&idem_core::clock::SystemClock);
+    for _ in 0..records {
+        let key = StoreKey::from_bytes({
+            let mut bytes = [0; 32];
+            bytes[..16].copy_from_slice(&Token::random().as_u128().to_be_bytes());
+            bytes[16..].copy_from_slice(&Token::random().as_u128().to_be_bytes());
+            bytes
+        });
+        let claim = InFlight {
+            fingerprint: ALONE_FINGERPRINT,
+            lease_until: now.saturating_add(Duration::from_secs(60)),
+            token: Token::random(),
         };
-        (MokaStore::new(), record)
-    })
+        if let Some(Ok(idem_core::Claim::Claimed)) = store.claim_now(&key, claim, now) {
+            let record = Completed {
+                fingerprint: claim.fingerprint,
+                response: Response::new(201, [("content-type", &b"application/json"[..])], body),
+                completed_at: now,
+                expires_at: now.saturating_add(Duration::from_secs(86_400)),
+            };
+            let _ = store.complete(&key, claim.token, record, now).await;
+        }
+    }
 }
 
 /// A store key spread from `key` by FNV-1a and splitmix64's finalizer: cheap, where the
@@ -199,7 +243,7 @@ mod tests {
     #[actix_web::test]
     async fn the_store_alone_reference_does_the_store_work_of_a_new_key() {
         let app = test::init_service(App::new().configure(store_alone_route)).await;
-        let (store, record) = alone();
+        let store = alone();
         // Without a key it is the bare handler.
         let res = test::call_service(&app, echo(None)).await;
         assert_eq!(res.status(), 201);
@@ -210,13 +254,20 @@ mod tests {
             None,
             "not written yet"
         );
-        // With one, the key is claimed and completed with the prepared record, as the
+        // With one, the key is claimed and completed with a record of this response, as the
         // embedded store records a new key; the answer is the bare handler's.
         let res = test::call_service(&app, echo(Some(key))).await;
         assert_eq!(res.status(), 201);
+        let sent = test::read_body(res).await;
+        let Some(idem_core::Record::Completed(record)) = store.get(&slot, ALONE_NOW).await.unwrap()
+        else {
+            panic!("a completed record")
+        };
+        assert_eq!(record.response.status(), 201);
         assert_eq!(
-            store.get(&slot, ALONE_NOW).await.unwrap(),
-            Some(idem_core::Record::Completed(record.clone()))
+            record.response.body(),
+            &sent[..],
+            "the response sent is recorded"
         );
         // Other keys land in other slots, spread over the store's stripes.
         let firsts: std::collections::HashSet<u8> = (0..64)

@@ -1,0 +1,311 @@
+//! What the layer adds to a request on Redis, against one round trip to the same server in
+//! the same run: a replay (one round trip: the claim that finds the record) and a new key
+//! (two: the claim, then the completion).
+//!
+//! Every round times, in turn, a batch of each case: one round trip (a plain blocking client
+//! reading the replayed record: nothing but the wire, the kernel and Redis), the same read
+//! through the `redis` crate's connection, the store alone (a replay; a claim and completion),
+//! the bare handler, and the handler under the layer on Redis (a replay; a new key). The
+//! layer's cases are reported as the time they add to the bare handler in the same round, and
+//! every case as a multiple of the round trip of its round; the medians over rounds are
+//! printed and written to `target/bench/redis.md`. `redis-benchmark -c 1`'s own figure is
+//! printed beside them when it is installed.
+//!
+//! A round trip's time depends on the machine's state more than on anything measured here: on
+//! an idle virtual machine each wake-up of a sleeping process costs tens of microseconds,
+//! under load a few. Compare ratios from one run, never times from two.
+//!
+//! Needs a `redis-server` (started here) or `IDEM_TEST_REDIS_URL`:
+//! `cargo bench -p idem-examples --bench redis`.
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Service;
+use actix_web::{test, App};
+use idem_actix::clock::{Clock, SystemClock, Timestamp};
+use idem_actix::store::{Claim, Completed, Fingerprint, InFlight, Response, StoreKey, Token};
+use idem_actix::{IdempotencyConfig, MokaStore, RedisStore, Store};
+use idem_examples::bench::{bare_route, redis_route};
+use idem_tests::TestRedis;
+
+const BODY: &str = r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
+const ROUNDS: usize = 15;
+const BATCH: usize = 2_000;
+
+fn request(path: &str, key: &str) -> actix_http::Request {
+    let mut req = test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/json"))
+        .set_payload(BODY);
+    if !key.is_empty() {
+        req = req.insert_header(("idempotency-key", key));
+    }
+    req.to_request()
+}
+
+/// One connection that sends a command and reads its whole reply, blocking: one round trip.
+struct RoundTrip {
+    stream: TcpStream,
+    command: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl RoundTrip {
+    fn new(addr: &str, key: &str) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect to Redis");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).into_bytes();
+        Self {
+            stream,
+            command,
+            reply: Vec::new(),
+        }
+    }
+
+    /// Sends the GET and reads its bulk reply.
+    fn run(&mut self) {
+        self.stream.write_all(&self.command).expect("send");
+        self.reply.clear();
+        let mut chunk = [0; 4096];
+        while !bulk_complete(&self.reply) {
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "Redis closed the connection");
+            self.reply.extend_from_slice(&chunk[..n]);
+        }
+        assert!(self.reply.starts_with(b"$"), "a bulk reply");
+    }
+}
+
+/// Whether `reply` holds a whole RESP bulk string (or nil).
+fn bulk_complete(reply: &[u8]) -> bool {
+    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    match std::str::from_utf8(&reply[1..end]).map(str::parse::<i64>) {
+        Ok(Ok(len)) if len >= 0 => reply.len() >= end + 2 + len as usize + 2,
+        _ => true,
+    }
+}
+
+/// A fresh store key.
+fn fresh_key() -> StoreKey {
+    let mut key = [0; 32];
+    key[..16].copy_from_slice(&Token::random().as_u128().to_be_bytes());
+    StoreKey::from_bytes(key)
+}
+
+/// A claim as the engine writes it, at `now`.
+fn claim(now: Timestamp) -> InFlight {
+    InFlight {
+        fingerprint: Fingerprint::new("POST", "/idem-redis/echo", "", BODY.as_bytes()),
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        token: Token::random(),
+    }
+}
+
+/// The record of the bench handler's response.
+fn completed(claim: &InFlight, now: Timestamp) -> Completed {
+    let body = br#"{"id":"call_1","agent_id":"agent_1","phone_number":"+15555550123"}"#;
+    Completed {
+        fingerprint: claim.fingerprint,
+        response: Response::new(201, [("content-type", &b"application/json"[..])], body),
+        completed_at: now,
+        expires_at: now.saturating_add(Duration::from_secs(600)),
+    }
+}
+
+/// `redis-benchmark -c 1`'s mean latency of a GET, in microseconds, when it is installed.
+fn redis_benchmark(host: &str, port: &str) -> Option<f64> {
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h", host, "-p", port, "-c", "1", "-n", "20000", "-t", "get", "--csv",
+        ])
+        .output()
+        .ok()?;
+    let csv = String::from_utf8(out.stdout).ok()?;
+    // "test","rps","avg_latency_ms",...
+    let line = csv.lines().find(|l| l.starts_with("\"GET\""))?;
+    let field = line.split(',').nth(2)?.trim_matches('"');
+    Some(field.parse::<f64>().ok()? * 1000.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let Some(redis) = TestRedis::start() else {
+        println!("redis bench skipped: no redis-server and no IDEM_TEST_REDIS_URL");
+        return;
+    };
+    let rt = actix_web::rt::System::new();
+    let prefix = format!("bench-redis:{:x}:", Token::random().as_u128());
+    let (bare, app, store) = rt.block_on(async {
+        // The store's connection is driven by the runtime it is built in, as in actix's main.
+        let store = RedisStore::builder(redis.url())
+            .prefix(prefix.clone())
+            .build()
+            .expect("a Redis URL");
+        let config = IdempotencyConfig::new(store.clone());
+        let moka = IdempotencyConfig::new(MokaStore::new());
+        let bare = test::init_service(App::new().app_data(moka).configure(bare_route)).await;
+        let app =
+            test::init_service(App::new().configure(move |cfg| redis_route(cfg, config.clone())))
+                .await;
+        let first = app.call(request("/idem-redis/echo", "replayed")).await;
+        assert!(first.expect("an answer").status().is_success());
+        (bare, app, store)
+    });
+    // The replayed record's Redis key: the one key under this run's prefix.
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg(format!("{prefix}*")));
+    assert_eq!(keys.len(), 1, "one record under {prefix}");
+    let addr = redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    let mut round_trip = RoundTrip::new(addr, &keys[0]);
+    let mut client = rt.block_on(async {
+        let client = redis::Client::open(redis.url()).expect("a Redis URL");
+        client.get_connection_manager().await.expect("connect")
+    });
+    let replay_key = rt.block_on(async {
+        let now = SystemClock.now();
+        let (key, claim) = (fresh_key(), claim(now));
+        assert_eq!(store.claim(&key, claim, now).await.unwrap(), Claim::Claimed);
+        assert!(store
+            .complete(&key, claim.token, completed(&claim, now), now)
+            .await
+            .unwrap());
+        key
+    });
+
+    let names = [
+        "one round trip (blocking client)",
+        "GET through the redis crate",
+        "store alone: replay",
+        "store alone: new key",
+        "bare handler",
+        "layer on Redis: replay (added to bare)",
+        "layer on Redis: new key (added to bare)",
+    ];
+    let mut per_rt: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let per = |start: Instant| start.elapsed().as_nanos() as f64 / BATCH as f64 / 1000.0;
+    let mut fresh = 0u64;
+    for round in 0..=ROUNDS {
+        let mut t = [0f64; 7];
+        let start = Instant::now();
+        for _ in 0..BATCH {
+            round_trip.run();
+        }
+        t[0] = per(start);
+        t[1] = rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                let _: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&keys[0])
+                    .query_async(&mut client)
+                    .await
+                    .expect("GET");
+            }
+            per(start)
+        });
+        t[2] = rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                let now = SystemClock.now();
+                let found = store.claim(&replay_key, claim(now), now).await.unwrap();
+                assert!(matches!(found, Claim::Existing(_)));
+            }
+            per(start)
+        });
+        t[3] = rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                let (now, key) = (SystemClock.now(), fresh_key());
+                let claim = claim(now);
+                assert_eq!(store.claim(&key, claim, now).await.unwrap(), Claim::Claimed);
+                let record = completed(&claim, now);
+                assert!(store
+                    .complete(&key, claim.token, record, now)
+                    .await
+                    .unwrap());
+            }
+            per(start)
+        });
+        let requests: Vec<_> = (0..BATCH).map(|_| request("/bare/echo", "")).collect();
+        t[4] = rt.block_on(async {
+            let start = Instant::now();
+            for req in requests {
+                bare.call(req).await.expect("an answer");
+            }
+            per(start)
+        });
+        let requests: Vec<_> = (0..BATCH)
+            .map(|_| request("/idem-redis/echo", "replayed"))
+            .collect();
+        t[5] = rt.block_on(async {
+            let start = Instant::now();
+            for req in requests {
+                let res = app.call(req).await.expect("an answer");
+                assert_eq!(res.status(), 201);
+            }
+            per(start)
+        }) - t[4];
+        let requests: Vec<_> = (0..BATCH)
+            .map(|_| {
+                fresh += 1;
+                request("/idem-redis/echo", &format!("new-{fresh}"))
+            })
+            .collect();
+        t[6] = rt.block_on(async {
+            let start = Instant::now();
+            for req in requests {
+                let res = app.call(req).await.expect("an answer");
+                assert_eq!(res.status(), 201);
+            }
+            per(start)
+        }) - t[4];
+        // Round 0 warms every path up and is not counted.
+        if round > 0 {
+            for (i, time) in t.iter().enumerate() {
+                times[i].push(*time);
+                per_rt[i].push(time / t[0]);
+            }
+        }
+    }
+
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let benchmark = redis_benchmark(host, port);
+    let targets = ["", "", "", "", "", "<= 1.5", "<= 2.5"];
+    let mut table =
+        String::from("| case | median per request | round trips | target |\n|---|---|---|---|\n");
+    for (i, name) in names.iter().enumerate() {
+        let rts = if i == 4 {
+            String::new()
+        } else {
+            format!("{:.2}", median(per_rt[i].clone()))
+        };
+        table += &format!(
+            "| {name} | {:.1} us | {rts} | {} |\n",
+            median(times[i].clone()),
+            targets[i]
+        );
+    }
+    if let Some(us) = benchmark {
+        table += &format!(
+            "\n`redis-benchmark -c 1 -t get`, after the rounds: {us:.1} us per request.\n"
+        );
+    }
+    table += &format!(
+        "\nMedians over {ROUNDS} rounds of {BATCH} requests per case; \"round trips\" divides each case's time by the blocking client's round trip in the same round.\n"
+    );
+    println!("\n{table}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("redis.md"), table);
+}
