@@ -25,17 +25,17 @@ async fn charge(
 }
 
 #[actix_web::main]
-async fn main() -> std::io::Result<()> {
-    let store =
-        PostgresStore::new("postgres://app@127.0.0.1/app").map_err(std::io::Error::other)?;
-    store.migrate().await.map_err(std::io::Error::other)?; // the records' table
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let store = PostgresStore::new("postgres://app@127.0.0.1/app")?;
+    store.migrate().await?; // the records' table
     sqlx::raw_sql("CREATE TABLE IF NOT EXISTS charges (id bigserial PRIMARY KEY, amount bigint)")
         .execute(store.pool())
-        .await
-        .map_err(std::io::Error::other)?;
-    let idem = IdempotencyConfig::new(store);
+        .await?;
+    // Handlers here take a Transaction: a store that lends none fails start-up, not requests.
+    let idem = IdempotencyConfig::new(store).require_transactions()?;
     HttpServer::new(move || App::new().app_data(idem.clone()).service(charge))
         .bind(("127.0.0.1", 8080))?
         .run()
-        .await
+        .await?;
+    Ok(())
 }

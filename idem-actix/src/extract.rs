@@ -7,18 +7,24 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use idem_core::IdempotencyError;
+use idem_core::{ErrorFormat, IdempotencyError};
 
 use crate::config::IdempotencyConfig;
 use crate::render::error_response;
 use crate::request_id::RequestId;
 
 /// What the layer hands the handler of a keyed request it runs: the request's id and key
-/// (for the [`RequestId`] and [`IdempotencyKey`](IdempotencyKey) extractors). It also
+/// (for the [`RequestId`] and [`IdempotencyKey`](IdempotencyKey) extractors), and the
+/// endpoint's error format (for the extractors that answer the layer's errors). It also
 /// marks the request as taken in charge, so that an inner layer steps aside.
 pub(crate) struct Admitted {
     pub(crate) request_id: RequestId,
     pub(crate) key: IdempotencyKey,
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(dead_code, reason = "only the Transaction extractor reads it")
+    )]
+    pub(crate) format: Option<ErrorFormat>,
 }
 
 /// The request's validated idempotency key, as an extractor.
@@ -188,6 +194,7 @@ mod tests {
         req.extensions_mut().insert(Admitted {
             request_id,
             key: IdempotencyKey(key),
+            format: None,
         });
         assert_eq!(extracted(&req).unwrap().as_str(), "order-1");
     }

@@ -24,19 +24,14 @@ mod enabled {
 
     use actix_web::dev::Payload;
     use actix_web::error::InternalError;
-    use actix_web::http::header;
     use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
     use idem_core::store::ClaimTransaction;
     use idem_core::{ErrorFormat, IdempotencyError, Lease, Outcome, Policy, Response, StoreError};
-    use serde_json::json;
     use sqlx::PgConnection;
 
     use crate::config::IdempotencyConfig;
     use crate::render::error_response;
     use crate::request_id::RequestId;
-
-    /// The code of the 500 a [`Transaction`] answers when the layer cannot lend one.
-    const UNAVAILABLE: &str = idem_core::codes::TRANSACTION_UNAVAILABLE;
 
     /// Postgres's `in_failed_sql_transaction`: a statement of the transaction failed before.
     const IN_FAILED_TRANSACTION: &str = "25P02";
@@ -114,7 +109,8 @@ mod enabled {
     /// `idempotency_transaction_unavailable`, and the log says why.
     ///
     /// # Errors
-    /// The extractor answers, without running the handler:
+    /// The extractor answers, without running the handler, in the endpoint's error format
+    /// (or the app's [renderer](IdempotencyConfig::with_error_renderer)):
     /// - 400 `idempotency_key_missing` when the request has no key, so there is no record to
     ///   commit with: make the endpoint `required`;
     /// - 503 `idempotency_store_unavailable` with `Retry-After` when the transaction cannot be
@@ -188,13 +184,15 @@ mod enabled {
         }
     }
 
-    /// The extractor's answer on a request the layer lent no transaction.
+    /// The extractor's answer on a request the layer lent no transaction, in the endpoint's
+    /// error format (under a layer), or the app's.
     fn unlent(req: &HttpRequest) -> actix_web::Error {
         let config = IdempotencyConfig::of(req);
         let request_id = RequestId::of(req);
         let layered = crate::handler::taken(req);
+        let format = crate::handler::admitted_format(req);
         let rendered = |error: IdempotencyError| {
-            let res = error_response(&error, &request_id, None, config.renderer());
+            let res = error_response(&error, &request_id, format, config.renderer());
             InternalError::from_response(error, res).into()
         };
         if layered && config.transactions().is_some() {
@@ -204,40 +202,23 @@ mod enabled {
             );
             return rendered(IdempotencyError::StoreUnavailable(error));
         }
-        if layered && !IdempotencyConfig::registered(req) {
-            return unavailable(
-                &request_id,
-                "a handler takes a Transaction, but its app registered no IdempotencyConfig, so the embedded store serves it: register IdempotencyConfig::new(PostgresStore) with App::app_data",
-            );
-        }
-        if layered {
-            return unavailable(
-                &request_id,
-                "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore), and check it at start-up with require_transactions",
-            );
-        }
-        if !req.headers().contains_key(config.header()) {
+        let reason = if layered && !IdempotencyConfig::registered(req) {
+            "a handler takes a Transaction, but its app registered no IdempotencyConfig, so the embedded store serves it: register IdempotencyConfig::new(PostgresStore) with App::app_data"
+        } else if layered {
+            "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore), and check it at start-up with require_transactions"
+        } else if !req.headers().contains_key(config.header()) {
             let header = config.defaults().header;
             return rendered(IdempotencyError::KeyMissing { header });
-        }
-        unavailable(
-            &request_id,
-            "a handler takes a Transaction but is under no idempotency layer: annotate it with #[idempotent] or wrap it in Idempotency",
-        )
+        } else {
+            "a handler takes a Transaction but is under no idempotency layer: annotate it with #[idempotent] or wrap it in Idempotency"
+        };
+        rendered(unavailable(&request_id, reason))
     }
 
-    /// The 500 of a Transaction the layer cannot lend, with `why` in the log.
-    fn unavailable(request_id: &RequestId, why: &'static str) -> actix_web::Error {
-        tracing::error!(%request_id, "{why}");
-        let message = "this endpoint cannot open its transaction; the server's log says why";
-        let res = HttpResponse::InternalServerError()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((crate::REQUEST_ID, request_id.as_str()))
-            .json(json!({
-                "error": {"code": UNAVAILABLE, "message": message},
-                "request_id": request_id.as_str(),
-            }));
-        InternalError::from_response(why, res).into()
+    /// The 500 of a Transaction the layer cannot lend, with `reason` in the log.
+    fn unavailable(request_id: &RequestId, reason: &'static str) -> IdempotencyError {
+        tracing::error!(%request_id, "{reason}");
+        IdempotencyError::TransactionUnavailable { reason }
     }
 
     /// What a keyed run needs to lend its handler a transaction: the app's settings, whose
@@ -307,7 +288,7 @@ mod enabled {
                 State::Idle => {}
                 other => {
                     self.state.set(other);
-                    return Err(unavailable(
+                    return Err(self.unavailable(
                         &request_id,
                         "a handler takes two Transactions; one request has one transaction: take it once",
                     ));
@@ -317,10 +298,7 @@ mod enabled {
             // extraction leaves the loan untaken, as if it never began.
             let opening = Opening(&self);
             let Some(store) = self.config.transactions() else {
-                return Err(unavailable(
-                    &request_id,
-                    "the app's store lends no transactions",
-                ));
+                return Err(self.unavailable(&request_id, "the app's store lends no transactions"));
             };
             let opened = store.transaction(self.key, self.token).await;
             match opened {
@@ -330,7 +308,7 @@ mod enabled {
                         // The run ended while the transaction opened: it rolls back on drop.
                         self.state.set(State::Closed);
                         drop(tx);
-                        return Err(unavailable(
+                        return Err(self.unavailable(
                             &request_id,
                             "the run ended before its transaction opened",
                         ));
@@ -366,6 +344,19 @@ mod enabled {
         fn error(&self, error: &IdempotencyError, request_id: &RequestId) -> HttpResponse {
             error_response(error, request_id, self.format, self.config.renderer())
         }
+
+        /// The 500 of a transaction this loan cannot lend, with `reason` in the log.
+        fn unavailable(&self, request_id: &RequestId, reason: &'static str) -> actix_web::Error {
+            let error = unavailable(request_id, reason);
+            let res = self.error(&error, request_id);
+            InternalError::from_response(error, res).into()
+        }
+
+        /// The answer when the handler kept its transaction beyond its run.
+        fn kept(&self, request_id: &RequestId) -> HttpResponse {
+            let reason = "a handler kept its Transaction beyond its run (sent it to another task?), so its writes cannot be committed with the record; they roll back when it is dropped, and the key was released";
+            self.error(&unavailable(request_id, reason), request_id)
+        }
     }
 
     /// Resets a loan whose transaction did not open: it failed, or its extraction was dropped.
@@ -387,7 +378,7 @@ mod enabled {
             match self.0.state.replace(State::Closed) {
                 State::Idle => None,
                 State::Back(tx) => Some(Taken::Back(tx, self)),
-                State::Opening | State::Lent | State::Closed => Some(Taken::Kept),
+                State::Opening | State::Lent | State::Closed => Some(Taken::Kept(self)),
             }
         }
     }
@@ -397,7 +388,7 @@ mod enabled {
         /// It dropped it when it was done: commit or roll back.
         Back(ClaimTransaction, Loan),
         /// It still holds it somewhere (another task): nothing can be committed.
-        Kept,
+        Kept(Loan),
     }
 
     impl Taken {
@@ -413,9 +404,9 @@ mod enabled {
         ) -> (&'static str, HttpResponse) {
             let (tx, loan) = match self {
                 Taken::Back(tx, loan) => (tx, loan),
-                Taken::Kept => {
+                Taken::Kept(loan) => {
                     release(lease).await;
-                    return ("released", kept(request_id));
+                    return ("released", loan.0.kept(request_id));
                 }
             };
             let status = response.status();
@@ -478,12 +469,6 @@ mod enabled {
         if let Err(error) = lease.release().await {
             tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
         }
-    }
-
-    /// The answer when the handler kept its transaction beyond its run.
-    fn kept(request_id: &RequestId) -> HttpResponse {
-        let why = "a handler kept its Transaction beyond its run (sent it to another task?), so its writes cannot be committed with the record; they roll back when it is dropped, and the key was released";
-        unavailable(request_id, why).error_response()
     }
 
     /// Whether `error` is a failed statement of the handler's: Postgres refuses every

@@ -133,6 +133,16 @@ pub enum IdempotencyError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The handler takes a transaction to write in with its record, and the app cannot lend
+    /// one (see [`codes::TRANSACTION_UNAVAILABLE`]). Nothing ran, or nothing was committed.
+    ///
+    /// The message the client reads does not say why: the reason is about the server's code
+    /// and settings, for its log, and there is nothing in it for the client to change.
+    #[error("this endpoint cannot open its transaction, a fault of the server's; report it with the request id")]
+    TransactionUnavailable {
+        /// Why, and what the app's author should change: for the server's log.
+        reason: &'static str,
+    },
 }
 
 impl IdempotencyError {
@@ -150,6 +160,7 @@ impl IdempotencyError {
             Self::BodyTooLarge { .. } => codes::BODY_TOO_LARGE,
             Self::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE,
             Self::Overloaded => codes::OVERLOADED,
+            Self::TransactionUnavailable { .. } => codes::TRANSACTION_UNAVAILABLE,
         }
     }
 
@@ -168,6 +179,7 @@ impl IdempotencyError {
             Self::Mismatch { status } => *status,
             Self::StoreUnavailable(_) | Self::Overloaded => 503,
             Self::BodyTooLarge { .. } => 413,
+            Self::TransactionUnavailable { .. } => 500,
         }
     }
 
@@ -233,6 +245,13 @@ mod tests {
             ),
             (IdempotencyError::Overloaded, 503, "idempotency_overloaded"),
             (
+                IdempotencyError::TransactionUnavailable {
+                    reason: "the store lends none",
+                },
+                500,
+                "idempotency_transaction_unavailable",
+            ),
+            (
                 BodyError::NotJson {
                     offset: 0,
                     reason: "expected a value",
@@ -297,5 +316,22 @@ mod tests {
         assert!(IdempotencyError::Mismatch { status: 409 }
             .retry_after()
             .is_none());
+        let unlent = IdempotencyError::TransactionUnavailable {
+            reason: "the store lends none",
+        };
+        assert!(unlent.retry_after().is_none());
+    }
+
+    #[test]
+    fn an_unavailable_transaction_keeps_its_reason_from_the_client() {
+        let unlent = IdempotencyError::TransactionUnavailable {
+            reason: "the store lends none",
+        };
+        let message = unlent.to_string();
+        assert!(!message.contains("lends none"), "{message}");
+        assert!(
+            message.contains("report it with the request id"),
+            "{message}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix_web::error::{ErrorInternalServerError, ErrorServiceUnavailable};
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{
-    idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, Transaction,
+    idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, ProblemJson, Transaction,
 };
 use idem_tests::{assert_error, RawRequest, RawResponse, TestPostgres, TestServer, Warnings};
 use sqlx::PgPool;
@@ -489,18 +489,15 @@ async fn a_transaction_kept_beyond_the_run_or_taken_twice_is_a_500_that_writes_n
     let kept = app
         .send(call("/calls", "kept").header("X-Then", "keep"))
         .await;
-    assert_eq!(kept.status, 500);
-    assert_eq!(
-        kept.json()["error"]["code"],
-        "idempotency_transaction_unavailable"
-    );
+    assert_error(&kept, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+    assert_eq!(kept.header("cache-control"), Some("no-store"));
     assert!(logged.containing("kept its Transaction beyond its run") >= 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.written().await, 0, "the kept transaction rolled back");
     assert_eq!(app.records().await, (0, 0));
 
     let twice = app.send(call("/two", "twice")).await;
-    assert_eq!(twice.status, 500);
+    assert_error(&twice, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
     assert!(logged.containing("takes two Transactions") >= 1);
     assert_eq!(app.records().await, (0, 0), "released");
 }
@@ -565,6 +562,54 @@ async fn an_app_without_settings_of_its_own_is_told_to_register_them() {
     assert_eq!(res.header("cache-control"), Some("no-store"));
     assert!(logged.containing("registered no IdempotencyConfig") >= 1);
     assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler did not run");
+}
+
+#[idempotent(errors = "problem")]
+async fn on_embedded_problem(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpResponse {
+    untransacted(runs, tx).await
+}
+
+/// Asserts a 500 `idempotency_transaction_unavailable` rendered as problem JSON.
+fn assert_unavailable_problem(res: &RawResponse) {
+    assert_eq!(res.status, 500, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("content-type"), Some("application/problem+json"));
+    let body = res.json();
+    let code = idem_actix::codes::TRANSACTION_UNAVAILABLE;
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("urn:idem:error:{code}"));
+    assert_eq!(body["status"], 500);
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_eq!(body["request_id"], res.header("x-request-id").unwrap());
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+}
+
+#[actix_web::test]
+async fn a_transaction_where_none_can_be_lent_is_refused_in_the_app_s_error_format() {
+    let logged = Warnings::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        let config = IdempotencyConfig::new(MokaStore::new()).with_error_renderer(ProblemJson);
+        cfg.app_data(config)
+            .app_data(data.clone())
+            .route("/embedded", web::post().to(on_embedded))
+            .route("/bare", web::post().to(untransacted));
+    });
+    // The app's renderer: for a store that lends none, and for a handler under no layer.
+    assert_unavailable_problem(&call("/embedded", "k1").send(server.addr).await);
+    assert!(logged.containing("IdempotencyConfig::new(PostgresStore)") >= 1);
+    assert_unavailable_problem(&call("/bare", "k2").send(server.addr).await);
+    assert!(logged.containing("under no idempotency layer") >= 1);
+
+    // The endpoint's own format, on an app that renders the envelope.
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
+            .app_data(data.clone())
+            .route("/problem", web::post().to(on_embedded_problem));
+    });
+    assert_unavailable_problem(&call("/problem", "k3").send(server.addr).await);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
 }
 
 #[actix_web::test]

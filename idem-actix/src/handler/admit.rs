@@ -14,8 +14,8 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use idem_core::{
-    Body, BodyError, BodyForm, ClientKey, Fingerprint, IdempotencyError, JsonBody, KeyError,
-    KeyOrigin, KeySource, Policy, StoreKey,
+    Body, BodyError, BodyForm, ClientKey, ErrorFormat, Fingerprint, IdempotencyError, JsonBody,
+    KeyError, KeyOrigin, KeySource, Policy, StoreKey,
 };
 
 use super::record::rebuilt;
@@ -58,6 +58,8 @@ pub(crate) struct Keyed {
 pub(super) struct Run {
     pub(super) key: ClientKey,
     pub(super) request_id: RequestId,
+    /// How the endpoint renders the layer's errors, if it names a format.
+    pub(super) format: Option<ErrorFormat>,
     pub(super) req: HttpRequest,
     pub(super) body: Bytes,
 }
@@ -102,6 +104,12 @@ pub(crate) fn bypasses(endpoint: &Endpoint, functions: &Functions, req: &HttpReq
 /// charge already: this one then steps aside.
 pub(crate) fn taken(req: &HttpRequest) -> bool {
     req.extensions().contains::<Admitted>()
+}
+
+/// The error format of the endpoint that admitted `req`, if it names one.
+#[cfg(feature = "postgres")]
+pub(crate) fn admitted_format(req: &HttpRequest) -> Option<ErrorFormat> {
+    req.extensions().get::<Admitted>()?.format
 }
 
 /// Validates the key and scope, reads the body and fingerprints the request.
@@ -283,6 +291,7 @@ fn keyed(
 ) -> Admission {
     let span = tracing::debug_span!("idempotency", key = %key, request_id = %request_id);
     let on_replay = functions.on_replay.or(config.replay_hook());
+    let format = policy.error_format;
     Admission::Keyed(Keyed {
         config,
         policy,
@@ -293,6 +302,7 @@ fn keyed(
         run: Run {
             key,
             request_id,
+            format,
             req,
             body,
         },

@@ -29,6 +29,8 @@ mod detach;
 mod record;
 mod replay;
 
+#[cfg(feature = "postgres")]
+pub(crate) use self::admit::admitted_format;
 pub(crate) use self::admit::{bypasses, taken};
 pub(crate) use self::claim::keyed;
 pub(crate) use self::detach::TASKS;

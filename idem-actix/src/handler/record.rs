@@ -36,12 +36,14 @@ impl Run {
         let Run {
             key,
             request_id,
+            format,
             req,
             body,
         } = self;
         req.extensions_mut().insert(Admitted {
             request_id: request_id.clone(),
             key: crate::IdempotencyKey(key),
+            format,
         });
         let ran = AssertUnwindSafe(handler(req, rebuilt(body))).catch_unwind();
         (request_id, ran)

@@ -136,6 +136,7 @@ mod tests {
             run: Run {
                 key,
                 request_id: RequestId::peek(&req),
+                format: None,
                 req,
                 body: bytes::Bytes::new(),
             },
