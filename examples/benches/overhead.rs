@@ -68,7 +68,20 @@ fn overhead(c: &mut Criterion) {
     let rt = actix_web::rt::System::new();
     let redis = TestRedis::start();
     let apps = rt.block_on(async {
-        let moka = IdempotencyConfig::new(MokaStore::new());
+        // With IDEM_BENCH_FULL=1 the embedded store (the layer's, and the store-alone
+        // reference's alike) is small and filled before the run, so every new key evicts.
+        let store = match std::env::var_os("IDEM_BENCH_FULL") {
+            Some(_) => {
+                let full = || MokaStore::builder().max_bytes(16 << 20).build();
+                let (layer, alone) = (full(), full());
+                idem_examples::bench::prefill(&layer, 60_000).await;
+                idem_examples::bench::prefill(&alone, 60_000).await;
+                idem_examples::bench::set_store_alone(alone);
+                layer
+            }
+            None => MokaStore::new(),
+        };
+        let moka = IdempotencyConfig::new(store);
         let mut apps = vec![
             app(moka.clone(), &bare_route).await,
             app(moka.clone(), &idem_route).await,
