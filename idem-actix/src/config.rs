@@ -194,11 +194,12 @@ impl IdempotencyConfig {
         self
     }
 
-    /// Lets the operations that run on for clients that went away finish, for a graceful
-    /// shutdown, and waits at most `timeout` for them (with the other keyed runs of this
-    /// process, whatever their application, still in progress). What has not finished by then
-    /// is cancelled and its key released, so that a retry runs it again rather than finding it
-    /// in flight until its lease lapses. Resolves to the number of operations cancelled (0
+    /// Lets the keyed operations in progress finish, for a graceful shutdown, and waits at most
+    /// `timeout` for them (those of every application of this process), whether their clients
+    /// still wait or went away. Then the runs whose clients went away are cancelled and their
+    /// keys released, so that a retry runs them again rather than finding them in flight until
+    /// their leases lapse; runs whose clients still wait are left to the server's graceful stop,
+    /// which waits for their connections. Resolves to the number of operations cancelled (0
     /// when all finished).
     ///
     /// actix-web's graceful shutdown waits for open connections, not for work whose client
@@ -238,7 +239,7 @@ impl IdempotencyConfig {
         // Each cancelled run drops on its worker and releases its claim through the store:
         // wait for those releases (the runtimes that run them stop when the server does).
         let released = async {
-            TASKS.idle().await;
+            TASKS.orphans_idle().await;
             self.engine().abandoned_released().await;
         };
         if tokio::time::timeout(RELEASE_GRACE, released).await.is_err() {

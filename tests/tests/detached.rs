@@ -202,3 +202,28 @@ async fn a_run_that_cannot_finish_within_the_drain_is_cancelled_and_its_key_rele
     assert_eq!(probe.runs.get(), 2);
     next.shut_down(&idem, None).await;
 }
+
+#[actix_web::test]
+async fn a_drain_waits_for_a_run_whose_client_still_waits() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = start(idem.clone(), probe.clone());
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { call("waiting-1", "gate").send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    // Its client could still go away before the server stops: the drain covers the run.
+    let drain = idem.clone();
+    let drained = actix_web::rt::spawn(async move { drain.drain(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !drained.is_finished(),
+        "the drain returned while a run was in progress"
+    );
+    probe.gate.add_permits(1);
+    assert_eq!(drained.await.unwrap(), 0, "nothing was cancelled");
+    let res = client.await.unwrap();
+    assert_eq!(res.status, 201);
+    server.shut_down(&idem, None).await;
+}

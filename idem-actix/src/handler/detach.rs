@@ -20,15 +20,19 @@ pub(crate) fn orphans() -> usize {
     ORPHANS.with(Cell::get)
 }
 
-/// The runs of this process moved to tasks of their own, across its workers and
-/// applications: what [`IdempotencyConfig::drain`](crate::IdempotencyConfig::drain) waits for,
-/// and cancels when its time is up. A shutdown is the process's.
+/// The keyed runs of this process in progress, across its workers and applications: what
+/// [`IdempotencyConfig::drain`](crate::IdempotencyConfig::drain) waits for, and, among them,
+/// those whose clients went away, which it cancels when its time is up. A shutdown is the
+/// process's.
 pub(crate) static TASKS: LazyLock<Tasks> = LazyLock::new(Tasks::default);
 
-/// A count of running tasks, a wake-up for whoever waits for none, and a cancellation.
+/// Counts of runs in progress, a wake-up for whoever waits for none, and a cancellation.
 #[derive(Debug, Default)]
 pub(crate) struct Tasks {
+    /// Runs that had to wait, whether their clients still wait for them or not.
     running: AtomicUsize,
+    /// Of those, the runs moved to tasks of their own (their clients went away).
+    orphaned: AtomicUsize,
     idle: Notify,
     /// Bumped by each cancellation: a task cancels when it changes from what it saw at its
     /// start, so that tasks started after a drain run normally.
@@ -37,25 +41,35 @@ pub(crate) struct Tasks {
 }
 
 impl Tasks {
-    /// Waits until no task runs.
+    /// Waits until no run is in progress.
     pub(crate) async fn idle(&self) {
+        self.none(&self.running).await;
+    }
+
+    /// Waits until no run whose client went away is in progress.
+    pub(crate) async fn orphans_idle(&self) {
+        self.none(&self.orphaned).await;
+    }
+
+    async fn none(&self, count: &AtomicUsize) {
         loop {
             let mut idle = std::pin::pin!(self.idle.notified());
-            // Registered before the count is read, so a task ending in between wakes it.
+            // Registered before the count is read, so a run ending in between wakes it.
             idle.as_mut().enable();
-            if self.running.load(Ordering::Acquire) == 0 {
+            if count.load(Ordering::Acquire) == 0 {
                 return;
             }
             idle.await;
         }
     }
 
-    /// Cancels every task still running: each drops its run, which releases its claim. The
-    /// number cancelled.
+    /// Cancels every run whose client went away: each drops, which releases its claim. The
+    /// number cancelled. Runs whose clients still wait are left to the server's own graceful
+    /// stop, which waits for their connections.
     pub(crate) fn cancel(&self) -> usize {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cancel.notify_waiters();
-        self.running.load(Ordering::Acquire)
+        self.orphaned.load(Ordering::Acquire)
     }
 
     /// Resolves when a cancellation comes after `generation`.
@@ -68,23 +82,43 @@ impl Tasks {
     }
 }
 
+/// Counted in `count` while held.
+struct Counted(&'static AtomicUsize);
+
+impl Counted {
+    fn new(count: &'static AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            TASKS.idle.notify_waiters();
+        }
+    }
+}
+
 /// Held by an orphaned run's task: counts it while it runs, and uncounts it however it ends.
-struct Orphan;
+struct Orphan {
+    _running: Counted,
+    _orphaned: Counted,
+}
 
 impl Orphan {
     fn new() -> Self {
         ORPHANS.with(|n| n.set(n.get() + 1));
-        TASKS.running.fetch_add(1, Ordering::AcqRel);
-        Self
+        Self {
+            _running: Counted::new(&TASKS.running),
+            _orphaned: Counted::new(&TASKS.orphaned),
+        }
     }
 }
 
 impl Drop for Orphan {
     fn drop(&mut self) {
         ORPHANS.with(|n| n.set(n.get() - 1));
-        if TASKS.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            TASKS.idle.notify_waiters();
-        }
     }
 }
 
@@ -93,31 +127,47 @@ impl Drop for Orphan {
 ///
 /// The work runs in the request's own future while its client waits, and moves to a task of
 /// its own only when the connection drops that future (actix does when the client resets the
-/// connection); from then on it is counted in [`TASKS`] and toward [`orphans`] until it ends.
-/// A task for every request whose store must be waited for cost each such request on Redis
-/// about 9 us of its 110 (the `redis` bench's layer rows with and without, idle machine; see
-/// docs/performance.md).
+/// connection), counted toward [`orphans`] until it ends. From its first wait on, it counts
+/// in [`TASKS`] either way, so that a drain waits for it even while its client is still
+/// there (the client can still go away before the server stops). A task for every request whose
+/// store must be waited for cost each such request on Redis about 9 us of its 110 (the `redis`
+/// bench's layer rows with and without, idle machine; see docs/performance.md).
 ///
 /// `work` comes boxed, so that the caller's own future holds only a pointer to it, and so
 /// that it can move to a task as it stands.
 pub(crate) async fn detached(work: Work) -> Reply {
-    let mut attached = Attached(Some(work));
-    let reply = std::future::poll_fn(|cx| match &mut attached.0 {
-        Some(work) => work.as_mut().poll(cx),
-        None => unreachable!("a finished run is not polled again"),
+    let mut attached = Attached {
+        work: Some(work),
+        running: None,
+    };
+    let reply = std::future::poll_fn(|cx| {
+        let Some(work) = &mut attached.work else {
+            unreachable!("a finished run is not polled again")
+        };
+        let poll = work.as_mut().poll(cx);
+        // A run that answers at once (a replay, a quick handler on the embedded store) is
+        // never counted: no drain can come between.
+        if poll.is_pending() && attached.running.is_none() {
+            attached.running = Some(Counted::new(&TASKS.running));
+        }
+        poll
     })
     .await;
-    attached.0 = None;
+    attached.work = None;
     reply
 }
 
 /// A run its client waits for; dropped unfinished (the client went away), it moves the run
 /// to a task of its own.
-struct Attached(Option<Work>);
+struct Attached {
+    work: Option<Work>,
+    /// Its count in [`TASKS`], from its first wait; uncounted after the task has counted it.
+    running: Option<Counted>,
+}
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        let Some(work) = self.0.take() else { return };
+        let Some(work) = self.work.take() else { return };
         // Dropped while the thread unwinds, or outside actix's runtime: there is no task to
         // move to, and dropping the run releases its claim.
         if std::thread::panicking() {
