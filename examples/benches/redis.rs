@@ -282,23 +282,27 @@ fn main() {
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let benchmark = redis_benchmark(host, port);
     let targets = ["", "", "", "", "", "<= 1.5", "<= 2.5"];
-    let mut table =
-        String::from("| case | median per request | round trips | target |\n|---|---|---|---|\n");
+    let mut table = String::from(
+        "| case | median per request | round trips | as redis-benchmark's | target |\n|---|---|---|---|---|\n",
+    );
     for (i, name) in names.iter().enumerate() {
-        let rts = if i == 4 {
-            String::new()
-        } else {
-            format!("{:.2}", median(per_rt[i].clone()))
+        let time = median(times[i].clone());
+        let (rts, theirs) = match (i, benchmark) {
+            (4, _) => (String::new(), String::new()),
+            (_, Some(us)) => (
+                format!("{:.2}", median(per_rt[i].clone())),
+                format!("{:.2}", time / us),
+            ),
+            (_, None) => (format!("{:.2}", median(per_rt[i].clone())), String::new()),
         };
         table += &format!(
-            "| {name} | {:.1} us | {rts} | {} |\n",
-            median(times[i].clone()),
+            "| {name} | {time:.1} us | {rts} | {theirs} | {} |\n",
             targets[i]
         );
     }
     if let Some(us) = benchmark {
         table += &format!(
-            "\n`redis-benchmark -c 1 -t get`, after the rounds: {us:.1} us per request.\n"
+            "\n`redis-benchmark -c 1 -t get`, after the rounds: {us:.1} us per request; \"as redis-benchmark's\" divides each median by it.\n"
         );
     }
     table += &format!(
