@@ -369,15 +369,23 @@ impl Engine {
     }
 
     /// Releases the claim `token` holds on `key`, in a task of its own (counted for
-    /// [`abandoned_released`](Self::abandoned_released)): for claims nobody will finish.
-    fn release_in_background(&self, key: StoreKey, token: Token) {
+    /// [`abandoned_released`](Self::abandoned_released)): for claims nobody will finish. A
+    /// release the store fails is retried with backoff for up to `lease`, as
+    /// [`Lease::finish`] retries its own, so that a store's blip does not leave the key to
+    /// answer 409 until the claim lapses.
+    fn release_in_background(&self, key: StoreKey, token: Token, lease: Duration) {
         let store = Arc::clone(&self.parts.store);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let releasing = self.parts.releasing.start();
                 runtime.spawn(async move {
-                    if let Err(error) = store.release(&key, token).await {
-                        tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
+                    let mut backoff = Backoff::new(lease);
+                    while let Err(error) = store.release(&key, token).await {
+                        let Some(pause) = backoff.next() else {
+                            tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
+                            break;
+                        };
+                        tokio::time::sleep(pause).await;
                     }
                     drop(releasing);
                 });
@@ -760,7 +768,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.done {
-            self.engine.release_in_background(self.key, self.token);
+            (self.engine).release_in_background(self.key, self.token, self.lease);
         }
     }
 }
@@ -1404,6 +1412,28 @@ mod tests {
             }
         }
         panic!("the abandoned claim was not released");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_lease_whose_release_failed_retries_it_so_the_retry_need_not_wait_a_lease() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.fail("release", 2, Fault::Unavailable);
+        // A handler that panicked, or a run cancelled at shutdown, drops its lease.
+        drop(lease);
+        tokio::time::timeout(Duration::from_secs(5), engine.abandoned_released())
+            .await
+            .expect("the release is retried, well within a lease");
+        assert_eq!(store.calls("release"), 3);
+        assert!(
+            matches!(
+                engine.begin(&policy, key(1), fp("a")).await,
+                Ok(Begin::Execute(_))
+            ),
+            "the retry runs the operation again at once"
+        );
     }
 
     #[tokio::test(start_paused = true)]
