@@ -71,8 +71,13 @@ fn overloaded(keyed: Keyed) -> Reply {
         "too many idempotent operations run on for clients that went away; refusing new keys"
     );
     metrics::rejected(error.code());
+    answer(keyed, &error)
+}
+
+/// The layer's answer `error` to a keyed request, in the endpoint's error format.
+fn answer(keyed: Keyed, error: &IdempotencyError) -> Reply {
     let res = error_response(
-        &error,
+        error,
         &keyed.run.request_id,
         keyed.policy.error_format,
         keyed.config.renderer(),
@@ -193,13 +198,7 @@ fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
     };
     tracing::debug!(outcome, code = error.code(), %error);
     metrics::refused(&error);
-    let res = error_response(
-        &error,
-        &keyed.run.request_id,
-        keyed.policy.error_format,
-        keyed.config.renderer(),
-    );
-    Settled::Answer(Reply::new(keyed.run.req, res))
+    Settled::Answer(answer(keyed, &error))
 }
 
 #[cfg(test)]
