@@ -208,6 +208,11 @@ impl RawResponse {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("JSON body")
     }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
 /// A server running on its own thread and actix system.
@@ -339,6 +344,13 @@ impl Served {
     /// Sends `request` to the server.
     pub async fn send(&self, request: &RawRequest) -> RawResponse {
         request.send(self.server.addr).await
+    }
+
+    /// Sends `request` twice, one after the other: a first request and its retry.
+    pub async fn twice(&self, request: &RawRequest) -> (RawResponse, RawResponse) {
+        let first = self.send(request).await;
+        let second = self.send(request).await;
+        (first, second)
     }
 }
 

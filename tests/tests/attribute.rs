@@ -11,7 +11,7 @@ use actix_web::{
 use bytes::Bytes;
 use idem_actix::{idempotent, IdempotencyConfig, IdempotencyKey};
 use idem_core::testing::UnavailableStore;
-use idem_tests::{assert_error, serve, Counter, RawRequest, RawResponse, Served, TestServer};
+use idem_tests::{assert_error, serve, Counter, RawRequest, Served, TestServer};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -160,21 +160,11 @@ fn keyed(method: &str, path: &str, key: &str) -> RawRequest {
         .header("Idempotency-Key", key)
 }
 
-async fn twice(s: &Served, request: &RawRequest) -> (RawResponse, RawResponse) {
-    let first = s.send(request).await;
-    let second = s.send(request).await;
-    (first, second)
-}
-
-fn text(res: &RawResponse) -> String {
-    String::from_utf8_lossy(&res.body).into_owned()
-}
-
 #[actix_web::test]
 async fn works_above_or_below_route_attributes_and_on_plain_handlers() {
     let s = app();
     for (method, path) in [("POST", "/above"), ("PUT", "/multi"), ("POST", "/plain")] {
-        let (first, retry) = twice(&s, &keyed(method, path, path)).await;
+        let (first, retry) = s.twice(&keyed(method, path, path)).await;
         assert!(first.status < 300, "{path}: {}", first.status);
         assert!(!first.replayed() && retry.replayed(), "{path}");
         assert_eq!(retry.body, first.body, "{path}");
@@ -186,11 +176,11 @@ async fn works_above_or_below_route_attributes_and_on_plain_handlers() {
 async fn generic_and_associated_handlers_are_idempotent() {
     let s = app();
     let first = s.send(&keyed("POST", "/generic", "g")).await;
-    assert_eq!(text(&first), "fake 1");
+    assert_eq!(first.text(), "fake 1");
     assert!(s.send(&keyed("POST", "/generic", "g")).await.replayed());
 
     let first = s.send(&keyed("POST", "/api", "g")).await;
-    assert_eq!(text(&first), "api 2", "per endpoint: a new key here");
+    assert_eq!(first.text(), "api 2", "per endpoint: a new key here");
     assert!(s.send(&keyed("POST", "/api", "g")).await.replayed());
     assert_eq!(s.runs.get(), 2);
 }
@@ -201,8 +191,8 @@ async fn the_original_extractors_see_the_request() {
     let request = keyed("POST", "/items/7?page=2", "ext-1")
         .header("X-Tenant", "acme")
         .body("raw body");
-    let (first, retry) = twice(&s, &request).await;
-    assert_eq!(first.status, 201, "{}", text(&first));
+    let (first, retry) = s.twice(&request).await;
+    assert_eq!(first.status, 201, "{}", first.text());
     assert_eq!(
         first.json(),
         json!({"run": 1, "id": 7, "page": 2, "method": "POST", "tenant": "acme", "key": "ext-1", "body": "raw body"})
@@ -217,7 +207,7 @@ async fn the_original_extractors_see_the_request() {
 
     // An extractor that fails answers as it would without the attribute, and is recorded.
     let no_tenant = keyed("POST", "/items/7?page=2", "ext-2").body("raw body");
-    let (first, retry) = twice(&s, &no_tenant).await;
+    let (first, retry) = s.twice(&no_tenant).await;
     assert_eq!(first.status, 401);
     assert!(retry.replayed());
     assert_eq!(s.runs.get(), 1);
@@ -226,25 +216,21 @@ async fn the_original_extractors_see_the_request() {
 #[actix_web::test]
 async fn result_errors_are_recorded_unless_they_are_server_errors() {
     let s = app();
-    let (first, retry) = twice(&s, &keyed("POST", "/result", "ok")).await;
+    let (first, retry) = s.twice(&keyed("POST", "/result", "ok")).await;
     assert_eq!(first.json(), json!({"run": 1}));
     assert!(retry.replayed());
 
-    let (first, retry) = twice(
-        &s,
-        &keyed("POST", "/result", "422").header("X-Outcome", "422"),
-    )
-    .await;
+    let (first, retry) = s
+        .twice(&keyed("POST", "/result", "422").header("X-Outcome", "422"))
+        .await;
     assert_eq!(first.status, 422);
     assert_eq!(retry.status, 422);
     assert!(retry.replayed());
-    assert_eq!(text(&retry), "refused with 422 Unprocessable Entity");
+    assert_eq!(retry.text(), "refused with 422 Unprocessable Entity");
 
-    let (first, retry) = twice(
-        &s,
-        &keyed("POST", "/result", "503").header("X-Outcome", "503"),
-    )
-    .await;
+    let (first, retry) = s
+        .twice(&keyed("POST", "/result", "503").header("X-Outcome", "503"))
+        .await;
     assert_eq!((first.status, retry.status), (503, 503));
     assert!(!retry.replayed(), "a 5xx releases the key");
     assert_eq!(s.runs.get(), 4);

@@ -6,7 +6,7 @@ use actix_web::{post, web, HttpResponse};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use idem_actix::{idempotent, IdempotencyKey};
-use idem_tests::{assert_error, serve, Counter, RawRequest, RawResponse, Served};
+use idem_tests::{assert_error, serve, Counter, RawRequest, Served};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -62,34 +62,24 @@ fn keyed(path: &str, key: &str) -> RawRequest {
         .header("Idempotency-Key", key)
 }
 
-async fn twice(s: &Served, request: &RawRequest) -> (RawResponse, RawResponse) {
-    let first = s.send(request).await;
-    let second = s.send(request).await;
-    (first, second)
-}
-
-fn text(res: &RawResponse) -> String {
-    String::from_utf8_lossy(&res.body).into_owned()
-}
-
 #[actix_web::test]
 async fn form_string_and_streaming_bodies_are_rebuilt_for_the_handler() {
     let s = app();
     let form_req = keyed("/form", "f")
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body("email=a%40example.com");
-    let (first, retry) = twice(&s, &form_req).await;
-    assert_eq!(text(&first), "1 a@example.com");
+    let (first, retry) = s.twice(&form_req).await;
+    assert_eq!(first.text(), "1 a@example.com");
     assert!(retry.replayed());
 
-    let (first, _) = twice(&s, &keyed("/string", "s").body("hello")).await;
-    assert_eq!(text(&first), "2 hello key=s");
+    let (first, _) = s.twice(&keyed("/string", "s").body("hello")).await;
+    assert_eq!(first.text(), "2 hello key=s");
     let unkeyed = RawRequest::post("/string").body("plain");
-    assert_eq!(text(&s.send(&unkeyed).await), "3 plain key=");
+    assert_eq!(s.send(&unkeyed).await.text(), "3 plain key=");
 
     let big = vec![b'x'; 100_000];
-    let (first, retry) = twice(&s, &keyed("/stream", "p").body(big)).await;
-    assert_eq!(text(&first), "4 100000 bytes");
+    let (first, retry) = s.twice(&keyed("/stream", "p").body(big)).await;
+    assert_eq!(first.text(), "4 100000 bytes");
     assert!(retry.replayed());
 }
 
@@ -100,9 +90,9 @@ async fn chunked_bodies_are_read_whole_and_held_to_the_limit() {
     let over = keyed("/small", "chunks").body(vec![b'x'; 17]).chunked(4);
     assert_error(&s.send(&over).await, 413, "idempotency_body_too_large");
     let fits = keyed("/small", "chunks").body(vec![b'x'; 16]).chunked(4);
-    let (first, retry) = twice(&s, &fits).await;
+    let (first, retry) = s.twice(&fits).await;
     assert_eq!(
-        text(&first),
+        first.text(),
         "run 1 16",
         "the refused request claimed nothing"
     );
@@ -110,8 +100,8 @@ async fn chunked_bodies_are_read_whole_and_held_to_the_limit() {
 
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let long = keyed("/stream", "long").body(big.clone()).chunked(1000);
-    let (first, retry) = twice(&s, &long).await;
-    assert_eq!(text(&first), "2 100000 bytes");
+    let (first, retry) = s.twice(&long).await;
+    assert_eq!(first.text(), "2 100000 bytes");
     assert!(retry.replayed());
     // The fingerprint covers every chunk: the same key with one byte changed is a conflict.
     let mut changed = big;
@@ -127,7 +117,7 @@ async fn bodies_over_the_limit_get_413_before_any_claim() {
     assert_error(&res, 413, "idempotency_body_too_large");
     let fits = s.send(&keyed("/small", "big").body(vec![b'x'; 16])).await;
     assert_eq!(
-        text(&fits),
+        fits.text(),
         "run 1 16",
         "the refused request claimed nothing"
     );
