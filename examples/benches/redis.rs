@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::Service;
 use actix_web::{test, App};
-use idem_actix::clock::{Clock, SystemClock, Timestamp};
-use idem_actix::store::{Claim, Completed, Fingerprint, InFlight, Response, StoreKey, Token};
+use idem_actix::clock::{Clock, SystemClock};
+use idem_actix::store::{Claim, Token};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore, Store};
-use idem_examples::bench::{bare_route, redis_route};
+use idem_examples::bench::{bare_route, echo_claim, echo_record, fresh_key, redis_route};
 use idem_tests::TestRedis;
 
 const BODY: &str = r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
@@ -90,33 +90,6 @@ fn bulk_complete(reply: &[u8]) -> bool {
     }
 }
 
-/// A fresh store key.
-fn fresh_key() -> StoreKey {
-    let mut key = [0; 32];
-    key[..16].copy_from_slice(&Token::random().as_u128().to_be_bytes());
-    StoreKey::from_bytes(key)
-}
-
-/// A claim as the engine writes it, at `now`.
-fn claim(now: Timestamp) -> InFlight {
-    InFlight {
-        fingerprint: Fingerprint::new("POST", "/idem-redis/echo", "", BODY.as_bytes()),
-        lease_until: now.saturating_add(Duration::from_secs(30)),
-        token: Token::random(),
-    }
-}
-
-/// The record of the bench handler's response.
-fn completed(claim: &InFlight, now: Timestamp) -> Completed {
-    let body = br#"{"id":"call_1","agent_id":"agent_1","phone_number":"+15555550123"}"#;
-    Completed {
-        fingerprint: claim.fingerprint,
-        response: Response::new(201, [("content-type", &b"application/json"[..])], body),
-        completed_at: now,
-        expires_at: now.saturating_add(Duration::from_secs(600)),
-    }
-}
-
 /// `redis-benchmark -c 1`'s mean latency of a GET, in microseconds, when it is installed.
 fn redis_benchmark(host: &str, port: &str) -> Option<f64> {
     let out = std::process::Command::new("redis-benchmark")
@@ -174,10 +147,15 @@ fn main() {
     });
     let replay_key = rt.block_on(async {
         let now = SystemClock.now();
-        let (key, claim) = (fresh_key(), claim(now));
+        let (key, claim) = (fresh_key(), echo_claim(now));
         assert_eq!(store.claim(&key, claim, now).await.unwrap(), Claim::Claimed);
         assert!(store
-            .complete(&key, claim.token, completed(&claim, now), now)
+            .complete(
+                &key,
+                claim.token,
+                echo_record(&claim, now, Duration::from_secs(600)),
+                now
+            )
             .await
             .unwrap());
         key
@@ -218,7 +196,10 @@ fn main() {
             let start = Instant::now();
             for _ in 0..BATCH {
                 let now = SystemClock.now();
-                let found = store.claim(&replay_key, claim(now), now).await.unwrap();
+                let found = store
+                    .claim(&replay_key, echo_claim(now), now)
+                    .await
+                    .unwrap();
                 assert!(matches!(found, Claim::Existing(_)));
             }
             per(start)
@@ -227,9 +208,9 @@ fn main() {
             let start = Instant::now();
             for _ in 0..BATCH {
                 let (now, key) = (SystemClock.now(), fresh_key());
-                let claim = claim(now);
+                let claim = echo_claim(now);
                 assert_eq!(store.claim(&key, claim, now).await.unwrap(), Claim::Claimed);
-                let record = completed(&claim, now);
+                let record = echo_record(&claim, now, Duration::from_secs(600));
                 assert!(store
                     .complete(&key, claim.token, record, now)
                     .await

@@ -38,6 +38,7 @@ use idem_core::store::{Claim, PostgresStore, RedisStore, ReplayCache, RECORD_OVE
 use idem_core::{
     Completed, Fingerprint, InFlight, MokaStore, Record, Response, Store, StoreKey, Token,
 };
+use idem_examples::bench::{echo_claim, echo_record, fresh_key};
 use idem_tests::TestRedis;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
@@ -195,40 +196,13 @@ fn main() {
     criterion.final_summary();
 }
 
-/// A fresh store key: a counter spread over the key's first bytes, and a random tail, so that
-/// runs against a server that keeps its rows do not meet each other's keys.
-fn fresh_key() -> StoreKey {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut key = [0; 32];
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
-    key[8..24].copy_from_slice(&Token::random().as_u128().to_be_bytes());
-    StoreKey::from_bytes(key)
-}
-
-/// A claim as the engine writes it, at `now`.
-fn bench_claim(now: Timestamp) -> InFlight {
-    InFlight {
-        fingerprint: Fingerprint::new("POST", "/idem/echo", "", b"{}"),
-        lease_until: now.saturating_add(Duration::from_secs(30)),
-        token: Token::random(),
-    }
-}
-
 /// A new key: a claim and a completion of a fresh key, at the engine's clock. Returns the key.
 async fn new_key(store: &dyn Store, ttl: Duration) -> StoreKey {
     let now = SystemClock.now();
-    let claim = bench_claim(now);
+    let claim = echo_claim(now);
     let key = fresh_key();
     assert_eq!(store.claim(&key, claim, now).await.unwrap(), Claim::Claimed);
-    let body = br#"{"id":"call_1","agent_id":"agent_1","phone_number":"+15555550123"}"#;
-    let record = Completed {
-        fingerprint: claim.fingerprint,
-        response: Response::new(201, [("content-type", &b"application/json"[..])], body),
-        completed_at: now,
-        expires_at: now.saturating_add(ttl),
-    };
+    let record = echo_record(&claim, now, ttl);
     assert!(store
         .complete(&key, claim.token, record, now)
         .await
@@ -287,7 +261,7 @@ fn through_each_store(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..iters {
                         let now = SystemClock.now();
-                        let found = store.claim(&key, bench_claim(now), now).await.unwrap();
+                        let found = store.claim(&key, echo_claim(now), now).await.unwrap();
                         assert!(matches!(found, Claim::Existing(Record::Completed(_))));
                     }
                     start.elapsed()

@@ -97,33 +97,49 @@ pub fn set_store_alone(store: MokaStore) -> bool {
     ALONE.set(store).is_ok()
 }
 
-/// Writes `records` completed records of the echo's size into `store` under random keys, as
+/// Writes `records` completed records of the echo's size into `store` under fresh keys, as
 /// many new keys would: a store given more than it has room for starts full, and every new key
 /// then evicts a record, as in a busy server's steady state.
 pub async fn prefill(store: &MokaStore, records: usize) {
-    let body = br#"{"agent_id":"agent_1","id":"call_1","phone_number":"+15555550123"}"#;
     let now = idem_core::clock::Clock::now(&idem_core::clock::SystemClock);
     for _ in 0..records {
-        let key = StoreKey::from_bytes({
-            let mut bytes = [0; 32];
-            bytes[..16].copy_from_slice(&Token::random().as_u128().to_be_bytes());
-            bytes[16..].copy_from_slice(&Token::random().as_u128().to_be_bytes());
-            bytes
-        });
-        let claim = InFlight {
-            fingerprint: ALONE_FINGERPRINT,
-            lease_until: now.saturating_add(Duration::from_secs(60)),
-            token: Token::random(),
-        };
+        let (key, claim) = (fresh_key(), echo_claim(now));
         if let Some(Ok(idem_core::Claim::Claimed)) = store.claim_now(&key, claim, now) {
-            let record = Completed {
-                fingerprint: claim.fingerprint,
-                response: Response::new(201, [("content-type", &b"application/json"[..])], body),
-                completed_at: now,
-                expires_at: now.saturating_add(Duration::from_secs(86_400)),
-            };
+            let record = echo_record(&claim, now, Duration::from_secs(86_400));
             let _ = store.complete(&key, claim.token, record, now).await;
         }
+    }
+}
+
+/// A fresh store key: a counter spread over the key's first bytes, and a random tail, so that
+/// runs against a server that keeps its rows do not meet each other's keys.
+pub fn fresh_key() -> StoreKey {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut key = [0; 32];
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    key[8..24].copy_from_slice(&Token::random().as_u128().to_be_bytes());
+    StoreKey::from_bytes(key)
+}
+
+/// A claim of the echo as the engine writes it, at `now`.
+pub fn echo_claim(now: Timestamp) -> InFlight {
+    InFlight {
+        fingerprint: Fingerprint::new("POST", "/idem/echo", "", b"{}"),
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        token: Token::random(),
+    }
+}
+
+/// The record completing `claim` with the echo's response, kept `ttl` from `now`.
+pub fn echo_record(claim: &InFlight, now: Timestamp, ttl: Duration) -> Completed {
+    let body = br#"{"id":"call_1","agent_id":"agent_1","phone_number":"+15555550123"}"#;
+    Completed {
+        fingerprint: claim.fingerprint,
+        response: Response::new(201, [("content-type", &b"application/json"[..])], body),
+        completed_at: now,
+        expires_at: now.saturating_add(ttl),
     }
 }
 
