@@ -19,20 +19,11 @@ use actix_web::web::ServiceConfig;
 use actix_web::{test, App};
 use criterion::{criterion_group, Criterion};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
-use idem_examples::bench::{bare_route, idem_route, redis_route, store_alone_route};
+use idem_examples::bench::{bare_route, echo_request, idem_route, redis_route, store_alone_route};
 use idem_tests::TestRedis;
 
-const BODY: &str = r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
-
 fn request(path: &str, key: Option<&str>) -> actix_http::Request {
-    let mut req = test::TestRequest::post()
-        .uri(path)
-        .insert_header(("content-type", "application/json"))
-        .set_payload(BODY);
-    if let Some(key) = key {
-        req = req.insert_header(("idempotency-key", key));
-    }
-    req.to_request()
+    echo_request(path, key).to_request()
 }
 
 thread_local! {

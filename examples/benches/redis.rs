@@ -28,23 +28,13 @@ use actix_web::{test, App};
 use idem_actix::clock::{Clock, SystemClock};
 use idem_actix::store::{Claim, Token};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore, Store};
-use idem_examples::bench::{bare_route, echo_claim, echo_record, fresh_key, redis_route};
+use idem_examples::bench::{
+    bare_route, echo_claim, echo_record, echo_request, fresh_key, redis_route,
+};
 use idem_tests::TestRedis;
 
-const BODY: &str = r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
 const ROUNDS: usize = 15;
 const BATCH: usize = 2_000;
-
-fn request(path: &str, key: &str) -> actix_http::Request {
-    let mut req = test::TestRequest::post()
-        .uri(path)
-        .insert_header(("content-type", "application/json"))
-        .set_payload(BODY);
-    if !key.is_empty() {
-        req = req.insert_header(("idempotency-key", key));
-    }
-    req.to_request()
-}
 
 /// One connection that sends a command and reads its whole reply, blocking: one round trip.
 struct RoundTrip {
@@ -129,7 +119,9 @@ fn main() {
         let app =
             test::init_service(App::new().configure(move |cfg| redis_route(cfg, config.clone())))
                 .await;
-        let first = app.call(request("/idem-redis/echo", "replayed")).await;
+        let first = app
+            .call(echo_request("/idem-redis/echo", Some("replayed")).to_request())
+            .await;
         assert!(first.expect("an answer").status().is_success());
         (bare, app, store)
     });
@@ -218,7 +210,9 @@ fn main() {
             }
             per(start)
         });
-        let requests: Vec<_> = (0..BATCH).map(|_| request("/bare/echo", "")).collect();
+        let requests: Vec<_> = (0..BATCH)
+            .map(|_| echo_request("/bare/echo", None).to_request())
+            .collect();
         t[4] = rt.block_on(async {
             let start = Instant::now();
             for req in requests {
@@ -227,7 +221,7 @@ fn main() {
             per(start)
         });
         let requests: Vec<_> = (0..BATCH)
-            .map(|_| request("/idem-redis/echo", "replayed"))
+            .map(|_| echo_request("/idem-redis/echo", Some("replayed")).to_request())
             .collect();
         t[5] = rt.block_on(async {
             let start = Instant::now();
@@ -240,7 +234,7 @@ fn main() {
         let requests: Vec<_> = (0..BATCH)
             .map(|_| {
                 fresh += 1;
-                request("/idem-redis/echo", &format!("new-{fresh}"))
+                echo_request("/idem-redis/echo", Some(&format!("new-{fresh}"))).to_request()
             })
             .collect();
         t[6] = rt.block_on(async {

@@ -111,6 +111,19 @@ pub async fn prefill(store: &MokaStore, records: usize) {
     }
 }
 
+/// The echo request to `path`, with `key` as its `Idempotency-Key` when given, for the
+/// in-process benches and tests (`.to_request()` builds it).
+pub fn echo_request(path: &str, key: Option<&str>) -> actix_web::test::TestRequest {
+    let req = actix_web::test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/json"))
+        .set_payload(r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#);
+    match key {
+        Some(key) => req.insert_header(("idempotency-key", key)),
+        None => req,
+    }
+}
+
 /// A fresh store key: a counter spread over the key's first bytes, and a random tail, so that
 /// runs against a server that keeps its rows do not meet each other's keys.
 pub fn fresh_key() -> StoreKey {
@@ -246,14 +259,7 @@ mod tests {
     use super::*;
 
     fn echo(key: Option<&str>) -> actix_http::Request {
-        let mut req = test::TestRequest::post()
-            .uri("/store-alone/echo")
-            .insert_header(("content-type", "application/json"))
-            .set_payload(r#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#);
-        if let Some(key) = key {
-            req = req.insert_header(("idempotency-key", key));
-        }
-        req.to_request()
+        echo_request("/store-alone/echo", key).to_request()
     }
 
     #[actix_web::test]
