@@ -25,7 +25,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::Service;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::rt::SystemRunner;
 use actix_web::{test, App};
 use idem_actix::clock::{Clock, SystemClock};
 use idem_actix::store::{Claim, Token};
@@ -38,34 +39,25 @@ use idem_tests::TestRedis;
 const ROUNDS: usize = 15;
 const BATCH: usize = 2_000;
 
-/// One connection that sends a command and reads its whole reply, blocking: one round trip.
+/// One connection that sends a command and reads its whole reply, blocking: one round trip
+/// per call.
 struct RoundTrip {
     stream: TcpStream,
-    command: Vec<u8>,
     reply: Vec<u8>,
 }
 
 impl RoundTrip {
-    fn new(addr: &str, key: &str) -> Self {
+    fn new(addr: &str) -> Self {
         let stream = TcpStream::connect(addr).expect("connect to Redis");
         stream.set_nodelay(true).expect("TCP_NODELAY");
         Self {
             stream,
-            command: command(&[b"GET", key.as_bytes()]),
             reply: Vec::new(),
         }
     }
 
-    /// Sends the GET and reads its bulk reply.
-    fn run(&mut self) {
-        let get = std::mem::take(&mut self.command);
-        self.call(&get);
-        self.command = get;
-        assert!(self.reply.starts_with(b"$"), "a bulk reply");
-    }
-
-    /// Sends `command` and reads its reply (a status, an integer, or a bulk string) into
-    /// `self.reply`.
+    /// Sends `command` (see [`command`]) and reads its reply: a status, an integer, or a bulk
+    /// string.
     fn call(&mut self, command: &[u8]) -> &[u8] {
         self.stream.write_all(command).expect("send");
         self.reply.clear();
@@ -119,6 +111,26 @@ fn redis_benchmark(host: &str, port: &str) -> Option<f64> {
     Some(field.parse::<f64>().ok()? * 1000.0)
 }
 
+/// The time per request of a batch that started at `start`, in microseconds.
+fn per_request(start: Instant) -> f64 {
+    start.elapsed().as_nanos() as f64 / BATCH as f64 / 1000.0
+}
+
+/// The time per request `app` takes to answer `requests`, each with 201.
+fn served<S>(rt: &SystemRunner, app: &S, requests: Vec<actix_http::Request>) -> f64
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        for req in requests {
+            let res = app.call(req).await.expect("an answer");
+            assert_eq!(res.status(), 201);
+        }
+        per_request(start)
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -156,7 +168,8 @@ fn main() {
         .url()
         .trim_start_matches("redis://")
         .trim_end_matches('/');
-    let mut round_trip = RoundTrip::new(addr, &keys[0]);
+    let mut round_trip = RoundTrip::new(addr);
+    let get = command(&[b"GET", keys[0].as_bytes()]);
     let mut client = rt.block_on(async {
         let client = redis::Client::open(redis.url()).expect("a Redis URL");
         client.get_connection_manager().await.expect("connect")
@@ -189,7 +202,6 @@ fn main() {
     ];
     let mut per_rt: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    let per = |start: Instant| start.elapsed().as_nanos() as f64 / BATCH as f64 / 1000.0;
     let mut fresh = 0u64;
     // A new key's two writes with nothing around them: a claim's size of value set if absent
     // (`SET NX PX GET`, as the store's claim), then the replayed record's bytes over it (a plain
@@ -205,9 +217,10 @@ fn main() {
         let mut t = [0f64; 8];
         let start = Instant::now();
         for _ in 0..BATCH {
-            round_trip.run();
+            let reply = round_trip.call(&get);
+            assert!(reply.starts_with(b"$"), "a bulk reply");
         }
-        t[0] = per(start);
+        t[0] = per_request(start);
         t[1] = rt.block_on(async {
             let start = Instant::now();
             for _ in 0..BATCH {
@@ -217,7 +230,7 @@ fn main() {
                     .await
                     .expect("GET");
             }
-            per(start)
+            per_request(start)
         });
         let start = Instant::now();
         for _ in 0..BATCH {
@@ -242,7 +255,7 @@ fn main() {
             ]));
             assert!(completed.starts_with(b"+OK"));
         }
-        t[2] = per(start);
+        t[2] = per_request(start);
         t[3] = rt.block_on(async {
             let start = Instant::now();
             for _ in 0..BATCH {
@@ -253,7 +266,7 @@ fn main() {
                     .unwrap();
                 assert!(matches!(found, Claim::Existing(_)));
             }
-            per(start)
+            per_request(start)
         });
         t[4] = rt.block_on(async {
             let start = Instant::now();
@@ -267,43 +280,23 @@ fn main() {
                     .await
                     .unwrap());
             }
-            per(start)
+            per_request(start)
         });
         let requests: Vec<_> = (0..BATCH)
             .map(|_| echo_request("/bare/echo", None).to_request())
             .collect();
-        t[5] = rt.block_on(async {
-            let start = Instant::now();
-            for req in requests {
-                bare.call(req).await.expect("an answer");
-            }
-            per(start)
-        });
+        t[5] = served(&rt, &bare, requests);
         let requests: Vec<_> = (0..BATCH)
             .map(|_| echo_request("/idem-redis/echo", Some("replayed")).to_request())
             .collect();
-        t[6] = rt.block_on(async {
-            let start = Instant::now();
-            for req in requests {
-                let res = app.call(req).await.expect("an answer");
-                assert_eq!(res.status(), 201);
-            }
-            per(start)
-        }) - t[5];
+        t[6] = served(&rt, &app, requests) - t[5];
         let requests: Vec<_> = (0..BATCH)
             .map(|_| {
                 fresh += 1;
                 echo_request("/idem-redis/echo", Some(&format!("new-{fresh}"))).to_request()
             })
             .collect();
-        t[7] = rt.block_on(async {
-            let start = Instant::now();
-            for req in requests {
-                let res = app.call(req).await.expect("an answer");
-                assert_eq!(res.status(), 201);
-            }
-            per(start)
-        }) - t[5];
+        t[7] = served(&rt, &app, requests) - t[5];
         // Round 0 warms every path up and is not counted.
         if round > 0 {
             for (i, time) in t.iter().enumerate() {
