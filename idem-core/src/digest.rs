@@ -522,6 +522,27 @@ mod tests {
         }
     }
 
+    /// Fingerprints of stored records keep matching their retries across releases: the
+    /// expected digest is SHA-256 over the layout written out by hand (`idem:F2`, then each of
+    /// method, path, query and body as a one-byte length and its bytes).
+    #[test]
+    fn fingerprints_are_unchanged() {
+        let mut layout = b"idem:F2".to_vec();
+        for part in [
+            &b"POST"[..],
+            b"/v1/calls",
+            b"a=1",
+            br#"{"to":"+15555550123"}"#,
+        ] {
+            layout.push(part.len() as u8);
+            layout.extend_from_slice(part);
+        }
+        assert_eq!(
+            Fingerprint::new("POST", "/v1/calls", "a=1", br#"{"to":"+15555550123"}"#),
+            Fingerprint::from_bytes(Sha256::digest(&layout).into())
+        );
+    }
+
     #[test]
     fn store_key_does_not_contain_the_raw_key_or_credential() {
         let scope = ScopeValue::new("authorization", &b"Bearer sk_live_secret"[..]);
