@@ -238,8 +238,9 @@ mod tests {
     /// The futures every keyed request builds, moves and drops: their sizes, in bytes on a
     /// 64-bit target, are held a little above what they are, so that growth fails here. The
     /// bounds of `execute` and `claimed` are below what each would be as an `async fn` (1376
-    /// and 4832 bytes when last measured), the gain their `async` blocks are for (see "Future
-    /// sizes" in `idem_core`'s engine).
+    /// and 2032 bytes when last measured, with every feature), the gain their `async` blocks
+    /// are for (see "Future sizes" in `idem_core`'s engine). `claimed` was 4576 bytes with the
+    /// `postgres` feature before its rare paths were boxed.
     #[actix_web::test]
     async fn keyed_request_futures_stay_small() {
         let (req, payload) = request("sizes-keyed");
@@ -262,7 +263,7 @@ mod tests {
             ("execute", size_of_val(&execute)),
             ("claimed", size_of_val(&claimed)),
         ];
-        let bounds = [800, 700, 1024, 4700];
+        let bounds = [800, 700, 1024, 1800];
         for ((future, size), bound) in sizes.into_iter().zip(bounds) {
             assert!(
                 size <= bound,

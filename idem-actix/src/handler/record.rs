@@ -93,7 +93,12 @@ impl Keep {
 /// `Transaction` has its writes committed with the record, or rolled
 /// back with the release.
 ///
-/// An `async` block, for a smaller future (see "Future sizes" in `idem_core`'s engine).
+/// An `async` block, for a smaller future (see "Future sizes" in `idem_core`'s engine). For
+/// the same reason the release after a failure and a transaction's commit are boxed where they
+/// are awaited: with the `postgres` feature each takes about 3 KB (a transaction's rollback or
+/// commit), which every run would otherwise hold while in flight, though only runs that fail
+/// or take a transaction get there. Boxed, a run's future is 1.8 KB instead of 4.6 KB (and
+/// 490 fewer instructions per new key, a change within the noise of the in-process bench).
 #[allow(
     clippy::manual_async_fn,
     reason = "smaller future, see idem_core's engine"
@@ -131,7 +136,7 @@ where
                     "idempotent handler panicked; key released"
                 );
                 metrics::outcome("released");
-                release(lease, loan).await;
+                Box::pin(release(lease, loan)).await;
                 return Reply::orphan(with_request_id(panicked(), &request_id));
             }
         };
@@ -148,7 +153,7 @@ where
             Err(_) => {
                 tracing::error!(outcome = "released", "response body failed; key released");
                 metrics::outcome("released");
-                release(lease, loan).await;
+                Box::pin(release(lease, loan)).await;
                 return Reply {
                     req,
                     res: with_request_id(panicked(), &request_id),
@@ -157,7 +162,7 @@ where
         };
         let res = head.set_body(body);
         let (outcome, res) = match loan.and_then(Loan::close) {
-            Some(taken) => taken.finish(lease, response, res, &request_id).await,
+            Some(taken) => Box::pin(taken.finish(lease, response, res, &request_id)).await,
             None => (recorded(lease, response).await, res),
         };
         tracing::debug!(outcome, status);
