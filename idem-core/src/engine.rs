@@ -337,6 +337,13 @@ impl Engine {
         })
     }
 
+    /// One release of the claim `token` holds on `key`, observed: `Ok(true)` when it was
+    /// there, as [`Store::release`] answers.
+    async fn released_once(&self, key: &StoreKey, token: Token) -> Result<bool, StoreError> {
+        self.observed("release", || self.parts.store.release(key, token))
+            .await
+    }
+
     /// Releases, in a task of its own, a claim that may or may not have been written: its
     /// write failed, yet may still land, later than commands sent after it (a command that
     /// timed out on one connection and ran when the store came back, after a release sent on
@@ -344,7 +351,7 @@ impl Engine {
     /// answered twice, a second apart, that it is not there; for at most `lease`, after which
     /// the claim lapses anyway.
     fn release_unconfirmed(&self, key: StoreKey, token: Token, lease: Duration) {
-        let store = Arc::clone(&self.parts.store);
+        let engine = self.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -353,7 +360,7 @@ impl Engine {
             let deadline = tokio::time::Instant::now() + lease;
             let mut absent = 0;
             loop {
-                match store.release(&key, token).await {
+                match engine.released_once(&key, token).await {
                     Ok(true) => break,
                     Ok(false) => absent += 1,
                     Err(_) => {}
@@ -374,13 +381,13 @@ impl Engine {
     /// [`Lease::finish`] retries its own, so that a store's blip does not leave the key to
     /// answer 409 until the claim lapses.
     fn release_in_background(&self, key: StoreKey, token: Token, lease: Duration) {
-        let store = Arc::clone(&self.parts.store);
+        let engine = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let releasing = self.parts.releasing.start();
                 runtime.spawn(async move {
                     let mut backoff = Backoff::new(lease);
-                    while let Err(error) = store.release(&key, token).await {
+                    while let Err(error) = engine.released_once(&key, token).await {
                         let Some(pause) = backoff.next() else {
                             tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
                             break;
@@ -750,8 +757,7 @@ impl Lease {
     async fn released(&self) -> Result<bool, StoreError> {
         let mut retry: Option<Backoff> = None;
         loop {
-            let release = || self.engine.parts.store.release(&self.key, self.token);
-            let error = match self.engine.observed("release", release).await {
+            let error = match self.engine.released_once(&self.key, self.token).await {
                 Ok(held) => return Ok(held),
                 Err(error) => error,
             };
@@ -1562,23 +1568,61 @@ mod tests {
             .await;
         assert!(released.unwrap());
         engine.abandoned_released().await;
-        let ops: Vec<_> = timings
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(op, _)| *op)
-            .collect();
-        assert_eq!(ops, ["claim", "release"], "one release, observed");
+        assert_eq!(timings.ops(), ["claim", "release"], "one release, observed");
     }
 
+    /// What an observer is told: each operation, its time, and whether it failed.
     #[derive(Clone, Default)]
-    struct Timings(Arc<std::sync::Mutex<Vec<(&'static str, Duration)>>>);
+    struct Timings(Arc<std::sync::Mutex<Vec<Observed>>>);
+
+    type Observed = (&'static str, Duration, bool);
 
     impl StoreObserver for Timings {
-        fn store_op(&self, op: &'static str, elapsed: Duration, _: bool) {
-            self.0.lock().unwrap().push((op, elapsed));
+        fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool) {
+            self.0.lock().unwrap().push((op, elapsed, failed));
         }
+    }
+
+    impl Timings {
+        /// The operations observed, in order.
+        fn ops(&self) -> Vec<&'static str> {
+            self.0.lock().unwrap().iter().map(|(op, ..)| *op).collect()
+        }
+
+        /// The operations observed to fail, in order.
+        fn failed(&self) -> Vec<&'static str> {
+            let seen = self.0.lock().unwrap();
+            seen.iter()
+                .filter(|(.., failed)| *failed)
+                .map(|(op, ..)| *op)
+                .collect()
+        }
+    }
+
+    /// Releases made in the background (an abandoned lease's, a claim's whose answer was
+    /// lost) reach the store when it may be failing: the observer, and so the metrics of
+    /// store errors, sees them as it sees the others, failures included.
+    #[tokio::test(start_paused = true)]
+    async fn background_releases_are_observed() {
+        let timings = Timings::default();
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_observer(timings.clone());
+        drop(execute(&engine, &Policy::DEFAULT, key(1), fp("a")).await);
+        engine.abandoned_released().await;
+        assert_eq!(timings.ops(), ["claim", "release"], "an abandoned lease");
+
+        timings.0.lock().unwrap().clear();
+        store.fail("claim", 1, Fault::Lost);
+        store.fail("release", 1, Fault::Unavailable);
+        let begun = engine.begin(&Policy::DEFAULT, key(2), fp("a")).await;
+        assert!(matches!(begun, Err(IdempotencyError::StoreUnavailable(_))));
+        engine.abandoned_released().await;
+        assert_eq!(
+            timings.ops(),
+            ["claim", "release", "release"],
+            "a lost claim's release, failed once, then made"
+        );
+        assert_eq!(timings.failed(), ["claim", "release"]);
     }
 
     #[tokio::test]
@@ -1588,10 +1632,9 @@ mod tests {
         let engine = Engine::new(slow).with_observer(timings.clone());
         let lease = execute(&engine, &Policy::DEFAULT, key(1), fp("a")).await;
         lease.finish(response(201, "call_1")).await.unwrap();
+        assert_eq!(timings.ops(), ["claim", "complete"]);
         let seen = timings.0.lock().unwrap().clone();
-        let ops: Vec<_> = seen.iter().map(|(op, _)| *op).collect();
-        assert_eq!(ops, ["claim", "complete"]);
-        for (op, elapsed) in seen {
+        for (op, elapsed, _) in seen {
             assert!(
                 elapsed >= Duration::from_millis(20),
                 "{op} timed at {elapsed:?}"
