@@ -106,11 +106,16 @@ fn overrides(args: &Args) -> TokenStream {
     if let Some(lease) = &args.lease {
         set("lease", lease.span(), duration(lease.value));
     }
-    if let Some(Spanned { name, value: true }) = &args.fail_open {
+    if let Some(fail_open) = &args.fail_open {
+        // `false` is set too: it fails closed where the application's defaults fail open.
+        let v = match fail_open.value {
+            true => quote!(FailOpen),
+            false => quote!(FailClosed),
+        };
         set(
             "on_store_error",
-            name.span(),
-            quote!(__idem_p::OnStoreError::FailOpen),
+            fail_open.span(),
+            quote!(__idem_p::OnStoreError::#v),
         );
     }
     if let Some(errors) = &args.errors {

@@ -568,8 +568,9 @@ mod valid;
 /// ## `fail_open`
 ///
 /// A flag: when the store cannot be reached, run the handler unprotected instead of answering
-/// 503 `idempotency_store_unavailable` (the default, which runs nothing). A store can also be
-/// configured to fail open for every endpoint.
+/// 503 `idempotency_store_unavailable` (the default, which runs nothing). `fail_open = false`
+/// fails closed even where the application's defaults fail open. A store can also be
+/// configured to fail open for every endpoint, whatever the endpoint says.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

@@ -4,7 +4,7 @@
 //! endpoint fails open.
 
 use actix_web::{post, web, HttpResponse};
-use idem_actix::{idempotent, IdempotencyConfig, ProblemJson};
+use idem_actix::{idempotent, IdempotencyConfig, OnStoreError, Policy, ProblemJson};
 use idem_core::testing::UnavailableStore;
 use idem_tests::{assert_error, serve, Counter, RawRequest, TestServer};
 
@@ -26,6 +26,12 @@ async fn fail_open(runs: web::Data<Counter>) -> HttpResponse {
     HttpResponse::Created().body(format!("run {}", runs.bump()))
 }
 
+#[post("/fail-closed")]
+#[idempotent(fail_open = false)]
+async fn fail_closed(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
 fn keyed(path: &str, key: &str) -> RawRequest {
     RawRequest::post(path)
         .header("Authorization", "Bearer t")
@@ -39,7 +45,8 @@ fn down_app(config: IdempotencyConfig) -> (TestServer, Counter) {
         cfg.app_data(config.clone())
             .app_data(data.clone())
             .service(default_format)
-            .service(fail_open);
+            .service(fail_open)
+            .service(fail_closed);
     });
     (server, runs)
 }
@@ -78,6 +85,22 @@ async fn fail_open_runs_the_handler_unprotected() {
     let res = keyed("/fail-open", "k").send(server.addr).await;
     assert_eq!(res.status, 201);
     assert_eq!(runs.get(), 1);
+}
+
+/// The endpoint's own argument comes before the application's defaults, `false` as `true`:
+/// an endpoint that must never run unprotected says so, whatever the rest of the app does.
+#[actix_web::test]
+async fn fail_open_false_fails_closed_where_the_app_fails_open() {
+    let fails_open = Policy::DEFAULT.on_store_error(OnStoreError::FailOpen);
+    let config = IdempotencyConfig::new(UnavailableStore)
+        .with_defaults(fails_open)
+        .unwrap();
+    let (server, runs) = down_app(config);
+    let res = keyed("/fail-closed", "k").send(server.addr).await;
+    assert_error(&res, 503, "idempotency_store_unavailable");
+    assert_eq!(runs.get(), 0, "no handler runs without a claim");
+    let res = keyed("/default-format", "k").send(server.addr).await;
+    assert_eq!(res.status, 201, "the app's default applies elsewhere");
 }
 
 #[actix_web::test]
