@@ -272,3 +272,35 @@ async fn replays_carry_the_stored_headers_and_this_requests_id() {
     assert_eq!(retry.header("x-request-id"), Some("retry-7"));
     assert!(first.header("idempotent-replayed").is_none());
 }
+
+/// A handler that sets `Idempotent-Replayed` itself (one that forwards an upstream API's
+/// headers, say).
+async fn says_replayed(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header(("Idempotent-Replayed", "true"))
+        .body(format!("run {}", runs.bump()))
+}
+
+#[idempotent]
+async fn attributed_says_replayed(runs: web::Data<Counter>) -> HttpResponse {
+    says_replayed(runs).await
+}
+
+#[actix_web::test]
+async fn a_first_response_never_says_it_was_replayed() {
+    let s = serve(|cfg| {
+        cfg.route("/says", web::post().to(attributed_says_replayed))
+            .service(
+                web::scope("/says-wrapped")
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(says_replayed)),
+            );
+    });
+    for path in ["/says", "/says-wrapped"] {
+        let (first, replay) = replayed(&s, path, path).await;
+        assert_eq!(first.status, 201);
+        assert!(first.header("idempotent-replayed").is_none(), "{path}");
+        assert_eq!(replay.header("idempotent-replayed"), Some("true"), "{path}");
+        assert_eq!(replay.body, first.body, "{path}");
+    }
+}

@@ -60,8 +60,15 @@ where
     let Reply { req, res } = ran.await.unwrap_or_else(|_| Reply::orphan(panicked()));
     Reply {
         req,
-        res: with_request_id(res, &request_id),
+        res: executed(res, &request_id),
     }
+}
+
+/// A response that ran, as it goes out: with the request's id, and never saying it is a
+/// replay, whatever headers the handler set (one that forwards an upstream API's, say).
+fn executed(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
+    res.headers_mut().remove(&crate::IDEMPOTENT_REPLAYED);
+    with_request_id(res, request_id)
 }
 
 /// What the recording of a response needs of the endpoint's policy.
@@ -169,7 +176,7 @@ where
         metrics::outcome(outcome);
         Reply {
             req,
-            res: with_request_id(res, &request_id),
+            res: executed(res, &request_id),
         }
     }
 }
