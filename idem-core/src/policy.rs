@@ -92,6 +92,8 @@ pub enum KeySource {
 /// Which of a recorded response's headers its replays repeat, on top of those never
 /// replayed (those of one transfer or one request, such as `Date`, `Content-Length` or
 /// `X-Request-ID`; and `Set-Cookie`, which [`Policy::replay_set_cookie`] alone decides).
+/// A recorded `Content-Encoding` is always repeated, whatever the list: the body's bytes are
+/// in that coding, and could not be decoded without it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplayHeaders {
@@ -108,6 +110,9 @@ pub enum ReplayHeaders {
 impl ReplayHeaders {
     /// Whether a recorded header called `name` is replayed.
     pub fn replays(&self, name: &str) -> bool {
+        if name.eq_ignore_ascii_case("content-encoding") {
+            return true;
+        }
         match self {
             ReplayHeaders::All => true,
             ReplayHeaders::Only(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
@@ -221,6 +226,7 @@ impl Policy {
     /// [`PolicyError::InvalidHeader`] when the key's header, or a header listed in
     /// `fingerprint_headers` or `replay_headers`, is not a valid header name;
     /// [`PolicyError::SetCookieListed`] when `replay_headers` lists `Set-Cookie`;
+    /// [`PolicyError::CodingDropped`] when `replay_headers` drops `Content-Encoding`;
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
@@ -262,6 +268,14 @@ impl Policy {
         {
             return Err(PolicyError::SetCookieListed);
         }
+        if let ReplayHeaders::Except(names) = self.replay_headers {
+            if names
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("content-encoding"))
+            {
+                return Err(PolicyError::CodingDropped);
+            }
+        }
         let key = match self.key_source {
             KeySource::Json(pointer) => Some(pointer),
             KeySource::Header => None,
@@ -298,6 +312,9 @@ pub enum PolicyError {
     /// `replay_headers` lists `Set-Cookie`, which `replay_set_cookie` alone governs.
     #[error("replay_headers lists Set-Cookie, which is replayed only with replay_set_cookie; remove it from the list")]
     SetCookieListed,
+    /// `replay_headers` drops `Content-Encoding`, which a replay always repeats.
+    #[error("replay_headers drops Content-Encoding, which a replay always repeats: a recorded body is in its coding; remove it from the list")]
+    CodingDropped,
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {

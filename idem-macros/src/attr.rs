@@ -232,6 +232,9 @@ fn list(
             {
                 Some("`Set-Cookie` is replayed only with `replay_set_cookie`, which decides it alone; remove it from the list".to_owned())
             }
+            Name::ReplayDropHeaders if value.eq_ignore_ascii_case("content-encoding") => Some(
+                "`Content-Encoding` is always replayed: a recorded body is in its coding; remove it from the list".to_owned(),
+            ),
             _ => None,
         };
         let repeated = || {

@@ -698,8 +698,9 @@ mod valid;
 ///
 /// The recorded headers a replay repeats, by name in any case: only these. Headers of one
 /// transfer or one request (`Date`, `Content-Length`, `X-Request-ID`, ...) are never
-/// replayed, and `Set-Cookie` only with `replay_set_cookie`, whatever the list; name every
-/// header the replay needs, `Content-Type` included. Default: every recorded header.
+/// replayed, and `Set-Cookie` only with `replay_set_cookie`, whatever the list, while a
+/// recorded `Content-Encoding` always is (the body's bytes are in that coding); name every
+/// other header the replay needs, `Content-Type` included. Default: every recorded header.
 ///
 /// ```
 /// # extern crate idem as idem_actix;
@@ -727,8 +728,8 @@ mod valid;
 /// ## `replay_drop_headers`
 ///
 /// Recorded headers a replay leaves out, by name in any case, on top of those never
-/// replayed: a trace id or a timing of the first response. Not with `replay_headers`. None by
-/// default.
+/// replayed: a trace id or a timing of the first response. Not with `replay_headers`, and not
+/// `Content-Encoding`, which a replay always repeats. None by default.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

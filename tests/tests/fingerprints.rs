@@ -394,4 +394,10 @@ fn contradicting_defaults_are_refused_at_start_up() {
             .with_defaults(Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Set-Cookie"]))),
         Err(PolicyError::SetCookieListed)
     ));
+    assert!(matches!(
+        config().with_defaults(
+            Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["content-encoding"]))
+        ),
+        Err(PolicyError::CodingDropped)
+    ));
 }

@@ -3,7 +3,7 @@
 
 use actix_web::middleware::Compress;
 use actix_web::{web, HttpResponse};
-use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore};
+use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, ReplayHeaders};
 use idem_tests::{assert_error, Counter, RawRequest, TestServer, Warnings};
 
 fn call(path: &str, key: &str) -> RawRequest {
@@ -126,4 +126,31 @@ async fn outside_compress_a_replay_never_sends_a_coding_the_client_did_not_accep
     assert!(retry.replayed());
     assert_eq!(retry.body, first.body);
     assert_eq!(runs.get(), 1, "the operation ran once");
+}
+
+/// A list of the headers replays repeat that leaves `Content-Encoding` out still gets it on
+/// a replay of a compressed body: without it the bytes could not be decoded.
+#[actix_web::test]
+async fn a_replay_header_list_never_strips_the_coding_of_a_recorded_body() {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        let only_type = ReplayHeaders::Only(&["Content-Type"]);
+        cfg.app_data(data.clone()).app_data(idem.clone()).service(
+            web::scope("/texts")
+                .wrap(Compress::default())
+                .wrap(Idempotency::new().with_overrides(move |p| p.replay_headers(only_type)))
+                .route("", web::post().to(text)),
+        );
+    });
+    let zipped = || call("/texts", "zipped").header("Accept-Encoding", "gzip");
+    let first = zipped().send(server.addr).await;
+    assert_eq!(first.header("content-encoding"), Some("gzip"));
+    let retry = zipped().send(server.addr).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.header("content-encoding"), Some("gzip"));
+    assert_eq!(retry.header("content-type"), Some("text/plain"));
+    assert_eq!(runs.get(), 1);
 }

@@ -6,4 +6,7 @@ async fn fingerprinted() {}
 #[idempotent(replay_drop_headers = ["Set-Cookie", "X:Trace"])]
 async fn replayed() {}
 
+#[idempotent(replay_drop_headers = ["X-Trace", "Content-Encoding"])]
+async fn decodable() {}
+
 fn main() {}
