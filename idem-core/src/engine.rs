@@ -275,6 +275,9 @@ impl Engine {
                 .await
             {
                 Ok(Claim::Claimed) => return Ok(self.claimed(policy, key, claim)),
+                Ok(Claim::Existing(record)) if ours(&record, &claim) => {
+                    return Ok(self.claimed(policy, key, claim))
+                }
                 Ok(Claim::Existing(record)) => record,
                 Err(e) => {
                     // The claim may have been written all the same (a command that timed
@@ -332,6 +335,9 @@ impl Engine {
         self.op_done("claim", started, &result);
         Some(match result {
             Ok(Claim::Claimed) => Ok(self.claimed(policy, key, claim)),
+            Ok(Claim::Existing(record)) if ours(&record, &claim) => {
+                Ok(self.claimed(policy, key, claim))
+            }
             Ok(Claim::Existing(record)) => judge(policy, fingerprint, record),
             Err(e) => self.store_failed(policy, e),
         })
@@ -425,6 +431,14 @@ impl Engine {
             Err(IdempotencyError::StoreUnavailable(error))
         }
     }
+}
+
+/// Whether `record`, found when `claim` was written, is `claim` itself: a claim sent twice
+/// (a client that resends a command whose answer was lost, as the `redis` crate's cluster
+/// client does) finds the first. Its token is this attempt's alone, so the key is this
+/// request's, not another's still running.
+fn ours(record: &Record, claim: &InFlight) -> bool {
+    matches!(record, Record::InFlight(held) if held.token == claim.token)
 }
 
 fn mismatch(policy: &Policy) -> IdempotencyError {
@@ -783,7 +797,7 @@ impl Drop for Lease {
 mod tests {
     use super::*;
     use crate::clock::{ManualClock, Timestamp};
-    use crate::store::MokaStore;
+    use crate::store::{MokaStore, StoreFuture};
     use crate::testing::{CountingStore, Fault, FaultyStore, UnavailableStore};
     use std::collections::HashMap;
 
@@ -1027,29 +1041,22 @@ mod tests {
         );
     }
 
-    /// A store whose claims fail at once and are written 100 ms later, after commands sent
-    /// since: a claim that timed out on a connection and ran when the store came back.
-    struct LateClaims(Arc<MokaStore>);
+    /// A store over `moka` whose claims are made by `claim`: a store's answer failed, late,
+    /// or sent twice, as a real store's can be. Every other operation goes straight to `moka`.
+    struct Claims(Arc<MokaStore>, ClaimFn);
 
-    impl Store for LateClaims {
+    type ClaimFn = fn(Arc<MokaStore>, StoreKey, InFlight, Timestamp) -> StoreFuture<'static, Claim>;
+
+    impl Store for Claims {
         fn claim<'a>(
             &'a self,
             key: &'a StoreKey,
             claim: InFlight,
             now: Timestamp,
-        ) -> crate::store::StoreFuture<'a, Claim> {
-            let (store, key) = (Arc::clone(&self.0), *key);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = store.claim(&key, claim, now).await;
-            });
-            crate::store::StoreFuture::ready(Err(StoreError::Timeout))
+        ) -> StoreFuture<'a, Claim> {
+            (self.1)(Arc::clone(&self.0), *key, claim, now)
         }
-        fn get<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            now: Timestamp,
-        ) -> crate::store::StoreFuture<'a, Option<Record>> {
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
             self.0.get(key, now)
         }
         fn extend<'a>(
@@ -1058,7 +1065,7 @@ mod tests {
             token: Token,
             lease_until: Timestamp,
             now: Timestamp,
-        ) -> crate::store::StoreFuture<'a, bool> {
+        ) -> StoreFuture<'a, bool> {
             self.0.extend(key, token, lease_until, now)
         }
         fn complete<'a>(
@@ -1067,22 +1074,57 @@ mod tests {
             token: Token,
             record: Completed,
             now: Timestamp,
-        ) -> crate::store::StoreFuture<'a, bool> {
+        ) -> StoreFuture<'a, bool> {
             self.0.complete(key, token, record, now)
         }
-        fn release<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-        ) -> crate::store::StoreFuture<'a, bool> {
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
             self.0.release(key, token)
         }
+    }
+
+    /// Claims that fail at once and are written 100 ms later, after commands sent since: a
+    /// claim that timed out on a connection and ran when the store came back.
+    fn late_claims(moka: &Arc<MokaStore>) -> Claims {
+        Claims(Arc::clone(moka), |store, key, claim, now| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = store.claim(&key, claim, now).await;
+            });
+            StoreFuture::ready(Err(StoreError::Timeout))
+        })
+    }
+
+    /// Claims sent twice, as a client that resends a command whose answer was lost does (the
+    /// `redis` crate's cluster client does): the second finds the first's claim.
+    fn resent_claims(moka: &Arc<MokaStore>) -> Claims {
+        Claims(Arc::clone(moka), |store, key, claim, now| {
+            StoreFuture::new(async move {
+                let _lost = store.claim(&key, claim, now).await;
+                store.claim(&key, claim, now).await
+            })
+        })
+    }
+
+    /// The claim found carries this attempt's token, which no other attempt has: the key is
+    /// this request's, not another's still running (which would answer 409 for a lease).
+    #[tokio::test]
+    async fn a_claim_sent_twice_that_finds_itself_holds_the_key() {
+        let moka = Arc::new(MokaStore::new());
+        let engine = Engine::new(resent_claims(&moka));
+        let policy = Policy::DEFAULT;
+        let begun = engine.begin(&policy, key(1), fp("a")).await;
+        let Ok(Begin::Execute(lease)) = begun else {
+            panic!("the first request runs: {begun:?}")
+        };
+        lease.finish(response(201, "call_1")).await.unwrap();
+        let retry = engine.begin(&policy, key(1), fp("a")).await;
+        assert!(matches!(retry, Ok(Begin::Replay(_))), "{retry:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_claim_that_lands_after_its_release_is_released_again() {
         let moka = Arc::new(MokaStore::new());
-        let engine = Engine::new(LateClaims(Arc::clone(&moka)));
+        let engine = Engine::new(late_claims(&moka));
         let policy = Policy::DEFAULT;
         let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
         assert!(matches!(err, IdempotencyError::StoreUnavailable(_)));
