@@ -263,7 +263,7 @@ mod tests {
             ("execute", size_of_val(&execute)),
             ("claimed", size_of_val(&claimed)),
         ];
-        let bounds = [800, 700, 1024, 1800];
+        let bounds = [800, 700, 1120, 1800];
         for ((future, size), bound) in sizes.into_iter().zip(bounds) {
             assert!(
                 size <= bound,
