@@ -209,7 +209,7 @@ impl Engine {
         let now = self.parts.clock.now();
         let claim = InFlight {
             fingerprint,
-            lease_until: now.saturating_add(policy.lease),
+            lease_until: now.saturating_add(lease(policy)),
             token: Token::random(),
         };
         (now, claim)
@@ -290,7 +290,7 @@ impl Engine {
                     // The claim may have been written all the same (a command that timed
                     // out, then ran): nobody would hold it, and retries would get 409 until
                     // its lease lapsed. Its token releases it, if it is there.
-                    self.release_unconfirmed(key, claim.token, policy.lease);
+                    self.release_unconfirmed(key, claim.token, lease(policy));
                     return self.store_failed(policy, e);
                 }
             };
@@ -420,7 +420,7 @@ impl Engine {
     fn claimed(&self, policy: &Policy, key: StoreKey, claim: InFlight) -> Begin {
         Begin::Execute(Lease {
             engine: self.clone(),
-            lease: policy.lease,
+            lease: lease(policy),
             ttl: policy.ttl,
             cache: policy.cache,
             max_response: policy.max_response,
@@ -455,8 +455,14 @@ impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         let (key, token) = (*self.key, self.claim.token);
         self.engine
-            .release_unconfirmed(key, token, self.policy.lease);
+            .release_unconfirmed(key, token, lease(self.policy));
     }
+}
+
+/// The lease a claim under `policy` holds: [`Policy::MIN_LEASE`] at least, whatever the
+/// policy says (a policy can be built without [`Policy::check`]).
+fn lease(policy: &Policy) -> Duration {
+    policy.lease.max(Policy::MIN_LEASE)
 }
 
 /// Whether `record`, found when `claim` was written, is `claim` itself: a claim sent twice
@@ -1504,6 +1510,24 @@ mod tests {
             lease.finish(response(201, "done")).await.unwrap(),
             Outcome::Recorded
         ));
+    }
+
+    /// A lease shorter than a running request can keep renewed would lapse under it and let a
+    /// duplicate run: the engine holds it for `Policy::MIN_LEASE` at least.
+    #[tokio::test]
+    async fn a_lease_below_the_minimum_is_held_for_the_minimum() {
+        let (engine, clock) = setup();
+        let policy = Policy::DEFAULT.lease(Duration::from_millis(5));
+        let _running = execute(&engine, &policy, key(1), fp("a")).await;
+        clock.advance(Duration::from_millis(50));
+        let duplicate = engine.begin(&policy, key(1), fp("a")).await;
+        assert!(
+            matches!(duplicate, Err(IdempotencyError::InFlight)),
+            "{duplicate:?}"
+        );
+        clock.advance(Policy::MIN_LEASE);
+        let after = engine.begin(&policy, key(1), fp("a")).await;
+        assert!(matches!(after, Ok(Begin::Execute(_))), "{after:?}");
     }
 
     #[tokio::test]

@@ -219,6 +219,11 @@ impl Policy {
 }
 
 impl Policy {
+    /// The shortest lease: a running request renews its claim every third of its lease, a store
+    /// round trip each, and a shorter lease could lapse between renewals and let a duplicate
+    /// run. [`Policy::check`] refuses a shorter one, and the engine holds it for this long.
+    pub const MIN_LEASE: Duration = Duration::from_millis(100);
+
     /// Checks that this policy's settings agree with each other, and ask nothing of `store`
     /// that it cannot do.
     ///
@@ -227,6 +232,7 @@ impl Policy {
     /// `fingerprint_headers` or `replay_headers`, is not a valid header name;
     /// [`PolicyError::SetCookieListed`] when `replay_headers` lists `Set-Cookie`;
     /// [`PolicyError::CodingDropped`] when `replay_headers` drops `Content-Encoding`;
+    /// [`PolicyError::LeaseTooShort`] when the lease is shorter than [`Policy::MIN_LEASE`];
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
@@ -267,6 +273,9 @@ impl Policy {
             .any(|h| h.eq_ignore_ascii_case("set-cookie"))
         {
             return Err(PolicyError::SetCookieListed);
+        }
+        if self.lease < Self::MIN_LEASE {
+            return Err(PolicyError::LeaseTooShort { lease: self.lease });
         }
         if let ReplayHeaders::Except(names) = self.replay_headers {
             if names
@@ -315,6 +324,12 @@ pub enum PolicyError {
     /// `replay_headers` drops `Content-Encoding`, which a replay always repeats.
     #[error("replay_headers drops Content-Encoding, which a replay always repeats: a recorded body is in its coding; remove it from the list")]
     CodingDropped,
+    /// The lease is shorter than [`Policy::MIN_LEASE`].
+    #[error("a lease of {lease:?} is shorter than 100ms: a running request renews its claim every third of its lease, and a shorter one could lapse between renewals and let a duplicate run")]
+    LeaseTooShort {
+        /// The lease.
+        lease: Duration,
+    },
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -517,6 +532,12 @@ mod tests {
     fn settings_that_contradict_each_other_are_refused() {
         let store = crate::MokaStore::new();
         let check = |p: Policy| p.check(&store);
+        let short = Duration::from_millis(99);
+        assert_eq!(
+            check(Policy::DEFAULT.lease(short)),
+            Err(PolicyError::LeaseTooShort { lease: short })
+        );
+        assert_eq!(check(Policy::DEFAULT.lease(Policy::MIN_LEASE)), Ok(()));
         assert_eq!(
             check(Policy::DEFAULT.fingerprint_headers(&["Content-Type", "X Bad"])),
             Err(PolicyError::InvalidHeader("X Bad"))

@@ -124,7 +124,7 @@ fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: 
 fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, errors: &mut Errors) {
     match known {
         Name::Ttl => put(&mut args.ttl, name, duration(name, value, errors)),
-        Name::Lease => put(&mut args.lease, name, duration(name, value, errors)),
+        Name::Lease => put(&mut args.lease, name, lease(name, value, errors)),
         Name::WaitTimeout => put(&mut args.wait_timeout, name, duration(name, value, errors)),
         Name::Scope => put(&mut args.scope, name, scope(name, value, errors)),
         Name::Header => put(&mut args.header, name, header(name, value, errors)),
@@ -422,6 +422,20 @@ fn krate(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<syn::
             None
         }
     }
+}
+
+/// A lease: a duration of 100ms at least (`Policy::MIN_LEASE`).
+fn lease(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Duration> {
+    let lease = duration(name, value, errors)?;
+    if lease < Duration::from_millis(100) {
+        let message = format!("`{name}` must be at least 100ms: a running request renews its claim every third of its lease, and a shorter one could lapse between renewals and let a duplicate run");
+        match value {
+            Some(value) => errors.push(value, message),
+            None => errors.push(name, message),
+        }
+        return None;
+    }
+    Some(lease)
 }
 
 fn duration(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Duration> {

@@ -544,9 +544,9 @@ mod valid;
 ///
 /// ## `lease`
 ///
-/// How long a claim holds without renewal: a duration, default `"60s"`. A running handler
-/// renews its lease every third of it, so long handlers keep their claim; a claim whose holder
-/// crashed lapses after it, and a retry then runs again.
+/// How long a claim holds without renewal: a duration of at least `"100ms"`, default `"60s"`.
+/// A running handler renews its lease every third of it, so long handlers keep their claim; a
+/// claim whose holder crashed lapses after it, and a retry then runs again.
 ///
 /// ```
 /// # extern crate idem as idem_actix;
