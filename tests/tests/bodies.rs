@@ -122,3 +122,97 @@ async fn bodies_over_the_limit_get_413_before_any_claim() {
         "the refused request claimed nothing"
     );
 }
+
+#[derive(Deserialize)]
+struct Event {
+    id: String,
+}
+
+/// Where the layer reads the body (a JSON fingerprint, a key in the body), it reads it as
+/// the handler's extractors do: decoded from its `Content-Encoding`.
+#[post("/json-events")]
+#[idempotent(fingerprint = "json", fingerprint_ignore = ["/sent_at"])]
+async fn json_event(runs: web::Data<Counter>, event: web::Json<Event>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {} {}", runs.bump(), event.id))
+}
+
+#[post("/keyed-events")]
+#[idempotent(key = "json:/id", required)]
+async fn keyed_event(runs: web::Data<Counter>, event: web::Json<Event>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {} {}", runs.bump(), event.id))
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(body).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn deflate(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(body).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn encoded(path: &str, coding: &str, body: Vec<u8>) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer t")
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", coding)
+        .body(body)
+}
+
+fn events() -> Served {
+    serve(|cfg| {
+        cfg.service(json_event).service(keyed_event);
+    })
+}
+
+#[actix_web::test]
+async fn encoded_bodies_are_read_decoded_where_the_layer_reads_them() {
+    let s = events();
+    let first = br#"{"id":"ev_1","sent_at":1}"#;
+    let retry = br#"{ "sent_at": 2, "id": "ev_1" }"#;
+    let keyed =
+        |coding, body| encoded("/json-events", coding, body).header("Idempotency-Key", "k1");
+    let res = s.send(&keyed("gzip", gzip(first))).await;
+    assert_eq!((res.status, res.text()), (201, "run 1 ev_1".to_owned()));
+    // The same JSON, in another coding and order: the same request, replayed.
+    let res = s.send(&keyed("deflate", deflate(retry))).await;
+    assert!(res.replayed(), "{}", res.text());
+    let res = s.send(&keyed("identity", retry.to_vec())).await;
+    assert!(res.replayed(), "{}", res.text());
+
+    // The key is read from the decoded body.
+    let res = s
+        .send(&encoded("/keyed-events", "gzip", gzip(br#"{"id":"ev_2"}"#)))
+        .await;
+    assert_eq!((res.status, res.text()), (201, "run 2 ev_2".to_owned()));
+    let res = s
+        .send(&encoded("/keyed-events", "gzip", gzip(br#"{"id":"ev_2"}"#)))
+        .await;
+    assert!(res.replayed());
+    assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn encoded_bodies_the_layer_cannot_read_are_refused_with_the_reason() {
+    let s = events();
+    let keyed =
+        |coding, body| encoded("/json-events", coding, body).header("Idempotency-Key", "k2");
+    let res = s.send(&keyed("br", b"\x1b\x00".to_vec())).await;
+    assert_error(&res, 400, "idempotency_body_invalid");
+    assert!(res.text().contains("Content-Encoding br"), "{}", res.text());
+    let res = s.send(&keyed("gzip", b"not gzip".to_vec())).await;
+    assert_error(&res, 400, "idempotency_body_invalid");
+    assert!(res.text().contains("not valid gzip"), "{}", res.text());
+    // Decoded, a body is held to max_body too (2 MiB by default): a small body that
+    // inflates past it is refused before any claim.
+    let bomb = gzip(&vec![b' '; 3 << 20]);
+    assert!(bomb.len() < 64 << 10);
+    let res = s.send(&keyed("gzip", bomb)).await;
+    assert_error(&res, 413, "idempotency_body_too_large");
+    assert_eq!(s.runs.get(), 0);
+}

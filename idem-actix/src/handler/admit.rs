@@ -152,9 +152,20 @@ pub(crate) async fn admit(
             return reject(req, &policy, &config, &request_id, error);
         }
     };
+    // The body as the layer reads it, where it reads it: decoded, as the handler's extractors
+    // decode it. The handler still gets it as it came.
+    let reads = origin.is_some()
+        || functions.fingerprint.is_some()
+        || policy.fingerprint != BodyForm::Bytes;
+    let decoded = match reads.then(|| decoded(&req, &body, policy.max_body)) {
+        Some(Ok(decoded)) => decoded,
+        Some(Err(e)) => return reject(req, &policy, &config, &request_id, e),
+        None => None,
+    };
+    let read = decoded.as_ref().unwrap_or(&body);
     let (key, store_key, json) = match (from_header, origin) {
         (Some((key, store_key)), _) => (key, store_key, None),
-        (None, Some(origin)) => match body_key(origin, &functions, &policy, &req, &body) {
+        (None, Some(origin)) => match body_key(origin, &functions, &policy, &req, read) {
             Ok((key, json)) => match store_key(&req, &policy, &functions, &key) {
                 Ok(store_key) => (key, store_key, json),
                 Err(e) => return reject(req, &policy, &config, &request_id, e),
@@ -165,8 +176,9 @@ pub(crate) async fn admit(
         // A request whose key is not in the body has it from its header.
         (None, None) => return Admission::Pass(req, rebuilt(body)),
     };
-    let fingerprint = fingerprint(&req, &body, json.as_ref(), &policy, functions.fingerprint);
+    let fingerprint = fingerprint(&req, read, json.as_ref(), &policy, functions.fingerprint);
     drop(json);
+    drop(decoded);
     let fingerprint = match fingerprint {
         Ok(fingerprint) => fingerprint,
         Err(e) => return reject(req, &policy, &config, &request_id, e.into()),
@@ -383,6 +395,36 @@ fn fingerprint(
         (None, _) => Body::Bytes(body),
     };
     Ok(Fingerprint::canonical(method, path, query, body, headers))
+}
+
+/// `body` decoded from the content coding its request names (`gzip`, `x-gzip` or
+/// `deflate`, as actix's own extractors decode), up to `limit` bytes decoded; `None` when it
+/// is in none. A body in another coding, or not valid in its own, cannot be read.
+fn decoded(
+    req: &HttpRequest,
+    body: &Bytes,
+    limit: usize,
+) -> Result<Option<Bytes>, IdempotencyError> {
+    use std::io::Read as _;
+    let Some(coding) = req.headers().get(header::CONTENT_ENCODING) else {
+        return Ok(None);
+    };
+    let coding = String::from_utf8_lossy(coding.as_bytes())
+        .trim()
+        .to_ascii_lowercase();
+    let reader: Box<dyn std::io::Read + '_> = match coding.as_str() {
+        "" | "identity" => return Ok(None),
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+        _ => return Err(BodyError::Encoded { coding }.into()),
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    // One byte past the limit tells a body over it from one that just fits.
+    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Err(IdempotencyError::BodyTooLarge { limit }),
+        Ok(_) => Ok(Some(Bytes::from(out))),
+        Err(_) => Err(BodyError::Undecodable { coding }.into()),
+    }
 }
 
 /// Why a keyed request's body could not be read.

@@ -64,6 +64,18 @@ pub enum BodyError {
     /// The endpoint's fingerprint function found nothing it could read in the body.
     #[error("this endpoint cannot read the request body to compare it with the first request of this key; send a body in the form the endpoint expects")]
     Unreadable,
+    /// The body is in a content coding the layer does not decode.
+    #[error("the request body is in Content-Encoding {coding}, which this endpoint cannot decode to read it; send it in gzip, deflate or no coding")]
+    Encoded {
+        /// The coding, as the request names it.
+        coding: String,
+    },
+    /// The body is not valid in the content coding its request names.
+    #[error("the request body is not valid {coding}, as its Content-Encoding says it is")]
+    Undecodable {
+        /// The coding, as the request names it.
+        coding: String,
+    },
 }
 
 /// A JSON body, parsed once for both its key and its fingerprint. An empty body is no
