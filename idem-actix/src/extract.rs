@@ -7,7 +7,7 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use idem_core::{ErrorFormat, IdempotencyError};
+use idem_core::{ErrorFormat, IdempotencyError, Overrides};
 
 use crate::config::IdempotencyConfig;
 use crate::render::error_response;
@@ -98,10 +98,21 @@ impl ResponseError for NoIdempotencyKey {
     }
 
     fn error_response(&self) -> HttpResponse {
+        self.response_under(Overrides::NONE)
+    }
+}
+
+impl NoIdempotencyKey {
+    /// The answer under an endpoint's `overrides`: its key header named, in its error format.
+    /// The extractor knows only the application's settings; the layer, which knows the
+    /// endpoint's, answers with this instead.
+    pub(crate) fn response_under(&self, overrides: Overrides) -> HttpResponse {
+        let policy = overrides.apply_to(*self.config.defaults());
         let error = IdempotencyError::KeyMissing {
-            header: self.config.defaults().header,
+            header: policy.header,
         };
-        error_response(&error, &self.request_id, None, self.config.renderer())
+        let renderer = self.config.renderer();
+        error_response(&error, &self.request_id, policy.error_format, renderer)
     }
 }
 

@@ -197,11 +197,15 @@ where
             || bypasses(&self.inner.endpoint, &self.inner.functions, req.request())
             || taken(req.request())
         {
+            let inner = Rc::clone(&self.inner);
             return Box::pin(async move {
-                service
-                    .call(req)
-                    .await
-                    .map(ServiceResponse::map_into_left_body)
+                let res = service.call(req).await?;
+                if res.response().error().is_none() {
+                    return Ok(res.map_into_left_body());
+                }
+                let (req, res) = res.into_parts();
+                let res = inner.endpoint.keyless(res.map_into_boxed_body());
+                Ok(ServiceResponse::new(req, res).map_into_right_body())
             });
         }
         let inner = Rc::clone(&self.inner);

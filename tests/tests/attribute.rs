@@ -260,3 +260,61 @@ async fn settings_registered_as_web_data_are_found_too() {
     assert_error(&res, 503, "idempotency_store_unavailable");
     assert_eq!(runs.get(), 0);
 }
+
+// --- a handler's own refusal of a request without a key ------------------------------------
+
+#[post("/own-header")]
+#[idempotent(header = "X-Idempotency-Key", errors = "problem")]
+async fn own_header(key: IdempotencyKey) -> HttpResponse {
+    HttpResponse::Created().body(key.as_str().to_owned())
+}
+
+async fn wrapped_own_header(key: IdempotencyKey) -> HttpResponse {
+    HttpResponse::Created().body(key.as_str().to_owned())
+}
+
+/// A handler that takes `IdempotencyKey` refuses a request without one as its endpoint would:
+/// naming the endpoint's own key header, in the endpoint's error format.
+#[actix_web::test]
+async fn a_request_without_a_key_is_told_the_endpoints_own_header() {
+    let s = serve(|cfg| {
+        cfg.service(own_header).service(
+            web::scope("/wrapped-own-header")
+                .wrap(
+                    idem_actix::Idempotency::new()
+                        .with_overrides(|o| o.header("X-Idempotency-Key")),
+                )
+                .route("", web::post().to(wrapped_own_header)),
+        );
+    });
+    let res = s
+        .send(&RawRequest::post("/own-header").header("Authorization", "Bearer t"))
+        .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.header("content-type"), Some("application/problem+json"));
+    let body = res.json();
+    assert_eq!(body["code"], "idempotency_key_missing");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("X-Idempotency-Key"),
+        "{body}"
+    );
+
+    let res = s
+        .send(&RawRequest::post("/wrapped-own-header").header("Authorization", "Bearer t"))
+        .await;
+    assert_error(&res, 400, "idempotency_key_missing");
+    let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("X-Idempotency-Key"), "{message}");
+
+    // With the key, both run.
+    let keyed = |path| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer t")
+            .header("X-Idempotency-Key", path)
+    };
+    assert_eq!(s.send(&keyed("/own-header")).await.status, 201);
+    assert_eq!(s.send(&keyed("/wrapped-own-header")).await.status, 201);
+}

@@ -21,6 +21,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use idem_core::{Overrides, Policy, PolicyError};
 
 use crate::config::{parse_header, IdempotencyConfig};
+use crate::extract::NoIdempotencyKey;
 use crate::functions::Functions;
 
 mod admit;
@@ -94,6 +95,17 @@ impl Endpoint {
         self.checked.store(true, Ordering::Relaxed);
         if let Err(error) = policy.check(&**config.engine().store()) {
             tracing::error!(%error, "an idempotent endpoint's settings contradict the store");
+        }
+    }
+
+    /// `res`, the answer to a request without a key, unless the handler refused it for want
+    /// of one (it takes [`IdempotencyKey`](crate::IdempotencyKey)): then that refusal as this
+    /// endpoint gives it, naming its own key header, in its own error format.
+    pub(crate) fn keyless(&self, res: HttpResponse) -> HttpResponse {
+        let missing = res.error().and_then(|e| e.as_error::<NoIdempotencyKey>());
+        match missing {
+            Some(missing) => missing.response_under(self.overrides),
+            None => res,
         }
     }
 
@@ -199,7 +211,7 @@ where
     Fut: Future<Output = Reply> + 'static,
 {
     if bypasses(endpoint, &functions, &req) {
-        return handler(req, payload).await.res;
+        return endpoint.keyless(handler(req, payload).await.res);
     }
     if taken(&req) {
         // An `Idempotency` middleware around this handler has its key in charge already.
