@@ -103,6 +103,14 @@ impl ResponseError for NoIdempotencyKey {
 }
 
 impl NoIdempotencyKey {
+    /// The refusal of `req`, which has no key.
+    pub(crate) fn of(req: &HttpRequest) -> Self {
+        Self {
+            config: IdempotencyConfig::of(req).clone(),
+            request_id: RequestId::of(req),
+        }
+    }
+
     /// The answer under an endpoint's `overrides`: its key header named, in its error format.
     /// The extractor knows only the application's settings; the layer, which knows the
     /// endpoint's, answers with this instead.
@@ -125,10 +133,7 @@ impl FromRequest for IdempotencyKey {
             .extensions()
             .get::<Admitted>()
             .map(|admitted| admitted.key.clone());
-        ready(key.ok_or_else(|| NoIdempotencyKey {
-            config: IdempotencyConfig::of(req).clone(),
-            request_id: RequestId::of(req),
-        }))
+        ready(key.ok_or_else(|| NoIdempotencyKey::of(req)))
     }
 }
 

@@ -12,7 +12,7 @@ pub(crate) use self::disabled::{Loan, Offer};
 #[cfg(feature = "postgres")]
 pub use self::enabled::Transaction;
 #[cfg(feature = "postgres")]
-pub(crate) use self::enabled::{Loan, Offer};
+pub(crate) use self::enabled::{Loan, Offer, Unclaimed};
 
 #[cfg(feature = "postgres")]
 mod enabled {
@@ -30,6 +30,7 @@ mod enabled {
     use sqlx::PgConnection;
 
     use crate::config::IdempotencyConfig;
+    use crate::extract::NoIdempotencyKey;
     use crate::render::error_response;
     use crate::request_id::RequestId;
 
@@ -206,13 +207,64 @@ mod enabled {
             "a handler takes a Transaction, but its app registered no IdempotencyConfig, so the embedded store serves it: register IdempotencyConfig::new(PostgresStore) with App::app_data"
         } else if layered {
             "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore), and check it at start-up with require_transactions"
-        } else if !req.headers().contains_key(config.header()) {
-            let header = config.defaults().header;
-            return rendered(IdempotencyError::KeyMissing { header });
         } else {
-            "a handler takes a Transaction but is under no idempotency layer: annotate it with #[idempotent] or wrap it in Idempotency"
+            // Not claimed: under a layer that passed the request on for want of its
+            // endpoint's key (which answers for the endpoint, see `Endpoint::keyless`), or
+            // under none. The app's header tells the two apart as far as it can alone.
+            let missing = NoIdempotencyKey::of(req);
+            if !req.headers().contains_key(config.header()) {
+                return missing.into();
+            }
+            let reason = "a handler takes a Transaction but is under no idempotency layer: annotate it with #[idempotent] or wrap it in Idempotency";
+            let error = IdempotencyError::TransactionUnavailable { reason };
+            let res = error_response(&error, &request_id, format, config.renderer());
+            return Unclaimed {
+                missing,
+                reason,
+                request_id,
+                res: Cell::new(Some(res)),
+            }
+            .into();
         };
         rendered(unavailable(&request_id, reason))
+    }
+
+    /// A `Transaction` asked for on a request that carries the application's key header but
+    /// was not claimed: under no layer (a fault of the server's, 500, logged when answered),
+    /// or passed on by a layer whose endpoint reads its key from another header, which then
+    /// answers as for any request without a key ([`NoIdempotencyKey`]).
+    pub(crate) struct Unclaimed {
+        pub(crate) missing: NoIdempotencyKey,
+        reason: &'static str,
+        request_id: RequestId,
+        res: Cell<Option<HttpResponse>>,
+    }
+
+    impl std::fmt::Debug for Unclaimed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Unclaimed")
+                .field("reason", &self.reason)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl std::fmt::Display for Unclaimed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.reason)
+        }
+    }
+
+    impl actix_web::ResponseError for Unclaimed {
+        fn status_code(&self) -> actix_web::http::StatusCode {
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+
+        fn error_response(&self) -> HttpResponse {
+            tracing::error!(request_id = %self.request_id, "{}", self.reason);
+            self.res
+                .take()
+                .unwrap_or_else(|| HttpResponse::InternalServerError().finish())
+        }
     }
 
     /// The 500 of a Transaction the layer cannot lend, with `reason` in the log.

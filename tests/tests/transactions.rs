@@ -548,6 +548,44 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
     assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
 }
 
+#[idempotent(header = "X-Idempotency-Key", errors = "problem")]
+async fn own_header(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpResponse {
+    untransacted(runs, tx).await
+}
+
+/// A request without the endpoint's key (one with the application's header instead, or
+/// none) is told to send the endpoint's own, in the endpoint's format: the layer passed it on
+/// for want of a key, whatever headers it carries.
+#[actix_web::test]
+async fn a_transaction_without_the_endpoints_key_is_refused_as_the_endpoint_refuses() {
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
+            .app_data(data.clone())
+            .route("/own-header", web::post().to(own_header));
+    });
+    let with_the_apps_header = call("/own-header", "k1").send(server.addr).await;
+    let without_any = RawRequest::post("/own-header")
+        .header("Authorization", "Bearer tenant-1")
+        .send(server.addr)
+        .await;
+    for res in [with_the_apps_header, without_any] {
+        assert_eq!(res.status, 400, "{}", res.text());
+        assert_eq!(res.header("content-type"), Some("application/problem+json"));
+        let body = res.json();
+        assert_eq!(body["code"], "idempotency_key_missing");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("X-Idempotency-Key"),
+            "{body}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
+}
+
 #[actix_web::test]
 async fn an_app_without_settings_of_its_own_is_told_to_register_them() {
     let logged = Warnings::installed();

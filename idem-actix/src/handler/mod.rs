@@ -99,10 +99,19 @@ impl Endpoint {
     }
 
     /// `res`, the answer to a request without a key, unless the handler refused it for want
-    /// of one (it takes [`IdempotencyKey`](crate::IdempotencyKey)): then that refusal as this
-    /// endpoint gives it, naming its own key header, in its own error format.
+    /// of one (it takes [`IdempotencyKey`](crate::IdempotencyKey), or a `Transaction`): then
+    /// that refusal as this endpoint gives it, naming its own key header, in its own error
+    /// format.
     pub(crate) fn keyless(&self, res: HttpResponse) -> HttpResponse {
-        let missing = res.error().and_then(|e| e.as_error::<NoIdempotencyKey>());
+        let missing = res.error().and_then(|e| {
+            let missing = e.as_error::<NoIdempotencyKey>();
+            #[cfg(feature = "postgres")]
+            let missing = missing.or_else(|| {
+                let unclaimed = e.as_error::<crate::transaction::Unclaimed>()?;
+                Some(&unclaimed.missing)
+            });
+            missing
+        });
         match missing {
             Some(missing) => missing.response_under(self.overrides),
             None => res,
