@@ -37,6 +37,10 @@ mod enabled {
     /// Postgres's `in_failed_sql_transaction`: a statement of the transaction failed before.
     const IN_FAILED_TRANSACTION: &str = "25P02";
 
+    /// Postgres's `serialization_failure`: at REPEATABLE READ or SERIALIZABLE, a row changed
+    /// since the transaction's snapshot (its claim's, by a renewal).
+    const SERIALIZATION_FAILURE: &str = "40001";
+
     /// The transaction in which this request's idempotency record will be written: do the
     /// operation's writes in it, and they commit together with the record, or not at all.
     ///
@@ -493,6 +497,14 @@ mod enabled {
                     tracing::debug!(status, "a statement of the handler's transaction failed: nothing committed, its error answered unrecorded");
                     ("released", res)
                 }
+                Err(error)
+                    if committing.get()
+                        && code(&error).as_deref() == Some(SERIALIZATION_FAILURE) =>
+                {
+                    tracing::error!(status, %error, "the handler's transaction runs at REPEATABLE READ or SERIALIZABLE and outlived a renewal of its claim (every third of the lease), so Postgres refused to commit its record over the renewed row; nothing was written. Keep such runs within a third of the lease (a longer lease), or use READ COMMITTED, the default");
+                    let error = IdempotencyError::StoreUnavailable(error);
+                    ("unrecorded", loan.0.error(&error, request_id))
+                }
                 Err(error) if committing.get() => {
                     tracing::error!(status, %error, "committing the handler's writes with their idempotency record failed; nothing was written");
                     let error = IdempotencyError::StoreUnavailable(error);
@@ -526,14 +538,16 @@ mod enabled {
     /// Whether `error` is a failed statement of the handler's: Postgres refuses every
     /// statement of a transaction after one failed.
     fn aborted(error: &StoreError) -> bool {
+        code(error).as_deref() == Some(IN_FAILED_TRANSACTION)
+    }
+
+    /// The SQLSTATE of a database's error, if `error` is one.
+    fn code(error: &StoreError) -> Option<String> {
         let StoreError::Unavailable(source) = error else {
-            return false;
+            return None;
         };
-        source
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .and_then(|e| e.code())
-            .is_some_and(|code| code == IN_FAILED_TRANSACTION)
+        let error = source.downcast_ref::<sqlx::Error>()?.as_database_error()?;
+        Some(error.code()?.into_owned())
     }
 }
 

@@ -26,7 +26,8 @@ struct Calls {
 /// status 503), `panic`, `bad-request` (400), `insert-twice` (the same id again, which fails,
 /// then 409) or `insert-twice-ok` (the same, then 201 regardless), `pid` (report the
 /// transaction's backend, then sleep 1 s), `keep` (send the transaction to another task),
-/// `sleep:N` (sleep N ms); else 201 with the call's id.
+/// `sleep:N` (sleep N ms); else 201 with the call's id. `X-Isolation` sets the transaction's
+/// isolation level first.
 async fn operate(
     mut tx: Transaction,
     calls: &Calls,
@@ -39,6 +40,13 @@ async fn operate(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    if let Some(level) = req.headers().get("x-isolation") {
+        let level = level.to_str().expect("an isolation level");
+        sqlx::raw_sql(&format!("SET TRANSACTION ISOLATION LEVEL {level}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(ErrorInternalServerError)?;
+    }
     let id = format!("call_{}", NEXT.fetch_add(1, Ordering::Relaxed));
     let insert = format!("INSERT INTO {} (id) VALUES ($1)", calls.table);
     sqlx::query(&insert)
@@ -84,6 +92,15 @@ async fn operate(
 
 #[idempotent]
 async fn attributed(
+    tx: Transaction,
+    calls: web::Data<Calls>,
+    req: HttpRequest,
+) -> Result<HttpResponse, actix_web::Error> {
+    operate(tx, &calls, &req).await
+}
+
+#[idempotent(lease = "300ms")]
+async fn short_lease(
     tx: Transaction,
     calls: web::Data<Calls>,
     req: HttpRequest,
@@ -174,6 +191,7 @@ impl Fixture {
                 .app_data(data.clone())
                 .route("/calls", web::post().to(attributed))
                 .route("/waiting/calls", web::post().to(waiting))
+                .route("/short-lease/calls", web::post().to(short_lease))
                 .route("/success-only/calls", web::post().to(success_only))
                 .route("/two", web::post().to(two_transactions))
                 .route("/json", web::post().to(with_json))
@@ -412,6 +430,36 @@ async fn a_failed_commit_answers_503_and_leaves_nothing_behind() {
         assert_eq!(retry.status, 201, "{path}: the retry runs");
         assert_eq!(app.written().await, n as i64 + 1);
     }
+}
+
+/// A run's claim is renewed every third of its lease, on another connection. At REPEATABLE
+/// READ or SERIALIZABLE, Postgres then refuses the record's commit (its row changed since the
+/// transaction's snapshot): a run that ends before its first renewal commits, and one that
+/// outlives it is rolled back, released and answered 503, and the log says why and what to do.
+#[actix_web::test]
+async fn a_repeatable_read_run_commits_within_a_third_of_its_lease_and_is_told_why_beyond() {
+    let Some(app) = Fixture::start("isolation").await else {
+        return;
+    };
+    let logged = Warnings::installed();
+    let at = |key: &str, then: &str| {
+        call("/short-lease/calls", key)
+            .header("X-Isolation", "REPEATABLE READ")
+            .header("X-Then", then)
+    };
+    let quick = app.send(at("quick", "sleep:10")).await;
+    assert_eq!(quick.status, 201, "{}", quick.text());
+    assert_eq!(app.written().await, 1);
+
+    let slow = app.send(at("slow", "sleep:250")).await;
+    assert_error(&slow, 503, "idempotency_store_unavailable");
+    assert_eq!(
+        app.written().await,
+        1,
+        "nothing of the slow run was committed"
+    );
+    assert_eq!(app.records().await, (1, 0), "its claim was released");
+    assert_eq!(logged.containing("READ COMMITTED"), 1);
 }
 
 #[actix_web::test]

@@ -226,7 +226,9 @@ impl Statements {
 /// does. A statement of yours that fails aborts the transaction, as Postgres does; the commit
 /// then fails, rolls back and releases the claim. The transaction runs at the database's
 /// default isolation level; set another with `SET TRANSACTION ISOLATION LEVEL` as its first
-/// statement.
+/// statement. At REPEATABLE READ or SERIALIZABLE, commit within a third of the lease: the
+/// claim's row is renewed then, on another connection, and Postgres refuses (40001) to commit
+/// the record over a row changed since the transaction's snapshot.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
