@@ -28,7 +28,7 @@ use crate::record::{Completed, InFlight, Record, Token};
 
 /// What a completed record costs beyond its response bytes, for the capacity bound: the key,
 /// the record, and moka's entry and bookkeeping (measured by the `memory` benchmark).
-pub const RECORD_OVERHEAD: usize = 480;
+pub const RECORD_OVERHEAD: usize = 493;
 
 /// The default capacity: 256 MiB of records.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -363,7 +363,7 @@ pub struct MokaStoreBuilder {
 
 impl MokaStoreBuilder {
     /// The most bytes of completed records to hold: response bytes plus a fixed overhead of
-    /// [`RECORD_OVERHEAD`] (480 bytes) per record, what each costs the cache beyond its
+    /// [`RECORD_OVERHEAD`] (493 bytes) per record, what each costs the cache beyond its
     /// response. Default 256 MiB.
     ///
     /// Size it for the records one time to live brings in:
@@ -373,7 +373,7 @@ impl MokaStoreBuilder {
     ///
     /// where a write is a keyed request that ran and was recorded (replays write nothing), and
     /// a response's bytes are its body and recorded headers. For example, 20 writes per second
-    /// of 1 KiB responses kept 24 h need 20 × 86,400 × (480 + 1,024) ≈ 2.6 GB; the default
+    /// of 1 KiB responses kept 24 h need 20 × 86,400 × (493 + 1,024) ≈ 2.6 GB; the default
     /// 256 MiB keeps a day of about 2 such writes per second. A store too small evicts the
     /// least recently used records before their time to live, and a retry of an evicted key
     /// runs its operation again: evictions are counted ([`MokaStore::evicted`], the metric
