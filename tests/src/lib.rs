@@ -352,6 +352,70 @@ impl Served {
         let second = self.send(request).await;
         (first, second)
     }
+
+    /// Sends `request`, and the same again while the first runs: both answers, the first's
+    /// and the duplicate's. The first carries `X-Hold-Ms`, which [`held`] makes its handler
+    /// wait for once it has counted its run; the duplicate goes once it has.
+    pub async fn during(&self, request: &RawRequest) -> (RawResponse, RawResponse) {
+        let before = self.runs.get();
+        let first = request.clone().header(HOLD, "500");
+        let addr = self.server.addr;
+        let running = actix_web::rt::spawn(async move { first.send(addr).await });
+        eventually(|| self.runs.get() > before).await;
+        let duplicate = self.send(request).await;
+        (running.await.expect("the first request"), duplicate)
+    }
+}
+
+impl Served {
+    /// Asserts what a profile whose column says "all but 5xx" stores: a handler's 4xx is
+    /// recorded and replayed, a 5xx releases the key and its retry runs. `request` makes the
+    /// endpoint's request with a key; its handler answers as [`asked`] says.
+    pub async fn stores_all_but_5xx(&self, request: impl Fn(&str) -> RawRequest) {
+        let runs = self.runs.get();
+        let rejected = self
+            .send(&request("stored-4xx").header(ANSWER, "400"))
+            .await;
+        assert_eq!(rejected.status, 400);
+        let retry = self.send(&request("stored-4xx")).await;
+        assert!(retry.replayed(), "a 4xx is stored");
+        assert_eq!((retry.status, &retry.body), (400, &rejected.body));
+        let failed = self
+            .send(&request("released-5xx").header(ANSWER, "503"))
+            .await;
+        assert_eq!(failed.status, 503);
+        let retry = self.send(&request("released-5xx")).await;
+        assert!(!retry.replayed(), "a 5xx is not stored");
+        assert!(retry.status < 300, "the retry runs: {}", retry.status);
+        assert_eq!(self.runs.get(), runs + 3);
+    }
+}
+
+/// The header [`asked`] reads.
+const ANSWER: &str = "X-Answer";
+
+/// The error a request's `X-Answer: STATUS` asks its handler to answer, if it asks: for
+/// tests of what an endpoint records.
+pub fn asked(req: &actix_web::HttpRequest) -> Option<actix_web::HttpResponse> {
+    let status = req.headers().get(ANSWER)?.to_str().ok()?.parse().ok()?;
+    let status = actix_web::http::StatusCode::from_u16(status).ok()?;
+    let body = serde_json::json!({"error": {"code": "asked", "status": status.as_u16()}});
+    Some(actix_web::HttpResponse::build(status).json(body))
+}
+
+/// The header [`held`] reads.
+const HOLD: &str = "X-Hold-Ms";
+
+/// Waits as long as the request's `X-Hold-Ms` says, if it says: for handlers that
+/// [`Served::during`] keeps running while it sends a duplicate.
+pub async fn held(req: &actix_web::HttpRequest) {
+    let ms = req
+        .headers()
+        .get(HOLD)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(ms) = ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 /// Whether a missing Redis must fail the test instead of skipping it (`IDEM_REQUIRE_REDIS=1`).

@@ -34,6 +34,9 @@ async fn outbound_call(
     if req.headers().contains_key("x-fail") {
         return HttpResponse::BadGateway().json(json!({"error": {"code": "carrier_down"}}));
     }
+    if req.headers().contains_key("x-reject") {
+        return HttpResponse::BadRequest().json(json!({"error": {"code": "invalid_agent"}}));
+    }
     HttpResponse::Created().json(json!({ "data": { "call": n, "agent_id": body["agent_id"] } }))
 }
 
@@ -189,4 +192,18 @@ async fn requests_without_a_key_run_every_time() {
     assert_eq!((one.status, two.status), (201, 201));
     assert!(!one.replayed() && !two.replayed());
     assert_eq!(s.probe.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn a_client_error_is_stored_and_replayed() {
+    let s = setup();
+    let first = call("k-4xx", "agent_1")
+        .header("X-Reject", "1")
+        .send(s.server.addr)
+        .await;
+    assert_eq!(first.status, 400);
+    let retry = call("k-4xx", "agent_1").send(s.server.addr).await;
+    assert!(retry.replayed(), "every status but a 5xx is stored");
+    assert_eq!((retry.status, retry.body), (400, first.body));
+    assert_eq!(s.probe.runs.get(), 1);
 }

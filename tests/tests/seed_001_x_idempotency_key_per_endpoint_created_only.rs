@@ -8,15 +8,21 @@
 
 use std::time::Duration;
 
-use actix_web::{post, web, HttpResponse};
+use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
-use idem_tests::{serve, Counter, RawRequest, Served};
+use idem_tests::{assert_error, held, serve, Counter, RawRequest, Served};
 use serde_json::json;
 
 #[post("/api/public/v1/calls")]
 #[idempotent(header = "X-Idempotency-Key", per_endpoint, ttl = "1h", cache = "2xx")]
-async fn create_call(runs: web::Data<Counter>, body: web::Json<serde_json::Value>) -> HttpResponse {
-    create("call", runs.bump(), &body)
+async fn create_call(
+    runs: web::Data<Counter>,
+    req: HttpRequest,
+    body: web::Json<serde_json::Value>,
+) -> HttpResponse {
+    let n = runs.bump();
+    held(&req).await;
+    create("call", n, &body)
 }
 
 #[post("/api/public/v1/agents")]
@@ -126,4 +132,41 @@ async fn keys_are_scoped_per_api_key() {
         .json(&call_body());
     assert!(!s.send(&other).await.replayed());
     assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn the_same_key_and_endpoint_with_another_body_is_refused() {
+    let s = app();
+    s.send(&req("calls", "k1", call_body())).await;
+    let other = json!({"agent_id": "a2", "phone_number": "+15551234567"});
+    let res = s.send(&req("calls", "k1", other)).await;
+    assert_error(&res, 409, "idempotency_conflict");
+    assert_eq!(
+        s.runs.get(),
+        1,
+        "only the same body gets the stored response"
+    );
+}
+
+#[actix_web::test]
+async fn a_duplicate_while_the_first_runs_is_a_409() {
+    let s = app();
+    let (first, duplicate) = s.during(&req("calls", "k1", call_body())).await;
+    assert_error(&duplicate, 409, "idempotency_conflict");
+    assert_eq!(duplicate.header("retry-after"), Some("1"));
+    assert_eq!(first.status, 201);
+    assert_eq!(s.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn keys_are_up_to_255_characters() {
+    let s = app();
+    let longest = "k".repeat(255);
+    assert_eq!(
+        s.send(&req("calls", &longest, call_body())).await.status,
+        201
+    );
+    let res = s.send(&req("calls", &"k".repeat(256), call_body())).await;
+    assert_error(&res, 400, "idempotency_key_invalid");
+    assert_eq!(s.runs.get(), 1);
 }

@@ -7,15 +7,23 @@
 
 use std::time::Duration;
 
-use actix_web::{post, web, HttpResponse};
+use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
-use idem_tests::{assert_error, serve, Counter, RawRequest, Served};
+use idem_tests::{asked, assert_error, held, serve, Counter, RawRequest, Served};
 use serde_json::json;
 
 #[post("/emails")]
 #[idempotent(key_max_len = 256)]
-async fn send_email(runs: web::Data<Counter>, body: web::Json<serde_json::Value>) -> HttpResponse {
+async fn send_email(
+    runs: web::Data<Counter>,
+    req: HttpRequest,
+    body: web::Json<serde_json::Value>,
+) -> HttpResponse {
     let n = runs.bump();
+    held(&req).await;
+    if let Some(error) = asked(&req) {
+        return error;
+    }
     HttpResponse::Ok().json(json!({ "id": format!("email_{n}"), "to": body["to"] }))
 }
 
@@ -26,8 +34,12 @@ fn app() -> Served {
 }
 
 fn email(key: &str) -> RawRequest {
+    email_as("tx_live_your_api_key_here", key)
+}
+
+fn email_as(api_key: &str, key: &str) -> RawRequest {
     RawRequest::post("/emails")
-        .header("Authorization", "Bearer tx_live_your_api_key_here")
+        .header("Authorization", &format!("Bearer {api_key}"))
         .header("Idempotency-Key", key)
         .json(&json!({ "to": "user@example.com", "subject": "Welcome to Txtly" }))
 }
@@ -82,4 +94,30 @@ async fn a_reused_key_with_another_body_is_refused() {
         .json(&json!({ "to": "someone@example.com" }));
     assert_error(&s.send(&other).await, 409, "idempotency_conflict");
     assert_eq!(s.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn keys_are_scoped_per_api_key() {
+    let s = app();
+    s.send(&email("k1")).await;
+    let other = s.send(&email_as("tx_live_another_key", "k1")).await;
+    assert!(
+        !other.replayed(),
+        "another API key never sees this one's records"
+    );
+    assert!(s.send(&email("k1")).await.replayed());
+    assert_eq!(s.runs.get(), 2);
+}
+
+#[actix_web::test]
+async fn a_duplicate_while_the_first_runs_is_a_409() {
+    let s = app();
+    let (first, duplicate) = s.during(&email("k1")).await;
+    assert_error(&duplicate, 409, "idempotency_conflict");
+    assert_eq!((first.status, s.runs.get()), (200, 1));
+}
+
+#[actix_web::test]
+async fn every_response_but_a_5xx_is_stored() {
+    app().stores_all_but_5xx(email).await;
 }
