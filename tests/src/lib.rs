@@ -391,6 +391,45 @@ impl Served {
     }
 }
 
+impl Served {
+    /// Asserts a profile's longest key: one of `max` bytes runs, one of `max + 1` is refused
+    /// (400 `idempotency_key_invalid`, in the endpoint's format) and runs nothing.
+    pub async fn keys_up_to(&self, max: usize, request: impl Fn(&str) -> RawRequest) {
+        let runs = self.runs.get();
+        let longest = self.send(&request(&"k".repeat(max))).await;
+        assert!(longest.status < 300, "{}", longest.text());
+        let over = self.send(&request(&"k".repeat(max + 1))).await;
+        assert_eq!(over.status, 400);
+        assert!(
+            over.text().contains("idempotency_key_invalid"),
+            "{}",
+            over.text()
+        );
+        assert_eq!(self.runs.get(), runs + 1);
+    }
+
+    /// Asserts that a duplicate of `request` sent while the first runs is answered 409 with
+    /// `Retry-After` and runs nothing, while the first succeeds: the duplicate's answer, for
+    /// the endpoint's format.
+    pub async fn conflicts_while_running(&self, request: &RawRequest) -> RawResponse {
+        let runs = self.runs.get();
+        let (first, duplicate) = self.during(request).await;
+        assert_eq!(duplicate.status, 409, "{}", duplicate.text());
+        assert_eq!(duplicate.header("retry-after"), Some("1"));
+        assert!(first.status < 300, "{}", first.text());
+        assert_eq!(self.runs.get(), runs + 1);
+        duplicate
+    }
+}
+
+/// Counts a handler's run in `runs`, then holds it as its request asks ([`held`]): the
+/// run's number.
+pub async fn counted(runs: &Counter, req: &actix_web::HttpRequest) -> usize {
+    let n = runs.bump();
+    held(req).await;
+    n
+}
+
 /// The header [`asked`] reads.
 const ANSWER: &str = "X-Answer";
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
-use idem_tests::{assert_error, held, serve, Counter, RawRequest, Served};
+use idem_tests::{assert_error, counted, serve, Counter, RawRequest, Served};
 use serde_json::json;
 
 #[post("/api/public/v1/calls")]
@@ -20,9 +20,7 @@ async fn create_call(
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> HttpResponse {
-    let n = runs.bump();
-    held(&req).await;
-    create("call", n, &body)
+    create("call", counted(&runs, &req).await, &body)
 }
 
 #[post("/api/public/v1/agents")]
@@ -150,23 +148,15 @@ async fn the_same_key_and_endpoint_with_another_body_is_refused() {
 
 #[actix_web::test]
 async fn a_duplicate_while_the_first_runs_is_a_409() {
-    let s = app();
-    let (first, duplicate) = s.during(&req("calls", "k1", call_body())).await;
-    assert_error(&duplicate, 409, "idempotency_conflict");
-    assert_eq!(duplicate.header("retry-after"), Some("1"));
-    assert_eq!(first.status, 201);
-    assert_eq!(s.runs.get(), 1);
+    let res = app()
+        .conflicts_while_running(&req("calls", "k1", call_body()))
+        .await;
+    assert_error(&res, 409, "idempotency_conflict");
 }
 
 #[actix_web::test]
 async fn keys_are_up_to_255_characters() {
-    let s = app();
-    let longest = "k".repeat(255);
-    assert_eq!(
-        s.send(&req("calls", &longest, call_body())).await.status,
-        201
-    );
-    let res = s.send(&req("calls", &"k".repeat(256), call_body())).await;
-    assert_error(&res, 400, "idempotency_key_invalid");
-    assert_eq!(s.runs.get(), 1);
+    app()
+        .keys_up_to(255, |key| req("calls", key, call_body()))
+        .await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
-use idem_tests::{asked, assert_error, held, serve, Counter, RawRequest, Served};
+use idem_tests::{asked, assert_error, counted, serve, Counter, RawRequest, Served};
 use serde_json::json;
 
 #[post("/voice/v1/call")]
@@ -22,8 +22,7 @@ async fn voice_call(
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> HttpResponse {
-    let n = runs.bump();
-    held(&req).await;
+    let n = counted(&runs, &req).await;
     if let Some(error) = asked(&req) {
         return error;
     }
@@ -142,27 +141,17 @@ async fn requests_without_a_key_execute_independently() {
 
 #[actix_web::test]
 async fn keys_are_up_to_255_characters() {
-    let s = app();
-    let longest = "k".repeat(255);
-    assert_eq!(
-        s.send(&call(APP1_KEY1, &longest, "+6500000001"))
-            .await
-            .status,
-        200
-    );
-    let res = s
-        .send(&call(APP1_KEY1, &"k".repeat(256), "+6500000001"))
+    app()
+        .keys_up_to(255, |key| call(APP1_KEY1, key, "+6500000001"))
         .await;
-    assert_error(&res, 400, "idempotency_key_invalid");
-    assert_eq!(s.runs.get(), 1);
 }
 
 #[actix_web::test]
 async fn a_duplicate_while_the_first_runs_is_a_409() {
-    let s = app();
-    let (first, duplicate) = s.during(&call(APP1_KEY1, "k1", "+6500000001")).await;
-    assert_error(&duplicate, 409, "idempotency_conflict");
-    assert_eq!((first.status, s.runs.get()), (200, 1));
+    let res = app()
+        .conflicts_while_running(&call(APP1_KEY1, "k1", "+6500000001"))
+        .await;
+    assert_error(&res, 409, "idempotency_conflict");
 }
 
 #[actix_web::test]

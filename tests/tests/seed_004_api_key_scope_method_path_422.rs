@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::{post, put, web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
-use idem_tests::{held, serve, Counter, RawRequest, RawResponse, Served};
+use idem_tests::{counted, serve, Counter, RawRequest, RawResponse, Served};
 use serde_json::json;
 
 #[post("/api/v1/developers/contacts")]
@@ -25,8 +25,7 @@ async fn create_contact(
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> HttpResponse {
-    let n = runs.bump();
-    held(&req).await;
+    let n = counted(&runs, &req).await;
     if body.get("name").is_none() {
         return HttpResponse::BadRequest().json(json!({"error": {"type": "validation_error"}}));
     }
@@ -197,20 +196,11 @@ async fn the_api_key_header_is_required_for_keyed_requests() {
 
 #[actix_web::test]
 async fn a_duplicate_while_the_first_runs_is_a_409_with_a_type_field() {
-    let s = app();
-    let (first, duplicate) = s.during(&contact("k1")).await;
-    assert_eq!(duplicate.status, 409, "{}", duplicate.text());
-    assert_eq!(duplicate.json()["error"]["type"], "idempotency_conflict");
-    assert_eq!(duplicate.header("retry-after"), Some("1"));
-    assert_eq!((first.status, s.runs.get()), (201, 1));
+    let res = app().conflicts_while_running(&contact("k1")).await;
+    assert_eq!(res.json()["error"]["type"], "idempotency_conflict");
 }
 
 #[actix_web::test]
 async fn keys_are_up_to_255_characters() {
-    let s = app();
-    assert_eq!(s.send(&contact(&"k".repeat(255))).await.status, 201);
-    let res = s.send(&contact(&"k".repeat(256))).await;
-    assert_eq!(res.status, 400);
-    assert_eq!(res.json()["error"]["type"], "idempotency_key_invalid");
-    assert_eq!(s.runs.get(), 1);
+    app().keys_up_to(255, contact).await;
 }
