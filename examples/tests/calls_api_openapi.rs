@@ -158,6 +158,24 @@ async fn each_idempotent_operation_does_what_the_document_says() {
             .get("Idempotent-Replayed")
             .is_some();
         assert_eq!(again.replayed(), replayable, "{path}: a 400 replayed");
+
+        // The carrier's failure is documented, never as a replay, and frees the key.
+        let key = format!("{path}-key-3");
+        let failed = RawRequest::post(path)
+            .header("Authorization", TOKEN)
+            .header(header, &key)
+            .header("X-Simulate-Status", "502")
+            .json(&body);
+        let failed = failed.send(api.addr).await;
+        assert_error(&failed, 502, "carrier_unavailable");
+        let documented = &operation["responses"]["5XX"];
+        assert!(documented["description"]
+            .as_str()
+            .unwrap()
+            .contains("carrier_unavailable"));
+        assert!(documented["headers"].get("Idempotent-Replayed").is_none());
+        let retry = post(&api, path, header, &key, &body).await;
+        assert_eq!((retry.status, retry.replayed()), (201, false), "{path}");
     }
     assert_eq!(described, ["/v1/calls", "/v1/messages"]);
 }

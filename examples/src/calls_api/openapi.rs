@@ -101,6 +101,11 @@ fn routes() -> serde_json::Value {
             }}},
         })
     };
+    let carrier_failed = json!({
+        "description": "The fake carrier failed, as `X-Simulate-Status` asked: \
+            `carrier_unavailable`. Nothing was created, and the key is free again.",
+        "content": {"application/json": {"schema": error}},
+    });
     let bearer = json!([{"bearer": []}]);
     let string = json!({"type": "string"});
     json!({
@@ -127,6 +132,7 @@ fn routes() -> serde_json::Value {
                         "201": created("Call", "call"),
                         "400": bad_request("`invalid_json`, `invalid_phone_number` or `invalid_simulation`"),
                         "401": unauthorized,
+                        "5XX": carrier_failed,
                     },
                 },
                 "get": {
@@ -150,6 +156,7 @@ fn routes() -> serde_json::Value {
                         "201": created("Message", "message"),
                         "400": bad_request("`invalid_json` or `invalid_simulation`"),
                         "401": unauthorized,
+                        "5XX": carrier_failed,
                     },
                 },
                 "get": {
