@@ -47,6 +47,9 @@ pub(crate) fn classify(
         return Class::Answer;
     }
     let (code, message) = error_code(body);
+    // Whether the header is there tells an in-flight conflict from a mismatch; a value that
+    // cannot be read is waited out with the backoff.
+    let waits = headers.contains_key(RETRY_AFTER);
     let retry_after = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -57,7 +60,7 @@ pub(crate) fn classify(
         // In flight: the layer's 409 with Retry-After. A 409 with Retry-After whose body the
         // client cannot read (a custom error renderer) is taken as in flight too; one with
         // another code is the application's and is handed back.
-        StatusCode::CONFLICT if retry_after.is_some() && (is_conflict || code.is_none()) => {
+        StatusCode::CONFLICT if waits && (is_conflict || code.is_none()) => {
             Class::Retry { code, retry_after }
         }
         StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY if is_conflict => {
@@ -160,6 +163,19 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// What tells an in-flight conflict from a mismatch is that `Retry-After` is there; a
+    /// value the client cannot read is waited out with the backoff instead.
+    #[test]
+    fn an_in_flight_conflict_with_an_unreadable_retry_after_is_retried() {
+        assert_eq!(
+            of(409, Some("1.5"), &envelope(CONFLICT)),
+            Class::Retry {
+                code: Some(CONFLICT.into()),
+                retry_after: None,
+            }
+        );
     }
 
     #[test]

@@ -47,12 +47,14 @@ where
     Fut: Future<Output = Verdict<T>>,
 {
     let start = Instant::now();
-    let deadline = start + policy.max_elapsed;
+    // A limit too far off for the clock to add is no limit.
+    let deadline = start.checked_add(policy.max_elapsed);
     let mut number = 1;
     loop {
-        let timeout = policy
-            .attempt_timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        let timeout = left.map_or(policy.attempt_timeout, |left| {
+            policy.attempt_timeout.min(left)
+        });
         let (failure, retry_after) = match attempt(number, timeout).await {
             Verdict::Done(answer) => return Ok(answer),
             Verdict::Stop(error) => return Err(error),
@@ -71,8 +73,10 @@ where
             return Err(give_up(failure));
         }
         let wait = policy.backoff.delay(number, retry_after, rng.f64());
-        // Waiting past the deadline would leave no time for the attempt it waits for.
-        if Instant::now() + wait >= deadline {
+        // Waiting past the deadline would leave no time for the attempt it waits for; a wait
+        // too long for the clock to add (an absurd `Retry-After`) is past any.
+        let until = Instant::now().checked_add(wait);
+        if until.is_none_or(|until| deadline.is_some_and(|deadline| until >= deadline)) {
             return Err(give_up(failure));
         }
         tokio::time::sleep(wait).await;
@@ -194,6 +198,33 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    /// A `Retry-After` too far off for the clock to add (`u64::MAX` seconds is valid
+    /// delta-seconds) is past any time limit: the client gives up, it does not panic.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_beyond_the_clock_gives_up_instead_of_panicking() {
+        let script = Script::new([unavailable(Some(Duration::from_secs(u64::MAX)))]);
+        let err = script.run(&POLICY).await.unwrap_err();
+        assert!(matches!(err, Error::GaveUp { attempts: 1, .. }), "{err}");
+    }
+
+    /// A time limit beyond the clock (`Duration::MAX`) means no limit, as do a backoff's.
+    #[tokio::test(start_paused = true)]
+    async fn limits_beyond_the_clock_mean_none() {
+        let unbounded = RetryPolicy {
+            max_elapsed: Duration::MAX,
+            backoff: Backoff {
+                initial: Duration::MAX,
+                max: Duration::MAX,
+            },
+            ..POLICY
+        };
+        let script = Script::new([Verdict::Done("ok")]);
+        assert_eq!(script.run(&unbounded).await.unwrap(), "ok");
+        let script = Script::new([unavailable(None)]);
+        let err = script.run(&unbounded).await.unwrap_err();
+        assert!(matches!(err, Error::GaveUp { attempts: 1, .. }), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
