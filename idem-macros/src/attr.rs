@@ -446,7 +446,8 @@ fn duration(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Du
             errors.push(s, format!("`{name}` must be at least 1ms; {FORMS}"));
             None
         }
-        Ok(d) if d > Duration::from_secs(10 * 365 * 24 * 3600) => {
+        // Ten years of 365.25 days, as humantime reads "10y".
+        Ok(d) if d > Duration::from_secs(10 * 36_525 * 24 * 36) => {
             errors.push(s, format!("`{name}` must be at most 10 years; {FORMS}"));
             None
         }
