@@ -9,7 +9,8 @@ use std::time::Duration;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
-use syn::{FnArg, Ident, ItemFn, ReturnType};
+use syn::visit_mut::{self, VisitMut};
+use syn::{Expr, ExprReturn, FnArg, Ident, Item, ItemFn, ReturnType, Type};
 
 use crate::ast::{
     Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
@@ -258,6 +259,33 @@ fn functions(args: &Args) -> TokenStream {
     quote!(__idem_p::Functions::NONE #(.#setters)*)
 }
 
+/// Gives each `return` of the handler's own body the declared return type `0`, so that its
+/// value coerces as it would in the handler (`return Err(Box::new(e))` where the handler
+/// returns `Result<_, Box<dyn Error>>`): the body runs in an `async` block, whose output is
+/// otherwise the type of its first `return`. Closures, `async` blocks and items in the body
+/// keep their own returns.
+struct TypedReturns<'a>(&'a Type);
+
+impl VisitMut for TypedReturns<'_> {
+    fn visit_expr_mut(&mut self, expr: &mut Expr) {
+        match expr {
+            Expr::Closure(_) | Expr::Async(_) => {}
+            Expr::Return(ExprReturn {
+                expr: Some(value), ..
+            }) => {
+                self.visit_expr_mut(value);
+                let (ty, inner) = (self.0, &**value);
+                **value = syn::parse_quote_spanned! {inner.span()=>
+                    { let __idem_return: #ty = #inner; __idem_return }
+                };
+            }
+            _ => visit_mut::visit_expr_mut(self, expr),
+        }
+    }
+
+    fn visit_item_mut(&mut self, _: &mut Item) {}
+}
+
 /// The generated handler.
 pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let krate = match &args.krate {
@@ -286,10 +314,15 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let names: Vec<_> = (0..types.len())
         .map(|i| format_ident!("__idem_arg{}", i))
         .collect();
-    // A named return type guides inference of `?` in the body. An `impl Trait` type cannot be
-    // named in a `let`, so the value is checked against its bounds as the signature did.
+    // A named return type guides inference of `?` in the body, and each `return` of the body
+    // is given it (see `TypedReturns`). An `impl Trait` type cannot be named in a `let`, so the
+    // value is checked against its bounds as the signature did, by a function of its own
+    // (which cannot name the handler's generic parameters or `Self`: see the attribute's
+    // docs).
+    let mut block = block;
     let (output, check_output) = match &sig.output {
         ReturnType::Type(_, ty) if !contains_impl(ty.to_token_stream()) => {
+            TypedReturns(ty).visit_block_mut(&mut block);
             (quote!(: #ty), quote!())
         }
         ReturnType::Type(_, ty) => (

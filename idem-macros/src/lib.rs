@@ -39,7 +39,11 @@ mod valid;
 ///
 /// The attribute goes above or below a route attribute (`#[post]`, `#[route]`), or on a plain
 /// `async fn` registered with `web::resource(..).route(..)`. The handler takes any extractors
-/// (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included.
+/// (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included. One limit: an
+/// `impl Trait` in the return type cannot sit beside a generic parameter or `Self`
+/// (`Result<impl Responder, E>` in a generic handler or an `impl` block fails to compile: such a
+/// type is checked by a function of its own, which cannot name them); name the type there
+/// instead (`Result<HttpResponse, E>`).
 ///
 /// # Arguments
 /// Every argument is optional; with none, the defaults of each section below apply. A bad value
