@@ -293,6 +293,24 @@ pub fn assert_error(res: &RawResponse, status: u16, code: &str) {
     assert_eq!(body["request_id"], id);
 }
 
+/// Asserts that `res` is an error of the layer with `status` and `code` as RFC 9457
+/// `application/problem+json`, whose `request_id` is the response's `X-Request-ID`: its body,
+/// for what else a test looks at.
+pub fn assert_problem(res: &RawResponse, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(res.status, status, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("content-type"), Some("application/problem+json"));
+    let body = res.json();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("urn:idem:error:{code}"));
+    assert_eq!(body["status"], status);
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_eq!(
+        body["request_id"],
+        res.header("x-request-id").expect("X-Request-ID")
+    );
+    body
+}
+
 /// A shared counter, for counting handler executions across workers.
 #[derive(Clone, Debug, Default)]
 pub struct Counter(Arc<AtomicUsize>);

@@ -11,7 +11,7 @@ use actix_web::{
 use bytes::Bytes;
 use idem_actix::{idempotent, IdempotencyConfig, IdempotencyKey};
 use idem_core::testing::UnavailableStore;
-use idem_tests::{assert_error, serve, Counter, RawRequest, Served, TestServer};
+use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, Served, TestServer};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -290,10 +290,7 @@ async fn a_request_without_a_key_is_told_the_endpoints_own_header() {
     let res = s
         .send(&RawRequest::post("/own-header").header("Authorization", "Bearer t"))
         .await;
-    assert_eq!(res.status, 400);
-    assert_eq!(res.header("content-type"), Some("application/problem+json"));
-    let body = res.json();
-    assert_eq!(body["code"], "idempotency_key_missing");
+    let body = assert_problem(&res, 400, "idempotency_key_missing");
     assert!(
         body["detail"]
             .as_str()

@@ -6,7 +6,7 @@
 use actix_web::{post, web, HttpResponse};
 use idem_actix::{idempotent, IdempotencyConfig, OnStoreError, Policy, ProblemJson};
 use idem_core::testing::UnavailableStore;
-use idem_tests::{assert_error, serve, Counter, RawRequest, TestServer};
+use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, TestServer};
 
 #[post("/problem")]
 #[idempotent(errors = "problem")]
@@ -58,13 +58,7 @@ async fn errors_render_as_problem_json_when_the_endpoint_says_so() {
     });
     s.send(&keyed("/problem", "k").body("a")).await;
     let res = s.send(&keyed("/problem", "k").body("b")).await;
-    assert_eq!(res.status, 409);
-    assert_eq!(res.header("content-type"), Some("application/problem+json"));
-    let body = res.json();
-    assert_eq!(body["status"], 409);
-    assert_eq!(body["code"], "idempotency_conflict");
-    assert_eq!(body["type"], "urn:idem:error:idempotency_conflict");
-    assert_eq!(body["request_id"], res.header("x-request-id").unwrap());
+    assert_problem(&res, 409, "idempotency_conflict");
 }
 
 #[actix_web::test]
@@ -108,9 +102,7 @@ async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
     let (server, _) =
         down_app(IdempotencyConfig::new(UnavailableStore).with_error_renderer(ProblemJson));
     let res = keyed("/default-format", "k").send(server.addr).await;
-    assert_eq!(res.status, 503);
-    assert_eq!(res.header("content-type"), Some("application/problem+json"));
-    assert_eq!(res.json()["code"], "idempotency_store_unavailable");
+    assert_problem(&res, 503, "idempotency_store_unavailable");
 
     let custom = IdempotencyConfig::new(UnavailableStore).with_error_renderer(
         |e: &idem_actix::IdempotencyError, id: &str| {

@@ -12,7 +12,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{
     idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, ProblemJson, Transaction,
 };
-use idem_tests::{assert_error, RawRequest, RawResponse, TestPostgres, TestServer, Warnings};
+use idem_tests::{
+    assert_error, assert_problem, RawRequest, RawResponse, TestPostgres, TestServer, Warnings,
+};
 use sqlx::PgPool;
 
 /// What the handlers need: where they write, and where they tell the test their connection.
@@ -619,10 +621,7 @@ async fn a_transaction_without_the_endpoints_key_is_refused_as_the_endpoint_refu
         .send(server.addr)
         .await;
     for res in [with_the_apps_header, without_any] {
-        assert_eq!(res.status, 400, "{}", res.text());
-        assert_eq!(res.header("content-type"), Some("application/problem+json"));
-        let body = res.json();
-        assert_eq!(body["code"], "idempotency_key_missing");
+        let body = assert_problem(&res, 400, "idempotency_key_missing");
         assert!(
             body["detail"]
                 .as_str()
@@ -657,15 +656,7 @@ async fn on_embedded_problem(runs: web::Data<AtomicUsize>, tx: Transaction) -> H
 
 /// Asserts a 500 `idempotency_transaction_unavailable` rendered as problem JSON.
 fn assert_unavailable_problem(res: &RawResponse) {
-    assert_eq!(res.status, 500, "{}", String::from_utf8_lossy(&res.body));
-    assert_eq!(res.header("content-type"), Some("application/problem+json"));
-    let body = res.json();
-    let code = idem_actix::codes::TRANSACTION_UNAVAILABLE;
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["type"], format!("urn:idem:error:{code}"));
-    assert_eq!(body["status"], 500);
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
-    assert_eq!(body["request_id"], res.header("x-request-id").unwrap());
+    assert_problem(res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
     assert_eq!(res.header("cache-control"), Some("no-store"));
 }
 
