@@ -119,8 +119,22 @@ impl NoIdempotencyKey {
         let error = IdempotencyError::KeyMissing {
             header: policy.header,
         };
-        let renderer = self.config.renderer();
-        error_response(&error, &self.request_id, policy.error_format, renderer)
+        self.render(&error, policy.error_format)
+    }
+
+    /// `error` as this request's answer, in `format` or the application's.
+    pub(crate) fn render(
+        &self,
+        error: &IdempotencyError,
+        format: Option<ErrorFormat>,
+    ) -> HttpResponse {
+        error_response(error, &self.request_id, format, self.config.renderer())
+    }
+
+    /// The request's id.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn request_id(&self) -> &RequestId {
+        &self.request_id
     }
 }
 

@@ -220,15 +220,7 @@ mod enabled {
                 return missing.into();
             }
             let reason = "a handler takes a Transaction but is under no idempotency layer: annotate it with #[idempotent] or wrap it in Idempotency";
-            let error = IdempotencyError::TransactionUnavailable { reason };
-            let res = error_response(&error, &request_id, format, config.renderer());
-            return Unclaimed {
-                missing,
-                reason,
-                request_id,
-                res: Cell::new(Some(res)),
-            }
-            .into();
+            return Unclaimed { missing, reason }.into();
         };
         rendered(unavailable(&request_id, reason))
     }
@@ -240,8 +232,6 @@ mod enabled {
     pub(crate) struct Unclaimed {
         pub(crate) missing: NoIdempotencyKey,
         reason: &'static str,
-        request_id: RequestId,
-        res: Cell<Option<HttpResponse>>,
     }
 
     impl std::fmt::Debug for Unclaimed {
@@ -264,10 +254,9 @@ mod enabled {
         }
 
         fn error_response(&self) -> HttpResponse {
-            tracing::error!(request_id = %self.request_id, "{}", self.reason);
-            self.res
-                .take()
-                .unwrap_or_else(|| HttpResponse::InternalServerError().finish())
+            let request_id = self.missing.request_id();
+            let error = unavailable(request_id, self.reason);
+            self.missing.render(&error, None)
         }
     }
 
