@@ -573,9 +573,10 @@ impl Lease {
         self.key
     }
 
-    /// How often a running handler renews the lease: a third of its length.
+    /// How often a running handler renews the lease: a third of its length (which is
+    /// [`Policy::MIN_LEASE`] at least, so renewals come 33 ms apart at most often).
     pub fn renew_every(&self) -> Duration {
-        (self.lease / 3).max(Duration::from_millis(10))
+        self.lease / 3
     }
 
     /// Extends the lease by its full length from now. `false` when the claim was lost.
