@@ -291,13 +291,8 @@ async fn a_request_without_a_key_is_told_the_endpoints_own_header() {
         .send(&RawRequest::post("/own-header").header("Authorization", "Bearer t"))
         .await;
     let body = assert_problem(&res, 400, "idempotency_key_missing");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("X-Idempotency-Key"),
-        "{body}"
-    );
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("X-Idempotency-Key"), "{body}");
 
     let res = s
         .send(&RawRequest::post("/wrapped-own-header").header("Authorization", "Bearer t"))
