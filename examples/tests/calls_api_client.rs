@@ -37,25 +37,77 @@ enum Fault {
 #[derive(Clone, Debug)]
 struct Seen {
     fault: Fault,
+    /// As in [`Attempt::operation`].
+    operation: usize,
     arrived: Instant,
     /// The server's answer (status and `Retry-After`), once it came.
     answer: Option<(u16, Option<String>)>,
     answered: Option<Instant>,
 }
 
-/// A loopback HTTP/1.1 proxy in front of `calls-api` that applies `schedule` to its n-th
-/// request (from 0, over all connections) and notes every request it saw.
+/// Which request of which operation the proxy is deciding for.
+#[derive(Clone, Copy, Debug)]
+struct Attempt {
+    /// The operation, numbered from 0 in the order the proxy first saw its `Idempotency-Key`.
+    operation: usize,
+    /// How many of the operation's requests came before this one.
+    nth: usize,
+}
+
+/// A loopback HTTP/1.1 proxy in front of `calls-api` that applies `schedule` to each request,
+/// by its operation and attempt, and notes every request it saw.
+///
+/// The schedule follows each operation's own attempts, not the order of requests over all
+/// connections: concurrent operations interleave differently from run to run, and a fault
+/// picked by global order can fall on the same operation's every run.
 struct Proxy {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Log>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the proxy has seen: each request, and the keys of the operations in order.
+#[derive(Default)]
+struct Log {
+    seen: Vec<Seen>,
+    keys: Vec<String>,
+}
+
+impl Log {
+    /// Notes `request` and decides its fault.
+    fn admit(&mut self, request: &[u8], schedule: fn(Attempt) -> Fault) -> (usize, Fault) {
+        let head_end = find(request, b"\r\n\r\n").expect("a whole head");
+        let head = std::str::from_utf8(&request[..head_end]).expect("an ASCII head");
+        let key = header(head, "idempotency-key").unwrap_or_default();
+        let operation = match self.keys.iter().position(|k| k == key) {
+            Some(operation) => operation,
+            None => {
+                self.keys.push(key.to_owned());
+                self.keys.len() - 1
+            }
+        };
+        let nth = self
+            .seen
+            .iter()
+            .filter(|s| s.operation == operation)
+            .count();
+        let fault = schedule(Attempt { operation, nth });
+        self.seen.push(Seen {
+            fault,
+            operation,
+            arrived: Instant::now(),
+            answer: None,
+            answered: None,
+        });
+        (self.seen.len() - 1, fault)
+    }
+}
+
 impl Proxy {
-    async fn start(upstream: SocketAddr, schedule: fn(usize) -> Fault) -> Self {
+    async fn start(upstream: SocketAddr, schedule: fn(Attempt) -> Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Log::default()));
         let log = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -70,7 +122,7 @@ impl Proxy {
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().unwrap().seen.clone()
     }
 }
 
@@ -84,24 +136,14 @@ impl Drop for Proxy {
 async fn relay(
     mut client: TcpStream,
     upstream_addr: SocketAddr,
-    schedule: fn(usize) -> Fault,
-    log: Arc<Mutex<Vec<Seen>>>,
+    schedule: fn(Attempt) -> Fault,
+    log: Arc<Mutex<Log>>,
 ) {
     let mut from_client = Vec::new();
     let mut from_upstream = Vec::new();
     let mut upstream: Option<TcpStream> = None;
     while let Some(mut request) = read_message(&mut client, &mut from_client).await {
-        let (index, fault) = {
-            let mut log = log.lock().unwrap();
-            let fault = schedule(log.len());
-            log.push(Seen {
-                fault,
-                arrived: Instant::now(),
-                answer: None,
-                answered: None,
-            });
-            (log.len() - 1, fault)
-        };
+        let (index, fault) = log.lock().unwrap().admit(&request, schedule);
         if fault == Fault::ResetBefore {
             return reset(client);
         }
@@ -118,9 +160,9 @@ async fn relay(
             return reset(client);
         };
         {
-            let mut log = log.lock().unwrap();
-            log[index].answer = Some(status_and_retry_after(&answer));
-            log[index].answered = Some(Instant::now());
+            let seen = &mut log.lock().unwrap().seen[index];
+            seen.answer = Some(status_and_retry_after(&answer));
+            seen.answered = Some(Instant::now());
         }
         if fault == Fault::ResetAfterAnswer {
             return reset(client);
@@ -223,8 +265,8 @@ fn call_id(response: &Response) -> String {
 async fn an_answer_lost_to_a_reset_after_the_call_ran_is_replayed_to_the_retry() {
     let api = CallsApi::start(None).await;
     // The first attempt of each operation is lost after the server ran it.
-    let proxy = Proxy::start(api.addr, |n| {
-        if n % 2 == 0 {
+    let proxy = Proxy::start(api.addr, |attempt| {
+        if attempt.nth == 0 {
             Fault::ResetAfterAnswer
         } else {
             Fault::Pass
@@ -251,8 +293,8 @@ async fn an_answer_lost_to_a_reset_after_the_call_ran_is_replayed_to_the_retry()
 #[tokio::test]
 async fn a_connection_reset_before_the_request_arrived_is_retried_into_one_run() {
     let api = CallsApi::start(None).await;
-    let proxy = Proxy::start(api.addr, |n| {
-        if n % 2 == 0 {
+    let proxy = Proxy::start(api.addr, |attempt| {
+        if attempt.nth == 0 {
             Fault::ResetBefore
         } else {
             Fault::Pass
@@ -312,11 +354,11 @@ async fn a_call_slower_than_the_timeout_runs_once_and_the_retry_waits_out_its_re
 async fn unavailable_answers_are_retried_until_the_call_is_created_once() {
     let api = CallsApi::start(None).await;
     // Two 503s, then the call, for each operation.
-    let proxy = Proxy::start(api.addr, |n| {
-        if n % 3 == 2 {
-            Fault::Pass
-        } else {
+    let proxy = Proxy::start(api.addr, |attempt| {
+        if attempt.nth < 2 {
             Fault::Unavailable
+        } else {
+            Fault::Pass
         }
     })
     .await;
@@ -478,12 +520,18 @@ async fn other_4xx_answers_are_not_retried() {
 #[tokio::test]
 async fn concurrent_operations_through_every_fault_each_create_exactly_one_call() {
     let api = CallsApi::start(None).await;
-    let proxy = Proxy::start(api.addr, |n| match n % 5 {
-        0 => Fault::ResetAfterAnswer,
-        1 => Fault::Pass,
-        2 => Fault::ResetBefore,
-        3 => Fault::Unavailable,
-        _ => Fault::Pass,
+    // Each operation meets the faults in turn, from a point of its own. Between two runs that
+    // fail (Unavailable) come at least two that record, so even an operation whose every run
+    // outlasts the timeout, and whose every other attempt is a 409, ends well within its
+    // attempts.
+    let proxy = Proxy::start(api.addr, |attempt| {
+        match (attempt.operation + attempt.nth) % 5 {
+            0 => Fault::ResetAfterAnswer,
+            1 => Fault::Pass,
+            2 => Fault::ResetBefore,
+            3 => Fault::Unavailable,
+            _ => Fault::Pass,
+        }
     })
     .await;
     let client = quick()
