@@ -10,7 +10,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::visit_mut::{self, VisitMut};
-use syn::{Expr, ExprReturn, FnArg, Ident, Item, ItemFn, ReturnType, Type};
+use syn::{Expr, ExprReturn, FnArg, GenericParam, Ident, Item, ItemFn, ReturnType, Type};
 
 use crate::ast::{
     Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
@@ -286,6 +286,37 @@ impl VisitMut for TypedReturns<'_> {
     fn visit_item_mut(&mut self, _: &mut Item) {}
 }
 
+/// Checks `__idem_out` against a return type `ty` that holds an `impl Trait`, as the
+/// signature did: by a nested function that takes `&ty`, so that each `impl Trait` in it is
+/// an argument's, with the handler's type and const parameters (and their bounds) as its own,
+/// given explicitly. A nested function cannot name `Self`: a type that does is left to the
+/// `Responder` bound of what the handler returns.
+fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
+    if mentions_self(ty.to_token_stream()) {
+        return quote!();
+    }
+    let params = generics.params.iter().filter_map(|param| match param {
+        GenericParam::Type(param) => Some(&param.ident),
+        GenericParam::Const(param) => Some(&param.ident),
+        GenericParam::Lifetime(_) => None,
+    });
+    let where_clause = &generics.where_clause;
+    quote_spanned! {ty.span()=>
+        #[allow(unused_parens, clippy::extra_unused_type_parameters)]
+        fn __idem_output #generics (_: &(#ty)) #where_clause {}
+        __idem_output::<#(#params),*>(&__idem_out);
+    }
+}
+
+/// Whether `tokens` name `Self`.
+fn mentions_self(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        proc_macro2::TokenTree::Ident(ident) => ident == "Self",
+        proc_macro2::TokenTree::Group(group) => mentions_self(group.stream()),
+        _ => false,
+    })
+}
+
 /// The generated handler.
 pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let krate = match &args.krate {
@@ -316,23 +347,15 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         .collect();
     // A named return type guides inference of `?` in the body, and each `return` of the body
     // is given it (see `TypedReturns`). An `impl Trait` type cannot be named in a `let`, so the
-    // value is checked against its bounds as the signature did, by a function of its own
-    // (which cannot name the handler's generic parameters or `Self`: see the attribute's
-    // docs).
+    // value is checked against its bounds as the signature did, by a function of its own,
+    // generic over the handler's own parameters (see `output_check`).
     let mut block = block;
     let (output, check_output) = match &sig.output {
         ReturnType::Type(_, ty) if !contains_impl(ty.to_token_stream()) => {
             TypedReturns(ty).visit_block_mut(&mut block);
             (quote!(: #ty), quote!())
         }
-        ReturnType::Type(_, ty) => (
-            quote!(),
-            quote_spanned! {ty.span()=>
-                #[allow(unused_parens)]
-                fn __idem_output(_: &(#ty)) {}
-                __idem_output(&__idem_out);
-            },
-        ),
+        ReturnType::Type(_, ty) => (quote!(), output_check(ty, &sig.generics)),
         ReturnType::Default => (quote!(: ()), quote!()),
     };
     let respond_span = match &sig.output {

@@ -39,11 +39,13 @@ mod valid;
 ///
 /// The attribute goes above or below a route attribute (`#[post]`, `#[route]`), or on a plain
 /// `async fn` registered with `web::resource(..).route(..)`. The handler takes any extractors
-/// (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included. One limit: an
-/// `impl Trait` in the return type cannot sit beside a generic parameter or `Self`
-/// (`Result<impl Responder, E>` in a generic handler or an `impl` block fails to compile: such a
-/// type is checked by a function of its own, which cannot name them); name the type there
-/// instead (`Result<HttpResponse, E>`).
+/// (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included. A return type
+/// with an `impl Trait` in it (`impl Responder`, `Result<impl Responder, C::Error>` in a
+/// generic handler) is held to its bounds as without the attribute, by a function of its own
+/// generic over the handler's parameters. Such a function cannot name `Self` nor the
+/// parameters of an `impl` block around the handler: a return type that names `Self` is held
+/// to `Responder` only, and one that names a parameter of the `impl` block does not compile
+/// (name the type there, as in `Result<HttpResponse, T::Error>`).
 ///
 /// # Arguments
 /// Every argument is optional; with none, the defaults of each section below apply. A bad value
