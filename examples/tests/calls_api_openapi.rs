@@ -195,3 +195,29 @@ async fn the_retention_and_scope_are_published_in_words() {
         assert_eq!(operation["x-idempotency"]["retention_seconds"], 86_400);
     }
 }
+
+#[tokio::test]
+async fn an_answer_the_authentication_gives_is_not_documented_as_a_replay() {
+    let api = CallsApi::start(None).await;
+    let doc = document(&api).await;
+    // The bearer check runs before the layer: a request without a token is refused the same
+    // way each time, never replayed.
+    for _ in 0..2 {
+        let res = RawRequest::post("/v1/calls")
+            .header("Idempotency-Key", "no-token")
+            .json(&json!({"agent_id": "agent_1", "phone_number": "+15555550123"}))
+            .send(api.addr)
+            .await;
+        assert_eq!(res.status, 401);
+        assert_eq!(res.header("idempotent-replayed"), None);
+    }
+    for path in ["/v1/calls", "/v1/messages"] {
+        let responses = &doc["paths"][path]["post"]["responses"];
+        assert!(
+            responses["401"]["headers"]["Idempotent-Replayed"].is_null(),
+            "{path}: {}",
+            responses["401"]
+        );
+        assert!(responses["201"]["headers"]["Idempotent-Replayed"].is_object());
+    }
+}

@@ -7,7 +7,9 @@
 //! [`Contract::apply`] writes into each of them, in a [`utoipa::openapi::OpenApi`]:
 //! - the key's header as a parameter: its name, the length and characters a key may have,
 //!   and whether it is required;
-//! - `Idempotent-Replayed` on every response that can be a replay (those the policy records);
+//! - `Idempotent-Replayed` on every response that can be a replay (those the policy records,
+//!   but for statuses that middleware outside the layer answers: see
+//!   [`Contract::answered_outside`]);
 //! - the layer's own error responses (400, 409, 413, 422 and 503, as the policy can give
 //!   them), in the configured error format, with `X-Request-ID`, `Retry-After` and
 //!   `Cache-Control`;
@@ -112,6 +114,8 @@ pub struct Contract {
     defaults: Policy,
     errors: ErrorFormat,
     declared: Vec<Declared>,
+    /// Statuses answered before the layer (see [`Contract::answered_outside`]).
+    outside: Vec<u16>,
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +155,7 @@ impl Contract {
             defaults: Policy::DEFAULT,
             errors: ErrorFormat::Envelope,
             declared: Vec::new(),
+            outside: Vec::new(),
         }
     }
 
@@ -174,6 +179,17 @@ impl Contract {
     /// ([`ErrorFormat::Problem`], `ProblemJson`).
     pub fn with_errors(mut self, format: ErrorFormat) -> Self {
         self.errors = format;
+        self
+    }
+
+    /// Statuses that middleware outside the layer answers by itself, before a request reaches
+    /// it: an authentication's 401, a rate limit's 429. Such an answer is never a replay, so
+    /// these statuses are documented without `Idempotent-Replayed`, whatever the policy
+    /// records; the layer cannot tell them from its handlers' own. Leave out a status that a
+    /// handler also answers, as that answer is recorded and replayed. Each call adds to the
+    /// list; ranges (`4XX`) stay marked.
+    pub fn answered_outside(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
+        self.outside.extend(statuses);
         self
     }
 
@@ -267,7 +283,7 @@ impl Contract {
                 {
                     return Err(ContractError::DescribedTwice { method, path });
                 }
-                describe(operation, &policy, format, &shared);
+                describe(operation, &policy, format, &self.outside, &shared);
                 seen.push((method, path));
             }
             let components = work.components.get_or_insert_with(Components::new);
@@ -401,10 +417,11 @@ fn describe(
     operation: &mut Operation,
     policy: &Policy,
     format: ErrorFormat,
+    outside: &[u16],
     components: &Components,
 ) {
     add_key_parameter(operation, policy, components);
-    mark_replays(operation, policy, components);
+    mark_replays(operation, policy, outside, components);
     for layer in layer_responses(policy) {
         add_layer_response(operation, &layer, format, components);
     }
@@ -511,12 +528,24 @@ fn replayable(policy: &Policy, status: &str) -> bool {
     }
 }
 
-fn mark_replays(operation: &mut Operation, policy: &Policy, components: &Components) {
+/// Marks with `Idempotent-Replayed` the responses of `operation` that can be replays: those
+/// `policy` records, but for the statuses answered `outside` the layer.
+fn mark_replays(
+    operation: &mut Operation,
+    policy: &Policy,
+    outside: &[u16],
+    components: &Components,
+) {
+    let before_the_layer = |status: &String| {
+        status
+            .parse::<u16>()
+            .is_ok_and(|status| outside.contains(&status))
+    };
     let statuses: Vec<String> = operation
         .responses
         .responses
         .keys()
-        .filter(|status| replayable(policy, status))
+        .filter(|status| replayable(policy, status) && !before_the_layer(status))
         .cloned()
         .collect();
     for status in statuses {
@@ -1109,6 +1138,18 @@ mod tests {
         );
         // The handler's 400 is recorded, so it can be a replay.
         assert!(bad["headers"]["Idempotent-Replayed"].is_object());
+    }
+
+    #[test]
+    fn a_status_answered_outside_the_layer_is_not_documented_as_a_replay() {
+        let doc = applied(Contract::new().answered_outside([400]).operation(
+            HttpMethod::Post,
+            "/v1/calls",
+            |p| p,
+        ));
+        let responses = &doc["paths"]["/v1/calls"]["post"]["responses"];
+        assert!(responses["400"]["headers"]["Idempotent-Replayed"].is_null());
+        assert!(responses["201"]["headers"]["Idempotent-Replayed"].is_object());
     }
 
     #[test]
