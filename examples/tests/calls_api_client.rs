@@ -1,7 +1,8 @@
 //! `idem-client` against the real `calls-api`, with faults injected between them: answers lost
 //! to a reset after the server ran the call, connections reset before the request arrived,
-//! 503s, and calls slower than the client's timeout. Every logical operation creates exactly
-//! one call (counted with `GET /v1/calls`), and what must not be retried is sent once.
+//! 503s, a gateway's 504 while the call runs on, and calls slower than the client's timeout.
+//! Every logical operation creates exactly one call (counted with `GET /v1/calls`), and what
+//! must not be retried is sent once.
 
 mod common;
 
@@ -31,6 +32,9 @@ enum Fault {
     /// Forwards it with `X-Simulate-Status: 503`, so the carrier fails and nothing is
     /// created, and relays the 503.
     Unavailable,
+    /// Forwards it and answers the client 504 at once, as a gateway whose read timeout is
+    /// shorter than the call: the call runs on, and the client cannot know.
+    GatewayTimeout,
 }
 
 /// One request the proxy saw.
@@ -156,6 +160,12 @@ async fn relay(
         }
         let server = upstream.as_mut().unwrap();
         server.write_all(&request).await.unwrap();
+        if fault == Fault::GatewayTimeout {
+            let timeout = b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\n\r\n";
+            if client.write_all(timeout).await.is_err() {
+                return;
+            }
+        }
         let Some(answer) = read_message(server, &mut from_upstream).await else {
             return reset(client);
         };
@@ -166,6 +176,10 @@ async fn relay(
         }
         if fault == Fault::ResetAfterAnswer {
             return reset(client);
+        }
+        if fault == Fault::GatewayTimeout {
+            // Answered already.
+            continue;
         }
         if client.write_all(&answer).await.is_err() {
             // The client gave up waiting (its timeout): nothing left to relay to.
@@ -348,6 +362,31 @@ async fn a_call_slower_than_the_timeout_runs_once_and_the_retry_waits_out_its_re
         "the retry after the 409 waited its Retry-After ({after:?})"
     );
     assert_eq!(next.answer.as_ref().unwrap().0, 201);
+}
+
+#[tokio::test]
+async fn a_gateway_timeout_while_the_call_runs_on_is_retried_into_its_replay() {
+    let api = CallsApi::start(None).await;
+    let proxy = Proxy::start(api.addr, |attempt| {
+        if attempt.nth == 0 {
+            Fault::GatewayTimeout
+        } else {
+            Fault::Pass
+        }
+    })
+    .await;
+    let client = quick().build().unwrap();
+    let call = client
+        .post(proxy.url("/v1/calls"))
+        .bearer_auth("gateway")
+        .header("X-Simulate-Delay-Ms", "300")
+        .json(&new_call())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), StatusCode::CREATED);
+    assert!(call.replayed(), "the first run's answer, not a second run");
+    assert_eq!(calls_of(&api, "gateway").await, vec![call_id(&call)]);
 }
 
 #[tokio::test]

@@ -56,7 +56,12 @@ pub(crate) fn classify(
         .and_then(|v| parse_retry_after(v, now));
     let is_conflict = code.as_deref() == Some(CONFLICT);
     match status {
-        StatusCode::SERVICE_UNAVAILABLE => Class::Retry { code, retry_after },
+        // A gateway's 502 or 504 says nothing of the operation: the server may still run it
+        // (and record it), or never have seen it. Under the same key a retry gets the replay,
+        // a 409 while it runs, or the run itself, as after a 503.
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
+            Class::Retry { code, retry_after }
+        }
         // In flight: the layer's 409 with Retry-After. A 409 with Retry-After whose body the
         // client cannot read (a custom error renderer) is taken as in flight too; one with
         // another code is the application's and is handed back.
@@ -167,6 +172,27 @@ mod tests {
 
     /// What tells an in-flight conflict from a mismatch is that `Retry-After` is there; a
     /// value the client cannot read is waited out with the backoff instead.
+    #[test]
+    fn a_gateways_502_and_504_are_retried() {
+        for status in [502, 504] {
+            assert_eq!(
+                of(status, None, b"<html>Gateway Timeout</html>"),
+                Class::Retry {
+                    code: None,
+                    retry_after: None,
+                },
+                "{status}"
+            );
+        }
+        assert!(matches!(
+            of(504, Some("2"), b""),
+            Class::Retry {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+    }
+
     #[test]
     fn an_in_flight_conflict_with_an_unreadable_retry_after_is_retried() {
         assert_eq!(
