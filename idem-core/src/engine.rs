@@ -314,7 +314,12 @@ impl Engine {
                     .await
                 {
                     Ok(record) => record,
-                    Err(e) => return self.store_failed(policy, e),
+                    // The store has said the key is held: a look that fails does not free
+                    // it, and failing open here would run the operation beside its holder.
+                    Err(e) if self.fails_open(policy, &e) => {
+                        return Err(IdempotencyError::InFlight)
+                    }
+                    Err(e) => return Err(IdempotencyError::StoreUnavailable(e)),
                 };
             }
             if let Some(completed) = record {
@@ -432,11 +437,21 @@ impl Engine {
     }
 
     fn store_failed(&self, policy: &Policy, error: StoreError) -> Result<Begin, IdempotencyError> {
-        if policy.on_store_error == OnStoreError::FailOpen || self.parts.store.fails_open() {
+        if self.fails_open(policy, &error) {
             Ok(Begin::Unprotected(error))
         } else {
             Err(IdempotencyError::StoreUnavailable(error))
         }
+    }
+
+    /// Whether `error` lets a request under `policy` run unprotected: the endpoint (or the
+    /// store) fails open, and the store could not be reached. A store that answered, with a
+    /// record it cannot read or with claims of the key by others, may hold the key taken:
+    /// that fails closed whatever the policy.
+    fn fails_open(&self, policy: &Policy, error: &StoreError) -> bool {
+        let unreachable = matches!(error, StoreError::Unavailable(_) | StoreError::Timeout);
+        unreachable
+            && (policy.on_store_error == OnStoreError::FailOpen || self.parts.store.fails_open())
     }
 }
 
@@ -1614,6 +1629,51 @@ mod tests {
             (503, "idempotency_store_unavailable")
         );
         let open = Policy::DEFAULT.on_store_error(OnStoreError::FailOpen);
+        assert!(matches!(
+            engine.begin(&open, key(1), fp("a")).await,
+            Ok(Begin::Unprotected(StoreError::Timeout))
+        ));
+    }
+
+    /// Failing open is for a store that cannot say whether the key is taken. One that said
+    /// it is (a request waits for its holder) has answered that.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_whose_look_at_the_holder_fails_never_runs_beside_it_when_failing_open() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
+        let policy = Policy::DEFAULT
+            .on_in_flight(OnInFlight::Wait(Duration::from_secs(5)))
+            .on_store_error(OnStoreError::FailOpen);
+        let _holder = execute(&engine, &policy, key(1), fp("a")).await;
+        for fault in [Fault::Timeout, Fault::Unavailable] {
+            store.fail("get", 1, fault);
+            let waiter = engine.begin(&policy, key(1), fp("a")).await;
+            assert!(
+                matches!(waiter, Err(IdempotencyError::InFlight)),
+                "{fault:?}: {waiter:?}"
+            );
+        }
+        // Failing closed, the failed look is the store's failure, as before.
+        store.fail("get", 1, Fault::Timeout);
+        let closed = policy.on_store_error(OnStoreError::FailClosed);
+        let err = engine.begin(&closed, key(1), fp("a")).await.unwrap_err();
+        assert_eq!(err.code(), "idempotency_store_unavailable");
+    }
+
+    /// A store that answered with a record it cannot read, or that could not claim for the
+    /// claims of others, was reached: the key may be taken, so nothing runs unprotected.
+    #[tokio::test]
+    async fn a_store_that_answered_unreadably_or_under_contention_fails_closed_even_when_open() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
+        let open = Policy::DEFAULT.on_store_error(OnStoreError::FailOpen);
+        for fault in [Fault::Corrupt, Fault::Contended] {
+            store.fail("claim", 1, fault);
+            let err = engine.begin(&open, key(1), fp("a")).await.unwrap_err();
+            assert_eq!(err.code(), "idempotency_store_unavailable", "{fault:?}");
+        }
+        // Unreachable, it still fails open.
+        store.fail("claim", 1, Fault::Timeout);
         assert!(matches!(
             engine.begin(&open, key(1), fp("a")).await,
             Ok(Begin::Unprotected(StoreError::Timeout))

@@ -59,7 +59,11 @@ pub enum OnStoreError {
     /// 503 `idempotency_store_unavailable` with `Retry-After`; the handler does not run
     /// (the default).
     FailClosed,
-    /// Run the handler without protection and log the store error.
+    /// Run the handler without protection and log the store error, when the store cannot be
+    /// reached or does not answer in time. A store that answered fails closed all the same:
+    /// with a record it cannot read, or a claim given up for concurrent claims of the key. A
+    /// request waiting for a running one (`OnInFlight::Wait`) whose look at it fails gets 409:
+    /// the key was held when the store last answered.
     FailOpen,
 }
 

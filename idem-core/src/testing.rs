@@ -181,6 +181,10 @@ pub enum Fault {
     /// The operation reaches the store and is done there, but its answer is lost:
     /// [`StoreError::Timeout`], as a command that timed out and ran all the same.
     Lost,
+    /// [`StoreError::Corrupt`]: the store answered with a record this build cannot read.
+    Corrupt,
+    /// [`StoreError::Contended`]: the key's record changed under every attempt.
+    Contended,
 }
 
 impl Fault {
@@ -190,6 +194,8 @@ impl Fault {
             Fault::Timeout => StoreError::Timeout,
             Fault::TooLarge(max) => StoreError::TooLarge { size: max + 1, max },
             Fault::Lost => StoreError::Timeout,
+            Fault::Corrupt => StoreError::Corrupt("injected unreadable record".into()),
+            Fault::Contended => StoreError::Contended,
         }
     }
 }

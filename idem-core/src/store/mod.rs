@@ -274,6 +274,10 @@ pub enum StoreError {
     /// A stored record could not be read.
     #[error("{0}")]
     Corrupt(String),
+    /// The key's record changed under every attempt of a claim: other requests with the same
+    /// key were being claimed at the same moment. Retry later.
+    #[error("the key's record changed under every claim attempt; retry later")]
+    Contended,
     /// A record is larger than the store accepts.
     #[error("record of {size} bytes is larger than the store's limit of {max} bytes")]
     TooLarge {

@@ -799,9 +799,7 @@ impl Store for PostgresStore {
                     }
                 }
             }
-            Err(StoreError::Unavailable(
-                "the key's record changed under every claim attempt; retry later".into(),
-            ))
+            Err(StoreError::Contended)
         })
     }
 
