@@ -237,6 +237,7 @@ impl Policy {
     /// [`PolicyError::SetCookieListed`] when `replay_headers` lists `Set-Cookie`;
     /// [`PolicyError::CodingDropped`] when `replay_headers` drops `Content-Encoding`;
     /// [`PolicyError::LeaseTooShort`] when the lease is shorter than [`Policy::MIN_LEASE`];
+    /// [`PolicyError::TtlZero`] when the TTL is zero;
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
@@ -280,6 +281,9 @@ impl Policy {
         }
         if self.lease < Self::MIN_LEASE {
             return Err(PolicyError::LeaseTooShort { lease: self.lease });
+        }
+        if self.ttl.is_zero() {
+            return Err(PolicyError::TtlZero);
         }
         if let ReplayHeaders::Except(names) = self.replay_headers {
             if names
@@ -334,6 +338,9 @@ pub enum PolicyError {
         /// The lease.
         lease: Duration,
     },
+    /// The TTL is zero.
+    #[error("a TTL of zero keeps no record, so every retry would run again; give the time a retry may come in, such as 24h")]
+    TtlZero,
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -542,6 +549,11 @@ mod tests {
             Err(PolicyError::LeaseTooShort { lease: short })
         );
         assert_eq!(check(Policy::DEFAULT.lease(Policy::MIN_LEASE)), Ok(()));
+        // A record kept for no time replays nothing: every retry would run again.
+        assert_eq!(
+            check(Policy::DEFAULT.ttl(Duration::ZERO)),
+            Err(PolicyError::TtlZero)
+        );
         assert_eq!(
             check(Policy::DEFAULT.fingerprint_headers(&["Content-Type", "X Bad"])),
             Err(PolicyError::InvalidHeader("X Bad"))
