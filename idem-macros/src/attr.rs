@@ -138,10 +138,11 @@ fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, erro
             name,
             integer(name, value, 1, u64::from(u32::MAX), errors),
         ),
+        // 0 keeps no response: a stream of events goes out as it comes.
         Name::MaxResponse => put(
             &mut args.max_response,
             name,
-            integer(name, value, 1, u64::from(u32::MAX), errors),
+            integer(name, value, 0, u64::from(u32::MAX), errors),
         ),
         Name::Required => put(&mut args.required, name, flag(name, value, errors)),
         Name::PerEndpoint => put(&mut args.per_endpoint, name, flag(name, value, errors)),

@@ -653,6 +653,11 @@ mod valid;
 /// is recorded as completed without it: retries get 409 `idempotency_response_too_large` and the
 /// operation never runs again.
 ///
+/// A streamed body is read until it ends or passes this bound before the response goes out,
+/// so that it can be kept. For a stream the client must get as it comes (server-sent events),
+/// give `max_response = 0`: nothing is kept, each piece goes out as it comes, and the key is
+/// recorded as completed once the stream starts.
+///
 /// ```
 /// # extern crate idem as idem_actix;
 /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));

@@ -75,7 +75,9 @@ impl RawRequest {
         self.header("Content-Type", "application/json")
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
+    /// The request as it goes on the wire (`Connection: close`), for a test that reads the
+    /// answer as it comes.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!(
             "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n",
             self.method, self.path

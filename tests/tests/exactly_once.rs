@@ -242,6 +242,10 @@ struct Stream {
 /// gate opens.
 #[idempotent(max_response = 1536, lease = "300ms")]
 async fn streamed(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
+    streamed_body(probe, req)
+}
+
+fn streamed_body(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
     probe.runs.bump();
     let number = |name| {
         req.headers()
@@ -271,6 +275,13 @@ async fn streamed(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
     HttpResponse::Ok().streaming(body)
 }
 
+/// [`streamed`] with nothing kept of its body, as for a stream of events: each piece goes
+/// out as it comes.
+#[idempotent(max_response = 0, lease = "300ms")]
+async fn events(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
+    streamed_body(probe, req)
+}
+
 fn stream_server() -> (TestServer, Stream) {
     let probe = Stream {
         runs: Counter::default(),
@@ -279,7 +290,8 @@ fn stream_server() -> (TestServer, Stream) {
     let data = web::Data::new(probe.clone());
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(data.clone())
-            .route("/stream", web::post().to(streamed));
+            .route("/stream", web::post().to(streamed))
+            .route("/events", web::post().to(events));
     });
     (server, probe)
 }
@@ -308,6 +320,44 @@ async fn a_duplicate_while_the_body_streams_conflicts_instead_of_running() {
     // Collected whole, the body went out with its length, and replays byte for byte.
     assert_eq!(first.body.len(), 1024);
     assert_eq!(retry.body, first.body, "the streamed body replays");
+}
+
+#[actix_web::test]
+async fn a_stream_that_keeps_nothing_goes_out_as_it_comes_and_is_never_run_twice() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, probe) = stream_server();
+    let request = || call("/events", "events").header("X-Pieces", "2");
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(&request().to_bytes()).await.unwrap();
+    // The head and the first piece arrive while the second waits behind the gate.
+    let mut got = Vec::new();
+    let first_piece = [b'a'; 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !got.windows(1024).any(|w| w == first_piece) {
+            let mut buf = [0; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the first piece before the stream ends");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // A retry meanwhile does not run it again.
+    let retry = request().send(server.addr).await;
+    assert_error(&retry, 409, "idempotency_response_too_large");
+    probe.gate.add_permits(1);
+    conn.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got.windows(1024).any(|w| w == [b'b'; 1024]),
+        "the rest follows"
+    );
+    assert_eq!(probe.runs.get(), 1);
 }
 
 #[actix_web::test]
