@@ -648,20 +648,20 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
             retry_after: false,
         });
     }
-    let mut unavailable = Vec::new();
-    if !matches!(policy.on_store_error, OnStoreError::FailOpen) {
-        unavailable.push((
-            codes::STORE_UNAVAILABLE,
-            "the idempotency store cannot be reached; nothing ran",
-        ));
-    }
-    unavailable.push((
-        codes::OVERLOADED,
-        "the server runs as much work for clients that went away as it allows; nothing ran",
-    ));
+    let store_unavailable = match policy.on_store_error {
+        // Failing open runs unprotected only when the store cannot be reached.
+        OnStoreError::FailOpen => "the idempotency store answered with a record it cannot read, or could not claim the key for other claims of it at the same moment; nothing ran",
+        _ => "the idempotency store cannot be reached; nothing ran",
+    };
     responses.push(LayerResponse {
         status: 503,
-        codes: unavailable,
+        codes: vec![
+            (codes::STORE_UNAVAILABLE, store_unavailable),
+            (
+                codes::OVERLOADED,
+                "the server runs as much work for clients that went away as it allows; nothing ran",
+            ),
+        ],
         retry_after: true,
     });
     responses
@@ -1138,6 +1138,26 @@ mod tests {
         );
         // The handler's 400 is recorded, so it can be a replay.
         assert!(bad["headers"]["Idempotent-Replayed"].is_object());
+    }
+
+    /// Failing open runs unprotected only when the store cannot be reached; one that answered
+    /// unreadably, or gave up a claim under contention, still fails closed.
+    #[test]
+    fn a_fail_open_operation_still_documents_the_503_of_a_store_that_answered() {
+        let doc = applied(
+            Contract::new().operation(HttpMethod::Post, "/v1/calls", |p| {
+                p.on_store_error(OnStoreError::FailOpen)
+            }),
+        );
+        let post = &doc["paths"]["/v1/calls"]["post"];
+        let unavailable = post["responses"]["503"]["description"].as_str().unwrap();
+        assert!(
+            unavailable.contains(codes::STORE_UNAVAILABLE),
+            "{unavailable}"
+        );
+        assert!(unavailable.contains("cannot read"), "{unavailable}");
+        let words = post["description"].as_str().unwrap();
+        assert!(words.contains("runs unprotected"), "{words}");
     }
 
     #[test]
