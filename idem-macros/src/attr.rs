@@ -442,6 +442,18 @@ fn lease(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Durat
 fn duration(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Duration> {
     const FORMS: &str = "write a number and a unit, such as \"30s\", \"15m\", \"24h\" or \"7d\"";
     let s = string(name, value, "\"24h\"", errors)?;
+    // humantime reads `M` as months, next to `m` for minutes: one case apart.
+    let units = s.value();
+    if units
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|unit| unit == "M")
+    {
+        errors.push(
+            s,
+            "`M` is months, not minutes; write minutes as \"15m\", or months in days (\"30d\")",
+        );
+        return None;
+    }
     match humantime::parse_duration(&s.value()) {
         Ok(d) if d < Duration::from_millis(1) => {
             errors.push(s, format!("`{name}` must be at least 1ms; {FORMS}"));

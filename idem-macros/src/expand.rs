@@ -393,6 +393,8 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                             return __idem_p::fail(__idem_req, __idem_err);
                         }
                     };
+                    // With no arguments, the body's block stands alone in this one.
+                    #[allow(unused_braces)]
                     let __idem_out #output = async move {
                         #(let #patterns: #types = #names;)*
                         #block

@@ -80,6 +80,18 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
 
 /// Checks that `item` is a handler the attribute can wrap.
 pub(crate) fn handler(item: &ItemFn, errors: &mut Errors) {
+    let again = item.attrs.iter().find(|attr| {
+        attr.path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "idempotent")
+    });
+    if let Some(again) = again {
+        errors.push(
+            again,
+            "#[idempotent] is given twice; give one, with all the arguments",
+        );
+    }
     let sig = &item.sig;
     if sig.asyncness.is_none() {
         errors.push(
