@@ -86,6 +86,10 @@ impl Idempotency {
 
     /// Overrides the app's settings for what this middleware wraps, as
     /// `#[idempotent(...)]` arguments do for one handler.
+    ///
+    /// A key header that is not a header name (`p.header("Idempotency Key")`) makes the app
+    /// fail to start: actix reports `service initialization failed`, and the reason is logged
+    /// as a `tracing` error. The attribute refuses such a header at compile time.
     pub fn with_overrides(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
         self.overrides = configure(self.overrides);
         self

@@ -59,10 +59,11 @@ mod valid;
 /// `fingerprint = "json"`; `replay_headers` with `replay_drop_headers`; `key` with `header`;
 /// `key = "json:..."` with `fingerprint = "form"`.
 ///
-/// Every argument but `key = my_fn`, `fingerprint = my_fn` and `on_replay` has a field of
-/// [`Policy`] of the same meaning, which the [`Idempotency`] middleware takes in its
-/// `.with_overrides(..)` and an application in `IdempotencyConfig::with_defaults`; the functions have
-/// methods of their own there.
+/// Every argument but `key = my_fn`, `fingerprint = my_fn`, `scope = my_fn` and `on_replay` has
+/// a field of [`Policy`] of the same meaning, which the [`Idempotency`] middleware takes in its
+/// `.with_overrides(..)` and an application in `IdempotencyConfig::with_defaults`; the key and
+/// fingerprint functions and `on_replay` have methods of their own there, and a scope function
+/// has no middleware form (scope by `Scope::Principal` there).
 ///
 /// [`Policy`]: ../idem_actix/struct.Policy.html
 /// [`Idempotency`]: ../idem_actix/struct.Idempotency.html
@@ -591,6 +592,7 @@ mod valid;
 ///     HttpResponse::Created().finish()
 /// }
 /// # fn main() { block_on(async {
+/// // A store that is always down (feature `testing`).
 /// let down = IdempotencyConfig::new(idem_actix::testing::UnavailableStore);
 /// # let app = test::init_service(App::new().app_data(down).service(record)).await;
 /// assert_eq!(send(&app, req("k").uri("/v1/telemetry")).await.0, 201);
