@@ -367,6 +367,17 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     };
     let functions = functions(args);
     let overrides = overrides(args);
+    // Each argument is an extractor, checked on its own type, so that one that is not is
+    // reported there first (the tuple of all of them is reported on the attribute).
+    let extractors = (!types.is_empty()).then(|| {
+        let checks = types.iter().map(|ty| {
+            quote_spanned! {ty.span()=> __idem_extractor::<#ty>(); }
+        });
+        quote! {
+            fn __idem_extractor<T: __idem_p::FromRequest>() {}
+            #(#checks)*
+        }
+    });
 
     quote! {
         #(#attrs)*
@@ -376,6 +387,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
             use #krate::__private as __idem_p;
 
             static __IDEM_ENDPOINT: __idem_p::Endpoint = __idem_p::Endpoint::new(#overrides);
+            #extractors
 
             __idem_p::run(
                 &__IDEM_ENDPOINT,
