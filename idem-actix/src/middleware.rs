@@ -16,6 +16,7 @@ use idem_core::Overrides;
 
 use crate::functions::Functions;
 use crate::handler::{bypasses, keyed, taken, Endpoint, Reply};
+use crate::scope::ScopeFunction;
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
 /// `#[idempotent]`.
@@ -107,6 +108,22 @@ impl Idempotency {
     /// [`KeyFn`](crate::KeyFn)), as `#[idempotent(key = f)]` does.
     pub fn with_key_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<String>) -> Self {
         self.functions.key = Some(f);
+        self
+    }
+
+    /// Scopes each request's key by what `f` finds in it (the caller's tenant, say), as
+    /// `#[idempotent(scope = f)]` does; a request in which it finds nothing gets 400
+    /// `idempotency_scope_missing`. `name` stands for the function in store keys, where the
+    /// attribute uses the function's path: give each function a name of its own (two under
+    /// one name, returning the same string, share keys), and keep it when the function
+    /// moves, or keys recorded before no longer match. See [`ScopeFn`](crate::ScopeFn) for
+    /// what a scope function may safely read.
+    pub fn with_scope_fn(
+        mut self,
+        name: &'static str,
+        f: fn(&HttpRequest) -> Option<String>,
+    ) -> Self {
+        self.functions.scope = Some(ScopeFunction::new(&f, name, f));
         self
     }
 

@@ -61,9 +61,9 @@ mod valid;
 ///
 /// Every argument but `key = my_fn`, `fingerprint = my_fn`, `scope = my_fn` and `on_replay` has
 /// a field of [`Policy`] of the same meaning, which the [`Idempotency`] middleware takes in its
-/// `.with_overrides(..)` and an application in `IdempotencyConfig::with_defaults`; the key and
-/// fingerprint functions and `on_replay` have methods of their own there, and a scope function
-/// has no middleware form (scope by `Scope::Principal` there).
+/// `.with_overrides(..)` and an application in `IdempotencyConfig::with_defaults`; the
+/// functions have methods of their own there (a scope function with a name that stands for
+/// it in store keys, `.with_scope_fn("tenant", tenant)`).
 ///
 /// [`Policy`]: ../idem_actix/struct.Policy.html
 /// [`Idempotency`]: ../idem_actix/struct.Idempotency.html

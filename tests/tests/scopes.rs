@@ -460,3 +460,26 @@ async fn the_middleware_form_inside_out_refuses_instead_of_sharing_a_scope() {
     assert_error(&res, 400, "idempotency_scope_missing");
     assert_eq!(s.runs.get(), 0);
 }
+
+#[actix_web::test]
+async fn the_middleware_takes_a_scope_function_under_a_name_of_its_own() {
+    let s = serve(|cfg| {
+        cfg.service(
+            web::scope("/v1")
+                .wrap(Idempotency::new().with_scope_fn("tenant", tenant))
+                .route("/calls", web::post().to(plain_call)),
+        );
+    });
+    let call = |tenant: &str| keyed("/v1/calls", "k").header("X-Tenant", tenant);
+    let a1 = s.send(&call("acme")).await;
+    let a2 = s.send(&call("acme")).await;
+    let b = s.send(&call("globex")).await;
+    assert_eq!(a1.status, 201);
+    assert!(a2.replayed());
+    assert!(!b.replayed(), "another tenant's key never meets this one");
+    let none = s
+        .send(&keyed("/v1/calls", "k").header("Authorization", "Bearer t"))
+        .await;
+    assert_error(&none, 400, "idempotency_scope_missing");
+    assert_eq!(s.runs.get(), 2);
+}
