@@ -292,14 +292,37 @@ impl VisitMut for TypedReturns<'_> {
 /// given explicitly. A nested function cannot name `Self`: a type that does is left to the
 /// `Responder` bound of what the handler returns.
 fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
-    if mentions_self(ty.to_token_stream()) {
+    let ty_tokens = ty.to_token_stream();
+    if mentions(ty_tokens.clone(), &|ident| ident == "Self") {
         return quote!();
     }
-    let params = generics.params.iter().filter_map(|param| match param {
-        GenericParam::Type(param) => Some(&param.ident),
-        GenericParam::Const(param) => Some(&param.ident),
-        GenericParam::Lifetime(_) => None,
-    });
+    let params: Vec<&Ident> = generics
+        .params
+        .iter()
+        .filter_map(|param| match param {
+            GenericParam::Type(param) => Some(&param.ident),
+            GenericParam::Const(param) => Some(&param.ident),
+            GenericParam::Lifetime(_) => None,
+        })
+        .collect();
+    // Only a type that names the handler's own parameters needs them; their bounds may name
+    // an `impl` block's parameters, which the nested function could not.
+    if !mentions(ty_tokens, &|ident| params.contains(&ident)) {
+        return quote_spanned! {ty.span()=>
+            #[allow(unused_parens)]
+            fn __idem_output(_: &(#ty)) {}
+            __idem_output(&__idem_out);
+        };
+    }
+    // Bounds that name `Self` (or, unseen here, an `impl` block's parameters) cannot be
+    // repeated on a nested function: the check is left to `Responder`.
+    if mentions(generics.to_token_stream(), &|ident| ident == "Self")
+        || mentions(generics.where_clause.to_token_stream(), &|ident| {
+            ident == "Self"
+        })
+    {
+        return quote!();
+    }
     let where_clause = &generics.where_clause;
     quote_spanned! {ty.span()=>
         #[allow(unused_parens, clippy::extra_unused_type_parameters)]
@@ -308,11 +331,11 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     }
 }
 
-/// Whether `tokens` name `Self`.
-fn mentions_self(tokens: TokenStream) -> bool {
+/// Whether `tokens` hold an identifier `named` picks.
+fn mentions(tokens: TokenStream, named: &dyn Fn(&Ident) -> bool) -> bool {
     tokens.into_iter().any(|tt| match tt {
-        proc_macro2::TokenTree::Ident(ident) => ident == "Self",
-        proc_macro2::TokenTree::Group(group) => mentions_self(group.stream()),
+        proc_macro2::TokenTree::Ident(ident) => named(&ident),
+        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), named),
         _ => false,
     })
 }
@@ -365,6 +388,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let respond = quote_spanned! {respond_span=>
         __idem_p::respond(__idem_req, __idem_out)
     };
+    let stmts = &block.stmts;
     let functions = functions(args);
     let overrides = overrides(args);
     // Each argument is an extractor, checked on its own type, so that one that is not is
@@ -405,11 +429,11 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                             return __idem_p::fail(__idem_req, __idem_err);
                         }
                     };
-                    // With no arguments, the body's block stands alone in this one.
-                    #[allow(unused_braces)]
+                    // The body's statements, not its block: a block alone in this one would
+                    // be linted as needless braces on the handler's own lines.
                     let __idem_out #output = async move {
                         #(let #patterns: #types = #names;)*
-                        #block
+                        #(#stmts)*
                     }
                     .await;
                     #check_output

@@ -42,10 +42,11 @@ mod valid;
 /// (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included. A return type
 /// with an `impl Trait` in it (`impl Responder`, `Result<impl Responder, C::Error>` in a
 /// generic handler) is held to its bounds as without the attribute, by a function of its own
-/// generic over the handler's parameters. Such a function cannot name `Self` nor the
-/// parameters of an `impl` block around the handler: a return type that names `Self` is held
-/// to `Responder` only, and one that names a parameter of the `impl` block does not compile
-/// (name the type there, as in `Result<HttpResponse, T::Error>`).
+/// (generic over the handler's parameters when the type names them). Such a function cannot
+/// name `Self` nor the parameters of an `impl` block around the handler: a return type that
+/// names `Self` (or names the handler's parameters, whose bounds name `Self`) is held to
+/// `Responder` only, and one that names a parameter of the `impl` block does not compile (name
+/// the type there, as in `Result<HttpResponse, T::Error>`).
 ///
 /// # Arguments
 /// Every argument is optional; with none, the defaults of each section below apply. A bad value
