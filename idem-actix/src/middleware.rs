@@ -88,9 +88,10 @@ impl Idempotency {
     /// Overrides the app's settings for what this middleware wraps, as
     /// `#[idempotent(...)]` arguments do for one handler.
     ///
-    /// A key header that is not a header name (`p.header("Idempotency Key")`) makes the app
-    /// fail to start: actix reports `service initialization failed`, and the reason is logged
-    /// as a `tracing` error. The attribute refuses such a header at compile time.
+    /// A key header that is not a header name (`p.header("Idempotency Key")`), or a TTL under
+    /// [`Policy::MIN_TTL`](crate::Policy::MIN_TTL), makes the app fail to start: actix reports
+    /// `service initialization failed`, and the reason is logged as a `tracing` error. The
+    /// attribute refuses both at compile time.
     pub fn with_overrides(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
         self.overrides = configure(self.overrides);
         self
@@ -153,8 +154,9 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     /// Refuses to start (as actix-cors does with a bad setting) when the overrides name a key
-    /// header that is not a header name: the app fails to build, instead of reading keys from
-    /// another header than the one configured.
+    /// header that is not a header name, or a TTL that keeps no record: the app fails to
+    /// build, instead of reading keys from another header than the one configured, or running
+    /// every retry again.
     fn new_transform(&self, service: S) -> Self::Future {
         let endpoint = match Endpoint::parsed(self.overrides) {
             Ok(endpoint) => endpoint,
@@ -256,6 +258,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use actix_web::dev::fn_service;
 
     use super::*;
@@ -271,5 +275,19 @@ mod tests {
         };
         assert!(starts("X-Key").await);
         assert!(!starts("X Key").await);
+    }
+
+    #[actix_web::test]
+    async fn a_ttl_that_keeps_no_record_stops_the_app_from_starting() {
+        let starts = |ttl: Duration| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            let idempotency = Idempotency::new().with_overrides(|o| o.ttl(ttl));
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        assert!(starts(Duration::from_secs(60)).await);
+        assert!(!starts(Duration::ZERO).await);
+        assert!(!starts(Duration::from_micros(500)).await);
     }
 }

@@ -228,6 +228,11 @@ impl Policy {
     /// run. [`Policy::check`] refuses a shorter one, and the engine holds it for this long.
     pub const MIN_LEASE: Duration = Duration::from_millis(100);
 
+    /// The shortest TTL: records are kept by the millisecond, so a shorter one keeps none,
+    /// and every retry would run again. [`Policy::check`] refuses a shorter one, as the
+    /// attribute does.
+    pub const MIN_TTL: Duration = Duration::from_millis(1);
+
     /// Checks that this policy's settings agree with each other, and ask nothing of `store`
     /// that it cannot do.
     ///
@@ -237,7 +242,7 @@ impl Policy {
     /// [`PolicyError::SetCookieListed`] when `replay_headers` lists `Set-Cookie`;
     /// [`PolicyError::CodingDropped`] when `replay_headers` drops `Content-Encoding`;
     /// [`PolicyError::LeaseTooShort`] when the lease is shorter than [`Policy::MIN_LEASE`];
-    /// [`PolicyError::TtlZero`] when the TTL is zero;
+    /// [`PolicyError::TtlTooShort`] when the TTL is shorter than [`Policy::MIN_TTL`];
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
@@ -282,8 +287,8 @@ impl Policy {
         if self.lease < Self::MIN_LEASE {
             return Err(PolicyError::LeaseTooShort { lease: self.lease });
         }
-        if self.ttl.is_zero() {
-            return Err(PolicyError::TtlZero);
+        if self.ttl < Self::MIN_TTL {
+            return Err(PolicyError::TtlTooShort { ttl: self.ttl });
         }
         if let ReplayHeaders::Except(names) = self.replay_headers {
             if names
@@ -338,9 +343,12 @@ pub enum PolicyError {
         /// The lease.
         lease: Duration,
     },
-    /// The TTL is zero.
-    #[error("a TTL of zero keeps no record, so every retry would run again; give the time a retry may come in, such as 24h")]
-    TtlZero,
+    /// The TTL is shorter than [`Policy::MIN_TTL`].
+    #[error("a TTL of {ttl:?} keeps no record (records are kept by the millisecond), so every retry would run again; give the time a retry may come in, such as 24h")]
+    TtlTooShort {
+        /// The TTL.
+        ttl: Duration,
+    },
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -549,11 +557,15 @@ mod tests {
             Err(PolicyError::LeaseTooShort { lease: short })
         );
         assert_eq!(check(Policy::DEFAULT.lease(Policy::MIN_LEASE)), Ok(()));
-        // A record kept for no time replays nothing: every retry would run again.
-        assert_eq!(
-            check(Policy::DEFAULT.ttl(Duration::ZERO)),
-            Err(PolicyError::TtlZero)
-        );
+        // A record kept for no time replays nothing: every retry would run again. Records
+        // are kept by the millisecond, so under one is none.
+        for ttl in [Duration::ZERO, Duration::from_micros(999)] {
+            assert_eq!(
+                check(Policy::DEFAULT.ttl(ttl)),
+                Err(PolicyError::TtlTooShort { ttl })
+            );
+        }
+        assert_eq!(check(Policy::DEFAULT.ttl(Policy::MIN_TTL)), Ok(()));
         assert_eq!(
             check(Policy::DEFAULT.fingerprint_headers(&["Content-Type", "X Bad"])),
             Err(PolicyError::InvalidHeader("X Bad"))

@@ -70,7 +70,10 @@ impl Endpoint {
         if let Some(name) = overrides.header {
             let _ = endpoint.header.set(Some(parse_header(name)?));
         }
-        Ok(endpoint)
+        match overrides.ttl {
+            Some(ttl) if ttl < Policy::MIN_TTL => Err(PolicyError::TtlTooShort { ttl }),
+            _ => Ok(endpoint),
+        }
     }
 
     /// Warns, once, that an `Idempotency` middleware around this attributed handler claims its
