@@ -170,8 +170,6 @@ mod tests {
         ));
     }
 
-    /// What tells an in-flight conflict from a mismatch is that `Retry-After` is there; a
-    /// value the client cannot read is waited out with the backoff instead.
     #[test]
     fn a_gateways_502_and_504_are_retried() {
         for status in [502, 504] {
@@ -193,6 +191,8 @@ mod tests {
         ));
     }
 
+    /// What tells an in-flight conflict from a mismatch is that `Retry-After` is there; a
+    /// value the client cannot read is waited out with the backoff instead.
     #[test]
     fn an_in_flight_conflict_with_an_unreadable_retry_after_is_retried() {
         assert_eq!(

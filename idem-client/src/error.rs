@@ -82,7 +82,7 @@ pub enum Error {
         message: Option<String>,
     },
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
-    /// 503, 409 while in flight). The operation may have run once, and never more: send it
+    /// 502, 503, 504, 409 while in flight). The operation may have run once, and never more: send it
     /// again later with the same key to learn its outcome.
     #[error("gave up after {attempts} attempts in {} ms, the last {last}: send the operation again later with the same idempotency key ({key}) to get its outcome", .elapsed.as_millis())]
     GaveUp {
@@ -120,7 +120,7 @@ impl Error {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Failure {
-    /// The server answered with a status worth retrying (503, or 409 while in flight).
+    /// The server answered with a status worth retrying (502, 503, 504, or 409 while in flight).
     Status {
         /// The status.
         status: StatusCode,

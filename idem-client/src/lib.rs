@@ -66,7 +66,7 @@
 //! | 2xx, or any other answer of the application (its 4xx and 5xx but 502, 503 and 504) | hands it back as a [`Response`]; [`Response::replayed`] tells a replay |
 //! | connection refused, reset or broken mid-answer; attempt timed out | retries |
 //! | 503 (store unavailable, overloaded, or the application's) | retries, after its `Retry-After` |
-//! | 502 or 504 (a gateway in front gave up, while the server may still run the operation) | retries, after its `Retry-After` if any: the retry gets the replay, or waits while the first attempt runs |
+//! | 502 or 504 (a gateway in front gave up, while the server may still run the operation; or the application's own) | retries, after its `Retry-After` if any: the retry gets the replay, or waits while the first attempt runs; after the application's own 5xx (never recorded) it runs again |
 //! | 409 `idempotency_conflict` with `Retry-After`: the first attempt still runs | retries, after its `Retry-After`, to get the replay |
 //! | 409 or 422 `idempotency_conflict` without `Retry-After`: the key was used with another request | [`Error::Mismatch`], never retried |
 //! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...) | [`Error::Refused`], never retried |

@@ -165,8 +165,10 @@ pub trait Store: Send + Sync + 'static {
     /// when `token` no longer holds the key.
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool>;
 
-    /// Whether requests run unprotected when this store fails, whatever their endpoint says.
-    /// `false` (fail closed) unless the store was configured otherwise.
+    /// Whether requests run unprotected when this store cannot be reached, whatever their
+    /// endpoint says. `false` (fail closed) unless the store was configured otherwise. Only
+    /// [`StoreError::Unavailable`] and [`StoreError::Timeout`] fail open: a store that answered
+    /// ([`StoreError::Corrupt`], [`StoreError::Contended`]) may hold the key taken.
     fn fails_open(&self) -> bool {
         false
     }
@@ -261,7 +263,11 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 }
 
 /// Why a store operation failed. The engine answers 503 `idempotency_store_unavailable`
-/// (fail closed) or runs unprotected (fail open).
+/// (fail closed), or, for an endpoint or store that fails open, runs the request unprotected
+/// when the store was not reached or did not answer ([`Unavailable`](Self::Unavailable),
+/// [`Timeout`](Self::Timeout)) and the store had not said the key was held. A store returns
+/// those two only then: an answer it cannot use is [`Corrupt`](Self::Corrupt) or
+/// [`Contended`](Self::Contended), which fail closed whatever the setting.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

@@ -658,7 +658,8 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Runs requests unprotected when Postgres fails, instead of answering 503. Default off.
+    /// Runs requests unprotected when Postgres cannot be reached or does not answer in time,
+    /// instead of answering 503 (see [`StoreError`]). Default off.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.fail_open = fail_open;
         self
