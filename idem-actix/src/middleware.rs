@@ -117,14 +117,16 @@ impl Idempotency {
     /// `idempotency_scope_missing`. `name` stands for the function in store keys, where the
     /// attribute uses the function's path: give each function a name of its own (two under
     /// one name, returning the same string, share keys), and keep it when the function
-    /// moves, or keys recorded before no longer match. See [`ScopeFn`](crate::ScopeFn) for
-    /// what a scope function may safely read.
+    /// moves, or keys recorded before no longer match. To keep the keys an attribute's
+    /// `scope = tenant` recorded, name it as the attribute does:
+    /// `std::any::type_name_of_val(&tenant)`. See [`ScopeFn`](crate::ScopeFn) for what a scope
+    /// function may safely read.
     pub fn with_scope_fn(
         mut self,
         name: &'static str,
         f: fn(&HttpRequest) -> Option<String>,
     ) -> Self {
-        self.functions.scope = Some(ScopeFunction::new(&f, name, f));
+        self.functions.scope = Some(ScopeFunction::named(name, f));
         self
     }
 

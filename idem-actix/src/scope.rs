@@ -123,6 +123,19 @@ impl ScopeFunction {
     }
 }
 
+impl ScopeFunction {
+    /// The scope function `find`, known by `name` (the middleware's, which has no path).
+    pub(crate) const fn named(
+        name: &'static str,
+        find: fn(&HttpRequest) -> Option<String>,
+    ) -> Self {
+        Self {
+            identity: name,
+            find,
+        }
+    }
+}
+
 impl fmt::Debug for ScopeFunction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ScopeFunction")

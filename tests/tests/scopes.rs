@@ -483,3 +483,32 @@ async fn the_middleware_takes_a_scope_function_under_a_name_of_its_own() {
     assert_error(&none, 400, "idempotency_scope_missing");
     assert_eq!(s.runs.get(), 2);
 }
+
+fn same_tenant(req: &HttpRequest) -> Option<String> {
+    tenant(req)
+}
+
+#[actix_web::test]
+async fn middleware_scope_functions_share_keys_only_under_one_name() {
+    let s = serve(|cfg| {
+        let wrapped = |path: &str, name: &'static str, f: fn(&HttpRequest) -> Option<String>| {
+            web::scope(path)
+                .wrap(
+                    Idempotency::new()
+                        .with_scope_fn(name, f)
+                        .with_overrides(|p| p.on_mismatch(idem_actix::OnMismatch::Replay)),
+                )
+                .route("/calls", web::post().to(plain_call))
+        };
+        cfg.service(wrapped("/a", "tenant", tenant))
+            .service(wrapped("/b", "same-tenant", same_tenant))
+            .service(wrapped("/c", "tenant", same_tenant));
+    });
+    let call = |path: &str| keyed(path, "k").header("X-Tenant", "acme");
+    assert_eq!(s.send(&call("/a/calls")).await.status, 201);
+    // Another name: another scope, whatever the function finds.
+    assert!(!s.send(&call("/b/calls")).await.replayed());
+    // The same name: the same scope (replayed, as a mismatch replays here).
+    assert!(s.send(&call("/c/calls")).await.replayed());
+    assert_eq!(s.runs.get(), 2);
+}
