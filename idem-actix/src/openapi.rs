@@ -1162,13 +1162,22 @@ mod tests {
 
     #[test]
     fn a_status_answered_outside_the_layer_is_not_documented_as_a_replay() {
-        let doc = applied(Contract::new().answered_outside([400]).operation(
-            HttpMethod::Post,
-            "/v1/calls",
-            |p| p,
-        ));
+        let mut doc = document();
+        let paths = &mut doc.paths.paths;
+        let post = paths.get_mut("/v1/calls").unwrap().post.as_mut().unwrap();
+        let unauthorized = ResponseBuilder::new().description("No token").build();
+        post.responses
+            .responses
+            .insert("401".into(), unauthorized.into());
+        Contract::new()
+            .answered_outside([401])
+            .operation(HttpMethod::Post, "/v1/calls", |p| p)
+            .apply(&mut doc)
+            .unwrap();
+        let doc = json(&doc);
         let responses = &doc["paths"]["/v1/calls"]["post"]["responses"];
-        assert!(responses["400"]["headers"]["Idempotent-Replayed"].is_null());
+        assert!(responses["401"]["headers"]["Idempotent-Replayed"].is_null());
+        assert!(responses["400"]["headers"]["Idempotent-Replayed"].is_object());
         assert!(responses["201"]["headers"]["Idempotent-Replayed"].is_object());
     }
 
