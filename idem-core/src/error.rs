@@ -109,11 +109,12 @@ pub enum IdempotencyError {
     StoreUnavailable(#[source] StoreError),
     /// The operation completed, but its response was too large to keep, so it cannot be
     /// replayed; it does not run again either.
-    #[error("the request with this idempotency key completed with status {status}, but its response of {size} bytes was larger than this endpoint keeps, so it cannot be replayed; it will not run again, so look its result up instead of retrying")]
+    #[error("the request with this idempotency key completed with status {status}, but {}, so it cannot be replayed; it will not run again, so look its result up instead of retrying", not_kept(.size))]
     ResponseTooLarge {
         /// The first response's status.
         status: u16,
-        /// Its size in bytes.
+        /// Its size in bytes; 0 for a streamed body an endpoint that keeps none
+        /// (`max_response = 0`) sent on unread.
         size: u64,
     },
     /// The first response was sent in a content coding (such as gzip) that this request does
@@ -143,6 +144,14 @@ pub enum IdempotencyError {
         /// Why, and what the app's author should change: for the server's log.
         reason: &'static str,
     },
+}
+
+/// Why a completed response cannot be replayed, by its recorded `size`.
+fn not_kept(size: &u64) -> String {
+    match size {
+        0 => "its response was not kept (this endpoint keeps no response body)".to_owned(),
+        size => format!("its response of {size} bytes was larger than this endpoint keeps"),
+    }
 }
 
 impl IdempotencyError {

@@ -659,9 +659,8 @@ mod valid;
 ///
 /// A streamed body is read until it ends or passes this bound before the response goes out,
 /// so that it can be kept. For a stream the client must get as it comes (server-sent events),
-/// give `max_response = 0`: no body is kept, the response goes out with its first piece (its
-/// head waits for that piece) and each piece after as it comes, and the key is
-/// recorded as completed once the stream starts.
+/// give `max_response = 0`: no body is kept, the response goes out at once and each piece as
+/// it comes, and the key is recorded as completed as the stream starts.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

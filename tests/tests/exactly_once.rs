@@ -238,8 +238,8 @@ struct Stream {
     gate: Arc<Semaphore>,
 }
 
-/// Streams `X-Pieces` chunks of `X-Chunk` bytes (1 KiB by default), the second after the
-/// gate opens.
+/// Streams `X-Pieces` chunks of `X-Chunk` bytes (1 KiB by default), the one numbered
+/// `X-Gate-At` (from 0; the second by default) after the gate opens.
 #[idempotent(max_response = 1536, lease = "300ms")]
 async fn streamed(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
     streamed_body(probe, req)
@@ -252,9 +252,10 @@ fn streamed_body(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
             .get(name)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
     };
-    let (pieces, chunk) = (
+    let (pieces, chunk, gate_at) = (
         number("x-pieces").unwrap_or(1),
         number("x-chunk").unwrap_or(1024),
+        number("x-gate-at").unwrap_or(1),
     );
     let gate = Arc::clone(&probe.gate);
     let body = stream::unfold(0, move |i| {
@@ -263,7 +264,7 @@ fn streamed_body(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
             if i == pieces {
                 return None;
             }
-            if i == 1 {
+            if i == gate_at {
                 gate.acquire().await.unwrap().forget();
             }
             Some((
@@ -356,6 +357,51 @@ async fn a_stream_that_keeps_nothing_goes_out_as_it_comes_and_is_never_run_twice
     assert!(
         got.windows(1024).any(|w| w == [b'b'; 1024]),
         "the rest follows"
+    );
+    assert_eq!(probe.runs.get(), 1);
+}
+
+#[actix_web::test]
+async fn a_stream_that_keeps_nothing_sends_its_head_before_its_first_piece() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, probe) = stream_server();
+    let request = || {
+        call("/events", "quiet-first")
+            .header("X-Pieces", "1")
+            .header("X-Gate-At", "0")
+    };
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(&request().to_bytes()).await.unwrap();
+    // A stream of events that is quiet at first: its head is not held back for a piece.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the head before the first piece");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let retry = request().send(server.addr).await;
+    assert_error(&retry, 409, "idempotency_response_too_large");
+    let message = retry.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("not kept"), "{message}");
+    probe.gate.add_permits(1);
+    conn.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got.windows(1024).any(|w| w == [b'a'; 1024]),
+        "the piece follows"
     );
     assert_eq!(probe.runs.get(), 1);
 }

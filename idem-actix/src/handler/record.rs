@@ -224,10 +224,14 @@ async fn collect(body: BoxBody, limit: usize) -> Result<Collected, Box<dyn StdEr
         }
         Err(body) => body,
     };
-    if let BodySize::Sized(size) = body.size() {
-        if size > limit as u64 {
+    match body.size() {
+        BodySize::Sized(size) if size > limit as u64 => {
             return Ok(Collected::Overflow { body, size });
         }
+        // Nothing of it is kept: sent on unread, so that its head does not wait for a piece
+        // (a stream of events may be quiet at first).
+        BodySize::Stream if limit == 0 => return Ok(Collected::Overflow { body, size: 0 }),
+        _ => {}
     }
     let mut read = BytesMut::new();
     while let Some(chunk) = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
