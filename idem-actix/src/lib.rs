@@ -171,4 +171,18 @@ pub mod __private {
         BodyForm, CachePolicy, ErrorFormat, KeySource, OnInFlight, OnMismatch, OnStoreError,
         Overrides, ReplayHeaders, Scope,
     };
+
+    /// An argument of an `#[idempotent]` handler: an extractor, said in the attribute's words
+    /// when it is not one.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an extractor, so it cannot be an argument of an `#[idempotent]` handler",
+        label = "not an extractor (`FromRequest`)",
+        note = "take a request body as `web::Json<{Self}>`, `web::Form<{Self}>` or `web::Bytes`, and shared state as `web::Data<{Self}>`"
+    )]
+    pub trait Extractor {}
+
+    impl<T: FromRequest> Extractor for T {}
+
+    /// Checks that `T` is an extractor, where the handler names it.
+    pub fn extractor<T: Extractor>() {}
 }

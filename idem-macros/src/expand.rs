@@ -395,12 +395,9 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     // reported there first (the tuple of all of them is reported on the attribute).
     let extractors = (!types.is_empty()).then(|| {
         let checks = types.iter().map(|ty| {
-            quote_spanned! {ty.span()=> __idem_extractor::<#ty>(); }
+            quote_spanned! {ty.span()=> __idem_p::extractor::<#ty>(); }
         });
-        quote! {
-            fn __idem_extractor<T: __idem_p::FromRequest>() {}
-            #(#checks)*
-        }
+        quote! { #(#checks)* }
     });
 
     quote! {
