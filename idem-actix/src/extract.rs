@@ -2,7 +2,6 @@
 
 use std::future::{ready, Ready};
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -72,9 +71,7 @@ impl std::fmt::Display for IdempotencyKey {
 ///
 /// It answers 400 `idempotency_key_missing`, rendered as the application renders the layer's
 /// errors ([`IdempotencyConfig::with_error_renderer`](crate::IdempotencyConfig::with_error_renderer)),
-/// with the request's `X-Request-ID`. A request that did send a key in the application's
-/// header, which no layer took (the handler has no `#[idempotent]`, or its middleware skips
-/// the method), gets the same answer, and the server logs the cause once, as an error.
+/// with the request's `X-Request-ID`.
 #[derive(Clone)]
 pub struct NoIdempotencyKey {
     config: IdempotencyConfig,
@@ -106,27 +103,10 @@ impl ResponseError for NoIdempotencyKey {
 }
 
 impl NoIdempotencyKey {
-    /// The refusal of `req`, which no layer admitted with a key.
-    ///
-    /// When `req` carries the application's key header all the same, no layer took the key:
-    /// the handler has no `#[idempotent]`, its `Idempotency` middleware skips this method, or
-    /// its endpoint reads its key from another header. The first two are the server's to
-    /// mend, so it is logged (once).
+    /// The refusal of `req`, which has no key.
     pub(crate) fn of(req: &HttpRequest) -> Self {
-        let config = IdempotencyConfig::of(req).clone();
-        if req.headers().contains_key(config.header()) {
-            static WARNED: AtomicBool = AtomicBool::new(false);
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    path = req.path(),
-                    method = %req.method(),
-                    header = %config.header(),
-                    "a handler takes IdempotencyKey (or a Transaction), but no idempotency layer handled this request, which has a key in the application's header: put #[idempotent] on the handler, or wrap it in an Idempotency middleware that takes this method (unless its endpoint reads its key from another header); the request is refused as having no key"
-                );
-            }
-        }
         Self {
-            config,
+            config: IdempotencyConfig::of(req).clone(),
             request_id: RequestId::of(req),
         }
     }

@@ -154,26 +154,3 @@ async fn a_replay_header_list_never_strips_the_coding_of_a_recorded_body() {
     assert_eq!(retry.header("content-type"), Some("text/plain"));
     assert_eq!(runs.get(), 1);
 }
-
-async fn takes_its_key(key: idem_actix::IdempotencyKey) -> HttpResponse {
-    HttpResponse::Created().body(key.to_string())
-}
-
-#[actix_web::test]
-async fn a_key_extractor_that_no_layer_serves_is_warned_about_once_when_a_key_is_sent() {
-    let warnings = Warnings::installed();
-    let idem = IdempotencyConfig::new(MokaStore::new());
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(idem.clone())
-            .route("/unserved", web::post().to(takes_its_key));
-    });
-    let text = "no idempotency layer handled this request";
-    let res = call("/unserved", "one").send(server.addr).await;
-    assert_error(&res, 400, "idempotency_key_missing");
-    call("/unserved", "two").send(server.addr).await;
-    assert_eq!(warnings.containing(text), 1, "warned once, not per request");
-    // Without a key, the refusal is the client's to mend: nothing more to warn of.
-    let bare = RawRequest::post("/unserved").send(server.addr).await;
-    assert_error(&bare, 400, "idempotency_key_missing");
-    assert_eq!(warnings.containing(text), 1);
-}
