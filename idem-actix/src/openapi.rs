@@ -651,7 +651,7 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
     let store_unavailable = match policy.on_store_error {
         // Failing open runs unprotected only when the store cannot be reached.
         OnStoreError::FailOpen => "the idempotency store answered with a record it cannot read, or could not claim the key for other claims of it at the same moment; nothing ran",
-        _ => "the idempotency store cannot be reached, or answered with a record it cannot read; nothing ran",
+        _ => "the idempotency store cannot be reached, answered with a record it cannot read, or could not claim the key for other claims of it at the same moment; nothing ran",
     };
     responses.push(LayerResponse {
         status: 503,

@@ -426,10 +426,12 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                             return __idem_p::fail(__idem_req, __idem_err);
                         }
                     };
-                    // The body's statements, not its block: a block alone in this one would
-                    // be linted as needless braces on the handler's own lines.
+                    // The arguments outside the body's scope, so that its items (a `use`, a
+                    // `struct`) do not change what their types name; the body's statements,
+                    // not its block, which alone in this one would be linted as needless
+                    // braces on the handler's own lines.
+                    #(let #patterns: #types = #names;)*
                     let __idem_out #output = async move {
-                        #(let #patterns: #types = #names;)*
                         #(#stmts)*
                     }
                     .await;

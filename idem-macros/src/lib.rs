@@ -45,8 +45,9 @@ mod valid;
 /// (generic over the handler's parameters when the type names them). Such a function cannot
 /// name `Self` nor the parameters of an `impl` block around the handler: a return type that
 /// names `Self` (or names the handler's parameters, whose bounds name `Self`) is held to
-/// `Responder` only, and one that names a parameter of the `impl` block does not compile (name
-/// the type there, as in `Result<HttpResponse, T::Error>`).
+/// `Responder` only, and one that names a parameter of the `impl` block, or names the
+/// handler's parameters whose bounds name the block's, does not compile (name the type there,
+/// as in `Result<HttpResponse, C::Error>`).
 ///
 /// # Arguments
 /// Every argument is optional; with none, the defaults of each section below apply. A bad value
@@ -660,7 +661,9 @@ mod valid;
 /// A streamed body is read until it ends or passes this bound before the response goes out,
 /// so that it can be kept. For a stream the client must get as it comes (server-sent events),
 /// give `max_response = 0`: no body is kept, the response goes out at once and each piece as
-/// it comes, and the key is recorded as completed as the stream starts.
+/// it comes, and the key is recorded as completed before the first piece is read. So a stream
+/// that fails at once is not released (its retries get 409 `idempotency_response_too_large`,
+/// as do those of an empty stream).
 ///
 /// ```
 /// # extern crate idem as idem_actix;
