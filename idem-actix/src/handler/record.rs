@@ -462,10 +462,25 @@ mod tests {
             panic!("ten streamed bytes fit a limit of ten");
         };
         assert_eq!(&whole[..], b"abcdefghij");
-        let Ok(Collected::Whole(empty)) = collect(streamed(&[]), 0).now_or_never().unwrap() else {
+        let Ok(Collected::Whole(empty)) = collect(streamed(&[]), 1).now_or_never().unwrap() else {
             panic!("an empty stream is an empty body");
         };
         assert!(empty.is_empty());
+    }
+
+    /// With nothing to keep (`max_response = 0`), a stream is not read before it is sent on,
+    /// so that its head goes out at once, even if it is empty.
+    #[test]
+    fn a_stream_under_a_limit_of_nothing_is_sent_on_unread() {
+        for pieces in [&[][..], &[&b"abc"[..]][..]] {
+            let Ok(Collected::Overflow { body, size }) =
+                collect(streamed(pieces), 0).now_or_never().unwrap()
+            else {
+                panic!("a limit of nothing keeps nothing of {pieces:?}");
+            };
+            assert_eq!(size, 0, "nothing read");
+            assert_eq!(drained(body), pieces.concat());
+        }
     }
 
     #[test]
