@@ -282,17 +282,17 @@ pub async fn eventually(condition: impl Fn() -> bool) {
 }
 
 /// Asserts that `res` is an error of the layer with `status` and `code` in the default
-/// envelope, whose `request_id` is the response's `X-Request-ID`.
-pub fn assert_error(res: &RawResponse, status: u16, code: &str) {
+/// envelope, whose `request_id` is the response's `X-Request-ID`, and returns its message.
+pub fn assert_error(res: &RawResponse, status: u16, code: &str) -> String {
     assert_eq!(res.status, status, "{}", String::from_utf8_lossy(&res.body));
     assert_eq!(res.header("content-type"), Some("application/json"));
     let body = res.json();
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .is_some_and(|m| !m.is_empty()));
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{body}");
     let id = res.header("x-request-id").expect("X-Request-ID");
     assert_eq!(body["request_id"], id);
+    message.to_owned()
 }
 
 /// Asserts that `res` is an error of the layer with `status` and `code` as RFC 9457

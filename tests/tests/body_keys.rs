@@ -172,8 +172,7 @@ async fn a_body_key_follows_the_key_rules(served: Served) {
         (r#"{"event":{"id":true}}"#, "a boolean"),
     ] {
         let res = served.send(&event("/webhook", body)).await;
-        assert_error(&res, 400, "idempotency_key_invalid");
-        let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+        let message = assert_error(&res, 400, "idempotency_key_invalid");
         assert!(
             message.contains("at /event/id in the JSON body"),
             "{what}: {message}"
@@ -212,11 +211,7 @@ async fn without_a_key_the_request_runs_unless_one_is_required(served: Served) {
     }
     assert_eq!(served.runs.get(), 3, "each ran, unprotected");
     let missing = served.send(&event("/strict", r#"{"event":{}}"#)).await;
-    assert_error(&missing, 400, "idempotency_key_missing");
-    let message = missing.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = assert_error(&missing, 400, "idempotency_key_missing");
     assert!(message.contains("/event/id"), "{message}");
     assert_eq!(served.runs.get(), 3);
 }
@@ -247,11 +242,7 @@ async fn a_key_function_finds_the_key(served: Served) {
     let none = served.send(&event("/delivery", "no delivery line")).await;
     assert_eq!(none.body, b"run 2 for none");
     let invalid = served.send(&event("/delivery", "delivery: d 1")).await;
-    assert_error(&invalid, 400, "idempotency_key_invalid");
-    let message = invalid.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = assert_error(&invalid, 400, "idempotency_key_invalid");
     assert!(message.contains("key function"), "{message}");
 }
 

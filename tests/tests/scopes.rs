@@ -421,8 +421,7 @@ async fn without_an_authentication_middleware_the_principal_scope_is_missing() {
         cfg.service(web::scope("/v1").service(principal_call));
     });
     let res = s.send(&as_user("/v1/calls", "ada-laptop", "k")).await;
-    assert_error(&res, 400, "idempotency_scope_missing");
-    let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+    let message = assert_error(&res, 400, "idempotency_scope_missing");
     assert!(
         message.contains("an authentication middleware must")
             && message.contains("before the idempotency layer runs"),

@@ -108,11 +108,8 @@ async fn same_key_different_body_is_a_409_conflict_in_the_error_envelope() {
     let s = setup();
     call("k1", "agent_a").send(s.server.addr).await;
     let res = call("k1", "agent_b").send(s.server.addr).await;
-    assert_error(&res, 409, "idempotency_conflict");
-    assert!(res.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("different request"));
+    let message = assert_error(&res, 409, "idempotency_conflict");
+    assert!(message.contains("different request"), "{message}");
     assert_eq!(s.probe.runs.get(), 1);
 }
 
@@ -125,11 +122,8 @@ async fn same_key_while_running_is_a_409_conflict() {
     };
     eventually(|| s.probe.runs.get() == 1).await;
     let res = call("k1", "a").send(s.server.addr).await;
-    assert_error(&res, 409, "idempotency_conflict");
-    assert!(res.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("still being processed"));
+    let message = assert_error(&res, 409, "idempotency_conflict");
+    assert!(message.contains("still being processed"), "{message}");
     assert!(res.header("retry-after").is_some());
     s.probe.gate.add_permits(1);
     assert_eq!(first.await.unwrap().status, 201);
