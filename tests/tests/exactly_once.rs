@@ -319,82 +319,93 @@ async fn a_duplicate_while_the_body_streams_conflicts_instead_of_running() {
     assert_eq!(retry.body, first.body, "the streamed body replays");
 }
 
+/// A connection to `addr` on which `request` was sent, and what it answered so far.
+struct Open {
+    conn: tokio::net::TcpStream,
+    got: Vec<u8>,
+}
+
+impl Open {
+    async fn send(addr: std::net::SocketAddr, request: &RawRequest) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(&request.to_bytes()).await.unwrap();
+        Self {
+            conn,
+            got: Vec::new(),
+        }
+    }
+
+    /// Reads until the answer holds `wanted`, which must come within 10 s (`what` says what
+    /// it is), while the rest of the answer may not have come yet.
+    async fn read_until(&mut self, wanted: &[u8], what: &str) {
+        use tokio::io::AsyncReadExt;
+        let (conn, got) = (&mut self.conn, &mut self.got);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !got.windows(wanted.len()).any(|w| w == wanted) {
+                let mut buf = [0; 4096];
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    }
+
+    /// Asserts that the answer so far starts with `line`.
+    fn assert_status_line(&self, line: &[u8]) {
+        assert!(
+            self.got.starts_with(line),
+            "{:?}",
+            String::from_utf8_lossy(&self.got)
+        );
+    }
+
+    /// Reads the rest of the answer.
+    async fn read_to_end(&mut self) {
+        use tokio::io::AsyncReadExt;
+        self.conn.read_to_end(&mut self.got).await.unwrap();
+    }
+}
+
 #[actix_web::test]
 async fn a_stream_that_keeps_nothing_goes_out_as_it_comes_and_is_never_run_twice() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let (server, probe) = stream_server();
     let request = || call("/events", "events").header("X-Pieces", "2");
-    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    conn.write_all(&request().to_bytes()).await.unwrap();
+    let mut open = Open::send(server.addr, &request()).await;
     // The head and the first piece arrive while the second waits behind the gate.
-    let mut got = Vec::new();
-    let first_piece = [b'a'; 1024];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !got.windows(1024).any(|w| w == first_piece) {
-            let mut buf = [0; 4096];
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the connection closed early");
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("the first piece before the stream ends");
-    assert!(
-        got.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&got)
-    );
+    open.read_until(&[b'a'; 1024], "the first piece before the stream ends")
+        .await;
+    open.assert_status_line(b"HTTP/1.1 200");
     // A retry meanwhile does not run it again.
     let retry = request().send(server.addr).await;
     assert_error(&retry, 409, "idempotency_response_too_large");
     probe.gate.add_permits(1);
-    conn.read_to_end(&mut got).await.unwrap();
-    assert!(
-        got.windows(1024).any(|w| w == [b'b'; 1024]),
-        "the rest follows"
-    );
+    open.read_until(&[b'b'; 1024], "the rest follows").await;
+    open.read_to_end().await;
     assert_eq!(probe.runs.get(), 1);
 }
 
 #[actix_web::test]
 async fn a_stream_that_keeps_nothing_sends_its_head_before_its_first_piece() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let (server, probe) = stream_server();
     let request = || {
         call("/events", "quiet-first")
             .header("X-Pieces", "1")
             .header("X-Gate-At", "0")
     };
-    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    conn.write_all(&request().to_bytes()).await.unwrap();
+    let mut open = Open::send(server.addr, &request()).await;
     // A stream of events that is quiet at first: its head is not held back for a piece.
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut buf = [0; 4096];
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the connection closed early");
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("the head before the first piece");
-    assert!(
-        got.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&got)
-    );
+    open.read_until(b"\r\n\r\n", "the head before the first piece")
+        .await;
+    open.assert_status_line(b"HTTP/1.1 200");
     let retry = request().send(server.addr).await;
     let message = assert_error(&retry, 409, "idempotency_response_too_large");
     assert!(message.contains("not kept"), "{message}");
     probe.gate.add_permits(1);
-    conn.read_to_end(&mut got).await.unwrap();
-    assert!(
-        got.windows(1024).any(|w| w == [b'a'; 1024]),
-        "the piece follows"
-    );
+    open.read_until(&[b'a'; 1024], "the piece follows").await;
+    open.read_to_end().await;
     assert_eq!(probe.runs.get(), 1);
 }
 
