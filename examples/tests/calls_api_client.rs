@@ -58,6 +58,17 @@ struct Attempt {
     nth: usize,
 }
 
+impl Attempt {
+    /// `fault` for each operation's first request, the rest passed.
+    fn first(self, fault: Fault) -> Fault {
+        if self.nth == 0 {
+            fault
+        } else {
+            Fault::Pass
+        }
+    }
+}
+
 /// A loopback HTTP/1.1 proxy in front of `calls-api` that applies `schedule` to each request,
 /// by its operation and attempt, and notes every request it saw.
 ///
@@ -279,14 +290,7 @@ fn call_id(response: &Response) -> String {
 async fn an_answer_lost_to_a_reset_after_the_call_ran_is_replayed_to_the_retry() {
     let api = CallsApi::start(None).await;
     // The first attempt of each operation is lost after the server ran it.
-    let proxy = Proxy::start(api.addr, |attempt| {
-        if attempt.nth == 0 {
-            Fault::ResetAfterAnswer
-        } else {
-            Fault::Pass
-        }
-    })
-    .await;
+    let proxy = Proxy::start(api.addr, |attempt| attempt.first(Fault::ResetAfterAnswer)).await;
     let client = quick().build().unwrap();
     let mut ids = BTreeSet::new();
     for _ in 0..5 {
@@ -307,14 +311,7 @@ async fn an_answer_lost_to_a_reset_after_the_call_ran_is_replayed_to_the_retry()
 #[tokio::test]
 async fn a_connection_reset_before_the_request_arrived_is_retried_into_one_run() {
     let api = CallsApi::start(None).await;
-    let proxy = Proxy::start(api.addr, |attempt| {
-        if attempt.nth == 0 {
-            Fault::ResetBefore
-        } else {
-            Fault::Pass
-        }
-    })
-    .await;
+    let proxy = Proxy::start(api.addr, |attempt| attempt.first(Fault::ResetBefore)).await;
     let client = quick().build().unwrap();
     for _ in 0..3 {
         let call = create(&client, &proxy.url("/v1/calls"), "resets")
@@ -367,14 +364,7 @@ async fn a_call_slower_than_the_timeout_runs_once_and_the_retry_waits_out_its_re
 #[tokio::test]
 async fn a_gateway_timeout_while_the_call_runs_on_is_retried_into_its_replay() {
     let api = CallsApi::start(None).await;
-    let proxy = Proxy::start(api.addr, |attempt| {
-        if attempt.nth == 0 {
-            Fault::GatewayTimeout
-        } else {
-            Fault::Pass
-        }
-    })
-    .await;
+    let proxy = Proxy::start(api.addr, |attempt| attempt.first(Fault::GatewayTimeout)).await;
     let client = quick().build().unwrap();
     let call = client
         .post(proxy.url("/v1/calls"))
