@@ -169,29 +169,30 @@ async fn scoped(runs: web::Data<Counter>) -> HttpResponse {
     HttpResponse::Created().body(format!("run {}", runs.bump()))
 }
 
+/// What a scope by `X-Tenant` ([`tenant`]) does at `path`: one tenant's retry replays, another
+/// tenant's key never meets it, and a request without a tenant is refused, never shared.
+async fn tenant_suite(s: &idem_tests::Served, path: &str) {
+    // No Authorization at all: the scope function is the only source of scope.
+    let call = |tenant: &str| keyed(path, "k").header("X-Tenant", tenant);
+    let a1 = s.send(&call("acme")).await;
+    let a2 = s.send(&call("acme")).await;
+    let b = s.send(&call("globex")).await;
+    assert_eq!(a1.status, 201);
+    assert!(a2.replayed());
+    assert!(!b.replayed(), "another tenant's key never meets this one");
+    let none = s
+        .send(&keyed(path, "k").header("Authorization", "Bearer t"))
+        .await;
+    assert_error(&none, 400, "idempotency_scope_missing");
+    assert_eq!(s.runs.get(), 2);
+}
+
 #[actix_web::test]
 async fn a_custom_scope_function_decides_whose_key_it_is() {
     let s = serve(|cfg| {
         cfg.service(scoped);
     });
-    // No Authorization at all: the scope function is the only source of scope.
-    let a1 = s
-        .send(&keyed("/scoped", "k").header("X-Tenant", "acme"))
-        .await;
-    let a2 = s
-        .send(&keyed("/scoped", "k").header("X-Tenant", "acme"))
-        .await;
-    let b = s
-        .send(&keyed("/scoped", "k").header("X-Tenant", "globex"))
-        .await;
-    assert_eq!(a1.status, 201);
-    assert!(a2.replayed());
-    assert!(!b.replayed(), "another tenant's key never meets this one");
-    let none = s
-        .send(&keyed("/scoped", "k").header("Authorization", "Bearer t"))
-        .await;
-    assert_error(&none, 400, "idempotency_scope_missing");
-    assert_eq!(s.runs.get(), 2);
+    tenant_suite(&s, "/scoped").await;
 }
 
 fn tenant(req: &HttpRequest) -> Option<String> {
@@ -469,18 +470,7 @@ async fn the_middleware_takes_a_scope_function_under_a_name_of_its_own() {
                 .route("/calls", web::post().to(plain_call)),
         );
     });
-    let call = |tenant: &str| keyed("/v1/calls", "k").header("X-Tenant", tenant);
-    let a1 = s.send(&call("acme")).await;
-    let a2 = s.send(&call("acme")).await;
-    let b = s.send(&call("globex")).await;
-    assert_eq!(a1.status, 201);
-    assert!(a2.replayed());
-    assert!(!b.replayed(), "another tenant's key never meets this one");
-    let none = s
-        .send(&keyed("/v1/calls", "k").header("Authorization", "Bearer t"))
-        .await;
-    assert_error(&none, 400, "idempotency_scope_missing");
-    assert_eq!(s.runs.get(), 2);
+    tenant_suite(&s, "/v1/calls").await;
 }
 
 fn same_tenant(req: &HttpRequest) -> Option<String> {
