@@ -393,11 +393,8 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let overrides = overrides(args);
     // Each argument is an extractor, checked on its own type, so that one that is not is
     // reported there first (the tuple of all of them is reported on the attribute).
-    let extractors = (!types.is_empty()).then(|| {
-        let checks = types.iter().map(|ty| {
-            quote_spanned! {ty.span()=> __idem_p::extractor::<#ty>(); }
-        });
-        quote! { #(#checks)* }
+    let extractors = types.iter().map(|ty| {
+        quote_spanned! {ty.span()=> __idem_p::extractor::<#ty>(); }
     });
 
     quote! {
@@ -408,7 +405,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
             use #krate::__private as __idem_p;
 
             static __IDEM_ENDPOINT: __idem_p::Endpoint = __idem_p::Endpoint::new(#overrides);
-            #extractors
+            #(#extractors)*
 
             __idem_p::run(
                 &__IDEM_ENDPOINT,
