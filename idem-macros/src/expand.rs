@@ -15,7 +15,7 @@ use syn::{Expr, ExprReturn, FnArg, GenericParam, Ident, Item, ItemFn, ReturnType
 use crate::ast::{
     Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
 };
-use crate::valid::contains_impl;
+use crate::valid::{contains_impl, mentions};
 
 /// How long `in_flight = "wait"` waits without a `wait_timeout`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
@@ -288,9 +288,10 @@ impl VisitMut for TypedReturns<'_> {
 
 /// Checks `__idem_out` against a return type `ty` that holds an `impl Trait`, as the
 /// signature did: by a nested function that takes `&ty`, so that each `impl Trait` in it is
-/// an argument's, with the handler's type and const parameters (and their bounds) as its own,
-/// given explicitly. A nested function cannot name `Self`: a type that does is left to the
-/// `Responder` bound of what the handler returns.
+/// an argument's; when `ty` names the handler's type or const parameters, with those (and
+/// their bounds) as the function's own, given explicitly. A nested function cannot name
+/// `Self`: a type, or bounds, that do are left to the `Responder` bound of what the handler
+/// returns.
 fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     let ty_tokens = ty.to_token_stream();
     if mentions(ty_tokens.clone(), &|ident| ident == "Self") {
@@ -329,15 +330,6 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
         fn __idem_output #generics (_: &(#ty)) #where_clause {}
         __idem_output::<#(#params),*>(&__idem_out);
     }
-}
-
-/// Whether `tokens` hold an identifier `named` picks.
-fn mentions(tokens: TokenStream, named: &dyn Fn(&Ident) -> bool) -> bool {
-    tokens.into_iter().any(|tt| match tt {
-        proc_macro2::TokenTree::Ident(ident) => named(&ident),
-        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), named),
-        _ => false,
-    })
 }
 
 /// The generated handler.

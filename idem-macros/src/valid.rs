@@ -1,7 +1,7 @@
 //! Rules that no single argument breaks alone: arguments that make no sense together, and a
 //! handler the attribute cannot wrap.
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::{Ident, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::{FnArg, ItemFn};
 
@@ -125,9 +125,14 @@ pub(crate) fn handler(item: &ItemFn, errors: &mut Errors) {
 
 /// Whether `tokens` hold an `impl Trait` type, which cannot be named in generated code.
 pub(crate) fn contains_impl(tokens: TokenStream) -> bool {
+    mentions(tokens, &|ident| ident == "impl")
+}
+
+/// Whether `tokens` hold an identifier `named` picks, at any depth.
+pub(crate) fn mentions(tokens: TokenStream, named: &dyn Fn(&Ident) -> bool) -> bool {
     tokens.into_iter().any(|tt| match tt {
-        TokenTree::Ident(ident) => ident == "impl",
-        TokenTree::Group(group) => contains_impl(group.stream()),
+        TokenTree::Ident(ident) => named(&ident),
+        TokenTree::Group(group) => mentions(group.stream(), named),
         _ => false,
     })
 }
