@@ -77,7 +77,7 @@ impl Attempt {
 /// picked by global order can fall on the same operation's every run.
 struct Proxy {
     addr: SocketAddr,
-    seen: Arc<Mutex<Log>>,
+    log: Arc<Mutex<Log>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -122,14 +122,14 @@ impl Proxy {
     async fn start(upstream: SocketAddr, schedule: fn(Attempt) -> Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Log::default()));
-        let log = Arc::clone(&seen);
+        let log = Arc::new(Mutex::new(Log::default()));
+        let shared = Arc::clone(&log);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, upstream, schedule, Arc::clone(&log)));
+                tokio::spawn(relay(client, upstream, schedule, Arc::clone(&shared)));
             }
         });
-        Self { addr, seen, task }
+        Self { addr, log, task }
     }
 
     fn url(&self, path: &str) -> String {
@@ -137,7 +137,7 @@ impl Proxy {
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().seen.clone()
+        self.log.lock().unwrap().seen.clone()
     }
 }
 
