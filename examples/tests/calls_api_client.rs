@@ -266,6 +266,29 @@ async fn create(client: &Client, url: &str, tenant: &str) -> Result<Response, Er
         .await
 }
 
+/// [`create`], with the carrier taking `delay_ms` to place the call.
+async fn create_slowly(
+    client: &Client,
+    url: &str,
+    tenant: &str,
+    delay_ms: &str,
+) -> Result<Response, Error> {
+    client
+        .post(url)
+        .bearer_auth(tenant)
+        .header("X-Simulate-Delay-Ms", delay_ms)
+        .json(&new_call())
+        .send()
+        .await
+}
+
+/// Asserts that `call` is the replay of the one call `tenant` created.
+async fn assert_the_one_call_replayed(api: &CallsApi, tenant: &str, call: &Response) {
+    assert_eq!(call.status(), StatusCode::CREATED);
+    assert!(call.replayed(), "the first run's answer, not a second run");
+    assert_eq!(calls_of(api, tenant).await, vec![call_id(call)]);
+}
+
 /// The ids of the calls `tenant` created, asked of the server directly.
 async fn calls_of(api: &CallsApi, tenant: &str) -> Vec<String> {
     let listed = RawRequest::get("/v1/calls")
@@ -329,17 +352,10 @@ async fn a_call_slower_than_the_timeout_runs_once_and_the_retry_waits_out_its_re
     let api = CallsApi::start(None).await;
     let proxy = Proxy::start(api.addr, |_| Fault::Pass).await;
     let client = quick().timeout(Duration::from_millis(300)).build().unwrap();
-    let call = client
-        .post(proxy.url("/v1/calls"))
-        .bearer_auth("slow")
-        .header("X-Simulate-Delay-Ms", "1200")
-        .json(&new_call())
-        .send()
+    let call = create_slowly(&client, &proxy.url("/v1/calls"), "slow", "1200")
         .await
         .unwrap();
-    assert_eq!(call.status(), StatusCode::CREATED);
-    assert!(call.replayed(), "the first run's answer, not a second run");
-    assert_eq!(calls_of(&api, "slow").await, vec![call_id(&call)]);
+    assert_the_one_call_replayed(&api, "slow", &call).await;
 
     let seen = proxy.seen();
     assert_eq!(seen.len(), call.attempts() as usize);
@@ -366,17 +382,10 @@ async fn a_gateway_timeout_while_the_call_runs_on_is_retried_into_its_replay() {
     let api = CallsApi::start(None).await;
     let proxy = Proxy::start(api.addr, |attempt| attempt.first(Fault::GatewayTimeout)).await;
     let client = quick().build().unwrap();
-    let call = client
-        .post(proxy.url("/v1/calls"))
-        .bearer_auth("gateway")
-        .header("X-Simulate-Delay-Ms", "300")
-        .json(&new_call())
-        .send()
+    let call = create_slowly(&client, &proxy.url("/v1/calls"), "gateway", "300")
         .await
         .unwrap();
-    assert_eq!(call.status(), StatusCode::CREATED);
-    assert!(call.replayed(), "the first run's answer, not a second run");
-    assert_eq!(calls_of(&api, "gateway").await, vec![call_id(&call)]);
+    assert_the_one_call_replayed(&api, "gateway", &call).await;
 }
 
 #[tokio::test]
