@@ -704,7 +704,7 @@ impl Lease {
                     || (self.engine.parts.store).complete(&self.key, self.token, attempt, now);
                 let error = match self.engine.observed("complete", complete).await {
                     Ok(true) => return Ok(Outcome::Recorded),
-                    Ok(false) => return Ok(Outcome::Lost),
+                    Ok(false) => break,
                     Err(error) => error,
                 };
                 if let StoreError::TooLarge { .. } = error {
@@ -723,9 +723,30 @@ impl Lease {
                 // Keep the claim while the store can still be told; an error here is the
                 // store's failure again, and the next attempt retries both.
                 if let Ok(false) = self.renew().await {
-                    return Ok(Outcome::Lost);
+                    break;
                 }
             }
+            // The token no longer holds the key: another request claimed it once the lease
+            // lapsed, or, after a failure, the attempt that failed completed it (the command
+            // ran, its answer was lost).
+            match retry.is_some() && Box::pin(self.landed(&record)).await {
+                true => Ok(Outcome::Recorded),
+                false => Ok(Outcome::Lost),
+            }
+        }
+    }
+
+    /// Whether the key holds `record`, written by an earlier attempt of [`finish`](Self::finish)
+    /// whose answer was lost. A record is told apart by its fingerprint and the time it was
+    /// completed at; a store that cannot be read answers `false`.
+    async fn landed(&self, record: &Completed) -> bool {
+        let now = self.engine.parts.clock.now();
+        let get = || self.engine.parts.store.get(&self.key, now);
+        match self.engine.observed("get", get).await {
+            Ok(Some(Record::Completed(found))) => {
+                found.fingerprint == record.fingerprint && found.completed_at == record.completed_at
+            }
+            _ => false,
         }
     }
 
@@ -1029,6 +1050,50 @@ mod tests {
                 .body()[..],
             b"once"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_that_landed_but_whose_answer_was_lost_counts_as_recorded() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        // The record is written, but the answer times out; the retry finds the key completed.
+        store.fail("complete", 1, Fault::Lost);
+        assert_eq!(
+            lease.finish(response(201, "once")).await.unwrap(),
+            Outcome::Recorded
+        );
+        assert_eq!(
+            &replay(&engine, &policy, key(1), fp("a"))
+                .await
+                .response
+                .body()[..],
+            b"once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_retried_after_another_request_took_the_key_over_is_lost() {
+        let clock = ManualClock::new(START);
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(clock.clone());
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        // Cut off for longer than a lease: neither the record nor a renewal gets through.
+        store.fail("complete", 1, Fault::Unavailable);
+        store.fail("extend", usize::MAX, Fault::Unavailable);
+        let finishing = tokio::spawn(lease.finish(response(201, "ours")));
+        while store.calls("complete") == 0 {
+            tokio::task::yield_now().await;
+        }
+        clock.advance(Duration::from_secs(31));
+        let other = execute(&engine, &policy, key(1), fp("a")).await;
+        other.finish(response(201, "theirs")).await.unwrap();
+        store.heal();
+        assert_eq!(finishing.await.unwrap().unwrap(), Outcome::Lost);
+        let kept = replay(&engine, &policy, key(1), fp("a")).await;
+        assert_eq!(&kept.response.body()[..], b"theirs");
     }
 
     #[tokio::test(start_paused = true)]
