@@ -27,10 +27,38 @@ pub(crate) struct Admitted {
     pub(crate) format: Option<ErrorFormat>,
 }
 
+/// Marks a request that a layer served but passed on without a key, for want of its
+/// endpoint's (read from another header than the application's, or from the body): the key
+/// extractors then know a layer serves it, whatever headers it carries. A request whose key
+/// is the application's header needs no mark: a layer that passed it on found none.
+pub(crate) struct Passed;
+
+/// Whether `req` carries the application's key header though no layer took a key from it or
+/// passed it on: its handler takes a key under no idempotency layer. Logged, naming the
+/// request and the fix.
+pub(crate) fn unserved(req: &HttpRequest, config: &IdempotencyConfig, taker: &str) -> bool {
+    let unserved = req.headers().contains_key(config.header()) && {
+        let extensions = req.extensions();
+        !extensions.contains::<Admitted>() && !extensions.contains::<Passed>()
+    };
+    if unserved {
+        tracing::error!(
+            "a handler takes {taker}, and {} {} carries an {} header, but no idempotency layer serves this request: annotate the handler with #[idempotent], or wrap it in Idempotency (with this method among its methods)",
+            req.method(),
+            req.path(),
+            config.header(),
+        );
+    }
+    unserved
+}
+
 /// The request's validated idempotency key, as an extractor.
 ///
-/// Available in `#[idempotent]` handlers on requests that carry a key; take
-/// `Option<IdempotencyKey>` where the key is optional.
+/// Available in `#[idempotent]` handlers, and in handlers inside an
+/// [`Idempotency`](crate::Idempotency) middleware, on requests that carry a key; take
+/// `Option<IdempotencyKey>` where the key is optional. A handler under no layer that takes it
+/// is a fault of the server's: a request with a key is answered 500 (see [`NoIdempotencyKey`]),
+/// and logged.
 ///
 /// ```
 /// use actix_web::{post, HttpResponse};
@@ -67,15 +95,20 @@ impl std::fmt::Display for IdempotencyKey {
     }
 }
 
-/// The request has no idempotency key (or the handler is not `#[idempotent]`).
+/// The request has no idempotency key, or no idempotency layer serves its handler.
 ///
 /// It answers 400 `idempotency_key_missing`, rendered as the application renders the layer's
 /// errors ([`IdempotencyConfig::with_error_renderer`](crate::IdempotencyConfig::with_error_renderer)),
-/// with the request's `X-Request-ID`.
+/// with the request's `X-Request-ID`. A request that carries the application's key header,
+/// to a handler that no layer serves (neither `#[idempotent]` nor inside an
+/// [`Idempotency`](crate::Idempotency) middleware), is a fault of the server's: 500
+/// `idempotency_layer_missing`, and the log names the request.
 #[derive(Clone)]
 pub struct NoIdempotencyKey {
     config: IdempotencyConfig,
     request_id: RequestId,
+    /// Whether the request carries a key that no layer took.
+    unserved: bool,
 }
 
 impl std::fmt::Debug for NoIdempotencyKey {
@@ -88,25 +121,36 @@ impl std::fmt::Debug for NoIdempotencyKey {
 
 impl std::fmt::Display for NoIdempotencyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>")
+        match self.unserved {
+            true => f.write_str("this request's idempotency key was not taken: no idempotency layer serves its handler; annotate it with #[idempotent] or wrap it in Idempotency"),
+            false => f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>"),
+        }
     }
 }
 
 impl ResponseError for NoIdempotencyKey {
     fn status_code(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
+        match self.unserved {
+            true => StatusCode::INTERNAL_SERVER_ERROR,
+            false => StatusCode::BAD_REQUEST,
+        }
     }
 
     fn error_response(&self) -> HttpResponse {
-        self.response_under(Overrides::NONE)
+        match self.unserved {
+            true => self.render(&IdempotencyError::LayerMissing, None),
+            false => self.response_under(Overrides::NONE),
+        }
     }
 }
 
 impl NoIdempotencyKey {
-    /// The refusal of `req`, which has no key.
-    pub(crate) fn of(req: &HttpRequest) -> Self {
+    /// The refusal of `req`, which has no key taken, to a handler that takes `taker`.
+    pub(crate) fn of(req: &HttpRequest, taker: &str) -> Self {
+        let config = IdempotencyConfig::of(req).clone();
         Self {
-            config: IdempotencyConfig::of(req).clone(),
+            unserved: unserved(req, &config, taker),
+            config,
             request_id: RequestId::of(req),
         }
     }
@@ -131,10 +175,9 @@ impl NoIdempotencyKey {
         error_response(error, &self.request_id, format, self.config.renderer())
     }
 
-    /// The request's id.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn request_id(&self) -> &RequestId {
-        &self.request_id
+    /// Whether the request carries a key that no layer took: its handler is under none.
+    pub(crate) fn unserved(&self) -> bool {
+        self.unserved
     }
 }
 
@@ -147,7 +190,7 @@ impl FromRequest for IdempotencyKey {
             .extensions()
             .get::<Admitted>()
             .map(|admitted| admitted.key.clone());
-        ready(key.ok_or_else(|| NoIdempotencyKey::of(req)))
+        ready(key.ok_or_else(|| NoIdempotencyKey::of(req, "IdempotencyKey")))
     }
 }
 
@@ -231,9 +274,11 @@ mod tests {
 
     #[test]
     fn without_one_the_handler_gets_a_400_that_says_what_to_do() {
+        // A layer passed it on for want of its endpoint's key, though it carries the app's.
         let req = TestRequest::post()
             .insert_header(("Idempotency-Key", "sent-but-not-admitted"))
             .to_http_request();
+        req.extensions_mut().insert(Passed);
         let missing = extracted(&req).unwrap_err();
         assert_eq!(missing.status_code(), StatusCode::BAD_REQUEST);
         let body = missing

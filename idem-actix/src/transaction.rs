@@ -12,7 +12,7 @@ pub(crate) use self::disabled::{Loan, Offer};
 #[cfg(feature = "postgres")]
 pub use self::enabled::Transaction;
 #[cfg(feature = "postgres")]
-pub(crate) use self::enabled::{Loan, Offer, Unclaimed};
+pub(crate) use self::enabled::{Loan, Offer};
 
 #[cfg(feature = "postgres")]
 mod enabled {
@@ -212,39 +212,34 @@ mod enabled {
         } else if layered {
             "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore), and check it at start-up with require_transactions"
         } else {
-            // Not claimed: under a layer that passed the request on for want of its
-            // endpoint's key (which answers for the endpoint, see `Endpoint::keyless`), or
-            // under none. The app's header tells the two apart as far as it can alone.
-            let missing = NoIdempotencyKey::of(req);
-            if !req.headers().contains_key(config.header()) {
-                return missing.into();
-            }
-            let reason = "a handler takes a Transaction but is under no idempotency layer: annotate it with #[idempotent] or wrap it in Idempotency";
-            return Unclaimed { missing, reason }.into();
+            // Not claimed: passed on by a layer for want of its endpoint's key (which answers
+            // for the endpoint, see `Endpoint::keyless`), or under no layer (logged).
+            let missing = NoIdempotencyKey::of(req, "a Transaction");
+            return match missing.unserved() {
+                true => Unclaimed(missing).into(),
+                false => missing.into(),
+            };
         };
         rendered(unavailable(&request_id, reason))
     }
 
-    /// A `Transaction` asked for on a request that carries the application's key header but
-    /// was not claimed: under no layer (a fault of the server's, 500, logged when answered),
-    /// or passed on by a layer whose endpoint reads its key from another header, which then
-    /// answers as for any request without a key ([`NoIdempotencyKey`]).
-    pub(crate) struct Unclaimed {
-        pub(crate) missing: NoIdempotencyKey,
-        reason: &'static str,
+    /// A `Transaction` asked for on a request that carries the application's key header, to a
+    /// handler under no idempotency layer: a fault of the server's, 500, logged when found.
+    struct Unclaimed(NoIdempotencyKey);
+
+    impl Unclaimed {
+        const REASON: &'static str = "the handler is under no idempotency layer";
     }
 
     impl std::fmt::Debug for Unclaimed {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Unclaimed")
-                .field("reason", &self.reason)
-                .finish_non_exhaustive()
+            f.debug_struct("Unclaimed").finish_non_exhaustive()
         }
     }
 
     impl std::fmt::Display for Unclaimed {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.reason)
+            f.write_str(Self::REASON)
         }
     }
 
@@ -254,9 +249,9 @@ mod enabled {
         }
 
         fn error_response(&self) -> HttpResponse {
-            let request_id = self.missing.request_id();
-            let error = unavailable(request_id, self.reason);
-            self.missing.render(&error, None)
+            let reason = Self::REASON;
+            self.0
+                .render(&IdempotencyError::TransactionUnavailable { reason }, None)
         }
     }
 

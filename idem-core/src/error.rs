@@ -32,6 +32,9 @@ pub mod codes {
     /// is not a Postgres store, the handler is under no idempotency layer, or it takes two);
     /// the server's log says which. Nothing ran.
     pub const TRANSACTION_UNAVAILABLE: &str = "idempotency_transaction_unavailable";
+    /// 500: a handler takes the request's idempotency key, the request carries one, and no
+    /// idempotency layer serves the handler; the server's log names the request. Nothing ran.
+    pub const LAYER_MISSING: &str = "idempotency_layer_missing";
 }
 
 /// How long a client is told to wait before retrying a 409 in-flight or a 503.
@@ -144,6 +147,13 @@ pub enum IdempotencyError {
         /// Why, and what the app's author should change: for the server's log.
         reason: &'static str,
     },
+    /// The handler takes the request's key (see [`codes::LAYER_MISSING`]), but no idempotency
+    /// layer serves it, so none was taken. Nothing ran.
+    ///
+    /// As for [`TransactionUnavailable`](Self::TransactionUnavailable), the client is not told
+    /// why: the fix is in the server's code, and its log says what it is.
+    #[error("this endpoint cannot take its idempotency key, a fault of the server's; report it with the request id")]
+    LayerMissing,
 }
 
 /// Why a completed response cannot be replayed, by its recorded `size`.
@@ -170,6 +180,7 @@ impl IdempotencyError {
             Self::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE,
             Self::Overloaded => codes::OVERLOADED,
             Self::TransactionUnavailable { .. } => codes::TRANSACTION_UNAVAILABLE,
+            Self::LayerMissing => codes::LAYER_MISSING,
         }
     }
 
@@ -188,7 +199,7 @@ impl IdempotencyError {
             Self::Mismatch { status } => *status,
             Self::StoreUnavailable(_) | Self::Overloaded => 503,
             Self::BodyTooLarge { .. } => 413,
-            Self::TransactionUnavailable { .. } => 500,
+            Self::TransactionUnavailable { .. } | Self::LayerMissing => 500,
         }
     }
 
@@ -259,6 +270,11 @@ mod tests {
                 },
                 500,
                 "idempotency_transaction_unavailable",
+            ),
+            (
+                IdempotencyError::LayerMissing,
+                500,
+                "idempotency_layer_missing",
             ),
             (
                 BodyError::NotJson {

@@ -3,7 +3,9 @@
 
 use actix_web::middleware::Compress;
 use actix_web::{web, HttpResponse};
-use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, ReplayHeaders};
+use idem_actix::{
+    idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore, ReplayHeaders,
+};
 use idem_tests::{assert_error, Counter, RawRequest, TestServer, Warnings};
 
 fn call(path: &str, key: &str) -> RawRequest {
@@ -146,4 +148,102 @@ async fn a_replay_header_list_never_strips_the_coding_of_a_recorded_body() {
     assert_eq!(retry.header("content-encoding"), Some("gzip"));
     assert_eq!(retry.header("content-type"), Some("text/plain"));
     assert_eq!(runs.get(), 1);
+}
+
+// --- the key's extractor without a layer --------------------------------------------------
+
+async fn unserved(runs: web::Data<Counter>, key: IdempotencyKey) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body(key.as_str().to_owned())
+}
+
+async fn unserved_optional(runs: web::Data<Counter>, key: Option<IdempotencyKey>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body(format!("{:?}", key.map(|k| k.as_str().to_owned())))
+}
+
+#[idempotent(header = "X-Own-Key")]
+async fn own_key(runs: web::Data<Counter>, key: IdempotencyKey) -> HttpResponse {
+    unserved(runs, key).await
+}
+
+#[idempotent(key = "json:/key")]
+async fn body_key(runs: web::Data<Counter>, key: Option<IdempotencyKey>) -> HttpResponse {
+    unserved_optional(runs, key).await
+}
+
+/// A handler that takes the key, under no idempotency layer, is a fault of the server's: a
+/// client that sent a key is not told to send one, and the log names the request and the fix.
+#[actix_web::test]
+async fn a_key_sent_to_a_handler_that_no_layer_serves_is_a_server_fault_named_in_the_log() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/unserved", web::post().to(unserved))
+            .route("/unserved-optional", web::post().to(unserved_optional));
+    });
+    let res = call("/unserved", "k1").send(server.addr).await;
+    let message = assert_error(&res, 500, idem_actix::codes::LAYER_MISSING);
+    assert!(
+        !message.contains("send"),
+        "the client has nothing to change: {message}"
+    );
+    assert_eq!(warnings.containing("POST /unserved carries"), 1);
+    assert!(warnings.containing("#[idempotent]") >= 1);
+    assert_eq!(runs.get(), 0, "the handler did not run");
+
+    // Without a key the handler's own refusal stands: it needs one.
+    let res = RawRequest::post("/unserved")
+        .header("Authorization", "Bearer tenant-1")
+        .send(server.addr)
+        .await;
+    assert_error(&res, 400, "idempotency_key_missing");
+
+    // An optional key is left out, as actix leaves out any optional argument that fails, and
+    // the log says why.
+    let res = call("/unserved-optional", "k2").send(server.addr).await;
+    assert_eq!(res.status, 201);
+    assert_eq!(warnings.containing("POST /unserved-optional carries"), 1);
+    assert_eq!(runs.get(), 1);
+}
+
+/// A layer that passed a request on for want of its endpoint's key (read from another header,
+/// or from the body) serves it all the same: the application's header on it is not taken for
+/// a handler no layer serves.
+#[actix_web::test]
+async fn a_request_a_layer_passed_on_without_a_key_is_not_taken_for_an_unserved_one() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/own-key", web::post().to(own_key))
+            .route("/body-key", web::post().to(body_key))
+            .service(
+                web::scope("/wrapped-own-key")
+                    .wrap(Idempotency::new().with_overrides(|o| o.header("X-Own-Key")))
+                    .route("", web::post().to(unserved)),
+            );
+    });
+    for path in ["/own-key", "/wrapped-own-key"] {
+        let res = call(path, "k1").send(server.addr).await;
+        let message = assert_error(&res, 400, "idempotency_key_missing");
+        assert!(message.contains("X-Own-Key"), "{message}");
+    }
+    let res = call("/body-key", "k1")
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send(server.addr)
+        .await;
+    assert_eq!((res.status, &res.body[..]), (201, &b"None"[..]));
+    for path in ["/own-key", "/wrapped-own-key", "/body-key"] {
+        let logged = format!("POST {path} carries");
+        assert_eq!(
+            warnings.containing(&logged),
+            0,
+            "{path} is served by a layer"
+        );
+    }
 }

@@ -588,7 +588,7 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
     // Under no idempotency layer: the same.
     let res = call("/bare", "k2").send(server.addr).await;
     assert_eq!(res.status, 500);
-    assert!(logged.containing("under no idempotency layer") >= 1);
+    assert!(logged.containing("no idempotency layer serves this request") >= 1);
     // Without a key there is no record to commit with: the client is told to send one.
     let res = RawRequest::post("/embedded")
         .header("Authorization", "Bearer tenant-1")
@@ -671,7 +671,7 @@ async fn a_transaction_where_none_can_be_lent_is_refused_in_the_app_s_error_form
     assert_unavailable_problem(&call("/embedded", "k1").send(server.addr).await);
     assert!(logged.containing("IdempotencyConfig::new(PostgresStore)") >= 1);
     assert_unavailable_problem(&call("/bare", "k2").send(server.addr).await);
-    assert!(logged.containing("under no idempotency layer") >= 1);
+    assert!(logged.containing("no idempotency layer serves this request") >= 1);
 
     // The endpoint's own format, on an app that renders the envelope.
     let data = runs.clone();

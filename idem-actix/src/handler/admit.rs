@@ -22,7 +22,7 @@ use super::record::rebuilt;
 use super::replay::with_request_id;
 use super::Endpoint;
 use crate::config::IdempotencyConfig;
-use crate::extract::Admitted;
+use crate::extract::{Admitted, Passed};
 use crate::functions::{FingerprintFunction, Functions, ReplayFunction};
 use crate::metrics;
 use crate::render::error_response;
@@ -97,7 +97,18 @@ pub(crate) fn bypasses(endpoint: &Endpoint, functions: &Functions, req: &HttpReq
         && endpoint.overrides.key_source.unwrap_or(defaults.key_source) == KeySource::Header;
     // An endpoint whose header is not a header name is not bypassed: its admission logs why.
     let absent = |name| !req.headers().contains_key(name);
-    !required && from_header && endpoint.header(config).is_some_and(absent)
+    let bypassed = !required && from_header && endpoint.header(config).is_some_and(absent);
+    if bypassed && endpoint.overrides.header.is_some() {
+        // The application's header may be on it, and must not be taken for a key that no
+        // layer serves.
+        passed(req);
+    }
+    bypassed
+}
+
+/// Marks `req` as served by a layer that passes it on without a key (see [`Passed`]).
+pub(crate) fn passed(req: &HttpRequest) {
+    req.extensions_mut().insert(Passed);
 }
 
 /// Whether an outer layer (the middleware around an attributed handler) has the request in

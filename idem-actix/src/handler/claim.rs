@@ -12,7 +12,7 @@ use super::admit::{admit, Admission, Keyed};
 use super::detach::{detached, orphans};
 use super::record::{claimed, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding};
-use super::{Endpoint, Reply, Work};
+use super::{passed, Endpoint, Reply, Work};
 use crate::functions::Functions;
 use crate::metrics;
 use crate::render::error_response;
@@ -42,7 +42,10 @@ where
     let (work, detach): (Work, bool) = match admit(endpoint, functions, req, payload).await {
         // Boxed: `run` sends requests without a key straight to the handler, so this is
         // rare, and the handler's future would otherwise swell this one.
-        Admission::Pass(req, payload) => (Box::pin(handler(req, payload)), false),
+        Admission::Pass(req, payload) => {
+            passed(&req);
+            (Box::pin(handler(req, payload)), false)
+        }
         Admission::Answer(req, res) => return Reply::new(req, res),
         // Past the bound of runs this worker finishes for clients that went away, nothing
         // new is claimed: a client that resets every request cannot pile them up.

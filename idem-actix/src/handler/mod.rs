@@ -32,7 +32,7 @@ mod replay;
 
 #[cfg(feature = "postgres")]
 pub(crate) use self::admit::admitted_format;
-pub(crate) use self::admit::{bypasses, taken};
+pub(crate) use self::admit::{bypasses, passed, taken};
 pub(crate) use self::claim::keyed;
 pub(crate) use self::detach::TASKS;
 
@@ -106,15 +106,8 @@ impl Endpoint {
     /// that refusal as this endpoint gives it, naming its own key header, in its own error
     /// format.
     pub(crate) fn keyless(&self, res: HttpResponse) -> HttpResponse {
-        let missing = res.error().and_then(|e| {
-            let missing = e.as_error::<NoIdempotencyKey>();
-            #[cfg(feature = "postgres")]
-            let missing = missing.or_else(|| {
-                let unclaimed = e.as_error::<crate::transaction::Unclaimed>()?;
-                Some(&unclaimed.missing)
-            });
-            missing
-        });
+        let missing = (res.error().and_then(|e| e.as_error::<NoIdempotencyKey>()))
+            .filter(|missing| !missing.unserved());
         match missing {
             Some(missing) => missing.response_under(self.overrides),
             None => res,
