@@ -31,6 +31,12 @@ const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
 /// How often a waiting request looks at the record it waits for.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
+/// How soon a renewal the store failed is tried again (a third of the lease, if sooner): a
+/// store that is back must see the claim renewed before it lapses, not a whole renewal period
+/// later. Two failures a period apart, each waiting out a command timeout, would otherwise
+/// let the claim lapse after an outage of a third of the lease.
+const RENEWAL_RETRY: Duration = Duration::from_secs(1);
+
 /// Runs the protocol against a store. Cheap to clone: clones share one set of parts.
 #[derive(Clone)]
 pub struct Engine {
@@ -631,8 +637,9 @@ impl Lease {
     /// a whole period late is warned about, naming the limit.
     async fn renewing<F: Future>(&self, mut operation: Pin<&mut F>) -> F::Output {
         let every = self.renew_every();
+        let mut pause = every;
         loop {
-            let tick = tokio::time::sleep(every);
+            let tick = tokio::time::sleep(pause);
             let due = tick.deadline();
             match select(operation.as_mut(), pin!(tick)).await {
                 Either::Left((output, _)) => return output,
@@ -646,22 +653,30 @@ impl Lease {
                             "idempotency lease renewal came late: the handler blocks its thread; blocked longer than the lease, its key can be taken over and the operation run again (move blocking work to web::block or spawn_blocking)"
                         );
                     }
-                    self.renewed().await;
+                    pause = match self.renewed().await {
+                        true => every,
+                        false => every.min(RENEWAL_RETRY),
+                    };
                 }
             }
         }
     }
 
-    /// Renews the lease once, as [`renewing`](Self::renewing) does, warning when it fails.
-    async fn renewed(&self) {
+    /// Renews the lease once, as [`renewing`](Self::renewing) does, warning when it fails:
+    /// `false` when the store failed, so that the renewal is tried again soon.
+    async fn renewed(&self) -> bool {
         match self.renew().await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                key = %self.key,
-                "idempotency lease lost while the handler runs; its response will not be recorded"
-            ),
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    key = %self.key,
+                    "idempotency lease lost while the handler runs; its response will not be recorded"
+                );
+                true
+            }
             Err(error) => {
-                tracing::warn!(key = %self.key, %error, "idempotency lease renewal failed")
+                tracing::warn!(key = %self.key, %error, "idempotency lease renewal failed; retrying soon");
+                false
             }
         }
     }
