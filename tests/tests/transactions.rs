@@ -747,3 +747,24 @@ async fn another_extractor_that_fails_while_the_transaction_opens_is_answered_as
         .await;
     assert_eq!(ok.status, 201);
 }
+
+/// The 500 that replaces a success whose transaction was aborted by a failed statement is the
+/// layer's own answer, not the handler's: like every error of the layer (SPEC, "Errors the
+/// layer itself returns") it carries the error envelope with a stable code and
+/// `Cache-Control: no-store`, in both forms.
+#[actix_web::test]
+async fn a_success_over_a_failed_statement_is_answered_with_the_layer_s_error_and_no_store() {
+    let Some(app) = Fixture::start("aborted_envelope").await else {
+        return;
+    };
+    for path in FORMS {
+        let key = format!("{path}-ignored-failure");
+        let answer = app
+            .send(call(path, &key).header("X-Then", "insert-twice-ok"))
+            .await;
+        assert_error(&answer, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+        assert_eq!(answer.header("cache-control"), Some("no-store"), "{path}");
+        assert_eq!(app.written().await, 0, "{path}");
+        assert_eq!(app.records().await, (0, 0), "{path}: released");
+    }
+}
