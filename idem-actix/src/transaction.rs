@@ -79,8 +79,9 @@ mod enabled {
     ///   either, and the client gets 409 `idempotency_conflict`: that request runs it.
     /// - A statement of the handler failed (which aborts a Postgres transaction) and the
     ///   handler answered an error status anyway: nothing is written, and its answer goes out
-    ///   unrecorded. If it answered a success regardless, the client gets a 500 instead, and
-    ///   the log says why: nothing it claimed to do was written.
+    ///   unrecorded. If it answered a success regardless, the client gets 500
+    ///   `idempotency_transaction_unavailable` instead, and the log says why: nothing it
+    ///   claimed to do was written.
     ///
     /// A duplicate that comes while the handler runs gets 409 with `Retry-After` at once (or
     /// waits, under `in_flight = "wait"`): the claim is committed before the handler runs, and
@@ -126,7 +127,8 @@ mod enabled {
     ///   [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`] (or the
     ///   app registered no [`IdempotencyConfig`]), when the handler is under no idempotency
     ///   layer, when it takes two transactions, or (after its run) when it kept its
-    ///   transaction beyond its run: nothing is then committed, and the key is released.
+    ///   transaction beyond its run, or answered a success over a statement of it that
+    ///   failed: nothing is then committed, and the key is released.
     pub struct Transaction {
         tx: Option<ClaimTransaction>,
         loan: Rc<Lent>,
@@ -476,7 +478,11 @@ mod enabled {
                 Err(error) if committing.get() && aborted(&error) => {
                     if status < 400 {
                         tracing::error!(status, %error, "the handler answered a success, but a statement of its transaction failed, so nothing was committed; answering 500 instead");
-                        return ("released", HttpResponse::InternalServerError().finish());
+                        // The layer's own answer: its envelope and `Cache-Control: no-store`.
+                        let error = IdempotencyError::TransactionUnavailable {
+                            reason: "a statement of the handler's transaction failed, so nothing it answered was committed",
+                        };
+                        return ("released", loan.0.error(&error, request_id));
                     }
                     tracing::debug!(status, "a statement of the handler's transaction failed: nothing committed, its error answered unrecorded");
                     ("released", res)

@@ -29,8 +29,10 @@ pub mod codes {
     /// 503: this server runs as much work for clients that went away as it allows; nothing ran.
     pub const OVERLOADED: &str = "idempotency_overloaded";
     /// 500: a handler takes an `idem_actix::Transaction` that the app cannot lend (its store
-    /// is not a Postgres store, the handler is under no idempotency layer, or it takes two);
-    /// the server's log says which. Nothing ran.
+    /// is not a Postgres store, the handler is under no idempotency layer, or it takes two),
+    /// or whose writes cannot be committed (it kept it beyond its run, or answered a success
+    /// over a statement of it that failed); the server's log says which. Nothing ran, or
+    /// nothing was committed.
     pub const TRANSACTION_UNAVAILABLE: &str = "idempotency_transaction_unavailable";
     /// 500: a handler takes the request's idempotency key, the request carries one, and no
     /// idempotency layer serves the handler; the server's log names the request. Nothing ran.
