@@ -320,3 +320,42 @@ async fn postgres_restarted_mid_run_answers_503_then_recovers_without_restarting
     assert_eq!(replay.body, before.body);
     assert_eq!(listed(&api).await, [id_of(&before), id_of(&after)]);
 }
+
+/// A JSON string may hold U+0000 (`"\u0000"`), and SPEC.md's `POST /v1/messages` and
+/// `POST /v1/calls` take any string for `text` and `agent_id`: in memory such a request is
+/// created (201). On a database it must be answered the same, not 503
+/// `database_unavailable` ("retry later", `Retry-After`), which is not recorded, so that
+/// every retry of a request that can never succeed runs again and is told to retry again.
+#[tokio::test]
+async fn a_string_holding_a_nul_is_answered_as_in_memory_not_503_retry_later() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, _db) = fresh_database(&pg, "nul").await;
+    let on_database = CallsApi::start_on_database(&url, false).await;
+    let in_memory = CallsApi::start(None).await;
+    let message = |key: &str| {
+        RawRequest::post("/v1/messages")
+            .header("Authorization", "Bearer tenant-1")
+            .header("X-Idempotency-Key", key)
+            .json(&json!({ "to": "+15555550123", "text": "a\u{0}b" }))
+    };
+    let call = |key: &str| {
+        RawRequest::post("/v1/calls")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", key)
+            .json(&json!({ "agent_id": "agent\u{0}1", "phone_number": "+15555550123" }))
+    };
+    for (what, request) in [("message", message("nul-1")), ("call", call("nul-1"))] {
+        let expected = request.send(in_memory.addr).await;
+        let answer = request.send(on_database.addr).await;
+        assert_eq!(
+            answer.status,
+            expected.status,
+            "{what}: in memory {}, on a database {}",
+            String::from_utf8_lossy(&expected.body),
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_ne!(answer.status, 503, "{what}: a request that can never succeed is told to retry");
+    }
+}
