@@ -768,3 +768,47 @@ async fn a_success_over_a_failed_statement_is_answered_with_the_layer_s_error_an
         assert_eq!(app.records().await, (0, 0), "{path}: released");
     }
 }
+
+/// A commit that fails because Postgres went away cannot release the key either while it is
+/// away. The release is then retried in the background (as the layer does for every other
+/// claim it gives up, for up to a lease), so that once Postgres is back the retry runs, instead
+/// of answering 409 "still being processed" for the rest of a 60 s lease while nothing runs.
+#[actix_web::test]
+async fn a_commit_that_failed_in_an_outage_releases_its_key_once_postgres_is_back() {
+    let Some(mut app) = Fixture::start("outage").await else {
+        return;
+    };
+    if !app._pg.owned() {
+        eprintln!("skipped: cannot restart an external PostgreSQL");
+        return;
+    }
+    let running = {
+        let (addr, request) = (
+            app.server.addr,
+            call("/calls", "outage").header("X-Then", "sleep:1500"),
+        );
+        actix_web::rt::spawn(async move { request.send(addr).await })
+    };
+    app.claimed().await;
+    // Postgres goes away while the handler runs, and is still away when it commits.
+    app._pg.stop();
+    let failed = running.await.unwrap();
+    assert_error(&failed, 503, "idempotency_store_unavailable");
+    app._pg.restart();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let retry = loop {
+        let res = app.send(call("/calls", "outage")).await;
+        if res.status == 201 || Instant::now() > deadline {
+            break res;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        retry.status,
+        201,
+        "the retry still finds the failed run's claim: {}",
+        String::from_utf8_lossy(&retry.body)
+    );
+    assert_eq!(app.written().await, 1, "the retry's write alone");
+}
