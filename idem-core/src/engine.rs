@@ -799,7 +799,11 @@ impl Lease {
     ///
     /// Unlike [`finish`](Self::finish), a failure is not retried: the writes that were to
     /// commit with the record are gone with it, so recording the response alone would
-    /// record what did not happen. `settle` releases the claim when it fails, if it can.
+    /// record what did not happen. `settle` releases the claim when it fails, if it can; in
+    /// case it could not (the store went away with the commit), the lease then releases it
+    /// once more in the background, retried as [`release`](Self::release) is, so that a
+    /// retry need not wait for the lease to lapse. A release only deletes a claim: a record
+    /// whose commit landed though its answer was lost stays.
     ///
     /// # Errors
     /// `settle`'s error.
@@ -818,9 +822,14 @@ impl Lease {
             Some(_) => ("complete", Outcome::Recorded),
             None => ("release", Outcome::Released),
         };
-        match self.engine.observed(op, || settle(record)).await? {
-            true => Ok(done),
-            false => Ok(Outcome::Lost),
+        match self.engine.observed(op, || settle(record)).await {
+            Ok(true) => Ok(done),
+            Ok(false) => Ok(Outcome::Lost),
+            Err(error) => {
+                // Released in the background when dropped, with retries.
+                self.done = false;
+                Err(error)
+            }
         }
     }
 
@@ -830,13 +839,17 @@ impl Lease {
     /// [`Store::release`] does; the lease no longer releases the key when dropped.
     ///
     /// # Errors
-    /// `release`'s error; the claim then lapses with its lease.
+    /// `release`'s error; the lease then releases the claim in the background, retried as
+    /// [`release`](Self::release) is, and it lapses with its lease if that fails too.
     pub async fn release_with(
         mut self,
         release: impl Future<Output = Result<bool, StoreError>>,
     ) -> Result<bool, StoreError> {
         self.done = true;
-        self.engine.observed("release", || release).await
+        let released = self.engine.observed("release", || release).await;
+        // Released in the background when dropped, with retries.
+        self.done = released.is_ok();
+        released
     }
 
     /// Releases the key without recording anything, so that a retry runs again.
