@@ -41,13 +41,14 @@ pub struct CallsState {
     database: Option<PgPool>,
 }
 
-/// The tables of calls and messages on a database, created at start-up.
+/// The tables of calls and messages on a database, created at start-up. The strings a client
+/// sends are kept as `bytea`: a JSON string may hold U+0000, which `text` refuses.
 const TABLES: &str = "SELECT pg_advisory_xact_lock(hashtext('calls-api tables'));
 CREATE TABLE IF NOT EXISTS calls (
     seq          bigserial PRIMARY KEY,
     id           text NOT NULL UNIQUE,
     tenant       text NOT NULL,
-    agent_id     text NOT NULL,
+    agent_id     bytea NOT NULL,
     phone_number text NOT NULL,
     status       text NOT NULL
 );
@@ -56,8 +57,8 @@ CREATE TABLE IF NOT EXISTS messages (
     seq          bigserial PRIMARY KEY,
     id           text NOT NULL UNIQUE,
     tenant       text NOT NULL,
-    recipient    text NOT NULL,
-    text         text NOT NULL,
+    recipient    bytea NOT NULL,
+    text         bytea NOT NULL,
     status       text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_tenant ON messages (tenant, seq);";
@@ -411,6 +412,13 @@ trait Item: Serialize + Sized + Send + Unpin + 'static {
 
 type Insert = sqlx::query::Query<'static, Postgres, PgArguments>;
 
+/// A string the client sent, from its `bytea` column: any JSON string, U+0000 included,
+/// which a `text` column refuses.
+fn text(row: &PgRow, column: &str) -> Result<String, sqlx::Error> {
+    let bytes: Vec<u8> = row.try_get(column)?;
+    String::from_utf8(bytes).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 impl Item for Call {
     const INSERT: &'static str = "INSERT INTO calls (tenant, id, agent_id, phone_number, status) VALUES ($1, $2, $3, $4, $5)";
     const SELECT: &'static str =
@@ -423,7 +431,7 @@ impl Item for Call {
     fn bind(self, query: Insert) -> Insert {
         query
             .bind(self.id)
-            .bind(self.agent_id)
+            .bind(self.agent_id.into_bytes())
             .bind(self.phone_number)
             .bind(self.status)
     }
@@ -431,7 +439,7 @@ impl Item for Call {
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: row.try_get("id")?,
-            agent_id: row.try_get("agent_id")?,
+            agent_id: text(row, "agent_id")?,
             phone_number: row.try_get("phone_number")?,
             status: row.try_get("status")?,
         })
@@ -451,16 +459,16 @@ impl Item for Message {
     fn bind(self, query: Insert) -> Insert {
         query
             .bind(self.id)
-            .bind(self.to)
-            .bind(self.text)
+            .bind(self.to.into_bytes())
+            .bind(self.text.into_bytes())
             .bind(self.status)
     }
 
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: row.try_get("id")?,
-            to: row.try_get("recipient")?,
-            text: row.try_get("text")?,
+            to: text(row, "recipient")?,
+            text: text(row, "text")?,
             status: row.try_get("status")?,
         })
     }
@@ -546,10 +554,12 @@ async fn insert<T: Item>(
 
 /// 503 `database_unavailable`, with `Retry-After`: Postgres failed, and nothing was kept.
 fn database_unavailable(error: sqlx::Error, request_id: RequestId) -> ApiError {
+    // The database's own words go to the server's log: they are not the client's business.
+    eprintln!("calls-api: the database failed (request {request_id}): {error}");
     let mut error = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "database_unavailable",
-        format!("the database is unavailable ({error}); nothing was created, retry later"),
+        "the database is unavailable; nothing was created, retry later",
         request_id,
     );
     error.retry_after = Some(1);

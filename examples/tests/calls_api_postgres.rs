@@ -287,6 +287,11 @@ async fn postgres_restarted_mid_run_answers_503_then_recovers_without_restarting
     let listing = list(&api).await;
     assert_eq!(listing.status, 503);
     assert_eq!(listing.json()["error"]["code"], "database_unavailable");
+    // The database's own words are for the server's log, not for the client.
+    assert_eq!(
+        listing.json()["error"]["message"],
+        "the database is unavailable; nothing was created, retry later"
+    );
     assert_eq!(listing.header("retry-after"), Some("1"));
 
     pg.restart();
@@ -356,6 +361,9 @@ async fn a_string_holding_a_nul_is_answered_as_in_memory_not_503_retry_later() {
             String::from_utf8_lossy(&expected.body),
             String::from_utf8_lossy(&answer.body)
         );
-        assert_ne!(answer.status, 503, "{what}: a request that can never succeed is told to retry");
+        assert_ne!(
+            answer.status, 503,
+            "{what}: a request that can never succeed is told to retry"
+        );
     }
 }
