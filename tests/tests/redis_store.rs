@@ -371,3 +371,40 @@ async fn records_over_the_size_bound_are_kept_without_their_body_and_never_run_a
         "the retry learns it completed: {retry:?}"
     );
 }
+
+/// Failing open is for a Redis that cannot be reached: a Redis that answers, but refuses the
+/// claim's write (out of memory here; `LOADING` or `READONLY` alike), may still hold the key,
+/// and a retry of a recorded key must not run its operation again beside the record.
+#[actix_web::test]
+async fn failing_open_never_reruns_a_recorded_key_while_redis_answers_but_refuses_writes() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let probe = Probe::open();
+    let server = instance(&redis, &probe, |url| {
+        RedisStore::builder(url).fail_open(true).build().unwrap()
+    });
+    let first = call("recorded").send(server.addr).await;
+    assert_eq!(first.status, 201);
+    assert!(call("recorded").send(server.addr).await.replayed());
+
+    redis.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1));
+    let retry = call("recorded").send(server.addr).await;
+    redis.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0));
+    let stored: Option<Vec<u8>> = redis.query(
+        redis::cmd("GET").arg(
+            redis
+                .query::<Vec<String>>(redis::cmd("KEYS").arg("idem:*"))
+                .first()
+                .expect("the record is still in Redis"),
+        ),
+    );
+    assert!(stored.is_some(), "Redis kept the record throughout");
+    assert_eq!(
+        probe.runs.get(),
+        1,
+        "the retry ran the operation again (status {}, replayed {}) though Redis held its record",
+        retry.status,
+        retry.replayed()
+    );
+}
