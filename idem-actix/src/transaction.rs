@@ -533,7 +533,7 @@ mod enabled {
 
     /// The SQLSTATE of a database's error, if `error` is one.
     fn code(error: &StoreError) -> Option<String> {
-        let StoreError::Unavailable(source) = error else {
+        let (StoreError::Refused(source) | StoreError::Unavailable(source)) = error else {
             return None;
         };
         let error = source.downcast_ref::<sqlx::Error>()?.as_database_error()?;

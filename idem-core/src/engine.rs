@@ -452,8 +452,8 @@ impl Engine {
 
     /// Whether `error` lets a request under `policy` run unprotected: the endpoint (or the
     /// store) fails open, and the store could not be reached. A store that answered, with a
-    /// record it cannot read or with claims of the key by others, may hold the key taken:
-    /// that fails closed whatever the policy.
+    /// refusal, a record it cannot read or claims of the key by others, may hold the key
+    /// taken: that fails closed whatever the policy.
     fn fails_open(&self, policy: &Policy, error: &StoreError) -> bool {
         let unreachable = matches!(error, StoreError::Unavailable(_) | StoreError::Timeout);
         unreachable
@@ -1853,11 +1853,11 @@ mod tests {
     /// A store that answered with a record it cannot read, or that could not claim for the
     /// claims of others, was reached: the key may be taken, so nothing runs unprotected.
     #[tokio::test]
-    async fn a_store_that_answered_unreadably_or_under_contention_fails_closed_even_when_open() {
+    async fn a_store_that_answered_with_a_refusal_or_unusably_fails_closed_even_when_open() {
         let store = FaultyStore::new(MokaStore::new());
         let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
         let open = Policy::DEFAULT.on_store_error(OnStoreError::FailOpen);
-        for fault in [Fault::Corrupt, Fault::Contended] {
+        for fault in [Fault::Refused, Fault::Corrupt, Fault::Contended] {
             store.fail("claim", 1, fault);
             let err = engine.begin(&open, key(1), fp("a")).await.unwrap_err();
             assert_eq!(err.code(), "idempotency_store_unavailable", "{fault:?}");

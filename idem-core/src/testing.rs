@@ -172,7 +172,7 @@ impl<S: Store> Store for CountingStore<S> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
-    /// [`StoreError::Unavailable`]: a dropped connection, a refused command.
+    /// [`StoreError::Unavailable`]: a dropped connection, a server not serving yet.
     Unavailable,
     /// [`StoreError::Timeout`].
     Timeout,
@@ -181,6 +181,8 @@ pub enum Fault {
     /// The operation reaches the store and is done there, but its answer is lost:
     /// [`StoreError::Timeout`], as a command that timed out and ran all the same.
     Lost,
+    /// [`StoreError::Refused`]: the store answered and refused the command.
+    Refused,
     /// [`StoreError::Corrupt`]: the store answered with a record this build cannot read.
     Corrupt,
     /// [`StoreError::Contended`]: the key's record changed under every attempt.
@@ -194,6 +196,7 @@ impl Fault {
             Fault::Timeout => StoreError::Timeout,
             Fault::TooLarge(max) => StoreError::TooLarge { size: max + 1, max },
             Fault::Lost => StoreError::Timeout,
+            Fault::Refused => StoreError::Refused("injected refusal".into()),
             Fault::Corrupt => StoreError::Corrupt("injected unreadable record".into()),
             Fault::Contended => StoreError::Contended,
         }

@@ -131,7 +131,7 @@ async fn postgres_store_conforms() {
 }
 
 #[actix_web::test]
-async fn a_missing_table_is_unavailable_and_says_to_migrate() {
+async fn a_missing_table_is_refused_and_says_to_migrate() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
@@ -143,13 +143,35 @@ async fn a_missing_table_is_unavailable_and_says_to_migrate() {
         .claim(&key(1), in_flight(now()), now())
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
     assert!(err.to_string().contains("migrate()"), "{err}");
     store.migrate().await.unwrap();
     store.migrate().await.expect("migrating again is harmless");
     assert_eq!(
         store.claim(&key(1), in_flight(now()), now()).await.unwrap(),
         Claim::Claimed
+    );
+}
+
+/// Failing open is for a Postgres that cannot be reached. One that answers and refuses (here
+/// a table never migrated; a user without rights, or a full disk, alike) is a fault to fix,
+/// and may hold the key: the request fails closed, rather than every request running
+/// unprotected until someone reads the log.
+#[actix_web::test]
+async fn a_postgres_that_answers_but_refuses_fails_closed_even_when_failing_open() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("never_migrated_open"))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let begun = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    assert!(
+        matches!(begun, Err(IdempotencyError::StoreUnavailable(_))),
+        "{begun:?}"
     );
 }
 
@@ -382,7 +404,7 @@ async fn a_failed_write_fails_the_commit_and_leaves_nothing_behind() {
     .await;
     assert!(dup.is_err());
     let err = tx.commit(completed(t, "call_1")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
     assert_eq!(calls(&db, &table).await, 0);
     assert_eq!(store.get(&key(1), t).await.unwrap(), None, "claim released");
     let retry = claimed(&store, key(1), t).await;

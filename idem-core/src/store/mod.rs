@@ -168,7 +168,8 @@ pub trait Store: Send + Sync + 'static {
     /// Whether requests run unprotected when this store cannot be reached, whatever their
     /// endpoint says. `false` (fail closed) unless the store was configured otherwise. Only
     /// [`StoreError::Unavailable`] and [`StoreError::Timeout`] fail open: a store that answered
-    /// ([`StoreError::Corrupt`], [`StoreError::Contended`]) may hold the key taken.
+    /// ([`StoreError::Refused`], [`StoreError::Corrupt`], [`StoreError::Contended`]) may hold
+    /// the key taken.
     fn fails_open(&self) -> bool {
         false
     }
@@ -266,14 +267,22 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 /// (fail closed), or, for an endpoint or store that fails open, runs the request unprotected
 /// when the store was not reached or did not answer ([`Unavailable`](Self::Unavailable),
 /// [`Timeout`](Self::Timeout)) and the store had not said the key was held. A store returns
-/// those two only then: an answer it cannot use is [`Corrupt`](Self::Corrupt) or
-/// [`Contended`](Self::Contended), which fail closed whatever the setting.
+/// those two only then: a refusal it answered is [`Refused`](Self::Refused), and an answer
+/// it cannot use is [`Corrupt`](Self::Corrupt) or [`Contended`](Self::Contended), which
+/// fail closed whatever the setting.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The backend cannot be reached or refused the command.
+    /// The backend cannot be reached, or cannot answer for its data for now (it is starting,
+    /// loading its data, or failing over to another node).
     #[error("store unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend answered, and refused the command: out of memory or disk, without the
+    /// rights it needs, with a table or script that is not there, or with any other error of
+    /// its own. It was reached, and may hold the key, so this fails closed whatever the
+    /// setting: it is a fault to fix, not an outage to ride out.
+    #[error("store refused the command: {0}")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend did not answer in time.
     #[error("store timed out")]
     Timeout,

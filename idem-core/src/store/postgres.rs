@@ -330,8 +330,9 @@ impl PostgresStore {
     /// once.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when Postgres cannot be reached or refuses (the user may
-    /// not create tables, for one: then run the SQL as a user who may).
+    /// [`StoreError::Unavailable`] when Postgres cannot be reached, [`StoreError::Refused`]
+    /// when it refuses (the user may not create tables, for one: then run the SQL as a user
+    /// who may).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
         let sql = format!(
@@ -484,7 +485,7 @@ impl PostgresStore {
         match &error {
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // undefined_table
-                Some("42P01") => StoreError::Unavailable(
+                Some("42P01") => StoreError::Refused(
                     format!(
                         "the table {table} does not exist; create it with PostgresStore::migrate() \
                          or the SQL in the store's docs ({error})"
@@ -492,14 +493,22 @@ impl PostgresStore {
                     .into(),
                 ),
                 // undefined_column, datatype_mismatch
-                Some("42703" | "42804") => StoreError::Unavailable(
+                Some("42703" | "42804") => StoreError::Refused(
                     format!(
                         "the table {table} is not the one this idem writes; drop it or choose \
                          another table name, then migrate ({error})"
                     )
                     .into(),
                 ),
-                _ => StoreError::Unavailable(Box::new(error)),
+                // A connection lost, a server shutting down or starting up, out of
+                // connections: not reached. Anything else, it answered and refused.
+                Some(code)
+                    if code.starts_with("08")
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "53300") =>
+                {
+                    StoreError::Unavailable(Box::new(error))
+                }
+                _ => StoreError::Refused(Box::new(error)),
             },
             sqlx::Error::ColumnDecode { .. }
             | sqlx::Error::Decode(_)

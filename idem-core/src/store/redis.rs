@@ -212,7 +212,7 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(unavailable(e)),
+            Ok(Err(e)) => Err(failed(e)),
             Err(_) => Err(StoreError::Timeout),
         }
     }
@@ -273,7 +273,25 @@ impl RedisStore {
     }
 }
 
-fn unavailable(error: redis::RedisError) -> StoreError {
+/// `error` as the engine needs to tell it: [`StoreError::Unavailable`] when Redis was not
+/// reached, or cannot answer for the key for now (loading its data, a cluster without the
+/// key's master, a failover under way), so that a store that fails open may run the request;
+/// [`StoreError::Refused`] when it answered and refused (out of memory, wrong credentials,
+/// no permission, any other error of its own): it may hold the key, and that fails closed.
+fn failed(error: redis::RedisError) -> StoreError {
+    use ServerErrorKind::{Ask, BusyLoading, ClusterDown, MasterDown, Moved, ReadOnly, TryAgain};
+    match error.kind() {
+        ErrorKind::Io
+        | ErrorKind::ClusterConnectionNotFound
+        | ErrorKind::Server(
+            BusyLoading | ClusterDown | MasterDown | TryAgain | ReadOnly | Moved | Ask,
+        ) => StoreError::Unavailable(Box::new(error)),
+        _ => StoreError::Refused(Box::new(error)),
+    }
+}
+
+/// A store that cannot be built from its settings (a URL that is not Redis's, for one).
+fn invalid(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(Box::new(error))
 }
 
@@ -336,7 +354,7 @@ impl RedisStoreBuilder {
         }
         let conn = match &self.target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let client = redis::Client::open(url.as_str()).map_err(invalid)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.timeout))
                     .set_response_timeout(Some(self.timeout))
@@ -344,7 +362,7 @@ impl RedisStoreBuilder {
                     .set_min_delay(Duration::from_millis(20))
                     .set_max_delay(Duration::from_millis(500));
                 let conn =
-                    ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
                 Connection::Single(conn)
             }
             Target::Cluster(urls) => {
@@ -362,7 +380,7 @@ impl RedisStoreBuilder {
                     .min_retry_wait(20)
                     .max_retry_wait(500)
                     .build()
-                    .map_err(unavailable)?;
+                    .map_err(invalid)?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(self.timeout)
                     .set_response_timeout(self.timeout);
