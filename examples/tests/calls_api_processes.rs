@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::CallsApi;
-use idem_tests::{RawRequest, TestRedis};
+use idem_tests::{assert_error, RawRequest, TestRedis};
 
 #[tokio::test]
 async fn processes_sharing_redis_run_each_key_once() {
@@ -40,6 +40,29 @@ async fn the_environment_configures_what_the_flags_do() {
         "IDEM_REDIS_URL points the second process at the same Redis"
     );
     assert_eq!(retry.body, first.body);
+}
+
+#[tokio::test]
+async fn a_store_given_by_flag_wins_over_another_store_in_the_environment() {
+    // Neither store is there: a Redis store connects on first use, so the process starts and
+    // a keyed request answers 503, where the store in the environment would have been used
+    // (a Postgres that refuses fails the start-up) or the start-up refused as "both".
+    let nowhere = format!("redis://{}", common::free_addr());
+    for (var, value, flag) in [
+        (
+            "IDEM_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+            "--redis-url",
+        ),
+        ("IDEM_REDIS_URL", "redis://127.0.0.1:1", "--redis-cluster"),
+        ("IDEM_REDIS_CLUSTER", "redis://127.0.0.1:1", "--redis-url"),
+    ] {
+        let api = CallsApi::start_env_args(&[(var, value)], &[flag, &nowhere]).await;
+        let res = RawRequest::get("/healthz").send(api.addr).await;
+        assert_eq!(res.status, 200, "{var} with {flag}");
+        let keyed = api.create("flag-store-1").await;
+        assert_error(&keyed, 503, "idempotency_store_unavailable");
+    }
 }
 
 #[tokio::test]

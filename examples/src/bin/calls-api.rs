@@ -8,7 +8,8 @@
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
 //! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`, `IDEM_REPLAY_CACHE_BYTES`, `IDEM_CORS_ORIGINS`
-//! (comma-separated), `IDEM_DATABASE_URL`. Flags win.
+//! (comma-separated), `IDEM_DATABASE_URL`. Flags win; a store named by a flag replaces any
+//! store the environment names.
 //!
 //! With a database, calls and messages are rows of Postgres, written in the transaction that
 //! records their idempotency key, and the idempotency store is Postgres too; the tables are
@@ -73,19 +74,15 @@ enum Redis {
 fn options() -> Result<Options, String> {
     let mut addr = std::env::var("IDEM_ADDR").ok();
     let mut workers = std::env::var("IDEM_WORKERS").ok();
-    let mut redis_url = std::env::var("IDEM_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
-    let mut redis_cluster = std::env::var("IDEM_REDIS_CLUSTER")
-        .ok()
-        .filter(|u| !u.is_empty());
+    // The store's settings come from the flags, or, when no flag names a store, from the
+    // environment (below).
+    let mut redis_url = None;
+    let mut redis_cluster = None;
     let mut replay_cache_bytes = std::env::var("IDEM_REPLAY_CACHE_BYTES")
         .ok()
         .filter(|n| !n.is_empty());
     let mut cors_origins: Vec<String> = Vec::new();
-    let mut database_url = std::env::var("IDEM_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
+    let mut database_url = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -113,6 +110,14 @@ fn options() -> Result<Options, String> {
         };
         let value = inline.or_else(|| args.next());
         *slot = Some(value.ok_or_else(|| format!("`{flag}` needs a value"))?);
+    }
+    // A store named by a flag replaces whatever store the environment names, under
+    // whichever variable: the flag wins, and the environment is not "both".
+    if redis_url.is_none() && redis_cluster.is_none() && database_url.is_none() {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        redis_url = var("IDEM_REDIS_URL");
+        redis_cluster = var("IDEM_REDIS_CLUSTER");
+        database_url = var("IDEM_DATABASE_URL");
     }
     let workers = match workers {
         None => None,

@@ -87,6 +87,19 @@ impl CallsApi {
         Self::launch(command, addr).await
     }
 
+    /// Starts one with `vars` in its environment and `args` after its address and
+    /// `--workers 2`.
+    #[allow(dead_code)]
+    pub async fn start_env_args(vars: &[(&str, &str)], args: &[&str]) -> Self {
+        let addr = free_addr();
+        let mut command = command();
+        command
+            .envs(vars.iter().copied())
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .args(args);
+        Self::launch(command, addr).await
+    }
+
     /// Starts one listening on `addr` with `args` after its address and `--workers 2`, each
     /// line it prints (one per call it places) appended to `log`.
     #[allow(dead_code)]
