@@ -121,6 +121,22 @@ async fn the_embedded_store_is_per_process() {
     assert!(a.create("per-process").await.replayed());
 }
 
+/// `calls-api --help | head -1` must not panic when `head` has gone before the usage is out.
+#[test]
+fn help_into_a_closed_pipe_exits_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
+        .arg("--help")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 #[test]
 fn bad_flags_are_refused_with_usage() {
     let out = Command::new(env!("CARGO_BIN_EXE_calls-api"))
@@ -154,5 +170,10 @@ async fn metrics_are_exposed_in_prometheus_text() {
         text.contains(r#"idem_requests_total{outcome="replayed"} 1"#),
         "{text}"
     );
-    assert!(text.contains("idem_store_duration_seconds"), "{text}");
+    // A histogram, as the docs say, which Prometheus can sum over instances; not a summary.
+    assert!(
+        text.contains("# TYPE idem_store_duration_seconds histogram")
+            && text.contains(r#"idem_store_duration_seconds_bucket{op="claim",le="0.001"}"#),
+        "{text}"
+    );
 }

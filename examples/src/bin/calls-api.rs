@@ -19,6 +19,7 @@
 //! responses (up to 20 s, even those whose clients went away), then stops.
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use std::time::Duration;
@@ -28,7 +29,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, PostgresStore, RedisStore};
 use idem_core::store::ReplayCache;
 use idem_examples::calls_api::{configure, cors, CallsState};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                  [--redis-url URL | --redis-cluster URL[,URL...]]
@@ -103,7 +104,8 @@ fn options() -> Result<Options, String> {
             "--replay-cache-bytes" => &mut replay_cache_bytes,
             "--database-url" => &mut database_url,
             "-h" | "--help" => {
-                println!("{USAGE}");
+                // Into a pipe its reader closed (`| head`), the usage is simply not read.
+                let _ = writeln!(std::io::stdout(), "{USAGE}");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}`")),
@@ -266,7 +268,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let metrics = match PrometheusBuilder::new().install_recorder() {
+    // The store's timings as a histogram, which Prometheus can sum over instances (the
+    // exporter's default is a summary per process): from 50 us (the embedded store) to 1 s.
+    let store_timings = Matcher::Full("idem_store_duration_seconds".into());
+    let buckets = [
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0,
+    ];
+    let metrics = PrometheusBuilder::new().set_buckets_for_metric(store_timings, &buckets);
+    let metrics = match metrics.and_then(PrometheusBuilder::install_recorder) {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("calls-api: metrics: {e}");
