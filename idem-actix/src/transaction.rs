@@ -491,7 +491,7 @@ mod enabled {
                     if committing.get()
                         && code(&error).as_deref() == Some(SERIALIZATION_FAILURE) =>
                 {
-                    tracing::error!(status, %error, "the handler's transaction runs at REPEATABLE READ or SERIALIZABLE and outlived a renewal of its claim (every third of the lease), so Postgres refused to commit its record over the renewed row; nothing was written. Keep such runs within a third of the lease (a longer lease), or use READ COMMITTED, the default");
+                    tracing::error!(status, %error, "Postgres refused to commit the handler's transaction for a serialization failure; nothing was written. Either the transaction conflicted with another one, or it runs at REPEATABLE READ or SERIALIZABLE and outlived a renewal of its claim (every third of the lease), which changed the record's row: then keep such runs within a third of the lease (a longer lease), or use READ COMMITTED, the default");
                     let error = IdempotencyError::StoreUnavailable(error);
                     ("unrecorded", loan.0.error(&error, request_id))
                 }

@@ -199,8 +199,9 @@ impl Statements {
 ///    fenced by the token, as the transaction's last statement, and commits. If the token no
 ///    longer holds the key (the lease lapsed and another request took it over), it rolls
 ///    back instead: this run leaves nothing, and the request holding the key now runs it.
-///    The `UPDATE` locks the row until the commit, so a takeover cannot slip in between; a
-///    duplicate that arrives in that moment waits for the commit only, and then finds the
+///    The `UPDATE` locks the row until the commit, so a takeover cannot slip in between. A
+///    duplicate that arrives in that moment sees the claim, still live in its snapshot, and
+///    is answered 409 at once, as any duplicate of a running request; its retry finds the
 ///    record.
 /// 4. [`ClaimTransaction::rollback`] (for a response that is not recorded: a 5xx, an error,
 ///    a panic), dropping the [`ClaimTransaction`], or a commit that fails, rolls back and
