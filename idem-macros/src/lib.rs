@@ -658,12 +658,13 @@ mod valid;
 /// is recorded as completed without it: retries get 409 `idempotency_response_too_large` and the
 /// operation never runs again.
 ///
-/// A streamed body is read until it ends or passes this bound before the response goes out,
-/// so that it can be kept. For a stream the client must get as it comes (server-sent events),
-/// give `max_response = 0`: no body is kept, the response goes out at once and each piece as
-/// it comes, and the key is recorded as completed before the first piece is read. So a stream
-/// that fails at once is not released (its retries get 409 `idempotency_response_too_large`,
-/// as do those of an empty stream).
+/// A streamed body of unknown length (server-sent events, say) goes out as it comes, and a
+/// copy is kept up to this bound: the key stays claimed until the stream ends, then the whole
+/// body is recorded. A stream that fails first releases the key, and one whose client goes
+/// away is read on without it and recorded. With `max_response = 0` nothing is kept, and the
+/// key is recorded as completed before the first piece is read. So a stream that fails at
+/// once is not released (its retries get 409 `idempotency_response_too_large`, as do those of
+/// an empty stream).
 ///
 /// ```
 /// # extern crate idem as idem_actix;

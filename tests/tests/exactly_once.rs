@@ -235,7 +235,8 @@ struct Stream {
 }
 
 /// Streams `X-Pieces` chunks of `X-Chunk` bytes (1 KiB by default), the one numbered
-/// `X-Gate-At` (from 0; the second by default) after the gate opens.
+/// `X-Gate-At` (from 0; the second by default) after the gate opens, and fails instead of
+/// sending the one numbered `X-Fail-At`, if given.
 #[idempotent(max_response = 1536, lease = "300ms")]
 async fn streamed(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
     streamed_body(probe, req)
@@ -248,10 +249,11 @@ fn streamed_body(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
             .get(name)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
     };
-    let (pieces, chunk, gate_at) = (
+    let (pieces, chunk, gate_at, fail_at) = (
         number("x-pieces").unwrap_or(1),
         number("x-chunk").unwrap_or(1024),
         number("x-gate-at").unwrap_or(1),
+        number("x-fail-at"),
     );
     let gate = Arc::clone(&probe.gate);
     let body = stream::unfold(0, move |i| {
@@ -262,6 +264,10 @@ fn streamed_body(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
             }
             if i == gate_at {
                 gate.acquire().await.unwrap().forget();
+            }
+            if Some(i) == fail_at {
+                let failed = actix_web::error::ErrorInternalServerError("the stream failed");
+                return Some((Err(failed), pieces));
             }
             Some((
                 Ok::<_, actix_web::Error>(Bytes::from(vec![b'a' + i as u8; chunk])),
@@ -314,9 +320,106 @@ async fn a_duplicate_while_the_body_streams_conflicts_instead_of_running() {
     assert_eq!(probe.runs.get(), 1, "the duplicate did not run");
     let retry = request().send(addr).await;
     assert!(retry.replayed());
-    // Collected whole, the body went out with its length, and replays byte for byte.
-    assert_eq!(first.body.len(), 1024);
-    assert_eq!(retry.body, first.body, "the streamed body replays");
+    // The body went out as it came, and replays byte for byte, in one piece.
+    assert_eq!(
+        unchunked(&first.body),
+        retry.body,
+        "the streamed body replays"
+    );
+    assert_eq!(retry.body.len(), 1024);
+}
+
+#[actix_web::test]
+async fn a_keyed_stream_goes_out_as_it_comes_and_its_retry_gets_it_whole() {
+    let (server, probe) = stream_server();
+    let request = || {
+        call("/stream", "teed")
+            .header("X-Pieces", "2")
+            .header("X-Chunk", "700")
+    };
+    let mut open = Open::send(server.addr, &request()).await;
+    // The first piece arrives while the second waits behind the gate: not held back until
+    // the stream ends.
+    open.read_until(&[b'a'; 700], "the first piece before the stream ends")
+        .await;
+    open.assert_status_line(b"HTTP/1.1 200");
+    // Meanwhile the operation is in flight: a retry neither runs it nor replays a part.
+    let retry = request().send(server.addr).await;
+    assert_error(&retry, 409, "idempotency_conflict");
+    probe.gate.add_permits(1);
+    open.read_to_end().await;
+    let head_end = open.got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let first = unchunked(&open.got[head_end..]);
+    assert_eq!(first.len(), 1400, "within max_response, so kept whole");
+    eventually_replayed(server.addr, &request(), &first).await;
+    assert_eq!(probe.runs.get(), 1);
+}
+
+/// Retries `request` until it is replayed (its recording may still be on its way), and
+/// asserts the replay's body is `body`.
+async fn eventually_replayed(addr: std::net::SocketAddr, request: &RawRequest, body: &[u8]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let retry = request.send(addr).await;
+        if retry.replayed() {
+            assert_eq!(retry.body, body, "the replay is the whole stream");
+            return;
+        }
+        assert_error(&retry, 409, "idempotency_conflict");
+        assert!(tokio::time::Instant::now() < deadline, "never replayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_keyed_stream_whose_client_goes_away_is_read_on_and_recorded() {
+    let (server, probe) = stream_server();
+    let request = || {
+        call("/stream", "teed-away")
+            .header("X-Pieces", "2")
+            .header("X-Chunk", "700")
+    };
+    let mut open = Open::send(server.addr, &request()).await;
+    open.read_until(&[b'a'; 700], "the first piece").await;
+    // The client resets the connection halfway.
+    open.conn.set_zero_linger().unwrap();
+    drop(open);
+    probe.gate.add_permits(1);
+    let mut whole = vec![b'a'; 700];
+    whole.extend_from_slice(&[b'b'; 700]);
+    eventually_replayed(server.addr, &request(), &whole).await;
+    assert_eq!(probe.runs.get(), 1, "the operation ran once");
+}
+
+#[actix_web::test]
+async fn a_keyed_stream_that_fails_releases_its_key_so_the_retry_runs_again() {
+    let (server, probe) = stream_server();
+    let failing = call("/stream", "teed-failing")
+        .header("X-Pieces", "3")
+        .header("X-Gate-At", "9")
+        .header("X-Fail-At", "1");
+    let mut open = Open::send(server.addr, &failing).await;
+    // The connection is closed on the failure (actix may not flush the first piece).
+    open.read_to_end().await;
+    // The stream broke off: nothing was recorded, and a retry runs the operation again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let retry = loop {
+        let retry = call("/stream", "teed-failing")
+            .header("X-Pieces", "1")
+            .send(server.addr)
+            .await;
+        if retry.status != 409 {
+            break retry;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key stayed held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(retry.status, 200);
+    assert!(!retry.replayed());
+    assert_eq!(probe.runs.get(), 2);
 }
 
 /// A connection to `addr` on which `request` was sent, and what it answered so far.

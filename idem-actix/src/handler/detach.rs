@@ -193,3 +193,28 @@ impl Drop for Attached {
         }
     }
 }
+
+/// Runs `recording` in a task of its own: the recording of a response that goes out as it is
+/// made (a teed stream), which holds its claim until the response ends. It counts among the
+/// runs in progress, so that a drain waits for it, and a drain's cancellation drops it, which
+/// releases its claim.
+pub(crate) fn spawn_recording(recording: impl std::future::Future<Output = ()> + 'static) {
+    let running = Counted::new(&TASKS.running);
+    let generation = TASKS.generation.load(Ordering::Acquire);
+    let task = async move {
+        let _running = running;
+        let recording = std::pin::pin!(recording);
+        let cancelled = std::pin::pin!(TASKS.cancelled(generation));
+        if let Either::Right(_) = select(recording, cancelled).await {
+            tracing::warn!(
+                "a response stream's recording was cancelled at shutdown; its key is released"
+            );
+        }
+    };
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(actix_web::rt::spawn(task));
+    }));
+    if spawned.is_err() {
+        tracing::error!("a response stream under an idempotency key was made outside actix's runtime; its key is released");
+    }
+}

@@ -15,6 +15,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
+use super::detach::spawn_recording;
 use super::replay::with_request_id;
 use super::Reply;
 use crate::extract::Admitted;
@@ -91,10 +92,11 @@ impl Keep {
 
 /// Runs the handler under its claim, and records its response (or releases the claim).
 ///
-/// The response's body is collected under the lease too: a streamed body is part of the
+/// The response's body is kept under the lease too: a streamed body is part of the
 /// operation, so the claim is renewed until it has been read, and a duplicate meanwhile gets
-/// 409. Collection stops at `max_response`: a longer body is sent on as it comes, and
-/// recorded without its body (retries get 409 `idempotency_response_too_large`).
+/// 409. A body of unknown length is teed ([`tee`]): sent on as it comes, and recorded when it
+/// ends. Others are collected, up to `max_response`: a longer body is sent on as it comes,
+/// and recorded without its body (retries get 409 `idempotency_response_too_large`).
 ///
 /// With an `offer` (a store that lends transactions), a handler that takes its
 /// `Transaction` has its writes committed with the record, or rolled
@@ -123,19 +125,23 @@ where
 {
     async move {
         let loan = offer.map(|offer| offer.lend(&run.req, &lease));
+        // A stream is teed rather than collected, unless its writes commit with the record
+        // (the commit decides the answer) or nothing of it is kept (recorded before it goes).
+        let tees = loan.is_none() && keep.max_response > 0;
         let (request_id, ran) = run.call(handler);
         let ran = lease
             .run(async move {
                 let Reply { req, res } = ran.await?;
                 let (head, body) = res.into_parts();
-                Ok::<_, Box<dyn std::any::Any + Send>>((
-                    req,
-                    head,
-                    collect(body, keep.max_response).await,
-                ))
+                let body = if tees { streamed(body) } else { Err(body) };
+                let read = match body {
+                    Ok(stream) => Read::Stream(stream),
+                    Err(body) => Read::Collected(collect(body, keep.max_response).await),
+                };
+                Ok::<_, Box<dyn std::any::Any + Send>>((req, head, read))
             })
             .await;
-        let (req, head, collected) = match ran {
+        let (req, head, read) = match ran {
             Ok(ran) => ran,
             Err(_) => {
                 tracing::error!(
@@ -151,6 +157,19 @@ where
         let headers = Replayable {
             headers: head.headers(),
             set_cookie: keep.set_cookie,
+        };
+        let collected = match read {
+            Read::Collected(collected) => collected,
+            Read::Stream(stream) => {
+                let headers = (headers.into_iter())
+                    .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                    .collect();
+                let body = tee(stream, status, headers, lease, keep.max_response);
+                return Reply {
+                    req,
+                    res: executed(head.set_body(body), &request_id),
+                };
+            }
         };
         let (response, body) = match collected {
             Ok(Collected::Whole(bytes)) => {
@@ -208,6 +227,165 @@ enum Collected {
     /// A body longer than the limit: what was read and the rest, to send on as they come, and
     /// its size (as declared, or as far as it was read).
     Overflow { body: BoxBody, size: u64 },
+}
+
+/// A handler's response body, as the run leaves it: collected for the record, or a stream to
+/// send on as it comes and record as it goes ([`tee`]).
+enum Read {
+    Collected(Result<Collected, Box<dyn StdError>>),
+    Stream(BoxBody),
+}
+
+/// `body`, when it is a stream of unknown length (a stream of events, a response relayed as
+/// it is made): `Err` with the body otherwise.
+fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
+    let body = body
+        .try_into_bytes()
+        .map(BoxBody::new)
+        .unwrap_or_else(|body| body);
+    match body.size() {
+        BodySize::Stream => Ok(body),
+        _ => Err(body),
+    }
+}
+
+/// Sends `stream` on as it comes, and records it as it goes: each piece goes out at once, and
+/// a copy is kept, up to `limit` bytes. The claim stays held, renewed, until the stream ends,
+/// so that a duplicate meanwhile gets 409 (or waits); then the whole body is recorded, and
+/// retries get it in one piece. A stream that passes `limit` is recorded without its body as
+/// it does, and goes on unkept. One that fails first is released, so that a retry runs again.
+///
+/// A client that goes away does not stop it: the rest is read without it, and recorded, as a
+/// run whose client went away finishes. A task holds the claim meanwhile, counted among the
+/// runs in progress (see [`spawn_recording`]).
+fn tee(
+    stream: BoxBody,
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    lease: idem_core::Lease,
+    limit: usize,
+) -> BoxBody {
+    let (told, teed) = tokio::sync::oneshot::channel();
+    spawn_recording(async move {
+        let teed = lease
+            .run(async move {
+                match teed.await {
+                    Ok(Teed::Dropped { read, rest }) => drained(read, rest, limit).await,
+                    Ok(teed) => teed,
+                    // Dropped without a word: only outside a runtime, where nothing runs on.
+                    Err(_) => Teed::Failed,
+                }
+            })
+            .await;
+        let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+        let response = match teed {
+            Teed::Whole(body) => Response::new(status, headers, &body),
+            Teed::Omitted(size) => Response::omitted(status, size),
+            Teed::Failed | Teed::Dropped { .. } => {
+                tracing::error!(outcome = "released", "response stream failed; key released");
+                metrics::outcome("released");
+                return release(lease, None).await;
+            }
+        };
+        let outcome = recorded(lease, response).await;
+        tracing::debug!(outcome, status);
+        metrics::outcome(outcome);
+    });
+    BoxBody::new(Tee {
+        stream: Some(stream),
+        read: BytesMut::new(),
+        limit,
+        told: Some(told),
+    })
+}
+
+/// How a teed stream ended, as its body tells the task that records it.
+enum Teed {
+    /// It ended, within the limit: the whole body.
+    Whole(Bytes),
+    /// It passed the limit after this many bytes; it goes on, unkept.
+    Omitted(u64),
+    /// It failed before either.
+    Failed,
+    /// Its client went away before either: what was read, and the rest, to read without it.
+    Dropped { read: Bytes, rest: BoxBody },
+}
+
+/// The rest of a teed stream whose client went away, read to its end (or the limit).
+async fn drained(read: Bytes, rest: BoxBody, limit: usize) -> Teed {
+    let mut rest = rest;
+    let rest = futures_util::stream::poll_fn(move |cx| Pin::new(&mut rest).poll_next(cx));
+    let read = futures_util::stream::once(std::future::ready(Ok(read)));
+    let body = BoxBody::new(BodyStream::new(read.chain(rest)));
+    match collect(body, limit).await {
+        Ok(Collected::Whole(body)) => Teed::Whole(body),
+        Ok(Collected::Overflow { size, .. }) => Teed::Omitted(size),
+        Err(_) => Teed::Failed,
+    }
+}
+
+/// A stream on its way to the client, copied for its record (see [`tee`]).
+struct Tee {
+    /// `None` once given to the task that reads it without the client.
+    stream: Option<BoxBody>,
+    read: BytesMut,
+    limit: usize,
+    /// `None` once told how the stream ended, or that it passed the limit.
+    told: Option<tokio::sync::oneshot::Sender<Teed>>,
+}
+
+impl Tee {
+    fn tell(&mut self, teed: Teed) {
+        if let Some(told) = self.told.take() {
+            let _ = told.send(teed);
+        }
+    }
+}
+
+impl actix_web::body::MessageBody for Tee {
+    type Error = Box<dyn StdError>;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(stream) = &mut this.stream else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::task::ready!(Pin::new(stream).poll_next(cx));
+        match &polled {
+            Some(Ok(piece)) if this.told.is_some() => {
+                let size = this.read.len() + piece.len();
+                if size > this.limit {
+                    this.read = BytesMut::new();
+                    this.tell(Teed::Omitted(size as u64));
+                } else {
+                    this.read.extend_from_slice(piece);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) => this.tell(Teed::Failed),
+            None => {
+                let read = std::mem::take(&mut this.read).freeze();
+                this.tell(Teed::Whole(read));
+            }
+        }
+        std::task::Poll::Ready(polled)
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if let (Some(told), Some(rest)) = (self.told.take(), self.stream.take()) {
+            let read = std::mem::take(&mut self.read).freeze();
+            let _ = told.send(Teed::Dropped { read, rest });
+        }
+    }
 }
 
 /// Reads `body` whole, up to `limit` bytes. A body that is bytes already (most are) is taken
