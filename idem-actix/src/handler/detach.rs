@@ -100,14 +100,15 @@ impl Drop for Counted {
     }
 }
 
-/// Held by an orphaned run's task: counts it while it runs, and uncounts it however it ends.
-struct Orphan {
+/// Held by an orphaned run's task (or a teed stream's, read on without its client): counts
+/// it while it runs, and uncounts it however it ends.
+pub(crate) struct Orphan {
     _running: Counted,
     _orphaned: Counted,
 }
 
 impl Orphan {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ORPHANS.with(|n| n.set(n.get() + 1));
         Self {
             _running: Counted::new(&TASKS.running),

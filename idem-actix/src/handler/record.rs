@@ -15,7 +15,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
-use super::detach::spawn_recording;
+use super::detach::{spawn_recording, Orphan};
 use super::replay::with_request_id;
 use super::Reply;
 use crate::extract::Admitted;
@@ -270,7 +270,11 @@ fn tee(
         let teed = lease
             .run(async move {
                 match teed.await {
-                    Ok(Teed::Dropped { read, rest }) => drained(read, rest, limit).await,
+                    Ok(Teed::Dropped { read, rest }) => {
+                        // Counted as a run whose client went away, toward the worker's bound.
+                        let _orphan = Orphan::new();
+                        drained(read, rest, limit).await
+                    }
                     Ok(teed) => teed,
                     // Dropped without a word: only outside a runtime, where nothing runs on.
                     Err(_) => Teed::Failed,
@@ -381,6 +385,10 @@ impl actix_web::body::MessageBody for Tee {
 
 impl Drop for Tee {
     fn drop(&mut self) {
+        // Dropped as its stream panicked: there is nothing sound to read on.
+        if std::thread::panicking() {
+            return self.tell(Teed::Failed);
+        }
         if let (Some(told), Some(rest)) = (self.told.take(), self.stream.take()) {
             let read = std::mem::take(&mut self.read).freeze();
             let _ = told.send(Teed::Dropped { read, rest });
