@@ -1,0 +1,190 @@
+//! The HTTP edges of the layer, probed over real connections: bodies that arrive oddly
+//! (chunked, short, stalled, after `100 Continue`), keys and request ids sent oddly, and
+//! responses (cookies, empty bodies, failing streams, hop-by-hop headers) as first sent and
+//! as replayed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use idem_actix::idempotent;
+use idem_tests::{assert_error, serve, Counter, RawRequest, RawResponse, Served};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[post("/plain")]
+#[idempotent]
+async fn plain(runs: web::Data<Counter>, body: Bytes) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {} {} bytes", runs.bump(), body.len()))
+}
+
+#[idempotent]
+async fn any_method(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Ok().body(format!("run {}", runs.bump()))
+}
+
+#[post("/cookies")]
+#[idempotent(replay_set_cookie = true)]
+async fn cookies(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created()
+        .append_header(("Set-Cookie", "a=1; Path=/"))
+        .append_header(("Set-Cookie", "b=2; HttpOnly"))
+        .append_header(("Vary", "Origin"))
+        .append_header(("Vary", "Accept"))
+        .body(format!("run {}", runs.bump()))
+}
+
+#[post("/empty/{status}")]
+#[idempotent]
+async fn empty(runs: web::Data<Counter>, status: web::Path<u16>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::build(StatusCode::from_u16(*status).unwrap()).finish()
+}
+
+#[post("/failing-stream")]
+#[idempotent]
+async fn failing_stream(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    let pieces: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"first piece ")),
+        Err(std::io::Error::other("upstream went away")),
+    ];
+    HttpResponse::Ok().streaming(futures_util::stream::iter(pieces))
+}
+
+#[post("/hop")]
+#[idempotent]
+async fn hop(runs: web::Data<Counter>) -> HttpResponse {
+    let n = runs.bump();
+    let pieces: Vec<Result<Bytes, std::io::Error>> =
+        vec![Ok(Bytes::from(format!("run {n} "))), Ok(Bytes::from_static(b"streamed"))];
+    HttpResponse::Ok()
+        .insert_header(("Transfer-Encoding", "chunked"))
+        .insert_header(("Connection", "close"))
+        .insert_header(("Keep-Alive", "timeout=5"))
+        .streaming(futures_util::stream::iter(pieces))
+}
+
+#[post("/id")]
+#[idempotent]
+async fn id(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
+    let _ = req;
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+fn app() -> Served {
+    serve(|cfg| {
+        cfg.service(plain)
+            .service(cookies)
+            .service(empty)
+            .service(failing_stream)
+            .service(hop)
+            .service(id)
+            .service(web::resource("/any").route(web::route().to(any_method)));
+    })
+}
+
+fn keyed(path: &str, key: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", key)
+}
+
+/// Asserts a layer error: the envelope with `code`, its request id, and `no-store`.
+fn assert_layer_error(res: &RawResponse, status: u16, code: &str) {
+    assert_error(res, status, code);
+    assert_eq!(res.header("cache-control"), Some("no-store"), "{res:?}");
+}
+
+/// Writes `bytes`, closes the writing half, and reads everything the server sends back.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    buf
+}
+
+/// The responses in `buf`, one after the other, each sized by its `Content-Length` (or to
+/// the end when it has none): with each, its raw head.
+fn responses(mut buf: &[u8]) -> Vec<(String, RawResponse)> {
+    let mut out = Vec::new();
+    while let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(buf.len() - split - 4);
+        let end = (split + 4 + length).min(buf.len());
+        let (one, rest) = buf.split_at(end);
+        out.push((head, parse(one)));
+        buf = rest;
+    }
+    out
+}
+
+fn parse(buf: &[u8]) -> RawResponse {
+    // RawResponse's parser is private: go through one of its own (a loopback echo would be
+    // heavier); rebuild from the head.
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = std::str::from_utf8(&buf[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = std::collections::HashMap::<String, Vec<String>>::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            headers
+                .entry(name.trim().to_ascii_lowercase())
+                .or_default()
+                .push(value.trim().to_owned());
+        }
+    }
+    RawResponse {
+        status,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    }
+}
+
+/// Header names of a raw head, lowercase, sorted, without the ones that differ per transfer.
+fn names(head: &str) -> Vec<String> {
+    let mut names: Vec<String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim().to_ascii_lowercase()))
+        .filter(|n| !matches!(n.as_str(), "date" | "x-request-id" | "idempotent-replayed"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A body that ends before its declared length (the client half-closed, or a proxy cut it
+/// off) is refused as the layer refuses every request it does not run: its envelope, a
+/// stable code, `no-store`; nothing is claimed, so the whole request then runs.
+#[actix_web::test]
+async fn a_body_that_ends_early_is_refused_in_the_envelope_and_claims_nothing() {
+    let s = app();
+    let head = "POST /plain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\
+                Idempotency-Key: short\r\nX-Request-ID: req-short\r\n\
+                Content-Length: 100\r\n\r\nonly ten b";
+    let buf = exchange(s.server.addr, head.as_bytes()).await;
+    let answers = responses(&buf);
+    assert_eq!(answers.len(), 1, "{}", String::from_utf8_lossy(&buf));
+    let (_, short) = &answers[0];
+    assert_layer_error(short, 400, "idempotency_body_invalid");
+    assert_eq!(short.header("x-request-id"), Some("req-short"));
+    assert_eq!(s.runs.get(), 0);
+
+    let whole = s.send(&keyed("/plain", "short").body("x".repeat(100))).await;
+    assert_eq!((whole.status, whole.text()), (201, "run 1 100 bytes".to_owned()));
+}
