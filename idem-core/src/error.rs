@@ -20,7 +20,8 @@ pub mod codes {
     /// 503: the store cannot be reached; nothing ran.
     pub const STORE_UNAVAILABLE: &str = "idempotency_store_unavailable";
     /// 400: the body of a request with a key cannot be read in the form its endpoint
-    /// compares bodies in (JSON, for example), or its key read from it.
+    /// compares bodies in (JSON, for example), or its key read from it, or it did not arrive
+    /// whole.
     pub const BODY_INVALID: &str = "idempotency_body_invalid";
     /// 413: the body of a request with a key is larger than the endpoint accepts.
     pub const BODY_TOO_LARGE: &str = "idempotency_body_too_large";

@@ -156,18 +156,6 @@ fn parse(buf: &[u8]) -> RawResponse {
     }
 }
 
-/// Header names of a raw head, lowercase, sorted, without the ones that differ per transfer.
-fn names(head: &str) -> Vec<String> {
-    let mut names: Vec<String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| Some(l.split_once(':')?.0.trim().to_ascii_lowercase()))
-        .filter(|n| !matches!(n.as_str(), "date" | "x-request-id" | "idempotent-replayed"))
-        .collect();
-    names.sort();
-    names
-}
-
 /// A body that ends before its declared length (the client half-closed, or a proxy cut it
 /// off) is refused as the layer refuses every request it does not run: its envelope, a
 /// stable code, `no-store`; nothing is claimed, so the whole request then runs.

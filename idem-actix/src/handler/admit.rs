@@ -19,7 +19,6 @@ use idem_core::{
 };
 
 use super::record::rebuilt;
-use super::replay::with_request_id;
 use super::Endpoint;
 use crate::config::IdempotencyConfig;
 use crate::extract::{Admitted, Passed};
@@ -153,8 +152,12 @@ pub(crate) async fn admit(
     let body = match read_body(&req, payload, policy.max_body).await {
         Ok(body) => body,
         Err(ReadError::Payload(e)) => {
-            let res = with_request_id(HttpResponse::from_error(e), &request_id);
-            return Admission::Answer(req, res);
+            // Answered as every refusal of the layer is (envelope, code, `no-store`): a client
+            // that half-closed, or a proxy that cut the body off, may still read it.
+            let error = BodyError::Incomplete {
+                reason: incomplete(&e),
+            };
+            return reject(req, &policy, &config, &request_id, error.into());
         }
         Err(ReadError::TooLarge) => {
             let error = IdempotencyError::BodyTooLarge {
@@ -435,6 +438,15 @@ fn decoded(
         Ok(_) if out.len() > limit => Err(IdempotencyError::BodyTooLarge { limit }),
         Ok(_) => Ok(Some(Bytes::from(out))),
         Err(_) => Err(BodyError::Undecodable { coding }.into()),
+    }
+}
+
+/// What went wrong with a body that did not arrive whole, for its refusal's message.
+fn incomplete(error: &PayloadError) -> String {
+    match error {
+        PayloadError::Incomplete(_) => "it ended before its declared length".to_owned(),
+        PayloadError::EncodingCorrupted => "its transfer coding is malformed".to_owned(),
+        other => other.to_string(),
     }
 }
 

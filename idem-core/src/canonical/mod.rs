@@ -76,6 +76,13 @@ pub enum BodyError {
         /// The coding, as the request names it.
         coding: String,
     },
+    /// The body did not arrive whole: it ended before its declared length, or its transfer
+    /// coding was malformed.
+    #[error("the request body did not arrive whole ({reason}); send the request again with its whole body")]
+    Incomplete {
+        /// What went wrong while it was read.
+        reason: String,
+    },
 }
 
 /// A JSON body, parsed once for both its key and its fingerprint. An empty body is no
