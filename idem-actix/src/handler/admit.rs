@@ -464,9 +464,14 @@ impl From<PayloadError> for ReadError {
     }
 }
 
+/// What a body's `Content-Length` reserves before its bytes arrive: a client that declares
+/// `max_body` and stalls after two bytes pins this much, not `max_body`. Longer bodies grow
+/// the buffer as they arrive, by doubling, so what it holds stays within twice what was sent.
+const RESERVED: usize = 64 * 1024;
+
 /// Reads the whole body, up to `limit` bytes. A body that arrives in one chunk (most do) is
 /// kept as it came, without a copy; a longer one is gathered in a buffer sized by its
-/// `Content-Length`.
+/// `Content-Length`, up to [`RESERVED`] bytes before they have arrived.
 async fn read_body(
     req: &HttpRequest,
     mut payload: dev::Payload,
@@ -488,7 +493,8 @@ async fn read_body(
     let Some(mut chunk) = payload.next().await.transpose()? else {
         return Ok(first);
     };
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).max(first.len() + chunk.len()));
+    let reserved = declared.unwrap_or(0).min(RESERVED);
+    let mut body = BytesMut::with_capacity(reserved.max(first.len() + chunk.len()));
     body.extend_from_slice(&first);
     loop {
         if body.len() + chunk.len() > limit {
