@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{post, web, HttpRequest, HttpResponse};
+use actix_web::{post, web, HttpResponse};
 use bytes::Bytes;
 use idem_actix::idempotent;
 use idem_tests::{assert_error, serve, Counter, RawRequest, RawResponse, Served};
@@ -58,20 +58,15 @@ async fn failing_stream(runs: web::Data<Counter>) -> HttpResponse {
 #[idempotent]
 async fn hop(runs: web::Data<Counter>) -> HttpResponse {
     let n = runs.bump();
-    let pieces: Vec<Result<Bytes, std::io::Error>> =
-        vec![Ok(Bytes::from(format!("run {n} "))), Ok(Bytes::from_static(b"streamed"))];
+    let pieces: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from(format!("run {n} "))),
+        Ok(Bytes::from_static(b"streamed")),
+    ];
     HttpResponse::Ok()
         .insert_header(("Transfer-Encoding", "chunked"))
         .insert_header(("Connection", "close"))
         .insert_header(("Keep-Alive", "timeout=5"))
         .streaming(futures_util::stream::iter(pieces))
-}
-
-#[post("/id")]
-#[idempotent]
-async fn id(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
-    let _ = req;
-    HttpResponse::Created().body(format!("run {}", runs.bump()))
 }
 
 fn app() -> Served {
@@ -81,7 +76,6 @@ fn app() -> Served {
             .service(empty)
             .service(failing_stream)
             .service(hop)
-            .service(id)
             .service(web::resource("/any").route(web::route().to(any_method)));
     })
 }
@@ -139,7 +133,14 @@ fn parse(buf: &[u8]) -> RawResponse {
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = std::str::from_utf8(&buf[..split]).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut headers = std::collections::HashMap::<String, Vec<String>>::new();
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
@@ -173,6 +174,123 @@ async fn a_body_that_ends_early_is_refused_in_the_envelope_and_claims_nothing() 
     assert_eq!(short.header("x-request-id"), Some("req-short"));
     assert_eq!(s.runs.get(), 0);
 
-    let whole = s.send(&keyed("/plain", "short").body("x".repeat(100))).await;
-    assert_eq!((whole.status, whole.text()), (201, "run 1 100 bytes".to_owned()));
+    let whole = s
+        .send(&keyed("/plain", "short").body("x".repeat(100)))
+        .await;
+    assert_eq!(
+        (whole.status, whole.text()),
+        (201, "run 1 100 bytes".to_owned())
+    );
+}
+
+/// What a replay repeats of a response, on the wire: several `Set-Cookie` (where allowed) and
+/// `Vary` lines in order, empty 204 and 304 answers framed as the first was, a handler's
+/// hop-by-hop headers left out; a stream that fails midway releases the key.
+#[actix_web::test]
+async fn replays_frame_their_bodies_as_the_first_answer_was() {
+    let s = app();
+    let addr = s.server.addr;
+    let first_and_retry = |path: &str| {
+        let bytes = keyed(path, &format!("k{path}")).to_bytes();
+        async move {
+            let first = responses(&exchange(addr, &bytes).await).remove(0);
+            let retry = responses(&exchange(addr, &bytes).await).remove(0);
+            (first, retry)
+        }
+    };
+    let ((_, first), (_, retry)) = first_and_retry("/cookies").await;
+    assert!(retry.replayed());
+    assert_eq!(
+        retry.headers["set-cookie"],
+        ["a=1; Path=/", "b=2; HttpOnly"]
+    );
+    assert_eq!(retry.headers["vary"], ["Origin", "Accept"]);
+    assert_eq!(
+        (first.headers["set-cookie"].len(), &first.body),
+        (2, &retry.body)
+    );
+
+    for path in ["/empty/204", "/empty/304", "/empty/200"] {
+        let ((first_head, first), (retry_head, retry)) = first_and_retry(path).await;
+        assert!(retry.replayed() && !first.replayed(), "{path}");
+        assert!(first.body.is_empty() && retry.body.is_empty(), "{path}");
+        let framing = |head: &str| {
+            let head = head.to_ascii_lowercase();
+            (
+                head.contains("content-length"),
+                head.contains("transfer-encoding"),
+            )
+        };
+        assert_eq!(framing(&first_head), framing(&retry_head), "{path}");
+    }
+
+    let ((_, first), (retry_head, retry)) = first_and_retry("/hop").await;
+    assert_eq!(
+        (first.text(), retry.text()),
+        ("run 5 streamed".into(), "run 5 streamed".into())
+    );
+    assert!(retry.replayed());
+    let retry_head = retry_head.to_ascii_lowercase();
+    assert!(!retry_head.contains("keep-alive") && !retry_head.contains("transfer-encoding"));
+
+    let ((_, first), (_, retry)) = first_and_retry("/failing-stream").await;
+    assert_eq!((first.status, retry.status), (500, 500));
+    assert!(!retry.replayed(), "a failed stream is not recorded");
+    assert!(first.header("x-request-id").is_some());
+    assert_eq!(s.runs.get(), 7);
+}
+
+/// Keyed requests on one connection: `Expect: 100-continue` is answered before the body,
+/// and pipelined duplicates of one key are answered in order, the first run and the rest
+/// replayed.
+#[actix_web::test]
+async fn expect_continue_and_pipelined_duplicates_are_answered_in_order() {
+    let s = app();
+    let one = "POST /plain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\
+               Idempotency-Key: pipe\r\nContent-Length: 3\r\n";
+    let mut c = TcpStream::connect(s.server.addr).await.unwrap();
+    c.write_all(format!("{one}Expect: 100-continue\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut cont = [0u8; 25];
+    c.read_exact(&mut cont).await.unwrap();
+    assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    let mut rest = b"abc".to_vec();
+    rest.extend_from_slice(format!("{one}\r\nabc").as_bytes());
+    rest.extend_from_slice(format!("{one}Connection: close\r\n\r\nabc").as_bytes());
+    c.write_all(&rest).await.unwrap();
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).await.unwrap();
+    let answers = responses(&buf);
+    assert_eq!(answers.len(), 3, "{}", String::from_utf8_lossy(&buf));
+    for (n, (_, res)) in answers.iter().enumerate() {
+        assert_eq!((res.status, res.text()), (201, "run 1 3 bytes".to_owned()));
+        assert_eq!(res.replayed(), n > 0);
+    }
+    assert_eq!(s.runs.get(), 1);
+}
+
+/// Under the attribute, a key is honoured whatever the method: HEAD and OPTIONS replay too, a
+/// HEAD replay framed as its first answer (the length of the body it does not send).
+#[actix_web::test]
+async fn head_and_options_with_a_key_run_once_and_replay() {
+    let s = app();
+    for method in ["HEAD", "OPTIONS"] {
+        let req = RawRequest::new(method, "/any")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", method);
+        let (first_head, first) =
+            responses(&exchange(s.server.addr, &req.to_bytes()).await).remove(0);
+        let (retry_head, retry) =
+            responses(&exchange(s.server.addr, &req.to_bytes()).await).remove(0);
+        assert_eq!((first.status, retry.status), (200, 200), "{method}");
+        assert!(retry.replayed() && !first.replayed(), "{method}");
+        assert_eq!(
+            first.header("content-length"),
+            retry.header("content-length")
+        );
+        assert_eq!(first.body, retry.body, "{method}");
+        assert!(!first_head.is_empty() && !retry_head.is_empty());
+    }
+    assert_eq!(s.runs.get(), 2);
 }
