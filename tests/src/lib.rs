@@ -217,6 +217,26 @@ impl RawResponse {
     }
 }
 
+/// The body of a response sent with `Transfer-Encoding: chunked`, unframed.
+pub fn unchunked(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16)
+            .expect("hex chunk size");
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
 /// A server running on its own thread and actix system.
 pub struct TestServer {
     /// Its address on loopback.

@@ -11,7 +11,7 @@ use futures_util::stream;
 use idem_actix::clock::{ManualClock, Timestamp};
 use idem_actix::testing::{Fault, FaultyStore};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy};
-use idem_tests::{assert_error, eventually, serve, Counter, RawRequest, TestServer};
+use idem_tests::{assert_error, eventually, serve, unchunked, Counter, RawRequest, TestServer};
 use tokio::sync::Semaphore;
 
 fn call(path: &str, key: &str) -> RawRequest {
@@ -19,26 +19,6 @@ fn call(path: &str, key: &str) -> RawRequest {
         .header("Authorization", "Bearer tenant-1")
         .header("Idempotency-Key", key)
         .body("{}")
-}
-
-/// The body of a response sent with `Transfer-Encoding: chunked`, unframed.
-fn unchunked(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = body;
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size");
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16)
-            .expect("hex chunk size");
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
 }
 
 #[idempotent]
