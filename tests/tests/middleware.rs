@@ -148,6 +148,8 @@ async fn behaviour_suite(a: App) {
     let crash = a.send(call("k3", "a").header("X-Panic", "1")).await;
     assert_eq!(crash.status, 500);
     assert!(crash.header("x-request-id").is_some());
+    // The layer's answer for the handler, which no cache may keep.
+    assert_eq!(crash.header("cache-control"), Some("no-store"));
     let fixed = a.send(call("k3", "a")).await;
     assert_eq!(fixed.status, 201);
     assert!(!fixed.replayed());

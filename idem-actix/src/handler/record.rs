@@ -458,8 +458,12 @@ async fn release(lease: idem_core::Lease, loan: Option<Loan>) {
     }
 }
 
+/// The layer's 500 for a handler that panicked (or whose body failed before anything went
+/// out): as its other answers, never to be kept by a cache.
 pub(super) fn panicked() -> HttpResponse {
-    HttpResponse::InternalServerError().finish()
+    HttpResponse::InternalServerError()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
 }
 
 /// The headers of a response that its replays repeat: all but those of one transfer or one
