@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use idem_actix::{
     idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore, ReplayHeaders,
 };
-use idem_tests::{assert_error, Counter, RawRequest, TestServer, Warnings};
+use idem_tests::{assert_error, unchunked, Counter, RawRequest, TestServer, Warnings};
 
 fn call(path: &str, key: &str) -> RawRequest {
     RawRequest::post(path)
@@ -119,7 +119,8 @@ async fn outside_compress_a_replay_never_sends_a_coding_the_client_did_not_accep
         .send(server.addr)
         .await;
     assert!(retry.replayed());
-    assert_eq!(retry.body, first.body);
+    // Compress's body is a stream: it went out chunked as it came, and replays whole.
+    assert_eq!(retry.body, unchunked(&first.body));
     assert_eq!(runs.get(), 1, "the operation ran once");
 }
 
@@ -144,7 +145,8 @@ async fn a_replay_header_list_never_strips_the_coding_of_a_recorded_body() {
     assert_eq!(first.header("content-encoding"), Some("gzip"));
     let retry = zipped().send(server.addr).await;
     assert!(retry.replayed());
-    assert_eq!(retry.body, first.body);
+    // Compress's body is a stream: it went out chunked as it came, and replays whole.
+    assert_eq!(retry.body, unchunked(&first.body));
     assert_eq!(retry.header("content-encoding"), Some("gzip"));
     assert_eq!(retry.header("content-type"), Some("text/plain"));
     assert_eq!(runs.get(), 1);
