@@ -186,4 +186,11 @@ pub mod __private {
 
     /// Checks that `T` is an extractor, where the handler names it.
     pub fn extractor<T: Extractor>() {}
+
+    /// A value of the handler's declared return type, for a `return` that never runs: it
+    /// gives the body's `async` block that type, so that what the body hands back coerces
+    /// to it.
+    pub fn declared<T>() -> T {
+        unreachable!("#[idempotent] never calls `declared`")
+    }
 }

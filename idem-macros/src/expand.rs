@@ -10,7 +10,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::visit_mut::{self, VisitMut};
-use syn::{Expr, ExprReturn, FnArg, GenericParam, Ident, Item, ItemFn, ReturnType, Type};
+use syn::{FnArg, GenericParam, Ident, ItemFn, ReturnType, Type};
 
 use crate::ast::{
     Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
@@ -259,31 +259,33 @@ fn functions(args: &Args) -> TokenStream {
     quote!(__idem_p::Functions::NONE #(.#setters)*)
 }
 
-/// Gives each `return` of the handler's own body the declared return type `0`, so that its
-/// value coerces as it would in the handler (`return Err(Box::new(e))` where the handler
-/// returns `Result<_, Box<dyn Error>>`): the body runs in an `async` block, whose output is
-/// otherwise the type of its first `return`. Closures, `async` blocks and items in the body
-/// keep their own returns.
-struct TypedReturns<'a>(&'a Type);
+/// The declared return type `ty`, each `impl Trait` in it made `_`: a type the body's value
+/// can be given, to coerce to, even where the signature's cannot be named.
+struct Inferred;
 
-impl VisitMut for TypedReturns<'_> {
-    fn visit_expr_mut(&mut self, expr: &mut Expr) {
-        match expr {
-            Expr::Closure(_) | Expr::Async(_) => {}
-            Expr::Return(ExprReturn {
-                expr: Some(value), ..
-            }) => {
-                self.visit_expr_mut(value);
-                let (ty, inner) = (self.0, &**value);
-                **value = syn::parse_quote_spanned! {inner.span()=>
-                    { let __idem_return: #ty = #inner; __idem_return }
-                };
-            }
-            _ => visit_mut::visit_expr_mut(self, expr),
+impl VisitMut for Inferred {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::ImplTrait(opaque) = ty {
+            *ty = syn::parse_quote_spanned!(opaque.impl_token.span=> _);
+            return;
+        }
+        visit_mut::visit_type_mut(self, ty);
+    }
+}
+
+/// A statement that gives the `async` block the body runs in the declared return type `ty`
+/// (with `_` for each `impl Trait`), by a `return` of it that never runs: a block's output is
+/// otherwise the type of its first `return` (or its tail), so that a later value would not
+/// coerce as it does in the handler (`return Err(Box::new(e))` where the handler returns
+/// `Result<_, Box<dyn Error>>`, in a `macro_rules!` macro or not, or the same as the tail).
+fn declared_output(ty: &Type) -> TokenStream {
+    let mut ty = ty.clone();
+    Inferred.visit_type_mut(&mut ty);
+    quote_spanned! {ty.span()=>
+        if false {
+            return __idem_p::declared::<#ty>();
         }
     }
-
-    fn visit_item_mut(&mut self, _: &mut Item) {}
 }
 
 /// Checks `__idem_out` against a return type `ty` that holds an `impl Trait`, as the
@@ -360,18 +362,21 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let names: Vec<_> = (0..types.len())
         .map(|i| format_ident!("__idem_arg{}", i))
         .collect();
-    // A named return type guides inference of `?` in the body, and each `return` of the body
-    // is given it (see `TypedReturns`). An `impl Trait` type cannot be named in a `let`, so the
-    // value is checked against its bounds as the signature did, by a function of its own,
-    // generic over the handler's own parameters (see `output_check`).
-    let mut block = block;
-    let (output, check_output) = match &sig.output {
+    // The body's `async` block is given the declared return type first (see
+    // `declared_output`), so that every value it hands back coerces to it and `?` infers as
+    // in the handler. An `impl Trait` type cannot be named in a `let`, so the value is checked
+    // against its bounds as the signature did, by a function of its own, generic over the
+    // handler's own parameters (see `output_check`).
+    let (output, check_output, declared) = match &sig.output {
         ReturnType::Type(_, ty) if !contains_impl(ty.to_token_stream()) => {
-            TypedReturns(ty).visit_block_mut(&mut block);
-            (quote!(: #ty), quote!())
+            (quote!(: #ty), quote!(), declared_output(ty))
         }
-        ReturnType::Type(_, ty) => (quote!(), output_check(ty, &sig.generics)),
-        ReturnType::Default => (quote!(: ()), quote!()),
+        ReturnType::Type(_, ty) => (
+            quote!(),
+            output_check(ty, &sig.generics),
+            declared_output(ty),
+        ),
+        ReturnType::Default => (quote!(: ()), quote!(), quote!()),
     };
     let respond_span = match &sig.output {
         ReturnType::Type(_, ty) => ty.span(),
@@ -421,6 +426,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                     // braces on the handler's own lines.
                     #(let #patterns: #types = #names;)*
                     let __idem_out #output = async move {
+                        #declared
                         #(#stmts)*
                     }
                     .await;
