@@ -10,7 +10,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::visit_mut::{self, VisitMut};
-use syn::{FnArg, GenericParam, Ident, ItemFn, ReturnType, Type};
+use syn::{Attribute, FnArg, GenericParam, Ident, ItemFn, PatType, ReturnType, Type};
 
 use crate::ast::{
     Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
@@ -334,6 +334,51 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     }
 }
 
+/// An argument's attributes that decide whether it is there at all (`#[cfg]`, and
+/// `#[cfg_attr]`, which may be one).
+fn conditions(arg: &PatType) -> Vec<&Attribute> {
+    arg.attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr"))
+        .collect()
+}
+
+/// The arguments' extraction, into `names`: as a tuple of all of them, as actix-web extracts
+/// a handler's arguments; an argument with conditions (see `conditions`) is extracted on its
+/// own, in its place and under them, since a tuple's element cannot be configured out.
+fn extraction(arguments: &[&PatType], names: &[Ident]) -> TokenStream {
+    let mut groups: Vec<(Vec<&Attribute>, Vec<usize>)> = Vec::new();
+    for (i, arg) in arguments.iter().enumerate() {
+        let conditions = conditions(arg);
+        match groups.last_mut() {
+            Some((last, members)) if last.is_empty() && conditions.is_empty() => members.push(i),
+            _ => groups.push((conditions, vec![i])),
+        }
+    }
+    if groups.is_empty() {
+        groups.push((Vec::new(), Vec::new()));
+    }
+    let groups = groups.iter().map(|(conditions, members)| {
+        let names = members.iter().map(|&i| &names[i]);
+        let types = members.iter().map(|&i| &arguments[i].ty);
+        quote! {
+            #(#conditions)*
+            let (#(#names,)*) = match <(#(#types,)*) as __idem_p::FromRequest>::from_request(
+                &__idem_req,
+                &mut __idem_payload,
+            )
+            .await
+            {
+                ::core::result::Result::Ok(__idem_args) => __idem_args,
+                ::core::result::Result::Err(__idem_err) => {
+                    return __idem_p::fail(__idem_req, __idem_err);
+                }
+            };
+        }
+    });
+    quote!(#(#groups)*)
+}
+
 /// The generated handler.
 pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let krate = match &args.krate {
@@ -351,17 +396,25 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let (_, _, where_clause) = sig.generics.split_for_impl();
     let generics = &sig.generics;
 
-    let (patterns, types): (Vec<_>, Vec<_>) = sig
+    let arguments: Vec<&PatType> = sig
         .inputs
         .iter()
         .filter_map(|arg| match arg {
-            FnArg::Typed(pat) => Some((&*pat.pat, &*pat.ty)),
+            FnArg::Typed(pat) => Some(pat),
             FnArg::Receiver(_) => None,
         })
-        .unzip();
+        .collect();
+    let types: Vec<&Type> = arguments.iter().map(|arg| &*arg.ty).collect();
     let names: Vec<_> = (0..types.len())
         .map(|i| format_ident!("__idem_arg{}", i))
         .collect();
+    // Each argument bound as the handler bound it, with its attributes: one configured out
+    // (`#[cfg]`) is not bound, and a lint level (`#[allow]`) holds for its binding.
+    let bindings = arguments.iter().zip(&names).map(|(arg, name)| {
+        let PatType { attrs, pat, ty, .. } = arg;
+        quote!(#(#attrs)* let #pat: #ty = #name;)
+    });
+    let extraction = extraction(&arguments, &names);
     // The body's `async` block is given the declared return type first (see
     // `declared_output`), so that every value it hands back coerces to it and `?` infers as
     // in the handler. An `impl Trait` type cannot be named in a `let`, so the value is checked
@@ -390,8 +443,9 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let overrides = overrides(args);
     // Each argument is an extractor, checked on its own type, so that one that is not is
     // reported there first (the tuple of all of them is reported on the attribute).
-    let extractors = types.iter().map(|ty| {
-        quote_spanned! {ty.span()=> __idem_p::extractor::<#ty>(); }
+    let extractors = arguments.iter().map(|arg| {
+        let (conditions, ty) = (conditions(arg), &arg.ty);
+        quote_spanned! {ty.span()=> #(#conditions)* __idem_p::extractor::<#ty>(); }
     });
 
     quote! {
@@ -409,22 +463,12 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 #functions,
                 __idem_raw,
                 move |__idem_req: __idem_p::HttpRequest, mut __idem_payload: __idem_p::RawPayload| async move {
-                    let (#(#names,)*) = match <(#(#types,)*) as __idem_p::FromRequest>::from_request(
-                        &__idem_req,
-                        &mut __idem_payload,
-                    )
-                    .await
-                    {
-                        ::core::result::Result::Ok(__idem_args) => __idem_args,
-                        ::core::result::Result::Err(__idem_err) => {
-                            return __idem_p::fail(__idem_req, __idem_err);
-                        }
-                    };
+                    #extraction
                     // The arguments outside the body's scope, so that its items (a `use`, a
                     // `struct`) do not change what their types name; the body's statements,
                     // not its block, which alone in this one would be linted as needless
                     // braces on the handler's own lines.
-                    #(let #patterns: #types = #names;)*
+                    #(#bindings)*
                     let __idem_out #output = async move {
                         #declared
                         #(#stmts)*
