@@ -38,8 +38,9 @@ mod valid;
 /// ```
 ///
 /// The attribute goes above or below a route attribute (`#[post]`, `#[route]`), or on a plain
-/// `async fn` registered with `web::resource(..).route(..)`. The handler takes any extractors
-/// (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included. A return type
+/// `async fn` registered with `web::resource(..).route(..)`. Attribute macros below it (such as
+/// `#[tracing::instrument]`) expand first, on the handler as written. The handler takes any
+/// extractors (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included. A return type
 /// with an `impl Trait` in it (`impl Responder`, `Result<impl Responder, C::Error>` in a
 /// generic handler) is held to its bounds as without the attribute, by a function of its own
 /// (generic over the handler's parameters when the type names them). Such a function cannot
@@ -846,15 +847,20 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             return out.into();
         }
     };
+    let args: proc_macro2::TokenStream = args.into();
     let mut errors = errors::Errors::default();
-    let parsed = attr::parse(args.into(), &mut errors);
+    let parsed = attr::parse(args.clone(), &mut errors);
     match &parsed {
         Ok(args) => valid::args(args, &mut errors),
         Err(syntax) => errors.add(syntax.clone()),
     }
     valid::handler(&func, &mut errors);
     match errors.finish(()).and(parsed) {
-        Ok(args) => {
+        Ok(parsed) => {
+            if let Some(reordered) = macros_first(&parsed, args, &func) {
+                return reordered.into();
+            }
+            let args = parsed;
             let name = func.sig.ident.to_string();
             let expanded = expand::expand(&args, func);
             if wants_debug(std::env::var("IDEM_MACROS_DEBUG").ok().as_deref(), &name) {
@@ -869,6 +875,70 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             out.into()
         }
     }
+}
+
+/// The handler with `#[idempotent]` given again below the attribute macros that were below
+/// it (`#[tracing::instrument]`, a route attribute), so that they expand first, on the
+/// handler as written, as they would without `#[idempotent]`; `None` when there are none.
+fn macros_first(
+    parsed: &ast::Args,
+    args: proc_macro2::TokenStream,
+    func: &syn::ItemFn,
+) -> Option<proc_macro2::TokenStream> {
+    let last = func.attrs.iter().rposition(|attr| !is_inert(attr))?;
+    let (macros, rest) = func.attrs.split_at(last + 1);
+    let krate = match &parsed.krate {
+        Some(path) => quote::ToTokens::to_token_stream(&path.value),
+        None => quote::quote!(::idem_actix),
+    };
+    let syn::ItemFn {
+        vis, sig, block, ..
+    } = func;
+    Some(quote::quote! {
+        #(#macros)*
+        #[#krate::idempotent(#args)]
+        #(#rest)*
+        #vis #sig #block
+    })
+}
+
+/// Whether `attr` is one the compiler or a tool reads, rather than an attribute macro: it
+/// stays on the generated handler.
+fn is_inert(attr: &syn::Attribute) -> bool {
+    let path = attr.path();
+    let Some(first) = path.segments.first() else {
+        return true;
+    };
+    let first = first.ident.to_string();
+    if path.segments.len() > 1 {
+        return matches!(
+            first.as_str(),
+            "rustfmt" | "clippy" | "diagnostic" | "rustdoc" | "rust_analyzer"
+        );
+    }
+    matches!(
+        first.as_str(),
+        "doc"
+            | "allow"
+            | "warn"
+            | "deny"
+            | "forbid"
+            | "expect"
+            | "cfg"
+            | "cfg_attr"
+            | "must_use"
+            | "deprecated"
+            | "inline"
+            | "cold"
+            | "track_caller"
+            | "no_mangle"
+            | "export_name"
+            | "link_section"
+            | "target_feature"
+            | "instruction_set"
+            | "optimize"
+            | "coverage"
+    )
 }
 
 /// Whether `IDEM_MACROS_DEBUG` (`setting`) asks to print the expansion of handler `name`:
