@@ -48,7 +48,9 @@ mod valid;
 /// names `Self` (or names the handler's parameters, whose bounds name `Self`) is held to
 /// `Responder` only, and one that names a parameter of the `impl` block, or names the
 /// handler's parameters whose bounds name the block's, does not compile (name the type there,
-/// as in `Result<HttpResponse, C::Error>`).
+/// as in `Result<HttpResponse, C::Error>`). Nor does a handler whose return type names a
+/// lifetime parameter of its own (`async fn hello<'a>() -> &'a str`, which actix takes as
+/// `'static`): its body runs in a `'static` closure; write `&'static str`.
 ///
 /// # Arguments
 /// Every argument is optional; with none, the defaults of each section below apply. A bad value
