@@ -1623,75 +1623,25 @@ mod tests {
         }
     }
 
-    /// The embedded store, except that while `down` its renewals go unanswered: each fails
-    /// after a command timeout of 500 ms, as a Redis that does not answer does.
-    struct UnansweredRenewals {
-        moka: MokaStore,
-        down: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Store for UnansweredRenewals {
-        fn claim<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            claim: InFlight,
-            now: Timestamp,
-        ) -> StoreFuture<'a, Claim> {
-            self.moka.claim(key, claim, now)
-        }
-        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-            self.moka.get(key, now)
-        }
-        fn extend<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            lease_until: Timestamp,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            if !self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return self.moka.extend(key, token, lease_until, now);
-            }
-            StoreFuture::new(async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                Err(StoreError::Timeout)
-            })
-        }
-        fn complete<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            record: Completed,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.moka.complete(key, token, record, now)
-        }
-        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-            self.moka.release(key, token)
-        }
-    }
-
     /// A store that stops answering for less than a lease, and answers again well before the
     /// lease ends, must not let a running claim lapse: a renewal that failed is tried again
     /// once the store answers, not a whole renewal period later.
     #[tokio::test(start_paused = true)]
     async fn an_outage_shorter_than_the_lease_does_not_let_a_running_claim_lapse() {
-        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let store = UnansweredRenewals {
-            moka: MokaStore::new(),
-            down: Arc::clone(&down),
-        };
-        let engine = Engine::new(store).with_clock(TokioClock(tokio::time::Instant::now()));
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
         let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
         let engine2 = engine.clone();
         let duplicates = lease
             .run(async move {
                 // The store does not answer from 5 s to 25 s: two renewals (every 10 s) fail.
+                // Each renewal meanwhile waits out a command timeout of 500 ms, then fails.
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                down.store(true, std::sync::atomic::Ordering::SeqCst);
+                let unanswered = Fault::Unanswered(Duration::from_millis(500));
+                store.fail("extend", usize::MAX, unanswered);
                 tokio::time::sleep(Duration::from_secs(20)).await;
-                down.store(false, std::sync::atomic::Ordering::SeqCst);
+                store.heal();
                 // Back 5 s before the lease would end; the client retries every second.
                 let mut duplicates = Vec::new();
                 for _ in 0..15 {

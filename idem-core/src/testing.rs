@@ -176,6 +176,9 @@ pub enum Fault {
     Unavailable,
     /// [`StoreError::Timeout`].
     Timeout,
+    /// [`StoreError::Timeout`] after this long, as a store that does not answer within the
+    /// command timeout: the operation does not reach it.
+    Unanswered(std::time::Duration),
     /// [`StoreError::TooLarge`] with this limit, as a store answers a record over its limit.
     TooLarge(usize),
     /// The operation reaches the store and is done there, but its answer is lost:
@@ -193,7 +196,7 @@ impl Fault {
     fn error(self) -> StoreError {
         match self {
             Fault::Unavailable => StoreError::Unavailable("injected store failure".into()),
-            Fault::Timeout => StoreError::Timeout,
+            Fault::Timeout | Fault::Unanswered(_) => StoreError::Timeout,
             Fault::TooLarge(max) => StoreError::TooLarge { size: max + 1, max },
             Fault::Lost => StoreError::Timeout,
             Fault::Refused => StoreError::Refused("injected refusal".into()),
@@ -287,6 +290,10 @@ impl<S> FaultyStore<S> {
                     Err(Fault::Lost.error())
                 })
             }
+            Some(Fault::Unanswered(after)) => StoreFuture::new(async move {
+                tokio::time::sleep(after).await;
+                Err(StoreError::Timeout)
+            }),
             Some(fault) => StoreFuture::ready(Err(fault.error())),
             None => call(&self.inner),
         }
