@@ -955,6 +955,15 @@ mod tests {
         assert!(matches!(finish.await, Ok(Outcome::Recorded)));
     }
 
+    /// The body a retry of `k` (as `fp("a")`) is answered with, from its record.
+    async fn replayed_body(engine: &Engine, policy: &Policy, k: StoreKey) -> Vec<u8> {
+        replay(engine, policy, k, fp("a"))
+            .await
+            .response
+            .body()
+            .to_vec()
+    }
+
     async fn replay(engine: &Engine, policy: &Policy, k: StoreKey, f: Fingerprint) -> Completed {
         match engine.begin(policy, k, f).await {
             Ok(Begin::Replay(c)) => c,
@@ -1071,13 +1080,7 @@ mod tests {
         assert_eq!(store.calls("complete"), 3);
         // Long after the lease would have lapsed, the retry still replays.
         clock.advance(policy.lease * 3);
-        assert_eq!(
-            &replay(&engine, &policy, key(1), fp("a"))
-                .await
-                .response
-                .body()[..],
-            b"once"
-        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1092,13 +1095,7 @@ mod tests {
             lease.finish(response(201, "once")).await.unwrap(),
             Outcome::Recorded
         );
-        assert_eq!(
-            &replay(&engine, &policy, key(1), fp("a"))
-                .await
-                .response
-                .body()[..],
-            b"once"
-        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1538,13 +1535,7 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
         lease.finish(response(201, "two")).await.unwrap();
-        assert_eq!(
-            &replay(&engine, &policy, key(1), fp("a"))
-                .await
-                .response
-                .body()[..],
-            b"two"
-        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"two");
     }
 
     #[tokio::test]
@@ -1579,13 +1570,7 @@ mod tests {
             fresh.finish(response(201, "fresh")).await.unwrap(),
             Outcome::Recorded
         ));
-        assert_eq!(
-            &replay(&engine, &policy, key(2), fp("a"))
-                .await
-                .response
-                .body()[..],
-            b"fresh"
-        );
+        assert_eq!(replayed_body(&engine, &policy, key(2)).await, b"fresh");
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,7 +165,8 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    fn parse(buf: &[u8]) -> Self {
+    /// The response whose bytes, head and body, are `buf`.
+    pub fn parse(buf: &[u8]) -> Self {
         let split = buf
             .windows(4)
             .position(|w| w == b"\r\n\r\n")

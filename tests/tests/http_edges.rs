@@ -121,40 +121,10 @@ fn responses(mut buf: &[u8]) -> Vec<(String, RawResponse)> {
             .unwrap_or(buf.len() - split - 4);
         let end = (split + 4 + length).min(buf.len());
         let (one, rest) = buf.split_at(end);
-        out.push((head, parse(one)));
+        out.push((head, RawResponse::parse(one)));
         buf = rest;
     }
     out
-}
-
-fn parse(buf: &[u8]) -> RawResponse {
-    // RawResponse's parser is private: go through one of its own (a loopback echo would be
-    // heavier); rebuild from the head.
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = std::str::from_utf8(&buf[..split]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut headers = std::collections::HashMap::<String, Vec<String>>::new();
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            headers
-                .entry(name.trim().to_ascii_lowercase())
-                .or_default()
-                .push(value.trim().to_owned());
-        }
-    }
-    RawResponse {
-        status,
-        headers,
-        body: buf[split + 4..].to_vec(),
-    }
 }
 
 /// A body that ends before its declared length (the client half-closed, or a proxy cut it
