@@ -8,7 +8,9 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
-use idem_tests::{assert_error, eventually, Counter, RawRequest};
+use bytes::Bytes;
+use futures_util::stream;
+use idem_tests::{assert_error, eventually, unchunked, Counter, RawRequest};
 use tokio::sync::Semaphore;
 
 #[derive(Clone)]
@@ -27,6 +29,28 @@ async fn slow(probe: web::Data<Probe>, req: HttpRequest) -> HttpResponse {
         None => {}
     }
     HttpResponse::Created().body(format!("call_{n}"))
+}
+
+/// Streams two pieces of 100 bytes (`a`s, then `b`s), the second once the gate opens: a
+/// response of unknown length, teed for its record.
+#[idempotent]
+async fn streamed(probe: web::Data<Probe>) -> HttpResponse {
+    probe.runs.bump();
+    let gate = Arc::clone(&probe.gate);
+    let body = stream::unfold(0, move |i| {
+        let gate = Arc::clone(&gate);
+        async move {
+            match i {
+                0 => Some((Ok::<_, actix_web::Error>(Bytes::from(vec![b'a'; 100])), 1)),
+                1 => {
+                    gate.acquire().await.unwrap().forget();
+                    Some((Ok(Bytes::from(vec![b'b'; 100])), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    HttpResponse::Ok().streaming(body)
 }
 
 fn call(key: &str, wait: &str) -> RawRequest {
@@ -53,6 +77,7 @@ fn start(idem: IdempotencyConfig, probe: Probe) -> Server {
                     .app_data(idem.clone())
                     .app_data(data.clone())
                     .route("/calls", web::post().to(slow))
+                    .route("/stream", web::post().to(streamed))
             })
             .workers(1)
             .disable_signals()
@@ -226,4 +251,49 @@ async fn a_drain_waits_for_a_run_whose_client_still_waits() {
     let res = client.await.unwrap();
     assert_eq!(res.status, 201);
     server.shut_down(&idem, None).await;
+}
+
+/// A keyed stream whose client still reads it is a run whose client waits: a drain that runs
+/// out of time leaves it to the server's graceful stop, which sends it to its end, and its
+/// record is kept, so that its retry replays it rather than running it again.
+#[actix_web::test]
+async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_it_recorded() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = start(idem.clone(), probe.clone());
+    let request = || {
+        RawRequest::post("/stream")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", "streaming-1")
+    };
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { request().send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    // The first piece is out; the second waits behind the gate, past the drain's time.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.handle.pause().await;
+    let cancelled = idem.drain(Duration::from_millis(200)).await;
+    assert_eq!(cancelled, 0, "no run whose client went away");
+    // The server's graceful stop lets the stream go on: its client gets it whole.
+    probe.gate.add_permits(1);
+    let first = client.await.unwrap();
+    assert_eq!(first.status, 200);
+    let mut whole = vec![b'a'; 100];
+    whole.extend_from_slice(&[b'b'; 100]);
+    assert_eq!(unchunked(&first.body), whole);
+    server.handle.stop(true).await;
+    tokio::task::spawn_blocking(move || server.thread.join().expect("server thread ends"))
+        .await
+        .unwrap();
+    // The client got the operation's answer: its retry replays it, and it ran once (a
+    // second run would not wait at the gate).
+    probe.gate.add_permits(1);
+    let next = start(idem.clone(), probe.clone());
+    let retry = request().send(next.addr).await;
+    assert!(retry.replayed(), "{retry:?}");
+    assert_eq!(retry.body, whole);
+    assert_eq!(probe.runs.get(), 1, "the operation ran once");
+    next.shut_down(&idem, None).await;
 }
