@@ -105,6 +105,8 @@ impl Drop for Counted {
 pub(crate) struct Orphan {
     _running: Counted,
     _orphaned: Counted,
+    /// The cancellations it had seen when its client went away.
+    generation: usize,
 }
 
 impl Orphan {
@@ -113,7 +115,14 @@ impl Orphan {
         Self {
             _running: Counted::new(&TASKS.running),
             _orphaned: Counted::new(&TASKS.orphaned),
+            generation: TASKS.generation.load(Ordering::Acquire),
         }
+    }
+
+    /// Resolves when a drain cancels the runs whose clients went away (see [`Tasks::cancel`]),
+    /// this one among them.
+    pub(crate) async fn cancelled(&self) {
+        TASKS.cancelled(self.generation).await;
     }
 }
 
@@ -197,20 +206,15 @@ impl Drop for Attached {
 
 /// Runs `recording` in a task of its own: the recording of a response that goes out as it is
 /// made (a teed stream), which holds its claim until the response ends. It counts among the
-/// runs in progress, so that a drain waits for it, and a drain's cancellation drops it, which
-/// releases its claim.
+/// runs in progress, so that a drain waits for it. A drain that runs out of time does not
+/// cancel it while its client still reads the response, as it cancels no run whose client
+/// waits: the server's graceful stop sends the response on, and it is recorded. Once its
+/// client has gone away, the recording counts as an [`Orphan`], and is cancelled with them.
 pub(crate) fn spawn_recording(recording: impl std::future::Future<Output = ()> + 'static) {
     let running = Counted::new(&TASKS.running);
-    let generation = TASKS.generation.load(Ordering::Acquire);
     let task = async move {
         let _running = running;
-        let recording = std::pin::pin!(recording);
-        let cancelled = std::pin::pin!(TASKS.cancelled(generation));
-        if let Either::Right(_) = select(recording, cancelled).await {
-            tracing::warn!(
-                "a response stream's recording was cancelled at shutdown; its key is released"
-            );
-        }
+        recording.await;
     };
     let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         drop(actix_web::rt::spawn(task));

@@ -11,6 +11,7 @@ use actix_web::http::header;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{select, Either};
 use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
@@ -256,8 +257,9 @@ fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
 /// it does, and goes on unkept. One that fails first is released, so that a retry runs again.
 ///
 /// A client that goes away does not stop it: the rest is read without it, and recorded, as a
-/// run whose client went away finishes. A task holds the claim meanwhile, counted among the
-/// runs in progress (see [`spawn_recording`]).
+/// run whose client went away finishes (and cancelled, its key released, as such a run is by
+/// a drain that runs out of time). A task holds the claim meanwhile, counted among the runs
+/// in progress (see [`spawn_recording`]).
 fn tee(
     stream: BoxBody,
     status: u16,
@@ -267,17 +269,24 @@ fn tee(
 ) -> BoxBody {
     let (told, teed) = tokio::sync::oneshot::channel();
     spawn_recording(async move {
-        let teed = lease
+        // The orphan, if its client went away, is held until the recording ends.
+        let (teed, _orphan) = lease
             .run(async move {
                 match teed.await {
                     Ok(Teed::Dropped { read, rest }) => {
-                        // Counted as a run whose client went away, toward the worker's bound.
-                        let _orphan = Orphan::new();
-                        drained(read, rest, limit).await
+                        // Counted as a run whose client went away, toward the worker's bound,
+                        // and cancelled with them by a drain that runs out of time.
+                        let orphan = Orphan::new();
+                        let drained = std::pin::pin!(drained(read, rest, limit));
+                        let teed = match select(drained, std::pin::pin!(orphan.cancelled())).await {
+                            Either::Left((teed, _)) => teed,
+                            Either::Right(_) => Teed::Cancelled,
+                        };
+                        (teed, Some(orphan))
                     }
-                    Ok(teed) => teed,
+                    Ok(teed) => (teed, None),
                     // Dropped without a word: only outside a runtime, where nothing runs on.
-                    Err(_) => Teed::Failed,
+                    Err(_) => (Teed::Failed, None),
                 }
             })
             .await;
@@ -285,6 +294,13 @@ fn tee(
         let response = match teed {
             Teed::Whole(body) => Response::new(status, headers, &body),
             Teed::Omitted(size) => Response::omitted(status, size),
+            Teed::Cancelled => {
+                tracing::warn!("a response stream whose client went away was cancelled at shutdown; its key is released");
+                // Released in the background, which the drain waits for; before the orphan's
+                // count ends, which it waits for first.
+                drop(lease);
+                return;
+            }
             Teed::Failed | Teed::Dropped { .. } => {
                 tracing::error!(outcome = "released", "response stream failed; key released");
                 metrics::outcome("released");
@@ -313,6 +329,8 @@ enum Teed {
     Failed,
     /// Its client went away before either: what was read, and the rest, to read without it.
     Dropped { read: Bytes, rest: BoxBody },
+    /// Its client went away, and a drain cancelled the reading of the rest.
+    Cancelled,
 }
 
 /// The rest of a teed stream whose client went away, read to its end (or the limit).
