@@ -69,6 +69,35 @@ async fn hop(runs: web::Data<Counter>) -> HttpResponse {
         .streaming(futures_util::stream::iter(pieces))
 }
 
+/// A body of unknown length that yields an empty piece between two others: a `MessageBody`
+/// of the handler's own (actix's `BodyStream` skips empty pieces; a body of its own need not).
+struct WithEmptyPiece(std::collections::VecDeque<Bytes>);
+
+impl actix_web::body::MessageBody for WithEmptyPiece {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Stream
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        std::task::Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+    }
+}
+
+#[post("/empty-piece")]
+#[idempotent]
+async fn empty_piece(runs: web::Data<Counter>) -> HttpResponse {
+    let n = runs.bump();
+    let pieces = [format!("run {n} "), String::new(), "streamed".to_owned()];
+    HttpResponse::Ok().body(WithEmptyPiece(
+        pieces.into_iter().map(Bytes::from).collect(),
+    ))
+}
+
 fn app() -> Served {
     serve(|cfg| {
         cfg.service(plain)
@@ -76,6 +105,7 @@ fn app() -> Served {
             .service(empty)
             .service(failing_stream)
             .service(hop)
+            .service(empty_piece)
             .service(web::resource("/any").route(web::route().to(any_method)));
     })
 }
@@ -222,6 +252,33 @@ async fn replays_frame_their_bodies_as_the_first_answer_was() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.runs.get(), 7, "a failed stream is not recorded");
+}
+
+/// A stream that yields an empty piece goes out whole, as it is recorded: an empty chunk on
+/// the wire would end a chunked answer there, and the first client would get less than its
+/// retries are replayed.
+#[actix_web::test]
+async fn a_stream_with_an_empty_piece_goes_out_whole_as_it_is_replayed() {
+    let s = app();
+    let bytes = keyed("/empty-piece", "k/empty-piece").to_bytes();
+    let (_, first) = responses(&exchange(s.server.addr, &bytes).await).remove(0);
+    assert_eq!(first.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let retry = loop {
+        let (_, retry) = responses(&exchange(s.server.addr, &bytes).await).remove(0);
+        if retry.replayed() {
+            break retry;
+        }
+        assert!(std::time::Instant::now() < deadline, "never replayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(retry.text(), "run 1 streamed");
+    assert_eq!(
+        String::from_utf8_lossy(&unchunked(&first.body)),
+        retry.text(),
+        "the first client got what its retries get"
+    );
+    assert_eq!(s.runs.get(), 1);
 }
 
 /// Keyed requests on one connection: `Expect: 100-continue` is answered before the body,
