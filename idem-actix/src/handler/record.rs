@@ -379,7 +379,15 @@ impl actix_web::body::MessageBody for Tee {
         let Some(stream) = &mut this.stream else {
             return std::task::Poll::Ready(None);
         };
-        let polled = std::task::ready!(Pin::new(stream).poll_next(cx));
+        // An empty piece is not passed on: on the wire it would end a chunked answer there,
+        // and the client would get less than is recorded (actix's `BodyStream` skips them
+        // too, but a body of the handler's own need not).
+        let polled = loop {
+            match std::task::ready!(Pin::new(&mut *stream).poll_next(cx)) {
+                Some(Ok(piece)) if piece.is_empty() => continue,
+                polled => break polled,
+            }
+        };
         match &polled {
             Some(Ok(piece)) if this.told.is_some() => {
                 let size = this.read.len() + piece.len();
