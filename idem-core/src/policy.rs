@@ -61,7 +61,9 @@ pub enum OnStoreError {
     FailClosed,
     /// Run the handler without protection and log the store error, when the store cannot be
     /// reached or does not answer in time. A store that answered fails closed all the same:
-    /// with a record it cannot read, or a claim given up for concurrent claims of the key. A
+    /// with a refusal of its own ([`StoreError::Refused`](crate::StoreError::Refused): out of
+    /// memory, wrong credentials, a table never migrated), a record it cannot read, or a claim
+    /// given up for concurrent claims of the key. A
     /// request waiting for a running one (`OnInFlight::Wait`) whose look at it fails gets 409:
     /// the key was held when the store last answered.
     FailOpen,
