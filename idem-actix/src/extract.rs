@@ -43,7 +43,7 @@ pub(crate) fn unserved(req: &HttpRequest, config: &IdempotencyConfig, taker: &st
     };
     if unserved {
         tracing::error!(
-            "a handler takes {taker}, and {} {} carries an {} header, but no idempotency layer serves this request: annotate the handler with #[idempotent], or wrap it in Idempotency (with this method among its methods)",
+            "a handler takes {taker}, and {} {} carries an {} header, but no idempotency layer serves this request: annotate the handler with #[idempotent], or wrap it in Idempotency",
             req.method(),
             req.path(),
             config.header(),

@@ -14,8 +14,9 @@ use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use idem_core::Overrides;
 
+use crate::config::IdempotencyConfig;
 use crate::functions::Functions;
-use crate::handler::{bypasses, keyed, taken, Endpoint, Reply};
+use crate::handler::{bypasses, keyed, passed, taken, Endpoint, Reply};
 use crate::scope::ScopeFunction;
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
@@ -218,7 +219,16 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
-        if !self.inner.methods.contains(req.method())
+        let skipped = !self.inner.methods.contains(req.method());
+        // A key on a method the layer leaves alone is ignored: the request is served, keyless.
+        if skipped
+            && req
+                .headers()
+                .contains_key(IdempotencyConfig::of(req.request()).header())
+        {
+            passed(req.request());
+        }
+        if skipped
             || bypasses(&self.inner.endpoint, &self.inner.functions, req.request())
             || taken(req.request())
         {

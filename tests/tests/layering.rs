@@ -212,8 +212,8 @@ async fn a_key_sent_to_a_handler_that_no_layer_serves_is_a_server_fault_named_in
 }
 
 /// A layer that passed a request on for want of its endpoint's key (read from another header,
-/// or from the body) serves it all the same: the application's header on it is not taken for
-/// a handler no layer serves.
+/// or from the body), or for its method, serves it all the same: the application's header on
+/// it is not taken for a handler no layer serves.
 #[actix_web::test]
 async fn a_request_a_layer_passed_on_without_a_key_is_not_taken_for_an_unserved_one() {
     let warnings = Warnings::installed();
@@ -227,6 +227,11 @@ async fn a_request_a_layer_passed_on_without_a_key_is_not_taken_for_an_unserved_
                 web::scope("/wrapped-own-key")
                     .wrap(Idempotency::new().with_overrides(|o| o.header("X-Own-Key")))
                     .route("", web::post().to(unserved)),
+            )
+            .service(
+                web::scope("/wrapped-get")
+                    .wrap(Idempotency::new())
+                    .route("", web::get().to(unserved_optional)),
             );
     });
     for path in ["/own-key", "/wrapped-own-key"] {
@@ -240,6 +245,13 @@ async fn a_request_a_layer_passed_on_without_a_key_is_not_taken_for_an_unserved_
         .send(server.addr)
         .await;
     assert_eq!((res.status, &res.body[..]), (201, &b"None"[..]));
+    // A key on a method the middleware leaves alone is ignored, as SPEC.md says.
+    let res = RawRequest::get("/wrapped-get")
+        .header("Idempotency-Key", "k1")
+        .send(server.addr)
+        .await;
+    assert_eq!((res.status, &res.body[..]), (201, &b"None"[..]));
+    assert_eq!(warnings.containing("GET /wrapped-get carries"), 0);
     for path in ["/own-key", "/wrapped-own-key", "/body-key"] {
         let logged = format!("POST {path} carries");
         assert_eq!(
