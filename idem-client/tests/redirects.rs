@@ -1,0 +1,64 @@
+//! A 3xx is the operation's answer: the client hands it back as it came, with what it says
+//! of a replay, rather than following it into another request.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use actix_web::http::header::LOCATION;
+use actix_web::{get, post, web, App, HttpResponse, HttpServer};
+use idem_actix::idempotent;
+use idem_client::Client;
+
+#[post("/v1/orders")]
+#[idempotent(scope = "global")]
+async fn create_order(runs: web::Data<AtomicU32>) -> HttpResponse {
+    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    // Post/redirect/get: the new order is at its own URL.
+    HttpResponse::SeeOther()
+        .insert_header((LOCATION, format!("/v1/orders/{n}")))
+        .finish()
+}
+
+#[get("/v1/orders/{id}")]
+async fn order(id: web::Path<u32>) -> HttpResponse {
+    HttpResponse::Ok().body(format!("order {id}"))
+}
+
+/// A 303 after a POST (post/redirect/get) is what the operation answered and what its retry
+/// gets replayed: followed, the client would hand back the GET's answer, which is never a
+/// replay, so a caller could not tell that its retry created nothing.
+#[actix_web::test]
+async fn a_redirect_is_handed_back_as_the_operations_answer_and_its_replay_is_told() {
+    let runs = web::Data::new(AtomicU32::new(0));
+    let data = runs.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .service(create_order)
+            .service(order)
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let url = format!("http://{}/v1/orders", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+
+    let client = Client::builder().build().unwrap();
+    let first = client.post(&url).body("order").send().await.unwrap();
+    assert_eq!(first.status(), 303, "{}", first.text());
+    assert_eq!(first.headers()[LOCATION.as_str()], "/v1/orders/1");
+    assert!(!first.replayed());
+
+    let again = client
+        .post(&url)
+        .body("order")
+        .idempotency_key(first.key())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 303, "{}", again.text());
+    assert!(again.replayed(), "the retry's answer is the replay");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    handle.stop(true).await;
+}
