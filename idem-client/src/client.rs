@@ -151,7 +151,10 @@ impl ClientBuilder {
 
     /// Sends through this reqwest client (with its TLS, proxies, pool and default headers)
     /// instead of one the builder makes. Its own timeout, if it has one, applies besides
-    /// [`timeout`](Self::timeout).
+    /// [`timeout`](Self::timeout). Build it with
+    /// `.redirect(reqwest::redirect::Policy::none())`, as the builder's own client is: one
+    /// that follows redirects hands back the answer of the request redirected to, which is
+    /// never a replay, instead of the operation's.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
@@ -219,8 +222,13 @@ fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, BuildError>
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
     }
+    // A 3xx is the operation's answer, handed back as it came: followed, the client would
+    // return another request's answer (never a replay), resend the body and the key to
+    // wherever `Location` points, and lose the key of an operation that ran when the
+    // redirects went wrong.
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(BuildError::Http)
 }
