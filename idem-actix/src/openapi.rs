@@ -75,7 +75,8 @@ use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
 use idem_core::{
-    codes, CachePolicy, ErrorFormat, OnInFlight, OnMismatch, OnStoreError, Overrides, Policy, Scope,
+    codes, CachePolicy, ErrorFormat, KeySource, OnInFlight, OnMismatch, OnStoreError, Overrides,
+    Policy, Scope,
 };
 use serde_json::json;
 use utoipa::openapi::extensions::Extensions;
@@ -587,12 +588,20 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
         bad_request.push((codes::KEY_MISSING, "no key was sent"));
     }
     bad_request.push((codes::KEY_INVALID, "the key breaks the header's rules"));
-    if policy.fingerprint != idem_core::BodyForm::Bytes {
-        bad_request.push((
-            codes::BODY_INVALID,
-            "the body does not parse in the form the endpoint compares it in",
-        ));
-    }
+    // Every keyed request's body is read whole before its claim: one cut short is refused
+    // whatever the endpoint compares; one the layer parses can also fail to parse.
+    let reads_body = policy.fingerprint != idem_core::BodyForm::Bytes
+        || matches!(policy.key_source, KeySource::Json(_));
+    bad_request.push((
+        codes::BODY_INVALID,
+        if reads_body {
+            "the body does not parse in the form the endpoint reads it in, its \
+             `Content-Encoding` cannot be decoded, or it did not arrive whole"
+        } else {
+            "the body did not arrive whole (it ended before its `Content-Length`, or its \
+             chunked coding was malformed)"
+        },
+    ));
     if !matches!(policy.scope, Scope::Global) {
         bad_request.push((
             codes::SCOPE_MISSING,
@@ -1224,6 +1233,21 @@ mod tests {
             "{description}"
         );
         assert!(description.contains("gets 422"), "{description}");
+    }
+
+    /// Every keyed request's body is read whole before its key is claimed, whatever the
+    /// endpoint compares: one that ends before its `Content-Length` gets 400
+    /// `idempotency_body_invalid` on an operation comparing bodies byte for byte too
+    /// (`a_body_that_ends_early_is_refused_in_the_envelope_and_claims_nothing`, on such an
+    /// operation).
+    #[test]
+    fn an_operation_comparing_bodies_byte_for_byte_documents_body_invalid_too() {
+        let doc = applied(Contract::new().operation(HttpMethod::Post, "/v1/calls", |p| p));
+        let bad = doc["paths"]["/v1/calls"]["post"]["responses"]["400"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(bad.contains(codes::BODY_INVALID), "{bad}");
+        assert!(bad.contains("did not arrive whole"), "{bad}");
     }
 
     #[test]
