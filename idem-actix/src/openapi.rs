@@ -6,7 +6,8 @@
 //! long a response is kept. A [`Contract`] names the idempotent operations and their settings;
 //! [`Contract::apply`] writes into each of them, in a [`utoipa::openapi::OpenApi`]:
 //! - the key's header as a parameter: its name, the length and characters a key may have,
-//!   and whether it is required;
+//!   and whether it is required (a key read from the JSON body, `KeySource::Json`, is said
+//!   in the description instead: the header is then never read);
 //! - `Idempotent-Replayed` on every response that can be a replay (those the policy records,
 //!   but for statuses that middleware outside the layer answers: see
 //!   [`Contract::answered_outside`]);
@@ -438,6 +439,11 @@ fn describe(
 }
 
 fn add_key_parameter(operation: &mut Operation, policy: &Policy, components: &Components) {
+    // A key read from the body is never read from the header: the operation's description
+    // says where it is.
+    if matches!(policy.key_source, KeySource::Json(_)) {
+        return;
+    }
     let max = policy.key_max_len;
     let schema = ObjectBuilder::new()
         .schema_type(Type::String)
@@ -851,11 +857,18 @@ fn error_schema(format: ErrorFormat) -> (&'static str, RefOr<Schema>) {
 
 /// `policy`, as the operation's description says it.
 fn in_words(policy: &Policy) -> String {
-    let header = policy.header;
+    let send = match policy.key_source {
+        KeySource::Json(pointer) => format!(
+            "Put a unique key (a string or a number, 1 to {} characters of visible ASCII) at \
+             `{pointer}` in the JSON body",
+            policy.key_max_len
+        ),
+        _ => format!("Send `{}` with a unique key", policy.header),
+    };
     let mut text = format!(
-        "**Idempotent.** Send `{header}` with a unique key to make retries safe: the operation \
-         runs once, and a retry with the same key and the same request gets the first response \
-         again, with `Idempotent-Replayed: true`."
+        "**Idempotent.** {send} to make retries safe: the operation runs once, and a retry \
+         with the same key and the same request gets the first response again, with \
+         `Idempotent-Replayed: true`."
     );
     let _ = write!(
         text,
@@ -1009,6 +1022,10 @@ fn extension(policy: &Policy) -> serde_json::Value {
             _ => json!(409),
         },
         "per_operation": policy.per_endpoint,
+        "key_source": match policy.key_source {
+            KeySource::Json(pointer) => json!(pointer),
+            _ => json!("header"),
+        },
     })
 }
 
@@ -1248,6 +1265,30 @@ mod tests {
             .unwrap();
         assert!(bad.contains(codes::BODY_INVALID), "{bad}");
         assert!(bad.contains("did not arrive whole"), "{bad}");
+    }
+
+    /// With `key_source = "/event_id"` the layer reads the key from the JSON body and never
+    /// looks at the header: documenting the header would have clients send a key the server
+    /// ignores, and a body without one runs unprotected.
+    #[test]
+    fn a_key_read_from_the_body_is_not_documented_as_a_header() {
+        let doc = applied(
+            Contract::new().operation(HttpMethod::Post, "/v1/calls", |p| {
+                p.key_source(idem_core::KeySource::Json("/event_id"))
+            }),
+        );
+        let post = &doc["paths"]["/v1/calls"]["post"];
+        let parameters = post["parameters"].as_array().cloned().unwrap_or_default();
+        assert!(
+            parameters.iter().all(|p| p["in"] != "header"),
+            "{parameters:?}"
+        );
+        let words = post["description"].as_str().unwrap();
+        assert!(words.contains("`/event_id`"), "{words}");
+        assert!(!words.contains("Send `Idempotency-Key`"), "{words}");
+        let bad = post["responses"]["400"]["description"].as_str().unwrap();
+        assert!(bad.contains(codes::BODY_INVALID), "{bad}");
+        assert_eq!(post["x-idempotency"]["key_source"], "/event_id");
     }
 
     #[test]
