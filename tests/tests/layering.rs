@@ -211,6 +211,36 @@ async fn a_key_sent_to_a_handler_that_no_layer_serves_is_a_server_fault_named_in
     assert_eq!(runs.get(), 1);
 }
 
+/// A handler inside an `Idempotency` middleware that takes the key, on a method the middleware
+/// leaves alone, can never get one: a client that sent a key is not told to send one (it did),
+/// and the log names the request, the method and the fix.
+#[actix_web::test]
+async fn an_ignored_key_on_a_method_the_middleware_leaves_alone_is_a_server_fault() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone()).service(
+            web::scope("/wrapped-get-key")
+                .wrap(Idempotency::new())
+                .route("", web::get().to(unserved)),
+        );
+    });
+    let res = RawRequest::get("/wrapped-get-key")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", "k1")
+        .send(server.addr)
+        .await;
+    let message = assert_error(&res, 500, idem_actix::codes::LAYER_MISSING);
+    assert!(
+        !message.contains("send"),
+        "the client sent its key and has nothing to change: {message}"
+    );
+    assert_eq!(warnings.containing("GET /wrapped-get-key carries"), 1);
+    assert!(warnings.containing("with_methods") >= 1);
+    assert_eq!(runs.get(), 0, "the handler did not run");
+}
+
 /// A layer that passed a request on for want of its endpoint's key (read from another header,
 /// or from the body), or for its method, serves it all the same: the application's header on
 /// it is not taken for a handler no layer serves.
