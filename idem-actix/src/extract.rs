@@ -33,6 +33,12 @@ pub(crate) struct Admitted {
 /// is the application's header needs no mark: a layer that passed it on found none.
 pub(crate) struct Passed;
 
+/// Marks a request carrying the application's key header that an
+/// [`Idempotency`](crate::Idempotency) middleware passed on for its method, one whose keys it
+/// leaves alone (it is [`Passed`] too): a handler inside that takes the key can never get one
+/// on this method, a fault of the server's.
+pub(crate) struct Skipped;
+
 /// Whether `req` carries the application's key header though no layer took a key from it or
 /// passed it on: its handler takes a key under no idempotency layer. Logged, naming the
 /// request and the fix.
@@ -55,9 +61,10 @@ pub(crate) fn unserved(req: &HttpRequest, config: &IdempotencyConfig, taker: &st
 /// The request's validated idempotency key, as an extractor.
 ///
 /// Available in `#[idempotent]` handlers, and in handlers inside an
-/// [`Idempotency`](crate::Idempotency) middleware, on requests that carry a key; take
-/// `Option<IdempotencyKey>` where the key is optional. A handler under no layer that takes it
-/// is a fault of the server's: a request with a key is answered 500 (see [`NoIdempotencyKey`]),
+/// [`Idempotency`](crate::Idempotency) middleware (on the methods whose keys it honours), on
+/// requests that carry a key; take `Option<IdempotencyKey>` where the key is optional. A
+/// handler under no layer that takes it, or on a method its middleware leaves alone, is a
+/// fault of the server's: a request with a key is answered 500 (see [`NoIdempotencyKey`]),
 /// and logged.
 ///
 /// ```
@@ -109,6 +116,9 @@ pub struct NoIdempotencyKey {
     request_id: RequestId,
     /// Whether the request carries a key that no layer took.
     unserved: bool,
+    /// What the log says when the request carries a key on a method the middleware around
+    /// its handler leaves alone (see [`Skipped`]), and the handler needs the key.
+    skipped: Option<String>,
 }
 
 impl std::fmt::Debug for NoIdempotencyKey {
@@ -121,23 +131,29 @@ impl std::fmt::Debug for NoIdempotencyKey {
 
 impl std::fmt::Display for NoIdempotencyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.unserved {
-            true => f.write_str("this request's idempotency key was not taken: no idempotency layer serves its handler; annotate it with #[idempotent] or wrap it in Idempotency"),
-            false => f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>"),
+        match (self.unserved, self.skipped.is_some()) {
+            (true, _) => f.write_str("this request's idempotency key was not taken: no idempotency layer serves its handler; annotate it with #[idempotent] or wrap it in Idempotency"),
+            (false, true) => f.write_str("this request's idempotency key was not taken: the Idempotency middleware around its handler leaves its method alone; add the method with Idempotency::with_methods, or take Option<IdempotencyKey>"),
+            (false, false) => f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>"),
         }
     }
 }
 
 impl ResponseError for NoIdempotencyKey {
     fn status_code(&self) -> StatusCode {
-        match self.unserved {
+        match self.unserved || self.skipped.is_some() {
             true => StatusCode::INTERNAL_SERVER_ERROR,
             false => StatusCode::BAD_REQUEST,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        match self.unserved {
+        if let Some(skipped) = &self.skipped {
+            // Logged here, where the refusal is answered: a handler taking
+            // `Option<IdempotencyKey>` gets `None` for the ignored key, as documented.
+            tracing::error!("{skipped}");
+        }
+        match self.unserved || self.skipped.is_some() {
             true => self.render(&IdempotencyError::LayerMissing, None),
             false => self.response_under(Overrides::NONE),
         }
@@ -148,8 +164,18 @@ impl NoIdempotencyKey {
     /// The refusal of `req`, which has no key taken, to a handler that takes `taker`.
     pub(crate) fn of(req: &HttpRequest, taker: &str) -> Self {
         let config = IdempotencyConfig::of(req).clone();
+        let skipped = req.extensions().contains::<Skipped>().then(|| {
+            format!(
+                "a handler takes {taker}, and {} {} carries an {} header, but the Idempotency middleware around it leaves {} alone, so the key is ignored and the handler can never get one: add the method with Idempotency::with_methods, or take Option<IdempotencyKey>",
+                req.method(),
+                req.path(),
+                config.header(),
+                req.method(),
+            )
+        });
         Self {
             unserved: unserved(req, &config, taker),
+            skipped,
             config,
             request_id: RequestId::of(req),
         }
@@ -178,6 +204,12 @@ impl NoIdempotencyKey {
     /// Whether the request carries a key that no layer took: its handler is under none.
     pub(crate) fn unserved(&self) -> bool {
         self.unserved
+    }
+
+    /// Whether the request carries a key on a method the middleware around its handler
+    /// leaves alone: its handler can never get one there.
+    pub(crate) fn skipped(&self) -> bool {
+        self.skipped.is_some()
     }
 }
 

@@ -89,7 +89,7 @@
 //! | 503 | `idempotency_store_unavailable` | the store cannot be reached (unless `fail_open`), or a `Transaction` could not be opened or committed | 1 s |
 //! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::with_max_detached`]) | 1 s |
 //! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend: its store is not a `PostgresStore`, the handler is under no idempotency layer, or it takes two (the log says which) | |
-//! | 500 | `idempotency_layer_missing` | a handler takes [`IdempotencyKey`] and the request carries a key, but no idempotency layer serves the request (the handler is not `#[idempotent]`, nor inside an `Idempotency` middleware); the log names the request | |
+//! | 500 | `idempotency_layer_missing` | a handler takes [`IdempotencyKey`] and the request carries a key, but no idempotency layer serves the request (the handler is not `#[idempotent]`, nor inside an `Idempotency` middleware), or the middleware around it leaves the request's method alone (see `Idempotency::with_methods`); the log names the request | |
 //!
 //! # Metrics
 //! The layer records through the [`metrics`](https://docs.rs/metrics) facade and exports
