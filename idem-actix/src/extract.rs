@@ -222,7 +222,9 @@ impl FromRequest for IdempotencyKey {
             .extensions()
             .get::<Admitted>()
             .map(|admitted| admitted.key.clone());
-        ready(key.ok_or_else(|| NoIdempotencyKey::of(req, "IdempotencyKey")))
+        // The handler may take it as `Option<IdempotencyKey>`: the log names both.
+        let taker = "IdempotencyKey (or an Option of it)";
+        ready(key.ok_or_else(|| NoIdempotencyKey::of(req, taker)))
     }
 }
 

@@ -6,7 +6,7 @@
 use actix_web::{post, web, HttpResponse};
 use idem_actix::{idempotent, IdempotencyConfig, OnStoreError, Policy, ProblemJson};
 use idem_core::testing::UnavailableStore;
-use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, TestServer};
+use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, TestServer, Warnings};
 
 #[post("/problem")]
 #[idempotent(errors = "problem")]
@@ -63,11 +63,14 @@ async fn errors_render_as_problem_json_when_the_endpoint_says_so() {
 
 #[actix_web::test]
 async fn an_unreachable_store_fails_closed_with_503() {
+    let warnings = Warnings::installed();
     let (server, runs) = down_app(IdempotencyConfig::new(UnavailableStore));
     let res = keyed("/default-format", "k").send(server.addr).await;
     assert_error(&res, 503, "idempotency_store_unavailable");
     assert_eq!(res.header("retry-after"), Some("1"));
     assert_eq!(runs.get(), 0, "no handler runs without a claim");
+    // An outage that refuses every keyed request is in the log, not in the metrics alone.
+    assert!(warnings.containing("the idempotency store failed") >= 1);
     // Requests without a key never touch the store.
     let plain = RawRequest::post("/default-format").send(server.addr).await;
     assert_eq!(plain.status, 201);

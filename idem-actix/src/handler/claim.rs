@@ -195,11 +195,14 @@ where
 
 /// The layer's refusal of a keyed request, counted and logged.
 fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
-    let outcome = match error {
-        IdempotencyError::StoreUnavailable(_) => "store_unavailable",
-        _ => "conflict",
-    };
-    tracing::debug!(outcome, code = error.code(), %error);
+    match error {
+        // An outage refuses every keyed request: the log says so, as failing open does.
+        IdempotencyError::StoreUnavailable(_) => {
+            let outcome = "store_unavailable";
+            tracing::warn!(outcome, code = error.code(), %error, "the idempotency store failed; the request is refused with 503 and nothing runs");
+        }
+        _ => tracing::debug!(outcome = "conflict", code = error.code(), %error),
+    }
     metrics::refused(&error);
     Settled::Answer(answer(keyed, &error))
 }

@@ -186,7 +186,7 @@ impl RedisStore {
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), idem_core::store::StoreError> {
-    /// use idem_core::store::RedisStore;
+    /// use idem_core::store::RedisStore; // in an app: idem_actix::RedisStore
     ///
     /// let store = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
     ///     .prefix("payments:")
