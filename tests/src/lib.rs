@@ -238,6 +238,56 @@ pub fn unchunked(body: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A connection to `addr` on which `request` was sent, and what it answered so far.
+pub struct Open {
+    /// The connection.
+    pub conn: TcpStream,
+    /// What it answered so far.
+    pub got: Vec<u8>,
+}
+
+impl Open {
+    /// Connects to `addr` and sends `request`.
+    pub async fn send(addr: SocketAddr, request: &RawRequest) -> Self {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(&request.to_bytes()).await.unwrap();
+        Self {
+            conn,
+            got: Vec::new(),
+        }
+    }
+
+    /// Reads until the answer holds `wanted`, which must come within 10 s (`what` says what
+    /// it is), while the rest of the answer may not have come yet.
+    pub async fn read_until(&mut self, wanted: &[u8], what: &str) {
+        let (conn, got) = (&mut self.conn, &mut self.got);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !got.windows(wanted.len()).any(|w| w == wanted) {
+                let mut buf = [0; 4096];
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    }
+
+    /// Asserts that the answer so far starts with `line`.
+    pub fn assert_status_line(&self, line: &[u8]) {
+        assert!(
+            self.got.starts_with(line),
+            "{:?}",
+            String::from_utf8_lossy(&self.got)
+        );
+    }
+
+    /// Reads the rest of the answer.
+    pub async fn read_to_end(&mut self) {
+        self.conn.read_to_end(&mut self.got).await.unwrap();
+    }
+}
+
 /// A server running on its own thread and actix system.
 pub struct TestServer {
     /// Its address on loopback.

@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::stream;
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
-use idem_tests::{assert_error, eventually, unchunked, Counter, RawRequest};
+use idem_tests::{assert_error, eventually, unchunked, Counter, Open, RawRequest};
 use tokio::sync::Semaphore;
 
 #[derive(Clone)]
@@ -303,7 +303,6 @@ async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_
 /// rather than finding it in flight.
 #[actix_web::test]
 async fn a_drain_that_runs_out_of_time_cancels_a_stream_whose_client_went_away() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let _turn = TURN.lock().await;
     let probe = probe();
     let idem = IdempotencyConfig::new(MokaStore::new());
@@ -313,18 +312,11 @@ async fn a_drain_that_runs_out_of_time_cancels_a_stream_whose_client_went_away()
             .header("Authorization", "Bearer tenant-1")
             .header("Idempotency-Key", "streaming-gone")
     };
-    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    conn.write_all(&request().to_bytes()).await.unwrap();
+    let mut open = Open::send(server.addr, &request()).await;
     // The first piece is out; then the client resets the connection.
-    let mut got = Vec::new();
-    while !got.windows(100).any(|w| w == [b'a'; 100]) {
-        let mut buf = [0; 4096];
-        let n = conn.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the connection closed early");
-        got.extend_from_slice(&buf[..n]);
-    }
-    conn.set_zero_linger().unwrap();
-    drop(conn);
+    open.read_until(&[b'a'; 100], "the first piece").await;
+    open.conn.set_zero_linger().unwrap();
+    drop(open);
     let drained = server
         .shut_down(&idem, Some(Duration::from_millis(200)))
         .await;

@@ -11,7 +11,9 @@ use futures_util::stream;
 use idem_actix::clock::{ManualClock, Timestamp};
 use idem_actix::testing::{Fault, FaultyStore};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy};
-use idem_tests::{assert_error, eventually, serve, unchunked, Counter, RawRequest, TestServer};
+use idem_tests::{
+    assert_error, eventually, serve, unchunked, Counter, Open, RawRequest, TestServer,
+};
 use tokio::sync::Semaphore;
 
 fn call(path: &str, key: &str) -> RawRequest {
@@ -400,56 +402,6 @@ async fn a_keyed_stream_that_fails_releases_its_key_so_the_retry_runs_again() {
     assert_eq!(retry.status, 200);
     assert!(!retry.replayed());
     assert_eq!(probe.runs.get(), 2);
-}
-
-/// A connection to `addr` on which `request` was sent, and what it answered so far.
-struct Open {
-    conn: tokio::net::TcpStream,
-    got: Vec<u8>,
-}
-
-impl Open {
-    async fn send(addr: std::net::SocketAddr, request: &RawRequest) -> Self {
-        use tokio::io::AsyncWriteExt;
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(&request.to_bytes()).await.unwrap();
-        Self {
-            conn,
-            got: Vec::new(),
-        }
-    }
-
-    /// Reads until the answer holds `wanted`, which must come within 10 s (`what` says what
-    /// it is), while the rest of the answer may not have come yet.
-    async fn read_until(&mut self, wanted: &[u8], what: &str) {
-        use tokio::io::AsyncReadExt;
-        let (conn, got) = (&mut self.conn, &mut self.got);
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !got.windows(wanted.len()).any(|w| w == wanted) {
-                let mut buf = [0; 4096];
-                let n = conn.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the connection closed early");
-                got.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{what}"));
-    }
-
-    /// Asserts that the answer so far starts with `line`.
-    fn assert_status_line(&self, line: &[u8]) {
-        assert!(
-            self.got.starts_with(line),
-            "{:?}",
-            String::from_utf8_lossy(&self.got)
-        );
-    }
-
-    /// Reads the rest of the answer.
-    async fn read_to_end(&mut self) {
-        use tokio::io::AsyncReadExt;
-        self.conn.read_to_end(&mut self.got).await.unwrap();
-    }
 }
 
 #[actix_web::test]
