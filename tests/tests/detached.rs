@@ -253,6 +253,13 @@ async fn a_drain_waits_for_a_run_whose_client_still_waits() {
     server.shut_down(&idem, None).await;
 }
 
+/// A keyed request to the stream of two pieces, the second behind the gate.
+fn streaming(key: &str) -> RawRequest {
+    RawRequest::post("/stream")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", key)
+}
+
 /// A keyed stream whose client still reads it is a run whose client waits: a drain that runs
 /// out of time leaves it to the server's graceful stop, which sends it to its end, and its
 /// record is kept, so that its retry replays it rather than running it again.
@@ -262,11 +269,7 @@ async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_
     let probe = probe();
     let idem = IdempotencyConfig::new(MokaStore::new());
     let server = start(idem.clone(), probe.clone());
-    let request = || {
-        RawRequest::post("/stream")
-            .header("Authorization", "Bearer tenant-1")
-            .header("Idempotency-Key", "streaming-1")
-    };
+    let request = || streaming("streaming-1");
     let addr = server.addr;
     let client = actix_web::rt::spawn(async move { request().send(addr).await });
     let runs = probe.runs.clone();
@@ -307,11 +310,7 @@ async fn a_drain_that_runs_out_of_time_cancels_a_stream_whose_client_went_away()
     let probe = probe();
     let idem = IdempotencyConfig::new(MokaStore::new());
     let server = start(idem.clone(), probe.clone());
-    let request = || {
-        RawRequest::post("/stream")
-            .header("Authorization", "Bearer tenant-1")
-            .header("Idempotency-Key", "streaming-gone")
-    };
+    let request = || streaming("streaming-gone");
     let mut open = Open::send(server.addr, &request()).await;
     // The first piece is out; then the client resets the connection.
     open.read_until(&[b'a'; 100], "the first piece").await;
