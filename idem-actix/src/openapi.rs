@@ -536,7 +536,9 @@ fn replayable(policy: &Policy, status: &str) -> bool {
 }
 
 /// Marks with `Idempotent-Replayed` the responses of `operation` that can be replays: those
-/// `policy` records, but for the statuses answered `outside` the layer.
+/// `policy` records, but for the statuses answered `outside` the layer; and with
+/// `X-Request-ID` every response the layer passes on, which it gives the request's id when the
+/// request has a key.
 fn mark_replays(
     operation: &mut Operation,
     policy: &Policy,
@@ -548,21 +550,32 @@ fn mark_replays(
             .parse::<u16>()
             .is_ok_and(|status| outside.contains(&status))
     };
-    let statuses: Vec<String> = operation
-        .responses
-        .responses
-        .keys()
-        .filter(|status| replayable(policy, status) && !before_the_layer(status))
+    let statuses: Vec<String> = (operation.responses.responses.keys())
+        .filter(|status| !before_the_layer(status))
         .cloned()
         .collect();
     for status in statuses {
+        let replays = replayable(policy, &status);
         if let Some(response) = response_mut(operation, &status, components) {
-            response
-                .headers
-                .entry("Idempotent-Replayed".to_owned())
-                .or_insert_with(|| RefOr::T(replayed_header()));
+            let headers = &mut response.headers;
+            (headers.entry("X-Request-ID".to_owned()))
+                .or_insert_with(|| RefOr::T(passed_request_id_header()));
+            if replays {
+                (headers.entry("Idempotent-Replayed".to_owned()))
+                    .or_insert_with(|| RefOr::T(replayed_header()));
+            }
         }
     }
+}
+
+fn passed_request_id_header() -> Header {
+    HeaderBuilder::new()
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .description(Some(
+            "On the answer to a request with a key, the request's id: its own valid \
+             `X-Request-ID`, else one the server made; a replay carries the retry's own.",
+        ))
+        .build()
 }
 
 fn replayed_header() -> Header {
@@ -1108,6 +1121,8 @@ mod tests {
             post["responses"]["201"]["headers"]["Idempotent-Replayed"]["schema"]["enum"],
             json!(["true"])
         );
+        // The layer gives the handler's answers to a keyed request their id too.
+        assert!(post["responses"]["201"]["headers"]["X-Request-ID"].is_object());
         for status in ["400", "409", "413", "503"] {
             let response = &post["responses"][status];
             assert!(response.is_object(), "{status} documented");
