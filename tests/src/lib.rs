@@ -920,6 +920,175 @@ impl TestRedisCluster {
     }
 }
 
+/// A replica of one master of a [`TestRedisCluster`], on a port of its own, for failovers.
+/// Its cluster may no longer be [restarted](TestRedisCluster::restart), which waits for three
+/// nodes.
+pub struct TestRedisReplica {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl TestRedisReplica {
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs one command on it.
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        let mut conn = node_connection(&self.url()).expect("connect to the replica");
+        cmd.query(&mut conn).expect("Redis command")
+    }
+}
+
+impl Drop for TestRedisReplica {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl TestRedisCluster {
+    /// The node id of master `node`.
+    pub fn node_id(&self, node: usize) -> String {
+        self.query(node, redis::cmd("CLUSTER").arg("MYID"))
+    }
+
+    /// Starts a replica of master `master`, and waits until it holds the master's data and
+    /// every master knows it as a replica (so that it can be voted in by a failover).
+    ///
+    /// # Panics
+    /// When the replica does not start or sync within 30 s.
+    pub fn add_replica(&self, master: usize) -> TestRedisReplica {
+        let port = free_ports(1, 10_000, 55_535)[0];
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).expect("replica dir");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--daemonize", "no", "--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--cluster-require-full-coverage", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let replica = TestRedisReplica {
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while node_connection(&replica.url()).is_err() {
+            assert!(std::time::Instant::now() < deadline, "replica starts");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica.query::<()>(
+            redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(self.ports[master]),
+        );
+        let master_id = self.node_id(master);
+        loop {
+            let nodes: String = replica.query(redis::cmd("CLUSTER").arg("NODES"));
+            if nodes.contains(&master_id) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica meets: {nodes}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica.query::<()>(redis::cmd("CLUSTER").arg("REPLICATE").arg(&master_id));
+        let replica_id: String = replica.query(redis::cmd("CLUSTER").arg("MYID"));
+        loop {
+            let info: String = replica.query(redis::cmd("INFO").arg("replication"));
+            let known = (0..Self::MASTERS).all(|node| {
+                let nodes: String = self.query(node, redis::cmd("CLUSTER").arg("NODES"));
+                nodes
+                    .lines()
+                    .any(|l| l.starts_with(&replica_id) && l.contains(&master_id))
+            });
+            if known && info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica syncs: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
+    /// Waits until every running master and `replica` serve `slot` from `port`.
+    ///
+    /// # Panics
+    /// When they do not agree within 30 s.
+    pub fn wait_for_slot_at(&self, slot: i64, port: u16, others: &[&TestRedisReplica]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let urls: Vec<String> = (0..Self::MASTERS)
+            .filter(|&node| self.running(node))
+            .map(|node| self.url(node))
+            .chain(others.iter().map(|r| r.url()))
+            .collect();
+        loop {
+            let agreed = urls.iter().all(|url| {
+                let Ok(mut conn) = node_connection(url) else {
+                    return false;
+                };
+                let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                ranges.into_iter().any(|range| {
+                    let mut range = range.into_iter();
+                    let (Some(first), Some(last), Some(master)) =
+                        (range.next(), range.next(), range.next())
+                    else {
+                        return false;
+                    };
+                    let first: i64 = redis::from_redis_value(first).unwrap_or(-1);
+                    let last: i64 = redis::from_redis_value(last).unwrap_or(-1);
+                    let master: Vec<redis::Value> =
+                        redis::from_redis_value(master).unwrap_or_default();
+                    let at: i64 = master
+                        .into_iter()
+                        .nth(1)
+                        .and_then(|p| redis::from_redis_value(p).ok())
+                        .unwrap_or(-1);
+                    (first..=last).contains(&slot) && at == i64::from(port)
+                })
+            });
+            if agreed {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slot {slot} moves to {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port of master `node`.
+    pub fn port(&self, node: usize) -> u16 {
+        self.ports[node]
+    }
+}
+
+impl TestRedisReplica {
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 impl Drop for TestRedisCluster {
     fn drop(&mut self) {
         for node in 0..Self::MASTERS {

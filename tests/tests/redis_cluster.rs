@@ -297,3 +297,233 @@ async fn a_cluster_named_by_no_node_or_a_bad_url_is_refused_when_built() {
         "{bad}"
     );
 }
+
+/// `count` store keys whose records `prefix` puts on master `node`.
+fn keys_on(cluster: &TestRedisCluster, prefix: &str, node: usize, count: usize) -> Vec<StoreKey> {
+    (0..=255u8)
+        .map(|n| StoreKey::from_bytes([n; 32]))
+        .filter(|key| cluster.node_of(&format!("{prefix}{key}")) == node)
+        .take(count)
+        .collect()
+}
+
+/// The hash slot of `key`.
+fn slot_of(cluster: &TestRedisCluster, key: &str) -> i64 {
+    cluster.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+}
+
+/// `begin` until it answers other than 503, for up to 15 s.
+async fn begin_until_up(engine: &Engine, key: StoreKey, fp: Fingerprint) -> Begin {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match engine.begin(&Policy::DEFAULT, key, fp).await {
+            Err(idem_core::IdempotencyError::StoreUnavailable(e)) => {
+                assert!(Instant::now() < deadline, "still unavailable: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+            Ok(begin) => return begin,
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_failover_to_a_replica_keeps_every_record_and_a_running_claim_still_completes() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("failover:")
+        .command_timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let keys = keys_on(&cluster, "failover:", 0, 3);
+    let (done, running, fresh) = (keys[0], keys[1], keys[2]);
+
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, done, fp).await else {
+        panic!("claimed")
+    };
+    let recorded = lease
+        .finish(Response::new(201, [], b"first"))
+        .await
+        .unwrap();
+    assert_eq!(recorded, Outcome::Recorded);
+    let Ok(Begin::Execute(held)) = engine.begin(&Policy::DEFAULT, running, fp).await else {
+        panic!("claimed")
+    };
+
+    let replica = cluster.add_replica(0);
+    let synced: i64 = cluster.query(0, redis::cmd("WAIT").arg(1).arg(5000));
+    assert_eq!(synced, 1, "the replica has every write");
+    replica.query::<()>(redis::cmd("CLUSTER").arg("FAILOVER"));
+    let slot = slot_of(&cluster, &format!("failover:{done}"));
+    cluster.wait_for_slot_at(slot, replica.port(), &[&replica]);
+
+    // The claim taken on the old master completes on the new one, which never ran a script.
+    let finished = held
+        .finish(Response::new(201, [], b"running"))
+        .await
+        .unwrap();
+    assert_eq!(finished, Outcome::Recorded);
+    for (key, body) in [(done, &b"first"[..]), (running, &b"running"[..])] {
+        let Begin::Replay(record) = begin_until_up(&engine, key, fp).await else {
+            panic!("{key} replays after the failover")
+        };
+        assert_eq!(record.response.body(), body);
+    }
+    let Begin::Execute(lease) = begin_until_up(&engine, fresh, fp).await else {
+        panic!("a new key runs")
+    };
+    assert_eq!(
+        lease.finish(Response::new(201, [], b"new")).await.unwrap(),
+        Outcome::Recorded
+    );
+    let on_new_master: Vec<String> = replica.query(redis::cmd("KEYS").arg("failover:*"));
+    assert_eq!(on_new_master.len(), 3, "{on_new_master:?}");
+}
+
+#[actix_web::test]
+async fn a_store_that_fails_open_runs_the_keys_of_a_master_that_is_down_unprotected() {
+    let Some(mut cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("open:")
+        .command_timeout(TIMEOUT)
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let up = keys_on(&cluster, "open:", 1, 1)[0];
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, up, fp).await else {
+        panic!("claimed")
+    };
+    lease.finish(Response::new(201, [], b"ok")).await.unwrap();
+
+    cluster.stop(0);
+    for (n, key) in keys_on(&cluster, "open:", 0, 5).into_iter().enumerate() {
+        let begun = engine.begin(&Policy::DEFAULT, key, fp).await;
+        assert!(
+            matches!(begun, Ok(Begin::Unprotected(_))),
+            "attempt {n}: {begun:?}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_slot_that_moves_mid_run_keeps_its_records_and_its_running_claims() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("moving:")
+        .command_timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = keys_on(&cluster, "moving:", 0, 1)[0];
+    let redis_key = format!("moving:{key}");
+    let slot = slot_of(&cluster, &redis_key);
+    let Ok(Begin::Execute(held)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!("claimed")
+    };
+
+    // Mid-migration: the key is already on the target, the slot not yet handed over (ASK).
+    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
+    let setslot = |node: usize, state: &str, id: &str| {
+        cluster.query::<()>(
+            node,
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(id),
+        );
+    };
+    setslot(1, "IMPORTING", &from);
+    setslot(0, "MIGRATING", &to);
+    cluster.query::<()>(
+        0,
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.port(1))
+            .arg(&redis_key)
+            .arg(0)
+            .arg(5000),
+    );
+    let finished = held.finish(Response::new(201, [], b"moved")).await.unwrap();
+    assert_eq!(
+        finished,
+        Outcome::Recorded,
+        "completed on the target by ASK"
+    );
+    let Ok(Begin::Replay(record)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!("replays mid-migration")
+    };
+    assert_eq!(&record.response.body()[..], b"moved");
+
+    // Handed over (MOVED): still one key, on its new master.
+    for node in 0..TestRedisCluster::MASTERS {
+        setslot(node, "NODE", &to);
+    }
+    let Ok(Begin::Replay(record)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!("replays after the move")
+    };
+    assert_eq!(&record.response.body()[..], b"moved");
+    assert_eq!(cluster.keys(1, &redis_key), vec![redis_key.clone()]);
+    assert!(cluster.keys(0, &redis_key).is_empty());
+}
+
+#[actix_web::test]
+async fn a_master_that_dies_is_replaced_by_its_replica_and_its_keys_work_again() {
+    let Some(mut cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("promoted:")
+        .command_timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let keys = keys_on(&cluster, "promoted:", 0, 2);
+    let (done, fresh) = (keys[0], keys[1]);
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, done, fp).await else {
+        panic!("claimed")
+    };
+    let recorded = lease
+        .finish(Response::new(201, [], b"first"))
+        .await
+        .unwrap();
+    assert_eq!(recorded, Outcome::Recorded);
+
+    let replica = cluster.add_replica(0);
+    let synced: i64 = cluster.query(0, redis::cmd("WAIT").arg(1).arg(5000));
+    assert_eq!(synced, 1, "the replica has every write");
+    let slot = slot_of(&cluster, &format!("promoted:{done}"));
+    cluster.stop(0);
+    // Meanwhile its keys answer 503.
+    let down = engine.begin(&Policy::DEFAULT, fresh, fp).await;
+    assert!(
+        matches!(down, Err(idem_core::IdempotencyError::StoreUnavailable(_))),
+        "{down:?}"
+    );
+    cluster.wait_for_slot_at(slot, replica.port(), &[&replica]);
+
+    // Promoted: the app follows it without a restart, while the old master stays down.
+    let Begin::Replay(record) = begin_until_up(&engine, done, fp).await else {
+        panic!("replays on the promoted replica")
+    };
+    assert_eq!(&record.response.body()[..], b"first");
+    let Begin::Execute(lease) = begin_until_up(&engine, fresh, fp).await else {
+        panic!("a new key runs")
+    };
+    assert_eq!(
+        lease.finish(Response::new(201, [], b"new")).await.unwrap(),
+        Outcome::Recorded
+    );
+}
