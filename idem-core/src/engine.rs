@@ -742,9 +742,9 @@ impl Lease {
                 }
             }
             // The token no longer holds the key: another request claimed it once the lease
-            // lapsed, or, after a failure, the attempt that failed completed it (the command
-            // ran, its answer was lost).
-            match retry.is_some() && Box::pin(self.landed(&record)).await {
+            // lapsed, or this completion landed already, by an attempt whose answer was lost
+            // (after a failure, or one the store's client resent on its own).
+            match Box::pin(self.landed(&record)).await {
                 true => Ok(Outcome::Recorded),
                 false => Ok(Outcome::Lost),
             }
@@ -1091,6 +1091,22 @@ mod tests {
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
         // The record is written, but the answer times out; the retry finds the key completed.
         store.fail("complete", 1, Fault::Lost);
+        assert_eq!(
+            lease.finish(response(201, "once")).await.unwrap(),
+            Outcome::Recorded
+        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_the_client_resent_after_it_landed_counts_as_recorded() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        // The store's client resends the completion (a dropped connection): the first lands,
+        // and the second finds the key completed, which is the answer the engine gets.
+        store.fail("complete", 1, Fault::Resent);
         assert_eq!(
             lease.finish(response(201, "once")).await.unwrap(),
             Outcome::Recorded

@@ -184,6 +184,9 @@ pub enum Fault {
     /// The operation reaches the store and is done there, but its answer is lost:
     /// [`StoreError::Timeout`], as a command that timed out and ran all the same.
     Lost,
+    /// The operation reaches the store twice, as a command a client resends after a dropped
+    /// connection: the first is done there, and the answer is the second's.
+    Resent,
     /// [`StoreError::Refused`]: the store answered and refused the command.
     Refused,
     /// [`StoreError::Corrupt`]: the store answered with a record this build cannot read.
@@ -196,7 +199,7 @@ impl Fault {
     fn error(self) -> StoreError {
         match self {
             Fault::Unavailable => StoreError::Unavailable("injected store failure".into()),
-            Fault::Timeout | Fault::Unanswered(_) => StoreError::Timeout,
+            Fault::Timeout | Fault::Unanswered(_) | Fault::Resent => StoreError::Timeout,
             Fault::TooLarge(max) => StoreError::TooLarge { size: max + 1, max },
             Fault::Lost => StoreError::Timeout,
             Fault::Refused => StoreError::Refused("injected refusal".into()),
@@ -280,9 +283,16 @@ impl<S> FaultyStore<S> {
     fn call<'a, T: Send + 'a>(
         &'a self,
         operation: &'static str,
-        call: impl FnOnce(&'a S) -> StoreFuture<'a, T>,
-    ) -> StoreFuture<'a, T> {
+        call: impl Fn(&'a S) -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T>
+    where
+        S: Sync,
+    {
         match self.fault(operation) {
+            Some(Fault::Resent) => StoreFuture::new(async move {
+                let _ = call(&self.inner).await;
+                call(&self.inner).await
+            }),
             Some(Fault::Lost) => {
                 let done = call(&self.inner);
                 StoreFuture::new(async move {
@@ -307,11 +317,11 @@ impl<S: Store> Store for FaultyStore<S> {
         claim: InFlight,
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
-        self.call("claim", |s| s.claim(key, claim, now))
+        self.call("claim", move |s| s.claim(key, claim, now))
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-        self.call("get", |s| s.get(key, now))
+        self.call("get", move |s| s.get(key, now))
     }
 
     fn extend<'a>(
@@ -321,7 +331,7 @@ impl<S: Store> Store for FaultyStore<S> {
         lease_until: Timestamp,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        self.call("extend", |s| s.extend(key, token, lease_until, now))
+        self.call("extend", move |s| s.extend(key, token, lease_until, now))
     }
 
     fn complete<'a>(
@@ -331,11 +341,13 @@ impl<S: Store> Store for FaultyStore<S> {
         record: Completed,
         now: Timestamp,
     ) -> StoreFuture<'a, bool> {
-        self.call("complete", |s| s.complete(key, token, record, now))
+        self.call("complete", move |s| {
+            s.complete(key, token, record.clone(), now)
+        })
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-        self.call("release", |s| s.release(key, token))
+        self.call("release", move |s| s.release(key, token))
     }
 
     fn fails_open(&self) -> bool {

@@ -26,9 +26,11 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// within `max_bytes`. Anything else (a new key, a running request, a key whose copy was
 /// dropped) goes to the store, so a key still runs once across every process that shares it.
 ///
-/// The one difference a user can see: a record deleted from the store by hand (to let a key
-/// run again) is still replayed by the processes that kept a copy, until it expires or is
-/// dropped to make room.
+/// The one difference a user can see: a record the store no longer holds is still replayed by
+/// the processes that kept a copy, until it expires or is dropped to make room. That is a
+/// record deleted by hand (to let a key run again), or one the store lost (a Redis restarted
+/// without persistence, a failover that lost writes): then a retry that reaches a process
+/// without the copy runs the operation again, while the others replay the first answer.
 ///
 /// ```
 /// use idem_core::store::{ReplayCache, Store};
