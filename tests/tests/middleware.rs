@@ -294,3 +294,143 @@ async fn endpoint_settings_override_app_defaults_which_override_built_in_ones() 
     let message = assert_error(&res, 400, "idempotency_key_missing");
     assert!(message.contains("X-Idempotency-Key"), "{message}");
 }
+
+/// The handler of the parity suite: `work`, or a body over 16 bytes (`X-Big`), or a stream
+/// of unknown length (`X-Stream`).
+async fn parity_work(probe: &Probe, req: &HttpRequest, body: &str) -> HttpResponse {
+    if req.headers().contains_key("x-big") {
+        let n = probe.runs.bump();
+        return HttpResponse::Created().body(format!("run {n}: a body longer than sixteen bytes"));
+    }
+    if req.headers().contains_key("x-stream") {
+        let n = probe.runs.bump();
+        let pieces = [format!("run {n}: "), "streamed".to_owned()]
+            .map(|p| Ok::<_, actix_web::Error>(actix_web::web::Bytes::from(p)));
+        return HttpResponse::Ok().streaming(futures_util::stream::iter(pieces));
+    }
+    work(probe, req, body).await
+}
+
+#[idempotent(required, max_body = 16, max_response = 16)]
+async fn parity_annotated(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
+    parity_work(&probe, &req, &body).await
+}
+
+async fn parity_plain(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
+    parity_work(&probe, &req, &body).await
+}
+
+/// What a client sees of a response, with what differs between any two requests (their ids,
+/// the date) taken out.
+fn seen(res: &RawResponse) -> (u16, Vec<(String, Vec<String>)>, String) {
+    let mut headers: Vec<_> = (res.headers.iter())
+        .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id"))
+        .map(|(name, values)| (name.clone(), values.clone()))
+        .collect();
+    headers.sort();
+    let mut body = res.text();
+    if let Some(id) = res.header("x-request-id") {
+        body = body.replace(id, "<request id>");
+    }
+    (res.status, headers, body)
+}
+
+/// The parity suite's answers, in order, each named by its step.
+async fn parity_answers(a: App) -> Vec<(&'static str, (u16, Vec<(String, Vec<String>)>, String))> {
+    let mut seen_all = Vec::new();
+    let mut step = |name, res: RawResponse| seen_all.push((name, seen(&res)));
+    step(
+        "no key, required",
+        a.send(
+            RawRequest::post("/v1/calls")
+                .header("Authorization", "Bearer t")
+                .body("a"),
+        )
+        .await,
+    );
+    step("bad key", a.send(call("a b", "a")).await);
+    step(
+        "body too large",
+        a.send(call("k0", "a body over sixteen bytes")).await,
+    );
+    step("first run", a.send(call("k1", "a")).await);
+    step("replay", a.send(call("k1", "a")).await);
+    step("mismatch", a.send(call("k1", "b")).await);
+    step("5xx", a.send(call("k2", "a").header("X-Fail", "1")).await);
+    step(
+        "panic",
+        a.send(call("k2", "a").header("X-Panic", "1")).await,
+    );
+    step("run after a panic", a.send(call("k2", "a")).await);
+    step(
+        "response too large",
+        a.send(call("k3", "a").header("X-Big", "1")).await,
+    );
+    step(
+        "its retry",
+        a.send(call("k3", "a").header("X-Big", "1")).await,
+    );
+    step(
+        "stream",
+        a.send(call("k4", "a").header("X-Stream", "1")).await,
+    );
+    let mut retry = a.send(call("k4", "a").header("X-Stream", "1")).await;
+    for _ in 0..100 {
+        if retry.status != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        retry = a.send(call("k4", "a").header("X-Stream", "1")).await;
+    }
+    step("stream replayed", retry);
+    let runs = a.probe.runs.get();
+    let running = {
+        let (request, addr) = (call("k5", "a").header("X-Block", "1"), a.server.addr);
+        actix_web::rt::spawn(async move { request.send(addr).await })
+    };
+    eventually(|| a.probe.runs.get() == runs + 1).await;
+    step("in flight", a.send(call("k5", "a")).await);
+    a.probe.gate.add_permits(100);
+    step("the one in flight", running.await.unwrap());
+    seen_all
+}
+
+/// The parity suite's answers under each form: the steps they differ on.
+async fn differences() -> Vec<String> {
+    let attribute = parity_answers(app(
+        move |cfg| {
+            cfg.service(web::scope("/v1").route("/calls", web::post().to(parity_annotated)));
+        },
+        Policy::DEFAULT,
+    ))
+    .await;
+    let middleware = parity_answers(app(
+        move |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(
+                        Idempotency::new()
+                            .with_overrides(|o| o.required(true).max_body(16).max_response(16)),
+                    )
+                    .route("/calls", web::post().to(parity_plain)),
+            );
+        },
+        Policy::DEFAULT,
+    ))
+    .await;
+    let mut differences = Vec::new();
+    for ((step, by_attribute), (_, by_middleware)) in attribute.iter().zip(&middleware) {
+        if by_attribute != by_middleware {
+            differences.push(format!(
+                "{step}:\n  attribute  {by_attribute:?}\n  middleware {by_middleware:?}"
+            ));
+        }
+    }
+    differences
+}
+
+#[actix_web::test]
+async fn both_forms_answer_every_step_alike() {
+    let differences = differences().await;
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}

@@ -527,6 +527,58 @@ mod tests {
         crate::testing::conformance(&MokaStore::new(), 1).await;
     }
 
+    #[test]
+    fn racing_claims_of_one_key_are_won_once_and_a_release_never_undoes_a_completion() {
+        let store = MokaStore::new();
+        let now = Timestamp::from_millis(1_000_000);
+        let fingerprint = Fingerprint::new("POST", "/", "", b"");
+        for n in 0u8..200 {
+            let key = StoreKey::from_bytes([n; 32]);
+            let won: Vec<Option<Token>> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let claim = InFlight {
+                                fingerprint,
+                                lease_until: now.saturating_add(Duration::from_secs(30)),
+                                token: Token::random(),
+                            };
+                            let answer = store.claim_now(&key, claim, now).unwrap().unwrap();
+                            (answer == Claim::Claimed).then_some(claim.token)
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let winners: Vec<Token> = won.into_iter().flatten().collect();
+            assert_eq!(winners.len(), 1, "key {n} won {} times", winners.len());
+            let token = winners[0];
+            let record = Completed {
+                fingerprint,
+                response: Response::new(201, [], b"x"),
+                completed_at: now,
+                expires_at: now.saturating_add(Duration::from_secs(60)),
+            };
+            let (completed, released) = std::thread::scope(|s| {
+                let complete = s.spawn(|| store.complete(&key, token, record, now).now_or_never());
+                let release = s.spawn(|| store.release(&key, token).now_or_never());
+                (complete.join().unwrap(), release.join().unwrap())
+            });
+            let (completed, released) = (completed.unwrap().unwrap(), released.unwrap().unwrap());
+            assert!(
+                completed != released,
+                "exactly one of the two takes the claim"
+            );
+            let held = store.get(&key, now).now_or_never().unwrap().unwrap();
+            assert_eq!(held.is_some(), completed, "key {n}");
+        }
+        assert_eq!(
+            store.claims.iter().map(|s| lock(s).len()).sum::<usize>(),
+            0,
+            "no claim is left behind"
+        );
+    }
+
     #[tokio::test]
     async fn claims_abandoned_past_the_grace_are_swept_and_others_kept() {
         let store = MokaStore::new();
