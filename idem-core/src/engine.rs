@@ -752,15 +752,14 @@ impl Lease {
     }
 
     /// Whether the key holds `record`, written by an earlier attempt of [`finish`](Self::finish)
-    /// whose answer was lost. A record is told apart by its fingerprint and the time it was
-    /// completed at; a store that cannot be read answers `false`.
+    /// whose answer was lost: the same record, response and times included (another request's
+    /// could only be told from it by nothing a client sees). A store that cannot be read
+    /// answers `false`.
     async fn landed(&self, record: &Completed) -> bool {
         let now = self.engine.parts.clock.now();
         let get = || self.engine.parts.store.get(&self.key, now);
         match self.engine.observed("get", get).await {
-            Ok(Some(Record::Completed(found))) => {
-                found.fingerprint == record.fingerprint && found.completed_at == record.completed_at
-            }
+            Ok(Some(Record::Completed(found))) => found == *record,
             _ => false,
         }
     }
