@@ -327,29 +327,36 @@ async fn begin_until_up(engine: &Engine, key: StoreKey, fp: Fingerprint) -> Begi
     }
 }
 
+/// Runs `key` on `engine` and records a 201 with `body`.
+async fn recorded(engine: &Engine, key: StoreKey, fp: Fingerprint, body: &[u8]) {
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!("claimed")
+    };
+    let recorded = lease.finish(Response::new(201, [], body)).await.unwrap();
+    assert_eq!(recorded, Outcome::Recorded);
+}
+
+/// An engine on a store on `cluster`, its keys under `prefix`, with the tests' command timeout.
+fn engine_on(cluster: &TestRedisCluster, prefix: &str) -> Engine {
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix(prefix)
+        .command_timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    Engine::new(store)
+}
+
 #[actix_web::test]
 async fn a_failover_to_a_replica_keeps_every_record_and_a_running_claim_still_completes() {
     let Some(cluster) = TestRedisCluster::start() else {
         return;
     };
-    let store = RedisStore::cluster(cluster.urls())
-        .prefix("failover:")
-        .command_timeout(TIMEOUT)
-        .build()
-        .unwrap();
-    let engine = Engine::new(store);
+    let engine = engine_on(&cluster, "failover:");
     let fp = Fingerprint::new("POST", "/x", "", b"");
     let keys = keys_on(&cluster, "failover:", 0, 3);
     let (done, running, fresh) = (keys[0], keys[1], keys[2]);
 
-    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, done, fp).await else {
-        panic!("claimed")
-    };
-    let recorded = lease
-        .finish(Response::new(201, [], b"first"))
-        .await
-        .unwrap();
-    assert_eq!(recorded, Outcome::Recorded);
+    recorded(&engine, done, fp, b"first").await;
     let Ok(Begin::Execute(held)) = engine.begin(&Policy::DEFAULT, running, fp).await else {
         panic!("claimed")
     };
@@ -418,12 +425,7 @@ async fn a_slot_that_moves_mid_run_keeps_its_records_and_its_running_claims() {
     let Some(cluster) = TestRedisCluster::start() else {
         return;
     };
-    let store = RedisStore::cluster(cluster.urls())
-        .prefix("moving:")
-        .command_timeout(TIMEOUT)
-        .build()
-        .unwrap();
-    let engine = Engine::new(store);
+    let engine = engine_on(&cluster, "moving:");
     let fp = Fingerprint::new("POST", "/x", "", b"");
     let key = keys_on(&cluster, "moving:", 0, 1)[0];
     let redis_key = format!("moving:{key}");
@@ -483,23 +485,11 @@ async fn a_master_that_dies_is_replaced_by_its_replica_and_its_keys_work_again()
     let Some(mut cluster) = TestRedisCluster::start() else {
         return;
     };
-    let store = RedisStore::cluster(cluster.urls())
-        .prefix("promoted:")
-        .command_timeout(TIMEOUT)
-        .build()
-        .unwrap();
-    let engine = Engine::new(store);
+    let engine = engine_on(&cluster, "promoted:");
     let fp = Fingerprint::new("POST", "/x", "", b"");
     let keys = keys_on(&cluster, "promoted:", 0, 2);
     let (done, fresh) = (keys[0], keys[1]);
-    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, done, fp).await else {
-        panic!("claimed")
-    };
-    let recorded = lease
-        .finish(Response::new(201, [], b"first"))
-        .await
-        .unwrap();
-    assert_eq!(recorded, Outcome::Recorded);
+    recorded(&engine, done, fp, b"first").await;
 
     let replica = cluster.add_replica(0);
     let synced: i64 = cluster.query(0, redis::cmd("WAIT").arg(1).arg(5000));
