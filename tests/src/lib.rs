@@ -733,13 +733,16 @@ impl TestRedisCluster {
     /// Starts one, or `None` (the test should skip) when `redis-server` and `redis-cli` cannot
     /// make one. With `IDEM_REQUIRE_REDIS=1`, that panics instead.
     pub fn start() -> Option<Self> {
-        match Self::create() {
-            Ok(cluster) => Some(cluster),
-            Err(e) => {
-                skip_without_redis(&format!("no Redis Cluster could be made ({e})"));
-                None
+        // Another test may take a port between its choice and its node's start: try anew.
+        let mut error = String::new();
+        for _ in 0..3 {
+            match Self::create() {
+                Ok(cluster) => return Some(cluster),
+                Err(e) => error = e,
             }
         }
+        skip_without_redis(&format!("no Redis Cluster could be made ({error})"));
+        None
     }
 
     fn create() -> Result<Self, String> {
@@ -760,18 +763,32 @@ impl TestRedisCluster {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             cluster.spawn(node)?;
         }
-        let out = std::process::Command::new("redis-cli")
+        // `redis-cli --cluster create` waits for the nodes to join for as long as it takes:
+        // bounded here, so that a node that went away fails the attempt instead of hanging it.
+        let mut create = std::process::Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
+            .stdout(std::process::Stdio::null())
+            .spawn()
             .map_err(|e| format!("redis-cli: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "redis-cli --cluster create: {}",
-                String::from_utf8_lossy(&out.stdout)
-            ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let created = loop {
+            match create.try_wait() {
+                Ok(Some(status)) => break status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = create.kill();
+                    let _ = create.wait();
+                    break false;
+                }
+            }
+        };
+        if !created {
+            return Err("redis-cli --cluster create failed or did not finish in 30s".into());
         }
         cluster.wait_until_ok()?;
         Ok(cluster)
@@ -802,11 +819,20 @@ impl TestRedisCluster {
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("redis-server: {e}"))?;
+        let id = child.id();
         self.children[node] = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
-            if node_connection(&self.url(node)).is_ok() {
-                return Ok(());
+            // The server that answers must be this node, not another test's that took the port.
+            if let Ok(mut conn) = node_connection(&self.url(node)) {
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                return match info.contains(&format!("process_id:{id}\r")) {
+                    true => Ok(()),
+                    false => Err(format!("port {port} is another server's")),
+                };
             }
             std::thread::sleep(Duration::from_millis(20));
         }
