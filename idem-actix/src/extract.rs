@@ -27,35 +27,18 @@ pub(crate) struct Admitted {
     pub(crate) format: Option<ErrorFormat>,
 }
 
-/// Marks a request that a layer served but passed on without a key, for want of its
-/// endpoint's (read from another header than the application's, or from the body): the key
-/// extractors then know a layer serves it, whatever headers it carries. A request whose key
-/// is the application's header needs no mark: a layer that passed it on found none.
-pub(crate) struct Passed;
-
-/// Marks a request carrying the application's key header that an
-/// [`Idempotency`](crate::Idempotency) middleware passed on for its method, one whose keys it
-/// leaves alone (it is [`Passed`] too): a handler inside that takes the key can never get one
-/// on this method, a fault of the server's.
-pub(crate) struct Skipped;
-
-/// Whether `req` carries the application's key header though no layer took a key from it or
-/// passed it on: its handler takes a key under no idempotency layer. Logged, naming the
-/// request and the fix.
-pub(crate) fn unserved(req: &HttpRequest, config: &IdempotencyConfig, taker: &str) -> bool {
-    let unserved = req.headers().contains_key(config.header()) && {
-        let extensions = req.extensions();
-        !extensions.contains::<Admitted>() && !extensions.contains::<Passed>()
-    };
-    if unserved {
-        tracing::error!(
-            "a handler takes {taker}, and {} {} carries an {} header, but no idempotency layer serves this request: annotate the handler with #[idempotent], or wrap it in Idempotency",
-            req.method(),
-            req.path(),
-            config.header(),
-        );
-    }
-    unserved
+/// Marks a request carrying the application's key header that a layer served but passed on
+/// without taking a key: the key extractors then know a layer serves it. A request whose key
+/// is the application's header, passed on for want of it, needs no mark: it carries none.
+#[derive(Clone, Copy)]
+pub(crate) enum Passed {
+    /// For want of its endpoint's key (read from another header than the application's, or
+    /// from the body).
+    Keyless,
+    /// For its method, one whose keys an [`Idempotency`](crate::Idempotency) middleware
+    /// leaves alone: a handler inside that takes the key can never get one on this method, a
+    /// fault of the server's.
+    Method,
 }
 
 /// The request's validated idempotency key, as an extractor.
@@ -114,11 +97,19 @@ impl std::fmt::Display for IdempotencyKey {
 pub struct NoIdempotencyKey {
     config: IdempotencyConfig,
     request_id: RequestId,
-    /// Whether the request carries a key that no layer took.
-    unserved: bool,
-    /// What the log says when the request carries a key on a method the middleware around
-    /// its handler leaves alone (see [`Skipped`]), and the handler needs the key.
-    skipped: Option<String>,
+    cause: Cause,
+}
+
+/// Why a handler that takes the key gets none.
+#[derive(Clone)]
+enum Cause {
+    /// The request has none: the client's to send.
+    Missing,
+    /// It carries one, but no layer serves the handler (logged when found).
+    NoLayer,
+    /// It carries one on a method the middleware around the handler leaves alone: what the
+    /// log says when the refusal is answered.
+    Method(String),
 }
 
 impl std::fmt::Debug for NoIdempotencyKey {
@@ -131,51 +122,64 @@ impl std::fmt::Debug for NoIdempotencyKey {
 
 impl std::fmt::Display for NoIdempotencyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.unserved, self.skipped.is_some()) {
-            (true, _) => f.write_str("this request's idempotency key was not taken: no idempotency layer serves its handler; annotate it with #[idempotent] or wrap it in Idempotency"),
-            (false, true) => f.write_str("this request's idempotency key was not taken: the Idempotency middleware around its handler leaves its method alone; add the method with Idempotency::with_methods, or take Option<IdempotencyKey>"),
-            (false, false) => f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>"),
+        match self.cause {
+            Cause::Missing => f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>"),
+            Cause::NoLayer => f.write_str("this request's idempotency key was not taken: no idempotency layer serves its handler; annotate it with #[idempotent] or wrap it in Idempotency"),
+            Cause::Method(_) => f.write_str("this request's idempotency key was not taken: the Idempotency middleware around its handler leaves its method alone; add the method with Idempotency::with_methods, or take Option<IdempotencyKey>"),
         }
     }
 }
 
 impl ResponseError for NoIdempotencyKey {
     fn status_code(&self) -> StatusCode {
-        match self.unserved || self.skipped.is_some() {
-            true => StatusCode::INTERNAL_SERVER_ERROR,
-            false => StatusCode::BAD_REQUEST,
+        match self.cause {
+            Cause::Missing => StatusCode::BAD_REQUEST,
+            Cause::NoLayer | Cause::Method(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Some(skipped) = &self.skipped {
-            // Logged here, where the refusal is answered: a handler taking
-            // `Option<IdempotencyKey>` gets `None` for the ignored key, as documented.
-            tracing::error!("{skipped}");
-        }
-        match self.unserved || self.skipped.is_some() {
-            true => self.render(&IdempotencyError::LayerMissing, None),
-            false => self.response_under(Overrides::NONE),
+        match &self.cause {
+            Cause::Missing => self.response_under(Overrides::NONE),
+            Cause::NoLayer => self.render(&IdempotencyError::LayerMissing, None),
+            Cause::Method(log) => {
+                // Logged here, where the refusal is answered: a handler taking
+                // `Option<IdempotencyKey>` gets `None` for the ignored key, as documented.
+                tracing::error!("{log}");
+                self.render(&IdempotencyError::LayerMissing, None)
+            }
         }
     }
 }
 
 impl NoIdempotencyKey {
-    /// The refusal of `req`, which has no key taken, to a handler that takes `taker`.
+    /// The refusal of `req`, whose key (if any) no layer took, to a handler that takes
+    /// `taker`.
     pub(crate) fn of(req: &HttpRequest, taker: &str) -> Self {
         let config = IdempotencyConfig::of(req).clone();
-        let skipped = req.extensions().contains::<Skipped>().then(|| {
-            format!(
+        let passed = req.extensions().get::<Passed>().copied();
+        let cause = match passed {
+            _ if !req.headers().contains_key(config.header()) => Cause::Missing,
+            Some(Passed::Keyless) => Cause::Missing,
+            Some(Passed::Method) => Cause::Method(format!(
                 "a handler takes {taker}, and {} {} carries an {} header, but the Idempotency middleware around it leaves {} alone, so the key is ignored and the handler can never get one: add the method with Idempotency::with_methods, or take Option<IdempotencyKey>",
                 req.method(),
                 req.path(),
                 config.header(),
                 req.method(),
-            )
-        });
+            )),
+            None => {
+                tracing::error!(
+                    "a handler takes {taker}, and {} {} carries an {} header, but no idempotency layer serves this request: annotate the handler with #[idempotent], or wrap it in Idempotency",
+                    req.method(),
+                    req.path(),
+                    config.header(),
+                );
+                Cause::NoLayer
+            }
+        };
         Self {
-            unserved: unserved(req, &config, taker),
-            skipped,
+            cause,
             config,
             request_id: RequestId::of(req),
         }
@@ -202,14 +206,15 @@ impl NoIdempotencyKey {
     }
 
     /// Whether the request carries a key that no layer took: its handler is under none.
+    #[cfg(feature = "postgres")]
     pub(crate) fn unserved(&self) -> bool {
-        self.unserved
+        matches!(self.cause, Cause::NoLayer)
     }
 
-    /// Whether the request carries a key on a method the middleware around its handler
-    /// leaves alone: its handler can never get one there.
-    pub(crate) fn skipped(&self) -> bool {
-        self.skipped.is_some()
+    /// Whether the request simply has no key, which is the client's to send: a layer that
+    /// passed it on answers this for its endpoint.
+    pub(crate) fn missing(&self) -> bool {
+        matches!(self.cause, Cause::Missing)
     }
 }
 
@@ -312,7 +317,7 @@ mod tests {
         let req = TestRequest::post()
             .insert_header(("Idempotency-Key", "sent-but-not-admitted"))
             .to_http_request();
-        req.extensions_mut().insert(Passed);
+        req.extensions_mut().insert(Passed::Keyless);
         let missing = extracted(&req).unwrap_err();
         assert_eq!(missing.status_code(), StatusCode::BAD_REQUEST);
         let body = missing

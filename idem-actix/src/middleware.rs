@@ -9,13 +9,13 @@ use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Tr
 use actix_web::error::InternalError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::Method;
+use actix_web::HttpRequest;
 use actix_web::{Error, HttpResponse};
-use actix_web::{HttpMessage as _, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use idem_core::Overrides;
 
 use crate::config::IdempotencyConfig;
-use crate::extract::Skipped;
+use crate::extract::Passed;
 use crate::functions::Functions;
 use crate::handler::{bypasses, keyed, passed, taken, Endpoint, Reply};
 use crate::scope::ScopeFunction;
@@ -227,8 +227,7 @@ where
                 .headers()
                 .contains_key(IdempotencyConfig::of(req.request()).header())
         {
-            passed(req.request());
-            req.extensions_mut().insert(Skipped);
+            passed(req.request(), Passed::Method);
         }
         if skipped
             || bypasses(&self.inner.endpoint, &self.inner.functions, req.request())

@@ -100,14 +100,14 @@ pub(crate) fn bypasses(endpoint: &Endpoint, functions: &Functions, req: &HttpReq
     if bypassed && endpoint.overrides.header.is_some() {
         // The application's header may be on it, and must not be taken for a key that no
         // layer serves.
-        passed(req);
+        passed(req, Passed::Keyless);
     }
     bypassed
 }
 
-/// Marks `req` as served by a layer that passes it on without a key (see [`Passed`]).
-pub(crate) fn passed(req: &HttpRequest) {
-    req.extensions_mut().insert(Passed);
+/// Marks `req` as served by a layer that passes it on without taking a key, and why.
+pub(crate) fn passed(req: &HttpRequest, why: Passed) {
+    req.extensions_mut().insert(why);
 }
 
 /// Whether an outer layer (the middleware around an attributed handler) has the request in

@@ -13,6 +13,7 @@ use super::detach::{detached, orphans};
 use super::record::{claimed, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding};
 use super::{passed, Endpoint, Reply, Work};
+use crate::extract::Passed;
 use crate::functions::Functions;
 use crate::metrics;
 use crate::render::error_response;
@@ -43,7 +44,7 @@ where
         // Boxed: `run` sends requests without a key straight to the handler, so this is
         // rare, and the handler's future would otherwise swell this one.
         Admission::Pass(req, payload) => {
-            passed(&req);
+            passed(&req, Passed::Keyless);
             (Box::pin(handler(req, payload)), false)
         }
         Admission::Answer(req, res) => return Reply::new(req, res),

@@ -107,7 +107,7 @@ impl Endpoint {
     /// format.
     pub(crate) fn keyless(&self, res: HttpResponse) -> HttpResponse {
         let missing = (res.error().and_then(|e| e.as_error::<NoIdempotencyKey>()))
-            .filter(|missing| !missing.unserved() && !missing.skipped());
+            .filter(|missing| missing.missing());
         match missing {
             Some(missing) => missing.response_under(self.overrides),
             None => res,
