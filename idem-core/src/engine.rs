@@ -1087,30 +1087,19 @@ mod tests {
         let store = FaultyStore::new(MokaStore::new());
         let engine = Engine::new(store.clone());
         let policy = Policy::DEFAULT;
-        let lease = execute(&engine, &policy, key(1), fp("a")).await;
-        // The record is written, but the answer times out; the retry finds the key completed.
-        store.fail("complete", 1, Fault::Lost);
-        assert_eq!(
-            lease.finish(response(201, "once")).await.unwrap(),
-            Outcome::Recorded
-        );
-        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_completion_the_client_resent_after_it_landed_counts_as_recorded() {
-        let store = FaultyStore::new(MokaStore::new());
-        let engine = Engine::new(store.clone());
-        let policy = Policy::DEFAULT;
-        let lease = execute(&engine, &policy, key(1), fp("a")).await;
-        // The store's client resends the completion (a dropped connection): the first lands,
-        // and the second finds the key completed, which is the answer the engine gets.
-        store.fail("complete", 1, Fault::Resent);
-        assert_eq!(
-            lease.finish(response(201, "once")).await.unwrap(),
-            Outcome::Recorded
-        );
-        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+        // The record is written, but the answer times out, and the engine's retry finds the
+        // key completed; or the store's client resends it (a dropped connection), and the
+        // second, finding the key completed, is the answer the engine gets.
+        for (n, fault) in [(1, Fault::Lost), (2, Fault::Resent)] {
+            let lease = execute(&engine, &policy, key(n), fp("a")).await;
+            store.fail("complete", 1, fault);
+            assert_eq!(
+                lease.finish(response(201, "once")).await.unwrap(),
+                Outcome::Recorded,
+                "{fault:?}"
+            );
+            assert_eq!(replayed_body(&engine, &policy, key(n)).await, b"once");
+        }
     }
 
     #[tokio::test(start_paused = true)]
