@@ -240,10 +240,6 @@ enum Read {
 /// `body`, when it is a stream of unknown length (a stream of events, a response relayed as
 /// it is made): `Err` with the body otherwise.
 fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
-    let body = body
-        .try_into_bytes()
-        .map(BoxBody::new)
-        .unwrap_or_else(|body| body);
     match body.size() {
         BodySize::Stream => Ok(body),
         _ => Err(body),
