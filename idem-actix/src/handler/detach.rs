@@ -195,10 +195,7 @@ impl Drop for Attached {
                 tracing::warn!("idempotent operation cancelled at shutdown; its key is released");
             }
         };
-        let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(actix_web::rt::spawn(run));
-        }));
-        if spawned.is_err() {
+        if !spawned(run) {
             tracing::error!("an idempotent operation whose client went away was dropped outside actix's runtime; its key is released");
         }
     }
@@ -216,10 +213,16 @@ pub(crate) fn spawn_recording(recording: impl std::future::Future<Output = ()> +
         let _running = running;
         recording.await;
     };
-    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        drop(actix_web::rt::spawn(task));
-    }));
-    if spawned.is_err() {
+    if !spawned(task) {
         tracing::error!("a response stream under an idempotency key was made outside actix's runtime; its key is released");
     }
+}
+
+/// Runs `task` on the current actix worker, detached: `false` outside actix's runtime, where
+/// there is none to run it (it is dropped).
+fn spawned(task: impl std::future::Future<Output = ()> + 'static) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(actix_web::rt::spawn(task));
+    }))
+    .is_ok()
 }
