@@ -73,15 +73,15 @@ enum Redis {
 }
 
 fn options() -> Result<Options, String> {
+    // A variable set to nothing counts as unset.
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
     let mut addr = std::env::var("IDEM_ADDR").ok();
     let mut workers = std::env::var("IDEM_WORKERS").ok();
     // The store's settings come from the flags, or, when no flag names a store, from the
     // environment (below).
     let mut redis_url = None;
     let mut redis_cluster = None;
-    let mut replay_cache_bytes = std::env::var("IDEM_REPLAY_CACHE_BYTES")
-        .ok()
-        .filter(|n| !n.is_empty());
+    let mut replay_cache_bytes = var("IDEM_REPLAY_CACHE_BYTES");
     let mut cors_origins: Vec<String> = Vec::new();
     let mut database_url = None;
     let mut args = std::env::args().skip(1);
@@ -116,7 +116,6 @@ fn options() -> Result<Options, String> {
     // A store named by a flag replaces whatever store the environment names, under
     // whichever variable: the flag wins, and the environment is not "both".
     if redis_url.is_none() && redis_cluster.is_none() && database_url.is_none() {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         redis_url = var("IDEM_REDIS_URL");
         redis_cluster = var("IDEM_REDIS_CLUSTER");
         database_url = var("IDEM_DATABASE_URL");
