@@ -236,6 +236,28 @@ impl Fixture {
             .expect("count rows")
     }
 
+    /// Waits until a handler's insert has run in its transaction (not committed yet): its
+    /// session waits in it for the handler's next statement or its commit.
+    async fn inserted(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' \
+             AND query LIKE 'INSERT INTO {}%'",
+            self.calls.table
+        );
+        loop {
+            let sessions: i64 = sqlx::query_scalar(&waiting)
+                .fetch_one(&self.db)
+                .await
+                .expect("pg_stat_activity");
+            if sessions > 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no insert ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until a claim is written: the first request runs.
     async fn claimed(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -789,8 +811,9 @@ async fn a_commit_that_failed_in_an_outage_releases_its_key_once_postgres_is_bac
         );
         actix_web::rt::spawn(async move { request.send(addr).await })
     };
-    app.claimed().await;
-    // Postgres goes away while the handler runs, and is still away when it commits.
+    // Postgres goes away while the handler runs, after its insert (so that the handler's
+    // own statements succeed), and is still away when it commits.
+    app.inserted().await;
     app._pg.stop();
     let failed = running.await.unwrap();
     assert_error(&failed, 503, "idempotency_store_unavailable");
