@@ -68,8 +68,11 @@ impl Tasks {
     /// stop, which waits for their connections.
     pub(crate) fn cancel(&self) -> usize {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // Read before they are woken: each run uncounts itself as it drops, on its own worker,
+        // which can come before this thread reads on.
+        let cancelled = self.orphaned.load(Ordering::Acquire);
         self.cancel.notify_waiters();
-        self.orphaned.load(Ordering::Acquire)
+        cancelled
     }
 
     /// Resolves when a cancellation comes after `generation`.
@@ -225,4 +228,38 @@ fn spawned(task: impl std::future::Future<Output = ()> + 'static) -> bool {
         drop(actix_web::rt::spawn(task));
     }))
     .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future as _;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Wake, Waker};
+
+    use super::*;
+
+    /// A waker that ends a run when woken, as a run's task on another worker can end before
+    /// the drain that woke it goes on.
+    struct Ends(Mutex<Option<Counted>>);
+
+    impl Wake for Ends {
+        fn wake(self: Arc<Self>) {
+            self.0.lock().unwrap().take();
+        }
+    }
+
+    #[test]
+    fn a_cancellation_counts_the_runs_it_cancels_though_they_end_as_soon_as_woken() {
+        let tasks: &'static Tasks = Box::leak(Box::default());
+        let run = Counted::new(&tasks.orphaned);
+        let waker = Waker::from(Arc::new(Ends(Mutex::new(Some(run)))));
+        let mut cancelled =
+            std::pin::pin!(tasks.cancelled(tasks.generation.load(Ordering::Acquire)));
+        assert!(cancelled
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert_eq!(tasks.cancel(), 1, "the one run it cancelled");
+        assert_eq!(tasks.orphaned.load(Ordering::Acquire), 0, "which ended");
+    }
 }
