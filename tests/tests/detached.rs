@@ -300,3 +300,35 @@ async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_
     assert_eq!(probe.runs.get(), 1, "the operation ran once");
     next.shut_down(&idem, None).await;
 }
+
+/// A keyed stream whose client went away is read on without it, as a run whose client went
+/// away finishes: a drain that runs out of time cancels it, as it cancels such runs, and
+/// releases its key, so that its retry runs it rather than finding it in flight.
+#[actix_web::test]
+async fn a_drain_that_runs_out_of_time_cancels_a_stream_whose_client_went_away_and_releases_its_key(
+) {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = start(idem.clone(), probe.clone());
+    let request = || streaming("streaming-gone");
+    request()
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    // Its second piece waits behind the gate, past the drain's time.
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "the stream read without its client");
+    // Its key is free at once: the retry runs it again, and gets it whole.
+    probe.gate.add_permits(1);
+    let next = start(idem.clone(), probe.clone());
+    let retry = request().send(next.addr).await;
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert!(!retry.replayed());
+    let mut whole = vec![b'a'; 100];
+    whole.extend_from_slice(&[b'b'; 100]);
+    assert_eq!(unchunked(&retry.body), whole);
+    assert_eq!(probe.runs.get(), 2);
+    next.shut_down(&idem, None).await;
+}
