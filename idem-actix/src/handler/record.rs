@@ -269,10 +269,7 @@ fn tee(
         let (teed, _orphan) = lease
             .run(async move {
                 match teed.await {
-                    Ok(Teed::Dropped { read, rest }) => {
-                        // Counted as a run whose client went away, toward the worker's bound,
-                        // and cancelled with them by a drain that runs out of time.
-                        let orphan = Orphan::new();
+                    Ok(Teed::Dropped { read, rest, orphan }) => {
                         let drained = std::pin::pin!(drained(read, rest, limit));
                         let teed = match select(drained, std::pin::pin!(orphan.cancelled())).await {
                             Either::Left((teed, _)) => teed,
@@ -323,8 +320,14 @@ enum Teed {
     Omitted(u64),
     /// It failed before either.
     Failed,
-    /// Its client went away before either: what was read, and the rest, to read without it.
-    Dropped { read: Bytes, rest: BoxBody },
+    /// Its client went away before either: what was read, and the rest, to read without it;
+    /// counted from then on as a run whose client went away, toward the worker's bound, and
+    /// cancelled with them by a drain that runs out of time.
+    Dropped {
+        read: Bytes,
+        rest: BoxBody,
+        orphan: Orphan,
+    },
     /// Its client went away, and a drain cancelled the reading of the rest.
     Cancelled,
 }
@@ -413,7 +416,10 @@ impl Drop for Tee {
         }
         if let (Some(told), Some(rest)) = (self.told.take(), self.stream.take()) {
             let read = std::mem::take(&mut self.read).freeze();
-            let _ = told.send(Teed::Dropped { read, rest });
+            // Counted now, not when the recording next runs: a drain that cancels in between
+            // cancels it too, as it does a run whose client went away.
+            let orphan = Orphan::new();
+            let _ = told.send(Teed::Dropped { read, rest, orphan });
         }
     }
 }
@@ -738,6 +744,47 @@ mod tests {
         ];
         let body = BoxBody::new(BodyStream::new(futures_util::stream::iter(failing)));
         assert!(collect(body, 1024).now_or_never().unwrap().is_err());
+    }
+
+    /// A stream whose client goes away counts as a run whose client went away from that moment,
+    /// as such a run does: a drain that cancels before its recording runs again cancels it too,
+    /// counts it, and releases its key.
+    #[actix_web::test]
+    async fn a_stream_whose_client_goes_away_just_before_a_drain_cancels_is_cancelled_with_the_rest(
+    ) {
+        use super::super::detach::TASKS;
+        use idem_core::{Begin, Engine, Fingerprint, MokaStore, StoreKey};
+
+        let engine = Engine::new(MokaStore::new());
+        let policy = Policy::default();
+        let key = StoreKey::from_bytes([7; 32]);
+        let fingerprint = || Fingerprint::new("POST", "/stream", "", b"");
+        let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fingerprint()).await else {
+            panic!("a new key is claimed");
+        };
+        // One piece, then nothing more for as long as it is read.
+        let first = futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(
+            Bytes::from_static(b"a"),
+        )));
+        let pieces = first.chain(futures_util::stream::pending());
+        let stream = BoxBody::new(BodyStream::new(pieces));
+        let mut body = tee(stream, 200, Vec::new(), lease, 1024);
+        let piece = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await;
+        assert_eq!(piece.unwrap().unwrap(), "a");
+        // The recording waits to be told how the stream ends.
+        tokio::task::yield_now().await;
+        // Its client goes away, and a drain cancels before the recording runs again.
+        drop(body);
+        assert_eq!(TASKS.cancel(), 1, "the stream read without its client");
+        let released = async {
+            TASKS.orphans_idle().await;
+            engine.abandoned_released().await;
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(2), released)
+            .await
+            .expect("the stream's reading was cancelled and its key released");
+        let again = engine.begin(&policy, key, fingerprint()).await;
+        assert!(matches!(again, Ok(Begin::Execute(_))), "its key is free");
     }
 
     #[test]
