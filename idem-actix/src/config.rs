@@ -237,10 +237,11 @@ impl IdempotencyConfig {
         }
         let cancelled = TASKS.cancel();
         // Each cancelled run drops on its worker and releases its claim through the store:
-        // wait for those releases (the runtimes that run them stop when the server does).
+        // wait for those releases (the runtimes that run them stop when the server does), the
+        // runs of every application of the process, as it cancelled them all.
         let released = async {
             TASKS.orphans_idle().await;
-            self.engine().abandoned_released().await;
+            Engine::every_abandoned_released().await;
         };
         if tokio::time::timeout(RELEASE_GRACE, released).await.is_err() {
             tracing::warn!("some idempotency claims were not released at shutdown; they lapse with their leases");

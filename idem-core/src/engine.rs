@@ -59,27 +59,38 @@ struct Releasing {
     idle: tokio::sync::Notify,
 }
 
+/// The releases under way in this process, whatever their engine: what a shutdown of the
+/// whole process waits for (see [`Engine::every_abandoned_released`]).
+static EVERY_RELEASING: Releasing = Releasing {
+    count: std::sync::atomic::AtomicUsize::new(0),
+    idle: tokio::sync::Notify::const_new(),
+};
+
+/// One release under way, counted by its engine and by the process.
 struct ReleasingGuard(Arc<Releasing>);
 
 impl Drop for ReleasingGuard {
     fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            self.0.idle.notify_waiters();
-        }
+        self.0.end();
+        EVERY_RELEASING.end();
     }
 }
 
 impl Releasing {
-    /// Counts one more under way, until the guard is dropped (done, or dropped with its
-    /// runtime).
+    /// Counts one more under way, here and in the process, until the guard is dropped (done,
+    /// or dropped with its runtime).
     fn start(self: &Arc<Self>) -> ReleasingGuard {
+        EVERY_RELEASING
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         ReleasingGuard(Arc::clone(self))
+    }
+
+    fn end(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 
     async fn none(&self) {
@@ -234,6 +245,13 @@ impl Engine {
     /// shutdown: the releases run as tasks, which a runtime that stops would drop.
     pub async fn abandoned_released(&self) {
         self.parts.releasing.none().await;
+    }
+
+    /// Waits until the claims of leases dropped unfinished have been released, or have failed
+    /// to be, by every engine of this process: as [`abandoned_released`](Self::abandoned_released)
+    /// for each, for a shutdown that cancels runs of several engines at once.
+    pub async fn every_abandoned_released() {
+        EVERY_RELEASING.none().await;
     }
 
     /// The same engine, reading wall time from `wall` where [`Engine::new`] reads the

@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::stream;
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
+use idem_core::testing::{Fault, FaultyStore};
 use idem_tests::{assert_error, eventually, unchunked, Counter, RawRequest};
 use tokio::sync::Semaphore;
 
@@ -226,6 +227,38 @@ async fn a_run_that_cannot_finish_within_the_drain_is_cancelled_and_its_key_rele
     assert!(!retry.replayed());
     assert_eq!(probe.runs.get(), 2);
     next.shut_down(&idem, None).await;
+}
+
+/// The drain is the process's: one application's cancels the runs of every application whose
+/// clients went away, and waits until their keys are released, not only its own application's
+/// (the server stops right after, and a release still on its way would be dropped with it).
+#[actix_web::test]
+async fn a_drain_that_cancels_another_applications_run_waits_for_its_key_to_be_released() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let other = IdempotencyConfig::new(store.clone());
+    let server = start(other.clone(), probe.clone());
+    call("elsewhere", "gate")
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    // Its store is slow to release it.
+    store.fail("release", 1, Fault::Unanswered(Duration::from_millis(500)));
+    // Drained from an application of the process with nothing of its own in progress.
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(
+        drained,
+        Some(1),
+        "the other application's run was cancelled"
+    );
+    let next = start(other.clone(), probe.clone());
+    let retry = call("elsewhere", "0").send(next.addr).await;
+    assert_eq!(retry.status, 201, "its key was released: {retry:?}");
+    assert_eq!(probe.runs.get(), 2);
+    next.shut_down(&other, None).await;
 }
 
 #[actix_web::test]
