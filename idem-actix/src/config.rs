@@ -198,9 +198,9 @@ impl IdempotencyConfig {
     /// `timeout` for them (those of every application of this process), whether their clients
     /// still wait or went away. Then the runs whose clients went away are cancelled and their
     /// keys released, so that a retry runs them again rather than finding them in flight until
-    /// their leases lapse; runs whose clients still wait are left to the server's graceful stop,
-    /// which waits for their connections. Resolves to the number of operations cancelled (0
-    /// when all finished).
+    /// their leases lapse (the drain waits up to 2 s more for those releases); runs whose
+    /// clients still wait are left to the server's graceful stop, which waits for their
+    /// connections. Resolves to the number of operations cancelled (0 when all finished).
     ///
     /// actix-web's graceful shutdown waits for open connections, not for work whose client
     /// went away, and each worker's runtime stops (dropping such work) as soon as its
