@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use futures_util::future::{select, Either};
 use tokio::sync::Notify;
@@ -35,8 +35,13 @@ pub(crate) struct Tasks {
     orphaned: AtomicUsize,
     idle: Notify,
     /// Bumped by each cancellation: a task cancels when it changes from what it saw at its
-    /// start, so that tasks started after a drain run normally.
+    /// start, so that tasks started after a drain run normally. Changed under `uncancelled`'s
+    /// lock.
     generation: AtomicUsize,
+    /// The runs whose clients went away since the last cancellation and that have not ended:
+    /// those the next one cancels. Its lock orders them against cancellations, so that each
+    /// run is counted by the one cancellation that cancels it.
+    uncancelled: Mutex<usize>,
     cancel: Notify,
 }
 
@@ -67,12 +72,39 @@ impl Tasks {
     /// number cancelled. Runs whose clients still wait are left to the server's own graceful
     /// stop, which waits for their connections.
     pub(crate) fn cancel(&self) -> usize {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        // Read before they are woken: each run uncounts itself as it drops, on its own worker,
-        // which can come before this thread reads on.
-        let cancelled = self.orphaned.load(Ordering::Acquire);
+        // Taken before they are woken: each run uncounts itself as it drops, on its own worker,
+        // which can come before this thread reads on. Runs an earlier cancellation cancelled,
+        // though they have not ended yet, are not this one's.
+        let cancelled = {
+            let mut uncancelled = self.uncancelled();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            std::mem::take(&mut *uncancelled)
+        };
         self.cancel.notify_waiters();
         cancelled
+    }
+
+    /// Counts a run whose client went away among those the next cancellation cancels: the
+    /// cancellations it has seen.
+    fn orphan(&self) -> usize {
+        let mut uncancelled = self.uncancelled();
+        *uncancelled += 1;
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Uncounts a run whose client went away, which had seen `generation`, if no cancellation
+    /// has taken it since.
+    fn unorphan(&self, generation: usize) {
+        let mut uncancelled = self.uncancelled();
+        if self.generation.load(Ordering::Acquire) == generation {
+            *uncancelled -= 1;
+        }
+    }
+
+    fn uncancelled(&self) -> MutexGuard<'_, usize> {
+        self.uncancelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Resolves when a cancellation comes after `generation`.
@@ -118,7 +150,7 @@ impl Orphan {
         Self {
             _running: Counted::new(&TASKS.running),
             _orphaned: Counted::new(&TASKS.orphaned),
-            generation: TASKS.generation.load(Ordering::Acquire),
+            generation: TASKS.orphan(),
         }
     }
 
@@ -132,6 +164,7 @@ impl Orphan {
 impl Drop for Orphan {
     fn drop(&mut self) {
         ORPHANS.with(|n| n.set(n.get() - 1));
+        TASKS.unorphan(self.generation);
     }
 }
 
@@ -187,7 +220,7 @@ impl Drop for Attached {
             return;
         }
         let orphan = Orphan::new();
-        let generation = TASKS.generation.load(Ordering::Acquire);
+        let generation = orphan.generation;
         let run = async move {
             // Uncounted when this block ends.
             let _orphan = orphan;
@@ -238,9 +271,32 @@ mod tests {
 
     use super::*;
 
+    /// A run whose client went away, counted in `tasks` as [`Orphan`] counts it in [`TASKS`].
+    struct Run {
+        tasks: &'static Tasks,
+        _orphaned: Counted,
+        generation: usize,
+    }
+
+    impl Run {
+        fn new(tasks: &'static Tasks) -> Self {
+            Self {
+                tasks,
+                _orphaned: Counted::new(&tasks.orphaned),
+                generation: tasks.orphan(),
+            }
+        }
+    }
+
+    impl Drop for Run {
+        fn drop(&mut self) {
+            self.tasks.unorphan(self.generation);
+        }
+    }
+
     /// A waker that ends a run when woken, as a run's task on another worker can end before
     /// the drain that woke it goes on.
-    struct Ends(Mutex<Option<Counted>>);
+    struct Ends(Mutex<Option<Run>>);
 
     impl Wake for Ends {
         fn wake(self: Arc<Self>) {
@@ -251,7 +307,7 @@ mod tests {
     #[test]
     fn a_cancellation_counts_the_runs_it_cancels_though_they_end_as_soon_as_woken() {
         let tasks: &'static Tasks = Box::leak(Box::default());
-        let run = Counted::new(&tasks.orphaned);
+        let run = Run::new(tasks);
         let waker = Waker::from(Arc::new(Ends(Mutex::new(Some(run)))));
         let mut cancelled =
             std::pin::pin!(tasks.cancelled(tasks.generation.load(Ordering::Acquire)));
@@ -261,5 +317,19 @@ mod tests {
             .is_pending());
         assert_eq!(tasks.cancel(), 1, "the one run it cancelled");
         assert_eq!(tasks.orphaned.load(Ordering::Acquire), 0, "which ended");
+    }
+
+    /// Two drains that run out of time together (one per application of the process, or one
+    /// called twice) cancel each run once: the second does not count those the first cancelled
+    /// and that have not ended yet, only runs whose clients went away since.
+    #[test]
+    fn a_second_cancellation_counts_only_the_runs_the_first_left() {
+        let tasks: &'static Tasks = Box::leak(Box::default());
+        let first = Run::new(tasks);
+        assert_eq!(tasks.cancel(), 1, "the one run");
+        assert_eq!(tasks.cancel(), 0, "cancelled already, though not ended yet");
+        let _second = Run::new(tasks);
+        drop(first);
+        assert_eq!(tasks.cancel(), 1, "the run whose client went away since");
     }
 }
