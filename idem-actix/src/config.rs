@@ -187,7 +187,9 @@ impl IdempotencyConfig {
     /// The most operations each worker keeps running for clients that went away (they
     /// finish and are recorded, so that the retry gets the replay). Past it, a keyed request
     /// gets 503 `idempotency_overloaded` with `Retry-After`, and nothing runs: a client that
-    /// resets every request cannot make a server pile up work nobody waits for. Default 1024.
+    /// resets every request cannot make a server pile up work nobody waits for. A keyed
+    /// request is refused while its worker keeps `per_worker` such operations, so `0`
+    /// refuses every keyed request. Default 1024.
     #[must_use]
     pub fn with_max_detached(mut self, per_worker: usize) -> Self {
         self.settings().max_detached = per_worker;

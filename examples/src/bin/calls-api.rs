@@ -230,8 +230,11 @@ async fn on_database(url: &str) -> Result<(IdempotencyConfig, CallsState, String
     Ok((idem, state, format!("postgres at {shown}")))
 }
 
-/// How long a graceful stop waits for calls whose clients went away.
-const DRAIN: Duration = Duration::from_secs(20);
+/// How long a graceful stop waits for calls in progress, before it cancels those whose
+/// clients went away. With the drain's wait for the keys it releases (up to 2 s) and the
+/// connections' grace, a stop takes at most 27 s: within the 30 s a container is commonly
+/// given between SIGTERM and SIGKILL.
+const DRAIN: Duration = Duration::from_secs(15);
 
 /// How long it then waits for open connections.
 const CONNECTIONS_GRACE: Duration = Duration::from_secs(10);
