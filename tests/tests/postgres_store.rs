@@ -175,6 +175,54 @@ async fn a_postgres_that_answers_but_refuses_fails_closed_even_when_failing_open
     );
 }
 
+/// A primary demoted by a failover (or a hot standby the pool reached first) answers every
+/// write with SQLSTATE 25006, `read_only_sql_transaction`, until the pool reaches the new
+/// primary: a store that cannot answer for its data for now, as Redis's `READONLY` and
+/// `MASTERDOWN` are, not a refusal to fix. It fails closed by default and open when asked,
+/// and nothing is written either way.
+#[actix_web::test]
+async fn a_read_only_postgres_after_a_failover_is_unavailable_and_fails_open_only_when_asked() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let writable = store(&pg, "read_only").await;
+    let db = inspect(&pg).await;
+    // Every connection of these stores is read-only from its start, as on a standby.
+    let sep = if pg.url().contains('?') { '&' } else { '?' };
+    let read_only_url = format!(
+        "{}{sep}options=-c%20default_transaction_read_only%3Don",
+        pg.url()
+    );
+    let read_only = |fail_open: bool| {
+        PostgresStore::builder(read_only_url.as_str())
+            .table(writable.table())
+            .fail_open(fail_open)
+            .build()
+            .expect("valid settings")
+    };
+
+    let err = read_only(false)
+        .claim(&key(1), in_flight(now()), now())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+
+    let closed = Engine::new(read_only(false));
+    let begun = closed.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    assert!(
+        matches!(begun, Err(IdempotencyError::StoreUnavailable(_))),
+        "fails closed by default: {begun:?}"
+    );
+    let open = Engine::new(read_only(true));
+    let begun = open.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    assert!(
+        matches!(begun, Ok(Begin::Unprotected(StoreError::Unavailable(_)))),
+        "fails open when asked: {begun:?}"
+    );
+    assert_eq!(rows(&db, &writable).await, 0, "nothing was written");
+}
+
 #[actix_web::test]
 async fn sixty_four_concurrent_claims_of_one_key_have_one_winner() {
     let Some(pg) = TestPostgres::start() else {

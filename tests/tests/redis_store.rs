@@ -11,7 +11,8 @@ use idem_actix::clock::{ManualClock, Timestamp};
 use idem_actix::RedisStore;
 use idem_core::store::ReplayCache;
 use idem_core::{
-    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, Store, StoreKey,
+    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, Store, StoreError,
+    StoreKey,
 };
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
@@ -372,9 +373,49 @@ async fn records_over_the_size_bound_are_kept_without_their_body_and_never_run_a
     );
 }
 
-/// Failing open is for a Redis that cannot be reached: a Redis that answers, but refuses the
-/// claim's write (out of memory here; `LOADING` or `READONLY` alike), may still hold the key,
-/// and a retry of a recorded key must not run its operation again beside the record.
+/// A Redis that a failover made a replica answers every write with `READONLY` until the
+/// connection reaches the new master: unavailable for now, as a Postgres that takes no writes
+/// is (see `postgres_store.rs`), and a refusal of its own would not be. Nothing runs unless
+/// the store fails open.
+#[actix_web::test]
+async fn a_redis_demoted_to_a_replica_is_unavailable_and_fails_open_only_when_asked() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
+    let key = StoreKey::from_bytes([7; 32]);
+    // A replica of a master that is not there: it keeps its data and takes no writes.
+    redis.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1));
+    let closed = Engine::new(RedisStore::new(redis.url()).unwrap());
+    let begun = closed.begin(&Policy::DEFAULT, key, fp).await;
+    let open = Engine::new(
+        RedisStore::builder(redis.url())
+            .fail_open(true)
+            .build()
+            .unwrap(),
+    );
+    let unprotected = open.begin(&Policy::DEFAULT, key, fp).await;
+    redis.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"));
+    match begun {
+        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(e))) => {
+            assert!(e.to_string().contains("read only"), "{e}")
+        }
+        other => panic!("fails closed by default, as unavailable: {other:?}"),
+    }
+    assert!(
+        matches!(
+            unprotected,
+            Ok(Begin::Unprotected(StoreError::Unavailable(_)))
+        ),
+        "fails open when asked: {unprotected:?}"
+    );
+}
+
+/// Failing open is for a Redis that cannot be reached, or cannot answer for its data for now
+/// (loading it, or a replica or demoted primary answering `READONLY` in a failover): a Redis
+/// that answers, but refuses the claim's write (out of memory here; wrong credentials or no
+/// permission alike), may still hold the key, and a retry of a recorded key must not run its
+/// operation again beside the record.
 #[actix_web::test]
 async fn failing_open_never_reruns_a_recorded_key_while_redis_answers_but_refuses_writes() {
     let Some(redis) = TestRedis::start_owned() else {

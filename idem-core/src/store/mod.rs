@@ -274,7 +274,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 #[non_exhaustive]
 pub enum StoreError {
     /// The backend cannot be reached, or cannot answer for its data for now (it is starting,
-    /// loading its data, or failing over to another node).
+    /// loading its data, or failing over to another node; or it is a node that takes no
+    /// writes, as a replica or a primary a failover demoted answers: Redis `READONLY`,
+    /// Postgres SQLSTATE 25006).
     #[error("store unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend answered, and refused the command: out of memory or disk, without the

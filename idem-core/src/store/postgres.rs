@@ -331,8 +331,8 @@ impl PostgresStore {
     /// once.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when Postgres cannot be reached, [`StoreError::Refused`]
-    /// when it refuses (the user may not create tables, for one: then run the SQL as a user
+    /// [`StoreError::Unavailable`] when Postgres cannot be reached or takes no writes for now
+    /// (a standby, or a primary a failover demoted), [`StoreError::Refused`] when it refuses (the user may not create tables, for one: then run the SQL as a user
     /// who may).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
@@ -502,10 +502,13 @@ impl PostgresStore {
                     .into(),
                 ),
                 // A connection lost, a server shutting down or starting up, out of
-                // connections: not reached. Anything else, it answered and refused.
+                // connections: not reached. A server that takes no writes (25006,
+                // read_only_sql_transaction: a primary demoted by a failover, or a standby
+                // reached before the new primary) cannot answer for its data for now, as
+                // Redis's READONLY. Anything else, it answered and refused.
                 Some(code)
                     if code.starts_with("08")
-                        || matches!(code, "57P01" | "57P02" | "57P03" | "53300") =>
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25006") =>
                 {
                     StoreError::Unavailable(Box::new(error))
                 }
