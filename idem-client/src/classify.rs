@@ -1,4 +1,5 @@
-//! What an answer means for the operation: done, worth another attempt, or refused.
+//! What an answer means for the operation: done, worth another attempt, done but not
+//! replayable, or refused.
 //!
 //! The idempotency layer's own answers are told apart by their stable codes (`error.code`,
 //! `error.type`, or `code` in problem JSON) and by `Retry-After`: a 409
@@ -14,6 +15,8 @@ use crate::backoff::parse_retry_after;
 
 /// The code of a 409 or 422 about a key in flight or used with another request.
 const CONFLICT: &str = "idempotency_conflict";
+/// The code of a 409 about an operation that ran, whose response was too large to keep.
+const RESPONSE_TOO_LARGE: &str = "idempotency_response_too_large";
 /// The prefix of every code the idempotency layer answers with itself.
 const LAYER_PREFIX: &str = "idempotency_";
 
@@ -29,6 +32,8 @@ pub(crate) enum Class {
     },
     /// The key was used with a different request.
     Mismatch { message: Option<String> },
+    /// The operation ran under the key, and its response was too large to keep for replay.
+    NotKept { message: Option<String> },
     /// The idempotency layer refused the request with a 4xx of its own.
     Refused {
         code: String,
@@ -70,6 +75,10 @@ pub(crate) fn classify(
         }
         StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY if is_conflict => {
             Class::Mismatch { message }
+        }
+        // It ran: not a refusal, which says nothing ran.
+        _ if status.is_client_error() && code.as_deref() == Some(RESPONSE_TOO_LARGE) => {
+            Class::NotKept { message }
         }
         _ if status.is_client_error() => match code {
             Some(code) if code.starts_with(LAYER_PREFIX) => Class::Refused { code, message },
@@ -226,7 +235,6 @@ mod tests {
             (400, "idempotency_key_missing"),
             (400, "idempotency_scope_missing"),
             (413, "idempotency_body_too_large"),
-            (409, "idempotency_response_too_large"),
         ] {
             assert_eq!(
                 of(status, None, &envelope(code)),
@@ -237,5 +245,15 @@ mod tests {
                 "{status} {code}"
             );
         }
+    }
+
+    #[test]
+    fn a_response_too_large_to_keep_is_an_operation_that_ran_in_every_format() {
+        let not_kept = Class::NotKept {
+            message: Some("m".into()),
+        };
+        assert_eq!(of(409, None, &envelope(RESPONSE_TOO_LARGE)), not_kept);
+        let problem = br#"{"type":"urn:idem:error:idempotency_response_too_large","title":"Conflict","status":409,"detail":"m","code":"idempotency_response_too_large"}"#;
+        assert_eq!(of(409, None, problem), not_kept);
     }
 }

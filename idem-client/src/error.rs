@@ -41,8 +41,8 @@ pub enum BuildError {
 ///
 /// An answer of the server's own (a 2xx, or a 4xx of the application such as a validation
 /// error) is not an error: it is a [`Response`](crate::Response). These are the cases where
-/// the request was malformed before sending, the idempotency layer refused the key, or the
-/// retries ran out.
+/// the request was malformed before sending, the idempotency layer refused the key, the
+/// operation ran but its answer cannot be replayed, or the retries ran out.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -67,9 +67,23 @@ pub enum Error {
         /// The server's message, when its body had one.
         message: Option<String>,
     },
+    /// The operation ran and completed under this key, but its response was too large for the
+    /// server to keep (409 `idempotency_response_too_large`), so it cannot be replayed. It
+    /// will not run again under this key either: look its outcome up instead (a listing, the
+    /// resource it created), and do not send it again under a new key, which would run it a
+    /// second time.
+    #[error("the operation with idempotency key {key} ran, but its response was too large for the server to keep ({status}), so it cannot be replayed; look its outcome up instead of sending it again{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    ResponseNotKept {
+        /// The key.
+        key: String,
+        /// The status of this answer (409), not the operation's.
+        status: StatusCode,
+        /// The server's message (which names the operation's status), when its body had one.
+        message: Option<String>,
+    },
     /// The idempotency layer refused the request with one of its own 4xx codes (such as
-    /// `idempotency_key_invalid` or `idempotency_response_too_large`); retrying the same
-    /// request gets the same answer.
+    /// `idempotency_key_invalid` or `idempotency_body_too_large`) before running it: nothing
+    /// ran, and retrying the same request gets the same answer.
     #[error("the server refused idempotency key {key} with {status} {code}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Refused {
         /// The key.
@@ -108,9 +122,10 @@ impl Error {
     /// the same operation again.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Self::Mismatch { key, .. } | Self::Refused { key, .. } | Self::GaveUp { key, .. } => {
-                Some(key)
-            }
+            Self::Mismatch { key, .. }
+            | Self::ResponseNotKept { key, .. }
+            | Self::Refused { key, .. }
+            | Self::GaveUp { key, .. } => Some(key),
             _ => None,
         }
     }

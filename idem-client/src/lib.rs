@@ -69,7 +69,8 @@
 //! | 502 or 504 (a gateway in front gave up, while the server may still run the operation; or the application's own) | retries, after its `Retry-After` if any: the retry gets the replay, or waits while the first attempt runs; after the application's own 5xx (never recorded) it runs again |
 //! | 409 `idempotency_conflict` with `Retry-After`: the first attempt still runs | retries, after its `Retry-After`, to get the replay |
 //! | 409 or 422 `idempotency_conflict` without `Retry-After`: the key was used with another request | [`Error::Mismatch`], never retried |
-//! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...) | [`Error::Refused`], never retried |
+//! | 409 `idempotency_response_too_large`: the operation ran, and its response was too large for the server to keep | [`Error::ResponseNotKept`], never retried: look the outcome up, never send it again under a new key |
+//! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...): nothing ran | [`Error::Refused`], never retried |
 //! | attempts or time used up | [`Error::GaveUp`], with the key to send the operation again later |
 //!
 //! Waits between attempts grow exponentially from

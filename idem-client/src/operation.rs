@@ -141,8 +141,10 @@ impl<'c> Operation<'c> {
     /// - [`Error::InvalidKey`], [`Error::InvalidRequest`]: the operation was built wrong;
     ///   nothing was sent.
     /// - [`Error::Mismatch`]: the key was used with a different request; not retried.
+    /// - [`Error::ResponseNotKept`]: the operation ran under this key, but its response was
+    ///   too large for the server to keep, so it cannot be replayed; not retried.
     /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
-    ///   own; not retried.
+    ///   own, and nothing ran; not retried.
     /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once,
     ///   and sending it again with [`Error::key`] tells its outcome.
     /// - [`Error::Transport`]: reqwest cannot send this request at all.
@@ -235,6 +237,11 @@ impl Attempt<'_> {
                 retry_after,
             },
             Class::Mismatch { message } => Verdict::Stop(Error::Mismatch {
+                key,
+                status,
+                message,
+            }),
+            Class::NotKept { message } => Verdict::Stop(Error::ResponseNotKept {
                 key,
                 status,
                 message,
