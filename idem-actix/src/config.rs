@@ -125,7 +125,8 @@ impl IdempotencyConfig {
     ///
     /// # Errors
     /// [`PolicyError`] for settings the store contradicts (a `max_response` larger than the
-    /// records it keeps) or a header name that is not one. An endpoint's own overrides are
+    /// records it keeps, or a store too small to keep any record) or a header name that is not
+    /// one. An endpoint's own overrides are
     /// checked the same way on its first keyed request, and a contradiction is logged; the
     /// layer never loses a record to one (see [`Policy::check`]).
     pub fn with_defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
@@ -379,6 +380,12 @@ mod tests {
         assert!(small
             .with_defaults(Policy::DEFAULT.max_response(32 * 1024))
             .is_ok());
+        // A store that cannot keep even a record without its response never records.
+        let tiny = IdempotencyConfig::new(MokaStore::builder().max_bytes(500).build());
+        let err = tiny
+            .with_defaults(Policy::DEFAULT.max_response(0))
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::StoreTooSmall { .. }), "{err:?}");
         let err = IdempotencyConfig::new(MokaStore::new())
             .with_defaults(Policy::DEFAULT.header("no spaces"))
             .unwrap_err();

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::canonical::{check_pointer, BodyForm, PointerError};
 use crate::key::DEFAULT_KEY_MAX_LEN;
+use crate::record::Response;
 use crate::scope::Scope;
-use crate::store::Store;
+use crate::store::{Store, RECORD_OVERHEAD};
 
 /// What to answer when a key comes back with a different request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,14 +249,23 @@ impl Policy {
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
-    /// key is read from a JSON body the endpoint reads as a form; and
+    /// key is read from a JSON body the endpoint reads as a form;
+    /// [`PolicyError::StoreTooSmall`] when the store cannot keep even a record without its
+    /// response, whatever `max_response`, so that it could never record a request; and
     /// [`PolicyError::ResponseLargerThanStore`] when responses of up to `max_response` bytes
     /// are to be kept but the store refuses records that large: they would be kept without
     /// their bodies, so that retries get 409 `idempotency_response_too_large` instead of a
     /// replay.
     pub fn check(&self, store: &dyn Store) -> Result<(), PolicyError> {
         self.check_settings()?;
+        // What the engine writes when it keeps no response: the least any record holds.
+        let smallest = Response::omitted(0, 0).held_bytes();
         match store.max_record_bytes() {
+            Some(store_max) if store_max < smallest => Err(PolicyError::StoreTooSmall {
+                store_max,
+                smallest,
+                moka_min_bytes: RECORD_OVERHEAD + smallest,
+            }),
             Some(store_max) if self.max_response > store_max => {
                 Err(PolicyError::ResponseLargerThanStore {
                     max_response: self.max_response,
@@ -365,6 +375,18 @@ pub enum PolicyError {
     /// The key is read from a JSON body, but bodies are read as forms.
     #[error("the key is read from a JSON body, but the fingerprint reads bodies as forms; read bodies as JSON, or take the key from a header")]
     JsonKeyInForm,
+    /// The store cannot keep even a record without its response (the least the engine writes
+    /// for a request that ran), so it could never record one.
+    #[error("the store keeps records of at most {store_max} bytes, fewer than the {smallest} of a record kept without its response, so it could never record a request and every retry would run again; raise the store's limit (for MokaStore, max_bytes to at least {moka_min_bytes})")]
+    StoreTooSmall {
+        /// The store's [`Store::max_record_bytes`].
+        store_max: usize,
+        /// What a record without its response holds, in the same bytes.
+        smallest: usize,
+        /// The least [`MokaStoreBuilder::max_bytes`](crate::store::MokaStoreBuilder::max_bytes)
+        /// that keeps such a record.
+        moka_min_bytes: usize,
+    },
     /// Responses are kept up to a size the store does not take.
     #[error("max_response is {max_response} bytes, but the store keeps records of at most {store_max} bytes; lower max_response or raise the store's limit")]
     ResponseLargerThanStore {
@@ -546,6 +568,60 @@ mod tests {
                 .header("Idempotency Key")
                 .check(&crate::MokaStore::new()),
             Err(PolicyError::InvalidHeader("Idempotency Key"))
+        );
+    }
+
+    /// The smallest record the engine writes is a completion kept without its response (an
+    /// endpoint with `max_response = 0`, or a response too large): a store bounded below it
+    /// could never record a request, and every retry would run the operation again.
+    #[test]
+    fn a_store_too_small_for_a_record_without_its_response_is_refused_whatever_max_response() {
+        let smallest = crate::store::RECORD_OVERHEAD + Response::omitted(201, 0).held_bytes();
+        assert_eq!(smallest, 507, "as MokaStoreBuilder::max_bytes says");
+        let tiny = crate::MokaStore::builder()
+            .max_bytes(smallest as u64 - 1)
+            .build();
+        for policy in [Policy::DEFAULT.max_response(0), Policy::DEFAULT] {
+            let err = policy.check(&tiny).unwrap_err();
+            assert!(
+                matches!(err, PolicyError::StoreTooSmall { .. }),
+                "{:?}: {err:?}",
+                policy.max_response
+            );
+            assert!(err.to_string().contains(&smallest.to_string()), "{err}");
+        }
+        let enough = crate::MokaStore::builder()
+            .max_bytes(smallest as u64)
+            .build();
+        assert_eq!(Policy::DEFAULT.max_response(0).check(&enough), Ok(()));
+    }
+
+    /// The bound [`Policy::check`] holds a store to is the one that lets it record: at it, an
+    /// endpoint that keeps no response records its requests, and their retries are not run.
+    #[tokio::test]
+    async fn a_store_of_exactly_the_smallest_record_records_a_request_without_its_response() {
+        let smallest = crate::store::RECORD_OVERHEAD + Response::omitted(201, 0).held_bytes();
+        let store = crate::MokaStore::builder()
+            .max_bytes(smallest as u64)
+            .build();
+        let engine = crate::Engine::new(store);
+        let policy = Policy::DEFAULT.max_response(0);
+        let (key, fp) = (
+            crate::StoreKey::from_bytes([1; 32]),
+            crate::Fingerprint::new("POST", "/x", "", b""),
+        );
+        let crate::Begin::Execute(lease) = engine.begin(&policy, key, fp).await.unwrap() else {
+            panic!("a new key runs")
+        };
+        let outcome = lease.finish(Response::new(201, [], b"done")).await;
+        assert_eq!(outcome.unwrap(), crate::Outcome::Recorded);
+        let retry = engine.begin(&policy, key, fp).await;
+        assert!(
+            matches!(
+                retry,
+                Err(crate::IdempotencyError::ResponseTooLarge { status: 201, .. })
+            ),
+            "{retry:?}"
         );
     }
 

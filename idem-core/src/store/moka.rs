@@ -378,7 +378,9 @@ impl MokaStoreBuilder {
     /// least recently used records before their time to live, and a retry of an evicted key
     /// runs its operation again: evictions are counted ([`MokaStore::evicted`], the metric
     /// `idem_store_evictions_total` in `idem-actix`) and warned of in the log when they start,
-    /// then at most once a minute.
+    /// then at most once a minute. A store below 507 bytes cannot keep even a record without
+    /// its response, so it could never record a request: [`Policy::check`](crate::Policy::check)
+    /// (and `IdempotencyConfig::with_defaults` in `idem-actix`) refuses it.
     pub fn max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
