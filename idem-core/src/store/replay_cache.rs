@@ -20,11 +20,14 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// A store in front of which the completed records it returns or records are kept in the
 /// process, so that a replay is answered without a round trip to it.
 ///
-/// Wrap a remote store in it (`RedisStore`, on one server or a cluster). Every record that `claim` or `get` returns as completed, and every record that
-/// `complete` writes, is kept until the record's own expiry (judged on each read by the
-/// engine's clock, as the stores judge it) or until the least recently used go first to stay
-/// within `max_bytes`. Anything else (a new key, a running request, a key whose copy was
-/// dropped) goes to the store, so a key still runs once across every process that shares it.
+/// Wrap a remote store in it (`RedisStore`, on one server or a cluster). Every record that
+/// `claim` or `get` returns as completed, and every record that `complete` writes, is kept
+/// until the record's own expiry (judged on each read by the engine's clock, as the stores
+/// judge it) or until the least recently used go first to stay within `max_bytes`. Each write
+/// evicts what passes the bound before it returns, so the cache holds more than `max_bytes`
+/// only while other threads are writing, by at most the record each is writing at that
+/// instant. Anything else (a new key, a running request, a key whose copy was dropped) goes to
+/// the store, so a key still runs once across every process that shares it.
 ///
 /// The one difference a user can see: a record the store no longer holds is still replayed by
 /// the processes that kept a copy, until it expires or is dropped to make room. That is a
@@ -106,17 +109,22 @@ impl<S: Store> ReplayCache<S> {
 
     /// Keeps `record` if it is completed and live.
     fn keep(&self, key: &StoreKey, record: &Completed, now: Timestamp) {
-        if let Some(kept) = &self.kept {
-            if record.expires_at > now {
-                let keep_for = record.expires_at.since(now);
-                kept.insert(
-                    *key,
-                    Kept {
-                        record: record.clone(),
-                        keep_for,
-                    },
-                );
-            }
+        let Some(kept) = &self.kept else {
+            return;
+        };
+        if record.expires_at > now {
+            let keep_for = record.expires_at.since(now);
+            kept.insert(
+                *key,
+                Kept {
+                    record: record.clone(),
+                    keep_for,
+                },
+            );
+            // moka evicts in its housekeeping, which it runs by itself only every 64 writes:
+            // until then the cache would hold up to 63 records beyond its bound. A write here
+            // follows a round trip to the store, so housekeeping after each costs little.
+            kept.run_pending_tasks();
         }
     }
 
@@ -453,7 +461,6 @@ mod tests {
                 .unwrap());
         }
         let kept = store.kept.as_ref().unwrap();
-        kept.run_pending_tasks();
         assert!(
             kept.weighted_size() <= 10 * weight,
             "{}",
@@ -469,6 +476,33 @@ mod tests {
         };
         assert_eq!(first.response.body(), &body[..]);
         assert_eq!(store.inner().take().get("claim"), Some(&1));
+    }
+
+    /// The records it holds (and answers from), not the size moka has counted so far, which
+    /// lags behind its writes until its housekeeping.
+    #[tokio::test]
+    async fn the_cache_holds_no_more_than_its_bound_after_any_write() {
+        let body = vec![b'x'; 1000];
+        let one = (RECORD_OVERHEAD + Response::new(201, [], &body).held_bytes()) as u64;
+        let store = counted(10 * one);
+        let kept = store.kept.as_ref().unwrap();
+        for n in 0..100 {
+            let held = claim(0);
+            store.claim(&key(n), held, at(0)).await.unwrap();
+            let record = completed(0, &body);
+            assert!(store
+                .complete(&key(n), held.token, record, at(0))
+                .await
+                .unwrap());
+            let holds: u64 = kept.iter().map(|(_, k)| u64::from(weight(&k.record))).sum();
+            assert!(
+                holds <= 10 * one,
+                "after {} writes the cache holds {} records, {holds} bytes, over its {}",
+                n + 1,
+                kept.iter().count(),
+                10 * one
+            );
+        }
     }
 
     #[tokio::test]
