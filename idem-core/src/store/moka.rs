@@ -233,7 +233,9 @@ impl Hasher for SlotHasher {
 /// The embedded, per-process store.
 ///
 /// Holds at most [`MokaStoreBuilder::max_bytes`] of completed records (least recently used go
-/// first) and drops each when it lapses. Claims of running requests are held beside them,
+/// first) and drops each when it lapses. The cache evicts in its housekeeping, which runs
+/// every 64 writes: in between it can hold up to 63 records beyond the bound (an eviction on
+/// each write would cost every new key that housekeeping). Claims of running requests are held beside them,
 /// one per request in flight, and do not count toward the bound. It is per process: several
 /// server processes behind a load balancer need a shared store, or a duplicate can run once
 /// per process.
