@@ -277,7 +277,9 @@ impl Engine {
     }
 
     /// Claims `key` for a request with `fingerprint`, or says why not: one store round trip
-    /// unless the endpoint waits for a running request.
+    /// unless the endpoint waits for a running request, or the store answered a third of the
+    /// lease or more after the claim was sent (the claim is then renewed before it runs, and
+    /// answered 409 if another request took it over meanwhile).
     ///
     /// # Errors
     /// [`IdempotencyError::InFlight`], [`IdempotencyError::Mismatch`], or
@@ -305,11 +307,15 @@ impl Engine {
                 .await;
             std::mem::forget(unanswered);
             let existing = match answer {
-                Ok(Claim::Claimed) => return Ok(self.claimed(policy, key, claim)),
-                Ok(Claim::Existing(record)) if ours(&record, &claim) => {
-                    return Ok(self.claimed(policy, key, claim))
+                Ok(Claim::Existing(record)) if !ours(&record, &claim) => record,
+                Ok(_) => {
+                    // An answer that took a third of the lease leaves too little of it before
+                    // the first renewal, or none: the claim is renewed before it runs.
+                    if self.parts.clock.now().since(now) < lease(policy) / 3 {
+                        return Ok(self.claimed(policy, key, claim));
+                    }
+                    return Box::pin(self.renewed_late(policy, key, claim)).await;
                 }
-                Ok(Claim::Existing(record)) => record,
                 Err(e) => {
                     // The claim may have been written all the same (a command that timed
                     // out, then ran): nobody would hold it, and retries would get 409 until
@@ -377,6 +383,41 @@ impl Engine {
             Ok(Claim::Existing(record)) => judge(policy, fingerprint, record),
             Err(e) => self.store_failed(policy, e),
         })
+    }
+
+    /// The lease of `claim`, written but answered a third of its lease or more after it was
+    /// sent (a slow store, a process paused between the command and its answer): so late that
+    /// the claim may have lapsed, and another request found it lapsed and took the key over.
+    /// It is renewed, fenced by its token, before anything runs. Still held, it runs with a
+    /// whole lease ahead. Taken over (or gone from the store), its request is answered as one
+    /// that found the key held (409), and never runs beside the one that took it. A renewal
+    /// the store failed is the store's failure, as a failed claim is, and the claim is
+    /// released in case it is still there.
+    async fn renewed_late(
+        &self,
+        policy: &Policy,
+        key: StoreKey,
+        claim: InFlight,
+    ) -> Result<Begin, IdempotencyError> {
+        let unanswered = Unanswered {
+            engine: self,
+            policy,
+            key: &key,
+            claim: &claim,
+        };
+        let now = self.parts.clock.now();
+        let lease_until = now.saturating_add(lease(policy));
+        let extend = || self.parts.store.extend(&key, claim.token, lease_until, now);
+        let renewed = self.observed("extend", extend).await;
+        std::mem::forget(unanswered);
+        match renewed {
+            Ok(true) => Ok(self.claimed(policy, key, claim)),
+            Ok(false) => Err(IdempotencyError::InFlight),
+            Err(e) => {
+                self.release_unconfirmed(key, claim.token, lease(policy));
+                self.store_failed(policy, e)
+            }
+        }
     }
 
     /// One release of the claim `token` holds on `key`, observed: `Ok(true)` when it was
@@ -1311,6 +1352,49 @@ mod tests {
         let cancelled = tokio::time::timeout(Duration::from_millis(100), begun).await;
         assert!(cancelled.is_err(), "cancelled before the store answered");
         retry_runs_at_once(&engine, &Engine::new(moka)).await;
+    }
+
+    /// A claim written at once but answered only after its lease would have lapsed (a slow
+    /// store, a process paused between the command and its answer): meanwhile another request
+    /// may have found the claim lapsed and taken the key over. The late answer must not run
+    /// the operation beside it; a late answer nobody overtook still runs, its lease renewed.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_answered_after_its_lease_lapsed_never_runs_beside_a_takeover() {
+        let moka = Arc::new(MokaStore::new());
+        let started = tokio::time::Instant::now();
+        let slow = Engine::new(slow_answers(&moka)).with_clock(TokioClock(started));
+        let other =
+            Engine::from_arc(Arc::clone(&moka) as Arc<dyn Store>).with_clock(TokioClock(started));
+        // Answers take a second; the lease is 300 ms.
+        let policy = Policy::DEFAULT.lease(Duration::from_millis(300));
+
+        let late = tokio::spawn({
+            let slow = slow.clone();
+            async move { slow.begin(&policy, key(1), fp("a")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(Begin::Execute(taken_over)) = other.begin(&policy, key(1), fp("a")).await else {
+            panic!("the lapsed claim is taken over");
+        };
+        let late = late.await.unwrap();
+        assert!(
+            matches!(late, Err(IdempotencyError::InFlight)),
+            "a claim answered after its lease lapsed ran beside the request that took the key over: {late:?}"
+        );
+        taken_over.finish(response(201, "once")).await.unwrap();
+
+        // Nobody took the key over: the late answer runs, and holds the key for a lease from
+        // its answer, not from its sending.
+        let Ok(Begin::Execute(running)) = slow.begin(&policy, key(2), fp("a")).await else {
+            panic!("a late answer nobody overtook runs");
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let duplicate = other.begin(&policy, key(2), fp("a")).await;
+        assert!(
+            matches!(duplicate, Err(IdempotencyError::InFlight)),
+            "{duplicate:?}"
+        );
+        running.finish(response(201, "once")).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
