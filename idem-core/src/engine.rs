@@ -618,6 +618,16 @@ impl Backoff {
     }
 }
 
+/// Who holds a key whose claim a lease's token no longer holds.
+enum Holder {
+    /// The lease, by the record its completion wrote.
+    This,
+    /// Nobody: the store has no live record of the key.
+    Nobody,
+    /// Another request, or the store could not say.
+    Another,
+}
+
 /// A held claim. Finish it with [`Lease::finish`]; dropped unfinished (a cancelled or
 /// panicking handler), it releases the key in the background so a retry runs again.
 #[must_use = "a lease is released when dropped; finish it with the handler's response"]
@@ -726,6 +736,14 @@ impl Lease {
     async fn renewed(&self) -> bool {
         match self.renew().await {
             Ok(true) => true,
+            // Nobody holds the key (the store forgot the claim): this lease claims it again.
+            Ok(false) if Box::pin(self.reclaimed()).await => {
+                tracing::warn!(
+                    key = %self.key,
+                    "idempotency claim was gone from the store while the handler runs; claimed again (a retry in between may have run the operation)"
+                );
+                true
+            }
             Ok(false) => {
                 tracing::warn!(
                     key = %self.key,
@@ -747,7 +765,9 @@ impl Lease {
     /// The operation ran, so a completion the store fails to take is not given up at once: it
     /// is retried with backoff for up to one lease, and the claim is renewed meanwhile, so
     /// that a retry of the request gets 409 (or 503), never a second run, while the store can
-    /// still be told.
+    /// still be told. A claim the store no longer has (it restarted without its records, or
+    /// dropped the claim lapsed) is claimed again by its token, if nobody else has claimed
+    /// the key since, and the response recorded: a later retry replays it.
     ///
     /// # Errors
     /// The store's last error, once retrying for a lease has not recorded the response; the
@@ -771,55 +791,92 @@ impl Lease {
             };
             // Made at the first failure only: the common path reads no clock for it.
             let mut retry: Option<Backoff> = None;
+            let mut reclaimed = false;
             loop {
-                let attempt = record.clone();
-                let now = self.engine.parts.clock.now();
-                let complete =
-                    || (self.engine.parts.store).complete(&self.key, self.token, attempt, now);
-                let error = match self.engine.observed("complete", complete).await {
-                    Ok(true) => return Ok(Outcome::Recorded),
-                    Ok(false) => break,
-                    Err(error) => error,
-                };
-                if let StoreError::TooLarge { .. } = error {
-                    if record.response.body_omitted().is_none() {
-                        let status = record.response.status();
-                        record.response = Response::omitted(status, size as u64);
-                        continue;
+                loop {
+                    let attempt = record.clone();
+                    let now = self.engine.parts.clock.now();
+                    let complete =
+                        || (self.engine.parts.store).complete(&self.key, self.token, attempt, now);
+                    let error = match self.engine.observed("complete", complete).await {
+                        Ok(true) => return Ok(Outcome::Recorded),
+                        Ok(false) => break,
+                        Err(error) => error,
+                    };
+                    if let StoreError::TooLarge { .. } = error {
+                        if record.response.body_omitted().is_none() {
+                            let status = record.response.status();
+                            record.response = Response::omitted(status, size as u64);
+                            continue;
+                        }
+                    }
+                    let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
+                    let Some(pause) = backoff.next() else {
+                        return Err(error);
+                    };
+                    tracing::warn!(key = %self.key, %error, "recording the response failed; retrying while the claim is kept");
+                    tokio::time::sleep(pause).await;
+                    // Keep the claim while the store can still be told; an error here is the
+                    // store's failure again, and the next attempt retries both.
+                    if let Ok(false) = self.renew().await {
+                        break;
                     }
                 }
-                let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
-                let Some(pause) = backoff.next() else {
-                    return Err(error);
-                };
-                tracing::warn!(key = %self.key, %error, "recording the response failed; retrying while the claim is kept");
-                tokio::time::sleep(pause).await;
-                // Keep the claim while the store can still be told; an error here is the
-                // store's failure again, and the next attempt retries both.
-                if let Ok(false) = self.renew().await {
-                    break;
+                // The token no longer holds the key: another request claimed it once the
+                // lease lapsed, or this completion landed already, by an attempt whose answer
+                // was lost (after a failure, or one the store's client resent on its own), or
+                // the store no longer has the claim (it forgot it, or dropped it lapsed).
+                match Box::pin(self.holder(&record)).await {
+                    Holder::This => return Ok(Outcome::Recorded),
+                    // Nobody holds the key: the operation ran, so it is claimed again, once,
+                    // by this token, and its record written as before.
+                    Holder::Nobody if !reclaimed => {
+                        reclaimed = true;
+                        if !Box::pin(self.reclaimed()).await {
+                            return Ok(Outcome::Lost);
+                        }
+                    }
+                    _ => return Ok(Outcome::Lost),
                 }
-            }
-            // The token no longer holds the key: another request claimed it once the lease
-            // lapsed, or this completion landed already, by an attempt whose answer was lost
-            // (after a failure, or one the store's client resent on its own).
-            match Box::pin(self.landed(&record)).await {
-                true => Ok(Outcome::Recorded),
-                false => Ok(Outcome::Lost),
             }
         }
     }
 
-    /// Whether the key holds `record`, written by an earlier attempt of [`finish`](Self::finish)
-    /// whose answer was lost: the same record, response and times included (another request's
-    /// could only be told from it by nothing a client sees). A store that cannot be read
-    /// answers `false`.
-    async fn landed(&self, record: &Completed) -> bool {
+    /// Who holds the key once this lease's token no longer does: this lease, by `record`,
+    /// written by an earlier attempt of [`finish`](Self::finish) whose answer was lost (the
+    /// same record, response and times included: another request's could only be told from it
+    /// by nothing a client sees); nobody; or another request. A store that cannot be read
+    /// answers another, so that nothing is written.
+    async fn holder(&self, record: &Completed) -> Holder {
         let now = self.engine.parts.clock.now();
         let get = || self.engine.parts.store.get(&self.key, now);
         match self.engine.observed("get", get).await {
-            Ok(Some(Record::Completed(found))) => found == *record,
-            _ => false,
+            Ok(Some(Record::Completed(found))) if found == *record => Holder::This,
+            Ok(None) => Holder::Nobody,
+            _ => Holder::Another,
+        }
+    }
+
+    /// Claims the key again by this lease's token, when the store no longer has its claim (a
+    /// store that restarted without its records, a failover to a replica the claim had not
+    /// reached, a lapsed claim dropped) and nobody else has claimed the key since: `true` when
+    /// this lease holds it again. Atomic as any claim, so a key another request holds stays
+    /// theirs. A claim the store failed may land all the same, and is released in case.
+    async fn reclaimed(&self) -> bool {
+        let now = self.engine.parts.clock.now();
+        let claim = InFlight {
+            fingerprint: self.fingerprint,
+            lease_until: now.saturating_add(self.lease),
+            token: self.token,
+        };
+        let claim_it = || self.engine.parts.store.claim(&self.key, claim, now);
+        match self.engine.observed("claim", claim_it).await {
+            Ok(Claim::Claimed) => true,
+            Ok(Claim::Existing(record)) => ours(&record, &claim),
+            Err(_) => {
+                (self.engine).release_unconfirmed(self.key, self.token, self.lease);
+                false
+            }
         }
     }
 
@@ -1750,6 +1807,111 @@ mod tests {
             );
         }
         lease.finish(response(201, "done")).await.unwrap();
+    }
+
+    /// A store that can forget every record at once, as a Redis restarted without persistence
+    /// (or failed over to a replica the latest writes had not reached) does.
+    #[derive(Clone, Default)]
+    struct Forgetful(Arc<std::sync::Mutex<Arc<MokaStore>>>);
+
+    impl Forgetful {
+        fn forget(&self) {
+            *self.0.lock().unwrap() = Arc::default();
+        }
+
+        fn current(&self) -> Arc<MokaStore> {
+            Arc::clone(&self.0.lock().unwrap())
+        }
+    }
+
+    impl Store for Forgetful {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            StoreFuture::new(async move { self.current().claim(key, claim, now).await })
+        }
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            StoreFuture::new(async move { self.current().get(key, now).await })
+        }
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            lease_until: Timestamp,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            StoreFuture::new(
+                async move { self.current().extend(key, token, lease_until, now).await },
+            )
+        }
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            StoreFuture::new(async move { self.current().complete(key, token, record, now).await })
+        }
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            StoreFuture::new(async move { self.current().release(key, token).await })
+        }
+    }
+
+    /// The store forgets a running request's claim. Nobody else has claimed the key: the
+    /// operation ran, so its response is still recorded (claimed again by its token), and a
+    /// later retry replays it instead of running it a second time; a renewal claims it again
+    /// too, so that a retry after it gets 409. A retry that comes while the key is forgotten
+    /// runs beside it (the layer cannot tell a forgotten key from a new one): then that
+    /// retry's claim stands, fenced, and the first run's record is refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_the_store_forgot_while_its_request_ran_is_still_recorded() {
+        let store = Forgetful::default();
+        let engine = Engine::new(store.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.forget();
+        assert_eq!(
+            lease.finish(response(201, "once")).await.unwrap(),
+            Outcome::Recorded
+        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+
+        let lease = execute(&engine, &policy, key(2), fp("a")).await;
+        let (engine2, store2) = (engine.clone(), store.clone());
+        let duplicate = lease
+            .run(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                store2.forget();
+                // Past the next renewal (every 10 s).
+                tokio::time::sleep(Duration::from_secs(11)).await;
+                engine2.begin(&policy, key(2), fp("a")).await
+            })
+            .await;
+        assert!(
+            matches!(duplicate, Err(IdempotencyError::InFlight)),
+            "a retry after the renewal ran beside the first: {duplicate:?}"
+        );
+        assert_eq!(
+            lease.finish(response(201, "once")).await.unwrap(),
+            Outcome::Recorded
+        );
+        assert_eq!(replayed_body(&engine, &policy, key(2)).await, b"once");
+
+        // The limit: a retry while the key is forgotten runs; its claim stands.
+        let first = execute(&engine, &policy, key(3), fp("a")).await;
+        store.forget();
+        let second = execute(&engine, &policy, key(3), fp("a")).await;
+        assert_eq!(
+            first.finish(response(201, "first")).await.unwrap(),
+            Outcome::Lost
+        );
+        second.finish(response(201, "second")).await.unwrap();
+        assert_eq!(replayed_body(&engine, &policy, key(3)).await, b"second");
     }
 
     /// A lease shorter than a running request can keep renewed would lapse under it and let a

@@ -314,6 +314,41 @@ async fn a_holder_that_outlives_its_lease_cannot_clobber_the_new_claim() {
     assert_eq!(&record.response.body()[..], b"fresh");
 }
 
+/// Redis loses a running request's key (a restart without persistence, a failover to a
+/// replica the claim had not reached, an eviction) and nobody claims it meanwhile: the
+/// operation ran, so the completion claims the key again by its token and records the
+/// response, and the retry replays it instead of running it again.
+#[actix_web::test]
+async fn a_running_claim_redis_lost_is_claimed_again_and_its_response_recorded() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("forgotten:")
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+    let (key, fp) = (
+        StoreKey::from_bytes([11; 32]),
+        Fingerprint::new("POST", "/x", "", b""),
+    );
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+        panic!("claimed")
+    };
+    let deleted: i64 = redis.query(redis::cmd("DEL").arg(format!("forgotten:{key}")));
+    assert_eq!(deleted, 1, "the claim was in Redis");
+    assert!(!lease.renew().await.unwrap(), "the claim is gone");
+    assert_eq!(
+        lease.finish(Response::new(201, [], b"once")).await.unwrap(),
+        Outcome::Recorded
+    );
+    let Ok(Begin::Replay(replayed)) = engine.begin(&policy, key, fp).await else {
+        panic!("the retry replays")
+    };
+    assert_eq!(&replayed.response.body()[..], b"once");
+}
+
 #[actix_web::test]
 async fn records_hold_no_raw_key_or_credential() {
     let Some(redis) = TestRedis::start() else {
