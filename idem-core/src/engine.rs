@@ -786,7 +786,12 @@ impl Lease {
             let Some(mut record) = self.completion(response) else {
                 return Ok(match self.released().await? {
                     true => Outcome::Released,
-                    false => Outcome::Lost,
+                    // Released all the same by an attempt whose answer was lost (the engine
+                    // retried it, or the store's client resent it), if nobody holds the key.
+                    false => match Box::pin(self.holder(None)).await {
+                        Holder::Nobody => Outcome::Released,
+                        _ => Outcome::Lost,
+                    },
                 });
             };
             // Made at the first failure only: the common path reads no clock for it.
@@ -826,7 +831,7 @@ impl Lease {
                 // lease lapsed, or this completion landed already, by an attempt whose answer
                 // was lost (after a failure, or one the store's client resent on its own), or
                 // the store no longer has the claim (it forgot it, or dropped it lapsed).
-                match Box::pin(self.holder(&record)).await {
+                match Box::pin(self.holder(Some(&record))).await {
                     Holder::This => return Ok(Outcome::Recorded),
                     // Nobody holds the key: the operation ran, so it is claimed again, once,
                     // by this token, and its record written as before.
@@ -845,13 +850,14 @@ impl Lease {
     /// Who holds the key once this lease's token no longer does: this lease, by `record`,
     /// written by an earlier attempt of [`finish`](Self::finish) whose answer was lost (the
     /// same record, response and times included: another request's could only be told from it
-    /// by nothing a client sees); nobody; or another request. A store that cannot be read
-    /// answers another, so that nothing is written.
-    async fn holder(&self, record: &Completed) -> Holder {
+    /// by nothing a client sees); nobody (as after a release of this lease that landed); or
+    /// another request. A store that cannot be read answers another, so that nothing is
+    /// written.
+    async fn holder(&self, record: Option<&Completed>) -> Holder {
         let now = self.engine.parts.clock.now();
         let get = || self.engine.parts.store.get(&self.key, now);
         match self.engine.observed("get", get).await {
-            Ok(Some(Record::Completed(found))) if found == *record => Holder::This,
+            Ok(Some(Record::Completed(found))) if Some(&found) == record => Holder::This,
             Ok(None) => Holder::Nobody,
             _ => Holder::Another,
         }
@@ -1215,6 +1221,27 @@ mod tests {
                 "{fault:?}"
             );
             assert_eq!(replayed_body(&engine, &policy, key(n)).await, b"once");
+        }
+    }
+
+    /// A server error releases the key. The release lands, but its answer is lost (the engine
+    /// retries it) or the store's client resends it: the key is free all the same, so the
+    /// outcome is a release, not a response lost to another request.
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_landed_but_whose_answer_was_lost_counts_as_released() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        for (n, fault) in [(1, Fault::Lost), (2, Fault::Resent)] {
+            let lease = execute(&engine, &policy, key(n), fp("a")).await;
+            store.fail("release", 1, fault);
+            assert_eq!(
+                lease.finish(response(503, "later")).await.unwrap(),
+                Outcome::Released,
+                "{fault:?}"
+            );
+            // Free: the retry runs.
+            drop(execute(&engine, &policy, key(n), fp("a")).await);
         }
     }
 

@@ -174,13 +174,14 @@ async fn check(ops: Vec<Op>) {
                     .unwrap();
                 // A holder another claim displaced still records its response if the key is
                 // free again when it finishes (that claim lapsed, or the record it left
-                // expired): the operation ran, and nobody holds the key.
+                // expired): the operation ran, and nobody holds the key. A server error then
+                // leaves the key free, as a release does.
                 let free = match model.get(&k) {
                     None => true,
                     Some(State::Held { lease_until, .. }) => *lease_until <= now,
                     Some(State::Done { expires_at, .. }) => *expires_at <= now,
                 };
-                let kept = holds || (free && status < 500);
+                let kept = holds || free;
                 let expect = if !kept {
                     "lost"
                 } else if status < 500 {
@@ -194,7 +195,10 @@ async fn check(ops: Vec<Op>) {
                     );
                     "recorded"
                 } else {
-                    model.remove(&k);
+                    // Released by its holder; a lapsed claim of another's stays, as free.
+                    if holds {
+                        model.remove(&k);
+                    }
                     "released"
                 };
                 let got = match outcome {
