@@ -781,10 +781,16 @@ impl Lease {
         response: Response,
     ) -> impl Future<Output = Result<Outcome, StoreError>> {
         async move {
-            self.done = true;
             let size = response.size();
             let Some(mut record) = self.completion(response) else {
-                return Ok(match self.released().await? {
+                // Released on drop until the store has answered: a run cancelled meanwhile
+                // (a drain that ran out of time) leaves no claim in flight.
+                let released = self.released().await;
+                #[allow(unused_assignments, reason = "read by the lease's drop")]
+                {
+                    self.done = true;
+                }
+                return Ok(match released? {
                     true => Outcome::Released,
                     // Released all the same by an attempt whose answer was lost (the engine
                     // retried it, or the store's client resent it), if nobody holds the key.
@@ -794,6 +800,7 @@ impl Lease {
                     },
                 });
             };
+            self.done = true;
             // Made at the first failure only: the common path reads no clock for it.
             let mut retry: Option<Backoff> = None;
             let mut reclaimed = false;
@@ -915,8 +922,12 @@ impl Lease {
     /// endpoint does not cache the response's status and the claim is to be released. It
     /// writes or releases fenced by this lease's [`token`](Self::token), and answers as
     /// [`Store::complete`] or [`Store::release`] do: `Ok(true)` when done, `Ok(false)` when
-    /// the token no longer holds the key. The lease leaves the claim to it: it no longer
-    /// releases the key when dropped, so a committed transaction costs no stray release.
+    /// the token no longer holds the key. Once `settle` has answered, the lease leaves the
+    /// claim to it: it no longer releases the key when dropped, so a committed transaction
+    /// costs no stray release. Dropped before that (a run cancelled mid-commit, as a drain
+    /// that runs out of time cancels it), the lease releases the claim in the background, as
+    /// any lease dropped unfinished: a release only deletes a claim, so it waits for a commit
+    /// under way on the claim's row and leaves the record that commit wrote.
     ///
     /// Unlike [`finish`](Self::finish), a failure is not retried: the writes that were to
     /// commit with the record are gone with it, so recording the response alone would
@@ -937,27 +948,28 @@ impl Lease {
         F: FnOnce(Option<Completed>) -> Fut,
         Fut: Future<Output = Result<bool, StoreError>>,
     {
-        self.done = true;
         let record = self.completion(response);
         let (op, done) = match record {
             Some(_) => ("complete", Outcome::Recorded),
             None => ("release", Outcome::Released),
         };
-        match self.engine.observed(op, || settle(record)).await {
+        // Until `settle` answers, a drop releases the claim: a cancelled run's settlement
+        // ends with it, and may have left the claim in flight.
+        let settled = self.engine.observed(op, || settle(record)).await;
+        // An error leaves it to the drop, which releases it in the background, with retries.
+        self.done = settled.is_ok();
+        match settled {
             Ok(true) => Ok(done),
             Ok(false) => Ok(Outcome::Lost),
-            Err(error) => {
-                // Released in the background when dropped, with retries.
-                self.done = false;
-                Err(error)
-            }
+            Err(error) => Err(error),
         }
     }
 
     /// Releases the claim through `release`, which releases it itself (fenced by this
     /// lease's [`token`](Self::token)) after undoing what was to commit with the record,
     /// such as by rolling a transaction back: for an operation that failed. Answers as
-    /// [`Store::release`] does; the lease no longer releases the key when dropped.
+    /// [`Store::release`] does; once it has, the lease no longer releases the key when
+    /// dropped (dropped before, it does).
     ///
     /// # Errors
     /// `release`'s error; the lease then releases the claim in the background, retried as
@@ -966,7 +978,6 @@ impl Lease {
         mut self,
         release: impl Future<Output = Result<bool, StoreError>>,
     ) -> Result<bool, StoreError> {
-        self.done = true;
         let released = self.engine.observed("release", || release).await;
         // Released in the background when dropped, with retries.
         self.done = released.is_ok();
@@ -979,8 +990,10 @@ impl Lease {
     /// The store's last error, once retrying for a lease has not released the key; the claim
     /// then lapses with its lease.
     pub async fn release(mut self) -> Result<bool, StoreError> {
+        // Dropped before the store answers (a cancelled run), the lease releases it still.
+        let released = self.released().await;
         self.done = true;
-        self.released().await
+        released
     }
 
     /// The store's release of this claim, observed. A release the store fails is retried
@@ -2168,6 +2181,66 @@ mod tests {
         assert!(released.unwrap());
         engine.abandoned_released().await;
         assert_eq!(timings.ops(), ["claim", "release"], "one release, observed");
+    }
+
+    /// Polls `run` as far as its first wait, and drops it there, as a cancelled run is.
+    async fn cancelled(run: impl Future) {
+        let mut run = pin!(run);
+        let waits = poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx).is_pending())).await;
+        assert!(waits, "the run waits on the store");
+    }
+
+    /// A drain that runs out of time cancels the runs whose clients went away, some while
+    /// their record commits or their claim is released: each drops its lease there, and the
+    /// claim is released in the background all the same (what the drain waits for), instead
+    /// of staying in flight until the lease lapses. A record that did commit stays: a release
+    /// only deletes a claim.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_dropped_while_it_settles_or_releases_releases_the_key() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        let unanswered = || std::future::pending::<Result<bool, StoreError>>();
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        cancelled(lease.finish_with(response(201, "x"), |_| unanswered())).await;
+        let lease = execute(&engine, &policy, key(2), fp("a")).await;
+        cancelled(lease.finish_with(response(503, "x"), |_| unanswered())).await;
+        let lease = execute(&engine, &policy, key(3), fp("a")).await;
+        cancelled(lease.release_with(unanswered())).await;
+        // The store has not answered these two releases when their runs are cancelled.
+        let lease = execute(&engine, &policy, key(4), fp("a")).await;
+        let other = execute(&engine, &policy, key(5), fp("a")).await;
+        store.fail("release", 2, Fault::Unanswered(Duration::from_secs(1)));
+        cancelled(lease.release()).await;
+        cancelled(other.finish(response(503, "x"))).await;
+        engine.abandoned_released().await;
+        for n in 1..=5 {
+            assert!(
+                matches!(
+                    engine.begin(&policy, key(n), fp("a")).await,
+                    Ok(Begin::Execute(_))
+                ),
+                "the claim on key {n} was released"
+            );
+        }
+
+        // Cancelled after its commit landed, while its answer was on its way: the record stays.
+        let lease = execute(&engine, &policy, key(6), fp("a")).await;
+        let (inner, token, now) = (
+            Arc::clone(engine.store()),
+            lease.token(),
+            engine.clock().now(),
+        );
+        cancelled(
+            lease.finish_with(response(201, "kept"), |record| async move {
+                let record = record.expect("a 201 is recorded");
+                assert!(inner.complete(&key(6), token, record, now).await.unwrap());
+                std::future::pending().await
+            }),
+        )
+        .await;
+        engine.abandoned_released().await;
+        assert_eq!(replayed_body(&engine, &policy, key(6)).await, b"kept");
     }
 
     /// What an observer is told: each operation, its time, and whether it failed.

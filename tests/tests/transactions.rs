@@ -3,7 +3,7 @@
 //! answers, however the commit goes. The Postgres tests skip when no PostgreSQL can be had,
 //! unless `IDEM_REQUIRE_POSTGRES=1`; the refusals on other stores need none.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,6 +162,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start(name: &str) -> Option<Self> {
+        Self::start_timed(name, Duration::from_secs(1)).await
+    }
+
+    /// An app whose store waits `timeout` for each statement (1 s, its default, for the others).
+    async fn start_timed(name: &str, timeout: Duration) -> Option<Self> {
         let pg = TestPostgres::start()?;
         let store = PostgresStore::builder(pg.url())
             .table(pg.table(name))
@@ -187,6 +192,7 @@ impl Fixture {
             // Built on the server's runtime, which drives its connections.
             let store = PostgresStore::builder(url.as_str())
                 .table(table.as_str())
+                .command_timeout(timeout)
                 .build()
                 .expect("valid settings");
             cfg.app_data(IdempotencyConfig::new(store))
@@ -256,6 +262,32 @@ impl Fixture {
             assert!(Instant::now() < deadline, "no insert ran");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits (up to 10 s) until the store's completion (`complete`) or release (`release`)
+    /// of a claim waits for a lock on its row: whether one did.
+    async fn waits_for_the_row(&self, statement: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let start = match statement {
+            "complete" => format!("UPDATE {} SET kind = ''C''", self.records),
+            "release" => format!("DELETE FROM {} WHERE key = $1", self.records),
+            other => panic!("no statement {other}"),
+        };
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '{start}%'"
+        );
+        while Instant::now() < deadline {
+            let sessions: i64 = sqlx::query_scalar(&waiting)
+                .fetch_one(&self.db)
+                .await
+                .expect("pg_stat_activity");
+            if sessions > 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 
     /// Waits until a claim is written: the first request runs.
@@ -834,4 +866,76 @@ async fn a_commit_that_failed_in_an_outage_releases_its_key_once_postgres_is_bac
         String::from_utf8_lossy(&retry.body)
     );
     assert_eq!(app.written().await, 1, "the retry's write alone");
+}
+
+/// A drain that runs out of time cancels the runs whose clients went away, one of them as its
+/// record commits (here its row is locked by another session, as a commit can wait on a slow
+/// disk or on a lock). Its writes roll back, and its key is released before the drain returns,
+/// so that the retry after the server's stop runs it at once, instead of finding it in flight
+/// until its lease lapses.
+#[actix_web::test]
+async fn a_run_a_drain_cancels_as_it_commits_rolls_back_and_its_key_is_released_before_the_stop() {
+    // Statements that wait long: the commit waits until the drain cancels it.
+    let Some(app) = Fixture::start_timed("drained", Duration::from_secs(30)).await else {
+        return;
+    };
+    let gone = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (addr, gone) = (app.server.addr, Arc::clone(&gone));
+        let request = call("/calls", "drained").header("X-Then", "sleep:1000");
+        actix_web::rt::spawn(async move {
+            request
+                .send_and_reset(addr, move || gone.load(Ordering::Acquire))
+                .await
+        })
+    };
+    app.claimed().await;
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT 1 FROM {} WHERE kind = 'F' FOR UPDATE",
+        app.records
+    ))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    assert!(
+        app.waits_for_the_row("complete").await,
+        "the record's commit did not start"
+    );
+    // Its client goes away, and the drain runs out of time while the commit waits.
+    gone.store(true, Ordering::Release);
+    client.await.unwrap();
+    let drained = actix_web::rt::spawn(async move {
+        let drain = IdempotencyConfig::new(MokaStore::new());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // 0 until the server has seen the client go away.
+            let cancelled = drain.drain(Duration::from_millis(100)).await;
+            if cancelled > 0 || Instant::now() > deadline {
+                break cancelled;
+            }
+        }
+    });
+    let released = app.waits_for_the_row("release").await;
+    holder.rollback().await.unwrap();
+    assert!(released, "the cancelled run's key was not released");
+    assert_eq!(drained.await.unwrap(), 1, "the run was cancelled");
+    assert_eq!(
+        app.written().await,
+        0,
+        "the cancelled run's write rolled back"
+    );
+    assert_eq!(
+        app.records().await,
+        (0, 0),
+        "its key was released before the drain returned"
+    );
+    let retry = app.send(call("/calls", "drained")).await;
+    assert_eq!(
+        retry.status,
+        201,
+        "the retry runs at once: {}",
+        retry.text()
+    );
+    assert_eq!(app.written().await, 1);
 }
