@@ -15,7 +15,8 @@ async fn charge(
     body: web::Json<NewCharge>,
 ) -> Result<HttpResponse, actix_web::Error> {
     // Written in the transaction that records this key: the charge and the answer below
-    // commit together, or neither does (a 5xx, an error or a panic rolls both back).
+    // commit together, or neither does (a 5xx, answered or as an error, or a panic rolls
+    // both back; an error of status 4xx is recorded, and commits them).
     let id: i64 = sqlx::query_scalar("INSERT INTO charges (amount) VALUES ($1) RETURNING id")
         .bind(body.amount)
         .fetch_one(&mut *tx)

@@ -68,15 +68,21 @@ mod enabled {
     /// What becomes of the writes:
     /// - The handler answers a response the endpoint records (every status but 5xx, or 2xx
     ///   only under `cache = "2xx"`): the layer writes the record in this transaction, last,
-    ///   and commits. Retries replay the answer; the writes are there.
-    /// - It answers one the endpoint does not record (a 5xx, an error), or panics: the
-    ///   transaction is rolled back and the key released, so a retry runs again. A process
-    ///   that dies meanwhile leaves nothing either: Postgres aborts the transaction of a
-    ///   connection that closed.
-    /// - The commit fails: nothing is written, the key is released, and the client gets 503
+    ///   and commits. Retries replay the answer; the writes are there. The status decides,
+    ///   whether the handler returned a response or an error: an `Err` of status 4xx after
+    ///   writing commits the writes with the record of that 4xx (under `cache = "2xx"` it
+    ///   rolls them back).
+    /// - It answers one the endpoint does not record (a 5xx, as a response or an error), or
+    ///   panics: the transaction is rolled back and the key released, so a retry runs again.
+    ///   A process that dies meanwhile leaves nothing either: Postgres aborts the transaction
+    ///   of a connection that closed.
+    /// - The commit fails: the key is released, and the client gets 503
     ///   `idempotency_store_unavailable` with `Retry-After` instead of the handler's answer.
-    ///   If the key's lease lapsed and another request holds it now, nothing is written
-    ///   either, and the client gets 409 `idempotency_conflict`: that request runs it.
+    ///   Nothing is written, unless only the commit's answer was lost (the connection broke
+    ///   during `COMMIT`, or it outlasted the store's command timeout) and the commit landed:
+    ///   then the writes and the record are both there, and the retry replays the handler's
+    ///   answer. If the key's lease lapsed and another request holds it now, nothing is
+    ///   written, and the client gets 409 `idempotency_conflict`: that request runs it.
     /// - A statement of the handler failed (which aborts a Postgres transaction) and the
     ///   handler answered an error status anyway: nothing is written, and its answer goes out
     ///   unrecorded. If it answered a success regardless, the client gets 500
