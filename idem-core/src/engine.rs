@@ -699,6 +699,7 @@ impl Lease {
     }
 
     /// Drives `operation`, which has started, to completion, renewing the lease meanwhile.
+    /// The operation runs on while a renewal waits for the store.
     ///
     /// The renewal runs on the operation's own thread: an operation that blocks it (blocking
     /// I/O, long computation outside `spawn_blocking`) stalls its renewals, and one blocked
@@ -722,7 +723,15 @@ impl Lease {
                             "idempotency lease renewal came late: the handler blocks its thread; blocked longer than the lease, its key can be taken over and the operation run again (move blocking work to web::block or spawn_blocking)"
                         );
                     }
-                    pause = match self.renewed().await {
+                    // The operation goes on while the store is asked: a renewal that waits
+                    // (for a connection that the operation's own transaction holds, say)
+                    // must not stop it. One that is left unanswered when it ends is dropped:
+                    // fenced by the token, and a claim's only, it changes no record.
+                    let renewed = match select(operation.as_mut(), pin!(self.renewed())).await {
+                        Either::Left((output, _)) => return output,
+                        Either::Right((renewed, _)) => renewed,
+                    };
+                    pause = match renewed {
                         true => every,
                         false => every.min(RENEWAL_RETRY),
                     };
@@ -1799,6 +1808,39 @@ mod tests {
         assert!(matches!(
             lease.finish(response(201, "done")).await.unwrap(),
             Outcome::Recorded
+        ));
+    }
+
+    /// A renewal that waits on the store (a Postgres pool whose connections are all held by
+    /// the transactions of running handlers, this one's among them, waits for one up to the
+    /// pool's acquire timeout) does not hold up the handler: the operation goes on meanwhile,
+    /// and its end ends the wait. Held up, every handler of a full pool stopped until its
+    /// renewal gave up, and none gave back a connection meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_waiting_on_the_store_does_not_hold_up_the_handler() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(3));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.fail(
+            "extend",
+            usize::MAX,
+            Fault::Unanswered(Duration::from_secs(30)),
+        );
+        let started = tokio::time::Instant::now();
+        // Renewed after 1 s, a renewal the store does not answer for 30 s.
+        lease
+            .run(tokio::time::sleep(Duration::from_millis(1500)))
+            .await;
+        assert_eq!(store.calls("extend"), 1, "one renewal was under way");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the handler of 1.5 s took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(
+            lease.finish(response(201, "done")).await,
+            Ok(Outcome::Recorded)
         ));
     }
 

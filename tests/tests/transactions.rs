@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use actix_web::error::{ErrorInternalServerError, ErrorServiceUnavailable};
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{
-    idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, ProblemJson, Transaction,
+    idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, PostgresStoreBuilder,
+    ProblemJson, Transaction,
 };
 use idem_tests::{
     assert_error, assert_problem, RawRequest, RawResponse, TestPostgres, TestServer, Warnings,
@@ -162,11 +163,14 @@ struct Fixture {
 
 impl Fixture {
     async fn start(name: &str) -> Option<Self> {
-        Self::start_timed(name, Duration::from_secs(1)).await
+        Self::start_with(name, |store| store).await
     }
 
-    /// An app whose store waits `timeout` for each statement (1 s, its default, for the others).
-    async fn start_timed(name: &str, timeout: Duration) -> Option<Self> {
+    /// An app whose store has the settings `settings` makes (the defaults, for the others).
+    async fn start_with(
+        name: &str,
+        settings: fn(PostgresStoreBuilder) -> PostgresStoreBuilder,
+    ) -> Option<Self> {
         let pg = TestPostgres::start()?;
         let store = PostgresStore::builder(pg.url())
             .table(pg.table(name))
@@ -190,9 +194,7 @@ impl Fixture {
         let table = records.clone();
         let server = TestServer::start(1, move |cfg| {
             // Built on the server's runtime, which drives its connections.
-            let store = PostgresStore::builder(url.as_str())
-                .table(table.as_str())
-                .command_timeout(timeout)
+            let store = settings(PostgresStore::builder(url.as_str()).table(table.as_str()))
                 .build()
                 .expect("valid settings");
             cfg.app_data(IdempotencyConfig::new(store))
@@ -876,7 +878,11 @@ async fn a_commit_that_failed_in_an_outage_releases_its_key_once_postgres_is_bac
 #[actix_web::test]
 async fn a_run_a_drain_cancels_as_it_commits_rolls_back_and_its_key_is_released_before_the_stop() {
     // Statements that wait long: the commit waits until the drain cancels it.
-    let Some(app) = Fixture::start_timed("drained", Duration::from_secs(30)).await else {
+    let Some(app) = Fixture::start_with("drained", |store| {
+        store.command_timeout(Duration::from_secs(30))
+    })
+    .await
+    else {
         return;
     };
     let gone = Arc::new(AtomicBool::new(false));
@@ -938,4 +944,32 @@ async fn a_run_a_drain_cancels_as_it_commits_rolls_back_and_its_key_is_released_
         retry.text()
     );
     assert_eq!(app.written().await, 1);
+}
+
+/// A running handler's transaction holds a connection of the store's pool until its commit,
+/// and its lease's renewals need another. When there is none (here the pool has one), each
+/// renewal waits for one, up to the pool's acquire timeout, while the handler runs on and
+/// commits; the handler stood still until its renewal gave up, so that a pool full of
+/// running handlers stood still as a whole, none of them giving a connection back.
+#[actix_web::test]
+async fn a_handler_runs_on_while_its_renewal_waits_for_a_connection_of_a_full_pool() {
+    let Some(app) = Fixture::start_with("full_pool", |store| {
+        store
+            .max_connections(1)
+            .connect_timeout(Duration::from_secs(20))
+    })
+    .await
+    else {
+        return;
+    };
+    // Renewed every 100 ms while it runs for 1 s.
+    let started = Instant::now();
+    let res = app
+        .send(call("/short-lease/calls", "full-pool").header("X-Then", "sleep:1000"))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert!(took < Duration::from_secs(10), "a run of 1 s took {took:?}");
+    assert_eq!(app.written().await, 1);
+    assert_eq!(app.records().await, (1, 0), "recorded with its write");
 }
