@@ -1,7 +1,12 @@
 //! The layer beside others: an `Idempotency` middleware around an `#[idempotent]` handler, and
-//! around or inside actix's `Compress`.
+//! around or inside actix's `Compress` and a rate limiter.
 
-use actix_web::middleware::Compress;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Compress, Next};
 use actix_web::{web, HttpResponse};
 use idem_actix::{
     idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore, ReplayHeaders,
@@ -290,4 +295,109 @@ async fn a_request_a_layer_passed_on_without_a_key_is_not_taken_for_an_unserved_
             "{path} is served by a layer"
         );
     }
+}
+
+// --- a rate limiter ------------------------------------------------------------------------
+
+/// A rate limiter's budget of requests, refilled by the test where a real one's window would
+/// pass.
+#[derive(Clone, Default)]
+struct Budget(Arc<AtomicUsize>);
+
+impl Budget {
+    fn refill(&self, requests: usize) {
+        self.0.store(requests, Ordering::SeqCst);
+    }
+
+    fn take(&self) -> bool {
+        let take = |left: usize| left.checked_sub(1);
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+            .is_ok()
+    }
+}
+
+/// A rate limiter as `actix-governor` is one: past its budget, 429 with `Retry-After`, and the
+/// request goes no further.
+async fn limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let budget = req.app_data::<web::Data<Budget>>().expect("a budget");
+    if !budget.take() {
+        let res = HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", "1"))
+            .finish();
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+fn limited_server(limiter_outside: bool) -> (TestServer, Counter, Budget) {
+    let (runs, budget) = (Counter::default(), Budget::default());
+    let data = web::Data::new(runs.clone());
+    let limits = web::Data::new(budget.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .app_data(limits.clone())
+            .app_data(idem.clone());
+        // The last `wrap` is the outermost.
+        if limiter_outside {
+            cfg.service(
+                web::scope("/limited")
+                    .wrap(Idempotency::new())
+                    .wrap(from_fn(limit))
+                    .route("", web::post().to(text)),
+            );
+        } else {
+            cfg.service(
+                web::scope("/limited")
+                    .wrap(from_fn(limit))
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(text)),
+            );
+        }
+    });
+    (server, runs, budget)
+}
+
+/// Outside the layer, a rate limiter's 429 is never the key's answer: the retry after its
+/// window runs the operation. Every request counts against the limit, replays and conflicts
+/// included: the limiter answers before the layer knows what a request is.
+#[actix_web::test]
+async fn outside_the_layer_a_rate_limiters_429_is_not_recorded_and_replays_count() {
+    let (server, runs, budget) = limited_server(true);
+    budget.refill(1);
+    assert_eq!(call("/limited", "k1").send(server.addr).await.status, 201);
+    let limited = call("/limited", "k1").send(server.addr).await;
+    assert_eq!((limited.status, limited.replayed()), (429, false));
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    budget.refill(1);
+    assert!(call("/limited", "k1").send(server.addr).await.replayed());
+    assert_eq!(budget.0.load(Ordering::SeqCst), 0, "the replay counted");
+
+    assert_eq!(call("/limited", "k2").send(server.addr).await.status, 429);
+    budget.refill(1);
+    let retry = call("/limited", "k2").send(server.addr).await;
+    assert_eq!((retry.status, retry.replayed()), (201, false));
+    assert_eq!(runs.get(), 2, "each key ran once, after its 429 too");
+}
+
+/// Inside the layer, a rate limiter's 429 is an answer under the key like any 4xx (SPEC.md:
+/// every status but 5xx is recorded): it is replayed for the TTL, after the limit has passed.
+/// Hence the README's advice to register a rate limiter outside the layer.
+#[actix_web::test]
+async fn inside_the_layer_a_rate_limiters_429_is_recorded_as_the_keys_answer() {
+    let (server, runs, budget) = limited_server(false);
+    let limited = call("/limited", "k1").send(server.addr).await;
+    assert_eq!((limited.status, limited.replayed()), (429, false));
+    budget.refill(10);
+    let retry = call("/limited", "k1").send(server.addr).await;
+    assert_eq!((retry.status, retry.replayed()), (429, true));
+    assert_eq!(runs.get(), 0);
+    // Another key, within the budget, runs.
+    assert_eq!(call("/limited", "k2").send(server.addr).await.status, 201);
 }
