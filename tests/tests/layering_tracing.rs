@@ -11,7 +11,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, Error, HttpResponse};
 use idem_actix::{Idempotency, IdempotencyConfig, MokaStore, RequestId};
-use idem_tests::{assert_error, Counter, RawRequest, RawResponse, TestServer};
+use idem_tests::{assert_error, counted, eventually, Counter, RawRequest, RawResponse, TestServer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Metadata, Span, Subscriber};
@@ -178,8 +178,12 @@ impl Traces {
     }
 }
 
-async fn create(runs: web::Data<Counter>, body: String) -> HttpResponse {
-    runs.bump();
+async fn create(
+    runs: web::Data<Counter>,
+    req: actix_web::HttpRequest,
+    body: String,
+) -> HttpResponse {
+    counted(&runs, &req).await;
     HttpResponse::Created().body(format!("created {body}"))
 }
 
@@ -292,6 +296,32 @@ async fn outside_the_layer_tracing_logger_spans_every_event_of_the_layer_and_log
         statuses(traces.roots_for("/outside")),
         ["201", "201", "400", "409"]
     );
+}
+
+/// A run that goes on after its client went away still logs in its request's root span.
+#[actix_web::test]
+async fn a_run_whose_client_went_away_logs_in_its_requests_root_span() {
+    let traces = Traces::installed();
+    let (server, runs) = server::<DefaultRootSpanBuilder>("/gone", true);
+    call("/gone", "k1", "gone-first", "a")
+        .header("X-Hold-Ms", "200")
+        .send_and_reset(server.addr, || runs.get() == 1)
+        .await;
+    let executed = || {
+        let events = traces.outcomes_of("gone-first");
+        events.into_iter().find(|(o, _)| o == "executed")
+    };
+    eventually(|| executed().is_some()).await;
+    let (_, chain) = executed().unwrap();
+    assert!(
+        root_id(&chain).is_some(),
+        "outside the root span: {chain:?}"
+    );
+    assert!(call("/gone", "k1", "gone-retry", "a")
+        .send(server.addr)
+        .await
+        .replayed());
+    assert_eq!(runs.get(), 1);
 }
 
 /// With `TracingLogger` inside the layer, what the layer answers itself (a replay, a
