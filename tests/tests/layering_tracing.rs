@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, Error, HttpResponse};
-use idem_actix::{Idempotency, IdempotencyConfig, MokaStore, RequestId};
+use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, RequestId};
 use idem_tests::{assert_error, counted, eventually, Counter, RawRequest, RawResponse, TestServer};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
@@ -296,6 +296,55 @@ async fn outside_the_layer_tracing_logger_spans_every_event_of_the_layer_and_log
         statuses(traces.roots_for("/outside")),
         ["201", "201", "400", "409"]
     );
+}
+
+#[idempotent]
+async fn attributed(runs: web::Data<Counter>, req: actix_web::HttpRequest) -> HttpResponse {
+    counted(&runs, &req).await;
+    HttpResponse::Created().body("attributed")
+}
+
+/// The attribute is inside any middleware, `TracingLogger` on the `App` or a scope included:
+/// its replays and conflicts are in the request's root span, with their status.
+#[actix_web::test]
+async fn an_attributed_handlers_replays_and_conflicts_are_in_the_root_span() {
+    let traces = Traces::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone()).app_data(idem.clone()).service(
+            web::scope("/attributed")
+                .wrap(TracingLogger::default())
+                .route("", web::post().to(attributed)),
+        );
+    });
+    assert_eq!(
+        call("/attributed", "k1", "attr-first", "a")
+            .send(server.addr)
+            .await
+            .status,
+        201
+    );
+    assert!(call("/attributed", "k1", "attr-replay", "a")
+        .send(server.addr)
+        .await
+        .replayed());
+    let conflict = call("/attributed", "k1", "attr-conflict", "b")
+        .send(server.addr)
+        .await;
+    assert_error(&conflict, 409, "idempotency_conflict");
+    for (id, outcome) in [("attr-replay", "replayed"), ("attr-conflict", "conflict")] {
+        let events = traces.outcomes_of(id);
+        let (_, chain) = events.iter().find(|(o, _)| o == outcome).expect(outcome);
+        assert!(root_id(chain).is_some(), "{id}: outside the root span");
+    }
+    let mut statuses: Vec<_> = (traces.roots_for("/attributed").iter())
+        .filter_map(|s| s.fields.get("http.status_code").cloned())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["201", "201", "409"]);
+    assert_eq!(runs.get(), 1);
 }
 
 /// A run that goes on after its client went away still logs in its request's root span.
