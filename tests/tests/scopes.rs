@@ -501,3 +501,38 @@ async fn middleware_scope_functions_share_keys_only_under_one_name() {
     assert!(s.send(&call("/c/calls")).await.replayed());
     assert_eq!(s.runs.get(), 2);
 }
+
+/// A scope function with a bug: it panics when `X-Tenant` is `boom`.
+fn buggy_tenant(req: &HttpRequest) -> Option<String> {
+    let tenant = req.headers().get("x-tenant")?.to_str().ok()?;
+    assert_ne!(tenant, "boom", "scope function bug");
+    Some(tenant.to_owned())
+}
+
+#[post("/buggy-scope")]
+#[idempotent(scope = buggy_tenant)]
+async fn buggy_scope(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+/// A scope function that panics is answered as a handler that panics is: 500, never kept by
+/// a cache, with nothing claimed or run, where the connection closed unanswered; the worker
+/// serves on, and the key runs once its scope can be found.
+#[actix_web::test]
+async fn a_scope_function_that_panics_is_answered_500_and_claims_nothing() {
+    let s = serve(|cfg| {
+        cfg.service(buggy_scope);
+    });
+    let call = |tenant: &str| keyed("/buggy-scope", "k").header("X-Tenant", tenant);
+    let res = call("boom")
+        .try_send(s.server.addr)
+        .await
+        .expect("an answer, not a closed connection");
+    assert_eq!(res.status, 500, "{res:?}");
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    assert_eq!(s.runs.get(), 0);
+    let ran = s.send(&call("acme")).await;
+    assert_eq!(ran.status, 201);
+    assert_eq!(ran.body, b"run 1");
+    assert!(s.send(&call("acme")).await.replayed());
+}

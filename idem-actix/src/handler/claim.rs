@@ -2,15 +2,17 @@
 //! handler's run under the claim.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 
 use actix_web::dev;
 use actix_web::HttpRequest;
+use futures_util::FutureExt as _;
 use idem_core::{Begin, IdempotencyError};
 use tracing::Instrument as _;
 
 use super::admit::{admit, Admission, Keyed};
 use super::detach::{detached, orphans};
-use super::record::{claimed, unprotected, Keep};
+use super::record::{claimed, panicked, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding};
 use super::{passed, Endpoint, Reply, Work};
 use crate::extract::Passed;
@@ -40,23 +42,32 @@ where
 {
     // Futures are built in `let` statements of their own throughout: a value bound in an
     // awaited expression, or in a `match` arm, keeps its room in this future across the await.
-    let (work, detach): (Work, bool) = match admit(endpoint, functions, req, payload).await {
+    // The application's key, scope and fingerprint functions run in the admission: one that
+    // panics is answered as a handler that panics is, with nothing claimed.
+    let admitted = AssertUnwindSafe(admit(endpoint, functions, req, payload)).catch_unwind();
+    let (work, detach): (Work, bool) = match admitted.await {
         // Boxed: `run` sends requests without a key straight to the handler, so this is
         // rare, and the handler's future would otherwise swell this one.
-        Admission::Pass(req, payload) => {
+        Ok(Admission::Pass(req, payload)) => {
             passed(&req, Passed::Keyless);
             (Box::pin(handler(req, payload)), false)
         }
-        Admission::Answer(req, res) => return Reply::new(req, res),
+        Ok(Admission::Answer(req, res)) => return Reply::new(req, res),
         // Past the bound of runs this worker finishes for clients that went away, nothing
         // new is claimed: a client that resets every request cannot pile them up.
-        Admission::Keyed(keyed) if orphans() >= keyed.config.detached_limit() => {
+        Ok(Admission::Keyed(keyed)) if orphans() >= keyed.config.detached_limit() => {
             return overloaded(keyed)
         }
-        Admission::Keyed(keyed) => match claim(keyed, handler) {
+        Ok(Admission::Keyed(keyed)) => match claim(keyed, handler) {
             Settled::Answer(reply) => return reply,
             Settled::Run(work) => (work, true),
         },
+        Err(_) => {
+            tracing::error!(
+                "a key, scope or fingerprint function of an idempotent endpoint panicked; answered 500, nothing claimed or run"
+            );
+            return Reply::orphan(panicked());
+        }
     };
     if detach {
         detached(work).await
