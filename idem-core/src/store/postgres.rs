@@ -203,8 +203,9 @@ impl Statements {
 ///    duplicate that arrives in that moment sees the claim, still live in its snapshot, and
 ///    is answered 409 at once, as any duplicate of a running request; its retry finds the
 ///    record.
-/// 4. [`ClaimTransaction::rollback`] (for a response that is not recorded: a 5xx, an error,
-///    a panic), dropping the [`ClaimTransaction`], or a commit that fails, rolls back and
+/// 4. [`ClaimTransaction::rollback`] (for a response that is not recorded: in `idem-actix`, a
+///    5xx, whether answered or returned as an error, or a non-2xx under `cache = "2xx"`; or a
+///    panic), dropping the [`ClaimTransaction`], or a commit that fails, rolls back and
 ///    releases the claim, so that a retry runs the operation again at once. A process
 ///    killed mid-run leaves nothing either: Postgres aborts the transaction of a connection
 ///    that closed, and the claim, no longer renewed, lapses with its lease; the retry after
@@ -985,7 +986,7 @@ impl ClaimTransaction {
     }
 
     /// Rolls the transaction back and releases the claim, so that a retry runs the
-    /// operation again: for a response that is not recorded (a 5xx, an error). `Ok(true)`
+    /// operation again: for a response that is not recorded (a 5xx, or a panic). `Ok(true)`
     /// when the claim was released, `Ok(false)` when this token no longer held the key.
     ///
     /// # Errors
