@@ -580,8 +580,11 @@ mod valid;
 ///
 /// ## `fail_open`
 ///
-/// A flag: when the store cannot be reached, run the handler unprotected instead of answering
-/// 503 `idempotency_store_unavailable` (the default, which runs nothing). `fail_open = false`
+/// A flag: when the store cannot be reached, or cannot answer for its data for now (starting,
+/// loading, a node that takes no writes in a failover), run the handler unprotected instead of
+/// answering 503 `idempotency_store_unavailable` (the default, which runs nothing). A store
+/// that answers with a refusal of its own (out of memory, a table never migrated, wrong
+/// credentials) still fails closed: it was reached, and may hold the key. `fail_open = false`
 /// fails closed even where the application's defaults fail open. A store can also be
 /// configured to fail open for every endpoint, whatever the endpoint says.
 ///
