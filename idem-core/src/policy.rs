@@ -61,7 +61,9 @@ pub enum OnStoreError {
     /// (the default).
     FailClosed,
     /// Run the handler without protection and log the store error, when the store cannot be
-    /// reached or does not answer in time. A store that answered fails closed all the same:
+    /// reached, does not answer in time, or cannot answer for its data for now
+    /// ([`StoreError::Unavailable`](crate::StoreError::Unavailable): starting, loading, a node
+    /// that takes no writes in a failover). A store that answered fails closed all the same:
     /// with a refusal of its own ([`StoreError::Refused`](crate::StoreError::Refused): out of
     /// memory, wrong credentials, a table never migrated), a record it cannot read, or a claim
     /// given up for concurrent claims of the key. A

@@ -672,7 +672,8 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Runs requests unprotected when Postgres cannot be reached or does not answer in time,
+    /// Runs requests unprotected when Postgres cannot be reached, does not answer in time, or
+    /// takes no writes for now (SQLSTATE 25006: a primary a failover demoted, or a standby),
     /// instead of answering 503 (see [`StoreError`]). Default off.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.fail_open = fail_open;

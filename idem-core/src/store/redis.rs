@@ -331,8 +331,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Runs requests unprotected when Redis cannot be reached or does not answer in time,
-    /// instead of answering 503 (see [`StoreError`]). Default off.
+    /// Runs requests unprotected when Redis cannot be reached, does not answer in time, or
+    /// cannot answer for its data for now (loading, or a node that takes no writes in a
+    /// failover: `READONLY`), instead of answering 503 (see [`StoreError`]). Default off.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.fail_open = fail_open;
         self
