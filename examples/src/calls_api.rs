@@ -1,5 +1,6 @@
-//! `calls-api`: an in-memory outbound-calling API. Every request but `GET /healthz` and
-//! `GET /openapi.json` needs `Authorization: Bearer <token>`; the token is the tenant.
+//! `calls-api`: an in-memory outbound-calling API. Every request but `GET /healthz`,
+//! `GET /openapi.json` and the binary's `GET /metrics` needs `Authorization: Bearer <token>`;
+//! the token is the tenant.
 //!
 //! Demo knobs of the fake carrier are headers, so that they are not part of the fingerprint:
 //! `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most 30000), and
@@ -578,7 +579,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Every route but `/healthz` needs a bearer token: 401 before anything else runs.
+/// The API's routes (all but `/healthz` and `/openapi.json`) need a bearer token: 401 before
+/// anything else runs.
 async fn require_bearer(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
