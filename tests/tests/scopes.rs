@@ -521,18 +521,25 @@ async fn buggy_scope(runs: web::Data<Counter>) -> HttpResponse {
 #[actix_web::test]
 async fn a_scope_function_that_panics_is_answered_500_and_claims_nothing() {
     let s = serve(|cfg| {
-        cfg.service(buggy_scope);
+        cfg.service(buggy_scope).service(
+            web::scope("/v1")
+                .wrap(Idempotency::new().with_scope_fn("buggy-tenant", buggy_tenant))
+                .route("/calls", web::post().to(plain_call)),
+        );
     });
-    let call = |tenant: &str| keyed("/buggy-scope", "k").header("X-Tenant", tenant);
-    let res = call("boom")
-        .try_send(s.server.addr)
-        .await
-        .expect("an answer, not a closed connection");
-    assert_eq!(res.status, 500, "{res:?}");
-    assert_eq!(res.header("cache-control"), Some("no-store"));
-    assert_eq!(s.runs.get(), 0);
-    let ran = s.send(&call("acme")).await;
-    assert_eq!(ran.status, 201);
-    assert_eq!(ran.body, b"run 1");
-    assert!(s.send(&call("acme")).await.replayed());
+    // The attribute, then the middleware (which answers it as an error of its service, as it
+    // does a handler's panic).
+    for (path, body) in [("/buggy-scope", "run 1"), ("/v1/calls", "call_2")] {
+        let call = |tenant: &str| keyed(path, "k").header("X-Tenant", tenant);
+        let res = call("boom")
+            .try_send(s.server.addr)
+            .await
+            .expect("an answer, not a closed connection");
+        assert_eq!(res.status, 500, "{path}: {res:?}");
+        assert_eq!(s.runs.get(), usize::from(path != "/buggy-scope"), "{path}");
+        let ran = s.send(&call("acme")).await;
+        assert_eq!(ran.status, 201, "{path}");
+        assert_eq!(ran.body, body.as_bytes());
+        assert!(s.send(&call("acme")).await.replayed(), "{path}");
+    }
 }
