@@ -311,8 +311,12 @@ impl PostgresStore {
     /// A builder for a store on connections of `pool`, such as the pool the application
     /// writes its own tables with. The pool's own settings stand: the builder's
     /// [`max_connections`](PostgresStoreBuilder::max_connections) and
-    /// [`connect_timeout`](PostgresStoreBuilder::connect_timeout) are not used. A pool that
-    /// tests each connection before handing it out costs a round trip per operation.
+    /// [`connect_timeout`](PostgresStoreBuilder::connect_timeout) are not used, so a claim
+    /// waits for a connection as long as the pool's acquire timeout (30 s with sqlx's
+    /// defaults) before the store counts as unavailable: give the pool one of about a second
+    /// (`PgPoolOptions::acquire_timeout`) for keyed requests to be answered 503 as promptly as
+    /// the store's own pool answers them. A pool that tests each connection before handing it
+    /// out costs a round trip per operation.
     pub fn with_pool(pool: PgPool) -> PostgresStoreBuilder {
         PostgresStoreBuilder::new(Source::Pool(pool))
     }
