@@ -304,3 +304,40 @@ async fn a_first_response_never_says_it_was_replayed() {
         assert_eq!(replay.body, first.body, "{path}");
     }
 }
+
+/// A replay hook with a bug: it panics on a replay asked with `X-Boom`.
+fn buggy_mark(req: &HttpRequest, _: &mut HttpResponse) {
+    assert!(!req.headers().contains_key("x-boom"), "replay hook bug");
+}
+
+#[idempotent(on_replay = buggy_mark)]
+async fn buggy_hooked(runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+/// A replay hook that panics is answered as a handler that panics is: 500, never kept by a
+/// cache, where the connection closed unanswered; the record stays, and the next retry
+/// replays it.
+#[actix_web::test]
+async fn a_replay_hook_that_panics_is_answered_500_and_the_record_stays() {
+    let s = serve(|cfg| {
+        cfg.route("/buggy", web::post().to(buggy_hooked)).service(
+            web::scope("/buggy-wrapped")
+                .wrap(Idempotency::new().on_replay(buggy_mark))
+                .route("", web::post().to(created)),
+        );
+    });
+    for path in ["/buggy", "/buggy-wrapped"] {
+        let first = s.send(&call(path, path)).await;
+        assert_eq!(first.status, 201, "{path}");
+        let res = call(path, path)
+            .header("X-Boom", "1")
+            .try_send(s.server.addr)
+            .await
+            .expect("an answer, not a closed connection");
+        assert_eq!(res.status, 500, "{path}: {res:?}");
+        let replay = s.send(&call(path, path)).await;
+        assert!(replay.replayed(), "{path}");
+        assert_eq!(replay.body, first.body, "{path}");
+    }
+}

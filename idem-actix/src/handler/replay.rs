@@ -1,5 +1,7 @@
 //! Answers from a record.
 
+use std::panic::AssertUnwindSafe;
+
 use actix_web::body::BoxBody;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
@@ -7,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use idem_core::Completed;
 
 use super::admit::Keyed;
+use super::record::panicked;
 use crate::request_id::RequestId;
 
 pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
@@ -54,7 +57,12 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
     // request's.
     headers.insert(crate::REQUEST_ID.clone(), request_id.header_value().clone());
     if let Some(hook) = keyed.on_replay {
-        hook(&keyed.run.req, &mut res);
+        // A hook that panics is answered as a handler that panics is; the record stays.
+        let hooked = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&keyed.run.req, &mut res)));
+        if hooked.is_err() {
+            tracing::error!("an idempotent endpoint's replay hook panicked; answered 500");
+            return with_request_id(panicked(), request_id);
+        }
     }
     res
 }
