@@ -392,31 +392,23 @@ impl Engine {
     /// whole lease ahead. Taken over (or gone from the store), its request is answered as one
     /// that found the key held (409), and never runs beside the one that took it. A renewal
     /// the store failed is the store's failure, as a failed claim is, and the claim is
-    /// released in case it is still there.
+    /// released in case it is still there (the lease dropped unfinished releases it, as it
+    /// does if this request is cancelled meanwhile).
     async fn renewed_late(
         &self,
         policy: &Policy,
         key: StoreKey,
         claim: InFlight,
     ) -> Result<Begin, IdempotencyError> {
-        let unanswered = Unanswered {
-            engine: self,
-            policy,
-            key: &key,
-            claim: &claim,
-        };
-        let now = self.parts.clock.now();
-        let lease_until = now.saturating_add(lease(policy));
-        let extend = || self.parts.store.extend(&key, claim.token, lease_until, now);
-        let renewed = self.observed("extend", extend).await;
-        std::mem::forget(unanswered);
-        match renewed {
-            Ok(true) => Ok(self.claimed(policy, key, claim)),
-            Ok(false) => Err(IdempotencyError::InFlight),
-            Err(e) => {
-                self.release_unconfirmed(key, claim.token, lease(policy));
-                self.store_failed(policy, e)
+        let mut lease = self.lease_of(policy, key, claim);
+        match lease.renew().await {
+            Ok(true) => Ok(Begin::Execute(lease)),
+            Ok(false) => {
+                // Not this token's: nothing of it to release.
+                lease.done = true;
+                Err(IdempotencyError::InFlight)
             }
+            Err(e) => self.store_failed(policy, e),
         }
     }
 
@@ -488,7 +480,12 @@ impl Engine {
 
     /// The lease of a claim just written.
     fn claimed(&self, policy: &Policy, key: StoreKey, claim: InFlight) -> Begin {
-        Begin::Execute(Lease {
+        Begin::Execute(self.lease_of(policy, key, claim))
+    }
+
+    /// The lease `claim`, written, holds under `policy`.
+    fn lease_of(&self, policy: &Policy, key: StoreKey, claim: InFlight) -> Lease {
+        Lease {
             engine: self.clone(),
             lease: lease(policy),
             ttl: policy.ttl,
@@ -498,7 +495,7 @@ impl Engine {
             token: claim.token,
             fingerprint: claim.fingerprint,
             done: false,
-        })
+        }
     }
 
     fn store_failed(&self, policy: &Policy, error: StoreError) -> Result<Begin, IdempotencyError> {
