@@ -138,6 +138,8 @@ impl Drop for Counted {
 /// Held by an orphaned run's task (or a teed stream's, read on without its client): counts
 /// it while it runs, and uncounts it however it ends.
 pub(crate) struct Orphan {
+    /// The counts it is in: the process's [`TASKS`].
+    tasks: &'static Tasks,
     _running: Counted,
     _orphaned: Counted,
     /// The cancellations it had seen when its client went away.
@@ -146,25 +148,30 @@ pub(crate) struct Orphan {
 
 impl Orphan {
     pub(crate) fn new() -> Self {
+        Self::counted_in(&TASKS)
+    }
+
+    fn counted_in(tasks: &'static Tasks) -> Self {
         ORPHANS.with(|n| n.set(n.get() + 1));
         Self {
-            _running: Counted::new(&TASKS.running),
-            _orphaned: Counted::new(&TASKS.orphaned),
-            generation: TASKS.orphan(),
+            tasks,
+            _running: Counted::new(&tasks.running),
+            _orphaned: Counted::new(&tasks.orphaned),
+            generation: tasks.orphan(),
         }
     }
 
     /// Resolves when a drain cancels the runs whose clients went away (see [`Tasks::cancel`]),
     /// this one among them.
     pub(crate) async fn cancelled(&self) {
-        TASKS.cancelled(self.generation).await;
+        self.tasks.cancelled(self.generation).await;
     }
 }
 
 impl Drop for Orphan {
     fn drop(&mut self) {
         ORPHANS.with(|n| n.set(n.get() - 1));
-        TASKS.unorphan(self.generation);
+        self.tasks.unorphan(self.generation);
     }
 }
 
@@ -271,32 +278,9 @@ mod tests {
 
     use super::*;
 
-    /// A run whose client went away, counted in `tasks` as [`Orphan`] counts it in [`TASKS`].
-    struct Run {
-        tasks: &'static Tasks,
-        _orphaned: Counted,
-        generation: usize,
-    }
-
-    impl Run {
-        fn new(tasks: &'static Tasks) -> Self {
-            Self {
-                tasks,
-                _orphaned: Counted::new(&tasks.orphaned),
-                generation: tasks.orphan(),
-            }
-        }
-    }
-
-    impl Drop for Run {
-        fn drop(&mut self) {
-            self.tasks.unorphan(self.generation);
-        }
-    }
-
     /// A waker that ends a run when woken, as a run's task on another worker can end before
     /// the drain that woke it goes on.
-    struct Ends(Mutex<Option<Run>>);
+    struct Ends(Mutex<Option<Orphan>>);
 
     impl Wake for Ends {
         fn wake(self: Arc<Self>) {
@@ -307,7 +291,7 @@ mod tests {
     #[test]
     fn a_cancellation_counts_the_runs_it_cancels_though_they_end_as_soon_as_woken() {
         let tasks: &'static Tasks = Box::leak(Box::default());
-        let run = Run::new(tasks);
+        let run = Orphan::counted_in(tasks);
         let waker = Waker::from(Arc::new(Ends(Mutex::new(Some(run)))));
         let mut cancelled =
             std::pin::pin!(tasks.cancelled(tasks.generation.load(Ordering::Acquire)));
@@ -325,10 +309,10 @@ mod tests {
     #[test]
     fn a_second_cancellation_counts_only_the_runs_the_first_left() {
         let tasks: &'static Tasks = Box::leak(Box::default());
-        let first = Run::new(tasks);
+        let first = Orphan::counted_in(tasks);
         assert_eq!(tasks.cancel(), 1, "the one run");
         assert_eq!(tasks.cancel(), 0, "cancelled already, though not ended yet");
-        let _second = Run::new(tasks);
+        let _second = Orphan::counted_in(tasks);
         drop(first);
         assert_eq!(tasks.cancel(), 1, "the run whose client went away since");
     }
