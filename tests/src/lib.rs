@@ -1352,6 +1352,19 @@ impl Warnings {
     }
 }
 
+/// Records the fields of a span or an event into a map, by name, their values as text: for
+/// the tests' own subscribers.
+pub struct Fields<'a>(pub &'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
 impl tracing::Subscriber for Warnings {
     fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
         *meta.level() <= tracing::Level::WARN

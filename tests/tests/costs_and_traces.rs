@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::testing::CountingStore;
-use idem_tests::{Counter, RawRequest, TestServer};
-use tracing::field::{Field, Visit};
+use idem_tests::{Counter, Fields, RawRequest, TestServer};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Metadata, Subscriber};
 
@@ -38,37 +37,26 @@ thread_local! {
     static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-struct Fields(HashMap<String, String>);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
 impl Subscriber for Traces {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
     }
     fn new_span(&self, span: &Attributes<'_>) -> Id {
-        let mut fields = Fields(HashMap::new());
-        span.record(&mut fields);
+        let mut fields = HashMap::new();
+        span.record(&mut Fields(&mut fields));
         let mut spans = self.spans.lock().unwrap();
-        spans.push(fields.0);
+        spans.push(fields);
         Id::from_u64(spans.len() as u64)
     }
     fn record(&self, _: &Id, _: &SpanRecord<'_>) {}
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, event: &Event<'_>) {
-        let mut fields = Fields(HashMap::new());
-        event.record(&mut fields);
-        if let Some(outcome) = fields.0.remove("outcome") {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        if let Some(outcome) = fields.remove("outcome") {
             self.outcomes.lock().unwrap().push(outcome);
         }
-        if fields.0.contains_key("handler") {
+        if fields.contains_key("handler") {
             let current = ENTERED.with(|entered| entered.borrow().last().copied());
             let key = current.and_then(|id| {
                 self.spans.lock().unwrap()[id as usize - 1]

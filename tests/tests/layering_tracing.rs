@@ -11,8 +11,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, Error, HttpResponse};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, RequestId};
-use idem_tests::{assert_error, counted, eventually, Counter, RawRequest, RawResponse, TestServer};
-use tracing::field::{Field, Visit};
+use idem_tests::{
+    assert_error, counted, eventually, Counter, Fields, RawRequest, RawResponse, TestServer,
+};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Metadata, Span, Subscriber};
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder, TracingLogger};
@@ -49,17 +50,6 @@ thread_local! {
 
 fn current() -> Option<u64> {
     ENTERED.with(|entered| entered.borrow().last().copied())
-}
-
-struct Fields<'a>(&'a mut HashMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
 }
 
 impl Subscriber for Traces {
