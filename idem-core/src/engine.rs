@@ -80,11 +80,13 @@ impl Releasing {
     /// Counts one more under way, here and in the process, until the guard is dropped (done,
     /// or dropped with its runtime).
     fn start(self: &Arc<Self>) -> ReleasingGuard {
-        EVERY_RELEASING
-            .count
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        EVERY_RELEASING.begin();
+        self.begin();
         ReleasingGuard(Arc::clone(self))
+    }
+
+    fn begin(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn end(&self) {
