@@ -391,11 +391,12 @@ impl Engine {
     /// sent (a slow store, a process paused between the command and its answer): so late that
     /// the claim may have lapsed, and another request found it lapsed and took the key over.
     /// It is renewed, fenced by its token, before anything runs. Still held, it runs with a
-    /// whole lease ahead. Taken over (or gone from the store), its request is answered as one
-    /// that found the key held (409), and never runs beside the one that took it. A renewal
-    /// the store failed is the store's failure, as a failed claim is, and the claim is
-    /// released in case it is still there (the lease dropped unfinished releases it, as it
-    /// does if this request is cancelled meanwhile).
+    /// whole lease ahead. Taken over, it never runs beside the one that took it: its request
+    /// is answered as one that found the record of that one (a replay of its response, a
+    /// mismatch, or 409 while it runs), or found the key held (409) when the record is gone
+    /// or cannot be read. A renewal the store failed is the store's failure, as a failed claim
+    /// is, and the claim is released in case it is still there (the lease dropped unfinished
+    /// releases it, as it does if this request is cancelled meanwhile).
     async fn renewed_late(
         &self,
         policy: &Policy,
@@ -408,7 +409,14 @@ impl Engine {
             Ok(false) => {
                 // Not this token's: nothing of it to release.
                 lease.done = true;
-                Err(IdempotencyError::InFlight)
+                let now = self.parts.clock.now();
+                match self
+                    .observed("get", || self.parts.store.get(&key, now))
+                    .await
+                {
+                    Ok(Some(record)) => judge(policy, claim.fingerprint, record),
+                    Ok(None) | Err(_) => Err(IdempotencyError::InFlight),
+                }
             }
             Err(e) => self.store_failed(policy, e),
         }
@@ -1500,6 +1508,50 @@ mod tests {
             "{duplicate:?}"
         );
         running.finish(response(201, "once")).await.unwrap();
+    }
+
+    /// A late claim overtaken is answered as any request that finds its key taken: by the
+    /// record of the request that took it, not by a bare "in flight" whatever that record is.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_answered_after_a_takeover_is_judged_by_the_record_that_took_its_key() {
+        let moka = Arc::new(MokaStore::new());
+        let started = tokio::time::Instant::now();
+        let slow = Engine::new(slow_answers(&moka)).with_clock(TokioClock(started));
+        let other =
+            Engine::from_arc(Arc::clone(&moka) as Arc<dyn Store>).with_clock(TokioClock(started));
+        // Answers take a second; the lease is 300 ms, the takeover's long enough to outlast
+        // the late answer.
+        let policy = Policy::DEFAULT.lease(Duration::from_millis(300));
+        let long = Policy::DEFAULT.lease(Duration::from_secs(10));
+        let overtaken = |key, fingerprint| {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.begin(&policy, key, fingerprint).await })
+        };
+
+        // Taken over by a request with another body: the late one is a mismatch.
+        let late = overtaken(key(1), fp("a"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(Begin::Execute(running)) = other.begin(&long, key(1), fp("b")).await else {
+            panic!("the lapsed claim is taken over");
+        };
+        let late = late.await.unwrap();
+        assert!(
+            matches!(late, Err(IdempotencyError::Mismatch { .. })),
+            "a late claim overtaken by another body is answered as a mismatch: {late:?}"
+        );
+        running.finish(response(201, "b")).await.unwrap();
+
+        // Taken over by the same request, which finished first: the late one replays it.
+        let late = overtaken(key(2), fp("a"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(Begin::Execute(running)) = other.begin(&long, key(2), fp("a")).await else {
+            panic!("the lapsed claim is taken over");
+        };
+        running.finish(response(201, "once")).await.unwrap();
+        match late.await.unwrap() {
+            Ok(Begin::Replay(record)) => assert_eq!(&record.response.body()[..], b"once"),
+            other => panic!("a late claim overtaken by a finished twin replays it: {other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
