@@ -484,3 +484,60 @@ async fn failing_open_never_reruns_a_recorded_key_while_redis_answers_but_refuse
         retry.replayed()
     );
 }
+
+/// Redis bounds a record by its encoded bytes, which a record kept without its response
+/// already takes a hundred of: a bound below that would record no request (claims refused,
+/// or completions refused until their claims lapse and retries run the operation again), so
+/// the store refuses it when built, and the least bound it takes records a request.
+#[actix_web::test]
+async fn a_max_record_bytes_that_holds_no_record_is_refused_when_the_store_is_built() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = |max: usize| {
+        RedisStore::builder(redis.url())
+            .prefix("least:")
+            .max_record_bytes(max)
+            .build()
+    };
+    for max in [14, 64, 100] {
+        let Err(error) = store(max) else {
+            panic!("max_record_bytes {max} is taken though no record fits it")
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("max_record_bytes") && message.contains(&max.to_string()),
+            "{message}"
+        );
+    }
+    let least = (14..1024)
+        .find(|&max| store(max).is_ok())
+        .expect("a bound of 1 KiB is taken");
+    let store = store(least).unwrap();
+    let policy = Policy::DEFAULT
+        .max_response(0)
+        .lease(Duration::from_millis(200));
+    policy.check(&store).expect("the policy suits the store");
+    let engine = Engine::new(store);
+    let (key, fp) = (
+        StoreKey::from_bytes([13; 32]),
+        Fingerprint::new("POST", "/x", "", b""),
+    );
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+        panic!("claimed under a bound of {least}")
+    };
+    let outcome = lease.finish(Response::new(201, [], b"done")).await;
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Recorded,
+        "recorded under a bound of {least}"
+    );
+    let retry = engine.begin(&policy, key, fp).await;
+    assert!(
+        matches!(
+            retry,
+            Err(IdempotencyError::ResponseTooLarge { status: 201, .. })
+        ),
+        "the retry learns it ran: {retry:?}"
+    );
+}

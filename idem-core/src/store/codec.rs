@@ -18,6 +18,15 @@ use crate::record::{headers_end, Completed, InFlight, Record, Response, Token};
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
 
+/// The most bytes an encoded completed record takes beyond its response's
+/// [`held_bytes`](Response::held_bytes): the header with the widest time (20 digits), the
+/// fingerprint, status and completion time, and the body's tag and length, less the status
+/// and body offset the response holds itself. A claim takes fewer.
+pub const MAX_OVERHEAD: usize = HEADER_MAX + 32 + 2 + 8 + 1 + 4 - 6;
+
+/// `<version>:<kind>:<lapses_at>:<token>:` at its widest.
+const HEADER_MAX: usize = 1 + 1 + 1 + 1 + 20 + 1 + 32 + 1;
+
 /// The token as it appears in a record's header.
 pub fn token_hex(token: Token) -> String {
     format!("{:032x}", token.as_u128())
@@ -225,6 +234,41 @@ mod tests {
         };
         // Header (~55 bytes) + fingerprint + fixed fields, beyond the response itself.
         assert!(bytes.len() - c.response.size() < 140, "{}", bytes.len());
+    }
+
+    /// The bound holds for the widest times, for a body kept or left out and for a claim, and
+    /// is reached by a kept body at the widest time.
+    #[test]
+    fn the_overhead_beyond_the_response_is_at_most_max_overhead() {
+        let fingerprint = Fingerprint::new("POST", "/a", "", b"");
+        let widest = Timestamp::from_millis(u64::MAX);
+        let responses = [
+            Response::new(201, [], b""),
+            Response::new(200, [("location", &b"/a/1"[..])], b"body"),
+            Response::omitted(201, u64::MAX),
+        ];
+        let mut most = 0;
+        for response in responses {
+            for at in [Timestamp::from_millis(1_700_000_000_000), widest] {
+                let held = response.held_bytes();
+                let record = Record::Completed(Completed {
+                    fingerprint,
+                    response: response.clone(),
+                    completed_at: at,
+                    expires_at: at,
+                });
+                let overhead = encode(&record, Token::random()).unwrap().len() - held;
+                assert!(overhead <= MAX_OVERHEAD, "{overhead}");
+                most = most.max(overhead);
+            }
+        }
+        assert_eq!(most, MAX_OVERHEAD, "the bound is tight");
+        let claim = Record::InFlight(InFlight {
+            fingerprint,
+            lease_until: widest,
+            token: Token::random(),
+        });
+        assert!(encode(&claim, Token::random()).unwrap().len() <= MAX_OVERHEAD);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::codec::{self, token_hex};
 use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
-use crate::record::{Completed, InFlight, Record, Token};
+use crate::record::{Completed, InFlight, Record, Response, Token};
 
 /// Claims a lapsed key, or returns the live record: the second round trip of a claim that
 /// found a record. A free key is claimed by the plain `SET NX GET` before it, which costs
@@ -295,6 +295,13 @@ fn invalid(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(Box::new(error))
 }
 
+/// The smallest bound on records that lets the store record every request: a completion
+/// kept without its response, at its widest (the engine writes no smaller record for a
+/// request that ran, and a claim takes fewer bytes).
+fn least_record_bytes() -> usize {
+    Response::omitted(0, 0).held_bytes() + codec::MAX_OVERHEAD
+}
+
 /// A PX argument: at least 1 ms.
 fn px(keep_for: Duration) -> u64 {
     u64::try_from(keep_for.as_millis())
@@ -325,7 +332,10 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The largest record stored, in bytes (the response plus about 150 bytes). Default 8 MiB.
+    /// The largest record stored, in bytes as Redis holds them: the response (headers and
+    /// body, with their framing) plus up to 99 bytes. Default 8 MiB. At least 113, what a
+    /// record kept without its response takes: [`build`](Self::build) refuses less, under
+    /// which no request could ever be recorded.
     pub fn max_record_bytes(mut self, max: usize) -> Self {
         self.max_record_bytes = max;
         self
@@ -345,9 +355,20 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] for a URL that is not a Redis URL, a cluster named by no
-    /// URL or by nodes that disagree (password, TLS, database), or when called outside a
-    /// Tokio runtime (the connection's driver runs on the runtime that builds the store).
+    /// URL or by nodes that disagree (password, TLS, database), a
+    /// [`max_record_bytes`](Self::max_record_bytes) under 113, or when called outside a Tokio
+    /// runtime (the connection's driver runs on the runtime that builds the store).
     pub fn build(self) -> Result<RedisStore, StoreError> {
+        let least = least_record_bytes();
+        if self.max_record_bytes < least {
+            return Err(StoreError::Unavailable(
+                format!(
+                    "max_record_bytes is {}, but a record kept without its response takes up to {least} bytes in Redis, so no request could be recorded; raise it to at least {least}",
+                    self.max_record_bytes
+                )
+                .into(),
+            ));
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreError::Unavailable(
                 "build the Redis store inside a Tokio runtime (for example in actix's main)".into(),
@@ -496,5 +517,17 @@ impl Store for RedisStore {
 
     fn max_record_bytes(&self) -> Option<usize> {
         Some(self.max_record_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers `RedisStoreBuilder::max_record_bytes` states.
+    #[test]
+    fn the_least_bound_is_a_record_without_its_response_at_its_widest() {
+        assert_eq!(codec::MAX_OVERHEAD, 99);
+        assert_eq!(least_record_bytes(), 113);
     }
 }
