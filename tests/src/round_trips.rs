@@ -30,6 +30,7 @@ pub struct Turn {
 /// The proxy, on a free port of 127.0.0.1; it stops when dropped.
 pub struct RoundTrips {
     addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
     seen: Arc<Mutex<Seen>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -90,6 +91,8 @@ impl RoundTrips {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shared = Arc::clone(&seen);
+        let upstream = Arc::new(Mutex::new(upstream));
+        let target = Arc::clone(&upstream);
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -108,6 +111,7 @@ impl RoundTrips {
                             seen.open.push(None);
                             seen.answered.len() - 1
                         };
+                        let upstream = *target.lock().unwrap();
                         tokio::spawn(forward(client, upstream, connection, Arc::clone(&shared)));
                     }
                 };
@@ -119,6 +123,7 @@ impl RoundTrips {
         });
         Self {
             addr,
+            upstream,
             seen,
             stop: Some(stop),
             thread: Some(thread),
@@ -128,6 +133,13 @@ impl RoundTrips {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Sends the connections opened from now on to `upstream`, and leaves those open where
+    /// they go: an address that moves to another server, as a DNS name or a virtual IP that a
+    /// failover gives to the new primary.
+    pub fn retarget(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     /// The turns since the start or the last [`reset`](Self::reset).

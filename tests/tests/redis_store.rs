@@ -541,3 +541,115 @@ async fn a_max_record_bytes_that_holds_no_record_is_refused_when_the_store_is_bu
         "the retry learns it ran: {retry:?}"
     );
 }
+
+/// The address of a Redis of our own.
+fn addr_of(redis: &TestRedis) -> std::net::SocketAddr {
+    let host = redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    host.parse().expect("a loopback address")
+}
+
+/// A failover behind the store's one address (a DNS name or a virtual IP that moves to the
+/// new primary, as managed Redis services do): the connection open before it still reaches
+/// the old primary, now a replica that answers every write `READONLY` for as long as the
+/// connection lives. The store connects anew, so it reaches the new primary through the
+/// address, and its records replay there without a restart.
+#[actix_web::test]
+async fn after_a_failover_behind_its_address_the_store_reaches_the_new_primary() {
+    let (Some(old), Some(new)) = (TestRedis::start_owned(), TestRedis::start_owned()) else {
+        return;
+    };
+    let (old_addr, new_addr) = (addr_of(&old), addr_of(&new));
+    let replicaof = |redis: &TestRedis, of: Option<std::net::SocketAddr>| match of {
+        Some(at) => redis.query::<()>(
+            redis::cmd("REPLICAOF")
+                .arg(at.ip().to_string())
+                .arg(at.port()),
+        ),
+        None => redis.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE")),
+    };
+    let synced = |replica: &TestRedis| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = replica.query(redis::cmd("INFO").arg("replication"));
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica syncs: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Synced over the socket alone, so that no server writes its data to the working directory.
+    for redis in [&old, &new] {
+        for (name, value) in [
+            ("repl-diskless-sync", "yes"),
+            ("repl-diskless-sync-delay", "0"),
+            ("repl-diskless-load", "swapdb"),
+        ] {
+            redis.query::<()>(redis::cmd("CONFIG").arg("SET").arg(name).arg(value));
+        }
+    }
+    replicaof(&new, Some(old_addr));
+    synced(&new);
+    let address = idem_tests::RoundTrips::start(old_addr);
+    let store = RedisStore::builder(format!("redis://{}/", address.addr()))
+        .prefix("moved:")
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let policy = Policy::DEFAULT;
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let (done, fresh) = (
+        StoreKey::from_bytes([21; 32]),
+        StoreKey::from_bytes([22; 32]),
+    );
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, done, fp).await else {
+        panic!("claimed")
+    };
+    let recorded = lease.finish(Response::new(201, [], b"first")).await;
+    assert_eq!(recorded.unwrap(), Outcome::Recorded);
+    let acked: i64 = old.query(redis::cmd("WAIT").arg(1).arg(5000));
+    assert_eq!(acked, 1, "the replica has the record");
+
+    // The failover: the replica is promoted, the old primary follows it, the address moves.
+    replicaof(&new, None);
+    replicaof(&old, Some(new_addr));
+    synced(&old);
+    address.retarget(new_addr);
+    let refused = engine.begin(&policy, fresh, fp).await;
+    assert!(
+        matches!(
+            refused,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
+                _
+            )))
+        ),
+        "the old primary takes no writes: {refused:?}"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let replayed = loop {
+        match engine.begin(&policy, done, fp).await {
+            Ok(Begin::Replay(record)) => break record,
+            Err(IdempotencyError::StoreUnavailable(e)) => assert!(
+                std::time::Instant::now() < deadline,
+                "still answered by the old primary: {e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(&replayed.response.body()[..], b"first");
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, fresh, fp).await else {
+        panic!("a new key runs on the new primary")
+    };
+    let recorded = lease.finish(Response::new(201, [], b"new")).await;
+    assert_eq!(recorded.unwrap(), Outcome::Recorded);
+    let on_new: Option<Vec<u8>> = new.query(redis::cmd("GET").arg(format!("moved:{fresh}")));
+    assert!(on_new.is_some(), "written on the new primary");
+}

@@ -67,12 +67,13 @@ return 1
 /// the server). Only the takeover of a lapsed claim that Redis still keeps costs a second
 /// round trip, a script that checks the lapse on the server. Counted on the wire (the
 /// workspace's `round_trips` tests, one server): a new key is two round trips, a replay one.
-/// Records
-/// expire in Redis itself (the TTL for completed records, the lease plus a grace for running
-/// ones). The connection is multiplexed and reconnects by itself; each command has a timeout,
-/// past which the request answers 503 `idempotency_store_unavailable` (or runs unprotected,
-/// with [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down makes only its
-/// own keys answer 503.
+/// Records expire in Redis itself (the TTL for completed records, the lease plus a grace for
+/// running ones). The connection is multiplexed and reconnects by itself; on one server, it
+/// also connects anew when the server answers that it takes no writes (a primary a failover
+/// demoted), so that it follows an address that moved to the new primary. Each command has a
+/// timeout, past which the request answers 503 `idempotency_store_unavailable` (or runs
+/// unprotected, with [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down
+/// makes only its own keys answer 503.
 ///
 /// Clones share the connection.
 #[derive(Clone)]
@@ -105,14 +106,14 @@ impl Script {
 /// master of its key.
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Single(Arc<Server>),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Single(server) => Box::pin(server.command(cmd)),
             Connection::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -124,15 +125,80 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Single(server) => {
+                let (_, mut conn) = server.current();
+                Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+            }
             Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Single(conn) => conn.get_db(),
+            Connection::Single(server) => server.current().1.get_db(),
             Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The connection to one server, replaced by a new one when the server answers that it takes
+/// no writes (`READONLY`). A primary that a failover demoted keeps the connections made to it
+/// open, and answers `READONLY` on them for as long as they live, while the store's address
+/// (a DNS name, a virtual IP) may lead to the new primary already: only a new connection
+/// follows it. (The cluster client follows a failover by the cluster's own map of its slots.)
+struct Server {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The connection, numbered so that the `READONLY` answers of many commands sent on it
+    /// replace it once.
+    current: std::sync::Mutex<(u64, ConnectionManager)>,
+}
+
+impl Server {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> redis::RedisResult<Self> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Self {
+            client,
+            config,
+            current: std::sync::Mutex::new((0, conn)),
+        })
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        let current = self.current.lock();
+        current
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn command(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        let (number, mut conn) = self.current();
+        let answer = conn.req_packed_command(cmd).await;
+        let read_only = match &answer {
+            Ok(Value::ServerError(error)) => error.kind() == Some(ServerErrorKind::ReadOnly),
+            Err(error) => error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly),
+            Ok(_) => false,
+        };
+        if read_only {
+            self.replace(number);
+        }
+        answer
+    }
+
+    /// Replaces connection `number` by a new one, unless it was replaced already. The new
+    /// one connects on its first command.
+    fn replace(&self, number: u64) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != number {
+            return;
+        }
+        if let Ok(conn) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            *current = (number + 1, conn);
         }
     }
 }
@@ -383,9 +449,7 @@ impl RedisStoreBuilder {
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(20))
                     .set_max_delay(Duration::from_millis(500));
-                let conn =
-                    ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
-                Connection::Single(conn)
+                Connection::Single(Arc::new(Server::new(client, config).map_err(invalid)?))
             }
             Target::Cluster(urls) => {
                 if urls.is_empty() {
