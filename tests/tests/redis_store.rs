@@ -653,3 +653,46 @@ async fn after_a_failover_behind_its_address_the_store_reaches_the_new_primary()
     let on_new: Option<Vec<u8>> = new.query(redis::cmd("GET").arg(format!("moved:{fresh}")));
     assert!(on_new.is_some(), "written on the new primary");
 }
+
+/// A TTL or lease set in code can be longer than Redis takes as an expiry (`PX` over about
+/// 292 million years, less the present, is out of range): the key is kept as long as Redis
+/// allows, and the record's own times still say when it lapses.
+#[actix_web::test]
+async fn a_ttl_or_lease_longer_than_redis_takes_as_an_expiry_still_claims_and_records() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("forever:")
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let forever = Duration::from_secs(u64::MAX);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    for (n, policy) in [
+        Policy::DEFAULT.lease(forever),
+        Policy::DEFAULT
+            .ttl(forever)
+            .lease(Duration::from_millis(200)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        policy
+            .check(engine.store().as_ref())
+            .expect("a valid policy");
+        let key = StoreKey::from_bytes([30 + n as u8; 32]);
+        let begun = engine.begin(&policy, key, fp).await;
+        let Ok(Begin::Execute(lease)) = begun else {
+            panic!("policy {n}: claimed: {begun:?}")
+        };
+        let recorded = lease.finish(Response::new(201, [], b"kept")).await;
+        assert_eq!(recorded.unwrap(), Outcome::Recorded, "policy {n}");
+        let Ok(Begin::Replay(record)) = engine.begin(&policy, key, fp).await else {
+            panic!("policy {n}: the retry replays")
+        };
+        assert_eq!(&record.response.body()[..], b"kept");
+        let pttl: i64 = redis.query(redis::cmd("PTTL").arg(format!("forever:{key}")));
+        assert!(pttl > 0, "policy {n}: kept with an expiry, {pttl}");
+    }
+}

@@ -368,11 +368,16 @@ fn least_record_bytes() -> usize {
     Response::omitted(0, 0).held_bytes() + codec::MAX_OVERHEAD
 }
 
-/// A PX argument: at least 1 ms.
+/// The longest expiry Redis takes: its clock's milliseconds plus `PX` must fit an `i64`, or
+/// it refuses the write. Half that range leaves its clock some 146 million years; a record
+/// kept that long still lapses by its own times.
+const MAX_PX: u64 = i64::MAX as u64 / 2;
+
+/// A PX argument: at least 1 ms, at most [`MAX_PX`].
 fn px(keep_for: Duration) -> u64 {
     u64::try_from(keep_for.as_millis())
         .unwrap_or(u64::MAX)
-        .max(1)
+        .clamp(1, MAX_PX)
 }
 
 impl RedisStoreBuilder {
