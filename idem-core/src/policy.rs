@@ -262,13 +262,16 @@ impl Policy {
         self.check_settings()?;
         // What the engine writes when it keeps no response: the least any record holds.
         let smallest = Response::omitted(0, 0).held_bytes();
+        // A response of `max_response` bytes holds them and its framing besides (status, body
+        // offset and header count; six bytes more for each header).
+        let framing = Response::new(0, [], b"").held_bytes();
         match store.max_record_bytes() {
             Some(store_max) if store_max < smallest => Err(PolicyError::StoreTooSmall {
                 store_max,
                 smallest,
                 moka_min_bytes: RECORD_OVERHEAD + smallest,
             }),
-            Some(store_max) if self.max_response > store_max => {
+            Some(store_max) if self.max_response.saturating_add(framing) > store_max => {
                 Err(PolicyError::ResponseLargerThanStore {
                     max_response: self.max_response,
                     store_max,
@@ -390,7 +393,7 @@ pub enum PolicyError {
         moka_min_bytes: usize,
     },
     /// Responses are kept up to a size the store does not take.
-    #[error("max_response is {max_response} bytes, but the store keeps records of at most {store_max} bytes; lower max_response or raise the store's limit")]
+    #[error("max_response is {max_response} bytes, but the store keeps responses of at most {store_max} bytes with their framing (8 bytes, and 6 for each header); lower max_response or raise the store's limit")]
     ResponseLargerThanStore {
         /// The policy's `max_response`.
         max_response: usize,
@@ -565,6 +568,19 @@ mod tests {
             Ok(())
         );
         assert_eq!(Policy::DEFAULT.check(&crate::MokaStore::new()), Ok(()));
+        // A response holds its bytes and 8 of framing (status, body offset, header count).
+        let store = crate::MokaStore::builder()
+            .max_bytes(crate::store::RECORD_OVERHEAD as u64 + 1008)
+            .build();
+        assert_eq!(Policy::DEFAULT.max_response(1000).check(&store), Ok(()));
+        let err = Policy::DEFAULT
+            .max_response(1001)
+            .check(&store)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("(8 bytes, and 6 for each header)"),
+            "{err}"
+        );
         assert_eq!(
             Policy::DEFAULT
                 .header("Idempotency Key")

@@ -696,3 +696,38 @@ async fn a_ttl_or_lease_longer_than_redis_takes_as_an_expiry_still_claims_and_re
         assert!(pttl > 0, "policy {n}: kept with an expiry, {pttl}");
     }
 }
+
+/// What `Policy::check` lets through, Redis keeps: under the largest `max_response` the check
+/// passes for a store's `max_record_bytes`, a response of `max_response` bytes is replayed
+/// whole, never kept without its body.
+#[actix_web::test]
+async fn a_response_of_the_largest_max_response_the_check_passes_is_replayed_whole() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("largest:")
+        .max_record_bytes(4096)
+        .build()
+        .unwrap();
+    let largest = (0..=4096)
+        .rev()
+        .find(|&max| Policy::DEFAULT.max_response(max).check(&store).is_ok())
+        .expect("some max_response suits the store");
+    let policy = Policy::DEFAULT.max_response(largest);
+    let engine = Engine::new(store);
+    let (key, fp) = (
+        StoreKey::from_bytes([40; 32]),
+        Fingerprint::new("POST", "/x", "", b""),
+    );
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, key, fp).await else {
+        panic!("claimed")
+    };
+    let body = vec![b'x'; largest];
+    let recorded = lease.finish(Response::new(201, [], &body)).await;
+    assert_eq!(recorded.unwrap(), Outcome::Recorded);
+    match engine.begin(&policy, key, fp).await {
+        Ok(Begin::Replay(record)) => assert_eq!(record.response.body(), &body[..]),
+        other => panic!("a response of max_response {largest} bytes is replayed: {other:?}"),
+    }
+}

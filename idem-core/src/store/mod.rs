@@ -174,9 +174,10 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// The largest record this store keeps, in bytes as it counts them, if it has a limit. A
-    /// completion over it fails with [`StoreError::TooLarge`], and the engine then records the
-    /// operation without its response, so that it is still never run again.
+    /// The largest response this store keeps in a record, in bytes as
+    /// [`Response::held_bytes`] counts them (headers and body, with their framing), if it has
+    /// a limit. A completion over it fails with [`StoreError::TooLarge`], and the engine then
+    /// records the operation without its response, so that it is still never run again.
     fn max_record_bytes(&self) -> Option<usize> {
         None
     }

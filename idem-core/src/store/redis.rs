@@ -585,7 +585,9 @@ impl Store for RedisStore {
     }
 
     fn max_record_bytes(&self) -> Option<usize> {
-        Some(self.max_record_bytes)
+        // In the bytes the engine counts, a response's held bytes: Redis takes up to
+        // `MAX_OVERHEAD` more for each record.
+        Some(self.max_record_bytes.saturating_sub(codec::MAX_OVERHEAD))
     }
 }
 
