@@ -753,20 +753,28 @@ impl Lease {
         match self.renew().await {
             Ok(true) => true,
             // Nobody holds the key (the store forgot the claim): this lease claims it again.
-            Ok(false) if Box::pin(self.reclaimed()).await => {
-                tracing::warn!(
-                    key = %self.key,
-                    "idempotency claim was gone from the store while the handler runs; claimed again (a retry in between may have run the operation)"
-                );
-                true
-            }
-            Ok(false) => {
-                tracing::warn!(
-                    key = %self.key,
-                    "idempotency lease lost while the handler runs; its response will not be recorded"
-                );
-                true
-            }
+            // A claim the store failed may have landed, and is this running request's if it
+            // did: it is left to the next renewal, soon, to find or to claim again.
+            Ok(false) => match Box::pin(self.reclaimed()).await {
+                Ok(true) => {
+                    tracing::warn!(
+                        key = %self.key,
+                        "idempotency claim was gone from the store while the handler runs; claimed again (a retry in between may have run the operation)"
+                    );
+                    true
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        key = %self.key,
+                        "idempotency lease lost while the handler runs; its response will not be recorded"
+                    );
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(key = %self.key, %error, "idempotency claim was gone from the store while the handler runs, and claiming it again failed; retrying soon");
+                    false
+                }
+            },
             Err(error) => {
                 tracing::warn!(key = %self.key, %error, "idempotency lease renewal failed; retrying soon");
                 false
@@ -860,8 +868,15 @@ impl Lease {
                     // by this token, and its record written as before.
                     Holder::Nobody if !reclaimed => {
                         reclaimed = true;
-                        if !Box::pin(self.reclaimed()).await {
-                            return Ok(Outcome::Lost);
+                        match Box::pin(self.reclaimed()).await {
+                            Ok(true) => {}
+                            Ok(false) => return Ok(Outcome::Lost),
+                            // Nothing will be recorded under a claim that may have landed
+                            // all the same: it is released, in case.
+                            Err(_) => {
+                                (self.engine).release_unconfirmed(self.key, self.token, self.lease);
+                                return Ok(Outcome::Lost);
+                            }
                         }
                     }
                     _ => return Ok(Outcome::Lost),
@@ -888,10 +903,11 @@ impl Lease {
 
     /// Claims the key again by this lease's token, when the store no longer has its claim (a
     /// store that restarted without its records, a failover to a replica the claim had not
-    /// reached, a lapsed claim dropped) and nobody else has claimed the key since: `true` when
-    /// this lease holds it again. Atomic as any claim, so a key another request holds stays
-    /// theirs. A claim the store failed may land all the same, and is released in case.
-    async fn reclaimed(&self) -> bool {
+    /// reached, a lapsed claim dropped) and nobody else has claimed the key since: `Ok(true)`
+    /// when this lease holds it again. Atomic as any claim, so a key another request holds
+    /// stays theirs. A claim the store failed may have landed all the same, held by this
+    /// lease's token: the caller releases it, or keeps it if its request still runs.
+    async fn reclaimed(&self) -> Result<bool, StoreError> {
         let now = self.engine.parts.clock.now();
         let claim = InFlight {
             fingerprint: self.fingerprint,
@@ -899,13 +915,9 @@ impl Lease {
             token: self.token,
         };
         let claim_it = || self.engine.parts.store.claim(&self.key, claim, now);
-        match self.engine.observed("claim", claim_it).await {
-            Ok(Claim::Claimed) => true,
-            Ok(Claim::Existing(record)) => ours(&record, &claim),
-            Err(_) => {
-                (self.engine).release_unconfirmed(self.key, self.token, self.lease);
-                false
-            }
+        match self.engine.observed("claim", claim_it).await? {
+            Claim::Claimed => Ok(true),
+            Claim::Existing(record) => Ok(ours(&record, &claim)),
         }
     }
 
@@ -2045,6 +2057,41 @@ mod tests {
         );
         second.finish(response(201, "second")).await.unwrap();
         assert_eq!(replayed_body(&engine, &policy, key(3)).await, b"second");
+    }
+
+    /// A renewal that finds the claim forgotten claims the key again; when that claim lands
+    /// but its answer is lost, the claim is the running request's all the same: nothing
+    /// releases it while the request runs, so a retry meanwhile gets 409, and the response is
+    /// recorded.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_again_whose_answer_was_lost_is_kept_while_its_request_runs() {
+        let forgetful = Forgetful::default();
+        let store = FaultyStore::new(forgetful.clone());
+        let engine = Engine::new(store.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let engine2 = engine.clone();
+        let duplicate = lease
+            .run(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                forgetful.forget();
+                store.fail("claim", 1, Fault::Lost);
+                // Past the renewal that claims again (every 10 s), and the seconds a release
+                // of a claim that may have landed takes to find it.
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                engine2.begin(&policy, key(1), fp("a")).await
+            })
+            .await;
+        assert!(
+            matches!(duplicate, Err(IdempotencyError::InFlight)),
+            "a retry ran beside the request whose claim was claimed again: {duplicate:?}"
+        );
+        assert_eq!(
+            lease.finish(response(201, "once")).await.unwrap(),
+            Outcome::Recorded
+        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
     /// A lease shorter than a running request can keep renewed would lapse under it and let a
