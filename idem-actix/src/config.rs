@@ -292,7 +292,8 @@ impl IdempotencyConfig {
     }
 
     /// Renders the layer's errors with `renderer`, for endpoints that do not name an
-    /// `errors` format themselves.
+    /// `errors` format themselves. An error it panics on is answered in the default envelope
+    /// ([`JsonEnvelope`]) instead, and the panic logged at error level.
     #[must_use]
     pub fn with_error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
         self.settings().renderer = Arc::new(renderer);

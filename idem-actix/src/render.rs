@@ -1,5 +1,7 @@
 //! How the layer's own errors look on the wire.
 
+use std::panic::AssertUnwindSafe;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
@@ -11,7 +13,8 @@ use crate::RequestId;
 /// Turns an error of the idempotency layer into a response.
 ///
 /// The layer sets the status, `Retry-After` and `X-Request-ID` afterwards, so a renderer only
-/// chooses the body and its content type.
+/// chooses the body and its content type. A renderer that panics costs the client nothing: that
+/// error is answered in the default envelope ([`JsonEnvelope`]), and the panic logged.
 pub trait ErrorRenderer: Send + Sync + 'static {
     /// The response for `error` on the request `request_id`.
     fn render(&self, error: &IdempotencyError, request_id: &str) -> HttpResponse;
@@ -78,6 +81,21 @@ fn status_of(error: &IdempotencyError) -> StatusCode {
     StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
+/// `error` rendered by the application's `renderer`, or in the default envelope when the
+/// renderer panics: a bug there must not cost the client its answer (nor the worker its
+/// connection), and the layer's refusal means the same in either body.
+fn rendered_by(renderer: &dyn ErrorRenderer, error: &IdempotencyError, id: &str) -> HttpResponse {
+    let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| renderer.render(error, id)));
+    rendered.unwrap_or_else(|_| {
+        tracing::error!(
+            request_id = id,
+            code = error.code(),
+            "the application's error renderer panicked; answered in the default envelope"
+        );
+        JsonEnvelope::CODE.render(error, id)
+    })
+}
+
 /// The response for `error`: rendered by the endpoint's format when it names one, else by
 /// `fallback`; then status, `Retry-After` and `X-Request-ID` set.
 pub(crate) fn error_response(
@@ -91,7 +109,7 @@ pub(crate) fn error_response(
         Some(ErrorFormat::EnvelopeType) => JsonEnvelope::TYPE.render(error, id),
         Some(ErrorFormat::Problem) => ProblemJson.render(error, id),
         Some(_) => JsonEnvelope::CODE.render(error, id),
-        None => fallback.render(error, id),
+        None => rendered_by(fallback, error, id),
     };
     *res.status_mut() = status_of(error);
     let headers = res.headers_mut();

@@ -4,7 +4,10 @@
 //! endpoint fails open.
 
 use actix_web::{post, web, HttpResponse};
-use idem_actix::{idempotent, IdempotencyConfig, OnStoreError, Policy, ProblemJson};
+use idem_actix::{
+    idempotent, Idempotency, IdempotencyConfig, IdempotencyError, MokaStore, OnStoreError, Policy,
+    ProblemJson,
+};
 use idem_core::testing::UnavailableStore;
 use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, TestServer, Warnings};
 
@@ -122,4 +125,56 @@ async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
         String::from_utf8_lossy(&res.body),
         "idempotency_store_unavailable|r1"
     );
+}
+
+/// An application's renderer with a bug: it panics on every error it is given.
+fn buggy_renderer(_: &IdempotencyError, _: &str) -> HttpResponse {
+    panic!("error renderer bug")
+}
+
+async fn wrapped(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+/// A renderer that panics costs the client neither its answer nor its record, under the
+/// attribute and the middleware: the layer's error goes out in the default envelope, with its
+/// status, request id and `Cache-Control: no-store`, where the connection closed unanswered
+/// (or a refused key was answered 500); the record the refusal was about stays, and the same
+/// request replays it. The panic is logged.
+#[actix_web::test]
+async fn a_renderer_that_panics_is_answered_in_the_default_envelope_and_the_record_stays() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let config = IdempotencyConfig::new(MokaStore::new()).with_error_renderer(buggy_renderer);
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(config.clone())
+            .app_data(data.clone())
+            .service(default_format)
+            .service(
+                web::scope("/wrapped")
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(wrapped)),
+            );
+    });
+    for path in ["/default-format", "/wrapped"] {
+        let answered = |req: RawRequest| async move {
+            req.try_send(server.addr)
+                .await
+                .expect("an answer, not a closed connection")
+        };
+        let invalid = answered(keyed(path, &"x".repeat(256)).header("X-Request-ID", "r-1")).await;
+        assert_error(&invalid, 400, "idempotency_key_invalid");
+        assert_eq!(invalid.header("x-request-id"), Some("r-1"), "{path}");
+
+        let first = answered(keyed(path, path).body("a")).await;
+        assert_eq!(first.status, 201, "{path}");
+        let mismatch = answered(keyed(path, path).body("b")).await;
+        assert_error(&mismatch, 409, "idempotency_conflict");
+        let replay = answered(keyed(path, path).body("a")).await;
+        assert!(replay.replayed(), "{path}: {replay:?}");
+        assert_eq!(replay.body, first.body, "{path}");
+    }
+    assert_eq!(runs.get(), 2);
+    assert!(warnings.containing("error renderer panicked") >= 4);
 }
