@@ -363,6 +363,7 @@ pub fn assert_error(res: &RawResponse, status: u16, code: &str) -> String {
     assert!(!message.is_empty(), "{body}");
     let id = res.header("x-request-id").expect("X-Request-ID");
     assert_eq!(body["request_id"], id);
+    assert_eq!(res.header("cache-control"), Some("no-store"), "{body}");
     message.to_owned()
 }
 
@@ -381,6 +382,7 @@ pub fn assert_problem(res: &RawResponse, status: u16, code: &str) -> serde_json:
         body["request_id"],
         res.header("x-request-id").expect("X-Request-ID")
     );
+    assert_eq!(res.header("cache-control"), Some("no-store"), "{body}");
     body
 }
 
