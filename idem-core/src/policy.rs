@@ -248,6 +248,7 @@ impl Policy {
     /// [`PolicyError::CodingDropped`] when `replay_headers` drops `Content-Encoding`;
     /// [`PolicyError::LeaseTooShort`] when the lease is shorter than [`Policy::MIN_LEASE`];
     /// [`PolicyError::TtlTooShort`] when the TTL is shorter than [`Policy::MIN_TTL`];
+    /// [`PolicyError::KeyMaxLenZero`] when `key_max_len` is 0, which no key fits;
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
@@ -306,6 +307,9 @@ impl Policy {
         }
         if self.ttl < Self::MIN_TTL {
             return Err(PolicyError::TtlTooShort { ttl: self.ttl });
+        }
+        if self.key_max_len == 0 {
+            return Err(PolicyError::KeyMaxLenZero);
         }
         if let ReplayHeaders::Except(names) = self.replay_headers {
             if names
@@ -366,6 +370,9 @@ pub enum PolicyError {
         /// The TTL.
         ttl: Duration,
     },
+    /// The longest key is 0 bytes: every key would be refused.
+    #[error("key_max_len is 0, so every key would be refused with 400 idempotency_key_invalid; give the longest key clients send, such as 255")]
+    KeyMaxLenZero,
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -641,6 +648,19 @@ mod tests {
             ),
             "{retry:?}"
         );
+    }
+
+    /// A key is 1 byte at least, so a longest key of 0 bytes would refuse every key sent:
+    /// refused when the application is configured, as the attribute refuses it at compile
+    /// time, rather than answered 400 on every keyed request.
+    #[test]
+    fn a_longest_key_of_zero_bytes_is_refused() {
+        let store = crate::MokaStore::new();
+        assert_eq!(
+            Policy::DEFAULT.key_max_len(0).check(&store),
+            Err(PolicyError::KeyMaxLenZero)
+        );
+        assert_eq!(Policy::DEFAULT.key_max_len(1).check(&store), Ok(()));
     }
 
     #[test]
