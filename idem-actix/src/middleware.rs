@@ -90,10 +90,16 @@ impl Idempotency {
     /// Overrides the app's settings for what this middleware wraps, as
     /// `#[idempotent(...)]` arguments do for one handler.
     ///
-    /// A key header that is not a header name (`p.header("Idempotency Key")`), or a TTL under
-    /// [`Policy::MIN_TTL`](crate::Policy::MIN_TTL), makes the app fail to start: actix reports
-    /// `service initialization failed`, and the reason is logged as a `tracing` error. The
-    /// attribute refuses both at compile time.
+    /// A setting that no application's defaults could make right makes the app fail to
+    /// start ([`Overrides::check`]): a key header that is not a header name
+    /// (`p.header("Idempotency Key")`), a TTL under [`Policy::MIN_TTL`](crate::Policy::MIN_TTL),
+    /// a lease under [`Policy::MIN_LEASE`](crate::Policy::MIN_LEASE), a `key_max_len` of 0, a
+    /// listed header that is not a header name, `Set-Cookie` listed or `Content-Encoding`
+    /// dropped in `replay_headers`, a pointer that is not a JSON Pointer, or a fingerprint
+    /// that contradicts the overrides' `fingerprint_ignore` or JSON `key_source`. Actix then
+    /// reports `service initialization failed`, and the reason is logged as a `tracing` error.
+    /// The attribute refuses all of them at compile time. Settings that contradict only with
+    /// the application's defaults are logged on the first keyed request.
     pub fn with_overrides(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
         self.overrides = configure(self.overrides);
         self
@@ -157,10 +163,10 @@ where
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
-    /// Refuses to start (as actix-cors does with a bad setting) when the overrides name a key
-    /// header that is not a header name, or a TTL that keeps no record: the app fails to
-    /// build, instead of reading keys from another header than the one configured, or running
-    /// every retry again.
+    /// Refuses to start (as actix-cors does with a bad setting) when the overrides give a
+    /// setting no application's defaults could make right (see
+    /// [`with_overrides`](Idempotency::with_overrides)): the app fails to build, instead of
+    /// serving requests under settings that were only logged as wrong.
     fn new_transform(&self, service: S) -> Self::Future {
         let endpoint = match Endpoint::parsed(self.overrides) {
             Ok(endpoint) => endpoint,
@@ -274,6 +280,7 @@ mod tests {
     use std::time::Duration;
 
     use actix_web::dev::fn_service;
+    use idem_core::{BodyForm, KeySource, Policy, ReplayHeaders};
 
     use super::*;
 
@@ -302,5 +309,53 @@ mod tests {
         assert!(starts(Duration::from_secs(60)).await);
         assert!(!starts(Duration::ZERO).await);
         assert!(!starts(Duration::from_micros(500)).await);
+    }
+
+    /// Every setting the overrides give that no application default could make right is
+    /// refused when the app starts, as the attribute refuses it at compile time, where it was
+    /// only logged on the first keyed request and the requests served meanwhile.
+    #[actix_web::test]
+    async fn overrides_that_no_default_can_make_right_stop_the_app_from_starting() {
+        let starts = |configure: fn(Overrides) -> Overrides| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            let idempotency = Idempotency::new().with_overrides(configure);
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        let refused: [fn(Overrides) -> Overrides; 9] = [
+            |o| o.lease(Duration::from_millis(10)),
+            |o| o.key_max_len(0),
+            |o| o.fingerprint_headers(&["X Tenant"]),
+            |o| o.replay_headers(ReplayHeaders::Only(&["Location", "Set-Cookie"])),
+            |o| o.replay_headers(ReplayHeaders::Except(&["Content-Encoding"])),
+            |o| o.fingerprint_ignore(&["sent_at"]),
+            |o| o.key_source(KeySource::Json("event_id")),
+            |o| {
+                o.fingerprint(BodyForm::Bytes)
+                    .fingerprint_ignore(&["/sent_at"])
+            },
+            |o| {
+                o.fingerprint(BodyForm::Form)
+                    .key_source(KeySource::Json("/event_id"))
+            },
+        ];
+        for (i, configure) in refused.into_iter().enumerate() {
+            assert!(!starts(configure).await, "refused setting {i} started");
+        }
+        // What the application's defaults may make right is left to them: its members
+        // ignored where its bodies are compared as JSON, its key read from JSON bodies.
+        let accepted: [fn(Overrides) -> Overrides; 4] = [
+            |o| o.lease(Policy::MIN_LEASE).key_max_len(1),
+            |o| o.fingerprint_ignore(&["/sent_at"]),
+            |o| o.key_source(KeySource::Json("/event_id")),
+            |o| {
+                o.fingerprint(BodyForm::Json)
+                    .fingerprint_ignore(&["/sent_at"])
+            },
+        ];
+        for (i, configure) in accepted.into_iter().enumerate() {
+            assert!(starts(configure).await, "accepted setting {i} refused");
+        }
     }
 }

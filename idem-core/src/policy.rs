@@ -463,6 +463,27 @@ pub struct Overrides {
     pub key_source: Option<KeySource>,
 }
 
+impl Overrides {
+    /// Checks the settings these overrides give that no application's defaults could make
+    /// right: each of [`Policy::check`]'s rules on what they set themselves (a lease, a TTL,
+    /// a longest key, header names, pointers), and its rules on settings that must agree
+    /// when they set both. What the defaults may make right (members ignored, or a key read
+    /// from JSON bodies, where the defaults compare bodies as JSON) is left to the check of
+    /// the policy they make together.
+    ///
+    /// # Errors
+    /// The [`PolicyError`] of the first rule broken, as [`Policy::check`] names it.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        // A base that breaks no rule with anything the overrides may set: bodies compared
+        // as JSON, which both members ignored and a key read from JSON bodies agree with.
+        let mut base = Policy::DEFAULT;
+        if self.fingerprint.is_none() {
+            base.fingerprint = BodyForm::Json;
+        }
+        self.apply_to(base).check_settings()
+    }
+}
+
 /// One list of the policy's fields makes both `Policy`'s setters and `Overrides`, so that the
 /// two cannot drift apart.
 macro_rules! policy_fields {

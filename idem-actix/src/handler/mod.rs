@@ -61,19 +61,19 @@ impl Endpoint {
         }
     }
 
-    /// An endpoint with `overrides`, its key header parsed now: for overrides set at run time.
+    /// An endpoint with `overrides`, checked and its key header parsed now: for overrides
+    /// set at run time.
     ///
     /// # Errors
-    /// [`PolicyError::InvalidHeader`] when the overrides name a header that is not one.
+    /// The [`PolicyError`] of a setting the overrides give that no application's defaults
+    /// could make right ([`Overrides::check`]).
     pub(crate) fn parsed(overrides: Overrides) -> Result<Self, PolicyError> {
+        overrides.check()?;
         let endpoint = Self::new(overrides);
         if let Some(name) = overrides.header {
             let _ = endpoint.header.set(Some(parse_header(name)?));
         }
-        match overrides.ttl {
-            Some(ttl) if ttl < Policy::MIN_TTL => Err(PolicyError::TtlTooShort { ttl }),
-            _ => Ok(endpoint),
-        }
+        Ok(endpoint)
     }
 
     /// Warns, once, that an `Idempotency` middleware around this attributed handler claims its
