@@ -38,7 +38,9 @@ mod valid;
 /// ```
 ///
 /// The attribute goes above or below a route attribute (`#[post]`, `#[route]`), or on a plain
-/// `async fn` registered with `web::resource(..).route(..)`. Attribute macros below it (such as
+/// `async fn` registered with `web::resource(..).route(..)`; one that is not `async`, takes
+/// `self`, or is `unsafe`, `const` or `extern` is a compile error, as it could not be an
+/// actix-web handler. Attribute macros below it (such as
 /// `#[tracing::instrument]`) expand first, on the handler as written. The handler takes any
 /// extractors (up to 16) and returns any `Responder`, `Result<T, E: ResponseError>` included. A return type
 /// with an `impl Trait` in it (`impl Responder`, `Result<impl Responder, C::Error>` in a

@@ -99,6 +99,26 @@ pub(crate) fn handler(item: &ItemFn, errors: &mut Errors) {
             "#[idempotent] handlers must be `async fn`, as actix-web handlers are",
         );
     }
+    // Qualifiers no actix-web handler has: the generated handler, a plain `async fn`, would
+    // drop them unseen (and with them what `unsafe` asks of callers).
+    if let Some(constness) = sig.constness {
+        errors.push(
+            constness,
+            "#[idempotent] handlers cannot be `const`; remove `const`",
+        );
+    }
+    if let syn::Safety::Unsafe(unsafety) = sig.safety {
+        errors.push(
+            unsafety,
+            "#[idempotent] handlers cannot be `unsafe`, as actix-web handlers cannot; remove `unsafe` and call unsafe code in an `unsafe` block",
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(
+            abi,
+            "#[idempotent] handlers cannot name an ABI (`extern`), as actix-web handlers are Rust functions; remove it",
+        );
+    }
     if let Some(receiver) = sig.receiver() {
         errors.push(
             receiver,
