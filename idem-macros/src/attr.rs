@@ -34,10 +34,20 @@ enum Value {
 
 impl Parse for RawArg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if !input.peek(Ident::peek_any) {
+            return Err(input.error(
+                "expected an argument's name; write arguments as `name = value`, such as `ttl = \"24h\"`",
+            ));
+        }
         let name = Ident::parse_any(input)?;
         let mut value = None;
         if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
+            if input.is_empty() || input.peek(Token![,]) {
+                return Err(input.error(format!(
+                    "`{name} =` needs a value: a literal, a list `[...]` or a function's path"
+                )));
+            }
             let lookahead = input.lookahead1();
             if lookahead.peek(Lit) {
                 value = Some(Value::Lit(input.parse()?));
@@ -54,6 +64,13 @@ impl Parse for RawArg {
             } else {
                 return Err(lookahead.error());
             }
+        }
+        if !input.is_empty() && !input.peek(Token![,]) {
+            let message = match value {
+                None => format!("expected `=` or `,` after `{name}`; write arguments as `name = value`, a flag as its name alone"),
+                Some(_) => "expected `,`: separate the arguments with commas".to_owned(),
+            };
+            return Err(input.error(message));
         }
         Ok(Self { name, value })
     }

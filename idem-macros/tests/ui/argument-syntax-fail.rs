@@ -1,0 +1,16 @@
+use idem_macros::idempotent;
+
+// Arguments are `name = value`, separated by commas: each mistake is named where it is.
+#[idempotent(ttl: "24h")]
+async fn colon() {}
+
+#[idempotent(ttl = "24h" scope = "global")]
+async fn no_comma() {}
+
+#[idempotent("24h")]
+async fn no_name() {}
+
+#[idempotent(ttl = , required)]
+async fn no_value() {}
+
+fn main() {}
