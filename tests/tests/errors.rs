@@ -5,8 +5,8 @@
 
 use actix_web::{post, web, HttpResponse};
 use idem_actix::{
-    idempotent, Idempotency, IdempotencyConfig, IdempotencyError, MokaStore, OnStoreError, Policy,
-    ProblemJson,
+    idempotent, ErrorFormat, Idempotency, IdempotencyConfig, IdempotencyError, MokaStore,
+    OnStoreError, Policy, ProblemJson,
 };
 use idem_core::testing::UnavailableStore;
 use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, TestServer, Warnings};
@@ -177,4 +177,60 @@ async fn a_renderer_that_panics_is_answered_in_the_default_envelope_and_the_reco
     }
     assert_eq!(runs.get(), 2);
     assert!(warnings.containing("error renderer panicked") >= 4);
+}
+
+/// The `request_id` of an error is its `X-Request-ID`: the client's own when it is a valid
+/// one (up to 128 characters), else a fresh one, never an echo of a value that is too long or
+/// holds other characters; in the envelope and in `problem+json`, under the attribute and
+/// the middleware.
+#[actix_web::test]
+async fn an_errors_request_id_is_a_valid_incoming_one_or_a_fresh_one() {
+    let s = serve(|cfg| {
+        cfg.service(default_format)
+            .service(problem)
+            .service(
+                web::scope("/wrapped")
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(wrapped)),
+            )
+            .service(
+                web::scope("/wrapped-problem")
+                    .wrap(
+                        Idempotency::new().with_overrides(|o| o.error_format(ErrorFormat::Problem)),
+                    )
+                    .route("", web::post().to(wrapped)),
+            );
+    });
+    let longest = "r".repeat(128);
+    let too_long = "r".repeat(129);
+    for (path, as_problem) in [
+        ("/default-format", false),
+        ("/problem", true),
+        ("/wrapped", false),
+        ("/wrapped-problem", true),
+    ] {
+        for (incoming, kept) in [
+            ("req_1-a.b:c/d+e=", true),
+            (longest.as_str(), true),
+            (too_long.as_str(), false),
+            ("has space", false),
+            ("r\u{e9}sum\u{e9}", false),
+        ] {
+            let res = s
+                .send(&keyed(path, &"x".repeat(256)).header("X-Request-ID", incoming))
+                .await;
+            if as_problem {
+                assert_problem(&res, 400, "idempotency_key_invalid");
+            } else {
+                assert_error(&res, 400, "idempotency_key_invalid");
+            }
+            let id = res.header("x-request-id").expect("X-Request-ID");
+            if kept {
+                assert_eq!(id, incoming, "{path}");
+            } else {
+                assert_eq!(id.len(), 16, "{path}: {incoming:?} gave {id:?}");
+                assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{path}: {id}");
+            }
+        }
+    }
 }
