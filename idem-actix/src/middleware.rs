@@ -91,7 +91,7 @@ impl Idempotency {
     /// `#[idempotent(...)]` arguments do for one handler.
     ///
     /// A setting that no application's defaults could make right makes the app fail to
-    /// start ([`Overrides::check`]): a key header that is not a header name
+    /// start ([`Overrides::check`]): a key (or scope) header that is not a header name
     /// (`p.header("Idempotency Key")`), a TTL under [`Policy::MIN_TTL`](crate::Policy::MIN_TTL),
     /// a lease under [`Policy::MIN_LEASE`](crate::Policy::MIN_LEASE), a `key_max_len` of 0, a
     /// listed header that is not a header name, `Set-Cookie` listed or `Content-Encoding`
@@ -280,7 +280,7 @@ mod tests {
     use std::time::Duration;
 
     use actix_web::dev::fn_service;
-    use idem_core::{BodyForm, KeySource, Policy, ReplayHeaders};
+    use idem_core::{BodyForm, KeySource, Policy, ReplayHeaders, Scope};
 
     use super::*;
 
@@ -323,8 +323,9 @@ mod tests {
             let idempotency = Idempotency::new().with_overrides(configure);
             async move { idempotency.new_transform(inner).await.is_ok() }
         };
-        let refused: [fn(Overrides) -> Overrides; 9] = [
+        let refused: [fn(Overrides) -> Overrides; 10] = [
             |o| o.lease(Duration::from_millis(10)),
+            |o| o.scope(Scope::Header("X Tenant")),
             |o| o.key_max_len(0),
             |o| o.fingerprint_headers(&["X Tenant"]),
             |o| o.replay_headers(ReplayHeaders::Only(&["Location", "Set-Cookie"])),

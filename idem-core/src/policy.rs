@@ -242,8 +242,9 @@ impl Policy {
     /// that it cannot do.
     ///
     /// # Errors
-    /// [`PolicyError::InvalidHeader`] when the key's header, or a header listed in
-    /// `fingerprint_headers` or `replay_headers`, is not a valid header name;
+    /// [`PolicyError::InvalidHeader`] when the key's header, the header a
+    /// [`Scope::Header`] reads, or a header listed in `fingerprint_headers` or
+    /// `replay_headers`, is not a valid header name;
     /// [`PolicyError::SetCookieListed`] when `replay_headers` lists `Set-Cookie`;
     /// [`PolicyError::CodingDropped`] when `replay_headers` drops `Content-Encoding`;
     /// [`PolicyError::LeaseTooShort`] when the lease is shorter than [`Policy::MIN_LEASE`];
@@ -286,7 +287,11 @@ impl Policy {
 impl Policy {
     /// The checks of [`Policy::check`] that need no store.
     fn check_settings(&self) -> Result<(), PolicyError> {
-        let headers = [self.header].into_iter();
+        let scope = match self.scope {
+            Scope::Header(name) => Some(name),
+            _ => None,
+        };
+        let headers = [self.header].into_iter().chain(scope);
         let listed = self
             .fingerprint_headers
             .iter()
@@ -349,7 +354,7 @@ fn is_token(name: &str) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    /// The key's header is not a valid header name.
+    /// The key's header, the scope's, or a listed one is not a valid header name.
     #[error("\"{0}\" is not a valid header name; use letters, digits and `-`, such as \"X-Idempotency-Key\"")]
     InvalidHeader(&'static str),
     /// `replay_headers` lists `Set-Cookie`, which `replay_set_cookie` alone governs.
@@ -682,6 +687,23 @@ mod tests {
             Err(PolicyError::KeyMaxLenZero)
         );
         assert_eq!(Policy::DEFAULT.key_max_len(1).check(&store), Ok(()));
+    }
+
+    /// A scope read from a header that is not a header name is refused when the application
+    /// is configured, as the attribute refuses `scope = "header:X Tenant"`: no request could
+    /// carry it, so every keyed request would be refused 400 `idempotency_scope_missing`, as
+    /// if the client had left it out.
+    #[test]
+    fn a_scope_header_that_is_not_a_header_name_is_refused() {
+        let store = crate::MokaStore::new();
+        for bad in ["X Tenant", "", "X-Tenant:"] {
+            assert_eq!(
+                Policy::DEFAULT.scope(Scope::Header(bad)).check(&store),
+                Err(PolicyError::InvalidHeader(bad))
+            );
+        }
+        let tenant = Policy::DEFAULT.scope(Scope::Header("X-Tenant"));
+        assert_eq!(tenant.check(&store), Ok(()));
     }
 
     #[test]
