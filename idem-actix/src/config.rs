@@ -126,9 +126,11 @@ impl IdempotencyConfig {
     /// # Errors
     /// [`PolicyError`] for settings the store contradicts (a `max_response` larger than the
     /// records it keeps, or a store too small to keep any record) or a header name that is not
-    /// one. An endpoint's own overrides are
-    /// checked the same way on its first keyed request, and a contradiction is logged; the
-    /// layer never loses a record to one (see [`Policy::check`]).
+    /// one, or for settings that contradict each other (see [`Policy::check`]). An endpoint's
+    /// own overrides (the attribute's, checked at compile time; the middleware's, checked on
+    /// their own when it starts, see [`Overrides::check`](crate::Overrides::check)) are
+    /// checked with these defaults and the store on its first keyed request, and a
+    /// contradiction is logged; the layer never loses a record to one.
     pub fn with_defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
         policy.check(&**self.engine().store())?;
         let header = parse_header(policy.header)?;
