@@ -323,9 +323,10 @@ mod tests {
             let idempotency = Idempotency::new().with_overrides(configure);
             async move { idempotency.new_transform(inner).await.is_ok() }
         };
-        let refused: [fn(Overrides) -> Overrides; 10] = [
+        let refused: [fn(Overrides) -> Overrides; 11] = [
             |o| o.lease(Duration::from_millis(10)),
             |o| o.scope(Scope::Header("X Tenant")),
+            |o| o.header("X-Key").scope(Scope::Header("x-key")),
             |o| o.key_max_len(0),
             |o| o.fingerprint_headers(&["X Tenant"]),
             |o| o.replay_headers(ReplayHeaders::Only(&["Location", "Set-Cookie"])),

@@ -250,6 +250,7 @@ impl Policy {
     /// [`PolicyError::LeaseTooShort`] when the lease is shorter than [`Policy::MIN_LEASE`];
     /// [`PolicyError::TtlTooShort`] when the TTL is shorter than [`Policy::MIN_TTL`];
     /// [`PolicyError::KeyMaxLenZero`] when `key_max_len` is 0, which no key fits;
+    /// [`PolicyError::ScopeIsKey`] when a [`Scope::Header`] reads the key's own header;
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
@@ -316,6 +317,11 @@ impl Policy {
         if self.key_max_len == 0 {
             return Err(PolicyError::KeyMaxLenZero);
         }
+        if let (Scope::Header(scoped), KeySource::Header) = (self.scope, self.key_source) {
+            if scoped.eq_ignore_ascii_case(self.header) {
+                return Err(PolicyError::ScopeIsKey(self.header));
+            }
+        }
         if let ReplayHeaders::Except(names) = self.replay_headers {
             if names
                 .iter()
@@ -375,6 +381,9 @@ pub enum PolicyError {
         /// The TTL.
         ttl: Duration,
     },
+    /// The scope is read from the key's own header: every key would be its own scope.
+    #[error("the scope is read from {0}, the key's own header, so that every key is its own scope and any caller who sends a key reaches its record; scope keys by who sends them (such as Scope::ApiKey), or use Scope::Global if callers share keys")]
+    ScopeIsKey(&'static str),
     /// The longest key is 0 bytes: every key would be refused.
     #[error("key_max_len is 0, so every key would be refused with 400 idempotency_key_invalid; give the longest key clients send, such as 255")]
     KeyMaxLenZero,
@@ -704,6 +713,23 @@ mod tests {
         }
         let tenant = Policy::DEFAULT.scope(Scope::Header("X-Tenant"));
         assert_eq!(tenant.check(&store), Ok(()));
+    }
+
+    /// A scope read from the key's own header makes every key its own scope, which any
+    /// caller who sends the key reaches: refused, as the attribute refuses it, unless the key
+    /// is read from the body.
+    #[test]
+    fn a_scope_read_from_the_keys_own_header_is_refused() {
+        let store = crate::MokaStore::new();
+        let own = Policy::DEFAULT.scope(Scope::Header("idempotency-key"));
+        assert_eq!(
+            own.check(&store),
+            Err(PolicyError::ScopeIsKey("Idempotency-Key"))
+        );
+        let other = Policy::DEFAULT.scope(Scope::Header("X-Tenant"));
+        assert_eq!(other.check(&store), Ok(()));
+        let from_body = own.key_source(KeySource::Json("/event_id"));
+        assert_eq!(from_body.fingerprint(BodyForm::Json).check(&store), Ok(()));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use proc_macro2::{Ident, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::{FnArg, ItemFn};
 
-use crate::ast::{Args, BodyForm, Fingerprint, InFlight, Key, Spanned};
+use crate::ast::{Args, BodyForm, Fingerprint, InFlight, Key, Scope, Spanned};
 use crate::errors::Errors;
 
 /// The most arguments a handler can take: actix extracts tuples of up to 16.
@@ -49,6 +49,21 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
             &drop.name,
             "give `replay_headers` (the headers a replay keeps) or `replay_drop_headers` (the headers it drops), not both",
         );
+    }
+    if let (
+        Some(Spanned {
+            name,
+            value: Scope::Header(scoped),
+        }),
+        Some(header),
+    ) = (&args.scope, &args.header)
+    {
+        if scoped.eq_ignore_ascii_case(&header.value) {
+            errors.push(
+                name,
+                format!("the scope is read from `{scoped}`, the key's own header, so that every key is its own scope and any caller who sends a key reaches its record; scope keys by who sends them (such as \"api_key\"), or say `scope = \"global\"` if callers share keys"),
+            );
+        }
     }
     if let (Some(key), Some(header)) = (&args.key, &args.header) {
         let what = match key.value {
