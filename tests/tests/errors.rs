@@ -9,7 +9,10 @@ use idem_actix::{
     OnStoreError, Policy, ProblemJson,
 };
 use idem_core::testing::UnavailableStore;
-use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, TestServer, Warnings};
+use idem_tests::{
+    assert_error, assert_problem, eventually, serve, Counter, RawRequest, TestServer, Warnings,
+};
+use tokio::sync::Semaphore;
 
 #[post("/problem")]
 #[idempotent(errors = "problem")]
@@ -233,4 +236,68 @@ async fn an_errors_request_id_is_a_valid_incoming_one_or_a_fresh_one() {
             }
         }
     }
+}
+
+/// A handler that runs until its gate lets it finish.
+#[derive(Clone)]
+struct Gated {
+    started: Counter,
+    gate: std::sync::Arc<Semaphore>,
+}
+
+async fn gated(probe: web::Data<Gated>) -> HttpResponse {
+    let n = probe.started.bump();
+    // Each permit lets one run finish.
+    probe.gate.acquire().await.expect("gate open").forget();
+    HttpResponse::Created().body(format!("run {n}"))
+}
+
+#[post("/gated")]
+#[idempotent]
+async fn attributed_gated(probe: web::Data<Gated>) -> HttpResponse {
+    gated(probe).await
+}
+
+/// A renderer that panics while a request's key is held by its first run: the duplicate is
+/// answered 409 in the default envelope with `Retry-After`, and the claim stays the run's, whose
+/// response the retry then replays; under the attribute and the middleware.
+#[actix_web::test]
+async fn a_renderer_that_panics_on_a_request_in_flight_leaves_the_claim_to_its_run() {
+    let probe = Gated {
+        started: Counter::default(),
+        gate: std::sync::Arc::new(Semaphore::new(0)),
+    };
+    let data = web::Data::new(probe.clone());
+    let config = IdempotencyConfig::new(MokaStore::new()).with_error_renderer(buggy_renderer);
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(config.clone())
+            .app_data(data.clone())
+            .service(attributed_gated)
+            .service(
+                web::scope("/gated-wrapped")
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(gated)),
+            );
+    });
+    for (i, path) in ["/gated", "/gated-wrapped"].into_iter().enumerate() {
+        let request = keyed(path, path);
+        let first = {
+            let (request, addr) = (request.clone(), server.addr);
+            actix_web::rt::spawn(async move { request.send(addr).await })
+        };
+        eventually(|| probe.started.get() == i + 1).await;
+        let duplicate = request
+            .try_send(server.addr)
+            .await
+            .expect("an answer, not a closed connection");
+        assert_error(&duplicate, 409, "idempotency_conflict");
+        assert_eq!(duplicate.header("retry-after"), Some("1"), "{path}");
+        probe.gate.add_permits(1);
+        let first = first.await.unwrap();
+        assert_eq!(first.status, 201, "{path}");
+        let retry = request.send(server.addr).await;
+        assert!(retry.replayed(), "{path}: {retry:?}");
+        assert_eq!(retry.body, first.body, "{path}");
+    }
+    assert_eq!(probe.started.get(), 2);
 }
