@@ -732,6 +732,35 @@ mod tests {
         assert_eq!(from_body.fingerprint(BodyForm::Json).check(&store), Ok(()));
     }
 
+    /// Overrides are refused for what they set themselves, and left to the policy they make
+    /// with the application's defaults for what those may make right.
+    #[test]
+    fn overrides_are_refused_only_for_what_no_default_can_make_right() {
+        let short = Duration::from_millis(10);
+        assert_eq!(
+            Overrides::NONE.lease(short).check(),
+            Err(PolicyError::LeaseTooShort { lease: short })
+        );
+        assert_eq!(
+            Overrides::NONE
+                .fingerprint(BodyForm::Bytes)
+                .fingerprint_ignore(&["/sent_at"])
+                .check(),
+            Err(PolicyError::IgnoreWithoutJson)
+        );
+        assert_eq!(
+            Overrides::NONE.fingerprint_ignore(&["/sent_at"]).check(),
+            Ok(())
+        );
+        assert_eq!(
+            Overrides::NONE
+                .key_source(KeySource::Json("/event_id"))
+                .check(),
+            Ok(())
+        );
+        assert_eq!(Overrides::NONE.check(), Ok(()));
+    }
+
     #[test]
     fn settings_that_contradict_each_other_are_refused() {
         let store = crate::MokaStore::new();
