@@ -2,6 +2,7 @@
 //! Redis itself, one round trip per operation, several app instances sharing one Redis, and
 //! outages. Each test skips when no Redis can be had, unless `IDEM_REQUIRE_REDIS=1`; the
 //! outage tests always stop a `redis-server` of their own, whatever `IDEM_TEST_REDIS_URL` says.
+//! A Redis older than 7.0 is a server of the test's own that answers as Redis 6.2 does.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -729,5 +730,97 @@ async fn a_response_of_the_largest_max_response_the_check_passes_is_replayed_who
     match engine.begin(&policy, key, fp).await {
         Ok(Begin::Replay(record)) => assert_eq!(record.response.body(), &body[..]),
         other => panic!("a response of max_response {largest} bytes is replayed: {other:?}"),
+    }
+}
+
+/// A server on a free port of 127.0.0.1 that answers what the store sends as Redis 6.2 does:
+/// it has no `CLIENT SETINFO` (Redis 7.2 added it; the client sends it on connecting and
+/// takes a refusal) and refuses `SET` with `NX` beside `GET` (Redis 7.0 took them together)
+/// as a syntax error.
+async fn redis_6_2() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The first whole command in `buf` (an array of bulk strings, upper-cased), and the
+    /// bytes it takes.
+    fn command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
+        let line = |at: usize| {
+            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            let text = std::str::from_utf8(buf.get(at + 1..end)?).ok()?;
+            Some((text.parse::<usize>().ok()?, end + 2))
+        };
+        let (count, mut at) = line(0)?;
+        let mut args = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (len, start) = line(at)?;
+            let arg = buf.get(start..start + len)?;
+            args.push(String::from_utf8_lossy(arg).to_ascii_uppercase());
+            at = start + len + 2;
+        }
+        (buf.len() >= at).then_some((args, at))
+    }
+
+    /// Redis 6.2's answer to `args`.
+    fn answer(args: &[String]) -> String {
+        let has = |word: &str| args.iter().skip(3).any(|arg| arg == word);
+        match args.first().map_or("", String::as_str) {
+            "CLIENT" if args.get(1).is_some_and(|sub| sub == "SETINFO") => {
+                "-ERR Unknown subcommand or wrong number of arguments for 'SETINFO'. Try CLIENT HELP.\r\n".into()
+            }
+            "SET" if has("NX") && has("GET") => "-ERR syntax error\r\n".into(),
+            "PING" => "+PONG\r\n".into(),
+            name => format!("-ERR unknown command `{name}`\r\n"),
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut buf, mut read) = (Vec::new(), [0; 4096]);
+                while let Ok(n @ 1..) = socket.read(&mut read).await {
+                    buf.extend_from_slice(&read[..n]);
+                    let mut answers = String::new();
+                    while let Some((args, used)) = command(&buf) {
+                        buf.drain(..used);
+                        answers.push_str(&answer(&args));
+                    }
+                    if socket.write_all(answers.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A claim is one `SET key value NX PX ms GET`, which Redis takes from 7.0 on: an older one
+/// answers a syntax error (6.2 refuses NX beside GET, older ones GET altogether). The error
+/// says that the store needs Redis 7.0 or later, with the server's own answer, where it said
+/// only `syntax error`; and as any refusal of a server that answered, it fails closed even
+/// under fail-open.
+#[actix_web::test]
+async fn a_redis_older_than_7_that_refuses_set_nx_get_is_named_in_the_error() {
+    let addr = redis_6_2().await;
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    for fail_open in [false, true] {
+        let store = RedisStore::builder(format!("redis://{addr}/"))
+            .fail_open(fail_open)
+            .build()
+            .unwrap();
+        let begun = Engine::new(store)
+            .begin(&Policy::DEFAULT, StoreKey::from_bytes([50; 32]), fp)
+            .await;
+        let Err(IdempotencyError::StoreUnavailable(error @ StoreError::Refused(_))) = begun else {
+            panic!("fail_open {fail_open}: refused, and fails closed: {begun:?}")
+        };
+        let message = error.to_string();
+        for said in ["NX", "GET", "Redis 7.0 or later", "syntax error"] {
+            assert!(
+                message.contains(said),
+                "fail_open {fail_open}: {said:?} in {message}"
+            );
+        }
     }
 }

@@ -73,7 +73,8 @@ return 1
 /// demoted), so that it follows an address that moved to the new primary. Each command has a
 /// timeout, past which the request answers 503 `idempotency_store_unavailable` (or runs
 /// unprotected, with [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down
-/// makes only its own keys answer 503.
+/// makes only its own keys answer 503. A Redis older than 7.0 refuses every claim, with an
+/// error that says so.
 ///
 /// Clones share the connection.
 #[derive(Clone)]
@@ -276,6 +277,15 @@ impl RedisStore {
         &self,
         command: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
+        self.run_as(command, failed).await
+    }
+
+    /// As [`run`](Self::run), with `failed` telling what a Redis error is.
+    async fn run_as<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+        failed: fn(redis::RedisError) -> StoreError,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(failed(e)),
@@ -353,6 +363,43 @@ fn failed(error: redis::RedisError) -> StoreError {
             BusyLoading | ClusterDown | MasterDown | TryAgain | ReadOnly | Moved | Ask,
         ) => StoreError::Unavailable(Box::new(error)),
         _ => StoreError::Refused(Box::new(error)),
+    }
+}
+
+/// As [`failed`], for the claim's `SET key value NX PX ms GET`, which Redis takes from 7.0 on:
+/// an older one refuses it as it refuses any command it cannot parse (6.2 takes `GET`, but not
+/// beside `NX`; older ones take no `GET`, and those before 2.6.12 no `NX` either), and the
+/// error says so, with what the server answered.
+fn claim_failed(error: redis::RedisError) -> StoreError {
+    let unparsed = error.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+        && error.detail().is_some_and(|detail| {
+            let detail = detail.to_ascii_lowercase();
+            detail.contains("syntax error") || detail.contains("wrong number of arguments")
+        });
+    if unparsed {
+        StoreError::Refused(Box::new(BeforeRedis7(error)))
+    } else {
+        failed(error)
+    }
+}
+
+/// A server that refused the claim's `SET NX PX GET`: a Redis older than 7.0.
+#[derive(Debug)]
+struct BeforeRedis7(redis::RedisError);
+
+impl std::fmt::Display for BeforeRedis7 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this Redis refused SET with NX and GET together, the one command that claims a key: the Redis store needs Redis 7.0 or later (the server answered: ")?;
+        match (self.0.code(), self.0.detail()) {
+            (Some(code), Some(detail)) => write!(f, "{code} {detail})"),
+            _ => write!(f, "{})", self.0),
+        }
+    }
+}
+
+impl std::error::Error for BeforeRedis7 {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -503,7 +550,7 @@ impl Store for RedisStore {
             let redis_key = self.redis_key(key);
             let mut conn = self.conn.clone();
             // A free key (the common case) is claimed, and a live record read, by one plain
-            // command (Redis 7.0 or later).
+            // command (Redis 7.0 or later; an older one refuses it, and the error says so).
             let mut set = redis::cmd("SET");
             set.arg(&redis_key)
                 .arg(&value)
@@ -511,7 +558,9 @@ impl Store for RedisStore {
                 .arg("PX")
                 .arg(keep_for)
                 .arg("GET");
-            let existing: Option<Vec<u8>> = self.run(set.query_async(&mut conn)).await?;
+            let existing: Option<Vec<u8>> = self
+                .run_as(set.query_async(&mut conn), claim_failed)
+                .await?;
             let Some(bytes) = existing else {
                 return Ok(Claim::Claimed);
             };
