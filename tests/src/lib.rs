@@ -1330,10 +1330,11 @@ impl PgServer {
     }
 }
 
-/// The messages of the warnings and errors logged by any thread of a test binary, once
-/// [`installed`](Self::installed) as its global subscriber.
+/// The warnings and errors logged by any thread of a test binary, once
+/// [`installed`](Self::installed) as its global subscriber: each one's fields, by name (its
+/// message under `message`), their values as text.
 #[derive(Clone, Default)]
-pub struct Warnings(Arc<Mutex<Vec<String>>>);
+pub struct Warnings(Arc<Mutex<Vec<HashMap<String, String>>>>);
 
 impl Warnings {
     /// The binary's collector, installed as the global subscriber on first use.
@@ -1350,7 +1351,14 @@ impl Warnings {
     /// How many messages logged so far contain `text`.
     pub fn containing(&self, text: &str) -> usize {
         let seen = self.0.lock().unwrap();
-        seen.iter().filter(|m| m.contains(text)).count()
+        seen.iter()
+            .filter(|fields| fields.get("message").is_some_and(|m| m.contains(text)))
+            .count()
+    }
+
+    /// The fields of each warning and error logged so far.
+    pub fn logged(&self) -> Vec<HashMap<String, String>> {
+        self.0.lock().unwrap().clone()
     }
 }
 
@@ -1377,17 +1385,9 @@ impl tracing::Subscriber for Warnings {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        struct Message<'a>(&'a mut String);
-        impl tracing::field::Visit for Message<'_> {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    *self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = String::new();
-        event.record(&mut Message(&mut message));
-        self.0.lock().unwrap().push(message);
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(fields);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}

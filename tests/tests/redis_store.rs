@@ -18,7 +18,7 @@ use idem_core::{
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
-use idem_tests::{assert_error, RawRequest, TestRedis, TestServer};
+use idem_tests::{assert_error, RawRequest, TestRedis, TestServer, Warnings};
 
 /// An app instance with its own `RedisStore`, built by `store` from the URL of `redis`.
 fn instance<S: Store>(redis: &TestRedis, probe: &Probe, store: fn(&str) -> S) -> TestServer {
@@ -823,4 +823,36 @@ async fn a_redis_older_than_7_that_refuses_set_nx_get_is_named_in_the_error() {
             );
         }
     }
+}
+
+/// A keyed request that a Redis older than 7.0 refuses is answered 503, and its warning in
+/// the log says why and what to do: the store's own error, where it said only that the store
+/// is unavailable.
+#[actix_web::test]
+async fn a_request_a_redis_older_than_7_refuses_is_logged_with_the_version_the_store_needs() {
+    let warnings = Warnings::installed();
+    let addr = redis_6_2().await;
+    let probe = Probe::open();
+    let server = shared_store::instance(&probe, move || {
+        RedisStore::new(format!("redis://{addr}/")).unwrap()
+    });
+    let res = call("old-redis").send(server.addr).await;
+    assert_error(&res, 503, "idempotency_store_unavailable");
+    assert_eq!(probe.runs.get(), 0, "nothing runs");
+    // Other tests of this binary log refusals of their own meanwhile.
+    let refusals: Vec<_> = warnings
+        .logged()
+        .into_iter()
+        .filter(|fields| {
+            fields
+                .get("message")
+                .is_some_and(|m| m.contains("refused with 503"))
+        })
+        .collect();
+    let named = refusals.iter().any(|fields| {
+        fields
+            .get("error")
+            .is_some_and(|e| e.contains("Redis 7.0 or later") && e.contains("syntax error"))
+    });
+    assert!(named, "{refusals:?}");
 }

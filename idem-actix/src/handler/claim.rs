@@ -208,10 +208,11 @@ where
 /// The layer's refusal of a keyed request, counted and logged.
 fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
     match error {
-        // An outage refuses every keyed request: the log says so, as failing open does.
-        IdempotencyError::StoreUnavailable(_) => {
+        // An outage refuses every keyed request: the log says so, with the store's own error,
+        // as failing open does.
+        IdempotencyError::StoreUnavailable(ref failed) => {
             let outcome = "store_unavailable";
-            tracing::warn!(outcome, code = error.code(), %error, "the idempotency store failed; the request is refused with 503 and nothing runs");
+            tracing::warn!(outcome, code = error.code(), error = %failed, "the idempotency store failed; the request is refused with 503 and nothing runs");
         }
         _ => tracing::debug!(outcome = "conflict", code = error.code(), %error),
     }
