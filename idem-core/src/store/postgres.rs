@@ -15,11 +15,11 @@ use crate::clock::Timestamp;
 use crate::digest::{Fingerprint, StoreKey};
 use crate::record::{Completed, InFlight, Record, Response, Token};
 
-/// The table's SQL, for the default table name: shown in [`PostgresStore`]'s docs and run by
-/// [`PostgresStore::migrate`], so the two cannot differ.
+/// The table's SQL, for the default schema and table name: shown in [`PostgresStore`]'s docs
+/// and run by [`PostgresStore::migrate`], so the two cannot differ.
 macro_rules! schema {
     () => {
-        "CREATE TABLE IF NOT EXISTS idem_records (
+        "CREATE TABLE IF NOT EXISTS public.idem_records (
     key          bytea   PRIMARY KEY,  -- the store key: SHA-256 of scope, route and key
     kind         text    NOT NULL CHECK (kind IN ('F', 'C')),  -- F in flight, C completed
     token        bytea   NOT NULL,     -- fencing token of the claim that wrote the row
@@ -32,12 +32,15 @@ macro_rules! schema {
     body         bytea,                -- completed: the body; NULL when too large to keep
     omitted_size bigint                -- completed, too large to keep: the response's size
 );
-CREATE INDEX IF NOT EXISTS idem_records_purge_at ON idem_records (purge_at);"
+CREATE INDEX IF NOT EXISTS idem_records_purge_at ON public.idem_records (purge_at);"
     };
 }
 
 /// The table name in [`schema!`], replaced by the configured one.
 const DEFAULT_TABLE: &str = "idem_records";
+
+/// The schema in [`schema!`], replaced by the configured one.
+const DEFAULT_SCHEMA: &str = "public";
 
 /// How many times a claim runs again when it raced a claim it could not see (see
 /// [`PostgresStore`]'s docs). Each run needs yet another concurrent change of the same key to fail.
@@ -56,6 +59,11 @@ const COLUMNS: &str =
 struct Statements {
     table: String,
     schema: String,
+    /// The table as every statement names it: with its schema, so that no `search_path` (a
+    /// role's, or one a handler sets in its transaction or on its connection) can point the
+    /// store's statements at another table of the same name.
+    qualified: String,
+    create: String,
     claim: String,
     get: String,
     extend: String,
@@ -65,17 +73,24 @@ struct Statements {
 }
 
 impl Statements {
-    fn new(table: &str) -> Self {
+    fn new(schema: &str, table: &str) -> Self {
+        let qualified = format!("{schema}.{table}");
+        let index = format!("{table}_purge_at");
         Self {
             table: table.to_owned(),
-            schema: schema!().replace(DEFAULT_TABLE, table),
+            schema: schema.to_owned(),
+            // The index first: its name holds no schema, so the table's replacement cannot
+            // make one of it.
+            create: schema!()
+                .replace(&format!("{DEFAULT_TABLE}_purge_at"), &index)
+                .replace(&format!("{DEFAULT_SCHEMA}.{DEFAULT_TABLE}"), &qualified),
             // $1 key, $2 token, $3 fingerprint, $4 lease end, $5 purge at, $6 now.
             claim: format!(
                 "WITH seen AS (
-                    SELECT {COLUMNS} FROM {table} WHERE key = $1
+                    SELECT {COLUMNS} FROM {qualified} WHERE key = $1
                 ),
                 claimed AS (
-                    INSERT INTO {table} AS r (key, kind, token, fingerprint, lapses_at, purge_at)
+                    INSERT INTO {qualified} AS r (key, kind, token, fingerprint, lapses_at, purge_at)
                     SELECT $1, 'F', $2, $3, $4, $5
                     WHERE NOT EXISTS (SELECT 1 FROM seen WHERE lapses_at > $6)
                     ON CONFLICT (key) DO UPDATE SET
@@ -91,28 +106,29 @@ impl Statements {
                 LEFT JOIN seen ON NOT EXISTS (SELECT 1 FROM claimed)"
             ),
             // $1 key, $2 now.
-            get: format!("SELECT {COLUMNS} FROM {table} WHERE key = $1 AND lapses_at > $2"),
+            get: format!("SELECT {COLUMNS} FROM {qualified} WHERE key = $1 AND lapses_at > $2"),
             // $1 key, $2 token, $3 lease end, $4 purge at.
             extend: format!(
-                "UPDATE {table} SET lapses_at = $3, purge_at = $4
+                "UPDATE {qualified} SET lapses_at = $3, purge_at = $4
                  WHERE key = $1 AND token = $2 AND kind = 'F'"
             ),
             // $1 key, $2 token, $3 fingerprint, $4 expiry, $5 status, $6 completed at,
             // $7 headers, $8 body, $9 omitted size.
             complete: format!(
-                "UPDATE {table} SET kind = 'C', fingerprint = $3, lapses_at = $4, purge_at = $4,
+                "UPDATE {qualified} SET kind = 'C', fingerprint = $3, lapses_at = $4, purge_at = $4,
                      status = $5, completed_at = $6, headers = $7, body = $8, omitted_size = $9
                  WHERE key = $1 AND token = $2 AND kind = 'F'"
             ),
             // $1 key, $2 token.
-            release: format!("DELETE FROM {table} WHERE key = $1 AND token = $2 AND kind = 'F'"),
+            release: format!("DELETE FROM {qualified} WHERE key = $1 AND token = $2 AND kind = 'F'"),
             // $1 now, $2 batch size.
             purge: format!(
-                "DELETE FROM {table} WHERE purge_at <= $1 AND key IN (
-                     SELECT key FROM {table} WHERE purge_at <= $1
+                "DELETE FROM {qualified} WHERE purge_at <= $1 AND key IN (
+                     SELECT key FROM {qualified} WHERE purge_at <= $1
                      ORDER BY purge_at LIMIT $2 FOR UPDATE SKIP LOCKED
                  )"
             ),
+            qualified,
         }
     }
 }
@@ -130,8 +146,10 @@ impl Statements {
 /// # The table
 ///
 /// One row per record, under the store key. [`PostgresStore::migrate`] creates the table (and
-/// its index) if it is missing; this is its SQL for the default name, `idem_records` (another
-/// name replaces `idem_records` throughout):
+/// its index) if it is missing; this is its SQL for the default names, `public.idem_records`
+/// (other names replace `public` and `idem_records` throughout). Every statement names the
+/// table with its schema ([`PostgresStoreBuilder::schema`]), so no `search_path`, a role's or
+/// one a handler sets in its transaction, can point them at another table of the same name:
 ///
 /// ```sql
 #[doc = schema!()]
@@ -252,7 +270,7 @@ struct Purge {
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("table", &self.sql.table)
+            .field("table", &self.sql.qualified)
             .field("timeout", &self.timeout)
             .field("max_record_bytes", &self.max_record_bytes)
             .field("fail_open", &self.fail_open)
@@ -273,6 +291,7 @@ enum Source {
 #[must_use]
 pub struct PostgresStoreBuilder {
     source: Source,
+    schema: String,
     table: String,
     timeout: Duration,
     connect_timeout: Duration,
@@ -331,6 +350,11 @@ impl PostgresStore {
         &self.sql.table
     }
 
+    /// The name of the schema the table is in.
+    pub fn schema(&self) -> &str {
+        &self.sql.schema
+    }
+
     /// Creates the table and its index if they do not exist (the SQL is in the
     /// [store's docs](PostgresStore)). Safe to run at every start and from several processes at
     /// once.
@@ -343,7 +367,7 @@ impl PostgresStore {
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
         let sql = format!(
             "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}",
-            self.sql.table, self.sql.schema
+            self.sql.qualified, self.sql.create
         );
         let mut conn = self.acquire().await?;
         self.timed(sqlx::raw_sql(&sql).execute(&mut *conn)).await?;
@@ -408,10 +432,10 @@ impl PostgresStore {
                 .await
             {
                 Ok(deleted) => {
-                    tracing::debug!(deleted, table = %store.sql.table, "purged lapsed idempotency records")
+                    tracing::debug!(deleted, table = %store.sql.qualified, "purged lapsed idempotency records")
                 }
                 Err(error) => {
-                    tracing::warn!(%error, table = %store.sql.table, "purging lapsed idempotency records failed; the next claim after the purge interval tries again")
+                    tracing::warn!(%error, table = %store.sql.qualified, "purging lapsed idempotency records failed; the next claim after the purge interval tries again")
                 }
             }
         });
@@ -487,9 +511,18 @@ impl PostgresStore {
     }
 
     fn error(&self, error: sqlx::Error) -> StoreError {
-        let table = &self.sql.table;
+        let table = &self.sql.qualified;
         match &error {
             sqlx::Error::Database(db) => match db.code().as_deref() {
+                // invalid_schema_name
+                Some("3F000") => StoreError::Refused(
+                    format!(
+                        "the schema {} does not exist; create it, or name another with \
+                         PostgresStoreBuilder::schema ({error})",
+                        self.sql.schema
+                    )
+                    .into(),
+                ),
                 // undefined_table
                 Some("42P01") => StoreError::Refused(
                     format!(
@@ -629,6 +662,7 @@ impl PostgresStoreBuilder {
     fn new(source: Source) -> Self {
         Self {
             source,
+            schema: DEFAULT_SCHEMA.into(),
             table: DEFAULT_TABLE.into(),
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
@@ -642,9 +676,19 @@ impl PostgresStoreBuilder {
 
     /// The table the records are in: lowercase ASCII letters, digits and `_`, starting with
     /// a letter or `_`, at most 54 characters (its index adds `_purge_at`). Default
-    /// `idem_records`. To put it in another schema, set the connection's `search_path`.
+    /// `idem_records`.
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
+        self
+    }
+
+    /// The schema the table is in: lowercase ASCII letters, digits and `_`, starting with a
+    /// letter or `_`, at most 63 characters. Default `public`. Every statement names the
+    /// table with its schema, so the connection's `search_path` (a role's default, or one a
+    /// handler sets) never decides which table holds the records: every process sharing the
+    /// records must name the same schema and table.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
         self
     }
 
@@ -714,11 +758,18 @@ impl PostgresStoreBuilder {
                     .into(),
             );
         }
-        if !valid_table(&self.table) {
+        if !valid_name(&self.table, MAX_TABLE_NAME) {
             return invalid(format!(
                 "the table name {:?} is not allowed; use lowercase ASCII letters, digits and _, \
-                 starting with a letter or _, at most 54 characters",
+                 starting with a letter or _, at most {MAX_TABLE_NAME} characters",
                 self.table
+            ));
+        }
+        if !valid_name(&self.schema, MAX_NAME) {
+            return invalid(format!(
+                "the schema name {:?} is not allowed; use lowercase ASCII letters, digits and _, \
+                 starting with a letter or _, at most {MAX_NAME} characters",
+                self.schema
             ));
         }
         if self.purge_batch == 0 {
@@ -758,7 +809,7 @@ impl PostgresStoreBuilder {
         };
         Ok(PostgresStore {
             pool,
-            sql: Arc::new(Statements::new(&self.table)),
+            sql: Arc::new(Statements::new(&self.schema, &self.table)),
             timeout: self.timeout,
             max_record_bytes: self.max_record_bytes,
             fail_open: self.fail_open,
@@ -773,15 +824,20 @@ impl PostgresStoreBuilder {
     }
 }
 
-/// Whether `table` is an identifier that needs no quoting and leaves room for its index's
-/// name within Postgres's 63 bytes.
-fn valid_table(table: &str) -> bool {
-    let mut chars = table.chars();
+/// The longest name Postgres keeps whole, in bytes.
+const MAX_NAME: usize = 63;
+
+/// The longest table name, which leaves room for its index's (`_purge_at`) within [`MAX_NAME`].
+const MAX_TABLE_NAME: usize = MAX_NAME - "_purge_at".len();
+
+/// Whether `name` is an identifier that needs no quoting, of at most `max` bytes.
+fn valid_name(name: &str, max: usize) -> bool {
+    let mut chars = name.chars();
     chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && table.len() <= 54
+        && name.len() <= max
 }
 
 impl Store for PostgresStore {
@@ -1063,8 +1119,10 @@ mod tests {
     #[test]
     fn table_names_are_plain_identifiers_with_room_for_the_index() {
         for ok in ["idem_records", "_t", "t2", &"a".repeat(54)] {
-            assert!(valid_table(ok), "{ok}");
+            assert!(valid_name(ok, MAX_TABLE_NAME), "{ok}");
         }
+        assert!(valid_name(&"a".repeat(63), MAX_NAME), "a schema name");
+        assert!(!valid_name(&"a".repeat(64), MAX_NAME), "a schema name");
         for bad in [
             "",
             "Idem",
@@ -1075,22 +1133,23 @@ mod tests {
             "\"t\"",
             &"a".repeat(55),
         ] {
-            assert!(!valid_table(bad), "{bad}");
+            assert!(!valid_name(bad, MAX_TABLE_NAME), "{bad}");
         }
     }
 
     #[test]
-    fn the_schema_in_the_docs_is_the_one_migrate_runs_for_any_table_name() {
-        let default = Statements::new(DEFAULT_TABLE);
-        assert_eq!(default.schema, schema!());
-        let other = Statements::new("app_keys");
-        assert!(!other.schema.contains(DEFAULT_TABLE));
+    fn the_schema_in_the_docs_is_the_one_migrate_runs_for_any_schema_and_table_name() {
+        let default = Statements::new(DEFAULT_SCHEMA, DEFAULT_TABLE);
+        assert_eq!(default.create, schema!());
+        let other = Statements::new("app", "app_keys");
+        assert!(!other.create.contains(DEFAULT_TABLE));
+        assert!(!other.create.contains(DEFAULT_SCHEMA));
         assert!(other
-            .schema
-            .contains("CREATE TABLE IF NOT EXISTS app_keys ("));
+            .create
+            .contains("CREATE TABLE IF NOT EXISTS app.app_keys ("));
         assert!(other
-            .schema
-            .contains("CREATE INDEX IF NOT EXISTS app_keys_purge_at ON app_keys (purge_at)"));
+            .create
+            .contains("CREATE INDEX IF NOT EXISTS app_keys_purge_at ON app.app_keys (purge_at)"));
         for statement in [
             &other.claim,
             &other.get,
@@ -1099,7 +1158,12 @@ mod tests {
             &other.release,
             &other.purge,
         ] {
-            assert!(statement.contains("app_keys"), "{statement}");
+            assert!(statement.contains("app.app_keys"), "{statement}");
+            assert_eq!(
+                statement.matches("app_keys").count(),
+                statement.matches("app.app_keys").count(),
+                "the table is named with its schema wherever it is named: {statement}"
+            );
             assert!(!statement.contains(DEFAULT_TABLE), "{statement}");
         }
     }
@@ -1125,6 +1189,7 @@ mod tests {
         let err = |builder: PostgresStoreBuilder| builder.build().unwrap_err().to_string();
         let url = "postgres://idem@127.0.0.1:1/idem";
         assert!(err(PostgresStore::builder(url).table("Bad-Name")).contains("lowercase ASCII"));
+        assert!(err(PostgresStore::builder(url).schema("app.x")).contains("schema name"));
         assert!(err(PostgresStore::builder("redis://127.0.0.1/")).contains("invalid Postgres URL"));
         assert!(err(PostgresStore::builder(url).max_connections(0)).contains("at least one"));
         assert!(err(PostgresStore::builder(url).purge_batch(0)).contains("at least one row"));
