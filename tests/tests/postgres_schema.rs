@@ -1,13 +1,15 @@
 //! The Postgres store's table against a real PostgreSQL: where its statements find it (never
-//! where a handler's or a role's `search_path` points). Each test skips when no PostgreSQL can
-//! be had, unless `IDEM_REQUIRE_POSTGRES=1`.
+//! where a handler's or a role's `search_path` points), how it is created (by processes starting
+//! together, by a user without the right to create). Each test skips when no PostgreSQL can be
+//! had, unless `IDEM_REQUIRE_POSTGRES=1`.
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use idem_actix::clock::{Clock, SystemClock, Timestamp};
 use idem_actix::{PostgresStore, TransactionalClaim};
 use idem_core::store::{Claim, Store};
-use idem_core::{Completed, Fingerprint, InFlight, Record, Response, StoreKey, Token};
+use idem_core::{Completed, Fingerprint, InFlight, Record, Response, StoreError, StoreKey, Token};
 use idem_tests::TestPostgres;
 use sqlx::PgPool;
 
@@ -117,4 +119,91 @@ async fn a_handler_s_search_path_does_not_redirect_the_store_s_statements() {
         0,
         "nothing was written to the other schema's table"
     );
+}
+
+/// Two processes starting together against an empty database both create the table: Postgres's
+/// own `IF NOT EXISTS` can fail one of them on the catalog's unique indexes.
+#[actix_web::test]
+async fn processes_starting_together_on_an_empty_database_all_create_the_table() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = inspect(&pg).await;
+    for _ in 0..4 {
+        let table = pg.table("together");
+        let stores: Vec<_> = (0..8)
+            .map(|_| {
+                PostgresStore::builder(pg.url())
+                    .table(table.as_str())
+                    .build()
+                    .expect("valid settings")
+            })
+            .collect();
+        for started in join_all(stores.iter().map(PostgresStore::migrate)).await {
+            started.expect("every process starts");
+        }
+        assert_eq!(count(&db, &table).await, 0);
+    }
+}
+
+/// An application whose user may read and write the table, created beforehand by someone who
+/// may create it, but may not create tables itself, starts: the table is there.
+#[actix_web::test]
+async fn a_user_who_may_not_create_tables_starts_on_the_table_that_exists() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    if !pg.owned() {
+        eprintln!("skipped: needs a role of its own, on a server of its own");
+        return;
+    }
+    let db = inspect(&pg).await;
+    let owner = PostgresStore::builder(pg.url())
+        .table(pg.table("granted"))
+        .build()
+        .expect("valid settings");
+    owner.migrate().await.expect("the owner creates the table");
+    let role = pg.table("app");
+    run(
+        &db,
+        &format!(
+            "CREATE ROLE {role} LOGIN;
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};",
+            owner.table()
+        ),
+    )
+    .await;
+    let url = pg
+        .url()
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let app = PostgresStore::builder(url.as_str())
+        .table(owner.table())
+        .build()
+        .expect("valid settings");
+    app.migrate()
+        .await
+        .expect("a table that exists needs no right to create one");
+    let t = now();
+    let claim = in_flight(t);
+    assert_eq!(app.claim(&key(1), claim, t).await.unwrap(), Claim::Claimed);
+    let record = completed(&claim, t, "call_1");
+    assert!(app
+        .complete(&key(1), claim.token, record.clone(), t)
+        .await
+        .unwrap());
+    assert_eq!(
+        app.get(&key(1), t).await.unwrap(),
+        Some(Record::Completed(record))
+    );
+
+    // Where the table is missing, the refusal says so.
+    let missing = PostgresStore::builder(url.as_str())
+        .table(pg.table("missing"))
+        .build()
+        .expect("valid settings");
+    let err = missing.migrate().await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("permission denied"), "{err}");
 }

@@ -355,21 +355,30 @@ impl PostgresStore {
         &self.sql.schema
     }
 
-    /// Creates the table and its index if they do not exist (the SQL is in the
+    /// Creates the table and its index if the table does not exist (the SQL is in the
     /// [store's docs](PostgresStore)). Safe to run at every start and from several processes at
-    /// once.
+    /// once. A table that exists is left as it is, so a user who may read and write it but
+    /// not create tables (it was created by one who may) can run this too.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when Postgres cannot be reached or takes no writes for now
-    /// (a standby, or a primary a failover demoted), [`StoreError::Refused`] when it refuses (the user may not create tables, for one: then run the SQL as a user
-    /// who may).
+    /// [`StoreError::Unavailable`] when Postgres cannot be reached, or takes no writes for now
+    /// (a standby, or a primary a failover demoted) and the table is missing;
+    /// [`StoreError::Refused`] when it refuses (the table is missing and the user may not
+    /// create it, for one: then run the SQL as a user who may).
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.acquire().await?;
+        // `CREATE ... IF NOT EXISTS` needs the right to create even where the table exists.
+        let exists = sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&self.sql.qualified)
+            .fetch_one(&mut *conn);
+        if self.timed(exists).await? {
+            return Ok(());
+        }
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
         let sql = format!(
             "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}",
             self.sql.qualified, self.sql.create
         );
-        let mut conn = self.acquire().await?;
         self.timed(sqlx::raw_sql(&sql).execute(&mut *conn)).await?;
         Ok(())
     }
