@@ -1,7 +1,7 @@
 //! The Postgres store's table against a real PostgreSQL: where its statements find it (never
 //! where a handler's or a role's `search_path` points), how it is created (by processes starting
-//! together, by a user without the right to create). Each test skips when no PostgreSQL can be
-//! had, unless `IDEM_REQUIRE_POSTGRES=1`.
+//! together, by a user without the right to create) and what it refuses (a table of another
+//! layout). Each test skips when no PostgreSQL can be had, unless `IDEM_REQUIRE_POSTGRES=1`.
 
 use std::time::Duration;
 
@@ -206,4 +206,73 @@ async fn a_user_who_may_not_create_tables_starts_on_the_table_that_exists() {
     let err = missing.migrate().await.unwrap_err();
     assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
     assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+/// A table of the configured name but of another layout (another application's, or one
+/// written by hand) is refused when the store starts, naming what differs, rather than
+/// refusing every keyed request later.
+#[actix_web::test]
+async fn a_table_of_another_layout_is_refused_at_start_up_naming_what_differs() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = inspect(&pg).await;
+    let columns = [
+        ("key", "bytea PRIMARY KEY"),
+        ("kind", "text NOT NULL"),
+        ("token", "bytea NOT NULL"),
+        ("fingerprint", "bytea NOT NULL"),
+        ("lapses_at", "bigint NOT NULL"),
+        ("purge_at", "bigint NOT NULL"),
+        ("status", "integer"),
+        ("completed_at", "bigint"),
+        ("headers", "bytea"),
+        ("body", "bytea"),
+        ("omitted_size", "bigint"),
+    ];
+    let layout = |replace: (&str, &str)| {
+        columns
+            .iter()
+            .filter_map(|&(name, ty)| match name == replace.0 {
+                true if replace.1.is_empty() => None,
+                true => Some(format!("{name} {}", replace.1)),
+                false => Some(format!("{name} {ty}")),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (change, named) in [
+        (("omitted_size", ""), "omitted_size"),
+        (("lapses_at", "timestamptz NOT NULL"), "lapses_at"),
+        (("key", "bytea NOT NULL"), "primary key"),
+        (("tenant", "text NOT NULL"), "tenant"),
+    ] {
+        let table = pg.table("other_layout");
+        let mut sql = layout(change);
+        if !columns.iter().any(|(name, _)| *name == change.0) {
+            sql = format!("{sql}, {} {}", change.0, change.1);
+        }
+        run(&db, &format!("CREATE TABLE {table} ({sql})")).await;
+        let store = PostgresStore::builder(pg.url())
+            .table(table.as_str())
+            .build()
+            .expect("valid settings");
+        let err = store.migrate().await.unwrap_err();
+        assert!(matches!(err, StoreError::Refused(_)), "{named}: {err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&table) && message.contains(named),
+            "{named}: {message}"
+        );
+    }
+    // The table as the store's docs write it passes.
+    let table = pg.table("same_layout");
+    run(&db, &format!("CREATE TABLE {table} ({})", layout(("", "")))).await;
+    PostgresStore::builder(pg.url())
+        .table(table.as_str())
+        .build()
+        .expect("valid settings")
+        .migrate()
+        .await
+        .expect("the documented layout is the store's");
 }

@@ -49,6 +49,22 @@ const CLAIM_ATTEMPTS: usize = 8;
 /// The most batches one automatic purge deletes before it waits for its next turn.
 const PURGE_BATCHES_PER_RUN: usize = 64;
 
+/// The table's columns as [`schema!`] writes them: name, type (as Postgres's `format_type`
+/// names it), and whether the store leaves it NULL in some rows.
+const LAYOUT: [(&str, &str, bool); 11] = [
+    ("key", "bytea", false),
+    ("kind", "text", false),
+    ("token", "bytea", false),
+    ("fingerprint", "bytea", false),
+    ("lapses_at", "bigint", false),
+    ("purge_at", "bigint", false),
+    ("status", "integer", true),
+    ("completed_at", "bigint", true),
+    ("headers", "bytea", true),
+    ("body", "bytea", true),
+    ("omitted_size", "bigint", true),
+];
+
 /// The columns a record is read from, in this order.
 const COLUMNS: &str =
     "kind, token, fingerprint, lapses_at, status, completed_at, headers, body, omitted_size";
@@ -364,22 +380,92 @@ impl PostgresStore {
     /// [`StoreError::Unavailable`] when Postgres cannot be reached, or takes no writes for now
     /// (a standby, or a primary a failover demoted) and the table is missing;
     /// [`StoreError::Refused`] when it refuses (the table is missing and the user may not
-    /// create it, for one: then run the SQL as a user who may).
+    /// create it, for one: then run the SQL as a user who may), or when the table is not of
+    /// the layout in the store's docs (the error names what differs).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.acquire().await?;
         // `CREATE ... IF NOT EXISTS` needs the right to create even where the table exists.
         let exists = sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
             .bind(&self.sql.qualified)
             .fetch_one(&mut *conn);
-        if self.timed(exists).await? {
-            return Ok(());
+        if !self.timed(exists).await? {
+            // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
+            let sql = format!(
+                "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}",
+                self.sql.qualified, self.sql.create
+            );
+            self.timed(sqlx::raw_sql(&sql).execute(&mut *conn)).await?;
         }
-        // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
-        let sql = format!(
-            "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}",
-            self.sql.qualified, self.sql.create
-        );
-        self.timed(sqlx::raw_sql(&sql).execute(&mut *conn)).await?;
+        self.check_layout(&mut conn).await
+    }
+
+    /// Refuses a table whose layout the store's statements cannot use, naming what differs,
+    /// so that the start fails rather than every keyed request; warns of a missing purge index.
+    async fn check_layout(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let table = &self.sql.qualified;
+        // Name, type, NOT NULL, and whether a write that leaves it out fails.
+        let columns = sqlx::query_as::<_, (String, String, bool, bool)>(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull,
+                    attnotnull AND NOT atthasdef AND attidentity = '' AND attgenerated = ''
+             FROM pg_attribute
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(table)
+        .fetch_all(&mut *conn);
+        let columns = self.timed(columns).await?;
+        // Whether `key` alone has a unique index that `ON CONFLICT (key)` can use, and whether
+        // an index leads with `purge_at`.
+        let indexes = sqlx::query_as::<_, (bool, bool)>(
+            "SELECT
+                 coalesce(bool_or(a.attname = 'key' AND i.indisunique AND i.indimmediate
+                                  AND i.indnkeyatts = 1 AND i.indpred IS NULL), false),
+                 coalesce(bool_or(a.attname = 'purge_at'), false)
+             FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+             WHERE i.indrelid = to_regclass($1)",
+        )
+        .bind(table)
+        .fetch_one(&mut *conn);
+        let (key_unique, purge_indexed) = self.timed(indexes).await?;
+
+        let mut wrong = Vec::new();
+        for (name, ty, nullable) in LAYOUT {
+            match columns.iter().find(|column| column.0 == name) {
+                None => wrong.push(format!("it has no column {name} ({ty})")),
+                Some((_, found, ..)) if found != ty => {
+                    wrong.push(format!("{name} is {found}, not {ty}"));
+                }
+                Some((_, _, true, _)) if nullable => {
+                    wrong.push(format!(
+                        "{name} is NOT NULL, but is left NULL until completion"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, _, _, required) in &columns {
+            if *required && !LAYOUT.iter().any(|column| column.0 == name) {
+                wrong.push(format!(
+                    "{name} is NOT NULL without a default, and the store does not write it"
+                ));
+            }
+        }
+        if !key_unique && columns.iter().any(|column| column.0 == "key") {
+            wrong.push("key is not its primary key".into());
+        }
+        if !wrong.is_empty() {
+            return Err(StoreError::Refused(
+                format!(
+                    "the table {table} is not the one this idem writes: {}; drop it, or name \
+                     another table with PostgresStoreBuilder::table or ::schema",
+                    wrong.join("; ")
+                )
+                .into(),
+            ));
+        }
+        if !purge_indexed {
+            tracing::warn!(%table, "the idempotency table has no index on purge_at, so each purge reads all of it; create the one in PostgresStore's docs");
+        }
         Ok(())
     }
 
@@ -1174,6 +1260,21 @@ mod tests {
                 "the table is named with its schema wherever it is named: {statement}"
             );
             assert!(!statement.contains(DEFAULT_TABLE), "{statement}");
+        }
+    }
+
+    #[test]
+    fn the_layout_migrate_checks_is_the_table_s_sql() {
+        let lines: Vec<&str> = schema!()
+            .lines()
+            .filter(|line| line.starts_with("    "))
+            .collect();
+        assert_eq!(lines.len(), LAYOUT.len(), "one column per line");
+        for ((name, ty, nullable), line) in LAYOUT.iter().zip(lines) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!((words[0], words[1].trim_end_matches(',')), (*name, *ty));
+            let not_null = line.contains("NOT NULL") || line.contains("PRIMARY KEY");
+            assert_eq!(not_null, !nullable, "{line}");
         }
     }
 
