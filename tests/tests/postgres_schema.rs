@@ -1,7 +1,8 @@
 //! The Postgres store's table against a real PostgreSQL: where its statements find it (never
-//! where a handler's or a role's `search_path` points), how it is created (by processes starting
-//! together, by a user without the right to create) and what it refuses (a table of another
-//! layout). Each test skips when no PostgreSQL can be had, unless `IDEM_REQUIRE_POSTGRES=1`.
+//! where a handler's or a role's `search_path` points), how it is created (by processes
+//! starting together, by a user without the right to create, under any name allowed) and what
+//! it refuses (a table of another layout). Each test skips when no PostgreSQL can be had,
+//! unless `IDEM_REQUIRE_POSTGRES=1`.
 
 use std::time::Duration;
 
@@ -275,4 +276,46 @@ async fn a_table_of_another_layout_is_refused_at_start_up_naming_what_differs() 
         .migrate()
         .await
         .expect("the documented layout is the store's");
+}
+
+/// Every name the builder accepts works, SQL's keywords included (`order`, `user`): the
+/// statements quote the names they are given.
+#[actix_web::test]
+async fn a_table_and_schema_named_by_keywords_are_created_and_used() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = inspect(&pg).await;
+    let unique = pg.table("keywords");
+    run(&db, &format!("CREATE SCHEMA {unique}")).await;
+    let mut places = vec![(unique.clone(), "order")];
+    // A schema of a fixed name, on a server no other run shares.
+    if pg.owned() {
+        run(&db, "CREATE SCHEMA \"user\"").await;
+        places.push(("user".to_owned(), "select"));
+    }
+    for (schema, table) in places {
+        let store = PostgresStore::builder(pg.url())
+            .schema(schema.as_str())
+            .table(table)
+            .build()
+            .expect("valid settings");
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("{schema}.{table}: {e}"));
+        let t = now();
+        let claim = in_flight(t);
+        assert_eq!(
+            store.claim(&key(1), claim, t).await.unwrap(),
+            Claim::Claimed,
+            "{schema}.{table}"
+        );
+        assert!(store
+            .complete(&key(1), claim.token, completed(&claim, t, "call_1"), t)
+            .await
+            .unwrap());
+        assert_eq!(store.purge_expired(t.saturating_add(TTL)).await.unwrap(), 1);
+        assert_eq!(count(&db, &format!("\"{schema}\".\"{table}\"")).await, 0);
+    }
 }

@@ -90,8 +90,10 @@ struct Statements {
 
 impl Statements {
     fn new(schema: &str, table: &str) -> Self {
-        let qualified = format!("{schema}.{table}");
-        let index = format!("{table}_purge_at");
+        // Quoted, as keywords (`order`, `user`) are allowed names too; quoting a lowercase
+        // name does not change it.
+        let qualified = format!("\"{schema}\".\"{table}\"");
+        let index = format!("\"{table}_purge_at\"");
         Self {
             table: table.to_owned(),
             schema: schema.to_owned(),
@@ -1235,16 +1237,20 @@ mod tests {
     #[test]
     fn the_schema_in_the_docs_is_the_one_migrate_runs_for_any_schema_and_table_name() {
         let default = Statements::new(DEFAULT_SCHEMA, DEFAULT_TABLE);
-        assert_eq!(default.create, schema!());
+        assert_eq!(
+            default.create.replace('"', ""),
+            schema!(),
+            "quoted, the same"
+        );
         let other = Statements::new("app", "app_keys");
         assert!(!other.create.contains(DEFAULT_TABLE));
         assert!(!other.create.contains(DEFAULT_SCHEMA));
         assert!(other
             .create
-            .contains("CREATE TABLE IF NOT EXISTS app.app_keys ("));
-        assert!(other
-            .create
-            .contains("CREATE INDEX IF NOT EXISTS app_keys_purge_at ON app.app_keys (purge_at)"));
+            .contains(r#"CREATE TABLE IF NOT EXISTS "app"."app_keys" ("#));
+        assert!(other.create.contains(
+            r#"CREATE INDEX IF NOT EXISTS "app_keys_purge_at" ON "app"."app_keys" (purge_at)"#
+        ));
         for statement in [
             &other.claim,
             &other.get,
@@ -1253,10 +1259,10 @@ mod tests {
             &other.release,
             &other.purge,
         ] {
-            assert!(statement.contains("app.app_keys"), "{statement}");
+            assert!(statement.contains(r#""app"."app_keys""#), "{statement}");
             assert_eq!(
                 statement.matches("app_keys").count(),
-                statement.matches("app.app_keys").count(),
+                statement.matches(r#""app"."app_keys""#).count(),
                 "the table is named with its schema wherever it is named: {statement}"
             );
             assert!(!statement.contains(DEFAULT_TABLE), "{statement}");
