@@ -46,6 +46,10 @@ const DEFAULT_SCHEMA: &str = "public";
 /// [`PostgresStore`]'s docs). Each run needs yet another concurrent change of the same key to fail.
 const CLAIM_ATTEMPTS: usize = 8;
 
+/// The largest [`PostgresStoreBuilder::max_record_bytes`]: Postgres takes no message, and no
+/// value, over 1 GiB, and the completion's message carries the record and a few fields more.
+const MAX_RECORD_BYTES: usize = (1 << 30) - (1 << 20);
+
 /// The most batches one automatic purge deletes before it waits for its next turn.
 const PURGE_BATCHES_PER_RUN: usize = 64;
 
@@ -811,7 +815,8 @@ impl PostgresStoreBuilder {
     }
 
     /// The largest response kept, in bytes (headers and body, with their framing). Default
-    /// 8 MiB.
+    /// 8 MiB, at most 1 GiB less 1 MiB (Postgres takes no value over 1 GiB). A larger response
+    /// is recorded without its body.
     pub fn max_record_bytes(mut self, max: usize) -> Self {
         self.max_record_bytes = max;
         self
@@ -843,9 +848,9 @@ impl PostgresStoreBuilder {
     /// [`PostgresStore::migrate`].
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] for a URL that is not a Postgres URL, a table name that
-    /// is not a plain identifier, a pool of no connections or a purge batch of no rows, or
-    /// when called outside a Tokio runtime (the pool's upkeep runs on the runtime that builds
+    /// [`StoreError::Unavailable`] for a URL that is not a Postgres URL, a schema or table
+    /// name that is not a plain identifier, a pool of no connections, a purge batch of no
+    /// rows or a record limit above what Postgres takes, or when called outside a Tokio runtime (the pool's upkeep runs on the runtime that builds
     /// the store).
     pub fn build(self) -> Result<PostgresStore, StoreError> {
         let invalid = |reason: String| Err(StoreError::Unavailable(reason.into()));
@@ -871,6 +876,12 @@ impl PostgresStoreBuilder {
         }
         if self.purge_batch == 0 {
             return invalid("the purge batch must be at least one row".into());
+        }
+        if self.max_record_bytes > MAX_RECORD_BYTES {
+            return invalid(format!(
+                "the largest record kept must be at most {MAX_RECORD_BYTES} bytes, as Postgres \
+                 takes no value over 1 GiB; larger responses are recorded without their body"
+            ));
         }
         let pool = match self.source {
             Source::Pool(pool) => pool,
@@ -1310,6 +1321,19 @@ mod tests {
         assert!(err(PostgresStore::builder(url).max_connections(0)).contains("at least one"));
         assert!(err(PostgresStore::builder(url).purge_batch(0)).contains("at least one row"));
         assert!(PostgresStore::new(url).is_ok(), "built without connecting");
+    }
+
+    /// Postgres takes no message over 1 GiB: a completion above it would fail on every
+    /// attempt, and the operation that ran would go unrecorded, where a record over the
+    /// store's limit is kept without its body.
+    #[tokio::test]
+    async fn a_record_limit_beyond_what_postgres_takes_is_refused() {
+        let url = "postgres://idem@127.0.0.1:1/idem";
+        let limit = |max| PostgresStore::builder(url).max_record_bytes(max).build();
+        let err = limit(1 << 30).unwrap_err().to_string();
+        assert!(err.contains("at most 1072693248 bytes"), "{err}");
+        assert!(limit(usize::MAX).is_err());
+        assert!(limit(1072693248).is_ok());
     }
 
     #[test]
