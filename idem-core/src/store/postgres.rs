@@ -179,7 +179,10 @@ impl Statements {
 ///
 /// Times are milliseconds since the Unix epoch, as the engine's clock gives them, so that the
 /// rows judge leases by the same clock as the engine does (and as several processes sharing
-/// the table do). A lapsed claim is kept for [`LAPSED_CLAIM_GRACE`] beyond its lease, so that a
+/// the table do). The database's own clock plays no part: a process whose clock runs ahead
+/// of the others' sees their claims lapse and their records expire early by the difference,
+/// and one whose clock runs behind replays records after their TTL by as much, so keep the
+/// clocks of the processes sharing a table in sync. A lapsed claim is kept for [`LAPSED_CLAIM_GRACE`] beyond its lease, so that a
 /// slow holder nobody displaced can still record its response; every read treats it as
 /// absent all the same.
 ///
@@ -270,7 +273,10 @@ impl Statements {
 /// default isolation level; set another with `SET TRANSACTION ISOLATION LEVEL` as its first
 /// statement. At REPEATABLE READ or SERIALIZABLE, commit within a third of the lease: the
 /// claim's row is renewed then, on another connection, and Postgres refuses (40001) to commit
-/// the record over a row changed since the transaction's snapshot.
+/// the record over a row changed since the transaction's snapshot. Change a setting for the
+/// run with `SET LOCAL`, which ends with the transaction: a plain `SET` (or `SET ROLE`)
+/// outlives it on the connection, which goes back to the pool and serves the store's own
+/// statements next.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
