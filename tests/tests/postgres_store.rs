@@ -268,6 +268,59 @@ async fn sixty_four_concurrent_claims_of_one_key_have_one_winner() {
     }
 }
 
+/// A database whose default isolation is REPEATABLE READ or SERIALIZABLE fails a statement
+/// that meets a row committed after its snapshot (40001) rather than waiting on it: a claim
+/// that lost such a race runs again on a new snapshot, and finds the winner's claim, as under
+/// READ COMMITTED; it is neither refused nor answered as an outage.
+#[actix_web::test]
+async fn concurrent_claims_under_a_stricter_default_isolation_still_have_one_winner() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let first = store(&pg, "race_isolated").await;
+    let sep = if pg.url().contains('?') { '&' } else { '?' };
+    for (n, level, option) in [
+        (110, "REPEATABLE READ", "repeatable%5C%20read"),
+        (111, "SERIALIZABLE", "serializable"),
+    ] {
+        let url = format!(
+            "{}{sep}options=-c%20default_transaction_isolation%3D{option}",
+            pg.url()
+        );
+        let stores: Vec<_> = (0..4)
+            .map(|_| {
+                PostgresStore::builder(url.as_str())
+                    .table(first.table())
+                    .build()
+                    .expect("valid settings")
+            })
+            .collect();
+        for round in 0..2u8 {
+            let t = now();
+            // A free key, then a key whose claim has lapsed.
+            let k = key(n);
+            let at = t.saturating_add(LEASE * 2 * u32::from(round));
+            let claims: Vec<_> = (0..32).map(|_| in_flight(at)).collect();
+            let answers = join_all(
+                claims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| stores[i % 4].claim(&k, *c, at)),
+            )
+            .await;
+            let winners = answers
+                .iter()
+                .filter(|a| matches!(a, Ok(Claim::Claimed)))
+                .count();
+            assert_eq!(winners, 1, "{level}, round {round}: {answers:?}");
+            assert!(
+                answers.iter().all(Result::is_ok),
+                "{level}, round {round}: every claim is answered: {answers:?}"
+            );
+        }
+    }
+}
+
 #[actix_web::test]
 async fn a_replay_is_one_statement_that_writes_nothing() {
     let Some(pg) = TestPostgres::start() else {

@@ -196,7 +196,8 @@ impl Statements {
 ///   reads only: it neither writes nor locks the row, so its commit does not wait for the
 ///   disk. The one exception to one round trip: a claim racing another claim of the same
 ///   key, whose row was committed after this statement began, cannot see that row (the
-///   statement reads the snapshot it started with), so it runs again, and then sees it;
+///   statement reads the snapshot it started with; under a default isolation of REPEATABLE
+///   READ or SERIALIZABLE, Postgres fails it instead), so it runs again, and then sees it;
 /// - get: a `SELECT` of the row if it has not lapsed;
 /// - extend, complete, release: an `UPDATE` or `DELETE` of the row only while it is a claim
 ///   held by the caller's token.
@@ -707,6 +708,12 @@ impl PostgresStore {
     }
 }
 
+/// Whether `error` is Postgres's `serialization_failure` (40001): a statement that met a row
+/// changed after its snapshot, under REPEATABLE READ or SERIALIZABLE.
+fn serialization_failure(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("40001"))
+}
+
 /// A time as the table holds it.
 fn millis(at: Timestamp) -> i64 {
     i64::try_from(at.as_millis()).unwrap_or(i64::MAX)
@@ -972,7 +979,15 @@ impl Store for PostgresStore {
                     .bind(millis(claim.lease_until))
                     .bind(millis(purge_at))
                     .bind(millis(now));
-                let row = self.timed(query.fetch_one(&mut *conn)).await?;
+                let row =
+                    match tokio::time::timeout(self.timeout, query.fetch_one(&mut *conn)).await {
+                        Err(_) => return Err(StoreError::Timeout),
+                        // Under REPEATABLE READ or SERIALIZABLE (the database's default isolation),
+                        // a claim that meets a row committed after its snapshot fails where READ
+                        // COMMITTED would wait for it; the next run's snapshot sees that row.
+                        Ok(Err(error)) if serialization_failure(&error) => continue,
+                        Ok(row) => row.map_err(|e| self.error(e))?,
+                    };
                 let claimed: bool = row.try_get("claimed").map_err(|e| self.error(e))?;
                 if claimed {
                     drop(conn);
