@@ -319,3 +319,29 @@ async fn a_table_and_schema_named_by_keywords_are_created_and_used() {
         assert_eq!(count(&db, &format!("\"{schema}\".\"{table}\"")).await, 0);
     }
 }
+
+/// A schema that does not exist is refused, by name, with what to do: the store creates its
+/// table, not the schema.
+#[actix_web::test]
+async fn a_schema_that_does_not_exist_is_refused_by_name() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let schema = pg.table("absent");
+    let store = PostgresStore::builder(pg.url())
+        .schema(schema.as_str())
+        .build()
+        .expect("valid settings");
+    let t = now();
+    for err in [
+        store.migrate().await.unwrap_err(),
+        store.claim(&key(1), in_flight(t), t).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&schema) && message.contains("PostgresStoreBuilder::schema"),
+            "{message}"
+        );
+    }
+}

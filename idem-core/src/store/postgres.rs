@@ -635,7 +635,8 @@ impl PostgresStore {
                 Some("42P01") => StoreError::Refused(
                     format!(
                         "the table {table} does not exist; create it with PostgresStore::migrate() \
-                         or the SQL in the store's docs ({error})"
+                         or the SQL in the store's docs, in a schema that exists (see \
+                         PostgresStoreBuilder::schema) ({error})"
                     )
                     .into(),
                 ),
