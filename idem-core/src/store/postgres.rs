@@ -839,6 +839,12 @@ impl PostgresStoreBuilder {
     /// Runs requests unprotected when Postgres cannot be reached, does not answer in time, or
     /// takes no writes for now (SQLSTATE 25006: a primary a failover demoted, or a standby),
     /// instead of answering 503 (see [`StoreError`]). Default off.
+    ///
+    /// A pool with no connection free within the connect timeout counts as a Postgres that
+    /// cannot be reached, whatever holds its connections. Running [`ClaimTransaction`]s each
+    /// hold one: failing open, a pool they fill lets the next keyed requests run unprotected,
+    /// a retry of one of those runs included, which then runs beside it. Size the pool above
+    /// the transactions that run at once.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.fail_open = fail_open;
         self
