@@ -271,8 +271,9 @@ impl Fixture {
     async fn waits_for_the_row(&self, statement: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         let start = match statement {
-            "complete" => format!("UPDATE {} SET kind = ''C''", self.records),
-            "release" => format!("DELETE FROM {} WHERE key = $1", self.records),
+            // As the store names its table: quoted, with its schema.
+            "complete" => format!(r#"UPDATE "public"."{}" SET kind = ''C''"#, self.records),
+            "release" => format!(r#"DELETE FROM "public"."{}" WHERE key = $1"#, self.records),
             other => panic!("no statement {other}"),
         };
         let waiting = format!(
