@@ -345,3 +345,47 @@ async fn a_schema_that_does_not_exist_is_refused_by_name() {
         );
     }
 }
+
+/// A store that named no schema once kept its table wherever the connection's `search_path`
+/// led; now its statements name `public` unless told otherwise. Such a table is not left
+/// behind unseen, its records with it (a retry of an operation it recorded would run again):
+/// `migrate` refuses to create another, naming the schema it is in.
+#[tokio::test]
+async fn a_table_the_search_path_finds_in_another_schema_is_named_rather_than_made_anew() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = inspect(&pg).await;
+    let elsewhere = pg.table("elsewhere");
+    let table = pg.table("moved");
+    run(&db, &format!("CREATE SCHEMA {elsewhere}")).await;
+    let kept = PostgresStore::builder(pg.url())
+        .schema(elsewhere.as_str())
+        .table(table.as_str())
+        .build()
+        .expect("valid settings");
+    kept.migrate().await.expect("the table in its schema");
+
+    let separator = if pg.url().contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{}{separator}options=-c%20search_path%3D{elsewhere}%2Cpublic",
+        pg.url()
+    );
+    let store = PostgresStore::builder(&url)
+        .table(table.as_str())
+        .build()
+        .expect("valid settings");
+    let err = store.migrate().await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&elsewhere) && message.contains("PostgresStoreBuilder::schema"),
+        "{message}"
+    );
+    let public: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("public.{table}"))
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(!public, "a second, empty table was made in public");
+}

@@ -393,8 +393,10 @@ impl PostgresStore {
     /// [`StoreError::Unavailable`] when Postgres cannot be reached, or takes no writes for now
     /// (a standby, or a primary a failover demoted) and the table is missing;
     /// [`StoreError::Refused`] when it refuses (the table is missing and the user may not
-    /// create it, for one: then run the SQL as a user who may), or when the table is not of
-    /// the layout in the store's docs (the error names what differs).
+    /// create it, for one: then run the SQL as a user who may), when the table is not of
+    /// the layout in the store's docs (the error names what differs), or when it is missing
+    /// from its schema while the connection's `search_path` finds a table of its name in
+    /// another (where a store that named no schema kept it: the error names that schema).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.acquire().await?;
         // `CREATE ... IF NOT EXISTS` needs the right to create even where the table exists.
@@ -402,6 +404,31 @@ impl PostgresStore {
             .bind(&self.sql.qualified)
             .fetch_one(&mut *conn);
         if !self.timed(exists).await? {
+            // A table of this name that the connection's `search_path` finds in another
+            // schema: where a store that named no schema kept its records. A second, empty
+            // one would leave them behind, and a retry of what they recorded would run again.
+            let elsewhere = sqlx::query_scalar::<_, String>(
+                "SELECT n.nspname::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.oid = to_regclass($1)",
+            )
+            .bind(format!("\"{}\"", self.sql.table))
+            .fetch_optional(&mut *conn);
+            // (Found in its own schema, it was made meanwhile by a process starting beside
+            // this one.)
+            let elsewhere = self.timed(elsewhere).await?;
+            if let Some(schema) = elsewhere.filter(|schema| *schema != self.sql.schema) {
+                return Err(StoreError::Refused(
+                    format!(
+                        "the table {} does not exist, but the connection's search_path finds \
+                         one of its name in the schema {schema}: name that schema with \
+                         PostgresStoreBuilder::schema(\"{schema}\") to keep its records, or \
+                         drop or rename that table to start on a new one in {}",
+                        self.sql.qualified, self.sql.schema
+                    )
+                    .into(),
+                ));
+            }
             // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
             let sql = format!(
                 "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}",
