@@ -2026,26 +2026,17 @@ mod tests {
         );
         assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
 
-        let lease = execute(&engine, &policy, key(2), fp("a")).await;
-        let (engine2, store2) = (engine.clone(), store.clone());
-        let duplicate = lease
-            .run(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        let store2 = store.clone();
+        forgotten_while_it_runs(
+            &engine,
+            &policy,
+            key(2),
+            Duration::from_secs(11),
+            move || {
                 store2.forget();
-                // Past the next renewal (every 10 s).
-                tokio::time::sleep(Duration::from_secs(11)).await;
-                engine2.begin(&policy, key(2), fp("a")).await
-            })
-            .await;
-        assert!(
-            matches!(duplicate, Err(IdempotencyError::InFlight)),
-            "a retry after the renewal ran beside the first: {duplicate:?}"
-        );
-        assert_eq!(
-            lease.finish(response(201, "once")).await.unwrap(),
-            Outcome::Recorded
-        );
-        assert_eq!(replayed_body(&engine, &policy, key(2)).await, b"once");
+            },
+        )
+        .await;
 
         // The limit: a retry while the key is forgotten runs; its claim stands.
         let first = execute(&engine, &policy, key(3), fp("a")).await;
@@ -2070,28 +2061,50 @@ mod tests {
         let engine = Engine::new(store.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
         let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
 
-        let lease = execute(&engine, &policy, key(1), fp("a")).await;
-        let engine2 = engine.clone();
+        // Past the renewal that claims again, and the seconds a release of a claim that may
+        // have landed takes to find it.
+        forgotten_while_it_runs(
+            &engine,
+            &policy,
+            key(1),
+            Duration::from_secs(15),
+            move || {
+                forgetful.forget();
+                store.fail("claim", 1, Fault::Lost);
+            },
+        )
+        .await;
+    }
+
+    /// Runs a request on `key` whose claim the store forgets (by `forget`) a second into its
+    /// run; `after` that, past its renewal (every 10 s under a 30 s lease), a retry must get
+    /// 409, and the run's response must be recorded and replayed.
+    async fn forgotten_while_it_runs(
+        engine: &Engine,
+        policy: &Policy,
+        key: StoreKey,
+        after: Duration,
+        forget: impl FnOnce() + 'static,
+    ) {
+        let lease = execute(engine, policy, key, fp("a")).await;
+        let (engine2, policy2) = (engine.clone(), *policy);
         let duplicate = lease
             .run(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                forgetful.forget();
-                store.fail("claim", 1, Fault::Lost);
-                // Past the renewal that claims again (every 10 s), and the seconds a release
-                // of a claim that may have landed takes to find it.
-                tokio::time::sleep(Duration::from_secs(15)).await;
-                engine2.begin(&policy, key(1), fp("a")).await
+                forget();
+                tokio::time::sleep(after).await;
+                engine2.begin(&policy2, key, fp("a")).await
             })
             .await;
         assert!(
             matches!(duplicate, Err(IdempotencyError::InFlight)),
-            "a retry ran beside the request whose claim was claimed again: {duplicate:?}"
+            "a retry ran beside the request whose claim the store forgot: {duplicate:?}"
         );
         assert_eq!(
             lease.finish(response(201, "once")).await.unwrap(),
             Outcome::Recorded
         );
-        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+        assert_eq!(replayed_body(engine, policy, key).await, b"once");
     }
 
     /// A lease shorter than a running request can keep renewed would lapse under it and let a

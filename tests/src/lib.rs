@@ -1190,6 +1190,13 @@ impl TestPostgres {
         &self.url
     }
 
+    /// A plain pool, for what a test writes and looks at itself.
+    pub async fn inspect(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connect to test Postgres")
+    }
+
     /// Whether this test started the server (and so can stop and restart it).
     pub fn owned(&self) -> bool {
         self.server.is_some()

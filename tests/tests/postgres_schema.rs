@@ -17,13 +17,6 @@ use sqlx::PgPool;
 const LEASE: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(3600);
 
-/// A plain pool for what the tests write and look at themselves.
-async fn inspect(pg: &TestPostgres) -> PgPool {
-    PgPool::connect(pg.url())
-        .await
-        .expect("connect to test Postgres")
-}
-
 fn now() -> Timestamp {
     SystemClock.now()
 }
@@ -72,7 +65,7 @@ async fn a_handler_s_search_path_does_not_redirect_the_store_s_statements() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     // One connection, so that later statements run on the one the handler used.
     let store = PostgresStore::builder(pg.url())
         .table(pg.table("redirected"))
@@ -129,7 +122,7 @@ async fn processes_starting_together_on_an_empty_database_all_create_the_table()
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     for _ in 0..4 {
         let table = pg.table("together");
         let stores: Vec<_> = (0..8)
@@ -158,7 +151,7 @@ async fn a_user_who_may_not_create_tables_starts_on_the_table_that_exists() {
         eprintln!("skipped: needs a role of its own, on a server of its own");
         return;
     }
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let owner = PostgresStore::builder(pg.url())
         .table(pg.table("granted"))
         .build()
@@ -217,7 +210,7 @@ async fn a_table_of_another_layout_is_refused_at_start_up_naming_what_differs() 
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let columns = [
         ("key", "bytea PRIMARY KEY"),
         ("kind", "text NOT NULL"),
@@ -285,7 +278,7 @@ async fn a_table_and_schema_named_by_keywords_are_created_and_used() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let unique = pg.table("keywords");
     run(&db, &format!("CREATE SCHEMA {unique}")).await;
     let mut places = vec![(unique.clone(), "order")];
@@ -355,7 +348,7 @@ async fn a_table_the_search_path_finds_in_another_schema_is_named_rather_than_ma
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let elsewhere = pg.table("elsewhere");
     let table = pg.table("moved");
     run(&db, &format!("CREATE SCHEMA {elsewhere}")).await;

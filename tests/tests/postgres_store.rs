@@ -38,13 +38,6 @@ fn sibling(pg: &TestPostgres, of: &PostgresStore) -> PostgresStore {
         .expect("valid settings")
 }
 
-/// A plain pool for what the tests write and look at themselves.
-async fn inspect(pg: &TestPostgres) -> PgPool {
-    PgPool::connect(pg.url())
-        .await
-        .expect("connect to test Postgres")
-}
-
 fn now() -> Timestamp {
     SystemClock.now()
 }
@@ -186,7 +179,7 @@ async fn a_read_only_postgres_after_a_failover_is_unavailable_and_fails_open_onl
         return;
     };
     let writable = store(&pg, "read_only").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     // Every connection of these stores is read-only from its start, as on a standby.
     let sep = if pg.url().contains('?') { '&' } else { '?' };
     let read_only_url = format!(
@@ -327,7 +320,7 @@ async fn a_replay_is_one_statement_that_writes_nothing() {
         return;
     };
     let store = store(&pg, "replay").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let t = now();
     let claim = in_flight(t);
     assert_eq!(
@@ -370,7 +363,7 @@ async fn a_committed_transaction_keeps_both_the_write_and_the_record() {
         return;
     };
     let store = store(&pg, "commit").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let table = calls_table(&db, store.table()).await;
     let t = now();
     let mut tx = claimed(&store, key(1), t).await;
@@ -445,7 +438,7 @@ async fn a_rolled_back_or_dropped_transaction_keeps_neither_and_the_retry_claims
         return;
     };
     let store = store(&pg, "rollback").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let table = calls_table(&db, store.table()).await;
     let t = now();
 
@@ -492,7 +485,7 @@ async fn a_failed_write_fails_the_commit_and_leaves_nothing_behind() {
         return;
     };
     let store = store(&pg, "failed").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let table = calls_table(&db, store.table()).await;
     let t = now();
     let mut tx = claimed(&store, key(1), t).await;
@@ -518,7 +511,7 @@ async fn a_duplicate_during_the_transaction_gets_in_flight_at_once() {
         return;
     };
     let store = store(&pg, "duplicate").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let table = calls_table(&db, store.table()).await;
     // Generous timeouts: a duplicate blocked on a lock would show as a slow answer, not as
     // a timeout.
@@ -573,7 +566,7 @@ async fn a_commit_after_a_takeover_is_rolled_back_and_the_new_holder_runs() {
         return;
     };
     let store = store(&pg, "takeover").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let table = calls_table(&db, store.table()).await;
     let t = now();
     let mut stale = claimed(&store, key(1), t).await;
@@ -598,7 +591,7 @@ async fn a_run_whose_connection_dies_leaves_nothing_and_the_key_is_taken_over_af
         return;
     };
     let store = store(&pg, "killed").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let table = calls_table(&db, store.table()).await;
     let t = now();
     let mut tx = claimed(&store, key(1), t).await;
@@ -641,7 +634,7 @@ async fn the_engine_s_lease_and_a_transaction_record_the_operation_together() {
         return;
     };
     let store = store(&pg, "engine").await;
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let table = calls_table(&db, store.table()).await;
     let engine = Engine::new(store.clone());
     let policy = Policy::DEFAULT.ttl(TTL);
@@ -674,7 +667,7 @@ async fn lapsed_rows_are_purged_in_bounded_batches() {
         .build()
         .unwrap();
     store.migrate().await.unwrap();
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     let t = now();
     // 25 records that expire at t + TTL, 5 claims whose lease ends at t + LEASE, 5 records
     // that live on.
@@ -743,7 +736,7 @@ async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on
         .build()
         .unwrap();
     store.migrate().await.unwrap();
-    let db = inspect(&pg).await;
+    let db = pg.inspect().await;
     // Another session holds the table, so that the store's statements wait on it.
     let mut blocker = db.begin().await.unwrap();
     sqlx::raw_sql(&format!(
