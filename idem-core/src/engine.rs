@@ -1479,17 +1479,23 @@ mod tests {
         retry_runs_at_once(&engine, &Engine::new(moka)).await;
     }
 
+    /// Two engines on one store, on one clock: the first's answers take a second
+    /// ([`slow_answers`]), the second's none.
+    fn slow_and_prompt() -> (Engine, Engine) {
+        let moka = Arc::new(MokaStore::new());
+        let started = tokio::time::Instant::now();
+        let slow = Engine::new(slow_answers(&moka)).with_clock(TokioClock(started));
+        let prompt = Engine::from_arc(moka as Arc<dyn Store>).with_clock(TokioClock(started));
+        (slow, prompt)
+    }
+
     /// A claim written at once but answered only after its lease would have lapsed (a slow
     /// store, a process paused between the command and its answer): meanwhile another request
     /// may have found the claim lapsed and taken the key over. The late answer must not run
     /// the operation beside it; a late answer nobody overtook still runs, its lease renewed.
     #[tokio::test(start_paused = true)]
     async fn a_claim_answered_after_its_lease_lapsed_never_runs_beside_a_takeover() {
-        let moka = Arc::new(MokaStore::new());
-        let started = tokio::time::Instant::now();
-        let slow = Engine::new(slow_answers(&moka)).with_clock(TokioClock(started));
-        let other =
-            Engine::from_arc(Arc::clone(&moka) as Arc<dyn Store>).with_clock(TokioClock(started));
+        let (slow, other) = slow_and_prompt();
         // Answers take a second; the lease is 300 ms.
         let policy = Policy::DEFAULT.lease(Duration::from_millis(300));
 
@@ -1526,11 +1532,7 @@ mod tests {
     /// record of the request that took it, not by a bare "in flight" whatever that record is.
     #[tokio::test(start_paused = true)]
     async fn a_claim_answered_after_a_takeover_is_judged_by_the_record_that_took_its_key() {
-        let moka = Arc::new(MokaStore::new());
-        let started = tokio::time::Instant::now();
-        let slow = Engine::new(slow_answers(&moka)).with_clock(TokioClock(started));
-        let other =
-            Engine::from_arc(Arc::clone(&moka) as Arc<dyn Store>).with_clock(TokioClock(started));
+        let (slow, other) = slow_and_prompt();
         // Answers take a second; the lease is 300 ms, the takeover's long enough to outlast
         // the late answer.
         let policy = Policy::DEFAULT.lease(Duration::from_millis(300));

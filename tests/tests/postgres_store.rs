@@ -216,6 +216,25 @@ async fn a_read_only_postgres_after_a_failover_is_unavailable_and_fails_open_onl
     assert_eq!(rows(&db, &writable).await, 0, "nothing was written");
 }
 
+/// `n` claims of `k` at once, spread over `stores`: the claims, and the store's answers to
+/// each.
+async fn race(
+    stores: &[PostgresStore],
+    k: &StoreKey,
+    n: usize,
+    at: Timestamp,
+) -> (Vec<InFlight>, Vec<Result<Claim, StoreError>>) {
+    let claims: Vec<_> = (0..n).map(|_| in_flight(at)).collect();
+    let answers = join_all(
+        claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| stores[i % stores.len()].claim(k, *c, at)),
+    )
+    .await;
+    (claims, answers)
+}
+
 #[actix_web::test]
 async fn sixty_four_concurrent_claims_of_one_key_have_one_winner() {
     let Some(pg) = TestPostgres::start() else {
@@ -233,14 +252,7 @@ async fn sixty_four_concurrent_claims_of_one_key_have_one_winner() {
         } else {
             t
         };
-        let claims: Vec<_> = (0..64).map(|_| in_flight(at)).collect();
-        let answers = join_all(
-            claims
-                .iter()
-                .enumerate()
-                .map(|(i, c)| stores[i % 4].claim(&k, *c, at)),
-        )
-        .await;
+        let (claims, answers) = race(&stores, &k, 64, at).await;
         let winners: Vec<_> = answers
             .iter()
             .zip(&claims)
@@ -293,14 +305,7 @@ async fn concurrent_claims_under_a_stricter_default_isolation_still_have_one_win
             // A free key, then a key whose claim has lapsed.
             let k = key(n);
             let at = t.saturating_add(LEASE * 2 * u32::from(round));
-            let claims: Vec<_> = (0..32).map(|_| in_flight(at)).collect();
-            let answers = join_all(
-                claims
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| stores[i % 4].claim(&k, *c, at)),
-            )
-            .await;
+            let (_, answers) = race(&stores, &k, 32, at).await;
             let winners = answers
                 .iter()
                 .filter(|a| matches!(a, Ok(Claim::Claimed)))
