@@ -526,13 +526,20 @@ macro_rules! policy_fields {
                 }
             )*
 
-            /// `base` with these overrides applied.
+            /// `base` with these overrides applied. Bodies compared otherwise than as JSON
+            /// leave behind the members `base` ignores in JSON bodies, unless these overrides
+            /// name their own, as the attribute's `fingerprint` does.
             pub fn apply_to(&self, mut base: Policy) -> Policy {
                 $(
                     if let Some(value) = self.$name {
                         base.$name = policy_fields!(@wrap $name value);
                     }
                 )*
+                if let (Some(form), None) = (self.fingerprint, self.fingerprint_ignore) {
+                    if form != BodyForm::Json {
+                        base.fingerprint_ignore = &[];
+                    }
+                }
                 base
             }
         }
@@ -591,6 +598,28 @@ mod tests {
         assert_eq!(merged.error_format, Some(ErrorFormat::Problem));
         assert_eq!(merged.lease, Policy::DEFAULT.lease);
         assert_eq!(Overrides::NONE.apply_to(APP), APP);
+    }
+
+    /// An endpoint that compares its bodies otherwise than as JSON leaves the members the
+    /// application's defaults ignore in JSON bodies behind, as the attribute does, rather than
+    /// contradicting them; one that names its own ignored members keeps them.
+    #[test]
+    fn an_override_to_compare_bodies_otherwise_leaves_the_defaults_ignored_members_behind() {
+        const APP: Policy = Policy::DEFAULT
+            .fingerprint(BodyForm::Json)
+            .fingerprint_ignore(&["/sent_at"]);
+        for form in [BodyForm::Bytes, BodyForm::Form] {
+            let merged = Overrides::NONE.fingerprint(form).apply_to(APP);
+            assert_eq!(merged.fingerprint, form);
+            assert!(merged.fingerprint_ignore.is_empty(), "{form:?}");
+            assert_eq!(merged.check_settings(), Ok(()), "{form:?}");
+        }
+        let json = Overrides::NONE.fingerprint(BodyForm::Json).apply_to(APP);
+        assert_eq!(json.fingerprint_ignore, ["/sent_at"]);
+        let own = (Overrides::NONE.fingerprint(BodyForm::Bytes))
+            .fingerprint_ignore(&["/x"])
+            .apply_to(APP);
+        assert_eq!(own.check_settings(), Err(PolicyError::IgnoreWithoutJson));
     }
 
     #[test]
