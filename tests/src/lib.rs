@@ -1383,6 +1383,38 @@ impl Warnings {
     }
 }
 
+thread_local! {
+    /// The spans the tests' own subscribers saw entered on this thread, innermost last.
+    static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The spans entered on this thread, for the tests' own subscribers: their `enter` and `exit`
+/// call [`Entered::enter`] and [`Entered::exit`], and [`Entered::current`] says which span an
+/// event or a new span is in.
+pub struct Entered;
+
+impl Entered {
+    /// `id` entered.
+    pub fn enter(id: &tracing::span::Id) {
+        ENTERED.with(|entered| entered.borrow_mut().push(id.into_u64()));
+    }
+
+    /// `id` left: its innermost entry is removed.
+    pub fn exit(id: &tracing::span::Id) {
+        ENTERED.with(|entered| {
+            let mut entered = entered.borrow_mut();
+            if let Some(at) = entered.iter().rposition(|&e| e == id.into_u64()) {
+                entered.remove(at);
+            }
+        });
+    }
+
+    /// The innermost span entered on this thread.
+    pub fn current() -> Option<u64> {
+        ENTERED.with(|entered| entered.borrow().last().copied())
+    }
+}
+
 /// Records the fields of a span or an event into a map, by name, their values as text: for
 /// the tests' own subscribers.
 pub struct Fields<'a>(pub &'a mut HashMap<String, String>);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::testing::CountingStore;
-use idem_tests::{Counter, Fields, RawRequest, TestServer};
+use idem_tests::{Counter, Entered, Fields, RawRequest, TestServer};
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Metadata, Subscriber};
 
@@ -32,11 +32,6 @@ struct Traces {
     handler_keys: Arc<Mutex<Vec<Option<String>>>>,
 }
 
-thread_local! {
-    /// The spans entered on this thread, innermost last.
-    static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl Subscriber for Traces {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
@@ -57,7 +52,7 @@ impl Subscriber for Traces {
             self.outcomes.lock().unwrap().push(outcome);
         }
         if fields.contains_key("handler") {
-            let current = ENTERED.with(|entered| entered.borrow().last().copied());
+            let current = Entered::current();
             let key = current.and_then(|id| {
                 self.spans.lock().unwrap()[id as usize - 1]
                     .get("key")
@@ -67,15 +62,10 @@ impl Subscriber for Traces {
         }
     }
     fn enter(&self, id: &Id) {
-        ENTERED.with(|entered| entered.borrow_mut().push(id.into_u64()));
+        Entered::enter(id);
     }
     fn exit(&self, id: &Id) {
-        ENTERED.with(|entered| {
-            let mut entered = entered.borrow_mut();
-            if let Some(at) = entered.iter().rposition(|&e| e == id.into_u64()) {
-                entered.remove(at);
-            }
-        });
+        Entered::exit(id);
     }
 }
 

@@ -12,7 +12,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, Error, HttpResponse};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, RequestId};
 use idem_tests::{
-    assert_error, counted, eventually, Counter, Fields, RawRequest, RawResponse, TestServer,
+    assert_error, counted, eventually, Counter, Entered, Fields, RawRequest, RawResponse,
+    TestServer,
 };
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Metadata, Span, Subscriber};
@@ -43,15 +44,6 @@ struct Traces {
     events: Arc<Mutex<Vec<Logged>>>,
 }
 
-thread_local! {
-    /// The spans entered on this thread, innermost last.
-    static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn current() -> Option<u64> {
-    ENTERED.with(|entered| entered.borrow().last().copied())
-}
-
 impl Subscriber for Traces {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
@@ -62,7 +54,7 @@ impl Subscriber for Traces {
         let parent = if span.is_root() {
             None
         } else {
-            span.parent().map(Id::into_u64).or_else(current)
+            span.parent().map(Id::into_u64).or_else(Entered::current)
         };
         let mut spans = self.spans.lock().unwrap();
         spans.push(Seen {
@@ -84,13 +76,13 @@ impl Subscriber for Traces {
         let span = if event.is_root() {
             None
         } else {
-            event.parent().map(Id::into_u64).or_else(current)
+            event.parent().map(Id::into_u64).or_else(Entered::current)
         };
         self.events.lock().unwrap().push(Logged { fields, span });
     }
     /// `TracingLogger` records the status in `Span::current()`, which asks for this.
     fn current_span(&self) -> tracing_core::span::Current {
-        match current() {
+        match Entered::current() {
             Some(id) => {
                 let meta = self.spans.lock().unwrap()[id as usize - 1].meta;
                 tracing_core::span::Current::new(Id::from_u64(id), meta)
@@ -99,15 +91,10 @@ impl Subscriber for Traces {
         }
     }
     fn enter(&self, id: &Id) {
-        ENTERED.with(|entered| entered.borrow_mut().push(id.into_u64()));
+        Entered::enter(id);
     }
     fn exit(&self, id: &Id) {
-        ENTERED.with(|entered| {
-            let mut entered = entered.borrow_mut();
-            if let Some(at) = entered.iter().rposition(|&e| e == id.into_u64()) {
-                entered.remove(at);
-            }
-        });
+        Entered::exit(id);
     }
 }
 
