@@ -144,17 +144,7 @@ fn overrides(args: &Args) -> TokenStream {
         set("fingerprint", name.span(), quote!(__idem_p::BodyForm::#v));
     }
     // Members the application's defaults leave out of JSON bodies mean nothing to an
-    // endpoint that reads its bodies otherwise.
-    let json = matches!(
-        args.fingerprint,
-        Some(Spanned {
-            value: Fingerprint::Form(BodyForm::Json),
-            ..
-        })
-    );
-    if let (Some(fingerprint), None, false) = (&args.fingerprint, &args.fingerprint_ignore, json) {
-        set("fingerprint_ignore", fingerprint.span(), quote!(&[]));
-    }
+    // endpoint that reads its bodies otherwise: `Overrides::apply_to` leaves them behind.
     for (name, arg) in [
         ("fingerprint_ignore", &args.fingerprint_ignore),
         ("fingerprint_headers", &args.fingerprint_headers),
