@@ -93,7 +93,8 @@ impl Idempotency {
     /// A setting that no application's defaults could make right makes the app fail to
     /// start ([`Overrides::check`]): a key (or scope) header that is not a header name
     /// (`p.header("Idempotency Key")`), a TTL under [`Policy::MIN_TTL`](crate::Policy::MIN_TTL),
-    /// a lease under [`Policy::MIN_LEASE`](crate::Policy::MIN_LEASE), a `key_max_len` of 0, a
+    /// a lease under [`Policy::MIN_LEASE`](crate::Policy::MIN_LEASE), a `key_max_len` or
+    /// `max_body` of 0, an [`OnInFlight::Wait`](crate::OnInFlight::Wait) under 1 ms, a
     /// listed header that is not a header name, `Set-Cookie` listed or `Content-Encoding`
     /// dropped in `replay_headers`, a pointer that is not a JSON Pointer, or a fingerprint
     /// that contradicts the overrides' `fingerprint_ignore` or JSON `key_source`. Actix then

@@ -250,6 +250,8 @@ impl Policy {
     /// [`PolicyError::LeaseTooShort`] when the lease is shorter than [`Policy::MIN_LEASE`];
     /// [`PolicyError::TtlTooShort`] when the TTL is shorter than [`Policy::MIN_TTL`];
     /// [`PolicyError::KeyMaxLenZero`] when `key_max_len` is 0, which no key fits;
+    /// [`PolicyError::MaxBodyZero`] when `max_body` is 0, which no body fits;
+    /// [`PolicyError::WaitTooShort`] when [`OnInFlight::Wait`] waits under a millisecond;
     /// [`PolicyError::ScopeIsKey`] when a [`Scope::Header`] reads the key's own header;
     /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
@@ -316,6 +318,15 @@ impl Policy {
         }
         if self.key_max_len == 0 {
             return Err(PolicyError::KeyMaxLenZero);
+        }
+        if self.max_body == 0 {
+            return Err(PolicyError::MaxBodyZero);
+        }
+        if let OnInFlight::Wait(wait) = self.on_in_flight {
+            // The attribute's shortest `wait_timeout`, as its shortest duration of any kind.
+            if wait < Duration::from_millis(1) {
+                return Err(PolicyError::WaitTooShort { wait });
+            }
         }
         if let (Scope::Header(scoped), KeySource::Header) = (self.scope, self.key_source) {
             if scoped.eq_ignore_ascii_case(self.header) {
@@ -387,6 +398,15 @@ pub enum PolicyError {
     /// The longest key is 0 bytes: every key would be refused.
     #[error("key_max_len is 0, so every key would be refused with 400 idempotency_key_invalid; give the longest key clients send, such as 255")]
     KeyMaxLenZero,
+    /// The largest keyed body is 0 bytes: every keyed request with a body would be refused.
+    #[error("max_body is 0, so every keyed request with a body would be refused with 413 idempotency_body_too_large; give the largest body clients send, such as 2 MiB")]
+    MaxBodyZero,
+    /// `OnInFlight::Wait` waits under a millisecond: for nothing.
+    #[error("OnInFlight::Wait({wait:?}) waits under a millisecond, so a duplicate gets 409 at once, as under OnInFlight::Conflict; give the time a request may take, such as 30s, or use OnInFlight::Conflict")]
+    WaitTooShort {
+        /// The wait.
+        wait: Duration,
+    },
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -759,6 +779,37 @@ mod tests {
         assert_eq!(other.check(&store), Ok(()));
         let from_body = own.key_source(KeySource::Json("/event_id"));
         assert_eq!(from_body.fingerprint(BodyForm::Json).check(&store), Ok(()));
+    }
+
+    /// A `max_body` of 0 would refuse every keyed request with a body (413
+    /// `idempotency_body_too_large`), and a wait of under a millisecond waits for nothing:
+    /// both are refused when the application (or a middleware) is configured, as the
+    /// attribute refuses `max_body = 0` and `wait_timeout = "0s"` at compile time.
+    #[test]
+    fn a_zero_max_body_or_a_wait_for_nothing_is_refused_as_the_attribute_refuses_it() {
+        let store = crate::MokaStore::new();
+        assert_eq!(
+            Policy::DEFAULT.max_body(0).check(&store),
+            Err(PolicyError::MaxBodyZero)
+        );
+        assert_eq!(
+            Overrides::NONE.max_body(0).check(),
+            Err(PolicyError::MaxBodyZero)
+        );
+        assert_eq!(Policy::DEFAULT.max_body(1).check(&store), Ok(()));
+        for wait in [Duration::ZERO, Duration::from_micros(999)] {
+            let waits = OnInFlight::Wait(wait);
+            assert_eq!(
+                Policy::DEFAULT.on_in_flight(waits).check(&store),
+                Err(PolicyError::WaitTooShort { wait })
+            );
+            assert_eq!(
+                Overrides::NONE.on_in_flight(waits).check(),
+                Err(PolicyError::WaitTooShort { wait })
+            );
+        }
+        let waits = OnInFlight::Wait(Duration::from_millis(1));
+        assert_eq!(Policy::DEFAULT.on_in_flight(waits).check(&store), Ok(()));
     }
 
     /// Overrides are refused for what they set themselves, and left to the policy they make
