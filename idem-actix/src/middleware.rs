@@ -81,7 +81,9 @@ impl Idempotency {
         }
     }
 
-    /// The methods whose keys are honoured; keys on other methods are ignored.
+    /// The methods whose keys are honoured; keys on other methods are ignored. An empty list
+    /// would honour no key, and makes the app fail to start, as a refused
+    /// [`with_overrides`](Idempotency::with_overrides) setting does.
     pub fn with_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
         self
@@ -166,9 +168,18 @@ where
 
     /// Refuses to start (as actix-cors does with a bad setting) when the overrides give a
     /// setting no application's defaults could make right (see
-    /// [`with_overrides`](Idempotency::with_overrides)): the app fails to build, instead of
-    /// serving requests under settings that were only logged as wrong.
+    /// [`with_overrides`](Idempotency::with_overrides)), or no method's keys are honoured:
+    /// the app fails to build, instead of serving requests under settings that were only
+    /// logged as wrong.
     fn new_transform(&self, service: S) -> Self::Future {
+        if self.methods.is_empty() {
+            tracing::error!(
+                "the Idempotency middleware cannot start: with_methods names no method, so it \
+                 would honour no key and protect nothing; name the methods whose keys it honours, \
+                 or leave the middleware out"
+            );
+            return ready(Err(()));
+        }
         let endpoint = match Endpoint::parsed(self.overrides) {
             Ok(endpoint) => endpoint,
             Err(error) => {
@@ -298,6 +309,21 @@ mod tests {
         assert!(!starts("X Key").await);
     }
 
+    /// A middleware that honours keys on no method protects nothing, while its handlers look
+    /// protected: it stops the app from starting, as a refused override does.
+    #[actix_web::test]
+    async fn a_middleware_that_honours_keys_on_no_method_stops_the_app_from_starting() {
+        let starts = |methods: Vec<Method>| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            let idempotency = Idempotency::new().with_methods(methods);
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        assert!(starts(vec![Method::PUT]).await);
+        assert!(!starts(vec![]).await);
+    }
+
     #[actix_web::test]
     async fn a_ttl_that_keeps_no_record_stops_the_app_from_starting() {
         let starts = |ttl: Duration| {
@@ -324,8 +350,10 @@ mod tests {
             let idempotency = Idempotency::new().with_overrides(configure);
             async move { idempotency.new_transform(inner).await.is_ok() }
         };
-        let refused: [fn(Overrides) -> Overrides; 11] = [
+        let refused: [fn(Overrides) -> Overrides; 13] = [
             |o| o.lease(Duration::from_millis(10)),
+            |o| o.max_body(0),
+            |o| o.on_in_flight(idem_core::OnInFlight::Wait(Duration::ZERO)),
             |o| o.scope(Scope::Header("X Tenant")),
             |o| o.header("X-Key").scope(Scope::Header("x-key")),
             |o| o.key_max_len(0),
