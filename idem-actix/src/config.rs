@@ -52,6 +52,8 @@ pub struct IdempotencyConfig(Arc<Settings>);
 struct Settings {
     engine: Engine,
     renderer: Arc<dyn ErrorRenderer>,
+    /// Whether the application registered its own renderer.
+    custom_renderer: bool,
     defaults: Policy,
     header: HeaderName,
     max_detached: usize,
@@ -59,6 +61,21 @@ struct Settings {
     #[cfg(feature = "postgres")]
     transactions: Option<idem_core::store::PostgresStore>,
     on_replay: Option<ReplayFunction>,
+}
+
+impl Settings {
+    /// Warns that the application's own renderer renders nothing, when its defaults name an
+    /// error format, which every endpoint without one of its own then takes.
+    fn warn_if_renderer_unused(&self) {
+        if let (true, Some(format)) = (self.custom_renderer, self.defaults.error_format) {
+            tracing::warn!(
+                ?format,
+                "the error renderer given to with_error_renderer renders none of this \
+                 application's errors: its defaults name an error format, which comes first; \
+                 leave error_format out of the defaults to use the renderer"
+            );
+        }
+    }
 }
 
 /// How long a drain that cancelled operations waits for their claims to be released.
@@ -97,6 +114,7 @@ impl IdempotencyConfig {
         Self(Arc::new(Settings {
             engine: Engine::from_arc(Arc::clone(&store)).with_observer(StoreMetrics::new(store)),
             renderer: Arc::new(JsonEnvelope::CODE),
+            custom_renderer: false,
             defaults: Policy::DEFAULT,
             header: HeaderName::from_static("idempotency-key"),
             max_detached: DEFAULT_MAX_DETACHED,
@@ -137,6 +155,7 @@ impl IdempotencyConfig {
         let settings = self.settings();
         settings.header = header;
         settings.defaults = policy;
+        settings.warn_if_renderer_unused();
         Ok(self)
     }
 
@@ -296,9 +315,17 @@ impl IdempotencyConfig {
     /// Renders the layer's errors with `renderer`, for endpoints that do not name an
     /// `errors` format themselves. An error it panics on is answered in the default envelope
     /// ([`JsonEnvelope`]) instead, and the panic logged at error level.
+    ///
+    /// A format named by the [defaults](Self::with_defaults) (`Policy::error_format`) is an
+    /// endpoint's format too, and comes before the renderer: an application whose defaults
+    /// name one renders none of its errors with `renderer`, and a warning says so when the
+    /// two are set, in either order.
     #[must_use]
     pub fn with_error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
-        self.settings().renderer = Arc::new(renderer);
+        let settings = self.settings();
+        settings.renderer = Arc::new(renderer);
+        settings.custom_renderer = true;
+        settings.warn_if_renderer_unused();
         self
     }
 

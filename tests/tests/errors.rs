@@ -130,6 +130,52 @@ async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
     );
 }
 
+/// An application whose defaults name an error format renders every endpoint's errors in it
+/// (unless the endpoint names its own), so a renderer it also registers renders nothing: that
+/// is logged when the application is configured, whichever of the two comes first, rather than
+/// found out from the answers.
+#[actix_web::test]
+async fn a_renderer_the_defaults_error_format_leaves_unused_is_warned_of_in_either_order() {
+    let warnings = Warnings::installed();
+    let text = "renders none of this application's errors";
+    let custom =
+        |e: &IdempotencyError, id: &str| HttpResponse::Ok().body(format!("{}|{id}", e.code()));
+    let as_problems = Policy::DEFAULT.error_format(ErrorFormat::Problem);
+
+    let before = warnings.containing(text);
+    let _renderer_first = IdempotencyConfig::new(UnavailableStore)
+        .with_error_renderer(custom)
+        .with_defaults(as_problems)
+        .unwrap();
+    assert_eq!(
+        warnings.containing(text),
+        before + 1,
+        "renderer, then defaults"
+    );
+    let config = IdempotencyConfig::new(UnavailableStore)
+        .with_defaults(as_problems)
+        .unwrap()
+        .with_error_renderer(custom);
+    assert_eq!(
+        warnings.containing(text),
+        before + 2,
+        "defaults, then renderer"
+    );
+    let (server, _) = down_app(config);
+    let res = keyed("/default-format", "k").send(server.addr).await;
+    assert_problem(&res, 503, "idempotency_store_unavailable");
+
+    let _without_format = IdempotencyConfig::new(UnavailableStore)
+        .with_defaults(Policy::DEFAULT)
+        .unwrap()
+        .with_error_renderer(custom);
+    assert_eq!(
+        warnings.containing(text),
+        before + 2,
+        "no format named: no warning"
+    );
+}
+
 /// An application's renderer with a bug: it panics on every error it is given.
 fn buggy_renderer(_: &IdempotencyError, _: &str) -> HttpResponse {
     panic!("error renderer bug")
