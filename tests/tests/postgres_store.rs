@@ -168,6 +168,51 @@ async fn a_postgres_that_answers_but_refuses_fails_closed_even_when_failing_open
     );
 }
 
+/// A pool whose every connection is in use (running `Transaction` handlers hold one each) has
+/// reached Postgres, which may hold the key: a request that gets no connection in time fails
+/// closed even when failing open, where it counted as a store that cannot be reached and ran
+/// unprotected, a retry of the request still running included.
+#[actix_web::test]
+async fn a_pool_whose_every_connection_is_in_use_fails_closed_even_when_failing_open() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("pool_in_use"))
+        .max_connections(1)
+        .connect_timeout(Duration::from_millis(200))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    store.migrate().await.expect("create the table");
+    let engine = Engine::new(store.clone());
+    let Ok(Begin::Execute(_running)) = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await
+    else {
+        panic!("the first request runs")
+    };
+    let held = store
+        .pool()
+        .acquire()
+        .await
+        .expect("the pool's one connection");
+    let retry = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    drop(held);
+    match retry {
+        Err(IdempotencyError::StoreUnavailable(StoreError::Refused(e))) => {
+            assert!(
+                e.to_string().contains("max_connections"),
+                "says what to do: {e}"
+            )
+        }
+        other => panic!("fails closed, not unprotected: {other:?}"),
+    }
+    let again = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    assert!(
+        matches!(again, Err(IdempotencyError::InFlight)),
+        "with a connection free, the retry is told the first runs: {again:?}"
+    );
+}
+
 /// A primary demoted by a failover (or a hot standby the pool reached first) answers every
 /// write with SQLSTATE 25006, `read_only_sql_transaction`, until the pool reaches the new
 /// primary: a store that cannot answer for its data for now, as Redis's `READONLY` and

@@ -582,8 +582,9 @@ impl PostgresStore {
     /// transaction holds until it ends. It does not check the claim: the commit does.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when no connection can be had, [`StoreError::Timeout`]
-    /// when `BEGIN` is not answered in time. The claim is left as it was.
+    /// [`StoreError::Unavailable`] when no connection can be had, [`StoreError::Refused`]
+    /// when every connection of the pool is in use, [`StoreError::Timeout`] when `BEGIN` is
+    /// not answered in time. The claim is left as it was.
     pub async fn transaction(
         &self,
         key: StoreKey,
@@ -692,6 +693,23 @@ impl PostgresStore {
                 }
                 _ => StoreError::Refused(Box::new(error)),
             },
+            // No connection came free in time, every one of the pool's in use (by running
+            // `Transaction` handlers, each holding one, or by other requests): Postgres was
+            // reached, and may hold the key, as for the request still running whose retry this
+            // may be. A pool that cannot connect has fewer connections than its bound.
+            sqlx::Error::PoolTimedOut
+                if self.pool.size() >= self.pool.options().get_max_connections() =>
+            {
+                StoreError::Refused(
+                    format!(
+                        "all {} connections of the store's pool were in use for its whole acquire \
+                         timeout; size the pool above the keyed requests that run at once \
+                         (PostgresStoreBuilder::max_connections) ({error})",
+                        self.pool.size()
+                    )
+                    .into(),
+                )
+            }
             sqlx::Error::ColumnDecode { .. }
             | sqlx::Error::Decode(_)
             | sqlx::Error::ColumnNotFound(_)
@@ -846,7 +864,8 @@ impl PostgresStoreBuilder {
     }
 
     /// How long to wait for a connection from the pool, including connecting one, before the
-    /// store counts as unavailable. Default 1 s.
+    /// store counts as unavailable (or, when every connection of the pool is in use, refuses:
+    /// see [`fail_open`](Self::fail_open)). Default 1 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -871,11 +890,12 @@ impl PostgresStoreBuilder {
     /// takes no writes for now (SQLSTATE 25006: a primary a failover demoted, or a standby),
     /// instead of answering 503 (see [`StoreError`]). Default off.
     ///
-    /// A pool with no connection free within the connect timeout counts as a Postgres that
-    /// cannot be reached, whatever holds its connections. Running [`ClaimTransaction`]s each
-    /// hold one: failing open, a pool they fill lets the next keyed requests run unprotected,
-    /// a retry of one of those runs included, which then runs beside it. Size the pool above
-    /// the transactions that run at once.
+    /// A pool that cannot connect within the connect timeout counts as a Postgres that
+    /// cannot be reached. One whose every connection is in use (running
+    /// [`ClaimTransaction`]s each hold one) does not: it has reached Postgres, which may hold
+    /// the key of the request that waits, as for a retry of a request still running, so that
+    /// request fails closed ([`StoreError::Refused`]) whatever this setting. Size the pool
+    /// above the transactions that run at once.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.fail_open = fail_open;
         self
