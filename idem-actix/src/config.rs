@@ -70,8 +70,8 @@ impl Settings {
         if let (true, Some(format)) = (self.custom_renderer, self.defaults.error_format) {
             tracing::warn!(
                 ?format,
-                "the error renderer given to with_error_renderer renders none of this \
-                 application's errors: its defaults name an error format, which comes first; \
+                "the error renderer given to with_error_renderer renders no endpoint's \
+                 errors: the application's defaults name an error format, which comes first; \
                  leave error_format out of the defaults to use the renderer"
             );
         }
@@ -318,8 +318,10 @@ impl IdempotencyConfig {
     ///
     /// A format named by the [defaults](Self::with_defaults) (`Policy::error_format`) is an
     /// endpoint's format too, and comes before the renderer: an application whose defaults
-    /// name one renders none of its errors with `renderer`, and a warning says so when the
-    /// two are set, in either order.
+    /// name one renders no endpoint's errors with `renderer` (only the errors of a handler
+    /// that takes what no idempotency layer lent it: `idempotency_layer_missing`,
+    /// `idempotency_transaction_unavailable`), and a warning says so when the two are set, in
+    /// either order.
     #[must_use]
     pub fn with_error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
         let settings = self.settings();

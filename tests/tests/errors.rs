@@ -137,7 +137,7 @@ async fn the_apps_renderer_applies_where_the_endpoint_names_none() {
 #[actix_web::test]
 async fn a_renderer_the_defaults_error_format_leaves_unused_is_warned_of_in_either_order() {
     let warnings = Warnings::installed();
-    let text = "renders none of this application's errors";
+    let text = "renders no endpoint's errors";
     let custom =
         |e: &IdempotencyError, id: &str| HttpResponse::Ok().body(format!("{}|{id}", e.code()));
     let as_problems = Policy::DEFAULT.error_format(ErrorFormat::Problem);
