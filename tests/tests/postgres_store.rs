@@ -190,9 +190,9 @@ async fn a_pool_whose_every_connection_is_in_use_fails_closed_even_when_failing_
     else {
         panic!("the first request runs")
     };
+    // The pool's one connection, held as a running `Transaction` handler holds it.
     let held = store
-        .pool()
-        .acquire()
+        .transaction(key(1), Token::from_u128(7))
         .await
         .expect("the pool's one connection");
     let retry = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
@@ -211,6 +211,43 @@ async fn a_pool_whose_every_connection_is_in_use_fails_closed_even_when_failing_
         matches!(again, Err(IdempotencyError::InFlight)),
         "with a connection free, the retry is told the first runs: {again:?}"
     );
+}
+
+/// A pool that cannot connect counts the connections it is trying to open among its own, so
+/// that with more requests waiting than it may open, it is full of attempts; but each attempt
+/// ends with its request's time, before the time of any request that waits behind it: those
+/// requests are told Postgres cannot be reached, and run unprotected when failing open, rather
+/// than being refused as by a pool whose connections are in use.
+#[actix_web::test]
+async fn requests_waiting_on_a_pool_that_cannot_connect_fail_open_when_asked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let store = PostgresStore::builder(format!("postgres://idem@127.0.0.1:{port}/idem"))
+        .max_connections(2)
+        .connect_timeout(Duration::from_millis(300))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    // Requests at once, then more that keep coming, as in an outage under load: each waits
+    // while earlier ones hold the pool's two places with their attempts to connect.
+    let requests = (0..30u8).map(|n| {
+        let engine = engine.clone();
+        // A task each, as requests are served.
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50) * u32::from(n.saturating_sub(19))).await;
+            engine.begin(&Policy::DEFAULT, key(n), fingerprint()).await
+        })
+    });
+    let begun = join_all(requests).await;
+    for (n, begun) in begun.into_iter().map(Result::unwrap).enumerate() {
+        assert!(
+            matches!(begun, Ok(Begin::Unprotected(StoreError::Unavailable(_)))),
+            "request {n} fails open: {begun:?}"
+        );
+    }
 }
 
 /// A primary demoted by a failover (or a hot standby the pool reached first) answers every

@@ -282,8 +282,9 @@ pub enum StoreError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend answered, and refused the command: out of memory or disk, without the
     /// rights it needs, with a table or script that is not there, or with any other error of
-    /// its own. It was reached, and may hold the key, so this fails closed whatever the
-    /// setting: it is a fault to fix, not an outage to ride out.
+    /// its own; or every connection of a pool to it is in use. It was reached, and may hold
+    /// the key, so this fails closed whatever the setting: it is a fault to fix, not an
+    /// outage to ride out.
     #[error("store refused the command: {0}")]
     Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend did not answer in time.

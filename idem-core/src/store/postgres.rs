@@ -3,6 +3,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -286,6 +287,47 @@ pub struct PostgresStore {
     max_record_bytes: usize,
     fail_open: bool,
     purge: Option<Arc<Purge>>,
+    /// How many of the pool's connections the store's statements and transactions hold.
+    in_use: Arc<AtomicU32>,
+}
+
+/// One of the pool's connections held by the store, counted in its `in_use` while held: a
+/// request that got no connection in time is then told a pool whose connections are in use
+/// from one that cannot connect, which the pool's own count does not (it counts its attempts
+/// to connect among its connections).
+struct InUse(Arc<AtomicU32>);
+
+impl InUse {
+    fn new(count: &Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection of the pool, counted as in use until it goes back.
+struct Held {
+    conn: PoolConnection<Postgres>,
+    _in_use: InUse,
+}
+
+impl Deref for Held {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
 }
 
 /// The automatic purge's schedule.
@@ -599,6 +641,7 @@ impl PostgresStore {
         };
         Ok(ClaimTransaction {
             tx: Some(tx),
+            _in_use: InUse::new(&self.in_use),
             store: self.clone(),
             key,
             token,
@@ -630,8 +673,12 @@ impl PostgresStore {
     }
 
     /// A connection from the pool, or why none can be had.
-    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        self.pool.acquire().await.map_err(|e| self.error(e))
+    async fn acquire(&self) -> Result<Held, StoreError> {
+        let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+        Ok(Held {
+            conn,
+            _in_use: InUse::new(&self.in_use),
+        })
     }
 
     /// Runs one statement under the command timeout.
@@ -696,16 +743,21 @@ impl PostgresStore {
             // No connection came free in time, every one of the pool's in use (by running
             // `Transaction` handlers, each holding one, or by other requests): Postgres was
             // reached, and may hold the key, as for the request still running whose retry this
-            // may be. A pool that cannot connect has fewer connections than its bound.
+            // may be. Counted by the store (see `InUse`): the pool counts its attempts to
+            // connect among its connections. Connections stuck in statements on a network
+            // that drops packets count as in use until the command timeout ends those
+            // statements. The application's own connections of a pool it shares with the
+            // store (`with_pool`) are not counted: they make the store unavailable.
             sqlx::Error::PoolTimedOut
-                if self.pool.size() >= self.pool.options().get_max_connections() =>
+                if self.in_use.load(Ordering::Relaxed)
+                    >= self.pool.options().get_max_connections() =>
             {
                 StoreError::Refused(
                     format!(
                         "all {} connections of the store's pool were in use for its whole acquire \
                          timeout; size the pool above the keyed requests that run at once \
                          (PostgresStoreBuilder::max_connections) ({error})",
-                        self.pool.size()
+                        self.pool.options().get_max_connections()
                     )
                     .into(),
                 )
@@ -891,11 +943,15 @@ impl PostgresStoreBuilder {
     /// instead of answering 503 (see [`StoreError`]). Default off.
     ///
     /// A pool that cannot connect within the connect timeout counts as a Postgres that
-    /// cannot be reached. One whose every connection is in use (running
+    /// cannot be reached. One whose every connection the store holds (running
     /// [`ClaimTransaction`]s each hold one) does not: it has reached Postgres, which may hold
     /// the key of the request that waits, as for a retry of a request still running, so that
     /// request fails closed ([`StoreError::Refused`]) whatever this setting. Size the pool
-    /// above the transactions that run at once.
+    /// above the transactions that run at once. Connections whose statements hang on a
+    /// network that drops packets are held too, until the command timeout ends the
+    /// statements: requests fail closed until then, and open after. In a pool shared with
+    /// the application ([`PostgresStore::with_pool`]), connections the application holds
+    /// count as none of the store's.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.fail_open = fail_open;
         self
@@ -999,6 +1055,7 @@ impl PostgresStoreBuilder {
                     next: Mutex::new(None),
                 })
             }),
+            in_use: Arc::new(AtomicU32::new(0)),
         })
     }
 }
@@ -1152,6 +1209,7 @@ impl Store for PostgresStore {
 #[must_use = "a claim transaction rolls back when dropped; commit it with the completed record"]
 pub struct ClaimTransaction {
     tx: Option<sqlx::Transaction<'static, Postgres>>,
+    _in_use: InUse,
     store: PostgresStore,
     key: StoreKey,
     token: Token,
