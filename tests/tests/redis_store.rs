@@ -447,50 +447,6 @@ async fn a_redis_demoted_to_a_replica_is_unavailable_and_fails_open_only_when_as
     );
 }
 
-/// A Redis that answers `READONLY` (a replica, or a primary a failover demoted) for as long as
-/// the store's address leads to it makes the store try a new connection, to follow the
-/// address to the new primary: at most one per `RECONNECT_INTERVAL`, not one per batch of
-/// commands, which under load would open connections against the node as fast as it refuses
-/// them, for the whole failover.
-#[actix_web::test]
-async fn a_redis_answering_read_only_gets_a_new_connection_at_most_once_a_second() {
-    let Some(redis) = TestRedis::start_owned() else {
-        return;
-    };
-    let connections = || -> u64 {
-        let info: String = redis.query(redis::cmd("INFO").arg("stats"));
-        info.lines()
-            .find_map(|line| line.strip_prefix("total_connections_received:"))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("INFO stats counts connections")
-    };
-    redis.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1));
-    let engine = Engine::new(RedisStore::new(redis.url()).unwrap());
-    let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
-    let before = connections();
-    for n in 0..200u8 {
-        let begun = engine
-            .begin(&Policy::DEFAULT, StoreKey::from_bytes([n; 32]), fp)
-            .await;
-        assert!(
-            matches!(
-                begun,
-                Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
-                    _
-                )))
-            ),
-            "{begun:?}"
-        );
-    }
-    // Each look at the count is a connection of its own: the one after, and the one before.
-    let made = connections() - before - 1;
-    redis.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"));
-    assert!(
-        made <= 3,
-        "{made} connections for 200 commands answered READONLY within a second or so"
-    );
-}
-
 /// Failing open is for a Redis that cannot be reached, or cannot answer for its data for now
 /// (loading it, or a replica or demoted primary answering `READONLY` in a failover): a Redis
 /// that answers, but refuses the claim's write (out of memory here; wrong credentials or no

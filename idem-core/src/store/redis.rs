@@ -152,24 +152,8 @@ struct Server {
     config: ConnectionManagerConfig,
     /// The connection, numbered so that the `READONLY` answers of many commands sent on it
     /// replace it once.
-    current: std::sync::Mutex<Current>,
+    current: std::sync::Mutex<(u64, ConnectionManager)>,
 }
-
-/// The connection a [`Server`] sends on.
-struct Current {
-    number: u64,
-    conn: ConnectionManager,
-    /// When a `READONLY` answer last replaced the connection.
-    replaced_at: Option<std::time::Instant>,
-}
-
-/// The least time between two connections a [`Server`] makes because its node answered
-/// `READONLY`. While the address still leads to that node, each new connection meets it
-/// again: without a bound, every batch of commands would open one, and a busy process would
-/// open connections against the node as fast as it refuses them, for the whole failover. A
-/// second is the `Retry-After` the refused requests are answered with, and short beside the
-/// time a failover takes to move an address (a DNS record's TTL, a virtual IP's takeover).
-const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Server {
     fn new(client: redis::Client, config: ConnectionManagerConfig) -> redis::RedisResult<Self> {
@@ -177,20 +161,15 @@ impl Server {
         Ok(Self {
             client,
             config,
-            current: std::sync::Mutex::new(Current {
-                number: 0,
-                conn,
-                replaced_at: None,
-            }),
+            current: std::sync::Mutex::new((0, conn)),
         })
     }
 
     fn current(&self) -> (u64, ConnectionManager) {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (current.number, current.conn.clone())
+        let current = self.current.lock();
+        current
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     async fn command(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
@@ -207,27 +186,20 @@ impl Server {
         answer
     }
 
-    /// Replaces connection `number` by a new one, unless it was replaced already, or another
-    /// was made less than [`RECONNECT_INTERVAL`] ago. The new one connects on its first
-    /// command.
+    /// Replaces connection `number` by a new one, unless it was replaced already. The new
+    /// one connects on its first command.
     fn replace(&self, number: u64) {
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.number != number
-            || (current.replaced_at).is_some_and(|at| at.elapsed() < RECONNECT_INTERVAL)
-        {
+        if current.0 != number {
             return;
         }
         if let Ok(conn) =
             ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
         {
-            *current = Current {
-                number: number + 1,
-                conn,
-                replaced_at: Some(std::time::Instant::now()),
-            };
+            *current = (number + 1, conn);
         }
     }
 }
