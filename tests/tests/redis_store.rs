@@ -655,6 +655,113 @@ async fn after_a_failover_behind_its_address_the_store_reaches_the_new_primary()
     assert!(on_new.is_some(), "written on the new primary");
 }
 
+/// How many connections `redis` has accepted since it started, the one that asks included.
+fn connections_received(redis: &TestRedis) -> u64 {
+    let info: String = redis.query(redis::cmd("INFO").arg("stats"));
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("INFO stats counts the connections received")
+}
+
+/// While the store's address still leads to a node that takes no writes (a failover under
+/// way, its DNS name not moved yet), every write answers `READONLY`, on every new connection
+/// as on the old one. The store connects anew at most once per half second, not once per
+/// batch of commands: under load, a failover does not become a storm of connections against
+/// the replica. Every command still answers unavailable meanwhile.
+#[actix_web::test]
+async fn a_replica_answering_read_only_gets_at_most_one_new_connection_per_half_second() {
+    let Some(replica) = TestRedis::start_owned() else {
+        return;
+    };
+    // A replica of a master that is not there: it takes no writes.
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1));
+    let engine = Engine::new(RedisStore::new(replica.url()).unwrap());
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let before = connections_received(&replica);
+    let started = std::time::Instant::now();
+    join_all((0..8u8).map(|task| {
+        let engine = &engine;
+        async move {
+            for n in 0..60u8 {
+                let mut key = [0; 32];
+                key[..2].copy_from_slice(&[task, n]);
+                let key = StoreKey::from_bytes(key);
+                let begun = engine.begin(&Policy::DEFAULT, key, fp).await;
+                assert!(
+                    matches!(
+                        begun,
+                        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
+                            _
+                        )))
+                    ),
+                    "a replica takes no claim: {begun:?}"
+                );
+            }
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    // Less the connection that asks now.
+    let made = connections_received(&replica) - before - 1;
+    // The first connection, the one that replaces it at the first `READONLY`, then one per
+    // half second of the run.
+    let bound = 2 + u64::try_from(elapsed.as_millis() / 500).unwrap();
+    assert!(
+        made <= bound,
+        "{made} connections in {elapsed:?} of 480 commands answered READONLY, over {bound}"
+    );
+}
+
+/// Held back from connecting anew by a replica that answered `READONLY` a moment ago, the
+/// store still follows its address once it leads to the new primary: half a second on, the
+/// next write goes out on a new connection, and reaches the new primary at its first try,
+/// sooner than the `Retry-After` (1 s) that the 503s meanwhile tell clients to wait.
+#[actix_web::test]
+async fn a_store_held_back_from_connecting_anew_reaches_the_new_primary_half_a_second_on() {
+    let (Some(replica), Some(primary)) = (TestRedis::start_owned(), TestRedis::start_owned())
+    else {
+        return;
+    };
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1));
+    let address = idem_tests::RoundTrips::start(addr_of(&replica));
+    let engine = Engine::new(RedisStore::new(format!("redis://{}/", address.addr())).unwrap());
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = |n: u8| {
+        let mut key = [0; 32];
+        key[0] = n;
+        StoreKey::from_bytes(key)
+    };
+    // Writes answered READONLY, on the first connection and on the one that replaced it.
+    for n in 0..20 {
+        let begun = engine.begin(&Policy::DEFAULT, key(n), fp).await;
+        assert!(
+            matches!(
+                begun,
+                Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
+                    _
+                )))
+            ),
+            "a replica takes no claim: {begun:?}"
+        );
+    }
+    let connections = address.connections();
+    assert!(connections >= 2, "the store connected anew");
+
+    address.retarget(addr_of(&primary));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let begun = engine.begin(&Policy::DEFAULT, key(20), fp).await;
+    assert!(
+        matches!(begun, Ok(Begin::Execute(_))),
+        "the first write reaches the new primary: {begun:?}"
+    );
+    assert_eq!(
+        address.connections(),
+        connections + 1,
+        "on one new connection"
+    );
+}
+
 /// A TTL or lease set in code can be longer than Redis takes as an expiry (`PX` over about
 /// 292 million years, less the present, is out of range): the key is kept as long as Redis
 /// allows, and the record's own times still say when it lapses.

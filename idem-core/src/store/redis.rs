@@ -2,7 +2,7 @@
 //! on one Redis server or on a Redis Cluster.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
@@ -70,9 +70,11 @@ return 1
 /// Records expire in Redis itself (the TTL for completed records, the lease plus a grace for
 /// running ones). The connection is multiplexed and reconnects by itself; on one server, it
 /// also connects anew when the server answers that it takes no writes (a primary a failover
-/// demoted), so that it follows an address that moved to the new primary. Each command has a
-/// timeout, past which the request answers 503 `idempotency_store_unavailable` (or runs
-/// unprotected, with [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down
+/// demoted), so that it follows an address that moved to the new primary; at most once per
+/// half second, so that an address still leading to a replica gets no storm of connections,
+/// and its writes answer 503 meanwhile. Each command has a timeout, past which the request
+/// answers 503 `idempotency_store_unavailable` (or runs unprotected, with
+/// [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down
 /// makes only its own keys answer 503. A Redis older than 7.0 refuses every claim, with an
 /// error that says so.
 ///
@@ -146,13 +148,34 @@ impl ConnectionLike for Connection {
 /// no writes (`READONLY`). A primary that a failover demoted keeps the connections made to it
 /// open, and answers `READONLY` on them for as long as they live, while the store's address
 /// (a DNS name, a virtual IP) may lead to the new primary already: only a new connection
-/// follows it. (The cluster client follows a failover by the cluster's own map of its slots.)
+/// follows it. While the address still leads to a node that takes no writes, new connections
+/// answer `READONLY` too, so they are made at most once per [`READ_ONLY_RECONNECT_INTERVAL`].
+/// (The cluster client follows a failover by the cluster's own map of its slots.)
 struct Server {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    /// The connection, numbered so that the `READONLY` answers of many commands sent on it
-    /// replace it once.
-    current: std::sync::Mutex<(u64, ConnectionManager)>,
+    current: std::sync::Mutex<Current>,
+}
+
+/// How often, at most, a store connects anew to a server that keeps answering `READONLY`: a
+/// failover under load then costs the node behind the address two connections a second per
+/// process, where connecting anew at every answer would cost one per batch of commands. Half
+/// the `Retry-After` of the 503 that commands answer meanwhile, so that a client that waits
+/// as told finds the store on the new primary once the address leads there; and the longest
+/// wait between the connection's own attempts to reach a server that is down.
+const READ_ONLY_RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The connection commands go out on.
+struct Current {
+    /// Numbered so that the `READONLY` answers of many commands sent on it replace it once.
+    number: u64,
+    conn: ConnectionManager,
+    /// When it replaced one that answered `READONLY`; `None` for the first.
+    since: Option<Instant>,
+    /// Whether it answered `READONLY` too soon after `since` to be replaced at once: the first
+    /// command after the interval replaces it before it goes out. Only a connection that
+    /// answered `READONLY` reads the clock.
+    read_only: bool,
 }
 
 impl Server {
@@ -161,15 +184,27 @@ impl Server {
         Ok(Self {
             client,
             config,
-            current: std::sync::Mutex::new((0, conn)),
+            current: std::sync::Mutex::new(Current {
+                number: 0,
+                conn,
+                since: None,
+                read_only: false,
+            }),
         })
     }
 
-    fn current(&self) -> (u64, ConnectionManager) {
-        let current = self.current.lock();
-        current
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        let mut current = self.lock();
+        if current.read_only {
+            self.replace_when_due(&mut current);
+        }
+        (current.number, current.conn.clone())
     }
 
     async fn command(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
@@ -181,25 +216,35 @@ impl Server {
             Ok(_) => false,
         };
         if read_only {
-            self.replace(number);
+            let mut current = self.lock();
+            if current.number == number {
+                current.read_only = true;
+                self.replace_when_due(&mut current);
+            }
         }
         answer
     }
 
-    /// Replaces connection `number` by a new one, unless it was replaced already. The new
-    /// one connects on its first command.
-    fn replace(&self, number: u64) {
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.0 != number {
+    /// Replaces the connection, which answered `READONLY`, by a new one, unless it replaced
+    /// one less than [`READ_ONLY_RECONNECT_INTERVAL`] ago. The new one connects on its first
+    /// command.
+    fn replace_when_due(&self, current: &mut Current) {
+        let now = Instant::now();
+        if current
+            .since
+            .is_some_and(|since| now.duration_since(since) < READ_ONLY_RECONNECT_INTERVAL)
+        {
             return;
         }
         if let Ok(conn) =
             ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
         {
-            *current = (number + 1, conn);
+            *current = Current {
+                number: current.number + 1,
+                conn,
+                since: Some(now),
+                read_only: false,
+            };
         }
     }
 }
