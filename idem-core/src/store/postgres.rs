@@ -291,10 +291,10 @@ pub struct PostgresStore {
     in_use: Arc<AtomicU32>,
 }
 
-/// One of the pool's connections held by the store, counted in its `in_use` while held: a
-/// request that got no connection in time is then told a pool whose connections are in use
-/// from one that cannot connect, which the pool's own count does not (it counts its attempts
-/// to connect among its connections).
+/// One of the pool's connections held by the store for a statement, counted in its `in_use`
+/// while held (a [`ClaimTransaction`] counts its own): a request that got no connection in
+/// time is then told a pool whose connections are in use from one that cannot connect, which
+/// the pool's own count does not (it counts its attempts to connect among its connections).
 struct InUse(Arc<AtomicU32>);
 
 impl InUse {
@@ -639,9 +639,10 @@ impl PostgresStore {
             Ok(begun) => begun.map_err(|e| self.error(e))?,
             Err(_) => return Err(StoreError::Timeout),
         };
+        // Counted until the transaction drops (see `Drop for ClaimTransaction`).
+        self.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(ClaimTransaction {
             tx: Some(tx),
-            _in_use: InUse::new(&self.in_use),
             store: self.clone(),
             key,
             token,
@@ -1209,7 +1210,6 @@ impl Store for PostgresStore {
 #[must_use = "a claim transaction rolls back when dropped; commit it with the completed record"]
 pub struct ClaimTransaction {
     tx: Option<sqlx::Transaction<'static, Postgres>>,
-    _in_use: InUse,
     store: PostgresStore,
     key: StoreKey,
     token: Token,
@@ -1336,6 +1336,9 @@ impl DerefMut for ClaimTransaction {
 
 impl Drop for ClaimTransaction {
     fn drop(&mut self) {
+        // Its connection is the store's no more, whether it went back already (after a
+        // commit or a rollback) or goes back from the task below.
+        self.store.in_use.fetch_sub(1, Ordering::Relaxed);
         let Some(tx) = self.tx.take() else {
             return;
         };
