@@ -728,11 +728,7 @@ impl PostgresStore {
                 // connections: not reached. A server that takes no writes (25006,
                 // read_only_sql_transaction: a primary demoted by a failover, or a standby
                 // reached before the new primary) cannot answer for its data for now, as
-                // Redis's READONLY. Anything else, it answered and refused: a statement
-                // cancelled (57014, a `statement_timeout` or `pg_cancel_backend`) or out of
-                // time for a lock (55P03, `lock_timeout`) among them, which fails closed
-                // whatever the setting, as it may have waited on the row of a request that
-                // holds the key.
+                // Redis's READONLY. Anything else, it answered and refused.
                 Some(code)
                     if code.starts_with("08")
                         || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25006") =>
