@@ -858,6 +858,176 @@ async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on
     );
 }
 
+/// `pg`'s URL with a setting for every connection made with it, as a role's or a database's
+/// defaults (`ALTER ROLE ... SET`) would give it: `setting` is URL-encoded.
+fn url_with(pg: &TestPostgres, setting: &str) -> String {
+    let sep = if pg.url().contains('?') { '&' } else { '?' };
+    format!("{}{sep}options=-c%20{setting}", pg.url())
+}
+
+/// The backend of the store's statement on `table` that waits on a lock (another session's
+/// row or table), once it does.
+async fn waiting_on_a_lock(db: &PgPool, table: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE application_name = 'idem' AND wait_event_type = 'Lock'
+               AND query LIKE '%' || $1 || '%'",
+        )
+        .bind(table)
+        .fetch_optional(db)
+        .await
+        .expect("look at the sessions");
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store's statement never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A statement that Postgres cancels (SQLSTATE 57014, `query_canceled`: its
+/// `statement_timeout` fired, or an administrator ran `pg_cancel_backend`) is rolled back and
+/// changed nothing, as one past the store's own command timeout: an outage to ride out, not a
+/// refusal to fix. Every operation answers it as unavailable: 503 by default, an unprotected
+/// run only when failing open, and the claim it left alone is still held afterwards.
+#[actix_web::test]
+async fn a_statement_postgres_cancels_is_unavailable_and_fails_open_only_when_asked() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let held = store(&pg, "cancelled").await;
+    let db = pg.inspect().await;
+    let t = now();
+    let claim = in_flight(t);
+    assert_eq!(held.claim(&key(1), claim, t).await.unwrap(), Claim::Claimed);
+    // Postgres's timeout ends each statement long before the store's own would.
+    let url = url_with(&pg, "statement_timeout%3D100");
+    let cancelling = |fail_open: bool| {
+        PostgresStore::builder(url.as_str())
+            .table(held.table())
+            .command_timeout(Duration::from_secs(30))
+            .fail_open(fail_open)
+            .build()
+            .expect("valid settings")
+    };
+    let store = cancelling(false);
+    // Another session holds the table, so that every statement of the store's waits on it.
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        held.table()
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+
+    let t = now();
+    let answers = [
+        ("claim", store.claim(&key(2), in_flight(t), t).await.err()),
+        ("get", store.get(&key(1), t).await.err()),
+        (
+            "extend",
+            store
+                .extend(&key(1), claim.token, t.saturating_add(LEASE), t)
+                .await
+                .err(),
+        ),
+        (
+            "complete",
+            store
+                .complete(&key(1), claim.token, completed(t, "call_1"), t)
+                .await
+                .err(),
+        ),
+        ("release", store.release(&key(1), claim.token).await.err()),
+    ];
+    for (operation, err) in answers {
+        let err = err.unwrap_or_else(|| panic!("{operation} was answered"));
+        assert!(
+            matches!(err, StoreError::Unavailable(_)),
+            "{operation}: {err:?}"
+        );
+        assert!(err.to_string().contains("statement timeout"), "{err}");
+    }
+
+    let err = Engine::new(cancelling(false))
+        .begin(&Policy::DEFAULT, key(3), fingerprint())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (503, "idempotency_store_unavailable"),
+        "fails closed by default"
+    );
+    assert!(err.retry_after().is_some(), "{err:?}");
+    let begun = Engine::new(cancelling(true))
+        .begin(&Policy::DEFAULT, key(3), fingerprint())
+        .await;
+    assert!(
+        matches!(begun, Ok(Begin::Unprotected(StoreError::Unavailable(_)))),
+        "fails open when asked: {begun:?}"
+    );
+
+    blocker.rollback().await.unwrap();
+    assert_eq!(
+        held.get(&key(1), now()).await.unwrap(),
+        Some(Record::InFlight(claim)),
+        "the cancelled renewal, completion and release left the claim as it was"
+    );
+    assert_eq!(
+        rows(&db, &held).await,
+        1,
+        "the cancelled claims wrote nothing"
+    );
+}
+
+/// An administrator's `pg_cancel_backend` of a statement of the store's that waits on a lock
+/// is the same outage as a `statement_timeout`.
+#[actix_web::test]
+async fn a_statement_an_administrator_cancels_is_unavailable() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "cancelled_by_hand").await;
+    let db = pg.inspect().await;
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        store.table()
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let slow = PostgresStore::builder(pg.url())
+        .table(store.table())
+        .command_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let t = now();
+    let claim = tokio::spawn(async move { slow.claim(&key(1), in_flight(t), t).await });
+    let pid = waiting_on_a_lock(&db, store.table()).await;
+    let cancelled: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+        .bind(pid)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(cancelled);
+    let err = claim.await.unwrap().unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("user request"), "{err}");
+    blocker.rollback().await.unwrap();
+    assert_eq!(
+        rows(&db, &store).await,
+        0,
+        "the cancelled claim wrote nothing"
+    );
+}
+
 #[derive(Clone)]
 struct Runs(Counter);
 

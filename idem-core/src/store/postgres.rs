@@ -162,7 +162,9 @@ impl Statements {
 ///
 /// Each statement has a timeout, past which the request answers 503
 /// `idempotency_store_unavailable` (or runs unprotected, with
-/// [`PostgresStoreBuilder::fail_open`]); so does a connection that cannot be had.
+/// [`PostgresStoreBuilder::fail_open`]); so does a connection that cannot be had, and a
+/// statement Postgres cancels (SQLSTATE 57014: a `statement_timeout` of the role or the
+/// database, or `pg_cancel_backend`), which it rolls back.
 ///
 /// Clones share the pool.
 ///
@@ -728,10 +730,18 @@ impl PostgresStore {
                 // connections: not reached. A server that takes no writes (25006,
                 // read_only_sql_transaction: a primary demoted by a failover, or a standby
                 // reached before the new primary) cannot answer for its data for now, as
-                // Redis's READONLY. Anything else, it answered and refused.
+                // Redis's READONLY. A statement cancelled (57014, query_canceled: its
+                // `statement_timeout`, or `pg_cancel_backend`) was rolled back and changed
+                // nothing, as one past the store's own command timeout. A claim waits on the
+                // key's row only when its snapshot held no live record of the key (it answers
+                // a live one without writing), so a cancelled claim hides no request that
+                // held the key when it began. Anything else, it answered and refused.
                 Some(code)
                     if code.starts_with("08")
-                        || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25006") =>
+                        || matches!(
+                            code,
+                            "57P01" | "57P02" | "57P03" | "53300" | "25006" | "57014"
+                        ) =>
                 {
                     StoreError::Unavailable(Box::new(error))
                 }
@@ -935,9 +945,11 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Runs requests unprotected when Postgres cannot be reached, does not answer in time, or
-    /// takes no writes for now (SQLSTATE 25006: a primary a failover demoted, or a standby),
-    /// instead of answering 503 (see [`StoreError`]). Default off.
+    /// Runs requests unprotected when Postgres cannot be reached, does not answer in time
+    /// (within the command timeout, or before it cancels the statement: SQLSTATE 57014, its
+    /// `statement_timeout` or `pg_cancel_backend`), or takes no writes for now (SQLSTATE
+    /// 25006: a primary a failover demoted, or a standby), instead of answering 503 (see
+    /// [`StoreError`]). Default off.
     ///
     /// A pool that cannot connect within the connect timeout counts as a Postgres that
     /// cannot be reached. One whose every connection the store holds (running
