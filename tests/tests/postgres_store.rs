@@ -401,6 +401,84 @@ async fn concurrent_claims_under_a_stricter_default_isolation_still_have_one_win
     }
 }
 
+/// Under a default isolation of REPEATABLE READ or SERIALIZABLE, a renewal, a completion or
+/// a release that waited on the key's row while another session changed it fails (40001)
+/// where READ COMMITTED reads the row again: each runs again on a new snapshot and answers as
+/// under READ COMMITTED, its own when the row was only touched, `false` when another token
+/// took the key over; neither refused nor answered as an outage.
+#[actix_web::test]
+async fn renewals_completions_and_releases_under_a_stricter_default_isolation_answer_as_under_read_committed(
+) {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let first = store(&pg, "fenced_isolated").await;
+    let db = pg.inspect().await;
+    let mut n = 120;
+    for (level, option) in [
+        ("REPEATABLE READ", "repeatable%5C%20read"),
+        ("SERIALIZABLE", "serializable"),
+    ] {
+        let store = PostgresStore::builder(
+            url_with(&pg, &format!("default_transaction_isolation%3D{option}")).as_str(),
+        )
+        .table(first.table())
+        .build()
+        .expect("valid settings");
+        for operation in ["extend", "complete", "release"] {
+            for taken_over in [false, true] {
+                n += 1;
+                let (k, t) = (key(n), now());
+                let claim = in_flight(t);
+                assert_eq!(first.claim(&k, claim, t).await.unwrap(), Claim::Claimed);
+                // Another session changes the row and holds it until it commits: the
+                // token of a request that took the key over, or only the row's version.
+                let mut writer = db.begin().await.unwrap();
+                let token = if taken_over {
+                    Token::random()
+                } else {
+                    claim.token
+                };
+                sqlx::query(&format!(
+                    "UPDATE {} SET token = $2 WHERE key = $1",
+                    first.table()
+                ))
+                .bind(k.as_bytes().to_vec())
+                .bind(token.as_u128().to_be_bytes().to_vec())
+                .execute(&mut *writer)
+                .await
+                .unwrap();
+                let answer = {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let t = now();
+                        match operation {
+                            "extend" => {
+                                store
+                                    .extend(&k, claim.token, t.saturating_add(LEASE), t)
+                                    .await
+                            }
+                            "complete" => {
+                                store
+                                    .complete(&k, claim.token, completed(t, "call_1"), t)
+                                    .await
+                            }
+                            _ => store.release(&k, claim.token).await,
+                        }
+                    })
+                };
+                waiting_on_a_lock(&db, first.table()).await;
+                writer.commit().await.unwrap();
+                let answer = answer.await.unwrap();
+                assert!(
+                    matches!(answer, Ok(done) if done != taken_over),
+                    "{level}, {operation}, taken over: {taken_over}: {answer:?}"
+                );
+            }
+        }
+    }
+}
+
 #[actix_web::test]
 async fn a_replay_is_one_statement_that_writes_nothing() {
     let Some(pg) = TestPostgres::start() else {

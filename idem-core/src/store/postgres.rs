@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Row};
 
 use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
@@ -43,9 +44,11 @@ const DEFAULT_TABLE: &str = "idem_records";
 /// The schema in [`schema!`], replaced by the configured one.
 const DEFAULT_SCHEMA: &str = "public";
 
-/// How many times a claim runs again when it raced a claim it could not see (see
-/// [`PostgresStore`]'s docs). Each run needs yet another concurrent change of the same key to fail.
-const CLAIM_ATTEMPTS: usize = 8;
+/// How many times a claim runs again when it raced a claim it could not see, and a renewal,
+/// completion or release when it met the key's row changed after its snapshot (see
+/// [`PostgresStore`]'s docs). Each run needs yet another concurrent change of the same key to
+/// fail.
+const ATTEMPTS: usize = 8;
 
 /// The largest [`PostgresStoreBuilder::max_record_bytes`]: Postgres takes no message, and no
 /// value, over 1 GiB, and the completion's message carries the record and a few fields more.
@@ -197,13 +200,17 @@ impl Statements {
 ///   `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <the row has lapsed>`, which claims a
 ///   free key or takes over a lapsed one in the same statement. A replay or a duplicate
 ///   reads only: it neither writes nor locks the row, so its commit does not wait for the
-///   disk. The one exception to one round trip: a claim racing another claim of the same
-///   key, whose row was committed after this statement began, cannot see that row (the
+///   disk. An exception to one round trip: a claim racing another claim of the same key,
+///   whose row was committed after this statement began, cannot see that row (the
 ///   statement reads the snapshot it started with; under a default isolation of REPEATABLE
 ///   READ or SERIALIZABLE, Postgres fails it instead), so it runs again, and then sees it;
 /// - get: a `SELECT` of the row if it has not lapsed;
 /// - extend, complete, release: an `UPDATE` or `DELETE` of the row only while it is a claim
-///   held by the caller's token.
+///   held by the caller's token. The other exception: under a default isolation of
+///   REPEATABLE READ or SERIALIZABLE, one that waited on the row while another statement
+///   changed it (a takeover, the claim's own renewal) fails where READ COMMITTED reads the
+///   row again, so it runs again, on a snapshot that holds the change, and answers as under
+///   READ COMMITTED.
 ///
 /// The pool does not test a connection before handing it out, which would cost a round trip
 /// per operation; sqlx tests it when it comes back instead, off the request's path, and closes
@@ -791,18 +798,18 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// The fenced completion of `key`'s claim by `token`, on `conn`.
-    async fn complete_on(
-        &self,
-        conn: &mut PgConnection,
+    /// The fenced completion of `key`'s claim by `token`, writing `record`, whose response's
+    /// body is `body`.
+    fn completion<'q>(
+        &'q self,
         key: &StoreKey,
         token: Token,
-        record: &Completed,
-    ) -> Result<bool, StoreError> {
+        record: &'q Completed,
+        body: &'q [u8],
+    ) -> Query<'q, Postgres, PgArguments> {
         let response = &record.response;
         let omitted = response.body_omitted();
-        let body = response.body();
-        let query = sqlx::query(&self.sql.complete)
+        sqlx::query(&self.sql.complete)
             .bind(*key.as_bytes())
             .bind(token.as_u128().to_be_bytes())
             .bind(*record.fingerprint.as_bytes())
@@ -810,10 +817,47 @@ impl PostgresStore {
             .bind(i32::from(response.status()))
             .bind(millis(record.completed_at))
             .bind(response.header_section())
-            .bind(omitted.is_none().then_some(&body[..]))
-            .bind(omitted.map(|size| i64::try_from(size).unwrap_or(i64::MAX)));
-        let done = self.timed(query.execute(conn)).await?;
+            .bind(omitted.is_none().then_some(body))
+            .bind(omitted.map(|size| i64::try_from(size).unwrap_or(i64::MAX)))
+    }
+
+    /// The fenced completion of `key`'s claim by `token`, on `conn`, once: in a claim's
+    /// transaction, whose snapshot a second run could not renew.
+    async fn complete_on(
+        &self,
+        conn: &mut PgConnection,
+        key: &StoreKey,
+        token: Token,
+        record: &Completed,
+    ) -> Result<bool, StoreError> {
+        let body = record.response.body();
+        let done = self
+            .timed(self.completion(key, token, record, &body).execute(conn))
+            .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Runs the statement that `query` makes, a write of one row fenced by a claim's token,
+    /// under the command timeout: `true` when it wrote the row. Under REPEATABLE READ or
+    /// SERIALIZABLE (the database's default isolation), a write that waited on the row while
+    /// another statement changed it fails where READ COMMITTED would read the row again and
+    /// judge the fence on it; the next run's snapshot holds that row, and judges the fence
+    /// as READ COMMITTED would. After [`ATTEMPTS`] runs, the last failure is the answer.
+    async fn fenced<'q>(
+        &self,
+        conn: &mut PgConnection,
+        query: impl Fn() -> Query<'q, Postgres, PgArguments>,
+    ) -> Result<bool, StoreError> {
+        let mut attempts = 1;
+        loop {
+            match tokio::time::timeout(self.timeout, query().execute(&mut *conn)).await {
+                Err(_) => return Err(StoreError::Timeout),
+                Ok(Err(error)) if serialization_failure(&error) && attempts < ATTEMPTS => {
+                    attempts += 1;
+                }
+                Ok(done) => return Ok(done.map_err(|e| self.error(e))?.rows_affected() == 1),
+            }
+        }
     }
 }
 
@@ -1095,7 +1139,7 @@ impl Store for PostgresStore {
         StoreFuture::new(async move {
             let purge_at = claim.lease_until.saturating_add(LAPSED_CLAIM_GRACE);
             let mut conn = self.acquire().await?;
-            for _ in 0..CLAIM_ATTEMPTS {
+            for _ in 0..ATTEMPTS {
                 let query = sqlx::query(&self.sql.claim)
                     .bind(*key.as_bytes())
                     .bind(claim.token.as_u128().to_be_bytes())
@@ -1154,13 +1198,14 @@ impl Store for PostgresStore {
     ) -> StoreFuture<'a, bool> {
         StoreFuture::new(async move {
             let mut conn = self.acquire().await?;
-            let query = sqlx::query(&self.sql.extend)
-                .bind(*key.as_bytes())
-                .bind(token.as_u128().to_be_bytes())
-                .bind(millis(lease_until))
-                .bind(millis(lease_until.saturating_add(LAPSED_CLAIM_GRACE)));
-            let done = self.timed(query.execute(&mut *conn)).await?;
-            Ok(done.rows_affected() == 1)
+            let query = || {
+                sqlx::query(&self.sql.extend)
+                    .bind(*key.as_bytes())
+                    .bind(token.as_u128().to_be_bytes())
+                    .bind(millis(lease_until))
+                    .bind(millis(lease_until.saturating_add(LAPSED_CLAIM_GRACE)))
+            };
+            self.fenced(&mut conn, query).await
         })
     }
 
@@ -1174,18 +1219,21 @@ impl Store for PostgresStore {
         StoreFuture::new(async move {
             self.check_size(&record)?;
             let mut conn = self.acquire().await?;
-            self.complete_on(&mut conn, key, token, &record).await
+            let (record, body) = (&record, record.response.body());
+            self.fenced(&mut conn, || self.completion(key, token, record, &body))
+                .await
         })
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
         StoreFuture::new(async move {
             let mut conn = self.acquire().await?;
-            let query = sqlx::query(&self.sql.release)
-                .bind(*key.as_bytes())
-                .bind(token.as_u128().to_be_bytes());
-            let done = self.timed(query.execute(&mut *conn)).await?;
-            Ok(done.rows_affected() == 1)
+            let query = || {
+                sqlx::query(&self.sql.release)
+                    .bind(*key.as_bytes())
+                    .bind(token.as_u128().to_be_bytes())
+            };
+            self.fenced(&mut conn, query).await
         })
     }
 
