@@ -1064,6 +1064,37 @@ async fn a_statement_postgres_cancels_is_unavailable_and_fails_open_only_when_as
     );
 }
 
+/// A statement that waited for a lock longer than the session's `lock_timeout` (SQLSTATE
+/// 55P03) is rolled back as a cancelled one is, and answered alike: unavailable.
+#[actix_web::test]
+async fn a_statement_past_its_lock_timeout_is_unavailable() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "lock_timed_out").await;
+    let db = pg.inspect().await;
+    let url = url_with(&pg, "lock_timeout%3D100");
+    let waiting = PostgresStore::builder(url.as_str())
+        .table(store.table())
+        .command_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        store.table()
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let t = now();
+    let err = waiting.claim(&key(1), in_flight(t), t).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    blocker.rollback().await.unwrap();
+    assert_eq!(rows(&db, &store).await, 0, "the claim wrote nothing");
+}
+
 /// An administrator's `pg_cancel_backend` of a statement of the store's that waits on a lock
 /// is the same outage as a `statement_timeout`.
 #[actix_web::test]

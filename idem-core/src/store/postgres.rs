@@ -167,7 +167,7 @@ impl Statements {
 /// `idempotency_store_unavailable` (or runs unprotected, with
 /// [`PostgresStoreBuilder::fail_open`]); so does a connection that cannot be had, and a
 /// statement Postgres cancels (SQLSTATE 57014: a `statement_timeout` of the role or the
-/// database, or `pg_cancel_backend`), which it rolls back.
+/// database, or `pg_cancel_backend`; 55P03: a `lock_timeout`), which it rolls back.
 ///
 /// Clones share the pool.
 ///
@@ -738,8 +738,9 @@ impl PostgresStore {
                 // read_only_sql_transaction: a primary demoted by a failover, or a standby
                 // reached before the new primary) cannot answer for its data for now, as
                 // Redis's READONLY. A statement cancelled (57014, query_canceled: its
-                // `statement_timeout`, or `pg_cancel_backend`) was rolled back and changed
-                // nothing, as one past the store's own command timeout. A claim waits on the
+                // `statement_timeout`, or `pg_cancel_backend`; 55P03, lock_not_available: its
+                // `lock_timeout`) was rolled back and changed nothing, as one past the store's
+                // own command timeout. A claim waits on the
                 // key's row only when its snapshot held no live record of the key (it answers
                 // a live one without writing), so a cancelled claim hides no request that
                 // held the key when it began. Anything else, it answered and refused.
@@ -747,7 +748,7 @@ impl PostgresStore {
                     if code.starts_with("08")
                         || matches!(
                             code,
-                            "57P01" | "57P02" | "57P03" | "53300" | "25006" | "57014"
+                            "57P01" | "57P02" | "57P03" | "53300" | "25006" | "57014" | "55P03"
                         ) =>
                 {
                     StoreError::Unavailable(Box::new(error))
@@ -991,7 +992,7 @@ impl PostgresStoreBuilder {
 
     /// Runs requests unprotected when Postgres cannot be reached, does not answer in time
     /// (within the command timeout, or before it cancels the statement: SQLSTATE 57014, its
-    /// `statement_timeout` or `pg_cancel_backend`), or takes no writes for now (SQLSTATE
+    /// `statement_timeout` or `pg_cancel_backend`, and 55P03, its `lock_timeout`), or takes no writes for now (SQLSTATE
     /// 25006: a primary a failover demoted, or a standby), instead of answering 503 (see
     /// [`StoreError`]). Default off.
     ///
