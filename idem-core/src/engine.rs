@@ -394,9 +394,11 @@ impl Engine {
     /// whole lease ahead. Taken over, it never runs beside the one that took it: its request
     /// is answered as one that found the record of that one (a replay of its response, a
     /// mismatch, or 409 while it runs), or found the key held (409) when the record is gone
-    /// or cannot be read. A renewal the store failed is the store's failure, as a failed claim
-    /// is, and the claim is released in case it is still there (the lease dropped unfinished
-    /// releases it, as it does if this request is cancelled meanwhile).
+    /// or cannot be read. A renewal the store failed is the store's failure, and fails closed
+    /// whatever the policy: unlike a failed claim's, this request's claim was written, and may
+    /// have lapsed and been taken over by a request that runs now. The claim is released in
+    /// case it is still there (the lease dropped unfinished releases it, as it does if this
+    /// request is cancelled meanwhile).
     async fn renewed_late(
         &self,
         policy: &Policy,
@@ -418,7 +420,7 @@ impl Engine {
                     Ok(None) | Err(_) => Err(IdempotencyError::InFlight),
                 }
             }
-            Err(e) => self.store_failed(policy, e),
+            Err(e) => Err(IdempotencyError::StoreUnavailable(e)),
         }
     }
 
@@ -1526,6 +1528,82 @@ mod tests {
             "{duplicate:?}"
         );
         running.finish(response(201, "once")).await.unwrap();
+    }
+
+    /// Claims written at once and answered a second later ([`slow_answers`]), whose renewals
+    /// time out: a store that went away after writing a late claim.
+    struct UnrenewedLateClaims(Arc<MokaStore>);
+
+    impl Store for UnrenewedLateClaims {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            StoreFuture::new(async move {
+                let answer = self.0.claim(key, claim, now).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                answer
+            })
+        }
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            self.0.get(key, now)
+        }
+        fn extend<'a>(
+            &'a self,
+            _: &'a StoreKey,
+            _: Token,
+            _: Timestamp,
+            _: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            StoreFuture::ready(Err(StoreError::Timeout))
+        }
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.0.complete(key, token, record, now)
+        }
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            self.0.release(key, token)
+        }
+    }
+
+    /// A late claim whose renewal the store fails may have lapsed and been taken over: the
+    /// store has had it, so a request that fails open does not run beside the request that
+    /// may hold the key now, as a failed claim's would. It fails closed.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_claim_whose_renewal_fails_never_runs_unprotected_beside_a_takeover() {
+        let moka = Arc::new(MokaStore::new());
+        let started = tokio::time::Instant::now();
+        let slow =
+            Engine::new(UnrenewedLateClaims(Arc::clone(&moka))).with_clock(TokioClock(started));
+        let other = Engine::from_arc(moka as Arc<dyn Store>).with_clock(TokioClock(started));
+        let policy = Policy::DEFAULT
+            .lease(Duration::from_millis(300))
+            .on_store_error(OnStoreError::FailOpen);
+
+        let late = tokio::spawn({
+            let slow = slow.clone();
+            async move { slow.begin(&policy, key(1), fp("a")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(Begin::Execute(taken_over)) = other.begin(&policy, key(1), fp("a")).await else {
+            panic!("the lapsed claim is taken over");
+        };
+        let late = late.await.unwrap();
+        assert!(
+            matches!(
+                late,
+                Err(IdempotencyError::StoreUnavailable(StoreError::Timeout))
+            ),
+            "a late claim whose renewal failed ran unprotected beside the takeover: {late:?}"
+        );
+        taken_over.finish(response(201, "once")).await.unwrap();
     }
 
     /// A late claim overtaken is answered as any request that finds its key taken: by the
