@@ -12,7 +12,7 @@ use actix_web::http::Method;
 use actix_web::HttpRequest;
 use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
-use idem_core::Overrides;
+use idem_core::{Overrides, PolicyError};
 
 use crate::config::IdempotencyConfig;
 use crate::extract::Passed;
@@ -98,9 +98,11 @@ impl Idempotency {
     /// a lease under [`Policy::MIN_LEASE`](crate::Policy::MIN_LEASE), a `key_max_len` or
     /// `max_body` of 0, an [`OnInFlight::Wait`](crate::OnInFlight::Wait) under 1 ms, a
     /// listed header that is not a header name, `Set-Cookie` listed or `Content-Encoding`
-    /// dropped in `replay_headers`, a pointer that is not a JSON Pointer, or a fingerprint
-    /// that contradicts the overrides' `fingerprint_ignore` or JSON `key_source`. Actix then
-    /// reports `service initialization failed`, and the reason is logged as a `tracing` error.
+    /// dropped in `replay_headers`, a pointer that is not a JSON Pointer, a fingerprint that
+    /// contradicts the overrides' `fingerprint_ignore` or JSON `key_source`, or a key header
+    /// named where the key is read from the JSON body or by a
+    /// [key function](Self::with_key_fn). Actix then reports `service initialization failed`,
+    /// and the reason is logged as a `tracing` error.
     /// The attribute refuses all of them at compile time. Settings that contradict only with
     /// the application's defaults are logged on the first keyed request.
     pub fn with_overrides(mut self, configure: impl FnOnce(Overrides) -> Overrides) -> Self {
@@ -117,7 +119,9 @@ impl Idempotency {
     }
 
     /// Reads each request's key with `f` instead of from a header (see
-    /// [`KeyFn`](crate::KeyFn)), as `#[idempotent(key = f)]` does.
+    /// [`KeyFn`](crate::KeyFn)), as `#[idempotent(key = f)]` does. Overrides that name a key
+    /// header beside it make the app fail to start, as the attribute refuses `header` beside
+    /// `key`: that header would never be read.
     pub fn with_key_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<String>) -> Self {
         self.functions.key = Some(f);
         self
@@ -180,7 +184,12 @@ where
             );
             return ready(Err(()));
         }
-        let endpoint = match Endpoint::parsed(self.overrides) {
+        // A key function reads the key in place of any header, as a JSON `key_source` does.
+        let endpoint = match (self.functions.key, self.overrides.header) {
+            (Some(_), Some(header)) => Err(PolicyError::HeaderUnread(header)),
+            _ => Endpoint::parsed(self.overrides),
+        };
+        let endpoint = match endpoint {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 tracing::error!(%error, "the Idempotency middleware cannot start");
@@ -324,6 +333,27 @@ mod tests {
         assert!(!starts(vec![]).await);
     }
 
+    /// A key header named beside a key function is never read: refused when the app starts,
+    /// as the attribute refuses `header` with `key = f`.
+    #[actix_web::test]
+    async fn a_key_header_beside_a_key_function_stops_the_app_from_starting() {
+        fn delivery(req: &HttpRequest, _: &[u8]) -> Option<String> {
+            let id = req.headers().get("X-Delivery")?;
+            id.to_str().ok().map(str::to_owned)
+        }
+        let starts = |idempotency: Idempotency| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        assert!(starts(Idempotency::new().with_key_fn(delivery)).await);
+        let both = Idempotency::new()
+            .with_key_fn(delivery)
+            .with_overrides(|o| o.header("X-Key"));
+        assert!(!starts(both).await);
+    }
+
     #[actix_web::test]
     async fn a_ttl_that_keeps_no_record_stops_the_app_from_starting() {
         let starts = |ttl: Duration| {
@@ -350,7 +380,8 @@ mod tests {
             let idempotency = Idempotency::new().with_overrides(configure);
             async move { idempotency.new_transform(inner).await.is_ok() }
         };
-        let refused: [fn(Overrides) -> Overrides; 13] = [
+        let refused: [fn(Overrides) -> Overrides; 14] = [
+            |o| o.header("X-Key").key_source(KeySource::Json("/event_id")),
             |o| o.lease(Duration::from_millis(10)),
             |o| o.max_body(0),
             |o| o.on_in_flight(idem_core::OnInFlight::Wait(Duration::ZERO)),

@@ -407,6 +407,9 @@ pub enum PolicyError {
         /// The wait.
         wait: Duration,
     },
+    /// The key's header is named, but the key is read elsewhere.
+    #[error("the key's header is named {0}, but the key is read from the JSON body or with a key function, so the header is never read; remove the header, or read the key from it")]
+    HeaderUnread(&'static str),
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -501,9 +504,11 @@ impl Overrides {
     /// Checks the settings these overrides give that no application's defaults could make
     /// right: each of [`Policy::check`]'s rules on what they set themselves (a lease, a TTL,
     /// a longest key, header names, pointers), and its rules on settings that must agree
-    /// when they set both. What the defaults may make right (members ignored, or a key read
-    /// from JSON bodies, where the defaults compare bodies as JSON) is left to the check of
-    /// the policy they make together.
+    /// when they set both; and that they do not name the key's header while reading the key
+    /// from the JSON body ([`PolicyError::HeaderUnread`]), which the attribute refuses too.
+    /// What the defaults may make right (members ignored, or a key read from JSON bodies,
+    /// where the defaults compare bodies as JSON) is left to the check of the policy they
+    /// make together.
     ///
     /// # Errors
     /// The [`PolicyError`] of the first rule broken, as [`Policy::check`] names it.
@@ -514,7 +519,12 @@ impl Overrides {
         if self.fingerprint.is_none() {
             base.fingerprint = BodyForm::Json;
         }
-        self.apply_to(base).check_settings()
+        self.apply_to(base).check_settings()?;
+        // Only overrides tell a header named on purpose from the one every policy has.
+        if let (Some(header), Some(KeySource::Json(_))) = (self.header, self.key_source) {
+            return Err(PolicyError::HeaderUnread(header));
+        }
+        Ok(())
     }
 }
 
@@ -810,6 +820,20 @@ mod tests {
         }
         let waits = OnInFlight::Wait(Duration::from_millis(1));
         assert_eq!(Policy::DEFAULT.on_in_flight(waits).check(&store), Ok(()));
+    }
+
+    /// Overrides that name the key's header but read the key from the JSON body never read
+    /// the header: refused, as the attribute refuses `header` with `key = "json:..."`, where
+    /// the header was silently ignored. The application's defaults name a header in every
+    /// policy, so a policy alone cannot say that its header was meant.
+    #[test]
+    fn overrides_naming_the_key_header_and_reading_the_key_from_the_body_are_refused() {
+        let both = Overrides::NONE
+            .header("X-Event-Id")
+            .key_source(KeySource::Json("/event_id"));
+        assert_eq!(both.check(), Err(PolicyError::HeaderUnread("X-Event-Id")));
+        let from_header = both.key_source(KeySource::Header);
+        assert_eq!(from_header.check(), Ok(()));
     }
 
     /// Overrides are refused for what they set themselves, and left to the policy they make
