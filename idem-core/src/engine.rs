@@ -293,7 +293,7 @@ impl Engine {
         fingerprint: Fingerprint,
     ) -> Result<Begin, IdempotencyError> {
         let deadline = match policy.on_in_flight {
-            OnInFlight::Wait(bound) => Some(tokio::time::Instant::now() + bound),
+            OnInFlight::Wait(bound) => Some(tokio::time::Instant::now() + bound.min(LONGEST_WAIT)),
             OnInFlight::Conflict => None,
         };
         loop {
@@ -528,6 +528,11 @@ impl Engine {
             && (policy.on_store_error == OnStoreError::FailOpen || self.parts.store.fails_open())
     }
 }
+
+/// The longest a request waits for the first of its key (`OnInFlight::Wait`): ten years, the
+/// attribute's longest `wait_timeout`, which no request outlives. A longer wait, set in code,
+/// would overflow the clock.
+const LONGEST_WAIT: Duration = Duration::from_secs(10 * 36_525 * 24 * 36);
 
 /// A claim on its way to the store. Dropped before the store answers (its run was cancelled:
 /// a shutdown that cancels what its clients left), the claim may land all the same, held by
@@ -2264,6 +2269,26 @@ mod tests {
         let err = engine.begin(&policy, key(2), fp("a")).await.unwrap_err();
         assert!(matches!(err, IdempotencyError::InFlight));
         assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
+    /// A wait as long as a `Duration` holds (set in code, where the attribute caps it at ten
+    /// years) waits for the first request, as any wait does, where its deadline overflowed
+    /// the clock and the request panicked.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_longer_than_the_clock_can_count_waits_for_the_first_response() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT.on_in_flight(OnInFlight::Wait(Duration::MAX));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let waiter = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.begin(&policy, key(1), fp("a")).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lease.finish(response(201, "first")).await.unwrap();
+        match waiter.await.unwrap() {
+            Ok(Begin::Replay(c)) => assert_eq!(&c.response.body()[..], b"first"),
+            other => panic!("expected a replay, got {other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
