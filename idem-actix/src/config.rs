@@ -318,10 +318,8 @@ impl IdempotencyConfig {
     ///
     /// A format named by the [defaults](Self::with_defaults) (`Policy::error_format`) is an
     /// endpoint's format too, and comes before the renderer: an application whose defaults
-    /// name one renders no endpoint's errors with `renderer` (only the errors of a handler
-    /// that takes what no idempotency layer lent it: `idempotency_layer_missing`,
-    /// `idempotency_transaction_unavailable`), and a warning says so when the two are set, in
-    /// either order.
+    /// name one renders none of its errors with `renderer`, and a warning says so when the
+    /// two are set, in either order.
     #[must_use]
     pub fn with_error_renderer(mut self, renderer: impl ErrorRenderer) -> Self {
         let settings = self.settings();

@@ -196,12 +196,14 @@ impl NoIdempotencyKey {
         self.render(&error, policy.error_format)
     }
 
-    /// `error` as this request's answer, in `format` or the application's.
+    /// `error` as this request's answer, in `format`, else the format the application's
+    /// defaults name, else by its renderer.
     pub(crate) fn render(
         &self,
         error: &IdempotencyError,
         format: Option<ErrorFormat>,
     ) -> HttpResponse {
+        let format = format.or(self.config.defaults().error_format);
         error_response(error, &self.request_id, format, self.config.renderer())
     }
 
@@ -242,7 +244,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{IdempotencyConfig, MokaStore, ProblemJson};
+    use crate::{IdempotencyConfig, MokaStore, Policy, ProblemJson};
 
     async fn echo(key: IdempotencyKey) -> HttpResponse {
         HttpResponse::Ok().body(key.to_string())
@@ -290,6 +292,30 @@ mod tests {
         assert_eq!(body["type"], "urn:idem:error:idempotency_key_missing");
         assert_eq!(body["status"], 400);
         assert_eq!(body["request_id"], request_id.as_str());
+    }
+
+    /// The format the application's defaults name is the application's: its refusals that
+    /// no endpoint answers (a key to a handler no layer serves) are in it too, as those of
+    /// its endpoints are, where they were in the default envelope.
+    #[test]
+    fn a_key_no_layer_takes_is_refused_in_the_format_the_defaults_name() {
+        let config = IdempotencyConfig::new(MokaStore::new())
+            .with_defaults(Policy::DEFAULT.error_format(ErrorFormat::Problem))
+            .unwrap();
+        let req = TestRequest::post()
+            .app_data(config)
+            .insert_header(("Idempotency-Key", "k"))
+            .to_http_request();
+        let refused = extracted(&req).unwrap_err();
+        let res = refused.error_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            "application/problem+json"
+        );
+        let body = res.into_body().try_into_bytes().unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], idem_core::codes::LAYER_MISSING);
     }
 
     fn extracted(req: &HttpRequest) -> Result<IdempotencyKey, NoIdempotencyKey> {
