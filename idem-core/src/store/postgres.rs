@@ -740,10 +740,10 @@ impl PostgresStore {
                 // Redis's READONLY. A statement cancelled (57014, query_canceled: its
                 // `statement_timeout`, or `pg_cancel_backend`; 55P03, lock_not_available: its
                 // `lock_timeout`) was rolled back and changed nothing, as one past the store's
-                // own command timeout. A claim waits on the
-                // key's row only when its snapshot held no live record of the key (it answers
-                // a live one without writing), so a cancelled claim hides no request that
-                // held the key when it began. Anything else, it answered and refused.
+                // own command timeout. A claim waits on the key's row only when its snapshot
+                // held no live record of the key (it answers a live one without writing), so a
+                // cancelled claim hides no request that held the key when it began. Anything
+                // else, it answered and refused.
                 Some(code)
                     if code.starts_with("08")
                         || matches!(
