@@ -1535,58 +1535,18 @@ mod tests {
         running.finish(response(201, "once")).await.unwrap();
     }
 
-    /// Claims written at once and answered a second later ([`slow_answers`]), whose renewals
-    /// time out: a store that went away after writing a late claim.
-    struct UnrenewedLateClaims(Arc<MokaStore>);
-
-    impl Store for UnrenewedLateClaims {
-        fn claim<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            claim: InFlight,
-            now: Timestamp,
-        ) -> StoreFuture<'a, Claim> {
-            StoreFuture::new(async move {
-                let answer = self.0.claim(key, claim, now).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                answer
-            })
-        }
-        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-            self.0.get(key, now)
-        }
-        fn extend<'a>(
-            &'a self,
-            _: &'a StoreKey,
-            _: Token,
-            _: Timestamp,
-            _: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            StoreFuture::ready(Err(StoreError::Timeout))
-        }
-        fn complete<'a>(
-            &'a self,
-            key: &'a StoreKey,
-            token: Token,
-            record: Completed,
-            now: Timestamp,
-        ) -> StoreFuture<'a, bool> {
-            self.0.complete(key, token, record, now)
-        }
-        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
-            self.0.release(key, token)
-        }
-    }
-
     /// A late claim whose renewal the store fails may have lapsed and been taken over: the
     /// store has had it, so a request that fails open does not run beside the request that
     /// may hold the key now, as a failed claim's would. It fails closed.
     #[tokio::test(start_paused = true)]
     async fn a_late_claim_whose_renewal_fails_never_runs_unprotected_beside_a_takeover() {
         let moka = Arc::new(MokaStore::new());
+        // Claims answered a second late, whose renewals time out: a store that went away
+        // after writing a late claim.
+        let late = FaultyStore::new(slow_answers(&moka));
+        late.fail("extend", usize::MAX, Fault::Timeout);
         let started = tokio::time::Instant::now();
-        let slow =
-            Engine::new(UnrenewedLateClaims(Arc::clone(&moka))).with_clock(TokioClock(started));
+        let slow = Engine::new(late).with_clock(TokioClock(started));
         let other = Engine::from_arc(moka as Arc<dyn Store>).with_clock(TokioClock(started));
         let policy = Policy::DEFAULT
             .lease(Duration::from_millis(300))
