@@ -263,11 +263,7 @@ async fn a_read_only_postgres_after_a_failover_is_unavailable_and_fails_open_onl
     let writable = store(&pg, "read_only").await;
     let db = pg.inspect().await;
     // Every connection of these stores is read-only from its start, as on a standby.
-    let sep = if pg.url().contains('?') { '&' } else { '?' };
-    let read_only_url = format!(
-        "{}{sep}options=-c%20default_transaction_read_only%3Don",
-        pg.url()
-    );
+    let read_only_url = url_with(&pg, "default_transaction_read_only%3Don");
     let read_only = |fail_open: bool| {
         PostgresStore::builder(read_only_url.as_str())
             .table(writable.table())
@@ -365,15 +361,11 @@ async fn concurrent_claims_under_a_stricter_default_isolation_still_have_one_win
         return;
     };
     let first = store(&pg, "race_isolated").await;
-    let sep = if pg.url().contains('?') { '&' } else { '?' };
     for (n, level, option) in [
         (110, "REPEATABLE READ", "repeatable%5C%20read"),
         (111, "SERIALIZABLE", "serializable"),
     ] {
-        let url = format!(
-            "{}{sep}options=-c%20default_transaction_isolation%3D{option}",
-            pg.url()
-        );
+        let url = url_with(&pg, &format!("default_transaction_isolation%3D{option}"));
         let stores: Vec<_> = (0..4)
             .map(|_| {
                 PostgresStore::builder(url.as_str())
@@ -903,14 +895,7 @@ async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on
     store.migrate().await.unwrap();
     let db = pg.inspect().await;
     // Another session holds the table, so that the store's statements wait on it.
-    let mut blocker = db.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-        store.table()
-    ))
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = table_locked(&db, store.table()).await;
     let started = Instant::now();
     let err = store
         .claim(&key(1), in_flight(now()), now())
@@ -941,6 +926,17 @@ async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on
 fn url_with(pg: &TestPostgres, setting: &str) -> String {
     let sep = if pg.url().contains('?') { '&' } else { '?' };
     format!("{}{sep}options=-c%20{setting}", pg.url())
+}
+
+/// A transaction of `db` that holds `table` locked, so that every statement on it waits until
+/// the transaction ends.
+async fn table_locked(db: &PgPool, table: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = db.begin().await.unwrap();
+    sqlx::raw_sql(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    blocker
 }
 
 /// The backend of the store's statement on `table` that waits on a lock (another session's
@@ -995,14 +991,7 @@ async fn a_statement_postgres_cancels_is_unavailable_and_fails_open_only_when_as
     };
     let store = cancelling(false);
     // Another session holds the table, so that every statement of the store's waits on it.
-    let mut blocker = db.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-        held.table()
-    ))
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = table_locked(&db, held.table()).await;
 
     let t = now();
     let answers = [
@@ -1079,14 +1068,7 @@ async fn a_statement_past_its_lock_timeout_is_unavailable() {
         .command_timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let mut blocker = db.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-        store.table()
-    ))
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = table_locked(&db, store.table()).await;
     let t = now();
     let err = waiting.claim(&key(1), in_flight(t), t).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
@@ -1104,14 +1086,7 @@ async fn a_statement_an_administrator_cancels_is_unavailable() {
     };
     let store = store(&pg, "cancelled_by_hand").await;
     let db = pg.inspect().await;
-    let mut blocker = db.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-        store.table()
-    ))
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = table_locked(&db, store.table()).await;
     let slow = PostgresStore::builder(pg.url())
         .table(store.table())
         .command_timeout(Duration::from_secs(30))
