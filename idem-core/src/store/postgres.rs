@@ -300,32 +300,23 @@ pub struct PostgresStore {
     in_use: Arc<AtomicU32>,
 }
 
-/// One of the pool's connections held by the store for a statement, counted in its `in_use`
-/// while held (a [`ClaimTransaction`] counts its own): a request that got no connection in
-/// time is then told a pool whose connections are in use from one that cannot connect, which
-/// the pool's own count does not (it counts its attempts to connect among its connections).
-struct InUse(Arc<AtomicU32>);
-
-impl InUse {
-    fn new(count: &Arc<AtomicU32>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(count))
-    }
-}
-
-impl Drop for InUse {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A connection of the pool, counted as in use until it goes back.
-struct Held {
+/// One of the pool's connections held by the store for a statement, counted in the store's
+/// `in_use` until it goes back (a [`ClaimTransaction`] counts its own): a request that got no
+/// connection in time is then told a pool whose connections are in use from one that cannot
+/// connect, which the pool's own count does not (it counts its attempts to connect among its
+/// connections).
+struct Held<'a> {
     conn: PoolConnection<Postgres>,
-    _in_use: InUse,
+    in_use: &'a AtomicU32,
 }
 
-impl Deref for Held {
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Deref for Held<'_> {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
@@ -333,7 +324,7 @@ impl Deref for Held {
     }
 }
 
-impl DerefMut for Held {
+impl DerefMut for Held<'_> {
     fn deref_mut(&mut self) -> &mut PgConnection {
         &mut self.conn
     }
@@ -683,11 +674,12 @@ impl PostgresStore {
     }
 
     /// A connection from the pool, or why none can be had.
-    async fn acquire(&self) -> Result<Held, StoreError> {
+    async fn acquire(&self) -> Result<Held<'_>, StoreError> {
         let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+        self.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(Held {
             conn,
-            _in_use: InUse::new(&self.in_use),
+            in_use: &self.in_use,
         })
     }
 
@@ -758,7 +750,7 @@ impl PostgresStore {
             // No connection came free in time, every one of the pool's in use (by running
             // `Transaction` handlers, each holding one, or by other requests): Postgres was
             // reached, and may hold the key, as for the request still running whose retry this
-            // may be. Counted by the store (see `InUse`): the pool counts its attempts to
+            // may be. Counted by the store (see `Held`): the pool counts its attempts to
             // connect among its connections. Connections stuck in statements on a network
             // that drops packets count as in use until the command timeout ends those
             // statements. The application's own connections of a pool it shares with the
