@@ -984,9 +984,9 @@ impl PostgresStoreBuilder {
 
     /// Runs requests unprotected when Postgres cannot be reached, does not answer in time
     /// (within the command timeout, or before it cancels the statement: SQLSTATE 57014, its
-    /// `statement_timeout` or `pg_cancel_backend`, and 55P03, its `lock_timeout`), or takes no writes for now (SQLSTATE
-    /// 25006: a primary a failover demoted, or a standby), instead of answering 503 (see
-    /// [`StoreError`]). Default off.
+    /// `statement_timeout` or `pg_cancel_backend`, and 55P03, its `lock_timeout`), or takes
+    /// no writes for now (SQLSTATE 25006: a primary a failover demoted, or a standby),
+    /// instead of answering 503 (see [`StoreError`]). Default off.
     ///
     /// A pool that cannot connect within the connect timeout counts as a Postgres that
     /// cannot be reached. One whose every connection the store holds (running
