@@ -290,6 +290,13 @@ impl Policy {
 impl Policy {
     /// The checks of [`Policy::check`] that need no store.
     fn check_settings(&self) -> Result<(), PolicyError> {
+        self.check_settings_with(true)
+    }
+
+    /// [`Policy::check_settings`], judging a scope header against the key's header only when
+    /// `key_header_known`: the overrides' check leaves that to the defaults' key header when
+    /// they do not name one.
+    fn check_settings_with(&self, key_header_known: bool) -> Result<(), PolicyError> {
         let scope = match self.scope {
             Scope::Header(name) => Some(name),
             _ => None,
@@ -328,7 +335,9 @@ impl Policy {
                 return Err(PolicyError::WaitTooShort { wait });
             }
         }
-        if let (Scope::Header(scoped), KeySource::Header) = (self.scope, self.key_source) {
+        if let (Scope::Header(scoped), KeySource::Header, true) =
+            (self.scope, self.key_source, key_header_known)
+        {
             if scoped.eq_ignore_ascii_case(self.header) {
                 return Err(PolicyError::ScopeIsKey(self.header));
             }
@@ -507,8 +516,9 @@ impl Overrides {
     /// when they set both; and that they do not name the key's header while reading the key
     /// from the JSON body ([`PolicyError::HeaderUnread`]), which the attribute refuses too.
     /// What the defaults may make right (members ignored, or a key read from JSON bodies,
-    /// where the defaults compare bodies as JSON) is left to the check of the policy they
-    /// make together.
+    /// where the defaults compare bodies as JSON; a scope read from a header, where the
+    /// defaults' key header is another) is left to the check of the policy they make
+    /// together.
     ///
     /// # Errors
     /// The [`PolicyError`] of the first rule broken, as [`Policy::check`] names it.
@@ -519,7 +529,10 @@ impl Overrides {
         if self.fingerprint.is_none() {
             base.fingerprint = BodyForm::Json;
         }
-        self.apply_to(base).check_settings()?;
+        // The key's header is the defaults' unless the overrides name it, and they may name
+        // another than `Policy::DEFAULT`'s: a scope read from it is judged with them.
+        self.apply_to(base)
+            .check_settings_with(self.header.is_some())?;
         // Only overrides tell a header named on purpose from the one every policy has.
         if let (Some(header), Some(KeySource::Json(_))) = (self.header, self.key_source) {
             return Err(PolicyError::HeaderUnread(header));
@@ -863,6 +876,27 @@ mod tests {
             Ok(())
         );
         assert_eq!(Overrides::NONE.check(), Ok(()));
+    }
+
+    /// A scope read from `Idempotency-Key` is the key's own header only where the key is read
+    /// from it: overrides that leave the key's header to the application's defaults (which
+    /// may name another) are left to the policy they make with them, and refused when they
+    /// name that header themselves.
+    #[test]
+    fn overrides_scoping_by_the_built_in_key_header_are_judged_against_the_defaults_key_header() {
+        let scoped = Overrides::NONE.scope(Scope::Header("Idempotency-Key"));
+        assert_eq!(scoped.check(), Ok(()));
+        let store = crate::MokaStore::new();
+        let other_key = Policy::DEFAULT.header("X-Key");
+        assert_eq!(scoped.apply_to(other_key).check(&store), Ok(()));
+        assert_eq!(
+            scoped.apply_to(Policy::DEFAULT).check(&store),
+            Err(PolicyError::ScopeIsKey("Idempotency-Key"))
+        );
+        assert_eq!(
+            scoped.header("idempotency-key").check(),
+            Err(PolicyError::ScopeIsKey("idempotency-key"))
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::clock::{ManualClock, Timestamp};
-use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy};
+use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy, Scope};
 use idem_tests::{assert_error, eventually, Counter, RawRequest, RawResponse, TestServer};
 use tokio::sync::Semaphore;
 
@@ -293,6 +293,37 @@ async fn endpoint_settings_override_app_defaults_which_override_built_in_ones() 
     let res = a.send(no_key).await;
     let message = assert_error(&res, 400, "idempotency_key_missing");
     assert!(message.contains("X-Idempotency-Key"), "{message}");
+}
+
+/// Under defaults whose key header is another, `Idempotency-Key` is a header like any other:
+/// a middleware may scope keys by it (as a gateway's tenant header), where the app was refused
+/// at start-up because the built-in key header was taken for the defaults'.
+#[actix_web::test]
+async fn a_middleware_may_scope_by_the_built_in_key_header_where_the_defaults_read_another() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(
+                        Idempotency::new()
+                            .with_overrides(|o| o.scope(Scope::Header("Idempotency-Key"))),
+                    )
+                    .route("/calls", web::post().to(plain)),
+            );
+        },
+        Policy::DEFAULT.header("X-Key"),
+    );
+    let keyed = |tenant: &str| {
+        RawRequest::post("/v1/calls")
+            .header("X-Key", "k1")
+            .header("Idempotency-Key", tenant)
+            .body("a")
+    };
+    assert_eq!(a.send(keyed("tenant-a")).await.status, 201);
+    assert!(a.send(keyed("tenant-a")).await.replayed());
+    let other = a.send(keyed("tenant-b")).await;
+    assert_eq!((other.status, other.replayed()), (201, false));
+    assert_eq!(a.probe.runs.get(), 2);
 }
 
 /// The handler of the parity suite: `work`, or a body over 16 bytes (`X-Big`), or a stream
