@@ -88,7 +88,7 @@
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` | |
 //! | 503 | `idempotency_store_unavailable` | the store cannot be reached, or cannot answer for its data for now (starting, loading, a node that takes no writes in a failover), unless `fail_open`; or, whatever `fail_open` says, it answered with a refusal of its own, with a record it cannot read, or gave up a claim for concurrent claims of the key; or a `Transaction` could not be opened or committed | 1 s |
 //! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::with_max_detached`]) | 1 s |
-//! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend: its store is not a `PostgresStore`, the handler is under no idempotency layer, or it takes two; or, after its run, nothing of its transaction can be committed: it kept the transaction beyond its run, or answered a success over a statement of it that failed (the log says which; the key is released) | |
+//! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend: its store is not a `PostgresStore`, the handler is under no idempotency layer, or it takes two; or, after its run, nothing of its transaction can be committed: it kept the transaction beyond its run, ended it itself (`COMMIT`, `ROLLBACK`), or answered a success over a statement of it that failed (the log says which; the key is released) | |
 //! | 500 | `idempotency_layer_missing` | a handler takes [`IdempotencyKey`] and the request carries a key, but no idempotency layer serves the request (the handler is not `#[idempotent]`, nor inside an `Idempotency` middleware), or the middleware around it leaves the request's method alone (see `Idempotency::with_methods`); the log names the request | |
 //!
 //! # Metrics
@@ -130,7 +130,7 @@ mod transaction;
 pub use idem_core::store;
 #[cfg(feature = "postgres")]
 pub use idem_core::store::{
-    ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionalClaim,
+    ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionEnded, TransactionalClaim,
 };
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};

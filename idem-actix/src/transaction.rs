@@ -25,7 +25,7 @@ mod enabled {
     use actix_web::dev::Payload;
     use actix_web::error::InternalError;
     use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
-    use idem_core::store::ClaimTransaction;
+    use idem_core::store::{ClaimTransaction, TransactionEnded};
     use idem_core::{ErrorFormat, IdempotencyError, Lease, Outcome, Policy, Response, StoreError};
     use sqlx::PgConnection;
 
@@ -88,6 +88,11 @@ mod enabled {
     ///   unrecorded. If it answered a success regardless, the client gets 500
     ///   `idempotency_transaction_unavailable` instead, and the log says why: nothing it
     ///   claimed to do was written.
+    /// - The handler ended the transaction itself (`COMMIT` or `ROLLBACK` on its connection,
+    ///   perhaps with a `BEGIN` of its own after): the record cannot commit with its writes.
+    ///   Nothing is recorded, what is still open is rolled back, the key is released, and the
+    ///   client gets 500 `idempotency_transaction_unavailable`; the log says why. What the
+    ///   handler committed itself stands, so a retry runs again: do not end it yourself.
     ///
     /// A duplicate that comes while the handler runs gets 409 with `Retry-After` at once (or
     /// waits, under `in_flight = "wait"`): the claim is committed before the handler runs, and
@@ -96,7 +101,7 @@ mod enabled {
     /// The transaction is opened when the handler takes it (one `BEGIN`, on a connection of
     /// the store's pool that it holds until the commit); handlers that do not take one cost
     /// nothing more. Keep it within the handler: do not send it to another task, and do not
-    /// end it yourself (`COMMIT`, `ROLLBACK`).
+    /// end it yourself (`COMMIT`, `ROLLBACK`; see above).
     ///
     /// # On an app whose store lends none
     /// Only a [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`]
@@ -481,6 +486,13 @@ mod enabled {
                     )
                 }
                 Ok(Outcome::Lost) => ("lost", res),
+                Err(error) if committing.get() && ended(&error) => {
+                    tracing::error!(status, "the handler ended its Transaction itself (COMMIT or ROLLBACK): what it committed stands, apart from its idempotency record, which was not written, and the key was released, so a retry runs again; let the layer end the transaction, answering 500 instead");
+                    let error = IdempotencyError::TransactionUnavailable {
+                        reason: "the handler ended its Transaction itself (COMMIT or ROLLBACK), so its record could not commit with its writes; nothing was recorded, and the key was released",
+                    };
+                    ("released", loan.0.error(&error, request_id))
+                }
                 Err(error) if committing.get() && aborted(&error) => {
                     if status < 400 {
                         tracing::error!(status, %error, "the handler answered a success, but a statement of its transaction failed, so nothing was committed; answering 500 instead");
@@ -529,6 +541,11 @@ mod enabled {
         if let Err(error) = lease.release().await {
             tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
         }
+    }
+
+    /// Whether `error` is the commit's refusal of a transaction the handler ended itself.
+    fn ended(error: &StoreError) -> bool {
+        matches!(error, StoreError::Refused(source) if source.is::<TransactionEnded>())
     }
 
     /// Whether `error` is a failed statement of the handler's: Postgres refuses every

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use actix_web::{post, web, HttpResponse};
 use futures_util::future::join_all;
 use idem_actix::clock::{Clock, SystemClock, Timestamp};
-use idem_actix::{idempotent, IdempotencyConfig, PostgresStore, TransactionalClaim};
+use idem_actix::{
+    idempotent, IdempotencyConfig, PostgresStore, TransactionEnded, TransactionalClaim,
+};
 use idem_core::store::{Claim, Store};
 use idem_core::{
     Begin, Completed, Engine, Fingerprint, IdempotencyError, InFlight, Policy, Record, Response,
@@ -660,6 +662,40 @@ async fn a_failed_write_fails_the_commit_and_leaves_nothing_behind() {
     assert_eq!(store.get(&key(1), t).await.unwrap(), None, "claim released");
     let retry = claimed(&store, key(1), t).await;
     assert!(retry.rollback().await.unwrap());
+}
+
+/// A caller that ends the claim's transaction itself (`COMMIT`, then a `BEGIN` of its own)
+/// has committed its write apart: the commit records nothing in the transaction left open,
+/// rolls that back and releases the claim, and says why, where it recorded the response as
+/// if the transaction had been the claim's.
+#[actix_web::test]
+async fn a_commit_after_the_caller_ended_the_transaction_records_nothing_and_says_why() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "ended").await;
+    let db = pg.inspect().await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut tx = claimed(&store, key(1), t).await;
+    insert_call(&mut tx, &table, "call_1").await;
+    sqlx::raw_sql("COMMIT; BEGIN")
+        .execute(tx.connection())
+        .await
+        .unwrap();
+    insert_call(&mut tx, &table, "call_2").await;
+    let err = tx.commit(completed(t, "call_1")).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Refused(source) if source.is::<TransactionEnded>()),
+        "{err:?}"
+    );
+    assert_eq!(
+        calls(&db, &table).await,
+        1,
+        "what the caller committed stands"
+    );
+    assert_eq!(store.get(&key(1), t).await.unwrap(), None, "claim released");
+    assert_eq!(rows(&db, &store).await, 0);
 }
 
 #[actix_web::test]

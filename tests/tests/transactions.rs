@@ -29,7 +29,9 @@ struct Calls {
 /// status 503), `panic`, `bad-request` (400), `insert-twice` (the same id again, which fails,
 /// then 409) or `insert-twice-ok` (the same, then 201 regardless), `pid` (report the
 /// transaction's backend, then sleep 1 s), `keep` (send the transaction to another task),
-/// `sleep:N` (sleep N ms); else 201 with the call's id. `X-Isolation` sets the transaction's
+/// `sleep:N` (sleep N ms), `commit`, `rollback` or `commit-begin` (end the transaction with
+/// that raw SQL, then insert another call, outside it or in the one begun); else 201 with the
+/// call's id. `X-Isolation` sets the transaction's
 /// isolation level first.
 async fn operate(
     mut tx: Transaction,
@@ -82,6 +84,18 @@ async fn operate(
                 let _kept = tx;
                 actix_web::rt::time::sleep(Duration::from_millis(300)).await;
             });
+        }
+        "commit" | "rollback" | "commit-begin" => {
+            let end = then.replace('-', "; ").to_uppercase();
+            sqlx::raw_sql(&end)
+                .execute(&mut *tx)
+                .await
+                .map_err(ErrorInternalServerError)?;
+            sqlx::query(&insert)
+                .bind(format!("{id}_after"))
+                .execute(&mut *tx)
+                .await
+                .map_err(ErrorInternalServerError)?;
         }
         other => {
             if let Some(ms) = other.strip_prefix("sleep:") {
@@ -585,6 +599,38 @@ async fn a_failed_statement_rolls_back_and_only_an_error_answer_goes_out() {
             .await
             .unwrap();
     }
+}
+
+/// A handler that ends its transaction itself (`COMMIT`, `ROLLBACK`, or `COMMIT; BEGIN`) has
+/// left the atomic record behind: its record would commit apart from its writes (or with only
+/// those after its `BEGIN`). Nothing is recorded, the claim is released, and the layer answers
+/// 500 and logs why, where the record was written as if nothing had happened.
+#[actix_web::test]
+async fn a_handler_that_ends_its_transaction_itself_records_nothing_and_is_told_why() {
+    let Some(app) = Fixture::start("ended").await else {
+        return;
+    };
+    let logged = Warnings::installed();
+    for path in FORMS {
+        // What stands of each ending: the first insert and the one after it, committed by
+        // the handler, by autocommit, or by nobody.
+        for (then, written) in [("commit", 2), ("rollback", 1), ("commit-begin", 1)] {
+            let key = format!("{path}-{then}");
+            let answer = app.send(call(path, &key).header("X-Then", then)).await;
+            assert_error(&answer, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+            assert_eq!(
+                app.records().await,
+                (0, 0),
+                "{path} {then}: released, not recorded"
+            );
+            assert_eq!(app.written().await, written, "{path} {then}");
+            sqlx::raw_sql(&format!("DELETE FROM {}", app.calls.table))
+                .execute(&app.db)
+                .await
+                .unwrap();
+        }
+    }
+    assert!(logged.containing("ended its Transaction itself") >= 6);
 }
 
 #[actix_web::test]

@@ -50,6 +50,11 @@ const DEFAULT_SCHEMA: &str = "public";
 /// fail.
 const ATTEMPTS: usize = 8;
 
+/// The setting a claim's transaction marks itself with, `SET LOCAL` to its claim's token as it
+/// begins: it ends with the transaction, so a completion that finds it gone (or another) runs
+/// outside the transaction it was meant for.
+const CLAIM_SETTING: &str = "idem.claim";
+
 /// The largest [`PostgresStoreBuilder::max_record_bytes`]: Postgres takes no message, and no
 /// value, over 1 GiB, and the completion's message carries the record and a few fields more.
 const MAX_RECORD_BYTES: usize = (1 << 30) - (1 << 20);
@@ -92,6 +97,7 @@ struct Statements {
     get: String,
     extend: String,
     complete: String,
+    complete_in_transaction: String,
     release: String,
     purge: String,
 }
@@ -144,6 +150,13 @@ impl Statements {
                 "UPDATE {qualified} SET kind = 'C', fingerprint = $3, lapses_at = $4, purge_at = $4,
                      status = $5, completed_at = $6, headers = $7, body = $8, omitted_size = $9
                  WHERE key = $1 AND token = $2 AND kind = 'F'"
+            ),
+            // As `complete`, $10 the claim's mark: only in the transaction that set it.
+            complete_in_transaction: format!(
+                "UPDATE {qualified} SET kind = 'C', fingerprint = $3, lapses_at = $4, purge_at = $4,
+                     status = $5, completed_at = $6, headers = $7, body = $8, omitted_size = $9
+                 WHERE key = $1 AND token = $2 AND kind = 'F'
+                     AND current_setting('{CLAIM_SETTING}', true) = $10"
             ),
             // $1 key, $2 token.
             release: format!("DELETE FROM {qualified} WHERE key = $1 AND token = $2 AND kind = 'F'"),
@@ -279,7 +292,10 @@ impl Statements {
 /// statements (claims, renewals, completions), so size the pool above the number of
 /// operations that run at once. Do not touch the record table from the transaction, and do
 /// not end the transaction yourself (`COMMIT`, `ROLLBACK`): [`ClaimTransaction::commit`]
-/// does. A statement of yours that fails aborts the transaction, as Postgres does; the commit
+/// does. The transaction is marked as the claim's as it begins (`SET LOCAL idem.claim`, in
+/// the `BEGIN`'s round trip), and a commit that finds the mark gone (the caller ended it,
+/// perhaps beginning another) writes no record, rolls back what is open, releases the claim
+/// and fails with [`TransactionEnded`]; what the caller committed itself stands. A statement of yours that fails aborts the transaction, as Postgres does; the commit
 /// then fails, rolls back and releases the claim. The transaction runs at the database's
 /// default isolation level; set another with `SET TRANSACTION ISOLATION LEVEL` as its first
 /// statement. At REPEATABLE READ or SERIALIZABLE, commit within a third of the lease: the
@@ -635,7 +651,9 @@ impl PostgresStore {
         // The pool's own wait for a connection ends first, as unavailable; past it, the
         // `BEGIN` timed out.
         let limit = self.pool.options().get_acquire_timeout() + self.timeout;
-        let tx = match tokio::time::timeout(limit, self.pool.begin()).await {
+        // Marked as the claim's in the same round trip: its completion writes only there.
+        let begin = format!("BEGIN; SET LOCAL {CLAIM_SETTING} = '{}'", mark(token));
+        let tx = match tokio::time::timeout(limit, self.pool.begin_with(begin)).await {
             Ok(begun) => begun.map_err(|e| self.error(e))?,
             Err(_) => return Err(StoreError::Timeout),
         };
@@ -792,9 +810,11 @@ impl PostgresStore {
     }
 
     /// The fenced completion of `key`'s claim by `token`, writing `record`, whose response's
-    /// body is `body`.
+    /// body is `body`, by `statement` (`complete`, or `complete_in_transaction` with its
+    /// mark yet to bind).
     fn completion<'q>(
         &'q self,
+        statement: &'q str,
         key: &StoreKey,
         token: Token,
         record: &'q Completed,
@@ -802,7 +822,7 @@ impl PostgresStore {
     ) -> Query<'q, Postgres, PgArguments> {
         let response = &record.response;
         let omitted = response.body_omitted();
-        sqlx::query(&self.sql.complete)
+        sqlx::query(statement)
             .bind(*key.as_bytes())
             .bind(token.as_u128().to_be_bytes())
             .bind(*record.fingerprint.as_bytes())
@@ -815,7 +835,9 @@ impl PostgresStore {
     }
 
     /// The fenced completion of `key`'s claim by `token`, on `conn`, once: in a claim's
-    /// transaction, whose snapshot a second run could not renew.
+    /// transaction, whose snapshot a second run could not renew. It writes only in the
+    /// transaction that `transaction` began for the claim: one its caller ended (`COMMIT`,
+    /// `ROLLBACK`) is refused with [`TransactionEnded`].
     async fn complete_on(
         &self,
         conn: &mut PgConnection,
@@ -824,10 +846,25 @@ impl PostgresStore {
         record: &Completed,
     ) -> Result<bool, StoreError> {
         let body = record.response.body();
+        let sql = &self.sql.complete_in_transaction;
+        let completion = self.completion(sql, key, token, record, &body);
         let done = self
-            .timed(self.completion(key, token, record, &body).execute(conn))
+            .timed(completion.bind(mark(token)).execute(&mut *conn))
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        // Taken over, or the transaction is not the claim's any more.
+        let marked: Option<String> = self
+            .timed(
+                sqlx::query_scalar(&format!("SELECT current_setting('{CLAIM_SETTING}', true)"))
+                    .fetch_one(conn),
+            )
+            .await?;
+        match marked {
+            Some(marked) if marked == mark(token) => Ok(false),
+            _ => Err(StoreError::Refused(Box::new(TransactionEnded))),
+        }
     }
 
     /// Runs the statement that `query` makes, a write of one row fenced by a claim's token,
@@ -853,6 +890,21 @@ impl PostgresStore {
         }
     }
 }
+
+/// The mark of `token`'s transaction: the token in hex.
+fn mark(token: Token) -> String {
+    format!("{:032x}", token.as_u128())
+}
+
+/// A [`ClaimTransaction`] committed after its caller ended the transaction itself (`COMMIT`
+/// or `ROLLBACK` run on its connection, perhaps followed by a `BEGIN` of its own): what the
+/// caller committed stands, and the record cannot commit with it. Nothing was recorded; what
+/// was left open was rolled back and the claim released. The commit's error, as
+/// [`StoreError::Refused`]: a fault in the caller to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the operation ended its claim's transaction itself (COMMIT or ROLLBACK), so its record could not commit with its writes; let the claim transaction's commit end it")]
+#[non_exhaustive]
+pub struct TransactionEnded;
 
 /// Whether `error` is Postgres's `serialization_failure` (40001): a statement that met a row
 /// changed after its snapshot, under REPEATABLE READ or SERIALIZABLE.
@@ -1213,8 +1265,10 @@ impl Store for PostgresStore {
             self.check_size(&record)?;
             let mut conn = self.acquire().await?;
             let (record, body) = (&record, record.response.body());
-            self.fenced(&mut conn, || self.completion(key, token, record, &body))
-                .await
+            self.fenced(&mut conn, || {
+                self.completion(&self.sql.complete, key, token, record, &body)
+            })
+            .await
         })
     }
 
