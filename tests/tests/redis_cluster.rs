@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use idem_actix::RedisStore;
-use idem_core::{Begin, Engine, Fingerprint, Outcome, Policy, Response, StoreKey};
+use idem_core::{
+    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, StoreError, StoreKey,
+};
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
@@ -516,4 +518,33 @@ async fn a_master_that_dies_is_replaced_by_its_replica_and_its_keys_work_again()
         lease.finish(Response::new(201, [], b"new")).await.unwrap(),
         Outcome::Recorded
     );
+}
+
+/// On a cluster, the store waits on the key's own primary (the cluster client would ask every
+/// primary and take the least count): with no replicas there, a claim is released and
+/// unavailable, whichever master holds it.
+#[actix_web::test]
+async fn on_a_cluster_a_claim_waits_for_the_replicas_of_its_own_primary() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    for n in 0..6u8 {
+        let begun = engine
+            .begin(&Policy::DEFAULT, StoreKey::from_bytes([n; 32]), fp)
+            .await;
+        let Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(why))) = begun else {
+            panic!("a claim no replica took is unavailable: {begun:?}")
+        };
+        assert!(why.to_string().contains("reached 0 of the 1"), "{why}");
+    }
+    let keys: usize = (0..TestRedisCluster::MASTERS)
+        .map(|node| cluster.query::<usize>(node, &mut redis::cmd("DBSIZE")))
+        .sum();
+    assert_eq!(keys, 0, "every claim released");
 }

@@ -963,3 +963,93 @@ async fn a_request_a_redis_older_than_7_refuses_is_logged_with_the_version_the_s
     });
     assert!(named, "{refusals:?}");
 }
+
+/// Polls `redis`'s `INFO replication` until `line` is among its lines (10 s at most).
+fn replication_shows(redis: &TestRedis, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis.query(redis::cmd("INFO").arg("replication"));
+        if info.lines().any(|l| l.trim() == line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{line}` in {info}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asked to wait for a replica, a claim is on the replica before its handler may run; a claim
+/// that no replica acknowledged in time is released and answers unavailable (a failover could
+/// have lost it, and a duplicate run beside it), where it ran on the primary's word alone. A
+/// completion that no replica acknowledged is kept, and logged.
+#[actix_web::test]
+async fn claims_wait_for_their_replicas_when_asked_and_one_no_replica_took_is_released() {
+    let (Some(primary), Some(replica)) = (TestRedis::start_owned(), TestRedis::start_owned())
+    else {
+        return;
+    };
+    let logged = Warnings::installed();
+    let port = addr_of(&primary).port();
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
+    replication_shows(&replica, "master_link_status:up");
+    replication_shows(&primary, "connected_slaves:1");
+    let store = RedisStore::builder(primary.url())
+        .prefix("replicated:")
+        .wait_for_replicas(1, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = |n: u8| StoreKey::from_bytes([n; 32]);
+
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key(1), fp).await else {
+        panic!("claimed")
+    };
+    // Acknowledged: the replica holds the claim before the handler runs.
+    let held: Option<Vec<u8>> =
+        replica.query(redis::cmd("GET").arg(format!("replicated:{}", key(1))));
+    assert!(held.is_some(), "the claim is on the replica");
+
+    // The replica leaves: nothing acknowledges a write any more.
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"));
+    replication_shows(&primary, "connected_slaves:0");
+    let begun = engine.begin(&Policy::DEFAULT, key(2), fp).await;
+    let Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(why))) = begun else {
+        panic!("a claim no replica took is unavailable: {begun:?}")
+    };
+    assert!(
+        why.to_string()
+            .contains("reached 0 of the 1 Redis replicas"),
+        "{why}"
+    );
+    let left: Option<Vec<u8>> =
+        primary.query(redis::cmd("GET").arg(format!("replicated:{}", key(2))));
+    assert_eq!(left, None, "released");
+
+    // The first run's record is kept all the same, and logged.
+    let outcome = lease.finish(Response::new(201, [], b"ok")).await.unwrap();
+    assert!(matches!(outcome, Outcome::Recorded));
+    assert!(matches!(
+        engine.begin(&Policy::DEFAULT, key(1), fp).await,
+        Ok(Begin::Replay(_))
+    ));
+    assert!(logged.containing("reached fewer Redis replicas than asked") >= 1);
+}
+
+#[actix_web::test]
+async fn a_wait_for_replicas_that_cannot_work_is_refused_with_the_rule() {
+    let refused = |replicas: u32, ms: u64| {
+        RedisStore::builder("redis://127.0.0.1:1/")
+            .command_timeout(Duration::from_millis(500))
+            .wait_for_replicas(replicas, Duration::from_millis(ms))
+            .build()
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert!(refused(0, 100).unwrap().contains("waits for no replica"));
+    assert!(refused(1, 0).unwrap().contains("at least 1 ms"));
+    assert!(refused(1, 500).unwrap().contains("command timeout"));
+    assert_eq!(refused(1, 499), None);
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
 
 use super::codec::{self, token_hex};
@@ -78,6 +79,11 @@ return 1
 /// makes only its own keys answer 503. A Redis older than 7.0 refuses every claim, with an
 /// error that says so.
 ///
+/// Redis replicates asynchronously: a failover to a replica that a claim or a record had not
+/// reached yet forgets it, so that a retry can run the operation again.
+/// [`RedisStoreBuilder::wait_for_replicas`] narrows that window, at the cost of a round trip
+/// and the replicas' acknowledgement on every claim and completion.
+///
 /// Clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -86,9 +92,41 @@ pub struct RedisStore {
     timeout: Duration,
     max_record_bytes: usize,
     fail_open: bool,
+    replicas: Option<Replicas>,
     claim: Arc<Script>,
     fenced: Arc<Script>,
 }
+
+/// How many replicas must acknowledge a claim or a completion, and how long to wait for
+/// them (`WAIT`).
+#[derive(Clone, Copy, Debug)]
+struct Replicas {
+    count: u32,
+    timeout: Duration,
+}
+
+/// A claim that fewer replicas than asked acknowledged in time
+/// ([`RedisStoreBuilder::wait_for_replicas`]): a failover could lose it, so it was released,
+/// and the store answers [`StoreError::Unavailable`].
+#[derive(Debug)]
+struct NotReplicated {
+    acknowledged: i64,
+    replicas: Replicas,
+}
+
+impl std::fmt::Display for NotReplicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the claim reached {} of the {} Redis replicas it waits for within {} ms, so a failover could lose it; it was released",
+            self.acknowledged,
+            self.replicas.count,
+            self.replicas.timeout.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for NotReplicated {}
 
 /// A Lua script, run by its hash and sent whole only to a server that does not have it yet.
 struct Script {
@@ -256,6 +294,7 @@ impl std::fmt::Debug for RedisStore {
             .field("timeout", &self.timeout)
             .field("max_record_bytes", &self.max_record_bytes)
             .field("fail_open", &self.fail_open)
+            .field("replicas", &self.replicas)
             .field("cluster", &matches!(self.conn, Connection::Cluster(_)))
             .finish_non_exhaustive()
     }
@@ -277,6 +316,7 @@ pub struct RedisStoreBuilder {
     timeout: Duration,
     max_record_bytes: usize,
     fail_open: bool,
+    replicas: Option<Replicas>,
 }
 
 impl RedisStore {
@@ -364,6 +404,61 @@ impl RedisStore {
             .run(self.eval(&self.fenced, &self.redis_key(key), &args))
             .await?;
         Ok(held == 1)
+    }
+
+    /// `claim`, claimed on `redis_key` by `token`, once the replicas asked for acknowledged
+    /// it; or, if fewer did in time, released, and unavailable.
+    async fn replicated_claim(
+        &self,
+        redis_key: &str,
+        key: &StoreKey,
+        token: Token,
+    ) -> Result<Claim, StoreError> {
+        let Some(replicas) = self.replicas else {
+            return Ok(Claim::Claimed);
+        };
+        let refusal = match self.acknowledged(redis_key, replicas).await {
+            Ok(acknowledged) if acknowledged >= i64::from(replicas.count) => {
+                return Ok(Claim::Claimed)
+            }
+            Ok(acknowledged) => StoreError::Unavailable(Box::new(NotReplicated {
+                acknowledged,
+                replicas,
+            })),
+            Err(error) => error,
+        };
+        if let Err(error) = self.release(key, token).await {
+            tracing::warn!(%key, %error, "releasing a claim its replicas did not acknowledge failed; it lapses with its lease");
+        }
+        Err(refusal)
+    }
+
+    /// How many replicas of `redis_key`'s primary acknowledged the writes sent to it before,
+    /// on this store's connection, within `replicas.timeout`.
+    async fn acknowledged(&self, redis_key: &str, replicas: Replicas) -> Result<i64, StoreError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas.count).arg(px(replicas.timeout));
+        let answer = self
+            .run(async {
+                match &self.conn {
+                    Connection::Single(server) => server.command(&wait).await,
+                    // To the key's primary alone: the cluster client would ask every primary.
+                    Connection::Cluster(conn) => {
+                        let primary = Route::with_key(redis_key, SlotAddr::Master);
+                        let routing =
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+                        conn.clone().route_command(wait, routing).await
+                    }
+                }
+            })
+            .await?;
+        match answer {
+            Value::Int(acknowledged) => Ok(acknowledged),
+            Value::ServerError(error) => Err(failed(error.into())),
+            other => Err(StoreError::Refused(
+                format!("Redis answered WAIT with {other:?}, not a count of replicas").into(),
+            )),
+        }
     }
 
     /// Runs `script` on `key` by its hash, and sends it whole only when the server answers
@@ -480,6 +575,7 @@ impl RedisStoreBuilder {
             timeout: Duration::from_millis(500),
             max_record_bytes: 8 * 1024 * 1024,
             fail_open: false,
+            replicas: None,
         }
     }
 
@@ -512,6 +608,33 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Waits, after each claim and each completion, until `replicas` replicas of the key's
+    /// primary acknowledged it (`WAIT`), for up to `timeout`. Default: no wait.
+    ///
+    /// Redis replicates asynchronously, so a failover to a replica that a claim had not
+    /// reached forgets it, and a duplicate then runs beside the first run; one that a record
+    /// had not reached lets a retry run the operation again. With this setting, a handler
+    /// runs only once its claim is on `replicas` replicas: a claim that fewer acknowledged in
+    /// time is released, and answers as an unavailable store (503
+    /// `idempotency_store_unavailable`, or an unprotected run under
+    /// [`fail_open`](Self::fail_open)). A completion that fewer acknowledged is kept, and
+    /// logged: the operation ran and its answer goes out. This narrows the window, it does
+    /// not close it: an acknowledged write can still be lost when the replicas that took it
+    /// are not the one promoted, and a primary that restarts without persistence loses
+    /// everything. Each claim and completion costs one more round trip, and the replicas'
+    /// delay.
+    ///
+    /// [`build`](Self::build) refuses 0 replicas (no wait: leave this unset), and a `timeout`
+    /// under 1 ms (`WAIT` would then block for as long as it takes) or not under the
+    /// [`command_timeout`](Self::command_timeout), which bounds it.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = Some(Replicas {
+            count: replicas,
+            timeout,
+        });
+        self
+    }
+
     /// The store. It connects on first use, so it can be built while Redis is down; it
     /// reconnects by itself when Redis comes back (on a cluster: to each master, and it
     /// follows the slots when they move).
@@ -519,9 +642,30 @@ impl RedisStoreBuilder {
     /// # Errors
     /// [`StoreError::Unavailable`] for a URL that is not a Redis URL, a cluster named by no
     /// URL or by nodes that disagree (password, TLS, database), a
-    /// [`max_record_bytes`](Self::max_record_bytes) under 113, or when called outside a Tokio
-    /// runtime (the connection's driver runs on the runtime that builds the store).
+    /// [`max_record_bytes`](Self::max_record_bytes) under 113, a
+    /// [`wait_for_replicas`](Self::wait_for_replicas) it refuses, or when called outside a
+    /// Tokio runtime (the connection's driver runs on the runtime that builds the store).
     pub fn build(self) -> Result<RedisStore, StoreError> {
+        if let Some(replicas) = self.replicas {
+            let refusal = if replicas.count == 0 {
+                Some("wait_for_replicas(0, ..) waits for no replica; leave it unset".to_owned())
+            } else if replicas.timeout < Duration::from_millis(1) {
+                Some(format!(
+                    "wait_for_replicas waits {:?}, but WAIT counts whole milliseconds and waits without end for 0; wait at least 1 ms",
+                    replicas.timeout
+                ))
+            } else if replicas.timeout >= self.timeout {
+                Some(format!(
+                    "wait_for_replicas waits up to {:?}, but each command gives up after the command timeout, {:?}; wait less than it, or raise the command timeout",
+                    replicas.timeout, self.timeout
+                ))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                return Err(StoreError::Unavailable(refusal.into()));
+            }
+        }
         let least = least_record_bytes();
         if self.max_record_bytes < least {
             return Err(StoreError::Unavailable(
@@ -576,6 +720,7 @@ impl RedisStoreBuilder {
             timeout: self.timeout,
             max_record_bytes: self.max_record_bytes,
             fail_open: self.fail_open,
+            replicas: self.replicas,
             claim: Arc::new(Script::new(CLAIM)),
             fenced: Arc::new(Script::new(FENCED)),
         })
@@ -607,7 +752,7 @@ impl Store for RedisStore {
                 .run_as(set.query_async(&mut conn), claim_failed)
                 .await?;
             let Some(bytes) = existing else {
-                return Ok(Claim::Claimed);
+                return self.replicated_claim(&redis_key, key, claim.token).await;
             };
             let record = codec::decode(&bytes)?;
             if record.is_live(now) {
@@ -620,7 +765,7 @@ impl Store for RedisStore {
             let existing: Option<Vec<u8>> =
                 self.run(self.eval(&self.claim, &redis_key, &args)).await?;
             match existing {
-                None => Ok(Claim::Claimed),
+                None => self.replicated_claim(&redis_key, key, claim.token).await,
                 Some(bytes) => Ok(Claim::Existing(codec::decode(&bytes)?)),
             }
         })
@@ -663,7 +808,21 @@ impl Store for RedisStore {
         StoreFuture::new(async move {
             let keep_for = record.expires_at.since(now);
             let value = self.encode(&Record::Completed(record), token)?;
-            self.fenced(key, token, "complete", &value, keep_for).await
+            let completed = self
+                .fenced(key, token, "complete", &value, keep_for)
+                .await?;
+            if let (true, Some(replicas)) = (completed, self.replicas) {
+                match self.acknowledged(&self.redis_key(key), replicas).await {
+                    Ok(acknowledged) if acknowledged >= i64::from(replicas.count) => {}
+                    Ok(acknowledged) => {
+                        tracing::warn!(%key, acknowledged, replicas = replicas.count, "an idempotency record reached fewer Redis replicas than asked in time; a failover before it does could lose it, and a retry would run again");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%key, %error, "waiting for Redis replicas to acknowledge an idempotency record failed; a failover before they do could lose it");
+                    }
+                }
+            }
+            Ok(completed)
         })
     }
 
