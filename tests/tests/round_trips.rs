@@ -229,16 +229,25 @@ async fn postgres_transactional_new_key_adds_begin_and_commit_to_the_handler_s_s
         .iter()
         .filter(|t| !is_release_test(t) && messages(t) != "PDS")
         .map(|turn| match messages(turn).as_str() {
-            // A simple query: its text.
-            "Q" => String::from_utf8_lossy(&turn.sent[5..turn.sent.len() - 1]).into_owned(),
+            // A simple query: its text, less the claim's mark that `BEGIN` sets with it.
+            "Q" => {
+                let text = String::from_utf8_lossy(&turn.sent[5..turn.sent.len() - 1]);
+                let mark = text.strip_prefix("BEGIN; SET LOCAL idem.claim = '");
+                let marked = mark.and_then(|rest| rest.strip_suffix('\''));
+                match marked {
+                    Some(token) if token.len() == 32 => "BEGIN, marked".to_owned(),
+                    _ => text.into_owned(),
+                }
+            }
             kinds => kinds.to_owned(),
         })
         .collect();
-    // The claim, BEGIN, the handler's statement, the completion, COMMIT: five round trips,
-    // four of them the layer's (sqlx sends the completion and COMMIT one after the other).
+    // The claim, BEGIN (marking the transaction as the claim's in the same round trip), the
+    // handler's statement, the completion, COMMIT: five round trips, four of them the layer's
+    // (sqlx sends the completion and COMMIT one after the other).
     assert_eq!(
         statements,
-        ["BECS", "BEGIN", "BECS", "BECS", "COMMIT"],
+        ["BECS", "BEGIN, marked", "BECS", "BECS", "COMMIT"],
         "all turns: {new:?}"
     );
     assert_eq!(
