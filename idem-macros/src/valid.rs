@@ -35,7 +35,7 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
             Some(Fingerprint::Function(_)) => {
                 Some("a fingerprint function reads bodies its own way")
             }
-            None => Some("bodies are compared byte for byte by default"),
+            None => Some("this attribute does not say that bodies are compared as JSON (the built-in default compares them byte for byte, and an attribute cannot see the application's defaults)"),
         };
         if let Some(reads) = reads {
             errors.push(
