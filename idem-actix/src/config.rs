@@ -222,7 +222,9 @@ impl IdempotencyConfig {
     /// `timeout` for them (those of every application of this process), whether their clients
     /// still wait or went away. Then the runs whose clients went away are cancelled and their
     /// keys released, so that a retry runs them again rather than finding them in flight until
-    /// their leases lapse (the drain waits up to 2 s more for those releases); runs whose
+    /// their leases lapse; those whose handlers had answered and whose records were on their
+    /// way to the store are recorded instead, since their operations ran (the drain waits up
+    /// to 2 s more for those releases and records); runs whose
     /// clients still wait are left to the server's graceful stop, which waits for their
     /// connections. Resolves to the number of operations cancelled (0 when all finished).
     ///

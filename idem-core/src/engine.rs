@@ -243,14 +243,16 @@ impl Engine {
     }
 
     /// Waits until the claims of leases dropped unfinished (a cancelled or panicking
-    /// operation) have been released in the store, or have failed to be. For a graceful
-    /// shutdown: the releases run as tasks, which a runtime that stops would drop.
+    /// operation) have been released in the store, or have failed to be, and the records of
+    /// runs dropped as they recorded (see [`Lease::finish`]) written, or failed to be. For a
+    /// graceful shutdown: both run as tasks, which a runtime that stops would drop.
     pub async fn abandoned_released(&self) {
         self.parts.releasing.none().await;
     }
 
-    /// Waits until the claims of leases dropped unfinished have been released, or have failed
-    /// to be, by every engine of this process: as [`abandoned_released`](Self::abandoned_released)
+    /// Waits until the claims of leases dropped unfinished have been released, and the
+    /// records of runs dropped as they recorded written (or either has failed), by every
+    /// engine of this process: as [`abandoned_released`](Self::abandoned_released)
     /// for each, for a shutdown that cancels runs of several engines at once.
     pub async fn every_abandoned_released() {
         EVERY_RELEASING.none().await;
@@ -488,6 +490,53 @@ impl Engine {
                 tracing::warn!(%key, "idempotency claim abandoned outside a runtime; it lapses with its lease")
             }
         }
+    }
+
+    /// Writes `record` in place of the claim `token` holds on `key`, in a task of its own
+    /// (counted for [`abandoned_released`](Self::abandoned_released), as a release in the
+    /// background is): for a completion whose run was dropped as it recorded. A completion the
+    /// store fails is retried with backoff for up to `lease`, as [`Lease::finish`] retries its
+    /// own, and a record the store finds too large is written without the `size` bytes of its
+    /// response. It ends at the store's first answer: recorded, or the claim no longer this
+    /// token's (recorded already by the attempt that was dropped, or taken over).
+    fn complete_in_background(
+        &self,
+        key: StoreKey,
+        token: Token,
+        lease: Duration,
+        mut record: Completed,
+        size: usize,
+    ) {
+        let engine = self.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(%key, "an idempotency record was left unwritten outside a runtime; its claim lapses with its lease");
+            return;
+        };
+        let completing = self.parts.releasing.start();
+        runtime.spawn(async move {
+            let mut backoff = Backoff::new(lease);
+            loop {
+                let (attempt, now) = (record.clone(), engine.parts.clock.now());
+                let complete = || (engine.parts.store).complete(&key, token, attempt, now);
+                let error = match engine.observed("complete", complete).await {
+                    Ok(_) => break,
+                    Err(error) => error,
+                };
+                if let StoreError::TooLarge { .. } = error {
+                    if record.response.body_omitted().is_none() {
+                        let status = record.response.status();
+                        record.response = Response::omitted(status, size as u64);
+                        continue;
+                    }
+                }
+                let Some(pause) = backoff.next() else {
+                    tracing::warn!(%key, %error, "recording the response of a cancelled run failed; its claim lapses with its lease");
+                    break;
+                };
+                tokio::time::sleep(pause).await;
+            }
+            drop(completing);
+        });
     }
 
     /// The lease of a claim just written.
@@ -800,6 +849,12 @@ impl Lease {
     /// dropped the claim lapsed) is claimed again by its token, if nobody else has claimed
     /// the key since, and the response recorded: a later retry replays it.
     ///
+    /// A future dropped before the store has taken the record (its run cancelled: a drain
+    /// that ran out of time cancels the runs whose clients went away) leaves the completion
+    /// to a task of its own, with the same retries, counted for
+    /// [`Engine::abandoned_released`]: the operation ran, so the record is written rather than
+    /// the key left in flight until its lease lapses and the operation run again.
+    ///
     /// # Errors
     /// The store's last error, once retrying for a lease has not recorded the response; the
     /// claim then lapses with its lease.
@@ -813,7 +868,7 @@ impl Lease {
     ) -> impl Future<Output = Result<Outcome, StoreError>> {
         async move {
             let size = response.size();
-            let Some(mut record) = self.completion(response) else {
+            let Some(record) = self.completion(response) else {
                 // Released on drop until the store has answered: a run cancelled meanwhile
                 // (a drain that ran out of time) leaves no claim in flight.
                 let released = self.released().await;
@@ -832,6 +887,36 @@ impl Lease {
                 });
             };
             self.done = true;
+            // Dropped before the store has answered (its run cancelled: a drain that ran out
+            // of time cancels the runs whose clients went away), the completion goes on in
+            // the background: the operation ran, and only its record is left to write.
+            let mut pending = Pending {
+                engine: self.engine.clone(),
+                key: self.key,
+                token: self.token,
+                lease: self.lease,
+                size,
+                record,
+                armed: true,
+            };
+            let outcome = self.completed(&mut pending.record, size).await;
+            pending.armed = false;
+            outcome
+        }
+    }
+
+    /// Writes `record`, whose response is `size` bytes, in place of the claim: the heart of
+    /// [`finish`](Self::finish).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "smaller future, see the module note"
+    )]
+    fn completed<'a>(
+        &'a mut self,
+        record: &'a mut Completed,
+        size: usize,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + 'a {
+        async move {
             // Made at the first failure only: the common path reads no clock for it.
             let mut retry: Option<Backoff> = None;
             let mut reclaimed = false;
@@ -869,7 +954,7 @@ impl Lease {
                 // lease lapsed, or this completion landed already, by an attempt whose answer
                 // was lost (after a failure, or one the store's client resent on its own), or
                 // the store no longer has the claim (it forgot it, or dropped it lapsed).
-                match Box::pin(self.holder(Some(&record))).await {
+                match Box::pin(self.holder(Some(record))).await {
                     Holder::This => return Ok(Outcome::Recorded),
                     // Nobody holds the key: the operation ran, so it is claimed again, once,
                     // by this token, and its record written as before.
@@ -1051,6 +1136,30 @@ impl Lease {
     }
 }
 
+/// A completion under way in [`Lease::finish`], and its record: dropped while still `armed`
+/// (its run cancelled as it recorded), it writes the record in the background.
+struct Pending {
+    engine: Engine,
+    key: StoreKey,
+    token: Token,
+    lease: Duration,
+    /// The response's size, for a record the store finds too large.
+    size: usize,
+    record: Completed,
+    /// Until the completion has ended, however it ended.
+    armed: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.armed {
+            let record = self.record.clone();
+            (self.engine)
+                .complete_in_background(self.key, self.token, self.lease, record, self.size);
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.done {
@@ -1099,8 +1208,9 @@ mod tests {
     /// The futures a request holds while it waits on the store, in bytes on a 64-bit target,
     /// held a little above what they are so that growth fails here; each bound is below what
     /// the future would be with `observed` and `finish` as `async fn`s (704 bytes each when
-    /// last measured; `begin` holds a guard of its claim since). See "Future sizes" in the
-    /// module note.
+    /// last measured; `begin` holds a guard of its claim since, and `finish` one of its
+    /// completion, which writes the record in the background if the run is dropped). See
+    /// "Future sizes" in the module note.
     #[tokio::test]
     async fn store_futures_stay_small() {
         let (engine, _) = setup();
@@ -1118,7 +1228,7 @@ mod tests {
             "Engine::begin's future is {begin_size} bytes"
         );
         assert!(
-            finish_size <= 560,
+            finish_size <= 680,
             "Lease::finish's future is {finish_size} bytes"
         );
         assert!(matches!(finish.await, Ok(Outcome::Recorded)));

@@ -230,6 +230,35 @@ async fn a_run_that_cannot_finish_within_the_drain_is_cancelled_and_its_key_rele
     next.shut_down(&idem, None).await;
 }
 
+/// A run whose handler is done and whose record is on its way to the store when the drain
+/// runs out of time ran its operation: only the record is left, so it is written in the
+/// background (the drain waits for it as for a release), and the retry replays it, where the
+/// cancelled completion left the key in flight until its lease lapsed, and the retry after
+/// that ran the operation again.
+#[actix_web::test]
+async fn a_run_whose_record_is_on_its_way_when_the_drain_cancels_is_recorded_not_run_again() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = start(idem.clone(), probe.clone());
+    // Its first completion goes unanswered for longer than the drain waits.
+    store.fail("complete", 1, Fault::Unanswered(Duration::from_millis(600)));
+    call("recording", "0")
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "the run was cancelled as it recorded");
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("recording", "0").send(next.addr).await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(retry.replayed(), "recorded in the background: {retry:?}");
+    assert_eq!(probe.runs.get(), 1, "the operation ran once");
+    next.shut_down(&idem, None).await;
+}
+
 /// The drain is the process's: one application's cancels the runs of every application whose
 /// clients went away, and waits until their keys are released, not only its own application's
 /// (the server stops right after, and a release still on its way would be dropped with it).
