@@ -548,3 +548,88 @@ async fn on_a_cluster_a_claim_waits_for_the_replicas_of_its_own_primary() {
         .sum();
     assert_eq!(keys, 0, "every claim released");
 }
+
+/// Wrong credentials are a fault to fix, on a cluster as on one server: they fail closed even
+/// when failing open, where the cluster client's "no connection" read as an outage and every
+/// keyed request ran unprotected. Nodes that cannot be reached at all still fail open.
+#[actix_web::test]
+async fn a_cluster_refusing_the_store_s_credentials_fails_closed_even_when_failing_open() {
+    let Some(mut cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    for node in 0..TestRedisCluster::MASTERS {
+        cluster.query::<()>(
+            node,
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("requirepass")
+                .arg("secret"),
+        );
+    }
+    let urls = cluster.urls();
+    let with_password = |password: &str| -> Vec<String> {
+        let credentials = format!("redis://:{password}@");
+        let urls = urls.iter();
+        urls.map(|url| url.replace("redis://", &credentials))
+            .collect()
+    };
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let engine = |urls: Vec<String>| {
+        let store = RedisStore::cluster(urls)
+            .command_timeout(TIMEOUT)
+            .fail_open(true)
+            .build()
+            .unwrap();
+        Engine::new(store)
+    };
+    let wrong = engine(with_password("wrong"));
+    for n in 0..3u8 {
+        let begun = wrong
+            .begin(&Policy::DEFAULT, StoreKey::from_bytes([n; 32]), fp)
+            .await;
+        let Err(IdempotencyError::StoreUnavailable(StoreError::Refused(why))) = begun else {
+            panic!("wrong credentials fail closed: {begun:?}")
+        };
+        assert!(why.to_string().contains("refused"), "{why}");
+    }
+    let right = engine(with_password("secret"));
+    let begun = right
+        .begin(&Policy::DEFAULT, StoreKey::from_bytes([9; 32]), fp)
+        .await;
+    assert!(matches!(begun, Ok(Begin::Execute(_))), "{begun:?}");
+    // Unreachable, not refused: an outage, which fails open as asked.
+    for node in 0..TestRedisCluster::MASTERS {
+        cluster.stop(node);
+    }
+    let gone = engine(with_password("secret"));
+    let begun = gone
+        .begin(&Policy::DEFAULT, StoreKey::from_bytes([10; 32]), fp)
+        .await;
+    assert!(matches!(begun, Ok(Begin::Unprotected(_))), "{begun:?}");
+}
+
+/// A store for one server whose URL leads to a node of a cluster is answered `MOVED` for the
+/// keys of other nodes' slots: a fault of its settings, which fails closed even when failing
+/// open and says to build the store on the cluster, where it read as an outage and ran those
+/// keys unprotected.
+#[actix_web::test]
+async fn a_single_server_store_on_a_cluster_node_fails_closed_and_says_to_use_the_cluster() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::builder(cluster.url(0))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let elsewhere = (0..=255u8)
+        .map(|b| StoreKey::from_bytes([b; 32]))
+        .find(|key| cluster.node_of(&format!("idem:{key}")) != 0)
+        .expect("a key of another node's slots");
+    let begun = engine.begin(&Policy::DEFAULT, elsewhere, fp).await;
+    let Err(IdempotencyError::StoreUnavailable(StoreError::Refused(why))) = begun else {
+        panic!("MOVED fails closed: {begun:?}")
+    };
+    assert!(why.to_string().contains("RedisStore::cluster"), "{why}");
+}

@@ -148,14 +148,63 @@ impl Script {
 #[derive(Clone)]
 enum Connection {
     Single(Arc<Server>),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Arc<Seeds>),
+}
+
+/// How often, at most, a store on a cluster asks its seed nodes why it has no connection.
+const SEEDS_ASKED_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The nodes a cluster store was built with, asked directly why the cluster client has no
+/// connection: it answers alike for nodes it cannot reach, an outage, and for nodes that
+/// refuse its credentials or its commands, a fault to fix. Asked at most once per
+/// [`SEEDS_ASKED_INTERVAL`], and only when a command found no connection.
+struct Seeds {
+    clients: Vec<redis::Client>,
+    /// When they were last asked, and what they said: a refusal, or none.
+    told: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl Seeds {
+    /// What the seed nodes refuse, if any refuses the store's connection; `None` when none
+    /// answers, or they take it.
+    async fn refusal(&self, timeout: Duration) -> Option<String> {
+        let mut told = self.told.lock().await;
+        if let Some((at, refusal)) = &*told {
+            if at.elapsed() < SEEDS_ASKED_INTERVAL {
+                return refusal.clone();
+            }
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let asked = self.clients.iter().map(|client| {
+            let config = config.clone();
+            async move {
+                let connected = client.get_multiplexed_async_connection_with_config(&config);
+                match tokio::time::timeout(timeout, connected).await {
+                    Ok(Err(error)) => match failed(error) {
+                        StoreError::Refused(error) => Some(error.to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
+        });
+        let refusal = futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .next();
+        *told = Some((Instant::now(), refusal.clone()));
+        refusal
+    }
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Connection::Single(server) => Box::pin(server.command(cmd)),
-            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn, _) => conn.req_packed_command(cmd),
         }
     }
 
@@ -170,14 +219,14 @@ impl ConnectionLike for Connection {
                 let (_, mut conn) = server.current();
                 Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
             }
-            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn, _) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(server) => server.current().1.get_db(),
-            Connection::Cluster(conn) => conn.get_db(),
+            Connection::Cluster(conn, _) => conn.get_db(),
         }
     }
 }
@@ -295,7 +344,7 @@ impl std::fmt::Debug for RedisStore {
             .field("max_record_bytes", &self.max_record_bytes)
             .field("fail_open", &self.fail_open)
             .field("replicas", &self.replicas)
-            .field("cluster", &matches!(self.conn, Connection::Cluster(_)))
+            .field("cluster", &matches!(self.conn, Connection::Cluster(..)))
             .finish_non_exhaustive()
     }
 }
@@ -371,10 +420,29 @@ impl RedisStore {
         command: impl std::future::Future<Output = redis::RedisResult<T>>,
         failed: fn(redis::RedisError) -> StoreError,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, command).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(failed(e)),
-            Err(_) => Err(StoreError::Timeout),
+        let error = match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error,
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        match (&self.conn, error.kind()) {
+            // One server answers MOVED (or ASK) only as a node of a cluster: the key's slot is
+            // another node's, for good.
+            (
+                Connection::Single(_),
+                ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask),
+            ) => Err(StoreError::Refused(Box::new(NotACluster(error)))),
+            (
+                Connection::Cluster(_, seeds),
+                ErrorKind::ClusterConnectionNotFound | ErrorKind::Io,
+            ) => match seeds.refusal(self.timeout).await {
+                Some(refusal) => Err(StoreError::Refused(
+                    format!("the Redis Cluster's nodes refused the store's connection: {refusal}")
+                        .into(),
+                )),
+                None => Err(failed(error)),
+            },
+            _ => Err(failed(error)),
         }
     }
 
@@ -443,7 +511,7 @@ impl RedisStore {
                 match &self.conn {
                     Connection::Single(server) => server.command(&wait).await,
                     // To the key's primary alone: the cluster client would ask every primary.
-                    Connection::Cluster(conn) => {
+                    Connection::Cluster(conn, _) => {
                         let primary = Route::with_key(redis_key, SlotAddr::Master);
                         let routing =
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
@@ -520,6 +588,23 @@ fn claim_failed(error: redis::RedisError) -> StoreError {
         StoreError::Refused(Box::new(BeforeRedis7(error)))
     } else {
         failed(error)
+    }
+}
+
+/// A server that answered `MOVED` (or `ASK`) to a store built for one server: a node of a
+/// cluster, whose other nodes hold some keys.
+#[derive(Debug)]
+struct NotACluster(redis::RedisError);
+
+impl std::fmt::Display for NotACluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "this Redis is a node of a cluster, which holds the key on another node ({}); build the store with RedisStore::cluster", self.0)
+    }
+}
+
+impl std::error::Error for NotACluster {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -711,7 +796,13 @@ impl RedisStoreBuilder {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(self.timeout)
                     .set_response_timeout(self.timeout);
-                Connection::Cluster(client.get_pending_async_connection_with_config(config))
+                let clients = urls.iter().map(|url| redis::Client::open(url.as_str()));
+                let seeds = Seeds {
+                    clients: clients.collect::<Result<_, _>>().map_err(invalid)?,
+                    told: tokio::sync::Mutex::new(None),
+                };
+                let conn = client.get_pending_async_connection_with_config(config);
+                Connection::Cluster(conn, Arc::new(seeds))
             }
         };
         Ok(RedisStore {
