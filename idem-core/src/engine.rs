@@ -28,6 +28,12 @@ use crate::store::{Claim, Store, StoreError};
 /// How long a release of a claim whose write failed waits before it looks again.
 const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
 
+/// The most releases of claims whose writes failed that one engine keeps going at once. Each
+/// lives up to a lease, calling the store every [`UNCONFIRMED_RELEASE_PAUSE`]: in an outage
+/// under load, every request's claim fails, and unbounded they would pile up one task per
+/// request. Past the bound, a claim that landed all the same lapses with its lease.
+const MAX_UNCONFIRMED_RELEASES: usize = 1024;
+
 /// How often a waiting request looks at the record it waits for.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
@@ -50,6 +56,9 @@ struct Parts {
     observer: Option<Arc<dyn StoreObserver>>,
     /// Releases of claims whose leases were dropped unfinished, still under way.
     releasing: Arc<Releasing>,
+    /// Of those, the releases of claims whose writes failed (see
+    /// [`MAX_UNCONFIRMED_RELEASES`]).
+    unconfirmed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A count of work under way, and a wake-up for whoever waits for none.
@@ -165,6 +174,7 @@ impl Engine {
                 clock,
                 observer: None,
                 releasing: Arc::default(),
+                unconfirmed: Arc::default(),
             }),
         }
     }
@@ -323,8 +333,16 @@ impl Engine {
                 Err(e) => {
                     // The claim may have been written all the same (a command that timed
                     // out, then ran): nobody would hold it, and retries would get 409 until
-                    // its lease lapsed. Its token releases it, if it is there.
-                    self.release_unconfirmed(key, claim.token, lease(policy));
+                    // its lease lapsed. Its token releases it, if it is there. A store that
+                    // answered with a refusal of its own did not write it.
+                    if !matches!(
+                        e,
+                        StoreError::Refused(_)
+                            | StoreError::Contended
+                            | StoreError::TooLarge { .. }
+                    ) {
+                        self.release_unconfirmed(key, claim.token, lease(policy));
+                    }
                     return self.store_failed(policy, e);
                 }
             };
@@ -439,11 +457,20 @@ impl Engine {
     /// another). So the release is repeated until it finds the claim, or until the store has
     /// answered twice, a second apart, that it is not there; for at most `lease`, after which
     /// the claim lapses anyway.
+    ///
+    /// At most [`MAX_UNCONFIRMED_RELEASES`] at once: past them, the claim is left to lapse.
     fn release_unconfirmed(&self, key: StoreKey, token: Token, lease: Duration) {
+        use std::sync::atomic::Ordering::AcqRel;
         let engine = self.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let unconfirmed = Arc::clone(&self.parts.unconfirmed);
+        if unconfirmed.fetch_add(1, AcqRel) >= MAX_UNCONFIRMED_RELEASES {
+            unconfirmed.fetch_sub(1, AcqRel);
+            tracing::debug!(%key, "too many releases of failed claims under way; this one, if it landed, lapses with its lease");
+            return;
+        }
         let releasing = self.parts.releasing.start();
         runtime.spawn(async move {
             let deadline = tokio::time::Instant::now() + lease;
@@ -460,6 +487,7 @@ impl Engine {
                 }
                 tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
             }
+            unconfirmed.fetch_sub(1, AcqRel);
             drop(releasing);
         });
     }
@@ -1478,6 +1506,48 @@ mod tests {
         let err = engine.begin(&policy, key(1), fp("a")).await.unwrap_err();
         assert!(matches!(err, IdempotencyError::StoreUnavailable(_)));
         retry_runs_at_once(&engine, &engine).await;
+    }
+
+    /// During an outage every claim fails, and each may have landed (a command that timed out
+    /// may run later): each is released in the background, retried for up to a lease. Those
+    /// tasks are bounded, so that an outage under load does not pile up one task per request
+    /// for a whole lease, all of them calling the store every second (and at once when it is
+    /// back); past the bound, a claim that landed lapses with its lease.
+    #[tokio::test(start_paused = true)]
+    async fn background_releases_of_failed_claims_are_bounded_during_an_outage() {
+        let store = CountingStore::new(UnavailableStore);
+        let engine = Engine::new(store.clone());
+        let failed = 3 * MAX_UNCONFIRMED_RELEASES;
+        for n in 0..failed {
+            let mut bytes = [0; 32];
+            bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            let k = StoreKey::from_bytes(bytes);
+            let begun = engine.begin(&Policy::DEFAULT, k, fp("a")).await;
+            assert!(matches!(begun, Err(IdempotencyError::StoreUnavailable(_))));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let releasing = (engine.parts.releasing.count).load(std::sync::atomic::Ordering::Acquire);
+        assert!(
+            releasing <= MAX_UNCONFIRMED_RELEASES,
+            "{releasing} background releases after {failed} failed claims"
+        );
+    }
+
+    /// A claim the store answered with a refusal of its own (out of memory, no rights) was not
+    /// written: nothing is left to release, where each such answer left a release retrying in
+    /// the background for a lease.
+    #[tokio::test]
+    async fn a_claim_the_store_refused_leaves_no_release_behind() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        for fault in [Fault::Refused, Fault::Contended, Fault::TooLarge(10)] {
+            store.fail("claim", 1, fault);
+            let begun = engine.begin(&Policy::DEFAULT, key(1), fp("a")).await;
+            assert!(begun.is_err(), "{fault:?}: {begun:?}");
+            let releasing =
+                (engine.parts.releasing.count).load(std::sync::atomic::Ordering::Acquire);
+            assert_eq!(releasing, 0, "{fault:?}");
+        }
     }
 
     /// Once `engine`'s background releases are done, a retry of key 1 through `retry` (the
