@@ -516,6 +516,37 @@ async fn a_replay_is_one_statement_that_writes_nothing() {
     );
 }
 
+/// A row whose status is no HTTP status (a foreign writer's) is a corrupt record, refused as
+/// one, where it was replayed, and actix answered the replay 500.
+#[actix_web::test]
+async fn a_row_whose_status_is_no_http_status_is_corrupt() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "status").await;
+    let db = pg.inspect().await;
+    let t = now();
+    let claim = in_flight(t);
+    store.claim(&key(1), claim, t).await.unwrap();
+    let record = completed(t, "first");
+    assert!(store
+        .complete(&key(1), claim.token, record, t)
+        .await
+        .unwrap());
+    for status in [42, 1000, 70_000, -1] {
+        sqlx::query(&format!("UPDATE {} SET status = $1", store.table()))
+            .bind(status)
+            .execute(&db)
+            .await
+            .unwrap();
+        let read = store.get(&key(1), t).await;
+        assert!(
+            matches!(&read, Err(StoreError::Corrupt(what)) if what.contains("status")),
+            "{status}: {read:?}"
+        );
+    }
+}
+
 #[actix_web::test]
 async fn a_committed_transaction_keeps_both_the_write_and_the_record() {
     let Some(pg) = TestPostgres::start() else {

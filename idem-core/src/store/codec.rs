@@ -110,6 +110,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
         }),
         b"C" => {
             let status = u16::from_be_bytes(reader.array()?);
+            if !(100..=999).contains(&status) {
+                return Err(corrupt(&format!("status {status} is no HTTP status")));
+            }
             let completed_at = Timestamp::from_millis(u64::from_be_bytes(reader.array()?));
             // The header section is in the record's own packed form; it ends where it says.
             let section = headers_end(reader.0).map_err(|what| corrupt(&what))?;
@@ -285,5 +288,31 @@ mod tests {
         }
         let good = encode(&completed(), Token::random()).unwrap();
         assert!(decode(&good[..good.len() - 1]).is_err(), "truncated body");
+    }
+
+    /// A status no HTTP response has (a foreign writer's, or bytes gone bad) is a corrupt
+    /// record, refused as one, where it was replayed, and actix answered the replay 500.
+    #[test]
+    fn a_record_whose_status_is_no_http_status_is_corrupt() {
+        let Record::Completed(c) = completed() else {
+            unreachable!()
+        };
+        for status in [0, 42, 1000, u16::MAX] {
+            for response in [
+                Response::new(status, [], b"body"),
+                Response::omitted(status, 5),
+            ] {
+                let record = Record::Completed(Completed {
+                    response,
+                    ..c.clone()
+                });
+                let bytes = encode(&record, Token::random()).unwrap();
+                let err = decode(&bytes).unwrap_err();
+                assert!(
+                    matches!(&err, StoreError::Corrupt(what) if what.contains("status")),
+                    "{status}: {err:?}"
+                );
+            }
+        }
     }
 }

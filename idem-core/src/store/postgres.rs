@@ -947,7 +947,11 @@ fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
         "C" => {
             let status: i32 = row.try_get("status")?;
             let status = u16::try_from(status)
-                .map_err(|_| sqlx::Error::Decode(format!("bad status {status}").into()))?;
+                .ok()
+                .filter(|status| (100..=999).contains(status))
+                .ok_or_else(|| {
+                    sqlx::Error::Decode(format!("status {status} is no HTTP status").into())
+                })?;
             let response = match row.try_get::<Option<i64>, _>("omitted_size")? {
                 Some(size) => Response::omitted(status, u64::try_from(size).unwrap_or(0)),
                 None => {
