@@ -640,6 +640,10 @@ fn least_record_bytes() -> usize {
     Response::omitted(0, 0).held_bytes() + codec::MAX_OVERHEAD
 }
 
+/// The largest [`RedisStoreBuilder::max_record_bytes`]: Redis takes no value over 512 MiB
+/// (its default `proto-max-bulk-len`), and refuses a larger one as a protocol error.
+const MAX_RECORD_BYTES: usize = 512 << 20;
+
 /// The longest expiry Redis takes: its clock's milliseconds plus `PX` must fit an `i64`, or
 /// it refuses the write. Half that range leaves its clock some 146 million years; a record
 /// kept that long still lapses by its own times.
@@ -679,7 +683,8 @@ impl RedisStoreBuilder {
     /// The largest record stored, in bytes as Redis holds them: the response (headers and
     /// body, with their framing) plus up to 99 bytes. Default 8 MiB. At least 113, what a
     /// record kept without its response takes: [`build`](Self::build) refuses less, under
-    /// which no request could ever be recorded.
+    /// which no request could ever be recorded; at most 512 MiB, the largest value Redis
+    /// takes by default.
     pub fn max_record_bytes(mut self, max: usize) -> Self {
         self.max_record_bytes = max;
         self
@@ -727,7 +732,7 @@ impl RedisStoreBuilder {
     /// # Errors
     /// [`StoreError::Unavailable`] for a URL that is not a Redis URL, a cluster named by no
     /// URL or by nodes that disagree (password, TLS, database), a
-    /// [`max_record_bytes`](Self::max_record_bytes) under 113, a
+    /// [`max_record_bytes`](Self::max_record_bytes) under 113 or over 512 MiB, a
     /// [`wait_for_replicas`](Self::wait_for_replicas) it refuses, or when called outside a
     /// Tokio runtime (the connection's driver runs on the runtime that builds the store).
     pub fn build(self) -> Result<RedisStore, StoreError> {
@@ -750,6 +755,15 @@ impl RedisStoreBuilder {
             if let Some(refusal) = refusal {
                 return Err(StoreError::Unavailable(refusal.into()));
             }
+        }
+        if self.max_record_bytes > MAX_RECORD_BYTES {
+            return Err(StoreError::Unavailable(
+                format!(
+                    "max_record_bytes is {}, but Redis takes no value over 512 MiB (its default proto-max-bulk-len); the largest record kept must be at most {MAX_RECORD_BYTES} bytes",
+                    self.max_record_bytes
+                )
+                .into(),
+            ));
         }
         let least = least_record_bytes();
         if self.max_record_bytes < least {
@@ -940,6 +954,21 @@ mod tests {
     use super::*;
 
     /// The numbers `RedisStoreBuilder::max_record_bytes` states.
+    /// Redis takes no value over 512 MiB (its `proto-max-bulk-len`), and refuses a larger one
+    /// as a protocol error, not as a record too large: the store refuses a limit it could not
+    /// keep, where such records failed their completion and were never recorded.
+    #[test]
+    fn a_record_limit_beyond_what_redis_takes_is_refused() {
+        let limit = |max| {
+            RedisStore::builder("redis://127.0.0.1:1/")
+                .max_record_bytes(max)
+                .build()
+        };
+        let err = limit((512 << 20) + 1).unwrap_err().to_string();
+        assert!(err.contains("at most 536870912 bytes"), "{err}");
+        assert!(limit(usize::MAX).is_err());
+    }
+
     #[test]
     fn the_least_bound_is_a_record_without_its_response_at_its_widest() {
         assert_eq!(codec::MAX_OVERHEAD, 99);
