@@ -259,7 +259,8 @@ mod tests {
     /// bounds of `execute` and `claimed` are below what each would be as an `async fn` (1376
     /// and 2032 bytes when last measured, with every feature), the gain their `async` blocks
     /// are for (see "Future sizes" in `idem_core`'s engine). `claimed` was 4576 bytes with the
-    /// `postgres` feature before its rare paths were boxed.
+    /// `postgres` feature before its rare paths were boxed, and grew by 96 when `Lease::finish`
+    /// came to hold a guard of its completion (71 instructions more per new key, measured).
     #[actix_web::test]
     async fn keyed_request_futures_stay_small() {
         let (req, payload) = request("sizes-keyed");
@@ -282,7 +283,7 @@ mod tests {
             ("execute", size_of_val(&execute)),
             ("claimed", size_of_val(&claimed)),
         ];
-        let bounds = [800, 700, 1120, 1800];
+        let bounds = [800, 700, 1120, 1900];
         for ((future, size), bound) in sizes.into_iter().zip(bounds) {
             assert!(
                 size <= bound,
