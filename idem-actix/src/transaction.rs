@@ -426,6 +426,15 @@ mod enabled {
     }
 
     impl Loan {
+        /// Whether the handler took the transaction (or is taking it), whatever it did with
+        /// it since.
+        pub(crate) fn taken(&self) -> bool {
+            let state = self.0.state.take();
+            let idle = matches!(state, State::Idle);
+            self.0.state.set(state);
+            !idle
+        }
+
         /// Ends the loan after the handler's run: what the handler took, if anything.
         pub(crate) fn close(self) -> Option<Taken> {
             match self.0.state.replace(State::Closed) {
@@ -589,6 +598,10 @@ mod disabled {
     pub(crate) enum Loan {}
 
     impl Loan {
+        pub(crate) fn taken(&self) -> bool {
+            match *self {}
+        }
+
         pub(crate) fn close(self) -> Option<Taken> {
             match self {}
         }

@@ -9,20 +9,24 @@ use std::time::{Duration, Instant};
 
 use actix_web::error::{ErrorInternalServerError, ErrorServiceUnavailable};
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use idem_actix::{
     idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, PostgresStoreBuilder,
     ProblemJson, Transaction,
 };
 use idem_tests::{
-    assert_error, assert_problem, RawRequest, RawResponse, TestPostgres, TestServer, Warnings,
+    assert_error, assert_problem, Open, RawRequest, RawResponse, TestPostgres, TestServer, Warnings,
 };
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
-/// What the handlers need: where they write, and where they tell the test their connection.
+/// What the handlers need: where they write, where they tell the test their connection, and
+/// the gate a stream's second piece waits behind.
 #[derive(Clone)]
 struct Calls {
     table: String,
     pids: Arc<Mutex<Vec<i32>>>,
+    gate: Arc<Semaphore>,
 }
 
 /// Inserts a call in `tx`, then does what `X-Then` says: `fail` (500), `error` (an error of
@@ -152,6 +156,38 @@ async fn plain(
     operate(tx, &calls, &req).await
 }
 
+/// A stream of two pieces, the second behind the gate, from a handler that takes no
+/// `Transaction`.
+fn events(calls: &Calls) -> HttpResponse {
+    let gate = Arc::clone(&calls.gate);
+    let body = futures_util::stream::unfold(0, move |i| {
+        let gate = Arc::clone(&gate);
+        async move {
+            match i {
+                0 => Some((
+                    Ok::<_, actix_web::Error>(Bytes::from_static(b"first-piece;")),
+                    1,
+                )),
+                1 => {
+                    gate.acquire().await.unwrap().forget();
+                    Some((Ok(Bytes::from_static(b"second-piece")), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    HttpResponse::Ok().streaming(body)
+}
+
+#[idempotent]
+async fn attributed_events(calls: web::Data<Calls>) -> HttpResponse {
+    events(&calls)
+}
+
+async fn plain_events(calls: web::Data<Calls>) -> HttpResponse {
+    events(&calls)
+}
+
 #[idempotent]
 async fn two_transactions(_a: Transaction, _b: Transaction) -> HttpResponse {
     HttpResponse::Created().finish()
@@ -195,6 +231,7 @@ impl Fixture {
         let calls = Calls {
             table: format!("{}_calls", store.table()),
             pids: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
         };
         sqlx::raw_sql(&format!(
             "CREATE TABLE {} (id text PRIMARY KEY)",
@@ -219,10 +256,12 @@ impl Fixture {
                 .route("/success-only/calls", web::post().to(success_only))
                 .route("/two", web::post().to(two_transactions))
                 .route("/json", web::post().to(with_json))
+                .route("/events", web::post().to(attributed_events))
                 .service(
                     web::scope("/wrapped")
                         .wrap(Idempotency::new())
-                        .route("/calls", web::post().to(plain)),
+                        .route("/calls", web::post().to(plain))
+                        .route("/events", web::post().to(plain_events)),
                 );
         });
         Some(Self {
@@ -631,6 +670,38 @@ async fn a_handler_that_ends_its_transaction_itself_records_nothing_and_is_told_
         }
     }
     assert!(logged.containing("ended its Transaction itself") >= 6);
+}
+
+/// On an app whose store lends transactions, a handler that takes none streams its body as it
+/// comes, as on any store, and its record is written once the stream ends: where every keyed
+/// stream was held back until it ended (or passed `max_response`), since a transaction was
+/// offered to every run, taken or not.
+#[actix_web::test]
+async fn a_handler_that_takes_no_transaction_streams_as_it_comes_and_is_recorded() {
+    let Some(app) = Fixture::start("streams").await else {
+        return;
+    };
+    for (n, path) in ["/events", "/wrapped/events"].into_iter().enumerate() {
+        let key = format!("stream-{n}");
+        let mut open = Open::send(app.server.addr, &call(path, &key)).await;
+        open.read_until(b"first-piece;", "the first piece, while the second waits")
+            .await;
+        app.calls.gate.add_permits(1);
+        open.read_to_end().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let replay = loop {
+            let replay = app.send(call(path, &key)).await;
+            if replay.replayed() || Instant::now() >= deadline {
+                break replay;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            replay.replayed(),
+            "{path}: recorded once it ended: {replay:?}"
+        );
+        assert_eq!(replay.body, b"first-piece;second-piece", "{path}");
+    }
 }
 
 #[actix_web::test]

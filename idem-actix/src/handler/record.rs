@@ -126,13 +126,16 @@ where
 {
     async move {
         let loan = offer.map(|offer| offer.lend(&run.req, &lease));
-        // A stream is teed rather than collected, unless its writes commit with the record
-        // (the commit decides the answer) or nothing of it is kept (recorded before it goes).
-        let tees = loan.is_none() && keep.max_response > 0;
+        let lent = loan.as_ref();
         let (request_id, ran) = run.call(handler);
         let ran = lease
             .run(async move {
                 let Reply { req, res } = ran.await?;
+                // A stream is teed rather than collected, unless the handler's writes commit
+                // with the record (the commit decides the answer) or nothing of it is kept
+                // (recorded before it goes). Whether the handler took its transaction is known
+                // only once it has run.
+                let tees = keep.max_response > 0 && !lent.is_some_and(Loan::taken);
                 let (head, body) = res.into_parts();
                 let body = if tees { streamed(body) } else { Err(body) };
                 let read = match body {
@@ -162,6 +165,10 @@ where
         let collected = match read {
             Read::Collected(collected) => collected,
             Read::Stream(stream) => {
+                // Not taken (a stream is teed only then): closed, so that nothing takes it now.
+                if let Some(loan) = loan {
+                    loan.close();
+                }
                 let headers = (headers.into_iter())
                     .map(|(name, value)| (name.to_owned(), value.to_vec()))
                     .collect();
