@@ -610,6 +610,8 @@ fn free_ports(count: usize, offset: u16, max: u16) -> Vec<u16> {
 pub struct TestRedis {
     url: String,
     port: Option<u16>,
+    /// Our own server's directory (a replica writes its copy of the primary there).
+    dir: Option<std::path::PathBuf>,
     child: Option<std::process::Child>,
 }
 
@@ -622,6 +624,7 @@ impl TestRedis {
                 return Some(Self {
                     url,
                     port: None,
+                    dir: None,
                     child: None,
                 });
             }
@@ -637,9 +640,15 @@ impl TestRedis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        let dir = std::env::temp_dir().join(format!("idem-redis-{}-{port}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            skip_without_redis(&format!("{}: {e}", dir.display()));
+            return None;
+        }
         let mut redis = Self {
             url: format!("redis://127.0.0.1:{port}/"),
             port: Some(port),
+            dir: Some(dir),
             child: None,
         };
         match redis.spawn() {
@@ -653,9 +662,15 @@ impl TestRedis {
 
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.ok_or("an external Redis cannot be started")?;
+        let dir = self
+            .dir
+            .as_ref()
+            .ok_or("an external Redis cannot be started")?;
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("redis-server: {e}"))?;
@@ -719,6 +734,9 @@ impl Drop for TestRedis {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -1053,3 +1053,21 @@ async fn a_wait_for_replicas_that_cannot_work_is_refused_with_the_rule() {
     assert!(refused(1, 500).unwrap().contains("command timeout"));
     assert_eq!(refused(1, 499), None);
 }
+
+/// A Redis the tests start writes whatever it saves (a replica's copy of its primary, above)
+/// to a directory of its own, never to the working directory, the package's source folder.
+#[test]
+fn a_test_redis_keeps_its_files_out_of_the_working_directory() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let dir: Vec<String> = redis.query(redis::cmd("CONFIG").arg("GET").arg("dir"));
+    let dir = std::path::PathBuf::from(&dir[1]);
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        !cwd.starts_with(&dir) && !dir.starts_with(&cwd),
+        "{} is outside {}",
+        dir.display(),
+        cwd.display()
+    );
+}
