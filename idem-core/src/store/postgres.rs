@@ -999,7 +999,9 @@ impl PostgresStoreBuilder {
     }
 
     /// The schema the table is in: lowercase ASCII letters, digits and `_`, starting with a
-    /// letter or `_`, at most 63 characters. Default `public`. Every statement names the
+    /// letter or `_`, at most 63 characters, and none of Postgres's own (`pg_` followed by
+    /// anything, such as each connection's `pg_temp`, or `information_schema`). Default
+    /// `public`. Every statement names the
     /// table with its schema, so the connection's `search_path` (a role's default, or one a
     /// handler sets) never decides which table holds the records: every process sharing the
     /// records must name the same schema and table.
@@ -1078,9 +1080,10 @@ impl PostgresStoreBuilder {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] for a URL that is not a Postgres URL, a schema or table
-    /// name that is not a plain identifier, a pool of no connections, a purge batch of no
-    /// rows or a record limit above what Postgres takes, or when called outside a Tokio runtime (the pool's upkeep runs on the runtime that builds
-    /// the store).
+    /// name that is not a plain identifier, a schema Postgres reserves, a pool of no
+    /// connections, a purge batch of no rows or a record limit above what Postgres takes,
+    /// or when called outside a Tokio runtime (the pool's upkeep runs on the runtime that
+    /// builds the store).
     pub fn build(self) -> Result<PostgresStore, StoreError> {
         let invalid = |reason: String| Err(StoreError::Unavailable(reason.into()));
         if tokio::runtime::Handle::try_current().is_err() {
@@ -1100,6 +1103,14 @@ impl PostgresStoreBuilder {
             return invalid(format!(
                 "the schema name {:?} is not allowed; use lowercase ASCII letters, digits and _, \
                  starting with a letter or _, at most {MAX_NAME} characters",
+                self.schema
+            ));
+        }
+        if self.schema.starts_with("pg_") || self.schema == "information_schema" {
+            return invalid(format!(
+                "the schema name {:?} is reserved for Postgres's own schemas (pg_temp is each \
+                 connection's own, so every connection would keep records of its own); name \
+                 one of the application's",
                 self.schema
             ));
         }
@@ -1568,6 +1579,30 @@ mod tests {
         assert!(err(PostgresStore::builder(url).max_connections(0)).contains("at least one"));
         assert!(err(PostgresStore::builder(url).purge_batch(0)).contains("at least one row"));
         assert!(PostgresStore::new(url).is_ok(), "built without connecting");
+    }
+
+    /// Postgres keeps the names starting `pg_` for its own schemas: `pg_temp` is each
+    /// connection's own temporary schema, so a table there would be one per connection, and
+    /// every process, every connection even, would keep records of its own; `pg_catalog`,
+    /// `pg_toast` and `information_schema` are the system's.
+    #[tokio::test]
+    async fn a_schema_postgres_reserves_is_refused() {
+        let url = "postgres://idem@127.0.0.1:1/idem";
+        for reserved in [
+            "pg_temp",
+            "pg_temp_3",
+            "pg_catalog",
+            "pg_toast",
+            "information_schema",
+        ] {
+            let err = PostgresStore::builder(url)
+                .schema(reserved)
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("reserved"), "{reserved}: {err}");
+        }
+        assert!(PostgresStore::builder(url).schema("pgx").build().is_ok());
     }
 
     /// Postgres takes no message over 1 GiB: a completion above it would fail on every
