@@ -1034,10 +1034,12 @@ async fn waiting_on_a_lock(db: &PgPool, table: &str) -> i32 {
 /// A statement that Postgres cancels (SQLSTATE 57014, `query_canceled`: its
 /// `statement_timeout` fired, or an administrator ran `pg_cancel_backend`) is rolled back and
 /// changed nothing, as one past the store's own command timeout: an outage to ride out, not a
-/// refusal to fix. Every operation answers it as unavailable: 503 by default, an unprotected
-/// run only when failing open, and the claim it left alone is still held afterwards.
+/// refusal to fix, and the claim it left alone is still held afterwards. Every operation but
+/// the claim answers it as unavailable. A cancelled claim may have been waiting on another
+/// claim of its key, not yet committed (see the next test): Postgres answered, and the key
+/// may be taken, so it fails closed even when failing open.
 #[actix_web::test]
-async fn a_statement_postgres_cancels_is_unavailable_and_fails_open_only_when_asked() {
+async fn a_statement_postgres_cancels_is_unavailable_and_a_cancelled_claim_fails_closed() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
@@ -1061,8 +1063,10 @@ async fn a_statement_postgres_cancels_is_unavailable_and_fails_open_only_when_as
     let blocker = table_locked(&db, held.table()).await;
 
     let t = now();
+    let err = store.claim(&key(2), in_flight(t), t).await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "claim: {err:?}");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
     let answers = [
-        ("claim", store.claim(&key(2), in_flight(t), t).await.err()),
         ("get", store.get(&key(1), t).await.err()),
         (
             "extend",
@@ -1103,8 +1107,11 @@ async fn a_statement_postgres_cancels_is_unavailable_and_fails_open_only_when_as
         .begin(&Policy::DEFAULT, key(3), fingerprint())
         .await;
     assert!(
-        matches!(begun, Ok(Begin::Unprotected(StoreError::Unavailable(_)))),
-        "fails open when asked: {begun:?}"
+        matches!(
+            begun,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Refused(_)))
+        ),
+        "a cancelled claim fails closed even when failing open: {begun:?}"
     );
 
     blocker.rollback().await.unwrap();
@@ -1121,9 +1128,10 @@ async fn a_statement_postgres_cancels_is_unavailable_and_fails_open_only_when_as
 }
 
 /// A statement that waited for a lock longer than the session's `lock_timeout` (SQLSTATE
-/// 55P03) is rolled back as a cancelled one is, and answered alike: unavailable.
+/// 55P03) is rolled back as a cancelled one is, and answered alike: unavailable, and a claim
+/// refused.
 #[actix_web::test]
-async fn a_statement_past_its_lock_timeout_is_unavailable() {
+async fn a_statement_past_its_lock_timeout_is_unavailable_and_a_claim_refused() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
@@ -1138,16 +1146,19 @@ async fn a_statement_past_its_lock_timeout_is_unavailable() {
     let blocker = table_locked(&db, store.table()).await;
     let t = now();
     let err = waiting.claim(&key(1), in_flight(t), t).await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    let err = waiting.get(&key(1), t).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(err.to_string().contains("lock timeout"), "{err}");
     blocker.rollback().await.unwrap();
     assert_eq!(rows(&db, &store).await, 0, "the claim wrote nothing");
 }
 
-/// An administrator's `pg_cancel_backend` of a statement of the store's that waits on a lock
-/// is the same outage as a `statement_timeout`.
+/// An administrator's `pg_cancel_backend` of a claim of the store's that waits on a lock is
+/// answered as a `statement_timeout` is: the claim is refused.
 #[actix_web::test]
-async fn a_statement_an_administrator_cancels_is_unavailable() {
+async fn a_claim_an_administrator_cancels_is_refused() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
@@ -1169,13 +1180,185 @@ async fn a_statement_an_administrator_cancels_is_unavailable() {
         .unwrap();
     assert!(cancelled);
     let err = claim.await.unwrap().unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
     assert!(err.to_string().contains("user request"), "{err}");
     blocker.rollback().await.unwrap();
     assert_eq!(
         rows(&db, &store).await,
         0,
         "the cancelled claim wrote nothing"
+    );
+}
+
+/// Two first requests of one key at the same moment: the second's claim waits on the first's
+/// row, written but not yet committed, and Postgres cancels it there (its `lock_timeout`).
+/// Failing open would run the operation beside the first; the request fails closed instead,
+/// and once the first commits, the key is the first's.
+#[actix_web::test]
+async fn a_claim_cancelled_while_waiting_on_another_claim_of_its_key_fails_closed_even_when_failing_open(
+) {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let first = store(&pg, "claim_waits").await;
+    let db = pg.inspect().await;
+    let url = url_with(&pg, "lock_timeout%3D100");
+    let second = Engine::new(
+        PostgresStore::builder(url.as_str())
+            .table(first.table())
+            .command_timeout(Duration::from_secs(30))
+            .fail_open(true)
+            .build()
+            .unwrap(),
+    );
+    // The first request's claim, written and not yet committed.
+    let t = now();
+    let claim = in_flight(t);
+    let mut uncommitted = db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {} (key, kind, token, fingerprint, lapses_at, purge_at)
+         VALUES ($1, 'F', $2, $3, $4, $4)",
+        first.table()
+    ))
+    .bind(key(1).as_bytes().as_slice())
+    .bind(claim.token.as_u128().to_be_bytes().as_slice())
+    .bind(fingerprint().as_bytes().as_slice())
+    .bind(i64::try_from(claim.lease_until.as_millis()).unwrap())
+    .execute(&mut *uncommitted)
+    .await
+    .unwrap();
+
+    let begun = second.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    let Err(err) = begun else {
+        panic!("the second request ran beside the first: {begun:?}");
+    };
+    assert_eq!(
+        (err.status(), err.code()),
+        (503, "idempotency_store_unavailable")
+    );
+    assert!(
+        matches!(
+            &err,
+            IdempotencyError::StoreUnavailable(StoreError::Refused(why))
+                if why.to_string().contains("lock timeout")
+        ),
+        "{err:?}"
+    );
+
+    uncommitted.commit().await.unwrap();
+    assert_eq!(
+        first.get(&key(1), now()).await.unwrap(),
+        Some(Record::InFlight(claim)),
+        "the key is the first request's"
+    );
+}
+
+/// A restart of Postgres closes every connection the pool keeps idle; the pool finds a closed
+/// one only when a statement fails on it. That statement runs again on another connection:
+/// after a restart, a completed key replays, where it failed as an outage (and ran again
+/// when failing open) once per connection the pool kept.
+#[actix_web::test]
+async fn after_a_restart_the_pool_s_closed_connections_are_replaced_and_a_completed_key_replays() {
+    let Some(mut pg) = TestPostgres::start() else {
+        return;
+    };
+    if !pg.owned() {
+        eprintln!("skipped: cannot restart an external PostgreSQL");
+        return;
+    }
+    let table = store(&pg, "restarted").await.table().to_owned();
+    let engine = Engine::new(
+        PostgresStore::builder(pg.url())
+            .table(table.as_str())
+            .fail_open(true)
+            .build()
+            .unwrap(),
+    );
+    let policy = Policy::DEFAULT;
+    // Several connections in the pool, each used and returned.
+    let leases = join_all((1..=4).map(|n| engine.begin(&policy, key(n), fingerprint()))).await;
+    for (n, begun) in (1..=4).zip(leases) {
+        let Ok(Begin::Execute(lease)) = begun else {
+            panic!("claimed: {begun:?}")
+        };
+        let recorded = lease
+            .finish(Response::new(201, [], format!("call_{n}").as_bytes()))
+            .await;
+        assert!(recorded.is_ok(), "{recorded:?}");
+    }
+
+    pg.restart();
+    let replays = join_all((1..=4).map(|n| engine.begin(&policy, key(n), fingerprint()))).await;
+    for (n, begun) in (1..=4).zip(replays) {
+        match begun {
+            Ok(Begin::Replay(record)) => {
+                assert_eq!(record.response.body(), format!("call_{n}").as_bytes())
+            }
+            other => panic!("key {n} after the restart: {other:?}"),
+        }
+    }
+}
+
+/// A session Postgres ends while it idles in the pool (its `idle_session_timeout`, SQLSTATE
+/// 57P05) is a closed connection as a restart's are: the statement runs on another.
+#[actix_web::test]
+async fn a_connection_postgres_ended_for_idling_is_replaced() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let table = store(&pg, "idled").await.table().to_owned();
+    let url = url_with(&pg, "idle_session_timeout%3D100");
+    let store = PostgresStore::builder(url.as_str())
+        .table(table.as_str())
+        .build()
+        .unwrap();
+    let t = now();
+    let claim = in_flight(t);
+    assert_eq!(
+        store.claim(&key(1), claim, t).await.unwrap(),
+        Claim::Claimed
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.get(&key(1), now()).await.unwrap(),
+        Some(Record::InFlight(claim))
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t = now();
+    assert!(store
+        .complete(&key(1), claim.token, completed(t, "call_1"), t)
+        .await
+        .unwrap());
+}
+
+/// A transaction Postgres ends for idling in it (its `idle_in_transaction_session_timeout`,
+/// SQLSTATE 25P03) is rolled back with its connection: the commit fails as unavailable (the
+/// store was lost, not wrong), records nothing, and the retry claims.
+#[actix_web::test]
+async fn a_transaction_postgres_ended_for_idling_fails_its_commit_as_unavailable() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let table = store(&pg, "idled_in_transaction").await.table().to_owned();
+    let url = url_with(&pg, "idle_in_transaction_session_timeout%3D100");
+    let store = PostgresStore::builder(url.as_str())
+        .table(table.as_str())
+        .build()
+        .unwrap();
+    let t = now();
+    let claim = in_flight(t);
+    let Ok(TransactionalClaim::Claimed(tx)) = store.claim_transaction(key(1), claim, t).await
+    else {
+        panic!("claimed")
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = tx.commit(completed(now(), "call_1")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let t = now();
+    assert_eq!(
+        store.claim(&key(1), in_flight(t), t).await.unwrap(),
+        Claim::Claimed,
+        "the claim was released"
     );
 }
 

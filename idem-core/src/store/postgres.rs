@@ -180,7 +180,10 @@ impl Statements {
 /// `idempotency_store_unavailable` (or runs unprotected, with
 /// [`PostgresStoreBuilder::fail_open`]); so does a connection that cannot be had, and a
 /// statement Postgres cancels (SQLSTATE 57014: a `statement_timeout` of the role or the
-/// database, or `pg_cancel_backend`; 55P03: a `lock_timeout`), which it rolls back.
+/// database, or `pg_cancel_backend`; 55P03: a `lock_timeout`), which it rolls back; but a claim
+/// Postgres cancels is refused (it fails closed whatever the setting), as it may have been
+/// waiting on another claim of its key. A statement that finds its connection closed
+/// (Postgres restarted, or ended the session for idling) runs again on another connection.
 ///
 /// Clones share the pool.
 ///
@@ -653,9 +656,16 @@ impl PostgresStore {
         let limit = self.pool.options().get_acquire_timeout() + self.timeout;
         // Marked as the claim's in the same round trip: its completion writes only there.
         let begin = format!("BEGIN; SET LOCAL {CLAIM_SETTING} = '{}'", mark(token));
-        let tx = match tokio::time::timeout(limit, self.pool.begin_with(begin)).await {
-            Ok(begun) => begun.map_err(|e| self.error(e))?,
-            Err(_) => return Err(StoreError::Timeout),
+        let mut reconnects = self.reconnects();
+        let tx = loop {
+            let begun = match tokio::time::timeout(limit, self.pool.begin_with(begin.clone())).await
+            {
+                Ok(begun) => begun.map_err(|e| self.error(e)),
+                Err(_) => return Err(StoreError::Timeout),
+            };
+            if !reconnects.again(&begun) {
+                break begun?;
+            }
         };
         // Counted until the transaction drops (see `Drop for ClaimTransaction`).
         self.in_use.fetch_add(1, Ordering::Relaxed);
@@ -750,15 +760,22 @@ impl PostgresStore {
                 // Redis's READONLY. A statement cancelled (57014, query_canceled: its
                 // `statement_timeout`, or `pg_cancel_backend`; 55P03, lock_not_available: its
                 // `lock_timeout`) was rolled back and changed nothing, as one past the store's
-                // own command timeout. A claim waits on the key's row only when its snapshot
-                // held no live record of the key (it answers a live one without writing), so a
-                // cancelled claim hides no request that held the key when it began. Anything
-                // else, it answered and refused.
+                // own command timeout (a claim's is refused: see `claim_error`). A session
+                // Postgres ended for idling (57P05, idle_session_timeout; 25P03, in a
+                // transaction) is a connection lost. Anything else, it answered and refused.
                 Some(code)
                     if code.starts_with("08")
                         || matches!(
                             code,
-                            "57P01" | "57P02" | "57P03" | "53300" | "25006" | "57014" | "55P03"
+                            "57P01"
+                                | "57P02"
+                                | "57P03"
+                                | "57P05"
+                                | "25P03"
+                                | "53300"
+                                | "25006"
+                                | "57014"
+                                | "55P03"
                         ) =>
                 {
                     StoreError::Unavailable(Box::new(error))
@@ -796,6 +813,28 @@ impl PostgresStore {
             }
             _ => StoreError::Unavailable(Box::new(error)),
         }
+    }
+
+    /// A claim's error. A claim Postgres cancelled (57014, 55P03) changed nothing, as any
+    /// statement cancelled, but it may have been waiting on the key's row, written by another
+    /// claim of the key not yet committed: two first requests at the same moment. Postgres
+    /// answered, and the key may be taken, so the claim is refused (it fails closed even when
+    /// failing open) where other statements cancelled are unavailable.
+    fn claim_error(&self, error: sqlx::Error) -> StoreError {
+        let cancelled = matches!(
+            &error,
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("57014" | "55P03"))
+        );
+        if cancelled {
+            return StoreError::Refused(
+                format!(
+                    "Postgres cancelled the claim, which may have been waiting on another claim \
+                     of its key; the key may be taken ({error})"
+                )
+                .into(),
+            );
+        }
+        self.error(error)
     }
 
     fn check_size(&self, record: &Completed) -> Result<(), StoreError> {
@@ -875,19 +914,111 @@ impl PostgresStore {
     /// as READ COMMITTED would. After [`ATTEMPTS`] runs, the last failure is the answer.
     async fn fenced<'q>(
         &self,
-        conn: &mut PgConnection,
         query: impl Fn() -> Query<'q, Postgres, PgArguments>,
     ) -> Result<bool, StoreError> {
-        let mut attempts = 1;
-        loop {
-            match tokio::time::timeout(self.timeout, query().execute(&mut *conn)).await {
-                Err(_) => return Err(StoreError::Timeout),
-                Ok(Err(error)) if serialization_failure(&error) && attempts < ATTEMPTS => {
-                    attempts += 1;
+        let mut reconnects = self.reconnects();
+        'connection: loop {
+            let mut conn = self.acquire().await?;
+            let mut attempts = 1;
+            let answer = loop {
+                match tokio::time::timeout(self.timeout, query().execute(&mut *conn)).await {
+                    Err(_) => return Err(StoreError::Timeout),
+                    Ok(Err(error)) if serialization_failure(&error) && attempts < ATTEMPTS => {
+                        attempts += 1;
+                    }
+                    Ok(done) => break done.map_err(|e| self.error(e)),
                 }
-                Ok(done) => return Ok(done.map_err(|e| self.error(e))?.rows_affected() == 1),
+            };
+            if !reconnects.again(&answer) {
+                break 'connection answer.map(|done| done.rows_affected() == 1);
             }
         }
+    }
+
+    /// One claim of `key` on `conn`: the statement, run again when its snapshot met a record
+    /// committed after it began.
+    async fn claim_on(
+        &self,
+        conn: &mut PgConnection,
+        key: &StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> Result<Claim, StoreError> {
+        let purge_at = claim.lease_until.saturating_add(LAPSED_CLAIM_GRACE);
+        for _ in 0..ATTEMPTS {
+            let query = sqlx::query(&self.sql.claim)
+                .bind(*key.as_bytes())
+                .bind(claim.token.as_u128().to_be_bytes())
+                .bind(*claim.fingerprint.as_bytes())
+                .bind(millis(claim.lease_until))
+                .bind(millis(purge_at))
+                .bind(millis(now));
+            let row = match tokio::time::timeout(self.timeout, query.fetch_one(&mut *conn)).await {
+                Err(_) => return Err(StoreError::Timeout),
+                // Under REPEATABLE READ or SERIALIZABLE (the database's default isolation), a
+                // claim that meets a row committed after its snapshot fails where READ
+                // COMMITTED would wait for it; the next run's snapshot sees that row.
+                Ok(Err(error)) if serialization_failure(&error) => continue,
+                Ok(row) => row.map_err(|e| self.claim_error(e))?,
+            };
+            let claimed: bool = row.try_get("claimed").map_err(|e| self.error(e))?;
+            if claimed {
+                return Ok(Claim::Claimed);
+            }
+            // Not claimed, so a live record stood in the way; the row this statement saw is
+            // it, unless that record was committed after the statement began.
+            let seen: Option<String> = row.try_get("kind").map_err(|e| self.error(e))?;
+            if seen.is_some() {
+                let existing = record(&row).map_err(|e| self.error(e))?;
+                if existing.is_live(now) {
+                    return Ok(Claim::Existing(existing));
+                }
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// How often an operation runs again on another connection: see [`Reconnects`].
+    fn reconnects(&self) -> Reconnects {
+        Reconnects(self.pool.options().get_max_connections())
+    }
+}
+
+/// What lets an operation run again on another connection. The pool lends a connection
+/// without testing it (that would be a round trip more per operation), so one that Postgres
+/// closed while it idled there (a restart, or the session's `idle_session_timeout`) is found
+/// closed only when a statement fails on it: the operation then runs again on another, up to
+/// once per connection the pool keeps, so that a restart costs no request an outage. A
+/// statement failed so never ran, or was rolled back with its session; unless the
+/// connection broke between a commit and its answer, when the operation runs twice to the
+/// same end (a claim finds its own token's), but a completion, which then answers that the
+/// claim was not found.
+struct Reconnects(u32);
+
+impl Reconnects {
+    /// Whether the operation that gave `answer` runs again, on another connection (the pool
+    /// closes the one it ran on as it comes back, failing its test there).
+    fn again<T>(&mut self, answer: &Result<T, StoreError>) -> bool {
+        match answer {
+            Err(StoreError::Unavailable(error)) if self.0 > 0 && closed(&**error) => {
+                self.0 -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether `error`, a statement's, says its connection was closed: Postgres ended the
+/// session (57P01, an administrator or a shutdown; 57P02, a crash; 57P05, idle), or the
+/// connection broke under it.
+fn closed(error: &(dyn std::error::Error + 'static)) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Io(_)) => true,
+        Some(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P05"))
+        }
+        _ => false,
     }
 }
 
@@ -1044,7 +1175,9 @@ impl PostgresStoreBuilder {
     /// (within the command timeout, or before it cancels the statement: SQLSTATE 57014, its
     /// `statement_timeout` or `pg_cancel_backend`, and 55P03, its `lock_timeout`), or takes
     /// no writes for now (SQLSTATE 25006: a primary a failover demoted, or a standby),
-    /// instead of answering 503 (see [`StoreError`]). Default off.
+    /// instead of answering 503 (see [`StoreError`]). Default off. A claim Postgres cancels
+    /// fails closed all the same: it may have been waiting on another claim of its key, not
+    /// yet committed.
     ///
     /// A pool that cannot connect within the connect timeout counts as a Postgres that
     /// cannot be reached. One whose every connection the store holds (running
@@ -1197,54 +1330,37 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
         StoreFuture::new(async move {
-            let purge_at = claim.lease_until.saturating_add(LAPSED_CLAIM_GRACE);
-            let mut conn = self.acquire().await?;
-            for _ in 0..ATTEMPTS {
-                let query = sqlx::query(&self.sql.claim)
-                    .bind(*key.as_bytes())
-                    .bind(claim.token.as_u128().to_be_bytes())
-                    .bind(*claim.fingerprint.as_bytes())
-                    .bind(millis(claim.lease_until))
-                    .bind(millis(purge_at))
-                    .bind(millis(now));
-                let row =
-                    match tokio::time::timeout(self.timeout, query.fetch_one(&mut *conn)).await {
-                        Err(_) => return Err(StoreError::Timeout),
-                        // Under REPEATABLE READ or SERIALIZABLE (the database's default isolation),
-                        // a claim that meets a row committed after its snapshot fails where READ
-                        // COMMITTED would wait for it; the next run's snapshot sees that row.
-                        Ok(Err(error)) if serialization_failure(&error) => continue,
-                        Ok(row) => row.map_err(|e| self.error(e))?,
-                    };
-                let claimed: bool = row.try_get("claimed").map_err(|e| self.error(e))?;
-                if claimed {
-                    drop(conn);
-                    self.purge_if_due(now);
-                    return Ok(Claim::Claimed);
+            let mut reconnects = self.reconnects();
+            let answer = loop {
+                let mut conn = self.acquire().await?;
+                let answer = self.claim_on(&mut conn, key, claim, now).await;
+                if !reconnects.again(&answer) {
+                    break answer;
                 }
-                // Not claimed, so a live record stood in the way; the row this statement saw
-                // is it, unless that record was committed after the statement began.
-                let seen: Option<String> = row.try_get("kind").map_err(|e| self.error(e))?;
-                if seen.is_some() {
-                    let existing = record(&row).map_err(|e| self.error(e))?;
-                    if existing.is_live(now) {
-                        return Ok(Claim::Existing(existing));
-                    }
-                }
+            };
+            if matches!(answer, Ok(Claim::Claimed)) {
+                self.purge_if_due(now);
             }
-            Err(StoreError::Contended)
+            answer
         })
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
         StoreFuture::new(async move {
-            let mut conn = self.acquire().await?;
-            let query = sqlx::query(&self.sql.get)
-                .bind(*key.as_bytes())
-                .bind(millis(now));
-            match self.timed(query.fetch_optional(&mut *conn)).await? {
-                None => Ok(None),
-                Some(row) => record(&row).map(Some).map_err(|e| self.error(e)),
+            let mut reconnects = self.reconnects();
+            loop {
+                let mut conn = self.acquire().await?;
+                let query = sqlx::query(&self.sql.get)
+                    .bind(*key.as_bytes())
+                    .bind(millis(now));
+                let answer = match self.timed(query.fetch_optional(&mut *conn)).await {
+                    Ok(None) => Ok(None),
+                    Ok(Some(row)) => record(&row).map(Some).map_err(|e| self.error(e)),
+                    Err(error) => Err(error),
+                };
+                if !reconnects.again(&answer) {
+                    return answer;
+                }
             }
         })
     }
@@ -1257,7 +1373,6 @@ impl Store for PostgresStore {
         _now: Timestamp,
     ) -> StoreFuture<'a, bool> {
         StoreFuture::new(async move {
-            let mut conn = self.acquire().await?;
             let query = || {
                 sqlx::query(&self.sql.extend)
                     .bind(*key.as_bytes())
@@ -1265,7 +1380,7 @@ impl Store for PostgresStore {
                     .bind(millis(lease_until))
                     .bind(millis(lease_until.saturating_add(LAPSED_CLAIM_GRACE)))
             };
-            self.fenced(&mut conn, query).await
+            self.fenced(query).await
         })
     }
 
@@ -1278,24 +1393,20 @@ impl Store for PostgresStore {
     ) -> StoreFuture<'a, bool> {
         StoreFuture::new(async move {
             self.check_size(&record)?;
-            let mut conn = self.acquire().await?;
             let (record, body) = (&record, record.response.body());
-            self.fenced(&mut conn, || {
-                self.completion(&self.sql.complete, key, token, record, &body)
-            })
-            .await
+            self.fenced(|| self.completion(&self.sql.complete, key, token, record, &body))
+                .await
         })
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
         StoreFuture::new(async move {
-            let mut conn = self.acquire().await?;
             let query = || {
                 sqlx::query(&self.sql.release)
                     .bind(*key.as_bytes())
                     .bind(token.as_u128().to_be_bytes())
             };
-            self.fenced(&mut conn, query).await
+            self.fenced(query).await
         })
     }
 
