@@ -496,9 +496,9 @@ mod enabled {
                 }
                 Ok(Outcome::Lost) => ("lost", res),
                 Err(error) if committing.get() && ended(&error) => {
-                    tracing::error!(status, "the handler ended its Transaction itself (COMMIT or ROLLBACK): what it committed stands, apart from its idempotency record, which was not written, and the key was released, so a retry runs again; let the layer end the transaction, answering 500 instead");
+                    tracing::error!(status, "the handler ended its Transaction itself (COMMIT or ROLLBACK) or reset its settings (RESET ALL): what it committed itself stands, apart from its idempotency record, which was not written, and the key was released, so a retry runs again; let the layer end the transaction, answering 500 instead");
                     let error = IdempotencyError::TransactionUnavailable {
-                        reason: "the handler ended its Transaction itself (COMMIT or ROLLBACK), so its record could not commit with its writes; nothing was recorded, and the key was released",
+                        reason: "the handler ended its Transaction itself (COMMIT or ROLLBACK) or reset its settings (RESET ALL), so its record could not commit with its writes; nothing was recorded, and the key was released",
                     };
                     ("released", loan.0.error(&error, request_id))
                 }

@@ -729,6 +729,35 @@ async fn a_commit_after_the_caller_ended_the_transaction_records_nothing_and_say
     assert_eq!(rows(&db, &store).await, 0);
 }
 
+/// `RESET ALL` in the claim's transaction clears the mark its `BEGIN` set, as a transaction
+/// ended and begun anew would have none: the commit cannot tell the two apart, so it records
+/// nothing, rolls back what the transaction holds, releases the key, and its error names
+/// both causes.
+#[actix_web::test]
+async fn a_commit_after_the_caller_reset_the_transaction_s_settings_records_nothing_and_says_why() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "reset").await;
+    let db = pg.inspect().await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut tx = claimed(&store, key(1), t).await;
+    insert_call(&mut tx, &table, "call_1").await;
+    sqlx::raw_sql("RESET ALL")
+        .execute(tx.connection())
+        .await
+        .unwrap();
+    let err = tx.commit(completed(t, "call_1")).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Refused(source) if source.is::<TransactionEnded>()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("RESET ALL"), "{err}");
+    assert_eq!(calls(&db, &table).await, 0, "the write was rolled back");
+    assert_eq!(store.get(&key(1), t).await.unwrap(), None, "claim released");
+}
+
 #[actix_web::test]
 async fn a_duplicate_during_the_transaction_gets_in_flight_at_once() {
     let Some(pg) = TestPostgres::start() else {

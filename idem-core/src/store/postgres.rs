@@ -1028,12 +1028,13 @@ fn mark(token: Token) -> String {
 }
 
 /// A [`ClaimTransaction`] committed after its caller ended the transaction itself (`COMMIT`
-/// or `ROLLBACK` run on its connection, perhaps followed by a `BEGIN` of its own): what the
-/// caller committed stands, and the record cannot commit with it. Nothing was recorded; what
-/// was left open was rolled back and the claim released. The commit's error, as
-/// [`StoreError::Refused`]: a fault in the caller to fix.
+/// or `ROLLBACK` run on its connection, perhaps followed by a `BEGIN` of its own), or reset
+/// its settings (`RESET ALL`), which clears the mark that tells the claim's transaction from
+/// another: what the caller committed stands, and the record cannot commit with it. Nothing
+/// was recorded; what was left open was rolled back and the claim released. The commit's
+/// error, as [`StoreError::Refused`]: a fault in the caller to fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the operation ended its claim's transaction itself (COMMIT or ROLLBACK), so its record could not commit with its writes; let the claim transaction's commit end it")]
+#[error("the operation ended its claim's transaction itself (COMMIT or ROLLBACK) or reset its settings (RESET ALL), so its record could not commit with its writes; let the claim transaction's commit end it, and reset no settings in it")]
 #[non_exhaustive]
 pub struct TransactionEnded;
 
