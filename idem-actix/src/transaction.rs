@@ -137,7 +137,8 @@ mod enabled {
     ///   `Cache-Control: no-store`, logged with the reason, when the app's store is not a
     ///   [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`] (or the
     ///   app registered no [`IdempotencyConfig`]), when the handler is under no idempotency
-    ///   layer, when it takes two transactions, or (after its run) when it kept its
+    ///   layer, when it takes two transactions (or takes one after its run, from a request it
+    ///   kept), or (after its run) when it kept its
     ///   transaction beyond its run, or answered a success over a statement of it that
     ///   failed: nothing is then committed, and the key is released.
     pub struct Transaction {
@@ -339,6 +340,13 @@ mod enabled {
         ) -> Result<Transaction, actix_web::Error> {
             match self.state.replace(State::Opening) {
                 State::Idle => {}
+                State::Closed => {
+                    self.state.set(State::Closed);
+                    return Err(self.unavailable(
+                        &request_id,
+                        "a Transaction was taken after its handler's run (from a request kept beyond it); take it among the handler's arguments",
+                    ));
+                }
                 other => {
                     self.state.set(other);
                     return Err(self.unavailable(

@@ -89,6 +89,14 @@ async fn operate(
                 actix_web::rt::time::sleep(Duration::from_millis(300)).await;
             });
         }
+        "take-later" => {
+            let req = req.clone();
+            actix_web::rt::spawn(async move {
+                actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+                let late = <Transaction as actix_web::FromRequest>::extract(&req).await;
+                assert!(late.is_err(), "a transaction taken after the run");
+            });
+        }
         "commit" | "rollback" | "commit-begin" => {
             let end = then.replace('-', "; ").to_uppercase();
             sqlx::raw_sql(&end)
@@ -705,7 +713,8 @@ async fn a_handler_that_takes_no_transaction_streams_as_it_comes_and_is_recorded
 }
 
 #[actix_web::test]
-async fn a_transaction_kept_beyond_the_run_or_taken_twice_is_a_500_that_writes_nothing() {
+async fn a_transaction_kept_beyond_the_run_taken_twice_or_taken_after_it_is_refused_and_says_which()
+{
     let Some(app) = Fixture::start("misused").await else {
         return;
     };
@@ -724,6 +733,20 @@ async fn a_transaction_kept_beyond_the_run_or_taken_twice_is_a_500_that_writes_n
     assert_error(&twice, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
     assert!(logged.containing("takes two Transactions") >= 1);
     assert_eq!(app.records().await, (0, 0), "released");
+
+    // Taken from a request kept beyond the run: refused, and said so.
+    let twos = logged.containing("takes two Transactions");
+    let later = app
+        .send(call("/calls", "later").header("X-Then", "take-later"))
+        .await;
+    assert_eq!(later.status, 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        logged.containing("after its handler's run") >= 1,
+        "{:?}",
+        logged.logged()
+    );
+    assert_eq!(logged.containing("takes two Transactions"), twos);
 }
 
 async fn untransacted(runs: web::Data<AtomicUsize>, _tx: Transaction) -> HttpResponse {
