@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{post, web, HttpResponse};
 use futures_util::future::join_all;
+use futures_util::FutureExt;
 use idem_actix::clock::{Clock, SystemClock, Timestamp};
 use idem_actix::{
     idempotent, IdempotencyConfig, PostgresStore, TransactionEnded, TransactionalClaim,
@@ -667,6 +668,42 @@ async fn a_rolled_back_or_dropped_transaction_keeps_neither_and_the_retry_claims
     insert_call(&mut retry, &table, "call_2").await;
     assert!(retry.commit(completed(t, "call_2")).await.unwrap());
     assert_eq!(calls(&db, &table).await, 1);
+}
+
+/// A transaction whose opening is abandoned while its `BEGIN` awaits the answer (its request
+/// went away, or the `BEGIN` timed out) leaves its connection in no transaction: the claim
+/// that next runs there is committed, and other processes see it. The connection went back to
+/// the pool inside the `BEGIN`, where the statements it ran next (claims, completions) were
+/// never committed: a duplicate ran beside the claim, and the completion found no claim.
+#[actix_web::test]
+async fn a_transaction_abandoned_while_it_opens_leaves_no_transaction_to_swallow_the_next_claim() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let table = store(&pg, "abandoned").await.table().to_owned();
+    // One connection, so that the next statement runs on the one the opening had.
+    let store = PostgresStore::builder(pg.url())
+        .table(table.as_str())
+        .max_connections(1)
+        .build()
+        .unwrap();
+    let other = sibling(&pg, &store);
+    let t = now();
+    assert_eq!(store.get(&key(1), t).await.unwrap(), None, "connected");
+    for n in 1..=3 {
+        let opening = store.transaction(key(n), Token::random());
+        assert!(
+            opening.now_or_never().is_none(),
+            "the BEGIN awaits its answer"
+        );
+        let claim = in_flight(t);
+        let claimed = store.claim(&key(n), claim, t).await.unwrap();
+        assert!(matches!(claimed, Claim::Claimed), "{claimed:?}");
+        match other.get(&key(n), t).await.unwrap() {
+            Some(Record::InFlight(seen)) => assert_eq!(seen.token, claim.token),
+            seen => panic!("claim {n}, committed, seen elsewhere as {seen:?}"),
+        }
+    }
 }
 
 #[actix_web::test]

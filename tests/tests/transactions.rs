@@ -739,7 +739,7 @@ async fn a_transaction_kept_beyond_the_run_taken_twice_or_taken_after_it_is_refu
     let later = app
         .send(call("/calls", "later").header("X-Then", "take-later"))
         .await;
-    assert_eq!(later.status, 201);
+    assert_eq!(later.status, 201, "{later:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         logged.containing("after its handler's run") >= 1,

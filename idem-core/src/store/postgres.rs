@@ -641,6 +641,7 @@ impl PostgresStore {
     /// own writes in it, then [`ClaimTransaction::commit`]s them together with the completed
     /// record (see [`PostgresStore`]). One round trip (`BEGIN`) on a connection the
     /// transaction holds until it ends. It does not check the claim: the commit does.
+    /// Dropped before it is answered, it still opens the transaction, and rolls it back.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when no connection can be had, [`StoreError::Refused`]
@@ -658,9 +659,17 @@ impl PostgresStore {
         let begin = format!("BEGIN; SET LOCAL {CLAIM_SETTING} = '{}'", mark(token));
         let mut reconnects = self.reconnects();
         let tx = loop {
-            let begun = match tokio::time::timeout(limit, self.pool.begin_with(begin.clone())).await
-            {
-                Ok(begun) => begun.map_err(|e| self.error(e)),
+            // Begun in a task of its own, which an opening abandoned (its caller went away,
+            // or the wait below ran out) leaves to finish; the transaction it then opened
+            // rolls back as it drops. sqlx 0.8 counts a transaction as open only once its
+            // `BEGIN` is answered: a `begin_with` dropped before that sends its connection
+            // back to the pool inside the transaction, where the statements run next
+            // (claims, completions) are never committed.
+            let (pool, begin) = (self.pool.clone(), begin.clone());
+            let opening = tokio::spawn(async move { pool.begin_with(begin).await });
+            let begun = match tokio::time::timeout(limit, opening).await {
+                Ok(Ok(begun)) => begun.map_err(|e| self.error(e)),
+                Ok(Err(failed)) => Err(StoreError::Unavailable(Box::new(failed))),
                 Err(_) => return Err(StoreError::Timeout),
             };
             if !reconnects.again(&begun) {
