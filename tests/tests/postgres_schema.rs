@@ -271,6 +271,76 @@ async fn a_table_of_another_layout_is_refused_at_start_up_naming_what_differs() 
         .expect("the documented layout is the store's");
 }
 
+/// Whether `table` has an index led by `purge_at`, as the purge's reads need.
+async fn purge_indexed(db: &PgPool, table: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_index i
+                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                        WHERE i.indrelid = to_regclass($1) AND a.attname = 'purge_at')",
+    )
+    .bind(table)
+    .fetch_one(db)
+    .await
+    .expect("look up the indexes")
+}
+
+/// Tables and indexes share their names within a schema. A store's table named as another
+/// store's would name its purge index (`<table>_purge_at`) does not leave that other store
+/// without its index, whichever is created first: made first, it takes the name and the other's
+/// index gets one of Postgres's choosing; made second, it finds the name an index's, and is
+/// refused saying so, not as a table of another layout.
+#[actix_web::test]
+async fn a_table_named_like_another_store_s_index_leaves_no_store_without_its_purge_index() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.inspect().await;
+    let builder = |table: &str| {
+        PostgresStore::builder(pg.url())
+            .table(table)
+            .build()
+            .expect("valid settings")
+    };
+
+    // The table first: both start, and both are indexed.
+    let table = pg.table("named");
+    let like_its_index = format!("{table}_purge_at");
+    builder(&like_its_index).migrate().await.expect("starts");
+    builder(&table).migrate().await.expect("starts");
+    assert!(purge_indexed(&db, &like_its_index).await);
+    assert!(
+        purge_indexed(&db, &table).await,
+        "{table} was left without an index on purge_at"
+    );
+    let store = builder(&table);
+    let t = now();
+    let claim = in_flight(t);
+    assert_eq!(
+        store.claim(&key(1), claim, t).await.unwrap(),
+        Claim::Claimed
+    );
+    assert!(store
+        .complete(&key(1), claim.token, completed(&claim, t, "call_1"), t)
+        .await
+        .unwrap());
+    assert_eq!(store.purge_expired(t.saturating_add(TTL)).await.unwrap(), 1);
+
+    // The index first: the table cannot have its name, and the refusal says why.
+    let table = pg.table("named");
+    let like_its_index = format!("{table}_purge_at");
+    builder(&table).migrate().await.expect("starts");
+    let err = builder(&like_its_index).migrate().await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&like_its_index)
+            && message.contains("an index")
+            && message.contains(&table),
+        "{message}"
+    );
+    assert!(purge_indexed(&db, &table).await);
+}
+
 /// Every name the builder accepts works, SQL's keywords included (`order`, `user`): the
 /// statements quote the names they are given.
 #[actix_web::test]

@@ -93,6 +93,8 @@ struct Statements {
     /// store's statements at another table of the same name.
     qualified: String,
     create: String,
+    /// Run after `create`: the purge index under another name when its own was taken.
+    index_fallback: String,
     claim: String,
     get: String,
     extend: String,
@@ -116,6 +118,18 @@ impl Statements {
             create: schema!()
                 .replace(&format!("{DEFAULT_TABLE}_purge_at"), &index)
                 .replace(&format!("{DEFAULT_SCHEMA}.{DEFAULT_TABLE}"), &qualified),
+            // Tables and indexes share names within a schema: the index's may be another
+            // store's table (one named `<table>_purge_at`), and `create` then skips the index.
+            // One of a name Postgres chooses is made instead.
+            index_fallback: format!(
+                "DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_index i
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                   WHERE i.indrelid = '{qualified}'::regclass AND a.attname = 'purge_at') THEN
+        CREATE INDEX ON {qualified} (purge_at);
+    END IF;
+END $$;"
+            ),
             // $1 key, $2 token, $3 fingerprint, $4 lease end, $5 purge at, $6 now.
             claim: format!(
                 "WITH seen AS (
@@ -446,18 +460,22 @@ impl PostgresStore {
     }
 
     /// Creates the table and its index if the table does not exist (the SQL is in the
-    /// [store's docs](PostgresStore)). Safe to run at every start and from several processes at
-    /// once. A table that exists is left as it is, so a user who may read and write it but
-    /// not create tables (it was created by one who may) can run this too.
+    /// [store's docs](PostgresStore); where the index's name is taken, by another store's table
+    /// named `<table>_purge_at` for one, the index gets a name Postgres chooses). Safe to run
+    /// at every start and from several processes at once. A table that exists is left as it
+    /// is, so a user who may read and write it but not create tables (it was created by one
+    /// who may) can run this too.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when Postgres cannot be reached, or takes no writes for now
     /// (a standby, or a primary a failover demoted) and the table is missing;
     /// [`StoreError::Refused`] when it refuses (the table is missing and the user may not
     /// create it, for one: then run the SQL as a user who may), when the table is not of
-    /// the layout in the store's docs (the error names what differs), or when it is missing
-    /// from its schema while the connection's `search_path` finds a table of its name in
-    /// another (where a store that named no schema kept it: the error names that schema).
+    /// the layout in the store's docs (the error names what differs), when its name is not a
+    /// table's but an index's (another store's purge index, for one) or a view's, or when it
+    /// is missing from its schema while the connection's `search_path` finds a table of its
+    /// name in another (where a store that named no schema kept it: the error names that
+    /// schema).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.acquire().await?;
         // `CREATE ... IF NOT EXISTS` needs the right to create even where the table exists.
@@ -492,8 +510,8 @@ impl PostgresStore {
             }
             // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
             let sql = format!(
-                "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}",
-                self.sql.qualified, self.sql.create
+                "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}\n{}",
+                self.sql.qualified, self.sql.create, self.sql.index_fallback
             );
             self.timed(sqlx::raw_sql(&sql).execute(&mut *conn)).await?;
         }
@@ -504,6 +522,39 @@ impl PostgresStore {
     /// so that the start fails rather than every keyed request; warns of a missing purge index.
     async fn check_layout(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let table = &self.sql.qualified;
+        // A relation of the table's name that is no table: another store's purge index (named
+        // `<table>_purge_at`, as this table is), a view, a sequence.
+        let relation = sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT c.relkind::text,
+                    (SELECT i.indrelid::regclass::text FROM pg_index i WHERE i.indexrelid = c.oid)
+             FROM pg_class c
+             WHERE c.oid = to_regclass($1)",
+        )
+        .bind(table)
+        .fetch_optional(&mut *conn);
+        if let Some((kind, indexed)) = self.timed(relation).await? {
+            let what = match kind.as_str() {
+                "r" | "p" => None,
+                "i" | "I" => Some(match indexed {
+                    Some(of) => format!("an index (of the table {of})"),
+                    None => "an index".to_owned(),
+                }),
+                "v" => Some("a view".to_owned()),
+                "m" => Some("a materialized view".to_owned()),
+                "S" => Some("a sequence".to_owned()),
+                "f" => Some("a foreign table".to_owned()),
+                _ => Some("no table".to_owned()),
+            };
+            if let Some(what) = what {
+                return Err(StoreError::Refused(
+                    format!(
+                        "{table} is {what}, not a table: name another table with \
+                         PostgresStoreBuilder::table or ::schema"
+                    )
+                    .into(),
+                ));
+            }
+        }
         // Name, type, NOT NULL, and whether a write that leaves it out fails.
         let columns = sqlx::query_as::<_, (String, String, bool, bool)>(
             "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull,
