@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 pub mod fuzz;
+pub mod pg_proxy;
 pub mod round_trips;
 pub mod shared_store;
 

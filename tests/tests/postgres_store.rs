@@ -17,6 +17,7 @@ use idem_core::{
     Begin, Completed, Engine, Fingerprint, IdempotencyError, InFlight, Policy, Record, Response,
     StoreError, StoreKey, Token,
 };
+use idem_tests::pg_proxy::LosingProxy;
 use idem_tests::{assert_error, Counter, RawRequest, TestPostgres, TestServer};
 use sqlx::PgPool;
 
@@ -1051,6 +1052,80 @@ async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on
     assert_eq!(
         store.claim(&key(3), in_flight(t), t).await.unwrap(),
         Claim::Claimed
+    );
+}
+
+/// The address of the server at `url` (`postgres://user@host:port/db?...`).
+fn address_of(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("no address in {url}"))
+}
+
+/// `url` through `proxy`, in plain text (the proxy reads the protocol).
+fn through(url: &str, proxy: std::net::SocketAddr) -> String {
+    let authority = address_of(url);
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let settings: Vec<&str> = query
+        .split('&')
+        .filter(|s| !s.is_empty() && !s.starts_with("sslmode="))
+        .chain(["sslmode=disable"])
+        .collect();
+    let base = base.replacen(&authority.to_string(), &proxy.to_string(), 1);
+    let base = base.replacen(
+        &format!("localhost:{}", authority.port()),
+        &proxy.to_string(),
+        1,
+    );
+    format!("{base}?{}", settings.join("&"))
+}
+
+/// A completion whose answer was lost (Postgres committed it, and the connection broke before
+/// its answer came back) runs again on another connection, as a statement on a closed
+/// connection does, and answers that it completed: it finds the record it wrote, where it
+/// answered that the claim was not found (the engine then read the record back to tell). A
+/// different record is still refused: a completed record is final.
+#[actix_web::test]
+async fn a_completion_whose_answer_was_lost_runs_again_and_finds_the_record_it_wrote() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let direct = store(&pg, "lost_answer").await;
+    let proxy = LosingProxy::start(address_of(pg.url()));
+    let store = PostgresStore::builder(through(pg.url(), proxy.addr()))
+        .table(direct.table())
+        .build()
+        .expect("valid settings");
+    let t = now();
+    let claim = in_flight(t);
+    assert_eq!(
+        store.claim(&key(1), claim, t).await.unwrap(),
+        Claim::Claimed
+    );
+
+    proxy.lose_answer_to("SET kind = 'C'");
+    let record = completed(t, "call_1");
+    let done = store
+        .complete(&key(1), claim.token, record.clone(), t)
+        .await;
+    assert_eq!(proxy.lost(), 1, "the completion's answer was lost");
+    assert!(done.unwrap(), "the completion found the record it wrote");
+    assert_eq!(
+        direct.get(&key(1), t).await.unwrap(),
+        Some(Record::Completed(record))
+    );
+    assert!(
+        !store
+            .complete(&key(1), claim.token, completed(t, "another"), t)
+            .await
+            .unwrap(),
+        "a completed record is final"
     );
 }
 

@@ -159,11 +159,16 @@ END $$;"
                  WHERE key = $1 AND token = $2 AND kind = 'F'"
             ),
             // $1 key, $2 token, $3 fingerprint, $4 expiry, $5 status, $6 completed at,
-            // $7 headers, $8 body, $9 omitted size.
+            // $7 headers, $8 body, $9 omitted size. The record this token's completion wrote
+            // counts as done again: a completion whose answer was lost with its connection
+            // runs again (see `Reconnects`), and finds it. Any other record is final.
             complete: format!(
                 "UPDATE {qualified} SET kind = 'C', fingerprint = $3, lapses_at = $4, purge_at = $4,
                      status = $5, completed_at = $6, headers = $7, body = $8, omitted_size = $9
-                 WHERE key = $1 AND token = $2 AND kind = 'F'"
+                 WHERE key = $1 AND token = $2 AND (kind = 'F' OR (kind = 'C'
+                     AND fingerprint = $3 AND lapses_at = $4 AND status = $5 AND completed_at = $6
+                     AND headers IS NOT DISTINCT FROM $7 AND body IS NOT DISTINCT FROM $8
+                     AND omitted_size IS NOT DISTINCT FROM $9))"
             ),
             // As `complete`, $10 the claim's mark: only in the transaction that set it.
             complete_in_transaction: format!(
@@ -1051,8 +1056,8 @@ impl PostgresStore {
 /// once per connection the pool keeps, so that a restart costs no request an outage. A
 /// statement failed so never ran, or was rolled back with its session; unless the
 /// connection broke between a commit and its answer, when the operation runs twice to the
-/// same end (a claim finds its own token's), but a completion, which then answers that the
-/// claim was not found.
+/// same end: a claim finds its own token's, a completion the record it wrote; a release
+/// finds the claim it removed gone, and answers so.
 struct Reconnects(u32);
 
 impl Reconnects {
