@@ -69,9 +69,9 @@ fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    let (to_lose, lost) = (Arc::clone(&losing), Arc::clone(&shared));
-    thread::spawn(move || requests(client_in, server_out, &shared, &to_lose));
-    thread::spawn(move || answers(server, client, &lost, &losing));
+    let (arming, counting) = (Arc::clone(&losing), Arc::clone(&shared));
+    thread::spawn(move || requests(client_in, server_out, &shared, &arming));
+    thread::spawn(move || answers(server, client, &counting, &losing));
 }
 
 /// Client to server, message by message, arming `losing` before the `Execute` of the marked

@@ -1055,34 +1055,30 @@ async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on
     );
 }
 
-/// The address of the server at `url` (`postgres://user@host:port/db?...`).
-fn address_of(url: &str) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
+/// The server's `host:port` in `url` (`postgres://user@host:port/db?...`).
+fn authority(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    authority
-        .to_socket_addrs()
-        .ok()
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// The address of the server at `url`.
+fn address_of(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    (authority(url).to_socket_addrs().ok())
         .and_then(|mut addrs| addrs.next())
         .unwrap_or_else(|| panic!("no address in {url}"))
 }
 
 /// `url` through `proxy`, in plain text (the proxy reads the protocol).
 fn through(url: &str, proxy: std::net::SocketAddr) -> String {
-    let authority = address_of(url);
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let settings: Vec<&str> = query
         .split('&')
         .filter(|s| !s.is_empty() && !s.starts_with("sslmode="))
         .chain(["sslmode=disable"])
         .collect();
-    let base = base.replacen(&authority.to_string(), &proxy.to_string(), 1);
-    let base = base.replacen(
-        &format!("localhost:{}", authority.port()),
-        &proxy.to_string(),
-        1,
-    );
+    let base = base.replacen(authority(url), &proxy.to_string(), 1);
     format!("{base}?{}", settings.join("&"))
 }
 

@@ -38,6 +38,14 @@ CREATE INDEX IF NOT EXISTS idem_records_purge_at ON public.idem_records (purge_a
     };
 }
 
+/// The indexes (`i`) of a table with the column each leads with (`a`): where the purge index
+/// is looked for, both by the layout's check and before one is made under another name.
+macro_rules! index_leads {
+    () => {
+        "pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+    };
+}
+
 /// The table name in [`schema!`], replaced by the configured one.
 const DEFAULT_TABLE: &str = "idem_records";
 
@@ -122,13 +130,17 @@ impl Statements {
             // store's table (one named `<table>_purge_at`), and `create` then skips the index.
             // One of a name Postgres chooses is made instead.
             index_fallback: format!(
-                "DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_index i
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                concat!(
+                    "DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM ",
+                    index_leads!(),
+                    "
                    WHERE i.indrelid = '{qualified}'::regclass AND a.attname = 'purge_at') THEN
         CREATE INDEX ON {qualified} (purge_at);
     END IF;
 END $$;"
+                ),
+                qualified = qualified
             ),
             // $1 key, $2 token, $3 fingerprint, $4 lease end, $5 purge at, $6 now.
             claim: format!(
@@ -572,15 +584,15 @@ impl PostgresStore {
         let columns = self.timed(columns).await?;
         // Whether `key` alone has a unique index that `ON CONFLICT (key)` can use, and whether
         // an index leads with `purge_at`.
-        let indexes = sqlx::query_as::<_, (bool, bool)>(
+        let indexes = sqlx::query_as::<_, (bool, bool)>(concat!(
             "SELECT
                  coalesce(bool_or(a.attname = 'key' AND i.indisunique AND i.indimmediate
                                   AND i.indnkeyatts = 1 AND i.indpred IS NULL), false),
                  coalesce(bool_or(a.attname = 'purge_at'), false)
-             FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-             WHERE i.indrelid = to_regclass($1)",
-        )
+             FROM ",
+            index_leads!(),
+            " WHERE i.indrelid = to_regclass($1)"
+        ))
         .bind(table)
         .fetch_one(&mut *conn);
         let (key_unique, purge_indexed) = self.timed(indexes).await?;
