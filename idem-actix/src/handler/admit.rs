@@ -433,8 +433,10 @@ fn decoded(
         _ => return Err(BodyError::Encoded { coding }.into()),
     };
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    // One byte past the limit tells a body over it from one that just fits.
-    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+    // One byte past the limit tells a body over it from one that just fits (saturating: a
+    // limit of `usize::MAX` means none, not a wrapped zero).
+    let past_limit = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    match reader.take(past_limit).read_to_end(&mut out) {
         Ok(_) if out.len() > limit => Err(IdempotencyError::BodyTooLarge { limit }),
         Ok(_) => Ok(Some(Bytes::from(out))),
         Err(_) => Err(BodyError::Undecodable { coding }.into()),
@@ -607,6 +609,30 @@ mod tests {
             read(None, failing, 10),
             Err(ReadError::Payload(PayloadError::Incomplete(None)))
         ));
+    }
+
+    #[test]
+    fn a_compressed_body_is_decoded_whole_under_the_largest_limit() {
+        use std::io::Write as _;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(b"{\"id\":1}").unwrap();
+        let body = Bytes::from(gzip.finish().unwrap());
+        let req = TestRequest::post()
+            .insert_header((header::CONTENT_ENCODING, "gzip"))
+            .to_http_request();
+        // `usize::MAX` is how a policy says "no limit": it must not read as none at all.
+        let decoded = decoded(&req, &body, usize::MAX).ok().flatten();
+        assert_eq!(decoded.as_deref(), Some(&b"{\"id\":1}"[..]));
+        let over = decoded_over(&req, &body, 7);
+        assert!(over, "one byte under the decoded length is too large");
+    }
+
+    /// Whether `body`, decoded, is refused as larger than `limit`.
+    fn decoded_over(req: &HttpRequest, body: &Bytes, limit: usize) -> bool {
+        matches!(
+            decoded(req, body, limit),
+            Err(IdempotencyError::BodyTooLarge { .. })
+        )
     }
 
     #[test]
