@@ -76,28 +76,29 @@ pub(super) fn unaccepted_encoding(record: &Completed, req: &HttpRequest) -> Opti
         .headers()
         .find(|(name, _)| name.eq_ignore_ascii_case("content-encoding"))?;
     let coding = std::str::from_utf8(coding).ok()?;
-    let accepted = req.headers().get(header::ACCEPT_ENCODING);
+    let accepted = || req.headers().get_all(header::ACCEPT_ENCODING);
     coding
         .split(',')
         .map(str::trim)
         .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
-        .find(|c| !accepts(accepted, c))
+        .find(|c| !accepts(accepted(), c))
         .map(str::to_owned)
 }
 
-/// Whether an `Accept-Encoding` value accepts `coding`. No header accepts none but
-/// `identity`: clients that do not ask for a coding often cannot decode one.
-fn accepts(accept_encoding: Option<&HeaderValue>, coding: &str) -> bool {
-    let Some(value) = accept_encoding.and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
+/// Whether `Accept-Encoding`, given as its lines, accepts `coding`: the lines are one list,
+/// as `Compress` reads them. No header accepts none but `identity`: clients that do not ask
+/// for a coding often cannot decode one.
+fn accepts<'a>(accept_encoding: impl IntoIterator<Item = &'a HeaderValue>, coding: &str) -> bool {
+    let lines = accept_encoding.into_iter().filter_map(|v| v.to_str().ok());
     let mut any = false;
-    for item in value.split(',') {
+    for item in lines.flat_map(|line| line.split(',')) {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or_default().trim();
+        // The weight's name is case-insensitive, as every parameter name is.
         let weight = parts
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .and_then(|q| q.trim().parse::<f32>().ok())
+            .map(|p| p.trim().split_once('=').unwrap_or_default())
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, q)| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
         if name.eq_ignore_ascii_case(coding) {
             return weight > 0.0;
@@ -262,6 +263,32 @@ mod tests {
         assert!(!accepts_str("*;q=0", "br"));
         assert!(!accepts_str("deflate", "gzip"));
         assert!(!accepts(None, "gzip"), "no header: identity only");
+    }
+
+    #[test]
+    fn a_weight_is_read_whatever_the_case_of_its_name() {
+        assert!(!accepts_str("gzip;Q=0", "gzip"), "a refusal in capitals is a refusal");
+        assert!(!accepts_str("*; Q=0", "br"));
+        assert!(accepts_str("gzip; Q=0.5", "gzip"));
+    }
+
+    #[test]
+    fn accept_encoding_on_two_lines_is_read_as_one_list() {
+        let gzip = completed(Response::new(200, [("content-encoding", &b"gzip"[..])], b"x"));
+        let two_lines = TestRequest::default()
+            .append_header(("Accept-Encoding", "deflate;q=0.5"))
+            .append_header(("Accept-Encoding", "gzip"))
+            .to_http_request();
+        assert_eq!(
+            unaccepted_encoding(&gzip, &two_lines),
+            None,
+            "the second line accepts gzip, as the `Compress` that chose it read it"
+        );
+        let refused = TestRequest::default()
+            .append_header(("Accept-Encoding", "br"))
+            .append_header(("Accept-Encoding", "gzip;q=0"))
+            .to_http_request();
+        assert_eq!(unaccepted_encoding(&gzip, &refused).as_deref(), Some("gzip"));
     }
 
     #[test]
