@@ -128,7 +128,8 @@ impl Idempotency {
     }
 
     /// Scopes each request's key by what `f` finds in it (the caller's tenant, say), as
-    /// `#[idempotent(scope = f)]` does; a request in which it finds nothing gets 400
+    /// `#[idempotent(scope = f)]` does; a request in which it finds nothing (or an empty
+    /// string) gets 400
     /// `idempotency_scope_missing`. `name` stands for the function in store keys, where the
     /// attribute uses the function's path: give each function a name of its own (two under
     /// one name, returning the same string, share keys), and keep it when the function

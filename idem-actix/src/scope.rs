@@ -157,7 +157,10 @@ pub(crate) fn resolve(
 ) -> Result<ScopeValue<'_>, ScopeError> {
     let headers = req.headers();
     if let Some(function) = function {
+        // An empty scope is none, as an empty header or principal is for the built-in
+        // scopes: callers without one must not share it.
         return (function.find)(req)
+            .filter(|value| !value.is_empty())
             .map(|value| ScopeValue::of_function(function.identity, value.into_bytes()))
             .ok_or_else(|| {
                 ScopeError::Custom(
@@ -233,6 +236,17 @@ mod tests {
             Err(ScopeError::NoPrincipal),
             "an empty principal is none"
         );
+    }
+
+    #[test]
+    fn a_scope_function_that_finds_an_empty_tenant_finds_none() {
+        // As the built-in scopes read an empty header or principal: two callers without a
+        // tenant must not share one.
+        let req = TestRequest::post()
+            .insert_header(("X-Tenant", ""))
+            .to_http_request();
+        let found = resolve(&req, Scope::ApiKey, Some(function(&tenant, tenant)));
+        assert!(matches!(found, Err(ScopeError::Custom(_))), "{found:?}");
     }
 
     #[test]

@@ -126,7 +126,9 @@ impl Endpoint {
 }
 
 /// A function that finds the scope of a request: the tenant (or other owner) of its key, or
-/// `None` when the request has none (the answer is then 400 `idempotency_scope_missing`).
+/// `None` when the request has none (the answer is then 400 `idempotency_scope_missing`). An
+/// empty string is none too, as an empty header is for the built-in scopes: callers that
+/// carry no tenant never share one.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a scope function",
     label = "a scope function is `fn(&HttpRequest) -> Option<String>`",

@@ -267,14 +267,21 @@ mod tests {
 
     #[test]
     fn a_weight_is_read_whatever_the_case_of_its_name() {
-        assert!(!accepts_str("gzip;Q=0", "gzip"), "a refusal in capitals is a refusal");
+        assert!(
+            !accepts_str("gzip;Q=0", "gzip"),
+            "a refusal in capitals is a refusal"
+        );
         assert!(!accepts_str("*; Q=0", "br"));
         assert!(accepts_str("gzip; Q=0.5", "gzip"));
     }
 
     #[test]
     fn accept_encoding_on_two_lines_is_read_as_one_list() {
-        let gzip = completed(Response::new(200, [("content-encoding", &b"gzip"[..])], b"x"));
+        let gzip = completed(Response::new(
+            200,
+            [("content-encoding", &b"gzip"[..])],
+            b"x",
+        ));
         let two_lines = TestRequest::default()
             .append_header(("Accept-Encoding", "deflate;q=0.5"))
             .append_header(("Accept-Encoding", "gzip"))
@@ -288,7 +295,10 @@ mod tests {
             .append_header(("Accept-Encoding", "br"))
             .append_header(("Accept-Encoding", "gzip;q=0"))
             .to_http_request();
-        assert_eq!(unaccepted_encoding(&gzip, &refused).as_deref(), Some("gzip"));
+        assert_eq!(
+            unaccepted_encoding(&gzip, &refused).as_deref(),
+            Some("gzip")
+        );
     }
 
     #[test]
