@@ -411,9 +411,10 @@ fn fingerprint(
     Ok(Fingerprint::canonical(method, path, query, body, headers))
 }
 
-/// `body` decoded from the content coding its request names (`gzip`, `x-gzip` or
-/// `deflate`, as actix's own extractors decode), up to `limit` bytes decoded; `None` when it
-/// is in none. A body in another coding, or not valid in its own, cannot be read.
+/// `body` decoded from the content coding its request names (`gzip` or `deflate`, as
+/// actix's own extractors decode), up to `limit` bytes decoded; `None` when it is in none. A
+/// body in another coding (`x-gzip` too: actix hands it on undecoded), or not valid in its
+/// own, cannot be read.
 fn decoded(
     req: &HttpRequest,
     body: &Bytes,
@@ -428,7 +429,7 @@ fn decoded(
         .to_ascii_lowercase();
     let reader: Box<dyn std::io::Read + '_> = match coding.as_str() {
         "" | "identity" => return Ok(None),
-        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
         "deflate" => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
         _ => return Err(BodyError::Encoded { coding }.into()),
     };
@@ -625,6 +626,24 @@ mod tests {
         assert_eq!(decoded.as_deref(), Some(&b"{\"id\":1}"[..]));
         let over = decoded_over(&req, &body, 7);
         assert!(over, "one byte under the decoded length is too large");
+    }
+
+    #[test]
+    fn a_coding_actix_passes_on_undecoded_is_refused_not_decoded() {
+        use std::io::Write as _;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(b"{\"id\":1}").unwrap();
+        let body = Bytes::from(gzip.finish().unwrap());
+        // actix's extractors decode `gzip` but hand `x-gzip` on as it came: the layer reading
+        // a key or fingerprint from the decoded JSON would read what the handler never sees.
+        let req = TestRequest::post()
+            .insert_header((header::CONTENT_ENCODING, "x-gzip"))
+            .to_http_request();
+        let refused = decoded(&req, &body, 1024);
+        assert!(
+            matches!(&refused, Err(IdempotencyError::BodyInvalid(BodyError::Encoded { coding })) if coding == "x-gzip"),
+            "{refused:?}"
+        );
     }
 
     /// Whether `body`, decoded, is refused as larger than `limit`.
