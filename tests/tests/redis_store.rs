@@ -1011,6 +1011,22 @@ async fn claims_wait_for_their_replicas_when_asked_and_one_no_replica_took_is_re
     let held: Option<Vec<u8>> =
         replica.query(redis::cmd("GET").arg(format!("replicated:{}", key(1))));
     assert!(held.is_some(), "the claim is on the replica");
+    // Each claim waits on a connection of its own, lent and given back: not one per claim.
+    let connections = || {
+        let stats: String = primary.query(redis::cmd("INFO").arg("stats"));
+        let line = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"));
+        line.and_then(|n| n.trim().parse::<u64>().ok()).unwrap()
+    };
+    let before = connections();
+    for n in 10..40 {
+        let begun = engine.begin(&Policy::DEFAULT, key(n), fp).await;
+        assert!(matches!(begun, Ok(Begin::Execute(_))), "{begun:?}");
+    }
+    // The count's own queries connect too, one each.
+    let made = connections() - before - 1;
+    assert!(made <= 1, "{made} connections made for 30 claims");
 
     // The replica leaves: nothing acknowledges a write any more.
     replica.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"));
@@ -1036,6 +1052,61 @@ async fn claims_wait_for_their_replicas_when_asked_and_one_no_replica_took_is_re
         Ok(Begin::Replay(_))
     ));
     assert!(logged.containing("reached fewer Redis replicas than asked") >= 1);
+}
+
+/// A claim waiting for its replicas (`WAIT` blocks the connection it is sent on until they
+/// acknowledge, or its timeout) holds up no other request's command: each waits on a
+/// connection of its own, where all of them queued behind it on the store's shared one, and
+/// one WAIT after another timed the others out while a replica was down. Waiting on the
+/// connection that carried the claim also means the count is of that claim's write, never
+/// of a connection that carried none.
+#[actix_web::test]
+async fn a_claim_waiting_for_replicas_holds_up_no_other_key() {
+    let Some(primary) = TestRedis::start_owned() else {
+        return;
+    };
+    // No replica: every WAIT runs to its timeout.
+    let store = RedisStore::builder(primary.url())
+        .prefix("held-up:")
+        .command_timeout(Duration::from_secs(5))
+        .wait_for_replicas(1, Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = |n: u8| StoreKey::from_bytes([n; 32]);
+    // Connected first, so that the claim below goes out at once.
+    assert!(store
+        .get(&key(9), engine.clock().now())
+        .await
+        .unwrap()
+        .is_none());
+
+    let waiting = engine.begin(&Policy::DEFAULT, key(1), fp);
+    let other = async {
+        // Long enough for the claim's WAIT to be at the server, well short of its timeout;
+        // then a read, which Redis answers at once unless it queues behind that WAIT.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            store.get(&key(2), engine.clock().now()),
+        )
+        .await
+    };
+    let (begun, read) = futures_util::join!(waiting, other);
+    let Ok(read) = read else {
+        panic!("the other key's read waited for the claim's WAIT")
+    };
+    assert!(matches!(read, Ok(None)), "{read:?}");
+    assert!(
+        matches!(
+            begun,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
+                _
+            )))
+        ),
+        "no replica acknowledged the claim: {begun:?}"
+    );
 }
 
 #[actix_web::test]

@@ -1,10 +1,12 @@
 //! The Redis store: one key per record, shared by every server process that points at it,
 //! on one Redis server or on a Redis Cluster.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
@@ -93,6 +95,8 @@ pub struct RedisStore {
     max_record_bytes: usize,
     fail_open: bool,
     replicas: Option<Replicas>,
+    /// On one server, when writes wait for replicas: the connections they wait on.
+    waiters: Option<Arc<Waiters>>,
     claim: Arc<Script>,
     fenced: Arc<Script>,
 }
@@ -227,6 +231,154 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(server) => server.current().1.get_db(),
             Connection::Cluster(conn, _) => conn.get_db(),
+        }
+    }
+}
+
+/// Connections of their own, one at a time to each write that waits for its replicas, on one
+/// server. `WAIT` blocks the connection it is sent on until the replicas acknowledge or its
+/// timeout passes, so that on the shared connection every other command of the process
+/// queued behind it (and, with a replica down, timed out); and it counts only the writes sent
+/// on its own connection, so that it must follow its write there, never on a connection that
+/// carried none. (On a cluster, the cluster client's connection to the key's primary carries
+/// both.)
+struct Waiters {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    idle: std::sync::Mutex<Vec<MultiplexedConnection>>,
+    /// When a lent connection was last answered `READONLY`: new connections are then made at
+    /// most once per [`READ_ONLY_RECONNECT_INTERVAL`], as for the shared connection.
+    read_only_at: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How many idle connections [`Waiters`] keeps for the next writes; more are made while more
+/// writes wait at once, and closed after.
+const IDLE_WAITERS: usize = 16;
+
+impl Waiters {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<MultiplexedConnection>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection for one write and its `WAIT`: an idle one, else a new one.
+    async fn lend(self: &Arc<Self>) -> Result<Lent, StoreError> {
+        let idle = self.idle().pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let read_only_at = *self
+                    .read_only_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if read_only_at.is_some_and(|at| at.elapsed() < READ_ONLY_RECONNECT_INTERVAL) {
+                    return Err(StoreError::Unavailable(
+                        "the Redis server answered READONLY (a failover under way?); a new connection is tried shortly".into(),
+                    ));
+                }
+                let connected = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await;
+                connected.map_err(failed)?
+            }
+        };
+        Ok(Lent {
+            conn,
+            waiters: Arc::clone(self),
+            sound: true,
+        })
+    }
+}
+
+/// A connection lent by [`Waiters`]: given back when dropped, unless a command on it failed
+/// to get an answer (a `WAIT` dropped unanswered may still block it) or was answered
+/// `READONLY` (the server was demoted: the idle ones go too, as they lead there).
+struct Lent {
+    conn: MultiplexedConnection,
+    waiters: Arc<Waiters>,
+    sound: bool,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut idle = self.waiters.idle();
+        if self.sound && idle.len() < IDLE_WAITERS {
+            idle.push(self.conn.clone());
+        }
+    }
+}
+
+impl ConnectionLike for Lent {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            self.sound = false;
+            let answer = self.conn.req_packed_command(cmd).await;
+            let read_only = match &answer {
+                Ok(Value::ServerError(error)) => error.kind() == Some(ServerErrorKind::ReadOnly),
+                Err(error) => error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly),
+                Ok(_) => false,
+            };
+            if read_only {
+                self.waiters.idle().clear();
+                *self
+                    .waiters
+                    .read_only_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            }
+            let answered = answer.is_ok() || matches!(&answer, Err(e) if e.kind() != ErrorKind::Io);
+            self.sound = answered && !read_only;
+            answer
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        // Not sent by the store; counted unsound, so as not to judge its answers.
+        self.sound = false;
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+/// The connection one operation's commands go out on: the store's own, or, for a write that
+/// waits for replicas on one server, one lent to it alone (see [`Waiters`]).
+enum Link {
+    Shared(Connection),
+    Lent(Lent),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Shared(conn) => conn.req_packed_command(cmd),
+            Link::Lent(lent) => lent.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Shared(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Lent(lent) => lent.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Shared(conn) => conn.get_db(),
+            Link::Lent(lent) => lent.get_db(),
         }
     }
 }
@@ -402,6 +554,18 @@ impl RedisStore {
         RedisStoreBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
     }
 
+    /// The connection for a write that waits for its replicas: one lent to it alone on one
+    /// server (see [`Waiters`]), the store's own otherwise.
+    async fn link(&self) -> Result<Link, StoreError> {
+        match &self.waiters {
+            Some(waiters) => {
+                let lent = tokio::time::timeout(self.timeout, waiters.lend()).await;
+                Ok(Link::Lent(lent.map_err(|_| StoreError::Timeout)??))
+            }
+            None => Ok(Link::Shared(self.conn.clone())),
+        }
+    }
+
     /// The Redis key of a record.
     fn redis_key(&self, key: &StoreKey) -> String {
         format!("{}{key}", self.prefix)
@@ -459,6 +623,7 @@ impl RedisStore {
 
     async fn fenced(
         &self,
+        link: &mut Link,
         key: &StoreKey,
         token: Token,
         op: &str,
@@ -469,7 +634,7 @@ impl RedisStore {
         let px = px(keep_for).to_string();
         let args: [&[u8]; 4] = [token.as_bytes(), op.as_bytes(), value, px.as_bytes()];
         let held: i64 = self
-            .run(self.eval(&self.fenced, &self.redis_key(key), &args))
+            .run(self.eval(link, &self.fenced, &self.redis_key(key), &args))
             .await?;
         Ok(held == 1)
     }
@@ -478,6 +643,7 @@ impl RedisStore {
     /// it; or, if fewer did in time, released, and unavailable.
     async fn replicated_claim(
         &self,
+        link: &mut Link,
         redis_key: &str,
         key: &StoreKey,
         token: Token,
@@ -485,7 +651,7 @@ impl RedisStore {
         let Some(replicas) = self.replicas else {
             return Ok(Claim::Claimed);
         };
-        let refusal = match self.acknowledged(redis_key, replicas).await {
+        let refusal = match self.acknowledged(link, redis_key, replicas).await {
             Ok(acknowledged) if acknowledged >= i64::from(replicas.count) => {
                 return Ok(Claim::Claimed)
             }
@@ -501,17 +667,23 @@ impl RedisStore {
         Err(refusal)
     }
 
-    /// How many replicas of `redis_key`'s primary acknowledged the writes sent to it before,
-    /// on this store's connection, within `replicas.timeout`.
-    async fn acknowledged(&self, redis_key: &str, replicas: Replicas) -> Result<i64, StoreError> {
+    /// How many replicas of `redis_key`'s primary acknowledged the writes sent to it before
+    /// on `link`, within `replicas.timeout`.
+    async fn acknowledged(
+        &self,
+        link: &mut Link,
+        redis_key: &str,
+        replicas: Replicas,
+    ) -> Result<i64, StoreError> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas.count).arg(px(replicas.timeout));
         let answer = self
             .run(async {
-                match &self.conn {
-                    Connection::Single(server) => server.command(&wait).await,
+                match link {
+                    Link::Lent(lent) => lent.req_packed_command(&wait).await,
+                    Link::Shared(Connection::Single(server)) => server.command(&wait).await,
                     // To the key's primary alone: the cluster client would ask every primary.
-                    Connection::Cluster(conn, _) => {
+                    Link::Shared(Connection::Cluster(conn, _)) => {
                         let primary = Route::with_key(redis_key, SlotAddr::Master);
                         let routing =
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
@@ -535,6 +707,7 @@ impl RedisStore {
     /// master and fail while any one is down.
     async fn eval<T: redis::FromRedisValue>(
         &self,
+        conn: &mut Link,
         script: &Script,
         key: &str,
         args: &[&[u8]],
@@ -547,10 +720,9 @@ impl RedisStore {
             }
             cmd
         };
-        let mut conn = self.conn.clone();
-        match call("EVALSHA", &script.hash).query_async(&mut conn).await {
+        match call("EVALSHA", &script.hash).query_async(conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                call("EVAL", script.body).query_async(&mut conn).await
+                call("EVAL", script.body).query_async(conn).await
             }
             result => result,
         }
@@ -714,6 +886,12 @@ impl RedisStoreBuilder {
     /// everything. Each claim and completion costs one more round trip, and the replicas'
     /// delay.
     ///
+    /// `WAIT` blocks the connection it is sent on, and counts the writes sent on it. On one
+    /// server, each claim and completion therefore goes out, with its `WAIT`, on a connection
+    /// of its own (up to 16 idle ones are kept for the next), so that waiting holds up no
+    /// other command. On a cluster, both go on the cluster client's connection to the key's
+    /// primary, which the process's other commands to that node share: they wait behind it.
+    ///
     /// [`build`](Self::build) refuses 0 replicas (no wait: leave this unset), and a `timeout`
     /// under 1 ms (`WAIT` would then block for as long as it takes) or not under the
     /// [`command_timeout`](Self::command_timeout), which bounds it.
@@ -780,9 +958,21 @@ impl RedisStoreBuilder {
                 "build the Redis store inside a Tokio runtime (for example in actix's main)".into(),
             ));
         }
+        let mut waiters = None;
         let conn = match &self.target {
             Target::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(invalid)?;
+                if self.replicas.is_some() {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout));
+                    waiters = Some(Arc::new(Waiters {
+                        client: client.clone(),
+                        config,
+                        idle: std::sync::Mutex::new(Vec::new()),
+                        read_only_at: std::sync::Mutex::new(None),
+                    }));
+                }
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.timeout))
                     .set_response_timeout(Some(self.timeout))
@@ -826,6 +1016,7 @@ impl RedisStoreBuilder {
             max_record_bytes: self.max_record_bytes,
             fail_open: self.fail_open,
             replicas: self.replicas,
+            waiters,
             claim: Arc::new(Script::new(CLAIM)),
             fenced: Arc::new(Script::new(FENCED)),
         })
@@ -843,7 +1034,7 @@ impl Store for RedisStore {
             let value = self.encode(&Record::InFlight(claim), claim.token)?;
             let keep_for = px(claim.lease_until.since(now) + LAPSED_CLAIM_GRACE);
             let redis_key = self.redis_key(key);
-            let mut conn = self.conn.clone();
+            let mut link = self.link().await?;
             // A free key (the common case) is claimed, and a live record read, by one plain
             // command (Redis 7.0 or later; an older one refuses it, and the error says so).
             let mut set = redis::cmd("SET");
@@ -854,10 +1045,10 @@ impl Store for RedisStore {
                 .arg(keep_for)
                 .arg("GET");
             let existing: Option<Vec<u8>> = self
-                .run_as(set.query_async(&mut conn), claim_failed)
+                .run_as(set.query_async(&mut link), claim_failed)
                 .await?;
             let Some(bytes) = existing else {
-                return self.replicated_claim(&redis_key, key, claim.token).await;
+                return (self.replicated_claim(&mut link, &redis_key, key, claim.token)).await;
             };
             let record = codec::decode(&bytes)?;
             if record.is_live(now) {
@@ -867,10 +1058,11 @@ impl Store for RedisStore {
             // another request did first.
             let (now, keep_for) = (now.as_millis().to_string(), keep_for.to_string());
             let args: [&[u8]; 3] = [now.as_bytes(), &value, keep_for.as_bytes()];
-            let existing: Option<Vec<u8>> =
-                self.run(self.eval(&self.claim, &redis_key, &args)).await?;
+            let existing: Option<Vec<u8>> = self
+                .run(self.eval(&mut link, &self.claim, &redis_key, &args))
+                .await?;
             match existing {
-                None => self.replicated_claim(&redis_key, key, claim.token).await,
+                None => (self.replicated_claim(&mut link, &redis_key, key, claim.token)).await,
                 Some(bytes) => Ok(Claim::Existing(codec::decode(&bytes)?)),
             }
         })
@@ -898,8 +1090,8 @@ impl Store for RedisStore {
         StoreFuture::new(async move {
             let keep_for = lease_until.since(now) + LAPSED_CLAIM_GRACE;
             let until = lease_until.as_millis().to_string();
-            self.fenced(key, token, "extend", until.as_bytes(), keep_for)
-                .await
+            let mut link = Link::Shared(self.conn.clone());
+            (self.fenced(&mut link, key, token, "extend", until.as_bytes(), keep_for)).await
         })
     }
 
@@ -913,11 +1105,12 @@ impl Store for RedisStore {
         StoreFuture::new(async move {
             let keep_for = record.expires_at.since(now);
             let value = self.encode(&Record::Completed(record), token)?;
+            let mut link = self.link().await?;
             let completed = self
-                .fenced(key, token, "complete", &value, keep_for)
+                .fenced(&mut link, key, token, "complete", &value, keep_for)
                 .await?;
             if let (true, Some(replicas)) = (completed, self.replicas) {
-                match self.acknowledged(&self.redis_key(key), replicas).await {
+                match (self.acknowledged(&mut link, &self.redis_key(key), replicas)).await {
                     Ok(acknowledged) if acknowledged >= i64::from(replicas.count) => {}
                     Ok(acknowledged) => {
                         tracing::warn!(%key, acknowledged, replicas = replicas.count, "an idempotency record reached fewer Redis replicas than asked in time; a failover before it does could lose it, and a retry would run again");
@@ -933,8 +1126,16 @@ impl Store for RedisStore {
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
         StoreFuture::new(async move {
-            self.fenced(key, token, "release", b"", Duration::from_millis(1))
-                .await
+            let mut link = Link::Shared(self.conn.clone());
+            (self.fenced(
+                &mut link,
+                key,
+                token,
+                "release",
+                b"",
+                Duration::from_millis(1),
+            ))
+            .await
         })
     }
 
