@@ -1034,7 +1034,7 @@ impl Lease {
             lease_until: now.saturating_add(self.lease),
             token: self.token,
         };
-        let claim_it = || self.engine.parts.store.claim(&self.key, claim, now);
+        let claim_it = || self.engine.parts.store.reclaim(&self.key, claim, now);
         match self.engine.observed("claim", claim_it).await? {
             Claim::Claimed => Ok(true),
             Claim::Existing(record) => Ok(ours(&record, &claim)),

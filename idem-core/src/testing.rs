@@ -112,6 +112,15 @@ impl<S: Store> Store for CountingStore<S> {
         self.count("claim").claim(key, claim, now)
     }
 
+    fn reclaim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        self.count("claim").reclaim(key, claim, now)
+    }
+
     fn claim_now(
         &self,
         key: &StoreKey,
@@ -318,6 +327,15 @@ impl<S: Store> Store for FaultyStore<S> {
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
         self.call("claim", move |s| s.claim(key, claim, now))
+    }
+
+    fn reclaim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        self.call("claim", move |s| s.reclaim(key, claim, now))
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {

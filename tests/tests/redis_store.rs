@@ -1054,6 +1054,44 @@ async fn claims_wait_for_their_replicas_when_asked_and_one_no_replica_took_is_re
     assert!(logged.containing("reached fewer Redis replicas than asked") >= 1);
 }
 
+/// A run whose claim Redis dropped (a lapsed claim, a restart, a failover that lost it) claims
+/// its key again to record its response. With replicas asked for and none acknowledging, that
+/// claim again was released as a claim no replica took, and the operation, which ran, left no
+/// record: its retry ran it again. It is recorded, as a completion no replica acknowledged is
+/// (kept, and logged).
+#[actix_web::test]
+async fn a_run_whose_claim_redis_dropped_is_recorded_even_when_no_replica_acknowledges() {
+    let (Some(primary), Some(replica)) = (TestRedis::start_owned(), TestRedis::start_owned())
+    else {
+        return;
+    };
+    let port = addr_of(&primary).port();
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
+    replication_shows(&replica, "master_link_status:up");
+    replication_shows(&primary, "connected_slaves:1");
+    let store = RedisStore::builder(primary.url())
+        .prefix("dropped:")
+        .wait_for_replicas(1, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = StoreKey::from_bytes([5; 32]);
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!("claimed")
+    };
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"));
+    replication_shows(&primary, "connected_slaves:0");
+    primary.query::<()>(redis::cmd("DEL").arg(format!("dropped:{key}")));
+
+    let outcome = lease.finish(Response::new(201, [], b"ran")).await.unwrap();
+    assert!(matches!(outcome, Outcome::Recorded), "{outcome:?}");
+    let Ok(Begin::Replay(replayed)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!("the retry replays what ran")
+    };
+    assert_eq!(&replayed.response.body()[..], b"ran");
+}
+
 /// A claim waiting for its replicas (`WAIT` blocks the connection it is sent on until they
 /// acknowledge, or its timeout) holds up no other request's command: each waits on a
 /// connection of its own, where all of them queued behind it on the store's shared one, and

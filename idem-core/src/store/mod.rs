@@ -124,6 +124,21 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreFuture<'a, Claim>;
 
+    /// [`claim`](Self::claim), for a lease whose claim the store no longer has (dropped as it
+    /// lapsed, lost to a restart or a failover), made to record the response of an operation
+    /// that ran. The same atomic write; but a store that waits for something before a claim
+    /// may run (replicas to acknowledge it) should not wait here, nor refuse a claim for want
+    /// of it: nothing runs on this claim, and the completion written next is kept whatever
+    /// it waits for, as the operation ran. The default is `claim`.
+    fn reclaim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        self.claim(key, claim, now)
+    }
+
     /// [`claim`](Self::claim), answered in the call by a store that needs no I/O for it (the
     /// embedded one), which spares the caller the future and the task that might run it.
     /// `None`, the default, when the store cannot: nothing is written then, and the caller
@@ -208,6 +223,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
         (**self).claim(key, claim, now)
+    }
+
+    fn reclaim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        (**self).reclaim(key, claim, now)
     }
 
     fn claim_now(

@@ -554,15 +554,15 @@ impl RedisStore {
         RedisStoreBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
     }
 
-    /// The connection for a write that waits for its replicas: one lent to it alone on one
-    /// server (see [`Waiters`]), the store's own otherwise.
-    async fn link(&self) -> Result<Link, StoreError> {
+    /// The connection for a write, and for its `WAIT` when it `waits`: one lent to it alone
+    /// on one server when it waits (see [`Waiters`]), the store's own otherwise.
+    async fn link(&self, waits: bool) -> Result<Link, StoreError> {
         match &self.waiters {
-            Some(waiters) => {
+            Some(waiters) if waits => {
                 let lent = tokio::time::timeout(self.timeout, waiters.lend()).await;
                 Ok(Link::Lent(lent.map_err(|_| StoreError::Timeout)??))
             }
-            None => Ok(Link::Shared(self.conn.clone())),
+            _ => Ok(Link::Shared(self.conn.clone())),
         }
     }
 
@@ -639,6 +639,53 @@ impl RedisStore {
         Ok(held == 1)
     }
 
+    /// Claims `key` by `claim`, once `replicas` (if any) acknowledged it.
+    async fn claimed(
+        &self,
+        key: &StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+        replicas: Option<Replicas>,
+    ) -> Result<Claim, StoreError> {
+        let value = self.encode(&Record::InFlight(claim), claim.token)?;
+        let keep_for = px(claim.lease_until.since(now) + LAPSED_CLAIM_GRACE);
+        let redis_key = self.redis_key(key);
+        let mut link = self.link(replicas.is_some()).await?;
+        // A free key (the common case) is claimed, and a live record read, by one plain
+        // command (Redis 7.0 or later; an older one refuses it, and the error says so).
+        let mut set = redis::cmd("SET");
+        set.arg(&redis_key)
+            .arg(&value)
+            .arg("NX")
+            .arg("PX")
+            .arg(keep_for)
+            .arg("GET");
+        let existing: Option<Vec<u8>> = self
+            .run_as(set.query_async(&mut link), claim_failed)
+            .await?;
+        let Some(bytes) = existing else {
+            return (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas))
+                .await;
+        };
+        let record = codec::decode(&bytes)?;
+        if record.is_live(now) {
+            return Ok(Claim::Existing(record));
+        }
+        // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
+        // another request did first.
+        let (now, keep_for) = (now.as_millis().to_string(), keep_for.to_string());
+        let args: [&[u8]; 3] = [now.as_bytes(), &value, keep_for.as_bytes()];
+        let existing: Option<Vec<u8>> = self
+            .run(self.eval(&mut link, &self.claim, &redis_key, &args))
+            .await?;
+        match existing {
+            None => {
+                (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas)).await
+            }
+            Some(bytes) => Ok(Claim::Existing(codec::decode(&bytes)?)),
+        }
+    }
+
     /// `claim`, claimed on `redis_key` by `token`, once the replicas asked for acknowledged
     /// it; or, if fewer did in time, released, and unavailable.
     async fn replicated_claim(
@@ -647,8 +694,9 @@ impl RedisStore {
         redis_key: &str,
         key: &StoreKey,
         token: Token,
+        replicas: Option<Replicas>,
     ) -> Result<Claim, StoreError> {
-        let Some(replicas) = self.replicas else {
+        let Some(replicas) = replicas else {
             return Ok(Claim::Claimed);
         };
         let refusal = match self.acknowledged(link, redis_key, replicas).await {
@@ -1030,42 +1078,19 @@ impl Store for RedisStore {
         claim: InFlight,
         now: Timestamp,
     ) -> StoreFuture<'a, Claim> {
-        StoreFuture::new(async move {
-            let value = self.encode(&Record::InFlight(claim), claim.token)?;
-            let keep_for = px(claim.lease_until.since(now) + LAPSED_CLAIM_GRACE);
-            let redis_key = self.redis_key(key);
-            let mut link = self.link().await?;
-            // A free key (the common case) is claimed, and a live record read, by one plain
-            // command (Redis 7.0 or later; an older one refuses it, and the error says so).
-            let mut set = redis::cmd("SET");
-            set.arg(&redis_key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(keep_for)
-                .arg("GET");
-            let existing: Option<Vec<u8>> = self
-                .run_as(set.query_async(&mut link), claim_failed)
-                .await?;
-            let Some(bytes) = existing else {
-                return (self.replicated_claim(&mut link, &redis_key, key, claim.token)).await;
-            };
-            let record = codec::decode(&bytes)?;
-            if record.is_live(now) {
-                return Ok(Claim::Existing(record));
-            }
-            // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
-            // another request did first.
-            let (now, keep_for) = (now.as_millis().to_string(), keep_for.to_string());
-            let args: [&[u8]; 3] = [now.as_bytes(), &value, keep_for.as_bytes()];
-            let existing: Option<Vec<u8>> = self
-                .run(self.eval(&mut link, &self.claim, &redis_key, &args))
-                .await?;
-            match existing {
-                None => (self.replicated_claim(&mut link, &redis_key, key, claim.token)).await,
-                Some(bytes) => Ok(Claim::Existing(codec::decode(&bytes)?)),
-            }
-        })
+        StoreFuture::new(self.claimed(key, claim, now, self.replicas))
+    }
+
+    fn reclaim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        // Nothing runs on this claim, and the completion that follows waits for the replicas
+        // itself (and is kept whatever they answer): a claim released for want of them would
+        // leave an operation that ran without its record.
+        StoreFuture::new(self.claimed(key, claim, now, None))
     }
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
@@ -1105,7 +1130,7 @@ impl Store for RedisStore {
         StoreFuture::new(async move {
             let keep_for = record.expires_at.since(now);
             let value = self.encode(&Record::Completed(record), token)?;
-            let mut link = self.link().await?;
+            let mut link = self.link(self.replicas.is_some()).await?;
             let completed = self
                 .fenced(&mut link, key, token, "complete", &value, keep_for)
                 .await?;

@@ -170,6 +170,16 @@ impl<S: Store> Store for ReplayCache<S> {
         })
     }
 
+    fn reclaim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        claim: InFlight,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Claim> {
+        // Asked only once the store had no record of the key: none is kept here to answer.
+        self.inner.reclaim(key, claim, now)
+    }
+
     fn claim_now(
         &self,
         key: &StoreKey,
