@@ -129,6 +129,39 @@ async fn outside_compress_a_replay_never_sends_a_coding_the_client_did_not_accep
     assert_eq!(runs.get(), 1, "the operation ran once");
 }
 
+/// The handler's own gzip, chosen whatever the request accepts (no `Vary: Accept-Encoding`).
+#[idempotent]
+async fn own_gzip(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created()
+        .insert_header(("Content-Encoding", "gzip"))
+        .body(&b"\x1f\x8b relayed as the upstream sent it"[..])
+}
+
+/// A coding the handler chose itself went to the first request whatever it accepted, and goes
+/// to its retries alike: the first answer. Only a coding negotiated for the first request
+/// (`Vary: Accept-Encoding`, as `Compress` marks it) is refused to a retry that does not
+/// accept it; the retry of a client that sent no `Accept-Encoding` got 409, which a client
+/// reads as a key used for another request, and a new key runs the operation again.
+#[actix_web::test]
+async fn a_coding_the_handler_chose_itself_is_replayed_as_it_went_to_the_first_request() {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        (cfg.app_data(data.clone()).app_data(idem.clone()))
+            .route("/relayed", web::post().to(own_gzip));
+    });
+    let first = call("/relayed", "k").send(server.addr).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.header("content-encoding"), Some("gzip"));
+    let retry = call("/relayed", "k").send(server.addr).await;
+    assert!(retry.replayed(), "{}", retry.status);
+    assert_eq!(retry.header("content-encoding"), Some("gzip"));
+    assert_eq!(retry.body, first.body);
+    assert_eq!(runs.get(), 1);
+}
+
 /// A list of the headers replays repeat that leaves `Content-Encoding` out still gets it on
 /// a replay of a compressed body: without it the bytes could not be decoded.
 #[actix_web::test]

@@ -67,14 +67,25 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
     res
 }
 
-/// The content coding of a recorded response that `req` does not accept, if any: its bytes
-/// would be undecodable to it. A response encoded by a layer between the idempotency
-/// middleware and the handler (such as `Compress`) was negotiated for the first request.
+/// The content coding of a recorded response that `req` does not accept, if any, when that
+/// coding was negotiated for the first request: its bytes would be undecodable to this one.
+/// A response encoded by a layer between the idempotency middleware and the handler (such as
+/// `Compress`) says so with `Vary: Accept-Encoding`. A coding without it is the handler's own
+/// choice, made whatever the request accepted, and is replayed as it went to the first.
 pub(super) fn unaccepted_encoding(record: &Completed, req: &HttpRequest) -> Option<String> {
-    let (_, coding) = record
-        .response
-        .headers()
+    let headers = record.response.headers();
+    let (_, coding) = headers
+        .clone()
         .find(|(name, _)| name.eq_ignore_ascii_case("content-encoding"))?;
+    let negotiated = headers
+        .filter(|(name, _)| name.eq_ignore_ascii_case("vary"))
+        .filter_map(|(_, value)| std::str::from_utf8(value).ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|field| field == "*" || field.eq_ignore_ascii_case("accept-encoding"));
+    if !negotiated {
+        return None;
+    }
     let coding = std::str::from_utf8(coding).ok()?;
     let accepted = || req.headers().get_all(header::ACCEPT_ENCODING);
     coding
@@ -279,7 +290,10 @@ mod tests {
     fn accept_encoding_on_two_lines_is_read_as_one_list() {
         let gzip = completed(Response::new(
             200,
-            [("content-encoding", &b"gzip"[..])],
+            [
+                ("content-encoding", &b"gzip"[..]),
+                ("vary", b"accept-encoding"),
+            ],
             b"x",
         ));
         let two_lines = TestRequest::default()
@@ -309,8 +323,12 @@ mod tests {
             completed_at: idem_core::clock::Timestamp::from_millis(0),
             expires_at: idem_core::clock::Timestamp::from_millis(1),
         };
-        let gzip = record(&[("content-encoding", b"gzip")]);
+        let gzip = record(&[
+            ("content-encoding", b"gzip"),
+            ("vary", b"Origin, Accept-Encoding"),
+        ]);
         let plain = record(&[("content-type", b"text/plain")]);
+        let own = record(&[("content-encoding", b"gzip")]);
         let bare = actix_web::test::TestRequest::default().to_http_request();
         let asks = actix_web::test::TestRequest::default()
             .insert_header(("Accept-Encoding", "gzip"))
@@ -318,6 +336,11 @@ mod tests {
         assert_eq!(unaccepted_encoding(&gzip, &bare).as_deref(), Some("gzip"));
         assert_eq!(unaccepted_encoding(&gzip, &asks), None);
         assert_eq!(unaccepted_encoding(&plain, &bare), None);
+        assert_eq!(
+            unaccepted_encoding(&own, &bare),
+            None,
+            "not negotiated: the handler's own coding, replayed as it went to the first request"
+        );
         let identity = record(&[("content-encoding", b"identity")]);
         assert_eq!(unaccepted_encoding(&identity, &bare), None);
     }
