@@ -94,6 +94,37 @@ async fn a_process_replays_what_it_cached_without_redis_unless_the_cache_is_off(
     );
 }
 
+/// An empty `IDEM_WORKERS` or `IDEM_ADDR` (a compose file passing `${IDEM_WORKERS}` through
+/// unset) counts as unset, as every other variable does: the defaults apply, where the process
+/// refused to start, blaming a `--workers` flag nobody gave.
+#[tokio::test]
+async fn empty_variables_count_as_unset() {
+    let addr = common::free_addr();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
+        .env("IDEM_WORKERS", "")
+        .env("IDEM_ADDR", "")
+        .env_remove("IDEM_REDIS_URL")
+        .env_remove("IDEM_REDIS_CLUSTER")
+        .env_remove("IDEM_DATABASE_URL")
+        .args(["--addr", &addr.to_string()])
+        .spawn()
+        .unwrap();
+    let mut listening = false;
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("calls-api exited with {status}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "calls-api did not listen on {addr}");
+}
+
 #[test]
 fn the_replay_cache_size_is_a_whole_number_of_bytes() {
     let out = Command::new(env!("CARGO_BIN_EXE_calls-api"))

@@ -77,8 +77,8 @@ enum Redis {
 fn options() -> Result<Options, String> {
     // A variable set to nothing counts as unset.
     let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-    let mut addr = std::env::var("IDEM_ADDR").ok();
-    let mut workers = std::env::var("IDEM_WORKERS").ok();
+    let mut addr = var("IDEM_ADDR");
+    let mut workers = var("IDEM_WORKERS");
     // The store's settings come from the flags, or, when no flag names a store, from the
     // environment (below).
     let mut redis_url = None;
