@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::canonical::BodyError;
 use crate::key::KeyError;
+use crate::policy::PolicyError;
 use crate::scope::ScopeError;
 use crate::store::StoreError;
 
@@ -38,6 +39,10 @@ pub mod codes {
     /// 500: a handler takes the request's idempotency key, the request carries one, and no
     /// idempotency layer serves the handler; the server's log names the request. Nothing ran.
     pub const LAYER_MISSING: &str = "idempotency_layer_missing";
+    /// 500: the endpoint's settings, with the application's defaults they override, break a
+    /// rule that keeps its promise (its keys' scope is read from the key's own header); the
+    /// server's log says which. Nothing ran.
+    pub const MISCONFIGURED: &str = "idempotency_misconfigured";
 }
 
 /// How long a client is told to wait before retrying a 409 in-flight or a 503.
@@ -157,6 +162,14 @@ pub enum IdempotencyError {
     /// why: the fix is in the server's code, and its log says what it is.
     #[error("this endpoint cannot take its idempotency key, a fault of the server's; report it with the request id")]
     LayerMissing,
+    /// The endpoint's settings, with the application's defaults they override, break a rule
+    /// that keeps its promise (see [`codes::MISCONFIGURED`]): known only once both are, at
+    /// a request. Nothing ran.
+    ///
+    /// As for [`TransactionUnavailable`](Self::TransactionUnavailable), the client is not told
+    /// why (the [`PolicyError`] is for the server's log).
+    #[error("this endpoint's idempotency settings contradict each other, a fault of the server's; report it with the request id")]
+    Misconfigured(PolicyError),
 }
 
 /// Why a completed response cannot be replayed, by its recorded `size`.
@@ -184,6 +197,7 @@ impl IdempotencyError {
             Self::Overloaded => codes::OVERLOADED,
             Self::TransactionUnavailable { .. } => codes::TRANSACTION_UNAVAILABLE,
             Self::LayerMissing => codes::LAYER_MISSING,
+            Self::Misconfigured(_) => codes::MISCONFIGURED,
         }
     }
 
@@ -202,7 +216,9 @@ impl IdempotencyError {
             Self::Mismatch { status } => *status,
             Self::StoreUnavailable(_) | Self::Overloaded => 503,
             Self::BodyTooLarge { .. } => 413,
-            Self::TransactionUnavailable { .. } | Self::LayerMissing => 500,
+            Self::TransactionUnavailable { .. } | Self::LayerMissing | Self::Misconfigured(_) => {
+                500
+            }
         }
     }
 
@@ -278,6 +294,11 @@ mod tests {
                 IdempotencyError::LayerMissing,
                 500,
                 "idempotency_layer_missing",
+            ),
+            (
+                IdempotencyError::Misconfigured(PolicyError::ScopeIsKey("Idempotency-Key")),
+                500,
+                "idempotency_misconfigured",
             ),
             (
                 BodyError::NotJson {

@@ -133,6 +133,51 @@ async fn header_scopes_of_different_names_never_share_keys() {
     assert_eq!(s.runs.get(), 2);
 }
 
+#[post("/by-own-key")]
+#[idempotent(scope = "header:Idempotency-Key")]
+async fn by_own_key(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("one caller's answer")
+}
+
+/// A scope read from the key's own header scopes nothing: every caller who sends the key
+/// sends the scope too. The attribute refuses it when it names the key's header, but this
+/// one's comes from the app, known only at run time, where the contradiction was logged and
+/// the endpoint served (a caller's replay went to anyone who sent its key). It answers 500
+/// `idempotency_misconfigured`, and nothing runs; so does a middleware set up alike.
+#[actix_web::test]
+async fn a_scope_read_from_the_key_s_own_header_is_never_served() {
+    let s = serve(|cfg| {
+        cfg.service(by_own_key).service(
+            web::scope("/wrapped")
+                .wrap(
+                    Idempotency::new()
+                        .with_overrides(|o| o.scope(Scope::Header("idempotency-key"))),
+                )
+                .route("", web::post().to(by_tenant_plain)),
+        );
+    });
+    for path in ["/by-own-key", "/wrapped"] {
+        let first = s
+            .send(&keyed(path, "k").header("Authorization", "Bearer a"))
+            .await;
+        let message = assert_error(&first, 500, "idempotency_misconfigured");
+        assert!(
+            !message.contains("Idempotency-Key"),
+            "the client is not told the server's settings: {message}"
+        );
+    }
+    assert_eq!(s.runs.get(), 0, "nothing ran");
+    // A request without a key is not the layer's to refuse.
+    let keyless = s.send(&RawRequest::post("/by-own-key")).await;
+    assert_eq!(keyless.status, 201);
+}
+
+async fn by_tenant_plain(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("plain")
+}
+
 #[actix_web::test]
 async fn a_header_scope_is_the_same_whatever_the_case_of_its_name() {
     let s = serve(|cfg| {

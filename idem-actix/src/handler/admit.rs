@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use idem_core::{
     Body, BodyError, BodyForm, ClientKey, ErrorFormat, Fingerprint, IdempotencyError, JsonBody,
-    KeyError, KeyOrigin, KeySource, Policy, StoreKey,
+    KeyError, KeyOrigin, KeySource, Policy, PolicyError, Scope, StoreKey,
 };
 
 use super::record::rebuilt;
@@ -342,6 +342,21 @@ fn store_key(
     functions: &Functions,
     key: &ClientKey,
 ) -> Result<StoreKey, IdempotencyError> {
+    // A scope read from the key's own header scopes nothing: whoever sends the key sends it.
+    // Refused where both are known (the attribute and `Policy::check` refuse what they can
+    // see; an endpoint's scope and the application's key header meet only here), logged by
+    // `Endpoint::check`.
+    if let (Scope::Header(scoped), KeySource::Header, None, None) = (
+        policy.scope,
+        policy.key_source,
+        functions.key,
+        functions.scope,
+    ) {
+        if scoped.eq_ignore_ascii_case(policy.header) {
+            let error = PolicyError::ScopeIsKey(policy.header);
+            return Err(IdempotencyError::Misconfigured(error));
+        }
+    }
     let scope = crate::scope::resolve(req, policy.scope, functions.scope)?;
     let route = policy.per_endpoint.then(|| {
         let pattern = req.match_pattern();

@@ -97,7 +97,7 @@ impl Endpoint {
         }
         self.checked.store(true, Ordering::Relaxed);
         if let Err(error) = policy.check(&**config.engine().store()) {
-            tracing::error!(%error, "an idempotent endpoint's settings contradict the store");
+            tracing::error!(%error, "an idempotent endpoint's settings contradict the application's or the store");
         }
     }
 
