@@ -466,14 +466,14 @@ impl Engine {
             return;
         };
         let unconfirmed = Arc::clone(&self.parts.unconfirmed);
-        if unconfirmed.fetch_add(1, AcqRel) >= MAX_UNCONFIRMED_RELEASES {
-            unconfirmed.fetch_sub(1, AcqRel);
+        let counted = Counted(unconfirmed);
+        if counted.0.fetch_add(1, AcqRel) >= MAX_UNCONFIRMED_RELEASES {
             tracing::debug!(%key, "too many releases of failed claims under way; this one, if it landed, lapses with its lease");
             return;
         }
         let releasing = self.parts.releasing.start();
         runtime.spawn(async move {
-            let deadline = tokio::time::Instant::now() + lease;
+            let deadline = deadline_after(lease);
             let mut absent = 0;
             loop {
                 match engine.released_once(&key, token).await {
@@ -487,7 +487,7 @@ impl Engine {
                 }
                 tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
             }
-            unconfirmed.fetch_sub(1, AcqRel);
+            drop(counted);
             drop(releasing);
         });
     }
@@ -611,6 +611,25 @@ impl Engine {
 /// would overflow the clock.
 const LONGEST_WAIT: Duration = Duration::from_secs(10 * 36_525 * 24 * 36);
 
+/// One of the releases under way that [`Engine::release_unconfirmed`] counts: counted down
+/// when dropped, so that a task a stopping runtime drops (an engine can outlive its runtime)
+/// frees its place too.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The runtime's clock `after` from now; [`LONGEST_WAIT`] from now for a longer time (a
+/// policy's lease may be `Duration::MAX`), which the clock could not count.
+fn deadline_after(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + after.min(LONGEST_WAIT))
+}
+
 /// A claim on its way to the store. Dropped before the store answers (its run was cancelled:
 /// a shutdown that cancels what its clients left), the claim may land all the same, held by
 /// nobody: it is released in the background, as one whose answer was lost. Forgotten once
@@ -691,7 +710,7 @@ impl Backoff {
     fn new(budget: Duration) -> Self {
         Self {
             next: Self::FIRST,
-            deadline: tokio::time::Instant::now() + budget,
+            deadline: deadline_after(budget),
         }
     }
 
@@ -1388,6 +1407,57 @@ mod tests {
         // Long after the lease would have lapsed, the retry still replays.
         clock.advance(policy.lease * 3);
         assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+    }
+
+    /// An engine outlives the runtime it served on (an app's settings reused by a server
+    /// started again): a release of a failed claim that the stopping runtime dropped frees its
+    /// place among the releases under way, where each such place was lost, until no failed
+    /// claim was released at all.
+    #[test]
+    fn a_release_a_stopping_runtime_drops_frees_its_place() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let under_way = || (engine.parts.unconfirmed).load(std::sync::atomic::Ordering::Acquire);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            store.fail("claim", 1, Fault::Timeout);
+            store.fail("release", usize::MAX, Fault::Unavailable);
+            let begun = engine.begin(&Policy::DEFAULT, key(1), fp("a")).await;
+            assert!(begun.is_err());
+            tokio::task::yield_now().await;
+            assert_eq!(under_way(), 1, "its release retries");
+        });
+        drop(runtime);
+        assert_eq!(under_way(), 0);
+    }
+
+    /// A lease as long as a policy may say (`Duration::MAX`, past what the runtime's clock can
+    /// count): the retries of a completion the store failed, and of a release, are timed by
+    /// it, and panicked adding it to the clock, so that a run's record was never written and
+    /// a dropped claim never released (its key answered 409 for good).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_longer_than_the_clock_counts_still_retries_completions_and_releases() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT.lease(Duration::MAX);
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        store.fail("complete", 1, Fault::Unavailable);
+        let finished = std::panic::AssertUnwindSafe(lease.finish(response(201, "once")));
+        let outcome = futures_util::FutureExt::catch_unwind(finished).await;
+        assert!(
+            matches!(outcome, Ok(Ok(Outcome::Recorded))),
+            "the completion is retried"
+        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+
+        let lease = execute(&engine, &policy, key(2), fp("a")).await;
+        store.fail("release", 1, Fault::Unavailable);
+        drop(lease);
+        engine.abandoned_released().await;
+        drop(execute(&engine, &policy, key(2), fp("a")).await);
     }
 
     #[tokio::test(start_paused = true)]
