@@ -842,7 +842,7 @@ mod valid;
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let item2: proc_macro2::TokenStream = item.into();
-    let func = match syn::parse2::<syn::ItemFn>(item2.clone()) {
+    let mut func = match syn::parse2::<syn::ItemFn>(item2.clone()) {
         Ok(func) => func,
         Err(_) => {
             let error = syn::Error::new(
@@ -854,6 +854,14 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             return out.into();
         }
     };
+    // The body's inner attributes (`#![allow(..)]`) are among the function's, as syn parses
+    // them: emitted before the generated handler they would be refused there, so they
+    // become the outer attributes they mean.
+    for attr in &mut func.attrs {
+        if let syn::AttrStyle::Inner(_) = attr.style {
+            attr.style = syn::AttrStyle::Outer;
+        }
+    }
     let args: proc_macro2::TokenStream = args.into();
     let mut errors = errors::Errors::default();
     let parsed = attr::parse(args.clone(), &mut errors);
