@@ -140,9 +140,12 @@ fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: 
 /// Reads an argument given a literal, or nothing (a flag).
 fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, errors: &mut Errors) {
     match known {
-        Name::Ttl => put(&mut args.ttl, name, duration(name, value, errors)),
+        Name::Ttl => put(&mut args.ttl, name, duration(name, value, ONE_MS, errors)),
         Name::Lease => put(&mut args.lease, name, lease(name, value, errors)),
-        Name::WaitTimeout => put(&mut args.wait_timeout, name, duration(name, value, errors)),
+        Name::WaitTimeout => {
+            let wait_timeout = duration(name, value, ONE_MS, errors);
+            put(&mut args.wait_timeout, name, wait_timeout)
+        }
         Name::Scope => put(&mut args.scope, name, scope(name, value, errors)),
         Name::Header => put(&mut args.header, name, header(name, value, errors)),
         Name::KeyMaxLen => put(
@@ -444,19 +447,26 @@ fn krate(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<syn::
 
 /// A lease: a duration of 100ms at least (`Policy::MIN_LEASE`).
 fn lease(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Duration> {
-    let lease = duration(name, value, errors)?;
-    if lease < Duration::from_millis(100) {
-        let message = format!("`{name}` must be at least 100ms: a running request renews its claim every third of its lease, and a shorter one could lapse between renewals and let a duplicate run");
-        match value {
-            Some(value) => errors.push(value, message),
-            None => errors.push(name, message),
-        }
-        return None;
-    }
-    Some(lease)
+    const LEAST: Least = (
+        Duration::from_millis(100),
+        ": a running request renews its claim every third of its lease, and a shorter one could lapse between renewals and let a duplicate run",
+    );
+    duration(name, value, LEAST, errors)
 }
 
-fn duration(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Duration> {
+/// The shortest value of a duration argument, and why, for its error.
+type Least = (Duration, &'static str);
+
+/// The shortest of most durations: the millisecond they are counted in.
+const ONE_MS: Least = (Duration::from_millis(1), "");
+
+/// A duration of whole milliseconds, `least` at least and ten years at most.
+fn duration(
+    name: &Ident,
+    value: Option<&Lit>,
+    (least, why): Least,
+    errors: &mut Errors,
+) -> Option<Duration> {
     const FORMS: &str = "write a number and a unit, such as \"30s\", \"15m\", \"24h\" or \"7d\"";
     let s = string(name, value, "\"24h\"", errors)?;
     // humantime reads `M` as months, next to `m` for minutes: one case apart.
@@ -472,8 +482,24 @@ fn duration(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Du
         return None;
     }
     match humantime::parse_duration(&s.value()) {
-        Ok(d) if d < Duration::from_millis(1) => {
-            errors.push(s, format!("`{name}` must be at least 1ms; {FORMS}"));
+        Ok(d) if d < least && why.is_empty() => {
+            errors.push(s, format!("`{name}` must be at least {least:?}; {FORMS}"));
+            None
+        }
+        Ok(d) if d < least => {
+            errors.push(s, format!("`{name}` must be at least {least:?}{why}"));
+            None
+        }
+        // The policy counts milliseconds: a fraction of one would be cut off, unsaid.
+        Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => {
+            let cut = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            errors.push(
+                s,
+                format!(
+                    "`{name}` counts whole milliseconds, and \"{}\" is not a whole number of them (it would be cut to {cut:?}); {FORMS}",
+                    s.value()
+                ),
+            );
             None
         }
         // Ten years of 365.25 days, as humantime reads "10y".
