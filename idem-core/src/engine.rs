@@ -520,53 +520,6 @@ impl Engine {
         }
     }
 
-    /// Writes `record` in place of the claim `token` holds on `key`, in a task of its own
-    /// (counted for [`abandoned_released`](Self::abandoned_released), as a release in the
-    /// background is): for a completion whose run was dropped as it recorded. A completion the
-    /// store fails is retried with backoff for up to `lease`, as [`Lease::finish`] retries its
-    /// own, and a record the store finds too large is written without the `size` bytes of its
-    /// response. It ends at the store's first answer: recorded, or the claim no longer this
-    /// token's (recorded already by the attempt that was dropped, or taken over).
-    fn complete_in_background(
-        &self,
-        key: StoreKey,
-        token: Token,
-        lease: Duration,
-        mut record: Completed,
-        size: usize,
-    ) {
-        let engine = self.clone();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(%key, "an idempotency record was left unwritten outside a runtime; its claim lapses with its lease");
-            return;
-        };
-        let completing = self.parts.releasing.start();
-        runtime.spawn(async move {
-            let mut backoff = Backoff::new(lease);
-            loop {
-                let (attempt, now) = (record.clone(), engine.parts.clock.now());
-                let complete = || (engine.parts.store).complete(&key, token, attempt, now);
-                let error = match engine.observed("complete", complete).await {
-                    Ok(_) => break,
-                    Err(error) => error,
-                };
-                if let StoreError::TooLarge { .. } = error {
-                    if record.response.body_omitted().is_none() {
-                        let status = record.response.status();
-                        record.response = Response::omitted(status, size as u64);
-                        continue;
-                    }
-                }
-                let Some(pause) = backoff.next() else {
-                    tracing::warn!(%key, %error, "recording the response of a cancelled run failed; its claim lapses with its lease");
-                    break;
-                };
-                tokio::time::sleep(pause).await;
-            }
-            drop(completing);
-        });
-    }
-
     /// The lease of a claim just written.
     fn claimed(&self, policy: &Policy, key: StoreKey, claim: InFlight) -> Begin {
         Begin::Execute(self.lease_of(policy, key, claim))
@@ -938,18 +891,49 @@ impl Lease {
             // of time cancels the runs whose clients went away), the completion goes on in
             // the background: the operation ran, and only its record is left to write.
             let mut pending = Pending {
-                engine: self.engine.clone(),
-                key: self.key,
-                token: self.token,
-                lease: self.lease,
+                lease: &mut self,
                 size,
                 record,
                 armed: true,
             };
-            let outcome = self.completed(&mut pending.record, size).await;
+            let outcome = (*pending.lease).completed(&mut pending.record, size).await;
             pending.armed = false;
             outcome
         }
+    }
+
+    /// This lease, done (dropped, it releases nothing), for a completion that goes on without
+    /// its run.
+    fn detached(&self) -> Lease {
+        Lease {
+            engine: self.engine.clone(),
+            done: true,
+            ..*self
+        }
+    }
+
+    /// Writes `record` in place of the claim, in a task of its own (counted for
+    /// [`Engine::abandoned_released`], as a release in the background is): for a completion
+    /// whose run was dropped as it recorded. It goes on as [`finish`](Self::finish) would
+    /// have, the claim renewed between its attempts and claimed again if the store forgot it.
+    fn complete_in_background(mut self, mut record: Completed, size: usize) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %self.key, "an idempotency record was left unwritten outside a runtime; its claim lapses with its lease");
+            return;
+        };
+        let completing = self.engine.parts.releasing.start();
+        runtime.spawn(async move {
+            match self.completed(&mut record, size).await {
+                Ok(Outcome::Lost) => {
+                    tracing::warn!(key = %self.key, "the response of a cancelled run was not recorded: another request holds its key");
+                }
+                Err(error) => {
+                    tracing::warn!(key = %self.key, %error, "recording the response of a cancelled run failed; its claim lapses with its lease");
+                }
+                Ok(_) => {}
+            }
+            drop(completing);
+        });
     }
 
     /// Writes `record`, whose response is `size` bytes, in place of the claim: the heart of
@@ -1183,13 +1167,10 @@ impl Lease {
     }
 }
 
-/// A completion under way in [`Lease::finish`], and its record: dropped while still `armed`
-/// (its run cancelled as it recorded), it writes the record in the background.
-struct Pending {
-    engine: Engine,
-    key: StoreKey,
-    token: Token,
-    lease: Duration,
+/// A completion under way in [`Lease::finish`], its lease and its record: dropped while
+/// still `armed` (its run cancelled as it recorded), it goes on in the background.
+struct Pending<'a> {
+    lease: &'a mut Lease,
     /// The response's size, for a record the store finds too large.
     size: usize,
     record: Completed,
@@ -1197,12 +1178,11 @@ struct Pending {
     armed: bool,
 }
 
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let record = self.record.clone();
-            (self.engine)
-                .complete_in_background(self.key, self.token, self.lease, record, self.size);
+            let lease = self.lease.detached();
+            lease.complete_in_background(self.record.clone(), self.size);
         }
     }
 }
@@ -1275,7 +1255,7 @@ mod tests {
             "Engine::begin's future is {begin_size} bytes"
         );
         assert!(
-            finish_size <= 680,
+            finish_size <= 600,
             "Lease::finish's future is {finish_size} bytes"
         );
         assert!(matches!(finish.await, Ok(Outcome::Recorded)));
@@ -2209,6 +2189,35 @@ mod tests {
         fn now(&self) -> Timestamp {
             START.saturating_add(self.0.elapsed())
         }
+    }
+
+    /// A completion whose run is dropped as it retries (a drain that ran out of time) goes on
+    /// in the background as it would have: renewing the claim between attempts, so that a
+    /// retry meanwhile waits (409) rather than finding the claim lapsed and running the
+    /// operation again. It retried for a lease without renewing, and the claim lapsed under it.
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_left_to_the_background_keeps_its_claim_while_it_retries() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        // Renewed last when claimed: the handler ran for 9 s.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        store.fail("complete", usize::MAX, Fault::Timeout);
+        let finishing = lease.finish(response(201, "once"));
+        // Dropped in its first pause, before it renewed the claim.
+        let cut = tokio::time::timeout(Duration::from_millis(5), finishing).await;
+        assert!(cut.is_err(), "dropped while it retries");
+        // Past the lease from the last renewal: a claim nobody renewed has lapsed.
+        tokio::time::sleep(Duration::from_secs(22)).await;
+        let retry = engine.begin(&policy, key(1), fp("a")).await;
+        assert!(
+            matches!(retry, Err(IdempotencyError::InFlight)),
+            "the claim is kept while its record is retried: {retry:?}"
+        );
+        store.heal();
+        engine.abandoned_released().await;
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
     /// A store that stops answering for less than a lease, and answers again well before the
