@@ -328,7 +328,11 @@ impl Engine {
                     if self.parts.clock.now().since(now) < lease(policy) / 3 {
                         return Ok(self.claimed(policy, key, claim));
                     }
-                    return Box::pin(self.renewed_late(policy, key, claim)).await;
+                    match Box::pin(self.renewed_late(policy, key, claim)).await {
+                        Late::Answered(answer) => return answer,
+                        // Judged, or waited for, as any record a claim finds.
+                        Late::TakenOver(record) => record,
+                    }
                 }
                 Err(e) => {
                     // The claim may have been written all the same (a command that timed
@@ -413,21 +417,16 @@ impl Engine {
     /// It is renewed, fenced by its token, before anything runs. Still held, it runs with a
     /// whole lease ahead. Taken over, it never runs beside the one that took it: its request
     /// is answered as one that found the record of that one (a replay of its response, a
-    /// mismatch, or 409 while it runs), or found the key held (409) when the record is gone
-    /// or cannot be read. A renewal the store failed is the store's failure, and fails closed
+    /// mismatch, or, while it runs, 409 or a wait for it where the endpoint waits), or found
+    /// the key held (409) when the record is gone or cannot be read. A renewal the store failed is the store's failure, and fails closed
     /// whatever the policy: unlike a failed claim's, this request's claim was written, and may
     /// have lapsed and been taken over by a request that runs now. The claim is released in
     /// case it is still there (the lease dropped unfinished releases it, as it does if this
     /// request is cancelled meanwhile).
-    async fn renewed_late(
-        &self,
-        policy: &Policy,
-        key: StoreKey,
-        claim: InFlight,
-    ) -> Result<Begin, IdempotencyError> {
+    async fn renewed_late(&self, policy: &Policy, key: StoreKey, claim: InFlight) -> Late {
         let mut lease = self.lease_of(policy, key, claim);
         match lease.renew().await {
-            Ok(true) => Ok(Begin::Execute(lease)),
+            Ok(true) => Late::Answered(Ok(Begin::Execute(lease))),
             Ok(false) => {
                 // Not this token's: nothing of it to release.
                 lease.done = true;
@@ -436,11 +435,11 @@ impl Engine {
                     .observed("get", || self.parts.store.get(&key, now))
                     .await
                 {
-                    Ok(Some(record)) => judge(policy, claim.fingerprint, record),
-                    Ok(None) | Err(_) => Err(IdempotencyError::InFlight),
+                    Ok(Some(record)) => Late::TakenOver(record),
+                    Ok(None) | Err(_) => Late::Answered(Err(IdempotencyError::InFlight)),
                 }
             }
-            Err(e) => Err(IdempotencyError::StoreUnavailable(e)),
+            Err(e) => Late::Answered(Err(IdempotencyError::StoreUnavailable(e))),
         }
     }
 
@@ -573,6 +572,14 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
+}
+
+/// What a claim answered late came to (see [`Engine::begin`]).
+enum Late {
+    /// Its answer: it runs, or it cannot be told who holds its key, or the store failed.
+    Answered(Result<Begin, IdempotencyError>),
+    /// Another request took its key over: the record that did.
+    TakenOver(Record),
 }
 
 /// The runtime's clock `after` from now; [`LONGEST_WAIT`] from now for a longer time (a
@@ -1838,6 +1845,33 @@ mod tests {
         match late.await.unwrap() {
             Ok(Begin::Replay(record)) => assert_eq!(&record.response.body()[..], b"once"),
             other => panic!("a late claim overtaken by a finished twin replays it: {other:?}"),
+        }
+    }
+
+    /// On an endpoint that waits for the first request of its key, a late claim overtaken by
+    /// the same request still running waits for it and replays its answer, as any request
+    /// that finds its key running there does; it was answered 409 at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_claim_overtaken_on_a_waiting_endpoint_waits_and_replays() {
+        let (slow, other) = slow_and_prompt();
+        let policy = Policy::DEFAULT
+            .lease(Duration::from_millis(300))
+            .on_in_flight(OnInFlight::Wait(Duration::from_secs(30)));
+        let long = Policy::DEFAULT.lease(Duration::from_secs(10));
+        let late = tokio::spawn({
+            let slow = slow.clone();
+            async move { slow.begin(&policy, key(1), fp("a")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(Begin::Execute(running)) = other.begin(&long, key(1), fp("a")).await else {
+            panic!("the lapsed claim is taken over");
+        };
+        // The late claim's answer, renewal and look at the key come meanwhile.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        running.finish(response(201, "once")).await.unwrap();
+        match late.await.unwrap() {
+            Ok(Begin::Replay(record)) => assert_eq!(&record.response.body()[..], b"once"),
+            other => panic!("a late claim on a waiting endpoint waits and replays: {other:?}"),
         }
     }
 
