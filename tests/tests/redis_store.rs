@@ -1147,6 +1147,41 @@ async fn a_claim_waiting_for_replicas_holds_up_no_other_key() {
     );
 }
 
+/// The connections writes wait on are kept for the next writes; when one turns out dead (a
+/// server restarted, a proxy that closed idle connections), those kept beside it are dead
+/// too, and go with it: one write answers 503, not one per connection kept.
+#[actix_web::test]
+async fn a_dead_connection_kept_for_waits_takes_the_others_with_it() {
+    let Some(primary) = TestRedis::start_owned() else {
+        return;
+    };
+    let store = RedisStore::builder(primary.url())
+        .prefix("dead:")
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = |n: u8| StoreKey::from_bytes([n; 32]);
+    let unreplicated = |begun: &Result<Begin, IdempotencyError>| {
+        matches!(begun, Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(why)))
+            if why.to_string().contains("reached 0 of the 1"))
+    };
+    // Four at once: four connections, kept once their claims are refused (no replica).
+    let begun = join_all((0..4).map(|n| engine.begin(&Policy::DEFAULT, key(n), fp))).await;
+    assert!(begun.iter().all(unreplicated), "{begun:?}");
+    primary.query::<()>(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut failed = 0;
+    for n in 10..14 {
+        let begun = engine.begin(&Policy::DEFAULT, key(n), fp).await;
+        if !unreplicated(&begun) {
+            failed += 1;
+        }
+    }
+    assert!(failed <= 1, "{failed} writes failed on dead connections");
+}
+
 #[actix_web::test]
 async fn a_wait_for_replicas_that_cannot_work_is_refused_with_the_rule() {
     let refused = |replicas: u32, ms: u64| {

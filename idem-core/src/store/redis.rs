@@ -245,36 +245,58 @@ impl ConnectionLike for Connection {
 struct Waiters {
     client: redis::Client,
     config: redis::AsyncConnectionConfig,
-    idle: std::sync::Mutex<Vec<MultiplexedConnection>>,
-    /// When a lent connection was last answered `READONLY`: new connections are then made at
-    /// most once per [`READ_ONLY_RECONNECT_INTERVAL`], as for the shared connection.
-    read_only_at: std::sync::Mutex<Option<Instant>>,
+    pool: std::sync::Mutex<Pool>,
+}
+
+/// The connections of [`Waiters`].
+#[derive(Default)]
+struct Pool {
+    /// Idle connections, the last given back last, each with when it was.
+    idle: Vec<(MultiplexedConnection, Instant)>,
+    /// Moved on when the idle connections are dropped (one failed, or answered `READONLY`):
+    /// those lent before are not taken back either.
+    generation: u64,
+    /// When the connections were last dropped for a `READONLY`.
+    read_only_at: Option<Instant>,
+    /// Until when no new connection is made: a connection made since the last `READONLY`
+    /// answered it again, so the address still leads to a node that takes no writes. As for
+    /// the shared connection, connections are made anew at once after a first `READONLY`,
+    /// then at most once per [`READ_ONLY_RECONNECT_INTERVAL`].
+    refuse_until: Option<Instant>,
 }
 
 /// How many idle connections [`Waiters`] keeps for the next writes; more are made while more
 /// writes wait at once, and closed after.
 const IDLE_WAITERS: usize = 16;
 
+/// How long an idle connection of [`Waiters`] is kept: a proxy, or the server's own
+/// `timeout`, may close one left idle longer without a word, and the next write on it would
+/// fail.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
 impl Waiters {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<MultiplexedConnection>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A connection for one write and its `WAIT`: an idle one, else a new one.
     async fn lend(self: &Arc<Self>) -> Result<Lent, StoreError> {
-        let idle = self.idle().pop();
+        let (idle, generation) = {
+            let mut pool = self.pool();
+            let now = Instant::now();
+            pool.idle
+                .retain(|(_, since)| now.duration_since(*since) < IDLE_FOR);
+            let idle = pool.idle.pop().map(|(conn, _)| conn);
+            if idle.is_none() && pool.refuse_until.is_some_and(|until| now < until) {
+                return Err(StoreError::Unavailable(
+                    "the Redis server answered READONLY (a failover under way?); a new connection is tried shortly".into(),
+                ));
+            }
+            (idle, pool.generation)
+        };
         let conn = match idle {
             Some(conn) => conn,
             None => {
-                let read_only_at = *self
-                    .read_only_at
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if read_only_at.is_some_and(|at| at.elapsed() < READ_ONLY_RECONNECT_INTERVAL) {
-                    return Err(StoreError::Unavailable(
-                        "the Redis server answered READONLY (a failover under way?); a new connection is tried shortly".into(),
-                    ));
-                }
                 let connected = self
                     .client
                     .get_multiplexed_async_connection_with_config(&self.config)
@@ -285,25 +307,50 @@ impl Waiters {
         Ok(Lent {
             conn,
             waiters: Arc::clone(self),
+            generation,
             sound: true,
         })
+    }
+
+    /// Drops the idle connections, and those lent now as they are given back, when one of
+    /// `generation` failed (a server restarted, a proxy that closed them) or answered
+    /// `READONLY` (`read_only`: the server was demoted, and they all lead there).
+    fn drop_all(&self, generation: u64, read_only: bool) {
+        let mut pool = self.pool();
+        if generation != pool.generation {
+            // Made before the last drop: dropped with it already.
+            return;
+        }
+        pool.idle.clear();
+        pool.generation += 1;
+        if read_only {
+            let now = Instant::now();
+            if pool
+                .read_only_at
+                .is_some_and(|at| now.duration_since(at) < READ_ONLY_RECONNECT_INTERVAL)
+            {
+                pool.refuse_until = Some(now + READ_ONLY_RECONNECT_INTERVAL);
+            }
+            pool.read_only_at = Some(now);
+        }
     }
 }
 
 /// A connection lent by [`Waiters`]: given back when dropped, unless a command on it failed
 /// to get an answer (a `WAIT` dropped unanswered may still block it) or was answered
-/// `READONLY` (the server was demoted: the idle ones go too, as they lead there).
+/// `READONLY`, or the connections were dropped since it was lent.
 struct Lent {
     conn: MultiplexedConnection,
     waiters: Arc<Waiters>,
+    generation: u64,
     sound: bool,
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let mut idle = self.waiters.idle();
-        if self.sound && idle.len() < IDLE_WAITERS {
-            idle.push(self.conn.clone());
+        let mut pool = self.waiters.pool();
+        if self.sound && self.generation == pool.generation && pool.idle.len() < IDLE_WAITERS {
+            pool.idle.push((self.conn.clone(), Instant::now()));
         }
     }
 }
@@ -318,16 +365,11 @@ impl ConnectionLike for Lent {
                 Err(error) => error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly),
                 Ok(_) => false,
             };
-            if read_only {
-                self.waiters.idle().clear();
-                *self
-                    .waiters
-                    .read_only_at
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            let failed = matches!(&answer, Err(e) if e.kind() == ErrorKind::Io);
+            if read_only || failed {
+                self.waiters.drop_all(self.generation, read_only);
             }
-            let answered = answer.is_ok() || matches!(&answer, Err(e) if e.kind() != ErrorKind::Io);
-            self.sound = answered && !read_only;
+            self.sound = !read_only && !failed;
             answer
         })
     }
@@ -936,8 +978,8 @@ impl RedisStoreBuilder {
     ///
     /// `WAIT` blocks the connection it is sent on, and counts the writes sent on it. On one
     /// server, each claim and completion therefore goes out, with its `WAIT`, on a connection
-    /// of its own (up to 16 idle ones are kept for the next), so that waiting holds up no
-    /// other command. On a cluster, both go on the cluster client's connection to the key's
+    /// of its own, so that waiting holds up no other command: up to 16 idle ones are kept for
+    /// 30 s for the next, and beyond that each write that waits opens (and closes) one. On a cluster, both go on the cluster client's connection to the key's
     /// primary, which the process's other commands to that node share: they wait behind it.
     ///
     /// [`build`](Self::build) refuses 0 replicas (no wait: leave this unset), and a `timeout`
@@ -1017,8 +1059,7 @@ impl RedisStoreBuilder {
                     waiters = Some(Arc::new(Waiters {
                         client: client.clone(),
                         config,
-                        idle: std::sync::Mutex::new(Vec::new()),
-                        read_only_at: std::sync::Mutex::new(None),
+                        pool: std::sync::Mutex::default(),
                     }));
                 }
                 let config = ConnectionManagerConfig::new()
