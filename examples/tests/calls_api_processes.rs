@@ -96,19 +96,37 @@ async fn a_process_replays_what_it_cached_without_redis_unless_the_cache_is_off(
 
 /// An empty `IDEM_WORKERS` or `IDEM_ADDR` (a compose file passing `${IDEM_WORKERS}` through
 /// unset) counts as unset, as every other variable does: the defaults apply, where the process
-/// refused to start, blaming a `--workers` flag nobody gave.
+/// refused to start, blaming a `--workers` flag nobody gave, or tried to listen on "".
 #[tokio::test]
 async fn empty_variables_count_as_unset() {
     let addr = common::free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
-        .env("IDEM_WORKERS", "")
-        .env("IDEM_ADDR", "")
-        .env_remove("IDEM_REDIS_URL")
-        .env_remove("IDEM_REDIS_CLUSTER")
-        .env_remove("IDEM_DATABASE_URL")
-        .args(["--addr", &addr.to_string()])
-        .spawn()
-        .unwrap();
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_calls-api"))
+            .env("IDEM_WORKERS", "")
+            .env("IDEM_ADDR", "")
+            .env_remove("IDEM_REDIS_URL")
+            .env_remove("IDEM_REDIS_CLUSTER")
+            .env_remove("IDEM_DATABASE_URL")
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The default address, 127.0.0.1:8080: listened on, or named as taken.
+    let mut child = spawn(&[]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    match child.try_wait().unwrap() {
+        Some(_) => {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("127.0.0.1:8080"), "{stderr}");
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    let mut child = spawn(&["--addr", &addr.to_string()]);
     let mut listening = false;
     for _ in 0..200 {
         if let Some(status) = child.try_wait().unwrap() {

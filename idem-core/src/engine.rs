@@ -293,7 +293,8 @@ impl Engine {
     /// Claims `key` for a request with `fingerprint`, or says why not: one store round trip
     /// unless the endpoint waits for a running request, or the store answered a third of the
     /// lease or more after the claim was sent (the claim is then renewed before it runs, and
-    /// answered 409 if another request took it over meanwhile).
+    /// answered by the record of another request that took it over meanwhile, as a claim that
+    /// found that record would be: a replay, a mismatch, or 409, or a wait, while it runs).
     ///
     /// # Errors
     /// [`IdempotencyError::InFlight`], [`IdempotencyError::Mismatch`], or
@@ -418,11 +419,11 @@ impl Engine {
     /// whole lease ahead. Taken over, it never runs beside the one that took it: its request
     /// is answered as one that found the record of that one (a replay of its response, a
     /// mismatch, or, while it runs, 409 or a wait for it where the endpoint waits), or found
-    /// the key held (409) when the record is gone or cannot be read. A renewal the store failed is the store's failure, and fails closed
-    /// whatever the policy: unlike a failed claim's, this request's claim was written, and may
-    /// have lapsed and been taken over by a request that runs now. The claim is released in
-    /// case it is still there (the lease dropped unfinished releases it, as it does if this
-    /// request is cancelled meanwhile).
+    /// the key held (409) when the record is gone or cannot be read. A renewal the store
+    /// failed is the store's failure, and fails closed whatever the policy: unlike a failed
+    /// claim's, this request's claim was written, and may have lapsed and been taken over by a
+    /// request that runs now. The claim is released in case it is still there (the lease
+    /// dropped unfinished releases it, as it does if this request is cancelled meanwhile).
     async fn renewed_late(&self, policy: &Policy, key: StoreKey, claim: InFlight) -> Late {
         let mut lease = self.lease_of(policy, key, claim);
         match lease.renew().await {

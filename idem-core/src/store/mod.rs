@@ -125,11 +125,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, Claim>;
 
     /// [`claim`](Self::claim), for a lease whose claim the store no longer has (dropped as it
-    /// lapsed, lost to a restart or a failover), made to record the response of an operation
-    /// that ran. The same atomic write; but a store that waits for something before a claim
-    /// may run (replicas to acknowledge it) should not wait here, nor refuse a claim for want
-    /// of it: nothing runs on this claim, and the completion written next is kept whatever
-    /// it waits for, as the operation ran. The default is `claim`.
+    /// lapsed, lost to a restart or a failover): made to record the response of an operation
+    /// that ran, or by the renewal of one that runs. The same atomic write; but a store that
+    /// waits for something before a claim may run (replicas to acknowledge it) should not wait
+    /// here, nor refuse a claim for want of it: nothing starts on this claim (its operation
+    /// ran, or runs already, and a refusal would leave it without its claim), and a
+    /// completion written next is kept whatever it waits for. The default is `claim`.
     fn reclaim<'a>(
         &'a self,
         key: &'a StoreKey,
