@@ -684,7 +684,9 @@ impl PostgresStore {
             if next.is_some_and(|next| started < next) {
                 return;
             }
-            *next = Some(started + purge.every);
+            // An interval past what the clock counts (`Duration::MAX`) is ten years: never.
+            let every = purge.every.min(Duration::from_secs(10 * 36_525 * 24 * 36));
+            *next = Some(started + every);
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -722,7 +724,7 @@ impl PostgresStore {
     ) -> Result<ClaimTransaction, StoreError> {
         // The pool's own wait for a connection ends first, as unavailable; past it, the
         // `BEGIN` timed out.
-        let limit = self.pool.options().get_acquire_timeout() + self.timeout;
+        let limit = (self.pool.options().get_acquire_timeout()).saturating_add(self.timeout);
         // Marked as the claim's in the same round trip: its completion writes only there.
         let begin = format!("BEGIN; SET LOCAL {CLAIM_SETTING} = '{}'", mark(token));
         let mut reconnects = self.reconnects();
@@ -1488,6 +1490,11 @@ impl Store for PostgresStore {
         })
     }
 
+    fn max_record_bytes(&self) -> Option<usize> {
+        // Compared with a response's held bytes, as a completion checks them.
+        Some(self.max_record_bytes)
+    }
+
     fn fails_open(&self) -> bool {
         self.fail_open
     }
@@ -1805,6 +1812,55 @@ mod tests {
         assert!(err.contains("at most 1072693248 bytes"), "{err}");
         assert!(limit(usize::MAX).is_err());
         assert!(limit(1072693248).is_ok());
+    }
+
+    /// The store says how large a record it keeps, so that an endpoint keeping larger
+    /// responses is refused at start-up, as on Redis: unsaid, responses between the two were
+    /// recorded without their bodies, and their retries got 409 where they expected a replay.
+    #[tokio::test]
+    async fn the_record_limit_is_told_to_the_start_up_check() {
+        let url = "postgres://idem@127.0.0.1:1/idem";
+        let store = PostgresStore::builder(url)
+            .max_record_bytes(1024)
+            .build()
+            .unwrap();
+        assert_eq!(store.max_record_bytes(), Some(1024));
+        let checked = crate::Policy::DEFAULT.check(&store);
+        assert!(
+            matches!(
+                checked,
+                Err(crate::PolicyError::ResponseLargerThanStore { .. })
+            ),
+            "{checked:?}"
+        );
+    }
+
+    /// Timeouts as long as a `Duration` holds (a way to say "no limit") open transactions and
+    /// purge as any other: the sums they take part in saturate, where they panicked, and
+    /// every `Transaction` was answered 500 without a code.
+    #[tokio::test]
+    async fn unbounded_timeouts_open_transactions_without_panicking() {
+        let store = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .command_timeout(Duration::MAX)
+            .connect_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let claim = InFlight {
+            fingerprint: crate::Fingerprint::new("POST", "/", "", b""),
+            lease_until: Timestamp::from_millis(60_000),
+            token: Token::from_u128(1),
+        };
+        let opened = store.transaction(StoreKey::from_bytes([1; 32]), claim.token);
+        let opened = std::panic::AssertUnwindSafe(opened);
+        let opened = futures_util::FutureExt::catch_unwind(opened).await;
+        let Ok(opened) = opened else {
+            panic!("opening a transaction panicked")
+        };
+        assert!(
+            matches!(opened, Err(StoreError::Unavailable(_))),
+            "{:?}",
+            opened.err()
+        );
     }
 
     #[test]
