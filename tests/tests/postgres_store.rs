@@ -1125,6 +1125,37 @@ async fn a_completion_whose_answer_was_lost_runs_again_and_finds_the_record_it_w
     );
 }
 
+/// A transactional claim whose answer was lost (Postgres committed it) runs again on another
+/// connection and finds the claim it wrote, its own token's: that is its claim, and its
+/// transaction opens. It answered that another request held the key (409), and the claim,
+/// held by nobody, kept the key from every retry until its lease lapsed.
+#[actix_web::test]
+async fn a_transactional_claim_whose_answer_was_lost_opens_its_transaction() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let direct = store(&pg, "lost_claim").await;
+    let proxy = LosingProxy::start(address_of(pg.url()));
+    let store = PostgresStore::builder(through(pg.url(), proxy.addr()))
+        .table(direct.table())
+        .build()
+        .expect("valid settings");
+    let t = now();
+    let claim = in_flight(t);
+    proxy.lose_answer_to("WITH seen AS");
+    let claimed = store.claim_transaction(key(1), claim, t).await;
+    assert_eq!(proxy.lost(), 1, "the claim's answer was lost");
+    let Ok(TransactionalClaim::Claimed(tx)) = claimed else {
+        panic!("the claim is this request's: {:?}", claimed.err())
+    };
+    let record = completed(t, "call_1");
+    tx.commit(record.clone()).await.unwrap();
+    assert_eq!(
+        direct.get(&key(1), t).await.unwrap(),
+        Some(Record::Completed(record))
+    );
+}
+
 /// `pg`'s URL with a setting for every connection made with it, as a role's or a database's
 /// defaults (`ALTER ROLE ... SET`) would give it: `setting` is URL-encoded.
 fn url_with(pg: &TestPostgres, setting: &str) -> String {

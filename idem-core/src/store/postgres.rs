@@ -759,24 +759,51 @@ impl PostgresStore {
     /// Claims `key` as [`Store::claim`] does (the claim is committed at once, so that
     /// duplicates see it), and opens its [`transaction`](Self::transaction).
     ///
+    /// A claim whose answer was lost and that runs again (see the store's reconnection) finds
+    /// its own claim, and opens its transaction.
+    ///
     /// # Errors
     /// The store's error. If the claim was written but its transaction could not be opened,
-    /// the claim is released first.
+    /// the claim is released first; a claim that failed unanswered (it may have been written
+    /// all the same) is released in the background.
     pub async fn claim_transaction(
         &self,
         key: StoreKey,
         claim: InFlight,
         now: Timestamp,
     ) -> Result<TransactionalClaim, StoreError> {
-        match self.claim(&key, claim, now).await? {
-            Claim::Existing(record) => Ok(TransactionalClaim::Existing(record)),
-            Claim::Claimed => match self.transaction(key, claim.token).await {
-                Ok(tx) => Ok(TransactionalClaim::Claimed(tx)),
-                Err(error) => {
-                    let _ = self.release(&key, claim.token).await;
-                    Err(error)
+        let claimed = match self.claim(&key, claim, now).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                // The claim may have been written all the same (a statement that timed out,
+                // then ran): nobody would hold it. Its token releases it, if it is there.
+                if let StoreError::Unavailable(_) | StoreError::Timeout = error {
+                    let store = self.clone();
+                    tokio::spawn(async move { store.release(&key, claim.token).await });
                 }
-            },
+                return Err(error);
+            }
+        };
+        match claimed {
+            // Its own token's: a claim whose answer was lost, run again (see `Reconnects`),
+            // finds the claim it wrote.
+            Claim::Existing(Record::InFlight(held)) if held.token == claim.token => {
+                self.opened(key, claim.token).await
+            }
+            Claim::Existing(record) => Ok(TransactionalClaim::Existing(record)),
+            Claim::Claimed => self.opened(key, claim.token).await,
+        }
+    }
+
+    /// The transaction of the claim `token` holds on `key`, just written; or, if it cannot
+    /// be opened, the claim released and the error.
+    async fn opened(&self, key: StoreKey, token: Token) -> Result<TransactionalClaim, StoreError> {
+        match self.transaction(key, token).await {
+            Ok(tx) => Ok(TransactionalClaim::Claimed(tx)),
+            Err(error) => {
+                let _ = self.release(&key, token).await;
+                Err(error)
+            }
         }
     }
 
