@@ -178,9 +178,7 @@ impl Seeds {
                 return refusal.clone();
             }
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+        let config = connection_config(timeout);
         let asked = self.clients.iter().map(|client| {
             let config = config.clone();
             async move {
@@ -360,11 +358,7 @@ impl ConnectionLike for Lent {
         Box::pin(async move {
             self.sound = false;
             let answer = self.conn.req_packed_command(cmd).await;
-            let read_only = match &answer {
-                Ok(Value::ServerError(error)) => error.kind() == Some(ServerErrorKind::ReadOnly),
-                Err(error) => error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly),
-                Ok(_) => false,
-            };
+            let read_only = read_only(&answer);
             let failed = matches!(&answer, Err(e) if e.kind() == ErrorKind::Io);
             if read_only || failed {
                 self.waiters.drop_all(self.generation, read_only);
@@ -423,6 +417,23 @@ impl ConnectionLike for Link {
             Link::Lent(lent) => lent.get_db(),
         }
     }
+}
+
+/// Whether `answer` is `READONLY`: the server takes no writes (a primary a failover demoted).
+fn read_only(answer: &redis::RedisResult<Value>) -> bool {
+    match answer {
+        Ok(Value::ServerError(error)) => error.kind() == Some(ServerErrorKind::ReadOnly),
+        Err(error) => error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly),
+        Ok(_) => false,
+    }
+}
+
+/// The settings of a connection made by hand (not by a connection manager): `timeout` to
+/// connect, and for each answer.
+fn connection_config(timeout: Duration) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
 }
 
 /// The connection to one server, replaced by a new one when the server answers that it takes
@@ -491,12 +502,7 @@ impl Server {
     async fn command(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
         let (number, mut conn) = self.current();
         let answer = conn.req_packed_command(cmd).await;
-        let read_only = match &answer {
-            Ok(Value::ServerError(error)) => error.kind() == Some(ServerErrorKind::ReadOnly),
-            Err(error) => error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly),
-            Ok(_) => false,
-        };
-        if read_only {
+        if read_only(&answer) {
             let mut current = self.lock();
             if current.number == number {
                 current.read_only = true;
@@ -770,8 +776,6 @@ impl RedisStore {
         let answer = self
             .run(async {
                 match link {
-                    Link::Lent(lent) => lent.req_packed_command(&wait).await,
-                    Link::Shared(Connection::Single(server)) => server.command(&wait).await,
                     // To the key's primary alone: the cluster client would ask every primary.
                     Link::Shared(Connection::Cluster(conn, _)) => {
                         let primary = Route::with_key(redis_key, SlotAddr::Master);
@@ -779,6 +783,7 @@ impl RedisStore {
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
                         conn.clone().route_command(wait, routing).await
                     }
+                    link => link.req_packed_command(&wait).await,
                 }
             })
             .await?;
@@ -979,8 +984,9 @@ impl RedisStoreBuilder {
     /// `WAIT` blocks the connection it is sent on, and counts the writes sent on it. On one
     /// server, each claim and completion therefore goes out, with its `WAIT`, on a connection
     /// of its own, so that waiting holds up no other command: up to 16 idle ones are kept for
-    /// 30 s for the next, and beyond that each write that waits opens (and closes) one. On a cluster, both go on the cluster client's connection to the key's
-    /// primary, which the process's other commands to that node share: they wait behind it.
+    /// 30 s for the next, and beyond that each write that waits opens (and closes) one. On a
+    /// cluster, both go on the cluster client's connection to the key's primary, which the
+    /// process's other commands to that node share: they wait behind it.
     ///
     /// [`build`](Self::build) refuses 0 replicas (no wait: leave this unset), and a `timeout`
     /// under 1 ms (`WAIT` would then block for as long as it takes) or not under the
@@ -1053,12 +1059,9 @@ impl RedisStoreBuilder {
             Target::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(invalid)?;
                 if self.replicas.is_some() {
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.timeout))
-                        .set_response_timeout(Some(self.timeout));
                     waiters = Some(Arc::new(Waiters {
                         client: client.clone(),
-                        config,
+                        config: connection_config(self.timeout),
                         pool: std::sync::Mutex::default(),
                     }));
                 }
