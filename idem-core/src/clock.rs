@@ -37,6 +37,11 @@ impl Timestamp {
     }
 }
 
+/// The farthest ahead the runtime's clock is asked to count, ten years of 365.25 days: a
+/// longer time (such as `Duration::MAX`) would overflow it, and no wait, retry or interval
+/// of the layer's outlives ten years anyway.
+pub(crate) const FARTHEST: Duration = Duration::from_secs(10 * 36_525 * 24 * 36);
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::future::{select, Either};
 
-use crate::clock::{Clock, MonotonicClock, SystemClock, Timestamp};
+use crate::clock::{Clock, MonotonicClock, SystemClock, Timestamp, FARTHEST};
 use crate::digest::{Fingerprint, StoreKey};
 use crate::error::IdempotencyError;
 use crate::policy::{CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy};
@@ -306,7 +306,7 @@ impl Engine {
         fingerprint: Fingerprint,
     ) -> Result<Begin, IdempotencyError> {
         let deadline = match policy.on_in_flight {
-            OnInFlight::Wait(bound) => Some(tokio::time::Instant::now() + bound.min(LONGEST_WAIT)),
+            OnInFlight::Wait(bound) => Some(deadline_after(bound)),
             OnInFlight::Conflict => None,
         };
         loop {
@@ -460,17 +460,15 @@ impl Engine {
     ///
     /// At most [`MAX_UNCONFIRMED_RELEASES`] at once: past them, the claim is left to lapse.
     fn release_unconfirmed(&self, key: StoreKey, token: Token, lease: Duration) {
-        use std::sync::atomic::Ordering::AcqRel;
         let engine = self.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let unconfirmed = Arc::clone(&self.parts.unconfirmed);
-        let counted = Counted(unconfirmed);
-        if counted.0.fetch_add(1, AcqRel) >= MAX_UNCONFIRMED_RELEASES {
+        let Some(counted) = Counted::within(&self.parts.unconfirmed, MAX_UNCONFIRMED_RELEASES)
+        else {
             tracing::debug!(%key, "too many releases of failed claims under way; this one, if it landed, lapses with its lease");
             return;
-        }
+        };
         let releasing = self.parts.releasing.start();
         runtime.spawn(async move {
             let deadline = deadline_after(lease);
@@ -559,15 +557,19 @@ impl Engine {
     }
 }
 
-/// The longest a request waits for the first of its key (`OnInFlight::Wait`): ten years, the
-/// attribute's longest `wait_timeout`, which no request outlives. A longer wait, set in code,
-/// would overflow the clock.
-const LONGEST_WAIT: Duration = Duration::from_secs(10 * 36_525 * 24 * 36);
-
 /// One of the releases under way that [`Engine::release_unconfirmed`] counts: counted down
 /// when dropped, so that a task a stopping runtime drops (an engine can outlive its runtime)
 /// frees its place too.
 struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counted {
+    /// One more counted by `count`, unless `most` are already.
+    fn within(count: &Arc<std::sync::atomic::AtomicUsize>, most: usize) -> Option<Self> {
+        let counted = Counted(Arc::clone(count));
+        let before = counted.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        (before < most).then_some(counted)
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -583,12 +585,12 @@ enum Late {
     TakenOver(Record),
 }
 
-/// The runtime's clock `after` from now; [`LONGEST_WAIT`] from now for a longer time (a
-/// policy's lease may be `Duration::MAX`), which the clock could not count.
+/// The runtime's clock `after` from now, [`FARTHEST`] at most: a wait for the first request
+/// of a key (ten years is the attribute's longest `wait_timeout`, which no request outlives),
+/// or the retries of a store operation for a lease (which may be `Duration::MAX`, past what
+/// the clock can count).
 fn deadline_after(after: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + after.min(LONGEST_WAIT))
+    tokio::time::Instant::now() + after.min(FARTHEST)
 }
 
 /// A claim on its way to the store. Dropped before the store answers (its run was cancelled:

@@ -684,9 +684,7 @@ impl PostgresStore {
             if next.is_some_and(|next| started < next) {
                 return;
             }
-            // An interval past what the clock counts (`Duration::MAX`) is ten years: never.
-            let every = purge.every.min(Duration::from_secs(10 * 36_525 * 24 * 36));
-            *next = Some(started + every);
+            *next = Some(started + purge.every.min(crate::clock::FARTHEST));
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
