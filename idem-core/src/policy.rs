@@ -288,6 +288,22 @@ impl Policy {
 }
 
 impl Policy {
+    /// Checks that the scope is not read from the header the key is read from: every key
+    /// would be its own scope.
+    ///
+    /// # Errors
+    /// [`PolicyError::ScopeIsKey`].
+    pub fn check_scope_header(&self) -> Result<(), PolicyError> {
+        match (self.scope, self.key_source) {
+            (Scope::Header(scoped), KeySource::Header)
+                if scoped.eq_ignore_ascii_case(self.header) =>
+            {
+                Err(PolicyError::ScopeIsKey(self.header))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The checks of [`Policy::check`] that need no store.
     fn check_settings(&self) -> Result<(), PolicyError> {
         self.check_settings_with(true)
@@ -335,12 +351,8 @@ impl Policy {
                 return Err(PolicyError::WaitTooShort { wait });
             }
         }
-        if let (Scope::Header(scoped), KeySource::Header, true) =
-            (self.scope, self.key_source, key_header_known)
-        {
-            if scoped.eq_ignore_ascii_case(self.header) {
-                return Err(PolicyError::ScopeIsKey(self.header));
-            }
+        if key_header_known {
+            self.check_scope_header()?;
         }
         if let ReplayHeaders::Except(names) = self.replay_headers {
             if names

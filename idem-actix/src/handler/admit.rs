@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use idem_core::{
     Body, BodyError, BodyForm, ClientKey, ErrorFormat, Fingerprint, IdempotencyError, JsonBody,
-    KeyError, KeyOrigin, KeySource, Policy, PolicyError, Scope, StoreKey,
+    KeyError, KeyOrigin, KeySource, Policy, StoreKey,
 };
 
 use super::record::rebuilt;
@@ -346,16 +346,8 @@ fn store_key(
     // Refused where both are known (the attribute and `Policy::check` refuse what they can
     // see; an endpoint's scope and the application's key header meet only here), logged by
     // `Endpoint::check`.
-    if let (Scope::Header(scoped), KeySource::Header, None, None) = (
-        policy.scope,
-        policy.key_source,
-        functions.key,
-        functions.scope,
-    ) {
-        if scoped.eq_ignore_ascii_case(policy.header) {
-            let error = PolicyError::ScopeIsKey(policy.header);
-            return Err(IdempotencyError::Misconfigured(error));
-        }
+    if functions.key.is_none() && functions.scope.is_none() {
+        (policy.check_scope_header()).map_err(IdempotencyError::Misconfigured)?;
     }
     let scope = crate::scope::resolve(req, policy.scope, functions.scope)?;
     let route = policy.per_endpoint.then(|| {
