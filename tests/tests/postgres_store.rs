@@ -1082,6 +1082,21 @@ fn through(url: &str, proxy: std::net::SocketAddr) -> String {
     format!("{base}?{}", settings.join("&"))
 }
 
+/// A store on a table of its own named `table` (reached directly), a [`LosingProxy`] in front
+/// of `pg`, and a store on the same table through it.
+async fn behind_a_losing_proxy(
+    pg: &TestPostgres,
+    table: &str,
+) -> (PostgresStore, LosingProxy, PostgresStore) {
+    let direct = store(pg, table).await;
+    let proxy = LosingProxy::start(address_of(pg.url()));
+    let store = PostgresStore::builder(through(pg.url(), proxy.addr()))
+        .table(direct.table())
+        .build()
+        .expect("valid settings");
+    (direct, proxy, store)
+}
+
 /// A completion whose answer was lost (Postgres committed it, and the connection broke before
 /// its answer came back) runs again on another connection, as a statement on a closed
 /// connection does, and answers that it completed: it finds the record it wrote, where it
@@ -1092,12 +1107,7 @@ async fn a_completion_whose_answer_was_lost_runs_again_and_finds_the_record_it_w
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let direct = store(&pg, "lost_answer").await;
-    let proxy = LosingProxy::start(address_of(pg.url()));
-    let store = PostgresStore::builder(through(pg.url(), proxy.addr()))
-        .table(direct.table())
-        .build()
-        .expect("valid settings");
+    let (direct, proxy, store) = behind_a_losing_proxy(&pg, "lost_answer").await;
     let t = now();
     let claim = in_flight(t);
     assert_eq!(
@@ -1134,12 +1144,7 @@ async fn a_transactional_claim_whose_answer_was_lost_opens_its_transaction() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let direct = store(&pg, "lost_claim").await;
-    let proxy = LosingProxy::start(address_of(pg.url()));
-    let store = PostgresStore::builder(through(pg.url(), proxy.addr()))
-        .table(direct.table())
-        .build()
-        .expect("valid settings");
+    let (direct, proxy, store) = behind_a_losing_proxy(&pg, "lost_claim").await;
     let t = now();
     let claim = in_flight(t);
     proxy.lose_answer_to("WITH seen AS");

@@ -621,10 +621,7 @@ mod tests {
 
     #[test]
     fn a_compressed_body_is_decoded_whole_under_the_largest_limit() {
-        use std::io::Write as _;
-        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gzip.write_all(b"{\"id\":1}").unwrap();
-        let body = Bytes::from(gzip.finish().unwrap());
+        let body = gzipped(b"{\"id\":1}");
         let req = TestRequest::post()
             .insert_header((header::CONTENT_ENCODING, "gzip"))
             .to_http_request();
@@ -637,10 +634,7 @@ mod tests {
 
     #[test]
     fn a_coding_actix_passes_on_undecoded_is_refused_not_decoded() {
-        use std::io::Write as _;
-        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gzip.write_all(b"{\"id\":1}").unwrap();
-        let body = Bytes::from(gzip.finish().unwrap());
+        let body = gzipped(b"{\"id\":1}");
         // actix's extractors decode `gzip` but hand `x-gzip` on as it came: the layer reading
         // a key or fingerprint from the decoded JSON would read what the handler never sees.
         let req = TestRequest::post()
@@ -651,6 +645,14 @@ mod tests {
             matches!(&refused, Err(IdempotencyError::BodyInvalid(BodyError::Encoded { coding })) if coding == "x-gzip"),
             "{refused:?}"
         );
+    }
+
+    /// `bytes` in gzip.
+    fn gzipped(bytes: &[u8]) -> Bytes {
+        use std::io::Write as _;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(bytes).unwrap();
+        Bytes::from(gzip.finish().unwrap())
     }
 
     /// Whether `body`, decoded, is refused as larger than `limit`.
