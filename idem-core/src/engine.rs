@@ -623,7 +623,7 @@ fn lease(policy: &Policy) -> Duration {
 /// client does) finds the first. Its token is this attempt's alone, so the key is this
 /// request's, not another's still running.
 fn ours(record: &Record, claim: &InFlight) -> bool {
-    matches!(record, Record::InFlight(held) if held.token == claim.token)
+    record.is_claim_of(claim.token)
 }
 
 fn mismatch(policy: &Policy) -> IdempotencyError {

@@ -317,6 +317,12 @@ pub enum Record {
 }
 
 impl Record {
+    /// Whether this is the claim `token` holds: a claim sent again (its answer lost) finds
+    /// the one it wrote, its token being its attempt's alone.
+    pub(crate) fn is_claim_of(&self, token: Token) -> bool {
+        matches!(self, Record::InFlight(held) if held.token == token)
+    }
+
     /// The fingerprint of the request the record belongs to.
     pub fn fingerprint(&self) -> Fingerprint {
         match self {

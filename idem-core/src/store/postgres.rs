@@ -785,7 +785,7 @@ impl PostgresStore {
         match claimed {
             // Its own token's: a claim whose answer was lost, run again (see `Reconnects`),
             // finds the claim it wrote.
-            Claim::Existing(Record::InFlight(held)) if held.token == claim.token => {
+            Claim::Existing(record) if record.is_claim_of(claim.token) => {
                 self.opened(key, claim.token).await
             }
             Claim::Existing(record) => Ok(TransactionalClaim::Existing(record)),
