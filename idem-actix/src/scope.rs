@@ -2,9 +2,10 @@
 //! [`Principal`] an authentication middleware hands over, and the scope functions of
 //! `#[idempotent(scope = function)]`.
 
+use std::cell::Cell;
 use std::fmt;
 
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderMap, HeaderValue};
 use actix_web::{HttpMessage as _, HttpRequest};
 use idem_core::{Scope, ScopeError, ScopeValue};
 
@@ -168,19 +169,37 @@ pub(crate) fn resolve(
                 )
             });
     }
-    if scope != Scope::Principal {
-        return scope.resolve(|name| headers.get(name).map(HeaderValue::as_bytes));
+    // A header the scope reads that came on more than one line is noted, and refused below.
+    let repeated = Cell::new(None);
+    let found = if scope != Scope::Principal {
+        scope.resolve(|name| one_line(headers, name, &repeated))
+    } else {
+        // Copied out: the extensions are borrowed only while they are read, so that nothing
+        // holds them while the handler runs.
+        let extensions = req.extensions();
+        let principal = extensions.get::<Principal>().map(|p| p.id().as_bytes());
+        scope
+            .resolve_with_principal(|name| one_line(headers, name, &repeated), principal)
+            .map(ScopeValue::into_owned)
+    };
+    match repeated.take() {
+        Some(name) => Err(ScopeError::Repeated(name.into())),
+        None => found,
     }
-    // Copied out: the extensions are borrowed only while they are read, so that nothing
-    // holds them while the handler runs.
-    let extensions = req.extensions();
-    let principal = extensions.get::<Principal>().map(|p| p.id().as_bytes());
-    scope
-        .resolve_with_principal(
-            |name| headers.get(name).map(HeaderValue::as_bytes),
-            principal,
-        )
-        .map(ScopeValue::into_owned)
+}
+
+/// The value of the header `name`, noting in `repeated` a header sent on more than one line.
+fn one_line<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    repeated: &Cell<Option<String>>,
+) -> Option<&'h [u8]> {
+    let mut lines = headers.get_all(name);
+    let first = lines.next();
+    if lines.next().is_some() {
+        repeated.set(Some(name.to_owned()));
+    }
+    first.map(HeaderValue::as_bytes)
 }
 
 #[cfg(test)]
@@ -290,6 +309,53 @@ mod tests {
             resolve(&none, Scope::ApiKey, Some(function(&tenant, tenant))),
             Err(ScopeError::Custom(_))
         ));
+    }
+
+    /// A header sent twice is refused, not read from its first line: a proxy that appends
+    /// its own line instead of replacing the client's would otherwise leave the scope to
+    /// whichever line comes first, and the layer cannot know which one to trust.
+    fn refused_as_repeated(req: &HttpRequest, scope: Scope) {
+        let found = resolve(req, scope, None);
+        let message = match &found {
+            Err(error) => error.to_string(),
+            Ok(value) => panic!("{scope:?} read {value:?} from a header sent twice"),
+        };
+        assert!(message.contains("more than once"), "{message}");
+    }
+
+    #[test]
+    fn a_scope_header_sent_twice_is_refused_not_read_first() {
+        let req = TestRequest::post()
+            .append_header(("X-Tenant", "acme"))
+            .append_header(("X-Tenant", "evil-co"))
+            .to_http_request();
+        refused_as_repeated(&req, Scope::Header("X-Tenant"));
+    }
+
+    #[test]
+    fn two_authorization_lines_are_refused_by_the_scopes_that_read_it() {
+        let req = TestRequest::post()
+            .append_header(("Authorization", "Basic YTpi"))
+            .append_header(("Authorization", "Basic Yzpk"))
+            .to_http_request();
+        refused_as_repeated(&req, Scope::ApiKey);
+        refused_as_repeated(&req, Scope::BasicAuthUser);
+        let keys = TestRequest::post()
+            .append_header(("X-API-Key", "a"))
+            .append_header(("X-API-Key", "b"))
+            .to_http_request();
+        refused_as_repeated(&keys, Scope::ApiKey);
+        // A header the scope does not read may come twice: with one Authorization line,
+        // the API key scope never looks at X-API-Key.
+        let unread = TestRequest::post()
+            .insert_header(("Authorization", "Bearer t"))
+            .append_header(("X-API-Key", "a"))
+            .append_header(("X-API-Key", "b"))
+            .to_http_request();
+        assert_eq!(
+            resolve(&unread, Scope::ApiKey, None),
+            Ok(ScopeValue::new("authorization", &b"Bearer t"[..]))
+        );
     }
 
     #[test]

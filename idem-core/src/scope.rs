@@ -120,11 +120,16 @@ pub enum ScopeError {
     /// A custom scope function found no scope.
     #[error("{0}")]
     Custom(Cow<'static, str>),
+    /// A header the scope is read from came on more than one line: which one to trust
+    /// cannot be told (a proxy may have appended its own line to the client's).
+    #[error("keys are scoped by the {0} header, which was sent more than once; send exactly one")]
+    Repeated(Cow<'static, str>),
 }
 
 impl Scope {
-    /// Finds the scope of a request whose header values `header` returns (the first value of a
-    /// header, by case-insensitive name). [`Scope::Principal`] finds none this way: see
+    /// Finds the scope of a request whose header values `header` returns (the value of a
+    /// header, by case-insensitive name; a caller refuses a header sent more than once with
+    /// [`ScopeError::Repeated`], as `idem-actix` does, rather than pick one of its lines). [`Scope::Principal`] finds none this way: see
     /// [`Scope::resolve_with_principal`].
     ///
     /// # Errors
