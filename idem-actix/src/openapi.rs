@@ -234,7 +234,9 @@ impl Contract {
 
     /// Declares idempotent the operations an [`Idempotency`](crate::Idempotency) middleware
     /// with its default methods wraps: every `POST`, `PUT`, `PATCH` and `DELETE` whose path
-    /// starts with `prefix` (`""` for the whole document), with the contract's defaults as
+    /// lies under `prefix` by whole segments, as the `web::scope(prefix)` the middleware
+    /// wraps matches them (`"/v1"` covers `/v1/calls`, not `/v1beta/calls`; `""` covers the
+    /// whole document), with the contract's defaults as
     /// `configure` overrides them (the closure given to the middleware's `policy`).
     pub fn middleware(
         mut self,
@@ -381,6 +383,17 @@ fn operation_mut<'a>(doc: &'a mut OpenApi, method: &str, path: &str) -> Option<&
     slot(item, method)?.as_mut()
 }
 
+/// Whether a scope at `prefix` serves `path`: actix matches a scope's path by whole
+/// segments, so `/v1` serves `/v1` and `/v1/calls`, never `/v1beta`.
+fn under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => {
+            prefix.is_empty() || prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+        }
+        None => false,
+    }
+}
+
 /// The (method, path) pairs `target` names in `doc`.
 fn targets(doc: &OpenApi, target: &Target) -> Result<Vec<(&'static str, String)>, ContractError> {
     match target {
@@ -388,7 +401,7 @@ fn targets(doc: &OpenApi, target: &Target) -> Result<Vec<(&'static str, String)>
         Target::Under { prefix } => {
             let mut found = Vec::new();
             for (path, item) in &doc.paths.paths {
-                if !path.starts_with(prefix.as_str()) {
+                if !under(path, prefix) {
                     continue;
                 }
                 for method in &MIDDLEWARE_METHODS {
@@ -1400,6 +1413,45 @@ mod tests {
                 prefix: "/v2".into()
             })
         );
+    }
+
+    #[test]
+    fn the_middleware_form_covers_whole_segments_under_its_prefix() {
+        // As actix's `web::scope("/v1")` matches: `/v1` and what lies under `/v1/`, never
+        // `/v1beta`.
+        let mut doc = document();
+        for path in ["/v1beta/calls", "/v10", "/v1"] {
+            let create = OperationBuilder::new()
+                .response("201", ok("Placed"))
+                .build();
+            doc.paths
+                .paths
+                .insert(path.into(), PathItem::new(HttpMethod::Post, create));
+        }
+        Contract::new()
+            .middleware("/v1", |p| p)
+            .apply(&mut doc)
+            .unwrap();
+        let paths = &json(&doc)["paths"];
+        for covered in ["/v1/calls", "/v1"] {
+            assert!(
+                paths[covered]["post"]["x-idempotency"].is_object(),
+                "{covered}"
+            );
+        }
+        for outside in ["/v1beta/calls", "/v10"] {
+            assert!(
+                paths[outside]["post"]["x-idempotency"].is_null(),
+                "{outside}"
+            );
+            assert!(paths[outside]["post"]["parameters"].is_null(), "{outside}");
+        }
+        let mut slash = document();
+        Contract::new()
+            .middleware("/v1/", |p| p)
+            .apply(&mut slash)
+            .unwrap();
+        assert!(json(&slash)["paths"]["/v1/calls"]["post"]["x-idempotency"].is_object());
     }
 
     #[test]
