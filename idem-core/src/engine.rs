@@ -1365,7 +1365,7 @@ mod tests {
             panic!("the key is recorded as completed");
         };
         assert_eq!(record.response.status(), 201);
-        assert_eq!(record.response.body_omitted(), Some(100 + 8 + 2));
+        assert_eq!(record.response.body_omitted(), Some(100 + 8 + 2 + 6));
         assert!(record.response.body().is_empty());
         assert_eq!(record.response.headers().count(), 0);
         // Retries learn it completed, and it never runs again.
@@ -1374,7 +1374,7 @@ mod tests {
             err,
             IdempotencyError::ResponseTooLarge {
                 status: 201,
-                size: 110
+                size: 116
             }
         ));
         assert_eq!(err.code(), "idempotency_response_too_large");

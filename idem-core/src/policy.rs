@@ -167,7 +167,8 @@ pub struct Policy {
     pub on_store_error: OnStoreError,
     /// The largest request body accepted with a key, in bytes.
     pub max_body: usize,
-    /// The largest response kept for replay, in bytes (body, header names and values). A
+    /// The largest response kept for replay, in bytes (body, and header names and values
+    /// with 6 bytes for each header). A
     /// larger one is still sent, and recorded as completed without its body: retries get 409
     /// `idempotency_response_too_large` and never run the operation again.
     pub max_response: usize,
@@ -267,8 +268,8 @@ impl Policy {
         self.check_settings()?;
         // What the engine writes when it keeps no response: the least any record holds.
         let smallest = Response::omitted(0, 0).held_bytes();
-        // A response of `max_response` bytes holds them and its framing besides (status, body
-        // offset and header count; six bytes more for each header).
+        // A response of `max_response` bytes (its headers' framing counted in them) holds them
+        // and 8 bytes besides: status, body offset and header count.
         let framing = Response::new(0, [], b"").held_bytes();
         match store.max_record_bytes() {
             Some(store_max) if store_max < smallest => Err(PolicyError::StoreTooSmall {
@@ -458,7 +459,7 @@ pub enum PolicyError {
         moka_min_bytes: usize,
     },
     /// Responses are kept up to a size the store does not take.
-    #[error("max_response is {max_response} bytes, but the store keeps responses of at most {store_max} bytes with their framing (8 bytes, and 6 for each header); lower max_response or raise the store's limit")]
+    #[error("max_response is {max_response} bytes, but the store keeps responses of at most {store_max} bytes with their framing (8 bytes); lower max_response or raise the store's limit")]
     ResponseLargerThanStore {
         /// The policy's `max_response`.
         max_response: usize,
@@ -704,7 +705,7 @@ mod tests {
             .check(&store)
             .unwrap_err();
         assert!(
-            err.to_string().contains("(8 bytes, and 6 for each header)"),
+            err.to_string().contains("with their framing (8 bytes)"),
             "{err}"
         );
         assert_eq!(
@@ -767,6 +768,38 @@ mod tests {
             ),
             "{retry:?}"
         );
+    }
+
+    /// What [`Policy::check`] lets through is replayed whole: a response of `max_response`
+    /// bytes fits the store with its headers' framing, where one with headers was refused by
+    /// the store and kept without its body (its retries answered 409).
+    #[tokio::test]
+    async fn a_max_response_the_check_passes_is_replayed_whole_with_its_headers() {
+        let store = crate::MokaStore::builder()
+            .max_bytes(crate::store::RECORD_OVERHEAD as u64 + 1008)
+            .build();
+        let policy = Policy::DEFAULT.max_response(1000);
+        assert_eq!(policy.check(&store), Ok(()));
+        let engine = crate::Engine::new(store);
+        let (key, fp) = (
+            crate::StoreKey::from_bytes([2; 32]),
+            crate::Fingerprint::new("POST", "/x", "", b""),
+        );
+        let crate::Begin::Execute(lease) = engine.begin(&policy, key, fp).await.unwrap() else {
+            panic!("a new key runs")
+        };
+        let location = ("location", &b"/v1/calls/1"[..]);
+        // As large as max_response allows.
+        let headers = Response::new(201, [location], b"").size();
+        let body = vec![b'x'; policy.max_response - headers];
+        let response = Response::new(201, [location], &body[..]);
+        assert_eq!(response.size(), policy.max_response);
+        let outcome = lease.finish(response).await;
+        assert_eq!(outcome.unwrap(), crate::Outcome::Recorded);
+        match engine.begin(&policy, key, fp).await {
+            Ok(crate::Begin::Replay(done)) => assert_eq!(done.response.body().len(), body.len()),
+            other => panic!("a response within max_response is replayed: {other:?}"),
+        }
     }
 
     /// A key is 1 byte at least, so a longest key of 0 bytes would refuse every key sent:

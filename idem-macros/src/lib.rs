@@ -661,7 +661,8 @@ mod valid;
 ///
 /// ## `max_response`
 ///
-/// The largest response kept for replay, in bytes (body, header names and values). Default
+/// The largest response kept for replay, in bytes (body, and header names and values with 6
+/// bytes for each header). Default
 /// `1048576` (1 MiB). A larger response is still sent to the first client in full, and the key
 /// is recorded as completed without it: retries get 409 `idempotency_response_too_large` and the
 /// operation never runs again.
