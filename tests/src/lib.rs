@@ -353,6 +353,29 @@ pub async fn eventually(condition: impl Fn() -> bool) {
     }
 }
 
+/// Sends `request` to `addr` until it is refused 503 `idempotency_overloaded`. On a server of
+/// one worker that finishes at most one run for clients that went away
+/// (`IdempotencyConfig::with_max_detached(1)`), that refusal is the sign that a run whose
+/// client reset its connection has been let go by the connection and goes on by itself: a
+/// test that then lets the run finish knows it finished detached, not because it was quicker
+/// than the server's notice of the reset. `request`'s key must be claimed or recorded
+/// already, so that sending it runs nothing.
+pub async fn until_orphaned(addr: SocketAddr, request: &RawRequest) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = request.send(addr).await;
+        if res.status == 503 && res.json()["error"]["code"] == "idempotency_overloaded" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no run was left to finish for a client that went away within 10s (last answer {})",
+            res.status
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Asserts that `res` is an error of the layer with `status` and `code` in the default
 /// envelope, whose `request_id` is the response's `X-Request-ID`, and which no cache keeps
 /// (`Cache-Control: no-store`), and returns its message.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::testing::{Fault, FaultyStore};
-use idem_tests::{assert_error, eventually, unchunked, Counter, RawRequest};
+use idem_tests::{assert_error, eventually, unchunked, until_orphaned, Counter, RawRequest};
 use tokio::sync::Semaphore;
 
 #[derive(Clone)]
@@ -137,8 +137,9 @@ async fn past_its_bound_of_runs_for_clients_gone_a_worker_refuses_new_keys_and_r
             .send_and_reset(server.addr, || probe.runs.get() == n)
             .await;
     }
-    // The two runs go on without their clients; the next key is refused, and not run.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The two runs go on without their clients (once the server has seen both resets, a key
+    // of theirs is refused); the next key is refused, and not run.
+    until_orphaned(server.addr, &call("gone-2", "0")).await;
     let refused = call("new", "0").send(server.addr).await;
     assert_error(&refused, 503, "idempotency_overloaded");
     assert_eq!(refused.header("retry-after"), Some("1"));
@@ -212,11 +213,12 @@ async fn a_shutdown_that_does_not_drain_loses_the_record_of_a_run_whose_client_w
 async fn a_run_that_cannot_finish_within_the_drain_is_cancelled_and_its_key_released() {
     let _turn = TURN.lock().await;
     let probe = probe();
-    let idem = IdempotencyConfig::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
     let server = start(idem.clone(), probe.clone());
     call("stuck", "gate")
         .send_and_reset(server.addr, || probe.runs.get() == 1)
         .await;
+    until_orphaned(server.addr, &call("stuck", "0")).await;
     let drained = server
         .shut_down(&idem, Some(Duration::from_millis(200)))
         .await;
@@ -240,13 +242,14 @@ async fn a_run_whose_record_is_on_its_way_when_the_drain_cancels_is_recorded_not
     let _turn = TURN.lock().await;
     let probe = probe();
     let store = FaultyStore::new(MokaStore::new());
-    let idem = IdempotencyConfig::new(store.clone());
+    let idem = IdempotencyConfig::new(store.clone()).with_max_detached(1);
     let server = start(idem.clone(), probe.clone());
     // Its first completion goes unanswered for longer than the drain waits.
     store.fail("complete", 1, Fault::Unanswered(Duration::from_millis(600)));
     call("recording", "0")
         .send_and_reset(server.addr, || probe.runs.get() == 1)
         .await;
+    until_orphaned(server.addr, &call("recording", "0")).await;
     let drained = server
         .shut_down(&idem, Some(Duration::from_millis(200)))
         .await;
@@ -267,11 +270,12 @@ async fn a_drain_that_cancels_another_applications_run_waits_for_its_key_to_be_r
     let _turn = TURN.lock().await;
     let probe = probe();
     let store = FaultyStore::new(MokaStore::new());
-    let other = IdempotencyConfig::new(store.clone());
+    let other = IdempotencyConfig::new(store.clone()).with_max_detached(1);
     let server = start(other.clone(), probe.clone());
     call("elsewhere", "gate")
         .send_and_reset(server.addr, || probe.runs.get() == 1)
         .await;
+    until_orphaned(server.addr, &call("elsewhere", "0")).await;
     // Its store is slow to release it.
     store.fail("release", 1, Fault::Unanswered(Duration::from_millis(500)));
     // Drained from an application of the process with nothing of its own in progress.
@@ -372,12 +376,13 @@ async fn a_drain_that_runs_out_of_time_cancels_a_stream_whose_client_went_away_a
 ) {
     let _turn = TURN.lock().await;
     let probe = probe();
-    let idem = IdempotencyConfig::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
     let server = start(idem.clone(), probe.clone());
     let request = || streaming("streaming-gone");
     request()
         .send_and_reset(server.addr, || probe.runs.get() == 1)
         .await;
+    until_orphaned(server.addr, &request()).await;
     // Its second piece waits behind the gate, past the drain's time.
     let drained = server
         .shut_down(&idem, Some(Duration::from_millis(200)))
