@@ -293,6 +293,7 @@ impl Open {
 pub struct TestServer {
     /// Its address on loopback.
     pub addr: SocketAddr,
+    threads: String,
     handle: ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -315,16 +316,26 @@ impl TestServer {
                     .expect("bind loopback");
                 let addr = server.addrs()[0];
                 let server = server.run();
-                tx.send((addr, server.handle())).expect("report address");
+                // Its workers' threads are named after its system.
+                let threads = format!("actix-rt|system:{}|", actix_web::rt::System::current().id());
+                tx.send((addr, server.handle(), threads))
+                    .expect("report address");
                 server.await.expect("server runs");
             });
         });
-        let (addr, handle) = rx.recv().expect("server started");
+        let (addr, handle, threads) = rx.recv().expect("server started");
         Self {
             addr,
+            threads,
             handle,
             thread: Some(thread),
         }
+    }
+
+    /// The beginning of the names of its workers' threads, for
+    /// [`Warnings::containing_from`]: what its handlers and the layer log there.
+    pub fn threads(&self) -> &str {
+        &self.threads
     }
 }
 
@@ -1393,6 +1404,9 @@ impl PgServer {
     }
 }
 
+/// The field of a logged event that names the thread it was logged on.
+const THREAD: &str = "thread";
+
 /// The warnings and errors logged by any thread of a test binary, once
 /// [`installed`](Self::installed) as its global subscriber: each one's fields, by name (its
 /// message under `message`), their values as text.
@@ -1413,10 +1427,25 @@ impl Warnings {
 
     /// How many messages logged so far contain `text`.
     pub fn containing(&self, text: &str) -> usize {
+        self.containing_from(text, "")
+    }
+
+    /// How many messages logged so far on threads whose names begin with `threads` contain
+    /// `text`: tests of one binary run at once, and another test may log the same message.
+    /// A [`TestServer`]'s threads are [`TestServer::threads`]; a test's own thread (where
+    /// `#[actix_web::test]` and `#[tokio::test]` poll what they await) is named after it,
+    /// [`Warnings::this_thread`].
+    pub fn containing_from(&self, text: &str, threads: &str) -> usize {
         let seen = self.0.lock().unwrap();
         seen.iter()
+            .filter(|fields| fields.get(THREAD).is_some_and(|t| t.starts_with(threads)))
             .filter(|fields| fields.get("message").is_some_and(|m| m.contains(text)))
             .count()
+    }
+
+    /// The name of the calling thread, for [`containing_from`](Self::containing_from).
+    pub fn this_thread() -> String {
+        std::thread::current().name().unwrap_or_default().to_owned()
     }
 
     /// The fields of each warning and error logged so far.
@@ -1482,6 +1511,7 @@ impl tracing::Subscriber for Warnings {
     fn event(&self, event: &tracing::Event<'_>) {
         let mut fields = HashMap::new();
         event.record(&mut Fields(&mut fields));
+        fields.insert(THREAD.to_owned(), Warnings::this_thread());
         self.0.lock().unwrap().push(fields);
     }
     fn enter(&self, _: &tracing::span::Id) {}

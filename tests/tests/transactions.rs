@@ -781,11 +781,13 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
         res.json()["request_id"],
         res.header("x-request-id").unwrap()
     );
-    assert!(logged.containing("IdempotencyConfig::new(PostgresStore)") >= 1);
+    assert!(logged.containing_from("IdempotencyConfig::new(PostgresStore)", server.threads()) >= 1);
     // Under no idempotency layer: the same.
     let res = call("/bare", "k2").send(server.addr).await;
     assert_eq!(res.status, 500);
-    assert!(logged.containing("no idempotency layer serves this request") >= 1);
+    assert!(
+        logged.containing_from("no idempotency layer serves this request", server.threads()) >= 1
+    );
     // Without a key there is no record to commit with: the client is told to send one.
     let res = RawRequest::post("/embedded")
         .header("Authorization", "Bearer tenant-1")
@@ -866,9 +868,11 @@ async fn a_transaction_where_none_can_be_lent_is_refused_in_the_app_s_error_form
     });
     // The app's renderer: for a store that lends none, and for a handler under no layer.
     assert_unavailable_problem(&call("/embedded", "k1").send(server.addr).await);
-    assert!(logged.containing("IdempotencyConfig::new(PostgresStore)") >= 1);
+    assert!(logged.containing_from("IdempotencyConfig::new(PostgresStore)", server.threads()) >= 1);
     assert_unavailable_problem(&call("/bare", "k2").send(server.addr).await);
-    assert!(logged.containing("no idempotency layer serves this request") >= 1);
+    assert!(
+        logged.containing_from("no idempotency layer serves this request", server.threads()) >= 1
+    );
 
     // The endpoint's own format, on an app that renders the envelope.
     let data = runs.clone();
