@@ -10,6 +10,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 use idem_core::{ErrorFormat, IdempotencyError, Overrides};
 
 use crate::config::IdempotencyConfig;
+use crate::handler::key_origin;
 use crate::render::error_response;
 use crate::request_id::RequestId;
 
@@ -140,7 +141,7 @@ impl ResponseError for NoIdempotencyKey {
 
     fn error_response(&self) -> HttpResponse {
         match &self.cause {
-            Cause::Missing => self.response_under(Overrides::NONE),
+            Cause::Missing => self.response_under(Overrides::NONE, false),
             Cause::NoLayer => self.render(&IdempotencyError::LayerMissing, None),
             Cause::Method(log) => {
                 // Logged here, where the refusal is answered: a handler taking
@@ -185,13 +186,17 @@ impl NoIdempotencyKey {
         }
     }
 
-    /// The answer under an endpoint's `overrides`: its key header named, in its error format.
-    /// The extractor knows only the application's settings; the layer, which knows the
-    /// endpoint's, answers with this instead.
-    pub(crate) fn response_under(&self, overrides: Overrides) -> HttpResponse {
+    /// The answer under an endpoint's `overrides` (and its key function, if it has one):
+    /// where it reads keys named (its key header, its body's member or its key function), in
+    /// its error format. The extractor knows only the application's settings; the layer,
+    /// which knows the endpoint's, answers with this instead.
+    pub(crate) fn response_under(&self, overrides: Overrides, key_function: bool) -> HttpResponse {
         let policy = overrides.apply_to(*self.config.defaults());
-        let error = IdempotencyError::KeyMissing {
-            header: policy.header,
+        let error = match key_origin(key_function, &policy) {
+            Some(origin) => IdempotencyError::BodyKeyMissing { origin },
+            None => IdempotencyError::KeyMissing {
+                header: policy.header,
+            },
         };
         self.render(&error, policy.error_format)
     }

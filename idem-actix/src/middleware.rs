@@ -268,7 +268,8 @@ where
                     return Ok(res.map_into_left_body());
                 }
                 let (req, res) = res.into_parts();
-                let res = inner.endpoint.keyless(res.map_into_boxed_body());
+                let res = (inner.endpoint)
+                    .keyless(res.map_into_boxed_body(), inner.functions.key.is_some());
                 Ok(ServiceResponse::new(req, res).map_into_right_body())
             });
         }

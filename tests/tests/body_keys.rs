@@ -5,8 +5,8 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, KeySource};
-use idem_actix::{MokaStore, Policy};
-use idem_tests::{assert_error, serve, Counter, RawRequest, Served, TestServer};
+use idem_actix::{ErrorFormat, MokaStore, Policy};
+use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, Served, TestServer};
 
 fn event(path: &str, body: &str) -> RawRequest {
     event_of("tenant-1", path, body)
@@ -48,6 +48,21 @@ fn delivery(req: &HttpRequest, body: &[u8]) -> Option<String> {
     Some(id.to_owned())
 }
 
+/// A handler that cannot run without a key: a request with none is refused for want of it.
+async fn keyed_only(runs: web::Data<Counter>, key: IdempotencyKey) -> HttpResponse {
+    received(runs, Some(key)).await
+}
+
+#[idempotent(key = "json:/event/id", errors = "problem")]
+async fn needs_body_key(runs: web::Data<Counter>, key: IdempotencyKey) -> HttpResponse {
+    keyed_only(runs, key).await
+}
+
+#[idempotent(key = delivery, errors = "problem")]
+async fn needs_delivery(runs: web::Data<Counter>, key: IdempotencyKey) -> HttpResponse {
+    keyed_only(runs, key).await
+}
+
 #[idempotent(key = delivery)]
 async fn by_function(runs: web::Data<Counter>, key: Option<IdempotencyKey>) -> HttpResponse {
     received(runs, key).await
@@ -66,6 +81,8 @@ fn attributed() -> Served {
         cfg.route("/webhook", web::post().to(webhook))
             .route("/delivery-json", web::post().to(by_function_as_json))
             .route("/strict", web::post().to(strict))
+            .route("/needs-body-key", web::post().to(needs_body_key))
+            .route("/needs-delivery", web::post().to(needs_delivery))
             .route("/delivery", web::post().to(by_function));
     })
 }
@@ -94,6 +111,23 @@ fn middleware() -> Served {
             web::scope("/delivery")
                 .wrap(Idempotency::new().with_key_fn(delivery))
                 .route("", web::post().to(received)),
+        )
+        .service(
+            web::scope("/needs-body-key")
+                .wrap(Idempotency::new().with_overrides(|p| {
+                    p.key_source(KeySource::Json("/event/id"))
+                        .error_format(ErrorFormat::Problem)
+                }))
+                .route("", web::post().to(keyed_only)),
+        )
+        .service(
+            web::scope("/needs-delivery")
+                .wrap(
+                    Idempotency::new()
+                        .with_key_fn(delivery)
+                        .with_overrides(|p| p.error_format(ErrorFormat::Problem)),
+                )
+                .route("", web::post().to(keyed_only)),
         )
         .service(
             web::scope("/delivery-json")
@@ -224,6 +258,39 @@ async fn without_a_key_the_request_runs_unless_one_is_required_with_the_attribut
 #[actix_web::test]
 async fn without_a_key_the_request_runs_unless_one_is_required_with_the_middleware() {
     without_a_key_the_request_runs_unless_one_is_required(middleware()).await;
+}
+
+/// A handler that takes the key refuses a request without one as its endpoint would: naming
+/// where the endpoint reads keys (not a header it never reads), in the endpoint's error
+/// format, whether or not the request also carries the application's key header.
+async fn a_handler_without_its_body_key_is_told_where_the_key_goes(served: Served) {
+    for (path, place) in [
+        ("/needs-body-key", "/event/id"),
+        ("/needs-delivery", "key function"),
+    ] {
+        for with_header in [false, true] {
+            let mut request = event(path, r#"{"event":{}}"#);
+            if with_header {
+                request = request.header("Idempotency-Key", "k-1");
+            }
+            let res = served.send(&request).await;
+            let body = assert_problem(&res, 400, "idempotency_key_missing");
+            let detail = body["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(place), "{path}: {detail}");
+            assert!(!detail.contains("header"), "{path}: {detail}");
+        }
+    }
+    assert_eq!(served.runs.get(), 0, "nothing ran");
+}
+
+#[actix_web::test]
+async fn a_handler_without_its_body_key_is_told_where_the_key_goes_with_the_attribute() {
+    a_handler_without_its_body_key_is_told_where_the_key_goes(attributed()).await;
+}
+
+#[actix_web::test]
+async fn a_handler_without_its_body_key_is_told_where_the_key_goes_with_the_middleware() {
+    a_handler_without_its_body_key_is_told_where_the_key_goes(middleware()).await;
 }
 
 async fn a_key_function_finds_the_key(served: Served) {

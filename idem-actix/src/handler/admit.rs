@@ -19,7 +19,7 @@ use idem_core::{
 };
 
 use super::record::rebuilt;
-use super::Endpoint;
+use super::{key_origin, Endpoint};
 use crate::config::IdempotencyConfig;
 use crate::extract::{Admitted, Passed};
 use crate::functions::{FingerprintFunction, Functions, ReplayFunction};
@@ -33,8 +33,10 @@ use crate::request_id::RequestId;
     reason = "lives in the one boxed future of a keyed request; boxing the keyed variant would cost a second allocation"
 )]
 pub(crate) enum Admission {
-    /// No key, and none required: run the handler as if there were no layer.
-    Pass(HttpRequest, dev::Payload),
+    /// No key, and none required: run the handler as if there were no layer. With whether
+    /// the endpoint finds keys by a key function, for the answer to a handler that refuses
+    /// the request for want of a key.
+    Pass(HttpRequest, dev::Payload, bool),
     /// The layer answers itself; the handler does not run.
     Answer(HttpRequest, HttpResponse),
     /// A keyed request, ready to claim.
@@ -136,16 +138,12 @@ pub(crate) async fn admit(
     let config = IdempotencyConfig::of(&req).clone();
     let policy = endpoint.overrides.apply_to(*config.defaults());
     endpoint.check(&policy, &config);
-    let origin = match (functions.key, policy.key_source) {
-        (Some(_), _) => Some(KeyOrigin::Function),
-        (None, KeySource::Json(pointer)) => Some(KeyOrigin::Json(pointer)),
-        (None, _) => None,
-    };
+    let origin = key_origin(functions.key.is_some(), &policy);
     let (request_id, from_header) = match origin {
         Some(_) => (RequestId::peek(&req), None),
         None => match header_key(endpoint, &functions, &config, &policy, &req) {
             Ok((key, store_key, request_id)) => (request_id, Some((key, store_key))),
-            Err(None) => return Admission::Pass(req, payload),
+            Err(None) => return Admission::Pass(req, payload, false),
             Err(Some(res)) => return Admission::Answer(req, res),
         },
     };
@@ -184,11 +182,11 @@ pub(crate) async fn admit(
                 Ok(store_key) => (key, store_key, json),
                 Err(e) => return reject(req, &policy, &config, &request_id, e),
             },
-            Err(None) => return Admission::Pass(req, rebuilt(body)),
+            Err(None) => return Admission::Pass(req, rebuilt(body), functions.key.is_some()),
             Err(Some(e)) => return reject(req, &policy, &config, &request_id, e),
         },
         // A request whose key is not in the body has it from its header.
-        (None, None) => return Admission::Pass(req, rebuilt(body)),
+        (None, None) => return Admission::Pass(req, rebuilt(body), false),
     };
     let fingerprint = fingerprint(&req, read, json.as_ref(), &policy, functions.fingerprint);
     drop(json);

@@ -14,7 +14,7 @@ use super::admit::{admit, Admission, Keyed};
 use super::detach::{detached, orphans};
 use super::record::{claimed, panicked, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding};
-use super::{passed, Endpoint, Reply, Work};
+use super::{keyless, passed, Endpoint, Reply, Work};
 use crate::extract::Passed;
 use crate::functions::Functions;
 use crate::metrics;
@@ -47,10 +47,14 @@ where
     let admitted = AssertUnwindSafe(admit(endpoint, functions, req, payload)).catch_unwind();
     let (work, detach): (Work, bool) = match admitted.await {
         // Boxed: `run` sends requests without a key straight to the handler, so this is
-        // rare, and the handler's future would otherwise swell this one.
-        Ok(Admission::Pass(req, payload)) => {
+        // rare, and the handler's future would otherwise swell this one. A handler that
+        // refuses the request for want of a key is answered as the endpoint answers that.
+        Ok(Admission::Pass(req, payload, key_function)) => {
             passed(&req, Passed::Keyless);
-            (Box::pin(handler(req, payload)), false)
+            (
+                passed_on(endpoint, key_function, req, payload, handler),
+                false,
+            )
         }
         Ok(Admission::Answer(req, res)) => return Reply::new(req, res),
         // Past the bound of runs this worker finishes for clients that went away, nothing
@@ -74,6 +78,27 @@ where
     } else {
         work.await
     }
+}
+
+/// The run of a request without a key, boxed: the handler's, except that a refusal of the
+/// request for want of a key is answered as the endpoint answers that.
+fn passed_on<H, Fut>(
+    endpoint: &Endpoint,
+    key_function: bool,
+    req: HttpRequest,
+    payload: dev::Payload,
+    handler: H,
+) -> Work
+where
+    H: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = Reply> + 'static,
+{
+    let overrides = endpoint.overrides;
+    Box::pin(async move {
+        let mut reply = handler(req, payload).await;
+        reply.res = keyless(overrides, reply.res, key_function);
+        reply
+    })
 }
 
 /// The answer to a keyed request that comes while this worker is finishing as many runs for

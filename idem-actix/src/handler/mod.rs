@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use actix_web::dev::{self, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
-use idem_core::{Overrides, Policy, PolicyError};
+use idem_core::{KeyOrigin, KeySource, Overrides, Policy, PolicyError};
 
 use crate::config::{parse_header, IdempotencyConfig};
 use crate::extract::NoIdempotencyKey;
@@ -105,13 +105,8 @@ impl Endpoint {
     /// of one (it takes [`IdempotencyKey`](crate::IdempotencyKey), or a `Transaction`): then
     /// that refusal as this endpoint gives it, naming its own key header, in its own error
     /// format.
-    pub(crate) fn keyless(&self, res: HttpResponse) -> HttpResponse {
-        let missing = (res.error().and_then(|e| e.as_error::<NoIdempotencyKey>()))
-            .filter(|missing| missing.missing());
-        match missing {
-            Some(missing) => missing.response_under(self.overrides),
-            None => res,
-        }
+    pub(crate) fn keyless(&self, res: HttpResponse, key_function: bool) -> HttpResponse {
+        keyless(self.overrides, res, key_function)
     }
 
     /// The key's header: the endpoint's own, else the application's. `None` when the
@@ -122,6 +117,26 @@ impl Endpoint {
             Some(name) => self.header.get_or_init(|| parse_header(name).ok()).as_ref(),
             None => Some(config.header()),
         }
+    }
+}
+
+/// [`Endpoint::keyless`] for the endpoint of `overrides`, with a key function or not.
+pub(crate) fn keyless(overrides: Overrides, res: HttpResponse, key_function: bool) -> HttpResponse {
+    let missing = (res.error().and_then(|e| e.as_error::<NoIdempotencyKey>()))
+        .filter(|missing| missing.missing());
+    match missing {
+        Some(missing) => missing.response_under(overrides, key_function),
+        None => res,
+    }
+}
+
+/// Where an endpoint reads its keys from, when not from a header: its key function, if it has
+/// one, else the member of the JSON body its policy names.
+pub(crate) fn key_origin(key_function: bool, policy: &Policy) -> Option<KeyOrigin> {
+    match (key_function, policy.key_source) {
+        (true, _) => Some(KeyOrigin::Function),
+        (false, KeySource::Json(pointer)) => Some(KeyOrigin::Json(pointer)),
+        (false, _) => None,
     }
 }
 
@@ -218,7 +233,8 @@ where
     Fut: Future<Output = Reply> + 'static,
 {
     if bypasses(endpoint, &functions, &req) {
-        return endpoint.keyless(handler(req, payload).await.res);
+        let key_function = functions.key.is_some();
+        return endpoint.keyless(handler(req, payload).await.res, key_function);
     }
     if taken(&req) {
         // An `Idempotency` middleware around this handler has its key in charge already.
