@@ -4,7 +4,7 @@ use std::future::{ready, Ready};
 
 use actix_web::dev::Payload;
 use actix_web::http::header::HeaderValue;
-use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
 
 use crate::extract::Admitted;
 
@@ -31,6 +31,20 @@ impl RequestId {
         let id = Self::peek(req);
         req.extensions_mut().insert(id.clone());
         id
+    }
+
+    /// Keeps the id `res` answers `req` with (its `X-Request-ID`), unless one is kept
+    /// already: a replay or a refusal [`peek`](Self::peek)s its id, and a middleware outside
+    /// the layer that reads [`RequestId::of`] once the layer has answered (an access log)
+    /// must read the same.
+    pub(crate) fn keep_answered(req: &HttpRequest, res: &HttpResponse) {
+        let Some(value) = res.headers().get(&crate::REQUEST_ID) else {
+            return;
+        };
+        let mut extensions = req.extensions_mut();
+        if !extensions.contains::<RequestId>() && !extensions.contains::<Admitted>() {
+            extensions.insert(RequestId(value.clone()));
+        }
     }
 
     /// The id of `req` without keeping it: the one kept already, the incoming one, or a fresh

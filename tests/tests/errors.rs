@@ -3,10 +3,14 @@
 //! store cannot be reached, 503 before anything runs, or the handler unprotected where the
 //! endpoint fails open.
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{post, web, HttpResponse};
 use idem_actix::{
     idempotent, ErrorFormat, Idempotency, IdempotencyConfig, IdempotencyError, MokaStore,
-    OnStoreError, Policy, ProblemJson,
+    OnStoreError, Policy, ProblemJson, RequestId,
 };
 use idem_core::testing::UnavailableStore;
 use idem_tests::{
@@ -346,4 +350,51 @@ async fn a_renderer_that_panics_on_a_request_in_flight_leaves_the_claim_to_its_r
         assert_eq!(retry.body, first.body, "{path}");
     }
     assert_eq!(probe.started.get(), 2);
+}
+
+/// Sets `X-Seen-ID` to the request id a middleware outside the layer reads once the layer has
+/// answered, as an access log does.
+async fn seen_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut res = next.call(req).await?;
+    let id = RequestId::of(res.request());
+    let value = HeaderValue::from_str(id.as_str()).unwrap();
+    res.headers_mut()
+        .insert(HeaderName::from_static("x-seen-id"), value);
+    Ok(res)
+}
+
+/// A middleware outside the layer that reads the request id after the layer answered reads
+/// the id the layer answered with, for a run, a replay and the layer's refusals, in both
+/// forms; where a replay's or a refusal's fresh id was not kept, and it read another one.
+#[actix_web::test]
+async fn a_middleware_outside_reads_the_request_id_the_layer_answered_with() {
+    let s = serve(|cfg| {
+        cfg.service(
+            web::scope("/logged")
+                .wrap(from_fn(seen_id))
+                .service(default_format),
+        )
+        .service(
+            web::scope("/logged-wrapped")
+                .wrap(Idempotency::new())
+                .wrap(from_fn(seen_id))
+                .route("", web::post().to(wrapped)),
+        );
+    });
+    for path in ["/logged/default-format", "/logged-wrapped"] {
+        let run = s.send(&keyed(path, path).body("a")).await;
+        let replay = s.send(&keyed(path, path).body("a")).await;
+        let mismatch = s.send(&keyed(path, path).body("b")).await;
+        let invalid = s.send(&keyed(path, "a b")).await;
+        assert!(replay.replayed(), "{path}: {replay:?}");
+        assert_eq!((mismatch.status, invalid.status), (409, 400), "{path}");
+        for res in [run, replay, mismatch, invalid] {
+            let sent = res.header("x-request-id");
+            assert!(sent.is_some(), "{path}: {res:?}");
+            assert_eq!(res.header("x-seen-id"), sent, "{path}: {res:?}");
+        }
+    }
 }

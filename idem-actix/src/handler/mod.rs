@@ -23,6 +23,7 @@ use idem_core::{KeyOrigin, KeySource, Overrides, Policy, PolicyError};
 use crate::config::{parse_header, IdempotencyConfig};
 use crate::extract::NoIdempotencyKey;
 use crate::functions::Functions;
+use crate::request_id::RequestId;
 
 mod admit;
 mod claim;
@@ -179,6 +180,7 @@ pub struct Reply {
 
 impl Reply {
     pub(crate) fn new(req: HttpRequest, res: HttpResponse) -> Self {
+        RequestId::keep_answered(&req, &res);
         Self {
             req: Some(req),
             res,
