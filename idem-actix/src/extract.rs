@@ -38,8 +38,9 @@ pub(crate) enum Passed {
     Keyless,
     /// For its method, one whose keys an [`Idempotency`](crate::Idempotency) middleware
     /// leaves alone: a handler inside that takes the key can never get one on this method, a
-    /// fault of the server's.
-    Method,
+    /// fault of the server's. With the header the request carries its key in (the
+    /// middleware's own, which may not be the application's).
+    Method(&'static str),
 }
 
 /// The request's validated idempotency key, as an extractor.
@@ -160,15 +161,15 @@ impl NoIdempotencyKey {
         let config = IdempotencyConfig::of(req).clone();
         let passed = req.extensions().get::<Passed>().copied();
         let cause = match passed {
-            _ if !req.headers().contains_key(config.header()) => Cause::Missing,
-            Some(Passed::Keyless) => Cause::Missing,
-            Some(Passed::Method) => Cause::Method(format!(
-                "a handler takes {taker}, and {} {} carries an {} header, but the Idempotency middleware around it leaves {} alone, so the key is ignored and the handler can never get one: add the method with Idempotency::with_methods, or take Option<IdempotencyKey>",
+            // Marked only when the request carries the middleware's key header.
+            Some(Passed::Method(header)) => Cause::Method(format!(
+                "a handler takes {taker}, and {} {} carries an {header} header, but the Idempotency middleware around it leaves {} alone, so the key is ignored and the handler can never get one: add the method with Idempotency::with_methods, or take Option<IdempotencyKey>",
                 req.method(),
                 req.path(),
-                config.header(),
                 req.method(),
             )),
+            _ if !req.headers().contains_key(config.header()) => Cause::Missing,
+            Some(Passed::Keyless) => Cause::Missing,
             None => {
                 tracing::error!(
                     "a handler takes {taker}, and {} {} carries an {} header, but no idempotency layer serves this request: annotate the handler with #[idempotent], or wrap it in Idempotency",

@@ -250,12 +250,12 @@ where
         let service = Rc::clone(&self.service);
         let skipped = !self.inner.methods.contains(req.method());
         // A key on a method the layer leaves alone is ignored: the request is served, keyless.
-        if skipped
-            && req
-                .headers()
-                .contains_key(IdempotencyConfig::of(req.request()).header())
-        {
-            passed(req.request(), Passed::Method);
+        if skipped {
+            let (endpoint, config) = (&self.inner.endpoint, IdempotencyConfig::of(req.request()));
+            let header = endpoint.header(config);
+            if header.is_some_and(|header| req.headers().contains_key(header)) {
+                passed(req.request(), Passed::Method(endpoint.header_name(config)));
+            }
         }
         if skipped
             || bypasses(&self.inner.endpoint, &self.inner.functions, req.request())

@@ -258,11 +258,17 @@ async fn an_ignored_key_on_a_method_the_middleware_leaves_alone_is_a_server_faul
     let runs = Counter::default();
     let data = web::Data::new(runs.clone());
     let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(data.clone()).service(
-            web::scope("/wrapped-get-key")
-                .wrap(Idempotency::new())
-                .route("", web::get().to(unserved)),
-        );
+        cfg.app_data(data.clone())
+            .service(
+                web::scope("/wrapped-get-key")
+                    .wrap(Idempotency::new())
+                    .route("", web::get().to(unserved)),
+            )
+            .service(
+                web::scope("/wrapped-get-own-key")
+                    .wrap(Idempotency::new().with_overrides(|o| o.header("X-Own-Key")))
+                    .route("", web::get().to(unserved)),
+            );
     });
     let res = RawRequest::get("/wrapped-get-key")
         .header("Authorization", "Bearer tenant-1")
@@ -276,6 +282,18 @@ async fn an_ignored_key_on_a_method_the_middleware_leaves_alone_is_a_server_faul
     );
     assert_eq!(warnings.containing("GET /wrapped-get-key carries"), 1);
     assert!(warnings.containing("with_methods") >= 1);
+    // The same under a middleware that reads its keys from a header of its own.
+    let res = RawRequest::get("/wrapped-get-own-key")
+        .header("Authorization", "Bearer tenant-1")
+        .header("X-Own-Key", "k1")
+        .send(server.addr)
+        .await;
+    let message = assert_error(&res, 500, idem_actix::codes::LAYER_MISSING);
+    assert!(!message.contains("send"), "{message}");
+    assert_eq!(
+        warnings.containing("GET /wrapped-get-own-key carries an X-Own-Key header"),
+        1
+    );
     assert_eq!(runs.get(), 0, "the handler did not run");
 }
 

@@ -110,10 +110,15 @@ impl Endpoint {
         keyless(self.overrides, res, key_function)
     }
 
+    /// The name of the key's header, as written: the endpoint's own, else the application's.
+    pub(crate) fn header_name(&self, config: &IdempotencyConfig) -> &'static str {
+        self.overrides.header.unwrap_or(config.defaults().header)
+    }
+
     /// The key's header: the endpoint's own, else the application's. `None` when the
     /// endpoint's own is not a header name: its keys cannot be read, and [`check`](Self::check)
     /// logs why.
-    fn header<'a>(&'a self, config: &'a IdempotencyConfig) -> Option<&'a HeaderName> {
+    pub(crate) fn header<'a>(&'a self, config: &'a IdempotencyConfig) -> Option<&'a HeaderName> {
         match self.overrides.header {
             Some(name) => self.header.get_or_init(|| parse_header(name).ok()).as_ref(),
             None => Some(config.header()),
