@@ -67,6 +67,10 @@ pub(crate) fn refused(error: &IdempotencyError) {
         IdempotencyError::ResponseTooLarge { .. } => {
             metrics::counter!("idem_conflicts_total", "kind" => "response_too_large").increment(1);
         }
+        IdempotencyError::EncodingNotAccepted { .. } => {
+            metrics::counter!("idem_conflicts_total", "kind" => "encoding_not_accepted")
+                .increment(1);
+        }
         // Store errors are counted by `StoreMetrics`, with the operation that failed.
         _ => {}
     }

@@ -130,6 +130,38 @@ async fn op(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
     HttpResponse::Created().finish()
 }
 
+/// A response in a coding its client asked for (a compressor's, as `Vary` says).
+#[post("/zipped")]
+#[idempotent]
+async fn zipped(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created()
+        .insert_header(("Content-Encoding", "gzip"))
+        .insert_header(("Vary", "Accept-Encoding"))
+        .body(&b"\x1f\x8b"[..])
+}
+
+/// Every 409 the layer answers is counted as a conflict of its kind.
+#[actix_web::test]
+async fn a_replay_refused_for_its_coding_is_counted_as_a_conflict() {
+    let (_serial, captured) = counting().await;
+    let s = serve(|cfg| {
+        cfg.service(zipped);
+    });
+    let call = |key| {
+        RawRequest::post("/zipped")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", key)
+    };
+    s.send(&call("z").header("Accept-Encoding", "gzip")).await;
+    let refused = s.send(&call("z")).await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(
+        captured.count("idem_conflicts_total{kind=encoding_not_accepted}"),
+        1
+    );
+}
+
 #[actix_web::test]
 async fn outcomes_conflicts_rejections_and_store_calls_are_counted() {
     let (_serial, captured) = counting().await;
