@@ -733,7 +733,11 @@ fn add_layer_response(
     if layer.retry_after {
         headers.push(("Retry-After", retry_after_header()));
     }
+    // The operation's own answer under a reference this document cannot resolve (another
+    // file's) is kept as it is, for want of a way to add to it.
+    let documented = operation.responses.responses.contains_key(&status);
     match response_mut(operation, &status, components) {
+        None if documented => {}
         None => {
             let mut response = ResponseBuilder::new()
                 .description(description)
@@ -1527,6 +1531,27 @@ mod tests {
             "#/components/responses/Created"
         );
         assert!(doc["components"]["responses"]["Created"]["headers"].is_null());
+    }
+
+    /// A response the document names by a reference it cannot resolve (another file's, or a
+    /// reference to a reference) is the operation's own: it is kept, not replaced by the
+    /// layer's description of that status.
+    #[test]
+    fn a_response_reference_that_cannot_be_resolved_is_kept() {
+        let mut doc = document();
+        let external = Ref::new("common.yaml#/responses/BadRequest");
+        let operation = operation_mut(&mut doc, "POST", "/v1/calls").unwrap();
+        operation
+            .responses
+            .responses
+            .insert("400".into(), RefOr::Ref(external));
+        Contract::new()
+            .operation(HttpMethod::Post, "/v1/calls", |p| p)
+            .apply(&mut doc)
+            .unwrap();
+        let doc = json(&doc);
+        let bad = &doc["paths"]["/v1/calls"]["post"]["responses"]["400"];
+        assert_eq!(bad["$ref"], "common.yaml#/responses/BadRequest", "{bad}");
     }
 
     #[test]
