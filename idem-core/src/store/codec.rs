@@ -95,9 +95,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
     }
     let kind = field()?;
     let lapses_at = Timestamp::from_millis(ascii_number(field()?)?);
-    let token = std::str::from_utf8(field()?)
-        .ok()
-        .and_then(|hex| u128::from_str_radix(hex, 16).ok())
+    // Exactly as `token_hex` writes it: the Redis scripts compare tokens as text.
+    let token = Some(field()?)
+        .filter(|hex| hex.len() == 32 && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .and_then(|hex| u128::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
         .map(Token::from_u128)
         .ok_or_else(|| corrupt("bad token"))?;
     let mut reader = Reader(field()?);
@@ -123,7 +124,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
                     let body = reader.take(body_len as usize)?;
                     Response::from_parts(status, headers, body).map_err(|what| corrupt(&what))?
                 }
-                [1] => Response::omitted(status, u64::from_be_bytes(reader.array()?)),
+                // Kept without its body, a response keeps no headers either.
+                [1] if headers == [0, 0] => {
+                    Response::omitted(status, u64::from_be_bytes(reader.array()?))
+                }
+                [1] => return Err(corrupt("headers of a response kept without its body")),
                 _ => return Err(corrupt("unknown body tag")),
             };
             Record::Completed(Completed {
@@ -145,10 +150,11 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unreadable record: {what}"))
 }
 
+/// A number as the Redis scripts read it (`%d+`): decimal digits alone, without a sign.
 fn ascii_number(field: &[u8]) -> Result<u64, StoreError> {
-    std::str::from_utf8(field)
-        .ok()
-        .and_then(|s| s.parse().ok())
+    Some(field)
+        .filter(|digits| digits.iter().all(u8::is_ascii_digit))
+        .and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok())
         .ok_or_else(|| corrupt("bad number in header"))
 }
 
@@ -190,6 +196,51 @@ mod tests {
             completed_at: Timestamp::from_millis(1_700_000_000_000),
             expires_at: Timestamp::from_millis(1_700_086_400_000),
         })
+    }
+
+    /// What the Redis scripts read of a record's header as text (its lapse time, its token)
+    /// is read here only as `encode` writes it: a value another spelling of which decoded
+    /// here, but not there, would be judged by the two differently.
+    #[test]
+    fn decode_accepts_only_what_encode_writes() {
+        let token = Token::from_u128(0xabc);
+        let claim = Record::InFlight(InFlight {
+            fingerprint: Fingerprint::new("POST", "/a", "", b""),
+            lease_until: Timestamp::from_millis(5),
+            token,
+        });
+        let good = encode(&claim, token).unwrap();
+        assert!(decode(&good).is_ok());
+        let text = String::from_utf8_lossy(&good[..good.len() - 32]).into_owned();
+        let binary = &good[good.len() - 32..];
+        let respelled = [
+            text.replace(&token_hex(token), "abc"),
+            text.replace(&token_hex(token), &token_hex(token).to_uppercase()),
+            text.replace(&token_hex(token), &format!("+{}", &token_hex(token)[1..])),
+            text.replace(":5:", ":+5:"),
+            text.replace(":5:", "::"),
+            text.replacen("1:", "+1:", 1),
+        ];
+        for header in respelled {
+            assert_ne!(header, text);
+            let bytes = [header.as_bytes(), binary].concat();
+            assert!(
+                matches!(decode(&bytes), Err(StoreError::Corrupt(_))),
+                "{header}"
+            );
+        }
+        // A response kept without its body keeps no headers either.
+        let Record::Completed(mut done) = completed() else {
+            unreachable!()
+        };
+        done.response = Response::omitted(201, 10);
+        let omitted = encode(&Record::Completed(done), token).unwrap();
+        assert!(decode(&omitted).is_ok());
+        let fixed = omitted.len() - (1 + 8 + 2);
+        let mut with_headers = omitted[..fixed].to_vec();
+        with_headers.extend_from_slice(&[0, 1, 0, 1, b'a', 0, 0, 0, 1, b'b', 1]);
+        with_headers.extend_from_slice(&10u64.to_be_bytes());
+        assert!(matches!(decode(&with_headers), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
