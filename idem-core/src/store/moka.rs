@@ -128,9 +128,15 @@ impl Evictions {
     }
 }
 
+/// What a record weighs in the cache: its response's bytes and what the cache spends on it.
+/// Never saturates for a record the store takes ([`MokaStore::record_limit`]).
 fn weight(record: &Completed) -> u32 {
     u32::try_from(RECORD_OVERHEAD + record.response.held_bytes()).unwrap_or(u32::MAX)
 }
+
+/// The heaviest record moka can weigh (in a `u32`), less what the cache spends on it: the
+/// largest response any cache of records can count.
+pub(crate) const WEIGHABLE: usize = u32::MAX as usize - RECORD_OVERHEAD;
 
 struct LapseExpiry;
 
@@ -260,6 +266,13 @@ impl MokaStore {
         MokaStoreBuilder {
             max_bytes: DEFAULT_MAX_BYTES,
         }
+    }
+
+    /// The most bytes a record's response may hold: what the capacity leaves beyond the
+    /// cache's own cost of a record, and no more than moka can weigh.
+    fn record_limit(&self) -> usize {
+        let max = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        max.saturating_sub(RECORD_OVERHEAD).min(WEIGHABLE)
     }
 
     /// The number of records held, claims included, counting records not yet evicted. For
@@ -466,13 +479,11 @@ impl Store for MokaStore {
         _now: Timestamp,
     ) -> StoreFuture<'a, bool> {
         // The cache would drop at once a record heavier than its whole capacity.
-        let weight = weight(&record);
-        if u64::from(weight) > self.max_bytes {
-            return StoreFuture::ready(Err(StoreError::TooLarge {
-                size: weight as usize,
-                max: self.max_record_bytes().unwrap_or(0),
-            }));
+        let (size, max) = (record.response.held_bytes(), self.record_limit());
+        if size > max {
+            return StoreFuture::ready(Err(StoreError::TooLarge { size, max }));
         }
+        let weight = weight(&record);
         let mut claims = self.stripe(key);
         let held = claims.get(key).is_some_and(|c| c.token == token);
         if held {
@@ -487,8 +498,7 @@ impl Store for MokaStore {
     }
 
     fn max_record_bytes(&self) -> Option<usize> {
-        let max = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
-        Some(max.saturating_sub(RECORD_OVERHEAD))
+        Some(self.record_limit())
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
@@ -670,6 +680,37 @@ mod tests {
             ),
             "the retry must learn that the operation completed: {retry:?}"
         );
+    }
+
+    /// A refusal for size gives the record's size in the bytes the store's limit counts.
+    #[tokio::test]
+    async fn a_record_too_large_is_told_in_the_units_of_the_limit() {
+        let store = MokaStore::builder().max_bytes(4096).build();
+        let response = Response::new(201, [("location", &b"/r/1"[..])], &[b'x'; 3700]);
+        let held = response.held_bytes();
+        let record = Completed {
+            fingerprint: Fingerprint::new("POST", "/r", "", b""),
+            response,
+            completed_at: Timestamp::from_millis(1),
+            expires_at: Timestamp::from_millis(2),
+        };
+        let key = StoreKey::from_bytes([4; 32]);
+        let refused = store.complete(&key, Token::random(), record, Timestamp::from_millis(1));
+        match refused.await {
+            Err(StoreError::TooLarge { size, max }) => {
+                assert_eq!((size, Some(max)), (held, store.max_record_bytes()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// moka weighs a record in a `u32`: no record the store takes may weigh more, or the
+    /// cache would count it lighter than it is and hold more than its bound.
+    #[test]
+    fn no_record_the_store_takes_weighs_more_than_moka_counts() {
+        let store = MokaStore::builder().max_bytes(16 << 30).build();
+        let max = store.max_record_bytes().unwrap();
+        assert!(RECORD_OVERHEAD + max <= u32::MAX as usize, "{max}");
     }
 
     #[tokio::test]

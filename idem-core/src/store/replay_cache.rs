@@ -12,6 +12,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
 
+use super::moka::WEIGHABLE;
 use super::{Claim, Store, StoreError, StoreFuture, RECORD_OVERHEAD};
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
@@ -112,7 +113,8 @@ impl<S: Store> ReplayCache<S> {
         let Some(kept) = &self.kept else {
             return;
         };
-        if record.expires_at > now {
+        // One heavier than moka can weigh would be counted lighter than it is.
+        if record.expires_at > now && record.response.held_bytes() <= WEIGHABLE {
             let keep_for = record.expires_at.since(now);
             kept.insert(
                 *key,
