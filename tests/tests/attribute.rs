@@ -199,11 +199,16 @@ async fn the_original_extractors_see_the_request() {
     );
     assert!(retry.replayed());
 
-    // Path and query are part of the fingerprint.
+    // Path and query are part of the fingerprint: the concrete path, not the route's
+    // pattern, which both paths match.
     let other_query = keyed("POST", "/items/7?page=3", "ext-1")
         .header("X-Tenant", "acme")
         .body("raw body");
     assert_error(&s.send(&other_query).await, 409, "idempotency_conflict");
+    let other_path = keyed("POST", "/items/8?page=2", "ext-1")
+        .header("X-Tenant", "acme")
+        .body("raw body");
+    assert_error(&s.send(&other_path).await, 409, "idempotency_conflict");
 
     // An extractor that fails answers as it would without the attribute, and is recorded.
     let no_tenant = keyed("POST", "/items/7?page=2", "ext-2").body("raw body");

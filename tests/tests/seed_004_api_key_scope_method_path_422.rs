@@ -163,7 +163,10 @@ async fn failed_requests_are_not_cached() {
         "k",
         json!({"name": "x"}),
     );
-    assert!(!s.send(&ok).await.replayed());
+    let created = s.send(&ok).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert!(!created.replayed());
+    assert_eq!(s.runs.get(), 3);
 }
 
 #[actix_web::test]
