@@ -11,7 +11,7 @@ pub use round_trips::{RoundTrips, Turn};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -499,12 +499,15 @@ impl Served {
     /// and the duplicate's. The first carries `X-Hold-Ms`, which [`held`] makes its handler
     /// wait for once it has counted its run; the duplicate goes once it has.
     pub async fn during(&self, request: &RawRequest) -> (RawResponse, RawResponse) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let before = self.runs.get();
-        let first = request.clone().header(HOLD, "500");
+        let hold = format!("hold-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let first = request.clone().header(HOLD, &hold);
         let addr = self.server.addr;
         let running = actix_web::rt::spawn(async move { first.send(addr).await });
         eventually(|| self.runs.get() > before).await;
         let duplicate = self.send(request).await;
+        release(&hold);
         (running.await.expect("the first request"), duplicate)
     }
 }
@@ -584,18 +587,31 @@ pub fn asked(req: &actix_web::HttpRequest) -> Option<actix_web::HttpResponse> {
     Some(actix_web::HttpResponse::build(status).json(body))
 }
 
-/// The header [`held`] reads.
-const HOLD: &str = "X-Hold-Ms";
+/// The header [`held`] reads: the name of a hold.
+const HOLD: &str = "X-Hold";
 
-/// Waits as long as the request's `X-Hold-Ms` says, if it says: for handlers that
-/// [`Served::during`] keeps running while it sends a duplicate.
+/// The holds of handlers [`Served::during`] keeps running, by name, until it releases them.
+fn hold(name: &str) -> Arc<tokio::sync::Semaphore> {
+    static HOLDS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>> = OnceLock::new();
+    let mut holds = HOLDS.get_or_init(Default::default).lock().unwrap();
+    let gate =
+        (holds.entry(name.to_owned())).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(0)));
+    Arc::clone(gate)
+}
+
+/// Lets the handler held under `name` finish.
+fn release(name: &str) {
+    hold(name).add_permits(1);
+}
+
+/// Waits, if the request names a hold in `X-Hold`, until it is released: for handlers that
+/// [`Served::during`] keeps running while it sends a duplicate, however long the duplicate
+/// takes to be answered.
 pub async fn held(req: &actix_web::HttpRequest) {
-    let ms = req
-        .headers()
-        .get(HOLD)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    if let Some(ms) = ms {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let name = req.headers().get(HOLD).and_then(|v| v.to_str().ok());
+    if let Some(name) = name {
+        let gate = hold(name);
+        let _released = gate.acquire().await;
     }
 }
 
