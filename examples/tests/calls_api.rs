@@ -154,8 +154,10 @@ async fn a_simulated_carrier_failure_creates_nothing_and_releases_the_key() {
 #[actix_web::test]
 async fn a_slow_call_is_in_flight_for_its_duplicates() {
     let api = start();
+    // Long enough for the second of the two to be answered while the first dials, however
+    // the machine schedules them.
     let slow = || {
-        create("t1", Some("slow"), new_call("+15555550123")).header("X-Simulate-Delay-Ms", "500")
+        create("t1", Some("slow"), new_call("+15555550123")).header("X-Simulate-Delay-Ms", "3000")
     };
     let (a, b) = futures_util::join!(api.send(slow()), api.send(slow()));
     let mut statuses = [a.status, b.status];
