@@ -1236,6 +1236,14 @@ impl TestPostgres {
                 return Some(Self { url, server: None });
             }
         }
+        Self::start_owned()
+    }
+
+    /// Starts a server of this test's own even when `IDEM_TEST_DATABASE_URL` names one, for
+    /// tests that stop and restart it, or create roles on it; `None` (the test should skip)
+    /// when there is no PostgreSQL to start, and a panic instead with
+    /// `IDEM_REQUIRE_POSTGRES=1`.
+    pub fn start_owned() -> Option<Self> {
         match PgServer::init() {
             Ok(server) => Some(Self {
                 url: format!(
