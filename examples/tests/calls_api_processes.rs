@@ -112,19 +112,31 @@ async fn empty_variables_count_as_unset() {
             .spawn()
             .unwrap()
     };
-    // The default address, 127.0.0.1:8080: listened on, or named as taken.
+    // The default address, 127.0.0.1:8080: served, or named as taken.
     let mut child = spawn(&[]);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    match child.try_wait().unwrap() {
-        Some(_) => {
-            let out = child.wait_with_output().unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
+    let default: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let mut seen = false;
+    for _ in 0..400 {
+        if child.try_wait().unwrap().is_some() {
+            let mut stderr = String::new();
+            let mut pipe = child.stderr.take().unwrap();
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
             assert!(stderr.contains("127.0.0.1:8080"), "{stderr}");
+            seen = true;
+            break;
         }
-        None => {
+        let health = RawRequest::get("/healthz").try_send(default).await;
+        if health.is_ok_and(|res| res.status == 200) {
             let _ = child.kill();
             let _ = child.wait();
+            seen = true;
+            break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    if !seen {
+        let _ = child.kill();
+        panic!("calls-api neither served 127.0.0.1:8080 nor named it as taken");
     }
     let mut child = spawn(&["--addr", &addr.to_string()]);
     let mut listening = false;
