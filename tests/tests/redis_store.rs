@@ -1127,9 +1127,20 @@ async fn a_claim_waiting_for_replicas_holds_up_no_other_key() {
 
     let waiting = engine.begin(&Policy::DEFAULT, key(1), fp);
     let other = async {
-        // Long enough for the claim's WAIT to be at the server, well short of its timeout;
-        // then a read, which Redis answers at once unless it queues behind that WAIT.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the claim's WAIT blocks its connection at the server, a read, which Redis
+        // answers at once unless it queues behind that WAIT.
+        let blocked = || {
+            let info: String = primary.query(redis::cmd("INFO").arg("clients"));
+            info.lines().any(|line| line.trim() == "blocked_clients:1")
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !blocked() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the claim never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::timeout(
             Duration::from_secs(1),
             store.get(&key(2), engine.clock().now()),
