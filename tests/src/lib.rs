@@ -496,8 +496,9 @@ impl Served {
     }
 
     /// Sends `request`, and the same again while the first runs: both answers, the first's
-    /// and the duplicate's. The first carries `X-Hold-Ms`, which [`held`] makes its handler
-    /// wait for once it has counted its run; the duplicate goes once it has.
+    /// and the duplicate's. The first names a hold in `X-Hold`, which [`held`] makes its
+    /// handler wait on once it has counted its run; the duplicate goes once it has, and the
+    /// hold is released once the duplicate is answered.
     pub async fn during(&self, request: &RawRequest) -> (RawResponse, RawResponse) {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let before = self.runs.get();
@@ -587,8 +588,8 @@ pub fn asked(req: &actix_web::HttpRequest) -> Option<actix_web::HttpResponse> {
     Some(actix_web::HttpResponse::build(status).json(body))
 }
 
-/// The header [`held`] reads: the name of a hold.
-const HOLD: &str = "X-Hold";
+/// The header [`held`] reads: the name of a hold, which [`release`] ends.
+pub const HOLD: &str = "X-Hold";
 
 /// The holds of handlers [`Served::during`] keeps running, by name, until it releases them.
 fn hold(name: &str) -> Arc<tokio::sync::Semaphore> {
@@ -599,8 +600,8 @@ fn hold(name: &str) -> Arc<tokio::sync::Semaphore> {
     Arc::clone(gate)
 }
 
-/// Lets the handler held under `name` finish.
-fn release(name: &str) {
+/// Lets the handler held under `name` (its request's [`HOLD`]) finish.
+pub fn release(name: &str) {
     hold(name).add_permits(1);
 }
 

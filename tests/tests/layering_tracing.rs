@@ -12,8 +12,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, Error, HttpResponse};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, RequestId};
 use idem_tests::{
-    assert_error, counted, eventually, Counter, Entered, Fields, RawRequest, RawResponse,
-    TestServer,
+    assert_error, counted, eventually, release, until_orphaned, Counter, Entered, Fields,
+    RawRequest, RawResponse, TestServer, HOLD,
 };
 use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Metadata, Span, Subscriber};
@@ -172,7 +172,8 @@ fn server<R: RootSpanBuilder + 'static>(
 ) -> (TestServer, Counter) {
     let runs = Counter::default();
     let data = web::Data::new(runs.clone());
-    let idem = IdempotencyConfig::new(MokaStore::new());
+    // One run at most for clients that went away: a refusal tells when one goes on alone.
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(data.clone()).app_data(idem.clone());
         // The last `wrap` is the outermost.
@@ -329,10 +330,13 @@ async fn an_attributed_handlers_replays_and_conflicts_are_in_the_root_span() {
 async fn a_run_whose_client_went_away_logs_in_its_requests_root_span() {
     let traces = Traces::installed();
     let (server, runs) = server::<DefaultRootSpanBuilder>("/gone", true);
+    // Held until the server has let go of its reset client: only then does it run alone.
     call("/gone", "k1", "gone-first", "a")
-        .header("X-Hold-Ms", "200")
+        .header(HOLD, "gone-first")
         .send_and_reset(server.addr, || runs.get() == 1)
         .await;
+    until_orphaned(server.addr, &call("/gone", "k1", "gone-waiting", "a")).await;
+    release("gone-first");
     let executed = || {
         let events = traces.outcomes_of("gone-first");
         events.into_iter().find(|(o, _)| o == "executed")
