@@ -33,14 +33,17 @@ impl RequestId {
         id
     }
 
-    /// Keeps the id `res` answers `req` with (its `X-Request-ID`), unless one is kept
-    /// already: a replay or a refusal [`peek`](Self::peek)s its id, and a middleware outside
-    /// the layer that reads [`RequestId::of`] once the layer has answered (an access log)
-    /// must read the same.
+    /// Keeps the id the layer's own answer `res` gives `req` (its `X-Request-ID`), when the
+    /// layer made it: a replay or a refusal [`peek`](Self::peek)s its id, and a middleware
+    /// outside the layer that reads [`RequestId::of`] once the layer has answered (an access
+    /// log) must read the same. The client's own id is read again alike, and costs nothing.
     pub(crate) fn keep_answered(req: &HttpRequest, res: &HttpResponse) {
         let Some(value) = res.headers().get(&crate::REQUEST_ID) else {
             return;
         };
+        if req.headers().get(&crate::REQUEST_ID) == Some(value) {
+            return;
+        }
         let mut extensions = req.extensions_mut();
         if !extensions.contains::<RequestId>() && !extensions.contains::<Admitted>() {
             extensions.insert(RequestId(value.clone()));

@@ -56,7 +56,7 @@ where
                 false,
             )
         }
-        Ok(Admission::Answer(req, res)) => return Reply::new(req, res),
+        Ok(Admission::Answer(req, res)) => return Reply::answered(req, res),
         // Past the bound of runs this worker finishes for clients that went away, nothing
         // new is claimed: a client that resets every request cannot pile them up.
         Ok(Admission::Keyed(keyed)) if orphans() >= keyed.config.detached_limit() => {
@@ -122,7 +122,7 @@ fn answer(keyed: Keyed, error: &IdempotencyError) -> Reply {
         keyed.policy.error_format,
         keyed.config.renderer(),
     );
-    Reply::new(keyed.run.req, res)
+    Reply::answered(keyed.run.req, res)
 }
 
 /// Claims the key in place when the store answers in the call (the embedded one does): the
@@ -218,7 +218,7 @@ where
                 tracing::debug!(outcome = "replayed", status = record.response.status());
                 metrics::outcome("replayed");
                 let res = replay(&record, &keyed);
-                Settled::Answer(Reply::new(keyed.run.req, res))
+                Settled::Answer(Reply::answered(keyed.run.req, res))
             }
         },
         Ok(Begin::Unprotected(error)) => {

@@ -185,11 +185,17 @@ pub struct Reply {
 
 impl Reply {
     pub(crate) fn new(req: HttpRequest, res: HttpResponse) -> Self {
-        RequestId::keep_answered(&req, &res);
         Self {
             req: Some(req),
             res,
         }
+    }
+
+    /// The layer's own answer `res` to `req` (a replay, a refusal): the id it answers with
+    /// is kept with the request (see [`RequestId::keep_answered`]).
+    pub(crate) fn answered(req: HttpRequest, res: HttpResponse) -> Self {
+        RequestId::keep_answered(&req, &res);
+        Self::new(req, res)
     }
 
     pub(crate) fn orphan(res: HttpResponse) -> Self {
