@@ -234,9 +234,10 @@ impl Contract {
 
     /// Declares idempotent the operations an [`Idempotency`](crate::Idempotency) middleware
     /// with its default methods wraps: every `POST`, `PUT`, `PATCH` and `DELETE` whose path
-    /// lies under `prefix` by whole segments, as the `web::scope(prefix)` the middleware
-    /// wraps matches them (`"/v1"` covers `/v1/calls`, not `/v1beta/calls`; `""` covers the
-    /// whole document), with the contract's defaults as
+    /// lies under `prefix` by whole segments, as a `web::scope(prefix)` the middleware wraps
+    /// matches them (`"/v1"` covers `/v1` and `/v1/calls`, not `/v1beta/calls`; `""` covers
+    /// the whole document; a prefix ending in `/`, `"/"` included, covers every path that
+    /// begins with it), with the contract's defaults as
     /// `configure` overrides them (the closure given to the middleware's `policy`).
     pub fn middleware(
         mut self,
@@ -383,8 +384,9 @@ fn operation_mut<'a>(doc: &'a mut OpenApi, method: &str, path: &str) -> Option<&
     slot(item, method)?.as_mut()
 }
 
-/// Whether a scope at `prefix` serves `path`: actix matches a scope's path by whole
-/// segments, so `/v1` serves `/v1` and `/v1/calls`, never `/v1beta`.
+/// Whether `path` lies under `prefix` by whole segments, as actix matches a scope's path:
+/// `/v1` covers `/v1` and `/v1/calls`, never `/v1beta`. A prefix that ends in `/` (or is
+/// empty) covers every path that begins with it.
 fn under(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => {
