@@ -246,7 +246,7 @@ mod tests {
 
     #[cfg(feature = "rustls")]
     #[test]
-    fn with_rustls_the_client_builds_with_ring_as_its_crypto_provider() {
+    fn with_rustls_the_client_builds_and_a_crypto_provider_is_installed() {
         let client = Client::builder().build().unwrap();
         assert!(client.tls);
         assert!(rustls::crypto::CryptoProvider::get_default().is_some());
