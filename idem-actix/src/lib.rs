@@ -79,7 +79,7 @@
 //! |---|---|---|---|
 //! | 400 | `idempotency_key_missing` | the endpoint is `required`, or reads its key from the body or a key function and found none, or the handler takes a `Transaction`, and the request has no key | |
 //! | 400 | `idempotency_key_invalid` | the key breaks the key syntax: one header line, a token or a quoted string, 1 to `key_max_len` visible ASCII bytes (the message says which rule) | |
-//! | 400 | `idempotency_scope_missing` | nothing to scope the key by: no credentials, no scope header, no [`Principal`], or a scope function that found none | |
+//! | 400 | `idempotency_scope_missing` | nothing to scope the key by: no credentials, no scope header, no [`Principal`], or a scope function that found none; or the header the scope is read from was sent more than once | |
 //! | 400 | `idempotency_body_invalid` | the body cannot be read in the form its endpoint compares bodies in (`fingerprint = "json"` and a body that is not JSON), or searched for its key, or decoded from its `Content-Encoding` (the layer decodes `gzip` and `deflate` where it reads a body); or it did not arrive whole (it ended before its `Content-Length`, or its chunked coding was malformed) | |
 //! | 409 | `idempotency_conflict` | the first request with this key is still running (unless `in_flight = "wait"`); or, to a `Transaction` handler's run, another request took its key over (its lease lapsed) before its commit, so nothing was written and that request runs it | 1 s |
 //! | 409, or 422 | `idempotency_conflict` | the key was used with a different request; 422 with `mismatch = "unprocessable"` | |

@@ -639,7 +639,7 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
     if !matches!(policy.scope, Scope::Global) {
         bad_request.push((
             codes::SCOPE_MISSING,
-            "a key was sent without what its scope is taken from",
+            "a key was sent without what its scope is taken from, or with its header sent more than once",
         ));
     }
     let mismatch = match policy.on_mismatch {

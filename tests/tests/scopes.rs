@@ -133,6 +133,32 @@ async fn header_scopes_of_different_names_never_share_keys() {
     assert_eq!(s.runs.get(), 2);
 }
 
+/// A scope header sent twice (a proxy that appends its own line to the client's) is refused,
+/// not read from its first line, and nothing runs: which line to trust cannot be told.
+#[actix_web::test]
+async fn a_scope_header_sent_twice_is_refused_and_runs_nothing() {
+    let s = serve(|cfg| {
+        cfg.service(by_tenant).service(scoped_by_api_key);
+    });
+    let twice = keyed("/by-tenant", "k")
+        .header("X-Tenant", "acme")
+        .header("X-Tenant", "evil-co");
+    let message = assert_error(&s.send(&twice).await, 400, "idempotency_scope_missing");
+    assert!(message.contains("more than once"), "{message}");
+    let two_keys = keyed("/by-api-key", "k")
+        .header("Authorization", "Bearer a")
+        .header("Authorization", "Bearer b");
+    assert_error(&s.send(&two_keys).await, 400, "idempotency_scope_missing");
+    assert_eq!(s.runs.get(), 0);
+}
+
+#[post("/by-api-key")]
+#[idempotent]
+async fn scoped_by_api_key(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().finish()
+}
+
 #[post("/by-own-key")]
 #[idempotent(scope = "header:Idempotency-Key")]
 async fn by_own_key(runs: web::Data<Counter>) -> HttpResponse {
