@@ -124,8 +124,10 @@ pub enum IdempotencyError {
     ResponseTooLarge {
         /// The first response's status.
         status: u16,
-        /// Its size in bytes; 0 for a streamed body an endpoint that keeps none
-        /// (`max_response = 0`) sent on unread.
+        /// Its size in bytes: as `max_response` counts it (body, and header names and values
+        /// with 6 bytes each) when the response was read whole; its body's alone when the
+        /// body outgrew the bound as it was read; 0 for a streamed body an endpoint that
+        /// keeps none (`max_response = 0`) sent on unread.
         size: u64,
     },
     /// The first response was sent in a content coding (such as gzip) that this request does
