@@ -1257,7 +1257,7 @@ impl TestPostgres {
                 panic!("IDEM_REQUIRE_POSTGRES=1 but PostgreSQL could not start: {e}")
             }
             Err(e) => {
-                eprintln!("skipped: no PostgreSQL for this test to start ({e}); install postgresql");
+                eprintln!("skipped: no PostgreSQL for this test to start ({e}); install postgresql (a test that needs no server of its own also takes IDEM_TEST_DATABASE_URL)");
                 None
             }
         }
