@@ -84,7 +84,8 @@ impl<S: Store> ReplayCache<S> {
     pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
     /// Keeps at most `max_bytes` of completed records in front of `inner`: response bytes
-    /// plus [`RECORD_OVERHEAD`] per record. `0` turns the cache off.
+    /// plus [`RECORD_OVERHEAD`] and 32 bytes per record (its full 32-byte store key, where the
+    /// embedded store keeps 16, and how long it is kept). `0` turns the cache off.
     pub fn new(inner: S, max_bytes: u64) -> Self {
         let kept = (max_bytes > 0).then(|| {
             Cache::builder()
@@ -114,7 +115,9 @@ impl<S: Store> ReplayCache<S> {
             return;
         };
         // One heavier than moka can weigh would be counted lighter than it is.
-        if record.expires_at > now && record.response.held_bytes() <= WEIGHABLE {
+        let weighable =
+            record.response.held_bytes() <= WEIGHABLE - (ENTRY_OVERHEAD - RECORD_OVERHEAD);
+        if record.expires_at > now && weighable {
             let keep_for = record.expires_at.since(now);
             kept.insert(
                 *key,
@@ -138,8 +141,14 @@ impl<S: Store> ReplayCache<S> {
     }
 }
 
+/// What an entry costs the cache beyond its response: an embedded store's record
+/// ([`RECORD_OVERHEAD`], measured with a 16-byte key), and what this cache keeps besides: the
+/// rest of its 32-byte key, and how long the record is kept.
+const ENTRY_OVERHEAD: usize =
+    RECORD_OVERHEAD + size_of::<StoreKey>() - size_of::<u128>() + size_of::<Duration>();
+
 fn weight(record: &Completed) -> u32 {
-    u32::try_from(RECORD_OVERHEAD + record.response.held_bytes()).unwrap_or(u32::MAX)
+    u32::try_from(ENTRY_OVERHEAD + record.response.held_bytes()).unwrap_or(u32::MAX)
 }
 
 impl<S> std::fmt::Debug for ReplayCache<S> {
@@ -463,7 +472,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_is_bounded_in_bytes() {
         let body = vec![b'x'; 1000];
-        let weight = (RECORD_OVERHEAD + Response::new(201, [], &body).held_bytes()) as u64;
+        let weight = (ENTRY_OVERHEAD + Response::new(201, [], &body).held_bytes()) as u64;
         let store = counted(10 * weight);
         let kept = store.kept.as_ref().unwrap();
         for n in 0..100 {
