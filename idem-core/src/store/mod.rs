@@ -114,7 +114,9 @@ pub enum Claim {
 /// same clock. For `claim` and `get`, a record whose [`Record::lapses_at`] is not after `now`
 /// counts as absent. `extend`, `complete` and `release` are fenced by the token alone: a
 /// claim whose lease lapsed but which nobody displaced may still finish, since its operation
-/// ran. A backend drops records itself some time after they lapse, never keeping them forever.
+/// ran. A backend drops records itself some time after they lapse, never keeping them
+/// without bound (the embedded store keeps at most 63 lapsed claims in each of its 256 claim
+/// maps until a new claim fills that map, or until their key is claimed again).
 pub trait Store: Send + Sync + 'static {
     /// Atomically writes `claim` unless a live record exists; returns that record if it does.
     fn claim<'a>(

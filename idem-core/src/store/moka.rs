@@ -34,7 +34,8 @@ pub const RECORD_OVERHEAD: usize = 493;
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Claims per stripe beyond which lapsed ones (whose holder vanished without releasing them)
-/// are swept out when a new claim is written.
+/// are swept out when a new claim is written: below it, a stripe keeps them (at most 63, some
+/// hundred bytes each) rather than look through its claims on every new key.
 const SWEEP_ABOVE: usize = 64;
 
 /// After a warning that records are being evicted, how long before the next one.
