@@ -692,12 +692,27 @@ impl Backoff {
 }
 
 /// Who holds a key whose claim a lease's token no longer holds.
+/// What follows a completion the store refused ([`Lease::refused`]).
+enum Refused {
+    /// The record is there, written by an earlier attempt.
+    Recorded,
+    /// Another request holds the key.
+    Lost,
+    /// Write the record again: the key is this lease's again.
+    Again,
+    /// The store could not say who holds the key, or take it again.
+    Failed(StoreError),
+}
+
 enum Holder {
     /// The lease, by the record its completion wrote.
     This,
+    /// The lease, by its claim: a claim again (a renewal's) that landed after its completion
+    /// found none.
+    Claim,
     /// Nobody: the store has no live record of the key.
     Nobody,
-    /// Another request, or the store could not say.
+    /// Another request.
     Another,
 }
 
@@ -891,7 +906,7 @@ impl Lease {
                     // Released all the same by an attempt whose answer was lost (the engine
                     // retried it, or the store's client resent it), if nobody holds the key.
                     false => match Box::pin(self.holder(None)).await {
-                        Holder::Nobody => Outcome::Released,
+                        Ok(Holder::Nobody) => Outcome::Released,
                         _ => Outcome::Lost,
                     },
                 });
@@ -961,6 +976,8 @@ impl Lease {
             // Made at the first failure only: the common path reads no clock for it.
             let mut retry: Option<Backoff> = None;
             let mut reclaimed = false;
+            // Whether this lease's own claim was found in place of the record once.
+            let mut found_claim = false;
             loop {
                 loop {
                     let attempt = record.clone();
@@ -995,43 +1012,78 @@ impl Lease {
                 // lease lapsed, or this completion landed already, by an attempt whose answer
                 // was lost (after a failure, or one the store's client resent on its own), or
                 // the store no longer has the claim (it forgot it, or dropped it lapsed).
-                match Box::pin(self.holder(Some(record))).await {
-                    Holder::This => return Ok(Outcome::Recorded),
-                    // Nobody holds the key: the operation ran, so it is claimed again, once,
-                    // by this token, and its record written as before.
-                    Holder::Nobody if !reclaimed => {
-                        reclaimed = true;
-                        match Box::pin(self.reclaimed()).await {
-                            Ok(true) => {}
-                            Ok(false) => return Ok(Outcome::Lost),
-                            // Nothing will be recorded under a claim that may have landed
-                            // all the same: it is released, in case.
-                            Err(_) => {
-                                (self.engine).release_unconfirmed(self.key, self.token, self.lease);
-                                return Ok(Outcome::Lost);
-                            }
-                        }
-                    }
-                    _ => return Ok(Outcome::Lost),
-                }
+                // Boxed: rare, and its futures would otherwise swell this one's.
+                let refused = self.refused(record, &mut reclaimed, &mut found_claim);
+                let failed = match Box::pin(refused).await {
+                    Refused::Recorded => return Ok(Outcome::Recorded),
+                    Refused::Lost => return Ok(Outcome::Lost),
+                    Refused::Again => continue,
+                    Refused::Failed(error) => error,
+                };
+                // The store failed to say who holds the key, or to take the claim again: as a
+                // failed completion, tried again for as long as a lease, after a pause. The
+                // claim is not renewed meanwhile: the store no longer has it.
+                // The error is dropped before the pause, so that the future does not keep it.
+                let pause = match retry.get_or_insert_with(|| Backoff::new(self.lease)).next() {
+                    Some(pause) => pause,
+                    None => return Err(failed),
+                };
+                tracing::warn!(key = %self.key, error = %failed, "recording the response of a claim the store forgot failed; retrying");
+                drop(failed);
+                tokio::time::sleep(pause).await;
             }
+        }
+    }
+
+    /// What to do once the store refused this lease's completion of `record`: it holds the
+    /// record already, or this lease's claim again (`found_claim`, once); or nobody holds the
+    /// key and it is claimed again (`reclaimed`, once) before another attempt; or another
+    /// request holds it. Or the store's error, when it could not say or take the claim.
+    async fn refused(
+        &self,
+        record: &Completed,
+        reclaimed: &mut bool,
+        found_claim: &mut bool,
+    ) -> Refused {
+        match self.holder(Some(record)).await {
+            Ok(Holder::This) => Refused::Recorded,
+            // Its own claim, claimed again by a renewal whose write landed after the
+            // completion found none: the record is written under it.
+            Ok(Holder::Claim) if !*found_claim => {
+                *found_claim = true;
+                Refused::Again
+            }
+            // Nobody holds the key: the operation ran, so it is claimed again, once, by this
+            // token, and its record written as before.
+            Ok(Holder::Nobody) if !*reclaimed => match self.reclaimed().await {
+                Ok(true) => {
+                    *reclaimed = true;
+                    Refused::Again
+                }
+                Ok(false) => Refused::Lost,
+                // It may have landed all the same: the next attempt finds out.
+                Err(error) => Refused::Failed(error),
+            },
+            Ok(_) => Refused::Lost,
+            Err(error) => Refused::Failed(error),
         }
     }
 
     /// Who holds the key once this lease's token no longer does: this lease, by `record`,
     /// written by an earlier attempt of [`finish`](Self::finish) whose answer was lost (the
     /// same record, response and times included: another request's could only be told from it
-    /// by nothing a client sees); nobody (as after a release of this lease that landed); or
-    /// another request. A store that cannot be read answers another, so that nothing is
-    /// written.
-    async fn holder(&self, record: Option<&Completed>) -> Holder {
+    /// by nothing a client sees); this lease by its claim (claimed again by a renewal whose
+    /// write landed late); nobody (as after a release of this lease that landed); or another
+    /// request. Or the store's error, when it cannot say.
+    async fn holder(&self, record: Option<&Completed>) -> Result<Holder, StoreError> {
         let now = self.engine.parts.clock.now();
         let get = || self.engine.parts.store.get(&self.key, now);
-        match self.engine.observed("get", get).await {
-            Ok(Some(Record::Completed(found))) if Some(&found) == record => Holder::This,
-            Ok(None) => Holder::Nobody,
-            _ => Holder::Another,
-        }
+        Ok(match self.engine.observed("get", get).await? {
+            Some(Record::Completed(found)) if Some(&found) == record => Holder::This,
+            Some(found) if found.is_claim_of(self.token) => Holder::Claim,
+            None => Holder::Nobody,
+            Some(_) => Holder::Another,
+        })
     }
 
     /// Claims the key again by this lease's token, when the store no longer has its claim (a
@@ -2298,11 +2350,20 @@ mod tests {
     /// A store that can forget every record at once, as a Redis restarted without persistence
     /// (or failed over to a replica the latest writes had not reached) does.
     #[derive(Clone, Default)]
-    struct Forgetful(Arc<std::sync::Mutex<Arc<MokaStore>>>);
+    struct Forgetful(
+        Arc<std::sync::Mutex<Arc<MokaStore>>>,
+        Arc<std::sync::Mutex<Option<(StoreKey, InFlight)>>>,
+    );
 
     impl Forgetful {
         fn forget(&self) {
             *self.0.lock().unwrap() = Arc::default();
+        }
+
+        /// Writes `claim` of `key` just before the next read: a claim sent earlier whose
+        /// write reaches the store late.
+        fn land_before_next_get(&self, key: StoreKey, claim: InFlight) {
+            *self.1.lock().unwrap() = Some((key, claim));
         }
 
         fn current(&self) -> Arc<MokaStore> {
@@ -2320,7 +2381,13 @@ mod tests {
             StoreFuture::new(async move { self.current().claim(key, claim, now).await })
         }
         fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
-            StoreFuture::new(async move { self.current().get(key, now).await })
+            StoreFuture::new(async move {
+                let late = self.1.lock().unwrap().take();
+                if let Some((landing, claim)) = late {
+                    self.current().claim(&landing, claim, now).await?;
+                }
+                self.current().get(key, now).await
+            })
         }
         fn extend<'a>(
             &'a self,
@@ -2415,6 +2482,57 @@ mod tests {
             },
         )
         .await;
+    }
+
+    /// A completion whose claim the store forgot (a failover) looks up who holds the key and
+    /// claims it again. A failure of either, as a failover's reconnection gives, is retried
+    /// as a failed completion is, and the record written: where one failure gave the record
+    /// up (and a claim again that landed was released), and a retry ran the operation again.
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_whose_claim_was_forgotten_survives_one_failed_look_or_claim() {
+        let faults = [
+            ("get", Fault::Timeout),
+            ("claim", Fault::Timeout),
+            ("claim", Fault::Lost),
+        ];
+        for (op, fault) in faults {
+            let forgetful = Forgetful::default();
+            let store = FaultyStore::new(forgetful.clone());
+            let engine =
+                Engine::new(store.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+            let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+            let lease = execute(&engine, &policy, key(1), fp("a")).await;
+            forgetful.forget();
+            store.fail(op, 1, fault);
+            let outcome = lease.finish(response(201, "once")).await;
+            assert_eq!(outcome.unwrap(), Outcome::Recorded, "{op}");
+            assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+        }
+    }
+
+    /// A renewal's claim again that lands after the completion looked (the completion found
+    /// no claim, then the look finds this lease's own) is this lease's: the record is written
+    /// under it, where the completion took it for another request's and gave up, leaving a
+    /// claim nobody held to answer 409 for a lease, then let a retry run again.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_again_that_lands_after_the_completion_looked_is_recorded_not_lost() {
+        let forgetful = Forgetful::default();
+        let engine =
+            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        forgetful.forget();
+        // The claim again lands between the refused completion and the look: the store holds
+        // this lease's claim when the completion asks who holds the key.
+        let again = InFlight {
+            fingerprint: fp("a"),
+            lease_until: engine.clock().now().saturating_add(Duration::from_secs(30)),
+            token: lease.token,
+        };
+        forgetful.land_before_next_get(key(1), again);
+        let outcome = lease.finish(response(201, "once")).await;
+        assert_eq!(outcome.unwrap(), Outcome::Recorded);
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
     /// Runs a request on `key` whose claim the store forgets (by `forget`) a second into its
