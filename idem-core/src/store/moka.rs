@@ -137,7 +137,7 @@ fn weight(record: &Completed) -> u32 {
 
 /// The heaviest record moka can weigh (in a `u32`), less what the cache spends on it: the
 /// largest response any cache of records can count.
-pub(crate) const WEIGHABLE: usize = u32::MAX as usize - RECORD_OVERHEAD;
+const WEIGHABLE: usize = u32::MAX as usize - RECORD_OVERHEAD;
 
 struct LapseExpiry;
 

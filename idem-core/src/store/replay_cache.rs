@@ -12,7 +12,6 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::moka::WEIGHABLE;
 use super::{Claim, Store, StoreError, StoreFuture, RECORD_OVERHEAD};
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
@@ -91,7 +90,8 @@ impl<S: Store> ReplayCache<S> {
             Cache::builder()
                 .eviction_policy(EvictionPolicy::lru())
                 .max_capacity(max_bytes)
-                .weigher(|_: &StoreKey, kept: &Kept| weight(&kept.record))
+                // Only records that have a weight are kept.
+                .weigher(|_: &StoreKey, kept: &Kept| weight(&kept.record).unwrap_or(u32::MAX))
                 .expire_after(UntilExpiry)
                 .build()
         });
@@ -114,10 +114,7 @@ impl<S: Store> ReplayCache<S> {
         let Some(kept) = &self.kept else {
             return;
         };
-        // One heavier than moka can weigh would be counted lighter than it is.
-        let weighable =
-            record.response.held_bytes() <= WEIGHABLE - (ENTRY_OVERHEAD - RECORD_OVERHEAD);
-        if record.expires_at > now && weighable {
+        if record.expires_at > now && weight(record).is_some() {
             let keep_for = record.expires_at.since(now);
             kept.insert(
                 *key,
@@ -147,8 +144,10 @@ impl<S: Store> ReplayCache<S> {
 const ENTRY_OVERHEAD: usize =
     RECORD_OVERHEAD + size_of::<StoreKey>() - size_of::<u128>() + size_of::<Duration>();
 
-fn weight(record: &Completed) -> u32 {
-    u32::try_from(ENTRY_OVERHEAD + record.response.held_bytes()).unwrap_or(u32::MAX)
+/// What an entry of `record` weighs; `None` when that is more than moka can weigh (a `u32`),
+/// which would count the entry lighter than it is: such a record is not kept.
+fn weight(record: &Completed) -> Option<u32> {
+    u32::try_from(ENTRY_OVERHEAD + record.response.held_bytes()).ok()
 }
 
 impl<S> std::fmt::Debug for ReplayCache<S> {
@@ -485,7 +484,7 @@ mod tests {
                 .unwrap());
             let holds: u64 = kept
                 .iter()
-                .map(|(_, k)| u64::from(super::weight(&k.record)))
+                .map(|(_, k)| u64::from(super::weight(&k.record).unwrap()))
                 .sum();
             assert!(
                 holds <= 10 * weight,
