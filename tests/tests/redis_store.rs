@@ -18,7 +18,7 @@ use idem_core::{
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
-use idem_tests::{assert_error, RawRequest, TestRedis, TestServer, Warnings};
+use idem_tests::{assert_error, eventually, RawRequest, TestRedis, TestServer, Warnings};
 
 /// An app instance with its own `RedisStore`, built by `store` from the URL of `redis`.
 fn instance<S: Store>(redis: &TestRedis, probe: &Probe, store: fn(&str) -> S) -> TestServer {
@@ -1129,18 +1129,11 @@ async fn a_claim_waiting_for_replicas_holds_up_no_other_key() {
     let other = async {
         // Once the claim's WAIT blocks its connection at the server, a read, which Redis
         // answers at once unless it queues behind that WAIT.
-        let blocked = || {
+        eventually(|| {
             let info: String = primary.query(redis::cmd("INFO").arg("clients"));
             info.lines().any(|line| line.trim() == "blocked_clients:1")
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !blocked() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the claim never waited"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
+        .await;
         tokio::time::timeout(
             Duration::from_secs(1),
             store.get(&key(2), engine.clock().now()),
