@@ -322,7 +322,7 @@ impl Engine {
                 .await;
             std::mem::forget(unanswered);
             let existing = match answer {
-                Ok(Claim::Existing(record)) if !ours(&record, &claim) => record,
+                Ok(Claim::Existing(record)) if !record.is_claim_of(claim.token) => record,
                 Ok(_) => {
                     // An answer that took a third of the lease leaves too little of it before
                     // the first renewal, or none: the claim is renewed before it runs.
@@ -404,7 +404,7 @@ impl Engine {
         self.op_done("claim", started, &result);
         Some(match result {
             Ok(Claim::Claimed) => Ok(self.claimed(policy, key, claim)),
-            Ok(Claim::Existing(record)) if ours(&record, &claim) => {
+            Ok(Claim::Existing(record)) if record.is_claim_of(claim.token) => {
                 Ok(self.claimed(policy, key, claim))
             }
             Ok(Claim::Existing(record)) => judge(policy, fingerprint, record),
@@ -618,14 +618,6 @@ fn lease(policy: &Policy) -> Duration {
     policy.lease.max(Policy::MIN_LEASE)
 }
 
-/// Whether `record`, found when `claim` was written, is `claim` itself: a claim sent twice
-/// (a client that resends a command whose answer was lost, as the `redis` crate's cluster
-/// client does) finds the first. Its token is this attempt's alone, so the key is this
-/// request's, not another's still running.
-fn ours(record: &Record, claim: &InFlight) -> bool {
-    record.is_claim_of(claim.token)
-}
-
 fn mismatch(policy: &Policy) -> IdempotencyError {
     let status = match policy.on_mismatch {
         OnMismatch::Unprocessable => 422,
@@ -691,7 +683,6 @@ impl Backoff {
     }
 }
 
-/// Who holds a key whose claim a lease's token no longer holds.
 /// What follows a completion the store refused ([`Lease::refused`]).
 enum Refused {
     /// The record is there, written by an earlier attempt.
@@ -704,6 +695,7 @@ enum Refused {
     Failed(StoreError),
 }
 
+/// Who holds a key whose claim a lease's token no longer holds.
 enum Holder {
     /// The lease, by the record its completion wrote.
     This,
@@ -1102,7 +1094,7 @@ impl Lease {
         let claim_it = || self.engine.parts.store.reclaim(&self.key, claim, now);
         match self.engine.observed("claim", claim_it).await? {
             Claim::Claimed => Ok(true),
-            Claim::Existing(record) => Ok(ours(&record, &claim)),
+            Claim::Existing(record) => Ok(record.is_claim_of(claim.token)),
         }
     }
 

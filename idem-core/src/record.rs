@@ -319,8 +319,10 @@ pub enum Record {
 }
 
 impl Record {
-    /// Whether this is the claim `token` holds: a claim sent again (its answer lost) finds
-    /// the one it wrote, its token being its attempt's alone.
+    /// Whether this is the claim `token` holds: a claim sent twice (a client that resends a
+    /// command whose answer was lost, as the `redis` crate's cluster client does) finds the
+    /// first. Its token is its attempt's alone, so the key is that request's, not another's
+    /// still running.
     pub(crate) fn is_claim_of(&self, token: Token) -> bool {
         matches!(self, Record::InFlight(held) if held.token == token)
     }
