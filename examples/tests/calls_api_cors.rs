@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::CallsApi;
@@ -115,51 +115,10 @@ async fn without_an_origin_calls_api_answers_no_preflight() {
     );
 }
 
-/// A free loopback address.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-}
-
-/// A `calls-api` on `addr` with `args` and `env`, stopped on drop.
-struct Launched {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Launched {
-    async fn start(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
-            .args(["--addr", &addr.to_string(), "--workers", "1"])
-            .args(args)
-            .env_remove("IDEM_CORS_ORIGINS")
-            .envs(env.iter().copied())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start calls-api");
-        let api = Self { child, addr };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return api;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("calls-api did not listen on {addr}");
-    }
-}
-
-impl Drop for Launched {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn origins_can_come_from_the_environment() {
     let origins = format!("{PAGE_ORIGIN}, {OTHER_ORIGIN}");
-    let api = Launched::start(free_addr(), &[], &[("IDEM_CORS_ORIGINS", &origins)]).await;
+    let api = CallsApi::start_env_args(&[("IDEM_CORS_ORIGINS", &origins)], &[]).await;
     for origin in [PAGE_ORIGIN, OTHER_ORIGIN] {
         let res = preflight(api.addr, origin, "/v1/calls", "Idempotency-Key").await;
         assert_allows(&res, origin, "Idempotency-Key");
@@ -328,11 +287,11 @@ async fn a_browser_page_on_another_origin_reads_the_replay() {
     };
     // The page names the API's address, and calls-api the page's origin: the API's address
     // is chosen first, then the page served, then calls-api started.
-    let api_addr = free_addr();
+    let api_addr = common::free_addr();
     let key = format!("browser-{}", std::process::id());
     let page_addr = serve_page(page(api_addr, &key));
     let page_origin = format!("http://{page_addr}");
-    let api = Launched::start(api_addr, &["--cors-origin", &page_origin], &[]).await;
+    let api = CallsApi::start_at(Some(api_addr), &[], &["--cors-origin", &page_origin]).await;
     assert_ne!(page_addr.port(), api.addr.port(), "two origins");
 
     let url = format!("{page_origin}/page.html");

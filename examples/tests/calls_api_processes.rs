@@ -97,11 +97,12 @@ async fn a_process_replays_what_it_cached_without_redis_unless_the_cache_is_off(
 /// An empty `IDEM_WORKERS` or `IDEM_ADDR` (a compose file passing `${IDEM_WORKERS}` through
 /// unset) counts as unset, as every other variable does: the defaults apply, where the process
 /// refused to start, blaming a `--workers` flag nobody gave, or tried to listen on "".
-#[tokio::test]
-async fn empty_variables_count_as_unset() {
-    let addr = common::free_addr();
-    let spawn = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_calls-api"))
+#[test]
+fn empty_variables_count_as_unset() {
+    use std::io::{BufRead, BufReader};
+    // The first line calls-api prints: where it listens, or why it cannot.
+    let first_line = |args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
             .env("IDEM_WORKERS", "")
             .env("IDEM_ADDR", "")
             .env_remove("IDEM_REDIS_URL")
@@ -110,49 +111,24 @@ async fn empty_variables_count_as_unset() {
             .args(args)
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        line
     };
     // The default address, 127.0.0.1:8080: served, or named as taken.
-    let mut child = spawn(&[]);
-    let default: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    let mut seen = false;
-    for _ in 0..400 {
-        if child.try_wait().unwrap().is_some() {
-            let mut stderr = String::new();
-            let mut pipe = child.stderr.take().unwrap();
-            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
-            assert!(stderr.contains("127.0.0.1:8080"), "{stderr}");
-            seen = true;
-            break;
-        }
-        let health = RawRequest::get("/healthz").try_send(default).await;
-        if health.is_ok_and(|res| res.status == 200) {
-            let _ = child.kill();
-            let _ = child.wait();
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    if !seen {
-        let _ = child.kill();
-        panic!("calls-api neither served 127.0.0.1:8080 nor named it as taken");
-    }
-    let mut child = spawn(&["--addr", &addr.to_string()]);
-    let mut listening = false;
-    for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("calls-api exited with {status}");
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            listening = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(listening, "calls-api did not listen on {addr}");
+    let default = first_line(&[]);
+    assert!(
+        default.contains("listening on http://127.0.0.1:8080 ")
+            || default.contains("cannot listen on 127.0.0.1:8080:"),
+        "{default}"
+    );
+    let given = first_line(&["--addr", "127.0.0.1:0"]);
+    assert!(given.contains("listening on http://127.0.0.1:"), "{given}");
 }
 
 #[test]
@@ -237,4 +213,29 @@ async fn metrics_are_exposed_in_prometheus_text() {
             && text.contains(r#"idem_store_duration_seconds_bucket{op="claim",le="0.001"}"#),
         "{text}"
     );
+}
+
+/// `--addr 127.0.0.1:0` lets the system pick a free port, and the line calls-api prints once
+/// it listens names that port, where it named port 0 and left nobody able to reach it.
+#[tokio::test]
+async fn a_port_of_zero_is_reported_as_the_port_it_listens_on() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
+        .env_remove("IDEM_REDIS_URL")
+        .env_remove("IDEM_REDIS_CLUSTER")
+        .env_remove("IDEM_DATABASE_URL")
+        .args(["--addr", "127.0.0.1:0", "--workers", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = common::listened_on(&line);
+    let health = RawRequest::get("/healthz").try_send(addr).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_ne!(addr.port(), 0, "{line}");
+    assert_eq!(health.expect("served where it said").status, 200, "{line}");
 }

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, CallsApi, Log};
+use common::{CallsApi, Log};
 use idem_tests::fuzz::Rng;
 use idem_tests::{RawRequest, RawResponse, TestRedis};
 use serde_json::json;
@@ -201,7 +201,7 @@ async fn client(fleet: Arc<Fleet>, ledger: Arc<Mutex<Ledger>>, id: usize, until:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_mixed_traffic_runs_every_key_at_most_once() {
     let log = Log::default();
-    let api = CallsApi::start_logged(free_addr(), &[], &log).await;
+    let api = CallsApi::start_logged(None, &[], &log).await;
     let fleet = Fleet {
         addrs: vec![api.addr],
     };
@@ -222,8 +222,8 @@ async fn soak_on_redis() {
     let log = Log::default();
     let url = redis.url().to_owned();
     let args = ["--redis-url", url.as_str()];
-    let a = CallsApi::start_logged(free_addr(), &args, &log).await;
-    let b = CallsApi::start_logged(free_addr(), &args, &log).await;
+    let a = CallsApi::start_logged(None, &args, &log).await;
+    let b = CallsApi::start_logged(None, &args, &log).await;
     let fleet = Fleet {
         addrs: vec![a.addr, b.addr],
     };
@@ -272,7 +272,7 @@ impl Faults {
                 "a graceful stop exits cleanly"
             );
             let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-            self.restart = CallsApi::start_logged(self.restart.addr, &args, &log).await;
+            self.restart = CallsApi::start_logged(Some(self.restart.addr), &args, &log).await;
             restarts += 1;
         }
         (pauses.await.unwrap(), restarts, self.restart)

@@ -37,7 +37,8 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                  [--redis-url URL | --redis-cluster URL[,URL...]]
                  [--replay-cache-bytes N] [--cors-origin ORIGIN]... [--database-url URL]
 
-  --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080)
+  --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080;
+                   port 0 picks a free port, printed once listening)
   --workers        actix worker threads (env IDEM_WORKERS; default: one per core)
   --redis-url      use the Redis store at this URL, shared by several processes, such
                    as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it or
@@ -339,10 +340,14 @@ fn main() -> ExitCode {
         let server = server.bind(&options.addr).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", options.addr))
         })?;
-        eprintln!(
-            "calls-api listening on http://{} (store: {store})",
-            options.addr
-        );
+        // The addresses bound, not the one asked for: with port 0 the system picks the port.
+        let listening = server
+            .addrs()
+            .iter()
+            .map(|addr| format!("http://{addr}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        eprintln!("calls-api listening on {listening} (store: {store})");
         // actix's own signal handling would stop each worker's runtime as soon as its
         // connections are done, dropping calls whose clients went away: stop by hand.
         let server = server

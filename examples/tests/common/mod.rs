@@ -27,22 +27,19 @@ impl CallsApi {
     /// `IDEM_REDIS_URL`.
     #[allow(dead_code)]
     pub async fn start_with(redis_url: Option<&str>, by_env: bool) -> Self {
-        let addr = free_addr();
         let mut command = command();
         if by_env {
-            command
-                .env("IDEM_ADDR", addr.to_string())
-                .env("IDEM_WORKERS", "2");
+            command.env("IDEM_ADDR", ANY_PORT).env("IDEM_WORKERS", "2");
             if let Some(url) = redis_url {
                 command.env("IDEM_REDIS_URL", url);
             }
         } else {
-            command.args(["--addr", &addr.to_string(), "--workers", "2"]);
+            command.args(["--addr", ANY_PORT, "--workers", "2"]);
             if let Some(url) = redis_url {
                 command.args(["--redis-url", url]);
             }
         }
-        Self::launch(command, addr).await
+        Self::launch(command).await
     }
 
     /// Starts one on the Redis Cluster reached through `urls`, configured by flags, or with
@@ -50,92 +47,112 @@ impl CallsApi {
     #[allow(dead_code)]
     pub async fn start_on_cluster(urls: &[String], by_env: bool) -> Self {
         let urls = urls.join(",");
-        if !by_env {
-            return Self::start_args(&["--redis-cluster", &urls]).await;
+        if by_env {
+            Self::start_env_args(&[("IDEM_REDIS_CLUSTER", &urls)], &[]).await
+        } else {
+            Self::start_args(&["--redis-cluster", &urls]).await
         }
-        let addr = free_addr();
-        let mut command = command();
-        command
-            .args(["--addr", &addr.to_string(), "--workers", "2"])
-            .env("IDEM_REDIS_CLUSTER", urls);
-        Self::launch(command, addr).await
     }
 
     /// Starts one on the Postgres at `url`, configured by `--database-url`, or with `by_env`
     /// by `IDEM_DATABASE_URL`.
     #[allow(dead_code)]
     pub async fn start_on_database(url: &str, by_env: bool) -> Self {
-        if !by_env {
-            return Self::start_args(&["--database-url", url]).await;
+        if by_env {
+            Self::start_env_args(&[("IDEM_DATABASE_URL", url)], &[]).await
+        } else {
+            Self::start_args(&["--database-url", url]).await
         }
-        let addr = free_addr();
-        let mut command = command();
-        command
-            .args(["--addr", &addr.to_string(), "--workers", "2"])
-            .env("IDEM_DATABASE_URL", url);
-        Self::launch(command, addr).await
     }
 
     /// Starts one with `args` after its address and `--workers 2`.
     #[allow(dead_code)]
     pub async fn start_args(args: &[&str]) -> Self {
-        let addr = free_addr();
-        let mut command = command();
-        command
-            .args(["--addr", &addr.to_string(), "--workers", "2"])
-            .args(args);
-        Self::launch(command, addr).await
+        Self::start_env_args(&[], args).await
     }
 
     /// Starts one with `vars` in its environment and `args` after its address and
     /// `--workers 2`.
     #[allow(dead_code)]
     pub async fn start_env_args(vars: &[(&str, &str)], args: &[&str]) -> Self {
-        let addr = free_addr();
+        Self::start_at(None, vars, args).await
+    }
+
+    /// Starts one listening on `addr`, or on a port the system picks, with `vars` in its
+    /// environment and `args` after its address and `--workers 2`.
+    #[allow(dead_code)]
+    pub async fn start_at(addr: Option<SocketAddr>, vars: &[(&str, &str)], args: &[&str]) -> Self {
+        let addr = addr.map_or(ANY_PORT.to_owned(), |addr| addr.to_string());
         let mut command = command();
         command
             .envs(vars.iter().copied())
-            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .args(["--addr", &addr, "--workers", "2"])
             .args(args);
-        Self::launch(command, addr).await
+        Self::launch(command).await
     }
 
-    /// Starts one listening on `addr` with `args` after its address and `--workers 2`, each
-    /// line it prints (one per call it places) appended to `log`.
+    /// Starts one listening on `addr`, or on a port the system picks, with `args` after its
+    /// address and `--workers 2`, each line it prints (one per call it places) appended to
+    /// `log`.
     #[allow(dead_code)]
-    pub async fn start_logged(addr: SocketAddr, args: &[&str], log: &Log) -> Self {
+    pub async fn start_logged(addr: Option<SocketAddr>, args: &[&str], log: &Log) -> Self {
+        let addr = addr.map_or(ANY_PORT.to_owned(), |addr| addr.to_string());
         let mut command = command();
         command
-            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .args(["--addr", &addr, "--workers", "2"])
             .args(args)
             .stdout(Stdio::piped());
-        let mut child = command.spawn().expect("start calls-api");
-        let stdout = child.stdout.take().expect("piped standard output");
+        let mut api = Self::launch(command).await;
+        let stdout = api.child.stdout.take().expect("piped standard output");
         let log = Arc::clone(log);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 log.lock().unwrap().push(line);
             }
         });
-        Self::listening(child, addr).await
+        api
     }
 
-    /// Runs `command` and waits until it listens on `addr`.
-    async fn launch(mut command: Command, addr: SocketAddr) -> Self {
-        let child = command.spawn().expect("start calls-api");
-        Self::listening(child, addr).await
-    }
-
-    /// `child`, once it listens on `addr`.
-    async fn listening(child: Child, addr: SocketAddr) -> Self {
-        let api = Self { child, addr };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return api;
+    /// Runs `command` and waits for the line it prints once it listens, which names where.
+    ///
+    /// The line, not a connection to the port: a port chosen ahead and given to the process
+    /// may be taken by another in between, and a probe of a port nobody listens on can
+    /// connect to itself; either way a test would talk to what is not this process.
+    async fn launch(mut command: Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start calls-api");
+        let stderr = child.stderr.take().expect("piped standard error");
+        let (listening, heard) = tokio::sync::oneshot::channel();
+        // Reads to the end, so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut listening = Some(listening);
+            let mut before = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                match listening.take_if(|_| line.contains("listening on http://")) {
+                    Some(tx) => drop(tx.send(Ok(listened_on(&line)))),
+                    None if listening.is_some() => before.push(line),
+                    None => {}
+                }
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            if let Some(tx) = listening {
+                drop(tx.send(Err(before.join("\n"))));
+            }
+        });
+        let heard = tokio::time::timeout(Duration::from_secs(10), heard).await;
+        if let Ok(Ok(Ok(addr))) = heard {
+            return Self { child, addr };
         }
-        panic!("calls-api did not listen on {addr}");
+        let _ = child.kill();
+        let status = child.wait().expect("reap calls-api");
+        match heard {
+            Ok(Ok(Err(before))) => {
+                panic!("calls-api exited with {status} before it listened:\n{before}")
+            }
+            Ok(_) => panic!("calls-api's listening line named no address"),
+            Err(_) => panic!("calls-api did not listen within 10 s"),
+        }
     }
 
     /// Creates a call with `key`.
@@ -182,11 +199,25 @@ impl CallsApi {
 #[allow(dead_code)]
 pub type Log = Arc<Mutex<Vec<String>>>;
 
-/// A free address on loopback.
+/// Loopback, on a port the system picks when the process binds it.
+const ANY_PORT: &str = "127.0.0.1:0";
+
+/// A free address on loopback, for a process that is told it before it starts.
+#[allow(dead_code)]
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
+}
+
+/// The address in the line `calls-api` prints once it listens
+/// (`calls-api listening on http://ADDR[, http://ADDR...] (store: ...)`): the first it names.
+#[allow(dead_code)]
+pub fn listened_on(line: &str) -> SocketAddr {
+    line.split_once("listening on http://")
+        .and_then(|(_, rest)| rest.split([',', ' ']).next())
+        .and_then(|addr| addr.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 /// The `calls-api` binary, with none of its settings from this environment.
@@ -199,6 +230,7 @@ fn command() -> Command {
         "IDEM_REDIS_CLUSTER",
         "IDEM_REPLAY_CACHE_BYTES",
         "IDEM_DATABASE_URL",
+        "IDEM_CORS_ORIGINS",
     ] {
         command.env_remove(name);
     }
