@@ -688,28 +688,32 @@ impl TestRedis {
     /// stop and restart it; `None` (the test should skip) when there is no `redis-server`,
     /// and a panic instead with `IDEM_REQUIRE_REDIS=1`.
     pub fn start_owned() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!("idem-redis-{}-{port}", std::process::id()));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            skip_without_redis(&format!("{}: {e}", dir.display()));
-            return None;
-        }
-        let mut redis = Self {
-            url: format!("redis://127.0.0.1:{port}/"),
-            port: Some(port),
-            dir: Some(dir),
-            child: None,
-        };
-        match redis.spawn() {
-            Ok(()) => Some(redis),
-            Err(e) => {
-                skip_without_redis(&format!("redis-server could not start ({e})"));
-                None
+        // A port picked free may be taken before the server binds it: another is tried.
+        let mut failed = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let dir =
+                std::env::temp_dir().join(format!("idem-redis-{}-{port}", std::process::id()));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                skip_without_redis(&format!("{}: {e}", dir.display()));
+                return None;
+            }
+            let mut redis = Self {
+                url: format!("redis://127.0.0.1:{port}/"),
+                port: Some(port),
+                dir: Some(dir),
+                child: None,
+            };
+            match redis.spawn() {
+                Ok(()) => return Some(redis),
+                Err(e) => failed = e,
             }
         }
+        skip_without_redis(&format!("redis-server could not start ({failed})"));
+        None
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -726,15 +730,8 @@ impl TestRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("redis-server: {e}"))?;
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if self.connection().is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("redis-server did not answer within 10s".into())
+        let child = self.child.insert(child);
+        wait_for_own(&self.url, child, Duration::from_secs(10))
     }
 
     /// Its URL.
@@ -791,6 +788,37 @@ impl Drop for TestRedis {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Waits up to `within` for the `redis-server` run by `child` to answer at `url`; an error
+/// when it exited, or another server answers there (another test's, which took the port
+/// first).
+fn wait_for_own(
+    url: &str,
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Result<(), String> {
+    let id = child.id();
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server for {url} exited with {status}"));
+        }
+        if let Ok(mut conn) = node_connection(url) {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query(&mut conn)
+                .unwrap_or_default();
+            return match info.contains(&format!("process_id:{id}\r")) {
+                true => Ok(()),
+                false => Err(format!("{url} is another server's")),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "redis-server at {url} did not answer within {within:?}"
+    ))
 }
 
 /// A plain connection to one server, checked with a `PING`.
@@ -905,26 +933,9 @@ impl TestRedisCluster {
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("redis-server: {e}"))?;
-        let id = child.id();
-        self.children[node] = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            // The server that answers must be this node, not another test's that took the port.
-            if let Ok(mut conn) = node_connection(&self.url(node)) {
-                let info: String = redis::cmd("INFO")
-                    .arg("server")
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                return match info.contains(&format!("process_id:{id}\r")) {
-                    true => Ok(()),
-                    false => Err(format!("port {port} is another server's")),
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(format!(
-            "redis-server on port {port} did not answer within 10s"
-        ))
+        let url = self.url(node);
+        let child = self.children[node].insert(child);
+        wait_for_own(&url, child, Duration::from_secs(10))
     }
 
     /// Waits until every running master sees the cluster whole: state ok and no master
@@ -1089,14 +1100,15 @@ impl TestRedisCluster {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server");
-        let replica = TestRedisReplica {
+        let mut replica = TestRedisReplica {
             port,
             child: Some(child),
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while node_connection(&replica.url()).is_err() {
-            assert!(std::time::Instant::now() < deadline, "replica starts");
-            std::thread::sleep(Duration::from_millis(20));
+        let url = replica.url();
+        let child = replica.child.as_mut().expect("just started");
+        if let Err(e) = wait_for_own(&url, child, Duration::from_secs(30)) {
+            panic!("replica starts: {e}");
         }
         replica.query::<()>(
             redis::cmd("CLUSTER")
