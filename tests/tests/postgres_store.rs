@@ -1426,6 +1426,97 @@ async fn a_claim_cancelled_while_waiting_on_another_claim_of_its_key_fails_close
     );
 }
 
+/// The same two first requests, on a Postgres with no `lock_timeout` of its own, the first's
+/// commit stalled past the store's command timeout (a disk or a synchronous standby that
+/// does not answer). The second's claim waits on the first's row: the store's own lock
+/// timeout, set for its claims below the command timeout, has Postgres cancel it, and it
+/// fails closed, where the command timeout ended it unanswered, as an unreachable store, and
+/// failing open ran the operation beside the first.
+#[actix_web::test]
+async fn a_claim_waiting_on_another_claim_of_its_key_past_the_command_timeout_fails_closed_even_when_failing_open(
+) {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let first = store(&pg, "claim_waits_long").await;
+    let db = pg.inspect().await;
+    let second = Engine::new(
+        PostgresStore::builder(pg.url())
+            .table(first.table())
+            .command_timeout(Duration::from_millis(500))
+            .fail_open(true)
+            .build()
+            .unwrap(),
+    );
+    let t = now();
+    let claim = in_flight(t);
+    let mut uncommitted = db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {} (key, kind, token, fingerprint, lapses_at, purge_at)
+         VALUES ($1, 'F', $2, $3, $4, $4)",
+        first.table()
+    ))
+    .bind(key(1).as_bytes().as_slice())
+    .bind(claim.token.as_u128().to_be_bytes().as_slice())
+    .bind(fingerprint().as_bytes().as_slice())
+    .bind(i64::try_from(claim.lease_until.as_millis()).unwrap())
+    .execute(&mut *uncommitted)
+    .await
+    .unwrap();
+
+    let begun = second.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    let Err(err) = begun else {
+        panic!("the second request ran beside the first: {begun:?}");
+    };
+    assert!(
+        matches!(
+            &err,
+            IdempotencyError::StoreUnavailable(StoreError::Refused(why))
+                if why.to_string().contains("lock timeout")
+        ),
+        "{err:?}"
+    );
+    // Another key's claim is not held up by the setting, nor left with it.
+    let other = second.begin(&Policy::DEFAULT, key(2), fingerprint()).await;
+    assert!(other.is_ok(), "{other:?}");
+    uncommitted.commit().await.unwrap();
+    assert_eq!(
+        first.get(&key(1), now()).await.unwrap(),
+        Some(Record::InFlight(claim)),
+        "the key is the first request's"
+    );
+}
+
+/// The lock timeout a claim sets is its statement's alone: the connection goes back to the
+/// pool (an application's, shared with the store) with the session's own setting, so that
+/// the application's transactions wait on locks as they did.
+#[actix_web::test]
+async fn a_claim_s_lock_timeout_ends_with_its_statement() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let table = store(&pg, "claim_lock_setting").await.table().to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(pg.url())
+        .await
+        .unwrap();
+    let store = PostgresStore::with_pool(pool.clone())
+        .table(table.as_str())
+        .build()
+        .unwrap();
+    let t = now();
+    assert!(matches!(
+        store.claim(&key(1), in_flight(t), t).await,
+        Ok(Claim::Claimed)
+    ));
+    let setting: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(setting, "0");
+}
+
 /// A restart of Postgres closes every connection the pool keeps idle; the pool finds a closed
 /// one only when a statement fails on it. That statement runs again on another connection:
 /// after a restart, a completed key replays, where it failed as an outage (and ran again

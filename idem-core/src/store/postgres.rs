@@ -142,7 +142,10 @@ END $$;"
                 ),
                 qualified = qualified
             ),
-            // $1 key, $2 token, $3 fingerprint, $4 lease end, $5 purge at, $6 now.
+            // $1 key, $2 token, $3 fingerprint, $4 lease end, $5 purge at, $6 now, $7 the
+            // lock timeout (see `claim_lock_timeout`), set for this statement only (its
+            // implicit transaction), before it can wait on the key's row, and only where the
+            // session has none of its own.
             claim: format!(
                 "WITH seen AS (
                     SELECT {COLUMNS} FROM {qualified} WHERE key = $1
@@ -150,7 +153,11 @@ END $$;"
                 claimed AS (
                     INSERT INTO {qualified} AS r (key, kind, token, fingerprint, lapses_at, purge_at)
                     SELECT $1, 'F', $2, $3, $4, $5
-                    WHERE NOT EXISTS (SELECT 1 FROM seen WHERE lapses_at > $6)
+                    WHERE CASE current_setting('lock_timeout')
+                            WHEN '0' THEN set_config('lock_timeout', $7, true)
+                            ELSE 'kept'
+                        END IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM seen WHERE lapses_at > $6)
                     ON CONFLICT (key) DO UPDATE SET
                         kind = 'F', token = excluded.token, fingerprint = excluded.fingerprint,
                         lapses_at = excluded.lapses_at, purge_at = excluded.purge_at,
@@ -213,7 +220,9 @@ END $$;"
 /// statement Postgres cancels (SQLSTATE 57014: a `statement_timeout` of the role or the
 /// database, or `pg_cancel_backend`; 55P03: a `lock_timeout`), which it rolls back; but a claim
 /// Postgres cancels is refused (it fails closed whatever the setting), as it may have been
-/// waiting on another claim of its key. A statement that finds its connection closed
+/// waiting on another claim of its key. So that such a wait is cancelled before the command
+/// timeout ends it, a claim sets a `lock_timeout` of half the command timeout for its own
+/// statement, unless the session has one of its own (keep that below the command timeout). A statement that finds its connection closed
 /// (Postgres restarted, or ended the session for idling) runs again on another connection.
 ///
 /// Clones share the pool.
@@ -343,6 +352,8 @@ pub struct PostgresStore {
     pool: PgPool,
     sql: Arc<Statements>,
     timeout: Duration,
+    /// The `lock_timeout` of its claims: see [`claim_lock_timeout`].
+    claim_lock_timeout: String,
     max_record_bytes: usize,
     fail_open: bool,
     purge: Option<Arc<Purge>>,
@@ -1056,7 +1067,8 @@ impl PostgresStore {
                 .bind(*claim.fingerprint.as_bytes())
                 .bind(millis(claim.lease_until))
                 .bind(millis(purge_at))
-                .bind(millis(now));
+                .bind(millis(now))
+                .bind(self.claim_lock_timeout.as_str());
             let row = match tokio::time::timeout(self.timeout, query.fetch_one(&mut *conn)).await {
                 Err(_) => return Err(StoreError::Timeout),
                 // Under REPEATABLE READ or SERIALIZABLE (the database's default isolation), a
@@ -1086,6 +1098,19 @@ impl PostgresStore {
     fn reconnects(&self) -> Reconnects {
         Reconnects(self.pool.options().get_max_connections())
     }
+}
+
+/// The `lock_timeout` the store sets for its claims (in milliseconds, as Postgres reads a
+/// number for it) where the session has none: half the command timeout. A claim waits on the
+/// key's row only while another statement holds it: another claim of the key, or its
+/// completion, not yet committed (a commit held up by a slow disk or a synchronous standby).
+/// Postgres then cancels the claim (55P03), which fails closed, as the key may be taken, well
+/// before the command timeout would end it unanswered, which counts as a Postgres that cannot
+/// be reached: under `fail_open`, the operation would run beside the other.
+fn claim_lock_timeout(timeout: Duration) -> String {
+    // At least 1 (0 turns it off), at most what Postgres takes.
+    let millis = (timeout / 2).as_millis().clamp(1, i32::MAX as u128);
+    millis.to_string()
 }
 
 /// What lets an operation run again on another connection. The pool lends a connection
@@ -1282,7 +1307,8 @@ impl PostgresStoreBuilder {
     /// no writes for now (SQLSTATE 25006: a primary a failover demoted, or a standby),
     /// instead of answering 503 (see [`StoreError`]). Default off. A claim Postgres cancels
     /// fails closed all the same: it may have been waiting on another claim of its key, not
-    /// yet committed.
+    /// yet committed (claims cancel such a wait themselves at half the command timeout; see
+    /// [`PostgresStore`]).
     ///
     /// A pool that cannot connect within the connect timeout counts as a Postgres that
     /// cannot be reached. One whose every connection the store holds (running
@@ -1397,6 +1423,7 @@ impl PostgresStoreBuilder {
             pool,
             sql: Arc::new(Statements::new(&self.schema, &self.table)),
             timeout: self.timeout,
+            claim_lock_timeout: claim_lock_timeout(self.timeout),
             max_record_bytes: self.max_record_bytes,
             fail_open: self.fail_open,
             purge: self.purge_interval.map(|every| {
