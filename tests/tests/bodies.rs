@@ -216,3 +216,39 @@ async fn encoded_bodies_the_layer_cannot_read_are_refused_with_the_reason() {
     assert_error(&res, 413, "idempotency_body_too_large");
     assert_eq!(s.runs.get(), 0);
 }
+
+/// A body actix's own decoder refuses (gzip of two members, deflate with bytes after its
+/// end) is refused by the layer too, before any claim, so that its retry, sent whole, runs:
+/// where the layer decoded it by its own rules, the handler's extractor failed on it and its
+/// 400 was recorded, and replayed to the retry.
+#[actix_web::test]
+async fn a_body_the_handler_s_extractors_cannot_decode_is_refused_before_it_is_recorded() {
+    let s = events();
+    let keyed =
+        |coding, body, key| encoded("/json-events", coding, body).header("Idempotency-Key", key);
+    let mut members = gzip(br#"{"id":"ev_4","#);
+    members.extend(gzip(br#""sent_at":1}"#));
+    let mut trailing = deflate(br#"{"id":"ev_5"}"#);
+    trailing.extend_from_slice(b"\x00\x01");
+    for (coding, body, key, id) in [
+        ("gzip", members, "k4", "ev_4"),
+        ("deflate", trailing, "k5", "ev_5"),
+    ] {
+        let res = s.send(&keyed(coding, body, key)).await;
+        assert_error(&res, 400, "idempotency_body_invalid");
+        let whole = format!(r#"{{"id":"{id}","sent_at":1}}"#);
+        let res = s
+            .send(&keyed(
+                coding,
+                match coding {
+                    "gzip" => gzip(whole.as_bytes()),
+                    _ => deflate(whole.as_bytes()),
+                },
+                key,
+            ))
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        assert!(!res.replayed());
+    }
+    assert_eq!(s.runs.get(), 2);
+}

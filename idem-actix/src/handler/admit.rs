@@ -416,10 +416,12 @@ fn fingerprint(
     Ok(Fingerprint::canonical(method, path, query, body, headers))
 }
 
-/// `body` decoded from the content coding its request names (`gzip` or `deflate`, as
-/// actix's own extractors decode), up to `limit` bytes decoded; `None` when it is in none. A
-/// body in another coding (`x-gzip` too: actix hands it on undecoded), or not valid in its
-/// own, cannot be read.
+/// `body` decoded from the content coding its request names as the handler's extractors
+/// decode it, up to `limit` bytes decoded; `None` when it names none. actix-web's extractors
+/// decode `gzip` and `deflate` when its `compress-gzip` feature is on (a default one), and
+/// then only a body that is one gzip member, or one zlib stream, with nothing after it. A
+/// body in a coding they hand on undecoded (`x-gzip`, several codings, any when the feature
+/// is off), or not valid in its own by those rules, cannot be read.
 fn decoded(
     req: &HttpRequest,
     body: &Bytes,
@@ -432,21 +434,48 @@ fn decoded(
     let coding = String::from_utf8_lossy(coding.as_bytes())
         .trim()
         .to_ascii_lowercase();
+    let mut rest = &body[..];
     let reader: Box<dyn std::io::Read + '_> = match coding.as_str() {
         "" | "identity" => return Ok(None),
-        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
-        "deflate" => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+        "gzip" if actix_decodes_gzip() => Box::new(flate2::bufread::GzDecoder::new(&mut rest)),
+        "deflate" if actix_decodes_gzip() => Box::new(flate2::bufread::ZlibDecoder::new(&mut rest)),
         _ => return Err(BodyError::Encoded { coding }.into()),
     };
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
     // One byte past the limit tells a body over it from one that just fits (saturating: a
     // limit of `usize::MAX` means none, not a wrapped zero).
     let past_limit = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    match reader.take(past_limit).read_to_end(&mut out) {
+    let read = reader.take(past_limit).read_to_end(&mut out);
+    match read {
         Ok(_) if out.len() > limit => Err(IdempotencyError::BodyTooLarge { limit }),
-        Ok(_) => Ok(Some(Bytes::from(out))),
-        Err(_) => Err(BodyError::Undecodable { coding }.into()),
+        // Whole, and nothing after the stream's end (a second gzip member, stray bytes),
+        // which actix's decoder refuses.
+        Ok(_) if rest.is_empty() => Ok(Some(Bytes::from(out))),
+        Ok(_) | Err(_) => Err(BodyError::Undecodable { coding }.into()),
     }
+}
+
+/// Whether this build's actix-web extractors decode request bodies in `gzip` (and
+/// `deflate`): its `compress-gzip` feature, which a library cannot see, found by asking its
+/// `Bytes` extractor once to read a small gzip body.
+fn actix_decodes_gzip() -> bool {
+    use actix_web::FromRequest as _;
+    use futures_util::FutureExt as _;
+    // `{}` in gzip.
+    const SAMPLE: &[u8] = &[
+        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xab, 0xae, 0x05, 0x00, 0x43,
+        0xbf, 0xa6, 0xa3, 0x02, 0x00, 0x00, 0x00,
+    ];
+    static DECODES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DECODES.get_or_init(|| {
+        let (req, mut payload) = actix_web::test::TestRequest::post()
+            .insert_header((header::CONTENT_ENCODING, "gzip"))
+            .set_payload(Bytes::from_static(SAMPLE))
+            .to_http_parts();
+        // A body this small is decoded in place: the future is ready at once.
+        let read = Bytes::from_request(&req, &mut payload).now_or_never();
+        matches!(read, Some(Ok(body)) if body == "{}")
+    })
 }
 
 /// What went wrong with a body that did not arrive whole, for its refusal's message.
@@ -643,6 +672,40 @@ mod tests {
             matches!(&refused, Err(IdempotencyError::BodyInvalid(BodyError::Encoded { coding })) if coding == "x-gzip"),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn the_extractors_of_a_build_with_compress_gzip_are_found_to_decode_gzip() {
+        assert!(actix_decodes_gzip());
+    }
+
+    #[test]
+    fn a_second_gzip_member_or_bytes_after_a_zlib_stream_are_not_valid() {
+        let mut members = gzipped(b"{\"id\":").to_vec();
+        members.extend_from_slice(&gzipped(b"1}"));
+        let mut trailing = zlibbed(b"{\"id\":1}").to_vec();
+        trailing.push(0);
+        for (coding, body) in [("gzip", members), ("deflate", trailing)] {
+            let req = TestRequest::post()
+                .insert_header((header::CONTENT_ENCODING, coding))
+                .to_http_request();
+            let refused = decoded(&req, &Bytes::from(body), 1024);
+            assert!(
+                matches!(
+                    &refused,
+                    Err(IdempotencyError::BodyInvalid(BodyError::Undecodable { .. }))
+                ),
+                "{coding}: {refused:?}"
+            );
+        }
+    }
+
+    /// `bytes` in zlib (`deflate`).
+    fn zlibbed(bytes: &[u8]) -> Bytes {
+        use std::io::Write as _;
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(bytes).unwrap();
+        Bytes::from(zlib.finish().unwrap())
     }
 
     /// `bytes` in gzip.

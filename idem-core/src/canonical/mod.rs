@@ -64,8 +64,8 @@ pub enum BodyError {
     /// The endpoint's fingerprint function found nothing it could read in the body.
     #[error("this endpoint cannot read the request body to compare it with the first request of this key; send a body in the form the endpoint expects")]
     Unreadable,
-    /// The body is in a content coding the layer does not decode.
-    #[error("the request body is in Content-Encoding {coding}, which this endpoint cannot decode to read it; send it in gzip, deflate or no coding")]
+    /// The body is in a content coding the server does not decode.
+    #[error("the request body is in Content-Encoding {coding}, which this server does not decode; send it in a coding the server decodes, or in none")]
     Encoded {
         /// The coding, as the request names it.
         coding: String,
