@@ -471,10 +471,20 @@ async fn collect(body: BoxBody, limit: usize) -> Result<Collected, Box<dyn StdEr
     Ok(Collected::Whole(read.freeze()))
 }
 
-/// The payload the handler's extractors read: the body read before, in one chunk.
+/// The payload the handler's extractors read: the body read before, in one chunk, or in
+/// pieces of [`PIECE`] bytes when it is longer.
 pub(super) fn rebuilt(body: Bytes) -> dev::Payload {
     if body.is_empty() {
         return dev::Payload::None;
+    }
+    if body.len() > PIECE {
+        let pieces = std::iter::successors(Some(body), |rest| {
+            (rest.len() > PIECE).then(|| rest.slice(PIECE..))
+        })
+        .map(|rest| Ok(rest.slice(..PIECE.min(rest.len()))));
+        return dev::Payload::Stream {
+            payload: Box::pin(futures_util::stream::iter(pieces)),
+        };
     }
     // One small box, where `Payload::from(Bytes)` builds an h1 channel (two allocations).
     let chunk = futures_util::stream::once(std::future::ready(Ok(body)));
@@ -482,6 +492,12 @@ pub(super) fn rebuilt(body: Bytes) -> dev::Payload {
         payload: Box::pin(chunk),
     }
 }
+
+/// The largest chunk of a body the handler's extractors are handed. actix's decoder inflates
+/// each chunk of a compressed body whole before an extractor checks its limit: a body handed
+/// on in one chunk would inflate whole (a decompression bomb of a few hundred KiB to as many
+/// MiB), where the chunks a connection delivers are at most 128 KiB, and mostly far less.
+const PIECE: usize = 16 * 1024;
 
 /// Releases the claim of a handler that failed, after rolling back the transaction it took.
 async fn release(lease: idem_core::Lease, loan: Option<Loan>) {
@@ -804,5 +820,21 @@ mod tests {
         let chunk = payload.next().now_or_never().unwrap().unwrap().unwrap();
         assert_eq!(chunk.as_ptr(), body.as_ptr(), "not copied");
         assert!(payload.next().now_or_never().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_longer_body_is_handed_on_whole_in_pieces_of_its_own_buffer() {
+        let body = Bytes::from((0..PIECE * 2 + 1).map(|i| i as u8).collect::<Vec<_>>());
+        let dev::Payload::Stream { mut payload } = rebuilt(body.clone()) else {
+            panic!("a body is a stream");
+        };
+        let mut pieces = Vec::new();
+        while let Some(piece) = payload.next().now_or_never().unwrap() {
+            pieces.push(piece.unwrap());
+        }
+        let sizes: Vec<_> = pieces.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [PIECE, PIECE, 1]);
+        assert_eq!(pieces[0].as_ptr(), body.as_ptr(), "not copied");
+        assert_eq!(pieces.concat(), body);
     }
 }
