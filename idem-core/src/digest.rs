@@ -32,6 +32,44 @@ impl Sink for Vec<u8> {
     }
 }
 
+/// SHA-256 of a stream written in many small pieces, gathered in a buffer of at most
+/// [`Buffered::MAX`] bytes and hashed a buffer at a time: one call for a small stream, and
+/// memory bounded for a large one (a JSON body's canonical stream is several times its size).
+struct Buffered {
+    buffer: Vec<u8>,
+    hasher: Sha256,
+}
+
+impl Buffered {
+    const MAX: usize = 16 * 1024;
+
+    /// A buffer for a stream of about `expected` bytes.
+    fn new(expected: usize) -> Self {
+        Self {
+            buffer: Vec::with_capacity(expected.min(Self::MAX)),
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        self.hasher.update(&self.buffer);
+        self.hasher.finalize().into()
+    }
+}
+
+impl Sink for Buffered {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.buffer.len() + bytes.len() > Self::MAX {
+            self.hasher.update(&self.buffer);
+            self.buffer.clear();
+            if bytes.len() > Self::MAX {
+                return self.hasher.update(bytes);
+            }
+        }
+        self.buffer.extend_from_slice(bytes);
+    }
+}
+
 /// Writes `bytes` behind their length.
 pub(crate) fn field(out: &mut impl Sink, bytes: &[u8]) {
     varint_update(out, bytes.len() as u64);
@@ -124,8 +162,8 @@ impl Fingerprint {
         if let (Body::Bytes(bytes), None) = (body, headers.peek()) {
             return Self::new(method, path, query, bytes);
         }
-        // The canonical stream is gathered, then hashed at once.
-        let mut out = Vec::with_capacity(
+        // The canonical stream is gathered in a buffer, hashed each time it fills.
+        let mut out = Buffered::new(
             match body {
                 Body::Bytes(bytes) | Body::Form(bytes) | Body::Custom(bytes) => bytes.len(),
                 Body::Json { .. } => 1024,
@@ -181,7 +219,7 @@ impl Fingerprint {
             }
             out.put(&[0]);
         }
-        Self(Sha256::digest(&out).into())
+        Self(out.finish())
     }
 
     /// A fingerprint from its bytes, as a store reads it back.

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use crate::digest::{field, varint_update};
+use crate::digest::{field, varint_update, Sink};
 
 /// A name and its value, decoded.
 type Pair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
@@ -30,7 +30,7 @@ pub(crate) fn pairs(input: &[u8]) -> Vec<Pair<'_>> {
 }
 
 /// Writes the pairs of `input` into `out`: their count, then each name and value.
-pub(crate) fn hash(out: &mut Vec<u8>, input: &[u8]) {
+pub(crate) fn hash(out: &mut impl Sink, input: &[u8]) {
     let pairs = pairs(input);
     varint_update(out, pairs.len() as u64);
     for (name, value) in &pairs {

@@ -23,8 +23,9 @@ const MAX_DEPTH: usize = 128;
 pub(crate) enum Value<'a> {
     Null,
     Bool(bool),
-    /// A number: its value, and its text as written.
-    Number(Decimal<'a>),
+    /// A number, as written (valid: see [`decimal`]); its value is worked out as it is
+    /// hashed, so that a body of many numbers holds a small tree.
+    Number(&'a str),
     String(Cow<'a, str>),
     Array(Vec<Value<'a>>),
     /// Members sorted by name; members of one name in the order written.
@@ -305,12 +306,13 @@ impl<'a> Parser<'a> {
             self.digits();
         }
         let raw = &self.text[start..self.pos];
-        decimal(raw)
-            .map(Value::Number)
-            .map_err(|reason| BodyError::NotJson {
+        match decimal(raw) {
+            Ok(_) => Ok(Value::Number(raw)),
+            Err(reason) => Err(BodyError::NotJson {
                 offset: start,
                 reason,
-            })
+            }),
+        }
     }
 
     fn digits(&mut self) {
@@ -324,8 +326,6 @@ impl<'a> Parser<'a> {
 /// zero; none for zero) and the power of ten they are multiplied by.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Decimal<'a> {
-    /// The number as written.
-    pub raw: &'a str,
     negative: bool,
     /// The digits before the point, then those after it; the significant ones are
     /// `significant` of their concatenation.
@@ -385,7 +385,6 @@ fn decimal(raw: &str) -> Result<Decimal<'_>, &'static str> {
         }
     };
     Ok(Decimal {
-        raw,
         negative: negative && first.is_some(),
         whole,
         fraction,
@@ -399,12 +398,13 @@ fn decimal(raw: &str) -> Result<Decimal<'_>, &'static str> {
 /// Each value starts with a tag byte; strings and numbers are length-prefixed, arrays and
 /// objects prefixed by their count. Ignored members are left out entirely, so a body with
 /// them and one without fingerprint alike.
-pub(crate) fn hash(out: &mut Vec<u8>, value: &Value<'_>, ignore: &[&[Token<'_>]]) {
+pub(crate) fn hash(out: &mut impl Sink, value: &Value<'_>, ignore: &[&[Token<'_>]]) {
     match value {
         Value::Null => out.put(b"n"),
         Value::Bool(false) => out.put(b"f"),
         Value::Bool(true) => out.put(b"t"),
-        Value::Number(d) => {
+        Value::Number(raw) => {
+            let d = decimal(raw).unwrap_or_else(|_| unreachable!("a number parsed is valid"));
             out.put(if d.negative { b"-" } else { b"d" });
             let len = d.significant.len();
             varint_update(out, len as u64);
@@ -638,7 +638,7 @@ mod tests {
             let tokens = super::super::pointer::parse(p).unwrap();
             match find(&value, &tokens) {
                 Some(Value::String(s)) => Some(s.to_string()),
-                Some(Value::Number(n)) => Some(n.raw.to_string()),
+                Some(Value::Number(n)) => Some(n.to_string()),
                 Some(_) => Some("other".into()),
                 None => None,
             }

@@ -133,7 +133,7 @@ impl<'a> JsonBody<'a> {
         match json::find(value, &tokens) {
             None | Some(json::Value::Null) => Ok(None),
             Some(json::Value::String(s)) => Ok(Some(Cow::Borrowed(s))),
-            Some(json::Value::Number(n)) => Ok(Some(Cow::Borrowed(n.raw))),
+            Some(json::Value::Number(n)) => Ok(Some(Cow::Borrowed(n))),
             Some(json::Value::Object(_)) => Err("an object"),
             Some(json::Value::Array(_)) => Err("an array"),
             Some(json::Value::Bool(_)) => Err("a boolean"),
