@@ -201,7 +201,8 @@ fn functions(args: &Args) -> TokenStream {
         // The function's type names it, so that two functions never share a scope (or, for
         // a function pointer, whose type is shared, the path as written). The type is read
         // from a reference, which asks nothing of the function.
-        let call = quote_spanned! {path.span()=> __idem_p::scope(#path, __idem_scope_req) };
+        let req = local("__idem_scope_req", path.span());
+        let call = quote_spanned! {path.span()=> __idem_p::scope(#path, #req) };
         let identity = quote_spanned! {path.span()=> &#path };
         let written = path.to_token_stream().to_string();
         setters.push(quote! {
@@ -217,9 +218,11 @@ fn functions(args: &Args) -> TokenStream {
         ..
     }) = &args.fingerprint
     {
-        let call = quote_spanned! {path.span()=>
-            __idem_p::fingerprint(#path, __idem_fn_req, __idem_fn_body)
-        };
+        let (req, body) = (
+            local("__idem_fn_req", path.span()),
+            local("__idem_fn_body", path.span()),
+        );
+        let call = quote_spanned! {path.span()=> __idem_p::fingerprint(#path, #req, #body) };
         setters.push(quote! {
             fingerprint(|__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_body: &[u8]| #call)
         });
@@ -229,17 +232,21 @@ fn functions(args: &Args) -> TokenStream {
         ..
     }) = &args.key
     {
-        let call = quote_spanned! {path.span()=>
-            __idem_p::key(#path, __idem_fn_req, __idem_fn_body)
-        };
+        let (req, body) = (
+            local("__idem_fn_req", path.span()),
+            local("__idem_fn_body", path.span()),
+        );
+        let call = quote_spanned! {path.span()=> __idem_p::key(#path, #req, #body) };
         setters.push(quote! {
             key(|__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_body: &[u8]| #call)
         });
     }
     if let Some(Spanned { value: path, .. }) = &args.on_replay {
-        let call = quote_spanned! {path.span()=>
-            __idem_p::on_replay(#path, __idem_fn_req, __idem_fn_res)
-        };
+        let (req, res) = (
+            local("__idem_fn_req", path.span()),
+            local("__idem_fn_res", path.span()),
+        );
+        let call = quote_spanned! {path.span()=> __idem_p::on_replay(#path, #req, #res) };
         setters.push(quote! {
             on_replay(
                 |__idem_fn_req: &__idem_p::HttpRequest, __idem_fn_res: &mut __idem_p::HttpResponse| #call
@@ -261,6 +268,14 @@ impl VisitMut for Inferred {
         }
         visit_mut::visit_type_mut(self, ty);
     }
+}
+
+/// A local variable of the expansion's, used among the user's tokens at `at`: located there,
+/// so that an error points at them, but resolved where the attribute is written, as the
+/// variable's binding is; a name spanned from the user's tokens would not see that binding
+/// when the two come from different macros (a handler written by `macro_rules!`).
+fn local(name: &str, at: Span) -> Ident {
+    Ident::new(name, Span::call_site().located_at(at))
 }
 
 /// A statement that gives the `async` block the body runs in the declared return type `ty`
@@ -300,11 +315,12 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
         .collect();
     // Only a type that names the handler's own parameters needs them; their bounds may name
     // an `impl` block's parameters, which the nested function could not.
+    let out = local("__idem_out", ty.span());
     if !mentions(ty_tokens, &|ident| params.contains(&ident)) {
         return quote_spanned! {ty.span()=>
             #[allow(unused_parens)]
             fn __idem_output(_: &(#ty)) {}
-            __idem_output(&__idem_out);
+            __idem_output(&#out);
         };
     }
     // Bounds that name `Self` (or, unseen here, an `impl` block's parameters) cannot be
@@ -320,7 +336,7 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     quote_spanned! {ty.span()=>
         #[allow(unused_parens, clippy::extra_unused_type_parameters)]
         fn __idem_output #generics (_: &(#ty)) #where_clause {}
-        __idem_output::<#(#params),*>(&__idem_out);
+        __idem_output::<#(#params),*>(&#out);
     }
 }
 
@@ -383,7 +399,22 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ..
     } = item;
     let ident = &sig.ident;
-    let (_, _, where_clause) = sig.generics.split_for_impl();
+    // Each type parameter `'static`, as the handler's run (a task that may outlive the
+    // request) asks; actix asks it of a handler anyway where it is registered, so a trait
+    // that does not say so is no reason to refuse it here.
+    let mut bounded = sig.generics.clone();
+    let statics: Vec<_> = sig
+        .generics
+        .type_params()
+        .map(|param| &param.ident)
+        .collect();
+    if !statics.is_empty() {
+        let clause = bounded.make_where_clause();
+        for param in statics {
+            clause.predicates.push(syn::parse_quote!(#param: 'static));
+        }
+    }
+    let where_clause = &bounded.where_clause;
     let generics = &sig.generics;
 
     let arguments: Vec<&PatType> = sig
@@ -425,9 +456,11 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => ident.span(),
     };
-    let respond = quote_spanned! {respond_span=>
-        __idem_p::respond(__idem_req, __idem_out)
-    };
+    let (req, out) = (
+        local("__idem_req", respond_span),
+        local("__idem_out", respond_span),
+    );
+    let respond = quote_spanned! {respond_span=> __idem_p::respond(#req, #out) };
     let stmts = &block.stmts;
     let functions = functions(args);
     let overrides = overrides(args);
