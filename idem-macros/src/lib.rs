@@ -52,7 +52,13 @@ mod valid;
 /// handler's parameters whose bounds name the block's, does not compile (name the type there,
 /// as in `Result<HttpResponse, C::Error>`). Nor does a handler whose return type names a
 /// lifetime parameter of its own (`async fn hello<'a>() -> &'a str`, which actix takes as
-/// `'static`): its body runs in a `'static` closure; write `&'static str`.
+/// `'static`): its body runs in a `'static` closure; write `&'static str`. Its type parameters
+/// are bounded `'static`, as actix asks of a handler where it is registered.
+///
+/// The function it writes is an actix handler whose one argument is the request and whose
+/// output is an `HttpResponse`: it cannot be called directly with the extractors, as a unit
+/// test that calls `create_call(web::Json(..))` would. Test it as a service
+/// (`actix_web::test::init_service` and `call_service`), which also runs the layer.
 ///
 /// # Arguments
 /// Every argument is optional; with none, the defaults of each section below apply. A bad value
