@@ -48,7 +48,14 @@ pub(crate) fn classify(
     body: &[u8],
     now: SystemTime,
 ) -> Class {
-    if status.is_success() || status.is_informational() || status.is_redirection() {
+    // A replay is the answer the server recorded for the operation, whatever its status (an
+    // application's 409 with `Retry-After`, a 5xx an endpoint keeps): sent again, it is
+    // replayed again.
+    if status.is_success()
+        || status.is_informational()
+        || status.is_redirection()
+        || crate::response::is_replay(headers)
+    {
         return Class::Answer;
     }
     let (code, message) = error_code(body);
@@ -177,6 +184,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// The application's own 409 with `Retry-After` and a body the client cannot read, once
+    /// recorded, is replayed as it is to every retry: a replay is the operation's answer,
+    /// where it was taken for the layer's in-flight 409 and retried until the client gave up.
+    #[test]
+    fn a_replayed_409_with_retry_after_is_the_answer() {
+        let mut replayed = headers(Some("2"));
+        replayed.insert(
+            "idempotent-replayed",
+            reqwest::header::HeaderValue::from_static("true"),
+        );
+        let class = classify(
+            StatusCode::CONFLICT,
+            &replayed,
+            b"locked",
+            SystemTime::now(),
+        );
+        assert_eq!(class, Class::Answer);
     }
 
     #[test]

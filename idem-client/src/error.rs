@@ -96,8 +96,9 @@ pub enum Error {
         message: Option<String>,
     },
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
-    /// 502, 503, 504, 409 while in flight). The operation may have run once, and never more: send it
-    /// again later with the same key to learn its outcome.
+    /// 502, 503, 504, 409 while in flight). The operation may have run once for the server to
+    /// record, and never more (an application's own 5xx is not recorded: a run that answered
+    /// one is run again): send it again later with the same key to learn its outcome.
     #[error("gave up after {attempts} attempts in {} ms, the last {last}: send the operation again later with the same idempotency key ({key}) to get its outcome", .elapsed.as_millis())]
     GaveUp {
         /// The key, to send the operation again with.

@@ -145,8 +145,9 @@ impl<'c> Operation<'c> {
     ///   too large for the server to keep, so it cannot be replayed; not retried.
     /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
     ///   own, and nothing ran; not retried.
-    /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once,
-    ///   and sending it again with [`Error::key`] tells its outcome.
+    /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once
+    ///   for the server to record (an application's 5xx, never recorded, leaves it to run
+    ///   again), and sending it again with [`Error::key`] tells its outcome.
     /// - [`Error::Transport`]: reqwest cannot send this request at all.
     ///
     /// Any other answer, the application's 4xx and 5xx among them, is a [`Response`].

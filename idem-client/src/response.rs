@@ -23,6 +23,13 @@ pub struct Response {
 /// The header a server adds to a replayed answer.
 const REPLAYED: &str = "idempotent-replayed";
 
+/// Whether `headers` are a replayed answer's.
+pub(crate) fn is_replay(headers: &HeaderMap) -> bool {
+    headers
+        .get(REPLAYED)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
 impl Response {
     /// The status.
     pub fn status(&self) -> StatusCode {
@@ -61,9 +68,7 @@ impl Response {
     /// the same key), replayed by the server (`Idempotent-Replayed: true`), rather than the
     /// answer of a run of the operation for this request. Either way the operation ran once.
     pub fn replayed(&self) -> bool {
-        self.headers
-            .get(REPLAYED)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        is_replay(&self.headers)
     }
 
     /// The idempotency key the operation was sent with: send the same operation again with
