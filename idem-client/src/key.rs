@@ -8,9 +8,10 @@ pub(crate) fn generate() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Checks what every server takes as a key: one or more visible ASCII characters (0x21 to
-/// 0x7E), which is also what a header value can carry unchanged. How long a key may be is the
-/// server's to say (255 bytes by default); a longer key is refused by it, not retried.
+/// Checks what a key must be to be sent: one or more visible ASCII characters (0x21 to 0x7E),
+/// what a header value carries unchanged. A server may refuse more, with nothing run and no
+/// retry: a key longer than it takes (255 bytes by default), or, for an idem server, one that
+/// starts with `"` and is not a whole quoted string (`"abc"` is the key `abc` there).
 pub(crate) fn check(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidKey {
