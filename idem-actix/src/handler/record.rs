@@ -445,7 +445,8 @@ async fn collect(body: BoxBody, limit: usize) -> Result<Collected, Box<dyn StdEr
         }
         Err(body) => body,
     };
-    match body.size() {
+    let declared = body.size();
+    match declared {
         BodySize::Sized(size) if size > limit as u64 => {
             return Ok(Collected::Overflow { body, size });
         }
@@ -467,6 +468,17 @@ async fn collect(body: BoxBody, limit: usize) -> Result<Collected, Box<dyn StdEr
             });
         }
         read.extend_from_slice(&chunk);
+    }
+    // A body that gave other than the size it declared failed, as actix would take it on the
+    // wire (it cuts the connection, or the body): not an answer to keep.
+    if let BodySize::Sized(size) = declared {
+        if read.len() as u64 != size {
+            return Err(format!(
+                "the response body gave {} bytes of the {size} it declared",
+                read.len()
+            )
+            .into());
+        }
     }
     Ok(Collected::Whole(read.freeze()))
 }
@@ -694,6 +706,29 @@ mod tests {
         };
         assert_eq!(size, 10);
         assert_eq!(drained(body), b"0123456789", "and is sent whole");
+    }
+
+    /// A body that declares its size and ends short of it (its producer died), or runs past
+    /// it, failed: actix would cut the connection or the body, so it is not recorded as the
+    /// answer, where it was kept, and sent, as a whole answer of the bytes it gave.
+    #[test]
+    fn a_sized_body_that_gives_other_than_its_size_fails() {
+        for (declared, pieces) in [(10, &[&b"abc"[..]][..]), (2, &[&b"ab"[..], &b"c"[..]][..])] {
+            let pieces: Vec<Result<Bytes, std::io::Error>> = pieces
+                .iter()
+                .map(|p| Ok(Bytes::copy_from_slice(p)))
+                .collect();
+            let body =
+                actix_web::body::SizedStream::new(declared, futures_util::stream::iter(pieces));
+            let collected = collect(BoxBody::new(body), 1024).now_or_never().unwrap();
+            assert!(collected.is_err(), "declared {declared}");
+        }
+        let whole = actix_web::body::SizedStream::new(
+            3,
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))]),
+        );
+        let collected = collect(BoxBody::new(whole), 1024).now_or_never().unwrap();
+        assert!(matches!(collected, Ok(Collected::Whole(b)) if b == "abc"));
     }
 
     #[test]
