@@ -37,7 +37,8 @@ pub enum OnInFlight {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CachePolicy {
-    /// Every status but 5xx (the default).
+    /// Every final status but 5xx (the default): 1xx, a protocol switch such as a
+    /// WebSocket's, is not an answer to replay either.
     Non5xx,
     /// 2xx only.
     Success,
@@ -47,7 +48,7 @@ impl CachePolicy {
     /// Whether a response with `status` is recorded.
     pub const fn caches(self, status: u16) -> bool {
         match self {
-            CachePolicy::Non5xx => status < 500,
+            CachePolicy::Non5xx => status >= 200 && status < 500,
             CachePolicy::Success => status >= 200 && status < 300,
         }
     }
@@ -638,6 +639,14 @@ mod tests {
         assert!(!CachePolicy::Non5xx.caches(500) && !CachePolicy::Non5xx.caches(503));
         assert!(CachePolicy::Success.caches(200) && CachePolicy::Success.caches(299));
         assert!(!CachePolicy::Success.caches(400) && !CachePolicy::Success.caches(302));
+    }
+
+    /// A protocol switch (101, a WebSocket's handshake) is the start of a connection of
+    /// another protocol, not an answer a retry can be given: replayed, it came without its
+    /// `Upgrade` and with the frames the server sent as its body.
+    #[test]
+    fn a_protocol_switch_is_never_recorded() {
+        assert!(!CachePolicy::Non5xx.caches(101) && !CachePolicy::Success.caches(101));
     }
 
     #[test]
