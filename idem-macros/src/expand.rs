@@ -270,6 +270,14 @@ impl VisitMut for Inferred {
     }
 }
 
+/// Whether `generics`' `where` clause bounds the type parameter `param` itself.
+fn bounded_in_where(generics: &syn::Generics, param: &Ident) -> bool {
+    generics.where_clause.iter().flat_map(|w| &w.predicates).any(|p| {
+        matches!(p, syn::WherePredicate::Type(p)
+            if matches!(&p.bounded_ty, Type::Path(t) if t.qself.is_none() && t.path.is_ident(param)))
+    })
+}
+
 /// A local variable of the expansion's, used among the user's tokens at `at`: located there,
 /// so that an error points at them, but resolved where the attribute is written, as the
 /// variable's binding is; a name spanned from the user's tokens would not see that binding
@@ -401,21 +409,26 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let ident = &sig.ident;
     // Each type parameter `'static`, as the handler's run (a task that may outlive the
     // request) asks; actix asks it of a handler anyway where it is registered, so a trait
-    // that does not say so is no reason to refuse it here.
-    let mut bounded = sig.generics.clone();
-    let statics: Vec<_> = sig
-        .generics
+    // that does not say so is no reason to refuse it here. The bound goes where the
+    // parameter's others are (a `where` clause, or beside the parameter), as two places
+    // would be linted on the user's parameter.
+    let mut generics = sig.generics.clone();
+    let in_where: Vec<Ident> = generics
         .type_params()
-        .map(|param| &param.ident)
+        .filter(|param| bounded_in_where(&generics, &param.ident))
+        .map(|param| param.ident.clone())
         .collect();
-    if !statics.is_empty() {
-        let clause = bounded.make_where_clause();
-        for param in statics {
-            clause.predicates.push(syn::parse_quote!(#param: 'static));
+    for param in generics.type_params_mut() {
+        if !in_where.contains(&param.ident) {
+            param.bounds.push(syn::parse_quote!('static));
         }
     }
-    let where_clause = &bounded.where_clause;
-    let generics = &sig.generics;
+    for param in &in_where {
+        let clause = generics.make_where_clause();
+        clause.predicates.push(syn::parse_quote!(#param: 'static));
+    }
+    let where_clause = &generics.where_clause;
+    let generics = &generics;
 
     let arguments: Vec<&PatType> = sig
         .inputs
