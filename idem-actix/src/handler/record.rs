@@ -458,6 +458,9 @@ async fn collect(body: BoxBody, limit: usize) -> Result<Collected, Box<dyn StdEr
     let mut read = BytesMut::new();
     while let Some(chunk) = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
         let chunk = chunk?;
+        if matches!(declared, BodySize::Sized(size) if (read.len() + chunk.len()) as u64 > size) {
+            return Err("the response body gave more bytes than it declared".into());
+        }
         if read.len() + chunk.len() > limit {
             let size = (read.len() + chunk.len()) as u64;
             let head = futures_util::stream::iter([Ok(read.freeze()), Ok(chunk)]);
@@ -723,6 +726,16 @@ mod tests {
             let collected = collect(BoxBody::new(body), 1024).now_or_never().unwrap();
             assert!(collected.is_err(), "declared {declared}");
         }
+        // Declared under the limit, and running past both.
+        let long = actix_web::body::SizedStream::new(
+            10,
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 20]))]),
+        );
+        let collected = collect(BoxBody::new(long), 16).now_or_never().unwrap();
+        assert!(
+            collected.is_err(),
+            "a body past its declared size and the limit"
+        );
         let whole = actix_web::body::SizedStream::new(
             3,
             futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))]),
