@@ -1163,6 +1163,29 @@ async fn a_transactional_claim_whose_answer_was_lost_opens_its_transaction() {
 
 /// `pg`'s URL with a setting for every connection made with it, as a role's or a database's
 /// defaults (`ALTER ROLE ... SET`) would give it: `setting` is URL-encoded.
+/// `claim` of `key(1)` written into `store`'s table in a transaction left open: a first
+/// request's claim whose commit has not come yet.
+async fn uncommitted_claim(
+    db: &PgPool,
+    store: &PostgresStore,
+    claim: InFlight,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut uncommitted = db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {} (key, kind, token, fingerprint, lapses_at, purge_at)
+         VALUES ($1, 'F', $2, $3, $4, $4)",
+        store.table()
+    ))
+    .bind(key(1).as_bytes().as_slice())
+    .bind(claim.token.as_u128().to_be_bytes().as_slice())
+    .bind(fingerprint().as_bytes().as_slice())
+    .bind(i64::try_from(claim.lease_until.as_millis()).unwrap())
+    .execute(&mut *uncommitted)
+    .await
+    .unwrap();
+    uncommitted
+}
+
 fn url_with(pg: &TestPostgres, setting: &str) -> String {
     let sep = if pg.url().contains('?') { '&' } else { '?' };
     format!("{}{sep}options=-c%20{setting}", pg.url())
@@ -1387,19 +1410,7 @@ async fn a_claim_cancelled_while_waiting_on_another_claim_of_its_key_fails_close
     // The first request's claim, written and not yet committed.
     let t = now();
     let claim = in_flight(t);
-    let mut uncommitted = db.begin().await.unwrap();
-    sqlx::query(&format!(
-        "INSERT INTO {} (key, kind, token, fingerprint, lapses_at, purge_at)
-         VALUES ($1, 'F', $2, $3, $4, $4)",
-        first.table()
-    ))
-    .bind(key(1).as_bytes().as_slice())
-    .bind(claim.token.as_u128().to_be_bytes().as_slice())
-    .bind(fingerprint().as_bytes().as_slice())
-    .bind(i64::try_from(claim.lease_until.as_millis()).unwrap())
-    .execute(&mut *uncommitted)
-    .await
-    .unwrap();
+    let uncommitted = uncommitted_claim(&db, &first, claim).await;
 
     let begun = second.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
     let Err(err) = begun else {
@@ -1450,19 +1461,7 @@ async fn a_claim_waiting_on_another_claim_of_its_key_past_the_command_timeout_fa
     );
     let t = now();
     let claim = in_flight(t);
-    let mut uncommitted = db.begin().await.unwrap();
-    sqlx::query(&format!(
-        "INSERT INTO {} (key, kind, token, fingerprint, lapses_at, purge_at)
-         VALUES ($1, 'F', $2, $3, $4, $4)",
-        first.table()
-    ))
-    .bind(key(1).as_bytes().as_slice())
-    .bind(claim.token.as_u128().to_be_bytes().as_slice())
-    .bind(fingerprint().as_bytes().as_slice())
-    .bind(i64::try_from(claim.lease_until.as_millis()).unwrap())
-    .execute(&mut *uncommitted)
-    .await
-    .unwrap();
+    let uncommitted = uncommitted_claim(&db, &first, claim).await;
 
     let begun = second.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
     let Err(err) = begun else {
