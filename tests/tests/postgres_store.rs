@@ -1161,8 +1161,6 @@ async fn a_transactional_claim_whose_answer_was_lost_opens_its_transaction() {
     );
 }
 
-/// `pg`'s URL with a setting for every connection made with it, as a role's or a database's
-/// defaults (`ALTER ROLE ... SET`) would give it: `setting` is URL-encoded.
 /// `claim` of `key(1)` written into `store`'s table in a transaction left open: a first
 /// request's claim whose commit has not come yet.
 async fn uncommitted_claim(
@@ -1186,6 +1184,8 @@ async fn uncommitted_claim(
     uncommitted
 }
 
+/// `pg`'s URL with a setting for every connection made with it, as a role's or a database's
+/// defaults (`ALTER ROLE ... SET`) would give it: `setting` is URL-encoded.
 fn url_with(pg: &TestPostgres, setting: &str) -> String {
     let sep = if pg.url().contains('?') { '&' } else { '?' };
     format!("{}{sep}options=-c%20{setting}", pg.url())
