@@ -99,23 +99,14 @@ async fn a_process_replays_what_it_cached_without_redis_unless_the_cache_is_off(
 /// refused to start, blaming a `--workers` flag nobody gave, or tried to listen on "".
 #[test]
 fn empty_variables_count_as_unset() {
-    use std::io::{BufRead, BufReader};
     // The first line calls-api prints: where it listens, or why it cannot.
     let first_line = |args: &[&str]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
+        let mut command = common::command();
+        command
             .env("IDEM_WORKERS", "")
             .env("IDEM_ADDR", "")
-            .env_remove("IDEM_REDIS_URL")
-            .env_remove("IDEM_REDIS_CLUSTER")
-            .env_remove("IDEM_DATABASE_URL")
-            .args(args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+            .args(args);
+        let (mut child, line) = common::first_line(command);
         let _ = child.kill();
         let _ = child.wait();
         line
@@ -219,19 +210,9 @@ async fn metrics_are_exposed_in_prometheus_text() {
 /// it listens names that port, where it named port 0 and left nobody able to reach it.
 #[tokio::test]
 async fn a_port_of_zero_is_reported_as_the_port_it_listens_on() {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_calls-api"))
-        .env_remove("IDEM_REDIS_URL")
-        .env_remove("IDEM_REDIS_CLUSTER")
-        .env_remove("IDEM_DATABASE_URL")
-        .args(["--addr", "127.0.0.1:0", "--workers", "1"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut command = common::command();
+    command.args(["--addr", "127.0.0.1:0", "--workers", "1"]);
+    let (mut child, line) = common::first_line(command);
     let addr = common::listened_on(&line);
     let health = RawRequest::get("/healthz").try_send(addr).await;
     let _ = child.kill();

@@ -220,8 +220,27 @@ pub fn listened_on(line: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
+/// Starts `command` and reads the first line it prints to standard error (where it listens,
+/// or why it cannot): the running process, and the line.
+#[allow(dead_code)]
+pub fn first_line(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start calls-api");
+    let mut line = String::new();
+    let read =
+        BufReader::new(child.stderr.take().expect("piped standard error")).read_line(&mut line);
+    if let Err(e) = read {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("calls-api's standard error: {e}");
+    }
+    (child, line)
+}
+
 /// The `calls-api` binary, with none of its settings from this environment.
-fn command() -> Command {
+pub fn command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_calls-api"));
     for name in [
         "IDEM_ADDR",
