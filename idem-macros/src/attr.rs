@@ -11,7 +11,7 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Ident, Lit, LitStr, Token};
 
-use crate::ast::{Args, Choice, Fingerprint, Key, Scope, Spanned};
+use crate::ast::{Args, BodyForm, Choice, Fingerprint, Key, Scope, Spanned};
 use crate::errors::Errors;
 use crate::names::Name;
 
@@ -115,6 +115,15 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Result<Args, sy
 
 /// Reads an argument given a function, named by its path.
 fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: &mut Errors) {
+    if let Some(builtin) = builtin_unquoted(known, &path) {
+        errors.push(
+            &path,
+            format!(
+                "`{builtin}` without quotes names a function; the built-in {name} is written `{name} = \"{builtin}\"`, and a function of that name `{name} = self::{builtin}`"
+            ),
+        );
+        return;
+    }
     match known {
         Name::Scope => set(&mut args.scope, name, Scope::Function(path)),
         Name::Fingerprint => set(&mut args.fingerprint, name, Fingerprint::Function(path)),
@@ -135,6 +144,18 @@ fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: 
             );
         }
     }
+}
+
+/// The built-in value a path spells as one bare name, such as `scope = api_key`: a value
+/// meant in quotes, which rustc would otherwise report as an unknown function.
+fn builtin_unquoted(known: Name, path: &syn::Path) -> Option<&Ident> {
+    let ident = path.get_ident()?;
+    let builtin = match known {
+        Name::Scope => scope_word(&ident.to_string()).is_some(),
+        Name::Fingerprint => BodyForm::OPTIONS.iter().any(|(s, _, _)| ident == s),
+        _ => false,
+    };
+    builtin.then_some(ident)
 }
 
 /// Reads an argument given a literal, or nothing (a flag).
@@ -390,12 +411,9 @@ fn choice<T: Choice>(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> 
 fn scope(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Scope> {
     let s = string(name, value, "\"api_key\"", errors)?;
     let v = s.value();
-    match v.as_str() {
-        "api_key" => Some(Scope::ApiKey),
-        "global" => Some(Scope::Global),
-        "basic_auth_user" => Some(Scope::BasicAuthUser),
-        "principal" => Some(Scope::Principal),
-        _ => match v.strip_prefix("header:") {
+    match scope_word(&v) {
+        Some(word) => Some(word),
+        None => match v.strip_prefix("header:") {
             Some(h) if is_header_name(h) => Some(Scope::Header(h.to_owned())),
             Some(_) => {
                 errors.push(s, format!(
@@ -410,6 +428,17 @@ fn scope(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Scope
                 None
             }
         },
+    }
+}
+
+/// The scopes named by a word alone (`"header:<Name>"` is the other built-in).
+fn scope_word(v: &str) -> Option<Scope> {
+    match v {
+        "api_key" => Some(Scope::ApiKey),
+        "global" => Some(Scope::Global),
+        "basic_auth_user" => Some(Scope::BasicAuthUser),
+        "principal" => Some(Scope::Principal),
+        _ => None,
     }
 }
 

@@ -137,7 +137,10 @@ mod valid;
 /// not yet verified). Its identity is part of the scope: two functions returning the same
 /// string are two scopes, and one function is one scope however its path is written (a
 /// function pointer, such as a `static` of type `fn(&HttpRequest) -> Option<String>`, is
-/// known by the path written instead); moving or renaming it starts new scopes.
+/// known by the path written instead); moving or renaming it starts new scopes. A bare name
+/// that is also a built-in scope's (`scope = api_key`) is refused as quotes left out; a
+/// function of that name is written with its path, `scope = self::api_key`. The same holds for
+/// `fingerprint`'s built-in forms.
 ///
 /// [`Principal`]: ../idem_actix/struct.Principal.html
 ///
