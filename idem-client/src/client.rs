@@ -23,6 +23,8 @@ pub struct Client {
     pub(crate) http: reqwest::Client,
     pub(crate) key_header: HeaderName,
     pub(crate) policy: RetryPolicy,
+    /// The largest answer read, in bytes.
+    pub(crate) max_response: usize,
     /// Whether `https://` URLs can be reached: with the `rustls` feature, or a reqwest client
     /// of the caller's (which may have TLS of its own).
     pub(crate) tls: bool,
@@ -71,6 +73,7 @@ impl Client {
 /// | [`max_elapsed`](Self::max_elapsed) (all attempts and waits) | 60 s |
 /// | [`initial_backoff`](Self::initial_backoff) | 100 ms |
 /// | [`max_backoff`](Self::max_backoff) | 5 s |
+/// | [`max_response`](Self::max_response) | 16 MiB |
 #[derive(Debug)]
 #[must_use]
 pub struct ClientBuilder {
@@ -81,6 +84,7 @@ pub struct ClientBuilder {
     max_elapsed: Duration,
     initial_backoff: Duration,
     max_backoff: Duration,
+    max_response: usize,
     http: Option<reqwest::Client>,
 }
 
@@ -94,6 +98,7 @@ impl Default for ClientBuilder {
             max_elapsed: Duration::from_secs(60),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            max_response: 16 * 1024 * 1024,
             http: None,
         }
     }
@@ -146,6 +151,15 @@ impl ClientBuilder {
     /// time limit still applies).
     pub fn max_backoff(mut self, wait: Duration) -> Self {
         self.max_backoff = wait;
+        self
+    }
+
+    /// The largest answer body read, in bytes (after reqwest's decompression, where its
+    /// client decompresses). A larger one is not read into memory: the operation stops with
+    /// [`Error::ResponseTooLarge`](crate::Error::ResponseTooLarge), which carries its key.
+    /// `usize::MAX` sets no limit.
+    pub fn max_response(mut self, bytes: usize) -> Self {
+        self.max_response = bytes;
         self
     }
 
@@ -206,6 +220,7 @@ impl ClientBuilder {
                     max: self.max_backoff,
                 },
             },
+            max_response: self.max_response,
             tls,
         })
     }

@@ -95,6 +95,19 @@ pub enum Error {
         /// The server's message, when its body had one.
         message: Option<String>,
     },
+    /// The answer is larger than [`max_response`](crate::ClientBuilder::max_response), so
+    /// it was not read (nor retried). The operation may have run: send it again with the same
+    /// key and a larger limit to get its answer (replayed, where the server kept it), not under
+    /// a new key, which would run it again.
+    #[error("the answer to the operation with idempotency key {key} ({status}) is larger than max_response ({limit} bytes), so it was not read; the operation may have run: send it again with the same key and a larger max_response to get its answer")]
+    ResponseTooLarge {
+        /// The key.
+        key: String,
+        /// The answer's status.
+        status: StatusCode,
+        /// The limit it passed, in bytes.
+        limit: usize,
+    },
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
     /// 502, 503, 504, 409 while in flight). The operation may have run once for the server to
     /// record, and never more (an application's own 5xx is not recorded: a run that answered
@@ -126,6 +139,7 @@ impl Error {
             Self::Mismatch { key, .. }
             | Self::ResponseNotKept { key, .. }
             | Self::Refused { key, .. }
+            | Self::ResponseTooLarge { key, .. }
             | Self::GaveUp { key, .. } => Some(key),
             _ => None,
         }

@@ -71,6 +71,7 @@
 //! | 409 or 422 `idempotency_conflict` without `Retry-After`: the key was used with another request | [`Error::Mismatch`], never retried |
 //! | 409 `idempotency_response_too_large`: the operation ran, and its response was too large for the server to keep | [`Error::ResponseNotKept`], never retried: look the outcome up, never send it again under a new key |
 //! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...): nothing ran | [`Error::Refused`], never retried |
+//! | an answer whose body is larger than [`max_response`](ClientBuilder::max_response) (16 MiB unless set) | [`Error::ResponseTooLarge`], not read and never retried: the operation may have run; send it again with the same key and a larger limit |
 //! | attempts or time used up | [`Error::GaveUp`], with the key to send the operation again later |
 //!
 //! Waits between attempts grow exponentially from

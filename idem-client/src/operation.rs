@@ -3,7 +3,7 @@
 use std::fmt::Display;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -143,6 +143,8 @@ impl<'c> Operation<'c> {
     /// - [`Error::Mismatch`]: the key was used with a different request; not retried.
     /// - [`Error::ResponseNotKept`]: the operation ran under this key, but its response was
     ///   too large for the server to keep, so it cannot be replayed; not retried.
+    /// - [`Error::ResponseTooLarge`]: the answer's body is larger than the client's
+    ///   `max_response`; it was not read, and the operation may have run; not retried.
     /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
     ///   own, and nothing ran; not retried.
     /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once
@@ -218,13 +220,15 @@ impl Attempt<'_> {
         };
         let status = response.status();
         let headers = response.headers().clone();
+        let key = self.key.to_owned();
         // The answer is read within the attempt: a connection that breaks mid-body is retried
         // like one that broke before the status line.
-        let body = match response.bytes().await {
-            Ok(body) => body,
+        let limit = self.client.max_response;
+        let body = match read_body(response, limit).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Verdict::Stop(Error::ResponseTooLarge { key, status, limit }),
             Err(e) => return transport(e),
         };
-        let key = self.key.to_owned();
         match classify(status, &headers, &body, SystemTime::now()) {
             Class::Answer => Verdict::Done(Response {
                 status,
@@ -255,6 +259,28 @@ impl Attempt<'_> {
             }),
         }
     }
+}
+
+/// The answer's body, or `None` when it is larger than `limit` (left unread past it).
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    let declared = response.content_length().unwrap_or(0);
+    if declared > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Ok(None);
+    }
+    // Room for the size declared, up to a mebibyte: a size is only what the server says
+    // until the bytes come.
+    let room = usize::try_from(declared.min(1 << 20)).unwrap_or(0);
+    let mut body = BytesMut::with_capacity(room);
+    while let Some(chunk) = response.chunk().await? {
+        if chunk.len() > limit - body.len() {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// A request that failed without an answer: retried, unless reqwest refused it before
