@@ -1224,3 +1224,90 @@ fn a_test_redis_keeps_its_files_out_of_the_working_directory() {
         cwd.display()
     );
 }
+
+/// A current-thread runtime, such as each actix worker runs.
+fn worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Whether a keyed request reaches Redis through `store` (built on a runtime of its own, as an
+/// app builds it in its main) on one thread while another thread that used the store first
+/// is blocked.
+fn claims_while_another_thread_is_blocked(store: impl FnOnce() -> RedisStore, timeout: Duration) {
+    let store = worker_runtime().block_on(async { store() });
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let (used, blocked) = std::sync::mpsc::channel();
+    let first = engine.clone();
+    let blocking = std::thread::spawn(move || {
+        worker_runtime().block_on(async move {
+            let begun = first
+                .begin(&Policy::DEFAULT, StoreKey::from_bytes([1; 32]), fp)
+                .await;
+            assert!(matches!(begun, Ok(Begin::Execute(_))), "{begun:?}");
+            used.send(()).unwrap();
+            // A handler's blocking call, holding its worker's thread.
+            std::thread::sleep(timeout * 4);
+        });
+    });
+    blocked.recv().unwrap();
+    let begun = worker_runtime().block_on(engine.begin(
+        &Policy::DEFAULT,
+        StoreKey::from_bytes([2; 32]),
+        fp,
+    ));
+    assert!(
+        matches!(begun, Ok(Begin::Execute(_))),
+        "held up by the blocked worker: {begun:?}"
+    );
+    blocking.join().unwrap();
+}
+
+/// actix runs each worker on a runtime of its own thread. A handler that blocks its thread
+/// (blocking I/O, a long computation) holds up that worker; it must not hold up the commands
+/// of the others, their claims and their leases' renewals, as it did while the one connection
+/// they shared had its driver on the runtime of the worker that first used it.
+#[test]
+fn a_worker_that_blocks_its_thread_holds_up_no_other_worker_s_commands() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let timeout = Duration::from_millis(500);
+    claims_while_another_thread_is_blocked(
+        || {
+            RedisStore::builder(redis.url())
+                .command_timeout(timeout)
+                .build()
+                .unwrap()
+        },
+        timeout,
+    );
+}
+
+/// The same for writes that wait for their replicas, on connections lent to one at a time:
+/// one made by a worker that is now blocked is not lent to another.
+#[test]
+fn a_worker_that_blocks_its_thread_holds_up_no_other_worker_s_replicated_writes() {
+    let (Some(primary), Some(replica)) = (TestRedis::start_owned(), TestRedis::start_owned())
+    else {
+        return;
+    };
+    let port = addr_of(&primary).port();
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
+    replication_shows(&replica, "master_link_status:up");
+    replication_shows(&primary, "connected_slaves:1");
+    let timeout = Duration::from_millis(500);
+    claims_while_another_thread_is_blocked(
+        || {
+            RedisStore::builder(primary.url())
+                .command_timeout(timeout)
+                .wait_for_replicas(1, Duration::from_millis(200))
+                .build()
+                .unwrap()
+        },
+        timeout,
+    );
+}

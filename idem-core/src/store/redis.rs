@@ -1,6 +1,7 @@
 //! The Redis store: one key per record, shared by every server process that points at it,
 //! on one Redis server or on a Redis Cluster.
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,12 @@ return 1
 /// [`RedisStoreBuilder::wait_for_replicas`] narrows that window, at the cost of a round trip
 /// and the replicas' acknowledgement on every claim and completion.
 ///
-/// Clones share the connection.
+/// Clones share the connections. On one server, each thread that sends commands (each actix
+/// worker) gets a connection of its own, made on its first command: a connection's I/O runs on
+/// the runtime of the thread that made it, so that a handler that blocks its worker's thread
+/// holds up no other worker's commands. A process therefore holds one connection per worker
+/// (and, with [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas), the connections
+/// its waiting writes are lent, per worker too).
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Connection,
@@ -96,7 +102,7 @@ pub struct RedisStore {
     fail_open: bool,
     replicas: Option<Replicas>,
     /// On one server, when writes wait for replicas: the connections they wait on.
-    waiters: Option<Arc<Waiters>>,
+    waiters: Option<Arc<Lenders>>,
     claim: Arc<Script>,
     fenced: Arc<Script>,
 }
@@ -151,8 +157,72 @@ impl Script {
 /// master of its key.
 #[derive(Clone)]
 enum Connection {
-    Single(Arc<Server>),
+    Single(Arc<Single>),
     Cluster(ClusterConnection, Arc<Seeds>),
+}
+
+/// The most threads [`PerThread`] keeps a value for: past them (threads that came and went,
+/// each with its own runtime), it forgets them all, and each thread makes its own again.
+const MOST_THREADS: usize = 1024;
+
+/// One `T` for each thread that asks for one, made on it, such as a connection: a connection's
+/// driver runs on the runtime of the thread that first uses it (each actix worker runs a
+/// runtime of its own thread), so that on one shared by every worker, a handler that blocked
+/// its worker's thread (a blocking call, a long computation) held up every worker's commands,
+/// their claims and their leases' renewals, and a worker that stopped first broke it for the
+/// others. Each worker's own holds up only that worker.
+struct PerThread<T> {
+    made: std::sync::RwLock<HashMap<std::thread::ThreadId, Arc<T>>>,
+}
+
+impl<T> PerThread<T> {
+    fn new() -> Self {
+        Self {
+            made: std::sync::RwLock::default(),
+        }
+    }
+
+    /// This thread's, made by `make` if it has none yet.
+    fn get<E>(&self, make: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E> {
+        let thread = std::thread::current().id();
+        let made = self.made.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mine) = made.get(&thread) {
+            return Ok(Arc::clone(mine));
+        }
+        drop(made);
+        let mine = Arc::new(make()?);
+        let mut made = self.made.write().unwrap_or_else(PoisonError::into_inner);
+        if made.len() >= MOST_THREADS {
+            made.clear();
+        }
+        Ok(Arc::clone(made.entry(thread).or_insert(mine)))
+    }
+}
+
+/// One server, through a [`Server`] (a connection) of each thread's own (see [`PerThread`]).
+struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    servers: PerThread<Server>,
+}
+
+impl Single {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> redis::RedisResult<Self> {
+        let single = Self {
+            client,
+            config,
+            servers: PerThread::new(),
+        };
+        // The settings are checked here, where a mistake in them is the builder's.
+        single.server()?;
+        Ok(single)
+    }
+
+    /// This thread's connection.
+    fn server(&self) -> redis::RedisResult<Arc<Server>> {
+        self.servers
+            .get(|| Server::new(self.client.clone(), self.config.clone()))
+    }
 }
 
 /// How often, at most, a store on a cluster asks its seed nodes why it has no connection.
@@ -205,7 +275,9 @@ impl Seeds {
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Connection::Single(server) => Box::pin(server.command(cmd)),
+            Connection::Single(single) => {
+                Box::pin(async move { single.server()?.command(cmd).await })
+            }
             Connection::Cluster(conn, _) => conn.req_packed_command(cmd),
         }
     }
@@ -217,17 +289,17 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Connection::Single(server) => {
-                let (_, mut conn) = server.current();
-                Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
-            }
+            Connection::Single(single) => Box::pin(async move {
+                let (_, mut conn) = single.server()?.current();
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
             Connection::Cluster(conn, _) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Single(server) => server.current().1.get_db(),
+            Connection::Single(single) => single.client.get_connection_info().redis_settings().db(),
             Connection::Cluster(conn, _) => conn.get_db(),
         }
     }
@@ -271,6 +343,27 @@ const IDLE_WAITERS: usize = 16;
 /// `timeout`, may close one left idle longer without a word, and the next write on it would
 /// fail.
 const IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// The [`Waiters`] of each thread (see [`PerThread`]): a connection lent to a write is one
+/// its own thread made.
+struct Lenders {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    by_thread: PerThread<Waiters>,
+}
+
+impl Lenders {
+    fn this_thread(&self) -> Arc<Waiters> {
+        let made = self.by_thread.get(|| {
+            Ok::<_, std::convert::Infallible>(Waiters {
+                client: self.client.clone(),
+                config: self.config.clone(),
+                pool: std::sync::Mutex::default(),
+            })
+        });
+        made.unwrap_or_else(|never| match never {})
+    }
+}
 
 impl Waiters {
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
@@ -606,7 +699,8 @@ impl RedisStore {
     /// on one server when it waits (see [`Waiters`]), the store's own otherwise.
     async fn link(&self, waits: bool) -> Result<Link, StoreError> {
         match &self.waiters {
-            Some(waiters) if waits => {
+            Some(lenders) if waits => {
+                let waiters = lenders.this_thread();
                 let lent = tokio::time::timeout(self.timeout, waiters.lend()).await;
                 Ok(Link::Lent(lent.map_err(|_| StoreError::Timeout)??))
             }
@@ -1008,7 +1102,7 @@ impl RedisStoreBuilder {
     /// URL or by nodes that disagree (password, TLS, database), a
     /// [`max_record_bytes`](Self::max_record_bytes) under 113 or over 512 MiB, a
     /// [`wait_for_replicas`](Self::wait_for_replicas) it refuses, or when called outside a
-    /// Tokio runtime (the connection's driver runs on the runtime that builds the store).
+    /// Tokio runtime.
     pub fn build(self) -> Result<RedisStore, StoreError> {
         if let Some(replicas) = self.replicas {
             let refusal = if replicas.count == 0 {
@@ -1059,10 +1153,10 @@ impl RedisStoreBuilder {
             Target::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(invalid)?;
                 if self.replicas.is_some() {
-                    waiters = Some(Arc::new(Waiters {
+                    waiters = Some(Arc::new(Lenders {
                         client: client.clone(),
                         config: connection_config(self.timeout),
-                        pool: std::sync::Mutex::default(),
+                        by_thread: PerThread::new(),
                     }));
                 }
                 let config = ConnectionManagerConfig::new()
@@ -1071,7 +1165,7 @@ impl RedisStoreBuilder {
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(20))
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Single(Arc::new(Server::new(client, config).map_err(invalid)?))
+                Connection::Single(Arc::new(Single::new(client, config).map_err(invalid)?))
             }
             Target::Cluster(urls) => {
                 if urls.is_empty() {
