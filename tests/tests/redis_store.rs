@@ -1225,6 +1225,39 @@ fn a_test_redis_keeps_its_files_out_of_the_working_directory() {
     );
 }
 
+/// Under `fail_open`, a claim that fewer replicas than asked acknowledged is kept, not
+/// released: Redis answered and holds it, so the request runs as it would without waiting for
+/// replicas, and a duplicate meanwhile is turned away as in flight. Released, the duplicate ran
+/// beside the first run, unprotected, while Redis was up.
+#[actix_web::test]
+async fn failing_open_a_claim_its_replicas_did_not_acknowledge_still_holds_its_key() {
+    // No replica: every wait falls short.
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .wait_for_replicas(1, Duration::from_millis(10))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = StoreKey::from_bytes([4; 32]);
+    let first = engine.begin(&Policy::DEFAULT, key, fp).await;
+    let Ok(Begin::Execute(lease)) = first else {
+        panic!("the first request runs under its claim: {first:?}")
+    };
+    let duplicate = engine.begin(&Policy::DEFAULT, key, fp).await;
+    assert!(
+        matches!(duplicate, Err(IdempotencyError::InFlight)),
+        "a duplicate while it runs: {duplicate:?}"
+    );
+    let outcome = lease.finish(Response::new(201, [], b"ok")).await;
+    assert!(matches!(outcome, Ok(Outcome::Recorded)), "{outcome:?}");
+    let retry = engine.begin(&Policy::DEFAULT, key, fp).await;
+    assert!(matches!(retry, Ok(Begin::Replay(_))), "{retry:?}");
+}
+
 /// A current-thread runtime, such as each actix worker runs.
 fn worker_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

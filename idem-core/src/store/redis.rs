@@ -117,21 +117,25 @@ struct Replicas {
 
 /// A claim that fewer replicas than asked acknowledged in time
 /// ([`RedisStoreBuilder::wait_for_replicas`]): a failover could lose it, so it was released,
-/// and the store answers [`StoreError::Unavailable`].
+/// and the store answers [`StoreError::Unavailable`]; or, by a store that fails open, kept,
+/// and logged.
 #[derive(Debug)]
 struct NotReplicated {
     acknowledged: i64,
     replicas: Replicas,
+    /// Kept anyway, by a store that fails open.
+    kept: bool,
 }
 
 impl std::fmt::Display for NotReplicated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the claim reached {} of the {} Redis replicas it waits for within {} ms, so a failover could lose it; it was released",
+            "the claim reached {} of the {} Redis replicas it waits for within {} ms, so a failover could lose it; {}",
             self.acknowledged,
             self.replicas.count,
-            self.replicas.timeout.as_millis()
+            self.replicas.timeout.as_millis(),
+            if self.kept { "it was kept, failing open" } else { "it was released" }
         )
     }
 }
@@ -845,9 +849,22 @@ impl RedisStore {
             Ok(acknowledged) if acknowledged >= i64::from(replicas.count) => {
                 return Ok(Claim::Claimed)
             }
+            // Failing open, the claim Redis holds is kept: the request runs as it would
+            // without waiting for replicas, and a duplicate meanwhile is still turned away,
+            // where a released claim left it to run beside this one.
+            Ok(acknowledged) if self.fail_open => {
+                let short = NotReplicated {
+                    acknowledged,
+                    replicas,
+                    kept: true,
+                };
+                tracing::warn!(%key, "{short}");
+                return Ok(Claim::Claimed);
+            }
             Ok(acknowledged) => StoreError::Unavailable(Box::new(NotReplicated {
                 acknowledged,
                 replicas,
+                kept: false,
             })),
             Err(error) => error,
         };
@@ -1067,8 +1084,10 @@ impl RedisStoreBuilder {
     /// had not reached lets a retry run the operation again. With this setting, a handler
     /// runs only once its claim is on `replicas` replicas: a claim that fewer acknowledged in
     /// time is released, and answers as an unavailable store (503
-    /// `idempotency_store_unavailable`, or an unprotected run under
-    /// [`fail_open`](Self::fail_open)). A completion that fewer acknowledged is kept, and
+    /// `idempotency_store_unavailable`). Under [`fail_open`](Self::fail_open) it is kept
+    /// instead, and logged: the request runs under it, as it would without this setting, and
+    /// a duplicate meanwhile is still turned away (released, the duplicate would run beside
+    /// it unprotected while Redis answers). A completion that fewer acknowledged is kept, and
     /// logged: the operation ran and its answer goes out. This narrows the window, it does
     /// not close it: an acknowledged write can still be lost when the replicas that took it
     /// are not the one promoted, and a primary that restarts without persistence loses
