@@ -14,7 +14,7 @@ use idem_core::{
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
-use idem_tests::{assert_error, TestRedisCluster, TestServer};
+use idem_tests::{assert_error, TestRedis, TestRedisCluster, TestServer};
 
 /// The command timeout of the app instances: a master that is down answers 503 after it.
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -606,6 +606,61 @@ async fn a_cluster_refusing_the_store_s_credentials_fails_closed_even_when_faili
         .begin(&Policy::DEFAULT, StoreKey::from_bytes([10; 32]), fp)
         .await;
     assert!(matches!(begun, Ok(Begin::Unprotected(_))), "{begun:?}");
+}
+
+/// One seed that refuses the store's connection (a node since given a password, a decommissioned
+/// address reused) is a fault of that seed, not of the cluster, whose nodes take the store's
+/// connection: a master that is down is still an outage, which fails open as asked, where any
+/// seed's refusal made every key fail closed.
+#[actix_web::test]
+async fn one_seed_refusing_the_store_leaves_an_outage_of_a_master_failing_open() {
+    let (Some(mut cluster), Some(refusing)) = (TestRedisCluster::start(), TestRedis::start_owned())
+    else {
+        return;
+    };
+    // Found before the nodes want a password.
+    let up = keys_on(&cluster, "seeds:", 1, 1)[0];
+    let down = keys_on(&cluster, "seeds:", 0, 3);
+    // The cluster's nodes take the store's password; the odd seed wants another.
+    for node in 0..TestRedisCluster::MASTERS {
+        cluster.query::<()>(
+            node,
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("requirepass")
+                .arg("secret"),
+        );
+    }
+    refusing.query::<()>(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("other"),
+    );
+    let mut seeds = cluster.urls();
+    seeds.push(refusing.url().to_owned());
+    let seeds = seeds
+        .iter()
+        .map(|url| url.replace("redis://", "redis://:secret@"));
+    let store = RedisStore::cluster(seeds)
+        .prefix("seeds:")
+        .command_timeout(TIMEOUT)
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let begun = begin_until_up(&engine, up, fp).await;
+    assert!(matches!(begun, Begin::Execute(_)), "{begun:?}");
+
+    cluster.stop(0);
+    for (n, key) in down.into_iter().enumerate() {
+        let begun = engine.begin(&Policy::DEFAULT, key, fp).await;
+        assert!(
+            matches!(begun, Ok(Begin::Unprotected(_))),
+            "attempt {n}: {begun:?}"
+        );
+    }
 }
 
 /// A store for one server whose URL leads to a node of a cluster is answered `MOVED` for the

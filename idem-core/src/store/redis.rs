@@ -242,9 +242,18 @@ struct Seeds {
     told: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
 
+/// What a seed node made of the store's connection.
+enum Seed {
+    Took,
+    Refused(String),
+    /// It did not answer, or failed as an outage does.
+    Silent,
+}
+
 impl Seeds {
-    /// What the seed nodes refuse, if any refuses the store's connection; `None` when none
-    /// answers, or they take it.
+    /// What the seed nodes refuse, when one refuses the store's connection and none takes it;
+    /// `None` when none answers, or one takes it (a seed that refuses while others take the
+    /// connection is a fault of its own, not of the cluster's nodes).
     async fn refusal(&self, timeout: Duration) -> Option<String> {
         let mut told = self.told.lock().await;
         if let Some((at, refusal)) = &*told {
@@ -258,19 +267,24 @@ impl Seeds {
             async move {
                 let connected = client.get_multiplexed_async_connection_with_config(&config);
                 match tokio::time::timeout(timeout, connected).await {
+                    Ok(Ok(_)) => Seed::Took,
                     Ok(Err(error)) => match failed(error) {
-                        StoreError::Refused(error) => Some(error.to_string()),
-                        _ => None,
+                        StoreError::Refused(error) => Seed::Refused(error.to_string()),
+                        _ => Seed::Silent,
                     },
-                    _ => None,
+                    Err(_) => Seed::Silent,
                 }
             }
         });
-        let refusal = futures_util::future::join_all(asked)
-            .await
-            .into_iter()
-            .flatten()
-            .next();
+        let seeds = futures_util::future::join_all(asked).await;
+        let refusal = if seeds.iter().any(|seed| matches!(seed, Seed::Took)) {
+            None
+        } else {
+            seeds.into_iter().find_map(|seed| match seed {
+                Seed::Refused(refusal) => Some(refusal),
+                _ => None,
+            })
+        };
         *told = Some((Instant::now(), refusal.clone()));
         refusal
     }
