@@ -1272,7 +1272,8 @@ impl PostgresStoreBuilder {
     }
 
     /// How long one statement may take before the store counts as unavailable. Default 1 s
-    /// (a statement that writes waits for its commit to reach the disk).
+    /// (a statement that writes waits for its commit to reach the disk); [`build`](Self::build)
+    /// refuses zero.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -1280,7 +1281,7 @@ impl PostgresStoreBuilder {
 
     /// How long to wait for a connection from the pool, including connecting one, before the
     /// store counts as unavailable (or, when every connection of the pool is in use, refuses:
-    /// see [`fail_open`](Self::fail_open)). Default 1 s.
+    /// see [`fail_open`](Self::fail_open)). Default 1 s; [`build`](Self::build) refuses zero.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -1380,6 +1381,16 @@ impl PostgresStoreBuilder {
         }
         if self.purge_batch == 0 {
             return invalid("the purge batch must be at least one row".into());
+        }
+        for (setting, timeout) in [
+            ("command_timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if timeout.is_zero() {
+                return invalid(format!(
+                    "{setting} must be longer than zero: zero would time every statement out                      (it is no limit to Postgres, not to the store)"
+                ));
+            }
         }
         if self.max_record_bytes > MAX_RECORD_BYTES {
             return invalid(format!(
@@ -1826,6 +1837,11 @@ mod tests {
         assert!(err(PostgresStore::builder("redis://127.0.0.1/")).contains("invalid Postgres URL"));
         assert!(err(PostgresStore::builder(url).max_connections(0)).contains("at least one"));
         assert!(err(PostgresStore::builder(url).purge_batch(0)).contains("at least one row"));
+        // Zero would time every statement out (each an outage, run unprotected when failing
+        // open); Postgres's own timeouts read 0 as no limit, an easy slip.
+        let zero = Duration::ZERO;
+        assert!(err(PostgresStore::builder(url).command_timeout(zero)).contains("command_timeout"));
+        assert!(err(PostgresStore::builder(url).connect_timeout(zero)).contains("connect_timeout"));
         assert!(PostgresStore::new(url).is_ok(), "built without connecting");
     }
 

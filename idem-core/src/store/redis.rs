@@ -1066,7 +1066,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long one command may take before the store counts as unavailable. Default 500 ms.
+    /// How long one command may take before the store counts as unavailable. Default 500 ms;
+    /// [`build`](Self::build) refuses zero.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -1137,6 +1138,12 @@ impl RedisStoreBuilder {
     /// [`wait_for_replicas`](Self::wait_for_replicas) it refuses, or when called outside a
     /// Tokio runtime.
     pub fn build(self) -> Result<RedisStore, StoreError> {
+        if self.timeout.is_zero() {
+            return Err(StoreError::Unavailable(
+                "command_timeout must be longer than zero: zero would time every command out"
+                    .into(),
+            ));
+        }
         if let Some(replicas) = self.replicas {
             let refusal = if replicas.count == 0 {
                 Some("wait_for_replicas(0, ..) waits for no replica; leave it unset".to_owned())
@@ -1364,6 +1371,16 @@ mod tests {
         let err = limit((512 << 20) + 1).unwrap_err().to_string();
         assert!(err.contains("at most 536870912 bytes"), "{err}");
         assert!(limit(usize::MAX).is_err());
+    }
+
+    /// Zero would time every command out: each an outage, run unprotected when failing open.
+    #[test]
+    fn a_zero_command_timeout_is_refused() {
+        let built = RedisStore::builder("redis://127.0.0.1:1/")
+            .command_timeout(Duration::ZERO)
+            .build();
+        let err = built.unwrap_err().to_string();
+        assert!(err.contains("command_timeout"), "{err}");
     }
 
     #[test]
