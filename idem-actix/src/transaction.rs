@@ -510,6 +510,16 @@ mod enabled {
                     };
                     ("released", loan.0.error(&error, request_id))
                 }
+                Err(error) if committing.get() && refused_at_commit(&error) => {
+                    tracing::error!(status, %error, "Postgres refused to commit the handler's transaction for a constraint checked at the commit (deferred) that its writes break; nothing was written, and the key was released");
+                    if status < 400 {
+                        let error = IdempotencyError::TransactionUnavailable {
+                            reason: "a constraint checked at the commit refused the handler's writes, so nothing it answered was committed",
+                        };
+                        return ("released", loan.0.error(&error, request_id));
+                    }
+                    ("released", res)
+                }
                 Err(error) if committing.get() && aborted(&error) => {
                     if status < 400 {
                         tracing::error!(status, %error, "the handler answered a success, but a statement of its transaction failed, so nothing was committed; answering 500 instead");
@@ -569,6 +579,14 @@ mod enabled {
     /// statement of a transaction after one failed.
     fn aborted(error: &StoreError) -> bool {
         code(error).as_deref() == Some(IN_FAILED_TRANSACTION)
+    }
+
+    /// Whether `error` is a commit Postgres refused for what the transaction wrote: a
+    /// deferred constraint (class 23, integrity_constraint_violation) or a deferred
+    /// constraint trigger that raised (P0001, raise_exception). The transaction is rolled
+    /// back; a retry of the same request fails alike.
+    fn refused_at_commit(error: &StoreError) -> bool {
+        code(error).is_some_and(|code| code.starts_with("23") || code == "P0001")
     }
 
     /// The SQLSTATE of a database's error, if `error` is one.

@@ -33,7 +33,8 @@ struct Calls {
 /// status 503), `panic`, `bad-request` (400), `insert-twice` (the same id again, which fails,
 /// then 409) or `insert-twice-ok` (the same, then 201 regardless), `pid` (report the
 /// transaction's backend, then sleep 1 s), `keep` (send the transaction to another task),
-/// `sleep:N` (sleep N ms), `commit`, `rollback` or `commit-begin` (end the transaction with
+/// `deferred-twice` (the same id twice into a table whose unique constraint is checked at the
+/// commit, then 201), `sleep:N` (sleep N ms), `commit`, `rollback` or `commit-begin` (end the transaction with
 /// that raw SQL, then insert another call, outside it or in the one begun); else 201 with the
 /// call's id. `X-Isolation` sets the transaction's
 /// isolation level first.
@@ -73,6 +74,17 @@ async fn operate(
             assert!(again.is_err(), "the same id twice violates the key");
             if then == "insert-twice" {
                 return Ok(HttpResponse::Conflict().body("that call exists"));
+            }
+        }
+        "deferred-twice" => {
+            // Both go in; the constraint, deferred, refuses them at the commit.
+            let deferred = format!("INSERT INTO {}_deferred (id) VALUES ($1)", calls.table);
+            for _ in 0..2 {
+                sqlx::query(&deferred)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(ErrorInternalServerError)?;
             }
         }
         "pid" => {
@@ -261,6 +273,13 @@ impl Fixture {
         .execute(&db)
         .await
         .expect("create the calls table");
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE {}_deferred (id text UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+            calls.table
+        ))
+        .execute(&db)
+        .await
+        .expect("create the table of a deferred constraint");
         let (url, records) = (pg.url().to_owned(), store.table().to_owned());
         let data = web::Data::new(calls.clone());
         let table = records.clone();
@@ -652,6 +671,33 @@ async fn a_failed_statement_rolls_back_and_only_an_error_answer_goes_out() {
         assert_eq!(answer.status, 500, "{path}");
         assert_eq!(app.records().await, (done, 0), "{path}: released");
         assert_eq!(app.written().await, 0, "{path}");
+        let retry = app.send(call(path, &key)).await;
+        assert_eq!(retry.status, 201, "{path}: the retry runs");
+        sqlx::raw_sql(&format!("DELETE FROM {}", app.calls.table))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+}
+
+/// A constraint checked at the commit (`DEFERRABLE INITIALLY DEFERRED`) that the handler's
+/// writes break fails the commit: nothing is written, and the key is released, as for a failed
+/// statement. The answer is the layer's 500, as there: the request is what fails, and a retry
+/// fails alike, where 503 `idempotency_store_unavailable` told the client to retry a store
+/// that was up.
+#[actix_web::test]
+async fn a_commit_a_deferred_constraint_refuses_answers_500_and_releases_the_key() {
+    let Some(app) = Fixture::start("deferred").await else {
+        return;
+    };
+    for (n, path) in FORMS.into_iter().enumerate() {
+        let key = format!("{path}-deferred");
+        let answer = app
+            .send(call(path, &key).header("X-Then", "deferred-twice"))
+            .await;
+        assert_error(&answer, 500, "idempotency_transaction_unavailable");
+        assert_eq!(app.written().await, 0, "{path}: nothing was written");
+        assert_eq!(app.records().await, (n as i64, 0), "{path}: released");
         let retry = app.send(call(path, &key)).await;
         assert_eq!(retry.status, 201, "{path}: the retry runs");
         sqlx::raw_sql(&format!("DELETE FROM {}", app.calls.table))
