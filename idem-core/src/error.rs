@@ -33,7 +33,8 @@ pub mod codes {
     /// 500: a handler takes an `idem_actix::Transaction` that the app cannot lend (its store
     /// is not a Postgres store, the handler is under no idempotency layer, or it takes two),
     /// or whose writes cannot be committed (it kept it beyond its run, or answered a success
-    /// over a statement of it that failed); the server's log says which. Nothing ran, or
+    /// over a statement of it that failed, or over writes a constraint checked at the
+    /// commit refused); the server's log says which. Nothing ran, or
     /// nothing was committed.
     pub const TRANSACTION_UNAVAILABLE: &str = "idempotency_transaction_unavailable";
     /// 500: a handler takes the request's idempotency key, the request carries one, and no
