@@ -341,3 +341,68 @@ async fn a_replay_hook_that_panics_is_answered_500_and_the_record_stays() {
         assert_eq!(replay.body, first.body, "{path}");
     }
 }
+
+#[actix_web::post("/v1/made")]
+#[idempotent]
+async fn made() -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header(("X-Kept", "first"))
+        .body("made")
+}
+
+/// A record written elsewhere (another process on a shared store, another version) may hold
+/// headers this one never stores, which describe one transfer: a replay drops them as the
+/// recording does, where it sent them on (a stale `Date`, a `Keep-Alive` of another
+/// connection).
+#[actix_web::test]
+async fn a_replay_drops_per_transfer_headers_that_a_record_from_elsewhere_holds() {
+    use idem_core::store::Store;
+    use idem_core::{InFlight, Record, Response, Token};
+
+    let first_store = MokaStore::new();
+    let idem = IdempotencyConfig::new(first_store.clone());
+    let first = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).service(made);
+    });
+    assert_eq!(call("/v1/made", "k").send(first.addr).await.status, 201);
+    let Some((key, Record::Completed(mut record))) =
+        idem_core::testing::records(&first_store).pop()
+    else {
+        panic!("the first request was recorded")
+    };
+    let recorded: Vec<(String, Vec<u8>)> = record
+        .response
+        .headers()
+        .map(|(name, value)| (name.to_owned(), value.to_vec()))
+        .collect();
+    let mut headers: Vec<(&str, &[u8])> = recorded
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .collect();
+    headers.extend([
+        ("date", &b"Sat, 01 Jan 2000 00:00:00 GMT"[..]),
+        ("keep-alive", b"timeout=5"),
+    ]);
+    record.response = Response::new(201, headers.iter().copied(), &record.response.body());
+
+    // The same record in another process's store.
+    let elsewhere = MokaStore::new();
+    let token = Token::random();
+    let now = record.completed_at;
+    let claim = InFlight {
+        fingerprint: record.fingerprint,
+        lease_until: record.expires_at,
+        token,
+    };
+    elsewhere.claim(&key, claim, now).await.unwrap();
+    assert!(elsewhere.complete(&key, token, record, now).await.unwrap());
+    let idem = IdempotencyConfig::new(elsewhere);
+    let second = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).service(made);
+    });
+    let replay = call("/v1/made", "k").send(second.addr).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.header("x-kept"), Some("first"));
+    assert_ne!(replay.header("date"), Some("Sat, 01 Jan 2000 00:00:00 GMT"));
+    assert_eq!(replay.header("keep-alive"), None);
+}

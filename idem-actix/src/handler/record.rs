@@ -562,8 +562,9 @@ impl<'a> IntoIterator for Replayable<'a> {
     }
 }
 
-/// Headers that describe one transfer or one request, never replayed.
-fn replayable(name: &HeaderName) -> bool {
+/// Headers that describe one transfer or one request, never recorded, nor replayed from a
+/// record written elsewhere (another process, another version) that holds them.
+pub(super) fn replayable(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
         "connection"

@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use idem_core::Completed;
 
 use super::admit::Keyed;
-use super::record::panicked;
+use super::record::{panicked, replayable};
 use crate::request_id::RequestId;
 
 pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
@@ -46,7 +46,9 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_maybe_shared(value),
         ) {
-            headers.append(name, value);
+            if replayable(&name) {
+                headers.append(name, value);
+            }
         }
     }
     headers.insert(
