@@ -867,8 +867,8 @@ impl Lease {
     /// the key since, and the response recorded: a later retry replays it.
     ///
     /// A future dropped before the store has taken the record (its run cancelled: a drain
-    /// that ran out of time cancels the runs whose clients went away) leaves the completion
-    /// to a task of its own, with the same retries, counted for
+    /// that ran out of time cancels the runs whose clients went away), even one never polled,
+    /// leaves the completion to a task of its own, with the same retries, counted for
     /// [`Engine::abandoned_released`]: the operation ran, so the record is written rather than
     /// the key left in flight until its lease lapses and the operation run again.
     ///
@@ -879,41 +879,51 @@ impl Lease {
         clippy::manual_async_fn,
         reason = "smaller future, see the module note"
     )]
-    pub fn finish(
-        mut self,
-        response: Response,
-    ) -> impl Future<Output = Result<Outcome, StoreError>> {
+    pub fn finish(self, response: Response) -> impl Future<Output = Result<Outcome, StoreError>> {
+        let size = response.size();
+        let record = self.completion(response);
+        // Dropped before its first poll, the future still records (see `Unpolled`).
+        let mut unpolled = Unpolled {
+            lease: self,
+            record,
+            size,
+            started: false,
+        };
         async move {
-            let size = response.size();
-            let Some(record) = self.completion(response) else {
+            unpolled.started = true;
+            let Unpolled {
+                lease: this,
+                record,
+                size,
+                ..
+            } = &mut unpolled;
+            let Some(record) = record.as_mut() else {
                 // Released on drop until the store has answered: a run cancelled meanwhile
                 // (a drain that ran out of time) leaves no claim in flight.
-                let released = self.released().await;
-                #[allow(unused_assignments, reason = "read by the lease's drop")]
-                {
-                    self.done = true;
-                }
+                let released = this.released().await;
+                this.done = true;
                 return Ok(match released? {
                     true => Outcome::Released,
                     // Released all the same by an attempt whose answer was lost (the engine
                     // retried it, or the store's client resent it), if nobody holds the key.
-                    false => match Box::pin(self.holder(None)).await {
+                    false => match Box::pin(this.holder(None)).await {
                         Ok(Holder::Nobody) => Outcome::Released,
                         _ => Outcome::Lost,
                     },
                 });
             };
-            self.done = true;
+            this.done = true;
             // Dropped before the store has answered (its run cancelled: a drain that ran out
             // of time cancels the runs whose clients went away), the completion goes on in
             // the background: the operation ran, and only its record is left to write.
+            let size = *size;
             let mut pending = Pending {
-                lease: &mut self,
+                lease: this,
                 size,
                 record,
                 armed: true,
             };
-            let outcome = (*pending.lease).completed(&mut pending.record, size).await;
+            let outcome = pending.lease.completed(pending.record, size).await;
             pending.armed = false;
             outcome
         }
@@ -1227,7 +1237,7 @@ struct Pending<'a> {
     lease: &'a mut Lease,
     /// The response's size, for a record the store finds too large.
     size: usize,
-    record: Completed,
+    record: &'a mut Completed,
     /// Until the completion has ended, however it ended.
     armed: bool,
 }
@@ -1237,6 +1247,31 @@ impl Drop for Pending<'_> {
         if self.armed {
             let lease = self.lease.detached();
             lease.complete_in_background(self.record.clone(), self.size);
+        }
+    }
+}
+
+/// A [`Lease::finish`]'s lease and the record it writes (`None`: the claim is released).
+/// Dropped before the future first ran, the record is written in the background, as once it
+/// runs (see [`Pending`]): the operation ran. A claim to release is released by the lease's
+/// own drop.
+struct Unpolled {
+    lease: Lease,
+    record: Option<Completed>,
+    size: usize,
+    started: bool,
+}
+
+impl Drop for Unpolled {
+    fn drop(&mut self) {
+        if self.started {
+            return;
+        }
+        if let Some(record) = self.record.take() {
+            self.lease.done = true;
+            self.lease
+                .detached()
+                .complete_in_background(record, self.size);
         }
     }
 }
@@ -2805,6 +2840,25 @@ mod tests {
         assert!(released.unwrap());
         engine.abandoned_released().await;
         assert_eq!(timings.ops(), ["claim", "release"], "one release, observed");
+    }
+
+    /// The operation ran once its response is handed to `finish`: the future it returns,
+    /// dropped before it was ever polled, still records the response (in the background, as
+    /// one dropped while it records), where the lease it had taken released the key and a
+    /// retry ran the operation again.
+    #[tokio::test(start_paused = true)]
+    async fn a_finish_dropped_before_it_was_polled_still_records() {
+        let (engine, _) = setup();
+        let policy = Policy::DEFAULT;
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        drop(lease.finish(response(201, "ran")));
+        // A response the endpoint does not record releases the key, as before.
+        let lease = execute(&engine, &policy, key(2), fp("a")).await;
+        drop(lease.finish(response(503, "failed")));
+        engine.abandoned_released().await;
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"ran");
+        let again = engine.begin(&policy, key(2), fp("a")).await;
+        assert!(matches!(again, Ok(Begin::Execute(_))), "{again:?}");
     }
 
     /// Polls `run` as far as its first wait, and drops it there, as a cancelled run is.
