@@ -37,8 +37,8 @@ pub enum OnInFlight {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CachePolicy {
-    /// Every final status but 5xx (the default): 1xx, a protocol switch such as a
-    /// WebSocket's, is not an answer to replay either.
+    /// Every final status but 5xx (the default), those past 599 included: 1xx, a protocol
+    /// switch such as a WebSocket's, is not an answer to replay either.
     Non5xx,
     /// 2xx only.
     Success,
@@ -48,7 +48,7 @@ impl CachePolicy {
     /// Whether a response with `status` is recorded.
     pub const fn caches(self, status: u16) -> bool {
         match self {
-            CachePolicy::Non5xx => status >= 200 && status < 500,
+            CachePolicy::Non5xx => status >= 200 && !(status >= 500 && status < 600),
             CachePolicy::Success => status >= 200 && status < 300,
         }
     }
@@ -644,6 +644,14 @@ mod tests {
     /// A protocol switch (101, a WebSocket's handshake) is the start of a connection of
     /// another protocol, not an answer a retry can be given: replayed, it came without its
     /// `Upgrade` and with the frames the server sent as its body.
+    /// The statuses past 599 that actix lets a handler answer (600 to 999, outside HTTP's
+    /// classes) are not 5xx: the operation ran, and released, its key let a retry run it again.
+    #[test]
+    fn statuses_past_5xx_are_recorded_by_default() {
+        assert!(CachePolicy::Non5xx.caches(600) && CachePolicy::Non5xx.caches(999));
+        assert!(!CachePolicy::Success.caches(600));
+    }
+
     #[test]
     fn a_protocol_switch_is_never_recorded() {
         assert!(!CachePolicy::Non5xx.caches(101) && !CachePolicy::Success.caches(101));
