@@ -1161,6 +1161,55 @@ async fn a_transactional_claim_whose_answer_was_lost_opens_its_transaction() {
     );
 }
 
+/// A transactional claim that timed out may still land, once its commit, slow, ends: nobody
+/// would hold it, and the key would answer 409 until its lease lapsed. Its release is tried
+/// again until it finds the claim or the store has twice said nothing is there, as the
+/// engine's is; tried once, as the commit was still under way, it found nothing and the claim
+/// stayed.
+#[actix_web::test]
+async fn a_transactional_claim_that_timed_out_and_landed_later_is_released() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let created = store(&pg, "late_claim").await;
+    let db = pg.inspect().await;
+    // Commits that take a second, as behind a synchronous standby that lags.
+    let table = created.table();
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON {table}
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_slow();"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let store = PostgresStore::builder(pg.url())
+        .table(table)
+        .command_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let t = now();
+    let claimed = store.claim_transaction(key(1), in_flight(t), t).await;
+    assert!(
+        matches!(
+            claimed,
+            Err(StoreError::Timeout | StoreError::Unavailable(_))
+        ),
+        "{:?}",
+        claimed.err()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while rows(&db, &store).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the claim that landed was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `claim` of `key(1)` written into `store`'s table in a transaction left open: a first
 /// request's claim whose commit has not come yet.
 async fn uncommitted_claim(

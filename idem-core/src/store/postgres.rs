@@ -359,6 +359,28 @@ pub struct PostgresStore {
     purge: Option<Arc<Purge>>,
     /// How many of the pool's connections the store's statements and transactions hold.
     in_use: Arc<AtomicU32>,
+    /// How many releases of claims that failed unanswered are under way.
+    unconfirmed: Arc<AtomicU32>,
+}
+
+/// The pause between attempts to release a claim that failed unanswered (see
+/// `PostgresStore::release_unconfirmed`).
+const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
+
+/// The most releases of claims that failed unanswered that one store keeps going at once:
+/// in an outage under load every claim fails, and unbounded they would pile up a task each.
+const MAX_UNCONFIRMED_RELEASES: u32 = 1024;
+
+/// The longest such a release is tried, whatever the claim's lease.
+const MAX_UNCONFIRMED_RELEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// A release of a claim that failed unanswered, counted until it ends.
+struct Unconfirmed(Arc<AtomicU32>);
+
+impl Drop for Unconfirmed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One of the pool's connections held by the store for a statement, counted in the store's
@@ -774,7 +796,8 @@ impl PostgresStore {
     /// # Errors
     /// The store's error. If the claim was written but its transaction could not be opened,
     /// the claim is released first; a claim that failed unanswered (it may have been written
-    /// all the same) is released in the background.
+    /// all the same, or land later) is released in the background, tried again until it is
+    /// released or Postgres has twice said nothing is there.
     pub async fn claim_transaction(
         &self,
         key: StoreKey,
@@ -787,8 +810,7 @@ impl PostgresStore {
                 // The claim may have been written all the same (a statement that timed out,
                 // then ran): nobody would hold it. Its token releases it, if it is there.
                 if let StoreError::Unavailable(_) | StoreError::Timeout = error {
-                    let store = self.clone();
-                    tokio::spawn(async move { store.release(&key, claim.token).await });
+                    self.release_unconfirmed(key, claim.token, claim.lease_until.since(now));
                 }
                 return Err(error);
             }
@@ -802,6 +824,38 @@ impl PostgresStore {
             Claim::Existing(record) => Ok(TransactionalClaim::Existing(record)),
             Claim::Claimed => self.opened(key, claim.token).await,
         }
+    }
+
+    /// Releases, in a task of its own, the claim `token` may hold on `key`: its statement
+    /// failed unanswered, and may still land, later than a release sent after it (a commit
+    /// that waits on a slow disk or a lagging synchronous standby). Tried again every
+    /// [`UNCONFIRMED_RELEASE_PAUSE`] until it releases the claim, Postgres has twice said
+    /// nothing is there, or `for_up_to` (the claim's lease) has passed; at most
+    /// [`MAX_UNCONFIRMED_RELEASES`] at once, past which a claim that landed lapses with its
+    /// lease.
+    fn release_unconfirmed(&self, key: StoreKey, token: Token, for_up_to: Duration) {
+        if self.unconfirmed.fetch_add(1, Ordering::Relaxed) >= MAX_UNCONFIRMED_RELEASES {
+            self.unconfirmed.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let counted = Unconfirmed(Arc::clone(&self.unconfirmed));
+        let store = self.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + for_up_to.min(MAX_UNCONFIRMED_RELEASE);
+            let mut absent = 0;
+            loop {
+                match store.release(&key, token).await {
+                    Ok(true) => break,
+                    Ok(false) => absent += 1,
+                    Err(_) => {}
+                }
+                if absent == 2 || Instant::now() >= until {
+                    break;
+                }
+                tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
+            }
+            drop(counted);
+        });
     }
 
     /// The transaction of the claim `token` holds on `key`, just written; or, if it cannot
@@ -1445,6 +1499,7 @@ impl PostgresStoreBuilder {
                 })
             }),
             in_use: Arc::new(AtomicU32::new(0)),
+            unconfirmed: Arc::new(AtomicU32::new(0)),
         })
     }
 }
