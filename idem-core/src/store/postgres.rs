@@ -1442,7 +1442,8 @@ impl PostgresStoreBuilder {
         ] {
             if timeout.is_zero() {
                 return invalid(format!(
-                    "{setting} must be longer than zero: zero would time every statement out                      (it is no limit to Postgres, not to the store)"
+                    "{setting} must be longer than zero: zero would time every statement out \
+                     (it is no limit to Postgres, not to the store)"
                 ));
             }
         }
