@@ -26,13 +26,13 @@ use crate::record::{Completed, InFlight, Record, Response, Token};
 use crate::store::{Claim, Store, StoreError};
 
 /// How long a release of a claim whose write failed waits before it looks again.
-const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The most releases of claims whose writes failed that one engine keeps going at once. Each
 /// lives up to a lease, calling the store every [`UNCONFIRMED_RELEASE_PAUSE`]: in an outage
 /// under load, every request's claim fails, and unbounded they would pile up one task per
 /// request. Past the bound, a claim that landed all the same lapses with its lease.
-const MAX_UNCONFIRMED_RELEASES: usize = 1024;
+pub(crate) const MAX_UNCONFIRMED_RELEASES: usize = 1024;
 
 /// How often a waiting request looks at the record it waits for.
 const WAIT_POLL: Duration = Duration::from_millis(20);
@@ -471,20 +471,7 @@ impl Engine {
         };
         let releasing = self.parts.releasing.start();
         runtime.spawn(async move {
-            let deadline = deadline_after(lease);
-            let mut absent = 0;
-            loop {
-                match engine.released_once(&key, token).await {
-                    Ok(true) => break,
-                    Ok(false) => absent += 1,
-                    Err(_) => {}
-                }
-                // Done once the store has twice said it is not there: no pause after that.
-                if absent == 2 || tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
-            }
+            released_until_known(|| engine.released_once(&key, token), lease).await;
             drop(counted);
             drop(releasing);
         });
@@ -557,14 +544,38 @@ impl Engine {
     }
 }
 
-/// One of the releases under way that [`Engine::release_unconfirmed`] counts: counted down
-/// when dropped, so that a task a stopping runtime drops (an engine can outlive its runtime)
-/// frees its place too.
-struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+/// Calls `release` (a release of a claim whose write failed, yet may still land) until it
+/// releases the claim, or the store has answered twice, [`UNCONFIRMED_RELEASE_PAUSE`] apart,
+/// that it is not there; for at most `lease`, after which the claim lapses anyway.
+pub(crate) async fn released_until_known<F, R>(mut release: F, lease: Duration)
+where
+    F: FnMut() -> R,
+    R: Future<Output = Result<bool, StoreError>>,
+{
+    let deadline = deadline_after(lease);
+    let mut absent = 0;
+    loop {
+        match release().await {
+            Ok(true) => break,
+            Ok(false) => absent += 1,
+            Err(_) => {}
+        }
+        // Done once the store has twice said it is not there: no pause after that.
+        if absent == 2 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
+    }
+}
+
+/// One of the releases under way that [`Engine::release_unconfirmed`] (or the Postgres
+/// store's own) counts: counted down when dropped, so that a task a stopping runtime drops
+/// (an engine can outlive its runtime) frees its place too.
+pub(crate) struct Counted(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Counted {
     /// One more counted by `count`, unless `most` are already.
-    fn within(count: &Arc<std::sync::atomic::AtomicUsize>, most: usize) -> Option<Self> {
+    pub(crate) fn within(count: &Arc<std::sync::atomic::AtomicUsize>, most: usize) -> Option<Self> {
         let counted = Counted(Arc::clone(count));
         let before = counted.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         (before < most).then_some(counted)

@@ -3,7 +3,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use sqlx::{PgConnection, Postgres, Row};
 use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
 use crate::clock::Timestamp;
 use crate::digest::{Fingerprint, StoreKey};
+use crate::engine::{released_until_known, Counted, MAX_UNCONFIRMED_RELEASES};
 use crate::record::{Completed, InFlight, Record, Response, Token};
 
 /// The table's SQL, for the default schema and table name: shown in [`PostgresStore`]'s docs
@@ -360,27 +361,7 @@ pub struct PostgresStore {
     /// How many of the pool's connections the store's statements and transactions hold.
     in_use: Arc<AtomicU32>,
     /// How many releases of claims that failed unanswered are under way.
-    unconfirmed: Arc<AtomicU32>,
-}
-
-/// The pause between attempts to release a claim that failed unanswered (see
-/// `PostgresStore::release_unconfirmed`).
-const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
-
-/// The most releases of claims that failed unanswered that one store keeps going at once:
-/// in an outage under load every claim fails, and unbounded they would pile up a task each.
-const MAX_UNCONFIRMED_RELEASES: u32 = 1024;
-
-/// The longest such a release is tried, whatever the claim's lease.
-const MAX_UNCONFIRMED_RELEASE: Duration = Duration::from_secs(24 * 3600);
-
-/// A release of a claim that failed unanswered, counted until it ends.
-struct Unconfirmed(Arc<AtomicU32>);
-
-impl Drop for Unconfirmed {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    unconfirmed: Arc<AtomicUsize>,
 }
 
 /// One of the pool's connections held by the store for a statement, counted in the store's
@@ -828,32 +809,17 @@ impl PostgresStore {
 
     /// Releases, in a task of its own, the claim `token` may hold on `key`: its statement
     /// failed unanswered, and may still land, later than a release sent after it (a commit
-    /// that waits on a slow disk or a lagging synchronous standby). Tried again every
-    /// [`UNCONFIRMED_RELEASE_PAUSE`] until it releases the claim, Postgres has twice said
-    /// nothing is there, or `for_up_to` (the claim's lease) has passed; at most
+    /// that waits on a slow disk or a lagging synchronous standby). Tried again as the
+    /// engine's are ([`released_until_known`], for up to the claim's lease); at most
     /// [`MAX_UNCONFIRMED_RELEASES`] at once, past which a claim that landed lapses with its
     /// lease.
     fn release_unconfirmed(&self, key: StoreKey, token: Token, for_up_to: Duration) {
-        if self.unconfirmed.fetch_add(1, Ordering::Relaxed) >= MAX_UNCONFIRMED_RELEASES {
-            self.unconfirmed.fetch_sub(1, Ordering::Relaxed);
+        let Some(counted) = Counted::within(&self.unconfirmed, MAX_UNCONFIRMED_RELEASES) else {
             return;
-        }
-        let counted = Unconfirmed(Arc::clone(&self.unconfirmed));
+        };
         let store = self.clone();
         tokio::spawn(async move {
-            let until = Instant::now() + for_up_to.min(MAX_UNCONFIRMED_RELEASE);
-            let mut absent = 0;
-            loop {
-                match store.release(&key, token).await {
-                    Ok(true) => break,
-                    Ok(false) => absent += 1,
-                    Err(_) => {}
-                }
-                if absent == 2 || Instant::now() >= until {
-                    break;
-                }
-                tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
-            }
+            released_until_known(|| store.release(&key, token), for_up_to).await;
             drop(counted);
         });
     }
@@ -1500,7 +1466,7 @@ impl PostgresStoreBuilder {
                 })
             }),
             in_use: Arc::new(AtomicU32::new(0)),
-            unconfirmed: Arc::new(AtomicU32::new(0)),
+            unconfirmed: Arc::default(),
         })
     }
 }
