@@ -48,7 +48,7 @@ impl CachePolicy {
     /// Whether a response with `status` is recorded.
     pub const fn caches(self, status: u16) -> bool {
         match self {
-            CachePolicy::Non5xx => status >= 200 && !(status >= 500 && status < 600),
+            CachePolicy::Non5xx => !matches!(status, 0..=199 | 500..=599),
             CachePolicy::Success => status >= 200 && status < 300,
         }
     }
@@ -641,9 +641,6 @@ mod tests {
         assert!(!CachePolicy::Success.caches(400) && !CachePolicy::Success.caches(302));
     }
 
-    /// A protocol switch (101, a WebSocket's handshake) is the start of a connection of
-    /// another protocol, not an answer a retry can be given: replayed, it came without its
-    /// `Upgrade` and with the frames the server sent as its body.
     /// The statuses past 599 that actix lets a handler answer (600 to 999, outside HTTP's
     /// classes) are not 5xx: the operation ran, and released, its key let a retry run it again.
     #[test]
@@ -652,6 +649,9 @@ mod tests {
         assert!(!CachePolicy::Success.caches(600));
     }
 
+    /// A protocol switch (101, a WebSocket's handshake) is the start of a connection of
+    /// another protocol, not an answer a retry can be given: replayed, it came without its
+    /// `Upgrade` and with the frames the server sent as its body.
     #[test]
     fn a_protocol_switch_is_never_recorded() {
         assert!(!CachePolicy::Non5xx.caches(101) && !CachePolicy::Success.caches(101));
