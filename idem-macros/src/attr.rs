@@ -411,23 +411,23 @@ fn choice<T: Choice>(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> 
 fn scope(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Scope> {
     let s = string(name, value, "\"api_key\"", errors)?;
     let v = s.value();
-    match scope_word(&v) {
-        Some(word) => Some(word),
-        None => match v.strip_prefix("header:") {
-            Some(h) if is_header_name(h) => Some(Scope::Header(h.to_owned())),
-            Some(_) => {
-                errors.push(s, format!(
-                    "`{v}` does not name a valid header; write \"header:<Name>\", such as \"header:X-Tenant-Id\""
-                ));
-                None
-            }
-            None => {
-                errors.push(s, format!(
-                    "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"principal\", \"global\", \"header:<Name>\", or a function `fn(&HttpRequest) -> Option<String>` named without quotes"
-                ));
-                None
-            }
-        },
+    if let Some(word) = scope_word(&v) {
+        return Some(word);
+    }
+    match v.strip_prefix("header:") {
+        Some(h) if is_header_name(h) => Some(Scope::Header(h.to_owned())),
+        Some(_) => {
+            errors.push(s, format!(
+                "`{v}` does not name a valid header; write \"header:<Name>\", such as \"header:X-Tenant-Id\""
+            ));
+            None
+        }
+        None => {
+            errors.push(s, format!(
+                "unknown scope \"{v}\"; expected \"api_key\", \"basic_auth_user\", \"principal\", \"global\", \"header:<Name>\", or a function `fn(&HttpRequest) -> Option<String>` named without quotes"
+            ));
+            None
+        }
     }
 }
 
