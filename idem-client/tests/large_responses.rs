@@ -4,8 +4,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod common;
+
 use actix_web::web::Bytes;
-use actix_web::{post, web, App, HttpResponse, HttpServer};
+use actix_web::{post, web, HttpResponse};
 use futures_util::stream;
 use idem_actix::idempotent;
 use idem_client::{Client, Error};
@@ -31,21 +33,9 @@ async fn create_streamed_report(runs: web::Data<AtomicU32>) -> HttpResponse {
 
 #[actix_web::test]
 async fn an_answer_over_max_response_stops_with_its_key_and_a_larger_limit_gets_it_replayed() {
-    let runs = web::Data::new(AtomicU32::new(0));
-    let data = runs.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .service(create_report)
-            .service(create_streamed_report)
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let base = format!("http://{}", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
+    let (base, runs, handle) = common::serve(|cfg| {
+        cfg.service(create_report).service(create_streamed_report);
+    });
 
     let small = Client::builder().max_response(1024).build().unwrap();
     let large = Client::builder().build().unwrap();

@@ -3,8 +3,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod common;
+
 use actix_web::http::header::LOCATION;
-use actix_web::{get, post, web, App, HttpResponse, HttpServer};
+use actix_web::{get, post, web, HttpResponse};
 use idem_actix::idempotent;
 use idem_client::Client;
 
@@ -28,21 +30,10 @@ async fn order(id: web::Path<u32>) -> HttpResponse {
 /// replay, so a caller could not tell that its retry created nothing.
 #[actix_web::test]
 async fn a_redirect_is_handed_back_as_the_operations_answer_and_its_replay_is_told() {
-    let runs = web::Data::new(AtomicU32::new(0));
-    let data = runs.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .service(create_order)
-            .service(order)
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let url = format!("http://{}/v1/orders", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
+    let (base, runs, handle) = common::serve(|cfg| {
+        cfg.service(create_order).service(order);
+    });
+    let url = format!("{base}/v1/orders");
 
     let client = Client::builder().build().unwrap();
     let first = client.post(&url).body("order").send().await.unwrap();

@@ -5,7 +5,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use actix_web::{post, web, App, HttpResponse, HttpServer};
+mod common;
+
+use actix_web::{post, web, HttpResponse};
 use idem_actix::idempotent;
 use idem_client::{Client, Error};
 
@@ -18,16 +20,10 @@ async fn create_report(runs: web::Data<AtomicU32>) -> HttpResponse {
 
 #[actix_web::test]
 async fn a_response_too_large_to_keep_is_told_as_an_operation_that_ran() {
-    let runs = web::Data::new(AtomicU32::new(0));
-    let data = runs.clone();
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).service(create_report))
-        .workers(1)
-        .bind("127.0.0.1:0")
-        .unwrap();
-    let url = format!("http://{}/v1/reports", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
+    let (base, runs, handle) = common::serve(|cfg| {
+        cfg.service(create_report);
+    });
+    let url = format!("{base}/v1/reports");
 
     let client = Client::builder().build().unwrap();
     let first = client.post(&url).body("report").send().await.unwrap();

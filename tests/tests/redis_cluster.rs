@@ -549,6 +549,21 @@ async fn on_a_cluster_a_claim_waits_for_the_replicas_of_its_own_primary() {
     assert_eq!(keys, 0, "every claim released");
 }
 
+/// `CONFIG SET requirepass password`: a node that wants `password` from then on.
+fn requirepass(password: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("SET").arg("requirepass").arg(password);
+    cmd
+}
+
+/// `urls`, each with `password`.
+fn with_password(urls: &[String], password: &str) -> Vec<String> {
+    let credentials = format!("redis://:{password}@");
+    urls.iter()
+        .map(|url| url.replace("redis://", &credentials))
+        .collect()
+}
+
 /// Wrong credentials are a fault to fix, on a cluster as on one server: they fail closed even
 /// when failing open, where the cluster client's "no connection" read as an outage and every
 /// keyed request ran unprotected. Nodes that cannot be reached at all still fail open.
@@ -558,21 +573,10 @@ async fn a_cluster_refusing_the_store_s_credentials_fails_closed_even_when_faili
         return;
     };
     for node in 0..TestRedisCluster::MASTERS {
-        cluster.query::<()>(
-            node,
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("requirepass")
-                .arg("secret"),
-        );
+        cluster.query::<()>(node, &mut requirepass("secret"));
     }
     let urls = cluster.urls();
-    let with_password = |password: &str| -> Vec<String> {
-        let credentials = format!("redis://:{password}@");
-        let urls = urls.iter();
-        urls.map(|url| url.replace("redis://", &credentials))
-            .collect()
-    };
+    let with_password = |password: &str| with_password(&urls, password);
     let fp = Fingerprint::new("POST", "/x", "", b"");
     let engine = |urls: Vec<String>| {
         let store = RedisStore::cluster(urls)
@@ -623,25 +627,12 @@ async fn one_seed_refusing_the_store_leaves_an_outage_of_a_master_failing_open()
     let down = keys_on(&cluster, "seeds:", 0, 3);
     // The cluster's nodes take the store's password; the odd seed wants another.
     for node in 0..TestRedisCluster::MASTERS {
-        cluster.query::<()>(
-            node,
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("requirepass")
-                .arg("secret"),
-        );
+        cluster.query::<()>(node, &mut requirepass("secret"));
     }
-    refusing.query::<()>(
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("requirepass")
-            .arg("other"),
-    );
+    refusing.query::<()>(&mut requirepass("other"));
     let mut seeds = cluster.urls();
     seeds.push(refusing.url().to_owned());
-    let seeds = seeds
-        .iter()
-        .map(|url| url.replace("redis://", "redis://:secret@"));
+    let seeds = with_password(&seeds, "secret");
     let store = RedisStore::cluster(seeds)
         .prefix("seeds:")
         .command_timeout(TIMEOUT)

@@ -980,21 +980,27 @@ fn replication_shows(redis: &TestRedis, line: &str) {
     }
 }
 
+/// Two servers of our own, the second a replica of the first, linked and caught up; `None`
+/// (the test should skip) as for [`TestRedis::start_owned`].
+fn primary_and_replica() -> Option<(TestRedis, TestRedis)> {
+    let (primary, replica) = (TestRedis::start_owned()?, TestRedis::start_owned()?);
+    let port = addr_of(&primary).port();
+    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
+    replication_shows(&replica, "master_link_status:up");
+    replication_shows(&primary, "connected_slaves:1");
+    Some((primary, replica))
+}
+
 /// Asked to wait for a replica, a claim is on the replica before its handler may run; a claim
 /// that no replica acknowledged in time is released and answers unavailable (a failover could
 /// have lost it, and a duplicate run beside it), where it ran on the primary's word alone. A
 /// completion that no replica acknowledged is kept, and logged.
 #[actix_web::test]
 async fn claims_wait_for_their_replicas_when_asked_and_one_no_replica_took_is_released() {
-    let (Some(primary), Some(replica)) = (TestRedis::start_owned(), TestRedis::start_owned())
-    else {
+    let Some((primary, replica)) = primary_and_replica() else {
         return;
     };
     let logged = Warnings::installed();
-    let port = addr_of(&primary).port();
-    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
-    replication_shows(&replica, "master_link_status:up");
-    replication_shows(&primary, "connected_slaves:1");
     let store = RedisStore::builder(primary.url())
         .prefix("replicated:")
         .wait_for_replicas(1, Duration::from_millis(200))
@@ -1066,14 +1072,9 @@ async fn claims_wait_for_their_replicas_when_asked_and_one_no_replica_took_is_re
 /// (kept, and logged).
 #[actix_web::test]
 async fn a_run_whose_claim_redis_dropped_is_recorded_even_when_no_replica_acknowledges() {
-    let (Some(primary), Some(replica)) = (TestRedis::start_owned(), TestRedis::start_owned())
-    else {
+    let Some((primary, replica)) = primary_and_replica() else {
         return;
     };
-    let port = addr_of(&primary).port();
-    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
-    replication_shows(&replica, "master_link_status:up");
-    replication_shows(&primary, "connected_slaves:1");
     let store = RedisStore::builder(primary.url())
         .prefix("dropped:")
         .wait_for_replicas(1, Duration::from_millis(200))
@@ -1324,14 +1325,9 @@ fn a_worker_that_blocks_its_thread_holds_up_no_other_worker_s_commands() {
 /// one made by a worker that is now blocked is not lent to another.
 #[test]
 fn a_worker_that_blocks_its_thread_holds_up_no_other_worker_s_replicated_writes() {
-    let (Some(primary), Some(replica)) = (TestRedis::start_owned(), TestRedis::start_owned())
-    else {
+    let Some((primary, _replica)) = primary_and_replica() else {
         return;
     };
-    let port = addr_of(&primary).port();
-    replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
-    replication_shows(&replica, "master_link_status:up");
-    replication_shows(&primary, "connected_slaves:1");
     let timeout = Duration::from_millis(500);
     claims_while_another_thread_is_blocked(
         || {

@@ -370,20 +370,12 @@ async fn a_replay_drops_per_transfer_headers_that_a_record_from_elsewhere_holds(
     else {
         panic!("the first request was recorded")
     };
-    let recorded: Vec<(String, Vec<u8>)> = record
-        .response
-        .headers()
-        .map(|(name, value)| (name.to_owned(), value.to_vec()))
-        .collect();
-    let mut headers: Vec<(&str, &[u8])> = recorded
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_slice()))
-        .collect();
-    headers.extend([
-        ("date", &b"Sat, 01 Jan 2000 00:00:00 GMT"[..]),
+    let stale: [(&str, &[u8]); 2] = [
+        ("date", b"Sat, 01 Jan 2000 00:00:00 GMT"),
         ("keep-alive", b"timeout=5"),
-    ]);
-    record.response = Response::new(201, headers.iter().copied(), &record.response.body());
+    ];
+    let headers = record.response.headers().chain(stale);
+    record.response = Response::new(201, headers, &record.response.body());
 
     // The same record in another process's store.
     let elsewhere = MokaStore::new();

@@ -266,20 +266,15 @@ impl Fixture {
             pids: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
         };
+        // The calls, and a table whose unique constraint is checked at the commit.
         sqlx::raw_sql(&format!(
-            "CREATE TABLE {} (id text PRIMARY KEY)",
+            "CREATE TABLE {0} (id text PRIMARY KEY);
+             CREATE TABLE {0}_deferred (id text UNIQUE DEFERRABLE INITIALLY DEFERRED)",
             calls.table
         ))
         .execute(&db)
         .await
-        .expect("create the calls table");
-        sqlx::raw_sql(&format!(
-            "CREATE TABLE {}_deferred (id text UNIQUE DEFERRABLE INITIALLY DEFERRED)",
-            calls.table
-        ))
-        .execute(&db)
-        .await
-        .expect("create the table of a deferred constraint");
+        .expect("create the calls tables");
         let (url, records) = (pg.url().to_owned(), store.table().to_owned());
         let data = web::Data::new(calls.clone());
         let table = records.clone();
