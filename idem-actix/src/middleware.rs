@@ -30,6 +30,14 @@ use crate::scope::ScopeFunction;
 /// also `#[idempotent]` is not claimed twice: the middleware, being outside, handles the key
 /// and the attribute steps aside.
 ///
+/// With keys per endpoint (`per_endpoint`), the middleware tells an endpoint by the request's
+/// method and path (`POST /v1/items/42`), where the attribute tells it by its route's
+/// pattern (`POST /v1/items/{id}`): around an app or a scope it runs before the request is
+/// routed, when the pattern that will route it is not known yet (actix's
+/// [`match_pattern`](HttpRequest::match_pattern) is then the first that fits the path,
+/// whatever its method). So a key reused on another path is another operation there, not a
+/// mismatch.
+///
 /// ```
 /// use std::time::Duration;
 /// use actix_web::{test, web, App, HttpResponse};

@@ -160,7 +160,9 @@ pub struct Policy {
     pub on_in_flight: OnInFlight,
     /// Which responses are recorded.
     pub cache: CachePolicy,
-    /// Whether keys are per endpoint (method and route) rather than per scope.
+    /// Whether keys are per endpoint (method and route) rather than per scope. The
+    /// attribute's route is the pattern it is routed by; the `Idempotency` middleware's is the
+    /// request's path, as it may run before the request is routed.
     pub per_endpoint: bool,
     /// How long a claim holds without being extended; a running handler extends it.
     pub lease: Duration,

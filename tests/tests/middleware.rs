@@ -473,3 +473,42 @@ async fn both_forms_answer_every_step_alike() {
     let differences = differences().await;
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// A middleware around a scope runs before the scope routes the request, where actix's
+/// `match_pattern` is the first pattern that fits the path, whatever its method: here
+/// `GET /v1/items/{id}` for `POST /v1/items/search`, the pattern of `POST /v1/items/42` too.
+/// With keys per endpoint, the two endpoints shared one store key, and the second got 409 (or,
+/// answering mismatches with the first's answer, the other endpoint's response). The
+/// middleware tells an endpoint by its method and path.
+#[actix_web::test]
+async fn a_middleware_s_keys_per_endpoint_are_not_shared_by_endpoints_one_pattern_fits() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new().with_overrides(|o| o.per_endpoint(true)))
+                    .route("/items/{id}", web::get().to(plain))
+                    .route("/items/search", web::post().to(plain))
+                    .route("/items/{id}", web::post().to(plain)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let post = |path: &str| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "k")
+            .body("a")
+    };
+    let update = a.send(post("/v1/items/42")).await;
+    assert_eq!((update.status, update.replayed()), (201, false));
+    let search = a.send(post("/v1/items/search")).await;
+    assert_eq!((search.status, search.replayed()), (201, false));
+    assert!(a.send(post("/v1/items/search")).await.replayed());
+    assert!(a.send(post("/v1/items/42")).await.replayed());
+    // Another path is another endpoint to the middleware, which cannot see the pattern the
+    // app will route it by.
+    let other = a.send(post("/v1/items/43")).await;
+    assert_eq!((other.status, other.replayed()), (201, false));
+    assert_eq!(a.probe.runs.get(), 3);
+}

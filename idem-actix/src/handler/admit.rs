@@ -178,7 +178,7 @@ pub(crate) async fn admit(
     let (key, store_key, json) = match (from_header, origin) {
         (Some((key, store_key)), _) => (key, store_key, None),
         (None, Some(origin)) => match body_key(origin, &functions, &policy, &req, read) {
-            Ok((key, json)) => match store_key(&req, &policy, &functions, &key) {
+            Ok((key, json)) => match store_key(endpoint, &req, &policy, &functions, &key) {
                 Ok(store_key) => (key, store_key, json),
                 Err(e) => return reject(req, &policy, &config, &request_id, e),
             },
@@ -255,7 +255,7 @@ fn header_key(
             return Err(Some(refusal(policy, config, &request_id, error)));
         }
     };
-    match store_key(req, policy, functions, &key) {
+    match store_key(endpoint, req, policy, functions, &key) {
         Ok(store_key) => Ok((key, store_key, request_id)),
         Err(e) => Err(Some(refusal(policy, config, &request_id, e))),
     }
@@ -333,8 +333,9 @@ fn keyed(
     })
 }
 
-/// The store key of `key`, in the request's scope.
+/// The store key of `key`, in the request's scope (and route, where keys are per endpoint).
 fn store_key(
+    endpoint: &Endpoint,
     req: &HttpRequest,
     policy: &Policy,
     functions: &Functions,
@@ -349,7 +350,7 @@ fn store_key(
     }
     let scope = crate::scope::resolve(req, policy.scope, functions.scope)?;
     let route = policy.per_endpoint.then(|| {
-        let pattern = req.match_pattern();
+        let pattern = (!endpoint.by_path).then(|| req.match_pattern()).flatten();
         format!(
             "{} {}",
             req.method(),

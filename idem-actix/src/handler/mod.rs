@@ -49,6 +49,12 @@ pub struct Endpoint {
     checked: AtomicBool,
     /// Whether it was warned that an outer middleware's settings replace its own.
     overruled: AtomicBool,
+    /// Whether its requests' route, where keys are per endpoint, is their method and path
+    /// rather than their method and route pattern: the middleware's, which may run before
+    /// the app routes a request. actix's `match_pattern` then gives the first pattern that
+    /// fits the path, whatever its method or guards (`GET /items/{id}` for
+    /// `POST /items/search`), so that two endpoints would share keys.
+    by_path: bool,
 }
 
 impl Endpoint {
@@ -59,18 +65,22 @@ impl Endpoint {
             header: OnceLock::new(),
             checked: AtomicBool::new(false),
             overruled: AtomicBool::new(false),
+            by_path: false,
         }
     }
 
-    /// An endpoint with `overrides`, checked and its key header parsed now: for overrides
-    /// set at run time.
+    /// An endpoint with `overrides`, checked and its key header parsed now, whose route is
+    /// its requests' path: the middleware's.
     ///
     /// # Errors
     /// The [`PolicyError`] of a setting the overrides give that no application's defaults
     /// could make right ([`Overrides::check`]).
     pub(crate) fn parsed(overrides: Overrides) -> Result<Self, PolicyError> {
         overrides.check()?;
-        let endpoint = Self::new(overrides);
+        let endpoint = Self {
+            by_path: true,
+            ..Self::new(overrides)
+        };
         if let Some(name) = overrides.header {
             let _ = endpoint.header.set(Some(parse_header(name)?));
         }
