@@ -23,8 +23,10 @@ use crate::scope::ScopeFunction;
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
 /// `#[idempotent]`.
 ///
-/// It applies to `POST`, `PATCH`, `PUT` and `DELETE` by default; a key on any other method
-/// (`GET`, `HEAD`, `OPTIONS`) is ignored. Settings come from the app's
+/// By default it honours keys on every method but the safe ones, `GET`, `HEAD`, `OPTIONS` and
+/// `TRACE`, on which a key is ignored: `POST`, `PUT`, `PATCH`, `DELETE`, and extension methods
+/// an app routes (`PURGE`, WebDAV's `LOCK`), whose effects are the app's.
+/// [`with_methods`](Idempotency::with_methods) names the methods instead. Settings come from the app's
 /// [`IdempotencyConfig`](crate::IdempotencyConfig) (or the built-in defaults), and
 /// [`Idempotency::with_overrides`] overrides them for what this middleware wraps. A handler that is
 /// also `#[idempotent]` is not claimed twice: the middleware, being outside, handles the key
@@ -68,7 +70,26 @@ use crate::scope::ScopeFunction;
 pub struct Idempotency {
     overrides: Overrides,
     functions: Functions,
-    methods: Rc<[Method]>,
+    methods: Methods,
+}
+
+/// The methods whose keys a middleware honours.
+#[derive(Clone, Debug)]
+enum Methods {
+    /// Every method but the safe ones (`GET`, `HEAD`, `OPTIONS`, `TRACE`), which change
+    /// nothing.
+    Unsafe,
+    /// These.
+    Only(Rc<[Method]>),
+}
+
+impl Methods {
+    fn honours(&self, method: &Method) -> bool {
+        match self {
+            Methods::Unsafe => !method.is_safe(),
+            Methods::Only(methods) => methods.contains(method),
+        }
+    }
 }
 
 /// What each worker's service shares.
@@ -76,16 +97,17 @@ pub struct Idempotency {
 struct Inner {
     endpoint: Endpoint,
     functions: Functions,
-    methods: Rc<[Method]>,
+    methods: Methods,
 }
 
 impl Idempotency {
-    /// The middleware for `POST`, `PATCH`, `PUT` and `DELETE`, with the app's settings.
+    /// The middleware for every method but `GET`, `HEAD`, `OPTIONS` and `TRACE`, with the
+    /// app's settings.
     pub fn new() -> Self {
         Self {
             overrides: Overrides::NONE,
             functions: Functions::NONE,
-            methods: Rc::new([Method::POST, Method::PATCH, Method::PUT, Method::DELETE]),
+            methods: Methods::Unsafe,
         }
     }
 
@@ -93,7 +115,7 @@ impl Idempotency {
     /// would honour no key, and makes the app fail to start, as a refused
     /// [`with_overrides`](Idempotency::with_overrides) setting does.
     pub fn with_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = methods.into_iter().collect();
+        self.methods = Methods::Only(methods.into_iter().collect());
         self
     }
 
@@ -185,7 +207,7 @@ where
     /// the app fails to build, instead of serving requests under settings that were only
     /// logged as wrong.
     fn new_transform(&self, service: S) -> Self::Future {
-        if self.methods.is_empty() {
+        if matches!(&self.methods, Methods::Only(methods) if methods.is_empty()) {
             tracing::error!(
                 "the Idempotency middleware cannot start: with_methods names no method, so it \
                  would honour no key and protect nothing; name the methods whose keys it honours, \
@@ -210,7 +232,7 @@ where
             inner: Rc::new(Inner {
                 endpoint,
                 functions: self.functions,
-                methods: Rc::clone(&self.methods),
+                methods: self.methods.clone(),
             }),
         }))
     }
@@ -256,7 +278,7 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
-        let skipped = !self.inner.methods.contains(req.method());
+        let skipped = !self.inner.methods.honours(req.method());
         // A key on a method the layer leaves alone is ignored: the request is served, keyless.
         if skipped {
             let (endpoint, config) = (&self.inner.endpoint, IdempotencyConfig::of(req.request()));

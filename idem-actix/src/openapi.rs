@@ -91,7 +91,7 @@ use utoipa::openapi::{
 use crate::IdempotencyConfig;
 
 /// The methods whose keys the [`Idempotency`](crate::Idempotency) middleware honours by
-/// default.
+/// default, of those an OpenAPI document names (every one but the safe ones).
 const MIDDLEWARE_METHODS: [HttpMethod; 4] = [
     HttpMethod::Post,
     HttpMethod::Put,
@@ -233,7 +233,8 @@ impl Contract {
     }
 
     /// Declares idempotent the operations an [`Idempotency`](crate::Idempotency) middleware
-    /// with its default methods wraps: every `POST`, `PUT`, `PATCH` and `DELETE` whose path
+    /// with its default methods wraps (of those an OpenAPI document has: an extension method
+    /// has no place in it): every `POST`, `PUT`, `PATCH` and `DELETE` whose path
     /// lies under `prefix` by whole segments, as a `web::scope(prefix)` the middleware wraps
     /// matches them (`"/v1"` covers `/v1` and `/v1/calls`, not `/v1beta/calls`; `""` covers
     /// the whole document; a prefix ending in `/`, `"/"` included, covers every path that

@@ -255,6 +255,36 @@ async fn the_middleware_ignores_keys_on_reading_methods_and_honours_its_methods(
     assert_eq!(a.probe.runs.get(), 5);
 }
 
+/// By default the middleware honours keys on every method but the safe ones (`GET`, `HEAD`,
+/// `OPTIONS`, `TRACE`), which change nothing: an extension method (`PURGE`, WebDAV's `LOCK`)
+/// has side effects the app gives it, and its retries ran again when only `POST`, `PUT`,
+/// `PATCH` and `DELETE` were honoured.
+#[actix_web::test]
+async fn the_middleware_honours_keys_on_extension_methods_by_default() {
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let a = app(
+        move |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .route("/cache", web::route().method(purge.clone()).to(plain))
+                    .route("/cache", web::route().method(Method::TRACE).to(plain)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let send = |method| {
+        RawRequest::new(method, "/v1/cache")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "k")
+    };
+    assert!(!a.send(send("PURGE")).await.replayed());
+    assert!(a.send(send("PURGE")).await.replayed());
+    assert!(!a.send(send("TRACE")).await.replayed());
+    assert!(!a.send(send("TRACE")).await.replayed());
+    assert_eq!(a.probe.runs.get(), 3);
+}
+
 #[idempotent(ttl = "24h")]
 async fn long_lived(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
     work(&probe, &req, &body).await
