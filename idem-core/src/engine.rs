@@ -21,7 +21,9 @@ use futures_util::future::{select, Either};
 use crate::clock::{Clock, MonotonicClock, SystemClock, Timestamp, FARTHEST};
 use crate::digest::{Fingerprint, StoreKey};
 use crate::error::IdempotencyError;
-use crate::policy::{CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy};
+use crate::policy::{
+    keeps_records, CachePolicy, OnInFlight, OnMismatch, OnStoreError, Policy, PolicyError,
+};
 use crate::record::{Completed, InFlight, Record, Response, Token};
 use crate::store::{Claim, Store, StoreError};
 
@@ -59,6 +61,9 @@ struct Parts {
     /// Of those, the releases of claims whose writes failed (see
     /// [`MAX_UNCONFIRMED_RELEASES`]).
     unconfirmed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Why the store can keep no record, if it cannot (see [`keeps_records`]): it is then
+    /// claimed nothing in, as no operation run on it could be recorded.
+    keeps_none: Option<PolicyError>,
 }
 
 /// A count of work under way, and a wake-up for whoever waits for none.
@@ -170,6 +175,7 @@ impl Engine {
         };
         Self {
             parts: Arc::new(Parts {
+                keeps_none: keeps_records(&*store).err(),
                 store,
                 clock,
                 observer: None,
@@ -298,13 +304,17 @@ impl Engine {
     ///
     /// # Errors
     /// [`IdempotencyError::InFlight`], [`IdempotencyError::Mismatch`], or
-    /// [`IdempotencyError::StoreUnavailable`] when the store fails and the endpoint fails closed.
+    /// [`IdempotencyError::StoreUnavailable`] when the store fails and the endpoint fails closed;
+    /// [`IdempotencyError::Misconfigured`] with [`PolicyError::StoreTooSmall`], before any
+    /// claim, when the store cannot keep even a record without its response
+    /// ([`Policy::check`] refuses such a store).
     pub async fn begin(
         &self,
         policy: &Policy,
         key: StoreKey,
         fingerprint: Fingerprint,
     ) -> Result<Begin, IdempotencyError> {
+        self.keeps_records()?;
         let deadline = match policy.on_in_flight {
             OnInFlight::Wait(bound) => Some(deadline_after(bound)),
             OnInFlight::Conflict => None,
@@ -385,6 +395,15 @@ impl Engine {
         }
     }
 
+    /// Refuses a claim on a store that can keep no record: the operation would run, and its
+    /// retries run again.
+    fn keeps_records(&self) -> Result<(), IdempotencyError> {
+        match &self.parts.keeps_none {
+            Some(e) => Err(IdempotencyError::Misconfigured(e.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// [`begin`](Self::begin), answered in the call when the store answers claims in the call
     /// (see [`Store::claim_now`]) and the endpoint does not wait for running requests: no
     /// future, so nothing for a caller to box or to run as a task. `None` otherwise: nothing
@@ -397,6 +416,9 @@ impl Engine {
     ) -> Option<Result<Begin, IdempotencyError>> {
         if let OnInFlight::Wait(_) = policy.on_in_flight {
             return None;
+        }
+        if let Err(e) = self.keeps_records() {
+            return Some(Err(e));
         }
         let (now, claim) = self.new_claim(policy, fingerprint);
         let started = self.op_started();
@@ -1391,6 +1413,30 @@ mod tests {
         let headers: Vec<_> = replayed.response.headers().collect();
         assert_eq!(headers, [("location", &b"/v1/calls/1"[..])]);
         assert_eq!(&replayed.response.body()[..], b"call_1");
+    }
+
+    /// A store that can keep no record (not even one without its response) is claimed
+    /// nothing in: the operation would run, its completion fail for a lease, and a retry run it
+    /// again. Both ways of beginning refuse, and nothing is written.
+    #[tokio::test]
+    async fn a_store_that_keeps_no_record_is_claimed_nothing_in() {
+        let store = Arc::new(MokaStore::builder().max_bytes(200).build());
+        let engine = Engine::from_arc(Arc::clone(&store) as Arc<dyn Store>);
+        let policy = Policy::DEFAULT;
+        let too_small = |result: Result<Begin, IdempotencyError>| {
+            matches!(
+                result,
+                Err(IdempotencyError::Misconfigured(
+                    PolicyError::StoreTooSmall { .. }
+                ))
+            )
+        };
+        assert!(too_small(engine.begin(&policy, key(1), fp("a")).await));
+        let now = engine.begin_now(&policy, key(1), fp("a"));
+        assert!(too_small(now.expect("answered in the call")));
+        assert_eq!(store.get(&key(1), START).await.unwrap(), None);
+        let roomy = Engine::new(MokaStore::builder().max_bytes(4096).build());
+        let _claimed = execute(&roomy, &policy, key(1), fp("a")).await;
     }
 
     #[tokio::test]

@@ -41,8 +41,8 @@ pub mod codes {
     /// idempotency layer serves the handler; the server's log names the request. Nothing ran.
     pub const LAYER_MISSING: &str = "idempotency_layer_missing";
     /// 500: the endpoint's settings, with the application's defaults they override, break a
-    /// rule that keeps its promise (its keys' scope is read from the key's own header); the
-    /// server's log says which. Nothing ran.
+    /// rule that keeps its promise (its keys' scope is read from the key's own header), or the
+    /// store can keep no record at all; the server's log says which. Nothing ran.
     pub const MISCONFIGURED: &str = "idempotency_misconfigured";
 }
 
@@ -166,8 +166,8 @@ pub enum IdempotencyError {
     #[error("this endpoint cannot take its idempotency key, a fault of the server's; report it with the request id")]
     LayerMissing,
     /// The endpoint's settings, with the application's defaults they override, break a rule
-    /// that keeps its promise (see [`codes::MISCONFIGURED`]): known only once both are, at
-    /// a request. Nothing ran.
+    /// that keeps its promise, or the store can keep no record (see
+    /// [`codes::MISCONFIGURED`]): known only once both are, at a request. Nothing ran.
     ///
     /// As for [`TransactionUnavailable`](Self::TransactionUnavailable), the client is not told
     /// why (the [`PolicyError`] is for the server's log).

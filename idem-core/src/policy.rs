@@ -269,17 +269,11 @@ impl Policy {
     /// replay.
     pub fn check(&self, store: &dyn Store) -> Result<(), PolicyError> {
         self.check_settings()?;
-        // What the engine writes when it keeps no response: the least any record holds.
-        let smallest = Response::omitted(0, 0).held_bytes();
+        keeps_records(store)?;
         // A response of `max_response` bytes (its headers' framing counted in them) holds them
         // and 8 bytes besides: status, body offset and header count.
         let framing = Response::new(0, [], b"").held_bytes();
         match store.max_record_bytes() {
-            Some(store_max) if store_max < smallest => Err(PolicyError::StoreTooSmall {
-                store_max,
-                smallest,
-                moka_min_bytes: RECORD_OVERHEAD + smallest,
-            }),
             Some(store_max) if self.max_response.saturating_add(framing) > store_max => {
                 Err(PolicyError::ResponseLargerThanStore {
                     max_response: self.max_response,
@@ -288,6 +282,23 @@ impl Policy {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Checks that `store` keeps records at all: one without its response (what the engine
+/// writes for a request whose response it cannot keep) is the least any record holds.
+///
+/// # Errors
+/// [`PolicyError::StoreTooSmall`].
+pub(crate) fn keeps_records(store: &dyn Store) -> Result<(), PolicyError> {
+    let smallest = Response::omitted(0, 0).held_bytes();
+    match store.max_record_bytes() {
+        Some(store_max) if store_max < smallest => Err(PolicyError::StoreTooSmall {
+            store_max,
+            smallest,
+            moka_min_bytes: RECORD_OVERHEAD + smallest,
+        }),
+        _ => Ok(()),
     }
 }
 

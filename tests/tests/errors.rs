@@ -86,6 +86,24 @@ async fn an_unreachable_store_fails_closed_with_503() {
     assert_eq!(plain.status, 201);
 }
 
+/// A store too small to keep even a record without its response (refused by
+/// `with_defaults`, but taken by `IdempotencyConfig::new` alone) could never record a
+/// request: the first one ran and then held its client while the completion was tried for a
+/// lease, its retries got 409 meanwhile, and after the lease the operation ran again. A keyed
+/// request is refused with 500 `idempotency_misconfigured` before anything is claimed or run.
+#[actix_web::test]
+async fn a_store_too_small_for_any_record_refuses_keyed_requests_and_runs_nothing() {
+    let tiny = MokaStore::builder().max_bytes(200).build();
+    let (server, runs) = down_app(IdempotencyConfig::new(tiny));
+    for _ in 0..2 {
+        let res = keyed("/default-format", "k").send(server.addr).await;
+        assert_error(&res, 500, "idempotency_misconfigured");
+    }
+    assert_eq!(runs.get(), 0);
+    let plain = RawRequest::post("/default-format").send(server.addr).await;
+    assert_eq!(plain.status, 201);
+}
+
 #[actix_web::test]
 async fn fail_open_runs_the_handler_unprotected() {
     let (server, runs) = down_app(IdempotencyConfig::new(UnavailableStore));
