@@ -995,25 +995,28 @@ fn scope_in_words(scope: Scope) -> String {
     }
 }
 
-/// `24 hours`, `90 minutes` becomes `1 hour and 30 minutes`, `7 days`, `500 milliseconds`.
+/// `24 hours`, `90 minutes` becomes `1 hour and 30 minutes`, `7 days`, `500 milliseconds`,
+/// `1 second and 500 milliseconds`: to the millisecond, as the attribute takes durations.
 fn duration_in_words(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    if secs == 0 {
-        let millis = duration.as_millis();
-        return plural(u64::try_from(millis).unwrap_or(u64::MAX), "millisecond");
-    }
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     // Days only from two of them: "24 hours" is how retention is usually said.
-    let units: &[(u64, &str)] = if secs >= 2 * 86_400 {
+    let units: &[(u64, &str)] = if millis >= 2 * 86_400_000 {
         &[
-            (86_400, "day"),
-            (3_600, "hour"),
-            (60, "minute"),
-            (1, "second"),
+            (86_400_000, "day"),
+            (3_600_000, "hour"),
+            (60_000, "minute"),
+            (1_000, "second"),
+            (1, "millisecond"),
         ]
     } else {
-        &[(3_600, "hour"), (60, "minute"), (1, "second")]
+        &[
+            (3_600_000, "hour"),
+            (60_000, "minute"),
+            (1_000, "second"),
+            (1, "millisecond"),
+        ]
     };
-    let mut rest = secs;
+    let mut rest = millis;
     let mut parts = Vec::new();
     for &(size, unit) in units {
         if rest >= size {
@@ -1022,6 +1025,7 @@ fn duration_in_words(duration: Duration) -> String {
         }
     }
     match parts.len() {
+        0 => plural(0, "millisecond"),
         1 => parts.remove(0),
         _ => {
             let last = parts.pop().unwrap_or_default();
@@ -1044,7 +1048,11 @@ fn extension(policy: &Policy) -> serde_json::Value {
         "header": policy.header,
         "required": policy.required,
         "key_max_length": policy.key_max_len,
-        "retention_seconds": policy.ttl.as_secs(),
+        // Whole seconds as an integer, as a TTL usually is; part of one as a fraction.
+        "retention_seconds": match policy.ttl.subsec_nanos() {
+            0 => json!(policy.ttl.as_secs()),
+            _ => json!(policy.ttl.as_secs_f64()),
+        },
         "records": match policy.cache {
             CachePolicy::Success => "2xx",
             _ => "non_5xx",
@@ -1610,6 +1618,27 @@ mod tests {
             duration_in_words(Duration::from_millis(500)),
             "500 milliseconds"
         );
+        // The attribute takes a TTL or a wait in milliseconds: none of it goes unsaid.
+        assert_eq!(
+            duration_in_words(Duration::from_millis(1500)),
+            "1 second and 500 milliseconds"
+        );
+        assert_eq!(
+            duration_in_words(Duration::from_millis(3_600_001)),
+            "1 hour and 1 millisecond"
+        );
+    }
+
+    /// A retention of part of a second is said as it is, where it was cut to whole seconds
+    /// (0 for a TTL of 500 ms, 1 for 1.5 s).
+    #[test]
+    fn a_retention_of_part_of_a_second_is_said_whole() {
+        let retention = |ttl| {
+            extension(&Policy::DEFAULT.ttl(Duration::from_millis(ttl)))["retention_seconds"].clone()
+        };
+        assert_eq!(retention(500), json!(0.5));
+        assert_eq!(retention(1500), json!(1.5));
+        assert_eq!(retention(86_400_000), json!(86_400));
     }
 
     #[test]
