@@ -47,8 +47,9 @@
 //! - No key: the handler runs as if it were not annotated (unless `required`).
 //! - A malformed key, or no credentials to scope it by: 400 with a stable error code.
 //! - A new key: the key is claimed, the handler runs detached from the connection (a client
-//!   that disconnects cancels nothing), and its response is recorded, unless it is a 5xx (or a
-//!   non-2xx under `cache = "2xx"`), which releases the key so that a retry runs again.
+//!   that disconnects cancels nothing), and its response is recorded, unless it is a 1xx or a
+//!   5xx (or a non-2xx under `cache = "2xx"`), which releases the key so that a retry runs
+//!   again.
 //! - The same key and request again: the recorded response is replayed.
 //! - The same key while the first runs: 409 `idempotency_conflict` with `Retry-After`.
 //! - The same key with a different request: 409 (or 422, or a replay, as configured).
