@@ -35,11 +35,13 @@ impl Backoff {
     }
 }
 
-/// `Retry-After` as a wait from `now`: delta-seconds, or an HTTP-date (a date already past
-/// is no wait). `None` when the value is neither.
+/// `Retry-After` as a wait from `now`: delta-seconds (more than a `u64` counts are the
+/// longest wait it does), or an HTTP-date (a date already past is no wait). `None` when the
+/// value is neither.
 pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
@@ -118,5 +120,17 @@ mod tests {
         for bad in ["", "-1", "1.5", "soon", "Wed, 21 Oct 2015"] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
+    }
+
+    /// Delta-seconds past what a `u64` holds is a wait longer than any limit, as `u64::MAX`
+    /// seconds is; it read as no `Retry-After` at all, so a larger wait asked for a sooner retry.
+    #[test]
+    fn a_retry_after_too_long_to_count_is_the_longest_wait() {
+        let now = SystemTime::UNIX_EPOCH;
+        let longest = Some(Duration::from_secs(u64::MAX));
+        assert_eq!(parse_retry_after("18446744073709551615", now), longest);
+        assert_eq!(parse_retry_after("18446744073709551616", now), longest);
+        assert_eq!(parse_retry_after(&"9".repeat(100), now), longest);
+        assert_eq!(parse_retry_after("0018", now), Some(Duration::from_secs(18)));
     }
 }
