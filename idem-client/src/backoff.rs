@@ -131,6 +131,9 @@ mod tests {
         assert_eq!(parse_retry_after("18446744073709551615", now), longest);
         assert_eq!(parse_retry_after("18446744073709551616", now), longest);
         assert_eq!(parse_retry_after(&"9".repeat(100), now), longest);
-        assert_eq!(parse_retry_after("0018", now), Some(Duration::from_secs(18)));
+        assert_eq!(
+            parse_retry_after("0018", now),
+            Some(Duration::from_secs(18))
+        );
     }
 }

@@ -164,8 +164,9 @@ impl ClientBuilder {
     }
 
     /// Sends through this reqwest client (with its TLS, proxies, pool and default headers)
-    /// instead of one the builder makes. Its own timeout, if it has one, applies besides
-    /// [`timeout`](Self::timeout). Build it with
+    /// instead of one the builder makes. Each attempt's [`timeout`](Self::timeout) replaces
+    /// its total timeout (reqwest's `ClientBuilder::timeout`); its `connect_timeout` and
+    /// `read_timeout` still apply. Build it with
     /// `.redirect(reqwest::redirect::Policy::none())`, as the builder's own client is: one
     /// that follows redirects hands back the answer of the request redirected to, which is
     /// never a replay, instead of the operation's.

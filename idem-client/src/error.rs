@@ -126,6 +126,18 @@ pub enum Error {
     /// The request failed in a way no retry mends (such as a URL reqwest cannot send to).
     #[error("cannot send the request: {0}")]
     Transport(#[source] reqwest::Error),
+    /// A redirect that the [`http_client`](crate::ClientBuilder::http_client) given follows
+    /// went wrong (a loop, or too many): the request was sent, and the operation may have run.
+    /// Send it again with the same key through a client that does not follow redirects to get
+    /// its answer, not under a new key, which would run it again.
+    #[error("a redirect followed after the operation with idempotency key {key} was sent went wrong ({source}); the operation may have run: send it again with the same key through a client that follows no redirects to get its answer")]
+    Redirect {
+        /// The key.
+        key: String,
+        /// What reqwest reported.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The response body is not the JSON asked for.
     #[error("the response body is not the JSON expected: {0}")]
     Decode(#[source] serde_json::Error),
@@ -140,6 +152,7 @@ impl Error {
             | Self::ResponseNotKept { key, .. }
             | Self::Refused { key, .. }
             | Self::ResponseTooLarge { key, .. }
+            | Self::Redirect { key, .. }
             | Self::GaveUp { key, .. } => Some(key),
             _ => None,
         }

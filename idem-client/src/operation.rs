@@ -151,6 +151,8 @@ impl<'c> Operation<'c> {
     ///   for the server to record (an application's 5xx, never recorded, leaves it to run
     ///   again), and sending it again with [`Error::key`] tells its outcome.
     /// - [`Error::Transport`]: reqwest cannot send this request at all.
+    /// - [`Error::Redirect`]: a redirect that a caller's own reqwest client followed went
+    ///   wrong after the request was sent; the operation may have run; not retried.
     ///
     /// Any other answer, the application's 4xx and 5xx among them, is a [`Response`].
     pub async fn send(self) -> Result<Response, Error> {
@@ -216,7 +218,7 @@ impl Attempt<'_> {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return transport(e),
+            Err(e) => return transport(e, self.key),
         };
         let status = response.status();
         let headers = response.headers().clone();
@@ -227,7 +229,7 @@ impl Attempt<'_> {
         let body = match read_body(response, limit).await {
             Ok(Some(body)) => body,
             Ok(None) => return Verdict::Stop(Error::ResponseTooLarge { key, status, limit }),
-            Err(e) => return transport(e),
+            Err(e) => return transport(e, &key),
         };
         match classify(status, &headers, &body, SystemTime::now()) {
             Class::Answer => Verdict::Done(Response {
@@ -284,9 +286,14 @@ async fn read_body(
 }
 
 /// A request that failed without an answer: retried, unless reqwest refused it before
-/// sending (a URL it cannot send to) or a redirect went wrong, which no retry mends.
-fn transport(error: reqwest::Error) -> Verdict<Response> {
-    if error.is_builder() || error.is_redirect() {
+/// sending (a URL it cannot send to) or a redirect went wrong, which no retry mends (after
+/// the request was sent: the error keeps its key).
+fn transport(error: reqwest::Error, key: &str) -> Verdict<Response> {
+    if error.is_redirect() {
+        let key = key.to_owned();
+        return Verdict::Stop(Error::Redirect { key, source: error });
+    }
+    if error.is_builder() {
         return Verdict::Stop(Error::Transport(error));
     }
     Verdict::Retry {

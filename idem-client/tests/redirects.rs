@@ -53,3 +53,38 @@ async fn a_redirect_is_handed_back_as_the_operations_answer_and_its_replay_is_to
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     handle.stop(true).await;
 }
+
+#[post("/v1/loop")]
+#[idempotent(scope = "global")]
+async fn loops(runs: web::Data<AtomicU32>) -> HttpResponse {
+    runs.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::TemporaryRedirect()
+        .insert_header((LOCATION, "/v1/loop"))
+        .finish()
+}
+
+/// A caller's own reqwest client that follows redirects (against `http_client`'s advice) and
+/// meets a loop has sent the operation, which ran: the error carries its key, where it was a
+/// `Transport` error ("cannot send the request") without one, and a caller that sent the
+/// operation again under a new key ran it twice.
+#[actix_web::test]
+async fn a_redirect_that_went_wrong_after_the_operation_ran_keeps_its_key() {
+    let (base, runs, handle) = common::serve(|cfg| {
+        cfg.service(loops);
+    });
+    let following = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .unwrap();
+    let client = Client::builder().http_client(following).build().unwrap();
+    let err = client
+        .post(format!("{base}/v1/loop"))
+        .idempotency_key("order-7")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(runs.load(Ordering::SeqCst) >= 1);
+    assert_eq!(err.key(), Some("order-7"), "{err}");
+    assert!(err.to_string().contains("may have run"), "{err}");
+    handle.stop(true).await;
+}
