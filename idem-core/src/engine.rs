@@ -915,24 +915,21 @@ impl Lease {
     pub fn finish(self, response: Response) -> impl Future<Output = Result<Outcome, StoreError>> {
         let size = response.size();
         let record = self.completion(response);
-        // Dropped before its first poll, the future still records (see `Unpolled`).
-        let mut unpolled = Unpolled {
+        // Dropped before the store has taken the record (its run cancelled: a drain that ran
+        // out of time cancels the runs whose clients went away), even before its first poll,
+        // the completion goes on in the background: the operation ran, and only its record is
+        // left to write (see `Completing`).
+        let mut completing = Completing {
             lease: self,
             record,
             size,
-            started: false,
+            armed: true,
         };
         async move {
-            unpolled.started = true;
-            let Unpolled {
-                lease: this,
-                record,
-                size,
-                ..
-            } = &mut unpolled;
-            let Some(record) = record.as_mut() else {
+            let Some(record) = completing.record.as_mut() else {
                 // Released on drop until the store has answered: a run cancelled meanwhile
                 // (a drain that ran out of time) leaves no claim in flight.
+                let this = &mut completing.lease;
                 let released = this.released().await;
                 this.done = true;
                 return Ok(match released? {
@@ -945,19 +942,12 @@ impl Lease {
                     },
                 });
             };
-            this.done = true;
-            // Dropped before the store has answered (its run cancelled: a drain that ran out
-            // of time cancels the runs whose clients went away), the completion goes on in
-            // the background: the operation ran, and only its record is left to write.
-            let size = *size;
-            let mut pending = Pending {
-                lease: this,
-                size,
-                record,
-                armed: true,
-            };
-            let outcome = pending.lease.completed(pending.record, size).await;
-            pending.armed = false;
+            completing.lease.done = true;
+            let outcome = completing.lease.completed(record, completing.size).await;
+            #[allow(unused_assignments, reason = "read by the guard's drop")]
+            {
+                completing.armed = false;
+            }
             outcome
         }
     }
@@ -1264,40 +1254,22 @@ impl Lease {
     }
 }
 
-/// A completion under way in [`Lease::finish`], its lease and its record: dropped while
-/// still `armed` (its run cancelled as it recorded), it goes on in the background.
-struct Pending<'a> {
-    lease: &'a mut Lease,
+/// A [`Lease::finish`]'s lease and the record it writes (`None`: the claim is released).
+/// Dropped while still `armed` (its future dropped before its first poll, or while the store
+/// had not answered), the record is written in the background: the operation ran. A claim to
+/// release is released by the lease's own drop.
+struct Completing {
+    lease: Lease,
+    record: Option<Completed>,
     /// The response's size, for a record the store finds too large.
     size: usize,
-    record: &'a mut Completed,
     /// Until the completion has ended, however it ended.
     armed: bool,
 }
 
-impl Drop for Pending<'_> {
+impl Drop for Completing {
     fn drop(&mut self) {
-        if self.armed {
-            let lease = self.lease.detached();
-            lease.complete_in_background(self.record.clone(), self.size);
-        }
-    }
-}
-
-/// A [`Lease::finish`]'s lease and the record it writes (`None`: the claim is released).
-/// Dropped before the future first ran, the record is written in the background, as once it
-/// runs (see [`Pending`]): the operation ran. A claim to release is released by the lease's
-/// own drop.
-struct Unpolled {
-    lease: Lease,
-    record: Option<Completed>,
-    size: usize,
-    started: bool,
-}
-
-impl Drop for Unpolled {
-    fn drop(&mut self) {
-        if self.started {
+        if !self.armed {
             return;
         }
         if let Some(record) = self.record.take() {
