@@ -998,24 +998,16 @@ fn scope_in_words(scope: Scope) -> String {
 /// `24 hours`, `90 minutes` becomes `1 hour and 30 minutes`, `7 days`, `500 milliseconds`,
 /// `1 second and 500 milliseconds`: to the millisecond, as the attribute takes durations.
 fn duration_in_words(duration: Duration) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1_000, "second"),
+        (1, "millisecond"),
+    ];
     let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     // Days only from two of them: "24 hours" is how retention is usually said.
-    let units: &[(u64, &str)] = if millis >= 2 * 86_400_000 {
-        &[
-            (86_400_000, "day"),
-            (3_600_000, "hour"),
-            (60_000, "minute"),
-            (1_000, "second"),
-            (1, "millisecond"),
-        ]
-    } else {
-        &[
-            (3_600_000, "hour"),
-            (60_000, "minute"),
-            (1_000, "second"),
-            (1, "millisecond"),
-        ]
-    };
+    let units = &UNITS[usize::from(millis < 2 * 86_400_000)..];
     let mut rest = millis;
     let mut parts = Vec::new();
     for &(size, unit) in units {
