@@ -5,8 +5,6 @@
 #[allow(dead_code)] // each test binary uses part of it
 mod common;
 
-use std::process::Command;
-
 use common::CallsApi;
 use futures_util::future::join_all;
 use idem_tests::{RawRequest, TestRedisCluster};
@@ -104,18 +102,12 @@ fn one_redis_store_at_a_time_and_no_empty_node() {
         ],
         &["--redis-cluster", "not a url"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_calls-api"))
-            .env_remove("IDEM_REDIS_URL")
-            .env_remove("IDEM_REDIS_CLUSTER")
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut command = common::command();
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        let (code, stderr) = common::refused(command);
         assert!(
-            matches!(out.status.code(), Some(1 | 2)) && stderr.contains("--redis-"),
-            "{args:?}: {:?} {stderr}",
-            out.status
+            matches!(code, Some(1 | 2)) && stderr.contains("--redis-"),
+            "{args:?}: {code:?} {stderr}"
         );
     }
 }

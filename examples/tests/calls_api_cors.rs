@@ -131,14 +131,13 @@ fn an_origin_that_is_not_one_stops_calls_api_with_the_reason() {
         (vec!["--cors-origin", "http://127.0.0.1:5173/app"], None),
         (vec![], Some("http://127.0.0.1:5173,127.0.0.1:5174")),
     ] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_calls-api"));
+        let mut command = common::command();
         command.args(["--addr", "127.0.0.1:0"]).args(&args);
         if let Some(origins) = env {
             command.env("IDEM_CORS_ORIGINS", origins);
         }
-        let out = command.output().expect("run calls-api");
-        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, stderr) = common::refused(command);
+        assert_eq!(code, Some(2), "{args:?} {env:?}");
         assert!(
             stderr.contains("is not an origin; give scheme://host[:port]"),
             "{stderr}"

@@ -58,6 +58,15 @@ async fn a_store_given_by_flag_wins_over_another_store_in_the_environment() {
         ("IDEM_REDIS_CLUSTER", "redis://127.0.0.1:1", "--redis-url"),
     ] {
         let api = CallsApi::start_env_args(&[(var, value)], &[flag, &nowhere]).await;
+        let named = match flag {
+            "--redis-url" => format!("redis at {nowhere}"),
+            _ => format!("redis cluster at {nowhere}"),
+        };
+        assert!(
+            api.store.starts_with(&named),
+            "{var} with {flag}: {}",
+            api.store
+        );
         let res = RawRequest::get("/healthz").send(api.addr).await;
         assert_eq!(res.status, 200, "{var} with {flag}");
         let keyed = api.create("flag-store-1").await;
@@ -124,15 +133,88 @@ fn empty_variables_count_as_unset() {
 
 #[test]
 fn the_replay_cache_size_is_a_whole_number_of_bytes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_calls-api"))
-        .env_remove("IDEM_REPLAY_CACHE_BYTES")
-        .args(["--replay-cache-bytes", "16MiB"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut command = common::command();
+    command.args(["--replay-cache-bytes", "16MiB"]);
+    let (code, stderr) = common::refused(command);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("--replay-cache-bytes takes a whole number of bytes"),
+        "{stderr}"
+    );
+}
+
+/// A bad value from the environment is refused naming the variable it came from, where the
+/// message named a flag that nobody gave.
+#[test]
+fn a_bad_variable_is_refused_naming_the_variable() {
+    for (name, value, says) in [
+        ("IDEM_WORKERS", "abc", "takes a positive whole number"),
+        (
+            "IDEM_REPLAY_CACHE_BYTES",
+            "16MiB",
+            "takes a whole number of bytes",
+        ),
+        (
+            "IDEM_REDIS_CLUSTER",
+            "redis://127.0.0.1:1,,",
+            "takes node URLs",
+        ),
+        ("IDEM_ADDR", "nowhere", "takes HOST:PORT"),
+    ] {
+        let mut command = common::command();
+        command.env(name, value);
+        let (code, stderr) = common::refused(command);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name} {says}")) && !stderr.contains("calls-api: --"),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+/// An address that is not HOST:PORT is a usage error (exit 2, with the usage), as every other
+/// bad flag is, where it was found only by binding and exited 1 without the usage.
+#[test]
+fn an_address_that_is_not_host_and_port_is_a_usage_error() {
+    for addr in ["nope", "127.0.0.1:99999", "127.0.0.1:"] {
+        let mut command = common::command();
+        command.args(["--addr", addr]);
+        let (code, stderr) = common::refused(command);
+        assert_eq!(code, Some(2), "{addr}: {stderr}");
+        assert!(
+            stderr.contains("--addr takes HOST:PORT") && stderr.contains("usage:"),
+            "{addr}: {stderr}"
+        );
+    }
+}
+
+/// An argument or a variable that is not UTF-8 is refused, naming it, where an argument made
+/// the process panic and a variable was taken as unset (a store in `IDEM_DATABASE_URL` left
+/// the process on the embedded store).
+#[cfg(unix)]
+#[test]
+fn settings_that_are_not_utf8_are_refused() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let bad = OsStr::from_bytes(b"postgres://idem@127.0.0.1:1/calls\xff");
+
+    let mut command = common::command();
+    command.arg("--database-url").arg(bad);
+    let (code, stderr) = common::refused(command);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not valid UTF-8") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    let mut command = common::command();
+    command
+        .args(["--addr", "127.0.0.1:0"])
+        .env("IDEM_DATABASE_URL", bad);
+    let (code, stderr) = common::refused(command);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("IDEM_DATABASE_URL is not valid UTF-8"),
         "{stderr}"
     );
 }
@@ -167,19 +249,17 @@ fn help_into_a_closed_pipe_exits_quietly() {
 
 #[test]
 fn bad_flags_are_refused_with_usage() {
-    let out = Command::new(env!("CARGO_BIN_EXE_calls-api"))
-        .arg("--wrokers")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut command = common::command();
+    command.arg("--wrokers");
+    let (code, stderr) = common::refused(command);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("unknown argument `--wrokers`") && stderr.contains("usage:"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_calls-api"))
-        .args(["--workers", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let mut command = common::command();
+    command.args(["--workers", "0"]);
+    let (code, stderr) = common::refused(command);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--workers takes a positive whole number"));
 }
 
 #[tokio::test]

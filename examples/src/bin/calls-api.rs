@@ -75,37 +75,54 @@ enum Redis {
     Cluster(Vec<String>),
 }
 
+/// A setting as given: its value, and where it came from (the flag or the variable), which
+/// an error about the value names.
+struct Given {
+    value: String,
+    from: String,
+}
+
+/// The variable `name`, as a setting: `None` when unset or set to nothing (a compose file
+/// passing `${IDEM_WORKERS}` through unset), an error when it is not UTF-8.
+fn var(name: &str) -> Result<Option<Given>, String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Ok(Some(Given {
+            value,
+            from: name.to_owned(),
+        })),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
+    }
+}
+
 fn options() -> Result<Options, String> {
-    // A variable set to nothing counts as unset.
-    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-    let mut addr = var("IDEM_ADDR");
-    let mut workers = var("IDEM_WORKERS");
+    let mut addr = var("IDEM_ADDR")?;
+    let mut workers = var("IDEM_WORKERS")?;
     // The store's settings come from the flags, or, when no flag names a store, from the
     // environment (below).
     let mut redis_url = None;
     let mut redis_cluster = None;
-    let mut replay_cache_bytes = var("IDEM_REPLAY_CACHE_BYTES");
+    let mut replay_cache_bytes = var("IDEM_REPLAY_CACHE_BYTES")?;
     let mut cors_origins: Vec<String> = Vec::new();
     let mut database_url = None;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args_os().skip(1).map(|arg| {
+        arg.into_string()
+            .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))
+    });
     while let Some(arg) = args.next() {
+        let arg = arg?;
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
             None => (arg.clone(), None),
         };
-        if flag == "--cors-origin" {
-            let value = inline.or_else(|| args.next());
-            let value = value.ok_or_else(|| format!("`{flag}` needs a value"))?;
-            cors_origins.push(cors::origin(&value).map_err(|e| format!("--cors-origin: {e}"))?);
-            continue;
-        }
         let slot = match flag.as_str() {
-            "--addr" => &mut addr,
-            "--workers" => &mut workers,
-            "--redis-url" => &mut redis_url,
-            "--redis-cluster" => &mut redis_cluster,
-            "--replay-cache-bytes" => &mut replay_cache_bytes,
-            "--database-url" => &mut database_url,
+            "--cors-origin" => None,
+            "--addr" => Some(&mut addr),
+            "--workers" => Some(&mut workers),
+            "--redis-url" => Some(&mut redis_url),
+            "--redis-cluster" => Some(&mut redis_cluster),
+            "--replay-cache-bytes" => Some(&mut replay_cache_bytes),
+            "--database-url" => Some(&mut database_url),
             "-h" | "--help" => {
                 // Into a pipe its reader closed (`| head`), the usage is simply not read.
                 let _ = writeln!(std::io::stdout(), "{USAGE}");
@@ -113,23 +130,48 @@ fn options() -> Result<Options, String> {
             }
             other => return Err(format!("unknown argument `{other}`")),
         };
-        let value = inline.or_else(|| args.next());
-        *slot = Some(value.ok_or_else(|| format!("`{flag}` needs a value"))?);
+        let value = match inline {
+            Some(value) => value,
+            None => args
+                .next()
+                .transpose()?
+                .ok_or_else(|| format!("`{flag}` needs a value"))?,
+        };
+        match slot {
+            Some(slot) => *slot = Some(Given { value, from: flag }),
+            None => {
+                cors_origins.push(cors::origin(&value).map_err(|e| format!("--cors-origin: {e}"))?)
+            }
+        }
     }
     // A store named by a flag replaces whatever store the environment names, under
     // whichever variable: the flag wins, and the environment is not "both".
     if redis_url.is_none() && redis_cluster.is_none() && database_url.is_none() {
-        redis_url = var("IDEM_REDIS_URL");
-        redis_cluster = var("IDEM_REDIS_CLUSTER");
-        database_url = var("IDEM_DATABASE_URL");
+        redis_url = var("IDEM_REDIS_URL")?;
+        redis_cluster = var("IDEM_REDIS_CLUSTER")?;
+        database_url = var("IDEM_DATABASE_URL")?;
     }
+    let addr = match addr {
+        None => "127.0.0.1:8080".to_owned(),
+        Some(Given { value, from }) => {
+            // HOST:PORT, checked here so that a mistake is a usage error; whether the host
+            // resolves and the port is free, binding says.
+            let port = value.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(format!(
+                    "{from} takes HOST:PORT (a port from 0 to 65535), not `{value}`"
+                ));
+            }
+            value
+        }
+    };
     let workers = match workers {
         None => None,
-        Some(w) => match w.parse::<usize>() {
+        Some(Given { value, from }) => match value.parse::<usize>() {
             Ok(n) if n > 0 => Some(n),
             _ => {
                 return Err(format!(
-                    "--workers takes a positive whole number, not `{w}`"
+                    "{from} takes a positive whole number, not `{value}`"
                 ))
             }
         },
@@ -138,13 +180,13 @@ fn options() -> Result<Options, String> {
         (Some(_), Some(_)) => {
             return Err("give --redis-url or --redis-cluster, not both".to_owned())
         }
-        (Some(url), None) => Some(Redis::Server(url)),
-        (None, Some(urls)) => {
-            let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
+        (Some(url), None) => Some(Redis::Server(url.value)),
+        (None, Some(Given { value, from })) => {
+            let urls: Vec<String> = value.split(',').map(|u| u.trim().to_owned()).collect();
             if urls.iter().any(String::is_empty) {
-                return Err(
-                    "--redis-cluster takes node URLs separated by commas, none empty".to_owned(),
-                );
+                return Err(format!(
+                    "{from} takes node URLs separated by commas, none empty"
+                ));
             }
             Some(Redis::Cluster(urls))
         }
@@ -155,27 +197,25 @@ fn options() -> Result<Options, String> {
     }
     let replay_cache_bytes = match replay_cache_bytes {
         None => ReplayCache::<RedisStore>::DEFAULT_MAX_BYTES,
-        Some(n) => n.parse::<u64>().map_err(|_| {
-            format!(
-                "--replay-cache-bytes takes a whole number of bytes (0 turns it off), not `{n}`"
-            )
+        Some(Given { value, from }) => value.parse::<u64>().map_err(|_| {
+            format!("{from} takes a whole number of bytes (0 turns it off), not `{value}`")
         })?,
     };
     if cors_origins.is_empty() {
-        if let Ok(list) = std::env::var("IDEM_CORS_ORIGINS") {
-            for value in list.split(',').filter(|v| !v.trim().is_empty()) {
+        if let Some(list) = var("IDEM_CORS_ORIGINS")? {
+            for value in list.value.split(',').filter(|v| !v.trim().is_empty()) {
                 cors_origins
                     .push(cors::origin(value).map_err(|e| format!("IDEM_CORS_ORIGINS: {e}"))?);
             }
         }
     }
     Ok(Options {
-        addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+        addr,
         workers,
         redis,
         replay_cache_bytes,
         cors_origins,
-        database_url,
+        database_url: database_url.map(|url| url.value),
     })
 }
 

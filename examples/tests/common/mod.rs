@@ -14,6 +14,10 @@ pub struct CallsApi {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The store it uses, as its start-up line names it (`embedded moka`, `redis at URL`,
+    /// ...).
+    #[allow(dead_code)]
+    pub store: String,
 }
 
 impl CallsApi {
@@ -131,7 +135,7 @@ impl CallsApi {
             let mut before = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 match listening.take_if(|_| line.contains("listening on http://")) {
-                    Some(tx) => drop(tx.send(Ok(listened_on(&line)))),
+                    Some(tx) => drop(tx.send(Ok(line))),
                     None if listening.is_some() => before.push(line),
                     None => {}
                 }
@@ -141,8 +145,17 @@ impl CallsApi {
             }
         });
         let heard = tokio::time::timeout(Duration::from_secs(10), heard).await;
-        if let Ok(Ok(Ok(addr))) = heard {
-            return Self { child, addr };
+        if let Ok(Ok(Ok(line))) = heard {
+            let store = line
+                .split_once("(store: ")
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("no store in {line:?}"))
+                .to_owned();
+            return Self {
+                child,
+                addr: listened_on(&line),
+                store,
+            };
         }
         let _ = child.kill();
         let status = child.wait().expect("reap calls-api");
@@ -150,7 +163,7 @@ impl CallsApi {
             Ok(Ok(Err(before))) => {
                 panic!("calls-api exited with {status} before it listened:\n{before}")
             }
-            Ok(_) => panic!("calls-api's listening line named no address"),
+            Ok(_) => panic!("calls-api's standard error could not be read"),
             Err(_) => panic!("calls-api did not listen within 10 s"),
         }
     }
@@ -262,4 +275,31 @@ impl Drop for CallsApi {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `command`, which must refuse to start: its exit code and what it printed to standard
+/// error. One that starts serving instead fails the test within a minute, where waiting for it
+/// to exit would hang the test run.
+#[allow(dead_code)]
+pub fn refused(mut command: Command) -> (Option<i32>, String) {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start calls-api");
+    let mut stderr = child.stderr.take().expect("piped standard error");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().expect("poll calls-api") {
+            return (status.code(), reader.join().expect("stderr reader"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = reader.join().expect("stderr reader");
+    panic!("calls-api was to refuse to start, and ran for a minute:\n{stderr}");
 }
