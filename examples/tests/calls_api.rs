@@ -205,3 +205,28 @@ async fn messages_use_x_idempotency_key_2xx_only_and_422_on_mismatch() {
         .await;
     assert_eq!(list.json()["data"].as_array().unwrap().len(), 2);
 }
+
+/// `scope = "api_key"`: one key sent by two tenants is two operations, each replayed to its
+/// own tenant only, never one tenant's call to the other.
+#[actix_web::test]
+async fn one_key_from_two_tenants_creates_a_call_for_each() {
+    let api = start();
+    let alice = api
+        .send(create("alice", Some("shared"), new_call("+15555550001")))
+        .await;
+    let bob = api
+        .send(create("bob", Some("shared"), new_call("+15555550001")))
+        .await;
+    assert_eq!((alice.status, bob.status), (201, 201));
+    assert!(!bob.replayed(), "bob's call is his own");
+    assert_ne!(alice.json()["data"]["id"], bob.json()["data"]["id"]);
+    assert_eq!(api.state.call_count(), 2);
+    for (tenant, first) in [("alice", &alice), ("bob", &bob)] {
+        let retry = api
+            .send(create(tenant, Some("shared"), new_call("+15555550001")))
+            .await;
+        assert!(retry.replayed(), "{tenant}");
+        assert_eq!(retry.body, first.body, "{tenant} gets their own call");
+    }
+    assert_eq!(api.state.call_count(), 2);
+}

@@ -10,10 +10,15 @@ use idem_tests::{RawRequest, TestRedis};
 use serde_json::json;
 
 fn slow_call(key: &str) -> RawRequest {
+    call_taking(key, "1500")
+}
+
+/// A call whose carrier takes `ms` milliseconds.
+fn call_taking(key: &str, ms: &str) -> RawRequest {
     RawRequest::post("/v1/calls")
         .header("Authorization", "Bearer tenant-1")
         .header("Idempotency-Key", key)
-        .header("X-Simulate-Delay-Ms", "1500")
+        .header("X-Simulate-Delay-Ms", ms)
         .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }))
 }
 
@@ -54,4 +59,28 @@ async fn sigterm_lets_a_call_whose_client_went_away_finish_and_record_before_exi
         Some(0),
         "the new process dialled nothing"
     );
+}
+
+/// The same on the embedded store, the default: the call whose client went away is placed
+/// (its one line printed) before the process exits, not dropped with the worker.
+#[tokio::test]
+async fn sigterm_on_the_embedded_store_lets_a_call_whose_client_went_away_finish_before_exit() {
+    let log = common::Log::default();
+    let mut api = CallsApi::start_logged(None, &[], &log).await;
+    let sent = Instant::now();
+    // The client goes away a second into a call of three, its key claimed long before.
+    call_taking("sigterm-embedded-1", "3000")
+        .send_and_reset(api.addr, || sent.elapsed() >= Duration::from_secs(1))
+        .await;
+    let started_stop = Instant::now();
+    assert!(api.terminate().await, "calls-api exits cleanly");
+    assert!(
+        started_stop.elapsed() >= Duration::from_millis(1500),
+        "it waited for the call in progress"
+    );
+    // Its standard output is read to its end by a thread of the test.
+    idem_tests::eventually(|| !log.lock().unwrap().is_empty()).await;
+    let placed = log.lock().unwrap().clone();
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert!(placed[0].starts_with("placed call_"), "{placed:?}");
 }

@@ -12,8 +12,9 @@ use utoipa::openapi::path::HttpMethod;
 use utoipa::openapi::OpenApi;
 
 /// The idempotent operations, with the settings their `#[idempotent(...)]` arguments give
-/// them (the tests send the documented keys and check the documented answers, so the two
-/// cannot drift apart unnoticed).
+/// them, restated by hand: the tests send the documented keys and check the documented
+/// answers (key header and length, mismatch status, what is stored, one key from two
+/// tenants), so that those cannot drift apart unnoticed; the TTL, a day, no test waits out.
 fn contract() -> Contract {
     Contract::new()
         // The bearer check answers 401 before the layer sees the request.
