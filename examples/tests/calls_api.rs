@@ -230,3 +230,25 @@ async fn one_key_from_two_tenants_creates_a_call_for_each() {
     }
     assert_eq!(api.state.call_count(), 2);
 }
+
+/// A call whose JSON is sent without `Content-Type: application/json` is refused by the
+/// handler's `web::Json` before it runs: nothing is recorded, and the retry that adds the
+/// header under the same key places the call, where the refusal was replayed for a day.
+#[actix_web::test]
+async fn a_call_refused_for_its_content_type_is_placed_by_the_corrected_retry() {
+    let api = start();
+    let body = new_call("+15555550123").to_string();
+    let bare = RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer t1")
+        .header("Idempotency-Key", "no-type")
+        .body(body.as_str());
+    let refused = api.send(bare).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(api.state.call_count(), 0);
+    let corrected = api
+        .send(create("t1", Some("no-type"), new_call("+15555550123")))
+        .await;
+    assert_eq!(corrected.status, 201, "{}", corrected.text());
+    assert!(!corrected.replayed());
+    assert_eq!(api.state.call_count(), 1);
+}

@@ -55,6 +55,10 @@ mod valid;
 /// `'static`): its body runs in a `'static` closure; write `&'static str`. Its type parameters
 /// are bounded `'static`, as actix asks of a handler where it is registered.
 ///
+/// An extractor that refuses a keyed request is answered as without the attribute, and the
+/// key is released: the handler did not run, so nothing is recorded and a corrected retry
+/// under the same key runs.
+///
 /// The function it writes is an actix handler whose one argument is the request and whose
 /// output is an `HttpResponse`: it cannot be called directly with the extractors, as a unit
 /// test that calls `create_call(web::Json(..))` would. Test it as a service

@@ -210,11 +210,28 @@ async fn the_original_extractors_see_the_request() {
         .body("raw body");
     assert_error(&s.send(&other_path).await, 409, "idempotency_conflict");
 
-    // An extractor that fails answers as it would without the attribute, and is recorded.
+    assert_eq!(s.runs.get(), 1);
+}
+
+/// An extractor that refuses a keyed request answers as it would without the attribute, and
+/// is not recorded: the handler did not run, so its key is released, and the retry that
+/// corrects the request runs, where the refusal (here a tenant header forgotten once) was
+/// replayed to every retry for the key's TTL.
+#[actix_web::test]
+async fn an_extractor_s_refusal_is_not_recorded_so_the_corrected_retry_runs() {
+    let s = app();
     let no_tenant = keyed("POST", "/items/7?page=2", "ext-2").body("raw body");
     let (first, retry) = s.twice(&no_tenant).await;
-    assert_eq!(first.status, 401);
-    assert!(retry.replayed());
+    assert_eq!((first.status, retry.status), (401, 401));
+    assert!(
+        !retry.replayed(),
+        "a refusal before the handler is not replayed"
+    );
+    assert!(first.header("x-request-id").is_some());
+    assert_eq!(s.runs.get(), 0);
+    let corrected = s.send(&no_tenant.clone().header("X-Tenant", "acme")).await;
+    assert_eq!(corrected.status, 201, "{}", corrected.text());
+    assert!(!corrected.replayed());
     assert_eq!(s.runs.get(), 1);
 }
 

@@ -275,7 +275,16 @@ pub fn respond<R: actix_web::Responder>(req: HttpRequest, value: R) -> Reply {
     Reply::new(req, res)
 }
 
-/// Lets the attribute's generated code answer an extractor's error.
+/// Lets the attribute's generated code answer an extractor's error: the handler did not
+/// run, so the answer is marked [`Unrun`] and its key released, not recorded.
 pub fn fail(req: HttpRequest, error: impl Into<actix_web::Error>) -> Reply {
-    Reply::new(req, HttpResponse::from_error(error))
+    let mut res = HttpResponse::from_error(error);
+    res.extensions_mut().insert(Unrun);
+    Reply::new(req, res)
 }
+
+/// Marks a response given without running the handler (one of its extractors refused the
+/// request): nothing ran, so nothing is recorded, and a corrected retry under the same key
+/// runs.
+#[derive(Clone, Copy)]
+pub(crate) struct Unrun;

@@ -18,7 +18,7 @@ use idem_core::{Outcome, Policy, Response};
 use super::admit::Run;
 use super::detach::{spawn_recording, Orphan};
 use super::replay::with_request_id;
-use super::Reply;
+use super::{Reply, Unrun};
 use crate::extract::Admitted;
 use crate::metrics;
 use crate::request_id::RequestId;
@@ -131,6 +131,10 @@ where
         let ran = lease
             .run(async move {
                 let Reply { req, res } = ran.await?;
+                if res.extensions().contains::<Unrun>() {
+                    let (head, body) = res.into_parts();
+                    return Ok((req, head, Read::Unrun(body)));
+                }
                 // A stream is teed rather than collected, unless the handler's writes commit
                 // with the record (the commit decides the answer) or nothing of it is kept
                 // (recorded before it goes). Whether the handler took its transaction is known
@@ -164,6 +168,19 @@ where
         };
         let collected = match read {
             Read::Collected(collected) => collected,
+            Read::Unrun(body) => {
+                tracing::debug!(
+                    outcome = "released",
+                    status,
+                    "an extractor refused the request before the handler ran; key released"
+                );
+                metrics::outcome("released");
+                Box::pin(release(lease, loan)).await;
+                return Reply {
+                    req,
+                    res: executed(head.set_body(body), &request_id),
+                };
+            }
             Read::Stream(stream) => {
                 // Not taken (a stream is teed only then): closed, so that nothing takes it now.
                 if let Some(loan) = loan {
@@ -242,6 +259,8 @@ enum Collected {
 enum Read {
     Collected(Result<Collected, Box<dyn StdError>>),
     Stream(BoxBody),
+    /// The answer of an extractor that refused the request: the handler did not run.
+    Unrun(BoxBody),
 }
 
 /// `body`, when it is a stream of unknown length (a stream of events, a response relayed as
