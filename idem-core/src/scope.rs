@@ -48,7 +48,7 @@ pub enum Scope {
 /// A store key hashes the kind, the source (when the kind has one) and the value, each
 /// length-prefixed. A kind always has a source or never has one (see [`ScopeValue::source`]),
 /// so no two different scopes hash the same bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScopeValue<'a> {
     /// A stable name of the scope's source, hashed into the store key.
     pub kind: &'static str,
@@ -58,6 +58,18 @@ pub struct ScopeValue<'a> {
     pub source: Option<Cow<'a, str>>,
     /// The scope's value, hashed into the store key and never stored.
     pub value: Cow<'a, [u8]>,
+}
+
+/// Shows the kind and the source, and only the value's length: the value is a credential (an
+/// `Authorization` header, a Basic password's digest), which a debug log must not show.
+impl std::fmt::Debug for ScopeValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeValue")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .finish()
+    }
 }
 
 impl<'a> ScopeValue<'a> {
@@ -217,6 +229,17 @@ fn basic_user_and_password_digest(auth: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scope_value_s_debug_form_does_not_show_the_credential() {
+        let scope = ScopeValue::new("authorization", &b"Bearer sk_live_secret"[..]);
+        let shown = format!("{scope:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("authorization") && shown.contains("21 bytes"),
+            "{shown}"
+        );
+    }
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a [u8]> {
         move |name| {

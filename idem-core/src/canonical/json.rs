@@ -15,7 +15,8 @@ use super::BodyError;
 use crate::digest::{field, varint_update, Sink};
 
 /// How deep arrays and objects may nest: deeper bodies are refused rather than risk the
-/// stack (serde_json stops at 128 too).
+/// stack. serde_json, which a handler's `web::Json` reads with, stops one level sooner (127):
+/// a body exactly this deep passes here and is refused by the handler's extractor.
 const MAX_DEPTH: usize = 128;
 
 /// A parsed JSON value.
