@@ -11,28 +11,56 @@ use actix_web::{test, web, App, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use idem_actix::{codes, idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore};
 
-/// Key parsing: never panics, and a key it accepts keeps every rule.
+/// Key parsing: never panics, accepts exactly the keys SPEC.md allows, and a key it accepts
+/// keeps every rule and reads the same again in either form.
 pub fn key(data: &[u8]) {
+    use idem_core::ClientKey;
     let (max, raw) = match data.split_first() {
         Some((&first, rest)) => (usize::from(first) + 1, rest),
         None => (255, data),
     };
-    match idem_core::ClientKey::parse(raw, max) {
+    let visible = |bytes: &[u8]| bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+    // A bare key: 1 to `max` visible bytes, the first not a quote (which opens the quoted form).
+    let bare_valid =
+        raw.first() != Some(&b'"') && !raw.is_empty() && raw.len() <= max && visible(raw);
+    match ClientKey::parse(raw, max) {
         Ok(key) => {
             let k = key.as_str();
             assert!(
                 !k.is_empty() && k.len() <= max,
                 "accepted {k:?} with max {max}"
             );
-            assert!(
-                k.bytes().all(|b| (0x21..=0x7e).contains(&b)),
-                "accepted {k:?}"
-            );
+            assert!(visible(k.as_bytes()), "accepted {k:?}");
             if raw.first() != Some(&b'"') {
                 assert_eq!(k.as_bytes(), raw, "a bare key is taken as sent");
             }
+            // Quoted, with `"` and `\` escaped, it is the same key; and bare too, unless it
+            // starts with a quote.
+            let mut quoted = vec![b'"'];
+            for b in k.bytes() {
+                if matches!(b, b'"' | b'\\') {
+                    quoted.push(b'\\');
+                }
+                quoted.push(b);
+            }
+            quoted.push(b'"');
+            assert_eq!(
+                ClientKey::parse(&quoted, max).as_ref(),
+                Ok(&key),
+                "{k:?} quoted"
+            );
+            if !k.starts_with('"') {
+                assert_eq!(
+                    ClientKey::parse(k.as_bytes(), max).as_ref(),
+                    Ok(&key),
+                    "{k:?} bare"
+                );
+            }
         }
-        Err(error) => assert!(!error.to_string().is_empty()),
+        Err(error) => {
+            assert!(!bare_valid, "refused the valid bare key {raw:?}: {error}");
+            assert!(!error.to_string().is_empty());
+        }
     }
 }
 
@@ -158,12 +186,13 @@ pub fn request(data: &[u8]) {
     });
 }
 
+/// The layer's codes of 4xx answers (its 5xx ones fail the check by their status).
 const CODES: [&str; 7] = [
     codes::KEY_MISSING,
     codes::KEY_INVALID,
     codes::SCOPE_MISSING,
     codes::CONFLICT,
-    codes::STORE_UNAVAILABLE,
+    codes::BODY_INVALID,
     codes::BODY_TOO_LARGE,
     codes::RESPONSE_TOO_LARGE,
 ];
