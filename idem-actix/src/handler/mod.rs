@@ -276,7 +276,7 @@ pub fn respond<R: actix_web::Responder>(req: HttpRequest, value: R) -> Reply {
 }
 
 /// Lets the attribute's generated code answer an extractor's error: the handler did not
-/// run, so the answer is marked [`Unrun`] and its key released, not recorded.
+/// run, so the answer is marked as such and its key released, not recorded.
 pub fn fail(req: HttpRequest, error: impl Into<actix_web::Error>) -> Reply {
     let mut res = HttpResponse::from_error(error);
     res.extensions_mut().insert(Unrun);
