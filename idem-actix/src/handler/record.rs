@@ -131,10 +131,6 @@ where
         let ran = lease
             .run(async move {
                 let Reply { req, res } = ran.await?;
-                if res.extensions().contains::<Unrun>() {
-                    let (head, body) = res.into_parts();
-                    return Ok((req, head, Read::Unrun(body)));
-                }
                 // A stream is teed rather than collected, unless the handler's writes commit
                 // with the record (the commit decides the answer) or nothing of it is kept
                 // (recorded before it goes). Whether the handler took its transaction is known
@@ -168,18 +164,12 @@ where
         };
         let collected = match read {
             Read::Collected(collected) => collected,
-            Read::Unrun(body) => {
-                tracing::debug!(
-                    outcome = "released",
-                    status,
-                    "an extractor refused the request before the handler ran; key released"
-                );
-                metrics::outcome("released");
-                Box::pin(release(lease, loan)).await;
-                return Reply {
-                    req,
-                    res: executed(head.set_body(body), &request_id),
-                };
+            // Boxed, as a rare path: its state stays out of this future (as does its check,
+            // made here and below rather than before the body is read, where it would swell
+            // the run's future by 200 bytes).
+            Read::Stream(stream) if head.extensions().contains::<Unrun>() => {
+                let res = head.set_body(stream);
+                return Box::pin(unrun(lease, loan, req, res, &request_id)).await;
             }
             Read::Stream(stream) => {
                 // Not taken (a stream is teed only then): closed, so that nothing takes it now.
@@ -196,6 +186,16 @@ where
                 };
             }
         };
+        if head.extensions().contains::<Unrun>() {
+            let body = match collected {
+                Ok(Collected::Whole(bytes)) => BoxBody::new(bytes),
+                Ok(Collected::Overflow { body, .. }) => body,
+                // It failed: nothing of it to send.
+                Err(_) => BoxBody::new(()),
+            };
+            let res = head.set_body(body);
+            return Box::pin(unrun(lease, loan, req, res, &request_id)).await;
+        }
         let (response, body) = match collected {
             Ok(Collected::Whole(bytes)) => {
                 (Response::new(status, headers, &bytes), BoxBody::new(bytes))
@@ -222,6 +222,28 @@ where
             req,
             res: executed(res, &request_id),
         }
+    }
+}
+
+/// The answer `res` of an extractor that refused the request: the handler did not run, so
+/// the claim is released (a lent transaction rolled back) and nothing is recorded.
+async fn unrun(
+    lease: idem_core::Lease,
+    loan: Option<Loan>,
+    req: Option<HttpRequest>,
+    res: HttpResponse,
+    request_id: &RequestId,
+) -> Reply {
+    tracing::debug!(
+        outcome = "released",
+        status = res.status().as_u16(),
+        "an extractor refused the request before the handler ran; key released"
+    );
+    metrics::outcome("released");
+    release(lease, loan).await;
+    Reply {
+        req,
+        res: executed(res, request_id),
     }
 }
 
@@ -259,8 +281,6 @@ enum Collected {
 enum Read {
     Collected(Result<Collected, Box<dyn StdError>>),
     Stream(BoxBody),
-    /// The answer of an extractor that refused the request: the handler did not run.
-    Unrun(BoxBody),
 }
 
 /// `body`, when it is a stream of unknown length (a stream of events, a response relayed as
