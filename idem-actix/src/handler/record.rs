@@ -162,15 +162,15 @@ where
             headers: head.headers(),
             set_cookie: keep.set_cookie,
         };
+        // An extractor's refusal: boxed, as a rare path, so that its state stays out of this
+        // future (as does its check, made here rather than before the body is read, where it
+        // would swell the run's future by 200 bytes).
+        if head.extensions().contains::<Unrun>() {
+            let res = head.set_body(read.into_body());
+            return Box::pin(unrun(lease, loan, req, res, &request_id)).await;
+        }
         let collected = match read {
             Read::Collected(collected) => collected,
-            // Boxed, as a rare path: its state stays out of this future (as does its check,
-            // made here and below rather than before the body is read, where it would swell
-            // the run's future by 200 bytes).
-            Read::Stream(stream) if head.extensions().contains::<Unrun>() => {
-                let res = head.set_body(stream);
-                return Box::pin(unrun(lease, loan, req, res, &request_id)).await;
-            }
             Read::Stream(stream) => {
                 // Not taken (a stream is teed only then): closed, so that nothing takes it now.
                 if let Some(loan) = loan {
@@ -186,16 +186,6 @@ where
                 };
             }
         };
-        if head.extensions().contains::<Unrun>() {
-            let body = match collected {
-                Ok(Collected::Whole(bytes)) => BoxBody::new(bytes),
-                Ok(Collected::Overflow { body, .. }) => body,
-                // It failed: nothing of it to send.
-                Err(_) => BoxBody::new(()),
-            };
-            let res = head.set_body(body);
-            return Box::pin(unrun(lease, loan, req, res, &request_id)).await;
-        }
         let (response, body) = match collected {
             Ok(Collected::Whole(bytes)) => {
                 (Response::new(status, headers, &bytes), BoxBody::new(bytes))
@@ -281,6 +271,18 @@ enum Collected {
 enum Read {
     Collected(Result<Collected, Box<dyn StdError>>),
     Stream(BoxBody),
+}
+
+impl Read {
+    /// The body to send as it is, recording none of it: the stream, or what was collected
+    /// (nothing, if the body failed).
+    fn into_body(self) -> BoxBody {
+        match self {
+            Read::Stream(body) | Read::Collected(Ok(Collected::Overflow { body, .. })) => body,
+            Read::Collected(Ok(Collected::Whole(bytes))) => BoxBody::new(bytes),
+            Read::Collected(Err(_)) => BoxBody::new(()),
+        }
+    }
 }
 
 /// `body`, when it is a stream of unknown length (a stream of events, a response relayed as
