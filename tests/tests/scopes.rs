@@ -587,10 +587,10 @@ async fn buggy_scope(runs: web::Data<Counter>) -> HttpResponse {
 }
 
 /// A scope function that panics is answered as a handler that panics is: 500, never kept by
-/// a cache, with nothing claimed or run, where the connection closed unanswered; the worker
-/// serves on, and the key runs once its scope can be found.
+/// a cache, with the request's id, and nothing claimed or run, where the connection closed
+/// unanswered; the worker serves on, and the key runs once its scope can be found.
 #[actix_web::test]
-async fn a_scope_function_that_panics_is_answered_500_and_claims_nothing() {
+async fn a_scope_function_that_panics_is_answered_500_with_its_request_id_and_claims_nothing() {
     let s = serve(|cfg| {
         cfg.service(buggy_scope).service(
             web::scope("/v1")
@@ -607,6 +607,20 @@ async fn a_scope_function_that_panics_is_answered_500_and_claims_nothing() {
             .await
             .expect("an answer, not a closed connection");
         assert_eq!(res.status, 500, "{path}: {res:?}");
+        assert_eq!(res.header("cache-control"), Some("no-store"), "{path}");
+        let id = res.header("x-request-id").unwrap_or_default();
+        assert_eq!(
+            id.len(),
+            16,
+            "{path}: a fresh id, as any answer has: {res:?}"
+        );
+        // The client's own id, when it sent a valid one, as for any other answer.
+        let res = (call("boom").header("X-Request-ID", "req-boom.1"))
+            .try_send(s.server.addr)
+            .await
+            .expect("an answer");
+        assert_eq!(res.status, 500, "{path}");
+        assert_eq!(res.header("x-request-id"), Some("req-boom.1"), "{path}");
         assert_eq!(s.runs.get(), usize::from(path != "/buggy-scope"), "{path}");
         let ran = s.send(&call("acme")).await;
         assert_eq!(ran.status, 201, "{path}");

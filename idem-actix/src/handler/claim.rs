@@ -13,12 +13,13 @@ use tracing::Instrument as _;
 use super::admit::{admit, Admission, Keyed};
 use super::detach::{detached, orphans};
 use super::record::{claimed, panicked, unprotected, Keep};
-use super::replay::{replay, unaccepted_encoding};
+use super::replay::{replay, unaccepted_encoding, with_request_id};
 use super::{keyless, passed, Endpoint, Reply, Work};
 use crate::extract::Passed;
 use crate::functions::Functions;
 use crate::metrics;
 use crate::render::error_response;
+use crate::request_id::RequestId;
 use crate::transaction::Offer;
 
 /// A request with a key (or an endpoint that requires one): admits it, then claims the key
@@ -43,7 +44,11 @@ where
     // Futures are built in `let` statements of their own throughout: a value bound in an
     // awaited expression, or in a `match` arm, keeps its room in this future across the await.
     // The application's key, scope and fingerprint functions run in the admission: one that
-    // panics is answered as a handler that panics is, with nothing claimed.
+    // panics is answered as a handler that panics is, with nothing claimed, and with the
+    // request's id, read from a second handle on the request (the admission's goes down
+    // with it), dropped before anything runs: a service behind the middleware must have the
+    // request unshared.
+    let held = req.clone();
     let admitted = AssertUnwindSafe(admit(endpoint, functions, req, payload)).catch_unwind();
     let (work, detach): (Work, bool) = match admitted.await {
         // Boxed: `run` sends requests without a key straight to the handler, so this is
@@ -66,18 +71,26 @@ where
             Settled::Answer(reply) => return reply,
             Settled::Run(work) => (work, true),
         },
-        Err(_) => {
-            tracing::error!(
-                "a key, scope or fingerprint function of an idempotent endpoint panicked; answered 500, nothing claimed or run"
-            );
-            return Reply::orphan(panicked());
-        }
+        Err(_) => return function_panicked(held),
     };
+    drop(held);
     if detach {
         detached(work).await
     } else {
         work.await
     }
+}
+
+/// The answer to a request whose key, scope or fingerprint function panicked: 500, as for a
+/// handler that panics, with the request's id; nothing was claimed or run.
+#[cold]
+fn function_panicked(req: HttpRequest) -> Reply {
+    let request_id = RequestId::peek(&req);
+    tracing::error!(
+        %request_id,
+        "a key, scope or fingerprint function of an idempotent endpoint panicked; answered 500, nothing claimed or run"
+    );
+    Reply::answered(req, with_request_id(panicked(), &request_id))
 }
 
 /// The run of a request without a key, boxed: the handler's, except that a refusal of the
