@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix_web::body::MessageBody as _;
-use actix_web::http::header::HeaderName;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
 use idem_core::clock::Timestamp;
@@ -64,12 +64,9 @@ pub async fn store_alone(req: HttpRequest, body: web::Json<Echo>) -> HttpRespons
         let body = body
             .try_into_bytes()
             .unwrap_or_else(|_| unreachable!("the echo's body is whole"));
-        let headers: Vec<_> = (head.headers().iter())
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
         let record = Completed {
             fingerprint: claim.fingerprint,
-            response: Response::new(head.status().as_u16(), headers, &body),
+            response: Response::new(head.status().as_u16(), Headers(head.headers()), &body),
             completed_at: ALONE_NOW,
             expires_at: ALONE_NOW.saturating_add(Duration::from_secs(86_400)),
         };
@@ -77,6 +74,25 @@ pub async fn store_alone(req: HttpRequest, body: web::Json<Echo>) -> HttpRespons
         return head.set_body(actix_web::body::BoxBody::new(body));
     }
     res
+}
+
+/// A response's headers as [`Response::new`] takes them: read twice, as it does, with no copy
+/// (the layer's recording copies none either).
+#[derive(Clone, Copy)]
+struct Headers<'a>(&'a HeaderMap);
+
+impl<'a> IntoIterator for Headers<'a> {
+    type Item = (&'a str, &'a [u8]);
+    type IntoIter = std::iter::Map<
+        actix_web::http::header::map::Iter<'a>,
+        fn((&'a HeaderName, &'a HeaderValue)) -> Self::Item,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    }
 }
 
 /// The time [`store_alone`] claims and completes at: a fixed one, as it reads no clock.
