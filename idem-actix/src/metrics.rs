@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::{IdempotencyError, Store, StoreObserver};
+use idem_core::{IdempotencyError, Store, StoreError, StoreObserver};
+
+use crate::transaction::handlers_fault;
 
 /// A metric with one label, whose usual values are listed: the `metrics` macros keep the key
 /// of a literal label in a `static`, where a variable one costs an allocation per use. A value
@@ -90,7 +92,7 @@ impl StoreMetrics {
 }
 
 impl StoreObserver for StoreMetrics {
-    fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool) {
+    fn store_op(&self, op: &'static str, elapsed: Duration, error: Option<&StoreError>) {
         labelled!(
             histogram,
             "idem_store_duration_seconds",
@@ -99,7 +101,9 @@ impl StoreObserver for StoreMetrics {
             ["claim", "get", "extend", "complete", "release",]
         )
         .record(elapsed.as_secs_f64());
-        if failed {
+        // A commit Postgres refused for the handler's own writes is the handler's fault,
+        // answered as such: an application's bug does not count against the store.
+        if error.is_some_and(|error| !handlers_fault(error)) {
             metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
         }
         // After every operation, whichever a store counts evictions in; none costs one load.
@@ -107,5 +111,148 @@ impl StoreObserver for StoreMetrics {
         if evicted > 0 {
             metrics::counter!("idem_store_evictions_total").increment(evicted);
         }
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use idem_core::{Begin, Engine, Fingerprint, MokaStore, Policy, Response, StoreKey};
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit,
+    };
+
+    use super::*;
+
+    /// Counts every counter's increments, by name and labels.
+    #[derive(Default)]
+    struct Counts(Mutex<HashMap<String, Arc<Count>>>);
+
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::SeqCst);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::SeqCst);
+        }
+    }
+
+    impl metrics::Recorder for Counts {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<_> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let count = self.0.lock().unwrap().entry(name).or_default().clone();
+            Counter::from_arc(count)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    impl Counts {
+        fn of(&self, name: &str) -> u64 {
+            let counts = self.0.lock().unwrap();
+            counts
+                .get(name)
+                .map_or(0, |count| count.0.load(Ordering::SeqCst))
+        }
+    }
+
+    /// A Postgres error with an SQLSTATE, as sqlx reports one.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    /// The `idem_store_errors_total{op=complete}` a commit refused with `error` counts.
+    fn counted_for_a_commit_refused_with(error: fn() -> StoreError) -> u64 {
+        let counts = Counts::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&counts, || {
+            runtime.block_on(async {
+                let store: Arc<dyn Store> = Arc::new(MokaStore::new());
+                let engine =
+                    Engine::from_arc(Arc::clone(&store)).with_observer(StoreMetrics::new(store));
+                let (key, fingerprint) = (
+                    StoreKey::from_bytes([1; 32]),
+                    Fingerprint::from_bytes([2; 32]),
+                );
+                let Ok(Begin::Execute(lease)) =
+                    engine.begin(&Policy::DEFAULT, key, fingerprint).await
+                else {
+                    panic!("a new key is claimed")
+                };
+                let response = Response::new(201, [("content-type", &b"text/plain"[..])], b"ok");
+                let settled = lease
+                    .finish_with(response, |_| async { Err(error()) })
+                    .await;
+                assert!(settled.is_err());
+            });
+        });
+        counts.of("idem_store_errors_total{op=complete}")
+    }
+
+    fn refused(code: &'static str) -> StoreError {
+        StoreError::Refused(Box::new(sqlx::Error::Database(Box::new(Sqlstate(code)))))
+    }
+
+    /// A commit Postgres refuses for the handler's own doing (a statement of its transaction
+    /// that failed, a deferred constraint its writes break or a trigger at the commit raised) is
+    /// answered as the handler's fault, and is not counted as the store's error: an
+    /// application's bug must not page whoever runs the store. The store's own failures are.
+    #[test]
+    fn a_commit_refused_for_the_handler_s_writes_is_not_a_store_error() {
+        assert_eq!(counted_for_a_commit_refused_with(|| refused("25P02")), 0);
+        assert_eq!(counted_for_a_commit_refused_with(|| refused("23505")), 0);
+        assert_eq!(counted_for_a_commit_refused_with(|| refused("P0001")), 0);
+        // The store's own: a disk full, a connection lost.
+        assert_eq!(counted_for_a_commit_refused_with(|| refused("53100")), 1);
+        let lost = || StoreError::Unavailable("connection reset".into());
+        assert_eq!(counted_for_a_commit_refused_with(lost), 1);
     }
 }

@@ -8,11 +8,13 @@
 //! that took none.
 
 #[cfg(not(feature = "postgres"))]
+pub(crate) use self::disabled::handlers_fault;
+#[cfg(not(feature = "postgres"))]
 pub(crate) use self::disabled::{Loan, Offer};
 #[cfg(feature = "postgres")]
 pub use self::enabled::Transaction;
 #[cfg(feature = "postgres")]
-pub(crate) use self::enabled::{Loan, Offer};
+pub(crate) use self::enabled::{handlers_fault, Loan, Offer};
 
 #[cfg(feature = "postgres")]
 mod enabled {
@@ -575,6 +577,13 @@ mod enabled {
         matches!(error, StoreError::Refused(source) if source.is::<TransactionEnded>())
     }
 
+    /// Whether `error`, a commit's, is the handler's own doing: it ended its transaction
+    /// itself, a statement of it failed, or its writes broke a constraint checked at the
+    /// commit. Each is answered as the handler's fault, and none counts as the store's error.
+    pub(crate) fn handlers_fault(error: &StoreError) -> bool {
+        ended(error) || aborted(error) || refused_at_commit(error)
+    }
+
     /// Whether `error` is a failed statement of the handler's: Postgres refuses every
     /// statement of a transaction after one failed.
     fn aborted(error: &StoreError) -> bool {
@@ -604,10 +613,15 @@ mod enabled {
 #[cfg(not(feature = "postgres"))]
 mod disabled {
     use actix_web::{HttpRequest, HttpResponse};
-    use idem_core::{Lease, Policy, Response};
+    use idem_core::{Lease, Policy, Response, StoreError};
 
     use crate::config::IdempotencyConfig;
     use crate::request_id::RequestId;
+
+    /// No store lends a transaction, so no error is a handler's.
+    pub(crate) fn handlers_fault(_: &StoreError) -> bool {
+        false
+    }
 
     pub(crate) enum Offer {}
 

@@ -125,8 +125,10 @@ impl Releasing {
 /// Told of every store operation the engine makes: for metrics, without wrapping the store.
 pub trait StoreObserver: Send + Sync + 'static {
     /// Operation `op` (`claim`, `get`, `extend`, `complete`, `release`) took `elapsed`, and
-    /// failed when `failed`.
-    fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool);
+    /// failed with `error`, if any. A `complete` or `release` of
+    /// [`Lease::finish_with`] or [`Lease::release_with`] is its caller's settlement, whose
+    /// error may be the caller's own (such as a transaction its writes made fail).
+    fn store_op(&self, op: &'static str, elapsed: Duration, error: Option<&StoreError>);
 }
 
 /// What to do with a keyed request.
@@ -235,7 +237,7 @@ impl Engine {
         result: &Result<T, StoreError>,
     ) {
         if let (Some(observer), Some(started)) = (&self.parts.observer, started) {
-            observer.store_op(op, started.elapsed(), result.is_err());
+            observer.store_op(op, started.elapsed(), result.as_ref().err());
         }
     }
 
@@ -2957,8 +2959,8 @@ mod tests {
     type Observed = (&'static str, Duration, bool);
 
     impl StoreObserver for Timings {
-        fn store_op(&self, op: &'static str, elapsed: Duration, failed: bool) {
-            self.0.lock().unwrap().push((op, elapsed, failed));
+        fn store_op(&self, op: &'static str, elapsed: Duration, error: Option<&StoreError>) {
+            self.0.lock().unwrap().push((op, elapsed, error.is_some()));
         }
     }
 
