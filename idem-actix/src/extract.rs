@@ -26,6 +26,13 @@ pub(crate) struct Admitted {
         allow(dead_code, reason = "only the Transaction extractor reads it")
     )]
     pub(crate) format: Option<ErrorFormat>,
+    /// Whether the run holds its key's claim: `false` when it runs unprotected, the store
+    /// having failed under `fail_open`.
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(dead_code, reason = "only the Transaction extractor reads it")
+    )]
+    pub(crate) claimed: bool,
 }
 
 /// Marks a request carrying the application's key header that a layer served but passed on
@@ -339,6 +346,7 @@ mod tests {
             request_id,
             key: IdempotencyKey(key),
             format: None,
+            claimed: true,
         });
         assert_eq!(extracted(&req).unwrap().as_str(), "order-1");
     }

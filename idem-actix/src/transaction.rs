@@ -139,10 +139,15 @@ mod enabled {
     ///   `Cache-Control: no-store`, logged with the reason, when the app's store is not a
     ///   [`PostgresStore`](crate::PostgresStore) given to [`IdempotencyConfig::new`] (or the
     ///   app registered no [`IdempotencyConfig`]), when the handler is under no idempotency
-    ///   layer, when it takes two transactions (or takes one after its run, from a request it
-    ///   kept), or (after its run) when it kept its
-    ///   transaction beyond its run, or answered a success over a statement of it that
-    ///   failed: nothing is then committed, and the key is released.
+    ///   layer, when the layer that claimed its key uses another [`IdempotencyConfig`] (an
+    ///   [`Idempotency`](crate::Idempotency) middleware reads its app's before routing, not a
+    ///   scope's inside it), when it takes two transactions (or takes one after its run, from
+    ///   a request it kept), or (after its run) when it kept its transaction beyond its run,
+    ///   or answered a success over a statement of it that failed: nothing is then committed,
+    ///   and the key is released;
+    /// - 500 `idempotency_layer_missing` when the request carries a key on a method that the
+    ///   [`Idempotency`](crate::Idempotency) middleware around the handler leaves alone (see
+    ///   `Idempotency::with_methods`).
     pub struct Transaction {
         tx: Option<ClaimTransaction>,
         loan: Rc<Lent>,
@@ -216,14 +221,17 @@ mod enabled {
             let res = error_response(&error, &request_id, format, config.renderer());
             InternalError::from_response(error, res).into()
         };
-        if layered && config.transactions().is_some() {
+        if layered && crate::handler::unprotected(req) && config.transactions().is_some() {
             tracing::warn!("the idempotency store failed and the endpoint fails open: no transaction to lend its handler");
             let error = StoreError::Unavailable(
                 "no claim, so no transaction, while the store fails".into(),
             );
             return rendered(IdempotencyError::StoreUnavailable(error));
         }
-        let reason = if layered && !IdempotencyConfig::registered(req) {
+        let reason = if layered && config.transactions().is_some() {
+            // Claimed, and on a Postgres store, yet nothing lent: the layer claimed on another.
+            "a handler takes a Transaction, but the idempotency layer that claimed its key uses another IdempotencyConfig, whose store is not Postgres (an Idempotency middleware reads its app's settings before routing, so not those a scope inside it registers): give the middleware the IdempotencyConfig of the PostgresStore, registered on the app or on the scope it wraps"
+        } else if layered && !IdempotencyConfig::registered(req) {
             "a handler takes a Transaction, but its app registered no IdempotencyConfig, so the embedded store serves it: register IdempotencyConfig::new(PostgresStore) with App::app_data"
         } else if layered {
             "a handler takes a Transaction, but the app's idempotency store is not Postgres: build its IdempotencyConfig with IdempotencyConfig::new(PostgresStore), and check it at start-up with require_transactions"

@@ -851,6 +851,74 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
     assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
 }
 
+#[idempotent(fail_open)]
+async fn failing_open(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpResponse {
+    untransacted(runs, tx).await
+}
+
+/// A Postgres store that cannot be reached, on an endpoint that fails open: the handler runs
+/// without a claim, so no transaction can be lent, and its `Transaction` is refused as the
+/// outage it is (503, `Retry-After`), not as a misconfiguration.
+#[actix_web::test]
+async fn a_transaction_while_the_store_fails_open_is_refused_as_an_outage() {
+    let logged = Warnings::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        // Nothing listens on port 1: every connection is refused at once.
+        let postgres = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .build()
+            .expect("valid settings");
+        cfg.app_data(IdempotencyConfig::new(postgres))
+            .app_data(data.clone())
+            .route("/calls", web::post().to(failing_open));
+    });
+    let res = call("/calls", "k1").send(server.addr).await;
+    assert_error(&res, 503, "idempotency_store_unavailable");
+    assert!(res.header("retry-after").is_some(), "{res:?}");
+    // From the handler's extractor, the store having failed open; not the layer's refusal.
+    assert!(
+        logged.containing_from("no transaction to lend its handler", server.threads()) >= 1,
+        "{:?}",
+        logged.logged()
+    );
+}
+
+/// A middleware that claims keys on one store (the app's, which it reads before routing) over
+/// a handler whose scope registers a Postgres store: the handler's `Transaction` cannot be
+/// lent, and the answer says so as a fault of the server's (500), not as an outage to retry
+/// (503 with `Retry-After`), which the client would retry for ever.
+#[actix_web::test]
+async fn a_transaction_under_a_layer_on_another_store_is_refused_as_a_misconfiguration() {
+    let logged = Warnings::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        // Never reached: the handler does not run, and the store connects when first used.
+        let postgres = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .build()
+            .expect("valid settings");
+        cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
+            .app_data(data.clone())
+            .service(
+                web::scope("/outer").wrap(Idempotency::new()).service(
+                    web::scope("/postgres")
+                        .app_data(IdempotencyConfig::new(postgres))
+                        .route("/calls", web::post().to(untransacted)),
+                ),
+            );
+    });
+    let res = call("/outer/postgres/calls", "k1").send(server.addr).await;
+    assert_error(&res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+    assert_eq!(res.header("retry-after"), None);
+    assert!(
+        logged.containing_from("another IdempotencyConfig", server.threads()) >= 1,
+        "{:?}",
+        logged.logged()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
+}
+
 #[idempotent(header = "X-Idempotency-Key", errors = "problem")]
 async fn own_header(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpResponse {
     untransacted(runs, tx).await

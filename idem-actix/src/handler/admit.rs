@@ -124,6 +124,15 @@ pub(crate) fn admitted_format(req: &HttpRequest) -> Option<ErrorFormat> {
     req.extensions().get::<Admitted>()?.format
 }
 
+/// Whether `req` runs under a layer without its key's claim: the store failed, and the
+/// endpoint fails open.
+#[cfg(feature = "postgres")]
+pub(crate) fn unprotected(req: &HttpRequest) -> bool {
+    req.extensions()
+        .get::<Admitted>()
+        .is_some_and(|admitted| !admitted.claimed)
+}
+
 /// Validates the key and scope, reads the body and fingerprints the request.
 ///
 /// A key from a header is checked, and its scope found, before the body is read, so that a

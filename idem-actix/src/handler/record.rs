@@ -25,11 +25,12 @@ use crate::request_id::RequestId;
 use crate::transaction::{Loan, Offer};
 
 impl Run {
-    /// Hands the request's id and key to the handler, and calls it: its reply, or `Err` if it
-    /// panicked.
+    /// Hands the request's id and key to the handler, and calls it, under its key's claim or
+    /// not (`claimed`): its reply, or `Err` if it panicked.
     pub(super) fn call<H, Fut>(
         self,
         handler: H,
+        claimed: bool,
     ) -> (RequestId, impl Future<Output = std::thread::Result<Reply>>)
     where
         H: FnOnce(HttpRequest, dev::Payload) -> Fut,
@@ -46,6 +47,7 @@ impl Run {
             request_id: request_id.clone(),
             key: crate::IdempotencyKey(key),
             format,
+            claimed,
         });
         let ran = AssertUnwindSafe(handler(req, rebuilt(body))).catch_unwind();
         (request_id, ran)
@@ -58,7 +60,7 @@ where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
 {
-    let (request_id, ran) = run.call(handler);
+    let (request_id, ran) = run.call(handler, false);
     let Reply { req, res } = ran.await.unwrap_or_else(|_| Reply::orphan(panicked()));
     Reply {
         req,
@@ -127,7 +129,7 @@ where
     async move {
         let loan = offer.map(|offer| offer.lend(&run.req, &lease));
         let lent = loan.as_ref();
-        let (request_id, ran) = run.call(handler);
+        let (request_id, ran) = run.call(handler, true);
         let ran = lease
             .run(async move {
                 let Reply { req, res } = ran.await?;
