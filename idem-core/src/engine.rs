@@ -559,10 +559,15 @@ impl Engine {
 
     /// Whether `error` lets a request under `policy` run unprotected: the endpoint (or the
     /// store) fails open, and the store could not be reached. A store that answered, with a
-    /// refusal, a record it cannot read or claims of the key by others, may hold the key
-    /// taken: that fails closed whatever the policy.
+    /// refusal, a record it cannot read, claims of the key by others, or a claim it released
+    /// because fewer replicas than asked acknowledged it, may hold the key taken (or soon):
+    /// that fails closed whatever the policy.
     fn fails_open(&self, policy: &Policy, error: &StoreError) -> bool {
-        let unreachable = matches!(error, StoreError::Unavailable(_) | StoreError::Timeout);
+        let unreachable = match error {
+            StoreError::Unavailable(source) => !crate::store::answered(&**source),
+            StoreError::Timeout => true,
+            _ => false,
+        };
         unreachable
             && (policy.on_store_error == OnStoreError::FailOpen || self.parts.store.fails_open())
     }

@@ -1259,6 +1259,33 @@ async fn failing_open_a_claim_its_replicas_did_not_acknowledge_still_holds_its_k
     assert!(matches!(retry, Ok(Begin::Replay(_))), "{retry:?}");
 }
 
+/// An endpoint that fails open, on a store that does not: a claim its replicas did not
+/// acknowledge is released, and Redis, which answered, may hold the key again for another
+/// request by then, so the request is refused (503), never run unprotected; had it run, each
+/// retry would have run the operation again, as none leaves a record while replicas lag.
+#[tokio::test]
+async fn a_claim_its_replicas_did_not_acknowledge_is_refused_even_where_the_endpoint_fails_open() {
+    // No replica: every wait falls short.
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .wait_for_replicas(1, Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fails_open = Policy::DEFAULT.on_store_error(idem_core::OnStoreError::FailOpen);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = StoreKey::from_bytes([5; 32]);
+    for attempt in ["the request", "its retry"] {
+        let begun = engine.begin(&fails_open, key, fp).await;
+        assert!(
+            matches!(begun, Err(IdempotencyError::StoreUnavailable(_))),
+            "{attempt}: {begun:?}"
+        );
+    }
+}
+
 /// A current-thread runtime, such as each actix worker runs.
 fn worker_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -41,6 +41,23 @@ pub use self::postgres::{
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::replay_cache::ReplayCache;
 
+/// Whether `error`, an unavailable store's, came from a store that answered: a Redis claim
+/// that fewer replicas than asked acknowledged in time, released by the store (or kept,
+/// where the store itself fails open, and then not an error). The store was reached, and the
+/// key may be claimed again by another request by now, so such a request does not run
+/// unprotected under an endpoint that fails open.
+pub(crate) fn answered(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    #[cfg(feature = "redis")]
+    {
+        self::redis::not_replicated(error)
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = error;
+        false
+    }
+}
+
 /// How long a store keeps a claim after its lease ends. Claims treat it as absent all the
 /// same; the grace only lets a slow holder that nobody displaced still record its response.
 pub const LAPSED_CLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(60);

@@ -142,6 +142,11 @@ impl std::fmt::Display for NotReplicated {
 
 impl std::error::Error for NotReplicated {}
 
+/// Whether `error` is a claim that fewer replicas than asked acknowledged.
+pub(crate) fn not_replicated(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    error.is::<NotReplicated>()
+}
+
 /// A Lua script, run by its hash and sent whole only to a server that does not have it yet.
 struct Script {
     body: &'static str,
@@ -1099,8 +1104,9 @@ impl RedisStoreBuilder {
     /// had not reached lets a retry run the operation again. With this setting, a handler
     /// runs only once its claim is on `replicas` replicas: a claim that fewer acknowledged in
     /// time is released, and answers as an unavailable store (503
-    /// `idempotency_store_unavailable`). Under [`fail_open`](Self::fail_open) it is kept
-    /// instead, and logged: the request runs under it, as it would without this setting, and
+    /// `idempotency_store_unavailable`), even on an endpoint that fails open: Redis answered,
+    /// and a request run unprotected would leave no record, so that each retry ran it again.
+    /// Under this store's own [`fail_open`](Self::fail_open) it is kept instead, and logged: the request runs under it, as it would without this setting, and
     /// a duplicate meanwhile is still turned away (released, the duplicate would run beside
     /// it unprotected while Redis answers). A completion that fewer acknowledged is kept, and
     /// logged: the operation ran and its answer goes out. This narrows the window, it does
