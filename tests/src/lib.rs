@@ -759,6 +759,29 @@ impl TestRedis {
         self.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0));
     }
 
+    /// Suspends the server's process (`SIGSTOP`) until [`resume`](Self::resume): it keeps its
+    /// connections, and answers nothing meanwhile (a replica then acknowledges no write).
+    ///
+    /// # Panics
+    /// On a Redis this test did not start.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a server [`pause`](Self::pause) suspended.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a Redis of this test's own");
+        let sent = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {signal}");
+    }
+
     /// Stops the server (an outage).
     ///
     /// # Panics

@@ -966,10 +966,15 @@ async fn a_request_a_redis_older_than_7_refuses_is_logged_with_the_version_the_s
 
 /// Polls `redis`'s `INFO replication` until `line` is among its lines (10 s at most).
 fn replication_shows(redis: &TestRedis, line: &str) {
+    replication_shows_where(redis, line, |l| l == line);
+}
+
+/// Polls `redis`'s `INFO replication` until one of its lines passes `shows` (10 s at most).
+fn replication_shows_where(redis: &TestRedis, line: &str, shows: impl Fn(&str) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let info: String = redis.query(redis::cmd("INFO").arg("replication"));
-        if info.lines().any(|l| l.trim() == line) {
+        if info.lines().any(|l| shows(l.trim())) {
             return;
         }
         assert!(
@@ -988,6 +993,11 @@ fn primary_and_replica() -> Option<(TestRedis, TestRedis)> {
     replica.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port));
     replication_shows(&replica, "master_link_status:up");
     replication_shows(&primary, "connected_slaves:1");
+    // Online, so that `WAIT` counts it: after a diskless sync, the primary takes a replica as
+    // online at its first acknowledgement, up to a second after the link is up.
+    replication_shows_where(&primary, "slave0:...,state=online,...", |l| {
+        l.starts_with("slave0:") && l.contains(",state=online,")
+    });
     Some((primary, replica))
 }
 
@@ -1284,6 +1294,51 @@ async fn a_claim_its_replicas_did_not_acknowledge_is_refused_even_where_the_endp
             "{attempt}: {begun:?}"
         );
     }
+}
+
+/// A claim whose command was sent twice (a client that resends a command whose answer was
+/// lost; the `redis` crate's cluster client does) finds its own first write. That write is
+/// this request's claim, and it holds the key only once the replicas acknowledge it, as the
+/// first send's answer would have. Taken as held with no `WAIT`, or with a `WAIT` on a
+/// connection that wrote nothing (which Redis answers at once, counting every replica
+/// connected), the request ran on a claim a failover could lose, and a retry on the new
+/// primary ran the operation again.
+#[tokio::test]
+async fn a_claim_that_finds_its_own_resent_write_still_waits_for_its_replicas() {
+    let Some((primary, replica)) = primary_and_replica() else {
+        return;
+    };
+    let replicated = RedisStore::builder(primary.url())
+        .wait_for_replicas(1, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let plain = default_store(primary.url());
+    let now = Timestamp::from_millis(1_900_000_000_000);
+    let claim = idem_core::InFlight {
+        fingerprint: Fingerprint::new("POST", "/x", "", b""),
+        lease_until: now.saturating_add(Duration::from_secs(60)),
+        token: idem_core::Token::random(),
+    };
+    let key = StoreKey::from_bytes([6; 32]);
+    // The replica stays connected but acknowledges nothing from here on.
+    replica.pause();
+    // The first send, written on the primary alone.
+    let first = plain.claim(&key, claim, now).await;
+    // The resent command finds it.
+    let resent = replicated.claim(&key, claim, now).await;
+    let after = plain.get(&key, now).await;
+    replica.resume();
+    assert!(matches!(first, Ok(idem_core::Claim::Claimed)), "{first:?}");
+    let Err(StoreError::Unavailable(why)) = resent else {
+        panic!("no replica acknowledged the claim: {resent:?}")
+    };
+    assert!(
+        why.to_string()
+            .contains("reached 0 of the 1 Redis replicas"),
+        "{why}"
+    );
+    // Unacknowledged, it was released: the key is free again.
+    assert!(matches!(after, Ok(None)), "{after:?}");
 }
 
 /// A current-thread runtime, such as each actix worker runs.

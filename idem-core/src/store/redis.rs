@@ -834,12 +834,22 @@ impl RedisStore {
         };
         let record = codec::decode(&bytes)?;
         if record.is_live(now) {
-            return Ok(Claim::Existing(record));
+            return self
+                .found(
+                    &mut link,
+                    &redis_key,
+                    key,
+                    claim.token,
+                    keep_for,
+                    replicas,
+                    record,
+                )
+                .await;
         }
         // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
         // another request did first.
-        let (now, keep_for) = (now.as_millis().to_string(), keep_for.to_string());
-        let args: [&[u8]; 3] = [now.as_bytes(), &value, keep_for.as_bytes()];
+        let (now_ms, keep_for_ms) = (now.as_millis().to_string(), keep_for.to_string());
+        let args: [&[u8]; 3] = [now_ms.as_bytes(), &value, keep_for_ms.as_bytes()];
         let existing: Option<Vec<u8>> = self
             .run(self.eval(&mut link, &self.claim, &redis_key, &args))
             .await?;
@@ -847,8 +857,57 @@ impl RedisStore {
             None => {
                 (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas)).await
             }
-            Some(bytes) => Ok(Claim::Existing(codec::decode(&bytes)?)),
+            Some(bytes) => {
+                let record = codec::decode(&bytes)?;
+                (self.found(
+                    &mut link,
+                    &redis_key,
+                    key,
+                    claim.token,
+                    keep_for,
+                    replicas,
+                    record,
+                ))
+                .await
+            }
         }
+    }
+
+    /// A claim's answer when Redis holds a live `record` for the key: the record, unless it is
+    /// this claim itself, written by an earlier send of the same command whose answer was lost
+    /// (a client that resends it; the `redis` crate's cluster client does). That write is this
+    /// request's claim, and holds the key once the replicas asked for acknowledged it, as its
+    /// first answer would have. `WAIT` counts the writes sent on its own connection, and this
+    /// one may have carried none (the first send went out on another, before a reconnection),
+    /// so the claim's expiry is written again here first: the replicas that acknowledge that
+    /// write hold the claim, which Redis replicated before it.
+    #[allow(clippy::too_many_arguments)]
+    async fn found(
+        &self,
+        link: &mut Link,
+        redis_key: &str,
+        key: &StoreKey,
+        token: Token,
+        keep_for: u64,
+        replicas: Option<Replicas>,
+        record: Record,
+    ) -> Result<Claim, StoreError> {
+        if !record.is_claim_of(token) {
+            return Ok(Claim::Existing(record));
+        }
+        if replicas.is_some() {
+            let mut pexpire = redis::cmd("PEXPIRE");
+            pexpire.arg(redis_key).arg(keep_for);
+            let kept: i64 = self.run(pexpire.query_async(link)).await?;
+            if kept == 0 {
+                // Gone since it was read (released, or lapsed): nothing holds the key.
+                return Err(StoreError::Unavailable(
+                    "the claim Redis held for this request was gone before its replicas acknowledged it".into(),
+                ));
+            }
+        }
+        self.replicated_claim(link, redis_key, key, token, replicas)
+            .await
     }
 
     /// `claim`, claimed on `redis_key` by `token`, once the replicas asked for acknowledged
