@@ -694,8 +694,8 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
     }
     let store_unavailable = match policy.on_store_error {
         // Failing open runs unprotected only when the store cannot be reached.
-        OnStoreError::FailOpen => "the idempotency store refused the command, answered with a record it cannot read, or could not claim the key for other claims of it at the same moment; nothing ran",
-        _ => "the idempotency store cannot be reached, refused the command, answered with a record it cannot read, or could not claim the key for other claims of it at the same moment; nothing ran",
+        OnStoreError::FailOpen => "the idempotency store refused the command, answered with a record it cannot read, could not claim the key for other claims of it at the same moment, or took a claim fewer of its replicas acknowledged than it waits for; nothing ran",
+        _ => "the idempotency store cannot be reached, refused the command, answered with a record it cannot read, could not claim the key for other claims of it at the same moment, or took a claim fewer of its replicas acknowledged than it waits for; nothing ran",
     };
     responses.push(LayerResponse {
         status: 503,

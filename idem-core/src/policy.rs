@@ -66,8 +66,9 @@ pub enum OnStoreError {
     /// ([`StoreError::Unavailable`](crate::StoreError::Unavailable): starting, loading, a node
     /// that takes no writes in a failover). A store that answered fails closed all the same:
     /// with a refusal of its own ([`StoreError::Refused`](crate::StoreError::Refused): out of
-    /// memory, wrong credentials, a table never migrated), a record it cannot read, or a claim
-    /// given up for concurrent claims of the key. A
+    /// memory, wrong credentials, a table never migrated), a record it cannot read, a claim
+    /// given up for concurrent claims of the key, or a Redis claim fewer replicas acknowledged
+    /// than `wait_for_replicas` asks. A
     /// request waiting for a running one (`OnInFlight::Wait`) whose look at it fails gets 409:
     /// the key was held when the store last answered.
     FailOpen,

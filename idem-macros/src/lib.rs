@@ -599,7 +599,8 @@ mod valid;
 /// loading, a node that takes no writes in a failover), run the handler unprotected instead of
 /// answering 503 `idempotency_store_unavailable` (the default, which runs nothing). A store
 /// that answers with a refusal of its own (out of memory, a table never migrated, wrong
-/// credentials) still fails closed: it was reached, and may hold the key. `fail_open = false`
+/// credentials), or a Redis claim that fewer replicas acknowledged than `wait_for_replicas`
+/// asks, still fails closed: it was reached, and may hold the key. `fail_open = false`
 /// fails closed even where the application's defaults fail open. A store can also be
 /// configured to fail open for every endpoint, whatever the endpoint says.
 ///

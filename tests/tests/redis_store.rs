@@ -845,6 +845,22 @@ async fn a_response_of_the_largest_max_response_the_check_passes_is_replayed_who
 /// takes a refusal) and refuses `SET` with `NX` beside `GET` (Redis 7.0 took them together)
 /// as a syntax error.
 async fn redis_6_2() -> std::net::SocketAddr {
+    fake_redis(|args| {
+        let has = |word: &str| args.iter().skip(3).any(|arg| arg == word);
+        match args.first().map_or("", String::as_str) {
+            "SET" if has("NX") && has("GET") => Some("-ERR syntax error\r\n".into()),
+            "PING" => Some("+PONG\r\n".into()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// A server on a free port of 127.0.0.1 that answers each command (its words upper-cased)
+/// with `answer`'s reply, or, where that has none, as Redis 6.2 answers a command it does not
+/// have; `CLIENT SETINFO` (Redis 7.2 added it; the client sends it on connecting and takes a
+/// refusal) always so. A reply of `""` is none at all: the client waits for it.
+async fn fake_redis(answer: fn(&[String]) -> Option<String>) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// The first whole command in `buf` (an array of bulk strings, upper-cased), and the
@@ -866,18 +882,14 @@ async fn redis_6_2() -> std::net::SocketAddr {
         (buf.len() >= at).then_some((args, at))
     }
 
-    /// Redis 6.2's answer to `args`.
-    fn answer(args: &[String]) -> String {
-        let has = |word: &str| args.iter().skip(3).any(|arg| arg == word);
+    let reply = move |args: &[String]| {
         match args.first().map_or("", String::as_str) {
-            "CLIENT" if args.get(1).is_some_and(|sub| sub == "SETINFO") => {
-                "-ERR Unknown subcommand or wrong number of arguments for 'SETINFO'. Try CLIENT HELP.\r\n".into()
-            }
-            "SET" if has("NX") && has("GET") => "-ERR syntax error\r\n".into(),
-            "PING" => "+PONG\r\n".into(),
-            name => format!("-ERR unknown command `{name}`\r\n"),
+        "CLIENT" if args.get(1).is_some_and(|sub| sub == "SETINFO") => {
+            "-ERR Unknown subcommand or wrong number of arguments for 'SETINFO'. Try CLIENT HELP.\r\n".into()
         }
+        name => answer(args).unwrap_or_else(|| format!("-ERR unknown command `{name}`\r\n")),
     }
+    };
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -890,7 +902,7 @@ async fn redis_6_2() -> std::net::SocketAddr {
                     let mut answers = String::new();
                     while let Some((args, used)) = command(&buf) {
                         buf.drain(..used);
-                        answers.push_str(&answer(&args));
+                        answers.push_str(&reply(&args));
                     }
                     if socket.write_all(answers.as_bytes()).await.is_err() {
                         return;
@@ -1339,6 +1351,66 @@ async fn a_claim_that_finds_its_own_resent_write_still_waits_for_its_replicas() 
     );
     // Unacknowledged, it was released: the key is free again.
     assert!(matches!(after, Ok(None)), "{after:?}");
+}
+
+/// A Redis that takes every claim and never answers `WAIT`: as a `WAIT` queued behind other
+/// commands past the command timeout (on Redis Cluster, the process's commands to a node share
+/// one connection), or a connection lost between the two. The `SET` was answered, so Redis
+/// holds the claim, replicated or not.
+async fn redis_whose_waits_never_answer() -> std::net::SocketAddr {
+    fake_redis(|args| match args.first().map_or("", String::as_str) {
+        "SET" => Some("$-1\r\n".into()),
+        "WAIT" => Some(String::new()),
+        "EVALSHA" => Some(":1\r\n".into()),
+        _ => None,
+    })
+    .await
+}
+
+/// A `WAIT` that fails after Redis took the claim is a claim its replicas did not
+/// acknowledge, as one that fell short: Redis answered, and may hold the key for another
+/// request once this one is released, so an endpoint that fails open refuses the request
+/// (503) rather than run it unprotected, where each retry ran the operation again.
+#[tokio::test]
+async fn a_claim_whose_wait_fails_is_refused_even_where_the_endpoint_fails_open() {
+    let addr = redis_whose_waits_never_answer().await;
+    let store = RedisStore::builder(format!("redis://{addr}/"))
+        .command_timeout(Duration::from_millis(200))
+        .wait_for_replicas(1, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fails_open = Policy::DEFAULT.on_store_error(idem_core::OnStoreError::FailOpen);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let begun = engine
+        .begin(&fails_open, StoreKey::from_bytes([7; 32]), fp)
+        .await;
+    let Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(why))) = begun else {
+        panic!("refused, not run unprotected: {begun:?}")
+    };
+    assert!(why.to_string().contains("it was released"), "{why}");
+}
+
+/// Under the store's own `fail_open`, a claim whose `WAIT` failed is kept, as one its replicas
+/// fell short of: the request runs under it, and a duplicate meanwhile is turned away, where
+/// a released claim left the duplicate to run beside it.
+#[tokio::test]
+async fn failing_open_a_claim_whose_wait_fails_still_runs_under_its_claim() {
+    let addr = redis_whose_waits_never_answer().await;
+    let store = RedisStore::builder(format!("redis://{addr}/"))
+        .command_timeout(Duration::from_millis(200))
+        .wait_for_replicas(1, Duration::from_millis(100))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let begun = Engine::new(store)
+        .begin(&Policy::DEFAULT, StoreKey::from_bytes([8; 32]), fp)
+        .await;
+    assert!(
+        matches!(begun, Ok(Begin::Execute(_))),
+        "runs under the claim Redis holds: {begun:?}"
+    );
 }
 
 /// A current-thread runtime, such as each actix worker runs.

@@ -116,12 +116,14 @@ struct Replicas {
 }
 
 /// A claim that fewer replicas than asked acknowledged in time
-/// ([`RedisStoreBuilder::wait_for_replicas`]): a failover could lose it, so it was released,
-/// and the store answers [`StoreError::Unavailable`]; or, by a store that fails open, kept,
-/// and logged.
+/// ([`RedisStoreBuilder::wait_for_replicas`]), or whose `WAIT` failed once Redis had taken it
+/// (timed out behind other commands, or its connection lost): a failover could lose it, so it
+/// was released, and the store answers [`StoreError::Unavailable`]; or, by a store that fails
+/// open, kept, and logged.
 #[derive(Debug)]
 struct NotReplicated {
-    acknowledged: i64,
+    /// How many replicas acknowledged it, or why that is unknown.
+    acknowledged: Result<i64, StoreError>,
     replicas: Replicas,
     /// Kept anyway, by a store that fails open.
     kept: bool,
@@ -129,18 +131,36 @@ struct NotReplicated {
 
 impl std::fmt::Display for NotReplicated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the claim reached {} of the {} Redis replicas it waits for within {} ms, so a failover could lose it; {}",
-            self.acknowledged,
-            self.replicas.count,
-            self.replicas.timeout.as_millis(),
-            if self.kept { "it was kept, failing open" } else { "it was released" }
-        )
+        match &self.acknowledged {
+            Ok(acknowledged) => write!(
+                f,
+                "the claim reached {acknowledged} of the {} Redis replicas it waits for within {} ms",
+                self.replicas.count,
+                self.replicas.timeout.as_millis(),
+            )?,
+            Err(error) => write!(
+                f,
+                "Redis took the claim, but waiting for its {} replicas failed ({error})",
+                self.replicas.count,
+            )?,
+        }
+        let fate = if self.kept {
+            "it was kept, failing open"
+        } else {
+            "it was released"
+        };
+        write!(f, ", so a failover could lose it; {fate}")
     }
 }
 
-impl std::error::Error for NotReplicated {}
+impl std::error::Error for NotReplicated {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.acknowledged
+            .as_ref()
+            .err()
+            .map(|error| error as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Whether `error` is a claim that fewer replicas than asked acknowledged.
 pub(crate) fn not_replicated(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
@@ -895,10 +915,13 @@ impl RedisStore {
         if !record.is_claim_of(token) {
             return Ok(Claim::Existing(record));
         }
-        if replicas.is_some() {
+        if let Some(replicas) = replicas {
             let mut pexpire = redis::cmd("PEXPIRE");
             pexpire.arg(redis_key).arg(keep_for);
-            let kept: i64 = self.run(pexpire.query_async(link)).await?;
+            let kept: i64 = match self.run(pexpire.query_async(link)).await {
+                Ok(kept) => kept,
+                Err(error) => return self.unreplicated(key, token, Err(error), replicas).await,
+            };
             if kept == 0 {
                 // Gone since it was read (released, or lapsed): nothing holds the key.
                 return Err(StoreError::Unavailable(
@@ -923,33 +946,42 @@ impl RedisStore {
         let Some(replicas) = replicas else {
             return Ok(Claim::Claimed);
         };
-        let refusal = match self.acknowledged(link, redis_key, replicas).await {
-            Ok(acknowledged) if acknowledged >= i64::from(replicas.count) => {
-                return Ok(Claim::Claimed)
-            }
-            // Failing open, the claim Redis holds is kept: the request runs as it would
-            // without waiting for replicas, and a duplicate meanwhile is still turned away,
-            // where a released claim left it to run beside this one.
-            Ok(acknowledged) if self.fail_open => {
-                let short = NotReplicated {
-                    acknowledged,
-                    replicas,
-                    kept: true,
-                };
-                tracing::warn!(%key, "{short}");
-                return Ok(Claim::Claimed);
-            }
-            Ok(acknowledged) => StoreError::Unavailable(Box::new(NotReplicated {
-                acknowledged,
-                replicas,
-                kept: false,
-            })),
-            Err(error) => error,
+        let acknowledged = self.acknowledged(link, redis_key, replicas).await;
+        if matches!(acknowledged, Ok(count) if count >= i64::from(replicas.count)) {
+            return Ok(Claim::Claimed);
+        }
+        self.unreplicated(key, token, acknowledged, replicas).await
+    }
+
+    /// A claim Redis took, that `acknowledged` says fewer replicas than asked acknowledged, or
+    /// whose wait for them failed (a `WAIT` that timed out behind other commands, or a
+    /// connection lost): released, and unavailable; or kept, by a store that fails open. A
+    /// failed wait leaves the count unknown, but not that Redis holds the claim, so it is
+    /// never judged as a store that could not be reached, which an endpoint failing open
+    /// would run unprotected, beside the next request the released key lets in.
+    async fn unreplicated(
+        &self,
+        key: &StoreKey,
+        token: Token,
+        acknowledged: Result<i64, StoreError>,
+        replicas: Replicas,
+    ) -> Result<Claim, StoreError> {
+        let short = NotReplicated {
+            acknowledged,
+            replicas,
+            kept: self.fail_open,
         };
+        // Failing open, the claim Redis holds is kept: the request runs as it would without
+        // waiting for replicas, and a duplicate meanwhile is still turned away, where a
+        // released claim left it to run beside this one.
+        if short.kept {
+            tracing::warn!(%key, "{short}");
+            return Ok(Claim::Claimed);
+        }
         if let Err(error) = self.release(key, token).await {
             tracing::warn!(%key, %error, "releasing a claim its replicas did not acknowledge failed; it lapses with its lease");
         }
-        Err(refusal)
+        Err(StoreError::Unavailable(Box::new(short)))
     }
 
     /// How many replicas of `redis_key`'s primary acknowledged the writes sent to it before
