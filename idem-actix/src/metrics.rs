@@ -101,9 +101,7 @@ impl StoreObserver for StoreMetrics {
             ["claim", "get", "extend", "complete", "release",]
         )
         .record(elapsed.as_secs_f64());
-        // A commit Postgres refused for the handler's own writes is the handler's fault,
-        // answered as such: an application's bug does not count against the store.
-        if error.is_some_and(|error| !handlers_fault(error)) {
+        if error.is_some() {
             metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
         }
         // After every operation, whichever a store counts evictions in; none costs one load.
@@ -111,6 +109,13 @@ impl StoreObserver for StoreMetrics {
         if evicted > 0 {
             metrics::counter!("idem_store_evictions_total").increment(evicted);
         }
+    }
+
+    fn settlement_op(&self, op: &'static str, elapsed: Duration, error: Option<&StoreError>) {
+        // A commit Postgres refused for the handler's own writes is the handler's fault,
+        // answered as such: an application's bug does not count against the store.
+        let error = error.filter(|error| !handlers_fault(error));
+        self.store_op(op, elapsed, error);
     }
 }
 
@@ -254,5 +259,26 @@ mod tests {
         assert_eq!(counted_for_a_commit_refused_with(|| refused("53100")), 1);
         let lost = || StoreError::Unavailable("connection reset".into());
         assert_eq!(counted_for_a_commit_refused_with(lost), 1);
+    }
+
+    /// Only a commit can be refused for a handler's writes: the same SQLSTATEs from one of the
+    /// store's own operations (a claim a constraint or trigger added to the store's table
+    /// refuses, a statement of a transaction of the store's that failed) are the store's
+    /// errors, and counted. They were taken as a handler's fault on every operation.
+    #[test]
+    fn a_store_s_own_operation_refused_with_a_handler_s_sqlstate_is_a_store_error() {
+        for code in ["23505", "23514", "P0001", "25P02"] {
+            let counts = Counts::default();
+            metrics::with_local_recorder(&counts, || {
+                let metrics = StoreMetrics::new(Arc::new(MokaStore::new()));
+                for op in ["claim", "get", "extend", "complete", "release"] {
+                    metrics.store_op(op, Duration::ZERO, Some(&refused(code)));
+                }
+            });
+            for op in ["claim", "get", "extend", "complete", "release"] {
+                let name = format!("idem_store_errors_total{{op={op}}}");
+                assert_eq!(counts.of(&name), 1, "{code} on {op}");
+            }
+        }
     }
 }

@@ -125,10 +125,17 @@ impl Releasing {
 /// Told of every store operation the engine makes: for metrics, without wrapping the store.
 pub trait StoreObserver: Send + Sync + 'static {
     /// Operation `op` (`claim`, `get`, `extend`, `complete`, `release`) took `elapsed`, and
-    /// failed with `error`, if any. A `complete` or `release` of
-    /// [`Lease::finish_with`] or [`Lease::release_with`] is its caller's settlement, whose
-    /// error may be the caller's own (such as a transaction its writes made fail).
+    /// failed with `error`, if any.
     fn store_op(&self, op: &'static str, elapsed: Duration, error: Option<&StoreError>);
+
+    /// A `complete` or `release` made by the caller of [`Lease::finish_with`] or
+    /// [`Lease::release_with`] (its settlement) took `elapsed`, and failed with `error`, if
+    /// any: an error that may be the caller's own, such as the commit of a transaction that
+    /// the caller's writes made fail. The default takes it as any
+    /// [`store_op`](Self::store_op).
+    fn settlement_op(&self, op: &'static str, elapsed: Duration, error: Option<&StoreError>) {
+        self.store_op(op, elapsed, error);
+    }
 }
 
 /// What to do with a keyed request.
@@ -219,6 +226,20 @@ impl Engine {
             self.op_done(op, started, &result);
             result
         }
+    }
+
+    /// Runs the settlement `call` of [`Lease::finish_with`] or [`Lease::release_with`], and
+    /// tells the observer how it went (see [`StoreObserver::settlement_op`]).
+    async fn settled<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let started = self.op_started();
+        let result = call.await;
+        if let (Some(observer), Some(started)) = (&self.parts.observer, started) {
+            observer.settlement_op(op, started.elapsed(), result.as_ref().err());
+        }
+        result
     }
 
     /// When a store operation starts, if an observer wants its time.
@@ -1200,7 +1221,7 @@ impl Lease {
         };
         // Until `settle` answers, a drop releases the claim: a cancelled run's settlement
         // ends with it, and may have left the claim in flight.
-        let settled = self.engine.observed(op, || settle(record)).await;
+        let settled = self.engine.settled(op, settle(record)).await;
         // An error leaves it to the drop, which releases it in the background, with retries.
         self.done = settled.is_ok();
         match settled {
@@ -1223,7 +1244,7 @@ impl Lease {
         mut self,
         release: impl Future<Output = Result<bool, StoreError>>,
     ) -> Result<bool, StoreError> {
-        let released = self.engine.observed("release", || release).await;
+        let released = self.engine.settled("release", release).await;
         // Released in the background when dropped, with retries.
         self.done = released.is_ok();
         released
