@@ -340,6 +340,18 @@ impl IdempotencyConfig {
         &*self.0.renderer
     }
 
+    /// Whether the store lends handlers transactions (see [`transactions`](Self::transactions)).
+    pub(crate) fn lends_transactions(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        {
+            self.transactions().is_some()
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            false
+        }
+    }
+
     /// The store that lends handlers their transactions, if it can.
     #[cfg(feature = "postgres")]
     pub(crate) fn transactions(&self) -> Option<&idem_core::store::PostgresStore> {

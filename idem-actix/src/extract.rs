@@ -33,6 +33,14 @@ pub(crate) struct Admitted {
         allow(dead_code, reason = "only the Transaction extractor reads it")
     )]
     pub(crate) claimed: bool,
+    /// Whether the store of the layer that admitted the run lends transactions: the
+    /// application's settings that layer read, which may not be those of the handler's scope
+    /// (a middleware reads its app's before routing).
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(dead_code, reason = "only the Transaction extractor reads it")
+    )]
+    pub(crate) lends: bool,
 }
 
 /// Marks a request carrying the application's key header that a layer served but passed on
@@ -347,6 +355,7 @@ mod tests {
             key: IdempotencyKey(key),
             format: None,
             claimed: true,
+            lends: false,
         });
         assert_eq!(extracted(&req).unwrap().as_str(), "order-1");
     }

@@ -217,19 +217,21 @@ mod enabled {
         let request_id = RequestId::of(req);
         let layered = crate::handler::taken(req);
         let format = crate::handler::admitted_format(req);
+        // The layer's store, not the handler's scope's, lends the transaction.
+        let lends = crate::handler::admitted_lends(req);
         let rendered = |error: IdempotencyError| {
             let res = error_response(&error, &request_id, format, config.renderer());
             InternalError::from_response(error, res).into()
         };
-        if layered && crate::handler::unprotected(req) && config.transactions().is_some() {
+        if layered && crate::handler::unprotected(req) && lends {
             tracing::warn!("the idempotency store failed and the endpoint fails open: no transaction to lend its handler");
             let error = StoreError::Unavailable(
                 "no claim, so no transaction, while the store fails".into(),
             );
             return rendered(IdempotencyError::StoreUnavailable(error));
         }
-        let reason = if layered && config.transactions().is_some() {
-            // Claimed, and on a Postgres store, yet nothing lent: the layer claimed on another.
+        let reason = if layered && !lends && config.transactions().is_some() {
+            // The handler's scope is on a Postgres store, but the layer claims on another.
             "a handler takes a Transaction, but the idempotency layer that claimed its key uses another IdempotencyConfig, whose store is not Postgres (an Idempotency middleware reads its app's settings before routing, so not those a scope inside it registers): give the middleware the IdempotencyConfig of the PostgresStore, registered on the app or on the scope it wraps"
         } else if layered && !IdempotencyConfig::registered(req) {
             "a handler takes a Transaction, but its app registered no IdempotencyConfig, so the embedded store serves it: register IdempotencyConfig::new(PostgresStore) with App::app_data"

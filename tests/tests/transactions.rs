@@ -11,8 +11,8 @@ use actix_web::error::{ErrorInternalServerError, ErrorServiceUnavailable};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use idem_actix::{
-    idempotent, Idempotency, IdempotencyConfig, MokaStore, PostgresStore, PostgresStoreBuilder,
-    ProblemJson, Transaction,
+    idempotent, Idempotency, IdempotencyConfig, MokaStore, OnStoreError, Policy, PostgresStore,
+    PostgresStoreBuilder, ProblemJson, Transaction,
 };
 use idem_tests::{
     assert_error, assert_problem, Open, RawRequest, RawResponse, TestPostgres, TestServer, Warnings,
@@ -907,6 +907,73 @@ async fn a_transaction_under_a_layer_on_another_store_is_refused_as_a_misconfigu
                         .route("/calls", web::post().to(untransacted)),
                 ),
             );
+    });
+    let res = call("/outer/postgres/calls", "k1").send(server.addr).await;
+    assert_error(&res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+    assert_eq!(res.header("retry-after"), None);
+    assert!(
+        logged.containing_from("another IdempotencyConfig", server.threads()) >= 1,
+        "{:?}",
+        logged.logged()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
+}
+
+/// A middleware that claims keys on a Postgres store that cannot be reached, failing open,
+/// over a handler whose scope registers another store: the layer that would lend the
+/// `Transaction` is the middleware, so its refusal is the outage it is (503, `Retry-After`),
+/// not a misconfiguration judged from the handler's own settings.
+#[actix_web::test]
+async fn a_transaction_under_a_failing_open_layer_on_postgres_is_an_outage_whatever_the_handler_s_scope_registers(
+) {
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        // Nothing listens on port 1: every connection is refused at once.
+        let postgres = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .fail_open(true)
+            .build()
+            .expect("valid settings");
+        cfg.app_data(IdempotencyConfig::new(postgres))
+            .app_data(data.clone())
+            .service(
+                web::scope("/outer").wrap(Idempotency::new()).service(
+                    web::scope("/embedded")
+                        .app_data(IdempotencyConfig::new(MokaStore::new()))
+                        .route("/calls", web::post().to(untransacted)),
+                ),
+            );
+    });
+    let res = call("/outer/embedded/calls", "k1").send(server.addr).await;
+    assert_error(&res, 503, "idempotency_store_unavailable");
+    assert!(res.header("retry-after").is_some(), "{res:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no handler ran");
+}
+
+/// A middleware on a store that lends no transaction, failing open while it is down, over a
+/// handler whose scope registers a Postgres store: no run of that middleware could lend the
+/// handler a `Transaction`, outage or not, so it is refused as the misconfiguration it is
+/// (500), not as an outage the client would retry for ever.
+#[actix_web::test]
+async fn a_transaction_under_a_failing_open_layer_on_another_store_is_a_misconfiguration() {
+    let logged = Warnings::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        let postgres = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .build()
+            .expect("valid settings");
+        let failing_open = Policy::DEFAULT.on_store_error(OnStoreError::FailOpen);
+        let outer = IdempotencyConfig::new(idem_actix::testing::UnavailableStore)
+            .with_defaults(failing_open)
+            .expect("valid defaults");
+        cfg.app_data(outer).app_data(data.clone()).service(
+            web::scope("/outer").wrap(Idempotency::new()).service(
+                web::scope("/postgres")
+                    .app_data(IdempotencyConfig::new(postgres))
+                    .route("/calls", web::post().to(untransacted)),
+            ),
+        );
     });
     let res = call("/outer/postgres/calls", "k1").send(server.addr).await;
     assert_error(&res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);

@@ -61,6 +61,8 @@ pub(super) struct Run {
     pub(super) request_id: RequestId,
     /// How the endpoint renders the layer's errors, if it names a format.
     pub(super) format: Option<ErrorFormat>,
+    /// Whether the layer's store lends transactions.
+    pub(super) lends: bool,
     pub(super) req: HttpRequest,
     pub(super) body: Bytes,
 }
@@ -131,6 +133,14 @@ pub(crate) fn unprotected(req: &HttpRequest) -> bool {
     req.extensions()
         .get::<Admitted>()
         .is_some_and(|admitted| !admitted.claimed)
+}
+
+/// Whether the store of the layer that admitted `req` lends transactions.
+#[cfg(feature = "postgres")]
+pub(crate) fn admitted_lends(req: &HttpRequest) -> bool {
+    req.extensions()
+        .get::<Admitted>()
+        .is_some_and(|admitted| admitted.lends)
 }
 
 /// Validates the key and scope, reads the body and fingerprints the request.
@@ -325,6 +335,7 @@ fn keyed(
     let span = tracing::debug_span!("idempotency", key = %key, request_id = %request_id);
     let on_replay = functions.on_replay.or(config.replay_hook());
     let format = policy.error_format;
+    let lends = config.lends_transactions();
     Admission::Keyed(Keyed {
         config,
         policy,
@@ -336,6 +347,7 @@ fn keyed(
             key,
             request_id,
             format,
+            lends,
             req,
             body,
         },

@@ -32,7 +32,7 @@ mod record;
 mod replay;
 
 #[cfg(feature = "postgres")]
-pub(crate) use self::admit::{admitted_format, unprotected};
+pub(crate) use self::admit::{admitted_format, admitted_lends, unprotected};
 pub(crate) use self::admit::{bypasses, passed, taken};
 pub(crate) use self::claim::keyed;
 pub(crate) use self::detach::TASKS;

@@ -40,6 +40,7 @@ impl Run {
             key,
             request_id,
             format,
+            lends,
             req,
             body,
         } = self;
@@ -48,6 +49,7 @@ impl Run {
             key: crate::IdempotencyKey(key),
             format,
             claimed,
+            lends,
         });
         let ran = AssertUnwindSafe(handler(req, rebuilt(body))).catch_unwind();
         (request_id, ran)

@@ -159,6 +159,7 @@ mod tests {
                 key,
                 request_id: RequestId::peek(&req),
                 format: None,
+                lends: false,
                 req,
                 body: bytes::Bytes::new(),
             },
