@@ -105,6 +105,24 @@ async fn a_preflight_from_an_origin_not_given_is_not_allowed() {
     assert!(res.header("access-control-allow-headers").is_none());
 }
 
+/// `*` allows every origin, whatever other origins are given with it, in any order: an origin
+/// named after it turned the list back into that origin alone.
+#[tokio::test]
+async fn any_origin_stays_allowed_when_named_origins_follow_it() {
+    let api = CallsApi::start_args(&["--cors-origin", "*", "--cors-origin", PAGE_ORIGIN]).await;
+    for origin in [PAGE_ORIGIN, OTHER_ORIGIN] {
+        let res = preflight(api.addr, origin, "/v1/calls", "Idempotency-Key").await;
+        assert!(
+            res.header("access-control-allow-origin").is_some(),
+            "{origin}: {res:?}"
+        );
+        assert!(
+            res.header("access-control-allow-headers").is_some(),
+            "{origin}: {res:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn without_an_origin_calls_api_answers_no_preflight() {
     let api = CallsApi::start(None).await;

@@ -259,7 +259,17 @@ fn bad_flags_are_refused_with_usage() {
     command.args(["--workers", "0"]);
     let (code, stderr) = common::refused(command);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--workers takes a positive whole number"));
+    assert!(stderr.contains("--workers takes a whole number from 1 to 512"));
+
+    // actix-web refuses more than 512 workers with a panic; calls-api says so before.
+    let mut command = common::command();
+    command.args(["--workers", "513"]);
+    let (code, stderr) = common::refused(command);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--workers takes a whole number from 1 to 512"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

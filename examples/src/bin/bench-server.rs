@@ -35,7 +35,8 @@ fn main() -> ExitCode {
         let value = args.next();
         match (flag.as_str(), value) {
             ("--addr", Some(v)) => addr = v,
-            ("--workers", Some(v)) if v.parse::<usize>().is_ok_and(|n| n > 0) => {
+            // actix-web panics on more than 512.
+            ("--workers", Some(v)) if v.parse::<usize>().is_ok_and(|n| (1..=512).contains(&n)) => {
                 workers = v.parse().unwrap_or(1)
             }
             ("--redis-url", Some(v)) => redis_url = Some(v),

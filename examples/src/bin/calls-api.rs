@@ -39,7 +39,7 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
 
   --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080;
                    port 0 picks a free port, printed once listening)
-  --workers        actix worker threads (env IDEM_WORKERS; default: one per core)
+  --workers        actix worker threads, 1 to 512 (env IDEM_WORKERS; default: one per core)
   --redis-url      use the Redis store at this URL, shared by several processes, such
                    as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it or
                    --redis-cluster, the embedded store of this process
@@ -168,10 +168,11 @@ fn options() -> Result<Options, String> {
     let workers = match workers {
         None => None,
         Some(Given { value, from }) => match value.parse::<usize>() {
-            Ok(n) if n > 0 => Some(n),
+            // actix-web panics on more than 512.
+            Ok(n @ 1..=512) => Some(n),
             _ => {
                 return Err(format!(
-                    "{from} takes a positive whole number, not `{value}`"
+                    "{from} takes a whole number from 1 to 512, not `{value}`"
                 ))
             }
         },

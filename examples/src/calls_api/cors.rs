@@ -46,12 +46,14 @@ pub fn cors(origins: &[String]) -> Cors {
         .allow_idempotency_keys(["Idempotency-Key", "X-Idempotency-Key"])
         .expose_headers([LOCATION])
         .max_age(PREFLIGHT_MAX_AGE);
+    // `*` takes in every origin named with it; actix-cors would have an origin named after
+    // it replace it.
+    if origins.iter().any(|origin| origin == "*") {
+        return cors.allow_any_origin();
+    }
     origins
         .iter()
-        .fold(cors, |cors, origin| match origin.as_str() {
-            "*" => cors.allow_any_origin(),
-            origin => cors.allowed_origin(origin),
-        })
+        .fold(cors, |cors, origin| cors.allowed_origin(origin))
 }
 
 #[cfg(test)]
