@@ -3,7 +3,7 @@
 //! the token is the tenant.
 //!
 //! Demo knobs of the fake carrier are headers, so that they are not part of the fingerprint:
-//! `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most 30000), and
+//! `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most 30000; more is refused), and
 //! `X-Simulate-Status: 5xx` makes it fail with that status and create nothing.
 //!
 //! Calls and messages are kept in memory, or, on a database ([`CallsState::on_database`]), as
@@ -243,10 +243,10 @@ impl FromRequest for Simulate {
         };
         let delay = match header("x-simulate-delay-ms").map(str::parse::<u64>) {
             None => 0,
-            Some(Ok(ms)) => ms.min(MAX_SIMULATED_DELAY_MS),
-            Some(Err(_)) => {
+            Some(Ok(ms @ ..=MAX_SIMULATED_DELAY_MS)) => ms,
+            Some(_) => {
                 return ready(bad(
-                    "X-Simulate-Delay-Ms takes a whole number of milliseconds",
+                    "X-Simulate-Delay-Ms takes a whole number of milliseconds, at most 30000",
                 ))
             }
         };

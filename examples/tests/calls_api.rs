@@ -2,7 +2,7 @@
 
 use actix_web::web;
 use idem_examples::calls_api::{configure, CallsState};
-use idem_tests::{assert_error, RawRequest, RawResponse, TestServer};
+use idem_tests::{assert_envelope, assert_error, RawRequest, RawResponse, TestServer};
 use serde_json::json;
 
 struct Api {
@@ -149,6 +149,19 @@ async fn a_simulated_carrier_failure_creates_nothing_and_releases_the_key() {
 
     let not_5xx = create("t1", None, new_call("+15555550123")).header("X-Simulate-Status", "404");
     assert_eq!(api.send(not_5xx).await.status, 400);
+}
+
+/// A simulated delay over the 30 s calls-api sleeps at most is refused, saying so, where it
+/// was cut to 30 s without a word; 30 s itself is taken.
+#[actix_web::test]
+async fn a_simulated_delay_over_its_bound_is_refused_with_the_bound() {
+    let api = start();
+    let too_long =
+        create("t1", Some("long"), new_call("+15555550123")).header("X-Simulate-Delay-Ms", "30001");
+    let res = api.send(too_long).await;
+    let message = assert_envelope(&res, 400, "invalid_simulation");
+    assert!(message.contains("at most 30000"), "{message}");
+    assert_eq!(api.state.call_count(), 0);
 }
 
 #[actix_web::test]

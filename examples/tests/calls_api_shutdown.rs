@@ -84,3 +84,38 @@ async fn sigterm_on_the_embedded_store_lets_a_call_whose_client_went_away_finish
     assert_eq!(placed.len(), 1, "{placed:?}");
     assert!(placed[0].starts_with("placed call_"), "{placed:?}");
 }
+
+/// A SIGTERM sent as soon as calls-api says it listens stops it as any other does, cleanly,
+/// saying so: the handler was installed only once the server ran, after that line, so a
+/// process manager that stopped it at once killed it with no drain.
+#[test]
+fn sigterm_right_after_the_listening_line_stops_calls_api_cleanly() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+
+    for attempt in 0..5 {
+        let mut child = common::command()
+            .args(["--addr", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start calls-api");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped standard error"));
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read standard error");
+        assert!(line.contains("listening on http://"), "{line}");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM delivered");
+        // Read to its end, so that calls-api can write what it says as it stops.
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        let status = child.wait().expect("reap calls-api");
+        assert!(status.success(), "attempt {attempt}: {status}: {rest}");
+        assert!(
+            rest.contains("SIGTERM; finishing calls in progress"),
+            "{rest}"
+        );
+    }
+}

@@ -283,26 +283,46 @@ const DRAIN: Duration = Duration::from_secs(15);
 /// How long it then waits for open connections.
 const CONNECTIONS_GRACE: Duration = Duration::from_secs(10);
 
-/// The first of SIGTERM and SIGINT (Ctrl-C), named.
-async fn stop_signal() -> &'static str {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made: made before
+/// calls-api says it listens, so that a stop sent as soon as it does is not the default
+/// action, which ends the process with no drain.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// The first of them to come, named.
+    async fn first(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 
@@ -378,6 +398,7 @@ fn main() -> ExitCode {
         if let Some(workers) = options.workers {
             server = server.workers(workers);
         }
+        let stop = StopSignals::listen()?;
         let server = server.bind(&options.addr).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", options.addr))
         })?;
@@ -397,7 +418,7 @@ fn main() -> ExitCode {
             .run();
         let handle = server.handle();
         actix_web::rt::spawn(async move {
-            let signal = stop_signal().await;
+            let signal = stop.first().await;
             eprintln!("calls-api: {signal}; finishing calls in progress");
             handle.pause().await;
             let cancelled = idem.drain(DRAIN).await;

@@ -62,7 +62,8 @@ pub async fn openapi_json() -> HttpResponse {
 /// The demo knobs, said in words: as parameters, a schema-driven client would send them.
 const SIMULATION: &str = "Demo knobs of the fake carrier (headers, so that they are not part \
     of the fingerprint): `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most \
-    30000); `X-Simulate-Status: 5xx` makes it fail with that status and create nothing.";
+    30000; more is refused, 400 `invalid_simulation`); `X-Simulate-Status: 5xx` makes it fail \
+    with that status and create nothing.";
 
 /// Every route, as the handlers answer.
 fn routes() -> serde_json::Value {
