@@ -13,7 +13,8 @@
 //!   [`Contract::answered_outside`]);
 //! - the layer's own error responses (400, 409, 413, 422 and 503, as the policy can give
 //!   them), in the configured error format, with `X-Request-ID`, `Retry-After` and
-//!   `Cache-Control`;
+//!   `Cache-Control`, added to the operation's own response of that status, or of the range
+//!   (`5XX`) or `default` it falls under, which a status of its own would otherwise hide;
 //! - the policy in words, the retention (TTL) among them, at the end of the operation's
 //!   description, and as an `x-idempotency` object for tools.
 //!
@@ -736,6 +737,29 @@ fn add_layer_response(
     if layer.retry_after {
         headers.push(("Retry-After", retry_after_header()));
     }
+    // A status of its own overrides the range it falls in (`5XX`), or `default`: where the
+    // operation documents one, its response is the start, so that the status still says what
+    // the handler answers with it.
+    // One under a reference this document cannot resolve is not copied: the layer's
+    // answers are documented on their own then.
+    let responses = &mut operation.responses.responses;
+    if !responses.contains_key(&status) {
+        let class = layer.status / 100;
+        let own = [
+            format!("{class}XX"),
+            format!("{class}xx"),
+            "default".to_owned(),
+        ]
+        .iter()
+        .find_map(|name| responses.get(name))
+        .cloned();
+        if let Some(own) = own {
+            responses.insert(status.clone(), own);
+            if response_mut(operation, &status, components).is_none() {
+                operation.responses.responses.remove(&status);
+            }
+        }
+    }
     // The operation's own answer under a reference this document cannot resolve (another
     // file's) is kept as it is, for want of a way to add to it.
     let documented = operation.responses.responses.contains_key(&status);
@@ -1199,6 +1223,55 @@ mod tests {
         );
         // The handler's 400 is recorded, so it can be a replay.
         assert!(bad["headers"]["Idempotent-Replayed"].is_object());
+    }
+
+    /// A layer status that falls in a range the operation documents (`5XX`), or under its
+    /// `default`, is documented from that range's response, with the layer's added: the
+    /// status of its own overrides the range, which otherwise no longer said that the handler
+    /// answers it too (a carrier's 503 described as the layer's alone).
+    #[test]
+    fn a_layer_status_in_a_documented_range_keeps_the_range_s_response() {
+        let mut doc = document();
+        let calls = doc.paths.paths.get_mut("/v1/calls").unwrap();
+        let create = calls.post.as_mut().unwrap();
+        create
+            .responses
+            .responses
+            .insert("5XX".into(), RefOr::T(json_error("The carrier failed")));
+        let update = doc.paths.paths.get_mut("/v1/calls/{id}").unwrap();
+        update.put.as_mut().unwrap().responses.responses.insert(
+            "default".into(),
+            RefOr::T(json_error("Something went wrong")),
+        );
+        Contract::new()
+            .operation(HttpMethod::Post, "/v1/calls", |p| p)
+            .operation(HttpMethod::Put, "/v1/calls/{id}", |p| p)
+            .apply(&mut doc)
+            .unwrap();
+        let doc = json(&doc);
+        let both = json!([
+            {"$ref": "#/components/schemas/ApiError"},
+            {"$ref": "#/components/schemas/IdempotencyError"},
+        ]);
+        for (path, method, status, own) in [
+            ("/v1/calls", "post", "503", "The carrier failed. "),
+            ("/v1/calls/{id}", "put", "409", "Something went wrong. "),
+            ("/v1/calls/{id}", "put", "503", "Something went wrong. "),
+        ] {
+            let response = &doc["paths"][path][method]["responses"][status];
+            let description = response["description"].as_str().unwrap();
+            assert!(
+                description.starts_with(own) && description.contains("idempotency layer"),
+                "{method} {path} {status}: {description}"
+            );
+            assert_eq!(
+                response["content"]["application/json"]["schema"]["anyOf"], both,
+                "{method} {path} {status}"
+            );
+        }
+        // The range itself is left as it was.
+        let range = &doc["paths"]["/v1/calls"]["post"]["responses"]["5XX"]["description"];
+        assert_eq!(range, "The carrier failed");
     }
 
     /// Failing open runs unprotected only when the store cannot be reached; one that answered
