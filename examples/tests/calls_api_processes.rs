@@ -148,7 +148,7 @@ fn the_replay_cache_size_is_a_whole_number_of_bytes() {
 #[test]
 fn a_bad_variable_is_refused_naming_the_variable() {
     for (name, value, says) in [
-        ("IDEM_WORKERS", "abc", "takes a positive whole number"),
+        ("IDEM_WORKERS", "abc", "takes a whole number from 1 to 512"),
         (
             "IDEM_REPLAY_CACHE_BYTES",
             "16MiB",
