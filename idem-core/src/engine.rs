@@ -752,6 +752,9 @@ enum Refused {
     Lost,
     /// Write the record again: the key is this lease's again.
     Again,
+    /// Nobody holds the key, though this lease claimed it again: the store forgot that claim
+    /// too (another failover). Claim it again, after a pause.
+    ForgottenAgain,
     /// The store could not say who holds the key, or take it again.
     Failed(StoreError),
 }
@@ -1071,6 +1074,19 @@ impl Lease {
                     Refused::Recorded => return Ok(Outcome::Recorded),
                     Refused::Lost => return Ok(Outcome::Lost),
                     Refused::Again => continue,
+                    Refused::ForgottenAgain => {
+                        // Claimed again after a pause, for as long as a failed completion is
+                        // retried: the operation ran, and a store failing over again and
+                        // again may still come to keep its record.
+                        let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
+                        let Some(pause) = backoff.next() else {
+                            return Ok(Outcome::Lost);
+                        };
+                        tracing::warn!(key = %self.key, "the store forgot the claim taken again to record the response; claiming it again");
+                        tokio::time::sleep(pause).await;
+                        reclaimed = false;
+                        continue;
+                    }
                     Refused::Failed(error) => error,
                 };
                 // The store failed to say who holds the key, or to take the claim again: as a
@@ -1090,8 +1106,9 @@ impl Lease {
 
     /// What to do once the store refused this lease's completion of `record`: it holds the
     /// record already, or this lease's claim again (`found_claim`, once); or nobody holds the
-    /// key and it is claimed again (`reclaimed`, once) before another attempt; or another
-    /// request holds it. Or the store's error, when it could not say or take the claim.
+    /// key and it is claimed again (`reclaimed`) before another attempt, or, where it was
+    /// already, the store forgot that claim too; or another request holds it. Or the store's
+    /// error, when it could not say or take the claim.
     async fn refused(
         &self,
         record: &Completed,
@@ -1106,9 +1123,10 @@ impl Lease {
                 *found_claim = true;
                 Refused::Again
             }
-            // Nobody holds the key: the operation ran, so it is claimed again, once, by this
-            // token, and its record written as before.
-            Ok(Holder::Nobody) if !*reclaimed => match self.reclaimed().await {
+            Ok(Holder::Nobody) if *reclaimed => Refused::ForgottenAgain,
+            // Nobody holds the key: the operation ran, so it is claimed again by this token,
+            // and its record written as before.
+            Ok(Holder::Nobody) => match self.reclaimed().await {
                 Ok(true) => {
                     *reclaimed = true;
                     Refused::Again
@@ -2437,11 +2455,18 @@ mod tests {
     struct Forgetful(
         Arc<std::sync::Mutex<Arc<MokaStore>>>,
         Arc<std::sync::Mutex<Option<(StoreKey, InFlight)>>>,
+        /// How many claims to come the store forgets as soon as it took them.
+        Arc<std::sync::atomic::AtomicUsize>,
     );
 
     impl Forgetful {
         fn forget(&self) {
             *self.0.lock().unwrap() = Arc::default();
+        }
+
+        /// Forgets everything again right after each of the next `claims` claims.
+        fn forget_after_claims(&self, claims: usize) {
+            self.2.store(claims, std::sync::atomic::Ordering::SeqCst);
         }
 
         /// Writes `claim` of `key` just before the next read: a claim sent earlier whose
@@ -2462,7 +2487,18 @@ mod tests {
             claim: InFlight,
             now: Timestamp,
         ) -> StoreFuture<'a, Claim> {
-            StoreFuture::new(async move { self.current().claim(key, claim, now).await })
+            StoreFuture::new(async move {
+                let claimed = self.current().claim(key, claim, now).await;
+                let forgets = self.2.fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                );
+                if forgets.is_ok() {
+                    self.forget();
+                }
+                claimed
+            })
         }
         fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
             StoreFuture::new(async move {
@@ -2592,6 +2628,24 @@ mod tests {
             assert_eq!(outcome.unwrap(), Outcome::Recorded, "{op}");
             assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
         }
+    }
+
+    /// A completion whose claim the store forgot, then forgot again once claimed again (two
+    /// failovers in a row), claims it again after a pause, for as long as a failed completion
+    /// is retried, and records the response: it gave the record up (`Lost`) after one claim
+    /// again, and a retry ran the operation again.
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_whose_claim_was_forgotten_twice_is_still_recorded() {
+        let forgetful = Forgetful::default();
+        let engine =
+            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        forgetful.forget();
+        forgetful.forget_after_claims(2);
+        let outcome = lease.finish(response(201, "once")).await;
+        assert_eq!(outcome.unwrap(), Outcome::Recorded);
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
     /// A renewal's claim again that lands after the completion looked (the completion found
