@@ -96,7 +96,8 @@ pub enum Error {
         message: Option<String>,
     },
     /// The answer is larger than [`max_response`](crate::ClientBuilder::max_response), so
-    /// it was not read (nor retried). The operation may have run: send it again with the same
+    /// it was not read (nor retried; a 502, 503 or 504, or a 409 with `Retry-After` that is
+    /// not a replay, is retried whatever its size). The operation may have run: send it again with the same
     /// key and a larger limit to get its answer (replayed, where the server kept it), not under
     /// a new key, which would run it again.
     #[error("the answer to the operation with idempotency key {key} ({status}) is larger than max_response ({limit} bytes), so it was not read; the operation may have run: send it again with the same key and a larger max_response to get its answer")]

@@ -144,7 +144,8 @@ impl<'c> Operation<'c> {
     /// - [`Error::ResponseNotKept`]: the operation ran under this key, but its response was
     ///   too large for the server to keep, so it cannot be replayed; not retried.
     /// - [`Error::ResponseTooLarge`]: the answer's body is larger than the client's
-    ///   `max_response`; it was not read, and the operation may have run; not retried.
+    ///   `max_response`; it was not read, and the operation may have run; not retried (a
+    ///   status retried above is retried whatever its size).
     /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
     ///   own, and nothing ran; not retried.
     /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once
@@ -228,7 +229,19 @@ impl Attempt<'_> {
         let limit = self.client.max_response;
         let body = match read_body(response, limit).await {
             Ok(Some(body)) => body,
-            Ok(None) => return Verdict::Stop(Error::ResponseTooLarge { key, status, limit }),
+            // A status worth retrying says nothing of the operation however large its page
+            // (a proxy's 503, the layer's 409 in flight rendered at length): it is judged
+            // as a page the client cannot read. Any other answer may be the operation's.
+            Ok(None) => match classify(status, &headers, b"", SystemTime::now()) {
+                Class::Retry { retry_after, .. } => {
+                    let failure = Failure::Status { status, code: None };
+                    return Verdict::Retry {
+                        failure,
+                        retry_after,
+                    };
+                }
+                _ => return Verdict::Stop(Error::ResponseTooLarge { key, status, limit }),
+            },
             Err(e) => return transport(e, &key),
         };
         match classify(status, &headers, &body, SystemTime::now()) {

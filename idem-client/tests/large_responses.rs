@@ -72,3 +72,41 @@ async fn an_answer_over_max_response_stops_with_its_key_and_a_larger_limit_gets_
     }
     handle.stop(true).await;
 }
+
+/// A proxy's 503 (or 502, 504) page larger than `max_response`, before an answer.
+#[post("/v1/behind-a-proxy/{status}")]
+async fn behind_a_proxy(runs: web::Data<AtomicU32>, status: web::Path<u16>) -> HttpResponse {
+    if runs.fetch_add(1, Ordering::SeqCst) > 0 {
+        return HttpResponse::Created().body("done");
+    }
+    let status = actix_web::http::StatusCode::from_u16(*status).unwrap();
+    HttpResponse::build(status)
+        .insert_header(("Retry-After", "0"))
+        .body(vec![b'p'; REPORT])
+}
+
+/// A 502, 503 or 504 says nothing of the operation however large its page, and neither does
+/// a 409 of a key still in flight: each is retried as it would be with a small page, where it
+/// was stopped as an answer too large to read.
+#[actix_web::test]
+async fn a_retryable_status_with_a_page_over_max_response_is_retried() {
+    let (base, runs, handle) = common::serve(|cfg| {
+        cfg.service(behind_a_proxy);
+    });
+    let client = Client::builder()
+        .max_response(1024)
+        .initial_backoff(std::time::Duration::from_millis(1))
+        .build()
+        .unwrap();
+    for status in [502, 503, 504, 409] {
+        runs.store(0, Ordering::SeqCst);
+        let url = format!("{base}/v1/behind-a-proxy/{status}");
+        let answer = match client.post(&url).body("report").send().await {
+            Ok(answer) => answer,
+            Err(err) => panic!("{status}: not retried: {err}"),
+        };
+        assert_eq!(answer.status(), 201, "{status}");
+        assert_eq!(answer.attempts(), 2, "{status}");
+    }
+    handle.stop(true).await;
+}
