@@ -34,7 +34,7 @@ pub(crate) enum Class {
     Mismatch { message: Option<String> },
     /// The operation ran under the key, and its response was too large to keep for replay.
     NotKept { message: Option<String> },
-    /// The idempotency layer refused the request with a 4xx of its own.
+    /// The idempotency layer refused the request with a 4xx or 500 of its own.
     Refused {
         code: String,
         message: Option<String>,
@@ -87,10 +87,14 @@ pub(crate) fn classify(
         _ if status.is_client_error() && code.as_deref() == Some(RESPONSE_TOO_LARGE) => {
             Class::NotKept { message }
         }
-        _ if status.is_client_error() => match code {
-            Some(code) if code.starts_with(LAYER_PREFIX) => Class::Refused { code, message },
-            _ => Class::Answer,
-        },
+        // The layer's own 4xx, and its 500s (a server it finds misconfigured): nothing ran
+        // or was kept, and a retry gets the same answer.
+        _ if status.is_client_error() || status == StatusCode::INTERNAL_SERVER_ERROR => {
+            match code {
+                Some(code) if code.starts_with(LAYER_PREFIX) => Class::Refused { code, message },
+                _ => Class::Answer,
+            }
+        }
         _ => Class::Answer,
     }
 }
@@ -271,6 +275,30 @@ mod tests {
                 "{status} {code}"
             );
         }
+    }
+
+    /// The layer's own 500s (a store too small to keep any record, a handler under no
+    /// layer, a transaction it cannot lend or commit) say nothing ran or was kept, and a
+    /// retry gets the same until the server is mended: they were handed back as the
+    /// operation's answer, as an application's 500 is.
+    #[test]
+    fn the_layers_own_500s_are_refusals() {
+        for code in [
+            "idempotency_misconfigured",
+            "idempotency_layer_missing",
+            "idempotency_transaction_unavailable",
+        ] {
+            assert_eq!(
+                of(500, None, &envelope(code)),
+                Class::Refused {
+                    code: code.into(),
+                    message: Some("m".into()),
+                },
+                "{code}"
+            );
+        }
+        let problem = br#"{"type":"urn:idem:error:idempotency_misconfigured","title":"Internal Server Error","status":500,"detail":"m","code":"idempotency_misconfigured"}"#;
+        assert!(matches!(of(500, None, problem), Class::Refused { .. }));
     }
 
     #[test]

@@ -81,9 +81,13 @@ pub enum Error {
         /// The server's message (which names the operation's status), when its body had one.
         message: Option<String>,
     },
-    /// The idempotency layer refused the request with one of its own 4xx codes (such as
-    /// `idempotency_key_invalid` or `idempotency_body_too_large`) before running it: nothing
-    /// ran, and retrying the same request gets the same answer.
+    /// The idempotency layer refused the request with one of its own codes: a 4xx (such as
+    /// `idempotency_key_invalid` or `idempotency_body_too_large`) before running it, or a 500
+    /// for a server it finds misconfigured (`idempotency_misconfigured`,
+    /// `idempotency_layer_missing`, `idempotency_transaction_unavailable`). Nothing was
+    /// recorded, nothing ran (after `idempotency_transaction_unavailable`, what the handler
+    /// wrote in the layer's transaction was rolled back), and retrying the same request gets
+    /// the same answer until the request, or the server, is mended.
     #[error("the server refused idempotency key {key} with {status} {code}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Refused {
         /// The key.

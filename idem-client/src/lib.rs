@@ -71,7 +71,7 @@
 //! | 409 with `Retry-After` and a body with no code the client reads (the layer's, under an application's own error renderer; or the application's own 409) | taken as still running: retries, after its `Retry-After`; an application's own 409 is its answer again on a retry where the endpoint records it (a replay), and runs again where it does not (`cache = "2xx"`) |
 //! | 409 or 422 `idempotency_conflict` without `Retry-After`: the key was used with another request | [`Error::Mismatch`], never retried |
 //! | 409 `idempotency_response_too_large`: the operation ran, and its response was too large for the server to keep | [`Error::ResponseNotKept`], never retried: look the outcome up, never send it again under a new key |
-//! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...): nothing ran | [`Error::Refused`], never retried |
+//! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...), or its 500 for a server it finds misconfigured (`idempotency_misconfigured`, ...): nothing ran or was recorded | [`Error::Refused`], never retried |
 //! | an answer whose body is larger than [`max_response`](ClientBuilder::max_response) (16 MiB unless set) | [`Error::ResponseTooLarge`], not read and never retried: the operation may have run; send it again with the same key and a larger limit |
 //! | attempts or time used up | [`Error::GaveUp`], with the key to send the operation again later |
 //! | a redirect that a caller's own [`http_client`](ClientBuilder::http_client) followed went wrong (a loop, too many) | [`Error::Redirect`], with the key, never retried: the operation may have run |

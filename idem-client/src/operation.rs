@@ -147,7 +147,8 @@ impl<'c> Operation<'c> {
     ///   `max_response`; it was not read, and the operation may have run; not retried (a
     ///   status retried above is retried whatever its size).
     /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
-    ///   own, and nothing ran; not retried.
+    ///   own, or a 500 of its own for a server it finds misconfigured, and nothing ran or was
+    ///   recorded; not retried.
     /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once
     ///   for the server to record (an application's 5xx, never recorded, leaves it to run
     ///   again), and sending it again with [`Error::key`] tells its outcome.
