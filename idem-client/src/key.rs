@@ -1,4 +1,4 @@
-//! Idempotency keys: made once per operation, or checked when the caller brings one.
+//! Idempotency keys: made once per operation, or read when the caller brings one.
 
 use crate::Error;
 
@@ -8,11 +8,52 @@ pub(crate) fn generate() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Checks what a key must be to be sent: one or more visible ASCII characters (0x21 to 0x7E),
-/// what a header value carries unchanged. A server may refuse more, with nothing run and no
-/// retry: a key longer than it takes (255 bytes by default), or, for an idem server, one that
-/// starts with `"` and is not a whole quoted string (`"abc"` is the key `abc` there).
-pub(crate) fn check(key: &str) -> Result<(), Error> {
+/// Reads a key given as the header carries it, a bare token or an RFC 8941 string, as an idem
+/// server reads it, and returns the one form the operation is known and sent by: `"abc"` is
+/// the key `abc`, and both are `abc`. A key that itself starts with `"` can only be sent
+/// quoted, and keeps its quoted form (escaping only `"` and `\`).
+///
+/// A key is one or more visible ASCII characters (0x21 to 0x7E) once unquoted. A server may
+/// refuse more, with nothing run and no retry: a key longer than it takes (255 bytes by
+/// default).
+pub(crate) fn read(given: &str) -> Result<String, Error> {
+    let invalid = |reason| Err(Error::InvalidKey { reason });
+    let Some(quoted) = given.strip_prefix('"') else {
+        visible(given)?;
+        return Ok(given.to_owned());
+    };
+    let mut key = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    loop {
+        match chars.next() {
+            None => return invalid("it starts with a quote but has no closing quote"),
+            Some('"') if chars.as_str().is_empty() => break,
+            Some('"') => return invalid("characters follow its closing quote"),
+            Some('\\') => match chars.next() {
+                Some(c @ ('"' | '\\')) => key.push(c),
+                _ => return invalid("inside quotes, only \\\" and \\\\ are escapes"),
+            },
+            Some(c) => key.push(c),
+        }
+    }
+    visible(&key)?;
+    if !key.starts_with('"') {
+        return Ok(key);
+    }
+    let mut sent = String::with_capacity(key.len() + 4);
+    sent.push('"');
+    for c in key.chars() {
+        if matches!(c, '"' | '\\') {
+            sent.push('\\');
+        }
+        sent.push(c);
+    }
+    sent.push('"');
+    Ok(sent)
+}
+
+/// Whether `key`, unquoted, is one or more visible ASCII characters.
+fn visible(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidKey {
             reason: "it is empty",
@@ -34,22 +75,22 @@ mod tests {
     fn generated_keys_are_valid_and_distinct() {
         let a = generate();
         let b = generate();
-        assert!(check(&a).is_ok(), "{a}");
+        assert_eq!(read(&a).unwrap(), a);
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
     }
 
     #[test]
     fn keys_of_visible_ascii_are_accepted() {
-        assert!(check("call-0001").is_ok());
-        assert!(check("\"quoted\"").is_ok());
-        assert!(check("~!").is_ok());
+        assert_eq!(read("call-0001").unwrap(), "call-0001");
+        assert_eq!(read("\"quoted\"").unwrap(), "quoted");
+        assert_eq!(read("~!").unwrap(), "~!");
     }
 
     #[test]
     fn empty_spaced_and_non_ascii_keys_are_refused() {
-        for key in ["", "a b", "tab\t", "line\n", "clé"] {
-            let err = check(key).unwrap_err();
+        for key in ["", "a b", "tab\t", "line\n", "clé", "\"clé\"", "\"\""] {
+            let err = read(key).unwrap_err();
             assert!(matches!(err, Error::InvalidKey { .. }), "{key:?}: {err}");
         }
     }

@@ -56,17 +56,23 @@ impl<'c> Operation<'c> {
         self.error.get_or_insert(error);
     }
 
-    /// The key this operation is sent with.
+    /// The key this operation is sent with, as it is sent: unquoted, unless it starts with
+    /// `"` itself. Give it back to [`idempotency_key`](Self::idempotency_key) to resume the
+    /// operation.
     pub fn key(&self) -> &str {
         &self.key
     }
 
     /// Sends the operation under `key` instead of a new one: to send again an operation
     /// whose outcome is unknown (after [`Error::GaveUp`]), with the same request.
-    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
-        let key = key.into();
-        match key::check(&key) {
-            Ok(()) => self.key = key,
+    ///
+    /// `key` is read as the header carries it, as an idem server reads it: a bare token, or
+    /// an RFC 8941 string (`"call-1"` is the key `call-1`, and [`key`](Self::key) gives
+    /// `call-1`). One or more visible ASCII characters once unquoted; anything else is
+    /// reported by `send` as [`Error::InvalidKey`], with nothing sent.
+    pub fn idempotency_key(mut self, key: impl AsRef<str>) -> Self {
+        match key::read(key.as_ref()) {
+            Ok(key) => self.key = key,
             Err(e) => self.fail(e),
         }
         self
@@ -360,6 +366,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("rustls feature"), "{err}");
+    }
+
+    /// A server reads `"call-1"` (an RFC 8941 string) as the key `call-1`: the two are one
+    /// key, and the operation is known by one form, the bare one wherever it can be. They
+    /// were two keys to the client, and a quoted key the server refuses was sent.
+    #[tokio::test]
+    async fn a_quoted_key_is_the_key_it_quotes() {
+        let client = client();
+        let url = "http://127.0.0.1:9/";
+        for (given, key) in [
+            ("call-1", "call-1"),
+            (r#""call-1""#, "call-1"),
+            (r#""a\\b""#, r"a\b"),
+            (r#"a"b"#, r#"a"b"#),
+            // A key that starts with a quote can only be sent quoted.
+            (r#""\"x""#, r#""\"x""#),
+        ] {
+            let operation = client.post(url).idempotency_key(given);
+            assert_eq!(operation.key(), key, "{given}");
+            let again = client.post(url).idempotency_key(operation.key());
+            assert_eq!(again.key(), key, "{given}: its own key is another");
+            let header = client.post(url).header("Idempotency-Key", given);
+            assert_eq!(header.key(), key, "{given}");
+        }
+        for given in [r#""call-1"#, r#""a"b"#, r#""a\x""#, r#""""#, r#""a b""#] {
+            let err = client.post(url).idempotency_key(given).send().await;
+            assert!(
+                matches!(err, Err(Error::InvalidKey { .. })),
+                "{given}: {err:?}"
+            );
+        }
     }
 
     #[test]
