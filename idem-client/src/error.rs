@@ -128,9 +128,25 @@ pub enum Error {
         /// How the last attempt failed.
         last: Failure,
     },
-    /// The request failed in a way no retry mends (such as a URL reqwest cannot send to).
-    #[error("cannot send the request: {0}")]
+    /// The request failed in a way no retry mends, before it was sent: a URL reqwest cannot
+    /// send to, or a TLS handshake the server refused (with the `rustls` feature; through a
+    /// caller's own [`http_client`](crate::ClientBuilder::http_client), a refused handshake is
+    /// retried like a refused connection).
+    #[error("cannot send the request: {}", Causes(.0))]
     Transport(#[source] reqwest::Error),
+    /// What came back is not HTTP the client can read (a status line or a header no parser
+    /// reads, or headers past hyper's limit). The request was sent, and the operation may
+    /// have run; a retry would reach the same server and read alike, so it is not retried:
+    /// send it again with the same key once the server answers in HTTP, not under a new key,
+    /// which would run it again.
+    #[error("the answer to the operation with idempotency key {key} is not HTTP the client can read ({}); the operation may have run: send it again with the same key once the server answers in HTTP", Causes(.source))]
+    InvalidAnswer {
+        /// The key.
+        key: String,
+        /// What reqwest reported.
+        #[source]
+        source: reqwest::Error,
+    },
     /// A redirect that the [`http_client`](crate::ClientBuilder::http_client) given follows
     /// went wrong (a loop, or too many): the request was sent, and the operation may have run.
     /// Send it again with the same key through a client that does not follow redirects to get
@@ -158,6 +174,7 @@ impl Error {
             | Self::Refused { key, .. }
             | Self::ResponseTooLarge { key, .. }
             | Self::Redirect { key, .. }
+            | Self::InvalidAnswer { key, .. }
             | Self::GaveUp { key, .. } => Some(key),
             _ => None,
         }
@@ -192,15 +209,22 @@ impl fmt::Display for Failure {
             Self::Transport(error) if error.is_timeout() => {
                 f.write_str("timed out before the answer came")
             }
-            Self::Transport(error) => {
-                write!(f, "failed: {error}")?;
-                let mut source = std::error::Error::source(error);
-                while let Some(cause) = source {
-                    write!(f, ": {cause}")?;
-                    source = cause.source();
-                }
-                Ok(())
-            }
+            Self::Transport(error) => write!(f, "failed: {}", Causes(error)),
         }
+    }
+}
+
+/// An error and its causes, each after a colon: reqwest's own message names only the request.
+pub(crate) struct Causes<'a>(pub(crate) &'a reqwest::Error);
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

@@ -75,6 +75,8 @@
 //! | an answer whose body is larger than [`max_response`](ClientBuilder::max_response) (16 MiB unless set) | [`Error::ResponseTooLarge`], not read and never retried: the operation may have run; send it again with the same key and a larger limit |
 //! | attempts or time used up | [`Error::GaveUp`], with the key to send the operation again later |
 //! | a redirect that a caller's own [`http_client`](ClientBuilder::http_client) followed went wrong (a loop, too many) | [`Error::Redirect`], with the key, never retried: the operation may have run |
+//! | an answer that is not HTTP (a status line or header no parser reads) | [`Error::InvalidAnswer`], with the key, never retried: the operation may have run |
+//! | a TLS handshake the server refused, or a certificate the client does not trust (`rustls` feature) | [`Error::Transport`], never retried: nothing was sent |
 //!
 //! Waits between attempts grow exponentially from
 //! [`initial_backoff`](ClientBuilder::initial_backoff) up to

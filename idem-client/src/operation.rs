@@ -158,7 +158,10 @@ impl<'c> Operation<'c> {
     /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once
     ///   for the server to record (an application's 5xx, never recorded, leaves it to run
     ///   again), and sending it again with [`Error::key`] tells its outcome.
-    /// - [`Error::Transport`]: reqwest cannot send this request at all.
+    /// - [`Error::Transport`]: reqwest cannot send this request at all, or the server refused
+    ///   the TLS handshake; nothing was sent.
+    /// - [`Error::InvalidAnswer`]: what came back is not HTTP; the operation may have run;
+    ///   not retried.
     /// - [`Error::Redirect`]: a redirect that a caller's own reqwest client followed went
     ///   wrong after the request was sent; the operation may have run; not retried.
     ///
@@ -305,21 +308,58 @@ async fn read_body(
     Ok(Some(body.freeze()))
 }
 
-/// A request that failed without an answer: retried, unless reqwest refused it before
-/// sending (a URL it cannot send to) or a redirect went wrong, which no retry mends (after
-/// the request was sent: the error keeps its key).
+/// A request that failed without an answer: retried, unless no retry mends it. Before the
+/// request was sent: a URL reqwest cannot send to, a TLS handshake the server refused. After
+/// (the error keeps the key): a redirect that went wrong, an answer that is not HTTP.
 fn transport(error: reqwest::Error, key: &str) -> Verdict<Response> {
     if error.is_redirect() {
         let key = key.to_owned();
         return Verdict::Stop(Error::Redirect { key, source: error });
     }
-    if error.is_builder() {
+    if error.is_builder() || handshake_refused(&error) {
         return Verdict::Stop(Error::Transport(error));
+    }
+    let unreadable = causes(&error).any(|cause| {
+        cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+    });
+    if unreadable {
+        let key = key.to_owned();
+        return Verdict::Stop(Error::InvalidAnswer { key, source: error });
     }
     Verdict::Retry {
         failure: Failure::Transport(error),
         retry_after: None,
     }
+}
+
+/// Whether rustls failed the connection: the server refused the handshake (an alert), or
+/// its certificate or protocol is not one the client accepts. A failure of an established
+/// connection is not one: the request may be under way, and a new connection may mend it.
+#[cfg(feature = "rustls")]
+fn handshake_refused(error: &reqwest::Error) -> bool {
+    error.is_connect() && causes(error).any(|cause| cause.is::<rustls::Error>())
+}
+
+#[cfg(not(feature = "rustls"))]
+fn handshake_refused(_: &reqwest::Error) -> bool {
+    false
+}
+
+/// `error` and its causes, with the error an `io::Error` wraps (which its `source` skips).
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |error| {
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        match wrapped {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        }
+    })
 }
 
 #[cfg(test)]
