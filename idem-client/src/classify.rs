@@ -71,9 +71,12 @@ pub(crate) fn classify(
         // A gateway's 502 or 504 says nothing of the operation: the server may still run it
         // (and record it), or never have seen it. Under the same key a retry gets the replay,
         // a 409 while it runs, or the run itself, as after a 503.
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
-            Class::Retry { code, retry_after }
-        }
+        // A 408 is the server's own: it stopped waiting for the request, and a retry sends
+        // it whole (a replay of an application's 408 was taken as the answer above).
+        StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::GATEWAY_TIMEOUT
+        | StatusCode::REQUEST_TIMEOUT => Class::Retry { code, retry_after },
         // In flight: the layer's 409 with Retry-After. A 409 with Retry-After whose body the
         // client cannot read (a custom error renderer) is taken as in flight too; one with
         // another code is the application's and is handed back.
@@ -223,6 +226,27 @@ mod tests {
         }
         assert!(matches!(
             of(504, Some("2"), b""),
+            Class::Retry {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+    }
+
+    /// A 408 says the server stopped waiting for the request (a slow upload, an idle kept
+    /// connection it closed): under the same key a retry is the request whole. It was handed
+    /// back as the operation's answer.
+    #[test]
+    fn a_request_timeout_is_retried() {
+        assert_eq!(
+            of(408, None, b"<html>Request Timeout</html>"),
+            Class::Retry {
+                code: None,
+                retry_after: None,
+            }
+        );
+        assert!(matches!(
+            of(408, Some("1"), b""),
             Class::Retry {
                 retry_after: Some(_),
                 ..

@@ -100,7 +100,7 @@ pub enum Error {
         message: Option<String>,
     },
     /// The answer is larger than [`max_response`](crate::ClientBuilder::max_response), so
-    /// it was not read (nor retried; a 502, 503 or 504, or a 409 with `Retry-After` that is
+    /// it was not read (nor retried; a 408, 502, 503 or 504, or a 409 with `Retry-After` that is
     /// not a replay, is retried whatever its size). The operation may have run: send it again with the same
     /// key and a larger limit to get its answer (replayed, where the server kept it), not under
     /// a new key, which would run it again.
@@ -114,7 +114,7 @@ pub enum Error {
         limit: usize,
     },
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
-    /// 502, 503, 504, 409 while in flight). The operation may have run once for the server to
+    /// 408, 502, 503, 504, 409 while in flight). The operation may have run once for the server to
     /// record, and never more (an application's own 5xx is not recorded: a run that answered
     /// one is run again): send it again later with the same key to learn its outcome.
     #[error("gave up after {attempts} attempts in {} ms, the last {last}: send the operation again later with the same idempotency key ({key}) to get its outcome", .elapsed.as_millis())]
@@ -185,7 +185,7 @@ impl Error {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Failure {
-    /// The server answered with a status worth retrying (502, 503, 504, or 409 while in flight).
+    /// The server answered with a status worth retrying (408, 502, 503, 504, or 409 while in flight).
     Status {
         /// The status.
         status: StatusCode,

@@ -63,9 +63,10 @@
 //!
 //! | outcome of an attempt | what the client does |
 //! |---|---|
-//! | 2xx, 3xx (not followed: a redirect is the operation's answer, and can be a replay), any other answer of the application (its 4xx and 5xx but 502, 503 and 504), or a replay of any status (`Idempotent-Replayed: true`: the answer the server recorded, which a retry would only get again) | hands it back as a [`Response`]; [`Response::replayed`] tells a replay |
+//! | 2xx, 3xx (not followed: a redirect is the operation's answer, and can be a replay), any other answer of the application (its 4xx but 408, and its 5xx but 502, 503 and 504), or a replay of any status (`Idempotent-Replayed: true`: the answer the server recorded, which a retry would only get again) | hands it back as a [`Response`]; [`Response::replayed`] tells a replay |
 //! | connection refused, reset or broken mid-answer; attempt timed out | retries |
 //! | 503 (store unavailable, overloaded, or the application's) | retries, after its `Retry-After` |
+//! | 408 (the server stopped waiting for the request) | retries, after its `Retry-After` if any |
 //! | 502 or 504 (a gateway in front gave up, while the server may still run the operation; or the application's own) | retries, after its `Retry-After` if any: the retry gets the replay, or waits while the first attempt runs; after the application's own 5xx (never recorded) it runs again |
 //! | 409 `idempotency_conflict` with `Retry-After`: the first attempt still runs | retries, after its `Retry-After`, to get the replay |
 //! | 409 with `Retry-After` and a body with no code the client reads (the layer's, under an application's own error renderer; or the application's own 409) | taken as still running: retries, after its `Retry-After`; an application's own 409 is its answer again on a retry where the endpoint records it (a replay), and runs again where it does not (`cache = "2xx"`) |

@@ -139,7 +139,7 @@ impl<'c> Operation<'c> {
     }
 
     /// Sends the operation, retrying with the same key and bytes what a retry can mend:
-    /// connection errors and resets, timeouts, 502, 503 and 504, and 409 while the key is in
+    /// connection errors and resets, timeouts, 408, 502, 503 and 504, and 409 while the key is in
     /// flight, waiting a capped exponential backoff with jitter, and at least the server's
     /// `Retry-After`.
     ///
