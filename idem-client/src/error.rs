@@ -114,9 +114,11 @@ pub enum Error {
         limit: usize,
     },
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
-    /// 408, 502, 503, 504, 409 while in flight). The operation may have run once for the server to
-    /// record, and never more (an application's own 5xx is not recorded: a run that answered
-    /// one is run again): send it again later with the same key to learn its outcome.
+    /// 408, 502, 503, 504, 409 while in flight). The operation may have run. A run the
+    /// server recorded is not run again under this key; a run that answered an application's
+    /// own 502, 503 or 504 was not recorded (an endpoint keeps no 5xx unless told to), and each
+    /// retry that reached the handler ran it again. Send it again later with the same key to
+    /// learn its outcome.
     #[error("gave up after {attempts} attempts in {} ms, the last {last}: send the operation again later with the same idempotency key ({key}) to get its outcome", .elapsed.as_millis())]
     GaveUp {
         /// The key, to send the operation again with.

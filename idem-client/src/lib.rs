@@ -83,7 +83,8 @@
 //! [`initial_backoff`](ClientBuilder::initial_backoff) up to
 //! [`max_backoff`](ClientBuilder::max_backoff), each between half and all of its step at
 //! random, so that clients that failed together come back apart. A `Retry-After` from the
-//! server is a floor: the wait is at least that long, plus up to half a step. Attempts are
+//! server is a floor: the wait is at least that long, plus up to half a step (one the client
+//! cannot read, such as `1.5`, is ignored, and the backoff alone sets the wait). Attempts are
 //! bounded in number ([`max_attempts`](ClientBuilder::max_attempts)) and in time
 //! ([`max_elapsed`](ClientBuilder::max_elapsed)).
 //!
@@ -112,7 +113,7 @@
 //!     .post("http://127.0.0.1:8080/v1/calls")
 //!     .bearer_auth("demo")
 //!     .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }))
-//!     .send() // retried under one key: at most one call, whatever fails on the way
+//!     .send() // retried under one key: a run the server recorded is never run again
 //!     .await?;
 //! println!("{} {} replayed: {}", call.status(), call.text(), call.replayed());
 //! # Ok(())

@@ -66,13 +66,17 @@ impl Response {
 
     /// Whether this is the recorded answer of an earlier attempt (or an earlier send with
     /// the same key), replayed by the server (`Idempotent-Replayed: true`), rather than the
-    /// answer of a run of the operation for this request. Either way the operation ran once.
+    /// answer of a run of the operation for this request. A replay says the operation ran
+    /// and was recorded, and is not run again under this key; an answer that is not a replay
+    /// is a run of this send's (an earlier attempt's run was not recorded, or never happened).
     pub fn replayed(&self) -> bool {
         is_replay(&self.headers)
     }
 
     /// The idempotency key the operation was sent with: send the same operation again with
-    /// it to get this answer back instead of a second run.
+    /// it to get this answer back instead of a second run, where the server recorded it (an
+    /// endpoint keeps every status but the application's 5xx unless told otherwise, and runs
+    /// an operation whose answer it did not keep again).
     pub fn key(&self) -> &str {
         &self.key
     }
