@@ -98,7 +98,14 @@ impl StoreObserver for StoreMetrics {
             "idem_store_duration_seconds",
             "op",
             op,
-            ["claim", "get", "extend", "complete", "release",]
+            [
+                "claim",
+                "get",
+                "extend",
+                "complete",
+                "release",
+                "transaction"
+            ]
         )
         .record(elapsed.as_secs_f64());
         if error.is_some() {

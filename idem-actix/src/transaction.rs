@@ -373,7 +373,12 @@ mod enabled {
             let Some(store) = self.config.transactions() else {
                 return Err(self.unavailable(&request_id, "the app's store lends no transactions"));
             };
-            let opened = store.transaction(self.key, self.token).await;
+            let opening_it = store.transaction(self.key, self.token);
+            let opened = self
+                .config
+                .engine()
+                .observe("transaction", opening_it)
+                .await;
             match opened {
                 Ok(tx) => {
                     std::mem::forget(opening);

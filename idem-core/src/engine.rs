@@ -228,6 +228,22 @@ impl Engine {
         }
     }
 
+    /// Awaits `call`, a store operation made outside the engine (such as opening a Postgres
+    /// transaction for a run's claim), and tells the observer how it went under the name
+    /// `op`, as it is told of the engine's own.
+    ///
+    /// # Errors
+    /// `call`'s.
+    pub async fn observe<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let started = self.op_started();
+        let result = call.await;
+        self.op_done(op, started, &result);
+        result
+    }
+
     /// Runs the settlement `call` of [`Lease::finish_with`] or [`Lease::release_with`], and
     /// tells the observer how it went (see [`StoreObserver::settlement_op`]).
     async fn settled<T, F>(&self, op: &'static str, call: F) -> Result<T, StoreError>

@@ -231,3 +231,76 @@ async fn records_evicted_from_a_store_too_small_are_counted() {
     assert!(evicted > 100, "{evicted} of 195 evictions counted");
     assert_eq!(captured.count("idem_store_evictions_total{}"), evicted);
 }
+
+/// A connection of the store's pool, taken by the handler's first extractor and kept through
+/// its others: with a pool of one, the `Transaction` after it finds none.
+struct Held(
+    #[allow(dead_code, reason = "held, not used")] sqlx::pool::PoolConnection<sqlx::Postgres>,
+);
+
+impl actix_web::FromRequest for Held {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let store = req
+            .app_data::<web::Data<idem_actix::PostgresStore>>()
+            .expect("the store")
+            .clone();
+        Box::pin(async move {
+            let connection = store.pool().acquire().await;
+            Ok(Held(connection.expect("the pool's connection")))
+        })
+    }
+}
+
+#[post("/held")]
+#[idempotent]
+async fn held(runs: web::Data<Counter>, _held: Held, _tx: idem_actix::Transaction) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().finish()
+}
+
+/// Opening a handler's `Transaction` is a store operation like the others: timed, and its
+/// failure counted (here the pool's one connection is taken, and the opening waits for it
+/// until the pool's timeout, answered 503). It was neither, so a pool that ran out answered
+/// 503s that no store metric showed.
+#[actix_web::test]
+async fn opening_a_transaction_is_timed_and_its_failure_counted() {
+    let Some(pg) = idem_tests::TestPostgres::start() else {
+        return;
+    };
+    let (_serial, captured) = counting().await;
+    let store = idem_actix::PostgresStore::builder(pg.url())
+        .table(pg.table("metrics_open"))
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let (url, table) = (pg.url().to_owned(), store.table().to_owned());
+    let runs = web::Data::new(Counter::default());
+    let ran = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        let store = idem_actix::PostgresStore::builder(url.as_str())
+            .table(table.as_str())
+            .max_connections(1)
+            .connect_timeout(std::time::Duration::from_millis(300))
+            .build()
+            .unwrap();
+        cfg.app_data(web::Data::new(store.clone()))
+            .app_data(IdempotencyConfig::new(store))
+            .app_data(ran.clone())
+            .service(held);
+    });
+    let res = RawRequest::post("/held")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "open")
+        .send(server.addr)
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(runs.get(), 0);
+    assert_eq!(
+        captured.samples("idem_store_duration_seconds{op=transaction}"),
+        1
+    );
+    assert_eq!(captured.count("idem_store_errors_total{op=transaction}"), 1);
+}
