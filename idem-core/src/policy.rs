@@ -37,18 +37,20 @@ pub enum OnInFlight {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CachePolicy {
-    /// Every final status but 5xx (the default), those past 599 included: 1xx, a protocol
-    /// switch such as a WebSocket's, is not an answer to replay either.
+    /// Every final status but 5xx (the default), those from 600 to 999 included: 1xx, a
+    /// protocol switch such as a WebSocket's, is not an answer to replay either, nor a status
+    /// past 999, which is no HTTP status.
     Non5xx,
     /// 2xx only.
     Success,
 }
 
 impl CachePolicy {
-    /// Whether a response with `status` is recorded.
+    /// Whether a response with `status` is recorded. Never one outside 200 to 999 (an
+    /// interim answer, a protocol switch, or no HTTP status at all).
     pub const fn caches(self, status: u16) -> bool {
         match self {
-            CachePolicy::Non5xx => !matches!(status, 0..=199 | 500..=599),
+            CachePolicy::Non5xx => matches!(status, 200..=499 | 600..=999),
             CachePolicy::Success => status >= 200 && status < 300,
         }
     }
@@ -661,6 +663,18 @@ mod tests {
     fn statuses_past_5xx_are_recorded_by_default() {
         assert!(CachePolicy::Non5xx.caches(600) && CachePolicy::Non5xx.caches(999));
         assert!(!CachePolicy::Success.caches(600));
+    }
+
+    /// A status past 999 is no HTTP status (idem-core's `Response` takes any `u16`; actix's
+    /// statuses stop at 999): the Redis and Postgres stores read such a record as corrupt, so
+    /// that, recorded, every retry for the key's time to live was answered 503. It is never
+    /// recorded, as a status under 200 is not.
+    #[test]
+    fn a_status_past_999_is_never_recorded() {
+        for status in [1000, 4242, u16::MAX] {
+            assert!(!CachePolicy::Non5xx.caches(status), "{status}");
+            assert!(!CachePolicy::Success.caches(status), "{status}");
+        }
     }
 
     /// A protocol switch (101, a WebSocket's handshake) is the start of a connection of
