@@ -87,6 +87,28 @@ mod tests {
         assert_eq!(read("~!").unwrap(), "~!");
     }
 
+    proptest::proptest! {
+        /// The client reads a key as the server does: it takes exactly the values the
+        /// server takes (of any length, which the server bounds by its setting), and the form
+        /// it sends is the same key to the server.
+        #[test]
+        fn the_client_reads_a_key_as_the_server_does(
+            given in "(\"|[\x20-\x7e\\\\\"]){0,12}\"?",
+        ) {
+            let server = idem_core::ClientKey::parse(given.as_bytes(), usize::MAX);
+            match read(&given) {
+                Ok(sent) => {
+                    let server = server.expect("the server takes what the client sends");
+                    let again = idem_core::ClientKey::parse(sent.as_bytes(), usize::MAX);
+                    proptest::prop_assert_eq!(again.as_ref(), Ok(&server), "{}", sent);
+                    let reread = read(&sent);
+                    proptest::prop_assert_eq!(reread.as_deref().ok(), Some(sent.as_str()));
+                }
+                Err(_) => proptest::prop_assert!(server.is_err(), "{:?}", server),
+            }
+        }
+    }
+
     #[test]
     fn empty_spaced_and_non_ascii_keys_are_refused() {
         for key in ["", "a b", "tab\t", "line\n", "clé", "\"clé\"", "\"\""] {
