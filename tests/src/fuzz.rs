@@ -1,14 +1,11 @@
 //! The checks behind the fuzz targets in `fuzz/`, also run on a deterministic random corpus by
 //! `tests/tests/fuzz_smoke.rs`. Each takes arbitrary bytes and panics only on a broken promise.
 
-use std::rc::Rc;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{test, web, App, HttpResponse};
-use futures_util::future::LocalBoxFuture;
 use idem_actix::{codes, idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore};
 
 /// Key parsing: never panics, accepts exactly the keys SPEC.md allows, and a key it accepts
@@ -95,45 +92,60 @@ async fn wrapped(body: String) -> HttpResponse {
     HttpResponse::Accepted().body(body)
 }
 
-type Call = Rc<dyn Fn(actix_http::Request) -> LocalBoxFuture<'static, (u16, Vec<u8>)>>;
-
-struct Harness {
-    runtime: actix_web::rt::Runtime,
-    call: Call,
+/// The app every input is sent to, with a store of its own.
+fn app() -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(IdempotencyConfig::new(
+            MokaStore::builder().max_bytes(4 << 20).build(),
+        ))
+        .route("/plain", web::route().to(plain))
+        .route("/strict", web::route().to(strict))
+        .route("/json/{id}", web::route().to(json))
+        .service(
+            web::scope("/mw")
+                .wrap(Idempotency::new())
+                .default_service(web::to(wrapped)),
+        )
 }
 
-fn harness() -> Harness {
-    let runtime = actix_web::rt::Runtime::new().expect("runtime");
-    let app = runtime.block_on(test::init_service(
-        App::new()
-            .app_data(IdempotencyConfig::new(
-                MokaStore::builder().max_bytes(4 << 20).build(),
-            ))
-            .route("/plain", web::route().to(plain))
-            .route("/strict", web::route().to(strict))
-            .route("/json/{id}", web::route().to(json))
-            .service(
-                web::scope("/mw")
-                    .wrap(Idempotency::new())
-                    .default_service(web::to(wrapped)),
-            ),
-    ));
-    let app = Rc::new(app);
-    let call: Call = Rc::new(move |req| {
-        let app = Rc::clone(&app);
-        Box::pin(async move {
-            let res: ServiceResponse<_> = app.call(req).await.expect("the app answers");
-            let status = res.status().as_u16();
-            let body = res.into_body().try_into_bytes().map(|b| b.to_vec());
-            (status, body.unwrap_or_default())
-        })
-    });
-    Harness { runtime, call }
+/// What the checks read of an answer.
+struct Answer {
+    status: u16,
+    replayed: bool,
+    body: Vec<u8>,
+}
+
+async fn send<S, B>(app: &S, req: actix_http::Request) -> Answer
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let res = app.call(req).await.expect("the app answers");
+    let status = res.status().as_u16();
+    let replayed = res
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let body = res.into_body().try_into_bytes().map(|b| b.to_vec());
+    Answer {
+        status,
+        replayed,
+        body: body.unwrap_or_default(),
+    }
 }
 
 thread_local! {
     // Leaked: dropping it at thread exit would reach actix's thread locals, gone by then.
-    static HARNESS: &'static Harness = Box::leak(Box::new(harness()));
+    static RUNTIME: &'static actix_web::rt::Runtime =
+        Box::leak(Box::new(actix_web::rt::Runtime::new().expect("runtime")));
 }
 
 /// The request path: arbitrary method, route, headers and body through the attribute and the
@@ -174,13 +186,22 @@ pub fn request(data: &[u8]) {
         }
         builder.set_payload(body.clone()).to_request()
     };
-    HARNESS.with(|harness| {
-        let call = Rc::clone(&harness.call);
-        harness.runtime.block_on(async move {
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async move {
+            // A store of its own: an input's outcome is its own, whatever ran before it.
+            let app = test::init_service(app()).await;
             // Twice: the second may be a replay, a conflict or a rerun.
-            for _ in 0..2 {
-                let (status, body) = call(make()).await;
-                check(status, &body);
+            let first = send(&app, make()).await;
+            check(first.status, &first.body);
+            assert!(!first.replayed, "a replay from an empty store");
+            let second = send(&app, make()).await;
+            check(second.status, &second.body);
+            if second.replayed {
+                assert_eq!(
+                    (second.status, &second.body),
+                    (first.status, &first.body),
+                    "a replay is the first answer"
+                );
             }
         });
     });
