@@ -155,9 +155,10 @@ impl<'c> Operation<'c> {
     /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
     ///   own, or a 500 of its own for a server it finds misconfigured, and nothing ran or was
     ///   recorded; not retried.
-    /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation ran at most once
-    ///   for the server to record (an application's 5xx, never recorded, leaves it to run
-    ///   again), and sending it again with [`Error::key`] tells its outcome.
+    /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation may have run (a
+    ///   run the server recorded is not run again; one that answered an application's own
+    ///   5xx was not recorded, and a retry ran it again), and sending it again with
+    ///   [`Error::key`] tells its outcome.
     /// - [`Error::Transport`]: reqwest cannot send this request at all, or the server refused
     ///   the TLS handshake; nothing was sent.
     /// - [`Error::InvalidAnswer`]: what came back is not HTTP; the operation may have run;

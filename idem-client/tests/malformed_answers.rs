@@ -28,12 +28,18 @@ fn answering(answer: &'static [u8]) -> (String, Arc<AtomicU32>) {
     (addr, connections)
 }
 
-fn patient() -> Client {
+/// The error of one operation sent to `url` by a client that would retry it four times.
+async fn failure(url: String) -> Error {
     Client::builder()
         .max_attempts(5)
         .initial_backoff(Duration::from_millis(1))
         .build()
         .unwrap()
+        .post(url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err()
 }
 
 /// The request was sent and may have run, but what came back is not HTTP (a status line no
@@ -41,12 +47,7 @@ fn patient() -> Client {
 #[tokio::test]
 async fn an_answer_that_is_not_http_stops_with_the_key() {
     let (addr, connections) = answering(b"SSH-2.0-OpenSSH_9.2\r\n\r\n");
-    let err = patient()
-        .post(format!("http://{addr}/v1/calls"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap_err();
+    let err = failure(format!("http://{addr}/v1/calls")).await;
     assert!(matches!(err, Error::InvalidAnswer { .. }), "{err}");
     assert!(err.key().is_some(), "the operation may have run: {err}");
     assert_eq!(connections.load(Ordering::SeqCst), 1, "retried: {err}");
@@ -58,12 +59,7 @@ async fn an_answer_that_is_not_http_stops_with_the_key() {
 #[tokio::test]
 async fn a_refused_tls_handshake_stops_at_once() {
     let (addr, connections) = answering(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
-    let err = patient()
-        .post(format!("https://{addr}/v1/calls"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap_err();
+    let err = failure(format!("https://{addr}/v1/calls")).await;
     assert!(matches!(err, Error::Transport(_)), "{err}");
     assert!(err.key().is_none(), "nothing was sent: {err}");
     assert_eq!(connections.load(Ordering::SeqCst), 1, "retried: {err}");

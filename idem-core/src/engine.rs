@@ -238,10 +238,7 @@ impl Engine {
     where
         F: Future<Output = Result<T, StoreError>>,
     {
-        let started = self.op_started();
-        let result = call.await;
-        self.op_done(op, started, &result);
-        result
+        self.observed(op, || call).await
     }
 
     /// Runs the settlement `call` of [`Lease::finish_with`] or [`Lease::release_with`], and
