@@ -170,6 +170,11 @@ impl ClientBuilder {
     /// `.redirect(reqwest::redirect::Policy::none())`, as the builder's own client is: one
     /// that follows redirects hands back the answer of the request redirected to, which is
     /// never a replay, instead of the operation's.
+    ///
+    /// With the `rustls` feature, reqwest has no crypto provider of its own: install one for
+    /// the process before building this client (reqwest panics otherwise), for example
+    /// `rustls::crypto::ring::default_provider().install_default()`. The builder's own client
+    /// installs ring when the process has none.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self

@@ -136,6 +136,8 @@
 //! # Features
 //! - `rustls`: `https://` URLs, through rustls on ring. Without it the client reaches only
 //!   `http://` URLs (or whatever the client given to [`ClientBuilder::http_client`] can).
+//!   A reqwest client of your own then needs a crypto provider installed for the process
+//!   before it is built, as [`ClientBuilder::http_client`] says.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

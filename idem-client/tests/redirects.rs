@@ -72,6 +72,10 @@ async fn a_redirect_that_went_wrong_after_the_operation_ran_keeps_its_key() {
     let (base, runs, handle) = common::serve(|cfg| {
         cfg.service(loops);
     });
+    // With the `rustls` feature, a reqwest client of the caller's own needs the process's
+    // crypto provider installed before it is built, as `http_client`'s docs say.
+    #[cfg(feature = "rustls")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let following = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(3))
         .build()
