@@ -422,6 +422,7 @@ pub async fn conformance<S: Store>(store: &S, seed: u8) {
     suite.extension_keeps_the_claim().await;
     suite.completed_records_expire().await;
     suite.keys_are_independent().await;
+    suite.a_status_that_is_no_http_status_is_refused().await;
 }
 
 struct Suite<'a, S> {
@@ -682,6 +683,37 @@ mod suite {
         pub(super) async fn keys_are_independent(&self) {
             self.claimed(9, 0).await;
             self.claimed(10, 0).await;
+        }
+
+        /// A record's status is an HTTP one (100 to 999): `Response` takes any `u16`, and a
+        /// store that wrote one outside them would read its record back as corrupt, so that
+        /// the key answered 503 until it expired. The claim stays, for a completion that is.
+        pub(super) async fn a_status_that_is_no_http_status_is_refused(&self) {
+            let claim = self.claimed(11, 0).await;
+            for status in [0, 99, 1000, u16::MAX] {
+                let mut record = self.completed(1, "no status");
+                record.response = Response::new(status, [], b"");
+                let outcome = self
+                    .store
+                    .complete(&self.key(11), claim.token, record, self.at(1))
+                    .await;
+                assert!(
+                    matches!(outcome, Err(StoreError::Refused(_))),
+                    "status {status}: {outcome:?}"
+                );
+            }
+            assert_eq!(
+                self.store
+                    .get(&self.key(11), self.at(1))
+                    .await
+                    .expect("get"),
+                Some(Record::InFlight(claim)),
+                "the claim stays"
+            );
+            assert!(
+                self.complete(11, claim.token, self.completed(2, "ok"), 2)
+                    .await
+            );
         }
     }
 }

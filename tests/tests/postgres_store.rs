@@ -733,6 +733,29 @@ async fn a_failed_write_fails_the_commit_and_leaves_nothing_behind() {
     assert!(retry.rollback().await.unwrap());
 }
 
+/// A transaction's commit of a response whose status is no HTTP status (past 999: idem-core's
+/// `Response` takes any `u16`) is refused: its write rolled back and the claim released, where
+/// it committed a record that every retry then read as corrupt (503 until it expired).
+#[actix_web::test]
+async fn a_commit_of_a_status_that_is_no_http_status_is_refused_and_leaves_nothing_behind() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "no_status").await;
+    let db = pg.inspect().await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut tx = claimed(&store, key(1), t).await;
+    insert_call(&mut tx, &table, "call_1").await;
+    let mut record = completed(t, "call_1");
+    record.response = Response::new(1000, [], b"call_1");
+    let err = tx.commit(record).await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("no HTTP status"), "{err}");
+    assert_eq!(calls(&db, &table).await, 0);
+    assert_eq!(store.get(&key(1), t).await.unwrap(), None, "claim released");
+}
+
 /// A caller that ends the claim's transaction itself (`COMMIT`, then a `BEGIN` of its own)
 /// has committed its write apart: the commit records nothing in the transaction left open,
 /// rolls that back and releases the claim, and says why, where it recorded the response as

@@ -35,7 +35,8 @@ pub fn token_hex(token: Token) -> String {
 /// Encodes `record`.
 ///
 /// # Errors
-/// [`StoreError::TooLarge`] when a header or the body does not fit the format's length fields.
+/// [`StoreError::TooLarge`] when a header or the body does not fit the format's length
+/// fields; [`StoreError::Refused`] for a status outside 100 to 999.
 pub fn encode(record: &Record, token: Token) -> Result<Vec<u8>, StoreError> {
     let (kind, lapses_at) = match record {
         Record::InFlight(f) => ('F', f.lease_until),
@@ -50,6 +51,7 @@ pub fn encode(record: &Record, token: Token) -> Result<Vec<u8>, StoreError> {
     out.extend_from_slice(record.fingerprint().as_bytes());
     if let Record::Completed(c) = record {
         let response = &c.response;
+        super::check_status(response)?;
         // The header section is already in this format: count, then lengths and bytes.
         let headers = response.header_section();
         let body = response.body();
@@ -349,15 +351,22 @@ mod tests {
             unreachable!()
         };
         for status in [0, 42, 1000, u16::MAX] {
-            for response in [
-                Response::new(status, [], b"body"),
-                Response::omitted(status, 5),
-            ] {
+            // `encode` refuses such a status: encode a 201, then change it in the bytes.
+            for response in [Response::new(201, [], b"body"), Response::omitted(201, 5)] {
                 let record = Record::Completed(Completed {
                     response,
                     ..c.clone()
                 });
-                let bytes = encode(&record, Token::random()).unwrap();
+                let mut bytes = encode(&record, Token::random()).unwrap();
+                let (fourth_colon, _) = bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &b)| b == b':')
+                    .nth(3)
+                    .unwrap();
+                let at = fourth_colon + 1 + c.fingerprint.as_bytes().len();
+                assert_eq!(bytes[at..at + 2], 201u16.to_be_bytes());
+                bytes[at..at + 2].copy_from_slice(&status.to_be_bytes());
                 let err = decode(&bytes).unwrap_err();
                 assert!(
                     matches!(&err, StoreError::Corrupt(what) if what.contains("status")),

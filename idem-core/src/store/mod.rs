@@ -188,6 +188,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the claim holding `token` by `record`, kept until `record.expires_at`.
     /// `false`, and nothing written, when `token` no longer holds the key.
+    ///
+    /// A store refuses ([`StoreError::Refused`], the claim left as it was) a response whose
+    /// status is no HTTP status (outside 100 to 999): [`Response`] takes any `u16`, and a
+    /// record of one could not be read back.
     fn complete<'a>(
         &'a self,
         key: &'a StoreKey,
@@ -349,6 +353,19 @@ pub enum StoreError {
         /// The limit.
         max: usize,
     },
+}
+
+/// A status outside 100 to 999, which a store refuses to record.
+#[derive(Debug, thiserror::Error)]
+#[error("status {0} is no HTTP status (100 to 999), and is not recorded")]
+pub struct NoHttpStatus(pub u16);
+
+/// [`StoreError::Refused`] for a response whose status is no HTTP status.
+pub(crate) fn check_status(response: &Response) -> Result<(), StoreError> {
+    match response.status() {
+        100..=999 => Ok(()),
+        status => Err(StoreError::Refused(Box::new(NoHttpStatus(status)))),
+    }
 }
 
 /// The embedded store as the engine and a cache in front of it see a store that processes

@@ -479,6 +479,9 @@ impl Store for MokaStore {
         record: Completed,
         _now: Timestamp,
     ) -> StoreFuture<'a, bool> {
+        if let Err(error) = super::check_status(&record.response) {
+            return StoreFuture::ready(Err(error));
+        }
         // The cache would drop at once a record heavier than its whole capacity.
         let (size, max) = (record.response.held_bytes(), self.record_limit());
         if size > max {

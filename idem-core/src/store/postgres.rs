@@ -1019,6 +1019,7 @@ impl PostgresStore {
         token: Token,
         record: &Completed,
     ) -> Result<bool, StoreError> {
+        super::check_status(&record.response)?;
         let body = record.response.body();
         let sql = &self.sql.complete_in_transaction;
         let completion = self.completion(sql, key, token, record, &body);
@@ -1557,6 +1558,7 @@ impl Store for PostgresStore {
         _now: Timestamp,
     ) -> StoreFuture<'a, bool> {
         StoreFuture::new(async move {
+            super::check_status(&record.response)?;
             self.check_size(&record)?;
             let (record, body) = (&record, record.response.body());
             self.fenced(|| self.completion(&self.sql.complete, key, token, record, &body))
@@ -1651,7 +1653,8 @@ impl ClaimTransaction {
     /// never runs again.
     ///
     /// # Errors
-    /// The store's error. Everything was then rolled back and the claim released (when the
+    /// The store's error ([`StoreError::Refused`] for a status outside 100 to 999, which is
+    /// never recorded). Everything was then rolled back and the claim released (when the
     /// store could still be told), so that a retry runs the operation again; except that a
     /// `COMMIT` whose answer was lost may have committed, the writes and the record
     /// together, and a retry then finds the record.
