@@ -438,65 +438,100 @@ fn fingerprint(
     Ok(Fingerprint::canonical(method, path, query, body, headers))
 }
 
-/// `body` decoded from the content coding its request names as the handler's extractors
-/// decode it, up to `limit` bytes decoded; `None` when it names none. actix-web's extractors
-/// decode `gzip` and `deflate` when its `compress-gzip` feature is on (a default one), and
-/// then only a body that is one gzip member, or one zlib stream, with nothing after it. A
-/// body in a coding they hand on undecoded (`x-gzip`, several codings, any when the feature
-/// is off), or not valid in its own by those rules, cannot be read.
+/// `body` decoded from the content coding its request names, as the handler's extractors
+/// decode it, up to `limit` bytes decoded; `None` when it names none. It is decoded by
+/// actix-web's own decoder, so in the codings this build's actix-web decodes (`gzip` and
+/// `deflate` with its `compress-gzip` feature, `br` with `compress-brotli`, `zstd` with
+/// `compress-zstd`: all three are default features) and by its rules (one gzip member, one
+/// zlib stream, nothing after it). A coding it hands on undecoded (`x-gzip`, several codings,
+/// one whose feature is off), or a body its decoder refuses, cannot be read.
 fn decoded(
     req: &HttpRequest,
     body: &Bytes,
     limit: usize,
 ) -> Result<Option<Bytes>, IdempotencyError> {
-    use std::io::Read as _;
-    let Some(coding) = req.headers().get(header::CONTENT_ENCODING) else {
+    let Some(value) = req.headers().get(header::CONTENT_ENCODING) else {
         return Ok(None);
     };
-    let coding = String::from_utf8_lossy(coding.as_bytes())
+    let coding = String::from_utf8_lossy(value.as_bytes())
         .trim()
         .to_ascii_lowercase();
-    let mut rest = &body[..];
-    let reader: Box<dyn std::io::Read + '_> = match coding.as_str() {
-        "" | "identity" => return Ok(None),
-        "gzip" if actix_decodes_gzip() => Box::new(flate2::bufread::GzDecoder::new(&mut rest)),
-        "deflate" if actix_decodes_gzip() => Box::new(flate2::bufread::ZlibDecoder::new(&mut rest)),
+    // Parsed as actix parses it: a value it cannot parse is handed on as it came.
+    let parsed = value.to_str().ok().and_then(|v| v.parse().ok());
+    match parsed {
+        _ if coding.is_empty() => return Ok(None),
+        Some(header::ContentEncoding::Identity) => return Ok(None),
+        Some(parsed) if actix_decodes(parsed) => {}
         _ => return Err(BodyError::Encoded { coding }.into()),
-    };
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    // One byte past the limit tells a body over it from one that just fits (saturating: a
-    // limit of `usize::MAX` means none, not a wrapped zero).
-    let past_limit = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    let read = reader.take(past_limit).read_to_end(&mut out);
-    match read {
-        Ok(_) if out.len() > limit => Err(IdempotencyError::BodyTooLarge { limit }),
-        // Whole, and nothing after the stream's end (a second gzip member, stray bytes),
-        // which actix's decoder refuses.
-        Ok(_) if rest.is_empty() => Ok(Some(Bytes::from(out))),
-        Ok(_) | Err(_) => Err(BodyError::Undecodable { coding }.into()),
+    }
+    match actix_decoded(value, body, limit) {
+        Ok(decoded) => Ok(Some(decoded)),
+        Err(Decoding::TooLarge) => Err(IdempotencyError::BodyTooLarge { limit }),
+        Err(Decoding::Invalid) => Err(BodyError::Undecodable { coding }.into()),
     }
 }
 
-/// Whether this build's actix-web extractors decode request bodies in `gzip` (and
-/// `deflate`): its `compress-gzip` feature, which a library cannot see, found by asking its
-/// `Bytes` extractor once to read a small gzip body.
-fn actix_decodes_gzip() -> bool {
+/// Why actix-web's decoder gave no body.
+enum Decoding {
+    /// Decoded, it is longer than the limit.
+    TooLarge,
+    /// Its decoder refused it.
+    Invalid,
+}
+
+/// `body` as actix-web's `Bytes` extractor reads it with `Content-Encoding: coding`, limited
+/// to `limit` bytes. Handed over in pieces its decoder decodes in place (it sends a chunk of
+/// 2,049 bytes or more to a blocking task), so that it is read at once; and, each piece being
+/// decoded whole before the limit is checked, a small one bounds how far a decompression bomb
+/// inflates past the limit.
+fn actix_decoded(
+    coding: &header::HeaderValue,
+    body: &Bytes,
+    limit: usize,
+) -> Result<Bytes, Decoding> {
     use actix_web::FromRequest as _;
     use futures_util::FutureExt as _;
-    // `{}` in gzip.
-    const SAMPLE: &[u8] = &[
-        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xab, 0xae, 0x05, 0x00, 0x43,
-        0xbf, 0xa6, 0xa3, 0x02, 0x00, 0x00, 0x00,
-    ];
-    static DECODES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DECODES.get_or_init(|| {
-        let (req, mut payload) = actix_web::test::TestRequest::post()
-            .insert_header((header::CONTENT_ENCODING, "gzip"))
-            .set_payload(Bytes::from_static(SAMPLE))
-            .to_http_parts();
-        // A body this small is decoded in place: the future is ready at once.
-        let read = Bytes::from_request(&req, &mut payload).now_or_never();
-        matches!(read, Some(Ok(body)) if body == "{}")
+    const IN_PLACE: usize = 2048;
+    let (req, _) = actix_web::test::TestRequest::post()
+        .insert_header((header::CONTENT_ENCODING, coding.clone()))
+        .app_data(actix_web::web::PayloadConfig::new(limit))
+        .to_http_parts();
+    let body = body.clone();
+    let pieces = (0..body.len())
+        .step_by(IN_PLACE)
+        .map(move |at| Ok::<_, PayloadError>(body.slice(at..body.len().min(at + IN_PLACE))));
+    let mut payload: dev::Payload = dev::Payload::Stream {
+        payload: Box::pin(futures_util::stream::iter(pieces)),
+    };
+    match Bytes::from_request(&req, &mut payload).now_or_never() {
+        Some(Ok(decoded)) => Ok(decoded),
+        Some(Err(error)) if matches!(error.as_error(), Some(PayloadError::Overflow)) => {
+            Err(Decoding::TooLarge)
+        }
+        // Refused, or (never, as every piece is decoded in place) not read at once.
+        Some(Err(_)) | None => Err(Decoding::Invalid),
+    }
+}
+
+/// Whether this build's actix-web extractors decode request bodies in `coding`: which
+/// depends on its features, which a library cannot see. Found once per coding by handing its
+/// decoder bytes that are valid in none: a decoder refuses them (or reads them as something
+/// else), where actix without one hands them on as they came.
+fn actix_decodes(coding: header::ContentEncoding) -> bool {
+    use header::ContentEncoding as Coding;
+    use std::sync::OnceLock;
+    static DECODES: [OnceLock<bool>; 4] = [const { OnceLock::new() }; 4];
+    let at = match coding {
+        Coding::Gzip => 0,
+        Coding::Deflate => 1,
+        Coding::Brotli => 2,
+        Coding::Zstd => 3,
+        _ => return false,
+    };
+    *DECODES[at].get_or_init(|| {
+        const PROBE: &[u8] = b"\x00\x00 not in any coding";
+        let value = header::HeaderValue::from_static(coding.as_str());
+        !matches!(actix_decoded(&value, &Bytes::from_static(PROBE), 1024), Ok(read) if read == PROBE)
     })
 }
 
@@ -681,6 +716,28 @@ mod tests {
         assert!(over, "one byte under the decoded length is too large");
     }
 
+    /// actix's decoder sends a chunk of 2,049 bytes or more to a blocking task; the layer
+    /// reads in place, so it hands a long body over in smaller pieces.
+    #[test]
+    fn a_compressed_body_of_many_pieces_is_decoded_at_once() {
+        let mut n: u64 = 1;
+        let text: String = (0..20_000)
+            .map(|_| {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + (n >> 59) as u8 % 26)
+            })
+            .collect();
+        let body = gzipped(text.as_bytes());
+        assert!(body.len() > 3 * 2048, "{}", body.len());
+        let req = TestRequest::post()
+            .insert_header((header::CONTENT_ENCODING, "gzip"))
+            .to_http_request();
+        let decoded = decoded(&req, &body, 1 << 20).ok().flatten();
+        assert_eq!(decoded.as_deref(), Some(text.as_bytes()));
+    }
+
     #[test]
     fn a_coding_actix_passes_on_undecoded_is_refused_not_decoded() {
         let body = gzipped(b"{\"id\":1}");
@@ -698,7 +755,9 @@ mod tests {
 
     #[test]
     fn the_extractors_of_a_build_with_compress_gzip_are_found_to_decode_gzip() {
-        assert!(actix_decodes_gzip());
+        use header::ContentEncoding as Coding;
+        assert!(actix_decodes(Coding::Gzip) && actix_decodes(Coding::Deflate));
+        assert!(!actix_decodes(Coding::Identity));
     }
 
     #[test]

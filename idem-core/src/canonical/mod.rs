@@ -65,7 +65,7 @@ pub enum BodyError {
     #[error("this endpoint cannot read the request body to compare it with the first request of this key; send a body in the form the endpoint expects")]
     Unreadable,
     /// The body is in a content coding the server does not decode.
-    #[error("the request body is in Content-Encoding {coding}, which this endpoint does not decode to read it; send it in gzip or deflate (where the server decodes them) or in no coding")]
+    #[error("the request body is in Content-Encoding {coding}, which this endpoint does not decode to read it; send it in no coding, or in one the server decodes (by default gzip, deflate, br and zstd)")]
     Encoded {
         /// The coding, as the request names it.
         coding: String,
