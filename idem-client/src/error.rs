@@ -58,6 +58,12 @@ pub enum Error {
     /// The key was already used with a different request (409 or 422
     /// `idempotency_conflict` without `Retry-After`). Retrying cannot help: a new operation
     /// needs a new key, and a retry of the old one needs its exact request.
+    ///
+    /// The same 409 also comes when the operation ran and its answer was recorded in a content
+    /// coding (gzip, ...) negotiated for the first request that this one does not accept (a
+    /// server that compresses inside its idempotency layer; its message then names the
+    /// coding): send it again with the same key and the first request's `Accept-Encoding`,
+    /// not under a new key, which would run it again.
     #[error("idempotency key {key} was already used with a different request ({status}): send a new operation with a new key, or the retry with its first request's method, URL and body")]
     Mismatch {
         /// The key.
@@ -85,9 +91,15 @@ pub enum Error {
     /// `idempotency_key_invalid` or `idempotency_body_too_large`) before running it, or a 500
     /// for a server it finds misconfigured (`idempotency_misconfigured`,
     /// `idempotency_layer_missing`, `idempotency_transaction_unavailable`). Nothing was
-    /// recorded, nothing ran (after `idempotency_transaction_unavailable`, what the handler
-    /// wrote in the layer's transaction was rolled back), and retrying the same request gets
-    /// the same answer until the request, or the server, is mended.
+    /// recorded, and retrying the same request gets the same answer until the request, or the
+    /// server, is mended.
+    ///
+    /// Nothing ran, except after `idempotency_transaction_unavailable`, which also comes after
+    /// a handler ran and left nothing of its transaction to commit (it ended the transaction
+    /// itself, or answered a success over a statement of it that failed): what it wrote in
+    /// the transaction was rolled back (unless it committed it itself), what else it did (a
+    /// call to another service) stands, and the key was released, so sending the request
+    /// again, under this key or another, runs it again.
     #[error("the server refused idempotency key {key} with {status} {code}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Refused {
         /// The key.
@@ -116,9 +128,10 @@ pub enum Error {
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
     /// 408, 502, 503, 504, 409 while in flight). The operation may have run. A run the
     /// server recorded is not run again under this key; a run that answered an application's
-    /// own 502, 503 or 504 was not recorded (an endpoint keeps no 5xx unless told to), and each
-    /// retry that reached the handler ran it again. Send it again later with the same key to
-    /// learn its outcome.
+    /// own 502, 503 or 504 was not recorded (an endpoint keeps no 5xx unless told to), nor,
+    /// on an endpoint that records only 2xx (`cache = "2xx"`), one that answered its own 408
+    /// or 409 with `Retry-After`, and each retry that reached the handler ran it again. Send
+    /// it again later with the same key to learn its outcome.
     #[error("gave up after {attempts} attempts in {} ms, the last {last}: send the operation again later with the same idempotency key ({key}) to get its outcome", .elapsed.as_millis())]
     GaveUp {
         /// The key, to send the operation again with.
@@ -131,9 +144,11 @@ pub enum Error {
         last: Failure,
     },
     /// The request failed in a way no retry mends, before it was sent: a URL reqwest cannot
-    /// send to, or a TLS handshake the server refused (with the `rustls` feature; through a
-    /// caller's own [`http_client`](crate::ClientBuilder::http_client), a refused handshake is
-    /// retried like a refused connection).
+    /// send to, or a TLS handshake that rustls failed (the server refused it, or the client
+    /// does not accept the server's certificate or protocol). That is told with the `rustls`
+    /// feature, whichever reqwest client on rustls 0.23 made the connection (the builder's,
+    /// or one given to [`http_client`](crate::ClientBuilder::http_client)); without the
+    /// feature, a failed handshake is retried like a refused connection.
     #[error("cannot send the request: {}", Causes(.0))]
     Transport(#[source] reqwest::Error),
     /// What came back is not HTTP the client can read (a status line or a header no parser

@@ -66,18 +66,18 @@
 //! | 2xx, 3xx (not followed: a redirect is the operation's answer, and can be a replay), any other answer of the application (its 4xx but 408, and its 5xx but 502, 503 and 504), or a replay of any status (`Idempotent-Replayed: true`: the answer the server recorded, which a retry would only get again) | hands it back as a [`Response`]; [`Response::replayed`] tells a replay |
 //! | connection refused, reset or broken mid-answer; attempt timed out | retries |
 //! | 503 (store unavailable, overloaded, or the application's) | retries, after its `Retry-After` |
-//! | 408 (the server stopped waiting for the request) | retries, after its `Retry-After` if any |
+//! | 408 (the server stopped waiting for the request) | retries, after its `Retry-After` if any; after the application's own 408 on an endpoint that records only 2xx (`cache = "2xx"`), it runs again |
 //! | 502 or 504 (a gateway in front gave up, while the server may still run the operation; or the application's own) | retries, after its `Retry-After` if any: the retry gets the replay, or waits while the first attempt runs; after the application's own 5xx (never recorded) it runs again |
 //! | 409 `idempotency_conflict` with `Retry-After`: the first attempt still runs | retries, after its `Retry-After`, to get the replay |
 //! | 409 with `Retry-After` and a body with no code the client reads (the layer's, under an application's own error renderer; or the application's own 409) | taken as still running: retries, after its `Retry-After`; an application's own 409 is its answer again on a retry where the endpoint records it (a replay), and runs again where it does not (`cache = "2xx"`) |
 //! | 409 or 422 `idempotency_conflict` without `Retry-After`: the key was used with another request | [`Error::Mismatch`], never retried |
 //! | 409 `idempotency_response_too_large`: the operation ran, and its response was too large for the server to keep | [`Error::ResponseNotKept`], never retried: look the outcome up, never send it again under a new key |
-//! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...), or its 500 for a server it finds misconfigured (`idempotency_misconfigured`, ...): nothing ran or was recorded | [`Error::Refused`], never retried |
+//! | another 4xx of the idempotency layer (`idempotency_key_invalid`, ...), or its 500 for a server it finds misconfigured (`idempotency_misconfigured`, ...): nothing was recorded, and nothing ran but after `idempotency_transaction_unavailable` (see [`Error::Refused`]) | [`Error::Refused`], never retried |
 //! | an answer whose body is larger than [`max_response`](ClientBuilder::max_response) (16 MiB unless set) | [`Error::ResponseTooLarge`], not read and never retried: the operation may have run; send it again with the same key and a larger limit |
 //! | attempts or time used up | [`Error::GaveUp`], with the key to send the operation again later |
 //! | a redirect that a caller's own [`http_client`](ClientBuilder::http_client) followed went wrong (a loop, too many) | [`Error::Redirect`], with the key, never retried: the operation may have run |
 //! | an answer that is not HTTP (a status line or header no parser reads) | [`Error::InvalidAnswer`], with the key, never retried: the operation may have run |
-//! | a TLS handshake the server refused, or a certificate the client does not trust (`rustls` feature) | [`Error::Transport`], never retried: nothing was sent |
+//! | a TLS handshake the server refused, or a certificate the client does not trust (told with the `rustls` feature, through any reqwest client on rustls 0.23) | [`Error::Transport`], never retried: nothing was sent |
 //!
 //! Waits between attempts grow exponentially from
 //! [`initial_backoff`](ClientBuilder::initial_backoff) up to

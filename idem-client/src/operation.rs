@@ -153,11 +153,13 @@ impl<'c> Operation<'c> {
     ///   `max_response`; it was not read, and the operation may have run; not retried (a
     ///   status retried above is retried whatever its size).
     /// - [`Error::Refused`]: the idempotency layer refused the request with another 4xx of its
-    ///   own, or a 500 of its own for a server it finds misconfigured, and nothing ran or was
-    ///   recorded; not retried.
+    ///   own, or a 500 of its own for a server it finds misconfigured; nothing was recorded,
+    ///   and nothing ran but after `idempotency_transaction_unavailable` (see its docs); not
+    ///   retried.
     /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation may have run (a
     ///   run the server recorded is not run again; one that answered an application's own
-    ///   5xx was not recorded, and a retry ran it again), and sending it again with
+    ///   5xx, or on a `cache = "2xx"` endpoint its own 408 or 409, was not recorded, and a
+    ///   retry ran it again), and sending it again with
     ///   [`Error::key`] tells its outcome.
     /// - [`Error::Transport`]: reqwest cannot send this request at all, or the server refused
     ///   the TLS handshake; nothing was sent.
