@@ -262,13 +262,17 @@ pub(crate) fn headers_end(data: &[u8]) -> Result<usize, String> {
 }
 
 /// The name and value of the header at `at`, and where the next starts.
+///
+/// Each length is checked against what is left before it is added to a position, so that a
+/// corrupt length cannot overflow (a value's `u32` length could, on a 32-bit target).
 fn header_at(data: &[u8], at: usize) -> Option<(&[u8], &[u8], usize)> {
-    let name_len = usize::from(u16::from_be_bytes(data.get(at..at + 2)?.try_into().ok()?));
-    let name = data.get(at + 2..at + 2 + name_len)?;
-    let at = at + 2 + name_len;
-    let value_len = u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?) as usize;
-    let value = data.get(at + 4..at + 4 + value_len)?;
-    Some((name, value, at + 4 + value_len))
+    let rest = data.get(at..)?;
+    let name_len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+    let name = rest.get(2..)?.get(..name_len)?;
+    let rest = &rest[2 + name_len..];
+    let value_len = usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?;
+    let value = rest.get(4..)?.get(..value_len)?;
+    Some((name, value, at + 2 + name_len + 4 + value_len))
 }
 
 /// The headers of a [`Response`]: name and value, in order.
