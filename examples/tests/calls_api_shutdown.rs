@@ -85,6 +85,28 @@ async fn sigterm_on_the_embedded_store_lets_a_call_whose_client_went_away_finish
     assert!(placed[0].starts_with("placed call_"), "{placed:?}");
 }
 
+/// A call may take as long as its carrier is told to (`X-Simulate-Delay-Ms`, up to 30 s), and
+/// a stop lets it finish: one of 17 s, past the drain's old 15 s, was cancelled and its key
+/// released, so that the retry of a call that had dialled ran again.
+#[tokio::test]
+async fn sigterm_lets_a_call_as_long_as_its_carrier_may_take_finish_before_exit() {
+    let log = common::Log::default();
+    let mut api = CallsApi::start_logged(None, &[], &log).await;
+    let sent = Instant::now();
+    call_taking("sigterm-long-1", "17000")
+        .send_and_reset(api.addr, || sent.elapsed() >= Duration::from_millis(500))
+        .await;
+    assert!(api.terminate().await, "calls-api exits cleanly");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(17),
+        "it waited for the call"
+    );
+    idem_tests::eventually(|| !log.lock().unwrap().is_empty()).await;
+    let placed = log.lock().unwrap().clone();
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert!(placed[0].starts_with("placed call_"), "{placed:?}");
+}
+
 /// A SIGTERM sent as soon as calls-api says it listens stops it as any other does, cleanly,
 /// saying so: the handler was installed only once the server ran, after that line, so a
 /// process manager that stopped it at once killed it with no drain.

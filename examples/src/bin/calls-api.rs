@@ -16,9 +16,9 @@
 //! created at start-up.
 //!
 //! On SIGTERM (or Ctrl-C) it stops accepting, lets calls in progress finish and record their
-//! responses (up to 15 s, even those whose clients went away), cancels those still running
-//! whose clients went away and releases their keys (up to 2 s), then waits for open
-//! connections (up to 10 s): it stops within 27 s.
+//! responses (up to 32 s, even those whose clients went away: a call's carrier may take 30 s),
+//! cancels those still running whose clients went away and releases their keys (up to 2 s),
+//! then waits for open connections (up to 10 s): it stops within 44 s.
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
@@ -275,10 +275,12 @@ async fn on_database(url: &str) -> Result<(IdempotencyConfig, CallsState, String
 }
 
 /// How long a graceful stop waits for calls in progress, before it cancels those whose
-/// clients went away. With the drain's wait for the keys it releases (up to 2 s) and the
-/// connections' grace, a stop takes at most 27 s: within the 30 s a container is commonly
-/// given between SIGTERM and SIGKILL.
-const DRAIN: Duration = Duration::from_secs(15);
+/// clients went away: the longest a call's carrier may take (`X-Simulate-Delay-Ms`, 30 s),
+/// and then some, so that every call that dialled is recorded. With the drain's wait for the
+/// keys it releases (up to 2 s) and the connections' grace, a stop takes at most 44 s: give a
+/// container at least 45 s between SIGTERM and SIGKILL (Kubernetes'
+/// `terminationGracePeriodSeconds` is 30 unless set).
+const DRAIN: Duration = Duration::from_secs(32);
 
 /// How long it then waits for open connections.
 const CONNECTIONS_GRACE: Duration = Duration::from_secs(10);
