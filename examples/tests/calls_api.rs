@@ -112,6 +112,34 @@ async fn phone_numbers_must_be_e164() {
     assert_eq!(api.state.call_count(), 0);
 }
 
+/// A keyed call refused for its number is recorded as any answer but a 5xx is (the default):
+/// its retry gets the same 400, replayed, with nothing dialled, and the same key with another
+/// number is another request.
+#[actix_web::test]
+async fn a_refused_phone_number_is_recorded_and_replayed_to_its_retry() {
+    let api = start();
+    let first = api
+        .send(create("t1", Some("bad-1"), new_call("5555550123")))
+        .await;
+    assert_eq!(first.status, 400);
+    assert_eq!(first.json()["error"]["code"], "invalid_phone_number");
+    assert!(!first.replayed());
+    let retry = api
+        .send(create("t1", Some("bad-1"), new_call("5555550123")))
+        .await;
+    assert_eq!(
+        (retry.status, retry.body.clone()),
+        (400, first.body.clone())
+    );
+    assert!(retry.replayed(), "{retry:?}");
+    let other = api
+        .send(create("t1", Some("bad-1"), new_call("+15555550123")))
+        .await;
+    assert_eq!(other.status, 409, "{other:?}");
+    assert_eq!(other.json()["error"]["code"], "idempotency_conflict");
+    assert_eq!(api.state.call_count(), 0);
+}
+
 #[actix_web::test]
 async fn listing_shows_this_tenants_calls_oldest_first() {
     let api = start();

@@ -88,6 +88,29 @@ fn id_of(res: &RawResponse) -> String {
         .to_owned()
 }
 
+/// A carrier failure (`X-Simulate-Status: 503`) creates nothing on Postgres either, where the
+/// call's row is written in the key's transaction before the carrier answers: the 503 rolls
+/// it back with the key's claim, and the retry creates the one call.
+#[tokio::test]
+async fn a_simulated_carrier_failure_leaves_no_row_and_its_retry_creates_the_call() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, db) = fresh_database(&pg, "carrier_failure").await;
+    let api = CallsApi::start_on_database(&url, false).await;
+    let failed = create("fails-once")
+        .header("X-Simulate-Status", "503")
+        .send(api.addr)
+        .await;
+    assert_eq!(failed.status, 503, "{failed:?}");
+    assert_eq!(rows(&db).await, 0, "the failed call left a row");
+    let retry = create("fails-once").send(api.addr).await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(!retry.replayed(), "the 503 was not recorded: {retry:?}");
+    assert_eq!(rows(&db).await, 1);
+    assert_eq!(listed(&api).await, vec![id_of(&retry)]);
+}
+
 #[tokio::test]
 async fn sixty_four_duplicates_across_two_processes_on_one_database_create_one_row() {
     let Some(pg) = TestPostgres::start() else {

@@ -29,6 +29,9 @@ async fn create_contact(
     if body.get("name").is_none() {
         return HttpResponse::BadRequest().json(json!({"error": {"type": "validation_error"}}));
     }
+    if body.get("fail").is_some() {
+        return HttpResponse::InternalServerError().json(json!({"error": {"type": "api_error"}}));
+    }
     HttpResponse::Created().json(json!({ "id": n, "name": body["name"] }))
 }
 
@@ -80,11 +83,21 @@ fn contact(key: &str) -> RawRequest {
 }
 
 fn assert_type_conflict(res: &RawResponse) {
-    assert_eq!(res.status, 422, "{}", String::from_utf8_lossy(&res.body));
+    assert_type_error(res, 422, "idempotency_conflict");
+}
+
+/// The layer's own error in this profile's shape: the code in `error.type`, and otherwise as
+/// every error of the layer (JSON, `request_id` the response's `X-Request-ID`, `no-store`).
+fn assert_type_error(res: &RawResponse, status: u16, kind: &str) {
+    assert_eq!(res.status, status, "{}", String::from_utf8_lossy(&res.body));
     let body = res.json();
-    assert_eq!(body["error"]["type"], "idempotency_conflict", "{body}");
+    assert_eq!(body["error"]["type"], kind, "{body}");
     assert!(body["error"].get("code").is_none());
     assert!(body["error"]["message"].is_string());
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    let id = res.header("x-request-id").expect("X-Request-ID");
+    assert_eq!(body["request_id"], id, "{body}");
 }
 
 #[actix_web::test]
@@ -155,6 +168,16 @@ async fn failed_requests_are_not_cached() {
     assert_eq!(s.send(&bad).await.status, 400);
     assert_eq!(s.send(&bad).await.status, 400);
     assert_eq!(s.runs.get(), 2, "a 400 is not stored");
+    let failing = req(
+        "POST",
+        "contacts",
+        "YOUR_API_KEY",
+        "k",
+        json!({"name": "x", "fail": true}),
+    );
+    assert_eq!(s.send(&failing).await.status, 500);
+    assert_eq!(s.send(&failing).await.status, 500);
+    assert_eq!(s.runs.get(), 4, "nor is a 500");
     // The key is still free for the corrected request.
     let ok = req(
         "POST",
@@ -166,7 +189,7 @@ async fn failed_requests_are_not_cached() {
     let created = s.send(&ok).await;
     assert_eq!(created.status, 201, "{}", created.text());
     assert!(!created.replayed());
-    assert_eq!(s.runs.get(), 3);
+    assert_eq!(s.runs.get(), 5);
 }
 
 #[actix_web::test]
@@ -193,14 +216,13 @@ async fn the_api_key_header_is_required_for_keyed_requests() {
         .header("Idempotency-Key", "k")
         .json(&json!({"name": "x"}));
     let res = s.send(&anonymous).await;
-    assert_eq!(res.status, 400);
-    assert_eq!(res.json()["error"]["type"], "idempotency_scope_missing");
+    assert_type_error(&res, 400, "idempotency_scope_missing");
 }
 
 #[actix_web::test]
 async fn a_duplicate_while_the_first_runs_is_a_409_with_a_type_field() {
     let res = app().conflicts_while_running(&contact("k1")).await;
-    assert_eq!(res.json()["error"]["type"], "idempotency_conflict");
+    assert_type_error(&res, 409, "idempotency_conflict");
 }
 
 #[actix_web::test]
