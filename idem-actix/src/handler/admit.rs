@@ -458,13 +458,13 @@ fn decoded(
         .to_ascii_lowercase();
     // Parsed as actix parses it: a value it cannot parse is handed on as it came.
     let parsed = value.to_str().ok().and_then(|v| v.parse().ok());
-    match parsed {
+    let parsed = match parsed {
         _ if coding.is_empty() => return Ok(None),
         Some(header::ContentEncoding::Identity) => return Ok(None),
-        Some(parsed) if actix_decodes(parsed) => {}
+        Some(parsed) if actix_decodes(parsed) => parsed,
         _ => return Err(BodyError::Encoded { coding }.into()),
-    }
-    match actix_decoded(value, body, limit) {
+    };
+    match actix_decoded(value, parsed, body, limit) {
         Ok(decoded) => Ok(Some(decoded)),
         Err(Decoding::TooLarge) => Err(IdempotencyError::BodyTooLarge { limit }),
         Err(Decoding::Invalid) => Err(BodyError::Undecodable { coding }.into()),
@@ -479,27 +479,25 @@ enum Decoding {
     Invalid,
 }
 
-/// `body` as actix-web's `Bytes` extractor reads it with `Content-Encoding: coding`, limited
-/// to `limit` bytes. Handed over in pieces its decoder decodes in place (it sends a chunk of
-/// 2,049 bytes or more to a blocking task), so that it is read at once; and, each piece being
-/// decoded whole before the limit is checked, a small one bounds how far a decompression bomb
-/// inflates past the limit.
+/// `body` as actix-web's `Bytes` extractor reads it with `Content-Encoding: value` (which
+/// parses to `coding`), limited to `limit` bytes, handed over in [`pieces`](piece) its
+/// decoder decodes in place, so that it is read at once.
 fn actix_decoded(
-    coding: &header::HeaderValue,
+    value: &header::HeaderValue,
+    coding: header::ContentEncoding,
     body: &Bytes,
     limit: usize,
 ) -> Result<Bytes, Decoding> {
     use actix_web::FromRequest as _;
     use futures_util::FutureExt as _;
-    const IN_PLACE: usize = 2048;
     let (req, _) = actix_web::test::TestRequest::post()
-        .insert_header((header::CONTENT_ENCODING, coding.clone()))
+        .insert_header((header::CONTENT_ENCODING, value.clone()))
         .app_data(actix_web::web::PayloadConfig::new(limit))
         .to_http_parts();
-    let body = body.clone();
+    let (body, piece) = (body.clone(), piece(coding));
     let pieces = (0..body.len())
-        .step_by(IN_PLACE)
-        .map(move |at| Ok::<_, PayloadError>(body.slice(at..body.len().min(at + IN_PLACE))));
+        .step_by(piece)
+        .map(move |at| Ok::<_, PayloadError>(body.slice(at..body.len().min(at + piece))));
     let mut payload: dev::Payload = dev::Payload::Stream {
         payload: Box::pin(futures_util::stream::iter(pieces)),
     };
@@ -510,6 +508,24 @@ fn actix_decoded(
         }
         // Refused, or (never, as every piece is decoded in place) not read at once.
         Some(Err(_)) | None => Err(Decoding::Invalid),
+    }
+}
+
+/// The most of a body in `coding` handed to actix's decoder at once. The decoder inflates a
+/// piece whole before the limit is checked, so a piece is what inflates to at most about
+/// 2 MiB past the limit at the coding's largest ratio: about 1,032 to 1 for deflate (`gzip`,
+/// `deflate`), 32,768 to 1 for `zstd` (a block of 128 KiB of one byte costs 4). `br` has no
+/// such ratio (about 13 bytes make a meta-block of 16 MiB: 203 bytes make 256 MiB), so it is
+/// handed over 16 bytes at a time, and inflates about a meta-block past the limit (smaller
+/// pieces inflate no less, as a meta-block comes out whole, and cost more: a byte at a time
+/// takes four times as long). None is over 2,048 bytes: the decoder sends 2,049 or more to a
+/// blocking task.
+fn piece(coding: header::ContentEncoding) -> usize {
+    use header::ContentEncoding as Coding;
+    match coding {
+        Coding::Gzip | Coding::Deflate => 2048,
+        Coding::Zstd => 64,
+        _ => 16,
     }
 }
 
@@ -531,7 +547,8 @@ fn actix_decodes(coding: header::ContentEncoding) -> bool {
     *DECODES[at].get_or_init(|| {
         const PROBE: &[u8] = b"\x00\x00 not in any coding";
         let value = header::HeaderValue::from_static(coding.as_str());
-        !matches!(actix_decoded(&value, &Bytes::from_static(PROBE), 1024), Ok(read) if read == PROBE)
+        let read = actix_decoded(&value, coding, &Bytes::from_static(PROBE), 1024);
+        !matches!(read, Ok(read) if read == PROBE)
     })
 }
 

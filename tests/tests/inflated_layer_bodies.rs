@@ -1,0 +1,71 @@
+//! A compressed body the layer decodes itself (to read it as JSON), in a process of its own
+//! (its peak memory is the measure).
+
+use actix_web::{post, web, HttpResponse};
+use idem_actix::idempotent;
+use idem_tests::{serve, RawRequest};
+
+#[post("/events")]
+#[idempotent(fingerprint = "json")]
+async fn event(body: web::Bytes) -> HttpResponse {
+    HttpResponse::Created().body(format!("{} bytes", body.len()))
+}
+
+/// The process's peak resident memory, in bytes.
+fn peak_memory() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<usize>().ok())
+        .expect("VmHWM in kB");
+    kib << 10
+}
+
+/// 256 MiB of spaces (JSON whitespace) in brotli (quality 5, a 16 MiB window): 203 bytes.
+const BROTLI_BOMB: &str =
+    "cfffff7f002440e2b14072effff9ffff0f8004401c1680eefd3fffffff01900088c302d0bdffe7ffff3f0012\
+    00715800baf7fffcffff074002200e0b40f7fe9fffffff004800c46101e8defff3ffff1f000980382c00ddfb\
+    7ffeffff032001108705a07bffcfffff7f002400e2b00074effff9ffff0f8004401c1680eefd3fffffff0190\
+    0088c302d0bdffe7ffff3f001200715800baf7fffcffff074002200e0b40f7fe9fffffff004800c46101e8de\
+    fff3ffff1f000980382c00ddfb7ffeffff032001108705a07bff3f";
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap())
+        .collect()
+}
+
+/// actix's decoder inflates each piece of a body it is handed whole before the limit is
+/// checked, and brotli inflates a few bytes to a meta-block of up to 16 MiB: the layer hands
+/// a `br` body over 16 bytes at a time, so that a bomb of 203 bytes is refused (413, past
+/// `max_body`) having inflated about a meta-block past the limit, where, handed over in pieces
+/// of 2 KiB, it inflated whole, to 256 MiB, on the worker's thread.
+#[actix_web::test]
+async fn a_brotli_bomb_the_layer_reads_inflates_no_further_than_past_the_limit() {
+    let s = serve(|cfg| {
+        cfg.service(event);
+    });
+    let bomb = unhex(BROTLI_BOMB);
+    assert_eq!(bomb.len(), 203);
+    let before = peak_memory();
+    let res = s
+        .send(
+            &RawRequest::post("/events")
+                .header("Authorization", "Bearer t")
+                .header("Idempotency-Key", "bomb-1")
+                .header("Content-Type", "application/json")
+                .header("Content-Encoding", "br")
+                .body(bomb),
+        )
+        .await;
+    let grown = peak_memory().saturating_sub(before);
+    assert_eq!(res.status, 413, "{}", res.text());
+    assert!(
+        grown < 64 << 20,
+        "the process's peak grew by {} MiB",
+        grown >> 20
+    );
+}
