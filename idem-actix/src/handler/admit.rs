@@ -506,8 +506,15 @@ fn actix_decoded(
         Some(Err(error)) if matches!(error.as_error(), Some(PayloadError::Overflow)) => {
             Err(Decoding::TooLarge)
         }
-        // Refused, or (never, as every piece is decoded in place) not read at once.
-        Some(Err(_)) | None => Err(Decoding::Invalid),
+        Some(Err(_)) => Err(Decoding::Invalid),
+        // Never with the pieces above: each is decoded in place. An actix-web that decoded
+        // less in place would meet this on every compressed body the layer reads.
+        None => {
+            tracing::error!(
+                "actix-web's decoder did not decode a request body at once, so the idempotency layer cannot read it: please report this with your actix-http version"
+            );
+            Err(Decoding::Invalid)
+        }
     }
 }
 
