@@ -191,8 +191,13 @@ async fn encoded_bodies_are_read_decoded_where_the_layer_reads_them() {
     assert!(res.replayed(), "{}", res.text());
     let res = s.send(&keyed("identity", retry.to_vec())).await;
     assert!(res.replayed(), "{}", res.text());
-    // Any coding actix-web's extractors decode (`br` here, with its `compress-brotli`).
+    // Any coding actix-web's extractors decode (`br` and `zstd` here, with its
+    // `compress-brotli` and `compress-zstd`).
     let res = s.send(&keyed("br", brotli(retry))).await;
+    assert!(res.replayed(), "{}", res.text());
+    let res = s
+        .send(&keyed("zstd", zstd::bulk::compress(retry, 3).unwrap()))
+        .await;
     assert!(res.replayed(), "{}", res.text());
 
     // The key is read from the decoded body.
