@@ -360,8 +360,10 @@ pub enum StoreError {
 #[error("status {0} is no HTTP status (100 to 999), and is not recorded")]
 pub struct NoHttpStatus(pub u16);
 
-/// [`StoreError::Refused`] for a response whose status is no HTTP status.
-pub(crate) fn check_status(response: &Response) -> Result<(), StoreError> {
+/// [`StoreError::Refused`] (with [`NoHttpStatus`]) for a response whose status is no HTTP
+/// status, as [`Store::complete`] refuses it: for a store of your own, before it writes a
+/// record (the [conformance suite](crate::testing::conformance) checks that it does).
+pub fn check_status(response: &Response) -> Result<(), StoreError> {
     match response.status() {
         100..=999 => Ok(()),
         status => Err(StoreError::Refused(Box::new(NoHttpStatus(status)))),
