@@ -69,6 +69,16 @@ struct Server {
 }
 
 fn start(idem: IdempotencyConfig, probe: Probe) -> Server {
+    start_stopped_by(idem, probe, None)
+}
+
+/// A server as [`start`] makes, stopped (gracefully) when `signal` ends, where one is given,
+/// rather than only through its handle.
+fn start_stopped_by(
+    idem: IdempotencyConfig,
+    probe: Probe,
+    signal: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+) -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -82,9 +92,12 @@ fn start(idem: IdempotencyConfig, probe: Probe) -> Server {
             })
             .workers(1)
             .disable_signals()
-            .shutdown_timeout(5)
-            .bind(("127.0.0.1", 0))
-            .expect("bind loopback");
+            .shutdown_timeout(5);
+            let server = match signal {
+                Some(signal) => server.shutdown_signal(signal),
+                None => server,
+            };
+            let server = server.bind(("127.0.0.1", 0)).expect("bind loopback");
             let addr = server.addrs()[0];
             let server = server.run();
             tx.send((addr, server.handle())).expect("report address");
@@ -184,6 +197,34 @@ async fn a_graceful_shutdown_that_drains_lets_a_run_whose_client_went_away_finis
     let retry = call("shutdown-1", "400").send(next.addr).await;
     assert!(retry.replayed(), "{retry:?}");
     assert_eq!(retry.body, b"call_1");
+    assert_eq!(probe.runs.get(), 1);
+    next.shut_down(&idem, None).await;
+}
+
+/// The shorter form the README shows: the drain in the server's own shutdown signal
+/// (`HttpServer::shutdown_signal`), which actix's graceful stop follows.
+#[actix_web::test]
+async fn a_drain_in_the_server_s_shutdown_signal_lets_a_run_whose_client_went_away_record() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let draining = idem.clone();
+    let signal = async move {
+        let _ = stopped.await;
+        draining.drain(Duration::from_secs(5)).await;
+    };
+    let server = start_stopped_by(idem.clone(), probe.clone(), Some(Box::pin(signal)));
+    call("signalled-1", "400")
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    stop.send(()).unwrap();
+    tokio::task::spawn_blocking(move || server.thread.join().expect("server thread ends"))
+        .await
+        .unwrap();
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("signalled-1", "400").send(next.addr).await;
+    assert!(retry.replayed(), "{retry:?}");
     assert_eq!(probe.runs.get(), 1);
     next.shut_down(&idem, None).await;
 }
