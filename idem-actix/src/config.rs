@@ -232,7 +232,10 @@ impl IdempotencyConfig {
     /// went away, and each worker's runtime stops (dropping such work) as soon as its
     /// connections are done. So drain while the workers still run: stop accepting
     /// (`ServerHandle::pause`), drain, then stop the server. Its own signal handling does not
-    /// know to do this: disable it and listen for the signal yourself.
+    /// know to do this: disable it and listen for the signal yourself. (With actix-web 4.11
+    /// or later, a future that awaits the signal and then drains can also be the server's
+    /// `HttpServer::shutdown_signal`, which its graceful stop follows; the server then keeps
+    /// accepting while it drains.)
     ///
     /// ```no_run
     /// use std::time::Duration;
