@@ -61,6 +61,16 @@ async fn sigterm_lets_a_call_whose_client_went_away_finish_and_record_before_exi
     );
 }
 
+/// Asserts that the process whose standard output is `log` placed one call (printed its one
+/// line).
+async fn assert_one_call_placed(log: &common::Log) {
+    // Its standard output is read to its end by a thread of the test.
+    idem_tests::eventually(|| !log.lock().unwrap().is_empty()).await;
+    let placed = log.lock().unwrap().clone();
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert!(placed[0].starts_with("placed call_"), "{placed:?}");
+}
+
 /// The same on the embedded store, the default: the call whose client went away is placed
 /// (its one line printed) before the process exits, not dropped with the worker.
 #[tokio::test]
@@ -78,11 +88,7 @@ async fn sigterm_on_the_embedded_store_lets_a_call_whose_client_went_away_finish
         started_stop.elapsed() >= Duration::from_millis(1500),
         "it waited for the call in progress"
     );
-    // Its standard output is read to its end by a thread of the test.
-    idem_tests::eventually(|| !log.lock().unwrap().is_empty()).await;
-    let placed = log.lock().unwrap().clone();
-    assert_eq!(placed.len(), 1, "{placed:?}");
-    assert!(placed[0].starts_with("placed call_"), "{placed:?}");
+    assert_one_call_placed(&log).await;
 }
 
 /// A call may take as long as its carrier is told to (`X-Simulate-Delay-Ms`, up to 30 s), and
@@ -101,10 +107,7 @@ async fn sigterm_lets_a_call_as_long_as_its_carrier_may_take_finish_before_exit(
         sent.elapsed() >= Duration::from_secs(17),
         "it waited for the call"
     );
-    idem_tests::eventually(|| !log.lock().unwrap().is_empty()).await;
-    let placed = log.lock().unwrap().clone();
-    assert_eq!(placed.len(), 1, "{placed:?}");
-    assert!(placed[0].starts_with("placed call_"), "{placed:?}");
+    assert_one_call_placed(&log).await;
 }
 
 /// A SIGTERM sent as soon as calls-api says it listens stops it as any other does, cleanly,

@@ -352,6 +352,19 @@ impl Drop for TestServer {
     }
 }
 
+/// The process's peak resident memory, in bytes: for tests of what a request makes the
+/// process hold, each in a test binary of its own (the peak is the whole process's).
+pub fn peak_memory() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<usize>().ok())
+        .expect("VmHWM in kB");
+    kib << 10
+}
+
 /// Waits (up to 10 s) until `condition` holds.
 pub async fn eventually(condition: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -3,24 +3,12 @@
 
 use actix_web::{post, web, HttpResponse};
 use idem_actix::idempotent;
-use idem_tests::{serve, RawRequest};
+use idem_tests::{peak_memory, serve, RawRequest};
 
 #[post("/upload")]
 #[idempotent]
 async fn upload(body: web::Bytes) -> HttpResponse {
     HttpResponse::Created().body(format!("{} bytes", body.len()))
-}
-
-/// The process's peak resident memory, in bytes.
-fn peak_memory() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<usize>().ok())
-        .expect("VmHWM in kB");
-    kib << 10
 }
 
 /// `mib` MiB of zeros in deflate (zlib), made a MiB at a time.

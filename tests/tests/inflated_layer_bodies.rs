@@ -1,27 +1,7 @@
-//! A compressed body the layer decodes itself (to read it as JSON), in a process of its own
-//! (its peak memory is the measure).
+//! A `br` body the layer decodes itself (to read it as JSON), in a process of its own (its
+//! peak memory is the measure).
 
-use actix_web::{post, web, HttpResponse};
-use idem_actix::idempotent;
-use idem_tests::{serve, RawRequest};
-
-#[post("/events")]
-#[idempotent(fingerprint = "json")]
-async fn event(body: web::Bytes) -> HttpResponse {
-    HttpResponse::Created().body(format!("{} bytes", body.len()))
-}
-
-/// The process's peak resident memory, in bytes.
-fn peak_memory() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<usize>().ok())
-        .expect("VmHWM in kB");
-    kib << 10
-}
+mod layer_reads;
 
 /// 256 MiB of spaces (JSON whitespace) in brotli (quality 5, a 16 MiB window): 203 bytes.
 const BROTLI_BOMB: &str =
@@ -45,23 +25,9 @@ fn unhex(hex: &str) -> Vec<u8> {
 /// of 2 KiB, it inflated whole, to 256 MiB, on the worker's thread.
 #[actix_web::test]
 async fn a_brotli_bomb_the_layer_reads_inflates_no_further_than_past_the_limit() {
-    let s = serve(|cfg| {
-        cfg.service(event);
-    });
     let bomb = unhex(BROTLI_BOMB);
     assert_eq!(bomb.len(), 203);
-    let before = peak_memory();
-    let res = s
-        .send(
-            &RawRequest::post("/events")
-                .header("Authorization", "Bearer t")
-                .header("Idempotency-Key", "bomb-1")
-                .header("Content-Type", "application/json")
-                .header("Content-Encoding", "br")
-                .body(bomb),
-        )
-        .await;
-    let grown = peak_memory().saturating_sub(before);
+    let (res, grown) = layer_reads::sent("br", bomb).await;
     assert_eq!(res.status, 413, "{}", res.text());
     assert!(
         grown < 64 << 20,

@@ -1,27 +1,7 @@
 //! A `zstd` body the layer decodes itself (to read it as JSON), in a process of its own (its
 //! peak memory is the measure).
 
-use actix_web::{post, web, HttpResponse};
-use idem_actix::idempotent;
-use idem_tests::{serve, RawRequest};
-
-#[post("/events")]
-#[idempotent(fingerprint = "json")]
-async fn event(body: web::Bytes) -> HttpResponse {
-    HttpResponse::Created().body(format!("{} bytes", body.len()))
-}
-
-/// The process's peak resident memory, in bytes.
-fn peak_memory() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<usize>().ok())
-        .expect("VmHWM in kB");
-    kib << 10
-}
+mod layer_reads;
 
 /// `mib` MiB of spaces (JSON whitespace) in zstd, a MiB at a time.
 fn zstd_bomb(mib: usize) -> Vec<u8> {
@@ -40,23 +20,9 @@ fn zstd_bomb(mib: usize) -> Vec<u8> {
 /// inflated by 64 MiB a piece.
 #[actix_web::test]
 async fn a_zstd_bomb_the_layer_reads_inflates_no_further_than_past_the_limit() {
-    let s = serve(|cfg| {
-        cfg.service(event);
-    });
     let bomb = zstd_bomb(256);
     assert!(bomb.len() < 64 << 10, "{}", bomb.len());
-    let before = peak_memory();
-    let res = s
-        .send(
-            &RawRequest::post("/events")
-                .header("Authorization", "Bearer t")
-                .header("Idempotency-Key", "bomb-1")
-                .header("Content-Type", "application/json")
-                .header("Content-Encoding", "zstd")
-                .body(bomb),
-        )
-        .await;
-    let grown = peak_memory().saturating_sub(before);
+    let (res, grown) = layer_reads::sent("zstd", bomb).await;
     assert_eq!(res.status, 413, "{}", res.text());
     assert!(
         grown < 24 << 20,
