@@ -113,7 +113,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
         }),
         b"C" => {
             let status = u16::from_be_bytes(reader.array()?);
-            if !(100..=999).contains(&status) {
+            if !super::is_http_status(status) {
                 return Err(corrupt(&format!("status {status} is no HTTP status")));
             }
             let completed_at = Timestamp::from_millis(u64::from_be_bytes(reader.array()?));

@@ -365,9 +365,15 @@ pub struct NoHttpStatus(pub u16);
 /// record (the [conformance suite](crate::testing::conformance) checks that it does).
 pub fn check_status(response: &Response) -> Result<(), StoreError> {
     match response.status() {
-        100..=999 => Ok(()),
+        status if is_http_status(status) => Ok(()),
         status => Err(StoreError::Refused(Box::new(NoHttpStatus(status)))),
     }
+}
+
+/// Whether `status` is an HTTP status (100 to 999), which a record holds: stores write no
+/// other, and read a record with another as corrupt.
+pub(crate) fn is_http_status(status: u16) -> bool {
+    (100..=999).contains(&status)
 }
 
 /// The embedded store as the engine and a cache in front of it see a store that processes

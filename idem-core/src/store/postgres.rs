@@ -1230,7 +1230,7 @@ fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
             let status: i32 = row.try_get("status")?;
             let status = u16::try_from(status)
                 .ok()
-                .filter(|status| (100..=999).contains(status))
+                .filter(|&status| super::is_http_status(status))
                 .ok_or_else(|| {
                     sqlx::Error::Decode(format!("status {status} is no HTTP status").into())
                 })?;
