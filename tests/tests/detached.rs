@@ -122,10 +122,15 @@ impl Server {
             None => None,
         };
         self.handle.stop(true).await;
+        self.ended().await;
+        cancelled
+    }
+
+    /// Waits for the server's thread to end, once the server stopped.
+    async fn ended(self) {
         tokio::task::spawn_blocking(move || self.thread.join().expect("server thread ends"))
             .await
             .unwrap();
-        cancelled
     }
 }
 
@@ -219,9 +224,7 @@ async fn a_drain_in_the_server_s_shutdown_signal_lets_a_run_whose_client_went_aw
         .send_and_reset(server.addr, || probe.runs.get() == 1)
         .await;
     stop.send(()).unwrap();
-    tokio::task::spawn_blocking(move || server.thread.join().expect("server thread ends"))
-        .await
-        .unwrap();
+    server.ended().await;
     let next = start(idem.clone(), probe.clone());
     let retry = call("signalled-1", "400").send(next.addr).await;
     assert!(retry.replayed(), "{retry:?}");
