@@ -404,7 +404,13 @@ pub async fn until_orphaned(addr: SocketAddr, request: &RawRequest) {
 /// envelope, whose `request_id` is the response's `X-Request-ID`, and which no cache keeps
 /// (`Cache-Control: no-store`), and returns its message.
 pub fn assert_error(res: &RawResponse, status: u16, code: &str) -> String {
-    let message = assert_envelope(res, status, code);
+    assert_error_in(res, status, "code", code)
+}
+
+/// [`assert_error`] for an envelope that holds the code in `error.<field>` (`type` in the
+/// shape of `errors = "type"`).
+pub fn assert_error_in(res: &RawResponse, status: u16, field: &str, code: &str) -> String {
+    let message = assert_envelope_in(res, status, field, code);
     assert_eq!(
         res.header("cache-control"),
         Some("no-store"),
@@ -418,10 +424,15 @@ pub fn assert_error(res: &RawResponse, status: u16, code: &str) -> String {
 /// `request_id` is the response's `X-Request-ID` (the layer's, or an application's that
 /// answers in the same envelope), and returns its message.
 pub fn assert_envelope(res: &RawResponse, status: u16, code: &str) -> String {
+    assert_envelope_in(res, status, "code", code)
+}
+
+/// [`assert_envelope`] for an envelope that holds the code in `error.<field>`.
+pub fn assert_envelope_in(res: &RawResponse, status: u16, field: &str, code: &str) -> String {
     assert_eq!(res.status, status, "{}", String::from_utf8_lossy(&res.body));
     assert_eq!(res.header("content-type"), Some("application/json"));
     let body = res.json();
-    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(body["error"][field], code, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.is_empty(), "{body}");
     let id = res.header("x-request-id").expect("X-Request-ID");
