@@ -296,6 +296,47 @@ async fn metrics_are_exposed_in_prometheus_text() {
     );
 }
 
+/// `--workers` and `IDEM_WORKERS` set how many workers serve: actix runs each on a thread of
+/// its own, named `actix-rt|system:0|arbiter:N`, counted here in `/proc`. Two counts, so
+/// that neither can be met by the default (one worker per core) alone.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn workers_sets_how_many_worker_threads_serve() {
+    for (by_env, workers) in [(false, 3), (true, 1)] {
+        let mut command = common::command();
+        command.args(["--addr", "127.0.0.1:0"]);
+        if by_env {
+            command.env("IDEM_WORKERS", workers.to_string());
+        } else {
+            command.args(["--workers", &workers.to_string()]);
+        }
+        let api = CallsApi::start_command(command).await;
+        let health = RawRequest::get("/healthz").send(api.addr).await;
+        assert_eq!(health.status, 200);
+        // The workers start as the server binds; they may still be coming up.
+        let mut counted = 0;
+        for _ in 0..100 {
+            counted = worker_threads(api.pid());
+            if counted == workers {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(counted, workers, "worker threads (by_env: {by_env})");
+    }
+}
+
+/// How many of process `pid`'s threads are actix workers (a thread's name is cut to 15 bytes
+/// in `comm`: `actix-rt|system`; the accept loop's is `actix-server ac`).
+#[cfg(target_os = "linux")]
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("actix-rt|system"))
+        .count()
+}
+
 /// `--addr 127.0.0.1:0` lets the system pick a free port, and the line calls-api prints once
 /// it listens names that port, where it named port 0 and left nobody able to reach it.
 #[tokio::test]

@@ -117,6 +117,19 @@ impl CallsApi {
         api
     }
 
+    /// Starts `command` (from [`command`], with its flags), as [`CallsApi::start_at`] does
+    /// with its own.
+    #[allow(dead_code)]
+    pub async fn start_command(command: Command) -> Self {
+        Self::launch(command).await
+    }
+
+    /// The process's id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs `command` and waits for the line it prints once it listens, which names where.
     ///
     /// The line, not a connection to the port: a port chosen ahead and given to the process
