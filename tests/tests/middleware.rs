@@ -542,3 +542,93 @@ async fn a_middleware_s_keys_per_endpoint_are_not_shared_by_endpoints_one_patter
     assert_eq!((other.status, other.replayed()), (201, false));
     assert_eq!(a.probe.runs.get(), 3);
 }
+
+#[derive(serde::Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    #[allow(dead_code)]
+    page: u32,
+}
+
+async fn typed(
+    probe: web::Data<Probe>,
+    item: web::Json<Named>,
+    _: web::Query<Page>,
+) -> HttpResponse {
+    probe.runs.bump();
+    HttpResponse::Created().body(item.into_inner().name)
+}
+
+/// Under the middleware, a refusal by one of actix-web's own extractors (a JSON body of the
+/// wrong shape, a query that does not parse) is answered as actix answers it and not
+/// recorded, as under the attribute: the handler did not run, so the key is released and the
+/// retry that corrects the request runs, where the refusal was recorded and the corrected
+/// retry, another request under the same key, refused 409 for the key's TTL.
+#[actix_web::test]
+async fn actix_extractors_refusals_under_the_middleware_are_not_recorded() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .route("/items", web::post().to(typed)),
+            )
+            // An app's own answer to a refusal, with actix's error inside it.
+            .service(
+                web::scope("/v2")
+                    .wrap(Idempotency::new())
+                    .app_data(web::JsonConfig::default().error_handler(|error, _| {
+                        let res = HttpResponse::UnprocessableEntity().body("no");
+                        actix_web::error::InternalError::from_response(error, res).into()
+                    }))
+                    .route("/items", web::post().to(typed)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let post = |path: &str, key: &str, body: &str| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body)
+    };
+    let (wrong, right) = (r#"{"name":5}"#, r#"{"name":"a"}"#);
+    for (key, status, refused, corrected) in [
+        (
+            "json",
+            400,
+            post("/v1/items?page=1", "json", wrong),
+            post("/v1/items?page=1", "json", right),
+        ),
+        (
+            "query",
+            400,
+            post("/v1/items?page=x", "query", right),
+            post("/v1/items?page=1", "query", right),
+        ),
+        (
+            "handled",
+            422,
+            post("/v2/items?page=1", "handled", wrong),
+            post("/v2/items?page=1", "handled", right),
+        ),
+    ] {
+        let first = a.send(refused.clone()).await;
+        assert_eq!(first.status, status, "{key}: {}", first.text());
+        let again = a.send(refused).await;
+        assert_eq!((again.status, again.replayed()), (status, false), "{key}");
+        let corrected = a.send(corrected).await;
+        assert_eq!(
+            (corrected.status, corrected.replayed()),
+            (201, false),
+            "{key}: {}",
+            corrected.text()
+        );
+    }
+    assert_eq!(a.probe.runs.get(), 3);
+}
