@@ -98,6 +98,32 @@ async fn empty_piece(runs: web::Data<Counter>) -> HttpResponse {
     ))
 }
 
+/// A body of known size that panics when read: a handler's bug that shows only once its
+/// answer is read.
+struct Panicking;
+
+impl actix_web::body::MessageBody for Panicking {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Sized(5)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        panic!("the body's bug")
+    }
+}
+
+#[post("/panicking-body")]
+#[idempotent]
+async fn panicking_body(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body(Panicking)
+}
+
 fn app() -> Served {
     serve(|cfg| {
         cfg.service(plain)
@@ -106,6 +132,7 @@ fn app() -> Served {
             .service(failing_stream)
             .service(hop)
             .service(empty_piece)
+            .service(panicking_body)
             .service(web::resource("/any").route(web::route().to(any_method)));
     })
 }
@@ -334,4 +361,23 @@ async fn head_and_options_with_a_key_run_once_and_replay() {
         assert!(!first_head.is_empty() && !retry_head.is_empty());
     }
     assert_eq!(s.runs.get(), 2);
+}
+
+/// A body that panics as the layer reads it (to record it) is answered as a handler that
+/// panics is: 500 with the request's id and `no-store`, the key released so that the retry
+/// runs again. The panic cut the connection, with no answer, when it left the layer.
+#[actix_web::test]
+async fn a_body_that_panics_as_it_is_read_is_answered_500_and_releases_the_key() {
+    let s = app();
+    for run in 1..=2 {
+        let res = keyed("/panicking-body", "panicking")
+            .try_send(s.server.addr)
+            .await;
+        let res = res.unwrap_or_else(|e| panic!("run {run}: no answer: {e}"));
+        assert_eq!(res.status, 500, "run {run}");
+        assert!(res.header("x-request-id").is_some(), "{res:?}");
+        assert_eq!(res.header("cache-control"), Some("no-store"), "{res:?}");
+        assert!(!res.replayed());
+        assert_eq!(s.runs.get(), run);
+    }
 }

@@ -144,7 +144,14 @@ where
                 let body = if tees { streamed(body) } else { Err(body) };
                 let read = match body {
                     Ok(stream) => Read::Stream(stream),
-                    Err(body) => Read::Collected(collect(body, keep.max_response).await),
+                    // A body that panics as it is read is the handler's panic, answered as one
+                    // below (it cut the connection, unanswered, where it left the layer).
+                    Err(body) => Read::Collected(
+                        AssertUnwindSafe(collect(body, keep.max_response))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| Err("the response body panicked".into())),
+                    ),
                 };
                 Ok::<_, Box<dyn std::any::Any + Send>>((req, head, read))
             })
@@ -195,8 +202,12 @@ where
                 (Response::new(status, headers, &bytes), BoxBody::new(bytes))
             }
             Ok(Collected::Overflow { body, size }) => (Response::omitted(status, size), body),
-            Err(_) => {
-                tracing::error!(outcome = "released", "response body failed; key released");
+            Err(error) => {
+                tracing::error!(
+                    outcome = "released",
+                    %error,
+                    "response body failed; key released"
+                );
                 metrics::outcome("released");
                 Box::pin(release(lease, loan)).await;
                 return Reply {
