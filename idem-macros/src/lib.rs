@@ -544,7 +544,10 @@ mod valid;
 ///
 /// A flag: keys are per method and route as well as per scope, so the same key on two
 /// endpoints is two operations. Off by default, where reusing a key on another endpoint is a
-/// mismatch.
+/// mismatch. An endpoint is its method and route pattern: two handlers on one pattern and
+/// method that a guard chooses between (by an `X-Api-Version` header, say) are one endpoint,
+/// and a request the other takes, with the same body, replays the first's answer; name the
+/// guard's header in [`fingerprint_headers`](#fingerprint_headers) to tell them apart.
 ///
 /// ```
 /// # extern crate idem as idem_actix;
