@@ -537,9 +537,29 @@ pub struct Overrides {
     pub replay_headers: Option<ReplayHeaders>,
     /// Overrides [`Policy::key_source`].
     pub key_source: Option<KeySource>,
+    /// Where [`on_in_flight`](Self::on_in_flight) waits: whether the base policy's bound
+    /// stands where the base waits too, the bound given here applying only where the base
+    /// answers 409. Set by [`wait_in_flight`](Self::wait_in_flight), as
+    /// `#[idempotent(in_flight = "wait")]` without `wait_timeout` does.
+    pub wait_as_base: bool,
 }
 
 impl Overrides {
+    /// How long [`wait_in_flight`](Self::wait_in_flight) waits where the base policy does not
+    /// wait: 10 s.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+    /// Waits for a running request with the same key and replays its answer
+    /// ([`OnInFlight::Wait`]), for as long as the base policy waits (the application's
+    /// defaults), or [`DEFAULT_WAIT`](Self::DEFAULT_WAIT) where the base answers 409. A later
+    /// [`on_in_flight`](Self::on_in_flight) gives the bound used where the base answers 409.
+    #[must_use]
+    pub const fn wait_in_flight(mut self) -> Self {
+        self.on_in_flight = Some(OnInFlight::Wait(Self::DEFAULT_WAIT));
+        self.wait_as_base = true;
+        self
+    }
+
     /// Checks the settings these overrides give that no application's defaults could make
     /// right: each of [`Policy::check`]'s rules on what they set themselves (a lease, a TTL,
     /// a longest key, header names, pointers), and its rules on settings that must agree
@@ -588,7 +608,7 @@ macro_rules! policy_fields {
 
         impl Overrides {
             /// Nothing overridden.
-            pub const NONE: Overrides = Overrides { $($name: None),* };
+            pub const NONE: Overrides = Overrides { $($name: None,)* wait_as_base: false };
 
             $(
                 #[doc = concat!("Overrides [`Policy::", stringify!($name), "`].")]
@@ -603,11 +623,20 @@ macro_rules! policy_fields {
             /// leave behind the members `base` ignores in JSON bodies, unless these overrides
             /// name their own, as the attribute's `fingerprint` does.
             pub fn apply_to(&self, mut base: Policy) -> Policy {
+                let base_wait = match base.on_in_flight {
+                    OnInFlight::Wait(bound) => Some(bound),
+                    OnInFlight::Conflict => None,
+                };
                 $(
                     if let Some(value) = self.$name {
                         base.$name = policy_fields!(@wrap $name value);
                     }
                 )*
+                if let (true, Some(OnInFlight::Wait(_)), Some(bound)) =
+                    (self.wait_as_base, self.on_in_flight, base_wait)
+                {
+                    base.on_in_flight = OnInFlight::Wait(bound);
+                }
                 if let (Some(form), None) = (self.fingerprint, self.fingerprint_ignore) {
                     if form != BodyForm::Json {
                         base.fingerprint_ignore = &[];
@@ -683,6 +712,29 @@ mod tests {
     #[test]
     fn a_protocol_switch_is_never_recorded() {
         assert!(!CachePolicy::Non5xx.caches(101) && !CachePolicy::Success.caches(101));
+    }
+
+    /// `wait_in_flight` waits as long as a base that waits, the built-in bound otherwise; a
+    /// bound given by `on_in_flight` is the endpoint's own.
+    #[test]
+    fn waiting_without_a_bound_keeps_the_base_s_bound() {
+        let waits = Policy::DEFAULT.on_in_flight(OnInFlight::Wait(Duration::from_secs(60)));
+        let endpoint = Overrides::NONE.wait_in_flight();
+        assert_eq!(
+            endpoint.apply_to(waits).on_in_flight,
+            OnInFlight::Wait(Duration::from_secs(60))
+        );
+        assert_eq!(
+            endpoint.apply_to(Policy::DEFAULT).on_in_flight,
+            OnInFlight::Wait(Overrides::DEFAULT_WAIT)
+        );
+        let own = Overrides::NONE.on_in_flight(OnInFlight::Wait(Duration::from_secs(5)));
+        assert_eq!(
+            own.apply_to(waits).on_in_flight,
+            OnInFlight::Wait(Duration::from_secs(5))
+        );
+        let conflict = Overrides::NONE.on_in_flight(OnInFlight::Conflict);
+        assert_eq!(conflict.apply_to(waits).on_in_flight, OnInFlight::Conflict);
     }
 
     #[test]

@@ -17,14 +17,13 @@ use crate::ast::{
 };
 use crate::valid::{contains_impl, mentions};
 
-/// How long `in_flight = "wait"` waits without a `wait_timeout`.
-const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-
 /// The endpoint's overrides of the application's policy, as a const expression: one setter
 /// call per argument given. It names the support module `__idem_p`, which the expansion
 /// brings into scope.
 fn overrides(args: &Args) -> TokenStream {
     let mut setters: Vec<TokenStream> = Vec::new();
+    // `in_flight = "wait"` without a bound: a setter without a value.
+    let mut waits = None;
     let mut set = |name: &str, span: Span, value: TokenStream| {
         let setter = Ident::new(name, span);
         setters.push(quote!(#setter(#value)));
@@ -83,19 +82,26 @@ fn overrides(args: &Args) -> TokenStream {
         );
     }
     if let Some(in_flight) = &args.in_flight {
-        let v = match in_flight.value {
-            InFlight::Conflict => quote!(Conflict),
-            InFlight::Wait => {
-                let bound = args.wait_timeout.as_ref().map_or(DEFAULT_WAIT, |t| t.value);
-                let bound = duration(bound);
-                quote!(Wait(#bound))
+        let v = match (&in_flight.value, &args.wait_timeout) {
+            (InFlight::Conflict, _) => Some(quote!(Conflict)),
+            (InFlight::Wait, Some(bound)) => {
+                let bound = duration(bound.value);
+                Some(quote!(Wait(#bound)))
             }
+            // The application's bound where its defaults wait, else the built-in one.
+            (InFlight::Wait, None) => None,
         };
-        set(
-            "on_in_flight",
-            in_flight.span(),
-            quote!(__idem_p::OnInFlight::#v),
-        );
+        match v {
+            Some(v) => set(
+                "on_in_flight",
+                in_flight.span(),
+                quote!(__idem_p::OnInFlight::#v),
+            ),
+            None => {
+                let setter = Ident::new("wait_in_flight", in_flight.span());
+                waits = Some(quote!(#setter()));
+            }
+        }
     }
     if let Some(cache) = &args.cache {
         let v = match cache.value {
@@ -178,6 +184,7 @@ fn overrides(args: &Args) -> TokenStream {
             quote!(__idem_p::KeySource::Json(#pointer)),
         );
     }
+    setters.extend(waits);
     quote!(__idem_p::Overrides::NONE #(.#setters)*)
 }
 

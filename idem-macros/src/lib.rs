@@ -494,7 +494,9 @@ mod valid;
 /// ## `wait_timeout`
 ///
 /// How long a request waits for the running one under `in_flight = "wait"`: a duration.
-/// Default `"10s"`. Only with `in_flight = "wait"`; alone it is a compile error.
+/// Default: the application's bound where its defaults wait too
+/// (`IdempotencyConfig::with_defaults` with `OnInFlight::Wait`), else `"10s"`. Only with
+/// `in_flight = "wait"`; alone it is a compile error.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

@@ -333,6 +333,61 @@ async fn endpoint_settings_override_app_defaults_which_override_built_in_ones() 
     assert!(message.contains("X-Idempotency-Key"), "{message}");
 }
 
+#[idempotent(in_flight = "wait")]
+async fn waiting(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
+    work(&probe, &req, &body).await
+}
+
+#[idempotent(in_flight = "wait", wait_timeout = "30s")]
+async fn waiting_30s(probe: web::Data<Probe>, req: HttpRequest, body: String) -> HttpResponse {
+    work(&probe, &req, &body).await
+}
+
+/// `in_flight = "wait"` without `wait_timeout` waits as long as the application's defaults
+/// wait, where those wait too (settings resolve field by field): the attribute gave every such
+/// endpoint 10 s whatever the defaults said. Its own `wait_timeout` still wins.
+#[actix_web::test]
+async fn in_flight_wait_without_a_bound_keeps_the_app_s_bound() {
+    use idem_actix::OnInFlight;
+    let defaults = Policy::DEFAULT.on_in_flight(OnInFlight::Wait(Duration::from_millis(300)));
+    let a = app(
+        |cfg| {
+            cfg.route("/wait", web::post().to(waiting))
+                .route("/wait-30s", web::post().to(waiting_30s));
+        },
+        defaults,
+    );
+    let call = |path: &str| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", path)
+            .header("X-Block", "1")
+    };
+    let addr = a.server.addr;
+    let spawn = |req: RawRequest| tokio::spawn(async move { req.send(addr).await });
+    let first = spawn(call("/wait"));
+    eventually(|| a.probe.runs.get() == 1).await;
+    // The app's 300 ms, not the attribute's 10 s: given up well within 5 s.
+    let duplicate = tokio::time::timeout(Duration::from_secs(5), a.send(call("/wait"))).await;
+    let duplicate = duplicate.expect("the duplicate waited past the app's bound");
+    assert_error(&duplicate, 409, "idempotency_conflict");
+
+    // The endpoint's own bound: still waiting after the app's.
+    let other = spawn(call("/wait-30s"));
+    eventually(|| a.probe.runs.get() == 2).await;
+    let duplicate = spawn(call("/wait-30s"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        !duplicate.is_finished(),
+        "the endpoint's 30 s bound gave way to the app's"
+    );
+    a.probe.gate.add_permits(2);
+    assert_eq!(first.await.unwrap().status, 201);
+    assert_eq!(other.await.unwrap().status, 201);
+    let duplicate = duplicate.await.unwrap();
+    assert_eq!((duplicate.status, duplicate.replayed()), (201, true));
+}
+
 /// Under defaults whose key header is another, `Idempotency-Key` is a header like any other:
 /// a middleware may scope keys by it (as a gateway's tenant header), where the app was refused
 /// at start-up because the built-in key header was taken for the defaults'.
