@@ -78,7 +78,7 @@ use std::time::Duration;
 use actix_web::http::header::HeaderName;
 use idem_core::{
     codes, CachePolicy, ErrorFormat, KeySource, OnInFlight, OnMismatch, OnStoreError, Overrides,
-    Policy, Scope,
+    Policy, PolicyError, Scope,
 };
 use serde_json::json;
 use utoipa::openapi::extensions::Extensions;
@@ -261,7 +261,9 @@ impl Contract {
     /// # Errors
     /// [`ContractError`] when a declared operation is not in `doc`, when a middleware's prefix
     /// covers none, when an operation is declared twice (or was described by an earlier
-    /// `apply`), or when a key header is not a valid header name. `doc` is left unchanged.
+    /// `apply`), when a key header is not a valid header name, or when an operation's
+    /// settings are ones the layer refuses whatever its store ([`Policy::check_settings`]).
+    /// `doc` is left unchanged.
     pub fn apply(&self, doc: &mut OpenApi) -> Result<(), ContractError> {
         let mut work = doc.clone();
         // What references point to; the parameters and responses in it are only read.
@@ -275,6 +277,7 @@ impl Contract {
             if HeaderName::from_bytes(policy.header.as_bytes()).is_err() {
                 return Err(ContractError::InvalidHeader(policy.header));
             }
+            policy.check_settings().map_err(ContractError::Settings)?;
             let format = policy.error_format.unwrap_or(self.errors);
             for (method, path) in targets(&work, &declared.target)? {
                 if seen.iter().any(|(m, p)| *m == method && *p == path) {
@@ -327,6 +330,9 @@ pub enum ContractError {
     },
     /// A key's header is not a valid header name.
     InvalidHeader(&'static str),
+    /// An operation's settings are ones the layer refuses (when the app starts, or on every
+    /// keyed request), whatever its store: no endpoint has them.
+    Settings(PolicyError),
 }
 
 impl fmt::Display for ContractError {
@@ -348,6 +354,9 @@ impl fmt::Display for ContractError {
                 f,
                 "\"{name}\" is not a valid header name; use letters, digits and `-`, such as \"X-Idempotency-Key\""
             ),
+            Self::Settings(reason) => {
+                write!(f, "the layer would refuse these settings: {reason}")
+            }
         }
     }
 }
@@ -1566,6 +1575,39 @@ mod tests {
             .apply(&mut doc);
         assert_eq!(header, Err(ContractError::InvalidHeader("no spaces")));
         assert_eq!(json(&doc), before);
+
+        // Settings the layer refuses when the app starts (or answers 500 to every keyed
+        // request under) describe no endpoint that can exist: refused with the layer's reason,
+        // where a contract was written for them.
+        type Configure = fn(Overrides) -> Overrides;
+        let refused: [(Configure, PolicyError); 4] = [
+            (|p| p.key_max_len(0), PolicyError::KeyMaxLenZero),
+            (
+                |p| p.ttl(Duration::ZERO),
+                PolicyError::TtlTooShort {
+                    ttl: Duration::ZERO,
+                },
+            ),
+            (
+                |p| p.lease(Duration::from_millis(1)),
+                PolicyError::LeaseTooShort {
+                    lease: Duration::from_millis(1),
+                },
+            ),
+            (
+                |p| p.scope(Scope::Header("Idempotency-Key")),
+                PolicyError::ScopeIsKey("Idempotency-Key"),
+            ),
+        ];
+        for (configure, reason) in refused {
+            let applied = Contract::new()
+                .operation(HttpMethod::Post, "/v1/calls", configure)
+                .apply(&mut doc);
+            assert_eq!(applied, Err(ContractError::Settings(reason.clone())));
+            let message = applied.unwrap_err().to_string();
+            assert!(message.ends_with(&reason.to_string()), "{message}");
+            assert_eq!(json(&doc), before);
+        }
 
         let contract = Contract::new().operation(HttpMethod::Post, "/v1/calls", |p| p);
         contract.apply(&mut doc).unwrap();

@@ -322,8 +322,13 @@ impl Policy {
         }
     }
 
-    /// The checks of [`Policy::check`] that need no store.
-    fn check_settings(&self) -> Result<(), PolicyError> {
+    /// The checks of [`Policy::check`] that need no store: those of its settings with one
+    /// another, for a policy no store is known for yet (an OpenAPI contract's).
+    ///
+    /// # Errors
+    /// [`Policy::check`]'s, but [`PolicyError::StoreTooSmall`] and
+    /// [`PolicyError::ResponseLargerThanStore`].
+    pub fn check_settings(&self) -> Result<(), PolicyError> {
         self.check_settings_with(true)
     }
 
