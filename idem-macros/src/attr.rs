@@ -537,6 +537,14 @@ fn duration(
             None
         }
         Ok(d) => Some(d),
+        // humantime's error for it blames the number's size.
+        Err(_) if fraction_of_a_long_unit(&units) => {
+            errors.push(
+                s,
+                format!("invalid duration \"{units}\": a fraction of an hour, day, week or year is read only where it comes to whole seconds (as in \"1.5h\"); write the rest in a smaller unit, such as \"1h 3m\" for \"1.05h\""),
+            );
+            None
+        }
         Err(e) => {
             errors.push(
                 s,
@@ -545,6 +553,31 @@ fn duration(
             None
         }
     }
+}
+
+/// Whether `duration` has a number with a fraction in hours, days, weeks, months or years,
+/// which humantime reads only where the fraction comes to whole seconds.
+fn fraction_of_a_long_unit(duration: &str) -> bool {
+    const LONG: [&str; 16] = [
+        "h", "hr", "hrs", "hour", "hours", "d", "day", "days", "w", "week", "weeks", "month",
+        "months", "y", "year", "years",
+    ];
+    let mut rest = duration;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let number = &rest[start..];
+        let end = number
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(number.len());
+        let unit = number[end..].trim_start();
+        let unit = &unit[..unit
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(unit.len())];
+        if number[..end].contains('.') && LONG.contains(&unit) {
+            return true;
+        }
+        rest = &number[end..];
+    }
+    false
 }
 
 fn integer(
@@ -616,6 +649,18 @@ mod tests {
             let mut errors = Errors::default();
             parse(tokens, &mut errors).unwrap();
             assert_eq!(errors.finish(()).is_ok(), name.takes_function(), "{name}");
+        }
+    }
+
+    /// The fractions humantime refuses unless they come to whole seconds are told from the
+    /// others, which either parse or fail for another reason.
+    #[test]
+    fn fractions_of_long_units_are_told_apart() {
+        for long in ["1.001h", "2.5 days", "1h 0.0001w", "0.3y", "1.1 months"] {
+            assert!(fraction_of_a_long_unit(long), "{long}");
+        }
+        for other in ["1.5ns", "1h 0.5s", "1.001m", "10h", "1.2.3", "99999999999999999999h"] {
+            assert!(!fraction_of_a_long_unit(other), "{other}");
         }
     }
 }
