@@ -136,10 +136,14 @@ fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: 
             } else {
                 "takes"
             };
+            let takes = match known.values() {
+                "flag" => format!("is a flag: write `{name}` or `{name} = true`"),
+                values => format!("takes {values}"),
+            };
             errors.push(
                 &path,
                 format!(
-                    "`{name}` takes a literal value, not a path; only {functions} also {verb} a function"
+                    "`{name}` {takes}, not a path; only {functions} also {verb} a function"
                 ),
             );
         }

@@ -22,6 +22,13 @@ macro_rules! arguments {
                 }
             }
 
+            /// What it accepts, as the documentation's table says.
+            pub(crate) const fn values(self) -> &'static str {
+                match self {
+                    $(Name::$variant => $values,)*
+                }
+            }
+
             /// Whether it takes a function, named by its path (`on_replay` takes nothing
             /// else; the others take literals too).
             pub(crate) const fn takes_function(self) -> bool {
@@ -94,7 +101,7 @@ arguments! {
     OnReplay "on_replay" function
         "a function" "the app's hook, if any";
     Crate "crate" literal
-        "a path" r#"`"idem_actix"`"#;
+        r#"the crate's path as a string: `"idem"`"# r#"`"idem_actix"`"#;
 }
 
 impl Name {
