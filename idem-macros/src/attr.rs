@@ -103,6 +103,23 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Result<Args, sy
             );
             continue;
         };
+        // A suffix (`300u8`, `"24h"ms`) would be dropped unsaid: its type or unit is not
+        // the argument's.
+        let literals = match &value {
+            Some(Value::Lit(lit)) => std::slice::from_ref(lit),
+            Some(Value::List(_, items)) => items.as_slice(),
+            _ => &[],
+        };
+        if let Some(lit) = literals.iter().find(|lit| !lit.suffix().is_empty()) {
+            errors.push(
+                lit,
+                format!(
+                    "`{name}` takes no literal suffix (`{}`); remove it",
+                    lit.suffix()
+                ),
+            );
+            continue;
+        }
         match value {
             Some(Value::Path(path)) => function(known, name, path, &mut args, errors),
             Some(Value::List(span, items)) => list(known, &name, span, &items, &mut args, errors),

@@ -1,0 +1,14 @@
+use idem_macros::idempotent;
+
+// A literal's suffix is no part of the argument: `300u8` is no `u8`, and `"24h"ms` no
+// milliseconds.
+#[idempotent(key_max_len = 300u8)]
+async fn integer() {}
+
+#[idempotent(ttl = "24h"ms)]
+async fn string() {}
+
+#[idempotent(fingerprint_headers = ["Content-Type"x])]
+async fn listed() {}
+
+fn main() {}
