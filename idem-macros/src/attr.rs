@@ -159,9 +159,7 @@ fn function(known: Name, name: Ident, path: syn::Path, args: &mut Args, errors: 
             };
             errors.push(
                 &path,
-                format!(
-                    "`{name}` {takes}, not a path; only {functions} also {verb} a function"
-                ),
+                format!("`{name}` {takes}, not a path; only {functions} also {verb} a function"),
             );
         }
     }
@@ -680,7 +678,14 @@ mod tests {
         for long in ["1.001h", "2.5 days", "1h 0.0001w", "0.3y", "1.1 months"] {
             assert!(fraction_of_a_long_unit(long), "{long}");
         }
-        for other in ["1.5ns", "1h 0.5s", "1.001m", "10h", "1.2.3", "99999999999999999999h"] {
+        for other in [
+            "1.5ns",
+            "1h 0.5s",
+            "1.001m",
+            "10h",
+            "1.2.3",
+            "99999999999999999999h",
+        ] {
             assert!(!fraction_of_a_long_unit(other), "{other}");
         }
     }

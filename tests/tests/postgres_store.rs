@@ -1039,6 +1039,54 @@ async fn lapsed_rows_are_purged_in_bounded_batches() {
     }
 }
 
+/// The store's own purge keeps up with rows that lapse faster than one run deletes (64
+/// batches): a run that stopped at that bound leaves the next claim to start another at once,
+/// where it waited a whole `purge_interval`, so that past 64 batches an interval (64,000 rows
+/// a minute by default) the table grew without bound.
+#[actix_web::test]
+async fn a_purge_that_stops_at_its_bound_is_taken_up_by_the_next_claim() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let table = pg.table("purge_bound");
+    let store = PostgresStore::builder(pg.url())
+        .table(table.clone())
+        .purge_interval(None)
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let db = pg.inspect().await;
+    let t = now();
+    for n in 0..1000u32 {
+        let mut bytes = [0; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        let key = StoreKey::from_bytes(bytes);
+        store.claim(&key, in_flight(t), t).await.unwrap();
+    }
+    // An hour on, long past their grace: 640 rows a run, and the interval an hour.
+    let later = t.saturating_add(TTL);
+    let auto = PostgresStore::builder(pg.url())
+        .table(table)
+        .purge_interval(Some(Duration::from_secs(3600)))
+        .purge_batch(10)
+        .build()
+        .unwrap();
+    let mut claims = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows(&db, &store).await != claims {
+        assert!(
+            Instant::now() < deadline,
+            "lapsed rows left for the next interval: {}",
+            rows(&db, &store).await - claims
+        );
+        auto.claim(&key(claims as u8), in_flight(later), later)
+            .await
+            .unwrap();
+        claims += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[actix_web::test]
 async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on() {
     let Some(pg) = TestPostgres::start() else {

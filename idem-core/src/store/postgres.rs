@@ -68,7 +68,8 @@ const CLAIM_SETTING: &str = "idem.claim";
 /// value, over 1 GiB, and the completion's message carries the record and a few fields more.
 const MAX_RECORD_BYTES: usize = (1 << 30) - (1 << 20);
 
-/// The most batches one automatic purge deletes before it waits for its next turn.
+/// The most batches one automatic purge deletes before it waits for its next turn: the next
+/// claim's, when it stopped here with rows left, else the next interval's.
 const PURGE_BATCHES_PER_RUN: usize = 64;
 
 /// The table's columns as [`schema!`] writes them: name, type (as Postgres's `format_type`
@@ -287,7 +288,10 @@ END $$;"
 /// [`PostgresStoreBuilder::purge_batch`] rows per statement (each its own short transaction,
 /// skipping rows that another statement holds). The store purges by itself: at most once per
 /// [`PostgresStoreBuilder::purge_interval`], a claim starts a background purge judged by that
-/// claim's `now`, so that the purge follows the same clock as the records. Turn it off with
+/// claim's `now`, so that the purge follows the same clock as the records. A purge deletes up
+/// to 64 batches; one that stops there with rows left is taken up again by the next claim,
+/// without waiting for the interval, so the purge keeps up with rows that lapse faster than
+/// 64 batches an interval. Turn it off with
 /// `purge_interval(None)` and call [`PostgresStore::purge_expired`] from a job of your own
 /// instead.
 ///
@@ -703,14 +707,21 @@ impl PostgresStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, batch) = (self.clone(), purge.batch);
+        let (store, purge, batch) = (self.clone(), Arc::clone(purge), purge.batch);
         runtime.spawn(async move {
             match store
                 .purge_batches(now, batch, PURGE_BATCHES_PER_RUN)
                 .await
             {
                 Ok(deleted) => {
-                    tracing::debug!(deleted, table = %store.sql.qualified, "purged lapsed idempotency records")
+                    tracing::debug!(deleted, table = %store.sql.qualified, "purged lapsed idempotency records");
+                    // Stopped at its bound, with rows left: the next claim takes it up, so
+                    // that rows lapsing faster than a run an interval deletes do not pile up.
+                    let bound = u64::try_from(batch).unwrap_or(u64::MAX)
+                        .saturating_mul(PURGE_BATCHES_PER_RUN as u64);
+                    if deleted >= bound {
+                        *purge.next.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, table = %store.sql.qualified, "purging lapsed idempotency records failed; the next claim after the purge interval tries again")
