@@ -423,6 +423,11 @@ pub async fn conformance<S: Store>(store: &S, seed: u8) {
     suite.completed_records_expire().await;
     suite.keys_are_independent().await;
     suite.a_status_that_is_no_http_status_is_refused().await;
+    suite
+        .a_completed_record_outlives_its_holder_s_release_and_extension()
+        .await;
+    suite.a_response_kept_without_its_body_is_read_back().await;
+    suite.reclaim_takes_a_free_key_and_never_a_held_one().await;
 }
 
 struct Suite<'a, S> {
@@ -714,6 +719,224 @@ mod suite {
                 self.complete(11, claim.token, self.completed(2, "ok"), 2)
                     .await
             );
+        }
+
+        /// The token that completed a record holds it no more: its release and its renewal
+        /// (a late one, as of a renewal racing the completion) change nothing, and the record
+        /// is replayed as written.
+        pub(super) async fn a_completed_record_outlives_its_holder_s_release_and_extension(&self) {
+            let claim = self.claimed(12, 0).await;
+            let record = self.completed(1, "kept");
+            assert!(self.complete(12, claim.token, record.clone(), 1).await);
+            let extended = self
+                .store
+                .extend(&self.key(12), claim.token, self.at(60), self.at(2))
+                .await
+                .expect("extend");
+            assert!(!extended, "a completed record's token cannot extend it");
+            let released = self
+                .store
+                .release(&self.key(12), claim.token)
+                .await
+                .expect("release");
+            assert!(!released, "a completed record's token cannot release it");
+            assert_eq!(
+                self.store
+                    .get(&self.key(12), self.at(3))
+                    .await
+                    .expect("get"),
+                Some(Record::Completed(record)),
+                "the record stays as written"
+            );
+        }
+
+        /// A response too large to keep is recorded without its body, its size kept: a retry
+        /// is then told so (409 `idempotency_response_too_large`), never given an empty body.
+        pub(super) async fn a_response_kept_without_its_body_is_read_back(&self) {
+            let claim = self.claimed(13, 0).await;
+            let mut record = self.completed(1, "");
+            record.response = Response::omitted(201, 3 << 30);
+            assert!(self.complete(13, claim.token, record.clone(), 1).await);
+            let read = self.store.get(&self.key(13), self.at(2)).await;
+            let Some(Record::Completed(read)) = read.expect("get") else {
+                panic!("the record without its body is kept");
+            };
+            assert_eq!(read, record, "read back as written");
+            assert_eq!(read.response.body_omitted(), Some(3 << 30));
+        }
+
+        /// `reclaim` is a claim's atomic write: it takes a key nobody holds (a lapsed claim,
+        /// or none), and never one another request holds, nor a completed record.
+        pub(super) async fn reclaim_takes_a_free_key_and_never_a_held_one(&self) {
+            let reclaim = |n: u8, claim: InFlight, at: u64| async move {
+                (self.store)
+                    .reclaim(&self.key(n), claim, self.at(at))
+                    .await
+                    .expect("reclaim")
+            };
+            let free = self.in_flight(0);
+            assert_eq!(reclaim(14, free, 0).await, Claim::Claimed, "a free key");
+            let held = self.in_flight(1);
+            assert_eq!(
+                reclaim(14, held, 1).await,
+                Claim::Existing(Record::InFlight(free)),
+                "a key another request holds stays theirs"
+            );
+            let lapse = LEASE.as_secs();
+            let after = self.in_flight(lapse);
+            assert_eq!(
+                reclaim(14, after, lapse).await,
+                Claim::Claimed,
+                "a lapsed claim is taken over"
+            );
+            let record = self.completed(lapse + 1, "done");
+            assert!(
+                self.complete(14, after.token, record.clone(), lapse + 1)
+                    .await
+            );
+            assert_eq!(
+                reclaim(14, self.in_flight(lapse + 2), lapse + 2).await,
+                Claim::Existing(Record::Completed(record)),
+                "a completed record stays"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+    use crate::record::Response;
+    use crate::MokaStore;
+
+    /// What a faulty store gets wrong, for the suite to catch.
+    #[derive(Clone, Copy, Debug)]
+    enum Fault {
+        /// A release by the token that completed a record deletes the record (while it
+        /// answers `false`), as a release that checked the token but not the record's kind.
+        ReleaseDeletesRecords,
+        /// `reclaim` answers `Claimed` whatever holds the key.
+        ReclaimOverwrites,
+        /// A record kept without its body reads back with an empty one.
+        OmittedBodyReadsEmpty,
+    }
+
+    /// The embedded store with one `fault`.
+    struct Faulty {
+        inner: MokaStore,
+        fault: Fault,
+        /// The keys and the tokens that completed them.
+        completed: Mutex<Vec<(StoreKey, Token)>>,
+        /// The keys it lost.
+        deleted: Mutex<Vec<StoreKey>>,
+    }
+
+    impl Store for Faulty {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            self.inner.claim(key, claim, now)
+        }
+
+        fn reclaim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            match self.fault {
+                Fault::ReclaimOverwrites => StoreFuture::new(async { Ok(Claim::Claimed) }),
+                _ => self.inner.reclaim(key, claim, now),
+            }
+        }
+
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            StoreFuture::new(async move {
+                if self.deleted.lock().unwrap().contains(key) {
+                    return Ok(None);
+                }
+                Ok(match self.inner.get(key, now).await? {
+                    Some(Record::Completed(mut record))
+                        if matches!(self.fault, Fault::OmittedBodyReadsEmpty)
+                            && record.response.body_omitted().is_some() =>
+                    {
+                        record.response = Response::new(record.response.status(), [], b"");
+                        Some(Record::Completed(record))
+                    }
+                    record => record,
+                })
+            })
+        }
+
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            lease_until: Timestamp,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.inner.extend(key, token, lease_until, now)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            StoreFuture::new(async move {
+                let completed = self.inner.complete(key, token, record, now).await?;
+                if completed {
+                    self.completed.lock().unwrap().push((*key, token));
+                }
+                Ok(completed)
+            })
+        }
+
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            StoreFuture::new(async move {
+                let released = self.inner.release(key, token).await?;
+                let by_completer = self.completed.lock().unwrap().contains(&(*key, token));
+                if by_completer && matches!(self.fault, Fault::ReleaseDeletesRecords) {
+                    self.deleted.lock().unwrap().push(*key);
+                }
+                Ok(released)
+            })
+        }
+    }
+
+    /// Each fault fails the suite, at the step that checks for it: the suite can tell such a
+    /// store from a right one.
+    #[tokio::test]
+    async fn the_suite_catches_a_store_that_breaks_its_contract() {
+        for (fault, step) in [
+            (Fault::ReleaseDeletesRecords, "the record stays as written"),
+            (
+                Fault::ReclaimOverwrites,
+                "a key another request holds stays theirs",
+            ),
+            (Fault::OmittedBodyReadsEmpty, "read back as written"),
+        ] {
+            let store = Faulty {
+                inner: MokaStore::new(),
+                fault,
+                completed: Mutex::new(Vec::new()),
+                deleted: Mutex::new(Vec::new()),
+            };
+            let run = std::panic::AssertUnwindSafe(conformance(&store, 1));
+            let Err(panic) = run.catch_unwind().await else {
+                panic!("{fault:?} passed the suite");
+            };
+            let message = (panic.downcast_ref::<String>().cloned())
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            assert!(message.contains(step), "{fault:?}: {message}");
         }
     }
 }
