@@ -17,9 +17,7 @@ use idem_core::{Overrides, PolicyError};
 use crate::config::IdempotencyConfig;
 use crate::extract::Passed;
 use crate::functions::Functions;
-use crate::handler::{
-    bypasses, keyed, mark_actix_extractor_refusal, passed, taken, Endpoint, Reply,
-};
+use crate::handler::{bypasses, keyed, passed, taken, Endpoint, Reply};
 use crate::scope::ScopeFunction;
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
@@ -313,9 +311,7 @@ where
                 match service.call(req).await {
                     Ok(res) => {
                         warn_if_negotiated(res.headers());
-                        let mut reply = Reply::from_service(res.map_into_boxed_body());
-                        mark_actix_extractor_refusal(&mut reply.res);
-                        reply
+                        Reply::from_service(res.map_into_boxed_body())
                     }
                     Err(error) => Reply::orphan(HttpResponse::from_error(error)),
                 }

@@ -283,38 +283,6 @@ pub fn fail(req: HttpRequest, error: impl Into<actix_web::Error>) -> Reply {
     Reply::new(req, res)
 }
 
-/// Marks `res` as given without running the handler when it is the answer of one of
-/// actix-web's own extractors (`Json`, `Form`, `Query`, `Path`, `Header`, and a body over its
-/// `PayloadConfig` limit), as the `Idempotency` middleware receives it: actix answers an
-/// extractor's refusal as the handler's error. Told by the error's type, also inside the
-/// `InternalError` an app's error handler (`JsonConfig::error_handler`) makes of it. A
-/// handler's own error of one of these types is taken for a refusal too (its key released, a
-/// retry runs again); an app's own extractor's refusal looks like the handler's answer, and is
-/// recorded as one.
-pub(crate) fn mark_actix_extractor_refusal(res: &mut HttpResponse) {
-    use actix_web::error::{
-        InternalError, JsonPayloadError, ParseError, PathError, PayloadError, QueryPayloadError,
-        UrlencodedError,
-    };
-    fn any_of<T: actix_web::ResponseError + std::fmt::Debug + std::fmt::Display + 'static>(
-        error: &actix_web::Error,
-    ) -> bool {
-        error.as_error::<T>().is_some() || error.as_error::<InternalError<T>>().is_some()
-    }
-    let Some(error) = res.error() else {
-        return;
-    };
-    let refused = any_of::<JsonPayloadError>(error)
-        || any_of::<UrlencodedError>(error)
-        || any_of::<QueryPayloadError>(error)
-        || any_of::<PathError>(error)
-        || any_of::<ParseError>(error)
-        || any_of::<PayloadError>(error);
-    if refused {
-        res.extensions_mut().insert(Unrun);
-    }
-}
-
 /// Marks a response given without running the handler (one of its extractors refused the
 /// request): nothing ran, so nothing is recorded, and a corrected retry under the same key
 /// runs.
