@@ -597,3 +597,35 @@ async fn a_middleware_s_keys_per_endpoint_are_not_shared_by_endpoints_one_patter
     assert_eq!((other.status, other.replayed()), (201, false));
     assert_eq!(a.probe.runs.get(), 3);
 }
+
+/// A handler that ran (its charge went out) and then failed with an error of a type actix-web's
+/// extractors also give (a `PayloadError`, as reading an upstream's body does) answered as the
+/// handler: recorded, and replayed to its retry. The layer does not take such an error for an
+/// extractor's refusal, which would release the key and charge again.
+async fn charged(probe: web::Data<Probe>) -> Result<HttpResponse, actix_web::Error> {
+    probe.runs.bump();
+    Err(actix_web::error::PayloadError::Incomplete(None).into())
+}
+
+#[actix_web::test]
+async fn a_handler_that_ran_and_failed_with_an_extractor_s_error_type_is_not_run_again() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .route("/charges", web::post().to(charged)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let post = || {
+        RawRequest::post("/v1/charges")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "charge")
+    };
+    assert_eq!(a.send(post()).await.status, 400);
+    let again = a.send(post()).await;
+    assert_eq!((again.status, again.replayed()), (400, true));
+    assert_eq!(a.probe.runs.get(), 1, "charged once");
+}
