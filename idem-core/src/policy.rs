@@ -543,10 +543,10 @@ pub struct Overrides {
     /// Overrides [`Policy::key_source`].
     pub key_source: Option<KeySource>,
     /// Where [`on_in_flight`](Self::on_in_flight) waits: whether the base policy's bound
-    /// stands where the base waits too, the bound given here applying only where the base
-    /// answers 409. Set by [`wait_in_flight`](Self::wait_in_flight), as
-    /// `#[idempotent(in_flight = "wait")]` without `wait_timeout` does.
-    pub wait_as_base: bool,
+    /// stands where the base waits too, the bound given there applying only where the base
+    /// answers 409. Set by [`wait_in_flight`](Self::wait_in_flight), cleared by
+    /// [`on_in_flight`](Self::on_in_flight).
+    wait_as_base: bool,
 }
 
 impl Overrides {
@@ -556,8 +556,9 @@ impl Overrides {
 
     /// Waits for a running request with the same key and replays its answer
     /// ([`OnInFlight::Wait`]), for as long as the base policy waits (the application's
-    /// defaults), or [`DEFAULT_WAIT`](Self::DEFAULT_WAIT) where the base answers 409. A later
-    /// [`on_in_flight`](Self::on_in_flight) gives the bound used where the base answers 409.
+    /// defaults), or [`DEFAULT_WAIT`](Self::DEFAULT_WAIT) where the base answers 409:
+    /// `#[idempotent(in_flight = "wait")]` without `wait_timeout`. A later
+    /// [`on_in_flight`](Self::on_in_flight) replaces it.
     #[must_use]
     pub const fn wait_in_flight(mut self) -> Self {
         self.on_in_flight = Some(OnInFlight::Wait(Self::DEFAULT_WAIT));
@@ -620,13 +621,16 @@ macro_rules! policy_fields {
                 #[must_use]
                 pub const fn $name(mut self, $name: $ty) -> Self {
                     self.$name = Some($name);
+                    policy_fields!(@set self $name);
                     self
                 }
             )*
 
             /// `base` with these overrides applied. Bodies compared otherwise than as JSON
             /// leave behind the members `base` ignores in JSON bodies, unless these overrides
-            /// name their own, as the attribute's `fingerprint` does.
+            /// name their own, as the attribute's `fingerprint` does; and a wait without a
+            /// bound ([`wait_in_flight`](Overrides::wait_in_flight)) keeps `base`'s where
+            /// `base` waits.
             pub fn apply_to(&self, mut base: Policy) -> Policy {
                 let base_wait = match base.on_in_flight {
                     OnInFlight::Wait(bound) => Some(bound),
@@ -651,6 +655,9 @@ macro_rules! policy_fields {
             }
         }
     };
+    // An answer to a running duplicate given whole, bound included.
+    (@set $self:ident on_in_flight) => { $self.wait_as_base = false; };
+    (@set $self:ident $name:ident) => {};
     // The error format is optional in a policy: unset, the application's renderer applies.
     (@wrap error_format $value:ident) => { Some($value) };
     (@wrap $name:ident $value:ident) => { $value };
@@ -740,6 +747,12 @@ mod tests {
         );
         let conflict = Overrides::NONE.on_in_flight(OnInFlight::Conflict);
         assert_eq!(conflict.apply_to(waits).on_in_flight, OnInFlight::Conflict);
+        // The later setting wins, whole.
+        let replaced = endpoint.on_in_flight(OnInFlight::Wait(Duration::from_secs(5)));
+        assert_eq!(
+            replaced.apply_to(waits).on_in_flight,
+            OnInFlight::Wait(Duration::from_secs(5))
+        );
     }
 
     #[test]
