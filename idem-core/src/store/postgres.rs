@@ -68,9 +68,14 @@ const CLAIM_SETTING: &str = "idem.claim";
 /// value, over 1 GiB, and the completion's message carries the record and a few fields more.
 const MAX_RECORD_BYTES: usize = (1 << 30) - (1 << 20);
 
-/// The most batches one automatic purge deletes before it waits for its next turn: the next
-/// claim's, when it stopped here with rows left, else the next interval's.
+/// The most batches one automatic purge deletes before it waits for its next turn: a claim's
+/// after [`PURGE_AGAIN_AFTER`] when it stopped here, with rows likely left, else the next
+/// interval's.
 const PURGE_BATCHES_PER_RUN: usize = 64;
+
+/// How soon a claim starts the next purge after one that stopped at its bound (or the
+/// interval, if shorter): 64 batches a second at most, 64,000 rows by default.
+const PURGE_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
 /// The table's columns as [`schema!`] writes them: name, type (as Postgres's `format_type`
 /// names it), and whether the store leaves it NULL in some rows.
@@ -289,9 +294,9 @@ END $$;"
 /// skipping rows that another statement holds). The store purges by itself: at most once per
 /// [`PostgresStoreBuilder::purge_interval`], a claim starts a background purge judged by that
 /// claim's `now`, so that the purge follows the same clock as the records. A purge deletes up
-/// to 64 batches; one that stops there with rows left is taken up again by the next claim,
+/// to 64 batches; after one that stops there, the next claim a second later starts another,
 /// without waiting for the interval, so the purge keeps up with rows that lapse faster than
-/// 64 batches an interval. Turn it off with
+/// 64 batches an interval (up to 64 batches a second). Turn it off with
 /// `purge_interval(None)` and call [`PostgresStore::purge_expired`] from a job of your own
 /// instead.
 ///
@@ -715,12 +720,15 @@ impl PostgresStore {
             {
                 Ok(deleted) => {
                     tracing::debug!(deleted, table = %store.sql.qualified, "purged lapsed idempotency records");
-                    // Stopped at its bound, with rows left: the next claim takes it up, so
-                    // that rows lapsing faster than a run an interval deletes do not pile up.
+                    // Stopped at its bound, rows likely left: a claim takes it up after a
+                    // short pause rather than the interval, so that rows lapsing faster than
+                    // a run an interval deletes do not pile up, while the purge leaves the
+                    // pool's connections to claims between its runs.
                     let bound = u64::try_from(batch).unwrap_or(u64::MAX)
                         .saturating_mul(PURGE_BATCHES_PER_RUN as u64);
                     if deleted >= bound {
-                        *purge.next.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        let soon = Instant::now() + purge.every.min(PURGE_AGAIN_AFTER);
+                        *purge.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(soon);
                     }
                 }
                 Err(error) => {
