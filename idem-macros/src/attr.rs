@@ -557,10 +557,10 @@ fn duration(
         }
         Ok(d) => Some(d),
         // humantime's error for it blames the number's size.
-        Err(_) if fraction_of_a_long_unit(&units) => {
+        Err(humantime::DurationError::NumberOverflow) if fraction_of_a_long_unit(&units) => {
             errors.push(
                 s,
-                format!("invalid duration \"{units}\": a fraction of an hour, day, week or year is read only where it comes to whole seconds (as in \"1.5h\"); write the rest in a smaller unit, such as \"1h 3m\" for \"1.05h\""),
+                format!("invalid duration \"{units}\": a fraction of an hour, day, week, month or year is read only where it comes to whole seconds (as in \"1.5h\"); write the rest in a smaller unit, such as \"1h 3m\" for \"1.05h\""),
             );
             None
         }
@@ -577,9 +577,10 @@ fn duration(
 /// Whether `duration` has a number with a fraction in hours, days, weeks, months or years,
 /// which humantime reads only where the fraction comes to whole seconds.
 fn fraction_of_a_long_unit(duration: &str) -> bool {
-    const LONG: [&str; 16] = [
-        "h", "hr", "hrs", "hour", "hours", "d", "day", "days", "w", "week", "weeks", "month",
-        "months", "y", "year", "years",
+    // humantime's names of them.
+    const LONG: [&str; 20] = [
+        "h", "hr", "hrs", "hour", "hours", "d", "day", "days", "w", "wk", "wks", "week", "weeks",
+        "month", "months", "y", "yr", "yrs", "year", "years",
     ];
     let mut rest = duration;
     while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
@@ -675,7 +676,7 @@ mod tests {
     /// others, which either parse or fail for another reason.
     #[test]
     fn fractions_of_long_units_are_told_apart() {
-        for long in ["1.001h", "2.5 days", "1h 0.0001w", "0.3y", "1.1 months"] {
+        for long in ["1.001h", "2.5 days", "1h 0.0001wk", "0.3yr", "1.1 months"] {
             assert!(fraction_of_a_long_unit(long), "{long}");
         }
         for other in [
