@@ -361,7 +361,14 @@ impl fmt::Display for ContractError {
     }
 }
 
-impl std::error::Error for ContractError {}
+impl std::error::Error for ContractError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Settings(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
 
 fn method_name(method: &HttpMethod) -> &'static str {
     match method {
@@ -1606,6 +1613,9 @@ mod tests {
             assert_eq!(applied, Err(ContractError::Settings(reason.clone())));
             let message = applied.unwrap_err().to_string();
             assert!(message.ends_with(&reason.to_string()), "{message}");
+            let error = ContractError::Settings(reason.clone());
+            let source = std::error::Error::source(&error).map(ToString::to_string);
+            assert_eq!(source, Some(reason.to_string()));
             assert_eq!(json(&doc), before);
         }
 
