@@ -8,8 +8,8 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
 
 use crate::extract::Admitted;
 
-/// The id of this request: a valid incoming `X-Request-ID` (1 to 128 of `A-Z a-z 0-9 - _ . : / + =`),
-/// else a fresh 16-hex-digit id. The idempotency layer answers with it in `X-Request-ID` and
+/// The id of this request: a valid incoming `X-Request-ID` (one line of 1 to 128 of
+/// `A-Z a-z 0-9 - _ . : / + =`), else a fresh 16-hex-digit id. The idempotency layer answers with it in `X-Request-ID` and
 /// in its error bodies; handlers take it as an extractor to put the same id in theirs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestId(HeaderValue);
@@ -65,7 +65,12 @@ impl RequestId {
 }
 
 fn incoming(req: &HttpRequest) -> Option<HeaderValue> {
-    let value = req.headers().get(&crate::REQUEST_ID)?;
+    let mut lines = req.headers().get_all(&crate::REQUEST_ID);
+    let value = lines.next()?;
+    // Sent twice (a proxy appended its own line): which is whose cannot be told.
+    if lines.next().is_some() {
+        return None;
+    }
     let b = value.as_bytes();
     let valid = (1..=128).contains(&b.len())
         && b.iter()

@@ -115,3 +115,24 @@ async fn a_valid_incoming_request_id_is_echoed_and_an_unsafe_one_replaced() {
     assert_ne!(id, "<script>");
     assert_eq!(id.len(), 16);
 }
+
+/// An `X-Request-ID` sent on two lines (a client's, and one a proxy appended) is no valid
+/// incoming id, as a key or a scope header sent twice is not: a fresh one is made, where the
+/// first line was taken.
+#[actix_web::test]
+async fn a_request_id_sent_twice_is_replaced() {
+    let s = app();
+    for key in ["", "twice-1", "twice-1"] {
+        let res = s
+            .send(
+                &keyed(key)
+                    .header("X-Request-ID", "from-the-client")
+                    .header("X-Request-ID", "from-the-proxy"),
+            )
+            .await;
+        let id = res.header("x-request-id").unwrap();
+        assert_ne!(id, "from-the-client", "key {key:?}: {res:?}");
+        assert_ne!(id, "from-the-proxy", "key {key:?}: {res:?}");
+        assert_eq!(id.len(), 16, "key {key:?}: {res:?}");
+    }
+}
