@@ -40,6 +40,20 @@ pub(crate) fn outcome(outcome: &'static str) {
 }
 
 /// Counts a request refused before any claim.
+/// The outcome of a run whose claim was released (`result` is the release's), logging a
+/// failure: `released` when the key is free again, `lost` when another request holds it now,
+/// `unrecorded` when the store failed and the claim lapses with its lease.
+pub(crate) fn release_outcome(result: Result<bool, idem_core::StoreError>) -> &'static str {
+    match result {
+        Ok(true) => "released",
+        Ok(false) => "lost",
+        Err(error) => {
+            tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
+            "unrecorded"
+        }
+    }
+}
+
 pub(crate) fn rejected(code: &'static str) {
     labelled!(
         counter,

@@ -492,8 +492,8 @@ mod enabled {
             let (tx, loan) = match self {
                 Taken::Back(tx, loan) => (tx, loan),
                 Taken::Kept(loan) => {
-                    release(lease).await;
-                    return ("released", loan.0.kept(request_id));
+                    let outcome = crate::metrics::release_outcome(lease.release().await);
+                    return (outcome, loan.0.kept(request_id));
                 }
             };
             let status = response.status();
@@ -571,19 +571,12 @@ mod enabled {
 
         /// Rolls back the writes of a handler that failed (a panic, a body that broke), and
         /// releases the key.
-        pub(crate) async fn abandon(self, lease: Lease) {
+        /// Rolls the transaction back and releases the claim: the outcome.
+        pub(crate) async fn abandon(self, lease: Lease) -> &'static str {
             let Taken::Back(tx, _) = self else {
-                return release(lease).await;
+                return crate::metrics::release_outcome(lease.release().await);
             };
-            if let Err(error) = lease.release_with(tx.rollback()).await {
-                tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
-            }
-        }
-    }
-
-    async fn release(lease: Lease) {
-        if let Err(error) = lease.release().await {
-            tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
+            crate::metrics::release_outcome(lease.release_with(tx.rollback()).await)
         }
     }
 
@@ -675,7 +668,7 @@ mod disabled {
             match self {}
         }
 
-        pub(crate) async fn abandon(self, _: Lease) {
+        pub(crate) async fn abandon(self, _: Lease) -> &'static str {
             match self {}
         }
     }

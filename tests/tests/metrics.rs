@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
-use idem_actix::testing::UnavailableStore;
+use idem_actix::testing::{Fault, FaultyStore, UnavailableStore};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::store::RECORD_OVERHEAD;
-use idem_tests::{serve, Counter, RawRequest, TestServer};
+use idem_tests::{assert_error, serve, Counter, RawRequest, TestServer};
 use metrics::{
     Counter as MCounter, CounterFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
@@ -303,4 +303,86 @@ async fn opening_a_transaction_is_timed_and_its_failure_counted() {
         1
     );
     assert_eq!(captured.count("idem_store_errors_total{op=transaction}"), 1);
+}
+
+#[post("/takes-key")]
+#[idempotent]
+async fn takes_key(_key: idem_actix::IdempotencyKey) -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+#[post("/takes-transaction")]
+#[idempotent]
+async fn takes_transaction(_tx: idem_actix::Transaction) -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+/// A keyless request refused for want of the key its handler takes (an `IdempotencyKey`, a
+/// `Transaction`), under the attribute or the middleware, is counted as `required`'s refusal
+/// is: the client gets the same 400, where it went uncounted.
+#[actix_web::test]
+async fn a_keyless_request_refused_for_want_of_its_key_is_counted_as_a_rejection() {
+    let (_serial, captured) = counting().await;
+    let s = serve(|cfg| {
+        cfg.service(takes_key).service(takes_transaction).service(
+            web::scope("/m").wrap(idem_actix::Idempotency::new()).route(
+                "/takes-key",
+                web::post().to(|_key: idem_actix::IdempotencyKey| async {
+                    HttpResponse::Created().finish()
+                }),
+            ),
+        );
+    });
+    for path in ["/takes-key", "/takes-transaction", "/m/takes-key"] {
+        let res = s
+            .send(&RawRequest::post(path).header("Authorization", "Bearer t"))
+            .await;
+        assert_error(&res, 400, "idempotency_key_missing");
+    }
+    assert_eq!(
+        captured.count("idem_rejections_total{code=idempotency_key_missing}"),
+        3
+    );
+}
+
+#[post("/fails")]
+#[idempotent(lease = "200ms")]
+async fn fails(req: HttpRequest) -> HttpResponse {
+    if req.headers().contains_key("x-panic") {
+        panic!("the handler fails");
+    }
+    HttpResponse::BadGateway().finish()
+}
+
+/// `released` says the key is free again: a release the store failed, after a 5xx or a
+/// panic alike, is `unrecorded` (the claim holds until its lease lapses), where a panic's was
+/// counted `released`.
+#[actix_web::test]
+async fn a_release_that_failed_is_unrecorded_whatever_failed_the_run() {
+    let (_serial, captured) = counting().await;
+    let store = FaultyStore::new(MokaStore::new());
+    store.fail("release", usize::MAX, Fault::Unavailable);
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).service(fails);
+    });
+    let call = |key: &str| {
+        RawRequest::post("/fails")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", key)
+    };
+    assert_eq!(call("5xx").send(server.addr).await.status, 502);
+    assert_eq!(captured.count("idem_requests_total{outcome=unrecorded}"), 1);
+    let panicked = call("panic").header("X-Panic", "1").send(server.addr).await;
+    assert_eq!(panicked.status, 500);
+    assert!(
+        store.calls("release") >= 2,
+        "both releases were tried, and failed"
+    );
+    assert_eq!(
+        captured.count("idem_requests_total{outcome=released}"),
+        0,
+        "no key was freed"
+    );
+    assert_eq!(captured.count("idem_requests_total{outcome=unrecorded}"), 2);
 }

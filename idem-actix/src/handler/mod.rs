@@ -141,7 +141,11 @@ pub(crate) fn keyless(overrides: Overrides, res: HttpResponse, key_function: boo
     let missing = (res.error().and_then(|e| e.as_error::<NoIdempotencyKey>()))
         .filter(|missing| missing.missing());
     match missing {
-        Some(missing) => missing.response_under(overrides, key_function),
+        Some(missing) => {
+            // The same refusal as a `required` endpoint's, counted as it is.
+            crate::metrics::rejected(idem_core::codes::KEY_MISSING);
+            missing.response_under(overrides, key_function)
+        }
         None => res,
     }
 }

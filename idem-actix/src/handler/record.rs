@@ -163,7 +163,6 @@ where
                     outcome = "released",
                     "idempotent handler panicked; key released"
                 );
-                metrics::outcome("released");
                 Box::pin(release(lease, loan)).await;
                 return Reply::orphan(with_request_id(panicked(), &request_id));
             }
@@ -208,7 +207,6 @@ where
                     %error,
                     "response body failed; key released"
                 );
-                metrics::outcome("released");
                 Box::pin(release(lease, loan)).await;
                 return Reply {
                     req,
@@ -244,7 +242,6 @@ async fn unrun(
         status = res.status().as_u16(),
         "an extractor refused the request before the handler ran; key released"
     );
-    metrics::outcome("released");
     release(lease, loan).await;
     Reply {
         req,
@@ -359,7 +356,6 @@ fn tee(
             }
             Teed::Failed | Teed::Dropped { .. } => {
                 tracing::error!(outcome = "released", "response stream failed; key released");
-                metrics::outcome("released");
                 return release(lease, None).await;
             }
         };
@@ -572,12 +568,11 @@ const PIECE: usize = 16 * 1024;
 
 /// Releases the claim of a handler that failed, after rolling back the transaction it took.
 async fn release(lease: idem_core::Lease, loan: Option<Loan>) {
-    if let Some(taken) = loan.and_then(Loan::close) {
-        return taken.abandon(lease).await;
-    }
-    if let Err(error) = lease.release().await {
-        tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
-    }
+    let outcome = match loan.and_then(Loan::close) {
+        Some(taken) => taken.abandon(lease).await,
+        None => metrics::release_outcome(lease.release().await),
+    };
+    metrics::outcome(outcome);
 }
 
 /// The layer's 500 for a handler that panicked (or whose body failed before anything went
