@@ -101,7 +101,7 @@
 //! |---|---|---|
 //! | `idem_requests_total` | counter | `outcome`: `executed` (ran and recorded), `replayed`, `released` (a 5xx, a response `cache` does not keep, a panic or a failed body: the key is free again), `lost` (the claim lapsed and another took the key, so the response was not recorded), `unrecorded` (recording failed for a whole lease, or a `Transaction`'s commit failed; or a release failed, after a response not kept, a panic or a failed body, and its claim lapses with its lease), `unprotected` (ran without a claim, under `fail_open`) |
 //! | `idem_conflicts_total` | counter | `kind`: `in_flight`, `mismatch`, `response_too_large`, `encoding_not_accepted` (a replay in a coding the retry does not accept) |
-//! | `idem_rejections_total` | counter | `code`: the error code of a request refused before any claim (a missing or invalid key, a missing scope, a body invalid or too large, `idempotency_overloaded`) |
+//! | `idem_rejections_total` | counter | `code`: the error code of a request refused before any claim (a missing or invalid key, a missing scope, a body invalid or too large, `idempotency_overloaded`, `idempotency_misconfigured`) |
 //! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release`, `transaction` (opening a handler's [`Transaction`], with the `postgres` feature); not counted: a `Transaction`'s commit that Postgres refused for the handler's own doing (a statement of it that failed, a constraint checked at the commit, the transaction ended by the handler), answered and logged as the handler's fault |
 //! | `idem_store_duration_seconds` | histogram | `op`, as above |
 //! | `idem_store_evictions_total` | counter | none: records the store evicted to make room before their time to live |

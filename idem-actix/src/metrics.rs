@@ -66,6 +66,7 @@ pub(crate) fn rejected(code: &'static str) {
             "idempotency_scope_missing",
             "idempotency_body_too_large",
             "idempotency_overloaded",
+            "idempotency_misconfigured",
         ]
     )
     .increment(1);
@@ -87,6 +88,8 @@ pub(crate) fn refused(error: &IdempotencyError) {
             metrics::counter!("idem_conflicts_total", "kind" => "encoding_not_accepted")
                 .increment(1);
         }
+        // Refused before any claim, as the admission's refusals are.
+        IdempotencyError::Misconfigured(_) => rejected(error.code()),
         // Store errors are counted by `StoreMetrics`, with the operation that failed.
         _ => {}
     }

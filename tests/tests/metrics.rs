@@ -386,3 +386,34 @@ async fn a_release_that_failed_is_unrecorded_whatever_failed_the_run() {
     );
     assert_eq!(captured.count("idem_requests_total{outcome=unrecorded}"), 2);
 }
+
+#[post("/anything")]
+#[idempotent]
+async fn anything() -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+/// A keyed request refused 500 `idempotency_misconfigured` because its store is too small for
+/// any record is counted as a rejection, as the same code is when the admission finds it (a
+/// scope read from the key's header), where it went uncounted.
+#[actix_web::test]
+async fn a_misconfigured_store_s_refusals_are_counted_as_rejections() {
+    let (_serial, captured) = counting().await;
+    let tiny = MokaStore::builder().max_bytes(200).build();
+    let idem = IdempotencyConfig::new(tiny);
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).service(anything);
+    });
+    for _ in 0..2 {
+        let res = RawRequest::post("/anything")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "k")
+            .send(server.addr)
+            .await;
+        assert_error(&res, 500, "idempotency_misconfigured");
+    }
+    assert_eq!(
+        captured.count("idem_rejections_total{code=idempotency_misconfigured}"),
+        2
+    );
+}
