@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned, ToTokens};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::visit_mut::{self, VisitMut};
 use syn::{Attribute, FnArg, GenericParam, Ident, ItemFn, PatType, ReturnType, Type};
@@ -293,6 +293,13 @@ fn local(name: &str, at: Span) -> Ident {
     Ident::new(name, Span::call_site().located_at(at))
 }
 
+/// A local variable of the expansion's that the handler's arguments are bound beside, located
+/// at `at`: resolved where the macro is defined (mixed-site), so that an argument of the same
+/// name (`__idem_req`) neither shadows it nor is taken for it.
+fn hidden(name: &str, at: Span) -> Ident {
+    Ident::new(name, Span::mixed_site().located_at(at))
+}
+
 /// A statement that gives the `async` block the body runs in the declared return type `ty`
 /// (with `_` for each `impl Trait`), by a `return` of it that never runs: a block's output is
 /// otherwise the type of its first `return` (or its tail), so that a later value would not
@@ -310,11 +317,18 @@ fn declared_output(ty: &Type) -> TokenStream {
 
 /// Checks `__idem_out` against a return type `ty` that holds an `impl Trait`, as the
 /// signature did: by a nested function that takes `&ty`, so that each `impl Trait` in it is
-/// an argument's; when `ty` names the handler's type or const parameters, with those (and
-/// their bounds) as the function's own, given explicitly. A nested function cannot name
-/// `Self`: a type, or bounds, that do are left to the `Responder` bound of what the handler
-/// returns.
+/// an argument's. The parts of `ty` that hold no `impl Trait` are the function's own type
+/// parameters, inferred from the value ([`Opaque`]): a nested function cannot name an `impl`
+/// block's parameters (`S::Error`), which the expansion cannot see either. When an
+/// `impl Trait`'s bounds name the handler's type or const parameters, the function has those
+/// (and their bounds) as its own, given explicitly. Nor can a nested function name `Self`:
+/// bounds that do are left to the `Responder` bound of what the handler returns.
 fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
+    let span = ty.span();
+    let mut ty = ty.clone();
+    let mut opaque = Opaque::default();
+    opaque.visit_type_mut(&mut ty);
+    let fresh = &opaque.params;
     let ty_tokens = ty.to_token_stream();
     if mentions(ty_tokens.clone(), &|ident| ident == "Self") {
         return quote!();
@@ -328,13 +342,13 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
             GenericParam::Lifetime(_) => None,
         })
         .collect();
-    // Only a type that names the handler's own parameters needs them; their bounds may name
-    // an `impl` block's parameters, which the nested function could not.
-    let out = local("__idem_out", ty.span());
+    // Only bounds that name the handler's own parameters need them; theirs may name an `impl`
+    // block's parameters, which the nested function could not.
+    let out = local("__idem_out", span);
     if !mentions(ty_tokens, &|ident| params.contains(&ident)) {
-        return quote_spanned! {ty.span()=>
-            #[allow(unused_parens)]
-            fn __idem_output(_: &(#ty)) {}
+        return quote_spanned! {span=>
+            #[allow(unused_parens, non_camel_case_types)]
+            fn __idem_output<#(#fresh),*>(_: &(#ty)) {}
             __idem_output(&#out);
         };
     }
@@ -347,11 +361,47 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     {
         return quote!();
     }
-    let where_clause = &generics.where_clause;
-    quote_spanned! {ty.span()=>
-        #[allow(unused_parens, clippy::extra_unused_type_parameters)]
-        fn __idem_output #generics (_: &(#ty)) #where_clause {}
-        __idem_output::<#(#params),*>(&#out);
+    let mut own = generics.clone();
+    own.params.extend(
+        fresh
+            .iter()
+            .map(|param| -> GenericParam { syn::parse_quote!(#param) }),
+    );
+    let where_clause = &own.where_clause;
+    let inferred = fresh.iter().map(|_| quote!(_));
+    quote_spanned! {span=>
+        #[allow(unused_parens, non_camel_case_types, clippy::extra_unused_type_parameters)]
+        fn __idem_output #own (_: &(#ty)) #where_clause {}
+        __idem_output::<#(#params,)* #(#inferred),*>(&#out);
+    }
+}
+
+/// The return type as [`output_check`] checks it: each part that holds no `impl Trait` made a
+/// type parameter of the check's own (`Result<impl Responder, S::Error>` is checked as
+/// `Result<impl Responder, __IdemT0>`), and `use<..>` bounds left out, which an argument's
+/// `impl Trait` cannot have.
+#[derive(Default)]
+struct Opaque {
+    params: Vec<Ident>,
+}
+
+impl VisitMut for Opaque {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::ImplTrait(opaque) = ty {
+            let bounds = std::mem::take(&mut opaque.bounds);
+            opaque.bounds = bounds
+                .into_iter()
+                .filter(|bound| !matches!(bound, syn::TypeParamBound::PreciseCapture(_)))
+                .collect();
+            return;
+        }
+        if !contains_impl(ty.to_token_stream()) {
+            let param = Ident::new(&format!("__IdemT{}", self.params.len()), ty.span());
+            *ty = syn::parse_quote!(#param);
+            self.params.push(param);
+            return;
+        }
+        visit_mut::visit_type_mut(self, ty);
     }
 }
 
@@ -367,7 +417,12 @@ fn conditions(arg: &PatType) -> Vec<&Attribute> {
 /// The arguments' extraction, into `names`: as a tuple of all of them, as actix-web extracts
 /// a handler's arguments; an argument with conditions (see `conditions`) is extracted on its
 /// own, in its place and under them, since a tuple's element cannot be configured out.
-fn extraction(arguments: &[&PatType], names: &[Ident]) -> TokenStream {
+fn extraction(
+    arguments: &[&PatType],
+    names: &[Ident],
+    req: &Ident,
+    payload: &Ident,
+) -> TokenStream {
     let mut groups: Vec<(Vec<&Attribute>, Vec<usize>)> = Vec::new();
     for (i, arg) in arguments.iter().enumerate() {
         let conditions = conditions(arg);
@@ -385,14 +440,14 @@ fn extraction(arguments: &[&PatType], names: &[Ident]) -> TokenStream {
         quote! {
             #(#conditions)*
             let (#(#names,)*) = match <(#(#types,)*) as __idem_p::FromRequest>::from_request(
-                &__idem_req,
-                &mut __idem_payload,
+                &#req,
+                &mut #payload,
             )
             .await
             {
                 ::core::result::Result::Ok(__idem_args) => __idem_args,
                 ::core::result::Result::Err(__idem_err) => {
-                    return __idem_p::fail(__idem_req, __idem_err);
+                    return __idem_p::fail(#req, __idem_err);
                 }
             };
         }
@@ -414,6 +469,17 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ..
     } = item;
     let ident = &sig.ident;
+    // A lint expected of the handler (`#[expect(clippy::too_many_arguments)]`) may be one of
+    // its signature, which the generated function does not have: allowed there instead of
+    // expected, so that it is not reported unfulfilled.
+    let attrs = attrs.into_iter().map(|mut attr| {
+        if let syn::Meta::List(list) = &mut attr.meta {
+            if list.path.is_ident("expect") {
+                list.path = Ident::new("allow", list.path.span()).into();
+            }
+        }
+        attr
+    });
     // Each type parameter `'static`, as the handler's run (a task that may outlive the
     // request) asks; actix asks it of a handler anyway where it is registered, so a trait
     // that does not say so is no reason to refuse it here. The bound goes where the
@@ -434,6 +500,11 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         let clause = generics.make_where_clause();
         clause.predicates.push(syn::parse_quote!(#param: 'static));
     }
+    // Each lifetime parameter `'static` too, which actix makes it where it registers the
+    // handler.
+    for param in generics.lifetimes_mut() {
+        param.bounds.push(syn::parse_quote!('static));
+    }
     let where_clause = &generics.where_clause;
     let generics = &generics;
 
@@ -447,15 +518,23 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         .collect();
     let types: Vec<&Type> = arguments.iter().map(|arg| &*arg.ty).collect();
     let names: Vec<_> = (0..types.len())
-        .map(|i| format_ident!("__idem_arg{}", i))
+        .map(|i| hidden(&format!("__idem_arg{i}"), Span::call_site()))
         .collect();
     // Each argument bound as the handler bound it, with its attributes: one configured out
     // (`#[cfg]`) is not bound, and a lint level (`#[allow]`) holds for its binding.
     let bindings = arguments.iter().zip(&names).map(|(arg, name)| {
         let PatType { attrs, pat, ty, .. } = arg;
-        quote!(#(#attrs)* let #pat: #ty = #name;)
+        quote! {
+            #(#attrs)*
+            #[allow(clippy::no_effect_underscore_binding)]
+            let #pat: #ty = #name;
+        }
     });
-    let extraction = extraction(&arguments, &names);
+    let (req_binding, payload) = (
+        hidden("__idem_req", Span::call_site()),
+        hidden("__idem_payload", Span::call_site()),
+    );
+    let extraction = extraction(&arguments, &names, &req_binding, &payload);
     // The body's `async` block is given the declared return type first (see
     // `declared_output`), so that every value it hands back coerces to it and `?` infers as
     // in the handler. An `impl Trait` type cannot be named in a `let`, so the value is checked
@@ -477,7 +556,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ReturnType::Default => ident.span(),
     };
     let (req, out) = (
-        local("__idem_req", respond_span),
+        hidden("__idem_req", respond_span),
         local("__idem_out", respond_span),
     );
     let respond = quote_spanned! {respond_span=> __idem_p::respond(#req, #out) };
@@ -505,7 +584,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 &__IDEM_ENDPOINT,
                 #functions,
                 __idem_raw,
-                move |__idem_req: __idem_p::HttpRequest, mut __idem_payload: __idem_p::RawPayload| async move {
+                move |#req_binding: __idem_p::HttpRequest, mut #payload: __idem_p::RawPayload| async move {
                     #extraction
                     // The arguments outside the body's scope, so that its items (a `use`, a
                     // `struct`) do not change what their types name; the body's statements,
@@ -514,7 +593,9 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                     #(#bindings)*
                     let __idem_out #output = async move {
                         #declared
-                        #(#stmts)*
+                        // The body's own items (a `use`, a `type`) in a scope of their own,
+                        // so that they do not change what the declared type names.
+                        { #(#stmts)* }
                     }
                     .await;
                     #check_output

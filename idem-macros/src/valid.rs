@@ -150,7 +150,13 @@ pub(crate) fn handler(item: &ItemFn, errors: &mut Errors) {
             }
         }
     }
-    if sig.inputs.len() > MAX_EXTRACTORS {
+    // An argument under `#[cfg]` may be configured out, which only the compiler knows: those
+    // are left to actix's own count.
+    let always = sig.inputs.iter().filter(|arg| match arg {
+        FnArg::Typed(pat) => !pat.attrs.iter().any(|a| a.path().is_ident("cfg")),
+        FnArg::Receiver(_) => true,
+    });
+    if always.count() > MAX_EXTRACTORS {
         errors.push(
             &sig.inputs,
             format!("actix-web handlers take at most {MAX_EXTRACTORS} extractors; group some in a tuple or a custom extractor"),

@@ -1,0 +1,21 @@
+// Lifetime parameters, which actix makes `'static` where the handler is registered.
+extern crate idem as idem_actix;
+
+use actix_web::web;
+use idem_actix::idempotent;
+
+#[idempotent]
+async fn label<'a>(_body: String) -> &'a str {
+    "created"
+}
+
+#[idempotent]
+async fn names<'a>(names: web::Data<Vec<&'a str>>) -> String {
+    names.join(",")
+}
+
+fn main() {
+    let _ = actix_web::App::new()
+        .route("/a", web::post().to(label))
+        .route("/b", web::post().to(names));
+}
