@@ -39,21 +39,31 @@ pub(crate) fn outcome(outcome: &'static str) {
     .increment(1);
 }
 
-/// Counts a request refused before any claim.
-/// The outcome of a run whose claim was released (`result` is the release's), logging a
-/// failure: `released` when the key is free again, `lost` when another request holds it now,
-/// `unrecorded` when the store failed and the claim lapses with its lease.
+/// The outcome of a run whose claim was released (`result` is the release's), logged:
+/// `released` when the key is free again, `lost` when another request holds it now,
+/// `unrecorded` when the store failed (the claim is released in the background, or lapses
+/// with its lease).
 pub(crate) fn release_outcome(result: Result<bool, idem_core::StoreError>) -> &'static str {
     match result {
-        Ok(true) => "released",
-        Ok(false) => "lost",
+        Ok(true) => {
+            tracing::debug!(outcome = "released", "idempotency key released");
+            "released"
+        }
+        Ok(false) => {
+            tracing::warn!(
+                outcome = "lost",
+                "idempotency claim was lost before its release"
+            );
+            "lost"
+        }
         Err(error) => {
-            tracing::error!(%error, "releasing the idempotency claim failed; it lapses with its lease");
+            tracing::error!(outcome = "unrecorded", %error, "releasing the idempotency claim failed; it is released in the background, or lapses with its lease");
             "unrecorded"
         }
     }
 }
 
+/// Counts a request refused before any claim.
 pub(crate) fn rejected(code: &'static str) {
     labelled!(
         counter,

@@ -9,8 +9,9 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use crate::extract::Admitted;
 
 /// The id of this request: a valid incoming `X-Request-ID` (one line of 1 to 128 of
-/// `A-Z a-z 0-9 - _ . : / + =`), else a fresh 16-hex-digit id. The idempotency layer answers with it in `X-Request-ID` and
-/// in its error bodies; handlers take it as an extractor to put the same id in theirs.
+/// `A-Z a-z 0-9 - _ . : / + =`), else a fresh 16-hex-digit id. The idempotency layer answers
+/// with it in `X-Request-ID` and in its error bodies; handlers take it as an extractor to put
+/// the same id in theirs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestId(HeaderValue);
 

@@ -570,8 +570,7 @@ mod enabled {
         }
 
         /// Rolls back the writes of a handler that failed (a panic, a body that broke), and
-        /// releases the key.
-        /// Rolls the transaction back and releases the claim: the outcome.
+        /// releases the key: the outcome.
         pub(crate) async fn abandon(self, lease: Lease) -> &'static str {
             let Taken::Back(tx, _) = self else {
                 return crate::metrics::release_outcome(lease.release().await);

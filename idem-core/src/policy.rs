@@ -558,7 +558,8 @@ impl Overrides {
     /// ([`OnInFlight::Wait`]), for as long as the base policy waits (the application's
     /// defaults), or [`DEFAULT_WAIT`](Self::DEFAULT_WAIT) where the base answers 409:
     /// `#[idempotent(in_flight = "wait")]` without `wait_timeout`. A later
-    /// [`on_in_flight`](Self::on_in_flight) replaces it.
+    /// [`on_in_flight`](Self::on_in_flight) call replaces it (a write to the field does not:
+    /// its bound then applies only where the base answers 409).
     #[must_use]
     pub const fn wait_in_flight(mut self) -> Self {
         self.on_in_flight = Some(OnInFlight::Wait(Self::DEFAULT_WAIT));

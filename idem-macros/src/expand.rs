@@ -326,13 +326,20 @@ fn declared_output(ty: &Type) -> TokenStream {
 fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     let span = ty.span();
     let mut ty = ty.clone();
-    let mut opaque = Opaque::default();
+    let mut opaque = Opaque {
+        own: (generics.const_params().map(|p| p.ident.clone()))
+            .chain(generics.type_params().map(|p| p.ident.clone()))
+            .collect(),
+        ..Opaque::default()
+    };
     opaque.visit_type_mut(&mut ty);
     let fresh = &opaque.params;
     let ty_tokens = ty.to_token_stream();
-    if mentions(ty_tokens.clone(), &|ident| ident == "Self") {
+    if opaque.unsure || mentions(ty_tokens.clone(), &|ident| ident == "Self") {
         return quote!();
     }
+    // The handler's lifetimes, which an `impl Trait`'s bounds may name (`+ 'a`).
+    let lifetimes = generics.lifetimes().map(|param| &param.lifetime);
     let params: Vec<&Ident> = generics
         .params
         .iter()
@@ -348,7 +355,7 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     if !mentions(ty_tokens, &|ident| params.contains(&ident)) {
         return quote_spanned! {span=>
             #[allow(unused_parens, non_camel_case_types)]
-            fn __idem_output<#(#fresh),*>(_: &(#ty)) {}
+            fn __idem_output<#(#lifetimes,)* #(#fresh),*>(_: &(#ty)) {}
             __idem_output(&#out);
         };
     }
@@ -379,10 +386,17 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
 /// The return type as [`output_check`] checks it: each part that holds no `impl Trait` made a
 /// type parameter of the check's own (`Result<impl Responder, S::Error>` is checked as
 /// `Result<impl Responder, __IdemT0>`), and `use<..>` bounds left out, which an argument's
-/// `impl Trait` cannot have.
+/// `impl Trait` cannot have. A lone name may be a const (`MAX`, the handler's `N`) as well as
+/// a type: one of the handler's own parameters stays (the check has it too), and another
+/// written as a const is (`MAX`, an `impl` block's `S`) leaves the check to the `Responder`
+/// bound (`unsure`).
 #[derive(Default)]
 struct Opaque {
     params: Vec<Ident>,
+    /// The handler's type and const parameters, which the check can have too.
+    own: Vec<Ident>,
+    /// Whether a lone name might be a const.
+    unsure: bool,
 }
 
 impl VisitMut for Opaque {
@@ -394,6 +408,18 @@ impl VisitMut for Opaque {
                 .filter(|bound| !matches!(bound, syn::TypeParamBound::PreciseCapture(_)))
                 .collect();
             return;
+        }
+        if let Type::Path(path) = ty {
+            if let (None, Some(name)) = (&path.qself, path.path.get_ident()) {
+                if self.own.contains(name) {
+                    return;
+                }
+                let shouting = name.to_string().chars().all(|c| !c.is_ascii_lowercase());
+                if shouting {
+                    self.unsure = true;
+                    return;
+                }
+            }
         }
         if !contains_impl(ty.to_token_stream()) {
             let param = Ident::new(&format!("__IdemT{}", self.params.len()), ty.span());
@@ -471,7 +497,8 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let ident = &sig.ident;
     // A lint expected of the handler (`#[expect(clippy::too_many_arguments)]`) may be one of
     // its signature, which the generated function does not have: allowed there instead of
-    // expected, so that it is not reported unfulfilled.
+    // expected, so that it is not reported unfulfilled (an expectation of a lint that never
+    // fires in the body then goes unreported too).
     let attrs = attrs.into_iter().map(|mut attr| {
         if let syn::Meta::List(list) = &mut attr.meta {
             if list.path.is_ident("expect") {

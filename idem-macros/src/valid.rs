@@ -150,8 +150,9 @@ pub(crate) fn handler(item: &ItemFn, errors: &mut Errors) {
             }
         }
     }
-    // An argument under `#[cfg]` may be configured out, which only the compiler knows: those
-    // are left to actix's own count.
+    // The expansion extracts the arguments without `#[cfg]` as one tuple, which actix-web's
+    // `FromRequest` takes up to 16 long, and each under `#[cfg]` on its own (it may be
+    // configured out, which only the compiler knows): only the tuple is bounded.
     let always = sig.inputs.iter().filter(|arg| match arg {
         FnArg::Typed(pat) => !pat.attrs.iter().any(|a| a.path().is_ident("cfg")),
         FnArg::Receiver(_) => true,

@@ -252,10 +252,6 @@ fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
             let outcome = "store_unavailable";
             tracing::warn!(outcome, code = error.code(), error = %failed, "the idempotency store failed; the request is refused with 503 and nothing runs");
         }
-        // No keyed request can be served until the app is configured otherwise.
-        IdempotencyError::Misconfigured(_) => {
-            tracing::error!(outcome = "misconfigured", code = error.code(), %error);
-        }
         _ => tracing::debug!(outcome = "conflict", code = error.code(), %error),
     }
     metrics::refused(&error);

@@ -159,10 +159,7 @@ where
         let (req, head, read) = match ran {
             Ok(ran) => ran,
             Err(_) => {
-                tracing::error!(
-                    outcome = "released",
-                    "idempotent handler panicked; key released"
-                );
+                tracing::error!("idempotent handler panicked; releasing its key");
                 Box::pin(release(lease, loan)).await;
                 return Reply::orphan(with_request_id(panicked(), &request_id));
             }
@@ -202,11 +199,7 @@ where
             }
             Ok(Collected::Overflow { body, size }) => (Response::omitted(status, size), body),
             Err(error) => {
-                tracing::error!(
-                    outcome = "released",
-                    %error,
-                    "response body failed; key released"
-                );
+                tracing::error!(%error, "response body failed; releasing its key");
                 Box::pin(release(lease, loan)).await;
                 return Reply {
                     req,
@@ -238,9 +231,8 @@ async fn unrun(
     request_id: &RequestId,
 ) -> Reply {
     tracing::debug!(
-        outcome = "released",
         status = res.status().as_u16(),
-        "an extractor refused the request before the handler ran; key released"
+        "an extractor refused the request before the handler ran; releasing its key"
     );
     release(lease, loan).await;
     Reply {
@@ -355,7 +347,7 @@ fn tee(
                 return;
             }
             Teed::Failed | Teed::Dropped { .. } => {
-                tracing::error!(outcome = "released", "response stream failed; key released");
+                tracing::error!("response stream failed; releasing its key");
                 return release(lease, None).await;
             }
         };

@@ -14,8 +14,14 @@ async fn names<'a>(names: web::Data<Vec<&'a str>>) -> String {
     names.join(",")
 }
 
+#[idempotent]
+async fn bounded<'a>(_body: String) -> impl actix_web::Responder + 'a {
+    "created"
+}
+
 fn main() {
     let _ = actix_web::App::new()
         .route("/a", web::post().to(label))
-        .route("/b", web::post().to(names));
+        .route("/b", web::post().to(names))
+        .route("/c", web::post().to(bounded));
 }
