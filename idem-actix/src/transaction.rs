@@ -514,10 +514,10 @@ mod enabled {
                 Ok(Outcome::Released) => ("released", res),
                 Ok(Outcome::Lost) if committing.get() => {
                     tracing::warn!(status, "idempotency claim was lost before the commit; the handler's writes were rolled back, and the request that holds the key runs it");
-                    (
-                        "lost",
-                        loan.0.error(&IdempotencyError::InFlight, request_id),
-                    )
+                    // Answered as a request that finds its key running is, and counted so.
+                    let error = IdempotencyError::InFlight;
+                    crate::metrics::refused(&error);
+                    ("lost", loan.0.error(&error, request_id))
                 }
                 Ok(Outcome::Lost) => ("lost", res),
                 Err(error) if committing.get() && ended(&error) => {

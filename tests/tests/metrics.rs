@@ -417,3 +417,55 @@ async fn a_misconfigured_store_s_refusals_are_counted_as_rejections() {
         2
     );
 }
+
+#[post("/taken-over")]
+#[idempotent]
+async fn taken_over(runs: web::Data<Counter>, _tx: idem_actix::Transaction) -> HttpResponse {
+    runs.bump();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    HttpResponse::Created().finish()
+}
+
+/// A `Transaction` run whose claim another request took over before its commit is answered
+/// 409 `idempotency_conflict`, as a request that finds its key running is, and counted as such
+/// (besides its `lost` outcome), where no conflict was counted.
+#[actix_web::test]
+async fn a_transaction_run_taken_over_is_counted_as_a_conflict() {
+    let Some(pg) = idem_tests::TestPostgres::start() else {
+        return;
+    };
+    let (_serial, captured) = counting().await;
+    let store = idem_actix::PostgresStore::builder(pg.url())
+        .table(pg.table("metrics_taken_over"))
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let db = pg.inspect().await;
+    let table = store.table().to_owned();
+    let runs = web::Data::new(Counter::default());
+    let ran = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(IdempotencyConfig::new(store.clone()))
+            .app_data(ran.clone())
+            .service(taken_over);
+    });
+    let addr = server.addr;
+    let running = tokio::spawn(async move {
+        RawRequest::post("/taken-over")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "taken")
+            .send(addr)
+            .await
+    });
+    idem_tests::eventually(|| runs.get() == 1).await;
+    // Another holder's claim, as after the lease lapsed and a retry took the key over.
+    sqlx::query(&format!("UPDATE {table} SET token = $1"))
+        .bind([7u8; 16])
+        .execute(&db)
+        .await
+        .unwrap();
+    let answer = running.await.unwrap();
+    assert_error(&answer, 409, "idempotency_conflict");
+    assert_eq!(captured.count("idem_requests_total{outcome=lost}"), 1);
+    assert_eq!(captured.count("idem_conflicts_total{kind=in_flight}"), 1);
+}
