@@ -325,21 +325,6 @@ fn declared_output(ty: &Type) -> TokenStream {
 /// bounds that do are left to the `Responder` bound of what the handler returns.
 fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
     let span = ty.span();
-    let mut ty = ty.clone();
-    let mut opaque = Opaque {
-        own: (generics.const_params().map(|p| p.ident.clone()))
-            .chain(generics.type_params().map(|p| p.ident.clone()))
-            .collect(),
-        ..Opaque::default()
-    };
-    opaque.visit_type_mut(&mut ty);
-    let fresh = &opaque.params;
-    let ty_tokens = ty.to_token_stream();
-    if opaque.unsure || mentions(ty_tokens.clone(), &|ident| ident == "Self") {
-        return quote!();
-    }
-    // The handler's lifetimes, which an `impl Trait`'s bounds may name (`+ 'a`).
-    let lifetimes = generics.lifetimes().map(|param| &param.lifetime);
     let params: Vec<&Ident> = generics
         .params
         .iter()
@@ -349,6 +334,20 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
             GenericParam::Lifetime(_) => None,
         })
         .collect();
+    let mut ty = ty.clone();
+    let mut opaque = Opaque {
+        own: &params,
+        params: Vec::new(),
+        unsure: false,
+    };
+    opaque.visit_type_mut(&mut ty);
+    let fresh = opaque.params;
+    let ty_tokens = ty.to_token_stream();
+    if opaque.unsure || mentions(ty_tokens.clone(), &|ident| ident == "Self") {
+        return quote!();
+    }
+    // The handler's lifetimes, which an `impl Trait`'s bounds may name (`+ 'a`).
+    let lifetimes = generics.lifetimes().map(|param| &param.lifetime);
     // Only bounds that name the handler's own parameters need them; theirs may name an `impl`
     // block's parameters, which the nested function could not.
     let out = local("__idem_out", span);
@@ -390,16 +389,15 @@ fn output_check(ty: &Type, generics: &syn::Generics) -> TokenStream {
 /// a type: one of the handler's own parameters stays (the check has it too), and another
 /// written as a const is (`MAX`, an `impl` block's `S`) leaves the check to the `Responder`
 /// bound (`unsure`).
-#[derive(Default)]
-struct Opaque {
+struct Opaque<'a> {
     params: Vec<Ident>,
     /// The handler's type and const parameters, which the check can have too.
-    own: Vec<Ident>,
+    own: &'a [&'a Ident],
     /// Whether a lone name might be a const.
     unsure: bool,
 }
 
-impl VisitMut for Opaque {
+impl VisitMut for Opaque<'_> {
     fn visit_type_mut(&mut self, ty: &mut Type) {
         if let Type::ImplTrait(opaque) = ty {
             let bounds = std::mem::take(&mut opaque.bounds);
@@ -411,7 +409,7 @@ impl VisitMut for Opaque {
         }
         if let Type::Path(path) = ty {
             if let (None, Some(name)) = (&path.qself, path.path.get_ident()) {
-                if self.own.contains(name) {
+                if self.own.contains(&name) {
                     return;
                 }
                 let shouting = name.to_string().chars().all(|c| !c.is_ascii_lowercase());
