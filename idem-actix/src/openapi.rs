@@ -10,7 +10,8 @@
 //!   in the description instead: the header is then never read);
 //! - `Idempotent-Replayed` on every response that can be a replay (those the policy records,
 //!   but for statuses that middleware outside the layer answers: see
-//!   [`Contract::answered_outside`]);
+//!   [`Contract::answered_outside`]; a range such as `4XX` when the policy records any status in
+//!   it, `default` when it records any status the operation documents no other response for);
 //! - the layer's own error responses (400, 409, 413, 422 and 503, as the policy can give
 //!   them), in the configured error format, with `X-Request-ID`, `Retry-After` and
 //!   `Cache-Control`, added to the operation's own response of that status, or of the range
@@ -557,15 +558,18 @@ fn response_mut<'a>(
 }
 
 /// Whether a response documented under `status` (`201`, `2XX`, `default`) can be recorded,
-/// and so replayed.
-fn replayable(policy: &Policy, status: &str) -> bool {
-    match status.as_bytes() {
-        [class @ b'1'..=b'5', b'X' | b'x', b'X' | b'x'] => {
-            let first = u16::from(class - b'0') * 100;
-            (first..first + 100).any(|s| policy.cache.caches(s))
-        }
-        _ => status.parse::<u16>().is_ok_and(|s| policy.cache.caches(s)),
-    }
+/// and so replayed. `default` stands for every status that `documented` (the operation's
+/// responses) gives no response of its own or of its range.
+fn replayable(policy: &Policy, status: &str, documented: &[String]) -> bool {
+    let covers = |status: &str, s: u16| match status.as_bytes() {
+        [class @ b'1'..=b'5', b'X' | b'x', b'X' | b'x'] => s / 100 == u16::from(class - b'0'),
+        _ => status.parse::<u16>() == Ok(s),
+    };
+    let under = |s: u16| match status {
+        "default" => !documented.iter().any(|other| covers(other, s)),
+        _ => covers(status, s),
+    };
+    (100..=999).any(|s| under(s) && policy.cache.caches(s))
 }
 
 /// Marks with `Idempotent-Replayed` the responses of `operation` that can be replays: those
@@ -587,8 +591,9 @@ fn mark_replays(
         .filter(|status| !before_the_layer(status))
         .cloned()
         .collect();
+    let documented: Vec<String> = operation.responses.responses.keys().cloned().collect();
     for status in statuses {
-        let replays = replayable(policy, &status);
+        let replays = replayable(policy, &status, &documented);
         if let Some(response) = response_mut(operation, &status, components) {
             let headers = &mut response.headers;
             (headers.entry("X-Request-ID".to_owned()))
@@ -1290,6 +1295,54 @@ mod tests {
         assert_eq!(range, "The carrier failed");
     }
 
+    /// `default` documents every status the operation lists no response for, so its response
+    /// can be a replay whenever one of those is recorded; not when the statuses recorded are
+    /// all documented on their own.
+    #[test]
+    fn a_default_response_is_marked_a_replay_when_it_covers_a_recorded_status() {
+        let with_default = |doc: &mut OpenApi, ranges: &[&str]| {
+            let update = doc.paths.paths.get_mut("/v1/calls/{id}").unwrap();
+            let responses = &mut update.put.as_mut().unwrap().responses.responses;
+            for range in ranges {
+                responses.insert((*range).into(), RefOr::T(json_error("Updated")));
+            }
+            responses.insert("default".into(), RefOr::T(json_error("Something else")));
+        };
+        let replayed = |doc: &OpenApi| {
+            json(doc)["paths"]["/v1/calls/{id}"]["put"]["responses"]["default"]["headers"]
+                ["Idempotent-Replayed"]
+                .is_object()
+        };
+        // The handler's 4xx, recorded by default, are documented under `default` here.
+        let mut doc = document();
+        with_default(&mut doc, &[]);
+        Contract::new()
+            .operation(HttpMethod::Put, "/v1/calls/{id}", |p| p)
+            .apply(&mut doc)
+            .unwrap();
+        assert!(replayed(&doc));
+        // 2xx only, all under `2XX`: nothing `default` covers is recorded.
+        let mut doc = document();
+        with_default(&mut doc, &["2XX"]);
+        Contract::new()
+            .operation(HttpMethod::Put, "/v1/calls/{id}", |p| {
+                p.cache(CachePolicy::Success)
+            })
+            .apply(&mut doc)
+            .unwrap();
+        assert!(!replayed(&doc));
+        // 2xx only, but a 201 or a 204 falls under `default`.
+        let mut doc = document();
+        with_default(&mut doc, &[]);
+        Contract::new()
+            .operation(HttpMethod::Put, "/v1/calls/{id}", |p| {
+                p.cache(CachePolicy::Success)
+            })
+            .apply(&mut doc)
+            .unwrap();
+        assert!(replayed(&doc));
+    }
+
     /// Failing open runs unprotected only when the store cannot be reached; one that answered
     /// unreadably, or gave up a claim under contention, still fails closed.
     #[test]
@@ -1715,11 +1768,16 @@ mod tests {
             ("404", true, false),
             ("5XX", false, false),
             ("503", false, false),
-            ("default", false, false),
+            ("default", true, true),
         ] {
-            assert_eq!(replayable(&all_but_5xx, status), non_5xx, "{status}");
-            assert_eq!(replayable(&success, status), only_2xx, "{status}");
+            assert_eq!(replayable(&all_but_5xx, status, &[]), non_5xx, "{status}");
+            assert_eq!(replayable(&success, status, &[]), only_2xx, "{status}");
         }
+        // `default` is what the others leave: with every 2xx and 4xx documented, only the
+        // statuses past 599 that the default policy records.
+        let documented = ["2XX".to_owned(), "4xx".to_owned(), "default".to_owned()];
+        assert!(!replayable(&success, "default", &documented));
+        assert!(replayable(&all_but_5xx, "default", &documented));
     }
 
     #[test]
