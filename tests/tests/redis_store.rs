@@ -1353,6 +1353,53 @@ async fn a_claim_that_finds_its_own_resent_write_still_waits_for_its_replicas() 
     assert!(matches!(after, Ok(None)), "{after:?}");
 }
 
+/// A Redis where a claim's resent command finds the claim's own first write, which another
+/// claim then replaced before the next command: a `PEXPIRE` finds the key there (another's
+/// claim), a fenced script does not find this claim's token; `WAIT` is answered.
+async fn redis_where_a_resent_claim_is_taken_over() -> std::net::SocketAddr {
+    fake_redis(|args| match args.first().map_or("", String::as_str) {
+        "SET" => {
+            // This request's claim, as the codec writes it: lapsing at 1,900,000,060,000 ms,
+            // token 1, a fingerprint of 32 `f`s.
+            let record = format!("1:F:1900000060000:{:032x}:{}", 1, "f".repeat(32));
+            Some(format!("${}\r\n{record}\r\n", record.len()))
+        }
+        "PEXPIRE" => Some(":1\r\n".into()),
+        "EVALSHA" => Some(":0\r\n".into()),
+        "WAIT" => Some(":1\r\n".into()),
+        _ => None,
+    })
+    .await
+}
+
+/// A claim whose resent command finds its own first write holds the key only while that
+/// write is still its own when it waits for its replicas. Its expiry was written again by a
+/// plain `PEXPIRE`, which kept whatever held the key by then (another request's claim, after
+/// this one was released or lapsed), and the request ran beside that one. It is refused now,
+/// and under a store that fails open too: Redis answered, and another request holds the key.
+#[tokio::test]
+async fn a_resent_claim_taken_over_before_its_replicas_acknowledged_it_is_refused() {
+    let addr = redis_where_a_resent_claim_is_taken_over().await;
+    let store = RedisStore::builder(format!("redis://{addr}/"))
+        .wait_for_replicas(1, Duration::from_millis(100))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let now = Timestamp::from_millis(1_900_000_000_000);
+    let claim = idem_core::InFlight {
+        fingerprint: Fingerprint::from_bytes([b'f'; 32]),
+        lease_until: Timestamp::from_millis(1_900_000_060_000),
+        token: idem_core::Token::from_u128(1),
+    };
+    let claimed = store
+        .claim(&StoreKey::from_bytes([9; 32]), claim, now)
+        .await;
+    assert!(
+        matches!(claimed, Err(StoreError::Contended)),
+        "another request holds the key: {claimed:?}"
+    );
+}
+
 /// A Redis that takes every claim and never answers `WAIT`: as a `WAIT` queued behind other
 /// commands past the command timeout (on Redis Cluster, the process's commands to a node share
 /// one connection), or a connection lost between the two. The `SET` was answered, so Redis

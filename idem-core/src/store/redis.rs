@@ -856,13 +856,7 @@ impl RedisStore {
         if record.is_live(now) {
             return self
                 .found(
-                    &mut link,
-                    &redis_key,
-                    key,
-                    claim.token,
-                    keep_for,
-                    replicas,
-                    record,
+                    &mut link, &redis_key, key, claim, keep_for, replicas, record,
                 )
                 .await;
         }
@@ -880,13 +874,7 @@ impl RedisStore {
             Some(bytes) => {
                 let record = codec::decode(&bytes)?;
                 (self.found(
-                    &mut link,
-                    &redis_key,
-                    key,
-                    claim.token,
-                    keep_for,
-                    replicas,
-                    record,
+                    &mut link, &redis_key, key, claim, keep_for, replicas, record,
                 ))
                 .await
             }
@@ -899,34 +887,36 @@ impl RedisStore {
     /// request's claim, and holds the key once the replicas asked for acknowledged it, as its
     /// first answer would have. `WAIT` counts the writes sent on its own connection, and this
     /// one may have carried none (the first send went out on another, before a reconnection),
-    /// so the claim's expiry is written again here first: the replicas that acknowledge that
-    /// write hold the claim, which Redis replicated before it.
+    /// so the claim's lease is written again here first, by the fenced script, while the
+    /// claim still holds the key: the replicas that acknowledge that write hold the claim,
+    /// which Redis replicated before it. A claim no longer there (released, or lapsed, and
+    /// maybe another request's claim in its place) is [`StoreError::Contended`], which fails
+    /// closed: a plain `PEXPIRE` kept whatever held the key by then, and the request ran
+    /// beside the one that held it.
     #[allow(clippy::too_many_arguments)]
     async fn found(
         &self,
         link: &mut Link,
         redis_key: &str,
         key: &StoreKey,
-        token: Token,
+        claim: InFlight,
         keep_for: u64,
         replicas: Option<Replicas>,
         record: Record,
     ) -> Result<Claim, StoreError> {
+        let token = claim.token;
         if !record.is_claim_of(token) {
             return Ok(Claim::Existing(record));
         }
         if let Some(replicas) = replicas {
-            let mut pexpire = redis::cmd("PEXPIRE");
-            pexpire.arg(redis_key).arg(keep_for);
-            let kept: i64 = match self.run(pexpire.query_async(link)).await {
-                Ok(kept) => kept,
+            let until = claim.lease_until.as_millis().to_string();
+            let keep_for = Duration::from_millis(keep_for);
+            let extend = self.fenced(link, key, token, "extend", until.as_bytes(), keep_for);
+            match extend.await {
+                Ok(true) => {}
+                // Gone since it was read (released, or lapsed), and maybe claimed by another.
+                Ok(false) => return Err(StoreError::Contended),
                 Err(error) => return self.unreplicated(key, token, Err(error), replicas).await,
-            };
-            if kept == 0 {
-                // Gone since it was read (released, or lapsed): nothing holds the key.
-                return Err(StoreError::Unavailable(
-                    "the claim Redis held for this request was gone before its replicas acknowledged it".into(),
-                ));
             }
         }
         self.replicated_claim(link, redis_key, key, token, replicas)
