@@ -30,6 +30,14 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 pub mod cors;
 pub mod openapi;
 
+/// Writes `line` to standard error, as `eprintln!` does, but never panics: a log pipe whose
+/// reader went away is no failure of the server (`eprintln!` panicked, in the task that waits
+/// for signals too, which then never stopped the server).
+pub fn log_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The longest simulated delay.
 pub const MAX_SIMULATED_DELAY_MS: u64 = 30_000;
 
@@ -323,8 +331,13 @@ async fn create_call(
     let placed = format!("placed {} for agent {}", call.id, call.agent_id);
     ledger.keep(tenant, call, simulate.carrier()).await?;
     // One line per call placed: the side effect a retry must not repeat, for operators (and
-    // the soak test's audit) to count.
-    println!("{placed}");
+    // the soak test's audit) to count. Written whatever becomes of it: the call is placed, and
+    // a panic here (`println!` on a closed pipe) released its key, so that its retry placed
+    // it again.
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "{placed}");
+    }
     Ok(response)
 }
 
@@ -556,7 +569,9 @@ async fn insert<T: Item>(
 /// 503 `database_unavailable`, with `Retry-After`: Postgres failed, and nothing was kept.
 fn database_unavailable(error: sqlx::Error, request_id: RequestId) -> ApiError {
     // The database's own words go to the server's log: they are not the client's business.
-    eprintln!("calls-api: the database failed (request {request_id}): {error}");
+    log_line(format_args!(
+        "calls-api: the database failed (request {request_id}): {error}"
+    ));
     let mut error = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "database_unavailable",

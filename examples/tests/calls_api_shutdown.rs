@@ -144,3 +144,70 @@ fn sigterm_right_after_the_listening_line_stops_calls_api_cleanly() {
         );
     }
 }
+
+/// Standard output closed (a log pipe whose reader died): the line a placed call prints
+/// cannot be written, and that is no failure of the call. Printed with `println!`, it panicked
+/// after the call was placed; the layer answered the panic with 500 and released the key, so
+/// every retry placed the call again.
+#[tokio::test]
+async fn a_closed_standard_output_fails_no_call_and_places_none_twice() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut command = common::command();
+    command
+        .args(["--addr", "127.0.0.1:0", "--workers", "1"])
+        .stdout(writer);
+    let api = CallsApi::start_command(command).await;
+    let first = api.create("closed-stdout").await;
+    let retry = api.create("closed-stdout").await;
+    assert_eq!(first.status, 201, "{first:?}");
+    assert!(retry.replayed(), "{retry:?}");
+    let calls = RawRequest::get("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .send(api.addr)
+        .await;
+    assert_eq!(calls.json()["data"].as_array().map(Vec::len), Some(1));
+}
+
+/// Standard error closed once calls-api listens: what it says as it stops cannot be written,
+/// and it stops all the same. Said with `eprintln!`, the panic ended the task that waits for
+/// signals, and SIGTERM (whose handler was installed) then did nothing at all.
+#[test]
+fn a_closed_standard_error_does_not_keep_calls_api_from_stopping() {
+    let (mut child, line) = common::first_line({
+        let mut command = common::command();
+        command.args(["--addr", "127.0.0.1:0"]);
+        command
+    });
+    // `first_line` read the line and closed its end of the pipe.
+    assert!(line.contains("listening on http://"), "{line}");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "SIGTERM delivered");
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().expect("poll calls-api") {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("calls-api did not stop within 10 s of SIGTERM");
+}
+
+/// A refused flag exits 2, saying why, whether or not anyone reads standard error: with it
+/// closed, printing the usage panicked, and the exit code was 101.
+#[test]
+fn a_refused_flag_exits_2_with_standard_error_closed() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let status = common::command()
+        .arg("--no-such-flag")
+        .stderr(writer)
+        .status()
+        .expect("run calls-api");
+    assert_eq!(status.code(), Some(2), "{status}");
+}

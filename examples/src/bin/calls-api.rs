@@ -30,7 +30,7 @@ use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, PostgresStore, RedisStore};
 use idem_core::store::ReplayCache;
-use idem_examples::calls_api::{configure, cors, CallsState};
+use idem_examples::calls_api::{configure, cors, log_line, CallsState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
@@ -332,7 +332,7 @@ fn main() -> ExitCode {
     let options = match options() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("calls-api: {e}\n\n{USAGE}");
+            log_line(format_args!("calls-api: {e}\n\n{USAGE}"));
             return ExitCode::from(2);
         }
     };
@@ -347,7 +347,7 @@ fn main() -> ExitCode {
     let metrics = match metrics.and_then(PrometheusBuilder::install_recorder) {
         Ok(handle) => handle,
         Err(e) => {
-            eprintln!("calls-api: metrics: {e}");
+            log_line(format_args!("calls-api: metrics: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -411,7 +411,9 @@ fn main() -> ExitCode {
             .map(|addr| format!("http://{addr}"))
             .collect::<Vec<_>>()
             .join(", ");
-        eprintln!("calls-api listening on {listening} (store: {store})");
+        log_line(format_args!(
+            "calls-api listening on {listening} (store: {store})"
+        ));
         // actix's own signal handling would stop each worker's runtime as soon as its
         // connections are done, dropping calls whose clients went away: stop by hand.
         let server = server
@@ -421,13 +423,15 @@ fn main() -> ExitCode {
         let handle = server.handle();
         actix_web::rt::spawn(async move {
             let signal = stop.first().await;
-            eprintln!("calls-api: {signal}; finishing calls in progress");
+            log_line(format_args!(
+                "calls-api: {signal}; finishing calls in progress"
+            ));
             handle.pause().await;
             let cancelled = idem.drain(DRAIN).await;
             if cancelled > 0 {
-                eprintln!(
+                log_line(format_args!(
                     "calls-api: {cancelled} calls did not finish in time; their keys were released"
-                );
+                ));
             }
             handle.stop(true).await;
         });
@@ -436,7 +440,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("calls-api: {e}");
+            log_line(format_args!("calls-api: {e}"));
             ExitCode::FAILURE
         }
     }
