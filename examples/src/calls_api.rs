@@ -20,7 +20,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{get, post, web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{get, post, route, web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use idem_actix::{idempotent, IdempotencyKey, RequestId, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -582,7 +582,8 @@ fn database_unavailable(error: sqlx::Error, request_id: RequestId) -> ApiError {
     error
 }
 
-#[get("/healthz")]
+/// `GET`, and `HEAD` as `GET` (a load balancer's health check may send either).
+#[route("/healthz", method = "GET", method = "HEAD")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }

@@ -61,6 +61,19 @@ async fn health_needs_no_token_and_everything_else_does() {
     assert_eq!(api.state.call_count(), 0);
 }
 
+/// `HEAD` of the open routes is answered as their `GET` is, without a token: it fell through
+/// to the token check (401), which a load balancer's health check by `HEAD` took for a dead
+/// server.
+#[actix_web::test]
+async fn head_of_the_open_routes_needs_no_token() {
+    let api = start();
+    for path in ["/healthz", "/openapi.json"] {
+        let res = api.send(RawRequest::new("HEAD", path)).await;
+        assert_eq!(res.status, 200, "HEAD {path}: {res:?}");
+        assert!(res.body.is_empty(), "HEAD {path}: {res:?}");
+    }
+}
+
 #[actix_web::test]
 async fn creating_a_call_answers_201_with_location_and_the_call() {
     let api = start();

@@ -279,6 +279,8 @@ async fn metrics_are_exposed_in_prometheus_text() {
     api.create("m-1").await;
     let res = RawRequest::get("/metrics").send(api.addr).await;
     assert_eq!(res.status, 200, "no token needed");
+    let head = RawRequest::new("HEAD", "/metrics").send(api.addr).await;
+    assert_eq!(head.status, 200, "HEAD as GET, no token needed: {head:?}");
     let text = String::from_utf8_lossy(&res.body);
     assert!(
         text.contains(r#"idem_requests_total{outcome="executed"} 1"#),

@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix_web::middleware::Condition;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{guard, web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, PostgresStore, RedisStore};
 use idem_core::store::ReplayCache;
 use idem_examples::calls_api::{configure, cors, log_line, CallsState};
@@ -328,6 +328,11 @@ impl StopSignals {
     }
 }
 
+/// `GET`, or `HEAD`, which actix answers as `GET` without the body.
+fn get_or_head() -> impl guard::Guard {
+    guard::Any(guard::Get()).or(guard::Head())
+}
+
 fn main() -> ExitCode {
     let options = match options() {
         Ok(o) => o,
@@ -380,7 +385,7 @@ fn main() -> ExitCode {
                 // Before the API's routes, which need a bearer token: scrapers send none.
                 .route(
                     "/metrics",
-                    web::get().to(move || {
+                    web::route().guard(get_or_head()).to(move || {
                         let text = metrics.render();
                         async move {
                             HttpResponse::Ok()

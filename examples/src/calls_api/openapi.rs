@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use actix_web::{get, HttpResponse};
+use actix_web::{route, HttpResponse};
 use idem_actix::openapi::Contract;
 use idem_actix::{CachePolicy, OnMismatch, Scope};
 use serde_json::json;
@@ -42,8 +42,8 @@ pub fn document() -> Result<OpenApi, String> {
     Ok(doc)
 }
 
-/// Serves [`document`], built once. No token needed.
-#[get("/openapi.json")]
+/// Serves [`document`], built once, to `GET` and `HEAD`. No token needed.
+#[route("/openapi.json", method = "GET", method = "HEAD")]
 pub async fn openapi_json() -> HttpResponse {
     static DOCUMENT: OnceLock<Result<String, String>> = OnceLock::new();
     let built = DOCUMENT.get_or_init(|| {
