@@ -199,11 +199,17 @@ impl ResponseError for ApiError {
 /// The tenant: the bearer token.
 pub struct Tenant(String);
 
+/// The token of `Authorization: Bearer <token>`, spelled exactly so: `Bearer`, one space, and
+/// a token of RFC 6750's characters (letters, digits, `-._~+/`, then any `=`). The layer
+/// scopes a tenant's idempotency keys by the whole header value (`scope = "api_key"`), so
+/// each tenant has one spelling: another (`bearer`, two spaces) would be another scope, in
+/// which a key the tenant already used places its call again.
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let token = value.strip_prefix("Bearer ")?;
+    let body = token.trim_end_matches('=');
+    let b64 = |c: char| c.is_ascii_alphanumeric() || "-._~+/".contains(c);
+    (!body.is_empty() && body.chars().all(b64)).then_some(token)
 }
 
 impl FromRequest for Tenant {
@@ -222,7 +228,7 @@ fn unauthorized(request_id: RequestId) -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
-        "send Authorization: Bearer <token>",
+        "send Authorization: Bearer <token>, spelled so: one space, a token of letters, digits and -._~+/ (then any =)",
         request_id,
     )
 }

@@ -74,6 +74,31 @@ async fn head_of_the_open_routes_needs_no_token() {
     }
 }
 
+/// A tenant is one `Authorization` value: its idempotency keys are scoped by the whole value
+/// (`scope = "api_key"`), so another spelling of the same token (`bearer`, two spaces) would
+/// be another scope, and a key the tenant already used would place its call again. Such
+/// spellings are refused; they were taken as the same tenant.
+#[actix_web::test]
+async fn another_spelling_of_a_tenant_s_token_is_refused_not_a_second_scope() {
+    let api = start();
+    let first = api
+        .send(create("ws1", Some("k-spelling"), new_call("+15555550123")))
+        .await;
+    assert_eq!(first.status, 201, "{first:?}");
+    for spelling in ["bearer ws1", "BEARER ws1", "Bearer  ws1", "Bearer ws1 x"] {
+        let res = api
+            .send(
+                RawRequest::post("/v1/calls")
+                    .header("Authorization", spelling)
+                    .header("Idempotency-Key", "k-spelling")
+                    .json(&new_call("+15555550123")),
+            )
+            .await;
+        assert_envelope(&res, 401, "unauthorized");
+    }
+    assert_eq!(api.state.call_count(), 1);
+}
+
 #[actix_web::test]
 async fn creating_a_call_answers_201_with_location_and_the_call() {
     let api = start();
