@@ -69,6 +69,20 @@ async fn every_malformed_key_class_is_refused_with_the_rule_it_breaks() {
     assert_eq!(s.runs.get(), 0, "no malformed key reaches the handler");
 }
 
+/// A control byte in a key (other than tab) never reaches the layer: actix-web's HTTP/1
+/// parser refuses the request first, 400 with an empty body, as the README says. Whatever
+/// answers, the handler does not run.
+#[actix_web::test]
+async fn a_key_with_a_control_byte_is_refused_before_the_layer_and_runs_nothing() {
+    let s = app();
+    for byte in ['\0', '\u{1}', '\u{1f}', '\u{7f}'] {
+        let res = s.send(&keyed(&format!("a{byte}b"))).await;
+        assert_eq!(res.status, 400, "{byte:?}: {res:?}");
+        assert!(res.body.is_empty(), "actix's own refusal: {res:?}");
+    }
+    assert_eq!(s.runs.get(), 0);
+}
+
 #[actix_web::test]
 async fn bare_and_quoted_forms_are_the_same_key() {
     let s = app();
