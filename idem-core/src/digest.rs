@@ -77,7 +77,13 @@ pub(crate) fn field(out: &mut impl Sink, bytes: &[u8]) {
 }
 
 /// Writes `n` as a varint.
+#[inline]
 pub(crate) fn varint_update(out: &mut impl Sink, n: u64) {
+    // Most lengths are below 128: their one byte, written as one, costs far less than the
+    // general case's copy of a slice of unknown length.
+    if n < 0x80 {
+        return out.put(&[n as u8]);
+    }
     let (bytes, len) = varint(n);
     out.put(&bytes[..len]);
 }
@@ -456,6 +462,13 @@ mod tests {
         let (b, n) = varint(u64::MAX);
         assert_eq!(n, 10);
         assert_eq!(b[9], 0x01);
+        // The one-byte case is written apart: the same bytes.
+        for n in [0, 1, 127, 128, 300, u64::MAX] {
+            let mut written = Vec::new();
+            varint_update(&mut written, n);
+            let (b, len) = varint(n);
+            assert_eq!(written, &b[..len]);
+        }
         // Around the one-byte boundary, a shorter body moved into the query differs.
         let long = [b'a'; 200];
         assert_ne!(
