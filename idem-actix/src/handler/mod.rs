@@ -268,8 +268,13 @@ where
         endpoint.outer_layer_applies(functions.any());
         return handler(req, payload).await.res;
     }
-    // Boxed, so that requests without a key do not carry the keyed path's state.
-    let keyed = Box::pin(keyed(endpoint, functions, req, payload, handler));
+    // Boxed, so that requests without a key do not carry the keyed path's state; the box
+    // made first, so that the future is built in it rather than on the stack and copied in.
+    let room = Box::new_uninit();
+    let keyed = Box::into_pin(Box::write(
+        room,
+        keyed(endpoint, functions, req, payload, handler),
+    ));
     keyed.await.res
 }
 
