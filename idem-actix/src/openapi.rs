@@ -459,7 +459,7 @@ fn describe(
     add_key_parameter(operation, policy, components);
     mark_replays(operation, policy, outside, components);
     for layer in layer_responses(policy) {
-        add_layer_response(operation, &layer, format, components);
+        add_layer_response(operation, &layer, policy, format, components);
     }
     let words = in_words(policy);
     operation.description = Some(match operation.description.take() {
@@ -736,6 +736,7 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
 fn add_layer_response(
     operation: &mut Operation,
     layer: &LayerResponse,
+    policy: &Policy,
     format: ErrorFormat,
     components: &Components,
 ) {
@@ -776,8 +777,14 @@ fn add_layer_response(
         .cloned();
         if let Some(own) = own {
             responses.insert(status.clone(), own);
-            if response_mut(operation, &status, components).is_none() {
-                operation.responses.responses.remove(&status);
+            match response_mut(operation, &status, components) {
+                None => drop(operation.responses.responses.remove(&status)),
+                // Marked as a replay for the statuses its range (or `default`) covers: this
+                // one is a replay only if a response of it is recorded.
+                Some(copy) if !policy.cache.caches(layer.status) => {
+                    copy.headers.remove("Idempotent-Replayed");
+                }
+                Some(_) => {}
             }
         }
     }
@@ -1341,6 +1348,34 @@ mod tests {
             .apply(&mut doc)
             .unwrap();
         assert!(replayed(&doc));
+    }
+
+    /// A layer status the operation documents only under `default` (or a range) gets that
+    /// response as its start; the copy says `Idempotent-Replayed` only where a response of
+    /// that status is recorded. A marked `default` made every layer status a replay: 503,
+    /// never recorded, and under 2xx-only caching 400, 409 and 413 too.
+    #[test]
+    fn a_layer_status_copied_from_a_marked_default_is_a_replay_only_where_it_is_recorded() {
+        for (cache, replayed_4xx) in [(CachePolicy::Non5xx, true), (CachePolicy::Success, false)] {
+            let mut doc = document();
+            let update = doc.paths.paths.get_mut("/v1/calls/{id}").unwrap();
+            update.put.as_mut().unwrap().responses.responses.insert(
+                "default".into(),
+                RefOr::T(json_error("Something went wrong")),
+            );
+            Contract::new()
+                .operation(HttpMethod::Put, "/v1/calls/{id}", |p| p.cache(cache))
+                .apply(&mut doc)
+                .unwrap();
+            let responses = &json(&doc)["paths"]["/v1/calls/{id}"]["put"]["responses"];
+            let replayed =
+                |status: &str| responses[status]["headers"]["Idempotent-Replayed"].is_object();
+            assert!(replayed("default"), "{cache:?}");
+            assert!(!replayed("503"), "{cache:?}: a 5xx is never recorded");
+            for status in ["400", "409", "413"] {
+                assert_eq!(replayed(status), replayed_4xx, "{cache:?} {status}");
+            }
+        }
     }
 
     /// Failing open runs unprotected only when the store cannot be reached; one that answered
