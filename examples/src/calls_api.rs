@@ -1,6 +1,6 @@
-//! `calls-api`: an in-memory outbound-calling API. Every request but `GET /healthz`,
-//! `GET /openapi.json` and the binary's `GET /metrics` needs `Authorization: Bearer <token>`;
-//! the token is the tenant.
+//! `calls-api`: an in-memory outbound-calling API. Every request but `GET` or `HEAD` of
+//! `/healthz`, `/openapi.json` and the binary's `/metrics` needs `Authorization: Bearer <token>`,
+//! spelled exactly so; the token is the tenant.
 //!
 //! Demo knobs of the fake carrier are headers, so that they are not part of the fingerprint:
 //! `X-Simulate-Delay-Ms: N` makes the handler sleep N ms (at most 30000; more is refused), and

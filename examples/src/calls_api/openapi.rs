@@ -69,7 +69,7 @@ const SIMULATION: &str = "Demo knobs of the fake carrier (headers, so that they 
 fn routes() -> serde_json::Value {
     let error = json!({"$ref": "#/components/schemas/ApiError"});
     let unauthorized = json!({
-        "description": "No bearer token: `unauthorized`.",
+        "description": "No bearer token, or one not spelled `Bearer <token>` with one space and a token of letters, digits and `-._~+/` (then any `=`): `unauthorized`.",
         "content": {"application/json": {"schema": error}},
     });
     let bad_request = |codes: &str| {
@@ -203,7 +203,7 @@ fn routes() -> serde_json::Value {
             "securitySchemes": {"bearer": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "Any token: the token is the tenant.",
+                "description": "Any token of RFC 6750's characters, after `Bearer` and one space: the token is the tenant, and the whole header value scopes its idempotency keys.",
             }},
             "schemas": {
                 "ApiError": {

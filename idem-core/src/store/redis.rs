@@ -889,8 +889,8 @@ impl RedisStore {
     /// one may have carried none (the first send went out on another, before a reconnection),
     /// so the claim's lease is written again here first, by the fenced script, while the
     /// claim still holds the key: the replicas that acknowledge that write hold the claim,
-    /// which Redis replicated before it. A claim no longer there (released, or lapsed, and
-    /// maybe another request's claim in its place) is [`StoreError::Contended`], which fails
+    /// which Redis replicated before it. A claim no longer there (released, or expired in
+    /// Redis, and maybe another request's claim in its place) is [`StoreError::Contended`], which fails
     /// closed: a plain `PEXPIRE` kept whatever held the key by then, and the request ran
     /// beside the one that held it.
     #[allow(clippy::too_many_arguments)]
@@ -914,7 +914,7 @@ impl RedisStore {
             let extend = self.fenced(link, key, token, "extend", until.as_bytes(), keep_for);
             match extend.await {
                 Ok(true) => {}
-                // Gone since it was read (released, or lapsed), and maybe claimed by another.
+                // Gone since it was read (released, or expired), and maybe claimed by another.
                 Ok(false) => return Err(StoreError::Contended),
                 Err(error) => return self.unreplicated(key, token, Err(error), replicas).await,
             }
