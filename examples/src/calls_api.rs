@@ -337,9 +337,11 @@ async fn create_call(
     let placed = format!("placed {} for agent {}", call.id, call.agent_id);
     ledger.keep(tenant, call, simulate.carrier()).await?;
     // One line per call placed: the side effect a retry must not repeat, for operators (and
-    // the soak test's audit) to count. Written whatever becomes of it: the call is placed, and
-    // a panic here (`println!` on a closed pipe) released its key, so that its retry placed
-    // it again.
+    // the soak test's audit, on the embedded store) to count. On Postgres the call is written
+    // in its key's transaction, which commits after this handler returns: a commit that then
+    // fails leaves a line for a call that is not there (the rows are the record). Written
+    // whatever becomes of the line: a panic here (`println!` on a closed pipe) released the
+    // key of a call already placed, so that its retry placed it again.
     {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), "{placed}");
