@@ -412,10 +412,13 @@ async fn listed<T: Item>(
         let items: &[T] = list.get(&tenant.0).map_or(&[], Vec::as_slice);
         return Ok(HttpResponse::Ok().json(json!({ "data": items })));
     };
-    let items = sqlx::query(T::SELECT)
-        .bind(&tenant.0)
-        .try_map(|row: PgRow| T::from_row(&row))
-        .fetch_all(pool)
+    let select = |pool| {
+        sqlx::query(T::SELECT)
+            .bind(&tenant.0)
+            .try_map(|row: PgRow| T::from_row(&row))
+            .fetch_all(pool)
+    };
+    let items = on_a_live_connection(pool, select)
         .await
         .map_err(|e| database_unavailable(e, request_id))?;
     Ok(HttpResponse::Ok().json(json!({ "data": items })))
@@ -557,10 +560,49 @@ impl Ledger {
             Ledger::Unkeyed(pool, request_id) => (pool, request_id),
         };
         let failed = |e| database_unavailable(e, request_id.clone());
-        let mut tx = pool.begin().await.map_err(failed)?;
+        let mut tx = on_a_live_connection(&pool, PgPool::begin)
+            .await
+            .map_err(failed)?;
         insert(tenant, item, &mut tx).await.map_err(failed)?;
         carrier.await?;
         tx.commit().await.map_err(failed)
+    }
+}
+
+/// Runs `statement` on `pool`, and again while the connection it got was one Postgres closed
+/// since the pool opened it (a restart, `pg_terminate_backend`): the pool lends connections
+/// without testing them first (the store's choice: one round trip per operation), and drops
+/// each closed one as a statement finds it. Without this, each such connection answered one
+/// request 503. (A keyed call's statements run in its key's transaction, which the store
+/// opens on a live connection the same way.)
+async fn on_a_live_connection<'p, T, F, Fut>(
+    pool: &'p PgPool,
+    statement: F,
+) -> Result<T, sqlx::Error>
+where
+    F: Fn(&'p PgPool) -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    // Once per connection the pool keeps, as the store's own statements: the pool closes a
+    // connection a statement found closed as it comes back.
+    let mut left = pool.options().get_max_connections() + 1;
+    loop {
+        match statement(pool).await {
+            Err(e) if left > 1 && closed(&e) => left -= 1,
+            result => return result,
+        }
+    }
+}
+
+/// Whether `error` says its connection was closed: Postgres ended the session (57P01, an
+/// administrator or a shutdown; 57P02, a crash; 57P05, idle), or the connection broke.
+fn closed(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P05"))
+        }
+        _ => false,
     }
 }
 

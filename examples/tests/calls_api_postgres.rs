@@ -111,6 +111,50 @@ async fn a_simulated_carrier_failure_leaves_no_row_and_its_retry_creates_the_cal
     assert_eq!(listed(&api).await, vec![id_of(&retry)]);
 }
 
+/// Connections the pool kept that Postgres closed since (a restart, an administrator's
+/// `pg_terminate_backend`) fail the API's own statements no more than the store's: a list,
+/// or a call without a key, runs again on another connection. Each dead connection answered
+/// one request 503 `database_unavailable` first.
+#[tokio::test]
+async fn connections_postgres_closed_fail_no_list_and_no_keyless_call() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, db) = fresh_database(&pg, "closed_connections").await;
+    let api = CallsApi::start_on_database(&url, false).await;
+    for round in ["list", "keyless call"] {
+        // The pool keeps as many connections as requests at once made it open.
+        let lists = (0..16).map(|_| list(&api));
+        for res in join_all(lists).await {
+            assert_eq!(res.status, 200, "{res:?}");
+        }
+        let closed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'idem'",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("close calls-api's connections");
+        assert!(!closed.is_empty(), "calls-api kept connections");
+        for n in 0..20 {
+            let res = match round {
+                "list" => list(&api).await,
+                _ => {
+                    RawRequest::post("/v1/calls")
+                        .header("Authorization", "Bearer tenant-1")
+                        .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }))
+                        .send(api.addr)
+                        .await
+                }
+            };
+            assert!(
+                matches!(res.status, 200 | 201),
+                "{round} {n} after its connections were closed: {res:?}"
+            );
+        }
+    }
+    assert_eq!(rows(&db).await, 20);
+}
+
 #[tokio::test]
 async fn sixty_four_duplicates_across_two_processes_on_one_database_create_one_row() {
     let Some(pg) = TestPostgres::start() else {
