@@ -220,13 +220,15 @@ impl IdempotencyConfig {
 
     /// Lets the keyed operations in progress finish, for a graceful shutdown, and waits at most
     /// `timeout` for them (those of every application of this process), whether their clients
-    /// still wait or went away. Then the runs whose clients went away are cancelled and their
-    /// keys released, so that a retry runs them again rather than finding them in flight until
-    /// their leases lapse; those whose handlers had answered and whose records were on their
-    /// way to the store are recorded instead, since their operations ran (the drain waits up
-    /// to 2 s more for those releases and records); runs whose
-    /// clients still wait are left to the server's graceful stop, which waits for their
-    /// connections. Resolves to the number of operations cancelled (0 when all finished).
+    /// still wait or went away. Then the runs still in progress are cancelled and their keys
+    /// released, so that a retry runs them again rather than finding them in flight until
+    /// their leases lapse (a client still waiting gets 503 with `Retry-After`); those whose
+    /// handlers had answered and whose records were on their way to the store are recorded
+    /// instead, since their operations ran (the drain waits up to 2 s more for those releases
+    /// and records). Left to the server's graceful stop, a run still going when the stop's own
+    /// time ran out was dropped as its worker's runtime stopped, too late to release its key.
+    /// A keyed stream whose client still reads it is left to that stop, which sends it on
+    /// and records it. Resolves to the number of operations cancelled (0 when all finished).
     ///
     /// actix-web's graceful shutdown waits for open connections, not for work whose client
     /// went away, and each worker's runtime stops (dropping such work) as soon as its
@@ -269,6 +271,7 @@ impl IdempotencyConfig {
         // wait for those releases (the runtimes that run them stop when the server does), the
         // runs of every application of the process, as it cancelled them all.
         let released = async {
+            TASKS.cancelled_idle().await;
             TASKS.orphans_idle().await;
             Engine::every_abandoned_released().await;
         };

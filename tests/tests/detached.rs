@@ -276,6 +276,39 @@ async fn a_run_that_cannot_finish_within_the_drain_is_cancelled_and_its_key_rele
     next.shut_down(&idem, None).await;
 }
 
+/// A run whose client still waits, and that cannot finish within the drain, is cancelled
+/// with those whose clients went away: its client gets 503 with `Retry-After`, and its key
+/// is released while the worker still runs. Left to the server's graceful stop, it was
+/// dropped as the worker's runtime stopped, too late for its release: the key stayed in
+/// flight until its lease lapsed, and the retry got 409.
+#[actix_web::test]
+async fn a_run_whose_client_waits_and_that_outlasts_the_drain_is_cancelled_and_its_key_released() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = start(idem.clone(), probe.clone());
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { call("waited", "gate").send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "the run was cancelled");
+    let first = client.await.unwrap();
+    assert_eq!(first.status, 503, "{first:?}");
+    assert!(first.header("retry-after").is_some(), "{first:?}");
+    assert_eq!(first.header("cache-control"), Some("no-store"), "{first:?}");
+    assert!(first.header("x-request-id").is_some(), "{first:?}");
+    // Its key is free at once, not in flight until the lease lapses.
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("waited", "0").send(next.addr).await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(!retry.replayed());
+    assert_eq!(probe.runs.get(), 2);
+    next.shut_down(&idem, None).await;
+}
+
 /// A run whose handler is done and whose record is on its way to the store when the drain
 /// runs out of time ran its operation: only the record is left, so it is written in the
 /// background (the drain waits for it as for a release), and the retry replays it, where the

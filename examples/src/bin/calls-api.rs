@@ -274,8 +274,8 @@ async fn on_database(url: &str) -> Result<(IdempotencyConfig, CallsState, String
     Ok((idem, state, format!("postgres at {shown}")))
 }
 
-/// How long a graceful stop waits for calls in progress, before it cancels those whose
-/// clients went away: the longest a call's carrier may take (`X-Simulate-Delay-Ms`, 30 s),
+/// How long a graceful stop waits for calls in progress, before it cancels them (a client
+/// still waiting gets 503): the longest a call's carrier may take (`X-Simulate-Delay-Ms`, 30 s),
 /// and then some, so that every call that dialled is recorded. With the drain's wait for the
 /// keys it releases (up to 2 s) and the connections' grace, a stop takes at most 44 s: give a
 /// container at least 45 s between SIGTERM and SIGKILL (Kubernetes'

@@ -2,13 +2,19 @@
 //! worker, and what a graceful shutdown waits for.
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
+use actix_web::http::header;
+use actix_web::HttpResponse;
 use futures_util::future::{select, Either};
 use tokio::sync::Notify;
 
+use super::replay::with_request_id;
 use super::{Reply, Work};
+use crate::RequestId;
 
 thread_local! {
     /// Runs on this worker whose clients went away and that have not finished yet.
@@ -21,9 +27,8 @@ pub(crate) fn orphans() -> usize {
 }
 
 /// The keyed runs of this process in progress, across its workers and applications: what
-/// [`IdempotencyConfig::drain`](crate::IdempotencyConfig::drain) waits for, and, among them,
-/// those whose clients went away, which it cancels when its time is up. A shutdown is the
-/// process's.
+/// [`IdempotencyConfig::drain`](crate::IdempotencyConfig::drain) waits for, and cancels when
+/// its time is up. A shutdown is the process's.
 pub(crate) static TASKS: LazyLock<Tasks> = LazyLock::new(Tasks::default);
 
 /// Counts of runs in progress, a wake-up for whoever waits for none, and a cancellation.
@@ -33,14 +38,17 @@ pub(crate) struct Tasks {
     running: AtomicUsize,
     /// Of those, the runs moved to tasks of their own (their clients went away).
     orphaned: AtomicUsize,
+    /// Of those, the runs a cancellation took that have not ended yet.
+    taken: AtomicUsize,
     idle: Notify,
     /// Bumped by each cancellation: a task cancels when it changes from what it saw at its
     /// start, so that tasks started after a drain run normally. Changed under `uncancelled`'s
     /// lock.
     generation: AtomicUsize,
-    /// The runs whose clients went away since the last cancellation and that have not ended:
-    /// those the next one cancels. Its lock orders them against cancellations, so that each
-    /// run is counted by the one cancellation that cancels it.
+    /// The runs that waited since the last cancellation (whether their clients still wait or
+    /// went away) and that have not ended: those the next one cancels. Its lock orders them
+    /// against cancellations, so that each run is counted by the one cancellation that
+    /// cancels it.
     uncancelled: Mutex<usize>,
     cancel: Notify,
 }
@@ -56,6 +64,11 @@ impl Tasks {
         self.none(&self.orphaned).await;
     }
 
+    /// Waits until every run a cancellation took has ended (and dropped its claim).
+    pub(crate) async fn cancelled_idle(&self) {
+        self.none(&self.taken).await;
+    }
+
     async fn none(&self, count: &AtomicUsize) {
         loop {
             let mut idle = std::pin::pin!(self.idle.notified());
@@ -68,9 +81,10 @@ impl Tasks {
         }
     }
 
-    /// Cancels every run whose client went away: each drops, which releases its claim. The
-    /// number cancelled. Runs whose clients still wait are left to the server's own graceful
-    /// stop, which waits for their connections.
+    /// Cancels every run in progress that waited: each drops, which releases its claim (a
+    /// run whose client still waits answers it 503). The number cancelled. A run that never
+    /// waited has nothing to cancel; a stream whose client still reads it is left to the
+    /// server's own graceful stop, which sends it on.
     pub(crate) fn cancel(&self) -> usize {
         // Taken before they are woken: each run uncounts itself as it drops, on its own worker,
         // which can come before this thread reads on. Runs an earlier cancellation cancelled,
@@ -78,26 +92,29 @@ impl Tasks {
         let cancelled = {
             let mut uncancelled = self.uncancelled();
             self.generation.fetch_add(1, Ordering::AcqRel);
-            std::mem::take(&mut *uncancelled)
+            let taken = std::mem::take(&mut *uncancelled);
+            self.taken.fetch_add(taken, Ordering::AcqRel);
+            taken
         };
         self.cancel.notify_waiters();
         cancelled
     }
 
-    /// Counts a run whose client went away among those the next cancellation cancels: the
-    /// cancellations it has seen.
-    fn orphan(&self) -> usize {
+    /// Counts a run among those the next cancellation cancels: the cancellations it has seen.
+    fn enlist(&self) -> usize {
         let mut uncancelled = self.uncancelled();
         *uncancelled += 1;
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Uncounts a run whose client went away, which had seen `generation`, if no cancellation
-    /// has taken it since.
-    fn unorphan(&self, generation: usize) {
+    /// Uncounts a run that had seen `generation`: from those the next cancellation cancels,
+    /// or, if one has taken it since, from those it took.
+    fn delist(&self, generation: usize) {
         let mut uncancelled = self.uncancelled();
         if self.generation.load(Ordering::Acquire) == generation {
             *uncancelled -= 1;
+        } else if self.taken.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
         }
     }
 
@@ -157,7 +174,7 @@ impl Orphan {
             tasks,
             _running: Counted::new(&tasks.running),
             _orphaned: Counted::new(&tasks.orphaned),
-            generation: tasks.orphan(),
+            generation: tasks.enlist(),
         }
     }
 
@@ -171,7 +188,7 @@ impl Orphan {
 impl Drop for Orphan {
     fn drop(&mut self) {
         ORPHANS.with(|n| n.set(n.get() - 1));
-        self.tasks.unorphan(self.generation);
+        self.tasks.delist(self.generation);
     }
 }
 
@@ -181,41 +198,95 @@ impl Drop for Orphan {
 /// The work runs in the request's own future while its client waits, and moves to a task of
 /// its own only when the connection drops that future (actix does when the client resets the
 /// connection), counted toward [`orphans`] until it ends. From its first wait on, it counts
-/// in [`TASKS`] either way, so that a drain waits for it even while its client is still
-/// there (the client can still go away before the server stops). A task for every request whose
-/// store must be waited for cost each such request on Redis about 9 us of its 110 (the `redis`
-/// bench's layer rows with and without, idle machine; see docs/performance.md).
+/// in [`TASKS`] either way, so that a drain waits for it, and cancels it when its time is up:
+/// a run whose client still waits then answers 503 with `Retry-After` (its key released),
+/// rather than being left to the server's graceful stop, which drops what is still running as
+/// each worker's runtime stops, too late for the release of its claim. A task for every
+/// request whose store must be waited for cost each such request on Redis about 9 us of its
+/// 110 (the `redis` bench's layer rows with and without, idle machine; see
+/// docs/performance.md).
 ///
 /// `work` comes boxed, so that the caller's own future holds only a pointer to it, and so
 /// that it can move to a task as it stands.
-pub(crate) async fn detached(work: Work) -> Reply {
+pub(crate) async fn detached(work: Work, request_id: RequestId) -> Reply {
     let mut attached = Attached {
         work: Some(work),
-        running: None,
+        waiting: None,
     };
+    // The wait for the next cancellation, from the run's first wait: boxed, so that the
+    // request's future, built for every keyed request, does not carry it.
+    let mut cancelled: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
     let reply = std::future::poll_fn(|cx| {
         let Some(work) = &mut attached.work else {
             unreachable!("a finished run is not polled again")
         };
         let poll = work.as_mut().poll(cx);
+        if poll.is_ready() {
+            return poll.map(Some);
+        }
         // A run that answers at once (a replay, a quick handler on the embedded store) is
         // never counted: no drain can come between.
-        if poll.is_pending() && attached.running.is_none() {
-            attached.running = Some(Counted::new(&TASKS.running));
-        }
-        poll
+        let cancelled = cancelled.get_or_insert_with(|| {
+            let waiting = Waiting::new();
+            let next = Box::pin(TASKS.cancelled(waiting.generation));
+            attached.waiting = Some(waiting);
+            next
+        });
+        cancelled.as_mut().poll(cx).map(|()| None)
     })
     .await;
-    attached.work = None;
-    reply
+    let waiting = attached.waiting.take();
+    // Dropped here, while the worker runs: its lease's release goes out through the store.
+    let work = attached.work.take();
+    drop(work);
+    drop(waiting);
+    reply.unwrap_or_else(|| {
+        tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key is released");
+        Reply {
+            req: None,
+            res: with_request_id(stopping(), &request_id),
+        }
+    })
+}
+
+/// The answer to a request whose run a shutdown cancelled: 503, to retry (elsewhere, or once
+/// the server is back), nothing recorded.
+fn stopping() -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header((header::RETRY_AFTER, "1"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+/// Held by a run whose client waits, from its first wait: counts it among the runs in
+/// progress, and among those the next cancellation cancels.
+struct Waiting {
+    _running: Counted,
+    /// The cancellations it had seen when it first waited.
+    generation: usize,
+}
+
+impl Waiting {
+    fn new() -> Self {
+        Self {
+            _running: Counted::new(&TASKS.running),
+            generation: TASKS.enlist(),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        TASKS.delist(self.generation);
+    }
 }
 
 /// A run its client waits for; dropped unfinished (the client went away), it moves the run
 /// to a task of its own.
 struct Attached {
     work: Option<Work>,
-    /// Its count in [`TASKS`], from its first wait; uncounted after the task has counted it.
-    running: Option<Counted>,
+    /// Its counts in [`TASKS`], from its first wait; uncounted when the run's task counts it.
+    waiting: Option<Waiting>,
 }
 
 impl Drop for Attached {
@@ -227,6 +298,9 @@ impl Drop for Attached {
             return;
         }
         let orphan = Orphan::new();
+        // Uncounted as a run whose client waits once it counts as one whose client went away,
+        // so that the count of runs in progress, which a drain waits on, never reads 0 between.
+        drop(self.waiting.take());
         let generation = orphan.generation;
         let run = async move {
             // Uncounted when this block ends.
