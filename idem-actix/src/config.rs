@@ -225,10 +225,11 @@ impl IdempotencyConfig {
     /// their leases lapse (a client still waiting gets 503 with `Retry-After`); those whose
     /// handlers had answered and whose records were on their way to the store are recorded
     /// instead, since their operations ran (the drain waits up to 2 s more for those releases
-    /// and records). Left to the server's graceful stop, a run still going when the stop's own
-    /// time ran out was dropped as its worker's runtime stopped, too late to release its key.
-    /// A keyed stream whose client still reads it is left to that stop, which sends it on
-    /// and records it. Resolves to the number of operations cancelled (0 when all finished).
+    /// and records). A keyed stream whose client still reads it is left to the server's
+    /// graceful stop, which sends it on and records it; so is a run that first waits after the
+    /// drain's time ran out, which, still going when the stop's own time runs out, is dropped
+    /// as its worker's runtime stops, too late to release its key (it stays in flight until
+    /// its lease lapses). Resolves to the number of operations cancelled (0 when all finished).
     ///
     /// actix-web's graceful shutdown waits for open connections, not for work whose client
     /// went away, and each worker's runtime stops (dropping such work) as soon as its

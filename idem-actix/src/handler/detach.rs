@@ -178,6 +178,24 @@ impl Orphan {
         }
     }
 
+    /// The run that `waiting` counted, whose client went away: it keeps the place `waiting`
+    /// had among the runs a cancellation cancels, so that one that took it while its client
+    /// was still there, and that it has not seen yet, cancels it all the same. (Enlisted
+    /// anew, it escaped such a cancellation, which counted it as cancelled.)
+    fn taking_over(mut waiting: Waiting) -> Self {
+        ORPHANS.with(|n| n.set(n.get() + 1));
+        waiting.listed = false;
+        let tasks = waiting.tasks;
+        // Counted before `waiting` is uncounted, as it drops below: the count of runs in
+        // progress, which a drain waits on, never reads 0 between.
+        Self {
+            tasks,
+            _running: Counted::new(&tasks.running),
+            _orphaned: Counted::new(&tasks.orphaned),
+            generation: waiting.generation,
+        }
+    }
+
     /// Resolves when a drain cancels the runs whose clients went away (see [`Tasks::cancel`]),
     /// this one among them.
     pub(crate) async fn cancelled(&self) {
@@ -209,7 +227,13 @@ impl Drop for Orphan {
 /// `work` comes boxed, so that the caller's own future holds only a pointer to it, and so
 /// that it can move to a task as it stands.
 pub(crate) async fn detached(work: Work, request_id: RequestId) -> Reply {
+    detached_in(&TASKS, work, request_id).await
+}
+
+/// [`detached`], counted in `tasks`.
+async fn detached_in(tasks: &'static Tasks, work: Work, request_id: RequestId) -> Reply {
     let mut attached = Attached {
+        tasks,
         work: Some(work),
         waiting: None,
     };
@@ -227,8 +251,8 @@ pub(crate) async fn detached(work: Work, request_id: RequestId) -> Reply {
         // A run that answers at once (a replay, a quick handler on the embedded store) is
         // never counted: no drain can come between.
         let cancelled = cancelled.get_or_insert_with(|| {
-            let waiting = Waiting::new();
-            let next = Box::pin(TASKS.cancelled(waiting.generation));
+            let waiting = Waiting::new(tasks);
+            let next = Box::pin(tasks.cancelled(waiting.generation));
             attached.waiting = Some(waiting);
             next
         });
@@ -241,7 +265,7 @@ pub(crate) async fn detached(work: Work, request_id: RequestId) -> Reply {
     drop(work);
     drop(waiting);
     reply.unwrap_or_else(|| {
-        tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key is released");
+        tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released (or its response recorded, if the handler had answered)");
         Reply {
             req: None,
             res: with_request_id(stopping(), &request_id),
@@ -250,7 +274,9 @@ pub(crate) async fn detached(work: Work, request_id: RequestId) -> Reply {
 }
 
 /// The answer to a request whose run a shutdown cancelled: 503, to retry (elsewhere, or once
-/// the server is back), nothing recorded.
+/// the server is back). Its key was released; or, if its handler had answered and the record
+/// was on its way to the store, the record is written in the background, and the retry
+/// replays it.
 fn stopping() -> HttpResponse {
     HttpResponse::ServiceUnavailable()
         .insert_header((header::RETRY_AFTER, "1"))
@@ -261,29 +287,38 @@ fn stopping() -> HttpResponse {
 /// Held by a run whose client waits, from its first wait: counts it among the runs in
 /// progress, and among those the next cancellation cancels.
 struct Waiting {
+    tasks: &'static Tasks,
     _running: Counted,
     /// The cancellations it had seen when it first waited.
     generation: usize,
+    /// Whether it is still among the runs a cancellation cancels: not once its run's task
+    /// took its place there (see [`Orphan::taking_over`]).
+    listed: bool,
 }
 
 impl Waiting {
-    fn new() -> Self {
+    fn new(tasks: &'static Tasks) -> Self {
         Self {
-            _running: Counted::new(&TASKS.running),
-            generation: TASKS.enlist(),
+            tasks,
+            _running: Counted::new(&tasks.running),
+            generation: tasks.enlist(),
+            listed: true,
         }
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        TASKS.delist(self.generation);
+        if self.listed {
+            self.tasks.delist(self.generation);
+        }
     }
 }
 
 /// A run its client waits for; dropped unfinished (the client went away), it moves the run
 /// to a task of its own.
 struct Attached {
+    tasks: &'static Tasks,
     work: Option<Work>,
     /// Its counts in [`TASKS`], from its first wait; uncounted when the run's task counts it.
     waiting: Option<Waiting>,
@@ -297,15 +332,15 @@ impl Drop for Attached {
         if std::thread::panicking() {
             return;
         }
-        let orphan = Orphan::new();
-        // Uncounted as a run whose client waits once it counts as one whose client went away,
-        // so that the count of runs in progress, which a drain waits on, never reads 0 between.
-        drop(self.waiting.take());
-        let generation = orphan.generation;
+        let orphan = match self.waiting.take() {
+            Some(waiting) => Orphan::taking_over(waiting),
+            None => Orphan::counted_in(self.tasks),
+        };
+        let (tasks, generation) = (self.tasks, orphan.generation);
         let run = async move {
             // Uncounted when this block ends.
             let _orphan = orphan;
-            let cancelled = std::pin::pin!(TASKS.cancelled(generation));
+            let cancelled = std::pin::pin!(tasks.cancelled(generation));
             if let Either::Right(((), work)) = select(work, cancelled).await {
                 // Shutdown: the run is dropped here, which releases its claim.
                 drop(work);
@@ -375,6 +410,50 @@ mod tests {
             .is_pending());
         assert_eq!(tasks.cancel(), 1, "the one run it cancelled");
         assert_eq!(tasks.orphaned.load(Ordering::Acquire), 0, "which ended");
+    }
+
+    /// A run that a cancellation took while its client waited, and whose client then went
+    /// away before the run saw the cancellation (actix drops the request's future on a reset
+    /// without polling it again), is cancelled all the same, and its drop is what the drain
+    /// waits for. Its task enlisted it anew, past that cancellation: it ran on, counted as
+    /// cancelled, and its key was dropped with the stopping runtime.
+    #[actix_web::test]
+    async fn a_run_taken_while_its_client_waited_whose_client_then_leaves_is_cancelled() {
+        use std::sync::atomic::AtomicBool;
+
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+
+        let tasks: &'static Tasks = Box::leak(Box::default());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = Dropped(Arc::clone(&dropped));
+        let work: Work = Box::pin(async move {
+            let _flag = flag;
+            std::future::pending::<Reply>().await
+        });
+        let request_id = RequestId::of(&actix_web::test::TestRequest::default().to_http_request());
+        let mut run = Box::pin(detached_in(tasks, work, request_id));
+        let waker = Waker::noop();
+        assert!(run
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending());
+        assert_eq!(tasks.cancel(), 1, "the run, waiting");
+        // The client goes away before the run is polled again.
+        drop(run);
+        for _ in 0..100 {
+            if dropped.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(dropped.load(Ordering::SeqCst), "the run was cancelled");
+        assert_eq!(tasks.taken.load(Ordering::Acquire), 0, "and it ended");
+        assert_eq!(*tasks.uncancelled(), 0);
     }
 
     /// Two drains that run out of time together (one per application of the process, or one
