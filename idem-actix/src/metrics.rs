@@ -34,6 +34,7 @@ pub(crate) fn outcome(outcome: &'static str) {
             "lost",
             "unrecorded",
             "unprotected",
+            "cancelled",
         ]
     )
     .increment(1);

@@ -8,7 +8,7 @@ use actix_web::{post, web, HttpRequest, HttpResponse};
 use idem_actix::testing::{Fault, FaultyStore, UnavailableStore};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::store::RECORD_OVERHEAD;
-use idem_tests::{assert_error, serve, Counter, RawRequest, TestServer};
+use idem_tests::{assert_error, eventually, serve, Counter, RawRequest, TestServer};
 use metrics::{
     Counter as MCounter, CounterFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
@@ -142,6 +142,42 @@ async fn zipped(runs: web::Data<Counter>) -> HttpResponse {
 }
 
 /// Every 409 the layer answers is counted as a conflict of its kind.
+/// Never answers: a run that only a drain ends.
+#[post("/stuck")]
+#[idempotent]
+async fn stuck(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    std::future::pending().await
+}
+
+/// A run a drain cancels is counted, as `cancelled`: it was counted as nothing, neither
+/// executed nor released, though its key was released (or its record written, had its handler
+/// answered).
+#[actix_web::test]
+async fn a_run_a_drain_cancels_is_counted_as_cancelled() {
+    let (_serial, captured) = counting().await;
+    let s = serve(|cfg| {
+        cfg.service(stuck);
+    });
+    let addr = s.server.addr;
+    let client = actix_web::rt::spawn(async move {
+        RawRequest::post("/stuck")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "stuck")
+            .send(addr)
+            .await
+    });
+    let runs = s.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    // The drain is the process's, whichever application's settings it is called on.
+    let drained = IdempotencyConfig::new(MokaStore::new())
+        .drain(std::time::Duration::from_millis(100))
+        .await;
+    assert_eq!(drained, 1);
+    assert_eq!(client.await.unwrap().status, 503);
+    assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 1);
+}
+
 #[actix_web::test]
 async fn a_replay_refused_for_its_coding_is_counted_as_a_conflict() {
     let (_serial, captured) = counting().await;

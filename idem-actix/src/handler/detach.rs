@@ -265,6 +265,7 @@ async fn detached_in(tasks: &'static Tasks, work: Work, request_id: RequestId) -
     drop(work);
     drop(waiting);
     reply.unwrap_or_else(|| {
+        crate::metrics::outcome("cancelled");
         tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released (or its response recorded, if the handler had answered)");
         Reply {
             req: None,
@@ -344,6 +345,7 @@ impl Drop for Attached {
             if let Either::Right(((), work)) = select(work, cancelled).await {
                 // Shutdown: the run is dropped here, which releases its claim.
                 drop(work);
+                crate::metrics::outcome("cancelled");
                 tracing::warn!("idempotent operation cancelled at shutdown; its key is released");
             }
         };
