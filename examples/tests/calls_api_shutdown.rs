@@ -128,11 +128,7 @@ fn sigterm_right_after_the_listening_line_stops_calls_api_cleanly() {
         let mut line = String::new();
         stderr.read_line(&mut line).expect("read standard error");
         assert!(line.contains("listening on http://"), "{line}");
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGTERM delivered");
+        common::sigterm(&child);
         // Read to its end, so that calls-api can write what it says as it stops.
         let mut rest = String::new();
         let _ = stderr.read_to_string(&mut rest);
@@ -181,11 +177,7 @@ fn a_closed_standard_error_does_not_keep_calls_api_from_stopping() {
     });
     // `first_line` read the line and closed its end of the pipe.
     assert!(line.contains("listening on http://"), "{line}");
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "SIGTERM delivered");
+    common::sigterm(&child);
     for _ in 0..200 {
         if let Some(status) = child.try_wait().expect("poll calls-api") {
             assert!(status.success(), "{status}");

@@ -206,11 +206,7 @@ impl CallsApi {
     /// process to exit: whether it exited cleanly.
     #[allow(dead_code)]
     pub async fn terminate(&mut self) -> bool {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGTERM delivered");
+        sigterm(&self.child);
         for _ in 0..600 {
             if let Some(status) = self.child.try_wait().expect("poll calls-api") {
                 return status.success();
@@ -219,6 +215,15 @@ impl CallsApi {
         }
         panic!("calls-api did not exit within 30 s of SIGTERM");
     }
+}
+
+/// Sends `child` SIGTERM, as a process manager stopping it does.
+pub fn sigterm(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "SIGTERM delivered");
 }
 
 /// What a process printed, line by line, shared with the thread that reads it.
