@@ -21,7 +21,7 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{get, post, route, web, FromRequest, HttpRequest, HttpResponse, ResponseError};
-use idem_actix::{idempotent, IdempotencyKey, RequestId, Transaction};
+use idem_actix::{idempotent, IdempotencyKey, PostgresStore, RequestId, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -588,21 +588,9 @@ where
     let mut left = pool.options().get_max_connections() + 1;
     loop {
         match statement(pool).await {
-            Err(e) if left > 1 && closed(&e) => left -= 1,
+            Err(e) if left > 1 && PostgresStore::connection_closed(&e) => left -= 1,
             result => return result,
         }
-    }
-}
-
-/// Whether `error` says its connection was closed: Postgres ended the session (57P01, an
-/// administrator or a shutdown; 57P02, a crash; 57P05, idle), or the connection broke.
-fn closed(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P05"))
-        }
-        _ => false,
     }
 }
 

@@ -489,6 +489,24 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// Whether `error`, a statement's, says its connection was closed: Postgres ended the
+    /// session (SQLSTATE 57P01, an administrator or a shutdown; 57P02, a crash; 57P05, idle),
+    /// or the connection broke under it. The pool lends connections without testing them (one
+    /// round trip per operation), so after a restart each connection it kept fails one
+    /// statement this way: the store runs its own again on another connection, and an
+    /// application's own queries on [`pool`](Self::pool) can do the same (a read, or a
+    /// `BEGIN`; a statement that may have committed before its connection broke is another
+    /// matter).
+    pub fn connection_closed(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P05"))
+            }
+            _ => false,
+        }
+    }
+
     /// The name of the table the records are in.
     pub fn table(&self) -> &str {
         &self.sql.table
@@ -1178,17 +1196,12 @@ impl Reconnects {
     }
 }
 
-/// Whether `error`, a statement's, says its connection was closed: Postgres ended the
-/// session (57P01, an administrator or a shutdown; 57P02, a crash; 57P05, idle), or the
-/// connection broke under it.
+/// Whether `error`, a store error's source, is a statement's that found its connection closed
+/// (see [`PostgresStore::connection_closed`]).
 fn closed(error: &(dyn std::error::Error + 'static)) -> bool {
-    match error.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Io(_)) => true,
-        Some(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P05"))
-        }
-        _ => false,
-    }
+    error
+        .downcast_ref::<sqlx::Error>()
+        .is_some_and(PostgresStore::connection_closed)
 }
 
 /// The mark of `token`'s transaction: the token in hex.
