@@ -155,12 +155,9 @@ impl Drop for Counted {
 /// Held by an orphaned run's task (or a teed stream's, read on without its client): counts
 /// it while it runs, and uncounts it however it ends.
 pub(crate) struct Orphan {
-    /// The counts it is in: the process's [`TASKS`].
-    tasks: &'static Tasks,
-    _running: Counted,
+    /// Its counts as a run in progress, and its place among those a cancellation cancels.
+    waiting: Waiting,
     _orphaned: Counted,
-    /// The cancellations it had seen when its client went away.
-    generation: usize,
 }
 
 impl Orphan {
@@ -169,44 +166,33 @@ impl Orphan {
     }
 
     fn counted_in(tasks: &'static Tasks) -> Self {
-        ORPHANS.with(|n| n.set(n.get() + 1));
-        Self {
-            tasks,
-            _running: Counted::new(&tasks.running),
-            _orphaned: Counted::new(&tasks.orphaned),
-            generation: tasks.enlist(),
-        }
+        Self::taking_over(Waiting::new(tasks))
     }
 
     /// The run that `waiting` counted, whose client went away: it keeps the place `waiting`
     /// had among the runs a cancellation cancels, so that one that took it while its client
     /// was still there, and that it has not seen yet, cancels it all the same. (Enlisted
-    /// anew, it escaped such a cancellation, which counted it as cancelled.)
-    fn taking_over(mut waiting: Waiting) -> Self {
+    /// anew, it escaped such a cancellation, which counted it as cancelled.) Its count as a
+    /// run in progress goes on unbroken, so that a drain waiting on it never reads 0 between.
+    fn taking_over(waiting: Waiting) -> Self {
         ORPHANS.with(|n| n.set(n.get() + 1));
-        waiting.listed = false;
-        let tasks = waiting.tasks;
-        // Counted before `waiting` is uncounted, as it drops below: the count of runs in
-        // progress, which a drain waits on, never reads 0 between.
         Self {
-            tasks,
-            _running: Counted::new(&tasks.running),
-            _orphaned: Counted::new(&tasks.orphaned),
-            generation: waiting.generation,
+            _orphaned: Counted::new(&waiting.tasks.orphaned),
+            waiting,
         }
     }
 
     /// Resolves when a drain cancels the runs whose clients went away (see [`Tasks::cancel`]),
     /// this one among them.
     pub(crate) async fn cancelled(&self) {
-        self.tasks.cancelled(self.generation).await;
+        let waiting = &self.waiting;
+        waiting.tasks.cancelled(waiting.generation).await;
     }
 }
 
 impl Drop for Orphan {
     fn drop(&mut self) {
         ORPHANS.with(|n| n.set(n.get() - 1));
-        self.tasks.delist(self.generation);
     }
 }
 
@@ -285,16 +271,14 @@ fn stopping() -> HttpResponse {
         .finish()
 }
 
-/// Held by a run whose client waits, from its first wait: counts it among the runs in
-/// progress, and among those the next cancellation cancels.
+/// Held by a run from its first wait (whether its client waits, or, within an [`Orphan`],
+/// went away): counts it among the runs in progress, and among those the next cancellation
+/// cancels.
 struct Waiting {
     tasks: &'static Tasks,
     _running: Counted,
     /// The cancellations it had seen when it first waited.
     generation: usize,
-    /// Whether it is still among the runs a cancellation cancels: not once its run's task
-    /// took its place there (see [`Orphan::taking_over`]).
-    listed: bool,
 }
 
 impl Waiting {
@@ -303,16 +287,13 @@ impl Waiting {
             tasks,
             _running: Counted::new(&tasks.running),
             generation: tasks.enlist(),
-            listed: true,
         }
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if self.listed {
-            self.tasks.delist(self.generation);
-        }
+        self.tasks.delist(self.generation);
     }
 }
 
@@ -337,11 +318,9 @@ impl Drop for Attached {
             Some(waiting) => Orphan::taking_over(waiting),
             None => Orphan::counted_in(self.tasks),
         };
-        let (tasks, generation) = (self.tasks, orphan.generation);
         let run = async move {
-            // Uncounted when this block ends.
-            let _orphan = orphan;
-            let cancelled = std::pin::pin!(tasks.cancelled(generation));
+            // `orphan` counts the run until this block ends.
+            let cancelled = std::pin::pin!(orphan.cancelled());
             if let Either::Right(((), work)) = select(work, cancelled).await {
                 // Shutdown: the run is dropped here, which releases its claim.
                 drop(work);
