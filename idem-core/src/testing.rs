@@ -507,6 +507,20 @@ mod suite {
                 .expect("complete")
         }
 
+        async fn get(&self, n: u8, at: u64) -> Option<Record> {
+            self.store
+                .get(&self.key(n), self.at(at))
+                .await
+                .expect("get")
+        }
+
+        async fn release(&self, n: u8, token: Token) -> bool {
+            self.store
+                .release(&self.key(n), token)
+                .await
+                .expect("release")
+        }
+
         pub(super) async fn claim_is_exclusive(&self) {
             let first = self.claimed(1, 0).await;
             let second = self.in_flight(1);
@@ -526,7 +540,7 @@ mod suite {
             );
             let expected = Record::Completed(record);
             assert_eq!(
-                self.store.get(&self.key(2), self.at(2)).await.expect("get"),
+                self.get(2, 2).await,
                 Some(expected.clone()),
                 "get reads the completed record as written"
             );
@@ -546,17 +560,10 @@ mod suite {
                 "another token cannot complete"
             );
             assert!(
-                !self
-                    .store
-                    .release(&self.key(3), Token::random())
-                    .await
-                    .expect("release"),
+                !self.release(3, Token::random()).await,
                 "another token cannot release"
             );
-            assert_eq!(
-                self.store.get(&self.key(3), self.at(1)).await.expect("get"),
-                Some(Record::InFlight(claim))
-            );
+            assert_eq!(self.get(3, 1).await, Some(Record::InFlight(claim)));
             assert!(
                 self.complete(3, claim.token, self.completed(1, "ok"), 1)
                     .await
@@ -567,24 +574,13 @@ mod suite {
                     .await,
                 "a completed record is final"
             );
-            assert!(!self
-                .store
-                .release(&self.key(3), claim.token)
-                .await
-                .expect("release"));
+            assert!(!self.release(3, claim.token).await);
         }
 
         pub(super) async fn release_frees_the_key(&self) {
             let claim = self.claimed(4, 0).await;
-            assert!(self
-                .store
-                .release(&self.key(4), claim.token)
-                .await
-                .expect("release"));
-            assert_eq!(
-                self.store.get(&self.key(4), self.at(1)).await.expect("get"),
-                None
-            );
+            assert!(self.release(4, claim.token).await);
+            assert_eq!(self.get(4, 1).await, None);
             self.claimed(4, 1).await;
         }
 
@@ -611,16 +607,9 @@ mod suite {
                     .await,
                 "a displaced holder cannot complete"
             );
-            assert!(!self
-                .store
-                .release(&self.key(5), stale.token)
-                .await
-                .expect("release"));
+            assert!(!self.release(5, stale.token).await);
             assert_eq!(
-                self.store
-                    .get(&self.key(5), self.at(lapse))
-                    .await
-                    .expect("get"),
+                self.get(5, lapse).await,
                 Some(Record::InFlight(fresh)),
                 "the new claim stands"
             );
@@ -629,13 +618,7 @@ mod suite {
         pub(super) async fn a_lapsed_holder_nobody_displaced_can_finish(&self) {
             let claim = self.claimed(6, 0).await;
             let late = LEASE.as_secs() + 5;
-            assert_eq!(
-                self.store
-                    .get(&self.key(6), self.at(late))
-                    .await
-                    .expect("get"),
-                None
-            );
+            assert_eq!(self.get(6, late).await, None);
             assert!(
                 self.complete(6, claim.token, self.completed(late, "late"), late)
                     .await,
@@ -669,19 +652,8 @@ mod suite {
                     .await
             );
             let ttl = TTL.as_secs();
-            assert!(self
-                .store
-                .get(&self.key(8), self.at(ttl - 1))
-                .await
-                .expect("get")
-                .is_some());
-            assert_eq!(
-                self.store
-                    .get(&self.key(8), self.at(ttl))
-                    .await
-                    .expect("get"),
-                None
-            );
+            assert!(self.get(8, ttl - 1).await.is_some());
+            assert_eq!(self.get(8, ttl).await, None);
             self.claimed(8, ttl).await;
         }
 
@@ -708,10 +680,7 @@ mod suite {
                 );
             }
             assert_eq!(
-                self.store
-                    .get(&self.key(11), self.at(1))
-                    .await
-                    .expect("get"),
+                self.get(11, 1).await,
                 Some(Record::InFlight(claim)),
                 "the claim stays"
             );
@@ -734,17 +703,10 @@ mod suite {
                 .await
                 .expect("extend");
             assert!(!extended, "a completed record's token cannot extend it");
-            let released = self
-                .store
-                .release(&self.key(12), claim.token)
-                .await
-                .expect("release");
+            let released = self.release(12, claim.token).await;
             assert!(!released, "a completed record's token cannot release it");
             assert_eq!(
-                self.store
-                    .get(&self.key(12), self.at(3))
-                    .await
-                    .expect("get"),
+                self.get(12, 3).await,
                 Some(Record::Completed(record)),
                 "the record stays as written"
             );
