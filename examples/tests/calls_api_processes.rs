@@ -353,3 +353,45 @@ async fn a_port_of_zero_is_reported_as_the_port_it_listens_on() {
     assert_ne!(addr.port(), 0, "{line}");
     assert_eq!(health.expect("served where it said").status, 200, "{line}");
 }
+
+/// A store URL that is not one (a Redis URL, a cluster's node, a Postgres URL) is a usage
+/// error, exit 2 with the usage and the flag or variable that gave it, as every other bad
+/// setting is, where it exited 1 without the usage and named the flag for a variable.
+#[test]
+fn a_store_url_that_is_not_one_is_a_usage_error() {
+    for (args, env, names) in [
+        (&["--redis-url", "not-a-url"][..], None, "--redis-url"),
+        (
+            &["--redis-cluster", "http://127.0.0.1:1"][..],
+            None,
+            "--redis-cluster",
+        ),
+        (
+            &["--database-url", "mysql://127.0.0.1:1/calls"][..],
+            None,
+            "--database-url",
+        ),
+        (
+            &[][..],
+            Some(("IDEM_REDIS_URL", "not-a-url")),
+            "IDEM_REDIS_URL",
+        ),
+        (
+            &[][..],
+            Some(("IDEM_DATABASE_URL", "postgres://[::1/calls")),
+            "IDEM_DATABASE_URL",
+        ),
+    ] {
+        let mut command = common::command();
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let (code, stderr) = common::refused(command);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("calls-api: {names}: ")) && stderr.contains("usage:"),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+}

@@ -66,13 +66,13 @@ struct Options {
     redis: Option<Redis>,
     replay_cache_bytes: u64,
     cors_origins: Vec<String>,
-    database_url: Option<String>,
+    database_url: Option<Given>,
 }
 
-/// Where the Redis store is.
+/// Where the Redis store is, and the flag or variable that said so.
 enum Redis {
-    Server(String),
-    Cluster(Vec<String>),
+    Server(Given),
+    Cluster { urls: Vec<String>, from: String },
 }
 
 /// A setting as given: its value, and where it came from (the flag or the variable), which
@@ -181,7 +181,7 @@ fn options() -> Result<Options, String> {
         (Some(_), Some(_)) => {
             return Err("give --redis-url or --redis-cluster, not both".to_owned())
         }
-        (Some(url), None) => Some(Redis::Server(url.value)),
+        (Some(url), None) => Some(Redis::Server(url)),
         (None, Some(Given { value, from })) => {
             let urls: Vec<String> = value.split(',').map(|u| u.trim().to_owned()).collect();
             if urls.iter().any(String::is_empty) {
@@ -189,7 +189,7 @@ fn options() -> Result<Options, String> {
                     "{from} takes node URLs separated by commas, none empty"
                 ));
             }
-            Some(Redis::Cluster(urls))
+            Some(Redis::Cluster { urls, from })
         }
         (None, None) => None,
     };
@@ -216,7 +216,7 @@ fn options() -> Result<Options, String> {
         redis,
         replay_cache_bytes,
         cors_origins,
-        database_url: database_url.map(|url| url.value),
+        database_url,
     })
 }
 
@@ -228,14 +228,14 @@ fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String>
             let config = IdempotencyConfig::new(MokaStore::new());
             return Ok((config, "embedded moka".to_owned()));
         }
-        Some(Redis::Server(url)) => (
-            RedisStore::new(url.as_str()).map_err(|e| format!("--redis-url: {e}"))?,
-            format!("redis at {url}"),
+        Some(Redis::Server(Given { value, from })) => (
+            RedisStore::new(value.as_str()).map_err(|e| format!("{from}: {e}"))?,
+            format!("redis at {value}"),
         ),
-        Some(Redis::Cluster(urls)) => (
+        Some(Redis::Cluster { urls, from }) => (
             RedisStore::cluster(urls)
                 .build()
-                .map_err(|e| format!("--redis-cluster: {e}"))?,
+                .map_err(|e| format!("{from}: {e}"))?,
             format!("redis cluster at {}", urls.join(",")),
         ),
     };
@@ -250,17 +250,21 @@ fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String>
 
 /// The idempotency settings, the API's data and the store's name for the log, on the
 /// Postgres at `url`: its record table and the API's tables are created if missing.
-async fn on_database(url: &str) -> Result<(IdempotencyConfig, CallsState, String), String> {
-    let store = PostgresStore::new(url).map_err(|e| format!("--database-url: {e}"))?;
+async fn on_database(url: &Given) -> Result<(IdempotencyConfig, CallsState, String), Failure> {
+    let Given { value: url, from } = url;
+    // Building the store only reads its URL (it connects when first used).
+    let store =
+        PostgresStore::new(url.as_str()).map_err(|e| Failure::Usage(format!("{from}: {e}")))?;
+    let failed = |e: String| Failure::Run(std::io::Error::other(format!("{from}: {e}")));
     store
         .migrate()
         .await
-        .map_err(|e| format!("--database-url: cannot create the idempotency table: {e}"))?;
+        .map_err(|e| failed(format!("cannot create the idempotency table: {e}")))?;
     let state = CallsState::on_database(store.pool().clone());
     state
         .create_tables()
         .await
-        .map_err(|e| format!("--database-url: cannot create the tables: {e}"))?;
+        .map_err(|e| failed(format!("cannot create the tables: {e}")))?;
     // The password, if any, stays out of the log.
     let shown = match url.split_once('@') {
         Some((_, host)) => format!("postgres://…@{host}"),
@@ -270,8 +274,21 @@ async fn on_database(url: &str) -> Result<(IdempotencyConfig, CallsState, String
     // stops the start-up here rather than failing their requests.
     let idem = IdempotencyConfig::new(store)
         .require_transactions()
-        .map_err(|e| format!("--database-url: {e}"))?;
+        .map_err(|e| failed(e.to_string()))?;
     Ok((idem, state, format!("postgres at {shown}")))
+}
+
+/// Why calls-api does not serve: a setting it refuses (exit 2, with the usage), or a failure
+/// to start or to go on serving (exit 1).
+enum Failure {
+    Usage(String),
+    Run(std::io::Error),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Run(e)
+    }
 }
 
 /// How long a graceful stop waits for calls in progress, before it cancels them (a client
@@ -367,11 +384,11 @@ fn main() -> ExitCode {
         });
         // The Redis connection and the Postgres pool are driven by this (the main) runtime,
         // shared by all workers.
-        let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let (idem, state, store) = match &options.database_url {
-            Some(url) => on_database(url).await.map_err(invalid)?,
+            Some(url) => on_database(url).await?,
             None => {
-                let (idem, store) = idempotency(&options).map_err(invalid)?;
+                // Building a store only reads its settings (it connects when first used).
+                let (idem, store) = idempotency(&options).map_err(Failure::Usage)?;
                 (idem, CallsState::default(), store)
             }
         };
@@ -440,11 +457,15 @@ fn main() -> ExitCode {
             }
             handle.stop(true).await;
         });
-        server.await
+        Ok(server.await?)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Usage(e)) => {
+            log_line(format_args!("calls-api: {e}\n\n{USAGE}"));
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
             log_line(format_args!("calls-api: {e}"));
             ExitCode::FAILURE
         }
