@@ -222,7 +222,8 @@ impl IdempotencyConfig {
     /// `timeout` for them (those of every application of this process), whether their clients
     /// still wait or went away. Then the runs still in progress are cancelled and their keys
     /// released, so that a retry runs them again rather than finding them in flight until
-    /// their leases lapse (a client still waiting gets 503 with `Retry-After`); those whose
+    /// their leases lapse (a client still waiting gets 503
+    /// `idempotency_shutting_down` with `Retry-After`); those whose
     /// handlers had answered and whose records were on their way to the store are recorded
     /// instead, since their operations ran (the drain waits up to 2 s more for those releases
     /// and records). A keyed stream whose client still reads it is left to the server's

@@ -727,6 +727,10 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
                 codes::OVERLOADED,
                 "the server runs as much work for clients that went away as it allows; nothing ran",
             ),
+            (
+                codes::SHUTTING_DOWN,
+                "the server is shutting down and stopped the operation before its response was recorded; a retry runs it, or replays its response if it had one",
+            ),
         ],
         retry_after: true,
     });

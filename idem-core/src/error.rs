@@ -30,6 +30,10 @@ pub mod codes {
     pub const RESPONSE_TOO_LARGE: &str = "idempotency_response_too_large";
     /// 503: this server runs as much work for clients that went away as it allows; nothing ran.
     pub const OVERLOADED: &str = "idempotency_overloaded";
+    /// 503: the server is shutting down, and stopped this request's run before its response
+    /// was recorded, at the end of its graceful stop's wait: its key is free again for a retry
+    /// (or, if the handler had answered, its response is recorded, and a retry replays it).
+    pub const SHUTTING_DOWN: &str = "idempotency_shutting_down";
     /// 500: a handler takes an `idem_actix::Transaction` that the app cannot lend (its store
     /// is not a Postgres store, the handler is under no idempotency layer, or it takes two),
     /// or whose writes cannot be committed (it kept it beyond its run, or answered a success
@@ -142,6 +146,10 @@ pub enum IdempotencyError {
     /// takes no new one for now.
     #[error("the server is finishing too many operations whose clients went away; retry later")]
     Overloaded,
+    /// The server is shutting down and stopped the request's run before its response was
+    /// recorded (see [`codes::SHUTTING_DOWN`]).
+    #[error("the server is shutting down and stopped this request before its response was recorded; retry it, here once the server is back, or on another")]
+    ShuttingDown,
     /// The request body is larger than the endpoint buffers for fingerprinting.
     #[error("the request body is larger than {limit} bytes, the most this endpoint accepts")]
     BodyTooLarge {
@@ -198,6 +206,7 @@ impl IdempotencyError {
             Self::BodyTooLarge { .. } => codes::BODY_TOO_LARGE,
             Self::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE,
             Self::Overloaded => codes::OVERLOADED,
+            Self::ShuttingDown => codes::SHUTTING_DOWN,
             Self::TransactionUnavailable { .. } => codes::TRANSACTION_UNAVAILABLE,
             Self::LayerMissing => codes::LAYER_MISSING,
             Self::Misconfigured(_) => codes::MISCONFIGURED,
@@ -217,7 +226,7 @@ impl IdempotencyError {
                 409
             }
             Self::Mismatch { status } => *status,
-            Self::StoreUnavailable(_) | Self::Overloaded => 503,
+            Self::StoreUnavailable(_) | Self::Overloaded | Self::ShuttingDown => 503,
             Self::BodyTooLarge { .. } => 413,
             Self::TransactionUnavailable { .. } | Self::LayerMissing | Self::Misconfigured(_) => {
                 500
@@ -228,7 +237,9 @@ impl IdempotencyError {
     /// The `Retry-After` to send, where retrying later can succeed.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::InFlight | Self::StoreUnavailable(_) | Self::Overloaded => Some(RETRY_AFTER),
+            Self::InFlight | Self::StoreUnavailable(_) | Self::Overloaded | Self::ShuttingDown => {
+                Some(RETRY_AFTER)
+            }
             _ => None,
         }
     }
@@ -286,6 +297,11 @@ mod tests {
                 "idempotency_response_too_large",
             ),
             (IdempotencyError::Overloaded, 503, "idempotency_overloaded"),
+            (
+                IdempotencyError::ShuttingDown,
+                503,
+                "idempotency_shutting_down",
+            ),
             (
                 IdempotencyError::TransactionUnavailable {
                     reason: "the store lends none",

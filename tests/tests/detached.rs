@@ -9,7 +9,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::stream;
-use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
+use idem_actix::{idempotent, IdempotencyConfig, MokaStore, ProblemJson};
 use idem_core::testing::{Fault, FaultyStore};
 use idem_tests::{assert_error, eventually, unchunked, until_orphaned, Counter, RawRequest};
 use tokio::sync::Semaphore;
@@ -296,10 +296,9 @@ async fn a_run_whose_client_waits_and_that_outlasts_the_drain_is_cancelled_and_i
         .await;
     assert_eq!(drained, Some(1), "the run was cancelled");
     let first = client.await.unwrap();
-    assert_eq!(first.status, 503, "{first:?}");
+    // The layer's error, in its envelope (its request id the response's X-Request-ID).
+    assert_error(&first, 503, "idempotency_shutting_down");
     assert!(first.header("retry-after").is_some(), "{first:?}");
-    assert_eq!(first.header("cache-control"), Some("no-store"), "{first:?}");
-    assert!(first.header("x-request-id").is_some(), "{first:?}");
     // Its key is free at once, not in flight until the lease lapses.
     let next = start(idem.clone(), probe.clone());
     let retry = call("waited", "0").send(next.addr).await;
@@ -307,6 +306,41 @@ async fn a_run_whose_client_waits_and_that_outlasts_the_drain_is_cancelled_and_i
     assert!(!retry.replayed());
     assert_eq!(probe.runs.get(), 2);
     next.shut_down(&idem, None).await;
+}
+
+/// The 503 of a run the drain cancels while its client waits is one of the layer's errors, and
+/// rendered as the application renders them (here RFC 9457), where it was a bare 503 with no
+/// body in any application.
+#[actix_web::test]
+async fn a_run_the_drain_cancels_is_answered_in_the_applications_error_format() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_error_renderer(ProblemJson);
+    let server = start(idem.clone(), probe.clone());
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { call("rendered", "gate").send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "the run was cancelled");
+    let first = client.await.unwrap();
+    assert_eq!(first.status, 503, "{first:?}");
+    assert_eq!(
+        first.header("content-type"),
+        Some("application/problem+json"),
+        "{first:?}"
+    );
+    let problem = first.json();
+    assert_eq!(problem["code"], "idempotency_shutting_down", "{first:?}");
+    assert_eq!(problem["status"], 503, "{first:?}");
+    assert_eq!(
+        problem["request_id"].as_str(),
+        first.header("x-request-id"),
+        "{first:?}"
+    );
+    assert!(first.header("retry-after").is_some(), "{first:?}");
 }
 
 /// A run whose handler is done and whose record is on its way to the store when the drain

@@ -11,7 +11,7 @@ use idem_core::{Begin, IdempotencyError};
 use tracing::Instrument as _;
 
 use super::admit::{admit, Admission, Keyed};
-use super::detach::{detached, orphans};
+use super::detach::{detached, orphans, Answer};
 use super::record::{claimed, panicked, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding, with_request_id};
 use super::{keyless, passed, Endpoint, Reply, Work};
@@ -50,7 +50,7 @@ where
     // request unshared.
     let held = req.clone();
     let admitted = AssertUnwindSafe(admit(endpoint, functions, req, payload)).catch_unwind();
-    let (work, detach): (Work, Option<RequestId>) = match admitted.await {
+    let (work, detach): (Work, Option<Answer>) = match admitted.await {
         // Boxed: `run` sends requests without a key straight to the handler, so this is
         // rare, and the handler's future would otherwise swell this one. A handler that
         // refuses the request for want of a key is answered as the endpoint answers that.
@@ -69,17 +69,21 @@ where
         }
         Ok(Admission::Keyed(keyed)) => {
             // For the answer to a run a shutdown cancels while its client waits.
-            let request_id = keyed.run.request_id.clone();
+            let answer = Answer {
+                request_id: keyed.run.request_id.clone(),
+                format: keyed.run.format,
+                config: keyed.config.clone(),
+            };
             match claim(keyed, handler) {
                 Settled::Answer(reply) => return reply,
-                Settled::Run(work) => (work, Some(request_id)),
+                Settled::Run(work) => (work, Some(answer)),
             }
         }
         Err(_) => return function_panicked(held),
     };
     drop(held);
     match detach {
-        Some(request_id) => detached(work, request_id).await,
+        Some(answer) => detached(work, answer).await,
         None => work.await,
     }
 }

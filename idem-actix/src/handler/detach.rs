@@ -7,14 +7,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
-use actix_web::http::header;
-use actix_web::HttpResponse;
 use futures_util::future::{select, Either};
+use idem_core::{ErrorFormat, IdempotencyError};
 use tokio::sync::Notify;
 
-use super::replay::with_request_id;
 use super::{Reply, Work};
-use crate::RequestId;
+use crate::render::error_response;
+use crate::{IdempotencyConfig, RequestId};
 
 thread_local! {
     /// Runs on this worker whose clients went away and that have not finished yet.
@@ -212,12 +211,20 @@ impl Drop for Orphan {
 ///
 /// `work` comes boxed, so that the caller's own future holds only a pointer to it, and so
 /// that it can move to a task as it stands.
-pub(crate) async fn detached(work: Work, request_id: RequestId) -> Reply {
-    detached_in(&TASKS, work, request_id).await
+pub(crate) async fn detached(work: Work, answer: Answer) -> Reply {
+    detached_in(&TASKS, work, answer).await
+}
+
+/// What a run cancelled while its client waits answers with: the request's id, and how the
+/// layer's errors are rendered for its endpoint.
+pub(crate) struct Answer {
+    pub(crate) request_id: RequestId,
+    pub(crate) format: Option<ErrorFormat>,
+    pub(crate) config: IdempotencyConfig,
 }
 
 /// [`detached`], counted in `tasks`.
-async fn detached_in(tasks: &'static Tasks, work: Work, request_id: RequestId) -> Reply {
+async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply {
     let mut attached = Attached {
         tasks,
         work: Some(work),
@@ -251,24 +258,22 @@ async fn detached_in(tasks: &'static Tasks, work: Work, request_id: RequestId) -
     drop(work);
     drop(waiting);
     reply.unwrap_or_else(|| {
+        let Answer {
+            request_id,
+            format,
+            config,
+        } = answer;
         crate::metrics::outcome("cancelled");
         tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released (or its response recorded, if the handler had answered)");
+        // To retry, elsewhere or once the server is back: its key was released; or, if its
+        // handler had answered and the record was on its way to the store, the record is
+        // written in the background, and the retry replays it.
+        let error = IdempotencyError::ShuttingDown;
         Reply {
             req: None,
-            res: with_request_id(stopping(), &request_id),
+            res: error_response(&error, &request_id, format, config.renderer()),
         }
     })
-}
-
-/// The answer to a request whose run a shutdown cancelled: 503, to retry (elsewhere, or once
-/// the server is back). Its key was released; or, if its handler had answered and the record
-/// was on its way to the store, the record is written in the background, and the retry
-/// replays it.
-fn stopping() -> HttpResponse {
-    HttpResponse::ServiceUnavailable()
-        .insert_header((header::RETRY_AFTER, "1"))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
 }
 
 /// Held by a run from its first wait (whether its client waits, or, within an [`Orphan`],
@@ -416,8 +421,12 @@ mod tests {
             let _flag = flag;
             std::future::pending::<Reply>().await
         });
-        let request_id = RequestId::of(&actix_web::test::TestRequest::default().to_http_request());
-        let mut run = Box::pin(detached_in(tasks, work, request_id));
+        let answer = Answer {
+            request_id: RequestId::of(&actix_web::test::TestRequest::default().to_http_request()),
+            format: None,
+            config: IdempotencyConfig::new(crate::MokaStore::new()),
+        };
+        let mut run = Box::pin(detached_in(tasks, work, answer));
         let waker = Waker::noop();
         assert!(run
             .as_mut()
