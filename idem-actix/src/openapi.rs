@@ -29,7 +29,7 @@
 //! is `.on_mismatch(OnMismatch::Unprocessable)`, and so on). A test that sends the documented
 //! key to the server and checks the documented answers keeps the two in step. For the
 //! [`Idempotency`](crate::Idempotency) middleware, [`Contract::middleware`] covers the
-//! operations it wraps, with the same closure the middleware's `policy` takes; a complete
+//! operations it wraps, with the same closure the middleware's `with_overrides` takes; a complete
 //! [`Policy`] can be given with [`Contract::operation_policy`].
 //!
 //! Settings an operation does not override come from [`Contract::with_defaults`]: give it the
@@ -241,7 +241,7 @@ impl Contract {
     /// matches them (`"/v1"` covers `/v1` and `/v1/calls`, not `/v1beta/calls`; `""` covers
     /// the whole document; a prefix ending in `/`, `"/"` included, covers every path that
     /// begins with it), with the contract's defaults as
-    /// `configure` overrides them (the closure given to the middleware's `policy`).
+    /// `configure` overrides them (the closure given to the middleware's `with_overrides`).
     pub fn middleware(
         mut self,
         prefix: impl Into<String>,
