@@ -481,3 +481,67 @@ fn defaults_that_contradict_the_store_are_refused_when_the_app_is_configured() {
         .to_string()
         .contains("lower max_response"));
 }
+
+#[idempotent]
+async fn two_pieces(runs: web::Data<Counter>) -> HttpResponse {
+    two_pieces_unmarked(runs).await
+}
+
+/// A streamed body's end goes out once its record is written, as a collected body goes out
+/// only once recorded: a client that has read the whole answer and retries at once gets the
+/// replay, through the attribute and the middleware, where it got 409 "still being
+/// processed" until the recording's task ran.
+#[actix_web::test]
+async fn a_retry_made_as_soon_as_a_streamed_answer_was_read_whole_is_its_replay() {
+    use actix_web::test::{call_service, init_service, read_body, TestRequest};
+
+    let runs = web::Data::new(Counter::default());
+    let app = init_service(
+        actix_web::App::new()
+            .app_data(IdempotencyConfig::new(MokaStore::new()))
+            .app_data(runs.clone())
+            .route("/attribute", web::post().to(two_pieces))
+            .service(
+                web::scope("/middleware")
+                    .wrap(Idempotency::new())
+                    .route("", web::post().to(two_pieces_unmarked)),
+            ),
+    )
+    .await;
+    for path in ["/attribute", "/middleware"] {
+        let request = || {
+            TestRequest::post()
+                .uri(path)
+                .insert_header(("Authorization", "Bearer tenant-1"))
+                .insert_header(("Idempotency-Key", format!("read-whole{path}")))
+                .to_request()
+        };
+        let first = call_service(&app, request()).await;
+        assert_eq!(first.status(), 201, "{path}");
+        let body = read_body(first).await;
+        let retry = call_service(&app, request()).await;
+        assert_eq!(
+            retry.status(),
+            201,
+            "{path}: the retry is not refused as in flight"
+        );
+        assert_eq!(
+            retry
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.as_bytes()),
+            Some(&b"true"[..]),
+            "{path}"
+        );
+        assert_eq!(read_body(retry).await, body, "{path}");
+    }
+    assert_eq!(runs.get(), 2, "each endpoint ran once");
+}
+
+/// A body of two pieces, streamed (of unknown length).
+async fn two_pieces_unmarked(runs: web::Data<Counter>) -> HttpResponse {
+    let run = runs.bump();
+    let pieces = [format!("run {run}, "), "second piece".to_owned()];
+    let body = stream::iter(pieces.map(|p| Ok::<_, actix_web::Error>(Bytes::from(p))));
+    HttpResponse::Created().streaming(body)
+}

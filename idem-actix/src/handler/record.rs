@@ -301,7 +301,9 @@ fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
 /// Sends `stream` on as it comes, and records it as it goes: each piece goes out at once, and
 /// a copy is kept, up to `limit` bytes. The claim stays held, renewed, until the stream ends,
 /// so that a duplicate meanwhile gets 409 (or waits); then the whole body is recorded, and
-/// retries get it in one piece. A stream that passes `limit` is recorded without its body as
+/// retries get it in one piece. Its end goes out once the record is written (or given up),
+/// as a collected body goes out only once recorded: a client that has the whole answer and
+/// retries gets the replay, not a 409 for a run still in progress. A stream that passes `limit` is recorded without its body as
 /// it does, and goes on unkept. One that fails first is released, so that a retry runs again.
 ///
 /// A client that goes away does not stop it: the rest is read without it, and recorded, as a
@@ -316,7 +318,10 @@ fn tee(
     limit: usize,
 ) -> BoxBody {
     let (told, teed) = tokio::sync::oneshot::channel();
+    // Dropped as the recording ends, however it does.
+    let (done, written) = tokio::sync::oneshot::channel::<()>();
     spawn_recording(async move {
+        let _done = done;
         // The orphan, if its client went away, is held until the recording ends.
         let (teed, _orphan) = lease
             .run(async move {
@@ -360,6 +365,7 @@ fn tee(
         read: BytesMut::new(),
         limit,
         told: Some(told),
+        written: Some(written),
     })
 }
 
@@ -404,6 +410,8 @@ struct Tee {
     limit: usize,
     /// `None` once told how the stream ended, or that it passed the limit.
     told: Option<tokio::sync::oneshot::Sender<Teed>>,
+    /// Ends when the recording does: the stream's end waits for it.
+    written: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Tee {
@@ -427,6 +435,12 @@ impl actix_web::body::MessageBody for Tee {
     ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
         let Some(stream) = &mut this.stream else {
+            // Ended: the end goes out once the record is written (its task dropped the
+            // sender), so that a client that has the whole answer finds it recorded.
+            if let Some(written) = &mut this.written {
+                let _ = std::task::ready!(Pin::new(written).poll(cx));
+                this.written = None;
+            }
             return std::task::Poll::Ready(None);
         };
         // An empty piece is not passed on: on the wire it would end a chunked answer there,
@@ -453,6 +467,8 @@ impl actix_web::body::MessageBody for Tee {
             None => {
                 let read = std::mem::take(&mut this.read).freeze();
                 this.tell(Teed::Whole(read));
+                this.stream = None;
+                return Pin::new(this).poll_next(cx);
             }
         }
         std::task::Poll::Ready(polled)
