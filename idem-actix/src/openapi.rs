@@ -906,7 +906,7 @@ fn error_schema(format: ErrorFormat) -> (&'static str, RefOr<Schema>) {
                 ))
                 .property("type", string("`urn:idem:error:` and the code."))
                 .required("type")
-                .property("title", string("The status's reason phrase."))
+                .property("title", string("A short summary of the problem's type (of its code), the same wherever it is answered."))
                 .required("title")
                 .property("status", ObjectBuilder::new().schema_type(Type::Integer))
                 .required("status")

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use idem_core::{ErrorFormat, IdempotencyError};
+use idem_core::{codes, ErrorFormat, IdempotencyError};
 use serde_json::json;
 
 use crate::RequestId;
@@ -56,7 +56,8 @@ impl ErrorRenderer for JsonEnvelope {
 }
 
 /// RFC 9457 `application/problem+json`, with the stable code and the request id as
-/// extension members.
+/// extension members. Its `title` is the code's, the same at every status the code is answered
+/// with (RFC 9457's title does not change from occurrence to occurrence of a type).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProblemJson;
 
@@ -65,7 +66,7 @@ impl ErrorRenderer for ProblemJson {
         let status = status_of(error);
         let body = json!({
             "type": format!("urn:idem:error:{}", error.code()),
-            "title": status.canonical_reason().unwrap_or("Error"),
+            "title": title(error.code()),
             "status": status.as_u16(),
             "detail": error.to_string(),
             "code": error.code(),
@@ -74,6 +75,26 @@ impl ErrorRenderer for ProblemJson {
         HttpResponse::build(status)
             .insert_header((header::CONTENT_TYPE, "application/problem+json"))
             .body(body.to_string())
+    }
+}
+
+/// A short summary of the problem `code` names, for RFC 9457's `title`.
+fn title(code: &str) -> &'static str {
+    match code {
+        codes::KEY_MISSING => "Idempotency key missing",
+        codes::KEY_INVALID => "Invalid idempotency key",
+        codes::SCOPE_MISSING => "Idempotency key scope missing",
+        codes::CONFLICT => "Idempotency key conflict",
+        codes::STORE_UNAVAILABLE => "Idempotency store unavailable",
+        codes::BODY_INVALID => "Request body unreadable",
+        codes::BODY_TOO_LARGE => "Request body too large",
+        codes::RESPONSE_TOO_LARGE => "Response too large to replay",
+        codes::OVERLOADED => "Server overloaded",
+        codes::SHUTTING_DOWN => "Server shutting down",
+        codes::TRANSACTION_UNAVAILABLE => "Transaction unavailable",
+        codes::LAYER_MISSING => "Idempotency layer missing",
+        codes::MISCONFIGURED => "Idempotency misconfigured",
+        _ => "Idempotency error",
     }
 }
 
@@ -124,4 +145,39 @@ pub(crate) fn error_response(
     // it for another.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn title(error: &IdempotencyError) -> String {
+        use actix_web::body::MessageBody as _;
+        let body = ProblemJson.render(error, "id").into_body();
+        let Ok(body) = body.try_into_bytes() else {
+            panic!("a body of bytes")
+        };
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        problem["title"].as_str().expect("a title").to_owned()
+    }
+
+    /// RFC 9457: a problem type's title does not change from occurrence to occurrence. The
+    /// conflict is answered 409 (a run in flight, a mismatch) and 422 (a mismatch, where the
+    /// endpoint says so) under one type, and had the status's reason phrase for its title:
+    /// "Conflict" and "Unprocessable Entity".
+    #[test]
+    fn a_problem_type_has_one_title_whatever_its_status() {
+        let conflicts = [
+            IdempotencyError::InFlight,
+            IdempotencyError::Mismatch { status: 409 },
+            IdempotencyError::Mismatch { status: 422 },
+        ];
+        let titles: Vec<String> = conflicts.iter().map(title).collect();
+        assert!(titles.iter().all(|t| *t == titles[0]), "{titles:?}");
+        // And types that share a status keep titles of their own.
+        assert_ne!(
+            title(&IdempotencyError::Overloaded),
+            title(&IdempotencyError::ShuttingDown)
+        );
+    }
 }
