@@ -12,8 +12,9 @@ use crate::RequestId;
 
 /// Turns an error of the idempotency layer into a response.
 ///
-/// The layer sets the status, `Retry-After` and `X-Request-ID` afterwards, so a renderer only
-/// chooses the body and its content type. A renderer that panics costs the client nothing: that
+/// The layer sets the status, `Retry-After`, `X-Request-ID` and `Cache-Control: no-store`
+/// afterwards, and removes any `Idempotent-Replayed` (an error is never a replay), so a
+/// renderer only chooses the body and its content type. A renderer that panics costs the client nothing: that
 /// error is answered in the default envelope ([`JsonEnvelope`]), and the panic logged.
 pub trait ErrorRenderer: Send + Sync + 'static {
     /// The response for `error` on the request `request_id`.
@@ -141,6 +142,8 @@ pub(crate) fn error_response(
         );
     }
     headers.insert(crate::REQUEST_ID.clone(), request_id.header_value().clone());
+    // Never a replay, whatever a renderer of the application's set.
+    headers.remove(&crate::IDEMPOTENT_REPLAYED);
     // An answer about this moment (in flight, store down) or this request: no cache may keep
     // it for another.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -178,6 +181,26 @@ mod tests {
         assert_ne!(
             title(&IdempotencyError::Overloaded),
             title(&IdempotencyError::ShuttingDown)
+        );
+    }
+
+    /// An error is never a replay, whatever the application's renderer sets: the layer sets
+    /// the status, the request id and the caching, and takes away an `Idempotent-Replayed` the
+    /// renderer put on it, which it kept.
+    #[test]
+    fn an_error_never_says_it_is_a_replay_whatever_the_renderer_sets() {
+        let renderer = |error: &IdempotencyError, _: &str| {
+            HttpResponse::build(StatusCode::OK)
+                .insert_header((crate::IDEMPOTENT_REPLAYED.clone(), "true"))
+                .body(error.code())
+        };
+        let request_id = RequestId::of(&actix_web::test::TestRequest::default().to_http_request());
+        let res = error_response(&IdempotencyError::InFlight, &request_id, None, &renderer);
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert!(
+            !res.headers().contains_key(&crate::IDEMPOTENT_REPLAYED),
+            "{:?}",
+            res.headers()
         );
     }
 }
