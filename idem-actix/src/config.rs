@@ -225,8 +225,8 @@ impl IdempotencyConfig {
     /// their leases lapse (a client still waiting gets 503
     /// `idempotency_shutting_down` with `Retry-After`); those whose
     /// handlers had answered and whose records were on their way to the store are recorded
-    /// instead, since their operations ran (the drain waits up to 2 s more for those releases
-    /// and records). A keyed stream whose client still reads it is left to the server's
+    /// instead, since their operations ran, and a client still waiting for one gets its
+    /// handler's answer (the drain waits up to 2 s more for those releases and records). A keyed stream whose client still reads it is left to the server's
     /// graceful stop, which sends it on and records it; so is a run that first waits after the
     /// drain's time ran out, which, still going when the stop's own time runs out, is dropped
     /// as its worker's runtime stops, too late to release its key (it stays in flight until

@@ -729,7 +729,7 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
             ),
             (
                 codes::SHUTTING_DOWN,
-                "the server is shutting down and stopped the operation before its response was recorded; a retry runs it, or replays its response if it had one",
+                "the server is shutting down and stopped the operation before it answered; a retry runs it",
             ),
         ],
         retry_after: true,

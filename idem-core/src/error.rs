@@ -30,9 +30,9 @@ pub mod codes {
     pub const RESPONSE_TOO_LARGE: &str = "idempotency_response_too_large";
     /// 503: this server runs as much work for clients that went away as it allows; nothing ran.
     pub const OVERLOADED: &str = "idempotency_overloaded";
-    /// 503: the server is shutting down, and stopped this request's run before its response
-    /// was recorded, at the end of its graceful stop's wait: its key is free again for a retry
-    /// (or, if the handler had answered, its response is recorded, and a retry replays it).
+    /// 503: the server is shutting down, and stopped this request's run before its handler
+    /// answered, at the end of its graceful stop's wait: its key is free again for a retry. (A
+    /// run whose handler had answered is recorded instead, and its client gets that answer.)
     pub const SHUTTING_DOWN: &str = "idempotency_shutting_down";
     /// 500: a handler takes an `idem_actix::Transaction` that the app cannot lend (its store
     /// is not a Postgres store, the handler is under no idempotency layer, or it takes two),
@@ -146,9 +146,9 @@ pub enum IdempotencyError {
     /// takes no new one for now.
     #[error("the server is finishing too many operations whose clients went away; retry later")]
     Overloaded,
-    /// The server is shutting down and stopped the request's run before its response was
-    /// recorded (see [`codes::SHUTTING_DOWN`]).
-    #[error("the server is shutting down and stopped this request before its response was recorded; retry it, here once the server is back, or on another")]
+    /// The server is shutting down and stopped the request's run before its handler answered
+    /// (see [`codes::SHUTTING_DOWN`]).
+    #[error("the server is shutting down and stopped this request before it was answered; retry it, here once the server is back, or on another")]
     ShuttingDown,
     /// The request body is larger than the endpoint buffers for fingerprinting.
     #[error("the request body is larger than {limit} bytes, the most this endpoint accepts")]

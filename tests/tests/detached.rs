@@ -373,6 +373,42 @@ async fn a_run_whose_record_is_on_its_way_when_the_drain_cancels_is_recorded_not
     next.shut_down(&idem, None).await;
 }
 
+/// A run whose client still waits, whose handler has answered and whose record is on its way
+/// to the store when the drain runs out of time, ran its operation: its client gets the
+/// handler's answer, and the record is written in the background (the retry replays it),
+/// where the client got 503 `idempotency_shutting_down`, telling it that its request had been
+/// stopped before it was recorded: a retry once the record was lost ran it again.
+#[actix_web::test]
+async fn a_run_whose_client_waits_and_whose_record_is_on_its_way_when_the_drain_cancels_gets_its_answer(
+) {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = start(idem.clone(), probe.clone());
+    // Its first completion goes unanswered for longer than the drain waits.
+    store.fail("complete", 1, Fault::Unanswered(Duration::from_millis(600)));
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { call("answered", "0").send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "the run was cancelled as it recorded");
+    let first = client.await.unwrap();
+    assert_eq!(first.status, 201, "the handler's answer: {first:?}");
+    assert!(!first.replayed(), "{first:?}");
+    assert!(first.header("x-request-id").is_some(), "{first:?}");
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("answered", "0").send(next.addr).await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(retry.replayed(), "recorded in the background: {retry:?}");
+    assert_eq!(retry.body, first.body);
+    assert_eq!(probe.runs.get(), 1, "the operation ran once");
+    next.shut_down(&idem, None).await;
+}
+
 /// The drain is the process's: one application's cancels the runs of every application whose
 /// clients went away, and waits until their keys are released, not only its own application's
 /// (the server stops right after, and a release still on its way would be dropped with it).

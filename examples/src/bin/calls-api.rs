@@ -452,7 +452,7 @@ fn main() -> ExitCode {
             let cancelled = idem.drain(DRAIN).await;
             if cancelled > 0 {
                 log_line(format_args!(
-                    "calls-api: {cancelled} calls did not finish in time; their keys were released"
+                    "calls-api: {cancelled} calls did not finish in time: cancelled and their keys released, or, those whose carrier had answered, recorded in the background"
                 ));
             }
             handle.stop(true).await;

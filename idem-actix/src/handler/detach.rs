@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
+use actix_web::HttpResponse;
 use futures_util::future::{select, Either};
 use idem_core::{ErrorFormat, IdempotencyError};
 use tokio::sync::Notify;
@@ -18,6 +19,57 @@ use crate::{IdempotencyConfig, RequestId};
 thread_local! {
     /// Runs on this worker whose clients went away and that have not finished yet.
     static ORPHANS: Cell<usize> = const { Cell::new(0) };
+    /// Whether a run a drain cancelled while its client waits is being dropped on this
+    /// worker, and the answer it handed over as it was (see [`Recording`]).
+    static CANCELLING: Cell<bool> = const { Cell::new(false) };
+    static HANDED_OVER: Cell<Option<HttpResponse>> = const { Cell::new(None) };
+}
+
+/// A run's answer whose record is on its way to the store. Dropped with its run by a drain
+/// that cancels the run while its client waits, it is handed over to that cancellation, which
+/// answers the client with it: the operation ran, and its record is written in the background
+/// (see `idem_core::Lease::finish`). Dropped otherwise (its client went away), it goes.
+pub(crate) struct Recording(Option<HttpResponse>);
+
+impl Recording {
+    pub(crate) fn new(res: HttpResponse) -> Self {
+        Self(Some(res))
+    }
+
+    /// The answer, once recorded.
+    pub(crate) fn into_inner(mut self) -> HttpResponse {
+        let Some(res) = self.0.take() else {
+            unreachable!("a recording's answer is taken once")
+        };
+        res
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(res) = self.0.take() {
+            if CANCELLING.get() {
+                HANDED_OVER.set(Some(res));
+            }
+        }
+    }
+}
+
+/// Drops `work`, cancelled while its client waits: the answer it hands over as it goes, if
+/// its handler had answered and its record was on its way (see [`Recording`]).
+fn cancel(work: Option<Work>) -> Option<HttpResponse> {
+    /// Ends the cancellation, however the drop ends.
+    struct Cancelling;
+    impl Drop for Cancelling {
+        fn drop(&mut self) {
+            CANCELLING.set(false);
+        }
+    }
+    CANCELLING.set(true);
+    let cancelling = Cancelling;
+    drop(work);
+    drop(cancelling);
+    HANDED_OVER.take()
 }
 
 /// How many runs whose clients went away this worker thread is still finishing.
@@ -255,7 +307,13 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
     let waiting = attached.waiting.take();
     // Dropped here, while the worker runs: its lease's release goes out through the store.
     let work = attached.work.take();
-    drop(work);
+    let handed_over = match reply {
+        Some(_) => {
+            drop(work);
+            None
+        }
+        None => cancel(work),
+    };
     drop(waiting);
     reply.unwrap_or_else(|| {
         let Answer {
@@ -263,11 +321,17 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
             format,
             config,
         } = answer;
+        if let Some(res) = handed_over {
+            // The operation ran: its answer, while its record is written in the background.
+            crate::metrics::outcome("executed");
+            tracing::warn!(%request_id, "a drain ran out of time while the response of an idempotent operation was being recorded; answered with it, and its record is written in the background");
+            return Reply { req: None, res };
+        }
         crate::metrics::outcome("cancelled");
-        tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released (or its response recorded, if the handler had answered)");
-        // To retry, elsewhere or once the server is back: its key was released; or, if its
-        // handler had answered and the record was on its way to the store, the record is
-        // written in the background, and the retry replays it.
+        tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released");
+        // To retry, elsewhere or once the server is back: its key was released (or, for a
+        // handler whose writes were being committed with its record, that commit decides:
+        // the retry replays what it recorded, or runs).
         let error = IdempotencyError::ShuttingDown;
         Reply {
             req: None,

@@ -16,7 +16,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
-use super::detach::{spawn_recording, Orphan};
+use super::detach::{spawn_recording, Orphan, Recording};
 use super::replay::with_request_id;
 use super::{Reply, Unrun};
 use crate::extract::Admitted;
@@ -209,15 +209,21 @@ where
         };
         let res = head.set_body(body);
         let (outcome, res) = match loan.and_then(Loan::close) {
-            Some(taken) => Box::pin(taken.finish(lease, response, res, &request_id)).await,
-            None => (recorded(lease, response).await, res),
+            Some(taken) => {
+                let (outcome, res) =
+                    Box::pin(taken.finish(lease, response, res, &request_id)).await;
+                (outcome, executed(res, &request_id))
+            }
+            None => {
+                // A drain that cancels the run meanwhile answers its client with it.
+                let recording = Recording::new(executed(res, &request_id));
+                let outcome = recorded(lease, response).await;
+                (outcome, recording.into_inner())
+            }
         };
         tracing::debug!(outcome, status);
         metrics::outcome(outcome);
-        Reply {
-            req,
-            res: executed(res, &request_id),
-        }
+        Reply { req, res }
     }
 }
 
