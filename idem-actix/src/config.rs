@@ -230,7 +230,8 @@ impl IdempotencyConfig {
     /// graceful stop, which sends it on and records it; so is a run that first waits after the
     /// drain's time ran out, which, still going when the stop's own time runs out, is dropped
     /// as its worker's runtime stops, too late to release its key (it stays in flight until
-    /// its lease lapses). Resolves to the number of operations cancelled (0 when all finished).
+    /// its lease lapses). Resolves to the number of operations cancelled, a stream's end let go without its record
+    /// among them (0 when all finished).
     ///
     /// actix-web's graceful shutdown waits for open connections, not for work whose client
     /// went away, and each worker's runtime stops (dropping such work) as soon as its

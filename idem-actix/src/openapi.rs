@@ -871,7 +871,8 @@ fn retry_after_header() -> Header {
         ))
         .description(Some(
             "Seconds to wait before retrying with the same key, when waiting can help (a \
-             request still running, the store unreachable, the server overloaded).",
+             request still running, the store unreachable, the server overloaded or shutting \
+             down).",
         ))
         .build()
 }

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use idem_core::{codes, ErrorFormat, IdempotencyError};
+use idem_core::{ErrorFormat, IdempotencyError};
 use serde_json::json;
 
 use crate::RequestId;
@@ -67,7 +67,7 @@ impl ErrorRenderer for ProblemJson {
         let status = status_of(error);
         let body = json!({
             "type": format!("urn:idem:error:{}", error.code()),
-            "title": title(error.code()),
+            "title": error.title(),
             "status": status.as_u16(),
             "detail": error.to_string(),
             "code": error.code(),
@@ -76,26 +76,6 @@ impl ErrorRenderer for ProblemJson {
         HttpResponse::build(status)
             .insert_header((header::CONTENT_TYPE, "application/problem+json"))
             .body(body.to_string())
-    }
-}
-
-/// A short summary of the problem `code` names, for RFC 9457's `title`.
-fn title(code: &str) -> &'static str {
-    match code {
-        codes::KEY_MISSING => "Idempotency key missing",
-        codes::KEY_INVALID => "Invalid idempotency key",
-        codes::SCOPE_MISSING => "Idempotency key scope missing",
-        codes::CONFLICT => "Idempotency key conflict",
-        codes::STORE_UNAVAILABLE => "Idempotency store unavailable",
-        codes::BODY_INVALID => "Request body unreadable",
-        codes::BODY_TOO_LARGE => "Request body too large",
-        codes::RESPONSE_TOO_LARGE => "Response too large to replay",
-        codes::OVERLOADED => "Server overloaded",
-        codes::SHUTTING_DOWN => "Server shutting down",
-        codes::TRANSACTION_UNAVAILABLE => "Transaction unavailable",
-        codes::LAYER_MISSING => "Idempotency layer missing",
-        codes::MISCONFIGURED => "Idempotency misconfigured",
-        _ => "Idempotency error",
     }
 }
 

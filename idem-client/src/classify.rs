@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(of(422, None, &envelope(CONFLICT)), mismatch);
         let typed = br#"{"error":{"type":"idempotency_conflict","message":"m"}}"#;
         assert_eq!(of(422, None, typed), mismatch);
-        let problem = br#"{"type":"urn:idem:error:idempotency_conflict","title":"Conflict","status":409,"detail":"m","code":"idempotency_conflict"}"#;
+        let problem = br#"{"type":"urn:idem:error:idempotency_conflict","title":"Idempotency key conflict","status":409,"detail":"m","code":"idempotency_conflict"}"#;
         assert_eq!(of(409, None, problem), mismatch);
         // A 422 of the application's own is its answer.
         assert_eq!(of(422, None, &envelope("invalid_body")), Class::Answer);
@@ -321,7 +321,7 @@ mod tests {
                 "{code}"
             );
         }
-        let problem = br#"{"type":"urn:idem:error:idempotency_misconfigured","title":"Internal Server Error","status":500,"detail":"m","code":"idempotency_misconfigured"}"#;
+        let problem = br#"{"type":"urn:idem:error:idempotency_misconfigured","title":"Idempotency misconfigured","status":500,"detail":"m","code":"idempotency_misconfigured"}"#;
         assert!(matches!(of(500, None, problem), Class::Refused { .. }));
     }
 
@@ -331,7 +331,7 @@ mod tests {
             message: Some("m".into()),
         };
         assert_eq!(of(409, None, &envelope(RESPONSE_TOO_LARGE)), not_kept);
-        let problem = br#"{"type":"urn:idem:error:idempotency_response_too_large","title":"Conflict","status":409,"detail":"m","code":"idempotency_response_too_large"}"#;
+        let problem = br#"{"type":"urn:idem:error:idempotency_response_too_large","title":"Response too large to replay","status":409,"detail":"m","code":"idempotency_response_too_large"}"#;
         assert_eq!(of(409, None, problem), not_kept);
     }
 }

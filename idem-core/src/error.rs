@@ -213,6 +213,28 @@ impl IdempotencyError {
         }
     }
 
+    /// A short summary of the code's problem, the same wherever the code is answered (RFC
+    /// 9457's `title`).
+    pub fn title(&self) -> &'static str {
+        match self {
+            Self::KeyMissing { .. } | Self::BodyKeyMissing { .. } => "Idempotency key missing",
+            Self::KeyInvalid { .. } | Self::BodyKeyInvalid { .. } => "Invalid idempotency key",
+            Self::BodyInvalid(_) => "Request body unreadable",
+            Self::ScopeMissing(_) => "Idempotency key scope missing",
+            Self::InFlight | Self::Mismatch { .. } | Self::EncodingNotAccepted { .. } => {
+                "Idempotency key conflict"
+            }
+            Self::StoreUnavailable(_) => "Idempotency store unavailable",
+            Self::BodyTooLarge { .. } => "Request body too large",
+            Self::ResponseTooLarge { .. } => "Response too large to replay",
+            Self::Overloaded => "Server overloaded",
+            Self::ShuttingDown => "Server shutting down",
+            Self::TransactionUnavailable { .. } => "Transaction unavailable",
+            Self::LayerMissing => "Idempotency layer missing",
+            Self::Misconfigured(_) => "Idempotency misconfigured",
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
@@ -351,9 +373,20 @@ mod tests {
                 "idempotency_conflict",
             ),
         ];
+        // One title per code, whatever the status (RFC 9457), and each code its own.
+        let mut titles = std::collections::HashMap::new();
         for (err, status, code) in cases {
             assert_eq!((err.status(), err.code()), (status, code), "{err}");
+            assert_eq!(
+                *titles.entry(code).or_insert(err.title()),
+                err.title(),
+                "{code}"
+            );
         }
+        let mut distinct: Vec<_> = titles.values().collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), titles.len(), "{titles:?}");
     }
 
     #[test]

@@ -515,6 +515,40 @@ async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_
     next.shut_down(&idem, None).await;
 }
 
+/// A keyed stream that has ended, whose client has all of it but its end, held until its record
+/// is written, is let go by a drain that runs out of time while the store does not answer: its
+/// client gets the end, and the record goes on in the background, where the end waited for the
+/// store until the server stopped and cut the connection, its client's answer with it.
+#[actix_web::test]
+async fn a_drain_that_runs_out_of_time_sends_the_end_of_a_stream_whose_record_is_on_its_way() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = start(idem.clone(), probe.clone());
+    // Its completion goes unanswered for longer than the drain and the server's stop wait.
+    store.fail("complete", 1, Fault::Unanswered(Duration::from_secs(8)));
+    probe.gate.add_permits(1);
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { streaming("stream-end").send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drained = server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "the end's wait for the record, let go");
+    let first = client.await.unwrap();
+    assert_eq!(first.status, 200, "{first:?}");
+    let mut whole = vec![b'a'; 100];
+    whole.extend_from_slice(&[b'b'; 100]);
+    assert_eq!(
+        unchunked(&first.body),
+        whole,
+        "the whole answer, its end included"
+    );
+}
+
 /// A keyed stream whose client went away is read on without it, as a run whose client went
 /// away finishes: a drain that runs out of time cancels it, as it cancels such runs, and
 /// releases its key, so that its retry runs it rather than finding it in flight.

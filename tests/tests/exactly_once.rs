@@ -333,11 +333,15 @@ async fn a_keyed_stream_goes_out_as_it_comes_and_its_retry_gets_it_whole() {
     let head_end = open.got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let first = unchunked(&open.got[head_end..]);
     assert_eq!(first.len(), 1400, "within max_response, so kept whole");
-    eventually_replayed(server.addr, &request(), &first).await;
+    // Its end went out once it was recorded: the retry right after is its replay.
+    let retry = request().send(server.addr).await;
+    assert!(retry.replayed(), "{retry:?}");
+    assert_eq!(retry.body, first, "the replay is the whole stream");
     assert_eq!(probe.runs.get(), 1);
 }
 
-/// Retries `request` until it is replayed (its recording may still be on its way), and
+/// Retries `request` until it is replayed (the recording of a stream whose client went away
+/// may still be on its way), and
 /// asserts the replay's body is `body`.
 async fn eventually_replayed(addr: std::net::SocketAddr, request: &RawRequest, body: &[u8]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

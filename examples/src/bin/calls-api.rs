@@ -278,6 +278,12 @@ async fn on_database(url: &Given) -> Result<(IdempotencyConfig, CallsState, Stri
     Ok((idem, state, format!("postgres at {shown}")))
 }
 
+/// Says why a setting is refused, with the usage: exit 2.
+fn usage_error(why: &str) -> ExitCode {
+    log_line(format_args!("calls-api: {why}\n\n{USAGE}"));
+    ExitCode::from(2)
+}
+
 /// Why calls-api does not serve: a setting it refuses (exit 2, with the usage), or a failure
 /// to start or to go on serving (exit 1).
 enum Failure {
@@ -353,10 +359,7 @@ fn get_or_head() -> impl guard::Guard {
 fn main() -> ExitCode {
     let options = match options() {
         Ok(o) => o,
-        Err(e) => {
-            log_line(format_args!("calls-api: {e}\n\n{USAGE}"));
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(&e),
     };
     // The store's timings as a histogram, which Prometheus can sum over instances (the
     // exporter's default is a summary per process): from 50 us (the embedded store) to 1 s.
@@ -461,10 +464,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(e)) => {
-            log_line(format_args!("calls-api: {e}\n\n{USAGE}"));
-            ExitCode::from(2)
-        }
+        Err(Failure::Usage(e)) => usage_error(&e),
         Err(Failure::Run(e)) => {
             log_line(format_args!("calls-api: {e}"));
             ExitCode::FAILURE

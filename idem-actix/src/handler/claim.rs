@@ -71,7 +71,7 @@ where
             // For the answer to a run a shutdown cancels while its client waits.
             let answer = Answer {
                 request_id: keyed.run.request_id.clone(),
-                format: keyed.run.format,
+                format: keyed.policy.error_format,
                 config: keyed.config.clone(),
             };
             match claim(keyed, handler) {

@@ -340,6 +340,17 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
     })
 }
 
+/// The next cancellation of the runs in progress (a drain that runs out of time), for a wait
+/// of a run's own: counted among the runs in progress, and among those it cancels, until it
+/// resolves or is dropped.
+pub(crate) fn next_cancellation() -> Pin<Box<dyn Future<Output = ()>>> {
+    let waiting = Waiting::new(&TASKS);
+    Box::pin(async move {
+        waiting.tasks.cancelled(waiting.generation).await;
+        drop(waiting);
+    })
+}
+
 /// Held by a run from its first wait (whether its client waits, or, within an [`Orphan`],
 /// went away): counts it among the runs in progress, and among those the next cancellation
 /// cancels.

@@ -16,7 +16,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
-use super::detach::{spawn_recording, Orphan, Recording};
+use super::detach::{next_cancellation, spawn_recording, Orphan, Recording};
 use super::replay::with_request_id;
 use super::{Reply, Unrun};
 use crate::extract::Admitted;
@@ -372,6 +372,7 @@ fn tee(
         limit,
         told: Some(told),
         written: Some(written),
+        cancelled: None,
     })
 }
 
@@ -418,6 +419,8 @@ struct Tee {
     told: Option<tokio::sync::oneshot::Sender<Teed>>,
     /// Ends when the recording does: the stream's end waits for it.
     written: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// While the end waits: a drain that runs out of time lets it go.
+    cancelled: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
 impl Tee {
@@ -441,11 +444,18 @@ impl actix_web::body::MessageBody for Tee {
     ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
         let Some(stream) = &mut this.stream else {
-            // Ended: the end goes out once the record is written (its task dropped the
-            // sender), so that a client that has the whole answer finds it recorded.
+            // Ended: the end goes out once the record is written or given up (its task
+            // dropped the sender), so that a client that has the whole answer finds it
+            // recorded; or when a drain runs out of time, which leaves the record to go on in
+            // the background, rather than to the server's stop, which would cut the end.
             if let Some(written) = &mut this.written {
-                let _ = std::task::ready!(Pin::new(written).poll(cx));
+                if Pin::new(written).poll(cx).is_pending() {
+                    let cancelled = this.cancelled.get_or_insert_with(next_cancellation);
+                    std::task::ready!(cancelled.as_mut().poll(cx));
+                    tracing::warn!("a drain ran out of time while a response stream's record was being written; its end goes out, and the record is written on in the background");
+                }
                 this.written = None;
+                this.cancelled = None;
             }
             return std::task::Poll::Ready(None);
         };
