@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures_util::stream;
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore, ProblemJson};
 use idem_core::testing::{Fault, FaultyStore};
-use idem_tests::{assert_error, eventually, unchunked, until_orphaned, Counter, RawRequest};
+use idem_tests::{
+    assert_error, eventually, unchunked, until_orphaned, Counter, RawRequest, RawResponse,
+};
 use tokio::sync::Semaphore;
 
 #[derive(Clone)]
@@ -132,6 +134,29 @@ impl Server {
             .await
             .unwrap();
     }
+}
+
+/// Sends `request` to `server` and, once its run has begun (and `settle` later), shuts the
+/// server down with a drain of 200 ms, which must cancel one run (`what`, said if it does not):
+/// the answer its client, still waiting, gets.
+async fn answered_past_a_drain(
+    server: Server,
+    idem: &IdempotencyConfig,
+    probe: &Probe,
+    request: RawRequest,
+    settle: Duration,
+    what: &str,
+) -> RawResponse {
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { request.send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    tokio::time::sleep(settle).await;
+    let drained = server
+        .shut_down(idem, Some(Duration::from_millis(200)))
+        .await;
+    assert_eq!(drained, Some(1), "{what}");
+    client.await.unwrap()
 }
 
 /// The drain is the process's: these tests take turns.
@@ -287,15 +312,9 @@ async fn a_run_whose_client_waits_and_that_outlasts_the_drain_is_cancelled_and_i
     let probe = probe();
     let idem = IdempotencyConfig::new(MokaStore::new());
     let server = start(idem.clone(), probe.clone());
-    let addr = server.addr;
-    let client = actix_web::rt::spawn(async move { call("waited", "gate").send(addr).await });
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
-    let drained = server
-        .shut_down(&idem, Some(Duration::from_millis(200)))
-        .await;
-    assert_eq!(drained, Some(1), "the run was cancelled");
-    let first = client.await.unwrap();
+    let request = call("waited", "gate");
+    let what = "the run was cancelled";
+    let first = answered_past_a_drain(server, &idem, &probe, request, Duration::ZERO, what).await;
     // The layer's error, in its envelope (its request id the response's X-Request-ID).
     assert_error(&first, 503, "idempotency_shutting_down");
     assert!(first.header("retry-after").is_some(), "{first:?}");
@@ -317,15 +336,9 @@ async fn a_run_the_drain_cancels_is_answered_in_the_applications_error_format() 
     let probe = probe();
     let idem = IdempotencyConfig::new(MokaStore::new()).with_error_renderer(ProblemJson);
     let server = start(idem.clone(), probe.clone());
-    let addr = server.addr;
-    let client = actix_web::rt::spawn(async move { call("rendered", "gate").send(addr).await });
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
-    let drained = server
-        .shut_down(&idem, Some(Duration::from_millis(200)))
-        .await;
-    assert_eq!(drained, Some(1), "the run was cancelled");
-    let first = client.await.unwrap();
+    let request = call("rendered", "gate");
+    let what = "the run was cancelled";
+    let first = answered_past_a_drain(server, &idem, &probe, request, Duration::ZERO, what).await;
     assert_eq!(first.status, 503, "{first:?}");
     assert_eq!(
         first.header("content-type"),
@@ -388,15 +401,9 @@ async fn a_run_whose_client_waits_and_whose_record_is_on_its_way_when_the_drain_
     let server = start(idem.clone(), probe.clone());
     // Its first completion goes unanswered for longer than the drain waits.
     store.fail("complete", 1, Fault::Unanswered(Duration::from_millis(600)));
-    let addr = server.addr;
-    let client = actix_web::rt::spawn(async move { call("answered", "0").send(addr).await });
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
-    let drained = server
-        .shut_down(&idem, Some(Duration::from_millis(200)))
-        .await;
-    assert_eq!(drained, Some(1), "the run was cancelled as it recorded");
-    let first = client.await.unwrap();
+    let request = call("answered", "0");
+    let what = "the run was cancelled as it recorded";
+    let first = answered_past_a_drain(server, &idem, &probe, request, Duration::ZERO, what).await;
     assert_eq!(first.status, 201, "the handler's answer: {first:?}");
     assert!(!first.replayed(), "{first:?}");
     assert!(first.header("x-request-id").is_some(), "{first:?}");
@@ -529,16 +536,11 @@ async fn a_drain_that_runs_out_of_time_sends_the_end_of_a_stream_whose_record_is
     // Its completion goes unanswered for longer than the drain and the server's stop wait.
     store.fail("complete", 1, Fault::Unanswered(Duration::from_secs(8)));
     probe.gate.add_permits(1);
-    let addr = server.addr;
-    let client = actix_web::rt::spawn(async move { streaming("stream-end").send(addr).await });
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let drained = server
-        .shut_down(&idem, Some(Duration::from_millis(200)))
-        .await;
-    assert_eq!(drained, Some(1), "the end's wait for the record, let go");
-    let first = client.await.unwrap();
+    let request = streaming("stream-end");
+    // Past its pieces, its end waiting for the record.
+    let settle = Duration::from_millis(100);
+    let what = "the end's wait for the record, let go";
+    let first = answered_past_a_drain(server, &idem, &probe, request, settle, what).await;
     assert_eq!(first.status, 200, "{first:?}");
     let mut whole = vec![b'a'; 100];
     whole.extend_from_slice(&[b'b'; 100]);
