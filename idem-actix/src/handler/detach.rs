@@ -133,7 +133,8 @@ impl Tasks {
     }
 
     /// Cancels every run in progress that waited: each drops, which releases its claim (a
-    /// run whose client still waits answers it 503). The number cancelled. A run that never
+    /// run whose client still waits answers it 503, or, if its handler had answered and its
+    /// record was on its way, that answer, the record written in the background). The number cancelled. A run that never
     /// waited has nothing to cancel; a stream whose client still reads it is left to the
     /// server's own graceful stop, which sends it on.
     pub(crate) fn cancel(&self) -> usize {
@@ -254,8 +255,8 @@ impl Drop for Orphan {
 /// its own only when the connection drops that future (actix does when the client resets the
 /// connection), counted toward [`orphans`] until it ends. From its first wait on, it counts
 /// in [`TASKS`] either way, so that a drain waits for it, and cancels it when its time is up:
-/// a run whose client still waits then answers 503 with `Retry-After` (its key released),
-/// rather than being left to the server's graceful stop, which drops what is still running as
+/// a run whose client still waits then answers 503 with `Retry-After` (its key released; or
+/// its handler's answer, if it had one and its record was on its way), rather than being left to the server's graceful stop, which drops what is still running as
 /// each worker's runtime stops, too late for the release of its claim. A task for every
 /// request whose store must be waited for cost each such request on Redis about 9 us of its
 /// 110 (the `redis` bench's layer rows with and without, idle machine; see
@@ -307,37 +308,34 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
     let waiting = attached.waiting.take();
     // Dropped here, while the worker runs: its lease's release goes out through the store.
     let work = attached.work.take();
-    let handed_over = match reply {
-        Some(_) => {
-            drop(work);
-            None
-        }
-        None => cancel(work),
-    };
+    if let Some(reply) = reply {
+        drop(work);
+        drop(waiting);
+        return reply;
+    }
+    let handed_over = cancel(work);
     drop(waiting);
-    reply.unwrap_or_else(|| {
-        let Answer {
-            request_id,
-            format,
-            config,
-        } = answer;
-        if let Some(res) = handed_over {
-            // The operation ran: its answer, while its record is written in the background.
-            crate::metrics::outcome("executed");
-            tracing::warn!(%request_id, "a drain ran out of time while the response of an idempotent operation was being recorded; answered with it, and its record is written in the background");
-            return Reply { req: None, res };
-        }
-        crate::metrics::outcome("cancelled");
-        tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released");
-        // To retry, elsewhere or once the server is back: its key was released (or, for a
-        // handler whose writes were being committed with its record, that commit decides:
-        // the retry replays what it recorded, or runs).
-        let error = IdempotencyError::ShuttingDown;
-        Reply {
-            req: None,
-            res: error_response(&error, &request_id, format, config.renderer()),
-        }
-    })
+    let Answer {
+        request_id,
+        format,
+        config,
+    } = answer;
+    if let Some(res) = handed_over {
+        // The operation ran: its answer, while its record is written in the background.
+        crate::metrics::outcome("executed");
+        tracing::warn!(%request_id, "a drain ran out of time while the response of an idempotent operation was being recorded; answered with it, and its record is written in the background");
+        return Reply { req: None, res };
+    }
+    crate::metrics::outcome("cancelled");
+    tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released");
+    // To retry, elsewhere or once the server is back: its key was released (or, for a
+    // handler whose writes were being committed with its record, that commit decides: the
+    // retry replays what it recorded, or runs).
+    let error = IdempotencyError::ShuttingDown;
+    Reply {
+        req: None,
+        res: error_response(&error, &request_id, format, config.renderer()),
+    }
 }
 
 /// The next cancellation of the runs in progress (a drain that runs out of time), for a wait

@@ -207,16 +207,14 @@ where
                 };
             }
         };
-        let res = head.set_body(body);
+        // As it goes out (a transaction's commit may answer instead with an error of the
+        // layer's, which is never a replay and carries the request's id too).
+        let res = executed(head.set_body(body), &request_id);
         let (outcome, res) = match loan.and_then(Loan::close) {
-            Some(taken) => {
-                let (outcome, res) =
-                    Box::pin(taken.finish(lease, response, res, &request_id)).await;
-                (outcome, executed(res, &request_id))
-            }
+            Some(taken) => Box::pin(taken.finish(lease, response, res, &request_id)).await,
             None => {
                 // A drain that cancels the run meanwhile answers its client with it.
-                let recording = Recording::new(executed(res, &request_id));
+                let recording = Recording::new(res);
                 let outcome = recorded(lease, response).await;
                 (outcome, recording.into_inner())
             }
