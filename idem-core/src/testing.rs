@@ -137,6 +137,10 @@ impl<S: Store> Store for CountingStore<S> {
         self.count("get").get(key, now)
     }
 
+    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+        self.count("kept_for").kept_for(key)
+    }
+
     fn extend<'a>(
         &'a self,
         key: &'a StoreKey,
@@ -340,6 +344,10 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
         self.call("get", move |s| s.get(key, now))
+    }
+
+    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+        self.call("kept_for", move |s| s.kept_for(key))
     }
 
     fn extend<'a>(

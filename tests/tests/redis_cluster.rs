@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use idem_actix::RedisStore;
+use idem_core::store::ReplayCache;
 use idem_core::{
     Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, StoreError, StoreKey,
 };
@@ -61,6 +62,19 @@ async fn redis_store_on_a_cluster_conforms() {
         TestRedisCluster::MASTERS,
         "the suite's keys spread over every master"
     );
+}
+
+/// Behind a `ReplayCache` too: its one command of its own, `PTTL`, goes to the key's master.
+#[actix_web::test]
+async fn redis_store_on_a_cluster_behind_a_replay_cache_conforms() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix("cached-conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&ReplayCache::new(store, 1 << 20), 9).await;
 }
 
 #[actix_web::test]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use idem_actix::clock::{ManualClock, Timestamp};
+use idem_actix::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use idem_actix::RedisStore;
 use idem_core::store::ReplayCache;
 use idem_core::{
@@ -199,15 +199,64 @@ async fn behind_a_replay_cache_a_replay_is_no_command_and_other_instances_still_
         command_calls(&redis).is_empty(),
         "the instance that recorded it replays from its cache"
     );
-    // Another instance asks Redis once, then keeps its own copy.
+    // Another instance asks Redis once (its claim finds the record, and how long Redis keeps
+    // it bounds the copy), then keeps its own copy.
     for _ in 0..3 {
         assert_eq!(call("k1").send(b.addr).await.body, first.body);
     }
     assert_eq!(
         command_calls(&redis),
-        HashMap::from([("set".to_owned(), 1)])
+        HashMap::from([("set".to_owned(), 1), ("pttl".to_owned(), 1)])
     );
     assert_eq!(probe.runs.get(), 2, "warm and k1, once each");
+}
+
+/// A clock the given time behind the system's, as a process's whose clock lags another's.
+struct Behind(Duration);
+
+impl Clock for Behind {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(SystemClock.now().as_millis() - self.0.as_millis() as u64)
+    }
+}
+
+/// A record a process learns from Redis, completed by another process whose clock runs ahead
+/// of its own, is kept no longer than Redis keeps it: Redis expires records by its own clock,
+/// and a copy judged by the lagging clock alone would replay for as long as the lag past the
+/// record's expiry in Redis.
+#[actix_web::test]
+async fn a_copy_learned_from_redis_is_kept_no_longer_than_redis_keeps_the_record() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = || {
+        let redis = RedisStore::builder(redis.url()).prefix("skew:").build();
+        ReplayCache::new(redis.unwrap(), 1 << 20)
+    };
+    let writer = Engine::new(store());
+    let lagging = Engine::new(store()).with_clock(Behind(Duration::from_secs(5)));
+    let policy = Policy::DEFAULT.ttl(Duration::from_secs(1));
+    let key = StoreKey::from_bytes([7; 32]);
+    let fingerprint = Fingerprint::new("POST", "/x", "", b"");
+    let Ok(Begin::Execute(lease)) = writer.begin(&policy, key, fingerprint).await else {
+        panic!("a new key runs");
+    };
+    let recorded = lease.finish(Response::new(201, [], b"once")).await;
+    assert_eq!(recorded.unwrap(), Outcome::Recorded);
+    let learned = lagging.begin(&policy, key, fingerprint).await;
+    assert!(
+        matches!(learned, Ok(Begin::Replay(_))),
+        "replayed, and kept"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let exists: i64 = redis.query(redis::cmd("EXISTS").arg(format!("skew:{key}")));
+    assert_eq!(exists, 0, "Redis dropped the record at its expiry");
+    let after = lagging.begin(&policy, key, fingerprint).await;
+    assert!(
+        matches!(after, Ok(Begin::Execute(_))),
+        "runs again once Redis dropped the record, as a process without the copy would"
+    );
 }
 
 #[actix_web::test]

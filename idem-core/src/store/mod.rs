@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub use crate::clock::Timestamp;
 pub use crate::digest::{Fingerprint, StoreKey};
@@ -176,6 +177,19 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the live record of `key`, if any.
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>>;
 
+    /// How much longer the store keeps `key`'s record by a clock of its own, for a store that
+    /// expires records by one and can tell (Redis: the key's `PTTL`); `Some(ZERO)` when it
+    /// holds none. `None`, the default, when a record's own expiry is all there is to go by.
+    ///
+    /// A record's expiry is a time written by the clock of the process that completed it;
+    /// Redis drops the record by its own clock. [`ReplayCache`] asks this of a record it
+    /// learns from the store, so that its copy is not kept past the record when this
+    /// process's clock lags the writer's.
+    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+        let _ = key;
+        StoreFuture::ready(Ok(None))
+    }
+
     /// Moves the lease of the claim holding `token` to `lease_until`. `false` when `token` no
     /// longer holds the key.
     fn extend<'a>(
@@ -269,6 +283,10 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
         (**self).get(key, now)
+    }
+
+    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+        (**self).kept_for(key)
     }
 
     fn extend<'a>(

@@ -1370,6 +1370,19 @@ impl Store for RedisStore {
         })
     }
 
+    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+        StoreFuture::new(async move {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("PTTL").arg(self.redis_key(key)).to_owned();
+            let ms: i64 = self.run(cmd.query_async(&mut conn)).await?;
+            // -2: no such key; -1: a key without an expiry, which the store never writes.
+            Ok(match ms {
+                -1 => None,
+                ms => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            })
+        })
+    }
+
     fn extend<'a>(
         &'a self,
         key: &'a StoreKey,

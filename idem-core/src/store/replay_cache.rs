@@ -23,7 +23,11 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// Wrap a remote store in it (`RedisStore`, on one server or a cluster). Every record that
 /// `claim` or `get` returns as completed, and every record that `complete` writes, is kept
 /// until the record's own expiry (judged on each read by the engine's clock, as the stores
-/// judge it) or until the least recently used go first to stay within `max_bytes`. Each write
+/// judge it) or until the least recently used go first to stay within `max_bytes`. A record
+/// learned from the store is kept no longer than the store says it keeps it
+/// ([`Store::kept_for`]; for Redis one more round trip, the first time a process replays
+/// it), so that a process whose clock lags the writer's does not replay it after the store
+/// dropped it. Each write
 /// evicts what passes the bound before it returns, so the cache holds more than `max_bytes`
 /// only while other threads are writing, by at most the record each is writing at that
 /// instant. Anything else (a new key, a running request, a key whose copy was dropped) goes to
@@ -109,13 +113,16 @@ impl<S: Store> ReplayCache<S> {
         (kept.record.expires_at > now).then_some(kept.record)
     }
 
-    /// Keeps `record` if it is completed and live.
-    fn keep(&self, key: &StoreKey, record: &Completed, now: Timestamp) {
+    /// Keeps `record` if it is live, for no longer than its expiry or `bound`.
+    fn keep(&self, key: &StoreKey, record: &Completed, now: Timestamp, bound: Option<Duration>) {
         let Some(kept) = &self.kept else {
             return;
         };
-        if record.expires_at > now && weight(record).is_some() {
-            let keep_for = record.expires_at.since(now);
+        let keep_for = record
+            .expires_at
+            .since(now)
+            .min(bound.unwrap_or(Duration::MAX));
+        if !keep_for.is_zero() && weight(record).is_some() {
             kept.insert(
                 *key,
                 Kept {
@@ -130,10 +137,18 @@ impl<S: Store> ReplayCache<S> {
         }
     }
 
-    /// Keeps the record of an answer that holds a completed one.
-    fn learn(&self, key: &StoreKey, answer: &Result<Claim, StoreError>, now: Timestamp) {
-        if let Ok(Claim::Existing(Record::Completed(record))) = answer {
-            self.keep(key, record, now);
+    /// Keeps `record`, learned from the store, for no longer than the store keeps it. Its
+    /// expiry was written by the clock of the process that completed it, and a store that
+    /// drops records by a clock of its own (Redis) drops it then by that clock: a copy judged
+    /// by this process's clock alone, if it lags the writer's, would replay past the record.
+    /// The store is asked how long it keeps the key (for Redis, one more round trip, made
+    /// once per record and process); not kept when it cannot say.
+    async fn learn(&self, key: &StoreKey, record: &Completed, now: Timestamp) {
+        if self.kept.is_none() || record.expires_at <= now {
+            return;
+        }
+        if let Ok(bound) = self.inner.kept_for(key).await {
+            self.keep(key, record, now, bound);
         }
     }
 }
@@ -175,7 +190,9 @@ impl<S: Store> Store for ReplayCache<S> {
         let asked = self.inner.claim(key, claim, now);
         StoreFuture::new(async move {
             let answer = asked.await;
-            self.learn(key, &answer, now);
+            if let Ok(Claim::Existing(Record::Completed(record))) = &answer {
+                self.learn(key, record, now).await;
+            }
             answer
         })
     }
@@ -200,8 +217,11 @@ impl<S: Store> Store for ReplayCache<S> {
         if let Some(record) = self.kept(key, now) {
             return Some(Ok(Claim::Existing(Record::Completed(record))));
         }
+        // A store that answers in the call keeps its records in this process, by its clock.
         let answer = self.inner.claim_now(key, claim, now)?;
-        self.learn(key, &answer, now);
+        if let Ok(Claim::Existing(Record::Completed(record))) = &answer {
+            self.keep(key, record, now, None);
+        }
         Some(answer)
     }
 
@@ -216,10 +236,14 @@ impl<S: Store> Store for ReplayCache<S> {
         StoreFuture::new(async move {
             let answer = asked.await;
             if let Ok(Some(Record::Completed(record))) = &answer {
-                self.keep(key, record, now);
+                self.learn(key, record, now).await;
             }
             answer
         })
+    }
+
+    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+        self.inner.kept_for(key)
     }
 
     fn extend<'a>(
@@ -246,8 +270,9 @@ impl<S: Store> Store for ReplayCache<S> {
         StoreFuture::new(async move {
             let answer = written.await;
             // Only what the store took: a holder fenced out recorded nothing.
+            // Its expiry, and the store's own (Redis's `PX`), were both reckoned from `now`.
             if let Ok(true) = answer {
-                self.keep(key, &record, now);
+                self.keep(key, &record, now, None);
             }
             answer
         })
@@ -283,7 +308,7 @@ mod tests {
     use crate::record::Response;
     use crate::store::MokaStore;
     use crate::store::SharedMoka;
-    use crate::testing::CountingStore;
+    use crate::testing::{CountingStore, Fault, FaultyStore};
 
     const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
     const TTL: Duration = Duration::from_secs(100);
@@ -397,6 +422,34 @@ mod tests {
             replay(&record)
         );
         assert_eq!(store.inner().take().get("claim"), Some(&1));
+    }
+
+    /// How long the store keeps a record bounds a copy learned from it; a store that cannot
+    /// say leaves the record uncached (answered, and asked again next time), as a copy kept by
+    /// this process's clock alone could outlive the store's record.
+    #[tokio::test]
+    async fn a_record_the_store_cannot_say_it_keeps_is_answered_but_not_kept() {
+        let store = ReplayCache::new(FaultyStore::new(SharedMoka::default()), 1 << 20);
+        let (held, record) = (claim(0), completed(0, b"elsewhere"));
+        let remote = store.inner();
+        remote.claim(&key(1), held, at(0)).await.unwrap();
+        assert!(remote
+            .complete(&key(1), held.token, record.clone(), at(0))
+            .await
+            .unwrap());
+        remote.fail("kept_for", 1, Fault::Unavailable);
+
+        for secs in 1..4 {
+            assert_eq!(
+                store.claim(&key(1), claim(secs), at(secs)).await.unwrap(),
+                replay(&record)
+            );
+        }
+        assert_eq!(
+            (remote.calls("claim"), remote.calls("kept_for")),
+            (1 + 2, 2),
+            "asked again after the store could not say, then kept"
+        );
     }
 
     #[tokio::test]
