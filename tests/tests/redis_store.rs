@@ -496,6 +496,84 @@ async fn a_redis_demoted_to_a_replica_is_unavailable_and_fails_open_only_when_as
     );
 }
 
+/// A Redis busy with another client's long script answers every command `BUSY` without running
+/// it, as one loading its data answers `LOADING`: unavailable for now, and nothing runs
+/// unless the store fails open. It serves again once the script ends (here `SCRIPT KILL`).
+#[actix_web::test]
+async fn a_redis_busy_with_a_long_script_is_unavailable_and_fails_open_only_when_asked() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
+    let key = StoreKey::from_bytes([7; 32]);
+    let closed = Engine::new(RedisStore::new(redis.url()).unwrap());
+    let open = Engine::new(
+        RedisStore::builder(redis.url())
+            .fail_open(true)
+            .build()
+            .unwrap(),
+    );
+    // Connected before Redis is busy, so that only the claims meet it.
+    let warm = StoreKey::from_bytes([8; 32]);
+    assert!(closed
+        .store()
+        .get(&warm, Timestamp::from_millis(0))
+        .await
+        .is_ok());
+    assert!(open
+        .store()
+        .get(&warm, Timestamp::from_millis(0))
+        .await
+        .is_ok());
+
+    redis.query::<()>(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("busy-reply-threshold")
+            .arg(10),
+    );
+    // Made now: a connection made while Redis is busy gets `BUSY` for its handshake.
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let url = redis.url().to_owned();
+    let script = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        // Runs until killed; the kill answers this client with an error.
+        let _: redis::RedisResult<()> = redis::cmd("EVAL")
+            .arg("while true do end")
+            .arg(0)
+            .query(&mut conn);
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let begun = closed.begin(&Policy::DEFAULT, key, fp).await;
+    let unprotected = open.begin(&Policy::DEFAULT, key, fp).await;
+    redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query::<()>(&mut admin)
+        .unwrap();
+    script.join().unwrap();
+    match begun {
+        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(e))) => {
+            assert!(e.to_string().contains("BUSY"), "{e}")
+        }
+        other => panic!("fails closed by default, as unavailable: {other:?}"),
+    }
+    assert!(
+        matches!(
+            unprotected,
+            Ok(Begin::Unprotected(StoreError::Unavailable(_)))
+        ),
+        "fails open when asked: {unprotected:?}"
+    );
+    let after = closed.begin(&Policy::DEFAULT, key, fp).await;
+    assert!(
+        matches!(after, Ok(Begin::Execute(_))),
+        "serves again: {after:?}"
+    );
+}
+
 /// Failing open is for a Redis that cannot be reached, or cannot answer for its data for now
 /// (loading it, or a replica or demoted primary answering `READONLY` in a failover): a Redis
 /// that answers, but refuses the claim's write (out of memory here; wrong credentials or no

@@ -1036,10 +1036,11 @@ impl RedisStore {
 }
 
 /// `error` as the engine needs to tell it: [`StoreError::Unavailable`] when Redis was not
-/// reached, or cannot answer for the key for now (loading its data, a cluster without the
-/// key's master, a failover under way), so that a store that fails open may run the request;
-/// [`StoreError::Refused`] when it answered and refused (out of memory, wrong credentials,
-/// no permission, any other error of its own): it may hold the key, and that fails closed.
+/// reached, or cannot answer for the key for now (loading its data, busy with another
+/// client's long script, a cluster without the key's master, a failover under way), so that a
+/// store that fails open may run the request; [`StoreError::Refused`] when it answered and
+/// refused (out of memory, wrong credentials, no permission, any other error of its own): it
+/// may hold the key, and that fails closed.
 fn failed(error: redis::RedisError) -> StoreError {
     use ServerErrorKind::{Ask, BusyLoading, ClusterDown, MasterDown, Moved, ReadOnly, TryAgain};
     match error.kind() {
@@ -1048,6 +1049,8 @@ fn failed(error: redis::RedisError) -> StoreError {
         | ErrorKind::Server(
             BusyLoading | ClusterDown | MasterDown | TryAgain | ReadOnly | Moved | Ask,
         ) => StoreError::Unavailable(Box::new(error)),
+        // `BUSY`, which the crate knows by its code only: the command was not run.
+        _ if error.code() == Some("BUSY") => StoreError::Unavailable(Box::new(error)),
         _ => StoreError::Refused(Box::new(error)),
     }
 }
