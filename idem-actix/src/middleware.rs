@@ -8,7 +8,7 @@ use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::error::InternalError;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::HttpRequest;
 use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
@@ -17,7 +17,7 @@ use idem_core::{Overrides, PolicyError};
 use crate::config::IdempotencyConfig;
 use crate::extract::Passed;
 use crate::functions::Functions;
-use crate::handler::{bypasses, keyed, passed, taken, Endpoint, Reply};
+use crate::handler::{bypasses, keyed, passed, taken, Endpoint, Reply, Unrun};
 use crate::scope::ScopeFunction;
 
 /// Idempotency for every handler a `wrap` covers, with the same semantics and engine as
@@ -311,7 +311,15 @@ where
                 match service.call(req).await {
                     Ok(res) => {
                         warn_if_negotiated(res.headers());
-                        Reply::from_service(res.map_into_boxed_body())
+                        // A 404 for a path no route of the app fits is the routing's: no
+                        // handler ran, so it is not recorded, as an extractor's refusal is not.
+                        let unrouted = res.status() == StatusCode::NOT_FOUND
+                            && res.request().match_pattern().is_none();
+                        let mut reply = Reply::from_service(res.map_into_boxed_body());
+                        if unrouted {
+                            reply.res.extensions_mut().insert(Unrun);
+                        }
+                        reply
                     }
                     Err(error) => Reply::orphan(HttpResponse::from_error(error)),
                 }

@@ -629,3 +629,50 @@ async fn a_handler_that_ran_and_failed_with_an_extractor_s_error_type_is_not_run
     assert_eq!((again.status, again.replayed()), (400, true));
     assert_eq!(a.probe.runs.get(), 1, "charged once");
 }
+
+/// A path no route fits is answered 404 by the app's routing, not by a handler: nothing ran,
+/// so nothing is recorded, and the key stays free for the request the client meant (a path it
+/// got wrong, or a route an instance of an older release, sharing the store, does not have).
+#[actix_web::test]
+async fn a_404_of_routing_under_the_middleware_is_not_recorded() {
+    let a = middleware_form();
+    let astray = RawRequest::post("/v1/callz")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "k")
+        .body("a");
+    assert_eq!(a.send(astray).await.status, 404);
+    let meant = a.send(call("k", "a")).await;
+    assert_eq!((meant.status, meant.replayed()), (201, false));
+    assert!(a.send(call("k", "a")).await.replayed());
+    assert_eq!(a.probe.runs.get(), 1);
+}
+
+/// actix routes a path by its spelling with percent-escapes decoded (`/v1/%63alls` is
+/// `/v1/calls`): the layer takes a request's path so too, for its endpoint (keys per endpoint,
+/// under the middleware) and its fingerprint, so that one request spelled two ways is one
+/// operation, run once and then replayed.
+#[actix_web::test]
+async fn a_path_spelled_with_percent_escapes_is_the_path_actix_routes() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new().with_overrides(|o| o.per_endpoint(true)))
+                    .route("/calls", web::post().to(plain)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let post = |path: &str| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "k")
+            .body("a")
+    };
+    let first = a.send(post("/v1/calls")).await;
+    assert_eq!((first.status, first.replayed()), (201, false));
+    let escaped = a.send(post("/v1/%63alls")).await;
+    assert_eq!((escaped.status, escaped.replayed()), (201, true));
+    assert_eq!(escaped.body, first.body);
+    assert_eq!(a.probe.runs.get(), 1);
+}

@@ -375,10 +375,17 @@ fn store_key(
         format!(
             "{} {}",
             req.method(),
-            pattern.as_deref().unwrap_or(req.path())
+            pattern.as_deref().unwrap_or(routed_path(req))
         )
     });
     Ok(StoreKey::new(&scope, route.as_deref(), key))
+}
+
+/// `req`'s path as actix routes it: with the percent-escapes of characters other than `%`, `/`
+/// and `+` decoded (`/v1/%63alls` is `/v1/calls`), so that a path spelled two ways is one
+/// endpoint and one request to the layer, as it is one route to the app.
+fn routed_path(req: &HttpRequest) -> &str {
+    req.match_info().as_str()
 }
 
 /// A key read from a request's body, under the key rules. It is taken as it is: a key that
@@ -401,7 +408,7 @@ fn fingerprint(
     policy: &Policy,
     function: Option<FingerprintFunction>,
 ) -> Result<Fingerprint, BodyError> {
-    let (method, path, query) = (req.method().as_str(), req.path(), req.query_string());
+    let (method, path, query) = (req.method().as_str(), routed_path(req), req.query_string());
     if function.is_none()
         && policy.fingerprint == BodyForm::Bytes
         && policy.fingerprint_headers.is_empty()
