@@ -358,6 +358,24 @@ mod tests {
         assert!(!starts("X Key").await);
     }
 
+    /// Keys read from the header its scope reads the caller's credential from would be that
+    /// credential, one key for every request that carries it: refused when the middleware
+    /// says both; with no scope of its own, the application's decides, on its requests.
+    #[actix_web::test]
+    async fn a_key_header_that_carries_the_scope_s_credential_stops_the_app_from_starting() {
+        let starts = |configure: fn(Overrides) -> Overrides| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            let idempotency = Idempotency::new().with_overrides(configure);
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        assert!(!starts(|o| o.scope(Scope::ApiKey).header("X-API-Key")).await);
+        assert!(!starts(|o| o.scope(Scope::BasicAuthUser).header("Authorization")).await);
+        assert!(starts(|o| o.scope(Scope::BasicAuthUser).header("X-API-Key")).await);
+        assert!(starts(|o| o.header("X-API-Key")).await);
+    }
+
     /// A middleware that honours keys on no method protects nothing, while its handlers look
     /// protected: it stops the app from starting, as a refused override does.
     #[actix_web::test]

@@ -260,7 +260,8 @@ impl Policy {
     /// [`PolicyError::MaxBodyZero`] when `max_body` is 0, which no body fits;
     /// [`PolicyError::WaitTooShort`] when [`OnInFlight::Wait`] waits under a millisecond;
     /// [`PolicyError::ScopeIsKey`] when a [`Scope::Header`] reads the key's own header;
-    /// [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
+    /// [`PolicyError::KeyIsCredential`] when the key's header is one the scope reads the
+    /// caller's credential from; [`PolicyError::InvalidPointer`] when a pointer of `fingerprint_ignore` or
     /// `key_source` is not a JSON Pointer; [`PolicyError::IgnoreWithoutJson`] when members
     /// are ignored in a body not compared as JSON; [`PolicyError::JsonKeyInForm`] when the
     /// key is read from a JSON body the endpoint reads as a form;
@@ -307,16 +308,24 @@ pub(crate) fn keeps_records(store: &dyn Store) -> Result<(), PolicyError> {
 
 impl Policy {
     /// Checks that the scope is not read from the header the key is read from: every key
-    /// would be its own scope.
+    /// would be its own scope, or, for a scope read from the caller's credential
+    /// ([`Scope::ApiKey`]: `Authorization`, `X-API-Key`; [`Scope::BasicAuthUser`]:
+    /// `Authorization`), every request with that credential would carry one key.
     ///
     /// # Errors
-    /// [`PolicyError::ScopeIsKey`].
+    /// [`PolicyError::ScopeIsKey`], [`PolicyError::KeyIsCredential`].
     pub fn check_scope_header(&self) -> Result<(), PolicyError> {
-        match (self.scope, self.key_source) {
-            (Scope::Header(scoped), KeySource::Header)
-                if scoped.eq_ignore_ascii_case(self.header) =>
-            {
-                Err(PolicyError::ScopeIsKey(self.header))
+        if !matches!(self.key_source, KeySource::Header) {
+            return Ok(());
+        }
+        let is = |name: &str| self.header.eq_ignore_ascii_case(name);
+        match self.scope {
+            Scope::Header(scoped) if is(scoped) => Err(PolicyError::ScopeIsKey(self.header)),
+            Scope::ApiKey if is("authorization") || is("x-api-key") => {
+                Err(PolicyError::KeyIsCredential(self.header))
+            }
+            Scope::BasicAuthUser if is("authorization") => {
+                Err(PolicyError::KeyIsCredential(self.header))
             }
             _ => Ok(()),
         }
@@ -439,6 +448,10 @@ pub enum PolicyError {
     /// The scope is read from the key's own header: every key would be its own scope.
     #[error("the scope is read from {0}, the key's own header, so that every key is its own scope and any caller who sends a key reaches its record; scope keys by who sends them (such as Scope::ApiKey), or use Scope::Global if callers share keys")]
     ScopeIsKey(&'static str),
+    /// The key is read from a header the scope reads the caller's credential from: every
+    /// request with that credential would carry the same key.
+    #[error("the key is read from {0}, the header the scope reads the caller's credential from, so that every request with that credential would carry the same key (and one whose credential holds a space, as `Bearer <token>` does, would be refused); read keys from a header of their own, such as Idempotency-Key")]
+    KeyIsCredential(&'static str),
     /// The longest key is 0 bytes: every key would be refused.
     #[error("key_max_len is 0, so every key would be refused with 400 idempotency_key_invalid; give the longest key clients send, such as 255")]
     KeyMaxLenZero,
@@ -585,6 +598,11 @@ impl Overrides {
         let mut base = Policy::DEFAULT;
         if self.fingerprint.is_none() {
             base.fingerprint = BodyForm::Json;
+        }
+        // And a scope that reads no header: the application's scope, which a key header of
+        // the overrides is judged with where they name none, is not known here.
+        if self.scope.is_none() {
+            base.scope = Scope::Global;
         }
         // The key's header is the defaults' unless the overrides name it, and they may name
         // another than `Policy::DEFAULT`'s: a scope read from it is judged with them.
@@ -1057,6 +1075,44 @@ mod tests {
         assert_eq!(
             scoped.header("idempotency-key").check(),
             Err(PolicyError::ScopeIsKey("idempotency-key"))
+        );
+    }
+
+    /// Keys read from a header the scope reads the caller's credential from would be that
+    /// credential: one key for every request that carries it (or none, a credential with a
+    /// space being no key). Refused by the policy, by overrides that set both, and by the
+    /// middleware through them; overrides that set no scope are judged once applied.
+    #[test]
+    fn a_key_header_the_scope_reads_a_credential_from_is_refused() {
+        let refused = |scope: Scope, header: &'static str| {
+            Policy::DEFAULT.scope(scope).header(header).check_settings()
+        };
+        for (scope, header) in [
+            (Scope::ApiKey, "X-API-Key"),
+            (Scope::ApiKey, "authorization"),
+            (Scope::BasicAuthUser, "Authorization"),
+        ] {
+            assert_eq!(
+                refused(scope, header),
+                Err(PolicyError::KeyIsCredential(header)),
+                "{scope:?}"
+            );
+            let overrides = Overrides::NONE.scope(scope).header(header);
+            assert_eq!(overrides.check(), Err(PolicyError::KeyIsCredential(header)));
+        }
+        for (scope, header) in [
+            (Scope::BasicAuthUser, "X-API-Key"),
+            (Scope::Global, "X-API-Key"),
+            (Scope::Header("X-Tenant"), "Authorization"),
+            (Scope::ApiKey, "X-Idempotency-Key"),
+        ] {
+            assert_eq!(refused(scope, header), Ok(()), "{scope:?} {header}");
+        }
+        let unscoped = Overrides::NONE.header("X-API-Key");
+        assert_eq!(unscoped.check(), Ok(()), "the application's scope decides");
+        assert_eq!(
+            unscoped.apply_to(Policy::DEFAULT).check_settings(),
+            Err(PolicyError::KeyIsCredential("X-API-Key"))
         );
     }
 

@@ -202,7 +202,10 @@ mod valid;
 ///
 /// ## `header`
 ///
-/// The request header that carries the key. Default `"Idempotency-Key"`.
+/// The request header that carries the key. Default `"Idempotency-Key"`. Not a header the
+/// scope reads the caller's credential from (`Authorization` or `X-API-Key` under `"api_key"`,
+/// the default; `Authorization` under `"basic_auth_user"`), which is refused at compile time:
+/// every request with that credential would carry the same key.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

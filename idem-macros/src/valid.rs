@@ -65,6 +65,28 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
             );
         }
     }
+    if let Some(header) = &args.header {
+        // The headers a built-in scope reads the caller's credential from (`api_key` is the
+        // built-in default, which an attribute judges by: it cannot see the application's).
+        let (scope, credentials): (_, &[&str]) = match args.scope.as_ref().map(|s| &s.value) {
+            None => (
+                "the default scope, \"api_key\",",
+                &["authorization", "x-api-key"],
+            ),
+            Some(Scope::ApiKey) => ("the scope \"api_key\"", &["authorization", "x-api-key"]),
+            Some(Scope::BasicAuthUser) => ("the scope \"basic_auth_user\"", &["authorization"]),
+            Some(_) => ("", &[]),
+        };
+        if credentials
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(&header.value))
+        {
+            errors.push(
+                &header.name,
+                format!("keys are read from `{}`, which {scope} reads the caller's credential from, so that every request with that credential would carry the same key (and one whose credential holds a space, as `Bearer <token>` does, would be refused); read keys from a header of their own, such as \"Idempotency-Key\"", header.value),
+            );
+        }
+    }
     if let (Some(key), Some(header)) = (&args.key, &args.header) {
         let what = match key.value {
             Key::Json(_) => "from the JSON body",
