@@ -885,7 +885,7 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             attr.style = syn::AttrStyle::Outer;
         }
     }
-    let args: proc_macro2::TokenStream = args.into();
+    let (reordered, args) = reordered(args.into());
     let mut errors = errors::Errors::default();
     let parsed = attr::parse(args.clone(), &mut errors);
     match &parsed {
@@ -895,8 +895,10 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     valid::handler(&func, &mut errors);
     match errors.finish(()).and(parsed) {
         Ok(parsed) => {
-            if let Some(reordered) = macros_first(&parsed, args, &func) {
-                return reordered.into();
+            if !reordered {
+                if let Some(reordered) = macros_first(&parsed, args, &func) {
+                    return reordered.into();
+                }
             }
             let args = parsed;
             let name = func.sig.ident.to_string();
@@ -915,9 +917,30 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// The argument [`macros_first`] gives `#[idempotent]` when it gives it again.
+const REORDERED: &str = "__idem_reordered";
+
+/// Whether `args` begin with [`REORDERED`] (then taken off them): the handler was given to
+/// [`macros_first`] already. An attribute it takes for a macro is not always one (a built-in
+/// one it does not know, such as `#[unsafe(export_name = "..")]`, which no expansion removes),
+/// and it would move it above itself again on every expansion, up to the compiler's
+/// recursion limit.
+fn reordered(args: proc_macro2::TokenStream) -> (bool, proc_macro2::TokenStream) {
+    let mut tokens = args.clone().into_iter().peekable();
+    match tokens.next() {
+        Some(proc_macro2::TokenTree::Ident(ident)) if ident == REORDERED => {
+            let _comma = tokens
+                .next_if(|t| matches!(t, proc_macro2::TokenTree::Punct(p) if p.as_char() == ','));
+            (true, tokens.collect())
+        }
+        _ => (false, args),
+    }
+}
+
 /// The handler with `#[idempotent]` given again below the attribute macros that were below
 /// it (`#[tracing::instrument]`, a route attribute), so that they expand first, on the
 /// handler as written, as they would without `#[idempotent]`; `None` when there are none.
+/// Given once: the attribute it gives carries [`REORDERED`].
 fn macros_first(
     parsed: &ast::Args,
     args: proc_macro2::TokenStream,
@@ -932,6 +955,12 @@ fn macros_first(
     let syn::ItemFn {
         vis, sig, block, ..
     } = func;
+    let marker = proc_macro2::Ident::new(REORDERED, proc_macro2::Span::call_site());
+    let args = if args.is_empty() {
+        quote::quote!(#marker)
+    } else {
+        quote::quote!(#marker, #args)
+    };
     Some(quote::quote! {
         #(#macros)*
         #[#krate::idempotent(#args)]
@@ -976,6 +1005,7 @@ fn is_inert(attr: &syn::Attribute) -> bool {
             | "instruction_set"
             | "optimize"
             | "coverage"
+            | "unsafe"
     )
 }
 
