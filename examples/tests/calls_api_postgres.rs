@@ -111,6 +111,24 @@ async fn a_simulated_carrier_failure_leaves_no_row_and_its_retry_creates_the_cal
     assert_eq!(listed(&api).await, vec![id_of(&retry)]);
 }
 
+/// The start-up line names the database, never its credentials, however the URL carries
+/// them (`user:password@`, or `?password=` as sqlx also takes).
+#[tokio::test]
+async fn the_database_s_password_stays_out_of_the_log() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, _db) = fresh_database(&pg, "shown").await;
+    // The test server trusts its connections: a password is sent and not needed.
+    let with_password = match url.split_once('?') {
+        Some((base, options)) => format!("{base}?{options}&password=T0pS3cret"),
+        None => format!("{url}?password=T0pS3cret"),
+    };
+    let api = CallsApi::start_args(&["--database-url", &with_password]).await;
+    assert!(!api.store.contains("T0pS3cret"), "{}", api.store);
+    assert!(api.store.starts_with("postgres at "), "{}", api.store);
+}
+
 /// Connections the pool kept that Postgres closed since (a restart, an administrator's
 /// `pg_terminate_backend`) fail the API's own statements no more than the store's: a list,
 /// or a call without a key, runs again on another connection. Each dead connection answered

@@ -74,6 +74,23 @@ async fn a_store_given_by_flag_wins_over_another_store_in_the_environment() {
     }
 }
 
+/// The start-up line names the store, never its credentials: a Redis URL's user name and
+/// password stay out of the log, for one server and for each node of a cluster.
+#[tokio::test]
+async fn the_store_s_password_stays_out_of_the_log() {
+    let at = common::free_addr();
+    for flag in ["--redis-url", "--redis-cluster"] {
+        let url = format!("redis://operator:S3cr3tPw@{at}/0");
+        let api = CallsApi::start_args(&[flag, &url]).await;
+        assert!(
+            !api.store.contains("S3cr3tPw") && !api.store.contains("operator"),
+            "{flag}: {}",
+            api.store
+        );
+        assert!(api.store.contains(&at.to_string()), "{flag}: {}", api.store);
+    }
+}
+
 #[tokio::test]
 async fn a_process_replays_what_it_cached_without_redis_unless_the_cache_is_off() {
     // A Redis of our own even when IDEM_TEST_REDIS_URL names one: this test stops it.

@@ -230,13 +230,19 @@ fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String>
         }
         Some(Redis::Server(Given { value, from })) => (
             RedisStore::new(value.as_str()).map_err(|e| format!("{from}: {e}"))?,
-            format!("redis at {value}"),
+            format!("redis at {}", shown(value)),
         ),
         Some(Redis::Cluster { urls, from }) => (
             RedisStore::cluster(urls)
                 .build()
                 .map_err(|e| format!("{from}: {e}"))?,
-            format!("redis cluster at {}", urls.join(",")),
+            format!(
+                "redis cluster at {}",
+                urls.iter()
+                    .map(|url| shown(url))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         ),
     };
     Ok(match options.replay_cache_bytes {
@@ -265,17 +271,27 @@ async fn on_database(url: &Given) -> Result<(IdempotencyConfig, CallsState, Stri
         .create_tables()
         .await
         .map_err(|e| failed(format!("cannot create the tables: {e}")))?;
-    // The password, if any, stays out of the log.
-    let shown = match url.split_once('@') {
-        Some((_, host)) => format!("postgres://…@{host}"),
-        None => url.to_owned(),
-    };
     // The create handlers write in their key's transaction: a store that cannot lend one
     // stops the start-up here rather than failing their requests.
     let idem = IdempotencyConfig::new(store)
         .require_transactions()
         .map_err(|e| failed(e.to_string()))?;
-    Ok((idem, state, format!("postgres at {shown}")))
+    Ok((idem, state, format!("postgres at {}", shown(url))))
+}
+
+/// A store's `url` for the log: its scheme, host, port and path, without the credentials a
+/// URL carries (`user:password@`, or a query's `password=`, which sqlx takes too).
+fn shown(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    match scheme {
+        "" => format!("{host}{path}"),
+        scheme => format!("{scheme}://{host}{path}"),
+    }
 }
 
 /// Says why a setting is refused, with the usage: exit 2.
