@@ -5,10 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
 use idem_actix::testing::{Fault, FaultyStore, UnavailableStore};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::store::RECORD_OVERHEAD;
-use idem_tests::{assert_error, eventually, serve, Counter, RawRequest, TestServer};
+use idem_tests::{
+    assert_error, eventually, serve, until_orphaned, Counter, RawRequest, TestServer,
+};
 use metrics::{
     Counter as MCounter, CounterFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
@@ -176,6 +179,44 @@ async fn a_run_a_drain_cancels_is_counted_as_cancelled() {
     assert_eq!(drained, 1);
     assert_eq!(client.await.unwrap().status, 503);
     assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 1);
+}
+
+/// A stream that sends its first piece and then never ends.
+#[post("/endless")]
+#[idempotent]
+async fn endless(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    let first = futures_util::stream::once(async {
+        Ok::<_, actix_web::Error>(web::Bytes::from_static(b"first"))
+    });
+    HttpResponse::Ok().streaming(first.chain(futures_util::stream::pending()))
+}
+
+/// A stream whose client went away, cancelled by a drain that ran out of time, is counted as
+/// `cancelled`, as any run a drain cancels: it was counted as nothing.
+#[actix_web::test]
+async fn a_stream_a_drain_cancels_after_its_client_went_away_is_counted_as_cancelled() {
+    let (_serial, captured) = counting().await;
+    let runs = Counter::default();
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
+    let data = web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(data.clone())
+            .service(endless);
+    });
+    let request = RawRequest::post("/endless")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "endless");
+    request
+        .send_and_reset(server.addr, || runs.get() == 1)
+        .await;
+    until_orphaned(server.addr, &request).await;
+    let drained = IdempotencyConfig::new(MokaStore::new())
+        .drain(std::time::Duration::from_millis(100))
+        .await;
+    assert_eq!(drained, 1);
+    eventually(|| captured.count("idem_requests_total{outcome=cancelled}") == 1).await;
 }
 
 #[actix_web::test]

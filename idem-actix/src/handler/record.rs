@@ -350,6 +350,7 @@ fn tee(
             Teed::Omitted(size) => Response::omitted(status, size),
             Teed::Cancelled => {
                 tracing::warn!("a response stream whose client went away was cancelled at shutdown; its key is released");
+                metrics::outcome("cancelled");
                 // Released in the background, which the drain waits for; before the orphan's
                 // count ends, which it waits for first.
                 drop(lease);
