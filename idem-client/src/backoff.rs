@@ -23,6 +23,12 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
+    /// The least wait before retry `retry`, given the server's `Retry-After`: that, or half
+    /// the backoff ([`delay`](Self::delay) with no jitter).
+    pub(crate) fn least(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        self.delay(retry, retry_after, 0.0)
+    }
+
     /// The wait before retry `retry`, given the server's `Retry-After` and `jitter`, a number
     /// in `[0, 1)` drawn at random.
     pub(crate) fn delay(&self, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {

@@ -86,7 +86,9 @@
 //! server is a floor: the wait is at least that long, plus up to half a step (one the client
 //! cannot read, such as `1.5`, is ignored, and the backoff alone sets the wait). Attempts are
 //! bounded in number ([`max_attempts`](ClientBuilder::max_attempts)) and in time
-//! ([`max_elapsed`](ClientBuilder::max_elapsed)).
+//! ([`max_elapsed`](ClientBuilder::max_elapsed)): the client gives up when the least wait
+//! (the `Retry-After`, or half the step) would end past the time limit, and otherwise cuts the
+//! random part to end before it.
 //!
 //! # Both sides
 //! The server handler, with `idem-actix`:

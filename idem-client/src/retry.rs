@@ -72,13 +72,25 @@ where
         if number >= policy.max_attempts {
             return Err(give_up(failure));
         }
+        let least = policy.backoff.least(number, retry_after);
         let wait = policy.backoff.delay(number, retry_after, rng.f64());
         // Waiting past the deadline would leave no time for the attempt it waits for; a wait
-        // too long for the clock to add (an absurd `Retry-After`) is past any.
-        let until = Instant::now().checked_add(wait);
-        if until.is_none_or(|until| deadline.is_some_and(|deadline| until >= deadline)) {
+        // too long for the clock to add (an absurd `Retry-After`) is past any. Only the least
+        // wait counts for that: the random part added to it, which only spreads clients out,
+        // is cut to end halfway from the least wait's end to the deadline, rather than give
+        // up an attempt there is time for.
+        let now = Instant::now();
+        let Some(least_until) = now.checked_add(least) else {
             return Err(give_up(failure));
-        }
+        };
+        let wait = match (deadline, now.checked_add(wait)) {
+            (Some(deadline), _) if least_until >= deadline => return Err(give_up(failure)),
+            (Some(deadline), until) if until.is_none_or(|until| until >= deadline) => {
+                least + (deadline - least_until) / 2
+            }
+            (None, None) => return Err(give_up(failure)),
+            _ => wait,
+        };
         tokio::time::sleep(wait).await;
         number += 1;
     }
@@ -225,6 +237,36 @@ mod tests {
         let script = Script::new([unavailable(None)]);
         let err = script.run(&unbounded).await.unwrap_err();
         assert!(matches!(err, Error::GaveUp { attempts: 1, .. }), "{err}");
+    }
+
+    /// A `Retry-After` that leaves time for another attempt gets one, however much of the
+    /// random spread on top of it would not fit: the spread is cut to fit, where the client
+    /// gave up at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_spread_above_retry_after_never_makes_the_client_give_up_an_attempt_that_fits() {
+        let policy = RetryPolicy {
+            max_elapsed: Duration::from_secs(2),
+            backoff: Backoff {
+                initial: Duration::from_secs(8),
+                max: Duration::from_secs(8),
+            },
+            ..POLICY
+        };
+        let script = Script::new([
+            unavailable(Some(Duration::from_secs(1))),
+            Verdict::Done("ok"),
+        ]);
+        assert_eq!(
+            script.run(&policy).await.ok(),
+            Some("ok"),
+            "{:?}",
+            script.seen()
+        );
+        let seen = script.seen();
+        assert!(
+            seen[1].1 >= Duration::from_secs(1) && seen[1].1 < Duration::from_secs(2),
+            "the retry waits its Retry-After and comes before the limit: {seen:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
