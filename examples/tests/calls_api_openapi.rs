@@ -229,3 +229,41 @@ async fn an_answer_the_authentication_gives_is_not_documented_as_a_replay() {
         assert!(responses["201"]["headers"]["Idempotent-Replayed"].is_object());
     }
 }
+
+/// What the API answers itself, outside the layer, is documented with what it carries: a
+/// 401 its `X-Request-ID`, and every route that reads or writes the database its 503
+/// `database_unavailable` under `--database-url`, with `Retry-After` (the keyless calls and
+/// the lists, where the layer's own 503s are not).
+#[tokio::test]
+async fn the_api_s_own_refusals_are_documented_with_their_headers() {
+    let api = CallsApi::start(None).await;
+    let doc = document(&api).await;
+    let refused = RawRequest::get("/v1/calls").send(api.addr).await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.header("x-request-id").is_some());
+    for (path, method) in [
+        ("/v1/calls", "get"),
+        ("/v1/calls", "post"),
+        ("/v1/messages", "get"),
+        ("/v1/messages", "post"),
+    ] {
+        let responses = &doc["paths"][path][method]["responses"];
+        assert!(
+            responses["401"]["headers"]["X-Request-ID"].is_object(),
+            "{method} {path}: {}",
+            responses["401"]
+        );
+        let unavailable = &responses["503"];
+        let said = unavailable["description"].as_str().unwrap_or_default();
+        assert!(
+            said.contains("database_unavailable"),
+            "{method} {path}: {said}"
+        );
+        for header in ["Retry-After", "X-Request-ID"] {
+            assert!(
+                unavailable["headers"][header].is_object(),
+                "{method} {path}: {header} in {unavailable}"
+            );
+        }
+    }
+}

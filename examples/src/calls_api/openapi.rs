@@ -68,8 +68,27 @@ const SIMULATION: &str = "Demo knobs of the fake carrier (headers, so that they 
 /// Every route, as the handlers answer.
 fn routes() -> serde_json::Value {
     let error = json!({"$ref": "#/components/schemas/ApiError"});
+    let string = json!({"type": "string"});
+    let request_id = json!({
+        "description": "The request's id: its own valid `X-Request-ID`, else one the server made; the error body repeats it.",
+        "schema": string,
+    });
     let unauthorized = json!({
         "description": "No bearer token, or one not spelled `Bearer <token>` with one space and a token of letters, digits and `-._~+/` (then any `=`): `unauthorized`.",
+        "headers": {"X-Request-ID": request_id},
+        "content": {"application/json": {"schema": error}},
+    });
+    // Under `--database-url` only: the embedded store's API keeps its data in memory.
+    let database = "Under `--database-url`, a database that fails answers 503 \
+        `database_unavailable`, with `Retry-After`: nothing was kept, and the request may be \
+        sent again.";
+    let retry_after = json!({
+        "description": "Seconds to wait before sending the request again.",
+        "schema": {"type": "integer", "minimum": 0},
+    });
+    let database_unavailable = json!({
+        "description": database,
+        "headers": {"Retry-After": retry_after, "X-Request-ID": request_id},
         "content": {"application/json": {"schema": error}},
     });
     let bad_request = |codes: &str| {
@@ -106,12 +125,12 @@ fn routes() -> serde_json::Value {
         })
     };
     let carrier_failed = json!({
-        "description": "The fake carrier failed, as `X-Simulate-Status` asked: \
-            `carrier_unavailable`. Nothing was created, and the key is free again.",
+        "description": format!("The fake carrier failed, as `X-Simulate-Status` asked: \
+            `carrier_unavailable`. Nothing was created, and the key is free again. {database}"),
+        "headers": {"Retry-After": retry_after},
         "content": {"application/json": {"schema": error}},
     });
     let bearer = json!([{"bearer": []}]);
-    let string = json!({"type": "string"});
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -143,7 +162,11 @@ fn routes() -> serde_json::Value {
                     "operationId": "listCalls",
                     "summary": "List calls",
                     "security": bearer,
-                    "responses": {"200": listed("Call", "calls"), "401": unauthorized},
+                    "responses": {
+                        "200": listed("Call", "calls"),
+                        "401": unauthorized,
+                        "503": database_unavailable,
+                    },
                 },
             },
             "/v1/messages": {
@@ -167,7 +190,11 @@ fn routes() -> serde_json::Value {
                     "operationId": "listMessages",
                     "summary": "List messages",
                     "security": bearer,
-                    "responses": {"200": listed("Message", "messages"), "401": unauthorized},
+                    "responses": {
+                        "200": listed("Message", "messages"),
+                        "401": unauthorized,
+                        "503": database_unavailable,
+                    },
                 },
             },
             "/healthz": {"get": {
