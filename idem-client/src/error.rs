@@ -64,7 +64,7 @@ pub enum Error {
     /// server that compresses inside its idempotency layer; its message then names the
     /// coding): send it again with the same key and the first request's `Accept-Encoding`,
     /// not under a new key, which would run it again.
-    #[error("idempotency key {key} was already used with a different request ({status}): send a new operation with a new key, or the retry with its first request's method, URL and body")]
+    #[error("idempotency key {key} was already used with a different request ({status}): send a new operation with a new key, or the retry with its first request's method, URL and body{}", RequestId(.request_id))]
     Mismatch {
         /// The key.
         key: String,
@@ -72,13 +72,15 @@ pub enum Error {
         status: StatusCode,
         /// The server's message, when its body had one.
         message: Option<String>,
+        /// The server's id of the request (its `X-Request-ID`), when it sent one.
+        request_id: Option<String>,
     },
     /// The operation ran and completed under this key, but its response was too large for the
     /// server to keep (409 `idempotency_response_too_large`), so it cannot be replayed. It
     /// will not run again under this key either: look its outcome up instead (a listing, the
     /// resource it created), and do not send it again under a new key, which would run it a
     /// second time.
-    #[error("the operation with idempotency key {key} ran, but its response was too large for the server to keep ({status}), so it cannot be replayed; look its outcome up instead of sending it again{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    #[error("the operation with idempotency key {key} ran, but its response was too large for the server to keep ({status}), so it cannot be replayed; look its outcome up instead of sending it again{}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default(), RequestId(.request_id))]
     ResponseNotKept {
         /// The key.
         key: String,
@@ -86,6 +88,8 @@ pub enum Error {
         status: StatusCode,
         /// The server's message (which names the operation's status), when its body had one.
         message: Option<String>,
+        /// The server's id of the request (its `X-Request-ID`), when it sent one.
+        request_id: Option<String>,
     },
     /// The idempotency layer refused the request with one of its own codes: a 4xx (such as
     /// `idempotency_key_invalid` or `idempotency_body_too_large`) before running it, or a 500
@@ -100,7 +104,7 @@ pub enum Error {
     /// the transaction was rolled back (unless it committed it itself), what else it did (a
     /// call to another service) stands, and the key was released, so sending the request
     /// again, under this key or another, runs it again.
-    #[error("the server refused idempotency key {key} with {status} {code}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    #[error("the server refused idempotency key {key} with {status} {code}{}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default(), RequestId(.request_id))]
     Refused {
         /// The key.
         key: String,
@@ -110,6 +114,9 @@ pub enum Error {
         code: String,
         /// The server's message, when its body had one.
         message: Option<String>,
+        /// The server's id of the request (its `X-Request-ID`), when it sent one: what a
+        /// report of a server's fault names.
+        request_id: Option<String>,
     },
     /// The answer is larger than [`max_response`](crate::ClientBuilder::max_response), so
     /// it was not read (nor retried; a 408, 502, 503 or 504, or a 409 with `Retry-After` that is
@@ -194,6 +201,29 @@ impl Error {
             | Self::InvalidAnswer { key, .. }
             | Self::GaveUp { key, .. } => Some(key),
             _ => None,
+        }
+    }
+
+    /// The server's id of the request it refused (its `X-Request-ID`), where it answered with
+    /// one: the id to give with a report of the server's fault.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Self::Mismatch { request_id, .. }
+            | Self::ResponseNotKept { request_id, .. }
+            | Self::Refused { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A request id for an error's message: ` (request id ...)`, or nothing.
+struct RequestId<'a>(&'a Option<String>);
+
+impl std::fmt::Display for RequestId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " (request id {id})"),
+            None => Ok(()),
         }
     }
 }

@@ -257,6 +257,11 @@ impl Attempt<'_> {
             },
             Err(e) => return transport(e, &key),
         };
+        // The server's id of this request, for an error to name.
+        let request_id = || {
+            let id = headers.get("x-request-id")?.to_str().ok()?;
+            Some(id.to_owned())
+        };
         match classify(status, &headers, &body, SystemTime::now()) {
             Class::Answer => Verdict::Done(Response {
                 status,
@@ -270,16 +275,19 @@ impl Attempt<'_> {
                 retry_after,
             },
             Class::Mismatch { message } => Verdict::Stop(Error::Mismatch {
+                request_id: request_id(),
                 key,
                 status,
                 message,
             }),
             Class::NotKept { message } => Verdict::Stop(Error::ResponseNotKept {
+                request_id: request_id(),
                 key,
                 status,
                 message,
             }),
             Class::Refused { code, message } => Verdict::Stop(Error::Refused {
+                request_id: request_id(),
                 key,
                 status,
                 code,

@@ -41,6 +41,7 @@ async fn a_response_too_large_to_keep_is_told_as_an_operation_that_ran() {
             key,
             status,
             message,
+            ..
         } => {
             assert_eq!(key, first.key());
             assert_eq!(*status, 409);
