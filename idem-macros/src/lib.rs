@@ -231,8 +231,9 @@ mod valid;
 /// ## `key`
 ///
 /// Where the key is, for APIs and webhooks that carry it in the body rather than in a header
-/// of its own: `"json:<pointer>"` reads the string (or number) a JSON Pointer (RFC 6901)
-/// names in the JSON body, such as `"json:/event_id"`; a function
+/// of its own: `"json:<pointer>"` reads the string (or number, as it is spelled: `1` and `1.0`
+/// are two keys, as a retry that resends its body unchanged never tells apart) a JSON Pointer
+/// (RFC 6901) names in the JSON body, such as `"json:/event_id"`; a function
 /// `fn(&HttpRequest, &[u8]) -> Option<String>`, named without quotes and checked at compile
 /// time, finds it in the request and its body. The key rules hold as for a header (1 to
 /// `key_max_len` bytes of visible ASCII, else 400 `idempotency_key_invalid`, naming where the

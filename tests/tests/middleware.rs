@@ -648,11 +648,13 @@ async fn a_404_of_routing_under_the_middleware_is_not_recorded() {
 }
 
 /// actix routes a path by its spelling with percent-escapes decoded (`/v1/%63alls` is
-/// `/v1/calls`): the layer takes a request's path so too, for its endpoint (keys per endpoint,
-/// under the middleware) and its fingerprint, so that one request spelled two ways is one
-/// operation, run once and then replayed.
+/// `/v1/calls`): keyed per endpoint under the middleware, the layer tells the endpoint so too,
+/// so that one key on one route spelled two ways runs once. The fingerprint keeps the path as
+/// sent (actix's decoding is lossy: an escape that is no UTF-8 becomes U+FFFD), so the other
+/// spelling is a mismatch, never a second run; and two paths actix decodes alike but were sent
+/// apart (`%FF`, `%FE`) never share an answer.
 #[actix_web::test]
-async fn a_path_spelled_with_percent_escapes_is_the_path_actix_routes() {
+async fn a_path_spelled_with_percent_escapes_is_the_endpoint_actix_routes() {
     let a = app(
         |cfg| {
             cfg.service(
@@ -672,7 +674,33 @@ async fn a_path_spelled_with_percent_escapes_is_the_path_actix_routes() {
     let first = a.send(post("/v1/calls")).await;
     assert_eq!((first.status, first.replayed()), (201, false));
     let escaped = a.send(post("/v1/%63alls")).await;
-    assert_eq!((escaped.status, escaped.replayed()), (201, true));
-    assert_eq!(escaped.body, first.body);
+    assert_error(&escaped, 409, "idempotency_conflict");
     assert_eq!(a.probe.runs.get(), 1);
+}
+
+#[idempotent]
+async fn raw_path(req: HttpRequest) -> HttpResponse {
+    HttpResponse::Created().body(req.path().to_owned())
+}
+
+/// Two paths that differ only in escapes that are no UTF-8, which actix decodes alike (both to
+/// U+FFFD), are two requests to the fingerprint: the second is not the first's replay.
+#[actix_web::test]
+async fn paths_actix_decodes_alike_but_sent_apart_never_share_an_answer() {
+    let a = app(
+        |cfg| {
+            cfg.route("/bytes/{name}", web::post().to(raw_path));
+        },
+        Policy::DEFAULT,
+    );
+    let post = |path: &str| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "k")
+            .body("a")
+    };
+    assert_eq!(a.send(post("/bytes/%FF")).await.status, 201);
+    let other = a.send(post("/bytes/%FE")).await;
+    assert!(!other.replayed(), "{other:?}");
+    assert_error(&other, 409, "idempotency_conflict");
 }

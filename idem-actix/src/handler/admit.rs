@@ -383,7 +383,8 @@ fn store_key(
 
 /// `req`'s path as actix routes it: with the percent-escapes of characters other than `%`, `/`
 /// and `+` decoded (`/v1/%63alls` is `/v1/calls`), so that a path spelled two ways is one
-/// endpoint and one request to the layer, as it is one route to the app.
+/// endpoint to the layer, as it is one route to the app. (Its fingerprint keeps the path as
+/// sent: see [`fingerprint`].)
 fn routed_path(req: &HttpRequest) -> &str {
     req.match_info().as_str()
 }
@@ -408,7 +409,10 @@ fn fingerprint(
     policy: &Policy,
     function: Option<FingerprintFunction>,
 ) -> Result<Fingerprint, BodyError> {
-    let (method, path, query) = (req.method().as_str(), routed_path(req), req.query_string());
+    // The path as sent: actix's decoded one is lossy (an escape that is no UTF-8 becomes
+    // U+FFFD, so `/a/%FF` and `/a/%FE` would be one request), and a path spelled two ways is
+    // at worst a mismatch, never another request's replay.
+    let (method, path, query) = (req.method().as_str(), req.path(), req.query_string());
     if function.is_none()
         && policy.fingerprint == BodyForm::Bytes
         && policy.fingerprint_headers.is_empty()
