@@ -573,7 +573,7 @@ impl Engine {
         Lease {
             engine: self.clone(),
             lease: lease(policy),
-            ttl: policy.ttl,
+            ttl: ttl(policy),
             cache: policy.cache,
             max_response: policy.max_response,
             key,
@@ -690,6 +690,12 @@ impl Drop for Unanswered<'_> {
 /// policy says (a policy can be built without [`Policy::check`]).
 fn lease(policy: &Policy) -> Duration {
     policy.lease.max(Policy::MIN_LEASE)
+}
+
+/// How long a record under `policy` is kept: [`Policy::MIN_TTL`] at least, whatever the
+/// policy says (a policy can be built without [`Policy::check`]).
+fn ttl(policy: &Policy) -> Duration {
+    policy.ttl.max(Policy::MIN_TTL)
 }
 
 fn mismatch(policy: &Policy) -> IdempotencyError {
@@ -2733,6 +2739,22 @@ mod tests {
         clock.advance(Policy::MIN_LEASE);
         let after = engine.begin(&policy, key(1), fp("a")).await;
         assert!(matches!(after, Ok(Begin::Execute(_))), "{after:?}");
+    }
+
+    /// A TTL under a millisecond would record nothing (records are kept by the millisecond),
+    /// so that every retry ran the operation again: the engine keeps a record for
+    /// `Policy::MIN_TTL` at least, as it holds a lease for `Policy::MIN_LEASE`, for a policy
+    /// built without `Policy::check`.
+    #[tokio::test]
+    async fn a_ttl_below_the_minimum_keeps_the_record_for_the_minimum() {
+        let (engine, _clock) = setup();
+        let policy = Policy::DEFAULT.ttl(Duration::from_micros(500));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        assert_eq!(
+            lease.finish(response(201, "once")).await.unwrap(),
+            Outcome::Recorded
+        );
+        assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
     #[tokio::test]

@@ -133,8 +133,9 @@ pub enum Claim {
 /// counts as absent. `extend`, `complete` and `release` are fenced by the token alone: a
 /// claim whose lease lapsed but which nobody displaced may still finish, since its operation
 /// ran. A backend drops records itself some time after they lapse, never keeping them
-/// without bound (the embedded store keeps at most 63 lapsed claims in each of its 256 claim
-/// maps until a new claim fills that map, or until their key is claimed again).
+/// without bound (the embedded store drops a lapsed claim when its key is claimed again, or when
+/// a new claim finds its claim map, one of 256, holding 64 claims or more and the lapsed one a
+/// minute past its lease: claims whose holders vanished wait for the map's next claim then).
 pub trait Store: Send + Sync + 'static {
     /// Atomically writes `claim` unless a live record exists; returns that record if it does.
     fn claim<'a>(
