@@ -354,18 +354,6 @@ fn decimal(raw: &str) -> Result<Decimal<'_>, &'static str> {
         Some(b'+') => (false, &exponent[1..]),
         _ => (false, exponent),
     };
-    let exp_digits = exp_digits.trim_start_matches('0');
-    if exp_digits.len() > MAX_EXPONENT_DIGITS {
-        return Err("a number's exponent is too large");
-    }
-    let written: i64 = if exp_digits.is_empty() {
-        0
-    } else {
-        exp_digits
-            .parse()
-            .map_err(|_| "a number's exponent is too large")?
-    };
-    let written = if exp_negative { -written } else { written };
     let digit = |i: usize| {
         if i < whole.len() {
             whole.as_bytes()[i]
@@ -375,6 +363,18 @@ fn decimal(raw: &str) -> Result<Decimal<'_>, &'static str> {
     };
     let len = whole.len() + fraction.len();
     let first = (0..len).find(|&i| digit(i) != b'0');
+    // A zero is zero whatever its exponent: only another number's is bounded.
+    let exp_digits = exp_digits.trim_start_matches('0');
+    if first.is_some() && exp_digits.len() > MAX_EXPONENT_DIGITS {
+        return Err("a number's exponent is too large");
+    }
+    let written: i64 = match (first, exp_digits) {
+        (None, _) | (_, "") => 0,
+        (Some(_), digits) => digits
+            .parse()
+            .map_err(|_| "a number's exponent is too large")?,
+    };
+    let written = if exp_negative { -written } else { written };
     let (significant, exponent) = match first {
         None => (0..0, 0),
         Some(first) => {
@@ -524,6 +524,21 @@ mod tests {
 
     fn same(a: &str, b: &str) -> bool {
         digest(a, &[]).unwrap() == digest(b, &[]).unwrap()
+    }
+
+    /// A zero is zero whatever its exponent, as serde reads it: an exponent too large for any
+    /// other number is no reason to refuse one (`0e9999999999999999` was 400 "not JSON").
+    /// Another number with such an exponent is still refused.
+    #[test]
+    fn a_zero_with_any_exponent_is_zero() {
+        for zero in [
+            r#"{"n":0e9999999999999999}"#,
+            r#"{"n":0.0e-99999999999999999999}"#,
+            r#"{"n":-0.000E+123456789012345678901234567890}"#,
+        ] {
+            assert!(same(zero, r#"{"n":0}"#), "{zero}");
+        }
+        assert!(digest(r#"{"n":1e9999999999999999}"#, &[]).is_err());
     }
 
     #[test]
