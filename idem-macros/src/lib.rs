@@ -321,7 +321,10 @@ mod valid;
 ///
 /// The answer when a key comes back with a different request (method, path, query or body):
 /// `"conflict"` (409 `idempotency_conflict`, the default), `"unprocessable"` (422, as the IETF draft
-/// says) or `"replay"` (the first response, ignoring the new request).
+/// says) or `"replay"` (the first response, ignoring the new request). `"replay"` ignores all of
+/// it, the endpoint too: a key reused on another endpoint gets the first endpoint's response,
+/// unless keys are kept per endpoint (`per_endpoint`), which APIs that ignore only a retry's
+/// body want.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

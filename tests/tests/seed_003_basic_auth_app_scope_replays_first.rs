@@ -4,9 +4,11 @@
 //! with the same key returns the cached response, and a different body is ignored: the first
 //! response comes back and nothing runs again. The scope holds a digest of the APP KEY as
 //! well, so that nobody without it reaches an app's records (the layer answers before the
-//! handler checks the APP KEY).
+//! handler checks the APP KEY). Keys are per endpoint too: `mismatch = "replay"` replays
+//! whatever the fingerprint tells apart (method and path as well as the body), and the seed
+//! ignores only a retry's body, never its endpoint.
 //!
-//! `#[idempotent(scope = "basic_auth_user", mismatch = "replay")]`
+//! `#[idempotent(scope = "basic_auth_user", mismatch = "replay", per_endpoint)]`
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use idem_tests::{asked, assert_error, counted, serve, Counter, RawRequest, Serve
 use serde_json::json;
 
 #[post("/voice/v1/call")]
-#[idempotent(scope = "basic_auth_user", mismatch = "replay")]
+#[idempotent(scope = "basic_auth_user", mismatch = "replay", per_endpoint)]
 async fn voice_call(
     runs: web::Data<Counter>,
     req: HttpRequest,
@@ -159,4 +161,36 @@ async fn every_response_but_a_5xx_is_stored() {
     app()
         .stores_all_but_5xx(|key| call(APP1_KEY1, key, "+6500000001"))
         .await;
+}
+
+#[post("/sms/v1/messages/")]
+#[idempotent(scope = "basic_auth_user", mismatch = "replay", per_endpoint)]
+async fn send_sms(runs: web::Data<Counter>, body: web::Json<serde_json::Value>) -> HttpResponse {
+    let n = runs.bump();
+    HttpResponse::Ok().json(json!({ "result": 0, "job_id": format!("sms{n}"), "to": body["to"] }))
+}
+
+/// What the seed ignores is the body of a retry, not its endpoint ("Do not share keys across
+/// different operations or different API endpoints"): a key reused on another endpoint is not
+/// answered with the first endpoint's response, which would say an SMS went out as a call.
+#[actix_web::test]
+async fn a_key_reused_on_another_endpoint_is_not_answered_with_that_endpoint_s_response() {
+    let s = serve(|cfg| {
+        cfg.service(voice_call).service(send_sms);
+    });
+    let voice = s.send(&call(APP1_KEY1, "k", "+15550000001")).await;
+    assert_eq!(voice.status, 200);
+    let sms = RawRequest::post("/sms/v1/messages/")
+        .header("Authorization", &format!("Basic {APP1_KEY1}"))
+        .header("Idempotency-Key", "k")
+        .json(&json!({ "to": ["+15550000009"], "body": "hi" }));
+    let sent = s.send(&sms).await;
+    assert_eq!(
+        (sent.status, sent.replayed()),
+        (200, false),
+        "{}",
+        sent.text()
+    );
+    assert!(sent.text().contains("sms"), "{}", sent.text());
+    assert!(s.send(&sms).await.replayed());
 }
