@@ -4,7 +4,7 @@ use std::future::{ready, Ready};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::error::InternalError;
 use actix_web::http::header::{self, HeaderMap};
@@ -311,10 +311,13 @@ where
                 match service.call(req).await {
                     Ok(res) => {
                         warn_if_negotiated(res.headers());
-                        // A 404 for a path no route of the app fits is the routing's: no
-                        // handler ran, so it is not recorded, as an extractor's refusal is not.
+                        // A 404 for a path no route of the app fits, without a body (actix's
+                        // own not-found), is the routing's: no handler ran, so it is not
+                        // recorded, as an extractor's refusal is not. A default service that
+                        // answers a page of its own may have done work first: recorded.
                         let unrouted = res.status() == StatusCode::NOT_FOUND
-                            && res.request().match_pattern().is_none();
+                            && res.request().match_pattern().is_none()
+                            && matches!(res.response().body().size(), BodySize::Sized(0));
                         let mut reply = Reply::from_service(res.map_into_boxed_body());
                         if unrouted {
                             reply.res.extensions_mut().insert(Unrun);

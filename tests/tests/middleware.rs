@@ -704,3 +704,40 @@ async fn paths_actix_decodes_alike_but_sent_apart_never_share_an_answer() {
     assert!(!other.replayed(), "{other:?}");
     assert_error(&other, 409, "idempotency_conflict");
 }
+
+/// A default service that does real work (a catch-all that forwards) and answers 404 with a
+/// page of its own ran: a retry under the same key must not run it again. Only actix's own
+/// not-found, which has no body, is taken for the routing's.
+async fn catch_all(probe: web::Data<Probe>) -> HttpResponse {
+    probe.runs.bump();
+    HttpResponse::NotFound().body("forwarded; upstream said 404")
+}
+
+#[actix_web::test]
+async fn a_404_of_a_default_service_that_answers_its_own_page_is_recorded() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .route("/calls", web::post().to(plain))
+                    .default_service(web::to(catch_all)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let post = || {
+        RawRequest::post("/v1/forward")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "k")
+            .body("a")
+    };
+    assert_eq!(a.send(post()).await.status, 404);
+    let again = a.send(post()).await;
+    assert_eq!((again.status, again.replayed()), (404, true));
+    assert_eq!(
+        a.probe.runs.get(),
+        1,
+        "the default service ran twice under one key"
+    );
+}
