@@ -54,6 +54,8 @@ pub struct ReplayCache<S> {
     inner: S,
     /// `None` when turned off (`max_bytes` 0): every operation goes to `inner`.
     kept: Option<Cache<StoreKey, Kept>>,
+    /// The bound on what is kept, in bytes as [`weight`] counts them.
+    max_bytes: u64,
 }
 
 /// A completed record and how long to keep it from its insertion: until its expiry.
@@ -99,7 +101,11 @@ impl<S: Store> ReplayCache<S> {
                 .expire_after(UntilExpiry)
                 .build()
         });
-        Self { inner, kept }
+        Self {
+            inner,
+            kept,
+            max_bytes,
+        }
     }
 
     /// The store behind the cache.
@@ -144,7 +150,10 @@ impl<S: Store> ReplayCache<S> {
     /// The store is asked how long it keeps the key (for Redis, one more round trip, made
     /// once per record and process); not kept when it cannot say.
     async fn learn(&self, key: &StoreKey, record: &Completed, now: Timestamp) {
-        if self.kept.is_none() || record.expires_at <= now {
+        // Nothing to ask for a copy that would not be kept: one past its expiry, or heavier
+        // than the whole cache (every replay of it would pay the question's round trip).
+        let fits = weight(record).is_some_and(|weight| u64::from(weight) <= self.max_bytes);
+        if self.kept.is_none() || record.expires_at <= now || !fits {
             return;
         }
         if let Ok(bound) = self.inner.kept_for(key).await {
@@ -450,6 +459,30 @@ mod tests {
             (1 + 2, 2),
             "asked again after the store could not say, then kept"
         );
+    }
+
+    /// A record the cache cannot keep (heavier than its bound) is not worth asking the store
+    /// how long it keeps it: every replay of it would pay that round trip for nothing.
+    #[tokio::test]
+    async fn a_record_too_heavy_to_keep_costs_no_question_to_the_store() {
+        let store = counted(4096);
+        let held = claim(0);
+        let remote = store.inner();
+        remote.claim(&key(1), held, at(0)).await.unwrap();
+        let record = completed(0, &[b'x'; 8192]);
+        assert!(remote
+            .complete(&key(1), held.token, record.clone(), at(0))
+            .await
+            .unwrap());
+        remote.take();
+        for secs in 1..4 {
+            assert_eq!(
+                store.claim(&key(1), claim(secs), at(secs)).await.unwrap(),
+                replay(&record)
+            );
+        }
+        let calls = store.inner().take();
+        assert_eq!(calls.get("kept_for"), None, "{calls:?}");
     }
 
     #[tokio::test]
