@@ -204,8 +204,10 @@ mod valid;
 ///
 /// The request header that carries the key. Default `"Idempotency-Key"`. Not a header the
 /// scope reads the caller's credential from (`Authorization` or `X-API-Key` under `"api_key"`,
-/// the default; `Authorization` under `"basic_auth_user"`), which is refused at compile time:
-/// every request with that credential would carry the same key.
+/// the default; `Authorization` under `"basic_auth_user"`): every request with that credential
+/// would carry the same key. Refused at compile time when the attribute names its scope, else,
+/// when the application's scope reads it, answered 500 `idempotency_misconfigured` (and logged)
+/// on keyed requests.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

@@ -66,16 +66,13 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
         }
     }
     if let Some(header) = &args.header {
-        // The headers a built-in scope reads the caller's credential from (`api_key` is the
-        // built-in default, which an attribute judges by: it cannot see the application's).
+        // The headers a built-in scope reads the caller's credential from. Without a scope of
+        // its own, the attribute's is the application's, which it cannot see: judged then on
+        // keyed requests (500 `idempotency_misconfigured`, and logged).
         let (scope, credentials): (_, &[&str]) = match args.scope.as_ref().map(|s| &s.value) {
-            None => (
-                "the default scope, \"api_key\",",
-                &["authorization", "x-api-key"],
-            ),
             Some(Scope::ApiKey) => ("the scope \"api_key\"", &["authorization", "x-api-key"]),
             Some(Scope::BasicAuthUser) => ("the scope \"basic_auth_user\"", &["authorization"]),
-            Some(_) => ("", &[]),
+            _ => ("", &[]),
         };
         if credentials
             .iter()
