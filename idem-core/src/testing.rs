@@ -137,8 +137,12 @@ impl<S: Store> Store for CountingStore<S> {
         self.count("get").get(key, now)
     }
 
-    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
-        self.count("kept_for").kept_for(key)
+    fn kept_for<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Completed,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        self.count("kept_for").kept_for(key, record)
     }
 
     fn extend<'a>(
@@ -346,8 +350,12 @@ impl<S: Store> Store for FaultyStore<S> {
         self.call("get", move |s| s.get(key, now))
     }
 
-    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
-        self.call("kept_for", move |s| s.kept_for(key))
+    fn kept_for<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Completed,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        self.call("kept_for", move |s| s.kept_for(key, record))
     }
 
     fn extend<'a>(

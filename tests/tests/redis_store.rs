@@ -199,14 +199,18 @@ async fn behind_a_replay_cache_a_replay_is_no_command_and_other_instances_still_
         command_calls(&redis).is_empty(),
         "the instance that recorded it replays from its cache"
     );
-    // Another instance asks Redis once (its claim finds the record, and how long Redis keeps
-    // it bounds the copy), then keeps its own copy.
+    // Another instance asks Redis once (its claim finds the record), and once how long
+    // Redis keeps it (a script reading its value and `PTTL`, loaded first if it is not), then
+    // keeps its own copy.
     for _ in 0..3 {
         assert_eq!(call("k1").send(b.addr).await.body, first.body);
     }
+    let calls = command_calls(&redis);
+    let count = |name: &str| calls.get(name).copied().unwrap_or(0);
     assert_eq!(
-        command_calls(&redis),
-        HashMap::from([("set".to_owned(), 1), ("pttl".to_owned(), 1)])
+        (count("set"), count("evalsha"), count("get"), count("pttl")),
+        (1, 1, 1, 1),
+        "{calls:?}"
     );
     assert_eq!(probe.runs.get(), 2, "warm and k1, once each");
 }
@@ -1667,4 +1671,141 @@ fn a_worker_that_blocks_its_thread_holds_up_no_other_worker_s_replicated_writes(
         },
         timeout,
     );
+}
+
+/// The interleaving of a claim that found a completed record and the look at how long Redis
+/// keeps it: in between, the record lapsed in Redis and another process claimed the key anew.
+mod replaced_between {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use futures_util::future::BoxFuture;
+    use idem_core::store::{Claim, StoreFuture};
+    use idem_core::{Completed, InFlight, Record, Token};
+
+    use super::*;
+
+    /// A Redis store that runs `between` before its first `kept_for`.
+    struct Racing {
+        inner: RedisStore,
+        between: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
+    }
+
+    impl Store for Racing {
+        fn claim<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            claim: InFlight,
+            now: Timestamp,
+        ) -> StoreFuture<'a, Claim> {
+            self.inner.claim(key, claim, now)
+        }
+
+        fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
+            self.inner.get(key, now)
+        }
+
+        fn kept_for<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            record: &'a Completed,
+        ) -> StoreFuture<'a, Option<Duration>> {
+            let between = (self.between)();
+            StoreFuture::new(async move {
+                between.await;
+                self.inner.kept_for(key, record).await
+            })
+        }
+
+        fn extend<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            until: Timestamp,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.inner.extend(key, token, until, now)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a StoreKey,
+            token: Token,
+            record: Completed,
+            now: Timestamp,
+        ) -> StoreFuture<'a, bool> {
+            self.inner.complete(key, token, record, now)
+        }
+
+        fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            self.inner.release(key, token)
+        }
+    }
+
+    /// Redis's time left for the key is another record's then (the new claim's lease): the
+    /// copy is not kept by it, and the next request meets the running claim, not the old
+    /// answer.
+    #[actix_web::test]
+    async fn a_key_claimed_anew_before_its_time_left_is_read_is_not_replayed_from_a_copy() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let url = redis.url().to_owned();
+        let raw = || {
+            RedisStore::builder(&url)
+                .prefix("replaced:")
+                .build()
+                .unwrap()
+        };
+        let writer = Arc::new(Engine::new(raw()));
+        let policy = Policy::DEFAULT.ttl(Duration::from_secs(1));
+        let key = StoreKey::from_bytes([9; 32]);
+        let fingerprint = Fingerprint::new("POST", "/x", "", b"");
+        let Ok(Begin::Execute(lease)) = writer.begin(&policy, key, fingerprint).await else {
+            panic!("a new key runs");
+        };
+        let recorded = lease.finish(Response::new(201, [], b"old")).await;
+        assert_eq!(recorded.unwrap(), Outcome::Recorded);
+
+        let (w, u, done) = (
+            writer.clone(),
+            url.clone(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let between = move || {
+            let (w, u, done) = (w.clone(), u.clone(), done.clone());
+            Box::pin(async move {
+                if done.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                // The record lapses in Redis, and another process claims the key anew.
+                let client = redis::Client::open(u).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let _: i64 = redis::cmd("DEL")
+                    .arg(format!("replaced:{key}"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                let begun = w.begin(&Policy::DEFAULT, key, fingerprint).await;
+                let Ok(Begin::Execute(lease)) = begun else {
+                    panic!("{begun:?}")
+                };
+                // Still running when the lagging process asks again.
+                std::mem::forget(lease);
+            }) as BoxFuture<'static, ()>
+        };
+        let racing = Racing {
+            inner: raw(),
+            between: Arc::new(between),
+        };
+        let lagging = Engine::new(ReplayCache::new(racing, 1 << 20))
+            .with_clock(Behind(Duration::from_secs(5)));
+        let learned = lagging.begin(&policy, key, fingerprint).await;
+        assert!(matches!(learned, Ok(Begin::Replay(_))), "{learned:?}");
+        let again = lagging.begin(&policy, key, fingerprint).await;
+        assert!(
+            matches!(again, Err(IdempotencyError::InFlight)),
+            "the copy of a record Redis no longer holds is replayed over the new claim: {again:?}"
+        );
+    }
 }

@@ -178,16 +178,21 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the live record of `key`, if any.
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>>;
 
-    /// How much longer the store keeps `key`'s record by a clock of its own, for a store that
-    /// expires records by one and can tell (Redis: the key's `PTTL`); `Some(ZERO)` when it
-    /// holds none. `None`, the default, when a record's own expiry is all there is to go by.
+    /// How much longer the store keeps `record` under `key` by a clock of its own, for a store
+    /// that expires records by one and can tell (Redis: the key's `PTTL`, read in one step
+    /// with its value); `Some(ZERO)` when it holds another record there, or none. `None`, the
+    /// default, when a record's own expiry is all there is to go by.
     ///
     /// A record's expiry is a time written by the clock of the process that completed it;
     /// Redis drops the record by its own clock. [`ReplayCache`] asks this of a record it
     /// learns from the store, so that its copy is not kept past the record when this
     /// process's clock lags the writer's.
-    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
-        let _ = key;
+    fn kept_for<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Completed,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        let _ = (key, record);
         StoreFuture::ready(Ok(None))
     }
 
@@ -286,8 +291,12 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         (**self).get(key, now)
     }
 
-    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
-        (**self).kept_for(key)
+    fn kept_for<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Completed,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        (**self).kept_for(key, record)
     }
 
     fn extend<'a>(

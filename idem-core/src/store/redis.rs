@@ -35,6 +35,11 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return false
 ";
 
+/// A record's value and its time left (`PTTL`), read in one step. KEYS[1] the record.
+const KEPT: &str = r"
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+";
+
 /// Acts on a claim only if `token` still holds it: one round trip.
 /// KEYS[1] the record; ARGV: token, op (`extend`, `complete`, `release`), the new lease end
 /// (extend) or record (complete), PX.
@@ -105,6 +110,7 @@ pub struct RedisStore {
     waiters: Option<Arc<Lenders>>,
     claim: Arc<Script>,
     fenced: Arc<Script>,
+    kept: Arc<Script>,
 }
 
 /// How many replicas must acknowledge a claim or a completion, and how long to wait for
@@ -1335,6 +1341,7 @@ impl RedisStoreBuilder {
             waiters,
             claim: Arc::new(Script::new(CLAIM)),
             fenced: Arc::new(Script::new(FENCED)),
+            kept: Arc::new(Script::new(KEPT)),
         })
     }
 }
@@ -1373,15 +1380,26 @@ impl Store for RedisStore {
         })
     }
 
-    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
+    fn kept_for<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Completed,
+    ) -> StoreFuture<'a, Option<Duration>> {
         StoreFuture::new(async move {
-            let mut conn = self.conn.clone();
-            let cmd = redis::cmd("PTTL").arg(self.redis_key(key)).to_owned();
-            let ms: i64 = self.run(cmd.query_async(&mut conn)).await?;
-            // -2: no such key; -1: a key without an expiry, which the store never writes.
-            Ok(match ms {
-                -1 => None,
-                ms => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            let mut link = Link::Shared(self.conn.clone());
+            // The value and its time left in one step: a key whose record expired and was
+            // claimed anew since `record` was read holds another value, whose time says
+            // nothing of `record`'s.
+            let (value, ms): (Option<Vec<u8>>, i64) = self
+                .run(self.eval(&mut link, &self.kept, &self.redis_key(key), &[]))
+                .await?;
+            let held = value.and_then(|bytes| codec::decode(&bytes).ok());
+            let same = matches!(held, Some(Record::Completed(held)) if held == *record);
+            // PTTL -1: a key without an expiry, which the store never writes.
+            Ok(match (same, ms) {
+                (false, _) => Some(Duration::ZERO),
+                (true, -1) => None,
+                (true, ms) => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
             })
         })
     }

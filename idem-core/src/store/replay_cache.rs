@@ -156,7 +156,7 @@ impl<S: Store> ReplayCache<S> {
         if self.kept.is_none() || record.expires_at <= now || !fits {
             return;
         }
-        if let Ok(bound) = self.inner.kept_for(key).await {
+        if let Ok(bound) = self.inner.kept_for(key, record).await {
             self.keep(key, record, now, bound);
         }
     }
@@ -251,8 +251,12 @@ impl<S: Store> Store for ReplayCache<S> {
         })
     }
 
-    fn kept_for<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Duration>> {
-        self.inner.kept_for(key)
+    fn kept_for<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        record: &'a Completed,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        self.inner.kept_for(key, record)
     }
 
     fn extend<'a>(
