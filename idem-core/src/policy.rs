@@ -318,16 +318,10 @@ impl Policy {
         if !matches!(self.key_source, KeySource::Header) {
             return Ok(());
         }
-        let is = |name: &str| self.header.eq_ignore_ascii_case(name);
         match self.scope {
-            Scope::Header(scoped) if is(scoped) => Err(PolicyError::ScopeIsKey(self.header)),
-            Scope::ApiKey if is("authorization") || is("x-api-key") => {
-                Err(PolicyError::KeyIsCredential(self.header))
-            }
-            Scope::BasicAuthUser if is("authorization") => {
-                Err(PolicyError::KeyIsCredential(self.header))
-            }
-            _ => Ok(()),
+            _ if !self.scope.reads(self.header) => Ok(()),
+            Scope::Header(_) => Err(PolicyError::ScopeIsKey(self.header)),
+            _ => Err(PolicyError::KeyIsCredential(self.header)),
         }
     }
 

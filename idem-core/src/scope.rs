@@ -139,6 +139,17 @@ pub enum ScopeError {
 }
 
 impl Scope {
+    /// Whether [`resolve`](Self::resolve) reads request header `name` (in any case).
+    pub(crate) fn reads(&self, name: &str) -> bool {
+        let is = |read: &str| name.eq_ignore_ascii_case(read);
+        match *self {
+            Scope::ApiKey => is("authorization") || is("x-api-key"),
+            Scope::BasicAuthUser => is("authorization"),
+            Scope::Header(read) => is(read),
+            Scope::Principal | Scope::Global => false,
+        }
+    }
+
     /// Finds the scope of a request whose header values `header` returns (the value of a
     /// header, by case-insensitive name; a caller refuses a header sent more than once with
     /// [`ScopeError::Repeated`], as `idem-actix` does, rather than pick one of its lines). [`Scope::Principal`] finds none this way: see
