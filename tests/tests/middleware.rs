@@ -104,6 +104,14 @@ fn middleware_form() -> App {
     )
 }
 
+/// `POST path` under key `k`, body `a`.
+fn post(path: &str) -> RawRequest {
+    RawRequest::post(path)
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "k")
+        .body("a")
+}
+
 fn call(key: &str, body: &str) -> RawRequest {
     RawRequest::post("/v1/calls")
         .header("Authorization", "Bearer t")
@@ -579,12 +587,6 @@ async fn a_middleware_s_keys_per_endpoint_are_not_shared_by_endpoints_one_patter
         },
         Policy::DEFAULT,
     );
-    let post = |path: &str| {
-        RawRequest::post(path)
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", "k")
-            .body("a")
-    };
     let update = a.send(post("/v1/items/42")).await;
     assert_eq!((update.status, update.replayed()), (201, false));
     let search = a.send(post("/v1/items/search")).await;
@@ -636,11 +638,7 @@ async fn a_handler_that_ran_and_failed_with_an_extractor_s_error_type_is_not_run
 #[actix_web::test]
 async fn a_404_of_routing_under_the_middleware_is_not_recorded() {
     let a = middleware_form();
-    let astray = RawRequest::post("/v1/callz")
-        .header("Authorization", "Bearer t")
-        .header("Idempotency-Key", "k")
-        .body("a");
-    assert_eq!(a.send(astray).await.status, 404);
+    assert_eq!(a.send(post("/v1/callz")).await.status, 404);
     let meant = a.send(call("k", "a")).await;
     assert_eq!((meant.status, meant.replayed()), (201, false));
     assert!(a.send(call("k", "a")).await.replayed());
@@ -665,12 +663,6 @@ async fn a_path_spelled_with_percent_escapes_is_the_endpoint_actix_routes() {
         },
         Policy::DEFAULT,
     );
-    let post = |path: &str| {
-        RawRequest::post(path)
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", "k")
-            .body("a")
-    };
     let first = a.send(post("/v1/calls")).await;
     assert_eq!((first.status, first.replayed()), (201, false));
     let escaped = a.send(post("/v1/%63alls")).await;
@@ -693,12 +685,6 @@ async fn paths_actix_decodes_alike_but_sent_apart_never_share_an_answer() {
         },
         Policy::DEFAULT,
     );
-    let post = |path: &str| {
-        RawRequest::post(path)
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", "k")
-            .body("a")
-    };
     assert_eq!(a.send(post("/bytes/%FF")).await.status, 201);
     let other = a.send(post("/bytes/%FE")).await;
     assert!(!other.replayed(), "{other:?}");
@@ -726,14 +712,8 @@ async fn a_404_of_a_default_service_that_answers_its_own_page_is_recorded() {
         },
         Policy::DEFAULT,
     );
-    let post = || {
-        RawRequest::post("/v1/forward")
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", "k")
-            .body("a")
-    };
-    assert_eq!(a.send(post()).await.status, 404);
-    let again = a.send(post()).await;
+    assert_eq!(a.send(post("/v1/forward")).await.status, 404);
+    let again = a.send(post("/v1/forward")).await;
     assert_eq!((again.status, again.replayed()), (404, true));
     assert_eq!(
         a.probe.runs.get(),

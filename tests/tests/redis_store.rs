@@ -462,6 +462,40 @@ async fn records_over_the_size_bound_are_kept_without_their_body_and_never_run_a
     );
 }
 
+/// An engine on `redis` failing closed (the default), and one failing open.
+fn closed_and_open(redis: &TestRedis) -> (Engine, Engine) {
+    let closed = Engine::new(RedisStore::new(redis.url()).unwrap());
+    let open = Engine::new(
+        RedisStore::builder(redis.url())
+            .fail_open(true)
+            .build()
+            .unwrap(),
+    );
+    (closed, open)
+}
+
+/// What the two engines of [`closed_and_open`] began with a Redis that cannot answer for now
+/// (its error saying `said`): 503 unavailable, and an unprotected run.
+fn unavailable_and_unprotected(
+    begun: Result<Begin, IdempotencyError>,
+    unprotected: Result<Begin, IdempotencyError>,
+    said: &str,
+) {
+    match begun {
+        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(e))) => {
+            assert!(e.to_string().contains(said), "{e}")
+        }
+        other => panic!("fails closed by default, as unavailable: {other:?}"),
+    }
+    assert!(
+        matches!(
+            unprotected,
+            Ok(Begin::Unprotected(StoreError::Unavailable(_)))
+        ),
+        "fails open when asked: {unprotected:?}"
+    );
+}
+
 /// A Redis that a failover made a replica answers every write with `READONLY` until the
 /// connection reaches the new master: unavailable for now, as a Postgres that takes no writes
 /// is (see `postgres_store.rs`), and a refusal of its own would not be. Nothing runs unless
@@ -475,29 +509,11 @@ async fn a_redis_demoted_to_a_replica_is_unavailable_and_fails_open_only_when_as
     let key = StoreKey::from_bytes([7; 32]);
     // A replica of a master that is not there: it keeps its data and takes no writes.
     redis.query::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1));
-    let closed = Engine::new(RedisStore::new(redis.url()).unwrap());
+    let (closed, open) = closed_and_open(&redis);
     let begun = closed.begin(&Policy::DEFAULT, key, fp).await;
-    let open = Engine::new(
-        RedisStore::builder(redis.url())
-            .fail_open(true)
-            .build()
-            .unwrap(),
-    );
     let unprotected = open.begin(&Policy::DEFAULT, key, fp).await;
     redis.query::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"));
-    match begun {
-        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(e))) => {
-            assert!(e.to_string().contains("read only"), "{e}")
-        }
-        other => panic!("fails closed by default, as unavailable: {other:?}"),
-    }
-    assert!(
-        matches!(
-            unprotected,
-            Ok(Begin::Unprotected(StoreError::Unavailable(_)))
-        ),
-        "fails open when asked: {unprotected:?}"
-    );
+    unavailable_and_unprotected(begun, unprotected, "read only");
 }
 
 /// A Redis busy with another client's long script answers every command `BUSY` without running
@@ -510,13 +526,7 @@ async fn a_redis_busy_with_a_long_script_is_unavailable_and_fails_open_only_when
     };
     let fp = Fingerprint::new("POST", "/v1/calls", "", b"{}");
     let key = StoreKey::from_bytes([7; 32]);
-    let closed = Engine::new(RedisStore::new(redis.url()).unwrap());
-    let open = Engine::new(
-        RedisStore::builder(redis.url())
-            .fail_open(true)
-            .build()
-            .unwrap(),
-    );
+    let (closed, open) = closed_and_open(&redis);
     // Connected before Redis is busy, so that only the claims meet it.
     let warm = StoreKey::from_bytes([8; 32]);
     assert!(closed
@@ -558,19 +568,7 @@ async fn a_redis_busy_with_a_long_script_is_unavailable_and_fails_open_only_when
         .query::<()>(&mut admin)
         .unwrap();
     script.join().unwrap();
-    match begun {
-        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(e))) => {
-            assert!(e.to_string().contains("BUSY"), "{e}")
-        }
-        other => panic!("fails closed by default, as unavailable: {other:?}"),
-    }
-    assert!(
-        matches!(
-            unprotected,
-            Ok(Begin::Unprotected(StoreError::Unavailable(_)))
-        ),
-        "fails open when asked: {unprotected:?}"
-    );
+    unavailable_and_unprotected(begun, unprotected, "BUSY");
     let after = closed.begin(&Policy::DEFAULT, key, fp).await;
     assert!(
         matches!(after, Ok(Begin::Execute(_))),
