@@ -217,6 +217,55 @@ async fn a_pool_whose_every_connection_is_in_use_fails_closed_even_when_failing_
     );
 }
 
+/// A `Transaction` handler abandoned mid-statement (its client reset the connection) holds its
+/// connection until its rollback ends, which waits for the statement to finish: until then
+/// the pool's one connection is in use, and a retry that gets none fails closed as above,
+/// where the connection counted as free from the drop on and the retry ran unprotected beside
+/// the rollback.
+#[actix_web::test]
+async fn a_retry_while_an_abandoned_transaction_rolls_back_fails_closed_even_when_failing_open() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("pool_rolling_back"))
+        .max_connections(1)
+        .connect_timeout(Duration::from_millis(200))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    store.migrate().await.expect("create the table");
+    let engine = Engine::new(store.clone());
+    let Ok(Begin::Execute(_running)) = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await
+    else {
+        panic!("the first request runs")
+    };
+    let mut held = store
+        .transaction(key(1), Token::from_u128(7))
+        .await
+        .expect("the pool's one connection");
+    // The handler's statement, abandoned with it: its rollback waits for the statement's end.
+    let statement = sqlx::query("SELECT pg_sleep(0.7)").execute(&mut *held);
+    let abandoned = tokio::time::timeout(Duration::from_millis(50), statement).await;
+    assert!(abandoned.is_err(), "the statement is still running");
+    drop(held);
+    let retry = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    assert!(
+        matches!(
+            retry,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Refused(_)))
+        ),
+        "fails closed while the rollback holds the connection, not unprotected: {retry:?}"
+    );
+    // Once the rollback ends, the connection is free again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let again = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    assert!(
+        matches!(again, Err(IdempotencyError::InFlight)),
+        "with the connection back, the retry is told the first runs: {again:?}"
+    );
+}
+
 /// A pool that cannot connect counts the connections it is trying to open among its own, so
 /// that with more requests waiting than it may open, it is full of attempts; but each attempt
 /// ends with its request's time, before the time of any request that waits behind it: those

@@ -389,6 +389,15 @@ impl Drop for Held<'_> {
     }
 }
 
+/// A [`ClaimTransaction`]'s connection, counted in the store's `in_use` until this drops.
+struct InUse(Arc<AtomicU32>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Deref for Held<'_> {
     type Target = PgConnection;
 
@@ -1770,9 +1779,12 @@ impl DerefMut for ClaimTransaction {
 
 impl Drop for ClaimTransaction {
     fn drop(&mut self) {
-        // Its connection is the store's no more, whether it went back already (after a
-        // commit or a rollback) or goes back from the task below.
-        self.store.in_use.fetch_sub(1, Ordering::Relaxed);
+        // Its connection is counted until it goes back to the pool: at once after a commit or
+        // a rollback, else at the end of the rollback below, which waits for any statement
+        // the handler left running. Counted as free from the drop on, it would let a request
+        // that got no connection meanwhile take the pool for one that cannot connect, and run
+        // unprotected where failing open.
+        let counted = InUse(Arc::clone(&self.store.in_use));
         let Some(tx) = self.tx.take() else {
             return;
         };
@@ -1781,6 +1793,7 @@ impl Drop for ClaimTransaction {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     let _ = store.timed(tx.rollback()).await;
+                    drop(counted);
                     if let Err(error) = store.release(&key, token).await {
                         tracing::warn!(%key, %error, "releasing an abandoned idempotency claim failed; it lapses with its lease");
                     }
