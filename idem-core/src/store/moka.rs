@@ -33,9 +33,12 @@ pub const RECORD_OVERHEAD: usize = 493;
 /// The default capacity: 256 MiB of records.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Claims per stripe beyond which lapsed ones (whose holder vanished without releasing them)
-/// are swept out when a new claim is written: below it, a stripe keeps them (at most 63, some
-/// hundred bytes each) rather than look through its claims on every new key.
+/// Claims per stripe from which lapsed ones (whose holder vanished without releasing them) are
+/// swept out when a new claim finds no room left in the stripe's map: below it, a stripe keeps
+/// them (at most 63, some hundred bytes each). Only a full map is looked through, and it is
+/// then given room for as many claims again as it keeps, so that a stripe holding many running
+/// claims (a client may aim its keys at one) costs each new claim a constant share of the
+/// looks, as the map's growth does, rather than a look through them all.
 const SWEEP_ABOVE: usize = 64;
 
 /// After a warning that records are being evicted, how long before the next one.
@@ -254,6 +257,9 @@ pub struct MokaStore {
     claims: Arc<[Stripe; 256]>,
     max_bytes: u64,
     evictions: Arc<Evictions>,
+    /// How many times a stripe's claims were looked through for lapsed ones.
+    #[cfg(test)]
+    sweeps: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MokaStore {
@@ -331,8 +337,12 @@ impl MokaStore {
         if let Some(record) = self.live_completed(key, now) {
             return Claim::Existing(Record::Completed(record));
         }
-        if claims.len() >= SWEEP_ABOVE {
+        if claims.len() >= SWEEP_ABOVE && claims.len() >= claims.capacity() {
+            #[cfg(test)]
+            self.sweeps.fetch_add(1, Relaxed);
             claims.retain(|_, c| c.lease_until.saturating_add(LAPSED_CLAIM_GRACE) > now);
+            let kept = claims.len();
+            claims.reserve(kept);
         }
         // A lapsed claim, if any, is displaced: its holder can no longer finish.
         claims.insert(*key, claim);
@@ -421,6 +431,8 @@ impl MokaStoreBuilder {
             })),
             max_bytes: self.max_bytes,
             evictions: Arc::new(Evictions::new(self.max_bytes)),
+            #[cfg(test)]
+            sweeps: Arc::default(),
         }
     }
 }
@@ -621,11 +633,44 @@ mod tests {
         let (key, claim) = claim_at(200, within);
         store.claim(&key, claim, within).await.unwrap();
         assert_eq!(store.entry_count().await, 101);
-        // Past the grace, the abandoned claims are swept when the stripe is next written.
+        // Past the grace, the abandoned claims are swept once the stripe needs room for a new
+        // one: within as many new claims as the stripe held.
         let past = t0.saturating_add(lease + LAPSED_CLAIM_GRACE + Duration::from_secs(1));
-        let (key, claim) = claim_at(201, past);
-        store.claim(&key, claim, past).await.unwrap();
-        assert_eq!(store.entry_count().await, 2, "the two recent claims stay");
+        let mut recent = 1;
+        while store.entry_count().await > recent {
+            assert!(recent <= 64, "the abandoned claims are swept");
+            let (key, claim) = claim_at(120 + recent as u8, past);
+            store.claim(&key, claim, past).await.unwrap();
+            recent += 1;
+        }
+        assert_eq!(store.entry_count().await, recent, "the recent claims stay");
+    }
+
+    /// A client that aims its keys at one stripe (the store key's first byte picks it) and
+    /// holds many of them running at once must not make every new claim in that stripe look
+    /// through all the others: the claims are looked through for lapsed ones only when the
+    /// stripe has no room left for the new one, so that its cost is that of the map's growth.
+    #[tokio::test]
+    async fn a_stripe_of_many_running_claims_is_not_looked_through_on_every_new_claim() {
+        let store = MokaStore::new();
+        let now = Timestamp::from_millis(1_000_000);
+        let claims = 2_000u16;
+        for n in 0..claims {
+            let mut key = [9; 32]; // one stripe
+            key[1..3].copy_from_slice(&n.to_be_bytes());
+            let claim = InFlight {
+                fingerprint: Fingerprint::new("POST", "/", "", b""),
+                lease_until: now.saturating_add(Duration::from_secs(30)),
+                token: Token::random(),
+            };
+            let key = StoreKey::from_bytes(key);
+            assert_eq!(store.claim(&key, claim, now).await.unwrap(), Claim::Claimed);
+        }
+        let sweeps = store.sweeps.load(Relaxed);
+        assert!(
+            sweeps <= 8,
+            "{sweeps} looks through the stripe for {claims} claims"
+        );
     }
 
     #[tokio::test]
