@@ -332,6 +332,27 @@ async fn fail_open_is_a_store_option() {
     assert_eq!(probe.runs.get(), 1);
 }
 
+/// A store kept across runtimes on one thread (tests that start a runtime each, a program
+/// that runs one, then another) answers on the new runtime at once: a connection is made per
+/// thread and runtime, where the thread's connection, whose driver went down with the first
+/// runtime, failed the first command on the second (503) before it was made anew.
+#[test]
+fn a_store_used_on_a_thread_whose_runtime_was_replaced_answers_at_once() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let runtime = || actix_web::rt::System::new();
+    let store = runtime().block_on(async { default_store(redis.url()) });
+    let key = StoreKey::from_bytes([3; 32]);
+    for run in 1..=3 {
+        let read = runtime().block_on(store.get(&key, SystemClock.now()));
+        assert!(
+            matches!(read, Ok(None)),
+            "runtime {run} of the thread: {read:?}"
+        );
+    }
+}
+
 #[actix_web::test]
 async fn a_holder_that_outlives_its_lease_cannot_clobber_the_new_claim() {
     let Some(redis) = TestRedis::start() else {

@@ -196,8 +196,9 @@ enum Connection {
     Cluster(ClusterConnection, Arc<Seeds>),
 }
 
-/// The most threads [`PerThread`] keeps a value for: past them (threads that came and went,
-/// each with its own runtime), it forgets them all, and each thread makes its own again.
+/// The most threads (and runtimes) [`PerThread`] keeps a value for: past them (threads that
+/// came and went, each with its own runtime), it forgets them all, and each thread makes its
+/// own again.
 const MOST_THREADS: usize = 1024;
 
 /// One `T` for each thread that asks for one, made on it, such as a connection: a connection's
@@ -206,9 +207,17 @@ const MOST_THREADS: usize = 1024;
 /// its worker's thread (a blocking call, a long computation) held up every worker's commands,
 /// their claims and their leases' renewals, and a worker that stopped first broke it for the
 /// others. Each worker's own holds up only that worker.
+///
+/// One per thread and runtime, in fact: a thread may run one runtime, then another (tests
+/// that start one each), and a connection made on the first went down with it, so that the
+/// thread's first command on the next failed. Tokio may give a new runtime the id of one that
+/// ended; its ids come from a counter today.
 struct PerThread<T> {
-    made: std::sync::RwLock<HashMap<std::thread::ThreadId, Arc<T>>>,
+    made: std::sync::RwLock<HashMap<ThreadAndRuntime, Arc<T>>>,
 }
+
+/// A thread, and the runtime it runs (if any) when it asks [`PerThread`].
+type ThreadAndRuntime = (std::thread::ThreadId, Option<tokio::runtime::Id>);
 
 impl<T> PerThread<T> {
     fn new() -> Self {
@@ -217,9 +226,10 @@ impl<T> PerThread<T> {
         }
     }
 
-    /// This thread's, made by `make` if it has none yet.
+    /// This thread's (and its runtime's), made by `make` if it has none yet.
     fn get<E>(&self, make: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E> {
-        let thread = std::thread::current().id();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let thread = (std::thread::current().id(), runtime.map(|r| r.id()));
         let made = self.made.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(mine) = made.get(&thread) {
             return Ok(Arc::clone(mine));
