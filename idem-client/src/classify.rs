@@ -1,5 +1,5 @@
 //! What an answer means for the operation: done, worth another attempt, done but not
-//! replayable, or refused.
+//! replayable, refused, or no answer at all.
 //!
 //! The idempotency layer's own answers are told apart by their stable codes (`error.code`,
 //! `error.type`, or `code` in problem JSON) and by `Retry-After`: a 409
@@ -39,6 +39,8 @@ pub(crate) enum Class {
         code: String,
         message: Option<String>,
     },
+    /// A 1xx as the final status: no answer of the operation.
+    Informational,
 }
 
 /// Classifies an answer, reading `Retry-After` against `now`.
@@ -48,14 +50,16 @@ pub(crate) fn classify(
     body: &[u8],
     now: SystemTime,
 ) -> Class {
+    // hyper reads past the interim 1xx (100, 103) to the final answer, so a 1xx that comes
+    // is a 101: the connection left HTTP, which an operation never asks for, and no answer
+    // of the operation came on it, replayed or not (a 101 has no body to replay).
+    if status.is_informational() {
+        return Class::Informational;
+    }
     // A replay is the answer the server recorded for the operation, whatever its status (an
     // application's 409 with `Retry-After`, a 5xx an endpoint keeps): sent again, it is
     // replayed again.
-    if status.is_success()
-        || status.is_informational()
-        || status.is_redirection()
-        || crate::response::is_replay(headers)
-    {
+    if status.is_success() || status.is_redirection() || crate::response::is_replay(headers) {
         return Class::Answer;
     }
     let (code, message) = error_code(body);
@@ -323,6 +327,22 @@ mod tests {
         }
         let problem = br#"{"type":"urn:idem:error:idempotency_misconfigured","title":"Idempotency misconfigured","status":500,"detail":"m","code":"idempotency_misconfigured"}"#;
         assert!(matches!(of(500, None, problem), Class::Refused { .. }));
+    }
+
+    /// A 101, even one that says it is a replay, is no answer of the operation: the
+    /// connection left HTTP. It was handed back as the operation's answer.
+    #[test]
+    fn switching_protocols_is_no_answer() {
+        assert_eq!(of(101, None, b""), Class::Informational);
+        let mut replayed = headers(None);
+        replayed.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        let class = classify(
+            StatusCode::SWITCHING_PROTOCOLS,
+            &replayed,
+            b"",
+            SystemTime::now(),
+        );
+        assert_eq!(class, Class::Informational);
     }
 
     #[test]

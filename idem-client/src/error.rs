@@ -171,6 +171,21 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// The server's final status was a 1xx: a `101 Switching Protocols` (the interim 1xx,
+    /// such as `100 Continue`, are read past to the final answer). After it the connection no
+    /// longer speaks HTTP, and an operation is no upgrade (the client hands back no upgraded
+    /// connection), so no answer of the operation came; the request was sent, and the
+    /// operation may have run. As with
+    /// [`InvalidAnswer`](Self::InvalidAnswer), a retry would reach the same server and be
+    /// answered alike, so it is not retried: send it again with the same key once the server
+    /// answers in HTTP, not under a new key, which would run it again.
+    #[error("the server answered the operation with idempotency key {key} with {status}, which switches the connection out of HTTP and is no answer of an operation; the operation may have run: send it again with the same key once the server answers in HTTP")]
+    Informational {
+        /// The key.
+        key: String,
+        /// The 1xx status.
+        status: StatusCode,
+    },
     /// A redirect that the [`http_client`](crate::ClientBuilder::http_client) given follows
     /// went wrong (a loop, or too many): the request was sent, and the operation may have run.
     /// Send it again with the same key through a client that does not follow redirects to get
@@ -199,6 +214,7 @@ impl Error {
             | Self::ResponseTooLarge { key, .. }
             | Self::Redirect { key, .. }
             | Self::InvalidAnswer { key, .. }
+            | Self::Informational { key, .. }
             | Self::GaveUp { key, .. } => Some(key),
             _ => None,
         }

@@ -165,6 +165,8 @@ impl<'c> Operation<'c> {
     ///   the TLS handshake; nothing was sent.
     /// - [`Error::InvalidAnswer`]: what came back is not HTTP; the operation may have run;
     ///   not retried.
+    /// - [`Error::Informational`]: the server switched protocols (101), so no answer of the
+    ///   operation came; the operation may have run; not retried.
     /// - [`Error::Redirect`]: a redirect that a caller's own reqwest client followed went
     ///   wrong after the request was sent; the operation may have run; not retried.
     ///
@@ -293,6 +295,7 @@ impl Attempt<'_> {
                 code,
                 message,
             }),
+            Class::Informational => Verdict::Stop(Error::Informational { key, status }),
         }
     }
 }

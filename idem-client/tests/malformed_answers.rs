@@ -1,5 +1,5 @@
-//! Answers no retry mends: a server whose answer is not HTTP, and one that refuses the TLS
-//! handshake. Each stops at once, where they were retried until the client gave up.
+//! Answers no retry mends: a server whose answer is not HTTP, one that switches protocols
+//! unasked, and one that refuses the TLS handshake. Each stops at once.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -50,6 +50,22 @@ async fn an_answer_that_is_not_http_stops_with_the_key() {
     let err = failure(format!("http://{addr}/v1/calls")).await;
     assert!(matches!(err, Error::InvalidAnswer { .. }), "{err}");
     assert!(err.key().is_some(), "the operation may have run: {err}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "retried: {err}");
+}
+
+/// A `101 Switching Protocols` to a POST that asked for no upgrade leaves HTTP on that
+/// connection: it is no answer of the operation, which may have run, and the same server
+/// answers a retry alike. The client stops with the key, where it handed the 101 back as the
+/// operation's answer.
+#[tokio::test]
+async fn switching_protocols_unasked_is_no_answer_and_stops_with_the_key() {
+    let (addr, connections) = answering(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let err = failure(format!("http://{addr}/v1/calls")).await;
+    assert!(matches!(err, Error::Informational { .. }), "{err}");
+    assert!(err.key().is_some(), "the operation may have run: {err}");
+    assert!(err.to_string().contains("101"), "{err}");
     assert_eq!(connections.load(Ordering::SeqCst), 1, "retried: {err}");
 }
 
