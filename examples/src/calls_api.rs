@@ -8,7 +8,8 @@
 //!
 //! Calls and messages are kept in memory, or, on a database ([`CallsState::on_database`]), as
 //! rows of Postgres written in the transaction that records the request's idempotency key: a
-//! call is there exactly when the answer that created it is recorded.
+//! call is there exactly when the answer that created it is recorded. Each of the API's own
+//! statements there is bounded ([`STATEMENT_TIMEOUT`]).
 
 use std::collections::HashMap;
 use std::future::{ready, Future, Ready};
@@ -40,6 +41,14 @@ pub fn log_line(line: std::fmt::Arguments<'_>) {
 
 /// The longest simulated delay.
 pub const MAX_SIMULATED_DELAY_MS: u64 = 30_000;
+
+/// How long one of the API's own statements on a database (a row it writes, a list it reads)
+/// may run before Postgres cancels it, and the request is answered 503 `database_unavailable`:
+/// a table an administrator locked holds a request no longer than this, where it held it until
+/// the lock went. Set per transaction (`SET LOCAL`), not on the pool's connections, which the
+/// store's statements share: those keep their own, shorter, timeout (a second), which a keyed
+/// call's completion, in the same transaction, meets first.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The API's data: calls and messages per tenant, oldest first, in memory (the default) or
 /// in Postgres.
@@ -412,11 +421,15 @@ async fn listed<T: Item>(
         let items: &[T] = list.get(&tenant.0).map_or(&[], Vec::as_slice);
         return Ok(HttpResponse::Ok().json(json!({ "data": items })));
     };
-    let select = |pool| {
+    // In a transaction of its own, which bounds it; dropped, it rolls back as its connection
+    // goes back to the pool, off the request's path.
+    let select = |pool| async move {
+        let mut tx = begin(pool).await?;
         sqlx::query(T::SELECT)
             .bind(&tenant.0)
             .try_map(|row: PgRow| T::from_row(&row))
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
+            .await
     };
     let items = on_a_live_connection(pool, select)
         .await
@@ -552,7 +565,14 @@ impl Ledger {
                 return Ok(());
             }
             Ledger::Keyed(mut tx, request_id) => {
-                insert(tenant, item, &mut tx)
+                // The key's transaction is the store's to begin: its bound is set here, one
+                // round trip more. A write it cancels fails the request, which releases the
+                // key and rolls the row back with it.
+                let written = async {
+                    sqlx::raw_sql(&bounded()).execute(&mut *tx).await?;
+                    insert(tenant, item, &mut tx).await
+                };
+                written
                     .await
                     .map_err(|e| database_unavailable(e, request_id))?;
                 return carrier.await;
@@ -560,9 +580,7 @@ impl Ledger {
             Ledger::Unkeyed(pool, request_id) => (pool, request_id),
         };
         let failed = |e| database_unavailable(e, request_id.clone());
-        let mut tx = on_a_live_connection(&pool, PgPool::begin)
-            .await
-            .map_err(failed)?;
+        let mut tx = on_a_live_connection(&pool, begin).await.map_err(failed)?;
         insert(tenant, item, &mut tx).await.map_err(failed)?;
         carrier.await?;
         tx.commit().await.map_err(failed)
@@ -594,6 +612,21 @@ where
     }
 }
 
+/// `SET LOCAL statement_timeout` to [`STATEMENT_TIMEOUT`]: the bound of the statements that
+/// follow in the transaction.
+fn bounded() -> String {
+    format!(
+        "SET LOCAL statement_timeout = {}",
+        STATEMENT_TIMEOUT.as_millis()
+    )
+}
+
+/// A transaction on `pool` whose statements are bounded by [`STATEMENT_TIMEOUT`], set in the
+/// round trip of its `BEGIN`.
+async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with(format!("BEGIN; {}", bounded())).await
+}
+
 /// Writes `item`'s row for `tenant` on `conn`.
 async fn insert<T: Item>(
     tenant: Tenant,
@@ -604,7 +637,8 @@ async fn insert<T: Item>(
     query.execute(conn).await.map(drop)
 }
 
-/// 503 `database_unavailable`, with `Retry-After`: Postgres failed, and nothing was kept.
+/// 503 `database_unavailable`, with `Retry-After`: Postgres failed, or cancelled a statement
+/// past [`STATEMENT_TIMEOUT`], and nothing was kept.
 fn database_unavailable(error: sqlx::Error, request_id: RequestId) -> ApiError {
     // The database's own words go to the server's log: they are not the client's business.
     log_line(format_args!(

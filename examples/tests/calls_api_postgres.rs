@@ -1,8 +1,8 @@
 //! `calls-api --database-url`: calls are rows of Postgres written in the transaction that
 //! records their key. Duplicates across processes create one row, a process killed mid-call
-//! leaves nothing and its retry creates exactly one, and an outage of Postgres answers 503
-//! until it returns, without restarting the server. Each test skips when no PostgreSQL can
-//! be had, unless `IDEM_REQUIRE_POSTGRES=1`.
+//! leaves nothing and its retry creates exactly one, and an outage of Postgres, or a table
+//! locked, answers 503 until it is over, without restarting the server. Each test skips when
+//! no PostgreSQL can be had, unless `IDEM_REQUIRE_POSTGRES=1`.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::CallsApi;
 use futures_util::future::join_all;
-use idem_tests::{assert_error, RawRequest, RawResponse, TestPostgres};
+use idem_tests::{assert_envelope, assert_error, RawRequest, RawResponse, TestPostgres};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -400,6 +400,59 @@ async fn postgres_restarted_mid_run_answers_503_then_recovers_without_restarting
     );
     assert_eq!(replay.body, before.body);
     assert_eq!(listed(&api).await, [id_of(&before), id_of(&after)]);
+}
+
+/// A table an administrator locks (`LOCK TABLE calls IN ACCESS EXCLUSIVE MODE`) holds the
+/// API's own statements no longer than their timeout: a keyed call, a keyless one and a list
+/// are answered 503 `database_unavailable` with `Retry-After` within seconds, where each waited
+/// for the lock to go. Nothing was created or recorded: the keyed call's retry, once the lock
+/// is gone, runs it. A call that ran before the lock still replays meanwhile.
+#[tokio::test]
+async fn a_locked_table_answers_503_database_unavailable_promptly_and_records_nothing() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, db) = fresh_database(&pg, "locked").await;
+    let api = CallsApi::start_on_database(&url, false).await;
+    let before = create("before-the-lock").send(api.addr).await;
+    assert_eq!(before.status, 201, "{before:?}");
+
+    let mut admin = db.begin().await.expect("begin");
+    sqlx::raw_sql("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *admin)
+        .await
+        .expect("lock the calls");
+    let keyless = RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }));
+    let keyed = create("during-the-lock");
+    // The lock lasts until the test lets it go: an answer must come while it holds.
+    let answered = |request: RawRequest, what: &'static str| async move {
+        tokio::time::timeout(Duration::from_secs(10), request.send(api.addr))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer within 10 s of a table locked"))
+    };
+    let list = RawRequest::get("/v1/calls").header("Authorization", "Bearer tenant-1");
+    let (keyed, keyless, listing, replay) = tokio::join!(
+        answered(keyed, "a keyed call"),
+        answered(keyless, "a keyless call"),
+        answered(list, "a list"),
+        answered(create("before-the-lock"), "a replay"),
+    );
+    for (what, res) in [("keyed", &keyed), ("keyless", &keyless), ("list", &listing)] {
+        let message = assert_envelope(res, 503, "database_unavailable");
+        assert!(message.contains("nothing was created"), "{what}: {message}");
+        assert_eq!(res.header("retry-after"), Some("1"), "{what}: {res:?}");
+    }
+    assert!(replay.replayed(), "{replay:?}");
+    assert_eq!(replay.body, before.body);
+    admin.rollback().await.expect("unlock the calls");
+
+    assert_eq!(rows(&db).await, 1, "only the call from before the lock");
+    let retry = create("during-the-lock").send(api.addr).await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(!retry.replayed(), "the 503 was recorded: {retry:?}");
+    assert_eq!(listed(&api).await, [id_of(&before), id_of(&retry)]);
 }
 
 /// A JSON string may hold U+0000 (`"\u0000"`), and SPEC.md's `POST /v1/messages` and

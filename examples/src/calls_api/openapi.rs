@@ -79,9 +79,13 @@ fn routes() -> serde_json::Value {
         "content": {"application/json": {"schema": error}},
     });
     // Under `--database-url` only: the embedded store's API keeps its data in memory.
-    let database = "Under `--database-url`, a database that fails answers 503 \
-        `database_unavailable`, with `Retry-After`: nothing was kept, and the request may be \
-        sent again.";
+    let database = format!(
+        "Under `--database-url`, a database that fails, or a statement of the API's that runs \
+         past {} s (such as on a table an administrator locked), answers 503 \
+         `database_unavailable`, with `Retry-After`: nothing was kept, and the request may be \
+         sent again.",
+        super::STATEMENT_TIMEOUT.as_secs()
+    );
     let retry_after = json!({
         "description": "Seconds to wait before sending the request again.",
         "schema": {"type": "integer", "minimum": 0},
