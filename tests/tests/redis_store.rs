@@ -317,6 +317,44 @@ async fn an_outage_fails_closed_and_the_app_recovers_without_a_restart() {
     assert_eq!(probe.runs.get(), 2);
 }
 
+/// A Redis that restarted closed every connection to it, and each worker's store learns of it
+/// only when it next sends a command: a claim or a read, which can be sent again as they were,
+/// is sent again on a new connection, where it was answered 503 on every worker's first
+/// keyed request after Redis came back.
+#[actix_web::test]
+async fn the_first_claim_and_read_after_redis_restarted_are_answered() {
+    let Some(mut redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let store = default_store(redis.url());
+    let now = SystemClock.now();
+    let claim = |n: u8| {
+        let claim = idem_core::InFlight {
+            fingerprint: Fingerprint::new("POST", "/x", "", b""),
+            lease_until: now.saturating_add(Duration::from_secs(30)),
+            token: idem_core::Token::random(),
+        };
+        (StoreKey::from_bytes([n; 32]), claim)
+    };
+    let (key, first) = claim(5);
+    assert!(matches!(
+        store.claim(&key, first, now).await,
+        Ok(idem_core::store::Claim::Claimed)
+    ));
+    redis.stop();
+    redis.restart();
+    let (key, second) = claim(6);
+    let claimed = store.claim(&key, second, now).await;
+    assert!(
+        matches!(claimed, Ok(idem_core::store::Claim::Claimed)),
+        "{claimed:?}"
+    );
+    redis.stop();
+    redis.restart();
+    let read = store.get(&key, now).await;
+    assert!(matches!(read, Ok(None)), "{read:?}");
+}
+
 #[actix_web::test]
 async fn fail_open_is_a_store_option() {
     let Some(mut redis) = TestRedis::start_owned() else {

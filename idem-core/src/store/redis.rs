@@ -861,9 +861,16 @@ impl RedisStore {
             .arg("PX")
             .arg(keep_for)
             .arg("GET");
-        let existing: Option<Vec<u8>> = self
-            .run_as(set.query_async(&mut link), claim_failed)
-            .await?;
+        // Sent again once on a connection found dropped (a Redis that restarted closed it,
+        // and its worker learns of it only now): the claim may be sent twice, as its first
+        // answer may have been lost (see `found`).
+        let existing: Option<Vec<u8>> =
+            match self.run_as(set.query_async(&mut link), claim_failed).await {
+                Err(error) if dropped(&error) => {
+                    (self.run_as(set.query_async(&mut link), claim_failed)).await?
+                }
+                existing => existing?,
+            };
         let Some(bytes) = existing else {
             return (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas))
                 .await;
@@ -1069,6 +1076,15 @@ fn failed(error: redis::RedisError) -> StoreError {
         _ if error.code() == Some("BUSY") => StoreError::Unavailable(Box::new(error)),
         _ => StoreError::Refused(Box::new(error)),
     }
+}
+
+/// Whether `error` is a connection found dropped (a Redis that restarted, or a network that
+/// reset it): the `redis` crate makes a new connection for the next command, so that a command
+/// safe to send twice (a claim, a read) is sent again once rather than answered 503 while
+/// Redis answers. It cannot tell a command it never sent from one whose answer was lost.
+fn dropped(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(error)
+        if error.downcast_ref::<redis::RedisError>().is_some_and(redis::RedisError::is_connection_dropped))
 }
 
 /// As [`failed`], for the claim's `SET key value NX PX ms GET`, which Redis takes from 7.0 on:
@@ -1382,7 +1398,11 @@ impl Store for RedisStore {
         StoreFuture::new(async move {
             let mut conn = self.conn.clone();
             let cmd = redis::cmd("GET").arg(self.redis_key(key)).to_owned();
-            let bytes: Option<Vec<u8>> = self.run(cmd.query_async(&mut conn)).await?;
+            // A read, sent again once on a connection found dropped, as a claim is.
+            let bytes: Option<Vec<u8>> = match self.run(cmd.query_async(&mut conn)).await {
+                Err(error) if dropped(&error) => self.run(cmd.query_async(&mut conn)).await?,
+                bytes => bytes?,
+            };
             match bytes {
                 None => Ok(None),
                 Some(bytes) => Ok(Some(codec::decode(&bytes)?).filter(|r| r.is_live(now))),
