@@ -199,6 +199,32 @@ async fn a_scope_read_from_the_key_s_own_header_is_never_served() {
     assert_eq!(keyless.status, 201);
 }
 
+#[post("/key-in-authorization")]
+#[idempotent(header = "Authorization")]
+async fn key_in_authorization(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("a credential's answer")
+}
+
+/// A key read from the header the application's scope reads the caller's credential from
+/// (`api_key`, the default: `Authorization`) is the server's misconfiguration, whatever the
+/// header holds: every request is answered 500 `idempotency_misconfigured`, a credential that
+/// is no valid key (`Bearer t`, with its space) included, where that one was answered 400
+/// `idempotency_key_invalid`, blaming the client for the server's settings.
+#[actix_web::test]
+async fn a_key_read_from_the_scope_s_credential_is_misconfigured_whatever_the_credential() {
+    let s = serve(|cfg| {
+        cfg.service(key_in_authorization);
+    });
+    for credential in ["Bearer t", "tok123"] {
+        let res = s
+            .send(&RawRequest::post("/key-in-authorization").header("Authorization", credential))
+            .await;
+        assert_error(&res, 500, "idempotency_misconfigured");
+    }
+    assert_eq!(s.runs.get(), 0, "nothing ran");
+}
+
 async fn by_tenant_plain(runs: web::Data<Counter>) -> HttpResponse {
     runs.bump();
     HttpResponse::Created().body("plain")

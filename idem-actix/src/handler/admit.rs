@@ -257,13 +257,24 @@ fn header_key(
         }
         return Err(None);
     };
+    // Kept with the request only if the handler runs: a replay or a refusal needs it just
+    // for its own response.
+    let request_id = RequestId::peek(req);
+    // A scope read from the key's own header scopes nothing: whoever sends the key sends it.
+    // Refused where both are known (the attribute and `Policy::check` refuse what they can
+    // see; an endpoint's scope and the application's key header meet only here), logged by
+    // `Endpoint::check`; and before the key's syntax, which a credential (`Bearer ...`) breaks,
+    // so that the client is not blamed for the server's settings.
+    if functions.scope.is_none() {
+        if let Err(e) = policy.check_scope_header() {
+            let error = IdempotencyError::Misconfigured(e);
+            return Err(Some(refusal(policy, config, &request_id, error)));
+        }
+    }
     let parsed = match values.next() {
         Some(_) => Err(KeyError::Multiple),
         None => ClientKey::parse(raw.as_bytes(), policy.key_max_len),
     };
-    // Kept with the request only if the handler runs: a replay or a refusal needs it just
-    // for its own response.
-    let request_id = RequestId::peek(req);
     let key = match parsed {
         Ok(key) => key,
         Err(reason) => {
@@ -362,13 +373,6 @@ fn store_key(
     functions: &Functions,
     key: &ClientKey,
 ) -> Result<StoreKey, IdempotencyError> {
-    // A scope read from the key's own header scopes nothing: whoever sends the key sends it.
-    // Refused where both are known (the attribute and `Policy::check` refuse what they can
-    // see; an endpoint's scope and the application's key header meet only here), logged by
-    // `Endpoint::check`.
-    if functions.key.is_none() && functions.scope.is_none() {
-        (policy.check_scope_header()).map_err(IdempotencyError::Misconfigured)?;
-    }
     let scope = crate::scope::resolve(req, policy.scope, functions.scope)?;
     let route = policy.per_endpoint.then(|| {
         let pattern = (!endpoint.by_path).then(|| req.match_pattern()).flatten();
