@@ -311,12 +311,16 @@ where
                 match service.call(req).await {
                     Ok(res) => {
                         warn_if_negotiated(res.headers());
-                        // A 404 for a path no route of the app fits, without a body (actix's
-                        // own not-found), is the routing's: no handler ran, so it is not
-                        // recorded, as an extractor's refusal is not. A default service that
-                        // answers a page of its own may have done work first: recorded.
+                        // A 404 for a request no service of the app took, without a body
+                        // (actix's own not-found), is the routing's: no handler ran, so it is
+                        // not recorded, as an extractor's refusal is not. No service took it
+                        // when its path was not routed to its end: none fits it, or none of
+                        // those that fit takes its method (`#[post]` guards its service's),
+                        // where a pattern that fits says nothing of the guards. A default
+                        // service that answers a page of its own may have done work first:
+                        // recorded.
                         let unrouted = res.status() == StatusCode::NOT_FOUND
-                            && res.request().match_pattern().is_none()
+                            && !res.request().match_info().unprocessed().is_empty()
                             && matches!(res.response().body().size(), BodySize::Sized(0));
                         let mut reply = Reply::from_service(res.map_into_boxed_body());
                         if unrouted {

@@ -645,6 +645,40 @@ async fn a_404_of_routing_under_the_middleware_is_not_recorded() {
     assert_eq!(a.probe.runs.get(), 1);
 }
 
+#[actix_web::post("/calls")]
+async fn posted_call(probe: web::Data<Probe>) -> HttpResponse {
+    probe.runs.bump();
+    HttpResponse::Created().body("called")
+}
+
+/// A service declared with `#[post]` guards its method: actix answers another method on its
+/// path with its own empty 404 (not a 405), the routing's as for a path no route fits. Nothing
+/// ran, so nothing is recorded, where that 404 was recorded and replayed, and the call the
+/// client meant under the same key was refused as a mismatch for the key's lifetime.
+#[actix_web::test]
+async fn a_404_of_routing_for_a_method_no_service_of_the_path_takes_is_not_recorded() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .service(posted_call),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let wrong = RawRequest::new("DELETE", "/v1/calls")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "k")
+        .body("a");
+    let first = a.send(wrong.clone()).await;
+    assert_eq!((first.status, first.replayed()), (404, false));
+    let meant = a.send(call("k", "a")).await;
+    assert_eq!((meant.status, meant.replayed()), (201, false));
+    assert!(a.send(call("k", "a")).await.replayed());
+    assert_eq!(a.probe.runs.get(), 1);
+}
+
 /// actix routes a path by its spelling with percent-escapes decoded (`/v1/%63alls` is
 /// `/v1/calls`): keyed per endpoint under the middleware, the layer tells the endpoint so too,
 /// so that one key on one route spelled two ways runs once. The fingerprint keeps the path as
