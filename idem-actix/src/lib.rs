@@ -87,7 +87,7 @@
 //! | 409 | `idempotency_conflict` | the recorded response is in a content coding (gzip, ...) negotiated for the first request (`Vary: Accept-Encoding`) that this request does not accept | |
 //! | 409 | `idempotency_response_too_large` | the operation completed, but its response exceeded `max_response`, so it cannot be replayed; it will not run again | |
 //! | 413 | `idempotency_body_too_large` | a keyed request's body exceeds `max_body` (where the key is read from the body, with `key = "json:..."` or a key function, any request's: the layer reads it to find the key) | |
-//! | 503 | `idempotency_store_unavailable` | the store cannot be reached, or cannot answer for its data for now (starting, loading, a node that takes no writes in a failover), unless `fail_open`; or, whatever `fail_open` says, it answered with a refusal of its own, with a record it cannot read, gave up a claim for concurrent claims of the key, or took a claim fewer replicas acknowledged than Redis's `wait_for_replicas` asks; or a `Transaction` could not be opened or committed | 1 s |
+//! | 503 | `idempotency_store_unavailable` | the store cannot be reached, or cannot answer for its data for now (starting, loading, a node that takes no writes in a failover), unless `fail_open`; or, whatever `fail_open` says, it answered with a refusal of its own, with a record it cannot read, gave up a claim for concurrent claims of the key, or took a claim fewer replicas acknowledged than Redis's `wait_for_replicas` asks; or a `Transaction` could not be opened or committed (its claim among the reasons: purged once its lease lapsed, with no other request holding the key, so nothing was written and the retry runs) | 1 s |
 //! | 503 | `idempotency_overloaded` | this worker finishes as many runs for clients that went away as it allows ([`IdempotencyConfig::with_max_detached`]) | 1 s |
 //! | 503 | `idempotency_shutting_down` | the server is shutting down, and its drain ([`IdempotencyConfig::drain`]) ran out of time before the handler answered: the run was stopped and its key released, so the retry runs it (a run whose handler had answered is recorded instead, in the background, and its client gets that answer) | 1 s |
 //! | 500 | `idempotency_transaction_unavailable` | a handler takes a `Transaction` that the app cannot lend: its store is not a `PostgresStore`, the handler is under no idempotency layer, the layer that claimed its key uses another `IdempotencyConfig` than the handler's scope registers (an `Idempotency` middleware reads its app's before routing), or it takes two; or, after its run, nothing of its transaction can be committed: it kept the transaction beyond its run, ended it itself (`COMMIT`, `ROLLBACK`), or answered a success over a statement of it that failed, or over writes a constraint checked at the commit refused (the log says which; the key is released) | |
@@ -133,7 +133,8 @@ mod transaction;
 pub use idem_core::store;
 #[cfg(feature = "postgres")]
 pub use idem_core::store::{
-    ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionEnded, TransactionalClaim,
+    ClaimGone, ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionEnded,
+    TransactionalClaim,
 };
 #[cfg(feature = "redis")]
 pub use idem_core::store::{RedisStore, RedisStoreBuilder};

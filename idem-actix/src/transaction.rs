@@ -84,7 +84,10 @@ mod enabled {
     ///   during `COMMIT`, or it outlasted the store's command timeout) and the commit landed:
     ///   then the writes and the record are both there, and the retry replays the handler's
     ///   answer. If the key's lease lapsed and another request holds it now, nothing is
-    ///   written, and the client gets 409 `idempotency_conflict`: that request runs it.
+    ///   written, and the client gets 409 `idempotency_conflict`: that request runs it. If
+    ///   it lapsed and nobody holds it (the store's purge deleted the claim, unrenewed
+    ///   through an outage longer than the lease), nothing is written either, and the
+    ///   client gets 503 `idempotency_store_unavailable` with `Retry-After`: its retry runs.
     /// - A statement of the handler failed (which aborts a Postgres transaction) and the
     ///   handler answered an error status anyway: nothing is written, and its answer goes out
     ///   unrecorded. If it answered a success regardless, the client gets 500

@@ -10,9 +10,9 @@ use futures_util::future::join_all;
 use futures_util::FutureExt;
 use idem_actix::clock::{Clock, SystemClock, Timestamp};
 use idem_actix::{
-    idempotent, IdempotencyConfig, PostgresStore, TransactionEnded, TransactionalClaim,
+    idempotent, ClaimGone, IdempotencyConfig, PostgresStore, TransactionEnded, TransactionalClaim,
 };
-use idem_core::store::{Claim, Store};
+use idem_core::store::{Claim, Store, LAPSED_CLAIM_GRACE};
 use idem_core::{
     Begin, Completed, Engine, Fingerprint, IdempotencyError, InFlight, Policy, Record, Response,
     StoreError, StoreKey, Token,
@@ -946,6 +946,34 @@ async fn a_commit_after_a_takeover_is_rolled_back_and_the_new_holder_runs() {
     insert_call(&mut fresh, &table, "call_fresh").await;
     assert!(fresh.commit(completed(later, "fresh")).await.unwrap());
     assert_eq!(calls(&db, &table).await, 1);
+}
+
+#[actix_web::test]
+async fn a_commit_after_the_purge_deleted_its_lapsed_claim_writes_nothing_and_says_nobody_holds_the_key(
+) {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "purged").await;
+    let db = pg.inspect().await;
+    let table = calls_table(&db, store.table()).await;
+    let t = now();
+    let mut stale = claimed(&store, key(1), t).await;
+    insert_call(&mut stale, &table, "call_stale").await;
+    // Unrenewed through an outage, the lease and its grace went by, and the purge deleted it.
+    let later = t.saturating_add(LEASE + LAPSED_CLAIM_GRACE);
+    assert_eq!(store.purge_expired(later).await.unwrap(), 1);
+    let err = stale.commit(completed(later, "stale")).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(source) if source.is::<ClaimGone>()),
+        "no takeover, so not Ok(false): {err:?}"
+    );
+    assert_eq!(calls(&db, &table).await, 0, "the stale run left nothing");
+    assert_eq!(rows(&db, &store).await, 0, "and nothing holds the key");
+    let mut retry = claimed(&store, key(1), later).await;
+    insert_call(&mut retry, &table, "call_retry").await;
+    assert!(retry.commit(completed(later, "retry")).await.unwrap());
+    assert_eq!(calls(&db, &table).await, 1, "the retry ran once");
 }
 
 #[actix_web::test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use actix_web::error::{ErrorInternalServerError, ErrorServiceUnavailable};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
+use idem_actix::clock::{Clock, SystemClock};
 use idem_actix::{
     idempotent, Idempotency, IdempotencyConfig, MokaStore, OnStoreError, Policy, PostgresStore,
     PostgresStoreBuilder, ProblemJson, Transaction,
@@ -381,6 +382,38 @@ impl Fixture {
         false
     }
 
+    /// Sends `request` in a task of its own.
+    fn spawn(
+        self: &Arc<Self>,
+        request: RawRequest,
+    ) -> actix_web::rt::task::JoinHandle<RawResponse> {
+        let app = Arc::clone(self);
+        actix_web::rt::spawn(async move { app.send(request).await })
+    }
+
+    /// A store on the app's record table whose purge the test runs itself.
+    fn purge(&self) -> PostgresStore {
+        PostgresStore::builder(self._pg.url())
+            .table(self.records.as_str())
+            .purge_interval(None)
+            .build()
+            .expect("valid settings")
+    }
+
+    /// Does to the running claim what an outage longer than its lease does: unrenewed, it
+    /// lapses, and once its grace is over too the store's purge deletes its row.
+    async fn lapse_and_purge(&self, purge: &PostgresStore) {
+        sqlx::raw_sql(&format!(
+            "UPDATE {} SET lapses_at = 0, purge_at = 0 WHERE kind = 'F'",
+            self.records
+        ))
+        .execute(&self.db)
+        .await
+        .unwrap();
+        let purged = purge.purge_expired(SystemClock.now()).await.unwrap();
+        assert_eq!(purged, 1, "the lapsed claim was purged");
+    }
+
     /// Waits until a claim is written: the first request runs.
     async fn claimed(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -611,31 +644,104 @@ async fn a_repeatable_read_run_commits_within_a_third_of_its_lease_and_is_told_w
 
 #[actix_web::test]
 async fn a_claim_taken_over_before_the_commit_writes_nothing_and_answers_409() {
-    let Some(app) = Fixture::start("takeover").await else {
+    // The test purges itself: a purge the app started could take the claim first.
+    let Some(app) = Fixture::start_with("takeover", |store| store.purge_interval(None)).await
+    else {
         return;
     };
     let app = Arc::new(app);
-    let running = {
-        let (app, request) = (
-            Arc::clone(&app),
-            call("/calls", "taken").header("X-Then", "sleep:800"),
+    let purge = app.purge();
+    for path in FORMS {
+        let running = app.spawn(call(path, &format!("{path}-taken")).header("X-Then", "sleep:800"));
+        app.claimed().await;
+        // Another holder's claim, as after the lease lapsed and a retry took the key over.
+        sqlx::query(&format!(
+            "UPDATE {} SET token = $1 WHERE kind = 'F'",
+            app.records
+        ))
+        .bind([7u8; 16])
+        .execute(&app.db)
+        .await
+        .unwrap();
+        let answer = running.await.unwrap();
+        assert_error(&answer, 409, "idempotency_conflict");
+        assert_eq!(
+            app.written().await,
+            0,
+            "{path}: the displaced run wrote nothing"
         );
-        actix_web::rt::spawn(async move { app.send(request).await })
+        assert_eq!(
+            app.records().await,
+            (0, 1),
+            "{path}: the new holder's claim stands"
+        );
+        sqlx::raw_sql(&format!("DELETE FROM {}", app.records))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+
+    // The purge deleted the lapsed claim, and a retry claimed the key afresh and runs: the
+    // first run's commit finds that request's claim, which runs the operation.
+    for (n, path) in FORMS.into_iter().enumerate() {
+        let key = format!("{path}-purged-then-taken");
+        let first = app.spawn(call(path, &key).header("X-Then", "sleep:1500"));
+        app.claimed().await;
+        app.lapse_and_purge(&purge).await;
+        let retry = app.spawn(call(path, &key).header("X-Then", "sleep:1500"));
+        app.claimed().await;
+        let answer = first.await.unwrap();
+        assert_error(&answer, 409, "idempotency_conflict");
+        assert_eq!(
+            app.written().await,
+            n as i64,
+            "{path}: the first run wrote nothing"
+        );
+        assert_eq!(
+            app.records().await,
+            (n as i64, 1),
+            "{path}: the retry's claim stands"
+        );
+        let retry = retry.await.unwrap();
+        assert_eq!(retry.status, 201, "{path}: the retry ran");
+        assert_eq!(app.written().await, n as i64 + 1);
+    }
+}
+
+#[actix_web::test]
+async fn a_claim_the_purge_deleted_before_the_commit_writes_nothing_and_answers_503_so_the_retry_runs(
+) {
+    // The test purges itself: a purge the app started could take the claim first.
+    let Some(app) = Fixture::start_with("purged", |store| store.purge_interval(None)).await else {
+        return;
     };
-    app.claimed().await;
-    // Another holder's claim, as after the lease lapsed and a retry took the key over.
-    sqlx::query(&format!(
-        "UPDATE {} SET token = $1 WHERE kind = 'F'",
-        app.records
-    ))
-    .bind([7u8; 16])
-    .execute(&app.db)
-    .await
-    .unwrap();
-    let answer = running.await.unwrap();
-    assert_error(&answer, 409, "idempotency_conflict");
-    assert_eq!(app.written().await, 0, "the displaced run wrote nothing");
-    assert_eq!(app.records().await, (0, 1), "the new holder's claim stands");
+    let app = Arc::new(app);
+    let purge = app.purge();
+    for (n, path) in FORMS.into_iter().enumerate() {
+        let key = format!("{path}-purged");
+        let running = app.spawn(call(path, &key).header("X-Then", "sleep:1500"));
+        app.claimed().await;
+        app.lapse_and_purge(&purge).await;
+        let answer = running.await.unwrap();
+        // Nobody holds the key, so no 409 "still being processed": nothing was recorded,
+        // and a retry runs.
+        assert_error(&answer, 503, "idempotency_store_unavailable");
+        assert_eq!(answer.header("retry-after"), Some("1"), "{path}");
+        assert_eq!(
+            app.written().await,
+            n as i64,
+            "{path}: the write rolled back"
+        );
+        assert_eq!(
+            app.records().await,
+            (n as i64, 0),
+            "{path}: nothing recorded, and no claim left"
+        );
+        let retry = app.send(call(path, &key)).await;
+        assert_eq!(retry.status, 201, "{path}: the retry runs");
+        assert!(!retry.replayed(), "{path}");
+        assert_eq!(app.written().await, n as i64 + 1, "{path}: once");
+    }
 }
 
 #[actix_web::test]

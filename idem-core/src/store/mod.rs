@@ -36,7 +36,8 @@ mod replay_cache;
 pub use self::moka::{MokaStore, MokaStoreBuilder, RECORD_OVERHEAD};
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionEnded, TransactionalClaim,
+    ClaimGone, ClaimTransaction, PostgresStore, PostgresStoreBuilder, TransactionEnded,
+    TransactionalClaim,
 };
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};

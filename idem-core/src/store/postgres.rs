@@ -115,6 +115,9 @@ struct Statements {
     extend: String,
     complete: String,
     complete_in_transaction: String,
+    /// Run in a claim's transaction after its completion wrote nothing: whether the
+    /// transaction is still the claim's, and whether a live record holds the key.
+    not_completed: String,
     release: String,
     purge: String,
 }
@@ -202,6 +205,12 @@ END $$;"
                      status = $5, completed_at = $6, headers = $7, body = $8, omitted_size = $9
                  WHERE key = $1 AND token = $2 AND kind = 'F'
                      AND current_setting('{CLAIM_SETTING}', true) = $10"
+            ),
+            // $1 key, $2 now. The claim's own row is not live here: the completion above
+            // would have written it.
+            not_completed: format!(
+                "SELECT current_setting('{CLAIM_SETTING}', true) AS mark,
+                     EXISTS (SELECT 1 FROM {qualified} WHERE key = $1 AND lapses_at > $2) AS held"
             ),
             // $1 key, $2 token.
             release: format!("DELETE FROM {qualified} WHERE key = $1 AND token = $2 AND kind = 'F'"),
@@ -319,6 +328,8 @@ END $$;"
 ///    fenced by the token, as the transaction's last statement, and commits. If the token no
 ///    longer holds the key (the lease lapsed and another request took it over), it rolls
 ///    back instead: this run leaves nothing, and the request holding the key now runs it.
+///    If nobody holds it (the lease lapsed and the purge deleted the claim), it rolls back
+///    and fails with [`ClaimGone`]: this run leaves nothing, and a retry runs it.
 ///    The `UPDATE` locks the row until the commit, so a takeover cannot slip in between. A
 ///    duplicate that arrives in that moment sees the claim, still live in its snapshot, and
 ///    is answered 409 at once, as any duplicate of a running request; its retry finds the
@@ -1057,7 +1068,8 @@ impl PostgresStore {
     /// The fenced completion of `key`'s claim by `token`, on `conn`, once: in a claim's
     /// transaction, whose snapshot a second run could not renew. It writes only in the
     /// transaction that `transaction` began for the claim: one its caller ended (`COMMIT`,
-    /// `ROLLBACK`) is refused with [`TransactionEnded`].
+    /// `ROLLBACK`) is refused with [`TransactionEnded`]. `Ok(false)` when another record
+    /// holds the key; a claim gone with nobody holding the key fails with [`ClaimGone`].
     async fn complete_on(
         &self,
         conn: &mut PgConnection,
@@ -1075,16 +1087,23 @@ impl PostgresStore {
         if done.rows_affected() == 1 {
             return Ok(true);
         }
-        // Taken over, or the transaction is not the claim's any more.
-        let marked: Option<String> = self
-            .timed(
-                sqlx::query_scalar(&format!("SELECT current_setting('{CLAIM_SETTING}', true)"))
-                    .fetch_one(conn),
-            )
-            .await?;
-        match marked {
-            Some(marked) if marked == mark(token) => Ok(false),
-            _ => Err(StoreError::Refused(Box::new(TransactionEnded))),
+        // Taken over, gone, or the transaction is not the claim's any more. Judged by the
+        // completion's time, as a claim judges a record it finds.
+        let query = sqlx::query(&self.sql.not_completed)
+            .bind(*key.as_bytes())
+            .bind(millis(record.completed_at));
+        let row = self.timed(query.fetch_one(conn)).await?;
+        let marked: Option<String> = row.try_get("mark").map_err(|e| self.error(e))?;
+        let held: bool = row.try_get("held").map_err(|e| self.error(e))?;
+        if marked.as_deref() != Some(mark(token).as_str()) {
+            return Err(StoreError::Refused(Box::new(TransactionEnded)));
+        }
+        match held {
+            true => Ok(false),
+            // Nobody holds the key, so no other request runs the operation: the claim lapsed
+            // unrenewed and was purged. Told apart from a takeover, so that the caller does
+            // not answer that the key is in flight.
+            false => Err(StoreError::Unavailable(Box::new(ClaimGone))),
         }
     }
 
@@ -1228,6 +1247,17 @@ fn mark(token: Token) -> String {
 #[error("the operation ended its claim's transaction itself (COMMIT or ROLLBACK) or reset its settings (RESET ALL), so its record could not commit with its writes; let the claim transaction's commit end it, and reset no settings in it")]
 #[non_exhaustive]
 pub struct TransactionEnded;
+
+/// A [`ClaimTransaction`] committed after its claim was gone from the table, with no other
+/// request holding the key: its lease lapsed unrenewed (renewals that failed for longer than
+/// the lease, in an outage, or a thread blocked as long) and the purge deleted the row after
+/// its grace. Nothing was written: the transaction was rolled back, so a retry under the key
+/// runs the operation again. The commit's error, as [`StoreError::Unavailable`]: the outage
+/// that let the claim lapse, not a fault in the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the claim was gone at the commit (its lease lapsed unrenewed and the row was purged), and no other request holds the key; nothing was written, so retry the operation")]
+#[non_exhaustive]
+pub struct ClaimGone;
 
 /// Whether `error` is Postgres's `serialization_failure` (40001): a statement that met a row
 /// changed after its snapshot, under REPEATABLE READ or SERIALIZABLE.
@@ -1688,14 +1718,17 @@ impl ClaimTransaction {
     ///
     /// `Ok(true)`: committed. `Ok(false)`: another request holds the key now (this claim's
     /// lease lapsed and it was taken over); everything was rolled back, and that request
-    /// runs the operation. A record whose response is larger than
+    /// runs the operation. A claim whose lease lapsed and whose row was purged, with no other
+    /// request holding the key, is no takeover: the commit fails with [`ClaimGone`] (see
+    /// below). A record whose response is larger than
     /// [`PostgresStoreBuilder::max_record_bytes`] is committed without its headers and body,
     /// since the operation's writes commit with it: retries learn that it completed, and it
     /// never runs again.
     ///
     /// # Errors
     /// The store's error ([`StoreError::Refused`] for a status outside 100 to 999, which is
-    /// never recorded). Everything was then rolled back and the claim released (when the
+    /// never recorded; [`StoreError::Unavailable`] with [`ClaimGone`] for a claim gone that
+    /// nobody else took). Everything was then rolled back and the claim released (when the
     /// store could still be told), so that a retry runs the operation again; except that a
     /// `COMMIT` whose answer was lost may have committed, the writes and the record
     /// together, and a retry then finds the record.
