@@ -641,9 +641,11 @@ macro_rules! policy_fields {
 
             /// `base` with these overrides applied. Bodies compared otherwise than as JSON
             /// leave behind the members `base` ignores in JSON bodies, unless these overrides
-            /// name their own, as the attribute's `fingerprint` does; and a wait without a
+            /// name their own, as the attribute's `fingerprint` does; a wait without a
             /// bound ([`wait_in_flight`](Overrides::wait_in_flight)) keeps `base`'s where
-            /// `base` waits.
+            /// `base` waits; and a key [`header`](Overrides::header) named without a
+            /// [`key_source`](Overrides::key_source) reads the key from that header, where
+            /// `base` reads it from bodies.
             pub fn apply_to(&self, mut base: Policy) -> Policy {
                 let base_wait = match base.on_in_flight {
                     OnInFlight::Wait(bound) => Some(bound),
@@ -663,6 +665,12 @@ macro_rules! policy_fields {
                     if form != BodyForm::Json {
                         base.fingerprint_ignore = &[];
                     }
+                }
+                // A key header named without a key source is where the key is read: over
+                // defaults that read keys from bodies, naming it could mean nothing else, and
+                // left unread it protected nothing.
+                if let (Some(_), None) = (self.header, self.key_source) {
+                    base.key_source = KeySource::Header;
                 }
                 base
             }

@@ -202,7 +202,9 @@ mod valid;
 ///
 /// ## `header`
 ///
-/// The request header that carries the key. Default `"Idempotency-Key"`. Not a header the
+/// The request header that carries the key. Default `"Idempotency-Key"`. Named, it is where
+/// the endpoint reads its keys, also in an application whose defaults read them from bodies
+/// (`Policy::key_source`). Not a header the
 /// scope reads the caller's credential from (`Authorization` or `X-API-Key` under `"api_key"`,
 /// the default; `Authorization` under `"basic_auth_user"`): every request with that credential
 /// would carry the same key. Refused at compile time when the attribute names its scope, else,

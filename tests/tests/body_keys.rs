@@ -380,3 +380,38 @@ async fn the_application_can_read_every_key_from_the_body() {
     assert!(again.replayed());
     assert_eq!(runs.get(), 1);
 }
+
+#[idempotent(header = "X-Key")]
+async fn own_header(runs: web::Data<Counter>, key: Option<IdempotencyKey>) -> HttpResponse {
+    received(runs, key).await
+}
+
+/// An endpoint that names its key's header, in an application that reads keys from bodies,
+/// reads its keys from that header: naming it means nothing else. Its duplicates replay, in
+/// both forms, where the header was never read and each ran again, unprotected and unwarned.
+#[actix_web::test]
+async fn an_endpoint_that_names_its_key_header_reads_it_where_the_application_reads_bodies() {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new())
+        .with_defaults(Policy::DEFAULT.key_source(KeySource::Json("/request_id")))
+        .unwrap();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(data.clone())
+            .route("/own-header", web::post().to(own_header))
+            .service(
+                web::scope("/wrapped")
+                    .wrap(Idempotency::new().with_overrides(|p| p.header("X-Key")))
+                    .route("", web::post().to(received)),
+            );
+    });
+    for path in ["/own-header", "/wrapped"] {
+        let sent = || event(path, r#"{"text":"hello"}"#).header("X-Key", path);
+        let first = sent().send(server.addr).await;
+        assert_eq!((first.status, first.replayed()), (200, false), "{path}");
+        let again = sent().send(server.addr).await;
+        assert!(again.replayed(), "{path}: {again:?}");
+    }
+    assert_eq!(runs.get(), 2, "once per endpoint");
+}
