@@ -447,10 +447,20 @@ fn fingerprint(
                 ignore: policy.fingerprint_ignore,
             }
         }
-        (None, BodyForm::Form) => Body::Form(body),
+        // Only a body sent as a form is read as one: another (JSON sent to an endpoint that
+        // compares forms) is compared as sent, as a form's decoding reads bodies alike that
+        // are not (`+` is a space in a form, not in JSON).
+        (None, BodyForm::Form) if sent_as_form(req) => Body::Form(body),
         (None, _) => Body::Bytes(body),
     };
     Ok(Fingerprint::canonical(method, path, query, body, headers))
+}
+
+/// Whether `req`'s body is sent as a form (`application/x-www-form-urlencoded`), as actix's
+/// `web::Form` takes it.
+fn sent_as_form(req: &HttpRequest) -> bool {
+    req.content_type()
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
 }
 
 /// `body` decoded from the content coding its request names, as the handler's extractors

@@ -24,7 +24,9 @@ pub enum BodyForm {
     /// compare unescaped and numbers by value. Query parameters compare in any order.
     Json,
     /// As `application/x-www-form-urlencoded` pairs, in any order of their names. Query
-    /// parameters compare in any order.
+    /// parameters compare in any order. The actix layer reads only a body sent as a form
+    /// (its `Content-Type`) so; another it compares byte for byte, as a form's decoding reads
+    /// bodies alike that are not (`+` is a space in a form, not in JSON).
     Form,
 }
 
