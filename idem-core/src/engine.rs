@@ -2743,8 +2743,8 @@ mod tests {
 
     /// A TTL under a millisecond would record nothing (records are kept by the millisecond),
     /// so that every retry ran the operation again: the engine keeps a record for
-    /// `Policy::MIN_TTL` at least, as it holds a lease for `Policy::MIN_LEASE`, for a policy
-    /// built without `Policy::check`.
+    /// `Policy::MIN_TTL` (a second) at least, as it holds a lease for `Policy::MIN_LEASE`, for
+    /// a policy built without `Policy::check`.
     #[tokio::test]
     async fn a_ttl_below_the_minimum_keeps_the_record_for_the_minimum() {
         let (engine, _clock) = setup();
@@ -2755,6 +2755,30 @@ mod tests {
             Outcome::Recorded
         );
         assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+    }
+
+    /// A duplicate that waits for the first request (looking at the store every 20 ms)
+    /// replays its answer whatever the policy's TTL: the engine keeps a record for
+    /// `Policy::MIN_TTL` at least, a second, where a TTL shorter than a look's interval let
+    /// the record lapse before the waiter looked, and the waiter ran the operation again.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_replays_the_first_response_whatever_the_ttl() {
+        let engine =
+            Engine::new(MokaStore::new()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT
+            .ttl(Duration::from_millis(1))
+            .on_in_flight(OnInFlight::Wait(Duration::from_secs(5)));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let waiter = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.begin(&policy, key(1), fp("a")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        lease.finish(response(201, "first")).await.unwrap();
+        match waiter.await.unwrap() {
+            Ok(Begin::Replay(c)) => assert_eq!(&c.response.body()[..], b"first"),
+            other => panic!("expected a replay, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -240,10 +240,12 @@ impl Policy {
     /// run. [`Policy::check`] refuses a shorter one, and the engine holds it for this long.
     pub const MIN_LEASE: Duration = Duration::from_millis(100);
 
-    /// The shortest TTL: records are kept by the millisecond, so a shorter one keeps none,
-    /// and every retry would run again. [`Policy::check`] refuses a shorter one, as the
-    /// attribute does.
-    pub const MIN_TTL: Duration = Duration::from_millis(1);
+    /// The shortest TTL, a second: a record kept for less serves no retry (a client retries
+    /// after a timeout, seconds later), and a duplicate that waits for the first request
+    /// (`OnInFlight::Wait`, which looks at the store every 20 ms) could find its record lapsed
+    /// and run the operation again. [`Policy::check`] refuses a shorter one, as the attribute
+    /// does, and the engine keeps a record this long at least.
+    pub const MIN_TTL: Duration = Duration::from_secs(1);
 
     /// Checks that this policy's settings agree with each other, and ask nothing of `store`
     /// that it cannot do.
@@ -434,7 +436,7 @@ pub enum PolicyError {
         lease: Duration,
     },
     /// The TTL is shorter than [`Policy::MIN_TTL`].
-    #[error("a TTL of {ttl:?} keeps no record (records are kept by the millisecond), so every retry would run again; give the time a retry may come in, such as 24h")]
+    #[error("a TTL of {ttl:?} is under a second, which serves no retry (and a duplicate waiting for the first request could find its record gone and run again); give the time a retry may come in, such as 24h")]
     TtlTooShort {
         /// The TTL.
         ttl: Duration,
@@ -1128,9 +1130,13 @@ mod tests {
             Err(PolicyError::LeaseTooShort { lease: short })
         );
         assert_eq!(check(Policy::DEFAULT.lease(Policy::MIN_LEASE)), Ok(()));
-        // A record kept for no time replays nothing: every retry would run again. Records
-        // are kept by the millisecond, so under one is none.
-        for ttl in [Duration::ZERO, Duration::from_micros(999)] {
+        // A record kept for no time replays nothing: every retry would run again. One kept
+        // under a second serves no retry, and a waiting duplicate could find it gone.
+        for ttl in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_millis(999),
+        ] {
             assert_eq!(
                 check(Policy::DEFAULT.ttl(ttl)),
                 Err(PolicyError::TtlTooShort { ttl })

@@ -180,7 +180,7 @@ fn builtin_unquoted(known: Name, path: &syn::Path) -> Option<&Ident> {
 /// Reads an argument given a literal, or nothing (a flag).
 fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, errors: &mut Errors) {
     match known {
-        Name::Ttl => put(&mut args.ttl, name, duration(name, value, ONE_MS, errors)),
+        Name::Ttl => put(&mut args.ttl, name, duration(name, value, ONE_S, errors)),
         Name::Lease => put(&mut args.lease, name, lease(name, value, errors)),
         Name::WaitTimeout => {
             let wait_timeout = duration(name, value, ONE_MS, errors);
@@ -507,6 +507,12 @@ type Least = (Duration, &'static str);
 
 /// The shortest of most durations: the millisecond they are counted in.
 const ONE_MS: Least = (Duration::from_millis(1), "");
+
+/// The shortest TTL (`Policy::MIN_TTL`).
+const ONE_S: Least = (
+    Duration::from_secs(1),
+    ": a record kept for less serves no retry, and a duplicate waiting for the first request could find it gone and run again; give the time a retry may come in, such as \"24h\"",
+);
 
 /// A duration of whole milliseconds, `least` at least and ten years at most.
 fn duration(

@@ -88,7 +88,7 @@ mod valid;
 /// ## `ttl`
 ///
 /// How long a completed response is replayed, counted from completion: a duration such as
-/// `"30s"`, `"15m"`, `"24h"` or `"7d"` (at least 1 ms, at most 10 years; humantime's forms, such
+/// `"30s"`, `"15m"`, `"24h"` or `"7d"` (at least 1 s, at most 10 years; humantime's forms, such
 /// as `"1h 30m"` or `"2 days"`, but not its `M` for months, one case away from minutes). Default
 /// `"24h"`. After it, the key is new again.
 ///
