@@ -284,7 +284,7 @@ fn list(
         };
         let value = s.value();
         let problem = match known {
-            Name::FingerprintIgnore => pointer_problem(&value),
+            Name::FingerprintIgnore => pointer_problem(&value, "/client_sent_at"),
             _ if !is_header_name(&value) => Some(format!(
                 "\"{value}\" is not a valid header name; use letters, digits and `-`, such as \"X-Trace-Id\""
             )),
@@ -324,13 +324,13 @@ fn list(
     }
 }
 
-/// What is wrong with `pointer` as a JSON Pointer (RFC 6901), if anything.
-fn pointer_problem(pointer: &str) -> Option<String> {
+/// What is wrong with `pointer` as a JSON Pointer (RFC 6901), if anything; `member` is an
+/// example of one that points at a member, for the argument it is given to.
+fn pointer_problem(pointer: &str, member: &str) -> Option<String> {
     if pointer.is_empty() {
-        return Some(
-            "the empty pointer names the whole body; point at a member, such as \"/client_sent_at\""
-                .to_owned(),
-        );
+        return Some(format!(
+            "the empty pointer names the whole body; point at a member, such as \"{member}\""
+        ));
     }
     if !pointer.starts_with('/') {
         return Some(format!(
@@ -359,7 +359,7 @@ fn key(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Key> {
         ));
         return None;
     };
-    if let Some(problem) = pointer_problem(pointer) {
+    if let Some(problem) = pointer_problem(pointer, "json:/event_id") {
         errors.push(s, problem);
         return None;
     }

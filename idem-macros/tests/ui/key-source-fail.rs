@@ -6,6 +6,9 @@ async fn unknown_source() {}
 #[idempotent(key = "json:event_id")]
 async fn bad_pointer() {}
 
+#[idempotent(key = "json:")]
+async fn whole_body() {}
+
 #[idempotent(key = "json:/event_id", header = "X-Event-Id")]
 async fn with_header() {}
 
