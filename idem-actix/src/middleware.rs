@@ -366,8 +366,8 @@ mod tests {
     }
 
     /// Keys read from the header its scope reads the caller's credential from would be that
-    /// credential, one key for every request that carries it: refused when the middleware
-    /// says both; with no scope of its own, the application's decides, on its requests.
+    /// credential, one key for every request that carries it: refused; and so are keys read
+    /// from a credential no scope reads, or another header clients send for another purpose.
     #[actix_web::test]
     async fn a_key_header_that_carries_the_scope_s_credential_stops_the_app_from_starting() {
         let starts = |configure: fn(Overrides) -> Overrides| {
@@ -379,8 +379,10 @@ mod tests {
         };
         assert!(!starts(|o| o.scope(Scope::ApiKey).header("X-API-Key")).await);
         assert!(!starts(|o| o.scope(Scope::BasicAuthUser).header("Authorization")).await);
-        assert!(starts(|o| o.scope(Scope::BasicAuthUser).header("X-API-Key")).await);
-        assert!(starts(|o| o.header("X-API-Key")).await);
+        assert!(!starts(|o| o.scope(Scope::BasicAuthUser).header("X-API-Key")).await);
+        assert!(!starts(|o| o.header("X-API-Key")).await);
+        assert!(!starts(|o| o.header("Cookie")).await);
+        assert!(starts(|o| o.scope(Scope::BasicAuthUser).header("X-Idempotency-Key")).await);
     }
 
     /// A middleware that honours keys on no method protects nothing, while its handlers look

@@ -247,6 +247,49 @@ impl Policy {
     /// does, and the engine keeps a record this long at least.
     pub const MIN_TTL: Duration = Duration::from_secs(1);
 
+    /// Headers that are never a key's: clients send them for another purpose (a credential, a
+    /// cookie, the body's type or size, the connection, the client, a condition or a range), the
+    /// same value on many requests. [`Policy::check`] refuses keys read from one, as the
+    /// attribute does.
+    pub const NOT_KEYS: &'static [&'static str] = &[
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Authorization",
+        "Cache-Control",
+        "Connection",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "Cookie",
+        "Date",
+        "Expect",
+        "Forwarded",
+        "Host",
+        "If-Match",
+        "If-Modified-Since",
+        "If-None-Match",
+        "If-Range",
+        "If-Unmodified-Since",
+        "Keep-Alive",
+        "Origin",
+        "Pragma",
+        "Proxy-Authorization",
+        "Range",
+        "Referer",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "User-Agent",
+        "Via",
+        "X-API-Key",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+    ];
+
     /// Checks that this policy's settings agree with each other, and ask nothing of `store`
     /// that it cannot do.
     ///
@@ -382,6 +425,13 @@ impl Policy {
         if key_header_known {
             self.check_scope_header()?;
         }
+        if matches!(self.key_source, KeySource::Header)
+            && Self::NOT_KEYS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(self.header))
+        {
+            return Err(PolicyError::KeyHeaderNotKey(self.header));
+        }
         if let ReplayHeaders::Except(names) = self.replay_headers {
             if names
                 .iter()
@@ -448,6 +498,11 @@ pub enum PolicyError {
     /// request with that credential would carry the same key.
     #[error("the key is read from {0}, the header the scope reads the caller's credential from, so that every request with that credential would carry the same key (and one whose credential holds a space, as `Bearer <token>` does, would be refused); read keys from a header of their own, such as Idempotency-Key")]
     KeyIsCredential(&'static str),
+    /// The key is read from a header clients send for another purpose than a key (a
+    /// credential, a cookie, a description of the request or of the connection): requests
+    /// that carry the same value would share one key.
+    #[error("the key is read from {0}, which clients send for another purpose (a credential, a cookie, or a description of the request), so that every request carrying the same value would share one key; read keys from a header of their own, such as Idempotency-Key")]
+    KeyHeaderNotKey(&'static str),
     /// The longest key is 0 bytes: every key would be refused.
     #[error("key_max_len is 0, so every key would be refused with 400 idempotency_key_invalid; give the longest key clients send, such as 255")]
     KeyMaxLenZero,
@@ -1104,20 +1159,52 @@ mod tests {
             let overrides = Overrides::NONE.scope(scope).header(header);
             assert_eq!(overrides.check(), Err(PolicyError::KeyIsCredential(header)));
         }
+        // A credential no scope reads is still no key: every request with it would share one.
         for (scope, header) in [
             (Scope::BasicAuthUser, "X-API-Key"),
             (Scope::Global, "X-API-Key"),
             (Scope::Header("X-Tenant"), "Authorization"),
-            (Scope::ApiKey, "X-Idempotency-Key"),
         ] {
-            assert_eq!(refused(scope, header), Ok(()), "{scope:?} {header}");
+            assert_eq!(
+                refused(scope, header),
+                Err(PolicyError::KeyHeaderNotKey(header)),
+                "{scope:?} {header}"
+            );
         }
+        assert_eq!(refused(Scope::ApiKey, "X-Idempotency-Key"), Ok(()));
         let unscoped = Overrides::NONE.header("X-API-Key");
-        assert_eq!(unscoped.check(), Ok(()), "the application's scope decides");
         assert_eq!(
-            unscoped.apply_to(Policy::DEFAULT).check_settings(),
-            Err(PolicyError::KeyIsCredential("X-API-Key"))
+            unscoped.check(),
+            Err(PolicyError::KeyHeaderNotKey("X-API-Key"))
         );
+    }
+
+    /// A header clients send for another purpose than a key (a cookie, the body's type, the
+    /// client) carries one value on many requests: keys read from it are refused, in any case
+    /// of its name, whatever the scope; where the key is read from the body, the header is
+    /// not read, and nothing is refused.
+    #[test]
+    fn a_key_header_clients_send_for_another_purpose_is_refused() {
+        for header in [
+            "Cookie",
+            "content-type",
+            "User-Agent",
+            "Host",
+            "X-Forwarded-For",
+        ] {
+            let policy = Policy::DEFAULT.scope(Scope::Global).header(header);
+            assert_eq!(
+                policy.check_settings(),
+                Err(PolicyError::KeyHeaderNotKey(header))
+            );
+            let overrides = Overrides::NONE.header(header);
+            assert_eq!(overrides.check(), Err(PolicyError::KeyHeaderNotKey(header)));
+        }
+        let from_body = Policy::DEFAULT
+            .header("Cookie")
+            .key_source(KeySource::Json("/event_id"))
+            .fingerprint(BodyForm::Json);
+        assert_eq!(from_body.check_settings(), Ok(()));
     }
 
     #[test]

@@ -204,12 +204,12 @@ mod valid;
 ///
 /// The request header that carries the key. Default `"Idempotency-Key"`. Named, it is where
 /// the endpoint reads its keys, also in an application whose defaults read them from bodies
-/// (`Policy::key_source`). Not a header the
-/// scope reads the caller's credential from (`Authorization` or `X-API-Key` under `"api_key"`,
-/// the default; `Authorization` under `"basic_auth_user"`): every request with that credential
-/// would carry the same key. Refused at compile time when the attribute names its scope, else,
-/// when the application's scope reads it, answered 500 `idempotency_misconfigured` (and logged)
-/// on keyed requests.
+/// (`Policy::key_source`). Not a header clients send for another purpose (a credential such
+/// as `Authorization` or `X-API-Key`, `Cookie`, `Content-Type`, `User-Agent`, `Host`: the list
+/// is `Policy::NOT_KEYS`): every request carrying the same value would share one key; refused
+/// at compile time. Nor the header a `"header:<name>"` scope of the application reads, which the
+/// attribute cannot see: that is answered 500 `idempotency_misconfigured` (and logged) on every
+/// request that carries it.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

@@ -82,6 +82,15 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
                 &header.name,
                 format!("keys are read from `{}`, which {scope} reads the caller's credential from, so that every request with that credential would carry the same key (and one whose credential holds a space, as `Bearer <token>` does, would be refused); read keys from a header of their own, such as \"Idempotency-Key\"", header.value),
             );
+        } else if args.key.is_none()
+            && NOT_KEYS
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(&header.value))
+        {
+            errors.push(
+                &header.name,
+                format!("keys are read from `{}`, which clients send for another purpose (a credential, a cookie, or a description of the request), so that every request carrying the same value would share one key; read keys from a header of their own, such as \"Idempotency-Key\"", header.value),
+            );
         }
     }
     if let (Some(key), Some(header)) = (&args.key, &args.header) {
@@ -197,3 +206,45 @@ pub(crate) fn mentions(tokens: TokenStream, named: &dyn Fn(&Ident) -> bool) -> b
         _ => false,
     })
 }
+
+/// Headers that are never a key's, as `Policy::NOT_KEYS` lists them (this crate
+/// does not depend on idem-core): clients send them for another purpose, the same value on
+/// many requests.
+const NOT_KEYS: &[&str] = &[
+    "Accept",
+    "Accept-Encoding",
+    "Accept-Language",
+    "Authorization",
+    "Cache-Control",
+    "Connection",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-Type",
+    "Cookie",
+    "Date",
+    "Expect",
+    "Forwarded",
+    "Host",
+    "If-Match",
+    "If-Modified-Since",
+    "If-None-Match",
+    "If-Range",
+    "If-Unmodified-Since",
+    "Keep-Alive",
+    "Origin",
+    "Pragma",
+    "Proxy-Authorization",
+    "Range",
+    "Referer",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+    "User-Agent",
+    "Via",
+    "X-API-Key",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+];

@@ -9,8 +9,8 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{error, post, web, HttpMessage as _, HttpRequest, HttpResponse};
 use actix_web_httpauth::extractors::bearer::BearerAuth;
 use actix_web_httpauth::middleware::HttpAuthentication;
-use idem_actix::{idempotent, Idempotency, Principal, Scope};
-use idem_tests::{assert_error, serve, Counter, RawRequest};
+use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy, Principal, Scope};
+use idem_tests::{assert_error, serve, Counter, RawRequest, TestServer};
 use serde_json::json;
 
 /// base64("app_1:key_1"), base64("app_1:WRONG"), base64("app_1:key_2").
@@ -199,30 +199,38 @@ async fn a_scope_read_from_the_key_s_own_header_is_never_served() {
     assert_eq!(keyless.status, 201);
 }
 
-#[post("/key-in-authorization")]
-#[idempotent(header = "Authorization")]
-async fn key_in_authorization(runs: web::Data<Counter>) -> HttpResponse {
+#[post("/key-in-tenant")]
+#[idempotent(header = "X-Tenant")]
+async fn key_in_tenant(runs: web::Data<Counter>) -> HttpResponse {
     runs.bump();
-    HttpResponse::Created().body("a credential's answer")
+    HttpResponse::Created().body("a tenant's answer")
 }
 
-/// A key read from the header the application's scope reads the caller's credential from
-/// (`api_key`, the default: `Authorization`) is the server's misconfiguration, whatever the
-/// header holds: every request is answered 500 `idempotency_misconfigured`, a credential that
-/// is no valid key (`Bearer t`, with its space) included, where that one was answered 400
+/// A key read from the header the application's scope reads (here `X-Tenant`, which the
+/// attribute cannot see) is the server's misconfiguration, whatever the header holds: every
+/// request is answered 500 `idempotency_misconfigured`, a value that is no valid key (`Acme
+/// Corp`, with its space) included, where that one was answered 400
 /// `idempotency_key_invalid`, blaming the client for the server's settings.
 #[actix_web::test]
-async fn a_key_read_from_the_scope_s_credential_is_misconfigured_whatever_the_credential() {
-    let s = serve(|cfg| {
-        cfg.service(key_in_authorization);
+async fn a_key_read_from_the_scope_s_header_is_misconfigured_whatever_the_header_holds() {
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new())
+        .with_defaults(Policy::DEFAULT.scope(Scope::Header("X-Tenant")))
+        .unwrap();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(data.clone())
+            .service(key_in_tenant);
     });
-    for credential in ["Bearer t", "tok123"] {
-        let res = s
-            .send(&RawRequest::post("/key-in-authorization").header("Authorization", credential))
+    for tenant in ["Acme Corp", "acme"] {
+        let res = RawRequest::post("/key-in-tenant")
+            .header("X-Tenant", tenant)
+            .send(server.addr)
             .await;
         assert_error(&res, 500, "idempotency_misconfigured");
     }
-    assert_eq!(s.runs.get(), 0, "nothing ran");
+    assert_eq!(runs.get(), 0, "nothing ran");
 }
 
 async fn by_tenant_plain(runs: web::Data<Counter>) -> HttpResponse {

@@ -15,8 +15,9 @@ async fn per_basic_user() -> HttpResponse {
     HttpResponse::Created().finish()
 }
 
-// Not what the scope reads, or no scope of its own (the application's, not known here, is
-// judged on keyed requests): taken.
+// A credential the scope does not read, and other headers clients send for another purpose
+// (a cookie, the body's type), carry one value on many requests: refused too, whatever the
+// scope.
 #[idempotent(header = "X-API-Key")]
 async fn the_application_s_scope() -> HttpResponse {
     HttpResponse::Created().finish()
@@ -24,6 +25,22 @@ async fn the_application_s_scope() -> HttpResponse {
 
 #[idempotent(scope = "basic_auth_user", header = "X-API-Key")]
 async fn other_header() -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+#[idempotent(scope = "global", header = "Cookie")]
+async fn a_cookie() -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+#[idempotent(header = "content-type")]
+async fn the_body_s_type() -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+// A header of its own: taken.
+#[idempotent(scope = "basic_auth_user", header = "X-Idempotency-Key")]
+async fn its_own() -> HttpResponse {
     HttpResponse::Created().finish()
 }
 
