@@ -121,6 +121,22 @@ pub enum ReplayHeaders {
 }
 
 impl ReplayHeaders {
+    /// The headers no replay repeats, listed or not: those of one transfer or one request.
+    /// [`Policy::check`] refuses them in a list, where they would do nothing.
+    pub const NEVER: &'static [&'static str] = &[
+        "Connection",
+        "Content-Length",
+        "Date",
+        "Idempotent-Replayed",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "X-Request-ID",
+    ];
+
     /// Whether a recorded header called `name` is replayed.
     pub fn replays(&self, name: &str) -> bool {
         if name.eq_ignore_ascii_case("content-encoding") {
@@ -404,6 +420,13 @@ impl Policy {
         {
             return Err(PolicyError::SetCookieListed);
         }
+        if let Some(never) = self.replay_headers.names().iter().find(|h| {
+            ReplayHeaders::NEVER
+                .iter()
+                .any(|never| never.eq_ignore_ascii_case(h))
+        }) {
+            return Err(PolicyError::NeverReplayedListed(never));
+        }
         if self.lease < Self::MIN_LEASE {
             return Err(PolicyError::LeaseTooShort { lease: self.lease });
         }
@@ -518,6 +541,9 @@ pub enum PolicyError {
     /// The key's header is named, but the key is read elsewhere.
     #[error("the key's header is named {0}, but the key is read from the JSON body or with a key function, so the header is never read; remove the header, or read the key from it")]
     HeaderUnread(&'static str),
+    /// `replay_headers` lists a header no replay repeats (one of [`ReplayHeaders::NEVER`]).
+    #[error("replay_headers lists {0}, which describes one transfer or one request and is never replayed, listed or not; remove it from the list")]
+    NeverReplayedListed(&'static str),
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -1237,6 +1263,15 @@ mod tests {
         assert_eq!(
             check(Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["Set-Cookie"]))),
             Err(PolicyError::SetCookieListed)
+        );
+        // A header no replay repeats would do nothing in either list.
+        assert_eq!(
+            check(Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Content-Type", "date"]))),
+            Err(PolicyError::NeverReplayedListed("date"))
+        );
+        assert_eq!(
+            check(Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["X-Request-ID"]))),
+            Err(PolicyError::NeverReplayedListed("X-Request-ID"))
         );
         assert_eq!(
             check(

@@ -293,6 +293,13 @@ fn list(
             {
                 Some("`Set-Cookie` is replayed only with `replay_set_cookie`, which decides it alone; remove it from the list".to_owned())
             }
+            Name::ReplayHeaders | Name::ReplayDropHeaders
+                if NEVER_REPLAYED
+                    .iter()
+                    .any(|never| never.eq_ignore_ascii_case(&value)) =>
+            {
+                Some(format!("`{value}` describes one transfer or one request and is never replayed, listed or not; remove it from the list"))
+            }
             Name::ReplayDropHeaders if value.eq_ignore_ascii_case("content-encoding") => Some(
                 "`Content-Encoding` is always replayed: a recorded body is in its coding; remove it from the list".to_owned(),
             ),
@@ -323,6 +330,22 @@ fn list(
         });
     }
 }
+
+/// The headers no replay repeats, as `ReplayHeaders::NEVER` lists them (this crate does not
+/// depend on idem-core).
+const NEVER_REPLAYED: &[&str] = &[
+    "Connection",
+    "Content-Length",
+    "Date",
+    "Idempotent-Replayed",
+    "Keep-Alive",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+    "X-Request-ID",
+];
 
 /// What is wrong with `pointer` as a JSON Pointer (RFC 6901), if anything; `member` is an
 /// example of one that points at a member, for the argument it is given to.

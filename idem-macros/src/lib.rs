@@ -755,8 +755,10 @@ mod valid;
 /// ## `replay_headers`
 ///
 /// The recorded headers a replay repeats, by name in any case: only these. Headers of one
-/// transfer or one request (`Date`, `Content-Length`, `X-Request-ID`, ...) are never
-/// replayed, and `Set-Cookie` only with `replay_set_cookie`, whatever the list, while a
+/// transfer or one request (`Date`, `Content-Length`, `X-Request-ID`, ...: the list is
+/// `ReplayHeaders::NEVER`) are never replayed, and refused in the list (as in
+/// `replay_drop_headers`), where they would do nothing; `Set-Cookie` is replayed only with
+/// `replay_set_cookie`, whatever the list, while a
 /// recorded `Content-Encoding` always is (the body's bytes are in that coding); name every
 /// other header the replay needs, `Content-Type` included. Default: every recorded header.
 ///

@@ -637,7 +637,8 @@ impl<'a> IntoIterator for Replayable<'a> {
 }
 
 /// Headers that describe one transfer or one request, never recorded, nor replayed from a
-/// record written elsewhere (another process, another version) that holds them.
+/// record written elsewhere (another process, another version) that holds them: those of
+/// `ReplayHeaders::NEVER`, matched here by their lowercase names (a test holds the two alike).
 pub(super) fn replayable(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
@@ -660,6 +661,7 @@ mod tests {
     use actix_web::http::header::HeaderMap;
     use actix_web::web::Bytes;
     use futures_util::FutureExt as _;
+    use idem_core::ReplayHeaders;
 
     use super::*;
 
@@ -726,6 +728,41 @@ mod tests {
                 ("location".to_owned(), "/v1/calls/1".to_owned()),
             ]
         );
+    }
+
+    /// The headers never recorded are those the policy refuses in its lists, where they
+    /// would do nothing: one list of them, matched here by lowercase name.
+    #[test]
+    fn the_headers_never_recorded_are_the_policy_s() {
+        for &name in ReplayHeaders::NEVER {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(!replayable(&name), "{name}");
+        }
+        let never = ReplayHeaders::NEVER.len();
+        let refused = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "te",
+        ]
+        .into_iter()
+        .chain([
+            "trailer",
+            "upgrade",
+            "date",
+            "content-length",
+            "x-request-id",
+        ])
+        .chain([
+            "idempotent-replayed",
+            "content-type",
+            "location",
+            "set-cookie",
+        ])
+        .filter(|name| !replayable(&HeaderName::from_static(name)))
+        .count();
+        assert_eq!(refused, never, "one list");
     }
 
     #[test]

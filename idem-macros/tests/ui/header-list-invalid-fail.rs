@@ -9,4 +9,8 @@ async fn replayed() {}
 #[idempotent(replay_drop_headers = ["X-Trace", "Content-Encoding"])]
 async fn decodable() {}
 
+// Headers of one transfer or one request are never replayed: listing them does nothing.
+#[idempotent(replay_headers = ["Content-Type", "Date", "x-request-id"])]
+async fn never_replayed() {}
+
 fn main() {}
