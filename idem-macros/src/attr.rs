@@ -68,6 +68,11 @@ impl Parse for RawArg {
         if !input.is_empty() && !input.peek(Token![,]) {
             let message = match value {
                 None => format!("expected `=` or `,` after `{name}`; write arguments as `name = value`, a flag as its name alone"),
+                // A macro (`concat!(...)`, `env!(...)`): the attribute reads its arguments as
+                // written, before any macro is expanded.
+                Some(Value::Path(_)) if input.peek(Token![!]) => format!(
+                    "`{name}` takes a literal, a list `[...]` or a function's path as written: macros are not expanded in the attribute's arguments; write the value itself"
+                ),
                 Some(_) => "expected `,`: separate the arguments with commas".to_owned(),
             };
             return Err(input.error(message));

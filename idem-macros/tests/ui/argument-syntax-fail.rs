@@ -13,4 +13,7 @@ async fn no_name() {}
 #[idempotent(ttl = , required)]
 async fn no_value() {}
 
+#[idempotent(ttl = concat!("1", "h"))]
+async fn a_macro() {}
+
 fn main() {}
