@@ -1201,6 +1201,41 @@ fn primary_and_replica() -> Option<(TestRedis, TestRedis)> {
     Some((primary, replica))
 }
 
+/// With writes that wait for replicas, a claim goes out on a connection lent from the
+/// thread's own: after a restart of the primary, the claim that finds its lent connection
+/// closed is sent again on a new one, as a claim on the shared connection is, where it was sent
+/// again on the same closed connection and answered 503 (and, under `fail_open`, ran
+/// unprotected while Redis answered, leaving no record, so that its retry ran again).
+#[actix_web::test]
+async fn the_first_claim_after_the_primary_restarted_is_answered_when_writes_wait_for_replicas() {
+    let Some((mut primary, replica)) = primary_and_replica() else {
+        return;
+    };
+    let store = RedisStore::builder(primary.url())
+        .wait_for_replicas(1, Duration::from_millis(200))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let key = |n: u8| StoreKey::from_bytes([n; 32]);
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key(1), fp).await else {
+        panic!("claimed")
+    };
+    lease
+        .finish(Response::new(201, [], b"first"))
+        .await
+        .unwrap();
+
+    primary.restart();
+    replication_shows(&replica, "master_link_status:up");
+    replication_shows_where(&primary, "slave0:...,state=online,...", |l| {
+        l.starts_with("slave0:") && l.contains(",state=online,")
+    });
+    let begun = engine.begin(&Policy::DEFAULT, key(2), fp).await;
+    assert!(matches!(begun, Ok(Begin::Execute(_))), "{begun:?}");
+}
+
 /// Asked to wait for a replica, a claim is on the replica before its handler may run; a claim
 /// that no replica acknowledged in time is released and answers unavailable (a failover could
 /// have lost it, and a duplicate run beside it), where it ran on the primary's word alone. A

@@ -863,10 +863,12 @@ impl RedisStore {
             .arg("GET");
         // Sent again once on a connection found dropped (a Redis that restarted closed it,
         // and its worker learns of it only now): the claim may be sent twice, as its first
-        // answer may have been lost (see `found`).
+        // answer may have been lost (see `found`). On a new link: a connection lent for
+        // `WAIT` and found dropped is not lent again, so the next one lent is new.
         let existing: Option<Vec<u8>> =
             match self.run_as(set.query_async(&mut link), claim_failed).await {
                 Err(error) if dropped(&error) => {
+                    link = self.link(replicas.is_some()).await?;
                     (self.run_as(set.query_async(&mut link), claim_failed)).await?
                 }
                 existing => existing?,
