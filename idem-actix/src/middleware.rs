@@ -287,10 +287,17 @@ where
                 passed(req.request(), Passed::Method(endpoint.header_name(config)));
             }
         }
-        if skipped
-            || bypasses(&self.inner.endpoint, &self.inner.functions, req.request())
-            || taken(req.request())
-        {
+        let bypassed =
+            skipped || bypasses(&self.inner.endpoint, &self.inner.functions, req.request());
+        let outer = !bypassed && taken(req.request());
+        if outer {
+            // Another `Idempotency` around this one has the key in charge already.
+            let inner = &self.inner;
+            inner
+                .endpoint
+                .outer_layer_applies(inner.functions.any(), true);
+        }
+        if bypassed || outer {
             let inner = Rc::clone(&self.inner);
             return Box::pin(async move {
                 let res = service.call(req).await?;

@@ -46,6 +46,36 @@ async fn a_middleware_around_an_attributed_handler_is_warned_about_once_and_clai
     assert_eq!(warnings.containing(text), 1, "warned once, not per request");
 }
 
+async fn plain(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("plain")
+}
+
+/// An `Idempotency` inside another claims nothing: the outer one has the key in charge, with
+/// its own settings. The inner one's settings are ignored, and a warning says so once, as for
+/// an attribute inside a middleware, where nothing said so.
+#[actix_web::test]
+async fn a_middleware_inside_another_is_warned_about_once_and_claims_once() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone()).app_data(idem.clone()).service(
+            web::scope("/nested")
+                .wrap(Idempotency::new().with_overrides(|p| p.max_body(16 << 20)))
+                .wrap(Idempotency::new())
+                .route("", web::post().to(plain)),
+        );
+    });
+    let text = "the outer one's settings apply and the inner one's are ignored";
+    call("/nested", "one").send(server.addr).await;
+    call("/nested", "two").send(server.addr).await;
+    assert!(call("/nested", "one").send(server.addr).await.replayed());
+    assert_eq!(runs.get(), 2, "each key ran once");
+    assert_eq!(warnings.containing(text), 1, "warned once, not per request");
+}
+
 async fn text(runs: web::Data<Counter>) -> HttpResponse {
     runs.bump();
     HttpResponse::Created()

@@ -87,12 +87,20 @@ impl Endpoint {
         Ok(endpoint)
     }
 
-    /// Warns, once, that an `Idempotency` middleware around this attributed handler claims its
-    /// keys with the middleware's settings, so that the attribute's own arguments do not
-    /// apply. The key is still claimed once; only whose settings is in question.
-    fn outer_layer_applies(&self, has_functions: bool) {
+    /// Warns, once, that an `Idempotency` middleware around this endpoint (an attributed
+    /// handler, or another `Idempotency` middleware when `nested`) claims its keys with the
+    /// outer middleware's settings, so that this endpoint's own do not apply. The key is still
+    /// claimed once; only whose settings is in question.
+    pub(crate) fn outer_layer_applies(&self, has_functions: bool, nested: bool) {
         let declares = self.overrides != Overrides::NONE || has_functions;
-        if declares && !self.overruled.swap(true, Ordering::Relaxed) {
+        if !declares || self.overruled.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if nested {
+            tracing::warn!(
+                "an Idempotency middleware wraps another Idempotency middleware: the outer one's settings apply and the inner one's are ignored; remove one of the two, or give them the same settings"
+            );
+        } else {
             tracing::warn!(
                 "an Idempotency middleware wraps an #[idempotent] handler: the middleware's settings apply and the attribute's arguments are ignored; remove one of the two, or give the middleware the same settings"
             );
@@ -265,7 +273,7 @@ where
     }
     if taken(&req) {
         // An `Idempotency` middleware around this handler has its key in charge already.
-        endpoint.outer_layer_applies(functions.any());
+        endpoint.outer_layer_applies(functions.any(), false);
         return handler(req, payload).await.res;
     }
     // Boxed, so that requests without a key do not carry the keyed path's state; the box
