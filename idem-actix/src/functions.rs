@@ -4,6 +4,7 @@
 //! attribute can check its signature at compile time and keep it in a `static`.
 
 use actix_web::{HttpRequest, HttpResponse};
+use idem_core::{Overrides, PolicyError};
 
 use crate::scope::ScopeFunction;
 
@@ -128,6 +129,32 @@ impl Functions {
     }
 
     /// Whether there is any.
+    /// The refusal of an override that one of these functions would replace unseen (the
+    /// attribute cannot express both, or refuses them at compile time).
+    pub(crate) fn overridden(&self, overrides: &Overrides) -> Option<PolicyError> {
+        let refused = |function, what, setting| PolicyError::FunctionOverridesSetting {
+            function,
+            what,
+            setting,
+        };
+        if self.key.is_some() && overrides.key_source.is_some() {
+            return Some(refused("with_key_fn", "where the key is", "key_source"));
+        }
+        if self.scope.is_some() && overrides.scope.is_some() {
+            return Some(refused("with_scope_fn", "the key's scope", "scope"));
+        }
+        if self.fingerprint.is_some() {
+            let read = |setting| refused("with_fingerprint_fn", "how bodies compare", setting);
+            if overrides.fingerprint.is_some() {
+                return Some(read("fingerprint"));
+            }
+            if overrides.fingerprint_ignore.is_some() {
+                return Some(read("fingerprint_ignore"));
+            }
+        }
+        None
+    }
+
     pub(crate) fn any(&self) -> bool {
         self.scope.is_some()
             || self.fingerprint.is_some()

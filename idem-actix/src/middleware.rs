@@ -129,9 +129,13 @@ impl Idempotency {
     /// `max_body` of 0, an [`OnInFlight::Wait`](crate::OnInFlight::Wait) under 1 ms, a
     /// listed header that is not a header name, `Set-Cookie` listed or `Content-Encoding`
     /// dropped in `replay_headers`, a pointer that is not a JSON Pointer, a fingerprint that
-    /// contradicts the overrides' `fingerprint_ignore` or JSON `key_source`, or a key header
-    /// named where the key is read from the JSON body or by a
-    /// [key function](Self::with_key_fn). Actix then reports `service initialization failed`,
+    /// contradicts the overrides' `fingerprint_ignore` or JSON `key_source`, a key header
+    /// clients send for another purpose ([`Policy::NOT_KEYS`](crate::Policy::NOT_KEYS)), a key
+    /// header named where the key is read from the JSON body or by a
+    /// [key function](Self::with_key_fn), or a setting one of the middleware's functions
+    /// decides in its place (`key_source` beside [`with_key_fn`](Self::with_key_fn), `scope`
+    /// beside [`with_scope_fn`](Self::with_scope_fn), `fingerprint` or `fingerprint_ignore`
+    /// beside [`with_fingerprint_fn`](Self::with_fingerprint_fn)). Actix then reports `service initialization failed`,
     /// and the reason is logged as a `tracing` error.
     /// The attribute refuses all of them at compile time. Settings that contradict only with
     /// the application's defaults are logged on the first keyed request.
@@ -218,7 +222,10 @@ where
         // A key function reads the key in place of any header, as a JSON `key_source` does.
         let endpoint = match (self.functions.key, self.overrides.header) {
             (Some(_), Some(header)) => Err(PolicyError::HeaderUnread(header)),
-            _ => Endpoint::parsed(self.overrides),
+            _ => match self.functions.overridden(&self.overrides) {
+                Some(error) => Err(error),
+                None => Endpoint::parsed(self.overrides),
+            },
         };
         let endpoint = match endpoint {
             Ok(endpoint) => endpoint,
@@ -390,6 +397,53 @@ mod tests {
         assert!(!starts(|o| o.header("X-API-Key")).await);
         assert!(!starts(|o| o.header("Cookie")).await);
         assert!(starts(|o| o.scope(Scope::BasicAuthUser).header("X-Idempotency-Key")).await);
+    }
+
+    /// A function and an override that decide the same thing (where the key is, its scope,
+    /// how bodies compare) stop the app from starting, where the function won and the
+    /// override was ignored unseen (a `fingerprint_ignore` beside a fingerprint function made
+    /// retries that differ only in an ignored member conflicts).
+    #[actix_web::test]
+    async fn a_function_and_an_override_that_decide_the_same_stop_the_app_from_starting() {
+        fn key(_: &HttpRequest, _: &[u8]) -> Option<String> {
+            None
+        }
+        fn scope(_: &HttpRequest) -> Option<String> {
+            None
+        }
+        fn fingerprint(_: &HttpRequest, body: &[u8]) -> Option<Vec<u8>> {
+            Some(body.to_vec())
+        }
+        let starts = |idempotency: Idempotency| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        let json = KeySource::Json("/id");
+        assert!(
+            !starts(
+                Idempotency::new()
+                    .with_key_fn(key)
+                    .with_overrides(|p| p.key_source(json))
+            )
+            .await
+        );
+        let tenant = Scope::Header("X-Tenant");
+        let scoped = Idempotency::new().with_scope_fn("t", scope);
+        assert!(!starts(scoped.with_overrides(|p| p.scope(tenant))).await);
+        let compared = || Idempotency::new().with_fingerprint_fn(fingerprint);
+        assert!(!starts(compared().with_overrides(|p| p.fingerprint(BodyForm::Form))).await);
+        assert!(!starts(compared().with_overrides(|p| p.fingerprint_ignore(&["/sent_at"]))).await);
+        // Settings the functions leave alone are taken beside them.
+        assert!(
+            starts(
+                compared()
+                    .with_key_fn(key)
+                    .with_overrides(|p| p.scope(tenant))
+            )
+            .await
+        );
     }
 
     /// A middleware that honours keys on no method protects nothing, while its handlers look

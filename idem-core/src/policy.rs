@@ -541,6 +541,17 @@ pub enum PolicyError {
     /// The key's header is named, but the key is read elsewhere.
     #[error("the key's header is named {0}, but the key is read from the JSON body or with a key function, so the header is never read; remove the header, or read the key from it")]
     HeaderUnread(&'static str),
+    /// A function of the middleware decides what one of its overrides sets too, which it
+    /// would replace unseen.
+    #[error("{function} decides {what} its own way, so the overrides' {setting} would be ignored; keep one of the two")]
+    FunctionOverridesSetting {
+        /// The function (`with_key_fn`, `with_scope_fn`, `with_fingerprint_fn`).
+        function: &'static str,
+        /// What it decides.
+        what: &'static str,
+        /// The override it would replace.
+        setting: &'static str,
+    },
     /// `replay_headers` lists a header no replay repeats (one of [`ReplayHeaders::NEVER`]).
     #[error("replay_headers lists {0}, which describes one transfer or one request and is never replayed, listed or not; remove it from the list")]
     NeverReplayedListed(&'static str),
