@@ -867,7 +867,7 @@ impl RedisStore {
         // `WAIT` and found dropped is not lent again, so the next one lent is new.
         let existing: Option<Vec<u8>> =
             match self.run_as(set.query_async(&mut link), claim_failed).await {
-                Err(error) if dropped(&error) => {
+                Err(error) if dropped(&self.conn, &error) => {
                     link = self.link(replicas.is_some()).await?;
                     (self.run_as(set.query_async(&mut link), claim_failed)).await?
                 }
@@ -1080,13 +1080,15 @@ fn failed(error: redis::RedisError) -> StoreError {
     }
 }
 
-/// Whether `error` is a connection found dropped (a Redis that restarted, or a network that
-/// reset it): the `redis` crate makes a new connection for the next command, so that a command
-/// safe to send twice (a claim, a read) is sent again once rather than answered 503 while
-/// Redis answers. It cannot tell a command it never sent from one whose answer was lost.
-fn dropped(error: &StoreError) -> bool {
-    matches!(error, StoreError::Unavailable(error)
-        if error.downcast_ref::<redis::RedisError>().is_some_and(redis::RedisError::is_connection_dropped))
+/// Whether `error`, from `conn`, is a connection to one server found dropped (a Redis that
+/// restarted, or a network that reset it): the `redis` crate makes a new connection for the
+/// next command, so that a command safe to send twice (a claim, a read) is sent again once
+/// rather than answered 503 while Redis answers. It cannot tell a command it never sent from
+/// one whose answer was lost. The cluster client resends on its own connections itself.
+fn dropped(conn: &Connection, error: &StoreError) -> bool {
+    matches!(conn, Connection::Single(_))
+        && matches!(error, StoreError::Unavailable(error)
+            if error.downcast_ref::<redis::RedisError>().is_some_and(redis::RedisError::is_connection_dropped))
 }
 
 /// As [`failed`], for the claim's `SET key value NX PX ms GET`, which Redis takes from 7.0 on:
@@ -1402,7 +1404,9 @@ impl Store for RedisStore {
             let cmd = redis::cmd("GET").arg(self.redis_key(key)).to_owned();
             // A read, sent again once on a connection found dropped, as a claim is.
             let bytes: Option<Vec<u8>> = match self.run(cmd.query_async(&mut conn)).await {
-                Err(error) if dropped(&error) => self.run(cmd.query_async(&mut conn)).await?,
+                Err(error) if dropped(&self.conn, &error) => {
+                    self.run(cmd.query_async(&mut conn)).await?
+                }
                 bytes => bytes?,
             };
             match bytes {
