@@ -328,13 +328,16 @@ where
                         // A 404 for a request no service of the app took, without a body
                         // (actix's own not-found), is the routing's: no handler ran, so it is
                         // not recorded, as an extractor's refusal is not. No service took it
-                        // when its path was not routed to its end: none fits it, or none of
-                        // those that fit takes its method (`#[post]` guards its service's),
-                        // where a pattern that fits says nothing of the guards. A default
-                        // service that answers a page of its own may have done work first:
-                        // recorded.
+                        // when no route pattern fits its path (a scope's own path, routed to
+                        // its end by the scope), or when its path was not routed to its end:
+                        // none of the services that fit takes its method (`#[post]` guards
+                        // its service's), where a pattern that fits says nothing of the
+                        // guards. A default service that answers a page of its own may have
+                        // done work first: recorded.
+                        let request = res.request();
                         let unrouted = res.status() == StatusCode::NOT_FOUND
-                            && !res.request().match_info().unprocessed().is_empty()
+                            && (request.match_pattern().is_none()
+                                || !request.match_info().unprocessed().is_empty())
                             && matches!(res.response().body().size(), BodySize::Sized(0));
                         let mut reply = Reply::from_service(res.map_into_boxed_body());
                         if unrouted {

@@ -679,6 +679,36 @@ async fn a_404_of_routing_for_a_method_no_service_of_the_path_takes_is_not_recor
     assert_eq!(a.probe.runs.get(), 1);
 }
 
+/// A path that ends where a scope does, with nothing inside it fitting (the scope's own path,
+/// or a nested scope's), is routed to its end and still no service took it: actix's empty 404
+/// is the routing's there too, unrecorded, where the first check of a path routed to its end
+/// took it for a handler's and replayed it.
+#[actix_web::test]
+async fn a_404_of_routing_for_a_scope_s_own_path_is_not_recorded() {
+    let a = middleware_form();
+    let first = a.send(post("/v1")).await;
+    assert_eq!((first.status, first.replayed()), (404, false));
+    let again = a.send(post("/v1")).await;
+    assert_eq!((again.status, again.replayed()), (404, false));
+    let meant = a.send(call("k", "a")).await;
+    assert_eq!((meant.status, meant.replayed()), (201, false));
+
+    let nested = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .service(web::scope("/calls").route("/{id}/cancel", web::post().to(plain))),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    assert_eq!(nested.send(post("/v1/calls")).await.status, 404);
+    let again = nested.send(post("/v1/calls")).await;
+    assert_eq!((again.status, again.replayed()), (404, false));
+    assert_eq!(nested.probe.runs.get(), 0);
+}
+
 /// actix routes a path by its spelling with percent-escapes decoded (`/v1/%63alls` is
 /// `/v1/calls`): keyed per endpoint under the middleware, the layer tells the endpoint so too,
 /// so that one key on one route spelled two ways runs once. The fingerprint keeps the path as
