@@ -128,7 +128,6 @@ impl Functions {
         self
     }
 
-    /// Whether there is any.
     /// The refusal of an override that one of these functions would replace unseen (the
     /// attribute cannot express both, or refuses them at compile time).
     pub(crate) fn overridden(&self, overrides: &Overrides) -> Option<PolicyError> {
@@ -155,6 +154,7 @@ impl Functions {
         None
     }
 
+    /// Whether there is any.
     pub(crate) fn any(&self) -> bool {
         self.scope.is_some()
             || self.fingerprint.is_some()

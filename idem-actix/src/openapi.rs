@@ -1845,13 +1845,13 @@ mod tests {
     }
 
     /// A retention of part of a second is said as it is, where it was cut to whole seconds
-    /// (0 for a TTL of 500 ms, 1 for 1.5 s).
+    /// (1 for 1.5 s, 2 for 2.25 s).
     #[test]
     fn a_retention_of_part_of_a_second_is_said_whole() {
         let retention = |ttl| {
             extension(&Policy::DEFAULT.ttl(Duration::from_millis(ttl)))["retention_seconds"].clone()
         };
-        assert_eq!(retention(500), json!(0.5));
+        assert_eq!(retention(2250), json!(2.25));
         assert_eq!(retention(1500), json!(1.5));
         assert_eq!(retention(86_400_000), json!(86_400));
     }

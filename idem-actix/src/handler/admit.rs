@@ -96,8 +96,13 @@ pub(crate) fn bypasses(endpoint: &Endpoint, functions: &Functions, req: &HttpReq
     let config = IdempotencyConfig::of(req);
     let defaults = config.defaults();
     let required = endpoint.overrides.required.unwrap_or(defaults.required);
-    let from_header = functions.key.is_none()
-        && endpoint.overrides.key_source.unwrap_or(defaults.key_source) == KeySource::Header;
+    // A header the endpoint names is where its keys are read (see `Overrides::apply_to`).
+    let source = match (endpoint.overrides.key_source, endpoint.overrides.header) {
+        (Some(source), _) => source,
+        (None, Some(_)) => KeySource::Header,
+        (None, None) => defaults.key_source,
+    };
+    let from_header = functions.key.is_none() && source == KeySource::Header;
     // An endpoint whose header is not a header name is not bypassed: its admission logs why.
     let absent = |name| !req.headers().contains_key(name);
     let bypassed = !required && from_header && endpoint.header(config).is_some_and(absent);

@@ -38,7 +38,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// them (at most 63, some hundred bytes each). Only a full map is looked through, and it is
 /// then given room for as many claims again as it keeps, so that a stripe holding many running
 /// claims (a client may aim its keys at one) costs each new claim a constant share of the
-/// looks, as the map's growth does, rather than a look through them all.
+/// looks, as the map's growth does, rather than a look through them all. A stripe a burst grew
+/// keeps its lapsed claims until its map fills again: up to the room the burst made.
 const SWEEP_ABOVE: usize = 64;
 
 /// After a warning that records are being evicted, how long before the next one.
