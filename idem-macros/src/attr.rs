@@ -337,8 +337,8 @@ fn list(
 }
 
 /// The headers no replay repeats, as `ReplayHeaders::NEVER` lists them (this crate does not
-/// depend on idem-core).
-const NEVER_REPLAYED: &[&str] = &[
+/// depend on idem-core; a test holds the two alike).
+pub(crate) const NEVER_REPLAYED: &[&str] = &[
     "Connection",
     "Content-Length",
     "Date",
@@ -695,6 +695,14 @@ fn is_header_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lists the attribute checks at compile time are the policy's, which the
+    /// middleware and the application's defaults are checked against at start-up.
+    #[test]
+    fn the_lists_of_refused_headers_are_the_policy_s() {
+        assert_eq!(NEVER_REPLAYED, idem::ReplayHeaders::NEVER);
+        assert_eq!(crate::valid::NOT_KEYS, idem::Policy::NOT_KEYS);
+    }
 
     #[test]
     fn the_arguments_that_take_a_function_are_those_of_the_table() {

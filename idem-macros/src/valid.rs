@@ -207,10 +207,10 @@ pub(crate) fn mentions(tokens: TokenStream, named: &dyn Fn(&Ident) -> bool) -> b
     })
 }
 
-/// Headers that are never a key's, as `Policy::NOT_KEYS` lists them (this crate
-/// does not depend on idem-core): clients send them for another purpose, the same value on
-/// many requests.
-const NOT_KEYS: &[&str] = &[
+/// Headers that are never a key's, as `Policy::NOT_KEYS` lists them (this crate does not
+/// depend on idem-core; a test holds the two alike): clients send them for another purpose,
+/// the same value on many requests.
+pub(crate) const NOT_KEYS: &[&str] = &[
     "Accept",
     "Accept-Encoding",
     "Accept-Language",
