@@ -174,11 +174,9 @@ fn chromium() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Serves `page` (and 404 for anything else, such as the favicon) on loopback until the
-/// test process ends: the page's origin.
-fn serve_page(page: String) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+/// Serves `page` at `/page.html` on `listener` (and 404 for anything else, such as the
+/// favicon) until the test process ends: the page's origin.
+fn serve_page(listener: TcpListener, page: String) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -197,7 +195,6 @@ fn serve_page(page: String) -> SocketAddr {
             );
         }
     });
-    addr
 }
 
 /// A page that posts the same call twice with one key to `api`, and writes what it read
@@ -302,13 +299,15 @@ async fn a_browser_page_on_another_origin_reads_the_replay() {
         eprintln!("skipped: no chromium on the PATH (install Debian's chromium package, or name the browser in IDEM_CHROMIUM)");
         return;
     };
-    // The page names the API's address, and calls-api the page's origin: the API's address
-    // is chosen first, then the page served, then calls-api started.
-    let api_addr = common::free_addr();
+    // The page names the API's address, and calls-api the page's origin: the page's address
+    // is taken first, then calls-api started on a port of the system's choosing, then the
+    // page served (an address chosen free and given to calls-api could be taken meanwhile).
     let key = format!("browser-{}", std::process::id());
-    let page_addr = serve_page(page(api_addr, &key));
+    let page_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let page_addr = page_listener.local_addr().unwrap();
     let page_origin = format!("http://{page_addr}");
-    let api = CallsApi::start_at(Some(api_addr), &[], &["--cors-origin", &page_origin]).await;
+    let api = CallsApi::start_at(None, &[], &["--cors-origin", &page_origin]).await;
+    serve_page(page_listener, page(api.addr, &key));
     assert_ne!(page_addr.port(), api.addr.port(), "two origins");
 
     let url = format!("{page_origin}/page.html");
