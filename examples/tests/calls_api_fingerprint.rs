@@ -1,6 +1,6 @@
 //! `calls-api`'s `POST /v1/calls` compares bodies as JSON (`fingerprint = "json"`): the same
 //! call sent again with its members in another order, or other whitespace, replays; another
-//! phone number is still another request.
+//! phone number is still another request; a body that is not JSON is the API's to answer.
 
 use actix_web::web;
 use idem_examples::calls_api::{configure, CallsState};
@@ -71,11 +71,27 @@ async fn another_phone_number_is_still_a_conflict() {
     assert_error(&other, 409, "idempotency_conflict");
 }
 
+/// A body that is not JSON is the API's to answer, with a key as without one (its
+/// `invalid_json`), and creates nothing: the corrected call under that key is placed.
 #[actix_web::test]
-async fn a_body_that_is_not_json_is_refused_before_the_handler() {
-    let (server, _) = start();
+async fn a_body_that_is_not_json_is_answered_by_the_api_and_the_corrected_call_is_placed() {
+    let (server, state) = start();
     let broken = create("call-3", r#"{"agent_id":"agent_demo0001","#)
         .send(server.addr)
         .await;
-    assert_error(&broken, 400, "idempotency_body_invalid");
+    assert_eq!(broken.status, 400);
+    assert!(
+        broken.text().contains(r#""code":"invalid_json""#),
+        "{}",
+        broken.text()
+    );
+    assert_eq!(state.call_count(), 0);
+    let fixed = create(
+        "call-3",
+        r#"{"agent_id":"agent_demo0001","phone_number":"+15555550123"}"#,
+    )
+    .send(server.addr)
+    .await;
+    assert_eq!(fixed.status, 201, "{}", fixed.text());
+    assert_eq!(state.call_count(), 1);
 }

@@ -646,14 +646,17 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
     }
     bad_request.push((codes::KEY_INVALID, "the key breaks the header's rules"));
     // Every keyed request's body is read whole before its claim: one cut short is refused
-    // whatever the endpoint compares; one the layer parses can also fail to parse.
-    let reads_body = policy.fingerprint != idem_core::BodyForm::Bytes
-        || matches!(policy.key_source, KeySource::Json(_));
+    // whatever the endpoint compares; one the layer reads is decoded, and one it reads its
+    // key from must be JSON (another body is compared as sent, never refused).
+    let key_in_body = matches!(policy.key_source, KeySource::Json(_));
+    let decodes = key_in_body || policy.fingerprint != idem_core::BodyForm::Bytes;
     bad_request.push((
         codes::BODY_INVALID,
-        if reads_body {
-            "the body does not parse in the form the endpoint reads it in, its \
-             `Content-Encoding` cannot be decoded, or it did not arrive whole"
+        if key_in_body {
+            "the body is not the JSON the key is read from, its `Content-Encoding` cannot be \
+             decoded, or it did not arrive whole"
+        } else if decodes {
+            "the body's `Content-Encoding` cannot be decoded, or it did not arrive whole"
         } else {
             "the body did not arrive whole (it ended before its `Content-Length`, or its \
              chunked coding was malformed)"

@@ -356,15 +356,16 @@ mod valid;
 /// | value | bodies are the same when | query parameters |
 /// |---|---|---|
 /// | `"bytes"` (default) | byte for byte | as sent |
-/// | `"json"` | as parsed JSON: members in any order, any whitespace, strings unescaped, numbers by exact value (`1`, `1.0` and `1e0` are one number) | in any order |
+/// | `"json"` | as parsed JSON: members in any order, any whitespace, strings unescaped, numbers by exact value (`1`, `1.0` and `1e0` are one number); a body that is not JSON, or is sent as another type (its `Content-Type`), byte for byte | in any order (as sent, for a body compared byte for byte) |
 /// | `"form"` | as `application/x-www-form-urlencoded` pairs in any order of their names (values of one name keep their order), decoded; a body sent as another type (its `Content-Type`) byte for byte | in any order (as sent, for a body compared byte for byte) |
 /// | a function | what the function `fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>` (named without quotes, checked at compile time) makes of them is equal | in any order |
 ///
-/// A body that cannot be read in its endpoint's form (JSON that does not parse, or a body
-/// the function returns `None` for) gets 400 `idempotency_body_invalid`, naming where it
-/// breaks; nothing is claimed, so the corrected request runs with the same key. An empty body
-/// is no document, not an error. In JSON, members of one name keep their order, and
-/// nesting past 128 levels is refused.
+/// A body that is not JSON under `"json"`, or no form under `"form"`, is compared as sent and
+/// reaches the handler, whose extractors answer it as they would without the attribute. A
+/// body the function returns `None` for gets 400 `idempotency_body_invalid`; nothing is
+/// claimed, so the corrected request runs with the same key. An empty body is no document,
+/// not an error. In JSON, members of one name keep their order, and a body nested past 128
+/// levels is not read as JSON.
 ///
 /// ```
 /// # extern crate idem as idem_actix;
@@ -387,8 +388,12 @@ mod valid;
 /// assert_eq!(send(&app, call(r#"{ "agent": "a1", "to": "+15555550123" }"#)).await.1, true);
 /// // Another call with the same key: a conflict.
 /// assert_eq!(send(&app, call(r#"{"agent":"a1","to":"+15555550199"}"#)).await.0, 409);
-/// // Not JSON: refused before anything is claimed.
-/// assert_eq!(send(&app, call("to=+15555550123")).await.0, 400);
+/// // Not JSON: compared as sent, and answered by the handler's `web::Json` (400), as without
+/// // the attribute; an extractor's refusal is not recorded.
+/// let not_json = req("k2").uri("/v1/calls")
+///     .insert_header(("Content-Type", "application/json"))
+///     .set_payload("to=+15555550123");
+/// assert_eq!(send(&app, not_json).await.0, 400);
 /// # }) }
 /// ```
 ///

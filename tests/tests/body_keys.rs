@@ -319,14 +319,16 @@ async fn a_body_is_read_as_json_only_once_a_key_function_found_a_key(served: Ser
         keyless.body, b"run 1 for none",
         "no key: the handler has the request"
     );
+    // Keyed, a body that is not JSON is compared as sent, as under "json" without a key
+    // function: the handler has it, under its key.
     let keyed = served
-        .send(&event("/delivery-json", "not json").header("X-Delivery", "d-9"))
+        .send(&event("/delivery-json", "not json").header("X-Delivery", "d-8"))
         .await;
-    assert_error(&keyed, 400, "idempotency_body_invalid");
+    assert_eq!(keyed.body, b"run 2 for d-8");
     let json = served
         .send(&event("/delivery-json", r#"{"a":1,"b":2}"#).header("X-Delivery", "d-9"))
         .await;
-    assert_eq!(json.body, b"run 2 for d-9");
+    assert_eq!(json.body, b"run 3 for d-9");
     let reordered = served
         .send(&event("/delivery-json", r#"{"b":2,"a":1}"#).header("X-Delivery", "d-9"))
         .await;

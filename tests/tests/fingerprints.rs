@@ -1,8 +1,8 @@
 //! What makes a retry the same request: bodies compared as JSON or as forms (any member or
 //! pair order, any whitespace), query parameters in any order, members left out, headers
 //! taken in, and an application's own fingerprint function; in both forms, and as the
-//! application's defaults. A body that cannot be read in its endpoint's form gets 400
-//! `idempotency_body_invalid` and claims nothing.
+//! application's defaults. A body that is not in its endpoint's form (JSON, a form) is
+//! compared byte for byte, and the handler's extractors answer it.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{idempotent, BodyForm, Idempotency, IdempotencyConfig, MokaStore, Policy};
@@ -24,6 +24,25 @@ async fn created(runs: web::Data<Counter>) -> HttpResponse {
 #[idempotent(fingerprint = "json")]
 async fn as_json(runs: web::Data<Counter>) -> HttpResponse {
     created(runs).await
+}
+
+async fn created_from(_: web::Json<serde_json::Value>, runs: web::Data<Counter>) -> HttpResponse {
+    created(runs).await
+}
+
+#[idempotent(fingerprint = "json")]
+async fn typed(body: web::Json<serde_json::Value>, runs: web::Data<Counter>) -> HttpResponse {
+    created_from(body, runs).await
+}
+
+/// A `JsonConfig` whose error handler answers a body `web::Json` refuses in the
+/// application's own terms.
+fn json_errors() -> web::JsonConfig {
+    web::JsonConfig::default().error_handler(|err, _| {
+        let res =
+            HttpResponse::UnprocessableEntity().json(serde_json::json!({"error": "bad_json"}));
+        actix_web::error::InternalError::from_response(err, res).into()
+    })
 }
 
 #[idempotent(fingerprint = "json", fingerprint_ignore = ["/sent_at", "/meta/trace_id"])]
@@ -62,7 +81,9 @@ async fn by_function(runs: web::Data<Counter>) -> HttpResponse {
 
 fn attributed() -> Served {
     serve(|cfg| {
-        cfg.route("/json", web::post().to(as_json))
+        cfg.app_data(json_errors())
+            .route("/json", web::post().to(as_json))
+            .route("/typed", web::post().to(typed))
             .route("/ignoring", web::post().to(ignoring))
             .route("/form", web::post().to(as_form))
             .route("/headers", web::post().to(with_headers))
@@ -73,6 +94,11 @@ fn attributed() -> Served {
 
 fn middleware() -> Served {
     serve(|cfg| {
+        cfg.app_data(json_errors()).service(
+            web::scope("/typed")
+                .wrap(Idempotency::new().with_overrides(|p| p.fingerprint(BodyForm::Json)))
+                .route("", web::post().to(created_from)),
+        );
         cfg.service(
             web::scope("/json")
                 .wrap(Idempotency::new().with_overrides(|p| p.fingerprint(BodyForm::Json)))
@@ -171,36 +197,90 @@ async fn json_bodies_compare_as_parsed_with_the_middleware() {
     json_bodies_compare_as_parsed(middleware()).await;
 }
 
-async fn a_body_that_is_not_json_is_refused_and_claims_nothing(served: Served) {
-    let broken = served
-        .send(&call("/json", "nj", r#"{"agent_id": "a1",}"#))
-        .await;
-    let message = assert_error(&broken, 400, "idempotency_body_invalid");
-    assert!(
-        message.contains("not JSON") && message.contains("at byte 18"),
-        "{message}"
+/// A body that is not JSON, or not sent as JSON, is compared byte for byte and reaches the
+/// handler, whose extractors answer it as they would without the layer: the layer refused a
+/// body that is not JSON 400 `idempotency_body_invalid` on keyed requests alone (an
+/// application's own JSON errors replaced, and, under a JSON default, its form endpoints
+/// refused), and read a form that parses as JSON (`1.0`) as the JSON it is not.
+async fn a_body_that_is_not_json_is_compared_as_sent(served: Served) {
+    let broken = || call("/json", "nj", r#"{"agent_id": "a1",}"#);
+    assert_eq!(retried(&served, broken(), broken()).await, (Ok(()), 1));
+    // The corrected body is another request under that key.
+    let fixed = call("/json", "nj", r#"{"agent_id":"a1"}"#);
+    assert_eq!(served.send(&fixed).await.status, 409);
+    // Sent as a form, bodies that JSON reads alike are two requests.
+    let form = |body: &str| {
+        RawRequest::post("/json")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", "nf")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    assert_eq!(
+        retried(&served, form("1.0"), form("1")).await,
+        (Err(409), 1)
     );
-    assert_eq!(served.runs.get(), 0, "the handler did not run");
-    // Nothing was claimed: the corrected request with the same key runs.
-    let fixed = served
-        .send(&call("/json", "nj", r#"{"agent_id":"a1"}"#))
-        .await;
-    assert_eq!((fixed.status, fixed.replayed()), (201, false));
     // No body at all is no document, not an error.
     let empty = served.send(&call("/json", "empty", "")).await;
     assert_eq!((empty.status, empty.replayed()), (201, false));
     let again = served.send(&call("/json", "empty", "")).await;
     assert!(again.replayed());
+    // Whatever its type: its query still compares in any order.
+    let bodiless = |query: &str| {
+        RawRequest::post(&format!("/json?{query}"))
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", "nb")
+    };
+    let (first, reordered) = (bodiless("a=1&b=2"), bodiless("b=2&a=1"));
+    assert_eq!(retried(&served, first, reordered).await, (Ok(()), 1));
 }
 
 #[actix_web::test]
-async fn a_body_that_is_not_json_is_refused_with_the_attribute() {
-    a_body_that_is_not_json_is_refused_and_claims_nothing(attributed()).await;
+async fn a_body_that_is_not_json_is_compared_as_sent_with_the_attribute() {
+    a_body_that_is_not_json_is_compared_as_sent(attributed()).await;
 }
 
 #[actix_web::test]
-async fn a_body_that_is_not_json_is_refused_with_the_middleware() {
-    a_body_that_is_not_json_is_refused_and_claims_nothing(middleware()).await;
+async fn a_body_that_is_not_json_is_compared_as_sent_with_the_middleware() {
+    a_body_that_is_not_json_is_compared_as_sent(middleware()).await;
+}
+
+/// The application's own answer to a body its `web::Json` refuses (a `JsonConfig` error
+/// handler's), the same with a key as without one. Under the attribute nothing is recorded,
+/// so the corrected request under that key runs; under the middleware alone the refusal is
+/// the handler's 4xx to the layer, recorded (the README says so), and that request is another
+/// under the key.
+async fn a_body_the_handler_s_json_refuses_is_answered_by_the_application(
+    served: Served,
+    corrected: u16,
+) {
+    let broken = call("/typed", "t1", r#"{"agent_id": "a1",}"#);
+    let keyless = RawRequest::post("/typed")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Content-Type", "application/json")
+        .body(r#"{"agent_id": "a1",}"#);
+    for request in [&broken, &keyless] {
+        let res = served.send(request).await;
+        assert_eq!(
+            (res.status, res.text()),
+            (422, r#"{"error":"bad_json"}"#.to_owned())
+        );
+    }
+    assert_eq!(served.runs.get(), 0, "the handler did not run");
+    let fixed = served
+        .send(&call("/typed", "t1", r#"{"agent_id":"a1"}"#))
+        .await;
+    assert_eq!((fixed.status, fixed.replayed()), (corrected, false));
+}
+
+#[actix_web::test]
+async fn a_body_the_handler_s_json_refuses_is_answered_by_the_application_with_the_attribute() {
+    a_body_the_handler_s_json_refuses_is_answered_by_the_application(attributed(), 201).await;
+}
+
+#[actix_web::test]
+async fn a_body_the_handler_s_json_refuses_is_answered_by_the_application_with_the_middleware() {
+    a_body_the_handler_s_json_refuses_is_answered_by_the_application(middleware(), 409).await;
 }
 
 async fn ignored_members_do_not_count(served: Served) {

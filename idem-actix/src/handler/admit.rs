@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use actix_web::dev;
 use actix_web::error::PayloadError;
 use actix_web::http::header;
+use actix_web::mime;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
@@ -439,17 +440,25 @@ fn fingerprint(
             custom = f(req, body).ok_or(BodyError::Unreadable)?;
             Body::Custom(&custom)
         }
+        // Only a body sent as JSON (or with no type) that is JSON is read as JSON (as is one
+        // the key was read from, and no body, which is no document whatever its type): another is
+        // compared as sent, and reaches the handler, whose extractors answer it as they would
+        // without the layer (and a form that parses as JSON, `1.0`, is not the JSON `1`).
         (None, BodyForm::Json) => {
             let json = match json {
-                Some(json) => json,
-                None => {
-                    parsed = JsonBody::parse(body)?;
-                    &parsed
+                Some(json) => Some(json),
+                None if body.is_empty() || sent_as_json(req) => {
+                    parsed = JsonBody::parse(body).ok();
+                    parsed.as_ref()
                 }
+                None => None,
             };
-            Body::Json {
-                body: json,
-                ignore: policy.fingerprint_ignore,
+            match json {
+                Some(json) => Body::Json {
+                    body: json,
+                    ignore: policy.fingerprint_ignore,
+                },
+                None => Body::Bytes(body),
             }
         }
         // Only a body sent as a form is read as one: another (JSON sent to an endpoint that
@@ -459,6 +468,16 @@ fn fingerprint(
         (None, _) => Body::Bytes(body),
     };
     Ok(Fingerprint::canonical(method, path, query, body, headers))
+}
+
+/// Whether `req`'s body may be JSON by its type: sent as JSON (`application/json`, or a type
+/// with the `+json` suffix, as actix's `web::Json` takes it by default), or with no type.
+fn sent_as_json(req: &HttpRequest) -> bool {
+    match req.mime_type() {
+        Ok(Some(mime)) => mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON),
+        Ok(None) => true,
+        Err(_) => false,
+    }
 }
 
 /// Whether `req`'s body is sent as a form (`application/x-www-form-urlencoded`), as actix's

@@ -21,7 +21,10 @@ pub enum BodyForm {
     #[default]
     Bytes,
     /// As JSON: the order of an object's members and whitespace do not matter, strings
-    /// compare unescaped and numbers by value. Query parameters compare in any order.
+    /// compare unescaped and numbers by value. Query parameters compare in any order. The
+    /// actix layer reads only a body that parses and is not sent as another type (its
+    /// `Content-Type`) so; another it compares byte for byte, and leaves to the handler's
+    /// extractors to answer.
     Json,
     /// As `application/x-www-form-urlencoded` pairs, in any order of their names. Query
     /// parameters compare in any order. The actix layer reads only a body sent as a form
@@ -55,7 +58,7 @@ pub enum Body<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BodyError {
-    /// The endpoint reads its body as JSON, and the body is not JSON.
+    /// The body is to be read as JSON (for its key, say), and is not JSON.
     #[error("the request body is not JSON ({reason} at byte {offset}); this endpoint reads its body as JSON, so send a JSON body")]
     NotJson {
         /// Where the body breaks the grammar, in bytes from its start.
