@@ -210,13 +210,19 @@ pub enum Fault {
     Corrupt,
     /// [`StoreError::Contended`]: the key's record changed under every attempt.
     Contended,
+    /// No error: the operation reaches the store after this long, and is answered as the
+    /// store answers it, as over a slow network.
+    Slow(std::time::Duration),
 }
 
 impl Fault {
     fn error(self) -> StoreError {
         match self {
             Fault::Unavailable => StoreError::Unavailable("injected store failure".into()),
-            Fault::Timeout | Fault::Unanswered(_) | Fault::Resent => StoreError::Timeout,
+            // A slow or resent operation is answered by the store; this is never its answer.
+            Fault::Timeout | Fault::Unanswered(_) | Fault::Resent | Fault::Slow(_) => {
+                StoreError::Timeout
+            }
             Fault::TooLarge(max) => StoreError::TooLarge { size: max + 1, max },
             Fault::Lost => StoreError::Timeout,
             Fault::Refused => StoreError::Refused("injected refusal".into()),
@@ -317,6 +323,10 @@ impl<S> FaultyStore<S> {
                     Err(Fault::Lost.error())
                 })
             }
+            Some(Fault::Slow(after)) => StoreFuture::new(async move {
+                tokio::time::sleep(after).await;
+                call(&self.inner).await
+            }),
             Some(Fault::Unanswered(after)) => StoreFuture::new(async move {
                 tokio::time::sleep(after).await;
                 Err(StoreError::Timeout)

@@ -377,6 +377,45 @@ async fn a_keyed_stream_whose_client_goes_away_is_read_on_and_recorded() {
     assert_eq!(probe.runs.get(), 1, "the operation ran once");
 }
 
+/// A stream that fails breaks off once its key is released, as a stream that ends ends once
+/// it is recorded: the retry its client sends on the broken answer runs, where the failure
+/// went out at once and the release followed, so that a prompt retry got 409 "still being
+/// processed" for a run that was over (here, a release that takes 300 ms).
+#[actix_web::test]
+async fn a_stream_that_fails_breaks_off_once_its_key_is_released_so_a_prompt_retry_runs() {
+    let store = FaultyStore::new(MokaStore::new());
+    store.fail("release", 1, Fault::Slow(Duration::from_millis(300)));
+    let idem = IdempotencyConfig::new(store.clone());
+    let probe = Stream {
+        runs: Counter::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let data = web::Data::new(probe.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(data.clone())
+            .route("/stream", web::post().to(streamed));
+    });
+    let failing = call("/stream", "fails-then-retried")
+        .header("X-Pieces", "3")
+        .header("X-Gate-At", "9")
+        .header("X-Fail-At", "1");
+    let mut open = Open::send(server.addr, &failing).await;
+    open.read_to_end().await;
+    let retry = call("/stream", "fails-then-retried")
+        .header("X-Pieces", "1")
+        .send(server.addr)
+        .await;
+    assert_eq!(
+        (retry.status, retry.replayed()),
+        (200, false),
+        "{}",
+        retry.text()
+    );
+    assert_eq!(probe.runs.get(), 2);
+    assert_eq!(store.calls("release"), 1);
+}
+
 #[actix_web::test]
 async fn a_keyed_stream_that_fails_releases_its_key_so_the_retry_runs_again() {
     let (server, probe) = stream_server();

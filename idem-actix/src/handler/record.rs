@@ -308,7 +308,9 @@ fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
 /// retries get it in one piece. Its end goes out once the record is written (or given up),
 /// as a collected body goes out only once recorded: a client that has the whole answer and
 /// retries gets the replay, not a 409 for a run still in progress. A stream that passes `limit` is recorded without its body as
-/// it does, and goes on unkept. One that fails first is released, so that a retry runs again.
+/// it does, and goes on unkept. One that fails first is released, so that a retry runs again;
+/// its failure goes out once the key is released, so that the retry its client sends at once
+/// runs rather than finding the key still held.
 ///
 /// A client that goes away does not stop it: the rest is read without it, and recorded, as a
 /// run whose client went away finishes (and cancelled, its key released, as such a run is by
@@ -372,6 +374,7 @@ fn tee(
         told: Some(told),
         written: Some(written),
         cancelled: None,
+        failed: None,
     })
 }
 
@@ -420,6 +423,8 @@ struct Tee {
     written: Option<tokio::sync::oneshot::Receiver<()>>,
     /// While the end waits: a drain that runs out of time lets it go.
     cancelled: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    /// The stream's failure, which goes out in place of its end.
+    failed: Option<Box<dyn StdError>>,
 }
 
 impl Tee {
@@ -445,8 +450,9 @@ impl actix_web::body::MessageBody for Tee {
         let Some(stream) = &mut this.stream else {
             // Ended: the end goes out once the record is written or given up (its task
             // dropped the sender), so that a client that has the whole answer finds it
-            // recorded; or when a drain runs out of time, which leaves the record to go on in
-            // the background, rather than to the server's stop, which would cut the end.
+            // recorded, and a failure once the key is released; or when a drain runs out of
+            // time, which leaves the record to go on in the background, rather than to the
+            // server's stop, which would cut the end.
             if let Some(written) = &mut this.written {
                 if Pin::new(written).poll(cx).is_pending() {
                     let cancelled = this.cancelled.get_or_insert_with(next_cancellation);
@@ -456,7 +462,7 @@ impl actix_web::body::MessageBody for Tee {
                 this.written = None;
                 this.cancelled = None;
             }
-            return std::task::Poll::Ready(None);
+            return std::task::Poll::Ready(this.failed.take().map(Err));
         };
         // An empty piece is not passed on: on the wire it would end a chunked answer there,
         // and the client would get less than is recorded (actix's `BodyStream` skips them
@@ -478,7 +484,12 @@ impl actix_web::body::MessageBody for Tee {
                 }
             }
             Some(Ok(_)) => {}
-            Some(Err(_)) => this.tell(Teed::Failed),
+            Some(Err(_)) => {
+                this.tell(Teed::Failed);
+                this.failed = polled.and_then(Result::err);
+                this.stream = None;
+                return Pin::new(this).poll_next(cx);
+            }
             None => {
                 let read = std::mem::take(&mut this.read).freeze();
                 this.tell(Teed::Whole(read));
