@@ -499,3 +499,56 @@ async fn a_string_holding_a_nul_is_answered_as_in_memory_not_503_retry_later() {
         );
     }
 }
+
+/// A tenant's token, however long RFC 6750 lets it be, is a tenant on a database as in
+/// memory, and its rows keep a digest of it, never the credential itself: they kept the
+/// token, and an index entry of one over Postgres's limit (about 2.7 kB) was refused, so
+/// that every call of such a tenant was answered 503 `database_unavailable`, "retry later",
+/// for ever.
+#[tokio::test]
+async fn a_long_token_is_a_tenant_and_its_rows_keep_no_token() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, db) = fresh_database(&pg, "long_token").await;
+    let api = CallsApi::start_on_database(&url, false).await;
+    // 3,000 of RFC 6750's characters, in no order Postgres could compress.
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/";
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let token: String = (0..3000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(alphabet[(state % alphabet.len() as u64) as usize])
+        })
+        .collect();
+    let authorization = format!("Bearer {token}");
+    let created = RawRequest::post("/v1/calls")
+        .header("Authorization", &authorization)
+        .header("Idempotency-Key", "long-token")
+        .json(&json!({ "agent_id": "agent_1", "phone_number": "+15555550123" }))
+        .send(api.addr)
+        .await;
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let listed = RawRequest::get("/v1/calls")
+        .header("Authorization", &authorization)
+        .send(api.addr)
+        .await;
+    assert_eq!(listed.json()["data"][0]["id"], created.json()["data"]["id"]);
+    let kept: Vec<String> = sqlx::query_scalar("SELECT tenant FROM calls")
+        .fetch_all(&db)
+        .await
+        .expect("read the tenants");
+    assert_eq!(kept.len(), 1);
+    assert!(
+        !kept[0].contains("a1-._~"),
+        "the token is kept: {}",
+        kept[0]
+    );
+}
