@@ -380,6 +380,11 @@ impl IdempotencyConfig {
             || req.app_data::<web::Data<IdempotencyConfig>>().is_some()
     }
 
+    /// What tells these settings from others registered apart (clones share it).
+    pub(crate) fn identity(&self) -> *const () {
+        Arc::as_ptr(&self.0).cast()
+    }
+
     /// The settings of the app serving `req`, or the process-wide default.
     pub(crate) fn of(req: &HttpRequest) -> &IdempotencyConfig {
         req.app_data::<IdempotencyConfig>()

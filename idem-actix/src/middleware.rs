@@ -1,5 +1,6 @@
 //! The middleware form: idempotency for every handler of an app or a scope.
 
+use std::cell::Cell;
 use std::future::{ready, Ready};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,9 @@ use crate::scope::ScopeFunction;
 /// `TRACE`, on which a key is ignored: `POST`, `PUT`, `PATCH`, `DELETE`, and extension methods
 /// an app routes (`PURGE`, WebDAV's `LOCK`), whose effects are the app's.
 /// [`with_methods`](Idempotency::with_methods) names the methods instead. Settings come from the app's
-/// [`IdempotencyConfig`](crate::IdempotencyConfig) (or the built-in defaults), and
+/// [`IdempotencyConfig`](crate::IdempotencyConfig) (or the built-in defaults), registered where
+/// the middleware is wrapped or above (it runs before routing, so it never reads one registered
+/// on a scope or resource inside what it wraps, and logs an error when a request shows one), and
 /// [`Idempotency::with_overrides`] overrides them for what this middleware wraps. A handler that is
 /// also `#[idempotent]` is not claimed twice: the middleware, being outside, handles the key
 /// and the attribute steps aside.
@@ -98,6 +101,24 @@ struct Inner {
     endpoint: Endpoint,
     functions: Functions,
     methods: Methods,
+    /// Whether a config registered inside the middleware was reported.
+    reported: Cell<bool>,
+}
+
+impl Inner {
+    /// Logs, once, that the config of the app serving `req` once it is routed is not `read`,
+    /// the one the middleware read before routing: one registered on a scope or resource
+    /// the middleware wraps, which it never reads.
+    fn registered_inside(&self, req: &HttpRequest, read: *const ()) {
+        if self.reported.get() || IdempotencyConfig::of(req).identity() == read {
+            return;
+        }
+        self.reported.set(true);
+        tracing::error!(
+            path = req.path(),
+            "an IdempotencyConfig is registered inside an Idempotency middleware (on a scope or resource it wraps), where the middleware never reads it: it runs before routing, and reads the config registered where it is wrapped or above (else the process-wide default), so its requests ran on other settings; register the config at the middleware's level or above"
+        );
+    }
 }
 
 impl Idempotency {
@@ -155,7 +176,9 @@ impl Idempotency {
     /// Reads each request's key with `f` instead of from a header (see
     /// [`KeyFn`](crate::KeyFn)), as `#[idempotent(key = f)]` does. Overrides that name a key
     /// header beside it make the app fail to start, as the attribute refuses `header` beside
-    /// `key`: that header would never be read.
+    /// `key`: that header would never be read. Every request's body is read whole for `f`,
+    /// keyed or not: one over `max_body` is refused 413 `idempotency_body_too_large`,
+    /// whatever the app's own limits.
     pub fn with_key_fn(mut self, f: fn(&HttpRequest, &[u8]) -> Option<String>) -> Self {
         self.functions.key = Some(f);
         self
@@ -240,6 +263,7 @@ where
                 endpoint,
                 functions: self.functions,
                 methods: self.methods.clone(),
+                reported: Cell::new(false),
             }),
         }))
     }
@@ -285,6 +309,7 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
+        let read = IdempotencyConfig::of(req.request()).identity();
         let skipped = !self.inner.methods.honours(req.method());
         // A key on a method the layer leaves alone is ignored: the request is served, keyless.
         if skipped {
@@ -308,6 +333,7 @@ where
             let inner = Rc::clone(&self.inner);
             return Box::pin(async move {
                 let res = service.call(req).await?;
+                inner.registered_inside(res.request(), read);
                 if res.response().error().is_none() {
                     return Ok(res.map_into_left_body());
                 }
@@ -320,10 +346,12 @@ where
         let inner = Rc::clone(&self.inner);
         Box::pin(async move {
             let (req, payload) = req.into_parts();
+            let routed = Rc::clone(&inner);
             let handler = move |req, payload| async move {
                 let req = ServiceRequest::from_parts(req, payload);
                 match service.call(req).await {
                     Ok(res) => {
+                        routed.registered_inside(res.request(), read);
                         warn_if_negotiated(res.headers());
                         // A 404 for a request no service of the app took, without a body
                         // (actix's own not-found), is the routing's: no handler ran, so it is

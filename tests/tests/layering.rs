@@ -9,7 +9,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Compress, Next};
 use actix_web::{web, HttpResponse};
 use idem_actix::{
-    idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore, ReplayHeaders,
+    idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore, Policy, ReplayHeaders,
 };
 use idem_tests::{assert_error, unchunked, Counter, RawRequest, TestServer, Warnings};
 
@@ -74,6 +74,55 @@ async fn a_middleware_inside_another_is_warned_about_once_and_claims_once() {
     assert!(call("/nested", "one").send(server.addr).await.replayed());
     assert_eq!(runs.get(), 2, "each key ran once");
     assert_eq!(warnings.containing(text), 1, "warned once, not per request");
+}
+
+/// An `IdempotencyConfig` registered on a scope or resource an `Idempotency` middleware
+/// wraps is not the one it reads, which is registered at its own level or above: its requests
+/// ran on other settings unsaid (here the default key header, so that keys in the app's own
+/// header were never read, and each retry ran again). An error says so, once; the config
+/// registered where the middleware is wrapped is read.
+#[actix_web::test]
+async fn a_config_registered_inside_the_middleware_is_reported_once() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let own_header = || {
+        IdempotencyConfig::new(MokaStore::new())
+            .with_defaults(Policy::DEFAULT.header("X-Idempotency-Key"))
+            .unwrap()
+    };
+    let (inside, beside) = (own_header(), own_header());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .service(
+                web::scope("/inside").wrap(Idempotency::new()).service(
+                    web::scope("/v1")
+                        .app_data(inside.clone())
+                        .route("/calls", web::post().to(plain)),
+                ),
+            )
+            .service(
+                web::scope("/beside")
+                    .app_data(beside.clone())
+                    .wrap(Idempotency::new())
+                    .route("/calls", web::post().to(plain)),
+            );
+    });
+    let own = |path: &str| {
+        RawRequest::post(path)
+            .header("Authorization", "Bearer tenant-1")
+            .header("X-Idempotency-Key", "k1")
+    };
+    let text = "registered inside an Idempotency middleware";
+    for _ in 0..2 {
+        own("/beside/calls").send(server.addr).await;
+    }
+    assert_eq!(runs.get(), 1, "beside the middleware, its config is read");
+    assert_eq!(warnings.containing(text), 0);
+    for _ in 0..3 {
+        own("/inside/v1/calls").send(server.addr).await;
+    }
+    assert_eq!(warnings.containing(text), 1, "reported, once");
 }
 
 async fn text(runs: web::Data<Counter>) -> HttpResponse {
