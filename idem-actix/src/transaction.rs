@@ -43,6 +43,14 @@ mod enabled {
     /// since the transaction's snapshot (its claim's, by a renewal).
     const SERIALIZATION_FAILURE: &str = "40001";
 
+    /// Postgres's `insufficient_privilege`: a role without the right (one the handler
+    /// switched to, writing the record).
+    const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+    /// Postgres's `read_only_sql_transaction`: a server that takes no writes, or a
+    /// transaction made read-only.
+    const READ_ONLY_TRANSACTION: &str = "25006";
+
     /// The transaction in which this request's idempotency record will be written: do the
     /// operation's writes in it, and they commit together with the record, or not at all.
     ///
@@ -561,7 +569,12 @@ mod enabled {
                     ("unrecorded", loan.0.error(&error, request_id))
                 }
                 Err(error) if committing.get() => {
-                    tracing::error!(status, %error, "committing the handler's writes with their idempotency record failed; nothing was written");
+                    let hint = match code(&error).as_deref() {
+                        Some(INSUFFICIENT_PRIVILEGE) => "; if the handler switched role (SET LOCAL ROLE), it must switch back (RESET ROLE) before it returns: the record is written in its transaction, as the role it runs as",
+                        Some(READ_ONLY_TRANSACTION) => "; if the handler made its transaction read-only (SET TRANSACTION READ ONLY), the record cannot be written in it: such an endpoint cannot take a Transaction",
+                        _ => "",
+                    };
+                    tracing::error!(status, %error, "committing the handler's writes with their idempotency record failed; nothing was written{hint}");
                     let error = IdempotencyError::StoreUnavailable(error);
                     ("unrecorded", loan.0.error(&error, request_id))
                 }

@@ -161,7 +161,7 @@ pub enum IdempotencyError {
     ///
     /// The message the client reads does not say why: the reason is about the server's code
     /// and settings, for its log, and there is nothing in it for the client to change.
-    #[error("this endpoint cannot open its transaction, a fault of the server's; report it with the request id")]
+    #[error("this endpoint could not run its transaction with its idempotency record, a fault of the server's; report it with the request id")]
     TransactionUnavailable {
         /// Why, and what the app's author should change: for the server's log.
         reason: &'static str,
