@@ -176,13 +176,9 @@ fn layer(c: &mut Criterion) {
 
 /// The cost per KiB of each form, from criterion's estimates of this run.
 fn summary() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let dir = idem_examples::bench::criterion_dir();
     let estimate = |group: &str, id: &str| -> Option<f64> {
-        let path = dir
-            .join("criterion")
-            .join(group)
-            .join(id)
-            .join("new/estimates.json");
+        let path = dir.join(group).join(id).join("new/estimates.json");
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
         json["median"]["point_estimate"].as_f64()
     };
@@ -228,7 +224,7 @@ fn summary() {
         .unwrap();
     }
     println!("\n{table}");
-    let out = dir.join("bench");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(out.join("fingerprint.md"), table);
 }

@@ -190,10 +190,10 @@ where
 
 /// The table of this run: criterion's estimates, and the `added` times of [`paired`].
 fn summary(added: &[(&'static str, [f64; 3])]) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let dir = idem_examples::bench::criterion_dir();
     let estimate = |name: &str| -> Option<f64> {
         let path = dir
-            .join("criterion/request")
+            .join("request")
             .join(name.replace('/', "_"))
             .join("new/estimates.json");
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
@@ -229,7 +229,7 @@ fn summary(added: &[(&'static str, [f64; 3])]) {
         "\nAdded time of the moka cases: median (and quartiles) over {ROUNDS} rounds of {BATCH} requests per case, each round timing every case in turn, of the case's time minus the bare handler's in the same round. Other columns: criterion's medians, cases timed one after another.\n"
     );
     println!("\n{table}");
-    let out = dir.join("bench");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(out.join("inprocess.md"), table);
 }

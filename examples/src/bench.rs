@@ -268,6 +268,32 @@ pub fn redis_route(cfg: &mut web::ServiceConfig, redis: idem_actix::IdempotencyC
     );
 }
 
+/// Where criterion writes a benchmark run's estimates, found as criterion finds it:
+/// `CRITERION_HOME`, else `criterion` under `CARGO_TARGET_DIR`, else under the target
+/// directory `cargo metadata` names (a `build.target-dir` of cargo's configuration), else
+/// under the workspace's `target`.
+pub fn criterion_dir() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    let metadata = || {
+        let cargo = std::env::var_os("CARGO")?;
+        let output = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .output()
+            .ok()?;
+        let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        metadata["target_directory"]
+            .as_str()
+            .map(std::path::PathBuf::from)
+    };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(metadata)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("criterion")
+}
+
 #[cfg(test)]
 mod tests {
     use actix_web::{test, App};
