@@ -309,11 +309,12 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
-        let read = IdempotencyConfig::of(req.request()).identity();
+        let config = IdempotencyConfig::of(req.request());
+        let read = config.identity();
         let skipped = !self.inner.methods.honours(req.method());
         // A key on a method the layer leaves alone is ignored: the request is served, keyless.
         if skipped {
-            let (endpoint, config) = (&self.inner.endpoint, IdempotencyConfig::of(req.request()));
+            let endpoint = &self.inner.endpoint;
             let header = endpoint.header(config);
             if header.is_some_and(|header| req.headers().contains_key(header)) {
                 passed(req.request(), Passed::Method(endpoint.header_name(config)));
