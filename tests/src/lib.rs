@@ -491,9 +491,30 @@ pub fn serve<F>(register: F) -> Served
 where
     F: Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
 {
+    served(|idem| idem, register)
+}
+
+/// As [`serve`], on the application's `defaults` (`IdempotencyConfig::with_defaults`, which
+/// must take them).
+pub fn serve_with_defaults<F>(defaults: idem_actix::Policy, register: F) -> Served
+where
+    F: Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+{
+    served(
+        |idem| idem.with_defaults(defaults).expect("the defaults"),
+        register,
+    )
+}
+
+/// Serves the services `register` adds, on the settings `settle` makes of a fresh embedded
+/// store's on a manual clock.
+fn served<F>(settle: impl FnOnce(IdempotencyConfig) -> IdempotencyConfig, register: F) -> Served
+where
+    F: Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+{
     let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
     let runs = Counter::default();
-    let idem = IdempotencyConfig::new(MokaStore::new()).with_clock(clock.clone());
+    let idem = settle(IdempotencyConfig::new(MokaStore::new()).with_clock(clock.clone()));
     let data = actix_web::web::Data::new(runs.clone());
     let server = TestServer::start(1, move |cfg| {
         cfg.app_data(idem.clone()).app_data(data.clone());

@@ -6,7 +6,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, KeySource};
 use idem_actix::{ErrorFormat, MokaStore, Policy};
-use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, Served, TestServer};
+use idem_tests::{assert_error, assert_problem, serve, serve_with_defaults};
+use idem_tests::{Counter, RawRequest, Served, TestServer};
 
 fn event(path: &str, body: &str) -> RawRequest {
     event_of("tenant-1", path, body)
@@ -393,15 +394,9 @@ async fn own_header(runs: web::Data<Counter>, key: Option<IdempotencyKey>) -> Ht
 /// both forms, where the header was never read and each ran again, unprotected and unwarned.
 #[actix_web::test]
 async fn an_endpoint_that_names_its_key_header_reads_it_where_the_application_reads_bodies() {
-    let runs = Counter::default();
-    let data = web::Data::new(runs.clone());
-    let idem = IdempotencyConfig::new(MokaStore::new())
-        .with_defaults(Policy::DEFAULT.key_source(KeySource::Json("/request_id")))
-        .unwrap();
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(idem.clone())
-            .app_data(data.clone())
-            .route("/own-header", web::post().to(own_header))
+    let defaults = Policy::DEFAULT.key_source(KeySource::Json("/request_id"));
+    let s = serve_with_defaults(defaults, |cfg| {
+        cfg.route("/own-header", web::post().to(own_header))
             .service(
                 web::scope("/wrapped")
                     .wrap(Idempotency::new().with_overrides(|p| p.header("X-Key")))
@@ -410,10 +405,10 @@ async fn an_endpoint_that_names_its_key_header_reads_it_where_the_application_re
     });
     for path in ["/own-header", "/wrapped"] {
         let sent = || event(path, r#"{"text":"hello"}"#).header("X-Key", path);
-        let first = sent().send(server.addr).await;
+        let first = s.send(&sent()).await;
         assert_eq!((first.status, first.replayed()), (200, false), "{path}");
-        let again = sent().send(server.addr).await;
+        let again = s.send(&sent()).await;
         assert!(again.replayed(), "{path}: {again:?}");
     }
-    assert_eq!(runs.get(), 2, "once per endpoint");
+    assert_eq!(s.runs.get(), 2, "once per endpoint");
 }

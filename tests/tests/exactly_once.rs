@@ -268,12 +268,20 @@ async fn events(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
 }
 
 fn stream_server() -> (TestServer, Stream) {
+    stream_server_on(None)
+}
+
+/// [`stream_server`], on `idem`'s settings where given.
+fn stream_server_on(idem: Option<IdempotencyConfig>) -> (TestServer, Stream) {
     let probe = Stream {
         runs: Counter::default(),
         gate: Arc::new(Semaphore::new(0)),
     };
     let data = web::Data::new(probe.clone());
     let server = TestServer::start(1, move |cfg| {
+        if let Some(idem) = &idem {
+            cfg.app_data(idem.clone());
+        }
         cfg.app_data(data.clone())
             .route("/stream", web::post().to(streamed))
             .route("/events", web::post().to(events));
@@ -385,17 +393,7 @@ async fn a_keyed_stream_whose_client_goes_away_is_read_on_and_recorded() {
 async fn a_stream_that_fails_breaks_off_once_its_key_is_released_so_a_prompt_retry_runs() {
     let store = FaultyStore::new(MokaStore::new());
     store.fail("release", 1, Fault::Slow(Duration::from_millis(300)));
-    let idem = IdempotencyConfig::new(store.clone());
-    let probe = Stream {
-        runs: Counter::default(),
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let data = web::Data::new(probe.clone());
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(idem.clone())
-            .app_data(data.clone())
-            .route("/stream", web::post().to(streamed));
-    });
+    let (server, probe) = stream_server_on(Some(IdempotencyConfig::new(store.clone())));
     let failing = call("/stream", "fails-then-retried")
         .header("X-Pieces", "3")
         .header("X-Gate-At", "9")

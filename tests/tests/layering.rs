@@ -11,7 +11,9 @@ use actix_web::{web, HttpResponse};
 use idem_actix::{
     idempotent, Idempotency, IdempotencyConfig, IdempotencyKey, MokaStore, Policy, ReplayHeaders,
 };
-use idem_tests::{assert_error, unchunked, Counter, RawRequest, TestServer, Warnings};
+use idem_tests::{
+    assert_error, serve, unchunked, Counter, RawRequest, Served, TestServer, Warnings,
+};
 
 fn call(path: &str, key: &str) -> RawRequest {
     RawRequest::post(path)
@@ -25,25 +27,28 @@ async fn declared(runs: web::Data<Counter>) -> HttpResponse {
     HttpResponse::Created().body("declared")
 }
 
+/// Two keys on `path`, then the first again: each key runs once, and `text` is warned of once,
+/// not per request.
+async fn claims_once_and_warns_once(served: Served, path: &str, text: &str) {
+    let warnings = Warnings::installed();
+    served.send(&call(path, "one")).await;
+    served.send(&call(path, "two")).await;
+    assert!(served.send(&call(path, "one")).await.replayed());
+    assert_eq!(served.runs.get(), 2, "each key ran once");
+    assert_eq!(warnings.containing(text), 1, "warned once, not per request");
+}
+
 #[actix_web::test]
 async fn a_middleware_around_an_attributed_handler_is_warned_about_once_and_claims_once() {
-    let warnings = Warnings::installed();
-    let runs = Counter::default();
-    let data = web::Data::new(runs.clone());
-    let idem = IdempotencyConfig::new(MokaStore::new());
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(data.clone()).app_data(idem.clone()).service(
+    let served = serve(|cfg| {
+        cfg.service(
             web::scope("/wrapped")
                 .wrap(Idempotency::new())
                 .route("", web::post().to(declared)),
         );
     });
     let text = "the attribute's arguments are ignored";
-    call("/wrapped", "one").send(server.addr).await;
-    call("/wrapped", "two").send(server.addr).await;
-    assert!(call("/wrapped", "one").send(server.addr).await.replayed());
-    assert_eq!(runs.get(), 2, "each key ran once");
-    assert_eq!(warnings.containing(text), 1, "warned once, not per request");
+    claims_once_and_warns_once(served, "/wrapped", text).await;
 }
 
 async fn plain(runs: web::Data<Counter>) -> HttpResponse {
@@ -56,12 +61,8 @@ async fn plain(runs: web::Data<Counter>) -> HttpResponse {
 /// an attribute inside a middleware, where nothing said so.
 #[actix_web::test]
 async fn a_middleware_inside_another_is_warned_about_once_and_claims_once() {
-    let warnings = Warnings::installed();
-    let runs = Counter::default();
-    let data = web::Data::new(runs.clone());
-    let idem = IdempotencyConfig::new(MokaStore::new());
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(data.clone()).app_data(idem.clone()).service(
+    let served = serve(|cfg| {
+        cfg.service(
             web::scope("/nested")
                 .wrap(Idempotency::new().with_overrides(|p| p.max_body(16 << 20)))
                 .wrap(Idempotency::new())
@@ -69,11 +70,7 @@ async fn a_middleware_inside_another_is_warned_about_once_and_claims_once() {
         );
     });
     let text = "the outer one's settings apply and the inner one's are ignored";
-    call("/nested", "one").send(server.addr).await;
-    call("/nested", "two").send(server.addr).await;
-    assert!(call("/nested", "one").send(server.addr).await.replayed());
-    assert_eq!(runs.get(), 2, "each key ran once");
-    assert_eq!(warnings.containing(text), 1, "warned once, not per request");
+    claims_once_and_warns_once(served, "/nested", text).await;
 }
 
 /// An `IdempotencyConfig` registered on a scope or resource an `Idempotency` middleware
@@ -84,29 +81,26 @@ async fn a_middleware_inside_another_is_warned_about_once_and_claims_once() {
 #[actix_web::test]
 async fn a_config_registered_inside_the_middleware_is_reported_once() {
     let warnings = Warnings::installed();
-    let runs = Counter::default();
-    let data = web::Data::new(runs.clone());
     let own_header = || {
         IdempotencyConfig::new(MokaStore::new())
             .with_defaults(Policy::DEFAULT.header("X-Idempotency-Key"))
             .unwrap()
     };
     let (inside, beside) = (own_header(), own_header());
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(data.clone())
-            .service(
-                web::scope("/inside").wrap(Idempotency::new()).service(
-                    web::scope("/v1")
-                        .app_data(inside.clone())
-                        .route("/calls", web::post().to(plain)),
-                ),
-            )
-            .service(
-                web::scope("/beside")
-                    .app_data(beside.clone())
-                    .wrap(Idempotency::new())
+    let served = serve(move |cfg| {
+        cfg.service(
+            web::scope("/inside").wrap(Idempotency::new()).service(
+                web::scope("/v1")
+                    .app_data(inside.clone())
                     .route("/calls", web::post().to(plain)),
-            );
+            ),
+        )
+        .service(
+            web::scope("/beside")
+                .app_data(beside.clone())
+                .wrap(Idempotency::new())
+                .route("/calls", web::post().to(plain)),
+        );
     });
     let own = |path: &str| {
         RawRequest::post(path)
@@ -115,12 +109,16 @@ async fn a_config_registered_inside_the_middleware_is_reported_once() {
     };
     let text = "registered inside an Idempotency middleware";
     for _ in 0..2 {
-        own("/beside/calls").send(server.addr).await;
+        served.send(&own("/beside/calls")).await;
     }
-    assert_eq!(runs.get(), 1, "beside the middleware, its config is read");
+    assert_eq!(
+        served.runs.get(),
+        1,
+        "beside the middleware, its config is read"
+    );
     assert_eq!(warnings.containing(text), 0);
     for _ in 0..3 {
-        own("/inside/v1/calls").send(server.addr).await;
+        served.send(&own("/inside/v1/calls")).await;
     }
     assert_eq!(warnings.containing(text), 1, "reported, once");
 }

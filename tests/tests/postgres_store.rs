@@ -172,6 +172,28 @@ async fn a_postgres_that_answers_but_refuses_fails_closed_even_when_failing_open
     );
 }
 
+/// A store on `pg` (its table `table`) that fails open, on a pool of one connection, and its
+/// engine, with key 1's first request running: its lease, which the caller keeps.
+async fn one_connection_failing_open(
+    pg: &TestPostgres,
+    table: &str,
+) -> (PostgresStore, Engine, idem_core::Lease) {
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table(table))
+        .max_connections(1)
+        .connect_timeout(Duration::from_millis(200))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    store.migrate().await.expect("create the table");
+    let engine = Engine::new(store.clone());
+    let Ok(Begin::Execute(running)) = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await
+    else {
+        panic!("the first request runs")
+    };
+    (store, engine, running)
+}
+
 /// A pool whose every connection is in use (running `Transaction` handlers hold one each) has
 /// reached Postgres, which may hold the key: a request that gets no connection in time fails
 /// closed even when failing open, where it counted as a store that cannot be reached and ran
@@ -181,19 +203,7 @@ async fn a_pool_whose_every_connection_is_in_use_fails_closed_even_when_failing_
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let store = PostgresStore::builder(pg.url())
-        .table(pg.table("pool_in_use"))
-        .max_connections(1)
-        .connect_timeout(Duration::from_millis(200))
-        .fail_open(true)
-        .build()
-        .unwrap();
-    store.migrate().await.expect("create the table");
-    let engine = Engine::new(store.clone());
-    let Ok(Begin::Execute(_running)) = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await
-    else {
-        panic!("the first request runs")
-    };
+    let (store, engine, _running) = one_connection_failing_open(&pg, "pool_in_use").await;
     // The pool's one connection, held as a running `Transaction` handler holds it.
     let held = store
         .transaction(key(1), Token::from_u128(7))
@@ -227,19 +237,7 @@ async fn a_retry_while_an_abandoned_transaction_rolls_back_fails_closed_even_whe
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let store = PostgresStore::builder(pg.url())
-        .table(pg.table("pool_rolling_back"))
-        .max_connections(1)
-        .connect_timeout(Duration::from_millis(200))
-        .fail_open(true)
-        .build()
-        .unwrap();
-    store.migrate().await.expect("create the table");
-    let engine = Engine::new(store.clone());
-    let Ok(Begin::Execute(_running)) = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await
-    else {
-        panic!("the first request runs")
-    };
+    let (store, engine, _running) = one_connection_failing_open(&pg, "pool_rolling_back").await;
     let mut held = store
         .transaction(key(1), Token::from_u128(7))
         .await

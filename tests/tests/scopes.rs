@@ -9,8 +9,8 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{error, post, web, HttpMessage as _, HttpRequest, HttpResponse};
 use actix_web_httpauth::extractors::bearer::BearerAuth;
 use actix_web_httpauth::middleware::HttpAuthentication;
-use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy, Principal, Scope};
-use idem_tests::{assert_error, serve, Counter, RawRequest, TestServer};
+use idem_actix::{idempotent, Idempotency, Policy, Principal, Scope};
+use idem_tests::{assert_error, serve, serve_with_defaults, Counter, RawRequest};
 use serde_json::json;
 
 /// base64("app_1:key_1"), base64("app_1:WRONG"), base64("app_1:key_2").
@@ -213,24 +213,17 @@ async fn key_in_tenant(runs: web::Data<Counter>) -> HttpResponse {
 /// `idempotency_key_invalid`, blaming the client for the server's settings.
 #[actix_web::test]
 async fn a_key_read_from_the_scope_s_header_is_misconfigured_whatever_the_header_holds() {
-    let runs = Counter::default();
-    let data = web::Data::new(runs.clone());
-    let idem = IdempotencyConfig::new(MokaStore::new())
-        .with_defaults(Policy::DEFAULT.scope(Scope::Header("X-Tenant")))
-        .unwrap();
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(idem.clone())
-            .app_data(data.clone())
-            .service(key_in_tenant);
+    let defaults = Policy::DEFAULT.scope(Scope::Header("X-Tenant"));
+    let s = serve_with_defaults(defaults, |cfg| {
+        cfg.service(key_in_tenant);
     });
     for tenant in ["Acme Corp", "acme"] {
-        let res = RawRequest::post("/key-in-tenant")
-            .header("X-Tenant", tenant)
-            .send(server.addr)
+        let res = s
+            .send(&RawRequest::post("/key-in-tenant").header("X-Tenant", tenant))
             .await;
         assert_error(&res, 500, "idempotency_misconfigured");
     }
-    assert_eq!(runs.get(), 0, "nothing ran");
+    assert_eq!(s.runs.get(), 0, "nothing ran");
 }
 
 async fn by_tenant_plain(runs: web::Data<Counter>) -> HttpResponse {
