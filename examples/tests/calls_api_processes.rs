@@ -177,6 +177,11 @@ fn a_bad_variable_is_refused_naming_the_variable() {
             "takes node URLs",
         ),
         ("IDEM_ADDR", "nowhere", "takes HOST:PORT"),
+        (
+            "IDEM_LOG",
+            "loud",
+            "takes off, error, warn, info, debug or trace",
+        ),
     ] {
         let mut command = common::command();
         command.env(name, value);
@@ -233,6 +238,30 @@ fn settings_that_are_not_utf8_are_refused() {
     assert!(
         stderr.contains("IDEM_DATABASE_URL is not valid UTF-8"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_library_s_warnings_reach_the_log() {
+    // A Redis nobody listens on: calls-api starts (a store connects when first used), and
+    // every keyed request is refused; the log must say why, as the library warns it.
+    let api = CallsApi::start(Some("redis://127.0.0.1:1")).await;
+    let refused = api.create("unheard-1").await;
+    assert_error(&refused, 503, "idempotency_store_unavailable");
+    let warned = || {
+        let log = api.stderr.lock().unwrap();
+        log.iter()
+            .any(|line| line.contains("WARN") && line.contains("the idempotency store failed"))
+    };
+    for _ in 0..100 {
+        if warned() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no warning of the store's failure in the log: {:?}",
+        api.stderr.lock().unwrap()
     );
 }
 

@@ -4,12 +4,15 @@
 //! calls-api [--addr 127.0.0.1:8080] [--workers N]
 //!           [--redis-url redis://127.0.0.1:6379 | --redis-cluster URL[,URL...]]
 //!           [--replay-cache-bytes N] [--cors-origin ORIGIN]...
-//!           [--database-url postgres://user@127.0.0.1:5432/calls]
+//!           [--database-url postgres://user@127.0.0.1:5432/calls] [--log LEVEL]
 //! ```
 //! Each flag can also come from the environment: `IDEM_ADDR`, `IDEM_WORKERS`,
 //! `IDEM_REDIS_URL`, `IDEM_REDIS_CLUSTER`, `IDEM_REPLAY_CACHE_BYTES`, `IDEM_CORS_ORIGINS`
-//! (comma-separated), `IDEM_DATABASE_URL`. Flags win; a store named by a flag replaces any
-//! store the environment names.
+//! (comma-separated), `IDEM_DATABASE_URL`, `IDEM_LOG`. Flags win; a store named by a flag
+//! replaces any store the environment names.
+//!
+//! The log (the idempotency layer's warnings and errors among it: a store that fails, a
+//! claim lost, records evicted early) goes to standard error, from `warn` up by default.
 //!
 //! With a database, calls and messages are rows of Postgres, written in the transaction that
 //! records their idempotency key, and the idempotency store is Postgres too; the tables are
@@ -32,10 +35,12 @@ use idem_actix::{IdempotencyConfig, MokaStore, PostgresStore, RedisStore};
 use idem_core::store::ReplayCache;
 use idem_examples::calls_api::{configure, cors, log_line, CallsState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tracing_subscriber::filter::LevelFilter;
 
 const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                  [--redis-url URL | --redis-cluster URL[,URL...]]
                  [--replay-cache-bytes N] [--cors-origin ORIGIN]... [--database-url URL]
+                 [--log LEVEL]
 
   --addr           address to listen on (env IDEM_ADDR; default 127.0.0.1:8080;
                    port 0 picks a free port, printed once listening)
@@ -58,7 +63,10 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                    postgres://user:password@127.0.0.1:5432/calls, each written in the
                    transaction that records its idempotency key, and use Postgres as
                    the idempotency store; creates the tables it needs
-                   (env IDEM_DATABASE_URL)";
+                   (env IDEM_DATABASE_URL)
+  --log            what the log on standard error shows: off, error, warn, info,
+                   debug or trace, each with those before it (env IDEM_LOG;
+                   default warn: the idempotency layer logs nothing at info)";
 
 struct Options {
     addr: String,
@@ -67,6 +75,7 @@ struct Options {
     replay_cache_bytes: u64,
     cors_origins: Vec<String>,
     database_url: Option<Given>,
+    log: LevelFilter,
 }
 
 /// Where the Redis store is, and the flag or variable that said so.
@@ -105,6 +114,7 @@ fn options() -> Result<Options, String> {
     let mut replay_cache_bytes = var("IDEM_REPLAY_CACHE_BYTES")?;
     let mut cors_origins: Vec<String> = Vec::new();
     let mut database_url = None;
+    let mut log = var("IDEM_LOG")?;
     let mut args = std::env::args_os().skip(1).map(|arg| {
         arg.into_string()
             .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))
@@ -123,6 +133,7 @@ fn options() -> Result<Options, String> {
             "--redis-cluster" => Some(&mut redis_cluster),
             "--replay-cache-bytes" => Some(&mut replay_cache_bytes),
             "--database-url" => Some(&mut database_url),
+            "--log" => Some(&mut log),
             "-h" | "--help" => {
                 // Into a pipe its reader closed (`| head`), the usage is simply not read.
                 let _ = writeln!(std::io::stdout(), "{USAGE}");
@@ -164,6 +175,22 @@ fn options() -> Result<Options, String> {
             }
             value
         }
+    };
+    let log = match log {
+        None => LevelFilter::WARN,
+        Some(Given { value, from }) => match value.to_ascii_lowercase().as_str() {
+            "off" => LevelFilter::OFF,
+            "error" => LevelFilter::ERROR,
+            "warn" => LevelFilter::WARN,
+            "info" => LevelFilter::INFO,
+            "debug" => LevelFilter::DEBUG,
+            "trace" => LevelFilter::TRACE,
+            _ => {
+                return Err(format!(
+                    "{from} takes off, error, warn, info, debug or trace, not `{value}`"
+                ))
+            }
+        },
     };
     let workers = match workers {
         None => None,
@@ -217,6 +244,7 @@ fn options() -> Result<Options, String> {
         replay_cache_bytes,
         cors_origins,
         database_url,
+        log,
     })
 }
 
@@ -377,6 +405,14 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => return usage_error(&e),
     };
+    // Without a subscriber, every event of the library (a store that fails, a claim lost)
+    // would be dropped unseen. A log nobody reads any more (standard error closed) is not
+    // reported on standard error, which would panic.
+    tracing_subscriber::fmt()
+        .with_max_level(options.log)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .init();
     // The store's timings as a histogram, which Prometheus can sum over instances (the
     // exporter's default is a summary per process): from 50 us (the embedded store) to 1 s.
     let store_timings = Matcher::Full("idem_store_duration_seconds".into());

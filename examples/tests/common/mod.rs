@@ -18,6 +18,9 @@ pub struct CallsApi {
     /// ...).
     #[allow(dead_code)]
     pub store: String,
+    /// What it printed to standard error after the line that says where it listens.
+    #[allow(dead_code)]
+    pub stderr: Log,
 }
 
 impl CallsApi {
@@ -142,6 +145,8 @@ impl CallsApi {
             .expect("start calls-api");
         let stderr = child.stderr.take().expect("piped standard error");
         let (listening, heard) = tokio::sync::oneshot::channel();
+        let after = Log::default();
+        let log = Arc::clone(&after);
         // Reads to the end, so the process never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut listening = Some(listening);
@@ -150,7 +155,7 @@ impl CallsApi {
                 match listening.take_if(|_| line.contains("listening on http://")) {
                     Some(tx) => drop(tx.send(Ok(line))),
                     None if listening.is_some() => before.push(line),
-                    None => {}
+                    None => log.lock().unwrap().push(line),
                 }
             }
             if let Some(tx) = listening {
@@ -168,6 +173,7 @@ impl CallsApi {
                 child,
                 addr: listened_on(&line),
                 store,
+                stderr: after,
             };
         }
         let _ = child.kill();
@@ -281,6 +287,7 @@ pub fn command() -> Command {
         "IDEM_REPLAY_CACHE_BYTES",
         "IDEM_DATABASE_URL",
         "IDEM_CORS_ORIGINS",
+        "IDEM_LOG",
     ] {
         command.env_remove(name);
     }
