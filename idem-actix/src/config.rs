@@ -11,6 +11,7 @@ use idem_core::{Engine, MokaStore, Policy, PolicyError, Store};
 use crate::functions::ReplayFunction;
 use crate::handler::TASKS;
 use crate::metrics::StoreMetrics;
+use crate::outage::Outage;
 use crate::render::{ErrorRenderer, JsonEnvelope};
 
 /// The key's header name from a policy. The attribute checks names at compile time; one set
@@ -61,6 +62,8 @@ struct Settings {
     #[cfg(feature = "postgres")]
     transactions: Option<idem_core::store::PostgresStore>,
     on_replay: Option<ReplayFunction>,
+    /// The warnings of its store's failures.
+    outage: Arc<Outage>,
 }
 
 impl Settings {
@@ -121,6 +124,7 @@ impl IdempotencyConfig {
             #[cfg(feature = "postgres")]
             transactions: None,
             on_replay: None,
+            outage: Arc::default(),
         }))
     }
 
@@ -343,6 +347,11 @@ impl IdempotencyConfig {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.0.engine
+    }
+
+    /// The warnings of its store's failures.
+    pub(crate) fn outage(&self) -> &Outage {
+        &self.0.outage
     }
 
     pub(crate) fn renderer(&self) -> &dyn ErrorRenderer {

@@ -125,6 +125,7 @@ mod metrics;
 mod middleware;
 #[cfg(feature = "utoipa")]
 pub mod openapi;
+mod outage;
 mod render;
 mod request_id;
 mod scope;

@@ -86,6 +86,29 @@ async fn an_unreachable_store_fails_closed_with_503() {
     assert_eq!(plain.status, 201);
 }
 
+/// An outage refuses every keyed request (or runs each unprotected, failing open): the log
+/// warns when it starts, then at most once a minute, with how many it held back, where it
+/// warned of every request (a thousand lines a second under load, burying all else).
+#[actix_web::test]
+async fn a_store_outage_is_warned_of_when_it_starts_not_per_request() {
+    let warnings = Warnings::installed();
+    let (server, runs) = down_app(IdempotencyConfig::new(UnavailableStore));
+    for n in 0..20 {
+        let refused = keyed("/default-format", &format!("outage-{n}"));
+        assert_eq!(refused.send(server.addr).await.status, 503);
+        let unprotected = keyed("/fail-open", &format!("outage-{n}"));
+        assert_eq!(unprotected.send(server.addr).await.status, 201);
+    }
+    assert_eq!(runs.get(), 20);
+    let threads = server.threads();
+    for warning in [
+        "the idempotency store failed; the request is refused",
+        "idempotency store failed; running without protection",
+    ] {
+        assert_eq!(warnings.containing_from(warning, threads), 1, "{warning}");
+    }
+}
+
 /// A store too small to keep even a record without its response (refused by
 /// `with_defaults`, but taken by `IdempotencyConfig::new` alone) could never record a
 /// request: the first one ran and then held its client while the completion was tried for a

@@ -247,7 +247,14 @@ where
             }
         },
         Ok(Begin::Unprotected(error)) => {
-            tracing::warn!(%error, outcome = "unprotected", "idempotency store failed; running without protection (fail open)");
+            let outcome = "unprotected";
+            let message = "idempotency store failed; running without protection (fail open)";
+            match keyed.config.outage().unprotected.due() {
+                Some(held) => {
+                    tracing::warn!(%error, outcome, since_last_warning = held, "{message}")
+                }
+                None => tracing::debug!(%error, outcome, "{message}"),
+            }
             metrics::outcome("unprotected");
             Settled::Run(Box::pin(unprotected(keyed.run, handler)))
         }
@@ -259,10 +266,18 @@ where
 fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
     match error {
         // An outage refuses every keyed request: the log says so, with the store's own error,
-        // as failing open does.
+        // as failing open does; when it starts, then once a minute (with how many requests it
+        // refused since), and at `debug` for each.
         IdempotencyError::StoreUnavailable(ref failed) => {
-            let outcome = "store_unavailable";
-            tracing::warn!(outcome, code = error.code(), error = %failed, "the idempotency store failed; the request is refused with 503 and nothing runs");
+            let (outcome, code) = ("store_unavailable", error.code());
+            let message =
+                "the idempotency store failed; the request is refused with 503 and nothing runs";
+            match keyed.config.outage().refused.due() {
+                Some(held) => {
+                    tracing::warn!(outcome, code, error = %failed, since_last_warning = held, "{message}")
+                }
+                None => tracing::debug!(outcome, code, error = %failed, "{message}"),
+            }
         }
         _ => tracing::debug!(outcome = "conflict", code = error.code(), %error),
     }
