@@ -92,7 +92,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
     if version != u64::from(VERSION) {
         return Err(StoreError::Corrupt(format!(
             "record format version {version} is not readable by this idem (it reads version {VERSION}); \
-             upgrade idem, or use a separate key prefix for each version"
+             every process sharing a store must run an idem that reads what any of them writes"
         )));
     }
     let kind = field()?;
