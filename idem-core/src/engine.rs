@@ -30,8 +30,12 @@ use crate::store::{Claim, Store, StoreError};
 /// How long a release of a claim whose write failed waits before it looks again.
 pub(crate) const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
 
+/// The longest pause between two tries of such a release that failed (see
+/// [`released_until_known`]).
+const UNCONFIRMED_RELEASE_MAX_PAUSE: Duration = Duration::from_secs(16);
+
 /// The most releases of claims whose writes failed that one engine keeps going at once. Each
-/// lives up to a lease, calling the store every [`UNCONFIRMED_RELEASE_PAUSE`]: in an outage
+/// lives up to a lease, calling the store now and then ([`released_until_known`]): in an outage
 /// under load, every request's claim fails, and unbounded they would pile up one task per
 /// request. Past the bound, a claim that landed all the same lapses with its lease.
 pub(crate) const MAX_UNCONFIRMED_RELEASES: usize = 1024;
@@ -609,7 +613,10 @@ impl Engine {
 
 /// Calls `release` (a release of a claim whose write failed, yet may still land) until it
 /// releases the claim, or the store has answered twice, [`UNCONFIRMED_RELEASE_PAUSE`] apart,
-/// that it is not there; for at most `lease`, after which the claim lapses anyway.
+/// that it is not there; for at most `lease`, after which the claim lapses anyway. After a
+/// failure the pause doubles, up to [`UNCONFIRMED_RELEASE_MAX_PAUSE`], and the last call
+/// comes as the lease ends: an outage costs the store, and the count of its errors, eight
+/// calls per failed claim over a lease of 60 s, where a call a second made 60.
 pub(crate) async fn released_until_known<F, R>(mut release: F, lease: Duration)
 where
     F: FnMut() -> R,
@@ -617,17 +624,26 @@ where
 {
     let deadline = deadline_after(lease);
     let mut absent = 0;
+    let mut after_failure = UNCONFIRMED_RELEASE_PAUSE;
     loop {
-        match release().await {
+        let pause = match release().await {
             Ok(true) => break,
-            Ok(false) => absent += 1,
-            Err(_) => {}
-        }
+            Ok(false) => {
+                absent += 1;
+                UNCONFIRMED_RELEASE_PAUSE
+            }
+            Err(_) => {
+                let pause = after_failure;
+                after_failure = (after_failure * 2).min(UNCONFIRMED_RELEASE_MAX_PAUSE);
+                pause
+            }
+        };
         // Done once the store has twice said it is not there: no pause after that.
-        if absent == 2 || tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if absent == 2 || now >= deadline {
             break;
         }
-        tokio::time::sleep(UNCONFIRMED_RELEASE_PAUSE).await;
+        tokio::time::sleep_until((now + pause).min(deadline)).await;
     }
 }
 
@@ -1764,6 +1780,22 @@ mod tests {
             releasing <= MAX_UNCONFIRMED_RELEASES,
             "{releasing} background releases after {failed} failed claims"
         );
+    }
+
+    /// A claim whose write failed is released in the background in case it landed, retried
+    /// with a pause that grows, so that an outage costs the store (and the count of its errors)
+    /// a few calls per failed claim over its lease, where it was called once a second for the
+    /// whole lease: 60 calls, each counted as a store error, per request refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_claim_s_release_backs_off_over_its_lease() {
+        let store = CountingStore::new(UnavailableStore);
+        let engine = Engine::new(store.clone());
+        let begun = engine.begin(&Policy::DEFAULT, key(1), fp("a")).await;
+        assert!(matches!(begun, Err(IdempotencyError::StoreUnavailable(_))));
+        tokio::time::sleep(Policy::DEFAULT.lease * 2).await;
+        let releases = store.take().get("release").copied().unwrap_or(0);
+        // At 0, 1, 3, 7, 15, 31 and 47 s, and as the lease ends.
+        assert_eq!(releases, 8, "releases over a lease");
     }
 
     /// A claim the store answered with a refusal of its own (out of memory, no rights) was not
