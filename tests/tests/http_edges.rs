@@ -374,3 +374,36 @@ async fn a_body_that_panics_as_it_is_read_is_answered_500_and_releases_the_key()
         assert_eq!(s.runs.get(), run);
     }
 }
+
+/// A 304 keeps a `Content-Length` its handler set (RFC 9110 section 8.6: the length of the
+/// representation it stands for, which actix sends on a 304), and so must its replay, where
+/// the replay dropped it as a header of one transfer.
+#[post("/not-modified")]
+#[idempotent]
+async fn not_modified(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::NotModified()
+        .insert_header(("ETag", "\"v1\""))
+        .insert_header(("Content-Length", "1234"))
+        .finish()
+}
+
+#[actix_web::test]
+async fn a_304_replay_keeps_the_content_length_its_first_answer_sent() {
+    let s = serve(|cfg| {
+        cfg.service(not_modified);
+    });
+    let req = keyed("/not-modified", "nm").to_bytes();
+    let (_, first) = responses(&exchange(s.server.addr, &req).await).remove(0);
+    let (_, retry) = responses(&exchange(s.server.addr, &req).await).remove(0);
+    assert_eq!((first.status, retry.status), (304, 304));
+    assert!(retry.replayed(), "{retry:?}");
+    assert_eq!(
+        first.header("content-length"),
+        Some("1234"),
+        "actix sends it"
+    );
+    assert_eq!(retry.header("content-length"), Some("1234"), "{retry:?}");
+    assert_eq!(retry.header("etag"), Some("\"v1\""), "{retry:?}");
+    assert_eq!(s.runs.get(), 1);
+}

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use actix_web::body::{BodySize, BodyStream, BoxBody, MessageBody as _};
 use actix_web::dev;
 use actix_web::http::header;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderName;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{select, Either};
@@ -168,6 +168,7 @@ where
         let headers = Replayable {
             headers: head.headers(),
             set_cookie: keep.set_cookie,
+            status,
         };
         // An extractor's refusal: boxed, as a rare path, so that its state stays out of this
         // future (as does its check, made here rather than before the body is read, where it
@@ -624,52 +625,68 @@ pub(super) fn panicked() -> HttpResponse {
 struct Replayable<'a> {
     headers: &'a header::HeaderMap,
     set_cookie: bool,
+    /// The response's status, which decides whether `Content-Length` is one (see
+    /// [`replayable`]).
+    status: u16,
 }
-
-type Header<'a> = (&'a HeaderName, &'a HeaderValue);
 
 impl<'a> IntoIterator for Replayable<'a> {
     type Item = (&'a str, &'a [u8]);
-    type IntoIter = std::iter::Map<
-        std::iter::Filter<header::map::Iter<'a>, fn(&Header<'a>) -> bool>,
-        fn(Header<'a>) -> Self::Item,
-    >;
+    type IntoIter = ReplayableIter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
-        let keep: fn(&Header<'a>) -> bool = match self.set_cookie {
-            true => |(name, _)| replayable(name),
-            false => |(name, _)| replayable(name) && *name != header::SET_COOKIE,
-        };
+        ReplayableIter {
+            headers: self.headers.iter(),
+            set_cookie: self.set_cookie,
+            status: self.status,
+        }
+    }
+}
+
+/// The headers of a [`Replayable`], one by one.
+struct ReplayableIter<'a> {
+    headers: header::map::Iter<'a>,
+    set_cookie: bool,
+    status: u16,
+}
+
+impl<'a> Iterator for ReplayableIter<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
         self.headers
-            .iter()
-            .filter(keep)
+            .find(|(name, _)| {
+                replayable(name, self.status) && (self.set_cookie || *name != header::SET_COOKIE)
+            })
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
     }
 }
 
-/// Headers that describe one transfer or one request, never recorded, nor replayed from a
-/// record written elsewhere (another process, another version) that holds them: those of
-/// `ReplayHeaders::NEVER`, matched here by their lowercase names (a test holds the two alike).
-pub(super) fn replayable(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
+/// Whether a header of a response of `status` is recorded, and replayed from a record written
+/// elsewhere (another process, another version) that holds it: all but those that describe one
+/// transfer or one request, those of `ReplayHeaders::NEVER`, matched here by their lowercase
+/// names (a test holds the two alike). But a 304's `Content-Length`, which a handler sets for
+/// the representation the 304 stands for (RFC 9110, section 8.6), and actix sends as it is.
+pub(super) fn replayable(name: &HeaderName, status: u16) -> bool {
+    match name.as_str() {
+        "content-length" => status == 304,
         "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "date"
-            | "content-length"
-            | "x-request-id"
-            | "idempotent-replayed"
-    )
+        | "keep-alive"
+        | "proxy-connection"
+        | "transfer-encoding"
+        | "te"
+        | "trailer"
+        | "upgrade"
+        | "date"
+        | "x-request-id"
+        | "idempotent-replayed" => false,
+        _ => true,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use actix_web::http::header::HeaderMap;
+    use actix_web::http::header::{HeaderMap, HeaderValue};
     use actix_web::web::Bytes;
     use futures_util::FutureExt as _;
     use idem_core::ReplayHeaders;
@@ -691,6 +708,7 @@ mod tests {
         Replayable {
             headers,
             set_cookie,
+            status: 200,
         }
         .into_iter()
         .map(|(name, value)| (name.to_owned(), String::from_utf8_lossy(value).into_owned()))
@@ -747,7 +765,7 @@ mod tests {
     fn the_headers_never_recorded_are_the_policy_s() {
         for &name in ReplayHeaders::NEVER {
             let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
-            assert!(!replayable(&name), "{name}");
+            assert!(!replayable(&name, 200), "{name}");
         }
         let never = ReplayHeaders::NEVER.len();
         let refused = [
@@ -771,9 +789,21 @@ mod tests {
             "location",
             "set-cookie",
         ])
-        .filter(|name| !replayable(&HeaderName::from_static(name)))
+        .filter(|name| !replayable(&HeaderName::from_static(name), 200))
         .count();
         assert_eq!(refused, never, "one list");
+    }
+
+    /// A `Content-Length` frames one transfer, but on a 304 it is the length of the
+    /// representation the 304 stands for: recorded there alone.
+    #[test]
+    fn content_length_is_recorded_on_a_304_alone() {
+        let length = HeaderName::from_static("content-length");
+        let recorded: Vec<u16> = [200, 204, 206, 304, 404]
+            .into_iter()
+            .filter(|&status| replayable(&length, status))
+            .collect();
+        assert_eq!(recorded, [304]);
     }
 
     #[test]
@@ -807,6 +837,7 @@ mod tests {
             Replayable {
                 headers: &headers,
                 set_cookie: false,
+                status: 201,
             },
             b"",
         );
