@@ -308,10 +308,9 @@ async fn a_cluster_named_by_no_node_or_a_bad_url_is_refused_when_built() {
     let bad = RedisStore::cluster(["redis://127.0.0.1:1", "http://example"])
         .build()
         .unwrap_err();
-    assert!(
-        matches!(bad, idem_actix::StoreError::Unavailable(_)),
-        "{bad}"
-    );
+    // The settings' fault, naming the node's URL that is not one.
+    assert!(matches!(bad, idem_actix::StoreError::Config(_)), "{bad}");
+    assert!(bad.to_string().contains("http://example"), "{bad}");
 }
 
 /// `count` store keys whose records `prefix` puts on master `node`.

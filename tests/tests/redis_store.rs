@@ -522,6 +522,27 @@ async fn records_over_the_size_bound_are_kept_without_their_body_and_never_run_a
 }
 
 /// An engine on `redis` failing closed (the default), and one failing open.
+/// A URL that is not a Redis URL, or a setting the store cannot take, is refused when the
+/// store is built as the settings' fault (`StoreError::Config`), naming the URL without its
+/// password and how to write one, where it read "store unavailable", as an outage does, and
+/// named neither ("Redis URL did not parse - InvalidClientConfig").
+#[tokio::test]
+async fn settings_the_store_cannot_take_are_refused_as_settings_naming_them() {
+    let err = RedisStore::new("http://user:hunter2@example:6379/0").unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+    assert!(
+        text.contains("http://example:6379/0") && text.contains("redis://"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    let zero = RedisStore::builder("redis://127.0.0.1:1")
+        .command_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(matches!(zero, StoreError::Config(_)), "{zero:?}");
+}
+
 fn closed_and_open(redis: &TestRedis) -> (Engine, Engine) {
     let closed = Engine::new(RedisStore::new(redis.url()).unwrap());
     let open = Engine::new(

@@ -374,6 +374,11 @@ pub enum StoreError {
     /// key were being claimed at the same moment. Retry later.
     #[error("the key's record changed under every claim attempt; retry later")]
     Contended,
+    /// The store's settings, refused when it is built: a URL that is not one of its kind, a
+    /// name or limit it cannot take. A fault of the settings, never of the backend, and never
+    /// answered to a request: a store that was built has none.
+    #[error("invalid store settings: {0}")]
+    Config(String),
     /// A record is larger than the store accepts.
     #[error("record of {size} bytes is larger than the store's limit of {max} bytes")]
     TooLarge {

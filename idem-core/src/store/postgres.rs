@@ -1436,13 +1436,13 @@ impl PostgresStoreBuilder {
     /// [`PostgresStore::migrate`].
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] for a URL that is not a Postgres URL, a schema or table
+    /// [`StoreError::Config`] for a URL that is not a Postgres URL, a schema or table
     /// name that is not a plain identifier, a schema Postgres reserves, a pool of no
     /// connections, a purge batch of no rows or a record limit above what Postgres takes,
     /// or when called outside a Tokio runtime (the pool's upkeep runs on the runtime that
     /// builds the store).
     pub fn build(self) -> Result<PostgresStore, StoreError> {
-        let invalid = |reason: String| Err(StoreError::Unavailable(reason.into()));
+        let invalid = |reason: String| Err(StoreError::Config(reason));
         if tokio::runtime::Handle::try_current().is_err() {
             return invalid(
                 "build the Postgres store inside a Tokio runtime (for example in actix's main)"
@@ -1498,13 +1498,10 @@ impl PostgresStoreBuilder {
                     return invalid("the store needs at least one connection".into());
                 }
                 let invalid_url = |reason: &dyn std::fmt::Display| {
-                    StoreError::Unavailable(
-                        format!(
-                            "invalid Postgres URL ({reason}); write it as \
-                             postgres://user:password@host:port/database"
-                        )
-                        .into(),
-                    )
+                    StoreError::Config(format!(
+                        "invalid Postgres URL ({reason}); write it as \
+                         postgres://user:password@host:port/database"
+                    ))
                 };
                 // sqlx reads any scheme as Postgres's; another one is a mistake.
                 if !["postgres://", "postgresql://"]
@@ -2032,6 +2029,21 @@ mod tests {
             "{:?}",
             opened.err()
         );
+    }
+
+    /// A URL or a setting the store cannot take is the settings' fault, refused as such, where
+    /// it read "store unavailable", as an outage does.
+    #[tokio::test]
+    async fn settings_the_store_cannot_take_are_refused_as_settings() {
+        for built in [
+            PostgresStore::new("mysql://idem@127.0.0.1:1/idem"),
+            PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+                .table("Not A Name")
+                .build(),
+        ] {
+            let err = built.unwrap_err();
+            assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+        }
     }
 
     #[test]

@@ -1146,8 +1146,30 @@ impl std::error::Error for BeforeRedis7 {
 }
 
 /// A store that cannot be built from its settings (a URL that is not Redis's, for one).
-fn invalid(error: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(Box::new(error))
+/// A client of the Redis at `url`, or the settings' error naming it.
+fn client_of(url: &str) -> Result<redis::Client, StoreError> {
+    redis::Client::open(url).map_err(|e| invalid(url, e))
+}
+
+/// The settings' error of `url`, which the client refused: named without its credentials.
+fn invalid(url: &str, error: redis::RedisError) -> StoreError {
+    StoreError::Config(format!(
+        "{} is not a Redis URL the store can use ({error}); write it as \
+         redis://[user:password@]host[:port][/db], rediss:// for TLS, or redis+unix:///path",
+        without_credentials(url)
+    ))
+}
+
+/// `url` without the user and password it may hold, for a message that names it.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// The smallest bound on records that lets the store record every request: a completion
@@ -1258,14 +1280,14 @@ impl RedisStoreBuilder {
     /// follows the slots when they move).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] for a URL that is not a Redis URL, a cluster named by no
+    /// [`StoreError::Config`] for a URL that is not a Redis URL, a cluster named by no
     /// URL or by nodes that disagree (password, TLS, database), a
     /// [`max_record_bytes`](Self::max_record_bytes) under 113 or over 512 MiB, a
     /// [`wait_for_replicas`](Self::wait_for_replicas) it refuses, or when called outside a
     /// Tokio runtime.
     pub fn build(self) -> Result<RedisStore, StoreError> {
         if self.timeout.is_zero() {
-            return Err(StoreError::Unavailable(
+            return Err(StoreError::Config(
                 "command_timeout must be longer than zero: zero would time every command out"
                     .into(),
             ));
@@ -1287,37 +1309,31 @@ impl RedisStoreBuilder {
                 None
             };
             if let Some(refusal) = refusal {
-                return Err(StoreError::Unavailable(refusal.into()));
+                return Err(StoreError::Config(refusal));
             }
         }
         if self.max_record_bytes > MAX_RECORD_BYTES {
-            return Err(StoreError::Unavailable(
-                format!(
-                    "max_record_bytes is {}, but Redis takes no value over 512 MiB (its default proto-max-bulk-len); the largest record kept must be at most {MAX_RECORD_BYTES} bytes",
-                    self.max_record_bytes
-                )
-                .into(),
-            ));
+            return Err(StoreError::Config(format!(
+                "max_record_bytes is {}, but Redis takes no value over 512 MiB (its default proto-max-bulk-len); the largest record kept must be at most {MAX_RECORD_BYTES} bytes",
+                self.max_record_bytes
+            )));
         }
         let least = least_record_bytes();
         if self.max_record_bytes < least {
-            return Err(StoreError::Unavailable(
-                format!(
-                    "max_record_bytes is {}, but a record kept without its response takes up to {least} bytes in Redis, so no request could be recorded; raise it to at least {least}",
-                    self.max_record_bytes
-                )
-                .into(),
-            ));
+            return Err(StoreError::Config(format!(
+                "max_record_bytes is {}, but a record kept without its response takes up to {least} bytes in Redis, so no request could be recorded; raise it to at least {least}",
+                self.max_record_bytes
+            )));
         }
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(StoreError::Unavailable(
+            return Err(StoreError::Config(
                 "build the Redis store inside a Tokio runtime (for example in actix's main)".into(),
             ));
         }
         let mut waiters = None;
         let conn = match &self.target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(invalid)?;
+                let client = client_of(url)?;
                 if self.replicas.is_some() {
                     waiters = Some(Arc::new(Lenders {
                         client: client.clone(),
@@ -1331,14 +1347,20 @@ impl RedisStoreBuilder {
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(20))
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Single(Arc::new(Single::new(client, config).map_err(invalid)?))
+                let single = Single::new(client, config).map_err(|e| invalid(url, e))?;
+                Connection::Single(Arc::new(single))
             }
             Target::Cluster(urls) => {
                 if urls.is_empty() {
-                    return Err(StoreError::Unavailable(
+                    return Err(StoreError::Config(
                         "name at least one node of the Redis Cluster".into(),
                     ));
                 }
+                // Each node's URL on its own first, so that the error names the one that is not
+                // a Redis URL.
+                let clients = (urls.iter().map(String::as_str))
+                    .map(client_of)
+                    .collect::<Result<_, _>>()?;
                 // Few quick retries: a command that cannot reach its master within the timeout
                 // answers 503 anyway, and retries queued past it only delay the recovery.
                 let client = ClusterClient::builder(urls.iter().map(String::as_str))
@@ -1348,13 +1370,16 @@ impl RedisStoreBuilder {
                     .min_retry_wait(20)
                     .max_retry_wait(500)
                     .build()
-                    .map_err(invalid)?;
+                    .map_err(|e| {
+                        StoreError::Config(format!(
+                            "the Redis Cluster's nodes cannot be one cluster's ({e}): give them the same password, TLS and database"
+                        ))
+                    })?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(self.timeout)
                     .set_response_timeout(self.timeout);
-                let clients = urls.iter().map(|url| redis::Client::open(url.as_str()));
                 let seeds = Seeds {
-                    clients: clients.collect::<Result<_, _>>().map_err(invalid)?,
+                    clients,
                     told: tokio::sync::Mutex::new(None),
                 };
                 let conn = client.get_pending_async_connection_with_config(config);
