@@ -106,9 +106,10 @@ pub enum KeySource {
 /// replayed (those of one transfer or one request, such as `Date`, `Content-Length` or
 /// `X-Request-ID`; and `Set-Cookie`, which [`Policy::replay_set_cookie`] alone decides).
 /// A recorded `Content-Encoding` is always repeated, whatever the list: the body's bytes are
-/// in that coding, and could not be decoded without it. So is the `Content-Length` of a 304,
-/// the one status it is recorded for: there it is not the transfer's framing but the length
-/// of the representation the 304 stands for (RFC 9110, section 8.6).
+/// in that coding, and could not be decoded without it. So is a `Content-Length` where it is
+/// recorded, on a 304 and on an answer to HEAD, where it is not the transfer's framing but
+/// the length of the content: of the representation the 304 stands for (RFC 9110, section
+/// 8.6), of the body a HEAD is answered without.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplayHeaders {

@@ -407,3 +407,49 @@ async fn a_304_replay_keeps_the_content_length_its_first_answer_sent() {
     assert_eq!(retry.header("etag"), Some("\"v1\""), "{retry:?}");
     assert_eq!(s.runs.get(), 1);
 }
+
+/// A HEAD answered without making its body: the handler declares the representation's
+/// length and sends nothing (it answers HEAD cheaply, or relays an upstream's HEAD answer),
+/// which actix sends as 200 with that `Content-Length`. Under the layer it is recorded and
+/// replayed so, where the layer read the body to record it, found it short, and answered
+/// 500, releasing the key, so that every retry ran the handler again.
+async fn head_only(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Ok()
+        .insert_header(("ETag", "\"v1\""))
+        .insert_header(("Content-Length", "1234"))
+        .streaming(futures_util::stream::empty::<Result<Bytes, std::io::Error>>())
+}
+
+#[idempotent]
+async fn head_only_keyed(runs: web::Data<Counter>) -> HttpResponse {
+    head_only(runs).await
+}
+
+#[actix_web::test]
+async fn a_head_answer_that_declares_its_length_runs_once_and_replays_as_sent() {
+    let s = serve(|cfg| {
+        cfg.route("/head-plain", web::head().to(head_only))
+            .route("/head-keyed", web::head().to(head_only_keyed));
+    });
+    let head = |path: &str| {
+        RawRequest::new("HEAD", path)
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "head")
+            .to_bytes()
+    };
+    let (_, unlayered) = responses(&exchange(s.server.addr, &head("/head-plain")).await).remove(0);
+    let sent = (unlayered.status, unlayered.header("content-length"));
+    assert_eq!(sent, (200, Some("1234")), "as actix sends it");
+
+    let (_, first) = responses(&exchange(s.server.addr, &head("/head-keyed")).await).remove(0);
+    let (_, retry) = responses(&exchange(s.server.addr, &head("/head-keyed")).await).remove(0);
+    let what = format!("{first:?} / {retry:?}");
+    assert_eq!((first.status, retry.status), (200, 200), "{what}");
+    assert!(retry.replayed(), "{what}");
+    assert_eq!(s.runs.get(), 2, "{what}: the keyed handler ran once");
+    assert_eq!(first.header("content-length"), Some("1234"), "{what}");
+    assert_eq!(retry.header("content-length"), Some("1234"), "{what}");
+    assert_eq!(retry.header("etag"), Some("\"v1\""), "{what}");
+    assert!(first.body.is_empty() && retry.body.is_empty(), "{what}");
+}

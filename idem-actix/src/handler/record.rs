@@ -131,6 +131,7 @@ where
     async move {
         let loan = offer.map(|offer| offer.lend(&run.req, &lease));
         let lent = loan.as_ref();
+        let for_head = run.req.method() == actix_web::http::Method::HEAD;
         let (request_id, ran) = run.call(handler, true);
         let ran = lease
             .run(async move {
@@ -142,11 +143,12 @@ where
                 let tees = keep.max_response > 0 && !lent.is_some_and(Loan::taken);
                 let (head, body) = res.into_parts();
                 let body = if tees { streamed(body) } else { Err(body) };
-                let read = match body {
+                let read = match body.map_err(|body| unsent(body, for_head)) {
                     Ok(stream) => Read::Stream(stream),
+                    Err(Ok((body, size))) => Read::Unsent { body, size },
                     // A body that panics as it is read is the handler's panic, answered as one
                     // below (it cut the connection, unanswered, where it left the layer).
-                    Err(body) => Read::Collected(
+                    Err(Err(body)) => Read::Collected(
                         AssertUnwindSafe(collect(body, keep.max_response))
                             .catch_unwind()
                             .await
@@ -156,7 +158,7 @@ where
                 Ok::<_, Box<dyn std::any::Any + Send>>((req, head, read))
             })
             .await;
-        let (req, head, read) = match ran {
+        let (req, mut head, read) = match ran {
             Ok(ran) => ran,
             Err(_) => {
                 tracing::error!("idempotent handler panicked; releasing its key");
@@ -165,10 +167,14 @@ where
             }
         };
         let status = head.status().as_u16();
+        // Of a body actix sends no byte of, its length alone, which actix sends.
+        if let Read::Unsent { size, .. } = read {
+            (head.headers_mut()).insert(header::CONTENT_LENGTH, size.into());
+        }
         let headers = Replayable {
             headers: head.headers(),
             set_cookie: keep.set_cookie,
-            status,
+            content_length: status == 304 || for_head,
         };
         // An extractor's refusal: boxed, as a rare path, so that its state stays out of this
         // future (as does its check, made here rather than before the body is read, where it
@@ -177,8 +183,22 @@ where
             let res = head.set_body(read.into_body());
             return Box::pin(unrun(lease, loan, req, res, &request_id)).await;
         }
-        let collected = match read {
-            Read::Collected(collected) => collected,
+        let (response, body) = match read {
+            Read::Collected(Ok(Collected::Whole(bytes))) => {
+                (Response::new(status, headers, &bytes), BoxBody::new(bytes))
+            }
+            Read::Collected(Ok(Collected::Overflow { body, size })) => {
+                (Response::omitted(status, size), body)
+            }
+            Read::Unsent { body, .. } => (Response::new(status, headers, b""), body),
+            Read::Collected(Err(error)) => {
+                tracing::error!(%error, "response body failed; releasing its key");
+                Box::pin(release(lease, loan)).await;
+                return Reply {
+                    req,
+                    res: with_request_id(panicked(), &request_id),
+                };
+            }
             Read::Stream(stream) => {
                 // Not taken (a stream is teed only then): closed, so that nothing takes it now.
                 if let Some(loan) = loan {
@@ -191,20 +211,6 @@ where
                 return Reply {
                     req,
                     res: executed(head.set_body(body), &request_id),
-                };
-            }
-        };
-        let (response, body) = match collected {
-            Ok(Collected::Whole(bytes)) => {
-                (Response::new(status, headers, &bytes), BoxBody::new(bytes))
-            }
-            Ok(Collected::Overflow { body, size }) => (Response::omitted(status, size), body),
-            Err(error) => {
-                tracing::error!(%error, "response body failed; releasing its key");
-                Box::pin(release(lease, loan)).await;
-                return Reply {
-                    req,
-                    res: with_request_id(panicked(), &request_id),
                 };
             }
         };
@@ -280,6 +286,11 @@ enum Collected {
 enum Read {
     Collected(Result<Collected, Box<dyn StdError>>),
     Stream(BoxBody),
+    /// A body of which actix sends nothing but its size (see [`unsent`]).
+    Unsent {
+        body: BoxBody,
+        size: u64,
+    },
 }
 
 impl Read {
@@ -287,10 +298,31 @@ impl Read {
     /// (nothing, if the body failed).
     fn into_body(self) -> BoxBody {
         match self {
-            Read::Stream(body) | Read::Collected(Ok(Collected::Overflow { body, .. })) => body,
+            Read::Stream(body)
+            | Read::Unsent { body, .. }
+            | Read::Collected(Ok(Collected::Overflow { body, .. })) => body,
             Read::Collected(Ok(Collected::Whole(bytes))) => BoxBody::new(bytes),
             Read::Collected(Err(_)) => BoxBody::new(()),
         }
+    }
+}
+
+/// `body` and its size, when it answers a HEAD (`for_head`) and is a stream of a declared
+/// size: actix sends none of its bytes, only that size as the `Content-Length`, so a handler
+/// may declare the length of the representation and send nothing (it answers HEAD cheaply, or
+/// relays an upstream's answer to one). Read for the record, it would look short, a failed
+/// body. `Err` with the body otherwise.
+fn unsent(body: BoxBody, for_head: bool) -> Result<(BoxBody, u64), BoxBody> {
+    if !for_head {
+        return Err(body);
+    }
+    let body = match body.try_into_bytes() {
+        Ok(bytes) => return Err(BoxBody::new(bytes)),
+        Err(body) => body,
+    };
+    match body.size() {
+        BodySize::Sized(size) => Ok((body, size)),
+        _ => Err(body),
     }
 }
 
@@ -625,9 +657,9 @@ pub(super) fn panicked() -> HttpResponse {
 struct Replayable<'a> {
     headers: &'a header::HeaderMap,
     set_cookie: bool,
-    /// The response's status, which decides whether `Content-Length` is one (see
+    /// Whether its `Content-Length` says the length of the content, not of this transfer (see
     /// [`replayable`]).
-    status: u16,
+    content_length: bool,
 }
 
 impl<'a> IntoIterator for Replayable<'a> {
@@ -638,7 +670,7 @@ impl<'a> IntoIterator for Replayable<'a> {
         ReplayableIter {
             headers: self.headers.iter(),
             set_cookie: self.set_cookie,
-            status: self.status,
+            content_length: self.content_length,
         }
     }
 }
@@ -647,7 +679,7 @@ impl<'a> IntoIterator for Replayable<'a> {
 struct ReplayableIter<'a> {
     headers: header::map::Iter<'a>,
     set_cookie: bool,
-    status: u16,
+    content_length: bool,
 }
 
 impl<'a> Iterator for ReplayableIter<'a> {
@@ -656,20 +688,23 @@ impl<'a> Iterator for ReplayableIter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         self.headers
             .find(|(name, _)| {
-                replayable(name, self.status) && (self.set_cookie || *name != header::SET_COOKIE)
+                replayable(name, self.content_length)
+                    && (self.set_cookie || *name != header::SET_COOKIE)
             })
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
     }
 }
 
-/// Whether a header of a response of `status` is recorded, and replayed from a record written
-/// elsewhere (another process, another version) that holds it: all but those that describe one
-/// transfer or one request, those of `ReplayHeaders::NEVER`, matched here by their lowercase
-/// names (a test holds the two alike). But a 304's `Content-Length`, which a handler sets for
-/// the representation the 304 stands for (RFC 9110, section 8.6), and actix sends as it is.
-pub(super) fn replayable(name: &HeaderName, status: u16) -> bool {
+/// Whether a header of a response is recorded, and replayed from a record written elsewhere
+/// (another process, another version) that holds it: all but those that describe one transfer
+/// or one request, those of `ReplayHeaders::NEVER`, matched here by their lowercase names (a
+/// test holds the two alike). But `Content-Length` where it says the length of the content
+/// (`content_length`), not of a transfer: on a 304, the representation's the 304 stands for
+/// (RFC 9110, section 8.6), which actix sends as the handler set it; on an answer to HEAD, its
+/// body's, which actix sends in place of the body.
+pub(super) fn replayable(name: &HeaderName, content_length: bool) -> bool {
     match name.as_str() {
-        "content-length" => status == 304,
+        "content-length" => content_length,
         "connection"
         | "keep-alive"
         | "proxy-connection"
@@ -708,7 +743,7 @@ mod tests {
         Replayable {
             headers,
             set_cookie,
-            status: 200,
+            content_length: false,
         }
         .into_iter()
         .map(|(name, value)| (name.to_owned(), String::from_utf8_lossy(value).into_owned()))
@@ -765,7 +800,7 @@ mod tests {
     fn the_headers_never_recorded_are_the_policy_s() {
         for &name in ReplayHeaders::NEVER {
             let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
-            assert!(!replayable(&name, 200), "{name}");
+            assert!(!replayable(&name, false), "{name}");
         }
         let never = ReplayHeaders::NEVER.len();
         let refused = [
@@ -789,21 +824,24 @@ mod tests {
             "location",
             "set-cookie",
         ])
-        .filter(|name| !replayable(&HeaderName::from_static(name), 200))
+        .filter(|name| !replayable(&HeaderName::from_static(name), false))
         .count();
         assert_eq!(refused, never, "one list");
     }
 
-    /// A `Content-Length` frames one transfer, but on a 304 it is the length of the
-    /// representation the 304 stands for: recorded there alone.
+    /// A `Content-Length` frames one transfer, but on a 304, or an answer to HEAD, it is the
+    /// length of the content: recorded there alone.
     #[test]
-    fn content_length_is_recorded_on_a_304_alone() {
+    fn content_length_is_recorded_where_it_says_the_content_s_length() {
         let length = HeaderName::from_static("content-length");
-        let recorded: Vec<u16> = [200, 204, 206, 304, 404]
+        assert!(!replayable(&length, false));
+        assert!(replayable(&length, true));
+        let content_length = |status: u16, for_head: bool| status == 304 || for_head;
+        let recorded: Vec<(u16, bool)> = [(200, false), (204, false), (304, false), (200, true)]
             .into_iter()
-            .filter(|&status| replayable(&length, status))
+            .filter(|&(status, for_head)| content_length(status, for_head))
             .collect();
-        assert_eq!(recorded, [304]);
+        assert_eq!(recorded, [(304, false), (200, true)]);
     }
 
     #[test]
@@ -837,7 +875,7 @@ mod tests {
             Replayable {
                 headers: &headers,
                 set_cookie: false,
-                status: 201,
+                content_length: false,
             },
             b"",
         );

@@ -1,10 +1,12 @@
 //! Answers from a record.
 
+use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 
-use actix_web::body::BoxBody;
+use actix_web::body::{BoxBody, SizedStream};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 use idem_core::Completed;
 
@@ -29,6 +31,9 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
     let recorded = &record.response;
     let status =
         StatusCode::from_u16(recorded.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // Where a `Content-Length` says the length of the content (see `replayable`).
+    let for_head = keyed.run.req.method() == Method::HEAD;
+    let content_length = status == StatusCode::NOT_MODIFIED || for_head;
     let mut res = HttpResponse::with_body(status, BoxBody::new(recorded.body()));
     let headers = res.headers_mut();
     // Sized once for the stored headers and the two added below, rather than grown twice.
@@ -37,7 +42,7 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
         let kept = if name.eq_ignore_ascii_case("set-cookie") {
             policy.replay_set_cookie
         } else if name.eq_ignore_ascii_case("content-length") {
-            // Recorded on a 304 alone, where it says the representation's length.
+            // Recorded only where it says the content's length (see `replayable`).
             true
         } else {
             policy.replay_headers.replays(name)
@@ -49,11 +54,22 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_maybe_shared(value),
         ) {
-            if replayable(&name, recorded.status()) {
+            if replayable(&name, content_length) {
                 headers.append(name, value);
             }
         }
     }
+    // The length of a HEAD's body, of which actix sends nothing but the size: a body of that
+    // size, as the first answer's (actix writes the header from the body's size).
+    if for_head && status != StatusCode::NOT_MODIFIED {
+        let length = headers.remove(header::CONTENT_LENGTH).next();
+        let size = length.and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if let Some(size) = size {
+            let nothing = futures_util::stream::empty::<Result<Bytes, Infallible>>();
+            res = res.set_body(BoxBody::new(SizedStream::new(size, nothing)));
+        }
+    }
+    let headers = res.headers_mut();
     headers.insert(
         crate::IDEMPOTENT_REPLAYED.clone(),
         HeaderValue::from_static("true"),
