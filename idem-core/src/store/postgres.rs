@@ -394,6 +394,14 @@ struct Held<'a> {
     in_use: &'a AtomicU32,
 }
 
+impl<'a> Held<'a> {
+    /// `conn`, counted in `in_use` until this drops.
+    fn new(conn: PoolConnection<Postgres>, in_use: &'a AtomicU32) -> Self {
+        in_use.fetch_add(1, Ordering::Relaxed);
+        Self { conn, in_use }
+    }
+}
+
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
@@ -555,7 +563,10 @@ impl PostgresStore {
     /// name in another (where a store that named no schema kept it: the error names that
     /// schema).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.acquire().await?;
+        let mut conn = match self.pool.acquire().await {
+            Ok(conn) => Held::new(conn, &self.in_use),
+            Err(error) => return Err(self.unconnected(error).await),
+        };
         // `CREATE ... IF NOT EXISTS` needs the right to create even where the table exists.
         let exists = sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
             .bind(&self.sql.qualified)
@@ -896,11 +907,27 @@ impl PostgresStore {
     /// A connection from the pool, or why none can be had.
     async fn acquire(&self) -> Result<Held<'_>, StoreError> {
         let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
-        self.in_use.fetch_add(1, Ordering::Relaxed);
-        Ok(Held {
-            conn,
-            in_use: &self.in_use,
-        })
+        Ok(Held::new(conn, &self.in_use))
+    }
+
+    /// The error of a pool that gave no connection: where it timed out, the cause it hides
+    /// (Postgres refused the connection, the password, the database), found by connecting
+    /// once outside the pool. For the first statement at start-up, which an operator reads.
+    async fn unconnected(&self, error: sqlx::Error) -> StoreError {
+        if !matches!(error, sqlx::Error::PoolTimedOut) {
+            return self.error(error);
+        }
+        let options = self.pool.connect_options();
+        let connect = <PgConnection as sqlx::Connection>::connect_with(&options);
+        let connected = tokio::time::timeout(self.pool.options().get_acquire_timeout(), connect);
+        match connected.await {
+            Ok(Err(cause)) => self.error(cause),
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                self.error(error)
+            }
+            Err(_) => self.error(error),
+        }
     }
 
     /// Runs one statement under the command timeout.
@@ -2044,6 +2071,21 @@ mod tests {
             let err = built.unwrap_err();
             assert!(matches!(err, StoreError::Config(_)), "{err:?}");
         }
+    }
+
+    /// A migration (the store's first statement at start-up) that cannot connect says why,
+    /// where the pool's timeout hid it ("pool timed out while waiting for an open
+    /// connection", for a Postgres that refused the connection or the password alike).
+    #[tokio::test]
+    async fn a_migration_that_cannot_connect_says_why() {
+        let store = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .connect_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let err = store.migrate().await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(text.contains("refused"), "{text}");
     }
 
     #[test]
