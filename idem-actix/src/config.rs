@@ -43,6 +43,11 @@ pub(crate) fn parse_header(name: &'static str) -> Result<HeaderName, PolicyError
 /// # }
 /// ```
 ///
+/// A scope or resource may register its own: the innermost one a request is served under
+/// applies. One registered as `web::Data<IdempotencyConfig>` is read only where no plain
+/// `IdempotencyConfig` is registered at any level (actix finds each type apart, and does not
+/// say which is inner); an endpoint that sees both logs an error on its first request.
+///
 /// Clones share one set of settings: a clone is a reference count, which every keyed request
 /// takes once. Each `with_*` method returns the settings with one of them changed;
 /// [`defaults`](Self::defaults) and [`engine`](Self::engine) read them.

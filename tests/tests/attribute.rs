@@ -9,7 +9,7 @@ use actix_web::{
     dev, post, route, web, FromRequest, HttpRequest, HttpResponse, Responder, ResponseError,
 };
 use bytes::Bytes;
-use idem_actix::{idempotent, IdempotencyConfig, IdempotencyKey};
+use idem_actix::{idempotent, IdempotencyConfig, IdempotencyKey, MokaStore, Policy};
 use idem_core::testing::UnavailableStore;
 use idem_tests::{assert_error, assert_problem, serve, Counter, RawRequest, Served, TestServer};
 use serde::Deserialize;
@@ -281,6 +281,46 @@ async fn settings_registered_as_web_data_are_found_too() {
         .await;
     assert_error(&res, 503, "idempotency_store_unavailable");
     assert_eq!(runs.get(), 0);
+}
+
+#[post("/two-forms")]
+#[idempotent]
+async fn two_forms(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("run {}", runs.bump()))
+}
+
+/// Where one config is registered as `web::Data<IdempotencyConfig>` and another as an
+/// `IdempotencyConfig`, the second is read, wherever each is registered: here a scope's own
+/// (which reads keys from another header) was never read under the app's, so that its retries
+/// ran again, unsaid. An error says so, once per endpoint.
+#[actix_web::test]
+async fn two_configs_registered_in_two_forms_are_reported_once() {
+    let warnings = idem_tests::Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let scoped = web::Data::new(
+        IdempotencyConfig::new(MokaStore::new())
+            .with_defaults(Policy::DEFAULT.header("X-Idempotency-Key"))
+            .unwrap(),
+    );
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
+            .app_data(data.clone())
+            .service(
+                web::scope("/scoped")
+                    .app_data(scoped.clone())
+                    .service(two_forms),
+            );
+    });
+    for _ in 0..3 {
+        RawRequest::post("/scoped/two-forms")
+            .header("Authorization", "Bearer t")
+            .header("X-Idempotency-Key", "k")
+            .send(server.addr)
+            .await;
+    }
+    let text = "one as web::Data<IdempotencyConfig> and one as IdempotencyConfig";
+    assert_eq!(warnings.containing_from(text, server.threads()), 1);
 }
 
 // --- a handler's own refusal of a request without a key ------------------------------------

@@ -95,6 +95,7 @@ fn refusal(
 /// test every request takes first.
 pub(crate) fn bypasses(endpoint: &Endpoint, functions: &Functions, req: &HttpRequest) -> bool {
     let config = IdempotencyConfig::of(req);
+    endpoint.check_registered(config, req);
     let defaults = config.defaults();
     let required = endpoint.overrides.required.unwrap_or(defaults.required);
     // A header the endpoint names is where its keys are read (see `Overrides::apply_to`).

@@ -47,6 +47,9 @@ pub struct Endpoint {
     header: OnceLock<Option<HeaderName>>,
     /// Whether its policy was checked against the store, on its first keyed request.
     checked: AtomicBool,
+    /// Whether the configs registered where it is served were looked at, on its first
+    /// request.
+    registrations_checked: AtomicBool,
     /// Whether it was warned that an outer middleware's settings replace its own.
     overruled: AtomicBool,
     /// Whether its requests' route, where keys are per endpoint, is their method and path
@@ -64,6 +67,7 @@ impl Endpoint {
             overrides,
             header: OnceLock::new(),
             checked: AtomicBool::new(false),
+            registrations_checked: AtomicBool::new(false),
             overruled: AtomicBool::new(false),
             by_path: false,
         }
@@ -117,6 +121,24 @@ impl Endpoint {
         self.checked.store(true, Ordering::Relaxed);
         if let Err(error) = policy.check(&**config.engine().store()) {
             tracing::error!(%error, "an idempotent endpoint's settings contradict the application's or the store");
+        }
+    }
+
+    /// Logs, on this endpoint's first request, keyed or not, that it sees two configs, one
+    /// registered as `web::Data<IdempotencyConfig>` and one as an `IdempotencyConfig` (here
+    /// `config`), of which the second is read wherever each is registered: actix finds each
+    /// type at the innermost level that has it, and does not say which of the two is inner.
+    pub(crate) fn check_registered(&self, config: &IdempotencyConfig, req: &HttpRequest) {
+        if self.registrations_checked.load(Ordering::Relaxed) {
+            return;
+        }
+        self.registrations_checked.store(true, Ordering::Relaxed);
+        let as_data = req.app_data::<actix_web::web::Data<IdempotencyConfig>>();
+        if as_data.is_some_and(|data| data.identity() != config.identity()) {
+            tracing::error!(
+                path = req.path(),
+                "two IdempotencyConfigs are registered where this endpoint is served, one as web::Data<IdempotencyConfig> and one as IdempotencyConfig: the IdempotencyConfig is read, wherever each is registered, and the other is never read; register one of them"
+            );
         }
     }
 
