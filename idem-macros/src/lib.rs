@@ -46,14 +46,14 @@ mod valid;
 /// with an `impl Trait` in it (`impl Responder`, `Result<impl Responder, C::Error>` in a
 /// generic handler) is held to its bounds as without the attribute, by a function of its own
 /// (generic over the handler's parameters when the type names them). Such a function cannot
-/// name `Self` nor the parameters of an `impl` block around the handler: a return type that
-/// names `Self` (or names the handler's parameters, whose bounds name `Self`) is held to
-/// `Responder` only, and one that names a parameter of the `impl` block, or names the
-/// handler's parameters whose bounds name the block's, does not compile (name the type there,
-/// as in `Result<HttpResponse, C::Error>`). Nor does a handler whose return type names a
-/// lifetime parameter of its own (`async fn hello<'a>() -> &'a str`, which actix takes as
-/// `'static`): its body runs in a `'static` closure; write `&'static str`. Its type parameters
-/// are bounded `'static`, as actix asks of a handler where it is registered.
+/// name `Self` nor the parameters of an `impl` block around the handler: a part of the return
+/// type that names them (`Result<impl Responder, S::Error>` in `impl<S: Store> Api<S>`) is
+/// inferred from the value, and a return type that names `Self` (or names the handler's
+/// parameters, whose bounds name `Self`) is held to `Responder` only. An `impl Trait` whose
+/// bounds name the handler's own parameters, whose bounds name the block's (`fn f<T: AsRef<S>>()
+/// -> impl Responder + Tagged<T>`), does not compile (E0401): name the type there. Lifetime parameters are taken as actix takes them, as `'static` (`async fn
+/// hello<'a>() -> &'a str`), and type parameters are bounded `'static`, as actix asks of a
+/// handler where it is registered.
 ///
 /// An extractor that refuses a keyed request is answered as without the attribute, and the
 /// key is released: the handler did not run, so nothing is recorded and a corrected retry
@@ -62,7 +62,11 @@ mod valid;
 /// The function it writes is an actix handler whose one argument is the request and whose
 /// output is an `HttpResponse`: it cannot be called directly with the extractors, as a unit
 /// test that calls `create_call(web::Json(..))` would. Test it as a service
-/// (`actix_web::test::init_service` and `call_service`), which also runs the layer.
+/// (`actix_web::test::init_service` and `call_service`), which also runs the layer. An app
+/// that registers no `IdempotencyConfig` uses the process's default store, which every test
+/// of a test binary shares: give each test's app its own
+/// (`.app_data(IdempotencyConfig::new(MokaStore::new()))`), or keys, so that one test's
+/// records are not another's replays or conflicts.
 ///
 /// # Arguments
 /// Every argument is optional; with none, the defaults of each section below apply. A bad value
