@@ -2,8 +2,9 @@
 //! that is a network away.
 //!
 //! A completed record never changes before it expires: completion is final, and a claim
-//! cannot displace a record until it lapses. So a copy of it answers a replay as well as the
-//! store would, until its expiry. Claims are never kept: they change (extended, completed,
+//! cannot displace a record until it lapses (by the clock of the process that claims, which
+//! may lead: copies stop answering [`ReplayCache::SKEW`] early). So a copy of it answers a
+//! replay as well as the store would, until then. Claims are never kept: they change (extended, completed,
 //! released, taken over) and only the store can say who holds a key.
 
 use std::time::{Duration, Instant};
@@ -22,8 +23,12 @@ use crate::record::{Completed, InFlight, Record, Token};
 ///
 /// Wrap a remote store in it (`RedisStore`, on one server or a cluster). Every record that
 /// `claim` or `get` returns as completed, and every record that `complete` writes, is kept
-/// until the record's own expiry (judged on each read by the engine's clock, as the stores
-/// judge it) or until the least recently used go first to stay within `max_bytes`. A record
+/// until [`SKEW`](Self::SKEW) (5 s) before the record's own expiry (judged on each read by the
+/// engine's clock, as the stores judge it) or until the least recently used go first to stay
+/// within `max_bytes`. A store judges a record's lapse by the clock of the process that claims
+/// its key, so a process whose clock leads by up to that much may take the key over before the
+/// expiry by this one's; no copy answers then, so that none replays the record the new run
+/// replaces (a record of a TTL up to 5 s is not kept). A record
 /// learned from the store is kept no longer than the store says it keeps it
 /// ([`Store::kept_for`]; for Redis one more round trip, the first time a process replays
 /// it), so that a process whose clock lags the writer's does not replay it after the store
@@ -33,11 +38,14 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// instant. Anything else (a new key, a running request, a key whose copy was dropped) goes to
 /// the store, so a key still runs once across every process that shares it.
 ///
-/// The one difference a user can see: a record the store no longer holds is still replayed by
+/// The differences a user can see: a record the store no longer holds is still replayed by
 /// the processes that kept a copy, until it expires or is dropped to make room. That is a
 /// record deleted by hand (to let a key run again), or one the store lost (a Redis restarted
-/// without persistence, a failover that lost writes): then a retry that reaches a process
-/// without the copy runs the operation again, while the others replay the first answer.
+/// without persistence, a failover that lost writes, a Redis that evicts keys when full):
+/// then a retry that reaches a process without the copy runs the operation again, while the
+/// others replay the first answer. And while the store cannot be reached, a key with a copy
+/// is still replayed (or refused as a mismatch), where every other keyed request is answered
+/// 503 (or runs unprotected, failing open).
 ///
 /// ```
 /// use idem_core::store::{ReplayCache, Store};
@@ -84,6 +92,10 @@ impl Expiry<StoreKey, Kept> for UntilExpiry {
 }
 
 impl<S: Store> ReplayCache<S> {
+    /// How long before a record's expiry a copy stops answering for it (see
+    /// [`ReplayCache`]): the most another process's clock may lead this one's.
+    pub const SKEW: Duration = Duration::from_secs(5);
+
     /// A modest default for `max_bytes`: 16 MiB, some thirty thousand replays of 100-byte
     /// responses.
     pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -116,10 +128,11 @@ impl<S: Store> ReplayCache<S> {
     /// The live copy of `key`'s completed record, if one is kept.
     fn kept(&self, key: &StoreKey, now: Timestamp) -> Option<Completed> {
         let kept = self.kept.as_ref()?.get(key)?;
-        (kept.record.expires_at > now).then_some(kept.record)
+        (kept.record.expires_at > now.saturating_add(Self::SKEW)).then_some(kept.record)
     }
 
-    /// Keeps `record` if it is live, for no longer than its expiry or `bound`.
+    /// Keeps `record` if it is live, for no longer than [`SKEW`](Self::SKEW) before its
+    /// expiry, nor than `bound`.
     fn keep(&self, key: &StoreKey, record: &Completed, now: Timestamp, bound: Option<Duration>) {
         let Some(kept) = &self.kept else {
             return;
@@ -127,6 +140,7 @@ impl<S: Store> ReplayCache<S> {
         let keep_for = record
             .expires_at
             .since(now)
+            .saturating_sub(Self::SKEW)
             .min(bound.unwrap_or(Duration::MAX));
         if !keep_for.is_zero() && weight(record).is_some() {
             kept.insert(
@@ -531,12 +545,38 @@ mod tests {
         );
     }
 
+    /// A process whose clock leads the writer's by up to [`ReplayCache::SKEW`] may take a key
+    /// over that early, before the record's expiry by this process's clock: copies stop
+    /// answering that long before it, so that none replays the record it replaced. They
+    /// answered up to the expiry itself, and went on replaying the first answer while
+    /// processes without a copy replayed the second run's.
+    #[tokio::test]
+    async fn a_copy_stops_answering_before_its_expiry_by_the_skew_a_clock_may_lead_by() {
+        let store = counted(1 << 20);
+        let record = record(&store, 1, 0).await;
+        store.inner().take();
+        let last = (TTL - ReplayCache::<SharedMoka>::SKEW).as_secs() - 1;
+        assert_eq!(
+            store.claim(&key(1), claim(last), at(last)).await.unwrap(),
+            replay(&record)
+        );
+        assert!(store.inner().take().is_empty(), "answered by the copy");
+
+        let first = last + 1;
+        assert_eq!(
+            store.claim(&key(1), claim(first), at(first)).await.unwrap(),
+            replay(&record),
+            "the store answers, while it keeps the record"
+        );
+        assert_eq!(store.inner().take().get("claim"), Some(&1));
+    }
+
     #[tokio::test]
     async fn a_kept_record_never_outlives_its_expiry() {
         let store = counted(1 << 20);
         let record = record(&store, 1, 0).await;
         store.inner().take();
-        let last = TTL.as_secs() - 1;
+        let last = (TTL - ReplayCache::<SharedMoka>::SKEW).as_secs() - 1;
         assert_eq!(
             store.claim(&key(1), claim(last), at(last)).await.unwrap(),
             replay(&record)
