@@ -181,6 +181,50 @@ async fn a_run_a_drain_cancels_is_counted_as_cancelled() {
     assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 1);
 }
 
+#[post("/answered")]
+#[idempotent]
+async fn answered(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().body("done")
+}
+
+/// A run whose handler answered, and whose record is still being written when a drain runs
+/// out of time, is counted `cancelled` (its client gets the answer, and the record is written
+/// in the background), as the same run whose client went away is: it was counted `executed`,
+/// though its record was not known to be written.
+#[actix_web::test]
+async fn a_run_a_drain_cancels_while_its_record_is_written_is_counted_as_cancelled() {
+    let (_serial, captured) = counting().await;
+    let runs = Counter::default();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(app_idem.clone())
+            .app_data(data.clone())
+            .service(answered);
+    });
+    store.fail(
+        "complete",
+        1,
+        Fault::Unanswered(std::time::Duration::from_millis(600)),
+    );
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move {
+        RawRequest::post("/answered")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "drained")
+            .send(addr)
+            .await
+    });
+    eventually(|| store.calls("complete") == 1).await;
+    let drained = idem.drain(std::time::Duration::from_millis(100)).await;
+    assert_eq!(drained, 1);
+    assert_eq!(client.await.unwrap().status, 201, "the handler's answer");
+    assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 1);
+    assert_eq!(captured.count("idem_requests_total{outcome=executed}"), 0);
+}
+
 /// A stream that sends its first piece and then never ends.
 #[post("/endless")]
 #[idempotent]

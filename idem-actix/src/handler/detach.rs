@@ -321,8 +321,10 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
         config,
     } = answer;
     if let Some(res) = handed_over {
-        // The operation ran: its answer, while its record is written in the background.
-        crate::metrics::outcome("executed");
+        // The operation ran: its answer, while its record is written in the background
+        // (not known to be written: counted as a run a drain cancelled, as when its client
+        // went away).
+        crate::metrics::outcome("cancelled");
         tracing::warn!(%request_id, "a drain ran out of time while the response of an idempotent operation was being recorded; answered with it, and its record is written in the background");
         return Reply { req: None, res };
     }
