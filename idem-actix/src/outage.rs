@@ -1,4 +1,5 @@
-//! Warnings of a store's outage: one when it starts, then at most one a minute.
+//! Warnings of failures that refuse keyed requests en masse (a store's outage, a worker past
+//! its bound of runs): one when it starts, then at most one a minute.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -6,15 +7,19 @@ use std::time::{Duration, Instant};
 /// After a warning of an outage, how long before the next.
 pub(crate) const WARNING_EVERY: Duration = Duration::from_secs(60);
 
-/// The warnings of an application's store failing its keyed requests: refused (503), or run
-/// unprotected (failing open). An outage fails every keyed request alike, and a warning for
-/// each, a thousand lines a second under load, would bury the rest of the log.
+/// The warnings of an application's keyed requests failed en masse: refused (503) or run
+/// unprotected (failing open) for its store's failure, or refused while a worker finishes as
+/// many runs for clients that went away as it allows. Each fails every keyed request alike,
+/// and a warning for each, a thousand lines a second under load, would bury the rest of the
+/// log.
 #[derive(Debug, Default)]
 pub(crate) struct Outage {
     /// Of requests refused.
     pub(crate) refused: Warnings,
     /// Of requests run unprotected.
     pub(crate) unprotected: Warnings,
+    /// Of requests refused past a worker's bound of runs for clients gone.
+    pub(crate) overloaded: Warnings,
 }
 
 /// The warnings of one kind of failure: the first is warned of, then at most one every

@@ -12,7 +12,7 @@ use futures_util::stream;
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore, ProblemJson};
 use idem_core::testing::{Fault, FaultyStore};
 use idem_tests::{
-    assert_error, eventually, unchunked, until_orphaned, Counter, RawRequest, RawResponse,
+    assert_error, eventually, unchunked, until_orphaned, Counter, RawRequest, RawResponse, Warnings,
 };
 use tokio::sync::Semaphore;
 
@@ -208,6 +208,31 @@ async fn past_its_bound_of_runs_for_clients_gone_a_worker_refuses_new_keys_and_r
     let replay = call("gone-1", "gate").send(server.addr).await;
     assert!(replay.replayed(), "{replay:?}");
     server.shut_down(&idem, None).await;
+}
+
+/// A worker past its bound refuses every new key until its runs end: that is warned of when
+/// it starts, then at most once a minute, and each refusal is logged at `debug`, where each
+/// logged a warning of its own (a thousand lines a second under load).
+#[actix_web::test]
+async fn refusals_past_the_bound_of_runs_for_clients_gone_are_warned_of_once_not_per_request() {
+    let _turn = TURN.lock().await;
+    let warnings = Warnings::installed();
+    let text = "too many idempotent operations run on for clients that went away";
+    let before = warnings.containing(text);
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
+    let server = start(idem.clone(), probe.clone());
+    call("gone", "gate")
+        .send_and_reset(server.addr, || probe.runs.get() == 1)
+        .await;
+    until_orphaned(server.addr, &call("gone", "0")).await;
+    for n in 0..5 {
+        let refused = call(&format!("new-{n}"), "0").send(server.addr).await;
+        assert_error(&refused, 503, "idempotency_overloaded");
+    }
+    assert_eq!(warnings.containing(text) - before, 1);
+    probe.gate.add_permits(1);
+    server.shut_down(&idem, Some(Duration::from_secs(5))).await;
 }
 
 #[actix_web::test]

@@ -125,12 +125,20 @@ where
 /// clients that went away as it allows: 503 `idempotency_overloaded`, nothing claimed or run.
 fn overloaded(keyed: Keyed) -> Reply {
     let error = IdempotencyError::Overloaded;
-    tracing::warn!(
-        outcome = "overloaded",
-        limit = keyed.config.detached_limit(),
-        "too many idempotent operations run on for clients that went away; refusing new keys"
-    );
-    metrics::rejected(error.code());
+    let (outcome, code, limit) = ("overloaded", error.code(), keyed.config.detached_limit());
+    let message =
+        "too many idempotent operations run on for clients that went away; refusing new keys";
+    // Warned of when it starts, then at most once a minute, each refusal at `debug`, in the
+    // request's span, as a store's outage is (see `settle`).
+    let span = keyed.span.clone();
+    let _entered = (!span.is_disabled()).then(|| span.enter());
+    match keyed.config.outage().overloaded.due() {
+        Some(held) => {
+            tracing::warn!(outcome, code, limit, since_last_warning = held, "{message}")
+        }
+        None => tracing::debug!(outcome, code, limit, "{message}"),
+    }
+    metrics::rejected(code);
     answer(keyed, &error)
 }
 
@@ -279,6 +287,10 @@ fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
                 None => tracing::debug!(outcome, code, error = %failed, "{message}"),
             }
         }
+        // Refused before any claim, as the admission's refusals are (and counted so).
+        IdempotencyError::Misconfigured(_) => {
+            tracing::debug!(outcome = "rejected", code = error.code(), %error);
+        }
         _ => tracing::debug!(outcome = "conflict", code = error.code(), %error),
     }
     metrics::refused(&error);
@@ -358,5 +370,56 @@ mod tests {
             );
         }
         assert_eq!(claimed.await.res.status(), 201);
+    }
+
+    /// The `outcome` of each event logged while it is installed.
+    #[derive(Clone, Default)]
+    struct Outcomes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl tracing::field::Visit for Outcomes {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "outcome" {
+                self.0.lock().unwrap().push(format!("{value:?}"));
+            }
+        }
+    }
+
+    impl tracing::Subscriber for Outcomes {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            event.record(&mut self.clone());
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A keyed request refused for settings the store cannot keep a record under is logged as
+    /// a refusal, as its metric counts it, where it was logged as a conflict.
+    #[actix_web::test]
+    async fn a_refusal_for_a_store_too_small_is_logged_as_one() {
+        let tiny = crate::MokaStore::builder().max_bytes(200).build();
+        let (req, payload) = TestRequest::post()
+            .uri("/tiny")
+            .app_data(crate::IdempotencyConfig::new(tiny))
+            .insert_header(("Authorization", "Bearer tiny"))
+            .insert_header(("Idempotency-Key", "tiny"))
+            .to_http_parts();
+        let Admission::Keyed(keyed) = admit(&ENDPOINT, Functions::NONE, req, payload).await else {
+            panic!("a keyed request is admitted")
+        };
+        let outcomes = Outcomes::default();
+        let settled = tracing::subscriber::with_default(outcomes.clone(), || claim(keyed, handler));
+        let Settled::Answer(reply) = settled else {
+            panic!("refused")
+        };
+        assert_eq!(reply.res.status(), 500);
+        assert_eq!(*outcomes.0.lock().unwrap(), ["\"rejected\""]);
     }
 }
