@@ -336,6 +336,10 @@ async fn metrics_are_exposed_in_prometheus_text() {
         text.contains(r#"idem_requests_total{outcome="replayed"} 1"#),
         "{text}"
     );
+    // Each described, so that Prometheus and its users see what it counts.
+    for name in ["idem_requests_total", "idem_store_duration_seconds"] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+    }
     // A histogram, as the docs say, which Prometheus can sum over instances; not a summary.
     assert!(
         text.contains("# TYPE idem_store_duration_seconds histogram")

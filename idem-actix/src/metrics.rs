@@ -20,6 +20,36 @@ macro_rules! labelled {
     };
 }
 
+/// Describes each metric the layer records to the recorder installed now (Prometheus's
+/// `# HELP` lines); the table in the crate docs says what each label is.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "idem_requests_total",
+        "Keyed requests by outcome: executed, replayed, released, lost, unrecorded, unprotected, cancelled"
+    );
+    metrics::describe_counter!(
+        "idem_conflicts_total",
+        "Keyed requests answered 409 by kind: in_flight, mismatch, response_too_large, encoding_not_accepted"
+    );
+    metrics::describe_counter!(
+        "idem_rejections_total",
+        "Requests refused before any claim, by error code"
+    );
+    metrics::describe_counter!(
+        "idem_store_errors_total",
+        "Idempotency store operations that failed, by operation"
+    );
+    metrics::describe_histogram!(
+        "idem_store_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time taken by idempotency store operations, by operation"
+    );
+    metrics::describe_counter!(
+        "idem_store_evictions_total",
+        "Records the idempotency store evicted to make room before their time to live"
+    );
+}
+
 /// Counts a keyed request's outcome.
 pub(crate) fn outcome(outcome: &'static str) {
     labelled!(

@@ -428,6 +428,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    idem_actix::describe_metrics();
     let result = actix_web::rt::System::new().block_on(async move {
         // Histograms are kept in windows that need trimming now and then.
         let upkeep = metrics.clone();
