@@ -218,13 +218,14 @@ impl IdempotencyConfig {
     /// The most operations each worker keeps running for clients that went away (they
     /// finish and are recorded, so that the retry gets the replay). Past it, a keyed request
     /// gets 503 `idempotency_overloaded` with `Retry-After`, and nothing runs: a client that
-    /// resets every request cannot make a server pile up work nobody waits for. Any run in
-    /// progress that has waited (on its handler or the store), or a response stream its client
-    /// still reads, may yet lose its client, so those count as well as the ones that have: a
-    /// keyed request is refused while its worker has `per_worker` of them, so that no more
-    /// than that many can go on without their clients, and `0` refuses every keyed request.
-    /// Runs that answer at once (a quick handler on the embedded store) are not counted.
-    /// Default 1024.
+    /// resets every request cannot make a server pile up work nobody waits for. A keyed
+    /// request is refused while its worker keeps `per_worker` such operations, so `0`
+    /// refuses every keyed request. The bound is on what a worker admits: runs already in
+    /// progress when their clients go all go on, so that a worker can keep up to `per_worker`
+    /// more than it, as many as it had keyed runs in progress at once whose clients all went
+    /// (bounded in turn by its connections, actix's `HttpServer::max_connections`). Counting
+    /// those too would bound every worker's keyed runs in progress, of which a store that
+    /// must be waited for (Redis) has one per request it serves. Default 1024.
     #[must_use]
     pub fn with_max_detached(mut self, per_worker: usize) -> Self {
         self.settings().max_detached = per_worker;

@@ -210,37 +210,6 @@ async fn past_its_bound_of_runs_for_clients_gone_a_worker_refuses_new_keys_and_r
     server.shut_down(&idem, None).await;
 }
 
-/// Runs whose clients still wait count toward a worker's bound of runs for clients gone, as
-/// each may yet lose its client: counting only runs whose clients had gone, any number
-/// admitted at once went on without their clients when all reset, past the bound.
-#[actix_web::test]
-async fn runs_whose_clients_still_wait_count_toward_the_bound_of_runs_for_clients_gone() {
-    let _turn = TURN.lock().await;
-    let probe = probe();
-    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
-    let server = start(idem.clone(), probe.clone());
-    let addr = server.addr;
-    let waiting = actix_web::rt::spawn(async move { call("waits", "gate").send(addr).await });
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
-    let refused = call("next", "0").send(server.addr).await;
-    assert_error(&refused, 503, "idempotency_overloaded");
-    assert_eq!(probe.runs.get(), 1, "nothing run");
-    probe.gate.add_permits(1);
-    assert_eq!(waiting.await.unwrap().status, 201);
-    let taken = call("next", "0").send(server.addr).await;
-    assert_eq!(taken.status, 201, "taken once the run ended");
-    // A stream its client still reads is such a run too.
-    let reading = actix_web::rt::spawn(async move { streaming("read").send(addr).await });
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 3).await;
-    let refused = call("after", "0").send(server.addr).await;
-    assert_error(&refused, 503, "idempotency_overloaded");
-    probe.gate.add_permits(1);
-    assert_eq!(reading.await.unwrap().status, 200);
-    server.shut_down(&idem, None).await;
-}
-
 /// A worker past its bound refuses every new key until its runs end: that is warned of when
 /// it starts, then at most once a minute, and each refusal is logged at `debug`, where each
 /// logged a warning of its own (a thousand lines a second under load).

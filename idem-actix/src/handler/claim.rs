@@ -11,7 +11,7 @@ use idem_core::{Begin, IdempotencyError};
 use tracing::Instrument as _;
 
 use super::admit::{admit, Admission, Keyed};
-use super::detach::{detached, waited, Answer};
+use super::detach::{detached, orphans, Answer};
 use super::record::{claimed, panicked, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding, with_request_id};
 use super::{keyless, passed, Endpoint, Reply, Work};
@@ -62,11 +62,9 @@ where
             )
         }
         Ok(Admission::Answer(req, res)) => return Reply::answered(req, res),
-        // Past the bound of runs this worker may finish for clients that went away, nothing
-        // new is claimed: a client that resets every request cannot pile them up. Counted
-        // are the runs in progress that waited, whose clients are gone or may yet go, so
-        // that no more than the bound can go on without them.
-        Ok(Admission::Keyed(keyed)) if waited() >= keyed.config.detached_limit() => {
+        // Past the bound of runs this worker finishes for clients that went away, nothing
+        // new is claimed: a client that resets every request cannot pile them up.
+        Ok(Admission::Keyed(keyed)) if orphans() >= keyed.config.detached_limit() => {
             return overloaded(keyed)
         }
         Ok(Admission::Keyed(keyed)) => {

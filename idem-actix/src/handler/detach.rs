@@ -17,9 +17,8 @@ use crate::render::error_response;
 use crate::{IdempotencyConfig, RequestId};
 
 thread_local! {
-    /// Runs on this worker that waited and have not finished yet, whether their clients wait
-    /// for them or went away: the runs that can lose their clients, or have.
-    static WAITED: Cell<usize> = const { Cell::new(0) };
+    /// Runs on this worker whose clients went away and that have not finished yet.
+    static ORPHANS: Cell<usize> = const { Cell::new(0) };
     /// Whether a run a drain cancelled while its client waits is being dropped on this
     /// worker, and the answer it handed over as it was (see [`Recording`]).
     static CANCELLING: Cell<bool> = const { Cell::new(false) };
@@ -73,12 +72,9 @@ fn cancel(work: Option<Work>) -> Option<HttpResponse> {
     HANDED_OVER.take()
 }
 
-/// How many runs this worker thread is finishing that waited (or send a response stream),
-/// their clients still there or gone: the most of them that can go on without their clients. A run that answers in its
-/// first poll (a quick handler on the embedded store) is not among them: nothing can take it
-/// from its client.
-pub(crate) fn waited() -> usize {
-    WAITED.with(Cell::get)
+/// How many runs whose clients went away this worker thread is still finishing.
+pub(crate) fn orphans() -> usize {
+    ORPHANS.with(Cell::get)
 }
 
 /// The keyed runs of this process in progress, across its workers and applications: what
@@ -231,6 +227,7 @@ impl Orphan {
     /// anew, it escaped such a cancellation, which counted it as cancelled.) Its count as a
     /// run in progress goes on unbroken, so that a drain waiting on it never reads 0 between.
     fn taking_over(waiting: Waiting) -> Self {
+        ORPHANS.with(|n| n.set(n.get() + 1));
         Self {
             _orphaned: Counted::new(&waiting.tasks.orphaned),
             waiting,
@@ -245,13 +242,18 @@ impl Orphan {
     }
 }
 
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        ORPHANS.with(|n| n.set(n.get() - 1));
+    }
+}
+
 /// Runs `work` detached from the connection: a client that goes away cancels nothing, so an
 /// operation that started finishes, is recorded, and the retry gets the replay.
 ///
 /// The work runs in the request's own future while its client waits, and moves to a task of
 /// its own only when the connection drops that future (actix does when the client resets the
-/// connection). From its first wait it counts toward [`waited`] until it ends, whether its
-/// client waits or went away. From its first wait on, it counts
+/// connection), counted toward [`orphans`] until it ends. From its first wait on, it counts
 /// in [`TASKS`] either way, so that a drain waits for it, and cancels it when its time is up:
 /// a run whose client still waits then answers 503 with `Retry-After` (its key released; or
 /// its handler's answer, if it had one and its record was on its way), rather than being left to the server's graceful stop, which drops what is still running as
@@ -349,23 +351,6 @@ pub(crate) fn next_cancellation() -> Pin<Box<dyn Future<Output = ()>>> {
     })
 }
 
-/// Held by a response stream its client reads, whose recording holds its claim: counted
-/// toward [`waited`], as a run that may go on without its client.
-pub(crate) struct Streaming(());
-
-impl Streaming {
-    pub(crate) fn new() -> Self {
-        WAITED.with(|n| n.set(n.get() + 1));
-        Self(())
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        WAITED.with(|n| n.set(n.get().saturating_sub(1)));
-    }
-}
-
 /// Held by a run from its first wait (whether its client waits, or, within an [`Orphan`],
 /// went away): counts it among the runs in progress, and among those the next cancellation
 /// cancels.
@@ -378,7 +363,6 @@ struct Waiting {
 
 impl Waiting {
     fn new(tasks: &'static Tasks) -> Self {
-        WAITED.with(|n| n.set(n.get() + 1));
         Self {
             tasks,
             _running: Counted::new(&tasks.running),
@@ -389,8 +373,6 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        // On the worker that counted it: an orphan's task runs there too.
-        WAITED.with(|n| n.set(n.get().saturating_sub(1)));
         self.tasks.delist(self.generation);
     }
 }

@@ -16,7 +16,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
-use super::detach::{next_cancellation, spawn_recording, Orphan, Recording, Streaming};
+use super::detach::{next_cancellation, spawn_recording, Orphan, Recording};
 use super::replay::with_request_id;
 use super::{Reply, Unrun};
 use crate::extract::Admitted;
@@ -408,7 +408,6 @@ fn tee(
         written: Some(written),
         cancelled: None,
         failed: None,
-        _streaming: Streaming::new(),
     })
 }
 
@@ -459,9 +458,6 @@ struct Tee {
     cancelled: Option<Pin<Box<dyn Future<Output = ()>>>>,
     /// The stream's failure, which goes out in place of its end.
     failed: Option<Box<dyn StdError>>,
-    /// Counts it toward the runs that may go on without their clients while its client
-    /// reads it (read on without its client, it is counted as an [`Orphan`]).
-    _streaming: Streaming,
 }
 
 impl Tee {
