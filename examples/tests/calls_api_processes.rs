@@ -340,6 +340,14 @@ async fn metrics_are_exposed_in_prometheus_text() {
     for name in ["idem_requests_total", "idem_store_duration_seconds"] {
         assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
     }
+    // And its series there before their first count.
+    for series in [
+        r#"idem_store_errors_total{op="claim"} 0"#,
+        r#"idem_conflicts_total{kind="mismatch"} 0"#,
+        "idem_store_evictions_total 0",
+    ] {
+        assert!(text.contains(series), "{series}: {text}");
+    }
     // A histogram, as the docs say, which Prometheus can sum over instances; not a summary.
     assert!(
         text.contains("# TYPE idem_store_duration_seconds histogram")

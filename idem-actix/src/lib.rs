@@ -98,7 +98,8 @@
 //! The layer records through the [`metrics`](https://docs.rs/metrics) facade and exports
 //! nothing itself: install any recorder (for example `metrics-exporter-prometheus`), then
 //! call [`describe_metrics`] once, which describes each metric to it (Prometheus's `# HELP`
-//! lines). A series appears with its first count.
+//! lines) and starts each counter's series at zero (those of the labels listed below; a
+//! series of another label appears with its first count).
 //!
 //! | name | kind | labels |
 //! |---|---|---|

@@ -21,8 +21,43 @@ macro_rules! labelled {
 }
 
 /// Describes each metric the layer records to the recorder installed now (Prometheus's
-/// `# HELP` lines); the table in the crate docs says what each label is.
+/// `# HELP` lines), and starts each of its counters' series at zero, so that a series is there
+/// before its first count (a rate or an alert over it reads 0, not nothing); the table in the
+/// crate docs says what each label is.
 pub fn describe_metrics() {
+    for outcome in [
+        "executed",
+        "replayed",
+        "released",
+        "lost",
+        "unrecorded",
+        "unprotected",
+        "cancelled",
+    ] {
+        metrics::counter!("idem_requests_total", "outcome" => outcome).increment(0);
+    }
+    for kind in [
+        "in_flight",
+        "mismatch",
+        "response_too_large",
+        "encoding_not_accepted",
+    ] {
+        metrics::counter!("idem_conflicts_total", "kind" => kind).increment(0);
+    }
+    for code in [
+        "idempotency_key_missing",
+        "idempotency_key_invalid",
+        "idempotency_scope_missing",
+        "idempotency_body_too_large",
+        "idempotency_overloaded",
+        "idempotency_misconfigured",
+    ] {
+        metrics::counter!("idem_rejections_total", "code" => code).increment(0);
+    }
+    for op in ["claim", "get", "extend", "complete", "release"] {
+        metrics::counter!("idem_store_errors_total", "op" => op).increment(0);
+    }
+    metrics::counter!("idem_store_evictions_total").increment(0);
     metrics::describe_counter!(
         "idem_requests_total",
         "Keyed requests by outcome: executed, replayed, released, lost, unrecorded, unprotected, cancelled"
@@ -336,10 +371,30 @@ mod tests {
             let counts = Counts::default();
             metrics::with_local_recorder(&counts, || {
                 let metrics = StoreMetrics::new(Arc::new(MokaStore::new()));
+                for code in [
+                    "idempotency_key_missing",
+                    "idempotency_key_invalid",
+                    "idempotency_scope_missing",
+                    "idempotency_body_too_large",
+                    "idempotency_overloaded",
+                    "idempotency_misconfigured",
+                ] {
+                    metrics::counter!("idem_rejections_total", "code" => code).increment(0);
+                }
                 for op in ["claim", "get", "extend", "complete", "release"] {
                     metrics.store_op(op, Duration::ZERO, Some(&refused(code)));
                 }
             });
+            for code in [
+                "idempotency_key_missing",
+                "idempotency_key_invalid",
+                "idempotency_scope_missing",
+                "idempotency_body_too_large",
+                "idempotency_overloaded",
+                "idempotency_misconfigured",
+            ] {
+                metrics::counter!("idem_rejections_total", "code" => code).increment(0);
+            }
             for op in ["claim", "get", "extend", "complete", "release"] {
                 let name = format!("idem_store_errors_total{{op={op}}}");
                 assert_eq!(counts.of(&name), 1, "{code} on {op}");
