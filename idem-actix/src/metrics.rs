@@ -8,24 +8,29 @@ use idem_core::{IdempotencyError, Store, StoreError, StoreObserver};
 
 use crate::transaction::handlers_fault;
 
-/// A metric with one label, whose usual values are listed: the `metrics` macros keep the key
-/// of a literal label in a `static`, where a variable one costs an allocation per use. A value
-/// not listed still counts, at that cost.
+/// A counter with one label, whose usual values are listed once: `$series(value)` is its
+/// series for `value` (the `metrics` macros keep the key of a literal label in a `static`,
+/// where a variable one costs an allocation per use; a value not listed still counts, at that
+/// cost), and `$values` the list, whose series [`describe_metrics`] starts at zero.
 macro_rules! labelled {
-    ($kind:ident, $name:literal, $label:literal, $value:expr, [$($known:literal),* $(,)?]) => {
-        match $value {
-            $($known => metrics::$kind!($name, $label => $known),)*
-            other => metrics::$kind!($name, $label => other),
+    ($series:ident, $values:ident, $name:literal, $label:literal, [$($known:literal),* $(,)?]) => {
+        const $values: &[&'static str] = &[$($known),*];
+
+        fn $series(value: &'static str) -> metrics::Counter {
+            match value {
+                $($known => metrics::counter!($name, $label => $known),)*
+                other => metrics::counter!($name, $label => other),
+            }
         }
     };
 }
 
-/// Describes each metric the layer records to the recorder installed now (Prometheus's
-/// `# HELP` lines), and starts each of its counters' series at zero, so that a series is there
-/// before its first count (a rate or an alert over it reads 0, not nothing); the table in the
-/// crate docs says what each label is.
-pub fn describe_metrics() {
-    for outcome in [
+labelled!(
+    requests,
+    OUTCOMES,
+    "idem_requests_total",
+    "outcome",
+    [
         "executed",
         "replayed",
         "released",
@@ -33,29 +38,79 @@ pub fn describe_metrics() {
         "unrecorded",
         "unprotected",
         "cancelled",
-    ] {
-        metrics::counter!("idem_requests_total", "outcome" => outcome).increment(0);
-    }
-    for kind in [
+    ]
+);
+labelled!(
+    conflicts,
+    KINDS,
+    "idem_conflicts_total",
+    "kind",
+    [
         "in_flight",
         "mismatch",
         "response_too_large",
         "encoding_not_accepted",
-    ] {
-        metrics::counter!("idem_conflicts_total", "kind" => kind).increment(0);
-    }
-    for code in [
+    ]
+);
+labelled!(
+    rejections,
+    CODES,
+    "idem_rejections_total",
+    "code",
+    [
         "idempotency_key_missing",
         "idempotency_key_invalid",
         "idempotency_scope_missing",
         "idempotency_body_too_large",
         "idempotency_overloaded",
         "idempotency_misconfigured",
-    ] {
-        metrics::counter!("idem_rejections_total", "code" => code).increment(0);
+    ]
+);
+labelled!(
+    store_errors,
+    OPS,
+    "idem_store_errors_total",
+    "op",
+    [
+        "claim",
+        "get",
+        "extend",
+        "complete",
+        "release",
+        "transaction",
+    ]
+);
+
+/// The series of the times of store operation `op`, one of [`OPS`] (each a literal, as in
+/// [`labelled`]).
+fn store_timings(op: &'static str) -> metrics::Histogram {
+    match op {
+        "claim" => metrics::histogram!("idem_store_duration_seconds", "op" => "claim"),
+        "get" => metrics::histogram!("idem_store_duration_seconds", "op" => "get"),
+        "extend" => metrics::histogram!("idem_store_duration_seconds", "op" => "extend"),
+        "complete" => metrics::histogram!("idem_store_duration_seconds", "op" => "complete"),
+        "release" => metrics::histogram!("idem_store_duration_seconds", "op" => "release"),
+        "transaction" => {
+            metrics::histogram!("idem_store_duration_seconds", "op" => "transaction")
+        }
+        other => metrics::histogram!("idem_store_duration_seconds", "op" => other),
     }
-    for op in ["claim", "get", "extend", "complete", "release"] {
-        metrics::counter!("idem_store_errors_total", "op" => op).increment(0);
+}
+
+/// Describes each metric the layer records to the recorder installed now (Prometheus's
+/// `# HELP` lines), and starts each of its counters' series at zero for the labels the crate
+/// docs' table lists, so that a series is there before its first count (a rate or an alert
+/// over it reads 0, not nothing).
+pub fn describe_metrics() {
+    for (series, values) in [
+        (requests as fn(&'static str) -> metrics::Counter, OUTCOMES),
+        (conflicts, KINDS),
+        (rejections, CODES),
+        (store_errors, OPS),
+    ] {
+        for value in values {
+            series(value).increment(0);
+        }
     }
     metrics::counter!("idem_store_evictions_total").increment(0);
     metrics::describe_counter!(
@@ -87,22 +142,7 @@ pub fn describe_metrics() {
 
 /// Counts a keyed request's outcome.
 pub(crate) fn outcome(outcome: &'static str) {
-    labelled!(
-        counter,
-        "idem_requests_total",
-        "outcome",
-        outcome,
-        [
-            "executed",
-            "replayed",
-            "released",
-            "lost",
-            "unrecorded",
-            "unprotected",
-            "cancelled",
-        ]
-    )
-    .increment(1);
+    requests(outcome).increment(1);
 }
 
 /// The outcome of a run whose claim was released (`result` is the release's), logged:
@@ -131,38 +171,17 @@ pub(crate) fn release_outcome(result: Result<bool, idem_core::StoreError>) -> &'
 
 /// Counts a request refused before any claim.
 pub(crate) fn rejected(code: &'static str) {
-    labelled!(
-        counter,
-        "idem_rejections_total",
-        "code",
-        code,
-        [
-            "idempotency_key_missing",
-            "idempotency_key_invalid",
-            "idempotency_scope_missing",
-            "idempotency_body_too_large",
-            "idempotency_overloaded",
-            "idempotency_misconfigured",
-        ]
-    )
-    .increment(1);
+    rejections(code).increment(1);
 }
 
 /// Counts an answer of the engine that is not an execution or a replay.
 pub(crate) fn refused(error: &IdempotencyError) {
     match error {
-        IdempotencyError::InFlight => {
-            metrics::counter!("idem_conflicts_total", "kind" => "in_flight").increment(1);
-        }
-        IdempotencyError::Mismatch { .. } => {
-            metrics::counter!("idem_conflicts_total", "kind" => "mismatch").increment(1);
-        }
-        IdempotencyError::ResponseTooLarge { .. } => {
-            metrics::counter!("idem_conflicts_total", "kind" => "response_too_large").increment(1);
-        }
+        IdempotencyError::InFlight => conflicts("in_flight").increment(1),
+        IdempotencyError::Mismatch { .. } => conflicts("mismatch").increment(1),
+        IdempotencyError::ResponseTooLarge { .. } => conflicts("response_too_large").increment(1),
         IdempotencyError::EncodingNotAccepted { .. } => {
-            metrics::counter!("idem_conflicts_total", "kind" => "encoding_not_accepted")
-                .increment(1);
+            conflicts("encoding_not_accepted").increment(1);
         }
         // Refused before any claim, as the admission's refusals are.
         IdempotencyError::Misconfigured(_) => rejected(error.code()),
@@ -186,23 +205,9 @@ impl StoreMetrics {
 
 impl StoreObserver for StoreMetrics {
     fn store_op(&self, op: &'static str, elapsed: Duration, error: Option<&StoreError>) {
-        labelled!(
-            histogram,
-            "idem_store_duration_seconds",
-            "op",
-            op,
-            [
-                "claim",
-                "get",
-                "extend",
-                "complete",
-                "release",
-                "transaction"
-            ]
-        )
-        .record(elapsed.as_secs_f64());
+        store_timings(op).record(elapsed.as_secs_f64());
         if error.is_some() {
-            metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
+            store_errors(op).increment(1);
         }
         // After every operation, whichever a store counts evictions in; none costs one load.
         let evicted = self.store.take_evictions();
@@ -371,30 +376,10 @@ mod tests {
             let counts = Counts::default();
             metrics::with_local_recorder(&counts, || {
                 let metrics = StoreMetrics::new(Arc::new(MokaStore::new()));
-                for code in [
-                    "idempotency_key_missing",
-                    "idempotency_key_invalid",
-                    "idempotency_scope_missing",
-                    "idempotency_body_too_large",
-                    "idempotency_overloaded",
-                    "idempotency_misconfigured",
-                ] {
-                    metrics::counter!("idem_rejections_total", "code" => code).increment(0);
-                }
                 for op in ["claim", "get", "extend", "complete", "release"] {
                     metrics.store_op(op, Duration::ZERO, Some(&refused(code)));
                 }
             });
-            for code in [
-                "idempotency_key_missing",
-                "idempotency_key_invalid",
-                "idempotency_scope_missing",
-                "idempotency_body_too_large",
-                "idempotency_overloaded",
-                "idempotency_misconfigured",
-            ] {
-                metrics::counter!("idem_rejections_total", "code" => code).increment(0);
-            }
             for op in ["claim", "get", "extend", "complete", "release"] {
                 let name = format!("idem_store_errors_total{{op={op}}}");
                 assert_eq!(counts.of(&name), 1, "{code} on {op}");
