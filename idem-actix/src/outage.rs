@@ -28,6 +28,19 @@ pub(crate) struct Outage {
 #[derive(Debug, Default)]
 pub(crate) struct Warnings(Mutex<Option<Warned>>);
 
+/// Logs one failure of a kind whose warnings are `$warnings` ([`Warnings`]): at `warn`, with
+/// `since_last_warning` (how many were held back), when one is due, else at `debug`; with
+/// `$fields` (as `tracing`'s macros take them) and `$message` either way.
+macro_rules! warn_when_due {
+    ($warnings:expr, $message:expr, $($fields:tt)+) => {
+        match $warnings.due() {
+            Some(held) => tracing::warn!($($fields)+, since_last_warning = held, "{}", $message),
+            None => tracing::debug!($($fields)+, "{}", $message),
+        }
+    };
+}
+pub(crate) use warn_when_due;
+
 #[derive(Debug, Clone, Copy)]
 struct Warned {
     at: Instant,

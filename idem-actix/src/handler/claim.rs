@@ -18,6 +18,7 @@ use super::{keyless, passed, Endpoint, Reply, Work};
 use crate::extract::Passed;
 use crate::functions::Functions;
 use crate::metrics;
+use crate::outage::warn_when_due;
 use crate::render::error_response;
 use crate::request_id::RequestId;
 use crate::transaction::Offer;
@@ -132,12 +133,13 @@ fn overloaded(keyed: Keyed) -> Reply {
     // request's span, as a store's outage is (see `settle`).
     let span = keyed.span.clone();
     let _entered = (!span.is_disabled()).then(|| span.enter());
-    match keyed.config.outage().overloaded.due() {
-        Some(held) => {
-            tracing::warn!(outcome, code, limit, since_last_warning = held, "{message}")
-        }
-        None => tracing::debug!(outcome, code, limit, "{message}"),
-    }
+    warn_when_due!(
+        keyed.config.outage().overloaded,
+        message,
+        outcome,
+        code,
+        limit
+    );
     metrics::rejected(code);
     answer(keyed, &error)
 }
@@ -257,12 +259,7 @@ where
         Ok(Begin::Unprotected(error)) => {
             let outcome = "unprotected";
             let message = "idempotency store failed; running without protection (fail open)";
-            match keyed.config.outage().unprotected.due() {
-                Some(held) => {
-                    tracing::warn!(%error, outcome, since_last_warning = held, "{message}")
-                }
-                None => tracing::debug!(%error, outcome, "{message}"),
-            }
+            warn_when_due!(keyed.config.outage().unprotected, message, %error, outcome);
             metrics::outcome("unprotected");
             Settled::Run(Box::pin(unprotected(keyed.run, handler)))
         }
@@ -280,12 +277,7 @@ fn refuse(keyed: Keyed, error: IdempotencyError) -> Settled {
             let (outcome, code) = ("store_unavailable", error.code());
             let message =
                 "the idempotency store failed; the request is refused with 503 and nothing runs";
-            match keyed.config.outage().refused.due() {
-                Some(held) => {
-                    tracing::warn!(outcome, code, error = %failed, since_last_warning = held, "{message}")
-                }
-                None => tracing::debug!(outcome, code, error = %failed, "{message}"),
-            }
+            warn_when_due!(keyed.config.outage().refused, message, outcome, code, error = %failed);
         }
         // Refused before any claim, as the admission's refusals are (and counted so).
         IdempotencyError::Misconfigured(_) => {

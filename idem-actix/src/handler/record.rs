@@ -174,7 +174,7 @@ where
         let headers = Replayable {
             headers: head.headers(),
             set_cookie: keep.set_cookie,
-            content_length: status == 304 || for_head,
+            content_length: length_is_content(status, for_head),
         };
         // An extractor's refusal: boxed, as a rare path, so that its state stays out of this
         // future (as does its check, made here rather than before the body is read, where it
@@ -695,6 +695,13 @@ impl<'a> Iterator for ReplayableIter<'a> {
     }
 }
 
+/// Whether the `Content-Length` of a response of `status` (to a HEAD, `for_head`) says the
+/// length of its content, not of the transfer (see [`replayable`]): on a 304, and on an answer
+/// to HEAD.
+pub(super) fn length_is_content(status: u16, for_head: bool) -> bool {
+    status == 304 || for_head
+}
+
 /// Whether a header of a response is recorded, and replayed from a record written elsewhere
 /// (another process, another version) that holds it: all but those that describe one transfer
 /// or one request, those of `ReplayHeaders::NEVER`, matched here by their lowercase names (a
@@ -836,10 +843,9 @@ mod tests {
         let length = HeaderName::from_static("content-length");
         assert!(!replayable(&length, false));
         assert!(replayable(&length, true));
-        let content_length = |status: u16, for_head: bool| status == 304 || for_head;
         let recorded: Vec<(u16, bool)> = [(200, false), (204, false), (304, false), (200, true)]
             .into_iter()
-            .filter(|&(status, for_head)| content_length(status, for_head))
+            .filter(|&(status, for_head)| length_is_content(status, for_head))
             .collect();
         assert_eq!(recorded, [(304, false), (200, true)]);
     }

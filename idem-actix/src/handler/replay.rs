@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use idem_core::Completed;
 
 use super::admit::Keyed;
-use super::record::{panicked, replayable};
+use super::record::{length_is_content, panicked, replayable};
 use crate::request_id::RequestId;
 
 pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
@@ -31,9 +31,8 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
     let recorded = &record.response;
     let status =
         StatusCode::from_u16(recorded.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    // Where a `Content-Length` says the length of the content (see `replayable`).
     let for_head = keyed.run.req.method() == Method::HEAD;
-    let content_length = status == StatusCode::NOT_MODIFIED || for_head;
+    let content_length = length_is_content(status.as_u16(), for_head);
     let mut res = HttpResponse::with_body(status, BoxBody::new(recorded.body()));
     let headers = res.headers_mut();
     // Sized once for the stored headers and the two added below, rather than grown twice.

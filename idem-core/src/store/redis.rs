@@ -1145,7 +1145,6 @@ impl std::error::Error for BeforeRedis7 {
     }
 }
 
-/// A store that cannot be built from its settings (a URL that is not Redis's, for one).
 /// A client of the Redis at `url`, or the settings' error naming it.
 fn client_of(url: &str) -> Result<redis::Client, StoreError> {
     redis::Client::open(url).map_err(|e| invalid(url, e))
