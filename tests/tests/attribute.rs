@@ -283,6 +283,8 @@ async fn settings_registered_as_web_data_are_found_too() {
     assert_eq!(runs.get(), 0);
 }
 
+/// As `default_format`, an endpoint of its own: its check of the configs it sees runs on its
+/// first request, which another test's request would take.
 #[post("/two-forms")]
 #[idempotent]
 async fn two_forms(runs: web::Data<Counter>) -> HttpResponse {

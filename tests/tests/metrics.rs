@@ -118,7 +118,11 @@ async fn counting() -> (tokio::sync::MutexGuard<'static, ()>, &'static Captured)
 }
 
 fn keyed(key: &str) -> RawRequest {
-    RawRequest::post("/op")
+    keyed_to("/op", key)
+}
+
+fn keyed_to(path: &str, key: &str) -> RawRequest {
+    RawRequest::post(path)
         .header("Authorization", "Bearer t")
         .header("Idempotency-Key", key)
 }
@@ -163,13 +167,7 @@ async fn a_run_a_drain_cancels_is_counted_as_cancelled() {
         cfg.service(stuck);
     });
     let addr = s.server.addr;
-    let client = actix_web::rt::spawn(async move {
-        RawRequest::post("/stuck")
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", "stuck")
-            .send(addr)
-            .await
-    });
+    let client = actix_web::rt::spawn(async move { keyed_to("/stuck", "stuck").send(addr).await });
     let runs = s.runs.clone();
     eventually(move || runs.get() == 1).await;
     // The drain is the process's, whichever application's settings it is called on.
@@ -210,13 +208,8 @@ async fn a_run_a_drain_cancels_while_its_record_is_written_is_counted_as_cancell
         Fault::Unanswered(std::time::Duration::from_millis(600)),
     );
     let addr = server.addr;
-    let client = actix_web::rt::spawn(async move {
-        RawRequest::post("/answered")
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", "drained")
-            .send(addr)
-            .await
-    });
+    let client =
+        actix_web::rt::spawn(async move { keyed_to("/answered", "drained").send(addr).await });
     eventually(|| store.calls("complete") == 1).await;
     let drained = idem.drain(std::time::Duration::from_millis(100)).await;
     assert_eq!(drained, 1);
