@@ -688,7 +688,10 @@ async fn a_claim_taken_over_before_the_commit_writes_nothing_and_answers_409() {
         let first = app.spawn(call(path, &key).header("X-Then", "sleep:1500"));
         app.claimed().await;
         app.lapse_and_purge(&purge).await;
-        let retry = app.spawn(call(path, &key).header("X-Then", "sleep:1500"));
+        // Longer than the first, so that its claim still stands when the first has answered,
+        // however slowly the records are read then: both slept 1.5 s, started only the purge's
+        // time apart, and a loaded machine saw the retry done before the read.
+        let retry = app.spawn(call(path, &key).header("X-Then", "sleep:4000"));
         app.claimed().await;
         let answer = first.await.unwrap();
         assert_error(&answer, 409, "idempotency_conflict");
