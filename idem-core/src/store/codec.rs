@@ -375,4 +375,44 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        /// Bytes a store hands back may be anything (a truncated write, another program's
+        /// value under the key, a bit flipped): decoding them never panics, and what decodes
+        /// encodes again to a record that decodes the same.
+        #[test]
+        fn damaged_records_decode_to_an_error_or_to_a_record_that_round_trips(
+            which in 0..3usize,
+            edits in proptest::collection::vec((0..4u8, proptest::num::usize::ANY, proptest::num::u8::ANY), 0..4),
+        ) {
+            let Record::Completed(done) = completed() else { unreachable!() };
+            let omitted = Record::Completed(Completed { response: Response::omitted(201, 10), ..done });
+            let claim = Record::InFlight(InFlight {
+                fingerprint: Fingerprint::new("POST", "/a", "", b""),
+                lease_until: Timestamp::from_millis(5),
+                token: Token::from_u128(7),
+            });
+            let record = vec![completed(), omitted, claim].swap_remove(which);
+            let mut bytes = encode(&record, Token::from_u128(7)).unwrap();
+            for (edit, at, byte) in edits {
+                let at = at % (bytes.len() + 1);
+                match edit {
+                    0 => bytes.truncate(at),
+                    1 => bytes.insert(at, byte),
+                    2 if at < bytes.len() => bytes[at] ^= byte.max(1),
+                    _ if at < bytes.len() => { bytes.remove(at); }
+                    _ => {}
+                }
+            }
+            if let Ok(decoded) = decode(&bytes) {
+                let token = std::str::from_utf8(bytes.split(|&b| b == b':').nth(3).unwrap())
+                    .ok()
+                    .and_then(|hex| u128::from_str_radix(hex, 16).ok())
+                    .map(Token::from_u128)
+                    .unwrap();
+                let again = encode(&decoded, token).expect("a decoded record encodes");
+                proptest::prop_assert_eq!(decode(&again).unwrap(), decoded);
+            }
+        }
+    }
 }
