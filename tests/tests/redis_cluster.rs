@@ -692,3 +692,33 @@ async fn a_single_server_store_on_a_cluster_node_fails_closed_and_says_to_use_th
     };
     assert!(why.to_string().contains("RedisStore::cluster"), "{why}");
 }
+
+/// On a cluster, the master that holds the store's first claim is asked whether it may evict
+/// keys, as one server is, and says so through the key's own route.
+#[actix_web::test]
+async fn a_cluster_master_that_may_evict_the_store_s_keys_is_reported_once() {
+    let warnings = idem_tests::Warnings::installed();
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    for node in 0..TestRedisCluster::MASTERS {
+        for (name, value) in [("maxmemory", "1gb"), ("maxmemory-policy", "allkeys-lru")] {
+            cluster.query::<()>(node, redis::cmd("CONFIG").arg("SET").arg(name).arg(value));
+        }
+    }
+    let engine = engine_on(&cluster, "evicting:");
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    for key in keys_on(&cluster, "evicting:", 1, 3) {
+        assert!(matches!(
+            begin_until_up(&engine, key, fp).await,
+            Begin::Execute(_)
+        ));
+    }
+    let reported = warnings
+        .logged()
+        .into_iter()
+        .filter_map(|fields| fields.get("message").cloned())
+        .filter(|m| m.contains("maxmemory-policy is allkeys-lru"))
+        .count();
+    assert_eq!(reported, 1);
+}

@@ -1922,3 +1922,89 @@ mod replaced_between {
         );
     }
 }
+
+/// A Redis whose ACL lets the store's user claim (`SET`) but not run scripts, by which every
+/// completion, renewal and release is made: the first claim is withdrawn and refused before
+/// its handler runs (503, even failing open), with what the store needs, where the handler ran,
+/// its response could not be recorded, and the retry after the claim lapsed ran it again.
+#[actix_web::test]
+async fn a_redis_that_refuses_the_store_s_scripts_runs_no_handler_and_says_what_it_needs() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    redis.query::<()>(
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("app")
+            .arg("on")
+            .arg(">secret")
+            .arg("~*")
+            .arg("+@connection")
+            .arg(&["+get", "+set", "+del", "+pttl"][..]),
+    );
+    let url = redis.url().replace("redis://", "redis://app:secret@");
+    let fp = Fingerprint::new("POST", "/v1/charges", "", b"{}");
+    for (n, fail_open) in [false, true].into_iter().enumerate() {
+        let store = RedisStore::builder(&url)
+            .fail_open(fail_open)
+            .build()
+            .unwrap();
+        let key = StoreKey::from_bytes([60 + n as u8; 32]);
+        let begun = Engine::new(store).begin(&Policy::DEFAULT, key, fp).await;
+        let Err(IdempotencyError::StoreUnavailable(error @ StoreError::Refused(_))) = begun else {
+            panic!("fail_open {fail_open}: refused before the handler runs: {begun:?}")
+        };
+        let message = error.to_string();
+        for said in ["EVALSHA", "no permissions", "before its handler ran"] {
+            assert!(message.contains(said), "{said:?} in {message}");
+        }
+        let held: Option<Vec<u8>> = redis.query(redis::cmd("GET").arg(format!("idem:{key}")));
+        assert_eq!(held, None, "the claim is withdrawn");
+    }
+}
+
+/// A Redis that deletes keys before they expire once it is full (a `maxmemory-policy` other
+/// than `noeviction`) can delete a running claim or a record, and an operation then runs
+/// twice: the store says so in the log, once, on its first claim, where nothing said it.
+#[actix_web::test]
+async fn a_redis_that_may_evict_the_store_s_keys_is_reported_once_on_the_first_claim() {
+    let warnings = Warnings::installed();
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let fp = Fingerprint::new("POST", "/v1/charges", "", b"{}");
+    let said = |text: &str| warnings.containing_from(text, &Warnings::this_thread());
+    // Redis's default, `noeviction`: nothing to say.
+    let engine = Engine::new(RedisStore::new(redis.url()).unwrap());
+    let _ = engine
+        .begin(&Policy::DEFAULT, StoreKey::from_bytes([70; 32]), fp)
+        .await;
+    assert_eq!(said("maxmemory-policy"), 0);
+
+    redis.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1gb"));
+    redis.query::<()>(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("volatile-ttl"),
+    );
+    let engine = Engine::new(RedisStore::new(redis.url()).unwrap());
+    for n in 71..75 {
+        let begun = engine
+            .begin(&Policy::DEFAULT, StoreKey::from_bytes([n; 32]), fp)
+            .await;
+        assert!(matches!(begun, Ok(Begin::Execute(_))), "{begun:?}");
+    }
+    let logged = warnings.logged();
+    let reported: Vec<_> = logged
+        .iter()
+        .filter_map(|fields| fields.get("message"))
+        .filter(|m| m.contains("maxmemory-policy") && m.contains("volatile-ttl"))
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert!(
+        reported[0].contains("noeviction") && reported[0].contains("twice"),
+        "{}",
+        reported[0]
+    );
+}

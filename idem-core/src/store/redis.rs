@@ -87,6 +87,15 @@ return 1
 /// makes only its own keys answer 503. A Redis older than 7.0 refuses every claim, with an
 /// error that says so.
 ///
+/// Redis must keep the store's keys until they expire: run it with `maxmemory-policy
+/// noeviction`, under which a full Redis refuses new claims (503) rather than deleting a
+/// running claim or a record, which lets an operation run twice. The store's first claim reads
+/// the policy (`INFO memory`) and logs an error when Redis may evict. Its Redis user needs
+/// `GET`, `SET`, `DEL`, `PTTL`, `EVALSHA` and `EVAL` (and `WAIT`, waiting for replicas) on its
+/// keys: the first claim of a free key also writes its lease again through the store's
+/// script, and a Redis that refuses scripts has that claim withdrawn and refused before its
+/// handler runs.
+///
 /// Redis replicates asynchronously: a failover to a replica that a claim or a record had not
 /// reached yet forgets it, so that a retry can run the operation again.
 /// [`RedisStoreBuilder::wait_for_replicas`] narrows that window, at the cost of a round trip
@@ -111,6 +120,16 @@ pub struct RedisStore {
     claim: Arc<Script>,
     fenced: Arc<Script>,
     kept: Arc<Script>,
+    /// What the store's first claims checked of its Redis, shared by its clones.
+    checked: Arc<Checked>,
+}
+
+/// What a store checks of its Redis on its first claim of a free key, once it has an answer:
+/// that Redis runs the store's scripts, and whether Redis may evict its keys.
+#[derive(Default)]
+struct Checked {
+    scripts: std::sync::atomic::AtomicBool,
+    eviction: std::sync::atomic::AtomicBool,
 }
 
 /// How many replicas must acknowledge a claim or a completion, and how long to wait for
@@ -874,6 +893,8 @@ impl RedisStore {
                 existing => existing?,
             };
         let Some(bytes) = existing else {
+            self.first_claim(&mut link, &redis_key, key, claim, keep_for)
+                .await?;
             return (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas))
                 .await;
         };
@@ -904,6 +925,108 @@ impl RedisStore {
                 .await
             }
         }
+    }
+
+    /// What the store's first claim of a free key checks, before its handler runs (each once
+    /// it has an answer, so that later claims cost nothing more):
+    ///
+    /// - that Redis runs the store's scripts, by which every completion, renewal and release
+    ///   is made, where the claim itself is a plain `SET`: an ACL without `EVALSHA` or `EVAL`
+    ///   (or a server that renamed them away) let a handler run whose response could then not
+    ///   be recorded, nor its claim released, and whose retry ran it again once the claim
+    ///   lapsed. The claim's lease is written again by the fenced script, which changes
+    ///   nothing; if Redis refuses it, the claim is deleted and the request refused (503,
+    ///   failing closed) before its handler runs. A claim gone by then was taken from under
+    ///   it, and fails closed too ([`StoreError::Contended`]).
+    /// - whether Redis may evict the store's keys (a `maxmemory-policy` other than
+    ///   `noeviction`, under a `maxmemory`): a Redis that deletes a running claim or a record
+    ///   before it expires lets a retry run the operation again, so it is logged as an error,
+    ///   once.
+    ///
+    /// A check that gets no answer in time (an outage) is made on a later claim instead.
+    async fn first_claim(
+        &self,
+        link: &mut Link,
+        redis_key: &str,
+        key: &StoreKey,
+        claim: InFlight,
+        keep_for: u64,
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.checked.scripts.load(Relaxed) {
+            let until = claim.lease_until.as_millis().to_string();
+            let keep_for = Duration::from_millis(keep_for);
+            let written = self.fenced(link, key, claim.token, "extend", until.as_bytes(), keep_for);
+            match written.await {
+                Ok(true) => self.checked.scripts.store(true, Relaxed),
+                Ok(false) => return Err(StoreError::Contended),
+                Err(StoreError::Refused(error)) => {
+                    let mut del = redis::cmd("DEL");
+                    del.arg(redis_key);
+                    let deleted: Result<i64, _> = self.run(del.query_async(link)).await;
+                    if let Err(error) = deleted {
+                        tracing::warn!(%key, %error, "deleting a claim whose scripts Redis refused failed; it lapses with its lease");
+                    }
+                    return Err(StoreError::Refused(Box::new(ScriptsRefused(error))));
+                }
+                // Not answered for now: the claim stands, and the next claim checks again.
+                Err(_) => {}
+            }
+        }
+        if !self.checked.eviction.load(Relaxed) {
+            if let Some(answered) = self.evicts(link, redis_key).await {
+                self.checked.eviction.store(true, Relaxed);
+                if let Err(policy) = answered {
+                    tracing::error!(
+                        "Redis's maxmemory-policy is {policy}: once it holds its maxmemory, Redis deletes keys before they expire, the idempotency store's running claims and records among them, and an operation whose claim or record it deleted runs twice; set maxmemory-policy to noeviction (a full Redis then refuses new claims, answered 503) and give Redis the memory the records need"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the Redis that holds `redis_key` may evict keys, from its `INFO memory`:
+    /// `Some(Err(policy))` when it may, `Some(Ok(()))` when it may not, or when it does not
+    /// tell (an ACL without `INFO`, which is then logged as a warning), `None` when it did
+    /// not answer in time.
+    async fn evicts(&self, link: &mut Link, redis_key: &str) -> Option<Result<(), String>> {
+        let mut info = redis::cmd("INFO");
+        info.arg("memory");
+        let answer: Result<String, StoreError> = self
+            .run(async {
+                match link {
+                    // The key's primary, as for `WAIT`: the cluster client would ask every node.
+                    Link::Shared(Connection::Cluster(conn, _)) => {
+                        let primary = Route::with_key(redis_key, SlotAddr::Master);
+                        let routing =
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+                        let answer = conn.clone().route_command(info, routing).await?;
+                        redis::FromRedisValue::from_redis_value(answer)
+                            .map_err(redis::RedisError::from)
+                    }
+                    link => info.query_async(link).await,
+                }
+            })
+            .await;
+        let text = match answer {
+            Ok(text) => text,
+            Err(StoreError::Refused(error)) => {
+                tracing::warn!(%error, "Redis did not say its maxmemory-policy (INFO memory); unless it is noeviction, Redis may delete the idempotency store's claims and records before they expire, and an operation then runs twice");
+                return Some(Ok(()));
+            }
+            Err(_) => return None,
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let bounded = field("maxmemory").is_some_and(|max| max != "0");
+        Some(match field("maxmemory_policy") {
+            Some(policy) if bounded && policy != "noeviction" => Err(policy.to_owned()),
+            _ => Ok(()),
+        })
     }
 
     /// A claim's answer when Redis holds a live `record` for the key: the record, unless it is
@@ -1105,6 +1228,27 @@ fn claim_failed(error: redis::RedisError) -> StoreError {
         StoreError::Refused(Box::new(BeforeRedis7(error)))
     } else {
         failed(error)
+    }
+}
+
+/// A Redis that refused the store's scripts on its first claim (see
+/// [`RedisStore::first_claim`]).
+#[derive(Debug)]
+struct ScriptsRefused(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for ScriptsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this Redis refused the store's script (EVALSHA, then EVAL), by which every completion, renewal and release is made, so the claim was withdrawn before its handler ran: the store's Redis user needs GET, SET, DEL, PTTL, EVALSHA and EVAL (and WAIT, waiting for replicas) on its keys (the server answered: {})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ScriptsRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
@@ -1396,6 +1540,7 @@ impl RedisStoreBuilder {
             claim: Arc::new(Script::new(CLAIM)),
             fenced: Arc::new(Script::new(FENCED)),
             kept: Arc::new(Script::new(KEPT)),
+            checked: Arc::default(),
         })
     }
 }
