@@ -449,3 +449,41 @@ async fn a_table_the_search_path_finds_in_another_schema_is_named_rather_than_ma
         .unwrap();
     assert!(!public, "a second, empty table was made in public");
 }
+
+/// The same two stores, a table and one named like its purge index (`<table>_purge_at`),
+/// starting at the same moment (two services deployed together on one database): the store
+/// of `<table>` starts, as it does whichever of the two is made first one after the other,
+/// and the other either starts too or is refused saying that its name is an index's.
+#[actix_web::test]
+async fn a_table_and_one_named_like_its_index_starting_together_both_start_or_say_why() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.inspect().await;
+    for _ in 0..4 {
+        let table = pg.table("together_named");
+        let like_its_index = format!("{table}_purge_at");
+        let store = |name: &str| {
+            PostgresStore::builder(pg.url())
+                .table(name)
+                .build()
+                .expect("valid settings")
+        };
+        let (of_table, of_like) = (store(&table), store(&like_its_index));
+        let (started, other) = futures_util::join!(of_table.migrate(), of_like.migrate());
+        if let Err(err) = &started {
+            panic!("{table} did not start: {err}");
+        }
+        if let Err(err) = &other {
+            let message = err.to_string();
+            assert!(
+                matches!(err, StoreError::Refused(_)) && message.contains("an index"),
+                "{like_its_index}: {message}"
+            );
+        }
+        assert!(
+            purge_indexed(&db, &table).await,
+            "{table} has its purge index"
+        );
+    }
+}

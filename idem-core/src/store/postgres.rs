@@ -597,10 +597,12 @@ impl PostgresStore {
                     .into(),
                 ));
             }
-            // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide: serialise them.
+            // Concurrent `CREATE ... IF NOT EXISTS` can still collide: serialise them, per
+            // schema, as one store's table may bear the name of another's purge index
+            // (`<table>_purge_at`), made by that store's migration beside this one.
             let sql = format!(
-                "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:{}'));\n{}\n{}",
-                self.sql.qualified, self.sql.create, self.sql.index_fallback
+                "SELECT pg_advisory_xact_lock(hashtext('idem-migrate:\"{}\"'));\n{}\n{}",
+                self.sql.schema, self.sql.create, self.sql.index_fallback
             );
             self.timed(sqlx::raw_sql(&sql).execute(&mut *conn)).await?;
         }
