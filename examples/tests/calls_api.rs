@@ -331,3 +331,34 @@ async fn a_call_refused_for_its_content_type_is_placed_by_the_corrected_retry() 
     assert!(!corrected.replayed());
     assert_eq!(api.state.call_count(), 1);
 }
+
+/// The binary a user runs (`cargo run --release -p idem-examples --bin calls-api`) is built
+/// with its normal dependencies' features alone, where its tests' build has those their
+/// dev-dependencies add: it decodes gzip and deflate bodies as they do, where it refused them
+/// (`idempotency_body_invalid`) while its tests' build took them.
+#[test]
+fn the_binary_as_the_readme_builds_it_decodes_gzip_and_deflate_bodies() {
+    let tree = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "--edges",
+            "normal,features",
+            "--invert",
+            "actix-web",
+        ])
+        .args(["--package", "idem-examples", "--manifest-path"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    assert!(
+        tree.contains("actix-web feature \"compress-gzip\""),
+        "calls-api is built without actix-web's compress-gzip:\n{tree}"
+    );
+}

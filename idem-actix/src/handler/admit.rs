@@ -512,7 +512,10 @@ fn decoded(
         _ if coding.is_empty() => return Ok(None),
         Some(header::ContentEncoding::Identity) => return Ok(None),
         Some(parsed) if actix_decodes(parsed) => parsed,
-        _ => return Err(BodyError::Encoded { coding }.into()),
+        _ => {
+            let decodes = actix_decoded_codings();
+            return Err(BodyError::Encoded { coding, decodes }.into());
+        }
     };
     match actix_decoded(value, parsed, body, limit) {
         Ok(decoded) => Ok(Some(decoded)),
@@ -607,6 +610,16 @@ fn actix_decodes(coding: header::ContentEncoding) -> bool {
         let read = actix_decoded(&value, coding, &Bytes::from_static(PROBE), 1024);
         !matches!(read, Ok(read) if read == PROBE)
     })
+}
+
+/// The codings this build's actix-web decodes, by the names a request gives them.
+fn actix_decoded_codings() -> Vec<&'static str> {
+    use header::ContentEncoding as Coding;
+    [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd]
+        .into_iter()
+        .filter(|&coding| actix_decodes(coding))
+        .map(|coding| coding.as_str())
+        .collect()
 }
 
 /// What went wrong with a body that did not arrive whole, for its refusal's message.
@@ -822,9 +835,20 @@ mod tests {
             .to_http_request();
         let refused = decoded(&req, &body, 1024);
         assert!(
-            matches!(&refused, Err(IdempotencyError::BodyInvalid(BodyError::Encoded { coding })) if coding == "x-gzip"),
+            matches!(&refused, Err(IdempotencyError::BodyInvalid(BodyError::Encoded { coding, .. })) if coding == "x-gzip"),
             "{refused:?}"
         );
+        // Its refusal names the codings this build decodes, and those alone.
+        let Err(IdempotencyError::BodyInvalid(BodyError::Encoded { decodes, .. })) = refused else {
+            unreachable!()
+        };
+        assert!(decodes.starts_with(&["gzip", "deflate"]), "{decodes:?}");
+        for (coding, name) in [
+            (header::ContentEncoding::Brotli, "br"),
+            (header::ContentEncoding::Zstd, "zstd"),
+        ] {
+            assert_eq!(decodes.contains(&name), actix_decodes(coding), "{name}");
+        }
     }
 
     #[test]

@@ -70,10 +70,13 @@ pub enum BodyError {
     #[error("this endpoint cannot read the request body to compare it with the first request of this key; send a body in the form the endpoint expects")]
     Unreadable,
     /// The body is in a content coding the server does not decode.
-    #[error("the request body is in Content-Encoding {coding}, which this endpoint does not decode to read it; send it in no coding, or in one the server decodes (by default gzip, deflate, br and zstd)")]
+    #[error("the request body is in Content-Encoding {coding}, which this endpoint does not decode to read it; send it in no coding{}", or_one_of(decodes))]
     Encoded {
         /// The coding, as the request names it.
         coding: String,
+        /// The codings the server decodes, in the order to name them (none, where its
+        /// actix-web is built without them).
+        decodes: Vec<&'static str>,
     },
     /// The body is not valid in the content coding its request names.
     #[error("the request body is not valid {coding}, as its Content-Encoding says it is")]
@@ -88,6 +91,15 @@ pub enum BodyError {
         /// What went wrong while it was read.
         reason: String,
     },
+}
+
+/// The end of [`BodyError::Encoded`]'s advice: the codings the server decodes, if any.
+fn or_one_of(decodes: &[&str]) -> String {
+    match decodes {
+        [] => String::new(),
+        [one] => format!(", or in {one}, which it decodes"),
+        [first @ .., last] => format!(", or in {} or {last}, which it decodes", first.join(", ")),
+    }
 }
 
 /// A JSON body, parsed once for both its key and its fingerprint. An empty body is no
@@ -156,3 +168,30 @@ pub fn check_pointer(pointer: &str) -> Result<(), PointerError> {
 }
 
 pub(crate) use self::form::hash as hash_pairs;
+
+#[cfg(test)]
+mod tests {
+    use super::BodyError;
+
+    /// A body in a coding the server does not decode is told which ones it does, those of
+    /// its build, where it was told actix-web's defaults, which a build may leave out.
+    #[test]
+    fn a_coding_not_decoded_is_answered_with_the_codings_the_server_decodes() {
+        let refused = |decodes: Vec<&'static str>| {
+            let coding = "x-gzip".to_owned();
+            BodyError::Encoded { coding, decodes }.to_string()
+        };
+        let none = refused(vec![]);
+        assert!(none.ends_with("send it in no coding"), "{none}");
+        let one = refused(vec!["gzip"]);
+        assert!(
+            one.ends_with("send it in no coding, or in gzip, which it decodes"),
+            "{one}"
+        );
+        let all = refused(vec!["gzip", "deflate", "br", "zstd"]);
+        assert!(
+            all.ends_with("or in gzip, deflate, br or zstd, which it decodes"),
+            "{all}"
+        );
+    }
+}
