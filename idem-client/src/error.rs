@@ -64,7 +64,7 @@ pub enum Error {
     /// server that compresses inside its idempotency layer; its message then names the
     /// coding): send it again with the same key and the first request's `Accept-Encoding`,
     /// not under a new key, which would run it again.
-    #[error("idempotency key {key} was already used with a different request ({status}): send a new operation with a new key, or the retry with its first request's method, URL and body{}", RequestId(.request_id))]
+    #[error("idempotency key {key} was already used with a different request ({status}): send a new operation with a new key, or the retry with its first request's method, URL and body{}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default(), RequestId(.request_id))]
     Mismatch {
         /// The key.
         key: String,
@@ -155,7 +155,9 @@ pub enum Error {
     /// does not accept the server's certificate or protocol). That is told with the `rustls`
     /// feature, whichever reqwest client on rustls 0.23 made the connection (the builder's,
     /// or one given to [`http_client`](crate::ClientBuilder::http_client)); without the
-    /// feature, a failed handshake is retried like a refused connection.
+    /// feature, a failed handshake is retried like a refused connection. Only on the first
+    /// attempt: after an attempt that was sent, which may have run, such a failure ends the
+    /// operation as [`GaveUp`](Self::GaveUp), with its key.
     #[error("cannot send the request: {}", Causes(.0))]
     Transport(#[source] reqwest::Error),
     /// What came back is not HTTP the client can read (a status line or a header no parser

@@ -78,7 +78,7 @@
 //! | a redirect that a caller's own [`http_client`](ClientBuilder::http_client) followed went wrong (a loop, too many) | [`Error::Redirect`], with the key, never retried: the operation may have run |
 //! | an answer that is not HTTP (a status line or header no parser reads) | [`Error::InvalidAnswer`], with the key, never retried: the operation may have run |
 //! | `101 Switching Protocols`: the connection left HTTP, and an operation is no upgrade (the interim 1xx, such as `100 Continue`, are read past to the final answer) | [`Error::Informational`], with the key, never retried: the operation may have run |
-//! | a TLS handshake the server refused, or a certificate the client does not trust (told with the `rustls` feature, through any reqwest client on rustls 0.23) | [`Error::Transport`], never retried: nothing was sent |
+//! | a TLS handshake the server refused, or a certificate the client does not trust (told with the `rustls` feature, through any reqwest client on rustls 0.23) | [`Error::Transport`], never retried: nothing was sent (after an attempt that was sent, [`Error::GaveUp`] with the key) |
 //!
 //! Waits between attempts grow exponentially from
 //! [`initial_backoff`](ClientBuilder::initial_backoff) up to

@@ -330,7 +330,7 @@ fn transport(error: reqwest::Error, key: &str) -> Verdict<Response> {
         let key = key.to_owned();
         return Verdict::Stop(Error::Redirect { key, source: error });
     }
-    if error.is_builder() || handshake_refused(&error) {
+    if error.is_builder() || handshake_refused(&error) || unsendable_url(&error) {
         return Verdict::Stop(Error::Transport(error));
     }
     let unreadable = causes(&error).any(|cause| {
@@ -346,6 +346,12 @@ fn transport(error: reqwest::Error, key: &str) -> Verdict<Response> {
         failure: Failure::Transport(error),
         retry_after: None,
     }
+}
+
+/// Whether the connector refused the URL before connecting (hyper-util's "invalid URL, scheme
+/// is not http", as a reqwest client without TLS answers an `https://` URL): nothing was sent.
+fn unsendable_url(error: &reqwest::Error) -> bool {
+    error.is_connect() && causes(error).any(|cause| cause.to_string().starts_with("invalid URL, "))
 }
 
 /// Whether rustls failed the connection: the server refused the handshake (an alert), or

@@ -57,6 +57,16 @@ where
         });
         let (failure, retry_after) = match attempt(number, timeout).await {
             Verdict::Done(answer) => return Ok(answer),
+            // A refusal before sending (a TLS handshake) after an earlier attempt was sent:
+            // that attempt may have run, so the error keeps the key.
+            Verdict::Stop(Error::Transport(error)) if number > 1 => {
+                return Err(Error::GaveUp {
+                    key: key.to_owned(),
+                    attempts: number,
+                    elapsed: start.elapsed(),
+                    last: Failure::Transport(error),
+                })
+            }
             Verdict::Stop(error) => return Err(error),
             Verdict::Retry {
                 failure,
