@@ -2008,3 +2008,35 @@ async fn a_redis_that_may_evict_the_store_s_keys_is_reported_once_on_the_first_c
         reported[0]
     );
 }
+
+/// A Redis whose ACL refuses the store's user `INFO` cannot say whether it may evict: the
+/// store says so, once, and claims as before.
+#[actix_web::test]
+async fn a_redis_that_does_not_say_its_eviction_policy_is_reported_once() {
+    let warnings = Warnings::installed();
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    redis.query::<()>(
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("scripts")
+            .arg("on")
+            .arg(">secret")
+            .arg("~*")
+            .arg("+@connection")
+            .arg(&["+get", "+set", "+del", "+pttl", "+evalsha", "+eval"][..]),
+    );
+    let url = redis.url().replace("redis://", "redis://scripts:secret@");
+    let engine = Engine::new(RedisStore::new(url).unwrap());
+    let fp = Fingerprint::new("POST", "/v1/charges", "", b"{}");
+    for n in 80..83 {
+        let begun = engine
+            .begin(&Policy::DEFAULT, StoreKey::from_bytes([n; 32]), fp)
+            .await;
+        assert!(matches!(begun, Ok(Begin::Execute(_))), "{begun:?}");
+    }
+    let said =
+        warnings.containing_from("did not say its maxmemory-policy", &Warnings::this_thread());
+    assert_eq!(said, 1);
+}

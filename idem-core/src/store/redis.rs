@@ -995,17 +995,10 @@ impl RedisStore {
         info.arg("memory");
         let answer: Result<String, StoreError> = self
             .run(async {
-                match link {
-                    // The key's primary, as for `WAIT`: the cluster client would ask every node.
-                    Link::Shared(Connection::Cluster(conn, _)) => {
-                        let primary = Route::with_key(redis_key, SlotAddr::Master);
-                        let routing =
-                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
-                        let answer = conn.clone().route_command(info, routing).await?;
-                        redis::FromRedisValue::from_redis_value(answer)
-                            .map_err(redis::RedisError::from)
-                    }
-                    link => info.query_async(link).await,
+                match on_primary(link, redis_key, info).await? {
+                    Value::ServerError(error) => Err(error.into()),
+                    answer => redis::FromRedisValue::from_redis_value(answer)
+                        .map_err(redis::RedisError::from),
                 }
             })
             .await;
@@ -1132,20 +1125,7 @@ impl RedisStore {
     ) -> Result<i64, StoreError> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas.count).arg(px(replicas.timeout));
-        let answer = self
-            .run(async {
-                match link {
-                    // To the key's primary alone: the cluster client would ask every primary.
-                    Link::Shared(Connection::Cluster(conn, _)) => {
-                        let primary = Route::with_key(redis_key, SlotAddr::Master);
-                        let routing =
-                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
-                        conn.clone().route_command(wait, routing).await
-                    }
-                    link => link.req_packed_command(&wait).await,
-                }
-            })
-            .await?;
+        let answer = self.run(on_primary(link, redis_key, wait)).await?;
         match answer {
             Value::Int(acknowledged) => Ok(acknowledged),
             Value::ServerError(error) => Err(failed(error.into())),
@@ -1180,6 +1160,20 @@ impl RedisStore {
             }
             result => result,
         }
+    }
+}
+
+/// Sends `cmd`, a command that names no key (`WAIT`, `INFO`), to the primary that holds
+/// `redis_key`, on `link`: on a cluster, to that node alone, where the cluster client would
+/// send it to every primary.
+async fn on_primary(link: &mut Link, redis_key: &str, cmd: Cmd) -> redis::RedisResult<Value> {
+    match link {
+        Link::Shared(Connection::Cluster(conn, _)) => {
+            let primary = Route::with_key(redis_key, SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+            conn.clone().route_command(cmd, routing).await
+        }
+        link => link.req_packed_command(&cmd).await,
     }
 }
 
