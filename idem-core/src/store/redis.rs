@@ -927,6 +927,20 @@ impl RedisStore {
         }
     }
 
+    /// Writes `claim`'s lease (kept `keep_for` ms in Redis) again by the fenced script, a write
+    /// that changes nothing while the claim holds `key`; `false` when it no longer does.
+    async fn lease_again(
+        &self,
+        link: &mut Link,
+        key: &StoreKey,
+        claim: InFlight,
+        keep_for: u64,
+    ) -> Result<bool, StoreError> {
+        let until = claim.lease_until.as_millis().to_string();
+        let keep_for = Duration::from_millis(keep_for);
+        (self.fenced(link, key, claim.token, "extend", until.as_bytes(), keep_for)).await
+    }
+
     /// What the store's first claim of a free key checks, before its handler runs (each once
     /// it has an answer, so that later claims cost nothing more):
     ///
@@ -954,10 +968,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         if !self.checked.scripts.load(Relaxed) {
-            let until = claim.lease_until.as_millis().to_string();
-            let keep_for = Duration::from_millis(keep_for);
-            let written = self.fenced(link, key, claim.token, "extend", until.as_bytes(), keep_for);
-            match written.await {
+            match self.lease_again(link, key, claim, keep_for).await {
                 Ok(true) => self.checked.scripts.store(true, Relaxed),
                 Ok(false) => return Err(StoreError::Contended),
                 Err(StoreError::Refused(error)) => {
@@ -1050,10 +1061,7 @@ impl RedisStore {
             return Ok(Claim::Existing(record));
         }
         if let Some(replicas) = replicas {
-            let until = claim.lease_until.as_millis().to_string();
-            let keep_for = Duration::from_millis(keep_for);
-            let extend = self.fenced(link, key, token, "extend", until.as_bytes(), keep_for);
-            match extend.await {
+            match self.lease_again(link, key, claim, keep_for).await {
                 Ok(true) => {}
                 // Gone since it was read (released, or expired), and maybe claimed by another.
                 Ok(false) => return Err(StoreError::Contended),
