@@ -295,6 +295,7 @@ impl Policy {
         "Origin",
         "Pragma",
         "Proxy-Authorization",
+        "Proxy-Connection",
         "Range",
         "Referer",
         "TE",
@@ -430,6 +431,13 @@ impl Policy {
         }) {
             return Err(PolicyError::NeverReplayedListed(never));
         }
+        if let Some(per_request) = self.fingerprint_headers.iter().find(|h| {
+            ReplayHeaders::NEVER
+                .iter()
+                .any(|never| never.eq_ignore_ascii_case(h))
+        }) {
+            return Err(PolicyError::PerRequestFingerprinted(per_request));
+        }
         if self.lease < Self::MIN_LEASE {
             return Err(PolicyError::LeaseTooShort { lease: self.lease });
         }
@@ -558,6 +566,10 @@ pub enum PolicyError {
     /// `replay_headers` lists a header no replay repeats (one of [`ReplayHeaders::NEVER`]).
     #[error("replay_headers lists {0}, which describes one transfer or one request and is never replayed, listed or not; remove it from the list")]
     NeverReplayedListed(&'static str),
+    /// `fingerprint_headers` lists a header of one transfer or one request (one of
+    /// [`ReplayHeaders::NEVER`]), which differs between a request and its retry.
+    #[error("fingerprint_headers lists {0}, which describes one transfer or one request and differs between a request and its retry, so that every retry would be a mismatch; remove it from the list")]
+    PerRequestFingerprinted(&'static str),
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -1282,6 +1294,24 @@ mod tests {
         assert_eq!(
             check(Policy::DEFAULT.replay_headers(ReplayHeaders::Only(&["Content-Type", "date"]))),
             Err(PolicyError::NeverReplayedListed("date"))
+        );
+        // A header of one transfer or one request differs between a request and its retry:
+        // fingerprinted, it made every retry a mismatch.
+        let lists: [&'static [&'static str]; 3] = [
+            &["Content-Type", "Connection"],
+            &["Content-Type", "date"],
+            &["Content-Type", "X-Request-ID"],
+        ];
+        for list in lists {
+            assert_eq!(
+                check(Policy::DEFAULT.fingerprint_headers(list)),
+                Err(PolicyError::PerRequestFingerprinted(list[1]))
+            );
+        }
+        // A hop-by-hop header never reaches the server through a proxy: no key's.
+        assert_eq!(
+            check(Policy::DEFAULT.header("Proxy-Connection")),
+            Err(PolicyError::KeyHeaderNotKey("Proxy-Connection"))
         );
         assert_eq!(
             check(Policy::DEFAULT.replay_headers(ReplayHeaders::Except(&["X-Request-ID"]))),

@@ -305,6 +305,13 @@ fn list(
             {
                 Some(format!("`{value}` describes one transfer or one request and is never replayed, listed or not; remove it from the list"))
             }
+            Name::FingerprintHeaders
+                if NEVER_REPLAYED
+                    .iter()
+                    .any(|never| never.eq_ignore_ascii_case(&value)) =>
+            {
+                Some(format!("`{value}` describes one transfer or one request and differs between a request and its retry; remove it from the list"))
+            }
             Name::ReplayDropHeaders if value.eq_ignore_ascii_case("content-encoding") => Some(
                 "`Content-Encoding` is always replayed: a recorded body is in its coding; remove it from the list".to_owned(),
             ),

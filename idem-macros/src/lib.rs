@@ -461,7 +461,10 @@ mod valid;
 ///
 /// Request headers that are part of the request, by name: a retry must send them with the
 /// same values (each value compared as sent; a header sent several times, all its values in
-/// their order). None by default.
+/// their order). None by default. Not a header of one transfer or one request, which differs
+/// between a request and its retry (`Connection`, `Date`, `X-Request-ID`, ...: the list is
+/// `ReplayHeaders::NEVER`), so that every retry would be a mismatch; refused at compile time,
+/// and by `Policy::check` for the middleware form.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

@@ -235,6 +235,7 @@ pub(crate) const NOT_KEYS: &[&str] = &[
     "Origin",
     "Pragma",
     "Proxy-Authorization",
+    "Proxy-Connection",
     "Range",
     "Referer",
     "TE",
