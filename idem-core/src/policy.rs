@@ -424,19 +424,11 @@ impl Policy {
         {
             return Err(PolicyError::SetCookieListed);
         }
-        if let Some(never) = self.replay_headers.names().iter().find(|h| {
-            ReplayHeaders::NEVER
-                .iter()
-                .any(|never| never.eq_ignore_ascii_case(h))
-        }) {
+        if let Some(never) = per_request(self.replay_headers.names()) {
             return Err(PolicyError::NeverReplayedListed(never));
         }
-        if let Some(per_request) = self.fingerprint_headers.iter().find(|h| {
-            ReplayHeaders::NEVER
-                .iter()
-                .any(|never| never.eq_ignore_ascii_case(h))
-        }) {
-            return Err(PolicyError::PerRequestFingerprinted(per_request));
+        if let Some(listed) = per_request(self.fingerprint_headers) {
+            return Err(PolicyError::PerRequestFingerprinted(listed));
         }
         if self.lease < Self::MIN_LEASE {
             return Err(PolicyError::LeaseTooShort { lease: self.lease });
@@ -498,6 +490,16 @@ fn is_token(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The first of `names` that describes one transfer or one request (one of
+/// [`ReplayHeaders::NEVER`]): never replayed, and different between a request and its retry.
+fn per_request(names: &[&'static str]) -> Option<&'static str> {
+    names.iter().copied().find(|name| {
+        ReplayHeaders::NEVER
+            .iter()
+            .any(|never| never.eq_ignore_ascii_case(name))
+    })
 }
 
 /// Settings that contradict each other, refused when an application is configured.

@@ -298,18 +298,10 @@ fn list(
             {
                 Some("`Set-Cookie` is replayed only with `replay_set_cookie`, which decides it alone; remove it from the list".to_owned())
             }
-            Name::ReplayHeaders | Name::ReplayDropHeaders
-                if NEVER_REPLAYED
-                    .iter()
-                    .any(|never| never.eq_ignore_ascii_case(&value)) =>
-            {
+            Name::ReplayHeaders | Name::ReplayDropHeaders if per_request(&value) => {
                 Some(format!("`{value}` describes one transfer or one request and is never replayed, listed or not; remove it from the list"))
             }
-            Name::FingerprintHeaders
-                if NEVER_REPLAYED
-                    .iter()
-                    .any(|never| never.eq_ignore_ascii_case(&value)) =>
-            {
+            Name::FingerprintHeaders if per_request(&value) => {
                 Some(format!("`{value}` describes one transfer or one request and differs between a request and its retry; remove it from the list"))
             }
             Name::ReplayDropHeaders if value.eq_ignore_ascii_case("content-encoding") => Some(
@@ -341,6 +333,14 @@ fn list(
             value: values,
         });
     }
+}
+
+/// Whether the header `name` describes one transfer or one request (one of
+/// [`NEVER_REPLAYED`]): never replayed, and different between a request and its retry.
+fn per_request(name: &str) -> bool {
+    NEVER_REPLAYED
+        .iter()
+        .any(|never| never.eq_ignore_ascii_case(name))
 }
 
 /// The headers no replay repeats, as `ReplayHeaders::NEVER` lists them (this crate does not

@@ -594,15 +594,11 @@ fn piece(coding: header::ContentEncoding) -> usize {
 /// decoder bytes that are valid in none: a decoder refuses them (or reads them as something
 /// else), where actix without one hands them on as they came.
 fn actix_decodes(coding: header::ContentEncoding) -> bool {
-    use header::ContentEncoding as Coding;
     use std::sync::OnceLock;
-    static DECODES: [OnceLock<bool>; 4] = [const { OnceLock::new() }; 4];
-    let at = match coding {
-        Coding::Gzip => 0,
-        Coding::Deflate => 1,
-        Coding::Brotli => 2,
-        Coding::Zstd => 3,
-        _ => return false,
+    static DECODES: [OnceLock<bool>; DECODABLE.len()] =
+        [const { OnceLock::new() }; DECODABLE.len()];
+    let Some(at) = DECODABLE.iter().position(|&decodable| decodable == coding) else {
+        return false;
     };
     *DECODES[at].get_or_init(|| {
         const PROBE: &[u8] = b"\x00\x00 not in any coding";
@@ -612,10 +608,18 @@ fn actix_decodes(coding: header::ContentEncoding) -> bool {
     })
 }
 
+/// The codings an actix-web build may decode, each with a feature of its own, in the order
+/// a refusal names them.
+const DECODABLE: [header::ContentEncoding; 4] = [
+    header::ContentEncoding::Gzip,
+    header::ContentEncoding::Deflate,
+    header::ContentEncoding::Brotli,
+    header::ContentEncoding::Zstd,
+];
+
 /// The codings this build's actix-web decodes, by the names a request gives them.
 fn actix_decoded_codings() -> Vec<&'static str> {
-    use header::ContentEncoding as Coding;
-    [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd]
+    DECODABLE
         .into_iter()
         .filter(|&coding| actix_decodes(coding))
         .map(|coding| coding.as_str())
