@@ -1923,6 +1923,21 @@ mod replaced_between {
     }
 }
 
+/// The URL of `redis` as a user `name` of its own, allowed `commands` (`+get`, ...) on every
+/// key, and the connection's own commands.
+fn user_allowed(redis: &TestRedis, name: &str, commands: &[&str]) -> String {
+    redis.query::<()>(
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg(&["on", ">secret", "~*", "+@connection"][..])
+            .arg(commands),
+    );
+    redis
+        .url()
+        .replace("redis://", &format!("redis://{name}:secret@"))
+}
+
 /// A Redis whose ACL lets the store's user claim (`SET`) but not run scripts, by which every
 /// completion, renewal and release is made: the first claim is withdrawn and refused before
 /// its handler runs (503, even failing open), with what the store needs, where the handler ran,
@@ -1932,17 +1947,7 @@ async fn a_redis_that_refuses_the_store_s_scripts_runs_no_handler_and_says_what_
     let Some(redis) = TestRedis::start_owned() else {
         return;
     };
-    redis.query::<()>(
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("app")
-            .arg("on")
-            .arg(">secret")
-            .arg("~*")
-            .arg("+@connection")
-            .arg(&["+get", "+set", "+del", "+pttl"][..]),
-    );
-    let url = redis.url().replace("redis://", "redis://app:secret@");
+    let url = user_allowed(&redis, "app", &["+get", "+set", "+del", "+pttl"]);
     let fp = Fingerprint::new("POST", "/v1/charges", "", b"{}");
     for (n, fail_open) in [false, true].into_iter().enumerate() {
         let store = RedisStore::builder(&url)
@@ -2017,17 +2022,8 @@ async fn a_redis_that_does_not_say_its_eviction_policy_is_reported_once() {
     let Some(redis) = TestRedis::start_owned() else {
         return;
     };
-    redis.query::<()>(
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("scripts")
-            .arg("on")
-            .arg(">secret")
-            .arg("~*")
-            .arg("+@connection")
-            .arg(&["+get", "+set", "+del", "+pttl", "+evalsha", "+eval"][..]),
-    );
-    let url = redis.url().replace("redis://", "redis://scripts:secret@");
+    let commands = ["+get", "+set", "+del", "+pttl", "+evalsha", "+eval"];
+    let url = user_allowed(&redis, "scripts", &commands);
     let engine = Engine::new(RedisStore::new(url).unwrap());
     let fp = Fingerprint::new("POST", "/v1/charges", "", b"{}");
     for n in 80..83 {
