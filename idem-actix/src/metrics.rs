@@ -119,7 +119,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "idem_conflicts_total",
-        "Keyed requests answered 409 by kind: in_flight, mismatch, response_too_large, encoding_not_accepted"
+        "Keyed requests refused for their key's record, by kind: in_flight, response_too_large, encoding_not_accepted (409), mismatch (the policy's mismatch status, 409 or 422)"
     );
     metrics::describe_counter!(
         "idem_rejections_total",
