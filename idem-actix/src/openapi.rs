@@ -242,6 +242,9 @@ impl Contract {
     /// the whole document; a prefix ending in `/`, `"/"` included, covers every path that
     /// begins with it), with the contract's defaults as
     /// `configure` overrides them (the closure given to the middleware's `with_overrides`).
+    /// Keys per endpoint are described as the middleware keeps them, per method and path: it
+    /// runs before the app routes a request, so that another value of a path parameter is
+    /// another key (`x-idempotency`'s `per_path`).
     pub fn middleware(
         mut self,
         prefix: impl Into<String>,
@@ -294,7 +297,8 @@ impl Contract {
                 {
                     return Err(ContractError::DescribedTwice { method, path });
                 }
-                describe(operation, &policy, format, &self.outside, &shared);
+                let by_path = matches!(declared.target, Target::Under { .. });
+                describe(operation, &policy, by_path, format, &self.outside, &shared);
                 seen.push((method, path));
             }
             let components = work.components.get_or_insert_with(Components::new);
@@ -448,10 +452,12 @@ fn targets(doc: &OpenApi, target: &Target) -> Result<Vec<(&'static str, String)>
     }
 }
 
-/// Writes `policy` into `operation`.
+/// Writes `policy` into `operation`; `by_path` when a middleware serves it, whose keys per
+/// endpoint are per method and path (see [`in_words`]).
 fn describe(
     operation: &mut Operation,
     policy: &Policy,
+    by_path: bool,
     format: ErrorFormat,
     outside: &[u16],
     components: &Components,
@@ -461,7 +467,7 @@ fn describe(
     for layer in layer_responses(policy) {
         add_layer_response(operation, &layer, policy, format, components);
     }
-    let words = in_words(policy);
+    let words = in_words(policy, by_path);
     operation.description = Some(match operation.description.take() {
         Some(text) if !text.trim().is_empty() => format!("{}\n\n{words}", text.trim_end()),
         _ => words,
@@ -469,7 +475,7 @@ fn describe(
     operation
         .extensions
         .get_or_insert_with(Extensions::default)
-        .insert(EXTENSION.to_owned(), extension(policy));
+        .insert(EXTENSION.to_owned(), extension(policy, by_path));
 }
 
 fn add_key_parameter(operation: &mut Operation, policy: &Policy, components: &Components) {
@@ -948,8 +954,11 @@ fn error_schema(format: ErrorFormat) -> (&'static str, RefOr<Schema>) {
     }
 }
 
-/// `policy`, as the operation's description says it.
-fn in_words(policy: &Policy) -> String {
+/// `policy`, as the operation's description says it. `by_path` when a middleware serves the
+/// operation: it runs before the app routes a request, so that its keys per endpoint are per
+/// method and path rather than per route pattern (another value of a path parameter is
+/// another key).
+fn in_words(policy: &Policy, by_path: bool) -> String {
     let send = match policy.key_source {
         KeySource::Json(pointer) => format!(
             "Put a unique key (a string or a number, 1 to {} characters of visible ASCII) at \
@@ -977,8 +986,14 @@ fn in_words(policy: &Policy) -> String {
     });
     text.push(' ');
     text.push_str(&scope_in_words(policy.scope));
-    if policy.per_endpoint {
-        text.push_str(" Keys are per operation: the same key on another operation is another key.");
+    match (policy.per_endpoint, by_path) {
+        (true, false) => text
+            .push_str(" Keys are per operation: the same key on another operation is another key."),
+        (true, true) => text.push_str(
+            " Keys are per method and path: the same key on another path (another value of a \
+             path parameter included) or with another method is another key.",
+        ),
+        (false, _) => {}
     }
     match policy.on_in_flight {
         OnInFlight::Wait(bound) => {
@@ -1094,8 +1109,9 @@ fn plural(n: u64, unit: &str) -> String {
     }
 }
 
-/// The policy for tools: `x-idempotency`.
-fn extension(policy: &Policy) -> serde_json::Value {
+/// The policy for tools: `x-idempotency`. `per_path` says that keys per operation are per
+/// method and path, too (a middleware's: see [`in_words`]).
+fn extension(policy: &Policy, by_path: bool) -> serde_json::Value {
     json!({
         "header": policy.header,
         "required": policy.required,
@@ -1115,6 +1131,7 @@ fn extension(policy: &Policy) -> serde_json::Value {
             _ => json!(409),
         },
         "per_operation": policy.per_endpoint,
+        "per_path": policy.per_endpoint && by_path,
         "key_source": match policy.key_source {
             KeySource::Json(pointer) => json!(pointer),
             _ => json!("header"),
@@ -1607,6 +1624,66 @@ mod tests {
         );
     }
 
+    /// The middleware runs before the app routes a request, so that it keeps keys per endpoint
+    /// by method and path, not by route pattern: the same key on another path of one documented
+    /// operation (another value of a path parameter) is another key. Its contract says so; an
+    /// operation's, whose keys are per route pattern, says per operation.
+    #[actix_web::test]
+    async fn a_middleware_s_keys_per_endpoint_are_described_per_path_as_it_keeps_them() {
+        use actix_web::{test, web, App, HttpResponse};
+
+        let doc = applied(Contract::new().middleware("/v1", |p| p.per_endpoint(true)));
+        let put = &doc["paths"]["/v1/calls/{id}"]["put"];
+        let words = put["description"].as_str().unwrap();
+        assert!(
+            words.contains("Keys are per method and path: the same key on another path"),
+            "{words}"
+        );
+        assert!(!words.contains("Keys are per operation"), "{words}");
+        assert_eq!(put["x-idempotency"]["per_operation"], true);
+        assert_eq!(put["x-idempotency"]["per_path"], true);
+        let doc = applied(
+            Contract::new().operation(HttpMethod::Put, "/v1/calls/{id}", |p| p.per_endpoint(true)),
+        );
+        let put = &doc["paths"]["/v1/calls/{id}"]["put"];
+        let words = put["description"].as_str().unwrap();
+        assert!(words.contains("Keys are per operation"), "{words}");
+        assert_eq!(put["x-idempotency"]["per_path"], false);
+
+        // What the middleware does: another path of the operation under the key runs.
+        let app = test::init_service(
+            App::new()
+                .app_data(crate::IdempotencyConfig::new(crate::MokaStore::new()))
+                .service(
+                    web::scope("/v1")
+                        .wrap(crate::Idempotency::new().with_overrides(|p| p.per_endpoint(true)))
+                        .route(
+                            "/calls/{id}",
+                            web::put().to(|| async { HttpResponse::Ok().body("updated") }),
+                        ),
+                ),
+        )
+        .await;
+        let put = |path: &str, body: &'static str| {
+            test::TestRequest::put()
+                .uri(path)
+                .insert_header(("Authorization", "Bearer t"))
+                .insert_header(("Idempotency-Key", "k"))
+                .set_payload(body)
+                .to_request()
+        };
+        let status = |res: actix_web::dev::ServiceResponse| {
+            let replayed = res.headers().contains_key("idempotent-replayed");
+            (res.status().as_u16(), replayed)
+        };
+        let first = test::call_service(&app, put("/v1/calls/1", "a")).await;
+        assert_eq!(status(first), (200, false));
+        let other_path = test::call_service(&app, put("/v1/calls/2", "a")).await;
+        assert_eq!(status(other_path), (200, false), "another key, run");
+        let same_path = test::call_service(&app, put("/v1/calls/1", "b")).await;
+        assert_eq!(status(same_path), (409, false), "one key, another request");
+    }
+
     #[test]
     fn the_middleware_form_covers_whole_segments_under_its_prefix() {
         // As actix's `web::scope("/v1")` matches: `/v1` and what lies under `/v1/`, never
@@ -1852,7 +1929,8 @@ mod tests {
     #[test]
     fn a_retention_of_part_of_a_second_is_said_whole() {
         let retention = |ttl| {
-            extension(&Policy::DEFAULT.ttl(Duration::from_millis(ttl)))["retention_seconds"].clone()
+            extension(&Policy::DEFAULT.ttl(Duration::from_millis(ttl)), false)["retention_seconds"]
+                .clone()
         };
         assert_eq!(retention(2250), json!(2.25));
         assert_eq!(retention(1500), json!(1.5));
