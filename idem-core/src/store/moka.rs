@@ -50,22 +50,28 @@ const EVICTION_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// worth. A warning comes at most this many evictions late.
 const EVICTIONS_BETWEEN_LOOKS: u64 = 64;
 
+/// A record evicted is counted as this many units, so that the records a write evicts, an
+/// estimate (see [`Evictions`]), add up across writes without rounding each.
+const EVICTED_UNIT: u64 = 1 << 10;
+
 /// Records evicted to make room before their time to live, and the warnings of them.
 ///
 /// An evicted record shortens the promise silently: a retry of its key runs the operation
 /// again. So they are counted, reported to metrics through [`Store::take_evictions`], and
 /// warned of when they start, then at most once every [`EVICTION_WARNING_EVERY`].
 ///
-/// A write that finds the store full counts as one record evicted: the cache then evicts the
-/// least recently used records until the new one fits, about one for one. The cache's own
-/// eviction listener would count exactly, but moka then locks every key it writes, which
-/// made an insert into a full cache half as slow again or more (the `store` bench); the
-/// fullness of the cache is one atomic load.
+/// A write that finds the store full counts the records the cache then evicts to make room
+/// for it, the least recently used, as the bytes it takes beyond the store's bound in records
+/// of the average weight held: one for one among records of one weight, a thousand for a
+/// record that takes the room of a thousand. The cache's own eviction listener would count
+/// exactly, but moka then locks every key it writes, which made an insert into a full cache
+/// half as slow again or more (the `store` bench); the cache's size and its number of records
+/// are an atomic load each.
 #[derive(Debug)]
 struct Evictions {
-    /// Writes that found the store full.
+    /// Records evicted, in [`EVICTED_UNIT`]s.
     count: AtomicU64,
-    /// The count that [`Store::take_evictions`] has answered up to.
+    /// The records that [`Store::take_evictions`] has answered up to.
     taken: AtomicU64,
     /// The count at which a write next looks whether a warning is due.
     next_look: AtomicU64,
@@ -90,13 +96,18 @@ impl Evictions {
         }
     }
 
-    /// Counts a write of `weight` bytes into a cache holding `held` bytes (as its
-    /// housekeeping last left it), and warns if a warning is due.
-    fn write(&self, held: u64, weight: u32) {
-        if held.saturating_add(u64::from(weight)) <= self.max_bytes {
+    /// Counts a write of `weight` bytes into a cache holding `held` bytes in `entries`
+    /// records (both as its housekeeping last left it), and warns if a warning is due.
+    fn write(&self, held: u64, weight: u32, entries: impl FnOnce() -> u64) {
+        let over = held
+            .saturating_add(u64::from(weight))
+            .saturating_sub(self.max_bytes);
+        if over == 0 {
             return;
         }
-        let count = self.count.fetch_add(1, Relaxed) + 1;
+        let average = (held / entries().max(1)).max(1);
+        let units = over.saturating_mul(EVICTED_UNIT) / average;
+        let count = (self.count.fetch_add(units, Relaxed) + units) / EVICTED_UNIT;
         if count >= self.next_look.load(Relaxed) {
             self.look(count);
         }
@@ -300,15 +311,17 @@ impl MokaStore {
     /// The records evicted so far to make room before their time to live: each is a key
     /// whose retry would run its operation again. Records that lapse are not counted.
     ///
-    /// Counted as the writes that found the store full, each of which evicts about one
-    /// record, the least recently used. Fullness is the cache's size as its housekeeping
+    /// An estimate: each write that finds the store full counts the bytes it takes beyond
+    /// the store's bound in records of the average weight held, as many as the cache evicts
+    /// to make room for it, the least recently used (one for one among records of one
+    /// weight, many for a heavy record). Fullness is the cache's size as its housekeeping
     /// (every 64 writes or so) last left it: the writes that fill a store go uncounted until
     /// its housekeeping sees it full, and records that lapsed make room only once it has
     /// removed them.
     ///
     /// `idem-actix` exports the same count as `idem_store_evictions_total`.
     pub fn evicted(&self) -> u64 {
-        self.evictions.count.load(Relaxed)
+        self.evictions.count.load(Relaxed) / EVICTED_UNIT
     }
 
     /// Every record held (a full scan): the claims, then the completed records (the cache
@@ -509,7 +522,8 @@ impl Store for MokaStore {
             self.completed.insert(key.first_128(), record);
             claims.remove(key);
             drop(claims);
-            self.evictions.write(filled, weight);
+            self.evictions
+                .write(filled, weight, || self.completed.entry_count());
         }
         StoreFuture::ready(Ok(held))
     }
@@ -532,7 +546,7 @@ impl Store for MokaStore {
     }
 
     fn take_evictions(&self) -> u64 {
-        let count = self.evictions.count.load(Relaxed);
+        let count = self.evicted();
         // A load first: the common answer, none, writes nothing another thread must see.
         if count == self.evictions.taken.load(Relaxed) {
             return 0;
@@ -816,6 +830,11 @@ mod tests {
 
     /// Claims and completes `n` new keys, from `first`, each kept for `ttl`.
     fn write(store: &MokaStore, first: u32, n: u32, ttl: Duration) {
+        write_of(store, first, n, ttl, 64);
+    }
+
+    /// As [`write`], with responses of `body` bytes.
+    fn write_of(store: &MokaStore, first: u32, n: u32, ttl: Duration, body: usize) {
         let now = Timestamp::from_millis(1_700_000_000_000);
         for i in first..first + n {
             let mut key = [0; 32];
@@ -829,7 +848,7 @@ mod tests {
             };
             let record = Completed {
                 fingerprint,
-                response: Response::new(201, [], &[b'x'; 64]),
+                response: Response::new(201, [], &vec![b'x'; body]),
                 completed_at: now,
                 expires_at: now.saturating_add(ttl),
             };
@@ -868,6 +887,24 @@ mod tests {
         assert_eq!(store.take_evictions(), 0, "each eviction is taken once");
         write(&store, 240, 10, Duration::from_secs(86_400));
         assert_eq!(store.take_evictions(), 10, "then only the new ones");
+    }
+
+    #[tokio::test]
+    async fn every_record_a_heavy_one_evicts_is_counted() {
+        // A full store of small records takes one of half its room: a thousand of them go
+        // before their time to live, each a key whose retry would run again.
+        let (store, day) = (room_for(2_000), Duration::from_secs(86_400));
+        write(&store, 0, 2_100, day);
+        let (held, counted) = (store.entry_count().await, store.evicted());
+        let half = usize::try_from(store.max_bytes / 2).unwrap();
+        write_of(&store, 2_100, 1, day, half);
+        let lost = held + 1 - store.entry_count().await;
+        let counted = store.evicted() - counted;
+        assert!(lost > 900, "the heavy record evicted {lost}");
+        assert!(
+            counted.abs_diff(lost) * 50 <= lost,
+            "{counted} counted of {lost} evicted"
+        );
     }
 
     #[tokio::test]
