@@ -332,7 +332,8 @@ mod valid;
 /// says) or `"replay"` (the first response, ignoring the new request). `"replay"` ignores all of
 /// it, the endpoint too: a key reused on another endpoint gets the first endpoint's response,
 /// unless keys are kept per endpoint (`per_endpoint`), which APIs that ignore only a retry's
-/// body want.
+/// body want. An endpoint is its route pattern: under one key, another value of a path
+/// parameter, or another query, is still the same endpoint, and gets the first response.
 ///
 /// ```
 /// # extern crate idem as idem_actix;
