@@ -105,8 +105,12 @@ impl Evictions {
         if over == 0 {
             return;
         }
+        // `held` is up to a record below the bound once the cache has made room (it evicts
+        // whole records), and stays so until its next housekeeping, however many writes come
+        // meanwhile: each of them takes its whole weight beyond the bound, less that room.
         let average = (held / entries().max(1)).max(1);
-        let units = over.saturating_mul(EVICTED_UNIT) / average;
+        let beyond = over.saturating_add(average).min(u64::from(weight));
+        let units = beyond.saturating_mul(EVICTED_UNIT) / average;
         let count = (self.count.fetch_add(units, Relaxed) + units) / EVICTED_UNIT;
         if count >= self.next_look.load(Relaxed) {
             self.look(count);
@@ -887,6 +891,22 @@ mod tests {
         assert_eq!(store.take_evictions(), 0, "each eviction is taken once");
         write(&store, 240, 10, Duration::from_secs(86_400));
         assert_eq!(store.take_evictions(), 10, "then only the new ones");
+    }
+
+    #[tokio::test]
+    async fn records_of_a_weight_that_does_not_divide_the_room_count_one_each() {
+        // Room for forty and a half: the cache makes room by whole records and keeps some
+        // bytes below its bound, which each write then takes before the bound.
+        let weight = RECORD_OVERHEAD + Response::new(201, [], &[b'x'; 64]).held_bytes();
+        let store = MokaStore::builder()
+            .max_bytes(40 * weight as u64 + weight as u64 / 2)
+            .build();
+        write(&store, 0, 40, Duration::from_secs(86_400));
+        assert_eq!(store.entry_count().await, 40);
+        write(&store, 40, 640, Duration::from_secs(86_400));
+        assert_eq!(store.entry_count().await, 40);
+        let counted = store.evicted();
+        assert!((576..=640).contains(&counted), "{counted} counted of 640");
     }
 
     #[tokio::test]
