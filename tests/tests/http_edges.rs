@@ -453,3 +453,42 @@ async fn a_head_answer_that_declares_its_length_runs_once_and_replays_as_sent() 
     assert_eq!(retry.header("etag"), Some("\"v1\""), "{what}");
     assert!(first.body.is_empty() && retry.body.is_empty(), "{what}");
 }
+
+/// A HEAD answered with a body of its own, whatever `Content-Length` the handler set: actix
+/// sends the length of that body (none with `finish()`), and so must the replay, where it sent
+/// the handler's header, a length the first answer never had.
+#[idempotent]
+async fn head_declared(runs: web::Data<Counter>, path: web::Path<String>) -> HttpResponse {
+    runs.bump();
+    let mut res = HttpResponse::Ok();
+    res.insert_header(("Content-Length", "1234"));
+    match path.as_str() {
+        "finished" => res.finish(),
+        _ => res.body("hello"),
+    }
+}
+
+#[actix_web::test]
+async fn a_head_replay_sends_the_length_its_first_answer_sent_not_the_handler_s_header() {
+    let s = serve(|cfg| {
+        cfg.route("/head/{body}", web::head().to(head_declared));
+    });
+    for (path, sent) in [("/head/finished", "0"), ("/head/body", "5")] {
+        let head = RawRequest::new("HEAD", path)
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", path)
+            .to_bytes();
+        let (_, first) = responses(&exchange(s.server.addr, &head).await).remove(0);
+        let (_, retry) = responses(&exchange(s.server.addr, &head).await).remove(0);
+        let what = format!("{path}: {first:?} / {retry:?}");
+        assert_eq!((first.status, retry.status), (200, 200), "{what}");
+        assert!(!first.replayed() && retry.replayed(), "{what}");
+        assert_eq!(
+            first.header("content-length"),
+            Some(sent),
+            "{what}: as actix sends it"
+        );
+        assert_eq!(retry.header("content-length"), Some(sent), "{what}");
+    }
+    assert_eq!(s.runs.get(), 2, "each ran once");
+}

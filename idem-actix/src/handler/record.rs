@@ -167,9 +167,17 @@ where
             }
         };
         let status = head.status().as_u16();
-        // Of a body actix sends no byte of, its length alone, which actix sends.
-        if let Read::Unsent { size, .. } = read {
-            (head.headers_mut()).insert(header::CONTENT_LENGTH, size.into());
+        // Of a body actix sends no byte of, its length alone, which actix sends; of a body
+        // gathered whole for a HEAD, its length too, which actix sends whatever the handler's
+        // header says (the replay sends the recorded one).
+        match read {
+            Read::Unsent { size, .. } => {
+                (head.headers_mut()).insert(header::CONTENT_LENGTH, size.into());
+            }
+            Read::Collected(Ok(Collected::Whole(ref bytes))) if for_head && status != 304 => {
+                (head.headers_mut()).insert(header::CONTENT_LENGTH, bytes.len().into());
+            }
+            _ => {}
         }
         let headers = Replayable {
             headers: head.headers(),
