@@ -360,8 +360,12 @@ mod tests {
         assert_eq!(counted_for_a_commit_refused_with(|| refused("25P02")), 0);
         assert_eq!(counted_for_a_commit_refused_with(|| refused("23505")), 0);
         assert_eq!(counted_for_a_commit_refused_with(|| refused("P0001")), 0);
-        // The store's own: a disk full, a connection lost.
+        // A trigger's ASSERT, a division by zero in one.
+        assert_eq!(counted_for_a_commit_refused_with(|| refused("P0004")), 0);
+        assert_eq!(counted_for_a_commit_refused_with(|| refused("22012")), 0);
+        // The store's own: a disk full, a serialization failure, a connection lost.
         assert_eq!(counted_for_a_commit_refused_with(|| refused("53100")), 1);
+        assert_eq!(counted_for_a_commit_refused_with(|| refused("40001")), 1);
         let lost = || StoreError::Unavailable("connection reset".into());
         assert_eq!(counted_for_a_commit_refused_with(lost), 1);
     }

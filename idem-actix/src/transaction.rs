@@ -614,12 +614,19 @@ mod enabled {
     }
 
     /// Whether `error` is a commit Postgres refused for what the transaction wrote: a
-    /// deferred constraint (class 23, integrity_constraint_violation) or a deferred
-    /// constraint trigger that raised (P0001, raise_exception). The transaction is rolled
-    /// back; a retry of the same request fails alike.
+    /// deferred constraint, or a deferred constraint trigger that failed, with an error of
+    /// the data or of the code it ran rather than of the server (its resources, its
+    /// connections, a serialization failure, which a retry may get past). The transaction is
+    /// rolled back; a retry of the same request fails alike.
     fn refused_at_commit(error: &StoreError) -> bool {
-        code(error).is_some_and(|code| code.starts_with("23") || code == "P0001")
+        code(error).is_some_and(|code| REFUSED_AT_COMMIT.iter().any(|c| code.starts_with(c)))
     }
+
+    /// The SQLSTATE classes of errors a transaction's own writes raise at its commit, through
+    /// deferred constraints and constraint triggers: triggered action (09), data (22, as a
+    /// division by zero), integrity constraint (23), triggered data change (27), SQL routine
+    /// (2F), external routine (38, 39), and PL/pgSQL's (P0: `RAISE`, `ASSERT`, ...).
+    const REFUSED_AT_COMMIT: [&str; 8] = ["09", "22", "23", "27", "2F", "38", "39", "P0"];
 
     /// The SQLSTATE of a database's error, if `error` is one.
     fn code(error: &StoreError) -> Option<String> {

@@ -35,7 +35,9 @@ struct Calls {
 /// then 409) or `insert-twice-ok` (the same, then 201 regardless), `pid` (report the
 /// transaction's backend, then sleep 1 s), `keep` (send the transaction to another task),
 /// `deferred-twice` (the same id twice into a table whose unique constraint is checked at the
-/// commit, then 201), `sleep:N` (sleep N ms), `commit`, `rollback` or `commit-begin` (end the transaction with
+/// commit, then 201), `checked:assert` or `checked:divide` (a row into a table whose deferred
+/// constraint trigger fails at the commit with an `ASSERT`, or dividing by zero, then 201),
+/// `sleep:N` (sleep N ms), `commit`, `rollback` or `commit-begin` (end the transaction with
 /// that raw SQL, then insert another call, outside it or in the one begun); else 201 with the
 /// call's id. `X-Isolation` sets the transaction's
 /// isolation level first.
@@ -118,6 +120,14 @@ async fn operate(
                 .map_err(ErrorInternalServerError)?;
             sqlx::query(&insert)
                 .bind(format!("{id}_after"))
+                .execute(&mut *tx)
+                .await
+                .map_err(ErrorInternalServerError)?;
+        }
+        other if other.starts_with("checked:") => {
+            let checked = format!("INSERT INTO {}_checked (id) VALUES ($1)", calls.table);
+            sqlx::query(&checked)
+                .bind(&other["checked:".len()..])
                 .execute(&mut *tx)
                 .await
                 .map_err(ErrorInternalServerError)?;
@@ -267,10 +277,23 @@ impl Fixture {
             pids: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
         };
-        // The calls, and a table whose unique constraint is checked at the commit.
+        // The calls, a table whose unique constraint is checked at the commit, and one whose
+        // deferred constraint trigger fails there for the rows its name says.
         sqlx::raw_sql(&format!(
             "CREATE TABLE {0} (id text PRIMARY KEY);
-             CREATE TABLE {0}_deferred (id text UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+             CREATE TABLE {0}_deferred (id text UNIQUE DEFERRABLE INITIALLY DEFERRED);
+             CREATE TABLE {0}_checked (id text);
+             CREATE FUNCTION {0}_check() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.id = 'assert' THEN
+                     ASSERT false, 'refused by the check';
+                 ELSIF NEW.id = 'divide' THEN
+                     PERFORM 1 / 0;
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER {0}_checked AFTER INSERT ON {0}_checked
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {0}_check();",
             calls.table
         ))
         .execute(&db)
@@ -803,6 +826,42 @@ async fn a_commit_a_deferred_constraint_refuses_answers_500_and_releases_the_key
         assert_eq!(app.written().await, 0, "{path}: nothing was written");
         assert_eq!(app.records().await, (n as i64, 0), "{path}: released");
         let retry = app.send(call(path, &key)).await;
+        assert_eq!(retry.status, 201, "{path}: the retry runs");
+        sqlx::raw_sql(&format!("DELETE FROM {}", app.calls.table))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+}
+
+/// As a deferred constraint, a deferred constraint trigger that fails at the commit, whatever
+/// the SQLSTATE it fails with (an `ASSERT`'s P0004, a division's 22012): the layer's 500, where
+/// only a constraint's (23xxx) and a `RAISE`'s (P0001) were, and every other was 503
+/// `idempotency_store_unavailable` with `Retry-After`, counted as the store's error.
+#[actix_web::test]
+async fn a_commit_a_deferred_trigger_refuses_answers_500_whatever_its_sqlstate() {
+    let Some(app) = Fixture::start("checked").await else {
+        return;
+    };
+    for (n, path) in FORMS.into_iter().enumerate() {
+        for check in ["assert", "divide"] {
+            let key = format!("{path}-{check}");
+            let then = format!("checked:{check}");
+            let answer = app.send(call(path, &key).header("X-Then", &then)).await;
+            assert_error(&answer, 500, "idempotency_transaction_unavailable");
+            assert_eq!(answer.header("retry-after"), None, "{path} {check}");
+            assert_eq!(
+                app.written().await,
+                0,
+                "{path} {check}: nothing was written"
+            );
+            assert_eq!(
+                app.records().await,
+                (n as i64, 0),
+                "{path} {check}: released"
+            );
+        }
+        let retry = app.send(call(path, &format!("{path}-assert"))).await;
         assert_eq!(retry.status, 201, "{path}: the retry runs");
         sqlx::raw_sql(&format!("DELETE FROM {}", app.calls.table))
             .execute(&app.db)
