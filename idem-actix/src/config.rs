@@ -86,7 +86,8 @@ impl Settings {
     }
 }
 
-/// How long a drain that cancelled operations waits for their claims to be released.
+/// How long a drain that cancelled operations waits for their claims to be released, and for
+/// the records left to the background.
 const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
 /// The default bound on runs a worker finishes for clients that went away.
@@ -240,7 +241,11 @@ impl IdempotencyConfig {
     /// `idempotency_shutting_down` with `Retry-After`); those whose
     /// handlers had answered and whose records were on their way to the store are recorded
     /// instead, since their operations ran, and a client still waiting for one gets its
-    /// handler's answer (the drain waits up to 2 s more for those releases and records). A keyed stream whose client still reads it is left to the server's
+    /// handler's answer (the drain waits up to 2 s more for those releases and records, and
+    /// for a stream's record whose end it let go; a record or release the store has not taken
+    /// by then is lost as the server stops, as when a process is killed: its key stays in
+    /// flight until its lease lapses, and then a retry runs the operation again). A keyed
+    /// stream whose client still reads it is left to the server's
     /// graceful stop, which sends it on and records it; so is a run that first waits after the
     /// drain's time ran out, which, still going when the stop's own time runs out, is dropped
     /// as its worker's runtime stops, too late to release its key (it stays in flight until
@@ -286,11 +291,15 @@ impl IdempotencyConfig {
         let cancelled = TASKS.cancel();
         // Each cancelled run drops on its worker and releases its claim through the store:
         // wait for those releases (the runtimes that run them stop when the server does), the
-        // runs of every application of the process, as it cancelled them all.
+        // runs of every application of the process, as it cancelled them all. Then for what
+        // is still in progress: a stream's record (or its release, when it failed) whose end
+        // was let go, which its client, having the whole answer, no longer waits for (its
+        // connection closes, and its worker's runtime stops with the last one).
         let released = async {
             TASKS.cancelled_idle().await;
             TASKS.orphans_idle().await;
             Engine::every_abandoned_released().await;
+            TASKS.idle().await;
         };
         if tokio::time::timeout(RELEASE_GRACE, released).await.is_err() {
             tracing::warn!("some idempotency claims were not released at shutdown; they lapse with their leases");

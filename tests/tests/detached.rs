@@ -91,6 +91,7 @@ fn start_stopped_by(
                     .app_data(data.clone())
                     .route("/calls", web::post().to(slow))
                     .route("/stream", web::post().to(streamed))
+                    .route("/failing", web::post().to(failing_stream))
             })
             .workers(1)
             .disable_signals()
@@ -574,6 +575,80 @@ async fn a_drain_that_runs_out_of_time_sends_the_end_of_a_stream_whose_record_is
         whole,
         "the whole answer, its end included"
     );
+}
+
+/// The same, with a store that takes the record within the 2 s the drain gives what it leaves
+/// to the background: the drain waits for it, and the retry after the restart replays it,
+/// where the drain returned at once, the server's stop dropped the recording with its worker
+/// (the client, which had the whole answer, had closed its connection), and the retry found the
+/// key in flight, then ran the operation again once its lease lapsed.
+#[actix_web::test]
+async fn a_stream_whose_end_a_drain_lets_go_is_recorded_before_the_stop_and_replayed() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = start(idem.clone(), probe.clone());
+    store.fail("complete", 1, Fault::Slow(Duration::from_secs(1)));
+    probe.gate.add_permits(1);
+    let request = || streaming("stream-end-slow");
+    let settle = Duration::from_millis(100);
+    let what = "the end's wait for the record, let go";
+    let first = answered_past_a_drain(server, &idem, &probe, request(), settle, what).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let next = start(idem.clone(), probe.clone());
+    let retry = request().send(next.addr).await;
+    next.shut_down(&idem, None).await;
+    assert!(retry.replayed(), "recorded before the stop: {retry:?}");
+    assert_eq!(retry.body, unchunked(&first.body));
+    assert_eq!(probe.runs.get(), 1, "the operation ran once");
+}
+
+/// A stream that fails after its first piece: its key is released before its failure goes out.
+#[idempotent]
+async fn failing_stream(probe: web::Data<Probe>) -> HttpResponse {
+    probe.runs.bump();
+    let body = stream::iter([
+        Ok::<_, actix_web::Error>(Bytes::from(vec![b'a'; 100])),
+        Err(actix_web::error::ErrorInternalServerError(
+            "the upstream broke",
+        )),
+    ]);
+    HttpResponse::Ok().streaming(body)
+}
+
+/// A stream that fails is released before its failure goes out, so that a retry sent at once
+/// runs: a drain that runs out of time lets the failure go, and waits for the release, within
+/// the same 2 s, where the server's stop dropped it and the retry found the key in flight for
+/// the rest of its lease.
+#[actix_web::test]
+async fn a_failed_stream_s_release_a_drain_lets_go_is_made_before_the_stop() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = start(idem.clone(), probe.clone());
+    store.fail("release", 1, Fault::Slow(Duration::from_secs(1)));
+    let request = || {
+        RawRequest::post("/failing")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", "failing-slow-release")
+    };
+    let addr = server.addr;
+    let client = actix_web::rt::spawn(async move { request().try_send(addr).await });
+    let runs = probe.runs.clone();
+    eventually(move || runs.get() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server
+        .shut_down(&idem, Some(Duration::from_millis(200)))
+        .await;
+    let _ = client.await.unwrap();
+    let next = start(idem.clone(), probe.clone());
+    let retry = request().try_send(next.addr).await;
+    next.shut_down(&idem, None).await;
+    let retry = retry.expect("an answer");
+    assert_eq!(retry.status, 200, "released before the stop: {retry:?}");
+    assert_eq!(probe.runs.get(), 2, "the retry ran");
 }
 
 /// A keyed stream whose client went away is read on without it, as a run whose client went
