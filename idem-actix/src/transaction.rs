@@ -564,7 +564,7 @@ mod enabled {
                     if committing.get()
                         && code(&error).as_deref() == Some(SERIALIZATION_FAILURE) =>
                 {
-                    tracing::error!(status, %error, "Postgres refused to commit the handler's transaction for a serialization failure; nothing was written. Either the transaction conflicted with another one, or it runs at REPEATABLE READ or SERIALIZABLE and outlived a renewal of its claim (every third of the lease), which changed the record's row: then keep such runs within a third of the lease (a longer lease), or use READ COMMITTED, the default");
+                    tracing::error!(status, %error, "Postgres refused to commit the handler's transaction for a serialization failure; nothing was written. Either the transaction conflicted with another one (at SERIALIZABLE, through the records table too, whose index Postgres tracks by page, so that runs of keys on one page conflict where one reads what the other writes), or it runs at REPEATABLE READ or SERIALIZABLE and outlived a renewal of its claim (every third of the lease), which changed the record's row: then keep such runs within a third of the lease (a longer lease), or use READ COMMITTED, the default");
                     let error = IdempotencyError::StoreUnavailable(error);
                     ("unrecorded", loan.0.error(&error, request_id))
                 }

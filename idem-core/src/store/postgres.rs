@@ -364,7 +364,10 @@ END $$;"
 /// default isolation level; set another with `SET TRANSACTION ISOLATION LEVEL` as its first
 /// statement. At REPEATABLE READ or SERIALIZABLE, commit within a third of the lease: the
 /// claim's row is renewed then, on another connection, and Postgres refuses (40001) to commit
-/// the record over a row changed since the transaction's snapshot. Change a setting for the
+/// the record over a row changed since the transaction's snapshot. At SERIALIZABLE, the record's
+/// update takes part in the transaction's conflict checks, which Postgres tracks on the
+/// table's index by page: a run that reads what another run writes, their keys on one page,
+/// can be refused (40001) where the two would commit without the record. Change a setting for the
 /// run with `SET LOCAL`, which ends with the transaction: a plain `SET` (or `SET ROLE`)
 /// outlives it on the connection, which goes back to the pool and serves the store's own
 /// statements next.
