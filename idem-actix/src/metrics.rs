@@ -61,6 +61,7 @@ labelled!(
         "idempotency_key_missing",
         "idempotency_key_invalid",
         "idempotency_scope_missing",
+        "idempotency_body_invalid",
         "idempotency_body_too_large",
         "idempotency_overloaded",
         "idempotency_misconfigured",
@@ -230,7 +231,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
 
-    use idem_core::{Begin, Engine, Fingerprint, MokaStore, Policy, Response, StoreKey};
+    use idem_core::{codes, Begin, Engine, Fingerprint, MokaStore, Policy, Response, StoreKey};
     use metrics::{
         Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit,
     };
@@ -280,6 +281,28 @@ mod tests {
             counts
                 .get(name)
                 .map_or(0, |count| count.0.load(Ordering::SeqCst))
+        }
+    }
+
+    /// `describe_metrics` starts at zero the series of every code a request is refused with
+    /// before any claim, so that a rate or an alert over one reads 0 rather than no data until
+    /// the first such refusal.
+    #[test]
+    fn every_code_a_request_is_refused_with_before_a_claim_starts_at_zero() {
+        let counts = Counts::default();
+        metrics::with_local_recorder(&counts, describe_metrics);
+        let started = counts.0.lock().unwrap();
+        for code in [
+            codes::KEY_MISSING,
+            codes::KEY_INVALID,
+            codes::SCOPE_MISSING,
+            codes::BODY_INVALID,
+            codes::BODY_TOO_LARGE,
+            codes::OVERLOADED,
+            codes::MISCONFIGURED,
+        ] {
+            let series = format!("idem_rejections_total{{code={code}}}");
+            assert!(started.contains_key(&series), "{series} is not started");
         }
     }
 
