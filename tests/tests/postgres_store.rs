@@ -118,6 +118,28 @@ async fn claimed(
     }
 }
 
+/// A builder's `Debug` form shows no password, in the URL's user part (written unencoded, it
+/// may hold `/`) or in its query (sqlx takes `password=` there too), where it showed the URL as
+/// given.
+#[test]
+fn a_builder_s_debug_form_shows_no_password() {
+    let secret = "S3cret";
+    let shown: Vec<_> = [
+        format!("postgres://idem:{secret}@127.0.0.1:5432/calls"),
+        format!("postgres://idem:Ab/{secret}@127.0.0.1:5432/calls"),
+        format!("postgres://idem@127.0.0.1:5432/calls?password={secret}"),
+    ]
+    .iter()
+    .map(|url| format!("{:?}", PostgresStore::builder(url.as_str())))
+    .collect();
+    let leaks: Vec<_> = shown.iter().filter(|s| s.contains(secret)).collect();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+    assert!(
+        shown.iter().all(|s| s.contains("127.0.0.1:5432/calls")),
+        "{shown:#?}"
+    );
+}
+
 #[actix_web::test]
 async fn postgres_store_conforms() {
     let Some(pg) = TestPostgres::start() else {

@@ -543,6 +543,37 @@ async fn settings_the_store_cannot_take_are_refused_as_settings_naming_them() {
     assert!(matches!(zero, StoreError::Config(_)), "{zero:?}");
 }
 
+/// A password written into a URL unencoded may hold `/`, `?` or `#`, which end a URL's host
+/// part: the message naming a URL the client refuses, and a builder's `Debug` form, show no
+/// password whatever it holds, where the message showed the URL whole (its host part seemed to
+/// hold no `@`) and the builder's `Debug` form showed every URL as given.
+#[actix_web::test]
+async fn no_password_is_shown_in_a_refusal_or_a_builder_s_debug_form() {
+    let secret = "S3cret";
+    let mut shown = Vec::new();
+    for url in [
+        format!("redis://default:Ab/{secret}@127.0.0.1:6379/0"),
+        format!("redis://default:{secret}#x@127.0.0.1:6379/0"),
+        format!("redis://default:{secret}?x@127.0.0.1:6379/0"),
+    ] {
+        if let Err(err) = RedisStore::new(url.as_str()) {
+            shown.push(err.to_string());
+        }
+        shown.push(format!("{:?}", RedisStore::builder(url.as_str())));
+        shown.push(format!("{:?}", RedisStore::cluster([url.as_str()])));
+    }
+    shown.push(format!(
+        "{:?}",
+        RedisStore::builder(format!("redis://:{secret}@127.0.0.1:6379/0"))
+    ));
+    let leaks: Vec<_> = shown.iter().filter(|s| s.contains(secret)).collect();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+    assert!(
+        shown.iter().all(|s| s.contains("127.0.0.1:6379")),
+        "the host is named: {shown:#?}"
+    );
+}
+
 fn closed_and_open(redis: &TestRedis) -> (Engine, Engine) {
     let closed = Engine::new(RedisStore::new(redis.url()).unwrap());
     let open = Engine::new(

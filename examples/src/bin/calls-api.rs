@@ -32,7 +32,7 @@ use std::time::Duration;
 use actix_web::middleware::Condition;
 use actix_web::{guard, web, App, HttpResponse, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, PostgresStore, RedisStore};
-use idem_core::store::ReplayCache;
+use idem_core::store::{redacted_url, ReplayCache};
 use idem_examples::calls_api::{configure, cors, log_line, CallsState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::filter::LevelFilter;
@@ -258,7 +258,7 @@ fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String>
         }
         Some(Redis::Server(Given { value, from })) => (
             RedisStore::new(value.as_str()).map_err(|e| format!("{from}: {e}"))?,
-            format!("redis at {}", shown(value)),
+            format!("redis at {}", redacted_url(value)),
         ),
         Some(Redis::Cluster { urls, from }) => (
             RedisStore::cluster(urls)
@@ -267,7 +267,7 @@ fn idempotency(options: &Options) -> Result<(IdempotencyConfig, String), String>
             format!(
                 "redis cluster at {}",
                 urls.iter()
-                    .map(|url| shown(url))
+                    .map(|url| redacted_url(url))
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -304,22 +304,7 @@ async fn on_database(url: &Given) -> Result<(IdempotencyConfig, CallsState, Stri
     let idem = IdempotencyConfig::new(store)
         .require_transactions()
         .map_err(|e| failed(e.to_string()))?;
-    Ok((idem, state, format!("postgres at {}", shown(url))))
-}
-
-/// A store's `url` for the log: its scheme, host, port and path, without the credentials a
-/// URL carries (`user:password@`, or a query's `password=`, which sqlx takes too).
-fn shown(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    match scheme {
-        "" => format!("{host}{path}"),
-        scheme => format!("{scheme}://{host}{path}"),
-    }
+    Ok((idem, state, format!("postgres at {}", redacted_url(url))))
 }
 
 /// Says why a setting is refused, with the usage: exit 2.

@@ -43,6 +43,30 @@ pub use self::postgres::{
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::replay_cache::ReplayCache;
 
+/// `url`, a store's, as a log line or a message may show it: its scheme, host, port and path,
+/// without the user and password it may hold, nor its query (where sqlx takes a password
+/// too). Everything up to the last `@` is taken for credentials, whatever it holds: a password
+/// written unencoded may hold `/`, `?` or `#`, which would otherwise end the host part early.
+///
+/// ```
+/// use idem_core::store::redacted_url;
+///
+/// assert_eq!(redacted_url("redis://user:Ab/c?d@cache:6379/0"), "redis://cache:6379/0");
+/// assert_eq!(redacted_url("postgres://db/calls?password=pw"), "postgres://db/calls");
+/// ```
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest.to_owned(),
+    }
+}
+
 /// Whether `error`, an unavailable store's, came from a store that answered: a Redis claim
 /// that fewer replicas than asked acknowledged in time, released by the store (or kept,
 /// where the store itself fails open, and then not an error). The store was reached, and the

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Row};
 
-use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
+use super::{redacted_url, Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
 use crate::clock::Timestamp;
 use crate::digest::{Fingerprint, StoreKey};
 use crate::engine::{released_until_known, Counted, MAX_UNCONFIRMED_RELEASES};
@@ -455,10 +455,20 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 /// Where a store's connections come from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum Source {
     Url(String),
     Pool(PgPool),
+}
+
+/// Its URL without its credentials.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Url(url) => f.debug_tuple("Url").field(&redacted_url(url)).finish(),
+            Source::Pool(pool) => f.debug_tuple("Pool").field(pool).finish(),
+        }
+    }
 }
 
 /// Builds a [`PostgresStore`].

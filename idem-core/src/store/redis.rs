@@ -14,7 +14,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
 
 use super::codec::{self, token_hex};
-use super::{Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
+use super::{redacted_url, Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GRACE};
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Response, Token};
@@ -721,10 +721,23 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Where a [`RedisStoreBuilder`] connects.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum Target {
     Single(String),
     Cluster(Vec<String>),
+}
+
+/// Its URLs without their credentials.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Single(url) => f.debug_tuple("Single").field(&redacted_url(url)).finish(),
+            Target::Cluster(urls) => {
+                let urls: Vec<_> = urls.iter().map(|url| redacted_url(url)).collect();
+                f.debug_tuple("Cluster").field(&urls).finish()
+            }
+        }
+    }
 }
 
 /// Builds a [`RedisStore`].
@@ -1301,20 +1314,8 @@ fn invalid(url: &str, error: redis::RedisError) -> StoreError {
     StoreError::Config(format!(
         "{} is not a Redis URL the store can use ({error}); write it as \
          redis://[user:password@]host[:port][/db], rediss:// for TLS, or redis+unix:///path",
-        without_credentials(url)
+        redacted_url(url)
     ))
-}
-
-/// `url` without the user and password it may hold, for a message that names it.
-fn without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
 }
 
 /// The smallest bound on records that lets the store record every request: a completion
