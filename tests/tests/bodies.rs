@@ -237,6 +237,23 @@ async fn encoded_bodies_the_layer_cannot_read_are_refused_with_the_reason() {
     assert_eq!(s.runs.get(), 0);
 }
 
+/// A coding named at length is named in the refusal by its first 32 bytes, where the whole
+/// header came back in the error's message (and in the log): any client could have the server
+/// answer, and write, as much text of its choosing as a header holds.
+#[actix_web::test]
+async fn a_coding_named_at_length_is_not_echoed_whole() {
+    let s = events();
+    let coding = format!("x-{}", "a".repeat(10_000));
+    let res = s
+        .send(&encoded("/json-events", &coding, b"{}".to_vec()).header("Idempotency-Key", "k6"))
+        .await;
+    assert_error(&res, 400, "idempotency_body_invalid");
+    let text = res.text();
+    assert!(text.len() < 1_000, "{} bytes: {}", text.len(), &text[..200]);
+    assert!(text.contains(&coding[..32]), "named by its start: {text}");
+    assert_eq!(s.runs.get(), 0);
+}
+
 /// A body actix's own decoder refuses (gzip of two members, deflate with bytes after its
 /// end) is refused by the layer too, before any claim, so that its retry, sent whole, runs:
 /// where the layer decoded it by its own rules, the handler's extractor failed on it and its

@@ -503,9 +503,7 @@ fn decoded(
     let Some(value) = req.headers().get(header::CONTENT_ENCODING) else {
         return Ok(None);
     };
-    let coding = String::from_utf8_lossy(value.as_bytes())
-        .trim()
-        .to_ascii_lowercase();
+    let coding = named(value);
     // Parsed as actix parses it: a value it cannot parse is handed on as it came.
     let parsed = value.to_str().ok().and_then(|v| v.parse().ok());
     let parsed = match parsed {
@@ -523,6 +521,21 @@ fn decoded(
         Err(Decoding::Invalid) => Err(BodyError::Undecodable { coding }.into()),
     }
 }
+
+/// The coding `value` names, for a refusal: lowercase, and its first [`NAMED`] bytes only, so
+/// that a client cannot have the server answer (and log) as much text of its choosing as a
+/// header holds.
+fn named(value: &header::HeaderValue) -> String {
+    let coding = String::from_utf8_lossy(value.as_bytes());
+    let coding = coding.trim();
+    match coding.char_indices().nth(NAMED) {
+        Some((end, _)) => format!("{}...", coding[..end].to_ascii_lowercase()),
+        None => coding.to_ascii_lowercase(),
+    }
+}
+
+/// How much of a coding a refusal names.
+const NAMED: usize = 32;
 
 /// Why actix-web's decoder gave no body.
 enum Decoding {
