@@ -109,7 +109,7 @@ impl std::fmt::Display for IdempotencyKey {
 /// with the request's `X-Request-ID`. A request that carries the application's key header,
 /// to a handler that no layer serves (neither `#[idempotent]` nor inside an
 /// [`Idempotency`](crate::Idempotency) middleware), is a fault of the server's: 500
-/// `idempotency_layer_missing`, and the log names the request.
+/// `idempotency_layer_missing`, and the log names the request (at `error` the first time for its route).
 #[derive(Clone)]
 pub struct NoIdempotencyKey {
     config: IdempotencyConfig,
@@ -125,8 +125,9 @@ enum Cause {
     /// It carries one, but no layer serves the handler (logged when found).
     NoLayer,
     /// It carries one on a method the middleware around the handler leaves alone: what the
-    /// log says when the refusal is answered.
-    Method(String),
+    /// log says when the refusal is answered, at `error` the first time for its route, then
+    /// at `debug` (`loud`).
+    Method { log: String, loud: bool },
 }
 
 impl std::fmt::Debug for NoIdempotencyKey {
@@ -142,7 +143,7 @@ impl std::fmt::Display for NoIdempotencyKey {
         match self.cause {
             Cause::Missing => f.write_str("this request has no idempotency key; send one, or take Option<IdempotencyKey>"),
             Cause::NoLayer => f.write_str("this request's idempotency key was not taken: no idempotency layer serves its handler; annotate it with #[idempotent] or wrap it in Idempotency"),
-            Cause::Method(_) => f.write_str("this request's idempotency key was not taken: the Idempotency middleware around its handler leaves its method alone; add the method with Idempotency::with_methods, or take Option<IdempotencyKey>"),
+            Cause::Method { .. } => f.write_str("this request's idempotency key was not taken: the Idempotency middleware around its handler leaves its method alone; add the method with Idempotency::with_methods, or take Option<IdempotencyKey>"),
         }
     }
 }
@@ -151,7 +152,7 @@ impl ResponseError for NoIdempotencyKey {
     fn status_code(&self) -> StatusCode {
         match self.cause {
             Cause::Missing => StatusCode::BAD_REQUEST,
-            Cause::NoLayer | Cause::Method(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::NoLayer | Cause::Method { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -159,10 +160,14 @@ impl ResponseError for NoIdempotencyKey {
         match &self.cause {
             Cause::Missing => self.response_under(Overrides::NONE, false),
             Cause::NoLayer => self.render(&IdempotencyError::LayerMissing, None),
-            Cause::Method(log) => {
+            Cause::Method { log, loud } => {
                 // Logged here, where the refusal is answered: a handler taking
                 // `Option<IdempotencyKey>` gets `None` for the ignored key, as documented.
-                tracing::error!("{log}");
+                if *loud {
+                    tracing::error!("{log}");
+                } else {
+                    tracing::debug!("{log}");
+                }
                 self.render(&IdempotencyError::LayerMissing, None)
             }
         }
@@ -175,23 +180,36 @@ impl NoIdempotencyKey {
     pub(crate) fn of(req: &HttpRequest, taker: &str) -> Self {
         let config = IdempotencyConfig::of(req).clone();
         let passed = req.extensions().get::<Passed>().copied();
+        // Named in the log once for each route (see `Named`).
+        let first = || {
+            let pattern = req.match_pattern().unwrap_or_default();
+            (config.outage().unserved).first(format!("{} {pattern}", req.method()))
+        };
         let cause = match passed {
             // Marked only when the request carries the middleware's key header.
-            Some(Passed::Method(header)) => Cause::Method(format!(
-                "a handler takes {taker}, and {} {} carries an {header} header, but the Idempotency middleware around it leaves {} alone, so the key is ignored and the handler can never get one: add the method with Idempotency::with_methods, or take Option<IdempotencyKey>",
-                req.method(),
-                req.path(),
-                req.method(),
-            )),
+            Some(Passed::Method(header)) => Cause::Method {
+                log: format!(
+                    "a handler takes {taker}, and {} {} carries an {header} header, but the Idempotency middleware around it leaves {} alone, so the key is ignored and the handler can never get one: add the method with Idempotency::with_methods, or take Option<IdempotencyKey>",
+                    req.method(),
+                    req.path(),
+                    req.method(),
+                ),
+                loud: first(),
+            },
             _ if !req.headers().contains_key(config.header()) => Cause::Missing,
             Some(Passed::Keyless) => Cause::Missing,
             None => {
-                tracing::error!(
+                let log = format!(
                     "a handler takes {taker}, and {} {} carries an {} header, but no idempotency layer serves this request: annotate the handler with #[idempotent], or wrap it in Idempotency",
                     req.method(),
                     req.path(),
                     config.header(),
                 );
+                if first() {
+                    tracing::error!("{log}");
+                } else {
+                    tracing::debug!("{log}");
+                }
                 Cause::NoLayer
             }
         };

@@ -1,6 +1,8 @@
 //! Warnings of failures that refuse keyed requests en masse (a store's outage, a worker past
-//! its bound of runs): one when it starts, then at most one a minute.
+//! its bound of runs): one when it starts, then at most one a minute; and of routes no layer
+//! serves: one for each.
 
+use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,23 @@ pub(crate) struct Outage {
     pub(crate) unprotected: Warnings,
     /// Of requests refused past a worker's bound of runs for clients gone.
     pub(crate) overloaded: Warnings,
+    /// Of routes whose handlers take the key and that no layer serves.
+    pub(crate) unserved: Named,
+}
+
+/// The routes (method and pattern) a fault of the server's was named for: each in the log
+/// once, as the fault repeats with every request to it (and a handler that takes
+/// `Option<IdempotencyKey>` still answers, so that any client could add a line to the log with
+/// each request). As many as the application has routes.
+#[derive(Debug, Default)]
+pub(crate) struct Named(Mutex<HashSet<String>>);
+
+impl Named {
+    /// Whether `route` is named now: the first time only.
+    pub(crate) fn first(&self, route: String) -> bool {
+        let mut named = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        named.insert(route)
+    }
 }
 
 /// The warnings of one kind of failure: the first is warned of, then at most one every

@@ -326,6 +326,49 @@ async fn a_key_sent_to_a_handler_that_no_layer_serves_is_a_server_fault_named_in
     assert_eq!(runs.get(), 1);
 }
 
+/// The log names each route no layer serves once (then at `debug`), not once per request: a
+/// handler that takes `Option<IdempotencyKey>` still answers, so that any client sending a key
+/// could add an error line to the log with each request.
+#[actix_web::test]
+async fn a_route_that_no_layer_serves_is_named_in_the_log_once_not_per_request() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/unserved-once", web::post().to(unserved))
+            .route("/unserved-optional-once", web::post().to(unserved_optional))
+            .service(
+                web::scope("/wrapped-get-once")
+                    .wrap(Idempotency::new())
+                    .route("", web::get().to(unserved)),
+            );
+    });
+    for n in 0..5 {
+        let res = call("/unserved-once", &format!("k{n}"))
+            .send(server.addr)
+            .await;
+        assert_error(&res, 500, idem_actix::codes::LAYER_MISSING);
+        let res = call("/unserved-optional-once", &format!("k{n}"))
+            .send(server.addr)
+            .await;
+        assert_eq!(res.status, 201);
+        let res = RawRequest::get("/wrapped-get-once")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", "k1")
+            .send(server.addr)
+            .await;
+        assert_error(&res, 500, idem_actix::codes::LAYER_MISSING);
+    }
+    for logged in [
+        "POST /unserved-once carries",
+        "POST /unserved-optional-once carries",
+        "GET /wrapped-get-once carries",
+    ] {
+        assert_eq!(warnings.containing(logged), 1, "{logged}");
+    }
+}
+
 /// A handler inside an `Idempotency` middleware that takes the key, on a method the middleware
 /// leaves alone, can never get one: a client that sent a key is not told to send one (it did),
 /// and the log names the request, the method and the fix.
