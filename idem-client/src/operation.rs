@@ -19,7 +19,6 @@ use crate::{key, Client, Error, Failure, Response};
 /// Its key is made when the operation is made (see [`key`](Self::key)); give one with
 /// [`idempotency_key`](Self::idempotency_key) to resume an operation sent before, such as one
 /// whose retries ran out.
-#[derive(Debug)]
 #[must_use = "an operation does nothing until it is sent"]
 pub struct Operation<'c> {
     client: &'c Client,
@@ -31,6 +30,36 @@ pub struct Operation<'c> {
     /// The first mistake made while building, reported by `send`.
     error: Option<Error>,
 }
+
+/// Without the credentials it may carry: its URL's password, and its body (its size only);
+/// the headers that carry credentials are marked sensitive as they are added (see
+/// [`Operation::header`]), and shown so.
+impl std::fmt::Debug for Operation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.as_ref().map(|url| {
+            let mut url = url.clone();
+            let _ = url.set_password(None);
+            url.to_string()
+        });
+        f.debug_struct("Operation")
+            .field("method", &self.method)
+            .field("url", &url)
+            .field("headers", &self.headers)
+            .field("body_bytes", &self.body.as_ref().map(Bytes::len))
+            .field("key", &self.key)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers that carry credentials: marked sensitive, so that a `Debug` form (the operation's,
+/// reqwest's) shows none of their values.
+const CREDENTIALS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
 
 impl<'c> Operation<'c> {
     pub(crate) fn new(client: &'c Client, method: Method, url: &str) -> Self {
@@ -92,7 +121,8 @@ impl<'c> Operation<'c> {
             return self.idempotency_key(value);
         }
         match HeaderValue::from_str(value) {
-            Ok(value) => {
+            Ok(mut value) => {
+                value.set_sensitive(CREDENTIALS.contains(&header.as_str()));
                 self.headers.append(header, value);
             }
             Err(_) => self.fail(Error::InvalidRequest(format!(
@@ -385,6 +415,49 @@ fn causes<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An operation's `Debug` form shows no credential: a header that carries one (given
+    /// through `header` as well as `bearer_auth`), or a URL's password, where only
+    /// `bearer_auth`'s was hidden.
+    #[test]
+    fn an_operation_s_debug_form_shows_no_credential() {
+        let client = Client::builder().build().unwrap();
+        let secret = "S3cret";
+        let url = "http://127.0.0.1:1/x";
+        let shown = [
+            format!("{:?}", client.post(url).bearer_auth(secret)),
+            format!(
+                "{:?}",
+                client
+                    .post(url)
+                    .header("Authorization", format!("Bearer {secret}"))
+            ),
+            format!("{:?}", client.post(url).header("X-API-Key", secret)),
+            format!(
+                "{:?}",
+                client
+                    .post(url)
+                    .header("Cookie", format!("session={secret}"))
+            ),
+            format!(
+                "{:?}",
+                client.post(url).header("Proxy-Authorization", secret)
+            ),
+            format!(
+                "{:?}",
+                client.post(format!("http://user:{secret}@127.0.0.1:1/x"))
+            ),
+            format!(
+                "{:?}",
+                client
+                    .post(url)
+                    .body(format!("{{\"password\":\"{secret}\"}}"))
+            ),
+        ];
+        let leaks: Vec<_> = shown.iter().filter(|s| s.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{leaks:#?}");
+        assert!(shown.iter().all(|s| s.contains("127.0.0.1")), "{shown:#?}");
+    }
 
     fn client() -> Client {
         Client::builder().build().unwrap()
