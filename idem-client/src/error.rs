@@ -96,7 +96,9 @@ pub enum Error {
     /// for a server it finds misconfigured (`idempotency_misconfigured`,
     /// `idempotency_layer_missing`, `idempotency_transaction_unavailable`). Nothing was
     /// recorded, and retrying the same request gets the same answer until the request, or the
-    /// server, is mended.
+    /// server, is mended. Given for an operation's first attempt only: a later attempt's
+    /// refusal (by another instance of the server) ends the operation as
+    /// [`GaveUp`](Self::GaveUp), as the attempts before it may have run.
     ///
     /// Nothing ran, except after `idempotency_transaction_unavailable`, which also comes after
     /// a handler ran and left nothing of its transaction to commit (it ended the transaction
@@ -133,7 +135,8 @@ pub enum Error {
         limit: usize,
     },
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
-    /// 408, 502, 503, 504, 409 while in flight). The operation may have run. A run the
+    /// 408, 502, 503, 504, 409 while in flight), or a later attempt was refused (its `last`
+    /// says how) after earlier ones that may have run. The operation may have run. A run the
     /// server recorded is not run again under this key; a run that answered an application's
     /// own 502, 503 or 504 was not recorded (an endpoint keeps no 5xx unless told to), nor,
     /// on an endpoint that records only 2xx (`cache = "2xx"`), one that answered its own 408
@@ -250,7 +253,10 @@ impl std::fmt::Display for RequestId<'_> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Failure {
-    /// The server answered with a status worth retrying (408, 502, 503, 504, or 409 while in flight).
+    /// The server answered with a status worth retrying (408, 502, 503, 504, or 409 while in
+    /// flight), or refused a later attempt of an operation whose earlier ones may have run
+    /// (its code says why: another instance of the server, misconfigured, or with other
+    /// limits).
     Status {
         /// The status.
         status: StatusCode,

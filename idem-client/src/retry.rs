@@ -67,6 +67,19 @@ where
                     last: Failure::Transport(error),
                 })
             }
+            // A refusal of a later attempt (another instance of the server, misconfigured)
+            // says nothing of the earlier ones, which may have run: the outcome is unknown.
+            Verdict::Stop(Error::Refused { status, code, .. }) if number > 1 => {
+                return Err(Error::GaveUp {
+                    key: key.to_owned(),
+                    attempts: number,
+                    elapsed: start.elapsed(),
+                    last: Failure::Status {
+                        status,
+                        code: Some(code),
+                    },
+                })
+            }
             Verdict::Stop(error) => return Err(error),
             Verdict::Retry {
                 failure,
@@ -317,6 +330,50 @@ mod tests {
         // The first attempts get the whole timeout, the last only what is left.
         assert_eq!(seen[0].2, Duration::from_secs(4));
         assert!(seen[3].2 < Duration::from_secs(1) + Duration::from_millis(1));
+    }
+
+    fn refused() -> Verdict<&'static str> {
+        Verdict::Stop(Error::Refused {
+            key: "key-1".into(),
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "idempotency_layer_missing".into(),
+            message: None,
+            request_id: None,
+        })
+    }
+
+    /// A refusal of a later attempt (another instance, misconfigured, in a rolling deploy) says
+    /// nothing of the earlier ones, which may have run (a timeout after sending, a proxy's
+    /// 504): the operation ends as given up, with its key and the refusal as its last failure,
+    /// where it ended as `Refused`, which tells the caller that nothing ran. A first attempt's
+    /// refusal is `Refused`, as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_after_an_attempt_that_may_have_run_ends_as_given_up() {
+        let timeout = Verdict::Retry {
+            failure: Failure::Status {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: None,
+            },
+            retry_after: None,
+        };
+        let err = Script::new([timeout, refused()])
+            .run(&POLICY)
+            .await
+            .unwrap_err();
+        let Error::GaveUp {
+            key,
+            attempts: 2,
+            last: Failure::Status { status, code },
+            ..
+        } = err
+        else {
+            panic!("given up, the outcome unknown: {err:?}")
+        };
+        assert_eq!(key, "key-1");
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(code.as_deref(), Some("idempotency_layer_missing"));
+        let first = Script::new([refused()]).run(&POLICY).await.unwrap_err();
+        assert!(matches!(first, Error::Refused { .. }), "{first:?}");
     }
 
     #[tokio::test(start_paused = true)]
