@@ -115,10 +115,19 @@ fn error_code(body: &[u8]) -> (Option<String>, Option<String>) {
     };
     let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
     match value.get("error") {
-        Some(error) => (
-            text(error.get("code").or_else(|| error.get("type"))),
-            text(error.get("message")),
-        ),
+        // The layer's code under either member, whatever the other holds (an application's
+        // renderer may put a number, `null` or a code of its own beside it); else either's
+        // text.
+        Some(error) => {
+            let (code, kind) = (text(error.get("code")), text(error.get("type")));
+            let layer =
+                |c: &Option<String>| c.as_deref().is_some_and(|c| c.starts_with(LAYER_PREFIX));
+            let code = match (layer(&code), layer(&kind)) {
+                (false, true) => kind,
+                _ => code.or(kind),
+            };
+            (code, text(error.get("message")))
+        }
         None => (text(value.get("code")), text(value.get("detail"))),
     }
 }
@@ -284,6 +293,32 @@ mod tests {
         assert_eq!(of(409, None, problem), mismatch);
         // A 422 of the application's own is its answer.
         assert_eq!(of(422, None, &envelope("invalid_body")), Class::Answer);
+    }
+
+    /// An application's renderer may put the layer's code under `type` beside a `code` that
+    /// is a number, `null`, or a code of its own: the layer's is read all the same, where
+    /// `type` was read only when `code` was absent, and a mismatch, or an operation that ran
+    /// and whose answer was not kept, was handed back as the operation's answer.
+    #[test]
+    fn the_layers_code_under_type_is_read_whatever_code_holds() {
+        let mismatch = Class::Mismatch {
+            message: Some("m".into()),
+        };
+        for body in [
+            &br#"{"error":{"type":"idempotency_conflict","code":409,"message":"m"}}"#[..],
+            br#"{"error":{"type":"idempotency_conflict","code":null,"message":"m"}}"#,
+            br#"{"error":{"type":"idempotency_conflict","code":"CONFLICT","message":"m"}}"#,
+            br#"{"error":{"code":"idempotency_conflict","type":"conflict","message":"m"}}"#,
+        ] {
+            assert_eq!(
+                of(409, None, body),
+                mismatch,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let own = br#"{"error":{"type":"conflict","code":"CONFLICT","message":"m"}}"#;
+        assert_eq!(of(409, None, own), Class::Answer);
     }
 
     #[test]
