@@ -63,9 +63,9 @@
 //! that takes.
 //!
 //! # OpenAPI and CORS
-//! With the feature `utoipa`, [`openapi::Contract`] writes what each idempotent operation
+//! With the feature `utoipa`, `openapi::Contract` writes what each idempotent operation
 //! promises (its key header, replays, the layer's errors and the retention) into a utoipa
-//! OpenAPI document. With the feature `cors`, [`cors::IdempotencyCors`] lets browsers on other
+//! OpenAPI document. With the feature `cors`, `cors::IdempotencyCors` lets browsers on other
 //! origins send keys and read `Idempotent-Replayed`.
 //!
 //! # Error codes
@@ -106,7 +106,7 @@
 //! | `idem_requests_total` | counter | `outcome`: `executed` (ran and recorded), `replayed`, `released` (a 5xx, a response `cache` does not keep, a panic or a failed body, or an extractor's refusal of the request, the handler not run: the key is free again), `lost` (the claim lapsed and another took the key, so the response was not recorded), `unrecorded` (recording failed for a whole lease, or a `Transaction`'s commit failed; or a release failed, after a response not kept, a panic or a failed body: its claim is released in the background, or lapses with its lease), `unprotected` (ran without a claim, under `fail_open`), `cancelled` (a drain ran out of time and cancelled the run: its key released, or its record written in the background if its handler had answered) |
 //! | `idem_conflicts_total` | counter | `kind`: `in_flight`, `mismatch`, `response_too_large`, `encoding_not_accepted` (a replay in a coding the retry does not accept) |
 //! | `idem_rejections_total` | counter | `code`: the error code of a request refused before any claim (a missing or invalid key, a missing scope, a body invalid or too large, `idempotency_overloaded`, `idempotency_misconfigured`) |
-//! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release`, `transaction` (opening a handler's [`Transaction`], with the `postgres` feature); each try counts: a claim that failed, which may land later all the same, is released in the background in case it did, with tries a second apart at first and up to 16 s apart while the store still fails (eight over a lease of 60 s), so that in an outage `release` counts up to eight errors per refused request; not counted: a `Transaction`'s commit that Postgres refused for the handler's own doing (a statement of it that failed, a constraint checked at the commit, the transaction ended by the handler), answered and logged as the handler's fault |
+//! | `idem_store_errors_total` | counter | `op`: `claim`, `get`, `extend`, `complete`, `release`, `transaction` (opening a handler's `Transaction`, with the `postgres` feature); each try counts: a claim that failed, which may land later all the same, is released in the background in case it did, with tries a second apart at first and up to 16 s apart while the store still fails (eight over a lease of 60 s), so that in an outage `release` counts up to eight errors per refused request; not counted: a `Transaction`'s commit that Postgres refused for the handler's own doing (a statement of it that failed, a constraint checked at the commit, the transaction ended by the handler), answered and logged as the handler's fault |
 //! | `idem_store_duration_seconds` | histogram | `op`, as above |
 //! | `idem_store_evictions_total` | counter | none: records the store evicted to make room before their time to live |
 //!

@@ -420,7 +420,8 @@ pub struct NoHttpStatus(pub u16);
 
 /// [`StoreError::Refused`] (with [`NoHttpStatus`]) for a response whose status is no HTTP
 /// status, as [`Store::complete`] refuses it: for a store of your own, before it writes a
-/// record (the [conformance suite](crate::testing::conformance) checks that it does).
+/// record (the conformance suite, `idem_core::testing::conformance` with the feature `testing`,
+/// checks that it does).
 pub fn check_status(response: &Response) -> Result<(), StoreError> {
     match response.status() {
         status if is_http_status(status) => Ok(()),
