@@ -548,6 +548,24 @@ async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_
     next.shut_down(&idem, None).await;
 }
 
+/// A keyed stream under `key` that has ended, its end held until its record is written, on a
+/// store whose first completion has `fault`, past a drain of 200 ms that lets its end go: the
+/// app's settings, the probe, and the answer its client got (checked to be the whole stream).
+async fn a_stream_s_end_let_go(key: &str, fault: Fault) -> (IdempotencyConfig, Probe, RawResponse) {
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = start(idem.clone(), probe.clone());
+    store.fail("complete", 1, fault);
+    probe.gate.add_permits(1);
+    // Past its pieces, its end waiting for the record.
+    let settle = Duration::from_millis(100);
+    let what = "the end's wait for the record, let go";
+    let first = answered_past_a_drain(server, &idem, &probe, streaming(key), settle, what).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    (idem, probe, first)
+}
+
 /// A keyed stream that has ended, whose client has all of it but its end, held until its record
 /// is written, is let go by a drain that runs out of time while the store does not answer: its
 /// client gets the end, and the record goes on in the background, where the end waited for the
@@ -555,19 +573,9 @@ async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_
 #[actix_web::test]
 async fn a_drain_that_runs_out_of_time_sends_the_end_of_a_stream_whose_record_is_on_its_way() {
     let _turn = TURN.lock().await;
-    let probe = probe();
-    let store = FaultyStore::new(MokaStore::new());
-    let idem = IdempotencyConfig::new(store.clone());
-    let server = start(idem.clone(), probe.clone());
     // Its completion goes unanswered for longer than the drain and the server's stop wait.
-    store.fail("complete", 1, Fault::Unanswered(Duration::from_secs(8)));
-    probe.gate.add_permits(1);
-    let request = streaming("stream-end");
-    // Past its pieces, its end waiting for the record.
-    let settle = Duration::from_millis(100);
-    let what = "the end's wait for the record, let go";
-    let first = answered_past_a_drain(server, &idem, &probe, request, settle, what).await;
-    assert_eq!(first.status, 200, "{first:?}");
+    let unanswered = Fault::Unanswered(Duration::from_secs(8));
+    let (_, _, first) = a_stream_s_end_let_go("stream-end", unanswered).await;
     let mut whole = vec![b'a'; 100];
     whole.extend_from_slice(&[b'b'; 100]);
     assert_eq!(
@@ -585,19 +593,10 @@ async fn a_drain_that_runs_out_of_time_sends_the_end_of_a_stream_whose_record_is
 #[actix_web::test]
 async fn a_stream_whose_end_a_drain_lets_go_is_recorded_before_the_stop_and_replayed() {
     let _turn = TURN.lock().await;
-    let probe = probe();
-    let store = FaultyStore::new(MokaStore::new());
-    let idem = IdempotencyConfig::new(store.clone());
-    let server = start(idem.clone(), probe.clone());
-    store.fail("complete", 1, Fault::Slow(Duration::from_secs(1)));
-    probe.gate.add_permits(1);
-    let request = || streaming("stream-end-slow");
-    let settle = Duration::from_millis(100);
-    let what = "the end's wait for the record, let go";
-    let first = answered_past_a_drain(server, &idem, &probe, request(), settle, what).await;
-    assert_eq!(first.status, 200, "{first:?}");
+    let slow = Fault::Slow(Duration::from_secs(1));
+    let (idem, probe, first) = a_stream_s_end_let_go("stream-end-slow", slow).await;
     let next = start(idem.clone(), probe.clone());
-    let retry = request().send(next.addr).await;
+    let retry = streaming("stream-end-slow").send(next.addr).await;
     next.shut_down(&idem, None).await;
     assert!(retry.replayed(), "recorded before the stop: {retry:?}");
     assert_eq!(retry.body, unchunked(&first.body));
