@@ -492,3 +492,58 @@ async fn a_head_replay_sends_the_length_its_first_answer_sent_not_the_handler_s_
     }
     assert_eq!(s.runs.get(), 2, "each ran once");
 }
+
+/// An upgrade that echoes what the client sends after it: the shape of a WebSocket handler
+/// (`actix_ws::handle(&req, body)`), which answers 101 and reads the connection as its payload.
+async fn upgraded_plain(body: web::Payload) -> HttpResponse {
+    HttpResponse::SwitchingProtocols()
+        .upgrade("websocket")
+        .streaming(body)
+}
+
+#[idempotent(scope = "global")]
+async fn upgraded(body: web::Payload) -> HttpResponse {
+    upgraded_plain(body).await
+}
+
+/// Sends an upgrade request to `path` (with `extra` headers), then `ping`: what the server
+/// answered within 5 s.
+async fn upgrade(addr: SocketAddr, path: &str, extra: &str) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{extra}\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.windows(4).any(|w| w == b"ping") {
+            let mut buf = [0; 4096];
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A request that upgrades its connection (a WebSocket handshake) has the rest of the
+/// connection for its payload, which ends only when the client closes it: the layer hands it
+/// to the handler as it is, unclaimed (its answer, a protocol switch, is never recorded), so
+/// that it is answered as without the layer, where the layer read the payload to its end
+/// before anything else, and no answer ever came.
+#[actix_web::test]
+async fn a_keyed_upgrade_is_answered_as_without_the_layer() {
+    let s = serve(|cfg| {
+        cfg.route("/upgrade-plain", web::get().to(upgraded_plain))
+            .route("/upgrade", web::get().to(upgraded));
+    });
+    let unlayered = upgrade(s.server.addr, "/upgrade-plain", "").await;
+    assert!(unlayered.starts_with("HTTP/1.1 101"), "{unlayered:?}");
+    assert!(unlayered.ends_with("ping"), "{unlayered:?}");
+    let keyed = upgrade(s.server.addr, "/upgrade", "Idempotency-Key: u-1\r\n").await;
+    assert!(keyed.starts_with("HTTP/1.1 101"), "keyed: {keyed:?}");
+    assert!(keyed.ends_with("ping"), "keyed: {keyed:?}");
+}

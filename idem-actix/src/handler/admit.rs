@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use actix_web::dev;
 use actix_web::error::PayloadError;
-use actix_web::http::header;
+use actix_web::http::{header, Method};
 use actix_web::mime;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
@@ -161,6 +161,11 @@ pub(crate) async fn admit(
     req: HttpRequest,
     payload: dev::Payload,
 ) -> Admission {
+    // Its answer, a protocol switch or a tunnel, is never recorded: it goes to the handler as it
+    // came, unclaimed.
+    if tunnels(&req) {
+        return Admission::Pass(req, payload, functions.key.is_some());
+    }
     let config = IdempotencyConfig::of(&req).clone();
     let policy = endpoint.overrides.apply_to(*config.defaults());
     endpoint.check(&policy, &config);
@@ -232,6 +237,18 @@ pub(crate) async fn admit(
         req,
         body,
     )
+}
+
+/// Whether `req` has the rest of its connection for its payload, as actix-web's HTTP/1 decoder
+/// gives it to a WebSocket handshake (`Upgrade: websocket`, its body not chunked) and to a
+/// `CONNECT` without a body of its own: a payload that ends only when the client closes the
+/// connection, so that reading it to its end would hold the answer back for good.
+fn tunnels(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    let websocket = (headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let connect = req.method() == Method::CONNECT && !headers.contains_key(header::CONTENT_LENGTH);
+    (websocket || connect) && !headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// The key of a request whose key is in a header, its store key and the request's id; or
