@@ -164,10 +164,12 @@ impl<S: Store> ReplayCache<S> {
     /// The store is asked how long it keeps the key (for Redis, one more round trip, made
     /// once per record and process); not kept when it cannot say.
     async fn learn(&self, key: &StoreKey, record: &Completed, now: Timestamp) {
-        // Nothing to ask for a copy that would not be kept: one past its expiry, or heavier
-        // than the whole cache (every replay of it would pay the question's round trip).
+        // Nothing to ask for a copy that would not be kept: one within `SKEW` of its expiry
+        // (kept for no time), or heavier than the whole cache (every replay of it would pay
+        // the question's round trip).
         let fits = weight(record).is_some_and(|weight| u64::from(weight) <= self.max_bytes);
-        if self.kept.is_none() || record.expires_at <= now || !fits {
+        let lasts = record.expires_at > now.saturating_add(Self::SKEW);
+        if self.kept.is_none() || !lasts || !fits {
             return;
         }
         if let Ok(bound) = self.inner.kept_for(key, record).await {
@@ -494,6 +496,33 @@ mod tests {
             .unwrap());
         remote.take();
         for secs in 1..4 {
+            assert_eq!(
+                store.claim(&key(1), claim(secs), at(secs)).await.unwrap(),
+                replay(&record)
+            );
+        }
+        let calls = store.inner().take();
+        assert_eq!(calls.get("kept_for"), None, "{calls:?}");
+    }
+
+    /// Nor does a record whose copy would be kept for no time, within [`ReplayCache::SKEW`] of
+    /// its expiry (every record in its last seconds, a record of a short TTL all its life):
+    /// every replay of it asked the store how long it keeps it, a second round trip to Redis.
+    #[tokio::test]
+    async fn a_record_too_near_its_expiry_to_keep_costs_no_question_to_the_store() {
+        let store = counted(1 << 20);
+        let held = claim(0);
+        let remote = store.inner();
+        remote.claim(&key(1), held, at(0)).await.unwrap();
+        let record = completed(0, b"ends soon");
+        assert!(remote
+            .complete(&key(1), held.token, record.clone(), at(0))
+            .await
+            .unwrap());
+        remote.take();
+        let skew = ReplayCache::<SharedMoka>::SKEW.as_secs();
+        let last = TTL.as_secs() - skew;
+        for secs in last..last + skew - 1 {
             assert_eq!(
                 store.claim(&key(1), claim(secs), at(secs)).await.unwrap(),
                 replay(&record)
