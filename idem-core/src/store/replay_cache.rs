@@ -377,6 +377,23 @@ mod tests {
         ReplayCache::new(CountingStore::new(SharedMoka::default()), max_bytes)
     }
 
+    /// A record of `body` for key 1, completed at 0 s behind the cache's back, as by another
+    /// process sharing the store; the calls that made it forgotten.
+    async fn completed_elsewhere(store: &Counted, body: &[u8]) -> Completed {
+        let (held, remote) = (claim(0), store.inner());
+        assert_eq!(
+            remote.claim(&key(1), held, at(0)).await.unwrap(),
+            Claim::Claimed
+        );
+        let record = completed(0, body);
+        assert!(remote
+            .complete(&key(1), held.token, record.clone(), at(0))
+            .await
+            .unwrap());
+        remote.take();
+        record
+    }
+
     /// Claims and completes `key` through `store`; returns the record.
     async fn record(store: &Counted, n: u8, secs: u64) -> Completed {
         let held = claim(secs);
@@ -428,19 +445,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_another_process_completed_is_asked_for_once() {
         let store = counted(1 << 20);
-        // Completed behind the cache's back, as by another process sharing the store.
-        let held = claim(0);
-        let remote = store.inner();
-        assert_eq!(
-            remote.claim(&key(1), held, at(0)).await.unwrap(),
-            Claim::Claimed
-        );
-        let record = completed(0, b"elsewhere");
-        assert!(remote
-            .complete(&key(1), held.token, record.clone(), at(0))
-            .await
-            .unwrap());
-        remote.take();
+        let record = completed_elsewhere(&store, b"elsewhere").await;
 
         assert_eq!(
             store.claim(&key(1), claim(1), at(1)).await.unwrap(),
@@ -486,15 +491,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_too_heavy_to_keep_costs_no_question_to_the_store() {
         let store = counted(4096);
-        let held = claim(0);
-        let remote = store.inner();
-        remote.claim(&key(1), held, at(0)).await.unwrap();
-        let record = completed(0, &[b'x'; 8192]);
-        assert!(remote
-            .complete(&key(1), held.token, record.clone(), at(0))
-            .await
-            .unwrap());
-        remote.take();
+        let record = completed_elsewhere(&store, &[b'x'; 8192]).await;
         for secs in 1..4 {
             assert_eq!(
                 store.claim(&key(1), claim(secs), at(secs)).await.unwrap(),
@@ -511,15 +508,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_too_near_its_expiry_to_keep_costs_no_question_to_the_store() {
         let store = counted(1 << 20);
-        let held = claim(0);
-        let remote = store.inner();
-        remote.claim(&key(1), held, at(0)).await.unwrap();
-        let record = completed(0, b"ends soon");
-        assert!(remote
-            .complete(&key(1), held.token, record.clone(), at(0))
-            .await
-            .unwrap());
-        remote.take();
+        let record = completed_elsewhere(&store, b"ends soon").await;
         let skew = ReplayCache::<SharedMoka>::SKEW.as_secs();
         let last = TTL.as_secs() - skew;
         for secs in last..last + skew - 1 {
