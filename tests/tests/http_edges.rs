@@ -547,3 +547,31 @@ async fn a_keyed_upgrade_is_answered_as_without_the_layer() {
     assert!(keyed.starts_with("HTTP/1.1 101"), "keyed: {keyed:?}");
     assert!(keyed.ends_with("ping"), "keyed: {keyed:?}");
 }
+
+#[idempotent(required)]
+async fn required(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Created().finish()
+}
+
+/// A header cannot take a request past the layer: only a GET is a WebSocket handshake (RFC
+/// 6455), so a POST that says `Upgrade: websocket` is admitted as any other, and a handshake's
+/// key is checked as any key is (here on an endpoint that requires one, refused 400 before
+/// anything runs), where either went to the handler.
+#[actix_web::test]
+async fn a_request_that_asks_to_upgrade_is_refused_as_any_without_a_key() {
+    let s = serve(|cfg| {
+        cfg.route("/required", web::post().to(required))
+            .route("/required", web::get().to(required));
+    });
+    for method in ["POST", "GET"] {
+        let res = RawRequest::new(method, "/required")
+            .header("Authorization", "Bearer t")
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .send(s.server.addr)
+            .await;
+        assert_layer_error(&res, 400, "idempotency_key_missing");
+    }
+    assert_eq!(s.runs.get(), 0);
+}

@@ -161,11 +161,6 @@ pub(crate) async fn admit(
     req: HttpRequest,
     payload: dev::Payload,
 ) -> Admission {
-    // Its answer, a protocol switch or a tunnel, is never recorded: it goes to the handler as it
-    // came, unclaimed.
-    if tunnels(&req) {
-        return Admission::Pass(req, payload, functions.key.is_some());
-    }
     let config = IdempotencyConfig::of(&req).clone();
     let policy = endpoint.overrides.apply_to(*config.defaults());
     endpoint.check(&policy, &config);
@@ -178,6 +173,12 @@ pub(crate) async fn admit(
             Err(Some(res)) => return Admission::Answer(req, res),
         },
     };
+    // Its key checked (a missing or invalid one refused as any is), as far as it can be
+    // without its body: its answer, a protocol switch or a tunnel, is never recorded, and it
+    // goes to the handler as it came, unclaimed.
+    if tunnels(&req) {
+        return Admission::Pass(req, payload, functions.key.is_some());
+    }
     let body = match read_body(&req, payload, policy.max_body).await {
         Ok(body) => body,
         Err(ReadError::Payload(e)) => {
@@ -242,11 +243,14 @@ pub(crate) async fn admit(
 /// Whether `req` has the rest of its connection for its payload, as actix-web's HTTP/1 decoder
 /// gives it to a WebSocket handshake (`Upgrade: websocket`, its body not chunked) and to a
 /// `CONNECT` without a body of its own: a payload that ends only when the client closes the
-/// connection, so that reading it to its end would hold the answer back for good.
+/// connection, so that reading it to its end would hold the answer back for good. Only a GET
+/// is a handshake (RFC 6455): another method that says `Upgrade: websocket` is admitted as any
+/// request is, so that a header cannot take it past the layer.
 fn tunnels(req: &HttpRequest) -> bool {
     let headers = req.headers();
-    let websocket = (headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()))
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let websocket = req.method() == Method::GET
+        && (headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
     let connect = req.method() == Method::CONNECT && !headers.contains_key(header::CONTENT_LENGTH);
     (websocket || connect) && !headers.contains_key(header::TRANSFER_ENCODING)
 }
