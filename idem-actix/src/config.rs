@@ -299,7 +299,7 @@ impl IdempotencyConfig {
             TASKS.cancelled_idle().await;
             TASKS.orphans_idle().await;
             Engine::every_abandoned_released().await;
-            TASKS.idle().await;
+            TASKS.finishing_idle().await;
         };
         if tokio::time::timeout(RELEASE_GRACE, released).await.is_err() {
             tracing::warn!("some idempotency claims were not released at shutdown; they lapse with their leases");

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -524,8 +524,12 @@ async fn a_drain_that_runs_out_of_time_leaves_a_stream_whose_client_still_reads_
     // The first piece is out; the second waits behind the gate, past the drain's time.
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.handle.pause().await;
+    let started = Instant::now();
     let cancelled = idem.drain(Duration::from_millis(200)).await;
     assert_eq!(cancelled, 0, "no run whose client went away");
+    // Its grace is for what it cancelled or let go, of which there is nothing here.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the drain took {took:?}");
     // The server's graceful stop lets the stream go on: its client gets it whole.
     probe.gate.add_permits(1);
     let first = client.await.unwrap();

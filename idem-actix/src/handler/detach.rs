@@ -91,6 +91,9 @@ pub(crate) struct Tasks {
     orphaned: AtomicUsize,
     /// Of those, the runs a cancellation took that have not ended yet.
     taken: AtomicUsize,
+    /// Streams' ends that wait for their records (or, failed, their keys' releases), then,
+    /// once a cancellation let them go, those records on their way (see [`Finishing`]).
+    finishing: AtomicUsize,
     idle: Notify,
     /// Bumped by each cancellation: a task cancels when it changes from what it saw at its
     /// start, so that tasks started after a drain run normally. Changed under `uncancelled`'s
@@ -118,6 +121,12 @@ impl Tasks {
     /// Waits until every run a cancellation took has ended (and dropped its claim).
     pub(crate) async fn cancelled_idle(&self) {
         self.none(&self.taken).await;
+    }
+
+    /// Waits until no stream's record (or release) is on its way: none whose end waits for
+    /// it, none let go by a cancellation and still being written.
+    pub(crate) async fn finishing_idle(&self) {
+        self.none(&self.finishing).await;
     }
 
     async fn none(&self, count: &AtomicUsize) {
@@ -337,6 +346,32 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
     Reply {
         req: None,
         res: error_response(&error, &request_id, format, config.renderer()),
+    }
+}
+
+/// A stream's end waiting for its record (or, failed, its key's release), counted from before
+/// it can be cancelled until the record is written, even once a cancellation has let the end
+/// go: the client then has its whole answer and closes its connection, and the worker's
+/// runtime, stopping with its last connection, would drop the record's task, so the drain
+/// waits for it within its grace.
+pub(crate) struct Finishing {
+    _counted: Counted,
+}
+
+impl Finishing {
+    pub(crate) fn new() -> Self {
+        Self {
+            _counted: Counted::new(&TASKS.finishing),
+        }
+    }
+
+    /// Keeps the count until `written` ends, in a task of its own: the end it held goes out
+    /// now.
+    pub(crate) fn until(self, written: tokio::sync::oneshot::Receiver<()>) {
+        let _ = spawned(async move {
+            let _counted = self;
+            let _ = written.await;
+        });
     }
 }
 

@@ -16,7 +16,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
-use super::detach::{next_cancellation, spawn_recording, Orphan, Recording};
+use super::detach::{next_cancellation, spawn_recording, Finishing, Orphan, Recording};
 use super::replay::with_request_id;
 use super::{Reply, Unrun};
 use crate::extract::Admitted;
@@ -415,6 +415,7 @@ fn tee(
         told: Some(told),
         written: Some(written),
         cancelled: None,
+        finishing: None,
         failed: None,
     })
 }
@@ -464,6 +465,8 @@ struct Tee {
     written: Option<tokio::sync::oneshot::Receiver<()>>,
     /// While the end waits: a drain that runs out of time lets it go.
     cancelled: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    /// While the end waits, and after, if let go, until the record is written.
+    finishing: Option<Finishing>,
     /// The stream's failure, which goes out in place of its end.
     failed: Option<Box<dyn StdError>>,
 }
@@ -495,13 +498,22 @@ impl actix_web::body::MessageBody for Tee {
             // time, which leaves the record to go on in the background, rather than to the
             // server's stop, which would cut the end.
             if let Some(written) = &mut this.written {
-                if Pin::new(written).poll(cx).is_pending() {
+                if Pin::new(&mut *written).poll(cx).is_pending() {
+                    // Counted before it can be cancelled, so that the drain that lets the end go
+                    // finds its record counted.
+                    this.finishing.get_or_insert_with(Finishing::new);
                     let cancelled = this.cancelled.get_or_insert_with(next_cancellation);
                     std::task::ready!(cancelled.as_mut().poll(cx));
                     tracing::warn!("a drain ran out of time while a response stream's record was being written; its end goes out, and the record is written on in the background");
+                    if let (Some(finishing), Some(written)) =
+                        (this.finishing.take(), this.written.take())
+                    {
+                        finishing.until(written);
+                    }
                 }
                 this.written = None;
                 this.cancelled = None;
+                this.finishing = None;
             }
             return std::task::Poll::Ready(this.failed.take().map(Err));
         };
