@@ -506,12 +506,12 @@ async fn upgraded(body: web::Payload) -> HttpResponse {
     upgraded_plain(body).await
 }
 
-/// Sends an upgrade request to `path` (with `extra` headers), then `ping`: what the server
-/// answered within 5 s.
+/// Sends an upgrade request to `path` (with `extra` headers, then `Upgrade: websocket`), then
+/// `ping`: what the server answered within 5 s.
 async fn upgrade(addr: SocketAddr, path: &str, extra: &str) -> String {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n{extra}Upgrade: websocket\r\n\r\n"
     );
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(b"ping").await.unwrap();
@@ -546,6 +546,45 @@ async fn a_keyed_upgrade_is_answered_as_without_the_layer() {
     let keyed = upgrade(s.server.addr, "/upgrade", "Idempotency-Key: u-1\r\n").await;
     assert!(keyed.starts_with("HTTP/1.1 101"), "keyed: {keyed:?}");
     assert!(keyed.ends_with("ping"), "keyed: {keyed:?}");
+    // Its `Upgrade: websocket` on a second line, as actix reads it too.
+    let second = "Idempotency-Key: u-2\r\nUpgrade: h2c\r\n";
+    let keyed = upgrade(s.server.addr, "/upgrade", second).await;
+    assert!(keyed.starts_with("HTTP/1.1 101"), "second line: {keyed:?}");
+}
+
+#[idempotent(scope = "global")]
+async fn tunnel(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Ok().finish()
+}
+
+/// A `CONNECT` has the rest of its connection for its payload, as a handshake has, when it
+/// declares no length of its own or a length of 0 (which actix drops): answered as without the
+/// layer, where the layer read its payload to the end and never answered.
+#[actix_web::test]
+async fn a_keyed_connect_is_answered_as_without_the_layer() {
+    let s = serve(|cfg| {
+        cfg.route(
+            "/tunnel",
+            web::route()
+                .method(actix_web::http::Method::CONNECT)
+                .to(tunnel),
+        );
+    });
+    for length in ["", "Content-Length: 0\r\n"] {
+        let mut conn = TcpStream::connect(s.server.addr).await.unwrap();
+        let head = format!(
+            "CONNECT /tunnel HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: t-1\r\n{length}\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut got)).await;
+        let got = match read {
+            Ok(Ok(n)) => String::from_utf8_lossy(&got[..n]).into_owned(),
+            other => format!("{other:?}"),
+        };
+        assert!(got.starts_with("HTTP/1.1 200"), "{length:?}: {got:?}");
+    }
 }
 
 #[idempotent(required)]

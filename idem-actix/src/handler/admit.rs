@@ -248,10 +248,15 @@ pub(crate) async fn admit(
 /// request is, so that a header cannot take it past the layer.
 fn tunnels(req: &HttpRequest) -> bool {
     let headers = req.headers();
+    // Any of its `Upgrade` lines, as the decoder reads them.
     let websocket = req.method() == Method::GET
-        && (headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()))
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
-    let connect = req.method() == Method::CONNECT && !headers.contains_key(header::CONTENT_LENGTH);
+        && (headers
+            .get_all(header::UPGRADE)
+            .filter_map(|v| v.to_str().ok()))
+        .any(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    // A length of 0, which the decoder drops, is none.
+    let connect = req.method() == Method::CONNECT
+        && (headers.get(header::CONTENT_LENGTH)).is_none_or(|v| v.as_bytes() == b"0");
     (websocket || connect) && !headers.contains_key(header::TRANSFER_ENCODING)
 }
 
