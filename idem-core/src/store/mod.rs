@@ -45,12 +45,16 @@ pub use self::replay_cache::ReplayCache;
 
 /// `url`, a store's, as a log line or a message may show it: its scheme, host, port and path,
 /// without the user and password it may hold, nor its query (where sqlx takes a password
-/// too). Everything up to the last `@` is taken for credentials, whatever it holds: a password
-/// written unencoded may hold `/`, `?` or `#`, which would otherwise end the host part early.
+/// too). A password written unencoded may hold `/`, `?` or `#`, and a query's user name an `@`
+/// (`?user=app@corp&password=...`): where that leaves it unclear which `@` ends the
+/// credentials, what follows the last one is shown, cut at the first character a host, port
+/// or path does not hold, so that no password shows whichever it was (the host shown may then
+/// be wrong).
 ///
 /// ```
 /// use idem_core::store::redacted_url;
 ///
+/// assert_eq!(redacted_url("redis://user:pw@cache:6379/0"), "redis://cache:6379/0");
 /// assert_eq!(redacted_url("redis://user:Ab/c?d@cache:6379/0"), "redis://cache:6379/0");
 /// assert_eq!(redacted_url("postgres://db/calls?password=pw"), "postgres://db/calls");
 /// ```
@@ -59,11 +63,20 @@ pub fn redacted_url(url: &str) -> String {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let head = rest.split(['?', '#']).next().unwrap_or_default();
+    let shown = match (head.rsplit_once('@'), rest.rsplit_once('@')) {
+        // Credentials before the query, which is left out.
+        (Some((_, host)), _) => host,
+        // An `@` only past a `?` or `#`: in a password, or in the query.
+        (None, Some((_, after))) => {
+            let hosts = |c: char| c.is_ascii_alphanumeric() || ".-_:/[]~%".contains(c);
+            &after[..after.find(|c: char| !hosts(c)).unwrap_or(after.len())]
+        }
+        (None, None) => head,
+    };
     match scheme {
-        Some(scheme) => format!("{scheme}://{rest}"),
-        None => rest.to_owned(),
+        Some(scheme) => format!("{scheme}://{shown}"),
+        None => shown.to_owned(),
     }
 }
 
@@ -479,5 +492,38 @@ impl Store for SharedMoka {
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
         self.0.release(key, token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    /// No password shows, whatever it holds, nor one in the query, even where a query's user
+    /// name holds an `@`, which the first version took for the end of the credentials and
+    /// showed the rest of the query.
+    #[test]
+    fn no_password_shows_in_a_redacted_url() {
+        for url in [
+            "redis://default:Ab/hunter2@127.0.0.1:6379/0",
+            "redis://default:hunter2#x@127.0.0.1:6379/0",
+            "redis://default:hunter2?x@127.0.0.1:6379/0",
+            "postgres://db.example.com/calls?user=app@corp&password=hunter2",
+            "postgres://db:5432/calls?user=me@example.com&password=hunter2&sslmode=require",
+            "redis://cache:6379/0?username=ops@corp&password=hunter2",
+            "postgres://app@db/calls?password=hunter2",
+            "user:hunter2@db:5432",
+        ] {
+            let shown = redacted_url(url);
+            assert!(!shown.contains("hunter2"), "{url} shown as {shown}");
+        }
+        assert_eq!(
+            redacted_url("rediss://u:p@[::1]:6380/2?protocol=resp3"),
+            "rediss://[::1]:6380/2"
+        );
+        assert_eq!(
+            redacted_url("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
     }
 }
