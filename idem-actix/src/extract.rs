@@ -4,7 +4,7 @@ use std::future::{ready, Ready};
 use std::ops::Deref;
 
 use actix_web::dev::Payload;
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
 use idem_core::{ErrorFormat, IdempotencyError, Overrides};
@@ -174,16 +174,34 @@ impl ResponseError for NoIdempotencyKey {
     }
 }
 
+/// The methods of RFC 9110, by which a route no layer serves is named once each.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
 impl NoIdempotencyKey {
     /// The refusal of `req`, whose key (if any) no layer took, to a handler that takes
     /// `taker`.
     pub(crate) fn of(req: &HttpRequest, taker: &str) -> Self {
         let config = IdempotencyConfig::of(req).clone();
         let passed = req.extensions().get::<Passed>().copied();
-        // Named in the log once for each route (see `Named`).
+        // Named in the log once for each route (see `Named`): by its pattern, and its method
+        // where it is a standard one (a method a client makes up would otherwise name the
+        // route again, and grow the set of those named, with each request).
         let first = || {
             let pattern = req.match_pattern().unwrap_or_default();
-            (config.outage().unserved).first(format!("{} {pattern}", req.method()))
+            let method = req.method();
+            let standard = STANDARD_METHODS.contains(method);
+            let method = if standard { method.as_str() } else { "other" };
+            (config.outage().unserved).first(format!("{method} {pattern}"))
         };
         let cause = match passed {
             // Marked only when the request carries the middleware's key header.

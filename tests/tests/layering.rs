@@ -369,6 +369,29 @@ async fn a_route_that_no_layer_serves_is_named_in_the_log_once_not_per_request()
     }
 }
 
+/// A method a client makes up names such a route once in all, not once for each: a route that
+/// answers any method was named once per new method, each kept in the set of routes named.
+#[actix_web::test]
+async fn a_route_no_layer_serves_is_named_once_whatever_method_a_client_makes_up() {
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let data = web::Data::new(runs.clone());
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .service(web::resource("/unserved-any-method").to(unserved_optional));
+    });
+    for n in 0..20 {
+        let res = RawRequest::new(&format!("X{n:04}"), "/unserved-any-method")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", "k1")
+            .send(server.addr)
+            .await;
+        assert_eq!(res.status, 201);
+    }
+    assert_eq!(runs.get(), 20);
+    assert_eq!(warnings.containing("/unserved-any-method carries"), 1);
+}
+
 /// A handler inside an `Idempotency` middleware that takes the key, on a method the middleware
 /// leaves alone, can never get one: a client that sent a key is not told to send one (it did),
 /// and the log names the request, the method and the fix.
