@@ -74,9 +74,18 @@ impl<'c> Operation<'c> {
         };
         match Url::parse(url) {
             Ok(url) => operation.url = Some(url),
-            Err(e) => operation.fail(Error::InvalidRequest(format!(
-                "invalid URL {url:?}: {e}; give an absolute URL such as http://127.0.0.1:8080/v1/calls"
-            ))),
+            Err(e) => {
+                // Not named where it may hold credentials (`user:password@`), which a URL that
+                // does not parse cannot be told apart from.
+                let named = if url.contains('@') {
+                    String::new()
+                } else {
+                    format!(" {url:?}")
+                };
+                operation.fail(Error::InvalidRequest(format!(
+                    "invalid URL{named}: {e}; give an absolute URL such as http://127.0.0.1:8080/v1/calls"
+                )))
+            }
         }
         operation
     }
@@ -457,6 +466,13 @@ mod tests {
         let leaks: Vec<_> = shown.iter().filter(|s| s.contains(secret)).collect();
         assert!(leaks.is_empty(), "{leaks:#?}");
         assert!(shown.iter().all(|s| s.contains("127.0.0.1")), "{shown:#?}");
+        // A URL that does not parse, in the error kept for `send`.
+        let unparsed = client.post(format!("http://user:{secret}@127.0.0.1:99999/x"));
+        let shown = format!("{unparsed:?}");
+        assert!(
+            shown.contains("invalid URL") && !shown.contains(secret),
+            "{shown}"
+        );
     }
 
     fn client() -> Client {
