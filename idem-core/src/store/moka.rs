@@ -321,7 +321,8 @@ impl MokaStore {
     /// weight, many for a heavy record). Fullness is the cache's size as its housekeeping
     /// (every 64 writes or so) last left it: the writes that fill a store go uncounted until
     /// its housekeeping sees it full, and records that lapsed make room only once it has
-    /// removed them.
+    /// removed them (a write meanwhile counts the room it takes, though lapsed records made
+    /// it: a heavy one as many as it weighs in records).
     ///
     /// `idem-actix` exports the same count as `idem_store_evictions_total`.
     pub fn evicted(&self) -> u64 {
