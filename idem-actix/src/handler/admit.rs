@@ -548,7 +548,7 @@ fn decoded(
     }
 }
 
-/// The coding `value` names, for a refusal: lowercase, and its first [`NAMED`] bytes only, so
+/// The coding `value` names, for a refusal: lowercase, and its first [`NAMED`] characters only, so
 /// that a client cannot have the server answer (and log) as much text of its choosing as a
 /// header holds.
 fn named(value: &header::HeaderValue) -> String {
