@@ -55,42 +55,29 @@ where
         let timeout = left.map_or(policy.attempt_timeout, |left| {
             policy.attempt_timeout.min(left)
         });
+        let give_up = |failure| Error::GaveUp {
+            key: key.to_owned(),
+            attempts: number,
+            elapsed: start.elapsed(),
+            last: failure,
+        };
         let (failure, retry_after) = match attempt(number, timeout).await {
             Verdict::Done(answer) => return Ok(answer),
-            // A refusal before sending (a TLS handshake) after an earlier attempt was sent:
-            // that attempt may have run, so the error keeps the key.
+            // A refusal of a later attempt, before sending (a TLS handshake) or by the server
+            // (another instance of it, misconfigured), says nothing of the earlier ones, which
+            // may have run: the outcome is unknown, and the error keeps the key.
             Verdict::Stop(Error::Transport(error)) if number > 1 => {
-                return Err(Error::GaveUp {
-                    key: key.to_owned(),
-                    attempts: number,
-                    elapsed: start.elapsed(),
-                    last: Failure::Transport(error),
-                })
+                return Err(give_up(Failure::Transport(error)))
             }
-            // A refusal of a later attempt (another instance of the server, misconfigured)
-            // says nothing of the earlier ones, which may have run: the outcome is unknown.
             Verdict::Stop(Error::Refused { status, code, .. }) if number > 1 => {
-                return Err(Error::GaveUp {
-                    key: key.to_owned(),
-                    attempts: number,
-                    elapsed: start.elapsed(),
-                    last: Failure::Status {
-                        status,
-                        code: Some(code),
-                    },
-                })
+                let code = Some(code);
+                return Err(give_up(Failure::Status { status, code }));
             }
             Verdict::Stop(error) => return Err(error),
             Verdict::Retry {
                 failure,
                 retry_after,
             } => (failure, retry_after),
-        };
-        let give_up = |failure| Error::GaveUp {
-            key: key.to_owned(),
-            attempts: number,
-            elapsed: start.elapsed(),
-            last: failure,
         };
         if number >= policy.max_attempts {
             return Err(give_up(failure));
