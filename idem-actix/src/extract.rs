@@ -163,14 +163,20 @@ impl ResponseError for NoIdempotencyKey {
             Cause::Method { log, loud } => {
                 // Logged here, where the refusal is answered: a handler taking
                 // `Option<IdempotencyKey>` gets `None` for the ignored key, as documented.
-                if *loud {
-                    tracing::error!("{log}");
-                } else {
-                    tracing::debug!("{log}");
-                }
+                unserved(*loud, log);
                 self.render(&IdempotencyError::LayerMissing, None)
             }
         }
+    }
+}
+
+/// Logs `log`, a fault of the server's on a route no layer serves: at `error` the first time
+/// for its route (`loud`), then at `debug`.
+fn unserved(loud: bool, log: &str) {
+    if loud {
+        tracing::error!("{log}");
+    } else {
+        tracing::debug!("{log}");
     }
 }
 
@@ -223,11 +229,7 @@ impl NoIdempotencyKey {
                     req.path(),
                     config.header(),
                 );
-                if first() {
-                    tracing::error!("{log}");
-                } else {
-                    tracing::debug!("{log}");
-                }
+                unserved(first(), &log);
                 Cause::NoLayer
             }
         };
