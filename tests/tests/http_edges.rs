@@ -509,15 +509,20 @@ async fn upgraded(body: web::Payload) -> HttpResponse {
 /// Sends an upgrade request to `path` (with `extra` headers, then `Upgrade: websocket`), then
 /// `ping`: what the server answered within 5 s.
 async fn upgrade(addr: SocketAddr, path: &str, extra: &str) -> String {
-    let mut conn = TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n{extra}Upgrade: websocket\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n{extra}Upgrade: websocket\r\n\r\nping"
     );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    conn.write_all(b"ping").await.unwrap();
+    answered_until(addr, head.as_bytes(), b"ping").await
+}
+
+/// Sends `bytes` on a connection of its own, leaving it open: what the server answered within
+/// 5 s, read until it holds `until` or the server closes the connection.
+async fn answered_until(addr: SocketAddr, bytes: &[u8], until: &[u8]) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while !got.windows(4).any(|w| w == b"ping") {
+        while !got.windows(until.len()).any(|w| w == until) {
             let mut buf = [0; 4096];
             match conn.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -572,17 +577,10 @@ async fn a_keyed_connect_is_answered_as_without_the_layer() {
         );
     });
     for length in ["", "Content-Length: 0\r\n"] {
-        let mut conn = TcpStream::connect(s.server.addr).await.unwrap();
         let head = format!(
             "CONNECT /tunnel HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: t-1\r\n{length}\r\n"
         );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        let mut got = vec![0; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut got)).await;
-        let got = match read {
-            Ok(Ok(n)) => String::from_utf8_lossy(&got[..n]).into_owned(),
-            other => format!("{other:?}"),
-        };
+        let got = answered_until(s.server.addr, head.as_bytes(), b"\r\n\r\n").await;
         assert!(got.starts_with("HTTP/1.1 200"), "{length:?}: {got:?}");
     }
 }
