@@ -174,7 +174,10 @@ impl ClientBuilder {
     /// With the `rustls` feature, reqwest has no crypto provider of its own: install one for
     /// the process before building this client (reqwest panics otherwise), for example
     /// `rustls::crypto::ring::default_provider().install_default()`. The builder's own client
-    /// installs ring when the process has none.
+    /// installs ring when the process has none. Ring's provider has no post-quantum key
+    /// exchange (rustls deprecates it for that from 0.23.48): an application that wants one
+    /// installs aws-lc-rs's (`rustls::crypto::aws_lc_rs::default_provider()`, rustls's
+    /// `aws_lc_rs` feature) before building any client.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
@@ -239,8 +242,13 @@ fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, BuildError>
         // reqwest takes the process's default crypto provider, and has none of its own under
         // `rustls-no-provider`: ring becomes the default unless the application chose one.
         // Losing the race to another thread installing one is fine: there is one then.
+        // rustls deprecates ring's provider (from 0.23.48) for its lack of post-quantum key
+        // exchange; it is kept for its small build, and an application that wants
+        // post-quantum key exchange installs aws-lc-rs's provider first (see `http_client`).
         if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            #[allow(deprecated)]
+            let provider = rustls::crypto::ring::default_provider();
+            let _ = provider.install_default();
         }
     }
     // A 3xx is the operation's answer, handed back as it came: followed, the client would

@@ -111,6 +111,7 @@ MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgzgcr8g58EFE/w+8c
 RkYMBsR8AN0qm1ZkJBadfLmDJL66alYbJ8tRvodetFlL8qPFmMCylnIY
 -----END PRIVATE KEY-----
 ";
+    #[allow(deprecated)] // ring's provider: no post-quantum key exchange, none needed here
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(
         rustls::ServerConfig::builder()

@@ -75,6 +75,7 @@ async fn a_redirect_that_went_wrong_after_the_operation_ran_keeps_its_key() {
     // With the `rustls` feature, a reqwest client of the caller's own needs the process's
     // crypto provider installed before it is built, as `http_client`'s docs say.
     #[cfg(feature = "rustls")]
+    #[allow(deprecated)] // ring's provider: no post-quantum key exchange, none needed here
     let _ = rustls::crypto::ring::default_provider().install_default();
     let following = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(3))
