@@ -35,6 +35,9 @@ enum Fault {
     /// Forwards it and answers the client 504 at once, as a gateway whose read timeout is
     /// shorter than the call: the call runs on, and the client cannot know.
     GatewayTimeout,
+    /// Answers 429 with `Retry-After: 1` without forwarding it, as a rate limiter in front
+    /// of the server: nothing ran.
+    RateLimited,
 }
 
 /// One request the proxy saw.
@@ -161,6 +164,15 @@ async fn relay(
         let (index, fault) = log.lock().unwrap().admit(&request, schedule);
         if fault == Fault::ResetBefore {
             return reset(client);
+        }
+        if fault == Fault::RateLimited {
+            let limited =
+                b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\n";
+            log.lock().unwrap().seen[index].answer = Some(status_and_retry_after(limited));
+            if client.write_all(limited).await.is_err() {
+                return;
+            }
+            continue;
         }
         if fault == Fault::Unavailable {
             let line_end = find(&request, b"\r\n").expect("a request line") + 2;
@@ -416,6 +428,34 @@ async fn unavailable_answers_are_retried_until_the_call_is_created_once() {
         .map(|s| s.answer.as_ref().unwrap().0)
         .collect();
     assert_eq!(statuses, [503, 503, 201, 503, 503, 201, 503, 503, 201]);
+}
+
+#[tokio::test]
+async fn a_rate_limiters_429_is_retried_after_its_retry_after_into_one_call() {
+    let api = CallsApi::start(None).await;
+    let proxy = Proxy::start(api.addr, |attempt| attempt.first(Fault::RateLimited)).await;
+    let client = quick().build().unwrap();
+    let started = Instant::now();
+    let call = create(&client, &proxy.url("/v1/calls"), "limited")
+        .await
+        .unwrap();
+    assert_eq!(call.status(), StatusCode::CREATED);
+    assert!(
+        !call.replayed(),
+        "the limiter ran nothing, so the retry ran"
+    );
+    assert_eq!(call.attempts(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the retry waited out the limiter's Retry-After"
+    );
+    assert_eq!(calls_of(&api, "limited").await.len(), 1);
+    let statuses: Vec<u16> = proxy
+        .seen()
+        .iter()
+        .map(|s| s.answer.as_ref().unwrap().0)
+        .collect();
+    assert_eq!(statuses, [429, 201]);
 }
 
 #[tokio::test]

@@ -77,10 +77,13 @@ pub(crate) fn classify(
         // a 409 while it runs, or the run itself, as after a 503.
         // A 408 is the server's own: it stopped waiting for the request, and a retry sends
         // it whole (a replay of an application's 408 was taken as the answer above).
+        // A 429 is a rate limiter's, in front of the layer where it belongs: nothing ran, and
+        // the retry, after its `Retry-After`, runs the operation or gets its replay.
         StatusCode::SERVICE_UNAVAILABLE
         | StatusCode::BAD_GATEWAY
         | StatusCode::GATEWAY_TIMEOUT
-        | StatusCode::REQUEST_TIMEOUT => Class::Retry { code, retry_after },
+        | StatusCode::REQUEST_TIMEOUT
+        | StatusCode::TOO_MANY_REQUESTS => Class::Retry { code, retry_after },
         // In flight: the layer's 409 with Retry-After. A 409 with Retry-After whose body the
         // client cannot read (a custom error renderer) is taken as in flight too; one with
         // another code is the application's and is handed back.
@@ -176,7 +179,6 @@ mod tests {
             of(409, Some("1"), &envelope("already_exists")),
             Class::Answer
         );
-        assert_eq!(of(429, Some("1"), b""), Class::Answer);
     }
 
     #[test]
@@ -204,6 +206,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_rate_limiters_429_is_retried_and_a_replayed_429_is_the_answer() {
+        assert_eq!(
+            of(429, Some("1"), b""),
+            Class::Retry {
+                code: None,
+                retry_after: Some(Duration::from_secs(1)),
+            }
+        );
+        assert!(matches!(of(429, None, b""), Class::Retry { .. }));
+        // An application's own 429, recorded (against the README's advice) and replayed.
+        let mut replayed = headers(Some("1"));
+        replayed.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        let class = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &replayed,
+            b"",
+            SystemTime::now(),
+        );
+        assert_eq!(class, Class::Answer);
     }
 
     /// The application's own 409 with `Retry-After` and a body the client cannot read, once

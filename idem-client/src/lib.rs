@@ -63,9 +63,10 @@
 //!
 //! | outcome of an attempt | what the client does |
 //! |---|---|
-//! | 2xx, 3xx (not followed: a redirect is the operation's answer, and can be a replay), any other answer of the application (its 4xx but 408, and its 5xx but 502, 503 and 504), or a replay of any status (`Idempotent-Replayed: true`: the answer the server recorded, which a retry would only get again) | hands it back as a [`Response`]; [`Response::replayed`] tells a replay |
+//! | 2xx, 3xx (not followed: a redirect is the operation's answer, and can be a replay), any other answer of the application (its 4xx but 408 and 429, and its 5xx but 502, 503 and 504), or a replay of any status (`Idempotent-Replayed: true`: the answer the server recorded, which a retry would only get again) | hands it back as a [`Response`]; [`Response::replayed`] tells a replay |
 //! | connection refused, reset or broken mid-answer; attempt timed out | retries |
 //! | 503 (store unavailable, overloaded, shutting down, or the application's) | retries, after its `Retry-After` |
+//! | 429 (a rate limiter in front of the server: nothing ran) | retries, after its `Retry-After` if any; an application's own 429 is its answer again where the endpoint records it (a replay), and runs again where it does not (`cache = "2xx"`) |
 //! | 408 (the server stopped waiting for the request) | retries, after its `Retry-After` if any; after the application's own 408 on an endpoint that records only 2xx (`cache = "2xx"`), it runs again |
 //! | 502 or 504 (a gateway in front gave up, while the server may still run the operation; or the application's own) | retries, after its `Retry-After` if any: the retry gets the replay, or waits while the first attempt runs; after the application's own 5xx (never recorded) it runs again |
 //! | 409 `idempotency_conflict` with `Retry-After`: the first attempt still runs | retries, after its `Retry-After`, to get the replay |
