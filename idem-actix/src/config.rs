@@ -226,7 +226,11 @@ impl IdempotencyConfig {
     /// more than it, as many as it had keyed runs in progress at once whose clients all went
     /// (bounded in turn by its connections, actix's `HttpServer::max_connections`). Counting
     /// those too would bound every worker's keyed runs in progress, of which a store that
-    /// must be waited for (Redis) has one per request it serves. Default 1024.
+    /// must be waited for (Redis) has one per request it serves. Over HTTP/2, actix never drops
+    /// a request whose client reset its stream or lost its connection, nor tells that it went,
+    /// and a connection's streams are bounded only while they are open: every keyed request
+    /// over HTTP/2 counts toward the bound while its claim and run are in progress. Default
+    /// 1024.
     #[must_use]
     pub fn with_max_detached(mut self, per_worker: usize) -> Self {
         self.settings().max_detached = per_worker;

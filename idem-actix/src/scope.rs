@@ -2,10 +2,12 @@
 //! [`Principal`] an authentication middleware hands over, and the scope functions of
 //! `#[idempotent(scope = function)]`.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
 use actix_web::http::header::{HeaderMap, HeaderValue};
+use actix_web::http::Version;
 use actix_web::{HttpMessage as _, HttpRequest};
 use idem_core::{Scope, ScopeError, ScopeValue};
 
@@ -169,6 +171,13 @@ pub(crate) fn resolve(
                 )
             });
     }
+    if let Scope::Header(name) = scope {
+        if name.eq_ignore_ascii_case("cookie") && req.version() >= Version::HTTP_2 {
+            return joined_cookies(headers)
+                .map(|value| ScopeValue::with_source("named_header", "cookie", value))
+                .ok_or(ScopeError::NoHeader(name));
+        }
+    }
     // A header the scope reads that came on more than one line is noted, and refused below.
     let repeated = Cell::new(None);
     let found = if scope != Scope::Principal {
@@ -186,6 +195,27 @@ pub(crate) fn resolve(
         Some(name) => Err(ScopeError::Repeated(name.into())),
         None => found,
     }
+}
+
+/// The cookies of an HTTP/2 request, whose client may send them as several `cookie` fields,
+/// which a server joins with `; ` (RFC 9113, section 8.2.3) where actix hands them on as they
+/// came: the one `Cookie` header they stand for, so that a scope read from it is the same
+/// however the client split them. `None` when there are none (empty fields are none).
+fn joined_cookies(headers: &HeaderMap) -> Option<Cow<'_, [u8]>> {
+    let mut fields = headers
+        .get_all("cookie")
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.is_empty());
+    let first = fields.next()?;
+    let Some(second) = fields.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = first.to_vec();
+    for field in std::iter::once(second).chain(fields) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(field);
+    }
+    Some(Cow::Owned(joined))
 }
 
 /// The value of the header `name`, noting in `repeated` a header sent on more than one line.

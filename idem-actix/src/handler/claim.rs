@@ -11,7 +11,7 @@ use idem_core::{Begin, IdempotencyError};
 use tracing::Instrument as _;
 
 use super::admit::{admit, Admission, Keyed};
-use super::detach::{detached, orphans, Answer};
+use super::detach::{detached, orphans, Answer, Unseen};
 use super::record::{claimed, panicked, unprotected, Keep};
 use super::replay::{replay, unaccepted_encoding, with_request_id};
 use super::{keyless, passed, Endpoint, Reply, Work};
@@ -74,6 +74,7 @@ where
                 request_id: keyed.run.request_id.clone(),
                 format: keyed.policy.error_format,
                 config: keyed.config.clone(),
+                _unseen: Unseen::of(&keyed.run.req),
             };
             match claim(keyed, handler) {
                 Settled::Answer(reply) => return reply,

@@ -257,6 +257,35 @@ impl Drop for Orphan {
     }
 }
 
+/// A keyed request over HTTP/2 (or later), counted toward [`orphans`] while its run is in
+/// progress in its request's future: actix never drops an HTTP/2 request's future, whether
+/// its client reset its stream or lost its connection, and sends nothing that tells, so the
+/// layer cannot tell a run whose client went away from one whose client waits. Left
+/// uncounted, one client could start any number of runs nobody waits for, opening and
+/// resetting streams on one connection. Should actix drop the future after all, the run's
+/// task counts it from there, as an [`Orphan`], and this count goes with the future. It is
+/// counted from before its claim, so that a claim on a store that must be waited for counts
+/// too; a replay or a refusal uncounts it at once.
+pub(crate) struct Unseen(bool);
+
+impl Unseen {
+    pub(crate) fn of(req: &actix_web::HttpRequest) -> Self {
+        let counted = req.version() >= actix_web::http::Version::HTTP_2;
+        if counted {
+            ORPHANS.with(|n| n.set(n.get() + 1));
+        }
+        Self(counted)
+    }
+}
+
+impl Drop for Unseen {
+    fn drop(&mut self) {
+        if self.0 {
+            ORPHANS.with(|n| n.set(n.get() - 1));
+        }
+    }
+}
+
 /// Runs `work` detached from the connection: a client that goes away cancels nothing, so an
 /// operation that started finishes, is recorded, and the retry gets the replay.
 ///
@@ -278,11 +307,13 @@ pub(crate) async fn detached(work: Work, answer: Answer) -> Reply {
 }
 
 /// What a run cancelled while its client waits answers with: the request's id, and how the
-/// layer's errors are rendered for its endpoint.
+/// layer's errors are rendered for its endpoint; and, over HTTP/2, its count toward
+/// [`orphans`] while its request's future holds it (see [`Unseen`]).
 pub(crate) struct Answer {
     pub(crate) request_id: RequestId,
     pub(crate) format: Option<ErrorFormat>,
     pub(crate) config: IdempotencyConfig,
+    pub(crate) _unseen: Unseen,
 }
 
 /// [`detached`], counted in `tasks`.
@@ -328,6 +359,7 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
         request_id,
         format,
         config,
+        ..
     } = answer;
     if let Some(res) = handed_over {
         // The operation ran: its answer, while its record is written in the background
@@ -535,6 +567,7 @@ mod tests {
             request_id: RequestId::of(&actix_web::test::TestRequest::default().to_http_request()),
             format: None,
             config: IdempotencyConfig::new(crate::MokaStore::new()),
+            _unseen: Unseen(false),
         };
         let mut run = Box::pin(detached_in(tasks, work, answer));
         let waker = Waker::noop();
