@@ -495,6 +495,176 @@ async fn a_slot_that_moves_mid_run_keeps_its_records_and_its_running_claims() {
     assert!(cluster.keys(0, &redis_key).is_empty());
 }
 
+/// The hash slot of `key` (CRC16/XMODEM modulo 16384; the store's keys have no hash tag),
+/// computed here so that many keys of a few slots can be found without asking Redis each time.
+fn crc16_slot(key: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in key.as_bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// `count` store keys, from `seed`, whose records `prefix` puts in one of `slots`.
+fn keys_in(prefix: &str, slots: &[u16], seed: u8, count: usize) -> Vec<StoreKey> {
+    (0u64..)
+        .map(|n| {
+            let mut bytes = [seed; 32];
+            bytes[..8].copy_from_slice(&n.to_be_bytes());
+            StoreKey::from_bytes(bytes)
+        })
+        .filter(|key| slots.contains(&crc16_slot(&format!("{prefix}{key}"))))
+        .take(count)
+        .collect()
+}
+
+/// While slots migrate (`SETSLOT .. IMPORTING/MIGRATING`, some keys moved with `MIGRATE`),
+/// every request on their keys is answered as if nothing moved: new keys run once and record,
+/// recorded keys replay, wherever their record is. Many at once: the cluster client follows
+/// an `ASK` by sending `ASKING`, waiting for its answer, then the command, on the connection
+/// every request to that node shares, so that another request's command took the `ASKING`
+/// flag, the importing node answered `MOVED` back to the source, the source `ASK` again, and
+/// the client gave up after its retries: 503 for a request Redis never ran (a quarter of them,
+/// and more, under load), and a slot map rebuilt, every request held up, for each `MOVED`.
+/// A command answered `ASK` or `MOVED` was not run, so following the redirect again is safe;
+/// none of these requests may answer 503 (nothing is down, and each redirect is one the
+/// protocol resolves), and none may run twice.
+#[actix_web::test]
+async fn no_claim_answers_503_while_a_slot_migrates() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let prefix = "migrating:";
+    let engine = engine_on(&cluster, prefix);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    // Eight slots of master 0, moving to master 1.
+    let first = slot_of(
+        &cluster,
+        &format!("{prefix}{}", keys_on(&cluster, prefix, 0, 1)[0]),
+    );
+    let slots: Vec<u16> = (0..8).map(|n| u16::try_from(first).unwrap() + n).collect();
+    assert!(
+        slots.iter().all(|&s| {
+            let key = keys_in(prefix, &[s], 9, 1)[0];
+            cluster.node_of(&format!("{prefix}{key}")) == 0
+        }),
+        "the slots are master 0's"
+    );
+    // Records made before: half stay on the source, half are migrated to the target.
+    let before = keys_in(prefix, &slots, 1, 16);
+    for key in &before {
+        recorded(&engine, *key, fp, b"before").await;
+    }
+    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
+    for &slot in &slots {
+        let setslot = |node: usize, state: &str, id: &str| {
+            cluster.query::<()>(
+                node,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(state)
+                    .arg(id),
+            );
+        };
+        setslot(1, "IMPORTING", &from);
+        setslot(0, "MIGRATING", &to);
+    }
+    for key in before.iter().step_by(2) {
+        cluster.query::<()>(
+            0,
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(cluster.port(1))
+                .arg(format!("{prefix}{key}"))
+                .arg(0)
+                .arg(5000),
+        );
+    }
+
+    let engine = &engine;
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    let mut count = |what: String| *answers.entry(what).or_default() += 1;
+    let fresh = keys_in(prefix, &slots, 2, 8 * 16);
+    for (round, keys) in fresh.chunks(16).enumerate() {
+        let replays = join_all(before.iter().map(|key| async move {
+            match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Replay(record)) if &record.response.body()[..] == b"before" => {
+                    "replay".to_owned()
+                }
+                Ok(Begin::Replay(_)) => "replay of another body".to_owned(),
+                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
+                Err(e) => format!("{}: {e}", e.status()),
+            }
+        }))
+        .await;
+        let runs = join_all(keys.iter().map(|key| async move {
+            let lease = match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Execute(lease)) => lease,
+                Ok(other) => return format!("not run: {other:?}"),
+                Err(e) => return format!("{}: {e}", e.status()),
+            };
+            match lease.finish(Response::new(201, [], b"new")).await {
+                Ok(Outcome::Recorded) => {}
+                other => return format!("not recorded: {other:?}"),
+            }
+            match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Replay(_)) => "ran once, replays".to_owned(),
+                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
+                Err(e) => format!("replay {}: {e}", e.status()),
+            }
+        }))
+        .await;
+        for answer in replays.into_iter().chain(runs) {
+            count(answer);
+        }
+        assert!(round < 8);
+    }
+    let expected = HashMap::from([
+        ("replay".to_owned(), before.len() * 8),
+        ("ran once, replays".to_owned(), fresh.len()),
+    ]);
+    assert_eq!(answers, expected, "while the slots migrate");
+
+    // Handed over, the rest of the keys migrated first: every record replays from the target.
+    for key in before.iter().skip(1).step_by(2) {
+        cluster.query::<()>(
+            0,
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(cluster.port(1))
+                .arg(format!("{prefix}{key}"))
+                .arg(0)
+                .arg(5000),
+        );
+    }
+    for &slot in &slots {
+        for node in [1, 0, 2] {
+            cluster.query::<()>(
+                node,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&to),
+            );
+        }
+    }
+    for key in before.iter().chain(&fresh) {
+        let Begin::Replay(_) = begin_until_up(engine, *key, fp).await else {
+            panic!("{key} replays once handed over")
+        };
+        assert_eq!(cluster.node_of(&format!("{prefix}{key}")), 1);
+    }
+}
+
 #[actix_web::test]
 async fn a_master_that_dies_is_replaced_by_its_replica_and_its_keys_work_again() {
     let Some(mut cluster) = TestRedisCluster::start() else {
