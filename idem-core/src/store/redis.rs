@@ -84,7 +84,8 @@ return 1
 /// and its writes answer 503 meanwhile. Each command has a timeout, past which the request
 /// answers 503 `idempotency_store_unavailable` (or runs unprotected, with
 /// [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down
-/// makes only its own keys answer 503. A Redis older than 7.0 refuses every claim, with an
+/// makes only its own keys answer 503, and a slot that migrates makes none: the store follows
+/// the `ASK` and `MOVED` redirects its cluster client gives up on. A Redis older than 7.0 refuses every claim, with an
 /// error that says so.
 ///
 /// Redis must keep the store's keys until they expire: run it with `maxmemory-policy
@@ -208,11 +209,154 @@ impl Script {
 }
 
 /// The connection: to one server, or to the masters of a cluster, each command routed to the
-/// master of its key.
+/// master of its key, and redirects the cluster client gave up on followed by the store (see
+/// [`Asked`]).
 #[derive(Clone)]
 enum Connection {
     Single(Arc<Single>),
-    Cluster(ClusterConnection, Arc<Seeds>),
+    Cluster(ClusterConnection, Arc<Seeds>, Arc<Asked>),
+}
+
+/// How many more times, at most, the store sends a command on a cluster that the cluster
+/// client answered with a redirect (`ASK` or `MOVED`) after its own retries: each send is
+/// a command Redis did not run (a node answers `ASK` or `MOVED` instead of running it), so
+/// sending it again is as safe as sending it first; the command timeout bounds them all.
+const STORE_REDIRECTS: usize = 4;
+
+/// Connections of the store's own, on a cluster, to the nodes that `ASK` redirects name, each
+/// command sent there right behind its `ASKING`, in one write.
+///
+/// A node importing a slot runs a command on a key of that slot only right after `ASKING`
+/// on the same connection, and the `redis` crate's cluster client follows an `ASK` by
+/// sending `ASKING`, waiting for its answer, then sending the command: on the connection to
+/// that node that every request of the process shares, so that under load another request's
+/// command (often its own `ASKING`'s command) comes between and takes the `ASKING`, and the
+/// importing node answers `MOVED` back to the node migrating the slot, which answers `ASK`
+/// again. After its retries the client gives up with that `ASK` (or `MOVED`): a command Redis
+/// never ran, which the store answered 503; and for each `MOVED`, the client rebuilt its map
+/// of the slots, holding up every request. The store follows such an `ASK` itself: `ASKING`
+/// and the command are sent as one pipeline, which the connection writes whole, so nothing
+/// comes between them; to the node the `ASK` named, which the node migrating the slot named
+/// because it does not hold the key (and it creates no key of a migrating slot). Nothing
+/// else is sent after `ASKING`, and nothing follows a redirect answered on these connections:
+/// it is returned, as an error, to be followed through the cluster client again or answered
+/// 503 once the store gives up.
+struct Asked {
+    /// A seed's connection settings (credentials, TLS, protocol), whose address is replaced by
+    /// the one an `ASK` names.
+    info: redis::ConnectionInfo,
+    config: redis::AsyncConnectionConfig,
+    /// Each thread's connections (see [`PerThread`]), by the address an `ASK` named.
+    by_thread: PerThread<std::sync::Mutex<HashMap<String, MultiplexedConnection>>>,
+}
+
+impl Asked {
+    /// Sends `ASKING` and `cmd` in one write to the node at `addr` (`host:port`, as an `ASK`
+    /// names it), and returns `cmd`'s answer.
+    async fn asking(&self, addr: &str, cmd: &Cmd) -> redis::RedisResult<Value> {
+        let conns = self
+            .by_thread
+            .get(|| Ok::<_, std::convert::Infallible>(std::sync::Mutex::default()))
+            .unwrap_or_else(|never| match never {});
+        let kept = conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(addr)
+            .cloned();
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => {
+                let conn = self.connect(addr).await?;
+                let mut conns = conns.lock().unwrap_or_else(PoisonError::into_inner);
+                conns.insert(addr.to_owned(), conn.clone());
+                conn
+            }
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("ASKING").add_command(cmd.clone());
+        // The `ASKING`'s `OK` skipped: the command's answer alone.
+        let answer = conn.req_packed_commands(&pipe, 1, 1).await;
+        let answer = match answer {
+            Ok(mut values) if values.len() == 1 => match values.pop() {
+                Some(Value::ServerError(error)) => Err(error.into()),
+                Some(value) => Ok(value),
+                None => unreachable!("one value"),
+            },
+            Ok(values) => Err(redis::RedisError::from((
+                ErrorKind::Client,
+                "ASKING and one command answered with other than one value",
+                format!("{values:?}"),
+            ))),
+            Err(error) => Err(error),
+        };
+        if matches!(&answer, Err(e) if e.kind() == ErrorKind::Io) {
+            // A connection that failed is not kept: the next `ASK` to that node makes another.
+            let mut conns = conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.remove(addr);
+        }
+        answer
+    }
+
+    /// A connection to the node at `addr`, with the seeds' settings.
+    async fn connect(&self, addr: &str) -> redis::RedisResult<MultiplexedConnection> {
+        let unusable = || {
+            redis::RedisError::from((
+                ErrorKind::Client,
+                "an ASK redirect named an address the store cannot connect to",
+                addr.to_owned(),
+            ))
+        };
+        let (host, port) = addr.rsplit_once(':').ok_or_else(unusable)?;
+        let port: u16 = port.parse().map_err(|_| unusable())?;
+        let host = host.to_owned();
+        let to = match self.info.addr() {
+            redis::ConnectionAddr::Tcp(..) => redis::ConnectionAddr::Tcp(host, port),
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            // A cluster's nodes are reached over TCP: one named by a socket path takes no ASK.
+            _ => return Err(unusable()),
+        };
+        let client = redis::Client::open(self.info.clone().set_addr(to))?;
+        client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+}
+
+/// Sends `cmd` through the cluster client, and follows the redirects it gave up on (see
+/// [`Asked`]): an `ASK`, to the node it names, right behind `ASKING`; a `MOVED`, through the
+/// client again, which rebuilt its map of the slots on it. At most [`STORE_REDIRECTS`] times.
+async fn redirected(
+    conn: &mut ClusterConnection,
+    asked: &Asked,
+    cmd: &Cmd,
+) -> redis::RedisResult<Value> {
+    let mut answer = conn.req_packed_command(cmd).await;
+    for _ in 0..STORE_REDIRECTS {
+        let Err(error) = &answer else {
+            break;
+        };
+        answer = match error.kind() {
+            ErrorKind::Server(ServerErrorKind::Ask) => match error.redirect_node() {
+                Some((addr, _)) => {
+                    let addr = addr.to_owned();
+                    asked.asking(&addr, cmd).await
+                }
+                None => break,
+            },
+            ErrorKind::Server(ServerErrorKind::Moved) => conn.req_packed_command(cmd).await,
+            _ => break,
+        };
+    }
+    answer
 }
 
 /// The most threads (and runtimes) [`PerThread`] keeps a value for: past them (threads that
@@ -356,7 +500,9 @@ impl ConnectionLike for Connection {
             Connection::Single(single) => {
                 Box::pin(async move { single.server()?.command(cmd).await })
             }
-            Connection::Cluster(conn, _) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn, _, asked) => {
+                Box::pin(async move { redirected(conn, asked, cmd).await })
+            }
         }
     }
 
@@ -371,14 +517,14 @@ impl ConnectionLike for Connection {
                 let (_, mut conn) = single.server()?.current();
                 conn.req_packed_commands(pipeline, offset, count).await
             }),
-            Connection::Cluster(conn, _) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn, ..) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(single) => single.client.get_connection_info().redis_settings().db(),
-            Connection::Cluster(conn, _) => conn.get_db(),
+            Connection::Cluster(conn, ..) => conn.get_db(),
         }
     }
 }
@@ -830,7 +976,7 @@ impl RedisStore {
                 ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask),
             ) => Err(StoreError::Refused(Box::new(NotACluster(error)))),
             (
-                Connection::Cluster(_, seeds),
+                Connection::Cluster(_, seeds, _),
                 ErrorKind::ClusterConnectionNotFound | ErrorKind::Io,
             ) => match seeds.refusal(self.timeout).await {
                 Some(refusal) => Err(StoreError::Refused(
@@ -1189,7 +1335,7 @@ impl RedisStore {
 /// send it to every primary.
 async fn on_primary(link: &mut Link, redis_key: &str, cmd: Cmd) -> redis::RedisResult<Value> {
     match link {
-        Link::Shared(Connection::Cluster(conn, _)) => {
+        Link::Shared(Connection::Cluster(conn, ..)) => {
             let primary = Route::with_key(redis_key, SlotAddr::Master);
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
             conn.clone().route_command(cmd, routing).await
@@ -1504,7 +1650,7 @@ impl RedisStoreBuilder {
                 }
                 // Each node's URL on its own first, so that the error names the one that is not
                 // a Redis URL.
-                let clients = (urls.iter().map(String::as_str))
+                let clients: Vec<redis::Client> = (urls.iter().map(String::as_str))
                     .map(client_of)
                     .collect::<Result<_, _>>()?;
                 // Few quick retries: a command that cannot reach its master within the timeout
@@ -1524,12 +1670,17 @@ impl RedisStoreBuilder {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(self.timeout)
                     .set_response_timeout(self.timeout);
+                let asked = Asked {
+                    info: clients[0].get_connection_info().clone(),
+                    config: connection_config(self.timeout),
+                    by_thread: PerThread::new(),
+                };
                 let seeds = Seeds {
                     clients,
                     told: tokio::sync::Mutex::new(None),
                 };
                 let conn = client.get_pending_async_connection_with_config(config);
-                Connection::Cluster(conn, Arc::new(seeds))
+                Connection::Cluster(conn, Arc::new(seeds), Arc::new(asked))
             }
         };
         Ok(RedisStore {
