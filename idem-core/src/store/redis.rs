@@ -85,15 +85,15 @@ return 1
 /// answers 503 `idempotency_store_unavailable` (or runs unprotected, with
 /// [`RedisStoreBuilder::fail_open`]). On a cluster, a master that is down
 /// makes only its own keys answer 503, and a slot that migrates makes none: the store follows
-/// the `ASK` and `MOVED` redirects its cluster client gives up on. A Redis older than 7.0 refuses every claim, with an
-/// error that says so.
+/// the `ASK` and `MOVED` redirects its cluster client gives up on. A Redis older than 7.0
+/// refuses every claim, with an error that says so.
 ///
 /// Redis must keep the store's keys until they expire: run it with `maxmemory-policy
 /// noeviction`, under which a full Redis refuses new claims (503) rather than deleting a
 /// running claim or a record, which lets an operation run twice. The store's first claim reads
 /// the policy (`INFO memory`) and logs an error when Redis may evict. Its Redis user needs
-/// `GET`, `SET`, `DEL`, `PTTL`, `EVALSHA` and `EVAL` (and `WAIT`, waiting for replicas) on its
-/// keys: the first claim of a free key also writes its lease again through the store's
+/// `GET`, `SET`, `DEL`, `PTTL`, `EVALSHA` and `EVAL` (and `WAIT`, waiting for replicas;
+/// `ASKING`, on a cluster whose slots migrate) on its keys: the first claim of a free key also writes its lease again through the store's
 /// script, and a Redis that refuses scripts has that claim withdrawn and refused before its
 /// handler runs.
 ///
