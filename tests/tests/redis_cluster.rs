@@ -525,6 +525,67 @@ fn keys_in(prefix: &str, slots: &[u16], seed: u8, count: usize) -> Vec<StoreKey>
         .collect()
 }
 
+/// Eight slots of master 0 (for [`migrate`]).
+fn slots_of_master_0(cluster: &TestRedisCluster, prefix: &str) -> Vec<u16> {
+    let first = slot_of(
+        cluster,
+        &format!("{prefix}{}", keys_on(cluster, prefix, 0, 1)[0]),
+    );
+    let slots: Vec<u16> = (0..8).map(|n| u16::try_from(first).unwrap() + n).collect();
+    assert!(
+        slots.iter().all(|&s| {
+            let key = keys_in(prefix, &[s], 9, 1)[0];
+            cluster.node_of(&format!("{prefix}{key}")) == 0
+        }),
+        "the slots are master 0's"
+    );
+    slots
+}
+
+/// Marks `slots` as migrating from master 0 to master 1 (`IMPORTING` on 1, `MIGRATING` on 0),
+/// as a reshard does before it moves their keys.
+fn migrate(cluster: &TestRedisCluster, slots: &[u16]) {
+    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
+    for &slot in slots {
+        let setslot = |node: usize, state: &str, id: &str| {
+            cluster.query::<()>(
+                node,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(state)
+                    .arg(id),
+            );
+        };
+        setslot(1, "IMPORTING", &from);
+        setslot(0, "MIGRATING", &to);
+    }
+}
+
+/// Claims and records each of `keys`, 16 at once: how each went, counted.
+async fn run_fresh(engine: &Engine, keys: &[StoreKey]) -> HashMap<String, usize> {
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let mut answers = HashMap::new();
+    for chunk in keys.chunks(16) {
+        let runs = join_all(chunk.iter().map(|key| async move {
+            let lease = match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Execute(lease)) => lease,
+                Ok(other) => return format!("not run: {other:?}"),
+                Err(e) => return format!("{}: {e:?}", e.status()),
+            };
+            match lease.finish(Response::new(201, [], b"new")).await {
+                Ok(_) => "ran".to_owned(),
+                Err(e) => format!("not recorded: {e}"),
+            }
+        }))
+        .await;
+        for answer in runs {
+            *answers.entry(answer).or_default() += 1;
+        }
+    }
+    answers
+}
+
 /// While slots migrate (`SETSLOT .. IMPORTING/MIGRATING`, some keys moved with `MIGRATE`),
 /// every request on their keys is answered as if nothing moved: new keys run once and record,
 /// recorded keys replay, wherever their record is. Many at once: the cluster client follows
@@ -544,39 +605,14 @@ async fn no_claim_answers_503_while_a_slot_migrates() {
     let prefix = "migrating:";
     let engine = engine_on(&cluster, prefix);
     let fp = Fingerprint::new("POST", "/x", "", b"");
-    // Eight slots of master 0, moving to master 1.
-    let first = slot_of(
-        &cluster,
-        &format!("{prefix}{}", keys_on(&cluster, prefix, 0, 1)[0]),
-    );
-    let slots: Vec<u16> = (0..8).map(|n| u16::try_from(first).unwrap() + n).collect();
-    assert!(
-        slots.iter().all(|&s| {
-            let key = keys_in(prefix, &[s], 9, 1)[0];
-            cluster.node_of(&format!("{prefix}{key}")) == 0
-        }),
-        "the slots are master 0's"
-    );
+    let slots = slots_of_master_0(&cluster, prefix);
     // Records made before: half stay on the source, half are migrated to the target.
     let before = keys_in(prefix, &slots, 1, 16);
     for key in &before {
         recorded(&engine, *key, fp, b"before").await;
     }
-    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
-    for &slot in &slots {
-        let setslot = |node: usize, state: &str, id: &str| {
-            cluster.query::<()>(
-                node,
-                redis::cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg(state)
-                    .arg(id),
-            );
-        };
-        setslot(1, "IMPORTING", &from);
-        setslot(0, "MIGRATING", &to);
-    }
+    let to = cluster.node_id(1);
+    migrate(&cluster, &slots);
     for key in before.iter().step_by(2) {
         cluster.query::<()>(
             0,
@@ -663,6 +699,90 @@ async fn no_claim_answers_503_while_a_slot_migrates() {
         };
         assert_eq!(cluster.node_of(&format!("{prefix}{key}")), 1);
     }
+}
+
+/// The store's own connection to an importing node (the one it sends `ASKING` and a command
+/// on) is kept for the next `ASK`; one the node closed meanwhile (a restart, its idle
+/// `timeout`, here `CLIENT KILL`) is made anew and the command sent again, as the cluster
+/// client does on its own connections, rather than answered 503 while nothing is down.
+#[actix_web::test]
+async fn a_connection_an_importing_node_closed_is_made_anew_while_its_slot_migrates() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let prefix = "stale:";
+    let engine = engine_on(&cluster, prefix);
+    let slots = slots_of_master_0(&cluster, prefix);
+    migrate(&cluster, &slots);
+    // Many at once: some go through the store's own connection to master 1.
+    let before = run_fresh(&engine, &keys_in(prefix, &slots, 2, 8 * 16)).await;
+    assert_eq!(before, HashMap::from([("ran".to_owned(), 8 * 16)]));
+
+    // Master 1 closes its clients' connections, and the cluster client's own is made anew
+    // (by a key master 1 owns), so that only the store's is stale.
+    cluster.query::<()>(
+        1,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"),
+    );
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let own = keys_on(&cluster, prefix, 1, 1)[0];
+    recorded(&engine, own, fp, b"own").await;
+
+    let after = run_fresh(&engine, &keys_in(prefix, &slots, 3, 8 * 16)).await;
+    assert_eq!(
+        after,
+        HashMap::from([("ran".to_owned(), 8 * 16)]),
+        "after master 1 closed the store's connections, while the slots still migrate"
+    );
+}
+
+/// With `wait_for_replicas`, a claim on a migrating slot is written on the importing node
+/// (its `ASK` followed), while the slot's primary in the cluster client's map is the node
+/// migrating it, whose replicas acknowledged nothing of that claim. Master 0 has a replica,
+/// master 1 (importing) none: the claim is unavailable, as on a primary without replicas
+/// (`on_a_cluster_a_claim_waits_for_the_replicas_of_its_own_primary`), not taken as
+/// acknowledged by master 0's replica; and released, so that the key runs once the slot has
+/// moved (and its new primary has a replica).
+#[actix_web::test]
+async fn a_claim_on_a_migrating_slot_is_not_acknowledged_by_the_replicas_of_a_node_without_it() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let prefix = "waitmig:";
+    let _replica = cluster.add_replica(0);
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix(prefix)
+        .command_timeout(TIMEOUT)
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    // A claim on master 0 (which has a replica) is acknowledged.
+    let on_0 = keys_on(&cluster, prefix, 0, 1)[0];
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, on_0, fp).await else {
+        panic!("a claim on master 0 is acknowledged by its replica")
+    };
+    drop(lease);
+
+    let slots = slots_of_master_0(&cluster, prefix);
+    migrate(&cluster, &slots);
+    let key = keys_in(prefix, &slots, 5, 1)[0];
+    let begun = engine.begin(&Policy::DEFAULT, key, fp).await;
+    assert!(
+        matches!(
+            begun,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
+                _
+            )))
+        ),
+        "a claim written on master 1, which has no replica, was taken as acknowledged: {begun:?}"
+    );
+    let redis_key = format!("{prefix}{key}");
+    assert!(
+        cluster.keys(1, &redis_key).is_empty() && cluster.keys(0, &redis_key).is_empty(),
+        "the unacknowledged claim was released"
+    );
 }
 
 #[actix_web::test]

@@ -218,9 +218,11 @@ enum Connection {
 }
 
 /// How many more times, at most, the store sends a command on a cluster that the cluster
-/// client answered with a redirect (`ASK` or `MOVED`) after its own retries: each send is
-/// a command Redis did not run (a node answers `ASK` or `MOVED` instead of running it), so
-/// sending it again is as safe as sending it first; the command timeout bounds them all.
+/// client answered with a redirect (`ASK` or `MOVED`) after its own retries: its last send
+/// was not run (a node answers `ASK` or `MOVED` instead of running it), and an earlier one,
+/// whose connection dropped, may have been, which the client's own retries allow already
+/// (every command of the store's may be sent twice; see [`Asked::asking`]); the command
+/// timeout bounds them all.
 const STORE_REDIRECTS: usize = 4;
 
 /// Connections of the store's own, on a cluster, to the nodes that `ASK` redirects name, each
@@ -253,6 +255,12 @@ struct Asked {
 impl Asked {
     /// Sends `ASKING` and `cmd` in one write to the node at `addr` (`host:port`, as an `ASK`
     /// names it), and returns `cmd`'s answer.
+    ///
+    /// A kept connection found dropped (the node restarted, or closed it idle) is replaced,
+    /// and `cmd` sent again once on the new one, as the cluster client does on its own
+    /// connections: it may then be sent twice, which every command of the store's allows (a
+    /// claim that finds its own claim takes it as made, see `found`; the scripts act only
+    /// while the record is the caller's claim).
     async fn asking(&self, addr: &str, cmd: &Cmd) -> redis::RedisResult<Value> {
         let conns = self
             .by_thread
@@ -263,36 +271,27 @@ impl Asked {
             .unwrap_or_else(PoisonError::into_inner)
             .get(addr)
             .cloned();
-        let mut conn = match kept {
-            Some(conn) => conn,
-            None => {
-                let conn = self.connect(addr).await?;
-                let mut conns = conns.lock().unwrap_or_else(PoisonError::into_inner);
-                conns.insert(addr.to_owned(), conn.clone());
-                conn
-            }
-        };
         let mut pipe = redis::pipe();
         pipe.cmd("ASKING").add_command(cmd.clone());
-        // The `ASKING`'s `OK` skipped: the command's answer alone.
-        let answer = conn.req_packed_commands(&pipe, 1, 1).await;
-        let answer = match answer {
-            Ok(mut values) if values.len() == 1 => match values.pop() {
-                Some(Value::ServerError(error)) => Err(error.into()),
-                Some(value) => Ok(value),
-                None => unreachable!("one value"),
-            },
-            Ok(values) => Err(redis::RedisError::from((
-                ErrorKind::Client,
-                "ASKING and one command answered with other than one value",
-                format!("{values:?}"),
-            ))),
-            Err(error) => Err(error),
-        };
-        if matches!(&answer, Err(e) if e.kind() == ErrorKind::Io) {
-            // A connection that failed is not kept: the next `ASK` to that node makes another.
+        if let Some(mut conn) = kept {
+            let answer = asked_on(&mut conn, &pipe).await;
+            if !answer
+                .as_ref()
+                .is_err_and(redis::RedisError::is_connection_dropped)
+            {
+                return answer;
+            }
+            conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(addr);
+        }
+        let mut conn = self.connect(addr).await?;
+        let answer = asked_on(&mut conn, &pipe).await;
+        // A connection that failed at once is not kept: the next `ASK` makes another.
+        if !answer.as_ref().is_err_and(|e| e.kind() == ErrorKind::Io) {
             let mut conns = conns.lock().unwrap_or_else(PoisonError::into_inner);
-            conns.remove(addr);
+            conns.insert(addr.to_owned(), conn);
         }
         answer
     }
@@ -328,6 +327,27 @@ impl Asked {
         client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
+    }
+}
+
+/// `ASKING` and one command, `pipe`, sent on `conn` in one write: the command's answer (the
+/// `ASKING`'s `OK` skipped).
+async fn asked_on(
+    conn: &mut MultiplexedConnection,
+    pipe: &redis::Pipeline,
+) -> redis::RedisResult<Value> {
+    match conn.req_packed_commands(pipe, 1, 1).await {
+        Ok(mut values) if values.len() == 1 => match values.pop() {
+            Some(Value::ServerError(error)) => Err(error.into()),
+            Some(value) => Ok(value),
+            None => unreachable!("one value"),
+        },
+        Ok(values) => Err(redis::RedisError::from((
+            ErrorKind::Client,
+            "ASKING and one command answered with other than one value",
+            format!("{values:?}"),
+        ))),
+        Err(error) => Err(error),
     }
 }
 
@@ -535,7 +555,8 @@ impl ConnectionLike for Connection {
 /// queued behind it (and, with a replica down, timed out); and it counts only the writes sent
 /// on its own connection, so that it must follow its write there, never on a connection that
 /// carried none. (On a cluster, the cluster client's connection to the key's primary carries
-/// both.)
+/// both, but for a write its slot's migration sent to the importing node: see
+/// `RedisStore::acknowledged`.)
 struct Waiters {
     client: redis::Client,
     config: redis::AsyncConnectionConfig,
@@ -1284,6 +1305,13 @@ impl RedisStore {
 
     /// How many replicas of `redis_key`'s primary acknowledged the writes sent to it before
     /// on `link`, within `replicas.timeout`.
+    ///
+    /// On a cluster, the `WAIT` goes to the primary of the key's slot in the cluster client's
+    /// map, right behind an `EXISTS` of the key, in one write: that primary's replicas tell of
+    /// the key's writes only if it holds the key. While its slot migrates, a new claim is
+    /// written on the importing node (its `ASK` followed), whose replicas that `WAIT` does not
+    /// count; the `EXISTS` then answers a redirect (or 0), and the claim is unacknowledged:
+    /// released and refused 503 (or kept, failing open), until the slot has moved.
     async fn acknowledged(
         &self,
         link: &mut Link,
@@ -1292,7 +1320,29 @@ impl RedisStore {
     ) -> Result<i64, StoreError> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas.count).arg(px(replicas.timeout));
-        let answer = self.run(on_primary(link, redis_key, wait)).await?;
+        let answer = match link {
+            Link::Shared(Connection::Cluster(conn, ..)) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("EXISTS").arg(redis_key).add_command(wait);
+                let primary = Route::with_key(redis_key, SlotAddr::Master);
+                let route = SingleNodeRoutingInfo::SpecificNode(primary);
+                let answers = self.run(conn.route_pipeline(pipe, 0, 2, route)).await?;
+                match &answers[..] {
+                    [Value::Int(1), wait] => wait.clone(),
+                    [held, _] => {
+                        return Err(StoreError::Unavailable(Box::new(HeldElsewhere(format!(
+                            "{held:?}"
+                        )))))
+                    }
+                    other => {
+                        return Err(StoreError::Refused(
+                            format!("Redis answered EXISTS and WAIT with {other:?}").into(),
+                        ))
+                    }
+                }
+            }
+            link => self.run(on_primary(link, redis_key, wait)).await?,
+        };
         match answer {
             Value::Int(acknowledged) => Ok(acknowledged),
             Value::ServerError(error) => Err(failed(error.into())),
@@ -1412,6 +1462,24 @@ impl std::error::Error for ScriptsRefused {
         Some(&*self.0)
     }
 }
+
+/// A key whose slot's primary, in the cluster client's map, does not hold it (its slot
+/// migrates, and the claim was written on the importing node): its replicas cannot be counted
+/// there. What the primary answered for the key is given.
+#[derive(Debug)]
+struct HeldElsewhere(String);
+
+impl std::fmt::Display for HeldElsewhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the key's slot is migrating and the claim is held by another node than the slot's primary, whose replicas cannot be counted (the primary answered {})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for HeldElsewhere {}
 
 /// A server that answered `MOVED` (or `ASK`) to a store built for one server: a node of a
 /// cluster, whose other nodes hold some keys.
@@ -1554,7 +1622,10 @@ impl RedisStoreBuilder {
     /// of its own, so that waiting holds up no other command: up to 16 idle ones are kept for
     /// 30 s for the next, and beyond that each write that waits opens (and closes) one. On a
     /// cluster, both go on the cluster client's connection to the key's primary, which the
-    /// process's other commands to that node share: they wait behind it.
+    /// process's other commands to that node share: they wait behind it. While a slot
+    /// migrates, a new claim of one of its keys is written on the importing node, whose
+    /// replicas the `WAIT` to the slot's primary cannot count: such a claim is taken as
+    /// unacknowledged (released, 503) until the slot has moved.
     ///
     /// [`build`](Self::build) refuses 0 replicas (no wait: leave this unset), and a `timeout`
     /// under 1 ms (`WAIT` would then block for as long as it takes) or not under the
