@@ -1509,6 +1509,122 @@ impl PgServer {
     }
 }
 
+/// A PgBouncer in session mode in front of a [`TestPostgres`] this test started, on a free
+/// loopback port, as the `postgres` user when the test runs as root (PgBouncer refuses root).
+/// Stopped when dropped.
+pub struct TestPgBouncer {
+    url: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl TestPgBouncer {
+    /// Starts one in front of `pg`, or `None` (the test should skip) when `pgbouncer` is not
+    /// installed; with `IDEM_REQUIRE_PGBOUNCER=1`, a missing one panics instead.
+    pub fn start(pg: &TestPostgres) -> Option<Self> {
+        let server = pg.server.as_ref().expect("a server the test started");
+        match Self::spawn(server) {
+            Ok(bouncer) => Some(bouncer),
+            Err(e) if std::env::var("IDEM_REQUIRE_PGBOUNCER").as_deref() == Ok("1") => {
+                panic!("IDEM_REQUIRE_PGBOUNCER=1 but PgBouncer could not start: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: no PgBouncer for this test to start ({e}); install pgbouncer");
+                None
+            }
+        }
+    }
+
+    fn spawn(server: &PgServer) -> Result<Self, String> {
+        let program = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .ok_or("no pgbouncer in /usr/sbin or /usr/bin")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("a free port: {e}"))?
+            .port();
+        let dir = server.dir.join(format!("pgbouncer-{port}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let ini = dir.join("pgbouncer.ini");
+        let users = dir.join("users.txt");
+        // sqlx sends `extra_float_digits` on every connection, which PgBouncer refuses unless
+        // told to ignore it.
+        let config = format!(
+            "[databases]\nidem = host=127.0.0.1 port={} dbname=postgres pool_mode=session\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {}\npidfile = {}\nmax_client_conn = 400\n\
+             default_pool_size = 100\nignore_startup_parameters = extra_float_digits\n",
+            server.port,
+            users.display(),
+            dir.join("pgbouncer.pid").display(),
+        );
+        std::fs::write(&ini, config).map_err(|e| format!("{}: {e}", ini.display()))?;
+        std::fs::write(&users, "\"postgres\" \"\"\n")
+            .map_err(|e| format!("{}: {e}", users.display()))?;
+        let mut cmd = if server.as_postgres_user {
+            for path in [&dir, &ini, &users] {
+                server.run("chown", |cmd| {
+                    cmd.arg("postgres:").arg(path);
+                })?;
+            }
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", program]);
+            cmd
+        } else {
+            std::process::Command::new(program)
+        };
+        let child = cmd
+            .arg(&ini)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{program}: {e}"))?;
+        let mut bouncer = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/idem?sslmode=disable"),
+            child,
+            dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = bouncer.child.try_wait() {
+                return Err(format!("pgbouncer exited: {status}"));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("pgbouncer did not listen within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(bouncer)
+    }
+
+    /// The URL of the database behind it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestPgBouncer {
+    fn drop(&mut self) {
+        // PgBouncer itself, by its pid file: `runuser`, the child when the test runs as root,
+        // cannot pass on a SIGKILL, and would leave it running. It stops at once on SIGTERM.
+        let pid = std::fs::read_to_string(self.dir.join("pgbouncer.pid"));
+        match pid {
+            Ok(pid) => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", pid.trim()])
+                    .status();
+            }
+            Err(_) => {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The field of a logged event that names the thread it was logged on.
 const THREAD: &str = "thread";
 

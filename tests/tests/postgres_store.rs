@@ -18,7 +18,7 @@ use idem_core::{
     StoreError, StoreKey, Token,
 };
 use idem_tests::pg_proxy::LosingProxy;
-use idem_tests::{assert_error, Counter, RawRequest, TestPostgres, TestServer};
+use idem_tests::{assert_error, Counter, RawRequest, TestPgBouncer, TestPostgres, TestServer};
 use sqlx::PgPool;
 
 const LEASE: Duration = Duration::from_secs(10);
@@ -146,6 +146,28 @@ async fn postgres_store_conforms() {
         return;
     };
     let store = store(&pg, "conformance").await;
+    idem_core::testing::conformance(&store, 7).await;
+}
+
+/// Behind PgBouncer in session mode (each client connection keeps one server connection, so
+/// the statements sqlx prepared on it are there), as the README says to run it behind a
+/// pooler: the table migrated through it, and the whole suite.
+#[actix_web::test]
+async fn postgres_store_conforms_behind_pgbouncer_in_session_mode() {
+    let Some(pg) = TestPostgres::start_owned() else {
+        return;
+    };
+    let Some(bouncer) = TestPgBouncer::start(&pg) else {
+        return;
+    };
+    let store = PostgresStore::builder(bouncer.url())
+        .table(pg.table("behind_pgbouncer"))
+        .build()
+        .expect("valid settings");
+    store
+        .migrate()
+        .await
+        .expect("create the table through PgBouncer");
     idem_core::testing::conformance(&store, 7).await;
 }
 
@@ -1733,6 +1755,100 @@ async fn a_claim_s_lock_timeout_ends_with_its_statement() {
         .await
         .unwrap();
     assert_eq!(setting, "0");
+}
+
+/// A pooler in transaction mode without prepared-statement support (PgBouncer before 1.21, or
+/// without `max_prepared_statements`) hands each transaction another server connection, where
+/// the statements the store prepared on its connection do not exist (SQLSTATE 26000) or exist
+/// already (42P05). Here a connection of the store's pool loses them (`DEALLOCATE ALL`), as
+/// behind such a pooler: the store refuses (it fails closed even when failing open, as
+/// Postgres answered) and names the likely cause, where it said only what Postgres said.
+#[actix_web::test]
+async fn a_prepared_statement_lost_as_behind_a_transaction_pooler_is_refused_naming_the_pooler() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let table = store(&pg, "statements_lost").await.table().to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(pg.url())
+        .await
+        .unwrap();
+    let store = PostgresStore::with_pool(pool.clone())
+        .table(table.as_str())
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let t = now();
+    assert!(matches!(store.get(&key(1), t).await, Ok(None)));
+    // The pool's one connection forgets the statements it prepared.
+    sqlx::raw_sql("DEALLOCATE ALL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let Err(error) = store.get(&key(1), t).await else {
+        panic!("the store's statement ran though its connection lost it")
+    };
+    assert!(matches!(error, StoreError::Refused(_)), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("pooler") && message.contains("session"),
+        "{message}"
+    );
+}
+
+/// PgBouncer refuses a start-up parameter it was not told to ignore (sqlx sends
+/// `extra_float_digits` on every connection) with SQLSTATE 08P01, `protocol_violation`: a
+/// configuration to fix, not an outage that passes, so the store refuses (it fails closed even
+/// when failing open, where it took the refusal for a server it could not reach and ran the
+/// request unprotected) and says what to set. A server that answers every start-up so stands
+/// in for it.
+#[actix_web::test]
+async fn a_pooler_refusing_sqlx_s_start_up_parameters_is_refused_naming_the_setting() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            // The start-up message: its length, then the rest.
+            let mut length = [0u8; 4];
+            if stream.read_exact(&mut length).is_err() {
+                continue;
+            }
+            let mut rest = vec![0u8; (u32::from_be_bytes(length) as usize).saturating_sub(4)];
+            let _ = stream.read_exact(&mut rest);
+            let mut fields = Vec::new();
+            for (tag, value) in [
+                (b'S', "FATAL"),
+                (b'V', "FATAL"),
+                (b'C', "08P01"),
+                (b'M', "unsupported startup parameter: extra_float_digits"),
+            ] {
+                fields.push(tag);
+                fields.extend_from_slice(value.as_bytes());
+                fields.push(0);
+            }
+            fields.push(0);
+            let mut message = vec![b'E'];
+            message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+            message.extend_from_slice(&fields);
+            let _ = stream.write_all(&message);
+        }
+    });
+    let store = PostgresStore::builder(format!(
+        "postgres://idem@127.0.0.1:{port}/idem?sslmode=disable"
+    ))
+    .fail_open(true)
+    .build()
+    .unwrap();
+    let Err(error) = store.get(&key(1), now()).await else {
+        panic!("a server that refuses every start-up answered")
+    };
+    assert!(matches!(error, StoreError::Refused(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("ignore_startup_parameters"),
+        "{error}"
+    );
 }
 
 /// A restart of Postgres closes every connection the pool keeps idle; the pool finds a closed

@@ -979,6 +979,32 @@ impl PostgresStore {
                     )
                     .into(),
                 ),
+                // invalid_sql_statement_name, duplicate_prepared_statement: the statements
+                // prepared on a connection, which sqlx keeps by name, are not there, or another
+                // client's are, as behind a pooler that hands each transaction another server
+                // connection.
+                Some("26000" | "42P05") => StoreError::Refused(
+                    format!(
+                        "Postgres does not hold the statements the store prepared on this \
+                         connection: a pooler in transaction mode without prepared-statement \
+                         support (PgBouncer before 1.21, or without max_prepared_statements) \
+                         stands between; use its session mode, or PgBouncer 1.21 or later with \
+                         max_prepared_statements above 0 ({error})"
+                    )
+                    .into(),
+                ),
+                // protocol_violation: a pooler that refuses a start-up parameter (PgBouncer
+                // refuses sqlx's `extra_float_digits` unless told to ignore it), never an
+                // outage that passes.
+                Some("08P01") => StoreError::Refused(
+                    format!(
+                        "the server refused the connection's start-up: a pooler such as \
+                         PgBouncer refuses start-up parameters it does not know (set \
+                         ignore_startup_parameters = extra_float_digits there, and give other \
+                         settings with ALTER ROLE rather than in the URL's options) ({error})"
+                    )
+                    .into(),
+                ),
                 // undefined_column, datatype_mismatch
                 Some("42703" | "42804") => StoreError::Refused(
                     format!(
