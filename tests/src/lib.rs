@@ -1607,13 +1607,14 @@ impl TestPgBouncer {
 
 impl Drop for TestPgBouncer {
     fn drop(&mut self) {
-        // PgBouncer itself, by its pid file: `runuser`, the child when the test runs as root,
-        // cannot pass on a SIGKILL, and would leave it running. It stops at once on SIGTERM.
-        let pid = std::fs::read_to_string(self.dir.join("pgbouncer.pid"));
-        match pid {
+        // PgBouncer itself, by its pid file, killed at once (a SIGTERM makes PgBouncer 1.23
+        // and later wait for its clients): `runuser`, the child when the test runs as root,
+        // cannot pass a SIGKILL on, and would leave it running.
+        // `runuser` then reaps it and ends.
+        match std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
             Ok(pid) => {
                 let _ = std::process::Command::new("kill")
-                    .args(["-TERM", pid.trim()])
+                    .args(["-KILL", pid.trim()])
                     .status();
             }
             Err(_) => {

@@ -1851,6 +1851,41 @@ async fn a_pooler_refusing_sqlx_s_start_up_parameters_is_refused_naming_the_sett
     );
 }
 
+/// Behind PgBouncer, Postgres going down is an outage, which a store failing open runs through,
+/// though PgBouncer reports it with SQLSTATE 08P01 ("server conn crashed?", a server login
+/// that keeps failing), the code it refuses a start-up parameter with: only that refusal is a
+/// setting to change.
+#[actix_web::test]
+async fn postgres_down_behind_pgbouncer_is_an_outage_not_a_refused_start_up_parameter() {
+    let Some(mut pg) = TestPostgres::start_owned() else {
+        return;
+    };
+    let Some(bouncer) = TestPgBouncer::start(&pg) else {
+        return;
+    };
+    let store = PostgresStore::builder(bouncer.url())
+        .table(pg.table("outage_behind_pgbouncer"))
+        .fail_open(true)
+        .command_timeout(Duration::from_secs(5))
+        .build()
+        .expect("valid settings");
+    store.migrate().await.expect("migrate through PgBouncer");
+    assert!(matches!(store.get(&key(1), now()).await, Ok(None)));
+    pg.stop();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let error = store
+            .get(&key(1), now())
+            .await
+            .expect_err("Postgres is down");
+        seen.push((matches!(error, StoreError::Refused(_)), format!("{error}")));
+    }
+    assert!(
+        seen.iter().all(|(refused, _)| !refused),
+        "Postgres down behind PgBouncer was taken for a refusal: {seen:#?}"
+    );
+}
+
 /// A restart of Postgres closes every connection the pool keeps idle; the pool finds a closed
 /// one only when a statement fails on it. That statement runs again on another connection:
 /// after a restart, a completed key replays, where it failed as an outage (and ran again

@@ -993,18 +993,21 @@ impl PostgresStore {
                     )
                     .into(),
                 ),
-                // protocol_violation: a pooler that refuses a start-up parameter (PgBouncer
-                // refuses sqlx's `extra_float_digits` unless told to ignore it), never an
-                // outage that passes.
-                Some("08P01") => StoreError::Refused(
-                    format!(
-                        "the server refused the connection's start-up: a pooler such as \
+                // protocol_violation, as PgBouncer refuses a start-up parameter (sqlx's
+                // `extra_float_digits`, unless told to ignore it): a setting to change, never
+                // an outage that passes. PgBouncer reports its server's outages with 08P01 too
+                // ("server conn crashed?", a login that keeps failing): those are outages, below.
+                Some("08P01") if db.message().starts_with("unsupported startup parameter") => {
+                    StoreError::Refused(
+                        format!(
+                            "the server refused the connection's start-up: a pooler such as \
                          PgBouncer refuses start-up parameters it does not know (set \
                          ignore_startup_parameters = extra_float_digits there, and give other \
                          settings with ALTER ROLE rather than in the URL's options) ({error})"
+                        )
+                        .into(),
                     )
-                    .into(),
-                ),
+                }
                 // undefined_column, datatype_mismatch
                 Some("42703" | "42804") => StoreError::Refused(
                     format!(
