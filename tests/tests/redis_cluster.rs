@@ -738,13 +738,14 @@ async fn a_connection_an_importing_node_closed_is_made_anew_while_its_slot_migra
 
 /// With `wait_for_replicas`, a claim on a migrating slot is written on the importing node
 /// (its `ASK` followed), while the slot's primary in the cluster client's map is the node
-/// migrating it, whose replicas acknowledged nothing of that claim. Master 0 has a replica,
-/// master 1 (importing) none: the claim is unavailable, as on a primary without replicas
-/// (`on_a_cluster_a_claim_waits_for_the_replicas_of_its_own_primary`), not taken as
-/// acknowledged by master 0's replica; and released, so that the key runs once the slot has
-/// moved (and its new primary has a replica).
+/// migrating it: the replicas counted are the importing node's, which holds the claim, not the
+/// migrating node's, which acknowledged nothing of it. Master 0 has a replica, master 1
+/// (importing) none: the claim is unavailable and released, as on a primary without replicas
+/// (`on_a_cluster_a_claim_waits_for_the_replicas_of_its_own_primary`), where master 0's
+/// replica was taken to acknowledge it. Once master 1 has a replica, a claim there is
+/// acknowledged and runs.
 #[actix_web::test]
-async fn a_claim_on_a_migrating_slot_is_not_acknowledged_by_the_replicas_of_a_node_without_it() {
+async fn a_claim_on_a_migrating_slot_is_acknowledged_by_the_replicas_of_the_node_holding_it() {
     let Some(cluster) = TestRedisCluster::start() else {
         return;
     };
@@ -783,6 +784,15 @@ async fn a_claim_on_a_migrating_slot_is_not_acknowledged_by_the_replicas_of_a_no
         cluster.keys(1, &redis_key).is_empty() && cluster.keys(0, &redis_key).is_empty(),
         "the unacknowledged claim was released"
     );
+
+    let _replica_of_1 = cluster.add_replica(1);
+    let key = keys_in(prefix, &slots, 6, 1)[0];
+    let begun = begin_until_up(&engine, key, fp).await;
+    assert!(
+        matches!(begun, Begin::Execute(_)),
+        "a claim on master 1, acknowledged by its replica: {begun:?}"
+    );
+    assert_eq!(cluster.keys(1, &format!("{prefix}{key}")).len(), 1);
 }
 
 #[actix_web::test]

@@ -92,8 +92,8 @@ return 1
 /// noeviction`, under which a full Redis refuses new claims (503) rather than deleting a
 /// running claim or a record, which lets an operation run twice. The store's first claim reads
 /// the policy (`INFO memory`) and logs an error when Redis may evict. Its Redis user needs
-/// `GET`, `SET`, `DEL`, `PTTL`, `EVALSHA` and `EVAL` (and `WAIT`, waiting for replicas;
-/// `ASKING`, on a cluster whose slots migrate) on its keys: the first claim of a free key also writes its lease again through the store's
+/// `GET`, `SET`, `DEL`, `PTTL`, `EVALSHA` and `EVAL` (and `WAIT`, waiting for replicas, with
+/// `EXISTS` on a cluster; `ASKING`, on a cluster whose slots migrate) on its keys: the first claim of a free key also writes its lease again through the store's
 /// script, and a Redis that refuses scripts has that claim withdrawn and refused before its
 /// handler runs.
 ///
@@ -555,7 +555,7 @@ impl ConnectionLike for Connection {
 /// queued behind it (and, with a replica down, timed out); and it counts only the writes sent
 /// on its own connection, so that it must follow its write there, never on a connection that
 /// carried none. (On a cluster, the cluster client's connection to the key's primary carries
-/// both, but for a write its slot's migration sent to the importing node: see
+/// both; while the key's slot migrates, the connection to the node holding it: see
 /// `RedisStore::acknowledged`.)
 struct Waiters {
     client: redis::Client,
@@ -1306,12 +1306,16 @@ impl RedisStore {
     /// How many replicas of `redis_key`'s primary acknowledged the writes sent to it before
     /// on `link`, within `replicas.timeout`.
     ///
-    /// On a cluster, the `WAIT` goes to the primary of the key's slot in the cluster client's
-    /// map, right behind an `EXISTS` of the key, in one write: that primary's replicas tell of
-    /// the key's writes only if it holds the key. While its slot migrates, a new claim is
-    /// written on the importing node (its `ASK` followed), whose replicas that `WAIT` does not
-    /// count; the `EXISTS` then answers a redirect (or 0), and the claim is unacknowledged:
-    /// released and refused 503 (or kept, failing open), until the slot has moved.
+    /// On a cluster, the `WAIT` goes right behind an `EXISTS` of the key, in one pipeline
+    /// routed to the primary of the key's slot in the cluster client's map. While the slot
+    /// migrates, a new claim is written on the importing node (its `ASK` followed), and the
+    /// node migrating the slot answers `ASK` to the `EXISTS` too: the client takes the
+    /// pipeline to the importing node, where Redis counts the `WAIT` from the connection's
+    /// last command, the `EXISTS`, after the claim's write, so that the replicas counted are
+    /// those of the node holding the claim, where a `WAIT` sent alone counted those of the
+    /// node migrating the slot. A key that the node answering does not hold (the client gave
+    /// up its redirects, or the claim is gone) is unacknowledged: released and refused 503 (or
+    /// kept, failing open).
     async fn acknowledged(
         &self,
         link: &mut Link,
@@ -1329,6 +1333,9 @@ impl RedisStore {
                 let answers = self.run(conn.route_pipeline(pipe, 0, 2, route)).await?;
                 match &answers[..] {
                     [Value::Int(1), wait] => wait.clone(),
+                    // Not a redirect (the client followed those): refused, as `NOPERM` for a
+                    // user not allowed `EXISTS`.
+                    [Value::ServerError(error), _] => return Err(failed(error.clone().into())),
                     [held, _] => {
                         return Err(StoreError::Unavailable(Box::new(HeldElsewhere(format!(
                             "{held:?}"
@@ -1463,9 +1470,9 @@ impl std::error::Error for ScriptsRefused {
     }
 }
 
-/// A key whose slot's primary, in the cluster client's map, does not hold it (its slot
-/// migrates, and the claim was written on the importing node): its replicas cannot be counted
-/// there. What the primary answered for the key is given.
+/// A key that the node a `WAIT` went to does not hold (its slot migrating, and the cluster
+/// client's redirects given up, or the claim gone): its replicas cannot be counted there.
+/// What the node answered for the key is given.
 #[derive(Debug)]
 struct HeldElsewhere(String);
 
@@ -1473,7 +1480,7 @@ impl std::fmt::Display for HeldElsewhere {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the key's slot is migrating and the claim is held by another node than the slot's primary, whose replicas cannot be counted (the primary answered {})",
+            "the node the wait for replicas went to does not hold the claim (its slot migrating, or the claim gone), so its replicas cannot be counted (the node answered {})",
             self.0
         )
     }
@@ -1623,9 +1630,9 @@ impl RedisStoreBuilder {
     /// 30 s for the next, and beyond that each write that waits opens (and closes) one. On a
     /// cluster, both go on the cluster client's connection to the key's primary, which the
     /// process's other commands to that node share: they wait behind it. While a slot
-    /// migrates, a new claim of one of its keys is written on the importing node, whose
-    /// replicas the `WAIT` to the slot's primary cannot count: such a claim is taken as
-    /// unacknowledged (released, 503) until the slot has moved.
+    /// migrates, a new claim of one of its keys is written on the importing node: the `WAIT`
+    /// goes there too, behind an `EXISTS` of the key that the cluster client takes to the node
+    /// holding it, so that the replicas counted are that node's.
     ///
     /// [`build`](Self::build) refuses 0 replicas (no wait: leave this unset), and a `timeout`
     /// under 1 ms (`WAIT` would then block for as long as it takes) or not under the
