@@ -162,6 +162,14 @@ fn start(idem: IdempotencyConfig, probe: Probe) -> Server {
     }
 }
 
+/// A server on the embedded store, its probe, and an HTTP/2 connection to it.
+async fn served() -> (Probe, Server, H2) {
+    let probe = probe();
+    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
+    let h2 = H2::connect(server.addr).await;
+    (probe, server, h2)
+}
+
 /// An HTTP/2 connection; its driver runs on the test's runtime until aborted.
 struct H2 {
     send: h2::client::SendRequest<Bytes>,
@@ -220,6 +228,65 @@ impl H2 {
     async fn send_in(&mut self, req: http::Request<()>, body: &[u8], piece: usize) -> Answer {
         let (response, _stream) = self.start(req, body, piece).await;
         Answer::read(response).await
+    }
+
+    /// Opens a stream with `req` and the body `x`, and waits until its handler runs (the
+    /// probe counts one more run).
+    async fn start_run(
+        &mut self,
+        req: http::Request<()>,
+        probe: &Probe,
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+        let before = probe.runs.get();
+        let started = self.start(req, b"x", 1024).await;
+        let runs = probe.runs.clone();
+        eventually(move || runs.get() == before + 1).await;
+        started
+    }
+
+    /// The request `head` builds, waiting at the gate, and once its handler runs, five
+    /// duplicates on streams of their own: the first's stream, and the duplicates' answers to
+    /// come (their streams' ends were sent).
+    async fn run_and_duplicates(
+        &mut self,
+        head: http::request::Builder,
+        probe: &Probe,
+    ) -> (
+        (h2::client::ResponseFuture, h2::SendStream<Bytes>),
+        Vec<h2::client::ResponseFuture>,
+    ) {
+        let head = head.header("x-wait", "gate").body(()).unwrap();
+        let req = || {
+            let mut req = http::Request::new(());
+            *req.method_mut() = head.method().clone();
+            *req.uri_mut() = head.uri().clone();
+            *req.headers_mut() = head.headers().clone();
+            req
+        };
+        let first = self.start_run(req(), probe).await;
+        let mut duplicates = Vec::new();
+        for _ in 0..5 {
+            duplicates.push(self.start(req(), b"x", 1024).await.0);
+        }
+        (first, duplicates)
+    }
+
+    /// Sends the request `make` builds, with `body`, until it is answered other than `status`
+    /// (a 409 while a run goes on, a 503 while the worker is at its bound), for up to 2 s.
+    async fn send_until_not(
+        &mut self,
+        status: u16,
+        make: impl Fn() -> http::Request<()>,
+        body: &[u8],
+    ) -> Answer {
+        for _ in 0..200 {
+            let res = self.send(make(), body).await;
+            if res.status != status {
+                return res;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("still answered {status} after 2 s")
     }
 }
 
@@ -280,9 +347,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, key: &str) -> http::reque
 
 #[actix_web::test]
 async fn a_keyed_post_is_replayed_over_http2() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let req = || {
         request(server.addr, "POST", "/calls", "k-1")
             .body(())
@@ -305,32 +370,19 @@ async fn a_keyed_post_is_replayed_over_http2() {
 /// is recorded, and the retry on a new stream gets the replay.
 #[actix_web::test]
 async fn a_reset_stream_s_run_finishes_and_its_retry_is_replayed() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let req = |wait: &str| {
         request(server.addr, "POST", "/calls", "reset-1")
             .header("x-wait", wait)
             .body(())
             .unwrap()
     };
-    let (response, mut stream) = h2.start(req("gate"), b"x", 1024).await;
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
+    let (response, mut stream) = h2.start_run(req("gate"), &probe).await;
     stream.send_reset(h2::Reason::CANCEL);
     drop(response);
     tokio::time::sleep(Duration::from_millis(100)).await;
     probe.gate.add_permits(1);
-    let mut retry = None;
-    for _ in 0..200 {
-        let res = h2.send(req("no"), b"x").await;
-        if res.status != 409 {
-            retry = Some(res);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let retry = retry.expect("the run was recorded");
+    let retry = h2.send_until_not(409, || req("no"), b"x").await;
     assert_eq!(retry.status, 201, "{retry:?}");
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     assert_eq!(probe.runs.get(), 1);
@@ -350,9 +402,7 @@ async fn a_reset_stream_s_run_counts_toward_the_bound_of_runs_for_clients_gone()
         .header("x-wait", "gate")
         .body(())
         .unwrap();
-    let (_response, mut stream) = h2.start(req, b"x", 1024).await;
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
+    let (_response, mut stream) = h2.start_run(req, &probe).await;
     stream.send_reset(h2::Reason::CANCEL);
     for n in 1..=2 {
         let req = request(server.addr, "POST", "/calls", &format!("next-{n}"))
@@ -366,19 +416,9 @@ async fn a_reset_stream_s_run_counts_toward_the_bound_of_runs_for_clients_gone()
     assert_eq!(probe.runs.get(), 1, "nothing ran past the bound");
     // Once the run finished, the worker takes new keys again.
     probe.gate.add_permits(10);
-    let mut after = None;
-    for _ in 0..250 {
-        let req = request(server.addr, "POST", "/calls", "after")
-            .body(())
-            .unwrap();
-        let res = h2.send(req, b"x").await;
-        if res.status != 503 {
-            after = Some(res);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let after = after.expect("new keys taken once the run finished");
+    let addr = server.addr;
+    let after = || request(addr, "POST", "/calls", "after").body(()).unwrap();
+    let after = h2.send_until_not(503, after, b"x").await;
     assert_eq!(after.status, 201, "{after:?}");
     assert_eq!(probe.runs.get(), 2);
 }
@@ -387,9 +427,7 @@ async fn a_reset_stream_s_run_counts_toward_the_bound_of_runs_for_clients_gone()
 /// it and recorded, so the retry is a replay of the whole body.
 #[actix_web::test]
 async fn a_streamed_response_whose_stream_is_reset_is_read_on_and_recorded() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let req = |wait: &str| {
         request(server.addr, "POST", "/stream", "s-1")
             .header("x-wait", wait)
@@ -405,16 +443,7 @@ async fn a_streamed_response_whose_stream_is_reset_is_read_on_and_recorded() {
     drop(body);
     tokio::time::sleep(Duration::from_millis(100)).await;
     probe.gate.add_permits(1);
-    let mut retry = None;
-    for _ in 0..200 {
-        let res = h2.send(req("no"), b"").await;
-        if res.status != 409 {
-            retry = Some(res);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let retry = retry.expect("recorded");
+    let retry = h2.send_until_not(409, || req("no"), b"").await;
     assert_eq!(retry.status, 200, "{retry:?}");
     assert_eq!(retry.body.len(), 200);
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
@@ -425,9 +454,7 @@ async fn a_streamed_response_whose_stream_is_reset_is_read_on_and_recorded() {
 /// must still be written and the retry replayed.
 #[actix_web::test]
 async fn a_streamed_answer_to_head_is_recorded() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let req = || {
         request(server.addr, "HEAD", "/stream", "head-1")
             .body(())
@@ -436,16 +463,7 @@ async fn a_streamed_answer_to_head_is_recorded() {
     let first = h2.send(req(), b"").await;
     assert_eq!(first.status, 200, "{first:?}");
     assert!(first.body.is_empty());
-    let mut retry = None;
-    for _ in 0..200 {
-        let res = h2.send(req(), b"").await;
-        if res.status != 409 {
-            retry = Some(res);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let retry = retry.expect("recorded");
+    let retry = h2.send_until_not(409, req, b"").await;
     assert_eq!(retry.status, 200, "{retry:?}");
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     assert_eq!(probe.runs.get(), 1);
@@ -455,23 +473,11 @@ async fn a_streamed_answer_to_head_is_recorded() {
 /// with `Retry-After`.
 #[actix_web::test]
 async fn concurrent_duplicates_on_one_connection_run_once() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
-    let req = || {
-        request(server.addr, "POST", "/calls", "dup-1")
-            .header("x-wait", "gate")
-            .body(())
-            .unwrap()
-    };
-    let (first, _s) = h2.start(req(), b"x", 1024).await;
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
-    let mut dups = Vec::new();
-    for _ in 0..5 {
-        dups.push(h2.start(req(), b"x", 1024).await);
-    }
-    for (response, _s) in dups {
+    let (probe, server, mut h2) = served().await;
+    let (first, dups) = h2
+        .run_and_duplicates(request(server.addr, "POST", "/calls", "dup-1"), &probe)
+        .await;
+    for response in dups {
         let res = Answer::read(response).await;
         assert_eq!(res.status, 409, "{res:?}");
         assert!(res.header("retry-after").is_some());
@@ -479,7 +485,7 @@ async fn concurrent_duplicates_on_one_connection_run_once() {
         assert_eq!(res.json()["error"]["code"], "idempotency_conflict");
     }
     probe.gate.add_permits(1);
-    let first = Answer::read(first).await;
+    let first = Answer::read(first.0).await;
     assert_eq!(first.status, 201);
     assert_eq!(probe.runs.get(), 1);
 }
@@ -488,9 +494,7 @@ async fn concurrent_duplicates_on_one_connection_run_once() {
 /// replay, another is a mismatch.
 #[actix_web::test]
 async fn a_large_body_in_many_frames_is_fingerprinted_whole() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let body: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let req = || {
         request(server.addr, "POST", "/calls", "big-1")
@@ -515,9 +519,7 @@ async fn a_large_body_in_many_frames_is_fingerprinted_whole() {
 /// and the connection goes on serving.
 #[actix_web::test]
 async fn a_body_over_the_limit_is_413_and_the_connection_goes_on() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let body = vec![b'x'; 3 << 20];
     let req = request(server.addr, "POST", "/calls", "huge-1")
         .body(())
@@ -564,9 +566,7 @@ async fn a_body_over_the_limit_is_413_and_the_connection_goes_on() {
 /// nor in its replay: the client (h2 checks it) would refuse either as malformed.
 #[actix_web::test]
 async fn hop_by_hop_headers_break_neither_answer() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (_probe, server, mut h2) = served().await;
     let req = || {
         request(server.addr, "POST", "/hop", "hop-1")
             .body(())
@@ -594,23 +594,12 @@ async fn a_lost_connection_s_run_finishes_and_its_retry_is_replayed() {
     };
     {
         let mut h2 = H2::connect(server.addr).await;
-        let (_response, _stream) = h2.start(req("gate"), b"x", 1024).await;
-        let runs = probe.runs.clone();
-        eventually(move || runs.get() == 1).await;
+        let (_response, _stream) = h2.start_run(req("gate"), &probe).await;
     } // The connection's driver aborted: the socket closes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     probe.gate.add_permits(1);
     let mut h2 = H2::connect(server.addr).await;
-    let mut retry = None;
-    for _ in 0..200 {
-        let res = h2.send(req("no"), b"x").await;
-        if res.status != 409 {
-            retry = Some(res);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let retry = retry.expect("recorded");
+    let retry = h2.send_until_not(409, || req("no"), b"x").await;
     assert_eq!(retry.status, 201, "{retry:?}");
     assert_eq!(retry.body, b"call_1:x");
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
@@ -647,9 +636,7 @@ async fn a_lost_connection_s_run_counts_toward_the_bound_of_runs_for_clients_gon
 /// another.
 #[actix_web::test]
 async fn a_gzip_body_is_decoded_and_replayed() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let plain: Vec<u8> = (0..50_000u32).map(|i| b'a' + (i % 7) as u8).collect();
     let req = || {
         request(server.addr, "POST", "/calls", "gz-1")
@@ -735,9 +722,7 @@ async fn the_layer_s_own_errors_are_well_formed() {
 /// A HEAD answered with a body of known length: both answers carry its length, no body.
 #[actix_web::test]
 async fn a_head_s_length_is_replayed() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let req = || {
         request(server.addr, "HEAD", "/strict", "h-1")
             .body(())
@@ -757,27 +742,15 @@ async fn a_head_s_length_is_replayed() {
 /// `in_flight = "wait"` over streams of one connection: every duplicate waits and replays.
 #[actix_web::test]
 async fn waiting_duplicates_on_one_connection_replay() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
-    let req = || {
-        request(server.addr, "POST", "/strict", "w-1")
-            .header("x-wait", "gate")
-            .body(())
-            .unwrap()
-    };
-    let (first, _s) = h2.start(req(), b"x", 1024).await;
-    let runs = probe.runs.clone();
-    eventually(move || runs.get() == 1).await;
-    let mut dups = Vec::new();
-    for _ in 0..5 {
-        dups.push(h2.start(req(), b"x", 1024).await);
-    }
+    let (probe, server, mut h2) = served().await;
+    let (first, dups) = h2
+        .run_and_duplicates(request(server.addr, "POST", "/strict", "w-1"), &probe)
+        .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     probe.gate.add_permits(1);
-    let first = Answer::read(first).await;
+    let first = Answer::read(first.0).await;
     assert_eq!(first.status, 200);
-    for (response, _s) in dups {
+    for response in dups {
         let res = Answer::read(response).await;
         assert_eq!(res.status, 200, "{res:?}");
         assert_eq!(res.body, first.body);
@@ -791,9 +764,7 @@ async fn waiting_duplicates_on_one_connection_replay() {
 /// them as the one header they are, as it does over HTTP/1.1.
 #[actix_web::test]
 async fn a_cookie_split_into_fields_is_one_scope() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let req = http::Request::builder()
         .method("POST")
         .uri(format!("http://{}/cookie", server.addr))
@@ -833,9 +804,7 @@ async fn a_cookie_split_into_fields_is_one_scope() {
 /// Request trailers after the body: ignored by actix, the request answered as without them.
 #[actix_web::test]
 async fn request_trailers_change_nothing() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let h2 = H2::connect(server.addr).await;
+    let (_probe, server, h2) = served().await;
     let mut answers = Vec::new();
     for _ in 0..2 {
         let req = request(server.addr, "POST", "/calls", "t-1")
@@ -865,9 +834,7 @@ async fn request_trailers_change_nothing() {
 /// runs.
 #[actix_web::test]
 async fn a_stream_reset_mid_body_claims_nothing() {
-    let probe = probe();
-    let server = start(IdempotencyConfig::new(MokaStore::new()), probe.clone());
-    let mut h2 = H2::connect(server.addr).await;
+    let (probe, server, mut h2) = served().await;
     let req = || {
         request(server.addr, "POST", "/calls", "mid-1")
             .body(())

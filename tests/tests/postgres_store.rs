@@ -1727,6 +1727,27 @@ async fn a_claim_waiting_on_another_claim_of_its_key_past_the_command_timeout_fa
     );
 }
 
+/// A store on its own table (created), on an application's pool of one connection
+/// (`with_pool`), failing open or not; and the pool.
+async fn on_a_pool_of_one(
+    pg: &TestPostgres,
+    name: &str,
+    fail_open: bool,
+) -> (PostgresStore, PgPool) {
+    let table = store(pg, name).await.table().to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(pg.url())
+        .await
+        .unwrap();
+    let store = PostgresStore::with_pool(pool.clone())
+        .table(table.as_str())
+        .fail_open(fail_open)
+        .build()
+        .unwrap();
+    (store, pool)
+}
+
 /// The lock timeout a claim sets is its statement's alone: the connection goes back to the
 /// pool (an application's, shared with the store) with the session's own setting, so that
 /// the application's transactions wait on locks as they did.
@@ -1735,16 +1756,7 @@ async fn a_claim_s_lock_timeout_ends_with_its_statement() {
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let table = store(&pg, "claim_lock_setting").await.table().to_owned();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(pg.url())
-        .await
-        .unwrap();
-    let store = PostgresStore::with_pool(pool.clone())
-        .table(table.as_str())
-        .build()
-        .unwrap();
+    let (store, pool) = on_a_pool_of_one(&pg, "claim_lock_setting", false).await;
     let t = now();
     assert!(matches!(
         store.claim(&key(1), in_flight(t), t).await,
@@ -1768,17 +1780,7 @@ async fn a_prepared_statement_lost_as_behind_a_transaction_pooler_is_refused_nam
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let table = store(&pg, "statements_lost").await.table().to_owned();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(pg.url())
-        .await
-        .unwrap();
-    let store = PostgresStore::with_pool(pool.clone())
-        .table(table.as_str())
-        .fail_open(true)
-        .build()
-        .unwrap();
+    let (store, pool) = on_a_pool_of_one(&pg, "statements_lost", true).await;
     let t = now();
     assert!(matches!(store.get(&key(1), t).await, Ok(None)));
     // The pool's one connection forgets the statements it prepared.

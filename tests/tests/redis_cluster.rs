@@ -450,28 +450,9 @@ async fn a_slot_that_moves_mid_run_keeps_its_records_and_its_running_claims() {
     };
 
     // Mid-migration: the key is already on the target, the slot not yet handed over (ASK).
-    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
-    let setslot = |node: usize, state: &str, id: &str| {
-        cluster.query::<()>(
-            node,
-            redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg(state)
-                .arg(id),
-        );
-    };
-    setslot(1, "IMPORTING", &from);
-    setslot(0, "MIGRATING", &to);
-    cluster.query::<()>(
-        0,
-        redis::cmd("MIGRATE")
-            .arg("127.0.0.1")
-            .arg(cluster.port(1))
-            .arg(&redis_key)
-            .arg(0)
-            .arg(5000),
-    );
+    let slot = u16::try_from(slot).unwrap();
+    migrate(&cluster, &[slot]);
+    move_key(&cluster, &redis_key);
     let finished = held.finish(Response::new(201, [], b"moved")).await.unwrap();
     assert_eq!(
         finished,
@@ -484,9 +465,7 @@ async fn a_slot_that_moves_mid_run_keeps_its_records_and_its_running_claims() {
     assert_eq!(&record.response.body()[..], b"moved");
 
     // Handed over (MOVED): still one key, on its new master.
-    for node in 0..TestRedisCluster::MASTERS {
-        setslot(node, "NODE", &to);
-    }
+    hand_over(&cluster, &[slot]);
     let Ok(Begin::Replay(record)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
         panic!("replays after the move")
     };
@@ -542,23 +521,50 @@ fn slots_of_master_0(cluster: &TestRedisCluster, prefix: &str) -> Vec<u16> {
     slots
 }
 
+/// `CLUSTER SETSLOT slot state id` on `node`.
+fn setslot(cluster: &TestRedisCluster, node: usize, slot: u16, state: &str, id: &str) {
+    cluster.query::<()>(
+        node,
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(id),
+    );
+}
+
 /// Marks `slots` as migrating from master 0 to master 1 (`IMPORTING` on 1, `MIGRATING` on 0),
-/// as a reshard does before it moves their keys.
+/// as a reshard does before it moves their keys ([`move_key`]) and hands them over
+/// ([`hand_over`]).
 fn migrate(cluster: &TestRedisCluster, slots: &[u16]) {
     let (from, to) = (cluster.node_id(0), cluster.node_id(1));
     for &slot in slots {
-        let setslot = |node: usize, state: &str, id: &str| {
-            cluster.query::<()>(
-                node,
-                redis::cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg(state)
-                    .arg(id),
-            );
-        };
-        setslot(1, "IMPORTING", &from);
-        setslot(0, "MIGRATING", &to);
+        setslot(cluster, 1, slot, "IMPORTING", &from);
+        setslot(cluster, 0, slot, "MIGRATING", &to);
+    }
+}
+
+/// Moves `redis_key` from master 0 to master 1 (`MIGRATE`), as a reshard does.
+fn move_key(cluster: &TestRedisCluster, redis_key: &str) {
+    cluster.query::<()>(
+        0,
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.port(1))
+            .arg(redis_key)
+            .arg(0)
+            .arg(5000),
+    );
+}
+
+/// Hands `slots` over to master 1, on every master (the importing one first).
+fn hand_over(cluster: &TestRedisCluster, slots: &[u16]) {
+    let to = cluster.node_id(1);
+    for &slot in slots {
+        let others = (0..TestRedisCluster::MASTERS).filter(|&node| node != 1);
+        for node in std::iter::once(1).chain(others) {
+            setslot(cluster, node, slot, "NODE", &to);
+        }
     }
 }
 
@@ -611,18 +617,9 @@ async fn no_claim_answers_503_while_a_slot_migrates() {
     for key in &before {
         recorded(&engine, *key, fp, b"before").await;
     }
-    let to = cluster.node_id(1);
     migrate(&cluster, &slots);
     for key in before.iter().step_by(2) {
-        cluster.query::<()>(
-            0,
-            redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(cluster.port(1))
-                .arg(format!("{prefix}{key}"))
-                .arg(0)
-                .arg(5000),
-        );
+        move_key(&cluster, &format!("{prefix}{key}"));
     }
 
     let engine = &engine;
@@ -671,28 +668,9 @@ async fn no_claim_answers_503_while_a_slot_migrates() {
 
     // Handed over, the rest of the keys migrated first: every record replays from the target.
     for key in before.iter().skip(1).step_by(2) {
-        cluster.query::<()>(
-            0,
-            redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(cluster.port(1))
-                .arg(format!("{prefix}{key}"))
-                .arg(0)
-                .arg(5000),
-        );
+        move_key(&cluster, &format!("{prefix}{key}"));
     }
-    for &slot in &slots {
-        for node in [1, 0, 2] {
-            cluster.query::<()>(
-                node,
-                redis::cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg("NODE")
-                    .arg(&to),
-            );
-        }
-    }
+    hand_over(&cluster, &slots);
     for key in before.iter().chain(&fresh) {
         let Begin::Replay(_) = begin_until_up(engine, *key, fp).await else {
             panic!("{key} replays once handed over")
