@@ -229,9 +229,9 @@ impl IdempotencyConfig {
     /// must be waited for (Redis) has one per request it serves. Over HTTP/2, actix never drops
     /// a request whose client reset its stream or lost its connection, nor tells that it went,
     /// and a connection's streams are bounded only while they are open: every keyed request
-    /// over HTTP/2 counts toward the bound while its claim and run are in progress; not a
-    /// streamed answer's body once its handler answered, whose reset actix reads only when it
-    /// sends its next piece. Default 1024.
+    /// over HTTP/2 counts toward the bound while its claim and run are in progress, and a
+    /// streamed answer's body while actix holds it (actix reads a reset only when it sends).
+    /// Default 1024.
     #[must_use]
     pub fn with_max_detached(mut self, per_worker: usize) -> Self {
         self.settings().max_detached = per_worker;

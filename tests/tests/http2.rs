@@ -632,6 +632,57 @@ async fn a_lost_connection_s_run_counts_toward_the_bound_of_runs_for_clients_gon
     assert_eq!(runs, 1, "{runs} runs for clients gone past a bound of 1");
 }
 
+/// A streamed answer whose client reset its stream while the body waits for its next piece:
+/// actix reads the reset only when it sends that piece, so the body is not known to be gone,
+/// and counted toward the bound of runs for clients gone while actix holds it; one connection
+/// could otherwise pile up any number of such streams. Once the piece comes, the body is read
+/// on without its client, recorded, and the worker takes new keys again.
+#[actix_web::test]
+async fn a_streamed_answer_whose_stream_was_reset_counts_toward_the_bound_of_runs_for_clients_gone()
+{
+    let probe = probe();
+    let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
+    let server = start(idem, probe.clone());
+    let mut h2 = H2::connect(server.addr).await;
+    let addr = server.addr;
+    let streamed = |key: &str| {
+        request(addr, "POST", "/stream", key)
+            .header("x-wait", "gate")
+            .body(())
+            .unwrap()
+    };
+    let (response, mut stream) = h2.start(streamed("s-1"), b"", 1024).await;
+    let res = response.await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let first = body.data().await.unwrap().unwrap();
+    assert_eq!(&first[..], &[b'a'; 100][..]);
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 2..=3 {
+        // Bounded: a stream the bound let in would wait at the gate.
+        let refused = h2.send(streamed(&format!("s-{n}")), b"");
+        let refused = tokio::time::timeout(Duration::from_secs(2), refused)
+            .await
+            .expect("refused at once, not let in past the bound");
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert_eq!(refused.json()["error"]["code"], "idempotency_overloaded");
+    }
+    assert_eq!(probe.runs.get(), 1, "nothing ran past the bound");
+    // The next piece: the body is dropped, read on without its client, and recorded.
+    probe.gate.add_permits(10);
+    let plain = || request(addr, "POST", "/stream", "s-1").body(()).unwrap();
+    let replay = h2.send_until_not(409, plain, b"").await;
+    assert_eq!(replay.status, 200, "{replay:?}");
+    assert_eq!(replay.body.len(), 200);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    let next = || request(addr, "POST", "/stream", "s-4").body(()).unwrap();
+    let next = h2.send_until_not(503, next, b"").await;
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(probe.runs.get(), 2);
+}
+
 /// A gzip body over HTTP/2: decoded as over HTTP/1.1, replayed on the same, mismatched on
 /// another.
 #[actix_web::test]

@@ -265,10 +265,17 @@ impl Drop for Orphan {
 /// resetting streams on one connection. Should actix drop the future after all, the run's
 /// task counts it from there, as an [`Orphan`], and this count goes with the future. It is
 /// counted from before its claim, so that a claim on a store that must be waited for counts
-/// too; a replay or a refusal uncounts it at once.
+/// too; a replay or a refusal uncounts it at once. A streamed answer's body holds one of its
+/// own while actix holds it: actix reads a stream's reset only when it sends, so a body
+/// waiting for its next piece is not known to be gone until that piece comes (then it is
+/// dropped, and read on without its client as an [`Orphan`]).
 pub(crate) struct Unseen(bool);
 
 impl Unseen {
+    /// Not counted.
+    pub(crate) const NONE: Self = Self(false);
+
+    /// Counted if `req` came over HTTP/2 (or later).
     pub(crate) fn of(req: &actix_web::HttpRequest) -> Self {
         let counted = req.version() >= actix_web::http::Version::HTTP_2;
         if counted {
@@ -567,7 +574,7 @@ mod tests {
             request_id: RequestId::of(&actix_web::test::TestRequest::default().to_http_request()),
             format: None,
             config: IdempotencyConfig::new(crate::MokaStore::new()),
-            _unseen: Unseen(false),
+            _unseen: Unseen::NONE,
         };
         let mut run = Box::pin(detached_in(tasks, work, answer));
         let waker = Waker::noop();

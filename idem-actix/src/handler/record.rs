@@ -16,7 +16,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use idem_core::{Outcome, Policy, Response};
 
 use super::admit::Run;
-use super::detach::{next_cancellation, spawn_recording, Finishing, Orphan, Recording};
+use super::detach::{next_cancellation, spawn_recording, Finishing, Orphan, Recording, Unseen};
 use super::replay::with_request_id;
 use super::{Reply, Unrun};
 use crate::extract::Admitted;
@@ -215,7 +215,8 @@ where
                 let headers = (headers.into_iter())
                     .map(|(name, value)| (name.to_owned(), value.to_vec()))
                     .collect();
-                let body = tee(stream, status, headers, lease, keep.max_response);
+                let unseen = req.as_ref().map_or(Unseen::NONE, Unseen::of);
+                let body = tee(stream, status, headers, lease, keep.max_response, unseen);
                 return Reply {
                     req,
                     res: executed(head.set_body(body), &request_id),
@@ -363,6 +364,7 @@ fn tee(
     headers: Vec<(String, Vec<u8>)>,
     lease: idem_core::Lease,
     limit: usize,
+    unseen: Unseen,
 ) -> BoxBody {
     let (told, teed) = tokio::sync::oneshot::channel();
     // Dropped as the recording ends, however it does.
@@ -417,6 +419,7 @@ fn tee(
         cancelled: None,
         finishing: None,
         failed: None,
+        _unseen: unseen,
     })
 }
 
@@ -469,6 +472,9 @@ struct Tee {
     finishing: Option<Finishing>,
     /// The stream's failure, which goes out in place of its end.
     failed: Option<Box<dyn StdError>>,
+    /// Over HTTP/2, its count toward the runs for clients gone while actix holds it (see
+    /// [`Unseen`]).
+    _unseen: Unseen,
 }
 
 impl Tee {
@@ -1057,7 +1063,7 @@ mod tests {
         )));
         let pieces = first.chain(futures_util::stream::pending());
         let stream = BoxBody::new(BodyStream::new(pieces));
-        let mut body = tee(stream, 200, Vec::new(), lease, 1024);
+        let mut body = tee(stream, 200, Vec::new(), lease, 1024, Unseen::NONE);
         let piece = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await;
         assert_eq!(piece.unwrap().unwrap(), "a");
         // The recording waits to be told how the stream ends.
