@@ -737,9 +737,9 @@ async fn a_claim_on_a_migrating_slot_is_acknowledged_by_the_replicas_of_the_node
         .unwrap();
     let engine = Engine::new(store);
     let fp = Fingerprint::new("POST", "/x", "", b"");
-    // A claim on master 0 (which has a replica) is acknowledged.
+    // A claim on master 0 is acknowledged, once its new replica has caught up.
     let on_0 = keys_on(&cluster, prefix, 0, 1)[0];
-    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, on_0, fp).await else {
+    let Begin::Execute(lease) = begin_until_up(&engine, on_0, fp).await else {
         panic!("a claim on master 0 is acknowledged by its replica")
     };
     drop(lease);
