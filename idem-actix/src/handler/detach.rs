@@ -219,6 +219,7 @@ pub(crate) struct Orphan {
     /// Its counts as a run in progress, and its place among those a cancellation cancels.
     waiting: Waiting,
     _orphaned: Counted,
+    _gone: Gone,
 }
 
 impl Orphan {
@@ -236,9 +237,9 @@ impl Orphan {
     /// anew, it escaped such a cancellation, which counted it as cancelled.) Its count as a
     /// run in progress goes on unbroken, so that a drain waiting on it never reads 0 between.
     fn taking_over(waiting: Waiting) -> Self {
-        ORPHANS.with(|n| n.set(n.get() + 1));
         Self {
             _orphaned: Counted::new(&waiting.tasks.orphaned),
+            _gone: Gone::new(),
             waiting,
         }
     }
@@ -251,7 +252,18 @@ impl Orphan {
     }
 }
 
-impl Drop for Orphan {
+/// Counted toward this worker's [`orphans`] while held: on the thread it was made on, which
+/// drops it too (the futures and bodies that hold it are not `Send`).
+struct Gone;
+
+impl Gone {
+    fn new() -> Self {
+        ORPHANS.with(|n| n.set(n.get() + 1));
+        Self
+    }
+}
+
+impl Drop for Gone {
     fn drop(&mut self) {
         ORPHANS.with(|n| n.set(n.get() - 1));
     }
@@ -269,26 +281,19 @@ impl Drop for Orphan {
 /// own while actix holds it: actix reads a stream's reset only when it sends, so a body
 /// waiting for its next piece is not known to be gone until that piece comes (then it is
 /// dropped, and read on without its client as an [`Orphan`]).
-pub(crate) struct Unseen(bool);
+pub(crate) struct Unseen {
+    _gone: Option<Gone>,
+}
 
 impl Unseen {
     /// Not counted.
-    pub(crate) const NONE: Self = Self(false);
+    pub(crate) const NONE: Self = Self { _gone: None };
 
     /// Counted if `req` came over HTTP/2 (or later).
     pub(crate) fn of(req: &actix_web::HttpRequest) -> Self {
-        let counted = req.version() >= actix_web::http::Version::HTTP_2;
-        if counted {
-            ORPHANS.with(|n| n.set(n.get() + 1));
-        }
-        Self(counted)
-    }
-}
-
-impl Drop for Unseen {
-    fn drop(&mut self) {
-        if self.0 {
-            ORPHANS.with(|n| n.set(n.get() - 1));
+        let http2 = req.version() >= actix_web::http::Version::HTTP_2;
+        Self {
+            _gone: http2.then(Gone::new),
         }
     }
 }
