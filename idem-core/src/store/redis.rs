@@ -1328,8 +1328,7 @@ impl RedisStore {
             Link::Shared(Connection::Cluster(conn, ..)) => {
                 let mut pipe = redis::pipe();
                 pipe.cmd("EXISTS").arg(redis_key).add_command(wait);
-                let primary = Route::with_key(redis_key, SlotAddr::Master);
-                let route = SingleNodeRoutingInfo::SpecificNode(primary);
+                let route = primary_of(redis_key);
                 let answers = self.run(conn.route_pipeline(pipe, 0, 2, route)).await?;
                 match &answers[..] {
                     [Value::Int(1), wait] => wait.clone(),
@@ -1393,12 +1392,16 @@ impl RedisStore {
 async fn on_primary(link: &mut Link, redis_key: &str, cmd: Cmd) -> redis::RedisResult<Value> {
     match link {
         Link::Shared(Connection::Cluster(conn, ..)) => {
-            let primary = Route::with_key(redis_key, SlotAddr::Master);
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+            let routing = RoutingInfo::SingleNode(primary_of(redis_key));
             conn.clone().route_command(cmd, routing).await
         }
         link => link.req_packed_command(&cmd).await,
     }
+}
+
+/// The primary of `redis_key`'s slot in the cluster client's map, as a route.
+fn primary_of(redis_key: &str) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::SpecificNode(Route::with_key(redis_key, SlotAddr::Master))
 }
 
 /// `error` as the engine needs to tell it: [`StoreError::Unavailable`] when Redis was not
