@@ -675,6 +675,14 @@ pub fn skip_without_redis(why: &str) {
     eprintln!("skipped: {why}; install redis-server (or set IDEM_TEST_REDIS_URL)");
 }
 
+/// A loopback port free now (another process may take it before it is bound).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| format!("a free port: {e}"))
+}
+
 /// A free port on loopback whose neighbour `offset` above is free too (a cluster node's bus
 /// port is its port plus 10000), at most `max`. The listeners are held until all are picked,
 /// so the ports differ.
@@ -736,10 +744,7 @@ impl TestRedis {
         // A port picked free may be taken before the server binds it: another is tried.
         let mut failed = String::new();
         for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = free_port().expect("a free port");
             let dir =
                 std::env::temp_dir().join(format!("idem-redis-{}-{port}", std::process::id()));
             if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -1423,10 +1428,7 @@ impl PgServer {
             .output()
             .map(|out| out.stdout.starts_with(b"0\n"))
             .unwrap_or(false);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("a free port: {e}"))?
-            .port();
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("idem-pg-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut server = Self {
@@ -1459,12 +1461,10 @@ impl PgServer {
         args: impl FnOnce(&mut std::process::Command),
     ) -> Result<(), String> {
         let program = program.as_ref();
-        let mut cmd = if self.as_postgres_user && program != "chown" {
-            let mut cmd = std::process::Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(program);
-            cmd
-        } else {
+        let mut cmd = if program == "chown" {
             std::process::Command::new(program)
+        } else {
+            self.command(program)
         };
         args(&mut cmd);
         let out = cmd
@@ -1480,6 +1480,18 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ))
+        }
+    }
+
+    /// A command running `program` as the `postgres` user when we are root (PostgreSQL and
+    /// PgBouncer refuse to run as root), through `runuser`.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        if self.as_postgres_user {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(program);
+            cmd
+        } else {
+            std::process::Command::new(program)
         }
     }
 
@@ -1540,10 +1552,7 @@ impl TestPgBouncer {
             .into_iter()
             .find(|path| std::path::Path::new(path).exists())
             .ok_or("no pgbouncer in /usr/sbin or /usr/bin")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("a free port: {e}"))?
-            .port();
+        let port = free_port()?;
         let dir = server.dir.join(format!("pgbouncer-{port}"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ini = dir.join("pgbouncer.ini");
@@ -1562,19 +1571,14 @@ impl TestPgBouncer {
         std::fs::write(&ini, config).map_err(|e| format!("{}: {e}", ini.display()))?;
         std::fs::write(&users, "\"postgres\" \"\"\n")
             .map_err(|e| format!("{}: {e}", users.display()))?;
-        let mut cmd = if server.as_postgres_user {
+        if server.as_postgres_user {
             for path in [&dir, &ini, &users] {
                 server.run("chown", |cmd| {
                     cmd.arg("postgres:").arg(path);
                 })?;
             }
-            let mut cmd = std::process::Command::new("runuser");
-            cmd.args(["-u", "postgres", "--", program]);
-            cmd
-        } else {
-            std::process::Command::new(program)
-        };
-        let child = cmd
+        }
+        let child = (server.command(program))
             .arg(&ini)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
