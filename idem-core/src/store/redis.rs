@@ -1944,6 +1944,27 @@ mod tests {
         assert!(err.contains("command_timeout"), "{err}");
     }
 
+    /// Without TLS in the build, a `rediss://` URL cannot be reached: it is refused when the
+    /// store is built, naming the feature that adds TLS, where the refusal said to write
+    /// `rediss://` for TLS, the very URL it refused.
+    #[tokio::test]
+    async fn without_tls_a_rediss_url_is_refused_naming_the_feature_that_adds_it() {
+        let single = RedisStore::new("rediss://default:hunter2@cache.example:6380/0").err();
+        let cluster = RedisStore::cluster(["rediss://cache.example:6380"])
+            .build()
+            .err();
+        for err in [single, cluster] {
+            let err = err.expect("refused");
+            let text = err.to_string();
+            assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+            assert!(
+                text.contains("rediss://cache.example:6380") && text.contains("redis-tls"),
+                "{text}"
+            );
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
     #[test]
     fn the_least_bound_is_a_record_without_its_response_at_its_widest() {
         assert_eq!(codec::MAX_OVERHEAD, 99);
