@@ -31,6 +31,8 @@ mod moka;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis-tls")]
+mod redis_tls;
 mod replay_cache;
 
 pub use self::moka::{MokaStore, MokaStoreBuilder, RECORD_OVERHEAD};

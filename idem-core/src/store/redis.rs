@@ -97,6 +97,18 @@ return 1
 /// script, and a Redis that refuses scripts has that claim withdrawn and refused before its
 /// handler runs.
 ///
+/// Over TLS, with the `redis-tls` feature (rustls, on ring): a `rediss://` URL, checked against
+/// the system's root certificates, or the authorities given to
+/// `RedisStoreBuilder::tls_root_certificates`; `rediss://host:port/#insecure` checks no
+/// certificate (for a test Redis only). `RedisStoreBuilder::tls_client_certificate` presents a
+/// client certificate to a Redis that asks for one. A server whose certificate is not trusted
+/// is refused as an unreachable one (503 `idempotency_store_unavailable`, or unprotected runs
+/// with [`RedisStoreBuilder::fail_open`]), the error naming the certificate's fault. Without
+/// the feature, a `rediss://` URL is refused when the store is built. Building a store on a
+/// `rediss://` URL installs ring's crypto provider as the process's default (rustls's
+/// `CryptoProvider::install_default`), unless the process has one already: an application that
+/// wants another, such as aws-lc-rs's for post-quantum key exchange, installs it first.
+///
 /// Redis replicates asynchronously: a failover to a replica that a claim or a record had not
 /// reached yet forgets it, so that a retry can run the operation again.
 /// [`RedisStoreBuilder::wait_for_replicas`] narrows that window, at the cost of a round trip
@@ -917,10 +929,13 @@ pub struct RedisStoreBuilder {
     max_record_bytes: usize,
     fail_open: bool,
     replicas: Option<Replicas>,
+    #[cfg(feature = "redis-tls")]
+    tls: super::redis_tls::Certificates,
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://host:port/db`) with default settings.
+    /// A store on the Redis at `url` (`redis://host:port/db`, or `rediss://` over TLS with the
+    /// `redis-tls` feature) with default settings.
     ///
     /// # Errors
     /// As [`RedisStoreBuilder::build`].
@@ -1528,16 +1543,19 @@ impl std::error::Error for BeforeRedis7 {
     }
 }
 
-/// A client of the Redis at `url`, or the settings' error naming it.
-fn client_of(url: &str) -> Result<redis::Client, StoreError> {
-    redis::Client::open(url).map_err(|e| invalid(url, e))
+/// Whether `url` is one of a Redis reached over TLS.
+fn tls_url(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    })
 }
 
 /// The settings' error of `url`, which the client refused: named without its credentials.
 fn invalid(url: &str, error: redis::RedisError) -> StoreError {
     StoreError::Config(format!(
         "{} is not a Redis URL the store can use ({error}); write it as \
-         redis://[user:password@]host[:port][/db], rediss:// for TLS, or redis+unix:///path",
+         redis://[user:password@]host[:port][/db], rediss:// for TLS (feature redis-tls), \
+         or redis+unix:///path",
         redacted_url(url)
     ))
 }
@@ -1574,7 +1592,41 @@ impl RedisStoreBuilder {
             max_record_bytes: 8 * 1024 * 1024,
             fail_open: false,
             replicas: None,
+            #[cfg(feature = "redis-tls")]
+            tls: Default::default(),
         }
+    }
+
+    /// A client of the Redis at `url`, with the builder's certificates, or the settings'
+    /// error naming it.
+    fn client_of(&self, url: &str) -> Result<redis::Client, StoreError> {
+        #[cfg(not(feature = "redis-tls"))]
+        if tls_url(url) {
+            return Err(StoreError::Config(format!(
+                "{} is a Redis URL over TLS, and this build has none: enable the redis-tls feature of idem-actix (or idem-core)",
+                redacted_url(url)
+            )));
+        }
+        #[cfg(feature = "redis-tls")]
+        if tls_url(url) {
+            super::redis_tls::ensure_provider();
+        }
+        #[cfg(feature = "redis-tls")]
+        if let Some(certificates) = self.tls.to_redis()? {
+            if !tls_url(url) {
+                return Err(StoreError::Config(format!(
+                    "{} is not a Redis URL over TLS, but the store was given TLS certificates (tls_root_certificates, tls_client_certificate); write it as rediss://",
+                    redacted_url(url)
+                )));
+            }
+            return redis::Client::build_with_tls(url, certificates).map_err(|e| {
+                StoreError::Config(format!(
+                    "the TLS certificates given for {} cannot be used ({e}); give tls_root_certificates PEM certificates, and tls_client_certificate a PEM certificate chain and its PEM private key",
+                    redacted_url(url)
+                ))
+            });
+        }
+        redis::Client::open(url).map_err(|e| invalid(url, e))
     }
 
     /// The prefix of every key this store writes. Default `idem:`.
@@ -1648,12 +1700,44 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts the certificate authorities in `pem` (one or more certificates in PEM), and
+    /// only them, for the certificate of a Redis reached over TLS (`rediss://`): a private
+    /// authority's, as a self-managed Redis's or Redis Cloud's. Default: the system's root
+    /// certificates, as `rustls-native-certs` finds them (`/etc/ssl/certs` on Debian, or the
+    /// file and directory that `SSL_CERT_FILE` and `SSL_CERT_DIR` name). Needs the
+    /// `redis-tls` feature.
+    ///
+    /// [`build`](Self::build) refuses it on a URL that is not `rediss://`, and a `pem` that
+    /// holds no certificate.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Presents the certificate chain `chain_pem` and its private key `key_pem` (both PEM)
+    /// to a Redis that asks clients for a certificate (`tls-auth-clients yes`): mutual TLS.
+    /// Default: none. Needs the `redis-tls` feature.
+    ///
+    /// [`build`](Self::build) refuses it on a URL that is not `rediss://`, and a chain or key
+    /// that does not parse.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((chain_pem.into(), key_pem.into()));
+        self
+    }
+
     /// The store. It connects on first use, so it can be built while Redis is down; it
     /// reconnects by itself when Redis comes back (on a cluster: to each master, and it
     /// follows the slots when they move).
     ///
     /// # Errors
-    /// [`StoreError::Config`] for a URL that is not a Redis URL, a cluster named by no
+    /// [`StoreError::Config`] for a URL that is not a Redis URL (or a `rediss://` one without
+    /// the `redis-tls` feature), TLS certificates the store cannot use, a cluster named by no
     /// URL or by nodes that disagree (password, TLS, database), a
     /// [`max_record_bytes`](Self::max_record_bytes) under 113 or over 512 MiB, a
     /// [`wait_for_replicas`](Self::wait_for_replicas) it refuses, or when called outside a
@@ -1706,7 +1790,7 @@ impl RedisStoreBuilder {
         let mut waiters = None;
         let conn = match &self.target {
             Target::Single(url) => {
-                let client = client_of(url)?;
+                let client = self.client_of(url)?;
                 if self.replicas.is_some() {
                     waiters = Some(Arc::new(Lenders {
                         client: client.clone(),
@@ -1731,12 +1815,18 @@ impl RedisStoreBuilder {
                 }
                 // Each node's URL on its own first, so that the error names the one that is not
                 // a Redis URL.
-                let clients: Vec<redis::Client> = (urls.iter().map(String::as_str))
-                    .map(client_of)
+                let clients: Vec<redis::Client> = (urls.iter())
+                    .map(|url| self.client_of(url))
                     .collect::<Result<_, _>>()?;
                 // Few quick retries: a command that cannot reach its master within the timeout
                 // answers 503 anyway, and retries queued past it only delay the recovery.
-                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                let client = ClusterClient::builder(urls.iter().map(String::as_str));
+                #[cfg(feature = "redis-tls")]
+                let client = match self.tls.to_redis()? {
+                    Some(certificates) => client.certs(certificates),
+                    None => client,
+                };
+                let client = client
                     .connection_timeout(self.timeout)
                     .response_timeout(self.timeout)
                     .retries(2)
@@ -1947,6 +2037,7 @@ mod tests {
     /// Without TLS in the build, a `rediss://` URL cannot be reached: it is refused when the
     /// store is built, naming the feature that adds TLS, where the refusal said to write
     /// `rediss://` for TLS, the very URL it refused.
+    #[cfg(not(feature = "redis-tls"))]
     #[tokio::test]
     async fn without_tls_a_rediss_url_is_refused_naming_the_feature_that_adds_it() {
         let single = RedisStore::new("rediss://default:hunter2@cache.example:6380/0").err();
@@ -1963,6 +2054,49 @@ mod tests {
             );
             assert!(!text.contains("hunter2"), "{text}");
         }
+    }
+
+    /// The `redis` crate's rustls takes the process's default crypto provider as it
+    /// connects, and rustls has none to pick by itself where an application builds a second
+    /// provider in (every TLS connection then panicked): building a store on a `rediss://`
+    /// URL installs ring's when the process has none.
+    #[cfg(feature = "redis-tls")]
+    #[tokio::test]
+    async fn a_store_over_tls_installs_a_crypto_provider_for_the_process() {
+        RedisStore::new("rediss://cache.example:6380").unwrap();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+
+    /// Certificates the store cannot use are refused when it is built, naming the setting,
+    /// rather than failing each connection later: on a URL without TLS, an authority list
+    /// holding no certificate, a client key that is not one.
+    #[cfg(feature = "redis-tls")]
+    #[tokio::test]
+    async fn tls_certificates_the_store_cannot_use_are_refused_naming_the_setting() {
+        let refused = |builder: RedisStoreBuilder, says: &str| {
+            let err = builder.build().err().expect("refused");
+            let text = err.to_string();
+            assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+            assert!(text.contains(says), "{says}: {text}");
+        };
+        let cert = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        refused(
+            RedisStore::builder("redis://cache.example:6379").tls_root_certificates(cert),
+            "rediss://",
+        );
+        refused(
+            RedisStore::cluster(["redis://cache.example:6379"]).tls_root_certificates(cert),
+            "rediss://",
+        );
+        refused(
+            RedisStore::builder("rediss://cache.example:6380").tls_root_certificates("none"),
+            "tls_root_certificates",
+        );
+        refused(
+            RedisStore::builder("rediss://cache.example:6380")
+                .tls_client_certificate(cert, "not a key"),
+            "private key",
+        );
     }
 
     #[test]

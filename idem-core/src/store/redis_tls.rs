@@ -1,0 +1,75 @@
+//! The Redis store's TLS (feature `redis-tls`): the certificates a store trusts and presents
+//! beyond what its URLs say, and the crypto provider its connections take.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use super::StoreError;
+
+/// The certificates a store was given: the authorities it trusts instead of the system's,
+/// and its own for a Redis that asks clients for one.
+#[derive(Clone, Default)]
+pub(crate) struct Certificates {
+    pub(crate) roots: Option<Vec<u8>>,
+    /// The certificate chain and its private key, in PEM.
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Certificates {
+    // What is set, never what it holds: the client's private key is a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates")
+            .field("roots", &self.roots.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl Certificates {
+    /// The `redis` crate's form of them, or `None` when none was given (the URL alone then
+    /// says how to connect).
+    pub(crate) fn to_redis(&self) -> Result<Option<redis::TlsCertificates>, StoreError> {
+        if self.roots.is_none() && self.client.is_none() {
+            return Ok(None);
+        }
+        if let Some(roots) = &self.roots {
+            // An empty list would trust no server, and every connection would fail with an
+            // unknown issuer, far from the setting that caused it.
+            let held = CertificateDer::pem_slice_iter(roots)
+                .filter(Result::is_ok)
+                .count();
+            if held == 0 {
+                return Err(StoreError::Config(
+                    "tls_root_certificates holds no PEM certificate (-----BEGIN CERTIFICATE-----); give it the certificate of the authority that signed the Redis server's".into(),
+                ));
+            }
+        }
+        Ok(Some(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(chain, key)| redis::ClientTlsConfig {
+                    client_cert: chain.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.roots.clone(),
+        }))
+    }
+}
+
+/// Installs ring's crypto provider as the process's default, unless it has one.
+///
+/// The `redis` crate's rustls takes the process's default provider as it connects. rustls
+/// picks one by itself only when a single provider is built in; an application whose other
+/// crates build aws-lc-rs's as well (reqwest's or sqlx's rustls, for instance) would have
+/// every TLS connection to Redis panic ("no process-level CryptoProvider"). An application
+/// that installed its own provider before building the store keeps it. Losing the race to
+/// another thread installing one is fine: there is one then. rustls deprecates ring's provider
+/// (from 0.23.48) for its lack of post-quantum key exchange; it is kept for its small build.
+pub(crate) fn ensure_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let _ = provider.install_default();
+    }
+}
