@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 pub mod fuzz;
 pub mod pg_proxy;
+pub mod redis_tls;
 pub mod round_trips;
 pub mod shared_store;
 
@@ -676,7 +677,7 @@ pub fn skip_without_redis(why: &str) {
 }
 
 /// A loopback port free now (another process may take it before it is bound).
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|addr| addr.port())
@@ -686,7 +687,7 @@ fn free_port() -> Result<u16, String> {
 /// A free port on loopback whose neighbour `offset` above is free too (a cluster node's bus
 /// port is its port plus 10000), at most `max`. The listeners are held until all are picked,
 /// so the ports differ.
-fn free_ports(count: usize, offset: u16, max: u16) -> Vec<u16> {
+pub(crate) fn free_ports(count: usize, offset: u16, max: u16) -> Vec<u16> {
     let mut held = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..1000 {
@@ -866,7 +867,7 @@ impl Drop for TestRedis {
 /// Waits up to `within` for the `redis-server` run by `child` to answer at `url`; an error
 /// when it exited, or another server answers there (another test's, which took the port
 /// first).
-fn wait_for_own(
+pub(crate) fn wait_for_own(
     url: &str,
     child: &mut std::process::Child,
     within: Duration,

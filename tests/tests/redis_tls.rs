@@ -1,0 +1,151 @@
+//! The Redis store over TLS (`rediss://`, feature `redis-tls`) against a real `redis-server`
+//! with a TLS port and certificates made for the test: the conformance suite, a server whose
+//! certificate the store does not trust, client certificates, and `#insecure`. Each test skips
+//! when `redis-server` or `openssl` is missing, unless `IDEM_REQUIRE_REDIS=1`.
+
+use std::time::Duration;
+
+use idem_actix::RedisStore;
+use idem_core::{Begin, Engine, Fingerprint, IdempotencyError, Policy, StoreError, StoreKey};
+use idem_tests::assert_error;
+use idem_tests::redis_tls::{ClientCertificates, TlsRedis};
+use idem_tests::shared_store::{self, call, Probe};
+
+/// What `engine` begins with a fresh key.
+async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    engine
+        .begin(&Policy::DEFAULT, StoreKey::from_bytes([key; 32]), fp)
+        .await
+}
+
+/// A command timeout long enough for a connection's attempts to fail on a certificate before
+/// it passes (each attempt reads the system's root certificates, slow in a debug build), so
+/// that the error names the certificate rather than a timeout.
+const UNTIL_REFUSED: Duration = Duration::from_secs(5);
+
+/// That a store's first claim was refused as an unavailable store, its error saying `said`
+/// (in lower case).
+fn unavailable(begun: Result<Begin, IdempotencyError>, said: &str) {
+    match begun {
+        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(e))) => {
+            let text = e.to_string();
+            assert!(text.to_lowercase().contains(said), "{said}: {text}");
+        }
+        other => panic!("an unavailable store: {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn the_store_conforms_over_tls_trusting_the_authority_it_is_given() {
+    let Some(redis) = TlsRedis::start(ClientCertificates::Optional) else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .tls_root_certificates(redis.authority())
+        .prefix("tls-conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&store, 11).await;
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("tls-conformance:*"));
+    assert!(!keys.is_empty(), "the records went to this Redis, over TLS");
+}
+
+/// A Redis Cluster over TLS (`tls-cluster yes`): the cluster client, given the authority,
+/// reaches the seed by name and the master it learns by IP address, both over TLS.
+#[actix_web::test]
+async fn the_cluster_store_conforms_over_tls_trusting_the_authority_it_is_given() {
+    let Some(redis) = TlsRedis::start_cluster() else {
+        return;
+    };
+    let store = RedisStore::cluster([redis.url()])
+        .tls_root_certificates(redis.authority())
+        .prefix("tls-cluster-conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&store, 12).await;
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("tls-cluster-conformance:*"));
+    assert!(!keys.is_empty(), "the records went to this Redis, over TLS");
+}
+
+/// A server whose certificate no authority the store trusts signed (the system's roots, or
+/// another authority given) is refused: its claims answer as an unavailable store, with the
+/// certificate's fault in the error, and requests 503 `idempotency_store_unavailable`, their
+/// handler not run. No panic, whatever the process's crypto providers.
+#[actix_web::test]
+async fn a_server_whose_certificate_is_not_trusted_is_refused_and_requests_answer_503() {
+    let Some(redis) = TlsRedis::start(ClientCertificates::Optional) else {
+        return;
+    };
+    let url = redis.url();
+    let system_roots = RedisStore::builder(url.as_str())
+        .command_timeout(UNTIL_REFUSED)
+        .build()
+        .unwrap();
+    let other = RedisStore::builder(url.as_str())
+        .tls_root_certificates(redis.other_authority())
+        .command_timeout(UNTIL_REFUSED)
+        .build()
+        .unwrap();
+    for store in [system_roots, other] {
+        unavailable(begin(&Engine::new(store), 1).await, "certificate");
+    }
+
+    let probe = Probe::open();
+    let other = redis.other_authority();
+    let server = shared_store::instance(&probe, move || {
+        RedisStore::builder(url.as_str())
+            .tls_root_certificates(other.clone())
+            .build()
+            .unwrap()
+    });
+    let res = call("untrusted").send(server.addr).await;
+    assert_error(&res, 503, "idempotency_store_unavailable");
+    assert!(res.header("retry-after").is_some(), "{res:?}");
+    assert_eq!(probe.runs.get(), 0, "no handler ran without a claim");
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
+    assert!(keys.is_empty(), "nothing was written: {keys:?}");
+}
+
+/// A Redis that asks clients for a certificate (`tls-auth-clients yes`) takes a store that
+/// presents one its authority signed, and refuses one that presents none.
+#[actix_web::test]
+async fn a_redis_requiring_client_certificates_takes_the_store_s_and_refuses_a_store_without() {
+    let Some(redis) = TlsRedis::start(ClientCertificates::Required) else {
+        return;
+    };
+    let (chain, key) = redis.client_certificate();
+    let with = RedisStore::builder(redis.url())
+        .tls_root_certificates(redis.authority())
+        .tls_client_certificate(chain, key)
+        .build()
+        .unwrap();
+    let Ok(Begin::Execute(_lease)) = begin(&Engine::new(with), 2).await else {
+        panic!("claimed with the client's certificate")
+    };
+    let without = RedisStore::builder(redis.url())
+        .tls_root_certificates(redis.authority())
+        .command_timeout(UNTIL_REFUSED)
+        .build()
+        .unwrap();
+    // The server's alert: `CertificateRequired` under TLS 1.3.
+    unavailable(begin(&Engine::new(without), 3).await, "certificate");
+}
+
+/// `#insecure` after the URL checks no certificate (for a test Redis only): the store reaches
+/// a server whose certificate it does not trust, which it refuses without it.
+#[actix_web::test]
+async fn an_insecure_url_reaches_a_server_whose_certificate_is_not_trusted() {
+    let Some(redis) = TlsRedis::start(ClientCertificates::Optional) else {
+        return;
+    };
+    let insecure = RedisStore::new(format!("{}#insecure", redis.url())).unwrap();
+    let Ok(Begin::Execute(_lease)) = begin(&Engine::new(insecure), 4).await else {
+        panic!("claimed over TLS without checking the certificate")
+    };
+    let checked = RedisStore::builder(redis.url())
+        .command_timeout(UNTIL_REFUSED)
+        .build()
+        .unwrap();
+    unavailable(begin(&Engine::new(checked), 5).await, "certificate");
+}
