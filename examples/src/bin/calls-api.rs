@@ -47,7 +47,9 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
   --workers        actix worker threads, 1 to 512 (env IDEM_WORKERS; default: one per core)
   --redis-url      use the Redis store at this URL, shared by several processes, such
                    as redis://127.0.0.1:6379 (env IDEM_REDIS_URL); without it or
-                   --redis-cluster, the embedded store of this process
+                   --redis-cluster, the embedded store of this process; rediss://
+                   for TLS when built with --features redis-tls, trusting the
+                   system's root certificates (SSL_CERT_FILE names others)
   --redis-cluster  use the Redis store on the Redis Cluster reached through these
                    nodes, comma-separated; one live node is enough to find the others
                    (env IDEM_REDIS_CLUSTER)
