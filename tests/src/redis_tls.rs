@@ -159,6 +159,8 @@ impl TlsRedis {
         let dir =
             std::env::temp_dir().join(format!("idem-redis-tls-{}-{tls_port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Made before the certificates, so that dropping it removes the directory whatever
+        // fails next.
         let mut redis = Self {
             pki: Pki { dir: dir.clone() },
             tls_port,

@@ -19,9 +19,9 @@ async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
         .await
 }
 
-/// A command timeout long enough for a connection's attempts to fail on a certificate before
-/// it passes (each attempt reads the system's root certificates, slow in a debug build), so
-/// that the error names the certificate rather than a timeout.
+/// A command timeout long enough for a connection's attempts (it retries, each reading the
+/// system's root certificates) to fail on a certificate before it passes, so that the error
+/// names the certificate rather than a timeout.
 const UNTIL_REFUSED: Duration = Duration::from_secs(5);
 
 /// That a store's first claim was refused as an unavailable store, its error saying `said`
@@ -71,7 +71,7 @@ async fn the_cluster_store_conforms_over_tls_trusting_the_authority_it_is_given(
 /// A server whose certificate no authority the store trusts signed (the system's roots, or
 /// another authority given) is refused: its claims answer as an unavailable store, with the
 /// certificate's fault in the error, and requests 503 `idempotency_store_unavailable`, their
-/// handler not run. No panic, whatever the process's crypto providers.
+/// handler not run.
 #[actix_web::test]
 async fn a_server_whose_certificate_is_not_trusted_is_refused_and_requests_answer_503() {
     let Some(redis) = TlsRedis::start(ClientCertificates::Optional) else {

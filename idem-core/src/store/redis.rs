@@ -2074,7 +2074,7 @@ mod tests {
     #[tokio::test]
     async fn tls_certificates_the_store_cannot_use_are_refused_naming_the_setting() {
         let refused = |builder: RedisStoreBuilder, says: &str| {
-            let err = builder.build().err().expect("refused");
+            let err = builder.build().expect_err("refused");
             let text = err.to_string();
             assert!(matches!(err, StoreError::Config(_)), "{err:?}");
             assert!(text.contains(says), "{says}: {text}");
