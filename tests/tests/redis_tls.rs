@@ -107,6 +107,22 @@ async fn a_server_whose_certificate_is_not_trusted_is_refused_and_requests_answe
     assert!(keys.is_empty(), "nothing was written: {keys:?}");
 }
 
+/// A Redis Cluster whose certificate is not trusted is refused as one server is: its claims
+/// answer as an unavailable store with the certificate's fault in the error, where the cluster
+/// client says only that it found no connection.
+#[actix_web::test]
+async fn a_cluster_whose_certificate_is_not_trusted_is_refused_naming_the_certificate() {
+    let Some(redis) = TlsRedis::start_cluster() else {
+        return;
+    };
+    let store = RedisStore::cluster([redis.url()])
+        .tls_root_certificates(redis.other_authority())
+        .command_timeout(UNTIL_REFUSED)
+        .build()
+        .unwrap();
+    unavailable(begin(&Engine::new(store), 6).await, "certificate");
+}
+
 /// A Redis that asks clients for a certificate (`tls-auth-clients yes`) takes a store that
 /// presents one its authority signed, and refuses one that presents none.
 #[actix_web::test]
