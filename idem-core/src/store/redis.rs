@@ -474,27 +474,41 @@ const SEEDS_ASKED_INTERVAL: Duration = Duration::from_secs(1);
 /// [`SEEDS_ASKED_INTERVAL`], and only when a command found no connection.
 struct Seeds {
     clients: Vec<redis::Client>,
-    /// When they were last asked, and what they said: a refusal, or none.
-    told: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+    /// When they were last asked, and what they said.
+    told: tokio::sync::Mutex<Option<(Instant, Told)>>,
 }
 
 /// What a seed node made of the store's connection.
 enum Seed {
     Took,
     Refused(String),
-    /// It did not answer, or failed as an outage does.
+    /// It failed as an outage does, saying why.
+    Failed(String),
+    /// It did not answer within the timeout.
     Silent,
 }
 
+/// What the seed nodes said, together.
+#[derive(Clone)]
+enum Told {
+    /// One took the store's connection (a seed that refuses while others take it is a fault of
+    /// its own, not of the cluster's nodes), or none answered.
+    Nothing,
+    /// One refused it, and none took it: a fault to fix.
+    Refused(String),
+    /// None took or refused it, and one failed as an outage does, saying why (a certificate
+    /// the store does not trust, a connection refused): what the cluster client's "no
+    /// connection" does not say.
+    Failed(String),
+}
+
 impl Seeds {
-    /// What the seed nodes refuse, when one refuses the store's connection and none takes it;
-    /// `None` when none answers, or one takes it (a seed that refuses while others take the
-    /// connection is a fault of its own, not of the cluster's nodes).
-    async fn refusal(&self, timeout: Duration) -> Option<String> {
+    /// What the seed nodes make of the store's connection.
+    async fn told(&self, timeout: Duration) -> Told {
         let mut told = self.told.lock().await;
-        if let Some((at, refusal)) = &*told {
+        if let Some((at, said)) = &*told {
             if at.elapsed() < SEEDS_ASKED_INTERVAL {
-                return refusal.clone();
+                return said.clone();
             }
         }
         let config = connection_config(timeout);
@@ -506,23 +520,31 @@ impl Seeds {
                     Ok(Ok(_)) => Seed::Took,
                     Ok(Err(error)) => match failed(error) {
                         StoreError::Refused(error) => Seed::Refused(error.to_string()),
-                        _ => Seed::Silent,
+                        error => Seed::Failed(error.to_string()),
                     },
                     Err(_) => Seed::Silent,
                 }
             }
         });
         let seeds = futures_util::future::join_all(asked).await;
-        let refusal = if seeds.iter().any(|seed| matches!(seed, Seed::Took)) {
-            None
+        let said = if seeds.iter().any(|seed| matches!(seed, Seed::Took)) {
+            Told::Nothing
+        } else if let Some(refusal) = seeds.iter().find_map(|seed| match seed {
+            Seed::Refused(refusal) => Some(refusal),
+            _ => None,
+        }) {
+            Told::Refused(refusal.clone())
         } else {
-            seeds.into_iter().find_map(|seed| match seed {
-                Seed::Refused(refusal) => Some(refusal),
-                _ => None,
-            })
+            seeds
+                .into_iter()
+                .find_map(|seed| match seed {
+                    Seed::Failed(why) => Some(Told::Failed(why)),
+                    _ => None,
+                })
+                .unwrap_or(Told::Nothing)
         };
-        *told = Some((Instant::now(), refusal.clone()));
-        refusal
+        *told = Some((Instant::now(), said.clone()));
+        said
     }
 }
 
@@ -1014,12 +1036,18 @@ impl RedisStore {
             (
                 Connection::Cluster(_, seeds, _),
                 ErrorKind::ClusterConnectionNotFound | ErrorKind::Io,
-            ) => match seeds.refusal(self.timeout).await {
-                Some(refusal) => Err(StoreError::Refused(
+            ) => match seeds.told(self.timeout).await {
+                Told::Refused(refusal) => Err(StoreError::Refused(
                     format!("the Redis Cluster's nodes refused the store's connection: {refusal}")
                         .into(),
                 )),
-                None => Err(failed(error)),
+                Told::Failed(why) if error.kind() == ErrorKind::ClusterConnectionNotFound => {
+                    Err(StoreError::Unavailable(
+                        format!("no node of the Redis Cluster took the store's connection: {why}")
+                            .into(),
+                    ))
+                }
+                _ => Err(failed(error)),
             },
             _ => Err(failed(error)),
         }
