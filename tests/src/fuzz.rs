@@ -148,8 +148,9 @@ thread_local! {
         Box::leak(Box::new(actix_web::rt::Runtime::new().expect("runtime")));
 }
 
-/// The request path: arbitrary method, route, headers and body through the attribute and the
-/// middleware. Never a panic or a 500; every error of the layer carries a stable code.
+/// The request path: arbitrary method, route, headers, body and body coding through the
+/// attribute and the middleware. Never a panic or a 500; every error of the layer carries a
+/// stable code.
 pub fn request(data: &[u8]) {
     let mut parts = data.split(|&b| b == 0xff);
     let selector = parts.next().unwrap_or_default();
@@ -177,6 +178,11 @@ pub fn request(data: &[u8]) {
         }
     }
     let body = parts.next().unwrap_or_default().to_vec();
+    // After the body, so that an input without it reads as it did before: the coding the body
+    // claims, which the layer decodes to read the body as the handler's extractors do.
+    if let Some(value) = parts.next().and_then(|v| HeaderValue::from_bytes(v).ok()) {
+        headers.push((HeaderName::from_static("content-encoding"), value));
+    }
     let make = move || {
         let mut builder = test::TestRequest::default()
             .method(method.clone())
