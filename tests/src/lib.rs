@@ -903,6 +903,36 @@ fn node_connection(url: &str) -> redis::RedisResult<redis::Connection> {
     Ok(conn)
 }
 
+/// The hash slot of `key` (CRC16/XMODEM modulo 16384; the store's keys have no hash tag),
+/// computed here so that many keys of a few slots can be found without asking Redis each time.
+pub fn crc16_slot(key: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in key.as_bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// `count` store keys, from `seed`, whose records `prefix` puts in one of `slots`.
+pub fn keys_in(prefix: &str, slots: &[u16], seed: u8, count: usize) -> Vec<idem_core::StoreKey> {
+    (0u64..)
+        .map(|n| {
+            let mut bytes = [seed; 32];
+            bytes[..8].copy_from_slice(&n.to_be_bytes());
+            idem_core::StoreKey::from_bytes(bytes)
+        })
+        .filter(|key| slots.contains(&crc16_slot(&format!("{prefix}{key}"))))
+        .take(count)
+        .collect()
+}
+
 /// A Redis Cluster for tests: three masters (no replicas) of our own on free loopback ports,
 /// each writing its data to a temporary directory with every write synced, so that a master
 /// killed and restarted ([`stop`](Self::stop), [`restart`](Self::restart)) comes back with

@@ -15,7 +15,7 @@ use idem_core::{
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
-use idem_tests::{assert_error, TestRedis, TestRedisCluster, TestServer};
+use idem_tests::{assert_error, keys_in, TestRedis, TestRedisCluster, TestServer};
 
 /// The command timeout of the app instances: a master that is down answers 503 after it.
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -472,36 +472,6 @@ async fn a_slot_that_moves_mid_run_keeps_its_records_and_its_running_claims() {
     assert_eq!(&record.response.body()[..], b"moved");
     assert_eq!(cluster.keys(1, &redis_key), vec![redis_key.clone()]);
     assert!(cluster.keys(0, &redis_key).is_empty());
-}
-
-/// The hash slot of `key` (CRC16/XMODEM modulo 16384; the store's keys have no hash tag),
-/// computed here so that many keys of a few slots can be found without asking Redis each time.
-fn crc16_slot(key: &str) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in key.as_bytes() {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
-/// `count` store keys, from `seed`, whose records `prefix` puts in one of `slots`.
-fn keys_in(prefix: &str, slots: &[u16], seed: u8, count: usize) -> Vec<StoreKey> {
-    (0u64..)
-        .map(|n| {
-            let mut bytes = [seed; 32];
-            bytes[..8].copy_from_slice(&n.to_be_bytes());
-            StoreKey::from_bytes(bytes)
-        })
-        .filter(|key| slots.contains(&crc16_slot(&format!("{prefix}{key}"))))
-        .take(count)
-        .collect()
 }
 
 /// Eight slots of master 0 (for [`migrate`]).
