@@ -113,9 +113,15 @@ pub enum ClientCertificates {
 }
 
 /// Our own `redis-server` on loopback, with a TLS port and a plain one (for looking at what
-/// the store wrote), and the certificates made for it.
+/// the store wrote), and the certificates made for it; or several, the masters of one Redis
+/// Cluster over TLS.
 pub struct TlsRedis {
     pki: Pki,
+    nodes: Vec<Node>,
+}
+
+/// One `redis-server` of a [`TlsRedis`].
+struct Node {
     tls_port: u16,
     plain_url: String,
     child: Option<Child>,
@@ -126,17 +132,24 @@ impl TlsRedis {
     /// missing, or the `redis-server` takes no TLS. With `IDEM_REQUIRE_REDIS=1`, that panics
     /// instead.
     pub fn start(clients: ClientCertificates) -> Option<Self> {
-        Self::start_as(clients, false)
+        Self::start_as(clients, None)
     }
 
     /// Starts one as a Redis Cluster of one master, which holds every slot, its cluster
     /// over TLS too (`tls-cluster yes`): a cluster client learns its TLS port, and reaches it
     /// by its IP address, which the certificate holds. `None` as [`start`](Self::start) says.
     pub fn start_cluster() -> Option<Self> {
-        Self::start_as(ClientCertificates::Optional, true)
+        Self::start_cluster_of(1)
     }
 
-    fn start_as(clients: ClientCertificates, cluster: bool) -> Option<Self> {
+    /// Starts a Redis Cluster of `masters` masters (no replicas), each holding its share of
+    /// the slots, joined over TLS (`tls-cluster yes`: their bus, and the ports they announce
+    /// and redirect to, are TLS ones). `None` as [`start`](Self::start) says.
+    pub fn start_cluster_of(masters: usize) -> Option<Self> {
+        Self::start_as(ClientCertificates::Optional, Some(masters))
+    }
+
+    fn start_as(clients: ClientCertificates, cluster: Option<usize>) -> Option<Self> {
         // A port picked free may be taken before the server binds it: others are tried.
         let mut failed = String::new();
         for _ in 0..3 {
@@ -149,86 +162,157 @@ impl TlsRedis {
         None
     }
 
-    fn spawn(clients: ClientCertificates, cluster: bool) -> Result<Self, String> {
-        let plain = free_port()?;
+    fn spawn(clients: ClientCertificates, cluster: Option<usize>) -> Result<Self, String> {
+        let count = cluster.unwrap_or(1);
         // A cluster's bus listens on its TLS port plus 10000.
-        let tls_port = free_ports(1, 10_000, 55_535)[0];
-        if plain == tls_port || plain == tls_port + 10_000 {
-            return Err("the same free port twice".into());
-        }
-        let dir =
-            std::env::temp_dir().join(format!("idem-redis-tls-{}-{tls_port}", std::process::id()));
+        let tls_ports = free_ports(count, 10_000, 55_535);
+        let dir = std::env::temp_dir().join(format!(
+            "idem-redis-tls-{}-{}",
+            std::process::id(),
+            tls_ports[0]
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // Made before the certificates, so that dropping it removes the directory whatever
         // fails next.
         let mut redis = Self {
             pki: Pki { dir: dir.clone() },
-            tls_port,
-            plain_url: format!("redis://127.0.0.1:{plain}/"),
-            child: None,
+            nodes: Vec::new(),
         };
         redis.pki = Pki::make(&dir)?;
         let auth = match clients {
             ClientCertificates::Optional => "no",
             ClientCertificates::Required => "yes",
         };
-        let mut command = Command::new("redis-server");
-        if cluster {
-            command
-                .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"]);
+        let mut taken: Vec<u16> = tls_ports.iter().flat_map(|&p| [p, p + 10_000]).collect();
+        for tls_port in tls_ports {
+            let plain = free_port()?;
+            if taken.contains(&plain) {
+                return Err("the same free port twice".into());
+            }
+            taken.push(plain);
+            let node_dir = dir.join(tls_port.to_string());
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| format!("{}: {e}", node_dir.display()))?;
+            let mut command = Command::new("redis-server");
+            if cluster.is_some() {
+                command
+                    .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
+                    .args(["--cluster-config-file", "nodes.conf"])
+                    .args(["--cluster-node-timeout", "1000"]);
+            }
+            let child = command
+                .args(["--port", &plain.to_string(), "--bind", "127.0.0.1"])
+                .args(["--tls-port", &tls_port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(redis.pki.path("server.crt"))
+                .arg("--tls-key-file")
+                .arg(redis.pki.path("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(redis.pki.path("ca.crt"))
+                .args(["--tls-auth-clients", auth])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("redis-server: {e}"))?;
+            let plain_url = format!("redis://127.0.0.1:{plain}/");
+            let node = Node {
+                tls_port,
+                plain_url,
+                child: Some(child),
+            };
+            redis.nodes.push(node);
+            let node = redis.nodes.last_mut().expect("pushed");
+            let child = node.child.as_mut().expect("spawned");
+            wait_for_own(&node.plain_url, child, Duration::from_secs(10))?;
         }
-        let child = command
-            .args(["--port", &plain.to_string(), "--bind", "127.0.0.1"])
-            .args(["--tls-port", &tls_port.to_string()])
-            .arg("--tls-cert-file")
-            .arg(redis.pki.path("server.crt"))
-            .arg("--tls-key-file")
-            .arg(redis.pki.path("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(redis.pki.path("ca.crt"))
-            .args(["--tls-auth-clients", auth])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("redis-server: {e}"))?;
-        let child = redis.child.insert(child);
-        wait_for_own(&redis.plain_url, child, Duration::from_secs(10))?;
-        if cluster {
-            redis.hold_every_slot()?;
+        if cluster.is_some() {
+            redis.join()?;
         }
         Ok(redis)
     }
 
-    /// Assigns every slot to the one master, and waits until its cluster says it is ok.
-    fn hold_every_slot(&self) -> Result<(), String> {
-        let client = redis::Client::open(self.plain_url.as_str()).map_err(|e| e.to_string())?;
-        let mut conn = client.get_connection().map_err(|e| e.to_string())?;
-        redis::cmd("CLUSTER")
-            .arg("ADDSLOTSRANGE")
-            .arg(0)
-            .arg(16383)
-            .exec(&mut conn)
-            .map_err(|e| format!("CLUSTER ADDSLOTSRANGE: {e}"))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    /// Joins the masters over TLS (`CLUSTER MEET` on their TLS ports, whose bus is theirs
+    /// plus 10000), gives each its share of the slots, and waits until every master says the
+    /// cluster is ok and knows every other.
+    fn join(&self) -> Result<(), String> {
+        let masters = self.nodes.len();
+        let mut conns = Vec::new();
+        for node in &self.nodes {
+            let client = redis::Client::open(node.plain_url.as_str()).map_err(|e| e.to_string())?;
+            conns.push(client.get_connection().map_err(|e| e.to_string())?);
+        }
+        for node in &self.nodes[1..] {
+            redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(node.tls_port)
+                .exec(&mut conns[0])
+                .map_err(|e| format!("CLUSTER MEET: {e}"))?;
+        }
+        let share = 16384 / masters;
+        for (node, conn) in conns.iter_mut().enumerate() {
+            let first = node * share;
+            let last = if node + 1 == masters {
+                16383
+            } else {
+                first + share - 1
+            };
+            redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .exec(conn)
+                .map_err(|e| format!("CLUSTER ADDSLOTSRANGE: {e}"))?;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
         while std::time::Instant::now() < deadline {
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query(&mut conn)
-                .map_err(|e| format!("CLUSTER INFO: {e}"))?;
-            if info.contains("cluster_state:ok") {
+            let mut whole = true;
+            for conn in &mut conns {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(conn)
+                    .map_err(|e| format!("CLUSTER INFO: {e}"))?;
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query(conn)
+                    .map_err(|e| format!("CLUSTER NODES: {e}"))?;
+                let known = nodes
+                    .lines()
+                    .filter(|line| line.contains("connected"))
+                    .count();
+                whole &= info.contains("cluster_state:ok")
+                    && known == masters
+                    && !nodes.contains("fail")
+                    && !nodes.contains("handshake");
+                last = nodes;
+            }
+            if whole {
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Err("the cluster of one master was not ok within 10 s".into())
+        Err(format!(
+            "the cluster of {masters} masters was not ok within 30 s: {last}"
+        ))
     }
 
-    /// The URL of its TLS port, by the name its certificate holds: `rediss://localhost:<port>/`.
+    /// The URL of its TLS port, by the name its certificate holds: `rediss://localhost:<port>/`
+    /// (a cluster's first master's).
     pub fn url(&self) -> String {
-        format!("rediss://localhost:{}/", self.tls_port)
+        self.url_of(0)
+    }
+
+    /// The URL of master `node`'s TLS port, as [`url`](Self::url) names it.
+    pub fn url_of(&self, node: usize) -> String {
+        format!("rediss://localhost:{}/", self.nodes[node].tls_port)
+    }
+
+    /// The TLS port of master `node`, the one its cluster announces and redirects to.
+    pub fn tls_port(&self, node: usize) -> u16 {
+        self.nodes[node].tls_port
     }
 
     /// The certificate of the authority that signed the server's and the client's (PEM).
@@ -246,19 +330,31 @@ impl TlsRedis {
         (self.pki.read("client.crt"), self.pki.read("client.key"))
     }
 
-    /// Runs one command on its plain port.
+    /// Runs one command on its plain port (a cluster's first master's).
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
-        let client = redis::Client::open(self.plain_url.as_str()).expect("plain URL");
+        self.query_on(0, cmd)
+    }
+
+    /// Runs one command on master `node`'s plain port.
+    pub fn query_on<T: redis::FromRedisValue>(&self, node: usize, cmd: &mut redis::Cmd) -> T {
+        let client = redis::Client::open(self.nodes[node].plain_url.as_str()).expect("plain URL");
         cmd.query(&mut client.get_connection().expect("connect to test Redis"))
             .expect("Redis command")
+    }
+
+    /// The cluster node id of master `node`.
+    pub fn node_id(&self, node: usize) -> String {
+        self.query_on(node, redis::cmd("CLUSTER").arg("MYID"))
     }
 }
 
 impl Drop for TlsRedis {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.pki.dir);
     }

@@ -1,15 +1,20 @@
 //! The Redis store over TLS (`rediss://`, feature `redis-tls`) against a real `redis-server`
 //! with a TLS port and certificates made for the test: the conformance suite, a server whose
-//! certificate the store does not trust, client certificates, and `#insecure`. Each test skips
-//! when `redis-server` or `openssl` is missing, unless `IDEM_REQUIRE_REDIS=1`.
+//! certificate the store does not trust, client certificates, `#insecure`, and a slot migrating
+//! on a Redis Cluster over TLS. Each test skips when `redis-server` or `openssl` is missing,
+//! unless `IDEM_REQUIRE_REDIS=1`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use idem_actix::RedisStore;
-use idem_core::{Begin, Engine, Fingerprint, IdempotencyError, Policy, StoreError, StoreKey};
-use idem_tests::assert_error;
+use idem_core::{
+    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, StoreError, StoreKey,
+};
 use idem_tests::redis_tls::{ClientCertificates, TlsRedis};
 use idem_tests::shared_store::{self, call, Probe};
+use idem_tests::{assert_error, keys_in};
 
 /// What `engine` begins with a fresh key.
 async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
@@ -164,4 +169,116 @@ async fn an_insecure_url_reaches_a_server_whose_certificate_is_not_trusted() {
         .build()
         .unwrap();
     unavailable(begin(&Engine::new(checked), 5).await, "certificate");
+}
+
+/// Marks `slots` as migrating from master 0 to master 1 of `redis` (`IMPORTING` on 1,
+/// `MIGRATING` on 0), as a reshard does before it moves their keys.
+fn migrate(redis: &TlsRedis, slots: &[u16]) {
+    let (from, to) = (redis.node_id(0), redis.node_id(1));
+    for &slot in slots {
+        for (node, state, id) in [(1, "IMPORTING", &from), (0, "MIGRATING", &to)] {
+            let mut setslot = redis::cmd("CLUSTER");
+            setslot.arg("SETSLOT").arg(slot).arg(state).arg(id);
+            redis.query_on::<()>(node, &mut setslot);
+        }
+    }
+}
+
+/// Moves `redis_key` from master 0 to master 1 (`MIGRATE`, over TLS to its TLS port, as
+/// `tls-cluster yes` has it), as a reshard does.
+fn move_key(redis: &TlsRedis, redis_key: &str) {
+    redis.query_on::<()>(
+        0,
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(redis.tls_port(1))
+            .arg(redis_key)
+            .arg(0)
+            .arg(5000),
+    );
+}
+
+/// A slot migrating on a Redis Cluster over TLS (`tls-cluster yes`, two masters): the
+/// importing node takes a command on a key of that slot only behind `ASKING`, and the store
+/// sends the two in one write on a connection of its own to that node when the cluster
+/// client gave up on the `ASK` (many claims at once, so that it does), a connection that must
+/// reach the node over TLS and trust the authority the store was given, as the cluster
+/// client's do. New keys run once and replay, records made before replay wherever they are:
+/// none answers 503, as nothing is down.
+#[actix_web::test]
+async fn no_claim_answers_503_while_a_slot_migrates_on_a_cluster_over_tls() {
+    let Some(redis) = TlsRedis::start_cluster_of(2) else {
+        return;
+    };
+    let prefix = "tls-migrating:";
+    let store = RedisStore::cluster([redis.url()])
+        .tls_root_certificates(redis.authority())
+        .prefix(prefix)
+        .command_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    // Master 0 holds the first half of the slots.
+    let slots: Vec<u16> = (100..108).collect();
+    let before = keys_in(prefix, &slots, 1, 16);
+    for key in &before {
+        let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, *key, fp).await else {
+            panic!("claimed before the slots migrate")
+        };
+        let recorded = lease.finish(Response::new(201, [], b"before")).await;
+        assert_eq!(recorded.unwrap(), Outcome::Recorded);
+    }
+    migrate(&redis, &slots);
+    for key in before.iter().step_by(2) {
+        move_key(&redis, &format!("{prefix}{key}"));
+    }
+
+    let engine = &engine;
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    let fresh = keys_in(prefix, &slots, 2, 8 * 16);
+    for keys in fresh.chunks(16) {
+        let replays = join_all(before.iter().map(|key| async move {
+            match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Replay(record)) if &record.response.body()[..] == b"before" => {
+                    "replay".to_owned()
+                }
+                Ok(Begin::Replay(_)) => "replay of another body".to_owned(),
+                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
+                Err(e) => format!("{}: {e}", e.status()),
+            }
+        }))
+        .await;
+        let runs = join_all(keys.iter().map(|key| async move {
+            let lease = match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Execute(lease)) => lease,
+                Ok(other) => return format!("not run: {other:?}"),
+                Err(e) => return format!("{}: {e}", e.status()),
+            };
+            match lease.finish(Response::new(201, [], b"new")).await {
+                Ok(Outcome::Recorded) => {}
+                other => return format!("not recorded: {other:?}"),
+            }
+            match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Replay(_)) => "ran once, replays".to_owned(),
+                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
+                Err(e) => format!("replay {}: {e}", e.status()),
+            }
+        }))
+        .await;
+        for answer in replays.into_iter().chain(runs) {
+            *answers.entry(answer).or_default() += 1;
+        }
+    }
+    let expected = HashMap::from([
+        ("replay".to_owned(), before.len() * 8),
+        ("ran once, replays".to_owned(), fresh.len()),
+    ]);
+    assert_eq!(answers, expected, "while the slots migrate, over TLS");
+    let moved: Vec<String> = redis.query_on(1, redis::cmd("KEYS").arg(format!("{prefix}*")));
+    assert!(
+        moved.len() >= fresh.len(),
+        "the new keys were written on the importing master: {}",
+        moved.len()
+    );
 }
