@@ -146,7 +146,13 @@ impl TlsRedis {
     /// the slots, joined over TLS (`tls-cluster yes`: their bus, and the ports they announce
     /// and redirect to, are TLS ones). `None` as [`start`](Self::start) says.
     pub fn start_cluster_of(masters: usize) -> Option<Self> {
-        Self::start_as(ClientCertificates::Optional, Some(masters))
+        Self::start_cluster_asking(masters, ClientCertificates::Optional)
+    }
+
+    /// Starts a Redis Cluster as [`start_cluster_of`](Self::start_cluster_of) does, whose
+    /// masters ask clients for a certificate as `clients` says.
+    pub fn start_cluster_asking(masters: usize, clients: ClientCertificates) -> Option<Self> {
+        Self::start_as(clients, Some(masters))
     }
 
     fn start_as(clients: ClientCertificates, cluster: Option<usize>) -> Option<Self> {

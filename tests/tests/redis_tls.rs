@@ -171,6 +171,33 @@ async fn an_insecure_url_reaches_a_server_whose_certificate_is_not_trusted() {
     unavailable(begin(&Engine::new(checked), 5).await, "certificate");
 }
 
+/// `#insecure` checks no certificate on a Redis Cluster as on one server, also with a client
+/// certificate for a cluster that asks for one (mutual TLS with a test cluster's certificate
+/// unchecked): the cluster client's connections, the ones it learns the masters by, and the
+/// store's own take the URL's mode, where the cluster client checked the certificate anyway
+/// once the store was given one of its own.
+#[actix_web::test]
+async fn an_insecure_url_with_a_client_certificate_reaches_a_cluster_whose_certificate_is_not_trusted(
+) {
+    let Some(redis) = TlsRedis::start_cluster_asking(2, ClientCertificates::Required) else {
+        return;
+    };
+    let (chain, key) = redis.client_certificate();
+    let cluster = RedisStore::cluster([format!("{}#insecure", redis.url())])
+        .tls_client_certificate(chain, key)
+        .command_timeout(UNTIL_REFUSED)
+        .build()
+        .unwrap();
+    let engine = Engine::new(cluster);
+    // Keys on both masters: the seed's and the one the cluster client learns.
+    for key in [8, 9, 10, 11] {
+        match begin(&engine, key).await {
+            Ok(Begin::Execute(_lease)) => {}
+            other => panic!("claimed on the cluster, its certificate unchecked: {other:?}"),
+        }
+    }
+}
+
 /// Marks `slots` as migrating from master 0 to master 1 of `redis` (`IMPORTING` on 1,
 /// `MIGRATING` on 0), as a reshard does before it moves their keys.
 fn migrate(redis: &TlsRedis, slots: &[u16]) {

@@ -2127,6 +2127,43 @@ mod tests {
         );
     }
 
+    /// A cluster's seed nodes that disagree on checking certificates (`#insecure` on one,
+    /// not on another) are refused when the store is built, as nodes that disagree on TLS
+    /// are, also when the store is given certificates: the cluster client then took one mode
+    /// for every node, whatever the URLs said.
+    #[cfg(feature = "redis-tls")]
+    #[tokio::test]
+    async fn cluster_nodes_that_disagree_on_checking_certificates_are_refused_when_built() {
+        // A self-signed certificate of no one, which parses as an authority.
+        let cert = concat!(
+            "-----BEGIN CERTIFICATE-----\n",
+            "MIIBiTCCAS+gAwIBAgIULYQjbM6Z6GnV/4u9B86Q70xd+W8wCgYIKoZIzj0EAwIw\n",
+            "GTEXMBUGA1UEAwwOaWRlbSB1bml0IHRlc3QwIBcNMjYxMjA3MDAwMDE5WhgPMjEy\n",
+            "NjExMTMwMDAwMTlaMBkxFzAVBgNVBAMMDmlkZW0gdW5pdCB0ZXN0MFkwEwYHKoZI\n",
+            "zj0CAQYIKoZIzj0DAQcDQgAETcJ68MEM1nXKfHK+CpOoAOrUCs3nSVQ1qw0nvwVA\n",
+            "cRObgOKv2zXYCyEyuxU/iudzpUGlhN1Cje/8NphwlBb5mKNTMFEwHQYDVR0OBBYE\n",
+            "FLoLw2zmKzC3d9tWyEPp+QAVpv+oMB8GA1UdIwQYMBaAFLoLw2zmKzC3d9tWyEPp\n",
+            "+QAVpv+oMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIhAMU3fJ+X\n",
+            "Aj2Iz6hhdmX9ZPztrMgF0osAnu0MlbYLI5M+AiBWjOCs1rgrkvmZjBAxBC7zulHF\n",
+            "CfPhxdt+L36cz0et/A==\n",
+            "-----END CERTIFICATE-----\n",
+        );
+        let urls = [
+            "rediss://a.example:6380/#insecure",
+            "rediss://b.example:6380/",
+        ];
+        let bare = RedisStore::cluster(urls).build().err().expect("refused");
+        let given = RedisStore::cluster(urls)
+            .tls_root_certificates(cert)
+            .build()
+            .err()
+            .expect("refused");
+        for err in [bare, given] {
+            assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+            assert!(err.to_string().contains("TLS"), "{err}");
+        }
+    }
+
     #[test]
     fn the_least_bound_is_a_record_without_its_response_at_its_widest() {
         assert_eq!(codec::MAX_OVERHEAD, 99);
