@@ -1578,6 +1578,29 @@ fn tls_url(url: &str) -> bool {
     })
 }
 
+/// Whether the seed nodes of a cluster, reached over TLS, check the certificates of the nodes
+/// (`#insecure` on none of them) or check none (on all), or the settings' error when they
+/// disagree.
+#[cfg(feature = "redis-tls")]
+fn tls_mode(seeds: &[redis::Client]) -> Result<redis::TlsMode, StoreError> {
+    let insecure = |seed: &redis::Client| {
+        matches!(
+            seed.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { insecure: true, .. }
+        )
+    };
+    let unchecked = seeds.first().is_some_and(insecure);
+    if seeds.iter().any(|seed| insecure(seed) != unchecked) {
+        return Err(StoreError::Config(
+            "the Redis Cluster's nodes cannot be one cluster's (#insecure on some of their URLs, not on others): give them the same password, TLS and database".into(),
+        ));
+    }
+    Ok(match unchecked {
+        true => redis::TlsMode::Insecure,
+        false => redis::TlsMode::Secure,
+    })
+}
+
 /// The settings' error of `url`, which the client refused: named without its credentials.
 fn invalid(url: &str, error: redis::RedisError) -> StoreError {
     StoreError::Config(format!(
@@ -1849,9 +1872,12 @@ impl RedisStoreBuilder {
                 // Few quick retries: a command that cannot reach its master within the timeout
                 // answers 503 anyway, and retries queued past it only delay the recovery.
                 let client = ClusterClient::builder(urls.iter().map(String::as_str));
+                // Given certificates alone, the cluster client checks every node's certificate
+                // whatever the URLs say, and no longer checks that they agree: the seeds' mode
+                // (`#insecure` or not) is set first, once they agree on it.
                 #[cfg(feature = "redis-tls")]
                 let client = match self.tls.to_redis()? {
-                    Some(certificates) => client.certs(certificates),
+                    Some(certificates) => client.tls(tls_mode(&clients)?).certs(certificates),
                     None => client,
                 };
                 let client = client
