@@ -185,10 +185,6 @@ impl TlsRedis {
             nodes: Vec::new(),
         };
         redis.pki = Pki::make(&dir)?;
-        let auth = match clients {
-            ClientCertificates::Optional => "no",
-            ClientCertificates::Required => "yes",
-        };
         let mut taken: Vec<u16> = tls_ports.iter().flat_map(|&p| [p, p + 10_000]).collect();
         for tls_port in tls_ports {
             let plain = free_port()?;
@@ -196,9 +192,6 @@ impl TlsRedis {
                 return Err("the same free port twice".into());
             }
             taken.push(plain);
-            let node_dir = dir.join(tls_port.to_string());
-            std::fs::create_dir_all(&node_dir)
-                .map_err(|e| format!("{}: {e}", node_dir.display()))?;
             let mut command = Command::new("redis-server");
             if cluster.is_some() {
                 command
@@ -206,37 +199,88 @@ impl TlsRedis {
                     .args(["--cluster-config-file", "nodes.conf"])
                     .args(["--cluster-node-timeout", "1000"]);
             }
-            let child = command
-                .args(["--port", &plain.to_string(), "--bind", "127.0.0.1"])
-                .args(["--tls-port", &tls_port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(redis.pki.path("server.crt"))
-                .arg("--tls-key-file")
-                .arg(redis.pki.path("server.key"))
-                .arg("--tls-ca-cert-file")
-                .arg(redis.pki.path("ca.crt"))
-                .args(["--tls-auth-clients", auth])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("redis-server: {e}"))?;
-            let plain_url = format!("redis://127.0.0.1:{plain}/");
-            let node = Node {
-                tls_port,
-                plain_url,
-                child: Some(child),
-            };
-            redis.nodes.push(node);
-            let node = redis.nodes.last_mut().expect("pushed");
-            let child = node.child.as_mut().expect("spawned");
-            wait_for_own(&node.plain_url, child, Duration::from_secs(10))?;
+            redis.spawn_node(command, clients, tls_port, plain)?;
         }
         if cluster.is_some() {
             redis.join()?;
         }
         Ok(redis)
+    }
+
+    /// Starts `command`, a `redis-server`, with the TLS port `tls_port` and the plain one
+    /// `plain`, the server's certificate, and the authority for the certificates of its
+    /// clients (`clients` says whether it asks for one) and of its master, and waits until it
+    /// answers.
+    fn spawn_node(
+        &mut self,
+        mut command: Command,
+        clients: ClientCertificates,
+        tls_port: u16,
+        plain: u16,
+    ) -> Result<(), String> {
+        let auth = match clients {
+            ClientCertificates::Optional => "no",
+            ClientCertificates::Required => "yes",
+        };
+        let dir = self.pki.path(&tls_port.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let child = command
+            .args(["--port", &plain.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-port", &tls_port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(self.pki.path("server.crt"))
+            .arg("--tls-key-file")
+            .arg(self.pki.path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(self.pki.path("ca.crt"))
+            .args(["--tls-auth-clients", auth])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        self.nodes.push(Node {
+            tls_port,
+            plain_url: format!("redis://127.0.0.1:{plain}/"),
+            child: Some(child),
+        });
+        let node = self.nodes.last_mut().expect("pushed");
+        let child = node.child.as_mut().expect("spawned");
+        wait_for_own(&node.plain_url, child, Duration::from_secs(10))
+    }
+
+    /// Starts a replica of the first server, which it reaches over TLS (`tls-replication
+    /// yes`), and waits until it is in sync: node `n` of [`query_on`](Self::query_on), `n` the
+    /// number returned.
+    ///
+    /// # Panics
+    /// When it does not start or sync within 10 s.
+    pub fn add_replica(&mut self) -> usize {
+        let tls_port = free_port().expect("a free port");
+        let plain = free_port().expect("a free port");
+        assert!(!self.nodes.iter().any(|n| n.tls_port == plain) && tls_port != plain);
+        let mut command = Command::new("redis-server");
+        command.args(["--tls-replication", "yes"]).args([
+            "--replicaof",
+            "127.0.0.1",
+            &self.nodes[0].tls_port.to_string(),
+        ]);
+        self.spawn_node(command, ClientCertificates::Optional, tls_port, plain)
+            .expect("start a replica");
+        let replica = self.nodes.len() - 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = self.query_on(replica, redis::cmd("INFO").arg("replication"));
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replica syncs over TLS: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Joins the masters over TLS (`CLUSTER MEET` on their TLS ports, whose bus is theirs

@@ -198,6 +198,40 @@ async fn an_insecure_url_with_a_client_certificate_reaches_a_cluster_whose_certi
     }
 }
 
+/// With `wait_for_replicas`, each claim and completion goes out with its `WAIT` on a
+/// connection of its own, which must speak TLS and trust the authority given as the store's
+/// other connections do: a claim acknowledged by the replica (which syncs over TLS) runs and
+/// its record reaches the replica; a store asking for two replicas of the one there is has
+/// its claim answered as an unavailable store.
+#[actix_web::test]
+async fn writes_that_wait_for_replicas_go_over_tls_and_are_acknowledged() {
+    let Some(mut redis) = TlsRedis::start(ClientCertificates::Optional) else {
+        return;
+    };
+    let replica = redis.add_replica();
+    let waiting = |replicas| {
+        RedisStore::builder(redis.url())
+            .tls_root_certificates(redis.authority())
+            .prefix("tls-waiting:")
+            .command_timeout(Duration::from_secs(1))
+            .wait_for_replicas(replicas, Duration::from_millis(200))
+            .build()
+            .unwrap()
+    };
+    let engine = Engine::new(waiting(1));
+    let Ok(Begin::Execute(lease)) = begin(&engine, 12).await else {
+        panic!("claimed, the replica acknowledging it")
+    };
+    let recorded = lease.finish(Response::new(201, [], b"kept")).await;
+    assert_eq!(recorded.unwrap(), Outcome::Recorded);
+    let kept: Vec<String> = redis.query_on(replica, redis::cmd("KEYS").arg("tls-waiting:*"));
+    assert_eq!(kept.len(), 1, "the record reached the replica");
+    match begin(&Engine::new(waiting(2)), 13).await {
+        Err(IdempotencyError::StoreUnavailable(_)) => {}
+        other => panic!("unavailable with one replica of two: {other:?}"),
+    }
+}
+
 /// Marks `slots` as migrating from master 0 to master 1 of `redis` (`IMPORTING` on 1,
 /// `MIGRATING` on 0), as a reshard does before it moves their keys.
 fn migrate(redis: &TlsRedis, slots: &[u16]) {
