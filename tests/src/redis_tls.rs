@@ -380,6 +380,11 @@ impl TlsRedis {
         (self.pki.read("client.crt"), self.pki.read("client.key"))
     }
 
+    /// The server's certificate and its private key (PEM).
+    pub fn server_certificate(&self) -> (Vec<u8>, Vec<u8>) {
+        (self.pki.read("server.crt"), self.pki.read("server.key"))
+    }
+
     /// Runs one command on its plain port (a cluster's first master's).
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
         self.query_on(0, cmd)

@@ -153,6 +153,27 @@ async fn a_redis_requiring_client_certificates_takes_the_store_s_and_refuses_a_s
     unavailable(begin(&Engine::new(without), 3).await, "certificate");
 }
 
+/// A client certificate given with a private key that is not its own is refused when the
+/// store is built, naming the setting, where the store was built and each connection then
+/// failed, every claim refused.
+#[actix_web::test]
+async fn a_client_certificate_with_another_s_private_key_is_refused_when_built() {
+    let Some(redis) = TlsRedis::start(ClientCertificates::Required) else {
+        return;
+    };
+    let (chain, _) = redis.client_certificate();
+    let (_, servers_key) = redis.server_certificate();
+    let single =
+        RedisStore::builder(redis.url()).tls_client_certificate(chain.clone(), servers_key.clone());
+    let cluster = RedisStore::cluster([redis.url()]).tls_client_certificate(chain, servers_key);
+    for built in [single.build(), cluster.build()] {
+        match built {
+            Err(StoreError::Config(e)) => assert!(e.contains("tls_client_certificate"), "{e}"),
+            other => panic!("refused when built: {other:?}"),
+        }
+    }
+}
+
 /// `#insecure` after the URL checks no certificate (for a test Redis only): the store reaches
 /// a server whose certificate it does not trust, which it refuses without it.
 #[actix_web::test]
