@@ -1770,8 +1770,9 @@ impl RedisStoreBuilder {
     /// to a Redis that asks clients for a certificate (`tls-auth-clients yes`): mutual TLS.
     /// Default: none. Needs the `redis-tls` feature.
     ///
-    /// [`build`](Self::build) refuses it on a URL that is not `rediss://`, and a chain or key
-    /// that does not parse.
+    /// [`build`](Self::build) refuses it on a URL that is not `rediss://`, a chain or key
+    /// that does not parse, and a key that is not the private key of the chain's first
+    /// certificate.
     #[cfg(feature = "redis-tls")]
     pub fn tls_client_certificate(
         mut self,

@@ -1,8 +1,12 @@
 //! The Redis store's TLS (feature `redis-tls`): the certificates a store trusts and presents
 //! beyond what its URLs say, and the crypto provider its connections take.
 
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 
 use super::StoreError;
 
@@ -44,6 +48,23 @@ impl Certificates {
                 ));
             }
         }
+        if let Some((chain, key)) = &self.client {
+            // A key that is not the certificate's would fail every connection, each refused
+            // by rustls before it reached the server.
+            let refused = |why: String| {
+                StoreError::Config(format!(
+                    "tls_client_certificate cannot be used ({why}); give it a PEM certificate chain and the PEM private key of its first certificate"
+                ))
+            };
+            let chain = CertificateDer::pem_slice_iter(chain)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| refused(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| refused(e.to_string()))?;
+            let provider = CryptoProvider::get_default()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ring_provider()));
+            CertifiedKey::from_der(chain, key, &provider).map_err(|e| refused(e.to_string()))?;
+        }
         Ok(Some(redis::TlsCertificates {
             client_tls: self
                 .client
@@ -67,9 +88,13 @@ impl Certificates {
 /// another thread installing one is fine: there is one then. rustls deprecates ring's provider
 /// (from 0.23.48) for its lack of post-quantum key exchange; it is kept for its small build.
 pub(crate) fn ensure_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        let _ = provider.install_default();
+    if CryptoProvider::get_default().is_none() {
+        let _ = ring_provider().install_default();
     }
+}
+
+/// Ring's crypto provider.
+fn ring_provider() -> CryptoProvider {
+    #[allow(deprecated)]
+    rustls::crypto::ring::default_provider()
 }
