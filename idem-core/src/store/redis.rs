@@ -2154,6 +2154,42 @@ mod tests {
         );
     }
 
+    /// A self-signed certificate of no one, which parses as an authority.
+    #[cfg(feature = "redis-tls")]
+    const AUTHORITY: &str = concat!(
+        "-----BEGIN CERTIFICATE-----\n",
+        "MIIBiTCCAS+gAwIBAgIULYQjbM6Z6GnV/4u9B86Q70xd+W8wCgYIKoZIzj0EAwIw\n",
+        "GTEXMBUGA1UEAwwOaWRlbSB1bml0IHRlc3QwIBcNMjYxMjA3MDAwMDE5WhgPMjEy\n",
+        "NjExMTMwMDAwMTlaMBkxFzAVBgNVBAMMDmlkZW0gdW5pdCB0ZXN0MFkwEwYHKoZI\n",
+        "zj0CAQYIKoZIzj0DAQcDQgAETcJ68MEM1nXKfHK+CpOoAOrUCs3nSVQ1qw0nvwVA\n",
+        "cRObgOKv2zXYCyEyuxU/iudzpUGlhN1Cje/8NphwlBb5mKNTMFEwHQYDVR0OBBYE\n",
+        "FLoLw2zmKzC3d9tWyEPp+QAVpv+oMB8GA1UdIwQYMBaAFLoLw2zmKzC3d9tWyEPp\n",
+        "+QAVpv+oMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIhAMU3fJ+X\n",
+        "Aj2Iz6hhdmX9ZPztrMgF0osAnu0MlbYLI5M+AiBWjOCs1rgrkvmZjBAxBC7zulHF\n",
+        "CfPhxdt+L36cz0et/A==\n",
+        "-----END CERTIFICATE-----\n",
+    );
+
+    /// A URL that is not one, given with certificates, is refused as such, naming it, where
+    /// the error blamed the certificates.
+    #[cfg(feature = "redis-tls")]
+    #[tokio::test]
+    async fn a_url_that_is_not_one_is_refused_as_such_also_with_certificates_given() {
+        for builder in [
+            RedisStore::builder("rediss://cache.example:port/"),
+            RedisStore::cluster(["rediss://cache.example:port/"]),
+        ] {
+            let err = builder
+                .tls_root_certificates(AUTHORITY)
+                .build()
+                .err()
+                .expect("refused");
+            let text = err.to_string();
+            assert!(text.contains("is not a Redis URL"), "{text}");
+            assert!(!text.contains("certificates given"), "{text}");
+        }
+    }
+
     /// A cluster's seed nodes that disagree on checking certificates (`#insecure` on one,
     /// not on another) are refused when the store is built, as nodes that disagree on TLS
     /// are, also when the store is given certificates: the cluster client then took one mode
@@ -2161,27 +2197,13 @@ mod tests {
     #[cfg(feature = "redis-tls")]
     #[tokio::test]
     async fn cluster_nodes_that_disagree_on_checking_certificates_are_refused_when_built() {
-        // A self-signed certificate of no one, which parses as an authority.
-        let cert = concat!(
-            "-----BEGIN CERTIFICATE-----\n",
-            "MIIBiTCCAS+gAwIBAgIULYQjbM6Z6GnV/4u9B86Q70xd+W8wCgYIKoZIzj0EAwIw\n",
-            "GTEXMBUGA1UEAwwOaWRlbSB1bml0IHRlc3QwIBcNMjYxMjA3MDAwMDE5WhgPMjEy\n",
-            "NjExMTMwMDAwMTlaMBkxFzAVBgNVBAMMDmlkZW0gdW5pdCB0ZXN0MFkwEwYHKoZI\n",
-            "zj0CAQYIKoZIzj0DAQcDQgAETcJ68MEM1nXKfHK+CpOoAOrUCs3nSVQ1qw0nvwVA\n",
-            "cRObgOKv2zXYCyEyuxU/iudzpUGlhN1Cje/8NphwlBb5mKNTMFEwHQYDVR0OBBYE\n",
-            "FLoLw2zmKzC3d9tWyEPp+QAVpv+oMB8GA1UdIwQYMBaAFLoLw2zmKzC3d9tWyEPp\n",
-            "+QAVpv+oMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIhAMU3fJ+X\n",
-            "Aj2Iz6hhdmX9ZPztrMgF0osAnu0MlbYLI5M+AiBWjOCs1rgrkvmZjBAxBC7zulHF\n",
-            "CfPhxdt+L36cz0et/A==\n",
-            "-----END CERTIFICATE-----\n",
-        );
         let urls = [
             "rediss://a.example:6380/#insecure",
             "rediss://b.example:6380/",
         ];
         let bare = RedisStore::cluster(urls).build().err().expect("refused");
         let given = RedisStore::cluster(urls)
-            .tls_root_certificates(cert)
+            .tls_root_certificates(AUTHORITY)
             .build()
             .err()
             .expect("refused");
