@@ -1670,7 +1670,10 @@ impl RedisStoreBuilder {
                     redacted_url(url)
                 )));
             }
-            return redis::Client::build_with_tls(url, certificates).map_err(|e| {
+            // Parsed first, so that a URL that is not one is refused as such.
+            let parsed = redis::Client::open(url).map_err(|e| invalid(url, e))?;
+            let info = parsed.get_connection_info().clone();
+            return redis::Client::build_with_tls(info, certificates).map_err(|e| {
                 StoreError::Config(format!(
                     "the TLS certificates given for {} cannot be used ({e}); give tls_root_certificates PEM certificates, and tls_client_certificate a PEM certificate chain and its PEM private key",
                     redacted_url(url)
