@@ -2185,8 +2185,7 @@ mod tests {
             let err = builder
                 .tls_root_certificates(AUTHORITY)
                 .build()
-                .err()
-                .expect("refused");
+                .expect_err("refused");
             let text = err.to_string();
             assert!(text.contains("is not a Redis URL"), "{text}");
             assert!(!text.contains("certificates given"), "{text}");
@@ -2204,12 +2203,11 @@ mod tests {
             "rediss://a.example:6380/#insecure",
             "rediss://b.example:6380/",
         ];
-        let bare = RedisStore::cluster(urls).build().err().expect("refused");
+        let bare = RedisStore::cluster(urls).build().expect_err("refused");
         let given = RedisStore::cluster(urls)
             .tls_root_certificates(AUTHORITY)
             .build()
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         for err in [bare, given] {
             assert!(matches!(err, StoreError::Config(_)), "{err:?}");
             assert!(err.to_string().contains("TLS"), "{err}");
