@@ -933,6 +933,55 @@ pub fn keys_in(prefix: &str, slots: &[u16], seed: u8, count: usize) -> Vec<idem_
         .collect()
 }
 
+/// What requests on keys of migrating slots get, counted by answer: eight rounds, each asking
+/// again for every key of `before` (recorded with the body `before`: "replay") and running
+/// 16 keys of `fresh` at once with them, each recorded and asked again ("ran once,
+/// replays"). Any other answer (a 503, a second run) is counted under what it was.
+pub async fn answers_while_slots_migrate(
+    engine: &idem_core::Engine,
+    before: &[idem_core::StoreKey],
+    fresh: &[idem_core::StoreKey],
+) -> HashMap<String, usize> {
+    use futures_util::future::join_all;
+    use idem_core::{Begin, Fingerprint, Outcome, Policy, Response};
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    for keys in fresh.chunks(16) {
+        let replays = join_all(before.iter().map(|key| async move {
+            match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Replay(record)) if &record.response.body()[..] == b"before" => {
+                    "replay".to_owned()
+                }
+                Ok(Begin::Replay(_)) => "replay of another body".to_owned(),
+                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
+                Err(e) => format!("{}: {e}", e.status()),
+            }
+        }))
+        .await;
+        let runs = join_all(keys.iter().map(|key| async move {
+            let lease = match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Execute(lease)) => lease,
+                Ok(other) => return format!("not run: {other:?}"),
+                Err(e) => return format!("{}: {e}", e.status()),
+            };
+            match lease.finish(Response::new(201, [], b"new")).await {
+                Ok(Outcome::Recorded) => {}
+                other => return format!("not recorded: {other:?}"),
+            }
+            match engine.begin(&Policy::DEFAULT, *key, fp).await {
+                Ok(Begin::Replay(_)) => "ran once, replays".to_owned(),
+                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
+                Err(e) => format!("replay {}: {e}", e.status()),
+            }
+        }))
+        .await;
+        for answer in replays.into_iter().chain(runs) {
+            *answers.entry(answer).or_default() += 1;
+        }
+    }
+    answers
+}
+
 /// A Redis Cluster for tests: three masters (no replicas) of our own on free loopback ports,
 /// each writing its data to a temporary directory with every write synced, so that a master
 /// killed and restarted ([`stop`](Self::stop), [`restart`](Self::restart)) comes back with

@@ -15,7 +15,9 @@ use idem_core::{
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
-use idem_tests::{assert_error, keys_in, TestRedis, TestRedisCluster, TestServer};
+use idem_tests::{
+    answers_while_slots_migrate, assert_error, keys_in, TestRedis, TestRedisCluster, TestServer,
+};
 
 /// The command timeout of the app instances: a master that is down answers 503 after it.
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -592,44 +594,8 @@ async fn no_claim_answers_503_while_a_slot_migrates() {
         move_key(&cluster, &format!("{prefix}{key}"));
     }
 
-    let engine = &engine;
-    let mut answers: HashMap<String, usize> = HashMap::new();
-    let mut count = |what: String| *answers.entry(what).or_default() += 1;
     let fresh = keys_in(prefix, &slots, 2, 8 * 16);
-    for (round, keys) in fresh.chunks(16).enumerate() {
-        let replays = join_all(before.iter().map(|key| async move {
-            match engine.begin(&Policy::DEFAULT, *key, fp).await {
-                Ok(Begin::Replay(record)) if &record.response.body()[..] == b"before" => {
-                    "replay".to_owned()
-                }
-                Ok(Begin::Replay(_)) => "replay of another body".to_owned(),
-                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
-                Err(e) => format!("{}: {e}", e.status()),
-            }
-        }))
-        .await;
-        let runs = join_all(keys.iter().map(|key| async move {
-            let lease = match engine.begin(&Policy::DEFAULT, *key, fp).await {
-                Ok(Begin::Execute(lease)) => lease,
-                Ok(other) => return format!("not run: {other:?}"),
-                Err(e) => return format!("{}: {e}", e.status()),
-            };
-            match lease.finish(Response::new(201, [], b"new")).await {
-                Ok(Outcome::Recorded) => {}
-                other => return format!("not recorded: {other:?}"),
-            }
-            match engine.begin(&Policy::DEFAULT, *key, fp).await {
-                Ok(Begin::Replay(_)) => "ran once, replays".to_owned(),
-                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
-                Err(e) => format!("replay {}: {e}", e.status()),
-            }
-        }))
-        .await;
-        for answer in replays.into_iter().chain(runs) {
-            count(answer);
-        }
-        assert!(round < 8);
-    }
+    let answers = answers_while_slots_migrate(&engine, &before, &fresh).await;
     let expected = HashMap::from([
         ("replay".to_owned(), before.len() * 8),
         ("ran once, replays".to_owned(), fresh.len()),
@@ -642,7 +608,7 @@ async fn no_claim_answers_503_while_a_slot_migrates() {
     }
     hand_over(&cluster, &slots);
     for key in before.iter().chain(&fresh) {
-        let Begin::Replay(_) = begin_until_up(engine, *key, fp).await else {
+        let Begin::Replay(_) = begin_until_up(&engine, *key, fp).await else {
             panic!("{key} replays once handed over")
         };
         assert_eq!(cluster.node_of(&format!("{prefix}{key}")), 1);

@@ -7,14 +7,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use idem_actix::RedisStore;
 use idem_core::{
     Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, StoreError, StoreKey,
 };
 use idem_tests::redis_tls::{ClientCertificates, TlsRedis};
 use idem_tests::shared_store::{self, call, Probe};
-use idem_tests::{assert_error, keys_in};
+use idem_tests::{answers_while_slots_migrate, assert_error, keys_in};
 
 /// What `engine` begins with a fresh key.
 async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
@@ -316,42 +315,8 @@ async fn no_claim_answers_503_while_a_slot_migrates_on_a_cluster_over_tls() {
         move_key(&redis, &format!("{prefix}{key}"));
     }
 
-    let engine = &engine;
-    let mut answers: HashMap<String, usize> = HashMap::new();
     let fresh = keys_in(prefix, &slots, 2, 8 * 16);
-    for keys in fresh.chunks(16) {
-        let replays = join_all(before.iter().map(|key| async move {
-            match engine.begin(&Policy::DEFAULT, *key, fp).await {
-                Ok(Begin::Replay(record)) if &record.response.body()[..] == b"before" => {
-                    "replay".to_owned()
-                }
-                Ok(Begin::Replay(_)) => "replay of another body".to_owned(),
-                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
-                Err(e) => format!("{}: {e}", e.status()),
-            }
-        }))
-        .await;
-        let runs = join_all(keys.iter().map(|key| async move {
-            let lease = match engine.begin(&Policy::DEFAULT, *key, fp).await {
-                Ok(Begin::Execute(lease)) => lease,
-                Ok(other) => return format!("not run: {other:?}"),
-                Err(e) => return format!("{}: {e}", e.status()),
-            };
-            match lease.finish(Response::new(201, [], b"new")).await {
-                Ok(Outcome::Recorded) => {}
-                other => return format!("not recorded: {other:?}"),
-            }
-            match engine.begin(&Policy::DEFAULT, *key, fp).await {
-                Ok(Begin::Replay(_)) => "ran once, replays".to_owned(),
-                Ok(Begin::Execute(_) | Begin::Unprotected(_)) => "ran again".to_owned(),
-                Err(e) => format!("replay {}: {e}", e.status()),
-            }
-        }))
-        .await;
-        for answer in replays.into_iter().chain(runs) {
-            *answers.entry(answer).or_default() += 1;
-        }
-    }
+    let answers = answers_while_slots_migrate(&engine, &before, &fresh).await;
     let expected = HashMap::from([
         ("replay".to_owned(), before.len() * 8),
         ("ran once, replays".to_owned(), fresh.len()),
