@@ -28,15 +28,16 @@ async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
 /// names the certificate rather than a timeout.
 const UNTIL_REFUSED: Duration = Duration::from_secs(5);
 
-/// That a store's first claim was refused as an unavailable store, its error saying `said`
-/// (in lower case).
-fn unavailable(begun: Result<Begin, IdempotencyError>, said: &str) {
+/// That a store's first claim was refused by the store, its error saying `said` (in lower
+/// case): a certificate refused is a fault to fix, not an outage, so the claim fails closed
+/// even where the store fails open.
+fn refused(begun: Result<Begin, IdempotencyError>, said: &str) {
     match begun {
-        Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(e))) => {
+        Err(IdempotencyError::StoreUnavailable(StoreError::Refused(e))) => {
             let text = e.to_string();
             assert!(text.to_lowercase().contains(said), "{said}: {text}");
         }
-        other => panic!("an unavailable store: {other:?}"),
+        other => panic!("refused by the store, failing closed: {other:?}"),
     }
 }
 
@@ -73,26 +74,29 @@ async fn the_cluster_store_conforms_over_tls_trusting_the_authority_it_is_given(
 }
 
 /// A server whose certificate no authority the store trusts signed (the system's roots, or
-/// another authority given) is refused: its claims answer as an unavailable store, with the
-/// certificate's fault in the error, and requests 503 `idempotency_store_unavailable`, their
-/// handler not run.
+/// another authority given) is refused: its claims are refused by the store, with the
+/// certificate's fault in the error, even where the store fails open (Redis answers, and a
+/// retry of the request would meet the same certificate), and requests 503
+/// `idempotency_store_unavailable`, their handler not run.
 #[actix_web::test]
-async fn a_server_whose_certificate_is_not_trusted_is_refused_and_requests_answer_503() {
+async fn a_server_whose_certificate_is_not_trusted_is_refused_failing_closed_with_503() {
     let Some(redis) = TlsRedis::start(ClientCertificates::Optional) else {
         return;
     };
     let url = redis.url();
     let system_roots = RedisStore::builder(url.as_str())
+        .fail_open(true)
         .command_timeout(UNTIL_REFUSED)
         .build()
         .unwrap();
     let other = RedisStore::builder(url.as_str())
         .tls_root_certificates(redis.other_authority())
+        .fail_open(true)
         .command_timeout(UNTIL_REFUSED)
         .build()
         .unwrap();
     for store in [system_roots, other] {
-        unavailable(begin(&Engine::new(store), 1).await, "certificate");
+        refused(begin(&Engine::new(store), 1).await, "certificate");
     }
 
     let probe = Probe::open();
@@ -100,6 +104,8 @@ async fn a_server_whose_certificate_is_not_trusted_is_refused_and_requests_answe
     let server = shared_store::instance(&probe, move || {
         RedisStore::builder(url.as_str())
             .tls_root_certificates(other.clone())
+            .fail_open(true)
+            .command_timeout(UNTIL_REFUSED)
             .build()
             .unwrap()
     });
@@ -112,7 +118,7 @@ async fn a_server_whose_certificate_is_not_trusted_is_refused_and_requests_answe
 }
 
 /// A Redis Cluster whose certificate is not trusted is refused as one server is: its claims
-/// answer as an unavailable store with the certificate's fault in the error, where the cluster
+/// are refused, failing closed, with the certificate's fault in the error, where the cluster
 /// client says only that it found no connection.
 #[actix_web::test]
 async fn a_cluster_whose_certificate_is_not_trusted_is_refused_naming_the_certificate() {
@@ -121,14 +127,16 @@ async fn a_cluster_whose_certificate_is_not_trusted_is_refused_naming_the_certif
     };
     let store = RedisStore::cluster([redis.url()])
         .tls_root_certificates(redis.other_authority())
+        .fail_open(true)
         .command_timeout(UNTIL_REFUSED)
         .build()
         .unwrap();
-    unavailable(begin(&Engine::new(store), 6).await, "certificate");
+    refused(begin(&Engine::new(store), 6).await, "certificate");
 }
 
 /// A Redis that asks clients for a certificate (`tls-auth-clients yes`) takes a store that
-/// presents one its authority signed, and refuses one that presents none.
+/// presents one its authority signed, and refuses one that presents none: a credential
+/// refused, so the store fails closed even where it fails open.
 #[actix_web::test]
 async fn a_redis_requiring_client_certificates_takes_the_store_s_and_refuses_a_store_without() {
     let Some(redis) = TlsRedis::start(ClientCertificates::Required) else {
@@ -145,11 +153,12 @@ async fn a_redis_requiring_client_certificates_takes_the_store_s_and_refuses_a_s
     };
     let without = RedisStore::builder(redis.url())
         .tls_root_certificates(redis.authority())
+        .fail_open(true)
         .command_timeout(UNTIL_REFUSED)
         .build()
         .unwrap();
     // The server's alert: `CertificateRequired` under TLS 1.3.
-    unavailable(begin(&Engine::new(without), 3).await, "certificate");
+    refused(begin(&Engine::new(without), 3).await, "certificate");
 }
 
 /// A client certificate given with a private key that is not its own is refused when the
@@ -185,10 +194,11 @@ async fn an_insecure_url_reaches_a_server_whose_certificate_is_not_trusted() {
         panic!("claimed over TLS without checking the certificate")
     };
     let checked = RedisStore::builder(redis.url())
+        .fail_open(true)
         .command_timeout(UNTIL_REFUSED)
         .build()
         .unwrap();
-    unavailable(begin(&Engine::new(checked), 5).await, "certificate");
+    refused(begin(&Engine::new(checked), 5).await, "certificate");
 }
 
 /// `#insecure` checks no certificate on a Redis Cluster as on one server, also with a client
@@ -205,6 +215,7 @@ async fn an_insecure_url_with_a_client_certificate_reaches_a_cluster_whose_certi
     let (chain, key) = redis.client_certificate();
     let cluster = RedisStore::cluster([format!("{}#insecure", redis.url())])
         .tls_client_certificate(chain, key)
+        .fail_open(true)
         .command_timeout(UNTIL_REFUSED)
         .build()
         .unwrap();
