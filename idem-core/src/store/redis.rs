@@ -101,9 +101,10 @@ return 1
 /// the system's root certificates, or the authorities given to
 /// `RedisStoreBuilder::tls_root_certificates`; `rediss://host:port/#insecure` checks no
 /// certificate (for a test Redis only). `RedisStoreBuilder::tls_client_certificate` presents a
-/// client certificate to a Redis that asks for one. A server whose certificate is not trusted
-/// is refused as an unreachable one (503 `idempotency_store_unavailable`, or unprotected runs
-/// with [`RedisStoreBuilder::fail_open`]), the error naming the certificate's fault. Without
+/// client certificate to a Redis that asks for one. A server whose certificate is not
+/// trusted, or that refuses the store's, fails closed as wrong credentials do (503
+/// `idempotency_store_unavailable`, also with [`RedisStoreBuilder::fail_open`]: Redis is there,
+/// and a retry would meet the same certificate), the error naming the certificate's fault. Without
 /// the feature, a `rediss://` URL is refused when the store is built. Building a store on a
 /// `rediss://` URL installs ring's crypto provider as the process's default (rustls's
 /// `CryptoProvider::install_default`), unless the process has one already: an application that
@@ -520,6 +521,7 @@ impl Seeds {
                     Ok(Ok(_)) => Seed::Took,
                     Ok(Err(error)) => match failed(error) {
                         StoreError::Refused(error) => Seed::Refused(error.to_string()),
+                        StoreError::Unavailable(error) => Seed::Failed(error.to_string()),
                         error => Seed::Failed(error.to_string()),
                     },
                     Err(_) => Seed::Silent,
@@ -1455,6 +1457,10 @@ fn primary_of(redis_key: &str) -> SingleNodeRoutingInfo {
 /// may hold the key, and that fails closed.
 fn failed(error: redis::RedisError) -> StoreError {
     use ServerErrorKind::{Ask, BusyLoading, ClusterDown, MasterDown, Moved, ReadOnly, TryAgain};
+    #[cfg(feature = "redis-tls")]
+    if super::redis_tls::certificate_refused(&error) {
+        return StoreError::Refused(Box::new(error));
+    }
     match error.kind() {
         ErrorKind::Io
         | ErrorKind::ClusterConnectionNotFound

@@ -98,3 +98,51 @@ fn ring_provider() -> CryptoProvider {
     #[allow(deprecated)]
     rustls::crypto::ring::default_provider()
 }
+
+/// Whether `error` is a TLS handshake that failed on a certificate: the server's, which the
+/// store does not trust (an unknown authority, another name, expired), or the store's own,
+/// which the server refused (none presented, not trusted, expired). Redis is there and
+/// answers, and so would it to a retry: a fault to fix, not an outage, so the store fails
+/// closed even where it fails open, as for wrong credentials.
+pub(crate) fn certificate_refused(error: &redis::RedisError) -> bool {
+    use rustls::AlertDescription as Alert;
+    matches!(
+        tls_error(error),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::AlertReceived(
+                    Alert::BadCertificate
+                        | Alert::UnsupportedCertificate
+                        | Alert::CertificateRevoked
+                        | Alert::CertificateExpired
+                        | Alert::CertificateUnknown
+                        | Alert::UnknownCA
+                        | Alert::CertificateRequired
+                        | Alert::AccessDenied
+                )
+        )
+    )
+}
+
+/// rustls's error within `error`: the `redis` crate keeps the I/O error tokio-rustls made of
+/// it behind an `Arc`, whose `source` skips it.
+fn tls_error(error: &redis::RedisError) -> Option<&rustls::Error> {
+    use std::error::Error;
+    let mut next: Option<&(dyn Error + 'static)> = error.source();
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(shared) = error.downcast_ref::<Arc<dyn Error + Send + Sync>>() {
+            next = Some(&**shared);
+            continue;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            next = io.get_ref().map(|inner| inner as &(dyn Error + 'static));
+            continue;
+        }
+        next = error.source();
+    }
+    None
+}
