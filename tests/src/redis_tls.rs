@@ -257,17 +257,27 @@ impl TlsRedis {
     /// # Panics
     /// When it does not start or sync within 10 s.
     pub fn add_replica(&mut self) -> usize {
-        let tls_port = free_port().expect("a free port");
-        let plain = free_port().expect("a free port");
-        assert!(!self.nodes.iter().any(|n| n.tls_port == plain) && tls_port != plain);
-        let mut command = Command::new("redis-server");
-        command.args(["--tls-replication", "yes"]).args([
-            "--replicaof",
-            "127.0.0.1",
-            &self.nodes[0].tls_port.to_string(),
-        ]);
-        self.spawn_node(command, ClientCertificates::Optional, tls_port, plain)
-            .expect("start a replica");
+        // A port picked free may be taken before the server binds it: others are tried.
+        let mut failed = String::new();
+        for attempt in 0.. {
+            assert!(attempt < 3, "start a replica: {failed}");
+            let tls_port = free_port().expect("a free port");
+            let plain = free_port().expect("a free port");
+            let taken = |port| self.nodes.iter().any(|n| n.tls_port == port);
+            if tls_port == plain || taken(tls_port) || taken(plain) {
+                continue;
+            }
+            let mut command = Command::new("redis-server");
+            command.args(["--tls-replication", "yes"]).args([
+                "--replicaof",
+                "127.0.0.1",
+                &self.nodes[0].tls_port.to_string(),
+            ]);
+            match self.spawn_node(command, ClientCertificates::Optional, tls_port, plain) {
+                Ok(()) => break,
+                Err(e) => failed = e,
+            }
+        }
         let replica = self.nodes.len() - 1;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -244,8 +244,8 @@ async fn writes_that_wait_for_replicas_go_over_tls_and_are_acknowledged() {
         RedisStore::builder(redis.url())
             .tls_root_certificates(redis.authority())
             .prefix("tls-waiting:")
-            .command_timeout(Duration::from_secs(1))
-            .wait_for_replicas(replicas, Duration::from_millis(200))
+            .command_timeout(Duration::from_secs(5))
+            .wait_for_replicas(replicas, Duration::from_secs(2))
             .build()
             .unwrap()
     };
