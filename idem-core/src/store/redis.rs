@@ -1598,7 +1598,7 @@ fn tls_mode(seeds: &[redis::Client]) -> Result<redis::TlsMode, StoreError> {
     let unchecked = seeds.first().is_some_and(insecure);
     if seeds.iter().any(|seed| insecure(seed) != unchecked) {
         return Err(StoreError::Config(
-            "the Redis Cluster's nodes cannot be one cluster's (#insecure on some of their URLs, not on others): give them the same password, TLS and database".into(),
+            "the Redis Cluster's nodes cannot be one cluster's (#insecure on some of their URLs, not on others): put #insecure on all of their URLs or on none".into(),
         ));
     }
     Ok(match unchecked {
@@ -2154,12 +2154,12 @@ mod tests {
         );
         refused(
             RedisStore::builder("rediss://cache.example:6380").tls_root_certificates("none"),
-            "tls_root_certificates",
+            "tls_root_certificates holds no PEM certificate",
         );
         refused(
             RedisStore::builder("rediss://cache.example:6380")
                 .tls_client_certificate(cert, "not a key"),
-            "private key",
+            "tls_client_certificate cannot be used (no items found)",
         );
     }
 
@@ -2216,7 +2216,7 @@ mod tests {
             .expect_err("refused");
         for err in [bare, given] {
             assert!(matches!(err, StoreError::Config(_)), "{err:?}");
-            assert!(err.to_string().contains("TLS"), "{err}");
+            assert!(err.to_string().contains("cannot be one cluster's"), "{err}");
         }
     }
 
