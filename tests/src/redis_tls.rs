@@ -164,7 +164,7 @@ impl TlsRedis {
                 Err(e) => failed = e,
             }
         }
-        skip_without_redis(&format!("no Redis over TLS could be started ({failed})"));
+        skip_without_redis(&format!("no Redis over TLS could be started ({failed}; it needs openssl 3.0 or later, and a redis-server built with TLS)"));
         None
     }
 

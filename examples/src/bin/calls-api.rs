@@ -52,7 +52,7 @@ const USAGE: &str = "usage: calls-api [--addr HOST:PORT] [--workers N]
                    system's root certificates (SSL_CERT_FILE names others)
   --redis-cluster  use the Redis store on the Redis Cluster reached through these
                    nodes, comma-separated; one live node is enough to find the others
-                   (env IDEM_REDIS_CLUSTER)
+                   (env IDEM_REDIS_CLUSTER); rediss:// as for --redis-url
   --replay-cache-bytes
                    with a Redis store, keep up to N bytes of completed records in this
                    process, so that replays need no round trip to Redis; 0 turns it off

@@ -1765,7 +1765,9 @@ impl RedisStoreBuilder {
     /// authority's, as a self-managed Redis's or Redis Cloud's. Default: the system's root
     /// certificates, as `rustls-native-certs` finds them (`/etc/ssl/certs` on Debian, or the
     /// file and directory that `SSL_CERT_FILE` and `SSL_CERT_DIR` name). Needs the
-    /// `redis-tls` feature.
+    /// `redis-tls` feature. The `redis` crate still reads the system's root certificates for
+    /// each new connection, and fails it when `SSL_CERT_FILE` or `SSL_CERT_DIR` names what
+    /// it cannot read.
     ///
     /// [`build`](Self::build) refuses it on a URL that is not `rediss://`, and a `pem` that
     /// holds no certificate.
