@@ -150,8 +150,8 @@ thread_local! {
 
 /// The request path: arbitrary method, route, headers, body and body coding through the
 /// attribute and the middleware. Never a panic or a 500; every error of the layer carries a
-/// stable code.
-pub fn request(data: &[u8]) {
+/// stable code. Returns the status of the first answer.
+pub fn request(data: &[u8]) -> u16 {
     let mut parts = data.split(|&b| b == 0xff);
     let selector = parts.next().unwrap_or_default();
     let pick = |i: usize| selector.get(i).copied().unwrap_or(0);
@@ -209,8 +209,9 @@ pub fn request(data: &[u8]) {
                     "a replay is the first answer"
                 );
             }
-        });
-    });
+            first.status
+        })
+    })
 }
 
 /// The layer's codes of 4xx answers (its 5xx ones fail the check by their status).
