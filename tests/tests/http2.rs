@@ -271,6 +271,21 @@ impl H2 {
         (first, duplicates)
     }
 
+    /// Opens a stream with `req`, for a streamed answer (200, pieces of 100 `a`s), reads its
+    /// first piece, then resets the stream, drops its body and gives the server 100 ms to
+    /// read the reset.
+    async fn reset_after_first_piece(&mut self, req: http::Request<()>) {
+        let (response, mut stream) = self.start(req, b"", 1024).await;
+        let res = response.await.unwrap();
+        assert_eq!(res.status(), 200);
+        let mut body = res.into_body();
+        let first = body.data().await.unwrap().unwrap();
+        assert_eq!(&first[..], &[b'a'; 100][..]);
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     /// Sends the request `make` builds, with `body`, until it is answered other than `status`
     /// (a 409 while a run goes on, a 503 while the worker is at its bound), for up to 2 s.
     async fn send_until_not(
@@ -434,14 +449,7 @@ async fn a_streamed_response_whose_stream_is_reset_is_read_on_and_recorded() {
             .body(())
             .unwrap()
     };
-    let (response, mut stream) = h2.start(req("gate"), b"", 1024).await;
-    let res = response.await.unwrap();
-    let mut body = res.into_body();
-    let first = body.data().await.unwrap().unwrap();
-    assert_eq!(&first[..], &[b'a'; 100][..]);
-    stream.send_reset(h2::Reason::CANCEL);
-    drop(body);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    h2.reset_after_first_piece(req("gate")).await;
     probe.gate.add_permits(1);
     let retry = h2.send_until_not(409, || req("no"), b"").await;
     assert_eq!(retry.status, 200, "{retry:?}");
@@ -651,15 +659,7 @@ async fn a_streamed_answer_whose_stream_was_reset_counts_toward_the_bound_of_run
             .body(())
             .unwrap()
     };
-    let (response, mut stream) = h2.start(streamed("s-1"), b"", 1024).await;
-    let res = response.await.unwrap();
-    assert_eq!(res.status(), 200);
-    let mut body = res.into_body();
-    let first = body.data().await.unwrap().unwrap();
-    assert_eq!(&first[..], &[b'a'; 100][..]);
-    stream.send_reset(h2::Reason::CANCEL);
-    drop(body);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    h2.reset_after_first_piece(streamed("s-1")).await;
     for n in 2..=3 {
         // Bounded: a stream the bound let in would wait at the gate.
         let refused = h2.send(streamed(&format!("s-{n}")), b"");
