@@ -933,6 +933,21 @@ pub fn keys_in(prefix: &str, slots: &[u16], seed: u8, count: usize) -> Vec<idem_
         .collect()
 }
 
+/// Runs `key` on `engine` and records a 201 with `body`.
+pub async fn recorded(
+    engine: &idem_core::Engine,
+    key: idem_core::StoreKey,
+    fp: idem_core::Fingerprint,
+    body: &[u8],
+) {
+    use idem_core::{Begin, Outcome, Policy, Response};
+    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+        panic!("claimed")
+    };
+    let recorded = lease.finish(Response::new(201, [], body)).await.unwrap();
+    assert_eq!(recorded, Outcome::Recorded);
+}
+
 /// What requests on keys of migrating slots get, counted by answer: eight rounds, each asking
 /// again for every key of `before` (recorded with the body `before`: "replay") and running
 /// 16 keys of `fresh` at once with them, each recorded and asked again ("ran once,

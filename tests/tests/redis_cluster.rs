@@ -16,7 +16,8 @@ use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
 use idem_tests::{
-    answers_while_slots_migrate, assert_error, keys_in, TestRedis, TestRedisCluster, TestServer,
+    answers_while_slots_migrate, assert_error, keys_in, recorded, TestRedis, TestRedisCluster,
+    TestServer,
 };
 
 /// The command timeout of the app instances: a master that is down answers 503 after it.
@@ -342,15 +343,6 @@ async fn begin_until_up(engine: &Engine, key: StoreKey, fp: Fingerprint) -> Begi
             Ok(begin) => return begin,
         }
     }
-}
-
-/// Runs `key` on `engine` and records a 201 with `body`.
-async fn recorded(engine: &Engine, key: StoreKey, fp: Fingerprint, body: &[u8]) {
-    let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
-        panic!("claimed")
-    };
-    let recorded = lease.finish(Response::new(201, [], body)).await.unwrap();
-    assert_eq!(recorded, Outcome::Recorded);
 }
 
 /// An engine on a store on `cluster`, its keys under `prefix`, with the tests' command timeout.

@@ -13,7 +13,7 @@ use idem_core::{
 };
 use idem_tests::redis_tls::{ClientCertificates, TlsRedis};
 use idem_tests::shared_store::{self, call, Probe};
-use idem_tests::{answers_while_slots_migrate, assert_error, keys_in};
+use idem_tests::{answers_while_slots_migrate, assert_error, keys_in, recorded};
 
 /// What `engine` begins with a fresh key.
 async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
@@ -315,11 +315,7 @@ async fn no_claim_answers_503_while_a_slot_migrates_on_a_cluster_over_tls() {
     let slots: Vec<u16> = (100..108).collect();
     let before = keys_in(prefix, &slots, 1, 16);
     for key in &before {
-        let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, *key, fp).await else {
-            panic!("claimed before the slots migrate")
-        };
-        let recorded = lease.finish(Response::new(201, [], b"before")).await;
-        assert_eq!(recorded.unwrap(), Outcome::Recorded);
+        recorded(&engine, *key, fp, b"before").await;
     }
     migrate(&redis, &slots);
     for key in before.iter().step_by(2) {
