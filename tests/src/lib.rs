@@ -997,6 +997,39 @@ pub async fn answers_while_slots_migrate(
     answers
 }
 
+/// Waits up to 30 s until each master of a Redis Cluster, at `urls`, sees the cluster whole:
+/// state ok, as many nodes as `urls`, none flagged as failing nor still in its handshake.
+pub(crate) fn wait_until_whole(urls: &[String]) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let whole = urls.iter().all(|url| {
+            let Ok(mut conn) = node_connection(url) else {
+                last = format!("{url} does not answer");
+                return false;
+            };
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut conn)
+                .unwrap_or_default();
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut conn)
+                .unwrap_or_default();
+            last = format!("{url}: {info}\n{nodes}");
+            info.contains("cluster_state:ok")
+                && nodes.lines().count() == urls.len()
+                && !nodes.contains("fail")
+                && !nodes.contains("handshake")
+        });
+        if whole {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the cluster did not become ok within 30s: {last}"))
+}
+
 /// A Redis Cluster for tests: three masters (no replicas) of our own on free loopback ports,
 /// each writing its data to a temporary directory with every write synced, so that a master
 /// killed and restarted ([`stop`](Self::stop), [`restart`](Self::restart)) comes back with
@@ -1106,36 +1139,9 @@ impl TestRedisCluster {
         wait_for_own(&url, child, Duration::from_secs(10))
     }
 
-    /// Waits until every running master sees the cluster whole: state ok and no master
-    /// flagged as failing.
+    /// Waits until every master sees the cluster whole ([`wait_until_whole`]).
     fn wait_until_ok(&self) -> Result<(), String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while std::time::Instant::now() < deadline {
-            let healthy = (0..Self::MASTERS).all(|node| {
-                let Ok(mut conn) = node_connection(&self.url(node)) else {
-                    last = format!("node {node} does not answer");
-                    return false;
-                };
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                let nodes: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                last = format!("node {node}: {info}\n{nodes}");
-                info.contains("cluster_state:ok")
-                    && nodes.lines().count() == Self::MASTERS
-                    && !nodes.contains("fail")
-            });
-            if healthy {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("the cluster did not become ok within 30s: {last}"))
+        wait_until_whole(&self.urls())
     }
 
     /// The URL of master `node`.

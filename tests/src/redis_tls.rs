@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{free_port, free_ports, skip_without_redis, wait_for_own};
+use crate::{free_port, free_ports, skip_without_redis, wait_for_own, wait_until_whole};
 
 /// Certificates made for one test: an authority, the server's certificate it signed (for
 /// `localhost` and `127.0.0.1`), a client's certificate it signed, and another authority,
@@ -326,37 +326,8 @@ impl TlsRedis {
                 .exec(conn)
                 .map_err(|e| format!("CLUSTER ADDSLOTSRANGE: {e}"))?;
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while std::time::Instant::now() < deadline {
-            let mut whole = true;
-            for conn in &mut conns {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(conn)
-                    .map_err(|e| format!("CLUSTER INFO: {e}"))?;
-                let nodes: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query(conn)
-                    .map_err(|e| format!("CLUSTER NODES: {e}"))?;
-                let known = nodes
-                    .lines()
-                    .filter(|line| line.contains("connected"))
-                    .count();
-                whole &= info.contains("cluster_state:ok")
-                    && known == masters
-                    && !nodes.contains("fail")
-                    && !nodes.contains("handshake");
-                last = nodes;
-            }
-            if whole {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "the cluster of {masters} masters was not ok within 30 s: {last}"
-        ))
+        let urls: Vec<String> = self.nodes.iter().map(|n| n.plain_url.clone()).collect();
+        wait_until_whole(&urls)
     }
 
     /// The URL of its TLS port, by the name its certificate holds: `rediss://localhost:<port>/`
