@@ -1,14 +1,18 @@
 //! The engine against a reference model: random interleavings of claims, completions,
-//! releases, lease renewals and the passing of time, over several keys and scopes. After every
-//! step the engine must answer exactly as the model does; so two holders never run at once, a
-//! response is never replayed for another request, and no completed record is lost before its
-//! TTL.
+//! releases, lease renewals and the passing of time, over several keys and scopes, from two
+//! processes (engines) sharing one store. After every step the engines must answer exactly as
+//! the model does; so two holders never run at once, a response is never replayed for another
+//! request, and no completed record is lost before its TTL. Each sequence runs twice: on the
+//! store itself, and with each process's [`ReplayCache`] in front of it, which must not change
+//! an answer (a copy kept past its record's expiry would replay where the store runs anew).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use idem_core::clock::{ManualClock, Timestamp};
+use idem_core::store::ReplayCache;
 use idem_core::{
     Begin, Engine, Fingerprint, IdempotencyError, Lease, MokaStore, Outcome, Policy, Response,
     StoreKey,
@@ -20,8 +24,14 @@ const TTL: u64 = 100;
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// A request for key `key` of scope `scope`, with one of two bodies.
-    Begin { scope: u8, key: u8, body: u8 },
+    /// A request for key `key` of scope `scope`, with one of two bodies, to one of two
+    /// processes (engines) sharing the store.
+    Begin {
+        scope: u8,
+        key: u8,
+        body: u8,
+        process: usize,
+    },
     /// The `holder`-th claim so far finishes with a status.
     Finish { holder: usize, status: u16 },
     /// The `holder`-th claim releases its key.
@@ -34,7 +44,12 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..2u8, 0..3u8, 0..2u8).prop_map(|(scope, key, body)| Op::Begin { scope, key, body }),
+        4 => (0..2u8, 0..3u8, 0..2u8, 0..2usize).prop_map(|(scope, key, body, process)| Op::Begin {
+            scope,
+            key,
+            body,
+            process
+        }),
         3 => (0..8usize, prop_oneof![Just(201u16), Just(409), Just(503)])
             .prop_map(|(holder, status)| Op::Finish { holder, status }),
         1 => (0..8usize).prop_map(|holder| Op::Release { holder }),
@@ -85,10 +100,20 @@ fn fingerprint(body: u8) -> Fingerprint {
     Fingerprint::new("POST", "/model", "", &[body])
 }
 
-async fn check(ops: Vec<Op>) {
+async fn check(ops: Vec<Op>, cached: bool) {
     let start = 1_700_000_000;
     let clock = ManualClock::new(Timestamp::from_millis(start * 1000));
-    let engine = Engine::new(MokaStore::new()).with_clock(clock.clone());
+    let store = Arc::new(MokaStore::new());
+    let engine = |store: &Arc<MokaStore>| {
+        let store = Arc::clone(store);
+        if cached {
+            Engine::new(ReplayCache::new(store, 1 << 20))
+        } else {
+            Engine::new(store)
+        }
+        .with_clock(clock.clone())
+    };
+    let engines = [engine(&store), engine(&store)];
     let policy = Policy::DEFAULT
         .lease(Duration::from_secs(LEASE))
         .ttl(Duration::from_secs(TTL));
@@ -98,7 +123,12 @@ async fn check(ops: Vec<Op>) {
 
     for (step, op) in ops.into_iter().enumerate() {
         match op {
-            Op::Begin { scope, key, body } => {
+            Op::Begin {
+                scope,
+                key,
+                body,
+                process,
+            } => {
                 let k = (scope, key);
                 let expect = match model.get(&k) {
                     Some(State::Held {
@@ -125,7 +155,10 @@ async fn check(ops: Vec<Op>) {
                     }
                     _ => Expect::Execute,
                 };
-                let got = match engine.begin(&policy, store_key(k), fingerprint(body)).await {
+                let got = match engines[process]
+                    .begin(&policy, store_key(k), fingerprint(body))
+                    .await
+                {
                     Ok(Begin::Execute(lease)) => {
                         holders.push(Holder {
                             lease: Some(lease),
@@ -261,10 +294,12 @@ proptest! {
 
     #[test]
     fn the_engine_answers_as_the_model(ops in proptest::collection::vec(op(), 1..80)) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(check(ops));
+        for cached in [false, true] {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(check(ops.clone(), cached));
+        }
     }
 }
