@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 pub mod fuzz;
+pub mod model;
 pub mod pg_proxy;
 pub mod redis_tls;
 pub mod round_trips;
