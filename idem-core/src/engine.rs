@@ -1000,12 +1000,7 @@ impl Lease {
                 this.done = true;
                 return Ok(match released? {
                     true => Outcome::Released,
-                    // Released all the same by an attempt whose answer was lost (the engine
-                    // retried it, or the store's client resent it), if nobody holds the key.
-                    false => match Box::pin(this.holder(None)).await {
-                        Ok(Holder::Nobody) => Outcome::Released,
-                        _ => Outcome::Lost,
-                    },
+                    false => Outcome::Lost,
                 });
             };
             completing.lease.done = true;
@@ -1303,7 +1298,9 @@ impl Lease {
         released
     }
 
-    /// Releases the key without recording anything, so that a retry runs again.
+    /// Releases the key without recording anything, so that a retry runs again. `true` when
+    /// the key is free now (released by this call, or by an attempt whose answer was lost),
+    /// `false` when another request holds it.
     ///
     /// # Errors
     /// The store's last error, once retrying for a lease has not released the key; the claim
@@ -1318,11 +1315,22 @@ impl Lease {
     /// The store's release of this claim, observed. A release the store fails is retried
     /// with backoff for up to one lease, as a completion is: until the store is told, retries
     /// of the request get 409 instead of running it again.
+    ///
+    /// A release the store says found no claim was made all the same by an attempt whose
+    /// answer was lost (the engine retried it, or the store's client resent it) if nobody
+    /// holds the key: `true` then too.
     async fn released(&self) -> Result<bool, StoreError> {
         let mut retry: Option<Backoff> = None;
         loop {
             let error = match self.engine.released_once(&self.key, self.token).await {
-                Ok(held) => return Ok(held),
+                Ok(true) => return Ok(true),
+                // Boxed: rare, and its futures would otherwise swell this one's.
+                Ok(false) => {
+                    return Ok(matches!(
+                        Box::pin(self.holder(None)).await,
+                        Ok(Holder::Nobody)
+                    ))
+                }
                 Err(error) => error,
             };
             let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
@@ -1678,6 +1686,32 @@ mod tests {
             // Free: the retry runs.
             drop(execute(&engine, &policy, key(n), fp("a")).await);
         }
+    }
+
+    /// The same for a release without a response (a handler that panicked, an extractor that
+    /// refused the request): it answers that the claim was released, where it said the claim
+    /// had been lost before (and the layer warned of it).
+    #[tokio::test(start_paused = true)]
+    async fn a_plain_release_that_landed_but_whose_answer_was_lost_answers_released() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        for (n, fault) in [(1, Fault::Lost), (2, Fault::Resent)] {
+            let lease = execute(&engine, &policy, key(n), fp("a")).await;
+            store.fail("release", 1, fault);
+            assert!(lease.release().await.unwrap(), "{fault:?}");
+            drop(execute(&engine, &policy, key(n), fp("a")).await);
+        }
+        // Another request's claim on the key: not this lease's to release.
+        let clock = ManualClock::new(START);
+        let engine = Engine::new(store.clone()).with_clock(clock.clone());
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(3), fp("a")).await;
+        clock.advance(Duration::from_secs(31));
+        let other = execute(&engine, &policy, key(3), fp("a")).await;
+        store.fail("release", 1, Fault::Lost);
+        assert!(!lease.release().await.unwrap());
+        drop(other);
     }
 
     #[tokio::test(start_paused = true)]
