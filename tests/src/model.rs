@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use idem_core::clock::{ManualClock, Timestamp};
 use idem_core::store::{ReplayCache, LAPSED_CLAIM_GRACE};
+use idem_core::testing::{Fault, FaultyStore};
 use idem_core::{
     Begin, Engine, Fingerprint, IdempotencyError, Lease, Outcome, Policy, Response, Store, StoreKey,
 };
@@ -36,32 +37,66 @@ enum Op {
         key: u8,
         body: u8,
         process: usize,
+        fault: Option<Fault>,
     },
     /// The `holder`-th claim so far finishes with a status.
-    Finish { holder: usize, status: u16 },
+    Finish {
+        holder: usize,
+        status: u16,
+        fault: Option<Fault>,
+    },
     /// The `holder`-th claim releases its key.
-    Release { holder: usize },
+    Release { holder: usize, fault: Option<Fault> },
     /// The `holder`-th claim renews its lease.
-    Renew { holder: usize },
+    Renew { holder: usize, fault: Option<Fault> },
     /// Time passes.
     Advance { secs: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..2u8, 0..3u8, 0..2u8, 0..2usize).prop_map(|(scope, key, body, process)| Op::Begin {
-            scope,
-            key,
-            body,
-            process
-        }),
-        3 => (0..8usize, prop_oneof![Just(201u16), Just(409), Just(503)])
-            .prop_map(|(holder, status)| Op::Finish { holder, status }),
-        1 => (0..8usize).prop_map(|holder| Op::Release { holder }),
-        1 => (0..8usize).prop_map(|holder| Op::Renew { holder }),
+        4 => (0..2u8, 0..3u8, 0..2u8, 0..2usize, fault()).prop_map(
+            |(scope, key, body, process, fault)| Op::Begin {
+                scope,
+                key,
+                body,
+                process,
+                fault,
+            }
+        ),
+        3 => (0..8usize, prop_oneof![Just(201u16), Just(409), Just(503)], fault())
+            .prop_map(|(holder, status, fault)| Op::Finish {
+                holder,
+                status,
+                fault
+            }),
+        1 => (0..8usize, fault()).prop_map(|(holder, fault)| Op::Release { holder, fault }),
+        1 => (0..8usize, fault()).prop_map(|(holder, fault)| Op::Renew { holder, fault }),
         2 => prop_oneof![Just(1u64), Just(10), Just(29), Just(30), Just(31), Just(99), Just(100)]
             .prop_map(|secs| Op::Advance { secs }),
     ]
+}
+
+/// The fault of an operation's first call to the store, in a run through faults (other runs
+/// leave it out): the call fails before it reaches the store, or reaches it and its answer is
+/// lost, or reaches it twice (a client that resends it).
+fn fault() -> impl Strategy<Value = Option<Fault>> {
+    prop_oneof![
+        4 => Just(None),
+        1 => Just(Some(Fault::Unavailable)),
+        1 => Just(Some(Fault::Lost)),
+        1 => Just(Some(Fault::Resent)),
+    ]
+}
+
+/// How a run's engines reach the store.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Direct,
+    /// Behind each process's replay cache.
+    Cached,
+    /// Through the faults the operations name.
+    Faulty,
 }
 
 /// What the model holds for one store key.
@@ -86,12 +121,24 @@ enum Expect {
     Replay(Bytes),
     InFlight,
     Mismatch,
+    /// The store failed the claim (the endpoint fails closed).
+    Unavailable,
 }
 
 struct Holder {
     lease: Option<Lease>,
     key: (u8, u8),
     body: u8,
+    process: usize,
+}
+
+/// Whether nobody holds `key`: no record of it, or only a lapsed claim or an expired record.
+fn free(model: &HashMap<(u8, u8), State>, key: (u8, u8), now: u64) -> bool {
+    match model.get(&key) {
+        None => true,
+        Some(State::Held { lease_until, .. }) => *lease_until <= now,
+        Some(State::Done { expires_at, .. }) => *expires_at <= now,
+    }
 }
 
 /// Whether the claim holding `key` lapsed at least [`LAPSED_CLAIM_GRACE`] ago, so that the
@@ -126,6 +173,33 @@ pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncF
         .enable_all()
         .build()
         .expect("a runtime");
+    run_model(runtime, cases, processes, &[Mode::Direct, Mode::Cached]);
+}
+
+/// As [`answers_as_the_model`], with the first store call of each operation failed as the
+/// sequence says (a fault injected before the call, after it, or a call made twice): the
+/// engine's retries and releases of claims that may have been written must leave the store as
+/// the model does, and answer the same, but for the claim that failed (503). Its retries wait
+/// in tokio's paused time, which moves on whenever the runtime is idle, so a store that does
+/// I/O would see its own timeouts expire at once: for the embedded store.
+pub fn answers_as_the_model_through_faults<S: Store + Clone>(
+    cases: u32,
+    processes: impl AsyncFnOnce() -> [S; 2],
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    run_model(runtime, cases, processes, &[Mode::Faulty]);
+}
+
+fn run_model<S: Store + Clone>(
+    runtime: tokio::runtime::Runtime,
+    cases: u32,
+    processes: impl AsyncFnOnce() -> [S; 2],
+    modes: &[Mode],
+) {
     let processes = runtime.block_on(processes());
     let config = Config {
         // `PROPTEST_CASES` sets it for a longer run.
@@ -139,9 +213,9 @@ pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncF
     };
     let runs = AtomicU64::new(0);
     let result = TestRunner::new(config).run(&proptest::collection::vec(op(), 1..80), |ops| {
-        for cached in [false, true] {
+        for &mode in modes {
             let run = runs.fetch_add(1, Ordering::Relaxed);
-            runtime.block_on(check(&processes, cached, run, ops.clone()));
+            runtime.block_on(check(&processes, mode, run, ops.clone()));
         }
         Ok(())
     });
@@ -150,22 +224,32 @@ pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncF
     }
 }
 
-async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops: Vec<Op>) {
+async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: Vec<Op>) {
     // Each run's time starts where the last one's may have ended (80 steps of at most 100 s),
     // as processes sharing a store have one time: a Postgres store purges by the time of the
     // claim that sets it off, and a run that started before another had ended would find its
     // live rows purged by the time the other reached.
     let start = 1_700_000_000 + run * 10_000;
     let clock = ManualClock::new(Timestamp::from_millis(start * 1000));
-    let engine = |store: &S| {
-        if cached {
-            Engine::new(ReplayCache::new(store.clone(), 1 << 20))
-        } else {
-            Engine::new(store.clone())
+    let faults = processes.clone().map(FaultyStore::new);
+    let engine = |process: usize| {
+        let store = processes[process].clone();
+        match mode {
+            Mode::Direct => Engine::new(store),
+            Mode::Cached => Engine::new(ReplayCache::new(store, 1 << 20)),
+            Mode::Faulty => Engine::new(faults[process].clone()),
         }
         .with_clock(clock.clone())
     };
-    let engines = [engine(&processes[0]), engine(&processes[1])];
+    let engines = [engine(0), engine(1)];
+    // Plans the fault of the first call of `operation` by `process`, in a run through faults.
+    let plan = |process: usize, operation: &'static str, fault: Option<Fault>| match fault {
+        Some(fault) if mode == Mode::Faulty => {
+            faults[process].fail(operation, 1, fault);
+            Some(fault)
+        }
+        _ => None,
+    };
     let policy = Policy::DEFAULT
         .lease(Duration::from_secs(LEASE))
         .ttl(Duration::from_secs(TTL));
@@ -174,14 +258,22 @@ async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops
     let mut holders: Vec<Holder> = Vec::new();
 
     for (step, op) in ops.into_iter().enumerate() {
+        // What the last operation left in the background (the release of a claim that may
+        // have been written, a retried release) is done before the next.
+        for (engine, faults) in engines.iter().zip(&faults) {
+            faults.heal();
+            engine.abandoned_released().await;
+        }
         match op {
             Op::Begin {
                 scope,
                 key,
                 body,
                 process,
+                fault,
             } => {
                 let k = (scope, key);
+                let fault = plan(process, "claim", fault);
                 let expect = match model.get(&k) {
                     Some(State::Held {
                         body: b,
@@ -207,6 +299,19 @@ async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops
                     }
                     _ => Expect::Execute,
                 };
+                let expect = match fault {
+                    // Failed before the store, or done there and then released by its token
+                    // (a free key stays free, a lapsed claim it displaced or a record past its
+                    // expiry are gone); done twice, the second call finds the first's claim,
+                    // which is this request's own.
+                    Some(Fault::Unavailable | Fault::Lost) => {
+                        if fault == Some(Fault::Lost) && expect == Expect::Execute {
+                            model.remove(&k);
+                        }
+                        Expect::Unavailable
+                    }
+                    _ => expect,
+                };
                 let got = match engines[process]
                     .begin(&policy, store_key(run, k), fingerprint(body))
                     .await
@@ -216,6 +321,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops
                             lease: Some(lease),
                             key: k,
                             body,
+                            process,
                         });
                         model.insert(
                             k,
@@ -238,11 +344,18 @@ async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops
                     Ok(Begin::Unprotected(e)) => panic!("step {step}: store failed: {e}"),
                     Err(IdempotencyError::InFlight) => Expect::InFlight,
                     Err(IdempotencyError::Mismatch { .. }) => Expect::Mismatch,
+                    Err(IdempotencyError::StoreUnavailable(_)) if fault.is_some() => {
+                        Expect::Unavailable
+                    }
                     Err(e) => panic!("step {step}: {e}"),
                 };
                 assert_eq!(got, expect, "step {step}: begin {k:?} body {body}");
             }
-            Op::Finish { holder, status } => {
+            Op::Finish {
+                holder,
+                status,
+                fault,
+            } => {
                 let Some(h) = holders.get_mut(holder) else {
                     continue;
                 };
@@ -250,6 +363,9 @@ async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops
                     continue;
                 };
                 let (k, body) = (h.key, h.body);
+                // Retried, or found done: the outcome is the same as without the fault.
+                let settles = if status < 500 { "complete" } else { "release" };
+                plan(h.process, settles, fault);
                 let holds =
                     matches!(model.get(&k), Some(State::Held { holder: id, .. }) if *id == holder);
                 let response = Bytes::from(format!("{holder}:{status}"));
@@ -261,12 +377,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops
                 // free again when it finishes (that claim lapsed, or the record it left
                 // expired): the operation ran, and nobody holds the key. A server error then
                 // leaves the key free, as a release does.
-                let free = match model.get(&k) {
-                    None => true,
-                    Some(State::Held { lease_until, .. }) => *lease_until <= now,
-                    Some(State::Done { expires_at, .. }) => *expires_at <= now,
-                };
-                let kept = holds || free;
+                let kept = holds || free(&model, k, now);
                 let expect = if !kept {
                     "lost"
                 } else if status < 500 {
@@ -298,29 +409,50 @@ async fn check<S: Store + Clone>(processes: &[S; 2], cached: bool, run: u64, ops
                     _ => {}
                 }
             }
-            Op::Release { holder } => {
+            Op::Release { holder, fault } => {
                 let Some(h) = holders.get_mut(holder) else {
                     continue;
                 };
                 let Some(lease) = h.lease.take() else {
                     continue;
                 };
+                plan(h.process, "release", fault);
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
+                // `true` when the key is free after it, as a release in a finish answers.
+                let expect = holds || free(&model, h.key, now);
                 let released = lease.release().await.unwrap();
                 if !(holds && may_be_gone(&model, h.key, now)) {
-                    assert_eq!(released, holds, "step {step}: release of holder {holder}");
+                    assert_eq!(released, expect, "step {step}: release of holder {holder}");
                 }
                 if holds {
                     model.remove(&h.key);
                 }
             }
-            Op::Renew { holder } => {
+            Op::Renew { holder, fault } => {
                 let Some(h) = holders.get(holder) else {
                     continue;
                 };
                 let Some(lease) = &h.lease else { continue };
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
-                let renewed = lease.renew().await.unwrap();
+                let fault = plan(h.process, "extend", fault);
+                let answer = lease.renew().await;
+                if let Some(Fault::Unavailable | Fault::Lost) = fault {
+                    // The store's error, whether or not the renewal reached it (it did when
+                    // only its answer was lost, and moved the lease on if the claim held).
+                    assert!(
+                        answer.is_err(),
+                        "step {step}: renewal of holder {holder} through {fault:?}: {answer:?}"
+                    );
+                    if let (Some(Fault::Lost), Some(State::Held { lease_until, .. }), true) =
+                        (fault, model.get_mut(&h.key), holds)
+                    {
+                        *lease_until = now + LEASE;
+                    }
+                    continue;
+                }
+                let renewed = answer.unwrap_or_else(|error| {
+                    panic!("step {step}: renewal of holder {holder}: {error}")
+                });
                 if !(holds && may_be_gone(&model, h.key, now)) {
                     assert_eq!(renewed, holds, "step {step}: renewal of holder {holder}");
                 }

@@ -53,3 +53,13 @@ fn the_postgres_store_answers_as_the_model() {
         [first, process()]
     });
 }
+
+/// The embedded store, each operation's first call failed as the sequence says: the engine's
+/// retries and releases must leave the store as the model does.
+#[test]
+fn the_engine_answers_as_the_model_through_store_faults() {
+    idem_tests::model::answers_as_the_model_through_faults(512, async || {
+        let store = Arc::new(MokaStore::new());
+        [Arc::clone(&store), store]
+    });
+}
