@@ -5,6 +5,7 @@
 //! request, and no completed record is lost before its TTL. Each sequence runs twice: on the
 //! store itself, and with each process's [`ReplayCache`] in front of it, which must not change
 //! an answer (a copy kept past its record's expiry would replay where the store runs anew).
+//! A third run, [`answers_as_the_model_through_faults`], fails store calls on the way.
 //!
 //! Time is the engines' (a [`ManualClock`]): a store judges claims and records by the time it
 //! is given, so a remote store's scripts and queries are checked as the embedded store is.
@@ -37,18 +38,24 @@ enum Op {
         key: u8,
         body: u8,
         process: usize,
-        fault: Option<Fault>,
+        fault: Option<(Fault, usize)>,
     },
     /// The `holder`-th claim so far finishes with a status.
     Finish {
         holder: usize,
         status: u16,
-        fault: Option<Fault>,
+        fault: Option<(Fault, usize)>,
     },
     /// The `holder`-th claim releases its key.
-    Release { holder: usize, fault: Option<Fault> },
+    Release {
+        holder: usize,
+        fault: Option<(Fault, usize)>,
+    },
     /// The `holder`-th claim renews its lease.
-    Renew { holder: usize, fault: Option<Fault> },
+    Renew {
+        holder: usize,
+        fault: Option<(Fault, usize)>,
+    },
     /// Time passes.
     Advance { secs: u64 },
 }
@@ -77,15 +84,20 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The fault of an operation's first call to the store, in a run through faults (other runs
-/// leave it out): the call fails before it reaches the store, or reaches it and its answer is
-/// lost, or reaches it twice (a client that resends it).
-fn fault() -> impl Strategy<Value = Option<Fault>> {
+/// The fault of an operation's first calls to the store (one to three of them), in a run
+/// through faults (other runs leave it out): the call fails before it reaches the store (the
+/// connection dropped, or timed out), or reaches it and its answer is lost, or reaches it
+/// twice (a client that resends it).
+fn fault() -> impl Strategy<Value = Option<(Fault, usize)>> {
+    let fault = prop_oneof![
+        Just(Fault::Unavailable),
+        Just(Fault::Timeout),
+        Just(Fault::Lost),
+        Just(Fault::Resent),
+    ];
     prop_oneof![
         4 => Just(None),
-        1 => Just(Some(Fault::Unavailable)),
-        1 => Just(Some(Fault::Lost)),
-        1 => Just(Some(Fault::Resent)),
+        3 => (fault, 1..=3usize).prop_map(Some),
     ]
 }
 
@@ -176,10 +188,11 @@ pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncF
     run_model(runtime, cases, processes, &[Mode::Direct, Mode::Cached]);
 }
 
-/// As [`answers_as_the_model`], with the first store call of each operation failed as the
-/// sequence says (a fault injected before the call, after it, or a call made twice): the
-/// engine's retries and releases of claims that may have been written must leave the store as
-/// the model does, and answer the same, but for the claim that failed (503). Its retries wait
+/// As [`answers_as_the_model`], with the first store calls (one to three) of an operation
+/// failed as the sequence says (before the call reaches the store, after it, or a call made
+/// twice): the engine's retries and releases of claims that may have been written must leave
+/// the store as the model does, and answer the same, but for a claim that failed (503) and a
+/// renewal that failed (the store's error). Its retries wait
 /// in tokio's paused time, which moves on whenever the runtime is idle, so a store that does
 /// I/O would see its own timeouts expire at once: for the embedded store.
 pub fn answers_as_the_model_through_faults<S: Store + Clone>(
@@ -242,10 +255,11 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
         .with_clock(clock.clone())
     };
     let engines = [engine(0), engine(1)];
-    // Plans the fault of the first call of `operation` by `process`, in a run through faults.
-    let plan = |process: usize, operation: &'static str, fault: Option<Fault>| match fault {
-        Some(fault) if mode == Mode::Faulty => {
-            faults[process].fail(operation, 1, fault);
+    // Plans the fault of the first calls of `operation` by `process`, in a run through faults.
+    let plan = |process: usize, operation: &'static str, fault: Option<(Fault, usize)>| match fault
+    {
+        Some((fault, times)) if mode == Mode::Faulty => {
+            faults[process].fail(operation, times, fault);
             Some(fault)
         }
         _ => None,
@@ -304,7 +318,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                     // (a free key stays free, a lapsed claim it displaced or a record past its
                     // expiry are gone); done twice, the second call finds the first's claim,
                     // which is this request's own.
-                    Some(Fault::Unavailable | Fault::Lost) => {
+                    Some(Fault::Unavailable | Fault::Timeout | Fault::Lost) => {
                         if fault == Some(Fault::Lost) && expect == Expect::Execute {
                             model.remove(&k);
                         }
@@ -436,7 +450,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
                 let fault = plan(h.process, "extend", fault);
                 let answer = lease.renew().await;
-                if let Some(Fault::Unavailable | Fault::Lost) = fault {
+                if let Some(Fault::Unavailable | Fault::Timeout | Fault::Lost) = fault {
                     // The store's error, whether or not the renewal reached it (it did when
                     // only its answer was lost, and moved the lease on if the claim held).
                     assert!(
