@@ -1,14 +1,14 @@
 //! Each store against the engine's reference model (`idem_tests::model`): two processes
 //! sharing the store, on it and behind their replay caches, over random interleavings of
-//! claims, completions, releases, renewals and the passing of time. The Redis and Postgres
-//! runs skip when no server can be had, unless `IDEM_REQUIRE_REDIS=1` /
-//! `IDEM_REQUIRE_POSTGRES=1`.
+//! claims, completions, releases, renewals and the passing of time; and the embedded store
+//! through faults. The Redis and Postgres runs skip when no server can be had, unless
+//! `IDEM_REQUIRE_REDIS=1` / `IDEM_REQUIRE_POSTGRES=1`.
 
 use std::sync::Arc;
 
 use idem_actix::{MokaStore, PostgresStore, RedisStore};
 use idem_tests::model::answers_as_the_model;
-use idem_tests::{TestPostgres, TestRedis};
+use idem_tests::{TestPostgres, TestRedis, TestRedisCluster};
 
 #[test]
 fn the_embedded_store_answers_as_the_model() {
@@ -32,6 +32,22 @@ fn the_redis_store_answers_as_the_model() {
             .expect("valid Redis URL")
     };
     answers_as_the_model(1024, async || [process(), process()]);
+}
+
+/// Two stores on one Redis Cluster: the same scripts, each key's sent to the master of its
+/// slot.
+#[test]
+fn the_redis_cluster_store_answers_as_the_model() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let process = || {
+        RedisStore::cluster(cluster.urls())
+            .prefix("model:")
+            .build()
+            .expect("valid Redis URLs")
+    };
+    answers_as_the_model(256, async || [process(), process()]);
 }
 
 /// Two stores on one table, as two processes have: its queries under the same interleavings.
