@@ -1325,12 +1325,11 @@ impl Lease {
             let error = match self.engine.released_once(&self.key, self.token).await {
                 Ok(true) => return Ok(true),
                 // Boxed: rare, and its futures would otherwise swell this one's.
-                Ok(false) => {
-                    return Ok(matches!(
-                        Box::pin(self.holder(None)).await,
-                        Ok(Holder::Nobody)
-                    ))
-                }
+                Ok(false) => match Box::pin(self.holder(None)).await {
+                    Ok(holder) => return Ok(matches!(holder, Holder::Nobody)),
+                    // Not known whether the key is free: asked again, with the release.
+                    Err(error) => error,
+                },
                 Err(error) => error,
             };
             let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
@@ -1700,6 +1699,20 @@ mod tests {
             let lease = execute(&engine, &policy, key(n), fp("a")).await;
             store.fail("release", 1, fault);
             assert!(lease.release().await.unwrap(), "{fault:?}");
+            drop(execute(&engine, &policy, key(n), fp("a")).await);
+        }
+        // The look at who holds the key, which tells, fails too: asked again.
+        for (n, status) in [(4, None), (5, Some(503))] {
+            let lease = execute(&engine, &policy, key(n), fp("a")).await;
+            store.fail("release", 1, Fault::Lost);
+            store.fail("get", 1, Fault::Unavailable);
+            match status {
+                None => assert!(lease.release().await.unwrap()),
+                Some(status) => assert_eq!(
+                    lease.finish(response(status, "later")).await.unwrap(),
+                    Outcome::Released
+                ),
+            }
             drop(execute(&engine, &policy, key(n), fp("a")).await);
         }
         // Another request's claim on the key: not this lease's to release.
