@@ -38,66 +38,73 @@ enum Op {
         key: u8,
         body: u8,
         process: usize,
-        fault: Option<(Fault, usize)>,
+        faults: Faults,
     },
     /// The `holder`-th claim so far finishes with a status.
     Finish {
         holder: usize,
         status: u16,
-        fault: Option<(Fault, usize)>,
+        faults: Faults,
     },
     /// The `holder`-th claim releases its key.
-    Release {
-        holder: usize,
-        fault: Option<(Fault, usize)>,
-    },
+    Release { holder: usize, faults: Faults },
     /// The `holder`-th claim renews its lease.
-    Renew {
-        holder: usize,
-        fault: Option<(Fault, usize)>,
-    },
+    Renew { holder: usize, faults: Faults },
     /// Time passes.
     Advance { secs: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..2u8, 0..3u8, 0..2u8, 0..2usize, fault()).prop_map(
-            |(scope, key, body, process, fault)| Op::Begin {
+        // A claim, and the release of one that may have been written.
+        4 => (0..2u8, 0..3u8, 0..2u8, 0..2usize, faults(&["claim", "release"])).prop_map(
+            |(scope, key, body, process, faults)| Op::Begin {
                 scope,
                 key,
                 body,
                 process,
-                fault,
+                faults,
             }
         ),
-        3 => (0..8usize, prop_oneof![Just(201u16), Just(409), Just(503)], fault())
-            .prop_map(|(holder, status, fault)| Op::Finish {
+        // A completion or release; renewals between retries; and where the store refused it,
+        // the look at who holds the key and the claim taken again.
+        3 => (
+            0..8usize,
+            prop_oneof![Just(201u16), Just(409), Just(503)],
+            faults(&["complete", "release", "extend", "get", "claim"])
+        )
+            .prop_map(|(holder, status, faults)| Op::Finish {
                 holder,
                 status,
-                fault
+                faults
             }),
-        1 => (0..8usize, fault()).prop_map(|(holder, fault)| Op::Release { holder, fault }),
-        1 => (0..8usize, fault()).prop_map(|(holder, fault)| Op::Renew { holder, fault }),
+        1 => (0..8usize, faults(&["release", "get"]))
+            .prop_map(|(holder, faults)| Op::Release { holder, faults }),
+        1 => (0..8usize, faults(&["extend"]))
+            .prop_map(|(holder, faults)| Op::Renew { holder, faults }),
         2 => prop_oneof![Just(1u64), Just(10), Just(29), Just(30), Just(31), Just(99), Just(100)]
             .prop_map(|secs| Op::Advance { secs }),
     ]
 }
 
-/// The fault of an operation's first calls to the store (one to three of them), in a run
-/// through faults (other runs leave it out): the call fails before it reaches the store (the
-/// connection dropped, or timed out), or reaches it and its answer is lost, or reaches it
-/// twice (a client that resends it).
-fn fault() -> impl Strategy<Value = Option<(Fault, usize)>> {
+/// The faults of an operation's store calls, in a run through faults (other runs leave them
+/// out): for each call named, its first one to three fail before they reach the store (the
+/// connection dropped, or timed out), or reach it and their answer is lost, or reach it twice
+/// (a client that resends them).
+type Faults = Vec<(&'static str, Fault, usize)>;
+
+/// No faults half the time; else one or two, of the store calls `calls`.
+fn faults(calls: &'static [&'static str]) -> impl Strategy<Value = Faults> {
     let fault = prop_oneof![
         Just(Fault::Unavailable),
         Just(Fault::Timeout),
         Just(Fault::Lost),
         Just(Fault::Resent),
     ];
+    let one = (proptest::sample::select(calls), fault, 1..=3usize);
     prop_oneof![
-        4 => Just(None),
-        3 => (fault, 1..=3usize).prop_map(Some),
+        1 => Just(Vec::new()),
+        1 => proptest::collection::vec(one, 1..=2),
     ]
 }
 
@@ -264,14 +271,19 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
         .with_clock(clock.clone())
     };
     let engines = [engine(0), engine(1)];
-    // Plans the fault of the first calls of `operation` by `process`, in a run through faults.
-    let plan = |process: usize, operation: &'static str, fault: Option<(Fault, usize)>| match fault
-    {
-        Some((fault, times)) if matches!(mode, Mode::Faulty | Mode::CachedFaulty) => {
-            faults[process].fail(operation, times, fault);
-            Some(fault)
+    // Plans the faults of `process`'s store calls, in a run through faults; and answers the
+    // fault it planned for `call`, if any.
+    let plan = |process: usize, planned: &Faults, call: &str| {
+        if !matches!(mode, Mode::Faulty | Mode::CachedFaulty) {
+            return None;
         }
-        _ => None,
+        for &(operation, fault, times) in planned {
+            faults[process].fail(operation, times, fault);
+        }
+        // The last one planned for a call is the one it meets.
+        (planned.iter().rev())
+            .find(|(operation, ..)| *operation == call)
+            .map(|&(_, fault, _)| fault)
     };
     let policy = Policy::DEFAULT
         .lease(Duration::from_secs(LEASE))
@@ -293,10 +305,10 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                 key,
                 body,
                 process,
-                fault,
+                faults,
             } => {
                 let k = (scope, key);
-                let fault = plan(process, "claim", fault);
+                let fault = plan(process, &faults, "claim");
                 let expect = match model.get(&k) {
                     Some(State::Held {
                         body: b,
@@ -389,7 +401,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
             Op::Finish {
                 holder,
                 status,
-                fault,
+                faults,
             } => {
                 let Some(h) = holders.get_mut(holder) else {
                     continue;
@@ -398,9 +410,8 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                     continue;
                 };
                 let (k, body) = (h.key, h.body);
-                // Retried, or found done: the outcome is the same as without the fault.
-                let settles = if status < 500 { "complete" } else { "release" };
-                plan(h.process, settles, fault);
+                // Retried, or found done: the outcome is the same as without the faults.
+                plan(h.process, &faults, "complete");
                 let holds =
                     matches!(model.get(&k), Some(State::Held { holder: id, .. }) if *id == holder);
                 let response = Bytes::from(format!("{holder}:{status}"));
@@ -444,14 +455,14 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                     _ => {}
                 }
             }
-            Op::Release { holder, fault } => {
+            Op::Release { holder, faults } => {
                 let Some(h) = holders.get_mut(holder) else {
                     continue;
                 };
                 let Some(lease) = h.lease.take() else {
                     continue;
                 };
-                plan(h.process, "release", fault);
+                plan(h.process, &faults, "release");
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
                 // `true` when the key is free after it, as a release in a finish answers.
                 let expect = holds || free(&model, h.key, now);
@@ -463,13 +474,13 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                     model.remove(&h.key);
                 }
             }
-            Op::Renew { holder, fault } => {
+            Op::Renew { holder, faults } => {
                 let Some(h) = holders.get(holder) else {
                     continue;
                 };
                 let Some(lease) = &h.lease else { continue };
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
-                let fault = plan(h.process, "extend", fault);
+                let fault = plan(h.process, &faults, "extend");
                 let answer = lease.renew().await;
                 if let Some(Fault::Unavailable | Fault::Timeout | Fault::Lost) = fault {
                     // The store's error, whether or not the renewal reached it (it did when
