@@ -1282,8 +1282,9 @@ impl Lease {
     /// Releases the claim through `release`, which releases it itself (fenced by this
     /// lease's [`token`](Self::token)) after undoing what was to commit with the record,
     /// such as by rolling a transaction back: for an operation that failed. Answers as
-    /// [`Store::release`] does; once it has, the lease no longer releases the key when
-    /// dropped (dropped before, it does).
+    /// [`release`](Self::release) does (`release` saying it found no claim, `true` all the
+    /// same if nobody holds the key: a release whose answer was lost, run again); once it
+    /// has, the lease no longer releases the key when dropped (dropped before, it does).
     ///
     /// # Errors
     /// `release`'s error; the lease then releases the claim in the background, retried as
@@ -1295,7 +1296,15 @@ impl Lease {
         let released = self.engine.settled("release", release).await;
         // Released in the background when dropped, with retries.
         self.done = released.is_ok();
-        released
+        match released {
+            // Boxed: rare, and its futures would otherwise swell this one's. A look that
+            // fails leaves the answer as `release` gave it.
+            Ok(false) => Ok(matches!(
+                Box::pin(self.holder(None)).await,
+                Ok(Holder::Nobody)
+            )),
+            released => released,
+        }
     }
 
     /// Releases the key without recording anything, so that a retry runs again. `true` when
@@ -3089,6 +3098,33 @@ mod tests {
         assert!(released.unwrap());
         engine.abandoned_released().await;
         assert_eq!(timings.ops(), ["claim", "release"], "one release, observed");
+    }
+
+    /// A rollback's release that landed but answered that it found no claim (Postgres runs a
+    /// statement again on a new connection when the one it ran on broke before its answer,
+    /// and the second finds the claim the first removed gone): released, as the key is free,
+    /// where the layer warned that the claim had been lost. A key another request holds is
+    /// not.
+    #[tokio::test]
+    async fn a_rollback_s_release_that_landed_but_answered_none_answers_released() {
+        let clock = ManualClock::new(START);
+        let engine = Engine::new(MokaStore::new()).with_clock(clock.clone());
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        let (store, token) = (Arc::clone(engine.store()), lease.token());
+        let released = lease.release_with(async move {
+            assert!(store.release(&key(1), token).await.unwrap());
+            store.release(&key(1), token).await
+        });
+        assert!(released.await.unwrap());
+
+        let lease = execute(&engine, &policy, key(2), fp("a")).await;
+        clock.advance(Duration::from_secs(31));
+        let other = execute(&engine, &policy, key(2), fp("a")).await;
+        let (store, token) = (Arc::clone(engine.store()), lease.token());
+        let released = lease.release_with(async move { store.release(&key(2), token).await });
+        assert!(!released.await.unwrap());
+        drop(other);
     }
 
     /// The operation ran once its response is handed to `finish`: the future it returns,
