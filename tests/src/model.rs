@@ -1,6 +1,7 @@
 //! The engine against a reference model: random interleavings of claims, completions,
 //! releases, lease renewals and the passing of time, over several keys and scopes, from two
-//! processes (engines) sharing one store. After every step the engines must answer exactly as
+//! processes (engines) sharing one store, each sequence under settings of its own (the
+//! statuses recorded, a replay or 409 for another body, failing open or closed). After every step the engines must answer exactly as
 //! the model does; so two holders never run at once, a response is never replayed for another
 //! request, and no completed record is lost before its TTL. Each sequence runs twice: on the
 //! store itself, and with each process's [`ReplayCache`] in front of it, which must not change
@@ -21,7 +22,8 @@ use idem_core::clock::{ManualClock, Timestamp};
 use idem_core::store::{ReplayCache, LAPSED_CLAIM_GRACE};
 use idem_core::testing::{Fault, FaultyStore};
 use idem_core::{
-    Begin, Engine, Fingerprint, IdempotencyError, Lease, Outcome, Policy, Response, Store, StoreKey,
+    Begin, CachePolicy, Engine, Fingerprint, IdempotencyError, Lease, OnMismatch, OnStoreError,
+    Outcome, Policy, Response, Store, StoreKey,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -108,6 +110,24 @@ fn faults(calls: &'static [&'static str]) -> impl Strategy<Value = Faults> {
     ]
 }
 
+/// The endpoint's settings a sequence runs under: the statuses it records, what a request
+/// with another body gets, and whether it runs without protection when the store fails.
+fn policy() -> impl Strategy<Value = Policy> {
+    (
+        prop_oneof![Just(CachePolicy::Non5xx), Just(CachePolicy::Success)],
+        prop_oneof![Just(OnMismatch::Conflict), Just(OnMismatch::Replay)],
+        prop_oneof![Just(OnStoreError::FailClosed), Just(OnStoreError::FailOpen)],
+    )
+        .prop_map(|(cache, on_mismatch, on_store_error)| {
+            Policy::DEFAULT
+                .lease(Duration::from_secs(LEASE))
+                .ttl(Duration::from_secs(TTL))
+                .cache(cache)
+                .on_mismatch(on_mismatch)
+                .on_store_error(on_store_error)
+        })
+}
+
 /// How a run's engines reach the store.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -144,6 +164,8 @@ enum Expect {
     Mismatch,
     /// The store failed the claim (the endpoint fails closed).
     Unavailable,
+    /// The store failed the claim, and the request runs without one (it fails open).
+    Unprotected,
 }
 
 struct Holder {
@@ -240,10 +262,11 @@ fn run_model<S: Store + Clone>(
         ..Config::default()
     };
     let runs = AtomicU64::new(0);
-    let result = TestRunner::new(config).run(&proptest::collection::vec(op(), 1..80), |ops| {
+    let sequences = (policy(), proptest::collection::vec(op(), 1..80));
+    let result = TestRunner::new(config).run(&sequences, |(policy, ops)| {
         for &mode in modes {
             let run = runs.fetch_add(1, Ordering::Relaxed);
-            runtime.block_on(check(&processes, mode, run, ops.clone()));
+            runtime.block_on(check(&processes, mode, &policy, run, ops.clone()));
         }
         Ok(())
     });
@@ -252,7 +275,13 @@ fn run_model<S: Store + Clone>(
     }
 }
 
-async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: Vec<Op>) {
+async fn check<S: Store + Clone>(
+    processes: &[S; 2],
+    mode: Mode,
+    policy: &Policy,
+    run: u64,
+    ops: Vec<Op>,
+) {
     // Each run's time starts where the last one's may have ended (80 steps of at most 100 s),
     // as processes sharing a store have one time: a Postgres store purges by the time of the
     // claim that sets it off, and a run that started before another had ended would find its
@@ -285,9 +314,9 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
             .find(|(operation, ..)| *operation == call)
             .map(|&(_, fault, _)| fault)
     };
-    let policy = Policy::DEFAULT
-        .lease(Duration::from_secs(LEASE))
-        .ttl(Duration::from_secs(TTL));
+    // Whether a request with another body gets the key's first response (or 409 while it
+    // runs).
+    let any_body = policy.on_mismatch == OnMismatch::Replay;
     let mut now = start;
     let mut model: HashMap<(u8, u8), State> = HashMap::new();
     let mut holders: Vec<Holder> = Vec::new();
@@ -315,7 +344,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                         lease_until,
                         ..
                     }) if *lease_until > now => {
-                        if *b == body {
+                        if *b == body || any_body {
                             Expect::InFlight
                         } else {
                             Expect::Mismatch
@@ -326,7 +355,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                         response,
                         expires_at,
                     }) if *expires_at > now => {
-                        if *b == body {
+                        if *b == body || any_body {
                             Expect::Replay(response.clone())
                         } else {
                             Expect::Mismatch
@@ -353,12 +382,15 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                         if fault == Some(Fault::Lost) && expect == Expect::Execute {
                             model.remove(&k);
                         }
-                        Expect::Unavailable
+                        match policy.on_store_error {
+                            OnStoreError::FailOpen => Expect::Unprotected,
+                            _ => Expect::Unavailable,
+                        }
                     }
                     _ => expect,
                 };
                 let got = match engines[process]
-                    .begin(&policy, store_key(run, k), fingerprint(body))
+                    .begin(policy, store_key(run, k), fingerprint(body))
                     .await
                 {
                     Ok(Begin::Execute(lease)) => {
@@ -379,13 +411,16 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                         Expect::Execute
                     }
                     Ok(Begin::Replay(record)) => {
-                        assert_eq!(
-                            record.fingerprint,
-                            fingerprint(body),
-                            "step {step}: replayed another request's response"
-                        );
+                        if !any_body {
+                            assert_eq!(
+                                record.fingerprint,
+                                fingerprint(body),
+                                "step {step}: replayed another request's response"
+                            );
+                        }
                         Expect::Replay(record.response.body())
                     }
+                    Ok(Begin::Unprotected(_)) if fault.is_some() => Expect::Unprotected,
                     Ok(Begin::Unprotected(e)) => panic!("step {step}: store failed: {e}"),
                     Err(IdempotencyError::InFlight) => Expect::InFlight,
                     Err(IdempotencyError::Mismatch { .. }) => Expect::Mismatch,
@@ -426,7 +461,7 @@ async fn check<S: Store + Clone>(processes: &[S; 2], mode: Mode, run: u64, ops: 
                 let kept = holds || free(&model, k, now);
                 let expect = if !kept {
                     "lost"
-                } else if status < 500 {
+                } else if policy.cache.caches(status) {
                     "recorded"
                 } else {
                     "released"
