@@ -1,11 +1,12 @@
 //! The engine against a reference model: random interleavings of claims, completions,
 //! releases, lease renewals and the passing of time, over several keys and scopes, from two
 //! processes (engines) sharing one store, each sequence under settings of its own (the
-//! statuses recorded, a replay or 409 for another body, failing open or closed). After every step the engines must answer exactly as
-//! the model does; so two holders never run at once, a response is never replayed for another
-//! request, and no completed record is lost before its TTL. Each sequence runs twice: on the
-//! store itself, and with each process's [`ReplayCache`] in front of it, which must not change
-//! an answer (a copy kept past its record's expiry would replay where the store runs anew).
+//! statuses recorded, a replay or 409 for another body, failing open or closed). After every
+//! step the engines must answer exactly as the model does; so two holders never run at once, a
+//! response is never replayed for another request (unless the settings say to), and no
+//! completed record is lost before its TTL. Each sequence runs twice: on the store itself, and
+//! with each process's [`ReplayCache`] in front of it, which must not change an answer (a copy
+//! kept past its record's expiry would replay where the store runs anew).
 //! A third run, [`answers_as_the_model_through_faults`], fails store calls on the way.
 //!
 //! Time is the engines' (a [`ManualClock`]): a store judges claims and records by the time it
