@@ -7,7 +7,7 @@
 //! completed record is lost before its TTL. Each sequence runs twice: on the store itself, and
 //! with each process's [`ReplayCache`] in front of it, which must not change an answer (a copy
 //! kept past its record's expiry would replay where the store runs anew).
-//! A third run, [`answers_as_the_model_through_faults`], fails store calls on the way.
+//! [`answers_as_the_model_through_faults`] runs them again, failing store calls on the way.
 //!
 //! Time is the engines' (a [`ManualClock`]): a store judges claims and records by the time it
 //! is given, so a remote store's scripts and queries are checked as the embedded store is.
