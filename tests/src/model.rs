@@ -23,8 +23,8 @@ use idem_core::clock::{ManualClock, Timestamp};
 use idem_core::store::{ReplayCache, LAPSED_CLAIM_GRACE};
 use idem_core::testing::{Fault, FaultyStore};
 use idem_core::{
-    Begin, CachePolicy, Engine, Fingerprint, IdempotencyError, Lease, OnMismatch, OnStoreError,
-    Outcome, Policy, Response, Store, StoreKey,
+    Begin, CachePolicy, Engine, Fingerprint, IdempotencyError, Lease, OnInFlight, OnMismatch,
+    OnStoreError, Outcome, Policy, Response, Store, StoreKey,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -59,8 +59,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        // A claim, and the release of one that may have been written.
-        4 => (0..2u8, 0..3u8, 0..2u8, 0..2usize, faults(&["claim", "release"])).prop_map(
+        // A claim, the release of one that may have been written, and the looks at a running
+        // request a waiting one takes.
+        4 => (0..2u8, 0..3u8, 0..2u8, 0..2usize, faults(&["claim", "release", "get"])).prop_map(
             |(scope, key, body, process, faults)| Op::Begin {
                 scope,
                 key,
@@ -112,20 +113,29 @@ fn faults(calls: &'static [&'static str]) -> impl Strategy<Value = Faults> {
 }
 
 /// The endpoint's settings a sequence runs under: the statuses it records, what a request
-/// with another body gets, and whether it runs without protection when the store fails.
-fn policy() -> impl Strategy<Value = Policy> {
+/// with another body gets, whether it runs without protection when the store fails, and, if
+/// `waits`, whether a request waits for a running one (in sequence, nothing finishes while it
+/// waits: it waits its 2 s, looking at the key now and then, and gets 409).
+fn policy(waits: bool) -> impl Strategy<Value = Policy> {
+    let wait = OnInFlight::Wait(Duration::from_secs(2));
     (
         prop_oneof![Just(CachePolicy::Non5xx), Just(CachePolicy::Success)],
         prop_oneof![Just(OnMismatch::Conflict), Just(OnMismatch::Replay)],
         prop_oneof![Just(OnStoreError::FailClosed), Just(OnStoreError::FailOpen)],
+        if waits {
+            prop_oneof![Just(OnInFlight::Conflict), Just(wait)].boxed()
+        } else {
+            Just(OnInFlight::Conflict).boxed()
+        },
     )
-        .prop_map(|(cache, on_mismatch, on_store_error)| {
+        .prop_map(|(cache, on_mismatch, on_store_error, on_in_flight)| {
             Policy::DEFAULT
                 .lease(Duration::from_secs(LEASE))
                 .ttl(Duration::from_secs(TTL))
                 .cache(cache)
                 .on_mismatch(on_mismatch)
                 .on_store_error(on_store_error)
+                .on_in_flight(on_in_flight)
         })
 }
 
@@ -217,7 +227,13 @@ pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncF
         .enable_all()
         .build()
         .expect("a runtime");
-    run_model(runtime, cases, processes, &[Mode::Direct, Mode::Cached]);
+    run_model(
+        runtime,
+        cases,
+        processes,
+        &[Mode::Direct, Mode::Cached],
+        false,
+    );
 }
 
 /// As [`answers_as_the_model`], with the first store calls (one to three) of an operation
@@ -242,6 +258,7 @@ pub fn answers_as_the_model_through_faults<S: Store + Clone>(
         cases,
         processes,
         &[Mode::Faulty, Mode::CachedFaulty],
+        true,
     );
 }
 
@@ -250,6 +267,7 @@ fn run_model<S: Store + Clone>(
     cases: u32,
     processes: impl AsyncFnOnce() -> [S; 2],
     modes: &[Mode],
+    waits: bool,
 ) {
     let processes = runtime.block_on(processes());
     let config = Config {
@@ -263,7 +281,7 @@ fn run_model<S: Store + Clone>(
         ..Config::default()
     };
     let runs = AtomicU64::new(0);
-    let sequences = (policy(), proptest::collection::vec(op(), 1..80));
+    let sequences = (policy(waits), proptest::collection::vec(op(), 1..80));
     let result = TestRunner::new(config).run(&sequences, |(policy, ops)| {
         for &mode in modes {
             let run = runs.fetch_add(1, Ordering::Relaxed);
@@ -303,16 +321,16 @@ async fn check<S: Store + Clone>(
     let engines = [engine(0), engine(1)];
     // Plans the faults of `process`'s store calls, in a run through faults; and answers the
     // fault it planned for `call`, if any.
-    let plan = |process: usize, planned: &Faults, call: &str| {
-        if !matches!(mode, Mode::Faulty | Mode::CachedFaulty) {
-            return None;
-        }
-        for &(operation, fault, times) in planned {
+    let faulty = matches!(mode, Mode::Faulty | Mode::CachedFaulty);
+    let plan = |process: usize, planned: &Faults| {
+        for &(operation, fault, times) in planned.iter().filter(|_| faulty) {
             faults[process].fail(operation, times, fault);
         }
-        // The last one planned for a call is the one it meets.
+    };
+    // The fault planned for `call`, if any: the last one planned for it is the one it meets.
+    let fault_of = |planned: &Faults, call: &str| {
         (planned.iter().rev())
-            .find(|(operation, ..)| *operation == call)
+            .find(|(operation, ..)| faulty && *operation == call)
             .map(|&(_, fault, _)| fault)
     };
     // Whether a request with another body gets the key's first response (or 409 while it
@@ -338,7 +356,8 @@ async fn check<S: Store + Clone>(
                 faults,
             } => {
                 let k = (scope, key);
-                let fault = plan(process, &faults, "claim");
+                plan(process, &faults);
+                let fault = fault_of(&faults, "claim");
                 let expect = match model.get(&k) {
                     Some(State::Held {
                         body: b,
@@ -390,6 +409,21 @@ async fn check<S: Store + Clone>(
                     }
                     _ => expect,
                 };
+                // A request that waits for a running one looks at the key until its wait ends:
+                // a look that fails ends it, with 503 (failing closed: the store failed), or
+                // 409 (failing open: the key was held when the store last answered).
+                let looked = fault_of(&faults, "get");
+                let waits = matches!(policy.on_in_flight, OnInFlight::Wait(_));
+                let expect = match looked {
+                    Some(Fault::Unavailable | Fault::Timeout | Fault::Lost)
+                        if waits
+                            && expect == Expect::InFlight
+                            && policy.on_store_error == OnStoreError::FailClosed =>
+                    {
+                        Expect::Unavailable
+                    }
+                    _ => expect,
+                };
                 let got = match engines[process]
                     .begin(policy, store_key(run, k), fingerprint(body))
                     .await
@@ -425,7 +459,7 @@ async fn check<S: Store + Clone>(
                     Ok(Begin::Unprotected(e)) => panic!("step {step}: store failed: {e}"),
                     Err(IdempotencyError::InFlight) => Expect::InFlight,
                     Err(IdempotencyError::Mismatch { .. }) => Expect::Mismatch,
-                    Err(IdempotencyError::StoreUnavailable(_)) if fault.is_some() => {
+                    Err(IdempotencyError::StoreUnavailable(_)) if fault.or(looked).is_some() => {
                         Expect::Unavailable
                     }
                     Err(e) => panic!("step {step}: {e}"),
@@ -447,7 +481,7 @@ async fn check<S: Store + Clone>(
                 };
                 let (k, body) = (h.key, h.body);
                 // Retried, or found done: the outcome is the same as without the faults.
-                plan(h.process, &faults, "complete");
+                plan(h.process, &faults);
                 let holds =
                     matches!(model.get(&k), Some(State::Held { holder: id, .. }) if *id == holder);
                 let response = Bytes::from(format!("{holder}:{status}"));
@@ -498,7 +532,7 @@ async fn check<S: Store + Clone>(
                 let Some(lease) = h.lease.take() else {
                     continue;
                 };
-                plan(h.process, &faults, "release");
+                plan(h.process, &faults);
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
                 // `true` when the key is free after it, as a release in a finish answers.
                 let expect = holds || free(&model, h.key, now);
@@ -516,7 +550,8 @@ async fn check<S: Store + Clone>(
                 };
                 let Some(lease) = &h.lease else { continue };
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
-                let fault = plan(h.process, &faults, "extend");
+                plan(h.process, &faults);
+                let fault = fault_of(&faults, "extend");
                 let answer = lease.renew().await;
                 if let Some(Fault::Unavailable | Fault::Timeout | Fault::Lost) = fault {
                     // The store's error, whether or not the renewal reached it (it did when
