@@ -149,6 +149,18 @@ enum Mode {
     Faulty,
     /// Through the faults, behind each process's replay cache.
     CachedFaulty,
+    /// On a wire that loses the answers the faults name (see [`LosesAnswers`]).
+    LossyWire,
+}
+
+/// A wire between the stores and their server that loses answers: the statement or command
+/// runs to its end, and the connection breaks before its answer comes back.
+pub trait LosesAnswers {
+    /// Loses the answer to the next call of `call` (`claim`, `complete`, `release`, `extend`
+    /// or `get`).
+    fn lose_answer_to(&self, call: &'static str);
+    /// Cancels a loss that no call has met.
+    fn heal(&self);
 }
 
 /// What the model holds for one store key.
@@ -233,6 +245,29 @@ pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncF
         processes,
         &[Mode::Direct, Mode::Cached],
         false,
+        None,
+    );
+}
+
+/// As [`answers_as_the_model`], on stores whose server is reached through `wire`, which loses
+/// the answer to one call of an operation when the sequence plans a fault for it: the store
+/// runs a call whose connection broke again, and must answer as if nothing had been lost.
+pub fn answers_as_the_model_when_answers_are_lost<S: Store + Clone>(
+    cases: u32,
+    wire: &dyn LosesAnswers,
+    processes: impl AsyncFnOnce() -> [S; 2],
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    run_model(
+        runtime,
+        cases,
+        processes,
+        &[Mode::LossyWire],
+        false,
+        Some(wire),
     );
 }
 
@@ -259,6 +294,7 @@ pub fn answers_as_the_model_through_faults<S: Store + Clone>(
         processes,
         &[Mode::Faulty, Mode::CachedFaulty],
         true,
+        None,
     );
 }
 
@@ -268,6 +304,7 @@ fn run_model<S: Store + Clone>(
     processes: impl AsyncFnOnce() -> [S; 2],
     modes: &[Mode],
     waits: bool,
+    wire: Option<&dyn LosesAnswers>,
 ) {
     let processes = runtime.block_on(processes());
     let config = Config {
@@ -285,7 +322,7 @@ fn run_model<S: Store + Clone>(
     let result = TestRunner::new(config).run(&sequences, |(policy, ops)| {
         for &mode in modes {
             let run = runs.fetch_add(1, Ordering::Relaxed);
-            runtime.block_on(check(&processes, mode, &policy, run, ops.clone()));
+            runtime.block_on(check(&processes, mode, &policy, wire, run, ops.clone()));
         }
         Ok(())
     });
@@ -298,6 +335,7 @@ async fn check<S: Store + Clone>(
     processes: &[S; 2],
     mode: Mode,
     policy: &Policy,
+    wire: Option<&dyn LosesAnswers>,
     run: u64,
     ops: Vec<Op>,
 ) {
@@ -311,7 +349,7 @@ async fn check<S: Store + Clone>(
     let engine = |process: usize| {
         let store = processes[process].clone();
         match mode {
-            Mode::Direct => Engine::new(store),
+            Mode::Direct | Mode::LossyWire => Engine::new(store),
             Mode::Cached => Engine::new(ReplayCache::new(store, 1 << 20)),
             Mode::Faulty => Engine::new(faults[process].clone()),
             Mode::CachedFaulty => Engine::new(ReplayCache::new(faults[process].clone(), 1 << 20)),
@@ -325,6 +363,10 @@ async fn check<S: Store + Clone>(
     let plan = |process: usize, planned: &Faults| {
         for &(operation, fault, times) in planned.iter().filter(|_| faulty) {
             faults[process].fail(operation, times, fault);
+        }
+        // The wire loses one answer at a time: the first planned.
+        if let (Some(wire), Some(&(operation, ..))) = (wire, planned.first()) {
+            wire.lose_answer_to(operation);
         }
     };
     // The fault planned for `call`, if any: the last one planned for it is the one it meets.
@@ -346,6 +388,9 @@ async fn check<S: Store + Clone>(
         for (engine, faults) in engines.iter().zip(&faults) {
             faults.heal();
             engine.abandoned_released().await;
+        }
+        if let Some(wire) = wire {
+            wire.heal();
         }
         match op {
             Op::Begin {

@@ -44,6 +44,14 @@ impl LosingProxy {
         Self { addr, shared }
     }
 
+    /// A proxy to the server at the PostgreSQL URL `url`, and `url` through it (in plain
+    /// text, as the proxy reads the protocol).
+    pub fn in_front_of(url: &str) -> (Self, String) {
+        let proxy = Self::start(address_of(url));
+        let through = through(url, proxy.addr);
+        (proxy, through)
+    }
+
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -57,10 +65,43 @@ impl LosingProxy {
         *self.shared.armed.lock().unwrap() = Some(marker.as_bytes().to_vec());
     }
 
+    /// Cancels the loss [`lose_answer_to`](Self::lose_answer_to) armed, if no statement has
+    /// met it yet.
+    pub fn disarm(&self) {
+        *self.shared.armed.lock().unwrap() = None;
+    }
+
     /// How many answers it has lost.
     pub fn lost(&self) -> usize {
         self.shared.lost.load(Ordering::SeqCst)
     }
+}
+
+/// The server's `host:port` in `url` (`postgres://user@host:port/db?...`).
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// The address of the server at `url`.
+fn address_of(url: &str) -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    (authority(url).to_socket_addrs().ok())
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("no address in {url}"))
+}
+
+/// `url` through `proxy`, in plain text (the proxy reads the protocol).
+fn through(url: &str, proxy: SocketAddr) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let settings: Vec<&str> = query
+        .split('&')
+        .filter(|s| !s.is_empty() && !s.starts_with("sslmode="))
+        .chain(["sslmode=disable"])
+        .collect();
+    let base = base.replacen(authority(url), &proxy.to_string(), 1);
+    format!("{base}?{}", settings.join("&"))
 }
 
 /// Relays one connection both ways, on two threads.

@@ -7,7 +7,10 @@
 use std::sync::Arc;
 
 use idem_actix::{MokaStore, PostgresStore, RedisStore};
-use idem_tests::model::answers_as_the_model;
+use idem_tests::model::{
+    answers_as_the_model, answers_as_the_model_when_answers_are_lost, LosesAnswers,
+};
+use idem_tests::pg_proxy::LosingProxy;
 use idem_tests::{TestPostgres, TestRedis, TestRedisCluster};
 
 #[test]
@@ -78,4 +81,51 @@ fn the_engine_answers_as_the_model_through_store_faults() {
         let store = Arc::new(MokaStore::new());
         [Arc::clone(&store), store]
     });
+}
+
+/// Postgres behind a proxy that loses answers: a statement runs to its end (committed), and
+/// its connection breaks before the answer comes back. The store runs it again on another
+/// connection (a claim finds its own, a completion the record it wrote, a release the claim
+/// gone), and every request must get what it would have got.
+#[test]
+fn the_postgres_store_answers_as_the_model_when_answers_are_lost() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (proxy, through) = LosingProxy::in_front_of(pg.url());
+    let wire = Statements(proxy);
+    let table = pg.table("model_lost");
+    let process = || {
+        PostgresStore::builder(&through)
+            .table(table.clone())
+            .build()
+            .expect("valid settings")
+    };
+    answers_as_the_model_when_answers_are_lost(64, &wire, async || {
+        let first = process();
+        first.migrate().await.expect("create the table");
+        [first, process()]
+    });
+    assert!(wire.0.lost() > 0, "no answer was lost");
+}
+
+/// The store's statements, each told by text of its own alone.
+struct Statements(LosingProxy);
+
+impl LosesAnswers for Statements {
+    fn lose_answer_to(&self, call: &'static str) {
+        self.0.lose_answer_to(match call {
+            "claim" => "WITH seen AS",
+            "complete" => "OR (kind = 'C'",
+            "extend" => "SET lapses_at = $3",
+            // After the table's quoted name, as `DELETE FROM` and `SELECT ... FROM` leave it.
+            "release" => "\" WHERE key = $1 AND token = $2",
+            "get" => "\" WHERE key = $1 AND lapses_at > $2",
+            other => panic!("no statement for {other}"),
+        });
+    }
+
+    fn heal(&self) {
+        self.0.disarm();
+    }
 }

@@ -1247,33 +1247,6 @@ async fn a_statement_past_the_command_timeout_is_a_timeout_and_the_store_goes_on
     );
 }
 
-/// The server's `host:port` in `url` (`postgres://user@host:port/db?...`).
-fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
-    rest.split(['/', '?']).next().unwrap_or(rest)
-}
-
-/// The address of the server at `url`.
-fn address_of(url: &str) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    (authority(url).to_socket_addrs().ok())
-        .and_then(|mut addrs| addrs.next())
-        .unwrap_or_else(|| panic!("no address in {url}"))
-}
-
-/// `url` through `proxy`, in plain text (the proxy reads the protocol).
-fn through(url: &str, proxy: std::net::SocketAddr) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let settings: Vec<&str> = query
-        .split('&')
-        .filter(|s| !s.is_empty() && !s.starts_with("sslmode="))
-        .chain(["sslmode=disable"])
-        .collect();
-    let base = base.replacen(authority(url), &proxy.to_string(), 1);
-    format!("{base}?{}", settings.join("&"))
-}
-
 /// A store on a table of its own named `table` (reached directly), a [`LosingProxy`] in front
 /// of `pg`, and a store on the same table through it.
 async fn behind_a_losing_proxy(
@@ -1281,8 +1254,8 @@ async fn behind_a_losing_proxy(
     table: &str,
 ) -> (PostgresStore, LosingProxy, PostgresStore) {
     let direct = store(pg, table).await;
-    let proxy = LosingProxy::start(address_of(pg.url()));
-    let store = PostgresStore::builder(through(pg.url(), proxy.addr()))
+    let (proxy, through) = LosingProxy::in_front_of(pg.url());
+    let store = PostgresStore::builder(through)
         .table(direct.table())
         .build()
         .expect("valid settings");
