@@ -5,6 +5,7 @@
 //! `IDEM_REQUIRE_REDIS=1` / `IDEM_REQUIRE_POSTGRES=1`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use idem_actix::{MokaStore, PostgresStore, RedisStore};
 use idem_tests::model::{
@@ -53,7 +54,9 @@ fn the_redis_cluster_store_answers_as_the_model() {
     answers_as_the_model(256, async || [process(), process()]);
 }
 
-/// Two stores on one table, as two processes have: its queries under the same interleavings.
+/// Two stores on one table, as two processes have: its queries under the same interleavings,
+/// each store purging lapsed rows every 10 ms (by the time of the claim that sets it off, so
+/// that claims past their grace are gone as often as not).
 #[test]
 fn the_postgres_store_answers_as_the_model() {
     let Some(pg) = TestPostgres::start() else {
@@ -63,6 +66,7 @@ fn the_postgres_store_answers_as_the_model() {
     let process = || {
         PostgresStore::builder(pg.url())
             .table(table.clone())
+            .purge_interval(Some(Duration::from_millis(10)))
             .build()
             .expect("valid settings")
     };
