@@ -158,10 +158,14 @@ enum Mode {
 /// runs to its end, and the connection breaks before its answer comes back.
 pub trait LosesAnswers {
     /// Loses the answer to the next call of `call` (`claim`, `complete`, `release`, `extend`
-    /// or `get`).
-    fn lose_answer_to(&self, call: &'static str);
+    /// or `get`), if it can tell that call: whether it will.
+    fn lose_answer_to(&self, call: &'static str) -> bool;
     /// Cancels a loss that no call has met.
     fn heal(&self);
+    /// Whether the store runs a call whose answer was lost again, on a new connection, and
+    /// answers as if nothing had been lost (Postgres); else the call fails, as one whose
+    /// answer [`Fault::Lost`] loses (Redis).
+    fn reruns(&self) -> bool;
 }
 
 /// What the model holds for one store key.
@@ -251,8 +255,9 @@ pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncF
 }
 
 /// As [`answers_as_the_model`], on stores whose server is reached through `wire`, which loses
-/// the answer to one call of an operation when the sequence plans a fault for it: the store
-/// runs a call whose connection broke again, and must answer as if nothing had been lost.
+/// the answer to one call of an operation when the sequence plans a fault for it: a store
+/// that runs such a call again must answer as if nothing had been lost, and the engine on
+/// another as through a [`Fault::Lost`].
 pub fn answers_as_the_model_when_answers_are_lost<S: Store + Clone>(
     cases: u32,
     wire: &dyn LosesAnswers,
@@ -365,16 +370,22 @@ async fn check<S: Store + Clone>(
         for &(operation, fault, times) in planned.iter().filter(|_| faulty) {
             faults[process].fail(operation, times, fault);
         }
-        // The wire loses one answer at a time: the first planned.
-        if let (Some(wire), Some(&(operation, ..))) = (wire, planned.first()) {
-            wire.lose_answer_to(operation);
+        // The wire loses one answer at a time, the first planned: the call it will lose.
+        match (wire, planned.first()) {
+            (Some(wire), Some(&(operation, ..))) if wire.lose_answer_to(operation) => {
+                Some(operation)
+            }
+            _ => None,
         }
     };
-    // The fault planned for `call`, if any: the last one planned for it is the one it meets.
-    let fault_of = |planned: &Faults, call: &str| {
-        (planned.iter().rev())
+    // The fault planned for `call`, if any: the last one planned for it is the one it meets;
+    // on a wire, the call whose answer it loses (`lost`), as `Fault::Lost` where the store
+    // does not run it again.
+    let fault_of = |planned: &Faults, lost: Option<&str>, call: &str| match wire {
+        Some(wire) if !wire.reruns() => (lost == Some(call)).then_some(Fault::Lost),
+        _ => (planned.iter().rev())
             .find(|(operation, ..)| faulty && *operation == call)
-            .map(|&(_, fault, _)| fault)
+            .map(|&(_, fault, _)| fault),
     };
     // Whether a request with another body gets the key's first response (or 409 while it
     // runs).
@@ -402,8 +413,8 @@ async fn check<S: Store + Clone>(
                 faults,
             } => {
                 let k = (scope, key);
-                plan(process, &faults);
-                let fault = fault_of(&faults, "claim");
+                let lost = plan(process, &faults);
+                let fault = fault_of(&faults, lost, "claim");
                 let expect = match model.get(&k) {
                     Some(State::Held {
                         body: b,
@@ -458,7 +469,7 @@ async fn check<S: Store + Clone>(
                 // A request that waits for a running one looks at the key until its wait ends:
                 // a look that fails ends it, with 503 (failing closed: the store failed), or
                 // 409 (failing open: the key was held when the store last answered).
-                let looked = fault_of(&faults, "get");
+                let looked = fault_of(&faults, lost, "get");
                 let waits = matches!(policy.on_in_flight, OnInFlight::Wait(_));
                 let expect = match looked {
                     Some(Fault::Unavailable | Fault::Timeout | Fault::Lost)
@@ -595,8 +606,8 @@ async fn check<S: Store + Clone>(
                 };
                 let Some(lease) = &h.lease else { continue };
                 let holds = matches!(model.get(&h.key), Some(State::Held { holder: id, .. }) if *id == holder);
-                plan(h.process, &faults);
-                let fault = fault_of(&faults, "extend");
+                let lost = plan(h.process, &faults);
+                let fault = fault_of(&faults, lost, "extend");
                 let answer = lease.renew().await;
                 if let Some(Fault::Unavailable | Fault::Timeout | Fault::Lost) = fault {
                     // The store's error, whether or not the renewal reached it (it did when

@@ -12,6 +12,7 @@ use idem_tests::model::{
     answers_as_the_model, answers_as_the_model_when_answers_are_lost, LosesAnswers,
 };
 use idem_tests::pg_proxy::LosingProxy;
+use idem_tests::redis_proxy::LosingRedisProxy;
 use idem_tests::{TestPostgres, TestRedis, TestRedisCluster};
 
 #[test]
@@ -117,7 +118,7 @@ fn the_postgres_store_answers_as_the_model_when_answers_are_lost() {
 struct Statements(LosingProxy);
 
 impl LosesAnswers for Statements {
-    fn lose_answer_to(&self, call: &'static str) {
+    fn lose_answer_to(&self, call: &'static str) -> bool {
         self.0.lose_answer_to(match call {
             "claim" => "WITH seen AS",
             "complete" => "OR (kind = 'C'",
@@ -127,9 +128,70 @@ impl LosesAnswers for Statements {
             "get" => "\" WHERE key = $1 AND lapses_at > $2",
             other => panic!("no statement for {other}"),
         });
+        true
     }
 
     fn heal(&self) {
         self.0.disarm();
+    }
+
+    fn reruns(&self) -> bool {
+        true
+    }
+}
+
+/// Redis behind a proxy that loses answers: a command runs, and its connection breaks
+/// before the answer comes back. The store does not run it again: the request fails as
+/// through a lost answer (a claim's 503, a completion or release retried, a renewal's
+/// error), and its connection is made anew for the next.
+#[test]
+fn the_redis_store_answers_as_the_model_when_answers_are_lost() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let wire = Commands(LosingRedisProxy::in_front_of(redis.url()));
+    let url = wire.0.url();
+    let process = || {
+        RedisStore::builder(&url)
+            .prefix("model-lost:")
+            .build()
+            .expect("valid Redis URL")
+    };
+    answers_as_the_model_when_answers_are_lost(128, &wire, async || [process(), process()]);
+    assert!(wire.0.lost() > 0, "no answer was lost");
+}
+
+/// The store's commands, each told by its arguments.
+struct Commands(LosingRedisProxy);
+
+impl LosesAnswers for Commands {
+    fn lose_answer_to(&self, call: &'static str) -> bool {
+        let has = |argument: &'static str| {
+            move |arguments: &[&[u8]]| arguments.iter().any(|a| *a == argument.as_bytes())
+        };
+        match call {
+            // A claim takes two steps on a key that holds a lapsed record (a `SET NX` that
+            // finds it, then a script), which no argument tells apart from others: a lost
+            // first step would leave the lapsed claim its holder's, where the model, as for
+            // any lost claim, has it displaced. Left to the faults of the embedded store.
+            "claim" => return false,
+            "get" => self.0.lose_answer_to(|arguments: &[&[u8]]| {
+                arguments
+                    .first()
+                    .is_some_and(|name| name.eq_ignore_ascii_case(b"GET"))
+            }),
+            // The fenced script's operation.
+            "complete" | "release" | "extend" => self.0.lose_answer_to(has(call)),
+            other => panic!("no command for {other}"),
+        }
+        true
+    }
+
+    fn heal(&self) {
+        self.0.disarm();
+    }
+
+    fn reruns(&self) -> bool {
+        false
     }
 }
