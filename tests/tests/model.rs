@@ -167,7 +167,7 @@ struct Commands(LosingRedisProxy);
 impl LosesAnswers for Commands {
     fn lose_answer_to(&self, call: &'static str) -> bool {
         let has = |argument: &'static str| {
-            move |arguments: &[&[u8]]| arguments.iter().any(|a| *a == argument.as_bytes())
+            move |arguments: &[&[u8]]| arguments.contains(&argument.as_bytes())
         };
         match call {
             // A claim takes two steps on a key that holds a lapsed record (a `SET NX` that
