@@ -1274,6 +1274,9 @@ impl Lease {
         self.done = settled.is_ok();
         match settled {
             Ok(true) => Ok(done),
+            // A release that found no claim: released if the key is free (see `freed`).
+            // Boxed: rare, and its futures would otherwise swell this one's.
+            Ok(false) if done == Outcome::Released && Box::pin(self.freed()).await => Ok(done),
             Ok(false) => Ok(Outcome::Lost),
             Err(error) => Err(error),
         }
@@ -1282,9 +1285,10 @@ impl Lease {
     /// Releases the claim through `release`, which releases it itself (fenced by this
     /// lease's [`token`](Self::token)) after undoing what was to commit with the record,
     /// such as by rolling a transaction back: for an operation that failed. Answers as
-    /// [`release`](Self::release) does (`release` saying it found no claim, `true` all the
-    /// same if nobody holds the key: a release whose answer was lost, run again); once it
-    /// has, the lease no longer releases the key when dropped (dropped before, it does).
+    /// [`release`](Self::release) does: `release`'s answer, but `true` when it found no claim
+    /// and nobody holds the key (a release whose answer was lost, run again). Once it has
+    /// answered, the lease no longer releases the key when dropped (dropped before, it
+    /// does).
     ///
     /// # Errors
     /// `release`'s error; the lease then releases the claim in the background, retried as
@@ -1297,19 +1301,16 @@ impl Lease {
         // Released in the background when dropped, with retries.
         self.done = released.is_ok();
         match released {
-            // Boxed: rare, and its futures would otherwise swell this one's. A look that
-            // fails leaves the answer as `release` gave it.
-            Ok(false) => Ok(matches!(
-                Box::pin(self.holder(None)).await,
-                Ok(Holder::Nobody)
-            )),
+            // Boxed: rare, and its futures would otherwise swell this one's.
+            Ok(false) => Ok(Box::pin(self.freed()).await),
             released => released,
         }
     }
 
     /// Releases the key without recording anything, so that a retry runs again. `true` when
-    /// the key is free now (released by this call, or by an attempt whose answer was lost),
-    /// `false` when another request holds it.
+    /// the key is free now (released by this call, or by an attempt whose answer was lost, or
+    /// the claim lapsed and gone), `false` when another request holds it, or when the store,
+    /// having found no claim to release, cannot say who holds the key.
     ///
     /// # Errors
     /// The store's last error, once retrying for a lease has not released the key; the claim
@@ -1323,22 +1324,15 @@ impl Lease {
 
     /// The store's release of this claim, observed. A release the store fails is retried
     /// with backoff for up to one lease, as a completion is: until the store is told, retries
-    /// of the request get 409 instead of running it again.
-    ///
-    /// A release the store says found no claim was made all the same by an attempt whose
-    /// answer was lost (the engine retried it, or the store's client resent it) if nobody
-    /// holds the key: `true` then too.
+    /// of the request get 409 instead of running it again. One the store says found no claim
+    /// answers as [`freed`](Self::freed) tells.
     async fn released(&self) -> Result<bool, StoreError> {
         let mut retry: Option<Backoff> = None;
         loop {
             let error = match self.engine.released_once(&self.key, self.token).await {
                 Ok(true) => return Ok(true),
                 // Boxed: rare, and its futures would otherwise swell this one's.
-                Ok(false) => match Box::pin(self.holder(None)).await {
-                    Ok(holder) => return Ok(matches!(holder, Holder::Nobody)),
-                    // Not known whether the key is free: asked again, with the release.
-                    Err(error) => error,
-                },
+                Ok(false) => return Ok(Box::pin(self.freed()).await),
                 Err(error) => error,
             };
             let backoff = retry.get_or_insert_with(|| Backoff::new(self.lease));
@@ -1349,7 +1343,34 @@ impl Lease {
             tokio::time::sleep(pause).await;
         }
     }
+
+    /// Whether the key is free after a release of this claim found none there: `true` when
+    /// nobody holds it, as after an earlier attempt whose answer was lost (the engine retried
+    /// it, the store's client resent it, or Postgres ran it again on a new connection), or
+    /// after this lease's claim lapsed and was dropped, or taken over and released; `false`
+    /// when another request holds it, or this lease's claim again (a renewal's claim whose
+    /// write landed late; it lapses with its lease), or when the store cannot say after
+    /// [`LOOKS`] tries a few tens of milliseconds apart: only the outcome's name (released or
+    /// lost) hangs on it, not worth holding the answer to the client longer.
+    async fn freed(&self) -> bool {
+        let mut pause = Backoff::FIRST;
+        for look in 1..=LOOKS {
+            match self.holder(None).await {
+                Ok(holder) => return matches!(holder, Holder::Nobody),
+                Err(_) if look < LOOKS => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(_) => {}
+            }
+        }
+        false
+    }
 }
+
+/// How many times a release that found no claim looks at who holds the key (see
+/// [`Lease::freed`]).
+const LOOKS: u32 = 3;
 
 /// A [`Lease::finish`]'s lease and the record it writes (`None`: the claim is released).
 /// Dropped while still `armed` (its future dropped before its first poll, or while the store
@@ -3098,6 +3119,52 @@ mod tests {
         assert!(released.unwrap());
         engine.abandoned_released().await;
         assert_eq!(timings.ops(), ["claim", "release"], "one release, observed");
+    }
+
+    /// The look that tells is tried three times at most, a few tens of milliseconds apart,
+    /// where it was retried for a whole lease and held the client's answer that long, only to
+    /// choose between two words for the outcome: a store that cannot say by then is taken at
+    /// its word (the release found no claim).
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_cannot_tell_whether_the_key_is_free_answers_promptly() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        let policy = Policy::DEFAULT;
+        for (n, looks, released) in [(1, 2, true), (2, 3, false)] {
+            let lease = execute(&engine, &policy, key(n), fp("a")).await;
+            store.fail("release", 1, Fault::Lost);
+            store.fail("get", looks, Fault::Unavailable);
+            let started = tokio::time::Instant::now();
+            assert_eq!(
+                lease.release().await.unwrap(),
+                released,
+                "{looks} looks failed"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+            store.heal();
+        }
+    }
+
+    /// A `Transaction` handler's status that is not recorded releases through `settle` (its
+    /// rollback): one that found no claim answers released if nobody holds the key, as a
+    /// rollback after a failure does, where it answered that the claim had been lost.
+    #[tokio::test]
+    async fn a_settlement_s_release_that_found_no_claim_answers_released_if_the_key_is_free() {
+        let engine = Engine::new(MokaStore::new());
+        let lease = execute(&engine, &Policy::DEFAULT, key(1), fp("a")).await;
+        let (store, token) = (Arc::clone(engine.store()), lease.token());
+        let outcome = lease
+            .finish_with(response(503, "later"), |record| async move {
+                assert!(record.is_none());
+                assert!(store.release(&key(1), token).await.unwrap());
+                store.release(&key(1), token).await
+            })
+            .await;
+        assert_eq!(outcome.unwrap(), Outcome::Released);
     }
 
     /// A rollback's release that landed but answered that it found no claim (Postgres runs a
