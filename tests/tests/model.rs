@@ -15,6 +15,18 @@ use idem_tests::pg_proxy::LosingProxy;
 use idem_tests::redis_proxy::LosingRedisProxy;
 use idem_tests::{TestPostgres, TestRedis, TestRedisCluster};
 
+/// The stores' command timeout: long, so that a loaded machine's slow answer is not taken for
+/// a failure the model did not plan (the timeouts' own handling has tests of its own).
+const PATIENT: Duration = Duration::from_secs(10);
+
+/// A key prefix no other run uses, on a Redis the tests may share (`IDEM_TEST_REDIS_URL`).
+fn prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    format!("{name}-{}-{nanos}:", std::process::id())
+}
+
 #[test]
 fn the_embedded_store_answers_as_the_model() {
     answers_as_the_model(1024, async || {
@@ -30,9 +42,11 @@ fn the_redis_store_answers_as_the_model() {
     let Some(redis) = TestRedis::start() else {
         return;
     };
+    let prefix = prefix("model");
     let process = || {
         RedisStore::builder(redis.url())
-            .prefix("model:")
+            .prefix(prefix.clone())
+            .command_timeout(PATIENT)
             .build()
             .expect("valid Redis URL")
     };
@@ -49,6 +63,7 @@ fn the_redis_cluster_store_answers_as_the_model() {
     let process = || {
         RedisStore::cluster(cluster.urls())
             .prefix("model:")
+            .command_timeout(PATIENT)
             .build()
             .expect("valid Redis URLs")
     };
@@ -56,8 +71,8 @@ fn the_redis_cluster_store_answers_as_the_model() {
 }
 
 /// Two stores on one table, as two processes have: its queries under the same interleavings,
-/// each store purging lapsed rows every 10 ms (by the time of the claim that sets it off, so
-/// that claims past their grace are gone as often as not).
+/// each store purging lapsed rows every 10 ms (by the time of the claim that sets it off), so
+/// that claims past their grace are often gone, as the model allows.
 #[test]
 fn the_postgres_store_answers_as_the_model() {
     let Some(pg) = TestPostgres::start() else {
@@ -68,6 +83,7 @@ fn the_postgres_store_answers_as_the_model() {
         PostgresStore::builder(pg.url())
             .table(table.clone())
             .purge_interval(Some(Duration::from_millis(10)))
+            .command_timeout(PATIENT)
             .build()
             .expect("valid settings")
     };
@@ -103,10 +119,11 @@ fn the_postgres_store_answers_as_the_model_when_answers_are_lost() {
     let process = || {
         PostgresStore::builder(&through)
             .table(table.clone())
+            .command_timeout(PATIENT)
             .build()
             .expect("valid settings")
     };
-    answers_as_the_model_when_answers_are_lost(64, &wire, async || {
+    answers_as_the_model_when_answers_are_lost(32, &wire, async || {
         let first = process();
         first.migrate().await.expect("create the table");
         [first, process()]
@@ -154,6 +171,7 @@ fn the_redis_store_answers_as_the_model_when_answers_are_lost() {
     let process = || {
         RedisStore::builder(&url)
             .prefix("model-lost:")
+            .command_timeout(PATIENT)
             .build()
             .expect("valid Redis URL")
     };
