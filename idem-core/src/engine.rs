@@ -3194,6 +3194,26 @@ mod tests {
         drop(other);
     }
 
+    /// Its look at the key is tried three times, as a release's is: told on the third, or
+    /// taken at the store's word after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_rollback_s_release_looks_at_the_key_three_times_at_most() {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone());
+        for (n, looks, released) in [(1, 2, true), (2, 3, false)] {
+            let lease = execute(&engine, &Policy::DEFAULT, key(n), fp("a")).await;
+            let token = lease.token();
+            let inner = store.clone();
+            store.fail("get", looks, Fault::Unavailable);
+            let answer = lease.release_with(async move {
+                assert!(inner.release(&key(n), token).await.unwrap());
+                inner.release(&key(n), token).await
+            });
+            assert_eq!(answer.await.unwrap(), released, "{looks} looks failed");
+            store.heal();
+        }
+    }
+
     /// The operation ran once its response is handed to `finish`: the future it returns,
     /// dropped before it was ever polled, still records the response (in the background, as
     /// one dropped while it records), where the lease it had taken released the key and a
