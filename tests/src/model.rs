@@ -240,18 +240,7 @@ fn fingerprint(body: u8) -> Fingerprint {
 /// against the model, over `cases` random sequences, each run on the store and behind replay
 /// caches. Panics with the shortest failing sequence found.
 pub fn answers_as_the_model<S: Store + Clone>(cases: u32, processes: impl AsyncFnOnce() -> [S; 2]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    run_model(
-        runtime,
-        cases,
-        processes,
-        &[Mode::Direct, Mode::Cached],
-        false,
-        None,
-    );
+    run_model(cases, processes, &[Mode::Direct, Mode::Cached], None);
 }
 
 /// As [`answers_as_the_model`], on stores whose server is reached through `wire`, which loses
@@ -263,18 +252,7 @@ pub fn answers_as_the_model_when_answers_are_lost<S: Store + Clone>(
     wire: &dyn LosesAnswers,
     processes: impl AsyncFnOnce() -> [S; 2],
 ) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    run_model(
-        runtime,
-        cases,
-        processes,
-        &[Mode::LossyWire],
-        false,
-        Some(wire),
-    );
+    run_model(cases, processes, &[Mode::LossyWire], Some(wire));
 }
 
 /// As [`answers_as_the_model`], with the first store calls (one to three) of an operation
@@ -289,29 +267,23 @@ pub fn answers_as_the_model_through_faults<S: Store + Clone>(
     cases: u32,
     processes: impl AsyncFnOnce() -> [S; 2],
 ) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
-    run_model(
-        runtime,
-        cases,
-        processes,
-        &[Mode::Faulty, Mode::CachedFaulty],
-        true,
-        None,
-    );
+    run_model(cases, processes, &[Mode::Faulty, Mode::CachedFaulty], None);
 }
 
+/// Runs `cases` sequences in each of `modes`. Runs through faults wait in tokio's paused time,
+/// and also wait for running requests (nothing finishes meanwhile, so real time would pass).
 fn run_model<S: Store + Clone>(
-    runtime: tokio::runtime::Runtime,
     cases: u32,
     processes: impl AsyncFnOnce() -> [S; 2],
     modes: &[Mode],
-    waits: bool,
     wire: Option<&dyn LosesAnswers>,
 ) {
+    let faulty = modes.contains(&Mode::Faulty);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(faulty)
+        .build()
+        .expect("a runtime");
     let processes = runtime.block_on(processes());
     let config = Config {
         // `PROPTEST_CASES` sets it for a longer run.
@@ -326,7 +298,7 @@ fn run_model<S: Store + Clone>(
         ..Config::default()
     };
     let runs = AtomicU64::new(0);
-    let sequences = (policy(waits), proptest::collection::vec(op(), 1..80));
+    let sequences = (policy(faulty), proptest::collection::vec(op(), 1..80));
     let result = TestRunner::new(config).run(&sequences, |(policy, ops)| {
         for &mode in modes {
             let run = runs.fetch_add(1, Ordering::Relaxed);
