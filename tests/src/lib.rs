@@ -5,6 +5,7 @@
 pub mod fuzz;
 pub mod model;
 pub mod pg_proxy;
+mod proxy;
 pub mod redis_proxy;
 pub mod redis_tls;
 pub mod round_trips;

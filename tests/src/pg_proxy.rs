@@ -6,10 +6,11 @@
 //! start-up messages), so the connection must be in plain text (`sslmode=disable`).
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
+
+use crate::proxy::listen;
 
 /// The proxy: connections to [`LosingProxy::addr`] go on to the upstream server.
 pub struct LosingProxy {
@@ -30,17 +31,8 @@ const SSL_REQUEST: i32 = 80_877_103;
 impl LosingProxy {
     /// A proxy to `upstream` on a free loopback port.
     pub fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let addr = listener.local_addr().expect("the proxy's address");
         let shared = Arc::new(Shared::default());
-        let accepting = Arc::clone(&shared);
-        thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if let Ok(server) = TcpStream::connect(upstream) {
-                    relay(client, server, Arc::clone(&accepting));
-                }
-            }
-        });
+        let addr = listen(upstream, Arc::clone(&shared), requests, answers);
         Self { addr, shared }
     }
 
@@ -102,17 +94,6 @@ fn through(url: &str, proxy: SocketAddr) -> String {
         .collect();
     let base = base.replacen(authority(url), &proxy.to_string(), 1);
     format!("{base}?{}", settings.join("&"))
-}
-
-/// Relays one connection both ways, on two threads.
-fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
-    let losing = Arc::new(AtomicBool::new(false));
-    let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
-        return;
-    };
-    let (arming, counting) = (Arc::clone(&losing), Arc::clone(&shared));
-    thread::spawn(move || requests(client_in, server_out, &shared, &arming));
-    thread::spawn(move || answers(server, client, &counting, &losing));
 }
 
 /// Client to server, message by message, arming `losing` before the `Execute` of the marked

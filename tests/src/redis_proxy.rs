@@ -6,10 +6,11 @@
 //! the connection must be in plain text.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
+
+use crate::proxy::listen;
 
 /// The proxy: connections to [`LosingRedisProxy::url`] go on to the upstream server.
 pub struct LosingRedisProxy {
@@ -40,17 +41,8 @@ impl LosingRedisProxy {
 
     /// A proxy to the Redis at `upstream` on a free loopback port.
     pub fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let addr = listener.local_addr().expect("the proxy's address");
         let shared = Arc::new(Shared::default());
-        let accepting = Arc::clone(&shared);
-        thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if let Ok(server) = TcpStream::connect(upstream) {
-                    relay(client, server, Arc::clone(&accepting));
-                }
-            }
-        });
+        let addr = listen(upstream, Arc::clone(&shared), requests, answers);
         Self { addr, shared }
     }
 
@@ -76,17 +68,6 @@ impl LosingRedisProxy {
     pub fn lost(&self) -> usize {
         self.shared.lost.load(Ordering::SeqCst)
     }
-}
-
-/// Relays one connection both ways, on two threads.
-fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
-    let losing = Arc::new(AtomicBool::new(false));
-    let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
-        return;
-    };
-    let (arming, counting) = (Arc::clone(&losing), Arc::clone(&shared));
-    thread::spawn(move || requests(client_in, server_out, &shared, &arming));
-    thread::spawn(move || answers(server, client, &counting, &losing));
 }
 
 /// Client to server, command by command, arming `losing` before the marked command goes on.
