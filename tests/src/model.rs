@@ -337,9 +337,9 @@ async fn check<S: Store + Clone>(
         .with_clock(clock.clone())
     };
     let engines = [engine(0), engine(1)];
-    // Plans the faults of `process`'s store calls, in a run through faults; and answers the
-    // fault it planned for `call`, if any.
     let faulty = matches!(mode, Mode::Faulty | Mode::CachedFaulty);
+    // Plans the faults of `process`'s store calls, in a run through faults, or arms the wire
+    // with the first of them; answers the call whose answer the wire will lose, if any.
     let plan = |process: usize, planned: &Faults| {
         for &(operation, fault, times) in planned.iter().filter(|_| faulty) {
             faults[process].fail(operation, times, fault);
