@@ -2067,3 +2067,45 @@ async fn a_redis_that_does_not_say_its_eviction_policy_is_reported_once() {
         warnings.containing_from("did not say its maxmemory-policy", &Warnings::this_thread());
     assert_eq!(said, 1);
 }
+
+/// A claim that finds a lapsed claim Redis still keeps displaces it by a script, its second
+/// command. When the connection breaks before that script's answer comes back (a network
+/// that reset it, or any command in flight beside it whose connection broke), the script is
+/// sent again on a new connection, as the claim's first command is: its claim, written by the
+/// first send, is this request's own, where the request was answered 503.
+#[actix_web::test]
+async fn a_claim_whose_displacing_script_lost_its_answer_is_sent_again_and_holds_the_key() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let wire = idem_tests::redis_proxy::LosingRedisProxy::in_front_of(redis.url());
+    let store = default_store(&wire.url());
+    let now = SystemClock.now();
+    let claim = |lease_until: Timestamp| idem_core::InFlight {
+        fingerprint: Fingerprint::new("POST", "/x", "", b""),
+        lease_until,
+        token: idem_core::Token::random(),
+    };
+    let key = StoreKey::from_bytes([7; 32]);
+    let lapsed = claim(Timestamp::from_millis(now.as_millis() - 1_000));
+    let earlier = Timestamp::from_millis(now.as_millis() - 2_000);
+    assert!(matches!(
+        store.claim(&key, lapsed, earlier).await,
+        Ok(idem_core::store::Claim::Claimed)
+    ));
+    // The script's first argument is the time the claim is made at.
+    let at = now.as_millis().to_string();
+    wire.lose_answer_to(move |arguments| arguments.contains(&at.as_bytes()));
+    let ours = claim(now.saturating_add(Duration::from_secs(30)));
+    let claimed = store.claim(&key, ours, now).await;
+    assert_eq!(wire.lost(), 1, "the script's answer was not lost");
+    assert!(
+        matches!(claimed, Ok(idem_core::store::Claim::Claimed)),
+        "{claimed:?}"
+    );
+    let held = store.get(&key, now).await;
+    assert!(
+        matches!(&held, Ok(Some(idem_core::Record::InFlight(held))) if held.token == ours.token),
+        "{held:?}"
+    );
+}

@@ -1132,12 +1132,21 @@ impl RedisStore {
                 .await;
         }
         // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
-        // another request did first.
+        // another request did first. Sent again once on a connection found dropped, as the
+        // `SET` is: run twice, the second finds the first's claim, this request's own (see
+        // `found`).
         let (now_ms, keep_for_ms) = (now.as_millis().to_string(), keep_for.to_string());
         let args: [&[u8]; 3] = [now_ms.as_bytes(), &value, keep_for_ms.as_bytes()];
-        let existing: Option<Vec<u8>> = self
+        let existing: Option<Vec<u8>> = match self
             .run(self.eval(&mut link, &self.claim, &redis_key, &args))
-            .await?;
+            .await
+        {
+            Err(error) if dropped(&self.conn, &error) => {
+                link = self.link(replicas.is_some()).await?;
+                (self.run(self.eval(&mut link, &self.claim, &redis_key, &args))).await?
+            }
+            existing => existing?,
+        };
         match existing {
             None => {
                 (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas)).await
