@@ -634,7 +634,12 @@ async fn check<S: Store + Clone>(
         };
         assert_eq!(got, expect, "after the sequence: {k:?}");
     }
-    // Leases still held are released on drop, in the background.
+    // Leases still held are released on drop, in the background: within this run, whose
+    // engines wait for them, so that none goes on beside the next run's operations (on a
+    // wire, the next run's loss could otherwise meet such a release, and break the
+    // connection under another request).
+    drop(holders);
+    settle(&engines, &faults, wire).await;
 }
 
 /// Lets what the last operation left in the background (the release of a claim that may have
