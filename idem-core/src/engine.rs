@@ -799,7 +799,7 @@ enum Holder {
     /// The lease, by the record its completion wrote.
     This,
     /// The lease, by its claim: a claim again (a renewal's) that landed after its completion
-    /// found none.
+    /// or its release found none.
     Claim,
     /// Nobody: the store has no live record of the key.
     Nobody,
@@ -1347,15 +1347,21 @@ impl Lease {
     /// Whether the key is free after a release of this claim found none there: `true` when
     /// nobody holds it, as after an earlier attempt whose answer was lost (the engine retried
     /// it, the store's client resent it, or Postgres ran it again on a new connection), or
-    /// after this lease's claim lapsed and was dropped, or taken over and released; `false`
-    /// when another request holds it, or this lease's claim again (a renewal's claim whose
-    /// write landed late; it lapses with its lease), or when the store cannot say after
-    /// [`LOOKS`] tries a few tens of milliseconds apart: only the outcome's name (released or
-    /// lost) hangs on it, not worth holding the answer to the client longer.
+    /// after this lease's claim lapsed and was dropped, or taken over and released; when it
+    /// holds this lease's claim again (a renewal's claim again whose write landed after the
+    /// release), as the release of that claim answers; `false` when another request holds
+    /// it, or when the store cannot say after [`LOOKS`] tries a few tens of milliseconds
+    /// apart: only the outcome's name (released or lost) hangs on it, not worth holding the
+    /// answer to the client longer.
     async fn freed(&self) -> bool {
         let mut pause = Backoff::FIRST;
         for look in 1..=LOOKS {
             match self.holder(None).await {
+                // Once: a claim that lands again after this release too lapses with its lease.
+                Ok(Holder::Claim) => {
+                    let again = self.engine.released_once(&self.key, self.token).await;
+                    return matches!(again, Ok(true));
+                }
                 Ok(holder) => return matches!(holder, Holder::Nobody),
                 Err(_) if look < LOOKS => {
                     tokio::time::sleep(pause).await;
@@ -2799,6 +2805,42 @@ mod tests {
         let outcome = lease.finish(response(201, "once")).await;
         assert_eq!(outcome.unwrap(), Outcome::Recorded);
         assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
+    }
+
+    /// The same for a release: a renewal's claim again that lands after the release found no
+    /// claim is this lease's, and released too, where the release answered that the claim
+    /// was lost and left it to answer 409 for a lease. Through each way a claim is released:
+    /// a plain release, a finish whose status is not recorded, a rollback.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_again_that_lands_after_the_release_looked_is_released_too() {
+        let forgetful = Forgetful::default();
+        let engine =
+            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        for (n, how) in [(1, "release"), (2, "finish"), (3, "rollback")] {
+            let lease = execute(&engine, &policy, key(n), fp("a")).await;
+            forgetful.forget();
+            let again = InFlight {
+                fingerprint: fp("a"),
+                lease_until: engine.clock().now().saturating_add(Duration::from_secs(30)),
+                token: lease.token,
+            };
+            forgetful.land_before_next_get(key(n), again);
+            let released = match how {
+                "release" => lease.release().await.unwrap(),
+                "finish" => {
+                    lease.finish(response(503, "later")).await.unwrap() == Outcome::Released
+                }
+                // A rollback that found no claim (its statement ran after the claim was forgotten).
+                _ => lease
+                    .release_with(async { Ok::<_, StoreError>(false) })
+                    .await
+                    .unwrap(),
+            };
+            assert!(released, "{how}");
+            let retry = engine.begin(&policy, key(n), fp("a")).await;
+            assert!(matches!(retry, Ok(Begin::Execute(_))), "{how}: {retry:?}");
+        }
     }
 
     /// Runs a request on `key` whose claim the store forgets (by `forget`) a second into its
