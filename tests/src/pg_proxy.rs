@@ -10,7 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::proxy::listen;
+use crate::proxy::{address_of, authority, listen};
 
 /// The proxy: connections to [`LosingProxy::addr`] go on to the upstream server.
 pub struct LosingProxy {
@@ -39,7 +39,7 @@ impl LosingProxy {
     /// A proxy to the server at the PostgreSQL URL `url`, and `url` through it (in plain
     /// text, as the proxy reads the protocol).
     pub fn in_front_of(url: &str) -> (Self, String) {
-        let proxy = Self::start(address_of(url));
+        let proxy = Self::start(address_of(url, 5432));
         let through = through(url, proxy.addr);
         (proxy, through)
     }
@@ -67,21 +67,6 @@ impl LosingProxy {
     pub fn lost(&self) -> usize {
         self.shared.lost.load(Ordering::SeqCst)
     }
-}
-
-/// The server's `host:port` in `url` (`postgres://user@host:port/db?...`).
-fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
-    rest.split(['/', '?']).next().unwrap_or(rest)
-}
-
-/// The address of the server at `url`.
-fn address_of(url: &str) -> SocketAddr {
-    use std::net::ToSocketAddrs;
-    (authority(url).to_socket_addrs().ok())
-        .and_then(|mut addrs| addrs.next())
-        .unwrap_or_else(|| panic!("no address in {url}"))
 }
 
 /// `url` through `proxy`, in plain text (the proxy reads the protocol).

@@ -10,7 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::proxy::listen;
+use crate::proxy::{address_of, listen};
 
 /// The proxy: connections to [`LosingRedisProxy::url`] go on to the upstream server.
 pub struct LosingRedisProxy {
@@ -29,14 +29,10 @@ struct Shared {
 }
 
 impl LosingRedisProxy {
-    /// A proxy to the Redis at `url` (`redis://host:port/`, without a user).
+    /// A proxy to the Redis at `url` (`redis://host[:port]/`, without a password: the
+    /// proxy's own [`url`](Self::url) carries none).
     pub fn in_front_of(url: &str) -> Self {
-        use std::net::ToSocketAddrs;
-        let authority = url.trim_start_matches("redis://").trim_end_matches('/');
-        let upstream = (authority.to_socket_addrs().ok())
-            .and_then(|mut addrs| addrs.next())
-            .unwrap_or_else(|| panic!("no address in {url}"));
-        Self::start(upstream)
+        Self::start(address_of(url, 6379))
     }
 
     /// A proxy to the Redis at `upstream` on a free loopback port.
