@@ -2109,3 +2109,57 @@ async fn a_claim_whose_displacing_script_lost_its_answer_is_sent_again_and_holds
         "{held:?}"
     );
 }
+
+/// Many requests share a worker's connection: when one command's answer is lost and the
+/// connection breaks, every command in flight on it fails with it. Claims in flight then,
+/// at either of their two commands, are sent again on a new connection and hold their keys:
+/// none is answered 503 for another request's lost answer.
+#[actix_web::test]
+async fn claims_in_flight_beside_a_lost_answer_are_sent_again_and_hold_their_keys() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let wire = idem_tests::redis_proxy::LosingRedisProxy::in_front_of(redis.url());
+    let store = default_store(&wire.url());
+    let now = SystemClock.now();
+    let claim = |lease_until: Timestamp| idem_core::InFlight {
+        fingerprint: Fingerprint::new("POST", "/x", "", b""),
+        lease_until,
+        token: idem_core::Token::random(),
+    };
+    let key = |n: u8| StoreKey::from_bytes([n; 32]);
+    // Keys 0 to 31 hold lapsed claims (displaced by the script), 32 to 63 nothing; key 64
+    // the claim whose release's answer is lost.
+    let earlier = Timestamp::from_millis(now.as_millis() - 2_000);
+    for n in 0..32 {
+        let lapsed = claim(Timestamp::from_millis(now.as_millis() - 1_000));
+        store.claim(&key(n), lapsed, earlier).await.unwrap();
+    }
+    let held = claim(now.saturating_add(Duration::from_secs(30)));
+    store.claim(&key(64), held, now).await.unwrap();
+    wire.lose_answer_to(|arguments| arguments.contains(&&b"release"[..]));
+    let claims = (0..64).map(|n| {
+        let store = &store;
+        let ours = claim(now.saturating_add(Duration::from_secs(30)));
+        async move {
+            let key = key(n);
+            (n, ours.token, store.claim(&key, ours, now).await)
+        }
+    });
+    let released_key = key(64);
+    let release = store.release(&released_key, held.token);
+    let (claimed, released) = futures_util::join!(join_all(claims), release);
+    assert_eq!(wire.lost(), 1, "the release's answer was not lost");
+    assert!(released.is_err(), "{released:?}");
+    for (n, token, claimed) in claimed {
+        assert!(
+            matches!(claimed, Ok(idem_core::store::Claim::Claimed)),
+            "key {n}: {claimed:?}"
+        );
+        let record = store.get(&key(n), now).await;
+        assert!(
+            matches!(&record, Ok(Some(idem_core::Record::InFlight(held))) if held.token == token),
+            "key {n}: {record:?}"
+        );
+    }
+}
