@@ -1041,6 +1041,9 @@ pub(crate) fn wait_until_whole(urls: &[String]) -> Result<(), String> {
 pub struct TestRedisCluster {
     dir: std::path::PathBuf,
     ports: Vec<u16>,
+    /// The port each master tells clients to reach it on: its own, or that of a proxy in
+    /// front of it ([`start_announcing`](Self::start_announcing)).
+    announced: Vec<u16>,
     children: Vec<Option<std::process::Child>>,
 }
 
@@ -1051,10 +1054,17 @@ impl TestRedisCluster {
     /// Starts one, or `None` (the test should skip) when `redis-server` and `redis-cli` cannot
     /// make one. With `IDEM_REQUIRE_REDIS=1`, that panics instead.
     pub fn start() -> Option<Self> {
+        Self::start_announcing(&|port| port)
+    }
+
+    /// As [`start`](Self::start), each master telling clients (in `CLUSTER SLOTS`, `MOVED`)
+    /// to reach it on the port `announce` gives for its own (a proxy's in front of it), and
+    /// its peers on its own bus port.
+    pub fn start_announcing(announce: &dyn Fn(u16) -> u16) -> Option<Self> {
         // Another test may take a port between its choice and its node's start: try anew.
         let mut error = String::new();
         for _ in 0..3 {
-            match Self::create() {
+            match Self::create(announce) {
                 Ok(cluster) => return Some(cluster),
                 Err(e) => error = e,
             }
@@ -1063,9 +1073,10 @@ impl TestRedisCluster {
         None
     }
 
-    fn create() -> Result<Self, String> {
+    fn create(announce: &dyn Fn(u16) -> u16) -> Result<Self, String> {
         // A node's cluster bus listens on its port plus 10000.
         let ports = free_ports(Self::MASTERS, 10_000, 55_535);
+        let announced = ports.iter().map(|&port| announce(port)).collect();
         let dir = std::env::temp_dir().join(format!(
             "idem-redis-cluster-{}-{}",
             std::process::id(),
@@ -1074,6 +1085,7 @@ impl TestRedisCluster {
         let mut cluster = Self {
             dir,
             ports,
+            announced,
             children: (0..Self::MASTERS).map(|_| None).collect(),
         };
         for node in 0..Self::MASTERS {
@@ -1124,6 +1136,7 @@ impl TestRedisCluster {
             .args(["--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "1000"])
             .args(["--cluster-require-full-coverage", "no"])
+            .args(self.announcing(node))
             .args([
                 "--save",
                 "",
@@ -1140,6 +1153,51 @@ impl TestRedisCluster {
         let url = self.url(node);
         let child = self.children[node].insert(child);
         wait_for_own(&url, child, Duration::from_secs(10))
+    }
+
+    /// The settings that make master `node` announce another port than its own, if it does.
+    fn announcing(&self, node: usize) -> Vec<String> {
+        let (port, announced) = (self.ports[node], self.announced[node]);
+        if port == announced {
+            return Vec::new();
+        }
+        let bus = (u32::from(port) + 10_000).to_string();
+        [
+            "--cluster-announce-ip",
+            "127.0.0.1",
+            "--cluster-announce-port",
+            &announced.to_string(),
+            "--cluster-announce-bus-port",
+            &bus,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// As [`start`](Self::start), each master behind a proxy that can lose answers, which it
+    /// tells clients to reach it through: a client that connects by [`urls_behind`] reaches
+    /// every master through its proxy. The proxies are in the order of the masters.
+    ///
+    /// [`urls_behind`]: Self::urls_behind
+    pub fn start_behind_proxies() -> Option<(Self, Vec<redis_proxy::LosingRedisProxy>)> {
+        let proxies = std::cell::RefCell::new(Vec::new());
+        let cluster = Self::start_announcing(&|port| {
+            let proxy = redis_proxy::LosingRedisProxy::start(([127, 0, 0, 1], port).into());
+            let at = proxy.port();
+            proxies.borrow_mut().push(proxy);
+            at
+        })?;
+        // The last attempt's, when a port was taken from under an earlier one.
+        let mut proxies = proxies.into_inner();
+        let proxies = proxies.split_off(proxies.len() - Self::MASTERS);
+        Some((cluster, proxies))
+    }
+
+    /// The URLs of every master's proxy, when it [announces](Self::start_announcing) one.
+    pub fn urls_behind(&self) -> Vec<String> {
+        (self.announced.iter())
+            .map(|port| format!("redis://127.0.0.1:{port}/"))
+            .collect()
     }
 
     /// Waits until every master sees the cluster whole ([`wait_until_whole`]).
@@ -1192,7 +1250,7 @@ impl TestRedisCluster {
                 (first..=last).contains(&slot).then_some(port)
             })
             .expect("every slot is served");
-        self.ports
+        self.announced
             .iter()
             .position(|p| i64::from(*p) == port)
             .expect("a master of this cluster")

@@ -42,6 +42,11 @@ impl LosingRedisProxy {
         Self { addr, shared }
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// A `redis://` URL through it.
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
@@ -63,6 +68,23 @@ impl LosingRedisProxy {
     /// How many answers it has lost.
     pub fn lost(&self) -> usize {
         self.shared.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// Arms every proxy of `proxies` (one per master of a cluster) to lose one answer among them
+/// all: that to the first command `marked` says that any of them meets. (A command a
+/// cluster client sends again after a lost answer may go to another master first, which
+/// redirects it.)
+pub fn lose_answer_among(
+    proxies: &[LosingRedisProxy],
+    marked: impl Fn(&[&[u8]]) -> bool + Send + Sync + 'static,
+) {
+    let (marked, spent) = (Arc::new(marked), Arc::new(AtomicBool::new(false)));
+    for proxy in proxies {
+        let (marked, spent) = (Arc::clone(&marked), Arc::clone(&spent));
+        proxy.lose_answer_to(move |arguments| {
+            marked(arguments) && !spent.swap(true, Ordering::SeqCst)
+        });
     }
 }
 

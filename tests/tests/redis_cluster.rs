@@ -10,8 +10,10 @@ use futures_util::future::join_all;
 use idem_actix::RedisStore;
 use idem_core::store::ReplayCache;
 use idem_core::{
-    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, StoreError, StoreKey,
+    Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, Store, StoreError,
+    StoreKey,
 };
+use idem_tests::redis_proxy::{lose_answer_among, LosingRedisProxy};
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
@@ -927,4 +929,49 @@ async fn a_cluster_master_that_may_evict_the_store_s_keys_is_reported_once() {
         .filter(|m| m.contains("maxmemory-policy is allkeys-lru"))
         .count();
     assert_eq!(reported, 1);
+}
+
+/// A connection to a master that breaks with a claim or a read in flight on it (a network
+/// that reset it, or another command's lost answer) fails that command; the cluster client
+/// sends it again itself, on a new connection (or to another master first, which redirects
+/// it), as the store relies on: each claim here is a `SET` whose answer is lost, which sent
+/// again finds its own claim and holds the key, and each read a `GET`.
+#[actix_web::test]
+async fn a_claim_or_a_read_whose_answer_was_lost_on_a_cluster_is_sent_again_by_its_client() {
+    let Some((cluster, proxies)) = TestRedisCluster::start_behind_proxies() else {
+        return;
+    };
+    let store = RedisStore::cluster(cluster.urls_behind())
+        .prefix("lost:")
+        .command_timeout(Duration::from_secs(5))
+        .build()
+        .expect("valid cluster URLs");
+    let now = idem_actix::clock::Clock::now(&idem_actix::clock::SystemClock);
+    let lose = |name: &'static [u8]| {
+        lose_answer_among(&proxies, move |arguments| arguments.first() == Some(&name));
+    };
+    for n in 0..16 {
+        let key = StoreKey::from_bytes([n; 32]);
+        let claim = idem_core::InFlight {
+            fingerprint: Fingerprint::new("POST", "/x", "", b""),
+            lease_until: now.saturating_add(Duration::from_secs(30)),
+            token: idem_core::Token::random(),
+        };
+        lose(b"SET");
+        let claimed = store.claim(&key, claim, now).await;
+        proxies.iter().for_each(LosingRedisProxy::disarm);
+        assert!(
+            matches!(claimed, Ok(idem_core::store::Claim::Claimed)),
+            "claim {n}: {claimed:?}"
+        );
+        lose(b"GET");
+        let read = store.get(&key, now).await;
+        proxies.iter().for_each(LosingRedisProxy::disarm);
+        assert!(
+            matches!(&read, Ok(Some(idem_core::Record::InFlight(held))) if held.token == claim.token),
+            "read {n}: {read:?}"
+        );
+    }
+    let lost: usize = proxies.iter().map(LosingRedisProxy::lost).sum();
+    assert_eq!(lost, 32, "every claim's and read's answer was lost once");
 }
