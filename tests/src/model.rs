@@ -162,10 +162,10 @@ pub trait LosesAnswers {
     fn lose_answer_to(&self, call: &'static str) -> bool;
     /// Cancels a loss that no call has met.
     fn heal(&self);
-    /// Whether the store runs a call whose answer was lost again, on a new connection, and
-    /// answers as if nothing had been lost (Postgres); else the call fails, as one whose
-    /// answer [`Fault::Lost`] loses (Redis).
-    fn reruns(&self) -> bool;
+    /// Whether the store runs `call` again once its answer was lost, on a new connection, and
+    /// answers as if nothing had been lost (every call on Postgres, a claim or a read on
+    /// Redis); else the call fails, as one whose answer [`Fault::Lost`] loses.
+    fn reruns(&self, call: &str) -> bool;
 }
 
 /// What the model holds for one store key.
@@ -363,8 +363,8 @@ async fn check<S: Store + Clone>(
     // on a wire, the call whose answer it loses (`lost`), as `Fault::Lost` where the store
     // does not run it again.
     let fault_of = |planned: &Faults, lost: Option<&str>, call: &str| match wire {
-        Some(wire) if !wire.reruns() => (lost == Some(call)).then_some(Fault::Lost),
-        _ => (planned.iter().rev())
+        Some(wire) => (lost == Some(call) && !wire.reruns(call)).then_some(Fault::Lost),
+        None => (planned.iter().rev())
             .find(|(operation, ..)| faulty && *operation == call)
             .map(|&(_, fault, _)| fault),
     };
