@@ -15,6 +15,7 @@ use idem_core::{
     Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, Store, StoreError,
     StoreKey,
 };
+use idem_tests::redis_proxy::LosingRedisProxy;
 use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
@@ -2068,6 +2069,22 @@ async fn a_redis_that_does_not_say_its_eviction_policy_is_reported_once() {
     assert_eq!(said, 1);
 }
 
+/// A store on `redis` through a proxy that can lose answers, and the proxy.
+fn through_a_losing_wire(redis: &TestRedis) -> (LosingRedisProxy, RedisStore) {
+    let wire = LosingRedisProxy::in_front_of(redis.url());
+    let store = default_store(&wire.url());
+    (wire, store)
+}
+
+/// A request's claim (a token of its own) until `lease_until`.
+fn claim_until(lease_until: Timestamp) -> idem_core::InFlight {
+    idem_core::InFlight {
+        fingerprint: Fingerprint::new("POST", "/x", "", b""),
+        lease_until,
+        token: idem_core::Token::random(),
+    }
+}
+
 /// A claim that finds a lapsed claim Redis still keeps displaces it by a script, its second
 /// command. When the connection breaks before that script's answer comes back (a network
 /// that reset it, or any command in flight beside it whose connection broke), the script is
@@ -2078,16 +2095,10 @@ async fn a_claim_whose_displacing_script_lost_its_answer_is_sent_again_and_holds
     let Some(redis) = TestRedis::start_owned() else {
         return;
     };
-    let wire = idem_tests::redis_proxy::LosingRedisProxy::in_front_of(redis.url());
-    let store = default_store(&wire.url());
+    let (wire, store) = through_a_losing_wire(&redis);
     let now = SystemClock.now();
-    let claim = |lease_until: Timestamp| idem_core::InFlight {
-        fingerprint: Fingerprint::new("POST", "/x", "", b""),
-        lease_until,
-        token: idem_core::Token::random(),
-    };
     let key = StoreKey::from_bytes([7; 32]);
-    let lapsed = claim(Timestamp::from_millis(now.as_millis() - 1_000));
+    let lapsed = claim_until(Timestamp::from_millis(now.as_millis() - 1_000));
     let earlier = Timestamp::from_millis(now.as_millis() - 2_000);
     assert!(matches!(
         store.claim(&key, lapsed, earlier).await,
@@ -2096,7 +2107,7 @@ async fn a_claim_whose_displacing_script_lost_its_answer_is_sent_again_and_holds
     // The script's first argument is the time the claim is made at.
     let at = now.as_millis().to_string();
     wire.lose_answer_to(move |arguments| arguments.contains(&at.as_bytes()));
-    let ours = claim(now.saturating_add(Duration::from_secs(30)));
+    let ours = claim_until(now.saturating_add(Duration::from_secs(30)));
     let claimed = store.claim(&key, ours, now).await;
     assert_eq!(wire.lost(), 1, "the script's answer was not lost");
     assert!(
@@ -2119,28 +2130,22 @@ async fn claims_in_flight_beside_a_lost_answer_are_sent_again_and_hold_their_key
     let Some(redis) = TestRedis::start_owned() else {
         return;
     };
-    let wire = idem_tests::redis_proxy::LosingRedisProxy::in_front_of(redis.url());
-    let store = default_store(&wire.url());
+    let (wire, store) = through_a_losing_wire(&redis);
     let now = SystemClock.now();
-    let claim = |lease_until: Timestamp| idem_core::InFlight {
-        fingerprint: Fingerprint::new("POST", "/x", "", b""),
-        lease_until,
-        token: idem_core::Token::random(),
-    };
     let key = |n: u8| StoreKey::from_bytes([n; 32]);
     // Keys 0 to 31 hold lapsed claims (displaced by the script), 32 to 63 nothing; key 64
     // the claim whose release's answer is lost.
     let earlier = Timestamp::from_millis(now.as_millis() - 2_000);
     for n in 0..32 {
-        let lapsed = claim(Timestamp::from_millis(now.as_millis() - 1_000));
+        let lapsed = claim_until(Timestamp::from_millis(now.as_millis() - 1_000));
         store.claim(&key(n), lapsed, earlier).await.unwrap();
     }
-    let held = claim(now.saturating_add(Duration::from_secs(30)));
+    let held = claim_until(now.saturating_add(Duration::from_secs(30)));
     store.claim(&key(64), held, now).await.unwrap();
     wire.lose_answer_to(|arguments| arguments.contains(&&b"release"[..]));
     let claims = (0..64).map(|n| {
         let store = &store;
-        let ours = claim(now.saturating_add(Duration::from_secs(30)));
+        let ours = claim_until(now.saturating_add(Duration::from_secs(30)));
         async move {
             let key = key(n);
             (n, ours.token, store.claim(&key, ours, now).await)
