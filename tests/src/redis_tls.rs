@@ -132,7 +132,7 @@ impl TlsRedis {
     /// missing, or the `redis-server` takes no TLS. With `IDEM_REQUIRE_REDIS=1`, that panics
     /// instead.
     pub fn start(clients: ClientCertificates) -> Option<Self> {
-        Self::start_as(clients, None)
+        Self::start_as(clients, None, false)
     }
 
     /// Starts one as a Redis Cluster of one master, which holds every slot, its cluster
@@ -152,14 +152,23 @@ impl TlsRedis {
     /// Starts a Redis Cluster as [`start_cluster_of`](Self::start_cluster_of) does, whose
     /// masters ask clients for a certificate as `clients` says.
     pub fn start_cluster_asking(masters: usize, clients: ClientCertificates) -> Option<Self> {
-        Self::start_as(clients, Some(masters))
+        Self::start_as(clients, Some(masters), false)
     }
 
-    fn start_as(clients: ClientCertificates, cluster: Option<usize>) -> Option<Self> {
+    /// Starts a Redis Cluster as [`start_cluster_of`](Self::start_cluster_of) does, whose
+    /// masters tell clients their host name (`localhost`, which the certificate holds) rather
+    /// than their address (`cluster-preferred-endpoint-type hostname`), as managed clusters
+    /// do: a cluster client reaches each master it learns by that name, and checks its
+    /// certificate against it.
+    pub fn start_cluster_named(masters: usize) -> Option<Self> {
+        Self::start_as(ClientCertificates::Optional, Some(masters), true)
+    }
+
+    fn start_as(clients: ClientCertificates, cluster: Option<usize>, named: bool) -> Option<Self> {
         // A port picked free may be taken before the server binds it: others are tried.
         let mut failed = String::new();
         for _ in 0..3 {
-            match Self::spawn(clients, cluster) {
+            match Self::spawn(clients, cluster, named) {
                 Ok(redis) => return Some(redis),
                 Err(e) => failed = e,
             }
@@ -168,7 +177,11 @@ impl TlsRedis {
         None
     }
 
-    fn spawn(clients: ClientCertificates, cluster: Option<usize>) -> Result<Self, String> {
+    fn spawn(
+        clients: ClientCertificates,
+        cluster: Option<usize>,
+        named: bool,
+    ) -> Result<Self, String> {
         let count = cluster.unwrap_or(1);
         // A cluster's bus listens on its TLS port plus 10000.
         let tls_ports = free_ports(count, 10_000, 55_535);
@@ -198,6 +211,11 @@ impl TlsRedis {
                     .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
                     .args(["--cluster-config-file", "nodes.conf"])
                     .args(["--cluster-node-timeout", "1000"]);
+            }
+            if named {
+                command
+                    .args(["--cluster-announce-hostname", "localhost"])
+                    .args(["--cluster-preferred-endpoint-type", "hostname"]);
             }
             redis.spawn_node(command, clients, tls_port, plain)?;
         }

@@ -73,6 +73,39 @@ async fn the_cluster_store_conforms_over_tls_trusting_the_authority_it_is_given(
     assert!(!keys.is_empty(), "the records went to this Redis, over TLS");
 }
 
+/// A Redis Cluster over TLS whose masters are known by host name (as a managed cluster's
+/// are): the cluster client reaches each master by the name `CLUSTER SLOTS` gives, checks its
+/// certificate against it, and the store conforms with its keys spread over three masters.
+#[actix_web::test]
+async fn the_cluster_store_conforms_over_tls_to_masters_known_by_host_name() {
+    let Some(redis) = TlsRedis::start_cluster_named(3) else {
+        return;
+    };
+    let slots: Vec<Vec<redis::Value>> = redis.query(redis::cmd("CLUSTER").arg("SLOTS"));
+    let named = slots.iter().all(|range| {
+        matches!(range.get(2), Some(redis::Value::Array(master))
+            if matches!(master.first(), Some(redis::Value::BulkString(host)) if host == b"localhost"))
+    });
+    assert!(named, "the masters are known by host name: {slots:?}");
+    let store = RedisStore::cluster([redis.url()])
+        .tls_root_certificates(redis.authority())
+        .prefix("tls-named-conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&store, 13).await;
+    let held: usize = (0..3)
+        .map(|node| {
+            let keys: Vec<String> =
+                redis.query_on(node, redis::cmd("KEYS").arg("tls-named-conformance:*"));
+            usize::from(!keys.is_empty())
+        })
+        .sum();
+    assert!(
+        held > 1,
+        "the records went to more than one master, over TLS"
+    );
+}
+
 /// A server whose certificate no authority the store trusts signed (the system's roots, or
 /// another authority given) is refused: its claims are refused by the store, with the
 /// certificate's fault in the error, even where the store fails open (Redis answers, and a
