@@ -67,7 +67,7 @@ const IN_PLACE: usize = 4;
 /// be left empty. A `Vec` grown as it is read keeps room for at least four values, and up to
 /// twice its number: a body of one-value arrays, nested or side by side (`[[0]]`, `[0],[0]`),
 /// took up to 63 times its size; it takes 16 now, and any body at most 24
-/// (`bodies_of_every_dense_shape_are_fingerprinted_within_28_times_their_size_as_json_40_as_forms`).
+/// (`bodies_of_every_dense_shape_are_fingerprinted_within_28_times_their_size_as_json_9_as_forms`).
 ///
 /// Cutting every `Vec` to size instead costs a reallocation per array and object: counted
 /// with callgrind, fingerprinting `{"agent_id":..,"phone_number":..}` took 651 instructions
