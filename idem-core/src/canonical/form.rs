@@ -20,6 +20,10 @@ use crate::digest::{field, varint_update, Sink};
 /// Two pairs of one name compare by their place in `input`, so that an unstable sort, which
 /// takes no room, keeps their order.
 pub(crate) fn hash(out: &mut impl Sink, input: &[u8]) {
+    // No query, most often: nothing to allocate.
+    if input.is_empty() {
+        return varint_update(out, 0);
+    }
     let mut pairs: Vec<&[u8]> =
         Vec::with_capacity(input.iter().filter(|&&b| b == b'&').count() + 1);
     pairs.extend(input.split(|&b| b == b'&').filter(|pair| !pair.is_empty()));
