@@ -128,6 +128,8 @@ fn bodies_of_every_dense_shape_are_fingerprinted_within_28_times_their_size_as_j
         ("a form of names alone", form_of("a")),
         ("a form of escaped names", form_of("+")),
         ("a form of escaped values", form_of("a=%41")),
+        ("a form of separators alone", vec![b'&'; 2 << 20]),
+        ("a form of empty pairs between names", form_of("&a")),
     ]
     .map(|(shape, body)| (shape, body, false, 9));
     let over: Vec<String> = json
