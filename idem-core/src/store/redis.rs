@@ -1269,7 +1269,8 @@ impl RedisStore {
 
     /// A claim's answer when Redis holds a live `record` for the key: the record, unless it is
     /// this claim itself, written by an earlier send of the same command whose answer was lost
-    /// (a client that resends it; the `redis` crate's cluster client does). That write is this
+    /// (sent again by the store on a connection found dropped, or by the `redis` crate's
+    /// cluster client). That write is this
     /// request's claim, and holds the key once the replicas asked for acknowledged it, as its
     /// first answer would have. `WAIT` counts the writes sent on its own connection, and this
     /// one may have carried none (the first send went out on another, before a reconnection),
