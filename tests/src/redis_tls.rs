@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::{free_port, free_ports, skip_without_redis, wait_for_own, wait_until_whole};
 
 /// Certificates made for one test: an authority, the server's certificate it signed (for
-/// `localhost` and `127.0.0.1`), a client's certificate it signed, and another authority,
-/// which signed none of them.
+/// `localhost` and `127.0.0.1`; and one for `localhost` alone, for servers known by name), a
+/// client's certificate it signed, and another authority, which signed none of them.
 struct Pki {
     dir: PathBuf,
 }
@@ -51,6 +51,15 @@ impl Pki {
             &[
                 "basicConstraints=critical,CA:FALSE",
                 "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+        )?;
+        openssl(
+            dir,
+            &[&ec[..], &signed, &["-subj", "/CN=localhost"]],
+            "named-server",
+            &[
+                "basicConstraints=critical,CA:FALSE",
+                "subjectAltName=DNS:localhost",
             ],
         )?;
         openssl(
@@ -118,6 +127,8 @@ pub enum ClientCertificates {
 pub struct TlsRedis {
     pki: Pki,
     nodes: Vec<Node>,
+    /// The servers' certificate (`server`, or `named-server` for servers known by name).
+    certificate: &'static str,
 }
 
 /// One `redis-server` of a [`TlsRedis`].
@@ -159,7 +170,8 @@ impl TlsRedis {
     /// masters tell clients their host name (`localhost`, which the certificate holds) rather
     /// than their address (`cluster-preferred-endpoint-type hostname`), as managed clusters
     /// do: a cluster client reaches each master it learns by that name, and checks its
-    /// certificate against it.
+    /// certificate against it (a certificate for `localhost` alone, which an address does not
+    /// match).
     pub fn start_cluster_named(masters: usize) -> Option<Self> {
         Self::start_as(ClientCertificates::Optional, Some(masters), true)
     }
@@ -196,6 +208,7 @@ impl TlsRedis {
         let mut redis = Self {
             pki: Pki { dir: dir.clone() },
             nodes: Vec::new(),
+            certificate: if named { "named-server" } else { "server" },
         };
         redis.pki = Pki::make(&dir)?;
         let mut taken: Vec<u16> = tls_ports.iter().flat_map(|&p| [p, p + 10_000]).collect();
@@ -246,9 +259,9 @@ impl TlsRedis {
             .args(["--port", &plain.to_string(), "--bind", "127.0.0.1"])
             .args(["--tls-port", &tls_port.to_string()])
             .arg("--tls-cert-file")
-            .arg(self.pki.path("server.crt"))
+            .arg(self.pki.path(&format!("{}.crt", self.certificate)))
             .arg("--tls-key-file")
-            .arg(self.pki.path("server.key"))
+            .arg(self.pki.path(&format!("{}.key", self.certificate)))
             .arg("--tls-ca-cert-file")
             .arg(self.pki.path("ca.crt"))
             .args(["--tls-auth-clients", auth])
