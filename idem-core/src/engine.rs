@@ -1349,7 +1349,8 @@ impl Lease {
     /// it, the store's client resent it, or Postgres ran it again on a new connection), or
     /// after this lease's claim lapsed and was dropped, or taken over and released; when it
     /// holds this lease's claim again (a renewal's claim again whose write landed after the
-    /// release), as the release of that claim answers; `false` when another request holds
+    /// release), as the release of that claim answers (one the store fails, `false`, goes on
+    /// in the background); `false` when another request holds
     /// it, or when the store cannot say after [`LOOKS`] tries a few tens of milliseconds
     /// apart: only the outcome's name (released or lost) hangs on it, not worth holding the
     /// answer to the client longer.
@@ -1358,9 +1359,16 @@ impl Lease {
         for look in 1..=LOOKS {
             match self.holder(None).await {
                 // Once: a claim that lands again after this release too lapses with its lease.
+                // One the store fails to release is released in the background, with
+                // retries, as a dropped lease's claim is.
                 Ok(Holder::Claim) => {
-                    let again = self.engine.released_once(&self.key, self.token).await;
-                    return matches!(again, Ok(true));
+                    return match self.engine.released_once(&self.key, self.token).await {
+                        Ok(released) => released,
+                        Err(_) => {
+                            (self.engine).release_in_background(self.key, self.token, self.lease);
+                            false
+                        }
+                    };
                 }
                 Ok(holder) => return matches!(holder, Holder::Nobody),
                 Err(_) if look < LOOKS => {
@@ -2591,6 +2599,9 @@ mod tests {
         Arc<std::sync::Mutex<Option<(StoreKey, InFlight)>>>,
         /// How many claims to come the store forgets as soon as it took them.
         Arc<std::sync::atomic::AtomicUsize>,
+        /// Whether the first release after a late claim lands fails (and then whether the
+        /// next release does).
+        Arc<[std::sync::atomic::AtomicBool; 2]>,
     );
 
     impl Forgetful {
@@ -2607,6 +2618,14 @@ mod tests {
         /// write reaches the store late.
         fn land_before_next_get(&self, key: StoreKey, claim: InFlight) {
             *self.1.lock().unwrap() = Some((key, claim));
+        }
+
+        /// Fails the first release after the claim [`land_before_next_get`] wrote lands,
+        /// once.
+        ///
+        /// [`land_before_next_get`]: Self::land_before_next_get
+        fn fail_the_release_after_landing(&self) {
+            self.3[0].store(true, std::sync::atomic::Ordering::SeqCst);
         }
 
         fn current(&self) -> Arc<MokaStore> {
@@ -2639,6 +2658,8 @@ mod tests {
                 let late = self.1.lock().unwrap().take();
                 if let Some((landing, claim)) = late {
                     self.current().claim(&landing, claim, now).await?;
+                    let fails = self.3[0].swap(false, std::sync::atomic::Ordering::SeqCst);
+                    self.3[1].store(fails, std::sync::atomic::Ordering::SeqCst);
                 }
                 self.current().get(key, now).await
             })
@@ -2664,6 +2685,9 @@ mod tests {
             StoreFuture::new(async move { self.current().complete(key, token, record, now).await })
         }
         fn release<'a>(&'a self, key: &'a StoreKey, token: Token) -> StoreFuture<'a, bool> {
+            if self.3[1].swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return StoreFuture::ready(Err(StoreError::Unavailable("a blip".into())));
+            }
             StoreFuture::new(async move { self.current().release(key, token).await })
         }
     }
@@ -2841,6 +2865,30 @@ mod tests {
             let retry = engine.begin(&policy, key(n), fp("a")).await;
             assert!(matches!(retry, Ok(Begin::Execute(_))), "{how}: {retry:?}");
         }
+    }
+
+    /// When the release of that claim fails, the claim is released in the background, with
+    /// retries, as a dropped lease's is, where it was left to answer 409 until it lapsed; the
+    /// release answers that it cannot say the key is free.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_again_whose_release_fails_is_released_in_the_background() {
+        let forgetful = Forgetful::default();
+        let engine =
+            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let lease = execute(&engine, &policy, key(1), fp("a")).await;
+        forgetful.forget();
+        let again = InFlight {
+            fingerprint: fp("a"),
+            lease_until: engine.clock().now().saturating_add(Duration::from_secs(30)),
+            token: lease.token,
+        };
+        forgetful.land_before_next_get(key(1), again);
+        forgetful.fail_the_release_after_landing();
+        assert!(!lease.release().await.unwrap());
+        engine.abandoned_released().await;
+        let retry = engine.begin(&policy, key(1), fp("a")).await;
+        assert!(matches!(retry, Ok(Begin::Execute(_))), "{retry:?}");
     }
 
     /// Runs a request on `key` whose claim the store forgets (by `forget`) a second into its
