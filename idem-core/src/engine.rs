@@ -2806,26 +2806,47 @@ mod tests {
         assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
     }
 
+    /// An engine on a [`Forgetful`] store, with a 30 s lease.
+    fn forgetful_engine() -> (Forgetful, Engine, Policy) {
+        let forgetful = Forgetful::default();
+        let engine =
+            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
+        (
+            forgetful,
+            engine,
+            Policy::DEFAULT.lease(Duration::from_secs(30)),
+        )
+    }
+
+    /// A lease on `key` whose claim the store then forgets, and whose claim again (a
+    /// renewal's, sent earlier) lands just before the store's next read.
+    async fn forgotten_and_landing_again(
+        forgetful: &Forgetful,
+        engine: &Engine,
+        policy: &Policy,
+        key: StoreKey,
+    ) -> Lease {
+        let lease = execute(engine, policy, key, fp("a")).await;
+        forgetful.forget();
+        let again = InFlight {
+            fingerprint: fp("a"),
+            lease_until: engine.clock().now().saturating_add(Duration::from_secs(30)),
+            token: lease.token,
+        };
+        forgetful.land_before_next_get(key, again);
+        lease
+    }
+
     /// A renewal's claim again that lands after the completion looked (the completion found
     /// no claim, then the look finds this lease's own) is this lease's: the record is written
     /// under it, where the completion took it for another request's and gave up, leaving a
     /// claim nobody held to answer 409 for a lease, then let a retry run again.
     #[tokio::test(start_paused = true)]
     async fn a_claim_again_that_lands_after_the_completion_looked_is_recorded_not_lost() {
-        let forgetful = Forgetful::default();
-        let engine =
-            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
-        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
-        let lease = execute(&engine, &policy, key(1), fp("a")).await;
-        forgetful.forget();
+        let (forgetful, engine, policy) = forgetful_engine();
         // The claim again lands between the refused completion and the look: the store holds
         // this lease's claim when the completion asks who holds the key.
-        let again = InFlight {
-            fingerprint: fp("a"),
-            lease_until: engine.clock().now().saturating_add(Duration::from_secs(30)),
-            token: lease.token,
-        };
-        forgetful.land_before_next_get(key(1), again);
+        let lease = forgotten_and_landing_again(&forgetful, &engine, &policy, key(1)).await;
         let outcome = lease.finish(response(201, "once")).await;
         assert_eq!(outcome.unwrap(), Outcome::Recorded);
         assert_eq!(replayed_body(&engine, &policy, key(1)).await, b"once");
@@ -2837,19 +2858,9 @@ mod tests {
     /// a plain release, a finish whose status is not recorded, a rollback.
     #[tokio::test(start_paused = true)]
     async fn a_claim_again_that_lands_after_the_release_looked_is_released_too() {
-        let forgetful = Forgetful::default();
-        let engine =
-            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
-        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
+        let (forgetful, engine, policy) = forgetful_engine();
         for (n, how) in [(1, "release"), (2, "finish"), (3, "rollback")] {
-            let lease = execute(&engine, &policy, key(n), fp("a")).await;
-            forgetful.forget();
-            let again = InFlight {
-                fingerprint: fp("a"),
-                lease_until: engine.clock().now().saturating_add(Duration::from_secs(30)),
-                token: lease.token,
-            };
-            forgetful.land_before_next_get(key(n), again);
+            let lease = forgotten_and_landing_again(&forgetful, &engine, &policy, key(n)).await;
             let released = match how {
                 "release" => lease.release().await.unwrap(),
                 "finish" => {
@@ -2872,18 +2883,8 @@ mod tests {
     /// release answers that it cannot say the key is free.
     #[tokio::test(start_paused = true)]
     async fn a_claim_again_whose_release_fails_is_released_in_the_background() {
-        let forgetful = Forgetful::default();
-        let engine =
-            Engine::new(forgetful.clone()).with_clock(TokioClock(tokio::time::Instant::now()));
-        let policy = Policy::DEFAULT.lease(Duration::from_secs(30));
-        let lease = execute(&engine, &policy, key(1), fp("a")).await;
-        forgetful.forget();
-        let again = InFlight {
-            fingerprint: fp("a"),
-            lease_until: engine.clock().now().saturating_add(Duration::from_secs(30)),
-            token: lease.token,
-        };
-        forgetful.land_before_next_get(key(1), again);
+        let (forgetful, engine, policy) = forgetful_engine();
+        let lease = forgotten_and_landing_again(&forgetful, &engine, &policy, key(1)).await;
         forgetful.fail_the_release_after_landing();
         assert!(!lease.release().await.unwrap());
         engine.abandoned_released().await;
