@@ -957,6 +957,33 @@ pub struct RedisStoreBuilder {
     tls: super::redis_tls::Certificates,
 }
 
+/// The answer of `$send` (a block sending on `&mut $link`, named `$on` in it), for a command
+/// safe to send twice (a claim's, a read): sent again once on a connection found dropped
+/// ([`dropped`]: a Redis that restarted closed it and its worker learns of it only now, a
+/// network broke it, another command's answer was lost on it), rather than answered 503 while
+/// Redis answers. On a new link (lent for `WAIT` when `$waits`): a connection lent and found
+/// dropped is not lent again. (A macro: an async closure's future, borrowing the link it is
+/// given, is not known to be `Send` for every such borrow.)
+macro_rules! resent {
+    ($store:expr, $link:ident, $waits:expr, |$on:ident| $send:block) => {{
+        let first = {
+            let $on = &mut $link;
+            $send
+        };
+        match first {
+            Err(error) if dropped(&$store.conn, &error) => match $store.link($waits).await {
+                Ok(new) => {
+                    $link = new;
+                    let $on = &mut $link;
+                    $send
+                }
+                Err(error) => Err(error),
+            },
+            answer => answer,
+        }
+    }};
+}
+
 impl RedisStore {
     /// A store on the Redis at `url` (`redis://host:port/db`, or `rediss://` over TLS with the
     /// `redis-tls` feature) with default settings.
@@ -1105,18 +1132,11 @@ impl RedisStore {
             .arg("PX")
             .arg(keep_for)
             .arg("GET");
-        // Sent again once on a connection found dropped (a Redis that restarted closed it,
-        // and its worker learns of it only now): the claim may be sent twice, as its first
-        // answer may have been lost (see `found`). On a new link: a connection lent for
-        // `WAIT` and found dropped is not lent again, so the next one lent is new.
-        let existing: Option<Vec<u8>> =
-            match self.run_as(set.query_async(&mut link), claim_failed).await {
-                Err(error) if dropped(&self.conn, &error) => {
-                    link = self.link(replicas.is_some()).await?;
-                    (self.run_as(set.query_async(&mut link), claim_failed)).await?
-                }
-                existing => existing?,
-            };
+        // The claim may be sent twice, as its first answer may have been lost (see `found`).
+        let waits = replicas.is_some();
+        let existing: Option<Vec<u8>> = resent!(self, link, waits, |link| {
+            self.run_as(set.query_async(link), claim_failed).await
+        })?;
         let Some(bytes) = existing else {
             self.first_claim(&mut link, &redis_key, key, claim, keep_for)
                 .await?;
@@ -1132,21 +1152,14 @@ impl RedisStore {
                 .await;
         }
         // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
-        // another request did first. Sent again once on a connection found dropped, as the
-        // `SET` is: run twice, the second finds the first's claim, this request's own (see
-        // `found`).
+        // another request did first. Run twice, the second finds the first's claim, this
+        // request's own (see `found`).
         let (now_ms, keep_for_ms) = (now.as_millis().to_string(), keep_for.to_string());
         let args: [&[u8]; 3] = [now_ms.as_bytes(), &value, keep_for_ms.as_bytes()];
-        let existing: Option<Vec<u8>> = match self
-            .run(self.eval(&mut link, &self.claim, &redis_key, &args))
-            .await
-        {
-            Err(error) if dropped(&self.conn, &error) => {
-                link = self.link(replicas.is_some()).await?;
-                (self.run(self.eval(&mut link, &self.claim, &redis_key, &args))).await?
-            }
-            existing => existing?,
-        };
+        let existing: Option<Vec<u8>> = resent!(self, link, waits, |link| {
+            self.run(self.eval(link, &self.claim, &redis_key, &args))
+                .await
+        })?;
         match existing {
             None => {
                 (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas)).await
@@ -1970,15 +1983,11 @@ impl Store for RedisStore {
 
     fn get<'a>(&'a self, key: &'a StoreKey, now: Timestamp) -> StoreFuture<'a, Option<Record>> {
         StoreFuture::new(async move {
-            let mut conn = self.conn.clone();
+            let mut link = Link::Shared(self.conn.clone());
             let cmd = redis::cmd("GET").arg(self.redis_key(key)).to_owned();
-            // A read, sent again once on a connection found dropped, as a claim is.
-            let bytes: Option<Vec<u8>> = match self.run(cmd.query_async(&mut conn)).await {
-                Err(error) if dropped(&self.conn, &error) => {
-                    self.run(cmd.query_async(&mut conn)).await?
-                }
-                bytes => bytes?,
-            };
+            let bytes: Option<Vec<u8>> = resent!(self, link, false, |link| {
+                self.run(cmd.query_async(link)).await
+            })?;
             match bytes {
                 None => Ok(None),
                 Some(bytes) => Ok(Some(codec::decode(&bytes)?).filter(|r| r.is_live(now))),
