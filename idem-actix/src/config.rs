@@ -154,13 +154,18 @@ impl IdempotencyConfig {
     /// # Errors
     /// [`PolicyError`] for settings the store contradicts (a `max_response` larger than the
     /// records it keeps, or a store too small to keep any record) or a header name that is not
-    /// one, or for settings that contradict each other (see [`Policy::check`]). An endpoint's
+    /// one, or for settings that contradict each other (see [`Policy::check`]);
+    /// [`PolicyError::EndpointNameInDefaults`] for an endpoint's name, which names one
+    /// endpoint and is given with its other settings. An endpoint's
     /// own overrides (the attribute's, checked at compile time; the middleware's, checked on
     /// their own when it starts, see [`Overrides::check`](crate::Overrides::check)) are
     /// checked with these defaults and the store on its first keyed request, and a
     /// contradiction is logged; the layer never loses a record to one.
     pub fn with_defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
         policy.check(&**self.engine().store())?;
+        if let Some(name) = policy.endpoint_name {
+            return Err(PolicyError::EndpointNameInDefaults(name));
+        }
         let header = parse_header(policy.header)?;
         let settings = self.settings();
         settings.header = header;

@@ -986,14 +986,22 @@ fn in_words(policy: &Policy, by_path: bool) -> String {
     });
     text.push(' ');
     text.push_str(&scope_in_words(policy.scope));
-    match (policy.per_endpoint, by_path) {
-        (true, false) => text
+    match (policy.per_endpoint, policy.endpoint_name, by_path) {
+        (true, Some(name), _) => {
+            let _ = write!(
+                text,
+                " Keys are per operation, kept under the name \"{name}\" whatever its path: \
+                 the same key on another operation is another key, and on another operation \
+                 of the same name the same key."
+            );
+        }
+        (true, None, false) => text
             .push_str(" Keys are per operation: the same key on another operation is another key."),
-        (true, true) => text.push_str(
+        (true, None, true) => text.push_str(
             " Keys are per method and path: the same key on another path (another value of a \
              path parameter included) or with another method is another key.",
         ),
-        (false, _) => {}
+        (false, ..) => {}
     }
     match policy.on_in_flight {
         OnInFlight::Wait(bound) => {
@@ -1110,7 +1118,8 @@ fn plural(n: u64, unit: &str) -> String {
 }
 
 /// The policy for tools: `x-idempotency`. `per_path` says that keys per operation are per
-/// method and path, too (a middleware's: see [`in_words`]).
+/// method and path, too (a middleware's: see [`in_words`]); `operation_name`, the name they
+/// are kept under instead, where the endpoint has one (`null` otherwise).
 fn extension(policy: &Policy, by_path: bool) -> serde_json::Value {
     json!({
         "header": policy.header,
@@ -1131,7 +1140,8 @@ fn extension(policy: &Policy, by_path: bool) -> serde_json::Value {
             _ => json!(409),
         },
         "per_operation": policy.per_endpoint,
-        "per_path": policy.per_endpoint && by_path,
+        "per_path": policy.per_endpoint && by_path && policy.endpoint_name.is_none(),
+        "operation_name": policy.endpoint_name.filter(|_| policy.per_endpoint),
         "key_source": match policy.key_source {
             KeySource::Json(pointer) => json!(pointer),
             _ => json!("header"),
@@ -1649,6 +1659,25 @@ mod tests {
         let words = put["description"].as_str().unwrap();
         assert!(words.contains("Keys are per operation"), "{words}");
         assert_eq!(put["x-idempotency"]["per_path"], false);
+        assert_eq!(
+            put["x-idempotency"]["operation_name"],
+            serde_json::Value::Null
+        );
+        // A named endpoint's keys are per its name, under the middleware too.
+        let named = |p: crate::Overrides| p.per_endpoint(true).endpoint_name("calls.update");
+        for doc in [
+            applied(Contract::new().middleware("/v1", named)),
+            applied(Contract::new().operation(HttpMethod::Put, "/v1/calls/{id}", named)),
+        ] {
+            let put = &doc["paths"]["/v1/calls/{id}"]["put"];
+            let words = put["description"].as_str().unwrap();
+            assert!(
+                words.contains("kept under the name \"calls.update\" whatever its path"),
+                "{words}"
+            );
+            assert_eq!(put["x-idempotency"]["per_path"], false);
+            assert_eq!(put["x-idempotency"]["operation_name"], "calls.update");
+        }
 
         // What the middleware does: another path of the operation under the key runs.
         let app = test::init_service(

@@ -186,6 +186,16 @@ pub struct Policy {
     /// attribute's route is the pattern it is routed by; the `Idempotency` middleware's is the
     /// request's path, as it may run before the request is routed.
     pub per_endpoint: bool,
+    /// The name an endpoint's keys are kept under where keys are per endpoint, in place of
+    /// its method and route: a route whose pattern changes while its paths stay (a parameter
+    /// renamed, `{id}` to `{call_id}`, or given a pattern, `{id:\d+}`; the attribute replaced
+    /// by the middleware, which keys by path) keeps its keys, so that a retry across the
+    /// deploy replays instead of running again. Endpoints of one name share their keys: the
+    /// same key on another of them is a mismatch (the request's method and path are part of
+    /// its fingerprint), never a second run. Named as a route was (`"POST /v1/calls/{id}"`,
+    /// the attribute's method and pattern), an endpoint keeps the keys it had under that
+    /// route. Only with [`per_endpoint`](Self::per_endpoint); `None` by default.
+    pub endpoint_name: Option<&'static str>,
     /// How long a claim holds without being extended; a running handler extends it.
     pub lease: Duration,
     /// The answer when the store is unreachable.
@@ -239,6 +249,7 @@ impl Policy {
         on_in_flight: OnInFlight::Conflict,
         cache: CachePolicy::Non5xx,
         per_endpoint: false,
+        endpoint_name: None,
         lease: Duration::from_secs(60),
         on_store_error: OnStoreError::FailClosed,
         max_body: 2 * 1024 * 1024,
@@ -323,6 +334,8 @@ impl Policy {
     /// [`PolicyError::TtlTooShort`] when the TTL is shorter than [`Policy::MIN_TTL`];
     /// [`PolicyError::KeyMaxLenZero`] when `key_max_len` is 0, which no key fits;
     /// [`PolicyError::MaxBodyZero`] when `max_body` is 0, which no body fits;
+    /// [`PolicyError::EndpointNameEmpty`] when `endpoint_name` is empty, and
+    /// [`PolicyError::EndpointNameUnused`] when it is given with keys not per endpoint;
     /// [`PolicyError::WaitTooShort`] when [`OnInFlight::Wait`] waits under a millisecond;
     /// [`PolicyError::ScopeIsKey`] when a [`Scope::Header`] reads the key's own header;
     /// [`PolicyError::KeyIsCredential`] when the key's header is one the scope reads the
@@ -442,6 +455,11 @@ impl Policy {
         if self.max_body == 0 {
             return Err(PolicyError::MaxBodyZero);
         }
+        match self.endpoint_name {
+            Some("") => return Err(PolicyError::EndpointNameEmpty),
+            Some(name) if !self.per_endpoint => return Err(PolicyError::EndpointNameUnused(name)),
+            _ => {}
+        }
         if let OnInFlight::Wait(wait) = self.on_in_flight {
             // The attribute's shortest `wait_timeout`, as its shortest duration of any kind.
             if wait < Duration::from_millis(1) {
@@ -542,6 +560,15 @@ pub enum PolicyError {
     /// The longest key is 0 bytes: every key would be refused.
     #[error("key_max_len is 0, so every key would be refused with 400 idempotency_key_invalid; give the longest key clients send, such as 255")]
     KeyMaxLenZero,
+    /// An endpoint's name is empty.
+    #[error("endpoint_name is empty; name the endpoint as its keys should be known across deploys, such as \"calls.create\"")]
+    EndpointNameEmpty,
+    /// An endpoint is named, but its keys are not per endpoint, so the name is never read.
+    #[error("endpoint_name is \"{0}\", but keys are not per endpoint, so the name is never read; turn per_endpoint on, or remove the name")]
+    EndpointNameUnused(&'static str),
+    /// The application's defaults name an endpoint, which every endpoint would share.
+    #[error("the application's defaults name an endpoint, \"{0}\", which every endpoint would share, so that a key is one operation across them all, as without per_endpoint; name each endpoint on its own, as the attribute's per_endpoint = \"{0}\" does")]
+    EndpointNameInDefaults(&'static str),
     /// The largest keyed body is 0 bytes: every keyed request with a body would be refused.
     #[error("max_body is 0, so every keyed request with a body would be refused with 413 idempotency_body_too_large; give the largest body clients send, such as 2 MiB")]
     MaxBodyZero,
@@ -638,6 +665,8 @@ pub struct Overrides {
     pub cache: Option<CachePolicy>,
     /// Overrides [`Policy::per_endpoint`].
     pub per_endpoint: Option<bool>,
+    /// Overrides [`Policy::endpoint_name`].
+    pub endpoint_name: Option<&'static str>,
     /// Overrides [`Policy::lease`].
     pub lease: Option<Duration>,
     /// Overrides [`Policy::on_store_error`].
@@ -708,6 +737,11 @@ impl Overrides {
         // the overrides is judged with where they name none, is not known here.
         if self.scope.is_none() {
             base.scope = Scope::Global;
+        }
+        // And keys per endpoint, which a name the overrides give needs, where they leave
+        // that to the application's defaults.
+        if self.per_endpoint.is_none() {
+            base.per_endpoint = true;
         }
         // The key's header is the defaults' unless the overrides name it, and they may name
         // another than `Policy::DEFAULT`'s: a scope read from it is judged with them.
@@ -792,6 +826,8 @@ macro_rules! policy_fields {
     (@set $self:ident $name:ident) => {};
     // The error format is optional in a policy: unset, the application's renderer applies.
     (@wrap error_format $value:ident) => { Some($value) };
+    // So is an endpoint's name: unnamed, an endpoint is known by its method and route.
+    (@wrap endpoint_name $value:ident) => { Some($value) };
     (@wrap $name:ident $value:ident) => { $value };
 }
 
@@ -805,6 +841,7 @@ policy_fields! {
     on_in_flight: OnInFlight,
     cache: CachePolicy,
     per_endpoint: bool,
+    endpoint_name: &'static str,
     lease: Duration,
     on_store_error: OnStoreError,
     max_body: usize,
@@ -1094,6 +1131,47 @@ mod tests {
         assert_eq!(other.check(&store), Ok(()));
         let from_body = own.key_source(KeySource::Json("/event_id"));
         assert_eq!(from_body.fingerprint(BodyForm::Json).check(&store), Ok(()));
+    }
+
+    /// An endpoint's name is read only where keys are per endpoint, and must name something:
+    /// either mistake is refused when the application (or a middleware) is configured, as
+    /// the attribute refuses `per_endpoint = ""` at compile time. Overrides that name an
+    /// endpoint without turning keys per endpoint leave that to the application's defaults.
+    #[test]
+    fn an_empty_endpoint_name_or_one_keys_never_read_is_refused() {
+        let store = crate::MokaStore::new();
+        let named = Policy::DEFAULT.endpoint_name("calls.create");
+        assert_eq!(
+            named.check(&store),
+            Err(PolicyError::EndpointNameUnused("calls.create"))
+        );
+        assert_eq!(named.per_endpoint(true).check(&store), Ok(()));
+        assert_eq!(
+            Policy::DEFAULT
+                .per_endpoint(true)
+                .endpoint_name("")
+                .check(&store),
+            Err(PolicyError::EndpointNameEmpty)
+        );
+        assert_eq!(
+            Overrides::NONE.endpoint_name("").check(),
+            Err(PolicyError::EndpointNameEmpty)
+        );
+        assert_eq!(
+            Overrides::NONE.endpoint_name("calls.create").check(),
+            Ok(())
+        );
+        assert_eq!(
+            Overrides::NONE
+                .per_endpoint(false)
+                .endpoint_name("calls.create")
+                .check(),
+            Err(PolicyError::EndpointNameUnused("calls.create"))
+        );
+        let applied = Overrides::NONE
+            .endpoint_name("calls.create")
+            .apply_to(Policy::DEFAULT.per_endpoint(true));
+        assert_eq!(applied.endpoint_name, Some("calls.create"));
     }
 
     /// A `max_body` of 0 would refuse every keyed request with a body (413

@@ -33,7 +33,7 @@ pub(crate) struct Args {
     pub in_flight: Option<Spanned<InFlight>>,
     pub wait_timeout: Option<Spanned<Duration>>,
     pub cache: Option<Spanned<Cache>>,
-    pub per_endpoint: Option<Spanned<bool>>,
+    pub per_endpoint: Option<Spanned<PerEndpoint>>,
     pub lease: Option<Spanned<Duration>>,
     pub fail_open: Option<Spanned<bool>>,
     pub errors: Option<Spanned<ErrorFormat>>,
@@ -48,6 +48,13 @@ pub(crate) struct Args {
     pub on_replay: Option<Spanned<syn::Path>>,
     pub key: Option<Spanned<Key>>,
     pub krate: Option<Spanned<syn::Path>>,
+}
+
+/// Whether keys are per endpoint: `per_endpoint` (or `= true`/`false`), or
+/// `per_endpoint = "<name>"`, per endpoint under that name.
+pub(crate) enum PerEndpoint {
+    Flag(bool),
+    Named(String),
 }
 
 /// Whose key it is.

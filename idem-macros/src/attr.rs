@@ -11,7 +11,7 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Ident, Lit, LitStr, Token};
 
-use crate::ast::{Args, BodyForm, Choice, Fingerprint, Key, Scope, Spanned};
+use crate::ast::{Args, BodyForm, Choice, Fingerprint, Key, PerEndpoint, Scope, Spanned};
 use crate::errors::Errors;
 use crate::names::Name;
 
@@ -210,7 +210,7 @@ fn literal(known: Name, name: &Ident, value: Option<&Lit>, args: &mut Args, erro
             integer(name, value, 0, u64::from(u32::MAX), errors),
         ),
         Name::Required => put(&mut args.required, name, flag(name, value, errors)),
-        Name::PerEndpoint => put(&mut args.per_endpoint, name, flag(name, value, errors)),
+        Name::PerEndpoint => put(&mut args.per_endpoint, name, per_endpoint(name, value, errors)),
         Name::FailOpen => put(&mut args.fail_open, name, flag(name, value, errors)),
         Name::ReplaySetCookie => put(&mut args.replay_set_cookie, name, flag(name, value, errors)),
         Name::Mismatch => put(&mut args.mismatch, name, choice(name, value, errors)),
@@ -685,6 +685,28 @@ fn flag(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<bool> 
             errors.push_at(
                 other.span(),
                 format!("`{name}` is a flag: write `{name}` or `{name} = true`/`false`"),
+            );
+            None
+        }
+    }
+}
+
+/// `per_endpoint`: a flag, or the name the endpoint's keys are kept under.
+fn per_endpoint(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<PerEndpoint> {
+    match value {
+        Some(Lit::Str(s)) if s.value().is_empty() => {
+            errors.push(
+                s,
+                format!("`{name}` names the endpoint its keys are kept under: give a name, such as `{name} = \"calls.create\"`, or write `{name}` to key by method and route"),
+            );
+            None
+        }
+        Some(Lit::Str(s)) => Some(PerEndpoint::Named(s.value())),
+        None | Some(Lit::Bool(_)) => flag(name, value, errors).map(PerEndpoint::Flag),
+        Some(other) => {
+            errors.push_at(
+                other.span(),
+                format!("`{name}` is a flag, or the endpoint's name: write `{name}`, `{name} = true`/`false`, or `{name} = \"calls.create\"`"),
             );
             None
         }

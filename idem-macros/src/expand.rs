@@ -13,7 +13,8 @@ use syn::visit_mut::{self, VisitMut};
 use syn::{Attribute, FnArg, GenericParam, Ident, ItemFn, PatType, ReturnType, Type};
 
 use crate::ast::{
-    Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned,
+    Args, BodyForm, Cache, ErrorFormat, Fingerprint, InFlight, Key, Mismatch, PerEndpoint, Scope,
+    Spanned,
 };
 use crate::valid::{contains_impl, mentions};
 
@@ -59,9 +60,17 @@ fn overrides(args: &Args) -> TokenStream {
             set(name, arg.span(), quote!(#n));
         }
     }
+    if let Some(per_endpoint) = &args.per_endpoint {
+        match &per_endpoint.value {
+            PerEndpoint::Flag(b) => set("per_endpoint", per_endpoint.span(), quote!(#b)),
+            PerEndpoint::Named(name) => {
+                set("per_endpoint", per_endpoint.span(), quote!(true));
+                set("endpoint_name", per_endpoint.span(), quote!(#name));
+            }
+        }
+    }
     for (name, arg) in [
         ("required", &args.required),
-        ("per_endpoint", &args.per_endpoint),
         ("replay_set_cookie", &args.replay_set_cookie),
     ] {
         if let Some(arg) = arg {

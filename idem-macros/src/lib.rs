@@ -599,6 +599,45 @@ mod valid;
 /// # }) }
 /// ```
 ///
+/// Keys per method and route pattern change with the pattern: a deploy that renames a path
+/// parameter (`{id}` to `{call_id}`), gives it a pattern (`{id:\d+}`), or moves the endpoint
+/// under the `Idempotency` middleware (which keys by path) makes a retry of a request sent
+/// before it a new request, which runs again. `per_endpoint = "<name>"` keeps the endpoint's
+/// keys under a name instead, whatever its route: choose one that lasts, such as
+/// `"calls.update"`. Endpoints of one name share their keys (the same key on another of them
+/// is a mismatch, as the request differs, never a second run). To keep the keys an endpoint
+/// already has, name it as its route was: its method and pattern, `"PUT /calls/{id}"`.
+///
+/// ```
+/// # extern crate idem as idem_actix;
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/doc/support.rs"));
+/// use actix_web::{put, HttpResponse};
+/// use idem_actix::idempotent;
+///
+/// // Yesterday's deploy.
+/// #[put("/calls/{id}")]
+/// #[idempotent(per_endpoint)]
+/// async fn update_call() -> HttpResponse {
+///     HttpResponse::Ok().body("updated")
+/// }
+///
+/// // Today's: the parameter renamed, the keys kept under the route's old name.
+/// #[put("/calls/{call_id}")]
+/// #[idempotent(per_endpoint = "PUT /calls/{id}")]
+/// async fn update_call_renamed() -> HttpResponse {
+///     HttpResponse::Ok().body("updated again")
+/// }
+/// # fn main() { block_on(async {
+/// # let store = idem_actix::IdempotencyConfig::new(idem_actix::MokaStore::new());
+/// # let before = test::init_service(App::new().app_data(store.clone()).service(update_call)).await;
+/// # let after = test::init_service(App::new().app_data(store).service(update_call_renamed)).await;
+/// let retry = || req("k").method(actix_web::http::Method::PUT).uri("/calls/7");
+/// assert_eq!(send(&before, retry()).await, (200, false, "updated".into()));
+/// // The retry after the deploy replays the first answer.
+/// assert_eq!(send(&after, retry()).await, (200, true, "updated".into()));
+/// # }) }
+/// ```
+///
 /// ## `lease`
 ///
 /// How long a claim holds without renewal: a duration of at least `"100ms"`, default `"60s"`.

@@ -81,7 +81,7 @@ arguments! {
     Cache "cache" literal
         r#"`"non_5xx"`, `"2xx"`"# r#"`"non_5xx"`"#;
     PerEndpoint "per_endpoint" literal
-        "flag" "off";
+        "flag, or the endpoint's name" "off";
     Lease "lease" literal
         "a duration" r#"`"60s"`"#;
     FailOpen "fail_open" literal

@@ -373,3 +373,179 @@ async fn a_request_without_a_key_is_told_the_endpoints_own_header() {
     assert_eq!(s.send(&keyed("/own-header")).await.status, 201);
     assert_eq!(s.send(&keyed("/wrapped-own-header")).await.status, 201);
 }
+
+// --- endpoint names -------------------------------------------------------------------------
+
+/// `PUT /calls/{id}` as yesterday's deploy served it, keys per method and pattern.
+#[route("/calls/{id}", method = "PUT")]
+#[idempotent(per_endpoint)]
+async fn update_by_pattern(runs: web::Data<Counter>) -> String {
+    format!("run {}", runs.bump())
+}
+
+/// The same endpoint after a deploy that renamed its parameter and gave it a pattern.
+#[route("/calls/{call_id:\\d+}", method = "PUT")]
+#[idempotent(per_endpoint)]
+async fn update_renamed(runs: web::Data<Counter>) -> String {
+    format!("run {}", runs.bump())
+}
+
+/// The same, named as the route was before the deploy.
+#[route("/calls/{call_id:\\d+}", method = "PUT")]
+#[idempotent(per_endpoint = "PUT /calls/{id}")]
+async fn update_renamed_keeping_keys(runs: web::Data<Counter>) -> String {
+    format!("run {}", runs.bump())
+}
+
+/// A named endpoint, before and after the same deploy.
+#[route("/calls/{id}", method = "PUT")]
+#[idempotent(per_endpoint = "calls.update")]
+async fn update_named(runs: web::Data<Counter>) -> String {
+    format!("run {}", runs.bump())
+}
+
+#[route("/calls/{call_id:\\d+}", method = "PUT")]
+#[idempotent(per_endpoint = "calls.update")]
+async fn update_named_renamed(runs: web::Data<Counter>) -> String {
+    format!("run {}", runs.bump())
+}
+
+/// One store, served by one deploy and then by the next (`before`, then `after`): how often
+/// the handlers ran once a request was sent to the first and retried on the second.
+async fn runs_across_a_deploy(
+    before: impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    after: impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+) -> (usize, bool) {
+    let idem = IdempotencyConfig::new(MokaStore::new());
+    let runs = web::Data::new(Counter::default());
+    let request = keyed("PUT", "/calls/7", "k");
+    let first = deployed(&idem, &runs, before);
+    let answer = request.send(first.addr).await;
+    assert_eq!((answer.status, answer.text()), (200, "run 1".to_owned()));
+    drop(first);
+    let second = deployed(&idem, &runs, after);
+    let retry = request.send(second.addr).await;
+    assert_eq!(retry.status, 200);
+    (runs.get(), retry.replayed())
+}
+
+/// A server of the services `register` adds, on `idem`'s store, counting runs in `runs`.
+fn deployed(
+    idem: &IdempotencyConfig,
+    runs: &web::Data<Counter>,
+    register: impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+) -> TestServer {
+    let (idem, runs) = (idem.clone(), runs.clone());
+    TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).app_data(runs.clone());
+        register(cfg);
+    })
+}
+
+/// Keys per method and route pattern change with the pattern: a retry sent across a deploy
+/// that renamed the route's parameter runs again. A named endpoint keeps its keys under its
+/// name, so the retry replays; and an endpoint named as its route was keeps the keys it had
+/// before it was named.
+#[actix_web::test]
+async fn a_named_endpoint_keeps_its_keys_across_a_deploy_that_changes_its_route() {
+    let unnamed = runs_across_a_deploy(
+        |cfg| {
+            cfg.service(update_by_pattern);
+        },
+        |cfg| {
+            cfg.service(update_renamed);
+        },
+    );
+    assert_eq!(unnamed.await, (2, false), "unnamed, the retry runs again");
+    let named = runs_across_a_deploy(
+        |cfg| {
+            cfg.service(update_named);
+        },
+        |cfg| {
+            cfg.service(update_named_renamed);
+        },
+    );
+    assert_eq!(named.await, (1, true));
+    let named_as_it_was = runs_across_a_deploy(
+        |cfg| {
+            cfg.service(update_by_pattern);
+        },
+        |cfg| {
+            cfg.service(update_renamed_keeping_keys);
+        },
+    );
+    assert_eq!(named_as_it_was.await, (1, true));
+    // The middleware keys by path: an endpoint moved under it, named as its pattern was,
+    // keeps its keys too.
+    let under_middleware = runs_across_a_deploy(
+        |cfg| {
+            cfg.service(update_by_pattern);
+        },
+        |cfg| {
+            let named =
+                |p: idem_actix::Overrides| p.per_endpoint(true).endpoint_name("PUT /calls/{id}");
+            cfg.service(
+                web::scope("")
+                    .wrap(idem_actix::Idempotency::new().with_overrides(named))
+                    .route("/calls/{id}", web::put().to(counted)),
+            );
+        },
+    );
+    assert_eq!(under_middleware.await, (1, true));
+}
+
+async fn counted(runs: web::Data<Counter>) -> String {
+    format!("run {}", runs.bump())
+}
+
+#[post("/v1/calls")]
+#[idempotent(per_endpoint = "calls.create")]
+async fn create_v1(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("v1 run {}", runs.bump()))
+}
+
+#[post("/v2/calls")]
+#[idempotent(per_endpoint = "calls.create")]
+async fn create_v2(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("v2 run {}", runs.bump()))
+}
+
+/// Two endpoints of one name share their keys: the same key sent to the other is the same
+/// key with another request (its path differs), a mismatch, where unnamed endpoints per
+/// endpoint would each run it.
+#[actix_web::test]
+async fn endpoints_of_one_name_share_their_keys() {
+    let s = serve(|cfg| {
+        cfg.service(create_v1).service(create_v2);
+    });
+    let first = s.send(&keyed("POST", "/v1/calls", "k")).await;
+    assert_eq!((first.status, first.text()), (201, "v1 run 1".to_owned()));
+    let other = s.send(&keyed("POST", "/v2/calls", "k")).await;
+    assert_error(&other, 409, "idempotency_conflict");
+    assert!(s.send(&keyed("POST", "/v1/calls", "k")).await.replayed());
+    let fresh = s.send(&keyed("POST", "/v2/calls", "k2")).await;
+    assert_eq!((fresh.status, fresh.text()), (201, "v2 run 2".to_owned()));
+    assert_eq!(s.runs.get(), 2);
+}
+
+/// A name in the application's defaults would name every endpoint alike, and a name without
+/// keys per endpoint is never read: both are refused when the application is configured.
+#[test]
+fn an_endpoint_name_in_the_defaults_or_without_keys_per_endpoint_is_refused() {
+    let defaults = Policy::DEFAULT
+        .per_endpoint(true)
+        .endpoint_name("calls.create");
+    let refused = IdempotencyConfig::new(MokaStore::new()).with_defaults(defaults);
+    assert_eq!(
+        refused.err(),
+        Some(idem_actix::PolicyError::EndpointNameInDefaults(
+            "calls.create"
+        ))
+    );
+    let unused = Policy::DEFAULT.endpoint_name("calls.create");
+    let refused = IdempotencyConfig::new(MokaStore::new()).with_defaults(unused);
+    assert_eq!(
+        refused.err(),
+        Some(idem_actix::PolicyError::EndpointNameUnused("calls.create"))
+    );
+}

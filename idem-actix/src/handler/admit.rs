@@ -407,14 +407,19 @@ fn store_key(
     key: &ClientKey,
 ) -> Result<StoreKey, IdempotencyError> {
     let scope = crate::scope::resolve(req, policy.scope, functions.scope)?;
-    let route = policy.per_endpoint.then(|| {
-        let pattern = (!endpoint.by_path).then(|| req.match_pattern()).flatten();
-        format!(
-            "{} {}",
-            req.method(),
-            pattern.as_deref().unwrap_or(routed_path(req))
-        )
-    });
+    // A named endpoint's keys are kept under its name, whatever its route.
+    let route = match (policy.per_endpoint, policy.endpoint_name) {
+        (false, _) => None,
+        (true, Some(name)) => Some(Cow::Borrowed(name)),
+        (true, None) => {
+            let pattern = (!endpoint.by_path).then(|| req.match_pattern()).flatten();
+            Some(Cow::Owned(format!(
+                "{} {}",
+                req.method(),
+                pattern.as_deref().unwrap_or(routed_path(req))
+            )))
+        }
+    };
     Ok(StoreKey::new(&scope, route.as_deref(), key))
 }
 

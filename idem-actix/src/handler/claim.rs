@@ -332,7 +332,8 @@ mod tests {
     /// `postgres` feature before its rare paths were boxed, and grew by 96 when `Lease::finish`
     /// came to hold a guard of its completion (71 instructions more per new key, measured).
     /// `keyed` grew past 800 bytes, to 832, when it came to keep the request's id for the answer
-    /// to a run a shutdown cancels while its client waits.
+    /// to a run a shutdown cancels while its client waits, and to 864 when the policy it
+    /// keeps came to hold an endpoint's name.
     #[actix_web::test]
     async fn keyed_request_futures_stay_small() {
         let (req, payload) = request("sizes-keyed");
@@ -355,7 +356,7 @@ mod tests {
             ("execute", size_of_val(&execute)),
             ("claimed", size_of_val(&claimed)),
         ];
-        let bounds = [850, 700, 1120, 1900];
+        let bounds = [880, 700, 1120, 1900];
         for ((future, size), bound) in sizes.into_iter().zip(bounds) {
             assert!(
                 size <= bound,
