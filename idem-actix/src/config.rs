@@ -162,10 +162,10 @@ impl IdempotencyConfig {
     /// checked with these defaults and the store on its first keyed request, and a
     /// contradiction is logged; the layer never loses a record to one.
     pub fn with_defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
-        policy.check(&**self.engine().store())?;
         if let Some(name) = policy.endpoint_name {
             return Err(PolicyError::EndpointNameInDefaults(name));
         }
+        policy.check(&**self.engine().store())?;
         let header = parse_header(policy.header)?;
         let settings = self.settings();
         settings.header = header;

@@ -412,6 +412,23 @@ mod tests {
         assert!(!starts("X Key").await);
     }
 
+    /// An empty endpoint name, or one beside keys per scope, which would never be read, stop
+    /// the app from starting; a name alone makes keys per endpoint.
+    #[actix_web::test]
+    async fn an_empty_or_unread_endpoint_name_stops_the_app_from_starting() {
+        let starts = |configure: fn(Overrides) -> Overrides| {
+            let inner = fn_service(|req: ServiceRequest| async {
+                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+            });
+            let idempotency = Idempotency::new().with_overrides(configure);
+            async move { idempotency.new_transform(inner).await.is_ok() }
+        };
+        assert!(!starts(|o| o.per_endpoint(true).endpoint_name("")).await);
+        assert!(!starts(|o| o.per_endpoint(false).endpoint_name("calls")).await);
+        assert!(starts(|o| o.endpoint_name("calls")).await);
+        assert!(starts(|o| o.per_endpoint(true).endpoint_name("calls")).await);
+    }
+
     /// Keys read from the header its scope reads the caller's credential from would be that
     /// credential, one key for every request that carries it: refused; and so are keys read
     /// from a credential no scope reads, or another header clients send for another purpose.

@@ -244,7 +244,8 @@ impl Contract {
     /// `configure` overrides them (the closure given to the middleware's `with_overrides`).
     /// Keys per endpoint are described as the middleware keeps them, per method and path: it
     /// runs before the app routes a request, so that another value of a path parameter is
-    /// another key (`x-idempotency`'s `per_path`).
+    /// another key (`x-idempotency`'s `per_path`); or per the endpoint name `configure`
+    /// gives, one for every operation it covers.
     pub fn middleware(
         mut self,
         prefix: impl Into<String>,
@@ -273,6 +274,11 @@ impl Contract {
         // What references point to; the parameters and responses in it are only read.
         let shared = doc.components.clone().unwrap_or_default();
         let mut seen: Vec<(&'static str, String)> = Vec::new();
+        // As the application refuses them (`IdempotencyConfig::with_defaults`).
+        if let Some(name) = self.defaults.endpoint_name {
+            let named = PolicyError::EndpointNameInDefaults(name);
+            return Err(ContractError::Settings(named));
+        }
         for declared in &self.declared {
             let policy = match declared.settings {
                 Settings::Overrides(overrides) => overrides.apply_to(self.defaults),
@@ -453,7 +459,7 @@ fn targets(doc: &OpenApi, target: &Target) -> Result<Vec<(&'static str, String)>
 }
 
 /// Writes `policy` into `operation`; `by_path` when a middleware serves it, whose keys per
-/// endpoint are per method and path (see [`in_words`]).
+/// endpoint are per method and path unless it names the endpoint (see [`in_words`]).
 fn describe(
     operation: &mut Operation,
     policy: &Policy,
@@ -957,7 +963,7 @@ fn error_schema(format: ErrorFormat) -> (&'static str, RefOr<Schema>) {
 /// `policy`, as the operation's description says it. `by_path` when a middleware serves the
 /// operation: it runs before the app routes a request, so that its keys per endpoint are per
 /// method and path rather than per route pattern (another value of a path parameter is
-/// another key).
+/// another key), unless it names the endpoint.
 fn in_words(policy: &Policy, by_path: bool) -> String {
     let send = match policy.key_source {
         KeySource::Json(pointer) => format!(
@@ -990,9 +996,9 @@ fn in_words(policy: &Policy, by_path: bool) -> String {
         (true, Some(name), _) => {
             let _ = write!(
                 text,
-                " Keys are per operation, kept under the name \"{name}\" whatever its path: \
-                 the same key on another operation is another key, and on another operation \
-                 of the same name the same key."
+                " Keys are per operation, under the name \"{name}\": the same key on another \
+                 operation is another key, but on one under the same name (another value of a \
+                 path parameter included) it is the same key, sent with another request."
             );
         }
         (true, None, false) => text
@@ -1672,7 +1678,7 @@ mod tests {
             let put = &doc["paths"]["/v1/calls/{id}"]["put"];
             let words = put["description"].as_str().unwrap();
             assert!(
-                words.contains("kept under the name \"calls.update\" whatever its path"),
+                words.contains("Keys are per operation, under the name \"calls.update\""),
                 "{words}"
             );
             assert_eq!(put["x-idempotency"]["per_path"], false);
@@ -1789,8 +1795,13 @@ mod tests {
         // request under) describe no endpoint that can exist: refused with the layer's reason,
         // where a contract was written for them.
         type Configure = fn(Overrides) -> Overrides;
-        let refused: [(Configure, PolicyError); 4] = [
+        let refused: [(Configure, PolicyError); 6] = [
             (|p| p.key_max_len(0), PolicyError::KeyMaxLenZero),
+            (|p| p.endpoint_name(""), PolicyError::EndpointNameEmpty),
+            (
+                |p| p.per_endpoint(false).endpoint_name("calls.create"),
+                PolicyError::EndpointNameUnused("calls.create"),
+            ),
             (
                 |p| p.ttl(Duration::ZERO),
                 PolicyError::TtlTooShort {
@@ -1820,6 +1831,18 @@ mod tests {
             assert_eq!(source, Some(reason.to_string()));
             assert_eq!(json(&doc), before);
         }
+
+        // And defaults that name an endpoint, which the application refuses.
+        let named = Policy::DEFAULT
+            .per_endpoint(true)
+            .endpoint_name("calls.create");
+        let applied = Contract::new()
+            .with_defaults(named)
+            .operation(HttpMethod::Post, "/v1/calls", |p| p)
+            .apply(&mut doc);
+        let reason = PolicyError::EndpointNameInDefaults("calls.create");
+        assert_eq!(applied, Err(ContractError::Settings(reason)));
+        assert_eq!(json(&doc), before);
 
         let contract = Contract::new().operation(HttpMethod::Post, "/v1/calls", |p| p);
         contract.apply(&mut doc).unwrap();

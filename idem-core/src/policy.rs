@@ -194,7 +194,11 @@ pub struct Policy {
     /// same key on another of them is a mismatch (the request's method and path are part of
     /// its fingerprint), never a second run. Named as a route was (`"POST /v1/calls/{id}"`,
     /// the attribute's method and pattern), an endpoint keeps the keys it had under that
-    /// route. Only with [`per_endpoint`](Self::per_endpoint); `None` by default.
+    /// route. A name spelled as another endpoint's method and route (or, under the
+    /// middleware, method and path) shares that endpoint's keys: give such a name only to the
+    /// endpoint that route was. Only with [`per_endpoint`](Self::per_endpoint) (overrides that name an endpoint turn
+    /// it on); `None` by default, and never in the application's defaults, where it would
+    /// name every endpoint alike.
     pub endpoint_name: Option<&'static str>,
     /// How long a claim holds without being extended; a running handler extends it.
     pub lease: Duration,
@@ -738,11 +742,6 @@ impl Overrides {
         if self.scope.is_none() {
             base.scope = Scope::Global;
         }
-        // And keys per endpoint, which a name the overrides give needs, where they leave
-        // that to the application's defaults.
-        if self.per_endpoint.is_none() {
-            base.per_endpoint = true;
-        }
         // The key's header is the defaults' unless the overrides name it, and they may name
         // another than `Policy::DEFAULT`'s: a scope read from it is judged with them.
         self.apply_to(base)
@@ -788,9 +787,12 @@ macro_rules! policy_fields {
             /// leave behind the members `base` ignores in JSON bodies, unless these overrides
             /// name their own, as the attribute's `fingerprint` does; a wait without a
             /// bound ([`wait_in_flight`](Overrides::wait_in_flight)) keeps `base`'s where
-            /// `base` waits; and a key [`header`](Overrides::header) named without a
+            /// `base` waits; a key [`header`](Overrides::header) named without a
             /// [`key_source`](Overrides::key_source) reads the key from that header, where
-            /// `base` reads it from bodies.
+            /// `base` reads it from bodies; and an
+            /// [`endpoint_name`](Overrides::endpoint_name) given without
+            /// [`per_endpoint`](Overrides::per_endpoint) makes keys per endpoint, where `base`
+            /// keeps them per scope.
             pub fn apply_to(&self, mut base: Policy) -> Policy {
                 let base_wait = match base.on_in_flight {
                     OnInFlight::Wait(bound) => Some(bound),
@@ -816,6 +818,11 @@ macro_rules! policy_fields {
                 // left unread it protected nothing.
                 if let (Some(_), None) = (self.header, self.key_source) {
                     base.key_source = KeySource::Header;
+                }
+                // So is an endpoint's name, given without `per_endpoint`: its keys are per
+                // endpoint, under the name, whatever the defaults say.
+                if let (Some(_), None) = (self.endpoint_name, self.per_endpoint) {
+                    base.per_endpoint = true;
                 }
                 base
             }
@@ -1136,7 +1143,8 @@ mod tests {
     /// An endpoint's name is read only where keys are per endpoint, and must name something:
     /// either mistake is refused when the application (or a middleware) is configured, as
     /// the attribute refuses `per_endpoint = ""` at compile time. Overrides that name an
-    /// endpoint without turning keys per endpoint leave that to the application's defaults.
+    /// endpoint and say nothing of `per_endpoint` make keys per endpoint, as the attribute's
+    /// `per_endpoint = "<name>"` does.
     #[test]
     fn an_empty_endpoint_name_or_one_keys_never_read_is_refused() {
         let store = crate::MokaStore::new();
@@ -1168,10 +1176,14 @@ mod tests {
                 .check(),
             Err(PolicyError::EndpointNameUnused("calls.create"))
         );
+        // A name alone makes keys per endpoint, whatever the defaults say.
         let applied = Overrides::NONE
             .endpoint_name("calls.create")
-            .apply_to(Policy::DEFAULT.per_endpoint(true));
-        assert_eq!(applied.endpoint_name, Some("calls.create"));
+            .apply_to(Policy::DEFAULT);
+        assert_eq!(
+            (applied.per_endpoint, applied.endpoint_name),
+            (true, Some("calls.create"))
+        );
     }
 
     /// A `max_body` of 0 would refuse every keyed request with a body (413

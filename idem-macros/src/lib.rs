@@ -568,8 +568,8 @@ mod valid;
 ///
 /// ## `per_endpoint`
 ///
-/// A flag: keys are per method and route as well as per scope, so the same key on two
-/// endpoints is two operations. Off by default, where reusing a key on another endpoint is a
+/// A flag, or the endpoint's name: keys are per method and route (or per name) as well as
+/// per scope, so the same key on two endpoints is two operations. Off by default, where reusing a key on another endpoint is a
 /// mismatch. An endpoint is its method and route pattern: two handlers on one pattern and
 /// method that a guard chooses between (by an `X-Api-Version` header, say) are one endpoint,
 /// and a request the other takes, with the same body, replays the first's answer; name the
@@ -600,13 +600,17 @@ mod valid;
 /// ```
 ///
 /// Keys per method and route pattern change with the pattern: a deploy that renames a path
-/// parameter (`{id}` to `{call_id}`), gives it a pattern (`{id:\d+}`), or moves the endpoint
-/// under the `Idempotency` middleware (which keys by path) makes a retry of a request sent
-/// before it a new request, which runs again. `per_endpoint = "<name>"` keeps the endpoint's
-/// keys under a name instead, whatever its route: choose one that lasts, such as
-/// `"calls.update"`. Endpoints of one name share their keys (the same key on another of them
-/// is a mismatch, as the request differs, never a second run). To keep the keys an endpoint
-/// already has, name it as its route was: its method and pattern, `"PUT /calls/{id}"`.
+/// parameter (`{id}` to `{call_id}`) or gives it a pattern (`{id:\d+}`) makes a retry of a
+/// request sent before it a new request, which runs again. `per_endpoint = "<name>"` keeps
+/// the endpoint's keys under a name instead, whatever its pattern: choose one that lasts,
+/// such as `"calls.update"`. A retry to another path than its first try's is still a
+/// mismatch (the path is part of the request), never a replay. Endpoints of one name share
+/// their keys (the same key on another of them is a mismatch, as the request differs, never
+/// a second run). To keep the keys an endpoint already has, name it as its route was: its
+/// method and pattern, `"PUT /calls/{id}"`; an endpoint moved under the `Idempotency`
+/// middleware (which keys by path, and whose settings apply to what it wraps) keeps them
+/// where the middleware is given that name
+/// (`.with_overrides(|p| p.endpoint_name("PUT /calls/{id}"))`).
 ///
 /// ```
 /// # extern crate idem as idem_actix;

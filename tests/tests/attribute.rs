@@ -526,26 +526,40 @@ async fn endpoints_of_one_name_share_their_keys() {
     let fresh = s.send(&keyed("POST", "/v2/calls", "k2")).await;
     assert_eq!((fresh.status, fresh.text()), (201, "v2 run 2".to_owned()));
     assert_eq!(s.runs.get(), 2);
+    // Where a mismatch replays the first answer, the other endpoint of the name answers with
+    // it (the threat model says so).
+    let s = serve(|cfg| {
+        cfg.service(create_v1_replaying)
+            .service(create_v2_replaying);
+    });
+    let first = s.send(&keyed("POST", "/v1/calls", "k")).await;
+    let other = s.send(&keyed("POST", "/v2/calls", "k")).await;
+    assert!(other.replayed());
+    assert_eq!((other.text(), s.runs.get()), (first.text(), 1));
 }
 
-/// A name in the application's defaults would name every endpoint alike, and a name without
-/// keys per endpoint is never read: both are refused when the application is configured.
+#[post("/v1/calls")]
+#[idempotent(per_endpoint = "calls.create", mismatch = "replay")]
+async fn create_v1_replaying(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("v1 run {}", runs.bump()))
+}
+
+#[post("/v2/calls")]
+#[idempotent(per_endpoint = "calls.create", mismatch = "replay")]
+async fn create_v2_replaying(runs: web::Data<Counter>) -> HttpResponse {
+    HttpResponse::Created().body(format!("v2 run {}", runs.bump()))
+}
+
+/// A name in the application's defaults would name every endpoint alike: refused when the
+/// application is configured, whether its keys are per endpoint or not, with that reason.
 #[test]
-fn an_endpoint_name_in_the_defaults_or_without_keys_per_endpoint_is_refused() {
-    let defaults = Policy::DEFAULT
-        .per_endpoint(true)
-        .endpoint_name("calls.create");
-    let refused = IdempotencyConfig::new(MokaStore::new()).with_defaults(defaults);
-    assert_eq!(
-        refused.err(),
-        Some(idem_actix::PolicyError::EndpointNameInDefaults(
-            "calls.create"
-        ))
-    );
-    let unused = Policy::DEFAULT.endpoint_name("calls.create");
-    let refused = IdempotencyConfig::new(MokaStore::new()).with_defaults(unused);
-    assert_eq!(
-        refused.err(),
-        Some(idem_actix::PolicyError::EndpointNameUnused("calls.create"))
-    );
+fn an_endpoint_name_in_the_defaults_is_refused() {
+    for per_endpoint in [true, false] {
+        let defaults = Policy::DEFAULT
+            .per_endpoint(per_endpoint)
+            .endpoint_name("calls.create");
+        let refused = IdempotencyConfig::new(MokaStore::new()).with_defaults(defaults);
+        let named = idem_actix::PolicyError::EndpointNameInDefaults("calls.create");
+        assert_eq!(refused.err(), Some(named));
+    }
 }

@@ -600,6 +600,42 @@ async fn a_middleware_s_keys_per_endpoint_are_not_shared_by_endpoints_one_patter
     assert_eq!(a.probe.runs.get(), 3);
 }
 
+/// A middleware given an endpoint name keeps the keys of every path it wraps under that one
+/// name: the same key on another path is the same key with another request, a mismatch, where
+/// unnamed it is another endpoint's (above). A name alone makes keys per endpoint, over
+/// defaults that keep them per scope: two middlewares of two names keep one key apart.
+#[actix_web::test]
+async fn a_named_middleware_keeps_the_keys_of_every_path_it_wraps_under_its_name() {
+    let a = app(
+        |cfg| {
+            let named = |name| Idempotency::new().with_overrides(move |o| o.endpoint_name(name));
+            cfg.service(
+                web::scope("/v1/items")
+                    .wrap(named("items.update"))
+                    .route("/{id}", web::post().to(plain)),
+            )
+            .service(
+                web::scope("/v1/calls")
+                    .wrap(named("calls.create"))
+                    .route("", web::post().to(plain)),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let update = a.send(post("/v1/items/42")).await;
+    assert_eq!((update.status, update.replayed()), (201, false));
+    assert!(a.send(post("/v1/items/42")).await.replayed());
+    assert_error(
+        &a.send(post("/v1/items/43")).await,
+        409,
+        "idempotency_conflict",
+    );
+    // Per scope, as the defaults keep keys, this would be the same key with another request.
+    let call = a.send(post("/v1/calls")).await;
+    assert_eq!((call.status, call.replayed()), (201, false));
+    assert_eq!(a.probe.runs.get(), 2);
+}
+
 /// A handler that ran (its charge went out) and then failed with an error of a type actix-web's
 /// extractors also give (a `PayloadError`, as reading an upstream's body does) answered as the
 /// handler: recorded, and replayed to its retry. The layer does not take such an error for an
