@@ -399,34 +399,20 @@ mod tests {
 
     use super::*;
 
-    #[actix_web::test]
-    async fn a_key_header_that_is_not_a_header_name_stops_the_app_from_starting() {
-        let starts = |header: &'static str| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            let idempotency = Idempotency::new().with_overrides(|o| o.header(header));
-            async move { idempotency.new_transform(inner).await.is_ok() }
-        };
-        assert!(starts("X-Key").await);
-        assert!(!starts("X Key").await);
+    /// Whether an app wrapped in `idempotency` starts.
+    async fn starts(idempotency: Idempotency) -> bool {
+        let inner = fn_service(|req: ServiceRequest| async {
+            Ok::<_, Error>(req.into_response(HttpResponse::Created()))
+        });
+        idempotency.new_transform(inner).await.is_ok()
     }
 
-    /// An empty endpoint name, or one beside keys per scope, which would never be read, stop
-    /// the app from starting; a name alone makes keys per endpoint.
     #[actix_web::test]
-    async fn an_empty_or_unread_endpoint_name_stops_the_app_from_starting() {
-        let starts = |configure: fn(Overrides) -> Overrides| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            let idempotency = Idempotency::new().with_overrides(configure);
-            async move { idempotency.new_transform(inner).await.is_ok() }
-        };
-        assert!(!starts(|o| o.per_endpoint(true).endpoint_name("")).await);
-        assert!(!starts(|o| o.per_endpoint(false).endpoint_name("calls")).await);
-        assert!(starts(|o| o.endpoint_name("calls")).await);
-        assert!(starts(|o| o.per_endpoint(true).endpoint_name("calls")).await);
+    async fn a_key_header_that_is_not_a_header_name_stops_the_app_from_starting() {
+        let starts =
+            |header: &'static str| starts(Idempotency::new().with_overrides(|o| o.header(header)));
+        assert!(starts("X-Key").await);
+        assert!(!starts("X Key").await);
     }
 
     /// Keys read from the header its scope reads the caller's credential from would be that
@@ -435,11 +421,7 @@ mod tests {
     #[actix_web::test]
     async fn a_key_header_that_carries_the_scope_s_credential_stops_the_app_from_starting() {
         let starts = |configure: fn(Overrides) -> Overrides| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            let idempotency = Idempotency::new().with_overrides(configure);
-            async move { idempotency.new_transform(inner).await.is_ok() }
+            starts(Idempotency::new().with_overrides(configure))
         };
         assert!(!starts(|o| o.scope(Scope::ApiKey).header("X-API-Key")).await);
         assert!(!starts(|o| o.scope(Scope::BasicAuthUser).header("Authorization")).await);
@@ -464,12 +446,6 @@ mod tests {
         fn fingerprint(_: &HttpRequest, body: &[u8]) -> Option<Vec<u8>> {
             Some(body.to_vec())
         }
-        let starts = |idempotency: Idempotency| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            async move { idempotency.new_transform(inner).await.is_ok() }
-        };
         let json = KeySource::Json("/id");
         assert!(
             !starts(
@@ -500,13 +476,7 @@ mod tests {
     /// protected: it stops the app from starting, as a refused override does.
     #[actix_web::test]
     async fn a_middleware_that_honours_keys_on_no_method_stops_the_app_from_starting() {
-        let starts = |methods: Vec<Method>| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            let idempotency = Idempotency::new().with_methods(methods);
-            async move { idempotency.new_transform(inner).await.is_ok() }
-        };
+        let starts = |methods: Vec<Method>| starts(Idempotency::new().with_methods(methods));
         assert!(starts(vec![Method::PUT]).await);
         assert!(!starts(vec![]).await);
     }
@@ -519,12 +489,6 @@ mod tests {
             let id = req.headers().get("X-Delivery")?;
             id.to_str().ok().map(str::to_owned)
         }
-        let starts = |idempotency: Idempotency| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            async move { idempotency.new_transform(inner).await.is_ok() }
-        };
         assert!(starts(Idempotency::new().with_key_fn(delivery)).await);
         let both = Idempotency::new()
             .with_key_fn(delivery)
@@ -534,13 +498,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_ttl_that_keeps_no_record_stops_the_app_from_starting() {
-        let starts = |ttl: Duration| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            let idempotency = Idempotency::new().with_overrides(|o| o.ttl(ttl));
-            async move { idempotency.new_transform(inner).await.is_ok() }
-        };
+        let starts = |ttl: Duration| starts(Idempotency::new().with_overrides(|o| o.ttl(ttl)));
         assert!(starts(Duration::from_secs(60)).await);
         assert!(!starts(Duration::ZERO).await);
         assert!(!starts(Duration::from_micros(500)).await);
@@ -552,13 +510,9 @@ mod tests {
     #[actix_web::test]
     async fn overrides_that_no_default_can_make_right_stop_the_app_from_starting() {
         let starts = |configure: fn(Overrides) -> Overrides| {
-            let inner = fn_service(|req: ServiceRequest| async {
-                Ok::<_, Error>(req.into_response(HttpResponse::Created()))
-            });
-            let idempotency = Idempotency::new().with_overrides(configure);
-            async move { idempotency.new_transform(inner).await.is_ok() }
+            starts(Idempotency::new().with_overrides(configure))
         };
-        let refused: [fn(Overrides) -> Overrides; 14] = [
+        let refused: [fn(Overrides) -> Overrides; 16] = [
             |o| o.header("X-Key").key_source(KeySource::Json("/event_id")),
             |o| o.lease(Duration::from_millis(10)),
             |o| o.max_body(0),
@@ -566,6 +520,8 @@ mod tests {
             |o| o.scope(Scope::Header("X Tenant")),
             |o| o.header("X-Key").scope(Scope::Header("x-key")),
             |o| o.key_max_len(0),
+            |o| o.per_endpoint(true).endpoint_name(""),
+            |o| o.per_endpoint(false).endpoint_name("calls.create"),
             |o| o.fingerprint_headers(&["X Tenant"]),
             |o| o.replay_headers(ReplayHeaders::Only(&["Location", "Set-Cookie"])),
             |o| o.replay_headers(ReplayHeaders::Except(&["Content-Encoding"])),
@@ -585,8 +541,10 @@ mod tests {
         }
         // What the application's defaults may make right is left to them: its members
         // ignored where its bodies are compared as JSON, its key read from JSON bodies.
-        let accepted: [fn(Overrides) -> Overrides; 4] = [
+        let accepted: [fn(Overrides) -> Overrides; 5] = [
             |o| o.lease(Policy::MIN_LEASE).key_max_len(1),
+            // Keys per endpoint, under the name.
+            |o| o.endpoint_name("calls.create"),
             |o| o.fingerprint_ignore(&["/sent_at"]),
             |o| o.key_source(KeySource::Json("/event_id")),
             |o| {

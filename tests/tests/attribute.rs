@@ -448,50 +448,64 @@ fn deployed(
 /// before it was named.
 #[actix_web::test]
 async fn a_named_endpoint_keeps_its_keys_across_a_deploy_that_changes_its_route() {
-    let unnamed = runs_across_a_deploy(
-        |cfg| {
-            cfg.service(update_by_pattern);
-        },
-        |cfg| {
-            cfg.service(update_renamed);
-        },
-    );
-    assert_eq!(unnamed.await, (2, false), "unnamed, the retry runs again");
-    let named = runs_across_a_deploy(
-        |cfg| {
-            cfg.service(update_named);
-        },
-        |cfg| {
-            cfg.service(update_named_renamed);
-        },
-    );
-    assert_eq!(named.await, (1, true));
-    let named_as_it_was = runs_across_a_deploy(
-        |cfg| {
-            cfg.service(update_by_pattern);
-        },
-        |cfg| {
-            cfg.service(update_renamed_keeping_keys);
-        },
-    );
-    assert_eq!(named_as_it_was.await, (1, true));
-    // The middleware keys by path: an endpoint moved under it, named as its pattern was,
-    // keeps its keys too.
-    let under_middleware = runs_across_a_deploy(
-        |cfg| {
-            cfg.service(update_by_pattern);
-        },
-        |cfg| {
-            let named =
-                |p: idem_actix::Overrides| p.per_endpoint(true).endpoint_name("PUT /calls/{id}");
-            cfg.service(
-                web::scope("")
-                    .wrap(idem_actix::Idempotency::new().with_overrides(named))
-                    .route("/calls/{id}", web::put().to(counted)),
-            );
-        },
-    );
-    assert_eq!(under_middleware.await, (1, true));
+    type Deploy = fn(&mut web::ServiceConfig);
+    // Before, after, and the runs and whether the retry was replayed.
+    let deploys: [(&str, Deploy, Deploy, (usize, bool)); 4] = [
+        (
+            "unnamed: the retry runs again",
+            |cfg| {
+                cfg.service(update_by_pattern);
+            },
+            |cfg| {
+                cfg.service(update_renamed);
+            },
+            (2, false),
+        ),
+        (
+            "named",
+            |cfg| {
+                cfg.service(update_named);
+            },
+            |cfg| {
+                cfg.service(update_named_renamed);
+            },
+            (1, true),
+        ),
+        (
+            "named as its route was",
+            |cfg| {
+                cfg.service(update_by_pattern);
+            },
+            |cfg| {
+                cfg.service(update_renamed_keeping_keys);
+            },
+            (1, true),
+        ),
+        // The middleware keys by path: an endpoint moved under it, the middleware named as
+        // the endpoint's pattern was, keeps its keys too.
+        (
+            "moved under a middleware named as its route was",
+            |cfg| {
+                cfg.service(update_by_pattern);
+            },
+            |cfg| {
+                let named = |p: idem_actix::Overrides| p.endpoint_name("PUT /calls/{id}");
+                cfg.service(
+                    web::scope("")
+                        .wrap(idem_actix::Idempotency::new().with_overrides(named))
+                        .route("/calls/{id}", web::put().to(counted)),
+                );
+            },
+            (1, true),
+        ),
+    ];
+    for (deploy, before, after, expected) in deploys {
+        assert_eq!(
+            runs_across_a_deploy(before, after).await,
+            expected,
+            "{deploy}"
+        );
+    }
 }
 
 async fn counted(runs: web::Data<Counter>) -> String {
