@@ -1,7 +1,8 @@
 //! In-process cost of the idempotency layer, against the bare handler in the same run:
 //! no key, a new key every request, and a replay, on the embedded store and on Redis (when a
 //! `redis-server` can be started); and, for reference, the embedded store's own work for a
-//! new key with nothing of the layer's (`idem_examples::bench::store_alone`). Requests are
+//! new key with nothing of the layer's (`idem_examples::bench::store_alone`), and the least a
+//! layer adds to it (`idem_examples::bench::floor`). Requests are
 //! built before timing. Each route is served by an app of its own, so that every case's route
 //! is matched first, as the bare handler's is.
 //!
@@ -19,7 +20,9 @@ use actix_web::web::ServiceConfig;
 use actix_web::{test, App};
 use criterion::{criterion_group, Criterion};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
-use idem_examples::bench::{bare_route, echo_request, idem_route, redis_route, store_alone_route};
+use idem_examples::bench::{
+    bare_route, echo_request, floor_route, idem_route, redis_route, store_alone_route,
+};
 use idem_tests::TestRedis;
 
 fn request(path: &str, key: Option<&str>) -> actix_http::Request {
@@ -41,11 +44,13 @@ fn fresh_key() -> String {
 /// request.
 type Case = (&'static str, usize, &'static str, fn() -> Option<String>);
 
-/// The apps' indices: the bare handler, the embedded store, the store-alone reference, Redis.
+/// The apps' indices: the bare handler, the embedded store, the store-alone reference, the
+/// least a layer adds to it, Redis.
 const BARE: usize = 0;
 const MOKA: usize = 1;
 const ALONE: usize = 2;
-const REDIS: usize = 3;
+const FLOOR: usize = 3;
+const REDIS: usize = 4;
 
 /// An app serving only the routes `routes` registers, on the embedded store by default.
 async fn app(
@@ -77,6 +82,7 @@ fn overhead(c: &mut Criterion) {
             app(moka.clone(), &bare_route).await,
             app(moka.clone(), &idem_route).await,
             app(moka.clone(), &store_alone_route).await,
+            app(moka.clone(), &floor_route).await,
         ];
         if let Some(redis) = &redis {
             let config = IdempotencyConfig::new(RedisStore::new(redis.url()).expect("Redis URL"));
@@ -104,6 +110,9 @@ fn overhead(c: &mut Criterion) {
             "/store-alone/echo",
             || Some(fresh_key()),
         ),
+        ("moka floor/new key", FLOOR, "/floor/echo", || {
+            Some(fresh_key())
+        }),
     ];
     if redis.is_some() {
         cases.push(("redis/new key", REDIS, "/idem-redis/echo", || {
@@ -124,7 +133,7 @@ fn overhead(c: &mut Criterion) {
     });
     // Added time, from interleaved rounds of the embedded-store cases (Redis's round trips
     // dwarf any drift).
-    let added = paired(&rt, &apps, &cases[..5]);
+    let added = paired(&rt, &apps, &cases[..6]);
     let mut group = c.benchmark_group("request");
     group
         .measurement_time(Duration::from_secs(3))
@@ -208,6 +217,7 @@ fn summary(added: &[(&'static str, [f64; 3])]) {
         ("moka/replay", "<= 1 us"),
         ("moka/new key", "<= 1.5 us"),
         ("moka store alone/new key", ""),
+        ("moka floor/new key", ""),
         ("redis/replay", ""),
         ("redis/new key", ""),
     ] {

@@ -9,7 +9,7 @@ use actix_web::body::MessageBody as _;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::idempotent;
-use idem_core::clock::Timestamp;
+use idem_core::clock::{Clock as _, Timestamp};
 use idem_core::{Completed, Fingerprint, InFlight, MokaStore, Response, Store, StoreKey, Token};
 use serde::Deserialize;
 use serde_json::json;
@@ -74,6 +74,65 @@ pub async fn store_alone(req: HttpRequest, body: web::Json<Echo>) -> HttpRespons
         return head.set_body(actix_web::body::BoxBody::new(body));
     }
     res
+}
+
+/// The store alone ([`store_alone`]) and the least any layer that keeps idem's promise adds to
+/// it for a new key: the key's syntax, the key's scope, the body read whole and then parsed
+/// (as the layer reads it for the fingerprint and hands it on), both SHA-256 digests (the
+/// store key and the fingerprint), a random fencing token, and the two clock reads that time
+/// the claim's lease and the record's expiry. Nothing else of the layer's: no request id, no
+/// lease renewal, no detaching, no guard of the handler's run, no metrics.
+///
+/// A reference for what a layer cannot avoid, not a layer: a key it refuses is answered 400
+/// with no body, and anything but a new key goes to the handler unclaimed.
+pub async fn floor(req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    const KEY: HeaderName = HeaderName::from_static("idempotency-key");
+    let echo = match serde_json::from_slice::<Echo>(&body) {
+        Ok(echo) => web::Json(echo),
+        Err(_) => return HttpResponse::BadRequest().finish(),
+    };
+    let Some(raw) = req.headers().get(&KEY) else {
+        return bare(echo).await;
+    };
+    let Ok(key) = idem_core::ClientKey::parse(raw.as_bytes(), idem_core::DEFAULT_KEY_MAX_LEN)
+    else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let scope = idem_core::ScopeValue::new("global", &b""[..]);
+    let store_key = StoreKey::new(&scope, None, &key);
+    let (method, path) = (req.method().as_str(), req.path());
+    let fingerprint = Fingerprint::new(method, path, req.query_string(), &body);
+    let store = alone();
+    let clock = floor_clock();
+    let now = clock.now();
+    let claim = InFlight {
+        fingerprint,
+        lease_until: now.saturating_add(Duration::from_secs(60)),
+        token: Token::random(),
+    };
+    let res = bare(echo).await;
+    if let Some(Ok(idem_core::Claim::Claimed)) = store.claim_now(&store_key, claim, now) {
+        let (head, body) = res.into_parts();
+        let body = body
+            .try_into_bytes()
+            .unwrap_or_else(|_| unreachable!("the echo's body is whole"));
+        let now = clock.now();
+        let record = Completed {
+            fingerprint,
+            response: Response::new(head.status().as_u16(), Headers(head.headers()), &body),
+            completed_at: now,
+            expires_at: now.saturating_add(Duration::from_secs(86_400)),
+        };
+        let _ = store.complete(&store_key, claim.token, record, now).await;
+        return head.set_body(actix_web::body::BoxBody::new(body));
+    }
+    res
+}
+
+/// The clock [`floor`] reads: the layer's default.
+fn floor_clock() -> &'static idem_core::clock::MonotonicClock {
+    static CLOCK: OnceLock<idem_core::clock::MonotonicClock> = OnceLock::new();
+    CLOCK.get_or_init(idem_core::clock::MonotonicClock::new)
 }
 
 /// A response's headers as [`Response::new`] takes them: read twice, as it does, with no copy
@@ -202,6 +261,8 @@ pub enum Route {
     /// `POST /store-alone/echo`: the bare handler and the embedded store's own work for a
     /// new key ([`store_alone`]).
     StoreAlone,
+    /// `POST /floor/echo`: the store alone and the least a layer adds to it ([`floor`]).
+    Floor,
 }
 
 impl std::str::FromStr for Route {
@@ -213,8 +274,9 @@ impl std::str::FromStr for Route {
             "idem" => Ok(Route::Idem),
             "idem-redis" => Ok(Route::IdemRedis),
             "store-alone" => Ok(Route::StoreAlone),
+            "floor" => Ok(Route::Floor),
             other => Err(format!(
-                "unknown route `{other}`: expected bare, idem, idem-redis or store-alone"
+                "unknown route `{other}`: expected bare, idem, idem-redis, store-alone or floor"
             )),
         }
     }
@@ -239,6 +301,7 @@ pub fn configure(
                 (Route::IdemRedis, Some(redis)) => redis_route(cfg, redis.clone()),
                 (Route::IdemRedis, None) => {}
                 (Route::StoreAlone, _) => store_alone_route(cfg),
+                (Route::Floor, _) => floor_route(cfg),
             }
         }
     }
@@ -252,6 +315,11 @@ pub fn bare_route(cfg: &mut web::ServiceConfig) {
 /// `POST /store-alone/echo`: the bare handler and the embedded store's own work for a new key.
 pub fn store_alone_route(cfg: &mut web::ServiceConfig) {
     cfg.route("/store-alone/echo", web::post().to(store_alone));
+}
+
+/// `POST /floor/echo`: the store alone and the least a layer adds to it.
+pub fn floor_route(cfg: &mut web::ServiceConfig) {
+    cfg.route("/floor/echo", web::post().to(floor));
 }
 
 /// `POST /idem/echo`: the handler under the layer, on the app's store.
@@ -338,5 +406,30 @@ mod tests {
             .map(|i| spread(format!("k-{i}").as_bytes()).as_bytes()[0])
             .collect();
         assert!(firsts.len() > 32, "{} stripes of 64 keys", firsts.len());
+    }
+
+    #[actix_web::test]
+    async fn the_floor_records_a_new_key_under_its_store_key_and_fingerprint() {
+        let app = test::init_service(App::new().configure(floor_route)).await;
+        let request = |key| echo_request("/floor/echo", key).to_request();
+        assert_eq!(test::call_service(&app, request(None)).await.status(), 201);
+        let key = "floor-test-key";
+        let res = test::call_service(&app, request(Some(key))).await;
+        assert_eq!(res.status(), 201);
+        let sent = test::read_body(res).await;
+        // Under the layer's store key and fingerprint for the same request (global scope).
+        let client_key = idem_core::ClientKey::parse(key.as_bytes(), 255).unwrap();
+        let scope = idem_core::ScopeValue::new("global", &b""[..]);
+        let slot = StoreKey::new(&scope, None, &client_key);
+        let body = br#"{"agent_id":"agent_1","phone_number":"+15555550123"}"#;
+        let fingerprint = Fingerprint::new("POST", "/floor/echo", "", body);
+        let now = floor_clock().now();
+        let Some(idem_core::Record::Completed(record)) = alone().get(&slot, now).await.unwrap()
+        else {
+            panic!("a completed record")
+        };
+        assert_eq!(record.fingerprint, fingerprint);
+        assert_eq!(record.response.body(), &sent[..]);
+        assert!(record.expires_at > now.saturating_add(Duration::from_secs(86_000)));
     }
 }

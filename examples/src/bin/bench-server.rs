@@ -2,15 +2,16 @@
 //!
 //! ```text
 //! bench-server [--addr 127.0.0.1:8090] [--workers 1] [--redis-url redis://127.0.0.1:6379]
-//!              [--routes bare,idem,idem-redis,store-alone]
+//!              [--routes bare,idem,idem-redis,store-alone,floor]
 //!              [--store-bytes BYTES] [--prefill RECORDS]
 //! ```
 //! `POST /bare/echo` and `POST /idem/echo` (`#[idempotent(scope = "global")]`, embedded
 //! store); `POST /idem-redis/echo` with `--redis-url`; `POST /store-alone/echo` (the bare
-//! handler plus the embedded store's own work for a new key) when listed. `--routes` serves
+//! handler plus the embedded store's own work for a new key) and `POST /floor/echo` (that,
+//! and the least a layer adds to it) when listed. `--routes` serves
 //! only the routes listed, in that order (actix tries routes in order, so a route listed
 //! later pays a failed match per route before it). `--store-bytes` sizes the embedded store,
-//! the layer's and the store-alone reference's alike (default 256 MiB); `--prefill` writes
+//! the layer's and the store-alone reference's (which the floor shares) alike (default 256 MiB); `--prefill` writes
 //! that many records of the echo's size into each before serving, so that a store given more
 //! than it holds starts full and every new key evicts one. `scripts/bench-http` drives it.
 #![forbid(unsafe_code)]
@@ -21,7 +22,7 @@ use actix_web::{App, HttpServer};
 use idem_actix::{IdempotencyConfig, MokaStore, RedisStore};
 use idem_examples::bench::Route;
 
-const USAGE: &str = "usage: bench-server [--addr HOST:PORT] [--workers N] [--redis-url URL] [--routes bare,idem,idem-redis,store-alone] [--store-bytes BYTES] [--prefill RECORDS]";
+const USAGE: &str = "usage: bench-server [--addr HOST:PORT] [--workers N] [--redis-url URL] [--routes bare,idem,idem-redis,store-alone,floor] [--store-bytes BYTES] [--prefill RECORDS]";
 
 fn main() -> ExitCode {
     let mut addr = "127.0.0.1:8090".to_owned();
