@@ -1,6 +1,7 @@
 //! The handlers `bench-server` and the in-process benchmarks measure: one trivial JSON
-//! handler, bare and under `#[idempotent(scope = "global")]`, and a reference for what the
-//! embedded store alone costs a new key ([`store_alone`]).
+//! handler, bare and under `#[idempotent(scope = "global")]`, a reference for what the
+//! embedded store alone costs a new key ([`store_alone`]), and one for what the least a layer
+//! adds to it costs ([`floor`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -76,23 +77,25 @@ pub async fn store_alone(req: HttpRequest, body: web::Json<Echo>) -> HttpRespons
     res
 }
 
-/// The store alone ([`store_alone`]) and the least any layer that keeps idem's promise adds to
-/// it for a new key: the key's syntax, the key's scope, the body read whole and then parsed
-/// (as the layer reads it for the fingerprint and hands it on), both SHA-256 digests (the
-/// store key and the fingerprint), a random fencing token, and the two clock reads that time
-/// the claim's lease and the record's expiry. Nothing else of the layer's: no request id, no
-/// lease renewal, no detaching, no guard of the handler's run, no metrics.
+/// The store alone ([`store_alone`]) and the least a layer that keeps idem's contract, with
+/// its key and fingerprint scheme, adds to it for a new key: the key's syntax, the key's scope,
+/// the body read whole (for the fingerprint) and handed on to the handler's extractor as a
+/// payload rebuilt in one chunk, both SHA-256 digests (the store key and the fingerprint), a
+/// random fencing token, and the two clock reads that date the claim's lease and the record's
+/// expiry, the key claimed before the handler runs as the layer claims it. Nothing else of the
+/// layer's: no request id, no lease renewal, no detaching, no guard of the handler's run, no
+/// metrics, no check of a repeated key header or of a content coding.
 ///
-/// A reference for what a layer cannot avoid, not a layer: a key it refuses is answered 400
-/// with no body, and anything but a new key goes to the handler unclaimed.
+/// A reference for what such a layer cannot avoid, not a layer: a key it refuses, or a body
+/// the extractor refuses, is answered 400 with no body, and a key already claimed or recorded
+/// goes to the handler unclaimed.
 pub async fn floor(req: HttpRequest, body: web::Bytes) -> HttpResponse {
     const KEY: HeaderName = HeaderName::from_static("idempotency-key");
-    let echo = match serde_json::from_slice::<Echo>(&body) {
-        Ok(echo) => web::Json(echo),
-        Err(_) => return HttpResponse::BadRequest().finish(),
-    };
     let Some(raw) = req.headers().get(&KEY) else {
-        return bare(echo).await;
+        return match handed_on(&req, body).await {
+            Some(echo) => bare(echo).await,
+            None => HttpResponse::BadRequest().finish(),
+        };
     };
     let Ok(key) = idem_core::ClientKey::parse(raw.as_bytes(), idem_core::DEFAULT_KEY_MAX_LEN)
     else {
@@ -102,31 +105,52 @@ pub async fn floor(req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let store_key = StoreKey::new(&scope, None, &key);
     let (method, path) = (req.method().as_str(), req.path());
     let fingerprint = Fingerprint::new(method, path, req.query_string(), &body);
-    let store = alone();
-    let clock = floor_clock();
+    let (store, clock) = (alone(), floor_clock());
     let now = clock.now();
     let claim = InFlight {
         fingerprint,
         lease_until: now.saturating_add(Duration::from_secs(60)),
         token: Token::random(),
     };
+    let claimed = matches!(
+        store.claim_now(&store_key, claim, now),
+        Some(Ok(idem_core::Claim::Claimed))
+    );
+    let Some(echo) = handed_on(&req, body).await else {
+        if claimed {
+            let _ = store.release(&store_key, claim.token).await;
+        }
+        return HttpResponse::BadRequest().finish();
+    };
     let res = bare(echo).await;
-    if let Some(Ok(idem_core::Claim::Claimed)) = store.claim_now(&store_key, claim, now) {
-        let (head, body) = res.into_parts();
-        let body = body
-            .try_into_bytes()
-            .unwrap_or_else(|_| unreachable!("the echo's body is whole"));
-        let now = clock.now();
-        let record = Completed {
-            fingerprint,
-            response: Response::new(head.status().as_u16(), Headers(head.headers()), &body),
-            completed_at: now,
-            expires_at: now.saturating_add(Duration::from_secs(86_400)),
-        };
-        let _ = store.complete(&store_key, claim.token, record, now).await;
-        return head.set_body(actix_web::body::BoxBody::new(body));
+    if !claimed {
+        return res;
     }
-    res
+    let (head, body) = res.into_parts();
+    let body = body
+        .try_into_bytes()
+        .unwrap_or_else(|_| unreachable!("the echo's body is whole"));
+    let now = clock.now();
+    let record = Completed {
+        fingerprint,
+        response: Response::new(head.status().as_u16(), Headers(head.headers()), &body),
+        completed_at: now,
+        expires_at: now.saturating_add(Duration::from_secs(86_400)),
+    };
+    let _ = store.complete(&store_key, claim.token, record, now).await;
+    head.set_body(actix_web::body::BoxBody::new(body))
+}
+
+/// The echo the handler's JSON extractor reads from `body`, handed to it as a payload rebuilt in
+/// one chunk, as the layer hands on a small body.
+async fn handed_on(req: &HttpRequest, body: web::Bytes) -> Option<web::Json<Echo>> {
+    use actix_web::FromRequest as _;
+    let chunk = futures_util::stream::once(std::future::ready(Ok(body)));
+    let stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> = Box::pin(chunk);
+    let mut payload = actix_web::dev::Payload::Stream { payload: stream };
+    web::Json::<Echo>::from_request(req, &mut payload)
+        .await
+        .ok()
 }
 
 /// The clock [`floor`] reads: the layer's default.
@@ -431,5 +455,15 @@ mod tests {
         assert_eq!(record.fingerprint, fingerprint);
         assert_eq!(record.response.body(), &sent[..]);
         assert!(record.expires_at > now.saturating_add(Duration::from_secs(86_000)));
+        // A key it refuses is refused, and a body the extractor refuses releases the claim.
+        let refused = test::call_service(&app, request(Some("two words"))).await;
+        assert_eq!(refused.status(), 400);
+        let unread = echo_request("/floor/echo", Some("floor-unread"))
+            .set_payload("not json")
+            .to_request();
+        assert_eq!(test::call_service(&app, unread).await.status(), 400);
+        let client_key = idem_core::ClientKey::parse(b"floor-unread", 255).unwrap();
+        let slot = StoreKey::new(&scope, None, &client_key);
+        assert_eq!(alone().get(&slot, now).await.unwrap(), None);
     }
 }
