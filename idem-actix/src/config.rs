@@ -21,6 +21,17 @@ pub(crate) fn parse_header(name: &'static str) -> Result<HeaderName, PolicyError
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| PolicyError::InvalidHeader(name))
 }
 
+/// What only an application's defaults must meet, beside [`Policy::check`]: no endpoint's
+/// name, which would name every endpoint alike. Checked by
+/// [`IdempotencyConfig::with_defaults`], and by a contract's defaults as the application
+/// would check them.
+pub(crate) fn check_as_defaults(policy: &Policy) -> Result<(), PolicyError> {
+    match policy.endpoint_name {
+        Some(name) => Err(PolicyError::EndpointNameInDefaults(name)),
+        None => Ok(()),
+    }
+}
+
 /// The store and error rendering of an application, registered with `App::app_data`.
 ///
 /// Without one, every `#[idempotent]` handler of the process shares an embedded
@@ -162,9 +173,7 @@ impl IdempotencyConfig {
     /// checked with these defaults and the store on its first keyed request, and a
     /// contradiction is logged; the layer never loses a record to one.
     pub fn with_defaults(mut self, policy: Policy) -> Result<Self, PolicyError> {
-        if let Some(name) = policy.endpoint_name {
-            return Err(PolicyError::EndpointNameInDefaults(name));
-        }
+        check_as_defaults(&policy)?;
         policy.check(&**self.engine().store())?;
         let header = parse_header(policy.header)?;
         let settings = self.settings();

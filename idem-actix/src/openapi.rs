@@ -90,6 +90,7 @@ use utoipa::openapi::{
     Components, ContentBuilder, OpenApi, Ref, RefOr, Required, Response, ResponseBuilder,
 };
 
+use crate::config::check_as_defaults;
 use crate::IdempotencyConfig;
 
 /// The methods whose keys the [`Idempotency`](crate::Idempotency) middleware honours by
@@ -275,10 +276,7 @@ impl Contract {
         let shared = doc.components.clone().unwrap_or_default();
         let mut seen: Vec<(&'static str, String)> = Vec::new();
         // As the application refuses them (`IdempotencyConfig::with_defaults`).
-        if let Some(name) = self.defaults.endpoint_name {
-            let named = PolicyError::EndpointNameInDefaults(name);
-            return Err(ContractError::Settings(named));
-        }
+        check_as_defaults(&self.defaults).map_err(ContractError::Settings)?;
         for declared in &self.declared {
             let policy = match declared.settings {
                 Settings::Overrides(overrides) => overrides.apply_to(self.defaults),
