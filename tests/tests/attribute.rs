@@ -380,34 +380,34 @@ async fn a_request_without_a_key_is_told_the_endpoints_own_header() {
 #[route("/calls/{id}", method = "PUT")]
 #[idempotent(per_endpoint)]
 async fn update_by_pattern(runs: web::Data<Counter>) -> String {
-    format!("run {}", runs.bump())
+    counted(runs).await
 }
 
 /// The same endpoint after a deploy that renamed its parameter and gave it a pattern.
 #[route("/calls/{call_id:\\d+}", method = "PUT")]
 #[idempotent(per_endpoint)]
 async fn update_renamed(runs: web::Data<Counter>) -> String {
-    format!("run {}", runs.bump())
+    counted(runs).await
 }
 
 /// The same, named as the route was before the deploy.
 #[route("/calls/{call_id:\\d+}", method = "PUT")]
 #[idempotent(per_endpoint = "PUT /calls/{id}")]
 async fn update_renamed_keeping_keys(runs: web::Data<Counter>) -> String {
-    format!("run {}", runs.bump())
+    counted(runs).await
 }
 
 /// A named endpoint, before and after the same deploy.
 #[route("/calls/{id}", method = "PUT")]
 #[idempotent(per_endpoint = "calls.update")]
 async fn update_named(runs: web::Data<Counter>) -> String {
-    format!("run {}", runs.bump())
+    counted(runs).await
 }
 
 #[route("/calls/{call_id:\\d+}", method = "PUT")]
 #[idempotent(per_endpoint = "calls.update")]
 async fn update_named_renamed(runs: web::Data<Counter>) -> String {
-    format!("run {}", runs.bump())
+    counted(runs).await
 }
 
 /// One store, served by one deploy and then by the next (`before`, then `after`): how often
@@ -508,6 +508,7 @@ async fn a_named_endpoint_keeps_its_keys_across_a_deploy_that_changes_its_route(
     }
 }
 
+/// Counts a run, and answers with its number.
 async fn counted(runs: web::Data<Counter>) -> String {
     format!("run {}", runs.bump())
 }
