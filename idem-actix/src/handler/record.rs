@@ -25,10 +25,17 @@ use crate::request_id::RequestId;
 use crate::transaction::{Loan, Offer};
 
 impl Run {
-    /// Hands the request's id and key to the handler, under its key's claim or not
-    /// (`claimed`): the request's id, and the request and payload to call the handler with
-    /// ([`call`]).
-    pub(super) fn hand_over(self, claimed: bool) -> (RequestId, HttpRequest, dev::Payload) {
+    /// Hands the request's id and key to the handler, and calls it, under its key's claim or
+    /// not (`claimed`): its reply, or `Err` if it panicked.
+    pub(super) fn call<H, Fut>(
+        self,
+        handler: H,
+        claimed: bool,
+    ) -> (RequestId, impl Future<Output = std::thread::Result<Reply>>)
+    where
+        H: FnOnce(HttpRequest, dev::Payload) -> Fut,
+        Fut: Future<Output = Reply>,
+    {
         let Run {
             key,
             request_id,
@@ -44,26 +51,9 @@ impl Run {
             claimed,
             lends,
         });
-        (request_id, req, rebuilt(body))
+        let ran = AssertUnwindSafe(handler(req, rebuilt(body))).catch_unwind();
+        (request_id, ran)
     }
-}
-
-/// Calls the handler: its reply, or `Err` if it panicked. Called where its future is awaited,
-/// so that the future (the handler's extractors and its body, often a run's largest part) is
-/// built in its place there, where it was built first and moved into each future around it:
-/// 87 instructions less per new key for the benchmarks' echo handler, and more for a handler
-/// whose future is larger (`scripts/bench-instructions`, less the store's and the allocator's
-/// instructions, which vary between runs by more than that).
-async fn call<H, Fut>(
-    handler: H,
-    req: HttpRequest,
-    payload: dev::Payload,
-) -> std::thread::Result<Reply>
-where
-    H: FnOnce(HttpRequest, dev::Payload) -> Fut,
-    Fut: Future<Output = Reply>,
-{
-    AssertUnwindSafe(handler(req, payload)).catch_unwind().await
 }
 
 /// Runs the handler without a claim: the store failed and the policy fails open.
@@ -72,9 +62,8 @@ where
     H: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = Reply>,
 {
-    let (request_id, req, payload) = run.hand_over(false);
-    let ran = call(handler, req, payload).await;
-    let Reply { req, res } = ran.unwrap_or_else(|_| Reply::orphan(panicked()));
+    let (request_id, ran) = run.call(handler, false);
+    let Reply { req, res } = ran.await.unwrap_or_else(|_| Reply::orphan(panicked()));
     Reply {
         req,
         res: executed(res, &request_id),
@@ -143,10 +132,10 @@ where
         let loan = offer.map(|offer| offer.lend(&run.req, &lease));
         let lent = loan.as_ref();
         let for_head = run.req.method() == actix_web::http::Method::HEAD;
-        let (request_id, req, payload) = run.hand_over(true);
+        let (request_id, ran) = run.call(handler, true);
         let ran = lease
             .run(async move {
-                let Reply { req, res } = call(handler, req, payload).await?;
+                let Reply { req, res } = ran.await?;
                 // A stream is teed rather than collected, unless the handler's writes commit
                 // with the record (the commit decides the answer) or nothing of it is kept
                 // (recorded before it goes). Whether the handler took its transaction is known
@@ -242,8 +231,7 @@ where
             None => {
                 // A drain that cancels the run meanwhile answers its client with it.
                 let recording = Recording::new(res);
-                let finished = lease.finish(response).await;
-                let outcome = recorded(finished, status);
+                let outcome = recorded(lease, response).await;
                 (outcome, recording.into_inner())
             }
         };
@@ -273,13 +261,10 @@ async fn unrun(
     }
 }
 
-/// The outcome of the record of a response of `status` (or of its claim's release), for the
-/// log and the metrics, from what [`Lease::finish`](idem_core::Lease::finish) answered. A
-/// function of the answer, where it was a future that finished the lease: the record and the
-/// lease were moved into it, and the finish's future built there moved again (47
-/// instructions less per new key, measured as for [`call`]).
-fn recorded(finished: Result<Outcome, idem_core::StoreError>, status: u16) -> &'static str {
-    match finished {
+/// Records `response` (or releases the claim): the outcome, for the log and the metrics.
+async fn recorded(lease: idem_core::Lease, response: Response) -> &'static str {
+    let status = response.status();
+    match lease.finish(response).await {
         Ok(Outcome::Recorded) => "executed",
         Ok(Outcome::Released) => "released",
         Ok(Outcome::Lost) => {
@@ -421,8 +406,7 @@ fn tee(
                 return release(lease, None).await;
             }
         };
-        let finished = lease.finish(response).await;
-        let outcome = recorded(finished, status);
+        let outcome = recorded(lease, response).await;
         tracing::debug!(outcome, status);
         metrics::outcome(outcome);
     });
