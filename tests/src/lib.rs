@@ -936,6 +936,33 @@ pub fn keys_in(prefix: &str, slots: &[u16], seed: u8, count: usize) -> Vec<idem_
         .collect()
 }
 
+/// What `engine` begins with `key` once it answers other than as an unavailable store (a
+/// store coming back, or a cluster failing over), trying for up to 20 s.
+///
+/// # Panics
+/// When it is still unavailable then, or answers another error.
+pub async fn begin_until_up(
+    engine: &idem_core::Engine,
+    key: idem_core::StoreKey,
+    fp: idem_core::Fingerprint,
+) -> idem_core::Begin {
+    use idem_core::{IdempotencyError, Policy};
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match engine.begin(&Policy::DEFAULT, key, fp).await {
+            Err(IdempotencyError::StoreUnavailable(e)) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still unavailable: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+            Ok(begun) => return begun,
+        }
+    }
+}
+
 /// Runs `key` on `engine` and records a 201 with `body`.
 pub async fn recorded(
     engine: &idem_core::Engine,

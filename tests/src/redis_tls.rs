@@ -324,6 +324,81 @@ impl TlsRedis {
         }
     }
 
+    /// Starts a replica of the cluster's master `master`, which joins the cluster over TLS as
+    /// the masters did (`tls-cluster yes`) and syncs from it over TLS (`tls-replication yes`),
+    /// and waits until it holds the master's data and every other node knows it as the
+    /// master's replica (so that a failover can vote it in): node `n` of
+    /// [`query_on`](Self::query_on), `n` the number returned.
+    ///
+    /// # Panics
+    /// When it does not start, join or sync within 30 s.
+    pub fn add_cluster_replica(&mut self, master: usize) -> usize {
+        let others = self.nodes.len();
+        let mut failed = String::new();
+        for attempt in 0.. {
+            assert!(attempt < 3, "start a cluster replica: {failed}");
+            // Its bus listens on its TLS port plus 10000.
+            let tls_port = free_ports(1, 10_000, 55_535)[0];
+            let plain = free_port().expect("a free port");
+            let taken = |port| self.nodes.iter().any(|n| n.tls_port == port);
+            if tls_port == plain || plain == tls_port + 10_000 || taken(tls_port) || taken(plain) {
+                continue;
+            }
+            let mut command = Command::new("redis-server");
+            command
+                .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--tls-replication", "yes"]);
+            match self.spawn_node(command, ClientCertificates::Optional, tls_port, plain) {
+                Ok(()) => break,
+                Err(e) => failed = e,
+            }
+        }
+        let replica = self.nodes.len() - 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let within = |what: &str, state: &str| {
+            assert!(std::time::Instant::now() < deadline, "{what}: {state}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut meet = redis::cmd("CLUSTER");
+        meet.arg("MEET")
+            .arg("127.0.0.1")
+            .arg(self.nodes[master].tls_port);
+        self.query_on::<()>(replica, &mut meet);
+        let master_id = self.node_id(master);
+        loop {
+            let nodes: String = self.query_on(replica, redis::cmd("CLUSTER").arg("NODES"));
+            if nodes.contains(&master_id) {
+                break;
+            }
+            within("the replica meets its master over TLS", &nodes);
+        }
+        let mut replicate = redis::cmd("CLUSTER");
+        replicate.arg("REPLICATE").arg(&master_id);
+        self.query_on::<()>(replica, &mut replicate);
+        let replica_id = self.node_id(replica);
+        loop {
+            let info: String = self.query_on(replica, redis::cmd("INFO").arg("replication"));
+            let known = (0..others).all(|node| {
+                let nodes: String = self.query_on(node, redis::cmd("CLUSTER").arg("NODES"));
+                (nodes.lines()).any(|l| l.starts_with(&replica_id) && l.contains(&master_id))
+            });
+            if known && info.contains("master_link_status:up") {
+                return replica;
+            }
+            within("the replica syncs over TLS, known to every node", &info);
+        }
+    }
+
+    /// Stops node `node`, as a crash would.
+    pub fn stop(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Joins the masters over TLS (`CLUSTER MEET` on their TLS ports, whose bus is theirs
     /// plus 10000), gives each its share of the slots, and waits until every master says the
     /// cluster is ok and knows every other.

@@ -18,8 +18,8 @@ use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
 use idem_tests::{
-    answers_while_slots_migrate, assert_error, keys_in, recorded, TestRedis, TestRedisCluster,
-    TestServer,
+    answers_while_slots_migrate, assert_error, begin_until_up, keys_in, recorded, TestRedis,
+    TestRedisCluster, TestServer,
 };
 
 /// The command timeout of the app instances: a master that is down answers 503 after it.
@@ -330,21 +330,6 @@ fn keys_on(cluster: &TestRedisCluster, prefix: &str, node: usize, count: usize) 
 /// The hash slot of `key`.
 fn slot_of(cluster: &TestRedisCluster, key: &str) -> i64 {
     cluster.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
-}
-
-/// `begin` until it answers other than 503, for up to 15 s.
-async fn begin_until_up(engine: &Engine, key: StoreKey, fp: Fingerprint) -> Begin {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match engine.begin(&Policy::DEFAULT, key, fp).await {
-            Err(idem_core::IdempotencyError::StoreUnavailable(e)) => {
-                assert!(Instant::now() < deadline, "still unavailable: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{e}"),
-            Ok(begin) => return begin,
-        }
-    }
 }
 
 /// An engine on a store on `cluster`, its keys under `prefix`, with the tests' command timeout.

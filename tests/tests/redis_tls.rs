@@ -1,8 +1,8 @@
 //! The Redis store over TLS (`rediss://`, feature `redis-tls`) against a real `redis-server`
 //! with a TLS port and certificates made for the test: the conformance suite, a server whose
-//! certificate the store does not trust, client certificates, `#insecure`, and a slot migrating
-//! on a Redis Cluster over TLS. Each test skips when `redis-server` or `openssl` is missing,
-//! unless `IDEM_REQUIRE_REDIS=1`.
+//! certificate the store does not trust, client certificates, `#insecure`, and, on a Redis
+//! Cluster over TLS, a slot migrating and a master failing over to its replica. Each test
+//! skips when `redis-server` or `openssl` is missing, unless `IDEM_REQUIRE_REDIS=1`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use idem_core::{
 };
 use idem_tests::redis_tls::{ClientCertificates, TlsRedis};
 use idem_tests::shared_store::{self, call, Probe};
-use idem_tests::{answers_while_slots_migrate, assert_error, keys_in, recorded};
+use idem_tests::{answers_while_slots_migrate, assert_error, begin_until_up, keys_in, recorded};
 
 /// What `engine` begins with a fresh key.
 async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
@@ -294,6 +294,63 @@ async fn writes_that_wait_for_replicas_go_over_tls_and_are_acknowledged() {
         Err(IdempotencyError::StoreUnavailable(_)) => {}
         other => panic!("unavailable with one replica of two: {other:?}"),
     }
+}
+
+/// A master of a Redis Cluster over TLS that dies is replaced by its replica (which joined and
+/// synced over TLS): the store reaches the promoted replica over TLS, trusting the authority it
+/// was given, without a restart while the old master stays down; a record made before replays
+/// there, and a new key runs and is recorded.
+#[actix_web::test]
+async fn a_master_that_dies_is_replaced_by_its_replica_over_tls_and_its_keys_work_again() {
+    let Some(mut redis) = TlsRedis::start_cluster_of(3) else {
+        return;
+    };
+    let prefix = "tls-promoted:";
+    let store = RedisStore::cluster((0..3).map(|node| redis.url_of(node)))
+        .tls_root_certificates(redis.authority())
+        .prefix(prefix)
+        .command_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    // Master 0 holds the first third of the slots (see `TlsRedis::start_cluster_of`).
+    let slots: Vec<u16> = (0..16384 / 3).collect();
+    let keys = keys_in(prefix, &slots, 14, 2);
+    let (done, fresh) = (keys[0], keys[1]);
+    recorded(&engine, done, fp, b"first").await;
+
+    let replica = redis.add_cluster_replica(0);
+    let synced: i64 = redis.query_on(0, redis::cmd("WAIT").arg(1).arg(5000));
+    assert_eq!(synced, 1, "the replica has every write");
+    redis.stop(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = redis.query_on(replica, redis::cmd("INFO").arg("replication"));
+        if info.contains("role:master") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "promoted: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let Begin::Replay(record) = begin_until_up(&engine, done, fp).await else {
+        panic!("replays on the promoted replica, over TLS")
+    };
+    assert_eq!(&record.response.body()[..], b"first");
+    let Begin::Execute(lease) = begin_until_up(&engine, fresh, fp).await else {
+        panic!("a new key runs on the promoted replica")
+    };
+    assert_eq!(
+        lease.finish(Response::new(201, [], b"new")).await.unwrap(),
+        Outcome::Recorded
+    );
+    let held: Vec<String> = redis.query_on(replica, redis::cmd("KEYS").arg(format!("{prefix}*")));
+    assert_eq!(
+        held.len(),
+        2,
+        "both records on the promoted replica: {held:?}"
+    );
 }
 
 /// Marks `slots` as migrating from master 0 to master 1 of `redis` (`IMPORTING` on 1,
