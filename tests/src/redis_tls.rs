@@ -123,7 +123,7 @@ pub enum ClientCertificates {
 
 /// Our own `redis-server` on loopback, with a TLS port and a plain one (for looking at what
 /// the store wrote), and the certificates made for it; or several, the masters of one Redis
-/// Cluster over TLS.
+/// Cluster over TLS. Replicas added later are nodes too, numbered after them.
 pub struct TlsRedis {
     pki: Pki,
     nodes: Vec<Node>,
@@ -278,7 +278,16 @@ impl TlsRedis {
         });
         let node = self.nodes.last_mut().expect("pushed");
         let child = node.child.as_mut().expect("spawned");
-        wait_for_own(&node.plain_url, child, Duration::from_secs(10))
+        let started = wait_for_own(&node.plain_url, child, Duration::from_secs(10));
+        if started.is_err() {
+            // Not kept, so that a caller that tries another port numbers its nodes as if this
+            // one had never been.
+            if let Some(mut failed) = self.nodes.pop().and_then(|node| node.child) {
+                let _ = failed.kill();
+                let _ = failed.wait();
+            }
+        }
+        started
     }
 
     /// Starts a replica of the first server, which it reaches over TLS (`tls-replication
@@ -331,7 +340,8 @@ impl TlsRedis {
     /// [`query_on`](Self::query_on), `n` the number returned.
     ///
     /// # Panics
-    /// When it does not start, join or sync within 30 s.
+    /// When it does not start, join or sync within 30 s, or a node added before it was
+    /// stopped.
     pub fn add_cluster_replica(&mut self, master: usize) -> usize {
         let others = self.nodes.len();
         let mut failed = String::new();
@@ -442,12 +452,12 @@ impl TlsRedis {
         self.url_of(0)
     }
 
-    /// The URL of master `node`'s TLS port, as [`url`](Self::url) names it.
+    /// The URL of node `node`'s TLS port, as [`url`](Self::url) names it.
     pub fn url_of(&self, node: usize) -> String {
         format!("rediss://localhost:{}/", self.nodes[node].tls_port)
     }
 
-    /// The TLS port of master `node`, the one its cluster announces and redirects to.
+    /// The TLS port of node `node`, the one its cluster announces and redirects to.
     pub fn tls_port(&self, node: usize) -> u16 {
         self.nodes[node].tls_port
     }
@@ -477,14 +487,14 @@ impl TlsRedis {
         self.query_on(0, cmd)
     }
 
-    /// Runs one command on master `node`'s plain port.
+    /// Runs one command on node `node`'s plain port.
     pub fn query_on<T: redis::FromRedisValue>(&self, node: usize, cmd: &mut redis::Cmd) -> T {
         let client = redis::Client::open(self.nodes[node].plain_url.as_str()).expect("plain URL");
         cmd.query(&mut client.get_connection().expect("connect to test Redis"))
             .expect("Redis command")
     }
 
-    /// The cluster node id of master `node`.
+    /// The cluster node id of node `node`.
     pub fn node_id(&self, node: usize) -> String {
         self.query_on(node, redis::cmd("CLUSTER").arg("MYID"))
     }

@@ -296,6 +296,22 @@ async fn writes_that_wait_for_replicas_go_over_tls_and_are_acknowledged() {
     }
 }
 
+/// An engine on a store on `redis`, a cluster, reached from `seeds` over TLS, trusting its
+/// authority, with keys under `prefix` and commands that time out after a second.
+fn cluster_engine(
+    redis: &TlsRedis,
+    seeds: impl IntoIterator<Item = String>,
+    prefix: &str,
+) -> Engine {
+    let store = RedisStore::cluster(seeds)
+        .tls_root_certificates(redis.authority())
+        .prefix(prefix)
+        .command_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    Engine::new(store)
+}
+
 /// A master of a Redis Cluster over TLS that dies is replaced by its replica (which joined and
 /// synced over TLS): the store reaches the promoted replica over TLS, trusting the authority it
 /// was given, without a restart while the old master stays down; a record made before replays
@@ -306,15 +322,9 @@ async fn a_master_that_dies_is_replaced_by_its_replica_over_tls_and_its_keys_wor
         return;
     };
     let prefix = "tls-promoted:";
-    let store = RedisStore::cluster((0..3).map(|node| redis.url_of(node)))
-        .tls_root_certificates(redis.authority())
-        .prefix(prefix)
-        .command_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let engine = Engine::new(store);
+    let engine = cluster_engine(&redis, (0..3).map(|node| redis.url_of(node)), prefix);
     let fp = Fingerprint::new("POST", "/x", "", b"");
-    // Master 0 holds the first third of the slots (see `TlsRedis::start_cluster_of`).
+    // Master 0 holds the first third of the slots (see `TlsRedis::join`).
     let slots: Vec<u16> = (0..16384 / 3).collect();
     let keys = keys_in(prefix, &slots, 14, 2);
     let (done, fresh) = (keys[0], keys[1]);
@@ -393,13 +403,7 @@ async fn no_claim_answers_503_while_a_slot_migrates_on_a_cluster_over_tls() {
         return;
     };
     let prefix = "tls-migrating:";
-    let store = RedisStore::cluster([redis.url()])
-        .tls_root_certificates(redis.authority())
-        .prefix(prefix)
-        .command_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let engine = Engine::new(store);
+    let engine = cluster_engine(&redis, [redis.url()], prefix);
     let fp = Fingerprint::new("POST", "/x", "", b"");
     // Master 0 holds the first half of the slots.
     let slots: Vec<u16> = (100..108).collect();
