@@ -220,10 +220,7 @@ impl TlsRedis {
             taken.push(plain);
             let mut command = Command::new("redis-server");
             if cluster.is_some() {
-                command
-                    .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
-                    .args(["--cluster-config-file", "nodes.conf"])
-                    .args(["--cluster-node-timeout", "1000"]);
+                cluster_node(&mut command);
             }
             if named {
                 command
@@ -290,6 +287,34 @@ impl TlsRedis {
         started
     }
 
+    /// Starts one more node, `command` (a `redis-server` with its role's arguments), on ports
+    /// picked free, with the server's certificate: its number. A port picked free may be taken
+    /// before the server binds it, so others are tried, three times in all. A cluster node
+    /// (`bus`) has its bus on its TLS port plus 10000, which must be free too.
+    ///
+    /// # Panics
+    /// When none of the three starts.
+    fn add_node(&mut self, what: &str, bus: bool, command: impl Fn() -> Command) -> usize {
+        let mut failed = String::new();
+        for _ in 0..3 {
+            let tls_port = match bus {
+                true => free_ports(1, 10_000, 55_535)[0],
+                false => free_port().expect("a free port"),
+            };
+            let plain = free_port().expect("a free port");
+            let taken = |port| self.nodes.iter().any(|n| n.tls_port == port);
+            let on_bus = bus && plain == tls_port + 10_000;
+            if tls_port == plain || on_bus || taken(tls_port) || taken(plain) {
+                continue;
+            }
+            match self.spawn_node(command(), ClientCertificates::Optional, tls_port, plain) {
+                Ok(()) => return self.nodes.len() - 1,
+                Err(e) => failed = e,
+            }
+        }
+        panic!("start {what}: {failed}")
+    }
+
     /// Starts a replica of the first server, which it reaches over TLS (`tls-replication
     /// yes`), and waits until it is in sync: node `n` of [`query_on`](Self::query_on), `n` the
     /// number returned.
@@ -297,28 +322,16 @@ impl TlsRedis {
     /// # Panics
     /// When it does not start or sync within 10 s.
     pub fn add_replica(&mut self) -> usize {
-        // A port picked free may be taken before the server binds it: others are tried.
-        let mut failed = String::new();
-        for attempt in 0.. {
-            assert!(attempt < 3, "start a replica: {failed}");
-            let tls_port = free_port().expect("a free port");
-            let plain = free_port().expect("a free port");
-            let taken = |port| self.nodes.iter().any(|n| n.tls_port == port);
-            if tls_port == plain || taken(tls_port) || taken(plain) {
-                continue;
-            }
+        let master = self.nodes[0].tls_port.to_string();
+        let replica = self.add_node("a replica", false, || {
             let mut command = Command::new("redis-server");
-            command.args(["--tls-replication", "yes"]).args([
+            (command.args(["--tls-replication", "yes"])).args([
                 "--replicaof",
                 "127.0.0.1",
-                &self.nodes[0].tls_port.to_string(),
+                &master,
             ]);
-            match self.spawn_node(command, ClientCertificates::Optional, tls_port, plain) {
-                Ok(()) => break,
-                Err(e) => failed = e,
-            }
-        }
-        let replica = self.nodes.len() - 1;
+            command
+        });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let info: String = self.query_on(replica, redis::cmd("INFO").arg("replication"));
@@ -344,28 +357,11 @@ impl TlsRedis {
     /// stopped.
     pub fn add_cluster_replica(&mut self, master: usize) -> usize {
         let others = self.nodes.len();
-        let mut failed = String::new();
-        for attempt in 0.. {
-            assert!(attempt < 3, "start a cluster replica: {failed}");
-            // Its bus listens on its TLS port plus 10000.
-            let tls_port = free_ports(1, 10_000, 55_535)[0];
-            let plain = free_port().expect("a free port");
-            let taken = |port| self.nodes.iter().any(|n| n.tls_port == port);
-            if tls_port == plain || plain == tls_port + 10_000 || taken(tls_port) || taken(plain) {
-                continue;
-            }
+        let replica = self.add_node("a cluster replica", true, || {
             let mut command = Command::new("redis-server");
+            cluster_node(&mut command).args(["--tls-replication", "yes"]);
             command
-                .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "1000"])
-                .args(["--tls-replication", "yes"]);
-            match self.spawn_node(command, ClientCertificates::Optional, tls_port, plain) {
-                Ok(()) => break,
-                Err(e) => failed = e,
-            }
-        }
-        let replica = self.nodes.len() - 1;
+        });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let within = |what: &str, state: &str| {
             assert!(std::time::Instant::now() < deadline, "{what}: {state}");
@@ -498,6 +494,16 @@ impl TlsRedis {
     pub fn node_id(&self, node: usize) -> String {
         self.query_on(node, redis::cmd("CLUSTER").arg("MYID"))
     }
+}
+
+/// `command`, a `redis-server`, as a node of a cluster joined over TLS (`tls-cluster yes`: its
+/// bus, and the ports it announces and redirects to, are TLS ones), which takes a node that
+/// answers nothing for a second for down.
+fn cluster_node(command: &mut Command) -> &mut Command {
+    command
+        .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
+        .args(["--cluster-config-file", "nodes.conf"])
+        .args(["--cluster-node-timeout", "1000"])
 }
 
 impl Drop for TlsRedis {
