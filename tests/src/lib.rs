@@ -963,6 +963,33 @@ pub async fn begin_until_up(
     }
 }
 
+/// That `engine`, once its store answers again (a failover to a replica, say), replays `done`,
+/// which [`recorded`] recorded with `body`, and runs `fresh`, a key it never saw, recording
+/// its response.
+///
+/// # Panics
+/// When it does either otherwise, or its store stays unavailable (see [`begin_until_up`]).
+pub async fn replays_and_runs_once_up(
+    engine: &idem_core::Engine,
+    done: idem_core::StoreKey,
+    fresh: idem_core::StoreKey,
+    fp: idem_core::Fingerprint,
+    body: &[u8],
+) {
+    use idem_core::{Begin, Outcome, Response};
+    let Begin::Replay(record) = begin_until_up(engine, done, fp).await else {
+        panic!("replays what was recorded before")
+    };
+    assert_eq!(&record.response.body()[..], body);
+    let Begin::Execute(lease) = begin_until_up(engine, fresh, fp).await else {
+        panic!("a new key runs")
+    };
+    assert_eq!(
+        lease.finish(Response::new(201, [], b"new")).await.unwrap(),
+        Outcome::Recorded
+    );
+}
+
 /// Runs `key` on `engine` and records a 201 with `body`.
 pub async fn recorded(
     engine: &idem_core::Engine,

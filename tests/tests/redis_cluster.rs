@@ -18,8 +18,8 @@ use idem_tests::shared_store::{
     self, call, duplicates_while_in_flight_get_409_then_replay, until_not_503, Probe,
 };
 use idem_tests::{
-    answers_while_slots_migrate, assert_error, begin_until_up, keys_in, recorded, TestRedis,
-    TestRedisCluster, TestServer,
+    answers_while_slots_migrate, assert_error, begin_until_up, keys_in, recorded,
+    replays_and_runs_once_up, TestRedis, TestRedisCluster, TestServer,
 };
 
 /// The command timeout of the app instances: a master that is down answers 503 after it.
@@ -713,17 +713,7 @@ async fn a_master_that_dies_is_replaced_by_its_replica_and_its_keys_work_again()
     cluster.wait_for_slot_at(slot, replica.port(), &[&replica]);
 
     // Promoted: the app follows it without a restart, while the old master stays down.
-    let Begin::Replay(record) = begin_until_up(&engine, done, fp).await else {
-        panic!("replays on the promoted replica")
-    };
-    assert_eq!(&record.response.body()[..], b"first");
-    let Begin::Execute(lease) = begin_until_up(&engine, fresh, fp).await else {
-        panic!("a new key runs")
-    };
-    assert_eq!(
-        lease.finish(Response::new(201, [], b"new")).await.unwrap(),
-        Outcome::Recorded
-    );
+    replays_and_runs_once_up(&engine, done, fresh, fp, b"first").await;
 }
 
 /// On a cluster, the store waits on the key's own primary (the cluster client would ask every

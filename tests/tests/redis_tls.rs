@@ -13,7 +13,9 @@ use idem_core::{
 };
 use idem_tests::redis_tls::{ClientCertificates, TlsRedis};
 use idem_tests::shared_store::{self, call, Probe};
-use idem_tests::{answers_while_slots_migrate, assert_error, begin_until_up, keys_in, recorded};
+use idem_tests::{
+    answers_while_slots_migrate, assert_error, keys_in, recorded, replays_and_runs_once_up,
+};
 
 /// What `engine` begins with a fresh key.
 async fn begin(engine: &Engine, key: u8) -> Result<Begin, IdempotencyError> {
@@ -344,17 +346,7 @@ async fn a_master_that_dies_is_replaced_by_its_replica_over_tls_and_its_keys_wor
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let Begin::Replay(record) = begin_until_up(&engine, done, fp).await else {
-        panic!("replays on the promoted replica, over TLS")
-    };
-    assert_eq!(&record.response.body()[..], b"first");
-    let Begin::Execute(lease) = begin_until_up(&engine, fresh, fp).await else {
-        panic!("a new key runs on the promoted replica")
-    };
-    assert_eq!(
-        lease.finish(Response::new(201, [], b"new")).await.unwrap(),
-        Outcome::Recorded
-    );
+    replays_and_runs_once_up(&engine, done, fresh, fp, b"first").await;
     let held: Vec<String> = redis.query_on(replica, redis::cmd("KEYS").arg(format!("{prefix}*")));
     assert_eq!(
         held.len(),
