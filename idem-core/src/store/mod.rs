@@ -174,8 +174,9 @@ pub enum Claim {
 /// claim whose lease lapsed but which nobody displaced may still finish, since its operation
 /// ran. A backend drops records itself some time after they lapse, never keeping them
 /// without bound (the embedded store drops a lapsed claim when its key is claimed again, or when
-/// a new claim finds its claim map, one of 256, holding 64 claims or more and the lapsed one a
-/// minute past its lease: claims whose holders vanished wait for the map's next claim then).
+/// a new claim finds its claim map, one of 256, full and holding 64 claims or more, and the
+/// lapsed one a minute past its lease: claims whose holders vanished wait for the map to fill
+/// again, so a map a burst grew keeps up to the room the burst made).
 pub trait Store: Send + Sync + 'static {
     /// Atomically writes `claim` unless a live record exists; returns that record if it does.
     fn claim<'a>(

@@ -261,7 +261,10 @@ impl Hasher for SlotHasher {
 /// Holds at most [`MokaStoreBuilder::max_bytes`] of completed records (least recently used go
 /// first) and drops each when it lapses. The cache evicts in its housekeeping, which runs
 /// every 64 writes: in between it can hold up to 63 records beyond the bound (an eviction on
-/// each write would cost every new key that housekeeping). Claims of running requests are held beside them,
+/// each write would cost every new key that housekeeping). Writes from several threads at once
+/// do not wait for a housekeeping one of them runs: until it ends, they can take the cache a
+/// few hundred records beyond the bound (moka's log holds 384 writes before a writer waits;
+/// measured, 387 beyond with two writing threads, 438 with sixteen). Claims of running requests are held beside them,
 /// one per request in flight, and do not count toward the bound. It is per process: several
 /// server processes behind a load balancer need a shared store, or a duplicate can run once
 /// per process.
