@@ -727,6 +727,51 @@ async fn failing_open_never_reruns_a_recorded_key_while_redis_answers_but_refuse
     );
 }
 
+/// A Redis at its `maxmemory` (under `noeviction`, as the store asks) refuses new claims,
+/// failing closed, but an operation already running still renews its claim and records its
+/// response: a completion refused for want of memory would leave the operation that ran
+/// without its record, and a retry, once the claim lapsed, would run it again.
+#[actix_web::test]
+async fn a_full_redis_refuses_new_claims_but_a_running_operation_renews_and_records() {
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("full:")
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let policy = Policy::DEFAULT.lease(Duration::from_secs(2));
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let (running, new) = (StoreKey::from_bytes([21; 32]), StoreKey::from_bytes([22; 32]));
+    let Ok(Begin::Execute(lease)) = engine.begin(&policy, running, fp).await else {
+        panic!("claimed")
+    };
+
+    redis.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1));
+    let refused = engine.begin(&policy, new, fp).await;
+    assert!(
+        matches!(refused, Err(IdempotencyError::StoreUnavailable(_))),
+        "a full Redis takes a new claim: {refused:?}"
+    );
+    let renewed = lease.renew().await;
+    assert!(
+        matches!(renewed, Ok(true)),
+        "a full Redis refused the running claim's renewal: {renewed:?}"
+    );
+    let finished = lease.finish(Response::new(201, [], b"once")).await;
+    assert!(
+        matches!(finished, Ok(Outcome::Recorded)),
+        "a full Redis refused the operation's record: {finished:?}"
+    );
+    redis.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0));
+
+    let Ok(Begin::Replay(replayed)) = engine.begin(&policy, running, fp).await else {
+        panic!("the retry replays")
+    };
+    assert_eq!(&replayed.response.body()[..], b"once");
+}
+
 /// Redis bounds a record by its encoded bytes, which a record kept without its response
 /// already takes a hundred of: a bound below that would record no request (claims refused,
 /// or completions refused until their claims lapse and retries run the operation again), so

@@ -43,7 +43,11 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 /// Acts on a claim only if `token` still holds it: one round trip.
 /// KEYS[1] the record; ARGV: token, op (`extend`, `complete`, `release`), the new lease end
 /// (extend) or record (complete), PX.
-const FENCED: &str = r"
+///
+/// `allow-oom`: a Redis at its `maxmemory` refuses new claims (the plain `SET` and [`CLAIM`]),
+/// but not the renewal or the record of an operation already running, which would then lapse
+/// unrecorded and run again on a retry. Such writes are bounded by the claims running.
+const FENCED: &str = r"#!lua flags=allow-oom
 local current = redis.call('GET', KEYS[1])
 if not current then
   return 0
@@ -90,7 +94,8 @@ return 1
 ///
 /// Redis must keep the store's keys until they expire: run it with `maxmemory-policy
 /// noeviction`, under which a full Redis refuses new claims (503) rather than deleting a
-/// running claim or a record, which lets an operation run twice. The store's first claim reads
+/// running claim or a record, which lets an operation run twice; operations already running
+/// still renew their claims and record their responses there. The store's first claim reads
 /// the policy (`INFO memory`) and logs an error when Redis may evict. Its Redis user needs
 /// `GET`, `SET`, `DEL`, `PTTL`, `EVALSHA` and `EVAL` (and `WAIT`, waiting for replicas, with
 /// `EXISTS` on a cluster; `ASKING`, on a cluster whose slots migrate) on its keys: the first claim of a free key also writes its lease again through the store's
