@@ -55,6 +55,21 @@ async fn redis_store_behind_a_replay_cache_conforms() {
     idem_core::testing::conformance(&ReplayCache::new(store, 1 << 20), 8).await;
 }
 
+/// A store whose URL asks for RESP3 (`?protocol=resp3`, which it takes) keeps the contract:
+/// it reads its commands' and scripts' answers (a script's nil, as when it takes over a lapsed
+/// claim, and `SET ... GET`'s) alike on either protocol.
+#[actix_web::test]
+async fn redis_store_conforms_on_a_resp3_connection() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(format!("{}?protocol=resp3", redis.url()))
+        .prefix("resp3-conformance:")
+        .build()
+        .unwrap();
+    idem_core::testing::conformance(&store, 9).await;
+}
+
 #[actix_web::test]
 async fn records_expire_in_redis_itself_one_key_each_under_the_prefix() {
     let Some(redis) = TestRedis::start() else {
