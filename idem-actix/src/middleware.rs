@@ -362,13 +362,22 @@ where
                         // its end by the scope), or when its path was not routed to its end:
                         // none of the services that fit takes its method (`#[post]` guards
                         // its service's), where a pattern that fits says nothing of the
-                        // guards. A default service that answers a page of its own may have
-                        // done work first: recorded.
+                        // guards. So is an empty 405 (actix's own): a resource whose routes
+                        // all refused the request (none takes its method, or a route's guard
+                        // refused it) answers it by its default service; a handler's own empty
+                        // 405, which the layer cannot tell from it, is taken for it too (a
+                        // retry runs that handler again). A default service that answers a
+                        // page of its own may have done work first: recorded.
                         let request = res.request();
-                        let unrouted = res.status() == StatusCode::NOT_FOUND
-                            && (request.match_pattern().is_none()
-                                || !request.match_info().unprocessed().is_empty())
-                            && matches!(res.response().body().size(), BodySize::Sized(0));
+                        let unrouted =
+                            match res.status() {
+                                StatusCode::NOT_FOUND => {
+                                    request.match_pattern().is_none()
+                                        || !request.match_info().unprocessed().is_empty()
+                                }
+                                StatusCode::METHOD_NOT_ALLOWED => true,
+                                _ => false,
+                            } && matches!(res.response().body().size(), BodySize::Sized(0));
                         let mut reply = Reply::from_service(res.map_into_boxed_body());
                         if unrouted {
                             reply.res.extensions_mut().insert(Unrun);

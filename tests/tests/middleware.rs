@@ -715,6 +715,52 @@ async fn a_404_of_routing_for_a_method_no_service_of_the_path_takes_is_not_recor
     assert_eq!(a.probe.runs.get(), 1);
 }
 
+/// A resource whose routes all refuse a request (none takes its method, or a guard of the
+/// route refuses it) is answered by the resource's own empty 405: the routing's, as its empty
+/// 404 is. Nothing ran, so nothing is recorded, where that 405 was recorded: the call the
+/// client meant under the same key was refused as a mismatch (another method), or got the
+/// 405 replayed (the same method, path and body, a header the guard wants now sent).
+#[actix_web::test]
+async fn a_405_of_routing_under_the_middleware_is_not_recorded() {
+    let a = app(
+        |cfg| {
+            cfg.service(
+                web::scope("/v1")
+                    .wrap(Idempotency::new())
+                    .service(web::resource("/calls").route(web::post().to(plain)))
+                    .service(
+                        web::resource("/guarded").route(
+                            web::post()
+                                .guard(actix_web::guard::Header("x-carrier", "a"))
+                                .to(plain),
+                        ),
+                    ),
+            );
+        },
+        Policy::DEFAULT,
+    );
+    let wrong = RawRequest::new("DELETE", "/v1/calls")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "k")
+        .body("a");
+    let first = a.send(wrong).await;
+    assert_eq!((first.status, first.replayed()), (405, false));
+    let meant = a.send(call("k", "a")).await;
+    assert_eq!((meant.status, meant.replayed()), (201, false));
+
+    let guarded = || {
+        RawRequest::post("/v1/guarded")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", "g")
+            .body("a")
+    };
+    let unguarded = a.send(guarded()).await;
+    assert_eq!((unguarded.status, unguarded.replayed()), (405, false));
+    let guarded = a.send(guarded().header("X-Carrier", "a")).await;
+    assert_eq!((guarded.status, guarded.replayed()), (201, false));
+    assert_eq!(a.probe.runs.get(), 2);
+}
+
 /// A path that ends where a scope does, with nothing inside it fitting (the scope's own path,
 /// or a nested scope's), is routed to its end and still no service took it: actix's empty 404
 /// is the routing's there too, unrecorded, where the first check of a path routed to its end
