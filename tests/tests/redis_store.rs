@@ -758,7 +758,10 @@ async fn a_full_redis_refuses_new_claims_but_a_running_operation_renews_and_reco
     let engine = Engine::new(store);
     let policy = Policy::DEFAULT.lease(Duration::from_secs(2));
     let fp = Fingerprint::new("POST", "/x", "", b"");
-    let (running, new) = (StoreKey::from_bytes([21; 32]), StoreKey::from_bytes([22; 32]));
+    let (running, new) = (
+        StoreKey::from_bytes([21; 32]),
+        StoreKey::from_bytes([22; 32]),
+    );
     let Ok(Begin::Execute(lease)) = engine.begin(&policy, running, fp).await else {
         panic!("claimed")
     };
