@@ -1134,9 +1134,31 @@ async fn lapsed_rows_are_purged_in_bounded_batches() {
         None,
         "lapsed is absent"
     );
+    // Each purge statement counted, by a trigger that runs once per statement.
+    let counter = pg.table("purge_statements");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {counter} (n int NOT NULL);
+         INSERT INTO {counter} VALUES (0);
+         CREATE FUNCTION {counter}() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN UPDATE {counter} SET n = n + 1; RETURN NULL; END $$;
+         CREATE TRIGGER counted AFTER DELETE ON {} FOR EACH STATEMENT
+           EXECUTE FUNCTION {counter}();",
+        store.table()
+    ))
+    .execute(&db)
+    .await
+    .expect("count the purge's statements");
     let after_ttl = t.saturating_add(TTL);
     assert_eq!(store.purge_expired(after_ttl).await.unwrap(), 30);
     assert_eq!(rows(&db, &store).await, 5);
+    let statements: i32 = sqlx::query_scalar(&format!("SELECT n FROM {counter}"))
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        statements, 4,
+        "30 rows in batches of 10: three full statements and one that found none"
+    );
     assert!(store.get(&key(30), after_ttl).await.unwrap().is_some());
 
     // On its own: a claim starts a purge judged by its time.

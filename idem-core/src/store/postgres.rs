@@ -380,6 +380,9 @@ pub struct PostgresStore {
     claim_lock_timeout: String,
     max_record_bytes: usize,
     fail_open: bool,
+    /// The most rows one purge statement deletes, whether the store purges by itself or
+    /// [`PostgresStore::purge_expired`] is called.
+    purge_batch: i64,
     purge: Option<Arc<Purge>>,
     /// How many of the pool's connections the store's statements and transactions hold.
     in_use: Arc<AtomicU32>,
@@ -438,7 +441,6 @@ impl DerefMut for Held<'_> {
 #[derive(Debug)]
 struct Purge {
     every: Duration,
-    batch: i64,
     next: Mutex<Option<Instant>>,
 }
 
@@ -733,12 +735,7 @@ impl PostgresStore {
     /// # Errors
     /// The store's error; the rows deleted before it stay deleted.
     pub async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.purge_batches(now, self.purge_batch(), usize::MAX)
-            .await
-    }
-
-    fn purge_batch(&self) -> i64 {
-        self.purge.as_ref().map_or(1000, |p| p.batch)
+        self.purge_batches(now, self.purge_batch, usize::MAX).await
     }
 
     async fn purge_batches(
@@ -776,7 +773,7 @@ impl PostgresStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, purge, batch) = (self.clone(), Arc::clone(purge), purge.batch);
+        let (store, purge, batch) = (self.clone(), Arc::clone(purge), self.purge_batch);
         runtime.spawn(async move {
             match store
                 .purge_batches(now, batch, PURGE_BATCHES_PER_RUN)
@@ -1598,10 +1595,10 @@ impl PostgresStoreBuilder {
             claim_lock_timeout: claim_lock_timeout(self.timeout),
             max_record_bytes: self.max_record_bytes,
             fail_open: self.fail_open,
+            purge_batch: i64::from(self.purge_batch),
             purge: self.purge_interval.map(|every| {
                 Arc::new(Purge {
                     every,
-                    batch: i64::from(self.purge_batch),
                     next: Mutex::new(None),
                 })
             }),
