@@ -254,9 +254,12 @@ fn tunnels(req: &HttpRequest) -> bool {
             .get_all(header::UPGRADE)
             .filter_map(|v| v.to_str().ok()))
         .any(|v| v.trim().eq_ignore_ascii_case("websocket"));
-    // A length of 0, which the decoder drops, is none.
+    // A length of 0, which the decoder drops, is none: read as a number, as the decoder
+    // reads it (`00` is 0).
     let connect = req.method() == Method::CONNECT
-        && (headers.get(header::CONTENT_LENGTH)).is_none_or(|v| v.as_bytes() == b"0");
+        && (headers.get(header::CONTENT_LENGTH)).is_none_or(|v| {
+            (v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) == Some(0)
+        });
     (websocket || connect) && !headers.contains_key(header::TRANSFER_ENCODING)
 }
 
