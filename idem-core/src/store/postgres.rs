@@ -381,8 +381,9 @@ pub struct PostgresStore {
     max_record_bytes: usize,
     fail_open: bool,
     /// The most rows one purge statement deletes, whether the store purges by itself or
-    /// [`PostgresStore::purge_expired`] is called.
-    purge_batch: i64,
+    /// [`PostgresStore::purge_expired`] is called. A `u32`, as the builder takes it: an `i64`
+    /// made the store 8 bytes larger, and a `ClaimTransaction`, which holds it, with it.
+    purge_batch: u32,
     purge: Option<Arc<Purge>>,
     /// How many of the pool's connections the store's statements and transactions hold.
     in_use: Arc<AtomicU32>,
@@ -735,7 +736,7 @@ impl PostgresStore {
     /// # Errors
     /// The store's error; the rows deleted before it stay deleted.
     pub async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.purge_batches(now, self.purge_batch, usize::MAX).await
+        (self.purge_batches(now, i64::from(self.purge_batch), usize::MAX)).await
     }
 
     async fn purge_batches(
@@ -773,7 +774,8 @@ impl PostgresStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, purge, batch) = (self.clone(), Arc::clone(purge), self.purge_batch);
+        let batch = i64::from(self.purge_batch);
+        let (store, purge) = (self.clone(), Arc::clone(purge));
         runtime.spawn(async move {
             match store
                 .purge_batches(now, batch, PURGE_BATCHES_PER_RUN)
@@ -1595,7 +1597,7 @@ impl PostgresStoreBuilder {
             claim_lock_timeout: claim_lock_timeout(self.timeout),
             max_record_bytes: self.max_record_bytes,
             fail_open: self.fail_open,
-            purge_batch: i64::from(self.purge_batch),
+            purge_batch: self.purge_batch,
             purge: self.purge_interval.map(|every| {
                 Arc::new(Purge {
                     every,
