@@ -688,6 +688,45 @@ async fn a_claim_on_a_migrating_slot_is_acknowledged_by_the_replicas_of_the_node
     assert_eq!(cluster.keys(1, &format!("{prefix}{key}")).len(), 1);
 }
 
+/// Many claims at once on migrating slots, with `wait_for_replicas`: each claim's `EXISTS`
+/// and `WAIT` go to the node holding it as one pipeline, whose `ASK` the cluster client
+/// follows on the connection every request shares, where another request's command can take
+/// the `ASKING` (see `no_claim_answers_503_while_a_slot_migrates`). The store follows such a
+/// redirect itself, as it does a single command's, where it answered 503 though nothing was
+/// down.
+#[actix_web::test]
+async fn no_claim_waiting_for_replicas_answers_503_while_a_slot_migrates() {
+    let Some(cluster) = TestRedisCluster::start() else {
+        return;
+    };
+    let prefix = "waitmany:";
+    let (_replica_of_0, _replica_of_1) = (cluster.add_replica(0), cluster.add_replica(1));
+    let store = RedisStore::cluster(cluster.urls())
+        .prefix(prefix)
+        .command_timeout(TIMEOUT)
+        .wait_for_replicas(1, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    for node in [0, 1] {
+        let key = keys_on(&cluster, prefix, node, 1)[0];
+        let Begin::Execute(lease) = begin_until_up(&engine, key, fp).await else {
+            panic!("a claim on master {node} is acknowledged by its replica")
+        };
+        drop(lease);
+    }
+
+    let slots = slots_of_master_0(&cluster, prefix);
+    migrate(&cluster, &slots);
+    let answers = run_fresh(&engine, &keys_in(prefix, &slots, 7, 8 * 16)).await;
+    assert_eq!(
+        answers,
+        HashMap::from([("ran".to_owned(), 8 * 16)]),
+        "while the slots migrate, each claim waiting for a replica"
+    );
+}
+
 #[actix_web::test]
 async fn a_master_that_dies_is_replaced_by_its_replica_and_its_keys_work_again() {
     let Some(mut cluster) = TestRedisCluster::start() else {

@@ -280,6 +280,21 @@ impl Asked {
     /// claim that finds its own claim takes it as made, see `found`; the scripts act only
     /// while the record is the caller's claim).
     async fn asking(&self, addr: &str, cmd: &Cmd) -> redis::RedisResult<Value> {
+        let mut answers = self.asking_all(addr, &[cmd]).await?;
+        match (answers.pop(), answers.is_empty()) {
+            (Some(Value::ServerError(error)), true) => Err(error.into()),
+            (Some(value), true) => Ok(value),
+            _ => Err(redis::RedisError::from((
+                ErrorKind::Client,
+                "ASKING and one command answered with other than one value",
+            ))),
+        }
+    }
+
+    /// As [`asking`](Self::asking), with `ASKING` and all of `cmds` in one write (only the
+    /// first runs as asked; the others touch no key, as a `WAIT`): their answers, an error
+    /// among them as Redis gave it.
+    async fn asking_all(&self, addr: &str, cmds: &[&Cmd]) -> redis::RedisResult<Vec<Value>> {
         let conns = self
             .by_thread
             .get(|| Ok::<_, std::convert::Infallible>(std::sync::Mutex::default()))
@@ -290,7 +305,10 @@ impl Asked {
             .get(addr)
             .cloned();
         let mut pipe = redis::pipe();
-        pipe.cmd("ASKING").add_command(cmd.clone());
+        pipe.cmd("ASKING");
+        for cmd in cmds {
+            pipe.add_command((*cmd).clone());
+        }
         if let Some(mut conn) = kept {
             let answer = asked_on(&mut conn, &pipe).await;
             if !answer
@@ -348,25 +366,22 @@ impl Asked {
     }
 }
 
-/// `ASKING` and one command, `pipe`, sent on `conn` in one write: the command's answer (the
-/// `ASKING`'s `OK` skipped).
+/// `ASKING` and the commands after it, `pipe`, sent on `conn` in one write: the commands'
+/// answers (the `ASKING`'s `OK` skipped).
 async fn asked_on(
     conn: &mut MultiplexedConnection,
     pipe: &redis::Pipeline,
-) -> redis::RedisResult<Value> {
-    match conn.req_packed_commands(pipe, 1, 1).await {
-        Ok(mut values) if values.len() == 1 => match values.pop() {
-            Some(Value::ServerError(error)) => Err(error.into()),
-            Some(value) => Ok(value),
-            None => unreachable!("one value"),
-        },
-        Ok(values) => Err(redis::RedisError::from((
+) -> redis::RedisResult<Vec<Value>> {
+    let commands = pipe.len() - 1;
+    let values = conn.req_packed_commands(pipe, 1, commands).await?;
+    if values.len() != commands {
+        return Err(redis::RedisError::from((
             ErrorKind::Client,
-            "ASKING and one command answered with other than one value",
+            "ASKING and its commands answered with another count of values",
             format!("{values:?}"),
-        ))),
-        Err(error) => Err(error),
+        )));
     }
+    Ok(values)
 }
 
 /// Sends `cmd` through the cluster client, and follows the redirects it gave up on (see
@@ -395,6 +410,48 @@ async fn redirected(
         };
     }
     answer
+}
+
+/// `exists` and `wait` sent as one pipeline through the cluster client, to the primary of
+/// `redis_key`'s slot in its map, and the redirect it gave up on (an `ASK` taken by another
+/// request's command, see [`Asked`]) followed as [`redirected`] follows a single command's:
+/// an `ASK`, to the node it names, right behind `ASKING`; a `MOVED`, through the client again.
+/// At most [`STORE_REDIRECTS`] times. The pipeline's answers, or the error, which a redirect
+/// may still be when the store gave up.
+async fn acknowledged_on(
+    conn: &mut ClusterConnection,
+    asked: &Asked,
+    exists: &Cmd,
+    wait: &Cmd,
+    redis_key: &str,
+) -> redis::RedisResult<Vec<Value>> {
+    let pipe = || {
+        let mut pipe = redis::pipe();
+        pipe.add_command(exists.clone()).add_command(wait.clone());
+        pipe
+    };
+    let mut answers = (conn.route_pipeline(pipe(), 0, 2, primary_of(redis_key))).await;
+    for _ in 0..STORE_REDIRECTS {
+        // The client's error, or the first command's answer.
+        let error = match &answers {
+            Err(error) => error.clone(),
+            Ok(values) => match &values[..] {
+                [Value::ServerError(error), _] => redis::RedisError::from(error.clone()),
+                _ => break,
+            },
+        };
+        answers = match error.kind() {
+            ErrorKind::Server(ServerErrorKind::Ask) => match error.redirect_node() {
+                Some((addr, _)) => asked.asking_all(addr, &[exists, wait]).await,
+                None => break,
+            },
+            ErrorKind::Server(ServerErrorKind::Moved) => {
+                (conn.route_pipeline(pipe(), 0, 2, primary_of(redis_key))).await
+            }
+            _ => break,
+        };
+    }
+    answers
 }
 
 /// The most threads (and runtimes) [`PerThread`] keeps a value for: past them (threads that
@@ -1386,9 +1443,10 @@ impl RedisStore {
     /// pipeline to the importing node, where Redis counts the `WAIT` from the connection's
     /// last command, the `EXISTS`, after the claim's write, so that the replicas counted are
     /// those of the node holding the claim, where a `WAIT` sent alone counted those of the
-    /// node migrating the slot. A key that the node answering does not hold (the client gave
-    /// up its redirects, or the claim is gone) is unacknowledged: released and refused 503 (or
-    /// kept, failing open).
+    /// node migrating the slot. A redirect the client gave up on (another request's command
+    /// took its `ASKING`) is followed by the store, as a single command's is (see [`Asked`]).
+    /// A key that the node answering does not hold (the store gave up its redirects, or the
+    /// claim is gone) is unacknowledged: released and refused 503 (or kept, failing open).
     async fn acknowledged(
         &self,
         link: &mut Link,
@@ -1398,12 +1456,11 @@ impl RedisStore {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas.count).arg(px(replicas.timeout));
         let answer = match link {
-            Link::Shared(Connection::Cluster(conn, ..)) => {
-                let mut pipe = redis::pipe();
-                pipe.cmd("EXISTS").arg(redis_key).add_command(wait);
-                let route = primary_of(redis_key);
-                let answers = self.run(conn.route_pipeline(pipe, 0, 2, route)).await?;
-                match &answers[..] {
+            Link::Shared(Connection::Cluster(conn, _, asked)) => {
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(redis_key);
+                let answers = self.run(acknowledged_on(conn, asked, &exists, &wait, redis_key));
+                match &answers.await?[..] {
                     [Value::Int(1), wait] => wait.clone(),
                     // Not a redirect (the client followed those): refused, as `NOPERM` for a
                     // user not allowed `EXISTS`.
