@@ -447,6 +447,9 @@ impl Policy {
         if let Some(listed) = per_request(self.fingerprint_headers) {
             return Err(PolicyError::PerRequestFingerprinted(listed));
         }
+        if let Some(header) = scope.and_then(|name| per_request(&[name])) {
+            return Err(PolicyError::PerRequestScope(header));
+        }
         if self.lease < Self::MIN_LEASE {
             return Err(PolicyError::LeaseTooShort { lease: self.lease });
         }
@@ -603,6 +606,10 @@ pub enum PolicyError {
     /// [`ReplayHeaders::NEVER`]), which differs between a request and its retry.
     #[error("fingerprint_headers lists {0}, which describes one transfer or one request and differs between a request and its retry, so that every retry would be a mismatch; remove it from the list")]
     PerRequestFingerprinted(&'static str),
+    /// Keys are scoped by a header of one transfer or one request (one of
+    /// [`ReplayHeaders::NEVER`]), which differs between a request and its retry.
+    #[error("keys are scoped by {0}, which describes one transfer or one request and differs between a request and its retry, so that each retry would be in a scope of its own and run again; scope keys by a header that names their owner, such as Scope::Header(\"X-Tenant-Id\")")]
+    PerRequestScope(&'static str),
     /// A JSON Pointer is not one.
     #[error("\"{pointer}\" is not a JSON Pointer: {reason}")]
     InvalidPointer {
@@ -1399,6 +1406,18 @@ mod tests {
                 check(Policy::DEFAULT.fingerprint_headers(list)),
                 Err(PolicyError::PerRequestFingerprinted(list[1]))
             );
+        }
+        // Nor can it scope keys: each retry would be in a scope of its own, and run again.
+        for header in ["X-Request-ID", "date"] {
+            assert_eq!(
+                check(Policy::DEFAULT.scope(Scope::Header(header))),
+                Err(PolicyError::PerRequestScope(header))
+            );
+            let overrides = Overrides {
+                scope: Some(Scope::Header(header)),
+                ..Overrides::NONE
+            };
+            assert_eq!(overrides.check(), Err(PolicyError::PerRequestScope(header)));
         }
         // A hop-by-hop header never reaches the server through a proxy: no key's.
         assert_eq!(

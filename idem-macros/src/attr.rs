@@ -469,6 +469,12 @@ fn scope(name: &Ident, value: Option<&Lit>, errors: &mut Errors) -> Option<Scope
         return Some(word);
     }
     match v.strip_prefix("header:") {
+        Some(h) if is_header_name(h) && per_request(h) => {
+            errors.push(s, format!(
+                "`{h}` describes one transfer or one request and differs between a request and its retry, so that each retry would be in a scope of its own and run again; scope keys by a header that names their owner, such as \"header:X-Tenant-Id\""
+            ));
+            None
+        }
         Some(h) if is_header_name(h) => Some(Scope::Header(h.to_owned())),
         Some(_) => {
             errors.push(s, format!(
