@@ -268,7 +268,8 @@ impl Contract {
     /// [`ContractError`] when a declared operation is not in `doc`, when a middleware's prefix
     /// covers none, when an operation is declared twice (or was described by an earlier
     /// `apply`), when a key header is not a valid header name, or when an operation's
-    /// settings are ones the layer refuses whatever its store ([`Policy::check_settings`]).
+    /// settings are ones the layer refuses whatever its store ([`Overrides::check`], as the
+    /// attribute and the middleware check them, then [`Policy::check_settings`]).
     /// `doc` is left unchanged.
     pub fn apply(&self, doc: &mut OpenApi) -> Result<(), ContractError> {
         let mut work = doc.clone();
@@ -284,6 +285,10 @@ impl Contract {
             };
             if HeaderName::from_bytes(policy.header.as_bytes()).is_err() {
                 return Err(ContractError::InvalidHeader(policy.header));
+            }
+            // As the attribute and the middleware refuse them, then with the defaults.
+            if let Settings::Overrides(overrides) = declared.settings {
+                overrides.check().map_err(ContractError::Settings)?;
             }
             policy.check_settings().map_err(ContractError::Settings)?;
             let format = policy.error_format.unwrap_or(self.errors);
@@ -1793,7 +1798,7 @@ mod tests {
         // request under) describe no endpoint that can exist: refused with the layer's reason,
         // where a contract was written for them.
         type Configure = fn(Overrides) -> Overrides;
-        let refused: [(Configure, PolicyError); 6] = [
+        let refused: [(Configure, PolicyError); 7] = [
             (|p| p.key_max_len(0), PolicyError::KeyMaxLenZero),
             (|p| p.endpoint_name(""), PolicyError::EndpointNameEmpty),
             (
@@ -1815,6 +1820,12 @@ mod tests {
             (
                 |p| p.scope(Scope::Header("Idempotency-Key")),
                 PolicyError::ScopeIsKey("Idempotency-Key"),
+            ),
+            // Refused by the attribute and the middleware: only overrides tell a header
+            // named on purpose from the one every policy has.
+            (
+                |p| p.header("X-Key").key_source(KeySource::Json("/id")),
+                PolicyError::HeaderUnread("X-Key"),
             ),
         ];
         for (configure, reason) in refused {
