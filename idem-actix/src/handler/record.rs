@@ -354,10 +354,12 @@ fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
 /// its failure goes out once the key is released, so that the retry its client sends at once
 /// runs rather than finding the key still held.
 ///
-/// A client that goes away does not stop it: the rest is read without it, and recorded, as a
-/// run whose client went away finishes (and cancelled, its key released, as such a run is by
-/// a drain that runs out of time). A task holds the claim meanwhile, counted among the runs
-/// in progress (see [`spawn_recording`]).
+/// A client that goes away within the limit does not stop it: the rest is read without it, up
+/// to the limit, and recorded, as a run whose client went away finishes (and cancelled, its
+/// key released, as such a run is by a drain that runs out of time). A task holds the claim
+/// meanwhile, counted among the runs in progress (see [`spawn_recording`]). Past the limit,
+/// nothing of it is kept, and it is read no further once its client goes away: such a stream
+/// may never end (an event stream's), and its record is written already.
 fn tee(
     stream: BoxBody,
     status: u16,
