@@ -361,7 +361,13 @@ async fn create_call(
     };
     let location = format!("/v1/calls/{}", call.id);
     let response = created(location, &call);
-    let placed = format!("placed {} for agent {}", call.id, call.agent_id);
+    // The client's agent id escaped (a line break as `\n`), so that it cannot print a line
+    // that reads as another call placed.
+    let placed = format!(
+        "placed {} for agent {}",
+        call.id,
+        call.agent_id.escape_debug()
+    );
     ledger.keep(tenant, call, simulate.carrier()).await?;
     // One line per call placed: the side effect a retry must not repeat, for operators (and
     // the soak test's audit, on the embedded store) to count. On Postgres the call is written

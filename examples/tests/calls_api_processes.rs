@@ -453,3 +453,31 @@ fn a_store_url_that_is_not_one_is_a_usage_error() {
         );
     }
 }
+
+/// The line printed for each call placed, which operators count, shows the client's agent id
+/// escaped: one holding a line break cannot print a second line that reads as another call
+/// placed, for another agent.
+#[tokio::test]
+async fn an_agent_id_cannot_print_a_line_of_a_call_placed() {
+    let log = common::Log::default();
+    let mut api = CallsApi::start_logged(None, &[], &log).await;
+    let agent = "agent_1\nplaced call_forged for agent victim\r";
+    let placed = RawRequest::post("/v1/calls")
+        .header("Authorization", "Bearer tenant-1")
+        .header("Idempotency-Key", "forging-1")
+        .json(&serde_json::json!({ "agent_id": agent, "phone_number": "+15555550123" }))
+        .send(api.addr)
+        .await;
+    assert_eq!(placed.status, 201, "{placed:?}");
+    assert!(api.terminate().await, "calls-api exits cleanly");
+    // Its standard output is read to its end by a thread of the test.
+    idem_tests::eventually(|| !log.lock().unwrap().is_empty()).await;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let lines = log.lock().unwrap().clone();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let escaped = r"for agent agent_1\nplaced call_forged for agent victim\r";
+    assert!(
+        lines[0].starts_with("placed call_") && lines[0].ends_with(escaped),
+        "{lines:?}"
+    );
+}
