@@ -36,6 +36,15 @@
 //! application's ([`IdempotencyConfig::defaults`](crate::IdempotencyConfig::defaults)), as
 //! [`Contract::from_config`] does.
 //!
+//! Functions of the application's are not settings, and a contract cannot describe them: an
+//! endpoint that finds its key with a function (`key = f`, the middleware's `with_key_fn`)
+//! reads no key header, and one scoped by a function (`scope = f`, `with_scope_fn`) is not
+//! scoped as any built-in scope says. Described by settings, such an operation would be
+//! documented with a key header the server never reads, so that a client that followed the
+//! document would send a key no retry is matched by, and run each retry again. Leave such
+//! operations out of the contract, and say in their own description where their key comes
+//! from.
+//!
 //! ```
 //! use std::time::Duration;
 //! use idem_actix::openapi::Contract;
