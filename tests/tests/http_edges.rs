@@ -493,6 +493,36 @@ async fn a_head_replay_sends_the_length_its_first_answer_sent_not_the_handler_s_
     assert_eq!(s.runs.get(), 2, "each ran once");
 }
 
+/// A HEAD answered with a body the handler built, larger than the endpoint keeps: actix sends
+/// none of it, only its length, so the answer is recorded as sent (its length, no body) and
+/// replayed, where the body was kept for the record, found too large, and every retry was
+/// answered 409 `idempotency_response_too_large`.
+#[idempotent(max_response = 256)]
+async fn head_built(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    HttpResponse::Ok().body(vec![b'x'; 1024])
+}
+
+#[actix_web::test]
+async fn a_head_answer_with_a_body_larger_than_kept_replays_as_sent() {
+    let s = serve(|cfg| {
+        cfg.route("/head-built", web::head().to(head_built));
+    });
+    let head = RawRequest::new("HEAD", "/head-built")
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", "built")
+        .to_bytes();
+    let (_, first) = responses(&exchange(s.server.addr, &head).await).remove(0);
+    let (_, retry) = responses(&exchange(s.server.addr, &head).await).remove(0);
+    let what = format!("{first:?} / {retry:?}");
+    assert_eq!((first.status, retry.status), (200, 200), "{what}");
+    assert!(!first.replayed() && retry.replayed(), "{what}");
+    assert_eq!(first.header("content-length"), Some("1024"), "{what}");
+    assert_eq!(retry.header("content-length"), Some("1024"), "{what}");
+    assert!(first.body.is_empty() && retry.body.is_empty(), "{what}");
+    assert_eq!(s.runs.get(), 1, "{what}");
+}
+
 /// An upgrade that echoes what the client sends after it: the shape of a WebSocket handler
 /// (`actix_ws::handle(&req, body)`), which answers 101 and reads the connection as its payload.
 async fn upgraded_plain(body: web::Payload) -> HttpResponse {

@@ -320,13 +320,19 @@ impl Read {
 /// size: actix sends none of its bytes, only that size as the `Content-Length`, so a handler
 /// may declare the length of the representation and send nothing (it answers HEAD cheaply, or
 /// relays an upstream's answer to one). Read for the record, it would look short, a failed
-/// body. `Err` with the body otherwise.
+/// body. So too a body of bytes the handler built (actix sends its length alone), which kept
+/// for the record would take its room, or pass `max_response` and leave the record without
+/// the answer that was sent. `Err` with the body otherwise (an empty one among them).
 fn unsent(body: BoxBody, for_head: bool) -> Result<(BoxBody, u64), BoxBody> {
     if !for_head {
         return Err(body);
     }
     let body = match body.try_into_bytes() {
-        Ok(bytes) => return Err(BoxBody::new(bytes)),
+        Ok(bytes) if bytes.is_empty() => return Err(BoxBody::new(bytes)),
+        Ok(bytes) => {
+            let size = bytes.len() as u64;
+            return Ok((BoxBody::new(bytes), size));
+        }
         Err(body) => body,
     };
     match body.size() {
