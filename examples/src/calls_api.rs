@@ -57,6 +57,9 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct CallsState {
     calls: PerTenant<Call>,
     messages: PerTenant<Message>,
+    /// In memory, the order of the next call or message made: the order of their requests,
+    /// as Postgres's `seq` (its row written before the carrier is called).
+    made: std::sync::atomic::AtomicU64,
     database: Option<PgPool>,
 }
 
@@ -425,7 +428,8 @@ async fn list_messages(
     listed::<Message>(&state, &tenant, request_id).await
 }
 
-type PerTenant<T> = Mutex<HashMap<String, Vec<T>>>;
+/// Each tenant's items, oldest first, each with when its request made it.
+type PerTenant<T> = Mutex<HashMap<String, Vec<(u64, T)>>>;
 
 /// 201 with `item` and its `Location`.
 fn created<T: Serialize>(location: String, item: &T) -> HttpResponse {
@@ -442,7 +446,9 @@ async fn listed<T: Item>(
 ) -> Result<HttpResponse, ApiError> {
     let Some(pool) = &state.database else {
         let list = lock(T::list(state));
-        let items: &[T] = list.get(&tenant.0).map_or(&[], Vec::as_slice);
+        let items: Vec<&T> = (list.get(&tenant.0).into_iter().flatten())
+            .map(|(_, item)| item)
+            .collect();
         return Ok(HttpResponse::Ok().json(json!({ "data": items })));
     };
     // In a transaction of its own, which bounds it; dropped, it rolls back as its connection
@@ -581,11 +587,14 @@ impl Ledger {
     ) -> Result<(), ApiError> {
         let (pool, request_id) = match self {
             Ledger::Memory(state) => {
+                // Listed by when its request made it, not when its carrier answered: a call
+                // whose carrier takes a while comes before a later one placed sooner.
+                let made = (state.made).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 carrier.await?;
-                lock(T::list(&state))
-                    .entry(tenant.0)
-                    .or_default()
-                    .push(item);
+                let mut lists = lock(T::list(&state));
+                let list = lists.entry(tenant.0).or_default();
+                let at = list.partition_point(|(before, _)| *before < made);
+                list.insert(at, (made, item));
                 return Ok(());
             }
             Ledger::Keyed(mut tx, request_id) => {

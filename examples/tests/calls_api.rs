@@ -198,6 +198,31 @@ async fn listing_shows_this_tenants_calls_oldest_first() {
     assert_eq!(list.json()["data"], json!([a1["data"], a2["data"]]));
 }
 
+/// A call is as old as its request: one whose carrier takes a while is listed before a call
+/// made after it that was placed sooner, as the Postgres ledger lists them (by the row
+/// written before the carrier is called), where the embedded one listed them as their
+/// carriers answered.
+#[actix_web::test]
+async fn a_slow_call_is_listed_before_a_later_call_placed_sooner() {
+    let api = start();
+    let slow = create("alice", Some("slow"), new_call("+15555550001"))
+        .header("X-Simulate-Delay-Ms", "1000");
+    let later = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        api.send(create("alice", Some("later"), new_call("+15555550002")))
+            .await
+    };
+    let (slow, later) = futures_util::join!(api.send(slow), later);
+    assert_eq!((slow.status, later.status), (201, 201));
+    let list = api
+        .send(RawRequest::get("/v1/calls").header("Authorization", "Bearer alice"))
+        .await;
+    assert_eq!(
+        list.json()["data"],
+        json!([slow.json()["data"], later.json()["data"]])
+    );
+}
+
 #[actix_web::test]
 async fn a_simulated_carrier_failure_creates_nothing_and_releases_the_key() {
     let api = start();
