@@ -121,8 +121,8 @@ pub enum Error {
         request_id: Option<String>,
     },
     /// The answer is larger than [`max_response`](crate::ClientBuilder::max_response), so
-    /// it was not read (nor retried; a 408, 502, 503 or 504, or a 409 with `Retry-After` that is
-    /// not a replay, is retried whatever its size). The operation may have run: send it again with the same
+    /// it was not read (nor retried; a 408, 429, 502, 503 or 504, or a 409 with `Retry-After`
+    /// that is not a replay, is retried whatever its size). The operation may have run: send it again with the same
     /// key and a larger limit to get its answer (replayed, where the server kept it), not under
     /// a new key, which would run it again.
     #[error("the answer to the operation with idempotency key {key} ({status}) is larger than max_response ({limit} bytes), so it was not read; the operation may have run: send it again with the same key and a larger max_response to get its answer")]
@@ -135,12 +135,12 @@ pub enum Error {
         limit: usize,
     },
     /// Every attempt allowed failed in a way a retry could mend (connection error, timeout,
-    /// 408, 502, 503, 504, 409 while in flight), or a later attempt was refused (its `last`
+    /// 408, 429, 502, 503, 504, 409 while in flight), or a later attempt was refused (its `last`
     /// says how) after earlier ones that may have run. The operation may have run. A run the
     /// server recorded is not run again under this key; a run that answered an application's
     /// own 502, 503 or 504 was not recorded (an endpoint keeps no 5xx unless told to), nor,
-    /// on an endpoint that records only 2xx (`cache = "2xx"`), one that answered its own 408
-    /// or 409 with `Retry-After`, and each retry that reached the handler ran it again. Send
+    /// on an endpoint that records only 2xx (`cache = "2xx"`), one that answered its own 408,
+    /// 429, or 409 with `Retry-After`, and each retry that reached the handler ran it again. Send
     /// it again later with the same key to learn its outcome.
     #[error("gave up after {attempts} attempts in {} ms, the last {last}: send the operation again later with the same idempotency key ({key}) to get its outcome", .elapsed.as_millis())]
     GaveUp {
@@ -253,8 +253,8 @@ impl std::fmt::Display for RequestId<'_> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Failure {
-    /// The server answered with a status worth retrying (408, 502, 503, 504, or 409 while in
-    /// flight), or refused a later attempt of an operation whose earlier ones may have run
+    /// The server answered with a status worth retrying (408, 429, 502, 503, 504, or 409 while
+    /// in flight), or refused a later attempt of an operation whose earlier ones may have run
     /// (its code says why: another instance of the server, misconfigured, or with other
     /// limits).
     Status {

@@ -81,6 +81,12 @@
 //! | `101 Switching Protocols`: the connection left HTTP, and an operation is no upgrade (the interim 1xx, such as `100 Continue`, are read past to the final answer) | [`Error::Informational`], with the key, never retried: the operation may have run |
 //! | a TLS handshake the server refused, or a certificate the client does not trust (told with the `rustls` feature, through any reqwest client on rustls 0.23) | [`Error::Transport`], never retried: nothing was sent (after an attempt that was sent, [`Error::GaveUp`] with the key) |
 //!
+//! The client tells the layer's answers apart by their `idempotency_*` codes, in the error
+//! formats idem-actix writes: a server whose own error renderer rewrites those codes leaves a
+//! mismatch, or a response too large to keep, a plain 409 the client hands back as the
+//! application's answer, and a caller that then sends the operation under a new key runs it
+//! again. Keep the codes where the layer writes them.
+//!
 //! Waits between attempts grow exponentially from
 //! [`initial_backoff`](ClientBuilder::initial_backoff) up to
 //! [`max_backoff`](ClientBuilder::max_backoff), each between half and all of its step at

@@ -178,8 +178,8 @@ impl<'c> Operation<'c> {
     }
 
     /// Sends the operation, retrying with the same key and bytes what a retry can mend:
-    /// connection errors and resets, timeouts, 408, 502, 503 and 504, and 409 while the key is in
-    /// flight, waiting a capped exponential backoff with jitter, and at least the server's
+    /// connection errors and resets, timeouts, 408, 429, 502, 503 and 504, and 409 while the key
+    /// is in flight, waiting a capped exponential backoff with jitter, and at least the server's
     /// `Retry-After`.
     ///
     /// # Errors
@@ -197,7 +197,7 @@ impl<'c> Operation<'c> {
     ///   retried.
     /// - [`Error::GaveUp`]: the attempts or the time ran out; the operation may have run (a
     ///   run the server recorded is not run again; one that answered an application's own
-    ///   5xx, or on a `cache = "2xx"` endpoint its own 408 or 409, was not recorded, and a
+    ///   5xx, or on a `cache = "2xx"` endpoint its own 408, 409 or 429, was not recorded, and a
     ///   retry ran it again), and sending it again with
     ///   [`Error::key`] tells its outcome.
     /// - [`Error::Transport`]: reqwest cannot send this request at all, or the server refused
