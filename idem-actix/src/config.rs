@@ -260,8 +260,9 @@ impl IdempotencyConfig {
     /// `idempotency_shutting_down` with `Retry-After`); those whose
     /// handlers had answered and whose records were on their way to the store are recorded
     /// instead, since their operations ran, and a client still waiting for one gets its
-    /// handler's answer (the drain waits up to 2 s more for those releases and records, and
-    /// for a stream's record whose end it let go; a record or release the store has not taken
+    /// handler's answer (the drain waits up to 2 s more for those releases and records, for
+    /// a stream's record whose end it let go, and, even with nothing running, for the
+    /// releases of claims whose writes failed and may have landed; a record or release the store has not taken
     /// by then is lost as the server stops, as when a process is killed: its key stays in
     /// flight until its lease lapses, and then a retry runs the operation again). A keyed
     /// stream whose client still reads it is left to the server's
@@ -305,6 +306,13 @@ impl IdempotencyConfig {
     /// ```
     pub async fn drain(&self, timeout: Duration) -> usize {
         if tokio::time::timeout(timeout, TASKS.idle()).await.is_ok() {
+            // Nothing runs, but releases may still be under way in the background (a claim
+            // whose write failed and may have landed, a release the store failed, retried):
+            // the runtimes that run them stop when the server does.
+            let released = Engine::every_abandoned_released();
+            if tokio::time::timeout(RELEASE_GRACE, released).await.is_err() {
+                tracing::warn!("some idempotency claims were not released at shutdown; they lapse with their leases");
+            }
             return 0;
         }
         let cancelled = TASKS.cancel();

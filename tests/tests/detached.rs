@@ -686,3 +686,31 @@ async fn a_drain_that_runs_out_of_time_cancels_a_stream_whose_client_went_away_a
     assert_eq!(probe.runs.get(), 2);
     next.shut_down(&idem, None).await;
 }
+
+/// A claim whose write failed but landed (its answer lost) is released in the background,
+/// and a release the store fails is retried: a drain with nothing running waits for that
+/// release too, as it waits for those of the runs it cancels, where it returned at once and
+/// the server's stop dropped the retried release, leaving the key in flight until its lease
+/// lapsed, every retry answered 409 though nothing ran.
+#[actix_web::test]
+async fn a_drain_with_nothing_running_waits_for_the_release_of_a_failed_claim() {
+    let _turn = TURN.lock().await;
+    let probe = probe();
+    let store = FaultyStore::new(MokaStore::new());
+    let idem = IdempotencyConfig::new(store.clone());
+    let server = start(idem.clone(), probe.clone());
+    store.fail("claim", 1, Fault::Lost);
+    store.fail("release", 1, Fault::Unavailable);
+    let first = call("lost-claim", "0").send(server.addr).await;
+    assert_eq!(first.status, 503, "{first:?}");
+    let drained = server.shut_down(&idem, Some(Duration::from_secs(1))).await;
+    assert_eq!(drained, Some(0), "nothing ran");
+    let next = start(idem.clone(), probe.clone());
+    let retry = call("lost-claim", "0").send(next.addr).await;
+    assert_eq!(
+        retry.status, 201,
+        "the failed claim was released: {retry:?}"
+    );
+    assert_eq!(probe.runs.get(), 1, "the operation ran once, on the retry");
+    next.shut_down(&idem, None).await;
+}
