@@ -905,7 +905,10 @@ impl Lease {
                     // The operation goes on while the store is asked: a renewal that waits
                     // (for a connection that the operation's own transaction holds, say)
                     // must not stop it. One that is left unanswered when it ends is dropped:
-                    // fenced by the token, and a claim's only, it changes no record.
+                    // fenced by the token, and a claim's only, an extension changes no record;
+                    // a claim again (the store had forgotten the claim) may still land after
+                    // the completion's release looked, a claim nobody holds, which lapses
+                    // with its lease (see `freed`).
                     let renewed = match select(operation.as_mut(), pin!(self.renewed())).await {
                         Either::Left((output, _)) => return output,
                         Either::Right((renewed, _)) => renewed,
