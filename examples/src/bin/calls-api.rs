@@ -20,8 +20,9 @@
 //!
 //! On SIGTERM (or Ctrl-C) it stops accepting, lets calls in progress finish and record their
 //! responses (up to 32 s, even those whose clients went away: a call's carrier may take 30 s),
-//! cancels those still running whose clients went away and releases their keys (up to 2 s),
-//! then waits for open connections (up to 10 s): it stops within 44 s.
+//! cancels those still running and releases their keys (up to 2 s; a client still waiting
+//! for one gets 503 `idempotency_shutting_down`, and its retry runs it), then waits for open
+//! connections (up to 10 s): it stops within 44 s.
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
