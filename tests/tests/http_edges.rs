@@ -426,6 +426,18 @@ async fn head_only_keyed(runs: web::Data<Counter>) -> HttpResponse {
     head_only(runs).await
 }
 
+/// A HEAD of `path` under the key `key`, sent twice, each on a connection of its own: the
+/// first answer, and its retry's.
+async fn head_twice(addr: SocketAddr, path: &str, key: &str) -> (RawResponse, RawResponse) {
+    let head = RawRequest::new("HEAD", path)
+        .header("Authorization", "Bearer t")
+        .header("Idempotency-Key", key)
+        .to_bytes();
+    let (_, first) = responses(&exchange(addr, &head).await).remove(0);
+    let (_, retry) = responses(&exchange(addr, &head).await).remove(0);
+    (first, retry)
+}
+
 #[actix_web::test]
 async fn a_head_answer_that_declares_its_length_runs_once_and_replays_as_sent() {
     let s = serve(|cfg| {
@@ -442,8 +454,7 @@ async fn a_head_answer_that_declares_its_length_runs_once_and_replays_as_sent() 
     let sent = (unlayered.status, unlayered.header("content-length"));
     assert_eq!(sent, (200, Some("1234")), "as actix sends it");
 
-    let (_, first) = responses(&exchange(s.server.addr, &head("/head-keyed")).await).remove(0);
-    let (_, retry) = responses(&exchange(s.server.addr, &head("/head-keyed")).await).remove(0);
+    let (first, retry) = head_twice(s.server.addr, "/head-keyed", "head").await;
     let what = format!("{first:?} / {retry:?}");
     assert_eq!((first.status, retry.status), (200, 200), "{what}");
     assert!(retry.replayed(), "{what}");
@@ -474,12 +485,7 @@ async fn a_head_replay_sends_the_length_its_first_answer_sent_not_the_handler_s_
         cfg.route("/head/{body}", web::head().to(head_declared));
     });
     for (path, sent) in [("/head/finished", "0"), ("/head/body", "5")] {
-        let head = RawRequest::new("HEAD", path)
-            .header("Authorization", "Bearer t")
-            .header("Idempotency-Key", path)
-            .to_bytes();
-        let (_, first) = responses(&exchange(s.server.addr, &head).await).remove(0);
-        let (_, retry) = responses(&exchange(s.server.addr, &head).await).remove(0);
+        let (first, retry) = head_twice(s.server.addr, path, path).await;
         let what = format!("{path}: {first:?} / {retry:?}");
         assert_eq!((first.status, retry.status), (200, 200), "{what}");
         assert!(!first.replayed() && retry.replayed(), "{what}");
@@ -508,12 +514,7 @@ async fn a_head_answer_with_a_body_larger_than_kept_replays_as_sent() {
     let s = serve(|cfg| {
         cfg.route("/head-built", web::head().to(head_built));
     });
-    let head = RawRequest::new("HEAD", "/head-built")
-        .header("Authorization", "Bearer t")
-        .header("Idempotency-Key", "built")
-        .to_bytes();
-    let (_, first) = responses(&exchange(s.server.addr, &head).await).remove(0);
-    let (_, retry) = responses(&exchange(s.server.addr, &head).await).remove(0);
+    let (first, retry) = head_twice(s.server.addr, "/head-built", "built").await;
     let what = format!("{first:?} / {retry:?}");
     assert_eq!((first.status, retry.status), (200, 200), "{what}");
     assert!(!first.replayed() && retry.replayed(), "{what}");
