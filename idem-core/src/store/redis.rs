@@ -1462,8 +1462,9 @@ impl RedisStore {
                 let answers = self.run(acknowledged_on(conn, asked, &exists, &wait, redis_key));
                 match &answers.await?[..] {
                     [Value::Int(1), wait] => wait.clone(),
-                    // Not a redirect (the client followed those): refused, as `NOPERM` for a
-                    // user not allowed `EXISTS`.
+                    // Refused, as `NOPERM` for a user not allowed `EXISTS`; or a redirect
+                    // still, once the store gave up following them (unavailable, as `failed`
+                    // tells).
                     [Value::ServerError(error), _] => return Err(failed(error.clone().into())),
                     [held, _] => {
                         return Err(StoreError::Unavailable(Box::new(HeldElsewhere(format!(
