@@ -362,7 +362,7 @@ mod valid;
 /// |---|---|---|
 /// | `"bytes"` (default) | byte for byte | as sent |
 /// | `"json"` | as parsed JSON: members in any order, any whitespace, strings unescaped, numbers by exact value (`1`, `1.0` and `1e0` are one number); a body that is not JSON, or is sent as another type (its `Content-Type`), byte for byte | in any order (as sent, for a body compared byte for byte) |
-/// | `"form"` | as `application/x-www-form-urlencoded` pairs in any order of their names (values of one name keep their order), decoded; a body sent as another type (its `Content-Type`) byte for byte | in any order (as sent, for a body compared byte for byte) |
+/// | `"form"` | as `application/x-www-form-urlencoded` pairs in any order of their names (values of one name keep their order), decoded; a body sent as another type (its `Content-Type`), or as a form in another charset than UTF-8, byte for byte | in any order (as sent, for a body compared byte for byte) |
 /// | a function | what the function `fn(&HttpRequest, &[u8]) -> Option<Vec<u8>>` (named without quotes, checked at compile time) makes of them is equal | in any order |
 ///
 /// A body that is not JSON under `"json"`, or no form under `"form"`, is compared as sent and

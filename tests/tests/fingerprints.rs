@@ -336,6 +336,37 @@ async fn a_body_that_is_no_form_is_compared_as_sent(served: Served) {
     assert_eq!(retried(&served, first, other).await, (Err(409), 1));
 }
 
+/// A form in another charset than UTF-8 is decoded from that charset by actix's `web::Form`
+/// before its percent-escapes are, so that a raw byte and its escape are two values there
+/// (`%C3%A9` is "é" in windows-1252's reading of it, `\xC3\xA9` is "Ã©"): it is compared byte
+/// for byte, where the form's canonical reading took the two alike and the second request got
+/// the first's answer.
+async fn a_form_in_another_charset_is_compared_as_sent(served: Served) {
+    let form = |body: &[u8]| {
+        RawRequest::post("/form")
+            .header("Authorization", "Bearer tenant-1")
+            .header("Idempotency-Key", "cs1")
+            .header(
+                "Content-Type",
+                "application/x-www-form-urlencoded; charset=windows-1252",
+            )
+            .body(body)
+    };
+    let first = form(b"name=%C3%A9");
+    let other = form(b"name=\xC3\xA9");
+    assert_eq!(retried(&served, first, other).await, (Err(409), 1));
+}
+
+#[actix_web::test]
+async fn a_form_in_another_charset_is_compared_as_sent_with_the_attribute() {
+    a_form_in_another_charset_is_compared_as_sent(attributed()).await;
+}
+
+#[actix_web::test]
+async fn a_form_in_another_charset_is_compared_as_sent_with_the_middleware() {
+    a_form_in_another_charset_is_compared_as_sent(middleware()).await;
+}
+
 #[actix_web::test]
 async fn a_body_that_is_no_form_is_compared_as_sent_with_the_attribute() {
     a_body_that_is_no_form_is_compared_as_sent(attributed()).await;

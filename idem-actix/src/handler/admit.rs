@@ -516,10 +516,14 @@ fn sent_as_json(req: &HttpRequest) -> bool {
 }
 
 /// Whether `req`'s body is sent as a form (`application/x-www-form-urlencoded`), as actix's
-/// `web::Form` takes it.
+/// `web::Form` takes it, in UTF-8 (no charset, or that one). actix decodes a form in another
+/// charset from it before its percent-escapes, so that a raw byte and its escape are two
+/// values there, which the form's canonical reading would take alike: such a body is compared
+/// as sent.
 fn sent_as_form(req: &HttpRequest) -> bool {
     req.content_type()
         .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        && req.encoding().is_ok_and(|e| e.name() == "UTF-8")
 }
 
 /// `body` decoded from the content coding its request names, as the handler's extractors
