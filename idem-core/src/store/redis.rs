@@ -385,8 +385,7 @@ async fn asked_on(
 }
 
 /// Sends `cmd` through the cluster client, and follows the redirects it gave up on (see
-/// [`Asked`]): an `ASK`, to the node it names, right behind `ASKING`; a `MOVED`, through the
-/// client again, which rebuilt its map of the slots on it. At most [`STORE_REDIRECTS`] times.
+/// [`Redirect`]), at most [`STORE_REDIRECTS`] times.
 async fn redirected(
     conn: &mut ClusterConnection,
     asked: &Asked,
@@ -394,30 +393,22 @@ async fn redirected(
 ) -> redis::RedisResult<Value> {
     let mut answer = conn.req_packed_command(cmd).await;
     for _ in 0..STORE_REDIRECTS {
-        let Err(error) = &answer else {
+        let Some(redirect) = answer.as_ref().err().and_then(Redirect::of) else {
             break;
         };
-        answer = match error.kind() {
-            ErrorKind::Server(ServerErrorKind::Ask) => match error.redirect_node() {
-                Some((addr, _)) => {
-                    let addr = addr.to_owned();
-                    asked.asking(&addr, cmd).await
-                }
-                None => break,
-            },
-            ErrorKind::Server(ServerErrorKind::Moved) => conn.req_packed_command(cmd).await,
-            _ => break,
+        answer = match redirect {
+            Redirect::Ask(addr) => asked.asking(&addr, cmd).await,
+            Redirect::Moved => conn.req_packed_command(cmd).await,
         };
     }
     answer
 }
 
 /// `exists` and `wait` sent as one pipeline through the cluster client, to the primary of
-/// `redis_key`'s slot in its map, and the redirect it gave up on (an `ASK` taken by another
-/// request's command, see [`Asked`]) followed as [`redirected`] follows a single command's:
-/// an `ASK`, to the node it names, right behind `ASKING`; a `MOVED`, through the client again.
-/// At most [`STORE_REDIRECTS`] times. The pipeline's answers, or the error, which a redirect
-/// may still be when the store gave up.
+/// `redis_key`'s slot in its map, and the redirect of the `EXISTS` it gave up on (an `ASK`
+/// taken by another request's command, see [`Asked`]) followed as [`redirected`] follows a
+/// single command's. The pipeline's answers, or the error, which a redirect may still be when
+/// the store gave up.
 async fn acknowledged_on(
     conn: &mut ClusterConnection,
     asked: &Asked,
@@ -433,25 +424,45 @@ async fn acknowledged_on(
     let mut answers = (conn.route_pipeline(pipe(), 0, 2, primary_of(redis_key))).await;
     for _ in 0..STORE_REDIRECTS {
         // The client's error, or the first command's answer.
-        let error = match &answers {
-            Err(error) => error.clone(),
+        let redirect = match &answers {
+            Err(error) => Redirect::of(error),
             Ok(values) => match &values[..] {
-                [Value::ServerError(error), _] => redis::RedisError::from(error.clone()),
-                _ => break,
+                [Value::ServerError(error), _] => Redirect::of(&error.clone().into()),
+                _ => None,
             },
         };
-        answers = match error.kind() {
-            ErrorKind::Server(ServerErrorKind::Ask) => match error.redirect_node() {
-                Some((addr, _)) => asked.asking_all(addr, &[exists, wait]).await,
-                None => break,
-            },
-            ErrorKind::Server(ServerErrorKind::Moved) => {
-                (conn.route_pipeline(pipe(), 0, 2, primary_of(redis_key))).await
-            }
-            _ => break,
+        let Some(redirect) = redirect else {
+            break;
+        };
+        answers = match redirect {
+            Redirect::Ask(addr) => asked.asking_all(&addr, &[exists, wait]).await,
+            Redirect::Moved => (conn.route_pipeline(pipe(), 0, 2, primary_of(redis_key))).await,
         };
     }
     answers
+}
+
+/// A redirect the cluster client gave up on, which the store follows (see [`Asked`]): an
+/// `ASK`, to the node it names, right behind `ASKING`; a `MOVED`, through the client again,
+/// which rebuilt its map of the slots on it.
+enum Redirect {
+    /// To the node at this address (`host:port`).
+    Ask(String),
+    Moved,
+}
+
+impl Redirect {
+    /// The redirect `error` is, if it is one the store follows.
+    fn of(error: &redis::RedisError) -> Option<Self> {
+        match error.kind() {
+            ErrorKind::Server(ServerErrorKind::Ask) => {
+                let (addr, _) = error.redirect_node()?;
+                Some(Self::Ask(addr.to_owned()))
+            }
+            ErrorKind::Server(ServerErrorKind::Moved) => Some(Self::Moved),
+            _ => None,
+        }
+    }
 }
 
 /// The most threads (and runtimes) [`PerThread`] keeps a value for: past them (threads that
