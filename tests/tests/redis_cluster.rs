@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use idem_actix::RedisStore;
+use idem_actix::{RedisStore, RedisStoreBuilder};
 use idem_core::store::ReplayCache;
 use idem_core::{
     Begin, Engine, Fingerprint, IdempotencyError, Outcome, Policy, Response, Store, StoreError,
@@ -332,14 +332,22 @@ fn slot_of(cluster: &TestRedisCluster, key: &str) -> i64 {
     cluster.query(0, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
 }
 
-/// An engine on a store on `cluster`, its keys under `prefix`, with the tests' command timeout.
-fn engine_on(cluster: &TestRedisCluster, prefix: &str) -> Engine {
-    let store = RedisStore::cluster(cluster.urls())
+/// A store on `cluster`, its keys under `prefix`, with the tests' command timeout.
+fn store_on(cluster: &TestRedisCluster, prefix: &str) -> RedisStoreBuilder {
+    RedisStore::cluster(cluster.urls())
         .prefix(prefix)
         .command_timeout(TIMEOUT)
-        .build()
-        .unwrap();
-    Engine::new(store)
+}
+
+/// An engine on [`store_on`]'s store.
+fn engine_on(cluster: &TestRedisCluster, prefix: &str) -> Engine {
+    Engine::new(store_on(cluster, prefix).build().unwrap())
+}
+
+/// As [`engine_on`], each claim waiting up to `wait` for a replica of its primary.
+fn engine_waiting_on(cluster: &TestRedisCluster, prefix: &str, wait: Duration) -> Engine {
+    let store = store_on(cluster, prefix).wait_for_replicas(1, wait);
+    Engine::new(store.build().unwrap())
 }
 
 #[actix_web::test]
@@ -644,13 +652,7 @@ async fn a_claim_on_a_migrating_slot_is_acknowledged_by_the_replicas_of_the_node
     };
     let prefix = "waitmig:";
     let _replica = cluster.add_replica(0);
-    let store = RedisStore::cluster(cluster.urls())
-        .prefix(prefix)
-        .command_timeout(TIMEOUT)
-        .wait_for_replicas(1, Duration::from_millis(50))
-        .build()
-        .unwrap();
-    let engine = Engine::new(store);
+    let engine = engine_waiting_on(&cluster, prefix, Duration::from_millis(50));
     let fp = Fingerprint::new("POST", "/x", "", b"");
     // A claim on master 0 is acknowledged, once its new replica has caught up.
     let on_0 = keys_on(&cluster, prefix, 0, 1)[0];
@@ -701,13 +703,7 @@ async fn no_claim_waiting_for_replicas_answers_503_while_a_slot_migrates() {
     };
     let prefix = "waitmany:";
     let (_replica_of_0, _replica_of_1) = (cluster.add_replica(0), cluster.add_replica(1));
-    let store = RedisStore::cluster(cluster.urls())
-        .prefix(prefix)
-        .command_timeout(TIMEOUT)
-        .wait_for_replicas(1, Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let engine = Engine::new(store);
+    let engine = engine_waiting_on(&cluster, prefix, Duration::from_millis(200));
     let fp = Fingerprint::new("POST", "/x", "", b"");
     for node in [0, 1] {
         let key = keys_on(&cluster, prefix, node, 1)[0];
