@@ -10,7 +10,7 @@ use idem_actix::testing::{Fault, FaultyStore, UnavailableStore};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::store::RECORD_OVERHEAD;
 use idem_tests::{
-    assert_error, eventually, serve, until_orphaned, Counter, RawRequest, TestServer,
+    assert_error, eventually, serve, until_orphaned, Counter, RawRequest, TestServer, Warnings,
 };
 use metrics::{
     Counter as MCounter, CounterFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -177,6 +177,47 @@ async fn a_run_a_drain_cancels_is_counted_as_cancelled() {
     assert_eq!(drained, 1);
     assert_eq!(client.await.unwrap().status, 503);
     assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 1);
+}
+
+/// Never answers, failing open: with its store down, a run without a claim that only a drain
+/// ends.
+#[post("/stuck-open")]
+#[idempotent(fail_open)]
+async fn stuck_open(runs: web::Data<Counter>) -> HttpResponse {
+    runs.bump();
+    std::future::pending().await
+}
+
+/// A run failing open (its store down) that a drain cancels is counted once, `unprotected`,
+/// as it was when it started, and its log says it held no key: it was counted `cancelled` too,
+/// one request under two outcomes, and its log said its key was released.
+#[actix_web::test]
+async fn a_run_failing_open_that_a_drain_cancels_is_counted_once_and_held_no_key() {
+    let (_serial, captured) = counting().await;
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let idem = IdempotencyConfig::new(UnavailableStore);
+    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(app_idem.clone())
+            .app_data(data.clone())
+            .service(stuck_open);
+    });
+    let addr = server.addr;
+    let client =
+        actix_web::rt::spawn(async move { keyed_to("/stuck-open", "open").send(addr).await });
+    eventually(|| runs.get() == 1).await;
+    let drained = idem.drain(std::time::Duration::from_millis(100)).await;
+    assert_eq!(drained, 1);
+    assert_error(&client.await.unwrap(), 503, "idempotency_shutting_down");
+    assert_eq!(
+        captured.count("idem_requests_total{outcome=unprotected}"),
+        1
+    );
+    assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 0);
+    let threads = server.threads();
+    assert_eq!(warnings.containing_from("key released", threads), 0);
+    assert_eq!(warnings.containing_from("it held no key", threads), 1);
 }
 
 #[post("/answered")]

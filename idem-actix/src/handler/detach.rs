@@ -23,6 +23,8 @@ thread_local! {
     /// worker, and the answer it handed over as it was (see [`Recording`]).
     static CANCELLING: Cell<bool> = const { Cell::new(false) };
     static HANDED_OVER: Cell<Option<HttpResponse>> = const { Cell::new(None) };
+    /// Whether the run so dropped held no claim (see [`Unclaimed`]).
+    static UNCLAIMED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A run's answer whose record is on its way to the store. Dropped with its run by a drain
@@ -55,9 +57,30 @@ impl Drop for Recording {
     }
 }
 
-/// Drops `work`, cancelled while its client waits: the answer it hands over as it goes, if
-/// its handler had answered and its record was on its way (see [`Recording`]).
-fn cancel(work: Option<Work>) -> Option<HttpResponse> {
+/// Held by a run without a claim (its store failed and its endpoint fails open), so that a
+/// drain that cancels it knows it released no key, and counts it as nothing more than the
+/// `unprotected` run it was counted as when it started.
+pub(crate) struct Unclaimed;
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if CANCELLING.get() {
+            UNCLAIMED.set(true);
+        }
+    }
+}
+
+/// What dropping a cancelled run found.
+struct Cancelled {
+    /// The answer it handed over as it went, if its handler had answered and its record was
+    /// on its way (see [`Recording`]).
+    handed_over: Option<HttpResponse>,
+    /// Whether it held no claim ([`Unclaimed`]).
+    unclaimed: bool,
+}
+
+/// Drops `work`, cancelled by a drain.
+fn cancel(work: Option<Work>) -> Cancelled {
     /// Ends the cancellation, however the drop ends.
     struct Cancelling;
     impl Drop for Cancelling {
@@ -69,7 +92,10 @@ fn cancel(work: Option<Work>) -> Option<HttpResponse> {
     let cancelling = Cancelling;
     drop(work);
     drop(cancelling);
-    HANDED_OVER.take()
+    Cancelled {
+        handed_over: HANDED_OVER.take(),
+        unclaimed: UNCLAIMED.replace(false),
+    }
 }
 
 /// How many runs whose clients went away this worker thread is still finishing.
@@ -365,7 +391,7 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
         drop(waiting);
         return reply;
     }
-    let handed_over = cancel(work);
+    let cancelled = cancel(work);
     drop(waiting);
     let Answer {
         request_id,
@@ -373,16 +399,20 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
         config,
         ..
     } = answer;
-    if let Some(res) = handed_over {
+    if cancelled.unclaimed {
+        // Counted `unprotected` when it started; it holds no key, so a retry runs it again.
+        tracing::warn!(%request_id, "idempotent operation running unprotected (its store failed, failing open) cancelled at shutdown while its client waited; answered 503, it held no key");
+    } else if let Some(res) = cancelled.handed_over {
         // The operation ran: its answer, while its record is written in the background
         // (not known to be written: counted as a run a drain cancelled, as when its client
         // went away).
         crate::metrics::outcome("cancelled");
         tracing::warn!(%request_id, "a drain ran out of time while the response of an idempotent operation was being recorded; answered with it, and its record is written in the background");
         return Reply { req: None, res };
+    } else {
+        crate::metrics::outcome("cancelled");
+        tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released");
     }
-    crate::metrics::outcome("cancelled");
-    tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released");
     // To retry, elsewhere or once the server is back: its key was released (or, for a
     // handler whose writes were being committed with its record, that commit decides: the
     // retry replays what it recorded, or runs).
@@ -481,10 +511,20 @@ impl Drop for Attached {
             // `orphan` counts the run until this block ends.
             let cancelled = std::pin::pin!(orphan.cancelled());
             if let Either::Right(((), work)) = select(work, cancelled).await {
-                // Shutdown: the run is dropped here, which releases its claim.
-                drop(work);
-                crate::metrics::outcome("cancelled");
-                tracing::warn!("idempotent operation cancelled at shutdown; its key is released");
+                // Shutdown: the run is dropped here, which releases its claim (or, its
+                // handler having answered, lets its record be written in the background).
+                let cancelled = cancel(Some(work));
+                if cancelled.unclaimed {
+                    tracing::warn!("idempotent operation running unprotected (its store failed, failing open) cancelled at shutdown; it held no key");
+                } else if cancelled.handed_over.is_some() {
+                    crate::metrics::outcome("cancelled");
+                    tracing::warn!("a drain ran out of time while the response of an idempotent operation was being recorded; its record is written in the background");
+                } else {
+                    crate::metrics::outcome("cancelled");
+                    tracing::warn!(
+                        "idempotent operation cancelled at shutdown; its key is released"
+                    );
+                }
             }
         };
         if !spawned(run) {

@@ -63,7 +63,9 @@ where
     Fut: Future<Output = Reply>,
 {
     let (request_id, ran) = run.call(handler, false);
+    let unclaimed = super::detach::Unclaimed;
     let Reply { req, res } = ran.await.unwrap_or_else(|_| Reply::orphan(panicked()));
+    drop(unclaimed);
     Reply {
         req,
         res: executed(res, &request_id),
