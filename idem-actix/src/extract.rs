@@ -193,22 +193,25 @@ const STANDARD_METHODS: [Method; 9] = [
     Method::PATCH,
 ];
 
+/// The route of `req`, as a fault of the server's found on it is named in the log once (see
+/// [`Named`](crate::outage::Named)): by its pattern, and its method where it is a standard
+/// one (a method a client makes up would otherwise name the route again, and grow the set of
+/// those named, with each request).
+pub(crate) fn route(req: &HttpRequest) -> String {
+    let pattern = req.match_pattern().unwrap_or_default();
+    let method = req.method();
+    let standard = STANDARD_METHODS.contains(method);
+    let method = if standard { method.as_str() } else { "other" };
+    format!("{method} {pattern}")
+}
+
 impl NoIdempotencyKey {
     /// The refusal of `req`, whose key (if any) no layer took, to a handler that takes
     /// `taker`.
     pub(crate) fn of(req: &HttpRequest, taker: &str) -> Self {
         let config = IdempotencyConfig::of(req).clone();
         let passed = req.extensions().get::<Passed>().copied();
-        // Named in the log once for each route (see `Named`): by its pattern, and its method
-        // where it is a standard one (a method a client makes up would otherwise name the
-        // route again, and grow the set of those named, with each request).
-        let first = || {
-            let pattern = req.match_pattern().unwrap_or_default();
-            let method = req.method();
-            let standard = STANDARD_METHODS.contains(method);
-            let method = if standard { method.as_str() } else { "other" };
-            (config.outage().unserved).first(format!("{method} {pattern}"))
-        };
+        let first = || (config.outage().unserved).first(route(req));
         let cause = match passed {
             // Marked only when the request carries the middleware's key header.
             Some(Passed::Method(header)) => Cause::Method {

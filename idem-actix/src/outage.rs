@@ -1,6 +1,6 @@
 //! Warnings of failures that refuse keyed requests en masse (a store's outage, a worker past
 //! its bound of runs): one when it starts, then at most one a minute; and of routes no layer
-//! serves: one for each.
+//! serves, or whose `Transaction` their layer cannot lend: one for each.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -22,8 +22,14 @@ pub(crate) struct Outage {
     pub(crate) unprotected: Warnings,
     /// Of requests refused past a worker's bound of runs for clients gone.
     pub(crate) overloaded: Warnings,
+    /// Of `Transaction`s refused to handlers run unprotected.
+    #[cfg(feature = "postgres")]
+    pub(crate) unlent: Warnings,
     /// Of routes whose handlers take the key and that no layer serves.
     pub(crate) unserved: Named,
+    /// Of routes whose handlers take a `Transaction` their layer cannot lend.
+    #[cfg(feature = "postgres")]
+    pub(crate) unlendable: Named,
 }
 
 /// The routes (method and pattern) a fault of the server's was named for: each in the log

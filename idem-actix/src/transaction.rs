@@ -33,6 +33,7 @@ mod enabled {
 
     use crate::config::IdempotencyConfig;
     use crate::extract::NoIdempotencyKey;
+    use crate::outage::warn_when_due;
     use crate::render::error_response;
     use crate::request_id::RequestId;
 
@@ -235,7 +236,10 @@ mod enabled {
             InternalError::from_response(error, res).into()
         };
         if layered && crate::handler::unprotected(req) && lends {
-            tracing::warn!("the idempotency store failed and the endpoint fails open: no transaction to lend its handler");
+            // Every request of the outage is refused so: warned of as it starts, as the
+            // outage is (see `Outage`).
+            let message = "the idempotency store failed and the endpoint fails open: no transaction to lend its handler";
+            warn_when_due!(config.outage().unlent, message, %request_id);
             let error = StoreError::Unavailable(
                 "no claim, so no transaction, while the store fails".into(),
             );
@@ -257,7 +261,20 @@ mod enabled {
                 false => missing.into(),
             };
         };
-        rendered(unavailable(&request_id, reason))
+        // A fault of the server's, the same for every request to the route: named once.
+        if config.outage().unlendable.first(crate::extract::route(req)) {
+            tracing::error!(%request_id, "{reason}");
+        } else {
+            tracing::debug!(%request_id, "{reason}");
+        }
+        rendered(IdempotencyError::TransactionUnavailable { reason })
+    }
+
+    /// The 500 of a Transaction a run cannot have (a handler's fault, met at run time), with
+    /// `reason` in the log.
+    fn unavailable(request_id: &RequestId, reason: &'static str) -> IdempotencyError {
+        tracing::error!(%request_id, "{reason}");
+        IdempotencyError::TransactionUnavailable { reason }
     }
 
     /// A `Transaction` asked for on a request that carries the application's key header, to a
@@ -290,12 +307,6 @@ mod enabled {
             self.0
                 .render(&IdempotencyError::TransactionUnavailable { reason }, None)
         }
-    }
-
-    /// The 500 of a Transaction the layer cannot lend, with `reason` in the log.
-    fn unavailable(request_id: &RequestId, reason: &'static str) -> IdempotencyError {
-        tracing::error!(%request_id, "{reason}");
-        IdempotencyError::TransactionUnavailable { reason }
     }
 
     /// What a keyed run needs to lend its handler a transaction: the app's settings, whose

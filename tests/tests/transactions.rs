@@ -1052,6 +1052,59 @@ async fn a_transaction_while_the_store_fails_open_is_refused_as_an_outage() {
     );
 }
 
+/// An outage on an endpoint that fails open and takes a `Transaction` is warned of when it
+/// starts, as every outage is, not for each request: each request's refusal of its
+/// `Transaction` was warned of, a thousand lines a second under load.
+#[actix_web::test]
+async fn a_transaction_refused_for_an_outage_is_warned_of_once_not_per_request() {
+    let logged = Warnings::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        // Nothing listens on port 1: every connection is refused at once.
+        let postgres = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .build()
+            .expect("valid settings");
+        cfg.app_data(IdempotencyConfig::new(postgres))
+            .app_data(data.clone())
+            .route("/calls", web::post().to(failing_open));
+    });
+    for n in 0..5 {
+        let res = call("/calls", &format!("k{n}")).send(server.addr).await;
+        assert_error(&res, 503, "idempotency_store_unavailable");
+    }
+    let unlent = "no transaction to lend its handler";
+    assert_eq!(logged.containing_from(unlent, server.threads()), 1);
+}
+
+/// A `Transaction` a misconfigured layer cannot lend is a fault of the server's, logged once
+/// for its route, as a route no layer serves is: it was logged at `error` for each request.
+#[actix_web::test]
+async fn a_transaction_that_cannot_be_lent_is_logged_once_for_its_route_not_per_request() {
+    let logged = Warnings::installed();
+    let runs = web::Data::new(AtomicUsize::new(0));
+    let data = runs.clone();
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
+            .app_data(data.clone())
+            .route("/embedded", web::post().to(on_embedded))
+            .route("/again", web::post().to(on_embedded));
+    });
+    for n in 0..3 {
+        for path in ["/embedded", "/again"] {
+            let res = call(path, &format!("k{n}")).send(server.addr).await;
+            assert_error(&res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+        }
+    }
+    let reason = "IdempotencyConfig::new(PostgresStore)";
+    assert_eq!(
+        logged.containing_from(reason, server.threads()),
+        2,
+        "once per route"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler did not run");
+}
+
 /// A middleware that claims keys on one store (the app's, which it reads before routing) over
 /// a handler whose scope registers a Postgres store: the handler's `Transaction` cannot be
 /// lent, and the answer says so as a fault of the server's (500), not as an outage to retry
