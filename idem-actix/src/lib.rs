@@ -78,7 +78,7 @@
 //!
 //! | status | code | when | `Retry-After` |
 //! |---|---|---|---|
-//! | 400 | `idempotency_key_missing` | the request has no key (in its header, in its body for `key = "json:..."`, or from a key function), and the endpoint is `required` or the handler takes a `Transaction`; elsewhere a request without a key runs as if the endpoint were not idempotent | |
+//! | 400 | `idempotency_key_missing` | the request has no key (in its header, in its body for `key = "json:..."`, or from a key function), and the endpoint is `required` or the handler takes an `IdempotencyKey` (not an `Option`) or a `Transaction`; elsewhere a request without a key runs as if the endpoint were not idempotent | |
 //! | 400 | `idempotency_key_invalid` | the key breaks the key syntax: one header line, a token or a quoted string, 1 to `key_max_len` visible ASCII bytes (the message says which rule) | |
 //! | 400 | `idempotency_scope_missing` | nothing to scope the key by: no credentials, no scope header, no [`Principal`], or a scope function that found none; or the header the scope is read from was sent more than once | |
 //! | 400 | `idempotency_body_invalid` | the body cannot be searched for its key (`key = "json:..."` and a body that is not JSON), or read by the endpoint's fingerprint function (it returned `None`), or decoded from its `Content-Encoding` (where it reads a body, the layer decodes the codings actix-web's extractors decode: `gzip`, `deflate`, `br`, `zstd` with its default features); or it did not arrive whole (it ended before its `Content-Length`, or its chunked coding was malformed) | |

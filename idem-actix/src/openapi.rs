@@ -32,6 +32,12 @@
 //! operations it wraps, with the same closure the middleware's `with_overrides` takes; a complete
 //! [`Policy`] can be given with [`Contract::operation_policy`].
 //!
+//! A handler's own arguments are not settings either: one that takes
+//! [`IdempotencyKey`](crate::IdempotencyKey) (not `Option<IdempotencyKey>`) or a `Transaction`
+//! refuses a request without a key with 400 `idempotency_key_missing`, as `required = true`
+//! does. State `.required(true)` for its operation, so that the document says the key is
+//! required and lists that refusal, rather than that a request without one runs unprotected.
+//!
 //! Settings an operation does not override come from [`Contract::with_defaults`]: give it the
 //! application's ([`IdempotencyConfig::defaults`](crate::IdempotencyConfig::defaults)), as
 //! [`Contract::from_config`] does.
