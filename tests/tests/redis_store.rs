@@ -216,12 +216,22 @@ async fn behind_a_replay_cache_a_replay_is_no_command_and_other_instances_still_
         "the instance that recorded it replays from its cache"
     );
     // Another instance asks Redis once (its claim finds the record), and once how long
-    // Redis keeps it (a script reading its value and `PTTL`, loaded first if it is not), then
-    // keeps its own copy.
-    for _ in 0..3 {
+    // Redis keeps it (a script reading its value and `PTTL`, loaded first if it is not), after
+    // answering, then keeps its own copy.
+    assert_eq!(call("k1").send(b.addr).await.body, first.body);
+    let calls = std::cell::RefCell::new(HashMap::<String, u64>::new());
+    let seen = || {
+        for (name, n) in command_calls(&redis) {
+            *calls.borrow_mut().entry(name).or_default() += n;
+        }
+        calls.borrow().contains_key("pttl")
+    };
+    eventually(seen).await;
+    for _ in 0..2 {
         assert_eq!(call("k1").send(b.addr).await.body, first.body);
     }
-    let calls = command_calls(&redis);
+    seen();
+    let calls = calls.into_inner();
     let count = |name: &str| calls.get(name).copied().unwrap_or(0);
     assert_eq!(
         (count("set"), count("evalsha"), count("get"), count("pttl")),
@@ -1893,10 +1903,12 @@ mod replaced_between {
 
     use super::*;
 
-    /// A Redis store that runs `between` before its first `kept_for`.
+    /// A Redis store that runs `between` before its first `kept_for`, and says when a
+    /// `kept_for` was answered.
     struct Racing {
         inner: RedisStore,
         between: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
+        answered: Arc<AtomicBool>,
     }
 
     impl Store for Racing {
@@ -1921,7 +1933,9 @@ mod replaced_between {
             let between = (self.between)();
             StoreFuture::new(async move {
                 between.await;
-                self.inner.kept_for(key, record).await
+                let answer = self.inner.kept_for(key, record).await;
+                self.answered.store(true, Ordering::SeqCst);
+                answer
             })
         }
 
@@ -2002,14 +2016,19 @@ mod replaced_between {
                 std::mem::forget(lease);
             }) as BoxFuture<'static, ()>
         };
+        let answered = Arc::new(AtomicBool::new(false));
         let racing = Racing {
             inner: raw(),
             between: Arc::new(between),
+            answered: answered.clone(),
         };
         let lagging = Engine::new(ReplayCache::new(racing, 1 << 20))
             .with_clock(Behind(Duration::from_secs(5)));
         let learned = lagging.begin(&policy, key, fingerprint).await;
         assert!(matches!(learned, Ok(Begin::Replay(_))), "{learned:?}");
+        // The time left is asked after the replay is answered, in a task of its own (whose
+        // copy, if any, is kept in the same poll as the answer comes).
+        eventually(|| answered.load(Ordering::SeqCst)).await;
         let again = lagging.begin(&policy, key, fingerprint).await;
         assert!(
             matches!(again, Err(IdempotencyError::InFlight)),

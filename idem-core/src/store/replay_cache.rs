@@ -7,6 +7,8 @@
 //! replay as well as the store would, until then. Claims are never kept: they change (extended, completed,
 //! released, taken over) and only the store can say who holds a key.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::policy::EvictionPolicy;
@@ -32,7 +34,9 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// learned from the store is kept no longer than the store says it keeps it
 /// ([`Store::kept_for`]; for Redis one more round trip, the first time a process replays
 /// it), so that a process whose clock lags the writer's does not replay it after the store
-/// dropped it. Each write
+/// dropped it. That question is asked in a task of its own, on the Tokio runtime the replay
+/// runs on: the replay is answered in its claim's round trip, and the copy answers once the
+/// store has said (replays of the key meanwhile go to the store, as without a cache). Each write
 /// evicts what passes the bound before it returns, so the cache holds more than `max_bytes`
 /// only while other threads are writing, by at most the record each is writing at that
 /// instant. Anything else (a new key, a running request, a key whose copy was dropped) goes to
@@ -57,13 +61,58 @@ use crate::record::{Completed, InFlight, Record, Token};
 /// ```
 ///
 /// Clones share the kept records.
-#[derive(Clone)]
 pub struct ReplayCache<S> {
-    inner: S,
+    inner: Arc<S>,
     /// `None` when turned off (`max_bytes` 0): every operation goes to `inner`.
     kept: Option<Cache<StoreKey, Kept>>,
     /// The bound on what is kept, in bytes as [`weight`] counts them.
     max_bytes: u64,
+    /// The keys whose records' copies are being learned, in tasks of their own.
+    learning: Arc<Mutex<HashSet<StoreKey>>>,
+}
+
+impl<S> Clone for ReplayCache<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            kept: self.kept.clone(),
+            max_bytes: self.max_bytes,
+            learning: Arc::clone(&self.learning),
+        }
+    }
+}
+
+/// At most this many records are learned at once, each a task holding a copy of its record:
+/// past them, a replay the store answers is answered without keeping a copy (the next one
+/// learns it).
+const MAX_LEARNING: usize = 256;
+
+/// A key's learning under way, counted in its cache's `learning` until dropped (its task
+/// ended, or was dropped with its runtime).
+struct Learning {
+    learning: Arc<Mutex<HashSet<StoreKey>>>,
+    key: StoreKey,
+}
+
+impl Learning {
+    /// The learning of `key`, unless it is under way already or too many are.
+    fn start(learning: &Arc<Mutex<HashSet<StoreKey>>>, key: StoreKey) -> Option<Self> {
+        let mut keys = learning.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= MAX_LEARNING || !keys.insert(key) {
+            return None;
+        }
+        Some(Self {
+            learning: Arc::clone(learning),
+            key,
+        })
+    }
+}
+
+impl Drop for Learning {
+    fn drop(&mut self) {
+        let mut keys = self.learning.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.remove(&self.key);
+    }
 }
 
 /// A completed record and how long to keep it from its insertion: until its expiry.
@@ -114,9 +163,10 @@ impl<S: Store> ReplayCache<S> {
                 .build()
         });
         Self {
-            inner,
+            inner: Arc::new(inner),
             kept,
             max_bytes,
+            learning: Arc::default(),
         }
     }
 
@@ -163,6 +213,9 @@ impl<S: Store> ReplayCache<S> {
     /// by this process's clock alone, if it lags the writer's, would replay past the record.
     /// The store is asked how long it keeps the key (for Redis, one more round trip, made
     /// once per record and process); not kept when it cannot say.
+    ///
+    /// Asked in a task of its own on the current Tokio runtime, so that the replay that found
+    /// the record is answered now; awaited here outside one, where no task can be spawned.
     async fn learn(&self, key: &StoreKey, record: &Completed, now: Timestamp) {
         // Nothing to ask for a copy that would not be kept: one within `SKEW` of its expiry
         // (kept for no time), or heavier than the whole cache (every replay of it would pay
@@ -172,9 +225,24 @@ impl<S: Store> ReplayCache<S> {
         if self.kept.is_none() || !lasts || !fits {
             return;
         }
-        if let Ok(bound) = self.inner.kept_for(key, record).await {
-            self.keep(key, record, now, bound);
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if let Ok(bound) = self.inner.kept_for(key, record).await {
+                self.keep(key, record, now, bound);
+            }
+            return;
+        };
+        let Some(learning) = Learning::start(&self.learning, *key) else {
+            return;
+        };
+        let (this, key, record, asked) = (self.clone(), *key, record.clone(), Instant::now());
+        runtime.spawn(async move {
+            let _learning = learning;
+            if let Ok(bound) = this.inner.kept_for(&key, &record).await {
+                // Kept from now: `now` is when the replay was claimed.
+                let now = now.saturating_add(asked.elapsed());
+                this.keep(&key, &record, now, bound);
+            }
+        });
     }
 }
 
@@ -413,6 +481,14 @@ mod tests {
         Claim::Existing(Record::Completed(record.clone()))
     }
 
+    /// Once the copies being learned in tasks of their own are kept (or not).
+    async fn learned<S>(store: &ReplayCache<S>) {
+        while !store.learning.lock().unwrap().is_empty() {
+            // A sleep, not a yield: a runtime whose time is paused moves it on only when idle.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn the_replay_cache_conforms() {
         crate::testing::conformance(&ReplayCache::new(SharedMoka::default(), 1 << 20), 1).await;
@@ -451,6 +527,7 @@ mod tests {
             store.claim(&key(1), claim(1), at(1)).await.unwrap(),
             replay(&record)
         );
+        learned(&store).await;
         assert_eq!(
             store.claim(&key(1), claim(2), at(2)).await.unwrap(),
             replay(&record)
@@ -478,12 +555,42 @@ mod tests {
                 store.claim(&key(1), claim(secs), at(secs)).await.unwrap(),
                 replay(&record)
             );
+            learned(&store).await;
         }
         assert_eq!(
             (remote.calls("claim"), remote.calls("kept_for")),
             (1 + 2, 2),
             "asked again after the store could not say, then kept"
         );
+    }
+
+    /// A replay the store answers is answered in that round trip: how long the store keeps
+    /// the record (for Redis, one more round trip) is asked in a task of its own. The replay
+    /// waited for it, so that a retry reaching a process without the copy (the usual retry
+    /// behind a load balancer) took two round trips, where the store alone takes one.
+    #[tokio::test(start_paused = true)]
+    async fn a_first_replay_is_answered_without_waiting_for_how_long_the_store_keeps_it() {
+        let store = ReplayCache::new(FaultyStore::new(SharedMoka::default()), 1 << 20);
+        let (held, record) = (claim(0), completed(0, b"elsewhere"));
+        let remote = store.inner();
+        remote.claim(&key(1), held, at(0)).await.unwrap();
+        assert!(remote
+            .complete(&key(1), held.token, record.clone(), at(0))
+            .await
+            .unwrap());
+        let question = Duration::from_secs(10);
+        remote.fail("kept_for", 1, Fault::Slow(question));
+
+        let first = key(1);
+        let replayed = tokio::time::timeout(question / 2, store.claim(&first, claim(1), at(1)));
+        assert_eq!(replayed.await.expect("answered").unwrap(), replay(&record));
+        // Once the store has said, the copy answers.
+        learned(&store).await;
+        assert_eq!(
+            store.claim(&key(1), claim(2), at(2)).await.unwrap(),
+            replay(&record)
+        );
+        assert_eq!((remote.calls("claim"), remote.calls("kept_for")), (2, 1));
     }
 
     /// A record the cache cannot keep (heavier than its bound) is not worth asking the store
