@@ -241,6 +241,11 @@ async fn the_middleware_ignores_keys_on_reading_methods_and_honours_its_methods(
                 web::scope("/v2")
                     .wrap(Idempotency::new().with_methods([Method::PUT]))
                     .route("/calls", web::route().to(plain)),
+            )
+            .service(
+                web::scope("/v3/read")
+                    .wrap(Idempotency::new())
+                    .route("", web::route().to(plain)),
             );
         },
         Policy::DEFAULT,
@@ -248,6 +253,14 @@ async fn the_middleware_ignores_keys_on_reading_methods_and_honours_its_methods(
     let get = || RawRequest::get("/v1/calls").header("Idempotency-Key", "k");
     assert!(!a.send(get()).await.replayed());
     assert!(!a.send(get()).await.replayed());
+    // HEAD and OPTIONS too, with no credentials (a key the layer read would need a scope).
+    for method in ["HEAD", "OPTIONS"] {
+        let reading = || RawRequest::new(method, "/v3/read").header("Idempotency-Key", "k");
+        for _ in 0..2 {
+            let res = a.send(reading()).await;
+            assert_eq!((res.status, res.replayed()), (201, false), "{method}");
+        }
+    }
     let v2 = |method| {
         RawRequest::new(method, "/v2/calls")
             .header("Authorization", "Bearer t")
@@ -260,7 +273,7 @@ async fn the_middleware_ignores_keys_on_reading_methods_and_honours_its_methods(
     );
     assert!(!a.send(v2("PUT")).await.replayed());
     assert!(a.send(v2("PUT")).await.replayed());
-    assert_eq!(a.probe.runs.get(), 5);
+    assert_eq!(a.probe.runs.get(), 9);
 }
 
 /// By default the middleware honours keys on every method but the safe ones (`GET`, `HEAD`,
