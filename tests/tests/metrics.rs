@@ -220,6 +220,93 @@ async fn a_run_failing_open_that_a_drain_cancels_is_counted_once_and_held_no_key
     assert_eq!(warnings.containing_from("it held no key", threads), 1);
 }
 
+/// The same, its client gone: its run moved to a task of its own, which the drain cancels.
+#[actix_web::test]
+async fn a_run_failing_open_whose_client_went_away_is_counted_once_when_a_drain_cancels_it() {
+    let (_serial, captured) = counting().await;
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let idem = IdempotencyConfig::new(UnavailableStore).with_max_detached(1);
+    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(app_idem.clone())
+            .app_data(data.clone())
+            .service(stuck_open)
+            .service(op);
+    });
+    keyed_to("/stuck-open", "gone")
+        .send_and_reset(server.addr, || runs.get() == 1)
+        .await;
+    // Refused (the store down, failing closed) until the worker counts the run whose client
+    // went away, then refused for it.
+    until_orphaned(server.addr, &keyed("probe")).await;
+    assert_eq!(idem.drain(std::time::Duration::from_millis(100)).await, 1);
+    let threads = server.threads().to_owned();
+    eventually(|| warnings.containing_from("it held no key", &threads) == 1).await;
+    assert_eq!(
+        captured.count("idem_requests_total{outcome=unprotected}"),
+        1
+    );
+    assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 0);
+    assert_eq!(warnings.containing_from("key is released", &threads), 0);
+}
+
+/// Dropped, it panics: a value of a handler's whose drop fails.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("a handler's value panicked as it was dropped");
+    }
+}
+
+/// Never answers, failing open, and holds a value whose drop panics.
+#[post("/stuck-open-panicky")]
+#[idempotent(fail_open)]
+async fn stuck_open_panicky(runs: web::Data<Counter>) -> HttpResponse {
+    let _held = PanicsWhenDropped;
+    runs.bump();
+    std::future::pending().await
+}
+
+/// A cancellation whose drop of a run panics leaves nothing of that run to the next: a run
+/// failing open that a drain cancelled, whose drop panicked, left its mark that it held no
+/// key on its worker, so that the next claimed run a drain cancelled there was logged as
+/// holding none, and not counted.
+#[actix_web::test]
+async fn a_cancelled_run_whose_drop_panics_leaves_nothing_to_the_next_one_cancelled() {
+    let (_serial, captured) = counting().await;
+    let warnings = Warnings::installed();
+    let runs = Counter::default();
+    let idem = IdempotencyConfig::new(UnavailableStore);
+    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
+    let server = TestServer::start(1, move |cfg| {
+        cfg.app_data(app_idem.clone())
+            .app_data(data.clone())
+            .service(stuck_open_panicky)
+            .service(
+                web::scope("/claimed")
+                    .app_data(IdempotencyConfig::new(MokaStore::new()))
+                    .service(stuck),
+            );
+    });
+    let addr = server.addr;
+    let panicky = keyed_to("/stuck-open-panicky", "panicky");
+    let first = actix_web::rt::spawn(async move { panicky.try_send(addr).await });
+    eventually(|| runs.get() == 1).await;
+    assert_eq!(idem.drain(std::time::Duration::from_millis(100)).await, 1);
+    let _ = first.await;
+
+    let client =
+        actix_web::rt::spawn(async move { keyed_to("/claimed/stuck", "claimed").send(addr).await });
+    eventually(|| runs.get() == 2).await;
+    assert_eq!(idem.drain(std::time::Duration::from_millis(100)).await, 1);
+    assert_error(&client.await.unwrap(), 503, "idempotency_shutting_down");
+    assert_eq!(captured.count("idem_requests_total{outcome=cancelled}"), 1);
+    let threads = server.threads();
+    assert_eq!(warnings.containing_from("its key released", threads), 1);
+}
+
 #[post("/answered")]
 #[idempotent]
 async fn answered(runs: web::Data<Counter>) -> HttpResponse {

@@ -88,6 +88,10 @@ fn cancel(work: Option<Work>) -> Cancelled {
             CANCELLING.set(false);
         }
     }
+    // Nothing from an earlier cancellation whose drop panicked (a handler's value that
+    // panics as it is dropped), which left before taking what it found.
+    HANDED_OVER.take();
+    UNCLAIMED.set(false);
     CANCELLING.set(true);
     let cancelling = Cancelling;
     drop(work);
