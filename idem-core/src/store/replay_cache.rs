@@ -231,6 +231,11 @@ impl<S: Store> ReplayCache<S> {
             }
             return;
         };
+        // Nor for a copy kept since this replay's claim was sent: a learning that ended
+        // meanwhile kept it.
+        if self.kept(key, now).is_some() {
+            return;
+        }
         let Some(learning) = Learning::start(&self.learning, *key) else {
             return;
         };
