@@ -344,6 +344,44 @@ async fn a_process_killed_mid_call_leaves_nothing_and_the_retry_creates_exactly_
     assert_eq!(listed(&api).await, [id_of(&retry)]);
 }
 
+/// Stopped by SIGTERM, calls-api on Postgres lets a call whose client went away finish, its
+/// row and its record committed together, before it exits: a new process replays it, and the
+/// call is one row.
+#[tokio::test]
+async fn sigterm_lets_a_call_whose_client_went_away_commit_with_its_record_before_exit() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (url, db) = fresh_database(&pg, "sigterm").await;
+    let mut api = CallsApi::start_on_database(&url, false).await;
+    let slow = || create("sigterm").header("X-Simulate-Delay-Ms", "3000");
+    let sent = Instant::now();
+    // The client goes away a second into a call of three, its key claimed and its row written
+    // (uncommitted) long before.
+    slow()
+        .send_and_reset(api.addr, || sent.elapsed() >= Duration::from_secs(1))
+        .await;
+    let started_stop = Instant::now();
+    assert!(api.terminate().await, "calls-api exits cleanly");
+    assert!(
+        started_stop.elapsed() >= Duration::from_millis(1500),
+        "it waited for the call in progress"
+    );
+    assert_eq!(rows(&db).await, 1, "the call committed");
+
+    let next = CallsApi::start_on_database(&url, false).await;
+    let retry = slow().send(next.addr).await;
+    assert_eq!(
+        retry.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&retry.body)
+    );
+    assert!(retry.replayed(), "the retry gets the first answer");
+    assert_eq!(rows(&db).await, 1, "exactly one call");
+    assert_eq!(listed(&next).await, [id_of(&retry)]);
+}
+
 #[tokio::test]
 async fn postgres_restarted_mid_run_answers_503_then_recovers_without_restarting_the_server() {
     // A server of its own, which it stops.
