@@ -355,18 +355,8 @@ async fn sigterm_lets_a_call_whose_client_went_away_commit_with_its_record_befor
     let (url, db) = fresh_database(&pg, "sigterm").await;
     let mut api = CallsApi::start_on_database(&url, false).await;
     let slow = || create("sigterm").header("X-Simulate-Delay-Ms", "3000");
-    let sent = Instant::now();
-    // The client goes away a second into a call of three, its key claimed and its row written
-    // (uncommitted) long before.
-    slow()
-        .send_and_reset(api.addr, || sent.elapsed() >= Duration::from_secs(1))
-        .await;
-    let started_stop = Instant::now();
-    assert!(api.terminate().await, "calls-api exits cleanly");
-    assert!(
-        started_stop.elapsed() >= Duration::from_millis(1500),
-        "it waited for the call in progress"
-    );
+    // Its row written (uncommitted) when its client goes away.
+    api.terminate_during(slow()).await;
     assert_eq!(rows(&db).await, 1, "the call committed");
 
     let next = CallsApi::start_on_database(&url, false).await;

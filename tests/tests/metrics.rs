@@ -127,6 +127,20 @@ fn keyed_to(path: &str, key: &str) -> RawRequest {
         .header("Idempotency-Key", key)
 }
 
+/// A server of one worker on `idem`'s settings, its handlers counting their runs in `runs`,
+/// with the services `routes` adds.
+fn serving(
+    idem: &IdempotencyConfig,
+    runs: &Counter,
+    routes: impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+) -> TestServer {
+    let (idem, runs) = (idem.clone(), web::Data::new(runs.clone()));
+    TestServer::start(1, move |cfg| {
+        cfg.app_data(idem.clone()).app_data(runs.clone());
+        routes(cfg);
+    })
+}
+
 #[post("/op")]
 #[idempotent]
 async fn op(runs: web::Data<Counter>, req: HttpRequest) -> HttpResponse {
@@ -197,11 +211,8 @@ async fn a_run_failing_open_that_a_drain_cancels_is_counted_once_and_held_no_key
     let warnings = Warnings::installed();
     let runs = Counter::default();
     let idem = IdempotencyConfig::new(UnavailableStore);
-    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(app_idem.clone())
-            .app_data(data.clone())
-            .service(stuck_open);
+    let server = serving(&idem, &runs, |cfg| {
+        cfg.service(stuck_open);
     });
     let addr = server.addr;
     let client =
@@ -227,12 +238,8 @@ async fn a_run_failing_open_whose_client_went_away_is_counted_once_when_a_drain_
     let warnings = Warnings::installed();
     let runs = Counter::default();
     let idem = IdempotencyConfig::new(UnavailableStore).with_max_detached(1);
-    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(app_idem.clone())
-            .app_data(data.clone())
-            .service(stuck_open)
-            .service(op);
+    let server = serving(&idem, &runs, |cfg| {
+        cfg.service(stuck_open).service(op);
     });
     keyed_to("/stuck-open", "gone")
         .send_and_reset(server.addr, || runs.get() == 1)
@@ -279,16 +286,12 @@ async fn a_cancelled_run_whose_drop_panics_leaves_nothing_to_the_next_one_cancel
     let warnings = Warnings::installed();
     let runs = Counter::default();
     let idem = IdempotencyConfig::new(UnavailableStore);
-    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(app_idem.clone())
-            .app_data(data.clone())
-            .service(stuck_open_panicky)
-            .service(
-                web::scope("/claimed")
-                    .app_data(IdempotencyConfig::new(MokaStore::new()))
-                    .service(stuck),
-            );
+    let server = serving(&idem, &runs, |cfg| {
+        cfg.service(stuck_open_panicky).service(
+            web::scope("/claimed")
+                .app_data(IdempotencyConfig::new(MokaStore::new()))
+                .service(stuck),
+        );
     });
     let addr = server.addr;
     let panicky = keyed_to("/stuck-open-panicky", "panicky");
@@ -324,11 +327,8 @@ async fn a_run_a_drain_cancels_while_its_record_is_written_is_counted_as_cancell
     let runs = Counter::default();
     let store = FaultyStore::new(MokaStore::new());
     let idem = IdempotencyConfig::new(store.clone());
-    let (app_idem, data) = (idem.clone(), web::Data::new(runs.clone()));
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(app_idem.clone())
-            .app_data(data.clone())
-            .service(answered);
+    let server = serving(&idem, &runs, |cfg| {
+        cfg.service(answered);
     });
     store.fail(
         "complete",
@@ -364,11 +364,8 @@ async fn a_stream_a_drain_cancels_after_its_client_went_away_is_counted_as_cance
     let (_serial, captured) = counting().await;
     let runs = Counter::default();
     let idem = IdempotencyConfig::new(MokaStore::new()).with_max_detached(1);
-    let data = web::Data::new(runs.clone());
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(idem.clone())
-            .app_data(data.clone())
-            .service(endless);
+    let server = serving(&idem, &runs, |cfg| {
+        cfg.service(endless);
     });
     let request = RawRequest::post("/endless")
         .header("Authorization", "Bearer t")

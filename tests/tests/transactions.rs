@@ -981,6 +981,8 @@ async fn on_embedded(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpRespo
     untransacted(runs, tx).await
 }
 
+/// A `Transaction` a misconfigured layer cannot lend is a fault of the server's, logged once
+/// for its route, as a route no layer serves is (it was logged at `error` for each request).
 #[actix_web::test]
 async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler_does_not_run() {
     let logged = Warnings::installed();
@@ -990,6 +992,7 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
         cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
             .app_data(data.clone())
             .route("/embedded", web::post().to(on_embedded))
+            .route("/again", web::post().to(on_embedded))
             .route("/bare", web::post().to(untransacted));
     });
     // On a store that cannot lend one: a 500, and the log says what to do.
@@ -1003,7 +1006,15 @@ async fn a_transaction_where_none_can_be_lent_is_refused_clearly_and_the_handler
         res.json()["request_id"],
         res.header("x-request-id").unwrap()
     );
-    assert!(logged.containing_from("IdempotencyConfig::new(PostgresStore)", server.threads()) >= 1);
+    // Once for each route, however many requests.
+    for n in 0..3 {
+        for path in ["/embedded", "/again"] {
+            let res = call(path, &format!("again-{n}")).send(server.addr).await;
+            assert_error(&res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
+        }
+    }
+    let reason = "IdempotencyConfig::new(PostgresStore)";
+    assert_eq!(logged.containing_from(reason, server.threads()), 2);
     // Under no idempotency layer: the same.
     let res = call("/bare", "k2").send(server.addr).await;
     assert_eq!(res.status, 500);
@@ -1026,37 +1037,11 @@ async fn failing_open(runs: web::Data<AtomicUsize>, tx: Transaction) -> HttpResp
 
 /// A Postgres store that cannot be reached, on an endpoint that fails open: the handler runs
 /// without a claim, so no transaction can be lent, and its `Transaction` is refused as the
-/// outage it is (503, `Retry-After`), not as a misconfiguration.
+/// outage it is (503, `Retry-After`), not as a misconfiguration. Warned of when the outage
+/// starts, as every outage is, not for each request: each request's refusal was warned of, a
+/// thousand lines a second under load.
 #[actix_web::test]
-async fn a_transaction_while_the_store_fails_open_is_refused_as_an_outage() {
-    let logged = Warnings::installed();
-    let runs = web::Data::new(AtomicUsize::new(0));
-    let data = runs.clone();
-    let server = TestServer::start(1, move |cfg| {
-        // Nothing listens on port 1: every connection is refused at once.
-        let postgres = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
-            .build()
-            .expect("valid settings");
-        cfg.app_data(IdempotencyConfig::new(postgres))
-            .app_data(data.clone())
-            .route("/calls", web::post().to(failing_open));
-    });
-    let res = call("/calls", "k1").send(server.addr).await;
-    assert_error(&res, 503, "idempotency_store_unavailable");
-    assert!(res.header("retry-after").is_some(), "{res:?}");
-    // From the handler's extractor, the store having failed open; not the layer's refusal.
-    assert!(
-        logged.containing_from("no transaction to lend its handler", server.threads()) >= 1,
-        "{:?}",
-        logged.logged()
-    );
-}
-
-/// An outage on an endpoint that fails open and takes a `Transaction` is warned of when it
-/// starts, as every outage is, not for each request: each request's refusal of its
-/// `Transaction` was warned of, a thousand lines a second under load.
-#[actix_web::test]
-async fn a_transaction_refused_for_an_outage_is_warned_of_once_not_per_request() {
+async fn a_transaction_while_the_store_fails_open_is_refused_as_an_outage_warned_of_once() {
     let logged = Warnings::installed();
     let runs = web::Data::new(AtomicUsize::new(0));
     let data = runs.clone();
@@ -1072,43 +1057,18 @@ async fn a_transaction_refused_for_an_outage_is_warned_of_once_not_per_request()
     for n in 0..5 {
         let res = call("/calls", &format!("k{n}")).send(server.addr).await;
         assert_error(&res, 503, "idempotency_store_unavailable");
+        assert!(res.header("retry-after").is_some(), "{res:?}");
     }
+    // From the handler's extractor, the store having failed open; not the layer's refusal.
     let unlent = "no transaction to lend its handler";
-    assert_eq!(logged.containing_from(unlent, server.threads()), 1);
-}
-
-/// A `Transaction` a misconfigured layer cannot lend is a fault of the server's, logged once
-/// for its route, as a route no layer serves is: it was logged at `error` for each request.
-#[actix_web::test]
-async fn a_transaction_that_cannot_be_lent_is_logged_once_for_its_route_not_per_request() {
-    let logged = Warnings::installed();
-    let runs = web::Data::new(AtomicUsize::new(0));
-    let data = runs.clone();
-    let server = TestServer::start(1, move |cfg| {
-        cfg.app_data(IdempotencyConfig::new(MokaStore::new()))
-            .app_data(data.clone())
-            .route("/embedded", web::post().to(on_embedded))
-            .route("/again", web::post().to(on_embedded));
-    });
-    for n in 0..3 {
-        for path in ["/embedded", "/again"] {
-            let res = call(path, &format!("k{n}")).send(server.addr).await;
-            assert_error(&res, 500, idem_actix::codes::TRANSACTION_UNAVAILABLE);
-        }
-    }
-    let reason = "IdempotencyConfig::new(PostgresStore)";
     assert_eq!(
-        logged.containing_from(reason, server.threads()),
-        2,
-        "once per route"
+        logged.containing_from(unlent, server.threads()),
+        1,
+        "{:?}",
+        logged.logged()
     );
-    assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler did not run");
 }
 
-/// A middleware that claims keys on one store (the app's, which it reads before routing) over
-/// a handler whose scope registers a Postgres store: the handler's `Transaction` cannot be
-/// lent, and the answer says so as a fault of the server's (500), not as an outage to retry
-/// (503 with `Retry-After`), which the client would retry for ever.
 #[actix_web::test]
 async fn a_transaction_under_a_layer_on_another_store_is_refused_as_a_misconfiguration() {
     let logged = Warnings::installed();

@@ -208,6 +208,22 @@ impl CallsApi {
         self.child.wait().expect("reap calls-api");
     }
 
+    /// Sends `call` (one whose carrier takes 3 s), goes away a second into it (its key
+    /// claimed long before), and stops the process with SIGTERM: asserts that it exits
+    /// cleanly, once the call in progress has had its time.
+    #[allow(dead_code)]
+    pub async fn terminate_during(&mut self, call: RawRequest) {
+        let sent = std::time::Instant::now();
+        call.send_and_reset(self.addr, || sent.elapsed() >= Duration::from_secs(1))
+            .await;
+        let started_stop = std::time::Instant::now();
+        assert!(self.terminate().await, "calls-api exits cleanly");
+        assert!(
+            started_stop.elapsed() >= Duration::from_millis(1500),
+            "it waited for the call in progress"
+        );
+    }
+
     /// Sends SIGTERM, as a process manager stopping it does, and waits up to 30 s for the
     /// process to exit: whether it exited cleanly.
     #[allow(dead_code)]

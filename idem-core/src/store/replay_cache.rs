@@ -451,8 +451,8 @@ mod tests {
     }
 
     /// A record of `body` for key 1, completed at 0 s behind the cache's back, as by another
-    /// process sharing the store; the calls that made it forgotten.
-    async fn completed_elsewhere(store: &Counted, body: &[u8]) -> Completed {
+    /// process sharing the store.
+    async fn written_elsewhere<S: Store>(store: &ReplayCache<S>, body: &[u8]) -> Completed {
         let (held, remote) = (claim(0), store.inner());
         assert_eq!(
             remote.claim(&key(1), held, at(0)).await.unwrap(),
@@ -463,7 +463,13 @@ mod tests {
             .complete(&key(1), held.token, record.clone(), at(0))
             .await
             .unwrap());
-        remote.take();
+        record
+    }
+
+    /// The same, the calls that made it forgotten.
+    async fn completed_elsewhere(store: &Counted, body: &[u8]) -> Completed {
+        let record = written_elsewhere(store, body).await;
+        store.inner().take();
         record
     }
 
@@ -546,13 +552,8 @@ mod tests {
     #[tokio::test]
     async fn a_record_the_store_cannot_say_it_keeps_is_answered_but_not_kept() {
         let store = ReplayCache::new(FaultyStore::new(SharedMoka::default()), 1 << 20);
-        let (held, record) = (claim(0), completed(0, b"elsewhere"));
+        let record = written_elsewhere(&store, b"elsewhere").await;
         let remote = store.inner();
-        remote.claim(&key(1), held, at(0)).await.unwrap();
-        assert!(remote
-            .complete(&key(1), held.token, record.clone(), at(0))
-            .await
-            .unwrap());
         remote.fail("kept_for", 1, Fault::Unavailable);
 
         for secs in 1..4 {
@@ -576,13 +577,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_first_replay_is_answered_without_waiting_for_how_long_the_store_keeps_it() {
         let store = ReplayCache::new(FaultyStore::new(SharedMoka::default()), 1 << 20);
-        let (held, record) = (claim(0), completed(0, b"elsewhere"));
+        let record = written_elsewhere(&store, b"elsewhere").await;
         let remote = store.inner();
-        remote.claim(&key(1), held, at(0)).await.unwrap();
-        assert!(remote
-            .complete(&key(1), held.token, record.clone(), at(0))
-            .await
-            .unwrap());
         let question = Duration::from_secs(10);
         remote.fail("kept_for", 1, Fault::Slow(question));
 
