@@ -421,7 +421,10 @@ mod enabled {
                 Err(error) => {
                     // Idle again, for another try; a closed loan stays closed.
                     drop(opening);
-                    tracing::warn!(%error, "opening the idempotency transaction failed");
+                    // An outage refuses every request so: warned of as it starts (see
+                    // `Outage`), each refusal logged at `debug`.
+                    let message = "opening the idempotency transaction failed; the request is refused with 503 and its handler does not run";
+                    warn_when_due!(self.config.outage().refused, message, %request_id, %error);
                     let error = IdempotencyError::StoreUnavailable(error);
                     let res = self.error(&error, &request_id);
                     Err(InternalError::from_response(error, res).into())

@@ -530,18 +530,25 @@ async fn opening_a_transaction_is_timed_and_its_failure_counted() {
             .app_data(ran.clone())
             .service(held);
     });
-    let res = RawRequest::post("/held")
-        .header("Authorization", "Bearer t")
-        .header("Idempotency-Key", "open")
-        .send(server.addr)
-        .await;
-    assert_eq!(res.status, 503, "{}", res.text());
+    let warnings = Warnings::installed();
+    for n in 0..3 {
+        let res = RawRequest::post("/held")
+            .header("Authorization", "Bearer t")
+            .header("Idempotency-Key", &format!("open-{n}"))
+            .send(server.addr)
+            .await;
+        assert_eq!(res.status, 503, "{}", res.text());
+    }
     assert_eq!(runs.get(), 0);
     assert_eq!(
         captured.samples("idem_store_duration_seconds{op=transaction}"),
-        1
+        3
     );
-    assert_eq!(captured.count("idem_store_errors_total{op=transaction}"), 1);
+    assert_eq!(captured.count("idem_store_errors_total{op=transaction}"), 3);
+    // An outage of the store, refusing every request alike: warned of as it starts, as every
+    // outage is (see `Outage`), where each request's failure was warned of.
+    let failed = "opening the idempotency transaction failed";
+    assert_eq!(warnings.containing_from(failed, server.threads()), 1);
 }
 
 #[post("/takes-key")]
