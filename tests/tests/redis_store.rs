@@ -1652,6 +1652,41 @@ async fn failing_open_a_claim_its_replicas_did_not_acknowledge_still_holds_its_k
     assert!(matches!(retry, Ok(Begin::Replay(_))), "{retry:?}");
 }
 
+/// Replicas that fall short fall short for every claim and record alike, while they lag or
+/// are missing: warned of when it starts, then once a minute, as an outage is, where each
+/// claim kept failing open, and each record, was warned of (a line or two per request).
+#[tokio::test]
+async fn replicas_that_fall_short_are_warned_of_once_a_minute_not_per_request() {
+    // No replica: every wait falls short.
+    let Some(redis) = TestRedis::start_owned() else {
+        return;
+    };
+    let warnings = Warnings::installed();
+    let store = RedisStore::builder(redis.url())
+        .prefix("short:")
+        .wait_for_replicas(1, Duration::from_millis(10))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store);
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    for n in 0..4 {
+        let key = StoreKey::from_bytes([40 + n; 32]);
+        let Ok(Begin::Execute(lease)) = engine.begin(&Policy::DEFAULT, key, fp).await else {
+            panic!("a claim failing open runs");
+        };
+        let outcome = lease.finish(Response::new(201, [], b"ok")).await;
+        assert!(matches!(outcome, Ok(Outcome::Recorded)), "{outcome:?}");
+    }
+    let here = Warnings::this_thread();
+    assert_eq!(
+        warnings.containing_from("Redis replicas", &here),
+        1,
+        "{:?}",
+        warnings.logged()
+    );
+}
+
 /// An endpoint that fails open, on a store that does not: a claim its replicas did not
 /// acknowledge is released, and Redis, which answered, may hold the key again for another
 /// request by then, so the request is refused (503), never run unprotected; had it run, each

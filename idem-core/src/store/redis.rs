@@ -18,6 +18,7 @@ use super::{redacted_url, Claim, Store, StoreError, StoreFuture, LAPSED_CLAIM_GR
 use crate::clock::Timestamp;
 use crate::digest::StoreKey;
 use crate::record::{Completed, InFlight, Record, Response, Token};
+use crate::warnings::Warnings;
 
 /// Claims a lapsed key, or returns the live record: the second round trip of a claim that
 /// found a record. A free key is claimed by the plain `SET NX GET` before it, which costs
@@ -141,6 +142,9 @@ pub struct RedisStore {
     kept: Arc<Script>,
     /// What the store's first claims checked of its Redis, shared by its clones.
     checked: Arc<Checked>,
+    /// Warnings of claims and records fewer replicas than asked acknowledged: while replicas
+    /// lag or are missing, every write falls short alike.
+    short: Arc<Warnings>,
 }
 
 /// What a store checks of its Redis on its first claim of a free key, once it has an answer:
@@ -1435,7 +1439,7 @@ impl RedisStore {
         // waiting for replicas, and a duplicate meanwhile is still turned away, where a
         // released claim left it to run beside this one.
         if short.kept {
-            tracing::warn!(%key, "{short}");
+            crate::warn_when_due!(self.short, short, %key);
             return Ok(Claim::Claimed);
         }
         if let Err(error) = self.release(key, token).await {
@@ -2029,6 +2033,7 @@ impl RedisStoreBuilder {
             fenced: Arc::new(Script::new(FENCED)),
             kept: Arc::new(Script::new(KEPT)),
             checked: Arc::default(),
+            short: Arc::default(),
         })
     }
 }
@@ -2126,10 +2131,12 @@ impl Store for RedisStore {
                 match (self.acknowledged(&mut link, &self.redis_key(key), replicas)).await {
                     Ok(acknowledged) if acknowledged >= i64::from(replicas.count) => {}
                     Ok(acknowledged) => {
-                        tracing::warn!(%key, acknowledged, replicas = replicas.count, "an idempotency record reached fewer Redis replicas than asked in time; a failover before it does could lose it, and a retry would run again");
+                        let message = "an idempotency record reached fewer Redis replicas than asked in time; a failover before it does could lose it, and a retry would run again";
+                        crate::warn_when_due!(self.short, message, %key, acknowledged, replicas = replicas.count);
                     }
                     Err(error) => {
-                        tracing::warn!(%key, %error, "waiting for Redis replicas to acknowledge an idempotency record failed; a failover before they do could lose it");
+                        let message = "waiting for Redis replicas to acknowledge an idempotency record failed; a failover before they do could lose it";
+                        crate::warn_when_due!(self.short, message, %key, %error);
                     }
                 }
             }
