@@ -397,6 +397,21 @@ async fn postgres_restarted_mid_run_answers_503_then_recovers_without_restarting
         "the database is unavailable; nothing was created, retry later"
     );
     assert_eq!(listing.header("retry-after"), Some("1"));
+    // In the log when the outage starts, not for every request it refuses (then once a
+    // minute, with how many were held back).
+    for _ in 0..3 {
+        assert_eq!(list(&api).await.status, 503);
+    }
+    let failed = || {
+        let lines = api.stderr.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| line.contains("the database failed"))
+            .count()
+    };
+    idem_tests::eventually(|| failed() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(failed(), 1, "{:?}", api.stderr.lock().unwrap());
 
     pg.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
