@@ -26,6 +26,7 @@ use crate::policy::{
 };
 use crate::record::{Completed, InFlight, Record, Response, Token};
 use crate::store::{Claim, Store, StoreError};
+use crate::warnings::Warnings;
 
 /// How long a release of a claim whose write failed waits before it looks again.
 pub(crate) const UNCONFIRMED_RELEASE_PAUSE: Duration = Duration::from_secs(1);
@@ -68,6 +69,23 @@ struct Parts {
     /// Why the store can keep no record, if it cannot (see [`keeps_records`]): it is then
     /// claimed nothing in, as no operation run on it could be recorded.
     keeps_none: Option<PolicyError>,
+    /// Warnings of failures that repeat for every running request alike.
+    repeated: Arc<Repeated>,
+}
+
+/// Warnings of failures that strike every running request alike while they last, each
+/// warned of when it starts, then once a minute (see [`Warnings`]): a warning from each
+/// run, and each of its retries a second apart, would bury the log.
+#[derive(Debug, Default)]
+struct Repeated {
+    /// Renewals the store failed (or the claim again of a claim it had forgotten).
+    renewals: Warnings,
+    /// Renewals that came a whole period late: handlers that block their threads.
+    late: Warnings,
+    /// Completions the store failed, retried.
+    records: Warnings,
+    /// Releases the store failed, retried.
+    releases: Warnings,
 }
 
 /// A count of work under way, and a wake-up for whoever waits for none.
@@ -194,6 +212,7 @@ impl Engine {
                 observer: None,
                 releasing: Arc::default(),
                 unconfirmed: Arc::default(),
+                repeated: Arc::default(),
             }),
         }
     }
@@ -895,11 +914,12 @@ impl Lease {
                 Either::Right(((), _)) => {
                     let late = tokio::time::Instant::now().saturating_duration_since(due);
                     if late >= every {
-                        tracing::warn!(
+                        crate::warn_when_due!(
+                            self.engine.parts.repeated.late,
+                            "idempotency lease renewal came late: the handler blocks its thread; blocked longer than the lease, its key can be taken over and the operation run again (move blocking work to web::block or spawn_blocking)",
                             key = %self.key,
                             late_ms = late.as_millis() as u64,
-                            lease_ms = self.lease.as_millis() as u64,
-                            "idempotency lease renewal came late: the handler blocks its thread; blocked longer than the lease, its key can be taken over and the operation run again (move blocking work to web::block or spawn_blocking)"
+                            lease_ms = self.lease.as_millis() as u64
                         );
                     }
                     // The operation goes on while the store is asked: a renewal that waits
@@ -946,12 +966,22 @@ impl Lease {
                     true
                 }
                 Err(error) => {
-                    tracing::warn!(key = %self.key, %error, "idempotency claim was gone from the store while the handler runs, and claiming it again failed; retrying soon");
+                    crate::warn_when_due!(
+                        self.engine.parts.repeated.renewals,
+                        "idempotency claim was gone from the store while the handler runs, and claiming it again failed; retrying soon",
+                        key = %self.key,
+                        %error
+                    );
                     false
                 }
             },
             Err(error) => {
-                tracing::warn!(key = %self.key, %error, "idempotency lease renewal failed; retrying soon");
+                crate::warn_when_due!(
+                    self.engine.parts.repeated.renewals,
+                    "idempotency lease renewal failed; retrying soon",
+                    key = %self.key,
+                    %error
+                );
                 false
             }
         }
@@ -1089,7 +1119,12 @@ impl Lease {
                     let Some(pause) = backoff.next() else {
                         return Err(error);
                     };
-                    tracing::warn!(key = %self.key, %error, "recording the response failed; retrying while the claim is kept");
+                    crate::warn_when_due!(
+                        self.engine.parts.repeated.records,
+                        "recording the response failed; retrying while the claim is kept",
+                        key = %self.key,
+                        %error
+                    );
                     tokio::time::sleep(pause).await;
                     // Keep the claim while the store can still be told; an error here is the
                     // store's failure again, and the next attempt retries both.
@@ -1130,7 +1165,12 @@ impl Lease {
                     Some(pause) => pause,
                     None => return Err(failed),
                 };
-                tracing::warn!(key = %self.key, error = %failed, "recording the response of a claim the store forgot failed; retrying");
+                crate::warn_when_due!(
+                    self.engine.parts.repeated.records,
+                    "recording the response of a claim the store forgot failed; retrying",
+                    key = %self.key,
+                    error = %failed
+                );
                 drop(failed);
                 tokio::time::sleep(pause).await;
             }
@@ -1342,7 +1382,12 @@ impl Lease {
             let Some(pause) = backoff.next() else {
                 return Err(error);
             };
-            tracing::warn!(key = %self.key, %error, "releasing the idempotency claim failed; retrying");
+            crate::warn_when_due!(
+                self.engine.parts.repeated.releases,
+                "releasing the idempotency claim failed; retrying",
+                key = %self.key,
+                %error
+            );
             tokio::time::sleep(pause).await;
         }
     }
@@ -2301,6 +2346,65 @@ mod tests {
         lease.run(tokio::time::sleep(Duration::from_secs(10))).await;
         lease.finish(response(201, "done")).await.unwrap();
         assert!(warnings.0.lock().unwrap().is_empty());
+    }
+
+    /// A store that fails every renewal fails them for every running request alike: warned of
+    /// when it starts, then once a minute, where each run warned of each retry, a second apart
+    /// (a hundred lines a second with a hundred requests running).
+    #[tokio::test(start_paused = true)]
+    async fn renewals_a_store_fails_are_warned_of_once_a_minute_not_per_run_and_retry() {
+        let warnings = Warnings::default();
+        let _default = tracing::subscriber::set_default(warnings.clone());
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
+        let policy = Policy::DEFAULT.lease(Duration::from_secs(3));
+        store.fail("extend", usize::MAX, Fault::Unavailable);
+        let runs = (1..=3).map(|n| {
+            let (engine, policy) = (&engine, &policy);
+            async move {
+                let lease = execute(engine, policy, key(n), fp("a")).await;
+                lease.run(tokio::time::sleep(Duration::from_secs(10))).await;
+            }
+        });
+        futures_util::future::join_all(runs).await;
+        assert!(store.calls("extend") >= 3 * 5, "each run retried");
+        let seen = warnings.0.lock().unwrap();
+        let failed = seen.iter().filter(|m| m.contains("renewal failed"));
+        assert_eq!(failed.count(), 1, "{seen:?}");
+    }
+
+    /// The same for completions and releases the store fails: each run retried each with
+    /// a warning of its own.
+    #[tokio::test(start_paused = true)]
+    async fn completions_and_releases_a_store_fails_are_warned_of_once_a_minute() {
+        let warnings = Warnings::default();
+        let _default = tracing::subscriber::set_default(warnings.clone());
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
+        let policy = Policy::DEFAULT;
+        store.fail("complete", 6, Fault::Unavailable);
+        store.fail("release", 6, Fault::Unavailable);
+        let runs = (1..=3).map(|n| {
+            let (engine, policy) = (&engine, &policy);
+            async move {
+                let recorded = execute(engine, policy, key(n), fp("a")).await;
+                let released = execute(engine, policy, key(n + 10), fp("a")).await;
+                let recorded = recorded.finish(response(201, "done")).await;
+                let released = released.finish(response(503, "failed")).await;
+                (recorded.unwrap(), released.unwrap())
+            }
+        });
+        for outcomes in futures_util::future::join_all(runs).await {
+            assert_eq!(outcomes, (Outcome::Recorded, Outcome::Released));
+        }
+        let seen = warnings.0.lock().unwrap();
+        for failed in [
+            "recording the response failed",
+            "releasing the idempotency claim failed",
+        ] {
+            let count = seen.iter().filter(|m| m.contains(failed)).count();
+            assert_eq!(count, 1, "{failed}: {seen:?}");
+        }
     }
 
     #[test]
