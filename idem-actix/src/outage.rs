@@ -24,6 +24,13 @@ pub(crate) struct Outage {
     /// Of `Transaction`s refused to handlers run unprotected.
     #[cfg(feature = "postgres")]
     pub(crate) unlent: Warnings,
+    /// Of handlers' writes not committed for the handlers' own doing (a transaction they
+    /// ended, a constraint their writes break, a failed statement behind a success).
+    #[cfg(feature = "postgres")]
+    pub(crate) faulted: Warnings,
+    /// Of handlers' writes not committed for Postgres's failure, or a serialization failure.
+    #[cfg(feature = "postgres")]
+    pub(crate) uncommitted: Warnings,
     /// Of routes whose handlers take the key and that no layer serves.
     pub(crate) unserved: Named,
     /// Of routes whose handlers take a `Transaction` their layer cannot lend.

@@ -522,6 +522,9 @@ mod enabled {
                 }
             };
             let status = response.status();
+            // Each failure below repeats for every request alike while its cause lasts (a
+            // handler's fault, Postgres failing): warned of when it starts (see `Outage`).
+            let outage = loan.0.config.outage();
             let committing = Cell::new(false);
             let settled = lease
                 .finish_with(response, |record| {
@@ -546,14 +549,16 @@ mod enabled {
                 }
                 Ok(Outcome::Lost) => ("lost", res),
                 Err(error) if committing.get() && ended(&error) => {
-                    tracing::error!(status, "the handler ended its Transaction itself (COMMIT or ROLLBACK) or reset its settings (RESET ALL): what it committed itself stands, apart from its idempotency record, which was not written, and the key was released, so a retry runs again; let the layer end the transaction, answering 500 instead");
+                    let message = "the handler ended its Transaction itself (COMMIT or ROLLBACK) or reset its settings (RESET ALL): what it committed itself stands, apart from its idempotency record, which was not written, and the key was released, so a retry runs again; let the layer end the transaction, answering 500 instead";
+                    warn_when_due!(outage.faulted, message, status);
                     let error = IdempotencyError::TransactionUnavailable {
                         reason: "the handler ended its Transaction itself (COMMIT or ROLLBACK) or reset its settings (RESET ALL), so its record could not commit with its writes; nothing was recorded, and the key was released",
                     };
                     ("released", loan.0.error(&error, request_id))
                 }
                 Err(error) if committing.get() && refused_at_commit(&error) => {
-                    tracing::error!(status, %error, "Postgres refused to commit the handler's transaction for a constraint checked at the commit (deferred) that its writes break; nothing was written, and the key was released");
+                    let message = "Postgres refused to commit the handler's transaction for a constraint checked at the commit (deferred) that its writes break; nothing was written, and the key was released";
+                    warn_when_due!(outage.faulted, message, status, %error);
                     if status < 400 {
                         let error = IdempotencyError::TransactionUnavailable {
                             reason: "a constraint checked at the commit refused the handler's writes, so nothing it answered was committed",
@@ -564,7 +569,8 @@ mod enabled {
                 }
                 Err(error) if committing.get() && aborted(&error) => {
                     if status < 400 {
-                        tracing::error!(status, %error, "the handler answered a success, but a statement of its transaction failed, so nothing was committed; answering 500 instead");
+                        let message = "the handler answered a success, but a statement of its transaction failed, so nothing was committed; answering 500 instead";
+                        warn_when_due!(outage.faulted, message, status, %error);
                         // The layer's own answer: its envelope and `Cache-Control: no-store`.
                         let error = IdempotencyError::TransactionUnavailable {
                             reason: "a statement of the handler's transaction failed, so nothing it answered was committed",
@@ -578,7 +584,8 @@ mod enabled {
                     if committing.get()
                         && code(&error).as_deref() == Some(SERIALIZATION_FAILURE) =>
                 {
-                    tracing::error!(status, %error, "Postgres refused to commit the handler's transaction for a serialization failure; nothing was written. Either the transaction conflicted with another one (at SERIALIZABLE, through the records table too, whose index Postgres tracks by page, so that runs of keys on one page conflict where one reads what the other writes), or it runs at REPEATABLE READ or SERIALIZABLE and outlived a renewal of its claim (every third of the lease), which changed the record's row: then keep such runs within a third of the lease (a longer lease), or use READ COMMITTED, the default");
+                    let message = "Postgres refused to commit the handler's transaction for a serialization failure; nothing was written. Either the transaction conflicted with another one (at SERIALIZABLE, through the records table too, whose index Postgres tracks by page, so that runs of keys on one page conflict where one reads what the other writes), or it runs at REPEATABLE READ or SERIALIZABLE and outlived a renewal of its claim (every third of the lease), which changed the record's row: then keep such runs within a third of the lease (a longer lease), or use READ COMMITTED, the default";
+                    warn_when_due!(outage.uncommitted, message, status, %error);
                     let error = IdempotencyError::StoreUnavailable(error);
                     ("unrecorded", loan.0.error(&error, request_id))
                 }
@@ -588,12 +595,14 @@ mod enabled {
                         Some(READ_ONLY_TRANSACTION) => "; if the handler made its transaction read-only (SET TRANSACTION READ ONLY), the record cannot be written in it: such an endpoint cannot take a Transaction",
                         _ => "",
                     };
-                    tracing::error!(status, %error, "committing the handler's writes with their idempotency record failed; nothing was written{hint}");
+                    let message = format!("committing the handler's writes with their idempotency record failed; nothing was written{hint}");
+                    warn_when_due!(outage.uncommitted, message, status, %error);
                     let error = IdempotencyError::StoreUnavailable(error);
                     ("unrecorded", loan.0.error(&error, request_id))
                 }
                 Err(error) => {
-                    tracing::error!(status, %error, "rolling back the handler's transaction or releasing its claim failed; the claim lapses with its lease");
+                    let message = "rolling back the handler's transaction or releasing its claim failed; the claim lapses with its lease";
+                    warn_when_due!(outage.uncommitted, message, status, %error);
                     ("unrecorded", res)
                 }
             }
