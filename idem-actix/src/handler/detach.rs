@@ -79,6 +79,16 @@ struct Cancelled {
     unclaimed: bool,
 }
 
+impl Cancelled {
+    /// Counts the run a drain cancelled: `cancelled`, unless it held no claim, counted
+    /// `unprotected` as it started.
+    fn count(&self) {
+        if !self.unclaimed {
+            crate::metrics::outcome("cancelled");
+        }
+    }
+}
+
 /// Drops `work`, cancelled by a drain.
 fn cancel(work: Option<Work>) -> Cancelled {
     /// Ends the cancellation, however the drop ends.
@@ -396,6 +406,7 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
         return reply;
     }
     let cancelled = cancel(work);
+    cancelled.count();
     drop(waiting);
     let Answer {
         request_id,
@@ -410,11 +421,9 @@ async fn detached_in(tasks: &'static Tasks, work: Work, answer: Answer) -> Reply
         // The operation ran: its answer, while its record is written in the background
         // (not known to be written: counted as a run a drain cancelled, as when its client
         // went away).
-        crate::metrics::outcome("cancelled");
         tracing::warn!(%request_id, "a drain ran out of time while the response of an idempotent operation was being recorded; answered with it, and its record is written in the background");
         return Reply { req: None, res };
     } else {
-        crate::metrics::outcome("cancelled");
         tracing::warn!(%request_id, "idempotent operation cancelled at shutdown while its client waited; answered 503, its key released");
     }
     // To retry, elsewhere or once the server is back: its key was released (or, for a
@@ -518,13 +527,12 @@ impl Drop for Attached {
                 // Shutdown: the run is dropped here, which releases its claim (or, its
                 // handler having answered, lets its record be written in the background).
                 let cancelled = cancel(Some(work));
+                cancelled.count();
                 if cancelled.unclaimed {
                     tracing::warn!("idempotent operation running unprotected (its store failed, failing open) cancelled at shutdown; it held no key");
                 } else if cancelled.handed_over.is_some() {
-                    crate::metrics::outcome("cancelled");
                     tracing::warn!("a drain ran out of time while the response of an idempotent operation was being recorded; its record is written in the background");
                 } else {
-                    crate::metrics::outcome("cancelled");
                     tracing::warn!(
                         "idempotent operation cancelled at shutdown; its key is released"
                     );
