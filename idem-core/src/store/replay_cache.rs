@@ -225,29 +225,39 @@ impl<S: Store> ReplayCache<S> {
         if self.kept.is_none() || !lasts || !fits {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if let Ok(bound) = self.inner.kept_for(key, record).await {
-                self.keep(key, record, now, bound);
-            }
-            return;
-        };
         // Nor for a copy kept since this replay's claim was sent: a learning that ended
         // meanwhile kept it.
         if self.kept(key, now).is_some() {
             return;
         }
+        let asked = Instant::now();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.ask_and_keep(key, record, now, asked).await;
+        };
         let Some(learning) = Learning::start(&self.learning, *key) else {
             return;
         };
-        let (this, key, record, asked) = (self.clone(), *key, record.clone(), Instant::now());
+        let (this, record) = (self.clone(), record.clone());
         runtime.spawn(async move {
-            let _learning = learning;
-            if let Ok(bound) = this.inner.kept_for(&key, &record).await {
-                // Kept from now: `now` is when the replay was claimed.
-                let now = now.saturating_add(asked.elapsed());
-                this.keep(&key, &record, now, bound);
-            }
+            this.ask_and_keep(&learning.key, &record, now, asked).await;
+            drop(learning);
         });
+    }
+
+    /// Asks the store how long it keeps `record`, and keeps it for no longer: `now` is when
+    /// the replay that found it was claimed, `asked` when the question began.
+    async fn ask_and_keep(
+        &self,
+        key: &StoreKey,
+        record: &Completed,
+        now: Timestamp,
+        asked: Instant,
+    ) {
+        if let Ok(bound) = self.inner.kept_for(key, record).await {
+            // Kept from now.
+            let now = now.saturating_add(asked.elapsed());
+            self.keep(key, record, now, bound);
+        }
     }
 }
 
