@@ -23,6 +23,7 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{get, post, route, web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use idem_actix::{idempotent, IdempotencyKey, PostgresStore, RequestId, Transaction};
+use idem_core::warnings::Warnings;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -674,7 +675,7 @@ async fn insert<T: Item>(
 /// past [`STATEMENT_TIMEOUT`], and nothing was kept.
 fn database_unavailable(error: sqlx::Error, request_id: RequestId) -> ApiError {
     // The database's own words go to the server's log: they are not the client's business.
-    if let Some(held) = database_failure_due() {
+    if let Some(held) = DATABASE_FAILED.due() {
         log_line(format_args!(
             "calls-api: the database failed (request {request_id}): {error} ({held} more failed since the last such line)"
         ));
@@ -689,26 +690,10 @@ fn database_unavailable(error: sqlx::Error, request_id: RequestId) -> ApiError {
     error
 }
 
-/// Whether a failure of the database is logged now, with how many were not since the last
-/// one logged: the first, then at most one a minute. While the database is down every request
-/// fails alike, and a line for each would bury the log (and let any client add lines to it).
-fn database_failure_due() -> Option<u64> {
-    static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
-    let mut last = LAST
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match &mut *last {
-        Some((at, held)) if at.elapsed() < Duration::from_secs(60) => {
-            *held += 1;
-            None
-        }
-        _ => {
-            let held = last.map_or(0, |(_, held)| held);
-            *last = Some((std::time::Instant::now(), 0));
-            Some(held)
-        }
-    }
-}
+/// The database's failures, logged when they start, then at most once a minute: while the
+/// database is down every request fails alike, and a line for each would bury the log (and
+/// let any client add lines to it).
+static DATABASE_FAILED: Warnings = Warnings::new();
 
 /// `GET`, and `HEAD` as `GET` (a load balancer's health check may send either).
 #[route("/healthz", method = "GET", method = "HEAD")]

@@ -49,7 +49,6 @@ mod scope;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-#[doc(hidden)]
 pub mod warnings;
 
 pub use crate::canonical::{check_pointer, Body, BodyError, BodyForm, JsonBody, PointerError};

@@ -2,7 +2,21 @@
 //! replicas that fall behind): one when it starts, then at most one a minute. A warning for
 //! each, a thousand lines a second under load, would bury the rest of the log.
 //!
-//! Not a public API: shared with `idem-actix`, whose own outages are warned of so.
+//! idem warns of its own such failures so; an application can warn of its own (a database
+//! its handlers use, down) the same way:
+//!
+//! ```
+//! use idem_core::warnings::Warnings;
+//!
+//! static DATABASE_FAILED: Warnings = Warnings::new();
+//!
+//! fn database_failed(error: &str) {
+//!     if let Some(held) = DATABASE_FAILED.due() {
+//!         eprintln!("the database failed: {error} ({held} more since the last such line)");
+//!     }
+//! }
+//! # database_failed("connection refused");
+//! ```
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -39,6 +53,11 @@ struct Warned {
 }
 
 impl Warnings {
+    /// None warned of yet: the first failure is.
+    pub const fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
     /// Whether a failure now is warned of: `Some` with how many were held back since the last
     /// warning, `None` when this one is held back too.
     pub fn due(&self) -> Option<u64> {
