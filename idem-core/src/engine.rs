@@ -2338,8 +2338,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn renewals_on_time_are_not_warned_about() {
-        let warnings = Warnings::default();
-        let _default = tracing::subscriber::set_default(warnings.clone());
+        let (warnings, _default) = warnings_here();
         let (engine, _) = setup();
         let policy = Policy::DEFAULT.lease(Duration::from_secs(3));
         let lease = execute(&engine, &policy, key(1), fp("a")).await;
@@ -2348,15 +2347,27 @@ mod tests {
         assert!(warnings.0.lock().unwrap().is_empty());
     }
 
+    /// The warnings logged on this thread from now, until the guard is dropped.
+    fn warnings_here() -> (Warnings, tracing::subscriber::DefaultGuard) {
+        let warnings = Warnings::default();
+        let guard = tracing::subscriber::set_default(warnings.clone());
+        (warnings, guard)
+    }
+
+    /// An engine on a store whose operations can be made to fail, and that store.
+    fn on_a_faulty_store() -> (Engine, FaultyStore<MokaStore>) {
+        let store = FaultyStore::new(MokaStore::new());
+        let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
+        (engine, store)
+    }
+
     /// A store that fails every renewal fails them for every running request alike: warned of
     /// when it starts, then once a minute, where each run warned of each retry, a second apart
     /// (a hundred lines a second with a hundred requests running).
     #[tokio::test(start_paused = true)]
     async fn renewals_a_store_fails_are_warned_of_once_a_minute_not_per_run_and_retry() {
-        let warnings = Warnings::default();
-        let _default = tracing::subscriber::set_default(warnings.clone());
-        let store = FaultyStore::new(MokaStore::new());
-        let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
+        let (warnings, _default) = warnings_here();
+        let (engine, store) = on_a_faulty_store();
         let policy = Policy::DEFAULT.lease(Duration::from_secs(3));
         store.fail("extend", usize::MAX, Fault::Unavailable);
         let runs = (1..=3).map(|n| {
@@ -2377,10 +2388,8 @@ mod tests {
     /// a warning of its own.
     #[tokio::test(start_paused = true)]
     async fn completions_and_releases_a_store_fails_are_warned_of_once_a_minute() {
-        let warnings = Warnings::default();
-        let _default = tracing::subscriber::set_default(warnings.clone());
-        let store = FaultyStore::new(MokaStore::new());
-        let engine = Engine::new(store.clone()).with_clock(ManualClock::new(START));
+        let (warnings, _default) = warnings_here();
+        let (engine, store) = on_a_faulty_store();
         let policy = Policy::DEFAULT;
         store.fail("complete", 6, Fault::Unavailable);
         store.fail("release", 6, Fault::Unavailable);
