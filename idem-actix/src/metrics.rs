@@ -38,6 +38,7 @@ labelled!(
         "unrecorded",
         "unprotected",
         "cancelled",
+        "panicked",
     ]
 );
 labelled!(
@@ -116,7 +117,7 @@ pub fn describe_metrics() {
     metrics::counter!("idem_store_evictions_total").increment(0);
     metrics::describe_counter!(
         "idem_requests_total",
-        "Keyed requests by outcome: executed, replayed, released, lost, unrecorded, unprotected, cancelled"
+        "Keyed requests by outcome: executed, replayed, released, lost, unrecorded, unprotected, cancelled, panicked"
     );
     metrics::describe_counter!(
         "idem_conflicts_total",

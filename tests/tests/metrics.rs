@@ -715,3 +715,49 @@ async fn a_transaction_run_taken_over_is_counted_as_a_conflict() {
     assert_eq!(captured.count("idem_requests_total{outcome=lost}"), 1);
     assert_eq!(captured.count("idem_conflicts_total{kind=in_flight}"), 1);
 }
+
+/// A scope function with a bug: it panics when `X-Tenant` is `boom`.
+fn buggy_tenant(req: &HttpRequest) -> Option<String> {
+    let tenant = req.headers().get("x-tenant")?.to_str().ok()?;
+    assert_ne!(tenant, "boom", "scope function bug");
+    Some(tenant.to_owned())
+}
+
+#[post("/buggy-scope")]
+#[idempotent(scope = buggy_tenant)]
+async fn buggy_scope() -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+/// A replay hook with a bug: it panics on a replay asked with `X-Boom`.
+fn buggy_mark(req: &HttpRequest, _: &mut HttpResponse) {
+    assert!(!req.headers().contains_key("x-boom"), "replay hook bug");
+}
+
+#[post("/buggy-hook")]
+#[idempotent(on_replay = buggy_mark)]
+async fn buggy_hook() -> HttpResponse {
+    HttpResponse::Created().finish()
+}
+
+/// A keyed request answered 500 because the application's scope function or replay hook
+/// panicked is counted as `panicked`: it was counted in no series (the scope function's), or
+/// as `replayed` though its client had no replay (the hook's).
+#[actix_web::test]
+async fn a_scope_function_or_replay_hook_that_panics_is_counted_panicked_not_replayed() {
+    let (_serial, captured) = counting().await;
+    let s = serve(|cfg| {
+        cfg.service(buggy_scope).service(buggy_hook);
+    });
+    let boom = keyed_to("/buggy-scope", "s").header("X-Tenant", "boom");
+    assert_eq!(s.send(&boom).await.status, 500);
+    s.send(&keyed_to("/buggy-hook", "h")).await;
+    let hooked = s
+        .send(&keyed_to("/buggy-hook", "h").header("X-Boom", "1"))
+        .await;
+    assert_eq!(hooked.status, 500);
+
+    assert_eq!(captured.count("idem_requests_total{outcome=panicked}"), 2);
+    assert_eq!(captured.count("idem_requests_total{outcome=executed}"), 1);
+    assert_eq!(captured.count("idem_requests_total{outcome=replayed}"), 0);
+}

@@ -97,8 +97,10 @@ fn function_panicked(req: HttpRequest) -> Reply {
     let request_id = RequestId::peek(&req);
     tracing::error!(
         %request_id,
+        outcome = "panicked",
         "a key, scope or fingerprint function of an idempotent endpoint panicked; answered 500, nothing claimed or run"
     );
+    metrics::outcome("panicked");
     Reply::answered(req, with_request_id(panicked(), &request_id))
 }
 
@@ -251,8 +253,6 @@ where
             // Recorded in a coding negotiated for the first request (see `Compress`).
             Some(coding) => refuse(keyed, IdempotencyError::EncodingNotAccepted { coding }),
             None => {
-                tracing::debug!(outcome = "replayed", status = record.response.status());
-                metrics::outcome("replayed");
                 let res = replay(&record, &keyed);
                 Settled::Answer(Reply::answered(keyed.run.req, res))
             }

@@ -12,6 +12,7 @@ use idem_core::Completed;
 
 use super::admit::Keyed;
 use super::record::{length_is_content, panicked, replayable};
+use crate::metrics;
 use crate::request_id::RequestId;
 
 pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> HttpResponse {
@@ -25,7 +26,7 @@ pub(super) fn with_request_id(mut res: HttpResponse, request_id: &RequestId) -> 
 /// The recorded response for `keyed`, with `Idempotent-Replayed: true` and this request's
 /// id, less the headers the endpoint keeps out of replays; then the replay hook, if any, has
 /// its say. A recorded `Set-Cookie` (kept while the endpoint allowed it) is repeated only
-/// while it still does.
+/// while it still does. Counted `replayed`, or `panicked` (answered 500) if the hook panics.
 pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
     let (policy, request_id) = (&keyed.policy, &keyed.run.request_id);
     let recorded = &record.response;
@@ -80,10 +81,16 @@ pub(super) fn replay(record: &Completed, keyed: &Keyed) -> HttpResponse {
         // A hook that panics is answered as a handler that panics is; the record stays.
         let hooked = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&keyed.run.req, &mut res)));
         if hooked.is_err() {
-            tracing::error!("an idempotent endpoint's replay hook panicked; answered 500");
+            tracing::error!(
+                outcome = "panicked",
+                "an idempotent endpoint's replay hook panicked; answered 500"
+            );
+            metrics::outcome("panicked");
             return with_request_id(panicked(), request_id);
         }
     }
+    tracing::debug!(outcome = "replayed", status = recorded.status());
+    metrics::outcome("replayed");
     res
 }
 
