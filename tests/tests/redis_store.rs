@@ -2307,3 +2307,58 @@ async fn claims_in_flight_beside_a_lost_answer_are_sent_again_and_hold_their_key
         );
     }
 }
+
+/// A record this build cannot read (a later release's, met in a rolling deploy or after a
+/// rollback, or one whose binary part is damaged) is taken over once it has lapsed, as any
+/// lapsed record is: Redis's own script judges a record by its header alone, and so does the
+/// store now. Before, the store decoded it first, and every retry of its key was answered
+/// `Corrupt` (503) until Redis dropped the value, up to a minute after the claim lapsed.
+/// While it has not lapsed, it is still refused as unreadable.
+#[actix_web::test]
+async fn an_unreadable_record_that_lapsed_is_taken_over_and_a_live_one_refused() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = RedisStore::builder(redis.url())
+        .prefix("unreadable:")
+        .build()
+        .unwrap();
+    let now = SystemClock.now();
+    let (lapsed, live) = (
+        StoreKey::from_bytes([40; 32]),
+        StoreKey::from_bytes([41; 32]),
+    );
+    for (key, lapses_at) in [
+        (lapsed, now.as_millis() - 1_000),
+        (live, now.as_millis() + 60_000),
+    ] {
+        let value = format!("2:F:{lapses_at}:{:032x}:a later format", 7);
+        let mut set = redis::cmd("SET");
+        set.arg(format!("unreadable:{key}"))
+            .arg(value)
+            .arg("PX")
+            .arg(120_000);
+        redis.query::<()>(&mut set);
+    }
+
+    assert_eq!(store.get(&lapsed, now).await.unwrap(), None);
+    let claim = idem_core::InFlight {
+        fingerprint: Fingerprint::new("POST", "/x", "", b""),
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        token: idem_core::Token::from_u128(8),
+    };
+    let claimed = store.claim(&lapsed, claim, now).await;
+    assert!(
+        matches!(claimed, Ok(idem_core::Claim::Claimed)),
+        "{claimed:?}"
+    );
+
+    assert!(matches!(
+        store.get(&live, now).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.claim(&live, claim, now).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}

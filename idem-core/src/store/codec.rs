@@ -81,6 +81,25 @@ fn len<T: TryFrom<usize>>(n: usize) -> Result<T, StoreError> {
     })
 }
 
+/// Whether `bytes` begin as a record's header whose time has passed at `now`
+/// (`<version>:<kind>:<lapses_at>:`, whatever the version), as the Redis scripts judge a
+/// record: a record this build cannot decode (a later release's, or one damaged past its
+/// header) that has lapsed is taken over as any lapsed record is, rather than refused.
+pub fn lapsed(bytes: &[u8], now: Timestamp) -> bool {
+    let mut fields = bytes.splitn(4, |&b| b == b':');
+    let (Some(version), Some(kind), Some(lapses_at), Some(_)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    let digits = |field: &[u8]| !field.is_empty() && field.iter().all(u8::is_ascii_digit);
+    let letter = matches!(kind, [k] if k.is_ascii_alphabetic());
+    digits(version)
+        && letter
+        && digits(lapses_at)
+        && ascii_number(lapses_at).is_ok_and(|at| at <= now.as_millis())
+}
+
 /// Decodes a record written by [`encode`].
 ///
 /// # Errors
@@ -198,6 +217,28 @@ mod tests {
             completed_at: Timestamp::from_millis(1_700_000_000_000),
             expires_at: Timestamp::from_millis(1_700_086_400_000),
         })
+    }
+
+    /// A record is judged lapsed by its header alone, whatever follows it, as the Redis
+    /// scripts' pattern (`^%d+:%a:(%d+):`) judges it; anything else is not lapsed.
+    #[test]
+    fn lapsed_reads_the_header_alone_as_the_scripts_do() {
+        let now = Timestamp::from_millis(1_000);
+        for lapsed_one in [&b"1:C:1000:x:"[..], b"7:F:999:anything", b"12:Z:0::"] {
+            assert!(lapsed(lapsed_one, now), "{lapsed_one:?}");
+        }
+        for other in [
+            &b"1:C:1001:x:"[..],
+            b"1:C:1000",
+            b"1:CC:5:x:",
+            b":C:5:x:",
+            b"v1:C:5:x:",
+            b"1:C:-5:x:",
+            b"1:C:99999999999999999999999:x:",
+            b"",
+        ] {
+            assert!(!lapsed(other, now), "{other:?}");
+        }
     }
 
     /// What the Redis scripts read of a record's header as text (its lapse time, its token)

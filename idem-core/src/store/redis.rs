@@ -1220,13 +1220,17 @@ impl RedisStore {
             return (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas))
                 .await;
         };
-        let record = codec::decode(&bytes)?;
-        if record.is_live(now) {
-            return self
-                .found(
-                    &mut link, &redis_key, key, claim, keep_for, replicas, record,
-                )
-                .await;
+        match codec::decode(&bytes) {
+            Ok(record) if record.is_live(now) => {
+                return self
+                    .found(
+                        &mut link, &redis_key, key, claim, keep_for, replicas, record,
+                    )
+                    .await;
+            }
+            Err(error) if !codec::lapsed(&bytes, now) => return Err(error),
+            // Lapsed, readable or not (see `codec::lapsed`).
+            Ok(_) | Err(_) => {}
         }
         // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
         // another request did first. Run twice, the second finds the first's claim, this
@@ -2069,7 +2073,12 @@ impl Store for RedisStore {
             })?;
             match bytes {
                 None => Ok(None),
-                Some(bytes) => Ok(Some(codec::decode(&bytes)?).filter(|r| r.is_live(now))),
+                Some(bytes) => match codec::decode(&bytes) {
+                    Ok(record) => Ok(Some(record).filter(|r| r.is_live(now))),
+                    // Lapsed, though unreadable: none, as a lapsed record is.
+                    Err(_) if codec::lapsed(&bytes, now) => Ok(None),
+                    Err(error) => Err(error),
+                },
             }
         })
     }
