@@ -408,12 +408,14 @@ impl Engine {
                     // The claim may have been written all the same (a command that timed
                     // out, then ran): nobody would hold it, and retries would get 409 until
                     // its lease lapsed. Its token releases it, if it is there. A store that
-                    // answered with a refusal of its own did not write it.
+                    // answered with a refusal of its own did not write it, nor one that
+                    // answered with the live record it holds (one this build cannot read).
                     if !matches!(
                         e,
                         StoreError::Refused(_)
                             | StoreError::Contended
                             | StoreError::TooLarge { .. }
+                            | StoreError::Corrupt(_)
                     ) {
                         self.release_unconfirmed(key, claim.token, lease(policy));
                     }
@@ -1937,14 +1939,21 @@ mod tests {
         assert_eq!(releases, 8, "releases over a lease");
     }
 
-    /// A claim the store answered with a refusal of its own (out of memory, no rights) was not
-    /// written: nothing is left to release, where each such answer left a release retrying in
-    /// the background for a lease.
+    /// A claim the store answered with a refusal of its own (out of memory, no rights), or
+    /// with a record it holds that this build cannot read, was not written: nothing is left
+    /// to release, where each such answer left a release retrying in the background for a
+    /// lease (taking a place among those of claims that may really have landed).
     #[tokio::test]
     async fn a_claim_the_store_refused_leaves_no_release_behind() {
         let store = FaultyStore::new(MokaStore::new());
         let engine = Engine::new(store.clone());
-        for fault in [Fault::Refused, Fault::Contended, Fault::TooLarge(10)] {
+        let faults = [
+            Fault::Refused,
+            Fault::Contended,
+            Fault::TooLarge(10),
+            Fault::Corrupt,
+        ];
+        for fault in faults {
             store.fail("claim", 1, fault);
             let begun = engine.begin(&Policy::DEFAULT, key(1), fp("a")).await;
             assert!(begun.is_err(), "{fault:?}: {begun:?}");

@@ -179,6 +179,8 @@ pub enum Claim {
 /// again, so a map a burst grew keeps up to the room the burst made).
 pub trait Store: Send + Sync + 'static {
     /// Atomically writes `claim` unless a live record exists; returns that record if it does.
+    /// [`StoreError::Corrupt`] when that record cannot be read: the claim was not written
+    /// (the engine releases nothing after it, as after a refusal).
     fn claim<'a>(
         &'a self,
         key: &'a StoreKey,
