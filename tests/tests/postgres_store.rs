@@ -640,6 +640,50 @@ async fn a_row_whose_status_is_no_http_status_is_corrupt() {
     }
 }
 
+/// A row kept without its response (`omitted_size` set) that gives a negative size, or keeps
+/// a body or headers all the same (a foreign writer's, or a damaged row), is a corrupt record,
+/// refused as one, as the Redis store refuses those shapes; before, it was read as a record
+/// kept without its body, its size taken as 0, and its retries told the endpoint keeps no
+/// response.
+#[actix_web::test]
+async fn a_row_kept_without_its_response_that_holds_one_or_a_negative_size_is_corrupt() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = store(&pg, "omitted").await;
+    let db = pg.inspect().await;
+    let t = now();
+    let claim = in_flight(t);
+    store.claim(&key(1), claim, t).await.unwrap();
+    let record = completed(t, "first");
+    assert!(store
+        .complete(&key(1), claim.token, record, t)
+        .await
+        .unwrap());
+    let table = store.table();
+    // In turn: its headers kept, then a negative size, then its body kept.
+    for damage in [
+        format!("UPDATE {table} SET omitted_size = 5, body = NULL"),
+        format!("UPDATE {table} SET headers = '\\x0000'::bytea, omitted_size = -5"),
+        format!("UPDATE {table} SET omitted_size = 5, body = 'kept'::bytea"),
+    ] {
+        sqlx::query(&damage).execute(&db).await.unwrap();
+        let read = store.get(&key(1), t).await;
+        assert!(
+            matches!(&read, Err(StoreError::Corrupt(_))),
+            "{damage}: {read:?}"
+        );
+    }
+    // Kept without its response as the store writes one: read as such.
+    let sound = format!("UPDATE {table} SET body = NULL");
+    sqlx::query(&sound).execute(&db).await.unwrap();
+    let read = store.get(&key(1), t).await.unwrap();
+    let Some(Record::Completed(kept)) = read else {
+        panic!("a record kept without its response: {read:?}")
+    };
+    assert_eq!(kept.response.body_omitted(), Some(5));
+}
+
 #[actix_web::test]
 async fn a_committed_transaction_keeps_both_the_write_and_the_record() {
     let Some(pg) = TestPostgres::start() else {

@@ -8,7 +8,9 @@
 //! The binary part is the 32-byte fingerprint, then for a completed record: status (u16),
 //! completed_at (u64), header count (u16), each header as name length (u16), name, value
 //! length (u32), value, and last either `0`, the body length (u32) and body, or `1` and the
-//! length (u64) of a body too large to keep. Integers are big-endian.
+//! size (u64) of a response too large to keep, as `max_response` counts it (see
+//! [`Response::size`]), for a record kept without its headers and body. Integers are
+//! big-endian.
 
 use super::StoreError;
 use crate::clock::Timestamp;

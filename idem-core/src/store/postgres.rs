@@ -1376,7 +1376,21 @@ fn record(row: &PgRow) -> Result<Record, sqlx::Error> {
                     sqlx::Error::Decode(format!("status {status} is no HTTP status").into())
                 })?;
             let response = match row.try_get::<Option<i64>, _>("omitted_size")? {
-                Some(size) => Response::omitted(status, u64::try_from(size).unwrap_or(0)),
+                // Kept without its response, as the store writes one: a size, no body, and
+                // no headers (an empty section), as the Redis store's format requires too.
+                Some(size) => {
+                    let size = u64::try_from(size).map_err(|_| {
+                        sqlx::Error::Decode(format!("a negative response size {size}").into())
+                    })?;
+                    let headers: Option<&[u8]> = row.try_get("headers")?;
+                    let body: Option<&[u8]> = row.try_get("body")?;
+                    if body.is_some() || headers.is_some_and(|h| h != [0, 0]) {
+                        return Err(sqlx::Error::Decode(
+                            "a response kept without its body holds a body or headers".into(),
+                        ));
+                    }
+                    Response::omitted(status, size)
+                }
                 None => {
                     let headers = bytes(row, "headers")?;
                     let body = bytes(row, "body")?;
