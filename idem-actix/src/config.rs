@@ -22,14 +22,15 @@ pub(crate) fn parse_header(name: &'static str) -> Result<HeaderName, PolicyError
 }
 
 /// What only an application's defaults must meet, beside [`Policy::check`]: no endpoint's
-/// name, which would name every endpoint alike. Checked by
+/// name, which would name every endpoint alike, and no setting of the fingerprint that
+/// replayed mismatches leave unread ([`Policy::check_fingerprint_read`]). Checked by
 /// [`IdempotencyConfig::with_defaults`], and by a contract's defaults as the application
 /// would check them.
 pub(crate) fn check_as_defaults(policy: &Policy) -> Result<(), PolicyError> {
-    match policy.endpoint_name {
-        Some(name) => Err(PolicyError::EndpointNameInDefaults(name)),
-        None => Ok(()),
+    if let Some(name) = policy.endpoint_name {
+        return Err(PolicyError::EndpointNameInDefaults(name));
     }
+    policy.check_fingerprint_read()
 }
 
 /// The store and error rendering of an application, registered with `App::app_data`.

@@ -407,6 +407,22 @@ impl Policy {
         }
     }
 
+    /// Refuses, for a policy that is one level of settings (an application's defaults), the
+    /// settings of the fingerprint it gives while it answers mismatches with the first
+    /// response ([`OnMismatch::Replay`]), which never reads them: they would change no
+    /// answer. Not a rule of [`Policy::check`]: across levels they are no mistake, as an
+    /// endpoint that replays mismatches may be served under defaults that list fingerprint
+    /// headers. [`Overrides::check`] applies it to an endpoint's own settings.
+    ///
+    /// # Errors
+    /// [`PolicyError::UnreadUnderReplay`] naming the first such setting.
+    pub fn check_fingerprint_read(&self) -> Result<(), PolicyError> {
+        if self.on_mismatch != OnMismatch::Replay {
+            return Ok(());
+        }
+        unread_under_replay(self.fingerprint_headers, self.fingerprint_ignore)
+    }
+
     /// The checks of [`Policy::check`] that need no store: those of its settings with one
     /// another, for a policy no store is known for yet (an OpenAPI contract's).
     ///
@@ -509,6 +525,22 @@ impl Policy {
     }
 }
 
+/// Refuses settings of the fingerprint given with mismatches answered by the first response
+/// ([`OnMismatch::Replay`]), which never reads them: [`PolicyError::UnreadUnderReplay`]
+/// naming the first.
+fn unread_under_replay(
+    fingerprint_headers: &[&'static str],
+    fingerprint_ignore: &[&'static str],
+) -> Result<(), PolicyError> {
+    if !fingerprint_headers.is_empty() {
+        return Err(PolicyError::UnreadUnderReplay("fingerprint_headers"));
+    }
+    if !fingerprint_ignore.is_empty() {
+        return Err(PolicyError::UnreadUnderReplay("fingerprint_ignore"));
+    }
+    Ok(())
+}
+
 /// Whether `name` is an HTTP header name (an RFC 9110 token).
 fn is_token(name: &str) -> bool {
     !name.is_empty()
@@ -588,6 +620,10 @@ pub enum PolicyError {
     /// The key's header is named, but the key is read elsewhere.
     #[error("the key's header is named {0}, but the key is read from the JSON body or with a key function, so the header is never read; remove the header, or read the key from it")]
     HeaderUnread(&'static str),
+    /// Mismatches are answered with the first response, so a setting of the fingerprint
+    /// given with it would change no answer.
+    #[error("mismatches are answered with the first response (OnMismatch::Replay), whatever the request, so {0} would change no answer; remove {0}, or answer mismatches with OnMismatch::Conflict (409) or OnMismatch::Unprocessable (422)")]
+    UnreadUnderReplay(&'static str),
     /// A function of the middleware decides what one of its overrides sets too, which it
     /// would replace unseen.
     #[error("{function} decides {what} its own way, so the overrides' {setting} would be ignored; keep one of the two")]
@@ -756,6 +792,12 @@ impl Overrides {
         // Only overrides tell a header named on purpose from the one every policy has.
         if let (Some(header), Some(KeySource::Json(_))) = (self.header, self.key_source) {
             return Err(PolicyError::HeaderUnread(header));
+        }
+        if self.on_mismatch == Some(OnMismatch::Replay) {
+            unread_under_replay(
+                self.fingerprint_headers.unwrap_or_default(),
+                self.fingerprint_ignore.unwrap_or_default(),
+            )?;
         }
         Ok(())
     }
@@ -1236,6 +1278,31 @@ mod tests {
         assert_eq!(both.check(), Err(PolicyError::HeaderUnread("X-Event-Id")));
         let from_header = both.key_source(KeySource::Header);
         assert_eq!(from_header.check(), Ok(()));
+    }
+
+    /// Overrides that answer mismatches with the first response never read the fingerprint:
+    /// fingerprint headers or members ignored that they give too are refused, as the
+    /// attribute refuses them, where they were accepted and changed no answer. Under
+    /// defaults that give them, an endpoint that replays mismatches is no mistake: its policy
+    /// passes.
+    #[test]
+    fn overrides_that_replay_mismatches_refuse_fingerprint_settings_they_never_read() {
+        let replays = Overrides::NONE.on_mismatch(OnMismatch::Replay);
+        let headers = replays.fingerprint_headers(&["X-Account"]);
+        let unread = PolicyError::UnreadUnderReplay;
+        assert_eq!(headers.check(), Err(unread("fingerprint_headers")));
+        let ignored = (replays.fingerprint(BodyForm::Json)).fingerprint_ignore(&["/sent_at"]);
+        assert_eq!(ignored.check(), Err(unread("fingerprint_ignore")));
+        assert_eq!(replays.check(), Ok(()));
+        let defaults = Policy::DEFAULT.fingerprint_headers(&["X-Account"]);
+        assert_eq!(defaults.check_fingerprint_read(), Ok(()));
+        let endpoint = replays.apply_to(defaults);
+        assert_eq!(endpoint.check_settings(), Ok(()));
+        let replaying = defaults.on_mismatch(OnMismatch::Replay);
+        assert_eq!(
+            replaying.check_fingerprint_read(),
+            Err(unread("fingerprint_headers"))
+        );
     }
 
     /// Overrides are refused for what they set themselves, and left to the policy they make

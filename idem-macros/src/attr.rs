@@ -116,13 +116,25 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Result<Args, sy
             _ => &[],
         };
         if let Some(lit) = literals.iter().find(|lit| !lit.suffix().is_empty()) {
-            errors.push(
-                lit,
-                format!(
-                    "`{name}` takes no literal suffix (`{}`); remove it",
-                    lit.suffix()
+            let suffix = lit.suffix();
+            // A number written with its unit (`ttl = 24h`, `max_body = 2MiB`): without the
+            // unit, it would be hours read as nothing, or mebibytes read as bytes.
+            const TYPES: &[&str] = &[
+                "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128",
+                "isize", "f32", "f64",
+            ];
+            let number = matches!(lit, Lit::Int(_) | Lit::Float(_)) && !TYPES.contains(&suffix);
+            let message = match known {
+                Name::Ttl | Name::Lease | Name::WaitTimeout if number => format!(
+                    "`{name}` takes a duration as a string: write `{name} = \"{}\"`",
+                    lit.to_token_stream()
                 ),
-            );
+                Name::MaxBody | Name::MaxResponse if number => format!(
+                    "`{name}` takes a number of bytes, with no unit (`{suffix}`): `{name} = 2097152` is 2 MiB"
+                ),
+                _ => format!("`{name}` takes no literal suffix (`{suffix}`); remove it"),
+            };
+            errors.push(lit, message);
             continue;
         }
         match value {

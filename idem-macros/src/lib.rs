@@ -334,6 +334,8 @@ mod valid;
 /// unless keys are kept per endpoint (`per_endpoint`), which APIs that ignore only a retry's
 /// body want. An endpoint is its route pattern: under one key, another value of a path
 /// parameter, or another query, is still the same endpoint, and gets the first response.
+/// With `"replay"`, `fingerprint_headers` and `fingerprint_ignore` would change no answer,
+/// and are refused.
 ///
 /// ```
 /// # extern crate idem as idem_actix;

@@ -5,7 +5,7 @@ use proc_macro2::{Ident, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::{FnArg, ItemFn};
 
-use crate::ast::{Args, BodyForm, Fingerprint, InFlight, Key, Scope, Spanned};
+use crate::ast::{Args, BodyForm, Fingerprint, InFlight, Key, Mismatch, Scope, Spanned};
 use crate::errors::Errors;
 
 /// The most arguments a handler can take: actix extracts tuples of up to 16.
@@ -42,6 +42,27 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
                 &ignore.name,
                 format!("`fingerprint_ignore` leaves members of a JSON body out, but {reads}; add `fingerprint = \"json\"`, or remove `fingerprint_ignore`"),
             );
+        }
+    }
+    if args
+        .mismatch
+        .as_ref()
+        .is_some_and(|m| matches!(m.value, Mismatch::Replay))
+    {
+        let moot = [
+            (
+                "fingerprint_headers",
+                args.fingerprint_headers.as_ref().map(|a| &a.name),
+            ),
+            (
+                "fingerprint_ignore",
+                args.fingerprint_ignore.as_ref().map(|a| &a.name),
+            ),
+        ];
+        for (setting, name) in moot {
+            if let Some(name) = name {
+                errors.push(name, format!("`mismatch = \"replay\"` answers a reused key with the first response whatever the request, so `{setting}` would change no answer; remove `{setting}`, or answer mismatches with `mismatch = \"conflict\"` (409) or `\"unprocessable\"` (422)"));
+            }
         }
     }
     if let (Some(_), Some(drop)) = (&args.replay_headers, &args.replay_drop_headers) {

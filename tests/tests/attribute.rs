@@ -565,6 +565,19 @@ async fn create_v2_replaying(runs: web::Data<Counter>) -> HttpResponse {
     HttpResponse::Created().body(format!("v2 run {}", runs.bump()))
 }
 
+/// Defaults that answer mismatches with the first response, and list fingerprint headers
+/// they would never read, are refused when the application is configured, as an endpoint's
+/// own are: they would change no answer.
+#[test]
+fn defaults_that_replay_mismatches_and_list_fingerprint_headers_are_refused() {
+    let defaults = Policy::DEFAULT
+        .on_mismatch(idem_actix::OnMismatch::Replay)
+        .fingerprint_headers(&["X-Account"]);
+    let refused = IdempotencyConfig::new(MokaStore::new()).with_defaults(defaults);
+    let unread = idem_actix::PolicyError::UnreadUnderReplay("fingerprint_headers");
+    assert_eq!(refused.err(), Some(unread));
+}
+
 /// A name in the application's defaults would name every endpoint alike: refused when the
 /// application is configured, whether its keys are per endpoint or not, with that reason.
 #[test]

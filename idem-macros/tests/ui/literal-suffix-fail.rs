@@ -11,4 +11,12 @@ async fn string() {}
 #[idempotent(fingerprint_headers = ["Content-Type"x])]
 async fn listed() {}
 
+// A duration or a size written as a number with its unit: the fix is a string, or a count of
+// bytes, not the bare number.
+#[idempotent(ttl = 24h)]
+async fn unquoted_duration() {}
+
+#[idempotent(max_body = 2MiB)]
+async fn unit_of_size() {}
+
 fn main() {}
