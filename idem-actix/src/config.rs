@@ -22,13 +22,18 @@ pub(crate) fn parse_header(name: &'static str) -> Result<HeaderName, PolicyError
 }
 
 /// What only an application's defaults must meet, beside [`Policy::check`]: no endpoint's
-/// name, which would name every endpoint alike, and no setting of the fingerprint that
+/// name, which would name every endpoint alike; no global scope, which would share keys
+/// between callers on every endpoint that names no scope; and no setting of the fingerprint that
 /// replayed mismatches leave unread ([`Policy::check_fingerprint_read`]). Checked by
 /// [`IdempotencyConfig::with_defaults`], and by a contract's defaults as the application
 /// would check them.
 pub(crate) fn check_as_defaults(policy: &Policy) -> Result<(), PolicyError> {
     if let Some(name) = policy.endpoint_name {
         return Err(PolicyError::EndpointNameInDefaults(name));
+    }
+    // Keys shared between callers are written on the endpoint that shares them.
+    if policy.scope == idem_core::Scope::Global {
+        return Err(PolicyError::GlobalScopeInDefaults);
     }
     policy.check_fingerprint_read()
 }
@@ -168,7 +173,10 @@ impl IdempotencyConfig {
     /// records it keeps, or a store too small to keep any record) or a header name that is not
     /// one, or for settings that contradict each other (see [`Policy::check`]);
     /// [`PolicyError::EndpointNameInDefaults`] for an endpoint's name, which names one
-    /// endpoint and is given with its other settings. An endpoint's
+    /// endpoint and is given with its other settings;
+    /// [`PolicyError::GlobalScopeInDefaults`] for `Scope::Global`, which shares keys between
+    /// callers and is written on the endpoints that do; [`PolicyError::UnreadUnderReplay`] for
+    /// fingerprint headers or members ignored beside `OnMismatch::Replay`. An endpoint's
     /// own overrides (the attribute's, checked at compile time; the middleware's, checked on
     /// their own when it starts, see [`Overrides::check`](crate::Overrides::check)) are
     /// checked with these defaults and the store on its first keyed request, and a

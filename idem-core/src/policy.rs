@@ -620,6 +620,10 @@ pub enum PolicyError {
     /// The key's header is named, but the key is read elsewhere.
     #[error("the key's header is named {0}, but the key is read from the JSON body or with a key function, so the header is never read; remove the header, or read the key from it")]
     HeaderUnread(&'static str),
+    /// The application's defaults scope keys globally, sharing them between callers on every
+    /// endpoint that names no scope of its own.
+    #[error("the application's defaults scope keys globally (Scope::Global), so that every endpoint without a scope of its own would share keys between all its callers, unseen where the endpoint is written; keep a per-caller scope in the defaults, and write scope = \"global\" (Scope::Global in a middleware's overrides) on each endpoint whose callers share keys")]
+    GlobalScopeInDefaults,
     /// Mismatches are answered with the first response, so a setting of the fingerprint
     /// given with it would change no answer.
     #[error("mismatches are answered with the first response (OnMismatch::Replay), whatever the request, so {0} would change no answer; remove {0}, or answer mismatches with OnMismatch::Conflict (409) or OnMismatch::Unprocessable (422)")]

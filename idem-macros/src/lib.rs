@@ -125,7 +125,7 @@ mod valid;
 /// | `"basic_auth_user"` | the HTTP Basic user name and a SHA-256 digest of its password (the password itself is never kept) | the holder of that user *and* password; a rotated password starts a new scope, and a wrong one is a scope of its own, so it neither gets the app's replay nor leaves its 401 for the app |
 /// | `"principal"` | the [`Principal`] an authentication middleware inserted in the request's extensions | the caller that middleware verified, whatever its credential |
 /// | `"header:<Name>"` | that header's name (in lowercase) and its value | anyone who can send that value: use it only behind a proxy that sets the header (never the key's own header, which is refused: at compile time when `header` names it, else answered 500 `idempotency_misconfigured` at run time when the application's key header is it; nor a header of one request, such as `X-Request-ID` or `Date`, refused at compile time: a retry would be in a scope of its own, and run again) |
-/// | `"global"` | nothing: one scope for all clients | everyone |
+/// | `"global"` | nothing: one scope for all clients | everyone (written on the endpoint: an application's defaults that scope keys globally are refused when it starts) |
 /// | a function | its identity (its full path) and the `String` it returns | whoever makes it return that string |
 ///
 /// A request without its scope gets 400 `idempotency_scope_missing`; there is no fallback.

@@ -578,6 +578,21 @@ fn defaults_that_replay_mismatches_and_list_fingerprint_headers_are_refused() {
     assert_eq!(refused.err(), Some(unread));
 }
 
+/// Keys shared between callers are written on the endpoint that shares them: defaults that
+/// scope keys globally would share them on every endpoint that names no scope of its own,
+/// unseen where the endpoint is written, and are refused when the application is configured,
+/// where tenants of such an endpoint were replayed each other's responses. The endpoint's own
+/// `scope = "global"` stays.
+#[test]
+fn a_global_scope_in_the_defaults_is_refused() {
+    let defaults = Policy::DEFAULT.scope(idem_actix::Scope::Global);
+    let refused = IdempotencyConfig::new(MokaStore::new()).with_defaults(defaults);
+    assert_eq!(
+        refused.err(),
+        Some(idem_actix::PolicyError::GlobalScopeInDefaults)
+    );
+}
+
 /// A name in the application's defaults would name every endpoint alike: refused when the
 /// application is configured, whether its keys are per endpoint or not, with that reason.
 #[test]
