@@ -2362,3 +2362,50 @@ async fn an_unreadable_record_that_lapsed_is_taken_over_and_a_live_one_refused()
         Err(StoreError::Corrupt(_))
     ));
 }
+
+/// Writes that wait for replicas each hold a connection of their own until their `WAIT`
+/// ends: so many new keys at once, with replicas behind, opened as many connections, up to
+/// Redis's `maxclients`, past which every process sharing that Redis was refused. A store
+/// lends at most `MAX_LENT` (64) at once; the writes past them wait for one within the
+/// command timeout.
+#[actix_web::test]
+async fn writes_waiting_for_replicas_hold_a_bounded_number_of_connections() {
+    let Some(primary) = TestRedis::start_owned() else {
+        return;
+    };
+    // No replica: every WAIT runs to its timeout.
+    let store = RedisStore::builder(primary.url())
+        .prefix("bounded:")
+        .command_timeout(Duration::from_secs(3))
+        .wait_for_replicas(1, Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let clients = || -> u64 {
+        let info: String = primary.query(redis::cmd("INFO").arg("clients"));
+        let line = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("connected_clients:"));
+        line.and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let before = clients();
+    let most = std::sync::atomic::AtomicU64::new(0);
+    let watch = async {
+        for _ in 0..40 {
+            most.fetch_max(clients(), std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let claims = join_all((0..150u8).map(|n| {
+        let key = StoreKey::from_bytes([n; 32]);
+        engine.begin(&Policy::DEFAULT, key, fp)
+    }));
+    let (begun, ()) = futures_util::join!(claims, watch);
+    assert_eq!(begun.len(), 150);
+    let opened = most.into_inner().saturating_sub(before);
+    assert!(
+        opened <= 64 + 2,
+        "{opened} connections opened for 150 waiting writes"
+    );
+}

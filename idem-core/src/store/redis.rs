@@ -674,6 +674,8 @@ struct Waiters {
     client: redis::Client,
     config: redis::AsyncConnectionConfig,
     pool: std::sync::Mutex<Pool>,
+    /// The store's connections that may be lent at once, across its threads.
+    lendable: Arc<tokio::sync::Semaphore>,
 }
 
 /// The connections of [`Waiters`].
@@ -697,6 +699,13 @@ struct Pool {
 /// writes wait at once, and closed after.
 const IDLE_WAITERS: usize = 16;
 
+/// How many connections a store lends at once, across its threads: each write that waits for
+/// its replicas holds one until its `WAIT` ends, so that, unbounded, a burst of new keys with
+/// replicas behind would open as many, up to Redis's `maxclients`, past which every process
+/// sharing that Redis is refused. A write past them waits for one, within the command
+/// timeout (then answers as a timed-out command does).
+const MAX_LENT: usize = 64;
+
 /// How long an idle connection of [`Waiters`] is kept: a proxy, or the server's own
 /// `timeout`, may close one left idle longer without a word, and the next write on it would
 /// fail.
@@ -708,6 +717,8 @@ struct Lenders {
     client: redis::Client,
     config: redis::AsyncConnectionConfig,
     by_thread: PerThread<Waiters>,
+    /// [`MAX_LENT`] permits, shared by the threads' [`Waiters`].
+    lendable: Arc<tokio::sync::Semaphore>,
 }
 
 impl Lenders {
@@ -717,6 +728,7 @@ impl Lenders {
                 client: self.client.clone(),
                 config: self.config.clone(),
                 pool: std::sync::Mutex::default(),
+                lendable: Arc::clone(&self.lendable),
             })
         });
         made.unwrap_or_else(|never| match never {})
@@ -728,8 +740,12 @@ impl Waiters {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A connection for one write and its `WAIT`: an idle one, else a new one.
+    /// A connection for one write and its `WAIT`: an idle one, else a new one; once one of
+    /// the [`MAX_LENT`] is free.
     async fn lend(self: &Arc<Self>) -> Result<Lent, StoreError> {
+        let Ok(permit) = Arc::clone(&self.lendable).acquire_owned().await else {
+            unreachable!("the store's permits are never closed")
+        };
         let (idle, generation) = {
             let mut pool = self.pool();
             let now = Instant::now();
@@ -758,6 +774,7 @@ impl Waiters {
             waiters: Arc::clone(self),
             generation,
             sound: true,
+            _permit: permit,
         })
     }
 
@@ -793,6 +810,8 @@ struct Lent {
     waiters: Arc<Waiters>,
     generation: u64,
     sound: bool,
+    /// Its place among the [`MAX_LENT`], given back with it.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Lent {
@@ -1847,7 +1866,11 @@ impl RedisStoreBuilder {
     /// `WAIT` blocks the connection it is sent on, and counts the writes sent on it. On one
     /// server, each claim and completion therefore goes out, with its `WAIT`, on a connection
     /// of its own, so that waiting holds up no other command: up to 16 idle ones are kept for
-    /// 30 s for the next, and beyond that each write that waits opens (and closes) one. On a
+    /// 30 s for the next, and beyond that each write that waits opens (and closes) one, 64 at
+    /// most at once for the store: a write past them waits for one within the
+    /// [`command_timeout`](Self::command_timeout), and fails as a timed-out command does
+    /// (so that a burst of new keys with replicas behind never takes Redis to its
+    /// `maxclients`, past which every process sharing it is refused). On a
     /// cluster, both go on the cluster client's connection to the key's primary, which the
     /// process's other commands to that node share: they wait behind it. While a slot
     /// migrates, a new claim of one of its keys is written on the importing node: the `WAIT`
@@ -1964,6 +1987,7 @@ impl RedisStoreBuilder {
                         client: client.clone(),
                         config: connection_config(self.timeout),
                         by_thread: PerThread::new(),
+                        lendable: Arc::new(tokio::sync::Semaphore::new(MAX_LENT)),
                     }));
                 }
                 let config = ConnectionManagerConfig::new()
