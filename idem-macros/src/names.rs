@@ -54,7 +54,7 @@ macro_rules! arguments {
 
 arguments! {
     Ttl "ttl" literal
-        r#"a duration: `"30s"`, `"15m"`, `"24h"`, `"7d"`"# r#"`"24h"`"#;
+        r#"a duration of 1 s to 10 years: `"30s"`, `"15m"`, `"24h"`, `"7d"`"# r#"`"24h"`"#;
     Scope "scope" function
         r#"`"api_key"`, `"basic_auth_user"`, `"principal"`, `"global"`, `"header:<Name>"`, or a function"#
         r#"`"api_key"`"#;
@@ -73,25 +73,25 @@ arguments! {
     FingerprintIgnore "fingerprint_ignore" literal
         r#"JSON Pointers, with `fingerprint = "json"`"# "none";
     FingerprintHeaders "fingerprint_headers" literal
-        "header names" "none";
+        r#"header names (not with `mismatch = "replay"`)"# "none";
     InFlight "in_flight" literal
         r#"`"conflict"`, `"wait"`"# r#"`"conflict"`"#;
     WaitTimeout "wait_timeout" literal
-        r#"a duration, with `in_flight = "wait"`"# r#"`"10s"`"#;
+        r#"a duration of 1 ms to 10 years, with `in_flight = "wait"`"# r#"`"10s"`"#;
     Cache "cache" literal
         r#"`"non_5xx"`, `"2xx"`"# r#"`"non_5xx"`"#;
     PerEndpoint "per_endpoint" literal
         "flag, or the endpoint's name" "off";
     Lease "lease" literal
-        "a duration" r#"`"60s"`"#;
+        "a duration of 100 ms to 10 years" r#"`"60s"`"#;
     FailOpen "fail_open" literal
         "flag" "off";
     Errors "errors" literal
         r#"`"envelope"`, `"type"`, `"problem"`"# "the app's renderer";
     MaxBody "max_body" literal
-        "bytes" "`2097152`";
+        "bytes, 1 to 4294967295" "`2097152`";
     MaxResponse "max_response" literal
-        "bytes" "`1048576`";
+        "bytes, 0 (keep none) to 4294967295" "`1048576`";
     ReplaySetCookie "replay_set_cookie" literal
         "flag" "off";
     ReplayHeaders "replay_headers" literal
