@@ -156,8 +156,10 @@ impl Idempotency {
     /// [key function](Self::with_key_fn), or a setting one of the middleware's functions
     /// decides in its place (`key_source` beside [`with_key_fn`](Self::with_key_fn), `scope`
     /// beside [`with_scope_fn`](Self::with_scope_fn), `fingerprint` or `fingerprint_ignore`
-    /// beside [`with_fingerprint_fn`](Self::with_fingerprint_fn)), or an empty
-    /// `endpoint_name` or one beside `per_endpoint(false)`. Actix then reports `service initialization failed`,
+    /// beside [`with_fingerprint_fn`](Self::with_fingerprint_fn)), an empty
+    /// `endpoint_name` or one beside `per_endpoint(false)`, or `fingerprint_headers` or
+    /// `fingerprint_ignore` beside [`OnMismatch::Replay`](crate::OnMismatch::Replay), which
+    /// never reads them. Actix then reports `service initialization failed`,
     /// and the reason is logged as a `tracing` error.
     /// The attribute refuses all of them at compile time. Settings that contradict only with
     /// the application's defaults are logged on the first keyed request.

@@ -284,7 +284,9 @@ impl Contract {
     /// covers none, when an operation is declared twice (or was described by an earlier
     /// `apply`), when a key header is not a valid header name, or when an operation's
     /// settings are ones the layer refuses whatever its store ([`Overrides::check`], as the
-    /// attribute and the middleware check them, then [`Policy::check_settings`]).
+    /// attribute and the middleware check them, then [`Policy::check_settings`]), or when the
+    /// defaults are ones [`IdempotencyConfig::with_defaults`] refuses (an endpoint's name,
+    /// `Scope::Global`, fingerprint settings beside `OnMismatch::Replay`).
     /// `doc` is left unchanged.
     pub fn apply(&self, doc: &mut OpenApi) -> Result<(), ContractError> {
         let mut work = doc.clone();

@@ -769,7 +769,9 @@ impl Overrides {
     /// right: each of [`Policy::check`]'s rules on what they set themselves (a lease, a TTL,
     /// a longest key, header names, pointers), and its rules on settings that must agree
     /// when they set both; and that they do not name the key's header while reading the key
-    /// from the JSON body ([`PolicyError::HeaderUnread`]), which the attribute refuses too.
+    /// from the JSON body ([`PolicyError::HeaderUnread`]), nor give fingerprint headers or
+    /// members ignored beside [`OnMismatch::Replay`] ([`PolicyError::UnreadUnderReplay`]),
+    /// which the attribute refuses too.
     /// What the defaults may make right (members ignored, or a key read from JSON bodies,
     /// where the defaults compare bodies as JSON; a scope read from a header, where the
     /// defaults' key header is another) is left to the check of the policy they make

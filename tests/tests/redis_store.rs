@@ -2366,8 +2366,8 @@ async fn an_unreadable_record_that_lapsed_is_taken_over_and_a_live_one_refused()
 /// Writes that wait for replicas each hold a connection of their own until their `WAIT`
 /// ends: so many new keys at once, with replicas behind, opened as many connections, up to
 /// Redis's `maxclients`, past which every process sharing that Redis was refused. A store
-/// lends at most `MAX_LENT` (64) at once; the writes past them wait for one within the
-/// command timeout.
+/// lends 64 at once by default; the writes past them wait for a place, and are answered as
+/// the first were once one frees.
 #[actix_web::test]
 async fn writes_waiting_for_replicas_hold_a_bounded_number_of_connections() {
     let Some(primary) = TestRedis::start_owned() else {
@@ -2382,12 +2382,20 @@ async fn writes_waiting_for_replicas_hold_a_bounded_number_of_connections() {
         .unwrap();
     let engine = Engine::new(store.clone());
     let fp = Fingerprint::new("POST", "/x", "", b"");
+    // The store's own connection made first, so that only lent ones are counted below.
+    let unused = StoreKey::from_bytes([255; 32]);
+    assert!(store
+        .get(&unused, engine.clock().now())
+        .await
+        .unwrap()
+        .is_none());
     let clients = || -> u64 {
         let info: String = primary.query(redis::cmd("INFO").arg("clients"));
         let line = info
             .lines()
             .find_map(|l| l.trim().strip_prefix("connected_clients:"));
-        line.and_then(|n| n.parse().ok()).unwrap_or(0)
+        line.and_then(|n| n.parse().ok())
+            .expect("INFO clients gives connected_clients")
     };
     let before = clients();
     let most = std::sync::atomic::AtomicU64::new(0);
@@ -2402,10 +2410,108 @@ async fn writes_waiting_for_replicas_hold_a_bounded_number_of_connections() {
         engine.begin(&Policy::DEFAULT, key, fp)
     }));
     let (begun, ()) = futures_util::join!(claims, watch);
-    assert_eq!(begun.len(), 150);
+    // Each waited for its place, then for its replica, which never came.
+    for answer in &begun {
+        assert!(
+            matches!(
+                answer,
+                Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
+                    _
+                )))
+            ),
+            "{answer:?}"
+        );
+    }
+    // The lent ones, and the test's own connection of each INFO, which may still be closing.
     let opened = most.into_inner().saturating_sub(before);
     assert!(
         opened <= 64 + 2,
         "{opened} connections opened for 150 waiting writes"
+    );
+    assert!(
+        opened >= 32,
+        "the writes waited on connections of their own"
+    );
+}
+
+/// A write resent on a new connection, its lent one found dropped (a Redis that restarted, a
+/// server `timeout` that closed idle connections), gives its place back first: it held its
+/// place while it waited for another, so that with every place taken by such writes, each
+/// waited for a place none would give, and all timed out.
+#[actix_web::test]
+async fn a_write_resent_after_its_lent_connection_dropped_does_not_wait_for_its_own_place() {
+    let Some(primary) = TestRedis::start_owned() else {
+        return;
+    };
+    let store = RedisStore::builder(primary.url())
+        .prefix("resent-place:")
+        .command_timeout(Duration::from_millis(800))
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .max_waiting_writes(1)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    // A first write leaves its connection idle, kept for the next.
+    let first = engine
+        .begin(&Policy::DEFAULT, StoreKey::from_bytes([50; 32]), fp)
+        .await;
+    assert!(
+        matches!(&first, Err(IdempotencyError::StoreUnavailable(_))),
+        "no replica: {first:?}"
+    );
+    // Every client's connection closed, the kept one among them.
+    primary.query::<()>(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"));
+    let second = engine
+        .begin(&Policy::DEFAULT, StoreKey::from_bytes([51; 32]), fp)
+        .await;
+    assert!(
+        matches!(
+            &second,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Unavailable(
+                _
+            )))
+        ),
+        "resent, then refused for want of a replica, not timed out: {second:?}"
+    );
+}
+
+/// A write that finds every place for writes waiting on their replicas taken, and none freed
+/// within the command timeout, is refused: Redis answers, and may hold its key, so that it
+/// must not run unprotected where the endpoint fails open, as a store that cannot be reached
+/// would let it (a wait for a place that timed out was taken for a store that did not answer).
+#[actix_web::test]
+async fn a_write_that_finds_no_place_to_wait_for_replicas_is_refused_not_run_unprotected() {
+    let Some(primary) = TestRedis::start_owned() else {
+        return;
+    };
+    let store = RedisStore::builder(primary.url())
+        .prefix("no-place:")
+        .command_timeout(Duration::from_millis(300))
+        .wait_for_replicas(1, Duration::from_millis(250))
+        .max_waiting_writes(1)
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let engine = Engine::new(store.clone());
+    let fp = Fingerprint::new("POST", "/x", "", b"");
+    let fails_open = Policy::DEFAULT.on_store_error(idem_core::OnStoreError::FailOpen);
+    let begun = join_all((60..64u8).map(|n| {
+        let key = StoreKey::from_bytes([n; 32]);
+        engine.begin(&fails_open, key, fp)
+    }))
+    .await;
+    assert!(
+        begun
+            .iter()
+            .all(|b| !matches!(b, Ok(Begin::Unprotected(_)))),
+        "{begun:?}"
+    );
+    assert!(
+        begun.iter().any(|b| matches!(
+            b,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Refused(_)))
+        )),
+        "{begun:?}"
     );
 }

@@ -674,8 +674,6 @@ struct Waiters {
     client: redis::Client,
     config: redis::AsyncConnectionConfig,
     pool: std::sync::Mutex<Pool>,
-    /// The store's connections that may be lent at once, across its threads.
-    lendable: Arc<tokio::sync::Semaphore>,
 }
 
 /// The connections of [`Waiters`].
@@ -699,11 +697,12 @@ struct Pool {
 /// writes wait at once, and closed after.
 const IDLE_WAITERS: usize = 16;
 
-/// How many connections a store lends at once, across its threads: each write that waits for
-/// its replicas holds one until its `WAIT` ends, so that, unbounded, a burst of new keys with
-/// replicas behind would open as many, up to Redis's `maxclients`, past which every process
-/// sharing that Redis is refused. A write past them waits for one, within the command
-/// timeout (then answers as a timed-out command does).
+/// How many connections a store lends at once by default, across its threads
+/// ([`RedisStoreBuilder::max_waiting_writes`]): each write that waits for its replicas holds
+/// one until its `WAIT` ends, so that, unbounded, a burst of new keys with replicas behind
+/// would open as many, up to Redis's `maxclients`, past which every process sharing that
+/// Redis is refused. A write past them waits for a place within the command timeout, then is
+/// refused.
 const MAX_LENT: usize = 64;
 
 /// How long an idle connection of [`Waiters`] is kept: a proxy, or the server's own
@@ -717,8 +716,11 @@ struct Lenders {
     client: redis::Client,
     config: redis::AsyncConnectionConfig,
     by_thread: PerThread<Waiters>,
-    /// [`MAX_LENT`] permits, shared by the threads' [`Waiters`].
+    /// The places of writes that wait for their replicas, one per connection lent
+    /// ([`RedisStoreBuilder::max_waiting_writes`]), shared by the threads' [`Waiters`].
     lendable: Arc<tokio::sync::Semaphore>,
+    /// How many places `lendable` has.
+    places: usize,
 }
 
 impl Lenders {
@@ -728,7 +730,6 @@ impl Lenders {
                 client: self.client.clone(),
                 config: self.config.clone(),
                 pool: std::sync::Mutex::default(),
-                lendable: Arc::clone(&self.lendable),
             })
         });
         made.unwrap_or_else(|never| match never {})
@@ -740,12 +741,12 @@ impl Waiters {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A connection for one write and its `WAIT`: an idle one, else a new one; once one of
-    /// the [`MAX_LENT`] is free.
-    async fn lend(self: &Arc<Self>) -> Result<Lent, StoreError> {
-        let Ok(permit) = Arc::clone(&self.lendable).acquire_owned().await else {
-            unreachable!("the store's permits are never closed")
-        };
+    /// A connection for one write and its `WAIT`, in the write's `place` among those lent:
+    /// an idle one, else a new one.
+    async fn lend(
+        self: &Arc<Self>,
+        place: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Lent, StoreError> {
         let (idle, generation) = {
             let mut pool = self.pool();
             let now = Instant::now();
@@ -774,7 +775,7 @@ impl Waiters {
             waiters: Arc::clone(self),
             generation,
             sound: true,
-            _permit: permit,
+            _place: place,
         })
     }
 
@@ -810,8 +811,8 @@ struct Lent {
     waiters: Arc<Waiters>,
     generation: u64,
     sound: bool,
-    /// Its place among the [`MAX_LENT`], given back with it.
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Its place among the connections lent, given back with it.
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Lent {
@@ -1049,6 +1050,8 @@ pub struct RedisStoreBuilder {
     max_record_bytes: usize,
     fail_open: bool,
     replicas: Option<Replicas>,
+    /// The most connections lent at once to writes that wait for their replicas.
+    max_waiting_writes: usize,
     #[cfg(feature = "redis-tls")]
     tls: super::redis_tls::Certificates,
 }
@@ -1067,7 +1070,12 @@ macro_rules! resent {
             $send
         };
         match first {
-            Err(error) if dropped(&$store.conn, &error) => match $store.link($waits).await {
+            Err(error) if dropped(&$store.conn, &error) => match {
+                // The dropped link goes first: a lent one gives its place back before this
+                // write waits for another.
+                drop(std::mem::replace(&mut $link, Link::Shared($store.conn.clone())));
+                $store.link($waits).await
+            } {
                 Ok(new) => {
                     $link = new;
                     let $on = &mut $link;
@@ -1120,8 +1128,21 @@ impl RedisStore {
     async fn link(&self, waits: bool) -> Result<Link, StoreError> {
         match &self.waiters {
             Some(lenders) if waits => {
+                let started = Instant::now();
+                let places = Arc::clone(&lenders.lendable);
+                let place = tokio::time::timeout(self.timeout, places.acquire_owned()).await;
+                // Refused, not timed out: Redis answers, and may hold the key, so that the
+                // write must not run unprotected where it fails open, nor its claim, never
+                // sent, be released in the background.
+                let Ok(Ok(place)) = place else {
+                    return Err(StoreError::Refused(format!(
+                        "{} writes of this store already wait for their replicas, and none ended within the command timeout; raise max_waiting_writes, or look at the replicas",
+                        lenders.places
+                    ).into()));
+                };
                 let waiters = lenders.this_thread();
-                let lent = tokio::time::timeout(self.timeout, waiters.lend()).await;
+                let left = self.timeout.saturating_sub(started.elapsed());
+                let lent = tokio::time::timeout(left, waiters.lend(place)).await;
                 Ok(Link::Lent(lent.map_err(|_| StoreError::Timeout)??))
             }
             _ => Ok(Link::Shared(self.conn.clone())),
@@ -1773,6 +1794,7 @@ impl RedisStoreBuilder {
             max_record_bytes: 8 * 1024 * 1024,
             fail_open: false,
             replicas: None,
+            max_waiting_writes: MAX_LENT,
             #[cfg(feature = "redis-tls")]
             tls: Default::default(),
         }
@@ -1866,11 +1888,12 @@ impl RedisStoreBuilder {
     /// `WAIT` blocks the connection it is sent on, and counts the writes sent on it. On one
     /// server, each claim and completion therefore goes out, with its `WAIT`, on a connection
     /// of its own, so that waiting holds up no other command: up to 16 idle ones are kept for
-    /// 30 s for the next, and beyond that each write that waits opens (and closes) one, 64 at
-    /// most at once for the store: a write past them waits for one within the
-    /// [`command_timeout`](Self::command_timeout), and fails as a timed-out command does
-    /// (so that a burst of new keys with replicas behind never takes Redis to its
-    /// `maxclients`, past which every process sharing it is refused). On a
+    /// 30 s for the next by each worker thread, and beyond that each write that waits opens
+    /// (and closes) one, [`max_waiting_writes`](Self::max_waiting_writes) (64) at most at
+    /// once for the store: a write past them waits for a place within the
+    /// [`command_timeout`](Self::command_timeout), then is refused (so that a burst of new
+    /// keys with replicas behind cannot take Redis to its `maxclients`, past which every
+    /// process sharing it is refused). On a
     /// cluster, both go on the cluster client's connection to the key's primary, which the
     /// process's other commands to that node share: they wait behind it. While a slot
     /// migrates, a new claim of one of its keys is written on the importing node: the `WAIT`
@@ -1885,6 +1908,19 @@ impl RedisStoreBuilder {
             count: replicas,
             timeout,
         });
+        self
+    }
+
+    /// With [`wait_for_replicas`](Self::wait_for_replicas) on one server: how many writes
+    /// may wait for their replicas at once, each on a connection of its own. Default 64.
+    /// A write past them waits for one of them to end, within the
+    /// [`command_timeout`](Self::command_timeout); then it is refused
+    /// ([`StoreError::Refused`]: 503, never run unprotected, as Redis may hold the key), as a
+    /// full pool is. Size Redis's `maxclients` for this many per process, and the 16 idle
+    /// connections each worker thread keeps for the next writes. [`build`](Self::build)
+    /// refuses 0.
+    pub fn max_waiting_writes(mut self, writes: usize) -> Self {
+        self.max_waiting_writes = writes;
         self
     }
 
@@ -1940,6 +1976,11 @@ impl RedisStoreBuilder {
                     .into(),
             ));
         }
+        if self.max_waiting_writes == 0 {
+            return Err(StoreError::Config(
+                "max_waiting_writes is 0, so no write could wait for its replicas; give how many may wait at once, such as 64".into(),
+            ));
+        }
         if let Some(replicas) = self.replicas {
             let refusal = if replicas.count == 0 {
                 Some("wait_for_replicas(0, ..) waits for no replica; leave it unset".to_owned())
@@ -1987,7 +2028,8 @@ impl RedisStoreBuilder {
                         client: client.clone(),
                         config: connection_config(self.timeout),
                         by_thread: PerThread::new(),
-                        lendable: Arc::new(tokio::sync::Semaphore::new(MAX_LENT)),
+                        lendable: Arc::new(tokio::sync::Semaphore::new(self.max_waiting_writes)),
+                        places: self.max_waiting_writes,
                     }));
                 }
                 let config = ConnectionManagerConfig::new()
