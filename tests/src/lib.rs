@@ -628,6 +628,18 @@ pub async fn counted(runs: &Counter, req: &actix_web::HttpRequest) -> usize {
 /// The header [`asked`] reads.
 const ANSWER: &str = "X-Answer";
 
+/// A scope function with a bug: it panics when `X-Tenant` is `boom`.
+pub fn buggy_tenant(req: &actix_web::HttpRequest) -> Option<String> {
+    let tenant = req.headers().get("x-tenant")?.to_str().ok()?;
+    assert_ne!(tenant, "boom", "scope function bug");
+    Some(tenant.to_owned())
+}
+
+/// A replay hook with a bug: it panics on a replay asked with `X-Boom`.
+pub fn buggy_mark(req: &actix_web::HttpRequest, _: &mut actix_web::HttpResponse) {
+    assert!(!req.headers().contains_key("x-boom"), "replay hook bug");
+}
+
 /// The error a request's `X-Answer: STATUS` asks its handler to answer, if it asks: for
 /// tests of what an endpoint records.
 pub fn asked(req: &actix_web::HttpRequest) -> Option<actix_web::HttpResponse> {

@@ -10,7 +10,8 @@ use idem_actix::testing::{Fault, FaultyStore, UnavailableStore};
 use idem_actix::{idempotent, IdempotencyConfig, MokaStore};
 use idem_core::store::RECORD_OVERHEAD;
 use idem_tests::{
-    assert_error, eventually, serve, until_orphaned, Counter, RawRequest, TestServer, Warnings,
+    assert_error, buggy_mark, buggy_tenant, eventually, serve, until_orphaned, Counter, RawRequest,
+    TestServer, Warnings,
 };
 use metrics::{
     Counter as MCounter, CounterFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -716,22 +717,10 @@ async fn a_transaction_run_taken_over_is_counted_as_a_conflict() {
     assert_eq!(captured.count("idem_conflicts_total{kind=in_flight}"), 1);
 }
 
-/// A scope function with a bug: it panics when `X-Tenant` is `boom`.
-fn buggy_tenant(req: &HttpRequest) -> Option<String> {
-    let tenant = req.headers().get("x-tenant")?.to_str().ok()?;
-    assert_ne!(tenant, "boom", "scope function bug");
-    Some(tenant.to_owned())
-}
-
 #[post("/buggy-scope")]
 #[idempotent(scope = buggy_tenant)]
 async fn buggy_scope() -> HttpResponse {
     HttpResponse::Created().finish()
-}
-
-/// A replay hook with a bug: it panics on a replay asked with `X-Boom`.
-fn buggy_mark(req: &HttpRequest, _: &mut HttpResponse) {
-    assert!(!req.headers().contains_key("x-boom"), "replay hook bug");
 }
 
 #[post("/buggy-hook")]

@@ -609,14 +609,10 @@ async fn a_replay_is_one_statement_that_writes_nothing() {
     );
 }
 
-/// A row whose status is no HTTP status (a foreign writer's) is a corrupt record, refused as
-/// one, where it was replayed, and actix answered the replay 500.
-#[actix_web::test]
-async fn a_row_whose_status_is_no_http_status_is_corrupt() {
-    let Some(pg) = TestPostgres::start() else {
-        return;
-    };
-    let store = store(&pg, "status").await;
+/// A store named after `name` holding one completed record, under `key(1)`, recorded at the
+/// time it returns; and a pool to change its rows by hand.
+async fn one_record(pg: &TestPostgres, name: &str) -> (PostgresStore, PgPool, Timestamp) {
+    let store = store(pg, name).await;
     let db = pg.inspect().await;
     let t = now();
     let claim = in_flight(t);
@@ -626,6 +622,17 @@ async fn a_row_whose_status_is_no_http_status_is_corrupt() {
         .complete(&key(1), claim.token, record, t)
         .await
         .unwrap());
+    (store, db, t)
+}
+
+/// A row whose status is no HTTP status (a foreign writer's) is a corrupt record, refused as
+/// one, where it was replayed, and actix answered the replay 500.
+#[actix_web::test]
+async fn a_row_whose_status_is_no_http_status_is_corrupt() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let (store, db, t) = one_record(&pg, "status").await;
     for status in [42, 1000, 70_000, -1] {
         sqlx::query(&format!("UPDATE {} SET status = $1", store.table()))
             .bind(status)
@@ -650,16 +657,7 @@ async fn a_row_kept_without_its_response_that_holds_one_or_a_negative_size_is_co
     let Some(pg) = TestPostgres::start() else {
         return;
     };
-    let store = store(&pg, "omitted").await;
-    let db = pg.inspect().await;
-    let t = now();
-    let claim = in_flight(t);
-    store.claim(&key(1), claim, t).await.unwrap();
-    let record = completed(t, "first");
-    assert!(store
-        .complete(&key(1), claim.token, record, t)
-        .await
-        .unwrap());
+    let (store, db, t) = one_record(&pg, "omitted").await;
     let table = store.table();
     // In turn: its headers kept, then a negative size, then its body kept.
     for damage in [

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use idem_actix::{idempotent, Idempotency, IdempotencyConfig, MokaStore, Policy, ReplayHeaders};
-use idem_tests::{serve, Counter, RawRequest, RawResponse, Served, TestServer};
+use idem_tests::{buggy_mark, serve, Counter, RawRequest, RawResponse, Served, TestServer};
 
 fn call(path: &str, key: &str) -> RawRequest {
     RawRequest::post(path)
@@ -303,11 +303,6 @@ async fn a_first_response_never_says_it_was_replayed() {
         assert_eq!(replay.header("idempotent-replayed"), Some("true"), "{path}");
         assert_eq!(replay.body, first.body, "{path}");
     }
-}
-
-/// A replay hook with a bug: it panics on a replay asked with `X-Boom`.
-fn buggy_mark(req: &HttpRequest, _: &mut HttpResponse) {
-    assert!(!req.headers().contains_key("x-boom"), "replay hook bug");
 }
 
 #[idempotent(on_replay = buggy_mark)]

@@ -10,7 +10,7 @@ use actix_web::{error, post, web, HttpMessage as _, HttpRequest, HttpResponse};
 use actix_web_httpauth::extractors::bearer::BearerAuth;
 use actix_web_httpauth::middleware::HttpAuthentication;
 use idem_actix::{idempotent, Idempotency, Policy, Principal, Scope};
-use idem_tests::{assert_error, serve, serve_with_defaults, Counter, RawRequest};
+use idem_tests::{assert_error, buggy_tenant, serve, serve_with_defaults, Counter, RawRequest};
 use serde_json::json;
 
 /// base64("app_1:key_1"), base64("app_1:WRONG"), base64("app_1:key_2").
@@ -598,13 +598,6 @@ async fn middleware_scope_functions_share_keys_only_under_one_name() {
     // The same name: the same scope (replayed, as a mismatch replays here).
     assert!(s.send(&call("/c/calls")).await.replayed());
     assert_eq!(s.runs.get(), 2);
-}
-
-/// A scope function with a bug: it panics when `X-Tenant` is `boom`.
-fn buggy_tenant(req: &HttpRequest) -> Option<String> {
-    let tenant = req.headers().get("x-tenant")?.to_str().ok()?;
-    assert_ne!(tenant, "boom", "scope function bug");
-    Some(tenant.to_owned())
 }
 
 #[post("/buggy-scope")]

@@ -1073,7 +1073,10 @@ macro_rules! resent {
             Err(error) if dropped(&$store.conn, &error) => match {
                 // The dropped link goes first: a lent one gives its place back before this
                 // write waits for another.
-                drop(std::mem::replace(&mut $link, Link::Shared($store.conn.clone())));
+                drop(std::mem::replace(
+                    &mut $link,
+                    Link::Shared($store.conn.clone()),
+                ));
                 $store.link($waits).await
             } {
                 Ok(new) => {
