@@ -83,23 +83,35 @@ fn len<T: TryFrom<usize>>(n: usize) -> Result<T, StoreError> {
     })
 }
 
+/// The record in `bytes` if it is live at `now`; `None` if it has lapsed, whether this build
+/// can read it or not (see [`lapsed`]).
+///
+/// # Errors
+/// [`decode`]'s, for a record this build cannot read that has not lapsed.
+pub fn live(bytes: &[u8], now: Timestamp) -> Result<Option<Record>, StoreError> {
+    match decode(bytes) {
+        Ok(record) => Ok(Some(record).filter(|r| r.is_live(now))),
+        Err(_) if lapsed(bytes, now) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Whether `bytes` begin as a record's header whose time has passed at `now`
 /// (`<version>:<kind>:<lapses_at>:`, whatever the version), as the Redis scripts judge a
 /// record: a record this build cannot decode (a later release's, or one damaged past its
 /// header) that has lapsed is taken over as any lapsed record is, rather than refused.
-pub fn lapsed(bytes: &[u8], now: Timestamp) -> bool {
+fn lapsed(bytes: &[u8], now: Timestamp) -> bool {
     let mut fields = bytes.splitn(4, |&b| b == b':');
     let (Some(version), Some(kind), Some(lapses_at), Some(_)) =
         (fields.next(), fields.next(), fields.next(), fields.next())
     else {
         return false;
     };
-    let digits = |field: &[u8]| !field.is_empty() && field.iter().all(u8::is_ascii_digit);
+    // The version as the scripts' `%d+` takes it, of any length; the time as `ascii_number`
+    // reads it (digits, within a u64).
+    let digits = !version.is_empty() && version.iter().all(u8::is_ascii_digit);
     let letter = matches!(kind, [k] if k.is_ascii_alphabetic());
-    digits(version)
-        && letter
-        && digits(lapses_at)
-        && ascii_number(lapses_at).is_ok_and(|at| at <= now.as_millis())
+    digits && letter && ascii_number(lapses_at).is_ok_and(|at| at <= now.as_millis())
 }
 
 /// Decodes a record written by [`encode`].

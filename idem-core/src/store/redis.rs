@@ -1263,19 +1263,14 @@ impl RedisStore {
             return (self.replicated_claim(&mut link, &redis_key, key, claim.token, replicas))
                 .await;
         };
-        match codec::decode(&bytes) {
-            Ok(record) if record.is_live(now) => {
-                return self
-                    .found(
-                        &mut link, &redis_key, key, claim, keep_for, replicas, record,
-                    )
-                    .await;
-            }
-            Err(error) if !codec::lapsed(&bytes, now) => return Err(error),
-            // Lapsed, readable or not (see `codec::lapsed`).
-            Ok(_) | Err(_) => {}
+        if let Some(record) = codec::live(&bytes, now)? {
+            return self
+                .found(
+                    &mut link, &redis_key, key, claim, keep_for, replicas, record,
+                )
+                .await;
         }
-        // A lapsed record Redis still keeps (a claim in its grace): displace it, unless
+        // A lapsed record Redis still keeps (a claim in its grace), readable or not: displace it, unless
         // another request did first. Run twice, the second finds the first's claim, this
         // request's own (see `found`).
         let (now_ms, keep_for_ms) = (now.as_millis().to_string(), keep_for.to_string());
@@ -2142,12 +2137,7 @@ impl Store for RedisStore {
             })?;
             match bytes {
                 None => Ok(None),
-                Some(bytes) => match codec::decode(&bytes) {
-                    Ok(record) => Ok(Some(record).filter(|r| r.is_live(now))),
-                    // Lapsed, though unreadable: none, as a lapsed record is.
-                    Err(_) if codec::lapsed(&bytes, now) => Ok(None),
-                    Err(error) => Err(error),
-                },
+                Some(bytes) => codec::live(&bytes, now),
             }
         })
     }
