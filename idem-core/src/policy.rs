@@ -420,7 +420,13 @@ impl Policy {
         if self.on_mismatch != OnMismatch::Replay {
             return Ok(());
         }
-        unread_under_replay(self.fingerprint_headers, self.fingerprint_ignore)
+        if !self.fingerprint_headers.is_empty() {
+            return Err(PolicyError::UnreadUnderReplay("fingerprint_headers"));
+        }
+        if !self.fingerprint_ignore.is_empty() {
+            return Err(PolicyError::UnreadUnderReplay("fingerprint_ignore"));
+        }
+        Ok(())
     }
 
     /// The checks of [`Policy::check`] that need no store: those of its settings with one
@@ -523,22 +529,6 @@ impl Policy {
         }
         Ok(())
     }
-}
-
-/// Refuses settings of the fingerprint given with mismatches answered by the first response
-/// ([`OnMismatch::Replay`]), which never reads them: [`PolicyError::UnreadUnderReplay`]
-/// naming the first.
-fn unread_under_replay(
-    fingerprint_headers: &[&'static str],
-    fingerprint_ignore: &[&'static str],
-) -> Result<(), PolicyError> {
-    if !fingerprint_headers.is_empty() {
-        return Err(PolicyError::UnreadUnderReplay("fingerprint_headers"));
-    }
-    if !fingerprint_ignore.is_empty() {
-        return Err(PolicyError::UnreadUnderReplay("fingerprint_ignore"));
-    }
-    Ok(())
 }
 
 /// Whether `name` is an HTTP header name (an RFC 9110 token).
@@ -793,19 +783,15 @@ impl Overrides {
         }
         // The key's header is the defaults' unless the overrides name it, and they may name
         // another than `Policy::DEFAULT`'s: a scope read from it is judged with them.
-        self.apply_to(base)
-            .check_settings_with(self.header.is_some())?;
+        let policy = self.apply_to(base);
+        policy.check_settings_with(self.header.is_some())?;
         // Only overrides tell a header named on purpose from the one every policy has.
         if let (Some(header), Some(KeySource::Json(_))) = (self.header, self.key_source) {
             return Err(PolicyError::HeaderUnread(header));
         }
-        if self.on_mismatch == Some(OnMismatch::Replay) {
-            unread_under_replay(
-                self.fingerprint_headers.unwrap_or_default(),
-                self.fingerprint_ignore.unwrap_or_default(),
-            )?;
-        }
-        Ok(())
+        // The base replays no mismatch and gives no fingerprint headers or members ignored:
+        // what this finds is the overrides' own.
+        policy.check_fingerprint_read()
     }
 }
 
