@@ -49,20 +49,10 @@ pub(crate) fn args(args: &Args, errors: &mut Errors) {
         .as_ref()
         .is_some_and(|m| matches!(m.value, Mismatch::Replay))
     {
-        let moot = [
-            (
-                "fingerprint_headers",
-                args.fingerprint_headers.as_ref().map(|a| &a.name),
-            ),
-            (
-                "fingerprint_ignore",
-                args.fingerprint_ignore.as_ref().map(|a| &a.name),
-            ),
-        ];
-        for (setting, name) in moot {
-            if let Some(name) = name {
-                errors.push(name, format!("`mismatch = \"replay\"` answers a reused key with the first response whatever the request, so `{setting}` would change no answer; remove `{setting}`, or answer mismatches with `mismatch = \"conflict\"` (409) or `\"unprocessable\"` (422)"));
-            }
+        // Each named as written, which is the setting's name.
+        let unread = [&args.fingerprint_headers, &args.fingerprint_ignore];
+        for name in unread.into_iter().flatten().map(|a| &a.name) {
+            errors.push(name, format!("`mismatch = \"replay\"` answers a reused key with the first response whatever the request, so `{name}` would change no answer; remove `{name}`, or answer mismatches with `mismatch = \"conflict\"` (409) or `\"unprocessable\"` (422)"));
         }
     }
     if let (Some(_), Some(drop)) = (&args.replay_headers, &args.replay_drop_headers) {
