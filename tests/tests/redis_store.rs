@@ -589,6 +589,15 @@ async fn settings_the_store_cannot_take_are_refused_as_settings_naming_them() {
         .build()
         .unwrap_err();
     assert!(matches!(zero, StoreError::Config(_)), "{zero:?}");
+    let no_place = RedisStore::builder("redis://127.0.0.1:1")
+        .max_waiting_writes(0)
+        .build()
+        .unwrap_err();
+    let text = no_place.to_string();
+    assert!(
+        matches!(no_place, StoreError::Config(_)) && text.contains("max_waiting_writes"),
+        "{text}"
+    );
 }
 
 /// A password written into a URL unencoded may hold `/`, `?` or `#`, which end a URL's host
