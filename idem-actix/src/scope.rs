@@ -200,11 +200,12 @@ pub(crate) fn resolve(
 /// The cookies of an HTTP/2 request, whose client may send them as several `cookie` fields,
 /// which a server joins with `; ` (RFC 9113, section 8.2.3) where actix hands them on as they
 /// came: the one `Cookie` header they stand for, so that a scope read from it is the same
-/// however the client split them. `None` when there are none (empty fields are none).
+/// however the client split them, each without the whitespace around it. `None` when there
+/// are none (a field of whitespace alone is none).
 fn joined_cookies(headers: &HeaderMap) -> Option<Cow<'_, [u8]>> {
     let mut fields = headers
         .get_all("cookie")
-        .map(HeaderValue::as_bytes)
+        .map(|v| v.as_bytes().trim_ascii())
         .filter(|v| !v.is_empty());
     let first = fields.next()?;
     let Some(second) = fields.next() else {

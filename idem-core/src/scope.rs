@@ -121,7 +121,7 @@ pub enum ScopeError {
     /// `Authorization` is not valid Basic authentication.
     #[error("keys are scoped per Basic auth user; send Authorization: Basic with a user name")]
     NoBasicUser,
-    /// The scope header is missing or empty.
+    /// The scope header is missing, or empty but for whitespace.
     #[error("keys are scoped by the {0} header; send it")]
     NoHeader(&'static str),
     /// No authentication layer handed over a verified principal.
@@ -167,7 +167,8 @@ impl Scope {
 
     /// Finds the scope of a request whose header values `header` returns, and whose
     /// `principal` an authentication layer verified (the only scope that reads it is
-    /// [`Scope::Principal`]; an empty principal counts as none).
+    /// [`Scope::Principal`]; an empty principal counts as none). A header's value is taken
+    /// without the spaces and tabs around it, and one of whitespace alone counts as none.
     ///
     /// # Errors
     /// [`ScopeError`] when the request does not carry what this scope needs. There is no
@@ -177,7 +178,16 @@ impl Scope {
         header: impl Fn(&str) -> Option<&'a [u8]>,
         principal: Option<&'a [u8]>,
     ) -> Result<ScopeValue<'a>, ScopeError> {
-        let present = |name| header(name).filter(|v| !v.is_empty());
+        // Without the spaces and tabs around it, which HTTP/1's parser trims and HTTP/2
+        // hands on: whitespace alone is no credential, and a credential is the same scope
+        // whichever protocol carried it.
+        // (`trim_ascii` trims no more than spaces and tabs from a field value, which holds no
+        // other control byte.)
+        let present = |name| {
+            header(name)
+                .map(<[u8]>::trim_ascii)
+                .filter(|v| !v.is_empty())
+        };
         match *self {
             Scope::ApiKey => {
                 if let Some(auth) = present("authorization") {
@@ -285,6 +295,41 @@ mod tests {
             Scope::Header("X-Tenant").resolve(headers(&[])),
             Err(ScopeError::NoHeader("X-Tenant"))
         );
+    }
+
+    /// HTTP/1's parser trims a field value's surrounding spaces and tabs; HTTP/2 hands the value
+    /// on as sent. A value of whitespace alone is no credential either way, and one with spaces
+    /// around it is the credential within them, whichever protocol carried it.
+    #[test]
+    fn a_credential_of_whitespace_alone_is_none_whichever_protocol_carried_it() {
+        for blank in [" ", "\t", " \t "] {
+            assert_eq!(
+                Scope::ApiKey.resolve(headers(&[("Authorization", blank)])),
+                Err(ScopeError::NoCredentials),
+                "{blank:?}"
+            );
+            let falls_back = [("Authorization", blank), ("X-API-Key", "b")];
+            let got = Scope::ApiKey.resolve(headers(&falls_back)).unwrap();
+            assert_eq!(got, ScopeValue::new("x-api-key", &b"b"[..]));
+            assert_eq!(
+                Scope::ApiKey.resolve(headers(&[("X-API-Key", blank)])),
+                Err(ScopeError::NoCredentials)
+            );
+            assert_eq!(
+                Scope::Header("X-Tenant").resolve(headers(&[("X-Tenant", blank)])),
+                Err(ScopeError::NoHeader("X-Tenant"))
+            );
+            assert_eq!(
+                Scope::BasicAuthUser.resolve(headers(&[("Authorization", blank)])),
+                Err(ScopeError::NoBasicUser)
+            );
+        }
+        let padded = [("Authorization", " \tBearer a ")];
+        let got = Scope::ApiKey.resolve(headers(&padded)).unwrap();
+        assert_eq!(got, ScopeValue::new("authorization", &b"Bearer a"[..]));
+        let padded = [("X-Tenant", " t-1\t")];
+        let got = Scope::Header("X-Tenant").resolve(headers(&padded)).unwrap();
+        assert_eq!(got.value, &b"t-1"[..]);
     }
 
     #[test]

@@ -860,6 +860,47 @@ async fn a_cookie_split_into_fields_is_one_scope() {
     assert_eq!(probe.runs.get(), 2);
 }
 
+/// HTTP/1's parser trims the spaces and tabs around a field value, so that a credential of
+/// whitespace alone arrives empty; HTTP/2 hands it on as sent. Whitespace is no credential
+/// either way: such a request is refused for want of a scope, never put in one that every
+/// caller sending the same whitespace shares.
+#[actix_web::test]
+async fn a_credential_of_whitespace_alone_over_http2_is_no_scope() {
+    let (probe, server, mut h2) = served().await;
+    let blank = |path: &str, name: &str, value: &str| {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{path}", server.addr))
+            .header("idempotency-key", "blank-1")
+            .header(name, value)
+            .body(())
+            .unwrap()
+    };
+    for (path, name, value) in [
+        ("/calls", "authorization", " "),
+        ("/calls", "authorization", "\t \t"),
+        ("/calls", "x-api-key", " "),
+        ("/cookie", "cookie", " "),
+    ] {
+        let res = h2.send(blank(path, name, value), b"{}").await;
+        assert_eq!(res.status, 400, "{name}: {value:?}: {res:?}");
+        assert_eq!(res.json()["error"]["code"], "idempotency_scope_missing");
+    }
+    // A credential with whitespace around it is the credential within: the same scope as
+    // HTTP/1 gives it.
+    let padded = h2
+        .send(blank("/calls", "authorization", " Bearer tenant-1 "), b"{}")
+        .await;
+    assert_eq!(padded.status, 201, "{padded:?}");
+    let req = request(server.addr, "POST", "/calls", "blank-1")
+        .body(())
+        .unwrap();
+    let same = h2.send(req, b"{}").await;
+    assert_eq!(same.header("idempotent-replayed"), Some("true"), "{same:?}");
+    assert_eq!(same.body, padded.body);
+    assert_eq!(probe.runs.get(), 1);
+}
+
 /// Request trailers after the body: ignored by actix, the request answered as without them.
 #[actix_web::test]
 async fn request_trailers_change_nothing() {
