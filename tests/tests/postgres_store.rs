@@ -308,6 +308,57 @@ async fn a_retry_while_an_abandoned_transaction_rolls_back_fails_closed_even_whe
     );
 }
 
+/// A connection goes back to the pool only once sqlx has pinged it, one more round trip that
+/// waits for any statement still running on it (here a renewal the command timeout gave up on
+/// while it waited for a lock): until then the pool's one connection is taken, and a retry
+/// that gets none in time fails closed, where the connection counted as free from the moment
+/// the store let it go, and the retry ran unprotected beside the request still running.
+#[actix_web::test]
+async fn a_retry_while_a_connection_goes_back_to_the_pool_fails_closed_even_when_failing_open() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("pool_returning"))
+        .max_connections(1)
+        .connect_timeout(Duration::from_millis(200))
+        .command_timeout(Duration::from_millis(300))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    store.migrate().await.expect("create the table");
+    let engine = Engine::new(store.clone());
+    let t = now();
+    let claim = in_flight(t);
+    assert_eq!(
+        store.claim(&key(1), claim, t).await.unwrap(),
+        Claim::Claimed
+    );
+    // The renewal waits on the lock, past the command timeout, and its connection with it.
+    let db = pg.inspect().await;
+    let blocker = table_locked(&db, store.table()).await;
+    let renewed = store
+        .extend(&key(1), claim.token, t.saturating_add(LEASE), t)
+        .await;
+    assert!(matches!(renewed, Err(StoreError::Timeout)), "{renewed:?}");
+    let retry = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    blocker.rollback().await.unwrap();
+    assert!(
+        matches!(
+            retry,
+            Err(IdempotencyError::StoreUnavailable(StoreError::Refused(_)))
+        ),
+        "fails closed while the connection goes back, not unprotected: {retry:?}"
+    );
+    // Once it is back, the retry is told the first request runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    assert!(
+        matches!(again, Err(IdempotencyError::InFlight)),
+        "with the connection back, the retry is told the first runs: {again:?}"
+    );
+}
+
 /// A pool that cannot connect counts the connections it is trying to open among its own, so
 /// that with more requests waiting than it may open, it is full of attempts; but each attempt
 /// ends with its request's time, before the time of any request that waits behind it: those

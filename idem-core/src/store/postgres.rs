@@ -3,7 +3,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -385,8 +385,9 @@ pub struct PostgresStore {
     /// made the store 8 bytes larger, and a `ClaimTransaction`, which holds it, with it.
     purge_batch: u32,
     purge: Option<Arc<Purge>>,
-    /// How many of the pool's connections the store's statements and transactions hold.
-    in_use: Arc<AtomicU32>,
+    /// How many of the pool's connections the store's statements and transactions hold, and
+    /// when they last held all of them.
+    in_use: Arc<Occupancy>,
     /// How many releases of claims that failed unanswered are under way.
     unconfirmed: Arc<AtomicUsize>,
 }
@@ -398,29 +399,83 @@ pub struct PostgresStore {
 /// connections).
 struct Held<'a> {
     conn: PoolConnection<Postgres>,
-    in_use: &'a AtomicU32,
+    in_use: &'a Occupancy,
 }
 
 impl<'a> Held<'a> {
     /// `conn`, counted in `in_use` until this drops.
-    fn new(conn: PoolConnection<Postgres>, in_use: &'a AtomicU32) -> Self {
-        in_use.fetch_add(1, Ordering::Relaxed);
+    fn new(conn: PoolConnection<Postgres>, in_use: &'a Occupancy) -> Self {
+        in_use.take();
         Self { conn, in_use }
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.in_use.give_back();
     }
 }
 
 /// A [`ClaimTransaction`]'s connection, counted in the store's `in_use` until this drops.
-struct InUse(Arc<AtomicU32>);
+struct InUse(Arc<Occupancy>);
 
 impl Drop for InUse {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.give_back();
+    }
+}
+
+/// How many of the pool's connections the store holds, and when it last held all of them.
+///
+/// A connection the store lets go of is not free at once: sqlx sends it back to the pool
+/// only once it has pinged it, one more round trip, which waits for any statement still
+/// running on it (one the command timeout gave up on). A request that got no connection
+/// while the store held them all, or while the last it let go of were on their way back, was
+/// kept from one by the store's own use of the pool, not by a Postgres that cannot be reached.
+struct Occupancy {
+    in_use: AtomicU32,
+    /// The pool's size.
+    max: u32,
+    /// When the store last let go of a connection while it held all of them: milliseconds
+    /// from `since`, plus one (0: never).
+    full_until: AtomicU64,
+    since: Instant,
+}
+
+impl Occupancy {
+    fn new(max: u32) -> Self {
+        Self {
+            in_use: AtomicU32::new(0),
+            max,
+            full_until: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+
+    fn take(&self) {
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn give_back(&self) {
+        if self.in_use.fetch_sub(1, Ordering::Relaxed) >= self.max {
+            self.full_until.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the store holds every connection of the pool, or held them all at any time
+    /// since `asked` (when a request asked the pool for one).
+    fn full_since(&self, asked: Instant) -> bool {
+        if self.in_use.load(Ordering::Relaxed) >= self.max {
+            return true;
+        }
+        let asked = asked.saturating_duration_since(self.since).as_millis();
+        let until = self.full_until.load(Ordering::Relaxed);
+        until != 0 && u128::from(until) > asked
+    }
+
+    /// Milliseconds from `since`, plus one.
+    fn now(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).map_or(u64::MAX, |ms| ms.saturating_add(1))
     }
 }
 
@@ -579,8 +634,12 @@ impl PostgresStore {
     /// name in another (where a store that named no schema kept it: the error names that
     /// schema).
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let asked = Instant::now();
         let mut conn = match self.pool.acquire().await {
             Ok(conn) => Held::new(conn, &self.in_use),
+            Err(error) if self.in_use.full_since(asked) => {
+                return Err(self.unacquired(error, asked))
+            }
             Err(error) => return Err(self.unconnected(error).await),
         };
         // `CREATE ... IF NOT EXISTS` needs the right to create even where the table exists.
@@ -830,9 +889,10 @@ impl PostgresStore {
             // back to the pool inside the transaction, where the statements run next
             // (claims, completions) are never committed.
             let (pool, begin) = (self.pool.clone(), begin.clone());
+            let asked = Instant::now();
             let opening = tokio::spawn(async move { pool.begin_with(begin).await });
             let begun = match tokio::time::timeout(limit, opening).await {
-                Ok(Ok(begun)) => begun.map_err(|e| self.error(e)),
+                Ok(Ok(begun)) => begun.map_err(|e| self.unacquired(e, asked)),
                 Ok(Err(failed)) => Err(StoreError::Unavailable(Box::new(failed))),
                 Err(_) => return Err(StoreError::Timeout),
             };
@@ -841,7 +901,7 @@ impl PostgresStore {
             }
         };
         // Counted until the transaction drops (see `Drop for ClaimTransaction`).
-        self.in_use.fetch_add(1, Ordering::Relaxed);
+        self.in_use.take();
         Ok(ClaimTransaction {
             tx: Some(tx),
             store: self.clone(),
@@ -920,8 +980,35 @@ impl PostgresStore {
 
     /// A connection from the pool, or why none can be had.
     async fn acquire(&self) -> Result<Held<'_>, StoreError> {
-        let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+        let asked = Instant::now();
+        let conn = (self.pool.acquire().await).map_err(|e| self.unacquired(e, asked))?;
         Ok(Held::new(conn, &self.in_use))
+    }
+
+    /// The error of a pool that gave no connection to a request that asked for one at `asked`.
+    ///
+    /// Where none came free in time because the store held every one of the pool's (running
+    /// `Transaction` handlers hold one each, other requests theirs), or had held them all
+    /// since the request asked (see [`Occupancy`]), Postgres was reached, and may hold the
+    /// key, as for the request still running whose retry this may be: refused, even when
+    /// failing open. Counted by the store: the pool counts its attempts to connect among its
+    /// connections. Connections stuck in statements on a network that drops packets count
+    /// as in use until the command timeout ends those statements. The application's own
+    /// connections of a pool it shares with the store (`with_pool`) are not counted: they
+    /// make the store unavailable.
+    fn unacquired(&self, error: sqlx::Error, asked: Instant) -> StoreError {
+        if !matches!(error, sqlx::Error::PoolTimedOut) || !self.in_use.full_since(asked) {
+            return self.error(error);
+        }
+        StoreError::Refused(
+            format!(
+                "all {} connections of the store's pool were in use for its whole acquire \
+                 timeout; size the pool above the keyed requests that run at once \
+                 (PostgresStoreBuilder::max_connections) ({error})",
+                self.in_use.max
+            )
+            .into(),
+        )
     }
 
     /// The error of a pool that gave no connection: where it timed out, the cause it hides
@@ -1044,28 +1131,6 @@ impl PostgresStore {
                 }
                 _ => StoreError::Refused(Box::new(error)),
             },
-            // No connection came free in time, every one of the pool's in use (by running
-            // `Transaction` handlers, each holding one, or by other requests): Postgres was
-            // reached, and may hold the key, as for the request still running whose retry this
-            // may be. Counted by the store (see `Held`): the pool counts its attempts to
-            // connect among its connections. Connections stuck in statements on a network
-            // that drops packets count as in use until the command timeout ends those
-            // statements. The application's own connections of a pool it shares with the
-            // store (`with_pool`) are not counted: they make the store unavailable.
-            sqlx::Error::PoolTimedOut
-                if self.in_use.load(Ordering::Relaxed)
-                    >= self.pool.options().get_max_connections() =>
-            {
-                StoreError::Refused(
-                    format!(
-                        "all {} connections of the store's pool were in use for its whole acquire \
-                         timeout; size the pool above the keyed requests that run at once \
-                         (PostgresStoreBuilder::max_connections) ({error})",
-                        self.pool.options().get_max_connections()
-                    )
-                    .into(),
-                )
-            }
             sqlx::Error::ColumnDecode { .. }
             | sqlx::Error::Decode(_)
             | sqlx::Error::ColumnNotFound(_)
@@ -1489,7 +1554,9 @@ impl PostgresStoreBuilder {
     ///
     /// A pool that cannot connect within the connect timeout counts as a Postgres that
     /// cannot be reached. One whose every connection the store holds (running
-    /// [`ClaimTransaction`]s each hold one) does not: it has reached Postgres, which may hold
+    /// [`ClaimTransaction`]s each hold one), or held at any time while the request waited (a
+    /// connection let go of goes back to the pool only after one more round trip), does not:
+    /// it has reached Postgres, which may hold
     /// the key of the request that waits, as for a retry of a request still running, so that
     /// request fails closed ([`StoreError::Refused`]) whatever this setting. Size the pool
     /// above the transactions that run at once. Connections whose statements hang on a
@@ -1604,6 +1671,7 @@ impl PostgresStoreBuilder {
                     .connect_lazy_with(options.application_name("idem"))
             }
         };
+        let in_use = Arc::new(Occupancy::new(pool.options().get_max_connections()));
         Ok(PostgresStore {
             pool,
             sql: Arc::new(Statements::new(&self.schema, &self.table)),
@@ -1618,7 +1686,7 @@ impl PostgresStoreBuilder {
                     next: Mutex::new(None),
                 })
             }),
-            in_use: Arc::new(AtomicU32::new(0)),
+            in_use,
             unconfirmed: Arc::default(),
         })
     }
