@@ -1523,6 +1523,7 @@ impl PostgresStoreBuilder {
     /// How long to wait for a connection from the pool, including connecting one, before the
     /// store counts as unavailable (or, when every connection of the pool is in use, refuses:
     /// see [`fail_open`](Self::fail_open)). Default 1 s; [`build`](Self::build) refuses zero.
+    /// `Duration::MAX` waits as long as it takes (a hundred years).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -1664,7 +1665,9 @@ impl PostgresStoreBuilder {
                 let options = PgConnectOptions::from_str(&url).map_err(|e| invalid_url(&e))?;
                 PgPoolOptions::new()
                     .max_connections(self.max_connections)
-                    .acquire_timeout(self.connect_timeout)
+                    // sqlx adds it to the time it starts waiting: a longer one (a way to say
+                    // "no limit") overflowed, and every statement panicked.
+                    .acquire_timeout(self.connect_timeout.min(LONGEST_CONNECT_TIMEOUT))
                     // One round trip per operation: a broken connection is found when it
                     // comes back to the pool, not by a test before each use.
                     .test_before_acquire(false)
@@ -1691,6 +1694,10 @@ impl PostgresStoreBuilder {
         })
     }
 }
+
+/// The longest a pool the store makes waits for a connection: a hundred years, a connect
+/// timeout without a limit.
+const LONGEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The longest name Postgres keeps whole, in bytes.
 const MAX_NAME: usize = 63;
@@ -2181,6 +2188,25 @@ mod tests {
             "{:?}",
             opened.err()
         );
+    }
+
+    /// A connect timeout as long as a `Duration` holds waits for a connection as long as it
+    /// takes, where the pool's deadline overflowed and every statement panicked (the keyed
+    /// request's connection cut, unanswered).
+    #[tokio::test]
+    async fn an_unbounded_connect_timeout_waits_for_a_connection_without_panicking() {
+        let store = PostgresStore::builder("postgres://idem@127.0.0.1:1/idem")
+            .connect_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        let key = StoreKey::from_bytes([1; 32]);
+        let read = std::panic::AssertUnwindSafe(store.get(&key, Timestamp::from_millis(0)));
+        let read = futures_util::FutureExt::catch_unwind(read);
+        match tokio::time::timeout(Duration::from_millis(300), read).await {
+            Err(_) => {}
+            Ok(Ok(read)) => panic!("answered at once: {read:?}"),
+            Ok(Err(_)) => panic!("reading a record panicked"),
+        }
     }
 
     /// A URL or a setting the store cannot take is the settings' fault, refused as such, where
