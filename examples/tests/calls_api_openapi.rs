@@ -182,6 +182,14 @@ async fn each_idempotent_operation_does_what_the_document_says() {
             .unwrap()
             .contains("carrier_unavailable"));
         assert!(documented["headers"].get("Idempotent-Replayed").is_none());
+        // A header it lists comes with the carrier's failure, or says which failure sends it.
+        for (name, described) in documented["headers"].as_object().unwrap() {
+            let when = described["description"].as_str().unwrap();
+            assert!(
+                failed.header(name).is_some() || when.contains("database_unavailable"),
+                "{path}: {name}, listed on a 5XX, is missing from the carrier's failure: {when}"
+            );
+        }
         let retry = post(&api, path, header, &key, &body).await;
         assert_eq!((retry.status, retry.replayed()), (201, false), "{path}");
     }

@@ -131,7 +131,12 @@ fn routes() -> serde_json::Value {
     let carrier_failed = json!({
         "description": format!("The fake carrier failed, as `X-Simulate-Status` asked: \
             `carrier_unavailable`. Nothing was created, and the key is free again. {database}"),
-        "headers": {"Retry-After": retry_after},
+        // The carrier's failure sends none: only the database's does.
+        "headers": {"Retry-After": {
+            "description": "With `database_unavailable`: seconds to wait before sending the \
+                request again.",
+            "schema": {"type": "integer", "minimum": 0},
+        }},
         "content": {"application/json": {"schema": error}},
     });
     let bearer = json!([{"bearer": []}]);
