@@ -716,6 +716,11 @@ fn layer_responses(policy: &Policy) -> Vec<LayerResponse> {
         ));
     }
     conflict.push((
+        codes::CONFLICT,
+        "the recorded response is in a content coding negotiated for the first request \
+         (`Vary: Accept-Encoding`) that this request's `Accept-Encoding` does not accept",
+    ));
+    conflict.push((
         codes::RESPONSE_TOO_LARGE,
         "the operation ran once, but its response was too large to keep; it will not run again",
     ));
@@ -1509,6 +1514,9 @@ mod tests {
         assert!(responses["422"].is_object());
         let conflict = responses["409"]["description"].as_str().unwrap();
         assert!(!conflict.contains("different request"), "{conflict}");
+        // A coding negotiated for the first request (a `Compress` inside the layer) can
+        // refuse a retry under any settings.
+        assert!(conflict.contains("Accept-Encoding"), "{conflict}");
         // 2xx only: the handler's 400 is never recorded, so never a replay.
         assert!(responses["201"]["headers"]["Idempotent-Replayed"].is_object());
         assert!(responses["400"]["headers"]["Idempotent-Replayed"].is_null());
