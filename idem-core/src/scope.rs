@@ -119,7 +119,9 @@ pub enum ScopeError {
     #[error("keys are scoped per API key; send an Authorization or X-API-Key header")]
     NoCredentials,
     /// `Authorization` is not valid Basic authentication.
-    #[error("keys are scoped per Basic auth user; send Authorization: Basic with a user name")]
+    #[error(
+        "keys are scoped per Basic auth user; send Authorization: Basic and the base64 (standard alphabet, padded) of user:password, with a user name"
+    )]
     NoBasicUser,
     /// The scope header is missing, or empty but for whitespace.
     #[error("keys are scoped by the {0} header; send it")]
@@ -349,6 +351,24 @@ mod tests {
         // The same credential spelt with other whitespace or scheme case is the same scope.
         let spaced = [("Authorization", "BASIC   YXBwXzE6c2VjcmV0 ")];
         assert_eq!(Scope::BasicAuthUser.resolve(headers(&spaced)).unwrap(), s);
+    }
+
+    /// A client whose Basic credential is refused is told the rule it broke: its encoding
+    /// (unpadded, or base64url, is none) as well as the user name.
+    #[test]
+    fn a_refused_basic_credential_is_told_how_to_encode_it() {
+        // "a:bc" unpadded, and in base64url with `-` where standard base64 has `+`.
+        for value in ["Basic YTpiYw", "Basic Pz4-OnA="] {
+            let sent = [("Authorization", value)];
+            let message = Scope::BasicAuthUser
+                .resolve(headers(&sent))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("base64") && message.contains("padded"),
+                "{value}: {message}"
+            );
+        }
     }
 
     #[test]
