@@ -218,7 +218,8 @@ struct Stream {
 
 /// Streams `X-Pieces` chunks of `X-Chunk` bytes (1 KiB by default), the one numbered
 /// `X-Gate-At` (from 0; the second by default) after the gate opens, and fails instead of
-/// sending the one numbered `X-Fail-At`, if given.
+/// sending the one numbered `X-Fail-At`, if given; with status `X-Status` (200 by default),
+/// and, given `X-Sized`, the body's length declared.
 #[idempotent(max_response = 1536, lease = "300ms")]
 async fn streamed(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
     streamed_body(probe, req)
@@ -257,7 +258,16 @@ fn streamed_body(probe: web::Data<Stream>, req: HttpRequest) -> HttpResponse {
             ))
         }
     });
-    HttpResponse::Ok().streaming(body)
+    let status = number("x-status").map_or(200, |s| s as u16);
+    let mut res = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+    if req.headers().contains_key("x-sized") {
+        let body = stream::StreamExt::map(body, |piece| {
+            piece.map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let size = (pieces * chunk) as u64;
+        return res.body(actix_web::body::SizedStream::new(size, body));
+    }
+    res.streaming(body)
 }
 
 /// [`streamed`] with nothing kept of its body, as for a stream of events: each piece goes
@@ -317,6 +327,63 @@ async fn a_duplicate_while_the_body_streams_conflicts_instead_of_running() {
         "the streamed body replays"
     );
     assert_eq!(retry.body.len(), 1024);
+}
+
+/// A response the endpoint does not keep (here a 503) whose body passes `max_response` holds
+/// its key until the body ends, as any response does while it goes out: a retry meanwhile gets
+/// 409, and runs once the body has ended. Its key was released as the body passed the bound
+/// (a body of declared length before any of it went out), and a retry ran beside it.
+#[actix_web::test]
+async fn an_unkept_response_past_max_response_holds_its_key_until_its_body_ends() {
+    for sized in [false, true] {
+        let (server, probe) = stream_server();
+        let addr = server.addr;
+        let key = format!("unkept-{sized}");
+        // 2 KiB before the gate, past the endpoint's 1.5 KiB.
+        let request = move || {
+            let request = call("/stream", &key)
+                .header("X-Pieces", "3")
+                .header("X-Gate-At", "2")
+                .header("X-Status", "503");
+            if sized {
+                request.header("X-Sized", "1")
+            } else {
+                request
+            }
+        };
+        let sent = request.clone();
+        let first = tokio::spawn(async move { sent().send(addr).await });
+        eventually(|| probe.runs.get() == 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Sent aside: a duplicate that runs waits at the gate too.
+        let sent = request.clone();
+        let duplicate = tokio::spawn(async move { sent().send(addr).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            probe.runs.get(),
+            1,
+            "sized {sized}: the duplicate did not run"
+        );
+        assert_error(&duplicate.await.unwrap(), 409, "idempotency_conflict");
+        // The first's last piece, then the retry's.
+        probe.gate.add_permits(2);
+        let first = first.await.unwrap();
+        assert_eq!(first.status, 503);
+        // Sent as it was declared: with its length, or in chunks.
+        let body = match sized {
+            true => first.body.clone(),
+            false => unchunked(&first.body),
+        };
+        assert_eq!(body.len(), 3 * 1024, "sized {sized}");
+        let retry = request().send(addr).await;
+        assert_eq!(retry.status, 503);
+        assert!(!retry.replayed());
+        assert_eq!(
+            probe.runs.get(),
+            2,
+            "sized {sized}: released once its body ended"
+        );
+    }
 }
 
 #[actix_web::test]

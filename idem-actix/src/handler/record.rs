@@ -13,7 +13,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{select, Either};
 use futures_util::{FutureExt as _, StreamExt as _};
-use idem_core::{Outcome, Policy, Response};
+use idem_core::{CachePolicy, Outcome, Policy, Response};
 
 use super::admit::Run;
 use super::detach::{next_cancellation, spawn_recording, Finishing, Orphan, Recording, Unseen};
@@ -86,6 +86,8 @@ pub(super) struct Keep {
     pub(super) max_response: usize,
     /// Whether `Set-Cookie` is recorded ([`Policy::replay_set_cookie`]).
     pub(super) set_cookie: bool,
+    /// Which statuses are recorded ([`Policy::cache`]).
+    pub(super) cache: CachePolicy,
 }
 
 impl Keep {
@@ -93,6 +95,7 @@ impl Keep {
         Self {
             max_response: policy.max_response,
             set_cookie: policy.replay_set_cookie,
+            cache: policy.cache,
         }
     }
 }
@@ -197,6 +200,22 @@ where
             Read::Collected(Ok(Collected::Whole(bytes))) => {
                 (Response::new(status, headers, &bytes), BoxBody::new(bytes))
             }
+            // Not recorded, its key released once it has gone out, as a stream's is: a retry
+            // meanwhile gets 409, rather than running beside it (a handler's transaction, if
+            // taken, is rolled back before it goes, as for any answer not recorded).
+            Read::Collected(Ok(Collected::Overflow { body, .. }))
+                if !keep.cache.caches(status) && !loan.as_ref().is_some_and(Loan::taken) =>
+            {
+                if let Some(loan) = loan {
+                    loan.close();
+                }
+                let unseen = req.as_ref().map_or(Unseen::NONE, Unseen::of);
+                let body = tee(body, status, Vec::new(), lease, Kept::Nothing, unseen);
+                return Reply {
+                    req,
+                    res: executed(head.set_body(body), &request_id),
+                };
+            }
             Read::Collected(Ok(Collected::Overflow { body, size })) => {
                 (Response::omitted(status, size), body)
             }
@@ -218,7 +237,11 @@ where
                     .map(|(name, value)| (name.to_owned(), value.to_vec()))
                     .collect();
                 let unseen = req.as_ref().map_or(Unseen::NONE, Unseen::of);
-                let body = tee(stream, status, headers, lease, keep.max_response, unseen);
+                let kept = match keep.cache.caches(status) {
+                    true => Kept::UpTo(keep.max_response),
+                    false => Kept::Nothing,
+                };
+                let body = tee(stream, status, headers, lease, kept, unseen);
                 return Reply {
                     req,
                     res: executed(head.set_body(body), &request_id),
@@ -368,12 +391,15 @@ fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
 /// meanwhile, counted among the runs in progress (see [`spawn_recording`]). Past the limit,
 /// nothing of it is kept, and it is read no further once its client goes away: such a stream
 /// may never end (an event stream's), and its record is written already.
+///
+/// A response whose status is not recorded ([`Kept::Nothing`]) keeps nothing, and its key is
+/// released once it has ended (or its client went away): a retry meanwhile gets 409 too.
 fn tee(
     stream: BoxBody,
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
     lease: idem_core::Lease,
-    limit: usize,
+    kept: Kept,
     unseen: Unseen,
 ) -> BoxBody {
     let (told, teed) = tokio::sync::oneshot::channel();
@@ -386,6 +412,11 @@ fn tee(
             .run(async move {
                 match teed.await {
                     Ok(Teed::Dropped { read, rest, orphan }) => {
+                        let limit = match kept {
+                            Kept::UpTo(limit) => limit,
+                            // Read no further: nothing of it would be recorded.
+                            Kept::Nothing => 0,
+                        };
                         let drained = std::pin::pin!(drained(read, rest, limit));
                         let teed = match select(drained, std::pin::pin!(orphan.cancelled())).await {
                             Either::Left((teed, _)) => teed,
@@ -421,9 +452,11 @@ fn tee(
         metrics::outcome(outcome);
     });
     BoxBody::new(Tee {
+        size: stream.size(),
         stream: Some(stream),
         read: BytesMut::new(),
-        limit,
+        kept,
+        passed: 0,
         told: Some(told),
         written: Some(written),
         cancelled: None,
@@ -431,6 +464,16 @@ fn tee(
         failed: None,
         _unseen: unseen,
     })
+}
+
+/// How much of a teed stream is kept for its record.
+#[derive(Clone, Copy)]
+enum Kept {
+    /// Up to this many bytes; past them, none, and the record is written without its body as
+    /// the stream passes them.
+    UpTo(usize),
+    /// None: its status is not recorded. It is told [`Teed::Omitted`] when it ends.
+    Nothing,
 }
 
 /// How a teed stream ended, as its body tells the task that records it.
@@ -470,8 +513,12 @@ async fn drained(read: Bytes, rest: BoxBody, limit: usize) -> Teed {
 struct Tee {
     /// `None` once given to the task that reads it without the client.
     stream: Option<BoxBody>,
+    /// The stream's, which it passes on unchanged.
+    size: BodySize,
     read: BytesMut,
-    limit: usize,
+    kept: Kept,
+    /// Under [`Kept::Nothing`], the bytes passed on.
+    passed: u64,
     /// `None` once told how the stream ended, or that it passed the limit.
     told: Option<tokio::sync::oneshot::Sender<Teed>>,
     /// Ends when the recording does: the stream's end waits for it.
@@ -499,7 +546,7 @@ impl actix_web::body::MessageBody for Tee {
     type Error = Box<dyn StdError>;
 
     fn size(&self) -> BodySize {
-        BodySize::Stream
+        self.size
     }
 
     fn poll_next(
@@ -543,15 +590,18 @@ impl actix_web::body::MessageBody for Tee {
             }
         };
         match &polled {
-            Some(Ok(piece)) if this.told.is_some() => {
-                let size = this.read.len() + piece.len();
-                if size > this.limit {
-                    this.read = BytesMut::new();
-                    this.tell(Teed::Omitted(size as u64));
-                } else {
-                    this.read.extend_from_slice(piece);
+            Some(Ok(piece)) if this.told.is_some() => match this.kept {
+                Kept::UpTo(limit) => {
+                    let size = this.read.len() + piece.len();
+                    if size > limit {
+                        this.read = BytesMut::new();
+                        this.tell(Teed::Omitted(size as u64));
+                    } else {
+                        this.read.extend_from_slice(piece);
+                    }
                 }
-            }
+                Kept::Nothing => this.passed += piece.len() as u64,
+            },
             Some(Ok(_)) => {}
             Some(Err(_)) => {
                 this.tell(Teed::Failed);
@@ -560,8 +610,11 @@ impl actix_web::body::MessageBody for Tee {
                 return Pin::new(this).poll_next(cx);
             }
             None => {
-                let read = std::mem::take(&mut this.read).freeze();
-                this.tell(Teed::Whole(read));
+                let teed = match this.kept {
+                    Kept::UpTo(_) => Teed::Whole(std::mem::take(&mut this.read).freeze()),
+                    Kept::Nothing => Teed::Omitted(this.passed),
+                };
+                this.tell(teed);
                 this.stream = None;
                 return Pin::new(this).poll_next(cx);
             }
@@ -1073,7 +1126,14 @@ mod tests {
         )));
         let pieces = first.chain(futures_util::stream::pending());
         let stream = BoxBody::new(BodyStream::new(pieces));
-        let mut body = tee(stream, 200, Vec::new(), lease, 1024, Unseen::NONE);
+        let mut body = tee(
+            stream,
+            200,
+            Vec::new(),
+            lease,
+            Kept::UpTo(1024),
+            Unseen::NONE,
+        );
         let piece = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await;
         assert_eq!(piece.unwrap().unwrap(), "a");
         // The recording waits to be told how the stream ends.
