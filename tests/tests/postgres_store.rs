@@ -359,6 +359,36 @@ async fn a_retry_while_a_connection_goes_back_to_the_pool_fails_closed_even_when
     );
 }
 
+/// **Limit.** A lock on the whole table (`LOCK TABLE`, `ALTER TABLE`, a `CREATE INDEX` without
+/// `CONCURRENTLY`, `VACUUM FULL`) is taken as a claim's statement starts, before the claim's
+/// own `lock_timeout` is set: the claim waits for it up to the command timeout, and is then
+/// taken as a store that did not answer, which under `fail_open` runs the request unprotected.
+#[actix_web::test]
+async fn a_claim_behind_a_lock_on_the_whole_table_waits_out_the_command_timeout() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let store = PostgresStore::builder(pg.url())
+        .table(pg.table("table_locked_open"))
+        .command_timeout(Duration::from_millis(300))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    store.migrate().await.expect("create the table");
+    let engine = Engine::new(store.clone());
+    let db = pg.inspect().await;
+    let blocker = table_locked(&db, store.table()).await;
+    let started = Instant::now();
+    let begun = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    let waited = started.elapsed();
+    blocker.rollback().await.unwrap();
+    assert!(
+        matches!(begun, Ok(Begin::Unprotected(StoreError::Timeout))),
+        "{begun:?}"
+    );
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+}
+
 /// A pool that cannot connect counts the connections it is trying to open among its own, so
 /// that with more requests waiting than it may open, it is full of attempts; but each attempt
 /// ends with its request's time, before the time of any request that waits behind it: those
