@@ -1497,10 +1497,12 @@ impl RedisStore {
     /// routed to the primary of the key's slot in the cluster client's map. While the slot
     /// migrates, a new claim is written on the importing node (its `ASK` followed), and the
     /// node migrating the slot answers `ASK` to the `EXISTS` too: the client takes the
-    /// pipeline to the importing node, where Redis counts the `WAIT` from the connection's
-    /// last command, the `EXISTS`, after the claim's write, so that the replicas counted are
-    /// those of the node holding the claim, where a `WAIT` sent alone counted those of the
-    /// node migrating the slot. A redirect the client gave up on (another request's command
+    /// pipeline to the importing node, where Redis 7.0 counts the `WAIT` from the
+    /// connection's last command, the `EXISTS`, after the claim's write, so that the replicas
+    /// counted are those of the node holding the claim, where a `WAIT` sent alone counted
+    /// those of the node migrating the slot. (From Redis 7.2 on, a `WAIT` counts from the
+    /// connection's last write, which the `EXISTS` does not move: a claim written there
+    /// through another connection may be counted early; see the threat model.) A redirect the client gave up on (another request's command
     /// took its `ASKING`) is followed by the store, as a single command's is (see [`Asked`]).
     /// A key that the node answering does not hold (the store gave up its redirects, or the
     /// claim is gone) is unacknowledged: released and refused 503 (or kept, failing open).
