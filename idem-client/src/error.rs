@@ -64,6 +64,11 @@ pub enum Error {
     /// server that compresses inside its idempotency layer; its message then names the
     /// coding): send it again with the same key and the first request's `Accept-Encoding`,
     /// not under a new key, which would run it again.
+    ///
+    /// Given for an operation's first attempt only: a later attempt sends the same request,
+    /// so a mismatch answered to it (by another instance of the server, fingerprinting
+    /// otherwise) ends the operation as [`GaveUp`](Self::GaveUp), as the attempts before it
+    /// may have run.
     #[error("idempotency key {key} was already used with a different request ({status}): send a new operation with a new key, or the retry with its first request's method, URL and body{}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default(), RequestId(.request_id))]
     Mismatch {
         /// The key.

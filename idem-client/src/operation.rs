@@ -185,7 +185,9 @@ impl<'c> Operation<'c> {
     /// # Errors
     /// - [`Error::InvalidKey`], [`Error::InvalidRequest`]: the operation was built wrong;
     ///   nothing was sent.
-    /// - [`Error::Mismatch`]: the key was used with a different request; not retried.
+    /// - [`Error::Mismatch`]: the key was used with a different request; not retried (answered
+    ///   to a later attempt, the operation ends as [`Error::GaveUp`]: an earlier one may have
+    ///   run).
     /// - [`Error::ResponseNotKept`]: the operation ran under this key, but its response was
     ///   too large for the server to keep, so it cannot be replayed; not retried.
     /// - [`Error::ResponseTooLarge`]: the answer's body is larger than the client's

@@ -73,6 +73,12 @@ where
                 let code = Some(code);
                 return Err(give_up(Failure::Status { status, code }));
             }
+            // So is a mismatch of the same bytes (an instance that fingerprints otherwise):
+            // its advice, a new key, would run the operation again if an earlier one ran.
+            Verdict::Stop(Error::Mismatch { status, .. }) if number > 1 => {
+                let code = Some("idempotency_conflict".to_owned());
+                return Err(give_up(Failure::Status { status, code }));
+            }
             Verdict::Stop(error) => return Err(error),
             Verdict::Retry {
                 failure,
@@ -361,6 +367,48 @@ mod tests {
         assert_eq!(code.as_deref(), Some("idempotency_layer_missing"));
         let first = Script::new([refused()]).run(&POLICY).await.unwrap_err();
         assert!(matches!(first, Error::Refused { .. }), "{first:?}");
+    }
+
+    /// A mismatch answered to a later attempt that sent the same bytes (another instance,
+    /// fingerprinting otherwise, in a rolling deploy) says nothing of the earlier ones either:
+    /// given up with the key, where it ended as a mismatch, whose advice (a new key) would run
+    /// the operation a second time if an earlier attempt ran.
+    #[tokio::test(start_paused = true)]
+    async fn a_mismatch_after_an_attempt_that_may_have_run_ends_as_given_up() {
+        let timeout = || Verdict::Retry {
+            failure: Failure::Status {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: None,
+            },
+            retry_after: None,
+        };
+        let mismatch = || {
+            Verdict::Stop(Error::Mismatch {
+                key: "key-1".into(),
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: None,
+                request_id: None,
+            })
+        };
+        let err = Script::new([timeout(), mismatch()])
+            .run(&POLICY)
+            .await
+            .unwrap_err();
+        let Error::GaveUp {
+            key,
+            attempts: 2,
+            last: Failure::Status { status, code },
+            ..
+        } = err
+        else {
+            panic!("given up, the outcome unknown: {err:?}")
+        };
+        assert_eq!(key, "key-1");
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(code.as_deref(), Some("idempotency_conflict"));
+        // Answered to the first attempt, it is the client's own mismatch.
+        let first = Script::new([mismatch()]).run(&POLICY).await.unwrap_err();
+        assert!(matches!(first, Error::Mismatch { .. }), "{first:?}");
     }
 
     #[tokio::test(start_paused = true)]
