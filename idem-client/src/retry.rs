@@ -335,13 +335,10 @@ mod tests {
         })
     }
 
-    /// A refusal of a later attempt (another instance, misconfigured, in a rolling deploy) says
-    /// nothing of the earlier ones, which may have run (a timeout after sending, a proxy's
-    /// 504): the operation ends as given up, with its key and the refusal as its last failure,
-    /// where it ended as `Refused`, which tells the caller that nothing ran. A first attempt's
-    /// refusal is `Refused`, as before.
-    #[tokio::test(start_paused = true)]
-    async fn a_refusal_after_an_attempt_that_may_have_run_ends_as_given_up() {
+    /// The status and code `stop`, answered to the attempt after one that timed out (a
+    /// proxy's 504), is given up with: the operation ends as given up after two attempts, with
+    /// its key, as its first attempt may have run.
+    async fn given_up_after_a_timeout(stop: Verdict<&'static str>) -> (StatusCode, Option<String>) {
         let timeout = Verdict::Retry {
             failure: Failure::Status {
                 status: StatusCode::GATEWAY_TIMEOUT,
@@ -349,10 +346,7 @@ mod tests {
             },
             retry_after: None,
         };
-        let err = Script::new([timeout, refused()])
-            .run(&POLICY)
-            .await
-            .unwrap_err();
+        let err = Script::new([timeout, stop]).run(&POLICY).await.unwrap_err();
         let Error::GaveUp {
             key,
             attempts: 2,
@@ -363,6 +357,17 @@ mod tests {
             panic!("given up, the outcome unknown: {err:?}")
         };
         assert_eq!(key, "key-1");
+        (status, code)
+    }
+
+    /// A refusal of a later attempt (another instance, misconfigured, in a rolling deploy) says
+    /// nothing of the earlier ones, which may have run (a timeout after sending, a proxy's
+    /// 504): the operation ends as given up, with its key and the refusal as its last failure,
+    /// where it ended as `Refused`, which tells the caller that nothing ran. A first attempt's
+    /// refusal is `Refused`, as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_after_an_attempt_that_may_have_run_ends_as_given_up() {
+        let (status, code) = given_up_after_a_timeout(refused()).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(code.as_deref(), Some("idempotency_layer_missing"));
         let first = Script::new([refused()]).run(&POLICY).await.unwrap_err();
@@ -375,13 +380,6 @@ mod tests {
     /// the operation a second time if an earlier attempt ran.
     #[tokio::test(start_paused = true)]
     async fn a_mismatch_after_an_attempt_that_may_have_run_ends_as_given_up() {
-        let timeout = || Verdict::Retry {
-            failure: Failure::Status {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                code: None,
-            },
-            retry_after: None,
-        };
         let mismatch = || {
             Verdict::Stop(Error::Mismatch {
                 key: "key-1".into(),
@@ -390,20 +388,7 @@ mod tests {
                 request_id: None,
             })
         };
-        let err = Script::new([timeout(), mismatch()])
-            .run(&POLICY)
-            .await
-            .unwrap_err();
-        let Error::GaveUp {
-            key,
-            attempts: 2,
-            last: Failure::Status { status, code },
-            ..
-        } = err
-        else {
-            panic!("given up, the outcome unknown: {err:?}")
-        };
-        assert_eq!(key, "key-1");
+        let (status, code) = given_up_after_a_timeout(mismatch()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(code.as_deref(), Some("idempotency_conflict"));
         // Answered to the first attempt, it is the client's own mismatch.

@@ -292,15 +292,26 @@ async fn a_retry_while_an_abandoned_transaction_rolls_back_fails_closed_even_whe
     assert!(abandoned.is_err(), "the statement is still running");
     drop(held);
     let retry = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
+    // Once the rollback ends, the connection is free again.
+    refused_until_the_connection_is_back(&engine, retry, Duration::from_millis(900)).await;
+}
+
+/// A retry of key 1, answered `retry` while the pool's one connection was not back: refused
+/// (failing closed), not run unprotected; and, `back` later, with the connection back, told
+/// that the first request runs.
+async fn refused_until_the_connection_is_back(
+    engine: &Engine,
+    retry: Result<Begin, IdempotencyError>,
+    back: Duration,
+) {
     assert!(
         matches!(
             retry,
             Err(IdempotencyError::StoreUnavailable(StoreError::Refused(_)))
         ),
-        "fails closed while the rollback holds the connection, not unprotected: {retry:?}"
+        "fails closed while the connection is not back, not unprotected: {retry:?}"
     );
-    // Once the rollback ends, the connection is free again.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(back).await;
     let again = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
     assert!(
         matches!(again, Err(IdempotencyError::InFlight)),
@@ -343,20 +354,7 @@ async fn a_retry_while_a_connection_goes_back_to_the_pool_fails_closed_even_when
     assert!(matches!(renewed, Err(StoreError::Timeout)), "{renewed:?}");
     let retry = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
     blocker.rollback().await.unwrap();
-    assert!(
-        matches!(
-            retry,
-            Err(IdempotencyError::StoreUnavailable(StoreError::Refused(_)))
-        ),
-        "fails closed while the connection goes back, not unprotected: {retry:?}"
-    );
-    // Once it is back, the retry is told the first request runs.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = engine.begin(&Policy::DEFAULT, key(1), fingerprint()).await;
-    assert!(
-        matches!(again, Err(IdempotencyError::InFlight)),
-        "with the connection back, the retry is told the first runs: {again:?}"
-    );
+    refused_until_the_connection_is_back(&engine, retry, Duration::from_millis(300)).await;
 }
 
 /// **Limit.** A lock on the whole table (`LOCK TABLE`, `ALTER TABLE`, a `CREATE INDEX` without
