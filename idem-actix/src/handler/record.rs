@@ -210,7 +210,8 @@ where
                     loan.close();
                 }
                 let unseen = req.as_ref().map_or(Unseen::NONE, Unseen::of);
-                let body = tee(body, status, Vec::new(), lease, Kept::Nothing, unseen);
+                let kept = Kept::of(keep, status);
+                let body = tee(body, status, Vec::new(), lease, kept, unseen);
                 return Reply {
                     req,
                     res: executed(head.set_body(body), &request_id),
@@ -237,11 +238,14 @@ where
                     .map(|(name, value)| (name.to_owned(), value.to_vec()))
                     .collect();
                 let unseen = req.as_ref().map_or(Unseen::NONE, Unseen::of);
-                let kept = match keep.cache.caches(status) {
-                    true => Kept::UpTo(keep.max_response),
-                    false => Kept::Nothing,
-                };
-                let body = tee(stream, status, headers, lease, kept, unseen);
+                let body = tee(
+                    stream,
+                    status,
+                    headers,
+                    lease,
+                    Kept::of(keep, status),
+                    unseen,
+                );
                 return Reply {
                     req,
                     res: executed(head.set_body(body), &request_id),
@@ -393,7 +397,8 @@ fn streamed(body: BoxBody) -> Result<BoxBody, BoxBody> {
 /// may never end (an event stream's), and its record is written already.
 ///
 /// A response whose status is not recorded ([`Kept::Nothing`]) keeps nothing, and its key is
-/// released once it has ended (or its client went away): a retry meanwhile gets 409 too.
+/// released once it has ended (its client gone, once read on as a recorded one is): a retry
+/// meanwhile gets 409 too.
 fn tee(
     stream: BoxBody,
     status: u16,
@@ -412,12 +417,7 @@ fn tee(
             .run(async move {
                 match teed.await {
                     Ok(Teed::Dropped { read, rest, orphan }) => {
-                        let limit = match kept {
-                            Kept::UpTo(limit) => limit,
-                            // Read no further: nothing of it would be recorded.
-                            Kept::Nothing => 0,
-                        };
-                        let drained = std::pin::pin!(drained(read, rest, limit));
+                        let drained = std::pin::pin!(drained(read, rest, kept.limit()));
                         let teed = match select(drained, std::pin::pin!(orphan.cancelled())).await {
                             Either::Left((teed, _)) => teed,
                             Either::Right(_) => Teed::Cancelled,
@@ -472,8 +472,26 @@ enum Kept {
     /// Up to this many bytes; past them, none, and the record is written without its body as
     /// the stream passes them.
     UpTo(usize),
-    /// None: its status is not recorded. It is told [`Teed::Omitted`] when it ends.
-    Nothing,
+    /// None: its status is not recorded. It is told [`Teed::Omitted`] when it ends. Its
+    /// client gone, the rest is read on up to this many bytes, as a recorded stream's is.
+    Nothing(usize),
+}
+
+impl Kept {
+    /// For a response with `status`, under `keep`.
+    fn of(keep: Keep, status: u16) -> Self {
+        match keep.cache.caches(status) {
+            true => Kept::UpTo(keep.max_response),
+            false => Kept::Nothing(keep.max_response),
+        }
+    }
+
+    /// How much of the stream is read on once its client has gone.
+    fn limit(self) -> usize {
+        match self {
+            Kept::UpTo(limit) | Kept::Nothing(limit) => limit,
+        }
+    }
 }
 
 /// How a teed stream ended, as its body tells the task that records it.
@@ -600,7 +618,7 @@ impl actix_web::body::MessageBody for Tee {
                         this.read.extend_from_slice(piece);
                     }
                 }
-                Kept::Nothing => this.passed += piece.len() as u64,
+                Kept::Nothing(_) => this.passed += piece.len() as u64,
             },
             Some(Ok(_)) => {}
             Some(Err(_)) => {
@@ -612,7 +630,7 @@ impl actix_web::body::MessageBody for Tee {
             None => {
                 let teed = match this.kept {
                     Kept::UpTo(_) => Teed::Whole(std::mem::take(&mut this.read).freeze()),
-                    Kept::Nothing => Teed::Omitted(this.passed),
+                    Kept::Nothing(_) => Teed::Omitted(this.passed),
                 };
                 this.tell(teed);
                 this.stream = None;
