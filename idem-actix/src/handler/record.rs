@@ -210,7 +210,7 @@ where
                     loan.close();
                 }
                 let unseen = req.as_ref().map_or(Unseen::NONE, Unseen::of);
-                let kept = Kept::of(keep, status);
+                let kept = Kept::Nothing(keep.max_response);
                 let body = tee(body, status, Vec::new(), lease, kept, unseen);
                 return Reply {
                     req,
