@@ -436,6 +436,9 @@ struct Occupancy {
     in_use: AtomicU32,
     /// The pool's size.
     max: u32,
+    /// How long before a request asked for a connection the store's letting go of one still
+    /// counts: the pool's acquire timeout.
+    back_within: Duration,
     /// When the store last let go of a connection while it held all of them: milliseconds
     /// from `since`, plus one (0: never).
     full_until: AtomicU64,
@@ -443,10 +446,11 @@ struct Occupancy {
 }
 
 impl Occupancy {
-    fn new(max: u32) -> Self {
+    fn new(max: u32, back_within: Duration) -> Self {
         Self {
             in_use: AtomicU32::new(0),
             max,
+            back_within,
             full_until: AtomicU64::new(0),
             since: Instant::now(),
         }
@@ -463,14 +467,16 @@ impl Occupancy {
     }
 
     /// Whether the store holds every connection of the pool, or held them all at any time
-    /// since `asked` (when a request asked the pool for one).
+    /// since `asked` (when a request asked the pool for one), or within `back_within` before
+    /// it: a connection let go of just before the request asked may still be on its way back.
     fn full_since(&self, asked: Instant) -> bool {
         if self.in_use.load(Ordering::Relaxed) >= self.max {
             return true;
         }
-        let asked = asked.saturating_duration_since(self.since).as_millis();
+        let from = asked.saturating_duration_since(self.since);
+        let from = from.saturating_sub(self.back_within).as_millis();
         let until = self.full_until.load(Ordering::Relaxed);
-        until != 0 && u128::from(until) > asked
+        until != 0 && u128::from(until) > from
     }
 
     /// Milliseconds from `since`, plus one.
@@ -637,10 +643,7 @@ impl PostgresStore {
         let asked = Instant::now();
         let mut conn = match self.pool.acquire().await {
             Ok(conn) => Held::new(conn, &self.in_use),
-            Err(error) if self.in_use.full_since(asked) => {
-                return Err(self.unacquired(error, asked))
-            }
-            Err(error) => return Err(self.unconnected(error).await),
+            Err(error) => return Err(self.unconnected(error, asked).await),
         };
         // `CREATE ... IF NOT EXISTS` needs the right to create even where the table exists.
         let exists = sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
@@ -989,7 +992,7 @@ impl PostgresStore {
     ///
     /// Where none came free in time because the store held every one of the pool's (running
     /// `Transaction` handlers hold one each, other requests theirs), or had held them all
-    /// since the request asked (see [`Occupancy`]), Postgres was reached, and may hold the
+    /// since the request asked, or within the acquire timeout before (see [`Occupancy`]), Postgres was reached, and may hold the
     /// key, as for the request still running whose retry this may be: refused, even when
     /// failing open. Counted by the store: the pool counts its attempts to connect among its
     /// connections. Connections stuck in statements on a network that drops packets count
@@ -1011,12 +1014,14 @@ impl PostgresStore {
         )
     }
 
-    /// The error of a pool that gave no connection: where it timed out, the cause it hides
-    /// (Postgres refused the connection, the password, the database), found by connecting
-    /// once outside the pool. For the first statement at start-up, which an operator reads.
-    async fn unconnected(&self, error: sqlx::Error) -> StoreError {
-        if !matches!(error, sqlx::Error::PoolTimedOut) {
-            return self.error(error);
+    /// The error of a pool that gave no connection to a request that asked for one at `asked`,
+    /// as [`unacquired`](Self::unacquired) tells it; but where it timed out with its
+    /// connections not the store's, the cause it hides (Postgres refused the connection, the
+    /// password, the database), found by connecting once outside the pool. For the first
+    /// statement at start-up, which an operator reads.
+    async fn unconnected(&self, error: sqlx::Error, asked: Instant) -> StoreError {
+        if !matches!(error, sqlx::Error::PoolTimedOut) || self.in_use.full_since(asked) {
+            return self.unacquired(error, asked);
         }
         let options = self.pool.connect_options();
         let connect = <PgConnection as sqlx::Connection>::connect_with(&options);
@@ -1555,8 +1560,8 @@ impl PostgresStoreBuilder {
     ///
     /// A pool that cannot connect within the connect timeout counts as a Postgres that
     /// cannot be reached. One whose every connection the store holds (running
-    /// [`ClaimTransaction`]s each hold one), or held at any time while the request waited (a
-    /// connection let go of goes back to the pool only after one more round trip), does not:
+    /// [`ClaimTransaction`]s each hold one), or held within the connect timeout before the request
+    /// asked or while it waited (a connection let go of goes back to the pool only after one more round trip), does not:
     /// it has reached Postgres, which may hold
     /// the key of the request that waits, as for a retry of a request still running, so that
     /// request fails closed ([`StoreError::Refused`]) whatever this setting. Size the pool
@@ -1674,7 +1679,9 @@ impl PostgresStoreBuilder {
                     .connect_lazy_with(options.application_name("idem"))
             }
         };
-        let in_use = Arc::new(Occupancy::new(pool.options().get_max_connections()));
+        let options = pool.options();
+        let max = options.get_max_connections();
+        let in_use = Arc::new(Occupancy::new(max, options.get_acquire_timeout()));
         Ok(PostgresStore {
             pool,
             sql: Arc::new(Statements::new(&self.schema, &self.table)),
